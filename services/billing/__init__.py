@@ -1,0 +1,1 @@
+"""billing: the single writer of prepaid credit balances and the ledger (faust-streaming)."""

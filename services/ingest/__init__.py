@@ -1,0 +1,1 @@
+"""ingest: the HTTP API client systems call to send WhatsApp messages."""

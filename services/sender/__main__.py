@@ -1,0 +1,24 @@
+"""Composition root: settings -> logging -> connections -> serve until SIGTERM."""
+
+import asyncio
+
+from services.sender.settings import SenderSettings
+from shared.http import make_ops_app
+from shared.logging import configure_logging
+from shared.runtime import Connections, serve
+
+SERVICE = "sender"
+
+
+async def main() -> None:
+    settings = SenderSettings()
+    configure_logging(SERVICE, settings.log_level)
+
+    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+        return make_ops_app(SERVICE, conns.readiness_checks()), []
+
+    await serve(settings, SERVICE, build)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""status: receives Meta's webhooks and turns them into message state and events."""

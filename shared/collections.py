@@ -1,0 +1,70 @@
+"""MongoDB collections: names, owners (the only service that writes them) and indexes, in one place.
+
+One writer per collection keeps us correct on FerretDB, whose conditional updates are not atomic:
+a writer never races another writer on the same document. Readers may be anyone.
+
+| collection      | written by              | _id                          | what                          |
+|-----------------|-------------------------|------------------------------|-------------------------------|
+| accounts        | admin CLI               | account id                   | profile, status               |
+| api_keys        | admin CLI               | sha256 hex of the key        | account, prefix, revoked_at   |
+| wabas           | admin CLI               | WABA id                      | account, portfolio            |
+| phone_numbers   | admin CLI               | Meta phone number id         | account, WABA, encrypted token|
+| templates       | admin CLI sync; status  | waba:name:language           | category, status, params      |
+| messages        | ingest (insert), status | message id                   | request, state, history       |
+| balances        | billing                 | account id                   | available, reserved, applied  |
+| ledger          | billing                 | entry key                    | every credit movement         |
+| sends           | sender                  | message id                   | the send outcome, wamid       |
+| tier_usage      | sender                  | portfolio:recipient          | business-initiated sends 24 h |
+| wamid_index     | status                  | wamid                        | message id, account           |
+| parked_statuses | status                  | wamid:status                 | statuses of unknown wamids    |
+| conversations   | status                  | phone_number_id:wa_id        | last inbound (24 h window)    |
+
+`templates` has two writers by design: the CLI's sync copies Meta's list and the status service
+applies Meta's status webhooks; both write Meta's truth, so the later write is the right one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+ACCOUNTS = "accounts"
+API_KEYS = "api_keys"
+WABAS = "wabas"
+PHONE_NUMBERS = "phone_numbers"
+TEMPLATES = "templates"
+MESSAGES = "messages"
+BALANCES = "balances"
+LEDGER = "ledger"
+SENDS = "sends"
+TIER_USAGE = "tier_usage"
+WAMID_INDEX = "wamid_index"
+PARKED_STATUSES = "parked_statuses"
+CONVERSATIONS = "conversations"
+
+INDEXES: dict[str, list[IndexModel]] = {
+    API_KEYS: [IndexModel([("account_id", ASCENDING)])],
+    PHONE_NUMBERS: [IndexModel([("account_id", ASCENDING)]),
+                    IndexModel([("display_phone_number", ASCENDING)])],
+    TEMPLATES: [IndexModel([("waba_id", ASCENDING), ("name", ASCENDING),
+                            ("language", ASCENDING)], unique=True)],
+    MESSAGES: [
+        # An idempotency key names at most one message per account. Messages sent without a
+        # key store a unique placeholder, because FerretDB has no partial or sparse indexes.
+        IndexModel([("account_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True),
+        IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)]),
+        IndexModel([("created_at", ASCENDING)]),
+    ],
+    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
+    PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
+}
+
+
+async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *names: str) -> None:
+    """Create the indexes of the named collections (idempotent; run at service start)."""
+    for name in names:
+        models = INDEXES.get(name)
+        if models:
+            await db[name].create_indexes(models)

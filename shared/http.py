@@ -1,0 +1,113 @@
+"""HTTP helpers for every service: the error envelope, request metrics, and the ops endpoints
+`/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import REGISTRY
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from shared.errors import ServiceError
+from shared.logging import get_logger
+from shared.metrics import DEPENDENCY_UP, HTTP_DURATION, HTTP_REQUESTS
+
+log = get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+SERVICE_KEY = web.AppKey("service", str)
+
+
+def json_response(data: Any, status: int = 200,
+                  headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def error_body(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": dict(details or {})}}
+
+
+def _route_label(request: web.Request) -> str:
+    # The route template, never the raw path: raw paths carry ids (unbounded label values).
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """Turn ServiceError into the JSON envelope, count and time every request."""
+    service = request.app[SERVICE_KEY]
+    started = time.perf_counter()
+    route = _route_label(request)
+    try:
+        response = await handler(request)
+    except ServiceError as exc:
+        response = json_response(error_body(exc.code, exc.message, exc.details),
+                                 status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large"}.get(exc.status, "http_error")
+        response = json_response(error_body(code, exc.reason), status=exc.status)
+    except Exception:
+        log.exception("unhandled_error", route=route)
+        response = json_response(error_body("internal_error", "internal error"), status=500)
+    HTTP_REQUESTS.labels(service, route, f"{response.status // 100}xx").inc()
+    HTTP_DURATION.labels(service, route).observe(time.perf_counter() - started)
+    return response
+
+
+def add_ops_routes(app: web.Application, service: str,
+                   checks: Mapping[str, ReadinessCheck]) -> None:
+    """/healthz, /readyz and /metrics. Readiness runs every dependency check concurrently."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return json_response({"status": "ok", "service": service})
+
+    async def readyz(_: web.Request) -> web.Response:
+        names = list(checks)
+        results = await asyncio.gather(*(checks[n]() for n in names))
+        for name, ok in zip(names, results, strict=True):
+            DEPENDENCY_UP.labels(service, name).set(1 if ok else 0)
+        status = dict(zip(names, ("ok" if ok else "unavailable" for ok in results), strict=True))
+        ready = all(results)
+        return json_response({"ready": ready, "service": service, "dependencies": status},
+                             status=200 if ready else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
+
+
+def make_ops_app(service: str, checks: Mapping[str, ReadinessCheck]) -> web.Application:
+    """An app with only the ops endpoints (for services whose work is consuming Kafka)."""
+    app = web.Application(middlewares=[error_middleware])
+    app[SERVICE_KEY] = service
+    add_ops_routes(app, service, checks)
+    return app
+
+
+async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: the composition root awaits it, then shuts down."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,205 @@
+"""Kafka helpers: durable producers, manual-commit consumers, topic creation and the consumer loop.
+
+The loop follows arroyo's shape: decode -> handle -> commit offset + 1. The commit follows the
+effect. Permanent errors go to `<topic>.dlq` with the original bytes and headers, then commit;
+transient errors are retried in place with capped backoff and, when the budget runs out, the
+process exits without committing so that it is restarted and the record is seen again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared.errors import PermanentError, TransientError
+from shared.logging import get_logger
+from shared.messages import ALL_TOPICS, Topic
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, RECORDS_HANDLED
+
+log = get_logger(__name__)
+
+
+def topic_name(topic: Topic[Any] | str, prefix: str = "") -> str:
+    return prefix + (topic if isinstance(topic, str) else topic.name)
+
+
+def make_producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
+    """A producer whose acknowledged writes survive a broker restart and are never duplicated
+    by its own retries (aiokafka's defaults are acks=1 and no idempotence)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "request_timeout_ms": 15000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(bootstrap_servers: str, group_id: str, *topics: str,
+                  **overrides: Any) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_poll_records": 500,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def ensure_topics(bootstrap_servers: str, prefix: str = "",
+                        topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
+    """Create the platform's topics and their dead-letter topics if missing (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted: list[NewTopic] = []
+        for topic in topics:
+            config = {"cleanup.policy": "compact"} if topic.compacted else {}
+            for name, parts, cfg in ((topic.name, topic.partitions, config),
+                                     (topic.dlq, 1, {})):
+                full = topic_name(name, prefix)
+                if full not in existing:
+                    wanted.append(NewTopic(full, num_partitions=parts, replication_factor=1,
+                                           topic_configs=cfg))
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another service created them first
+    finally:
+        await admin.close()
+
+
+async def publish(producer: AIOKafkaProducer, topic: Topic[Any], event: Any,
+                  prefix: str = "") -> None:
+    """Write an event and wait until the broker acknowledged it (acks=all)."""
+    key, value = topic.encode(event)
+    await producer.send_and_wait(topic_name(topic, prefix), value=value, key=key)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    first_delay: float = 0.2
+    max_delay: float = 10.0
+    # How long a transient failure may last before the process gives up and is restarted.
+    budget_seconds: float = 120.0
+
+
+async def retry_transient(action: Callable[[], Awaitable[Any]], policy: RetryPolicy,
+                          what: str) -> Any:
+    """Run `action`, retrying TransientError with capped exponential backoff."""
+    delay = policy.first_delay
+    deadline = time.monotonic() + policy.budget_seconds
+    while True:
+        try:
+            return await action()
+        except TransientError as exc:
+            if time.monotonic() + delay > deadline:
+                log.error("transient_retry_budget_exhausted", what=what, error=str(exc))
+                raise
+            log.warning("transient_error_retrying", what=what, error=str(exc),
+                        retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, policy.max_delay)
+
+
+class TooManyDeadLetters(RuntimeError):
+    """Many dead letters in a row look like a bad deploy, not bad data: stop, don't drain."""
+
+
+class DeadLetterGuard:
+    def __init__(self, limit_in_a_row: int = 50) -> None:
+        self.limit = limit_in_a_row
+        self.in_a_row = 0
+
+    def record_success(self) -> None:
+        self.in_a_row = 0
+
+    def record_dead_letter(self) -> None:
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise TooManyDeadLetters(f"{self.in_a_row} dead letters in a row")
+
+
+async def send_to_dlq(producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes],
+                      error: BaseException) -> None:
+    headers = list(record.headers or ()) + [
+        ("error_type", type(error).__name__.encode()),
+        ("error_detail", str(error)[:1000].encode()),
+        ("source_topic", record.topic.encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+    ]
+    await producer.send_and_wait(f"{record.topic}.dlq", value=record.value, key=record.key,
+                                 headers=headers)
+
+
+Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+
+async def consume_forever(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                          handle: Handler, *, service: str,
+                          retry: RetryPolicy = RetryPolicy(),
+                          guard: DeadLetterGuard | None = None) -> None:
+    """Handle records one at a time, committing each after its effect.
+
+    `handle` raises PermanentError for a record that can never succeed (-> DLQ) and
+    TransientError for a dependency problem (-> retried; the process exits when the budget runs
+    out). Any other exception is a bug: it propagates, nothing is committed.
+    """
+    guard = guard or DeadLetterGuard()
+    async for record in consumer:
+        tp = TopicPartition(record.topic, record.partition)
+        try:
+            await retry_transient(lambda r=record: handle(r), retry, what=record.topic)
+            guard.record_success()
+            outcome = "handled"
+        except PermanentError as exc:
+            await send_to_dlq(producer, record, exc)
+            log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
+                        offset=record.offset, error_code=exc.code)
+            outcome = "dead_lettered"
+            DEAD_LETTERS.labels(service=service).inc()
+            guard.record_dead_letter()
+        await consumer.commit({tp: record.offset + 1})
+        RECORDS_HANDLED.labels(service=service, outcome=outcome).inc()
+
+
+async def report_lag_forever(consumer: AIOKafkaConsumer, service: str,
+                             group: str, interval: float = 5.0) -> None:
+    """Publish consumer lag per partition as a gauge, measured by the consumer itself."""
+    while True:
+        try:
+            assignment = consumer.assignment()
+            if assignment:
+                ends = await consumer.end_offsets(list(assignment))
+                for tp in assignment:
+                    position = await consumer.committed(tp) or 0
+                    lag = max(0, ends.get(tp, 0) - position)
+                    CONSUMER_LAG.labels(service=service, group=group, topic=tp.topic,
+                                        partition=str(tp.partition)).set(lag)
+        except KafkaError as exc:
+            log.warning("consumer_lag_unavailable", error=str(exc))
+        await asyncio.sleep(interval)
+
+
+async def kafka_ready(producer: AIOKafkaProducer) -> bool:
+    """True when the broker answers a metadata request."""
+    try:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
+        return True
+    except (KafkaError, TimeoutError, OSError):
+        return False

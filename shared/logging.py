@@ -1,0 +1,46 @@
+"""structlog JSON logs (orjson-rendered bytes), one line per event with a fixed snake_case name.
+
+Never log message bodies, phone numbers, tokens or API keys: the processors below drop keys whose
+names say they hold such data, as a safety net behind careful call sites.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+import structlog
+
+_REDACTED_KEYS = frozenset({"token", "access_token", "api_key", "authorization", "body", "text",
+                            "recipient", "to", "phone", "password", "secret"})
+
+
+def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key in _REDACTED_KEYS.intersection(event_dict):
+        event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    numeric_level = logging.getLevelName(level.upper())
+    logging.basicConfig(level=numeric_level, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.BytesLoggerFactory(file=sys.stdout.buffer),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

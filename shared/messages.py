@@ -1,0 +1,348 @@
+"""Every Kafka message of the platform, defined once: schema, topic, key, producers, consumers.
+
+Topic names appear nowhere else in the code base: services import the `Topic` objects below.
+Values are JSON (msgspec Structs: decoding and validating in one pass). Money is an integer
+amount of `MONEY_MINOR_UNIT`; times are integer milliseconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+# Credits are kept in millionths of the account currency: Meta's rates have four decimals
+# (e.g. 0.0044 USD), so a cent-based unit would round every price.
+MONEY_MINOR_UNIT = "micros"
+
+MessageType = Literal["text", "template", "image", "document", "video", "audio", "interactive",
+                      "reaction"]
+# Meta's pricing categories; "service" is every non-template message.
+Category = Literal["marketing", "utility", "authentication", "authentication_international",
+                   "service"]
+# Our message lifecycle. Order matters for convergence: see services/status/core.py.
+MessageStatus = Literal["accepted", "rejected", "approved", "sent", "delivered", "read", "failed",
+                        "expired", "unknown"]
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=False):
+    """Base of every event: `event_id` is the idempotency key every consumer dedupes on."""
+
+    event_id: str
+
+
+# --- messages.send-requested.v1 -------------------------------------------------------------
+
+class SendRequested(Event, kw_only=True, frozen=True):
+    """A client's send request, accepted by ingest (202 given only after this is durable)."""
+
+    message_id: str
+    account_id: str
+    portfolio_id: str
+    waba_id: str
+    phone_number_id: str
+    recipient: str  # E.164 with '+'
+    recipient_region: str  # ISO 3166 region of the recipient's number, for pricing
+    message_type: MessageType
+    # The Meta-shaped message object for `message_type` (e.g. {"name": ..., "language": ...}).
+    content: dict[str, Any]
+    category: Category
+    accepted_at: int
+    expires_at: int
+    client_reference: str | None = None
+
+
+# --- messages.send-approved.v1 --------------------------------------------------------------
+
+class SendApproved(SendRequested, kw_only=True, frozen=True):
+    """Credit is reserved: the sender may deliver this message to Meta."""
+
+    reserved_amount: int
+    rate_card_version: str
+
+
+# --- messages.status-changed.v1 -------------------------------------------------------------
+
+class MetaError(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    code: int
+    title: str = ""
+    details: str = ""
+
+
+class Pricing(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    billable: bool
+    pricing_model: str = "PMP"
+    type: str = "regular"
+    category: str = ""
+
+
+class StatusChanged(Event, kw_only=True, frozen=True):
+    """One step in a message's life, from billing (rejected), sender (sent, failed, expired,
+    unknown) or Meta's webhooks (sent, delivered, read, failed)."""
+
+    message_id: str
+    account_id: str
+    status: MessageStatus
+    occurred_at: int
+    source: Literal["billing", "sender", "webhook"]
+    phone_number_id: str = ""
+    recipient_region: str = ""
+    wamid: str | None = None
+    error: MetaError | None = None
+    pricing: Pricing | None = None
+    reason: str | None = None  # our own machine-readable reason (e.g. insufficient_credit)
+
+
+# --- webhooks.received.v1 -------------------------------------------------------------------
+
+class WebhookReceived(Event, kw_only=True, frozen=True):
+    """A webhook POST from Meta whose signature verified, kept byte for byte."""
+
+    received_at: int
+    payload: msgspec.Raw
+
+
+# --- messages.inbound-received.v1 -----------------------------------------------------------
+
+class InboundReceived(Event, kw_only=True, frozen=True):
+    """A WhatsApp user wrote to one of our numbers: it opens the 24 h customer service window."""
+
+    phone_number_id: str
+    waba_id: str
+    sender: str  # the user's wa_id, digits only as Meta sends it
+    wamid: str
+    message_type: str
+    sent_at: int
+    content: dict[str, Any] = {}
+
+
+# --- templates.status-changed.v1 ------------------------------------------------------------
+
+class TemplateStatusChanged(Event, kw_only=True, frozen=True):
+    waba_id: str
+    template_id: str
+    name: str
+    language: str
+    status: str  # Meta's event: APPROVED, REJECTED, PAUSED, DISABLED, ...
+    reason: str | None = None
+    category: str | None = None
+    occurred_at: int
+
+
+# --- phone-numbers.throughput-changed.v1 ----------------------------------------------------
+
+class ThroughputChanged(Event, kw_only=True, frozen=True):
+    phone_number_id: str
+    waba_id: str
+    messages_per_second: int
+    messaging_limit: str | None = None
+    occurred_at: int
+
+
+# --- billing.topup-requested.v1 -------------------------------------------------------------
+
+class TopUpRequested(Event, kw_only=True, frozen=True):
+    """An operator added prepaid credit; billing is the only writer of balances."""
+
+    account_id: str
+    amount: int
+    requested_at: int
+    note: str = ""
+
+
+# --- billing.low-balance-alerted.v1 ---------------------------------------------------------
+
+class LowBalanceAlerted(Event, kw_only=True, frozen=True):
+    account_id: str
+    available: int
+    threshold: int
+    occurred_at: int
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+S = TypeVar("S", bound=Event)
+
+
+@dataclass(frozen=True)
+class Topic(Generic[S]):
+    name: str
+    schema: type[S]
+    key: Callable[[S], str]  # what must stay ordered
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    examples: tuple[dict[str, Any], ...]
+    partitions: int = 6
+    compacted: bool = False
+    _decoder: msgspec.json.Decoder[S] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_decoder", msgspec.json.Decoder(self.schema))
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+    def decode(self, raw: bytes) -> S:
+        return self._decoder.decode(raw)
+
+    def encode(self, event: S) -> tuple[bytes, bytes]:
+        """(key, value) bytes for the producer."""
+        return self.key(event).encode(), _encoder.encode(event)
+
+
+_encoder = msgspec.json.Encoder()
+
+_SEND_REQUESTED_EXAMPLE: dict[str, Any] = {
+    "event_id": "msg_01HZY3V9J6Q8W4T2",
+    "message_id": "msg_01HZY3V9J6Q8W4T2",
+    "account_id": "acc_demo",
+    "portfolio_id": "900000000000001",
+    "waba_id": "102290129340398",
+    "phone_number_id": "106540352242922",
+    "recipient": "+447911123456",
+    "recipient_region": "GB",
+    "message_type": "template",
+    "content": {"name": "order_confirmation", "language": {"code": "en_US"},
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]},
+    "category": "utility",
+    "accepted_at": 1764000000000,
+    "expires_at": 1764086400000,
+    "client_reference": "order-1234",
+}
+
+SEND_REQUESTED: Topic[SendRequested] = Topic(
+    name="messages.send-requested.v1",
+    schema=SendRequested,
+    key=lambda e: e.account_id,  # billing is the single writer of an account's credit
+    producers=("ingest",),
+    consumers=("billing",),
+    examples=(_SEND_REQUESTED_EXAMPLE,
+              {**_SEND_REQUESTED_EXAMPLE, "event_id": "msg_2", "message_id": "msg_2",
+               "message_type": "text", "content": {"body": "Your order shipped"},
+               "category": "service", "client_reference": None}),
+)
+
+SEND_APPROVED: Topic[SendApproved] = Topic(
+    name="messages.send-approved.v1",
+    schema=SendApproved,
+    key=lambda e: e.phone_number_id,  # pacing is per business phone number
+    producers=("billing",),
+    consumers=("sender",),
+    examples=({**_SEND_REQUESTED_EXAMPLE, "reserved_amount": 24200,
+               "rate_card_version": "2026-10-01"},),
+)
+
+STATUS_CHANGED: Topic[StatusChanged] = Topic(
+    name="messages.status-changed.v1",
+    schema=StatusChanged,
+    key=lambda e: e.account_id,  # billing settles per account, in order
+    producers=("billing", "sender", "status"),
+    consumers=("billing", "status"),
+    examples=(
+        {"event_id": "msg_01HZY3V9J6Q8W4T2:sent:sender", "message_id": "msg_01HZY3V9J6Q8W4T2",
+         "account_id": "acc_demo", "status": "sent", "occurred_at": 1764000000500,
+         "source": "sender", "phone_number_id": "106540352242922",
+         "wamid": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQUFERjg0NDEzNDdFODU3MUMxMAA="},
+        {"event_id": "wamid.HBgL:delivered", "message_id": "msg_01HZY3V9J6Q8W4T2",
+         "account_id": "acc_demo", "status": "delivered", "occurred_at": 1764000003000,
+         "source": "webhook", "recipient_region": "GB", "wamid": "wamid.HBgL",
+         "pricing": {"billable": True, "pricing_model": "PMP", "type": "regular",
+                     "category": "utility"}},
+        {"event_id": "wamid.CCC:failed", "message_id": "msg_3", "account_id": "acc_demo",
+         "status": "failed", "occurred_at": 1764000004000, "source": "webhook",
+         "wamid": "wamid.CCC", "error": {"code": 131047, "title": "Re-engagement message",
+                                         "details": "More than 24 hours have passed"}},
+        {"event_id": "msg_4:rejected", "message_id": "msg_4", "account_id": "acc_demo",
+         "status": "rejected", "occurred_at": 1764000000100, "source": "billing",
+         "reason": "insufficient_credit"},
+    ),
+)
+
+WEBHOOK_RECEIVED: Topic[WebhookReceived] = Topic(
+    name="webhooks.received.v1",
+    schema=WebhookReceived,
+    # Meta's entry id is the WABA: one WABA's webhooks stay in order relative to each other.
+    key=lambda e: e.event_id.split(":", 1)[0],
+    producers=("status",),
+    consumers=("status",),
+    examples=({"event_id": "102290129340398:7f3a9c", "received_at": 1764000003000,
+               "payload": {"object": "whatsapp_business_account", "entry": [{
+                   "id": "102290129340398", "changes": [{"field": "messages", "value": {
+                       "messaging_product": "whatsapp",
+                       "metadata": {"display_phone_number": "15550783881",
+                                    "phone_number_id": "106540352242922"},
+                       "statuses": [{"id": "wamid.HBgL", "status": "delivered",
+                                     "timestamp": "1764000003", "recipient_id": "447911123456",
+                                     "pricing": {"billable": True, "pricing_model": "PMP",
+                                                 "type": "regular",
+                                                 "category": "utility"}}]}}]}]}},),
+)
+
+INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
+    name="messages.inbound-received.v1",
+    schema=InboundReceived,
+    key=lambda e: e.phone_number_id,
+    producers=("status",),
+    consumers=(),
+    examples=({"event_id": "wamid.IN1", "phone_number_id": "106540352242922",
+               "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN1",
+               "message_type": "text", "sent_at": 1764000000000,
+               "content": {"body": "Does it come in another color?"}},),
+)
+
+TEMPLATE_STATUS_CHANGED: Topic[TemplateStatusChanged] = Topic(
+    name="templates.status-changed.v1",
+    schema=TemplateStatusChanged,
+    key=lambda e: e.waba_id,
+    producers=("status",),
+    consumers=(),
+    examples=({"event_id": "1689556908129832:APPROVED:1751247548", "waba_id": "102290129340398",
+               "template_id": "1689556908129832", "name": "order_confirmation",
+               "language": "en_US", "status": "APPROVED", "reason": "NONE",
+               "category": "UTILITY", "occurred_at": 1751247548000},),
+)
+
+THROUGHPUT_CHANGED: Topic[ThroughputChanged] = Topic(
+    name="phone-numbers.throughput-changed.v1",
+    schema=ThroughputChanged,
+    key=lambda e: e.phone_number_id,
+    producers=("status",),
+    consumers=("sender",),
+    examples=({"event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
+               "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+               "messages_per_second": 1000, "messaging_limit": "TIER_UNLIMITED",
+               "occurred_at": 1748454394000},),
+    compacted=True,  # only the latest level per number matters
+)
+
+TOPUP_REQUESTED: Topic[TopUpRequested] = Topic(
+    name="billing.topup-requested.v1",
+    schema=TopUpRequested,
+    key=lambda e: e.account_id,
+    producers=("admin",),
+    consumers=("billing",),
+    examples=({"event_id": "topup_01HZY", "account_id": "acc_demo", "amount": 50_000_000,
+               "requested_at": 1764000000000, "note": "initial credit"},),
+)
+
+LOW_BALANCE_ALERTED: Topic[LowBalanceAlerted] = Topic(
+    name="billing.low-balance-alerted.v1",
+    schema=LowBalanceAlerted,
+    key=lambda e: e.account_id,
+    producers=("billing",),
+    consumers=(),
+    examples=({"event_id": "acc_demo:low:3", "account_id": "acc_demo", "available": 90_000,
+               "threshold": 1_000_000, "occurred_at": 1764000000000},),
+)
+
+ALL_TOPICS: tuple[Topic[Any], ...] = (
+    SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED, WEBHOOK_RECEIVED, INBOUND_RECEIVED,
+    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, TOPUP_REQUESTED, LOW_BALANCE_ALERTED,
+)
+
+
+def topics_read_by(service: str) -> tuple[Topic[Any], ...]:
+    return tuple(t for t in ALL_TOPICS if service in t.consumers)

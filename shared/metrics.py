@@ -1,0 +1,41 @@
+"""Metrics every service exposes (the per-service ones live in each service's metrics.py).
+
+Labels come from closed sets only: service, route templates, status classes, outcomes, topic and
+partition numbers — never account ids, phone numbers or message ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONSUMER_LAG = Gauge(
+    "hala_consumer_lag_records",
+    "Records between the group's committed offset and the partition's end offset.",
+    ["service", "group", "topic", "partition"],
+)
+RECORDS_HANDLED = Counter(
+    "hala_consumer_records_total",
+    "Kafka records a consumer finished with, by outcome.",
+    ["service", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "hala_dead_letters_total",
+    "Records sent to a dead-letter topic.",
+    ["service"],
+)
+HTTP_REQUESTS = Counter(
+    "hala_http_requests_total",
+    "HTTP requests served, by route template and status class.",
+    ["service", "route", "status_class"],
+)
+HTTP_DURATION = Histogram(
+    "hala_http_request_duration_seconds",
+    "Time to serve an HTTP request.",
+    ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+DEPENDENCY_UP = Gauge(
+    "hala_dependency_up",
+    "1 when the last readiness probe of a dependency succeeded.",
+    ["service", "dependency"],
+)

@@ -1,0 +1,71 @@
+"""Integration tests run against the real local Kafka and MongoDB-compatible server.
+
+The project's infrastructure script starts them once per test session (or the addresses in
+KAFKA_BOOTSTRAP_SERVERS / MONGODB_URL are used). Unreachable infrastructure is a failure, never a
+skip. Each test gets its own topics, consumer groups and database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from shared.mongo import make_client
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "deploy" / "local" / "infra.sh"
+
+
+def _infra(*args: str) -> str:
+    result = subprocess.run([str(INFRA), *args], capture_output=True, text=True, timeout=900,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"infra.sh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> Iterator[dict[str, str]]:
+    """Addresses of the broker and database, started by the project's script if needed."""
+    started_here = False
+    if not (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URL")):
+        was_running = subprocess.run([str(INFRA), "status"], capture_output=True,
+                                     check=False).returncode == 0
+        _infra("up")
+        started_here = not was_running
+    env = dict(line.split("=", 1) for line in _infra("env").split() if "=" in line)
+    env.update({k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URL")
+                if os.environ.get(k)})
+    yield env
+    if started_here and os.environ.get("HALA_KEEP_INFRA") != "1":
+        _infra("down")
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers(infrastructure: dict[str, str]) -> str:
+    return infrastructure["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(infrastructure: dict[str, str]) -> str:
+    return infrastructure["MONGODB_URL"]
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id that makes this test's topics, groups and database its own."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def mongo(mongodb_url: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    client = make_client(mongodb_url)
+    yield client
+    await client.close()

@@ -1,0 +1,142 @@
+"""The real broker: manual commits, resuming from the committed offset, compacted topics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.kafka import make_consumer, make_producer
+
+
+async def _create(bootstrap: str, name: str, partitions: int = 1, **config: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                            replication_factor=1, topic_configs=config)])
+    finally:
+        await admin.close()
+
+
+async def _read(consumer, count: int, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+    records: list = []
+
+    async def fill() -> None:
+        async for record in consumer:
+            records.append(record)
+            if len(records) == count:
+                return
+
+    await asyncio.wait_for(fill(), timeout)
+    return records
+
+
+async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
+        bootstrap_servers: str, unique: str) -> None:
+    topic, group = f"it.commit.{unique}", f"it-group-{unique}"
+    await _create(bootstrap_servers, topic)
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send_and_wait(topic, value=f"m{i}".encode(), key=b"k")
+    finally:
+        await producer.stop()
+
+    first = make_consumer(bootstrap_servers, group, topic)
+    await first.start()
+    try:
+        records = await _read(first, 4)
+        # Commit after handling the 4th record only: the next member must start at offset 4.
+        await first.commit({TopicPartition(topic, 0): records[-1].offset + 1})
+    finally:
+        await first.stop()
+
+    second = make_consumer(bootstrap_servers, group, topic)
+    await second.start()
+    try:
+        rest = await _read(second, 6)
+    finally:
+        await second.stop()
+    assert [r.value for r in records] == [b"m0", b"m1", b"m2", b"m3"]
+    assert [r.value for r in rest] == [f"m{i}".encode() for i in range(4, 10)]
+
+
+async def test_uncommitted_records_are_delivered_again_after_a_restart(
+        bootstrap_servers: str, unique: str) -> None:
+    topic, group = f"it.redeliver.{unique}", f"it-group-{unique}"
+    await _create(bootstrap_servers, topic)
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    await producer.send_and_wait(topic, value=b"only", key=b"k")
+    await producer.stop()
+
+    for _ in range(2):  # read twice without committing: it must come back
+        consumer = make_consumer(bootstrap_servers, group, topic)
+        await consumer.start()
+        try:
+            assert [r.value for r in await _read(consumer, 1)] == [b"only"]
+        finally:
+            await consumer.stop()
+
+
+async def test_a_compacted_topic_keeps_the_latest_value_per_key(
+        bootstrap_servers: str, unique: str) -> None:
+    topic = f"it.compacted.{unique}"
+    # Tiny segments and no dirty-ratio floor so the log cleaner compacts within the test.
+    await _create(bootstrap_servers, topic, **{
+        "cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.001",
+        "min.compaction.lag.ms": "0", "delete.retention.ms": "100"})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        from aiokafka.admin import ConfigResource, ConfigResourceType
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC,
+                                                                 topic)])
+        configs = {entry[0]: entry[1] for entry in described[0].resources[0][4]}
+        assert configs["cleanup.policy"] == "compact"
+    finally:
+        await admin.close()
+
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    try:
+        for level in (80, 1000):
+            await producer.send_and_wait(topic, value=str(level).encode(), key=b"number-1")
+        await producer.send_and_wait(topic, value=b"20", key=b"number-2")
+    finally:
+        await producer.stop()
+
+    # Compaction is asynchronous: whatever the cleaner has done, a reader that keeps the last
+    # value per key sees the latest level of each number.
+    consumer = make_consumer(bootstrap_servers, f"g-{unique}", topic)
+    await consumer.start()
+    try:
+        latest: dict[bytes, bytes] = {}
+        end = (await consumer.end_offsets([TopicPartition(topic, 0)]))[TopicPartition(topic, 0)]
+        async for record in consumer:
+            latest[record.key] = record.value
+            if record.offset + 1 >= end:
+                break
+    finally:
+        await consumer.stop()
+    assert latest == {b"number-1": b"1000", b"number-2": b"20"}
+
+
+async def test_the_idempotent_producer_writes_with_acks_all(bootstrap_servers: str,
+                                                            unique: str) -> None:
+    topic = f"it.idem.{unique}"
+    await _create(bootstrap_servers, topic, partitions=3)
+    producer = make_producer(bootstrap_servers)
+    assert producer._enable_idempotence is True
+    await producer.start()
+    try:
+        metadata = await producer.send_and_wait(topic, value=b"x", key=b"acc-1")
+        again = await producer.send_and_wait(topic, value=b"y", key=b"acc-1")
+    finally:
+        await producer.stop()
+    # Same key, same partition, consecutive offsets: ordering per key holds.
+    assert metadata.partition == again.partition
+    assert again.offset == metadata.offset + 1
