@@ -3,21 +3,21 @@
 One writer per collection keeps us correct on FerretDB, whose conditional updates are not atomic:
 a writer never races another writer on the same document. Readers may be anyone.
 
-| collection      | written by              | _id                          | what                          |
-|-----------------|-------------------------|------------------------------|-------------------------------|
-| accounts        | admin CLI               | account id                   | profile, status               |
-| api_keys        | admin CLI               | sha256 hex of the key        | account, prefix, revoked_at   |
-| wabas           | admin CLI               | WABA id                      | account, portfolio            |
-| phone_numbers   | admin CLI               | Meta phone number id         | account, WABA, encrypted token|
-| templates       | admin CLI sync; status  | waba:name:language           | category, status, params      |
-| messages        | ingest (insert), status | message id                   | request, state, history       |
-| balances        | billing                 | account id                   | available, reserved, applied  |
-| ledger          | billing                 | entry key                    | every credit movement         |
-| sends           | sender                  | message id                   | the send outcome, wamid       |
-| tier_usage      | sender                  | portfolio:recipient          | business-initiated sends 24 h |
-| wamid_index     | status                  | wamid                        | message id, account           |
-| parked_statuses | status                  | wamid:status                 | statuses of unknown wamids    |
-| conversations   | status                  | phone_number_id:wa_id        | last inbound (24 h window)    |
+| collection | written by | _id | what |
+|---|---|---|---|
+| accounts | admin CLI | account id | profile, status |
+| api_keys | admin CLI | sha256 hex of the key | account, prefix, revoked_at |
+| wabas | admin CLI | WABA id | account, portfolio |
+| phone_numbers | admin CLI | Meta phone number id | account, WABA, encrypted token |
+| templates | admin CLI sync; status | waba:name:language | category, status, params |
+| messages | ingest (insert), status | message id | request, state, history |
+| balances | billing | account id | available, reserved, applied |
+| ledger | billing | entry key | every credit movement |
+| sends | sender | message id | the send outcome, wamid |
+| tier_usage | sender | portfolio:recipient | business-initiated sends 24 h |
+| wamid_index | status | wamid | message id, account |
+| parked_statuses | status | wamid:status | statuses of unknown wamids |
+| conversations | status | phone_number_id:wa_id | last inbound (24 h window) |
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's status webhooks; both write Meta's truth, so the later write is the right one.

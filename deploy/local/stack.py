@@ -99,7 +99,7 @@ def up(timeout: float = 120.0) -> None:
         if _running_pid(c):
             print(f"{c.name:8} already running (pid {_running_pid(c)})")
             continue
-        log = open(LOGS / f"{c.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        log = open(LOGS / f"{c.name}.log", "ab")  # handed to the child, closed with it
         proc = subprocess.Popen([PYTHON, "-m", c.module], cwd=REPO, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         _pid_file(c).write_text(str(proc.pid))

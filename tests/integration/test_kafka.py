@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.kafka import make_consumer, make_producer
 
@@ -20,7 +21,7 @@ async def _create(bootstrap: str, name: str, partitions: int = 1, **config: str)
         await admin.close()
 
 
-async def _read(consumer, count: int, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+async def _read(consumer, count: int, wait_s: float = 20.0) -> list:  # type: ignore[no-untyped-def]
     records: list = []
 
     async def fill() -> None:
@@ -29,7 +30,7 @@ async def _read(consumer, count: int, timeout: float = 20.0) -> list:  # type: i
             if len(records) == count:
                 return
 
-    await asyncio.wait_for(fill(), timeout)
+    await asyncio.wait_for(fill(), wait_s)
     return records
 
 
@@ -82,7 +83,26 @@ async def test_uncommitted_records_are_delivered_again_after_a_restart(
             await consumer.stop()
 
 
-async def test_a_compacted_topic_keeps_the_latest_value_per_key(
+async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
+    """Every record currently in partition 0, read from the beginning without a group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_beginning(tp)
+        seen: list[tuple[bytes, bytes]] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            seen += [(r.key, r.value) for r in batch.get(tp, [])]
+        return seen
+    finally:
+        await consumer.stop()
+
+
+async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
         bootstrap_servers: str, unique: str) -> None:
     topic = f"it.compacted.{unique}"
     # Tiny segments and no dirty-ratio floor so the log cleaner compacts within the test.
@@ -92,10 +112,10 @@ async def test_a_compacted_topic_keeps_the_latest_value_per_key(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        from aiokafka.admin import ConfigResource, ConfigResourceType
-        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC,
-                                                                 topic)])
-        configs = {entry[0]: entry[1] for entry in described[0].resources[0][4]}
+        described = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})])
+        configs = {entry[0]: entry[1] for r in described for res in r.resources
+                   for entry in res[4]}
         assert configs["cleanup.policy"] == "compact"
     finally:
         await admin.close()
@@ -103,26 +123,23 @@ async def test_a_compacted_topic_keeps_the_latest_value_per_key(
     producer = make_producer(bootstrap_servers)
     await producer.start()
     try:
-        for level in (80, 1000):
+        for level in (20, 80, 1000):
             await producer.send_and_wait(topic, value=str(level).encode(), key=b"number-1")
-        await producer.send_and_wait(topic, value=b"20", key=b"number-2")
+        await producer.send_and_wait(topic, value=b"80", key=b"number-2")
+        # Only closed segments are compacted: keep writing so segments roll, until the
+        # cleaner has removed the superseded values (it wakes every few seconds).
+        deadline = asyncio.get_running_loop().time() + 90
+        while True:
+            await asyncio.sleep(0.2)
+            await producer.send_and_wait(topic, value=b"tick", key=b"roller")
+            values = [v for k, v in await _read_all(bootstrap_servers, topic) if k == b"number-1"]
+            if values == [b"1000"]:
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"not compacted: {values}"
     finally:
         await producer.stop()
-
-    # Compaction is asynchronous: whatever the cleaner has done, a reader that keeps the last
-    # value per key sees the latest level of each number.
-    consumer = make_consumer(bootstrap_servers, f"g-{unique}", topic)
-    await consumer.start()
-    try:
-        latest: dict[bytes, bytes] = {}
-        end = (await consumer.end_offsets([TopicPartition(topic, 0)]))[TopicPartition(topic, 0)]
-        async for record in consumer:
-            latest[record.key] = record.value
-            if record.offset + 1 >= end:
-                break
-    finally:
-        await consumer.stop()
-    assert latest == {b"number-1": b"1000", b"number-2": b"20"}
+    latest = {k: v for k, v in await _read_all(bootstrap_servers, topic)}
+    assert latest[b"number-1"] == b"1000" and latest[b"number-2"] == b"80"
 
 
 async def test_the_idempotent_producer_writes_with_acks_all(bootstrap_servers: str,
@@ -130,11 +147,13 @@ async def test_the_idempotent_producer_writes_with_acks_all(bootstrap_servers: s
     topic = f"it.idem.{unique}"
     await _create(bootstrap_servers, topic, partitions=3)
     producer = make_producer(bootstrap_servers)
-    assert producer._enable_idempotence is True
     await producer.start()
     try:
         metadata = await producer.send_and_wait(topic, value=b"x", key=b"acc-1")
         again = await producer.send_and_wait(topic, value=b"y", key=b"acc-1")
+        # The broker granted a producer id (InitProducerId): writes carry sequence numbers,
+        # so the producer's own retries can't duplicate them.
+        assert producer._txn_manager is not None and producer._txn_manager.has_pid()
     finally:
         await producer.stop()
     # Same key, same partition, consecutive offsets: ordering per key holds.

@@ -1,0 +1,586 @@
+#!/usr/bin/env bash
+# Local infrastructure for Hala Whatsup, without Docker: a single-node Kafka (KRaft)
+# built from Maven Central jars and a MongoDB-compatible server (FerretDB embedded in
+# a tiny Go program, or a real `mongod` if one is on PATH).
+#
+# Usage: deploy/local/infra.sh <command>
+#   up [--fresh]   start what is not running yet and wait until it answers
+#                  (--fresh: stop and wipe runtime data first)
+#   down           stop what `up` started (SIGTERM, SIGKILL after a deadline)
+#   status         show what runs (exit 0 only if every managed service is up)
+#   logs [NAME] [-f]  tail the logs (NAME: kafka, ferretdb, mongod; -f follows)
+#   env            print KAFKA_BOOTSTRAP_SERVERS=... and MONGODB_URL=... lines
+#   reset          down, then wipe runtime data and logs
+#
+# Environment:
+#   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), MONGO_PORT (27017): loopback ports
+#   KAFKA_BOOTSTRAP_SERVERS / MONGODB_URL: if set, that service is not started here
+#   KAFKA_VERSION (4.4.0), KAFKA_HEAP_OPTS (-Xms512m -Xmx1g)
+#   HALA_CACHE_DIR: downloads and builds (default ${XDG_CACHE_HOME:-~/.cache}/hala-whatsup)
+#   HALA_RUN_DIR: data, logs, pid files (default <repo>/.run)
+#   HALA_MONGO_IMPL: auto (mongod if on PATH, else ferretdb) | ferretdb | mongod
+#   HALA_FERRETDB_LOG_LEVEL (warn; FerretDB logs every unsupported command at warn)
+#   HALA_READY_TIMEOUT (90 s), HALA_STOP_TIMEOUT (30 s), HALA_PYTHON (readiness probes)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+
+CACHE_DIR=${HALA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hala-whatsup}
+RUN_DIR=${HALA_RUN_DIR:-$REPO/.run}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+MONGO_PORT=${MONGO_PORT:-27017}
+KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
+KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
+KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true}
+READY_TIMEOUT=${HALA_READY_TIMEOUT:-90}
+STOP_TIMEOUT=${HALA_STOP_TIMEOUT:-30}
+MONGO_IMPL=${HALA_MONGO_IMPL:-auto}
+
+PIDS_DIR=$RUN_DIR/pids
+LOGS_DIR=$RUN_DIR/logs
+ALL_SERVICES=(kafka ferretdb mongod)
+STARTED=() # what this `up` started: stopped again if any start fails
+
+# ---------------------------------------------------------------- helpers
+say() { printf '[infra] %s\n' "$*"; }
+warn() { printf '[infra] WARNING: %s\n' "$*" >&2; }
+die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
+now_ms() { date +%s%3N; }
+elapsed() { local ms=$(($(now_ms) - $1)); printf '%d.%01ds' $((ms / 1000)) $((ms % 1000 / 100)); }
+
+need() { # need CMD WHY
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH: $2"
+}
+
+# Python used for readiness probes: the project's venv if present (has aiokafka, pymongo).
+PY=${HALA_PYTHON:-}
+if [[ -z $PY && -x $REPO/.venv/bin/python ]]; then PY=$REPO/.venv/bin/python; fi
+py_has() { [[ -n $PY ]] && "$PY" -c "import $1" >/dev/null 2>&1; }
+
+port_open() { # port_open PORT -> 0 if something accepts on 127.0.0.1:PORT
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" >/dev/null 2>&1
+}
+
+sha() { cat "$@" | sha256sum | cut -c1-16; }
+
+# lock_cache NAME: serialise downloads/builds of NAME across concurrent runs sharing the
+# cache. Call it in a subshell: the lock is released when that subshell exits.
+lock_cache() {
+  command -v flock >/dev/null 2>&1 || return 0
+  local fd
+  exec {fd}>"$CACHE_DIR/.$1.lock"
+  flock -w 900 "$fd" || die "timed out waiting for $CACHE_DIR/.$1.lock"
+}
+
+pid_file() { echo "$PIDS_DIR/$1.pid"; }
+log_file() { echo "$LOGS_DIR/$1.log"; }
+
+# A marker that only our own process of that service has on its command line, so a
+# pid file whose pid was reused by another process is never acted upon.
+marker() {
+  case $1 in
+    kafka) echo "$RUN_DIR/kafka/server.properties" ;;
+    ferretdb) echo "$RUN_DIR/ferretdb/data" ;;
+    mongod) echo "$RUN_DIR/mongod/data" ;;
+  esac
+}
+service_port() {
+  case $1 in kafka) echo "$KAFKA_PORT" ;; *) echo "$MONGO_PORT" ;; esac
+}
+
+# Prints the pid if the service runs (pid alive and ours), else returns 1.
+running_pid() {
+  local f pid
+  f=$(pid_file "$1")
+  [[ -f $f ]] || return 1
+  pid=$(<"$f")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$(marker "$1")" || return 1
+  echo "$pid"
+}
+
+# start_bg NAME CMD...: run CMD detached (own session, stdin closed, output to the log),
+# the process itself writes its pid file (exec keeps the pid).
+start_bg() {
+  local name=$1 pidf log
+  shift
+  pidf=$(pid_file "$name")
+  log=$(log_file "$name")
+  rm -f "$pidf"
+  # Keep one previous log once it passes ~20 MB.
+  if [[ -f $log ]] && (($(stat -c %s "$log") > 20000000)); then mv -f "$log" "$log.1"; fi
+  printf '===== %s: starting %s\n' "$(date -Is)" "$name" >>"$log"
+  local launcher=()
+  if command -v setsid >/dev/null 2>&1; then launcher=(setsid); fi
+  # shellcheck disable=SC2016  # $$ and $@ are for the inner bash
+  "${launcher[@]}" bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidf" "$@" \
+    </dev/null >>"$log" 2>&1 9>&- &
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [[ -s $pidf ]] && return 0
+    sleep 0.05
+  done
+  die "$name did not start (no pid file); see $log"
+}
+
+fail_start() { # fail_start NAME MESSAGE
+  local log
+  log=$(log_file "$1")
+  printf '[infra] ERROR: %s\n[infra] ---- last 40 lines of %s ----\n' "$2" "$log" >&2
+  tail -n 40 "$log" >&2 || true
+  local name
+  for name in "${STARTED[@]}"; do stop_service "$name" quiet || true; done
+  exit 1
+}
+
+# wait_ready NAME PROBE_FN: poll PROBE_FN until it succeeds, the process dies, or the deadline.
+wait_ready() {
+  local name=$1 probe=$2 deadline=$(($(date +%s) + READY_TIMEOUT))
+  while :; do
+    if ! running_pid "$name" >/dev/null; then
+      fail_start "$name" "$name exited during start-up"
+    fi
+    if "$probe"; then return 0; fi
+    if (($(date +%s) >= deadline)); then
+      fail_start "$name" "$name not ready after ${READY_TIMEOUT}s"
+    fi
+    sleep 0.25
+  done
+}
+
+check_port_free() { # check_port_free PORT WHAT ENVVAR
+  if port_open "$1"; then
+    die "127.0.0.1:$1 ($2) is already in use by a process not started by this script. Stop it, pick another port with $3=..., or point the app at it with the matching *_URL/*_SERVERS variable."
+  fi
+}
+
+# ---------------------------------------------------------------- Kafka
+kafka_libs_dir() { echo "$CACHE_DIR/kafka-$KAFKA_VERSION/libs"; }
+
+ensure_kafka_libs() {
+  local base="$CACHE_DIR/kafka-$KAFKA_VERSION" stamp want
+  want="$(sha "$HERE/kafka/pom.xml") $KAFKA_VERSION"
+  stamp="$base/.complete"
+  if [[ -f $stamp && $(<"$stamp") == "$want" ]]; then return 0; fi
+  mkdir -p "$CACHE_DIR"
+  lock_cache "kafka-$KAFKA_VERSION"
+  if [[ -f $stamp && $(<"$stamp") == "$want" ]]; then return 0; fi # another run did it
+
+  need mvn "Apache Maven is needed once to download the Kafka $KAFKA_VERSION jars from Maven Central (Debian: apt-get install maven)."
+  say "resolving Kafka $KAFKA_VERSION jars with Maven into $base (first run only) ..."
+  local t0 tmp mlog
+  t0=$(now_ms)
+  mkdir -p "$CACHE_DIR"
+  tmp=$(mktemp -d "$CACHE_DIR/.kafka-$KAFKA_VERSION.XXXXXX")
+  mlog="$CACHE_DIR/kafka-$KAFKA_VERSION.maven.log"
+  if ! mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" \
+    -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs" \
+    >"$mlog" 2>&1; then
+    printf '[infra] ERROR: Maven failed to resolve Kafka %s. Output (%s):\n' "$KAFKA_VERSION" "$mlog" >&2
+    sed 's/\x1b\[[0-9;]*m//g' "$mlog" | tail -n 60 >&2
+    rm -rf "$tmp"
+    exit 1
+  fi
+  local libs="$tmp/libs"
+  [[ -f $libs/kafka_2.13-$KAFKA_VERSION.jar ]] || { rm -rf "$tmp"; die "Maven finished but kafka_2.13-$KAFKA_VERSION.jar is missing"; }
+  ls "$libs"/log4j-core-*.jar >/dev/null 2>&1 || { rm -rf "$tmp"; die "no log4j-core jar resolved: the broker would log nothing"; }
+  # The SLF4J binding must match the slf4j-api that Kafka brings, or the broker is silent.
+  if ls "$libs"/slf4j-api-2.*.jar >/dev/null 2>&1 && ! ls "$libs"/log4j-slf4j2-impl-*.jar >/dev/null 2>&1; then
+    rm -rf "$tmp"
+    die "Kafka $KAFKA_VERSION brings slf4j-api 2.x: use log4j-slf4j2-impl in deploy/local/kafka/pom.xml"
+  fi
+  if ls "$libs"/slf4j-api-1.*.jar >/dev/null 2>&1 && ! ls "$libs"/log4j-slf4j-impl-*.jar >/dev/null 2>&1; then
+    rm -rf "$tmp"
+    die "Kafka $KAFKA_VERSION brings slf4j-api 1.7.x: use log4j-slf4j-impl in deploy/local/kafka/pom.xml"
+  fi
+  rm -rf "$base"
+  mkdir -p "$base"
+  mv "$libs" "$base/libs"
+  rmdir "$tmp" 2>/dev/null || rm -rf "$tmp"
+  echo "$want" >"$stamp"
+  say "Kafka jars ready ($(find "$base/libs" -name '*.jar' | wc -l) jars, $(du -sh "$base/libs" | cut -f1)) in $(elapsed "$t0")"
+}
+
+check_java() {
+  need java "Java 17+ is needed to run Kafka 4.x (Debian: apt-get install openjdk-17-jre-headless)."
+  local v major
+  v=$(java -version 2>&1 | sed -n 's/.*version "\([^"]*\)".*/\1/p' | head -n1)
+  major=${v%%.*}
+  [[ $major == 1 ]] && major=$(echo "$v" | cut -d. -f2)
+  [[ $major =~ ^[0-9]+$ ]] || { warn "cannot parse java version '$v'; trying anyway"; return 0; }
+  ((major >= 17)) || die "Kafka 4.x needs Java 17+, found $v ($(command -v java))"
+}
+
+render_kafka_config() {
+  local out="$RUN_DIR/kafka/server.properties" data="$RUN_DIR/kafka/data"
+  sed -e "s|\${KAFKA_PORT}|$KAFKA_PORT|g" \
+    -e "s|\${KAFKA_CONTROLLER_PORT}|$KAFKA_CONTROLLER_PORT|g" \
+    -e "s|\${KAFKA_DATA_DIR}|$data|g" \
+    "$HERE/kafka/server.properties.template" >"$out.tmp"
+  if grep -qF "\${" "$out.tmp"; then die "unrendered placeholder in $out.tmp"; fi
+  mv "$out.tmp" "$out"
+}
+
+kafka_java() { # kafka_java MAIN_CLASS ARGS... (foreground, for the storage tool)
+  java -Xms64m -Xmx256m -XX:TieredStopAtLevel=1 \
+    -Dlog4j2.configurationFile="$HERE/kafka/log4j2.properties" \
+    -Dkafka.logs.dir="$RUN_DIR/kafka/logs" \
+    -cp "$(kafka_libs_dir)/*" "$@"
+}
+
+format_kafka_storage() {
+  local data="$RUN_DIR/kafka/data" marker_file="$RUN_DIR/kafka/formatted-with"
+  local cfg="controller=$KAFKA_CONTROLLER_PORT"
+  if [[ -f $data/meta.properties ]]; then
+    # --standalone records the controller endpoint in the metadata log. A single node
+    # still starts after a port change (tried), but say so in case anything looks odd.
+    if [[ -f $marker_file && $(<"$marker_file") != "$cfg" ]]; then
+      warn "Kafka data was formatted with $(<"$marker_file"), now controller=$KAFKA_CONTROLLER_PORT; if Kafka misbehaves, run '$0 reset'"
+    fi
+    return 0
+  fi
+  local id=""
+  # Cluster id: 16 random bytes, URL-safe base64 without padding (what `random-uuid` prints).
+  while [[ -z $id || $id == -* ]]; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+  done
+  say "formatting Kafka storage (cluster id $id) ..."
+  if ! kafka_java kafka.tools.StorageTool format --standalone -t "$id" \
+    -c "$RUN_DIR/kafka/server.properties" --ignore-formatted >>"$(log_file kafka)" 2>&1; then
+    printf '[infra] ERROR: kafka storage format failed; last lines of %s:\n' "$(log_file kafka)" >&2
+    tail -n 30 "$(log_file kafka)" >&2
+    exit 1
+  fi
+  echo "$cfg" >"$marker_file"
+}
+
+probe_kafka() {
+  port_open "$KAFKA_PORT" || return 1
+  if py_has aiokafka; then
+    # A real metadata round trip, not just an open socket.
+    "$PY" - "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 <<'EOF'
+import asyncio, sys
+from aiokafka.admin import AIOKafkaAdminClient
+
+async def main():
+    admin = AIOKafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=5000)
+    await admin.start()
+    try:
+        await admin.list_topics()
+    finally:
+        await admin.close()
+
+asyncio.run(asyncio.wait_for(main(), 10))
+EOF
+  fi
+}
+
+# kafka_wanted: 0 if this `up` has to start Kafka (says why not otherwise).
+kafka_wanted() {
+  if [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
+    say "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS is set: not starting Kafka, using it"
+    return 1
+  fi
+  local pid
+  if pid=$(running_pid kafka); then
+    say "kafka already running (pid $pid, 127.0.0.1:$KAFKA_PORT)"
+    return 1
+  fi
+  check_java
+  check_port_free "$KAFKA_PORT" "Kafka" KAFKA_PORT
+  check_port_free "$KAFKA_CONTROLLER_PORT" "Kafka controller" KAFKA_CONTROLLER_PORT
+}
+
+start_kafka() {
+  mkdir -p "$RUN_DIR/kafka/data" "$RUN_DIR/kafka/logs"
+  render_kafka_config
+  format_kafka_storage
+  # shellcheck disable=SC2086  # heap/JVM options are word lists on purpose
+  start_bg kafka java $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS \
+    -Dkafka.logs.dir="$RUN_DIR/kafka/logs" \
+    -Dlog4j2.configurationFile="$HERE/kafka/log4j2.properties" \
+    -cp "$(kafka_libs_dir)/*" kafka.Kafka "$RUN_DIR/kafka/server.properties"
+}
+
+wait_kafka() { # wait_kafka START_MS
+  wait_ready kafka probe_kafka
+  local how="port"
+  py_has aiokafka && how="metadata request"
+  say "kafka $KAFKA_VERSION ready in $(elapsed "$1") ($how): pid $(running_pid kafka), 127.0.0.1:$KAFKA_PORT"
+}
+
+# ---------------------------------------------------------------- MongoDB / FerretDB
+mongo_impl() {
+  case $MONGO_IMPL in
+    ferretdb | mongod) echo "$MONGO_IMPL" ;;
+    auto) if command -v mongod >/dev/null 2>&1; then echo mongod; else echo ferretdb; fi ;;
+    *) die "HALA_MONGO_IMPL must be auto, ferretdb or mongod (got '$MONGO_IMPL')" ;;
+  esac
+}
+
+ferretdb_bin() {
+  local h
+  h=$(sha "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/main.go")
+  echo "$CACHE_DIR/ferretdb-$h/hala-ferretdb"
+}
+
+ensure_ferretdb_bin() {
+  local bin
+  bin=$(ferretdb_bin)
+  [[ -x $bin ]] && return 0
+  mkdir -p "$CACHE_DIR"
+  lock_cache ferretdb
+  [[ -x $bin ]] && return 0 # another run built it meanwhile
+  need go "Go 1.24+ is needed once to build the embedded FerretDB (a Go toolchain >= 1.24; older Debian golang packages are too old)."
+  say "building FerretDB (embedded, SQLite) into $(dirname "$bin") (first run only) ..."
+  local t0 tmp blog
+  t0=$(now_ms)
+  mkdir -p "$(dirname "$bin")"
+  tmp="$bin.tmp.$$"
+  blog="$CACHE_DIR/ferretdb-build.log"
+  if ! (cd "$HERE/ferretdb" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0 \
+    go build -trimpath -buildvcs=false -o "$tmp" .) >"$blog" 2>&1; then
+    printf '[infra] ERROR: go build of deploy/local/ferretdb failed (%s, %s):\n' "$(go version)" "$blog" >&2
+    tail -n 40 "$blog" >&2
+    rm -f "$tmp"
+    exit 1
+  fi
+  mv "$tmp" "$bin"
+  say "FerretDB binary built in $(elapsed "$t0")"
+}
+
+probe_mongo() {
+  port_open "$MONGO_PORT" || return 1
+  if py_has pymongo; then
+    "$PY" - "mongodb://127.0.0.1:$MONGO_PORT/" >/dev/null 2>&1 <<'EOF'
+import sys
+from pymongo import MongoClient
+
+client = MongoClient(sys.argv[1], serverSelectionTimeoutMS=3000, connectTimeoutMS=3000)
+try:
+    client.admin.command("ping")
+finally:
+    client.close()
+EOF
+  fi
+}
+
+# mongo_wanted: 0 if this `up` has to start the database (says why not otherwise).
+mongo_wanted() {
+  if [[ -n ${MONGODB_URL:-} ]]; then
+    say "MONGODB_URL is set: not starting a database, using it"
+    return 1
+  fi
+  local pid name
+  for name in ferretdb mongod; do
+    if pid=$(running_pid "$name"); then
+      say "$name already running (pid $pid, 127.0.0.1:$MONGO_PORT)"
+      return 1
+    fi
+  done
+  [[ $(mongo_impl) == ferretdb ]] || need mongod "HALA_MONGO_IMPL=mongod"
+  check_port_free "$MONGO_PORT" "MongoDB" MONGO_PORT
+}
+
+start_mongo() {
+  local impl data
+  impl=$(mongo_impl)
+  data="$RUN_DIR/$impl/data"
+  mkdir -p "$data"
+  if [[ $impl == ferretdb ]]; then
+    start_bg ferretdb env DO_NOT_TRACK=true FERRETDB_TELEMETRY=disable \
+      "$(ferretdb_bin)" -listen-addr "127.0.0.1:$MONGO_PORT" -data-dir "$data" \
+      -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}"
+  else
+    start_bg mongod mongod --dbpath "$data" --bind_ip 127.0.0.1 --port "$MONGO_PORT"
+  fi
+}
+
+wait_mongo() { # wait_mongo START_MS
+  local impl how="port"
+  impl=$(mongo_impl)
+  wait_ready "$impl" probe_mongo
+  py_has pymongo && how="ping"
+  say "$impl ready in $(elapsed "$1") ($how): pid $(running_pid "$impl"), mongodb://127.0.0.1:$MONGO_PORT/"
+}
+
+# ---------------------------------------------------------------- stop / status
+# stop_service NAME [quiet]: SIGTERM, wait, SIGKILL after STOP_TIMEOUT; remove the pid file.
+stop_service() {
+  local name=$1 quiet=${2:-} pidf pid t0 deadline
+  pidf=$(pid_file "$name")
+  [[ -f $pidf ]] || return 0
+  if ! pid=$(running_pid "$name"); then
+    [[ -n $quiet ]] || say "$name: not running (stale pid file removed)"
+    rm -f "$pidf"
+    return 0
+  fi
+  t0=$(now_ms)
+  deadline=$(($(date +%s) + STOP_TIMEOUT))
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do
+    if (($(date +%s) >= deadline)); then
+      warn "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.2
+    fi
+    # A zombie (its parent has not reaped it yet) counts as gone.
+    [[ $(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) == Z ]] && break
+    sleep 0.1
+  done
+  rm -f "$pidf"
+  [[ -n $quiet ]] || say "stopped $name (pid $pid) in $(elapsed "$t0")"
+}
+
+cmd_down() {
+  local name
+  for name in "${ALL_SERVICES[@]}"; do stop_service "$name"; done
+  local p left=0
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$MONGO_PORT"; do
+    if port_open "$p"; then
+      warn "127.0.0.1:$p still answers (not a process this script started?)"
+      left=1
+    fi
+  done
+  ((left == 0)) && say "down: nothing of ours is running"
+  return 0
+}
+
+cmd_status() {
+  local ok=0 name pid port state
+  if [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
+    say "kafka: external, KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS"
+  fi
+  if [[ -n ${MONGODB_URL:-} ]]; then say "database: external, MONGODB_URL is set"; fi
+  local expect_kafka=1 expect_db=1
+  [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]] && expect_kafka=0
+  [[ -n ${MONGODB_URL:-} ]] && expect_db=0
+  local db_up=0
+  for name in "${ALL_SERVICES[@]}"; do
+    port=$(service_port "$name")
+    if pid=$(running_pid "$name"); then
+      if port_open "$port"; then state="port answers"; else state="PORT NOT ANSWERING"; fi
+      printf '%-9s running  pid %-7s 127.0.0.1:%-6s %s\n' "$name" "$pid" "$port" "$state"
+      if [[ $state != "port answers" ]]; then ok=1; fi
+      [[ $name != kafka ]] && db_up=1
+    else
+      [[ $name == mongod && $(mongo_impl) != mongod ]] && continue
+      [[ $name == ferretdb && $(mongo_impl) != ferretdb ]] && continue
+      printf '%-9s stopped\n' "$name"
+      if [[ $name == kafka && $expect_kafka == 1 ]]; then ok=1; fi
+    fi
+  done
+  if [[ $expect_db == 1 && $db_up == 0 ]]; then ok=1; fi
+  return $ok
+}
+
+cmd_env() {
+  echo "KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$KAFKA_PORT}"
+  echo "MONGODB_URL=${MONGODB_URL:-mongodb://127.0.0.1:$MONGO_PORT/}"
+}
+
+cmd_logs() {
+  local follow=() names=() a
+  for a in "$@"; do
+    case $a in
+      -f | --follow) follow=(-F) ;;
+      kafka | ferretdb | mongod) names+=("$a") ;;
+      *) die "logs: unknown argument '$a' (kafka, ferretdb, mongod, -f)" ;;
+    esac
+  done
+  ((${#names[@]})) || names=("${ALL_SERVICES[@]}")
+  local files=() n
+  for n in "${names[@]}"; do [[ -f $(log_file "$n") ]] && files+=("$(log_file "$n")"); done
+  ((${#files[@]})) || die "no logs yet in $LOGS_DIR"
+  tail -n "${HALA_LOG_LINES:-50}" "${follow[@]}" "${files[@]}"
+}
+
+cmd_reset() {
+  cmd_down
+  local d
+  for d in kafka ferretdb mongod logs; do rm -rf "${RUN_DIR:?}/$d"; done
+  say "wiped runtime data and logs under $RUN_DIR"
+}
+
+cmd_up() {
+  local fresh=0 a
+  for a in "$@"; do
+    case $a in
+      --fresh) fresh=1 ;;
+      *) die "up: unknown argument '$a'" ;;
+    esac
+  done
+  ((fresh)) && cmd_reset
+  local t0 kafka=0 mongo=0
+  t0=$(now_ms)
+  mkdir -p "$PIDS_DIR" "$LOGS_DIR"
+  kafka_wanted && kafka=1
+  mongo_wanted && mongo=1
+
+  # 1. Artifacts (first run only): Maven download and Go build run side by side.
+  local mvn_job=""
+  if ((kafka)); then
+    ensure_kafka_libs &
+    mvn_job=$!
+  fi
+  local ok=1
+  if ((mongo)) && [[ $(mongo_impl) == ferretdb ]]; then (ensure_ferretdb_bin) || ok=0; fi
+  if [[ -n $mvn_job ]] && ! wait "$mvn_job"; then ok=0; fi
+  ((ok)) || exit 1
+
+  # 2. Start both, then wait for both (Kafka needs a few seconds; the database less).
+  local ts
+  ts=$(now_ms)
+  if ((kafka)); then
+    start_kafka
+    STARTED+=(kafka)
+  fi
+  if ((mongo)); then
+    start_mongo
+    STARTED+=("$(mongo_impl)")
+  fi
+  if ((mongo)); then wait_mongo "$ts"; fi
+  if ((kafka)); then wait_kafka "$ts"; fi
+  say "up in $(elapsed "$t0"); for the app:"
+  cmd_env | sed 's/^/  /'
+}
+
+# ---------------------------------------------------------------- main
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case $cmd in
+    up | down | reset)
+      mkdir -p "$RUN_DIR"
+      RUN_DIR=$(cd "$RUN_DIR" && pwd)
+      PIDS_DIR=$RUN_DIR/pids
+      LOGS_DIR=$RUN_DIR/logs
+      if command -v flock >/dev/null 2>&1; then
+        exec 9>"$RUN_DIR/.lock"
+        flock -w 300 9 || die "another infra.sh holds $RUN_DIR/.lock"
+      fi
+      "cmd_$cmd" "$@"
+      ;;
+    status | env | logs)
+      if [[ -d $RUN_DIR ]]; then
+        RUN_DIR=$(cd "$RUN_DIR" && pwd)
+        PIDS_DIR=$RUN_DIR/pids
+        LOGS_DIR=$RUN_DIR/logs
+      fi
+      "cmd_$cmd" "$@"
+      ;;
+    -h | --help | help) usage ;;
+    *)
+      usage >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"
