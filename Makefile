@@ -41,21 +41,24 @@ infra-down: ## Stop Kafka and the MongoDB-compatible server
 # pytest exits 5 when a folder holds no test yet; that is not a failure of the suite.
 PYTEST = rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) $(1) || rc=$$?; [ $$rc -eq 0 -o $$rc -eq 5 ] || exit $$rc
 
-test: $(STAMP) ## Unit tests, simulator conformance, then integration tests on the real broker and database
+tools: ## Debian tools used by tests and benchmarks (promtool, wrk), installed if missing
+	deploy/local/ensure_tools.sh
+
+test: $(STAMP) tools ## Unit tests, simulator conformance, then integration tests on the real broker and database
 	@$(call PYTEST,tests/unit tests/metasim)
 	@$(call PYTEST,tests/integration tests/e2e)
 
-test-unit: $(STAMP) ## Only the tests that need no broker and no database
+test-unit: $(STAMP) tools ## Only the tests that need no broker and no database
 	@$(call PYTEST,tests/unit tests/metasim)
 
 lint: $(STAMP) ## ruff (lint + format check) and the import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP) ## Benchmarks: print a table of figures and write bench/results/
+bench: $(STAMP) tools ## Benchmarks: print a table of figures and write bench/results/
 	$(PY) bench/run_all.py
 
 clean: ## Remove runtime data (.run) — stops nothing; run `make down` first
 	rm -rf .run
 
-.PHONY: help venv run up down status infra-up infra-down test test-unit lint bench clean
+.PHONY: tools help venv run up down status infra-up infra-down test test-unit lint bench clean
