@@ -56,6 +56,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("account_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True),
         IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)]),
         IndexModel([("created_at", ASCENDING)]),
+        IndexModel([("status", ASCENDING), ("status_at", ASCENDING)]),  # status's sweeper
     ],
     LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],

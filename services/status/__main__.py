@@ -1,21 +1,56 @@
-"""Composition root: settings -> logging -> connections -> serve until SIGTERM."""
+"""Composition root: settings -> logging -> connections -> app + workers -> serve until SIGTERM."""
 
 import asyncio
 
+from services.status.app import SERVICE, create_app
+from services.status.handlers import WebhookConfig
+from services.status.processor import WebhookProcessor
+from services.status.publisher import KafkaPublisher
+from services.status.repository import StatusRepository
 from services.status.settings import StatusSettings
-from shared.http import make_ops_app
+from services.status.state_writer import StateWriter
+from services.status.sweeper import Sweeper, SweepPolicy
+from services.status.workers import run_processor, run_state_writer
+from shared.clock import SystemClock
+from shared.collections import CONVERSATIONS, PARKED_STATUSES, WAMID_INDEX, ensure_indexes
 from shared.logging import configure_logging
 from shared.runtime import Connections, serve
 
-SERVICE = "status"
+# Workers may wait longer for the broker than Meta waits for our answer.
+WORKER_PUBLISH_TIMEOUT_SECONDS = 30.0
 
 
 async def main() -> None:
     settings = StatusSettings()
     configure_logging(SERVICE, settings.log_level)
+    clock = SystemClock()
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        return make_ops_app(SERVICE, conns.readiness_checks()), []
+        await ensure_indexes(conns.db, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS)
+        prefix, bootstrap = settings.topic_prefix, settings.kafka_bootstrap_servers
+        repository = StatusRepository(conns.db)
+        webhook_publisher = KafkaPublisher(conns.producer, prefix,
+                                           settings.publish_timeout_seconds)
+        worker_publisher = KafkaPublisher(conns.producer, prefix, WORKER_PUBLISH_TIMEOUT_SECONDS)
+        app = create_app(
+            WebhookConfig(app_secret=settings.app_secret.get_secret_value().encode(),
+                          verify_token=settings.verify_token.get_secret_value(),
+                          max_body_bytes=settings.max_webhook_bytes),
+            webhook_publisher, clock, conns.readiness_checks())
+        processor = WebhookProcessor(repository, worker_publisher, clock)
+        state_writer = StateWriter(repository, worker_publisher, clock)
+        sweeper = Sweeper(repository, worker_publisher, clock, SweepPolicy(
+            unknown_timeout_seconds=settings.unknown_timeout_seconds,
+            parked_retention_days=settings.parked_retention_days,
+            message_retention_days=settings.message_retention_days,
+            batch_size=settings.sweep_batch_size,
+            recipient_hash_key=settings.recipient_hash_key.get_secret_value().encode()))
+        workers = [
+            run_processor(bootstrap, prefix, processor.handle_record, conns.producer),
+            run_state_writer(bootstrap, prefix, state_writer.handle_record, conns.producer),
+            sweeper.run_forever(settings.sweep_interval_seconds),
+        ]
+        return app, workers
 
     await serve(settings, SERVICE, build)
 

@@ -1,3 +1,7 @@
+"""status's settings (env prefix STATUS_). Defaults match the local simulator
+(tools/metasim/default.yaml) so that `make run` works out of the box; production sets its own."""
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -7,3 +11,21 @@ class StatusSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="STATUS_", extra="ignore", populate_by_name=True)
 
     http_port: int = 8081
+    # Meta signs every webhook POST with the app secret; the verify token answers the handshake.
+    app_secret: SecretStr = SecretStr("metasim-app-secret-change-me")
+    verify_token: SecretStr = SecretStr("metasim-verify-token")
+    # Meta's documented maximum webhook payload.
+    max_webhook_bytes: int = Field(3 * 1024 * 1024, gt=0)
+    # Meta's receiver timeout is not documented (the simulator uses 5 s): give up earlier, answer
+    # 503, and let Meta retry rather than be cut off mid-request.
+    publish_timeout_seconds: float = Field(3.0, gt=0)
+    # A send whose outcome stayed ambiguous this long is declared failed so billing releases it.
+    unknown_timeout_seconds: int = Field(600, gt=0)
+    # Meta retries webhooks for up to 7 days: a status for a wamid we never learnt is dropped after.
+    parked_retention_days: int = Field(7, gt=0)
+    # The privacy policy promises brief message logs: after this, recipient and content go.
+    message_retention_days: int = Field(30, gt=0)
+    # Keyed hash for anonymised recipients: a plain hash of a phone number is trivially reversed.
+    recipient_hash_key: SecretStr = SecretStr("dev-recipient-hash-key-change-me")
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+    sweep_batch_size: int = Field(500, gt=0)

@@ -1,0 +1,106 @@
+"""Meta's webhook endpoint: the verification handshake (GET) and event delivery (POST).
+
+A POST is answered 200 only once its raw bytes are durable in Kafka: Meta keeps no history we
+could fetch later, and anything but 200 makes it deliver again. All work happens downstream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from services.status import core
+from services.status.metrics import (
+    WEBHOOK_PUBLISH_DURATION,
+    WEBHOOKS_PUBLISHED,
+    WEBHOOKS_RECEIVED,
+    WEBHOOKS_REJECTED,
+)
+from services.status.publisher import Publisher
+from shared.clock import Clock
+from shared.errors import Forbidden, InvalidRequest, InvalidSignature, ServiceError
+from shared.logging import get_logger
+from shared.messages import WEBHOOK_RECEIVED, WebhookReceived
+
+log = get_logger(__name__)
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    app_secret: bytes
+    verify_token: str
+    max_body_bytes: int
+
+
+class PayloadTooLarge(ServiceError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class WebhookHandlers:
+    def __init__(self, config: WebhookConfig, publisher: Publisher, clock: Clock) -> None:
+        self._config = config
+        self._publisher = publisher
+        self._clock = clock
+
+    async def verify_subscription(self, request: web.Request) -> web.Response:
+        challenge = core.handshake_challenge(request.query, self._config.verify_token)
+        if challenge is None:
+            log.warning("webhook_verification_refused", outcome="refused")
+            raise Forbidden("webhook verification failed", code="verification_failed")
+        log.info("webhook_verification_answered", outcome="verified")
+        return web.Response(text=challenge, content_type="text/plain")
+
+    async def receive(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        WEBHOOKS_RECEIVED.inc()
+        outcome, size = "published", 0
+        try:
+            body = await self._read_body(request)
+            size = len(body)
+            waba_id = self._accept(body, request.headers.get(SIGNATURE_HEADER))
+            event = WebhookReceived(event_id=core.webhook_event_id(waba_id, body),
+                                    received_at=self._clock.now_ms(),
+                                    payload=msgspec.Raw(body))
+            publish_started = time.perf_counter()
+            await self._publisher.publish(WEBHOOK_RECEIVED, event)
+            WEBHOOK_PUBLISH_DURATION.observe(time.perf_counter() - publish_started)
+            WEBHOOKS_PUBLISHED.inc()
+            return web.Response(status=200, text="OK", content_type="text/plain")
+        except ServiceError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            log.info("webhook_received", outcome=outcome, bytes=size,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            WEBHOOKS_REJECTED.labels("too_large").inc()
+            raise PayloadTooLarge(f"webhook body exceeds {limit} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            WEBHOOKS_REJECTED.labels("too_large").inc()
+            raise PayloadTooLarge(f"webhook body exceeds {limit} bytes") from exc
+        if len(body) > limit:
+            WEBHOOKS_REJECTED.labels("too_large").inc()
+            raise PayloadTooLarge(f"webhook body exceeds {limit} bytes")
+        return body
+
+    def _accept(self, body: bytes, signature: str | None) -> str:
+        """The WABA id of a body signed by Meta and shaped like a WhatsApp webhook."""
+        if not core.signature_is_valid(body, signature, self._config.app_secret):
+            WEBHOOKS_REJECTED.labels("bad_signature").inc()
+            raise InvalidSignature("X-Hub-Signature-256 does not match the body")
+        try:
+            return core.accepted_waba_id(body)
+        except InvalidRequest:
+            WEBHOOKS_REJECTED.labels("malformed").inc()
+            raise

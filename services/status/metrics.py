@@ -1,0 +1,68 @@
+"""status's metrics, declared in one place. Label values come from closed sets only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WEBHOOKS_RECEIVED = Counter(
+    "status_webhooks_received_total",
+    "Webhook POSTs received from Meta, before any check.",
+)
+WEBHOOKS_REJECTED = Counter(
+    "status_webhooks_rejected_total",
+    "Webhook POSTs refused, by reason (bad_signature, malformed, too_large).",
+    ["reason"],
+)
+WEBHOOKS_PUBLISHED = Counter(
+    "status_webhooks_published_total",
+    "Verified webhook POSTs written to Kafka (acks=all) before answering 200.",
+)
+WEBHOOK_PUBLISH_DURATION = Histogram(
+    "status_webhook_publish_duration_seconds",
+    "Time to get a verified webhook acknowledged by Kafka.",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+STATUSES = Counter(
+    "status_statuses_total",
+    "Status items in webhooks, by Meta's status (sent, delivered, read, failed, played, other).",
+    ["status"],
+)
+STATUSES_PARKED = Counter(
+    "status_statuses_parked_total",
+    "Status items parked because their wamid was not known yet.",
+)
+PARKED_STATUSES = Gauge(
+    "status_parked_statuses",
+    "Parked statuses waiting for their wamid (measured by the sweeper).",
+)
+INBOUND_MESSAGES = Counter(
+    "status_inbound_messages_total",
+    "Inbound messages from WhatsApp users.",
+)
+TEMPLATE_UPDATES = Counter(
+    "status_template_updates_total",
+    "Template status webhooks, by Meta's event (APPROVED, REJECTED, PAUSED, ..., other).",
+    ["event"],
+)
+CHANGES_IGNORED = Counter(
+    "status_changes_ignored_total",
+    "Webhook changes we do not act on, by field (known Meta field names or other).",
+    ["field"],
+)
+ITEMS_MALFORMED = Counter(
+    "status_items_malformed_total",
+    "Single changes or items of a verified webhook that could not be parsed (the rest is used).",
+)
+PROCESSING_LAG = Histogram(
+    "status_processing_lag_seconds",
+    "From receiving a webhook to processing it (now - received_at).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+UNKNOWN_OUTCOMES_FAILED = Counter(
+    "status_unknown_outcomes_failed_total",
+    "Messages stuck in `unknown` that the sweeper declared failed (outcome_unknown).",
+)
+MESSAGES_ANONYMISED = Counter(
+    "status_messages_anonymised_total",
+    "Messages past retention whose recipient and content were removed.",
+)

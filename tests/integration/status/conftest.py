@@ -1,0 +1,117 @@
+"""A private world per test: its own topic prefix, consumer groups and database, with the
+status service's real adapters wired as in its composition root."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.status.processor import WebhookProcessor
+from services.status.publisher import KafkaPublisher
+from services.status.repository import StatusRepository
+from services.status.state_writer import StateWriter
+from services.status.workers import run_processor, run_state_writer
+from shared.clock import SystemClock
+from shared.collections import (
+    CONVERSATIONS,
+    MESSAGES,
+    PARKED_STATUSES,
+    TEMPLATES,
+    WAMID_INDEX,
+    ensure_indexes,
+)
+from shared.kafka import ensure_topics, make_consumer, make_producer, topic_name
+from shared.messages import Topic
+
+
+@dataclass
+class StatusWorld:
+    bootstrap: str
+    prefix: str
+    db: AsyncDatabase[dict[str, Any]]
+    producer: AIOKafkaProducer
+    repository: StatusRepository
+    publisher: KafkaPublisher
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self, worker: Coroutine[Any, Any, None]) -> None:
+        self.tasks.append(asyncio.create_task(worker))
+
+    def start_processor(self) -> None:
+        processor = WebhookProcessor(self.repository, self.publisher, SystemClock())
+        self.start(run_processor(self.bootstrap, self.prefix, processor.handle_record,
+                                 self.producer))
+
+    def start_state_writer(self) -> None:
+        writer = StateWriter(self.repository, self.publisher, SystemClock())
+        self.start(run_state_writer(self.bootstrap, self.prefix, writer.handle_record,
+                                    self.producer))
+
+    async def publish(self, topic: Topic[Any], event: Any) -> None:
+        await self.publisher.publish(topic, event)
+
+    def check_workers(self) -> None:
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def read(self, topic: Topic[Any], until: Callable[[list[Any]], bool],
+                   within_seconds: float = 30.0) -> list[Any]:
+        """Decoded events of a topic (from the start) once `until` holds for them."""
+        consumer = make_consumer(self.bootstrap, f"{self.prefix}it-reader-{time.monotonic_ns()}",
+                                 topic_name(topic, self.prefix))
+        await consumer.start()
+        events: list[Any] = []
+        try:
+            deadline = time.monotonic() + within_seconds
+            while not until(events):
+                self.check_workers()
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out reading {topic.name}: {events}")
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    events.extend(topic.decode(r.value) for r in records)
+            return events
+        finally:
+            await consumer.stop()
+
+    async def wait_for(self, condition: Callable[[], Awaitable[bool]],
+                       within_seconds: float = 30.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + within_seconds
+        while not await condition():
+            self.check_workers()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)  # polling interval, not a wait for the result
+
+
+@pytest.fixture
+async def world(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
+                unique: str) -> AsyncIterator[StatusWorld]:
+    prefix = f"t{unique}."
+    await ensure_topics(bootstrap_servers, prefix)
+    db = mongo[f"it_{unique}"]
+    # ingest's and the CLI's indexes too: the state writer must live with them.
+    await ensure_indexes(db, MESSAGES, TEMPLATES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS)
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    repository = StatusRepository(db)
+    world = StatusWorld(bootstrap=bootstrap_servers, prefix=prefix, db=db, producer=producer,
+                        repository=repository,
+                        publisher=KafkaPublisher(producer, prefix, timeout_seconds=30))
+    try:
+        yield world
+    finally:
+        for task in world.tasks:
+            task.cancel()
+        await asyncio.gather(*world.tasks, return_exceptions=True)
+        await producer.stop()
+        await mongo.drop_database(f"it_{unique}")

@@ -1,0 +1,44 @@
+"""status's consumers run over every example of the topics they read (schema drift shows here)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.status import core
+from services.status.processor import WebhookProcessor
+from services.status.state_writer import StateWriter
+from shared.clock import FakeClock
+from shared.messages import STATUS_CHANGED, WEBHOOK_RECEIVED, topics_read_by
+from tests.unit.status.fakes import FakePublisher, FakeStore
+
+
+class _Record:
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+
+def test_status_reads_exactly_the_topics_it_has_workers_for() -> None:
+    assert {t.name for t in topics_read_by("status")} == {WEBHOOK_RECEIVED.name,
+                                                          STATUS_CHANGED.name}
+
+
+async def test_the_processor_handles_every_webhook_example() -> None:
+    store, publisher = FakeStore(), FakePublisher()
+    store.wamid_index["wamid.HBgL"] = core.wamid_index_doc(
+        "wamid.HBgL", core.MessageRef("msg_01HZY3V9J6Q8W4T2", "acc_demo", "GB"))
+    processor = WebhookProcessor(store, publisher, FakeClock())
+    for example in WEBHOOK_RECEIVED.examples:
+        await processor.handle_record(_Record(msgspec.json.encode(example)))  # type: ignore[arg-type]
+    [event] = publisher.events(STATUS_CHANGED)
+    assert (event.event_id, event.status, event.message_id) == (
+        "wamid.HBgL:delivered", "delivered", "msg_01HZY3V9J6Q8W4T2")
+
+
+async def test_the_state_writer_handles_every_status_changed_example() -> None:
+    store, publisher = FakeStore(), FakePublisher()
+    writer = StateWriter(store, publisher, FakeClock())
+    for example in STATUS_CHANGED.examples:
+        await writer.handle_record(_Record(msgspec.json.encode(example)))  # type: ignore[arg-type]
+    assert store.messages["msg_01HZY3V9J6Q8W4T2"]["status"] == "delivered"
+    assert store.messages["msg_3"]["status"] == "failed"
+    assert store.messages["msg_4"]["status"] == "rejected"
