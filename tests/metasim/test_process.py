@@ -1,0 +1,47 @@
+"""The composition root: `python -m tools.metasim` starts, reads METASIM_* settings, serves."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_module_entry_point_serves_health_on_the_env_port() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tools.metasim",
+        cwd=ROOT,
+        env={"METASIM_PORT": str(port), "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+    async def first_health(session: aiohttp.ClientSession) -> dict:
+        while True:
+            assert process.returncode is None, "simulator exited"
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    return await response.json()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await asyncio.wait_for(first_health(session), 20) == {"status": "ok"}
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
