@@ -1,4 +1,5 @@
-"""Integration tests run against the real local Kafka and MongoDB-compatible server.
+"""Fixtures for tests that need infrastructure: integration and end-to-end tests run against
+the real local Kafka and MongoDB-compatible server.
 
 The project's infrastructure script starts them once per test session (or the addresses in
 KAFKA_BOOTSTRAP_SERVERS / MONGODB_URL are used). Unreachable infrastructure is a failure, never a
@@ -19,7 +20,7 @@ from pymongo import AsyncMongoClient
 
 from shared.mongo import make_client
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "deploy" / "local" / "infra.sh"
 
 
