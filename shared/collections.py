@@ -64,8 +64,10 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *names: str) -> None:
-    """Create the indexes of the named collections (idempotent; run at service start)."""
+    """Create the indexes of the named collections (idempotent; run at service start).
+
+    One index per command: FerretDB 1.24 drops the connection when a single createIndexes
+    re-creates several indexes that already exist."""
     for name in names:
-        models = INDEXES.get(name)
-        if models:
-            await db[name].create_indexes(models)
+        for model in INDEXES.get(name, []):
+            await db[name].create_indexes([model])

@@ -89,9 +89,18 @@ def _infra_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.split() if "=" in line)
 
 
+def _token_keys() -> str:
+    """The Fernet keys for access tokens: HALA_TOKEN_KEYS, or the local .run/secrets.env one."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from seed_demo import token_keys  # type: ignore[import-not-found]
+
+    return str(token_keys())
+
+
 def up(timeout: float = 120.0) -> None:
     subprocess.run([str(INFRA), "up"], check=True)
-    env = {**os.environ, **_infra_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **_infra_env(), "PYTHONUNBUFFERED": "1",
+           "HALA_TOKEN_KEYS": _token_keys()}
     PIDS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     started = []

@@ -3,8 +3,18 @@
 import asyncio
 
 from services.ingest.app import SERVICE, create_app
+from services.ingest.handlers import Ingest
+from services.ingest.publisher import KafkaPublisher
+from services.ingest.repository import (
+    CachedDirectory,
+    MongoDirectory,
+    MongoMessageStore,
+)
 from services.ingest.settings import IngestSettings
+from shared.clock import SystemClock
+from shared.collections import MESSAGES, ensure_indexes
 from shared.logging import configure_logging
+from shared.pricing import load_rate_card
 from shared.runtime import Connections, serve
 
 
@@ -13,7 +23,17 @@ async def main() -> None:
     configure_logging(SERVICE, settings.log_level)
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        return create_app(conns.readiness_checks()), []
+        await ensure_indexes(conns.db, MESSAGES)
+        clock = SystemClock()
+        ingest = Ingest(
+            directory=CachedDirectory(MongoDirectory(conns.db), clock,
+                                      settings.cache_ttl_seconds),
+            messages=MongoMessageStore(conns.db),
+            publisher=KafkaPublisher(conns.producer, settings.topic_prefix),
+            clock=clock,
+            rate_card=load_rate_card(settings.rate_card_version),
+        )
+        return create_app(conns.readiness_checks(), ingest), []
 
     await serve(settings, SERVICE, build)
 

@@ -1,0 +1,1 @@
+"""admin: the operator's CLI `hala` (accounts, WABAs, numbers, API keys, credit, templates)."""

@@ -1,0 +1,300 @@
+"""`hala`: the operator's command line. Parses arguments, opens what the command needs, calls
+services/admin/commands.py and prints the result (as JSON with `--json`).
+
+Connections come from MONGODB_URL, MONGODB_DATABASE, KAFKA_BOOTSTRAP_SERVERS, HALA_TOPIC_PREFIX;
+access tokens are encrypted with HALA_TOKEN_KEYS (comma-separated Fernet keys, newest first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka.errors import KafkaError
+from pymongo.errors import PyMongoError
+
+from services.admin import commands
+from services.admin.graph import GraphClient
+from services.admin.settings import AdminSettings
+from shared.errors import ServiceError
+from shared.kafka import make_producer
+from shared.mongo import make_client
+from shared.secrets import TokenVault
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # `--json` is accepted before or after the command: `hala --json accounts list` and
+    # `hala accounts list --json` both work.
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="print machine-readable JSON")
+
+    parser = argparse.ArgumentParser(prog="hala", description="Hala Whatsup administration")
+    parser.add_argument("--json", action="store_true", default=False,
+                        help="print machine-readable JSON")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
+
+    def command(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+        return group.add_parser(name, help=help_text, parents=[json_flag])
+
+    accounts = groups.add_parser("accounts", help="client accounts").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    create = command(accounts, "create", "create an account (prints its id)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--email", required=True)
+    create.add_argument("--phone", required=True, help="E.164, e.g. +971501234567")
+    create.add_argument("--business-name", required=True)
+    create.add_argument("--fb-business-manager-id", required=True)
+    create.add_argument("--low-balance-threshold", type=_non_negative_int,
+                        default=commands.core.DEFAULT_LOW_BALANCE_THRESHOLD, metavar="MICROS")
+    for name, text in (("suspend", "refuse the account's requests"),
+                       ("activate", "accept the account's requests again"),
+                       ("show", "an account with its numbers, keys and balance")):
+        command(accounts, name, text).add_argument("account_id", metavar="ID")
+    command(accounts, "list", "every account")
+
+    wabas = groups.add_parser("wabas", help="WhatsApp Business Accounts").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    waba = command(wabas, "register", "register a WABA to an account")
+    waba.add_argument("--account", required=True, dest="account_id")
+    waba.add_argument("--waba-id", required=True)
+    waba.add_argument("--portfolio-id", required=True)
+    waba.add_argument("--name", default="")
+    command(wabas, "list", "an account's WABAs").add_argument("--account", required=True,
+                                                                dest="account_id")
+
+    numbers = groups.add_parser("numbers", help="business phone numbers").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    number = command(numbers, "register", "register a phone number (token stored encrypted)")
+    number.add_argument("--account", required=True, dest="account_id")
+    number.add_argument("--waba-id", required=True)
+    number.add_argument("--phone-number-id", required=True)
+    number.add_argument("--display-phone-number", required=True)
+    number.add_argument("--access-token", required=True, metavar="TOKEN")
+    number.add_argument("--throughput-mps", type=_positive_int, default=80)
+    number.add_argument("--messaging-limit", default="TIER_UNLIMITED",
+                        choices=commands.core.MESSAGING_LIMITS)
+    command(numbers, "list", "an account's numbers").add_argument("--account", required=True,
+                                                                    dest="account_id")
+
+    keys = groups.add_parser("keys", help="API keys").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    issue = command(keys, "issue", "issue an API key (printed once)")
+    issue.add_argument("--account", required=True, dest="account_id")
+    issue.add_argument("--name", default="")
+    command(keys, "revoke", "revoke an API key").add_argument("key", metavar="KEY_ID_OR_PREFIX")
+    command(keys, "list", "an account's API keys").add_argument("--account", required=True,
+                                                                 dest="account_id")
+    command(keys, "generate-encryption-key", "print a new Fernet key for HALA_TOKEN_KEYS")
+
+    credits_ = groups.add_parser("credits", help="prepaid credit").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    topup = command(credits_, "topup", "add credit (billing applies it)")
+    topup.add_argument("--account", required=True, dest="account_id")
+    topup.add_argument("--amount", required=True, type=_positive_int, metavar="MICROS")
+    topup.add_argument("--note", default="")
+
+    balance = groups.add_parser("balance", help="balances").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    command(balance, "show", "an account's balance").add_argument("--account", required=True,
+                                                                    dest="account_id")
+
+    ledger = groups.add_parser("ledger", help="credit movements").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    ledger_show = command(ledger, "show", "an account's latest ledger entries")
+    ledger_show.add_argument("--account", required=True, dest="account_id")
+    ledger_show.add_argument("--limit", type=_positive_int, default=50)
+
+    templates = groups.add_parser("templates", help="message templates").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    sync = command(templates, "sync", "copy a WABA's templates from Meta")
+    sync.add_argument("--waba-id", required=True)
+    sync.add_argument("--graph-url", default=None, help="default http://127.0.0.1:8090")
+    sync.add_argument("--graph-version", default=None, help="default v24.0")
+    command(templates, "list", "a WABA's synced templates").add_argument("--waba-id",
+                                                                         required=True)
+
+    tokens = groups.add_parser("tokens", help="access token encryption").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    command(tokens, "rotate", "re-encrypt every access token under the newest key")
+    return parser
+
+
+class Context:
+    """What a command may need, opened lazily and closed at the end."""
+
+    def __init__(self, settings: AdminSettings) -> None:
+        self.settings = settings
+        self.mongo = make_client(settings.mongodb_url)
+        self.db = self.mongo[settings.mongodb_database]
+        self._producer: Any = None
+
+    def vault(self) -> TokenVault:
+        if self.settings.token_keys is None:
+            raise ServiceError("set HALA_TOKEN_KEYS (generate one with "
+                               "`hala keys generate-encryption-key`)", code="no_token_keys")
+        return TokenVault(self.settings.token_keys)
+
+    async def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = make_producer(self.settings.kafka_bootstrap_servers)
+            await self._producer.start()
+        return self._producer
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+        await self.mongo.close()
+
+
+async def run(args: argparse.Namespace, settings: AdminSettings) -> Any:
+    """Execute a parsed command; returns what to print."""
+    if (args.group, args.command) == ("keys", "generate-encryption-key"):
+        return {"key": commands.generate_encryption_key()}
+    ctx = Context(settings)
+    try:
+        return await _dispatch(args, ctx)
+    finally:
+        await ctx.close()
+
+
+async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
+    db, action = ctx.db, (args.group, args.command)
+    await commands.prepare(db)
+    if action == ("accounts", "create"):
+        return await commands.create_account(
+            db, name=args.name, email=args.email, phone=args.phone,
+            business_name=args.business_name,
+            fb_business_manager_id=args.fb_business_manager_id,
+            low_balance_threshold=args.low_balance_threshold)
+    if action == ("accounts", "suspend"):
+        return await commands.set_account_status(db, args.account_id, "suspended")
+    if action == ("accounts", "activate"):
+        return await commands.set_account_status(db, args.account_id, "active")
+    if action == ("accounts", "list"):
+        return await commands.list_accounts(db)
+    if action == ("accounts", "show"):
+        return await commands.show_account(db, args.account_id)
+    if action == ("wabas", "register"):
+        return await commands.register_waba(db, account_id=args.account_id,
+                                            waba_id=args.waba_id,
+                                            portfolio_id=args.portfolio_id, name=args.name)
+    if action == ("wabas", "list"):
+        return await commands.list_wabas(db, args.account_id)
+    if action == ("numbers", "register"):
+        return await commands.register_number(
+            db, ctx.vault(), account_id=args.account_id, waba_id=args.waba_id,
+            phone_number_id=args.phone_number_id,
+            display_phone_number=args.display_phone_number, access_token=args.access_token,
+            throughput_mps=args.throughput_mps, messaging_limit=args.messaging_limit)
+    if action == ("numbers", "list"):
+        return await commands.list_numbers(db, args.account_id)
+    if action == ("keys", "issue"):
+        api_key, record = await commands.issue_key(db, account_id=args.account_id,
+                                                   name=args.name)
+        return {"api_key": api_key, **record,
+                "note": "store this key now: it is not shown again"}
+    if action == ("keys", "revoke"):
+        return await commands.revoke_key(db, args.key)
+    if action == ("keys", "list"):
+        return await commands.list_keys(db, args.account_id)
+    if action == ("credits", "topup"):
+        event = await commands.top_up(db, await ctx.producer(), account_id=args.account_id,
+                                      amount=args.amount, note=args.note,
+                                      topic_prefix=ctx.settings.topic_prefix)
+        return {"event_id": event.event_id, "account_id": event.account_id,
+                "amount": event.amount, "unit": "micros",
+                "note": "billing applies it shortly; see `hala balance show`"}
+    if action == ("balance", "show"):
+        return await commands.show_balance(db, args.account_id)
+    if action == ("ledger", "show"):
+        return await commands.show_ledger(db, args.account_id, args.limit)
+    if action == ("templates", "sync"):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            graph = GraphClient(session, args.graph_url or ctx.settings.graph_url,
+                                args.graph_version or ctx.settings.graph_version)
+            return await commands.sync_templates(db, ctx.vault(), graph, waba_id=args.waba_id)
+    if action == ("templates", "list"):
+        return [{k: t.get(k) for k in ("name", "language", "category", "status",
+                                        "parameter_format", "body_params")}
+                for t in await commands.list_templates(db, args.waba_id)]
+    if action == ("tokens", "rotate"):
+        return await commands.rotate_tokens(db, ctx.vault())
+    raise AssertionError(f"unhandled command {action}")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError
+
+
+def render(result: Any, as_json: bool) -> str:
+    if as_json:
+        return orjson.dumps(result, default=_default, option=orjson.OPT_INDENT_2).decode()
+    return _human(result)
+
+
+def _human(result: Any, indent: str = "") -> str:
+    if isinstance(result, list):
+        if not result:
+            return f"{indent}(none)"
+        return "\n".join(_human(item, indent) + ("\n" if isinstance(item, dict) else "")
+                         for item in result).rstrip()
+    if isinstance(result, dict):
+        lines = []
+        for key, value in result.items():
+            if isinstance(value, dict | list) and value:
+                lines.append(f"{indent}{key}:")
+                lines.append(_human(value, indent + "  "))
+            else:
+                shown = value.isoformat() if isinstance(value, datetime) else value
+                lines.append(f"{indent}{key}: {shown}")
+        return "\n".join(lines)
+    return f"{indent}{result}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = asyncio.run(run(args, AdminSettings()))
+    except ServiceError as exc:
+        print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+    except PyMongoError as exc:
+        print(f"error: database unavailable ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    except KafkaError as exc:
+        print(f"error: broker unavailable ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    if not args.json and (args.group, args.command) in (("accounts", "create"),
+                                                        ("keys", "generate-encryption-key")):
+        # Scripts capture these: `export HALA_TOKEN_KEYS=$(hala keys generate-encryption-key)`.
+        print(result["_id"] if args.group == "accounts" else result["key"])
+    else:
+        print(render(result, args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

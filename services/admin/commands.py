@@ -1,0 +1,252 @@
+"""What each `hala` command does, as async functions over a database, a producer and a token vault
+passed in — so tests and deploy/local/seed_demo.py call them without a subprocess.
+
+The admin CLI is the only writer of accounts, api_keys, wabas, phone_numbers and (with status's
+webhooks) templates. Balances are billing's: credit is added by publishing TopUpRequested.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from pymongo import DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.admin import core
+from services.admin.graph import TemplateSource
+from shared.clock import Clock, SystemClock
+from shared.collections import (
+    ACCOUNTS,
+    API_KEYS,
+    BALANCES,
+    LEDGER,
+    PHONE_NUMBERS,
+    TEMPLATES,
+    WABAS,
+    ensure_indexes,
+)
+from shared.errors import InvalidRequest, NotFound, PermanentError
+from shared.ids import new_id
+from shared.kafka import publish
+from shared.messages import TOPUP_REQUESTED, TopUpRequested
+from shared.secrets import TokenVault
+from shared.secrets import new_key as new_fernet_key
+
+Db = AsyncDatabase[dict[str, Any]]
+_SYSTEM_CLOCK = SystemClock()
+
+
+async def prepare(db: Db) -> None:
+    """Indexes of the collections the CLI writes (idempotent)."""
+    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES)
+
+
+# --- accounts -------------------------------------------------------------------------------
+
+async def create_account(db: Db, *, name: str, email: str, phone: str, business_name: str,
+                         fb_business_manager_id: str,
+                         low_balance_threshold: int = core.DEFAULT_LOW_BALANCE_THRESHOLD,
+                         clock: Clock = _SYSTEM_CLOCK) -> dict[str, Any]:
+    now_ms = clock.now_ms()
+    doc = core.account_doc(account_id=new_id("acc", now_ms), name=name, email=email,
+                           phone=phone, business_name=business_name,
+                           fb_business_manager_id=fb_business_manager_id,
+                           low_balance_threshold=low_balance_threshold, now_ms=now_ms)
+    await db[ACCOUNTS].insert_one(doc)
+    return doc
+
+
+async def get_account(db: Db, account_id: str) -> dict[str, Any]:
+    doc = await db[ACCOUNTS].find_one({"_id": account_id})
+    if doc is None:
+        raise NotFound(f"no account {account_id}", code="unknown_account")
+    return doc
+
+
+async def set_account_status(db: Db, account_id: str, status: str) -> dict[str, Any]:
+    if status not in ("active", "suspended"):
+        raise InvalidRequest("status is active or suspended", code="invalid_field")
+    await get_account(db, account_id)
+    await db[ACCOUNTS].update_one({"_id": account_id}, {"$set": {"status": status}})
+    return await get_account(db, account_id)
+
+
+async def list_accounts(db: Db) -> list[dict[str, Any]]:
+    return await db[ACCOUNTS].find({}).sort("created_at", 1).to_list(None)
+
+
+async def find_accounts_by_name(db: Db, name: str) -> list[dict[str, Any]]:
+    return await db[ACCOUNTS].find({"name": name}).sort("created_at", 1).to_list(None)
+
+
+async def show_account(db: Db, account_id: str) -> dict[str, Any]:
+    account = await get_account(db, account_id)
+    return {
+        "account": account,
+        "wabas": await db[WABAS].find({"account_id": account_id}).to_list(None),
+        "phone_numbers": await list_numbers(db, account_id),
+        "api_keys": len(await list_keys(db, account_id)),
+        "balance": await show_balance(db, account_id),
+    }
+
+
+# --- WABAs and phone numbers ----------------------------------------------------------------
+
+async def register_waba(db: Db, *, account_id: str, waba_id: str, portfolio_id: str,
+                        name: str = "", clock: Clock = _SYSTEM_CLOCK) -> dict[str, Any]:
+    await get_account(db, account_id)
+    existing = await db[WABAS].find_one({"_id": waba_id})
+    core.check_owner(existing, account_id, f"WABA {waba_id}")
+    doc = core.waba_doc(waba_id=waba_id, account_id=account_id, portfolio_id=portfolio_id,
+                        name=name, now_ms=clock.now_ms())
+    if existing is not None:
+        doc["created_at"] = existing.get("created_at", doc["created_at"])
+    await db[WABAS].replace_one({"_id": waba_id}, doc, upsert=True)
+    return doc
+
+
+async def list_wabas(db: Db, account_id: str) -> list[dict[str, Any]]:
+    return await db[WABAS].find({"account_id": account_id}).to_list(None)
+
+
+async def register_number(db: Db, vault: TokenVault, *, account_id: str, waba_id: str,
+                          phone_number_id: str, display_phone_number: str, access_token: str,
+                          throughput_mps: int = 80, messaging_limit: str = "TIER_UNLIMITED",
+                          clock: Clock = _SYSTEM_CLOCK) -> dict[str, Any]:
+    """Register (or update) a number; the access token is stored only encrypted."""
+    await get_account(db, account_id)
+    waba = await db[WABAS].find_one({"_id": waba_id})
+    if waba is None or waba.get("account_id") != account_id:
+        raise NotFound(f"WABA {waba_id} is not registered to account {account_id}",
+                       code="unknown_waba")
+    existing = await db[PHONE_NUMBERS].find_one({"_id": phone_number_id})
+    core.check_owner(existing, account_id, f"phone number {phone_number_id}")
+    if not access_token.strip():
+        raise InvalidRequest("the access token is empty", code="invalid_field")
+    doc = core.phone_number_doc(
+        phone_number_id=phone_number_id, account_id=account_id, waba=waba,
+        display_phone_number=display_phone_number,
+        encrypted_token=vault.encrypt(access_token.strip()), throughput_mps=throughput_mps,
+        messaging_limit=messaging_limit, now_ms=clock.now_ms())
+    await db[PHONE_NUMBERS].replace_one({"_id": phone_number_id}, doc, upsert=True)
+    return core.phone_number_view(doc)
+
+
+async def list_numbers(db: Db, account_id: str) -> list[dict[str, Any]]:
+    docs = await db[PHONE_NUMBERS].find({"account_id": account_id}).to_list(None)
+    return [core.phone_number_view(d) for d in docs]
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+async def issue_key(db: Db, *, account_id: str, name: str = "",
+                    clock: Clock = _SYSTEM_CLOCK) -> tuple[str, dict[str, Any]]:
+    """(the key, shown once; its stored record). Only the key's sha256 is kept."""
+    await get_account(db, account_id)
+    api_key = core.api_key_from_random(secrets.token_urlsafe(24))
+    doc = core.api_key_doc(api_key, account_id=account_id, name=name, now_ms=clock.now_ms())
+    await db[API_KEYS].insert_one(doc)
+    return api_key, core.key_view(doc)
+
+
+async def revoke_key(db: Db, ident: str, *, clock: Clock = _SYSTEM_CLOCK) -> dict[str, Any]:
+    docs = await db[API_KEYS].find({}).to_list(None)
+    doc = core.find_key(docs, ident)
+    if doc.get("revoked_at") is None:
+        doc["revoked_at"] = core.from_ms(clock.now_ms())
+        await db[API_KEYS].update_one({"_id": doc["_id"]},
+                                      {"$set": {"revoked_at": doc["revoked_at"]}})
+    return core.key_view(doc)
+
+
+async def list_keys(db: Db, account_id: str) -> list[dict[str, Any]]:
+    docs = await db[API_KEYS].find({"account_id": account_id}).sort("created_at", 1).to_list(None)
+    return [core.key_view(d) for d in docs]
+
+
+async def key_is_active(db: Db, api_key: str) -> bool:
+    """Does this plaintext key still work? (seed_demo reuses its stored demo key.)"""
+    doc = await db[API_KEYS].find_one({"_id": core.hash_api_key(api_key)})
+    return doc is not None and doc.get("revoked_at") is None
+
+
+def generate_encryption_key() -> str:
+    return new_fernet_key()
+
+
+# --- credit ---------------------------------------------------------------------------------
+
+async def top_up(db: Db, producer: AIOKafkaProducer, *, account_id: str, amount: int,
+                 note: str = "", topic_prefix: str = "", event_id: str | None = None,
+                 clock: Clock = _SYSTEM_CLOCK) -> TopUpRequested:
+    """Ask billing to add credit. A caller that retries passes the same `event_id`: billing
+    applies each event id once."""
+    if amount <= 0:
+        raise InvalidRequest("the amount must be a positive number of micros",
+                             code="invalid_field", details={"field": "amount"})
+    await get_account(db, account_id)
+    now_ms = clock.now_ms()
+    event = TopUpRequested(event_id=event_id or new_id("topup", now_ms), account_id=account_id,
+                           amount=amount, requested_at=now_ms, note=note)
+    await publish(producer, TOPUP_REQUESTED, event, topic_prefix)
+    return event
+
+
+async def show_balance(db: Db, account_id: str) -> dict[str, Any]:
+    doc = await db[BALANCES].find_one({"_id": account_id}) or {}
+    return {"account_id": account_id, "available": int(doc.get("available", 0)),
+            "reserved": int(doc.get("reserved", 0)), "currency": doc.get("currency"),
+            "unit": "micros"}
+
+
+async def show_ledger(db: Db, account_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    return await (db[LEDGER].find({"account_id": account_id})
+                  .sort("at", DESCENDING).limit(limit).to_list(None))
+
+
+# --- templates and tokens -------------------------------------------------------------------
+
+async def sync_templates(db: Db, vault: TokenVault, source: TemplateSource, *, waba_id: str,
+                         clock: Clock = _SYSTEM_CLOCK) -> dict[str, Any]:
+    """Copy the WABA's templates from Meta; templates Meta no longer lists become DELETED."""
+    waba = await db[WABAS].find_one({"_id": waba_id})
+    if waba is None:
+        raise NotFound(f"WABA {waba_id} is not registered", code="unknown_waba")
+    number = await db[PHONE_NUMBERS].find_one({"waba_id": waba_id})
+    if number is None or not number.get("access_token_encrypted"):
+        raise PermanentError(f"WABA {waba_id} has no registered phone number with a token",
+                             code="no_access_token")
+    items = await source.list_templates(waba_id, vault.decrypt(number["access_token_encrypted"]))
+    now_ms = clock.now_ms()
+    docs = [core.template_doc(waba_id, item, now_ms) for item in items]
+    # One write per template: FerretDB's answer to a bulk update lacks `nModified`, which
+    # PyMongo's bulk_write needs (KeyError).
+    for doc in docs:
+        await db[TEMPLATES].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    listed = [d["_id"] for d in docs]
+    gone = await db[TEMPLATES].update_many(
+        {"waba_id": waba_id, "_id": {"$nin": listed}, "status": {"$ne": "DELETED"}},
+        {"$set": {"status": "DELETED", "synced_at": core.from_ms(now_ms)}})
+    by_status: dict[str, int] = {}
+    for d in docs:
+        by_status[d["status"]] = by_status.get(d["status"], 0) + 1
+    return {"waba_id": waba_id, "synced": len(docs), "deleted": gone.modified_count,
+            "by_status": by_status}
+
+
+async def list_templates(db: Db, waba_id: str) -> list[dict[str, Any]]:
+    return await db[TEMPLATES].find({"waba_id": waba_id}).sort("_id", 1).to_list(None)
+
+
+async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
+    """Re-encrypt every access token under the newest key (then the old key can be dropped)."""
+    rotated = 0
+    async for doc in db[PHONE_NUMBERS].find({"access_token_encrypted": {"$exists": True}},
+                                            {"access_token_encrypted": 1}):
+        fresh = vault.rotate(doc["access_token_encrypted"])
+        await db[PHONE_NUMBERS].update_one({"_id": doc["_id"]},
+                                           {"$set": {"access_token_encrypted": fresh}})
+        rotated += 1
+    return {"rotated": rotated}

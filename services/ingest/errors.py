@@ -1,0 +1,72 @@
+"""Every error code ingest answers with, in one table: the OpenAPI document lists exactly these,
+and the Meta-compatible route translates each into a Graph API error code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import (
+    Conflict,
+    DependencyUnavailable,
+    Forbidden,
+    InsufficientCredit,
+    InvalidRequest,
+    NotFound,
+    PermanentError,
+    ServiceError,
+    Unauthorized,
+)
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    kind: type[ServiceError]
+    http_status: int
+    # How the Meta-compatible route reports it: Graph error code and HTTP status.
+    meta_code: int
+    meta_http_status: int
+
+
+ERROR_CODES: dict[str, ErrorCode] = {
+    # the request itself
+    "malformed_json": ErrorCode(InvalidRequest, 400, 100, 400),
+    "invalid_request": ErrorCode(InvalidRequest, 400, 100, 400),
+    "unknown_field": ErrorCode(InvalidRequest, 400, 100, 400),
+    "invalid_field": ErrorCode(InvalidRequest, 400, 100, 400),
+    "invalid_phone_number": ErrorCode(InvalidRequest, 400, 100, 400),  # from shared.phone
+    "invalid_cursor": ErrorCode(InvalidRequest, 400, 100, 400),
+    "payload_too_large": ErrorCode(InvalidRequest, 413, 100, 413),
+    # who is asking
+    "unauthorized": ErrorCode(Unauthorized, 401, 190, 401),
+    "api_key_revoked": ErrorCode(Unauthorized, 401, 190, 401),
+    "account_suspended": ErrorCode(Forbidden, 403, 131031, 403),
+    # Meta answers an unknown or foreign phone number id with "object does not exist" (100).
+    "foreign_phone_number": ErrorCode(Forbidden, 403, 100, 400),
+    # templates
+    "unknown_template": ErrorCode(PermanentError, 422, 132001, 404),
+    "template_not_approved": ErrorCode(PermanentError, 422, 132001, 404),
+    "template_parameter_mismatch": ErrorCode(PermanentError, 422, 132000, 400),
+    # money and retries
+    "insufficient_credit": ErrorCode(InsufficientCredit, 402, 131042, 400),
+    "idempotency_key_reused": ErrorCode(Conflict, 409, 100, 409),
+    "not_found": ErrorCode(NotFound, 404, 100, 404),
+    # raised by shared.http's middleware, not by ingest's own code
+    "method_not_allowed": ErrorCode(InvalidRequest, 405, 100, 405),
+    "http_error": ErrorCode(InvalidRequest, 400, 100, 400),
+    "internal_error": ErrorCode(ServiceError, 500, 1, 500),
+    "dependency_unavailable": ErrorCode(DependencyUnavailable, 503, 2, 503),
+}
+
+# Meta's per-status codes for templates that exist but cannot be sent.
+TEMPLATE_STATUS_META_CODES = {"PAUSED": 132015, "DISABLED": 132016}
+
+
+def reject(code: str, message: str, **details: Any) -> ServiceError:
+    """The exception for one of the codes above (an unknown code is a bug: KeyError)."""
+    spec = ERROR_CODES[code]
+    return spec.kind(message, code=code, details=details, http_status=spec.http_status)
+
+
+def invalid_field(field: str, message: str, **details: Any) -> ServiceError:
+    return reject("invalid_field", message, field=field, **details)

@@ -1,0 +1,217 @@
+"""ingest's HTTP handlers: parse -> core -> lookups, insert, publish -> respond.
+
+`Ingest.send` is the one flow behind both send routes (/v1 and Meta's own shape); the routes only
+differ in how they read the request and how they answer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.ingest import core
+from services.ingest.errors import ERROR_CODES, reject
+from services.ingest.metrics import IDEMPOTENT_REPLAYS, MESSAGES_ACCEPTED, REJECTIONS
+from services.ingest.publisher import Publisher
+from services.ingest.repository import CachedDirectory, DuplicateMessage, MessageStore
+from shared.clock import Clock
+from shared.errors import ServiceError
+from shared.http import json_response
+from shared.logging import get_logger
+from shared.pricing import RateCard
+
+log = get_logger("ingest")
+
+REPLAY_HEADER = "Idempotent-Replay"
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    doc: dict[str, Any]
+    replayed: bool
+
+
+class Ingest:
+    """The send flow and the reads, over injected adapters (fakes in unit tests)."""
+
+    def __init__(self, *, directory: CachedDirectory, messages: MessageStore,
+                 publisher: Publisher, clock: Clock, rate_card: RateCard) -> None:
+        self.directory = directory
+        self.messages = messages
+        self.publisher = publisher
+        self.clock = clock
+        self.rate_card = rate_card
+
+    async def authenticate(self, authorization: str | None) -> str:
+        """The caller's account id."""
+        api_key = core.api_key_from_header(authorization)
+        account_id = core.check_api_key(await self.directory.api_key(core.hash_api_key(api_key)))
+        core.check_account(await self.directory.account(account_id))
+        return account_id
+
+    async def own_phone_number(self, account_id: str, phone_number_id: str) -> dict[str, Any]:
+        return core.check_phone_number(await self.directory.phone_number(phone_number_id),
+                                       account_id, phone_number_id)
+
+    async def send(self, account_id: str, request: core.SendRequest,
+                   idempotency_key: str | None) -> SendOutcome:
+        now_ms = self.clock.now_ms()
+        body_hash = core.request_hash(request)
+        # A retry is answered before the business checks: its credit is already reserved and
+        # its template may have changed since, but the original answer still stands.
+        if idempotency_key is not None:
+            earlier = await self._earlier(account_id, idempotency_key, body_hash, now_ms)
+            if earlier is not None:
+                return await self._replay(earlier)
+
+        phone = await self.own_phone_number(account_id, request.phone_number_id)
+        category = "service"
+        if request.message_type == "template":
+            template = await self.directory.template(phone["waba_id"], request.template_name,
+                                                     request.template_language)
+            category = core.check_template(template, request)
+        price = self.rate_card.price(category, request.recipient_region)
+        if not core.has_credit(await self.directory.balance(account_id), price):
+            # The cached figure may predate a top-up: only a fresh one may refuse.
+            if not core.has_credit(await self.directory.balance(account_id, fresh=True), price):
+                raise core.insufficient_credit(price)
+
+        message_id = (core.keyed_message_id(account_id, idempotency_key, now_ms)
+                      if idempotency_key is not None
+                      else core.new_message_id(now_ms, os.urandom(10)))
+        doc = core.build_message_doc(message_id=message_id, account_id=account_id,
+                                     idempotency_key=idempotency_key, body_hash=body_hash,
+                                     request=request, phone=phone, category=category,
+                                     now_ms=now_ms)
+        try:
+            await self.messages.insert(doc)
+        except DuplicateMessage:
+            if idempotency_key is None:
+                raise
+            # A concurrent request with the same key inserted first: answer as its retry.
+            earlier = await self._earlier(account_id, idempotency_key, body_hash, now_ms)
+            if earlier is None:
+                raise
+            return await self._replay(earlier)
+        self.directory.note_spent(account_id, price)
+        await self.publisher.send_requested(core.send_requested_event(doc))
+        MESSAGES_ACCEPTED.labels(request.message_type).inc()
+        return SendOutcome(doc, replayed=False)
+
+    async def _earlier(self, account_id: str, key: str, body_hash: str,
+                       now_ms: int) -> dict[str, Any] | None:
+        existing = await self.messages.find_by_idempotency(
+            account_id, core.stored_keys_to_look_up(key, now_ms))
+        return core.message_to_replay(existing, body_hash, now_ms)
+
+    async def _replay(self, doc: dict[str, Any]) -> SendOutcome:
+        # Still `accepted`: the first attempt may have stopped between insert and publish.
+        # Publishing again is safe, consumers dedupe by message id.
+        if doc.get("status") == "accepted":
+            await self.publisher.send_requested(core.send_requested_event(doc))
+        IDEMPOTENT_REPLAYS.inc()
+        return SendOutcome(doc, replayed=True)
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > core.MAX_BODY_BYTES:
+        raise _too_large()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large() from None
+    if len(raw) > core.MAX_BODY_BYTES:
+        raise _too_large()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise reject("malformed_json", "the request body is not valid JSON") from None
+
+
+def _too_large() -> ServiceError:
+    return reject("payload_too_large", f"the request body exceeds {core.MAX_BODY_BYTES} bytes",
+                  limit=core.MAX_BODY_BYTES)
+
+
+class Handlers:
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
+            send_request = core.parse_send_request(await read_json(request))
+            key = core.parse_idempotency_key(request.headers.get("Idempotency-Key"))
+            outcome = await self.ingest.send(account_id, send_request, key)
+        except ServiceError as exc:
+            _log_rejection("v1", exc, started)
+            raise
+        _log_accepted("v1", outcome, started)
+        return json_response(core.accepted_response(outcome.doc), status=202,
+                             headers={REPLAY_HEADER: "true"} if outcome.replayed else None)
+
+    async def post_meta_message(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        phone_number_id = request.match_info["phone_number_id"]
+        try:
+            account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
+            phone = await self.ingest.own_phone_number(account_id, phone_number_id)
+            send_request = core.parse_meta_request(
+                await read_json(request), phone_number_id,
+                core.region_of_display_number(phone.get("display_phone_number")))
+            key = core.parse_idempotency_key(request.headers.get("Idempotency-Key"))
+            outcome = await self.ingest.send(account_id, send_request, key)
+        except ServiceError as exc:
+            _log_rejection("meta", exc, started)
+            return _meta_error(exc)
+        except Exception:
+            log.exception("unhandled_error", route="meta")
+            return _meta_error(reject("internal_error", "internal error"))
+        _log_accepted("meta", outcome, started)
+        return json_response(core.meta_accepted_response(outcome.doc), status=200,
+                             headers={REPLAY_HEADER: "true"} if outcome.replayed else None)
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
+        doc = await self.ingest.messages.get(account_id, request.match_info["message_id"])
+        if doc is None:  # also for other accounts' messages: their existence is not revealed
+            raise reject("not_found", "no such message")
+        return json_response(core.message_view(doc))
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
+        query = core.parse_list_query(dict(request.query))
+        docs = await self.ingest.messages.list(account_id, query)
+        return json_response(core.page(docs, query.limit))
+
+    async def get_balance(self, request: web.Request) -> web.Response:
+        account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
+        balance = await self.ingest.directory.balance(account_id, fresh=True)
+        return json_response(core.balance_view(balance, self.ingest.rate_card.currency))
+
+
+def _meta_error(exc: ServiceError) -> web.Response:
+    spec = ERROR_CODES.get(exc.code, ERROR_CODES["internal_error"])
+    body = core.meta_error_body(exc.code, exc.message, exc.details, spec.meta_code,
+                                trace_id=os.urandom(9).hex())
+    return json_response(body, status=spec.meta_http_status)
+
+
+def _log_rejection(route: str, exc: ServiceError, started: float) -> None:
+    REJECTIONS.labels(exc.code if exc.code in ERROR_CODES else "other").inc()
+    log.info("send_request_handled", route=route, outcome="rejected", error_code=exc.code,
+             duration_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def _log_accepted(route: str, outcome: SendOutcome, started: float) -> None:
+    doc = outcome.doc
+    log.info("send_request_handled", route=route,
+             outcome="replayed" if outcome.replayed else "accepted",
+             account_id=doc["account_id"], message_id=doc["_id"], message_type=doc["type"],
+             duration_ms=round((time.perf_counter() - started) * 1000, 2))

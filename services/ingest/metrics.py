@@ -1,0 +1,24 @@
+"""ingest's own metrics. Requests by route and status class are counted by shared.http's
+middleware (hala_http_requests_total{service="ingest"}); these add what only ingest knows."""
+
+from prometheus_client import Counter, Histogram
+
+PUBLISH_DURATION = Histogram(
+    "ingest_publish_duration_seconds",
+    "Time from handing SendRequested to the producer until the broker acknowledged it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+REJECTIONS = Counter(
+    "ingest_rejections_total",
+    "Send requests refused, by error code.",
+    ["code"],
+)
+IDEMPOTENT_REPLAYS = Counter(
+    "ingest_idempotent_replays_total",
+    "Send requests answered with the response of an earlier request with the same key.",
+)
+MESSAGES_ACCEPTED = Counter(
+    "ingest_messages_accepted_total",
+    "New messages accepted (202) and published, by message type.",
+    ["type"],
+)

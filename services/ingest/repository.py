@@ -1,0 +1,221 @@
+"""ingest's MongoDB adapter: the lookups a send request needs (cached briefly in memory) and the
+`messages` collection, of which ingest writes only the first version of each document.
+
+Driver failures become DependencyUnavailable (503); a duplicate key becomes DuplicateMessage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from pymongo import DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from services.ingest.cache import MISSING, TtlCache
+from services.ingest.core import ListQuery
+from shared.clock import Clock
+from shared.collections import (
+    ACCOUNTS,
+    API_KEYS,
+    BALANCES,
+    MESSAGES,
+    PHONE_NUMBERS,
+    TEMPLATES,
+)
+from shared.errors import ServiceError
+from shared.mongo import unavailable
+
+Doc = dict[str, Any]
+
+
+class DuplicateMessage(Exception):
+    """The message id or the (account, idempotency key) pair is already taken."""
+
+
+class Directory(Protocol):
+    """Who is asking and what they may use: documents written by the admin CLI and billing."""
+
+    async def api_key(self, key_hash: str) -> Doc | None: ...
+    async def account(self, account_id: str) -> Doc | None: ...
+    async def phone_number(self, phone_number_id: str) -> Doc | None: ...
+    async def template(self, waba_id: str, name: str, language: str) -> Doc | None: ...
+    async def balance(self, account_id: str) -> Doc | None: ...
+
+
+class MessageStore(Protocol):
+    async def insert(self, doc: Doc) -> None: ...
+    async def find_by_idempotency(self, account_id: str, stored_keys: list[str]) -> list[Doc]: ...
+    async def get(self, account_id: str, message_id: str) -> Doc | None: ...
+    async def list(self, account_id: str, query: ListQuery) -> list[Doc]:
+        """Newest first, up to query.limit + 1 documents."""
+        ...
+
+
+# Only the fields ingest reads; never the phone number's encrypted access token.
+_PHONE_FIELDS = {"account_id": 1, "waba_id": 1, "portfolio_id": 1, "display_phone_number": 1}
+_TEMPLATE_FIELDS = {"components_json": 0}
+
+
+class MongoDirectory:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self._db = db
+
+    async def _find_one(self, collection: str, _id: str,
+                        projection: dict[str, int] | None = None) -> Doc | None:
+        try:
+            return await self._db[collection].find_one({"_id": _id}, projection)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def api_key(self, key_hash: str) -> Doc | None:
+        return await self._find_one(API_KEYS, key_hash, {"account_id": 1, "revoked_at": 1})
+
+    async def account(self, account_id: str) -> Doc | None:
+        return await self._find_one(ACCOUNTS, account_id, {"status": 1})
+
+    async def phone_number(self, phone_number_id: str) -> Doc | None:
+        return await self._find_one(PHONE_NUMBERS, phone_number_id, _PHONE_FIELDS)
+
+    async def template(self, waba_id: str, name: str, language: str) -> Doc | None:
+        return await self._find_one(TEMPLATES, f"{waba_id}:{name}:{language}", _TEMPLATE_FIELDS)
+
+    async def balance(self, account_id: str) -> Doc | None:
+        return await self._find_one(BALANCES, account_id,
+                                    {"available": 1, "reserved": 1, "currency": 1})
+
+
+class CachedDirectory:
+    """A Directory that remembers answers for `ttl_seconds` (revocation, suspension and template
+    changes take effect within it). Balances are cached too, but only a balance that passes the
+    pre-check is trusted: `balance(fresh=True)` re-reads before a request is refused, and
+    `note_spent` lowers the cached figure by what this process accepted since."""
+
+    def __init__(self, source: Directory, clock: Clock, ttl_seconds: float) -> None:
+        self._source = source
+        self._api_keys: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
+        self._accounts: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
+        self._phones: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
+        self._templates: TtlCache[tuple[str, str, str], Doc | None] = TtlCache(clock, ttl_seconds)
+        self._balances: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
+
+    async def api_key(self, key_hash: str) -> Doc | None:
+        hit = self._api_keys.get(key_hash)
+        if hit is MISSING:
+            hit = await self._source.api_key(key_hash)
+            self._api_keys.put(key_hash, hit)
+        return hit  # type: ignore[return-value]
+
+    async def account(self, account_id: str) -> Doc | None:
+        hit = self._accounts.get(account_id)
+        if hit is MISSING:
+            hit = await self._source.account(account_id)
+            self._accounts.put(account_id, hit)
+        return hit  # type: ignore[return-value]
+
+    async def phone_number(self, phone_number_id: str) -> Doc | None:
+        hit = self._phones.get(phone_number_id)
+        if hit is MISSING:
+            hit = await self._source.phone_number(phone_number_id)
+            self._phones.put(phone_number_id, hit)
+        return hit  # type: ignore[return-value]
+
+    async def template(self, waba_id: str, name: str, language: str) -> Doc | None:
+        key = (waba_id, name, language)
+        hit = self._templates.get(key)
+        if hit is MISSING:
+            hit = await self._source.template(waba_id, name, language)
+            self._templates.put(key, hit)
+        return hit  # type: ignore[return-value]
+
+    async def balance(self, account_id: str, *, fresh: bool = False) -> Doc | None:
+        hit = MISSING if fresh else self._balances.get(account_id)
+        if hit is MISSING:
+            found = await self._source.balance(account_id)
+            hit = dict(found) if found is not None else None
+            self._balances.put(account_id, hit)
+        return hit  # type: ignore[return-value]
+
+    def note_spent(self, account_id: str, amount: int) -> None:
+        cached = self._balances.get(account_id)
+        if isinstance(cached, dict):
+            cached["available"] = int(cached.get("available", 0)) - amount
+
+
+class MongoMessageStore:
+    """`insert` is a group commit: documents that arrive while one insert_many is in flight go
+    together in the next one. Each request still inserts its document exactly once and learns
+    its own outcome (a duplicate key fails only that document); the database sees one command
+    per batch instead of one per request, which is what bounds throughput on FerretDB."""
+
+    def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
+        self._messages = db[MESSAGES]
+        self._max_batch = max_batch
+        self._pending: list[tuple[Doc, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def insert(self, doc: Doc) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((doc, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:self._max_batch]
+            self._pending = self._pending[self._max_batch:]
+            failures: dict[int, Exception] = {}
+            try:
+                await self._messages.insert_many([doc for doc, _ in batch], ordered=False)
+            except BulkWriteError as exc:
+                for error in exc.details.get("writeErrors", []):
+                    doc = batch[error["index"]][0]
+                    failures[error["index"]] = (
+                        DuplicateMessage(doc["_id"]) if error.get("code") == 11000
+                        else ServiceError(f"message not stored: {error.get('errmsg')}",
+                                          code="internal_error"))
+            except PyMongoError as exc:
+                failures = dict.fromkeys(range(len(batch)), unavailable(exc))
+            for index, (_, done) in enumerate(batch):
+                if done.done():  # the request went away meanwhile
+                    continue
+                if index in failures:
+                    done.set_exception(failures[index])
+                else:
+                    done.set_result(None)
+
+    async def find_by_idempotency(self, account_id: str, stored_keys: list[str]) -> list[Doc]:
+        try:
+            return await self._messages.find(
+                {"account_id": account_id, "idempotency_key": {"$in": stored_keys}}
+            ).to_list(None)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def get(self, account_id: str, message_id: str) -> Doc | None:
+        try:
+            return await self._messages.find_one({"_id": message_id, "account_id": account_id})
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def list(self, account_id: str, query: ListQuery) -> list[Doc]:
+        conditions: list[Doc] = [{"account_id": account_id}]
+        if query.status is not None:
+            conditions.append({"status": query.status})
+        if query.since is not None:
+            conditions.append({"created_at": {"$gte": query.since}})
+        if query.until is not None:
+            conditions.append({"created_at": {"$lt": query.until}})
+        if query.after is not None:
+            created_at, message_id = query.after
+            conditions.append({"$or": [{"created_at": {"$lt": created_at}},
+                                       {"created_at": created_at, "_id": {"$lt": message_id}}]})
+        try:
+            cursor = (self._messages.find({"$and": conditions}, {"content": 0})
+                      .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                      .limit(query.limit + 1))
+            return await cursor.to_list(None)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc

@@ -1,0 +1,134 @@
+"""An ingest app served in-process over the real database and broker, with two accounts set up
+by the admin commands (as an operator would) and balances written as billing would."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.admin import commands
+from services.ingest.app import create_app
+from services.ingest.handlers import Ingest
+from services.ingest.publisher import KafkaPublisher
+from services.ingest.repository import (
+    CachedDirectory,
+    MongoDirectory,
+    MongoMessageStore,
+    ensure_indexes_one_by_one,
+)
+from shared.clock import SystemClock
+from shared.collections import BALANCES, MESSAGES
+from shared.kafka import ensure_topics, make_producer
+from shared.messages import SEND_REQUESTED, TOPUP_REQUESTED
+from shared.pricing import load_rate_card
+from shared.secrets import TokenVault, new_key
+
+WABA_A, PHONE_A, PORTFOLIO_A = "102290129340398", "109731225428301", "880011223344556"
+WABA_B, PHONE_B, PORTFOLIO_B = "117552438690213", "118243906275101", "880011223344557"
+
+
+class StaticTemplates:
+    """Meta's template list for the admin sync (Meta itself is not under test here)."""
+
+    def __init__(self, templates: dict[str, list[dict[str, Any]]]) -> None:
+        self.templates = templates
+
+    async def list_templates(self, waba_id: str, access_token: str) -> list[dict[str, Any]]:
+        return self.templates[waba_id]
+
+
+def meta_template(name: str, body: str, *, category: str = "UTILITY", status: str = "APPROVED",
+                  **extra: Any) -> dict[str, Any]:
+    return {"id": str(1689556908000000 + zlib.crc32(name.encode()) % 100_000), "name": name,
+            "language": "en_US", "category": category, "status": status,
+            "components": [{"type": "BODY", "text": body}], **extra}
+
+
+META_TEMPLATES = {
+    WABA_A: [
+        meta_template("appointment_reminder", "Your appointment is on {{1}} at {{2}}."),
+        meta_template("holiday_promo", "Deals for {{1}}.", category="MARKETING",
+                      status="PENDING"),
+        meta_template("reservation_confirmation", "Table for {{guests}} on {{day}}.",
+                      parameter_format="NAMED"),
+    ],
+    WABA_B: [meta_template("verify_phone", "{{1}} is your code.", category="AUTHENTICATION")],
+}
+
+
+@dataclass
+class Tenant:
+    account_id: str
+    api_key: str
+    phone_number_id: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@dataclass
+class Platform:
+    db: AsyncDatabase[dict[str, Any]]
+    producer: AIOKafkaProducer
+    prefix: str
+    bootstrap: str
+    client: TestClient
+    a: Tenant
+    b: Tenant
+    vault: TokenVault
+
+
+async def _tenant(db: AsyncDatabase[dict[str, Any]], vault: TokenVault, name: str, waba: str,
+                  portfolio: str, phone: str, display: str) -> Tenant:
+    account = await commands.create_account(
+        db, name=name, email=f"ops@{name.lower()}.example", phone="+971501234567",
+        business_name=f"{name} LLC", fb_business_manager_id="123456789012")
+    await commands.register_waba(db, account_id=account["_id"], waba_id=waba,
+                                 portfolio_id=portfolio)
+    await commands.register_number(db, vault, account_id=account["_id"], waba_id=waba,
+                                   phone_number_id=phone, display_phone_number=display,
+                                   access_token=f"EAA-{name}")
+    await commands.sync_templates(db, vault, StaticTemplates(META_TEMPLATES), waba_id=waba)
+    api_key, _ = await commands.issue_key(db, account_id=account["_id"], name="it")
+    # billing is the only writer of balances; here the test plays billing.
+    await db[BALANCES].insert_one({"_id": account["_id"], "available": 10_000_000,
+                                   "reserved": 0, "currency": "USD"})
+    return Tenant(account["_id"], api_key, phone)
+
+
+@pytest.fixture
+async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
+                   unique: str) -> AsyncIterator[Platform]:
+    prefix = f"t{unique}."
+    await ensure_topics(bootstrap_servers, prefix, topics=[SEND_REQUESTED, TOPUP_REQUESTED])
+    db = mongo[f"it_{unique}"]
+    await ensure_indexes_one_by_one(db, MESSAGES)
+    await commands.prepare(db)
+    vault = TokenVault(new_key())
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    clock = SystemClock()
+    ingest = Ingest(
+        # No cache: revocations and suspensions must show at once in these tests.
+        directory=CachedDirectory(MongoDirectory(db), clock, ttl_seconds=0),
+        messages=MongoMessageStore(db), publisher=KafkaPublisher(producer, prefix),
+        clock=clock, rate_card=load_rate_card())
+    client = TestClient(TestServer(create_app({}, ingest)))
+    await client.start_server()
+    try:
+        a = await _tenant(db, vault, "Alpha", WABA_A, PORTFOLIO_A, PHONE_A, "15550001001")
+        b = await _tenant(db, vault, "Beta", WABA_B, PORTFOLIO_B, PHONE_B, "15550002001")
+        yield Platform(db, producer, prefix, bootstrap_servers, client, a, b, vault)
+    finally:
+        await client.close()
+        await producer.stop()
+        await mongo.drop_database(db.name)

@@ -1,0 +1,215 @@
+"""ingest on the real broker and database: what a 202 leaves behind, what a refusal doesn't,
+idempotency, and that accounts never see each other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from services.admin import commands
+from shared.collections import BALANCES, MESSAGES
+from shared.messages import SEND_REQUESTED
+from tests.integration.ingest.conftest import PHONE_A, PHONE_B, Platform
+from tests.integration.ingest.kafka_probe import published_count, read_published
+
+
+def reminder(phone: str = PHONE_A, **overrides: Any) -> dict[str, Any]:
+    return {"from": phone, "to": "+447912345678", "type": "template",
+            "template": {"name": "appointment_reminder", "language": {"code": "en_US"},
+                         "components": [{"type": "body", "parameters": [
+                             {"type": "text", "text": "Monday"},
+                             {"type": "text", "text": "10:00"}]}]},
+            "client_reference": "appt-1", **overrides}
+
+
+async def _post(p: Platform, body: Any, headers: dict[str, str]) -> Any:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await p.client.post("/v1/messages", data=data,
+                               headers={**headers, "Content-Type": "application/json"})
+
+
+async def _published(p: Platform) -> int:
+    return await published_count(p.bootstrap, SEND_REQUESTED, p.prefix)
+
+
+async def test_a_valid_request_is_stored_and_published_once_keyed_by_account(
+        platform: Platform) -> None:
+    p = platform
+    resp = await _post(p, reminder(), p.a.auth)
+    assert resp.status == 202, await resp.text()
+    answer = await resp.json()
+
+    [record] = await read_published(p.bootstrap, SEND_REQUESTED, p.prefix)
+    assert record.key == p.a.account_id.encode()
+    event = SEND_REQUESTED.decode(record.value)
+    assert event.message_id == answer["id"] and event.account_id == p.a.account_id
+    assert event.category == "utility" and event.recipient == "+447912345678"
+    assert event.recipient_region == "GB" and event.portfolio_id == "880011223344556"
+    assert event.client_reference == "appt-1"
+
+    doc = await p.db[MESSAGES].find_one({"_id": answer["id"]})
+    assert doc is not None and doc["status"] == "accepted"
+    assert doc["account_id"] == p.a.account_id and doc["history"][0]["status"] == "accepted"
+    assert doc["idempotency_key"] == f"none:{answer['id']}"
+
+
+async def test_no_refused_request_publishes_or_stores_anything(platform: Platform) -> None:
+    p = platform
+    await p.db[BALANCES].update_one({"_id": p.b.account_id}, {"$set": {"available": 5}})
+    not_approved = reminder(template={"name": "holiday_promo", "language": {"code": "en_US"},
+                                      "components": [{"type": "body", "parameters": [
+                                          {"type": "text", "text": "x"}]}]})
+    cases = [
+        (b"{", p.a.auth, "malformed_json"),
+        (b"[]", p.a.auth, "invalid_request"),
+        (reminder(colour="red"), p.a.auth, "unknown_field"),
+        (reminder(validity_seconds=1), p.a.auth, "invalid_field"),
+        (reminder(to="+1"), p.a.auth, "invalid_phone_number"),
+        (reminder(), {"Authorization": "Bearer hw_live_nobody"}, "unauthorized"),
+        (reminder(phone=PHONE_B), p.a.auth, "foreign_phone_number"),
+        (reminder(template={"name": "nope", "language": {"code": "en_US"}}), p.a.auth,
+         "unknown_template"),
+        (not_approved, p.a.auth, "template_not_approved"),
+        (reminder(template={"name": "appointment_reminder", "language": {"code": "en_US"}}),
+         p.a.auth, "template_parameter_mismatch"),
+        ({"from": PHONE_B, "to": "+447912345678", "type": "text", "text": {"body": "hi"}},
+         p.b.auth, "insufficient_credit"),
+        (reminder(client_reference="x" * 70_000), p.a.auth, "payload_too_large"),
+    ]
+    for body, headers, code in cases:
+        resp = await _post(p, body, headers)
+        assert (await resp.json())["error"]["code"] == code, code
+    assert await _published(p) == 0
+    assert await p.db[MESSAGES].count_documents({}) == 0
+
+
+async def test_a_replay_answers_the_same_and_names_the_same_single_message(
+        platform: Platform) -> None:
+    p = platform
+    headers = {**p.a.auth, "Idempotency-Key": "appt-1-try"}
+    first = await _post(p, reminder(), headers)
+    second = await _post(p, reminder(), headers)
+    assert first.status == second.status == 202
+    assert await first.json() == await second.json()
+    assert second.headers["Idempotent-Replay"] == "true"
+    assert await p.db[MESSAGES].count_documents({}) == 1
+    # Still `accepted`, so the replay re-published; consumers see one event id.
+    events = [SEND_REQUESTED.decode(r.value)
+              for r in await read_published(p.bootstrap, SEND_REQUESTED, p.prefix)]
+    assert {e.event_id for e in events} == {(await first.json())["id"]}
+
+    # Once the message moved on, a replay publishes nothing more.
+    await p.db[MESSAGES].update_one({}, {"$set": {"status": "approved"}})
+    before = await _published(p)
+    assert (await _post(p, reminder(), headers)).status == 202
+    assert await _published(p) == before
+
+
+async def test_the_same_key_with_another_body_is_a_conflict(platform: Platform) -> None:
+    p = platform
+    headers = {**p.a.auth, "Idempotency-Key": "k-1"}
+    assert (await _post(p, reminder(), headers)).status == 202
+    resp = await _post(p, reminder(client_reference="other"), headers)
+    assert resp.status == 409
+    assert (await resp.json())["error"]["code"] == "idempotency_key_reused"
+    assert await p.db[MESSAGES].count_documents({}) == 1
+    assert await _published(p) == 1
+
+
+async def test_a_revoked_key_and_a_suspended_account_are_refused(platform: Platform) -> None:
+    p = platform
+    assert (await _post(p, reminder(), p.a.auth)).status == 202
+    await commands.revoke_key(p.db, p.a.api_key[:16])
+    resp = await _post(p, reminder(), p.a.auth)
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "api_key_revoked"
+
+    body = {"from": PHONE_B, "to": "+447912345678", "type": "text", "text": {"body": "hi"}}
+    await commands.set_account_status(p.db, p.b.account_id, "suspended")
+    resp = await _post(p, body, p.b.auth)
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "account_suspended"
+    await commands.set_account_status(p.db, p.b.account_id, "active")
+    assert (await _post(p, body, p.b.auth)).status == 202
+    assert await _published(p) == 2
+
+
+async def test_another_accounts_number_and_an_unknown_number_look_the_same(
+        platform: Platform) -> None:
+    p = platform
+    foreign = await (await _post(p, reminder(phone=PHONE_B), p.a.auth)).json()
+    unknown = await (await _post(p, reminder(phone="100000000000001"), p.a.auth)).json()
+    assert foreign["error"]["code"] == unknown["error"]["code"] == "foreign_phone_number"
+    assert foreign["error"]["message"].replace(PHONE_B, "N") == \
+        unknown["error"]["message"].replace("100000000000001", "N")
+
+
+async def test_accounts_never_see_each_others_messages_or_balances(platform: Platform) -> None:
+    p = platform
+    a_msg = await (await _post(p, reminder(), p.a.auth)).json()
+    b_body = {"from": PHONE_B, "to": "+447912345678", "type": "text", "text": {"body": "hi"}}
+    b_msg = await (await _post(p, b_body, p.b.auth)).json()
+
+    own = await p.client.get(f"/v1/messages/{a_msg['id']}", headers=p.a.auth)
+    assert own.status == 200
+    view = await own.json()
+    assert view["status"] == "accepted" and view["history"][0]["source"] == "ingest"
+    assert view["content"]["name"] == "appointment_reminder"
+    assert (await p.client.get(f"/v1/messages/{a_msg['id']}", headers=p.b.auth)).status == 404
+
+    a_list = await (await p.client.get("/v1/messages", headers=p.a.auth)).json()
+    b_list = await (await p.client.get("/v1/messages", headers=p.b.auth)).json()
+    assert [m["id"] for m in a_list["data"]] == [a_msg["id"]]
+    assert [m["id"] for m in b_list["data"]] == [b_msg["id"]]
+
+    await p.db[BALANCES].update_one({"_id": p.b.account_id}, {"$set": {"available": 123}})
+    a_balance = await (await p.client.get("/v1/balance", headers=p.a.auth)).json()
+    b_balance = await (await p.client.get("/v1/balance", headers=p.b.auth)).json()
+    assert a_balance == {"available": 10_000_000, "reserved": 0, "currency": "USD",
+                         "unit": "micros"}
+    assert b_balance["available"] == 123
+
+
+async def test_listing_pages_through_the_database_newest_first(platform: Platform) -> None:
+    p = platform
+    ids = []
+    for i in range(5):
+        resp = await _post(p, reminder(client_reference=f"r{i}"), p.a.auth)
+        ids.append((await resp.json())["id"])
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await p.client.get(f"/v1/messages?{query}", headers=p.a.auth)).json()
+        seen += [m["id"] for m in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    # Requests a millisecond apart may share a timestamp: order is by (time, id), newest first.
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    docs = await p.db[MESSAGES].find({}).to_list(None)
+    by_id = {d["_id"]: d for d in docs}
+    keys = [(by_id[i]["created_at"], i) for i in seen]
+    assert keys == sorted(keys, reverse=True)
+    delivered = await p.client.get("/v1/messages?status=delivered", headers=p.a.auth)
+    assert (await delivered.json())["data"] == []
+
+
+async def test_the_meta_route_sends_through_the_same_flow(platform: Platform) -> None:
+    p = platform
+    body = {"messaging_product": "whatsapp", "recipient_type": "individual",
+            "to": "16502530000", "type": "text", "text": {"body": "hello"},
+            "biz_opaque_callback_data": "cb-1"}
+    resp = await p.client.post(f"/v24.0/{PHONE_A}/messages", json=body, headers=p.a.auth)
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    [record] = await read_published(p.bootstrap, SEND_REQUESTED, p.prefix)
+    event = SEND_REQUESTED.decode(record.value)
+    assert answer["messages"][0]["id"] == event.message_id
+    assert answer["contacts"] == [{"input": "16502530000", "wa_id": "16502530000"}]
+    assert event.recipient == "+16502530000" and event.client_reference == "cb-1"
+
+    resp = await p.client.post(f"/v24.0/{PHONE_B}/messages", json=body, headers=p.a.auth)
+    error = (await resp.json())["error"]
+    assert error["code"] == 100 and error["error_data"]["details"].startswith(
+        "foreign_phone_number")
+    assert await _published(p) == 1

@@ -1,0 +1,99 @@
+"""`hala`'s argument parsing and output, without a database."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from services.admin.cli import build_parser, main, render
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def test_accounts_create_takes_every_profile_field() -> None:
+    args = parse("accounts", "create", "--name", "Demo", "--email", "a@b.co", "--phone",
+                 "+971501234567", "--business-name", "Demo LLC", "--fb-business-manager-id",
+                 "123456789012", "--low-balance-threshold", "500")
+    assert (args.group, args.command) == ("accounts", "create")
+    assert args.business_name == "Demo LLC" and args.fb_business_manager_id == "123456789012"
+    assert args.low_balance_threshold == 500 and args.json is False
+
+
+def test_the_low_balance_threshold_has_a_default() -> None:
+    args = parse("accounts", "create", "--name", "D", "--email", "a@b.co", "--phone", "+1",
+                 "--business-name", "D", "--fb-business-manager-id", "1")
+    assert args.low_balance_threshold == 1_000_000
+
+
+@pytest.mark.parametrize("argv", [
+    ("--json", "accounts", "list"),
+    ("accounts", "list", "--json"),
+])
+def test_json_output_is_accepted_before_or_after_the_command(argv: tuple[str, ...]) -> None:
+    assert parse(*argv).json is True
+
+
+def test_numbers_register_defaults_throughput_and_tier() -> None:
+    args = parse("numbers", "register", "--account", "acc_1", "--waba-id", "102290129340398",
+                 "--phone-number-id", "109731225428301", "--display-phone-number",
+                 "15550001001", "--access-token", "EAA")
+    assert args.account_id == "acc_1" and args.throughput_mps == 80
+    assert args.messaging_limit == "TIER_UNLIMITED" and args.access_token == "EAA"
+
+
+@pytest.mark.parametrize("argv", [
+    ("numbers", "register", "--account", "a", "--waba-id", "1", "--phone-number-id", "2",
+     "--display-phone-number", "3", "--access-token", "t", "--messaging-limit", "TIER_HUGE"),
+    ("credits", "topup", "--account", "a", "--amount", "-5"),
+    ("credits", "topup", "--account", "a", "--amount", "1.5"),
+    ("ledger", "show", "--account", "a", "--limit", "0"),
+    ("accounts", "suspend"),
+    ("keys", "issue"),
+    ("nothing",),
+])
+def test_bad_arguments_are_refused_by_the_parser(argv: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse(*argv)
+    assert info.value.code == 2
+
+
+def test_every_documented_command_parses() -> None:
+    for argv in (
+        ("accounts", "suspend", "acc_1"), ("accounts", "activate", "acc_1"),
+        ("accounts", "show", "acc_1"), ("wabas", "register", "--account", "a", "--waba-id",
+                                        "1", "--portfolio-id", "2", "--name", "W"),
+        ("numbers", "list", "--account", "a"), ("keys", "issue", "--account", "a", "--name",
+                                                "ci"),
+        ("keys", "revoke", "hw_live_abcd1234"), ("keys", "list", "--account", "a"),
+        ("keys", "generate-encryption-key"), ("credits", "topup", "--account", "a",
+                                              "--amount", "5000000", "--note", "first"),
+        ("balance", "show", "--account", "a"), ("ledger", "show", "--account", "a"),
+        ("templates", "sync", "--waba-id", "1", "--graph-url", "http://x", "--graph-version",
+         "v23.0"), ("tokens", "rotate"),
+    ):
+        args = parse(*argv)
+        assert args.group == argv[0]
+
+
+def test_generating_an_encryption_key_needs_no_connection(capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    assert main(["keys", "generate-encryption-key"]) == 0
+    key = capsys.readouterr().out.strip()
+    from cryptography.fernet import Fernet
+
+    Fernet(key.encode())  # a valid Fernet key
+    assert main(["keys", "generate-encryption-key", "--json"]) == 0
+    assert set(orjson.loads(capsys.readouterr().out)) == {"key"}
+
+
+def test_json_rendering_handles_dates_and_human_rendering_nests() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert orjson.loads(render({"at": when}, True)) == {"at": "2026-01-02T03:04:05+00:00"}
+    text = render({"account": {"_id": "acc_1"}, "wabas": [], "at": when}, False)
+    assert "account:\n  _id: acc_1" in text and "at: 2026-01-02T03:04:05+00:00" in text
+    assert render([], False) == "(none)"

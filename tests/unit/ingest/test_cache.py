@@ -1,0 +1,50 @@
+"""The lookup cache: answers within the TTL come from memory, then from the source again."""
+
+from services.ingest.cache import MISSING, TtlCache
+from services.ingest.repository import CachedDirectory
+from shared.clock import FakeClock
+from tests.unit.ingest.fakes import two_accounts
+
+
+def test_entries_expire_after_the_ttl() -> None:
+    clock = FakeClock()
+    cache: TtlCache[str, int | None] = TtlCache(clock, ttl_seconds=5)
+    cache.put("a", 1)
+    cache.put("none", None)
+    clock.advance(4.9)
+    assert cache.get("a") == 1 and cache.get("none") is None
+    clock.advance(0.1)
+    assert cache.get("a") is MISSING and cache.get("none") is MISSING
+
+
+def test_a_zero_ttl_caches_nothing() -> None:
+    cache: TtlCache[str, int] = TtlCache(FakeClock(), ttl_seconds=0)
+    cache.put("a", 1)
+    assert cache.get("a") is MISSING
+
+
+async def test_unknown_keys_are_cached_too_so_retries_spare_the_database() -> None:
+    source = two_accounts()
+    directory = CachedDirectory(source, FakeClock(), ttl_seconds=5)
+    assert await directory.api_key("nope") is None
+    assert await directory.api_key("nope") is None
+    assert source.reads == 1
+
+
+async def test_a_fresh_balance_read_bypasses_and_refreshes_the_cache() -> None:
+    source = two_accounts()
+    directory = CachedDirectory(source, FakeClock(), ttl_seconds=5)
+    assert (await directory.balance("acc_a"))["available"] == 50_000_000
+    source.balances["acc_a"]["available"] = 7
+    assert (await directory.balance("acc_a"))["available"] == 50_000_000
+    assert (await directory.balance("acc_a", fresh=True))["available"] == 7
+    assert (await directory.balance("acc_a"))["available"] == 7
+
+
+async def test_spending_lowers_only_the_cached_copy() -> None:
+    source = two_accounts()
+    directory = CachedDirectory(source, FakeClock(), ttl_seconds=5)
+    await directory.balance("acc_a")
+    directory.note_spent("acc_a", 1_000)
+    assert (await directory.balance("acc_a"))["available"] == 50_000_000 - 1_000
+    assert source.balances["acc_a"]["available"] == 50_000_000
