@@ -22,10 +22,9 @@ from services.ingest.repository import (
     CachedDirectory,
     MongoDirectory,
     MongoMessageStore,
-    ensure_indexes_one_by_one,
 )
 from shared.clock import SystemClock
-from shared.collections import BALANCES, MESSAGES
+from shared.collections import BALANCES, MESSAGES, ensure_indexes
 from shared.kafka import ensure_topics, make_producer
 from shared.messages import SEND_REQUESTED, TOPUP_REQUESTED
 from shared.pricing import load_rate_card
@@ -111,7 +110,7 @@ async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any
     prefix = f"t{unique}."
     await ensure_topics(bootstrap_servers, prefix, topics=[SEND_REQUESTED, TOPUP_REQUESTED])
     db = mongo[f"it_{unique}"]
-    await ensure_indexes_one_by_one(db, MESSAGES)
+    await ensure_indexes(db, MESSAGES)
     await commands.prepare(db)
     vault = TokenVault(new_key())
     producer = make_producer(bootstrap_servers)

@@ -15,7 +15,6 @@ from services.ingest.repository import (
     DuplicateMessage,
     MongoDirectory,
     MongoMessageStore,
-    ensure_indexes_one_by_one,
 )
 from shared.collections import (
     ACCOUNTS,
@@ -24,6 +23,7 @@ from shared.collections import (
     MESSAGES,
     PHONE_NUMBERS,
     TEMPLATES,
+    ensure_indexes,
 )
 from tests.unit.ingest.fakes import FakeDirectory, FakeMessageStore
 
@@ -46,7 +46,7 @@ async def stores(request: pytest.FixtureRequest, mongo: AsyncMongoClient[dict[st
         yield FakeMessageStore(), directory, put_fake
         return
     db = mongo[f"it_{unique}"]
-    await ensure_indexes_one_by_one(db, MESSAGES)
+    await ensure_indexes(db, MESSAGES)
 
     async def put_mongo(collection: str, doc: dict[str, Any]) -> None:
         await db[collection].insert_one(dict(doc))
@@ -132,7 +132,7 @@ async def test_creating_the_indexes_again_on_restart_is_harmless(
     db = mongo[f"it_{unique}"]
     try:
         for _ in range(3):  # a service starting three times
-            await ensure_indexes_one_by_one(db, MESSAGES)
+            await ensure_indexes(db, MESSAGES)
         info = await db[MESSAGES].index_information()
         assert info["account_id_1_idempotency_key_1"]["unique"] is True
     finally:
