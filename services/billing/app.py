@@ -1,68 +1,167 @@
-"""billing's faust app factory.
+"""billing's faust app: one agent over send-requested, status-changed and topup-requested.
 
-faust is used with its traps designed around (see README): processing_guarantee at_least_once,
-faust's own web server off (it binds 0.0.0.0 and serves table data) — our ops endpoints are served
-by a small aiohttp site on loopback instead — and outputs written with our own idempotent
-producer and awaited, so that the broker acknowledged them before faust commits the input.
+faust is used with its traps designed around:
+- it acks an event even when the agent raises, and when a cancelled agent's stream is closed:
+  the agent reads a `noack()` stream and acks each event itself, only once the event is
+  finished (written, published, or dead-lettered), and its body never lets an exception escape
+  (see worker.py);
+- outputs go through our own idempotent producer and are awaited, never through faust's
+  `topic.send()`, which defers sends attached to the current event until the commit;
+- processing_guarantee at_least_once; faust's web server off (it binds 0.0.0.0 and serves table
+  data): /healthz, /readyz and /metrics are served by a small aiohttp site on loopback;
+- a small stream buffer and frequent commits (settings.py): a kill -9 only means redelivery of
+  what was not committed yet, which is idempotent.
 """
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import faust
 from mode import Service
 
+from services.billing.balances import Balances
+from services.billing.ledger import Ledger
+from services.billing.publisher import KafkaPublisher, Record
+from services.billing.reconcile import Reconciler
 from services.billing.settings import BillingSettings
+from services.billing.worker import INPUT_TOPICS, SERVICE, BillingWorker
+from shared.clock import SystemClock
+from shared.collections import LEDGER, ensure_indexes
 from shared.http import make_ops_app, start_site
-from shared.kafka import ensure_topics, kafka_ready, make_producer
+from shared.kafka import ensure_topics, kafka_ready, make_producer, topic_name
 from shared.logging import get_logger
+from shared.metrics import CONSUMER_LAG
 from shared.mongo import make_client, mongo_ready
+from shared.pricing import load_rate_card
+from shared.runtime import start_with_retry
 
-SERVICE = "billing"
 log = get_logger(SERVICE)
+
+LAG_REPORT_INTERVAL_S = 10.0
 
 
 class BillingRuntime(Service):
-    """The connections billing's agent uses, started before and stopped after the agent."""
+    """The connections billing's agent uses. faust starts user services after its consumer, so
+    the agent and the timers wait for `ready` before their first use of them."""
 
     def __init__(self, settings: BillingSettings, **kwargs: Any) -> None:
         self.settings = settings
-        self.producer = make_producer(settings.kafka_bootstrap_servers)
-        self.mongo = make_client(settings.mongodb_url)
-        self.db = self.mongo[settings.mongodb_database]
+        self.ready = asyncio.Event()
+        self.worker: BillingWorker | None = None
+        self.reconciler: Reconciler | None = None
+        self._producer: Any = None
+        self._mongo: Any = None
         self._ops_runner: Any = None
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        await ensure_topics(self.settings.kafka_bootstrap_servers, self.settings.topic_prefix)
-        await self.producer.start()
-        checks = {"kafka": lambda: kafka_ready(self.producer),
-                  "mongodb": lambda: mongo_ready(self.mongo)}
-        self._ops_runner = await start_site(make_ops_app(SERVICE, checks),
-                                            self.settings.http_host, self.settings.http_port)
-        log.info("service_started", port=self.settings.http_port)
+        settings = self.settings
+        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)
+        # Clients are created here: aiokafka binds to the running loop at construction.
+        self._producer = make_producer(settings.kafka_bootstrap_servers)
+        await start_with_retry(self._producer)
+        self._mongo = make_client(settings.mongodb_url)
+        db = self._mongo[settings.mongodb_database]
+        await ensure_indexes(db, LEDGER)
+        balances, ledger = Balances(db), Ledger(db)
+        self.worker = BillingWorker(
+            balances=balances, ledger=ledger,
+            publisher=KafkaPublisher(self._producer, settings.topic_prefix),
+            rate_card=load_rate_card(), clock=SystemClock(), topic_prefix=settings.topic_prefix,
+            low_balance_threshold=settings.low_balance_threshold,
+            retry_first_delay_s=settings.retry_first_delay_s,
+            retry_max_delay_s=settings.retry_max_delay_s)
+        self.reconciler = Reconciler(ledger, balances)
+        producer, mongo = self._producer, self._mongo
+        checks = {"kafka": lambda: kafka_ready(producer), "mongodb": lambda: mongo_ready(mongo)}
+        self._ops_runner = await start_site(make_ops_app(SERVICE, checks), settings.http_host,
+                                            settings.http_port)
+        self.ready.set()
+        log.info("service_started", port=settings.http_port)
 
     async def on_stop(self) -> None:
         if self._ops_runner is not None:
             await self._ops_runner.cleanup()
-        await self.producer.stop()
-        await self.mongo.close()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._mongo is not None:
+            await self._mongo.close()
         log.info("service_stopped")
+
+
+def consumer_group(settings: BillingSettings) -> str:
+    """faust's app id is its consumer group: prefixed like the topics (see ServiceSettings)."""
+    return settings.topic_prefix + settings.faust_app_id
 
 
 def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
     app = faust.App(
-        settings.faust_app_id,
+        consumer_group(settings),
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store=settings.faust_store,
+        datadir=str(Path(settings.faust_datadir) / f"{consumer_group(settings)}-data"),
         processing_guarantee="at_least_once",
         web_enabled=False,
         topic_partitions=6,
         topic_allow_declare=False,  # topics come from shared.messages via ensure_topics
+        topic_disable_leader=True,  # no on_leader work: its internal topic is not needed
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_commit_every=settings.commit_every,
+        broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
     )
     runtime = BillingRuntime(settings)
     app.service(runtime)  # type: ignore[arg-type]
+
+    # Raw bytes in: each record is decoded by its own shared Topic, and a record that does not
+    # decode goes to the DLQ byte for byte instead of failing inside faust.
+    inputs = app.topic(*(topic_name(t, settings.topic_prefix) for t in INPUT_TOPICS),
+                       value_type=bytes, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(inputs, name="billing", concurrency=1)
+    async def billing(stream: faust.StreamT[bytes]) -> None:
+        await runtime.ready.wait()
+        assert runtime.worker is not None
+        acked_by_us = stream.noack()
+        async for event in acked_by_us.events():
+            message = event.message
+            await runtime.worker.handle(Record(
+                topic=message.topic, partition=message.partition, offset=message.offset,
+                key=message.key, value=message.value, headers=_headers(message.headers),
+                timestamp=int(message.timestamp * 1000) if message.timestamp else 0))
+            await acked_by_us.ack(event)
+
+    @app.timer(interval=settings.reconcile_interval_s, name="billing_reconcile")
+    async def reconcile() -> None:
+        await runtime.ready.wait()
+        assert runtime.reconciler is not None
+        try:
+            await runtime.reconciler.run_once()
+        except Exception as exc:  # a timer that raises never runs again
+            log.warning("ledger_reconcile_failed", error=repr(exc))
+
+    group = consumer_group(settings)
+
+    @app.timer(interval=LAG_REPORT_INTERVAL_S, name="billing_consumer_lag")
+    async def report_lag() -> None:
+        # What faust's monitor already tracks from its fetches and commits: no broker call.
+        ends = dict(app.monitor.tp_end_offsets)
+        committed = app.monitor.tp_committed_offsets
+        for tp, end in ends.items():
+            CONSUMER_LAG.labels(service=SERVICE, group=group, topic=tp.topic,
+                                partition=str(tp.partition)).set(
+                max(0, end - committed.get(tp, 0)))
+
     return app, runtime
+
+
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    if not headers:
+        return ()
+    items = headers.items() if isinstance(headers, dict) else headers
+    return tuple((str(k), bytes(v or b"")) for k, v in items)

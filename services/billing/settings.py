@@ -10,3 +10,22 @@ class BillingSettings(ServiceSettings):
     faust_app_id: str = "hala-billing"
     # memory:// replays the changelog at start; billing keeps no faust tables, so it is free.
     faust_store: str = "memory://"
+    # faust creates `<app id>-data` here even without tables (default: the working directory).
+    faust_datadir: str = ".run/billing"
+    # A new account's low-balance threshold, in micros of the account currency.
+    low_balance_threshold: int = 1_000_000
+    # How often the reconciler compares the ledger with the balances.
+    reconcile_interval_s: float = 30.0
+    # Transient failures (database, broker) are retried in place, forever, with this backoff.
+    retry_first_delay_s: float = 0.2
+    retry_max_delay_s: float = 10.0
+    # faust's defaults prefetch 4096 records per stream and commit every 10 000 acks or 2.8 s.
+    # Billing handles one record at a time; a small buffer keeps the redelivery after a crash
+    # and the drain on a rebalance short, and frequent commits keep the replay window small.
+    stream_buffer_maxsize: int = 256
+    commit_every: int = 100
+    commit_interval_s: float = 1.0
+    # faust waits 60 s by default before a dead member's partitions move: after a kill -9 the
+    # restarted worker would stall that long. Heartbeats come from faust's consumer thread, so
+    # a slow event does not make a live worker look dead.
+    session_timeout_s: float = 10.0

@@ -14,6 +14,7 @@ app = faust.App(
     web_enabled=False,
     topic_allow_declare=False,
     consumer_auto_offset_reset="earliest",
+    datadir=os.environ["PROBE_DATADIR"],  # not the working directory
 )
 topic = app.topic(os.environ["PROBE_TOPIC"], value_type=bytes, value_serializer="raw")
 output = Path(os.environ["PROBE_OUTPUT"])

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _start_probe(bootstrap: str, app_id: str, topic: str, output: Path) -> subprocess.Popen:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PROBE_APP_ID": app_id,
-           "PROBE_TOPIC": topic, "PROBE_OUTPUT": str(output)}
+           "PROBE_TOPIC": topic, "PROBE_OUTPUT": str(output),
+           "PROBE_DATADIR": str(output.parent / "faust-data")}
     return subprocess.Popen([sys.executable, "-m", "tests.integration.faust_probe"], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

@@ -1,0 +1,61 @@
+"""The `balances` collection: one document per account, written only by billing.
+
+Other services read `available`, `reserved` (integer micros) and `currency` by `_id` = account
+id. `applied` lists the last offset applied per `topic:partition` as an array of
+{source, offset}: topic names contain dots, which FerretDB refuses in field names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.billing.core import Balance
+from services.billing.mongo_errors import translated
+from shared.collections import BALANCES
+
+
+class Balances:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self._balances = db[BALANCES]
+
+    async def get(self, account_id: str) -> Balance | None:
+        with translated():
+            document = await self._balances.find_one({"_id": account_id})
+        return None if document is None else balance_from_document(document)
+
+    async def save(self, balance: Balance, now: int) -> None:
+        """Replace the whole document: one write moves the money and records the offsets."""
+        with translated():
+            await self._balances.replace_one({"_id": balance.account_id},
+                                             balance_to_document(balance, now), upsert=True)
+
+    async def all(self) -> list[Balance]:
+        with translated():
+            documents = await self._balances.find({}).to_list(None)
+        return [balance_from_document(d) for d in documents]
+
+
+def balance_to_document(balance: Balance, now: int) -> dict[str, Any]:
+    return {
+        "_id": balance.account_id, "available": balance.available,
+        "reserved": balance.reserved, "currency": balance.currency,
+        "low_balance_threshold": balance.low_balance_threshold,
+        "low_balance_armed": balance.low_balance_armed,
+        "low_balance_crossings": balance.low_balance_crossings,
+        "applied": [{"source": source, "offset": offset}
+                    for source, offset in sorted(balance.applied.items())],
+        "updated_at": now,
+    }
+
+
+def balance_from_document(document: dict[str, Any]) -> Balance:
+    return Balance(
+        account_id=document["_id"], currency=document["currency"],
+        available=int(document["available"]), reserved=int(document["reserved"]),
+        low_balance_threshold=int(document["low_balance_threshold"]),
+        low_balance_armed=bool(document["low_balance_armed"]),
+        low_balance_crossings=int(document["low_balance_crossings"]),
+        applied={item["source"]: int(item["offset"]) for item in document["applied"]},
+    )

@@ -1,0 +1,308 @@
+"""billing's decisions, pure: what an input event does to an account's balance.
+
+Each input event maps to at most one ledger entry with a unique key (`<message_id>:reserve`,
+`<message_id>:settle`, `topup:<event_id>`). The entry is written first, then the balance
+document, which records the offset it has applied per `topic:partition`. So:
+
+- an event at an offset the balance has applied is a redelivery: nothing changes, and its
+  outputs are derived again from the stored entry and published again (downstream dedupes);
+- an event whose entry already exists, written by an event the balance has applied, is a
+  duplicate (the same request published twice): nothing changes;
+- an entry that exists but whose offset the balance has not applied is our own earlier attempt
+  that stopped between the two writes: its effect is applied now.
+
+Money is integer micros. Amounts in entries:
+  reserve  amount = the price reserved                available -= amount, reserved += amount
+  reject   amount = the price that could not be reserved        (nothing moves)
+  charge   amount = Meta's price; reserved_amount = the reservation it closes
+  release  amount = reserved_amount = the reservation returned
+  topup    amount = the credit added                  available += amount
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import msgspec
+
+from shared.errors import InvalidRequest
+from shared.messages import (
+    LOW_BALANCE_ALERTED,
+    SEND_APPROVED,
+    STATUS_CHANGED,
+    LowBalanceAlerted,
+    SendApproved,
+    SendRequested,
+    StatusChanged,
+    Topic,
+    TopUpRequested,
+)
+from shared.pricing import RateCard
+
+EntryKind = Literal["reserve", "reject", "charge", "release", "topup"]
+Outcome = Literal["reserved", "rejected", "charged", "released", "topped_up", "duplicate",
+                  "replayed", "ignored"]
+Settlement = Literal["charge", "release"]
+InputEvent = SendRequested | StatusChanged | TopUpRequested
+
+INSUFFICIENT_CREDIT = "insufficient_credit"
+
+_OUTCOME_OF_KIND: dict[EntryKind, Outcome] = {
+    "reserve": "reserved", "reject": "rejected", "charge": "charged", "release": "released",
+    "topup": "topped_up",
+}
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where an input event was read: the balance records the last applied offset per source."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+
+@dataclass(frozen=True)
+class Balance:
+    account_id: str
+    currency: str
+    available: int = 0
+    reserved: int = 0
+    low_balance_threshold: int = 0
+    # Armed while available is at or above the threshold: the next fall below alerts once.
+    low_balance_armed: bool = False
+    low_balance_crossings: int = 0
+    applied: Mapping[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
+
+    @classmethod
+    def opening(cls, account_id: str, currency: str, low_balance_threshold: int) -> Balance:
+        """A new account: no credit, so below any positive threshold without having crossed it."""
+        return cls(account_id=account_id, currency=currency,
+                   low_balance_threshold=low_balance_threshold,
+                   low_balance_armed=low_balance_threshold <= 0)
+
+    def has_applied(self, source: str, offset: int) -> bool:
+        return offset <= self.applied.get(source, -1)
+
+
+@dataclass(frozen=True)
+class LowBalanceNotice:
+    """A fall below the threshold, kept on the entry that caused it so a replay can re-send it."""
+
+    crossing: int
+    available: int
+    threshold: int
+    occurred_at: int
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    key: str
+    account_id: str
+    kind: EntryKind
+    amount: int
+    at: int
+    source: str
+    source_offset: int
+    source_event_id: str
+    message_id: str | None = None
+    reserved_amount: int = 0
+    category: str = ""
+    region: str = ""
+    rate_card_version: str = ""
+    low_balance: LowBalanceNotice | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: Topic[Any]
+    event: Any
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    balance: Balance | None = None  # the balance to write; None when it does not change
+    entries: tuple[LedgerEntry, ...] = ()  # to insert before the balance is written
+    outputs: tuple[Output, ...] = ()  # to publish after the balance is written
+    applied: LedgerEntry | None = None  # the entry whose effect `balance` adds (new or resumed)
+
+
+def reserve_key(message_id: str) -> str:
+    return f"{message_id}:reserve"
+
+
+def settle_key(message_id: str) -> str:
+    return f"{message_id}:settle"
+
+
+def topup_key(event_id: str) -> str:
+    return f"topup:{event_id}"
+
+
+def entry_key(event: InputEvent) -> str:
+    """The key of the one ledger entry an input event can write."""
+    if isinstance(event, SendRequested):
+        return reserve_key(event.message_id)
+    if isinstance(event, StatusChanged):
+        return settle_key(event.message_id)
+    return topup_key(event.event_id)
+
+
+def settlement_for(event: StatusChanged) -> Settlement | None:
+    """What a status does to the message's reservation, if anything.
+
+    Meta prices a message on `sent` and on one of `delivered`/`read`, never both: a delivery
+    without pricing waits for the other one instead of releasing the credit.
+    """
+    if event.status in ("failed", "expired", "rejected"):
+        return "release"
+    if event.status in ("delivered", "read") and event.pricing is not None:
+        return "charge" if event.pricing.type == "regular" else "release"
+    return None
+
+
+def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card: RateCard,
+           now: int, reservation: LedgerEntry | None = None,
+           existing: LedgerEntry | None = None) -> Decision:
+    """Decide what `event`, read at `position`, does to `balance`.
+
+    `reservation` is the message's reserve entry (for a StatusChanged); `existing` is the entry
+    already stored under `entry_key(event)`, when there is one.
+    """
+    if balance.has_applied(position.source, position.offset):
+        outputs = _outputs_of(existing, event, position) if existing is not None else ()
+        return Decision("replayed", outputs=outputs)
+    if existing is not None:
+        return _resume_or_skip(balance, existing, event, position)
+    if isinstance(event, SendRequested):
+        return _reserve(balance, event, position, rate_card, now)
+    if isinstance(event, StatusChanged):
+        return _settle(balance, event, position, rate_card, now, reservation)
+    return _top_up(balance, event, position, now)
+
+
+def _resume_or_skip(balance: Balance, existing: LedgerEntry, event: InputEvent,
+                    position: Position) -> Decision:
+    if balance.has_applied(existing.source, existing.source_offset):
+        # The same request again (e.g. republished after a producer crash): already counted.
+        return Decision("duplicate", outputs=_outputs_of(existing, event, position))
+    # Our own earlier attempt wrote the entry, then stopped before the balance: finish it.
+    return Decision(_OUTCOME_OF_KIND[existing.kind], balance=_apply(balance, existing, position),
+                    outputs=_outputs_of(existing, event, position), applied=existing)
+
+
+def _reserve(balance: Balance, event: SendRequested, position: Position, rate_card: RateCard,
+             now: int) -> Decision:
+    price = rate_card.price(event.category, event.recipient_region)
+    entry = LedgerEntry(
+        key=reserve_key(event.message_id), account_id=event.account_id,
+        kind="reserve" if balance.available >= price else "reject", amount=price, at=now,
+        source=position.source, source_offset=position.offset, source_event_id=event.event_id,
+        message_id=event.message_id, category=event.category, region=event.recipient_region,
+        rate_card_version=rate_card.version)
+    return _record(balance, entry, event, position, now)
+
+
+def _settle(balance: Balance, event: StatusChanged, position: Position, rate_card: RateCard,
+            now: int, reservation: LedgerEntry | None) -> Decision:
+    settlement = settlement_for(event)
+    if (settlement is None or reservation is None or reservation.kind != "reserve"
+            or reservation.account_id != event.account_id):
+        return Decision("ignored")
+    common: dict[str, Any] = {
+        "key": settle_key(event.message_id), "account_id": event.account_id, "at": now,
+        "source": position.source, "source_offset": position.offset,
+        "source_event_id": event.event_id, "message_id": event.message_id,
+        "reserved_amount": reservation.amount, "region": reservation.region,
+    }
+    if settlement == "charge":
+        # Meta's category decides the price (e.g. a utility template it billed as marketing).
+        category = (event.pricing.category if event.pricing else "") or reservation.category
+        entry = LedgerEntry(kind="charge", amount=rate_card.price(category, reservation.region),
+                            category=category, rate_card_version=rate_card.version, **common)
+    else:
+        entry = LedgerEntry(kind="release", amount=reservation.amount,
+                            category=reservation.category,
+                            rate_card_version=reservation.rate_card_version, **common)
+    return _record(balance, entry, event, position, now)
+
+
+def _top_up(balance: Balance, event: TopUpRequested, position: Position, now: int) -> Decision:
+    if event.amount <= 0:
+        raise InvalidRequest("a top-up adds a positive amount", code="invalid_top_up",
+                             details={"event_id": event.event_id})
+    entry = LedgerEntry(key=topup_key(event.event_id), account_id=event.account_id,
+                        kind="topup", amount=event.amount, at=now, source=position.source,
+                        source_offset=position.offset, source_event_id=event.event_id)
+    return _record(balance, entry, event, position, now)
+
+
+def _record(balance: Balance, entry: LedgerEntry, event: InputEvent, position: Position,
+            now: int) -> Decision:
+    available, _ = _moved(balance, entry)
+    if balance.low_balance_armed and available < balance.low_balance_threshold:
+        entry = replace(entry, low_balance=LowBalanceNotice(
+            crossing=balance.low_balance_crossings + 1, available=available,
+            threshold=balance.low_balance_threshold, occurred_at=now))
+    return Decision(_OUTCOME_OF_KIND[entry.kind], balance=_apply(balance, entry, position),
+                    entries=(entry,), outputs=_outputs_of(entry, event, position), applied=entry)
+
+
+def _moved(balance: Balance, entry: LedgerEntry) -> tuple[int, int]:
+    """(available, reserved) after the entry's movement."""
+    available, reserved = balance.available, balance.reserved
+    if entry.kind == "reserve":
+        return available - entry.amount, reserved + entry.amount
+    if entry.kind == "charge":  # the reservation comes back, Meta's price goes out
+        return available + entry.reserved_amount - entry.amount, reserved - entry.reserved_amount
+    if entry.kind == "release":
+        return available + entry.reserved_amount, reserved - entry.reserved_amount
+    if entry.kind == "topup":
+        return available + entry.amount, reserved
+    return available, reserved
+
+
+def _apply(balance: Balance, entry: LedgerEntry, position: Position) -> Balance:
+    available, reserved = _moved(balance, entry)
+    armed, crossings = balance.low_balance_armed, balance.low_balance_crossings
+    if entry.low_balance is not None:
+        armed, crossings = False, entry.low_balance.crossing
+    elif available >= balance.low_balance_threshold:
+        armed = True
+    applied = dict(balance.applied)
+    for source, offset in ((entry.source, entry.source_offset),
+                           (position.source, position.offset)):
+        applied[source] = max(applied.get(source, -1), offset)
+    return replace(balance, available=available, reserved=reserved, low_balance_armed=armed,
+                   low_balance_crossings=crossings, applied=applied)
+
+
+def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position
+                ) -> tuple[Output, ...]:
+    outputs: list[Output] = []
+    if isinstance(event, SendRequested) and entry.kind == "reserve":
+        outputs.append(Output(SEND_APPROVED, SendApproved(
+            **msgspec.structs.asdict(event), reserved_amount=entry.amount,
+            rate_card_version=entry.rate_card_version)))
+    elif isinstance(event, SendRequested) and entry.kind == "reject":
+        outputs.append(Output(STATUS_CHANGED, StatusChanged(
+            event_id=f"{event.message_id}:rejected", message_id=event.message_id,
+            account_id=event.account_id, status="rejected", occurred_at=entry.at,
+            source="billing", phone_number_id=event.phone_number_id,
+            recipient_region=event.recipient_region, reason=INSUFFICIENT_CREDIT)))
+    # The alert belongs to the event that caused the fall, not to later duplicates of it.
+    notice = entry.low_balance
+    if notice is not None and (entry.source, entry.source_offset) == (position.source,
+                                                                       position.offset):
+        outputs.append(Output(LOW_BALANCE_ALERTED, LowBalanceAlerted(
+            event_id=f"{entry.account_id}:low:{notice.crossing}", account_id=entry.account_id,
+            available=notice.available, threshold=notice.threshold,
+            occurred_at=notice.occurred_at)))
+    return tuple(outputs)

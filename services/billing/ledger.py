@@ -1,0 +1,102 @@
+"""The `ledger` collection: one document per credit movement, under a unique key.
+
+The unique `_id` is what makes billing idempotent without transactions: an event whose entry
+exists has been decided before (see core.py for how a duplicate is told from an unfinished
+attempt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from services.billing.core import LedgerEntry, LowBalanceNotice
+from services.billing.mongo_errors import translated
+from shared.collections import LEDGER
+
+
+@dataclass(frozen=True)
+class LedgerSum:
+    """The sum of one amount field over one account's entries of one kind from one source."""
+
+    account_id: str
+    kind: str
+    source: str
+    total: int
+
+
+class Ledger:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self._entries = db[LEDGER]
+
+    async def get(self, key: str) -> LedgerEntry | None:
+        with translated():
+            document = await self._entries.find_one({"_id": key})
+        return None if document is None else entry_from_document(document)
+
+    async def add(self, entry: LedgerEntry) -> LedgerEntry | None:
+        """Insert `entry`; if its key is taken, return the entry stored under it instead."""
+        try:
+            with translated():
+                await self._entries.insert_one(entry_to_document(entry))
+            return None
+        except DuplicateKeyError:
+            stored = await self.get(entry.key)
+            if stored is None:  # a unique key never disappears: this is not our collection
+                raise
+            return stored
+
+    async def sums(self, field: str) -> list[LedgerSum]:
+        """Sum of `field` per (account, kind, source).
+
+        One accumulator per pipeline: FerretDB 1.24 returns 0 for every `$sum` after the
+        first one in a `$group` stage.
+        """
+        pipeline = [{"$group": {"_id": {"account_id": "$account_id", "kind": "$kind",
+                                        "source": "$source"},
+                                "total": {"$sum": f"${field}"}}}]
+        with translated():
+            cursor = await self._entries.aggregate(pipeline)
+            rows = await cursor.to_list(None)
+        return [LedgerSum(account_id=row["_id"]["account_id"], kind=row["_id"]["kind"],
+                          source=row["_id"]["source"], total=int(row["total"]))
+                for row in rows]
+
+    async def entries_of(self, account_id: str) -> list[LedgerEntry]:
+        with translated():
+            documents = await self._entries.find({"account_id": account_id}).to_list(None)
+        return [entry_from_document(d) for d in documents]
+
+
+def entry_to_document(entry: LedgerEntry) -> dict[str, Any]:
+    notice = entry.low_balance
+    return {
+        "_id": entry.key, "account_id": entry.account_id, "kind": entry.kind,
+        "amount": entry.amount, "reserved_amount": entry.reserved_amount, "at": entry.at,
+        "source": entry.source, "source_offset": entry.source_offset,
+        "source_event_id": entry.source_event_id, "message_id": entry.message_id,
+        "category": entry.category, "region": entry.region,
+        "rate_card_version": entry.rate_card_version,
+        "low_balance": None if notice is None else {
+            "crossing": notice.crossing, "available": notice.available,
+            "threshold": notice.threshold, "occurred_at": notice.occurred_at},
+    }
+
+
+def entry_from_document(document: dict[str, Any]) -> LedgerEntry:
+    notice = document.get("low_balance")
+    return LedgerEntry(
+        key=document["_id"], account_id=document["account_id"], kind=document["kind"],
+        amount=int(document["amount"]), reserved_amount=int(document.get("reserved_amount", 0)),
+        at=int(document["at"]), source=document["source"],
+        source_offset=int(document["source_offset"]),
+        source_event_id=document["source_event_id"], message_id=document.get("message_id"),
+        category=document.get("category", ""), region=document.get("region", ""),
+        rate_card_version=document.get("rate_card_version", ""),
+        low_balance=None if notice is None else LowBalanceNotice(
+            crossing=int(notice["crossing"]), available=int(notice["available"]),
+            threshold=int(notice["threshold"]), occurred_at=int(notice["occurred_at"])),
+    )

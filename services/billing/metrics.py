@@ -1,0 +1,28 @@
+"""billing's metrics. Labels come from closed sets: registry topic names, outcomes, reasons."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RESERVATIONS = Counter("billing_reservations_total", "Credit reservations made for a send.")
+REJECTIONS = Counter("billing_rejections_total", "Sends refused by billing, by reason.",
+                     ["reason"])
+CHARGES = Counter("billing_charges_total", "Messages charged on Meta's billable delivery.")
+CHARGED_MICROS = Counter("billing_charged_micros_total",
+                         "Micros of account currency charged for delivered messages.")
+REFUNDS = Counter("billing_refunds_total",
+                  "Reservations released (failed, expired, rejected or free messages).")
+LOW_BALANCE_ALERTS = Counter("billing_low_balance_alerts_total",
+                             "Accounts whose available credit fell below their threshold.")
+EVENTS = Counter("billing_events_total", "Input events billing finished with, by outcome.",
+                 ["topic", "outcome"])
+EVENT_DURATION = Histogram(
+    "billing_event_duration_seconds",
+    "Time to handle one input event, retries included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+)
+LEDGER_DRIFT = Gauge(
+    "billing_ledger_drift_micros",
+    "Absolute difference between the ledger and the balances at the last reconciliation, "
+    "summed over accounts. Anything but zero is a bug.",
+)

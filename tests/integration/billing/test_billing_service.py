@@ -1,0 +1,326 @@
+"""The billing process against the real broker and database: reserve, settle, reject, alert,
+duplicates, replays, dead letters, and a kill -9 in the middle of a stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from services.billing.balances import Balances
+from services.billing.ledger import Ledger
+from services.billing.reconcile import Reconciler
+from shared.kafka import ensure_topics, make_producer, publish, topic_name
+from shared.messages import (
+    LOW_BALANCE_ALERTED,
+    SEND_APPROVED,
+    SEND_REQUESTED,
+    STATUS_CHANGED,
+    TOPUP_REQUESTED,
+    Pricing,
+    SendRequested,
+    StatusChanged,
+    TopUpRequested,
+)
+from shared.pricing import load_rate_card
+from tests.integration.billing.harness import BillingProcess, drained, eventually, read_all
+
+pytestmark = pytest.mark.integration
+
+CARD = load_rate_card()
+GB_UTILITY = CARD.price("utility", "GB")  # 24 200
+GB_MARKETING = CARD.price("marketing", "GB")  # 58 200
+
+
+@dataclass
+class Setup:
+    bootstrap_servers: str
+    mongodb_url: str
+    prefix: str
+    database: str
+    producer: AIOKafkaProducer
+    mongo: AsyncMongoClient[dict[str, Any]]
+    log_dir: Path
+    processes: list[BillingProcess]
+
+    def billing(self, app_id: str, **settings: str) -> BillingProcess:
+        process = BillingProcess(bootstrap_servers=self.bootstrap_servers,
+                                 mongodb_url=self.mongodb_url, prefix=self.prefix,
+                                 database=self.database, app_id=app_id,
+                                 log_dir=self.log_dir, **settings)
+        self.processes.append(process)
+        return process.start()
+
+    async def send(self, event: Any) -> None:
+        topic = {SendRequested: SEND_REQUESTED, StatusChanged: STATUS_CHANGED,
+                 TopUpRequested: TOPUP_REQUESTED}[type(event)]
+        await publish(self.producer, topic, event, self.prefix)
+
+    async def balance(self, account_id: str) -> dict[str, Any] | None:
+        return await self.mongo[self.database].balances.find_one({"_id": account_id})
+
+    async def ledger(self, account_id: str) -> dict[str, dict[str, Any]]:
+        cursor = self.mongo[self.database].ledger.find({"account_id": account_id})
+        return {d["_id"]: d async for d in cursor}
+
+    async def wait_drained(self, process: BillingProcess, timeout: float = 60.0) -> None:
+        async def check() -> bool:
+            process._check_alive()
+            return await drained(self.bootstrap_servers, process.group, self.prefix)
+        await eventually(check, timeout=timeout, what=f"{process.group} to drain")
+
+
+@pytest.fixture
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("billing-logs")
+
+
+@pytest.fixture
+async def setup(bootstrap_servers: str, mongodb_url: str, unique: str,
+                mongo: AsyncMongoClient[dict[str, Any]], log_dir: Path
+                ) -> AsyncIterator[Setup]:
+    prefix, database = f"t{unique}.", f"it_{unique}"
+    await ensure_topics(bootstrap_servers, prefix)
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    setup = Setup(bootstrap_servers, mongodb_url, prefix, database, producer, mongo, log_dir, [])
+    try:
+        yield setup
+    finally:
+        for process in setup.processes:
+            process.stop()
+        await producer.stop()
+        await mongo.drop_database(database)
+
+
+def send_requested(account_id: str, message_id: str, category: str = "utility",
+                   region: str = "GB") -> SendRequested:
+    example = dict(SEND_REQUESTED.examples[0])
+    example.update(event_id=message_id, message_id=message_id, account_id=account_id,
+                   category=category, recipient_region=region)
+    return SendRequested(**example)
+
+
+def status(account_id: str, message_id: str, step: Any, source: Any = "webhook",
+           category: str | None = None) -> StatusChanged:
+    pricing = Pricing(billable=True, type="regular", category=category) if category else None
+    return StatusChanged(event_id=f"{message_id}:{step}:{source}", message_id=message_id,
+                         account_id=account_id, status=step, occurred_at=1_764_000_003_000,
+                         source=source, pricing=pricing)
+
+
+def top_up(account_id: str, amount: int, event_id: str) -> TopUpRequested:
+    return TopUpRequested(event_id=event_id, account_id=account_id, amount=amount,
+                          requested_at=1_764_000_000_000)
+
+
+def decoded(records: list[Any], topic: Any) -> list[Any]:
+    return [topic.decode(r.value) for r in records]
+
+
+async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None:
+    account = f"acc_{setup.prefix}flow"
+    billing = setup.billing("billing", low_balance_threshold="50000",
+                            reconcile_interval_s="0.5")
+    readiness = await billing.wait_ready()
+    assert readiness["dependencies"] == {"kafka": "ok", "mongodb": "ok"}
+
+    # In causal order, as in production: credit is there before the client sends, and a
+    # status exists only once the sender had the approval. (The three topics are read
+    # concurrently: nothing orders records of different topics.)
+    await setup.send(top_up(account, 100_000, "topup_1"))
+    await setup.wait_drained(billing)
+    await setup.send(send_requested(account, "msg_1", "utility"))  # 75 800 left
+    await setup.send(send_requested(account, "msg_2", "marketing"))  # 17 600: below 50 000
+    await setup.send(send_requested(account, "msg_3", "utility"))  # 24 200 > 17 600: rejected
+    await setup.wait_drained(billing)
+    await setup.send(status(account, "msg_1", "sent", "sender"))
+    await setup.send(status(account, "msg_1", "delivered", category="utility"))  # charged
+    await setup.send(status(account, "msg_2", "failed", "sender"))  # released: 75 800
+    await setup.wait_drained(billing)
+
+    approved = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
+                       SEND_APPROVED)
+    assert [(a.message_id, a.reserved_amount, a.rate_card_version) for a in approved] == [
+        ("msg_1", GB_UTILITY, CARD.version), ("msg_2", GB_MARKETING, CARD.version)]
+    statuses = decoded(await read_all(setup.bootstrap_servers, STATUS_CHANGED, setup.prefix),
+                       STATUS_CHANGED)
+    [rejection] = [s for s in statuses if s.source == "billing"]
+    assert (rejection.event_id, rejection.status, rejection.reason) == (
+        "msg_3:rejected", "rejected", "insufficient_credit")
+    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+                                    setup.prefix), LOW_BALANCE_ALERTED)
+    assert [(a.event_id, a.available, a.threshold) for a in alerts] == [
+        (f"{account}:low:1", 100_000 - GB_UTILITY - GB_MARKETING, 50_000)]
+
+    balance = await setup.balance(account)
+    assert balance is not None
+    assert (balance["available"], balance["reserved"], balance["currency"]) == (
+        100_000 - GB_UTILITY, 0, "USD")
+    assert balance["low_balance_armed"] is True  # back above the threshold after the release
+    ledger = await setup.ledger(account)
+    assert {k: (v["kind"], v["amount"]) for k, v in ledger.items()} == {
+        "topup:topup_1": ("topup", 100_000),
+        "msg_1:reserve": ("reserve", GB_UTILITY),
+        "msg_2:reserve": ("reserve", GB_MARKETING),
+        "msg_3:reserve": ("reject", GB_UTILITY),
+        "msg_1:settle": ("charge", GB_UTILITY),
+        "msg_2:settle": ("release", GB_MARKETING),
+    }
+    db = setup.mongo[setup.database]
+    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    for sample, value in (("billing_reservations_total", 2),
+                          ('billing_rejections_total{reason="insufficient_credit"}', 1),
+                          ("billing_charges_total", 1),
+                          ("billing_charged_micros_total", GB_UTILITY),
+                          ("billing_refunds_total", 1), ("billing_low_balance_alerts_total", 1)):
+        assert await billing.metric(sample) == value, sample
+
+    # The service's own reconciler notices a balance that no longer matches its ledger.
+    await db.balances.update_one({"_id": account}, {"$inc": {"available": 7}})
+
+    async def drift_reported() -> bool:
+        return await billing.metric("billing_ledger_drift_micros") == 7
+
+    await eventually(drift_reported, timeout=20, what="the reconciler to report the drift")
+
+
+async def test_duplicates_at_new_offsets_and_a_replay_by_a_new_group_change_nothing(
+        setup: Setup) -> None:
+    account = f"acc_{setup.prefix}dup"
+    first = setup.billing("billing-1")
+    stages = [[top_up(account, 100_000, "topup_1")],
+              [send_requested(account, "msg_1"), send_requested(account, "msg_2")],
+              [status(account, "msg_1", "delivered", category="marketing"),
+               status(account, "msg_2", "failed", "sender")]]
+    for stage in stages:  # causal order (see the test above)
+        for event in stage:
+            await setup.send(event)
+        await setup.wait_drained(first)
+    balance = await setup.balance(account)
+    ledger = await setup.ledger(account)
+    assert balance is not None
+    assert (balance["available"], balance["reserved"]) == (100_000 - GB_MARKETING, 0)
+
+    # Producers that crashed after a send retry it: the same events again, at new offsets.
+    for stage in stages:
+        for event in stage:
+            await setup.send(event)
+    await setup.wait_drained(first)
+    assert await setup.ledger(account) == ledger
+    again = await setup.balance(account)
+    assert again is not None
+    assert (again["available"], again["reserved"], again["applied"]) == (
+        balance["available"], balance["reserved"], balance["applied"])
+
+    # A new consumer group reads everything again from the beginning: every offset is applied.
+    first.stop()
+    second = setup.billing("billing-2")
+    await setup.wait_drained(second)
+    replayed = await setup.balance(account)
+    assert replayed is not None
+    assert (replayed["available"], replayed["reserved"]) == (balance["available"],
+                                                             balance["reserved"])
+    assert await setup.ledger(account) == ledger
+    approvals = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
+                        SEND_APPROVED)
+    # Outputs are published again (downstream dedupes by id), never with another amount.
+    assert {(a.message_id, a.reserved_amount) for a in approvals} == {("msg_1", GB_UTILITY),
+                                                                      ("msg_2", GB_UTILITY)}
+    assert len(approvals) == 2 + 2 + 4  # first pass, duplicates, the replay of all four
+
+
+async def test_an_undecodable_record_is_dead_lettered_and_the_stream_goes_on(
+        setup: Setup) -> None:
+    account = f"acc_{setup.prefix}dlq"
+    billing = setup.billing("billing")
+    name = topic_name(SEND_REQUESTED, setup.prefix)
+    await setup.producer.send_and_wait(name, value=b'{"event_id": "broken"', key=account.encode(),
+                                       headers=[("traceparent", b"00-abc-01")])
+    await setup.send(top_up(account, 100_000, "topup_1"))
+    await setup.send(send_requested(account, "msg_1"))
+    await setup.wait_drained(billing)
+
+    [dead] = await read_all(setup.bootstrap_servers, SEND_REQUESTED, setup.prefix,
+                            dead_letters=True)
+    headers = dict(dead.headers)
+    assert dead.value == b'{"event_id": "broken"'
+    assert dead.key == account.encode()
+    assert headers["traceparent"] == b"00-abc-01"
+    assert headers["source_topic"] == name.encode()
+    assert headers["error_type"] == b"InvalidRequest"
+    balance = await setup.balance(account)
+    assert balance is not None and balance["reserved"] == GB_UTILITY
+
+
+async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Setup) -> None:
+    accounts = [f"acc_{setup.prefix}k{n}" for n in range(3)]
+    sends, late_sends = 60, 20
+    db = setup.mongo[setup.database]
+    billing = setup.billing("billing")
+
+    async def kill_mid_stream(process: BillingProcess, query: dict[str, Any], at_least: int,
+                              total: int) -> BillingProcess:
+        async def progress() -> bool:
+            process._check_alive()
+            return await db.ledger.count_documents(query) >= at_least
+
+        await eventually(progress, timeout=60, every=0.02, what="billing to make progress")
+        process.kill_9()
+        assert await db.ledger.count_documents(query) < total, "killed too late to matter"
+        restarted = setup.billing("billing")  # same group: resumes after the last commit
+        await setup.wait_drained(restarted, timeout=120)
+        return restarted
+
+    for account in accounts:
+        await setup.send(top_up(account, 10_000_000, f"topup_{account}"))
+    await setup.wait_drained(billing)
+
+    # Stage 1: sends, killed part-way.
+    for n in range(sends):
+        for account in accounts:
+            await setup.send(send_requested(account, f"{account}_m{n}"))
+    billing = await kill_mid_stream(billing, {"kind": "reserve"}, 30, len(accounts) * sends)
+
+    # Stage 2: outcomes of those sends, more credit and more sends, killed part-way.
+    expected: dict[str, tuple[int, int]] = {}
+    for account in accounts:
+        charged = reserved = 0
+        for n in range(sends):
+            message_id = f"{account}_m{n}"
+            if n % 3 == 0:
+                await setup.send(status(account, message_id, "delivered", category="marketing"))
+                charged += GB_MARKETING
+            elif n % 3 == 1:
+                await setup.send(status(account, message_id, "failed", "sender"))
+            else:
+                await setup.send(status(account, message_id, "sent", "sender"))
+                reserved += GB_UTILITY
+            if n % 10 == 0:
+                await setup.send(top_up(account, 1_000, f"topup_{account}_{n}"))
+        for n in range(late_sends):
+            await setup.send(send_requested(account, f"{account}_late{n}"))
+            reserved += GB_UTILITY
+        expected[account] = (10_000_000 + 6 * 1_000 - charged - reserved, reserved)
+    settled = sum(1 for n in range(sends) if n % 3 != 2)
+    billing = await kill_mid_stream(billing, {"kind": {"$in": ["charge", "release"]}}, 20,
+                                    len(accounts) * settled)
+
+    for account in accounts:
+        balance = await setup.balance(account)
+        assert balance is not None
+        assert (balance["available"], balance["reserved"]) == expected[account], account
+    assert await db.ledger.count_documents({}) == len(accounts) * (
+        1 + 6 + sends + late_sends + settled)  # one entry per decision, none twice
+    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    approvals = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
+                        SEND_APPROVED)
+    assert {a.message_id for a in approvals} == {
+        f"{account}_{kind}{n}" for account in accounts
+        for kind, count in (("m", sends), ("late", late_sends)) for n in range(count)}
+    assert all(a.reserved_amount == GB_UTILITY for a in approvals)

@@ -1,0 +1,105 @@
+"""In-memory stand-ins for billing's adapters, recording the order of writes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.billing.core import Balance, LedgerEntry
+from services.billing.ledger import LedgerSum
+from services.billing.publisher import Record
+from shared.errors import DependencyUnavailable
+from shared.messages import Topic
+
+
+@dataclass
+class Journal:
+    """What happened, in order, across the fakes."""
+
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FakeBalances:
+    journal: Journal
+    documents: dict[str, Balance] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # "get" / "save": fail once each
+
+    def _maybe_fail(self, operation: str) -> None:
+        if operation in self.failures:
+            self.failures.remove(operation)
+            raise DependencyUnavailable("database unavailable: AutoReconnect")
+
+    async def get(self, account_id: str) -> Balance | None:
+        self._maybe_fail("get")
+        return self.documents.get(account_id)
+
+    async def save(self, balance: Balance, now: int) -> None:
+        self._maybe_fail("save")
+        self.documents[balance.account_id] = balance
+        self.journal.steps.append("balance")
+
+    async def all(self) -> list[Balance]:
+        return list(self.documents.values())
+
+
+@dataclass
+class FakeLedger:
+    journal: Journal
+    entries: dict[str, LedgerEntry] = field(default_factory=dict)
+
+    async def get(self, key: str) -> LedgerEntry | None:
+        return self.entries.get(key)
+
+    async def add(self, entry: LedgerEntry) -> LedgerEntry | None:
+        if entry.key in self.entries:
+            return self.entries[entry.key]
+        self.entries[entry.key] = entry
+        self.journal.steps.append(f"entry {entry.key}")
+        return None
+
+    async def entries_of(self, account_id: str) -> list[LedgerEntry]:
+        return [e for e in self.entries.values() if e.account_id == account_id]
+
+    async def sums(self, field_name: str) -> list[LedgerSum]:
+        totals: dict[tuple[str, str, str], int] = defaultdict(int)
+        for e in self.entries.values():
+            totals[(e.account_id, e.kind, e.source)] += getattr(e, field_name)
+        return [LedgerSum(account_id=a, kind=k, source=s, total=t)
+                for (a, k, s), t in totals.items()]
+
+
+@dataclass
+class FakePublisher:
+    journal: Journal
+    published: list[tuple[str, Any]] = field(default_factory=list)
+    dead_letters: list[tuple[Record, BaseException]] = field(default_factory=list)
+    failures: int = 0  # the next n publishes fail
+
+    async def publish(self, topic: Topic[Any], event: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise DependencyUnavailable("broker unavailable: KafkaTimeoutError")
+        self.published.append((topic.name, event))
+        self.journal.steps.append(f"publish {topic.name}")
+
+    async def dead_letter(self, record: Record, error: BaseException) -> None:
+        self.dead_letters.append((record, error))
+
+
+class Sleeps:
+    """Records the backoff delays instead of sleeping; can stop a test after n of them."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.delays: list[float] = []
+        self.stop_after = stop_after
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        if self.stop_after is not None and len(self.delays) >= self.stop_after:
+            raise StopRetrying
+
+
+class StopRetrying(Exception):
+    pass
