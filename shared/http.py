@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from shared.errors import ServiceError
 from shared.logging import get_logger
-from shared.metrics import DEPENDENCY_UP, HTTP_DURATION, HTTP_REQUESTS
+from shared.metrics import DEAD_LETTERS, DEPENDENCY_UP, HTTP_DURATION, HTTP_REQUESTS
 
 log = get_logger(__name__)
 
@@ -67,23 +68,47 @@ async def error_middleware(request: web.Request,
     return response
 
 
+DEPENDENCY_PROBE_INTERVAL_S = 15.0
+
+
 def add_ops_routes(app: web.Application, service: str,
                    checks: Mapping[str, ReadinessCheck]) -> None:
-    """/healthz, /readyz and /metrics. Readiness runs every dependency check concurrently."""
+    """/healthz, /readyz and /metrics. Readiness runs every dependency check concurrently; a
+    background probe keeps `hala_dependency_up` current even when nobody calls /readyz."""
+    # Series that exist from the start, so that alerts on increase() see the first event.
+    DEAD_LETTERS.labels(service=service)
+
+    async def probe() -> dict[str, bool]:
+        names = list(checks)
+        results = await asyncio.gather(*(checks[n]() for n in names))
+        for name, ok in zip(names, results, strict=True):
+            DEPENDENCY_UP.labels(service, name).set(1 if ok else 0)
+        return dict(zip(names, results, strict=True))
+
+    async def probe_forever() -> None:
+        while True:
+            await probe()
+            await asyncio.sleep(DEPENDENCY_PROBE_INTERVAL_S)
+
+    async def background_probe(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(probe_forever())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def healthz(_: web.Request) -> web.Response:
         return json_response({"status": "ok", "service": service})
 
     async def readyz(_: web.Request) -> web.Response:
-        names = list(checks)
-        results = await asyncio.gather(*(checks[n]() for n in names))
-        for name, ok in zip(names, results, strict=True):
-            DEPENDENCY_UP.labels(service, name).set(1 if ok else 0)
+        probed = await probe()
+        names, results = list(probed), list(probed.values())
         status = dict(zip(names, ("ok" if ok else "unavailable" for ok in results), strict=True))
         ready = all(results)
         return json_response({"ready": ready, "service": service, "dependencies": status},
                              status=200 if ready else 503)
 
+    app.cleanup_ctx.append(background_probe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
