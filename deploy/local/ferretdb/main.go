@@ -8,15 +8,19 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
+	_ "modernc.org/sqlite" // the driver FerretDB itself uses, for idIndexer
 )
 
 func main() {
@@ -50,9 +54,64 @@ func main() {
 	// Run until SIGTERM/SIGINT; Run closes the listener, connections and SQLite files.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go idIndexer(ctx, dir, log)
 	log.Info("listening", "uri", f.MongoDBURI(), "data_dir", dir)
 	if err = f.Run(ctx); err != nil {
 		fail("FerretDB stopped with an error", err)
 	}
 	log.Info("stopped cleanly")
+}
+
+// idIndexer works around FerretDB v1.24's SQLite backend: it indexes `_id` on the expression
+// `_ferretdb_sjson->"_id"`, but its queries filter on `_ferretdb_sjson->'$._id'`, which SQLite's
+// planner does not match to that index, so every update or delete by _id scans the whole
+// collection (seen: 48 ms per update at 5,000 documents, growing linearly). Every second this
+// adds an index on the expression the queries use to each collection table it has not seen yet.
+func idIndexer(ctx context.Context, dir string, log *slog.Logger) {
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		files, _ := filepath.Glob(filepath.Join(dir, "*.sqlite"))
+		for _, file := range files {
+			if err := indexFile(ctx, file); err != nil {
+				log.Debug("id index pass skipped a file", "file", file, "err", err)
+			}
+		}
+	}
+}
+
+func indexFile(ctx context.Context, file string) error {
+	db, err := sql.Open("sqlite", "file:"+file+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	// Tables without our index: new ones, and ones dropped and created again under the same name.
+	rows, err := db.QueryContext(ctx, `SELECT table_name FROM _ferretdb_collections c
+		WHERE NOT EXISTS (SELECT 1 FROM sqlite_master m
+		                  WHERE m.type = 'index' AND m.name = c.table_name || '__hala_id')`)
+	if err != nil {
+		return err // a database file FerretDB is still creating
+	}
+	var tables []string
+	for rows.Next() {
+		var table string
+		if err = rows.Scan(&table); err == nil {
+			tables = append(tables, table)
+		}
+	}
+	rows.Close()
+	for _, table := range tables {
+		q := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %q ON %q (_ferretdb_sjson->'$._id')`,
+			table+"__hala_id", table)
+		if _, err = db.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
