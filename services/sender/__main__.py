@@ -3,19 +3,31 @@
 import asyncio
 
 from services.sender.settings import SenderSettings
+from services.sender.worker import SERVICE, create_worker
+from shared.clock import SystemClock
+from shared.collections import SENDS, TIER_USAGE, ensure_indexes
 from shared.http import make_ops_app
 from shared.logging import configure_logging
 from shared.runtime import Connections, serve
-
-SERVICE = "sender"
 
 
 async def main() -> None:
     settings = SenderSettings()
     configure_logging(SERVICE, settings.log_level)
+    if not settings.token_keys.get_secret_value():
+        raise SystemExit("HALA_TOKEN_KEYS is not set: the sender cannot decrypt access tokens")
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        return make_ops_app(SERVICE, conns.readiness_checks()), []
+        await ensure_indexes(conns.db, SENDS, TIER_USAGE)
+        worker, meta = create_worker(settings, conns.db, conns.producer, SystemClock())
+
+        async def run_worker() -> None:
+            try:
+                await worker.run()
+            finally:
+                await meta.close()
+
+        return make_ops_app(SERVICE, conns.readiness_checks()), [run_worker()]
 
     await serve(settings, SERVICE, build)
 

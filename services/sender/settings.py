@@ -1,3 +1,4 @@
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -9,3 +10,22 @@ class SenderSettings(ServiceSettings):
     http_port: int = 8082
     meta_base_url: str = "http://127.0.0.1:8090"
     meta_graph_version: str = "v24.0"
+    # A request Meta has not answered within this is ambiguous (it may have been delivered).
+    meta_timeout_seconds: float = 10.0
+    meta_connections_per_host: int = 100
+    # Comma-separated Fernet keys that decrypt phone_numbers.access_token_encrypted (shared with
+    # the admin CLI, hence unprefixed).
+    token_keys: SecretStr = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
+
+    max_in_flight: int = 1000
+    # Requests to Meta not answered yet (storing the `sending` record, waiting for a number
+    # token, at Meta); recording outcomes afterwards is bounded by max_queued instead.
+    max_in_flight_per_number: int = 200
+    # Above this many messages in memory, fetching pauses until half of them are gone.
+    max_queued: int = 20_000
+    commit_interval_seconds: float = 0.2
+    phone_number_refresh_seconds: float = 30.0
+    tier_refresh_seconds: float = 60.0
+    transient_max_attempts: int = 3
+    hold_seconds: float = 300.0
+    shutdown_grace_seconds: float = 15.0

@@ -1,0 +1,1035 @@
+"""The sender's orchestration: Kafka records in, paced Graph API calls out, outcomes published.
+
+Two parts:
+  * `SendEngine` - everything between a decoded SendApproved and its published outcome: one lane
+    per phone number (queue + pacer + dispatcher task), many sends in flight at once, Meta's answers
+    applied through the error table. It knows no Kafka: records arrive with a `done` callback.
+  * `SenderWorker` - the Kafka side: its own consume loop (records finish out of order, so the
+    commit is the lowest unfinished offset per partition), dead letters, periodic commits,
+    rebalances and backpressure.
+
+A message's path: admit (pair token reserved, queued by its time) -> dispatcher pops it when its
+recipient and the tier allow -> send task: insert the `sending` record -> number token (the gate)
+-> POST -> record and publish the outcome -> `done`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.sender import metrics
+from services.sender.core import (
+    ErrorClass,
+    NumberPacer,
+    OffsetTracker,
+    PartitionOffsets,
+    RetryLimits,
+    SendQueue,
+    ThrottleScope,
+    TierWindow,
+    classify,
+    is_business_initiated,
+    is_expired,
+    react_to_error,
+    tier_limit,
+    unreachable_backoff,
+)
+from services.sender.meta_client import (
+    Accepted,
+    Ambiguous,
+    MetaClient,
+    NotSent,
+    Refused,
+    SendOutcome,
+)
+from services.sender.repository import (
+    PhoneNumber,
+    PhoneNumberDirectory,
+    SenderRepository,
+    SendRecord,
+)
+from services.sender.settings import SenderSettings
+from shared.clock import Clock
+from shared.errors import DependencyUnavailable
+from shared.kafka import (
+    DeadLetterGuard,
+    RetryPolicy,
+    make_consumer,
+    publish,
+    report_lag_forever,
+    retry_transient,
+    send_to_dlq,
+    topic_name,
+)
+from shared.logging import get_logger
+from shared.messages import (
+    SEND_APPROVED,
+    STATUS_CHANGED,
+    THROUGHPUT_CHANGED,
+    MetaError,
+    SendApproved,
+    StatusChanged,
+    ThroughputChanged,
+)
+from shared.metrics import DEAD_LETTERS, RECORDS_HANDLED
+from shared.secrets import TokenVault
+
+log = get_logger(__name__)
+
+SERVICE = "sender"
+_IDLE = math.inf
+
+
+# --- what the engine needs from the outside --------------------------------------------------
+
+
+class Timer(Protocol):
+    async def sleep_until(self, deadline: float) -> None: ...
+
+    async def wait(self, event: asyncio.Event, deadline: float) -> None:
+        """Return when `event` is set or the monotonic `deadline` passed."""
+        ...
+
+
+class RealTimer:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - self._clock.monotonic()
+        await asyncio.sleep(max(0.0, delay))
+
+    async def wait(self, event: asyncio.Event, deadline: float) -> None:
+        if deadline == math.inf:
+            await event.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.0, deadline - self._clock.monotonic()))
+
+
+class SendsStore(Protocol):
+    async def find_send(self, message_id: str) -> SendRecord | None: ...
+
+    async def start_send(self, message_id: str, *, phone_number_id: str, account_id: str,
+                         now_ms: int) -> SendRecord | None: ...
+
+    async def record_unsent_outcome(self, message_id: str, state: str, *, phone_number_id: str,
+                                    account_id: str, now_ms: int, reason: str | None = None,
+                                    error: dict[str, Any] | None = None
+                                    ) -> SendRecord | None: ...
+
+    async def update_send(self, message_id: str, *, state: str, attempts: int, now_ms: int,
+                          wamid: str | None = None, error: dict[str, Any] | None = None,
+                          reason: str | None = None) -> None: ...
+
+    async def abandon_send(self, message_id: str) -> None: ...
+
+    async def load_tier_usage(self, portfolio_id: str, since_ms: int
+                              ) -> list[tuple[str, int]]: ...
+
+    async def record_tier_use(self, portfolio_id: str, recipient: str, at_ms: int) -> None: ...
+
+
+class PhoneNumbers(Protocol):
+    async def get(self, phone_number_id: str) -> PhoneNumber | None: ...
+
+
+class MetaSender(Protocol):
+    async def send(self, phone_number_id: str, access_token: str,
+                   event: SendApproved) -> SendOutcome: ...
+
+
+Publish = Callable[[StatusChanged], Awaitable[None]]
+Done = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_in_flight: int = 1000
+    max_in_flight_per_number: int = 200
+    phone_number_refresh_seconds: float = 30.0
+    tier_refresh_seconds: float = 60.0
+    # How long a revocation waits for the revoked partitions' sends to finish.
+    revoke_grace_seconds: float = 15.0
+    limits: RetryLimits = field(default_factory=RetryLimits)
+    dependency_retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One message in our hands, from admission to its published outcome."""
+
+    event: SendApproved
+    partition: Hashable
+    done: list[Done]
+    admitted_at: float
+    calls: int = 0  # Graph API calls made for it
+    transient_failures: int = 0
+    pair_throttles: int = 0
+    started: bool = False  # our `sending` record exists
+    aborted: bool = False  # its partition was revoked: it must not be sent by us any more
+    tier_portfolio: str | None = None  # a tier place taken at dispatch, still to be persisted
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def message_id(self) -> str:
+        return self.event.message_id
+
+
+class Lane:
+    """One business phone number: its queue, pacer, in-flight sends and dispatcher."""
+
+    def __init__(self, number: PhoneNumber, mps: float, now: float, origin: float,
+                 partition: Hashable) -> None:
+        self.id = number.id
+        self.phone = number
+        self.pacer = NumberPacer(mps, now, origin)
+        self.queue: SendQueue[Delivery] = SendQueue()
+        self.wake = asyncio.Event()
+        self.gate = asyncio.Lock()  # the number token is taken in arrival order at the gate
+        self.active: set[Delivery] = set()  # off the queue, outcome not settled yet
+        self.unanswered = 0  # off the queue, Meta has not answered yet (capped)
+        self.partition = partition
+        self.needs_takeover = False
+        self.hold_reason: str | None = None
+        self.held_token: str | None = None
+        self.number_throttles = 0
+        self.unreachable = 0
+        self.refresh_due = now
+        self.sweep_due = now
+        self.prune_due = now + 60.0
+        self.task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _PortfolioTier:
+    window: TierWindow
+    refresh_due: float
+
+
+class SendEngine:
+    def __init__(self, *, clock: Clock, timer: Timer, store: SendsStore,
+                 phone_numbers: PhoneNumbers, meta: MetaSender, publish: Publish,
+                 config: EngineConfig | None = None) -> None:
+        self._clock = clock
+        self._timer = timer
+        self._store = store
+        self._phone_numbers = phone_numbers
+        self._meta = meta
+        self._publish = publish
+        self._config = config or EngineConfig()
+        self._lanes: dict[str, Lane] = {}
+        self._pending: dict[str, Delivery] = {}
+        self._tiers: dict[str, _PortfolioTier] = {}
+        self._throughput: dict[str, ThroughputChanged] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._unanswered = 0  # taken off a queue, no answer from Meta yet (capped)
+        self._finishing = 0  # answered, outcome being recorded and published
+        self._queued = 0
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
+
+    # -- numbers the worker reads ----------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        return self._unanswered + self._finishing
+
+    def lane_state(self, phone_number_id: str) -> Lane | None:
+        return self._lanes.get(phone_number_id)
+
+    def oldest_waiting_age(self) -> float:
+        """Seconds since the oldest unfinished message was taken in (admission order is the
+        dict's order, so the first entry is the oldest)."""
+        oldest = next(iter(self._pending.values()), None)
+        return 0.0 if oldest is None else self._clock.monotonic() - oldest.admitted_at
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    async def admit_batch(self, items: list[tuple[SendApproved, Hashable, float, Done]]) -> None:
+        """Take in decoded records, in order. Each item: (event, partition, time we took the
+        partition over, done). Lookups run concurrently; decisions are made in record order so
+        messages to one recipient keep their order."""
+        to_look_up = {e.message_id for e, *_ in items if e.message_id not in self._pending}
+        numbers = {e.phone_number_id for e, *_ in items}
+        ids = sorted(to_look_up)
+        phone_ids = sorted(numbers)
+        found = await asyncio.gather(
+            *(self._retry(partial(self._store.find_send, mid), "find_send") for mid in ids),
+            *(self._retry(partial(self._phone_numbers.get, pid), "phone_number")
+              for pid in phone_ids))
+        existing: dict[str, SendRecord | None] = dict(zip(ids, found[: len(ids)], strict=True))
+        phones: dict[str, PhoneNumber | None] = dict(
+            zip(phone_ids, found[len(ids):], strict=True))
+
+        now, now_ms = self._clock.monotonic(), self._clock.now_ms()
+        for event, partition, taken_over_at, done in items:
+            admitted = self._pending.get(event.message_id)
+            if admitted is not None:  # a duplicate of a message we are working on
+                admitted.done.append(done)
+                continue
+            record = existing.get(event.message_id)
+            if record is not None:
+                self._spawn(self._replay(record, event, [done], now))
+                continue
+            delivery = Delivery(event, partition, [done], now)
+            if is_expired(event.expires_at, now_ms):
+                self._spawn(self._finish_unsent(delivery, "expired", reason="validity_expired"))
+                continue
+            phone = phones.get(event.phone_number_id)
+            if phone is None:
+                self._spawn(self._finish_unsent(delivery, "failed",
+                                                reason="phone_number_not_configured"))
+                continue
+            lane = self._lane(phone, partition, taken_over_at, now)
+            ready_at = lane.pacer.reserve_pair(event.recipient, now)
+            if ready_at > now:
+                metrics.PAIR_RATE_PARKED.inc()
+            self._pending[event.message_id] = delivery
+            self._enqueue(lane, delivery, ready_at)
+
+    def apply_throughput(self, event: ThroughputChanged) -> None:
+        """A number's throughput (or messaging limit) changed: the latest event wins."""
+        known = self._throughput.get(event.phone_number_id)
+        if known is not None and known.occurred_at > event.occurred_at:
+            return
+        self._throughput[event.phone_number_id] = event
+        lane = self._lanes.get(event.phone_number_id)
+        if lane is not None:
+            lane.pacer.set_mps(event.messages_per_second, self._clock.monotonic())
+            lane.wake.set()
+        log.info("throughput_changed", phone_number_id=event.phone_number_id,
+                 messages_per_second=event.messages_per_second,
+                 messaging_limit=event.messaging_limit)
+
+    def _mps(self, phone: PhoneNumber) -> int:
+        change = self._throughput.get(phone.id)
+        return change.messages_per_second if change else phone.throughput_mps
+
+    def _messaging_limit(self, phone: PhoneNumber) -> str:
+        change = self._throughput.get(phone.id)
+        return (change.messaging_limit if change and change.messaging_limit
+                else phone.messaging_limit)
+
+    def _lane(self, phone: PhoneNumber, partition: Hashable, taken_over_at: float,
+              now: float) -> Lane:
+        lane = self._lanes.get(phone.id)
+        if lane is None:
+            lane = self._lanes[phone.id] = Lane(phone, self._mps(phone), now, taken_over_at,
+                                                partition)
+            lane.task = self._spawn(self._dispatch(lane), track=False)
+        elif lane.needs_takeover:
+            lane.pacer.take_over(now, origin=taken_over_at)
+            lane.needs_takeover = False
+        lane.partition = partition
+        return lane
+
+    def _enqueue(self, lane: Lane, delivery: Delivery, ready_at: float) -> None:
+        lane.queue.push(delivery, ready_at)
+        self._queued += 1
+        metrics.MESSAGES_QUEUED.set(self._queued)
+        lane.wake.set()
+
+    # -- rebalances and shutdown -----------------------------------------------------------------
+
+    async def revoke(self, partitions: set[Hashable]) -> None:
+        """Partitions went to another owner: forget their queued messages (they will be
+        redelivered there), stop their sends that have not left yet, and wait for the rest."""
+        waiting: list[Delivery] = []
+        for lane in self._lanes.values():
+            for delivery in lane.queue.remove_where(lambda d: d.partition in partitions):
+                self._queued -= 1
+                self._drop(delivery)
+            for delivery in lane.active:
+                if delivery.partition in partitions:
+                    delivery.aborted = True
+                    waiting.append(delivery)
+            if lane.partition in partitions:
+                lane.needs_takeover = True
+            lane.wake.set()
+        metrics.MESSAGES_QUEUED.set(self._queued)
+        if waiting:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(d.settled.wait()) for d in waiting],
+                timeout=self._config.revoke_grace_seconds)
+            for future in pending:
+                future.cancel()
+            if pending:
+                log.warning("revoke_sends_still_running", count=len(pending))
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop dispatching; let sends already taken off the queue finish (a cut-off request is
+        an ambiguous one), then cancel what is left."""
+        dispatchers = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in dispatchers:
+            task.cancel()
+        await asyncio.gather(*dispatchers, return_exceptions=True)
+        if self._tasks:
+            _, still_running = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*still_running, return_exceptions=True)
+
+    # -- dispatching -----------------------------------------------------------------------------
+
+    async def _dispatch(self, lane: Lane) -> None:
+        """Take the lane's messages off its queue as their time comes, without waiting for Meta's
+        answers (those come back in the send tasks)."""
+        config = self._config
+        while True:
+            lane.wake.clear()
+            now = self._clock.monotonic()
+            if lane.queue and now >= lane.sweep_due:
+                self._sweep_expired(lane)
+                lane.sweep_due = now + 1.0
+            if now >= lane.prune_due:
+                lane.pacer.prune_pairs(now)
+                lane.prune_due = now + 60.0
+            if (lane.queue or lane.hold_reason) and now >= lane.refresh_due:
+                await self._refresh(lane)
+                lane.refresh_due = now + config.phone_number_refresh_seconds
+            if lane.hold_reason and not lane.pacer.is_held(now):
+                self._released(lane)
+
+            wake_at = self._dispatch_once(lane, now) if lane.queue else _IDLE
+            if wake_at is None:
+                await self._dispatch_ready(lane, now)
+                continue
+            if lane.queue:
+                wake_at = min(wake_at, lane.sweep_due)
+            if lane.hold_reason:
+                wake_at = min(wake_at, lane.refresh_due)
+            await self._timer.wait(lane.wake, wake_at)
+
+    def _dispatch_once(self, lane: Lane, now: float) -> float | None:
+        """None when a message may be taken now; otherwise when to look again."""
+        blocked = lane.pacer.blocked_until()
+        if blocked > now:
+            return blocked
+        if (lane.unanswered >= self._config.max_in_flight_per_number
+                or self._unanswered >= self._config.max_in_flight):
+            return _IDLE  # a finishing send wakes the lane
+        next_at = lane.queue.next_ready_at()
+        if next_at is None:
+            return _IDLE
+        return None if next_at <= now else next_at
+
+    async def _dispatch_ready(self, lane: Lane, now: float) -> None:
+        popped = lane.queue.pop_ready(now)
+        if popped is None:
+            return
+        delivery, ready_at = popped
+        self._queued -= 1
+        metrics.MESSAGES_QUEUED.set(self._queued)
+        event = delivery.event
+        now_ms = self._clock.now_ms()
+        if is_expired(event.expires_at, now_ms):
+            self._spawn(self._finish_unsent(delivery, "expired", reason="validity_expired"))
+            return
+        if is_business_initiated(event.message_type):
+            lane.active.add(delivery)  # visible to a revocation while the tier loads
+            try:
+                tier = await self._tier(lane.phone)
+            finally:
+                lane.active.discard(delivery)
+            if delivery.aborted:
+                self._drop(delivery)
+                return
+            if tier is not None:
+                free_at_ms = tier.window.available_at(event.recipient, now_ms)
+                if free_at_ms > now_ms:
+                    # Tier full: wait for the oldest recipient to leave the window (the
+                    # expiry sweep usually ends the wait first).
+                    self._enqueue(lane, delivery, now + (free_at_ms - now_ms) / 1000.0)
+                    return
+                tier.window.record(event.recipient, now_ms)
+                delivery.tier_portfolio = lane.phone.portfolio_id
+        lane.active.add(delivery)
+        lane.unanswered += 1
+        self._unanswered += 1
+        metrics.MESSAGES_IN_FLIGHT.set(self.in_flight)
+        self._spawn(self._send(lane, delivery, ready_at))
+
+    def _sweep_expired(self, lane: Lane) -> None:
+        now_ms = self._clock.now_ms()
+        expired = lane.queue.remove_where(lambda d: is_expired(d.event.expires_at, now_ms))
+        for delivery in expired:
+            self._queued -= 1
+            self._spawn(self._finish_unsent(delivery, "expired", reason="validity_expired"))
+        if expired:
+            metrics.MESSAGES_QUEUED.set(self._queued)
+
+    async def _tier(self, phone: PhoneNumber) -> _PortfolioTier | None:
+        limit = tier_limit(self._messaging_limit(phone))
+        if limit is None or not phone.portfolio_id:
+            return None
+        now = self._clock.monotonic()
+        tier = self._tiers.get(phone.portfolio_id)
+        if tier is None:
+            tier = self._tiers[phone.portfolio_id] = _PortfolioTier(TierWindow(limit), 0.0)
+        tier.window.limit = limit
+        if now >= tier.refresh_due:
+            # Other numbers of the portfolio may be sent by other instances: merge their places.
+            since = self._clock.now_ms() - tier.window.window_ms
+            entries = await self._retry(
+                partial(self._store.load_tier_usage, phone.portfolio_id, since), "tier_usage")
+            tier.window.merge(entries)
+            tier.refresh_due = now + self._config.tier_refresh_seconds
+        return tier
+
+    async def _refresh(self, lane: Lane) -> None:
+        phone = await self._retry(partial(self._phone_numbers.get, lane.id), "phone_number")
+        if phone is None:
+            return
+        lane.phone = phone
+        now = self._clock.monotonic()
+        lane.pacer.set_mps(self._mps(phone), now)
+        if phone.status != "active" and lane.hold_reason != "status_held":
+            self._hold(lane, "status_held", None, code=None)
+        elif lane.hold_reason == "status_held" and phone.status == "active":
+            lane.pacer.release()
+        elif (lane.hold_reason in ("token_rejected", "token_unreadable")
+              and phone.token_fingerprint != lane.held_token and phone.access_token):
+            lane.pacer.release()  # an operator replaced the token
+
+    def _hold(self, lane: Lane, reason: str, seconds: float | None, code: int | None) -> None:
+        now = self._clock.monotonic()
+        already_held = lane.hold_reason is not None and lane.pacer.is_held(now)
+        lane.pacer.hold(now, seconds)
+        if already_held:  # other sends in flight bring the same news: one alert is enough
+            return
+        lane.hold_reason = reason
+        lane.held_token = lane.phone.token_fingerprint
+        lane.refresh_due = min(lane.refresh_due, now + self._config.phone_number_refresh_seconds)
+        metrics.ALERTS.labels("phone_number_held").inc()
+        metrics.NUMBERS_HELD.set(sum(1 for lane in self._lanes.values() if lane.hold_reason))
+        log.error("phone_number_held", phone_number_id=lane.id, reason=reason, error_code=code,
+                  hold_seconds=seconds)
+
+    def _released(self, lane: Lane) -> None:
+        log.warning("phone_number_released", phone_number_id=lane.id, reason=lane.hold_reason)
+        lane.hold_reason = None
+        lane.held_token = None
+        metrics.NUMBERS_HELD.set(sum(1 for lane in self._lanes.values() if lane.hold_reason))
+
+    # -- one send --------------------------------------------------------------------------------
+
+    async def _send(self, lane: Lane, delivery: Delivery, eligible_at: float) -> None:
+        answered = False
+
+        def free_the_slot() -> None:
+            # Recording the outcome can take a while on a busy database: it does not hold
+            # back the next request (backpressure on the consumer bounds that work instead).
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            was_full = self._unanswered >= self._config.max_in_flight
+            lane.unanswered -= 1
+            self._unanswered -= 1
+            lane.wake.set()
+            if was_full:
+                for other in self._lanes.values():
+                    other.wake.set()
+
+        try:
+            if delivery.aborted:
+                self._drop(delivery)
+                return
+            event = delivery.event
+            if not delivery.started:
+                earlier = await self._retry(partial(
+                    self._store.start_send, event.message_id,
+                    phone_number_id=event.phone_number_id, account_id=event.account_id,
+                    now_ms=self._clock.now_ms()), "start_send")
+                if earlier is not None:  # someone attempted it before: never twice
+                    await self._replay(earlier, event, delivery.done, delivery.admitted_at)
+                    self._settle(delivery)
+                    return
+                delivery.started = True
+            if delivery.tier_portfolio is not None:
+                await self._retry(partial(self._store.record_tier_use, delivery.tier_portfolio,
+                                          event.recipient, self._clock.now_ms()), "tier_usage")
+                delivery.tier_portfolio = None
+            if not await self._pass_gate(lane, delivery):
+                return
+            metrics.PACING_WAIT.observe(max(0.0, self._clock.monotonic() - eligible_at))
+            token = lane.phone.access_token or ""
+            delivery.calls += 1
+            outcome = await self._meta.send(lane.id, token, event)
+            free_the_slot()
+            self._finishing += 1
+            try:
+                await self._apply_outcome(lane, delivery, outcome)
+            finally:
+                self._finishing -= 1
+        finally:
+            free_the_slot()
+            lane.active.discard(delivery)
+            metrics.MESSAGES_IN_FLIGHT.set(self.in_flight)
+
+    async def _pass_gate(self, lane: Lane, delivery: Delivery) -> bool:
+        """Wait for the number's token. False: the message does not go now (it was put back,
+        finished, or dropped)."""
+        async with lane.gate:
+            verdict = await self._wait_for_number_token(lane, delivery)
+        # Database work after leaving the gate: the messages behind us need not wait for it.
+        if verdict == "expired":
+            await self._finish(delivery, "expired", reason="validity_expired")
+        elif verdict == "put_back":
+            await self._put_back(lane, delivery, self._clock.monotonic())
+        return verdict == "go"
+
+    async def _wait_for_number_token(self, lane: Lane, delivery: Delivery) -> str:
+        while True:
+            now = self._clock.monotonic()
+            if delivery.aborted or lane.pacer.is_held(now):
+                return "put_back"
+            paused_until = lane.pacer.blocked_until()
+            if paused_until > now:  # a short pause (throttled, unreachable): wait it out
+                await self._timer.sleep_until(paused_until)
+                continue
+            if is_expired(delivery.event.expires_at, self._clock.now_ms()):
+                return "expired"
+            if lane.phone.access_token is None:
+                self._hold(lane, "token_unreadable", None, code=None)
+                continue
+            token_at = lane.pacer.reserve_number(now)
+            if token_at > now:
+                await self._timer.sleep_until(token_at)
+                if delivery.aborted or lane.pacer.blocked_until() > self._clock.monotonic():
+                    continue  # something happened while we waited: that token is lost
+            return "go"
+
+    async def _put_back(self, lane: Lane, delivery: Delivery, ready_at: float) -> None:
+        """The message goes back to the queue without its request having left: forget the
+        `sending` record unless an earlier call may have reached Meta."""
+        if delivery.started and delivery.calls == 0:
+            await self._retry(partial(self._store.abandon_send, delivery.message_id),
+                              "abandon_send")
+            delivery.started = False
+        if delivery.aborted:
+            self._drop(delivery)
+            return
+        self._enqueue(lane, delivery, ready_at)
+
+    async def _apply_outcome(self, lane: Lane, delivery: Delivery, outcome: SendOutcome) -> None:
+        now = self._clock.monotonic()
+        if isinstance(outcome, Accepted):
+            lane.number_throttles = 0
+            lane.unreachable = 0
+            await self._finish(delivery, "sent", wamid=outcome.wamid)
+        elif isinstance(outcome, Ambiguous):
+            log.warning("send_outcome_ambiguous", message_id=delivery.message_id,
+                        phone_number_id=lane.id, cause=outcome.reason)
+            await self._finish(delivery, "unknown", reason="meta_outcome_ambiguous")
+        elif isinstance(outcome, NotSent):
+            delivery.calls -= 1  # nothing reached Meta
+            lane.unreachable += 1
+            backoff = unreachable_backoff(lane.unreachable, self._config.limits)
+            lane.pacer.pause(now, backoff)
+            log.warning("meta_unreachable", phone_number_id=lane.id, cause=outcome.reason,
+                        retry_in_s=backoff)
+            await self._put_back(lane, delivery, now + backoff)
+        elif outcome.code is None:
+            await self._finish(delivery, "failed", reason=f"meta_http_{outcome.http_status}")
+        else:
+            await self._apply_refusal(lane, delivery, outcome, now)
+
+    async def _apply_refusal(self, lane: Lane, delivery: Delivery, refused: Refused,
+                             now: float) -> None:
+        code = refused.code
+        assert code is not None
+        rule = classify(code)
+        error = {"code": code, "title": refused.title, "details": refused.details}
+        if rule.error_class is ErrorClass.THROTTLE:
+            metrics.THROTTLE_ERRORS.labels(str(code)).inc()
+            if rule.throttle_scope is ThrottleScope.PAIR:
+                delivery.pair_throttles += 1
+            else:
+                lane.number_throttles += 1
+            delivery.calls -= 1  # refused before processing: as if never sent
+            log.warning("meta_throttled", phone_number_id=lane.id, error_code=code,
+                        scope=str(rule.throttle_scope))
+        elif rule.error_class is ErrorClass.TRANSIENT:
+            delivery.transient_failures += 1
+        elif rule.error_class is ErrorClass.HOLD:
+            delivery.calls -= 1  # the number itself was refused: the message was not processed
+        reaction = react_to_error(code, attempts=delivery.transient_failures,
+                                  consecutive_number_throttles=lane.number_throttles,
+                                  pair_throttles=delivery.pair_throttles,
+                                  limits=self._config.limits)
+        if reaction.fail:
+            await self._finish(delivery, "failed", error=error)
+            return
+        retry_at = now + reaction.retry_in
+        recipient = delivery.event.recipient
+        if reaction.drain_pair:
+            lane.pacer.pair_throttled(recipient, now)
+            retry_at = max(retry_at, lane.pacer.reserve_pair(recipient, now))
+        if reaction.pause_number_for:
+            lane.pacer.pause(now, reaction.pause_number_for)
+        if reaction.hold_number:
+            reason = "token_rejected" if reaction.hold_number_for is None else f"meta_{code}"
+            self._hold(lane, reason, reaction.hold_number_for, code=code)
+        if rule.error_class is ErrorClass.TRANSIENT:
+            # The failed call may have used the recipient's quota at Meta: pay for the retry.
+            retry_at = max(retry_at, lane.pacer.reserve_pair(recipient, now))
+            await self._retry(partial(
+                self._store.update_send, delivery.message_id, state="sending",
+                attempts=delivery.calls, now_ms=self._clock.now_ms(), error=error), "update_send")
+        await self._put_back(lane, delivery, retry_at)
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    async def _finish(self, delivery: Delivery, status: str, *, wamid: str | None = None,
+                      error: dict[str, Any] | None = None, reason: str | None = None) -> None:
+        """Record and publish the outcome of a message we started sending."""
+        await self._retry(partial(
+            self._store.update_send, delivery.message_id, state=status, attempts=delivery.calls,
+            now_ms=self._clock.now_ms(), wamid=wamid, error=error, reason=reason), "update_send")
+        await self._announce(delivery.event, status, wamid=wamid, error=error, reason=reason,
+                             replayed=False, admitted_at=delivery.admitted_at)
+        self._complete(delivery)
+
+    async def _finish_unsent(self, delivery: Delivery, status: str, *,
+                             reason: str | None = None) -> None:
+        """An outcome reached without calling Meta (expired, misconfigured number)."""
+        event = delivery.event
+        if delivery.started:
+            await self._finish(delivery, status, reason=reason)
+            return
+        if status == "expired":
+            metrics.MESSAGES_EXPIRED.inc()
+        earlier = await self._retry(partial(
+            self._store.record_unsent_outcome, event.message_id, status,
+            phone_number_id=event.phone_number_id, account_id=event.account_id,
+            now_ms=self._clock.now_ms(), reason=reason), "record_outcome")
+        if earlier is not None:
+            await self._replay(earlier, event, delivery.done, delivery.admitted_at)
+            self._settle(delivery)
+            return
+        await self._announce(event, status, reason=reason, replayed=False,
+                             admitted_at=delivery.admitted_at)
+        self._complete(delivery)
+
+    async def _replay(self, record: SendRecord, event: SendApproved, done: list[Done],
+                      admitted_at: float) -> None:
+        """The message was handled before: publish what was recorded, never send again. A record
+        still `sending` means a call may have left without us seeing the answer: unknown."""
+        status, reason = record.state, record.reason
+        if status == "sending":
+            status, reason = "unknown", "meta_outcome_ambiguous"
+            await self._retry(partial(
+                self._store.update_send, event.message_id, state=status,
+                attempts=record.attempts, now_ms=self._clock.now_ms(), error=record.error,
+                reason=reason), "update_send")
+        await self._announce(event, status, wamid=record.wamid,
+                             error=record.error if status == "failed" else None, reason=reason,
+                             replayed=True, admitted_at=admitted_at)
+        for callback in done:
+            callback()
+
+    async def _announce(self, event: SendApproved, status: str, *, wamid: str | None = None,
+                        error: dict[str, Any] | None = None, reason: str | None = None,
+                        replayed: bool, admitted_at: float) -> None:
+        change = StatusChanged(
+            event_id=f"{event.message_id}:{status}:sender", message_id=event.message_id,
+            account_id=event.account_id, status=status,  # type: ignore[arg-type]
+            occurred_at=self._clock.now_ms(), source="sender",
+            phone_number_id=event.phone_number_id, recipient_region=event.recipient_region,
+            wamid=wamid, reason=reason,
+            error=MetaError(int(error["code"]), str(error.get("title", "")),
+                            str(error.get("details", ""))) if error else None)
+        await self._retry(partial(self._publish, change), "publish")
+        metrics.OUTCOMES.labels(status, "true" if replayed else "false").inc()
+        log.info("send_finished", message_id=event.message_id,
+                 phone_number_id=event.phone_number_id, outcome=status, replayed=replayed,
+                 error_code=error["code"] if error else None,
+                 duration_ms=round((self._clock.monotonic() - admitted_at) * 1000, 1))
+
+    def _complete(self, delivery: Delivery) -> None:
+        for callback in delivery.done:
+            callback()
+        self._settle(delivery)
+
+    def _settle(self, delivery: Delivery) -> None:
+        if self._pending.get(delivery.message_id) is delivery:
+            del self._pending[delivery.message_id]
+        delivery.settled.set()
+
+    def _drop(self, delivery: Delivery) -> None:
+        """Let go of a message without an outcome: its record will be delivered again."""
+        self._settle(delivery)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _retry(self, action: Callable[[], Awaitable[Any]], what: str) -> Any:
+        return await retry_transient(action, self._config.dependency_retry, what)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], track: bool = True) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        if track:
+            self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.failure is None:
+            # A dependency down past its retry budget, or a bug: the worker stops without
+            # committing what is unfinished, and is restarted.
+            self.failure = exc
+            self.failed.set()
+            log.error("sender_task_failed", error=repr(exc))
+
+
+# --- the Kafka side ----------------------------------------------------------------------------
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: SenderWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._worker.partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._worker.partitions_assigned(set(assigned))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    commit_interval_seconds: float = 0.2
+    max_queued: int = 20_000
+    shutdown_grace_seconds: float = 15.0
+    poll_records: int = 500
+
+    @property
+    def group(self) -> str:
+        return f"{self.topic_prefix}{SERVICE}"
+
+
+class SenderWorker:
+    """Consumes send-approved with manual, out-of-order-aware commits; follows throughput changes
+    from the start of their compacted topic (a restart must not forget an upgrade)."""
+
+    def __init__(self, config: WorkerConfig, producer: AIOKafkaProducer, engine: SendEngine,
+                 clock: Clock, consumer: AIOKafkaConsumer | None = None) -> None:
+        self._config = config
+        self._producer = producer
+        self._engine = engine
+        self._clock = clock
+        self._consumer = consumer or make_consumer(
+            config.bootstrap_servers, config.group, max_poll_records=config.poll_records)
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._taken_over_at: dict[TopicPartition, float] = {}
+        self._guard = DeadLetterGuard()
+        self._paused = False
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self._consumer
+
+    def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        now = self._clock.monotonic()
+        for tp in assigned:
+            self._tracker.assign(tp)
+            self._taken_over_at[tp] = now
+        self._paused = False
+        log.info("partitions_assigned", partitions=sorted(str(tp.partition) for tp in assigned))
+
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._engine.revoke(set(revoked))
+        await self.commit_finished(only=revoked)
+        for tp in revoked:
+            self._tracker.forget(tp)
+            self._taken_over_at.pop(tp, None)
+        log.info("partitions_revoked", partitions=sorted(str(tp.partition) for tp in revoked))
+
+    async def run(self) -> None:
+        consumer = self._consumer
+        consumer.subscribe([topic_name(SEND_APPROVED, self._config.topic_prefix)],
+                           listener=_Rebalance(self))
+        await consumer.start()
+        helpers = [
+            asyncio.create_task(self._commit_forever()),
+            asyncio.create_task(report_lag_forever(consumer, SERVICE, self._config.group)),
+            asyncio.create_task(follow_throughput(self._config.bootstrap_servers,
+                                                  self._config.topic_prefix, self._engine)),
+        ]
+        try:
+            await self.consume(helpers)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._engine.stop(self._config.shutdown_grace_seconds)
+            with contextlib.suppress(KafkaError):
+                await self.commit_finished()
+            await consumer.stop()
+
+    async def consume(self, helpers: list[asyncio.Task[Any]]) -> None:
+        consumer = self._consumer
+        while True:
+            if self._engine.failure is not None:
+                raise self._engine.failure
+            for task in helpers:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            self._apply_backpressure()
+            batch = await consumer.getmany(timeout_ms=200,
+                                           max_records=self._config.poll_records)
+            items: list[tuple[SendApproved, Hashable, float, Done]] = []
+            for tp, records in batch.items():
+                offsets = self._tracker.get(tp)
+                if offsets is None:
+                    continue  # revoked while these were in the fetch buffer
+                for record in records:
+                    offsets.track(record.offset)
+                    try:
+                        event = SEND_APPROVED.decode(record.value)  # type: ignore[arg-type]
+                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+                        await self._dead_letter(record, exc)
+                        offsets.done(record.offset)
+                        continue
+                    self._guard.record_success()
+                    items.append((event, tp, self._taken_over_at.get(tp, 0.0),
+                                  partial(_finished, offsets, record.offset)))
+            if items:
+                await self._engine.admit_batch(items)
+
+    async def _dead_letter(self, record: Any, exc: BaseException) -> None:
+        await retry_transient(partial(_kafka_call, send_to_dlq, self._producer, record, exc),
+                              RetryPolicy(), "dead_letter")
+        log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
+                    offset=record.offset, error=type(exc).__name__)
+        DEAD_LETTERS.labels(service=SERVICE).inc()
+        RECORDS_HANDLED.labels(service=SERVICE, outcome="dead_lettered").inc()
+        self._guard.record_dead_letter()
+
+    def _apply_backpressure(self) -> None:
+        held = self._engine.queued + self._engine.in_flight
+        assignment = list(self._consumer.assignment())
+        if held >= self._config.max_queued and assignment:
+            if not self._paused:
+                log.warning("fetching_paused", held=held)
+            self._consumer.pause(*assignment)
+            self._paused = True
+        elif self._paused and held <= self._config.max_queued // 2:
+            self._consumer.resume(*assignment)
+            self._paused = False
+            log.info("fetching_resumed", held=held)
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.commit_interval_seconds)
+            metrics.OLDEST_WAITING.set(self._engine.oldest_waiting_age())
+            try:
+                await self.commit_finished()
+            except KafkaError as exc:  # a rebalance in progress: the next round retries
+                log.warning("commit_failed", error=str(exc))
+
+    async def commit_finished(self, only: set[TopicPartition] | None = None) -> None:
+        positions = self._tracker.committable()
+        if only is not None:
+            positions = {tp: p for tp, p in positions.items() if tp in only}
+        if not positions:
+            return
+        await self._consumer.commit(positions)
+        self._tracker.mark_committed(positions)
+
+
+def _finished(offsets: PartitionOffsets, offset: int) -> None:
+    offsets.done(offset)
+    RECORDS_HANDLED.labels(service=SERVICE, outcome="handled").inc()
+
+
+async def _kafka_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    try:
+        return await function(*args)
+    except KafkaError as exc:
+        raise DependencyUnavailable(f"kafka unavailable: {type(exc).__name__}",
+                                    details={"dependency": "kafka"}) from exc
+
+
+def status_publisher(producer: AIOKafkaProducer, prefix: str) -> Publish:
+    async def publish_status(change: StatusChanged) -> None:
+        await _kafka_call(publish, producer, STATUS_CHANGED, change, prefix)
+
+    return publish_status
+
+
+async def follow_throughput(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
+    """Read the compacted throughput topic from its beginning, then follow it: every instance
+    knows every number's latest level, also right after a restart. (No consumer group: nothing
+    to commit, and each instance needs all of it.)"""
+    name = topic_name(THROUGHPUT_CHANGED, prefix)
+    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    await consumer.start()
+    try:
+        # The registry's partition count is what ensure_topics created (a group-less consumer
+        # gets no metadata for topics it has not been assigned).
+        tps = [TopicPartition(name, p) for p in range(THROUGHPUT_CHANGED.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        engine.apply_throughput(THROUGHPUT_CHANGED.decode(record.value))  # type: ignore[arg-type]
+                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+                        log.warning("throughput_change_unreadable", partition=record.partition,
+                                    offset=record.offset, error=type(exc).__name__)
+    finally:
+        await consumer.stop()
+
+
+def create_worker(settings: SenderSettings, db: AsyncDatabase[dict[str, Any]],
+                  producer: AIOKafkaProducer, clock: Clock) -> tuple[SenderWorker, MetaClient]:
+    """Wire the sender from its settings and open clients (the caller closes the MetaClient)."""
+    repository = SenderRepository(db, TokenVault(settings.token_keys))
+    meta = MetaClient(settings.meta_base_url, settings.meta_graph_version,
+                      settings.meta_timeout_seconds, settings.meta_connections_per_host)
+    engine = SendEngine(
+        clock=clock, timer=RealTimer(clock), store=repository,
+        phone_numbers=PhoneNumberDirectory(repository, clock,
+                                           settings.phone_number_refresh_seconds),
+        meta=meta, publish=status_publisher(producer, settings.topic_prefix),
+        config=EngineConfig(
+            max_in_flight=settings.max_in_flight,
+            max_in_flight_per_number=settings.max_in_flight_per_number,
+            phone_number_refresh_seconds=settings.phone_number_refresh_seconds,
+            tier_refresh_seconds=settings.tier_refresh_seconds,
+            limits=RetryLimits(transient_max_attempts=settings.transient_max_attempts,
+                               hold_seconds=settings.hold_seconds)))
+    worker = SenderWorker(
+        WorkerConfig(settings.kafka_bootstrap_servers, settings.topic_prefix,
+                     settings.commit_interval_seconds, settings.max_queued,
+                     settings.shutdown_grace_seconds),
+        producer, engine, clock)
+    return worker, meta
