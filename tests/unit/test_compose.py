@@ -23,7 +23,7 @@ def test_every_service_gets_the_same_variables_its_settings_read() -> None:
                                ("sender", SenderSettings), ("billing", BillingSettings)):
         env = COMPOSE["services"][name]["environment"]
         prefix = settings_cls.model_config["env_prefix"]
-        for key, value in env.items():
+        for key in env:
             if key.startswith(prefix):
                 field = key.removeprefix(prefix).lower()
                 assert field in settings_cls.model_fields, f"{name}: {key} is read by nothing"
