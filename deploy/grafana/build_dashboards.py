@@ -258,6 +258,16 @@ def pipeline() -> list[Row]:
                  "Wrong app secret or forged traffic (WebhookSignatureFailuresSpike alert).",
                  thresholds=[(GREEN, None), (RED, ANY)]),
         ]),
+        Row("End to end", [
+            graph("202 to Meta accepting the message",
+                  quantiles("sender_accept_to_meta_seconds"),
+                  description="From ingest's 202 to the Graph API's 200 (pacing included).",
+                  unit="s", width=12),
+            graph("202 to the delivery being stored",
+                  quantiles("status_accept_to_delivered_seconds"),
+                  description="From ingest's 202 to the delivered (or read) status stored.",
+                  unit="s", width=12),
+        ]),
         Row("Ingest", [
             graph("Accepted/s by type",
                   Query(rate("ingest_messages_accepted_total", "type"), "{{type}}"),

@@ -59,3 +59,9 @@ OLDEST_WAITING = Gauge(
     "sender_oldest_waiting_message_age_seconds",
     "Age of the oldest message taken in and not finished yet (0 when there is none).",
 )
+
+ACCEPT_TO_META = Histogram(
+    "sender_accept_to_meta_seconds",
+    "From ingest accepting a message (202) to Meta accepting it.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)

@@ -636,6 +636,9 @@ class SendEngine:
         if isinstance(outcome, Accepted):
             lane.number_throttles = 0
             lane.unreachable = 0
+            # The pipeline's first latency: the client's 202 to Meta's acceptance.
+            metrics.ACCEPT_TO_META.observe(
+                max(0.0, (self._clock.now_ms() - delivery.event.accepted_at) / 1000))
             await self._finish(delivery, "sent", wamid=outcome.wamid)
         elif isinstance(outcome, Ambiguous):
             log.warning("send_outcome_ambiguous", message_id=delivery.message_id,

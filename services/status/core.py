@@ -11,6 +11,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -236,6 +237,21 @@ def _parse_inbound(raw: bytes, waba_id: str, phone_number_id: str) -> InboundMes
 def _epoch_ms(timestamp: str | int) -> int:
     """Meta's timestamps are Unix seconds, usually as a string."""
     return int(timestamp) * 1000
+
+
+def epoch_ms(value: object) -> int | None:
+    """A stored time as epoch ms: ingest writes BSON dates, minimal documents epoch ms."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def newly_delivered(before: MessageState, after: MessageState) -> bool:
+    """Whether this step is the first evidence of delivery (delivered, or read implying it)."""
+    reached = {"delivered", "read"}
+    return after.status in reached and before.status not in reached
 
 
 def _pricing(pricing: meta.MetaPricing) -> Pricing:

@@ -66,3 +66,9 @@ MESSAGES_ANONYMISED = Counter(
     "status_messages_anonymised_total",
     "Messages past retention whose recipient and content were removed.",
 )
+
+ACCEPT_TO_DELIVERED = Histogram(
+    "status_accept_to_delivered_seconds",
+    "From ingest accepting a message (202) to its delivery being stored.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)

@@ -12,7 +12,7 @@ import time
 import msgspec
 from aiokafka import ConsumerRecord
 
-from services.status import core
+from services.status import core, metrics
 from services.status.publisher import Outgoing, Publisher
 from services.status.repository import StateStore
 from shared.clock import Clock
@@ -48,9 +48,14 @@ class StateWriter:
             released = await self._index_and_release(event.wamid, ref)
         new_state = core.converge(state, event)
         if new_state is not None:
+            now_ms = self._clock.now_ms()
             await self._store.save_message(
-                event.message_id, core.state_fields(new_state, self._clock.now_ms()),
+                event.message_id, core.state_fields(new_state, now_ms),
                 core.minimal_message_fields(event) if doc is None else {})
+            accepted_ms = core.epoch_ms((doc or {}).get("created_at"))
+            if accepted_ms is not None and core.newly_delivered(state, new_state):
+                # The pipeline's whole latency: the client's 202 to the delivery being stored.
+                metrics.ACCEPT_TO_DELIVERED.observe(max(0.0, (now_ms - accepted_ms) / 1000))
         log.info("message_state_applied",
                  outcome="changed" if new_state is not None else "unchanged",
                  event_id=event.event_id, event_status=event.status, source=event.source,

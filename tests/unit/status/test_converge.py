@@ -166,3 +166,25 @@ def test_unreadable_history_entries_are_skipped_not_fatal() -> None:
     state = state_from_doc(doc)
     assert statuses(state) == ["sent", "delivered"]
     assert state.pricing is None
+
+
+def test_only_the_first_evidence_of_delivery_counts_as_newly_delivered() -> None:
+    from services.status.core import newly_delivered
+
+    sent = apply_all([event("sent", 1)])
+    read = apply_all([event("read", 3)], sent)  # read implies delivered
+    delivered = apply_all([event("delivered", 2)], sent)
+    assert newly_delivered(sent, read)
+    assert newly_delivered(sent, delivered)
+    assert not newly_delivered(delivered, apply_all([event("read", 3)], delivered))
+    assert not newly_delivered(sent, apply_all([event("failed", 2)], sent))
+
+
+def test_stored_times_read_as_epoch_ms_whatever_their_form() -> None:
+    from datetime import UTC, datetime
+
+    from services.status.core import epoch_ms
+
+    assert epoch_ms(datetime(2026, 1, 1, tzinfo=UTC)) == 1_767_225_600_000
+    assert epoch_ms(1_767_225_600_000) == 1_767_225_600_000
+    assert epoch_ms(None) is None and epoch_ms(True) is None
