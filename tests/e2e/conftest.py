@@ -98,7 +98,10 @@ class Stack:
                        ["-m", "services.ingest"], "/readyz"),
             "status": ({"STATUS_HTTP_PORT": str(ports["status"]),
                         "STATUS_APP_SECRET": sim_config["app_secret"],
-                        "STATUS_VERIFY_TOKEN": sim_config["verify_token"]},
+                        "STATUS_VERIFY_TOKEN": sim_config["verify_token"],
+                        # Ambiguous sends (a sender killed mid-call) are settled within the test.
+                        "STATUS_UNKNOWN_TIMEOUT_SECONDS": "20",
+                        "STATUS_SWEEP_INTERVAL_SECONDS": "5"},
                        ["-m", "services.status"], "/readyz"),
             "sender": ({"SENDER_HTTP_PORT": str(ports["sender"]),
                         "SENDER_META_BASE_URL": f"http://127.0.0.1:{ports['metasim']}"},
