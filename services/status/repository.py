@@ -118,7 +118,8 @@ class StatusRepository:
     async def load_message(self, message_id: str) -> tuple[MessageState, Doc | None]:
         doc = await _call(lambda: self._db[MESSAGES].find_one(
             {"_id": message_id},
-            {"history": 1, "wamid": 1, "account_id": 1, "recipient_region": 1}))
+            {"history": 1, "wamid": 1, "account_id": 1, "recipient_region": 1,
+             "created_at": 1}))
         return state_from_doc(doc), doc
 
     async def save_message(self, message_id: str, fields: Doc, fields_if_new: Doc) -> None:
