@@ -538,11 +538,12 @@ def state_from_doc(doc: Mapping[str, Any] | None) -> MessageState:
         return MessageState()
     entries: list[HistoryEntry] = []
     for raw in doc.get("history") or ():
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("status"), str):
+        at = epoch_ms(raw.get("at")) if isinstance(raw, Mapping) else None
+        if at is None or not isinstance(raw.get("status"), str):
             continue
         try:
             entries.append(HistoryEntry(
-                status=raw["status"], at=int(raw.get("at") or 0),
+                status=raw["status"], at=at,
                 source=str(raw.get("source") or ""), implied=bool(raw.get("implied", False)),
                 pricing=_struct_or_none(raw.get("pricing"), Pricing),
                 error=_struct_or_none(raw.get("error"), MetaError), reason=raw.get("reason")))

@@ -32,6 +32,9 @@ def main() -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
     )
     config = load_config(args.config)
+    if settings.webhook_url:
+        config = config.model_copy(update={"webhooks": config.webhooks.model_copy(
+            update={"callback_url": settings.webhook_url})})
     structlog.get_logger("metasim").info(
         "metasim_starting",
         host=args.host,

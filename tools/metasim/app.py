@@ -50,7 +50,11 @@ class Simulator:
         self.rng = random.Random(seed)
         self.world = World(config, self.clock.monotonic())
         self.records = Records(config.records.max_sends, config.records.max_violations)
-        self.pipeline = SendPipeline(self.world, self.records, wamid_salt=self.rng.getrandbits(32))
+        # Meta's wamids are unique forever: mixing the start time into the salt keeps a restarted
+        # simulator from handing out the wamids of its previous run (which a gateway has indexed).
+        # The rng stream is untouched, so seeded behaviour stays deterministic.
+        salt = self.rng.getrandbits(32) ^ (int(self.clock.wall() * 1000) & 0xFFFFFFFF)
+        self.pipeline = SendPipeline(self.world, self.records, wamid_salt=salt)
         self.faults: list[FaultRule] = []
         self.timeline.clear()
         self.dispatcher.reset(

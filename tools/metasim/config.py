@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8090
     config: Path = DEFAULT_CONFIG_PATH
+    # Where webhooks go, overriding the config file (the status service's address differs
+    # between `make run`, docker-compose and tests).
+    webhook_url: str | None = None
 
 
 class _Strict(BaseModel):

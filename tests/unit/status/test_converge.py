@@ -188,3 +188,18 @@ def test_stored_times_read_as_epoch_ms_whatever_their_form() -> None:
     assert epoch_ms(datetime(2026, 1, 1, tzinfo=UTC)) == 1_767_225_600_000
     assert epoch_ms(1_767_225_600_000) == 1_767_225_600_000
     assert epoch_ms(None) is None and epoch_ms(True) is None
+
+
+def test_ingest_accepted_entry_stored_as_a_date_survives_convergence() -> None:
+    from datetime import UTC, datetime
+
+    from services.status.core import converge, state_fields, state_from_doc
+
+    doc = {"history": [{"status": "accepted", "at": datetime(2026, 1, 1, tzinfo=UTC),
+                        "source": "ingest"}]}
+    state = state_from_doc(doc)
+    new = converge(state, event("sent", 1_767_225_601_000, source="sender", wamid="wamid.A"))
+    assert new is not None
+    fields = state_fields(new, 1_767_225_602_000)
+    assert [(h["status"], h["at"]) for h in fields["history"]] == [
+        ("accepted", 1_767_225_600_000), ("sent", 1_767_225_601_000)]
