@@ -654,14 +654,32 @@ def page(docs: list[dict[str, Any]], limit: int) -> dict[str, Any]:
             "next_cursor": next_cursor}
 
 
-def message_view(doc: dict[str, Any], *, with_content: bool = True) -> dict[str, Any]:
+def price_view(reserve: dict[str, Any] | None, settle: dict[str, Any] | None,
+               currency: str) -> dict[str, Any] | None:
+    """What the message costs, from billing's ledger: reserved until Meta reports delivery,
+    then charged at Meta's category (or released when it failed or was free)."""
+    if reserve is None:
+        return None
+    if reserve.get("kind") == "reject":
+        state, amount = "rejected", 0
+    elif settle is None:
+        state, amount = "reserved", int(reserve.get("amount", 0))
+    elif settle.get("kind") == "charge":
+        state, amount = "charged", int(settle.get("amount", 0))
+    else:
+        state, amount = "released", 0
+    return {"state": state, "amount": amount, "currency": currency, "unit": "micros"}
+
+
+def message_view(doc: dict[str, Any], *, with_content: bool = True,
+                 price: dict[str, Any] | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": doc["_id"], "status": doc.get("status"), "from": doc.get("phone_number_id"),
         "to": doc.get("recipient"), "type": doc.get("type"), "category": doc.get("category"),
         "client_reference": doc.get("client_reference"),
         "accepted_at": iso(doc.get("created_at")), "expires_at": iso(doc.get("expires_at")),
         "history": [_history_entry(h) for h in doc.get("history", [])],
-        "wamid": doc.get("wamid"), "price": doc.get("price"), "pricing": doc.get("pricing"),
+        "wamid": doc.get("wamid"), "price": price, "pricing": doc.get("pricing"),
         "error": doc.get("error"),
     }
     if with_content:

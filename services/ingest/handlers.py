@@ -182,7 +182,9 @@ class Handlers:
         doc = await self.ingest.messages.get(account_id, request.match_info["message_id"])
         if doc is None:  # also for other accounts' messages: their existence is not revealed
             raise reject("not_found", "no such message")
-        return json_response(core.message_view(doc))
+        reserve, settle = await self.ingest.messages.ledger_entries(doc["_id"])
+        price = core.price_view(reserve, settle, self.ingest.rate_card.currency)
+        return json_response(core.message_view(doc, price=price))
 
     async def list_messages(self, request: web.Request) -> web.Response:
         account_id = await self.ingest.authenticate(request.headers.get("Authorization"))

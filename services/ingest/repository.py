@@ -20,6 +20,7 @@ from shared.collections import (
     ACCOUNTS,
     API_KEYS,
     BALANCES,
+    LEDGER,
     MESSAGES,
     PHONE_NUMBERS,
     TEMPLATES,
@@ -48,6 +49,10 @@ class MessageStore(Protocol):
     async def insert(self, doc: Doc) -> None: ...
     async def find_by_idempotency(self, account_id: str, stored_keys: list[str]) -> list[Doc]: ...
     async def get(self, account_id: str, message_id: str) -> Doc | None: ...
+    async def ledger_entries(self, message_id: str) -> tuple[Doc | None, Doc | None]:
+        """Billing's reserve and settle entries of a message (read-only)."""
+        ...
+
     async def list(self, account_id: str, query: ListQuery) -> list[Doc]:
         """Newest first, up to query.limit + 1 documents."""
         ...
@@ -151,6 +156,7 @@ class MongoMessageStore:
 
     def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
         self._messages = db[MESSAGES]
+        self._ledger = db[LEDGER]  # billing's; read only, for a message's price
         self._max_batch = max_batch
         self._pending: list[tuple[Doc, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -195,10 +201,21 @@ class MongoMessageStore:
             raise unavailable(exc) from exc
 
     async def get(self, account_id: str, message_id: str) -> Doc | None:
+        # By _id alone, then the owner check here: FerretDB pushes only a lone _id filter down
+        # to an index; adding account_id to the filter would scan every message.
         try:
-            return await self._messages.find_one({"_id": message_id, "account_id": account_id})
+            doc = await self._messages.find_one({"_id": message_id})
         except PyMongoError as exc:
             raise unavailable(exc) from exc
+        return doc if doc is not None and doc.get("account_id") == account_id else None
+
+    async def ledger_entries(self, message_id: str) -> tuple[Doc | None, Doc | None]:
+        try:
+            reserve = await self._ledger.find_one({"_id": f"{message_id}:reserve"})
+            settle = await self._ledger.find_one({"_id": f"{message_id}:settle"})
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return reserve, settle
 
     async def list(self, account_id: str, query: ListQuery) -> list[Doc]:
         conditions: list[Doc] = [{"account_id": account_id}]

@@ -64,6 +64,7 @@ class FakeDirectory:
 class FakeMessageStore:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
+        self.ledger: dict[str, dict[str, Any]] = {}  # billing's entries, by _id
         self.inserts = 0
 
     async def insert(self, doc: dict[str, Any]) -> None:
@@ -81,6 +82,10 @@ class FakeMessageStore:
     async def get(self, account_id: str, message_id: str) -> dict[str, Any] | None:
         doc = self.docs.get(message_id)
         return copy.deepcopy(doc) if doc and doc["account_id"] == account_id else None
+
+    async def ledger_entries(self, message_id: str) -> tuple[dict[str, Any] | None,
+                                                             dict[str, Any] | None]:
+        return self.ledger.get(f"{message_id}:reserve"), self.ledger.get(f"{message_id}:settle")
 
     async def list(self, account_id: str, query: ListQuery) -> list[dict[str, Any]]:
         docs = [d for d in self.docs.values() if d["account_id"] == account_id]

@@ -366,6 +366,21 @@ async def test_get_message_shows_status_history_and_hides_other_accounts_message
         assert (await _error(other))["code"] == "not_found"
 
 
+async def test_get_message_shows_the_price_billing_reserved_then_charged() -> None:
+    async with World() as world:
+        sent = await (await _post(world, text_body())).json()
+        world.messages.ledger[f"{sent['id']}:reserve"] = {"kind": "reserve", "amount": 4400}
+        view = await (await world.client.get(f"/v1/messages/{sent['id']}", headers=auth())).json()
+        assert view["price"] == {"state": "reserved", "amount": 4400, "currency": "USD",
+                                 "unit": "micros"}
+        world.messages.ledger[f"{sent['id']}:settle"] = {"kind": "charge", "amount": 27500}
+        view = await (await world.client.get(f"/v1/messages/{sent['id']}", headers=auth())).json()
+        assert view["price"]["state"] == "charged" and view["price"]["amount"] == 27500
+        world.messages.ledger[f"{sent['id']}:settle"] = {"kind": "release", "amount": 4400}
+        view = await (await world.client.get(f"/v1/messages/{sent['id']}", headers=auth())).json()
+        assert view["price"]["state"] == "released" and view["price"]["amount"] == 0
+
+
 async def test_list_messages_pages_newest_first_with_an_opaque_cursor() -> None:
     async with World() as world:
         ids = []
