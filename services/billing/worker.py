@@ -139,6 +139,9 @@ class BillingWorker:
             delay = min(delay * 2, self._max_delay)
 
     async def _apply(self, event: InputEvent, position: Position) -> Decision:
+        if isinstance(event, StatusChanged) and settlement_for(event) is None:
+            # sent, unknown, ...: nothing to settle, so nothing to read (most status events).
+            return Decision("ignored")
         now = self._clock.now_ms()
         balance = (await self._balances.get(event.account_id)
                    or Balance.opening(event.account_id, self._rate_card.currency,
