@@ -150,6 +150,25 @@ async def send_to_dlq(producer: AIOKafkaProducer, record: ConsumerRecord[bytes, 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
+async def _handle_one(record: ConsumerRecord[bytes, bytes], producer: AIOKafkaProducer,
+                      handle: Handler, service: str, retry: RetryPolicy,
+                      guard: DeadLetterGuard) -> None:
+    """Handle one record to its end: its effect, or its dead letter. TransientError past the
+    retry budget and bugs propagate: the caller must not commit."""
+    try:
+        await retry_transient(lambda: handle(record), retry, what=record.topic)
+        guard.record_success()
+        outcome = "handled"
+    except PermanentError as exc:
+        await send_to_dlq(producer, record, exc)
+        log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
+                    offset=record.offset, error_code=exc.code)
+        outcome = "dead_lettered"
+        DEAD_LETTERS.labels(service=service).inc()
+        guard.record_dead_letter()
+    RECORDS_HANDLED.labels(service=service, outcome=outcome).inc()
+
+
 async def consume_forever(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
                           handle: Handler, *, service: str,
                           retry: RetryPolicy = RetryPolicy(),
@@ -162,20 +181,38 @@ async def consume_forever(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer
     """
     guard = guard or DeadLetterGuard()
     async for record in consumer:
-        tp = TopicPartition(record.topic, record.partition)
-        try:
-            await retry_transient(lambda r=record: handle(r), retry, what=record.topic)
-            guard.record_success()
-            outcome = "handled"
-        except PermanentError as exc:
-            await send_to_dlq(producer, record, exc)
-            log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
-                        offset=record.offset, error_code=exc.code)
-            outcome = "dead_lettered"
-            DEAD_LETTERS.labels(service=service).inc()
-            guard.record_dead_letter()
-        await consumer.commit({tp: record.offset + 1})
-        RECORDS_HANDLED.labels(service=service, outcome=outcome).inc()
+        await _handle_one(record, producer, handle, service, retry, guard)
+        await consumer.commit({TopicPartition(record.topic, record.partition): record.offset + 1})
+
+
+async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                               handle: Handler, *, service: str,
+                               key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
+                               max_records: int = 500, retry: RetryPolicy = RetryPolicy(),
+                               guard: DeadLetterGuard | None = None) -> None:
+    """Like consume_forever, but records with different keys are handled concurrently.
+
+    Records that share `key_of(record)` (e.g. one message's events) are handled one after the
+    other in offset order, so whoever writes that key's documents is still their only writer.
+    A batch's offsets are committed once every record of the batch is finished; a failure
+    propagates before any commit, so the whole batch is read again (handlers are idempotent).
+    """
+    guard = guard or DeadLetterGuard()
+    while True:
+        batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+        records = [r for part in batches.values() for r in part]
+        if not records:
+            continue
+        by_key: dict[object, list[ConsumerRecord[bytes, bytes]]] = {}
+        for record in records:
+            by_key.setdefault(key_of(record), []).append(record)
+
+        async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
+            for record in group:
+                await _handle_one(record, producer, handle, service, retry, guard)
+
+        await asyncio.gather(*(in_order(group) for group in by_key.values()))
+        await consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
 
 
 async def report_lag_forever(consumer: AIOKafkaConsumer, service: str,

@@ -492,9 +492,10 @@ _RANK = {status: index for index, status in enumerate(reversed(STATUS_PRECEDENCE
 
 
 def _ordered(entries: Iterable[HistoryEntry]) -> tuple[HistoryEntry, ...]:
-    # Lifecycle order, not clock order: Meta's timestamps have one-second resolution, so a
+    # Clock order, but `accepted` first: Meta's timestamps have one-second resolution, so a
     # webhook's `sent` can carry an earlier time than ingest's millisecond `accepted`.
-    return tuple(sorted(entries, key=lambda e: (_RANK.get(e.status, -1), e.at, e.status)))
+    return tuple(sorted(entries, key=lambda e: (e.status != "accepted", e.at,
+                                                _RANK.get(e.status, -1), e.status)))
 
 
 def _merge(existing: HistoryEntry | None, incoming: HistoryEntry) -> HistoryEntry:

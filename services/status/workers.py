@@ -4,11 +4,19 @@ stop and runs the shared loop (commit after the effect, DLQ for permanent errors
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+import msgspec
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from shared.kafka import Handler, consume_forever, make_consumer, report_lag_forever, topic_name
+from shared.kafka import (
+    Handler,
+    consume_concurrently,
+    make_consumer,
+    report_lag_forever,
+    topic_name,
+)
 from shared.messages import STATUS_CHANGED, WEBHOOK_RECEIVED, Topic
 
 SERVICE = "status"
@@ -22,13 +30,30 @@ def state_writer_group(prefix: str) -> str:
     return f"{prefix}status-state"
 
 
+Record = ConsumerRecord[bytes, bytes]
+
+
+def by_kafka_key(record: Record) -> object:
+    """Webhooks of one WABA in order: they may touch the same conversations and templates."""
+    return record.key
+
+
+def by_message(record: Record) -> object:
+    """A message's events in order; different messages' documents are written concurrently."""
+    try:
+        return STATUS_CHANGED.decode(record.value).message_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return record.key  # dead-lettered by the handler anyway
+
+
 async def run_consumer(bootstrap_servers: str, prefix: str, group: str, topic: Topic[Any],
-                       handle: Handler, producer: AIOKafkaProducer) -> None:
+                       handle: Handler, producer: AIOKafkaProducer,
+                       key_of: Callable[[Record], object]) -> None:
     consumer = make_consumer(bootstrap_servers, group, topic_name(topic, prefix))
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group))
     try:
-        await consume_forever(consumer, producer, handle, service=SERVICE)
+        await consume_concurrently(consumer, producer, handle, service=SERVICE, key_of=key_of)
     finally:
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)
@@ -38,10 +63,10 @@ async def run_consumer(bootstrap_servers: str, prefix: str, group: str, topic: T
 async def run_processor(bootstrap_servers: str, prefix: str, handle: Handler,
                         producer: AIOKafkaProducer) -> None:
     await run_consumer(bootstrap_servers, prefix, processor_group(prefix), WEBHOOK_RECEIVED,
-                       handle, producer)
+                       handle, producer, by_kafka_key)
 
 
 async def run_state_writer(bootstrap_servers: str, prefix: str, handle: Handler,
                            producer: AIOKafkaProducer) -> None:
     await run_consumer(bootstrap_servers, prefix, state_writer_group(prefix), STATUS_CHANGED,
-                       handle, producer)
+                       handle, producer, by_message)

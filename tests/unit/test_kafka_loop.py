@@ -39,3 +39,76 @@ def test_dead_letter_guard_stops_after_too_many_in_a_row_and_resets_on_success()
     guard.record_dead_letter()
     with pytest.raises(TooManyDeadLetters):
         guard.record_dead_letter()
+
+
+class _FakeConsumer:
+    """Hands out one batch, then stops the loop by raising once it is read again."""
+
+    def __init__(self, batches: dict) -> None:  # type: ignore[type-arg]
+        self._batches = [batches]
+        self.commits: list[dict] = []  # type: ignore[type-arg]
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict:  # type: ignore[type-arg]
+        if not self._batches:
+            raise _Stop
+        return self._batches.pop()
+
+    async def commit(self, offsets: dict) -> None:  # type: ignore[type-arg]
+        self.commits.append(offsets)
+
+
+class _Stop(Exception):
+    pass
+
+
+async def test_records_of_one_key_stay_in_order_while_keys_run_concurrently() -> None:
+    import asyncio
+
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    from shared.kafka import consume_concurrently
+
+    def record(partition: int, offset: int, key: bytes) -> ConsumerRecord:  # type: ignore[type-arg]
+        return ConsumerRecord("t", partition, offset, 0, 0, key, b"v", None, 1, 1, [])
+
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    batches = {tp0: [record(0, 5, b"a"), record(0, 6, b"b"), record(0, 7, b"a")],
+               tp1: [record(1, 9, b"b")]}
+    consumer = _FakeConsumer(batches)
+    seen: list[tuple[bytes, int]] = []
+    running = 0
+    overlap = False
+
+    async def handle(r: ConsumerRecord) -> None:  # type: ignore[type-arg]
+        nonlocal running, overlap
+        running += 1
+        overlap = overlap or running > 1
+        await asyncio.sleep(0)
+        seen.append((r.key, r.offset))
+        running -= 1
+
+    with pytest.raises(_Stop):
+        await consume_concurrently(consumer, None, handle, service="unit",  # type: ignore[arg-type]
+                                   key_of=lambda r: r.key)
+    assert [o for k, o in seen if k == b"a"] == [5, 7]
+    assert [o for k, o in seen if k == b"b"] == [6, 9]
+    assert overlap, "different keys should be handled concurrently"
+    assert consumer.commits == [{tp0: 8, tp1: 10}]
+
+
+async def test_a_failing_record_stops_the_batch_before_any_commit() -> None:
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    from shared.kafka import consume_concurrently
+
+    tp = TopicPartition("t", 0)
+    batch = {tp: [ConsumerRecord("t", 0, 1, 0, 0, b"k", b"v", None, 1, 1, [])]}
+    consumer = _FakeConsumer(batch)
+
+    async def bug(_: ConsumerRecord) -> None:  # type: ignore[type-arg]
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError):
+        await consume_concurrently(consumer, None, bug, service="unit",  # type: ignore[arg-type]
+                                   key_of=lambda r: r.key)
+    assert consumer.commits == []
