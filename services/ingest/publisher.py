@@ -6,10 +6,8 @@ import time
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from services.ingest.metrics import PUBLISH_DURATION
-from shared.errors import DependencyUnavailable
 from shared.kafka import publish
 from shared.messages import SEND_REQUESTED, SendRequested
 
@@ -27,8 +25,5 @@ class KafkaPublisher:
         started = time.perf_counter()
         try:
             await publish(self._producer, SEND_REQUESTED, event, self._prefix)
-        except KafkaError as exc:
-            raise DependencyUnavailable(f"broker unavailable: {type(exc).__name__}",
-                                        details={"dependency": "kafka"}) from exc
         finally:
             PUBLISH_DURATION.observe(time.perf_counter() - started)
