@@ -1,0 +1,246 @@
+"""Benchmark `billing`: the events per second billing applies, and balances exact afterwards.
+
+One billing process on its own topic prefix and database. Its input is written straight to Kafka
+for a few accounts: first a top-up each (which also proves the consumer is assigned), then
+phase 1 — N SendRequested (reserve) — and phase 2 — for each message a `sent` from the sender
+and then a webhook's `delivered` (regular pricing: charge) or `failed` (release). Each phase is
+timed from the first write until the balances show all of it applied (polled every 0.2 s).
+Phases are separate because send-requested and status-changed are different topics: in the
+platform a status never precedes its reservation, but two topics written at once in a
+benchmark would not keep that order.
+
+Exactness: every balance must end at top-up − Σ rate-card price of its delivered messages, with
+nothing reserved, and billing must have approved each message exactly once (send-approved's
+record count).
+
+Where time goes: billing handles one event at a time (one faust agent, concurrency 1), each with
+a few sequential round trips; a probe times those round trips alone (FerretDB find_one,
+insert_one, replace_one; a Kafka send_and_wait with acks=all) on this machine, afterwards.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from common import Platform, eventually, log, metric_sum, produce_all, scrape
+
+from shared.kafka import make_producer, topic_name
+from shared.messages import (
+    SEND_APPROVED,
+    SEND_REQUESTED,
+    STATUS_CHANGED,
+    TOPUP_REQUESTED,
+    MetaError,
+    Pricing,
+    SendRequested,
+    StatusChanged,
+    TopUpRequested,
+)
+from shared.mongo import make_client
+from shared.pricing import load_rate_card
+
+NAME = "billing"
+ACCOUNTS = 4
+TOPUP = 10**12
+# (category, region, a recipient of that region)
+MIX = [("utility", "GB", "+447400000001"), ("marketing", "IN", "+919876543210"),
+       ("authentication", "BR", "+5511987654321"), ("utility", "US", "+14155552671"),
+       ("marketing", "AE", "+971501234567")]
+
+
+def _messages(unique: str, accounts: list[str], n: int, now_ms: int) -> list[SendRequested]:
+    out = []
+    for i in range(n):
+        category, region, recipient = MIX[i % len(MIX)]
+        message_id = f"msg_bench{unique}{i:07d}"
+        out.append(SendRequested(
+            event_id=message_id, message_id=message_id, account_id=accounts[i % len(accounts)],
+            portfolio_id="801000000000001", waba_id="201000000000001",
+            phone_number_id="301000000000001", recipient=recipient, recipient_region=region,
+            message_type="template",
+            content={"name": "receipt", "language": {"code": "en_US"}, "components": []},
+            category=category, accepted_at=now_ms, expires_at=now_ms + 86_400_000))  # type: ignore[arg-type]
+    return out
+
+
+def _statuses(message: SendRequested, delivered: bool, now_ms: int) -> list[StatusChanged]:
+    wamid = f"wamid.{message.message_id}"
+    common = {"message_id": message.message_id, "account_id": message.account_id,
+              "phone_number_id": message.phone_number_id,
+              "recipient_region": message.recipient_region, "wamid": wamid}
+    sent = StatusChanged(event_id=f"{message.message_id}:sent:sender", status="sent",
+                         occurred_at=now_ms, source="sender", **common)
+    if delivered:
+        final = StatusChanged(event_id=f"{wamid}:delivered", status="delivered",
+                              occurred_at=now_ms + 1, source="webhook",
+                              pricing=Pricing(billable=True, pricing_model="PMP",
+                                              type="regular", category=message.category),
+                              **common)
+    else:
+        final = StatusChanged(event_id=f"{wamid}:failed", status="failed", occurred_at=now_ms + 1,
+                              source="webhook",
+                              error=MetaError(131026, "Message undeliverable"), **common)
+    return [sent, final]
+
+
+async def _probe(platform: Platform, database: str, prefix: str, count: int) -> dict[str, float]:
+    """Mean ms of one sequential round trip of each kind billing makes per event."""
+    mongo = make_client(platform.mongodb_url)
+    scratch = mongo[database]["bench_probe"]
+    producer = make_producer(platform.bootstrap)
+    await producer.start()
+    timings: dict[str, list[float]] = {"find_one": [], "insert_one": [], "replace_one": [],
+                                       "kafka_send_and_wait": []}
+    doc = {"available": 1, "reserved": 2, "applied": [{"source": "x", "offset": 1}]}
+    try:
+        await scratch.insert_one({"_id": "probe", **doc})
+        for i in range(count):
+            started = time.perf_counter()
+            await scratch.find_one({"_id": "probe"})
+            timings["find_one"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await scratch.insert_one({"_id": f"p{i}", **doc})
+            timings["insert_one"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await scratch.replace_one({"_id": "probe"}, doc, upsert=True)
+            timings["replace_one"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await producer.send_and_wait(topic_name(SEND_APPROVED, prefix) + ".dlq", b"probe",
+                                         key=b"probe")
+            timings["kafka_send_and_wait"].append(time.perf_counter() - started)
+    finally:
+        await producer.stop()
+        await mongo.close()
+    return {k: round(statistics.fmean(v) * 1000, 2) for k, v in timings.items()}
+
+
+async def _record_count(bootstrap: str, topic: str, partitions: int) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        await consumer.stop()
+    return sum(ends.values())
+
+
+async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
+    n = 300 if quick else 600
+    unique = platform.unique
+    prefix = platform.new_prefix("billing")
+    database = f"{platform.database}_billing"
+    await platform.ensure_topics(prefix)
+    proc = platform.add("billing-solo", "billing", prefix=prefix, database=database)
+    platform.start("billing-solo")
+    mongo = make_client(platform.mongodb_url)
+    balances = mongo[database]["balances"]
+    account_ids = [f"acc_bench{unique}{i}" for i in range(ACCOUNTS)]
+    card = load_rate_card()
+    try:
+        await platform.wait_ready("billing-solo")
+        now_ms = int(time.time() * 1000)
+        await produce_all(platform.bootstrap, prefix, [
+            (TOPUP_REQUESTED, TopUpRequested(event_id=f"topup-{a}", account_id=a, amount=TOPUP,
+                                             requested_at=now_ms)) for a in account_ids])
+
+        async def read() -> dict[str, dict[str, Any]]:
+            docs = await balances.find({"_id": {"$in": account_ids}}).to_list(None)
+            return {d["_id"]: d for d in docs}
+
+        async def topped_up() -> bool | str:
+            docs = await read()
+            return len(docs) == ACCOUNTS or f"{len(docs)} of {ACCOUNTS} top-ups applied"
+
+        await eventually(topped_up, within=120, every=0.2, what="top-ups applied")
+        before = await scrape(proc.url)
+        messages = _messages(unique, account_ids, n, now_ms)
+        prices = [card.price(m.category, m.recipient_region) for m in messages]
+        reserved = {a: 0 for a in account_ids}
+        charged = {a: 0 for a in account_ids}
+        # One in five is failed, across every category and region.
+        delivered = [(i // len(MIX)) % 5 != 4 for i in range(n)]
+        for m, price, ok in zip(messages, prices, delivered, strict=True):
+            reserved[m.account_id] += price
+            if ok:
+                charged[m.account_id] += price
+        within = 60 if quick else 180
+
+        # Phase 1: reservations.
+        t0 = time.monotonic()
+        await produce_all(platform.bootstrap, prefix, [(SEND_REQUESTED, m) for m in messages])
+
+        async def all_reserved() -> bool | str:
+            docs = await read()
+            seen = {a: (d["available"], d["reserved"]) for a, d in docs.items()}
+            want = {a: (TOPUP - reserved[a], reserved[a]) for a in account_ids}
+            return seen == want or f"reserved so far {sum(v[1] for v in seen.values())}"
+
+        await eventually(all_reserved, within=within, every=0.2, what="all reserved")
+        t1 = time.monotonic()
+        log(f"billing: {n} reservations in {t1 - t0:.1f} s")
+
+        # Phase 2: statuses (sent, then delivered or failed).
+        statuses = [s for m, ok in zip(messages, delivered, strict=True)
+                    for s in _statuses(m, ok, now_ms)]
+        await produce_all(platform.bootstrap, prefix, [(STATUS_CHANGED, s) for s in statuses])
+        expected = {a: (TOPUP - charged[a], 0) for a in account_ids}
+
+        async def settled() -> bool | str:
+            docs = await read()
+            seen = {a: (d["available"], d["reserved"]) for a, d in docs.items()}
+            return seen == expected or f"reserved left {sum(v[1] for v in seen.values())}"
+
+        exact = True
+        try:
+            await eventually(settled, within=within, every=0.2, what="all settled")
+        except TimeoutError as exc:
+            exact = False
+            log(f"billing: {exc}")
+        t2 = time.monotonic()
+        after = await scrape(proc.url)
+        final = await read()
+        approved = await _record_count(platform.bootstrap, topic_name(SEND_APPROVED, prefix),
+                                       SEND_APPROVED.partitions)
+    finally:
+        await mongo.close()
+        platform.stop("billing-solo")
+    probe = await _probe(platform, database, prefix, 50 if quick else 100)
+
+    events = n + len(statuses)
+    count = (metric_sum(after, "billing_event_duration_seconds_count")
+             - metric_sum(before, "billing_event_duration_seconds_count"))
+    busy = (metric_sum(after, "billing_event_duration_seconds_sum")
+            - metric_sum(before, "billing_event_duration_seconds_sum"))
+    per_s = events / (t2 - t0)
+    balances_exact = exact and approved == n
+    result = {
+        "benchmark": NAME,
+        "what": f"{n} SendRequested, then {len(statuses)} StatusChanged, {ACCOUNTS} accounts, "
+                "written straight to Kafka; one billing process",
+        "events": events, "events_per_s": round(per_s, 1),
+        "reserve_phase": {"events": n, "seconds": round(t1 - t0, 2),
+                          "events_per_s": round(n / (t1 - t0), 1)},
+        "settle_phase": {"events": len(statuses), "seconds": round(t2 - t1, 2),
+                         "events_per_s": round(len(statuses) / (t2 - t1), 1)},
+        "billing_mean_event_ms": round(busy / count * 1000, 2) if count else None,
+        "round_trip_probe_ms": probe,
+        "balances": {a: {"available": final[a]["available"], "reserved": final[a]["reserved"],
+                         "expected_available": expected[a][0]} for a in account_ids},
+        "send_approved_records": approved,
+        "balances_exact": balances_exact,
+        "met": balances_exact,
+    }
+    result["rows"] = [{
+        "benchmark": "4 billing",
+        "figures": f"{per_s:.0f} events/s (reserve {result['reserve_phase']['events_per_s']:.0f}"
+                   f"/s, settle {result['settle_phase']['events_per_s']:.0f}/s; "
+                   f"{result['billing_mean_event_ms']} ms/event); balances "
+                   f"{'exact' if balances_exact else 'NOT exact'} ({ACCOUNTS} accounts, "
+                   f"{approved}/{n} approved once)",
+        "target": "balances exact (rate card)",
+        "met": balances_exact,
+    }]
+    return result

@@ -1,0 +1,383 @@
+"""Benchmark `e2e` (and `memory`): the whole pipeline — ingest, billing, sender, the simulator,
+status — with open-loop load (requests leave on schedule whether or not earlier ones were
+answered).
+
+1. Capacity: an open-loop ramp of rising rates (5 s each). A step is sustained when nearly
+   every message of it reached the simulator within a 2 s grace after the step, their median
+   time to Meta stayed under 0.5 s and did not grow through the step (the lower quartile of its
+   last third at most 0.1 s above that of its first third: no backlog building up; a single
+   stall of the shared machine does not count as one); the ramp stops
+   at the first step that is not. The capacity is the last sustained rate. Also reported: the
+   rate at which the simulator accepted messages during the saturated step and its grace (what
+   the pipeline delivers when overloaded).
+2. Latency at 25 %, 50 % and 90 % of that capacity: for every message, from the client's receipt
+   of ingest's 202 to the simulator's `accepted_at` (/_sim/sends, matched by the callback data =
+   our message id), and to the `delivered` status stored in the messages document (its
+   `updated_at` once its status is `delivered`: the simulator sends no `read` here, so that write
+   is the delivered one). Also from ingest's own `accepted_at` and from the client's send time.
+3. Memory: peak VmRSS of every service process over the whole benchmark.
+
+Traffic: two tenants (accounts Alpha and Beta), each on its 1,000 mps number, utility template,
+a new recipient per message (the per-recipient pair limit never shapes the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from bench_ingest import template_body
+from common import (
+    FAST_A,
+    FAST_B,
+    CpuMeter,
+    Platform,
+    RssSampler,
+    infra_pids,
+    log,
+    metric_sum,
+    percentile,
+    recipients,
+    scrape,
+    summary_ms,
+)
+
+from shared.mongo import make_client
+
+NAME = "e2e"
+TARGET_P99_TO_META_MS = 50.0
+TARGET_RSS_MB = 150.0
+SERVICES = ("ingest", "billing", "sender", "status", "metasim")
+# Steps start low: on a 2-core machine the pipeline's capacity is a few dozen messages/s.
+RAMP = [4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384]
+LEVELS = [0.25, 0.5, 0.9]
+SUSTAINED_SHARE = 0.98  # of a step's messages at the simulator within the grace
+SUSTAINED_P50_S = 0.5
+# A backlog that grows shows as latency rising through the step: last third vs first third
+# (their lower quartiles).
+SUSTAINED_GROWTH_S = 0.1
+GRACE_S = 2.0
+MIN_LEVEL_MESSAGES = 150  # for a p99 that means something
+MAX_LEVEL_S = 25.0
+
+
+@dataclass
+class Sent:
+    index: int
+    sent_at: float  # wall clock, client side
+    answered_at: float = 0.0  # the 202 arrived
+    status: int = 0
+    message_id: str = ""
+    ingest_accepted_at: float = 0.0  # ingest's own accepted_at (ms resolution)
+    meta_at: float = 0.0  # the simulator's accepted_at
+    delivered_at: float = 0.0  # the delivered state stored (messages.updated_at)
+    reserved_at: float = 0.0  # billing's reservation (its ledger entry's `at`)
+    sending_at: float = 0.0  # the sender's `sends` record created (just before the POST)
+
+
+class Traffic:
+    """Open-loop sends over two tenants, with a new recipient each."""
+
+    def __init__(self, url: str, accounts: list[Any]) -> None:
+        self.url = url
+        self.tenants = [(accounts[0].api_key, FAST_A), (accounts[1].api_key, FAST_B)]
+        self.next = 0
+        self.pool = recipients()
+
+    async def run(self, session: aiohttp.ClientSession, rate: float,
+                  seconds: float) -> list[Sent]:
+        count = max(1, round(rate * seconds))
+        sent: list[Sent] = []
+        tasks = []
+        start = time.monotonic()
+        for i in range(count):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            key, number = self.tenants[self.next % 2]
+            body = orjson.dumps(template_body(number, self.pool[self.next], f"e{self.next}"))
+            self.next += 1
+            item = Sent(self.next, time.time())
+            sent.append(item)
+            tasks.append(asyncio.create_task(self._post(session, key, body, item)))
+        await asyncio.gather(*tasks)
+        return sent
+
+    async def _post(self, session: aiohttp.ClientSession, key: str, body: bytes,
+                    item: Sent) -> None:
+        try:
+            async with session.post(self.url, data=body, headers={
+                    "Authorization": f"Bearer {key}",
+                    "Content-Type": "application/json"}) as resp:
+                answer = await resp.json()
+                item.answered_at = time.time()
+                item.status = resp.status
+                if resp.status == 202:
+                    item.message_id = answer["id"]
+                    item.ingest_accepted_at = datetime.fromisoformat(
+                        answer["accepted_at"].replace("Z", "+00:00")).timestamp()
+        except (aiohttp.ClientError, TimeoutError):
+            item.answered_at = time.time()
+
+
+class Observer:
+    """What the simulator and the database say happened to our messages."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.offset = 0  # /_sim/sends is append-only: read only what is new
+        self.meta_at: dict[str, float] = {}
+        self.mongo = make_client(platform.mongodb_url)
+        self.db = self.mongo[platform.database]
+
+    async def poll_meta(self) -> None:
+        answer = await self.platform.sim("GET", "/_sim/sends",
+                                         params={"offset": str(self.offset)})
+        for send in answer["sends"]:
+            if send["biz_opaque_callback_data"]:
+                self.meta_at[send["biz_opaque_callback_data"]] = float(send["accepted_at"])
+        self.offset += int(answer["returned"])
+
+    def fill_meta(self, items: list[Sent]) -> int:
+        missing = 0
+        for item in items:
+            if item.message_id and not item.meta_at:
+                at = self.meta_at.get(item.message_id)
+                if at is None:
+                    missing += 1
+                else:
+                    item.meta_at = at
+        return missing
+
+    async def fill_delivered(self, items: list[Sent]) -> int:
+        waiting = [i for i in items if i.message_id and not i.delivered_at]
+        by_id = {i.message_id: i for i in waiting}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            docs = await self.db["messages"].find(
+                {"_id": {"$in": ids[start:start + 500]}, "status": "delivered"},
+                {"updated_at": 1}).to_list(None)
+            for doc in docs:
+                by_id[doc["_id"]].delivered_at = int(doc["updated_at"]) / 1000
+        return sum(1 for i in waiting if not i.delivered_at)
+
+    async def fill_hops(self, items: list[Sent]) -> None:
+        """When billing reserved and when the sender started each message (ms, their clocks =
+        this machine's)."""
+        by_id = {i.message_id: i for i in items if i.message_id}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for doc in await self.db["ledger"].find(
+                    {"_id": {"$in": [f"{m}:reserve" for m in chunk]}}, {"at": 1}).to_list(None):
+                by_id[doc["_id"].rsplit(":", 1)[0]].reserved_at = int(doc["at"]) / 1000
+            for doc in await self.db["sends"].find(
+                    {"_id": {"$in": chunk}}, {"created_at": 1}).to_list(None):
+                by_id[doc["_id"]].sending_at = int(doc["created_at"]) / 1000
+
+    async def wait(self, items: list[Sent], within: float, delivered: bool) -> dict[str, int]:
+        """Until every accepted message reached the simulator (and is delivered), bounded."""
+        deadline = time.monotonic() + within
+        while True:
+            await self.poll_meta()
+            missing_meta = self.fill_meta(items)
+            missing_delivered = await self.fill_delivered(items) if delivered else 0
+            if (missing_meta == 0 and missing_delivered == 0) or time.monotonic() > deadline:
+                return {"not_at_meta": missing_meta, "not_delivered": missing_delivered}
+            await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        await self.mongo.close()
+
+
+def _latencies(items: list[Sent]) -> dict[str, Any]:
+    ok = [i for i in items if i.status == 202]
+    meta = [i for i in ok if i.meta_at]
+    delivered = [i for i in ok if i.delivered_at]
+    return {
+        "sent": len(items), "accepted_202": len(ok),
+        "refused_or_failed": len(items) - len(ok),
+        "client_to_202": summary_ms([i.answered_at - i.sent_at for i in ok]),
+        "202_to_meta": summary_ms([i.meta_at - i.answered_at for i in meta]),
+        "ingest_accepted_at_to_meta": summary_ms([i.meta_at - i.ingest_accepted_at
+                                                  for i in meta]),
+        "client_send_to_meta": summary_ms([i.meta_at - i.sent_at for i in meta]),
+        "202_to_delivered_stored": summary_ms([i.delivered_at - i.answered_at
+                                               for i in delivered]),
+        "hops": _hops(meta),
+    }
+
+
+def _hops(meta: list[Sent]) -> dict[str, Any]:
+    """Where the time to Meta goes, hop by hop (ms clocks: +-1 ms each). `billing_reserved` is
+    the ledger entry's `at`, taken when billing decides (before its writes and its publish);
+    `sender_started` is the `sends` record's `created_at`, before the number token and the POST.
+    """
+    return {
+        "ingest_accepted_to_billing_reserved": summary_ms(
+            [i.reserved_at - i.ingest_accepted_at for i in meta if i.reserved_at]),
+        "billing_reserved_to_sender_started": summary_ms(
+            [i.sending_at - i.reserved_at for i in meta if i.sending_at and i.reserved_at]),
+        "sender_started_to_meta_accepted": summary_ms(
+            [i.meta_at - i.sending_at for i in meta if i.sending_at]),
+    }
+
+
+def billing_load(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Billing's events and mean time per event over a level (its agent handles one event
+    at a time: events x mean duration is how busy it was)."""
+    count = (metric_sum(after, "billing_event_duration_seconds_count")
+             - metric_sum(before, "billing_event_duration_seconds_count"))
+    total = (metric_sum(after, "billing_event_duration_seconds_sum")
+             - metric_sum(before, "billing_event_duration_seconds_sum"))
+    return {"events": int(count),
+            "mean_event_ms": round(total / count * 1000, 2) if count else None,
+            "busy_seconds": round(total, 2)}
+
+
+async def measure_capacity(traffic: Traffic, observer: Observer, session: aiohttp.ClientSession,
+                           step_s: float) -> dict[str, Any]:
+    steps = []
+    sustained_rate = 0.0
+    saturated_output: float | None = None
+    all_items: list[Sent] = []
+    for rate in RAMP:
+        step_start = time.time()
+        items = await traffic.run(session, rate, step_s)
+        all_items += items
+        await asyncio.sleep(GRACE_S)
+        grace_end = time.time()
+        await observer.poll_meta()
+        missing = observer.fill_meta(items)
+        accepted = [i for i in items if i.status == 202]
+        reached = len(accepted) - missing
+        to_meta = [i.meta_at - i.answered_at for i in accepted if i.meta_at]
+        p50 = percentile(to_meta, 50)
+        # A backlog lifts every quantile of the later messages; an isolated stall of the shared
+        # machine lifts only a few: compare the lower quartiles of the first and last thirds.
+        third = max(1, len(to_meta) // 3)
+        growth = ((percentile(to_meta[-third:], 25) or 0) - (percentile(to_meta[:third], 25) or 0)
+                  if to_meta else None)
+        # What the simulator accepted during the step (after its first second) and the grace:
+        # when the pipeline is saturated, a backlog keeps it at full output all along.
+        window_start = step_start + 1.0
+        in_window = sum(1 for at in observer.meta_at.values() if window_start <= at <= grace_end)
+        output = in_window / max(1e-9, grace_end - window_start)
+        await observer.fill_hops(items)
+        hops = _hops([i for i in accepted if i.meta_at])
+        ok = (len(accepted) >= SUSTAINED_SHARE * len(items)
+              and reached >= SUSTAINED_SHARE * len(items)
+              and p50 is not None and p50 <= SUSTAINED_P50_S
+              and growth is not None and growth <= SUSTAINED_GROWTH_S)
+        steps.append({"offered_per_s": rate, "sent": len(items), "accepted_202": len(accepted),
+                      "at_meta_after_grace": reached, "p50_202_to_meta_ms":
+                      round(p50 * 1000, 1) if p50 is not None else None,
+                      "p25_growth_through_step_ms":
+                      round(growth * 1000, 1) if growth is not None else None,
+                      "meta_accepts_per_s_during_step": round(output, 1), "sustained": ok,
+                      "hops": hops})
+        log(f"e2e ramp: {rate}/s -> 202 {len(accepted)}/{len(items)}, at Meta {reached}, "
+            f"p50 {steps[-1]['p50_202_to_meta_ms']} ms (growth "
+            f"{steps[-1]['p25_growth_through_step_ms']} ms), Meta accepted {output:.0f}/s "
+            f"{'ok' if ok else 'SATURATED'}; hops p50/p99 " + ", ".join(
+                f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items()))
+        if not ok:
+            saturated_output = output
+            break
+        sustained_rate = float(rate)
+    # No step sustained at all: the overloaded output is the best estimate there is.
+    capacity = sustained_rate or (saturated_output or 0.0)
+    return {"steps": steps, "last_sustained_per_s": sustained_rate,
+            "saturated_meta_accepts_per_s": saturated_output,
+            "capacity_per_s": round(capacity, 1),
+            "lower_bound_only": saturated_output is None, "items": all_items}
+
+
+async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
+    step_s = 3.0 if quick else 5.0
+    level_s = 6.0 if quick else 12.0
+    await platform.sim("POST", "/_sim/reset", json={})
+    await platform.sim("POST", "/_sim/webhooks/config", json={
+        "enabled": True, "callback_url": f"{platform.url('status')}/webhooks/meta",
+        "profile": "polite", "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0,
+                                        "jitter": 0.0}, "read_probability": 0.0})
+    pids = {name: platform.procs[name].pid for name in SERVICES}
+    traffic = Traffic(platform.url("ingest") + "/v1/messages", accounts)
+    observer = Observer(platform)
+    levels = []
+    connector = aiohttp.TCPConnector(limit=512)
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        with RssSampler(pids) as rss:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                capacity = await measure_capacity(traffic, observer, session, step_s)
+                drained = await observer.wait(capacity.pop("items"), within=60, delivered=True)
+                capacity["left_after_drain"] = drained
+                cap = capacity["capacity_per_s"]
+                for share in LEVELS:
+                    rate = max(1.0, share * cap)
+                    seconds = level_s if quick else min(MAX_LEVEL_S, max(
+                        level_s, MIN_LEVEL_MESSAGES / rate))
+                    meter = CpuMeter({**pids, **infra_pids()})
+                    billing_before = await scrape(platform.url("billing"))
+                    meter.start()
+                    items = await traffic.run(session, rate, seconds)
+                    cores = meter.stop()
+                    left = await observer.wait(items, within=30 + seconds, delivered=True)
+                    await observer.fill_hops(items)
+                    billing = billing_load(billing_before, await scrape(platform.url("billing")))
+                    level = {"share_of_capacity": share, "offered_per_s": round(rate, 1),
+                             "seconds": round(seconds, 1),
+                             **_latencies(items), "left_after_wait": left,
+                             "cores_used": cores, "billing": billing}
+                    levels.append(level)
+                    log(f"e2e {share:.0%} ({rate:.0f}/s): 202->Meta p50 "
+                        f"{level['202_to_meta']['p50_ms']} p99 {level['202_to_meta']['p99_ms']}"
+                        f" ms; ->delivered p50 {level['202_to_delivered_stored']['p50_ms']} "
+                        f"p99 {level['202_to_delivered_stored']['p99_ms']} ms; left {left}")
+    finally:
+        await observer.close()
+    peak = {name: round(mb, 1) for name, mb in rss.peak.items()}
+    half = next(level for level in levels if level["share_of_capacity"] == 0.5)
+    p99_half = half["202_to_meta"]["p99_ms"]
+    met = p99_half is not None and p99_half < TARGET_P99_TO_META_MS
+    memory_met = all(mb < TARGET_RSS_MB for mb in peak.values())
+    violations = await platform.sim_violations()
+    result = {
+        "benchmark": NAME,
+        "what": "open-loop sends through ingest -> billing -> sender -> simulator -> status",
+        "capacity": capacity, "levels": levels,
+        "target_p99_202_to_meta_ms_at_50pct": TARGET_P99_TO_META_MS, "met": met,
+        "simulator_violations": violations,
+        "memory": {"peak_rss_mb": peak, "target_mb": TARGET_RSS_MB, "met": memory_met},
+    }
+
+    def fig(level: dict[str, Any], key: str) -> str:
+        return f"{level[key]['p50_ms']}/{level[key]['p99_ms']}"
+
+    cap_text = f"{'>=' if capacity['lower_bound_only'] else ''}{capacity['capacity_per_s']:.0f}"
+    result["rows"] = [
+        {"benchmark": "2 e2e capacity",
+         "figures": f"{cap_text} msg/s (last sustained step {capacity['last_sustained_per_s']:.0f}"
+                    f"/s, Meta accepts when saturated "
+                    f"{capacity['saturated_meta_accepts_per_s'] or 0:.0f}/s)",
+         "target": "(measured, sets the levels)", "met": "-"},
+        {"benchmark": "2 e2e 202->Meta p50/p99 ms",
+         "figures": "  ".join(f"{lv['share_of_capacity']:.0%}: {fig(lv, '202_to_meta')}"
+                              for lv in levels),
+         "target": f"p99 < {TARGET_P99_TO_META_MS:.0f} ms at 50%", "met": met},
+        {"benchmark": "2 e2e 202->delivered p50/p99 ms",
+         "figures": "  ".join(f"{lv['share_of_capacity']:.0%}: "
+                              f"{fig(lv, '202_to_delivered_stored')}" for lv in levels),
+         "target": "(reported)", "met": "-"},
+        {"benchmark": "7 memory peak RSS MB",
+         "figures": " ".join(f"{n} {mb:.0f}" for n, mb in peak.items()),
+         "target": f"< {TARGET_RSS_MB:.0f} MB each", "met": memory_met},
+    ]
+    return result

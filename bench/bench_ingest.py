@@ -1,0 +1,169 @@
+"""Benchmark `ingest`: requests/s and p50/p99 of one ingest process at saturation, next to a bare
+aiohttp handler that only parses the same JSON (the upper bound), with the same load generator in
+the same run.
+
+Both servers are pinned to core 0 and wrk (bench/lua/post.lua, 1 thread) to core 1; Kafka and
+FerretDB float over both cores, as they must. Runs alternate bare, ingest, ingest, bare (ABBA), so
+that a drift of the machine's load hits both sides equally; each side's figure is the mean of
+its two runs. The ingest process has its own topic prefix: nothing consumes what it publishes, so
+the downstream services use no CPU meanwhile. Where the time goes: ingest's own histograms
+(request duration, publish-until-acknowledged) and the CPU each process used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from common import (
+    CLIENT_CORE,
+    FAST_A,
+    ROOT,
+    SERVER_CORE,
+    CpuMeter,
+    Platform,
+    eventually,
+    free_port,
+    infra_pids,
+    log,
+    metric_sum,
+    pinned,
+    recipients,
+    run_wrk,
+    scrape,
+    spawn,
+)
+
+NAME = "ingest"
+TARGET_RATIO = 0.6
+CONNECTIONS = 32
+ROUTE = "/v1/messages"
+
+
+def template_body(number: str, to: str, ref: str) -> dict[str, Any]:
+    return {"from": number, "to": to, "type": "template",
+            "template": {"name": "receipt", "language": {"code": "en_US"},
+                         "components": [{"type": "body",
+                                         "parameters": [{"type": "text", "text": ref}]}]},
+            "client_reference": ref}
+
+
+async def _wait_http(url: str, within: float = 30) -> None:
+    async with aiohttp.ClientSession() as session:
+        async def up() -> bool:
+            try:
+                async with session.get(url) as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+        await eventually(up, within=within, every=0.1, what=url)
+
+
+def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Mean time ingest spent per accepted request, and the part of it spent waiting for the
+    broker's acknowledgement (acks=all) — from ingest's own histograms."""
+    def delta(name: str, **labels: str) -> float:
+        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+    requests = delta("hala_http_request_duration_seconds_count", route=ROUTE)
+    server_s = delta("hala_http_request_duration_seconds_sum", route=ROUTE)
+    publishes = delta("ingest_publish_duration_seconds_count")
+    publish_s = delta("ingest_publish_duration_seconds_sum")
+    accepted = delta("ingest_messages_accepted_total")
+    mean_server = server_s / requests * 1000 if requests else None
+    mean_publish = publish_s / publishes * 1000 if publishes else None
+    return {"requests_seen": int(requests), "accepted": int(accepted),
+            "mean_server_ms": round(mean_server, 2) if mean_server else None,
+            "mean_publish_ack_ms": round(mean_publish, 2) if mean_publish else None,
+            "mean_rest_ms (lookups, validation, group-committed insert, response)":
+                round(mean_server - mean_publish, 2) if mean_server and mean_publish else None}
+
+
+async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
+    seconds = 3 if quick else 5
+    account = accounts[0]
+    prefix = platform.new_prefix("ingest")
+    await platform.ensure_topics(prefix)
+    ingest = platform.add("ingest-solo", "ingest", prefix=prefix, core=SERVER_CORE)
+    platform.start("ingest-solo")
+    bare_port = free_port()
+    bare = spawn(pinned(SERVER_CORE, [sys.executable, str(ROOT / "bench" / "bare_ingest.py"),
+                                      "--port", str(bare_port)]),
+                 platform.logs / "bare-ingest.log")
+    try:
+        await platform.wait_ready("ingest-solo")
+        await _wait_http(f"http://127.0.0.1:{bare_port}/healthz")
+        pool = recipients()[:2000]
+        bodies = [orjson.dumps(template_body(FAST_A, to, f"i{i}")).decode()
+                  for i, to in enumerate(pool)]
+        headers = {"Authorization": f"Bearer {account.api_key}"}
+        urls = {"bare": f"http://127.0.0.1:{bare_port}{ROUTE}", "ingest": ingest.url + ROUTE}
+        # Warm-up: ingest's lookup caches, connection pools, the producer's metadata.
+        for side in ("bare", "ingest"):
+            await asyncio.to_thread(run_wrk, urls[side], bodies, headers, seconds=2,
+                                    connections=CONNECTIONS)
+        pids = {"ingest": ingest.pid, **infra_pids()}
+        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ingest": []}
+        cpu: list[dict[str, float]] = []
+        before = await scrape(ingest.url)
+        for side in ("bare", "ingest", "ingest", "bare"):
+            meter = CpuMeter(pids if side == "ingest" else {"bare": bare.pid})
+            meter.start()
+            result = await asyncio.to_thread(run_wrk, urls[side], bodies, headers,
+                                             seconds=seconds, connections=CONNECTIONS)
+            result["cores_used"] = meter.stop()
+            if side == "ingest":
+                cpu.append(result["cores_used"])
+            runs[side].append(result)
+            log(f"ingest: {side} {result['ok_per_s']:.0f} req/s p50 {result['p50_ms']:.1f} ms "
+                f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}")
+        after = await scrape(ingest.url)
+    finally:
+        bare.terminate()
+        bare.wait(timeout=10)
+        platform.stop("ingest-solo")
+
+    def mean(side: str, key: str) -> float:
+        return round(statistics.fmean(r[key] for r in runs[side]), 2)
+
+    bare_rps, ingest_rps = mean("bare", "ok_per_s"), mean("ingest", "ok_per_s")
+    ratio = round(ingest_rps / bare_rps, 3) if bare_rps else 0.0
+    cores = {name: round(statistics.fmean(c[name] for c in cpu), 2) for name in cpu[0]}
+    cpu_ms_per_request = {name: round(core * 1000 / ingest_rps, 2) if ingest_rps else None
+                          for name, core in cores.items()}
+    errors = sum(r["errors"] for r in runs["ingest"])
+    result = {
+        "benchmark": NAME,
+        "what": "POST /v1/messages (valid template send, API key) at saturation, wrk 1 thread "
+                f"{CONNECTIONS} connections, {seconds} s per run, ABBA order",
+        "bare": {"requests_per_s": bare_rps, "p50_ms": mean("bare", "p50_ms"),
+                 "p99_ms": mean("bare", "p99_ms"), "runs": runs["bare"]},
+        "ingest": {"requests_per_s": ingest_rps, "p50_ms": mean("ingest", "p50_ms"),
+                   "p99_ms": mean("ingest", "p99_ms"), "errors": errors,
+                   "runs": runs["ingest"]},
+        "ratio": ratio,
+        "target_ratio": TARGET_RATIO,
+        "met": ratio >= TARGET_RATIO and errors == 0,
+        "where_time_goes": {
+            "ingest_histograms": _server_side(before, after),
+            "cores_used_during_ingest_runs": cores,
+            "cpu_ms_per_request": cpu_ms_per_request,
+        },
+        "server_core": SERVER_CORE, "client_core": CLIENT_CORE,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    result["rows"] = [{
+        "benchmark": "1 ingest",
+        "figures": f"{ingest_rps:.0f} req/s (p50 {result['ingest']['p50_ms']:.1f} / p99 "
+                   f"{result['ingest']['p99_ms']:.1f} ms) vs bare {bare_rps:.0f} req/s "
+                   f"(p50 {result['bare']['p50_ms']:.1f} / p99 {result['bare']['p99_ms']:.1f}"
+                   f" ms) = {ratio:.2f}x" + (f", {errors} errors" if errors else ""),
+        "target": f">= {TARGET_RATIO} x bare",
+        "met": result["met"],
+    }]
+    return result

@@ -1,0 +1,160 @@
+"""Run the platform's benchmarks, print one table, write bench/results/.
+
+    .venv/bin/python bench/run_all.py [--only NAME ...] [--quick]      (make bench)
+
+Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, ingest, webhooks,
+pacing, scaling, billing):
+  ingest    one ingest process vs a bare aiohttp JSON handler, wrk, same run
+  e2e       capacity (open-loop ramp), then latency 202 -> Meta and -> delivered stored at 25, 50
+            and 90 % of it; also the peak RSS of every service (`memory`)
+  webhooks  signed webhook POSTs/s the status service accepts durably, vs Meta's sizing rule
+  pacing    80 and 1,000 mps numbers with a backlog; a hot recipient next to cold ones
+  scaling   one vs two sender instances on many paced numbers
+  billing   events/s billing applies, balances exact against the rate card
+Also bench/results/summary.json and summary.png. Every load is on 127.0.0.1, bounded in time and
+count. Figures are ratios or pairs measured side by side in one run: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import platform as platform_module
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+from common import (
+    RESULTS,
+    Platform,
+    infra_env,
+    infra_pids,
+    load_average,
+    log,
+    wait_for_quiet,
+    wait_until_idle,
+)
+
+# e2e first: it gets a fresh database (ingest leaves tens of thousands of messages behind).
+ORDER = ["e2e", "ingest", "webhooks", "pacing", "scaling", "billing"]
+ALIASES = {"memory": "e2e"}
+NEEDS_MAIN = {"ingest", "e2e", "pacing", "scaling"}
+TOP_UP = 10**12  # micros: no benchmark runs out of credit
+
+
+async def start_main(platform: Platform) -> list[Any]:
+    """The whole platform on the run's prefix and database, with one account per portfolio."""
+    from tests.e2e.conftest import seed_accounts
+
+    await platform.ensure_topics(platform.prefix)
+    status = platform.add("status", "status")
+    platform.sim_config["webhooks"]["callback_url"] = f"{status.url}/webhooks/meta"
+    platform.add("metasim", "metasim")
+    platform.add("ingest", "ingest")
+    platform.add("billing", "billing")
+    platform.add("sender", "sender")
+    names = ["metasim", "status", "ingest", "billing", "sender"]
+    platform.start(*names)
+    await platform.wait_ready(*names)
+    accounts = await seed_accounts(platform, TOP_UP)  # type: ignore[arg-type]
+    log(f"main stack ready: {', '.join(names)}; {len(accounts)} accounts seeded")
+    return accounts
+
+
+async def run(selected: list[str], quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    modules = {name: importlib.import_module(f"bench_{name}") for name in selected}
+    env = infra_env()
+    load_before = wait_for_quiet()
+    platform = Platform(env["KAFKA_BOOTSTRAP_SERVERS"], env["MONGODB_URL"])
+    log(f"run {platform.unique}: {', '.join(selected)}{' (quick)' if quick else ''}; "
+        f"load average {load_before}; logs in {platform.logs}")
+    rows: list[dict[str, Any]] = []
+    results: dict[str, Any] = {}
+    try:
+        accounts: list[Any] = []
+        if NEEDS_MAIN & set(selected):
+            accounts = await start_main(platform)
+        for name in selected:
+            started = time.monotonic()
+            load = await asyncio.to_thread(wait_for_quiet, 2.0, 15.0)
+            db_cores = await wait_until_idle(infra_pids().get("ferretdb"))
+            log(f"--- {name} (load average {load:.2f}, database server {db_cores} cores)")
+            try:
+                result = await modules[name].run(platform, accounts, quick)
+            except Exception as exc:
+                traceback.print_exc()
+                result = {"benchmark": name, "error": repr(exc),
+                          "rows": [{"benchmark": name, "figures": f"FAILED: {exc!r}"[:200],
+                                    "target": "", "met": False}]}
+            result["seconds"] = round(time.monotonic() - started, 1)
+            result["load_average_before"] = load
+            result["database_cores_before"] = db_cores
+            result["load_average_after"] = round(load_average(), 2)
+            common.write_result(name, result)
+            results[name] = result
+            rows.extend(result["rows"])
+    finally:
+        await platform.cleanup()
+    meta = {"run": platform.unique, "quick": quick, "load_average_before": load_before,
+            "cpu_count": os.cpu_count(), "python": platform_module.python_version()}
+    return rows, {"results": results, **meta}
+
+
+def print_table(rows: list[dict[str, Any]]) -> str:
+    headers = ("benchmark", "figure(s)", "target", "met")
+    cells = [(r["benchmark"], r["figures"], r["target"],
+              "yes" if r["met"] is True else "no" if r["met"] is False else str(r["met"]))
+             for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
+    out += [" | ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    text = "\n".join(out)
+    print(text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=[*ORDER, *ALIASES],
+                        help="run only this benchmark (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, smaller backlogs")
+    args = parser.parse_args()
+    wanted = {ALIASES.get(n, n) for n in args.only} if args.only else set(ORDER)
+    selected = [n for n in ORDER if n in wanted]
+    started = time.monotonic()
+    rows, summary = asyncio.run(run(selected, args.quick))
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    # In the issue's numbering (rows are labelled "<n> ..."), whatever order they ran in.
+    rows.sort(key=lambda row: row["benchmark"].split()[0])
+    summary["rows"] = rows
+    table = print_table(rows)
+    loads = ", ".join(f"{name} {r.get('load_average_after')}" for name, r in
+                      summary["results"].items())
+    print(f"load average at start {summary['load_average_before']}; after each: {loads} "
+          f"({os.cpu_count()} cores, shared)")
+    summary["table"] = table
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    try:
+        import chart
+        chart.draw(summary["results"], RESULTS / "summary.png")
+        print(f"wrote {RESULTS.relative_to(common.ROOT)}/summary.json, summary.png "
+              f"({summary['seconds']:.0f} s)")
+    except Exception as exc:  # the figures matter more than the picture
+        print(f"chart not drawn: {exc!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
