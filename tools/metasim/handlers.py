@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tools.metasim.config import Habits, StatusDelaysConfig, TemplateConfig
+from tools.metasim.config import Habits, StatusDelaysConfig, TemplateConfig, TemplateStatus
 from tools.metasim.core import (
     TEMPLATE_CATEGORIES,
     check_template_name,
@@ -600,21 +600,7 @@ class _TemplateStatus(_Body):
     waba_id: str | None = None
     name: str | None = None
     language: str | None = None
-    status: Literal[
-        "APPROVED",
-        "PENDING",
-        "REJECTED",
-        "PAUSED",
-        "DISABLED",
-        "IN_APPEAL",
-        "PENDING_DELETION",
-        "ARCHIVED",
-        "DELETED",
-        "FLAGGED",
-        "LIMIT_EXCEEDED",
-        "LOCKED",
-        "REINSTATED",
-    ]
+    status: TemplateStatus
     reason: str | None = "NONE"
 
 
