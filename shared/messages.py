@@ -13,6 +13,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from shared.errors import PermanentError
+
 # Credits are kept in millionths of the account currency: Meta's rates have four decimals
 # (e.g. 0.0044 USD), so a cent-based unit would round every price.
 MONEY_MINOR_UNIT = "micros"
@@ -187,6 +189,15 @@ class Topic(Generic[S]):
 
     def decode(self, raw: bytes) -> S:
         return self._decoder.decode(raw)
+
+    def decode_record(self, raw: bytes | None) -> S:
+        """Decode a consumed record's value; one that can never decode is a PermanentError
+        (the consumer loop dead-letters it) rather than a crash."""
+        try:
+            return self._decoder.decode(raw or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PermanentError(f"not a {self.schema.__name__} event: {exc}",
+                                 code="malformed_event") from exc
 
     def encode(self, event: S) -> tuple[bytes, bytes]:
         """(key, value) bytes for the producer."""

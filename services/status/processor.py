@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import msgspec
 from aiokafka import ConsumerRecord
 
 from services.status import core
@@ -23,7 +22,6 @@ from services.status.metrics import (
 from services.status.publisher import Outgoing, Publisher
 from services.status.repository import ProcessorStore
 from shared.clock import Clock
-from shared.errors import PermanentError
 from shared.logging import get_logger
 from shared.messages import (
     INBOUND_RECEIVED,
@@ -53,11 +51,7 @@ class WebhookProcessor:
         self._clock = clock
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            event = WEBHOOK_RECEIVED.decode(record.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise PermanentError("not a WebhookReceived event", code="malformed_event") from exc
-        await self.handle(event)
+        await self.handle(WEBHOOK_RECEIVED.decode_record(record.value))
 
     async def handle(self, event: WebhookReceived) -> None:
         started = time.perf_counter()

@@ -16,7 +16,6 @@ from services.status import core, metrics
 from services.status.publisher import Outgoing, Publisher
 from services.status.repository import StateStore
 from shared.clock import Clock
-from shared.errors import PermanentError
 from shared.logging import get_logger
 from shared.messages import STATUS_CHANGED, StatusChanged
 
@@ -30,11 +29,7 @@ class StateWriter:
         self._clock = clock
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            event = STATUS_CHANGED.decode(record.value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise PermanentError("not a StatusChanged event", code="malformed_event") from exc
-        await self.handle(event)
+        await self.handle(STATUS_CHANGED.decode_record(record.value))
 
     async def handle(self, event: StatusChanged) -> None:
         started = time.perf_counter()
