@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -43,6 +42,7 @@ from shared.kafka import ensure_topics, make_producer, topic_name  # noqa: E402
 from shared.messages import ALL_TOPICS, SEND_APPROVED, Topic  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
 from shared.secrets import new_key  # noqa: E402
+from tests.e2e.conftest import eventually, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LOGS = ROOT / ".run" / "bench"
@@ -61,12 +61,6 @@ def log(message: str) -> None:
 
 
 # --- processes and machine -----------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def pinned(core: str | None, command: list[str]) -> list[str]:
     if core is None or not shutil.which("taskset"):
@@ -538,19 +532,6 @@ class Platform:
             log(f"topic clean-up failed: {exc!r}")
         finally:
             await admin.close()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *, within: float,
-                     every: float = 0.5, what: str = "condition") -> Any:
-    """Poll `check` until it returns True (bounded)."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last is True:
-            return True
-        await asyncio.sleep(every)
-    raise TimeoutError(f"{what} not reached within {within}s (last: {last!r})")
 
 
 # --- Kafka ----------------------------------------------------------------------------------------

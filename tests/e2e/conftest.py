@@ -50,7 +50,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, within: float, ever
         if last is True:
             return last
         await asyncio.sleep(every)
-    raise AssertionError(f"{what} not reached within {within}s (last: {last!r})")
+    raise TimeoutError(f"{what} not reached within {within}s (last: {last!r})")
 
 
 @dataclass
