@@ -38,7 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from shared.kafka import ensure_topics, make_producer, topic_name  # noqa: E402
+from shared.kafka import ensure_topics, make_producer, publish_all, topic_name  # noqa: E402
 from shared.messages import ALL_TOPICS, SEND_APPROVED, Topic  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
 from shared.secrets import new_key  # noqa: E402
@@ -545,11 +545,7 @@ async def produce_all(bootstrap: str, prefix: str,
     await producer.start()
     started = time.monotonic()
     try:
-        futures = []
-        for topic, event in items:
-            key, value = topic.encode(event)
-            futures.append(await producer.send(topic_name(topic, prefix), value=value, key=key))
-        await asyncio.gather(*futures)
+        await publish_all(producer, list(items), prefix)
     finally:
         await producer.stop()
     return time.monotonic() - started
