@@ -38,7 +38,13 @@ from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from shared.kafka import ensure_topics, make_producer, publish_all, topic_name  # noqa: E402
+from shared.kafka import (  # noqa: E402
+    delete_topics,
+    ensure_topics,
+    make_producer,
+    publish_all,
+    topic_name,
+)
 from shared.messages import ALL_TOPICS, SEND_APPROVED, Topic  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
 from shared.secrets import new_key  # noqa: E402
@@ -521,17 +527,11 @@ class Platform:
                 await mongo.drop_database(database)
         finally:
             await mongo.close()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
         try:
-            existing = await admin.list_topics()
-            ours = [t for t in existing if any(t.startswith(p) for p in self.prefixes)]
-            if ours:
-                await admin.delete_topics(ours)
+            await delete_topics(self.bootstrap,
+                                lambda name: any(name.startswith(p) for p in self.prefixes))
         except Exception as exc:  # a leftover topic is untidy, not a failed benchmark
             log(f"topic clean-up failed: {exc!r}")
-        finally:
-            await admin.close()
 
 
 # --- Kafka ----------------------------------------------------------------------------------------

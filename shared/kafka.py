@@ -83,6 +83,19 @@ async def ensure_topics(bootstrap_servers: str, prefix: str = "",
         await admin.close()
 
 
+async def delete_topics(bootstrap_servers: str, wanted: Callable[[str], bool]) -> list[str]:
+    """Delete the topics whose names `wanted` picks, and return them: tests and benchmarks
+    clean up after themselves, since every partition left behind slows the shared broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        doomed = [name for name in await admin.list_topics() if wanted(name)]
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()
+
 async def publish(producer: AIOKafkaProducer, topic: Topic[Any], event: Any,
                   prefix: str = "") -> None:
     """Write an event and wait until the broker acknowledged it (acks=all)."""

@@ -8,6 +8,7 @@ skip. Each test gets its own topics, consumer groups and database.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import uuid
@@ -18,10 +19,15 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from shared.kafka import delete_topics
 from shared.mongo import make_client
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "deploy" / "local" / "infra.sh"
+
+# Every id the `unique` fixture handed out in this session: at its end, the topics and databases
+# named with one are deleted (only ours: other sessions may share the broker).
+_UNIQUES: set[str] = set()
 
 
 def _infra(*args: str) -> str:
@@ -45,8 +51,21 @@ def infrastructure() -> Iterator[dict[str, str]]:
     env.update({k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URL")
                 if os.environ.get(k)})
     yield env
+    if _UNIQUES:
+        asyncio.run(_clean_up(env["KAFKA_BOOTSTRAP_SERVERS"], env["MONGODB_URL"], _UNIQUES))
     if started_here and os.environ.get("HALA_KEEP_INFRA") != "1":
         _infra("down")
+
+
+async def _clean_up(bootstrap_servers: str, mongodb_url: str, uniques: set[str]) -> None:
+    await delete_topics(bootstrap_servers, lambda name: any(u in name for u in uniques))
+    client = make_client(mongodb_url)
+    try:
+        for name in await client.list_database_names():
+            if any(u in name for u in uniques):
+                await client.drop_database(name)
+    finally:
+        await client.close()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +81,9 @@ def mongodb_url(infrastructure: dict[str, str]) -> str:
 @pytest.fixture
 def unique() -> str:
     """A short id that makes this test's topics, groups and database its own."""
-    return uuid.uuid4().hex[:10]
+    value = uuid.uuid4().hex[:10]
+    _UNIQUES.add(value)
+    return value
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import yaml
 
 from services.admin import commands
 from services.admin.graph import GraphClient
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import delete_topics, ensure_topics, make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault, new_key
 
@@ -246,3 +246,5 @@ async def stack(tmp_path: Path, bootstrap_servers: str,
         mongo = make_client(mongodb_url)
         await mongo.drop_database(running.database)
         await mongo.close()
+        # Its topics and faust's, all named with the stack's id.
+        await delete_topics(bootstrap_servers, lambda name: running.unique in name)
