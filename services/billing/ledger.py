@@ -7,11 +7,12 @@ attempt).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.billing.core import LedgerEntry, LowBalanceNotice
 from services.billing.mongo_errors import translated
@@ -26,6 +27,9 @@ class LedgerSum:
     kind: str
     source: str
     total: int
+
+
+DUPLICATE_KEY = 11000
 
 
 class Ledger:
@@ -48,6 +52,22 @@ class Ledger:
             if stored is None:  # a unique key never disappears: this is not our collection
                 raise
             return stored
+
+    async def add_all(self, entries: Sequence[LedgerEntry]) -> set[str]:
+        """Insert `entries` in one round trip; return the keys that were taken already (those
+        entries are not written, every other one is)."""
+        if not entries:
+            return set()
+        try:
+            with translated():
+                await self._entries.insert_many([entry_to_document(e) for e in entries],
+                                                ordered=False)
+            return set()
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return {entries[e["index"]].key for e in errors}
 
     async def sums(self, field: str) -> list[LedgerSum]:
         """Sum of `field` per (account, kind, source).

@@ -26,3 +26,14 @@ LEDGER_DRIFT = Gauge(
     "Absolute difference between the ledger and the balances at the last reconciliation, "
     "summed over accounts. Anything but zero is a bug.",
 )
+BATCH_SIZE = Histogram(
+    "billing_batch_size_records",
+    "Input records applied together: what was already buffered, up to the cap.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+BATCH_FALLBACKS = Counter(
+    "billing_batch_fallbacks_total",
+    "Batches applied one record at a time instead (a redelivery, a duplicate, an undecodable "
+    "record, a failure), by reason.",
+    ["reason"],
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,13 @@ class FakeLedger:
         self.journal.steps.append(f"entry {entry.key}")
         return None
 
+    async def add_all(self, entries: Sequence[LedgerEntry]) -> set[str]:
+        taken = set()
+        for entry in entries:
+            if await self.add(entry) is not None:
+                taken.add(entry.key)
+        return taken
+
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         return [e for e in self.entries.values() if e.account_id == account_id]
 
@@ -83,6 +91,14 @@ class FakePublisher:
             raise DependencyUnavailable("broker unavailable: KafkaTimeoutError")
         self.published.append((topic.name, event))
         self.journal.steps.append(f"publish {topic.name}")
+
+    async def publish_all(self, events: Sequence[tuple[Topic[Any], Any]]) -> None:
+        if self.failures and events:
+            self.failures -= 1
+            raise DependencyUnavailable("broker unavailable: KafkaTimeoutError")
+        for topic, event in events:
+            self.published.append((topic.name, event))
+            self.journal.steps.append(f"publish {topic.name}")
 
     async def dead_letter(self, record: Record, error: BaseException) -> None:
         self.dead_letters.append((record, error))
