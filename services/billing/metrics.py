@@ -18,7 +18,8 @@ EVENTS = Counter("billing_events_total", "Input events billing finished with, by
                  ["topic", "outcome"])
 EVENT_DURATION = Histogram(
     "billing_event_duration_seconds",
-    "Time to handle one input event, retries included.",
+    "Time to apply the batch an input event was applied in (one event when alone), retries "
+    "included.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
 LEDGER_DRIFT = Gauge(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.billing.core import Balance, LedgerEntry
-from services.billing.ledger import LedgerSum
 from services.billing.publisher import Record
 from shared.errors import DependencyUnavailable
 from shared.messages import Topic
@@ -70,12 +68,9 @@ class FakeLedger:
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         return [e for e in self.entries.values() if e.account_id == account_id]
 
-    async def sums(self, field_name: str) -> list[LedgerSum]:
-        totals: dict[tuple[str, str, str], int] = defaultdict(int)
-        for e in self.entries.values():
-            totals[(e.account_id, e.kind, e.source)] += getattr(e, field_name)
-        return [LedgerSum(account_id=a, kind=k, source=s, total=t)
-                for (a, k, s), t in totals.items()]
+    async def amounts(self) -> AsyncIterator[LedgerEntry]:
+        for entry in list(self.entries.values()):
+            yield entry
 
 
 @dataclass
