@@ -68,7 +68,9 @@ class BillingRuntime(Service):
         settings = self.settings
         await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)
         # Clients are created here: aiokafka binds to the running loop at construction.
-        self._producer = make_producer(settings.kafka_bootstrap_servers)
+        # No linger: a batch's outputs are all enqueued before any is awaited, so waiting for
+        # more would only add its delay to every batch.
+        self._producer = make_producer(settings.kafka_bootstrap_servers, linger_ms=0)
         await start_with_retry(self._producer)
         self._mongo = make_client(settings.mongodb_url)
         db = self._mongo[settings.mongodb_database]
