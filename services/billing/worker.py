@@ -193,8 +193,11 @@ class BillingWorker:
             if isinstance(event, StatusChanged):
                 key = reserve_key(event.message_id)
                 reservation = decided.get(key) or self._reservations.get(key)
-            decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
-                              reservation=reservation)
+            try:
+                decision = decide(balance, event, position, rate_card=self._rate_card,
+                                  now=now, reservation=reservation)
+            except PermanentError:
+                raise _OneByOne("permanent") from None  # dead-lettered there, in order
             for entry in decision.entries:
                 if entry.key in decided:
                     raise _OneByOne("duplicate")  # the same request twice in one batch
