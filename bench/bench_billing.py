@@ -9,17 +9,24 @@ Phases are separate because send-requested and status-changed are different topi
 platform a status never precedes its reservation, but two topics written at once in a
 benchmark would not keep that order.
 
-Exactness: every balance must end at top-up − Σ rate-card price of its delivered messages, with
-nothing reserved, and billing must have approved each message exactly once (send-approved's
-record count).
+Phase 3 — latency when not saturated: SendRequested written one at a time at 50/s (open loop),
+each timed from the moment it leaves until its SendApproved can be read (p50/p99): billing's
+share of the 202 -> Meta path.
 
-Where time goes: billing handles one event at a time (one faust agent, concurrency 1), each with
-a few sequential round trips; a probe times those round trips alone (FerretDB find_one,
-insert_one, replace_one; a Kafka send_and_wait with acks=all) on this machine, afterwards.
+Exactness: every balance must end at top-up − Σ rate-card price of its delivered messages, with
+only the trickle's messages reserved, and billing must have approved each message exactly once
+(send-approved's record count).
+
+Where time goes: billing applies what is buffered as one batch (one faust agent, concurrency 1),
+with a few round trips per batch (balances and reservations read concurrently, one insert_many,
+the balances written concurrently while the outputs are published); the figures show the mean
+records per batch, and a probe times single round trips alone (FerretDB find_one, insert_one,
+replace_one; a Kafka send_and_wait with acks=all) on this machine, afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from typing import Any
@@ -44,6 +51,7 @@ from shared.pricing import load_rate_card
 
 NAME = "billing"
 ACCOUNTS = 4
+TRICKLE_RATE = 50.0  # SendRequested/s in the latency phase: well below either version's capacity
 TOPUP = 10**12
 # (category, region, a recipient of that region)
 MIX = [("utility", "GB", "+447400000001"), ("marketing", "IN", "+919876543210"),
@@ -117,6 +125,63 @@ async def _probe(platform: Platform, database: str, prefix: str, count: int) -> 
     return {k: round(statistics.fmean(v) * 1000, 2) for k, v in timings.items()}
 
 
+async def _trickle(platform: Platform, prefix: str, messages: list[SendRequested],
+                   rate: float) -> dict[str, Any]:
+    """Write SendRequested one at a time at `rate`/s (open loop) and time each from the moment
+    it leaves to the moment its SendApproved can be read: billing's share of the 202 -> Meta
+    path when it is not saturated."""
+    approved_topic = topic_name(SEND_APPROVED, prefix)
+    partitions = [TopicPartition(approved_topic, p) for p in range(SEND_APPROVED.partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=platform.bootstrap, fetch_max_wait_ms=5,
+                                isolation_level="read_committed")
+    await consumer.start()
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        await consumer.position(tp)
+    producer = make_producer(platform.bootstrap)
+    await producer.start()
+    left: dict[str, float] = {}
+    latencies: list[float] = []
+    wanted = {m.message_id for m in messages}
+
+    async def read() -> None:
+        while len(latencies) < len(messages):
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    event = SEND_APPROVED.decode(record.value)
+                    if event.message_id in wanted and event.message_id in left:
+                        latencies.append(now - left[event.message_id])
+
+    reader = asyncio.create_task(read())
+    sends = []
+    try:
+        start = time.perf_counter()
+        for i, message in enumerate(messages):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            key, value = SEND_REQUESTED.encode(message)
+            left[message.message_id] = time.perf_counter()
+            sends.append(await producer.send(topic_name(SEND_REQUESTED, prefix), value=value,
+                                             key=key))
+        await asyncio.gather(*sends)
+        await asyncio.wait_for(reader, 60)
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+    return {"messages": len(messages), "rate_per_s": rate, "p50_ms": pct(0.50),
+            "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
+
+
 async def _record_count(bootstrap: str, topic: str, partitions: int) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
@@ -128,7 +193,8 @@ async def _record_count(bootstrap: str, topic: str, partitions: int) -> int:
 
 
 async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
-    n = 300 if quick else 600
+    # Enough events that the phases last seconds, not a few polls of 0.2 s.
+    n = 2000 if quick else 5000
     unique = platform.unique
     prefix = platform.new_prefix("billing")
     database = f"{platform.database}_billing"
@@ -166,7 +232,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             reserved[m.account_id] += price
             if ok:
                 charged[m.account_id] += price
-        within = 60 if quick else 180
+        within = 120 if quick else 300
 
         # Phase 1: reservations.
         t0 = time.monotonic()
@@ -201,6 +267,29 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             log(f"billing: {exc}")
         t2 = time.monotonic()
         after = await scrape(proc.url)
+        # Phase 3: latency when not saturated (these stay reserved; checked below too).
+        trickle_n = 200 if quick else 500
+        trickle_messages = _messages(unique + "t", account_ids, trickle_n, now_ms)
+        trickle = await _trickle(platform, prefix, trickle_messages, TRICKLE_RATE)
+        log(f"billing: trickle at {TRICKLE_RATE:.0f}/s: p50 {trickle['p50_ms']} ms, "
+            f"p99 {trickle['p99_ms']} ms")
+        trickle_reserved = {a: 0 for a in account_ids}
+        for m in trickle_messages:
+            trickle_reserved[m.account_id] += card.price(m.category, m.recipient_region)
+
+        async def trickle_reserved_all() -> bool | str:
+            docs = await read()
+            seen = {a: (d["available"], d["reserved"]) for a, d in docs.items()}
+            want = {a: (expected[a][0] - trickle_reserved[a], trickle_reserved[a])
+                    for a in account_ids}
+            return seen == want or "trickle reservations not exact yet"
+
+        try:
+            await eventually(trickle_reserved_all, within=30, every=0.2,
+                             what="trickle reserved")
+        except TimeoutError as exc:
+            exact = False
+            log(f"billing: {exc}")
         final = await read()
         approved = await _record_count(platform.bootstrap, topic_name(SEND_APPROVED, prefix),
                                        SEND_APPROVED.partitions)
@@ -214,8 +303,12 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
              - metric_sum(before, "billing_event_duration_seconds_count"))
     busy = (metric_sum(after, "billing_event_duration_seconds_sum")
             - metric_sum(before, "billing_event_duration_seconds_sum"))
+    batches = (metric_sum(after, "billing_batch_size_records_count")
+               - metric_sum(before, "billing_batch_size_records_count"))
+    batched = (metric_sum(after, "billing_batch_size_records_sum")
+               - metric_sum(before, "billing_batch_size_records_sum"))
     per_s = events / (t2 - t0)
-    balances_exact = exact and approved == n
+    balances_exact = exact and approved == n + trickle_n
     result = {
         "benchmark": NAME,
         "what": f"{n} SendRequested, then {len(statuses)} StatusChanged, {ACCOUNTS} accounts, "
@@ -226,9 +319,13 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         "settle_phase": {"events": len(statuses), "seconds": round(t2 - t1, 2),
                          "events_per_s": round(len(statuses) / (t2 - t1), 1)},
         "billing_mean_event_ms": round(busy / count * 1000, 2) if count else None,
+        "billing_batches": int(batches),
+        "billing_mean_batch_records": round(batched / batches, 1) if batches else None,
+        "trickle": trickle,
         "round_trip_probe_ms": probe,
         "balances": {a: {"available": final[a]["available"], "reserved": final[a]["reserved"],
-                         "expected_available": expected[a][0]} for a in account_ids},
+                         "expected_available": expected[a][0] - trickle_reserved[a]}
+                     for a in account_ids},
         "send_approved_records": approved,
         "balances_exact": balances_exact,
         "met": balances_exact,
@@ -237,9 +334,12 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         "benchmark": "4 billing",
         "figures": f"{per_s:.0f} events/s (reserve {result['reserve_phase']['events_per_s']:.0f}"
                    f"/s, settle {result['settle_phase']['events_per_s']:.0f}/s; "
-                   f"{result['billing_mean_event_ms']} ms/event); balances "
+                   f"{result['billing_mean_event_ms']} ms/event, "
+                   f"{result['billing_mean_batch_records']} records/batch); at "
+                   f"{TRICKLE_RATE:.0f}/s write -> approved p50 {trickle['p50_ms']} ms, p99 "
+                   f"{trickle['p99_ms']} ms; balances "
                    f"{'exact' if balances_exact else 'NOT exact'} ({ACCOUNTS} accounts, "
-                   f"{approved}/{n} approved once)",
+                   f"{approved}/{n + trickle_n} approved once)",
         "target": "balances exact (rate card)",
         "met": balances_exact,
     }]

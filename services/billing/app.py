@@ -5,6 +5,11 @@ faust is used with its traps designed around:
   the agent reads a `noack()` stream and acks each event itself, only once the event is
   finished (written, published, or dead-lettered), and its body never lets an exception escape
   (see worker.py);
+- batches without linger: the agent only moves events into a bounded queue; one task takes
+  whatever the queue holds (at least one event, at most `batch_max_records`), applies it as a
+  batch and then acks its events in the order they were read, so faust's commit (up to the
+  first offset not acked) never passes an unfinished record. faust's `take()` is not used: it
+  waits `within` to fill a batch, and acks the buffered events when its generator is closed;
 - outputs go through our own idempotent producer and are awaited, never through faust's
   `topic.send()`, which defers sends attached to the current event until the commit;
 - processing_guarantee at_least_once; faust's web server off (it binds 0.0.0.0 and serves table
@@ -16,10 +21,12 @@ faust is used with its traps designed around:
 from __future__ import annotations
 
 import asyncio
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import EventT
 from mode import Service
 
 from services.billing.balances import Balances
@@ -61,7 +68,9 @@ class BillingRuntime(Service):
         settings = self.settings
         await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)
         # Clients are created here: aiokafka binds to the running loop at construction.
-        self._producer = make_producer(settings.kafka_bootstrap_servers)
+        # No linger: a batch's outputs are all enqueued before any is awaited, so waiting for
+        # more would only add its delay to every batch.
+        self._producer = make_producer(settings.kafka_bootstrap_servers, linger_ms=0)
         await start_with_retry(self._producer)
         self._mongo = make_client(settings.mongodb_url)
         db = self._mongo[settings.mongodb_database]
@@ -73,7 +82,8 @@ class BillingRuntime(Service):
             rate_card=load_rate_card(), clock=SystemClock(), topic_prefix=settings.topic_prefix,
             low_balance_threshold=settings.low_balance_threshold,
             retry_first_delay_s=settings.retry_first_delay_s,
-            retry_max_delay_s=settings.retry_max_delay_s)
+            retry_max_delay_s=settings.retry_max_delay_s,
+            reservation_cache_size=settings.reservation_cache_size)
         self.reconciler = Reconciler(ledger, balances)
         producer, mongo = self._producer, self._mongo
         checks = {"kafka": lambda: kafka_ready(producer), "mongodb": lambda: mongo_ready(mongo)}
@@ -126,15 +136,22 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
     @app.agent(inputs, name="billing", concurrency=1)
     async def billing(stream: faust.StreamT[bytes]) -> None:
         await runtime.ready.wait()
-        assert runtime.worker is not None
+        worker = runtime.worker
+        assert worker is not None
         acked_by_us = stream.noack()
-        async for event in acked_by_us.events():
-            message = event.message
-            await runtime.worker.handle(Record(
-                topic=message.topic, partition=message.partition, offset=message.offset,
-                key=message.key, value=message.value, headers=_headers(message.headers),
-                timestamp=int(message.timestamp * 1000) if message.timestamp else 0))
-            await acked_by_us.ack(event)
+        pending: asyncio.Queue[EventT] = asyncio.Queue(maxsize=settings.batch_max_records)
+        applier = asyncio.create_task(_apply_batches(worker, acked_by_us, pending,
+                                                     settings.batch_max_records))
+        try:
+            async for event in acked_by_us.events():
+                if pending.full():
+                    await _put_or_stop(pending, event, applier)
+                else:
+                    pending.put_nowait(event)
+        finally:
+            applier.cancel()
+            with suppress(asyncio.CancelledError):
+                await applier
 
     @app.timer(interval=settings.reconcile_interval_s, name="billing_reconcile")
     async def reconcile() -> None:
@@ -158,6 +175,36 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
                 max(0, end - committed.get(tp, 0)))
 
     return app, runtime
+
+
+async def _apply_batches(worker: BillingWorker, stream: faust.StreamT[bytes],
+                         pending: asyncio.Queue[EventT], batch_max: int) -> None:
+    """Apply what is buffered, as soon as there is anything, then ack it in the order read."""
+    while True:
+        batch = [await pending.get()]
+        while len(batch) < batch_max and not pending.empty():
+            batch.append(pending.get_nowait())
+        await worker.handle_batch([_record(event) for event in batch])  # never raises
+        for event in batch:
+            await stream.ack(event)
+
+
+async def _put_or_stop(pending: asyncio.Queue[EventT], event: EventT,
+                       applier: asyncio.Task[None]) -> None:
+    """Wait for room in the queue, unless the task that empties it has ended (a bug)."""
+    put = asyncio.ensure_future(pending.put(event))
+    await asyncio.wait({put, applier}, return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+        applier.result()  # raises what ended it
+        raise RuntimeError("billing's batch applier stopped")
+
+
+def _record(event: EventT) -> Record:
+    message = event.message
+    return Record(topic=message.topic, partition=message.partition, offset=message.offset,
+                  key=message.key, value=message.value, headers=_headers(message.headers),
+                  timestamp=int(message.timestamp * 1000) if message.timestamp else 0)
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:

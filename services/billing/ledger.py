@@ -7,11 +7,12 @@ attempt).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.billing.core import LedgerEntry, LowBalanceNotice
 from services.billing.mongo_errors import translated
@@ -19,13 +20,22 @@ from shared.collections import LEDGER
 
 
 @dataclass(frozen=True)
-class LedgerSum:
-    """The sum of one amount field over one account's entries of one kind from one source."""
+class EntryAmounts:
+    """What the reconciler needs of an entry (a LedgerEntry has the same fields)."""
 
     account_id: str
     kind: str
+    amount: int
+    reserved_amount: int
     source: str
-    total: int
+    source_offset: int
+
+
+AMOUNT_FIELDS = {"_id": 0, "account_id": 1, "kind": 1, "amount": 1, "reserved_amount": 1,
+                 "source": 1, "source_offset": 1}
+
+
+DUPLICATE_KEY = 11000
 
 
 class Ledger:
@@ -49,21 +59,32 @@ class Ledger:
                 raise
             return stored
 
-    async def sums(self, field: str) -> list[LedgerSum]:
-        """Sum of `field` per (account, kind, source).
+    async def add_all(self, entries: Sequence[LedgerEntry]) -> set[str]:
+        """Insert `entries` in one round trip; return the keys that were taken already (those
+        entries are not written, every other one is)."""
+        if not entries:
+            return set()
+        try:
+            with translated():
+                await self._entries.insert_many([entry_to_document(e) for e in entries],
+                                                ordered=False)
+            return set()
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return {entries[e["index"]].key for e in errors}
 
-        One accumulator per pipeline: FerretDB 1.24 returns 0 for every `$sum` after the
-        first one in a `$group` stage.
-        """
-        pipeline = [{"$group": {"_id": {"account_id": "$account_id", "kind": "$kind",
-                                        "source": "$source"},
-                                "total": {"$sum": f"${field}"}}}]
+    async def amounts(self, chunk: int = 500) -> AsyncIterator[EntryAmounts]:
+        """Every entry, with only what the reconciler sums, read in chunks of `chunk`."""
         with translated():
-            cursor = await self._entries.aggregate(pipeline)
-            rows = await cursor.to_list(None)
-        return [LedgerSum(account_id=row["_id"]["account_id"], kind=row["_id"]["kind"],
-                          source=row["_id"]["source"], total=int(row["total"]))
-                for row in rows]
+            cursor = self._entries.find({}, AMOUNT_FIELDS, batch_size=chunk)
+            async for document in cursor:
+                yield EntryAmounts(
+                    account_id=document["account_id"], kind=document["kind"],
+                    amount=int(document["amount"]),
+                    reserved_amount=int(document.get("reserved_amount", 0)),
+                    source=document["source"], source_offset=int(document["source_offset"]))
 
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         with translated():

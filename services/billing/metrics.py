@@ -18,11 +18,23 @@ EVENTS = Counter("billing_events_total", "Input events billing finished with, by
                  ["topic", "outcome"])
 EVENT_DURATION = Histogram(
     "billing_event_duration_seconds",
-    "Time to handle one input event, retries included.",
+    "Time to apply the batch an input event was applied in (one event when alone), retries "
+    "included.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
 LEDGER_DRIFT = Gauge(
     "billing_ledger_drift_micros",
     "Absolute difference between the ledger and the balances at the last reconciliation, "
     "summed over accounts. Anything but zero is a bug.",
+)
+BATCH_SIZE = Histogram(
+    "billing_batch_size_records",
+    "Input records applied together: what was already buffered, up to the cap.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+BATCH_FALLBACKS = Counter(
+    "billing_batch_fallbacks_total",
+    "Batches applied one record at a time instead (a redelivery, a duplicate, an undecodable "
+    "record, a failure), by reason.",
+    ["reason"],
 )

@@ -6,6 +6,7 @@ only after its outputs are durable; faust's own `topic.send()` would defer them 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from shared.errors import DependencyUnavailable
-from shared.kafka import publish, send_to_dlq
+from shared.kafka import publish, publish_all, send_to_dlq
 from shared.messages import Topic
 
 
@@ -45,6 +46,14 @@ class KafkaPublisher:
     async def publish(self, topic: Topic[Any], event: Any) -> None:
         try:
             await publish(self._producer, topic, event, self._prefix)
+        except (KafkaError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def publish_all(self, events: Sequence[tuple[Topic[Any], Any]]) -> None:
+        """Write `events` in order; return once the broker acknowledged every one (one round
+        trip for all of them)."""
+        try:
+            await publish_all(self._producer, events, self._prefix)
         except (KafkaError, OSError) as exc:
             raise _unavailable(exc) from exc
 

@@ -3,30 +3,30 @@
 Per account: topups - charges == available + reserved, and reserved == the reservations not yet
 settled. The drift is what separates them, in absolute micros; anything but zero is a bug.
 
-Entries are written before the balance that applies them, so a reading taken while an event is
-half-way can show an entry the balance does not have yet. Reading the balances first settles it:
-an entry written after that reading comes from an offset the balance has not applied, and so can
-be left out. The cheap aggregation finds suspects; a suspect is confirmed from its own entries,
-leaving out those its balance has not applied yet.
+Entries are written before the balance that applies them, so a reading taken while a batch is
+half-way can show entries the balance does not have yet. Reading the balances first settles it:
+an entry written after that reading comes from an offset the balance has not applied, and so is
+left out. One pass is one read of the balances and one scan of the ledger, streamed in chunks
+with only the fields the sums need (FerretDB scans the whole collection for any query but an
+`_id` lookup, so one scan is the least a pass can cost).
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.billing.balances import Balances
-from services.billing.core import Balance, LedgerEntry
-from services.billing.ledger import Ledger, LedgerSum
+from services.billing.core import Balance
+from services.billing.ledger import EntryAmounts, Ledger
 from services.billing.metrics import LEDGER_DRIFT
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LedgerTotals:
     topups: int = 0
     charges: int = 0
@@ -41,37 +41,24 @@ class LedgerTotals:
     def open_reservations(self) -> int:
         return self.reserves - self.settled_reservations
 
-
-def totals_from_sums(amounts: Iterable[LedgerSum],
-                     reserved_amounts: Iterable[LedgerSum]) -> dict[str, LedgerTotals]:
-    """Per-account totals from the aggregation of `amount` and of `reserved_amount`."""
-    fields: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for row in amounts:
-        name = {"topup": "topups", "charge": "charges", "reserve": "reserves"}.get(row.kind)
-        if name:
-            fields[row.account_id][name] += row.total
-    for row in reserved_amounts:
-        if row.kind in ("charge", "release"):
-            fields[row.account_id]["settled_reservations"] += row.total
-    return {account: LedgerTotals(**values) for account, values in fields.items()}
-
-
-def totals_from_entries(entries: Iterable[LedgerEntry], balance: Balance | None) -> LedgerTotals:
-    """Totals of the entries `balance` has applied (all of them count when it has)."""
-    topups = charges = reserves = settled = 0
-    for entry in entries:
-        if balance is None or not balance.has_applied(entry.source, entry.source_offset):
-            continue
+    def add(self, entry: EntryAmounts) -> None:
         if entry.kind == "topup":
-            topups += entry.amount
+            self.topups += entry.amount
         elif entry.kind == "reserve":
-            reserves += entry.amount
+            self.reserves += entry.amount
         elif entry.kind in ("charge", "release"):
-            settled += entry.reserved_amount
+            self.settled_reservations += entry.reserved_amount
             if entry.kind == "charge":
-                charges += entry.amount
-    return LedgerTotals(topups=topups, charges=charges, reserves=reserves,
-                        settled_reservations=settled)
+                self.charges += entry.amount
+
+
+def totals_from_entries(entries: Iterable[EntryAmounts], balance: Balance | None) -> LedgerTotals:
+    """Totals of the entries `balance` has applied (all of them count when it has)."""
+    totals = LedgerTotals()
+    for entry in entries:
+        if balance is not None and balance.has_applied(entry.source, entry.source_offset):
+            totals.add(entry)
+    return totals
 
 
 def drift(balance: Balance | None, totals: LedgerTotals) -> int:
@@ -86,6 +73,8 @@ class Reconciliation:
     accounts: int
     drift: int  # summed over accounts
     drifting_accounts: tuple[str, ...]
+    entries: int = 0  # ledger entries read
+    pending: int = field(default=0)  # entries written but not applied by their balance yet
 
 
 class Reconciler:
@@ -96,16 +85,20 @@ class Reconciler:
     async def run_once(self) -> Reconciliation:
         started = time.perf_counter()
         balances = {b.account_id: b for b in await self._balances.all()}  # first: see above
-        totals = totals_from_sums(await self._ledger.sums("amount"),
-                                  await self._ledger.sums("reserved_amount"))
-        accounts = set(balances) | set(totals)
-        suspects = [a for a in accounts
-                    if drift(balances.get(a), totals.get(a, LedgerTotals()))]
+        totals: dict[str, LedgerTotals] = {a: LedgerTotals() for a in balances}
+        entries = pending = 0
+        async for entry in self._ledger.amounts():
+            entries += 1
+            balance = balances.get(entry.account_id)
+            account_totals = totals.setdefault(entry.account_id, LedgerTotals())
+            if balance is None or not balance.has_applied(entry.source, entry.source_offset):
+                pending += 1
+                continue
+            account_totals.add(entry)
         drifts: dict[str, int] = {}
-        for account_id in suspects:
-            balance = await self._balances.get(account_id)  # again before its entries
-            entries = await self._ledger.entries_of(account_id)
-            amount = drift(balance, totals_from_entries(entries, balance))
+        for account_id, account_totals in totals.items():
+            balance = balances.get(account_id)
+            amount = drift(balance, account_totals)
             if amount:
                 drifts[account_id] = amount
                 log.error("ledger_drift_detected", account_id=account_id, drift_micros=amount,
@@ -113,8 +106,9 @@ class Reconciler:
                           reserved=balance.reserved if balance else 0)
         total = sum(drifts.values())
         LEDGER_DRIFT.set(total)
-        log.info("ledger_reconciled", accounts=len(accounts), drift_micros=total,
-                 suspects=len(suspects), outcome="drift" if total else "ok",
+        log.info("ledger_reconciled", accounts=len(totals), drift_micros=total,
+                 entries=entries, pending=pending, outcome="drift" if total else "ok",
                  duration_ms=round((time.perf_counter() - started) * 1000, 1))
-        return Reconciliation(accounts=len(accounts), drift=total,
-                              drifting_accounts=tuple(sorted(drifts)))
+        return Reconciliation(accounts=len(totals), drift=total,
+                              drifting_accounts=tuple(sorted(drifts)), entries=entries,
+                              pending=pending)

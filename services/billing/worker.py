@@ -1,8 +1,15 @@
-"""billing's orchestration of one input record: decode -> read -> decide -> write -> publish.
+"""billing's orchestration of input records: decode -> read -> decide -> write -> publish.
 
-Write order per event: ledger entry (unique key) -> balance document (with the applied offset)
--> outputs, awaited. A crash anywhere in between is repaired by the redelivery of the record
-(see core.py).
+Records are applied in batches of what is already buffered (`handle_batch`): one concurrent read
+of the balances and reservations the batch needs, decisions in memory in the order the records
+were read, one insert of all new ledger entries, then each touched balance written once
+(with the offsets it applied) while the outputs are published, both awaited before the batch is
+acked. Write order per event: ledger entry (unique key) -> balance document and outputs. The
+outputs are derived from the entry alone, so publishing them while the balance is written loses
+nothing: a crash anywhere is repaired by the redelivery of the records (see core.py). Anything
+unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends the
+whole batch through the one-record path (`handle`), which converges from whatever the batch had
+written.
 
 `handle` never raises (cancellation aside): faust acks an event even when its agent raises,
 so an escaping exception would skip the record. Transient failures are retried in place with
@@ -14,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -64,9 +73,13 @@ class LedgerStore(Protocol):
 
     async def add(self, entry: LedgerEntry) -> LedgerEntry | None: ...
 
+    async def add_all(self, entries: Sequence[LedgerEntry]) -> set[str]: ...
+
 
 class Publisher(Protocol):
     async def publish(self, topic: Topic[Any], event: Any) -> None: ...
+
+    async def publish_all(self, events: Sequence[tuple[Topic[Any], Any]]) -> None: ...
 
     async def dead_letter(self, record: Record, error: BaseException) -> None: ...
 
@@ -76,6 +89,7 @@ class BillingWorker:
                  rate_card: RateCard, clock: Clock, topic_prefix: str,
                  low_balance_threshold: int, retry_first_delay_s: float = 0.2,
                  retry_max_delay_s: float = 10.0, dead_letter_limit: int = 50,
+                 reservation_cache_size: int = 20_000,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._balances = balances
         self._ledger = ledger
@@ -89,10 +103,132 @@ class BillingWorker:
         self._dead_letters_in_a_row = 0
         self._sleep = sleep
         self._topics = {topic_name(t, topic_prefix): t for t in INPUT_TOPICS}
+        # Reserve entries this process wrote or read: ledger entries never change, so a
+        # settlement finds its reservation here without a round trip (bounded, oldest out first).
+        self._reservations: OrderedDict[str, LedgerEntry] = OrderedDict()
+        self._reservation_cache_size = reservation_cache_size
 
     @property
     def input_topics(self) -> tuple[str, ...]:
         return tuple(self._topics)
+
+    async def handle_batch(self, records: Sequence[Record]) -> list[str]:
+        """Finish with records read in this order and return their outcomes, in the same order.
+
+        Never raises (cancellation aside): a batch the fast path cannot finish goes through
+        `handle`, one record at a time, from whatever state the fast path left."""
+        if not records:
+            return []
+        started = time.perf_counter()
+        metrics.BATCH_SIZE.observe(len(records))
+        try:
+            applied = await self._apply_batch(records)
+        except asyncio.CancelledError:
+            raise
+        except _OneByOne as exc:
+            metrics.BATCH_FALLBACKS.labels(reason=exc.reason).inc()
+            log.info("billing_batch_one_by_one", records=len(records), reason=exc.reason)
+            return [await self.handle(record) for record in records]
+        except Exception as exc:  # transient or not: the one-record path retries or DLQs it
+            metrics.BATCH_FALLBACKS.labels(reason="error").inc()
+            log.warning("billing_batch_one_by_one", records=len(records), reason="error",
+                        error=repr(exc))
+            return [await self.handle(record) for record in records]
+        self._dead_letters_in_a_row = 0
+        elapsed = time.perf_counter() - started
+        outcomes = []
+        for item in applied:
+            record, event, outcome = item.record, item.event, item.outcome
+            metrics.EVENTS.labels(topic=item.topic.name, outcome=outcome).inc()
+            metrics.EVENT_DURATION.observe(elapsed)
+            log.info("billing_event_handled", topic=item.topic.name,
+                     partition=record.partition, offset=record.offset,
+                     event_id=event.event_id, account_id=event.account_id, outcome=outcome,
+                     duration_ms=round(elapsed * 1000, 2), batch=len(records))
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _apply_batch(self, records: Sequence[Record]) -> list[_Applied]:
+        items: list[_Applied] = []
+        for record in records:
+            topic = self._topics.get(record.topic)
+            try:
+                event = _decode(record, topic)
+            except PermanentError:
+                raise _OneByOne("undecodable") from None
+            assert topic is not None
+            items.append(_Applied(record, topic, event, Position(
+                record.topic, record.partition, record.offset)))
+        moving = [i for i in items
+                  if not (isinstance(i.event, StatusChanged) and settlement_for(i.event) is None)]
+        if not moving:
+            return [i.ignored() for i in items]
+        accounts = list(dict.fromkeys(i.event.account_id for i in moving))
+        wanted = list(dict.fromkeys(
+            reserve_key(i.event.message_id) for i in moving
+            if isinstance(i.event, StatusChanged) and reserve_key(i.event.message_id)
+            not in self._reservations))
+        found = await _all(*(self._balances.get(a) for a in accounts),
+                           *(self._ledger.get(k) for k in wanted))
+        balances: dict[str, Balance] = {
+            a: b or Balance.opening(a, self._rate_card.currency, self._threshold)
+            for a, b in zip(accounts, found[:len(accounts)], strict=True)}
+        for entry in found[len(accounts):]:
+            if entry is not None:
+                self._remember(entry)
+        now = self._clock.now_ms()
+        decided: dict[str, LedgerEntry] = {}  # this batch's new entries, by key
+        touched: dict[str, Balance] = {}
+        decisions: list[Decision] = []
+        outputs: list[tuple[Topic[Any], Any]] = []
+        for item in items:
+            event, position = item.event, item.position
+            if isinstance(event, StatusChanged) and settlement_for(event) is None:
+                item.outcome = "ignored"
+                continue
+            balance = touched.get(event.account_id, balances[event.account_id])
+            if balance.has_applied(position.source, position.offset):
+                raise _OneByOne("redelivered")  # its outputs come from the stored entry
+            reservation = None
+            if isinstance(event, StatusChanged):
+                key = reserve_key(event.message_id)
+                reservation = decided.get(key) or self._reservations.get(key)
+            try:
+                decision = decide(balance, event, position, rate_card=self._rate_card,
+                                  now=now, reservation=reservation)
+            except PermanentError:
+                raise _OneByOne("permanent") from None  # dead-lettered there, in order
+            for entry in decision.entries:
+                if entry.key in decided:
+                    raise _OneByOne("duplicate")  # the same request twice in one batch
+                decided[entry.key] = entry
+            if decision.balance is not None:
+                touched[event.account_id] = decision.balance
+            outputs.extend((output.topic, output.event) for output in decision.outputs)
+            decisions.append(decision)
+            item.outcome = decision.outcome
+        if decided:
+            taken = await self._ledger.add_all(list(decided.values()))
+            if taken:
+                # Written before: a duplicate at a new offset, or our own unfinished attempt.
+                raise _OneByOne("entry_exists")
+        for entry in decided.values():
+            if entry.kind in ("reserve", "reject"):
+                self._remember(entry)
+        # The outputs depend on the entries alone, which are durable now: publish them while
+        # the balances are written. The batch is acked only once both are done.
+        await _all(*(self._balances.save(b, now) for b in touched.values()),
+                   self._publisher.publish_all(outputs))
+        for decision in decisions:
+            _count(decision)
+        return items
+
+    def _remember(self, entry: LedgerEntry) -> None:
+        cache = self._reservations
+        cache[entry.key] = entry
+        cache.move_to_end(entry.key)
+        while len(cache) > self._reservation_cache_size:
+            cache.popitem(last=False)
 
     async def handle(self, record: Record) -> str:
         """Finish with one record and return its outcome."""
@@ -151,7 +287,10 @@ class BillingWorker:
         if balance.has_applied(position.source, position.offset):
             existing = await self._ledger.get(entry_key(event))
         elif isinstance(event, StatusChanged) and settlement_for(event) is not None:
-            reservation = await self._ledger.get(reserve_key(event.message_id))
+            key = reserve_key(event.message_id)
+            reservation = self._reservations.get(key) or await self._ledger.get(key)
+            if reservation is not None:
+                self._remember(reservation)
         decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
                           reservation=reservation, existing=existing)
         for entry in decision.entries:
@@ -184,6 +323,38 @@ class BillingWorker:
         log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
                     offset=record.offset, error_code=error.code, error=error.message)
         return "dead_lettered"
+
+
+async def _all(*steps: Awaitable[Any]) -> list[Any]:
+    """Run `steps` concurrently and return once every one has finished (unlike a bare gather,
+    a failure does not leave the others running behind the one-record path); the first
+    failure is raised."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+class _OneByOne(Exception):
+    """The batch needs the one-record path (see `handle_batch`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Applied:
+    record: Record
+    topic: Topic[Any]
+    event: InputEvent
+    position: Position
+    outcome: str = "ignored"
+
+    def ignored(self) -> _Applied:
+        self.outcome = "ignored"
+        return self
 
 
 def _decode(record: Record, topic: Topic[Any] | None) -> InputEvent:

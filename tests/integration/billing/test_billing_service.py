@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from services.billing.balances import Balances
 from services.billing.ledger import Ledger
 from services.billing.reconcile import Reconciler
-from shared.kafka import ensure_topics, make_producer, publish, topic_name
+from shared.kafka import ensure_topics, make_producer, publish, publish_all, topic_name
 from shared.messages import (
     LOW_BALANCE_ALERTED,
     SEND_APPROVED,
@@ -60,6 +60,12 @@ class Setup:
         topic = {SendRequested: SEND_REQUESTED, StatusChanged: STATUS_CHANGED,
                  TopUpRequested: TOPUP_REQUESTED}[type(event)]
         await publish(self.producer, topic, event, self.prefix)
+
+    async def send_all(self, events: list[Any]) -> None:
+        """Write `events` in order, all enqueued before any is awaited (a burst)."""
+        topics = {SendRequested: SEND_REQUESTED, StatusChanged: STATUS_CHANGED,
+                  TopUpRequested: TOPUP_REQUESTED}
+        await publish_all(self.producer, [(topics[type(e)], e) for e in events], self.prefix)
 
     async def balance(self, account_id: str) -> dict[str, Any] | None:
         return await self.mongo[self.database].balances.find_one({"_id": account_id})
@@ -260,12 +266,14 @@ async def test_an_undecodable_record_is_dead_lettered_and_the_stream_goes_on(
 
 async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Setup) -> None:
     accounts = [f"acc_{setup.prefix}k{n}" for n in range(3)]
-    sends, late_sends = 60, 20
+    sends, late_sends = 300, 20
     db = setup.mongo[setup.database]
-    billing = setup.billing("billing")
+    # Small batches, so that a kill lands part-way; the last restart takes the default cap, so
+    # it meets the records redelivered after the second kill in large batches.
+    billing = setup.billing("billing", batch_max_records="10")
 
     async def kill_mid_stream(process: BillingProcess, query: dict[str, Any], at_least: int,
-                              total: int) -> BillingProcess:
+                              total: int, **restart_settings: str) -> BillingProcess:
         async def progress() -> bool:
             process._check_alive()
             return await db.ledger.count_documents(query) >= at_least
@@ -273,7 +281,8 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         await eventually(progress, timeout=60, every=0.02, what="billing to make progress")
         process.kill_9()
         assert await db.ledger.count_documents(query) < total, "killed too late to matter"
-        restarted = setup.billing("billing")  # same group: resumes after the last commit
+        # Same group: resumes after the last commit.
+        restarted = setup.billing("billing", **restart_settings)
         await setup.wait_drained(restarted, timeout=120)
         return restarted
 
@@ -282,31 +291,34 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
     await setup.wait_drained(billing)
 
     # Stage 1: sends, killed part-way.
-    for n in range(sends):
-        for account in accounts:
-            await setup.send(send_requested(account, f"{account}_m{n}"))
-    billing = await kill_mid_stream(billing, {"kind": "reserve"}, 30, len(accounts) * sends)
+    await setup.send_all([send_requested(account, f"{account}_m{n}")
+                          for n in range(sends) for account in accounts])
+    billing = await kill_mid_stream(billing, {"kind": "reserve"}, 30, len(accounts) * sends,
+                                    batch_max_records="10")
 
     # Stage 2: outcomes of those sends, more credit and more sends, killed part-way.
     expected: dict[str, tuple[int, int]] = {}
+    burst: list[Any] = []
+    top_ups = len(range(0, sends, 10))
     for account in accounts:
         charged = reserved = 0
         for n in range(sends):
             message_id = f"{account}_m{n}"
             if n % 3 == 0:
-                await setup.send(status(account, message_id, "delivered", category="marketing"))
+                burst.append(status(account, message_id, "delivered", category="marketing"))
                 charged += GB_MARKETING
             elif n % 3 == 1:
-                await setup.send(status(account, message_id, "failed", "sender"))
+                burst.append(status(account, message_id, "failed", "sender"))
             else:
-                await setup.send(status(account, message_id, "sent", "sender"))
+                burst.append(status(account, message_id, "sent", "sender"))
                 reserved += GB_UTILITY
             if n % 10 == 0:
-                await setup.send(top_up(account, 1_000, f"topup_{account}_{n}"))
+                burst.append(top_up(account, 1_000, f"topup_{account}_{n}"))
         for n in range(late_sends):
-            await setup.send(send_requested(account, f"{account}_late{n}"))
+            burst.append(send_requested(account, f"{account}_late{n}"))
             reserved += GB_UTILITY
-        expected[account] = (10_000_000 + 6 * 1_000 - charged - reserved, reserved)
+        expected[account] = (10_000_000 + top_ups * 1_000 - charged - reserved, reserved)
+    await setup.send_all(burst)
     settled = sum(1 for n in range(sends) if n % 3 != 2)
     billing = await kill_mid_stream(billing, {"kind": {"$in": ["charge", "release"]}}, 20,
                                     len(accounts) * settled)
@@ -316,7 +328,7 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         assert balance is not None
         assert (balance["available"], balance["reserved"]) == expected[account], account
     assert await db.ledger.count_documents({}) == len(accounts) * (
-        1 + 6 + sends + late_sends + settled)  # one entry per decision, none twice
+        1 + top_ups + sends + late_sends + settled)  # one entry per decision, none twice
     assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
     approvals = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
                         SEND_APPROVED)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.billing.core import Balance, LedgerEntry
-from services.billing.ledger import LedgerSum
 from services.billing.publisher import Record
 from shared.errors import DependencyUnavailable
 from shared.messages import Topic
@@ -59,15 +58,19 @@ class FakeLedger:
         self.journal.steps.append(f"entry {entry.key}")
         return None
 
+    async def add_all(self, entries: Sequence[LedgerEntry]) -> set[str]:
+        taken = set()
+        for entry in entries:
+            if await self.add(entry) is not None:
+                taken.add(entry.key)
+        return taken
+
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         return [e for e in self.entries.values() if e.account_id == account_id]
 
-    async def sums(self, field_name: str) -> list[LedgerSum]:
-        totals: dict[tuple[str, str, str], int] = defaultdict(int)
-        for e in self.entries.values():
-            totals[(e.account_id, e.kind, e.source)] += getattr(e, field_name)
-        return [LedgerSum(account_id=a, kind=k, source=s, total=t)
-                for (a, k, s), t in totals.items()]
+    async def amounts(self) -> AsyncIterator[LedgerEntry]:
+        for entry in list(self.entries.values()):
+            yield entry
 
 
 @dataclass
@@ -83,6 +86,14 @@ class FakePublisher:
             raise DependencyUnavailable("broker unavailable: KafkaTimeoutError")
         self.published.append((topic.name, event))
         self.journal.steps.append(f"publish {topic.name}")
+
+    async def publish_all(self, events: Sequence[tuple[Topic[Any], Any]]) -> None:
+        if self.failures and events:
+            self.failures -= 1
+            raise DependencyUnavailable("broker unavailable: KafkaTimeoutError")
+        for topic, event in events:
+            self.published.append((topic.name, event))
+            self.journal.steps.append(f"publish {topic.name}")
 
     async def dead_letter(self, record: Record, error: BaseException) -> None:
         self.dead_letters.append((record, error))

@@ -4,15 +4,14 @@ is not mistaken for drift."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from services.billing.core import Balance, LedgerEntry
-from services.billing.ledger import LedgerSum
 from services.billing.reconcile import (
     LedgerTotals,
     Reconciler,
     drift,
     totals_from_entries,
-    totals_from_sums,
 )
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, TOPUP_REQUESTED
 from tests.unit.billing.events import ACCOUNT, regular, send_requested, status, top_up
@@ -89,13 +88,34 @@ def test_totals_count_only_what_the_balance_has_applied() -> None:
 
 
 def test_settlements_close_reservations_and_charges_reduce_credit() -> None:
-    amounts = [LedgerSum(ACCOUNT, "topup", "s:0", 1000),
-               LedgerSum(ACCOUNT, "reserve", "r:0", 300),
-               LedgerSum(ACCOUNT, "charge", "c:0", 120),
-               LedgerSum(ACCOUNT, "release", "c:0", 100),
-               LedgerSum(ACCOUNT, "reject", "r:0", 50)]
-    reserved = [LedgerSum(ACCOUNT, "charge", "c:0", 100),
-                LedgerSum(ACCOUNT, "release", "c:0", 100)]
-    totals = totals_from_sums(amounts, reserved)[ACCOUNT]
+    def entry(key: str, kind: str, amount: int, reserved_amount: int = 0) -> LedgerEntry:
+        return LedgerEntry(key=key, account_id=ACCOUNT, kind=kind,  # type: ignore[arg-type]
+                           amount=amount, reserved_amount=reserved_amount, at=0, source="s:0",
+                           source_offset=0, source_event_id=key)
+
+    entries = [entry("t", "topup", 1000), entry("r1", "reserve", 150),
+               entry("r2", "reserve", 150), entry("c", "charge", 120, 100),
+               entry("l", "release", 100, 100), entry("j", "reject", 50)]
+    balance = Balance(ACCOUNT, "USD", available=780, reserved=100, applied={"s:0": 0})
+    totals = totals_from_entries(entries, balance)
     assert (totals.net_credit, totals.open_reservations) == (880, 100)
-    assert drift(Balance(ACCOUNT, "USD", available=780, reserved=100), totals) == 0
+    assert drift(balance, totals) == 0
+
+
+async def test_a_pass_reads_the_ledger_once_and_leaves_out_entries_not_applied_yet() -> None:
+    ledger, balances = await busy_account()
+    reads = 0
+    amounts = ledger.amounts
+
+    def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return amounts()
+
+    ledger.amounts = counted  # type: ignore[method-assign]
+    ledger.entries["topup:late"] = LedgerEntry(
+        key="topup:late", account_id=ACCOUNT, kind="topup", amount=500, at=0,
+        source=f"{PREFIX}billing.topup-requested.v1:2", source_offset=1,
+        source_event_id="late")
+    result = await Reconciler(ledger, balances).run_once()  # type: ignore[arg-type]
+    assert (result.drift, result.entries, result.pending, reads) == (0, 8, 1, 1)

@@ -1,0 +1,150 @@
+"""billing's batch path with fakes: one read, one insert and one write per account for a batch,
+the same results as one record at a time, and the one-record path for anything unusual."""
+
+from __future__ import annotations
+
+from services.billing.core import Balance
+from shared.messages import SEND_REQUESTED, STATUS_CHANGED, TOPUP_REQUESTED
+from tests.unit.billing.events import ACCOUNT, regular, send_requested, status, top_up
+from tests.unit.billing.test_worker import CARD, GB_UTILITY, Shell, funded, make_shell
+
+GB_MARKETING = CARD.price("marketing", "GB")
+
+
+def balances_written(shell: Shell) -> int:
+    return shell.journal.steps.count("balance")
+
+
+async def test_a_batch_writes_its_entries_then_each_balance_once_and_publishes_in_order(
+        ) -> None:
+    shell = await funded()
+    batch = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(3)]
+
+    outcomes = await shell.worker.handle_batch(batch)
+
+    assert outcomes == ["reserved"] * 3
+    assert shell.journal.steps == [
+        "entry msg_0:reserve", "entry msg_1:reserve", "entry msg_2:reserve", "balance",
+        *["publish messages.send-approved.v1"] * 3]
+    assert [e.message_id for _, e in shell.publisher.published] == ["msg_0", "msg_1", "msg_2"]
+    assert (shell.balance.available, shell.balance.reserved) == (100_000 - 3 * GB_UTILITY,
+                                                                 3 * GB_UTILITY)
+    assert shell.balance.applied["t.messages.send-requested.v1:2"] == 2
+
+
+async def test_a_settlement_finds_a_reservation_decided_earlier_in_its_batch() -> None:
+    shell = await funded()
+    outcomes = await shell.worker.handle_batch([
+        shell.record(SEND_REQUESTED, send_requested("msg_1")),
+        shell.record(STATUS_CHANGED, status("msg_1", "sent", source="sender")),
+        shell.record(STATUS_CHANGED, status("msg_1", "delivered", pricing=regular("marketing"))),
+    ])
+
+    assert outcomes == ["reserved", "ignored", "charged"]
+    assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_MARKETING, 0)
+    assert balances_written(shell) == 1
+
+
+async def test_batches_and_single_records_end_in_the_same_balances() -> None:
+    def inputs(shell: Shell) -> list:
+        records = [shell.record(TOPUP_REQUESTED, top_up(200_000))]
+        for n in range(6):
+            account = f"acc_{n % 2}"
+            records.append(shell.record(SEND_REQUESTED, send_requested(
+                f"msg_{n}", account_id=account, category=("utility", "marketing")[n % 2])))
+        for n in range(6):
+            account = f"acc_{n % 2}"
+            final = (status(f"msg_{n}", "failed", account_id=account) if n % 3 == 0 else
+                     status(f"msg_{n}", "delivered", pricing=regular("marketing"),
+                            account_id=account))
+            records.append(shell.record(STATUS_CHANGED, final))
+        return records
+
+    one_by_one, batched = make_shell(), make_shell()
+    for record in inputs(one_by_one):
+        await one_by_one.worker.handle(record)
+    records = inputs(batched)
+    await batched.worker.handle_batch(records[:5])
+    await batched.worker.handle_batch(records[5:])
+
+    assert batched.balances.documents == one_by_one.balances.documents
+    assert batched.ledger.entries.keys() == one_by_one.ledger.entries.keys()
+    assert batched.publisher.published == one_by_one.publisher.published
+
+
+async def test_a_redelivered_batch_goes_one_by_one_and_publishes_its_outputs_again() -> None:
+    shell = await funded()
+    batch = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(2)]
+    await shell.worker.handle_batch(batch)
+    shell.publisher.published.clear()  # as if the process died before the broker had them
+
+    assert await shell.worker.handle_batch(batch) == ["replayed", "replayed"]
+    assert [e.message_id for _, e in shell.publisher.published] == ["msg_0", "msg_1"]
+    assert shell.balance.reserved == 2 * GB_UTILITY
+
+
+async def test_a_batch_stopped_between_its_entries_and_its_balances_is_finished_after(
+        ) -> None:
+    shell = await funded()
+    batch = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(2)]
+    shell.balances.failures.append("save")  # the batch fails after its entries are written
+
+    assert await shell.worker.handle_batch(batch) == ["reserved", "reserved"]
+    assert (shell.balance.available, shell.balance.reserved) == (100_000 - 2 * GB_UTILITY,
+                                                                 2 * GB_UTILITY)
+    assert len(shell.ledger.entries) == 3
+
+
+async def test_a_failed_publish_of_a_batch_is_retried_and_the_balance_moves_once() -> None:
+    shell = await funded()
+    shell.publisher.failures = 1
+    batch = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(2)]
+
+    assert await shell.worker.handle_batch(batch) == ["replayed", "replayed"]
+    assert [e.message_id for _, e in shell.publisher.published] == ["msg_0", "msg_1"]
+    assert shell.balance.reserved == 2 * GB_UTILITY
+
+
+async def test_the_same_request_twice_in_one_batch_is_reserved_once() -> None:
+    shell = await funded()
+    request = send_requested("msg_1")
+    batch = [shell.record(SEND_REQUESTED, request), shell.record(SEND_REQUESTED, request)]
+
+    assert await shell.worker.handle_batch(batch) == ["reserved", "duplicate"]
+    assert shell.balance.reserved == GB_UTILITY
+
+
+async def test_an_undecodable_record_in_a_batch_is_dead_lettered_and_the_rest_applied() -> None:
+    shell = await funded()
+    batch = [shell.record(SEND_REQUESTED, send_requested("msg_1")),
+             shell.raw(SEND_REQUESTED, b"not json"),
+             shell.record(SEND_REQUESTED, send_requested("msg_2"))]
+
+    assert await shell.worker.handle_batch(batch) == ["reserved", "dead_lettered", "reserved"]
+    assert [r for r, _ in shell.publisher.dead_letters] == [batch[1]]
+    assert shell.balance.reserved == 2 * GB_UTILITY
+
+
+async def test_a_settlement_reads_a_reservation_it_has_not_seen_once_then_remembers_it(
+        ) -> None:
+    shell = await funded()
+    await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_1"))])
+    restarted = make_shell()  # a new process: nothing in memory
+    restarted.balances.documents, restarted.ledger.entries = (shell.balances.documents,
+                                                              shell.ledger.entries)
+    reads: list[str] = []
+    get = restarted.ledger.get
+
+    async def counted(key: str):  # type: ignore[no-untyped-def]
+        reads.append(key)
+        return await get(key)
+
+    restarted.ledger.get = counted  # type: ignore[method-assign]
+    delivered = status("msg_1", "delivered", pricing=regular("utility"))
+    assert await restarted.worker.handle_batch([
+        restarted.record(STATUS_CHANGED, delivered)]) == ["charged"]
+    assert reads == ["msg_1:reserve"]
+    assert restarted.balance == Balance(
+        ACCOUNT, CARD.currency, available=100_000 - GB_UTILITY, reserved=0,
+        low_balance_threshold=0, low_balance_armed=True,
+        applied=restarted.balance.applied)
