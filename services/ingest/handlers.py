@@ -99,7 +99,7 @@ class Ingest:
                 raise
             return await self._replay(earlier)
         self.directory.note_spent(account_id, price)
-        await self.publisher.send_requested(core.send_requested_event(doc))
+        await self.publisher.send_requested(core.send_requested_event(doc, request.content))
         MESSAGES_ACCEPTED.labels(request.message_type).inc()
         return SendOutcome(doc, replayed=False)
 

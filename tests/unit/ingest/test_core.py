@@ -371,3 +371,19 @@ def test_new_message_ids_have_the_shared_ulid_layout() -> None:
     expected = "msg_" + _b32(NOW, 10) + _b32(int.from_bytes(random_bytes, "big"), 16)
     assert core.new_message_id(NOW, random_bytes) == expected
     assert core.new_message_id(NOW, b"\xff" * 10) > core.new_message_id(NOW - 1, b"\xff" * 10)
+
+
+def test_content_is_stored_as_json_text_and_read_back_as_an_object() -> None:
+    request = core.parse_send_request(text_body())
+    doc = core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=None,
+                                 body_hash="h", request=request,
+                                 phone={"waba_id": "w", "portfolio_id": "p"}, category="service",
+                                 now_ms=NOW)
+    assert isinstance(doc["content"], str)
+    assert core.send_requested_event(doc).content == request.content
+    assert core.message_view(doc)["content"] == request.content
+    older = {**doc, "content": request.content}  # documents written before: an object
+    assert core.send_requested_event(older).content == request.content
+    assert core.message_view(older)["content"] == request.content
+    assert "wamid" not in doc and "price" not in doc
+    assert core.message_view(doc)["wamid"] is None and core.message_view(doc)["error"] is None
