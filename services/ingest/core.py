@@ -511,16 +511,15 @@ def insufficient_credit(price: int) -> Exception:
 # --- the document, the event, the responses ---------------------------------------------------
 
 def build_message_doc(*, message_id: str, account_id: str, idempotency_key: str | None,
-                      body_hash: str, request: SendRequest, phone: dict[str, Any],
+                      body_hash: str | None, request: SendRequest, phone: dict[str, Any],
                       category: str, now_ms: int) -> dict[str, Any]:
     accepted_at = from_ms(now_ms)
     stored_key = (stored_idempotency_key(idempotency_key, idempotency_bucket(now_ms))
                   if idempotency_key is not None else no_key_placeholder(message_id))
-    return {
+    doc: dict[str, Any] = {
         "_id": message_id,
         "account_id": account_id,
         "idempotency_key": stored_key,
-        "body_hash": body_hash,
         "phone_number_id": request.phone_number_id,
         "waba_id": phone["waba_id"],
         "portfolio_id": phone.get("portfolio_id", ""),
@@ -540,6 +539,9 @@ def build_message_doc(*, message_id: str, account_id: str, idempotency_key: str 
         # wamid, error, pricing and price are absent until status sets them (readers use .get):
         # every field costs FerretDB CPU on each insert, nulls included.
     }
+    if body_hash is not None:  # only a keyed request's body is ever compared
+        doc["body_hash"] = body_hash
+    return doc
 
 
 def stored_content(doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -387,3 +387,15 @@ def test_content_is_stored_as_json_text_and_read_back_as_an_object() -> None:
     assert core.message_view(older)["content"] == request.content
     assert "wamid" not in doc and "price" not in doc
     assert core.message_view(doc)["wamid"] is None and core.message_view(doc)["error"] is None
+
+
+def test_only_a_keyed_requests_document_keeps_a_body_hash() -> None:
+    request = core.parse_send_request(text_body())
+
+    def doc(key: str | None, body_hash: str | None) -> dict[str, Any]:
+        return core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=key,
+                                      body_hash=body_hash, request=request,
+                                      phone={"waba_id": "w"}, category="service", now_ms=NOW)
+
+    assert "body_hash" not in doc(None, None)
+    assert doc("k", "h")["body_hash"] == "h"
