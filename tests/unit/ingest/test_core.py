@@ -399,3 +399,18 @@ def test_only_a_keyed_requests_document_keeps_a_body_hash() -> None:
 
     assert "body_hash" not in doc(None, None)
     assert doc("k", "h")["body_hash"] == "h"
+
+
+def test_the_document_keeps_the_clients_spelling_of_to_only_when_it_differs() -> None:
+    def doc(to: str) -> dict[str, Any]:
+        return core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=None,
+                                      body_hash=None, request=core.parse_send_request(
+                                          text_body(to=to)),
+                                      phone={"waba_id": "w"}, category="service", now_ms=NOW)
+
+    assert "recipient_input" not in doc("+447912345678")
+    spelled = doc("+44 7912 345678")
+    assert spelled["recipient_input"] == "+44 7912 345678"
+    assert core.meta_accepted_response(spelled)["contacts"][0]["input"] == "+44 7912 345678"
+    assert core.meta_accepted_response(doc("+447912345678"))["contacts"][0]["input"] == \
+        "+447912345678"
