@@ -7,6 +7,7 @@ Driver failures become DependencyUnavailable (503); a duplicate key becomes Dupl
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from services.ingest.cache import MISSING, TtlCache
 from services.ingest.core import ListQuery
+from services.ingest.metrics import INSERT_BATCH, INSERT_DURATION
 from shared.clock import Clock
 from shared.collections import (
     ACCOUNTS,
@@ -173,17 +175,22 @@ class MongoMessageStore:
         self._flusher: asyncio.Task[None] | None = None
 
     async def insert(self, doc: Doc) -> None:
+        started = time.perf_counter()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((doc, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await done
+        try:
+            await done
+        finally:
+            INSERT_DURATION.observe(time.perf_counter() - started)
 
     async def _flush(self) -> None:
         while self._pending:
             batch = self._pending[:self._max_batch]
             self._pending = self._pending[self._max_batch:]
             failures: dict[int, Exception] = {}
+            INSERT_BATCH.observe(len(batch))
             try:
                 await self._messages.insert_many([doc for doc, _ in batch], ordered=False)
             except BulkWriteError as exc:
