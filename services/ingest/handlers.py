@@ -61,10 +61,12 @@ class Ingest:
     async def send(self, account_id: str, request: core.SendRequest,
                    idempotency_key: str | None) -> SendOutcome:
         now_ms = self.clock.now_ms()
-        body_hash = core.request_hash(request)
+        # Only a keyed request is ever compared with another: a keyless one needs no hash.
+        body_hash: str | None = None
         # A retry is answered before the business checks: its credit is already reserved and
         # its template may have changed since, but the original answer still stands.
         if idempotency_key is not None:
+            body_hash = core.request_hash(request)
             earlier = await self._earlier(account_id, idempotency_key, body_hash, now_ms)
             if earlier is not None:
                 return await self._replay(earlier)
@@ -91,7 +93,7 @@ class Ingest:
         try:
             await self.messages.insert(doc)
         except DuplicateMessage:
-            if idempotency_key is None:
+            if idempotency_key is None or body_hash is None:
                 raise
             # A concurrent request with the same key inserted first: answer as its retry.
             earlier = await self._earlier(account_id, idempotency_key, body_hash, now_ms)
@@ -99,7 +101,7 @@ class Ingest:
                 raise
             return await self._replay(earlier)
         self.directory.note_spent(account_id, price)
-        await self.publisher.send_requested(core.send_requested_event(doc))
+        await self.publisher.send_requested(core.send_requested_event(doc, request.content))
         MESSAGES_ACCEPTED.labels(request.message_type).inc()
         return SendOutcome(doc, replayed=False)
 

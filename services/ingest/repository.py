@@ -7,6 +7,8 @@ Driver failures become DependencyUnavailable (503); a duplicate key becomes Dupl
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from pymongo import DESCENDING
@@ -15,6 +17,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from services.ingest.cache import MISSING, TtlCache
 from services.ingest.core import ListQuery
+from services.ingest.metrics import INSERT_BATCH, INSERT_DURATION
 from shared.clock import Clock
 from shared.collections import (
     ACCOUNTS,
@@ -104,43 +107,53 @@ class CachedDirectory:
         self._phones: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
         self._templates: TtlCache[tuple[str, str, str], Doc | None] = TtlCache(clock, ttl_seconds)
         self._balances: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
+        self._loading: dict[tuple[int, Any], asyncio.Future[Doc | None]] = {}
 
     async def api_key(self, key_hash: str) -> Doc | None:
-        hit = self._api_keys.get(key_hash)
-        if hit is MISSING:
-            hit = await self._source.api_key(key_hash)
-            self._api_keys.put(key_hash, hit)
-        return hit  # type: ignore[return-value]
+        return await self._cached(self._api_keys, key_hash, self._source.api_key, key_hash)
 
     async def account(self, account_id: str) -> Doc | None:
-        hit = self._accounts.get(account_id)
-        if hit is MISSING:
-            hit = await self._source.account(account_id)
-            self._accounts.put(account_id, hit)
-        return hit  # type: ignore[return-value]
+        return await self._cached(self._accounts, account_id, self._source.account, account_id)
 
     async def phone_number(self, phone_number_id: str) -> Doc | None:
-        hit = self._phones.get(phone_number_id)
-        if hit is MISSING:
-            hit = await self._source.phone_number(phone_number_id)
-            self._phones.put(phone_number_id, hit)
-        return hit  # type: ignore[return-value]
+        return await self._cached(self._phones, phone_number_id, self._source.phone_number,
+                                  phone_number_id)
 
     async def template(self, waba_id: str, name: str, language: str) -> Doc | None:
-        key = (waba_id, name, language)
-        hit = self._templates.get(key)
-        if hit is MISSING:
-            hit = await self._source.template(waba_id, name, language)
-            self._templates.put(key, hit)
-        return hit  # type: ignore[return-value]
+        return await self._cached(self._templates, (waba_id, name, language),
+                                  self._source.template, waba_id, name, language)
 
     async def balance(self, account_id: str, *, fresh: bool = False) -> Doc | None:
-        hit = MISSING if fresh else self._balances.get(account_id)
-        if hit is MISSING:
-            found = await self._source.balance(account_id)
-            hit = dict(found) if found is not None else None
-            self._balances.put(account_id, hit)
-        return hit  # type: ignore[return-value]
+        return await self._cached(self._balances, account_id, self._fresh_balance, account_id,
+                                  fresh=fresh)
+
+    async def _fresh_balance(self, account_id: str) -> Doc | None:
+        found = await self._source.balance(account_id)
+        return dict(found) if found is not None else None  # note_spent changes the copy
+
+    async def _cached(self, cache: TtlCache[Any, Doc | None], key: Any,
+                      load: Callable[..., Awaitable[Doc | None]], *args: str,
+                      fresh: bool = False) -> Doc | None:
+        """The cached answer, or one load shared by every request that misses meanwhile: when an
+        entry expires under load, the concurrent requests wait for one lookup instead of each
+        sending its own. `fresh` reads anew: it never joins a load that started before it."""
+        if not fresh:
+            hit = cache.get(key)
+            if hit is not MISSING:
+                return hit  # type: ignore[return-value]
+        flight_key = (id(cache), key)
+        loading = self._loading.get(flight_key)
+        if loading is None or fresh:
+            loading = asyncio.ensure_future(load(*args))
+            self._loading[flight_key] = loading
+            try:
+                value = await asyncio.shield(loading)
+            finally:
+                if self._loading.get(flight_key) is loading:
+                    del self._loading[flight_key]
+            cache.put(key, value)
+            return value
+        return await asyncio.shield(loading)
 
     def note_spent(self, account_id: str, amount: int) -> None:
         cached = self._balances.get(account_id)
@@ -162,17 +175,22 @@ class MongoMessageStore:
         self._flusher: asyncio.Task[None] | None = None
 
     async def insert(self, doc: Doc) -> None:
+        started = time.perf_counter()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((doc, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await done
+        try:
+            await done
+        finally:
+            INSERT_DURATION.observe(time.perf_counter() - started)
 
     async def _flush(self) -> None:
         while self._pending:
             batch = self._pending[:self._max_batch]
             self._pending = self._pending[self._max_batch:]
             failures: dict[int, Exception] = {}
+            INSERT_BATCH.observe(len(batch))
             try:
                 await self._messages.insert_many([doc for doc, _ in batch], ordered=False)
             except BulkWriteError as exc:

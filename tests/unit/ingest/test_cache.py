@@ -1,5 +1,7 @@
 """The lookup cache: answers within the TTL come from memory, then from the source again."""
 
+import asyncio
+
 from services.ingest.cache import MISSING, TtlCache
 from services.ingest.repository import CachedDirectory
 from shared.clock import FakeClock
@@ -48,3 +50,44 @@ async def test_spending_lowers_only_the_cached_copy() -> None:
     directory.note_spent("acc_a", 1_000)
     assert (await directory.balance("acc_a"))["available"] == 50_000_000 - 1_000
     assert source.balances["acc_a"]["available"] == 50_000_000
+
+
+class _GatedSource:
+    """A directory whose reads wait for a gate, so that requests can miss concurrently."""
+
+    def __init__(self) -> None:
+        self.inner = two_accounts()
+        self.gate = asyncio.Event()
+
+    @property
+    def reads(self) -> int:
+        return self.inner.reads
+
+    async def api_key(self, key_hash: str):  # type: ignore[no-untyped-def]
+        await self.gate.wait()
+        return await self.inner.api_key(key_hash)
+
+    async def balance(self, account_id: str):  # type: ignore[no-untyped-def]
+        await self.gate.wait()
+        return await self.inner.balance(account_id)
+
+
+async def test_concurrent_misses_share_one_read() -> None:
+    source = _GatedSource()
+    directory = CachedDirectory(source, FakeClock(), ttl_seconds=5)  # type: ignore[arg-type]
+    waiting = [asyncio.ensure_future(directory.api_key("nope")) for _ in range(20)]
+    await asyncio.sleep(0)
+    source.gate.set()
+    assert await asyncio.gather(*waiting) == [None] * 20
+    assert source.reads == 1
+
+
+async def test_a_fresh_balance_read_never_joins_an_older_read() -> None:
+    source = _GatedSource()
+    directory = CachedDirectory(source, FakeClock(), ttl_seconds=5)  # type: ignore[arg-type]
+    cached = asyncio.ensure_future(directory.balance("acc_a"))
+    fresh = asyncio.ensure_future(directory.balance("acc_a", fresh=True))
+    await asyncio.sleep(0)
+    source.gate.set()
+    await asyncio.gather(cached, fresh)
+    assert source.reads == 2

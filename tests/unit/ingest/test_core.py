@@ -371,3 +371,46 @@ def test_new_message_ids_have_the_shared_ulid_layout() -> None:
     expected = "msg_" + _b32(NOW, 10) + _b32(int.from_bytes(random_bytes, "big"), 16)
     assert core.new_message_id(NOW, random_bytes) == expected
     assert core.new_message_id(NOW, b"\xff" * 10) > core.new_message_id(NOW - 1, b"\xff" * 10)
+
+
+def test_content_is_stored_as_json_text_and_read_back_as_an_object() -> None:
+    request = core.parse_send_request(text_body())
+    doc = core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=None,
+                                 body_hash="h", request=request,
+                                 phone={"waba_id": "w", "portfolio_id": "p"}, category="service",
+                                 now_ms=NOW)
+    assert isinstance(doc["content"], str)
+    assert core.send_requested_event(doc).content == request.content
+    assert core.message_view(doc)["content"] == request.content
+    older = {**doc, "content": request.content}  # documents written before: an object
+    assert core.send_requested_event(older).content == request.content
+    assert core.message_view(older)["content"] == request.content
+    assert "wamid" not in doc and "price" not in doc
+    assert core.message_view(doc)["wamid"] is None and core.message_view(doc)["error"] is None
+
+
+def test_only_a_keyed_requests_document_keeps_a_body_hash() -> None:
+    request = core.parse_send_request(text_body())
+
+    def doc(key: str | None, body_hash: str | None) -> dict[str, Any]:
+        return core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=key,
+                                      body_hash=body_hash, request=request,
+                                      phone={"waba_id": "w"}, category="service", now_ms=NOW)
+
+    assert "body_hash" not in doc(None, None)
+    assert doc("k", "h")["body_hash"] == "h"
+
+
+def test_the_document_keeps_the_clients_spelling_of_to_only_when_it_differs() -> None:
+    def doc(to: str) -> dict[str, Any]:
+        return core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=None,
+                                      body_hash=None, request=core.parse_send_request(
+                                          text_body(to=to)),
+                                      phone={"waba_id": "w"}, category="service", now_ms=NOW)
+
+    assert "recipient_input" not in doc("+447912345678")
+    spelled = doc("+44 7912 345678")
+    assert spelled["recipient_input"] == "+44 7912 345678"
+    assert core.meta_accepted_response(spelled)["contacts"][0]["input"] == "+44 7912 345678"
+    assert core.meta_accepted_response(doc("+447912345678"))["contacts"][0]["input"] == \
+        "+447912345678"
