@@ -33,7 +33,7 @@ class BillingSettings(ServiceSettings):
     # Records applied together at most: a batch is what is already buffered, never waited for.
     batch_max_records: int = 500
     # Reserve entries kept in memory for their settlements (ledger entries never change).
-    reservation_cache_size: int = 20_000
+    reservation_cache_size: int = 10_000
     # faust waits 60 s by default before a dead member's partitions move: after a kill -9 the
     # restarted worker would stall that long. Heartbeats come from faust's consumer thread, so
     # a slow event does not make a live worker look dead.
