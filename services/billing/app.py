@@ -34,6 +34,7 @@ from services.billing.ledger import Ledger
 from services.billing.publisher import KafkaPublisher, Record
 from services.billing.reconcile import Reconciler
 from services.billing.settings import BillingSettings
+from services.billing.sweeper import ReservationSweeper
 from services.billing.worker import INPUT_TOPICS, SERVICE, BillingWorker
 from shared.clock import SystemClock
 from shared.collections import LEDGER, ensure_indexes
@@ -59,6 +60,7 @@ class BillingRuntime(Service):
         self.ready = asyncio.Event()
         self.worker: BillingWorker | None = None
         self.reconciler: Reconciler | None = None
+        self.sweeper: ReservationSweeper | None = None
         self._producer: Any = None
         self._mongo: Any = None
         self._ops_runner: Any = None
@@ -76,15 +78,18 @@ class BillingRuntime(Service):
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
+        publisher = KafkaPublisher(self._producer, settings.topic_prefix)
         self.worker = BillingWorker(
-            balances=balances, ledger=ledger,
-            publisher=KafkaPublisher(self._producer, settings.topic_prefix),
+            balances=balances, ledger=ledger, publisher=publisher,
             rate_card=load_rate_card(), clock=SystemClock(), topic_prefix=settings.topic_prefix,
             low_balance_threshold=settings.low_balance_threshold,
             retry_first_delay_s=settings.retry_first_delay_s,
             retry_max_delay_s=settings.retry_max_delay_s,
             reservation_cache_size=settings.reservation_cache_size)
         self.reconciler = Reconciler(ledger, balances)
+        self.sweeper = ReservationSweeper(
+            ledger, publisher, SystemClock(),
+            horizon_ms=int(settings.reservation_horizon_s * 1000))
         producer, mongo = self._producer, self._mongo
         checks = {"kafka": lambda: kafka_ready(producer), "mongodb": lambda: mongo_ready(mongo)}
         self._ops_runner = await start_site(make_ops_app(SERVICE, checks), settings.http_host,
@@ -161,6 +166,15 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
             await runtime.reconciler.run_once()
         except Exception as exc:  # a timer that raises never runs again
             log.warning("ledger_reconcile_failed", error=repr(exc))
+
+    @app.timer(interval=settings.sweep_interval_s, name="billing_sweep")
+    async def sweep() -> None:
+        await runtime.ready.wait()
+        assert runtime.sweeper is not None
+        try:
+            await runtime.sweeper.run_once()
+        except Exception as exc:  # a timer that raises never runs again
+            log.warning("reservation_sweep_failed", error=repr(exc))
 
     group = consumer_group(settings)
 

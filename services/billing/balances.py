@@ -26,10 +26,15 @@ class Balances:
         return None if document is None else balance_from_document(document)
 
     async def save(self, balance: Balance, now: int) -> None:
-        """Replace the whole document: one write moves the money and records the offsets."""
+        """Write every field of the document: one write moves the money and records the offsets.
+
+        A `$set` of all fields rather than `replace_one`: the same document, but FerretDB 1.24
+        takes about half the time for it (measured here: ~2 ms against ~4-5 ms)."""
+        document = balance_to_document(balance, now)
+        del document["_id"]
         with translated():
-            await self._balances.replace_one({"_id": balance.account_id},
-                                             balance_to_document(balance, now), upsert=True)
+            await self._balances.update_one({"_id": balance.account_id}, {"$set": document},
+                                            upsert=True)
 
     async def all(self) -> list[Balance]:
         with translated():

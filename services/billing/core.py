@@ -21,7 +21,7 @@ Money is integer micros. Amounts in entries:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -306,3 +306,36 @@ def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position
             available=notice.available, threshold=notice.threshold,
             occurred_at=notice.occurred_at)))
     return tuple(outputs)
+
+
+# --- reservations that never settle -----------------------------------------------------------
+
+# Meta keeps trying to deliver a message for up to 30 days (its TTL; 10 minutes for
+# authentication templates) and then drops it unbilled; it re-sends a webhook it could not
+# deliver for up to 7 days. A reservation with no final status after both is credit held for a
+# message that will never be billed.
+META_TTL_MS = 30 * 86_400_000
+WEBHOOK_RETRY_MS = 7 * 86_400_000
+RESERVATION_HORIZON_MS = META_TTL_MS + WEBHOOK_RETRY_MS
+NO_FINAL_STATUS = "no_final_status"
+
+
+@dataclass(frozen=True)
+class OpenReservation:
+    """A reserve entry, and whether its message has been settled."""
+
+    account_id: str
+    message_id: str
+    at: int
+    settled: bool
+
+
+def overdue_expiries(reservations: Iterable[OpenReservation], *, now: int,
+                     horizon_ms: int = RESERVATION_HORIZON_MS) -> list[StatusChanged]:
+    """The `expired` status to publish for each reservation older than the horizon that no
+    status has settled. Billing's own agent applies it like any other (a release, by the one
+    writer of the account); a priced status that still comes later finds the message settled."""
+    return [StatusChanged(event_id=f"{r.message_id}:expired:billing", message_id=r.message_id,
+                          account_id=r.account_id, status="expired", occurred_at=now,
+                          source="billing", reason=NO_FINAL_STATUS)
+            for r in reservations if not r.settled and r.at <= now - horizon_ms]

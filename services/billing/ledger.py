@@ -86,6 +86,13 @@ class Ledger:
                     reserved_amount=int(document.get("reserved_amount", 0)),
                     source=document["source"], source_offset=int(document["source_offset"]))
 
+    async def reserves_before(self, cutoff: int) -> list[LedgerEntry]:
+        """Reserve entries written at or before `cutoff` (ms), settled or not."""
+        with translated():
+            documents = await self._entries.find(
+                {"kind": "reserve", "at": {"$lte": cutoff}}).to_list(None)
+        return [entry_from_document(d) for d in documents]
+
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         with translated():
             documents = await self._entries.find({"account_id": account_id}).to_list(None)

@@ -38,3 +38,8 @@ BATCH_FALLBACKS = Counter(
     "record, a failure), by reason.",
     ["reason"],
 )
+RESERVATIONS_EXPIRED = Counter(
+    "billing_reservations_expired_total",
+    "Reservations without a final status past Meta's TTL and webhook retries, expired by the "
+    "sweeper (billing's agent then releases them).",
+)

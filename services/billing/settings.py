@@ -26,10 +26,14 @@ class BillingSettings(ServiceSettings):
     stream_buffer_maxsize: int = 256
     commit_every: int = 100
     commit_interval_s: float = 1.0
+    # How often overdue reservations are looked for, and how old one must be to be released
+    # (default: Meta's 30-day TTL + 7 days of webhook retries, core.RESERVATION_HORIZON_MS).
+    sweep_interval_s: float = 3600.0
+    reservation_horizon_s: float = 37 * 86_400.0
     # Records applied together at most: a batch is what is already buffered, never waited for.
     batch_max_records: int = 500
     # Reserve entries kept in memory for their settlements (ledger entries never change).
-    reservation_cache_size: int = 20_000
+    reservation_cache_size: int = 10_000
     # faust waits 60 s by default before a dead member's partitions move: after a kill -9 the
     # restarted worker would stall that long. Heartbeats come from faust's consumer thread, so
     # a slow event does not make a live worker look dead.

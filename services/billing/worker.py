@@ -89,7 +89,7 @@ class BillingWorker:
                  rate_card: RateCard, clock: Clock, topic_prefix: str,
                  low_balance_threshold: int, retry_first_delay_s: float = 0.2,
                  retry_max_delay_s: float = 10.0, dead_letter_limit: int = 50,
-                 reservation_cache_size: int = 20_000,
+                 reservation_cache_size: int = 10_000,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._balances = balances
         self._ledger = ledger

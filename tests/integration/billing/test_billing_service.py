@@ -13,8 +13,12 @@ from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from services.billing.balances import Balances
+from services.billing.core import RESERVATION_HORIZON_MS, LedgerEntry
 from services.billing.ledger import Ledger
+from services.billing.publisher import KafkaPublisher
 from services.billing.reconcile import Reconciler
+from services.billing.sweeper import ReservationSweeper
+from shared.clock import SystemClock
 from shared.kafka import ensure_topics, make_producer, publish, publish_all, topic_name
 from shared.messages import (
     LOW_BALANCE_ALERTED,
@@ -336,3 +340,29 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         f"{account}_{kind}{n}" for account in accounts
         for kind, count in (("m", sends), ("late", late_sends)) for n in range(count)}
     assert all(a.reserved_amount == GB_UTILITY for a in approvals)
+
+
+async def test_the_sweeper_expires_only_the_overdue_unsettled_reservation(setup: Setup) -> None:
+    def entry(key: str, kind: Any, at: int, message_id: str) -> LedgerEntry:
+        return LedgerEntry(key=key, account_id="acc_sweep", kind=kind, amount=GB_UTILITY, at=at,
+                           source="t.messages.send-requested.v1:0", source_offset=0,
+                           source_event_id=message_id, message_id=message_id,
+                           reserved_amount=GB_UTILITY if kind == "release" else 0)
+
+    ledger = Ledger(setup.mongo[setup.database])
+    now = SystemClock().now_ms()
+    old = now - RESERVATION_HORIZON_MS - 60_000
+    assert await ledger.add_all([
+        entry("msg_old:reserve", "reserve", old, "msg_old"),
+        entry("msg_done:reserve", "reserve", old, "msg_done"),
+        entry("msg_done:settle", "release", old + 1, "msg_done"),
+        entry("msg_young:reserve", "reserve", now, "msg_young"),
+    ]) == set()
+
+    publisher = KafkaPublisher(setup.producer, setup.prefix)
+    assert await ReservationSweeper(ledger, publisher, SystemClock()).run_once() == 1
+
+    published = decoded(await read_all(setup.bootstrap_servers, STATUS_CHANGED, setup.prefix),
+                        STATUS_CHANGED)
+    assert [(s.message_id, s.account_id, s.status, s.source) for s in published] == [
+        ("msg_old", "acc_sweep", "expired", "billing")]

@@ -68,6 +68,9 @@ class FakeLedger:
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         return [e for e in self.entries.values() if e.account_id == account_id]
 
+    async def reserves_before(self, cutoff: int) -> list[LedgerEntry]:
+        return [e for e in self.entries.values() if e.kind == "reserve" and e.at <= cutoff]
+
     async def amounts(self) -> AsyncIterator[LedgerEntry]:
         for entry in list(self.entries.values()):
             yield entry
