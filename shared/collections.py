@@ -13,7 +13,8 @@ a writer never races another writer on the same document. Readers may be anyone.
 | messages | ingest (insert), status | message id | request, state, history |
 | balances | billing | account id | available, reserved, applied |
 | ledger | billing | entry key | every credit movement |
-| sends | sender | message id | the send outcome, wamid |
+| sends | sender | message id | the send attempt (`sending` guard) or an unsent outcome |
+| send_outcomes | sender | message id | the outcome of a send attempt, wamid |
 | tier_usage | sender | portfolio:recipient | business-initiated sends 24 h |
 | wamid_index | status | wamid | message id, account |
 | parked_statuses | status | wamid:status | statuses of unknown wamids |
@@ -39,6 +40,7 @@ MESSAGES = "messages"
 BALANCES = "balances"
 LEDGER = "ledger"
 SENDS = "sends"
+SEND_OUTCOMES = "send_outcomes"
 TIER_USAGE = "tier_usage"
 WAMID_INDEX = "wamid_index"
 PARKED_STATUSES = "parked_statuses"

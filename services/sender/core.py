@@ -257,6 +257,15 @@ class NumberPacer:
         return self.held_until > now
 
 
+def in_flight_cap(mps: float, lead_seconds: float, ceiling: int) -> int:
+    """How many sends of a number may be off its queue without Meta's answer: its burst plus
+    `lead_seconds` of its rate, at most `ceiling`. Sized by the rate, so a 1,000 mps number
+    keeps enough requests on their way (each spends a database write, a wait for its token and
+    Meta's answer) while an 80 mps one does not take `sending` records far ahead of its tokens
+    (a crash turns those into `unknown` outcomes)."""
+    return max(1, min(ceiling, math.ceil(number_burst(mps) + mps * lead_seconds)))
+
+
 def earliest_send_time(pair_at: float, number_at: float, tier_at: float) -> float:
     """A message goes when its recipient, its number and its portfolio's tier all allow it."""
     return max(pair_at, number_at, tier_at)

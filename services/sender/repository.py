@@ -1,10 +1,17 @@
-"""MongoDB access of the sender: `sends` and `tier_usage` (written only here), `phone_numbers`
-(read, cached briefly).
+"""MongoDB access of the sender: `sends`, `send_outcomes` and `tier_usage` (written only here),
+`phone_numbers` (read, cached briefly).
 
-`sends` (_id = message_id): state sending|sent|failed|expired|unknown, phone_number_id,
-account_id, wamid, error {code, title, details}, reason, attempts, created_at, updated_at (ms).
-The insert of `sending` before a Graph API call is the guard against sending twice: its unique
-_id turns a second attempt into a duplicate-key error.
+`sends` (_id = message_id): state sending|expired|failed, phone_number_id, account_id, error
+{code, title, details}, reason, attempts, created_at, updated_at (ms). The insert of `sending`
+before a Graph API call is the guard against sending twice: its unique _id turns a second
+attempt into a duplicate-key error. An outcome reached without calling Meta (expired, number not
+configured) is inserted here directly, in place of the guard.
+
+`send_outcomes` (_id = message_id): the outcome of an attempt: state sent|failed|unknown,
+phone_number_id, account_id, wamid, error, reason, attempts, updated_at. A separate document
+inserted (not an update of the guard) because inserts are written in batches: on FerretDB an
+insert_many of a hundred documents costs about what one update does, and updates cannot be
+batched there. The outcome, when there is one, is what a message's record says.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from shared.clock import Clock
-from shared.collections import PHONE_NUMBERS, SENDS, TIER_USAGE
+from shared.collections import PHONE_NUMBERS, SEND_OUTCOMES, SENDS, TIER_USAGE
 from shared.errors import PermanentError
 from shared.mongo import unavailable
 from shared.secrets import TokenVault
@@ -33,9 +40,13 @@ class InsertBatcher:
     key is a normal answer (False), not an error. On FerretDB a batch of 100 documents costs
     about what one single insert does."""
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], max_batch: int = 200) -> None:
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], max_batch: int = 200,
+                 linger_seconds: float = 0.0) -> None:
         self._collection = collection
         self._max_batch = max_batch
+        # How long the first insert of a batch waits for others to join it: fewer, larger
+        # writes (the database server shares the machine's cores) for that much latency.
+        self._linger = linger_seconds
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -48,7 +59,7 @@ class InsertBatcher:
         return await result
 
     async def _write(self) -> None:
-        await asyncio.sleep(0)  # let the other inserts of this moment join the first batch
+        await asyncio.sleep(self._linger)  # let other inserts join the first batch
         while self._waiting:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
@@ -109,8 +120,13 @@ class SenderRepository:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], vault: TokenVault) -> None:
         self._sends = db[SENDS]
         self._send_inserts = InsertBatcher(self._sends)
-        # Outcome updates cannot be batched on FerretDB; a few at a time keep them from
-        # queueing ahead of the inserts that the next requests to Meta wait for.
+        self._outcomes = db[SEND_OUTCOMES]
+        # Outcomes are off the path to Meta: waiting 10 ms for company costs no throughput.
+        self._outcome_inserts = InsertBatcher(self._outcomes, max_batch=500,
+                                              linger_seconds=0.01)
+        # Updates (rare now: a transient error's attempt count, a late outcome replacing
+        # `unknown`) cannot be batched on FerretDB; a few at a time keep them from queueing
+        # ahead of the inserts that the next requests to Meta wait for.
         self._update_slots = asyncio.Semaphore(16)
         self._tier_usage = db[TIER_USAGE]
         self._phone_numbers = db[PHONE_NUMBERS]
@@ -119,11 +135,37 @@ class SenderRepository:
     # -- sends -----------------------------------------------------------------------------------
 
     async def find_send(self, message_id: str) -> SendRecord | None:
+        """What is recorded of a message: its outcome if it has one, else its `sends` record."""
         try:
-            doc = await self._sends.find_one({"_id": message_id})
+            doc = (await self._outcomes.find_one({"_id": message_id})
+                   or await self._sends.find_one({"_id": message_id}))
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return SendRecord.from_doc(doc) if doc else None
+
+    async def record_outcome(self, message_id: str, state: str, *, phone_number_id: str,
+                             account_id: str, attempts: int, now_ms: int,
+                             wamid: str | None = None, error: dict[str, Any] | None = None,
+                             reason: str | None = None) -> SendRecord | None:
+        """Record the outcome of an attempt (its `sending` record exists). None: recorded. A
+        record: an outcome was there already and stays (only `unknown` gives way to what Meta
+        actually answered)."""
+        doc = {"_id": message_id, "state": state, "phone_number_id": phone_number_id,
+               "account_id": account_id, "attempts": attempts, "wamid": wamid, "error": error,
+               "reason": reason, "updated_at": now_ms}
+        if await self._outcome_inserts.insert(doc):
+            return None
+        try:
+            existing = await self._outcomes.find_one({"_id": message_id})
+            if existing is None or (existing.get("state") == "unknown" and state != "unknown"):
+                async with self._update_slots:
+                    await self._outcomes.replace_one({"_id": message_id}, doc, upsert=True)
+                return None
+        except DuplicateKeyError:
+            return None  # a concurrent upsert of the same outcome won
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return SendRecord.from_doc(existing)
 
     async def start_send(self, message_id: str, *, phone_number_id: str, account_id: str,
                          now_ms: int) -> SendRecord | None:

@@ -17,10 +17,13 @@ class SenderSettings(ServiceSettings):
     # the admin CLI, hence unprefixed).
     token_keys: SecretStr = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
 
-    max_in_flight: int = 1000
+    max_in_flight: int = 2000
     # Requests to Meta not answered yet (storing the `sending` record, waiting for a number
-    # token, at Meta); recording outcomes afterwards is bounded by max_queued instead.
-    max_in_flight_per_number: int = 200
+    # token, at Meta); recording outcomes afterwards is bounded by max_queued instead. Per
+    # number: its burst plus in_flight_seconds of its rate (80 mps: 60, 1,000 mps: 750), at
+    # most max_in_flight_per_number.
+    in_flight_seconds: float = 0.25
+    max_in_flight_per_number: int = 1000
     # Above this many messages in memory, fetching pauses until half of them are gone.
     max_queued: int = 20_000
     commit_interval_seconds: float = 0.2

@@ -62,6 +62,37 @@ async def test_an_abandoned_start_can_be_started_again_but_an_outcome_is_never_a
     assert record is not None and record.error == {"code": 132001, "title": "t", "details": "d"}
 
 
+async def test_an_attempts_outcome_is_what_its_record_says_and_only_unknown_gives_way(
+        store: Any) -> None:
+    assert await store.start_send("m5", phone_number_id="p", account_id="a", now_ms=1) is None
+    assert await store.record_outcome("m5", "unknown", phone_number_id="p", account_id="a",
+                                      attempts=1, now_ms=2,
+                                      reason="meta_outcome_ambiguous") is None
+    assert await store.record_outcome("m5", "sent", phone_number_id="p", account_id="a",
+                                      attempts=1, now_ms=3, wamid="wamid.5") is None
+    kept = await store.record_outcome("m5", "failed", phone_number_id="p", account_id="a",
+                                      attempts=2, now_ms=4,
+                                      error={"code": 131000, "title": "t", "details": "d"})
+    assert kept is not None and (kept.state, kept.wamid) == ("sent", "wamid.5")
+    record = await store.find_send("m5")
+    assert record is not None and (record.state, record.wamid, record.attempts) == (
+        "sent", "wamid.5", 1)
+    replay = await store.start_send("m5", phone_number_id="p", account_id="a", now_ms=5)
+    assert replay is not None and replay.state == "sent"
+
+
+async def test_concurrent_outcomes_of_many_messages_are_each_recorded(store: Any) -> None:
+    ids = [f"m6-{i}" for i in range(150)]
+    await asyncio.gather(*(store.start_send(m, phone_number_id="p", account_id="a", now_ms=1)
+                           for m in ids))
+    results = await asyncio.gather(*(
+        store.record_outcome(m, "sent", phone_number_id="p", account_id="a", attempts=1,
+                             now_ms=2, wamid=f"wamid.{m}") for m in ids))
+    assert results == [None] * len(ids)
+    records = await asyncio.gather(*(store.find_send(m) for m in ids))
+    assert [(r.state, r.wamid) for r in records] == [("sent", f"wamid.{m}") for m in ids]
+
+
 async def test_an_unsent_outcome_is_recorded_once(store: Any) -> None:
     assert await store.record_unsent_outcome("m4", "expired", phone_number_id="p",
                                              account_id="a", now_ms=1,

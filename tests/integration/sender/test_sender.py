@@ -8,7 +8,7 @@ from collections import Counter
 from aiokafka import TopicPartition
 
 from services.sender.core import PAIR_TAKE_OVER_TOKENS
-from shared.collections import PHONE_NUMBERS, SENDS
+from shared.collections import PHONE_NUMBERS, SEND_OUTCOMES, SENDS
 from shared.kafka import make_consumer, topic_name
 from shared.messages import SEND_APPROVED, ThroughputChanged
 from tests.integration.sender.conftest import A1_NUMBER, A1_NUMBER_2, Rig, until
@@ -48,7 +48,8 @@ async def test_300_messages_to_one_number_go_at_80_per_second_without_a_violatio
     assert all(sent[mid].wamid == wamids[mid] for mid in wamids)
     assert all(c.source == "sender" and c.event_id == f"{c.message_id}:sent:sender"
                for c in sent.values())
-    stored = await rig.db[SENDS].count_documents({"state": "sent", "phone_number_id": A1_NUMBER})
+    stored = await rig.db[SEND_OUTCOMES].count_documents({"state": "sent",
+                                                          "phone_number_id": A1_NUMBER})
     assert stored == 300
 
 
@@ -140,7 +141,7 @@ async def test_a_missing_template_fails_the_message_with_metas_error(rig: Rig) -
     change = rig.statuses.with_status("failed")[missing.message_id]
     assert change.error is not None and change.error.code == 132001
     assert change.event_id == f"{missing.message_id}:failed:sender"
-    doc = await rig.db[SENDS].find_one({"_id": missing.message_id})
+    doc = await rig.db[SEND_OUTCOMES].find_one({"_id": missing.message_id})
     assert doc is not None and doc["state"] == "failed" and doc["error"]["code"] == 132001
 
 

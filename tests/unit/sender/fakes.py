@@ -108,12 +108,31 @@ async def settle() -> None:
 class FakeStore:
     def __init__(self) -> None:
         self.sends: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, dict[str, Any]] = {}
         self.tier_usage: dict[str, tuple[str, str, int]] = {}
         self.deleted: list[str] = []
 
     async def find_send(self, message_id: str) -> SendRecord | None:
-        doc = self.sends.get(message_id)
+        doc = self.outcomes.get(message_id) or self.sends.get(message_id)
         return SendRecord.from_doc(doc) if doc else None
+
+    def record(self, message_id: str) -> dict[str, Any]:
+        """What is recorded of a message: its outcome, else its `sends` record."""
+        return self.outcomes.get(message_id) or self.sends[message_id]
+
+    async def record_outcome(self, message_id: str, state: str, *, phone_number_id: str,
+                             account_id: str, attempts: int, now_ms: int,
+                             wamid: str | None = None, error: dict[str, Any] | None = None,
+                             reason: str | None = None) -> SendRecord | None:
+        assert message_id in self.sends, "an outcome without its sending record"
+        existing = self.outcomes.get(message_id)
+        if existing is not None and not (existing["state"] == "unknown" and state != "unknown"):
+            return SendRecord.from_doc(existing)
+        self.outcomes[message_id] = {"_id": message_id, "state": state, "attempts": attempts,
+                                     "phone_number_id": phone_number_id,
+                                     "account_id": account_id, "wamid": wamid, "error": error,
+                                     "reason": reason, "updated_at": now_ms}
+        return None
 
     async def start_send(self, message_id: str, *, phone_number_id: str, account_id: str,
                          now_ms: int) -> SendRecord | None:
@@ -128,9 +147,8 @@ class FakeStore:
                                    "reason": reason, "error": error, "updated_at": now_ms})
 
     async def _insert(self, doc: dict[str, Any]) -> SendRecord | None:
-        existing = self.sends.get(doc["_id"])
-        if existing is not None:
-            return SendRecord.from_doc(existing)
+        if doc["_id"] in self.sends:
+            return await self.find_send(doc["_id"])
         self.sends[doc["_id"]] = doc
         return None
 

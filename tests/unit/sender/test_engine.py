@@ -36,7 +36,7 @@ async def test_many_messages_go_out_at_the_numbers_rate_and_meta_never_refuses(h
     assert sent.event_id == f"{sent.message_id}:sent:sender"
     assert sent.source == "sender" and sent.wamid and sent.phone_number_id == NUMBER_ID
     assert sent.recipient_region == "GB"
-    assert all(doc["state"] == "sent" for doc in h.store.sends.values())
+    assert all(h.store.record(mid)["state"] == "sent" for mid in h.store.sends)
 
 
 async def test_sends_do_not_wait_for_each_others_answers() -> None:
@@ -144,7 +144,7 @@ async def test_a_message_left_sending_by_a_crash_is_reported_unknown_never_resen
     assert h.meta.calls == []
     [unknown] = h.statuses("unknown")
     assert unknown.reason == "meta_outcome_ambiguous"
-    assert h.store.sends[event.message_id]["state"] == "unknown"
+    assert h.store.record(event.message_id)["state"] == "unknown"
 
 
 async def test_a_failed_outcome_is_republished_with_its_error(h: Harness) -> None:
@@ -165,7 +165,7 @@ async def test_an_expired_message_is_not_sent(h: Harness) -> None:
     assert h.meta.calls == []
     [expired] = h.statuses("expired")
     assert expired.event_id == f"{event.message_id}:expired:sender"
-    assert h.store.sends[event.message_id]["state"] == "expired"
+    assert h.store.record(event.message_id)["state"] == "expired"
     assert metrics.MESSAGES_EXPIRED._value.get() - expired_before == 1
     assert h.done == [event.message_id]
 
@@ -189,7 +189,7 @@ async def test_a_final_error_fails_the_message_with_metas_error(h: Harness) -> N
     [failed] = h.statuses("failed")
     assert failed.error is not None
     assert (failed.error.code, failed.error.title) == (132001, "Template name does not exist")
-    assert h.store.sends[event.message_id]["state"] == "failed"
+    assert h.store.record(event.message_id)["state"] == "failed"
     assert len(h.meta.calls) == 1
 
 
@@ -204,7 +204,7 @@ async def test_a_transient_error_is_retried_with_backoff_and_then_succeeds(h: Ha
     assert calls[1] - calls[0] == pytest.approx(2.0)
     assert calls[2] - calls[1] == pytest.approx(4.0)
     assert len(h.statuses("sent")) == 1
-    assert h.store.sends[event.message_id]["attempts"] == 3
+    assert h.store.record(event.message_id)["attempts"] == 3
 
 
 async def test_transient_errors_fail_the_message_after_the_attempt_cap(h: Harness) -> None:
@@ -225,7 +225,7 @@ async def test_an_ambiguous_answer_is_never_retried_and_reported_unknown(h: Harn
     assert len(h.meta.calls) == 1
     [unknown] = h.statuses("unknown")
     assert unknown.reason == "meta_outcome_ambiguous"
-    assert h.store.sends[event.message_id]["state"] == "unknown"
+    assert h.store.record(event.message_id)["state"] == "unknown"
 
 
 async def test_an_unreachable_meta_is_retried_because_nothing_was_sent(h: Harness) -> None:
@@ -235,7 +235,7 @@ async def test_an_unreachable_meta_is_retried_because_nothing_was_sent(h: Harnes
     await h.timer.advance(10.0)
     assert len(h.meta.calls) == 3
     assert len(h.statuses("sent")) == 1
-    assert h.store.sends[event.message_id]["attempts"] == 1
+    assert h.store.record(event.message_id)["attempts"] == 1
 
 
 async def test_a_pair_throttle_delays_that_recipient_only(h: Harness) -> None:
@@ -253,7 +253,7 @@ async def test_a_pair_throttle_delays_that_recipient_only(h: Harness) -> None:
     assert calls[1] - calls[0] == pytest.approx(6.0)  # its bucket was drained: one interval
     assert metrics.THROTTLE_ERRORS.labels("131056")._value.get() - throttled_before == 1
     # The throttled call was refused before processing: it does not count as an attempt.
-    assert h.store.sends[hot.message_id]["attempts"] == 1
+    assert h.store.record(hot.message_id)["attempts"] == 1
 
 
 async def test_a_number_throttle_pauses_the_whole_number(h: Harness) -> None:
@@ -330,7 +330,9 @@ async def test_a_throughput_upgrade_raises_the_rate_live(h: Harness) -> None:
     h.meta.set_mps(NUMBER_ID, 1000)
     h.engine.apply_throughput(upgrade)
     await h.timer.advance(0.3)
-    assert len(h.meta.calls) - sent_at_80 == pytest.approx(280, abs=5)
+    # Sends already holding a token keep its time; the 1,000 mps bucket first repays the debt
+    # they ran up (at most a number's in-flight cap, 60 at 80 mps): then 1,000 per second.
+    assert 240 <= len(h.meta.calls) - sent_at_80 <= 300
     assert h.meta.refusals == []
     # An older event arriving late changes nothing.
     h.engine.apply_throughput(ThroughputChanged(
