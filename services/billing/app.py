@@ -158,23 +158,21 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
             with suppress(asyncio.CancelledError):
                 await applier
 
+    async def run_pass(job: Any, failure_event: str) -> None:
+        try:
+            await job.run_once()
+        except Exception as exc:  # a timer that raises never runs again
+            log.warning(failure_event, error=repr(exc))
+
     @app.timer(interval=settings.reconcile_interval_s, name="billing_reconcile")
     async def reconcile() -> None:
         await runtime.ready.wait()
-        assert runtime.reconciler is not None
-        try:
-            await runtime.reconciler.run_once()
-        except Exception as exc:  # a timer that raises never runs again
-            log.warning("ledger_reconcile_failed", error=repr(exc))
+        await run_pass(runtime.reconciler, "ledger_reconcile_failed")
 
     @app.timer(interval=settings.sweep_interval_s, name="billing_sweep")
     async def sweep() -> None:
         await runtime.ready.wait()
-        assert runtime.sweeper is not None
-        try:
-            await runtime.sweeper.run_once()
-        except Exception as exc:  # a timer that raises never runs again
-            log.warning("reservation_sweep_failed", error=repr(exc))
+        await run_pass(runtime.sweeper, "reservation_sweep_failed")
 
     group = consumer_group(settings)
 
