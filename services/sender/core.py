@@ -95,6 +95,14 @@ class TokenBucket:
         self.tokens -= 1
         return at
 
+    def take_if_available(self, now: float) -> float:
+        """Take a token if one is in stock and answer `now`; else take nothing and answer when
+        one will be (no debt: for checks made at the moment of acting)."""
+        at = self.available_at(now)
+        if at <= now:
+            self.tokens -= 1
+        return at
+
     def drain(self, now: float) -> None:
         """Meta says the bucket is empty: believe it (keep any debt we already run)."""
         self._refill(now)
@@ -184,6 +192,10 @@ class NumberPacer:
         self.origin = origin
         self.number_bucket = TokenBucket(mps, number_burst(mps), now,
                                          warm_tokens(number_burst(mps), mps, origin, now))
+        # Reservations space sends out, but sends that wake late (a stalled event loop) would
+        # all leave at once: the instants they really leave must fit a bucket of the same size.
+        self.fire_bucket = TokenBucket(mps, number_burst(mps), now,
+                                       warm_tokens(number_burst(mps), mps, origin, now))
         self._pairs: dict[str, TokenBucket] = {}
         self.paused_until = 0.0  # throttled by Meta or unreachable: nothing goes before this
         self.held_until = 0.0  # Meta refused the number itself (math.inf: until a new token)
@@ -223,10 +235,15 @@ class NumberPacer:
     def reserve_number(self, now: float) -> float:
         return self.number_bucket.reserve(now)
 
+    def fire(self, now: float) -> float:
+        """At the moment a send would leave: `now` if it may (a token taken), else when it may."""
+        return self.fire_bucket.take_if_available(now)
+
     def set_mps(self, mps: float, now: float) -> None:
         if mps != self.mps:
             self.mps = mps
             self.number_bucket.retune(mps, number_burst(mps), now)
+            self.fire_bucket.retune(mps, number_burst(mps), now)
 
     def take_over(self, now: float, origin: float) -> None:
         """We (re)gained the number at `origin`: assume Meta's buckets were emptied by the
@@ -236,6 +253,8 @@ class NumberPacer:
         capacity = number_burst(self.mps)
         self.number_bucket = TokenBucket(self.mps, capacity, now,
                                          warm_tokens(capacity, self.mps, origin, now))
+        self.fire_bucket = TokenBucket(self.mps, capacity, now,
+                                       warm_tokens(capacity, self.mps, origin, now))
 
     # -- pauses and holds ------------------------------------------------------------------------
 
@@ -245,6 +264,7 @@ class NumberPacer:
     def pause(self, now: float, seconds: float) -> None:
         self.paused_until = max(self.paused_until, now + seconds)
         self.number_bucket.drain(now)
+        self.fire_bucket.drain(now)
 
     def hold(self, now: float, seconds: float | None) -> None:
         """Stop dispatching: for `seconds`, or (None) until the number's token is replaced."""

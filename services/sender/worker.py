@@ -623,7 +623,20 @@ class SendEngine:
                 await self._timer.sleep_until(token_at)
                 if delivery.aborted or lane.pacer.blocked_until() > self._clock.monotonic():
                     continue  # something happened while we waited: that token is lost
-            return "go"
+            if await self._fire_when_allowed(lane, delivery):
+                return "go"
+
+    async def _fire_when_allowed(self, lane: Lane, delivery: Delivery) -> bool:
+        """Wait until the send may really leave (see NumberPacer.fire). False: something
+        happened while it waited, and the caller starts over."""
+        while True:
+            now = self._clock.monotonic()
+            fire_at = lane.pacer.fire(now)
+            if fire_at <= now:
+                return True
+            await self._timer.sleep_until(fire_at)
+            if delivery.aborted or lane.pacer.blocked_until() > self._clock.monotonic():
+                return False
 
     async def _put_back(self, lane: Lane, delivery: Delivery, ready_at: float) -> None:
         """The message goes back to the queue without its request having left: forget the

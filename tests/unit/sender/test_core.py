@@ -175,6 +175,48 @@ def test_the_pair_margin_absorbs_up_to_thirty_seconds_of_jitter(jitter: float,
     assert (pair_refusals > 0) is refused
 
 
+
+def _fired(sends: list[tuple[float, str]], mps: int, stall_from: float,
+           stall_s: float) -> list[tuple[float, str]]:
+    """When sends really leave if our event loop stalls from `stall_from` for `stall_s` (every
+    send due in the stall wakes at its end) and each one passes `NumberPacer.fire` first."""
+    import heapq
+
+    pacer = NumberPacer(mps, now=0.0, origin=LONG_AGO)
+    stall_end = stall_from + stall_s
+    waking = [(stall_end if stall_from <= t < stall_end else t, i, r)
+              for i, (t, r) in enumerate(sends)]
+    heapq.heapify(waking)
+    fired = []
+    while waking:
+        at, i, recipient = heapq.heappop(waking)
+        allowed = pacer.fire(at)
+        if allowed <= at:
+            fired.append((at, recipient))
+        else:
+            heapq.heappush(waking, (allowed, i, recipient))
+    return fired
+
+
+@pytest.mark.parametrize(("stall_s", "reservations_alone_refused"),
+                         [(0.7, False), (2.0, True), (5.0, True)])
+def test_sends_woken_together_after_a_stall_still_leave_within_metas_burst(
+        stall_s: float, reservations_alone_refused: bool) -> None:
+    sends = _our_schedule(80, [f"r{i}" for i in range(800)])
+    stalled = [(1.0 + stall_s if 1.0 <= t < 1.0 + stall_s else t, r) for t, r in sends]
+    assert (_meta_refusals(stalled, 80)[0] > 0) is reservations_alone_refused
+    fired = _fired(sends, 80, 1.0, stall_s)
+    assert len(fired) == len(sends)
+    assert _meta_refusals(fired, 80) == (0, 0)
+
+
+def test_fire_takes_a_token_in_stock_and_only_tells_when_otherwise() -> None:
+    bucket = TokenBucket(rate=10, capacity=1, now=0.0)
+    assert bucket.take_if_available(0.0) == 0.0
+    assert bucket.take_if_available(0.0) == pytest.approx(0.1)
+    assert bucket.take_if_available(0.05) == pytest.approx(0.1)  # nothing was taken meanwhile
+    assert bucket.take_if_available(0.1) == pytest.approx(0.1)
+
 # --- pacing of one number -----------------------------------------------------------------------
 
 
