@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from common import Platform, eventually, log, metric_sum, produce_all, scrape
+from common import Platform, eventually, log, metric_sum, produce_all, record_count, scrape
 
 from shared.kafka import make_producer, topic_name
 from shared.messages import (
@@ -182,16 +182,6 @@ async def _trickle(platform: Platform, prefix: str, messages: list[SendRequested
             "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
 
 
-async def _record_count(bootstrap: str, topic: str, partitions: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        await consumer.stop()
-    return sum(ends.values())
-
-
 async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
     # Enough events that the phases last seconds, not a few polls of 0.2 s.
     n = 2000 if quick else 5000
@@ -291,7 +281,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             exact = False
             log(f"billing: {exc}")
         final = await read()
-        approved = await _record_count(platform.bootstrap, topic_name(SEND_APPROVED, prefix),
+        approved = await record_count(platform.bootstrap, topic_name(SEND_APPROVED, prefix),
                                        SEND_APPROVED.partitions)
     finally:
         await mongo.close()

@@ -21,7 +21,6 @@ import json
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from common import (
     APP_SECRET,
     FAST_A,
@@ -31,6 +30,7 @@ from common import (
     infra_pids,
     log,
     read_result,
+    record_count,
     run_wrk,
 )
 
@@ -56,16 +56,6 @@ def status_webhook() -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-async def _records(bootstrap: str, topic: str, partitions: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        await consumer.stop()
-    return sum(ends.values())
-
-
 def _capacity(results: dict[str, Any] | None) -> float | None:
     if not results or "capacity" not in results:
         return None
@@ -89,13 +79,13 @@ async def run(platform: Platform, accounts: list[Any], quick: bool,
         await platform.wait_ready("status-solo")
         await asyncio.to_thread(run_wrk, url, [body.decode()], headers, seconds=2,
                                 connections=CONNECTIONS)  # warm-up
-        before = await _records(platform.bootstrap, topic, WEBHOOK_RECEIVED.partitions)
+        before = await record_count(platform.bootstrap, topic, WEBHOOK_RECEIVED.partitions)
         meter = CpuMeter({"status": proc.pid, **infra_pids()})
         meter.start()
         load = await asyncio.to_thread(run_wrk, url, [body.decode()], headers,
                                        seconds=seconds, connections=CONNECTIONS)
         cores = meter.stop()
-        after = await _records(platform.bootstrap, topic, WEBHOOK_RECEIVED.partitions)
+        after = await record_count(platform.bootstrap, topic, WEBHOOK_RECEIVED.partitions)
     finally:
         platform.stop("status-solo")
     # Every 2xx was answered after Kafka acknowledged its record (that is the handler's

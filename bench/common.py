@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/run_all.py`: the repo is not on the path
     sys.path.insert(0, str(ROOT))
 
-from aiokafka import AIOKafkaProducer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -550,6 +550,16 @@ async def produce_all(bootstrap: str, prefix: str,
         await producer.stop()
     return time.monotonic() - started
 
+
+async def record_count(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records written to a topic so far (the sum of its partitions' end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        await consumer.stop()
+    return sum(ends.values())
 
 async def group_members(bootstrap: str, group: str) -> int:
     """Members of a consumer group once it is stable (0 while it rebalances)."""
