@@ -159,10 +159,9 @@ class BillingWorker:
             assert topic is not None
             items.append(_Applied(record, topic, event, Position(
                 record.topic, record.partition, record.offset)))
-        moving = [i for i in items
-                  if not (isinstance(i.event, StatusChanged) and settlement_for(i.event) is None)]
+        moving = [i for i in items if not _settles_nothing(i.event)]
         if not moving:
-            return [i.ignored() for i in items]
+            return items  # each one's outcome is "ignored"
         accounts = list(dict.fromkeys(i.event.account_id for i in moving))
         wanted = list(dict.fromkeys(
             reserve_key(i.event.message_id) for i in moving
@@ -183,9 +182,8 @@ class BillingWorker:
         outputs: list[tuple[Topic[Any], Any]] = []
         for item in items:
             event, position = item.event, item.position
-            if isinstance(event, StatusChanged) and settlement_for(event) is None:
-                item.outcome = "ignored"
-                continue
+            if _settles_nothing(event):
+                continue  # its outcome stays "ignored"
             balance = touched.get(event.account_id, balances[event.account_id])
             if balance.has_applied(position.source, position.offset):
                 raise _OneByOne("redelivered")  # its outputs come from the stored entry
@@ -275,9 +273,8 @@ class BillingWorker:
             delay = min(delay * 2, self._max_delay)
 
     async def _apply(self, event: InputEvent, position: Position) -> Decision:
-        if isinstance(event, StatusChanged) and settlement_for(event) is None:
-            # sent, unknown, ...: nothing to settle, so nothing to read (most status events).
-            return Decision("ignored")
+        if _settles_nothing(event):
+            return Decision("ignored")  # nothing to settle, so nothing to read
         now = self._clock.now_ms()
         balance = (await self._balances.get(event.account_id)
                    or Balance.opening(event.account_id, self._rate_card.currency,
@@ -352,9 +349,10 @@ class _Applied:
     position: Position
     outcome: str = "ignored"
 
-    def ignored(self) -> _Applied:
-        self.outcome = "ignored"
-        return self
+
+def _settles_nothing(event: InputEvent) -> bool:
+    """A status that moves no money (sent, unknown, ...): most status events."""
+    return isinstance(event, StatusChanged) and settlement_for(event) is None
 
 
 def _decode(record: Record, topic: Topic[Any] | None) -> InputEvent:
