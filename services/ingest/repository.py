@@ -29,6 +29,7 @@ from shared.collections import (
     TEMPLATES,
 )
 from shared.errors import ServiceError
+from shared.group_commit import GroupCommit
 from shared.mongo import unavailable
 
 Doc = dict[str, Any]
@@ -170,45 +171,31 @@ class MongoMessageStore:
     def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
         self._messages = db[MESSAGES]
         self._ledger = db[LEDGER]  # billing's; read only, for a message's price
-        self._max_batch = max_batch
-        self._pending: list[tuple[Doc, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._commit: GroupCommit[Doc, None] = GroupCommit(self._insert_batch,
+                                                           max_batch=max_batch)
 
     async def insert(self, doc: Doc) -> None:
         started = time.perf_counter()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((doc, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
         try:
-            await done
+            await self._commit.submit(doc)
         finally:
             INSERT_DURATION.observe(time.perf_counter() - started)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[:self._max_batch]
-            self._pending = self._pending[self._max_batch:]
-            failures: dict[int, Exception] = {}
-            INSERT_BATCH.observe(len(batch))
-            try:
-                await self._messages.insert_many([doc for doc, _ in batch], ordered=False)
-            except BulkWriteError as exc:
-                for error in exc.details.get("writeErrors", []):
-                    doc = batch[error["index"]][0]
-                    failures[error["index"]] = (
-                        DuplicateMessage(doc["_id"]) if error.get("code") == 11000
-                        else ServiceError(f"message not stored: {error.get('errmsg')}",
-                                          code="internal_error"))
-            except PyMongoError as exc:
-                failures = dict.fromkeys(range(len(batch)), unavailable(exc))
-            for index, (_, done) in enumerate(batch):
-                if done.done():  # the request went away meanwhile
-                    continue
-                if index in failures:
-                    done.set_exception(failures[index])
-                else:
-                    done.set_result(None)
+    async def _insert_batch(self, docs: list[Doc]) -> list[BaseException | None]:
+        INSERT_BATCH.observe(len(docs))
+        outcomes: list[BaseException | None] = [None] * len(docs)
+        try:
+            await self._messages.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                index = int(error["index"])
+                outcomes[index] = (
+                    DuplicateMessage(docs[index]["_id"]) if error.get("code") == 11000
+                    else ServiceError(f"message not stored: {error.get('errmsg')}",
+                                      code="internal_error"))
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return outcomes
 
     async def find_by_idempotency(self, account_id: str, stored_keys: list[str]) -> list[Doc]:
         try:

@@ -27,6 +27,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from shared.clock import Clock
 from shared.collections import PHONE_NUMBERS, SEND_OUTCOMES, SENDS, TIER_USAGE
 from shared.errors import PermanentError
+from shared.group_commit import GroupCommit
 from shared.mongo import unavailable
 from shared.secrets import TokenVault
 
@@ -43,47 +44,27 @@ class InsertBatcher:
     def __init__(self, collection: AsyncCollection[dict[str, Any]], max_batch: int = 200,
                  linger_seconds: float = 0.0) -> None:
         self._collection = collection
-        self._max_batch = max_batch
-        # How long the first insert of a batch waits for others to join it: fewer, larger
-        # writes (the database server shares the machine's cores) for that much latency.
-        self._linger = linger_seconds
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        # linger: fewer, larger writes (the database server shares the machine's cores) for
+        # that much latency.
+        self._commit: GroupCommit[dict[str, Any], bool] = GroupCommit(
+            self._write_batch, max_batch=max_batch, linger_seconds=linger_seconds)
 
     async def insert(self, doc: dict[str, Any]) -> bool:
         """True when inserted, False when a document with that _id exists."""
-        result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((doc, result))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-        return await result
+        return await self._commit.submit(doc)
 
-    async def _write(self) -> None:
-        await asyncio.sleep(self._linger)  # let other inserts join the first batch
-        while self._waiting:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            await self._write_batch(batch)
-
-    async def _write_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future[bool]]]
-                           ) -> None:
-        outcomes: list[bool | BaseException] = [True] * len(batch)
+    async def _write_batch(self, docs: list[dict[str, Any]]) -> list[bool | BaseException]:
+        outcomes: list[bool | BaseException] = [True] * len(docs)
         try:
-            await self._collection.insert_many([doc for doc, _ in batch], ordered=False)
+            await self._collection.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 index = int(error["index"])
                 outcomes[index] = (False if error.get("code") == _DUPLICATE_KEY
                                    else unavailable(exc))
         except PyMongoError as exc:
-            outcomes = [unavailable(exc)] * len(batch)
-        for (_, result), outcome in zip(batch, outcomes, strict=True):
-            if result.done():
-                continue  # its caller was cancelled
-            if isinstance(outcome, BaseException):
-                result.set_exception(outcome)
-            else:
-                result.set_result(outcome)
+            raise unavailable(exc) from exc
+        return outcomes
 
 
 @dataclass(frozen=True)

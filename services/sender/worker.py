@@ -63,6 +63,7 @@ from services.sender.repository import (
 from services.sender.settings import SenderSettings
 from shared.clock import Clock
 from shared.errors import DependencyUnavailable
+from shared.group_commit import GroupCommit
 from shared.kafka import (
     DeadLetterGuard,
     RetryPolicy,
@@ -1013,35 +1014,16 @@ class StatusPublisher:
     def __init__(self, producer: AIOKafkaProducer, prefix: str, max_batch: int = 500) -> None:
         self._producer = producer
         self._prefix = prefix
-        self._max_batch = max_batch
-        self._waiting: list[tuple[StatusChanged, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._commit: GroupCommit[StatusChanged, None] = GroupCommit(
+            self._publish_batch, max_batch=max_batch)
 
     async def __call__(self, change: StatusChanged) -> None:
-        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((change, result))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-        await result
+        await self._commit.submit(change)
 
-    async def _write(self) -> None:
-        await asyncio.sleep(0)  # let the other outcomes of this moment join the first batch
-        while self._waiting:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            error: BaseException | None = None
-            try:
-                await publish_all(self._producer, [(STATUS_CHANGED, c) for c, _ in batch],
-                                  self._prefix)
-            except DependencyUnavailable as exc:  # each caller retries its own event
-                error = exc
-            for _, result in batch:
-                if result.done():
-                    continue  # its caller was cancelled
-                if error is None:
-                    result.set_result(None)
-                else:
-                    result.set_exception(error)
+    async def _publish_batch(self, changes: list[StatusChanged]) -> list[None]:
+        # A DependencyUnavailable fails the batch: each caller retries its own event.
+        await publish_all(self._producer, [(STATUS_CHANGED, c) for c in changes], self._prefix)
+        return [None] * len(changes)
 
 
 def status_publisher(producer: AIOKafkaProducer, prefix: str) -> Publish:
