@@ -14,6 +14,9 @@ from pymongo.errors import PyMongoError
 
 from shared.errors import DependencyUnavailable
 
+# The server's code for a write refused by a unique index (in a BulkWriteError's writeErrors).
+DUPLICATE_KEY = 11000
+
 
 def make_client(url: str, **overrides: Any) -> AsyncMongoClient[dict[str, Any]]:
     options: dict[str, Any] = {

@@ -17,6 +17,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from services.billing.core import LedgerEntry, LowBalanceNotice
 from services.billing.mongo_errors import translated
 from shared.collections import LEDGER
+from shared.mongo import DUPLICATE_KEY
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,6 @@ class EntryAmounts:
 
 AMOUNT_FIELDS = {"_id": 0, "account_id": 1, "kind": 1, "amount": 1, "reserved_amount": 1,
                  "source": 1, "source_offset": 1}
-
-
-DUPLICATE_KEY = 11000
 
 
 class Ledger:

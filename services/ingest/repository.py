@@ -30,7 +30,7 @@ from shared.collections import (
 )
 from shared.errors import ServiceError
 from shared.group_commit import GroupCommit
-from shared.mongo import unavailable
+from shared.mongo import DUPLICATE_KEY, unavailable
 
 Doc = dict[str, Any]
 
@@ -190,7 +190,7 @@ class MongoMessageStore:
             for error in exc.details.get("writeErrors", []):
                 index = int(error["index"])
                 outcomes[index] = (
-                    DuplicateMessage(docs[index]["_id"]) if error.get("code") == 11000
+                    DuplicateMessage(docs[index]["_id"]) if error.get("code") == DUPLICATE_KEY
                     else ServiceError(f"message not stored: {error.get('errmsg')}",
                                       code="internal_error"))
         except PyMongoError as exc:

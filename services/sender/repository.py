@@ -28,11 +28,10 @@ from shared.clock import Clock
 from shared.collections import PHONE_NUMBERS, SEND_OUTCOMES, SENDS, TIER_USAGE
 from shared.errors import PermanentError
 from shared.group_commit import GroupCommit
-from shared.mongo import unavailable
+from shared.mongo import DUPLICATE_KEY, unavailable
 from shared.secrets import TokenVault
 
 TERMINAL_STATES = frozenset({"sent", "failed", "expired", "unknown"})
-_DUPLICATE_KEY = 11000
 
 
 class InsertBatcher:
@@ -60,7 +59,7 @@ class InsertBatcher:
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 index = int(error["index"])
-                outcomes[index] = (False if error.get("code") == _DUPLICATE_KEY
+                outcomes[index] = (False if error.get("code") == DUPLICATE_KEY
                                    else unavailable(exc))
         except PyMongoError as exc:
             raise unavailable(exc) from exc
