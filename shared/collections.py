@@ -10,7 +10,8 @@ a writer never races another writer on the same document. Readers may be anyone.
 | wabas | admin CLI | WABA id | account, portfolio |
 | phone_numbers | admin CLI | Meta phone number id | account, WABA, encrypted token |
 | templates | admin CLI sync; status | waba:name:language | category, status, params |
-| messages | ingest (insert), status | message id | request, state, history |
+| idempotency_keys | ingest | account:key:24 h bucket | the keyed request's message and body hash |
+| messages | status | message id | request, state, history |
 | balances | billing | account id | available, reserved, applied |
 | ledger | billing | entry key | every credit movement |
 | sends | sender | message id | the send attempt (`sending` guard) or an unsent outcome |
@@ -19,6 +20,10 @@ a writer never races another writer on the same document. Readers may be anyone.
 | wamid_index | status | wamid | message id, account |
 | parked_statuses | status | wamid:status | statuses of unknown wamids |
 | conversations | status | phone_number_id:wa_id | last inbound (24 h window) |
+
+`messages` has one writer, status's state writer: it creates a message's document from the
+SendRequested that ingest published (ingest answers 202 once that event is durable) and applies
+every later status, so no two writers ever race on one document.
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's status webhooks; both write Meta's truth, so the later write is the right one.
@@ -36,6 +41,7 @@ API_KEYS = "api_keys"
 WABAS = "wabas"
 PHONE_NUMBERS = "phone_numbers"
 TEMPLATES = "templates"
+IDEMPOTENCY_KEYS = "idempotency_keys"
 MESSAGES = "messages"
 BALANCES = "balances"
 LEDGER = "ledger"
@@ -53,9 +59,6 @@ INDEXES: dict[str, list[IndexModel]] = {
     TEMPLATES: [IndexModel([("waba_id", ASCENDING), ("name", ASCENDING),
                             ("language", ASCENDING)], unique=True)],
     MESSAGES: [
-        # An idempotency key names at most one message per account. Messages sent without a
-        # key store a unique placeholder, because FerretDB has no partial or sparse indexes.
-        IndexModel([("account_id", ASCENDING), ("idempotency_key", ASCENDING)], unique=True),
         IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)]),
         IndexModel([("created_at", ASCENDING)]),
         IndexModel([("status", ASCENDING), ("status_at", ASCENDING)]),  # status's sweeper
@@ -65,11 +68,23 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+# Indexes an earlier version created that would now refuse valid writes: dropped at start.
+# (messages no longer hold an idempotency key: a unique index on it would see every keyless
+# message of an account as the same null key.)
+RETIRED_INDEXES: dict[str, list[str]] = {MESSAGES: ["account_id_1_idempotency_key_1"]}
+
+
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *names: str) -> None:
-    """Create the indexes of the named collections (idempotent; run at service start).
+    """Create the indexes of the named collections and drop their retired ones (idempotent;
+    run at service start).
 
     One index per command: FerretDB 1.24 drops the connection when a single createIndexes
     re-creates several indexes that already exist."""
     for name in names:
+        retired = set(RETIRED_INDEXES.get(name, []))
+        if retired:
+            existing = await db[name].index_information()
+            for index in retired & set(existing):
+                await db[name].drop_index(index)
         for model in INDEXES.get(name, []):
             await db[name].create_indexes([model])

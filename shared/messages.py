@@ -227,9 +227,11 @@ _SEND_REQUESTED_EXAMPLE: dict[str, Any] = {
 SEND_REQUESTED: Topic[SendRequested] = Topic(
     name="messages.send-requested.v1",
     schema=SendRequested,
-    key=lambda e: e.account_id,  # billing is the single writer of an account's credit
+    # billing is the single writer of an account's credit; status's state writer reads it with
+    # status-changed (keyed alike) to create the message's document.
+    key=lambda e: e.account_id,
     producers=("ingest",),
-    consumers=("billing",),
+    consumers=("billing", "status"),
     examples=(_SEND_REQUESTED_EXAMPLE,
               {**_SEND_REQUESTED_EXAMPLE, "event_id": "msg_2", "message_id": "msg_2",
                "message_type": "text", "content": {"body": "Your order shipped"},

@@ -3,16 +3,17 @@
 import asyncio
 
 from services.ingest.app import SERVICE, create_app
+from services.ingest.cache import RecentMessages
 from services.ingest.handlers import Ingest
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.repository import (
     CachedDirectory,
     MongoDirectory,
+    MongoIdempotencyStore,
     MongoMessageStore,
 )
 from services.ingest.settings import IngestSettings
 from shared.clock import SystemClock
-from shared.collections import MESSAGES, ensure_indexes
 from shared.logging import configure_logging
 from shared.pricing import load_rate_card
 from shared.runtime import Connections, serve
@@ -23,12 +24,13 @@ async def main() -> None:
     configure_logging(SERVICE, settings.log_level)
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        await ensure_indexes(conns.db, MESSAGES)
         clock = SystemClock()
         ingest = Ingest(
             directory=CachedDirectory(MongoDirectory(conns.db), clock,
                                       settings.cache_ttl_seconds),
+            idempotency=MongoIdempotencyStore(conns.db),
             messages=MongoMessageStore(conns.db),
+            recent=RecentMessages(clock, settings.recent_ttl_seconds),
             publisher=KafkaPublisher(conns.producer, settings.topic_prefix),
             clock=clock,
             rate_card=load_rate_card(settings.rate_card_version),

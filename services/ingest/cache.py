@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
 
 from shared.clock import Clock
 
@@ -45,3 +46,33 @@ class TtlCache(Generic[K, V]):
 
 
 MISSING = _MISSING
+
+
+class RecentMessages:
+    """The messages this process accepted in the last `ttl_seconds`, so that a client reading
+    its message right after the 202 sees it before status has stored the document (status
+    creates it from the published event, normally within milliseconds). Oldest out first;
+    bounded in count, since a burst must not cost unbounded memory."""
+
+    def __init__(self, clock: Clock, ttl_seconds: float, max_entries: int = 20_000) -> None:
+        self._clock = clock
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    def remember(self, doc: dict[str, Any]) -> None:
+        now = self._clock.monotonic()
+        self._entries[doc["_id"]] = (now + self._ttl, doc)
+        self._drop_old(now)
+
+    def get(self, account_id: str, message_id: str) -> dict[str, Any] | None:
+        self._drop_old(self._clock.monotonic())
+        entry = self._entries.get(message_id)
+        if entry is None or entry[1].get("account_id") != account_id:
+            return None
+        return entry[1]
+
+    def _drop_old(self, now: float) -> None:
+        entries = self._entries
+        while entries and (len(entries) > self._max or next(iter(entries.values()))[0] <= now):
+            entries.popitem(last=False)

@@ -20,6 +20,7 @@ import phonenumbers
 
 from services.ingest.errors import TEMPLATE_STATUS_META_CODES, invalid_field, reject
 from shared.ids import derived_id
+from shared.message_docs import from_ms, message_document
 from shared.messages import SendRequested
 from shared.phone import parse_e164, wa_id_of
 
@@ -334,21 +335,11 @@ def idempotency_bucket(now_ms: int) -> int:
     return now_ms // IDEMPOTENCY_WINDOW_MS
 
 
-def stored_idempotency_key(key: str, bucket: int) -> str:
-    """What the messages doc stores (unique per account). The 24 h bucket lets a key be reused
-    once it is older than 24 h without breaking the unique index."""
-    return f"key:{bucket}:{key}"
-
-
-def stored_keys_to_look_up(key: str, now_ms: int) -> list[str]:
-    """A key used within the last 24 h lives in this bucket or the previous one."""
+def idempotency_record_ids(account_id: str, key: str, now_ms: int) -> list[str]:
+    """The ids of the records a key used within the last 24 h may have: this bucket's first.
+    The 24 h bucket lets a key be reused once it is older than 24 h."""
     bucket = idempotency_bucket(now_ms)
-    return [stored_idempotency_key(key, bucket), stored_idempotency_key(key, bucket - 1)]
-
-
-def no_key_placeholder(message_id: str) -> str:
-    # FerretDB has no sparse/partial indexes: a request without a key still needs a unique value.
-    return f"none:{message_id}"
+    return [f"{account_id}:key:{b}:{key}" for b in (bucket, bucket - 1)]
 
 
 _RFC4648_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
@@ -510,39 +501,40 @@ def insufficient_credit(price: int) -> Exception:
 
 # --- the document, the event, the responses ---------------------------------------------------
 
-def build_message_doc(*, message_id: str, account_id: str, idempotency_key: str | None,
-                      body_hash: str | None, request: SendRequest, phone: dict[str, Any],
-                      category: str, now_ms: int) -> dict[str, Any]:
-    accepted_at = from_ms(now_ms)
-    stored_key = (stored_idempotency_key(idempotency_key, idempotency_bucket(now_ms))
-                  if idempotency_key is not None else no_key_placeholder(message_id))
-    doc: dict[str, Any] = {
-        "_id": message_id,
-        "account_id": account_id,
-        "idempotency_key": stored_key,
-        "phone_number_id": request.phone_number_id,
-        "waba_id": phone["waba_id"],
-        "portfolio_id": phone.get("portfolio_id", ""),
-        "recipient": request.recipient,
-        "recipient_region": request.recipient_region,
-        "type": request.message_type,
-        # Stored as its JSON text: FerretDB's CPU per insert grows with every nested field
-        # (measured: -26 % per document), and nothing queries inside a message's content.
-        "content": orjson.dumps(request.content).decode(),
-        "category": category,
-        "status": "accepted",
-        "history": [{"status": "accepted", "at": accepted_at, "source": "ingest"}],
-        "created_at": accepted_at,
-        "expires_at": from_ms(now_ms + request.validity_seconds * 1000),
-        # wamid, error, pricing and price are absent until status sets them (readers use .get):
-        # every field costs FerretDB CPU on each insert, nulls included.
-    }
-    if request.client_reference is not None:
-        doc["client_reference"] = request.client_reference
-    if body_hash is not None:  # only a keyed request's body is ever compared
-        doc["body_hash"] = body_hash
-    if request.recipient_input != request.recipient:  # a replay echoes what the client wrote
+def send_requested(*, message_id: str, account_id: str, request: SendRequest,
+                   phone: dict[str, Any], category: str, now_ms: int) -> SendRequested:
+    """The event of an accepted request: status makes the message's document from it."""
+    return SendRequested(
+        event_id=message_id, message_id=message_id, account_id=account_id,
+        portfolio_id=phone.get("portfolio_id") or "", waba_id=phone["waba_id"],
+        phone_number_id=request.phone_number_id, recipient=request.recipient,
+        recipient_region=request.recipient_region,
+        message_type=request.message_type,  # type: ignore[arg-type]  # validated by the parser
+        content=request.content, category=category,  # type: ignore[arg-type]
+        accepted_at=now_ms, expires_at=now_ms + request.validity_seconds * 1000,
+        client_reference=request.client_reference)
+
+
+def accepted_message(event: SendRequested, request: SendRequest) -> dict[str, Any]:
+    """The message as ingest answers it: status's document-to-be, plus what the client wrote
+    as `to` when it differs (Meta's shape echoes it)."""
+    doc = message_document(event)
+    if request.recipient_input != request.recipient:
         doc["recipient_input"] = request.recipient_input
+    return doc
+
+
+def idempotency_record(doc: dict[str, Any], key: str, body_hash: str,
+                       now_ms: int) -> dict[str, Any]:
+    """What ingest keeps of a keyed request: its message (to answer a retry the same way) and
+    the body's hash (to refuse the key's reuse for another body)."""
+    record_id = idempotency_record_ids(doc["account_id"], key, now_ms)[0]
+    return {**doc, "_id": record_id, "message_id": doc["_id"], "body_hash": body_hash}
+
+
+def message_of_record(record: dict[str, Any]) -> dict[str, Any]:
+    doc = dict(record)
+    doc["_id"] = doc.pop("message_id")
     return doc
 
 
@@ -713,10 +705,6 @@ def balance_view(balance: dict[str, Any] | None, currency: str) -> dict[str, Any
 
 
 # --- time -----------------------------------------------------------------------------------
-
-def from_ms(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
-
 
 def to_ms(value: datetime | int) -> int:
     """Documents hold BSON dates; integer milliseconds are accepted too."""

@@ -15,10 +15,16 @@ import orjson
 from aiohttp import web
 
 from services.ingest import core
+from services.ingest.cache import RecentMessages
 from services.ingest.errors import ERROR_CODES, reject
 from services.ingest.metrics import IDEMPOTENT_REPLAYS, MESSAGES_ACCEPTED, REJECTIONS
 from services.ingest.publisher import Publisher
-from services.ingest.repository import CachedDirectory, DuplicateMessage, MessageStore
+from services.ingest.repository import (
+    CachedDirectory,
+    DuplicateMessage,
+    IdempotencyStore,
+    MessageStore,
+)
 from shared.clock import Clock
 from shared.errors import ServiceError
 from shared.http import json_response
@@ -39,10 +45,13 @@ class SendOutcome:
 class Ingest:
     """The send flow and the reads, over injected adapters (fakes in unit tests)."""
 
-    def __init__(self, *, directory: CachedDirectory, messages: MessageStore,
-                 publisher: Publisher, clock: Clock, rate_card: RateCard) -> None:
+    def __init__(self, *, directory: CachedDirectory, idempotency: IdempotencyStore,
+                 messages: MessageStore, recent: RecentMessages, publisher: Publisher,
+                 clock: Clock, rate_card: RateCard) -> None:
         self.directory = directory
+        self.idempotency = idempotency
         self.messages = messages
+        self.recent = recent
         self.publisher = publisher
         self.clock = clock
         self.rate_card = rate_card
@@ -60,6 +69,8 @@ class Ingest:
 
     async def send(self, account_id: str, request: core.SendRequest,
                    idempotency_key: str | None) -> SendOutcome:
+        """Checks, then the durable publish (the 202 follows it). status stores the message's
+        document from the event; a keyed request first stores its idempotency record."""
         now_ms = self.clock.now_ms()
         # Only a keyed request is ever compared with another: a keyless one needs no hash.
         body_hash: str | None = None
@@ -86,35 +97,42 @@ class Ingest:
         message_id = (core.keyed_message_id(account_id, idempotency_key, now_ms)
                       if idempotency_key is not None
                       else core.new_message_id(now_ms, os.urandom(10)))
-        doc = core.build_message_doc(message_id=message_id, account_id=account_id,
-                                     idempotency_key=idempotency_key, body_hash=body_hash,
-                                     request=request, phone=phone, category=category,
-                                     now_ms=now_ms)
-        try:
-            await self.messages.insert(doc)
-        except DuplicateMessage:
-            if idempotency_key is None or body_hash is None:
-                raise
-            # A concurrent request with the same key inserted first: answer as its retry.
-            earlier = await self._earlier(account_id, idempotency_key, body_hash, now_ms)
-            if earlier is None:
-                raise
-            return await self._replay(earlier)
+        event = core.send_requested(message_id=message_id, account_id=account_id,
+                                    request=request, phone=phone, category=category,
+                                    now_ms=now_ms)
+        doc = core.accepted_message(event, request)
+        if idempotency_key is not None and body_hash is not None:
+            try:
+                await self.idempotency.insert(
+                    core.idempotency_record(doc, idempotency_key, body_hash, now_ms))
+            except DuplicateMessage:
+                # A concurrent request with the same key stored first: answer as its retry.
+                earlier = await self._earlier(account_id, idempotency_key, body_hash, now_ms)
+                if earlier is None:
+                    raise
+                return await self._replay(earlier)
         self.directory.note_spent(account_id, price)
-        await self.publisher.send_requested(core.send_requested_event(doc, request.content))
+        await self.publisher.send_requested(event)
+        self.recent.remember(doc)
         MESSAGES_ACCEPTED.labels(request.message_type).inc()
         return SendOutcome(doc, replayed=False)
 
+    async def message(self, account_id: str, message_id: str) -> dict[str, Any] | None:
+        """The stored document, or the accepted message status has not stored yet."""
+        doc = await self.messages.get(account_id, message_id)
+        return doc if doc is not None else self.recent.get(account_id, message_id)
+
     async def _earlier(self, account_id: str, key: str, body_hash: str,
                        now_ms: int) -> dict[str, Any] | None:
-        existing = await self.messages.find_by_idempotency(
-            account_id, core.stored_keys_to_look_up(key, now_ms))
-        return core.message_to_replay(existing, body_hash, now_ms)
+        records = await self.idempotency.find(
+            core.idempotency_record_ids(account_id, key, now_ms))
+        return core.message_to_replay([core.message_of_record(r) for r in records], body_hash,
+                                      now_ms)
 
     async def _replay(self, doc: dict[str, Any]) -> SendOutcome:
-        # Still `accepted`: the first attempt may have stopped between insert and publish.
-        # Publishing again is safe, consumers dedupe by message id.
-        if doc.get("status") == "accepted":
+        # No document yet: the first attempt may have stopped between its record and its
+        # publish. Publishing again is safe, consumers dedupe by message id.
+        if await self.messages.get(doc["account_id"], doc["_id"]) is None:
             await self.publisher.send_requested(core.send_requested_event(doc))
         IDEMPOTENT_REPLAYS.inc()
         return SendOutcome(doc, replayed=True)
@@ -181,7 +199,7 @@ class Handlers:
 
     async def get_message(self, request: web.Request) -> web.Response:
         account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
-        doc = await self.ingest.messages.get(account_id, request.match_info["message_id"])
+        doc = await self.ingest.message(account_id, request.match_info["message_id"])
         if doc is None:  # also for other accounts' messages: their existence is not revealed
             raise reject("not_found", "no such message")
         reserve, settle = await self.ingest.messages.ledger_entries(doc["_id"])

@@ -23,13 +23,13 @@ MESSAGES_ACCEPTED = Counter(
     ["type"],
 )
 INSERT_DURATION = Histogram(
-    "ingest_message_insert_duration_seconds",
-    "Time a send request waits for its messages document to be stored by the group commit "
-    "(waiting for the insert in flight, then its own).",
+    "ingest_idempotency_insert_duration_seconds",
+    "Time a request with an Idempotency-Key waits for its idempotency record to be stored by "
+    "the group commit (waiting for the insert in flight, then its own).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 INSERT_BATCH = Histogram(
-    "ingest_message_insert_batch_records",
-    "Documents per insert_many of the group commit.",
+    "ingest_idempotency_insert_batch_records",
+    "Idempotency records per insert_many of the group commit.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
 )

@@ -1,5 +1,6 @@
-"""ingest's MongoDB adapter: the lookups a send request needs (cached briefly in memory) and the
-`messages` collection, of which ingest writes only the first version of each document.
+"""ingest's MongoDB adapter: the lookups a send request needs (cached briefly in memory), the
+idempotency records of keyed requests (ingest's own collection), and reads of `messages` (written
+by status) and of billing's ledger.
 
 Driver failures become DependencyUnavailable (503); a duplicate key becomes DuplicateMessage.
 """
@@ -23,6 +24,7 @@ from shared.collections import (
     ACCOUNTS,
     API_KEYS,
     BALANCES,
+    IDEMPOTENCY_KEYS,
     LEDGER,
     MESSAGES,
     PHONE_NUMBERS,
@@ -36,7 +38,7 @@ Doc = dict[str, Any]
 
 
 class DuplicateMessage(Exception):
-    """The message id or the (account, idempotency key) pair is already taken."""
+    """The (account, idempotency key) pair is already taken."""
 
 
 class Directory(Protocol):
@@ -49,9 +51,15 @@ class Directory(Protocol):
     async def balance(self, account_id: str) -> Doc | None: ...
 
 
+class IdempotencyStore(Protocol):
+    async def insert(self, record: Doc) -> None:
+        """Raises DuplicateMessage when the record's id is taken."""
+        ...
+
+    async def find(self, record_ids: list[str]) -> list[Doc]: ...
+
+
 class MessageStore(Protocol):
-    async def insert(self, doc: Doc) -> None: ...
-    async def find_by_idempotency(self, account_id: str, stored_keys: list[str]) -> list[Doc]: ...
     async def get(self, account_id: str, message_id: str) -> Doc | None: ...
     async def ledger_entries(self, message_id: str) -> tuple[Doc | None, Doc | None]:
         """Billing's reserve and settle entries of a message (read-only)."""
@@ -162,48 +170,56 @@ class CachedDirectory:
             cached["available"] = int(cached.get("available", 0)) - amount
 
 
-class MongoMessageStore:
-    """`insert` is a group commit: documents that arrive while one insert_many is in flight go
-    together in the next one. Each request still inserts its document exactly once and learns
-    its own outcome (a duplicate key fails only that document); the database sees one command
-    per batch instead of one per request, which is what bounds throughput on FerretDB."""
+class MongoIdempotencyStore:
+    """`insert` is a group commit: records that arrive while one insert_many is in flight go
+    together in the next one. Each request still learns its own outcome (a duplicate key fails
+    only that record); the database sees one command per batch instead of one per request."""
 
     def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
-        self._messages = db[MESSAGES]
-        self._ledger = db[LEDGER]  # billing's; read only, for a message's price
+        self._records = db[IDEMPOTENCY_KEYS]
         self._commit: GroupCommit[Doc, None] = GroupCommit(self._insert_batch,
                                                            max_batch=max_batch)
 
-    async def insert(self, doc: Doc) -> None:
+    async def insert(self, record: Doc) -> None:
         started = time.perf_counter()
         try:
-            await self._commit.submit(doc)
+            await self._commit.submit(record)
         finally:
             INSERT_DURATION.observe(time.perf_counter() - started)
 
-    async def _insert_batch(self, docs: list[Doc]) -> list[BaseException | None]:
-        INSERT_BATCH.observe(len(docs))
-        outcomes: list[BaseException | None] = [None] * len(docs)
+    async def _insert_batch(self, records: list[Doc]) -> list[BaseException | None]:
+        INSERT_BATCH.observe(len(records))
+        outcomes: list[BaseException | None] = [None] * len(records)
         try:
-            await self._messages.insert_many(docs, ordered=False)
+            await self._records.insert_many(records, ordered=False)
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 index = int(error["index"])
                 outcomes[index] = (
-                    DuplicateMessage(docs[index]["_id"]) if error.get("code") == DUPLICATE_KEY
-                    else ServiceError(f"message not stored: {error.get('errmsg')}",
+                    DuplicateMessage(records[index]["_id"])
+                    if error.get("code") == DUPLICATE_KEY
+                    else ServiceError(f"idempotency record not stored: {error.get('errmsg')}",
                                       code="internal_error"))
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return outcomes
 
-    async def find_by_idempotency(self, account_id: str, stored_keys: list[str]) -> list[Doc]:
+    async def find(self, record_ids: list[str]) -> list[Doc]:
+        # One lookup by _id each: FerretDB pushes only a lone _id filter down to an index.
         try:
-            return await self._messages.find(
-                {"account_id": account_id, "idempotency_key": {"$in": stored_keys}}
-            ).to_list(None)
+            found = [await self._records.find_one({"_id": record_id})
+                     for record_id in record_ids]
         except PyMongoError as exc:
             raise unavailable(exc) from exc
+        return [record for record in found if record is not None]
+
+
+class MongoMessageStore:
+    """Reads of `messages` (status writes them) and of billing's ledger."""
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self._messages = db[MESSAGES]
+        self._ledger = db[LEDGER]  # billing's; read only, for a message's price
 
     async def get(self, account_id: str, message_id: str) -> Doc | None:
         # By _id alone, then the owner check here: FerretDB pushes only a lone _id filter down

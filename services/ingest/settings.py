@@ -13,3 +13,6 @@ class IngestSettings(ServiceSettings):
     cache_ttl_seconds: float = 5.0
     # The rate card used for the balance pre-check (billing prices with the same card).
     rate_card_version: str = CURRENT_VERSION
+    # How long this process shows a message it accepted to GET /v1/messages/{id} while status
+    # has not stored its document yet (it normally does within milliseconds).
+    recent_ttl_seconds: float = 30.0

@@ -12,7 +12,13 @@ from services.status.state_writer import StateWriter
 from services.status.sweeper import Sweeper, SweepPolicy
 from services.status.workers import run_processor, run_state_writer
 from shared.clock import SystemClock
-from shared.collections import CONVERSATIONS, PARKED_STATUSES, WAMID_INDEX, ensure_indexes
+from shared.collections import (
+    CONVERSATIONS,
+    MESSAGES,
+    PARKED_STATUSES,
+    WAMID_INDEX,
+    ensure_indexes,
+)
 from shared.logging import configure_logging
 from shared.runtime import Connections, serve
 
@@ -26,7 +32,7 @@ async def main() -> None:
     clock = SystemClock()
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        await ensure_indexes(conns.db, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS)
+        await ensure_indexes(conns.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS)
         prefix, bootstrap = settings.topic_prefix, settings.kafka_bootstrap_servers
         repository = StatusRepository(conns.db)
         webhook_publisher = KafkaPublisher(conns.producer, prefix,

@@ -584,12 +584,19 @@ def state_fields(state: MessageState, now_ms: int) -> dict[str, Any]:
 
 
 def minimal_message_fields(event: StatusChanged) -> dict[str, Any]:
-    """For a message the state writer hears of before (or without) ingest's document. The
-    idempotency key is a unique placeholder: the (account, key) index is unique and FerretDB has
-    no sparse indexes, so a missing key would collide with the next keyless message."""
+    """For a message whose status event is read before (or without) its request: the request
+    completes the document when it comes (see state_writer.py)."""
     return {"account_id": event.account_id, "recipient_region": event.recipient_region,
             "phone_number_id": event.phone_number_id, "created_at": event.occurred_at,
-            "idempotency_key": f"none:{event.message_id}", "created_by": "status"}
+            "created_by": "status"}
+
+
+def with_accepted(state: MessageState, accepted_at: int) -> MessageState:
+    """The state with the request's own `accepted` step (a message whose status was read first)."""
+    entries = {e.status: e for e in state.history}
+    entries["accepted"] = _merge(entries.get("accepted"),
+                                 HistoryEntry(status="accepted", at=accepted_at, source="ingest"))
+    return MessageState(history=_ordered(entries.values()), wamid=state.wamid)
 
 
 def wamid_index_doc(wamid: str, ref: MessageRef) -> dict[str, Any]:

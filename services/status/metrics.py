@@ -22,6 +22,12 @@ WEBHOOK_PUBLISH_DURATION = Histogram(
     "Time to get a verified webhook acknowledged by Kafka.",
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+MESSAGES_CREATED = Counter(
+    "status_messages_created_total",
+    "Accepted requests read by the state writer, by outcome: created (the document), exists "
+    "(a redelivery), completed (a document a status event had started).",
+    ["outcome"],
+)
 STATUSES = Counter(
     "status_statuses_total",
     "Status items in webhooks, by Meta's status (sent, delivered, read, failed, played, other).",

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from services.status.core import MessageRef, MessageState, message_ref_from_doc, state_from_doc
 from shared.collections import (
@@ -20,7 +20,8 @@ from shared.collections import (
     TEMPLATES,
     WAMID_INDEX,
 )
-from shared.mongo import unavailable
+from shared.group_commit import GroupCommit
+from shared.mongo import DUPLICATE_KEY, unavailable
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -44,6 +45,11 @@ class StateStore(Protocol):
     """What the state writer needs from the database."""
 
     async def load_message(self, message_id: str) -> tuple[MessageState, Doc | None]: ...
+
+    async def create_message(self, doc: Doc) -> bool:
+        """Insert a new document; False when its id is taken."""
+        ...
+
     async def save_message(self, message_id: str, fields: Doc,
                            fields_if_new: Doc) -> None: ...
     async def index_wamid(self, doc: Doc) -> None: ...
@@ -69,8 +75,10 @@ async def _call(action: Callable[[], Awaitable[T]]) -> T:
 class StatusRepository:
     """The real store, over one database (implements ProcessorStore and StateStore)."""
 
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+    def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
         self._db = db
+        self._creations: GroupCommit[Doc, bool] = GroupCommit(self._create_batch,
+                                                              max_batch=max_batch)
 
     # --- resolving wamids ------------------------------------------------------------------
     async def find_by_wamid(self, wamid: str) -> MessageRef | None:
@@ -119,8 +127,26 @@ class StatusRepository:
         doc = await _call(lambda: self._db[MESSAGES].find_one(
             {"_id": message_id},
             {"history": 1, "wamid": 1, "account_id": 1, "recipient_region": 1,
-             "created_at": 1}))
+             "created_at": 1, "type": 1}))
         return state_from_doc(doc), doc
+
+    async def create_message(self, doc: Doc) -> bool:
+        return await self._creations.submit(doc)
+
+    async def _create_batch(self, docs: list[Doc]) -> list[bool | BaseException]:
+        """One insert_many for the documents of concurrently handled requests (a group commit:
+        FerretDB's cost is per command far more than per document)."""
+        created: list[bool | BaseException] = [True] * len(docs)
+        try:
+            await self._db[MESSAGES].insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                index = int(error["index"])
+                created[index] = (False if error.get("code") == DUPLICATE_KEY
+                                  else unavailable(exc))
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return created
 
     async def save_message(self, message_id: str, fields: Doc, fields_if_new: Doc) -> None:
         """Set the state writer's fields; create a minimal document if ingest's is missing."""

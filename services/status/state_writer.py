@@ -1,8 +1,12 @@
-"""The state writer: one record of messages.status-changed.v1 -> the message's document.
+"""The state writer: messages.send-requested.v1 and messages.status-changed.v1 -> the message's
+document.
 
-status-changed is keyed by account, so the consumer of a partition is the only writer of its
-accounts' `messages` state and `wamid_index` entries: a read-converge-write needs no atomic
-conditional update (FerretDB has none).
+Both topics are keyed by account and read by one consumer with the range assignor (the same
+partitions of both go to the same process), and one message's records are handled in order, so
+the state writer is the only writer of its accounts' `messages` documents and `wamid_index`
+entries: a read-converge-write needs no atomic conditional update (FerretDB has none). The
+request creates the document; a status event read before it creates a minimal one, which the
+request then completes.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from services.status.publisher import Outgoing, Publisher
 from services.status.repository import StateStore
 from shared.clock import Clock
 from shared.logging import get_logger
-from shared.messages import STATUS_CHANGED, StatusChanged
+from shared.message_docs import REQUEST_FIELDS, message_document
+from shared.messages import SEND_REQUESTED, STATUS_CHANGED, SendRequested, StatusChanged
 
 log = get_logger(__name__)
 
@@ -29,7 +34,30 @@ class StateWriter:
         self._clock = clock
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        await self.handle(STATUS_CHANGED.decode_record(record.value))
+        if record.topic.endswith(SEND_REQUESTED.name):
+            await self.handle_request(SEND_REQUESTED.decode_record(record.value))
+        else:
+            await self.handle(STATUS_CHANGED.decode_record(record.value))
+
+    async def handle_request(self, event: SendRequested) -> None:
+        """Create the message's document from its accepted request (a replay finds it made)."""
+        started = time.perf_counter()
+        doc = message_document(event)
+        outcome = "created"
+        if not await self._store.create_message(doc):
+            state, existing = await self._store.load_message(event.message_id)
+            outcome = "exists"
+            if existing is not None and existing.get("type") is None:
+                # Made from a status event read before the request: add what the client asked
+                # for and the `accepted` step.
+                fields = {k: doc[k] for k in REQUEST_FIELDS if k in doc}
+                fields.update(core.state_fields(core.with_accepted(state, event.accepted_at),
+                                                self._clock.now_ms()))
+                await self._store.save_message(event.message_id, fields, {})
+                outcome = "completed"
+        metrics.MESSAGES_CREATED.labels(outcome=outcome).inc()
+        log.info("message_created", outcome=outcome, event_id=event.event_id,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def handle(self, event: StatusChanged) -> None:
         started = time.perf_counter()

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from shared.kafka import (
     Handler,
@@ -17,7 +18,7 @@ from shared.kafka import (
     report_lag_forever,
     topic_name,
 )
-from shared.messages import STATUS_CHANGED, WEBHOOK_RECEIVED, Topic
+from shared.messages import SEND_REQUESTED, STATUS_CHANGED, WEBHOOK_RECEIVED, Topic
 
 SERVICE = "status"
 
@@ -39,17 +40,32 @@ def by_kafka_key(record: Record) -> object:
 
 
 def by_message(record: Record) -> object:
-    """A message's events in order; different messages' documents are written concurrently."""
+    """A message's request and events in order; different messages' documents are written
+    concurrently."""
     try:
-        return STATUS_CHANGED.decode(record.value).message_id
+        return _MESSAGE_ID.decode(record.value).message_id
     except (msgspec.DecodeError, msgspec.ValidationError):
         return record.key  # dead-lettered by the handler anyway
 
 
-async def run_consumer(bootstrap_servers: str, prefix: str, group: str, topic: Topic[Any],
-                       handle: Handler, producer: AIOKafkaProducer,
-                       key_of: Callable[[Record], object]) -> None:
-    consumer = make_consumer(bootstrap_servers, group, topic_name(topic, prefix))
+class _MessageId(msgspec.Struct):
+    """What both of the state writer's topics carry (the rest is decoded by the handler)."""
+
+    message_id: str
+
+
+_MESSAGE_ID = msgspec.json.Decoder(_MessageId)
+
+
+async def run_consumer(bootstrap_servers: str, prefix: str, group: str,
+                       topics: tuple[Topic[Any], ...], handle: Handler,
+                       producer: AIOKafkaProducer, key_of: Callable[[Record], object]) -> None:
+    # The range assignor gives every process the same partition numbers of each topic: topics
+    # keyed alike (by account) then reach the same process, which stays their accounts' only
+    # writer.
+    consumer = make_consumer(bootstrap_servers, group,
+                             *(topic_name(topic, prefix) for topic in topics),
+                             partition_assignment_strategy=(RangePartitionAssignor,))
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group))
     try:
@@ -62,11 +78,11 @@ async def run_consumer(bootstrap_servers: str, prefix: str, group: str, topic: T
 
 async def run_processor(bootstrap_servers: str, prefix: str, handle: Handler,
                         producer: AIOKafkaProducer) -> None:
-    await run_consumer(bootstrap_servers, prefix, processor_group(prefix), WEBHOOK_RECEIVED,
+    await run_consumer(bootstrap_servers, prefix, processor_group(prefix), (WEBHOOK_RECEIVED,),
                        handle, producer, by_kafka_key)
 
 
 async def run_state_writer(bootstrap_servers: str, prefix: str, handle: Handler,
                            producer: AIOKafkaProducer) -> None:
-    await run_consumer(bootstrap_servers, prefix, state_writer_group(prefix), STATUS_CHANGED,
-                       handle, producer, by_message)
+    await run_consumer(bootstrap_servers, prefix, state_writer_group(prefix),
+                       (SEND_REQUESTED, STATUS_CHANGED), handle, producer, by_message)

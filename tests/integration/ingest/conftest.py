@@ -16,19 +16,24 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.admin import commands
 from services.ingest.app import create_app
+from services.ingest.cache import RecentMessages
 from services.ingest.handlers import Ingest
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.repository import (
     CachedDirectory,
     MongoDirectory,
+    MongoIdempotencyStore,
     MongoMessageStore,
 )
+from services.status.repository import StatusRepository
 from shared.clock import SystemClock
 from shared.collections import BALANCES, MESSAGES, ensure_indexes
 from shared.kafka import ensure_topics, make_producer
+from shared.message_docs import message_document
 from shared.messages import SEND_REQUESTED, TOPUP_REQUESTED
 from shared.pricing import load_rate_card
 from shared.secrets import TokenVault, new_key
+from tests.integration.ingest.kafka_probe import read_published
 
 WABA_A, PHONE_A, PORTFOLIO_A = "102290129340398", "109731225428301", "880011223344556"
 WABA_B, PHONE_B, PORTFOLIO_B = "117552438690213", "118243906275101", "880011223344557"
@@ -85,6 +90,13 @@ class Platform:
     b: Tenant
     vault: TokenVault
 
+    async def store_published(self) -> None:
+        """Do what status does with what ingest published: make each message's document,
+        through status's own adapter."""
+        store = StatusRepository(self.db)
+        for record in await read_published(self.bootstrap, SEND_REQUESTED, self.prefix):
+            await store.create_message(message_document(SEND_REQUESTED.decode(record.value)))
+
 
 async def _tenant(db: AsyncDatabase[dict[str, Any]], vault: TokenVault, name: str, waba: str,
                   portfolio: str, phone: str, display: str) -> Tenant:
@@ -119,7 +131,8 @@ async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any
     ingest = Ingest(
         # No cache: revocations and suspensions must show at once in these tests.
         directory=CachedDirectory(MongoDirectory(db), clock, ttl_seconds=0),
-        messages=MongoMessageStore(db), publisher=KafkaPublisher(producer, prefix),
+        idempotency=MongoIdempotencyStore(db), messages=MongoMessageStore(db),
+        recent=RecentMessages(clock, 30.0), publisher=KafkaPublisher(producer, prefix),
         clock=clock, rate_card=load_rate_card())
     client = TestClient(TestServer(create_app({}, ingest)))
     await client.start_server()

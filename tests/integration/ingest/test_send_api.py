@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from services.admin import commands
-from shared.collections import BALANCES, MESSAGES
+from shared.collections import BALANCES, IDEMPOTENCY_KEYS, MESSAGES
 from shared.messages import SEND_REQUESTED
 from tests.integration.ingest.conftest import PHONE_A, PHONE_B, Platform
 from tests.integration.ingest.kafka_probe import published_count, read_published
@@ -48,10 +48,13 @@ async def test_a_valid_request_is_stored_and_published_once_keyed_by_account(
     assert event.recipient_region == "GB" and event.portfolio_id == "880011223344556"
     assert event.client_reference == "appt-1"
 
+    # A keyless request writes nothing to the database; status makes the document.
+    assert await p.db[IDEMPOTENCY_KEYS].count_documents({}) == 0
+    assert await p.db[MESSAGES].count_documents({}) == 0
+    await p.store_published()
     doc = await p.db[MESSAGES].find_one({"_id": answer["id"]})
     assert doc is not None and doc["status"] == "accepted"
     assert doc["account_id"] == p.a.account_id and doc["history"][0]["status"] == "accepted"
-    assert doc["idempotency_key"] == f"none:{answer['id']}"
 
 
 async def test_no_refused_request_publishes_or_stores_anything(platform: Platform) -> None:
@@ -81,7 +84,7 @@ async def test_no_refused_request_publishes_or_stores_anything(platform: Platfor
         resp = await _post(p, body, headers)
         assert (await resp.json())["error"]["code"] == code, code
     assert await _published(p) == 0
-    assert await p.db[MESSAGES].count_documents({}) == 0
+    assert await p.db[IDEMPOTENCY_KEYS].count_documents({}) == 0
 
 
 async def test_a_replay_answers_the_same_and_names_the_same_single_message(
@@ -93,14 +96,14 @@ async def test_a_replay_answers_the_same_and_names_the_same_single_message(
     assert first.status == second.status == 202
     assert await first.json() == await second.json()
     assert second.headers["Idempotent-Replay"] == "true"
-    assert await p.db[MESSAGES].count_documents({}) == 1
-    # Still `accepted`, so the replay re-published; consumers see one event id.
+    assert await p.db[IDEMPOTENCY_KEYS].count_documents({}) == 1
+    # No document from status yet, so the replay re-published; consumers see one event id.
     events = [SEND_REQUESTED.decode(r.value)
               for r in await read_published(p.bootstrap, SEND_REQUESTED, p.prefix)]
     assert {e.event_id for e in events} == {(await first.json())["id"]}
 
-    # Once the message moved on, a replay publishes nothing more.
-    await p.db[MESSAGES].update_one({}, {"$set": {"status": "approved"}})
+    # Once status has the message, a replay publishes nothing more.
+    await p.store_published()
     before = await _published(p)
     assert (await _post(p, reminder(), headers)).status == 202
     assert await _published(p) == before
@@ -113,7 +116,7 @@ async def test_the_same_key_with_another_body_is_a_conflict(platform: Platform) 
     resp = await _post(p, reminder(client_reference="other"), headers)
     assert resp.status == 409
     assert (await resp.json())["error"]["code"] == "idempotency_key_reused"
-    assert await p.db[MESSAGES].count_documents({}) == 1
+    assert await p.db[IDEMPOTENCY_KEYS].count_documents({}) == 1
     assert await _published(p) == 1
 
 
@@ -149,6 +152,11 @@ async def test_accounts_never_see_each_others_messages_or_balances(platform: Pla
     b_body = {"from": PHONE_B, "to": "+447912345678", "type": "text", "text": {"body": "hi"}}
     b_msg = await (await _post(p, b_body, p.b.auth)).json()
 
+    # Before status stored it, the accepting process shows it; after, the database does.
+    early = await p.client.get(f"/v1/messages/{a_msg['id']}", headers=p.a.auth)
+    assert early.status == 200 and (await early.json())["status"] == "accepted"
+    assert (await p.client.get(f"/v1/messages/{a_msg['id']}", headers=p.b.auth)).status == 404
+    await p.store_published()
     own = await p.client.get(f"/v1/messages/{a_msg['id']}", headers=p.a.auth)
     assert own.status == 200
     view = await own.json()
@@ -175,6 +183,7 @@ async def test_listing_pages_through_the_database_newest_first(platform: Platfor
     for i in range(5):
         resp = await _post(p, reminder(client_reference=f"r{i}"), p.a.auth)
         ids.append((await resp.json())["id"])
+    await p.store_published()
     seen: list[str] = []
     cursor = None
     for _ in range(10):

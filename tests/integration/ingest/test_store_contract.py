@@ -14,6 +14,7 @@ from services.ingest import core
 from services.ingest.repository import (
     DuplicateMessage,
     MongoDirectory,
+    MongoIdempotencyStore,
     MongoMessageStore,
 )
 from shared.collections import (
@@ -25,7 +26,7 @@ from shared.collections import (
     TEMPLATES,
     ensure_indexes,
 )
-from tests.unit.ingest.fakes import FakeDirectory, FakeMessageStore
+from tests.unit.ingest.fakes import FakeDirectory, FakeIdempotencyStore, FakeMessageStore
 
 NOW = 1_764_000_000_000
 
@@ -33,17 +34,21 @@ NOW = 1_764_000_000_000
 @pytest.fixture(params=["fake", "mongo"])
 async def stores(request: pytest.FixtureRequest, mongo: AsyncMongoClient[dict[str, Any]],
                  unique: str) -> AsyncIterator[tuple[Any, Any, Any]]:
-    """(message store, directory, a function that puts a document into a collection)."""
+    """(idempotency store, message store, directory, a function that puts a document into a
+    collection)."""
     if request.param == "fake":
         directory = FakeDirectory()
         tables = {API_KEYS: directory.api_keys, ACCOUNTS: directory.accounts,
                   PHONE_NUMBERS: directory.phones, TEMPLATES: directory.templates,
                   BALANCES: directory.balances}
 
+        messages = FakeMessageStore()
+        tables[MESSAGES] = messages.docs
+
         async def put_fake(collection: str, doc: dict[str, Any]) -> None:
             tables[collection][doc["_id"]] = doc
 
-        yield FakeMessageStore(), directory, put_fake
+        yield FakeIdempotencyStore(), messages, directory, put_fake
         return
     db = mongo[f"it_{unique}"]
     await ensure_indexes(db, MESSAGES)
@@ -52,50 +57,54 @@ async def stores(request: pytest.FixtureRequest, mongo: AsyncMongoClient[dict[st
         await db[collection].insert_one(dict(doc))
 
     try:
-        yield MongoMessageStore(db), MongoDirectory(db), put_mongo
+        yield MongoIdempotencyStore(db), MongoMessageStore(db), MongoDirectory(db), put_mongo
     finally:
         await mongo.drop_database(db.name)
 
 
-def _doc(message_id: str, account: str = "acc", key: str | None = None,
-         ms: int = NOW) -> dict[str, Any]:
-    return {"_id": message_id, "account_id": account,
-            "idempotency_key": key or core.no_key_placeholder(message_id),
-            "status": "accepted", "created_at": core.from_ms(ms), "content": {"body": "x"}}
+def _doc(message_id: str, account: str = "acc", ms: int = NOW) -> dict[str, Any]:
+    return {"_id": message_id, "account_id": account, "status": "accepted",
+            "created_at": core.from_ms(ms), "content": {"body": "x"}}
 
 
-async def test_a_message_id_is_taken_once(stores: tuple[Any, Any, Any]) -> None:
-    store, _, _ = stores
-    await store.insert(_doc("m1"))
+def _record(record_id: str, message_id: str) -> dict[str, Any]:
+    return {**_doc(message_id), "_id": record_id, "message_id": message_id, "body_hash": "h"}
+
+
+async def test_an_idempotency_record_is_taken_once_and_found_by_id(
+        stores: tuple[Any, Any, Any, Any]) -> None:
+    records, _, _, _ = stores
+    await records.insert(_record("acc:key:1:k", "m1"))
     with pytest.raises(DuplicateMessage):
-        await store.insert(_doc("m1"))
+        await records.insert(_record("acc:key:1:k", "m2"))
+    await records.insert(_record("other:key:1:k", "m3"))
+    await records.insert(_record("acc:key:0:k", "m4"))
+    found = await records.find(["acc:key:1:k", "acc:key:0:k", "acc:key:9:k"])
+    assert sorted(r["message_id"] for r in found) == ["m1", "m4"]
 
 
-async def test_an_idempotency_key_is_taken_once_per_account(
-        stores: tuple[Any, Any, Any]) -> None:
-    store, _, _ = stores
-    await store.insert(_doc("m1", key="key:1:k"))
-    with pytest.raises(DuplicateMessage):
-        await store.insert(_doc("m2", key="key:1:k"))
-    await store.insert(_doc("m3", account="other", key="key:1:k"))
-    await store.insert(_doc("m4", key="key:0:k"))
-    found = await store.find_by_idempotency("acc", ["key:1:k", "key:0:k"])
-    assert sorted(d["_id"] for d in found) == ["m1", "m4"]
+async def test_concurrent_records_with_one_id_store_exactly_one(
+        stores: tuple[Any, Any, Any, Any]) -> None:
+    records, _, _, _ = stores
+    outcomes = await asyncio.gather(*(records.insert(_record("acc:key:1:k", f"m{i}"))
+                                      for i in range(5)), return_exceptions=True)
+    assert sum(1 for o in outcomes if o is None) == 1
+    assert all(isinstance(o, DuplicateMessage) for o in outcomes if o is not None)
 
 
-async def test_get_is_scoped_to_the_account(stores: tuple[Any, Any, Any]) -> None:
-    store, _, _ = stores
-    await store.insert(_doc("m1"))
+async def test_get_is_scoped_to_the_account(stores: tuple[Any, Any, Any, Any]) -> None:
+    _, store, _, put = stores
+    await put(MESSAGES, _doc("m1"))
     assert (await store.get("acc", "m1"))["_id"] == "m1"
     assert await store.get("other", "m1") is None
 
 
 async def test_list_is_newest_first_with_ties_broken_by_id_and_honours_filters(
-        stores: tuple[Any, Any, Any]) -> None:
-    store, _, _ = stores
+        stores: tuple[Any, Any, Any, Any]) -> None:
+    _, store, _, put = stores
     for message_id, ms in (("a", NOW), ("b", NOW), ("c", NOW + 1), ("d", NOW - 1)):
-        await store.insert(_doc(message_id, ms=ms))
-    await store.insert(_doc("x", account="other", ms=NOW + 5))
+        await put(MESSAGES, _doc(message_id, ms=ms))
+    await put(MESSAGES, _doc("x", account="other", ms=NOW + 5))
     first = await store.list("acc", core.ListQuery(limit=2))
     assert [d["_id"] for d in first] == ["c", "b", "a"]  # limit + 1
     rest = await store.list("acc", core.ListQuery(limit=2, after=(core.from_ms(NOW), "b")))
@@ -107,8 +116,8 @@ async def test_list_is_newest_first_with_ties_broken_by_id_and_honours_filters(
 
 
 async def test_directory_lookups_find_by_id_and_answer_none_when_missing(
-        stores: tuple[Any, Any, Any]) -> None:
-    _, directory, put = stores
+        stores: tuple[Any, Any, Any, Any]) -> None:
+    _, _, directory, put = stores
     await put(API_KEYS, {"_id": "h1", "account_id": "acc", "revoked_at": None})
     await put(ACCOUNTS, {"_id": "acc", "status": "active"})
     await put(PHONE_NUMBERS, {"_id": "p1", "account_id": "acc", "waba_id": "w",
@@ -127,26 +136,36 @@ async def test_directory_lookups_find_by_id_and_answer_none_when_missing(
         assert await missing is None
 
 
-async def test_creating_the_indexes_again_on_restart_is_harmless(
+async def test_creating_the_indexes_again_on_restart_is_harmless_and_drops_retired_ones(
         mongo: AsyncMongoClient[dict[str, Any]], unique: str) -> None:
     db = mongo[f"it_{unique}"]
     try:
+        # An earlier version's unique (account, idempotency key) index: keyless documents
+        # would all collide on it now.
+        await db[MESSAGES].create_index([("account_id", 1), ("idempotency_key", 1)],
+                                        unique=True)
         for _ in range(3):  # a service starting three times
             await ensure_indexes(db, MESSAGES)
         info = await db[MESSAGES].index_information()
-        assert info["account_id_1_idempotency_key_1"]["unique"] is True
+        assert "account_id_1_idempotency_key_1" not in info
+        assert "account_id_1_created_at_-1" in info
+        await db[MESSAGES].insert_many([{"_id": "m1", "account_id": "a"},
+                                        {"_id": "m2", "account_id": "a"}])
     finally:
         await mongo.drop_database(db.name)
 
 
 async def test_concurrent_inserts_each_learn_their_own_outcome(
-        stores: tuple[Any, Any, Any]) -> None:
-    """Inserts arriving together are written together; a duplicate fails only itself."""
-    store, _, _ = stores
-    docs = [_doc(f"m{i}") for i in range(30)] + [_doc("m7"), _doc("z", key="key:1:k"),
-                                                 _doc("y", key="key:1:k")]
-    results = await asyncio.gather(*(store.insert(d) for d in docs), return_exceptions=True)
-    failed = [docs[i]["_id"] for i, r in enumerate(results) if isinstance(r, DuplicateMessage)]
-    assert failed == ["m7", "y"]
+        stores: tuple[Any, Any, Any, Any]) -> None:
+    """Records arriving together are written together; a duplicate fails only itself."""
+    records, _, _, _ = stores
+    batch = [_record(f"acc:key:1:k{i}", f"m{i}") for i in range(30)] + [
+        _record("acc:key:1:k7", "dup7"), _record("acc:key:1:z", "z"),
+        _record("acc:key:1:z", "y")]
+    results = await asyncio.gather(*(records.insert(r) for r in batch), return_exceptions=True)
+    failed = [batch[i]["message_id"] for i, r in enumerate(results)
+              if isinstance(r, DuplicateMessage)]
+    assert failed == ["dup7", "y"]
     assert all(r is None for r in results if not isinstance(r, DuplicateMessage))
-    assert len(await store.list("acc", core.ListQuery(limit=100))) == 31
+    found = await records.find([r["_id"] for r in batch])
+    assert len({r["_id"] for r in found}) == 31

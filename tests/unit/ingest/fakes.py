@@ -1,8 +1,9 @@
 """In-memory stand-ins for ingest's adapters, and a small world of two accounts to test with.
 
-The message store keeps the two unique constraints of the real `messages` collection (the id and
-(account, idempotency key)); tests/integration/ingest/test_store_contract.py runs the same checks
-against the real database.
+The idempotency store keeps the unique `_id` of the real `idempotency_keys` collection;
+tests/integration/ingest/test_store_contract.py runs the same checks against the real database.
+The message store stands for `messages`, which status writes: `World.store_published()` plays
+status, making the documents of the events ingest published.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
+from services.ingest.cache import RecentMessages
 from services.ingest.core import ListQuery, hash_api_key, to_ms
 from services.ingest.handlers import Ingest
 from services.ingest.repository import CachedDirectory, DuplicateMessage
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable
+from shared.message_docs import message_document
 from shared.messages import SendRequested
 from shared.pricing import load_rate_card
 
@@ -61,23 +64,26 @@ class FakeDirectory:
         return copy.deepcopy(self.balances.get(account_id))
 
 
+class FakeIdempotencyStore:
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.fail = False
+
+    async def insert(self, record: dict[str, Any]) -> None:
+        if self.fail:
+            raise DependencyUnavailable("database unavailable", details={"dependency": "mongodb"})
+        if record["_id"] in self.records:
+            raise DuplicateMessage(record["_id"])
+        self.records[record["_id"]] = copy.deepcopy(record)
+
+    async def find(self, record_ids: list[str]) -> list[dict[str, Any]]:
+        return [copy.deepcopy(self.records[i]) for i in record_ids if i in self.records]
+
+
 class FakeMessageStore:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
         self.ledger: dict[str, dict[str, Any]] = {}  # billing's entries, by _id
-        self.inserts = 0
-
-    async def insert(self, doc: dict[str, Any]) -> None:
-        taken = {(d["account_id"], d["idempotency_key"]) for d in self.docs.values()}
-        if doc["_id"] in self.docs or (doc["account_id"], doc["idempotency_key"]) in taken:
-            raise DuplicateMessage(doc["_id"])
-        self.docs[doc["_id"]] = copy.deepcopy(doc)
-        self.inserts += 1
-
-    async def find_by_idempotency(self, account_id: str,
-                                  stored_keys: list[str]) -> list[dict[str, Any]]:
-        return [copy.deepcopy(d) for d in self.docs.values()
-                if d["account_id"] == account_id and d["idempotency_key"] in stored_keys]
 
     async def get(self, account_id: str, message_id: str) -> dict[str, Any] | None:
         doc = self.docs.get(message_id)
@@ -167,12 +173,19 @@ class World:
     def __init__(self, ttl_seconds: float = 5.0) -> None:
         self.clock = FakeClock()
         self.directory = two_accounts()
+        self.idempotency = FakeIdempotencyStore()
         self.messages = FakeMessageStore()
         self.publisher = FakePublisher()
         self.ingest = Ingest(directory=CachedDirectory(self.directory, self.clock, ttl_seconds),
-                             messages=self.messages, publisher=self.publisher, clock=self.clock,
-                             rate_card=load_rate_card())
+                             idempotency=self.idempotency, messages=self.messages,
+                             recent=RecentMessages(self.clock, 30.0), publisher=self.publisher,
+                             clock=self.clock, rate_card=load_rate_card())
         self.app = create_app({}, self.ingest)
+
+    def store_published(self) -> None:
+        """Do what status does with every event published so far: make its document."""
+        for event in self.publisher.events:
+            self.messages.docs.setdefault(event.message_id, message_document(event))
 
     async def __aenter__(self) -> World:
         self.client = TestClient(TestServer(self.app))

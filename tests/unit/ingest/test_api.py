@@ -50,9 +50,15 @@ async def test_a_valid_text_request_is_stored_published_and_answered_202() -> No
         assert event.recipient_region == "GB" and event.waba_id == "102290129340398"
         assert event.portfolio_id == "880011223344556"
         assert event.accepted_at == world.clock.now_ms()
+        assert world.idempotency.records == {}  # a keyless request writes nothing
+        # Until status has stored the document, the accepting process shows the message.
+        shown = await (await world.client.get(f"/v1/messages/{body['id']}",
+                                              headers=auth())).json()
+        assert shown["status"] == "accepted" and shown["history"][0]["status"] == "accepted"
+        assert shown["content"] == {"body": "Your order shipped"}
+        world.store_published()
         doc = world.messages.docs[body["id"]]
-        assert doc["status"] == "accepted" and doc["idempotency_key"] == f"none:{body['id']}"
-        assert doc["history"][0]["source"] == "ingest"
+        assert doc["status"] == "accepted" and doc["history"][0]["source"] == "ingest"
 
 
 async def test_a_template_request_carries_the_templates_category_in_lower_case() -> None:
@@ -90,7 +96,7 @@ async def test_each_rejection_has_its_code_and_publishes_nothing(body: Any, stat
         resp = await _post(world, body)
         assert resp.status == status
         assert (await _error(resp))["code"] == code
-        assert world.publisher.events == [] and world.messages.docs == {}
+        assert world.publisher.events == [] and world.idempotency.records == {}
 
 
 async def test_unknown_field_names_the_field() -> None:
@@ -170,10 +176,10 @@ async def test_same_key_and_same_body_replays_the_original_response() -> None:
         assert await first.json() == await second.json()
         assert second.headers["Idempotent-Replay"] == "true"
         assert "Idempotent-Replay" not in first.headers
-        assert len(world.messages.docs) == 1
+        assert len(world.idempotency.records) == 1
 
 
-async def test_a_replay_of_a_message_still_accepted_publishes_again_for_safety() -> None:
+async def test_a_replay_of_a_message_status_has_not_stored_publishes_again_for_safety() -> None:
     async with World() as world:
         await _post(world, text_body(), **{"Idempotency-Key": "k"})
         await _post(world, text_body(), **{"Idempotency-Key": "k"})
@@ -181,10 +187,10 @@ async def test_a_replay_of_a_message_still_accepted_publishes_again_for_safety()
             [world.publisher.events[0].message_id] * 2
 
 
-async def test_a_replay_of_a_message_past_accepted_publishes_nothing() -> None:
+async def test_a_replay_of_a_message_status_has_stored_publishes_nothing() -> None:
     async with World() as world:
-        resp = await _post(world, text_body(), **{"Idempotency-Key": "k"})
-        world.messages.docs[(await resp.json())["id"]]["status"] = "sent"
+        await _post(world, text_body(), **{"Idempotency-Key": "k"})
+        world.store_published()
         await _post(world, text_body(), **{"Idempotency-Key": "k"})
         assert len(world.publisher.events) == 1
 
@@ -216,7 +222,7 @@ async def test_a_key_older_than_24_hours_makes_a_new_message() -> None:
         assert resp.status == 202
         second = await resp.json()
         assert second["id"] != first["id"] and "Idempotent-Replay" not in resp.headers
-        assert len(world.messages.docs) == 2
+        assert len(world.idempotency.records) == 2
 
 
 async def test_a_key_23_hours_old_across_a_day_boundary_still_replays() -> None:
@@ -246,7 +252,7 @@ async def test_a_publish_failure_answers_503_and_a_retry_with_the_key_publishes(
         world.publisher.fail = False
         resp = await _post(world, text_body(), **{"Idempotency-Key": "k"})
         assert resp.status == 202
-        assert len(world.publisher.events) == 1 and len(world.messages.docs) == 1
+        assert len(world.publisher.events) == 1 and len(world.idempotency.records) == 1
 
 
 async def test_an_invalid_idempotency_key_is_refused() -> None:
@@ -388,6 +394,7 @@ async def test_list_messages_pages_newest_first_with_an_opaque_cursor() -> None:
             resp = await _post(world, text_body(client_reference=str(i)))
             ids.append((await resp.json())["id"])
             world.clock.advance(1)
+        world.store_published()
         await _post(world, text_body(**{"from": PHONE_B}), key=KEY_B)
         seen: list[str] = []
         cursor = None
@@ -406,6 +413,7 @@ async def test_list_messages_filters_by_status_and_time() -> None:
         early = await (await _post(world, text_body())).json()
         world.clock.advance(3600)
         late = await (await _post(world, text_body())).json()
+        world.store_published()
         world.messages.docs[early["id"]]["status"] = "delivered"
 
         async def ids(query: str) -> list[str]:

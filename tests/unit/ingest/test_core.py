@@ -148,15 +148,19 @@ def test_keyed_message_ids_are_stable_within_a_bucket_and_change_across_buckets(
     assert same.startswith("msg_") and len(same) == 4 + 26
 
 
-def test_a_key_is_looked_up_in_this_and_the_previous_bucket() -> None:
+def test_a_key_is_looked_up_in_this_and_the_previous_bucket_of_its_account() -> None:
     bucket = core.idempotency_bucket(NOW)
-    assert core.stored_keys_to_look_up("k", NOW) == [f"key:{bucket}:k", f"key:{bucket - 1}:k"]
+    assert core.idempotency_record_ids("acc", "k", NOW) == [f"acc:key:{bucket}:k",
+                                                           f"acc:key:{bucket - 1}:k"]
+    assert core.idempotency_record_ids("acc2", "k", NOW)[0] != f"acc:key:{bucket}:k"
 
 
-def test_stored_keys_never_collide_with_the_no_key_placeholder() -> None:
-    placeholder = core.no_key_placeholder("msg_1")
-    assert placeholder == "none:msg_1"
-    assert core.stored_idempotency_key("none:msg_1", 0) != placeholder
+def test_an_idempotency_record_gives_back_its_message() -> None:
+    doc = _doc_of(text_body())
+    record = core.idempotency_record(doc, "k", "h", NOW)
+    assert record["_id"] == core.idempotency_record_ids("acc", "k", NOW)[0]
+    assert record["body_hash"] == "h" and record["message_id"] == "msg_1"
+    assert core.message_of_record(record) == {**doc, "body_hash": "h"}
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -280,10 +284,7 @@ def test_meta_requests_are_validated(body: dict[str, Any], code: str) -> None:
 
 def test_the_meta_response_echoes_the_input_and_gives_the_wa_id() -> None:
     request = core.parse_meta_request(_meta(to="(650) 253-0000"), "1", "US")
-    doc = core.build_message_doc(message_id="msg_1", account_id="a", idempotency_key=None,
-                                 body_hash="h", request=request,
-                                 phone={"waba_id": "w", "portfolio_id": "p"}, category="service",
-                                 now_ms=NOW)
+    doc = _accepted(request)
     assert core.meta_accepted_response(doc) == {
         "messaging_product": "whatsapp",
         "contacts": [{"input": "(650) 253-0000", "wa_id": "16502530000"}],
@@ -310,15 +311,14 @@ def test_the_business_region_comes_from_the_display_number() -> None:
 
 def test_the_event_is_rebuilt_from_the_document_exactly() -> None:
     request = core.parse_send_request(text_body(client_reference="r", validity_seconds=60))
-    doc = core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key="k",
-                                 body_hash="h", request=request,
-                                 phone={"waba_id": "w", "portfolio_id": "p"}, category="service",
-                                 now_ms=NOW)
+    doc = _accepted(request)
     event = core.send_requested_event(doc)
+    assert event == core.send_requested(message_id="msg_1", account_id="acc", request=request,
+                                         phone={"waba_id": "w", "portfolio_id": "p"},
+                                         category="service", now_ms=NOW)
     assert event.accepted_at == NOW and event.expires_at == NOW + 60_000
     assert event.message_id == event.event_id == "msg_1"
     assert event.client_reference == "r" and event.portfolio_id == "p"
-    assert doc["idempotency_key"] == f"key:{core.idempotency_bucket(NOW)}:k"
 
 
 def test_times_render_as_iso_8601_utc_from_dates_or_milliseconds() -> None:
@@ -375,10 +375,7 @@ def test_new_message_ids_have_the_shared_ulid_layout() -> None:
 
 def test_content_is_stored_as_json_text_and_read_back_as_an_object() -> None:
     request = core.parse_send_request(text_body())
-    doc = core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=None,
-                                 body_hash="h", request=request,
-                                 phone={"waba_id": "w", "portfolio_id": "p"}, category="service",
-                                 now_ms=NOW)
+    doc = _accepted(request)
     assert isinstance(doc["content"], str)
     assert core.send_requested_event(doc).content == request.content
     assert core.message_view(doc)["content"] == request.content
@@ -389,24 +386,9 @@ def test_content_is_stored_as_json_text_and_read_back_as_an_object() -> None:
     assert core.message_view(doc)["wamid"] is None and core.message_view(doc)["error"] is None
 
 
-def test_only_a_keyed_requests_document_keeps_a_body_hash() -> None:
-    request = core.parse_send_request(text_body())
-
-    def doc(key: str | None, body_hash: str | None) -> dict[str, Any]:
-        return core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=key,
-                                      body_hash=body_hash, request=request,
-                                      phone={"waba_id": "w"}, category="service", now_ms=NOW)
-
-    assert "body_hash" not in doc(None, None)
-    assert doc("k", "h")["body_hash"] == "h"
-
-
 def test_the_document_keeps_the_clients_spelling_of_to_only_when_it_differs() -> None:
     def doc(to: str) -> dict[str, Any]:
-        return core.build_message_doc(message_id="msg_1", account_id="acc", idempotency_key=None,
-                                      body_hash=None, request=core.parse_send_request(
-                                          text_body(to=to)),
-                                      phone={"waba_id": "w"}, category="service", now_ms=NOW)
+        return _doc_of(text_body(to=to))
 
     assert "recipient_input" not in doc("+447912345678")
     spelled = doc("+44 7912 345678")
@@ -414,3 +396,14 @@ def test_the_document_keeps_the_clients_spelling_of_to_only_when_it_differs() ->
     assert core.meta_accepted_response(spelled)["contacts"][0]["input"] == "+44 7912 345678"
     assert core.meta_accepted_response(doc("+447912345678"))["contacts"][0]["input"] == \
         "+447912345678"
+
+
+def _accepted(request: core.SendRequest) -> dict[str, Any]:
+    event = core.send_requested(message_id="msg_1", account_id="acc", request=request,
+                                phone={"waba_id": "w", "portfolio_id": "p"}, category="service",
+                                now_ms=NOW)
+    return core.accepted_message(event, request)
+
+
+def _doc_of(body: dict[str, Any]) -> dict[str, Any]:
+    return _accepted(core.parse_send_request(body))

@@ -64,6 +64,12 @@ class FakeStore:
         doc = copy.deepcopy(self.messages.get(message_id))
         return state_from_doc(doc), doc
 
+    async def create_message(self, doc: Doc) -> bool:
+        if doc["_id"] in self.messages:
+            return False
+        self.messages[doc["_id"]] = copy.deepcopy(doc)
+        return True
+
     async def save_message(self, message_id: str, fields: Doc, fields_if_new: Doc) -> None:
         doc = self.messages.get(message_id)
         if doc is None:

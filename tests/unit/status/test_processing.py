@@ -11,11 +11,13 @@ from services.status.processor import WebhookProcessor
 from services.status.state_writer import StateWriter
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable, PermanentError
+from shared.message_docs import message_document
 from shared.messages import (
     INBOUND_RECEIVED,
     STATUS_CHANGED,
     TEMPLATE_STATUS_CHANGED,
     THROUGHPUT_CHANGED,
+    SendRequested,
     StatusChanged,
     WebhookReceived,
 )
@@ -257,7 +259,51 @@ async def test_a_message_without_a_document_gets_a_minimal_one(
     doc = store.messages["msg_9"]
     assert (doc["status"], doc["status_reason"], doc["account_id"], doc["created_at"]) == (
         "rejected", "insufficient_credit", "acc_1", 5)
-    assert doc["idempotency_key"] == "none:msg_9"  # unique: never collides on (account, key)
+    assert doc["created_by"] == "status" and "type" not in doc
+
+
+def _request(message_id: str = "msg_9", accepted_at: int = 3) -> SendRequested:
+    return SendRequested(
+        event_id=message_id, message_id=message_id, account_id="acc_1", portfolio_id="p",
+        waba_id="w", phone_number_id="106540352242922", recipient="+447912345678",
+        recipient_region="GB", message_type="text", content={"body": "hi"},
+        category="service", accepted_at=accepted_at, expires_at=accepted_at + 60_000,
+        client_reference="r")
+
+
+async def test_a_request_creates_the_messages_document(writer: StateWriter,
+                                                       store: FakeStore) -> None:
+    await writer.handle_request(_request())
+    doc = store.messages["msg_9"]
+    assert doc == message_document(_request())
+    assert (doc["status"], doc["recipient"], doc["content"]) == (
+        "accepted", "+447912345678", '{"body":"hi"}')
+
+
+async def test_a_redelivered_request_changes_nothing(writer: StateWriter,
+                                                     store: FakeStore) -> None:
+    await writer.handle_request(_request())
+    await writer.handle(StatusChanged(
+        event_id="msg_9:sent", message_id="msg_9", account_id="acc_1", status="sent",
+        occurred_at=7, source="sender", wamid="wamid.Z"))
+    before = dict(store.messages["msg_9"])
+    await writer.handle_request(_request())
+    assert store.messages["msg_9"] == before and before["status"] == "sent"
+
+
+async def test_a_request_read_after_its_status_completes_the_minimal_document(
+        writer: StateWriter, store: FakeStore) -> None:
+    await writer.handle(StatusChanged(
+        event_id="msg_9:rejected", message_id="msg_9", account_id="acc_1", status="rejected",
+        occurred_at=5, source="billing", reason="insufficient_credit"))
+    await writer.handle_request(_request(accepted_at=3))
+    doc = store.messages["msg_9"]
+    assert doc["status"] == "rejected" and doc["status_reason"] == "insufficient_credit"
+    assert [h["status"] for h in doc["history"]] == ["accepted", "rejected"]
+    assert doc["history"][0] == {"status": "accepted", "at": 3, "source": "ingest"}
+    assert (doc["recipient"], doc["type"], doc["client_reference"]) == (
+        "+447912345678", "text", "r")
+    assert doc["created_at"] == message_document(_request(accepted_at=3))["created_at"]
 
 
 async def test_an_unreadable_parked_status_is_dropped(

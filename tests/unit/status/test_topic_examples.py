@@ -8,18 +8,20 @@ from services.status import core
 from services.status.processor import WebhookProcessor
 from services.status.state_writer import StateWriter
 from shared.clock import FakeClock
-from shared.messages import STATUS_CHANGED, WEBHOOK_RECEIVED, topics_read_by
+from shared.messages import SEND_REQUESTED, STATUS_CHANGED, WEBHOOK_RECEIVED, topics_read_by
 from tests.unit.status.fakes import FakePublisher, FakeStore
 
 
 class _Record:
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes, topic: str = "") -> None:
         self.value = value
+        self.topic = topic
 
 
 def test_status_reads_exactly_the_topics_it_has_workers_for() -> None:
     assert {t.name for t in topics_read_by("status")} == {WEBHOOK_RECEIVED.name,
-                                                          STATUS_CHANGED.name}
+                                                          STATUS_CHANGED.name,
+                                                          SEND_REQUESTED.name}
 
 
 async def test_the_processor_handles_every_webhook_example() -> None:
@@ -38,7 +40,18 @@ async def test_the_state_writer_handles_every_status_changed_example() -> None:
     store, publisher = FakeStore(), FakePublisher()
     writer = StateWriter(store, publisher, FakeClock())
     for example in STATUS_CHANGED.examples:
-        await writer.handle_record(_Record(msgspec.json.encode(example)))  # type: ignore[arg-type]
+        record = _Record(msgspec.json.encode(example), "p." + STATUS_CHANGED.name)
+        await writer.handle_record(record)  # type: ignore[arg-type]
     assert store.messages["msg_01HZY3V9J6Q8W4T2"]["status"] == "delivered"
     assert store.messages["msg_3"]["status"] == "failed"
     assert store.messages["msg_4"]["status"] == "rejected"
+
+
+async def test_the_state_writer_creates_a_document_for_every_send_requested_example() -> None:
+    store, publisher = FakeStore(), FakePublisher()
+    writer = StateWriter(store, publisher, FakeClock())
+    for example in SEND_REQUESTED.examples:
+        record = _Record(msgspec.json.encode(example), "p." + SEND_REQUESTED.name)
+        await writer.handle_record(record)  # type: ignore[arg-type]
+    assert {m: d["status"] for m, d in store.messages.items()} == {
+        e["message_id"]: "accepted" for e in SEND_REQUESTED.examples}
