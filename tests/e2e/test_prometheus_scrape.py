@@ -46,7 +46,6 @@ async def test_prometheus_scrapes_every_service_and_sees_the_pipeline_traffic(
         accounts = await seed_accounts(stack, TOP_UP)
         plan = plan_workload(accounts, 60)
         await open_windows(stack, plan)
-        await submit(stack, plan)
         async with aiohttp.ClientSession() as session:
 
             async def every_target_up() -> bool | float | None:
@@ -57,6 +56,17 @@ async def test_prometheus_scrapes_every_service_and_sees_the_pipeline_traffic(
                 return True if up == 4 else up
 
             await eventually(every_target_up, within=60, what="4 scrape targets up")
+
+            async def seen(promql: str, at_least: float) -> bool | float | None:
+                value = await _query(session, base, promql)
+                return True if value is not None and value >= at_least else value
+
+            # In two halves, each seen by a scrape: a rate needs an increase between samples
+            # (the pipeline can finish a small batch within one scrape interval).
+            await submit(stack, plan[:30])
+            await eventually(lambda: seen("sum(sender_accept_to_meta_seconds_count)", 1),
+                             within=120, every=1, what="the first half sent, in Prometheus")
+            await submit(stack, plan[30:])
 
             async def traffic_seen() -> bool | dict:
                 accepted = await _query(session, base, "sum(ingest_messages_accepted_total)")
