@@ -2,6 +2,8 @@
 
 import asyncio
 
+from aiohttp import web
+
 from services.ingest.app import SERVICE, create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.handlers import Ingest
@@ -16,6 +18,7 @@ from services.ingest.settings import IngestSettings
 from shared.clock import SystemClock
 from shared.logging import configure_logging
 from shared.pricing import load_rate_card
+from shared.rdkafka_producer import RdKafkaProducer
 from shared.runtime import Connections, serve
 
 
@@ -25,17 +28,26 @@ async def main() -> None:
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
         clock = SystemClock()
+        producer = RdKafkaProducer(settings.kafka_bootstrap_servers)
+        await producer.start()
         ingest = Ingest(
             directory=CachedDirectory(MongoDirectory(conns.db), clock,
                                       settings.cache_ttl_seconds),
             idempotency=MongoIdempotencyStore(conns.db),
             messages=MongoMessageStore(conns.db),
             recent=RecentMessages(clock, settings.recent_ttl_seconds),
-            publisher=KafkaPublisher(conns.producer, settings.topic_prefix),
+            publisher=KafkaPublisher(producer, settings.topic_prefix),
             clock=clock,
             rate_card=load_rate_card(settings.rate_card_version),
         )
-        return create_app(conns.readiness_checks(), ingest), []
+        checks = {**conns.readiness_checks(), "kafka": producer.ready}
+        app = create_app(checks, ingest)
+
+        async def stop_producer(_: web.Application) -> None:
+            await producer.stop()  # after the last request: what was accepted is flushed
+
+        app.on_cleanup.append(stop_producer)
+        return app, []
 
     await serve(settings, SERVICE, build)
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -28,10 +27,11 @@ from services.ingest.repository import (
 from services.status.repository import StatusRepository
 from shared.clock import SystemClock
 from shared.collections import BALANCES, MESSAGES, ensure_indexes
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import ensure_topics
 from shared.message_docs import message_document
 from shared.messages import SEND_REQUESTED, TOPUP_REQUESTED
 from shared.pricing import load_rate_card
+from shared.rdkafka_producer import RdKafkaProducer
 from shared.secrets import TokenVault, new_key
 from tests.integration.ingest.kafka_probe import read_published
 
@@ -82,7 +82,7 @@ class Tenant:
 @dataclass
 class Platform:
     db: AsyncDatabase[dict[str, Any]]
-    producer: AIOKafkaProducer
+    producer: RdKafkaProducer
     prefix: str
     bootstrap: str
     client: TestClient
@@ -125,7 +125,7 @@ async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any
     await ensure_indexes(db, MESSAGES)
     await commands.prepare(db)
     vault = TokenVault(new_key())
-    producer = make_producer(bootstrap_servers)
+    producer = RdKafkaProducer(bootstrap_servers)
     await producer.start()
     clock = SystemClock()
     ingest = Ingest(

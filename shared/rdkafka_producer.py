@@ -1,0 +1,115 @@
+"""A producer for request paths that publish one event per request: librdkafka (confluent-kafka)
+behind an asyncio face.
+
+Why not aiokafka here: its producer spends ~30 µs of Python CPU per message (~60 µs through
+`publish`), librdkafka ~15 µs including its own threads (measured side by side on this machine,
+32 concurrent sends of 400 bytes, acks=all). For ingest that is most of a request's cost beyond
+aiohttp's own. Consumers and batch publishers stay on aiokafka.
+
+Same guarantees as `shared.kafka.make_producer`: acks=all, idempotence, and a bounded time to
+deliver; `send` returns only once the broker acknowledged the record, and any failure is a
+transient DependencyUnavailable.
+
+librdkafka reports deliveries only from `poll()`: one thread polls, gathers the reports each poll
+served, and hands them to the event loop in one call (not one wake-up per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import confluent_kafka
+
+from shared.errors import DependencyUnavailable
+
+_POLL_SECONDS = 0.1  # poll() returns as soon as a report arrives; this only bounds shutdown
+
+
+def _unavailable(error: object) -> DependencyUnavailable:
+    return DependencyUnavailable(f"kafka unavailable: {error}", details={"dependency": "kafka"})
+
+
+class RdKafkaProducer:
+    def __init__(self, bootstrap_servers: str, *, linger_ms: int = 2,
+                 delivery_timeout_ms: int = 15000) -> None:
+        self._config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+            "message.timeout.ms": delivery_timeout_ms,
+        }
+        self._producer: confluent_kafka.Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reports: list[tuple[asyncio.Future[None], Any]] = []
+        self._stopping = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    async def start(self, deadline_s: float = 60.0) -> None:
+        """Connect, waiting for a broker that is still starting."""
+        self._loop = asyncio.get_running_loop()
+        self._producer = confluent_kafka.Producer(self._config)
+        self._poller = threading.Thread(target=self._poll_forever, name="rdkafka-poll",
+                                        daemon=True)
+        self._poller.start()
+        loop_deadline = self._loop.time() + deadline_s
+        while not await self.ready():
+            if self._loop.time() > loop_deadline:
+                raise _unavailable("no broker answered")
+            await asyncio.sleep(1)
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Write one record and return once the broker acknowledged it (acks=all)."""
+        assert self._producer is not None and self._loop is not None, "start() first"
+        delivered: asyncio.Future[None] = self._loop.create_future()
+
+        def on_delivery(error: Any, _: Any) -> None:
+            # Runs in the poll thread, inside poll(): the list it finds is the current one.
+            self._reports.append((delivered, error))
+
+        try:
+            self._producer.produce(topic, value, key, on_delivery=on_delivery)
+        except (BufferError, confluent_kafka.KafkaException) as exc:
+            raise _unavailable(exc) from exc
+        await delivered
+
+    async def ready(self) -> bool:
+        """True when the broker answers a metadata request."""
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            await asyncio.to_thread(producer.list_topics, timeout=2)
+            return True
+        except confluent_kafka.KafkaException:
+            return False
+
+    async def stop(self) -> None:
+        if self._producer is None:
+            return
+        await asyncio.to_thread(self._producer.flush, 10)
+        self._stopping.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 5)
+
+    def _poll_forever(self) -> None:
+        producer, loop = self._producer, self._loop
+        assert producer is not None and loop is not None
+        while not self._stopping.is_set():
+            producer.poll(_POLL_SECONDS)
+            if self._reports:
+                # Only this thread appends (callbacks run inside poll()), so the swap is safe.
+                served, self._reports = self._reports, []
+                loop.call_soon_threadsafe(_settle, served)
+
+
+def _settle(reports: list[tuple[asyncio.Future[None], Any]]) -> None:
+    for delivered, error in reports:
+        if delivered.done():
+            continue  # its caller went away (cancelled)
+        if error is None:
+            delivered.set_result(None)
+        else:
+            delivered.set_exception(_unavailable(error))

@@ -1,0 +1,56 @@
+"""The librdkafka producer ingest publishes with, on the real broker: a send returns once the
+record is stored (key and value as given, in order per key), concurrent sends each learn their
+own outcome, and no broker is a transient failure, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from shared.errors import DependencyUnavailable
+from shared.rdkafka_producer import RdKafkaProducer
+from tests.integration.test_kafka import _create
+
+
+async def _read_all(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[tuple[bytes, bytes]] = []
+    try:
+        while len(records) < count:
+            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 20)
+            for part in batches.values():
+                records += [(r.key, r.value) for r in part]
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_acknowledged_sends_are_stored_in_order_per_key(bootstrap_servers: str,
+                                                              unique: str) -> None:
+    topic = f"it.rdkafka.{unique}"
+    await _create(bootstrap_servers, topic, partitions=3)
+    producer = RdKafkaProducer(bootstrap_servers)
+    await producer.start()
+    try:
+        await asyncio.gather(*(producer.send(topic, f"k{i % 4}".encode(), f"v{i}".encode())
+                               for i in range(200)))
+    finally:
+        await producer.stop()
+    stored = await _read_all(bootstrap_servers, topic, 200)
+    assert len(stored) == 200
+    for key in (b"k0", b"k1", b"k2", b"k3"):
+        values = [int(v[1:]) for k, v in stored if k == key]
+        assert values == sorted(values) and len(values) == 50
+
+
+async def test_without_a_broker_start_and_send_fail_as_transient() -> None:
+    producer = RdKafkaProducer("127.0.0.1:1", delivery_timeout_ms=1000)
+    with pytest.raises(DependencyUnavailable):
+        await producer.start(deadline_s=1.0)
+    with pytest.raises(DependencyUnavailable):
+        await asyncio.wait_for(producer.send("it.nowhere", b"k", b"v"), 10)
+    await producer.stop()
