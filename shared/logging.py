@@ -26,9 +26,16 @@ def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
 def configure_logging(service: str, level: str = "INFO") -> None:
     numeric_level = logging.getLevelName(level.upper())
     logging.basicConfig(level=numeric_level, stream=sys.stderr, format="%(message)s")
+
+    def add_service(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        # A constant field, not a context variable: merging context variables copies the
+        # whole context on every line (a line per request in ingest).
+        event_dict["service"] = service
+        return event_dict
+
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            add_service,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
@@ -39,7 +46,6 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logger_factory=structlog.BytesLoggerFactory(file=sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(service=service)
 
 
 def get_logger(name: str | None = None) -> Any:
