@@ -53,7 +53,8 @@ async def main() -> None:
             recipient_hash_key=settings.recipient_hash_key.get_secret_value().encode()))
         workers = [
             run_processor(bootstrap, prefix, processor.handle_record, conns.producer),
-            run_state_writer(bootstrap, prefix, state_writer.handle_record, conns.producer),
+            run_state_writer(bootstrap, prefix, state_writer.handle_record, conns.producer,
+                             state_writer.forget_all),
             sweeper.run_forever(settings.sweep_interval_seconds),
         ]
         return app, workers

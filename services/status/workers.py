@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from shared.kafka import (
@@ -57,15 +57,28 @@ class _MessageId(msgspec.Struct):
 _MESSAGE_ID = msgspec.json.Decoder(_MessageId)
 
 
+class _OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, moved: Callable[[], None]) -> None:
+        self._moved = moved
+
+    def on_partitions_revoked(self, revoked: object) -> None:
+        self._moved()
+
+    def on_partitions_assigned(self, assigned: object) -> None:
+        self._moved()
+
+
 async def run_consumer(bootstrap_servers: str, prefix: str, group: str,
                        topics: tuple[Topic[Any], ...], handle: Handler,
-                       producer: AIOKafkaProducer, key_of: Callable[[Record], object]) -> None:
+                       producer: AIOKafkaProducer, key_of: Callable[[Record], object],
+                       on_rebalance: Callable[[], None] | None = None) -> None:
     # The range assignor gives every process the same partition numbers of each topic: topics
     # keyed alike (by account) then reach the same process, which stays their accounts' only
     # writer.
     consumer = make_consumer(bootstrap_servers, group,
-                             *(topic_name(topic, prefix) for topic in topics),
                              partition_assignment_strategy=(RangePartitionAssignor,))
+    consumer.subscribe([topic_name(topic, prefix) for topic in topics],
+                       listener=_OnRebalance(on_rebalance or (lambda: None)))
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group))
     try:
@@ -83,6 +96,7 @@ async def run_processor(bootstrap_servers: str, prefix: str, handle: Handler,
 
 
 async def run_state_writer(bootstrap_servers: str, prefix: str, handle: Handler,
-                           producer: AIOKafkaProducer) -> None:
+                           producer: AIOKafkaProducer, on_rebalance: Callable[[], None]) -> None:
     await run_consumer(bootstrap_servers, prefix, state_writer_group(prefix),
-                       (SEND_REQUESTED, STATUS_CHANGED), handle, producer, by_message)
+                       (SEND_REQUESTED, STATUS_CHANGED), handle, producer, by_message,
+                       on_rebalance)

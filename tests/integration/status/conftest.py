@@ -53,7 +53,7 @@ class StatusWorld:
     def start_state_writer(self) -> None:
         writer = StateWriter(self.repository, self.publisher, SystemClock())
         self.start(run_state_writer(self.bootstrap, self.prefix, writer.handle_record,
-                                    self.producer))
+                                    self.producer, writer.forget_all))
 
     async def publish(self, topic: Topic[Any], event: Any) -> None:
         await self.publisher.publish(topic, event)

@@ -36,6 +36,7 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.messages: dict[str, Doc] = {}
+        self.loads = 0  # message documents read
         self.wamid_index: dict[str, Doc] = {}
         self.parked: dict[str, Doc] = {}
         self.conversations: dict[str, Doc] = {}
@@ -61,6 +62,7 @@ class FakeStore:
         self.parked.pop(parked_id, None)
 
     async def load_message(self, message_id: str) -> tuple[MessageState, Doc | None]:
+        self.loads += 1
         doc = copy.deepcopy(self.messages.get(message_id))
         return state_from_doc(doc), doc
 

@@ -327,3 +327,50 @@ async def test_parked_statuses_stay_parked_when_their_release_cannot_be_publishe
     await writer.handle(sent_by_sender(wamid="wamid.H"))
     assert store.parked == {}
     assert [e.event_id for e in publisher.events(STATUS_CHANGED)] == ["wamid.H:delivered"]
+
+
+def _sent(message_id: str = "msg_9", status: str = "sent", at: int = 7) -> StatusChanged:
+    return StatusChanged(event_id=f"{message_id}:{status}", message_id=message_id,
+                         account_id="acc_1", status=status, occurred_at=at,  # type: ignore[arg-type]
+                         source="webhook", wamid="wamid.Z")
+
+
+async def test_the_writer_reads_a_message_it_wrote_from_memory(writer: StateWriter,
+                                                               store: FakeStore) -> None:
+    await writer.handle_request(_request())
+    await writer.handle(_sent())
+    await writer.handle(_sent(status="delivered", at=9))
+    assert store.loads == 0
+    assert store.messages["msg_9"]["status"] == "delivered"
+    assert [h["status"] for h in store.messages["msg_9"]["history"]] == [
+        "accepted", "sent", "delivered"]
+
+
+async def test_after_partitions_move_the_writer_reads_the_document_again(
+        writer: StateWriter, store: FakeStore) -> None:
+    await writer.handle_request(_request())
+    writer.forget_all()
+    # Meanwhile another process, the partition's owner for a while, applied `delivered`.
+    store.messages["msg_9"]["history"].append({"status": "delivered", "at": 9,
+                                               "source": "webhook"})
+    await writer.handle(_sent(status="read", at=12))
+    assert store.loads == 1
+    assert [h["status"] for h in store.messages["msg_9"]["history"]] == [
+        "accepted", "delivered", "read"]
+
+
+async def test_a_write_finished_after_partitions_moved_is_not_remembered(
+        store: FakeStore, publisher: FakePublisher) -> None:
+    writer = StateWriter(store, publisher, FakeClock())
+    saving = store.save_message
+
+    async def save_while_partitions_move(*args: object) -> None:
+        writer.forget_all()
+        await saving(*args)  # type: ignore[arg-type]
+
+    await writer.handle_request(_request())
+    store.save_message = save_while_partitions_move  # type: ignore[method-assign]
+    await writer.handle(_sent())
+    store.save_message = saving  # type: ignore[method-assign]
+    await writer.handle(_sent(status="delivered", at=9))
+    assert store.loads == 1
