@@ -5,6 +5,7 @@ upserts), so a redelivered record or a replayed batch changes nothing twice."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord
@@ -45,7 +46,10 @@ class _Batch:
 
 
 class WebhookProcessor:
-    def __init__(self, store: ProcessorStore, publisher: Publisher, clock: Clock) -> None:
+    def __init__(self, store: ProcessorStore, publisher: Publisher, clock: Clock,
+                 remembered_wamids: int = 20_000) -> None:
+        self._wamids: OrderedDict[str, core.MessageRef] = OrderedDict()
+        self._wamid_capacity = remembered_wamids
         self._store = store
         self._publisher = publisher
         self._clock = clock
@@ -97,7 +101,7 @@ class WebhookProcessor:
             # Park first, then look again: the state writer indexes the wamid first and then
             # looks for parked statuses, so one of the two always sees the other's write.
             await self._store.park_status(core.parked_status_doc(status, now))
-            ref = await self._store.find_by_wamid(status.wamid)
+            ref = await self._find_by_wamid(status.wamid)
             if ref is None:
                 STATUSES_PARKED.inc()
                 batch.parked += 1
@@ -108,12 +112,24 @@ class WebhookProcessor:
             batch.outgoing.append((STATUS_CHANGED, event))
 
     async def _resolve(self, status: core.WebhookStatus) -> core.MessageRef | None:
-        by_wamid = await self._store.find_by_wamid(status.wamid)
+        by_wamid = await self._find_by_wamid(status.wamid)
         by_callback = None
         message_id = core.callback_message_id(status)
         if by_wamid is None and message_id is not None:
             by_callback = await self._store.find_message(message_id)
         return core.resolve_status(by_wamid, by_callback)
+
+    async def _find_by_wamid(self, wamid: str) -> core.MessageRef | None:
+        """wamid_index entries never change once written (the first writer wins), so a found
+        one is remembered: a message's later statuses need no lookup."""
+        ref = self._wamids.get(wamid)
+        if ref is None:
+            ref = await self._store.find_by_wamid(wamid)
+            if ref is not None:
+                self._wamids[wamid] = ref
+                while len(self._wamids) > self._wamid_capacity:
+                    self._wamids.popitem(last=False)
+        return ref
 
     async def _template(self, update: core.TemplateUpdate, batch: _Batch) -> None:
         TEMPLATE_UPDATES.labels(core.template_event_label(update.event)).inc()

@@ -37,6 +37,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.messages: dict[str, Doc] = {}
         self.loads = 0  # message documents read
+        self.wamid_lookups = 0
         self.wamid_index: dict[str, Doc] = {}
         self.parked: dict[str, Doc] = {}
         self.conversations: dict[str, Doc] = {}
@@ -44,6 +45,7 @@ class FakeStore:
         self.phone_numbers: dict[str, Doc] = {}
 
     async def find_by_wamid(self, wamid: str) -> MessageRef | None:
+        self.wamid_lookups += 1
         return message_ref_from_doc(self.wamid_index.get(wamid))
 
     async def find_message(self, message_id: str) -> MessageRef | None:

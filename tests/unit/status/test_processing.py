@@ -115,6 +115,17 @@ async def test_a_status_with_an_indexed_wamid_is_published_for_its_message(
     assert store.parked == {}
 
 
+async def test_a_wamid_found_once_is_not_looked_up_again(
+        processor: WebhookProcessor, store: FakeStore, publisher: FakePublisher) -> None:
+    await processor.handle(webhook(status_webhook(status_item("wamid.A", "sent", 100))))
+    assert store.wamid_lookups == 2 and store.parked  # unknown: looked up, parked, again
+    store.wamid_index["wamid.A"] = core.wamid_index_doc("wamid.A", REF)
+    for status in ("delivered", "read"):
+        await processor.handle(webhook(status_webhook(status_item("wamid.A", status, 101))))
+    assert store.wamid_lookups == 3  # found once, then remembered
+    assert [e.status for e in publisher.events(STATUS_CHANGED)] == ["delivered", "read"]
+
+
 async def test_a_status_with_only_callback_data_is_resolved_through_the_message(
         processor: WebhookProcessor, store: FakeStore, publisher: FakePublisher) -> None:
     store.messages["msg_01"] = {"_id": "msg_01", "account_id": "acc_1",
