@@ -2,14 +2,26 @@
 
 Records are applied in batches of what is already buffered (`handle_batch`): one concurrent read
 of the balances and reservations the batch needs, decisions in memory in the order the records
-were read, one insert of all new ledger entries, then each touched balance written once
-(with the offsets it applied) while the outputs are published, both awaited before the batch is
-acked. Write order per event: ledger entry (unique key) -> balance document and outputs. The
-outputs are derived from the entry alone, so publishing them while the balance is written loses
-nothing: a crash anywhere is repaired by the redelivery of the records (see core.py). Anything
-unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends the
-whole batch through the one-record path (`handle`), which converges from whatever the batch had
-written.
+were read, one insert of all new ledger entries, then the outputs are published and each touched
+balance is written once (with the offsets it applied), and only when both are done is the batch
+acked. Per event, in this order:
+
+1. ledger entry (unique key) durable;
+2. outputs published — they are derived from the entry alone — and the balance document written
+   while they are in flight (money and applied offsets in one write);
+3. ack, once both are durable: faust's commit never passes an event whose balance write is
+   not durable.
+
+A kill -9 anywhere converges on redelivery (see core.py): before the entry, nothing happened;
+after the entry but before the balance (published or not), the redelivered record finds its
+entry with an offset the balance has not applied (`entry_exists`: the batch goes one record at a
+time), which applies it and publishes again; after the balance but before the outputs or the ack
+are durable, the offset is applied and the outputs are published again from the stored entry.
+Downstream dedupes by id.
+
+Anything unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends
+the whole batch through the one-record path (`handle`), which converges from whatever the batch
+had written.
 
 `handle` never raises (cancellation aside): faust acks an event even when its agent raises,
 so an escaping exception would skip the record. Transient failures are retried in place with
@@ -213,10 +225,11 @@ class BillingWorker:
         for entry in decided.values():
             if entry.kind in ("reserve", "reject"):
                 self._remember(entry)
-        # The outputs depend on the entries alone, which are durable now: publish them while
-        # the balances are written. The batch is acked only once both are done.
-        await _all(*(self._balances.save(b, now) for b in touched.values()),
-                   self._publisher.publish_all(outputs))
+        # The outputs depend on the entries alone, which are durable now: they go first, and
+        # the balances are written while they are in flight. The batch is acked only once both
+        # are done (see the module's docstring for a crash in between).
+        await _all(self._publisher.publish_all(outputs),
+                   *(self._balances.save(b, now) for b in touched.values()))
         for decision in decisions:
             _count(decision)
         return items

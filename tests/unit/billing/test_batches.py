@@ -3,6 +3,8 @@ the same results as one record at a time, and the one-record path for anything u
 
 from __future__ import annotations
 
+import asyncio
+
 from services.billing.core import Balance
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, TOPUP_REQUESTED
 from tests.unit.billing.events import ACCOUNT, regular, send_requested, status, top_up
@@ -15,7 +17,7 @@ def balances_written(shell: Shell) -> int:
     return shell.journal.steps.count("balance")
 
 
-async def test_a_batch_writes_its_entries_then_each_balance_once_and_publishes_in_order(
+async def test_a_batch_writes_its_entries_then_publishes_in_order_then_each_balance_once(
         ) -> None:
     shell = await funded()
     batch = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(3)]
@@ -24,8 +26,8 @@ async def test_a_batch_writes_its_entries_then_each_balance_once_and_publishes_i
 
     assert outcomes == ["reserved"] * 3
     assert shell.journal.steps == [
-        "entry msg_0:reserve", "entry msg_1:reserve", "entry msg_2:reserve", "balance",
-        *["publish messages.send-approved.v1"] * 3]
+        "entry msg_0:reserve", "entry msg_1:reserve", "entry msg_2:reserve",
+        *["publish messages.send-approved.v1"] * 3, "balance"]
     assert [e.message_id for _, e in shell.publisher.published] == ["msg_0", "msg_1", "msg_2"]
     assert (shell.balance.available, shell.balance.reserved) == (100_000 - 3 * GB_UTILITY,
                                                                  3 * GB_UTILITY)
@@ -148,3 +150,28 @@ async def test_a_settlement_reads_a_reservation_it_has_not_seen_once_then_rememb
         ACCOUNT, CARD.currency, available=100_000 - GB_UTILITY, reserved=0,
         low_balance_threshold=0, low_balance_armed=True,
         applied=restarted.balance.applied)
+
+
+async def test_a_batch_s_outputs_leave_once_its_entries_are_durable_before_its_balances(
+        ) -> None:
+    shell = await funded()
+    release, seen = asyncio.Event(), []
+    publish_all = shell.publisher.publish_all
+
+    async def held(events):  # type: ignore[no-untyped-def]
+        seen.append(list(shell.journal.steps))
+        await release.wait()
+        await publish_all(events)
+
+    shell.publisher.publish_all = held  # type: ignore[method-assign]
+    batch = asyncio.create_task(shell.worker.handle_batch(
+        [shell.record(SEND_REQUESTED, send_requested("msg_1"))]))
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+    assert seen == [["entry msg_1:reserve"]]  # the entry is durable, the balance not yet
+    assert not batch.done()  # not acked while its outputs are not durable
+    release.set()
+    assert await batch == ["reserved"]
+    assert shell.journal.steps == ["entry msg_1:reserve", "balance",
+                                   "publish messages.send-approved.v1"]
