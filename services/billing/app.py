@@ -85,7 +85,8 @@ class BillingRuntime(Service):
             low_balance_threshold=settings.low_balance_threshold,
             retry_first_delay_s=settings.retry_first_delay_s,
             retry_max_delay_s=settings.retry_max_delay_s,
-            reservation_cache_size=settings.reservation_cache_size)
+            reservation_cache_size=settings.reservation_cache_size,
+            balance_cache_size=settings.balance_cache_size)
         self.reconciler = Reconciler(ledger, balances)
         self.sweeper = ReservationSweeper(
             ledger, publisher, SystemClock(),
@@ -96,6 +97,12 @@ class BillingRuntime(Service):
                                             settings.http_port)
         self.ready.set()
         log.info("service_started", port=settings.http_port)
+
+    def forget_balances(self) -> None:
+        """Partitions moved (or may have): balances held in memory are no longer known to be
+        the stored ones."""
+        if self.worker is not None:
+            self.worker.forget_balances()
 
     async def on_stop(self) -> None:
         if self._ops_runner is not None:
@@ -157,6 +164,17 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
             applier.cancel()
             with suppress(asyncio.CancelledError):
                 await applier
+
+    # billing holds each balance in memory while it owns the account's partitions (worker.py):
+    # whatever the rebalance, the next batch reads every balance from the database again.
+    # faust sends `revoked` only once the events in flight are acked, `assigned` after it.
+    @app.on_partitions_revoked.connect
+    async def forget_on_revoke(_app: faust.App, _revoked: Any, **_: Any) -> None:
+        runtime.forget_balances()
+
+    @app.on_partitions_assigned.connect
+    async def forget_on_assign(_app: faust.App, _assigned: Any, **_: Any) -> None:
+        runtime.forget_balances()
 
     async def run_pass(job: Any, failure_event: str) -> None:
         try:

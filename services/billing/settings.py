@@ -34,6 +34,9 @@ class BillingSettings(ServiceSettings):
     batch_max_records: int = 500
     # Reserve entries kept in memory for their settlements (ledger entries never change).
     reservation_cache_size: int = 10_000
+    # Balances held in memory while this process owns the account's partitions (~1 kB each):
+    # an account's next batch decides without reading its document.
+    balance_cache_size: int = 10_000
     # faust waits 60 s by default before a dead member's partitions move: after a kill -9 the
     # restarted worker would stall that long. Heartbeats come from faust's consumer thread, so
     # a slow event does not make a live worker look dead.

@@ -1,14 +1,14 @@
-"""billing's orchestration of input records: decode -> read -> decide -> write -> publish.
+"""billing's orchestration of input records: decode -> decide -> entries -> outputs + balances.
 
-Records are applied in batches of what is already buffered (`handle_batch`): one concurrent read
-of the balances and reservations the batch needs, decisions in memory in the order the records
-were read, one insert of all new ledger entries, then the outputs are published and each touched
-balance is written once (with the offsets it applied), and only when both are done is the batch
-acked. Per event, in this order:
+Records are applied in batches of what is already buffered (`handle_batch`): decisions in memory
+in the order the records were read, one insert of all new ledger entries, then the outputs are
+published and each touched balance is written once (with the offsets it applied), and only when
+both are done is the batch acked. Per event, in this order:
 
 1. ledger entry (unique key) durable;
-2. outputs published — they are derived from the entry alone — and the balance document written
-   while they are in flight (money and applied offsets in one write);
+2. outputs published — they are derived from the entry alone, so they leave one round trip after
+   the record was read — and the balance document written while they are in flight (money and
+   applied offsets in one write);
 3. ack, once both are durable: faust's commit never passes an event whose balance write is
    not durable.
 
@@ -18,6 +18,14 @@ entry with an offset the balance has not applied (`entry_exists`: the batch goes
 time), which applies it and publishes again; after the balance but before the outputs or the ack
 are durable, the offset is applied and the outputs are published again from the stored entry.
 Downstream dedupes by id.
+
+Balances are held in memory while this process owns the account's partitions: billing is the
+only writer of `balances` and the topics are keyed by account, so once a balance has been read or
+written, the next batch decides from the copy held here instead of reading it (only accounts
+never seen cost a read). The copy is always the document as last stored; everything held is
+forgotten when partitions are revoked or assigned (app.py), when a batch fails or goes one record
+at a time (so that path reads the stored truth), and a batch that started before such a reset
+does not put its balances back. Reserve entries are held too (bounded): entries never change.
 
 Anything unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends
 the whole batch through the one-record path (`handle`), which converges from whatever the batch
@@ -101,7 +109,7 @@ class BillingWorker:
                  rate_card: RateCard, clock: Clock, topic_prefix: str,
                  low_balance_threshold: int, retry_first_delay_s: float = 0.2,
                  retry_max_delay_s: float = 10.0, dead_letter_limit: int = 50,
-                 reservation_cache_size: int = 10_000,
+                 reservation_cache_size: int = 10_000, balance_cache_size: int = 10_000,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._balances = balances
         self._ledger = ledger
@@ -119,10 +127,28 @@ class BillingWorker:
         # settlement finds its reservation here without a round trip (bounded, oldest out first).
         self._reservations: OrderedDict[str, LedgerEntry] = OrderedDict()
         self._reservation_cache_size = reservation_cache_size
+        # Balances as last stored, while this process owns their partitions (bounded, least
+        # recently used out first); `_generation` counts the resets (see `forget_balances`).
+        self._held: OrderedDict[str, Balance] = OrderedDict()
+        self._balance_cache_size = balance_cache_size
+        self._generation = 0
 
     @property
     def input_topics(self) -> tuple[str, ...]:
         return tuple(self._topics)
+
+    def forget_balances(self) -> None:
+        """Forget every balance held in memory: the next batch reads the stored documents.
+
+        Called when partitions are revoked or assigned (another process may own an account from
+        now on, or have written it meanwhile) and whenever a batch does not finish normally. A
+        batch in flight across the call does not put what it read or wrote back."""
+        self._held.clear()
+        self._generation += 1
+
+    def held_balance(self, account_id: str) -> Balance | None:
+        """The balance held in memory for `account_id`, if any (for tests and diagnostics)."""
+        return self._held.get(account_id)
 
     async def handle_batch(self, records: Sequence[Record]) -> list[str]:
         """Finish with records read in this order and return their outcomes, in the same order.
@@ -136,12 +162,15 @@ class BillingWorker:
         try:
             applied = await self._apply_batch(records)
         except asyncio.CancelledError:
+            self.forget_balances()  # what was written is not known here
             raise
         except _OneByOne as exc:
+            self.forget_balances()  # the one-record path reads the stored truth
             metrics.BATCH_FALLBACKS.labels(reason=exc.reason).inc()
             log.info("billing_batch_one_by_one", records=len(records), reason=exc.reason)
             return [await self.handle(record) for record in records]
         except Exception as exc:  # transient or not: the one-record path retries or DLQs it
+            self.forget_balances()
             metrics.BATCH_FALLBACKS.labels(reason="error").inc()
             log.warning("billing_batch_one_by_one", records=len(records), reason="error",
                         error=repr(exc))
@@ -174,19 +203,24 @@ class BillingWorker:
         moving = [i for i in items if not _settles_nothing(i.event)]
         if not moving:
             return items  # each one's outcome is "ignored"
+        generation = self._generation
+        held = self._held
         accounts = list(dict.fromkeys(i.event.account_id for i in moving))
+        unread = [a for a in accounts if a not in held]
         wanted = list(dict.fromkeys(
             reserve_key(i.event.message_id) for i in moving
             if isinstance(i.event, StatusChanged) and reserve_key(i.event.message_id)
             not in self._reservations))
-        found = await _all(*(self._balances.get(a) for a in accounts),
-                           *(self._ledger.get(k) for k in wanted))
-        balances: dict[str, Balance] = {
-            a: b or Balance.opening(a, self._rate_card.currency, self._threshold)
-            for a, b in zip(accounts, found[:len(accounts)], strict=True)}
-        for entry in found[len(accounts):]:
-            if entry is not None:
-                self._remember(entry)
+        balances: dict[str, Balance] = {a: held[a] for a in accounts if a in held}
+        if unread or wanted:
+            found = await _all(*(self._balances.get(a) for a in unread),
+                               *(self._ledger.get(k) for k in wanted))
+            for account, balance in zip(unread, found[:len(unread)], strict=True):
+                balances[account] = balance or Balance.opening(
+                    account, self._rate_card.currency, self._threshold)
+            for entry in found[len(unread):]:
+                if entry is not None:
+                    self._remember(entry)
         now = self._clock.now_ms()
         decided: dict[str, LedgerEntry] = {}  # this batch's new entries, by key
         touched: dict[str, Balance] = {}
@@ -230,9 +264,19 @@ class BillingWorker:
         # are done (see the module's docstring for a crash in between).
         await _all(self._publisher.publish_all(outputs),
                    *(self._balances.save(b, now) for b in touched.values()))
+        if generation == self._generation:  # no reset meanwhile: these are the stored truth
+            self._hold({**balances, **touched})
         for decision in decisions:
             _count(decision)
         return items
+
+    def _hold(self, balances: dict[str, Balance]) -> None:
+        held = self._held
+        for account, balance in balances.items():
+            held[account] = balance
+            held.move_to_end(account)
+        while len(held) > self._balance_cache_size:
+            held.popitem(last=False)
 
     def _remember(self, entry: LedgerEntry) -> None:
         cache = self._reservations
@@ -288,6 +332,8 @@ class BillingWorker:
     async def _apply(self, event: InputEvent, position: Position) -> Decision:
         if _settles_nothing(event):
             return Decision("ignored")  # nothing to settle, so nothing to read
+        # The stored document is the truth here; what this path writes is not held.
+        self._held.pop(event.account_id, None)
         now = self._clock.now_ms()
         balance = (await self._balances.get(event.account_id)
                    or Balance.opening(event.account_id, self._rate_card.currency,

@@ -23,7 +23,10 @@ class Journal:
 class FakeBalances:
     journal: Journal
     documents: dict[str, Balance] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)  # "get" / "save": fail once each
+    # "get" / "save": fail once each; "save_then_fail": the write lands, then the call fails
+    # (a connection lost before the answer came back)
+    failures: list[str] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)  # the accounts read, in order
 
     def _maybe_fail(self, operation: str) -> None:
         if operation in self.failures:
@@ -32,12 +35,14 @@ class FakeBalances:
 
     async def get(self, account_id: str) -> Balance | None:
         self._maybe_fail("get")
+        self.reads.append(account_id)
         return self.documents.get(account_id)
 
     async def save(self, balance: Balance, now: int) -> None:
         self._maybe_fail("save")
         self.documents[balance.account_id] = balance
         self.journal.steps.append("balance")
+        self._maybe_fail("save_then_fail")
 
     async def all(self) -> list[Balance]:
         return list(self.documents.values())

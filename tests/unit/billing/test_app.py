@@ -1,9 +1,18 @@
-"""The faust app's wiring, without a broker: what it reads and how it commits."""
+"""The faust app's wiring, without a broker: what it reads, how it commits, and that a rebalance
+forgets the balances held in memory."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+from faust.types import TP
+
 from services.billing.app import create_app
 from services.billing.settings import BillingSettings
+from shared.messages import SEND_REQUESTED
+from tests.unit.billing.events import ACCOUNT, send_requested
+from tests.unit.billing.test_worker import GB_UTILITY, funded
 
 
 def test_the_agent_reads_the_three_prefixed_input_topics_as_raw_bytes() -> None:
@@ -30,3 +39,31 @@ def test_the_consumer_group_is_prefixed_like_the_topics() -> None:
                                         faust_datadir="/var/lib/billing"))
     assert app.conf.id == "t2.hala-billing"
     assert str(app.conf.datadir) == "/var/lib/billing/t2.hala-billing-data"
+
+
+@pytest.mark.parametrize("signal", ["on_partitions_revoked", "on_partitions_assigned"])
+async def test_a_rebalance_makes_the_next_batch_read_every_balance_again(signal: str) -> None:
+    app, runtime = create_app(BillingSettings(HALA_TOPIC_PREFIX="t."))
+    shell = await funded()
+    runtime.worker = shell.worker
+    await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_0"))])
+    assert shell.worker.held_balance(ACCOUNT) == shell.balance
+    # Meanwhile another process owned the account's partitions and applied a top-up.
+    stored = shell.balance
+    shell.balances.documents[ACCOUNT] = replace(
+        stored, available=stored.available + 50_000,
+        applied={**stored.applied, "t.billing.topup-requested.v1:2": 1})
+
+    await getattr(app, signal).send({TP("t.messages.send-requested.v1", 2)})
+
+    assert shell.worker.held_balance(ACCOUNT) is None
+    shell.balances.reads.clear()
+    await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_1"))])
+    assert shell.balances.reads == [ACCOUNT]
+    assert shell.balance.available == 100_000 + 50_000 - 2 * GB_UTILITY
+
+
+async def test_a_rebalance_before_the_worker_exists_is_harmless() -> None:
+    app, runtime = create_app(BillingSettings(HALA_TOPIC_PREFIX="t."))
+    assert runtime.worker is None
+    await app.on_partitions_assigned.send(set())

@@ -55,7 +55,8 @@ class Shell:
         return self.balances.documents[ACCOUNT]
 
 
-def make_shell(*, sleeps: Sleeps | None = None, dead_letter_limit: int = 50) -> Shell:
+def make_shell(*, sleeps: Sleeps | None = None, dead_letter_limit: int = 50,
+               **options: Any) -> Shell:
     journal = Journal()
     balances, ledger, publisher = FakeBalances(journal), FakeLedger(journal), FakePublisher(
         journal)
@@ -64,7 +65,7 @@ def make_shell(*, sleeps: Sleeps | None = None, dead_letter_limit: int = 50) -> 
                            rate_card=CARD, clock=FakeClock(), topic_prefix=PREFIX,
                            low_balance_threshold=0, retry_first_delay_s=0.2,
                            retry_max_delay_s=1.0, dead_letter_limit=dead_letter_limit,
-                           sleep=sleeps)
+                           sleep=sleeps, **options)
     return Shell(worker, balances, ledger, publisher, journal, sleeps, {})
 
 
