@@ -299,7 +299,7 @@ INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
     schema=InboundReceived,
     key=lambda e: e.phone_number_id,
     producers=("status",),
-    consumers=(),
+    consumers=("sender",),  # Meta counts inbound messages against the number's throughput
     examples=({"event_id": "wamid.IN1", "phone_number_id": "106540352242922",
                "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN1",
                "message_type": "text", "sent_at": 1764000000000,

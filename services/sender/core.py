@@ -14,8 +14,9 @@ Requests reach Meta after a network delay between d_min and d_max. The requests 
 window of length T at Meta left us within a window of length T + J, where J = d_max - d_min is the
 jitter, so Meta sees at most b + r*(T + J) = (b + r*J) + r*T of them. That stays within B + r*T
 whenever J <= (B - b) / r: Meta's bucket always holds at least B - b tokens more than ours does.
-  * number: B = 1 s of mps, b = half of it, so up to 0.5 s of jitter is absorbed (also some inbound
-    traffic, which Meta counts against the same throughput);
+  * number: B = 1 s of mps, b = half of it, so up to 0.5 s of jitter is absorbed. Meta counts
+    inbound messages against the same throughput: each one we hear of (InboundReceived) takes a
+    token from our buckets too, and the margin covers those we have not heard of yet;
   * pair: B = 45, b = 40, r = 1/6 s, so up to 30 s of jitter is absorbed.
 When we take a phone number over from another owner (a restart, a rebalance), we do not know
 what it sent just before. It ran this same model, so after each of its sends Meta's pair bucket
@@ -102,6 +103,13 @@ class TokenBucket:
         if at <= now:
             self.tokens -= 1
         return at
+
+    def force_take(self, now: float, max_debt: float) -> None:
+        """Take a token whatever the stock, for traffic Meta counts but we do not pace: the debt
+        grows by one, to at most `max_debt` (as Meta's own bucket), and a deeper debt already
+        run (reservations ahead) stays as it is."""
+        self._refill(now)
+        self.tokens = min(self.tokens, max(self.tokens - 1, -max_debt))
 
     def drain(self, now: float) -> None:
         """Meta says the bucket is empty: believe it (keep any debt we already run)."""
@@ -238,6 +246,13 @@ class NumberPacer:
     def fire(self, now: float) -> float:
         """At the moment a send would leave: `now` if it may (a token taken), else when it may."""
         return self.fire_bucket.take_if_available(now)
+
+    def count_inbound(self, now: float) -> None:
+        """A user wrote to this number: Meta counts inbound messages against the same
+        throughput, so one takes a token from our buckets too (in debt if need be, at most one
+        second of the rate, like Meta's bucket)."""
+        self.number_bucket.force_take(now, max_debt=self.mps)
+        self.fire_bucket.force_take(now, max_debt=self.mps)
 
     def set_mps(self, mps: float, now: float) -> None:
         if mps != self.mps:

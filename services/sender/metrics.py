@@ -65,3 +65,8 @@ ACCEPT_TO_META = Histogram(
     "From ingest accepting a message (202) to Meta accepting it.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+INBOUND_COUNTED = Counter(
+    "sender_inbound_counted_total",
+    "Inbound messages to numbers this instance paces, each taking a token from the number's "
+    "buckets (Meta counts them against the same throughput).",
+)

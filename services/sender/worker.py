@@ -76,9 +76,11 @@ from shared.kafka import (
 )
 from shared.logging import get_logger
 from shared.messages import (
+    INBOUND_RECEIVED,
     SEND_APPROVED,
     STATUS_CHANGED,
     THROUGHPUT_CHANGED,
+    InboundReceived,
     MetaError,
     SendApproved,
     StatusChanged,
@@ -322,6 +324,13 @@ class SendEngine:
         log.info("throughput_changed", phone_number_id=event.phone_number_id,
                  messages_per_second=event.messages_per_second,
                  messaging_limit=event.messaging_limit)
+
+    def count_inbound(self, event: InboundReceived) -> None:
+        """A user wrote to one of our numbers: Meta counts it against the number's throughput."""
+        lane = self._lanes.get(event.phone_number_id)
+        if lane is not None:
+            lane.pacer.count_inbound(self._clock.monotonic())
+            metrics.INBOUND_COUNTED.inc()
 
     def _mps(self, phone: PhoneNumber) -> int:
         change = self._throughput.get(phone.id)
@@ -908,6 +917,8 @@ class SenderWorker:
             asyncio.create_task(report_lag_forever(consumer, SERVICE, self._config.group)),
             asyncio.create_task(follow_throughput(self._config.bootstrap_servers,
                                                   self._config.topic_prefix, self._engine)),
+            asyncio.create_task(follow_inbound(self._config.bootstrap_servers,
+                                               self._config.topic_prefix, self._engine)),
         ]
         try:
             await self.consume(helpers)
@@ -1051,6 +1062,30 @@ async def follow_throughput(bootstrap_servers: str, prefix: str, engine: SendEng
                         engine.apply_throughput(THROUGHPUT_CHANGED.decode(record.value))  # type: ignore[arg-type]
                     except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
                         log.warning("throughput_change_unreadable", partition=record.partition,
+                                    offset=record.offset, error=type(exc).__name__)
+    finally:
+        await consumer.stop()
+
+
+async def follow_inbound(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
+    """Follow the inbound messages from now on: each one takes a token from its number's
+    buckets (only past ones are of no use: a bucket forgets within a second). No consumer
+    group: nothing to commit, and every instance paces its own numbers."""
+    name = topic_name(INBOUND_RECEIVED, prefix)
+    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    await consumer.start()
+    try:
+        tps = [TopicPartition(name, p) for p in range(INBOUND_RECEIVED.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        engine.count_inbound(INBOUND_RECEIVED.decode(record.value))  # type: ignore[arg-type]
+                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+                        log.warning("inbound_unreadable", partition=record.partition,
                                     offset=record.offset, error=type(exc).__name__)
     finally:
         await consumer.stop()

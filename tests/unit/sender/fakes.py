@@ -217,6 +217,13 @@ class FakeMeta:
         if bucket is not None:
             bucket.retune(mps, mps, self.clock.monotonic())
 
+    def inbound(self, phone_number_id: str) -> None:
+        """A user wrote to the number: Meta counts it against its throughput, never refuses it
+        (its bucket runs into debt, at most one burst deep)."""
+        mps = self.mps.get(phone_number_id, 80)
+        number = self._numbers.setdefault(phone_number_id, TokenBucket(mps, mps, -1e6))
+        number.force_take(self.clock.monotonic(), max_debt=number.capacity)
+
     async def send(self, phone_number_id: str, access_token: str,
                    event: SendApproved) -> SendOutcome:
         now = self.clock.monotonic()

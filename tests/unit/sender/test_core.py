@@ -217,6 +217,46 @@ def test_fire_takes_a_token_in_stock_and_only_tells_when_otherwise() -> None:
     assert bucket.take_if_available(0.05) == pytest.approx(0.1)  # nothing was taken meanwhile
     assert bucket.take_if_available(0.1) == pytest.approx(0.1)
 
+def test_traffic_taken_by_force_runs_into_debt_at_most_as_deep_as_allowed() -> None:
+    bucket = TokenBucket(rate=20, capacity=10, now=0.0)
+    for _ in range(40):
+        bucket.force_take(0.0, max_debt=20)
+    assert bucket.tokens == pytest.approx(-20)
+    assert bucket.available_at(0.0) == pytest.approx(21 / 20)
+    ahead = TokenBucket(rate=20, capacity=10, now=0.0)
+    for _ in range(50):
+        ahead.reserve(0.0)  # a backlog reserved ahead: -40
+    ahead.force_take(0.0, max_debt=20)
+    assert ahead.tokens == pytest.approx(-40)  # a deeper debt is never lifted
+
+
+def test_inbound_messages_hold_back_sends_as_metas_bucket_would() -> None:
+    """A burst of users writing to a 20 mps number (Meta counts them against its throughput):
+    the sends we make after hearing of them are not refused, and without counting them some
+    would be."""
+    def sends_after_inbound(count_them: bool) -> list[tuple[float, str]]:
+        pacer = NumberPacer(20, now=0.0, origin=LONG_AGO)
+        if count_them:
+            for _ in range(40):
+                pacer.count_inbound(0.0)
+        fired, now = [], 0.0
+        while len(fired) < 60:
+            at = pacer.fire(now)
+            if at <= now:
+                fired.append((now, f"r{len(fired)}"))
+            now = max(now, at) if at > now else now
+        return fired
+
+    def refused(sends: list[tuple[float, str]]) -> int:
+        meta = TokenBucket(rate=20, capacity=20, now=0.0)  # Meta's: one second of the rate
+        for _ in range(40):
+            meta.tokens = max(meta.tokens - 1, -meta.capacity)  # inbound, never refused
+        return sum(1 for at, _ in sends if meta.take_if_available(at) > at)
+
+    assert refused(sends_after_inbound(count_them=False)) > 0
+    assert refused(sends_after_inbound(count_them=True)) == 0
+
+
 # --- pacing of one number -----------------------------------------------------------------------
 
 

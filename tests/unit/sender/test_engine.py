@@ -9,7 +9,7 @@ import pytest
 from services.sender import metrics
 from services.sender.meta_client import Accepted, Ambiguous, NotSent, Refused
 from services.sender.worker import EngineConfig
-from shared.messages import ThroughputChanged
+from shared.messages import InboundReceived, ThroughputChanged
 from tests.unit.sender.fakes import NUMBER_ID, Harness, phone_number, settle
 
 
@@ -340,6 +340,24 @@ async def test_a_throughput_upgrade_raises_the_rate_live(h: Harness) -> None:
         occurred_at=upgrade.occurred_at - 1000))
     lane = h.engine.lane_state(NUMBER_ID)
     assert lane is not None and lane.pacer.mps == 1000
+
+
+@pytest.mark.parametrize("heard", [True, False])
+async def test_inbound_messages_we_hear_of_keep_meta_from_refusing_our_sends(
+        h: Harness, heard: bool) -> None:
+    await h.admit(*(h.event() for _ in range(400)))
+    await h.timer.advance(1.0)  # sending at the number's full rate
+    for i in range(60):  # a burst of users writing to the number
+        h.meta.inbound(NUMBER_ID)
+        if heard:
+            h.engine.count_inbound(InboundReceived(
+                event_id=f"in{i}", phone_number_id=NUMBER_ID, waba_id="w", sender="1",
+                wamid=f"wamid.in{i}", message_type="text", sent_at=h.clock.now_ms()))
+    await h.timer.advance(3.0)
+    if heard:
+        assert h.meta.refusals == []
+    else:
+        assert h.meta.refusals  # what the count prevents
 
 
 async def test_tier_full_new_recipients_wait_for_the_window_and_expire(h: Harness) -> None:
