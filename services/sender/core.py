@@ -111,6 +111,15 @@ class TokenBucket:
         self._refill(now)
         self.tokens = min(self.tokens, max(self.tokens - 1, -max_debt))
 
+    def level(self, now: float) -> float:
+        """Tokens in stock now (negative: debt)."""
+        self._refill(now)
+        return self.tokens
+
+    def hold_at_most(self, tokens: float, now: float) -> None:
+        self._refill(now)
+        self.tokens = min(self.tokens, tokens)
+
     def drain(self, now: float) -> None:
         """Meta says the bucket is empty: believe it (keep any debt we already run)."""
         self._refill(now)
@@ -253,6 +262,13 @@ class NumberPacer:
         second of the rate, like Meta's bucket)."""
         self.number_bucket.force_take(now, max_debt=self.mps)
         self.fire_bucket.force_take(now, max_debt=self.mps)
+
+    def start_below(self, meta_tokens: float, now: float) -> None:
+        """Meta's bucket holds at most `meta_tokens` (inbound we heard of before we paced this
+        number took the rest): ours start the usual margin below it."""
+        margin = self.mps - number_burst(self.mps)
+        for bucket in (self.number_bucket, self.fire_bucket):
+            bucket.hold_at_most(meta_tokens - margin, now)
 
     def set_mps(self, mps: float, now: float) -> None:
         if mps != self.mps:

@@ -30,6 +30,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.sender import metrics
 from services.sender.core import (
+    COEXISTENCE_MPS,
     ErrorClass,
     NumberPacer,
     OffsetTracker,
@@ -38,6 +39,7 @@ from services.sender.core import (
     SendQueue,
     ThrottleScope,
     TierWindow,
+    TokenBucket,
     classify,
     in_flight_cap,
     is_business_initiated,
@@ -246,6 +248,8 @@ class SendEngine:
         self._pending: dict[str, Delivery] = {}
         self._tiers: dict[str, _PortfolioTier] = {}
         self._throughput: dict[str, ThroughputChanged] = {}
+        # Meta's bucket as inbound messages alone left it, for numbers without a lane yet.
+        self._inbound_before_lane: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unanswered = 0  # taken off a queue, no answer from Meta yet (capped)
         self._finishing = 0  # answered, outcome being recorded and published
@@ -326,11 +330,24 @@ class SendEngine:
                  messaging_limit=event.messaging_limit)
 
     def count_inbound(self, event: InboundReceived) -> None:
-        """A user wrote to one of our numbers: Meta counts it against the number's throughput."""
+        """A user wrote to one of our numbers: Meta counts it against the number's throughput.
+        For a number we pace no message of yet, what Meta's bucket would hold after them is
+        kept (at the lowest rate a number has: the slowest refill) for when we start."""
+        now = self._clock.monotonic()
+        metrics.INBOUND_COUNTED.inc()
         lane = self._lanes.get(event.phone_number_id)
         if lane is not None:
-            lane.pacer.count_inbound(self._clock.monotonic())
-            metrics.INBOUND_COUNTED.inc()
+            lane.pacer.count_inbound(now)
+            return
+        seen = self._inbound_before_lane.get(event.phone_number_id)
+        if seen is None:
+            if len(self._inbound_before_lane) >= 10_000:  # bounded: forget the settled ones
+                for number, bucket in list(self._inbound_before_lane.items()):
+                    if bucket.is_full(now):
+                        del self._inbound_before_lane[number]
+            seen = self._inbound_before_lane[event.phone_number_id] = TokenBucket(
+                COEXISTENCE_MPS, COEXISTENCE_MPS, now)
+        seen.force_take(now, max_debt=COEXISTENCE_MPS)
 
     def _mps(self, phone: PhoneNumber) -> int:
         change = self._throughput.get(phone.id)
@@ -347,6 +364,9 @@ class SendEngine:
         if lane is None:
             lane = self._lanes[phone.id] = Lane(phone, self._mps(phone), now, taken_over_at,
                                                 partition)
+            seen = self._inbound_before_lane.pop(phone.id, None)
+            if seen is not None:
+                lane.pacer.start_below(seen.level(now), now)
             lane.task = self._spawn(self._dispatch(lane), track=False)
         elif lane.needs_takeover:
             lane.pacer.take_over(now, origin=taken_over_at)

@@ -360,6 +360,24 @@ async def test_inbound_messages_we_hear_of_keep_meta_from_refusing_our_sends(
         assert h.meta.refusals  # what the count prevents
 
 
+@pytest.mark.parametrize("heard", [True, False])
+async def test_inbound_heard_before_any_send_of_the_number_still_holds_it_back(
+        h: Harness, heard: bool) -> None:
+    h.meta.set_mps(NUMBER_ID, 20)
+    h.phone_numbers.numbers[NUMBER_ID] = phone_number(throughput_mps=20)
+    for i in range(40):  # users write first (it opens their windows), then we send
+        h.meta.inbound(NUMBER_ID)
+        if heard:
+            h.engine.count_inbound(InboundReceived(
+                event_id=f"in{i}", phone_number_id=NUMBER_ID, waba_id="w", sender="1",
+                wamid=f"wamid.in{i}", message_type="text", sent_at=h.clock.now_ms()))
+    await h.timer.advance(0.05)
+    await h.admit(*(h.event() for _ in range(60)))
+    await h.timer.advance(5.0)
+    assert len(h.meta.calls) >= 60
+    assert (h.meta.refusals == []) is heard
+
+
 async def test_tier_full_new_recipients_wait_for_the_window_and_expire(h: Harness) -> None:
     h.phone_numbers.numbers[NUMBER_ID] = phone_number(messaging_limit="TIER_50")
     events = [h.event(expires_at=h.clock.now_ms() + 60_000) for _ in range(55)]
