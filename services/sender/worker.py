@@ -589,6 +589,7 @@ class SendEngine:
                 return
             event = delivery.event
             if not delivery.started:
+                await self._until_token_is_near(lane)
                 earlier = await self._retry(partial(
                     self._store.start_send, event.message_id,
                     phone_number_id=event.phone_number_id, account_id=event.account_id,
@@ -618,6 +619,18 @@ class SendEngine:
             free_the_slot()
             lane.active.discard(delivery)
             metrics.MESSAGES_IN_FLIGHT.set(self.in_flight)
+
+    async def _until_token_is_near(self, lane: Lane) -> None:
+        """Take no `sending` record long before the number may send (a pause, or inbound
+        messages, can push its next token a second or more away): a crash turns every such
+        record into an unknown outcome. Near = within the in-flight lead."""
+        while True:
+            now = self._clock.monotonic()
+            near_at = max(lane.pacer.number_bucket.available_at(now),
+                          lane.pacer.blocked_until()) - self._config.in_flight_seconds
+            if near_at <= now or lane.pacer.is_held(now):
+                return
+            await self._timer.sleep_until(near_at)
 
     async def _pass_gate(self, lane: Lane, delivery: Delivery) -> bool:
         """Wait for the number's token. False: the message does not go now (it was put back,
