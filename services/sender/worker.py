@@ -87,6 +87,7 @@ from shared.messages import (
     SendApproved,
     StatusChanged,
     ThroughputChanged,
+    Topic,
 )
 from shared.metrics import DEAD_LETTERS, RECORDS_HANDLED
 from shared.secrets import TokenVault
@@ -1076,50 +1077,42 @@ def status_publisher(producer: AIOKafkaProducer, prefix: str) -> Publish:
 
 async def follow_throughput(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
     """Read the compacted throughput topic from its beginning, then follow it: every instance
-    knows every number's latest level, also right after a restart. (No consumer group: nothing
-    to commit, and each instance needs all of it.)"""
-    name = topic_name(THROUGHPUT_CHANGED, prefix)
+    knows every number's latest level, also right after a restart."""
+    await _follow(bootstrap_servers, prefix, THROUGHPUT_CHANGED, engine.apply_throughput,
+                  from_beginning=True)
+
+
+async def follow_inbound(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
+    """Follow the inbound messages from now on: each one takes a token from its number's
+    buckets (past ones are of no use: a bucket forgets within a second)."""
+    await _follow(bootstrap_servers, prefix, INBOUND_RECEIVED, engine.count_inbound,
+                  from_beginning=False)
+
+
+async def _follow(bootstrap_servers: str, prefix: str, topic: Topic[Any],
+                  apply: Callable[[Any], None], *, from_beginning: bool) -> None:
+    """Every partition of `topic`, without a consumer group: nothing to commit, and every
+    instance needs all of it."""
+    name = topic_name(topic, prefix)
     consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
     await consumer.start()
     try:
         # The registry's partition count is what ensure_topics created (a group-less consumer
         # gets no metadata for topics it has not been assigned).
-        tps = [TopicPartition(name, p) for p in range(THROUGHPUT_CHANGED.partitions)]
+        tps = [TopicPartition(name, p) for p in range(topic.partitions)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await (consumer.seek_to_beginning(*tps) if from_beginning
+               else consumer.seek_to_end(*tps))
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
                     try:
-                        engine.apply_throughput(THROUGHPUT_CHANGED.decode(record.value))  # type: ignore[arg-type]
+                        apply(topic.decode(record.value))  # type: ignore[arg-type]
                     except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-                        log.warning("throughput_change_unreadable", partition=record.partition,
-                                    offset=record.offset, error=type(exc).__name__)
-    finally:
-        await consumer.stop()
-
-
-async def follow_inbound(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
-    """Follow the inbound messages from now on: each one takes a token from its number's
-    buckets (only past ones are of no use: a bucket forgets within a second). No consumer
-    group: nothing to commit, and every instance paces its own numbers."""
-    name = topic_name(INBOUND_RECEIVED, prefix)
-    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
-    await consumer.start()
-    try:
-        tps = [TopicPartition(name, p) for p in range(INBOUND_RECEIVED.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    try:
-                        engine.count_inbound(INBOUND_RECEIVED.decode(record.value))  # type: ignore[arg-type]
-                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-                        log.warning("inbound_unreadable", partition=record.partition,
-                                    offset=record.offset, error=type(exc).__name__)
+                        log.warning("followed_record_unreadable", topic=topic.name,
+                                    partition=record.partition, offset=record.offset,
+                                    error=type(exc).__name__)
     finally:
         await consumer.stop()
 
