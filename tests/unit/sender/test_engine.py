@@ -342,17 +342,22 @@ async def test_a_throughput_upgrade_raises_the_rate_live(h: Harness) -> None:
     assert lane is not None and lane.pacer.mps == 1000
 
 
-@pytest.mark.parametrize("heard", [True, False])
-async def test_inbound_messages_we_hear_of_keep_meta_from_refusing_our_sends(
-        h: Harness, heard: bool) -> None:
-    await h.admit(*(h.event() for _ in range(400)))
-    await h.timer.advance(1.0)  # sending at the number's full rate
-    for i in range(60):  # a burst of users writing to the number
+def users_write(h: Harness, count: int, heard: bool) -> None:
+    """Users write to the number: Meta counts each; the engine hears of them when `heard`."""
+    for i in range(count):
         h.meta.inbound(NUMBER_ID)
         if heard:
             h.engine.count_inbound(InboundReceived(
                 event_id=f"in{i}", phone_number_id=NUMBER_ID, waba_id="w", sender="1",
                 wamid=f"wamid.in{i}", message_type="text", sent_at=h.clock.now_ms()))
+
+
+@pytest.mark.parametrize("heard", [True, False])
+async def test_inbound_messages_we_hear_of_keep_meta_from_refusing_our_sends(
+        h: Harness, heard: bool) -> None:
+    await h.admit(*(h.event() for _ in range(400)))
+    await h.timer.advance(1.0)  # sending at the number's full rate
+    users_write(h, 60, heard)  # a burst of users writing to the number
     await h.timer.advance(3.0)
     if heard:
         assert h.meta.refusals == []
@@ -365,12 +370,7 @@ async def test_inbound_heard_before_any_send_of_the_number_still_holds_it_back(
         h: Harness, heard: bool) -> None:
     h.meta.set_mps(NUMBER_ID, 20)
     h.phone_numbers.numbers[NUMBER_ID] = phone_number(throughput_mps=20)
-    for i in range(40):  # users write first (it opens their windows), then we send
-        h.meta.inbound(NUMBER_ID)
-        if heard:
-            h.engine.count_inbound(InboundReceived(
-                event_id=f"in{i}", phone_number_id=NUMBER_ID, waba_id="w", sender="1",
-                wamid=f"wamid.in{i}", message_type="text", sent_at=h.clock.now_ms()))
+    users_write(h, 40, heard)  # users write first (it opens their windows), then we send
     await h.timer.advance(0.05)
     await h.admit(*(h.event() for _ in range(60)))
     await h.timer.advance(5.0)
