@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from services.ingest.cache import MISSING, TtlCache
 from services.ingest.core import ListQuery
@@ -30,9 +30,7 @@ from shared.collections import (
     PHONE_NUMBERS,
     TEMPLATES,
 )
-from shared.errors import ServiceError
-from shared.group_commit import GroupCommit
-from shared.mongo import DUPLICATE_KEY, unavailable
+from shared.mongo import InsertBatcher, unavailable
 
 Doc = dict[str, Any]
 
@@ -171,38 +169,23 @@ class CachedDirectory:
 
 
 class MongoIdempotencyStore:
-    """`insert` is a group commit: records that arrive while one insert_many is in flight go
-    together in the next one. Each request still learns its own outcome (a duplicate key fails
-    only that record); the database sees one command per batch instead of one per request."""
+    """`insert` is a group commit (shared.mongo.InsertBatcher): records that arrive while one
+    insert_many is in flight go together in the next one, and each request still learns its own
+    outcome."""
 
     def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
         self._records = db[IDEMPOTENCY_KEYS]
-        self._commit: GroupCommit[Doc, None] = GroupCommit(self._insert_batch,
-                                                           max_batch=max_batch)
+        self._inserts = InsertBatcher(self._records, max_batch=max_batch,
+                                      observe_batch=INSERT_BATCH.observe)
 
     async def insert(self, record: Doc) -> None:
         started = time.perf_counter()
         try:
-            await self._commit.submit(record)
+            inserted = await self._inserts.insert(record)
         finally:
             INSERT_DURATION.observe(time.perf_counter() - started)
-
-    async def _insert_batch(self, records: list[Doc]) -> list[BaseException | None]:
-        INSERT_BATCH.observe(len(records))
-        outcomes: list[BaseException | None] = [None] * len(records)
-        try:
-            await self._records.insert_many(records, ordered=False)
-        except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors", []):
-                index = int(error["index"])
-                outcomes[index] = (
-                    DuplicateMessage(records[index]["_id"])
-                    if error.get("code") == DUPLICATE_KEY
-                    else ServiceError(f"idempotency record not stored: {error.get('errmsg')}",
-                                      code="internal_error"))
-        except PyMongoError as exc:
-            raise unavailable(exc) from exc
-        return outcomes
+        if not inserted:
+            raise DuplicateMessage(record["_id"])
 
     async def find(self, record_ids: list[str]) -> list[Doc]:
         # One lookup by _id each: FerretDB pushes only a lone _id filter down to an index.

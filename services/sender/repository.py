@@ -20,50 +20,16 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.clock import Clock
 from shared.collections import PHONE_NUMBERS, SEND_OUTCOMES, SENDS, TIER_USAGE
 from shared.errors import PermanentError
-from shared.group_commit import GroupCommit
-from shared.mongo import DUPLICATE_KEY, unavailable
+from shared.mongo import InsertBatcher, unavailable
 from shared.secrets import TokenVault
 
 TERMINAL_STATES = frozenset({"sent", "failed", "expired", "unknown"})
-
-
-class InsertBatcher:
-    """Inserts issued while the previous batch is being written go out together, as one
-    unordered insert_many (group commit). Each caller still learns its own result: a duplicate
-    key is a normal answer (False), not an error. On FerretDB a batch of 100 documents costs
-    about what one single insert does."""
-
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], max_batch: int = 200,
-                 linger_seconds: float = 0.0) -> None:
-        self._collection = collection
-        # linger: fewer, larger writes (the database server shares the machine's cores) for
-        # that much latency.
-        self._commit: GroupCommit[dict[str, Any], bool] = GroupCommit(
-            self._write_batch, max_batch=max_batch, linger_seconds=linger_seconds)
-
-    async def insert(self, doc: dict[str, Any]) -> bool:
-        """True when inserted, False when a document with that _id exists."""
-        return await self._commit.submit(doc)
-
-    async def _write_batch(self, docs: list[dict[str, Any]]) -> list[bool | BaseException]:
-        outcomes: list[bool | BaseException] = [True] * len(docs)
-        try:
-            await self._collection.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors", []):
-                index = int(error["index"])
-                outcomes[index] = (False if error.get("code") == DUPLICATE_KEY
-                                   else unavailable(exc))
-        except PyMongoError as exc:
-            raise unavailable(exc) from exc
-        return outcomes
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.status.core import MessageRef, MessageState, message_ref_from_doc, state_from_doc
 from shared.collections import (
@@ -20,8 +20,7 @@ from shared.collections import (
     TEMPLATES,
     WAMID_INDEX,
 )
-from shared.group_commit import GroupCommit
-from shared.mongo import DUPLICATE_KEY, unavailable
+from shared.mongo import InsertBatcher, unavailable
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -77,8 +76,7 @@ class StatusRepository:
 
     def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
         self._db = db
-        self._creations: GroupCommit[Doc, bool] = GroupCommit(self._create_batch,
-                                                              max_batch=max_batch)
+        self._creations = InsertBatcher(db[MESSAGES], max_batch=max_batch)
 
     # --- resolving wamids ------------------------------------------------------------------
     async def find_by_wamid(self, wamid: str) -> MessageRef | None:
@@ -131,22 +129,8 @@ class StatusRepository:
         return state_from_doc(doc), doc
 
     async def create_message(self, doc: Doc) -> bool:
-        return await self._creations.submit(doc)
-
-    async def _create_batch(self, docs: list[Doc]) -> list[bool | BaseException]:
-        """One insert_many for the documents of concurrently handled requests (a group commit:
-        FerretDB's cost is per command far more than per document)."""
-        created: list[bool | BaseException] = [True] * len(docs)
-        try:
-            await self._db[MESSAGES].insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors", []):
-                index = int(error["index"])
-                created[index] = (False if error.get("code") == DUPLICATE_KEY
-                                  else unavailable(exc))
-        except PyMongoError as exc:
-            raise unavailable(exc) from exc
-        return created
+        # Concurrently handled requests' documents go in one insert_many (group commit).
+        return await self._creations.insert(doc)
 
     async def save_message(self, message_id: str, fields: Doc, fields_if_new: Doc) -> None:
         """Set the state writer's fields; create a minimal document if ingest's is missing."""
