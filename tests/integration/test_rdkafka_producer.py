@@ -11,22 +11,17 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.errors import DependencyUnavailable
 from shared.rdkafka_producer import RdKafkaProducer
-from tests.integration.test_kafka import _create
+from tests.integration.test_kafka import _create, _read
 
 
 async def _read_all(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
-    records: list[tuple[bytes, bytes]] = []
     try:
-        while len(records) < count:
-            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 20)
-            for part in batches.values():
-                records += [(r.key, r.value) for r in part]
+        return [(r.key, r.value) for r in await _read(consumer, count)]
     finally:
         await consumer.stop()
-    return records
 
 
 async def test_acknowledged_sends_are_stored_in_order_per_key(bootstrap_servers: str,

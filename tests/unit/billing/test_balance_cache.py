@@ -46,6 +46,22 @@ async def reserved_once(shell: Shell, message_id: str = "msg_0") -> None:
     shell.balances.reads.clear()
 
 
+async def batch_held_at(owner: str, call: str) -> tuple[
+        Shell, asyncio.Task[list[str]], list[list[str]], asyncio.Event]:
+    """With the account's balance held, a batch for msg_1 started and stopped at `call` of
+    `owner` ("balances" or "publisher"): (shell, the batch, the journal at the call, release)."""
+    shell = await funded()
+    await reserved_once(shell)
+    seen: list[list[str]] = []
+    target = getattr(shell, owner)
+    held, release = hold(getattr(target, call), seen, shell.journal.steps)
+    setattr(target, call, held)
+    batch = asyncio.create_task(shell.worker.handle_batch(
+        [shell.record(SEND_REQUESTED, send_requested("msg_1"))]))
+    await settle()
+    return shell, batch, seen, release
+
+
 async def test_a_balance_read_once_is_decided_from_memory_by_the_next_batches() -> None:
     shell = await funded()
     shell.balances.reads.clear()
@@ -73,15 +89,7 @@ async def test_an_account_without_a_document_is_read_once_too() -> None:
 
 async def test_with_the_balance_held_the_outputs_leave_one_round_trip_after_the_read(
         ) -> None:
-    shell = await funded()
-    await reserved_once(shell)
-    seen: list[list[str]] = []
-    shell.publisher.publish_all, release = hold(  # type: ignore[method-assign]
-        shell.publisher.publish_all, seen, shell.journal.steps)
-
-    batch = asyncio.create_task(shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested("msg_1"))]))
-    await settle()
+    shell, batch, seen, release = await batch_held_at("publisher", "publish_all")
 
     assert seen == [["entry msg_1:reserve"]]
     assert shell.balances.reads == []  # no read: the entry was the only round trip before
@@ -90,15 +98,7 @@ async def test_with_the_balance_held_the_outputs_leave_one_round_trip_after_the_
 
 
 async def test_a_batch_is_finished_only_once_its_balance_is_durable() -> None:
-    shell = await funded()
-    await reserved_once(shell)
-    seen: list[list[str]] = []
-    shell.balances.save, release = hold(  # type: ignore[method-assign]
-        shell.balances.save, seen, shell.journal.steps)
-
-    batch = asyncio.create_task(shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested("msg_1"))]))
-    await settle()
+    shell, batch, seen, release = await batch_held_at("balances", "save")
 
     assert seen == [["entry msg_1:reserve", SEND_APPROVED]]  # published first
     assert not batch.done()  # so not acked: a crash now redelivers it (entry_exists)
@@ -140,14 +140,7 @@ async def test_a_fallback_forgets_every_account_not_only_the_batch_s() -> None:
 
 
 async def test_a_batch_cancelled_part_way_forgets_the_balances_held() -> None:
-    shell = await funded()
-    await reserved_once(shell)
-    seen: list[list[str]] = []
-    shell.balances.save, _ = hold(  # type: ignore[method-assign]
-        shell.balances.save, seen, shell.journal.steps)
-    batch = asyncio.create_task(shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested("msg_1"))]))
-    await settle()
+    shell, batch, _, _ = await batch_held_at("balances", "save")
 
     batch.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -157,14 +150,7 @@ async def test_a_batch_cancelled_part_way_forgets_the_balances_held() -> None:
 
 async def test_a_batch_in_flight_when_balances_are_forgotten_does_not_hold_them_again(
         ) -> None:
-    shell = await funded()
-    await reserved_once(shell)
-    seen: list[list[str]] = []
-    shell.publisher.publish_all, release = hold(  # type: ignore[method-assign]
-        shell.publisher.publish_all, seen, shell.journal.steps)
-    batch = asyncio.create_task(shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested("msg_1"))]))
-    await settle()
+    shell, batch, _, release = await batch_held_at("publisher", "publish_all")
 
     shell.worker.forget_balances()  # partitions revoked meanwhile
     release.set()
