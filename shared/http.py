@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -46,7 +47,6 @@ async def error_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
     """Turn ServiceError into the JSON envelope, count and time every request."""
-    service = request.app[SERVICE_KEY]
     started = time.perf_counter()
     route = _route_label(request)
     try:
@@ -63,9 +63,18 @@ async def error_middleware(request: web.Request,
     except Exception:
         log.exception("unhandled_error", route=route)
         response = json_response(error_body("internal_error", "internal error"), status=500)
-    HTTP_REQUESTS.labels(service, route, f"{response.status // 100}xx").inc()
-    HTTP_DURATION.labels(service, route).observe(time.perf_counter() - started)
+    counter, timer = _request_metrics(request.app[SERVICE_KEY], route, response.status // 100)
+    counter.inc()
+    timer.observe(time.perf_counter() - started)
     return response
+
+
+@functools.cache
+def _request_metrics(service: str, route: str, status_class: int) -> tuple[Any, Any]:
+    # labels() builds and looks up its key under a lock on every call; the set of (service,
+    # route, class) is small and closed, so each pair of children is looked up once.
+    return (HTTP_REQUESTS.labels(service, route, f"{status_class}xx"),
+            HTTP_DURATION.labels(service, route))
 
 
 DEPENDENCY_PROBE_INTERVAL_S = 15.0

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from shared.errors import InsufficientCredit, InvalidRequest
 from shared.http import SERVICE_KEY, add_ops_routes, error_middleware
@@ -88,3 +89,24 @@ async def test_metrics_label_requests_by_route_template_not_raw_path() -> None:
         assert "555123" not in text
     finally:
         await client.close()
+
+
+async def test_each_request_is_counted_once_under_its_route_and_status_class() -> None:
+    def count(route: str, status_class: str) -> float:
+        return REGISTRY.get_sample_value("hala_http_requests_total", {
+            "service": "unit", "route": route, "status_class": status_class}) or 0.0
+
+    def timed(route: str) -> float:
+        return REGISTRY.get_sample_value("hala_http_request_duration_seconds_count", {
+            "service": "unit", "route": route}) or 0.0
+
+    before = count("/bad/{id}", "4xx"), count("/broke", "5xx"), timed("/bad/{id}")
+    client = await _client({"kafka": _up})
+    try:
+        for _ in range(3):
+            await client.get("/bad/1")
+        await client.get("/broke")
+    finally:
+        await client.close()
+    after = count("/bad/{id}", "4xx"), count("/broke", "5xx"), timed("/bad/{id}")
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 1, 3]
