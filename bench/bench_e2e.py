@@ -3,11 +3,12 @@ status — with open-loop load (requests leave on schedule whether or not earlie
 answered).
 
 1. Capacity: an open-loop ramp of rising rates (5 s each). A step is sustained when nearly
-   every message of it reached the simulator within a 2 s grace after the step, their median
-   time to Meta stayed under 0.5 s and did not grow through the step (the lower quartile of its
-   last third at most 0.1 s above that of its first third: no backlog building up; a single
-   stall of the shared machine does not count as one); the ramp stops
-   at the first step that is not. The capacity is the last sustained rate. Also reported: the
+   every message of it reached the simulator and had its `delivered` status stored within a
+   2 s grace after the step, and both times (to Meta, to delivered stored) kept a median under
+   0.5 s and did not grow through the step (the lower quartile of its last third at most 0.1 s
+   above that of its first third: no backlog building up anywhere in the pipeline; a single
+   stall of the shared machine does not count as one); the ramp stops at the first step that
+   is not. The capacity is the last sustained rate. Also reported: the
    rate at which the simulator accepted messages during the saturated step and its grace (what
    the pipeline delivers when overloaded).
 2. Latency at 25 %, 50 % and 90 % of that capacity: for every message, from the client's receipt
@@ -241,6 +242,20 @@ def billing_load(before: dict[str, float], after: dict[str, float]) -> dict[str,
             "busy_seconds": round(total, 2)}
 
 
+def _growth(latencies: list[float]) -> float | None:
+    """How much a step's latency rose from its first third to its last. A backlog lifts every
+    quantile of the later messages; an isolated stall of the shared machine lifts only a few:
+    compare the lower quartiles."""
+    if not latencies:
+        return None
+    third = max(1, len(latencies) // 3)
+    return (percentile(latencies[-third:], 25) or 0) - (percentile(latencies[:third], 25) or 0)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
+
+
 async def measure_capacity(traffic: Traffic, observer: Observer, session: aiohttp.ClientSession,
                            step_s: float) -> dict[str, Any]:
     steps = []
@@ -255,15 +270,18 @@ async def measure_capacity(traffic: Traffic, observer: Observer, session: aiohtt
         grace_end = time.time()
         await observer.poll_meta()
         missing = observer.fill_meta(items)
+        not_delivered = await observer.fill_delivered(items)
         accepted = [i for i in items if i.status == 202]
         reached = len(accepted) - missing
+        delivered = len(accepted) - not_delivered
         to_meta = [i.meta_at - i.answered_at for i in accepted if i.meta_at]
+        to_delivered = [i.delivered_at - i.answered_at for i in accepted if i.delivered_at]
         p50 = percentile(to_meta, 50)
-        # A backlog lifts every quantile of the later messages; an isolated stall of the shared
-        # machine lifts only a few: compare the lower quartiles of the first and last thirds.
-        third = max(1, len(to_meta) // 3)
-        growth = ((percentile(to_meta[-third:], 25) or 0) - (percentile(to_meta[:third], 25) or 0)
-                  if to_meta else None)
+        growth = _growth(to_meta)
+        # The rest of the pipeline must keep up too: a status backlog competes for the same CPU
+        # and would make every later level's latency a measure of that backlog.
+        p50_delivered = percentile(to_delivered, 50)
+        growth_delivered = _growth(to_delivered)
         # What the simulator accepted during the step (after its first second) and the grace:
         # when the pipeline is saturated, a backlog keeps it at full output all along.
         window_start = step_start + 1.0
@@ -273,18 +291,26 @@ async def measure_capacity(traffic: Traffic, observer: Observer, session: aiohtt
         hops = _hops([i for i in accepted if i.meta_at])
         ok = (len(accepted) >= SUSTAINED_SHARE * len(items)
               and reached >= SUSTAINED_SHARE * len(items)
+              and delivered >= SUSTAINED_SHARE * len(items)
               and p50 is not None and p50 <= SUSTAINED_P50_S
-              and growth is not None and growth <= SUSTAINED_GROWTH_S)
+              and growth is not None and growth <= SUSTAINED_GROWTH_S
+              and p50_delivered is not None and p50_delivered <= SUSTAINED_P50_S
+              and growth_delivered is not None and growth_delivered <= SUSTAINED_GROWTH_S)
         steps.append({"offered_per_s": rate, "sent": len(items), "accepted_202": len(accepted),
                       "at_meta_after_grace": reached, "p50_202_to_meta_ms":
                       round(p50 * 1000, 1) if p50 is not None else None,
                       "p25_growth_through_step_ms":
                       round(growth * 1000, 1) if growth is not None else None,
+                      "delivered_stored_after_grace": delivered,
+                      "p50_202_to_delivered_ms": _ms(p50_delivered),
+                      "p25_growth_to_delivered_ms": _ms(growth_delivered),
                       "meta_accepts_per_s_during_step": round(output, 1), "sustained": ok,
                       "hops": hops})
         log(f"e2e ramp: {rate}/s -> 202 {len(accepted)}/{len(items)}, at Meta {reached}, "
             f"p50 {steps[-1]['p50_202_to_meta_ms']} ms (growth "
-            f"{steps[-1]['p25_growth_through_step_ms']} ms), Meta accepted {output:.0f}/s "
+            f"{steps[-1]['p25_growth_through_step_ms']} ms), delivered {delivered} p50 "
+            f"{steps[-1]['p50_202_to_delivered_ms']} ms (growth "
+            f"{steps[-1]['p25_growth_to_delivered_ms']} ms), Meta accepted {output:.0f}/s "
             f"{'ok' if ok else 'SATURATED'}; hops p50/p99 " + ", ".join(
                 f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items()))
         if not ok:
