@@ -203,50 +203,72 @@ async def _handle_one(record: ConsumerRecord[bytes, bytes], producer: AIOKafkaPr
     RECORDS_HANDLED.labels(service=service, outcome=outcome).inc()
 
 
-async def consume_forever(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                          handle: Handler, *, service: str,
-                          retry: RetryPolicy = RetryPolicy(),
-                          guard: DeadLetterGuard | None = None) -> None:
-    """Handle records one at a time, committing each after its effect.
-
-    `handle` raises PermanentError for a record that can never succeed (-> DLQ) and
-    TransientError for a dependency problem (-> retried; the process exits when the budget runs
-    out). Any other exception is a bug: it propagates, nothing is committed.
-    """
-    guard = guard or DeadLetterGuard()
-    async for record in consumer:
-        await _handle_one(record, producer, handle, service, retry, guard)
-        await consumer.commit({TopicPartition(record.topic, record.partition): record.offset + 1})
+COMMIT_INTERVAL_S = 0.5
 
 
 async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
                                handle: Handler, *, service: str,
                                key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
                                max_records: int = 500, retry: RetryPolicy = RetryPolicy(),
-                               guard: DeadLetterGuard | None = None) -> None:
-    """Like consume_forever, but records with different keys are handled concurrently.
+                               guard: DeadLetterGuard | None = None,
+                               commit_interval_s: float = COMMIT_INTERVAL_S) -> None:
+    """Handle records, those with different keys concurrently, and commit what is finished.
+
+    `handle` raises PermanentError for a record that can never succeed (-> DLQ) and
+    TransientError for a dependency problem (-> retried; the process exits when the budget runs
+    out). Any other exception is a bug: it propagates, and the batch it hit is not committed.
 
     Records that share `key_of(record)` (e.g. one message's events) are handled one after the
     other in offset order, so whoever writes that key's documents is still their only writer.
-    A batch's offsets are committed once every record of the batch is finished; a failure
-    propagates before any commit, so the whole batch is read again (handlers are idempotent).
+    A batch counts as finished once every record of it is. Finished positions are committed at
+    most every `commit_interval_s`, and as soon as no record is waiting: a commit per batch cost
+    the broker a log write per batch, at low rates one per record. A stop, crash or rebalance
+    before the commit means those records are read again (handlers are idempotent).
     """
     guard = guard or DeadLetterGuard()
-    while True:
-        batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
-        records = [r for part in batches.values() for r in part]
-        if not records:
-            continue
-        by_key: dict[object, list[ConsumerRecord[bytes, bytes]]] = {}
-        for record in records:
-            by_key.setdefault(key_of(record), []).append(record)
+    finished: dict[TopicPartition, int] = {}
+    last_commit = float("-inf")
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            records = [r for part in batches.values() for r in part]
+            if records:
+                await _handle_batch(records, producer, handle, service, key_of, retry, guard)
+                finished.update({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
+            now = time.monotonic()
+            if finished and (not records or now - last_commit >= commit_interval_s):
+                await _commit_finished(consumer, finished)
+                last_commit = now
+    finally:
+        if finished:  # a stop (or a bug in a later batch) keeps what was finished before it
+            await _commit_finished(consumer, finished)
 
-        async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
-            for record in group:
-                await _handle_one(record, producer, handle, service, retry, guard)
 
-        await asyncio.gather(*(in_order(group) for group in by_key.values()))
-        await consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
+async def _handle_batch(records: list[ConsumerRecord[bytes, bytes]], producer: AIOKafkaProducer,
+                        handle: Handler, service: str,
+                        key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
+                        retry: RetryPolicy, guard: DeadLetterGuard) -> None:
+    by_key: dict[object, list[ConsumerRecord[bytes, bytes]]] = {}
+    for record in records:
+        by_key.setdefault(key_of(record), []).append(record)
+
+    async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in group:
+            await _handle_one(record, producer, handle, service, retry, guard)
+
+    await asyncio.gather(*(in_order(group) for group in by_key.values()))
+
+
+async def _commit_finished(consumer: AIOKafkaConsumer,
+                           finished: dict[TopicPartition, int]) -> None:
+    """Commit and forget the finished positions. A rebalance may have moved partitions
+    meanwhile: then nothing is committed, and their new owner reads those records again."""
+    positions = dict(finished)
+    finished.clear()
+    try:
+        await consumer.commit(positions)
+    except KafkaError as exc:
+        log.warning("commit_failed", error=str(exc), partitions=len(positions))
 
 
 async def report_lag_forever(consumer: AIOKafkaConsumer, service: str,

@@ -1,6 +1,8 @@
 """The consumer loop's retry and dead-letter rules, with fakes (no broker)."""
 
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from shared.errors import DependencyUnavailable
 from shared.kafka import DeadLetterGuard, RetryPolicy, TooManyDeadLetters, retry_transient
@@ -42,18 +44,22 @@ def test_dead_letter_guard_stops_after_too_many_in_a_row_and_resets_on_success()
 
 
 class _FakeConsumer:
-    """Hands out one batch, then stops the loop by raising once it is read again."""
+    """Hands out its polls in order ({} = nothing arrived), then stops the loop by raising."""
 
-    def __init__(self, batches: dict) -> None:  # type: ignore[type-arg]
-        self._batches = [batches]
+    def __init__(self, *polls: dict, failing_commits: int = 0) -> None:  # type: ignore[type-arg]
+        self._polls = list(polls)
+        self._failing_commits = failing_commits
         self.commits: list[dict] = []  # type: ignore[type-arg]
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict:  # type: ignore[type-arg]
-        if not self._batches:
+        if not self._polls:
             raise _Stop
-        return self._batches.pop()
+        return self._polls.pop(0)
 
     async def commit(self, offsets: dict) -> None:  # type: ignore[type-arg]
+        if self._failing_commits:
+            self._failing_commits -= 1
+            raise CommitFailedError("the group rebalanced")
         self.commits.append(offsets)
 
 
@@ -112,3 +118,46 @@ async def test_a_failing_record_stops_the_batch_before_any_commit() -> None:
         await consume_concurrently(consumer, None, bug, service="unit",  # type: ignore[arg-type]
                                    key_of=lambda r: r.key)
     assert consumer.commits == []
+
+
+def _record(partition: int, offset: int) -> ConsumerRecord:  # type: ignore[type-arg]
+    return ConsumerRecord("t", partition, offset, 0, 0, b"k", b"v", None, 1, 1, [])
+
+
+async def _consume(consumer: _FakeConsumer, handled: list[int]) -> None:
+    from shared.kafka import consume_concurrently
+
+    async def handle(r: ConsumerRecord) -> None:  # type: ignore[type-arg]
+        handled.append(r.offset)
+
+    with pytest.raises(_Stop):
+        await consume_concurrently(consumer, None, handle, service="unit",  # type: ignore[arg-type]
+                                   key_of=lambda r: r.key, commit_interval_s=60)
+
+
+async def test_batches_finished_within_the_interval_are_committed_together_when_idle() -> None:
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer = _FakeConsumer({tp0: [_record(0, 1)]}, {tp0: [_record(0, 2)]},
+                             {tp1: [_record(1, 7)]}, {})
+    handled: list[int] = []
+    await _consume(consumer, handled)
+    assert handled == [1, 2, 7]
+    # The first batch at once; the next two wait for the interval or a poll that finds nothing.
+    assert consumer.commits == [{tp0: 2}, {tp0: 3, tp1: 8}]
+
+
+async def test_what_is_finished_is_committed_when_the_loop_stops() -> None:
+    tp = TopicPartition("t", 0)
+    consumer = _FakeConsumer({tp: [_record(0, 1)]}, {tp: [_record(0, 2), _record(0, 3)]})
+    await _consume(consumer, [])
+    assert consumer.commits == [{tp: 2}, {tp: 4}]
+
+
+async def test_a_commit_refused_by_a_rebalance_is_not_fatal_and_later_ones_go_through() -> None:
+    tp = TopicPartition("t", 0)
+    consumer = _FakeConsumer({tp: [_record(0, 1)]}, {}, {tp: [_record(0, 2)]}, {},
+                             failing_commits=1)
+    handled: list[int] = []
+    await _consume(consumer, handled)
+    assert handled == [1, 2]
+    assert consumer.commits == [{tp: 3}]
