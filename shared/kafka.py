@@ -204,6 +204,7 @@ async def _handle_one(record: ConsumerRecord[bytes, bytes], producer: AIOKafkaPr
 
 
 COMMIT_INTERVAL_S = 0.5
+FINAL_COMMIT_TIMEOUT_S = 5.0
 
 
 async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
@@ -241,7 +242,11 @@ async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaPro
                 last_commit = now
     finally:
         if finished:  # a stop (or a bug in a later batch) keeps what was finished before it
-            await _commit_finished(consumer, finished)
+            try:
+                await asyncio.wait_for(_commit_finished(consumer, finished),
+                                       timeout=FINAL_COMMIT_TIMEOUT_S)
+            except TimeoutError:  # a broker that is gone must not hold up the stop
+                log.warning("commit_failed", error="timed out at stop")
 
 
 async def _handle_batch(records: list[ConsumerRecord[bytes, bytes]], producer: AIOKafkaProducer,

@@ -161,3 +161,22 @@ async def test_a_commit_refused_by_a_rebalance_is_not_fatal_and_later_ones_go_th
     await _consume(consumer, handled)
     assert handled == [1, 2]
     assert consumer.commits == [{tp: 3}]
+
+
+async def test_a_broker_that_no_longer_answers_does_not_hold_up_the_stop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from shared import kafka
+
+    class _Hanging(_FakeConsumer):
+        async def commit(self, offsets: dict) -> None:  # type: ignore[type-arg]
+            if self.commits:  # the first goes through, the one at the stop never answers
+                await asyncio.Event().wait()
+            self.commits.append(offsets)
+
+    monkeypatch.setattr(kafka, "FINAL_COMMIT_TIMEOUT_S", 0.05)
+    tp = TopicPartition("t", 0)
+    consumer = _Hanging({tp: [_record(0, 1)]}, {tp: [_record(0, 2)]})
+    await asyncio.wait_for(_consume(consumer, []), timeout=5)  # _Stop, after the final commit
+    assert consumer.commits == [{tp: 2}]
