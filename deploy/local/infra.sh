@@ -386,9 +386,10 @@ mongo_wanted() {
   check_port_free "$MONGO_PORT" "MongoDB" MONGO_PORT
 }
 
-# A database dropped while a client was killed can leave its -wal/-shm files behind. SQLite
-# would replay that old WAL into the next database created under the same name, and FerretDB
-# then fails to start ("no such table: _ferretdb_collections"). Only run while it is stopped.
+# A database dropped while another connection still had it open can leave its -wal/-shm files
+# behind. SQLite would replay that old WAL into the next database created under the same name,
+# and FerretDB then fails to start ("no such table: _ferretdb_collections"). (Empty database
+# files are removed by the FerretDB program itself.) Only run while it is stopped.
 remove_orphan_sqlite_sidecars() { # remove_orphan_sqlite_sidecars DATA_DIR
   local sidecar
   for sidecar in "$1"/*.sqlite-wal "$1"/*.sqlite-shm; do

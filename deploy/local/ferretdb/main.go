@@ -47,6 +47,8 @@ func main() {
 		fail("cannot create data dir", err)
 	}
 
+	removeEmptyDatabases(dir, log)
+
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},
 		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
@@ -92,7 +94,9 @@ func idIndexer(ctx context.Context, dir string, log *slog.Logger) {
 }
 
 func indexFile(ctx context.Context, file string) error {
-	db, err := sql.Open("sqlite", "file:"+file+"?_pragma=busy_timeout(5000)")
+	// mode=rw, never create: a database FerretDB drops between our glob and this open would
+	// otherwise come back as an empty file, which FerretDB refuses at its next start.
+	db, err := sql.Open("sqlite", "file:"+file+"?mode=rw&_pragma=busy_timeout(5000)")
 	if err != nil {
 		return err
 	}
@@ -120,4 +124,35 @@ func indexFile(ctx context.Context, file string) error {
 		}
 	}
 	return nil
+}
+
+// removeEmptyDatabases deletes database files with no table at all, and their -wal/-shm files.
+// FerretDB refuses to start next to one ("no such table: _ferretdb_collections"); older builds of
+// idIndexer could leave one behind by opening a database FerretDB had just dropped. An empty
+// file holds nothing to lose. Runs before FerretDB opens anything.
+func removeEmptyDatabases(dir string, log *slog.Logger) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.sqlite"))
+	for _, file := range files {
+		tables, err := countTables(file)
+		if err != nil || tables > 0 {
+			continue
+		}
+		for _, path := range []string{file, file + "-wal", file + "-shm"} {
+			if err = os.Remove(path); err != nil && !os.IsNotExist(err) {
+				log.Warn("cannot remove an empty database file", "file", path, "err", err)
+			}
+		}
+		log.Info("removed an empty database file", "file", file)
+	}
+}
+
+func countTables(file string) (int, error) {
+	db, err := sql.Open("sqlite", "file:"+file+"?mode=rw")
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var tables int
+	err = db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'table'`).Scan(&tables)
+	return tables, err
 }
