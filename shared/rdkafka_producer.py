@@ -24,6 +24,11 @@ import confluent_kafka
 
 from shared.errors import DependencyUnavailable
 
+# Each request waits for its record's acknowledgement, so the linger is in every answer's
+# latency, and with a fixed number of client connections latency caps throughput. Measured for
+# ingest at 32 connections: 2 ms -> ~5,400 req/s (the process idle 15 %), 1 ms -> ~6,500 req/s
+# (CPU-bound, same CPU per request); 0 makes a broker request of every record and costs more.
+LINGER_MS = 1.0
 _POLL_SECONDS = 0.1  # poll() returns as soon as a report arrives; this only bounds shutdown
 
 
@@ -32,7 +37,7 @@ def _unavailable(error: object) -> DependencyUnavailable:
 
 
 class RdKafkaProducer:
-    def __init__(self, bootstrap_servers: str, *, linger_ms: int = 2,
+    def __init__(self, bootstrap_servers: str, *, linger_ms: float = LINGER_MS,
                  delivery_timeout_ms: int = 15000) -> None:
         self._config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,

@@ -49,3 +49,4 @@ async def test_updates_by_id_use_an_index_not_a_scan(mongo, unique: str) -> None
         assert not any(step.startswith("SCAN") for step in plan)
     finally:
         await mongo.drop_database(name)
+
