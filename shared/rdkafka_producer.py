@@ -98,6 +98,9 @@ class RdKafkaProducer:
         self._stopping.set()
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join, 5)
+        # librdkafka's own threads live as long as the Producer object: without this they kept
+        # reconnecting to a broker that had gone, in a process that went on (tests).
+        self._producer = None
 
     def _poll_forever(self) -> None:
         producer, loop = self._producer, self._loop
