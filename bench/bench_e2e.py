@@ -259,83 +259,84 @@ def _ms(seconds: float | None) -> float | None:
 
 async def measure_capacity(traffic: Traffic, observer: Observer, session: aiohttp.ClientSession,
                            step_s: float) -> dict[str, Any]:
-    steps = []
+    steps: list[dict[str, Any]] = []
     sustained_rate = 0.0
     saturated_output: float | None = None
     all_items: list[Sent] = []
-    attempts = [(rate, attempt) for rate in RAMP for attempt in (1, 2)]
-    for rate, attempt in attempts:
-        if attempt == 2 and (not steps or steps[-1]["sustained"]):
-            continue  # a second try only for a step that failed its first
-        if attempt == 2:
-            # One stall of the shared machine can fail a step: let the pipeline drain, then
-            # try the same rate once more before calling it saturated.
-            await observer.wait(all_items, within=30, delivered=True)
-        step_start = time.time()
-        items = await traffic.run(session, rate, step_s)
-        all_items += items
-        await asyncio.sleep(GRACE_S)
-        grace_end = time.time()
-        await observer.poll_meta()
-        missing = observer.fill_meta(items)
-        not_delivered = await observer.fill_delivered(items)
-        accepted = [i for i in items if i.status == 202]
-        reached = len(accepted) - missing
-        delivered = len(accepted) - not_delivered
-        to_meta = [i.meta_at - i.answered_at for i in accepted if i.meta_at]
-        to_delivered = [i.delivered_at - i.answered_at for i in accepted if i.delivered_at]
-        p50 = percentile(to_meta, 50)
-        growth = _growth(to_meta)
-        # The rest of the pipeline must keep up too: a status backlog competes for the same CPU
-        # and would make every later level's latency a measure of that backlog.
-        p50_delivered = percentile(to_delivered, 50)
-        growth_delivered = _growth(to_delivered)
-        # What the simulator accepted during the step (after its first second) and the grace:
-        # when the pipeline is saturated, a backlog keeps it at full output all along.
-        window_start = step_start + 1.0
-        in_window = sum(1 for at in observer.meta_at.values() if window_start <= at <= grace_end)
-        output = in_window / max(1e-9, grace_end - window_start)
-        await observer.fill_hops(items)
-        hops = _hops([i for i in accepted if i.meta_at])
-        ok = (len(accepted) >= SUSTAINED_SHARE * len(items)
-              and reached >= SUSTAINED_SHARE * len(items)
-              and delivered >= SUSTAINED_SHARE * len(items)
-              and p50 is not None and p50 <= SUSTAINED_P50_S
-              and growth is not None and growth <= SUSTAINED_GROWTH_S
-              and p50_delivered is not None and p50_delivered <= SUSTAINED_P50_S
-              and growth_delivered is not None and growth_delivered <= SUSTAINED_GROWTH_S)
-        steps.append({"offered_per_s": rate, "sent": len(items), "accepted_202": len(accepted),
-                      "at_meta_after_grace": reached, "p50_202_to_meta_ms":
-                      round(p50 * 1000, 1) if p50 is not None else None,
-                      "p25_growth_through_step_ms":
-                      round(growth * 1000, 1) if growth is not None else None,
-                      "delivered_stored_after_grace": delivered,
-                      "p50_202_to_delivered_ms": _ms(p50_delivered),
-                      "p25_growth_to_delivered_ms": _ms(growth_delivered),
-                      "meta_accepts_per_s_during_step": round(output, 1), "sustained": ok,
-                      "hops": hops})
-        log(f"e2e ramp: {rate}/s -> 202 {len(accepted)}/{len(items)}, at Meta {reached}, "
-            f"p50 {steps[-1]['p50_202_to_meta_ms']} ms (growth "
-            f"{steps[-1]['p25_growth_through_step_ms']} ms), delivered {delivered} p50 "
-            f"{steps[-1]['p50_202_to_delivered_ms']} ms (growth "
-            f"{steps[-1]['p25_growth_to_delivered_ms']} ms), Meta accepted {output:.0f}/s "
-            f"{'ok' if ok else 'SATURATED' if attempt == 2 else 'not sustained, once more'}"
-            f"{' (2nd try)' if attempt == 2 else ''}; hops p50/p99 " + ", ".join(
-                f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items()))
-        steps[-1]["attempt"] = attempt
-        if not ok:
-            saturated_output = output
-            if attempt == 1:
-                continue
+    for rate in RAMP:
+        for attempt in (1, 2):
+            if attempt == 2:
+                # One stall of the shared machine can fail a step: let the pipeline drain, then
+                # try the same rate once more before calling it saturated.
+                await observer.wait(all_items, within=30, delivered=True)
+            step, items = await _ramp_step(traffic, observer, session, rate, step_s, attempt)
+            steps.append(step)
+            all_items += items
+            if step["sustained"]:
+                break
+        if not steps[-1]["sustained"]:
+            saturated_output = steps[-1]["meta_accepts_per_s_during_step"]
             break
         sustained_rate = float(rate)
-        saturated_output = None  # a failed first try of this step was a stall
     # No step sustained at all: the overloaded output is the best estimate there is.
     capacity = sustained_rate or (saturated_output or 0.0)
     return {"steps": steps, "last_sustained_per_s": sustained_rate,
             "saturated_meta_accepts_per_s": saturated_output,
             "capacity_per_s": round(capacity, 1),
             "lower_bound_only": saturated_output is None, "items": all_items}
+
+
+async def _ramp_step(traffic: Traffic, observer: Observer, session: aiohttp.ClientSession,
+                     rate: int, step_s: float, attempt: int) -> tuple[dict[str, Any], list[Sent]]:
+    """One step of the ramp: `rate` messages/s for `step_s`, judged after the grace."""
+    step_start = time.time()
+    items = await traffic.run(session, rate, step_s)
+    await asyncio.sleep(GRACE_S)
+    grace_end = time.time()
+    await observer.poll_meta()
+    missing = observer.fill_meta(items)
+    not_delivered = await observer.fill_delivered(items)
+    accepted = [i for i in items if i.status == 202]
+    reached = len(accepted) - missing
+    delivered = len(accepted) - not_delivered
+    to_meta = [i.meta_at - i.answered_at for i in accepted if i.meta_at]
+    to_delivered = [i.delivered_at - i.answered_at for i in accepted if i.delivered_at]
+    p50 = percentile(to_meta, 50)
+    growth = _growth(to_meta)
+    # The rest of the pipeline must keep up too: a status backlog competes for the same CPU
+    # and would make every later level's latency a measure of that backlog.
+    p50_delivered = percentile(to_delivered, 50)
+    growth_delivered = _growth(to_delivered)
+    # What the simulator accepted during the step (after its first second) and the grace:
+    # when the pipeline is saturated, a backlog keeps it at full output all along.
+    window_start = step_start + 1.0
+    in_window = sum(1 for at in observer.meta_at.values() if window_start <= at <= grace_end)
+    output = in_window / max(1e-9, grace_end - window_start)
+    await observer.fill_hops(items)
+    hops = _hops([i for i in accepted if i.meta_at])
+    ok = (len(accepted) >= SUSTAINED_SHARE * len(items)
+          and reached >= SUSTAINED_SHARE * len(items)
+          and delivered >= SUSTAINED_SHARE * len(items)
+          and p50 is not None and p50 <= SUSTAINED_P50_S
+          and growth is not None and growth <= SUSTAINED_GROWTH_S
+          and p50_delivered is not None and p50_delivered <= SUSTAINED_P50_S
+          and growth_delivered is not None and growth_delivered <= SUSTAINED_GROWTH_S)
+    step = {"offered_per_s": rate, "attempt": attempt, "sent": len(items),
+            "accepted_202": len(accepted), "at_meta_after_grace": reached,
+            "p50_202_to_meta_ms": _ms(p50), "p25_growth_through_step_ms": _ms(growth),
+            "delivered_stored_after_grace": delivered,
+            "p50_202_to_delivered_ms": _ms(p50_delivered),
+            "p25_growth_to_delivered_ms": _ms(growth_delivered),
+            "meta_accepts_per_s_during_step": round(output, 1), "sustained": ok,
+            "hops": hops}
+    verdict = "ok" if ok else "SATURATED (2nd try)" if attempt == 2 else "not sustained, once more"
+    log(f"e2e ramp: {rate}/s -> 202 {len(accepted)}/{len(items)}, at Meta {reached}, "
+        f"p50 {step['p50_202_to_meta_ms']} ms (growth {step['p25_growth_through_step_ms']} ms), "
+        f"delivered {delivered} p50 {step['p50_202_to_delivered_ms']} ms (growth "
+        f"{step['p25_growth_to_delivered_ms']} ms), Meta accepted {output:.0f}/s {verdict}; "
+        "hops p50/p99 " + ", ".join(
+            f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items()))
+    return step, items
 
 
 async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:

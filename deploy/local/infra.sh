@@ -386,28 +386,12 @@ mongo_wanted() {
   check_port_free "$MONGO_PORT" "MongoDB" MONGO_PORT
 }
 
-# A database dropped while another connection still had it open can leave its -wal/-shm files
-# behind. SQLite would replay that old WAL into the next database created under the same name,
-# and FerretDB then fails to start ("no such table: _ferretdb_collections"). (Empty database
-# files are removed by the FerretDB program itself.) Only run while it is stopped.
-remove_orphan_sqlite_sidecars() { # remove_orphan_sqlite_sidecars DATA_DIR
-  local sidecar
-  for sidecar in "$1"/*.sqlite-wal "$1"/*.sqlite-shm; do
-    [[ -e $sidecar ]] || continue
-    if [[ ! -e ${sidecar%-*} ]]; then
-      say "removing $(basename "$sidecar"): its database file is gone"
-      rm -f "$sidecar"
-    fi
-  done
-}
-
 start_mongo() {
   local impl data
   impl=$(mongo_impl)
   data="$RUN_DIR/$impl/data"
   mkdir -p "$data"
   if [[ $impl == ferretdb ]]; then
-    remove_orphan_sqlite_sidecars "$data"
     start_bg ferretdb env DO_NOT_TRACK=true FERRETDB_TELEMETRY=disable \
       "$(ferretdb_bin)" -listen-addr "127.0.0.1:$MONGO_PORT" -data-dir "$data" \
       -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}"

@@ -1,5 +1,5 @@
 """The Go tests of our FerretDB wrapper (deploy/local/ferretdb): its indexer never creates a
-database file, and empty database files are removed before FerretDB starts."""
+database file, and what FerretDB would refuse to start next to is removed before it starts."""
 
 import os
 import shutil

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,7 +48,7 @@ func main() {
 		fail("cannot create data dir", err)
 	}
 
-	removeEmptyDatabases(dir, log)
+	cleanDataDir(dir, log)
 
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listen},
@@ -126,23 +127,36 @@ func indexFile(ctx context.Context, file string) error {
 	return nil
 }
 
-// removeEmptyDatabases deletes database files with no table at all, and their -wal/-shm files.
-// FerretDB refuses to start next to one ("no such table: _ferretdb_collections"); older builds of
-// idIndexer could leave one behind by opening a database FerretDB had just dropped. An empty
-// file holds nothing to lose. Runs before FerretDB opens anything.
-func removeEmptyDatabases(dir string, log *slog.Logger) {
+// cleanDataDir removes what FerretDB refuses to start next to, before it opens anything:
+//   - database files with no table at all ("no such table: _ferretdb_collections"); older
+//     builds of idIndexer could leave one behind by opening a database FerretDB had just
+//     dropped. An empty file holds nothing to lose.
+//   - -wal/-shm files whose database file is gone (a database dropped while another connection
+//     still had it open): SQLite would replay that old WAL into the next database created under
+//     the same name.
+func cleanDataDir(dir string, log *slog.Logger) {
+	remove := func(path string) {
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			log.Warn("cannot remove a leftover database file", "file", path, "err", err)
+		}
+	}
 	files, _ := filepath.Glob(filepath.Join(dir, "*.sqlite"))
 	for _, file := range files {
-		tables, err := countTables(file)
-		if err != nil || tables > 0 {
-			continue
+		if tables, err := countTables(file); err == nil && tables == 0 {
+			for _, path := range []string{file, file + "-wal", file + "-shm"} {
+				remove(path)
+			}
+			log.Info("removed an empty database file", "file", file)
 		}
-		for _, path := range []string{file, file + "-wal", file + "-shm"} {
-			if err = os.Remove(path); err != nil && !os.IsNotExist(err) {
-				log.Warn("cannot remove an empty database file", "file", path, "err", err)
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		sidecars, _ := filepath.Glob(filepath.Join(dir, "*.sqlite"+suffix))
+		for _, sidecar := range sidecars {
+			if _, err := os.Stat(strings.TrimSuffix(sidecar, suffix)); os.IsNotExist(err) {
+				remove(sidecar)
+				log.Info("removed a file whose database is gone", "file", sidecar)
 			}
 		}
-		log.Info("removed an empty database file", "file", file)
 	}
 }
 

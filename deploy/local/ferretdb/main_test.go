@@ -20,10 +20,11 @@ func TestIndexFileNeverCreatesADatabase(t *testing.T) {
 	}
 }
 
-func TestRemoveEmptyDatabasesKeepsTheOthers(t *testing.T) {
+func TestCleanDataDirRemovesWhatFerretDBRefusesAndKeepsTheRest(t *testing.T) {
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty.sqlite")
-	for _, path := range []string{empty, empty + "-wal", empty + "-shm"} {
+	orphan := filepath.Join(dir, "dropped.sqlite")
+	for _, path := range []string{empty, empty + "-wal", empty + "-shm", orphan + "-wal", orphan + "-shm"} {
 		if err := os.WriteFile(path, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -37,13 +38,21 @@ func TestRemoveEmptyDatabasesKeepsTheOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-
-	removeEmptyDatabases(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
-
-	if matches, _ := filepath.Glob(empty + "*"); len(matches) > 0 {
-		t.Errorf("left behind %v", matches)
+	fullWal := full + "-wal"
+	if err = os.WriteFile(fullWal, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	if _, err = os.Stat(full); err != nil {
-		t.Errorf("removed a database with a table: %v", err)
+
+	cleanDataDir(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	for _, prefix := range []string{empty, orphan} {
+		if matches, _ := filepath.Glob(prefix + "*"); len(matches) > 0 {
+			t.Errorf("left behind %v", matches)
+		}
+	}
+	for _, kept := range []string{full, fullWal} {
+		if _, err = os.Stat(kept); err != nil {
+			t.Errorf("removed %s: %v", kept, err)
+		}
 	}
 }
