@@ -19,11 +19,23 @@ a writer never races another writer on the same document. Readers may be anyone.
 | tier_usage | sender | portfolio:recipient | business-initiated sends 24 h |
 | wamid_index | status | wamid | message id, account |
 | parked_statuses | status | wamid:status | statuses of unknown wamids |
-| conversations | status | phone_number_id:wa_id | last inbound (24 h window) |
+| conversations | status | phone_number_id:wa_id | contact who wrote: last inbound (24 h window) |
+| inbound_messages | status | wamid | users' messages; app-sent echoes |
+| user_preferences | status | phone_number_id:wa_id:category | a user's marketing stop/resume |
+| number_states | status | phone number id | Meta's word on a number: tier, name, ban |
+| media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
 
 `messages` has one writer, status's state writer: it creates a message's document from the
 SendRequested that ingest published (ingest answers 202 once that event is durable) and applies
 every later status, so no two writers ever race on one document.
+
+`inbound_messages` documents (status's processor is their only writer; ingest reads them):
+`_id` wamid, `account_id`, `waba_id`, `phone_number_id`, `wa_id` (the contact, digits as Meta sends
+it), `direction` ("inbound", or "echo" for a message the business sent from the WhatsApp Business
+app), `type` (Meta's), `content` (JSON text of Meta's item for that message, as it came),
+`media_id` (for image/video/audio/document/sticker, else absent), `context_wamid`, `contact_name`,
+`sent_at` (ms, Meta's timestamp), `received_at` (ms). A received media id belongs to the account of
+the inbound message that carried it.
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's status webhooks; both write Meta's truth, so the later write is the right one.
@@ -51,6 +63,10 @@ TIER_USAGE = "tier_usage"
 WAMID_INDEX = "wamid_index"
 PARKED_STATUSES = "parked_statuses"
 CONVERSATIONS = "conversations"
+INBOUND_MESSAGES = "inbound_messages"
+USER_PREFERENCES = "user_preferences"
+NUMBER_STATES = "number_states"
+MEDIA = "media"
 
 INDEXES: dict[str, list[IndexModel]] = {
     API_KEYS: [IndexModel([("account_id", ASCENDING)])],
@@ -62,7 +78,17 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)]),
         IndexModel([("created_at", ASCENDING)]),
         IndexModel([("status", ASCENDING), ("status_at", ASCENDING)]),  # status's sweeper
+        # one contact's messages, for /v1/conversations/{wa_id}/messages
+        IndexModel([("account_id", ASCENDING), ("recipient", ASCENDING),
+                    ("created_at", DESCENDING)]),
     ],
+    INBOUND_MESSAGES: [
+        IndexModel([("account_id", ASCENDING), ("wa_id", ASCENDING), ("sent_at", DESCENDING)]),
+        IndexModel([("media_id", ASCENDING)]),
+        IndexModel([("received_at", ASCENDING)]),  # retention sweep
+    ],
+    CONVERSATIONS: [IndexModel([("account_id", ASCENDING), ("last_inbound_at", DESCENDING)])],
+    MEDIA: [IndexModel([("account_id", ASCENDING)])],
     LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
 }
