@@ -19,7 +19,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The fields a status event never writes: what the client asked for, as ingest accepted it.
 REQUEST_FIELDS = ("account_id", "phone_number_id", "waba_id", "portfolio_id", "recipient",
                   "recipient_region", "type", "content", "category", "created_at", "expires_at",
-                  "client_reference")
+                  "client_reference", "callback_data", "reply_to")
 
 
 def from_ms(ms: int) -> datetime:
@@ -50,4 +50,8 @@ def message_document(event: SendRequested) -> dict[str, Any]:
     }
     if event.client_reference is not None:
         doc["client_reference"] = event.client_reference
+    if event.callback_data is not None:
+        doc["callback_data"] = event.callback_data  # the client's biz_opaque_callback_data
+    if event.reply_to is not None:
+        doc["reply_to"] = event.reply_to
     return doc

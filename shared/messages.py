@@ -19,8 +19,9 @@ from shared.errors import PermanentError
 # (e.g. 0.0044 USD), so a cent-based unit would round every price.
 MONEY_MINOR_UNIT = "micros"
 
-MessageType = Literal["text", "template", "image", "document", "video", "audio", "interactive",
-                      "reaction"]
+# Every outbound type of Meta's Cloud API (services/ingest/schemas.py declares each one's shape).
+MessageType = Literal["text", "image", "video", "audio", "document", "sticker", "location",
+                      "contacts", "interactive", "reaction", "template"]
 # Meta's pricing categories; "service" is every non-template message.
 Category = Literal["marketing", "utility", "authentication", "authentication_international",
                    "service"]
@@ -48,12 +49,19 @@ class SendRequested(Event, kw_only=True, frozen=True):
     recipient: str  # E.164 with '+'
     recipient_region: str  # ISO 3166 region of the recipient's number, for pricing
     message_type: MessageType
-    # The Meta-shaped message object for `message_type` (e.g. {"name": ..., "language": ...}).
-    content: dict[str, Any]
+    # Meta's object for `message_type`, as Meta takes it (e.g. {"name": ..., "language": ...});
+    # a list for `contacts`.
+    content: dict[str, Any] | list[Any]
     category: Category
     accepted_at: int
     expires_at: int
     client_reference: str | None = None
+    # The client's own biz_opaque_callback_data: kept and shown back to the client; on the wire
+    # to Meta that field carries our message id.
+    callback_data: str | None = None
+    # context.message_id of a reply: a wamid, or one of the account's message ids (`msg_…`)
+    # whose wamid the sender looks up just before sending.
+    reply_to: str | None = None
 
 
 # --- messages.send-approved.v1 --------------------------------------------------------------
@@ -224,6 +232,33 @@ _SEND_REQUESTED_EXAMPLE: dict[str, Any] = {
     "client_reference": "order-1234",
 }
 
+# One example of every other type (Meta's shapes, as its documentation shows them); all are
+# priced as `service` messages.
+_WAMID_IN = "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQUFERjg0NDEzNDdFODU3MUMxMAA="
+_SERVICE_CONTENTS: tuple[tuple[str, Any], ...] = (
+    ("text", {"body": "Your order shipped: https://example.com/t/1", "preview_url": True}),
+    ("image", {"link": "https://example.com/p.jpg", "caption": "Your order"}),
+    ("video", {"id": "1166846181421424", "caption": "How to assemble it"}),
+    ("audio", {"id": "1013859600285441", "voice": True}),
+    ("document", {"link": "https://example.com/invoice.pdf", "filename": "invoice.pdf",
+                  "caption": "Invoice A-1234"}),
+    ("sticker", {"id": "798882015472548"}),
+    ("location", {"latitude": "37.44216", "longitude": "-122.16153", "name": "Philz Coffee",
+                  "address": "101 Forest Ave, Palo Alto, CA 94301"}),
+    ("contacts", [{"name": {"formatted_name": "Barbara J. Johnson", "first_name": "Barbara"},
+                   "phones": [{"phone": "+19175559999", "type": "Mobile",
+                               "wa_id": "19175559999"}]}]),
+    ("interactive", {"type": "button", "body": {"text": "Change your appointment?"},
+                     "action": {"buttons": [{"type": "reply",
+                                             "reply": {"id": "change", "title": "Change"}}]}}),
+    ("reaction", {"message_id": _WAMID_IN, "emoji": "\U0001f44d"}),
+)
+_SERVICE_EXAMPLES = tuple(
+    {**_SEND_REQUESTED_EXAMPLE, "event_id": f"msg_{i}", "message_id": f"msg_{i}",
+     "message_type": kind, "content": content, "category": "service", "client_reference": None,
+     **({"reply_to": _WAMID_IN, "callback_data": "crm-7"} if kind == "text" else {})}
+    for i, (kind, content) in enumerate(_SERVICE_CONTENTS, start=2))
+
 SEND_REQUESTED: Topic[SendRequested] = Topic(
     name="messages.send-requested.v1",
     schema=SendRequested,
@@ -232,10 +267,7 @@ SEND_REQUESTED: Topic[SendRequested] = Topic(
     key=lambda e: e.account_id,
     producers=("ingest",),
     consumers=("billing", "status"),
-    examples=(_SEND_REQUESTED_EXAMPLE,
-              {**_SEND_REQUESTED_EXAMPLE, "event_id": "msg_2", "message_id": "msg_2",
-               "message_type": "text", "content": {"body": "Your order shipped"},
-               "category": "service", "client_reference": None}),
+    examples=(_SEND_REQUESTED_EXAMPLE, *_SERVICE_EXAMPLES),
 )
 
 SEND_APPROVED: Topic[SendApproved] = Topic(

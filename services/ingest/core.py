@@ -1,8 +1,13 @@
-"""ingest's decisions, pure: request validation, Meta-shape translation, idempotency, template
-parameter checks, the messages document, the event and the responses.
+"""ingest's decisions, pure: request validation, `to` normalisation, idempotency, template
+parameter checks, replies naming our ids, the messages document, the event and the responses.
 
 No await, no clock, no environment, no I/O: times, ids, prices and looked-up documents are passed
 in. Failures are raised as the codes of services/ingest/errors.py.
+
+Validation is one msgspec decode of the body into the declarations of services/ingest/schemas.py;
+msgspec's errors are translated here into our codes. What stays hand-written: `to` (phonenumbers),
+what the document store can hold, template parameters against the stored template, and whether a
+message id named in a reply is one of the account's.
 """
 
 from __future__ import annotations
@@ -10,32 +15,34 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 import orjson
 import phonenumbers
 
 from services.ingest.errors import TEMPLATE_STATUS_META_CODES, invalid_field, reject
+from services.ingest.schemas import MetaSendRequest, V1SendRequest
+from shared.errors import ServiceError
 from shared.ids import derived_id
 from shared.message_docs import from_ms, message_document
 from shared.messages import SendRequested
-from shared.phone import parse_e164, wa_id_of
+from shared.phone import wa_id_of
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_TEXT_BODY = 4096
-MAX_CLIENT_REFERENCE = 256
 MAX_IDEMPOTENCY_KEY = 255
-MIN_VALIDITY_SECONDS = 30
 DEFAULT_VALIDITY_SECONDS = 24 * 3600
-MAX_VALIDITY_SECONDS = 30 * 24 * 3600
 # An idempotency key names one message for at least this long; after it, the key may be reused.
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 API_KEY_PREFIX = "hw_live_"
+# Our own message ids; anything else named as a reply's or reaction's target is Meta's wamid.
+OUR_ID_PREFIX = "msg_"
 
 MESSAGE_STATUSES = frozenset({"accepted", "rejected", "approved", "sent", "delivered", "read",
                               "failed", "expired", "unknown"})
@@ -50,13 +57,17 @@ class SendRequest:
     """A send request from either route, validated and normalised."""
 
     phone_number_id: str
-    recipient: str  # E.164 with '+'
-    recipient_region: str
     recipient_input: str  # what the client wrote (Meta echoes it as contacts[].input)
     message_type: str
-    content: dict[str, Any]
+    content: Any  # Meta's object for the type: a dict, or a list for contacts
     client_reference: str | None
+    callback_data: str | None  # the client's own biz_opaque_callback_data
+    reply_to: str | None  # context.message_id: a wamid or one of our message ids
     validity_seconds: int
+    # E.164 with '+' and its region; None until read in the business number's country (a
+    # national number), which `with_recipient` does once the number is known.
+    recipient: str | None = None
+    recipient_region: str | None = None
 
     @property
     def template_name(self) -> str:
@@ -67,80 +78,153 @@ class SendRequest:
         return str(self.content["language"]["code"])
 
 
-_V1_FIELDS = frozenset({"from", "to", "type", "template", "text", "client_reference",
-                        "validity_seconds"})
-_META_FIELDS = frozenset({"messaging_product", "recipient_type", "to", "type", "template", "text",
-                          "biz_opaque_callback_data"})
+_V1_DECODER = msgspec.json.Decoder(V1SendRequest)
+_META_DECODER = msgspec.json.Decoder(MetaSendRequest)
 
 
-def parse_send_request(body: Any) -> SendRequest:
-    """Validate a `POST /v1/messages` body (already decoded JSON)."""
-    fields = _require_object(body)
-    _reject_unknown(fields, _V1_FIELDS, "")
-    phone_number_id = _require_string(fields, "from", "from", max_len=64)
-    to = fields.get("to")
-    if to is None:
-        raise invalid_field("to", "`to` is required")
-    recipient, region = parse_recipient(to)
-    message_type, content = _parse_content(fields)
+def parse_send_request(body: bytes | Any) -> SendRequest:
+    """Validate a `POST /v1/messages` body (its bytes; a decoded body, as tests give, is encoded
+    again first). A national `to` waits for `with_recipient`."""
+    request = _decode(_V1_DECODER, body)
+    return _normalised(request, request.from_, None, request.client_reference,
+                       request.validity_seconds)
+
+
+def parse_meta_request(body: bytes | Any, phone_number_id: str,
+                       business_region: str | None) -> SendRequest:
+    """Validate a body in Meta's own shape (`POST /{version}/{phone-number-id}/messages`)."""
+    request = _decode(_META_DECODER, body)
+    if request.recipient_type == "group":
+        raise reject("unsupported", "group messages (`recipient_type: group`) are not supported",
+                     field="recipient_type")
+    return _normalised(request, phone_number_id, business_region, None, msgspec.UNSET)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes | Any) -> Any:
+    raw = body if isinstance(body, bytes | bytearray | memoryview) else orjson.dumps(body)
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise reject("malformed_json", "the request body is not valid JSON") from None
+
+
+def _normalised(request: V1SendRequest | MetaSendRequest, phone_number_id: str,
+                business_region: str | None, client_reference: Any,
+                validity_seconds: Any) -> SendRequest:
+    content = msgspec.to_builtins(getattr(request, request.type))
+    _check_storable(content, request.type)
+    callback_data = _given(request.biz_opaque_callback_data)
+    client_reference = _given(client_reference)
+    for value, name in ((callback_data, "biz_opaque_callback_data"),
+                        (client_reference, "client_reference")):
+        if value is not None:
+            _check_storable(value, name)
+    context = _given(request.context)
+    found = _recipient(request.to, business_region)
+    if found is None and (business_region is not None or not _may_be_national(request.to)):
+        raise _invalid_recipient()
     return SendRequest(
-        phone_number_id=phone_number_id, recipient=recipient, recipient_region=region,
-        recipient_input=to, message_type=message_type, content=content,
-        client_reference=_parse_client_reference(fields.get("client_reference"),
-                                                 "client_reference"),
-        validity_seconds=_parse_validity(fields.get("validity_seconds")),
-    )
+        phone_number_id=phone_number_id, recipient_input=request.to,
+        message_type=request.type, content=content, client_reference=client_reference,
+        callback_data=callback_data,
+        reply_to=context.message_id if context is not None else None,
+        validity_seconds=_given(validity_seconds) or DEFAULT_VALIDITY_SECONDS,
+        recipient=found[0] if found else None, recipient_region=found[1] if found else None)
 
 
-def parse_meta_request(body: Any, phone_number_id: str, business_region: str | None) -> SendRequest:
-    """Validate a body in Meta's own shape (`POST /{version}/{phone-number-id}/messages`).
-
-    Like Meta, a `to` without '+' is read as a number of the business number's country.
-    """
-    fields = _require_object(body)
-    _reject_unknown(fields, _META_FIELDS, "")
-    if fields.get("messaging_product") != "whatsapp":
-        raise invalid_field("messaging_product", "`messaging_product` must be \"whatsapp\"")
-    if fields.get("recipient_type", "individual") != "individual":
-        raise invalid_field("recipient_type", "only `recipient_type` \"individual\" is supported")
-    to = fields.get("to")
-    if to is None:
-        raise invalid_field("to", "`to` is required")
-    recipient, region = parse_meta_recipient(to, business_region)
-    message_type, content = _parse_content({"type": "text", **fields})
-    return SendRequest(
-        phone_number_id=phone_number_id, recipient=recipient, recipient_region=region,
-        recipient_input=to, message_type=message_type, content=content,
-        client_reference=_parse_client_reference(fields.get("biz_opaque_callback_data"),
-                                                 "biz_opaque_callback_data"),
-        validity_seconds=DEFAULT_VALIDITY_SECONDS,
-    )
+def _given(value: Any) -> Any:
+    return None if value is msgspec.UNSET else value
 
 
-def parse_recipient(to: Any) -> tuple[str, str]:
-    """(E.164, region) or invalid_phone_number."""
-    if not isinstance(to, str):
-        return parse_e164(to)  # raises
-    return _parse_e164_cached(to)
+# msgspec's errors read "<rule> - at `$.<path>`"; rules our declarations add read "[field] rule".
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_NAMED = re.compile(r"`([^`]+)`")
+
+
+def validation_error(text: str) -> ServiceError:
+    """Our error for one of msgspec's validation messages: `unknown_field` or `invalid_field`
+    with the field's path (and the rule broken), `invalid_phone_number` for a `to` that is not a
+    string, `invalid_request` for a body that is not an object."""
+    at = _AT.search(text)
+    path = at["path"] if at else ""
+    rule = text[:at.start()] if at else text
+    if rule.startswith("Object contains unknown field"):
+        field = _join(path, _NAMED.search(rule)[1])  # type: ignore[index]
+        return reject("unknown_field", f"unknown field `{field}`", field=field)
+    if rule.startswith("Object missing required field"):
+        field = _join(path, _NAMED.search(rule)[1])  # type: ignore[index]
+        return invalid_field(field, f"`{field}` is required")
+    if rule.startswith("["):
+        name, _, rule = rule[1:].partition("] ")
+        field = _join(path, name)
+        return invalid_field(field, rule, rule=rule)
+    if not path:
+        return reject("invalid_request", "the request body must be a JSON object")
+    if path == "to":
+        return reject("invalid_phone_number", "`to` must be a phone number as a string",
+                      field="to")
+    return invalid_field(path, f"`{path}`: {rule}", rule=rule)
+
+
+def _join(path: str, name: str) -> str:
+    if not path:
+        return name
+    return f"{path}{name}" if name.startswith("[") else f"{path}.{name}"
+
+
+# --- the recipient ----------------------------------------------------------------------------
+
+# What Meta accepts around the digits: a leading '+', spaces, dashes, dots, parentheses.
+_PHONE_SHAPE = re.compile(r"^\+?[0-9 ().\-]{2,40}$")
+_NOT_DIGITS = re.compile(r"\D")
+
+
+def with_recipient(request: SendRequest, business_region: str | None) -> SendRequest:
+    """The request with its E.164 recipient: a number that was not valid internationally is
+    read as a national number of the business number's country, as Meta does."""
+    if request.recipient is not None:
+        return request
+    found = _recipient(request.recipient_input, business_region)
+    if found is None:
+        raise _invalid_recipient()
+    return replace(request, recipient=found[0], recipient_region=found[1])
+
+
+def _may_be_national(to: str) -> bool:
+    raw = to.strip()
+    return not raw.startswith("+") and _PHONE_SHAPE.match(raw) is not None
+
+
+def _invalid_recipient() -> ServiceError:
+    return reject("invalid_phone_number", "`to` is not a valid phone number: give it in "
+                  "international form, e.g. +447700900123 or 447700900123", field="to")
 
 
 @lru_cache(maxsize=65536)
-def _parse_e164_cached(to: str) -> tuple[str, str]:
-    # The same recipients come back again and again; parsing costs more than the rest of a check.
-    return parse_e164(to)
+def _recipient(to: str, business_region: str | None) -> tuple[str, str] | None:
+    """(E.164, region), or None. International first: '+' and the digits; then, unless the
+    client wrote a '+', national in `business_region`. Cached: the same recipients come back
+    again and again, and parsing costs more than the rest of a request's checks."""
+    raw = to.strip()
+    if not _PHONE_SHAPE.match(raw):
+        return None
+    number = _valid("+" + _NOT_DIGITS.sub("", raw), None)
+    if number is None and not raw.startswith("+") and business_region is not None:
+        number = _valid(raw, business_region)
+    if number is None:
+        return None
+    region = phonenumbers.region_code_for_number(number) or "ZZ"
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), region
 
 
-def parse_meta_recipient(to: Any, business_region: str | None) -> tuple[str, str]:
-    if not isinstance(to, str) or to.strip().startswith("+") or business_region is None:
-        return parse_recipient(to)
+def _valid(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
     try:
-        number = phonenumbers.parse(to, business_region)
-    except phonenumbers.NumberParseException as exc:
-        raise reject("invalid_phone_number", f"`to` is not a phone number: {exc}",
-                     field="to") from exc
-    if not phonenumbers.is_valid_number(number):
-        raise reject("invalid_phone_number", "`to` is not a valid phone number", field="to")
-    return parse_recipient(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    return number if phonenumbers.is_valid_number(number) else None
 
 
 def region_of_display_number(display_phone_number: str | None) -> str | None:
@@ -158,137 +242,36 @@ def region_of_display_number(display_phone_number: str | None) -> str | None:
     return None if region in (None, "ZZ") else region
 
 
-def _require_object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise reject("invalid_request", "the request body must be a JSON object")
-    return body
+# --- replies and reactions naming our ids ------------------------------------------------------
+
+def our_message_refs(request: SendRequest) -> list[str]:
+    """Our message ids the request names (its reply's target, its reaction's target): each
+    must be one of the account's messages, and is sent as its wamid."""
+    refs = [request.reply_to] if request.reply_to else []
+    if request.message_type == "reaction":
+        refs.append(request.content["message_id"])
+    return [ref for ref in refs if ref.startswith(OUR_ID_PREFIX)]
 
 
-def _reject_unknown(fields: dict[str, Any], known: frozenset[str], where: str) -> None:
-    for name in fields:
-        if name not in known:
-            path = f"{where}.{name}" if where else name
-            raise reject("unknown_field", f"unknown field `{path}`", field=path)
+def check_referenced_message(doc: dict[str, Any] | None, message_id: str) -> str | None:
+    """The wamid of a named message of the account, or None when it has none yet (the sender
+    resolves it before sending). Another account's message is as unknown as no message."""
+    if doc is None:
+        raise reject("unknown_context_message", f"{message_id} is not one of this account's "
+                     "messages", message_id=message_id)
+    wamid = doc.get("wamid")
+    return str(wamid) if wamid else None
 
 
-def _require_string(fields: dict[str, Any], name: str, path: str, *, max_len: int,
-                    min_len: int = 1) -> str:
-    value = fields.get(name)
-    if value is None:
-        raise invalid_field(path, f"`{path}` is required")
-    if not isinstance(value, str) or not min_len <= len(value) <= max_len:
-        raise invalid_field(path, f"`{path}` must be a string of {min_len} to {max_len} "
-                                  "characters")
-    return value
-
-
-def _parse_client_reference(value: Any, path: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_CLIENT_REFERENCE or "\x00" in value:
-        raise invalid_field(path, f"`{path}` must be a string of at most "
-                                  f"{MAX_CLIENT_REFERENCE} characters")
-    return value
-
-
-def _parse_validity(value: Any) -> int:
-    if value is None:
-        return DEFAULT_VALIDITY_SECONDS
-    if (isinstance(value, bool) or not isinstance(value, int)
-            or not MIN_VALIDITY_SECONDS <= value <= MAX_VALIDITY_SECONDS):
-        raise invalid_field("validity_seconds", "`validity_seconds` must be an integer from "
-                                                f"{MIN_VALIDITY_SECONDS} to "
-                                                f"{MAX_VALIDITY_SECONDS}")
-    return value
-
-
-# --- message content, one validator per type --------------------------------------------------
-
-def _parse_text(text: Any) -> dict[str, Any]:
-    if not isinstance(text, dict):
-        raise invalid_field("text", "`text` must be an object")
-    _reject_unknown(text, frozenset({"body", "preview_url"}), "text")
-    _require_string(text, "body", "text.body", max_len=MAX_TEXT_BODY)
-    if "preview_url" in text and not isinstance(text["preview_url"], bool):
-        raise invalid_field("text.preview_url", "`text.preview_url` must be a boolean")
-    return text
-
-
-_COMPONENT_TYPES = frozenset({"header", "body", "button"})
-
-
-def _parse_template(template: Any) -> dict[str, Any]:
-    if not isinstance(template, dict):
-        raise invalid_field("template", "`template` must be an object")
-    _reject_unknown(template, frozenset({"name", "language", "components"}), "template")
-    _require_string(template, "name", "template.name", max_len=512)
-    language = template.get("language")
-    if not isinstance(language, dict):
-        raise invalid_field("template.language", "`template.language` must be an object like "
-                                                 "{\"code\": \"en_US\"}")
-    _reject_unknown(language, frozenset({"code", "policy"}), "template.language")
-    _require_string(language, "code", "template.language.code", max_len=20)
-    components = template.get("components", [])
-    if not isinstance(components, list):
-        raise invalid_field("template.components", "`template.components` must be an array")
-    for i, component in enumerate(components):
-        _check_component(component, f"template.components[{i}]")
-    return template
-
-
-def _check_component(component: Any, path: str) -> None:
-    if not isinstance(component, dict):
-        raise invalid_field(path, f"`{path}` must be an object")
-    _reject_unknown(component, frozenset({"type", "sub_type", "index", "parameters"}), path)
-    kind = component.get("type")
-    if kind not in _COMPONENT_TYPES:
-        raise invalid_field(f"{path}.type", f"`{path}.type` must be one of header, body, button")
-    if kind == "button":
-        if not isinstance(component.get("sub_type"), str):
-            raise invalid_field(f"{path}.sub_type", f"`{path}.sub_type` is required for buttons")
-        if _button_index(component) is None:
-            raise invalid_field(f"{path}.index", f"`{path}.index` must be a button position "
-                                                 "(0, 1, ...)")
-    parameters = component.get("parameters", [])
-    if not isinstance(parameters, list):
-        raise invalid_field(f"{path}.parameters", f"`{path}.parameters` must be an array")
-    for j, parameter in enumerate(parameters):
-        if not isinstance(parameter, dict) or not isinstance(parameter.get("type"), str):
-            raise invalid_field(f"{path}.parameters[{j}]",
-                                f"`{path}.parameters[{j}]` must be an object with a `type`")
-
-
-def _button_index(component: dict[str, Any]) -> int | None:
-    index = component.get("index")
-    if isinstance(index, bool):
-        return None
-    if isinstance(index, int) and index >= 0:
-        return index
-    if isinstance(index, str) and index.isdigit():
-        return int(index)
-    return None
-
-
-# More types (image, interactive, ...) are added here: one validator each.
-CONTENT_PARSERS = {"template": _parse_template, "text": _parse_text}
-
-
-def _parse_content(fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    message_type = fields.get("type")
-    if message_type is None:
-        raise invalid_field("type", "`type` is required")
-    if message_type not in CONTENT_PARSERS:
-        raise invalid_field("type", f"`type` must be one of {', '.join(sorted(CONTENT_PARSERS))}",
-                            allowed=sorted(CONTENT_PARSERS))
-    for other in CONTENT_PARSERS:
-        if other != message_type and other in fields:
-            raise invalid_field(other, f"`{other}` cannot be sent with type {message_type}")
-    if message_type not in fields:
-        raise invalid_field(message_type, f"`{message_type}` is required for type "
-                                          f"{message_type}")
-    content = CONTENT_PARSERS[message_type](fields[message_type])
-    _check_storable(content, message_type)
-    return message_type, content
+def with_wamids(request: SendRequest, wamids: dict[str, str]) -> SendRequest:
+    """The request with the named message ids that have a wamid replaced by it."""
+    if not wamids:
+        return request
+    reply_to = wamids.get(request.reply_to or "", request.reply_to)
+    content = request.content
+    if request.message_type == "reaction" and content["message_id"] in wamids:
+        content = {**content, "message_id": wamids[content["message_id"]]}
+    return replace(request, reply_to=reply_to, content=content)
 
 
 def _check_storable(value: Any, path: str, in_array: bool = False) -> None:
@@ -326,6 +309,7 @@ def request_hash(request: SendRequest) -> str:
     canonical = {
         "from": request.phone_number_id, "to": request.recipient, "type": request.message_type,
         "content": request.content, "client_reference": request.client_reference,
+        "callback_data": request.callback_data, "reply_to": request.reply_to,
         "validity_seconds": request.validity_seconds,
     }
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -416,7 +400,7 @@ def check_phone_number(phone: dict[str, Any] | None, account_id: str,
 
 # --- templates ------------------------------------------------------------------------------
 
-_MEDIA_HEADER_FORMATS = frozenset({"IMAGE", "VIDEO", "DOCUMENT", "LOCATION"})
+_MEDIA_HEADER_FORMATS = frozenset({"IMAGE", "VIDEO", "GIF", "DOCUMENT", "LOCATION", "PRODUCT"})
 
 
 def check_template(template: dict[str, Any] | None, request: SendRequest) -> str:
@@ -429,7 +413,7 @@ def check_template(template: dict[str, Any] | None, request: SendRequest) -> str
     if status != "APPROVED":
         raise reject("template_not_approved", f"template {name!r} ({language}) is {status}",
                      name=name, language=language, status=status)
-    check_template_parameters(template, request.content.get("components", []))
+    check_template_parameters(template, request.content.get("components") or [])
     return str(template.get("category", "MARKETING")).lower()
 
 
@@ -445,15 +429,16 @@ def check_template_parameters(template: dict[str, Any], components: list[dict[st
     by_kind: dict[str, dict[str, Any]] = {}
     buttons: dict[int, dict[str, Any]] = {}
     for component in components:
-        if component["type"] == "button":
-            buttons[_button_index(component) or 0] = component
+        kind = component["type"].lower()  # Meta takes both spellings; so do the schemas
+        if kind == "button":
+            buttons[int(component["index"])] = component
         else:
-            by_kind[component["type"]] = component
+            by_kind[kind] = component
     named = str(template.get("parameter_format", "POSITIONAL")).upper() == "NAMED"
 
     header_format = template.get("header_format")
     header = by_kind.get("header")
-    header_params = header.get("parameters", []) if header else []
+    header_params = (header.get("parameters") or []) if header else []
     if header_format in _MEDIA_HEADER_FORMATS:
         wanted = header_format.lower()
         if len(header_params) != 1 or header_params[0].get("type") != wanted:
@@ -463,13 +448,13 @@ def check_template_parameters(template: dict[str, Any], components: list[dict[st
         _check_text_parameters("header", header_params, template.get("header_params", []), named)
 
     body = by_kind.get("body")
-    _check_text_parameters("body", body.get("parameters", []) if body else [],
+    _check_text_parameters("body", (body.get("parameters") or []) if body else [],
                            template.get("body_params", []), named)
 
     expected_buttons = {int(b["index"]): int(b["count"]) for b in
                         template.get("button_params", [])}
     for index in sorted(set(expected_buttons) | set(buttons)):
-        supplied = len(buttons[index].get("parameters", [])) if index in buttons else 0
+        supplied = len(buttons[index].get("parameters") or []) if index in buttons else 0
         expected = expected_buttons.get(index, 0)
         if supplied != expected:
             raise _mismatch(f"button[{index}]", expected, supplied,
@@ -507,12 +492,13 @@ def send_requested(*, message_id: str, account_id: str, request: SendRequest,
     return SendRequested(
         event_id=message_id, message_id=message_id, account_id=account_id,
         portfolio_id=phone.get("portfolio_id") or "", waba_id=phone["waba_id"],
-        phone_number_id=request.phone_number_id, recipient=request.recipient,
-        recipient_region=request.recipient_region,
+        phone_number_id=request.phone_number_id, recipient=request.recipient or "",
+        recipient_region=request.recipient_region or "",
         message_type=request.message_type,  # type: ignore[arg-type]  # validated by the parser
         content=request.content, category=category,  # type: ignore[arg-type]
         accepted_at=now_ms, expires_at=now_ms + request.validity_seconds * 1000,
-        client_reference=request.client_reference)
+        client_reference=request.client_reference, callback_data=request.callback_data,
+        reply_to=request.reply_to)
 
 
 def accepted_message(event: SendRequested, request: SendRequest) -> dict[str, Any]:
@@ -538,7 +524,7 @@ def message_of_record(record: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def stored_content(doc: dict[str, Any]) -> dict[str, Any] | None:
+def stored_content(doc: dict[str, Any]) -> Any:
     """A messages doc's content: JSON text since ingest stores it so, an object in older docs."""
     content = doc.get("content")
     return orjson.loads(content) if isinstance(content, str) else content
@@ -556,6 +542,7 @@ def send_requested_event(doc: dict[str, Any],
         content=content if content is not None else stored_content(doc) or {},
         category=doc["category"], accepted_at=to_ms(doc["created_at"]),
         expires_at=to_ms(doc["expires_at"]), client_reference=doc.get("client_reference"),
+        callback_data=doc.get("callback_data"), reply_to=doc.get("reply_to"),
     )
 
 
@@ -564,6 +551,7 @@ def accepted_response(doc: dict[str, Any]) -> dict[str, Any]:
         "id": doc["_id"], "status": "accepted", "from": doc["phone_number_id"],
         "to": doc["recipient"], "type": doc["type"],
         "client_reference": doc.get("client_reference"),
+        "biz_opaque_callback_data": doc.get("callback_data"),
         "accepted_at": iso(doc["created_at"]), "expires_at": iso(doc["expires_at"]),
     }
 
@@ -652,11 +640,20 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return from_ms(created_ms), message_id
 
 
-def page(docs: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    """`docs` holds up to limit + 1 items: the extra one only says that there is a next page."""
+def page_ids(docs: list[dict[str, Any]], limit: int) -> list[str]:
+    """The ids of the messages a page shows (`docs` holds up to limit + 1)."""
+    return [doc["_id"] for doc in docs[:limit]]
+
+
+def page(docs: list[dict[str, Any]], limit: int,
+         prices: dict[str, dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """`docs` holds up to limit + 1 items: the extra one only says that there is a next page.
+    `prices`: each shown message's price (price_view), by id."""
     shown = docs[:limit]
     next_cursor = encode_cursor(shown[-1]) if len(docs) > limit and shown else None
-    return {"data": [message_view(d, with_content=False) for d in shown],
+    prices = prices or {}
+    return {"data": [message_view(d, with_content=False, price=prices.get(d["_id"]))
+                     for d in shown],
             "next_cursor": next_cursor}
 
 
@@ -683,6 +680,7 @@ def message_view(doc: dict[str, Any], *, with_content: bool = True,
         "id": doc["_id"], "status": doc.get("status"), "from": doc.get("phone_number_id"),
         "to": doc.get("recipient"), "type": doc.get("type"), "category": doc.get("category"),
         "client_reference": doc.get("client_reference"),
+        "biz_opaque_callback_data": doc.get("callback_data"), "reply_to": doc.get("reply_to"),
         "accepted_at": iso(doc.get("created_at")), "expires_at": iso(doc.get("expires_at")),
         "history": [_history_entry(h) for h in doc.get("history", [])],
         "wamid": doc.get("wamid"), "price": price, "pricing": doc.get("pricing"),

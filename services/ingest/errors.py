@@ -34,7 +34,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_request": ErrorCode(InvalidRequest, 400, 100, 400),
     "unknown_field": ErrorCode(InvalidRequest, 400, 100, 400),
     "invalid_field": ErrorCode(InvalidRequest, 400, 100, 400),
-    "invalid_phone_number": ErrorCode(InvalidRequest, 400, 100, 400),  # from shared.phone
+    "invalid_phone_number": ErrorCode(InvalidRequest, 400, 100, 400),
+    # something Meta offers that this gateway does not (e.g. group messages)
+    "unsupported": ErrorCode(InvalidRequest, 400, 100, 400),
     "invalid_cursor": ErrorCode(InvalidRequest, 400, 100, 400),
     "payload_too_large": ErrorCode(InvalidRequest, 413, 100, 413),
     # who is asking
@@ -47,6 +49,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unknown_template": ErrorCode(PermanentError, 422, 132001, 404),
     "template_not_approved": ErrorCode(PermanentError, 422, 132001, 404),
     "template_parameter_mismatch": ErrorCode(PermanentError, 422, 132000, 400),
+    # a reply or reaction names a message id (msg_…) that is not one of the account's
+    "unknown_context_message": ErrorCode(PermanentError, 422, 131009, 400),
     # money and retries
     "insufficient_credit": ErrorCode(InsufficientCredit, 402, 131042, 400),
     "idempotency_key_reused": ErrorCode(Conflict, 409, 100, 409),

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from services.ingest import core
@@ -69,10 +68,17 @@ class Ingest:
                                        account_id, phone_number_id)
 
     async def send(self, account_id: str, request: core.SendRequest,
-                   idempotency_key: str | None) -> SendOutcome:
+                   idempotency_key: str | None,
+                   phone: dict[str, Any] | None = None) -> SendOutcome:
         """Checks, then the durable publish (the 202 follows it). status stores the message's
-        document from the event; a keyed request first stores its idempotency record."""
+        document from the event; a keyed request first stores its idempotency record.
+        `phone`: the sending number's document, when the caller has already checked it."""
         now_ms = self.clock.now_ms()
+        if phone is None:
+            phone = await self.own_phone_number(account_id, request.phone_number_id)
+        # A national `to` is read in the business number's country (known only now on /v1).
+        request = core.with_recipient(
+            request, core.region_of_display_number(phone.get("display_phone_number")))
         # Only a keyed request is ever compared with another: a keyless one needs no hash.
         body_hash: str | None = None
         # A retry is answered before the business checks: its credit is already reserved and
@@ -83,7 +89,6 @@ class Ingest:
             if earlier is not None:
                 return await self._replay(earlier)
 
-        phone = await self.own_phone_number(account_id, request.phone_number_id)
         category = "service"
         if request.message_type == "template":
             template = await self.directory.template(phone["waba_id"], request.template_name,
@@ -95,6 +100,7 @@ class Ingest:
             if not core.has_credit(await self.directory.balance(account_id, fresh=True), price):
                 raise core.insufficient_credit(price)
 
+        request = await self._resolve_refs(account_id, request)
         message_id = (core.keyed_message_id(account_id, idempotency_key, now_ms)
                       if idempotency_key is not None
                       else core.new_message_id(now_ms, os.urandom(10)))
@@ -118,6 +124,17 @@ class Ingest:
         MESSAGES_ACCEPTED.labels(request.message_type).inc()
         return SendOutcome(doc, replayed=False)
 
+    async def _resolve_refs(self, account_id: str,
+                            request: core.SendRequest) -> core.SendRequest:
+        """Our message ids named by a reply or a reaction must be the account's; those already
+        sent go out as their wamid (the sender resolves the others just before sending)."""
+        wamids: dict[str, str] = {}
+        for ref in core.our_message_refs(request):
+            wamid = core.check_referenced_message(await self.message(account_id, ref), ref)
+            if wamid is not None:
+                wamids[ref] = wamid
+        return core.with_wamids(request, wamids)
+
     async def message(self, account_id: str, message_id: str) -> dict[str, Any] | None:
         """The stored document, or the accepted message status has not stored yet."""
         doc = await self.messages.get(account_id, message_id)
@@ -139,7 +156,9 @@ class Ingest:
         return SendOutcome(doc, replayed=True)
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_body(request: web.Request) -> bytes:
+    """The body's bytes, within the size limit (decoding and validating is one msgspec pass,
+    in core)."""
     if request.content_length is not None and request.content_length > core.MAX_BODY_BYTES:
         raise _too_large()
     try:
@@ -148,10 +167,7 @@ async def read_json(request: web.Request) -> Any:
         raise _too_large() from None
     if len(raw) > core.MAX_BODY_BYTES:
         raise _too_large()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise reject("malformed_json", "the request body is not valid JSON") from None
+    return raw
 
 
 def _too_large() -> ServiceError:
@@ -167,7 +183,7 @@ class Handlers:
         started = time.perf_counter()
         try:
             account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
-            send_request = core.parse_send_request(await read_json(request))
+            send_request = core.parse_send_request(await read_body(request))
             key = core.parse_idempotency_key(request.headers.get("Idempotency-Key"))
             outcome = await self.ingest.send(account_id, send_request, key)
         except ServiceError as exc:
@@ -184,10 +200,10 @@ class Handlers:
             account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
             phone = await self.ingest.own_phone_number(account_id, phone_number_id)
             send_request = core.parse_meta_request(
-                await read_json(request), phone_number_id,
+                await read_body(request), phone_number_id,
                 core.region_of_display_number(phone.get("display_phone_number")))
             key = core.parse_idempotency_key(request.headers.get("Idempotency-Key"))
-            outcome = await self.ingest.send(account_id, send_request, key)
+            outcome = await self.ingest.send(account_id, send_request, key, phone)
         except ServiceError as exc:
             _log_rejection("meta", exc, started)
             return _meta_error(exc)
@@ -211,7 +227,11 @@ class Handlers:
         account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
         query = core.parse_list_query(dict(request.query))
         docs = await self.ingest.messages.list(account_id, query)
-        return json_response(core.page(docs, query.limit))
+        entries = await self.ingest.messages.ledger_entries_of(core.page_ids(docs, query.limit))
+        currency = self.ingest.rate_card.currency
+        prices = {message_id: core.price_view(reserve, settle, currency)
+                  for message_id, (reserve, settle) in entries.items()}
+        return json_response(core.page(docs, query.limit, prices))
 
     async def get_balance(self, request: web.Request) -> web.Response:
         account_id = await self.ingest.authenticate(request.headers.get("Authorization"))

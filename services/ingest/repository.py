@@ -63,6 +63,11 @@ class MessageStore(Protocol):
         """Billing's reserve and settle entries of a message (read-only)."""
         ...
 
+    async def ledger_entries_of(self, message_ids: list[str]
+                                ) -> dict[str, tuple[Doc | None, Doc | None]]:
+        """The reserve and settle entries of each message (a page's: at most 100)."""
+        ...
+
     async def list(self, account_id: str, query: ListQuery) -> list[Doc]:
         """Newest first, up to query.limit + 1 documents."""
         ...
@@ -220,6 +225,19 @@ class MongoMessageStore:
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return reserve, settle
+
+    async def ledger_entries_of(self, message_ids: list[str]
+                                ) -> dict[str, tuple[Doc | None, Doc | None]]:
+        # Lookups by _id, all in flight at once: FerretDB pushes only a lone _id filter down to
+        # its index, so one `{"_id": {"$in": [...]}}` query scans the whole ledger (measured
+        # here: 0.74 s for a page of 50 messages at 20,000 entries, against 0.056 s for the
+        # 100 concurrent lookups).
+        keys = [f"{m}:{kind}" for m in message_ids for kind in ("reserve", "settle")]
+        try:
+            found = await asyncio.gather(*(self._ledger.find_one({"_id": key}) for key in keys))
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return {m: (found[2 * i], found[2 * i + 1]) for i, m in enumerate(message_ids)}
 
     async def list(self, account_id: str, query: ListQuery) -> list[Doc]:
         conditions: list[Doc] = [{"account_id": account_id}]

@@ -84,6 +84,7 @@ class FakeMessageStore:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
         self.ledger: dict[str, dict[str, Any]] = {}  # billing's entries, by _id
+        self.ledger_reads = 0  # calls of ledger_entries_of: one per page
 
     async def get(self, account_id: str, message_id: str) -> dict[str, Any] | None:
         doc = self.docs.get(message_id)
@@ -92,6 +93,13 @@ class FakeMessageStore:
     async def ledger_entries(self, message_id: str) -> tuple[dict[str, Any] | None,
                                                              dict[str, Any] | None]:
         return self.ledger.get(f"{message_id}:reserve"), self.ledger.get(f"{message_id}:settle")
+
+    async def ledger_entries_of(self, message_ids: list[str]
+                                ) -> dict[str, tuple[dict[str, Any] | None,
+                                                     dict[str, Any] | None]]:
+        self.ledger_reads += 1
+        return {m: (self.ledger.get(f"{m}:reserve"), self.ledger.get(f"{m}:settle"))
+                for m in message_ids}
 
     async def list(self, account_id: str, query: ListQuery) -> list[dict[str, Any]]:
         docs = [d for d in self.docs.values() if d["account_id"] == account_id]

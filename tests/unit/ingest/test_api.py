@@ -301,7 +301,8 @@ async def test_the_meta_route_answers_in_metas_shape_with_our_message_id() -> No
         assert body == {"messaging_product": "whatsapp",
                         "contacts": [{"input": "+16505551234", "wa_id": "16505551234"}],
                         "messages": [{"id": event.message_id, "message_status": "accepted"}]}
-        assert event.client_reference == "ref-7" and event.phone_number_id == PHONE_A
+        assert event.callback_data == "ref-7" and event.client_reference is None
+        assert event.phone_number_id == PHONE_A
 
 
 async def test_the_meta_route_reads_a_number_without_plus_in_the_business_numbers_country() -> None:
@@ -315,7 +316,10 @@ async def test_the_meta_route_reads_a_number_without_plus_in_the_business_number
 
 @pytest.mark.parametrize(("phone", "body", "key", "meta_code", "http", "code"), [
     (PHONE_A, meta_body(messaging_product="sms"), KEY_A, 100, 400, "invalid_field"),
-    (PHONE_A, meta_body(context={"message_id": "x"}), KEY_A, 100, 400, "unknown_field"),
+    (PHONE_A, meta_body(context={"id": "x"}), KEY_A, 100, 400, "unknown_field"),
+    (PHONE_A, meta_body(recipient_type="group"), KEY_A, 100, 400, "unsupported"),
+    (PHONE_A, meta_body(context={"message_id": "msg_nope"}), KEY_A, 131009, 400,
+     "unknown_context_message"),
     (PHONE_A, meta_body(), "hw_live_nope", 190, 401, "unauthorized"),
     (PHONE_A, meta_body(), KEY_REVOKED, 190, 401, "api_key_revoked"),
     (PHONE_B, meta_body(), KEY_A, 100, 400, "foreign_phone_number"),

@@ -35,7 +35,8 @@ def _code(call: Any, *args: Any) -> tuple[str, dict[str, Any]]:
     (text_body(**{"from": 123}), "invalid_field", "from"),
     ({k: v for k, v in text_body().items() if k != "to"}, "invalid_field", "to"),
     ({k: v for k, v in text_body().items() if k != "type"}, "invalid_field", "type"),
-    (text_body(type="image"), "invalid_field", "type"),
+    (text_body(type="image"), "invalid_field", "text"),
+    (text_body(type="imagery"), "invalid_field", "type"),
     (text_body(type="template"), "invalid_field", "text"),
     ({k: v for k, v in text_body().items() if k != "text"}, "invalid_field", "text"),
     (text_body(text={"body": ""}), "invalid_field", "text.body"),
@@ -65,7 +66,6 @@ def _code(call: Any, *args: Any) -> tuple[str, dict[str, Any]]:
     (template_body(template={"name": "a", "language": {"code": "en"},
                              "components": [{"type": "body", "parameters": ["Ana"]}]}),
      "invalid_field", "template.components[0].parameters[0]"),
-    (text_body(to="447912345678"), "invalid_phone_number", "to"),
     (text_body(to=447912345678), "invalid_phone_number", "to"),
     (text_body(to=["+447912345678"]), "invalid_phone_number", "to"),
     (text_body(to="+44 12"), "invalid_phone_number", "to"),
@@ -251,9 +251,11 @@ def _meta(**overrides: Any) -> dict[str, Any]:
 
 
 def test_a_meta_request_becomes_the_same_request_as_the_v1_shape() -> None:
-    meta = core.parse_meta_request(_meta(biz_opaque_callback_data="ref"), "1", "US")
+    meta = core.parse_meta_request(_meta(biz_opaque_callback_data="ref",
+                                         context={"message_id": "wamid.X"}), "1", "US")
     v1 = core.parse_send_request({"from": "1", "to": "+16502530000", "type": "text",
-                                  "text": {"body": "hi"}, "client_reference": "ref"})
+                                  "text": {"body": "hi"}, "biz_opaque_callback_data": "ref",
+                                  "context": {"message_id": "wamid.X"}})
     assert meta == v1
     assert core.request_hash(meta) == core.request_hash(v1)
 
@@ -274,8 +276,9 @@ def test_a_meta_number_without_plus_is_read_in_the_business_numbers_country() ->
 @pytest.mark.parametrize(("body", "code"), [
     ({"to": "+16502530000", "text": {"body": "x"}}, "invalid_field"),
     (_meta(messaging_product="sms"), "invalid_field"),
-    (_meta(recipient_type="group"), "invalid_field"),
-    (_meta(context={"message_id": "w"}), "unknown_field"),
+    (_meta(recipient_type="group"), "unsupported"),
+    (_meta(recipient_type="broadcast"), "invalid_field"),
+    (_meta(context={"message_id": "w", "quote": True}), "unknown_field"),
     (_meta(**{"from": "1"}), "unknown_field"),
 ])
 def test_meta_requests_are_validated(body: dict[str, Any], code: str) -> None:
@@ -350,15 +353,21 @@ def test_list_query_times_accept_z_and_offsets() -> None:
     assert query.limit == core.DEFAULT_PAGE_SIZE
 
 
+def _flow_button(data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "button", "sub_type": "flow", "index": 0, "parameters": [
+        {"type": "action", "action": {"flow_token": "t", "flow_action_data": data}}]}
+
+
 @pytest.mark.parametrize(("body", "field"), [
     (text_body(text={"body": "a\x00b"}), "text.body"),
     (text_body(client_reference="a\x00"), "client_reference"),
     (template_body(template={"name": "a", "language": {"code": "en"}, "components": [
-        {"type": "body", "parameters": [{"type": "text", "text": "x", "k": [[1]]}]}]}),
-     "template.components[0].parameters[0].k[0]"),
+        _flow_button({"k": [[1]]})]}),
+     "template.components[0].parameters[0].action.flow_action_data.k[0]"),
     (template_body(template={"name": "a", "language": {"code": "en"}, "components": [
-        {"type": "body", "parameters": [{"type": "text", "$where": "x"}]}]}),
-     "template.components[0].parameters[0].$where"),
+        _flow_button({"$where": "x"})]}),
+     "template.components[0].parameters[0].action.flow_action_data.$where"),
+    (text_body(biz_opaque_callback_data="a\x00"), "biz_opaque_callback_data"),
 ])
 def test_content_the_database_cannot_hold_is_refused_up_front(body: Any, field: str) -> None:
     assert _code(core.parse_send_request, body) == ("invalid_field", {"field": field})

@@ -1,5 +1,6 @@
-"""The hand-maintained OpenAPI document matches the app: every route is documented, and every
-documented error code is one ingest can answer with (and the other way round)."""
+"""The OpenAPI document matches the app: its generated schemas are those of the declarations,
+every route is documented, and every documented error code is one ingest can answer with (and
+the other way round)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
+from services.ingest import openapi
 from services.ingest.app import OPENAPI_PATH, create_app
 from services.ingest.errors import ERROR_CODES
+from services.ingest.schemas import MetaSendRequest, V1SendRequest
 from tests.unit.ingest.fakes import World
 
 DOC: dict[str, Any] = yaml.safe_load(OPENAPI_PATH.read_text())
 INGEST_SOURCES = Path(OPENAPI_PATH).parent
 # Codes answered by shared code that ingest relies on, and where they come from.
 RAISED_ELSEWHERE = {
-    "invalid_phone_number": "shared/phone.py",
     "not_found": "shared/http.py",  # also ingest's own 404 for messages
     "method_not_allowed": "shared/http.py",
     "http_error": "shared/http.py",
@@ -44,6 +47,47 @@ def _documented_routes() -> set[tuple[str, str]]:
 
 def test_the_document_is_openapi_3_1() -> None:
     assert DOC["openapi"] == "3.1.0"
+
+
+def test_the_served_document_holds_exactly_the_schemas_of_the_declarations() -> None:
+    # What `python -m services.ingest.openapi --check` checks; run it as CI would.
+    assert openapi.main(["--check"]) == 0, "run: python -m services.ingest.openapi --write"
+    generated = openapi.generated_schemas()
+    served = DOC["components"]["schemas"]
+    assert {name: served[name] for name in generated} == generated
+
+
+def test_the_check_fails_when_a_declaration_changes(tmp_path: Path) -> None:
+    stale = tmp_path / "openapi.yaml"
+    text = OPENAPI_PATH.read_text()
+    stale.write_text(text.replace("maxLength: 4096", "maxLength: 4000", 1))
+    assert not openapi.is_current(stale)
+    without_marker = tmp_path / "broken.yaml"
+    without_marker.write_text(text.replace(openapi.MARKER, ""))
+    try:
+        openapi.is_current(without_marker)
+    except ValueError as exc:
+        assert "marker" in str(exc)
+    else:
+        raise AssertionError("a document without its marker line was accepted")
+
+
+def test_every_reference_in_the_document_resolves() -> None:
+    refs = set(re.findall(r"#/components/schemas/(\w+)", OPENAPI_PATH.read_text()))
+    assert refs and refs <= set(DOC["components"]["schemas"])
+
+
+def test_the_send_routes_name_the_generated_request_schemas() -> None:
+    def schema_of(path: str) -> str:
+        body = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        return str(body["schema"]["$ref"]).rsplit("/", 1)[-1]
+
+    assert schema_of("/v1/messages") == V1SendRequest.__name__
+    assert schema_of("/{graph_version}/{phone_number_id}/messages") == MetaSendRequest.__name__
+    # and the generated ones say what the decoders accept
+    v1 = DOC["components"]["schemas"]["V1SendRequest"]
+    assert set(v1["required"]) == {"from", "to", "type"}
+    assert set(v1["properties"]) == {f.encode_name for f in msgspec.structs.fields(V1SendRequest)}
 
 
 def test_every_route_of_the_app_is_documented_and_nothing_else() -> None:
