@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 
 from services.sender import metrics
@@ -54,8 +55,9 @@ SendOutcome = Accepted | Refused | NotSent | Ambiguous
 
 def request_body(event: SendApproved) -> dict[str, Any]:
     """The Graph API body for an approved message; our message id rides along as the callback
-    data Meta echoes in status webhooks."""
-    return {
+    data Meta echoes in status webhooks (the client's own callback data stays with us). A reply
+    quotes `reply_to`, already a wamid (see `with_targets`)."""
+    body: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
         "to": event.recipient,
@@ -63,6 +65,32 @@ def request_body(event: SendApproved) -> dict[str, Any]:
         event.message_type: event.content,
         "biz_opaque_callback_data": event.message_id,
     }
+    if event.reply_to:
+        body["context"] = {"message_id": event.reply_to}
+    return body
+
+
+# Our own message ids; anything else a reply or reaction names is a wamid.
+OUR_ID_PREFIX = "msg_"
+
+
+def targets_to_resolve(event: SendApproved) -> list[str]:
+    """Our message ids the message names (the quoted message, the reacted-to message) that
+    ingest could not yet replace by their wamid: each must be looked up before the call."""
+    refs = [event.reply_to] if event.reply_to else []
+    if event.message_type == "reaction" and isinstance(event.content, dict):
+        refs.append(str(event.content.get("message_id", "")))
+    return [ref for ref in refs if ref.startswith(OUR_ID_PREFIX)]
+
+
+def with_targets(event: SendApproved, wamids: dict[str, str]) -> SendApproved:
+    """The message with those ids replaced by their wamids (every one must be in `wamids`)."""
+    reply_to = wamids.get(event.reply_to or "", event.reply_to)
+    content = event.content
+    if event.message_type == "reaction" and isinstance(content, dict) and \
+            content.get("message_id") in wamids:
+        content = {**content, "message_id": wamids[content["message_id"]]}
+    return msgspec.structs.replace(event, reply_to=reply_to, content=content)
 
 
 _TITLE_PREFIX = re.compile(r"^\(#\d+\)\s*")

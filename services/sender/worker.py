@@ -55,6 +55,8 @@ from services.sender.meta_client import (
     NotSent,
     Refused,
     SendOutcome,
+    targets_to_resolve,
+    with_targets,
 )
 from services.sender.repository import (
     PhoneNumber,
@@ -607,9 +609,13 @@ class SendEngine:
             if not await self._pass_gate(lane, delivery):
                 return
             metrics.PACING_WAIT.observe(max(0.0, self._clock.monotonic() - eligible_at))
+            call = await self._with_wamids(event)
+            if call is None:  # it names one of our messages that never got a wamid
+                await self._finish(delivery, "failed", reason="context_message_not_sent")
+                return
             token = lane.phone.access_token or ""
             delivery.calls += 1
-            outcome = await self._meta.send(lane.id, token, event)
+            outcome = await self._meta.send(lane.id, token, call)
             free_the_slot()
             self._finishing += 1
             try:
@@ -620,6 +626,20 @@ class SendEngine:
             free_the_slot()
             lane.active.discard(delivery)
             metrics.MESSAGES_IN_FLIGHT.set(self.in_flight)
+
+    async def _with_wamids(self, event: SendApproved) -> SendApproved | None:
+        """The message with the ids of ours it names (a reply's quote, a reaction's target)
+        replaced by their wamids from our records; None when one has none (never sent)."""
+        targets = targets_to_resolve(event)
+        if not targets:
+            return event
+        wamids: dict[str, str] = {}
+        for target in targets:
+            record = await self._retry(partial(self._store.find_send, target), "find_send")
+            if record is None or not record.wamid:
+                return None
+            wamids[target] = record.wamid
+        return with_targets(event, wamids)
 
     async def _until_token_is_near(self, lane: Lane) -> None:
         """Take no `sending` record long before the number may send (a pause, or inbound

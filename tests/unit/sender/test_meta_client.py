@@ -17,8 +17,10 @@ from services.sender.meta_client import (
     Refused,
     parse_response,
     request_body,
+    targets_to_resolve,
+    with_targets,
 )
-from shared.messages import SEND_APPROVED, SendApproved
+from shared.messages import SEND_APPROVED, SEND_REQUESTED, SendApproved
 
 EVENT: SendApproved = SEND_APPROVED.decode(orjson.dumps(SEND_APPROVED.examples[0]))
 
@@ -33,6 +35,48 @@ def test_the_request_body_carries_the_message_and_our_id_as_callback_data() -> N
         "template": EVENT.content,
         "biz_opaque_callback_data": EVENT.message_id,
     }
+
+
+def _event(**overrides: object) -> SendApproved:
+    return SEND_APPROVED.decode(orjson.dumps({**SEND_APPROVED.examples[0], **overrides}))
+
+
+def test_a_reply_carries_its_context_and_the_clients_callback_data_stays_with_us() -> None:
+    event = _event(message_type="image", category="service", callback_data="crm-7",
+                   content={"link": "https://example.com/p.jpg", "caption": None},
+                   reply_to="wamid.IN")
+    assert request_body(event) == {
+        "messaging_product": "whatsapp", "recipient_type": "individual",
+        "to": event.recipient, "type": "image",
+        "image": {"link": "https://example.com/p.jpg", "caption": None},
+        "biz_opaque_callback_data": event.message_id,
+        "context": {"message_id": "wamid.IN"}}
+
+
+def test_every_send_requested_example_becomes_a_body_of_metas_shape() -> None:
+    assert len(SEND_REQUESTED.examples) >= 11  # one per message type
+    for example in SEND_REQUESTED.examples:
+        event = _event(**example)
+        body = request_body(event)
+        assert body[body["type"]] == example["content"]
+        assert body["biz_opaque_callback_data"] == example["message_id"]
+
+
+def test_only_our_own_ids_are_resolved_and_each_is_replaced_by_its_wamid() -> None:
+    reaction = _event(message_type="reaction", category="service",
+                      content={"message_id": "msg_a", "emoji": ""}, reply_to=None)
+    reply = _event(message_type="text", category="service", content={"body": "x"},
+                   reply_to="msg_b")
+    to_wamids = _event(message_type="reaction", category="service",
+                       content={"message_id": "wamid.X", "emoji": "x"}, reply_to="wamid.Y")
+    assert targets_to_resolve(reaction) == ["msg_a"]
+    assert targets_to_resolve(reply) == ["msg_b"]
+    assert targets_to_resolve(to_wamids) == []
+    assert with_targets(reaction, {"msg_a": "wamid.A"}).content == {"message_id": "wamid.A",
+                                                                     "emoji": ""}
+    resolved = with_targets(reply, {"msg_b": "wamid.B"})
+    assert resolved.reply_to == "wamid.B" and resolved.content == {"body": "x"}
+    assert reply.reply_to == "msg_b"  # events are frozen: a new one is made
 
 
 def test_a_success_yields_the_wamid_and_pacing_status() -> None:
