@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from services.admin import commands
-from shared.collections import BALANCES, IDEMPOTENCY_KEYS, MESSAGES
+from shared.collections import BALANCES, IDEMPOTENCY_KEYS, LEDGER, MESSAGES
 from shared.messages import SEND_REQUESTED
 from tests.integration.ingest.conftest import PHONE_A, PHONE_B, Platform
 from tests.integration.ingest.kafka_probe import published_count, read_published
@@ -215,10 +215,88 @@ async def test_the_meta_route_sends_through_the_same_flow(platform: Platform) ->
     event = SEND_REQUESTED.decode(record.value)
     assert answer["messages"][0]["id"] == event.message_id
     assert answer["contacts"] == [{"input": "16502530000", "wa_id": "16502530000"}]
-    assert event.recipient == "+16502530000" and event.client_reference == "cb-1"
+    assert event.recipient == "+16502530000" and event.callback_data == "cb-1"
+    assert event.client_reference is None
 
     resp = await p.client.post(f"/v24.0/{PHONE_B}/messages", json=body, headers=p.a.auth)
     error = (await resp.json())["error"]
     assert error["code"] == 100 and error["error_data"]["details"].startswith(
         "foreign_phone_number")
     assert await _published(p) == 1
+
+
+async def test_every_kind_of_message_goes_through_to_status_s_document(
+        platform: Platform) -> None:
+    p = platform
+    objects = {
+        "contacts": [{"name": {"formatted_name": "Ana B", "first_name": "Ana"},
+                      "phones": [{"phone": "+447912345678", "wa_id": "447912345678"}]}],
+        "interactive": {"type": "list", "body": {"text": "Pick one"}, "action": {
+            "button": "Options", "sections": [{"rows": [{"id": "a", "title": "A"}]}]}},
+        "location": {"latitude": 51.5, "longitude": -0.12, "name": None, "address": None},
+        "document": {"link": "https://example.com/i.pdf", "filename": "i.pdf"},
+    }
+    answers = []
+    for kind, obj in objects.items():
+        body = {"messaging_product": "whatsapp", "to": "447912345678", "type": kind, kind: obj,
+                "biz_opaque_callback_data": f"crm-{kind}"}
+        resp = await p.client.post(f"/v24.0/{PHONE_A}/messages", json=body, headers=p.a.auth)
+        assert resp.status == 200, await resp.text()
+        answers.append((kind, obj, (await resp.json())["messages"][0]["id"]))
+    await p.store_published()
+    for kind, obj, message_id in answers:
+        view = await (await p.client.get(f"/v1/messages/{message_id}",
+                                         headers=p.a.auth)).json()
+        assert view["type"] == kind and view["content"] == obj, kind
+        assert view["biz_opaque_callback_data"] == f"crm-{kind}"
+        assert view["to"] == "+447912345678" and view["category"] == "service"
+
+
+async def test_replies_name_our_messages_by_id_and_go_out_with_their_wamid(
+        platform: Platform) -> None:
+    p = platform
+    text = {"from": PHONE_A, "to": "+447912345678", "type": "text", "text": {"body": "hi"}}
+    quoted = (await (await _post(p, text, p.a.auth)).json())["id"]
+    await p.store_published()
+    # status records the wamid once Meta accepted the message
+    await p.db[MESSAGES].update_one({"_id": quoted}, {"$set": {"wamid": "wamid.Q1"}})
+    reply = await _post(p, {**text, "context": {"message_id": quoted}}, p.a.auth)
+    assert reply.status == 202, await reply.text()
+    reaction = await _post(p, {"from": PHONE_A, "to": "+447912345678", "type": "reaction",
+                               "reaction": {"message_id": quoted, "emoji": "\u2764"}},
+                           p.a.auth)
+    assert reaction.status == 202, await reaction.text()
+    events = {e.message_id: e for e in (SEND_REQUESTED.decode(r.value) for r in
+                                        await read_published(p.bootstrap, SEND_REQUESTED,
+                                                             p.prefix))}
+    assert events[(await reply.json())["id"]].reply_to == "wamid.Q1"
+    assert events[(await reaction.json())["id"]].content == {"message_id": "wamid.Q1",
+                                                             "emoji": "\u2764"}
+    # another account cannot name it
+    b_text = {**text, "from": PHONE_B, "context": {"message_id": quoted}}
+    refused = await _post(p, b_text, p.b.auth)
+    assert refused.status == 422
+    assert (await refused.json())["error"]["code"] == "unknown_context_message"
+    assert await _published(p) == 3
+
+
+async def test_the_list_shows_the_price_billing_charged(platform: Platform) -> None:
+    p = platform
+    first = (await (await _post(p, reminder(), p.a.auth)).json())["id"]
+    second = (await (await _post(p, reminder(), p.a.auth)).json())["id"]
+    await p.store_published()
+    # billing's entries, as billing writes them
+    await p.db[LEDGER].insert_many([
+        {"_id": f"{first}:reserve", "kind": "reserve", "amount": 24200,
+         "account_id": p.a.account_id},
+        {"_id": f"{first}:settle", "kind": "charge", "amount": 24200,
+         "account_id": p.a.account_id},
+        {"_id": f"{second}:reserve", "kind": "reserve", "amount": 24200,
+         "account_id": p.a.account_id}])
+    listed = await (await p.client.get("/v1/messages", headers=p.a.auth)).json()
+    prices = {m["id"]: m["price"] for m in listed["data"]}
+    assert prices[first] == {"state": "charged", "amount": 24200, "currency": "USD",
+                             "unit": "micros"}
+    assert prices[second]["state"] == "reserved"
+    detail = await (await p.client.get(f"/v1/messages/{first}", headers=p.a.auth)).json()
+    assert detail["price"] == prices[first]

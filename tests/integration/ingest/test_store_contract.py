@@ -21,6 +21,7 @@ from shared.collections import (
     ACCOUNTS,
     API_KEYS,
     BALANCES,
+    LEDGER,
     MESSAGES,
     PHONE_NUMBERS,
     TEMPLATES,
@@ -44,6 +45,7 @@ async def stores(request: pytest.FixtureRequest, mongo: AsyncMongoClient[dict[st
 
         messages = FakeMessageStore()
         tables[MESSAGES] = messages.docs
+        tables[LEDGER] = messages.ledger
 
         async def put_fake(collection: str, doc: dict[str, Any]) -> None:
             tables[collection][doc["_id"]] = doc
@@ -113,6 +115,21 @@ async def test_list_is_newest_first_with_ties_broken_by_id_and_honours_filters(
                                                     until=core.from_ms(NOW + 1)))
     assert [d["_id"] for d in window] == ["b", "a"]
     assert await store.list("acc", core.ListQuery(limit=10, status="sent")) == []
+
+
+async def test_ledger_entries_of_a_page_come_back_per_message_in_one_call(
+        stores: tuple[Any, Any, Any, Any]) -> None:
+    _, store, _, put = stores
+    await put(LEDGER, {"_id": "m1:reserve", "kind": "reserve", "amount": 10})
+    await put(LEDGER, {"_id": "m1:settle", "kind": "charge", "amount": 8})
+    await put(LEDGER, {"_id": "m2:reserve", "kind": "reserve", "amount": 10})
+    await put(LEDGER, {"_id": "topup:x", "kind": "topup", "amount": 99})
+    entries = await store.ledger_entries_of(["m1", "m2", "m3"])
+    assert list(entries) == ["m1", "m2", "m3"]
+    assert [(r and r["amount"], s and s["amount"]) for r, s in entries.values()] == \
+        [(10, 8), (10, None), (None, None)]
+    assert entries["m1"] == await store.ledger_entries("m1")
+    assert await store.ledger_entries_of([]) == {}
 
 
 async def test_directory_lookups_find_by_id_and_answer_none_when_missing(
