@@ -412,3 +412,14 @@ def test_an_invalid_field_names_the_rule_it_broke() -> None:
         core.parse_meta_request(_meta("text", {"body": "x" * 4097}), PHONE_A, "US")
     assert info.value.details == {"field": "text.body",
                                   "rule": "Expected `str` of length <= 4096"}
+
+
+def test_every_send_requested_example_is_a_request_ingest_accepts() -> None:
+    """The topic's examples (one per type) are shapes the declarations accept, unchanged."""
+    for example in SEND_REQUESTED.examples:
+        kind, content = example["message_type"], example["content"]
+        body = _meta(kind, content)
+        if example.get("reply_to"):
+            body["context"] = {"message_id": example["reply_to"]}
+        request = core.parse_meta_request(body, PHONE_A, "US")
+        assert _canonical(request.content) == _canonical(content), kind
