@@ -875,13 +875,12 @@ class NumberRef:
 def number_ref_from_doc(doc: Mapping[str, Any] | None) -> NumberRef | None:
     if not doc or not isinstance(doc.get("_id"), str):
         return None
-    mps = doc.get("throughput_mps")
+    mps = _stored_int(doc, "throughput_mps")
     limit = doc.get("messaging_limit")
     return NumberRef(
         phone_number_id=doc["_id"], account_id=str(doc["account_id"])
         if doc.get("account_id") else None, waba_id=str(doc.get("waba_id") or ""),
-        messages_per_second=mps if isinstance(mps, int) and mps > 0
-        else DEFAULT_MESSAGES_PER_SECOND,
+        messages_per_second=mps if mps > 0 else DEFAULT_MESSAGES_PER_SECOND,
         messaging_limit=limit if isinstance(limit, str) else None)
 
 
@@ -897,8 +896,10 @@ def waba_state_id(waba_id: str) -> str:
 
 
 def _stored_int(doc: Mapping[str, Any], name: str) -> int:
+    """An integer read back from the database as a plain int (the driver returns large ones as
+    bson.Int64, which the event encoder does not know)."""
     value = doc.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @dataclass(frozen=True)
@@ -914,10 +915,9 @@ class Pacing:
 def pacing_of(state: Mapping[str, Any] | None, number: NumberRef) -> Pacing:
     """What `number_states` knows, else the number's registered values."""
     state = state or {}
-    mps, limit = state.get("messages_per_second"), state.get("messaging_limit")
+    mps, limit = _stored_int(state, "messages_per_second"), state.get("messaging_limit")
     return Pacing(
-        messages_per_second=mps if isinstance(mps, int) and mps > 0
-        else number.messages_per_second,
+        messages_per_second=mps if mps > 0 else number.messages_per_second,
         mps_at=_stored_int(state, "mps_at"),
         messaging_limit=limit if isinstance(limit, str) else number.messaging_limit,
         limit_at=_stored_int(state, "limit_at"))
@@ -996,14 +996,11 @@ def apply_hold(holds: Mapping[str, Any] | None, hold: str, on: bool,
                at: int) -> dict[str, Any] | None:
     """The WABA's holds after this change; None when it is stale (an older webhook than the
     one that last set this hold) or changes nothing."""
-    current = dict(holds or {})
+    current = {name: {"on": value.get("on") is True, "at": _stored_int(value, "at")}
+               for name, value in (holds or {}).items() if isinstance(value, Mapping)}
     known = current.get(hold)
-    if isinstance(known, Mapping):
-        known_at = known.get("at")
-        if isinstance(known_at, int) and known_at > at:
-            return None
-        if known.get("on") is on:
-            return None
+    if known is not None and (known["at"] > at or known["on"] is on):
+        return None
     current[hold] = {"on": on, "at": at}
     return current
 
