@@ -38,8 +38,12 @@ any_json = st.recursive(json_scalars, lambda inner: st.one_of(
 
 @st.composite
 def wamids(draw: st.DrawFn) -> str:
-    return "wamid." + draw(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                            "0123456789=+/", min_size=4, max_size=24))
+    """Mostly distinct ids (hypothesis favours short, simple strings, which collide), some
+    drawn from Meta's alphabet."""
+    if draw(st.booleans()):
+        return "wamid." + draw(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs"
+                                                "tuvwxyz0123456789=+/", min_size=4, max_size=24))
+    return "wamid.HBgL" + draw(st.uuids()).hex
 
 
 def chance(draw: st.DrawFn, one_in: int) -> bool:
