@@ -3,9 +3,10 @@ its messages wait, and expire when their validity ends, in virtual time."""
 
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
-from shared.messages import WabaStatusChanged
+from shared.messages import WABA_STATUS_CHANGED, WabaStatusChanged
 from tests.unit.sender.fakes import Harness
 
 WABA = "102290129340398"  # the harness's phone number belongs to it
@@ -53,3 +54,10 @@ async def test_another_wabas_hold_does_not_stop_this_number(h: Harness) -> None:
     h.engine.apply_waba_status(waba(True, 10, waba_id="999"))
     await h.admit(h.event())
     await h.timer.run_until_true(lambda: len(h.statuses("sent")) == 1, limit=5)
+
+
+def test_the_sender_applies_every_waba_status_example(h: Harness) -> None:
+    for example in WABA_STATUS_CHANGED.examples:
+        h.engine.apply_waba_status(WABA_STATUS_CHANGED.decode(orjson.dumps(example)))
+    last = WABA_STATUS_CHANGED.examples[-1]
+    assert h.engine.waba_held(str(last["waba_id"])) is last["held"]
