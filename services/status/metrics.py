@@ -43,9 +43,9 @@ PARKED_STATUSES = Gauge(
 )
 INBOUND_MESSAGES = Counter(
     "status_inbound_messages_total",
-    "Messages from WhatsApp users (direction inbound) and the business's own app-sent messages "
-    "(echo), by Meta's type (known types, else other).",
-    ["direction", "type"],
+    "Messages from WhatsApp users (kind inbound) and the business's own app-sent messages "
+    "(kind echo), by Meta's type (known types, else other).",
+    ["kind", "type"],
 )
 INBOUND_ANONYMISED = Counter(
     "status_inbound_messages_anonymised_total",
@@ -69,8 +69,9 @@ ACCOUNT_UPDATES = Counter(
 )
 WABAS_HELD = Counter(
     "status_waba_status_changes_total",
-    "WABA holds changed by account_update (held: banned, deleted, removed; released).",
-    ["change"],
+    "WABA holds changed by account_update, by result (held: banned, deleted, removed; "
+    "released).",
+    ["result"],
 )
 WABA_FACTS = Counter(
     "status_waba_facts_total",
@@ -80,8 +81,8 @@ WABA_FACTS = Counter(
 )
 USER_PREFERENCES = Counter(
     "status_user_preferences_total",
-    "Users' marketing preferences received, by value (stop, resume, other).",
-    ["value"],
+    "Users' marketing preferences received, by kind (stop, resume, other).",
+    ["kind"],
 )
 WEBHOOK_ERRORS = Counter(
     "status_webhook_errors_total",
