@@ -35,10 +35,27 @@ it), `direction` ("inbound", or "echo" for a message the business sent from the 
 app), `type` (Meta's), `content` (JSON text of Meta's item for that message, as it came),
 `media_id` (for image/video/audio/document/sticker, else absent), `context_wamid`, `contact_name`,
 `sent_at` (ms, Meta's timestamp), `received_at` (ms). A received media id belongs to the account of
-the inbound message that carried it.
+the inbound message that carried it. Also `opens_window` (whether it opened the 24 h window),
+`user_id` (the user's BSUID), `group_id`, `referral: true` (a Click-to-WhatsApp entry; the
+referral itself is in `content`). Past retention, status's sweeper removes `content`,
+`contact_name` and `user_id`, hashes `wa_id` and sets `anonymised_at`.
+
+`conversations` (status's processor): `_id` phone_number_id:wa_id, `account_id`, `waba_id`,
+`phone_number_id`, `wa_id`, `contact_name`, `user_id`, `last_message_at` (any direction),
+`last_inbound_at` and `window_expires_at` (only messages that open the window), all ms and only
+moving forward. `user_preferences` (status): `_id` phone_number_id:wa_id:category, `account_id`,
+`wa_id`, `category`, `value` (stop, resume, ...), `at` (ms, the latest wins), `detail`.
+`number_states` (status): per phone number id `messages_per_second`/`mps_at`,
+`messaging_limit`/`limit_at` (what the last ThroughputChanged carried), quality and name
+decisions; per WABA (`_id` "waba:<id>") `holds` ({banned|deleted|partner_removed|
+app_uninstalled: {on, at}}), `held`, and the latest account_update, review, alert, security and
+capability facts.
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
-applies Meta's status webhooks; both write Meta's truth, so the later write is the right one.
+applies Meta's template webhooks (status, quality, category, components); both write Meta's
+truth, so the later write is the right one. A webhook for a template the sync never saw creates
+a minimal document (`shape_known: false`, no components) that the next sync replaces;
+`needs_sync: true` marks a template whose components Meta changed since the sync.
 """
 
 from __future__ import annotations
@@ -87,7 +104,13 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("media_id", ASCENDING)]),
         IndexModel([("received_at", ASCENDING)]),  # retention sweep
     ],
-    CONVERSATIONS: [IndexModel([("account_id", ASCENDING), ("last_inbound_at", DESCENDING)])],
+    CONVERSATIONS: [
+        IndexModel([("account_id", ASCENDING), ("last_inbound_at", DESCENDING)]),
+        # the account's contacts, latest first (GET /v1/conversations); status's sweeper
+        IndexModel([("account_id", ASCENDING), ("last_message_at", DESCENDING)]),
+        IndexModel([("last_message_at", ASCENDING)]),
+    ],
+    USER_PREFERENCES: [IndexModel([("account_id", ASCENDING), ("wa_id", ASCENDING)])],
     MEDIA: [IndexModel([("account_id", ASCENDING)])],
     LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],

@@ -117,15 +117,29 @@ class WebhookReceived(Event, kw_only=True, frozen=True):
 # --- messages.inbound-received.v1 -----------------------------------------------------------
 
 class InboundReceived(Event, kw_only=True, frozen=True):
-    """A WhatsApp user wrote to one of our numbers: it opens the 24 h customer service window."""
+    """A WhatsApp user wrote to one of our numbers (any type Meta sends, `system` and
+    `unsupported` included; never a message echo). The sender counts each against the number's
+    throughput; a later client event (`message.received`) is built from the same fields, which
+    mirror the `inbound_messages` document."""
 
     phone_number_id: str
     waba_id: str
-    sender: str  # the user's wa_id, digits only as Meta sends it
+    # The contact: Meta's `from` (digits), or the user's BSUID when `from` is empty.
+    sender: str
     wamid: str
     message_type: str
     sent_at: int
+    # Meta's object for `message_type` (e.g. {"body": ...} for text), as sent.
     content: dict[str, Any] = {}
+    account_id: str | None = None  # None: the number is not registered with us
+    contact_name: str | None = None
+    user_id: str | None = None  # the user's BSUID (`from_user_id`), when Meta sends one
+    context_wamid: str | None = None  # the message this one replies to or reacts to
+    media_id: str | None = None  # image/video/audio/document/sticker
+    referral: dict[str, Any] | None = None  # Click-to-WhatsApp ad the user came from
+    opens_window: bool = True  # whether it opens the 24 h customer-service window
+    window_expires_at: int | None = None  # sent_at + 24 h when it opens the window
+    received_at: int | None = None
 
 
 # --- templates.status-changed.v1 ------------------------------------------------------------
@@ -144,10 +158,28 @@ class TemplateStatusChanged(Event, kw_only=True, frozen=True):
 # --- phone-numbers.throughput-changed.v1 ----------------------------------------------------
 
 class ThroughputChanged(Event, kw_only=True, frozen=True):
+    """A number's current pacing facts: its throughput and its portfolio's messaging limit.
+    The topic is compacted by phone number, so every event carries both (the latest known of
+    each), never only the one that changed."""
+
     phone_number_id: str
     waba_id: str
     messages_per_second: int
-    messaging_limit: str | None = None
+    messaging_limit: str | None = None  # TIER_250 ... TIER_UNLIMITED
+    occurred_at: int
+
+
+# --- wabas.status-changed.v1 ----------------------------------------------------------------
+
+class WabaStatusChanged(Event, kw_only=True, frozen=True):
+    """Meta's word on whether a WABA may send: `held` while it is banned (DISABLED_UPDATE with
+    DISABLE), deleted, or removed from / uninstalled by our app; released by REINSTATE or by the
+    partner being added again. The topic is compacted by WABA: the latest event is the state."""
+
+    waba_id: str
+    held: bool
+    reasons: list[str] = []  # why it is held: banned, deleted, partner_removed, app_uninstalled
+    event: str = ""  # Meta's account_update event that changed it
     occurred_at: int
 
 
@@ -332,10 +364,29 @@ INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
     key=lambda e: e.phone_number_id,
     producers=("status",),
     consumers=("sender",),  # Meta counts inbound messages against the number's throughput
-    examples=({"event_id": "wamid.IN1", "phone_number_id": "106540352242922",
-               "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN1",
-               "message_type": "text", "sent_at": 1764000000000,
-               "content": {"body": "Does it come in another color?"}},),
+    examples=(
+        {"event_id": "wamid.IN1", "phone_number_id": "106540352242922",
+         "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN1",
+         "message_type": "text", "sent_at": 1764000000000,
+         "content": {"body": "Does it come in another color?"}},
+        {"event_id": "wamid.IN2", "phone_number_id": "106540352242922",
+         "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN2",
+         "message_type": "image", "sent_at": 1764000005000,
+         "content": {"caption": "this one", "mime_type": "image/jpeg",
+                     "sha256": "SfInY0gG...=", "id": "1003383421387256"},
+         "account_id": "acc_demo", "contact_name": "Sheena Nelson",
+         "user_id": "US.13491208655302741918", "context_wamid": "wamid.OUT1",
+         "media_id": "1003383421387256",
+         "referral": {"source_type": "ad", "source_id": "120226305854810726",
+                      "source_url": "https://fb.me/3cr4Wqqkv", "ctwa_clid": "Aff-n8ZT"},
+         "opens_window": True, "window_expires_at": 1764086405000,
+         "received_at": 1764000005300},
+        {"event_id": "wamid.IN3", "phone_number_id": "106540352242922",
+         "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN3",
+         "message_type": "reaction", "sent_at": 1764000009000,
+         "content": {"message_id": "wamid.OUT1", "emoji": "\U0001f44d"},
+         "account_id": "acc_demo", "context_wamid": "wamid.OUT1", "opens_window": False},
+    ),
 )
 
 TEMPLATE_STATUS_CHANGED: Topic[TemplateStatusChanged] = Topic(
@@ -356,11 +407,35 @@ THROUGHPUT_CHANGED: Topic[ThroughputChanged] = Topic(
     key=lambda e: e.phone_number_id,
     producers=("status",),
     consumers=("sender",),
-    examples=({"event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
-               "phone_number_id": "106540352242922", "waba_id": "102290129340398",
-               "messages_per_second": 1000, "messaging_limit": "TIER_UNLIMITED",
-               "occurred_at": 1748454394000},),
+    examples=(
+        {"event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
+         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+         "messages_per_second": 1000, "messaging_limit": "TIER_UNLIMITED",
+         "occurred_at": 1748454394000},
+        # A tier change keeps the number's current throughput.
+        {"event_id": "106540352242922:FLAGGED:1748455000",
+         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+         "messages_per_second": 80, "messaging_limit": "TIER_10K",
+         "occurred_at": 1748455000000},
+    ),
     compacted=True,  # only the latest level per number matters
+)
+
+WABA_STATUS_CHANGED: Topic[WabaStatusChanged] = Topic(
+    name="wabas.status-changed.v1",
+    schema=WabaStatusChanged,
+    key=lambda e: e.waba_id,
+    producers=("status",),
+    consumers=("sender",),  # a held WABA's numbers send nothing until it is released
+    examples=(
+        {"event_id": "102290129340398:DISABLED_UPDATE:1743451903",
+         "waba_id": "102290129340398", "held": True, "reasons": ["banned"],
+         "event": "DISABLED_UPDATE", "occurred_at": 1743451903000},
+        {"event_id": "102290129340398:DISABLED_UPDATE:1743538303",
+         "waba_id": "102290129340398", "held": False, "reasons": [],
+         "event": "DISABLED_UPDATE", "occurred_at": 1743538303000},
+    ),
+    compacted=True,  # the latest state per WABA is all a follower needs
 )
 
 TOPUP_REQUESTED: Topic[TopUpRequested] = Topic(
@@ -385,7 +460,8 @@ LOW_BALANCE_ALERTED: Topic[LowBalanceAlerted] = Topic(
 
 ALL_TOPICS: tuple[Topic[Any], ...] = (
     SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED, WEBHOOK_RECEIVED, INBOUND_RECEIVED,
-    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, TOPUP_REQUESTED, LOW_BALANCE_ALERTED,
+    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, WABA_STATUS_CHANGED, TOPUP_REQUESTED,
+    LOW_BALANCE_ALERTED,
 )
 
 

@@ -53,7 +53,7 @@ NUMBERS_HELD = Gauge(
 ALERTS = Counter(
     "sender_alerts_total",
     "Operator alerts raised by the sender, by kind.",
-    ["kind"],  # phone_number_held
+    ["kind"],  # phone_number_held, waba_held
 )
 OLDEST_WAITING = Gauge(
     "sender_oldest_waiting_message_age_seconds",

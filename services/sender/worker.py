@@ -84,12 +84,14 @@ from shared.messages import (
     SEND_APPROVED,
     STATUS_CHANGED,
     THROUGHPUT_CHANGED,
+    WABA_STATUS_CHANGED,
     InboundReceived,
     MetaError,
     SendApproved,
     StatusChanged,
     ThroughputChanged,
     Topic,
+    WabaStatusChanged,
 )
 from shared.metrics import DEAD_LETTERS, RECORDS_HANDLED
 from shared.secrets import TokenVault
@@ -251,6 +253,7 @@ class SendEngine:
         self._pending: dict[str, Delivery] = {}
         self._tiers: dict[str, _PortfolioTier] = {}
         self._throughput: dict[str, ThroughputChanged] = {}
+        self._wabas: dict[str, WabaStatusChanged] = {}  # latest word on each WABA
         # Meta's bucket as inbound messages alone left it, for numbers without a lane yet.
         self._inbound_before_lane: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -331,6 +334,29 @@ class SendEngine:
         log.info("throughput_changed", phone_number_id=event.phone_number_id,
                  messages_per_second=event.messages_per_second,
                  messaging_limit=event.messaging_limit)
+
+    def apply_waba_status(self, event: WabaStatusChanged) -> None:
+        """Meta holds a WABA (banned, deleted, our app removed) or releases it: the latest event
+        wins. A held WABA's numbers take nothing off their queues: their messages wait, and
+        those whose validity ends meanwhile expire as usual (the queue sweep). Sends already
+        on their way to Meta are not recalled."""
+        known = self._wabas.get(event.waba_id)
+        if known is not None and known.occurred_at > event.occurred_at:
+            return
+        self._wabas[event.waba_id] = event
+        for lane in self._lanes.values():
+            if lane.phone.waba_id == event.waba_id:
+                lane.wake.set()
+        if event.held:
+            metrics.ALERTS.labels("waba_held").inc()
+            log.error("waba_held", waba_id=event.waba_id, reasons=event.reasons,
+                      account_event=event.event)
+        elif known is not None and known.held:
+            log.warning("waba_released", waba_id=event.waba_id, account_event=event.event)
+
+    def waba_held(self, waba_id: str) -> bool:
+        event = self._wabas.get(waba_id)
+        return event is not None and event.held
 
     def count_inbound(self, event: InboundReceived) -> None:
         """A user wrote to one of our numbers: Meta counts it against the number's throughput.
@@ -456,6 +482,8 @@ class SendEngine:
 
     def _dispatch_once(self, lane: Lane, now: float) -> float | None:
         """None when a message may be taken now; otherwise when to look again."""
+        if self.waba_held(lane.phone.waba_id):
+            return _IDLE  # apply_waba_status wakes the lane when the WABA is released
         blocked = lane.pacer.blocked_until()
         if blocked > now:
             return blocked
@@ -973,6 +1001,8 @@ class SenderWorker:
                                                   self._config.topic_prefix, self._engine)),
             asyncio.create_task(follow_inbound(self._config.bootstrap_servers,
                                                self._config.topic_prefix, self._engine)),
+            asyncio.create_task(follow_waba_status(self._config.bootstrap_servers,
+                                                   self._config.topic_prefix, self._engine)),
         ]
         try:
             await self.consume(helpers)
@@ -1099,6 +1129,13 @@ async def follow_throughput(bootstrap_servers: str, prefix: str, engine: SendEng
     """Read the compacted throughput topic from its beginning, then follow it: every instance
     knows every number's latest level, also right after a restart."""
     await _follow(bootstrap_servers, prefix, THROUGHPUT_CHANGED, engine.apply_throughput,
+                  from_beginning=True)
+
+
+async def follow_waba_status(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
+    """Read the compacted WABA status topic from its beginning, then follow it: a restarted
+    instance must still know which WABAs Meta holds."""
+    await _follow(bootstrap_servers, prefix, WABA_STATUS_CHANGED, engine.apply_waba_status,
                   from_beginning=True)
 
 

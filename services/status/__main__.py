@@ -14,8 +14,11 @@ from services.status.workers import run_processor, run_state_writer
 from shared.clock import SystemClock
 from shared.collections import (
     CONVERSATIONS,
+    INBOUND_MESSAGES,
     MESSAGES,
+    NUMBER_STATES,
     PARKED_STATUSES,
+    USER_PREFERENCES,
     WAMID_INDEX,
     ensure_indexes,
 )
@@ -32,7 +35,8 @@ async def main() -> None:
     clock = SystemClock()
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        await ensure_indexes(conns.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS)
+        await ensure_indexes(conns.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS,
+                             INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES)
         prefix, bootstrap = settings.topic_prefix, settings.kafka_bootstrap_servers
         repository = StatusRepository(conns.db)
         webhook_publisher = KafkaPublisher(conns.producer, prefix,

@@ -43,12 +43,50 @@ PARKED_STATUSES = Gauge(
 )
 INBOUND_MESSAGES = Counter(
     "status_inbound_messages_total",
-    "Inbound messages from WhatsApp users.",
+    "Messages from WhatsApp users (kind inbound) and the business's own app-sent messages "
+    "(kind echo), by Meta's type (known types, else other).",
+    ["kind", "type"],
+)
+INBOUND_ANONYMISED = Counter(
+    "status_inbound_messages_anonymised_total",
+    "Inbound messages past retention whose content was removed and contact hashed.",
 )
 TEMPLATE_UPDATES = Counter(
     "status_template_updates_total",
-    "Template status webhooks, by Meta's event (APPROVED, REJECTED, PAUSED, ..., other).",
+    "Template webhooks, by kind (status, quality, category, components) and, for status, "
+    "Meta's event (APPROVED, REJECTED, PAUSED, ..., other; none for other kinds).",
+    ["kind", "event"],
+)
+NUMBER_UPDATES = Counter(
+    "status_number_updates_total",
+    "phone_number_quality_update and phone_number_name_update webhooks, by field.",
+    ["field"],
+)
+ACCOUNT_UPDATES = Counter(
+    "status_account_updates_total",
+    "account_update webhooks, by Meta's event (known events, else other).",
     ["event"],
+)
+WABAS_HELD = Counter(
+    "status_waba_status_changes_total",
+    "WABA holds changed by account_update, by result (held: banned, deleted, removed; "
+    "released).",
+    ["result"],
+)
+WABA_FACTS = Counter(
+    "status_waba_facts_total",
+    "WABA-level webhooks kept in number_states without action (review, alerts, security, "
+    "business capability), by field.",
+    ["field"],
+)
+USER_PREFERENCES = Counter(
+    "status_user_preferences_total",
+    "Users' marketing preferences received, by kind (stop, resume, other).",
+    ["kind"],
+)
+WEBHOOK_ERRORS = Counter(
+    "status_webhook_errors_total",
+    "Value-level errors[] items Meta reported (problems of the app, account or number).",
 )
 CHANGES_IGNORED = Counter(
     "status_changes_ignored_total",

@@ -1,6 +1,14 @@
 """The webhook processor: one record of webhooks.received.v1 -> the events and documents its
-changes call for. Every effect is idempotent (event ids derive from Meta's ids, writes are
-upserts), so a redelivered record or a replayed batch changes nothing twice."""
+changes call for. Every effect is idempotent (event ids derive from Meta's ids, inserts are
+keyed by Meta's ids, updates only move forward in Meta's time), so a redelivered record or a
+replayed batch changes nothing twice.
+
+What a record cannot do is stop the processor: `core.plan_webhook` reads each change and item
+on its own and bounds every value that reaches a write, so a shape nobody foresaw costs that
+item (counted as malformed), never its siblings. A failure here that is not a dependency being
+unavailable is a bug, and the consumer loop deals with it (retries, then the dead-letter
+topic).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +20,19 @@ from aiokafka import ConsumerRecord
 
 from services.status import core
 from services.status.metrics import (
+    ACCOUNT_UPDATES,
     CHANGES_IGNORED,
     INBOUND_MESSAGES,
     ITEMS_MALFORMED,
+    NUMBER_UPDATES,
     PROCESSING_LAG,
     STATUSES,
     STATUSES_PARKED,
     TEMPLATE_UPDATES,
+    USER_PREFERENCES,
+    WABA_FACTS,
+    WABAS_HELD,
+    WEBHOOK_ERRORS,
 )
 from services.status.publisher import Outgoing, Publisher
 from services.status.repository import ProcessorStore
@@ -29,11 +43,17 @@ from shared.messages import (
     STATUS_CHANGED,
     TEMPLATE_STATUS_CHANGED,
     THROUGHPUT_CHANGED,
+    WABA_STATUS_CHANGED,
     WEBHOOK_RECEIVED,
     WebhookReceived,
 )
 
 log = get_logger(__name__)
+
+# How long a phone number's registration is trusted before it is read again (an operator may
+# register a number after its first inbound message).
+NUMBER_CACHE_SECONDS = 60.0
+UNKNOWN_NUMBER_CACHE_SECONDS = 5.0
 
 
 @dataclass
@@ -43,13 +63,16 @@ class _Batch:
     outgoing: list[Outgoing] = field(default_factory=list)
     unparked: list[str] = field(default_factory=list)  # parked, then found: delete once published
     parked: int = 0
+    stored: int = 0  # inbound messages and echoes newly stored
 
 
 class WebhookProcessor:
     def __init__(self, store: ProcessorStore, publisher: Publisher, clock: Clock,
-                 remembered_wamids: int = 20_000) -> None:
+                 remembered_wamids: int = 20_000, remembered_numbers: int = 10_000) -> None:
         self._wamids: OrderedDict[str, core.MessageRef] = OrderedDict()
         self._wamid_capacity = remembered_wamids
+        self._numbers: OrderedDict[str, tuple[float, core.NumberRef | None]] = OrderedDict()
+        self._number_capacity = remembered_numbers
         self._store = store
         self._publisher = publisher
         self._clock = clock
@@ -66,15 +89,21 @@ class WebhookProcessor:
         for status in plan.statuses:
             await self._status(status, now, batch)
         for message in plan.inbound:
-            INBOUND_MESSAGES.inc()
-            await self._store.record_inbound(
-                core.conversation_id(message.phone_number_id, message.sender),
-                message.phone_number_id, message.sender, message.sent_at, now)
-            batch.outgoing.append((INBOUND_RECEIVED, core.inbound_received(message)))
+            await self._inbound(message, event.received_at, now, batch)
         for update in plan.template_updates:
             await self._template(update, batch)
-        for upgrade in plan.throughput_upgrades:
-            await self._throughput(upgrade, batch)
+        for number_update in plan.number_updates:
+            await self._number_update(number_update, now, batch)
+        for account_update in plan.account_updates:
+            await self._account_update(account_update, now, batch)
+        for fact in plan.waba_facts:
+            await self._waba_fact(fact, now, batch)
+        for preference in plan.user_preferences:
+            await self._user_preference(preference)
+        for error in plan.value_errors:
+            WEBHOOK_ERRORS.inc()
+            log.warning("webhook_error_reported", outcome="logged", code=error.code,
+                        title=error.title[:200], phone_number_id=error.phone_number_id)
         # Everything is acknowledged before the record is committed (the caller commits).
         await self._publisher.publish_all(batch.outgoing)
         for parked_id in batch.unparked:
@@ -84,12 +113,11 @@ class WebhookProcessor:
         if plan.malformed_items:
             ITEMS_MALFORMED.inc(plan.malformed_items)
         log.info("webhook_processed", outcome="processed", event_id=event.event_id,
-                 lag_ms=max(0, now - event.received_at), statuses=len(plan.statuses),
-                 parked=batch.parked, published=len(batch.outgoing), inbound=len(plan.inbound),
-                 template_updates=len(plan.template_updates),
-                 throughput_upgrades=len(plan.throughput_upgrades),
-                 ignored=len(plan.ignored_fields), malformed=plan.malformed_items,
+                 lag_ms=max(0, now - event.received_at), parked=batch.parked,
+                 published=len(batch.outgoing), stored=batch.stored, **plan.counts(),
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
+
+    # --- statuses ------------------------------------------------------------------------------
 
     async def _status(self, status: core.WebhookStatus, now: int, batch: _Batch) -> None:
         """Queue the status's event for its message, or park it."""
@@ -131,23 +159,135 @@ class WebhookProcessor:
                     self._wamids.popitem(last=False)
         return ref
 
-    async def _template(self, update: core.TemplateUpdate, batch: _Batch) -> None:
-        TEMPLATE_UPDATES.labels(core.template_event_label(update.event)).inc()
-        applied = await self._store.apply_template_status(
-            update.waba_id, update.name, update.language, update.event, update.reason,
-            update.occurred_at)
-        if not applied:
-            log.info("template_status_not_applied", outcome="unknown_or_stale",
-                     template_id=update.template_id, event=update.event)
-        batch.outgoing.append((TEMPLATE_STATUS_CHANGED, core.template_status_changed(update)))
+    # --- inbound messages and echoes -----------------------------------------------------------
 
-    async def _throughput(self, upgrade: core.ThroughputUpgrade, batch: _Batch) -> None:
-        number = await self._store.find_phone_number(
-            core.display_number_variants(upgrade.display_phone_number))
+    async def _inbound(self, message: core.InboundMessage, received_at: int, now: int,
+                       batch: _Batch) -> None:
+        INBOUND_MESSAGES.labels(message.direction,
+                                core.inbound_type_label(message.message_type)).inc()
+        number = await self._number(message.phone_number_id)
+        account_id = number.account_id if number is not None else None
         if number is None:
-            log.warning("throughput_upgrade_for_unknown_number", outcome="ignored",
-                        waba_id=upgrade.waba_id)
+            log.warning("inbound_for_unknown_number", outcome="stored_without_account",
+                        phone_number_id=message.phone_number_id, waba_id=message.waba_id)
+        if await self._store.store_inbound(core.inbound_doc(message, account_id, received_at)):
+            batch.stored += 1
+        await self._store.update_conversation(
+            core.conversation_id(message.phone_number_id, message.wa_id),
+            core.conversation_update(message, account_id, now))
+        if message.direction == core.INBOUND:  # echoes were sent by the business itself
+            batch.outgoing.append((INBOUND_RECEIVED,
+                                   core.inbound_received(message, account_id, received_at)))
+
+    async def _number(self, phone_number_id: str) -> core.NumberRef | None:
+        """The registered number, read through a small cache (an inbound burst to one number
+        costs one read)."""
+        now = self._clock.monotonic()
+        cached = self._numbers.get(phone_number_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        number = await self._store.phone_number(phone_number_id) if phone_number_id else None
+        ttl = NUMBER_CACHE_SECONDS if number is not None else UNKNOWN_NUMBER_CACHE_SECONDS
+        self._numbers[phone_number_id] = (now + ttl, number)
+        self._numbers.move_to_end(phone_number_id)
+        while len(self._numbers) > self._number_capacity:
+            self._numbers.popitem(last=False)
+        return number
+
+    # --- templates -----------------------------------------------------------------------------
+
+    async def _template(self, update: core.TemplateUpdate, batch: _Batch) -> None:
+        TEMPLATE_UPDATES.labels(update.kind, core.template_event_label(update.event)
+                                if update.kind == "status" else "none").inc()
+        known_name = bool(update.name)
+        outcome = await self._store.apply_template(
+            core.template_doc_id(update.waba_id, update.name, update.language),
+            update.template_id, update.waba_id, core.template_fields(update),
+            core.TEMPLATE_EVENT_AT[update.kind], update.occurred_at,
+            core.minimal_template_doc(update) if known_name else None)
+        if outcome != "applied":
+            log.info("template_update_not_applied", outcome=outcome, kind=update.kind,
+                     template_id=update.template_id, template_event=update.event)
+        if update.kind == "status":
+            batch.outgoing.append((TEMPLATE_STATUS_CHANGED, core.template_status_changed(update)))
+
+    # --- phone numbers -------------------------------------------------------------------------
+
+    async def _number_update(self, update: core.NumberUpdate, now: int, batch: _Batch) -> None:
+        NUMBER_UPDATES.labels(update.field).inc()
+        number = await self._store.find_phone_number(
+            core.display_number_variants(update.display_phone_number))
+        if number is None:
+            log.warning("number_update_for_unknown_number", outcome="ignored",
+                        field=update.field, number_event=update.event[:64],
+                        waba_id=update.waba_id)
             return
-        phone_number_id, waba_id = number
+        fields = core.number_update_fields(update)
+        if update.throughput_upgrade or update.messaging_limit is not None:
+            fields.update(await self._repace(
+                number, core.UPGRADED_MESSAGES_PER_SECOND if update.throughput_upgrade else None,
+                update.messaging_limit, update.event, update.occurred_at, batch))
+        await self._store.update_number_state(number.phone_number_id, fields, now)
+
+    async def _repace(self, number: core.NumberRef, messages_per_second: int | None,
+                      messaging_limit: str | None, event: str, at: int,
+                      batch: _Batch) -> dict[str, object]:
+        """Merge Meta's word into the number's pacing; publish the whole of it when it
+        changed. The fields to store (none when nothing changed)."""
+        current = core.pacing_of(await self._store.number_state(number.phone_number_id), number)
+        after = core.next_pacing(current, messages_per_second, messaging_limit, at)
+        if after is None:
+            return {}
         batch.outgoing.append((THROUGHPUT_CHANGED,
-                               core.throughput_changed(upgrade, phone_number_id, waba_id)))
+                               core.throughput_changed(number, after, event, at)))
+        return core.pacing_fields(after)
+
+    # --- WABAs ---------------------------------------------------------------------------------
+
+    async def _account_update(self, update: core.AccountUpdate, now: int,
+                              batch: _Batch) -> None:
+        ACCOUNT_UPDATES.labels(core.account_event_label(update.event)).inc()
+        if not update.waba_id:
+            return
+        state_id = core.waba_state_id(update.waba_id)
+        fields = core.account_event_fields(update)
+        change = core.hold_change(update)
+        if change is not None:
+            state = await self._store.number_state(state_id) or {}
+            holds_now = state.get("holds")
+            holds = core.apply_hold(holds_now if isinstance(holds_now, dict) else None,
+                                    *change, update.occurred_at)
+            if holds is not None:
+                fields["holds"] = holds
+                event = core.waba_status_changed(update.waba_id, holds, update.event,
+                                                 update.occurred_at)
+                fields["held"] = event.held
+                batch.outgoing.append((WABA_STATUS_CHANGED, event))
+                WABAS_HELD.labels("held" if event.held else "released").inc()
+                log.warning("waba_status_changed", waba_id=update.waba_id, held=event.held,
+                            reasons=event.reasons, account_event=update.event)
+        await self._store.update_number_state(state_id, fields, now)
+
+    async def _waba_fact(self, fact: core.WabaFact, now: int, batch: _Batch) -> None:
+        WABA_FACTS.labels(fact.field).inc()
+        if not fact.waba_id:
+            return
+        await self._store.update_number_state(core.waba_state_id(fact.waba_id),
+                                              core.waba_fact_fields(fact), now)
+        if fact.messaging_limit is None:
+            return
+        # The portfolio's messaging limit: every number of the WABA paces by it.
+        for number in await self._store.numbers_of_waba(fact.waba_id):
+            fields = await self._repace(number, None, fact.messaging_limit, fact.field,
+                                        fact.occurred_at, batch)
+            if fields:
+                await self._store.update_number_state(number.phone_number_id, fields, now)
+
+    # --- user preferences ----------------------------------------------------------------------
+
+    async def _user_preference(self, preference: core.UserPreference) -> None:
+        USER_PREFERENCES.labels(preference.value if preference.value in ("stop", "resume")
+                                else "other").inc()
+        number = await self._number(preference.phone_number_id)
+        await self._store.save_user_preference(core.user_preference_doc(
+            preference, number.account_id if number is not None else None))

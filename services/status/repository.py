@@ -11,13 +11,23 @@ from typing import Any, Protocol, TypeVar
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from services.status.core import MessageRef, MessageState, message_ref_from_doc, state_from_doc
+from services.status.core import (
+    MessageRef,
+    MessageState,
+    NumberRef,
+    message_ref_from_doc,
+    number_ref_from_doc,
+    state_from_doc,
+)
 from shared.collections import (
     CONVERSATIONS,
+    INBOUND_MESSAGES,
     MESSAGES,
+    NUMBER_STATES,
     PARKED_STATUSES,
     PHONE_NUMBERS,
     TEMPLATES,
+    USER_PREFERENCES,
     WAMID_INDEX,
 )
 from shared.mongo import InsertBatcher, unavailable
@@ -33,11 +43,30 @@ class ProcessorStore(Protocol):
     async def find_message(self, message_id: str) -> MessageRef | None: ...
     async def park_status(self, doc: Doc) -> None: ...
     async def delete_parked(self, parked_id: str) -> None: ...
-    async def record_inbound(self, conversation_id: str, phone_number_id: str, sender: str,
-                             at_ms: int, now_ms: int) -> None: ...
-    async def apply_template_status(self, waba_id: str, name: str, language: str, status: str,
-                                    reason: str | None, at_ms: int) -> bool: ...
-    async def find_phone_number(self, display_variants: list[str]) -> tuple[str, str] | None: ...
+    async def phone_number(self, phone_number_id: str) -> NumberRef | None: ...
+    async def find_phone_number(self, display_variants: list[str]) -> NumberRef | None: ...
+    async def numbers_of_waba(self, waba_id: str) -> list[NumberRef]: ...
+
+    async def store_inbound(self, doc: Doc) -> bool:
+        """Insert an inbound message or echo; False when its wamid is already stored."""
+        ...
+
+    async def update_conversation(self, conversation_id: str, update: Doc) -> None: ...
+
+    async def apply_template(self, doc_id: str, template_id: str, waba_id: str, fields: Doc,
+                             at_field: str, at_ms: int, minimal: Doc | None) -> str:
+        """Set `fields` on the template (by id, else by Meta's template id in the WABA) unless
+        a later webhook of the same kind already did. Returns "applied", "created" (from
+        `minimal`), "stale" or "unknown"."""
+        ...
+
+    async def number_state(self, state_id: str) -> Doc | None: ...
+    async def update_number_state(self, state_id: str, fields: Doc, now_ms: int) -> None: ...
+
+    async def save_user_preference(self, doc: Doc) -> bool:
+        """Upsert unless a later preference of the same user and category is stored; False
+        when this one is older."""
+        ...
 
 
 class StateStore(Protocol):
@@ -159,43 +188,107 @@ class StatusRepository:
         await _call(lambda: self._db[MESSAGES].update_one(
             {"_id": message_id, "anonymised_at": {"$exists": False}}, update))
 
-    # --- conversations (the 24 h customer-service window) ----------------------------------
-    async def record_inbound(self, conversation_id: str, phone_number_id: str, sender: str,
-                             at_ms: int, now_ms: int) -> None:
+    # --- inbound messages and conversations (the 24 h customer-service window) -------------
+    async def store_inbound(self, doc: Doc) -> bool:
+        try:
+            await _call(lambda: self._db[INBOUND_MESSAGES].insert_one(dict(doc)))
+        except DuplicateKeyError:
+            return False  # already stored: a redelivered webhook
+        return True
+
+    async def update_conversation(self, conversation_id: str, update: Doc) -> None:
         try:
             await _call(lambda: self._db[CONVERSATIONS].update_one(
-                {"_id": conversation_id},
-                {"$max": {"last_inbound_at": at_ms},
-                 "$set": {"updated_at": now_ms},
-                 "$setOnInsert": {"phone_number_id": phone_number_id, "wa_id": sender}},
-                upsert=True))
+                {"_id": conversation_id}, update, upsert=True))
         except DuplicateKeyError:
-            pass  # a concurrent upsert created it; a redelivery will move last_inbound_at
+            # A concurrent upsert created it: apply the same update to the document now there.
+            await _call(lambda: self._db[CONVERSATIONS].update_one({"_id": conversation_id},
+                                                                   update))
 
     async def delete_conversations_before(self, before_ms: int) -> int:
+        """Conversations with no message since the cutoff (older documents have only
+        last_inbound_at)."""
         result = await _call(lambda: self._db[CONVERSATIONS].delete_many(
-            {"last_inbound_at": {"$lt": before_ms}}))
+            {"$or": [{"last_message_at": {"$lt": before_ms}},
+                     {"last_message_at": {"$exists": False},
+                      "last_inbound_at": {"$lt": before_ms}}]}))
         return result.deleted_count
 
-    # --- templates and phone numbers -------------------------------------------------------
-    async def apply_template_status(self, waba_id: str, name: str, language: str, status: str,
-                                    reason: str | None, at_ms: int) -> bool:
-        """Set Meta's status on our template unless a later webhook already did (webhooks
-        arrive out of order). False when nothing was updated: no such template, or a later
-        status is already recorded."""
-        result = await _call(lambda: self._db[TEMPLATES].update_one(
-            {"waba_id": waba_id, "name": name, "language": language,
-             "$or": [{"status_event_at": {"$exists": False}},
-                     {"status_event_at": {"$lte": at_ms}}]},
-            {"$set": {"status": status, "status_reason": reason, "status_event_at": at_ms}}))
-        return result.matched_count > 0
+    async def inbound_to_anonymise(self, before_ms: int, limit: int) -> list[Doc]:
+        return await _call(lambda: self._db[INBOUND_MESSAGES].find(
+            {"received_at": {"$lt": before_ms}, "anonymised_at": {"$exists": False}},
+            {"wa_id": 1}).limit(limit).to_list(None))
 
-    async def find_phone_number(self, display_variants: list[str]) -> tuple[str, str] | None:
-        """(phone_number_id, waba_id) of the number Meta names by its display number."""
+    async def anonymise_inbound(self, wamid: str, update: Doc) -> None:
+        await _call(lambda: self._db[INBOUND_MESSAGES].update_one(
+            {"_id": wamid, "anonymised_at": {"$exists": False}}, update))
+
+    # --- templates ---------------------------------------------------------------------------
+    async def apply_template(self, doc_id: str, template_id: str, waba_id: str, fields: Doc,
+                             at_field: str, at_ms: int, minimal: Doc | None) -> str:
+        """Templates arrive out of order: a kind's fields are set only when this webhook is not
+        older than the last one of its kind. FerretDB's conditional update is not atomic, but
+        status's processor is the only webhook writer of a WABA's templates (the topic is keyed
+        by WABA) and the CLI's sync writes Meta's truth either way."""
+        not_later = {"$or": [{at_field: {"$exists": False}}, {at_field: {"$lte": at_ms}}]}
+        target: Doc = ({"_id": doc_id} if minimal is not None
+                       else {"waba_id": waba_id, "template_id": template_id})
+        result = await _call(lambda: self._db[TEMPLATES].update_one(
+            {**target, **not_later}, {"$set": fields}))
+        if result.matched_count:
+            return "applied"
+        if minimal is None:
+            return "unknown"
+        try:
+            await _call(lambda: self._db[TEMPLATES].insert_one(dict(minimal)))
+        except DuplicateKeyError:
+            return "stale"  # it exists, with a later webhook of this kind already applied
+        return "created"
+
+    # --- phone numbers and their state -------------------------------------------------------
+    async def phone_number(self, phone_number_id: str) -> NumberRef | None:
+        doc = await _call(lambda: self._db[PHONE_NUMBERS].find_one(
+            {"_id": phone_number_id}, _NUMBER_FIELDS))
+        return number_ref_from_doc(doc)
+
+    async def find_phone_number(self, display_variants: list[str]) -> NumberRef | None:
+        """The number Meta names by its display number."""
         if not display_variants:
             return None
         doc = await _call(lambda: self._db[PHONE_NUMBERS].find_one(
-            {"display_phone_number": {"$in": display_variants}}, {"waba_id": 1}))
-        if doc is None:
-            return None
-        return str(doc["_id"]), str(doc.get("waba_id") or "")
+            {"display_phone_number": {"$in": display_variants}}, _NUMBER_FIELDS))
+        return number_ref_from_doc(doc)
+
+    async def numbers_of_waba(self, waba_id: str) -> list[NumberRef]:
+        docs = await _call(lambda: self._db[PHONE_NUMBERS].find(
+            {"waba_id": waba_id}, _NUMBER_FIELDS).to_list(None))
+        return [ref for ref in map(number_ref_from_doc, docs) if ref is not None]
+
+    async def number_state(self, state_id: str) -> Doc | None:
+        return await _call(lambda: self._db[NUMBER_STATES].find_one({"_id": state_id}))
+
+    async def update_number_state(self, state_id: str, fields: Doc, now_ms: int) -> None:
+        """status's processor is the only writer of `number_states` (one WABA's webhooks are
+        handled in order), so a read-then-set needs no atomic conditional update."""
+        update = {"$set": {**fields, "updated_at": now_ms}}
+        try:
+            await _call(lambda: self._db[NUMBER_STATES].update_one({"_id": state_id}, update,
+                                                                   upsert=True))
+        except DuplicateKeyError:
+            await _call(lambda: self._db[NUMBER_STATES].update_one({"_id": state_id}, update))
+
+    # --- user preferences --------------------------------------------------------------------
+    async def save_user_preference(self, doc: Doc) -> bool:
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        result = await _call(lambda: self._db[USER_PREFERENCES].update_one(
+            {"_id": doc["_id"], "at": {"$lte": doc["at"]}}, {"$set": fields}))
+        if result.matched_count:
+            return True
+        try:
+            await _call(lambda: self._db[USER_PREFERENCES].insert_one(dict(doc)))
+        except DuplicateKeyError:
+            return False  # a later preference is stored
+        return True
+
+
+_NUMBER_FIELDS = {"account_id": 1, "waba_id": 1, "throughput_mps": 1, "messaging_limit": 1}

@@ -3,7 +3,9 @@
 - messages stuck in `unknown` past the timeout -> StatusChanged(failed, outcome_unknown), so
   billing releases their credit (the state writer applies it like any other event);
 - parked statuses older than Meta's retry horizon -> deleted (their wamid is not ours);
-- messages past retention -> recipient hashed, content removed; stale conversations deleted.
+- messages past retention -> recipient hashed, content removed; inbound messages and echoes
+  past retention -> contact hashed, content and profile name removed; stale conversations
+  deleted.
 
 Every step is idempotent, so running it in each status replica is harmless.
 """
@@ -15,7 +17,12 @@ import time
 from dataclasses import dataclass
 
 from services.status import core
-from services.status.metrics import MESSAGES_ANONYMISED, PARKED_STATUSES, UNKNOWN_OUTCOMES_FAILED
+from services.status.metrics import (
+    INBOUND_ANONYMISED,
+    MESSAGES_ANONYMISED,
+    PARKED_STATUSES,
+    UNKNOWN_OUTCOMES_FAILED,
+)
 from services.status.publisher import Publisher
 from services.status.repository import StatusRepository
 from shared.clock import Clock
@@ -42,6 +49,7 @@ class SweepReport:
     parked_remaining: int
     anonymised: int
     conversations_deleted: int
+    inbound_anonymised: int = 0
 
 
 class Sweeper:
@@ -74,15 +82,24 @@ class Sweeper:
             await self._repository.anonymise_message(
                 str(doc["_id"]), core.anonymised_fields(doc, policy.recipient_hash_key, now))
         MESSAGES_ANONYMISED.inc(len(expired))
+        inbound = await self._repository.inbound_to_anonymise(cutoffs.retained_before,
+                                                              policy.batch_size)
+        for doc in inbound:
+            await self._repository.anonymise_inbound(
+                str(doc["_id"]), core.anonymised_inbound_fields(doc, policy.recipient_hash_key,
+                                                                now))
+        INBOUND_ANONYMISED.inc(len(inbound))
         conversations_deleted = await self._repository.delete_conversations_before(
             cutoffs.retained_before)
 
         report = SweepReport(unknown_failed=len(stuck), parked_deleted=parked_deleted,
                              parked_remaining=parked_remaining, anonymised=len(expired),
-                             conversations_deleted=conversations_deleted)
+                             conversations_deleted=conversations_deleted,
+                             inbound_anonymised=len(inbound))
         log.info("sweep_finished", outcome="swept", unknown_failed=report.unknown_failed,
                  parked_deleted=parked_deleted, parked_remaining=parked_remaining,
                  anonymised=report.anonymised, conversations_deleted=conversations_deleted,
+                 inbound_anonymised=report.inbound_anonymised,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         return report
 

@@ -6,30 +6,38 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.status.app import create_app
+from services.status.handlers import WebhookConfig
 from services.status.processor import WebhookProcessor
 from services.status.publisher import KafkaPublisher
 from services.status.repository import StatusRepository
 from services.status.state_writer import StateWriter
-from services.status.workers import run_processor, run_state_writer
+from services.status.workers import processor_group, run_processor, run_state_writer
 from shared.clock import SystemClock
 from shared.collections import (
     CONVERSATIONS,
+    INBOUND_MESSAGES,
     MESSAGES,
+    NUMBER_STATES,
     PARKED_STATUSES,
+    PHONE_NUMBERS,
     TEMPLATES,
+    USER_PREFERENCES,
     WAMID_INDEX,
     ensure_indexes,
 )
 from shared.kafka import ensure_topics, make_consumer, make_producer, topic_name
-from shared.messages import Topic
+from shared.messages import WEBHOOK_RECEIVED, Topic
 
 
 @dataclass
@@ -49,6 +57,31 @@ class StatusWorld:
         processor = WebhookProcessor(self.repository, self.publisher, SystemClock())
         self.start(run_processor(self.bootstrap, self.prefix, processor.handle_record,
                                  self.producer))
+
+    @asynccontextmanager
+    async def webhook_client(self, app_secret: bytes) -> AsyncIterator[TestClient[Any, Any]]:
+        """status's webhook HTTP app, in process, publishing to this world's topics."""
+        app = create_app(WebhookConfig(app_secret, "token", 3 * 1024 * 1024), self.publisher,
+                         SystemClock(), {})
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    async def processed_everything(self) -> bool:
+        """Whether the processor's group has committed every webhook published so far."""
+        topic = topic_name(WEBHOOK_RECEIVED, self.prefix)
+        partitions = [TopicPartition(topic, p) for p in range(WEBHOOK_RECEIVED.partitions)]
+        consumer = make_consumer(self.bootstrap, processor_group(self.prefix))
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(partitions)
+            committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
+        finally:
+            await consumer.stop()
+        return all(committed[tp] >= end for tp, end in ends.items())
 
     def start_state_writer(self) -> None:
         writer = StateWriter(self.repository, self.publisher, SystemClock())
@@ -100,7 +133,8 @@ async def world(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
     await ensure_topics(bootstrap_servers, prefix)
     db = mongo[f"it_{unique}"]
     # ingest's and the CLI's indexes too: the state writer must live with them.
-    await ensure_indexes(db, MESSAGES, TEMPLATES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS)
+    await ensure_indexes(db, MESSAGES, TEMPLATES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS,
+                         INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES, PHONE_NUMBERS)
     producer = make_producer(bootstrap_servers)
     await producer.start()
     repository = StatusRepository(db)

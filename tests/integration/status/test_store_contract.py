@@ -9,7 +9,15 @@ import pytest
 
 from services.status import core
 from services.status.repository import StatusRepository
-from shared.collections import MESSAGES, PARKED_STATUSES, TEMPLATES, ensure_indexes
+from shared.collections import (
+    INBOUND_MESSAGES,
+    MESSAGES,
+    PARKED_STATUSES,
+    PHONE_NUMBERS,
+    TEMPLATES,
+    USER_PREFERENCES,
+    ensure_indexes,
+)
 from shared.mongo import make_client
 from tests.unit.status.fakes import FakeStore
 
@@ -50,7 +58,8 @@ async def store_and_seeds(request: pytest.FixtureRequest, mongodb_url: str, uniq
         return
     mongo = make_client(mongodb_url)
     db = mongo[f"it_{unique}"]
-    await ensure_indexes(db, MESSAGES, TEMPLATES, PARKED_STATUSES)
+    await ensure_indexes(db, MESSAGES, TEMPLATES, PARKED_STATUSES, INBOUND_MESSAGES,
+                         USER_PREFERENCES, PHONE_NUMBERS)
     try:
         yield StatusRepository(db), Seeds(None, db)
     finally:
@@ -115,35 +124,106 @@ async def test_saving_a_message_creates_a_minimal_document_only_when_missing(
     assert state.status == "sent" and state.wamid == "wamid.1"
 
 
-async def test_the_conversation_keeps_the_latest_inbound_time(
-        store_and_seeds: tuple[Any, Seeds]) -> None:
+async def test_an_inbound_message_is_stored_once(store_and_seeds: tuple[Any, Seeds]) -> None:
     store, _ = store_and_seeds
-    await store.record_inbound("p:u", "p", "u", at_ms=200, now_ms=1)
-    await store.record_inbound("p:u", "p", "u", at_ms=100, now_ms=2)
-    await store.record_inbound("p:u", "p", "u", at_ms=300, now_ms=3)
-    await store.record_inbound("p:u", "p", "u", at_ms=250, now_ms=4)
-    if isinstance(store, FakeStore):
-        doc = store.conversations["p:u"]
-    else:
-        doc = await store._db["conversations"].find_one({"_id": "p:u"})
-    assert doc["last_inbound_at"] == 300 and doc["wa_id"] == "u"
+    doc = {"_id": "wamid.1", "account_id": "acc_1", "wa_id": "u", "content": "{}",
+           "sent_at": 1, "received_at": 2}
+    assert await store.store_inbound(doc)
+    assert not await store.store_inbound({**doc, "content": "other"})
+    stored = await _read(store, "inbound_messages", "inbound", "wamid.1")
+    assert stored["content"] == "{}"
 
 
-async def test_template_status_applies_only_to_known_templates_and_never_rewinds(
+async def test_the_conversation_only_moves_forward(store_and_seeds: tuple[Any, Seeds]) -> None:
+    store, _ = store_and_seeds
+
+    def update(at: int, name: str, window: bool = True) -> dict[str, Any]:
+        latest = {"last_message_at": at, **({"last_inbound_at": at} if window else {})}
+        return {"$max": latest, "$set": {"account_id": "acc_1", "contact_name": name},
+                "$setOnInsert": {"phone_number_id": "p", "wa_id": "u"}}
+
+    for at, name, window in ((200, "a", True), (100, "b", True), (300, "c", False),
+                             (250, "d", True)):
+        await store.update_conversation("p:u", update(at, name, window))
+    doc = await _read(store, "conversations", "conversations", "p:u")
+    assert (doc["last_inbound_at"], doc["last_message_at"], doc["wa_id"],
+            doc["contact_name"]) == (250, 300, "u", "d")
+
+
+async def test_template_updates_apply_create_and_never_rewind(
         store_and_seeds: tuple[Any, Seeds]) -> None:
     store, seeds = store_and_seeds
-    assert not await store.apply_template_status("w", "promo", "en_US", "APPROVED", None, 10)
-    await seeds.template({"_id": "w:promo:en_US", "waba_id": "w", "name": "promo",
+    minimal = {"_id": "w:promo:en_US", "waba_id": "w", "template_id": "9", "name": "promo",
+               "language": "en_US", "shape_known": False, "status": "APPROVED",
+               "status_event_at": 10}
+    assert await store.apply_template("w:promo:en_US", "9", "w", {
+        "status": "APPROVED", "status_event_at": 10}, "status_event_at", 10, minimal) == "created"
+    assert await store.apply_template("w:promo:en_US", "9", "w", {
+        "status": "PAUSED", "status_event_at": 5}, "status_event_at", 5, minimal) == "stale"
+    assert await store.apply_template("w:promo:en_US", "9", "w", {
+        "quality_score": "RED", "quality_event_at": 7}, "quality_event_at", 7,
+        minimal) == "applied"
+    # without a name, only a template we hold (by Meta's id) can be updated
+    assert await store.apply_template("w::", "9", "w", {"needs_sync": True},
+                                      "components_event_at", 8, None) == "applied"
+    assert await store.apply_template("w::", "404", "w", {"needs_sync": True},
+                                      "components_event_at", 8, None) == "unknown"
+    await seeds.template({"_id": "w:other:en_US", "waba_id": "w", "name": "other",
                           "language": "en_US", "status": "PENDING"})
-    assert await store.apply_template_status("w", "promo", "en_US", "PAUSED", None, 20)
-    assert not await store.apply_template_status("w", "promo", "en_US", "APPROVED", "NONE", 10)
-    assert await store.apply_template_status("w", "promo", "en_US", "APPROVED", "NONE", 30)
+    assert await store.apply_template("w:other:en_US", "", "w", {
+        "status": "APPROVED", "status_event_at": 30}, "status_event_at", 30,
+        {"_id": "w:other:en_US"}) == "applied"
+    doc = await _read(store, "templates", "templates", "w:promo:en_US")
+    assert (doc["status"], doc["quality_score"], doc["needs_sync"], doc["shape_known"]) == (
+        "APPROVED", "RED", True, False)
 
 
-async def test_phone_numbers_are_found_by_display_number_variants(
+async def test_phone_numbers_are_found_by_id_display_number_and_waba(
         store_and_seeds: tuple[Any, Seeds]) -> None:
     store, seeds = store_and_seeds
-    await seeds.phone_number({"_id": "1065", "waba_id": "w", "display_phone_number": "+1555"})
-    assert await store.find_phone_number(core.display_number_variants("1555")) == ("1065", "w")
+    await seeds.phone_number({"_id": "1065", "account_id": "acc_1", "waba_id": "w",
+                              "display_phone_number": "+1555", "throughput_mps": 1000,
+                              "messaging_limit": "TIER_10K"})
+    await seeds.phone_number({"_id": "1066", "waba_id": "w", "display_phone_number": "1556"})
+    ref = core.NumberRef("1065", "acc_1", "w", 1000, "TIER_10K")
+    assert await store.phone_number("1065") == ref
+    assert await store.phone_number("404") is None
+    assert await store.find_phone_number(core.display_number_variants("1555")) == ref
     assert await store.find_phone_number(core.display_number_variants("1999")) is None
     assert await store.find_phone_number([]) is None
+    assert sorted(n.phone_number_id for n in await store.numbers_of_waba("w")) == [
+        "1065", "1066"]
+
+
+async def test_number_states_are_set_field_by_field(store_and_seeds: tuple[Any, Seeds]) -> None:
+    store, _ = store_and_seeds
+    assert await store.number_state("waba:w") is None
+    await store.update_number_state("waba:w", {"security.event": "PIN_CHANGED",
+                                               "security.at": 1}, now_ms=5)
+    await store.update_number_state("waba:w", {"account_update.event": "X",
+                                               "holds": {"banned": {"on": True, "at": 2}},
+                                               "held": True}, now_ms=6)
+    doc = await store.number_state("waba:w")
+    assert doc is not None
+    assert (doc["security"], doc["account_update"], doc["held"], doc["updated_at"]) == (
+        {"event": "PIN_CHANGED", "at": 1}, {"event": "X"}, True, 6)
+
+
+async def test_the_latest_user_preference_wins(store_and_seeds: tuple[Any, Seeds]) -> None:
+    store, _ = store_and_seeds
+    doc = {"_id": "p:u:marketing_messages", "account_id": "acc_1", "wa_id": "u",
+           "category": "marketing_messages", "value": "stop", "at": 200, "detail": ""}
+    assert await store.save_user_preference(doc)
+    assert not await store.save_user_preference({**doc, "value": "resume", "at": 100})
+    assert await store.save_user_preference({**doc, "value": "resume", "at": 300})
+    stored = await _read(store, "user_preferences", "user_preferences", doc["_id"])
+    assert (stored["value"], stored["at"]) == ("resume", 300)
+
+
+async def _read(store: Any, collection: str, fake_attribute: str, doc_id: str) -> Any:
+    if isinstance(store, FakeStore):
+        found = getattr(store, fake_attribute)
+        if isinstance(found, list):  # the fake keeps templates in a list
+            return next(d for d in found if d["_id"] == doc_id)
+        return found[doc_id]
+    return await store._db[collection].find_one({"_id": doc_id})

@@ -71,3 +71,35 @@ async def test_one_sweep_fails_stuck_sends_drops_old_parked_and_anonymises_old_m
     await world.wait_for(failed, what="msg_stuck failed")
     doc = await messages.find_one({"_id": "msg_stuck"})
     assert doc is not None and doc["status_reason"] == "outcome_unknown"
+
+
+async def test_inbound_messages_past_retention_lose_content_and_contact(
+        world: StatusWorld) -> None:
+    inbound = world.db["inbound_messages"]
+    base = {"account_id": "acc_1", "phone_number_id": "p", "direction": "inbound",
+            "type": "text", "content": '{"text": {"body": "my address is ..."}}',
+            "contact_name": "Sheena", "user_id": "US.1", "sent_at": NOW - 31 * DAY}
+    await inbound.insert_many([
+        {"_id": "wamid.old", **base, "wa_id": "16505551234", "received_at": NOW - 31 * DAY},
+        {"_id": "wamid.new", **base, "wa_id": "16505551234", "received_at": NOW - DAY},
+    ])
+    await world.db["conversations"].insert_many([
+        {"_id": "p:talked", "last_message_at": NOW - DAY, "last_inbound_at": NOW - 40 * DAY},
+        {"_id": "p:silent", "last_message_at": NOW - 31 * DAY},
+    ])
+    sweeper = Sweeper(world.repository, world.publisher, FakeClock(start_ms=NOW),
+                      SweepPolicy(recipient_hash_key=b"it-key"))
+
+    report = await sweeper.sweep_once()
+
+    assert (report.inbound_anonymised, report.conversations_deleted) == (1, 1)
+    old = await inbound.find_one({"_id": "wamid.old"})
+    assert old is not None
+    assert old["wa_id"] == core.recipient_hash("16505551234", b"it-key")
+    assert not {"content", "contact_name", "user_id"} & set(old)
+    assert (old["anonymised_at"], old["type"], old["sent_at"]) == (NOW, "text", NOW - 31 * DAY)
+    new = await inbound.find_one({"_id": "wamid.new"})
+    assert new is not None and new["contact_name"] == "Sheena" and new["wa_id"] == "16505551234"
+    assert {d["_id"] for d in await world.db["conversations"].find().to_list(None)} == {
+        "p:talked"}
+    assert (await sweeper.sweep_once()).inbound_anonymised == 0

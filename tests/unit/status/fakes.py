@@ -7,7 +7,14 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from services.status.core import MessageRef, MessageState, message_ref_from_doc, state_from_doc
+from services.status.core import (
+    MessageRef,
+    MessageState,
+    NumberRef,
+    message_ref_from_doc,
+    number_ref_from_doc,
+    state_from_doc,
+)
 from shared.errors import DependencyUnavailable
 from shared.messages import Topic
 
@@ -43,6 +50,10 @@ class FakeStore:
         self.conversations: dict[str, Doc] = {}
         self.templates: list[Doc] = []
         self.phone_numbers: dict[str, Doc] = {}
+        self.inbound: dict[str, Doc] = {}
+        self.number_states: dict[str, Doc] = {}
+        self.user_preferences: dict[str, Doc] = {}
+        self.phone_number_reads = 0
 
     async def find_by_wamid(self, wamid: str) -> MessageRef | None:
         self.wamid_lookups += 1
@@ -80,25 +91,65 @@ class FakeStore:
             doc = self.messages[message_id] = {"_id": message_id, **copy.deepcopy(fields_if_new)}
         doc.update(copy.deepcopy(fields))
 
-    async def record_inbound(self, conversation_id: str, phone_number_id: str, sender: str,
-                             at_ms: int, now_ms: int) -> None:
-        doc = self.conversations.setdefault(conversation_id, {
-            "_id": conversation_id, "phone_number_id": phone_number_id, "wa_id": sender})
-        doc["last_inbound_at"] = max(doc.get("last_inbound_at", at_ms), at_ms)
-        doc["updated_at"] = now_ms
+    async def store_inbound(self, doc: Doc) -> bool:
+        if doc["_id"] in self.inbound:
+            return False
+        self.inbound[doc["_id"]] = copy.deepcopy(doc)
+        return True
 
-    async def apply_template_status(self, waba_id: str, name: str, language: str, status: str,
-                                    reason: str | None, at_ms: int) -> bool:
+    async def update_conversation(self, conversation_id: str, update: Doc) -> None:
+        doc = self.conversations.get(conversation_id)
+        if doc is None:
+            doc = self.conversations[conversation_id] = {
+                "_id": conversation_id, **copy.deepcopy(update.get("$setOnInsert", {}))}
+        for name, value in update.get("$max", {}).items():
+            if name not in doc or doc[name] < value:
+                doc[name] = value
+        doc.update(copy.deepcopy(update.get("$set", {})))
+
+    async def apply_template(self, doc_id: str, template_id: str, waba_id: str, fields: Doc,
+                             at_field: str, at_ms: int, minimal: Doc | None) -> str:
         for doc in self.templates:
-            if (doc["waba_id"], doc["name"], doc["language"]) == (waba_id, name, language):
-                if doc.get("status_event_at", at_ms) > at_ms:
-                    return False
-                doc.update(status=status, status_reason=reason, status_event_at=at_ms)
-                return True
-        return False
+            if (doc["_id"] == doc_id if minimal is not None
+                    else (doc.get("waba_id"), doc.get("template_id")) == (waba_id, template_id)):
+                if doc.get(at_field, at_ms) > at_ms:
+                    return "stale"
+                doc.update(copy.deepcopy(fields))
+                return "applied"
+        if minimal is None:
+            return "unknown"
+        self.templates.append(copy.deepcopy(minimal))
+        return "created"
 
-    async def find_phone_number(self, display_variants: list[str]) -> tuple[str, str] | None:
+    async def phone_number(self, phone_number_id: str) -> NumberRef | None:
+        self.phone_number_reads += 1
+        return number_ref_from_doc(self.phone_numbers.get(phone_number_id))
+
+    async def find_phone_number(self, display_variants: list[str]) -> NumberRef | None:
         for doc in self.phone_numbers.values():
             if doc.get("display_phone_number") in display_variants:
-                return doc["_id"], doc.get("waba_id", "")
+                return number_ref_from_doc(doc)
         return None
+
+    async def numbers_of_waba(self, waba_id: str) -> list[NumberRef]:
+        return [ref for doc in self.phone_numbers.values() if doc.get("waba_id") == waba_id
+                if (ref := number_ref_from_doc(doc)) is not None]
+
+    async def number_state(self, state_id: str) -> Doc | None:
+        return copy.deepcopy(self.number_states.get(state_id))
+
+    async def update_number_state(self, state_id: str, fields: Doc, now_ms: int) -> None:
+        doc = self.number_states.setdefault(state_id, {"_id": state_id})
+        for name, value in copy.deepcopy({**fields, "updated_at": now_ms}).items():
+            target = doc
+            *parents, leaf = name.split(".")
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = value
+
+    async def save_user_preference(self, doc: Doc) -> bool:
+        known = self.user_preferences.get(doc["_id"])
+        if known is not None and known["at"] > doc["at"]:
+            return False
+        self.user_preferences[doc["_id"]] = copy.deepcopy(doc)
+        return True

@@ -56,14 +56,18 @@ def test_a_pre_v24_sent_status_with_conversation_keeps_its_pricing() -> None:
 def test_an_inbound_text_yields_the_sender_time_and_content() -> None:
     plan = core.plan_webhook(INBOUND_TEXT, RECEIVED_AT)
     [message] = plan.inbound
-    assert message == core.InboundMessage(
-        wamid="wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
-        waba_id=WABA_ID, phone_number_id="106540352242922", sender="16505551234",
-        message_type="text", sent_at=1_749_416_383_000,
-        content={"body": "Does it come in another color?"})
-    event = core.inbound_received(message)
-    assert event.event_id == message.wamid
-    assert core.conversation_id(message.phone_number_id, message.sender) == \
+    assert (message.wamid, message.waba_id, message.phone_number_id, message.wa_id,
+            message.direction, message.message_type, message.sent_at, message.content,
+            message.contact_name) == (
+        "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=", WABA_ID,
+        "106540352242922", "16505551234", "inbound", "text", 1_749_416_383_000,
+        {"body": "Does it come in another color?"}, "Sheena Nelson")
+    assert json.loads(message.raw)["text"] == {"body": "Does it come in another color?"}
+    assert message.opens_window and message.window_expires_at == 1_749_416_383_000 + 86_400_000
+    event = core.inbound_received(message, "acc_1", RECEIVED_AT)
+    assert (event.event_id, event.account_id, event.contact_name, event.sender) == (
+        message.wamid, "acc_1", "Sheena Nelson", "16505551234")
+    assert core.conversation_id(message.phone_number_id, message.wa_id) == \
         "106540352242922:16505551234"
 
 
@@ -71,7 +75,8 @@ def test_a_template_approval_is_normalised_to_the_send_language_form() -> None:
     plan = core.plan_webhook(TEMPLATE_APPROVED, RECEIVED_AT)
     [update] = plan.template_updates
     assert update == core.TemplateUpdate(
-        waba_id=WABA_ID, template_id="1689556908129832", name="order_confirmation",
+        kind="status", waba_id=WABA_ID, template_id="1689556908129832",
+        name="order_confirmation",
         language="en_US", event="APPROVED", reason="NONE", category="UTILITY",
         occurred_at=1_751_247_548_000)
     event = core.template_status_changed(update)
@@ -81,11 +86,16 @@ def test_a_template_approval_is_normalised_to_the_send_language_form() -> None:
 
 def test_a_throughput_upgrade_becomes_1000_messages_per_second_for_the_number() -> None:
     plan = core.plan_webhook(THROUGHPUT_UPGRADE, RECEIVED_AT)
-    [upgrade] = plan.throughput_upgrades
+    [upgrade] = plan.number_updates
     assert upgrade.display_phone_number == "15550783881"
+    assert upgrade.throughput_upgrade and upgrade.messaging_limit == "TIER_UNLIMITED"
     assert core.display_number_variants(upgrade.display_phone_number) == [
         "15550783881", "+15550783881"]
-    event = core.throughput_changed(upgrade, "106540352242922", WABA_ID)
+    number = core.NumberRef("106540352242922", "acc_1", WABA_ID, 80, "TIER_2K")
+    pacing = core.next_pacing(core.pacing_of(None, number), 1000, upgrade.messaging_limit,
+                              upgrade.occurred_at)
+    assert pacing is not None
+    event = core.throughput_changed(number, pacing, upgrade.event, upgrade.occurred_at)
     assert (event.phone_number_id, event.messages_per_second, event.messaging_limit) == (
         "106540352242922", 1000, "TIER_UNLIMITED")
     assert event.event_id == "106540352242922:THROUGHPUT_UPGRADE:1748454394"
@@ -113,8 +123,13 @@ def test_unknown_fields_and_enum_values_are_data_not_errors() -> None:
     assert plan.statuses[0].pricing == Pricing(billable=False, pricing_model="PMP",
                                                type="some_new_type",
                                                category="general_purpose_ai")
-    assert plan.ignored_fields == ["account_update", "phone_number_quality_update"]
-    assert plan.throughput_upgrades == [] and plan.malformed_items == 0
+    assert plan.ignored_fields == []
+    [account] = plan.account_updates
+    assert (account.event, account.waba_id) == ("PARTNER_ADDED", WABA_ID)
+    [tier] = plan.number_updates
+    assert (tier.event, tier.messaging_limit, tier.throughput_upgrade) == (
+        "FLAGGED", "TIER_1K", False)
+    assert plan.malformed_items == 0
     assert [core.message_status_of(s.meta_status) for s in plan.statuses] == [
         "delivered", "read", None, None, "failed"]
     assert core.status_metric_label("teleported") == "other"

@@ -281,3 +281,10 @@ async def test_publish_all_sends_in_order_and_returns_only_when_every_event_is_a
     assert not publishing.done()
     producer.acks[1].set_result(None)
     await publishing
+
+
+def test_an_unreadable_first_entry_does_not_cost_the_body_a_400() -> None:
+    raw = (b'{"object":"whatsapp_business_account","entry":["junk",{"id":"' + WABA_ID.encode()
+           + b'","changes":[]}]}')
+    assert core.accepted_waba_id(raw) == WABA_ID
+    assert core.accepted_waba_id(b'{"object":"whatsapp_business_account","entry":[5]}') == ""

@@ -1,0 +1,1 @@
+"""Payloads from public sources that the tests replay."""
