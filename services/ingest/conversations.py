@@ -104,7 +104,7 @@ def window_view(window: Window) -> dict[str, Any]:
 
 # --- queries -----------------------------------------------------------------------------------
 
-_WA_ID = re.compile(r"^[A-Za-z0-9._-]{1,256}$")
+_WA_ID = re.compile(r"^\+?[A-Za-z0-9._-]{1,256}$")
 _PHONE_NUMBER_ID = re.compile(r"^\d{1,64}$")
 
 

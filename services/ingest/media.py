@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from services.ingest.core import iso
 from services.ingest.errors import reject
 
 KB = 1024
@@ -200,4 +201,4 @@ def upload_view(doc: dict[str, Any]) -> dict[str, Any]:
     """`POST /v1/media`'s answer."""
     return {"id": doc["_id"], "phone_number_id": doc["phone_number_id"],
             "mime_type": doc["mime_type"], "file_size": doc["file_size"],
-            "sha256": doc["sha256"], "uploaded_at": doc["uploaded_at"]}
+            "sha256": doc["sha256"], "uploaded_at": iso(doc["uploaded_at"])}

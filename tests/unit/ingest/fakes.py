@@ -144,7 +144,7 @@ class FakeInbox:
     def __init__(self, clock: FakeClock, messages: FakeMessageStore) -> None:
         self.clock = clock
         self.messages = messages
-        self.conversations: dict[str, dict[str, Any]] = {}
+        self.conversation_docs: dict[str, dict[str, Any]] = {}
         self.inbound: dict[str, dict[str, Any]] = {}
         self.windows_open_by_default = True
         self.conversation_reads = 0
@@ -168,7 +168,7 @@ class FakeInbox:
             doc["media_id"] = media_id
         self.inbound[wamid] = doc
         key = f"{phone_number_id}:{wa_id}"
-        conversation = self.conversations.setdefault(key, {
+        conversation = self.conversation_docs.setdefault(key, {
             "_id": key, "account_id": account_id, "phone_number_id": phone_number_id,
             "wa_id": wa_id, "contact_name": name})
         conversation["last_message_at"] = max(conversation.get("last_message_at", 0), sent_at)
@@ -179,7 +179,7 @@ class FakeInbox:
 
     async def conversation(self, conversation_id: str) -> dict[str, Any] | None:
         self.conversation_reads += 1
-        found = self.conversations.get(conversation_id)
+        found = self.conversation_docs.get(conversation_id)
         if found is None and self.windows_open_by_default:
             return {"_id": conversation_id,
                     "window_expires_at": self.clock.now_ms() + 3600_000}
@@ -193,7 +193,7 @@ class FakeInbox:
         return copy.deepcopy(found[0]) if found else None
 
     async def conversations_of(self, account_id: str) -> list[dict[str, Any]]:
-        return [c for c in self.conversations.values() if c["account_id"] == account_id]
+        return [c for c in self.conversation_docs.values() if c["account_id"] == account_id]
 
     async def conversations(self, account_id: str,
                             query: ConversationQuery) -> list[dict[str, Any]]:
