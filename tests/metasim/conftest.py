@@ -59,8 +59,11 @@ TEST_OVERRIDES: dict[str, Any] = {
 }
 
 
+_DEFAULT_CONFIG = load_config_dict()  # parsed once: deep_merge copies it for every test
+
+
 def make_config(overrides: dict[str, Any] | None = None) -> SimConfig:
-    raw = deep_merge(load_config_dict(), TEST_OVERRIDES)
+    raw = deep_merge(_DEFAULT_CONFIG, TEST_OVERRIDES)
     return SimConfig.model_validate(deep_merge(raw, overrides or {}))
 
 

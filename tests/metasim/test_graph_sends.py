@@ -87,13 +87,16 @@ async def test_paced_template_is_held_for_quality_assessment(make_sim: MakeSim) 
 async def test_free_form_messages_inside_the_window_and_their_shapes(make_sim: MakeSim) -> None:
     sim = await make_sim()
     inbound = await sim.inbound(A1_NUMBER, UK_USER)
+    image = await sim.uploaded(A1_NUMBER, b"\x89PNG", "image/png")
+    video = await sim.uploaded(A1_NUMBER, b"\x00\x00\x00\x18ftyp", "video/mp4")
+    audio = await sim.uploaded(A1_NUMBER, b"ID3", "audio/mpeg")
     base = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": UK_USER}
     payloads = [
         {"type": "text", "text": {"body": "ok", "preview_url": True}},
-        {"type": "image", "image": {"id": "1479537139650973", "caption": "succulent"}},
+        {"type": "image", "image": {"id": image, "caption": "succulent"}},
         {"type": "document", "document": {"link": "https://cdn.example.com/a.pdf"}},
-        {"type": "video", "video": {"id": "1"}},
-        {"type": "audio", "audio": {"id": "2"}},
+        {"type": "video", "video": {"id": video}},
+        {"type": "audio", "audio": {"id": audio}},
         {
             "type": "interactive",
             "interactive": {
