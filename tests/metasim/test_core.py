@@ -268,6 +268,27 @@ def test_template_parameter_mismatches(components: list, code: int) -> None:
     assert code_of(check_template_components, POSITIONAL, components) == code
 
 
+def test_hydrated_length_counts_every_repeat_of_a_placeholder() -> None:
+    shape = template_shape("POSITIONAL", [{"type": "BODY", "text": "{{1}} {{1}} {{1}}"}])
+    check_template_components(shape, [body("x" * 340)])  # 3 x 340 + 2 spaces = 1022
+    assert code_of(check_template_components, shape, [body("x" * 400)]) == 132005
+
+
+def test_text_parameters_with_new_lines_tabs_or_runs_of_spaces_are_refused() -> None:
+    for text in ("a\nb", "a\tb", "a     b"):
+        assert (
+            code_of(check_template_components, NAMED, [body(text, "x", names=("guests", "day"))])
+            == 132018
+        )
+        assert (
+            code_of(
+                check_template_components, NAMED, [body(text, "x", names=("guests", "day"))], 22.0
+            )
+            == 100
+        )
+    check_template_components(NAMED, [body("a    b", "x", names=("guests", "day"))])  # 4 is fine
+
+
 def test_named_template_needs_parameter_names_that_match() -> None:
     assert code_of(check_template_components, NAMED, [body("4", "Sat")]) == 132012
     assert (
@@ -346,6 +367,27 @@ def test_plain_plan_is_sent_delivered_read_with_pricing_on_sent_and_delivered_on
         ("delivered", 3.0, True),
         ("read", 6.0, False),
     ]
+
+
+def test_voice_message_is_played_after_read_without_pricing() -> None:
+    steps = plan(voice=True)
+    assert [(s.status, s.event_offset, s.with_pricing) for s in steps][-2:] == [
+        ("read", 6.0, False),
+        ("played", 9.0, False),
+    ]
+    assert [s.status for s in plan(voice=True, will_read=False)] == ["sent", "delivered"]
+    assert later_status("read", "played") == "played" and later_status("played", "read") == "played"
+
+
+def test_free_entry_point_is_free_under_both_rules() -> None:
+    for rules in ("pmp-2025-07", "pmp-2026-10"):
+        for category in (None, "MARKETING", "UTILITY"):
+            pricing = decide_pricing(rules, category, False, free_entry_point=True)
+            assert (pricing.type, pricing.category, pricing.billable) == (
+                "free_entry_point",
+                "referral_conversion",
+                False,
+            )
 
 
 def test_skipped_delivered_moves_pricing_to_read() -> None:

@@ -313,25 +313,26 @@ def parse_outbound(payload: Any) -> OutboundMessage | MarkAsRead:
     return OutboundMessage(message_type, to, **common)
 
 
-_HEADER_MEDIA = (
-    (shapes.ImageHeader, "image", "image"),
-    (shapes.VideoHeader, "video", "video"),
-    (shapes.DocumentHeader, "document", "document"),
-)
-_PARAM_MEDIA = (
-    (shapes.ImageParam, "image", "image"),
-    (shapes.VideoParam, "video", "video"),
-    (shapes.GifParam, "gif", "video"),
-    (shapes.DocumentParam, "document", "document"),
-)
+# Struct type -> (attribute holding the media object, the message kind it is sent as).
+_HEADER_MEDIA: dict[type, tuple[str, str]] = {
+    shapes.ImageHeader: ("image", "image"),
+    shapes.VideoHeader: ("video", "video"),
+    shapes.DocumentHeader: ("document", "document"),
+}
+_PARAM_MEDIA: dict[type, tuple[str, str]] = {
+    shapes.ImageParam: ("image", "image"),
+    shapes.VideoParam: ("video", "video"),
+    shapes.GifParam: ("gif", "video"),
+    shapes.DocumentParam: ("document", "document"),
+}
 
 
 def _header_use(header: Any) -> list[MediaUse]:
-    for cls, attr, kind in _HEADER_MEDIA:
-        if isinstance(header, cls):
-            ref = getattr(header, attr)
-            return [MediaUse(kind, ref.id, ref.link)]
-    return []
+    found = _HEADER_MEDIA.get(type(header))
+    if found is None:
+        return []
+    ref = getattr(header, found[0])
+    return [MediaUse(found[1], ref.id, ref.link)]
 
 
 def _interactive_media(obj: Any) -> tuple[MediaUse, ...]:
@@ -347,10 +348,10 @@ def _template_media(components: list[Any]) -> tuple[MediaUse, ...]:
 
     def params_of(component: Any) -> None:
         for param in getattr(component, "parameters", ()):
-            for cls, attr, kind in _PARAM_MEDIA:
-                if isinstance(param, cls):
-                    ref = getattr(param, attr)
-                    uses.append(MediaUse(kind, ref.id, ref.link))
+            found = _PARAM_MEDIA.get(type(param))
+            if found is not None:
+                ref = getattr(param, found[0])
+                uses.append(MediaUse(found[1], ref.id, ref.link))
 
     for component in components:
         if isinstance(component, shapes.CarouselComponent):
@@ -595,6 +596,8 @@ def _check_text_params(
             f"{where}: number of localizable_params ({len(params)}) does not match the expected "
             f"number of params ({len(expected)})",
         )
+    if not params:
+        return
     allowed = _BODY_PARAMS if where == "body" else (shapes.TextParam,)
     for param in params:
         if not isinstance(param, allowed):
@@ -619,6 +622,9 @@ def _check_text_params(
         values = {param.parameter_name: _param_value(param) for param in params}
     else:
         values = {name: _param_value(param) for name, param in zip(expected, params, strict=True)}
+    slots = text.count("{{")
+    if len(text) + slots * max(map(len, values.values()), default=0) <= max_len:
+        return  # cannot be too long: skip the substitution
     hydrated = _PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), text)
     if len(hydrated) > max_len:
         raise GraphError(
@@ -684,7 +690,12 @@ def check_template_components(
         )
 
     _check_text_params(
-        "body", body.parameters if body else [], shape.body_params, named, shape.body_text, 1024,
+        "body",
+        body.parameters if body else [],
+        shape.body_params,
+        named,
+        shape.body_text,
+        1024,
         version,
     )
 
@@ -748,6 +759,7 @@ def check_template_name(name: Any) -> str:
             "Param name must be at most 512 characters, lowercase letters, digits and underscores.",
         )
     return name
+
 
 # --------------------------------------------------------------------------------------------
 # Pricing (per-message pricing, PMP)

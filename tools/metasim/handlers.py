@@ -1344,9 +1344,7 @@ async def post_emit_user_preferences(request: web.Request, sim: Simulator) -> we
         if body.value == "stop"
         else "User requested to resume marketing messages"
     )
-    value = user_preferences_value(
-        number, wa_id, body.name, body.value, detail, sim.clock.wall()
-    )
+    value = user_preferences_value(number, wa_id, body.name, body.value, detail, sim.clock.wall())
     sim.dispatcher.emit_change(number.waba_id, "user_preferences", value)
     return _json({"field": "user_preferences", "value": value})
 
@@ -1366,9 +1364,7 @@ async def post_emit_echo(request: web.Request, sim: Simulator) -> web.Response:
     if not isinstance(kind, str) or kind not in body.message:
         raise _bad("message needs `type` and the object of that type")
     wamid = "wamid.ECHO" + base64.b64encode(sim.rng.randbytes(18)).decode()
-    value = message_echoes_value(
-        number, body.to.lstrip("+"), wamid, sim.clock.wall(), body.message
-    )
+    value = message_echoes_value(number, body.to.lstrip("+"), wamid, sim.clock.wall(), body.message)
     sim.dispatcher.emit_change(number.waba_id, "smb_message_echoes", value)
     return _json({"field": "smb_message_echoes", "wamid": wamid, "value": value})
 

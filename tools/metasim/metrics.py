@@ -34,8 +34,8 @@ class Metrics:
         self._errors = {code: errors.labels(str(code)) for code in ERROR_TABLE}
         media = Counter(
             "metasim_media_operations_total",
-            "Media API calls answered successfully, by operation.",
-            ["operation"],
+            "Media API calls answered successfully, by kind of call.",
+            ["kind"],
             registry=self.registry,
         )
         self.media_uploads = media.labels("upload")

@@ -93,7 +93,6 @@ def template_status_value(
     return value
 
 
-
 def template_quality_value(template: Template, previous: str, new: str) -> dict[str, Any]:
     return {
         "previous_quality_score": previous,
