@@ -106,6 +106,10 @@ def test_customer_service_window_is_24_hours_from_last_inbound() -> None:
         ("+1 (650) 555-1234", "16505551234"),
         ("(631) 555-1234", "16315551234"),  # no '+': business country code (1) prepended
         ("7700900123", "17700900123"),
+        # A bare WhatsApp id (country code included), as most clients send it, is kept.
+        ("447912345678", "447912345678"),
+        ("447700900123", "447700900123"),
+        ("919876543210", "919876543210"),
     ],
 )
 def test_recipient_formats_are_normalised_like_meta(to: str, wa_id: str) -> None:
@@ -114,6 +118,9 @@ def test_recipient_formats_are_normalised_like_meta(to: str, wa_id: str) -> None
 
 def test_recipient_without_plus_gets_the_business_country_code_not_its_own() -> None:
     assert normalize_recipient("6315551234", "91") == "916315551234"
+    assert normalize_recipient("(631) 555-1234", "91") == "916315551234"
+    # Formatting marks a national number even when the digits could be international.
+    assert normalize_recipient("44 7912 345678", "1") == "1447912345678"
 
 
 @pytest.mark.parametrize("to", ["", "   ", "abc", "+12", "+1234567890123456", None, 123])

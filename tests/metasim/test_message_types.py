@@ -214,6 +214,17 @@ def every_type(ids: dict[str, str], inbound_wamid: str) -> list[dict[str, Any]]:
                 },
             },
         },
+        {
+            "type": "interactive",
+            "interactive": {
+                "type": "voice_call",
+                "body": {"text": "Call us about your order"},
+                "action": {
+                    "name": "voice_call",
+                    "parameters": {"display_text": "Call now", "ttl_minutes": 60},
+                },
+            },
+        },
         {"type": "reaction", "reaction": {"message_id": inbound_wamid, "emoji": "\U0001f600"}},
         {"type": "reaction", "reaction": {"message_id": inbound_wamid, "emoji": ""}},
         {"type": "text", "text": {"body": "Quoting you"}, "context": {"message_id": inbound_wamid}},

@@ -8,12 +8,14 @@ Stateful helpers (buckets, windows) mutate only themselves.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+import phonenumbers
 
 from tools.metasim import shapes
 from tools.metasim.errors import GraphError
@@ -155,9 +157,19 @@ def customer_service_window_open(
 _PHONE_FORMATTING = str.maketrans("", "", " -().")
 
 
+@functools.lru_cache(maxsize=65_536)
+def _international(digits: str) -> bool:
+    try:
+        return phonenumbers.is_possible_number(phonenumbers.parse("+" + digits))
+    except phonenumbers.NumberParseException:
+        return False
+
+
 def normalize_recipient(to: Any, business_country_code: str) -> str:
-    """Meta's documented rule: formatting characters are ignored, and a number without a leading
-    `+` gets the *business* number's country code prepended (send E.164 with `+` to avoid it)."""
+    """Meta's rules: formatting characters are ignored, and a number without a leading `+` gets
+    the *business* number's country code prepended (`(631) 555-1234` from an Indian number ->
+    916315551234). A bare digit string that already is a whole international number (a WhatsApp
+    id, 11+ digits, e.g. `447912345678` — what most clients send) is taken as it is."""
     if not isinstance(to, str) or not to.strip():
         raise GraphError(100, "The parameter to is required.")
     text = to.strip()
@@ -165,7 +177,7 @@ def normalize_recipient(to: Any, business_country_code: str) -> str:
     digits = (text[1:] if has_plus else text).translate(_PHONE_FORMATTING)
     if not (digits.isascii() and digits.isdigit()):
         raise GraphError(100, f"Invalid parameter: to ({to!r}) is not a phone number.")
-    if not has_plus:
+    if not has_plus and not (text.isdigit() and len(digits) >= 11 and _international(digits)):
         digits = business_country_code + digits
     if not 7 <= len(digits) <= 15:
         raise GraphError(100, f"Invalid parameter: to ({to!r}) is not a phone number.")

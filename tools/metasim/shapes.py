@@ -466,6 +466,22 @@ class CarouselInteractive(_Tagged, tag="carousel"):
     action: CarouselAction
 
 
+class VoiceCallParameters(_Obj):
+    display_text: Annotated[str, Meta(min_length=1, max_length=20)] | None = None
+    ttl_minutes: Annotated[float, Meta(gt=0)] | None = None
+    payload: str | None = None
+
+
+class VoiceCallAction(_Obj):
+    name: Literal["voice_call"]
+    parameters: VoiceCallParameters | None = None
+
+
+class VoiceCallInteractive(_Tagged, tag="voice_call"):
+    body: Body1024
+    action: VoiceCallAction
+
+
 Interactive = (
     ButtonInteractive
     | ListInteractive
@@ -477,6 +493,7 @@ Interactive = (
     | CatalogInteractive
     | AddressInteractive
     | CarouselInteractive
+    | VoiceCallInteractive
 )
 INTERACTIVE_TYPES = (
     "button",
@@ -489,6 +506,7 @@ INTERACTIVE_TYPES = (
     "catalog_message",
     "address_message",
     "carousel",
+    "voice_call",
 )
 
 
