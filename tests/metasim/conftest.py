@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -58,8 +59,11 @@ TEST_OVERRIDES: dict[str, Any] = {
 }
 
 
+_DEFAULT_CONFIG = load_config_dict()  # parsed once: deep_merge copies it for every test
+
+
 def make_config(overrides: dict[str, Any] | None = None) -> SimConfig:
-    raw = deep_merge(load_config_dict(), TEST_OVERRIDES)
+    raw = deep_merge(_DEFAULT_CONFIG, TEST_OVERRIDES)
     return SimConfig.model_validate(deep_merge(raw, overrides or {}))
 
 
@@ -212,6 +216,41 @@ class Sim:
             **extra,
         }
         return await self.send(number, payload)
+
+    async def graph(
+        self, method: str, path: str, token: str = BSP_TOKEN, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """A Graph API call (path without the host, e.g. /v24.0/<id>) with a bearer token."""
+        response = await self.client.request(
+            method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs
+        )
+        return response.status, await response.json()
+
+    async def upload(
+        self,
+        number: str,
+        content: bytes,
+        mime_type: str,
+        filename: str = "file.bin",
+        token: str = BSP_TOKEN,
+        type_field: str | None = "",
+        messaging_product: str | None = "whatsapp",
+    ) -> tuple[int, Any]:
+        """`POST /<number>/media` as Meta documents it (and as pywa sends it): multipart with
+        `file` (filename + MIME), `type` and `messaging_product`. `type_field=None` leaves the
+        `type` part out; "" sends the file's MIME type."""
+        form = aiohttp.FormData()
+        if messaging_product is not None:
+            form.add_field("messaging_product", messaging_product)
+        form.add_field("file", content, filename=filename, content_type=mime_type)
+        if type_field is not None:
+            form.add_field("type", type_field or mime_type)
+        return await self.graph("POST", f"/v24.0/{number}/media", token, data=form)
+
+    async def uploaded(self, number: str, content: bytes, mime_type: str, **kw: Any) -> str:
+        status, body = await self.upload(number, content, mime_type, **kw)
+        assert status == 200, body
+        return str(body["id"])
 
     async def control(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         response = await self.client.request(method, path, json=body)

@@ -106,6 +106,10 @@ def test_customer_service_window_is_24_hours_from_last_inbound() -> None:
         ("+1 (650) 555-1234", "16505551234"),
         ("(631) 555-1234", "16315551234"),  # no '+': business country code (1) prepended
         ("7700900123", "17700900123"),
+        # A bare WhatsApp id (country code included), as most clients send it, is kept.
+        ("447912345678", "447912345678"),
+        ("447700900123", "447700900123"),
+        ("919876543210", "919876543210"),
     ],
 )
 def test_recipient_formats_are_normalised_like_meta(to: str, wa_id: str) -> None:
@@ -114,6 +118,9 @@ def test_recipient_formats_are_normalised_like_meta(to: str, wa_id: str) -> None
 
 def test_recipient_without_plus_gets_the_business_country_code_not_its_own() -> None:
     assert normalize_recipient("6315551234", "91") == "916315551234"
+    assert normalize_recipient("(631) 555-1234", "91") == "916315551234"
+    # Formatting marks a national number even when the digits could be international.
+    assert normalize_recipient("44 7912 345678", "1") == "1447912345678"
 
 
 @pytest.mark.parametrize("to", ["", "   ", "abc", "+12", "+1234567890123456", None, 123])
@@ -189,8 +196,9 @@ def test_interactive_buttons_are_limited_to_three_with_short_titles() -> None:
         }
 
     assert parse_outbound(buttons(3)).type == "interactive"
-    assert code_of(parse_outbound, buttons(4)) == 100
-    assert code_of(parse_outbound, buttons(1, title="x" * 21)) == 100
+    # Meta answers interactive value limits with (#131009) Parameter value is not valid.
+    assert code_of(parse_outbound, buttons(4)) == 131009
+    assert code_of(parse_outbound, buttons(1, title="x" * 21)) == 131009
 
 
 def test_mark_as_read_form_is_recognised() -> None:
@@ -265,6 +273,27 @@ def test_matching_template_parameters_pass() -> None:
 )
 def test_template_parameter_mismatches(components: list, code: int) -> None:
     assert code_of(check_template_components, POSITIONAL, components) == code
+
+
+def test_hydrated_length_counts_every_repeat_of_a_placeholder() -> None:
+    shape = template_shape("POSITIONAL", [{"type": "BODY", "text": "{{1}} {{1}} {{1}}"}])
+    check_template_components(shape, [body("x" * 340)])  # 3 x 340 + 2 spaces = 1022
+    assert code_of(check_template_components, shape, [body("x" * 400)]) == 132005
+
+
+def test_text_parameters_with_new_lines_tabs_or_runs_of_spaces_are_refused() -> None:
+    for text in ("a\nb", "a\tb", "a     b"):
+        assert (
+            code_of(check_template_components, NAMED, [body(text, "x", names=("guests", "day"))])
+            == 132018
+        )
+        assert (
+            code_of(
+                check_template_components, NAMED, [body(text, "x", names=("guests", "day"))], 22.0
+            )
+            == 100
+        )
+    check_template_components(NAMED, [body("a    b", "x", names=("guests", "day"))])  # 4 is fine
 
 
 def test_named_template_needs_parameter_names_that_match() -> None:
@@ -345,6 +374,27 @@ def test_plain_plan_is_sent_delivered_read_with_pricing_on_sent_and_delivered_on
         ("delivered", 3.0, True),
         ("read", 6.0, False),
     ]
+
+
+def test_voice_message_is_played_after_read_without_pricing() -> None:
+    steps = plan(voice=True)
+    assert [(s.status, s.event_offset, s.with_pricing) for s in steps][-2:] == [
+        ("read", 6.0, False),
+        ("played", 9.0, False),
+    ]
+    assert [s.status for s in plan(voice=True, will_read=False)] == ["sent", "delivered"]
+    assert later_status("read", "played") == "played" and later_status("played", "read") == "played"
+
+
+def test_free_entry_point_is_free_under_both_rules() -> None:
+    for rules in ("pmp-2025-07", "pmp-2026-10"):
+        for category in (None, "MARKETING", "UTILITY"):
+            pricing = decide_pricing(rules, category, False, free_entry_point=True)
+            assert (pricing.type, pricing.category, pricing.billable) == (
+                "free_entry_point",
+                "referral_conversion",
+                False,
+            )
 
 
 def test_skipped_delivered_moves_pricing_to_read() -> None:

@@ -87,13 +87,16 @@ async def test_paced_template_is_held_for_quality_assessment(make_sim: MakeSim) 
 async def test_free_form_messages_inside_the_window_and_their_shapes(make_sim: MakeSim) -> None:
     sim = await make_sim()
     inbound = await sim.inbound(A1_NUMBER, UK_USER)
+    image = await sim.uploaded(A1_NUMBER, b"\x89PNG", "image/png")
+    video = await sim.uploaded(A1_NUMBER, b"\x00\x00\x00\x18ftyp", "video/mp4")
+    audio = await sim.uploaded(A1_NUMBER, b"ID3", "audio/mpeg")
     base = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": UK_USER}
     payloads = [
         {"type": "text", "text": {"body": "ok", "preview_url": True}},
-        {"type": "image", "image": {"id": "1479537139650973", "caption": "succulent"}},
+        {"type": "image", "image": {"id": image, "caption": "succulent"}},
         {"type": "document", "document": {"link": "https://cdn.example.com/a.pdf"}},
-        {"type": "video", "video": {"id": "1"}},
-        {"type": "audio", "audio": {"id": "2"}},
+        {"type": "video", "video": {"id": video}},
+        {"type": "audio", "audio": {"id": audio}},
         {
             "type": "interactive",
             "interactive": {
@@ -136,25 +139,29 @@ async def test_mark_as_read_answers_success_true(make_sim: MakeSim) -> None:
     assert_meta_error(status, body, 100, 400)
 
 
-async def test_recipient_without_plus_gets_the_business_country_code(make_sim: MakeSim) -> None:
+async def test_recipient_without_plus(make_sim: MakeSim) -> None:
     sim = await make_sim()
+    login = [
+        {"type": "body", "parameters": [{"type": "text", "text": "123456"}]},
+        {
+            "type": "button",
+            "sub_type": "url",
+            "index": 0,
+            "parameters": [{"type": "text", "text": "123456"}],
+        },
+    ]
+    # A whole international number without '+' (a WhatsApp id) is taken as it is ...
     status, body = await sim.send_template(
-        A1_NUMBER,
-        "447700900123",
-        "login_code",
-        components=[
-            {"type": "body", "parameters": [{"type": "text", "text": "123456"}]},
-            {
-                "type": "button",
-                "sub_type": "url",
-                "index": 0,
-                "parameters": [{"type": "text", "text": "123456"}],
-            },
-        ],
+        A1_NUMBER, "447700900123", "login_code", components=login
     )
     assert status == 200, body
-    # The business number is +1: Meta prepends its country code to a number without '+'.
-    assert body["contacts"] == [{"input": "447700900123", "wa_id": "1447700900123"}]
+    assert body["contacts"] == [{"input": "447700900123", "wa_id": "447700900123"}]
+    # ... a national one gets the business number's country code (+1), as Meta documents.
+    status, body = await sim.send_template(
+        A1_NUMBER, "(650) 555-1234", "login_code", components=login
+    )
+    assert status == 200, body
+    assert body["contacts"] == [{"input": "(650) 555-1234", "wa_id": "16505551234"}]
 
 
 @pytest.mark.parametrize(

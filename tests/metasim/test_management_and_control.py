@@ -69,8 +69,21 @@ async def test_template_list_pages_with_cursors_in_metas_shape(make_sim: MakeSim
         sim,
         f"/v24.0/{WABA_A1}/message_templates?limit=4&after={page2['paging']['cursors']['after']}",
     )
-    assert [t["name"] for t in page3["data"]] == ["delivery_update", "flash_deal"]
-    assert "next" not in page3["paging"]
+    assert [t["name"] for t in page3["data"]] == [
+        "delivery_update",
+        "flash_deal",
+        "hello_world",
+        "spring_coupon",
+    ]
+    # Following `next` to the end gives every template once; the last page has no `next`.
+    names, page = [], page3
+    while "next" in page["paging"]:
+        url = page["paging"]["next"]
+        page = await (await sim.client.get(url[url.index("/v24.0") :], headers=AUTH)).json()
+        names += [t["name"] for t in page["data"]]
+    assert names == ["store_pickup", "invoice_ready", "book_visit", "login_otp"] + [
+        "new_arrivals_video"
+    ]
     _, back = await get(
         sim,
         f"/v24.0/{WABA_A1}/message_templates?limit=4&before={page3['paging']['cursors']['before']}",
@@ -236,6 +249,22 @@ async def test_sends_record_lists_every_accepted_send_and_duplicates(make_sim: M
         "final_status",
         "error_code",
         "pricing",
+        "context_message_id",
+        "body",
+    }
+    # The request exactly as it reached Meta.
+    assert first["body"] == {
+        "messaging_product": "whatsapp",
+        "to": UK_USER,
+        "type": "template",
+        "template": {
+            "name": "summer_sale",
+            "language": {"code": "en_US"},
+            "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": p} for p in SALE]}
+            ],
+        },
+        "biz_opaque_callback_data": "msg-1",
     }
     assert (first["type"], first["category"], first["final_status"]) == (
         "template",

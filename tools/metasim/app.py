@@ -48,7 +48,7 @@ class Simulator:
         """Back to the config: a new world, empty records, no faults, a re-seeded rng."""
         config = self.config = self.base_config
         self.rng = random.Random(seed)
-        self.world = World(config, self.clock.monotonic())
+        self.world = World(config, self.clock.monotonic(), self.rng)
         self.records = Records(config.records.max_sends, config.records.max_violations)
         # Meta's wamids are unique forever: mixing the start time into the salt keeps a restarted
         # simulator from handing out the wamids of its previous run (which a gateway has indexed).
@@ -82,7 +82,8 @@ _TIMELINE_TASK = web.AppKey("metasim_timeline_task", asyncio.Task)
 
 
 def build_app(config: SimConfig, clock: Clock | None = None) -> web.Application:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    # Control bodies may carry inbound media as base64 (16 MB video -> ~21 MB); uploads stream.
+    app = web.Application(client_max_size=24 * 1024 * 1024)
     app[SIM] = Simulator(config, clock or SystemClock(), Metrics())
     add_routes(app)
 

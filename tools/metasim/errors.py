@@ -41,6 +41,13 @@ _SPECS = (
     ErrorSpec(
         200, "API Permission", 403, "The token has no access to this WhatsApp Business Account."
     ),
+    ErrorSpec(
+        368,
+        "Temporarily blocked for policies violations",
+        403,
+        "The WhatsApp Business Account associated with the app has been restricted or disabled "
+        "for violating a platform policy.",
+    ),
     ErrorSpec(130429, "Rate limit hit", 400, "Cloud API message throughput has been reached."),
     ErrorSpec(
         131000, "Something went wrong", 500, "Message failed to send due to an unknown error."
@@ -69,6 +76,10 @@ _SPECS = (
         "The recipient opted out of marketing messages from this business.",
     ),
     ErrorSpec(131051, "Unsupported message type", 400, "Message type is not currently supported."),
+    ErrorSpec(
+        131052, "Media download error", 400, "Unable to download the media sent by the user."
+    ),
+    ErrorSpec(131053, "Media upload error", 400, "Unable to upload the media used in the message."),
     ErrorSpec(
         131056,
         "(Business Account, Consumer Account) pair rate limit hit",
@@ -107,8 +118,20 @@ _SPECS = (
         400,
         "A parameter's format does not match the template.",
     ),
+    ErrorSpec(
+        132005,
+        "Translated text too long",
+        400,
+        "Translated text is too long once the parameters are filled in.",
+    ),
     ErrorSpec(132015, "Template is Paused", 400, "The template is paused due to low quality."),
     ErrorSpec(132016, "Template is Disabled", 400, "The template was paused too many times."),
+    ErrorSpec(
+        132018,
+        "There was an issue with the parameters in your template.",
+        400,
+        "A template parameter is not valid.",
+    ),
     ErrorSpec(2388019, "Message template limit exceeded", 400, "Too many message templates."),
 )
 
@@ -118,11 +141,13 @@ ERROR_TABLE: dict[int, ErrorSpec] = {spec.code: spec for spec in _SPECS}
 class GraphError(Exception):
     """A request Meta would refuse; carries the code and the `error_data.details` text."""
 
-    def __init__(self, code: int, details: str | None = None) -> None:
+    def __init__(self, code: int, details: str | None = None, subcode: int | None = None) -> None:
         spec = ERROR_TABLE[code]
         super().__init__(f"({code}) {details or spec.details}")
         self.code = code
         self.details = details or spec.details
+        # Graph's error_subcode, e.g. 33 on "Object with ID ... does not exist" for media.
+        self.subcode = subcode
         # Filled in by the send pipeline so the rejection can be recorded against its recipient.
         self.recipient: str | None = None
         self.callback_data: str | None = None
@@ -132,18 +157,21 @@ class GraphError(Exception):
         return ERROR_TABLE[self.code].http_status
 
 
-def graph_error_body(code: int, details: str, fbtrace_id: str) -> dict[str, Any]:
+def graph_error_body(
+    code: int, details: str, fbtrace_id: str, subcode: int | None = None
+) -> dict[str, Any]:
     """The synchronous envelope Graph API returns with a non-2xx status."""
     spec = ERROR_TABLE[code]
-    return {
-        "error": {
-            "message": f"(#{code}) {spec.title}",
-            "type": "OAuthException",
-            "code": code,
-            "error_data": {"messaging_product": "whatsapp", "details": details},
-            "fbtrace_id": fbtrace_id,
-        }
+    error: dict[str, Any] = {
+        "message": f"(#{code}) {spec.title}",
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details},
     }
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    error["fbtrace_id"] = fbtrace_id
+    return {"error": error}
 
 
 def webhook_error_object(code: int, details: str | None = None) -> dict[str, Any]:

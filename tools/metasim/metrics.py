@@ -32,6 +32,16 @@ class Metrics:
             registry=self.registry,
         )
         self._errors = {code: errors.labels(str(code)) for code in ERROR_TABLE}
+        media = Counter(
+            "metasim_media_operations_total",
+            "Media API calls answered successfully, by kind of call.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.media_uploads = media.labels("upload")
+        self.media_urls = media.labels("url")
+        self.media_downloads = media.labels("download")
+        self.media_deletes = media.labels("delete")
         self.inbound = Counter(
             "metasim_inbound_messages_total",
             "Inbound user messages injected.",

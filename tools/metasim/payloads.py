@@ -26,11 +26,17 @@ def status_item(
         "timestamp": str(int(event_wall)),
         "recipient_id": record.recipient,
     }
-    # Below v24.0 every priced status also carries a per-message `conversation`.
-    if with_conversation and planned.status != "failed":
-        conversation: dict[str, Any] = {"id": hashlib.md5(record.wamid.encode()).hexdigest()}
+    # Inside a free-entry-point window every version carries `conversation` (one id per
+    # window); otherwise only below v24.0, with a per-message id.
+    if planned.status != "failed" and (record.conversation is not None or with_conversation):
+        if record.conversation is not None:
+            conversation_id, expires = record.conversation
+        else:
+            conversation_id = hashlib.md5(record.wamid.encode()).hexdigest()
+            expires = event_wall + 86_400
+        conversation: dict[str, Any] = {"id": conversation_id}
         if planned.status == "sent":
-            conversation["expiration_timestamp"] = str(int(event_wall) + 86_400)
+            conversation["expiration_timestamp"] = str(int(expires))
         conversation["origin"] = {"type": pricing.category}
         item["conversation"] = conversation
     if planned.with_pricing:
@@ -38,7 +44,7 @@ def status_item(
     if record.biz_opaque_callback_data is not None:
         item["biz_opaque_callback_data"] = record.biz_opaque_callback_data
     if planned.error_code is not None:
-        item["errors"] = [webhook_error_object(planned.error_code)]
+        item["errors"] = [webhook_error_object(planned.error_code, planned.error_details)]
     return item
 
 
@@ -54,22 +60,132 @@ def inbound_parts(
     return contact, {"from": wa_id, "id": wamid, "timestamp": str(int(at_wall)), **message}
 
 
+def webhook_language(language: str) -> str:
+    """Meta's template webhooks spell the language with a hyphen (en-US), unlike the en_US used
+    to send; reproduced so receivers normalise it."""
+    return language.replace("_", "-")
+
+
+# Pass as `reason` to leave the key out (Meta omits it on some events).
+OMIT_REASON = object()
+
+
 def template_status_value(
-    template: Template, event: str, reason: str | None, other_info: dict[str, str] | None = None
+    template: Template,
+    event: str,
+    reason: object = "NONE",
+    other_info: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`reason` may be JSON null (scheduled for deletion) or `_OMIT`ted altogether."""
     value: dict[str, Any] = {
         "event": event,
         "message_template_id": int(template.id),
         "message_template_name": template.name,
-        # Meta's documented example spells the language with a hyphen (en-US) here, unlike the
-        # en_US used to send; reproduced so receivers normalise it.
-        "message_template_language": template.language.replace("_", "-"),
-        "reason": reason,
-        "message_template_category": template.category,
+        "message_template_language": webhook_language(template.language),
     }
+    if reason is not OMIT_REASON:
+        value["reason"] = reason
+    value["message_template_category"] = template.category
     if other_info:
         value["other_info"] = other_info
+    value.update(extra or {})
     return value
+
+
+def template_quality_value(template: Template, previous: str, new: str) -> dict[str, Any]:
+    return {
+        "previous_quality_score": previous,
+        "new_quality_score": new,
+        "message_template_id": int(template.id),
+        "message_template_name": template.name,
+        "message_template_language": webhook_language(template.language),
+    }
+
+
+def template_category_value(
+    template: Template, previous: str, new: str, impending_at: float | None
+) -> dict[str, Any]:
+    """Impending (24 h notice: `correct_category`, `new_category` = still the current one,
+    `category_update_timestamp`) or completed (`previous_category`, `new_category`)."""
+    value: dict[str, Any] = {
+        "message_template_id": int(template.id),
+        "message_template_name": template.name,
+        "message_template_language": webhook_language(template.language),
+    }
+    if impending_at is not None:
+        value["correct_category"] = new
+        value["new_category"] = previous
+        value["category_update_timestamp"] = int(impending_at)
+    else:
+        value["previous_category"] = previous
+        value["new_category"] = new
+    return value
+
+
+def phone_number_quality_value(
+    number: PhoneNumber, event: str, current: str, old: str | None
+) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "display_phone_number": number.display_phone_number,
+        "event": event,
+        "current_limit": current,
+    }
+    if old is not None:
+        value["old_limit"] = old
+    value["max_daily_conversations_per_business"] = current
+    return value
+
+
+def phone_number_name_value(
+    number: PhoneNumber, decision: str, requested: str, rejection_reason: str | None
+) -> dict[str, Any]:
+    return {
+        "display_phone_number": number.display_phone_number,
+        "decision": decision,
+        "requested_verified_name": requested,
+        "rejection_reason": rejection_reason,
+    }
+
+
+def user_preferences_value(
+    number: PhoneNumber, wa_id: str, name: str | None, value: str, detail: str, at_wall: float
+) -> dict[str, Any]:
+    contact: dict[str, Any] = {"wa_id": wa_id}
+    if name:
+        contact = {"profile": {"name": name}, "wa_id": wa_id}
+    return {
+        "messaging_product": "whatsapp",
+        "metadata": number.metadata,
+        "contacts": [contact],
+        "user_preferences": [
+            {
+                "wa_id": wa_id,
+                "detail": detail,
+                "category": "marketing_messages",
+                "value": value,
+                "timestamp": int(at_wall),
+            }
+        ],
+    }
+
+
+def message_echoes_value(
+    number: PhoneNumber, to: str, wamid: str, at_wall: float, message: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "messaging_product": "whatsapp",
+        "metadata": number.metadata,
+        "message_echoes": [
+            {
+                "from": number.display_phone_number,
+                "to": to,
+                "id": wamid,
+                "timestamp": str(int(at_wall)),
+                **message,
+            }
+        ],
+    }
 
 
 def throughput_upgrade_value(number: PhoneNumber, tier: str) -> dict[str, Any]:
@@ -80,12 +196,18 @@ def throughput_upgrade_value(number: PhoneNumber, tier: str) -> dict[str, Any]:
     }
 
 
+# Fields whose value carries `metadata` (a phone number's): their entries have no `time`.
+METADATA_FIELDS = frozenset(
+    {"messages", "user_preferences", "smb_message_echoes", "smb_app_state_sync", "history"}
+)
+
+
 def envelope(entries: Iterable[tuple[str, list[dict[str, Any]]]], wall: float) -> dict[str, Any]:
-    """Meta's outer shape; `time` appears on entries carrying non-`messages` fields."""
+    """Meta's outer shape; `time` appears on entries carrying account-level fields."""
     out = []
     for waba_id, changes in entries:
         entry: dict[str, Any] = {"id": waba_id}
-        if any(change["field"] != "messages" for change in changes):
+        if any(change["field"] not in METADATA_FIELDS for change in changes):
             entry["time"] = int(wall)
         entry["changes"] = changes
         out.append(entry)

@@ -7,14 +7,18 @@ Nothing here reads the clock or does I/O; callers pass `now` (monotonic) and `wa
 from __future__ import annotations
 
 import functools
+import hashlib
+import random
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import phonenumbers
 
-from tools.metasim.config import SimConfig, TemplateConfig
+from tools.metasim.config import HELLO_WORLD, SimConfig, TemplateConfig
 from tools.metasim.core import (
+    FREE_ENTRY_POINT_WINDOW_SECONDS,
     TIER_LIMITS,
     Pricing,
     TemplateShape,
@@ -24,6 +28,7 @@ from tools.metasim.core import (
     template_shape,
 )
 from tools.metasim.errors import GraphError
+from tools.metasim.media import MediaStore
 
 
 @dataclass(slots=True)
@@ -39,6 +44,7 @@ class Template:
     shape: TemplateShape
     paced: bool
     rejected_reason: str = "NONE"
+    quality_score: str | None = None  # None: derived from the status (GREEN when approved)
 
     def as_graph(self) -> dict[str, Any]:
         return {
@@ -83,6 +89,8 @@ class Waba:
     templates: list[Template] = field(default_factory=list)
     by_key: dict[tuple[str, str], Template] = field(default_factory=dict)
     creations: deque[float] = field(default_factory=deque)  # monotonic times, last hour
+    # Set by an account_update DISABLED_UPDATE (waba_ban_state DISABLE); REINSTATE clears it.
+    disabled: bool = False
 
     def add_template(self, template: Template) -> None:
         self.templates.append(template)
@@ -105,6 +113,27 @@ class AccessToken:
     invalidated: bool
 
 
+@dataclass(frozen=True, slots=True)
+class InboundRef:
+    """An inbound message a read receipt or a reaction may point at."""
+
+    phone_number_id: str
+    wa_id: str
+    at: float  # monotonic
+    type: str
+
+
+@dataclass(slots=True)
+class EntryPoint:
+    """A user who came from a Click-to-WhatsApp ad or a Page CTA (an inbound with `referral`).
+
+    A reply within 24 h of that message opens a 72 h free-entry-point window from the reply."""
+
+    referral_at: float  # monotonic
+    window_until: float | None = None
+    conversation_id: str = ""
+
+
 @dataclass(slots=True)
 class RecipientTraits:
     not_on_whatsapp: bool = False
@@ -118,7 +147,10 @@ class SendRecord:
     __slots__ = (
         "accepted_at",
         "biz_opaque_callback_data",
+        "body",
         "category",
+        "context_message_id",
+        "conversation",
         "error_code",
         "final_status",
         "input",
@@ -129,6 +161,7 @@ class SendRecord:
         "template_language",
         "template_name",
         "type",
+        "voice",
         "waba_id",
         "wamid",
     )
@@ -148,6 +181,10 @@ class SendRecord:
         accepted_at: float,
         message_status: str,
         pricing: Pricing,
+        body: bytes = b"",
+        context_message_id: str | None = None,
+        voice: bool = False,
+        conversation: tuple[str, float] | None = None,
     ) -> None:
         self.wamid = wamid
         self.phone_number_id = phone_number_id
@@ -162,6 +199,12 @@ class SendRecord:
         self.accepted_at = accepted_at
         self.message_status = message_status
         self.pricing = pricing
+        # The request body exactly as Meta received it (decoded only when read back).
+        self.body = body
+        self.context_message_id = context_message_id
+        self.voice = voice
+        # (id, expiration wall time) of the free-entry-point window the message was sent in.
+        self.conversation = conversation
         self.final_status = "accepted"
         self.error_code: int | None = None
 
@@ -188,6 +231,8 @@ class SendRecord:
                 "category": self.pricing.category,
                 "billable": self.pricing.billable and delivered,
             },
+            "context_message_id": self.context_message_id,
+            "body": orjson.loads(self.body) if self.body else None,
         }
 
 
@@ -212,6 +257,12 @@ class Records:
         self.inbound_total = 0
         self.read_receipts_total = 0
         self.statuses_by_kind: Counter[str] = Counter()
+        # Mark-as-read / typing-indicator calls, and injected inbound messages, as they reached
+        # Meta (bounded like the sends).
+        self.read_receipts: deque[dict[str, Any]] = deque(maxlen=max_sends)
+        self.media_uploads = 0
+        self.media_downloads = 0
+        self.inbound: deque[dict[str, Any]] = deque(maxlen=max_sends)
 
     def add_send(self, record: SendRecord) -> None:
         self.sends.append(record)
@@ -276,7 +327,7 @@ def country_code_of(display_phone_number: str) -> str:
 class World:
     """Numbers, templates and the mutable rule state, built from the config."""
 
-    def __init__(self, config: SimConfig, now: float) -> None:
+    def __init__(self, config: SimConfig, now: float, rng: random.Random | None = None) -> None:
         self.config = config
         limits = config.limits
         self.limits_enabled = limits.enabled
@@ -324,6 +375,9 @@ class World:
                     waba.phone_number_ids.append(n.id)
                 for t in waba_config.templates:
                     self.add_template(waba, t)
+                if waba_config.sample_template and ("hello_world", "en_US") not in waba.by_key:
+                    # Meta gives every new WABA its sample template.
+                    self.add_template(waba, TemplateConfig.model_validate(HELLO_WORLD))
         self.traits: dict[str, RecipientTraits] = {}
         for wa_id in config.recipients.not_on_whatsapp:
             self.traits_of(wa_id).not_on_whatsapp = True
@@ -336,9 +390,17 @@ class World:
         self.pair_buckets: dict[tuple[str, str], TokenBucket] = {}
         self.pair_rate = 1.0 / limits.pair_interval_seconds
         self.pair_burst = float(limits.pair_burst)
-        # Inbound wamids a read receipt may point at, oldest dropped first.
-        self.inbound_wamids: OrderedDict[str, str] = OrderedDict()
+        # Inbound wamids a read receipt or a reaction may point at, oldest dropped first.
+        self.inbound_wamids: OrderedDict[str, InboundRef] = OrderedDict()
         self.max_inbound_wamids = config.records.max_sends
+        # (phone_number_id, wa_id) -> the user's arrival from an ad (free entry point).
+        self.entry_points: dict[tuple[str, str], EntryPoint] = {}
+        # (waba_id, wa_id) of users who asked this business to stop marketing (user_preferences).
+        self.marketing_stops: set[tuple[str, str]] = set()
+        url_key = hashlib.sha256(b"media-url:" + config.app_secret.get_secret_value().encode())
+        self.media = MediaStore(
+            rng or random.Random(config.seed), url_key.digest(), config.records.max_media_bytes
+        )
 
     # -- templates ------------------------------------------------------------------------
 
@@ -386,16 +448,55 @@ class World:
         return bucket
 
     def record_inbound(
-        self, number: PhoneNumber, wa_id: str, wamid: str, at: float, now: float
+        self,
+        number: PhoneNumber,
+        wa_id: str,
+        wamid: str,
+        at: float,
+        now: float,
+        *,
+        message_type: str = "text",
+        opens_window: bool = True,
+        referral: bool = False,
     ) -> None:
-        """An inbound message opens/refreshes the window and uses the number's throughput."""
+        """An inbound message uses the number's throughput and (most types) opens or refreshes
+        the customer-service window; one with a `referral` starts a free entry point."""
         key = (number.id, wa_id)
-        self.last_inbound[key] = max(at, self.last_inbound.get(key, at))
+        if opens_window:
+            self.last_inbound[key] = max(at, self.last_inbound.get(key, at))
+        if referral:
+            self.entry_points[key] = EntryPoint(at)
         if self.limits_enabled:
             number.bucket.force_take(now)
-        self.inbound_wamids[wamid] = number.id
+        self.inbound_wamids[wamid] = InboundRef(number.id, wa_id, at, message_type)
         if len(self.inbound_wamids) > self.max_inbound_wamids:
             self.inbound_wamids.popitem(last=False)
+
+    def window_until(self, number_id: str, wa_id: str) -> float | None:
+        """Monotonic end of the customer-service window, or None if the user never wrote."""
+        last = self.last_inbound.get((number_id, wa_id))
+        return None if last is None else last + self.config.limits.customer_service_window_seconds
+
+    def free_entry_point(
+        self, number_id: str, wa_id: str, now: float, wall: float
+    ) -> tuple[str, float] | None:
+        """(conversation id, wall expiry) of the open free-entry-point window for this user, or
+        None. The first reply within 24 h of the user's arrival from an ad opens it (72 h)."""
+        entry = self.entry_points.get((number_id, wa_id))
+        if entry is None:
+            return None
+        if entry.window_until is None:
+            if now - entry.referral_at >= self.config.limits.customer_service_window_seconds:
+                return None
+            entry.window_until = now + FREE_ENTRY_POINT_WINDOW_SECONDS
+            seed = f"fep:{number_id}:{wa_id}:{entry.referral_at}".encode()
+            entry.conversation_id = hashlib.md5(seed).hexdigest()
+        if now >= entry.window_until:
+            return None
+        return entry.conversation_id, wall + (entry.window_until - now)
+
+    def marketing_stopped(self, waba_id: str, wa_id: str) -> bool:
+        return (waba_id, wa_id) in self.marketing_stops
 
     # -- throughput upgrades --------------------------------------------------------------
 

@@ -30,7 +30,6 @@ from tools.metasim.core import (
 from tools.metasim.metrics import Metrics
 from tools.metasim.payloads import (
     envelope,
-    inbound_parts,
     messages_value_head,
     serialize_like_meta,
     signature_header,
@@ -43,6 +42,28 @@ from tools.metasim.state import PhoneNumber, SendRecord, Template
 from tools.metasim.timeline import Timeline
 
 log = structlog.get_logger("metasim.webhooks")
+
+# Metric label (closed set) and delivery-log counter of each webhook field the simulator emits.
+_CHANGE_KINDS = {
+    "message_template_status_update": "template_status",
+    "message_template_quality_update": "template_quality",
+    "template_category_update": "template_category",
+    "phone_number_quality_update": "quality_update",
+    "phone_number_name_update": "name_update",
+    "account_update": "account_update",
+    "user_preferences": "user_preferences",
+    "smb_message_echoes": "message_echo",
+}
+_CHANGE_COUNTS = {
+    "message_template_status_update": "template_status_updates",
+    "message_template_quality_update": "template_quality_updates",
+    "template_category_update": "template_category_updates",
+    "phone_number_quality_update": "quality_updates",
+    "phone_number_name_update": "name_updates",
+    "account_update": "account_updates",
+    "user_preferences": "user_preferences",
+    "smb_message_echoes": "message_echoes",
+}
 
 
 @dataclass(slots=True)
@@ -156,11 +177,13 @@ class WebhookDispatcher:
             return None
         rng, habits, outcomes = self.rng, self.habits, self.outcomes
         failure = accepted.failure_code
+        failure_details = accepted.failure_details
         fail_after_sent = False
         if failure is None and accepted.paced and rng.random() < outcomes.paced_drop_probability:
             failure = 132015  # a held message Meta decides not to release
         if failure is None and rng.random() < outcomes.async_failure_probability:
             failure, fail_after_sent = outcomes.async_failure_code, True
+            failure_details = None
         plan = plan_statuses(
             delays=self._jittered_delays(),
             reaction=accepted.reaction,
@@ -172,6 +195,8 @@ class WebhookDispatcher:
             out_of_order=habits["out_of_order"]
             and rng.random() < habits["out_of_order_probability"],
             hold_seconds=self.outcomes.paced_hold_seconds if accepted.paced else 0.0,
+            voice=accepted.voice,
+            failure_details=failure_details,
         )
         waiter = None
         if (
@@ -234,53 +259,35 @@ class WebhookDispatcher:
         )
 
     def emit_inbound(
-        self,
-        number: PhoneNumber,
-        wa_id: str,
-        name: str,
-        wamid: str,
-        at_wall: float,
-        message: dict[str, Any],
+        self, number: PhoneNumber, contact: dict[str, Any] | None, message: dict[str, Any]
     ) -> None:
-        contact, inbound = inbound_parts(wa_id, name, wamid, at_wall, message)
+        """A user's message (`contact` None for `system` messages, which carry no contacts)."""
         self.counts["inbound_messages"] += 1
-        self._enqueue(
-            _Pending(
-                "message",
-                number.waba_id,
-                "messages",
-                number,
-                lists={"contacts": [contact], "messages": [inbound]},
-            )
-        )
+        lists: dict[str, list[dict[str, Any]]] = {"messages": [message]}
+        if contact is not None:
+            lists = {"contacts": [contact], "messages": [message]}
+        self._enqueue(_Pending("message", number.waba_id, "messages", number, lists=lists))
 
     def emit_template_status(
         self,
         template: Template,
         event: str,
-        reason: str | None,
+        reason: object = "NONE",
         other_info: dict[str, str] | None = None,
     ) -> None:
-        self.counts["template_status_updates"] += 1
         value = template_status_value(template, event, reason, other_info)
-        self._enqueue(
-            _Pending(
-                "template_status",
-                template.waba_id,
-                "message_template_status_update",
-                None,
-                value=value,
-            )
-        )
+        self.emit_change(template.waba_id, "message_template_status_update", value)
 
     def emit_throughput_upgrade(self, number: PhoneNumber, tier: str) -> None:
-        self.counts["quality_updates"] += 1
         value = throughput_upgrade_value(number, tier)
-        self._enqueue(
-            _Pending(
-                "quality_update", number.waba_id, "phone_number_quality_update", None, value=value
-            )
-        )
+        self.emit_change(number.waba_id, "phone_number_quality_update", value)
+
+    def emit_change(self, waba_id: str, field: str, value: dict[str, Any]) -> None:
+        """One `changes[]` item of any field, in Meta's envelope for `waba_id` (never merged with
+        other changes' values; batched with them like everything else)."""
+        self.counts[_CHANGE_COUNTS.get(field, "other_updates")] += 1
+        kind = _CHANGE_KINDS.get(field, "other")
+        self._enqueue(_Pending(kind, waba_id, field, None, value=value))
 
     # -- batching -------------------------------------------------------------------------
 
