@@ -119,8 +119,16 @@ class CallHandlers:
                 if download.content_length is not None:
                     response.content_length = download.content_length
                 await response.prepare(request)
-                async for chunk in download.chunks:
-                    await response.write(chunk)
+                try:
+                    async for chunk in download.chunks:
+                        await response.write(chunk)
+                except ServiceError as exc:
+                    # The status line is sent: the client must not take the truncated bytes
+                    # for the file, so the connection is cut rather than the body ended.
+                    log.warning("media_download_interrupted", error_code=exc.code)
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
                 await response.write_eof()
                 return response
         except ServiceError as exc:

@@ -267,6 +267,7 @@ class FakeMeta:
         self.calls: list[tuple[str, str, Any]] = []  # (call, token, what)
         self.files: dict[str, tuple[str, bytes]] = {}  # media id -> (mime, bytes)
         self.refuse: MetaAnswer | None = None
+        self.cut_download_after: int | None = None  # bytes, then the connection drops
         self.next_id = 900_000_000_000_001
 
     def received(self, media_id: str, mime: str, data: bytes) -> None:
@@ -320,6 +321,9 @@ class FakeMeta:
 
         async def chunks() -> AsyncIterator[bytes]:
             for i in range(0, len(data), 1000):
+                if self.cut_download_after is not None and i >= self.cut_download_after:
+                    raise DependencyUnavailable("Meta did not answer (ClientPayloadError)",
+                                                details={"dependency": "meta"})
                 yield data[i:i + 1000]
 
         yield Download(200, mime, len(data), chunks())
