@@ -22,7 +22,7 @@ from services.ingest import media as rules
 from services.ingest import passthrough
 from services.ingest.errors import reject
 from services.ingest.handlers import Ingest
-from services.ingest.meta_client import Download, GraphClient
+from services.ingest.meta_client import Download, Graph
 from services.ingest.metrics import PASSTHROUGH_CALLS
 from services.ingest.repository import MediaStore
 from shared.clock import Clock
@@ -39,7 +39,7 @@ FORWARDED_FIELDS = ("ttl_minutes",)
 class Calls:
     """Pass-through calls, over injected adapters (fakes in unit tests)."""
 
-    def __init__(self, *, ingest: Ingest, media: MediaStore, meta: GraphClient,
+    def __init__(self, *, ingest: Ingest, media: MediaStore, meta: Graph,
                  vault: TokenVault | None, pacer: passthrough.PassThroughPacer,
                  clock: Clock, sleep: Sleep = asyncio.sleep,
                  spool_dir: str | None = None) -> None:

@@ -10,9 +10,9 @@ failed or timed out is DependencyUnavailable (503), since the call may simply be
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import aiohttp
 import orjson
@@ -41,6 +41,18 @@ class Download:
 
 
 CHUNK_BYTES = 64 * 1024
+
+
+class Graph(Protocol):
+    """What ingest asks of Meta (GraphClient; an in-memory stand-in in unit tests)."""
+
+    async def mark_read(self, phone_number_id: str, token: str,
+                        body: dict[str, Any]) -> MetaAnswer: ...
+    async def upload(self, phone_number_id: str, token: str, file: IO[bytes], *,
+                     mime_type: str, filename: str, extra: dict[str, str]) -> MetaAnswer: ...
+    async def media_info(self, media_id: str, token: str) -> MetaAnswer: ...
+    async def delete_media(self, media_id: str, token: str) -> MetaAnswer: ...
+    def download(self, url: str, token: str) -> AbstractAsyncContextManager[Download]: ...
 
 
 class GraphClient:

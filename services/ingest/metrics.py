@@ -37,5 +37,5 @@ PASSTHROUGH_CALLS = Counter(
     "ingest_passthrough_calls_total",
     "Calls passed through to Meta (read, typing, upload, media_url, download, delete_media): "
     "made, or refused by the number's pace.",
-    ["call", "outcome"],
+    ["kind", "outcome"],
 )

@@ -177,7 +177,7 @@ async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any
         clock=clock, rate_card=load_rate_card(), inbox=inbox,
         windows=CachedWindows(inbox, clock, closed_seconds=0))
     meta = FakeMeta()
-    calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=meta,  # type: ignore[arg-type]
+    calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=meta,
                   vault=vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
     client = TestClient(TestServer(create_app({}, calls)))
     await client.start_server()

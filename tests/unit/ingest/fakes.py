@@ -413,7 +413,7 @@ class World:
                              clock=self.clock, rate_card=load_rate_card(), inbox=self.inbox,
                              windows=CachedWindows(self.inbox, self.clock,
                                                    window_closed_cache_seconds))
-        self.calls = Calls(ingest=self.ingest, media=self.media, meta=self.meta,  # type: ignore[arg-type]
+        self.calls = Calls(ingest=self.ingest, media=self.media, meta=self.meta,
                            vault=VAULT, pacer=PassThroughPacer(*pace), clock=self.clock,
                            sleep=self.sleep)
         self.app = create_app({}, self.calls)
