@@ -194,7 +194,7 @@ async def _meta(answer: Callable[[], Awaitable[web.StreamResponse]],
     try:
         return await answer()
     except ServiceError as exc:
-        log.info("passthrough_call_handled", route="meta", call=call, outcome="rejected",
+        log.info("passthrough_call_handled", route="meta", kind=call, outcome="rejected",
                  error_code=exc.code,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         return meta_error_response(exc)

@@ -225,7 +225,8 @@ class Handlers:
             raw = await read_body(request)
             if self.status_call is not None and passthrough.is_status_call(raw):
                 # Not a send: mark-as-read (and typing), answered with Meta's own answer.
-                return json_response(await self.status_call(account_id, phone_number_id, raw))
+                return await self._status_call(self.status_call, account_id, phone_number_id,
+                                               raw)
             send_request = core.parse_meta_request(
                 raw, phone_number_id,
                 core.region_of_display_number(phone.get("display_phone_number")))
@@ -240,6 +241,16 @@ class Handlers:
         _log_accepted("meta", outcome, started)
         return json_response(core.meta_accepted_response(outcome.doc), status=200,
                              headers={REPLAY_HEADER: "true"} if outcome.replayed else None)
+
+    @staticmethod
+    async def _status_call(call: StatusCall, account_id: str, phone_number_id: str,
+                           raw: bytes) -> web.Response:
+        try:
+            return json_response(await call(account_id, phone_number_id, raw))
+        except ServiceError as exc:
+            log.info("passthrough_call_handled", route="meta", kind="read",
+                     outcome="rejected", error_code=exc.code)
+            return meta_error_response(exc)
 
     async def get_message(self, request: web.Request) -> web.Response:
         account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
