@@ -138,7 +138,7 @@ class WebhookProcessor:
             update.occurred_at)
         if not applied:
             log.info("template_status_not_applied", outcome="unknown_or_stale",
-                     template_id=update.template_id, event=update.event)
+                     template_id=update.template_id, template_event=update.event)
         batch.outgoing.append((TEMPLATE_STATUS_CHANGED, core.template_status_changed(update)))
 
     async def _throughput(self, upgrade: core.ThroughputUpgrade, batch: _Batch) -> None:
