@@ -18,10 +18,13 @@ RECORDS_HANDLED = Counter(
     "Kafka records a consumer finished with, by outcome.",
     ["service", "outcome"],
 )
+# The closed set of DEAD_LETTERS' `reason` label (see shared/kafka.py).
+DEAD_LETTER_REASONS = ("permanent", "unexpected")
 DEAD_LETTERS = Counter(
     "hala_dead_letters_total",
-    "Records sent to a dead-letter topic.",
-    ["service"],
+    "Records sent to a dead-letter topic, by reason: permanent (the record can never succeed) "
+    "or unexpected (its handling kept raising something else: a bug, a shape nobody foresaw).",
+    ["service", "reason"],
 )
 HTTP_REQUESTS = Counter(
     "hala_http_requests_total",
