@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from shared.dead_letters import (
+    DLQ_HEADERS,
+    ERROR_DETAIL_LIMIT,
+    ERROR_TRACEBACK_LIMIT,
+    PERMANENT,
+    UNEXPECTED,
+    Failure,
+    dead_letter_headers,
+    failure_reason,
+)
 from shared.errors import (
     DependencyUnavailable,
     PermanentError,
@@ -45,9 +54,12 @@ from shared.errors import (
 )
 from shared.logging import get_logger
 from shared.messages import ALL_TOPICS, Topic
-from shared.metrics import CONSUMER_LAG, DEAD_LETTER_REASONS, DEAD_LETTERS, RECORDS_HANDLED
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, RECORDS_HANDLED
 
 log = get_logger(__name__)
+
+__all__ = ["DLQ_HEADERS", "ERROR_DETAIL_LIMIT", "ERROR_TRACEBACK_LIMIT", "PERMANENT",
+           "UNEXPECTED", "Failure", "dead_letter_headers", "failure_reason"]
 
 
 def topic_name(topic: Topic[Any] | str, prefix: str = "") -> str:
@@ -179,72 +191,7 @@ async def retry_transient(action: Callable[[], Awaitable[Any]], policy: RetryPol
             delay = min(delay * 2, policy.max_delay)
 
 
-# --- dead letters ---------------------------------------------------------------------------
-
-PERMANENT, UNEXPECTED = DEAD_LETTER_REASONS
-
-# Headers a dead letter carries besides the original record's own (`hala dlq replay` removes
-# them again). Values are UTF-8 text.
-DLQ_HEADERS = ("error_type", "error_reason", "error_detail", "error_traceback", "source_topic",
-               "source_partition", "source_offset", "service", "attempts", "dead_lettered_at")
-ERROR_DETAIL_LIMIT = 1000
-ERROR_TRACEBACK_LIMIT = 8 * 1024
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why a record is dead-lettered: the error it ended with, after how many attempts."""
-
-    error: BaseException
-    attempts: int
-
-    @property
-    def reason(self) -> str:
-        return failure_reason(self.error)
-
-
-def failure_reason(error: BaseException) -> str:
-    """`permanent` for a record that can never succeed, `unexpected` for anything else that
-    was not a dependency failure (a bug, a shape nobody foresaw). A bounded metric label."""
-    return PERMANENT if isinstance(error, PermanentError) else UNEXPECTED
-
-
-def _tail(text: str, limit: int) -> bytes:
-    """`text` as UTF-8, cut to its last `limit` bytes (a traceback's end names the failure)."""
-    data = text.encode("utf-8", errors="replace")
-    if len(data) <= limit:
-        return data
-    marker = b"...(truncated)\n"
-    return marker + data[len(data) - limit + len(marker):].decode(
-        "utf-8", errors="ignore").encode("utf-8")
-
-
-def _head(text: str, limit: int) -> bytes:
-    return text.encode("utf-8", errors="replace")[:limit].decode(
-        "utf-8", errors="ignore").encode("utf-8")
-
-
-def dead_letter_headers(original: Sequence[tuple[str, bytes]] | None, *, topic: str,
-                        partition: int, offset: int, failure: Failure, service: str,
-                        now_ms: int) -> list[tuple[str, bytes]]:
-    """A dead letter's headers: the record's own (minus any earlier dead letter's), then why
-    it failed and where it came from."""
-    error = failure.error
-    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    kept = [(k, v) for k, v in (original or ()) if k not in DLQ_HEADERS]
-    return kept + [
-        ("error_type", type(error).__name__.encode()),
-        ("error_reason", failure.reason.encode()),
-        ("error_detail", _head(str(error), ERROR_DETAIL_LIMIT)),
-        ("error_traceback", _tail(trace, ERROR_TRACEBACK_LIMIT)),
-        ("source_topic", topic.encode()),
-        ("source_partition", str(partition).encode()),
-        ("source_offset", str(offset).encode()),
-        ("service", service.encode()),
-        ("attempts", str(failure.attempts).encode()),
-        ("dead_lettered_at", str(now_ms).encode()),
-    ]
-
+# --- dead letters (their format is in shared/dead_letters.py) ------------------------
 
 def dlq_topic_of(topic: str) -> str:
     return f"{topic}.dlq"

@@ -72,7 +72,7 @@ INBOUND_COUNTED = Counter(
 )
 UNEXPECTED_ERRORS = Counter(
     "sender_unexpected_errors_total",
-    "Bugs met and survived, by where: a message's handling (retried, then dead-lettered), a "
+    "Bugs met and survived, by kind: a message's handling (retried, then dead-lettered), a "
     "lane's dispatcher (restarted) or a followed topic's record (skipped).",
-    ["where"],  # delivery|dispatcher|follower
+    ["kind"],  # delivery|dispatcher|follower
 )

@@ -66,7 +66,7 @@ def _harness(store: FakeStore, **numbers: Any) -> tuple[Harness, DeadLetterSpy]:
 
 
 def _unexpected(where: str) -> float:
-    return REGISTRY.get_sample_value("sender_unexpected_errors_total", {"where": where}) or 0.0
+    return REGISTRY.get_sample_value("sender_unexpected_errors_total", {"kind": where}) or 0.0
 
 
 @pytest.fixture
