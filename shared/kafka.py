@@ -220,9 +220,13 @@ class TooManyDeadLetters(RuntimeError):
 
 
 class DeadLetterGuard:
+    """Counts dead letters in a row. Once the limit is reached it stays tripped: records being
+    handled concurrently then raise instead of writing more dead letters."""
+
     def __init__(self, limit_in_a_row: int = 50) -> None:
         self.limit = limit_in_a_row
         self.in_a_row = 0
+        self.tripped = False
 
     def record_success(self) -> None:
         self.in_a_row = 0
@@ -230,7 +234,12 @@ class DeadLetterGuard:
     def record_dead_letter(self) -> None:
         self.in_a_row += 1
         if self.in_a_row >= self.limit:
+            self.tripped = True
             raise TooManyDeadLetters(f"{self.in_a_row} dead letters in a row")
+
+    def check(self) -> None:
+        if self.tripped:
+            raise TooManyDeadLetters(f"stopped after {self.limit} dead letters in a row")
 
 
 async def attempt_record(action: Callable[[], Awaitable[Any]], policy: RetryPolicy, what: str,
@@ -277,7 +286,8 @@ class DeadLetters:
 
     async def send(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
         """Write the dead letter and return once it is durable; then raise TooManyDeadLetters
-        if it is one too many in a row."""
+        if it is one too many in a row (and, once that happened, without writing it)."""
+        self.guard.check()
         await retry_transient(
             lambda: send_to_dlq(self._producer, record, failure.error, service=self.service,
                                 attempts=failure.attempts), self._retry, "dead_letter")
@@ -369,7 +379,16 @@ async def _handle_batch(records: list[ConsumerRecord[bytes, bytes]], handle: Han
         for record in group:
             await _handle_one(record, handle, dead_letters, retry)
 
-    await asyncio.gather(*(in_order(group) for group in by_key.values()))
+    tasks = [asyncio.ensure_future(in_order(group)) for group in by_key.values()]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # The loop stops (an outage past its budget, a bad deploy, a stop): so do the other
+        # keys' records, before the caller's final commit.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _safe_key(key_of: Callable[[ConsumerRecord[bytes, bytes]], object],

@@ -435,3 +435,25 @@ async def test_attempt_record_counts_attempts_and_lets_transient_errors_through(
         return None
 
     assert await attempt_record(fine, policy, "t", sleep=sleep) is None
+
+
+async def test_a_tripped_guard_stops_concurrent_records_from_writing_more_dead_letters() -> None:
+    tp = TopicPartition("t", 0)
+    keys = [bytes([65 + n]) for n in range(8)]  # eight keys: handled concurrently
+    consumer = _FakeConsumer({tp: [_keyed(0, n, key) for n, key in enumerate(keys)]}, {})
+    producer = _FakeProducer()
+
+    async def bad_deploy(_: ConsumerRecord) -> None:  # type: ignore[type-arg]
+        raise AttributeError("'NoneType' object has no attribute 'id'")
+
+    with pytest.raises(TooManyDeadLetters):
+        await consumer_concurrently_with_guard(consumer, producer, bad_deploy, limit=3)
+    assert len(producer.sent) == 3
+    assert consumer.commits == []
+
+
+async def consumer_concurrently_with_guard(consumer: _FakeConsumer, producer: _FakeProducer,
+                                           handle, limit: int) -> None:  # type: ignore[no-untyped-def]
+    await consume_concurrently(consumer, producer, handle,  # type: ignore[arg-type]
+                               service="unit", key_of=lambda r: r.key, retry=FAST,
+                               guard=DeadLetterGuard(limit_in_a_row=limit))

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from services.sender.repository import SendRecord
 from services.sender.worker import Done, _apply_followed
-from shared.kafka import Failure
+from shared.kafka import DeadLetterGuard, Failure, TooManyDeadLetters
 from shared.messages import THROUGHPUT_CHANGED
 from tests.unit.sender.fakes import FakeStore, Harness, phone_number
 from tests.unit.sender.test_worker_kafka import TP, records, running_worker, stop
@@ -285,3 +285,28 @@ async def test_a_record_whose_message_keeps_failing_is_dead_lettered_and_committ
         assert len(h.statuses("sent")) == 2
     finally:
         await stop(task, h)
+
+
+async def test_many_messages_given_up_in_a_row_stop_the_worker_as_a_bad_deploy() -> None:
+    store = BuggyStore("start_send", set())
+    h = Harness()
+    h.store = store
+    h.engine._store = store
+    worker, consumer, producer, task = await running_worker(h)
+    worker._dead_letters.guard = DeadLetterGuard(limit_in_a_row=2)
+    try:
+        events = [h.event() for _ in range(4)]
+        store.marked = {e.message_id for e in events}
+        await consumer.batches.put({TP: records(h, *events)})
+        await h.timer.run_until_true(lambda: h.engine.failure is not None, limit=10)
+        await consumer.batches.put({})  # the loop looks at the engine again
+        with pytest.raises(TooManyDeadLetters):
+            await task
+        assert len(producer.sent) == 2  # stopped, not drained
+        await worker.commit_finished()
+        assert consumer.commits == [{TP: 1}]  # past the first dead letter, no further
+    finally:
+        if task.done():
+            await h.close()
+        else:
+            await stop(task, h)
