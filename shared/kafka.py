@@ -166,9 +166,9 @@ class RetryPolicy:
     max_delay: float = 10.0
     # How long a transient failure may last before the process gives up and is restarted.
     budget_seconds: float = 120.0
-    # A record whose handling raises anything but a ServiceError (a bug, a shape nobody foresaw)
-    # is tried this many times in all, `unexpected_first_delay` apart (doubling), and then goes
-    # to the dead-letter topic.
+    # A record whose handling raises neither a PermanentError nor a TransientError (a bug, a
+    # shape nobody foresaw) is tried this many times in all, `unexpected_first_delay` apart
+    # (doubling), and then goes to the dead-letter topic.
     unexpected_attempts: int = 3
     unexpected_first_delay: float = 0.1
 
