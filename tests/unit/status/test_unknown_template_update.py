@@ -33,9 +33,10 @@ async def test_an_update_for_a_template_we_do_not_know_is_processed_and_logged()
     with structlog.testing.capture_logs() as lines:
         await processor.handle(event)
 
-    not_applied = [line for line in lines if line["event"] == "template_status_not_applied"]
-    assert len(not_applied) == 1
-    assert not_applied[0]["template_event"] == "APPROVED"
+    # The template is recorded with what the webhook says (its shape is learnt at the next sync).
+    [stored] = store.templates
+    assert (stored["name"], stored["status"], stored["shape_known"]) == (
+        "created_in_whatsapp_manager", "APPROVED", False)
     assert [line["outcome"] for line in lines if line["event"] == "webhook_processed"] == [
         "processed"]
     published = [e for topic, e in publisher.published if topic is TEMPLATE_STATUS_CHANGED]
