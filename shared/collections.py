@@ -24,6 +24,7 @@ a writer never races another writer on the same document. Readers may be anyone.
 | user_preferences | status | phone_number_id:wa_id:category | a user's marketing stop/resume |
 | number_states | status | phone number id | Meta's word on a number: tier, name, ban |
 | media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
+| dlq_replays | admin CLI | dlq topic:partition:offset | dead letters replayed; unique `source` |
 
 `messages` has one writer, status's state writer: it creates a message's document from the
 SendRequested that ingest published (ingest answers 202 once that event is durable) and applies
@@ -84,6 +85,7 @@ INBOUND_MESSAGES = "inbound_messages"
 USER_PREFERENCES = "user_preferences"
 NUMBER_STATES = "number_states"
 MEDIA = "media"
+DLQ_REPLAYS = "dlq_replays"
 
 INDEXES: dict[str, list[IndexModel]] = {
     API_KEYS: [IndexModel([("account_id", ASCENDING)])],
@@ -112,6 +114,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     USER_PREFERENCES: [IndexModel([("account_id", ASCENDING), ("wa_id", ASCENDING)])],
     MEDIA: [IndexModel([("account_id", ASCENDING)])],
+    # A record dead-lettered twice (read again after a stop) is replayed once.
+    DLQ_REPLAYS: [IndexModel([("source", ASCENDING)], unique=True),
+                  IndexModel([("dlq_topic", ASCENDING)])],
     LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
 }

@@ -18,7 +18,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from shared.errors import ServiceError
 from shared.logging import get_logger
-from shared.metrics import DEAD_LETTERS, DEPENDENCY_UP, HTTP_DURATION, HTTP_REQUESTS
+from shared.metrics import (
+    DEAD_LETTER_REASONS,
+    DEAD_LETTERS,
+    DEPENDENCY_UP,
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+)
 
 log = get_logger(__name__)
 
@@ -85,7 +91,8 @@ def add_ops_routes(app: web.Application, service: str,
     """/healthz, /readyz and /metrics. Readiness runs every dependency check concurrently; a
     background probe keeps `hala_dependency_up` current even when nobody calls /readyz."""
     # Series that exist from the start, so that alerts on increase() see the first event.
-    DEAD_LETTERS.labels(service=service)
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERS.labels(service=service, reason=reason)
 
     async def probe() -> dict[str, bool]:
         names = list(checks)

@@ -1,9 +1,27 @@
 """Kafka helpers: durable producers, manual-commit consumers, topic creation and the consumer loop.
 
 The loop follows arroyo's shape: decode -> handle -> commit offset + 1. The commit follows the
-effect. Permanent errors go to `<topic>.dlq` with the original bytes and headers, then commit;
-transient errors are retried in place with capped backoff and, when the budget runs out, the
-process exits without committing so that it is restarted and the record is seen again.
+effect. Every consumer of the platform (status's two workers here, the sender's own loop,
+billing's faust agent) keeps one rule, so that no record can stop it:
+
+- a record that can never succeed (PermanentError) goes to `<topic>.dlq` at once;
+- a record whose handling raises anything else that is not a TransientError (a bug, a shape
+  nobody foresaw) is tried `RetryPolicy.unexpected_attempts` times (default 3, short doubling
+  backoff), then goes to `<topic>.dlq`;
+- a dead letter carries the original key, value and headers, plus `error_type`,
+  `error_reason` (permanent | unexpected), `error_detail`, `error_traceback` (its last 8 KiB),
+  `source_topic`, `source_partition`, `source_offset`, `service`, `attempts` and
+  `dead_lettered_at` (ms); the offset is committed only once the broker acknowledged the dead
+  letter, and the partition moves on (`hala dlq replay` sends it back once fixed);
+- a TransientError (a dependency unavailable) is retried in place with capped backoff; when
+  the budget runs out the process exits without committing and is restarted: an outage is not
+  the record's fault, and nothing is skipped;
+- many dead letters in a row (`DeadLetterGuard`) look like a bad deploy: the consumer stops
+  instead of draining its topic into the DLQ.
+
+Exiting on a bug instead would re-read the same record after every restart: one bad record
+would become a dead pipeline. `hala_dead_letters_total{service, reason}` counts dead letters
+and the DeadLettersReceived alert fires on any.
 """
 
 from __future__ import annotations
@@ -18,12 +36,30 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from shared.errors import DependencyUnavailable, PermanentError, TransientError
+from shared.dead_letters import (
+    DLQ_HEADERS,
+    ERROR_DETAIL_LIMIT,
+    ERROR_TRACEBACK_LIMIT,
+    PERMANENT,
+    UNEXPECTED,
+    Failure,
+    dead_letter_headers,
+    failure_reason,
+)
+from shared.errors import (
+    DependencyUnavailable,
+    PermanentError,
+    ServiceError,
+    TransientError,
+)
 from shared.logging import get_logger
 from shared.messages import ALL_TOPICS, Topic
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, RECORDS_HANDLED
 
 log = get_logger(__name__)
+
+__all__ = ["DLQ_HEADERS", "ERROR_DETAIL_LIMIT", "ERROR_TRACEBACK_LIMIT", "PERMANENT",
+           "UNEXPECTED", "Failure", "dead_letter_headers", "failure_reason"]
 
 
 def topic_name(topic: Topic[Any] | str, prefix: str = "") -> str:
@@ -130,6 +166,11 @@ class RetryPolicy:
     max_delay: float = 10.0
     # How long a transient failure may last before the process gives up and is restarted.
     budget_seconds: float = 120.0
+    # A record whose handling raises neither a PermanentError nor a TransientError (a bug, a
+    # shape nobody foresaw) is tried this many times in all, `unexpected_first_delay` apart
+    # (doubling), and then goes to the dead-letter topic.
+    unexpected_attempts: int = 3
+    unexpected_first_delay: float = 0.1
 
 
 async def retry_transient(action: Callable[[], Awaitable[Any]], policy: RetryPolicy,
@@ -150,14 +191,42 @@ async def retry_transient(action: Callable[[], Awaitable[Any]], policy: RetryPol
             delay = min(delay * 2, policy.max_delay)
 
 
+# --- dead letters (their format is in shared/dead_letters.py) ------------------------
+
+def dlq_topic_of(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+async def send_to_dlq(producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes],
+                      error: BaseException, *, service: str, attempts: int = 1,
+                      now_ms: int | None = None) -> None:
+    """Write the record's original key, value and headers to `<topic>.dlq` with why and where
+    from, and return once the broker acknowledged it. A broker that fails is a transient
+    failure (DependencyUnavailable)."""
+    headers = dead_letter_headers(
+        record.headers, topic=record.topic, partition=record.partition, offset=record.offset,
+        failure=Failure(error, attempts), service=service,
+        now_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000)
+    try:
+        await producer.send_and_wait(dlq_topic_of(record.topic), value=record.value,
+                                     key=record.key, headers=headers)
+    except (KafkaError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"kafka unavailable: {type(exc).__name__}",
+                                    details={"dependency": "kafka"}) from exc
+
+
 class TooManyDeadLetters(RuntimeError):
     """Many dead letters in a row look like a bad deploy, not bad data: stop, don't drain."""
 
 
 class DeadLetterGuard:
+    """Counts dead letters in a row. Once the limit is reached it stays tripped: records being
+    handled concurrently then raise instead of writing more dead letters."""
+
     def __init__(self, limit_in_a_row: int = 50) -> None:
         self.limit = limit_in_a_row
         self.in_a_row = 0
+        self.tripped = False
 
     def record_success(self) -> None:
         self.in_a_row = 0
@@ -165,42 +234,89 @@ class DeadLetterGuard:
     def record_dead_letter(self) -> None:
         self.in_a_row += 1
         if self.in_a_row >= self.limit:
+            self.tripped = True
             raise TooManyDeadLetters(f"{self.in_a_row} dead letters in a row")
 
+    def check(self) -> None:
+        if self.tripped:
+            raise TooManyDeadLetters(f"stopped after {self.limit} dead letters in a row")
 
-async def send_to_dlq(producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes],
-                      error: BaseException) -> None:
-    headers = list(record.headers or ()) + [
-        ("error_type", type(error).__name__.encode()),
-        ("error_detail", str(error)[:1000].encode()),
-        ("source_topic", record.topic.encode()),
-        ("source_partition", str(record.partition).encode()),
-        ("source_offset", str(record.offset).encode()),
-    ]
-    await producer.send_and_wait(f"{record.topic}.dlq", value=record.value, key=record.key,
-                                 headers=headers)
+
+async def attempt_record(action: Callable[[], Awaitable[Any]], policy: RetryPolicy, what: str,
+                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+                         ) -> Failure | None:
+    """Handle one record to its end. None: it succeeded. A Failure: it goes to the DLQ — at
+    once for a PermanentError, after `policy.unexpected_attempts` tries for anything else.
+    TransientError is retried within the policy's budget and then propagates: a dependency
+    outage is not the record's fault, and the caller must not commit."""
+    delay = policy.unexpected_first_delay
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            await retry_transient(action, policy, what)
+            return None
+        except TransientError:
+            raise
+        except PermanentError as exc:
+            return Failure(exc, attempts)
+        except Exception as exc:
+            if attempts >= policy.unexpected_attempts:
+                return Failure(exc, attempts)
+            log.warning("unexpected_error_retrying", what=what, attempt=attempts,
+                        error=repr(exc), retry_in_s=round(delay, 3))
+            await sleep(delay)
+            delay = min(delay * 2, policy.max_delay)
+
+
+class DeadLetters:
+    """One consumer's dead letters: the write (retried while the broker is unavailable), the
+    metric, the log line, and the guard that stops a bad deploy."""
+
+    def __init__(self, producer: AIOKafkaProducer, service: str,
+                 guard: DeadLetterGuard | None = None,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
+        self._producer = producer
+        self.service = service
+        self.guard = guard or DeadLetterGuard()
+        self._retry = retry
+
+    def success(self) -> None:
+        self.guard.record_success()
+
+    async def send(self, record: ConsumerRecord[bytes, bytes], failure: Failure) -> None:
+        """Write the dead letter and return once it is durable; then raise TooManyDeadLetters
+        if it is one too many in a row (and, once that happened, without writing it)."""
+        self.guard.check()
+        await retry_transient(
+            lambda: send_to_dlq(self._producer, record, failure.error, service=self.service,
+                                attempts=failure.attempts), self._retry, "dead_letter")
+        reason = failure.reason
+        DEAD_LETTERS.labels(service=self.service, reason=reason).inc()
+        RECORDS_HANDLED.labels(service=self.service, outcome="dead_lettered").inc()
+        fields = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                  "reason": reason, "error_type": type(failure.error).__name__,
+                  "attempts": failure.attempts}
+        if isinstance(failure.error, ServiceError):
+            log.warning("record_dead_lettered", error_code=failure.error.code, **fields)
+        else:
+            log.error("record_dead_lettered", exc_info=failure.error, **fields)
+        self.guard.record_dead_letter()
 
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
-async def _handle_one(record: ConsumerRecord[bytes, bytes], producer: AIOKafkaProducer,
-                      handle: Handler, service: str, retry: RetryPolicy,
-                      guard: DeadLetterGuard) -> None:
-    """Handle one record to its end: its effect, or its dead letter. TransientError past the
-    retry budget and bugs propagate: the caller must not commit."""
-    try:
-        await retry_transient(lambda: handle(record), retry, what=record.topic)
-        guard.record_success()
-        outcome = "handled"
-    except PermanentError as exc:
-        await send_to_dlq(producer, record, exc)
-        log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
-                    offset=record.offset, error_code=exc.code)
-        outcome = "dead_lettered"
-        DEAD_LETTERS.labels(service=service).inc()
-        guard.record_dead_letter()
-    RECORDS_HANDLED.labels(service=service, outcome=outcome).inc()
+async def _handle_one(record: ConsumerRecord[bytes, bytes], handle: Handler,
+                      dead_letters: DeadLetters, retry: RetryPolicy) -> None:
+    """Handle one record to its end: its effect, or its dead letter. Only a TransientError
+    past the retry budget (or TooManyDeadLetters) propagates: the caller must not commit."""
+    failure = await attempt_record(lambda: handle(record), retry, what=record.topic)
+    if failure is None:
+        dead_letters.success()
+        RECORDS_HANDLED.labels(service=dead_letters.service, outcome="handled").inc()
+        return
+    await dead_letters.send(record, failure)
 
 
 COMMIT_INTERVAL_S = 0.5
@@ -215,9 +331,11 @@ async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaPro
                                commit_interval_s: float = COMMIT_INTERVAL_S) -> None:
     """Handle records, those with different keys concurrently, and commit what is finished.
 
-    `handle` raises PermanentError for a record that can never succeed (-> DLQ) and
-    TransientError for a dependency problem (-> retried; the process exits when the budget runs
-    out). Any other exception is a bug: it propagates, and the batch it hit is not committed.
+    A record is finished by its effect or by its dead letter (see the module's docstring):
+    `handle` raises PermanentError for a record that can never succeed (-> DLQ at once),
+    TransientError for a dependency problem (-> retried; past the budget it propagates and
+    the batch it hit is not committed), and anything else is retried a few times and then
+    dead-lettered with its traceback, so that the partition moves on.
 
     Records that share `key_of(record)` (e.g. one message's events) are handled one after the
     other in offset order, so whoever writes that key's documents is still their only writer.
@@ -226,7 +344,7 @@ async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaPro
     the broker a log write per batch, at low rates one per record. A stop, crash or rebalance
     before the commit means those records are read again (handlers are idempotent).
     """
-    guard = guard or DeadLetterGuard()
+    dead_letters = DeadLetters(producer, service, guard, retry)
     finished: dict[TopicPartition, int] = {}
     last_commit = float("-inf")
     try:
@@ -234,14 +352,14 @@ async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaPro
             batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
             records = [r for part in batches.values() for r in part]
             if records:
-                await _handle_batch(records, producer, handle, service, key_of, retry, guard)
+                await _handle_batch(records, handle, dead_letters, key_of, retry)
                 finished.update({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
             now = time.monotonic()
             if finished and (not records or now - last_commit >= commit_interval_s):
                 await _commit_finished(consumer, finished)
                 last_commit = now
     finally:
-        if finished:  # a stop (or a bug in a later batch) keeps what was finished before it
+        if finished:  # a stop (or a failure in a later batch) keeps what was finished before it
             try:
                 await asyncio.wait_for(_commit_finished(consumer, finished),
                                        timeout=FINAL_COMMIT_TIMEOUT_S)
@@ -249,19 +367,38 @@ async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaPro
                 log.warning("commit_failed", error="timed out at stop")
 
 
-async def _handle_batch(records: list[ConsumerRecord[bytes, bytes]], producer: AIOKafkaProducer,
-                        handle: Handler, service: str,
+async def _handle_batch(records: list[ConsumerRecord[bytes, bytes]], handle: Handler,
+                        dead_letters: DeadLetters,
                         key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
-                        retry: RetryPolicy, guard: DeadLetterGuard) -> None:
+                        retry: RetryPolicy) -> None:
     by_key: dict[object, list[ConsumerRecord[bytes, bytes]]] = {}
     for record in records:
-        by_key.setdefault(key_of(record), []).append(record)
+        by_key.setdefault(_safe_key(key_of, record), []).append(record)
 
     async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
         for record in group:
-            await _handle_one(record, producer, handle, service, retry, guard)
+            await _handle_one(record, handle, dead_letters, retry)
 
-    await asyncio.gather(*(in_order(group) for group in by_key.values()))
+    tasks = [asyncio.ensure_future(in_order(group)) for group in by_key.values()]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # The loop stops (an outage past its budget, a bad deploy, a stop): so do the other
+        # keys' records, before the caller's final commit.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _safe_key(key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
+              record: ConsumerRecord[bytes, bytes]) -> object:
+    """A key function that fails on an odd record must not stop the loop: such records share
+    the Kafka key's group (and meet their failure again in the handler)."""
+    try:
+        return key_of(record)
+    except Exception:
+        return ("kafka-key", record.key)
 
 
 async def _commit_finished(consumer: AIOKafkaConsumer,

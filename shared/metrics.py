@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.dead_letters import DEAD_LETTER_REASONS
+
 CONSUMER_LAG = Gauge(
     "hala_consumer_lag_records",
     "Records between the group's committed offset and the partition's end offset.",
@@ -18,11 +20,14 @@ RECORDS_HANDLED = Counter(
     "Kafka records a consumer finished with, by outcome.",
     ["service", "outcome"],
 )
-DEAD_LETTERS = Counter(
+DEAD_LETTERS = Counter(  # reason: one of DEAD_LETTER_REASONS
     "hala_dead_letters_total",
-    "Records sent to a dead-letter topic.",
-    ["service"],
+    "Records sent to a dead-letter topic, by reason: permanent (the record can never succeed) "
+    "or unexpected (its handling kept raising something else: a bug, a shape nobody foresaw).",
+    ["service", "reason"],
 )
+__all__ = ["CONSUMER_LAG", "DEAD_LETTERS", "DEAD_LETTER_REASONS", "DEPENDENCY_UP", "HTTP_DURATION",
+           "HTTP_REQUESTS", "RECORDS_HANDLED"]
 HTTP_REQUESTS = Counter(
     "hala_http_requests_total",
     "HTTP requests served, by route template and status class.",

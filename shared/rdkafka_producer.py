@@ -45,6 +45,11 @@ class RdKafkaProducer:
             "enable.idempotence": True,
             "linger.ms": linger_ms,
             "message.timeout.ms": delivery_timeout_ms,
+            # Java's (and aiokafka's) partitioner, not librdkafka's CRC32 default: one account's
+            # records from ingest must land on the same partition number as those the other
+            # services write with aiokafka (billing's single writer per account, the state
+            # writer's co-partitioned topics).
+            "partitioner": "murmur2_random",
         }
         self._producer: confluent_kafka.Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

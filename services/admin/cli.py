@@ -142,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = groups.add_parser("tokens", help="access token encryption").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
     command(tokens, "rotate", "re-encrypt every access token under the newest key")
+
+    dlq = groups.add_parser("dlq", help="dead letters").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    command(dlq, "list", "every dead-letter topic and how many records it holds")
+    show = command(dlq, "show", "dead letters with why they failed and their decoded value")
+    show.add_argument("topic", metavar="TOPIC",
+                      help="the .dlq topic, or its source topic (the prefix may be left out)")
+    show.add_argument("--limit", type=_positive_int, default=20)
+    show.add_argument("--offset", type=_non_negative_int, default=None,
+                      help="from this offset on (default: the oldest kept)")
+    show.add_argument("--partition", type=_non_negative_int, default=None)
+    show.add_argument("--traceback-lines", type=_non_negative_int,
+                      default=commands.core.TRACEBACK_LINES, metavar="N",
+                      help="the traceback's last N lines (--json prints all of it)")
+    replay = command(dlq, "replay", "write dead letters back to their source topic, once each")
+    replay.add_argument("topic", metavar="TOPIC")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--offset", type=_non_negative_int, default=None)
+    which.add_argument("--all", action="store_true", dest="replay_all")
+    replay.add_argument("--partition", type=_non_negative_int, default=None)
+    replay.add_argument("--dry-run", action="store_true",
+                        help="say what would be replayed, write nothing")
     return parser
 
 
@@ -250,7 +272,25 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
                 for t in await commands.list_templates(db, args.waba_id)]
     if action == ("tokens", "rotate"):
         return await commands.rotate_tokens(db, ctx.vault())
+    if args.group == "dlq":
+        return await _dlq(args, ctx)
     raise AssertionError(f"unhandled command {action}")
+
+
+async def _dlq(args: argparse.Namespace, ctx: Context) -> Any:
+    bootstrap, prefix = ctx.settings.kafka_bootstrap_servers, ctx.settings.topic_prefix
+    if args.command == "list":
+        return await commands.list_dead_letters(ctx.db, bootstrap, prefix)
+    if args.command == "show":
+        return await commands.show_dead_letters(
+            ctx.db, bootstrap, prefix, args.topic, offset=args.offset, limit=args.limit,
+            partition=args.partition,
+            traceback_lines=None if args.json else args.traceback_lines)
+    if args.command == "replay":
+        return await commands.replay_dead_letters(
+            ctx.db, await ctx.producer(), bootstrap, prefix, args.topic, offset=args.offset,
+            replay_all=args.replay_all, partition=args.partition, dry_run=args.dry_run)
+    raise AssertionError(f"unhandled command dlq {args.command}")
 
 
 def _default(value: Any) -> Any:

@@ -1,18 +1,23 @@
 """What each `hala` command does, as async functions over a database, a producer and a token vault
 passed in — so tests and deploy/local/seed_demo.py call them without a subprocess.
 
-The admin CLI is the only writer of accounts, api_keys, wabas, phone_numbers and (with status's
-webhooks) templates. Balances are billing's: credit is added by publishing TopUpRequested.
+The admin CLI is the only writer of accounts, api_keys, wabas, phone_numbers, dlq_replays and
+(with status's webhooks) templates. Balances are billing's: credit is added by publishing
+TopUpRequested.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from services.admin import core
 from services.admin.graph import TemplateSource
@@ -21,15 +26,16 @@ from shared.collections import (
     ACCOUNTS,
     API_KEYS,
     BALANCES,
+    DLQ_REPLAYS,
     LEDGER,
     PHONE_NUMBERS,
     TEMPLATES,
     WABAS,
     ensure_indexes,
 )
-from shared.errors import InvalidRequest, NotFound, PermanentError
+from shared.errors import DependencyUnavailable, InvalidRequest, NotFound, PermanentError
 from shared.ids import new_id
-from shared.kafka import publish
+from shared.kafka import make_consumer, publish
 from shared.messages import TOPUP_REQUESTED, TopUpRequested
 from shared.secrets import TokenVault
 from shared.secrets import new_key as new_fernet_key
@@ -40,7 +46,7 @@ _SYSTEM_CLOCK = SystemClock()
 
 async def prepare(db: Db) -> None:
     """Indexes of the collections the CLI writes (idempotent)."""
-    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES)
+    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS)
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -266,3 +272,170 @@ async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
                                            {"$set": {"access_token_encrypted": fresh}})
         rotated += 1
     return {"rotated": rotated}
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+async def dlq_topics(bootstrap_servers: str, prefix: str) -> list[str]:
+    """The platform's dead-letter topics (with the prefix) that exist on the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        return core.dlq_topic_names(prefix, await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def partitions_of(bootstrap_servers: str, topics: list[str]) -> dict[str, list[int]]:
+    """Each existing topic's partition numbers (a consumer without a group learns them only
+    for topics it was assigned)."""
+    if not topics:
+        return {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {d["topic"]: sorted(p["partition"] for p in d["partitions"])
+            for d in described if d["error_code"] == 0}
+
+
+async def list_dead_letters(db: Db, bootstrap_servers: str, prefix: str) -> list[dict[str, Any]]:
+    """Every dead-letter topic with how many records it holds and how many were replayed."""
+    topics = await dlq_topics(bootstrap_servers, prefix)
+    numbers = await partitions_of(bootstrap_servers, topics)
+    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    await consumer.start()
+    try:
+        listed = []
+        for topic in topics:
+            partitions = [TopicPartition(topic, p) for p in numbers.get(topic, [])]
+            begins = await consumer.beginning_offsets(partitions)
+            ends = await consumer.end_offsets(partitions)
+            listed.append({
+                "topic": topic, "source_topic": topic.removesuffix(".dlq"),
+                "records": sum(ends[tp] - begins[tp] for tp in partitions),
+                "replayed": await db[DLQ_REPLAYS].count_documents(
+                    {"dlq_topic": topic, "state": "replayed"}),
+            })
+        return listed
+    finally:
+        await consumer.stop()
+
+
+async def read_dead_letters(bootstrap_servers: str, topic: str, *, offset: int | None = None,
+                            limit: int | None = None, partition: int | None = None,
+                            timeout_s: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Records of `topic` from `offset` on (default: the oldest kept), at most `limit`, up to
+    the end the partitions had when called."""
+    numbers = (await partitions_of(bootstrap_servers, [topic])).get(topic, [])
+    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        if partition is not None:
+            if partition not in numbers:
+                raise NotFound(f"{topic} has no partition {partition}", code="unknown_partition")
+            numbers = [partition]
+        deadline = time.monotonic() + timeout_s
+        for number in numbers:
+            tp = TopicPartition(topic, number)
+            consumer.assign([tp])
+            begin = (await consumer.beginning_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            first = max(begin, offset or 0)
+            if first >= end:
+                continue
+            consumer.seek(tp, first)
+            while await consumer.position(tp) < end:
+                if limit is not None and len(records) >= limit:
+                    return records
+                if time.monotonic() > deadline:
+                    raise DependencyUnavailable(f"{topic}: read timed out",
+                                                details={"dependency": "kafka"})
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for record in batch.get(tp, []):
+                    if record.offset < end and (limit is None or len(records) < limit):
+                        records.append(record)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def show_dead_letters(db: Db, bootstrap_servers: str, prefix: str, topic: str, *,
+                            offset: int | None = None, limit: int = 20,
+                            partition: int | None = None,
+                            traceback_lines: int | None = core.TRACEBACK_LINES
+                            ) -> list[dict[str, Any]]:
+    name = core.resolve_dlq_topic(topic, prefix, await dlq_topics(bootstrap_servers, prefix))
+    records = await read_dead_letters(bootstrap_servers, name, offset=offset, limit=limit,
+                                      partition=partition)
+    ids = [core.position_id(r.topic, r.partition, r.offset) for r in records]
+    replays = {d["_id"]: d async for d in db[DLQ_REPLAYS].find({"_id": {"$in": ids}})}
+    return [core.describe_dead_letter(
+        r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, list(r.headers or ()),
+        replay=_replay_view(replays.get(i)), traceback_lines=traceback_lines)
+        for r, i in zip(records, ids, strict=True)]
+
+
+def _replay_view(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    return {k: doc.get(k) for k in ("state", "replayed_to", "started_at", "replayed_at")}
+
+
+async def replay_dead_letters(db: Db, producer: AIOKafkaProducer, bootstrap_servers: str,
+                              prefix: str, topic: str, *, offset: int | None = None,
+                              replay_all: bool = False, partition: int | None = None,
+                              dry_run: bool = False,
+                              clock: Clock = _SYSTEM_CLOCK) -> list[dict[str, Any]]:
+    """Write dead letters back to their source topic (same partition, original key, value and
+    headers plus `replayed_from`), each at most once: `dlq_replays` records every one, under
+    the dead letter's position and, unique too, the original record's."""
+    if (offset is None) == (not replay_all):
+        raise InvalidRequest("name one dead letter (--offset) or all of them (--all)",
+                             code="invalid_field")
+    name = core.resolve_dlq_topic(topic, prefix, await dlq_topics(bootstrap_servers, prefix))
+    records = await read_dead_letters(bootstrap_servers, name, offset=offset,
+                                      limit=1 if offset is not None else None,
+                                      partition=partition)
+    if offset is not None:
+        records = [r for r in records if r.offset == offset]
+        if not records:
+            raise NotFound(f"no dead letter at {name} offset {offset}",
+                           code="unknown_dead_letter")
+    results = []
+    for record in records:
+        plan = core.replay_plan(name, record.partition, record.offset,
+                                list(record.headers or ()))
+        result: dict[str, Any] = {"dead_letter": plan.id, "source": plan.source,
+                                  "topic": plan.topic}
+        earlier = await db[DLQ_REPLAYS].find_one({"$or": [{"_id": plan.id},
+                                                          {"source": plan.source}]})
+        if earlier is not None:
+            results.append({**result, "outcome": "already_replayed",
+                            "replayed": _replay_view(earlier)})
+            continue
+        if dry_run:
+            results.append({**result, "outcome": "would_replay"})
+            continue
+        try:  # the claim: a second replay of the same record, even concurrent, stops here
+            await db[DLQ_REPLAYS].insert_one({**core.replay_doc(plan, now_ms=clock.now_ms()),
+                                              "dlq_topic": name})
+        except DuplicateKeyError:
+            results.append({**result, "outcome": "already_replayed"})
+            continue
+        try:
+            written = await producer.send_and_wait(plan.topic, value=record.value,
+                                                   key=record.key, headers=plan.headers,
+                                                   partition=plan.partition)
+        except KafkaError:
+            await db[DLQ_REPLAYS].delete_one({"_id": plan.id})  # not written: may be retried
+            raise
+        replayed_to = core.position_id(plan.topic, written.partition, written.offset)
+        await db[DLQ_REPLAYS].update_one({"_id": plan.id}, {"$set": {
+            "state": "replayed", "replayed_to": replayed_to,
+            "replayed_at": core.from_ms(clock.now_ms())}})
+        results.append({**result, "outcome": "replayed", "replayed_to": replayed_to})
+    return results

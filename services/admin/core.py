@@ -1,17 +1,22 @@
-"""The admin CLI's decisions, pure: documents it writes, API key format, template shapes, and how
-an operator's identifier names an API key. No await, no clock, no I/O: times and random values
-are passed in."""
+"""The admin CLI's decisions, pure: documents it writes, API key format, template shapes, how
+an operator's identifier names an API key, and how dead letters are shown and replayed. No
+await, no clock, no I/O: times and random values are passed in."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from shared.dead_letters import DLQ_HEADERS, REPLAYED_FROM
 from shared.errors import InvalidRequest, NotFound, PermanentError
+from shared.messages import ALL_TOPICS
 from shared.phone import parse_e164
 
 API_KEY_PREFIX = "hw_live_"
@@ -241,3 +246,132 @@ def example_components(template: dict[str, Any]) -> list[dict[str, Any]]:
         components.append({"type": "button", "sub_type": "url", "index": str(button["index"]),
                            "parameters": [{"type": "text", "text": "demo"}] * button["count"]})
     return components
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+TRACEBACK_LINES = 8
+
+
+def dlq_topic_names(prefix: str, existing: Iterable[str]) -> list[str]:
+    """The platform's dead-letter topics (with the prefix) that exist, sorted."""
+    known = {prefix + topic.dlq for topic in ALL_TOPICS}
+    return sorted(known.intersection(existing))
+
+
+def resolve_dlq_topic(name: str, prefix: str, known: Iterable[str]) -> str:
+    """The dead-letter topic an operator named: in full, without the prefix, or by its source
+    topic (`messages.status-changed.v1` names `messages.status-changed.v1.dlq`)."""
+    wanted = name.strip()
+    if not wanted.endswith(".dlq"):
+        wanted += ".dlq"
+    candidates = [wanted] if wanted.startswith(prefix) and prefix else [prefix + wanted, wanted]
+    names = set(known)
+    for candidate in candidates:
+        if candidate in names:
+            return candidate
+    raise NotFound(f"no dead-letter topic {name}", code="unknown_dlq_topic",
+                   details={"known": sorted(names)})
+
+
+def position_id(topic: str, partition: int, offset: int) -> str:
+    """`topic:partition:offset`, how a record's position is written everywhere here."""
+    return f"{topic}:{partition}:{offset}"
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", errors="replace")
+
+
+def decoded_value(value: bytes | None) -> Any:
+    """A record's value for people: its JSON, else its text, else base64."""
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode()}
+
+
+def describe_dead_letter(topic: str, partition: int, offset: int, timestamp_ms: int | None,
+                         key: bytes | None, value: bytes | None,
+                         headers: Sequence[tuple[str, bytes]], *,
+                         replay: dict[str, Any] | None = None,
+                         traceback_lines: int | None = TRACEBACK_LINES) -> dict[str, Any]:
+    """One dead letter as `hala dlq show` prints it. `traceback_lines`: how many of the
+    traceback's last lines (its end names the failure); None: all of it."""
+    ours = {k: _text(v) for k, v in headers if k in DLQ_HEADERS}
+    others = {k: _text(v) for k, v in headers if k not in DLQ_HEADERS}
+    trace = ours.get("error_traceback") or ""
+    lines = trace.rstrip("\n").splitlines()
+    shown = lines if traceback_lines is None else lines[-traceback_lines:]
+    return {
+        "dead_letter": position_id(topic, partition, offset),
+        "dead_lettered_at": _ms_text(ours.get("dead_lettered_at")),
+        "written_at": None if timestamp_ms is None else from_ms(timestamp_ms),
+        "service": ours.get("service"),
+        "source": (position_id(ours["source_topic"], int(ours["source_partition"]),
+                               int(ours["source_offset"]))
+                   if _has_source(ours) else None),
+        "error": {"type": ours.get("error_type"), "reason": ours.get("error_reason"),
+                  "detail": ours.get("error_detail"),
+                  "attempts": int(ours["attempts"]) if (ours.get("attempts") or "").isdigit()
+                  else None,
+                  "traceback": shown},
+        "key": _text(key),
+        "headers": others,
+        "value": decoded_value(value),
+        "replayed": replay,
+    }
+
+
+def _has_source(ours: dict[str, str | None]) -> bool:
+    return (bool(ours.get("source_topic"))
+            and (ours.get("source_partition") or "").isdigit()
+            and (ours.get("source_offset") or "").isdigit())
+
+
+def _ms_text(value: str | None) -> datetime | None:
+    return from_ms(int(value)) if value and value.isdigit() else None
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """Where a dead letter goes back to, and with which headers."""
+
+    id: str  # the dead letter's position: the `dlq_replays` _id
+    source: str  # the original record's position (unique in `dlq_replays`)
+    topic: str
+    partition: int | None
+    headers: list[tuple[str, bytes]]
+
+
+def replay_plan(dlq_topic: str, partition: int, offset: int,
+                headers: Sequence[tuple[str, bytes]]) -> ReplayPlan:
+    """Back to the topic the dead letter came from (its name without `.dlq`), to the same
+    partition as the original (what keeps its key's records in one consumer's hands), with the
+    original headers only, plus `replayed_from` naming the dead letter."""
+    topic = dlq_topic.removesuffix(".dlq")
+    values = {k: _text(v) for k, v in headers}
+    named = values.get("source_topic")
+    if named is not None and named != topic:
+        raise InvalidRequest(f"the dead letter names {named} as its source, not {topic}",
+                             code="dlq_source_mismatch")
+    source_partition = values.get("source_partition") or ""
+    target = int(source_partition) if source_partition.isdigit() else None
+    dead_letter = position_id(dlq_topic, partition, offset)
+    source = (position_id(topic, target, int(values["source_offset"] or ""))
+              if target is not None and (values.get("source_offset") or "").isdigit()
+              else f"unknown:{dead_letter}")
+    kept = [(k, v) for k, v in headers if k not in DLQ_HEADERS and k != REPLAYED_FROM]
+    return ReplayPlan(id=dead_letter, source=source, topic=topic, partition=target,
+                      headers=[*kept, (REPLAYED_FROM, dead_letter.encode())])
+
+
+def replay_doc(plan: ReplayPlan, *, now_ms: int) -> dict[str, Any]:
+    return {"_id": plan.id, "source": plan.source, "topic": plan.topic, "state": "replaying",
+            "started_at": from_ms(now_ms)}

@@ -3,8 +3,9 @@
 faust is used with its traps designed around:
 - it acks an event even when the agent raises, and when a cancelled agent's stream is closed:
   the agent reads a `noack()` stream and acks each event itself, only once the event is
-  finished (written, published, or dead-lettered), and its body never lets an exception escape
-  (see worker.py);
+  finished (written, published, or dead-lettered), and its body never lets an exception escape:
+  a bug on one record is retried a few times, then that record goes to the DLQ and the
+  partition moves on (see worker.py);
 - batches without linger: the agent only moves events into a bounded queue; one task takes
   whatever the queue holds (at least one event, at most `batch_max_records`), applies it as a
   batch and then acks its events in the order they were read, so faust's commit (up to the
@@ -209,12 +210,22 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
 
 async def _apply_batches(worker: BillingWorker, stream: faust.StreamT[bytes],
                          pending: asyncio.Queue[EventT], batch_max: int) -> None:
-    """Apply what is buffered, as soon as there is anything, then ack it in the order read."""
+    """Apply what is buffered, as soon as there is anything, then ack it in the order read.
+    Each record ends applied or dead-lettered (worker.py) before it is acked."""
     while True:
         batch = [await pending.get()]
         while len(batch) < batch_max and not pending.empty():
             batch.append(pending.get_nowait())
-        await worker.handle_batch([_record(event) for event in batch])  # never raises
+        records = [_record(event) for event in batch]
+        try:
+            await worker.handle_batch(records)  # never raises
+        except Exception as exc:
+            # A bug outside the worker's guarded paths: apply them again one at a time
+            # (idempotent by offset), each to its effect or its dead letter.
+            log.error("billing_batch_failed", records=len(records), exc_info=exc)
+            worker.forget_balances()
+            for record in records:
+                await worker.handle(record)
         for event in batch:
             await stream.ack(event)
 

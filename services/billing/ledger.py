@@ -73,6 +73,13 @@ class Ledger:
                 raise
             return {entries[e["index"]].key for e in errors}
 
+    async def remove(self, key: str) -> None:
+        """Delete an entry that no balance has applied: the one use is a record given up after
+        a bug between its entry and its balance (worker.py), which must leave no money
+        half-moved. Entries are otherwise never changed."""
+        with translated():
+            await self._entries.delete_one({"_id": key})
+
     async def amounts(self, chunk: int = 500) -> AsyncIterator[EntryAmounts]:
         """Every entry, with only what the reconciler sums, read in chunks of `chunk`."""
         with translated():

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from shared.errors import DependencyUnavailable
-from shared.kafka import publish, publish_all, send_to_dlq
+from shared.kafka import Failure, publish, publish_all, send_to_dlq
 from shared.messages import Topic
 
 
@@ -57,10 +57,11 @@ class KafkaPublisher:
         except (KafkaError, OSError) as exc:
             raise _unavailable(exc) from exc
 
-    async def dead_letter(self, record: Record, error: BaseException) -> None:
+    async def dead_letter(self, record: Record, failure: Failure) -> None:
         """Copy the original bytes and headers to `<topic>.dlq`, with why and where from."""
         try:
-            await send_to_dlq(self._producer, record.as_consumer_record(), error)
+            await send_to_dlq(self._producer, record.as_consumer_record(), failure.error,
+                              service="billing", attempts=failure.attempts)
         except (KafkaError, OSError) as exc:
             raise _unavailable(exc) from exc
 

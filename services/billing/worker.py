@@ -32,17 +32,27 @@ the whole batch through the one-record path (`handle`), which converges from wha
 had written.
 
 `handle` never raises (cancellation aside): faust acks an event even when its agent raises,
-so an escaping exception would skip the record. Transient failures are retried in place with
-capped backoff until they succeed; permanent ones go to `<topic>.dlq`; anything else is a bug
-and is retried in place too, loudly, so that the record is never skipped.
+so an escaping exception would skip the record. The rule of every consumer (shared/kafka.py):
+transient failures are retried in place with capped backoff until they succeed; permanent ones
+go to `<topic>.dlq` at once; anything else (a bug, a shape nobody foresaw) is retried
+`unexpected_attempts` times and then goes to `<topic>.dlq` with its traceback, so that the
+partition moves on. Many dead letters in a row (`dead_letter_limit`) look like a bad deploy: the
+record is then held and retried in place (the partition stops; nothing drains to the DLQ).
+
+A record given up after a bug must leave no money half-moved: if its own ledger entry was
+written and its balance never applied it (the bug struck between the two writes), that entry
+is removed before the dead letter is written — as if the record had never been read — so the
+ledger and the balances still agree, and replaying the dead letter later applies it normally.
+(Outputs a batch published before such a failure stay published: downstream dedupes by id.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,8 +72,8 @@ from services.billing.core import (
 )
 from services.billing.publisher import Record
 from shared.clock import Clock
-from shared.errors import InvalidRequest, PermanentError, TransientError
-from shared.kafka import topic_name
+from shared.errors import InvalidRequest, PermanentError, ServiceError, TransientError
+from shared.kafka import UNEXPECTED, Failure, topic_name
 from shared.logging import get_logger
 from shared.messages import (
     LOW_BALANCE_ALERTED,
@@ -95,13 +105,15 @@ class LedgerStore(Protocol):
 
     async def add_all(self, entries: Sequence[LedgerEntry]) -> set[str]: ...
 
+    async def remove(self, key: str) -> None: ...
+
 
 class Publisher(Protocol):
     async def publish(self, topic: Topic[Any], event: Any) -> None: ...
 
     async def publish_all(self, events: Sequence[tuple[Topic[Any], Any]]) -> None: ...
 
-    async def dead_letter(self, record: Record, error: BaseException) -> None: ...
+    async def dead_letter(self, record: Record, failure: Failure) -> None: ...
 
 
 class BillingWorker:
@@ -109,6 +121,7 @@ class BillingWorker:
                  rate_card: RateCard, clock: Clock, topic_prefix: str,
                  low_balance_threshold: int, retry_first_delay_s: float = 0.2,
                  retry_max_delay_s: float = 10.0, dead_letter_limit: int = 50,
+                 unexpected_attempts: int = 3,
                  reservation_cache_size: int = 10_000, balance_cache_size: int = 10_000,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._balances = balances
@@ -120,6 +133,7 @@ class BillingWorker:
         self._first_delay = retry_first_delay_s
         self._max_delay = retry_max_delay_s
         self._dead_letter_limit = dead_letter_limit
+        self._unexpected_attempts = unexpected_attempts
         self._dead_letters_in_a_row = 0
         self._sleep = sleep
         self._topics = {topic_name(t, topic_prefix): t for t in INPUT_TOPICS}
@@ -180,13 +194,15 @@ class BillingWorker:
         outcomes = []
         for item in applied:
             record, event, outcome = item.record, item.event, item.outcome
-            metrics.EVENTS.labels(topic=item.topic.name, outcome=outcome).inc()
-            metrics.EVENT_DURATION.observe(elapsed)
-            log.info("billing_event_handled", topic=item.topic.name,
-                     partition=record.partition, offset=record.offset,
-                     event_id=event.event_id, account_id=event.account_id, outcome=outcome,
-                     duration_ms=round(elapsed * 1000, 2), batch=len(records))
             outcomes.append(outcome)
+            with _never_raises("billing_event_report_failed"):
+                metrics.EVENTS.labels(topic=item.topic.name, outcome=outcome).inc()
+                metrics.EVENT_DURATION.observe(elapsed)
+                log.info("billing_event_handled", topic=item.topic.name,
+                         partition=record.partition, offset=record.offset,
+                         event_id=event.event_id, account_id=event.account_id,
+                         outcome=outcome, duration_ms=round(elapsed * 1000, 2),
+                         batch=len(records))
         return outcomes
 
     async def _apply_batch(self, records: Sequence[Record]) -> list[_Applied]:
@@ -292,40 +308,90 @@ class BillingWorker:
         outcome, event = await self._finish(record, topic)
         elapsed = time.perf_counter() - started
         topic_label = topic.name if topic else "unknown"
-        metrics.EVENTS.labels(topic=topic_label, outcome=outcome).inc()
-        metrics.EVENT_DURATION.observe(elapsed)
-        log.info("billing_event_handled", topic=topic_label, partition=record.partition,
-                 offset=record.offset, event_id=event.event_id if event else None,
-                 account_id=event.account_id if event else None, outcome=outcome,
-                 duration_ms=round(elapsed * 1000, 2))
+        with _never_raises("billing_event_report_failed"):
+            metrics.EVENTS.labels(topic=topic_label, outcome=outcome).inc()
+            metrics.EVENT_DURATION.observe(elapsed)
+            log.info("billing_event_handled", topic=topic_label, partition=record.partition,
+                     offset=record.offset, event_id=getattr(event, "event_id", None),
+                     account_id=getattr(event, "account_id", None), outcome=outcome,
+                     duration_ms=round(elapsed * 1000, 2))
         return outcome
 
     async def _finish(self, record: Record, topic: Topic[Any] | None
                       ) -> tuple[str, InputEvent | None]:
+        """Apply the record, or dead-letter it (never skip it silently): see the module's
+        docstring for the rule."""
         delay = self._first_delay
         event: InputEvent | None = None
+        unexpected = 0
+        position = Position(record.topic, record.partition, record.offset)
         while True:
+            failure: Failure | None = None
             try:
                 event = _decode(record, topic)
-                decision = await self._apply(event, Position(record.topic, record.partition,
-                                                             record.offset))
+                decision = await self._apply(event, position)
                 self._dead_letters_in_a_row = 0
                 return decision.outcome, event
             except PermanentError as exc:
-                if self._dead_letters_in_a_row < self._dead_letter_limit:
-                    return await self._dead_letter(record, exc), event
-                # Many in a row look like a bad deploy, not bad data: stop, don't drain.
-                log.error("dead_letter_limit_reached", topic=record.topic,
-                          partition=record.partition, offset=record.offset,
-                          error_code=exc.code, retry_in_s=round(delay, 2))
+                failure = Failure(exc, unexpected + 1)
             except TransientError as exc:
                 log.warning("transient_error_retrying", topic=record.topic,
                             partition=record.partition, offset=record.offset,
                             error_code=exc.code, error=exc.message, retry_in_s=round(delay, 2))
-            except Exception as exc:  # a bug: fail loudly, but never skip the record
-                log.exception("unexpected_error_retrying", topic=record.topic,
-                              partition=record.partition, offset=record.offset,
-                              error=repr(exc), retry_in_s=round(delay, 2))
+            except Exception as exc:  # a bug, or a shape nobody foresaw
+                unexpected += 1
+                self.forget_balances()  # what it left is read again from the database
+                if unexpected >= self._unexpected_attempts:
+                    failure = Failure(exc, unexpected)
+                else:
+                    log.warning("unexpected_error_retrying", topic=record.topic,
+                                partition=record.partition, offset=record.offset,
+                                attempt=unexpected, error=repr(exc),
+                                retry_in_s=round(delay, 2))
+            if failure is not None:
+                if self._dead_letters_in_a_row < self._dead_letter_limit:
+                    if failure.reason == UNEXPECTED:
+                        await self._undo_unapplied(event, position)
+                    return await self._dead_letter(record, failure), event
+                # Many in a row look like a bad deploy, not bad data: stop, don't drain.
+                log.error("dead_letter_limit_reached", topic=record.topic,
+                          partition=record.partition, offset=record.offset,
+                          error=repr(failure.error), retry_in_s=round(delay, 2))
+            await self._sleep(delay)
+            delay = min(delay * 2, self._max_delay)
+
+    async def _undo_unapplied(self, event: InputEvent | None, position: Position) -> None:
+        """Before a record is given up after a bug: remove the ledger entry it wrote itself if
+        its balance never applied it, so that no money is half-moved (see the module's
+        docstring). Dependency failures are retried like any; a further bug is logged (the
+        reconciler's drift check then shows what is left)."""
+        if event is None or _settles_nothing(event):
+            return
+        delay = self._first_delay
+        while True:
+            try:
+                key = entry_key(event)
+                entry = await self._ledger.get(key)
+                if entry is None or (entry.source, entry.source_offset) != (
+                        position.source, position.offset):
+                    return
+                balance = await self._balances.get(event.account_id)
+                if balance is not None and balance.has_applied(position.source,
+                                                               position.offset):
+                    return
+                await self._ledger.remove(key)
+                self._reservations.pop(key, None)
+                self.forget_balances()
+                log.warning("unapplied_entry_removed", entry=key, source=position.source,
+                            offset=position.offset)
+                return
+            except TransientError as exc:
+                log.warning("transient_error_retrying", what="undo_unapplied",
+                            error_code=exc.code, error=exc.message, retry_in_s=round(delay, 2))
+            except Exception as exc:
+                log.error("unapplied_entry_check_failed", source=position.source,
+                          offset=position.offset, exc_info=exc)
+                return
             await self._sleep(delay)
             delay = min(delay * 2, self._max_delay)
 
@@ -362,23 +428,49 @@ class BillingWorker:
             await self._publisher.publish(output.topic, output.event)
         return decision
 
-    async def _dead_letter(self, record: Record, error: PermanentError) -> str:
+    async def _dead_letter(self, record: Record, failure: Failure) -> str:
+        """Write the dead letter and return once it is durable (then the record may be acked).
+        A write that fails is retried, whatever the failure: the record is never skipped
+        without its dead letter."""
         delay = self._first_delay
         while True:
             try:
-                await self._publisher.dead_letter(record, error)
+                await self._publisher.dead_letter(record, failure)
                 break
             except TransientError as exc:
                 log.warning("transient_error_retrying", topic=record.topic,
                             partition=record.partition, offset=record.offset,
                             error_code=exc.code, error=exc.message, retry_in_s=round(delay, 2))
+            except Exception as exc:
+                log.error("dead_letter_failed_retrying", topic=record.topic,
+                          partition=record.partition, offset=record.offset,
+                          retry_in_s=round(delay, 2), exc_info=exc)
             await self._sleep(delay)
             delay = min(delay * 2, self._max_delay)
         self._dead_letters_in_a_row += 1
-        DEAD_LETTERS.labels(service=SERVICE).inc()
-        log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
-                    offset=record.offset, error_code=error.code, error=error.message)
+        error = failure.error
+        with _never_raises("billing_event_report_failed"):
+            DEAD_LETTERS.labels(service=SERVICE, reason=failure.reason).inc()
+            fields = {"topic": record.topic, "partition": record.partition,
+                      "offset": record.offset, "reason": failure.reason,
+                      "attempts": failure.attempts, "error_type": type(error).__name__}
+            if isinstance(error, ServiceError):
+                log.warning("record_dead_lettered", error_code=error.code, error=error.message,
+                            **fields)
+            else:
+                log.error("record_dead_lettered", exc_info=error, **fields)
         return "dead_lettered"
+
+
+@contextlib.contextmanager
+def _never_raises(what: str) -> Iterator[None]:
+    """For reporting (metrics, logs) after an effect: a failure there is logged, never
+    raised — the record is finished, and faust would skip one whose agent raises."""
+    try:
+        yield
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            log.error(what, error=repr(exc))
 
 
 async def _all(*steps: Awaitable[Any]) -> list[Any]:

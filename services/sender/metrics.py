@@ -70,3 +70,9 @@ INBOUND_COUNTED = Counter(
     "Inbound messages to numbers this instance paces, each taking a token from the number's "
     "buckets (Meta counts them against the same throughput).",
 )
+UNEXPECTED_ERRORS = Counter(
+    "sender_unexpected_errors_total",
+    "Bugs met and survived, by kind: a message's handling (retried, then dead-lettered), a "
+    "lane's dispatcher (restarted) or a followed topic's record (skipped).",
+    ["kind"],  # delivery|dispatcher|follower
+)

@@ -11,6 +11,13 @@ Two parts:
 A message's path: admit (pair token reserved, queued by its time) -> dispatcher pops it when its
 recipient and the tier allow -> send task: insert the `sending` record -> number token (reserved
 in the order the sends get there) -> POST -> record and publish the outcome -> `done`.
+
+No record can stop the sender (shared/kafka.py has the rule): a bug while handling one message is
+retried a few times — a retry after its `sending` record exists goes through the never-twice path
+(`start_send` finds the record, its outcome or `unknown` is published, Meta is not called again)
+— and then its record is dead-lettered and counted as finished, so the offsets move on. A lane's
+dispatcher that crashes is restarted; the followers skip what they cannot apply. A dependency
+unavailable past its retry budget still stops the worker without committing (it is restarted).
 """
 
 from __future__ import annotations
@@ -66,16 +73,16 @@ from services.sender.repository import (
 )
 from services.sender.settings import SenderSettings
 from shared.clock import Clock
-from shared.errors import DependencyUnavailable
+from shared.errors import InvalidRequest, TransientError
 from shared.group_commit import GroupCommit
 from shared.kafka import (
-    DeadLetterGuard,
+    DeadLetters,
+    Failure,
     RetryPolicy,
     make_consumer,
     publish_all,
     report_lag_forever,
     retry_transient,
-    send_to_dlq,
     topic_name,
 )
 from shared.logging import get_logger
@@ -93,7 +100,7 @@ from shared.messages import (
     Topic,
     WabaStatusChanged,
 )
-from shared.metrics import DEAD_LETTERS, RECORDS_HANDLED
+from shared.metrics import RECORDS_HANDLED
 from shared.secrets import TokenVault
 
 log = get_logger(__name__)
@@ -168,6 +175,9 @@ class MetaSender(Protocol):
 
 Publish = Callable[[StatusChanged], Awaitable[None]]
 Done = Callable[[], None]
+# Dead-letter the records behind a message's `done` callbacks and mark them finished (the worker's
+# side of a message given up after repeated bugs).
+DeadLetterHook = Callable[[list[Done], Failure], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,12 @@ class EngineConfig:
     revoke_grace_seconds: float = 15.0
     limits: RetryLimits = field(default_factory=RetryLimits)
     dependency_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # A message whose handling raises something unexpected (a bug) is tried this many times in
+    # all, `unexpected_first_delay` apart (doubling), then its record is dead-lettered.
+    unexpected_attempts: int = 3
+    unexpected_first_delay: float = 0.1
+    # A lane's dispatcher that crashes is restarted after a backoff that doubles up to this.
+    dispatcher_restart_max_delay: float = 5.0
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -199,6 +215,7 @@ class Delivery:
     transient_failures: int = 0
     pair_throttles: int = 0
     started: bool = False  # our `sending` record exists
+    unexpected_errors: int = 0  # bugs met while handling it (see SendEngine._guarded)
     aborted: bool = False  # its partition was revoked: it must not be sent by us any more
     tier_portfolio: str | None = None  # a tier place taken at dispatch, still to be persisted
     settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -206,6 +223,10 @@ class Delivery:
     @property
     def message_id(self) -> str:
         return self.event.message_id
+
+    @property
+    def phone_number_id(self) -> str:
+        return self.event.phone_number_id
 
 
 class Lane:
@@ -241,8 +262,10 @@ class _PortfolioTier:
 class SendEngine:
     def __init__(self, *, clock: Clock, timer: Timer, store: SendsStore,
                  phone_numbers: PhoneNumbers, meta: MetaSender, publish: Publish,
-                 config: EngineConfig | None = None) -> None:
+                 config: EngineConfig | None = None,
+                 dead_letter: DeadLetterHook | None = None) -> None:
         self._clock = clock
+        self._dead_letter = dead_letter
         self._timer = timer
         self._store = store
         self._phone_numbers = phone_numbers
@@ -257,6 +280,9 @@ class SendEngine:
         # Meta's bucket as inbound messages alone left it, for numbers without a lane yet.
         self._inbound_before_lane: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Messages waiting to retry after a bug: in no queue and no lane, but a revocation of
+        # their partition must still reach them.
+        self._recovering: set[Delivery] = set()
         self._unanswered = 0  # taken off a queue, no answer from Meta yet (capped)
         self._finishing = 0  # answered, outcome being recorded and published
         self._queued = 0
@@ -276,6 +302,11 @@ class SendEngine:
     def lane_state(self, phone_number_id: str) -> Lane | None:
         return self._lanes.get(phone_number_id)
 
+    def set_dead_letter(self, hook: DeadLetterHook) -> None:
+        """Where messages given up after repeated bugs go (without one, such a bug stops the
+        engine, as a dependency outage does)."""
+        self._dead_letter = hook
+
     def oldest_waiting_age(self) -> float:
         """Seconds since the oldest unfinished message was taken in (admission order is the
         dict's order, so the first entry is the oldest)."""
@@ -294,10 +325,9 @@ class SendEngine:
         outcome is then published again). A database read per message would cost as much as
         everything else the sender writes."""
         phone_ids = sorted({e.phone_number_id for e, *_ in items})
-        found = await asyncio.gather(
-            *(self._retry(partial(self._phone_numbers.get, pid), "phone_number")
-              for pid in phone_ids))
-        phones: dict[str, PhoneNumber | None] = dict(zip(phone_ids, found, strict=True))
+        found = await asyncio.gather(*(self._look_up(pid) for pid in phone_ids))
+        phones: dict[str, PhoneNumber | BaseException | None] = dict(
+            zip(phone_ids, found, strict=True))
 
         now, now_ms = self._clock.monotonic(), self._clock.now_ms()
         for event, partition, taken_over_at, done in items:
@@ -306,20 +336,61 @@ class SendEngine:
                 admitted.done.append(done)
                 continue
             delivery = Delivery(event, partition, [done], now)
-            if is_expired(event.expires_at, now_ms):
-                self._spawn(self._finish_unsent(delivery, "expired", reason="validity_expired"))
-                continue
-            phone = phones.get(event.phone_number_id)
-            if phone is None:
-                self._spawn(self._finish_unsent(delivery, "failed",
-                                                reason="phone_number_not_configured"))
-                continue
-            lane = self._lane(phone, partition, taken_over_at, now)
-            ready_at = lane.pacer.reserve_pair(event.recipient, now)
-            if ready_at > now:
-                metrics.PAIR_RATE_PARKED.inc()
-            self._pending[event.message_id] = delivery
-            self._enqueue(lane, delivery, ready_at)
+            try:
+                phone = phones.get(event.phone_number_id)
+                if isinstance(phone, BaseException):
+                    raise phone
+                self._admit(delivery, phone, taken_over_at, now, now_ms)
+            except Exception as exc:  # a bug with this message: the others go on
+                self._forget(delivery)
+                readmit = partial(self._readmit, delivery, taken_over_at)
+                self._spawn(self._guarded(delivery, readmit, failed_with=exc))
+
+    async def _look_up(self, phone_number_id: str) -> PhoneNumber | BaseException | None:
+        """The number, or the unexpected error looking it up raised (it fails only the
+        messages of that number). A dependency down past its budget propagates."""
+        try:
+            return await self._retry(partial(self._phone_numbers.get, phone_number_id),  # type: ignore[no-any-return]
+                                     "phone_number")
+        except TransientError:
+            raise
+        except Exception as exc:
+            return exc
+
+    def _admit(self, delivery: Delivery, phone: PhoneNumber | None, taken_over_at: float,
+               now: float, now_ms: int) -> None:
+        event = delivery.event
+        if is_expired(event.expires_at, now_ms):
+            self._finish_unsent_soon(delivery, "expired", reason="validity_expired")
+            return
+        if phone is None:
+            self._finish_unsent_soon(delivery, "failed", reason="phone_number_not_configured")
+            return
+        lane = self._lane(phone, delivery.partition, taken_over_at, now)
+        ready_at = lane.pacer.reserve_pair(event.recipient, now)
+        if ready_at > now:
+            metrics.PAIR_RATE_PARKED.inc()
+        self._pending[event.message_id] = delivery
+        self._enqueue(lane, delivery, ready_at)
+
+    async def _readmit(self, delivery: Delivery, taken_over_at: float) -> None:
+        """Admit again a message whose admission met a bug."""
+        phone = await self._retry(partial(self._phone_numbers.get, delivery.phone_number_id),
+                                  "phone_number")
+        try:
+            self._admit(delivery, phone, taken_over_at, self._clock.monotonic(),
+                        self._clock.now_ms())
+        except BaseException:
+            self._forget(delivery)
+            raise
+
+    def _forget(self, delivery: Delivery) -> None:
+        if self._pending.get(delivery.message_id) is delivery:
+            del self._pending[delivery.message_id]
+
+    def _finish_unsent_soon(self, delivery: Delivery, status: str, *, reason: str) -> None:
+        run = partial(self._finish_unsent, delivery, status, reason=reason)
+        self._spawn(self._guarded(delivery, run))
 
     def apply_throughput(self, event: ThroughputChanged) -> None:
         """A number's throughput (or messaging limit) changed: the latest event wins."""
@@ -396,7 +467,7 @@ class SendEngine:
             seen = self._inbound_before_lane.pop(phone.id, None)
             if seen is not None:
                 lane.pacer.start_below(seen.level(now), now)
-            lane.task = self._spawn(self._dispatch(lane), track=False)
+            lane.task = self._spawn(self._run_dispatcher(lane), track=False)
         elif lane.needs_takeover:
             lane.pacer.take_over(now, origin=taken_over_at)
             lane.needs_takeover = False
@@ -426,6 +497,9 @@ class SendEngine:
             if lane.partition in partitions:
                 lane.needs_takeover = True
             lane.wake.set()
+        for delivery in self._recovering:
+            if delivery.partition in partitions:
+                delivery.aborted = True  # dropped when its retry comes (see _guarded)
         metrics.MESSAGES_QUEUED.set(self._queued)
         if waiting:
             _, pending = await asyncio.wait(
@@ -451,6 +525,26 @@ class SendEngine:
 
     # -- dispatching -----------------------------------------------------------------------------
 
+    async def _run_dispatcher(self, lane: Lane) -> None:
+        """The lane's dispatcher, restarted after a crash (a bug must not stop a number for
+        good: its queue is intact, and a message it had taken is handled by `_guarded`)."""
+        delay = self._config.unexpected_first_delay
+        while True:
+            started = self._clock.monotonic()
+            try:
+                await self._dispatch(lane)
+            except TransientError:
+                raise  # a dependency down past its budget: the worker stops (see _task_done)
+            except Exception as exc:
+                if self._clock.monotonic() - started > 60.0:
+                    delay = self._config.unexpected_first_delay  # it ran well for a while
+                metrics.UNEXPECTED_ERRORS.labels("dispatcher").inc()
+                log.error("dispatcher_crashed_restarting", phone_number_id=lane.id,
+                          restart_in_s=round(delay, 3), exc_info=exc)
+                await self._timer.sleep_until(self._clock.monotonic() + delay)
+                delay = min(delay * 2, self._config.dispatcher_restart_max_delay)
+                lane.wake.set()
+
     async def _dispatch(self, lane: Lane) -> None:
         """Take the lane's messages off its queue as their time comes, without waiting for Meta's
         answers (those come back in the send tasks)."""
@@ -458,15 +552,17 @@ class SendEngine:
         while True:
             lane.wake.clear()
             now = self._clock.monotonic()
+            # Each periodic step is due again before it runs: one that crashes (and restarts
+            # the dispatcher) is not repeated before its time.
             if lane.queue and now >= lane.sweep_due:
-                self._sweep_expired(lane)
                 lane.sweep_due = now + 1.0
+                self._sweep_expired(lane)
             if now >= lane.prune_due:
-                lane.pacer.prune_pairs(now)
                 lane.prune_due = now + 60.0
+                lane.pacer.prune_pairs(now)
             if (lane.queue or lane.hold_reason) and now >= lane.refresh_due:
-                await self._refresh(lane)
                 lane.refresh_due = now + config.phone_number_refresh_seconds
+                await self._refresh(lane)
             if lane.hold_reason and not lane.pacer.is_held(now):
                 self._released(lane)
 
@@ -503,10 +599,20 @@ class SendEngine:
         delivery, ready_at = popped
         self._queued -= 1
         metrics.MESSAGES_QUEUED.set(self._queued)
+        try:
+            await self._take_off(lane, delivery, ready_at, now)
+        except TransientError:
+            raise
+        except Exception as exc:  # off the queue: it must not be lost with the dispatcher
+            again = partial(self._send_again_after_bug, lane, delivery)
+            self._spawn(self._guarded(delivery, again, failed_with=exc))
+
+    async def _take_off(self, lane: Lane, delivery: Delivery, ready_at: float,
+                        now: float) -> None:
         event = delivery.event
         now_ms = self._clock.now_ms()
         if is_expired(event.expires_at, now_ms):
-            self._spawn(self._finish_unsent(delivery, "expired", reason="validity_expired"))
+            self._finish_unsent_soon(delivery, "expired", reason="validity_expired")
             return
         if is_business_initiated(event.message_type):
             lane.active.add(delivery)  # visible to a revocation while the tier loads
@@ -530,14 +636,15 @@ class SendEngine:
         lane.unanswered += 1
         self._unanswered += 1
         metrics.MESSAGES_IN_FLIGHT.set(self.in_flight)
-        self._spawn(self._send(lane, delivery, ready_at))
+        self._spawn(self._guarded(delivery, partial(self._send, lane, delivery, ready_at),
+                                  recover=partial(self._send_again_after_bug, lane, delivery)))
 
     def _sweep_expired(self, lane: Lane) -> None:
         now_ms = self._clock.now_ms()
         expired = lane.queue.remove_where(lambda d: is_expired(d.event.expires_at, now_ms))
         for delivery in expired:
             self._queued -= 1
-            self._spawn(self._finish_unsent(delivery, "expired", reason="validity_expired"))
+            self._finish_unsent_soon(delivery, "expired", reason="validity_expired")
         if expired:
             metrics.MESSAGES_QUEUED.set(self._queued)
 
@@ -812,6 +919,83 @@ class SendEngine:
                 attempts=delivery.calls, now_ms=self._clock.now_ms(), error=error), "update_send")
         await self._put_back(lane, delivery, retry_at)
 
+    # -- bugs ------------------------------------------------------------------------------------
+
+    async def _guarded(self, delivery: Delivery, run: Callable[[], Awaitable[None]],
+                       recover: Callable[[], Awaitable[None]] | None = None,
+                       failed_with: BaseException | None = None) -> None:
+        """Run one step of a message's handling. A bug (anything but a TransientError) is
+        retried — with `recover`, else `run` again — until the message has met
+        `unexpected_attempts` of them; then its records are dead-lettered (`_give_up`).
+        `failed_with`: the step already failed once with this."""
+        action = run
+        delay = self._config.unexpected_first_delay
+        while True:
+            if failed_with is None:
+                try:
+                    await action()
+                    return
+                except TransientError:
+                    raise
+                except Exception as exc:
+                    failed_with = exc
+            error, failed_with = failed_with, None
+            metrics.UNEXPECTED_ERRORS.labels("delivery").inc()
+            if delivery.settled.is_set():  # it was finished before the bug: nothing to redo
+                log.error("delivery_error_after_finish", message_id=delivery.message_id,
+                          exc_info=error)
+                return
+            delivery.unexpected_errors += 1
+            if delivery.unexpected_errors >= self._config.unexpected_attempts:
+                await self._give_up(delivery, Failure(error, delivery.unexpected_errors))
+                return
+            log.warning("delivery_error_retrying", message_id=delivery.message_id,
+                        attempt=delivery.unexpected_errors, error=repr(error),
+                        retry_in_s=round(delay, 3))
+            self._recovering.add(delivery)
+            try:
+                await self._timer.sleep_until(self._clock.monotonic() + delay)
+            finally:
+                self._recovering.discard(delivery)
+            if delivery.aborted:  # its partition moved meanwhile: the new owner handles it
+                self._drop(delivery)
+                return
+            delay *= 2
+            action = recover or run
+
+    async def _send_again_after_bug(self, lane: Lane, delivery: Delivery) -> None:
+        """Queue a message whose send met a bug again. If a request may have reached Meta, the
+        retry goes through the never-twice path: `start_send` finds our record, and its
+        outcome (or `unknown`) is published instead of calling Meta again."""
+        lane.active.discard(delivery)
+        if delivery.calls > 0:
+            delivery.started = False
+        await self._put_back(lane, delivery, self._clock.monotonic())
+
+    async def _give_up(self, delivery: Delivery, failure: Failure) -> None:
+        """Dead-letter the message's records and let it go, after repeated bugs."""
+        self._forget(delivery)
+        if delivery.aborted:  # its partition moved: the new owner handles its record
+            self._drop(delivery)
+            return
+        if delivery.started and delivery.calls == 0:
+            # No request left: forget our `sending` record, so that a replay of the dead
+            # letter sends it (one that may have reached Meta stays, and a replay reports it).
+            try:
+                await self._retry(partial(self._store.abandon_send, delivery.message_id),
+                                  "abandon_send")
+            except TransientError:
+                raise
+            except Exception as exc:
+                log.error("abandon_send_failed", message_id=delivery.message_id, exc_info=exc)
+        if self._dead_letter is None:
+            raise failure.error
+        log.error("delivery_dead_lettered", message_id=delivery.message_id,
+                  phone_number_id=delivery.phone_number_id, attempts=failure.attempts,
+                  error=repr(failure.error))
+        await self._dead_letter(list(delivery.done), failure)
+        self._settle(delivery)
+
     # -- outcomes --------------------------------------------------------------------------------
 
     async def _finish(self, delivery: Delivery, status: str, *, wamid: str | None = None,
@@ -966,8 +1150,9 @@ class SenderWorker:
             config.bootstrap_servers, config.group, max_poll_records=config.poll_records)
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._taken_over_at: dict[TopicPartition, float] = {}
-        self._guard = DeadLetterGuard()
+        self._dead_letters = DeadLetters(producer, SERVICE)
         self._paused = False
+        engine.set_dead_letter(self._dead_letter_records)
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -1036,23 +1221,22 @@ class SenderWorker:
                     try:
                         event = SEND_APPROVED.decode(record.value)  # type: ignore[arg-type]
                     except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-                        await self._dead_letter(record, exc)
+                        await self._dead_letters.send(record, Failure(_undecodable(exc), 1))
                         offsets.done(record.offset)
                         continue
-                    self._guard.record_success()
                     items.append((event, tp, self._taken_over_at.get(tp, 0.0),
-                                  partial(_finished, offsets, record.offset)))
+                                  _RecordDone(offsets, record, self._dead_letters)))
             if items:
                 await self._engine.admit_batch(items)
 
-    async def _dead_letter(self, record: Any, exc: BaseException) -> None:
-        await retry_transient(partial(_kafka_call, send_to_dlq, self._producer, record, exc),
-                              RetryPolicy(), "dead_letter")
-        log.warning("record_dead_lettered", topic=record.topic, partition=record.partition,
-                    offset=record.offset, error=type(exc).__name__)
-        DEAD_LETTERS.labels(service=SERVICE).inc()
-        RECORDS_HANDLED.labels(service=SERVICE, outcome="dead_lettered").inc()
-        self._guard.record_dead_letter()
+    async def _dead_letter_records(self, done: list[Done], failure: Failure) -> None:
+        """The engine gave a message up after repeated bugs: dead-letter each record behind it
+        (duplicates too), and only then count them as finished (their offsets move on)."""
+        for callback in done:
+            if isinstance(callback, _RecordDone):
+                await callback.dead_letter(failure)
+            else:
+                callback()
 
     def _apply_backpressure(self) -> None:
         held = self._engine.queued + self._engine.in_flight
@@ -1086,17 +1270,31 @@ class SenderWorker:
         self._tracker.mark_committed(positions)
 
 
-def _finished(offsets: PartitionOffsets, offset: int) -> None:
-    offsets.done(offset)
-    RECORDS_HANDLED.labels(service=SERVICE, outcome="handled").inc()
+def _undecodable(exc: Exception) -> InvalidRequest:
+    error = InvalidRequest(f"not a SendApproved: {exc}", code="undecodable_event")
+    error.__cause__ = exc
+    return error
 
 
-async def _kafka_call(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    try:
-        return await function(*args)
-    except KafkaError as exc:
-        raise DependencyUnavailable(f"kafka unavailable: {type(exc).__name__}",
-                                    details={"dependency": "kafka"}) from exc
+class _RecordDone:
+    """A record's `done` callback, which also knows the record (to dead-letter it)."""
+
+    __slots__ = ("_dead_letters", "_offsets", "record")
+
+    def __init__(self, offsets: PartitionOffsets, record: Any,
+                 dead_letters: DeadLetters) -> None:
+        self._offsets = offsets
+        self.record = record
+        self._dead_letters = dead_letters
+
+    def __call__(self) -> None:
+        self._offsets.done(self.record.offset)
+        self._dead_letters.success()
+        RECORDS_HANDLED.labels(service=SERVICE, outcome="handled").inc()
+
+    async def dead_letter(self, failure: Failure) -> None:
+        await self._dead_letters.send(self.record, failure)  # durable before the offset moves
+        self._offsets.done(self.record.offset)
 
 
 class StatusPublisher:
@@ -1164,14 +1362,24 @@ async def _follow(bootstrap_servers: str, prefix: str, topic: Topic[Any],
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    try:
-                        apply(topic.decode(record.value))  # type: ignore[arg-type]
-                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-                        log.warning("followed_record_unreadable", topic=topic.name,
-                                    partition=record.partition, offset=record.offset,
-                                    error=type(exc).__name__)
+                    _apply_followed(topic, apply, record)
     finally:
         await consumer.stop()
+
+
+def _apply_followed(topic: Topic[Any], apply: Callable[[Any], None], record: Any) -> None:
+    """Apply one followed record; one that cannot be read or applied is logged, counted and
+    skipped (these topics only tune pacing: the next record corrects it)."""
+    try:
+        apply(topic.decode(record.value))
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        log.warning("followed_record_unreadable", topic=topic.name,
+                    partition=record.partition, offset=record.offset,
+                    error=type(exc).__name__)
+    except Exception as exc:
+        log.error("followed_record_failed", topic=topic.name, partition=record.partition,
+                  offset=record.offset, exc_info=exc)
+        metrics.UNEXPECTED_ERRORS.labels("follower").inc()
 
 
 def create_worker(settings: SenderSettings, db: AsyncDatabase[dict[str, Any]],

@@ -1,5 +1,6 @@
 """status's two Kafka workers as coroutines for `serve()`: each owns its consumer from start to
-stop and runs the shared loop (commit after the effect, DLQ for permanent errors)."""
+stop and runs the shared loop (commit after the effect; a record that can never succeed, or
+whose handling keeps raising, goes to the DLQ and the partition moves on: shared/kafka.py)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.errors import DependencyUnavailable
+from shared.kafka import make_producer
 from shared.rdkafka_producer import RdKafkaProducer
 from tests.integration.test_kafka import _create, _read
 
@@ -40,6 +41,42 @@ async def test_acknowledged_sends_are_stored_in_order_per_key(bootstrap_servers:
     for key in (b"k0", b"k1", b"k2", b"k3"):
         values = [int(v[1:]) for k, v in stored if k == key]
         assert values == sorted(values) and len(values) == 50
+
+
+async def test_a_key_lands_on_the_partition_aiokafka_picks_for_it(bootstrap_servers: str,
+                                                                   unique: str) -> None:
+    """ingest writes send-requested with librdkafka, the others write with aiokafka: one
+    account's records must share a partition number across topics (billing owns an account)."""
+    topic = f"it.rdkafka.parts.{unique}"
+    await _create(bootstrap_servers, topic, partitions=6)
+    keys = [f"acc_{i}".encode() for i in range(24)]
+    producer = RdKafkaProducer(bootstrap_servers)
+    await producer.start()
+    try:
+        for key in keys:
+            await producer.send(topic, key, b"rd")
+    finally:
+        await producer.stop()
+    reference = make_producer(bootstrap_servers)
+    await reference.start()
+    try:
+        for key in keys:
+            await reference.send_and_wait(topic, b"aio", key=key)
+    finally:
+        await reference.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        records = await _read(consumer, 2 * len(keys))
+    finally:
+        await consumer.stop()
+    partitions: dict[bytes, set[int]] = {}
+    for record in records:
+        partitions.setdefault(record.key, set()).add(record.partition)
+    assert len(partitions) == len(keys)
+    assert all(len(parts) == 1 for parts in partitions.values()), partitions
+    assert len(set().union(*partitions.values())) > 1  # the keys really spread
 
 
 async def test_without_a_broker_start_and_send_fail_as_transient() -> None:

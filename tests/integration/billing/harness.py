@@ -48,7 +48,9 @@ class BillingProcess:
     """`python -m services.billing` with its own topics, group, database and port."""
 
     def __init__(self, *, bootstrap_servers: str, mongodb_url: str, prefix: str,
-                 database: str, app_id: str, log_dir: Path, **settings: str) -> None:
+                 database: str, app_id: str, log_dir: Path, module: str = "services.billing",
+                 env: dict[str, str] | None = None, **settings: str) -> None:
+        self.module = module  # a test-only entry point may plant a bug in a dependency
         self.port = free_port()
         self.group = prefix + app_id  # faust's app id, prefixed like the topics
         self.env = {
@@ -58,13 +60,14 @@ class BillingProcess:
             "BILLING_FAUST_APP_ID": app_id, "BILLING_HTTP_PORT": str(self.port),
             "BILLING_FAUST_DATADIR": str(log_dir / "faust"),
             **{f"BILLING_{k.upper()}": v for k, v in settings.items()},
+            **(env or {}),
         }
         self.log_path = log_dir / f"billing-{self.group}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BillingProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "services.billing"], cwd=REPO,
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], cwd=REPO,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self

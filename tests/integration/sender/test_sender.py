@@ -200,7 +200,10 @@ async def test_an_unreadable_record_goes_to_the_dead_letter_topic_and_offsets_co
         await dead.stop()
     assert [r.value for r in records] == [b'{"not": "a send"}']
     headers = dict(records[0].headers)
-    assert headers["error_type"] == b"ValidationError"
+    # Undecodable: a permanent error (dead-lettered at once), the decoder's message kept.
+    assert (headers["error_type"], headers["error_reason"]) == (b"InvalidRequest", b"permanent")
+    assert headers["error_detail"].startswith(b"not a SendApproved: ")
+    assert b"ValidationError" in headers["error_traceback"]
     assert headers["source_topic"] == topic.encode()
 
     consumer = sender.worker.consumer

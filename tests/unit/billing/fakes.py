@@ -9,6 +9,7 @@ from typing import Any
 from services.billing.core import Balance, LedgerEntry
 from services.billing.publisher import Record
 from shared.errors import DependencyUnavailable
+from shared.kafka import Failure
 from shared.messages import Topic
 
 
@@ -70,6 +71,10 @@ class FakeLedger:
                 taken.add(entry.key)
         return taken
 
+    async def remove(self, key: str) -> None:
+        if self.entries.pop(key, None) is not None:
+            self.journal.steps.append(f"remove {key}")
+
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         return [e for e in self.entries.values() if e.account_id == account_id]
 
@@ -86,6 +91,7 @@ class FakePublisher:
     journal: Journal
     published: list[tuple[str, Any]] = field(default_factory=list)
     dead_letters: list[tuple[Record, BaseException]] = field(default_factory=list)
+    failures_dead_lettered: list[Failure] = field(default_factory=list)
     failures: int = 0  # the next n publishes fail
 
     async def publish(self, topic: Topic[Any], event: Any) -> None:
@@ -103,8 +109,9 @@ class FakePublisher:
             self.published.append((topic.name, event))
             self.journal.steps.append(f"publish {topic.name}")
 
-    async def dead_letter(self, record: Record, error: BaseException) -> None:
-        self.dead_letters.append((record, error))
+    async def dead_letter(self, record: Record, failure: Failure) -> None:
+        self.dead_letters.append((record, failure.error))
+        self.failures_dead_lettered.append(failure)
 
 
 class Sleeps:

@@ -141,16 +141,20 @@ async def test_transient_errors_are_retried_in_place_with_capped_backoff() -> No
     assert shell.balance.available == 100_005
 
 
-async def test_an_unexpected_error_is_retried_not_skipped() -> None:
-    shell = await funded(sleeps=Sleeps(stop_after=3))
+async def test_an_unexpected_error_is_retried_a_few_times_then_dead_lettered() -> None:
+    shell = await funded()
 
     async def broken(_: str) -> None:
         raise KeyError("a bug")
 
     shell.balances.get = broken  # type: ignore[method-assign]
-    with pytest.raises(StopRetrying):
-        await shell.worker.handle(shell.record(TOPUP_REQUESTED, top_up(5, "topup_2")))
-    assert shell.publisher.dead_letters == []
+    record = shell.record(TOPUP_REQUESTED, top_up(5, "topup_2"))
+    assert await shell.worker.handle(record) == "dead_lettered"
+    [(dead, error)] = shell.publisher.dead_letters
+    assert dead == record and isinstance(error, KeyError)
+    [failure] = shell.publisher.failures_dead_lettered
+    assert (failure.attempts, failure.reason) == (3, "unexpected")
+    assert shell.sleeps.delays == [0.2, 0.4]  # short backoff between the three tries
 
 
 async def test_an_undecodable_record_goes_to_the_dlq_with_its_bytes_and_the_loop_continues(
