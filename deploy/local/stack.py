@@ -100,12 +100,14 @@ def _token_keys() -> str:
 def up(timeout: float = 120.0) -> None:
     subprocess.run([str(INFRA), "up"], check=True)
     status_port = next(c.port for c in COMPONENTS if c.name == "status")
-    sender_meta = f"http://127.0.0.1:{next(c.port for c in COMPONENTS if c.name == 'metasim')}"
+    meta = f"http://127.0.0.1:{next(c.port for c in COMPONENTS if c.name == 'metasim')}"
     env = {**os.environ, **_infra_env(), "PYTHONUNBUFFERED": "1",
            "HALA_TOKEN_KEYS": _token_keys(),
-           # The simulator calls the status service, the sender calls the simulator.
+           # The simulator calls the status service; the sender (sends) and ingest (mark-as-read,
+           # media) call the simulator.
            "METASIM_WEBHOOK_URL": f"http://127.0.0.1:{status_port}/webhooks/meta",
-           "SENDER_META_BASE_URL": os.environ.get("SENDER_META_BASE_URL", sender_meta)}
+           "SENDER_META_BASE_URL": os.environ.get("SENDER_META_BASE_URL", meta),
+           "INGEST_META_BASE_URL": os.environ.get("INGEST_META_BASE_URL", meta)}
     PIDS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     started = []

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("show", "an account with its numbers, keys and balance")):
         command(accounts, name, text).add_argument("account_id", metavar="ID")
     command(accounts, "list", "every account")
+    update = command(accounts, "update", "change an account's settings")
+    update.add_argument("account_id", metavar="ID")
+    update.add_argument("--customer-service-window-check", choices=("on", "off"),
+                        help="refuse free-form messages to contacts who have not written in "
+                             "24 h (on, the default) or let Meta refuse them (off)")
 
     wabas = groups.add_parser("wabas", help="WhatsApp Business Accounts").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
@@ -215,6 +220,11 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await commands.set_account_status(db, args.account_id, "active")
     if action == ("accounts", "list"):
         return await commands.list_accounts(db)
+    if action == ("accounts", "update"):
+        check = args.customer_service_window_check
+        return await commands.update_account(
+            db, args.account_id,
+            customer_service_window_check=None if check is None else commands.core.on_off(check))
     if action == ("accounts", "show"):
         return await commands.show_account(db, args.account_id)
     if action == ("wabas", "register"):

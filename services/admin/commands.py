@@ -79,6 +79,22 @@ async def set_account_status(db: Db, account_id: str, status: str) -> dict[str, 
     return await get_account(db, account_id)
 
 
+async def update_account(db: Db, account_id: str, *,
+                         customer_service_window_check: bool | None = None) -> dict[str, Any]:
+    """Change an account's settings: `customer_service_window_check` off lets free-form
+    messages to contacts whose 24 h window is closed through ingest (Meta then refuses them
+    with 131047, after credit was reserved). ingest sees the change within its cache time."""
+    await get_account(db, account_id)
+    changes: dict[str, Any] = {}
+    if customer_service_window_check is not None:
+        changes["customer_service_window_check"] = customer_service_window_check
+    if not changes:
+        raise InvalidRequest("nothing to update: give a setting, e.g. "
+                             "--customer-service-window-check off", code="invalid_request")
+    await db[ACCOUNTS].update_one({"_id": account_id}, {"$set": changes})
+    return await get_account(db, account_id)
+
+
 async def list_accounts(db: Db) -> list[dict[str, Any]]:
     return await db[ACCOUNTS].find({}).sort("created_at", 1).to_list(None)
 

@@ -109,7 +109,19 @@ def account_doc(*, account_id: str, name: str, email: str, phone: str, business_
     return {"_id": account_id, "name": name.strip(), "email": email, "phone": e164,
             "business_name": business_name.strip(),
             "fb_business_manager_id": fb_business_manager_id, "status": "active",
-            "low_balance_threshold": low_balance_threshold, "created_at": from_ms(now_ms)}
+            "low_balance_threshold": low_balance_threshold,
+            # ingest refuses free-form messages to contacts whose 24 h window is closed
+            "customer_service_window_check": True, "created_at": from_ms(now_ms)}
+
+
+def on_off(value: str) -> bool:
+    """An operator's on/off switch value."""
+    lowered = value.strip().lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise InvalidRequest("a switch is `on` or `off`", code="invalid_field")
 
 
 def require_meta_id(value: str, what: str) -> str:

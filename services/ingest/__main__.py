@@ -6,30 +6,46 @@ from aiohttp import web
 
 from services.ingest.app import SERVICE, create_app
 from services.ingest.cache import RecentMessages
+from services.ingest.calls import Calls
 from services.ingest.handlers import Ingest
+from services.ingest.meta_client import GraphClient
+from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.repository import (
     CachedDirectory,
+    CachedWindows,
     MongoDirectory,
     MongoIdempotencyStore,
+    MongoInbox,
+    MongoMediaStore,
     MongoMessageStore,
 )
 from services.ingest.settings import IngestSettings
 from shared.clock import SystemClock
-from shared.logging import configure_logging
+from shared.collections import MEDIA, ensure_indexes
+from shared.logging import configure_logging, get_logger
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
 from shared.runtime import Connections, serve
+from shared.secrets import TokenVault
 
 
 async def main() -> None:
     settings = IngestSettings()
     configure_logging(SERVICE, settings.log_level)
+    keys = settings.token_keys.get_secret_value()
+    if not keys:
+        # Sends do not need the tokens (the sender makes them); pass-through calls do.
+        get_logger(SERVICE).warning("token_keys_missing",
+                                    detail="HALA_TOKEN_KEYS is not set: mark-as-read and "
+                                           "media calls will answer 500")
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
+        await ensure_indexes(conns.db, MEDIA)
         clock = SystemClock()
         producer = RdKafkaProducer(settings.kafka_bootstrap_servers)
         await producer.start()
+        inbox = MongoInbox(conns.db)
         ingest = Ingest(
             directory=CachedDirectory(MongoDirectory(conns.db), clock,
                                       settings.cache_ttl_seconds),
@@ -39,14 +55,25 @@ async def main() -> None:
             publisher=KafkaPublisher(producer, settings.topic_prefix),
             clock=clock,
             rate_card=load_rate_card(settings.rate_card_version),
+            inbox=inbox,
+            windows=CachedWindows(inbox, clock, settings.window_closed_cache_seconds),
         )
+        meta = GraphClient(settings.meta_base_url, settings.meta_graph_version,
+                           settings.meta_timeout_seconds)
+        calls = Calls(ingest=ingest, media=MongoMediaStore(conns.db), meta=meta,
+                      vault=TokenVault(keys) if keys else None,
+                      pacer=PassThroughPacer(settings.passthrough_rate_per_second,
+                                             settings.passthrough_burst,
+                                             settings.passthrough_max_wait_seconds),
+                      clock=clock)
         checks = {**conns.readiness_checks(), "kafka": producer.ready}
-        app = create_app(checks, ingest)
+        app = create_app(checks, calls, settings.public_base_url)
 
-        async def stop_producer(_: web.Application) -> None:
+        async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed
+            await meta.close()
 
-        app.on_cleanup.append(stop_producer)
+        app.on_cleanup.append(stop_clients)
         return app, []
 
     await serve(settings, SERVICE, build)

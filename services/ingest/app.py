@@ -8,26 +8,46 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
+from services.ingest.call_handlers import CallHandlers
+from services.ingest.calls import Calls
 from services.ingest.core import MAX_BODY_BYTES
-from services.ingest.handlers import Handlers, Ingest
+from services.ingest.handlers import Handlers
+from services.ingest.media import MEDIA_ID_PATTERN
 from shared.http import SERVICE_KEY, ReadinessCheck, add_ops_routes, error_middleware, json_response
 
 SERVICE = "ingest"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
+GRAPH_VERSION = r"/{graph_version:v\d+\.\d+}"
 
 
-def create_app(checks: Mapping[str, ReadinessCheck], ingest: Ingest) -> web.Application:
+def create_app(checks: Mapping[str, ReadinessCheck], calls: Calls,
+               public_base_url: str = "") -> web.Application:
     # Slightly above the body limit, so that our own check answers with the JSON envelope.
+    # (Uploads are read part by part as a stream, which this limit does not apply to.)
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES + 1024)
     app[SERVICE_KEY] = SERVICE
-    handlers = Handlers(ingest)
+    more = CallHandlers(calls, public_base_url)
+    handlers = Handlers(calls.ingest, status_call=more.meta_status_call)
     app.router.add_post("/v1/messages", handlers.post_message)
     app.router.add_get("/v1/messages", handlers.list_messages)
     app.router.add_get("/v1/messages/{message_id}", handlers.get_message)
+    app.router.add_post("/v1/messages/{wamid}/read", more.mark_read)
     app.router.add_get("/v1/balance", handlers.get_balance)
-    # Meta's own send endpoint, so Cloud API client libraries work with a changed base URL.
-    app.router.add_post(r"/{graph_version:v\d+\.\d+}/{phone_number_id:\d+}/messages",
+    app.router.add_get("/v1/conversations", more.list_conversations)
+    app.router.add_get("/v1/conversations/{wa_id}/messages", more.conversation_messages)
+    app.router.add_post("/v1/media", more.upload)
+    media = f"/v1/media/{{media_id:{MEDIA_ID_PATTERN}}}"
+    app.router.add_get(media, more.download)
+    app.router.add_delete(media, more.delete_media)
+    app.router.add_get(f"{media}/info", more.media_info)
+    # Meta's own endpoints, so Cloud API client libraries work with a changed base URL: sends
+    # and mark-as-read (one endpoint), the Media API.
+    app.router.add_post(GRAPH_VERSION + r"/{phone_number_id:\d+}/messages",
                         handlers.post_meta_message)
+    app.router.add_post(GRAPH_VERSION + r"/{phone_number_id:\d+}/media", more.meta_upload)
+    meta_media = f"{GRAPH_VERSION}/{{media_id:{MEDIA_ID_PATTERN}}}"
+    app.router.add_get(meta_media, more.meta_media_url)
+    app.router.add_delete(meta_media, more.meta_delete_media)
     add_openapi_routes(app)
     add_ops_routes(app, SERVICE, checks)
     return app

@@ -17,10 +17,12 @@ class TtlCache(Generic[K, V]):
     """Entries expire `ttl_seconds` after they were stored. `None` is a value like any other:
     caching "not found" spares the database from callers retrying with a wrong key."""
 
-    def __init__(self, clock: Clock, ttl_seconds: float, max_entries: int = 100_000) -> None:
+    def __init__(self, clock: Clock, ttl_seconds: float, max_entries: int = 100_000,
+                 max_ttl_seconds: float = 24 * 3600) -> None:
         self._clock = clock
         self._ttl = ttl_seconds
         self._max = max_entries
+        self._max_ttl = max_ttl_seconds
         self._entries: dict[K, tuple[float, V]] = {}
 
     def get(self, key: K) -> V | object:
@@ -34,12 +36,15 @@ class TtlCache(Generic[K, V]):
             return _MISSING
         return value
 
-    def put(self, key: K, value: V) -> None:
-        if self._ttl <= 0:
+    def put(self, key: K, value: V, ttl_seconds: float | None = None) -> None:
+        """Store `value` for the cache's time to live, or for `ttl_seconds` when given (an
+        entry whose lifetime depends on its value, e.g. a window until it closes)."""
+        ttl = self._ttl if ttl_seconds is None else min(ttl_seconds, self._max_ttl)
+        if ttl <= 0:
             return
         if len(self._entries) >= self._max:
             self._entries.clear()  # crude, but bounded; a full cache only costs lookups
-        self._entries[key] = (self._clock.monotonic() + self._ttl, value)
+        self._entries[key] = (self._clock.monotonic() + ttl, value)
 
     def discard(self, key: K) -> None:
         self._entries.pop(key, None)

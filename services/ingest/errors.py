@@ -15,6 +15,7 @@ from shared.errors import (
     NotFound,
     PermanentError,
     ServiceError,
+    TransientError,
     Unauthorized,
 )
 
@@ -51,6 +52,18 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "template_parameter_mismatch": ErrorCode(PermanentError, 422, 132000, 400),
     # a reply or reaction names a message id (msg_…) that is not one of the account's
     "unknown_context_message": ErrorCode(PermanentError, 422, 131009, 400),
+    # the 24 h customer-service window is closed: only a template may go (Meta's 131047)
+    "outside_customer_service_window": ErrorCode(PermanentError, 422, 131047, 400),
+    # mark-as-read names a message that is not an inbound message of the account's number
+    "unknown_inbound_message": ErrorCode(PermanentError, 422, 100, 400),
+    # media uploads
+    "invalid_multipart": ErrorCode(InvalidRequest, 400, 100, 400),
+    "unsupported_media_type": ErrorCode(InvalidRequest, 415, 100, 400),
+    "media_too_large": ErrorCode(InvalidRequest, 413, 100, 400),
+    # pass-through calls beyond the number's pace (Meta's throughput code)
+    "rate_limited": ErrorCode(TransientError, 429, 130429, 429),
+    # Meta refused a pass-through call (the Meta route relays Meta's own envelope instead)
+    "meta_error": ErrorCode(ServiceError, 502, 1, 502),
     # money and retries
     "insufficient_credit": ErrorCode(InsufficientCredit, 402, 131042, 400),
     "idempotency_key_reused": ErrorCode(Conflict, 409, 100, 409),

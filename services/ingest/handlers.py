@@ -9,20 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from services.ingest import core
+from services.ingest import conversations, core, passthrough
 from services.ingest.cache import RecentMessages
 from services.ingest.errors import ERROR_CODES, reject
 from services.ingest.metrics import IDEMPOTENT_REPLAYS, MESSAGES_ACCEPTED, REJECTIONS
 from services.ingest.publisher import Publisher
 from services.ingest.repository import (
     CachedDirectory,
+    CachedWindows,
     DuplicateMessage,
     IdempotencyStore,
+    Inbox,
     MessageStore,
 )
 from shared.clock import Clock
@@ -47,8 +50,11 @@ class Ingest:
 
     def __init__(self, *, directory: CachedDirectory, idempotency: IdempotencyStore,
                  messages: MessageStore, recent: RecentMessages, publisher: Publisher,
-                 clock: Clock, rate_card: RateCard) -> None:
+                 clock: Clock, rate_card: RateCard, inbox: Inbox,
+                 windows: CachedWindows) -> None:
         self.directory = directory
+        self.inbox = inbox
+        self.windows = windows
         self.idempotency = idempotency
         self.messages = messages
         self.recent = recent
@@ -90,7 +96,9 @@ class Ingest:
                 return await self._replay(earlier)
 
         category = "service"
-        if request.message_type == "template":
+        if request.message_type != "template":
+            await self._check_window(account_id, request)
+        else:
             template = await self.directory.template(phone["waba_id"], request.template_name,
                                                      request.template_language)
             category = core.check_template(template, request)
@@ -123,6 +131,15 @@ class Ingest:
         self.recent.remember(doc)
         MESSAGES_ACCEPTED.labels(request.message_type).inc()
         return SendOutcome(doc, replayed=False)
+
+    async def _check_window(self, account_id: str, request: core.SendRequest) -> None:
+        """A free-form message needs the contact's 24 h window open (unless the account
+        switched the check off): refused before anything is reserved or sent."""
+        if not conversations.window_enforced(await self.directory.account(account_id)):
+            return
+        window = await self.windows.window(
+            request.phone_number_id, conversations.wa_id_candidates(request.recipient or ""))
+        conversations.check_window(window, request.message_type, enforced=True)
 
     async def _resolve_refs(self, account_id: str,
                             request: core.SendRequest) -> core.SendRequest:
@@ -175,9 +192,15 @@ def _too_large() -> ServiceError:
                   limit=core.MAX_BODY_BYTES)
 
 
+# A status call on Meta's messages endpoint (mark-as-read, typing): (account id, the path's
+# phone number id, the body) -> Meta's answer.
+StatusCall = Callable[[str, str, bytes], Awaitable[dict[str, Any]]]
+
+
 class Handlers:
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: Ingest, status_call: StatusCall | None = None) -> None:
         self.ingest = ingest
+        self.status_call = status_call
 
     async def post_message(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -199,20 +222,35 @@ class Handlers:
         try:
             account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
             phone = await self.ingest.own_phone_number(account_id, phone_number_id)
+            raw = await read_body(request)
+            if self.status_call is not None and passthrough.is_status_call(raw):
+                # Not a send: mark-as-read (and typing), answered with Meta's own answer.
+                return await self._status_call(self.status_call, account_id, phone_number_id,
+                                               raw)
             send_request = core.parse_meta_request(
-                await read_body(request), phone_number_id,
+                raw, phone_number_id,
                 core.region_of_display_number(phone.get("display_phone_number")))
             key = core.parse_idempotency_key(request.headers.get("Idempotency-Key"))
             outcome = await self.ingest.send(account_id, send_request, key, phone)
         except ServiceError as exc:
             _log_rejection("meta", exc, started)
-            return _meta_error(exc)
+            return meta_error_response(exc)
         except Exception:
             log.exception("unhandled_error", route="meta")
-            return _meta_error(reject("internal_error", "internal error"))
+            return meta_error_response(reject("internal_error", "internal error"))
         _log_accepted("meta", outcome, started)
         return json_response(core.meta_accepted_response(outcome.doc), status=200,
                              headers={REPLAY_HEADER: "true"} if outcome.replayed else None)
+
+    @staticmethod
+    async def _status_call(call: StatusCall, account_id: str, phone_number_id: str,
+                           raw: bytes) -> web.Response:
+        try:
+            return json_response(await call(account_id, phone_number_id, raw))
+        except ServiceError as exc:
+            log.info("passthrough_call_handled", route="meta", kind="read",
+                     outcome="rejected", error_code=exc.code)
+            return meta_error_response(exc)
 
     async def get_message(self, request: web.Request) -> web.Response:
         account_id = await self.ingest.authenticate(request.headers.get("Authorization"))
@@ -239,11 +277,21 @@ class Handlers:
         return json_response(core.balance_view(balance, self.ingest.rate_card.currency))
 
 
-def _meta_error(exc: ServiceError) -> web.Response:
+def meta_error_response(exc: ServiceError) -> web.Response:
+    """An error in Meta's Graph envelope: Meta's own, as it came, when Meta refused a
+    pass-through call; else ours translated (with Retry-After when the number's pace said no)."""
+    relayed = passthrough.relayed_meta_error(exc.details)
+    if relayed is not None:
+        return json_response(relayed[1], status=relayed[0])
     spec = ERROR_CODES.get(exc.code, ERROR_CODES["internal_error"])
     body = core.meta_error_body(exc.code, exc.message, exc.details, spec.meta_code,
                                 trace_id=os.urandom(9).hex())
-    return json_response(body, status=spec.meta_http_status)
+    return json_response(body, status=spec.meta_http_status, headers=retry_after(exc))
+
+
+def retry_after(exc: ServiceError) -> dict[str, str] | None:
+    seconds = exc.details.get("retry_after_seconds")
+    return {"Retry-After": str(seconds)} if isinstance(seconds, int) else None
 
 
 def _log_rejection(route: str, exc: ServiceError, started: float) -> None:

@@ -33,3 +33,9 @@ INSERT_BATCH = Histogram(
     "Idempotency records per insert_many of the group commit.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
 )
+PASSTHROUGH_CALLS = Counter(
+    "ingest_passthrough_calls_total",
+    "Calls passed through to Meta (read, typing, upload, media_url, download, delete_media): "
+    "made, or refused by the number's pace.",
+    ["kind", "outcome"],
+)

@@ -12,11 +12,20 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from pymongo import DESCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from services.ingest.cache import MISSING, TtlCache
+from services.ingest.conversations import (
+    ConversationQuery,
+    ThreadQuery,
+    Window,
+    cursor_time,
+    latest_window,
+    window_cache_seconds,
+    window_of,
+)
 from services.ingest.core import ListQuery
 from services.ingest.metrics import INSERT_BATCH, INSERT_DURATION
 from shared.clock import Clock
@@ -24,8 +33,11 @@ from shared.collections import (
     ACCOUNTS,
     API_KEYS,
     BALANCES,
+    CONVERSATIONS,
     IDEMPOTENCY_KEYS,
+    INBOUND_MESSAGES,
     LEDGER,
+    MEDIA,
     MESSAGES,
     PHONE_NUMBERS,
     TEMPLATES,
@@ -47,6 +59,10 @@ class Directory(Protocol):
     async def phone_number(self, phone_number_id: str) -> Doc | None: ...
     async def template(self, waba_id: str, name: str, language: str) -> Doc | None: ...
     async def balance(self, account_id: str) -> Doc | None: ...
+    async def access_token(self, phone_number_id: str) -> Doc | None:
+        """The number's encrypted access token (`access_token_encrypted`), for pass-through
+        calls to Meta."""
+        ...
 
 
 class IdempotencyStore(Protocol):
@@ -93,7 +109,8 @@ class MongoDirectory:
         return await self._find_one(API_KEYS, key_hash, {"account_id": 1, "revoked_at": 1})
 
     async def account(self, account_id: str) -> Doc | None:
-        return await self._find_one(ACCOUNTS, account_id, {"status": 1})
+        return await self._find_one(ACCOUNTS, account_id,
+                                    {"status": 1, "customer_service_window_check": 1})
 
     async def phone_number(self, phone_number_id: str) -> Doc | None:
         return await self._find_one(PHONE_NUMBERS, phone_number_id, _PHONE_FIELDS)
@@ -104,6 +121,10 @@ class MongoDirectory:
     async def balance(self, account_id: str) -> Doc | None:
         return await self._find_one(BALANCES, account_id,
                                     {"available": 1, "reserved": 1, "currency": 1})
+
+    async def access_token(self, phone_number_id: str) -> Doc | None:
+        return await self._find_one(PHONE_NUMBERS, phone_number_id,
+                                    {"account_id": 1, "access_token_encrypted": 1})
 
 
 class CachedDirectory:
@@ -119,6 +140,7 @@ class CachedDirectory:
         self._phones: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
         self._templates: TtlCache[tuple[str, str, str], Doc | None] = TtlCache(clock, ttl_seconds)
         self._balances: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
+        self._tokens: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
         self._loading: dict[tuple[int, Any], asyncio.Future[Doc | None]] = {}
 
     async def api_key(self, key_hash: str) -> Doc | None:
@@ -138,6 +160,10 @@ class CachedDirectory:
     async def balance(self, account_id: str, *, fresh: bool = False) -> Doc | None:
         return await self._cached(self._balances, account_id, self._fresh_balance, account_id,
                                   fresh=fresh)
+
+    async def access_token(self, phone_number_id: str) -> Doc | None:
+        return await self._cached(self._tokens, phone_number_id, self._source.access_token,
+                                  phone_number_id)
 
     async def _fresh_balance(self, account_id: str) -> Doc | None:
         found = await self._source.balance(account_id)
@@ -256,5 +282,187 @@ class MongoMessageStore:
                       .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
                       .limit(query.limit + 1))
             return await cursor.to_list(None)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+
+class Inbox(Protocol):
+    """Reads of what status writes about contacts (`conversations`, `inbound_messages`) and of
+    our own sends to them (`messages`)."""
+
+    async def conversation(self, conversation_id: str) -> Doc | None: ...
+    async def inbound_message(self, wamid: str) -> Doc | None: ...
+    async def inbound_with_media(self, media_id: str) -> Doc | None:
+        """An inbound message that carried this media id (any, the owner is checked by the
+        caller)."""
+        ...
+
+    async def conversations(self, account_id: str, query: ConversationQuery) -> list[Doc]:
+        """The account's contacts, latest message first, up to query.limit + 1."""
+        ...
+
+    async def last_inbound(self, account_id: str, phone_number_id: str,
+                           wa_id: str) -> Doc | None: ...
+    async def last_outbound(self, account_id: str, phone_number_id: str,
+                            recipient: str) -> Doc | None: ...
+    async def thread_inbound(self, account_id: str, query: ThreadQuery) -> list[Doc]:
+        """A contact's inbound messages and echoes past the cursor in the query's order, up
+        to query.limit + 1."""
+        ...
+
+    async def thread_outbound(self, account_id: str, query: ThreadQuery) -> list[Doc]:
+        """Our sends to the contact past the cursor in the query's order, up to limit + 1."""
+        ...
+
+
+_INBOUND_FIELDS = {"account_id": 1, "phone_number_id": 1, "direction": 1}
+
+
+class MongoInbox:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self._conversations = db[CONVERSATIONS]
+        self._inbound = db[INBOUND_MESSAGES]
+        self._messages = db[MESSAGES]
+
+    async def conversation(self, conversation_id: str) -> Doc | None:
+        try:
+            return await self._conversations.find_one({"_id": conversation_id},
+                                                       {"window_expires_at": 1})
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def inbound_message(self, wamid: str) -> Doc | None:
+        try:
+            return await self._inbound.find_one({"_id": wamid}, _INBOUND_FIELDS)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def inbound_with_media(self, media_id: str) -> Doc | None:
+        try:
+            return await self._inbound.find_one({"media_id": media_id}, _INBOUND_FIELDS)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def conversations(self, account_id: str, query: ConversationQuery) -> list[Doc]:
+        conditions: list[Doc] = [{"account_id": account_id}]
+        if query.after is not None:
+            conditions.append({"$or": [
+                {"last_message_at": {"$lt": query.after.at}},
+                {"last_message_at": query.after.at, "_id": {"$lt": query.after.id}}]})
+        return await self._page(self._conversations, {"$and": conditions},
+                                [("last_message_at", DESCENDING), ("_id", DESCENDING)],
+                                query.limit + 1)
+
+    async def last_inbound(self, account_id: str, phone_number_id: str,
+                           wa_id: str) -> Doc | None:
+        found = await self._page(self._inbound, {"account_id": account_id, "wa_id": wa_id,
+                                                 "phone_number_id": phone_number_id},
+                                 [("sent_at", DESCENDING), ("_id", DESCENDING)], 1)
+        return found[0] if found else None
+
+    async def last_outbound(self, account_id: str, phone_number_id: str,
+                            recipient: str) -> Doc | None:
+        found = await self._page(self._messages, {"account_id": account_id,
+                                                  "recipient": recipient,
+                                                  "phone_number_id": phone_number_id},
+                                 [("created_at", DESCENDING), ("_id", DESCENDING)], 1)
+        return found[0] if found else None
+
+    async def thread_inbound(self, account_id: str, query: ThreadQuery) -> list[Doc]:
+        conditions: list[Doc] = [{"account_id": account_id}, {"wa_id": query.wa_id}]
+        if query.phone_number_id is not None:
+            conditions.append({"phone_number_id": query.phone_number_id})
+        if query.after is not None:
+            conditions.append(_past("sent_at", query.after.at, query.after.id,
+                                    query.newest_first))
+        order = DESCENDING if query.newest_first else ASCENDING
+        return await self._page(self._inbound, {"$and": conditions},
+                                [("sent_at", order), ("_id", order)], query.limit + 1)
+
+    async def thread_outbound(self, account_id: str, query: ThreadQuery) -> list[Doc]:
+        conditions: list[Doc] = [{"account_id": account_id}, {"recipient": query.recipient}]
+        if query.phone_number_id is not None:
+            conditions.append({"phone_number_id": query.phone_number_id})
+        if query.after is not None:
+            conditions.append(_past("created_at", cursor_time(query.after), query.after.id,
+                                    query.newest_first))
+        order = DESCENDING if query.newest_first else ASCENDING
+        return await self._page(self._messages, {"$and": conditions},
+                                [("created_at", order), ("_id", order)], query.limit + 1)
+
+    @staticmethod
+    async def _page(collection: Any, query: Doc, sort: list[tuple[str, int]],
+                    limit: int) -> list[Doc]:
+        try:
+            return await collection.find(query).sort(sort).limit(limit).to_list(None)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+
+def _past(field: str, at: Any, item_id: str, newest_first: bool) -> Doc:
+    """Documents after the cursor (at, id) in the page's order."""
+    op = "$lt" if newest_first else "$gt"
+    return {"$or": [{field: {op: at}}, {field: at, "_id": {op: item_id}}]}
+
+
+class CachedWindows:
+    """The customer-service window of (number, contact), from `conversations`, remembered: an
+    open window until it closes (status only ever moves it forward), a closed one for
+    `closed_seconds` (the user may write any second)."""
+
+    def __init__(self, inbox: Inbox, clock: Clock, closed_seconds: float) -> None:
+        self._inbox = inbox
+        self._clock = clock
+        self._closed_seconds = closed_seconds
+        self._cache: TtlCache[str, Window] = TtlCache(clock, closed_seconds)
+
+    async def window(self, phone_number_id: str, wa_ids: list[str]) -> Window:
+        """The longest-lasting window of the contact under any of its wa_id spellings."""
+        now_ms = self._clock.now_ms()
+        windows = []
+        for wa_id in wa_ids:
+            key = f"{phone_number_id}:{wa_id}"
+            hit = self._cache.get(key)
+            if isinstance(hit, Window) and (not hit.open or now_ms < (hit.expires_at or 0)):
+                windows.append(hit)
+                continue
+            window = window_of(await self._inbox.conversation(key), now_ms)
+            self._cache.put(key, window,
+                            window_cache_seconds(window, now_ms, self._closed_seconds))
+            windows.append(window)
+        best = latest_window(windows)
+        return Window(best.expires_at is not None and now_ms < best.expires_at,
+                      best.expires_at)
+
+
+class MediaStore(Protocol):
+    """ingest's `media` collection: the files clients uploaded through us."""
+
+    async def insert(self, doc: Doc) -> None: ...
+    async def get(self, media_id: str) -> Doc | None: ...
+    async def mark_deleted(self, media_id: str, now_ms: int) -> None: ...
+
+
+class MongoMediaStore:
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self._media = db[MEDIA]
+
+    async def insert(self, doc: Doc) -> None:
+        try:
+            # Meta's media ids are unique; an id seen again (a re-upload answered with the same
+            # id) is the same file of the same account: the newer record replaces it.
+            await self._media.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def get(self, media_id: str) -> Doc | None:
+        try:
+            return await self._media.find_one({"_id": media_id})
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+
+    async def mark_deleted(self, media_id: str, now_ms: int) -> None:
+        try:
+            await self._media.update_one({"_id": media_id}, {"$set": {"deleted_at": now_ms}})
         except PyMongoError as exc:
             raise unavailable(exc) from exc

@@ -784,3 +784,131 @@ class MetaSendRequest(_Send, kw_only=True):
     to: str
     type: MessageType = "text"
     recipient_type: Literal["individual", "group"] | UnsetType = UNSET
+
+
+# --- calls that are not sends: mark-as-read and typing ----------------------------------------
+
+class TypingIndicator(_Object):
+    """Shows "typing…" to the user until the business's next message or 25 s."""
+
+    type: Literal["text"]
+
+
+class MetaMarkRead(_Object):
+    """Meta's mark-as-read on `POST /{version}/{phone-number-id}/messages`: `message_id` is a
+    wamid this number received; with `typing_indicator` the user also sees "typing…". Answered
+    `{"success": true}`; never billed, never queued."""
+
+    messaging_product: Literal["whatsapp"]
+    status: Literal["read"]
+    message_id: Annotated[str, Meta(min_length=1, max_length=512)]
+    typing_indicator: TypingIndicator | UnsetType = UNSET
+
+
+class V1MarkRead(_Object):
+    """`POST /v1/messages/{wamid}/read`: optionally show the typing indicator too."""
+
+    typing_indicator: bool = False
+
+
+# --- answers (declared for the OpenAPI document; tests keep the views equal to them) -----------
+
+class _Answer(Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Success(_Answer):
+    """Meta's answer to a call that returns nothing else."""
+
+    success: bool
+
+
+class MediaUploaded(_Answer):
+    """Meta's answer to an upload: the media id, usable in a send's `id` for 30 days."""
+
+    id: str
+
+
+class MetaMediaUrl(_Answer):
+    """Meta's `GET /{version}/{media-id}`; `url` is this service's download route, which takes
+    the same bearer token (your API key), for 5 minutes at Meta's side."""
+
+    messaging_product: Literal["whatsapp"]
+    url: str
+    id: str
+    mime_type: str | UnsetType = UNSET
+    sha256: str | UnsetType = UNSET
+    file_size: str | UnsetType = UNSET
+
+
+class MediaInfoView(_Answer):
+    """`GET /v1/media/{id}/info`: an uploaded or received media file; `url` downloads it."""
+
+    id: str
+    source: Literal["upload", "inbound"]
+    phone_number_id: str
+    mime_type: str | None
+    sha256: str | None
+    file_size: int | None
+    url: str
+
+
+class MediaUploadView(_Answer):
+    """`POST /v1/media`'s answer."""
+
+    id: str
+    phone_number_id: str
+    mime_type: str
+    file_size: int
+    sha256: Annotated[str, Meta(description="hex sha256 of the bytes as uploaded")]
+    uploaded_at: str
+
+
+class WindowView(_Answer):
+    """The 24-hour customer-service window: open while the user's last message is under 24 h
+    old; free-form messages need it open, templates do not."""
+
+    open: bool
+    expires_at: str | None
+
+
+class ThreadItem(_Answer):
+    """A message of a conversation, in either direction. `content` is Meta's object for the
+    type (an inbound message as Meta sent it; an outbound one as it was sent), null once the
+    retention period removed it. Media ids of inbound media download at `GET /v1/media/{id}`."""
+
+    direction: Literal["inbound", "echo", "outbound"]
+    id: Annotated[str, Meta(description="The wamid of an inbound message, our message id "
+                                        "(msg_…) of an outbound one.")]
+    wamid: str | None
+    type: str
+    at: Annotated[str, Meta(description="When it was written: Meta's timestamp of an inbound "
+                                        "message, the time ingest accepted an outbound one.")]
+    phone_number_id: str
+    content: Any
+    context_message_id: str | None
+    media_id: str | None
+    status: Annotated[str | None, Meta(description="An outbound message's status.")]
+    referral: dict[str, Any] | None
+    errors: list[Any] | None
+
+
+class ConversationView(_Answer):
+    """A contact who wrote to one of the account's numbers."""
+
+    wa_id: str
+    phone_number_id: str
+    contact_name: str | None
+    last_message_at: str | None
+    last_message: ThreadItem | None
+    customer_service_window: WindowView
+
+
+class ConversationPage(_Answer):
+    data: list[ConversationView]
+    next_cursor: str | None
+
+
+class ThreadPage(_Answer):
+    data: list[ThreadItem]
+    next_cursor: str | None

@@ -1,3 +1,4 @@
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.pricing import CURRENT_VERSION
@@ -16,3 +17,24 @@ class IngestSettings(ServiceSettings):
     # How long this process shows a message it accepted to GET /v1/messages/{id} while status
     # has not stored its document yet (it normally does within milliseconds).
     recent_ttl_seconds: float = 30.0
+
+    # --- pass-through calls to Meta (mark-as-read, typing, the Media API) --------------------
+    meta_base_url: str = "http://127.0.0.1:8090"
+    meta_graph_version: str = "v24.0"
+    meta_timeout_seconds: float = 30.0
+    # Comma-separated Fernet keys that decrypt phone_numbers.access_token_encrypted (shared
+    # with the admin CLI and the sender, hence unprefixed).
+    token_keys: SecretStr = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
+    # Per phone number: pass-through calls per second and the burst above it. A call that
+    # would wait longer than passthrough_max_wait_seconds for its turn is refused with 429.
+    passthrough_rate_per_second: float = 10.0
+    passthrough_burst: int = 20
+    passthrough_max_wait_seconds: float = 1.0
+    # Where clients reach this service, for the `url` of GET /{version}/{media-id}; empty:
+    # the scheme and host the request came to.
+    public_base_url: str = ""
+
+    # --- the customer-service window -------------------------------------------------------
+    # A closed window is remembered only this long (the user may write any second); an open
+    # one until it closes.
+    window_closed_cache_seconds: float = 1.0

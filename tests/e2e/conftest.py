@@ -94,7 +94,8 @@ class Stack:
             "metasim": ({"METASIM_PORT": str(ports["metasim"])},
                         ["-m", "tools.metasim", "--port", str(ports["metasim"]),
                          "--config", str(self.sim_config_path)], "/healthz"),
-            "ingest": ({"INGEST_HTTP_PORT": str(ports["ingest"])},
+            "ingest": ({"INGEST_HTTP_PORT": str(ports["ingest"]),
+                        "INGEST_META_BASE_URL": f"http://127.0.0.1:{ports['metasim']}"},
                        ["-m", "services.ingest"], "/readyz"),
             "status": ({"STATUS_HTTP_PORT": str(ports["status"]),
                         "STATUS_APP_SECRET": sim_config["app_secret"],
@@ -183,9 +184,12 @@ class Account:
     top_up: int
 
 
-async def seed_accounts(stack: Stack, top_up: int) -> list[Account]:
+async def seed_accounts(stack: Stack, top_up: int,
+                        customer_service_window_check: bool = True) -> list[Account]:
     """One platform account per simulated business portfolio, with its numbers, synced
-    templates, an API key and prepaid credit — done with the admin CLI's own commands."""
+    templates, an API key and prepaid credit — done with the admin CLI's own commands.
+    `customer_service_window_check=False` lets free-form messages to closed windows through
+    ingest, for tests of Meta's own refusal (131047)."""
     vault = TokenVault(stack.token_keys)
     mongo = make_client(stack.mongodb_url)
     producer = make_producer(stack.bootstrap)
@@ -202,6 +206,9 @@ async def seed_accounts(stack: Stack, top_up: int) -> list[Account]:
                     db, name=f"E2E {i}", email=f"ops{i}@example.com", phone="+14155552671",
                     business_name=f"Business {i}", fb_business_manager_id=f"90000000000{i}")
                 account_id = account["_id"]
+                if not customer_service_window_check:
+                    await commands.update_account(db, account_id,
+                                                  customer_service_window_check=False)
                 waba = portfolio["wabas"][0]
                 await commands.register_waba(db, account_id=account_id, waba_id=waba["id"],
                                              portfolio_id=portfolio["id"])

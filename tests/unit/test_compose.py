@@ -28,7 +28,8 @@ def test_every_service_gets_the_same_variables_its_settings_read() -> None:
                 field = key.removeprefix(prefix).lower()
                 assert field in settings_cls.model_fields, f"{name}: {key} is read by nothing"
             else:
-                assert key in {"KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URL", "MONGODB_DATABASE"}
+                assert key in {"KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URL", "MONGODB_DATABASE",
+                               "HALA_TOKEN_KEYS"}
         settings = settings_cls(**{})  # defaults parse
         assert settings.http_port == int(env[f"{prefix}HTTP_PORT"])
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"

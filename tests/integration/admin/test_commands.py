@@ -74,6 +74,21 @@ async def test_accounts_are_created_suspended_and_reactivated(
         await commands.set_account_status(db, "acc_missing", "active")
 
 
+async def test_the_customer_service_window_check_is_on_by_default_and_switched_per_account(
+        db: AsyncDatabase[dict[str, Any]]) -> None:
+    account_id = await _account(db)
+    doc = await db[ACCOUNTS].find_one({"_id": account_id})
+    assert doc is not None and doc["customer_service_window_check"] is True
+    off = await commands.update_account(db, account_id, customer_service_window_check=False)
+    assert off["customer_service_window_check"] is False and off["status"] == "active"
+    on = await commands.update_account(db, account_id, customer_service_window_check=True)
+    assert on["customer_service_window_check"] is True
+    with pytest.raises(ServiceError):
+        await commands.update_account(db, account_id)  # nothing to update
+    with pytest.raises(ServiceError):
+        await commands.update_account(db, "acc_missing", customer_service_window_check=False)
+
+
 async def test_a_number_is_registered_with_its_token_encrypted(
         db: AsyncDatabase[dict[str, Any]]) -> None:
     vault = TokenVault(new_key())

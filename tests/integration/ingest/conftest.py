@@ -1,13 +1,17 @@
 """An ingest app served in-process over the real database and broker, with two accounts set up
-by the admin commands (as an operator would) and balances written as billing would."""
+by the admin commands (as an operator would), balances written as billing would, and contacts
+who wrote written as status would (their 24 h windows open). Meta's pass-through calls go to an
+in-memory stand-in (the e2e tests use the simulator)."""
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
@@ -16,17 +20,30 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.admin import commands
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
+from services.ingest.calls import Calls
 from services.ingest.handlers import Ingest
+from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.repository import (
     CachedDirectory,
+    CachedWindows,
     MongoDirectory,
     MongoIdempotencyStore,
+    MongoInbox,
+    MongoMediaStore,
     MongoMessageStore,
 )
+from services.status import core as status_core
 from services.status.repository import StatusRepository
 from shared.clock import SystemClock
-from shared.collections import BALANCES, MESSAGES, ensure_indexes
+from shared.collections import (
+    BALANCES,
+    CONVERSATIONS,
+    INBOUND_MESSAGES,
+    MEDIA,
+    MESSAGES,
+    ensure_indexes,
+)
 from shared.kafka import ensure_topics
 from shared.message_docs import message_document
 from shared.messages import SEND_REQUESTED, TOPUP_REQUESTED
@@ -34,6 +51,7 @@ from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
 from shared.secrets import TokenVault, new_key
 from tests.integration.ingest.kafka_probe import read_published
+from tests.unit.ingest.fakes import FakeMeta
 
 WABA_A, PHONE_A, PORTFOLIO_A = "102290129340398", "109731225428301", "880011223344556"
 WABA_B, PHONE_B, PORTFOLIO_B = "117552438690213", "118243906275101", "880011223344557"
@@ -89,6 +107,28 @@ class Platform:
     a: Tenant
     b: Tenant
     vault: TokenVault
+    meta: FakeMeta
+
+    async def user_wrote(self, phone_number_id: str, wa_id: str, *, ago_seconds: float = 60,
+                         item: dict[str, Any] | None = None, account_id: str | None = None,
+                         name: str = "Ana") -> dict[str, Any]:
+        """What status stores when a user writes: the inbound message and the conversation
+        with its window, made by status's own core and adapter."""
+        sent_s = int(time.time() - ago_seconds)
+        item = {"from": wa_id, "id": f"wamid.{wa_id}.{sent_s}.{zlib.crc32(repr(item).encode())}",
+                "timestamp": str(sent_s), "type": "text", "text": {"body": "hello"},
+                **(item or {})}
+        message = status_core.parse_inbound_item(
+            orjson.dumps(item), "waba", phone_number_id, status_core.INBOUND, {wa_id: name})
+        if account_id is None:
+            account_id = self.a.account_id if phone_number_id == PHONE_A else self.b.account_id
+        store = StatusRepository(self.db)
+        now_ms = int(time.time() * 1000)
+        await store.store_inbound(status_core.inbound_doc(message, account_id, now_ms))
+        await store.update_conversation(
+            status_core.conversation_id(phone_number_id, message.wa_id),
+            status_core.conversation_update(message, account_id, now_ms))
+        return item
 
     async def store_published(self) -> None:
         """Do what status does with what ingest published: make each message's document,
@@ -122,24 +162,34 @@ async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any
     prefix = f"t{unique}."
     await ensure_topics(bootstrap_servers, prefix, topics=[SEND_REQUESTED, TOPUP_REQUESTED])
     db = mongo[f"it_{unique}"]
-    await ensure_indexes(db, MESSAGES)
+    await ensure_indexes(db, MESSAGES, INBOUND_MESSAGES, CONVERSATIONS, MEDIA)
     await commands.prepare(db)
     vault = TokenVault(new_key())
     producer = RdKafkaProducer(bootstrap_servers)
     await producer.start()
     clock = SystemClock()
+    inbox = MongoInbox(db)
     ingest = Ingest(
         # No cache: revocations and suspensions must show at once in these tests.
         directory=CachedDirectory(MongoDirectory(db), clock, ttl_seconds=0),
         idempotency=MongoIdempotencyStore(db), messages=MongoMessageStore(db),
         recent=RecentMessages(clock, 30.0), publisher=KafkaPublisher(producer, prefix),
-        clock=clock, rate_card=load_rate_card())
-    client = TestClient(TestServer(create_app({}, ingest)))
+        clock=clock, rate_card=load_rate_card(), inbox=inbox,
+        windows=CachedWindows(inbox, clock, closed_seconds=0))
+    meta = FakeMeta()
+    calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=meta,
+                  vault=vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
+    client = TestClient(TestServer(create_app({}, calls)))
     await client.start_server()
     try:
         a = await _tenant(db, vault, "Alpha", WABA_A, PORTFOLIO_A, PHONE_A, "15550001001")
         b = await _tenant(db, vault, "Beta", WABA_B, PORTFOLIO_B, PHONE_B, "15550002001")
-        yield Platform(db, producer, prefix, bootstrap_servers, client, a, b, vault)
+        platform = Platform(db, producer, prefix, bootstrap_servers, client, a, b, vault, meta)
+        # The contacts the tests send free-form messages to have written (windows open).
+        for phone, wa_id in ((PHONE_A, "447912345678"), (PHONE_B, "447912345678"),
+                             (PHONE_A, "16502530000")):
+            await platform.user_wrote(phone, wa_id)
+        yield platform
     finally:
         await client.close()
         await producer.stop()

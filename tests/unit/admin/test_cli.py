@@ -53,6 +53,7 @@ def test_numbers_register_defaults_throughput_and_tier() -> None:
     ("credits", "topup", "--account", "a", "--amount", "1.5"),
     ("ledger", "show", "--account", "a", "--limit", "0"),
     ("accounts", "suspend"),
+    ("accounts", "update", "acc_1", "--customer-service-window-check", "maybe"),
     ("keys", "issue"),
     ("nothing",),
 ])
@@ -65,7 +66,9 @@ def test_bad_arguments_are_refused_by_the_parser(argv: tuple[str, ...]) -> None:
 def test_every_documented_command_parses() -> None:
     for argv in (
         ("accounts", "suspend", "acc_1"), ("accounts", "activate", "acc_1"),
-        ("accounts", "show", "acc_1"), ("wabas", "register", "--account", "a", "--waba-id",
+        ("accounts", "show", "acc_1"),
+        ("accounts", "update", "acc_1", "--customer-service-window-check", "off"),
+        ("wabas", "register", "--account", "a", "--waba-id",
                                         "1", "--portfolio-id", "2", "--name", "W"),
         ("numbers", "list", "--account", "a"), ("keys", "issue", "--account", "a", "--name",
                                                 "ci"),

@@ -68,6 +68,13 @@ def test_an_account_is_active_with_a_normalised_phone() -> None:
                            now_ms=NOW)
     assert doc["status"] == "active" and doc["phone"] == "+971501234567"
     assert doc["name"] == "Demo" and doc["low_balance_threshold"] == 5
+    assert doc["customer_service_window_check"] is True
+
+
+def test_a_switch_is_on_or_off() -> None:
+    assert core.on_off("on") is True and core.on_off(" OFF ") is False
+    with pytest.raises(ServiceError):
+        core.on_off("maybe")
 
 
 @pytest.mark.parametrize("overrides", [

@@ -1,5 +1,9 @@
 """In-memory stand-ins for ingest's adapters, and a small world of two accounts to test with.
 
+Every contact has an open customer-service window unless a test says otherwise
+(`world.inbox.windows_open_by_default = False`, then `world.inbox.user_wrote(...)`): the window
+rule has its own tests, and the others send free-form messages freely.
+
 The idempotency store keeps the unique `_id` of the real `idempotency_keys` collection;
 tests/integration/ingest/test_store_contract.py runs the same checks against the real database.
 The message store stands for `messages`, which status writes: `World.store_published()` plays
@@ -9,20 +13,29 @@ status, making the documents of the events ingest published.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import IO, Any
 
+import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
+from services.ingest.calls import Calls
+from services.ingest.conversations import WINDOW_MS, ConversationQuery, ThreadQuery
 from services.ingest.core import ListQuery, hash_api_key, to_ms
 from services.ingest.handlers import Ingest
-from services.ingest.repository import CachedDirectory, DuplicateMessage
+from services.ingest.meta_client import Download, MetaAnswer
+from services.ingest.passthrough import PassThroughPacer
+from services.ingest.repository import CachedDirectory, CachedWindows, DuplicateMessage
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable
 from shared.message_docs import message_document
 from shared.messages import SendRequested
 from shared.pricing import load_rate_card
+from shared.secrets import TokenVault, new_key
 
 KEY_A = "hw_live_" + "a" * 32
 KEY_B = "hw_live_" + "b" * 32
@@ -62,6 +75,13 @@ class FakeDirectory:
     async def balance(self, account_id: str) -> dict[str, Any] | None:
         self.reads += 1
         return copy.deepcopy(self.balances.get(account_id))
+
+    async def access_token(self, phone_number_id: str) -> dict[str, Any] | None:
+        self.reads += 1
+        phone = self.phones.get(phone_number_id)
+        return ({"account_id": phone["account_id"],
+                 "access_token_encrypted": phone.get("access_token_encrypted")}
+                if phone else None)
 
 
 class FakeIdempotencyStore:
@@ -116,6 +136,199 @@ class FakeMessageStore:
         return [copy.deepcopy(d) for d in docs[:query.limit + 1]]
 
 
+class FakeInbox:
+    """status's `conversations` and `inbound_messages`, and (through the message store) our
+    sends. tests/integration/ingest/test_store_contract.py runs the same reads against the
+    real database."""
+
+    def __init__(self, clock: FakeClock, messages: FakeMessageStore) -> None:
+        self.clock = clock
+        self.messages = messages
+        self.conversation_docs: dict[str, dict[str, Any]] = {}
+        self.inbound: dict[str, dict[str, Any]] = {}
+        self.windows_open_by_default = True
+        self.conversation_reads = 0
+
+    def user_wrote(self, account_id: str, phone_number_id: str, wa_id: str, *,
+                   ago_seconds: float = 60, wamid: str | None = None, message_type: str = "text",
+                   content: Any = None, media_id: str | None = None,
+                   name: str = "Ana") -> dict[str, Any]:
+        """What status stores when the user writes (`ago_seconds` before now)."""
+        sent_at = self.clock.now_ms() - round(ago_seconds * 1000)
+        wamid = wamid or f"wamid.IN{len(self.inbound) + 1:04d}"
+        item = {"from": wa_id, "id": wamid, "timestamp": str(sent_at // 1000),
+                "type": message_type,
+                message_type: content if content is not None else {"body": "hello"}}
+        doc = {"_id": wamid, "account_id": account_id, "waba_id": "w",
+               "phone_number_id": phone_number_id, "wa_id": wa_id, "direction": "inbound",
+               "type": message_type, "content": orjson.dumps(item).decode(),
+               "sent_at": sent_at, "received_at": sent_at + 500, "opens_window": True,
+               "contact_name": name}
+        if media_id is not None:
+            doc["media_id"] = media_id
+        self.inbound[wamid] = doc
+        key = f"{phone_number_id}:{wa_id}"
+        conversation = self.conversation_docs.setdefault(key, {
+            "_id": key, "account_id": account_id, "phone_number_id": phone_number_id,
+            "wa_id": wa_id, "contact_name": name})
+        conversation["last_message_at"] = max(conversation.get("last_message_at", 0), sent_at)
+        conversation["last_inbound_at"] = max(conversation.get("last_inbound_at", 0), sent_at)
+        conversation["window_expires_at"] = max(conversation.get("window_expires_at", 0),
+                                                sent_at + WINDOW_MS)
+        return doc
+
+    async def conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        self.conversation_reads += 1
+        found = self.conversation_docs.get(conversation_id)
+        if found is None and self.windows_open_by_default:
+            return {"_id": conversation_id,
+                    "window_expires_at": self.clock.now_ms() + 3600_000}
+        return copy.deepcopy(found)
+
+    async def inbound_message(self, wamid: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.inbound.get(wamid))
+
+    async def inbound_with_media(self, media_id: str) -> dict[str, Any] | None:
+        found = [d for d in self.inbound.values() if d.get("media_id") == media_id]
+        return copy.deepcopy(found[0]) if found else None
+
+    async def conversations_of(self, account_id: str) -> list[dict[str, Any]]:
+        return [c for c in self.conversation_docs.values() if c["account_id"] == account_id]
+
+    async def conversations(self, account_id: str,
+                            query: ConversationQuery) -> list[dict[str, Any]]:
+        docs = sorted(await self.conversations_of(account_id),
+                      key=lambda c: (c.get("last_message_at", 0), c["_id"]), reverse=True)
+        if query.after is not None:
+            docs = [c for c in docs if (c.get("last_message_at", 0), c["_id"])
+                    < (query.after.at, query.after.id)]
+        return copy.deepcopy(docs[:query.limit + 1])
+
+    async def last_inbound(self, account_id: str, phone_number_id: str,
+                           wa_id: str) -> dict[str, Any] | None:
+        docs = [d for d in self.inbound.values() if d["account_id"] == account_id
+                and d["phone_number_id"] == phone_number_id and d["wa_id"] == wa_id]
+        return copy.deepcopy(max(docs, key=lambda d: (d["sent_at"], d["_id"]), default=None))
+
+    async def last_outbound(self, account_id: str, phone_number_id: str,
+                            recipient: str) -> dict[str, Any] | None:
+        docs = [d for d in self.messages.docs.values() if d["account_id"] == account_id
+                and d["phone_number_id"] == phone_number_id and d["recipient"] == recipient]
+        return copy.deepcopy(max(docs, key=lambda d: (to_ms(d["created_at"]), d["_id"]),
+                                 default=None))
+
+    async def thread_inbound(self, account_id: str,
+                             query: ThreadQuery) -> list[dict[str, Any]]:
+        docs = [d for d in self.inbound.values() if d["account_id"] == account_id
+                and d["wa_id"] == query.wa_id
+                and query.phone_number_id in (None, d["phone_number_id"])]
+        return _past(docs, lambda d: (d["sent_at"], d["_id"]), query)
+
+    async def thread_outbound(self, account_id: str,
+                              query: ThreadQuery) -> list[dict[str, Any]]:
+        docs = [d for d in self.messages.docs.values() if d["account_id"] == account_id
+                and d["recipient"] == query.recipient
+                and query.phone_number_id in (None, d["phone_number_id"])]
+        return _past(docs, lambda d: (to_ms(d["created_at"]), d["_id"]), query)
+
+
+def _past(docs: list[dict[str, Any]], key: Any, query: ThreadQuery) -> list[dict[str, Any]]:
+    docs = sorted(docs, key=key, reverse=query.newest_first)
+    if query.after is not None:
+        cursor = (query.after.at, query.after.id)
+        docs = [d for d in docs if (key(d) < cursor if query.newest_first else key(d) > cursor)]
+    return copy.deepcopy(docs[:query.limit + 1])
+
+
+class FakeMediaStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    async def insert(self, doc: dict[str, Any]) -> None:
+        self.docs[doc["_id"]] = copy.deepcopy(doc)
+
+    async def get(self, media_id: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.docs.get(media_id))
+
+    async def mark_deleted(self, media_id: str, now_ms: int) -> None:
+        if media_id in self.docs:
+            self.docs[media_id]["deleted_at"] = now_ms
+
+
+TOKEN_A = "EAA-token-of-a"
+TOKEN_B = "EAA-token-of-b"
+
+
+class FakeMeta:
+    """Meta's Graph API for pass-through calls: records each call with the token it carried;
+    media uploaded here (or `received`) can be looked up, downloaded and deleted."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []  # (call, token, what)
+        self.files: dict[str, tuple[str, bytes]] = {}  # media id -> (mime, bytes)
+        self.refuse: MetaAnswer | None = None
+        self.cut_download_after: int | None = None  # bytes, then the connection drops
+        self.next_id = 900_000_000_000_001
+
+    def received(self, media_id: str, mime: str, data: bytes) -> None:
+        self.files[media_id] = (mime, data)
+
+    async def mark_read(self, phone_number_id: str, token: str,
+                        body: dict[str, Any]) -> MetaAnswer:
+        self.calls.append(("read", token, {"phone_number_id": phone_number_id, **body}))
+        return self.refuse or MetaAnswer(200, {"success": True})
+
+    async def upload(self, phone_number_id: str, token: str, file: IO[bytes], *,
+                     mime_type: str, filename: str, extra: dict[str, str]) -> MetaAnswer:
+        data = file.read()
+        self.calls.append(("upload", token, {"phone_number_id": phone_number_id,
+                                             "mime_type": mime_type, "filename": filename,
+                                             "size": len(data), **extra}))
+        if self.refuse:
+            return self.refuse
+        media_id = str(self.next_id)
+        self.next_id += 1
+        self.files[media_id] = (mime_type, data)
+        return MetaAnswer(200, {"id": media_id})
+
+    async def media_info(self, media_id: str, token: str) -> MetaAnswer:
+        self.calls.append(("media_url", token, media_id))
+        if self.refuse:
+            return self.refuse
+        if media_id not in self.files:
+            return MetaAnswer(400, {"error": {
+                "message": f"Unsupported get request. Object with ID '{media_id}' does not "
+                           "exist", "type": "GraphMethodException", "code": 100,
+                "error_subcode": 33, "fbtrace_id": "x"}})
+        mime, data = self.files[media_id]
+        return MetaAnswer(200, {"messaging_product": "whatsapp",
+                                "url": f"https://lookaside.test/dl/{media_id}",
+                                "mime_type": mime, "sha256": hashlib.sha256(data).hexdigest(),
+                                "file_size": str(len(data)), "id": media_id})
+
+    async def delete_media(self, media_id: str, token: str) -> MetaAnswer:
+        self.calls.append(("delete_media", token, media_id))
+        if self.refuse:
+            return self.refuse
+        self.files.pop(media_id, None)
+        return MetaAnswer(200, {"success": True})
+
+    @asynccontextmanager
+    async def download(self, url: str, token: str) -> AsyncIterator[Download]:
+        self.calls.append(("download", token, url))
+        media_id = url.rsplit("/", 1)[-1]
+        mime, data = self.files[media_id]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 1000):
+                if self.cut_download_after is not None and i >= self.cut_download_after:
+                    raise DependencyUnavailable("Meta did not answer (ClientPayloadError)",
+                                                details={"dependency": "meta"})
+                yield data[i:i + 1000]
+
+        yield Download(200, mime, len(data), chunks())
+
+
 class FakePublisher:
     def __init__(self) -> None:
         self.events: list[SendRequested] = []
@@ -139,6 +352,9 @@ def template(waba_id: str, name: str, *, language: str = "en_US", category: str 
             "button_params": button_params or []}
 
 
+VAULT = TokenVault(new_key())
+
+
 def two_accounts() -> FakeDirectory:
     """acc_a and acc_b with a number and templates each; a revoked key; a suspended account."""
     d = FakeDirectory()
@@ -153,9 +369,11 @@ def two_accounts() -> FakeDirectory:
     }
     d.phones = {
         PHONE_A: {"_id": PHONE_A, "account_id": "acc_a", "waba_id": WABA_A,
-                  "portfolio_id": "880011223344556", "display_phone_number": "15550001001"},
+                  "portfolio_id": "880011223344556", "display_phone_number": "15550001001",
+                  "access_token_encrypted": VAULT.encrypt(TOKEN_A)},
         PHONE_B: {"_id": PHONE_B, "account_id": "acc_b", "waba_id": WABA_B,
-                  "portfolio_id": "880011223344557", "display_phone_number": "15550002001"},
+                  "portfolio_id": "880011223344557", "display_phone_number": "15550002001",
+                  "access_token_encrypted": VAULT.encrypt(TOKEN_B)},
     }
     for t in (
         template(WABA_A, "order_confirmation", body_params=["1", "2"], header_format="IMAGE",
@@ -178,17 +396,32 @@ def two_accounts() -> FakeDirectory:
 class World:
     """An ingest app over fakes, served in-process, with a fake clock."""
 
-    def __init__(self, ttl_seconds: float = 5.0) -> None:
+    def __init__(self, ttl_seconds: float = 5.0, *, pace: tuple[float, int, float] = (10, 20, 1),
+                 window_closed_cache_seconds: float = 1.0) -> None:
         self.clock = FakeClock()
         self.directory = two_accounts()
         self.idempotency = FakeIdempotencyStore()
         self.messages = FakeMessageStore()
         self.publisher = FakePublisher()
+        self.inbox = FakeInbox(self.clock, self.messages)
+        self.media = FakeMediaStore()
+        self.meta = FakeMeta()
+        self.slept: list[float] = []
         self.ingest = Ingest(directory=CachedDirectory(self.directory, self.clock, ttl_seconds),
                              idempotency=self.idempotency, messages=self.messages,
                              recent=RecentMessages(self.clock, 30.0), publisher=self.publisher,
-                             clock=self.clock, rate_card=load_rate_card())
-        self.app = create_app({}, self.ingest)
+                             clock=self.clock, rate_card=load_rate_card(), inbox=self.inbox,
+                             windows=CachedWindows(self.inbox, self.clock,
+                                                   window_closed_cache_seconds))
+        self.calls = Calls(ingest=self.ingest, media=self.media, meta=self.meta,
+                           vault=VAULT, pacer=PassThroughPacer(*pace), clock=self.clock,
+                           sleep=self.sleep)
+        self.app = create_app({}, self.calls)
+
+    async def sleep(self, seconds: float) -> None:
+        """What a pass-through call waits for its turn: recorded, and the clock moves."""
+        self.slept.append(seconds)
+        self.clock.advance(seconds)
 
     def store_published(self) -> None:
         """Do what status does with every event published so far: make its document."""

@@ -14,7 +14,7 @@ import yaml
 from services.ingest import openapi
 from services.ingest.app import OPENAPI_PATH, create_app
 from services.ingest.errors import ERROR_CODES
-from services.ingest.schemas import MetaSendRequest, V1SendRequest
+from services.ingest.schemas import MetaMarkRead, MetaSendRequest, V1MarkRead, V1SendRequest
 from tests.unit.ingest.fakes import World
 
 DOC: dict[str, Any] = yaml.safe_load(OPENAPI_PATH.read_text())
@@ -30,7 +30,7 @@ RAISED_ELSEWHERE = {
 
 
 def _app_routes() -> set[tuple[str, str]]:
-    app = create_app({}, World().ingest)
+    app = create_app({}, World().calls)
     routes = set()
     for route in app.router.routes():
         if route.method in ("HEAD", "*"):
@@ -78,12 +78,16 @@ def test_every_reference_in_the_document_resolves() -> None:
 
 
 def test_the_send_routes_name_the_generated_request_schemas() -> None:
-    def schema_of(path: str) -> str:
+    def schemas_of(path: str) -> set[str]:
         body = DOC["paths"][path]["post"]["requestBody"]["content"]["application/json"]
-        return str(body["schema"]["$ref"]).rsplit("/", 1)[-1]
+        refs = body["schema"].get("oneOf", [body["schema"]])
+        return {str(ref["$ref"]).rsplit("/", 1)[-1] for ref in refs}
 
-    assert schema_of("/v1/messages") == V1SendRequest.__name__
-    assert schema_of("/{graph_version}/{phone_number_id}/messages") == MetaSendRequest.__name__
+    assert schemas_of("/v1/messages") == {V1SendRequest.__name__}
+    # Meta's messages endpoint takes sends and mark-as-read
+    assert schemas_of("/{graph_version}/{phone_number_id}/messages") == {
+        MetaSendRequest.__name__, MetaMarkRead.__name__}
+    assert schemas_of("/v1/messages/{wamid}/read") == {V1MarkRead.__name__}
     # and the generated ones say what the decoders accept
     v1 = DOC["components"]["schemas"]["V1SendRequest"]
     assert set(v1["required"]) == {"from", "to", "type"}
