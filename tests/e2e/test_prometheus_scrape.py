@@ -43,7 +43,7 @@ async def test_prometheus_scrapes_every_service_and_sees_the_pipeline_traffic(
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
     base = f"http://127.0.0.1:{port}"
     try:
-        accounts = await seed_accounts(stack, TOP_UP)
+        accounts = await seed_accounts(stack, TOP_UP, customer_service_window_check=False)
         plan = plan_workload(accounts, 60)
         await open_windows(stack, plan)
         async with aiohttp.ClientSession() as session:
