@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import pymongo
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.admin import commands
@@ -31,15 +29,6 @@ from tests.integration.ingest.kafka_probe import read_published
 
 REPO = Path(__file__).resolve().parents[3]
 WABA, PHONE, PORTFOLIO = "102290129340398", "109731225428301", "880011223344556"
-
-
-@pytest.fixture
-async def db(mongo: AsyncMongoClient[dict[str, Any]],
-             unique: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    database = mongo[f"it_{unique}"]
-    await commands.prepare(database)
-    yield database
-    await mongo.drop_database(database.name)
 
 
 async def _account(db: AsyncDatabase[dict[str, Any]], name: str = "Demo Co") -> str:

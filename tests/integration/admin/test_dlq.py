@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.admin import commands
@@ -23,15 +22,6 @@ from shared.kafka import ensure_topics, make_producer, send_to_dlq, topic_name
 from shared.messages import WEBHOOK_RECEIVED
 
 SOURCE_PARTITION = 1
-
-
-@pytest.fixture
-async def db(mongo: AsyncMongoClient[dict[str, Any]],
-             unique: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    database = mongo[f"it_{unique}"]
-    await commands.prepare(database)
-    yield database
-    await mongo.drop_database(database.name)
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@ the Graph API's real paging, auth and template shapes, into the real database.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.admin import commands
@@ -20,15 +17,6 @@ from tools.metasim.app import build_app
 from tools.metasim.config import load_config
 
 WABA, PHONE, PORTFOLIO = "102290129340398", "109731225428301", "880011223344556"
-
-
-@pytest.fixture
-async def db(mongo: AsyncMongoClient[dict[str, Any]],
-             unique: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
-    database = mongo[f"it_{unique}"]
-    await commands.prepare(database)
-    yield database
-    await mongo.drop_database(database.name)
 
 
 async def test_templates_sync_from_the_simulator_page_by_page(
