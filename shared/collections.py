@@ -25,6 +25,12 @@ a writer never races another writer on the same document. Readers may be anyone.
 | number_states | status | phone number id | Meta's word on a number: tier, name, ban |
 | media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
 | dlq_replays | admin CLI | dlq topic:partition:offset | dead letters replayed; unique `source` |
+| webhook_endpoints | ingest | endpoint id (`we_…`) | client endpoint: url, events, secrets |
+| endpoint_states | notify | endpoint id | health: failing since, disabled (410, 3 days failing) |
+| notify_events | notify | event id (`evt_…`) | every client event, as delivered (replay source) |
+| deliveries | notify | endpoint id:event id | one event to one endpoint: state, next try |
+| delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency |
+| email_alerts | notify | alert key | alert emails sent (one per crossing / change) |
 
 `messages` has one writer, status's state writer: it creates a message's document from the
 SendRequested that ingest published (ingest answers 202 once that event is durable) and applies
@@ -51,6 +57,17 @@ moving forward. `user_preferences` (status): `_id` phone_number_id:wa_id:categor
 decisions; per WABA (`_id` "waba:<id>") `holds` ({banned|deleted|partner_removed|
 app_uninstalled: {on, at}}), `held`, and the latest account_update, review, alert, security and
 capability facts.
+
+`webhook_endpoints` documents (ingest's client API is their only writer; notify reads them):
+`_id` `we_` + 26 chars, `account_id`, `url`, `events` (event types, `<prefix>.*` or `*`; see
+`shared/client_events.py`), `format` ("standard" | "meta"), `description`, `enabled` (the client's
+switch), `enabled_at` (ms, set at creation and whenever the client enables it), `secrets`: a list
+of `{"id", "encrypted", "created_at", "expires_at"}` (Fernet under `HALA_TOKEN_KEYS`; the current
+secret has `expires_at: null`; a rotated-out one signs too until its `expires_at`, 24 h on),
+`created_at`, `updated_at`, `deleted_at`. notify's own verdict lives in `endpoint_states`
+(`disabled_at`, `disabled_reason`, `failing_since`, `last_success_at`): an endpoint receives while
+`enabled` and not (`disabled_at` after `enabled_at`), so each collection keeps one writer and a
+client re-enabling a disabled endpoint needs no write of notify's.
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's template webhooks (status, quality, category, components); both write Meta's
@@ -85,6 +102,12 @@ INBOUND_MESSAGES = "inbound_messages"
 USER_PREFERENCES = "user_preferences"
 NUMBER_STATES = "number_states"
 MEDIA = "media"
+WEBHOOK_ENDPOINTS = "webhook_endpoints"
+ENDPOINT_STATES = "endpoint_states"
+NOTIFY_EVENTS = "notify_events"
+DELIVERIES = "deliveries"
+DELIVERY_ATTEMPTS = "delivery_attempts"
+EMAIL_ALERTS = "email_alerts"
 DLQ_REPLAYS = "dlq_replays"
 
 INDEXES: dict[str, list[IndexModel]] = {
