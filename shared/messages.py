@@ -203,6 +203,34 @@ class LowBalanceAlerted(Event, kw_only=True, frozen=True):
     occurred_at: int
 
 
+# --- billing.balance-topped-up.v1 ----------------------------------------------------------
+
+class BalanceToppedUp(Event, kw_only=True, frozen=True):
+    """Billing applied a top-up: `available` is the balance right after it."""
+
+    account_id: str
+    amount: int
+    available: int
+    currency: str
+    note: str = ""
+    occurred_at: int
+
+
+# --- notify.requests.v1 ---------------------------------------------------------------------
+
+class NotifyRequested(Event, kw_only=True, frozen=True):
+    """A client asked (through ingest's API) for a test event or a replay to one endpoint.
+    A replay names one event (`replay_event_id`) or a time range (`since`/`until`, ms)."""
+
+    account_id: str
+    endpoint_id: str
+    kind: Literal["test", "replay"]
+    replay_event_id: str | None = None
+    since: int | None = None
+    until: int | None = None
+    requested_at: int
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 S = TypeVar("S", bound=Event)
@@ -458,10 +486,36 @@ LOW_BALANCE_ALERTED: Topic[LowBalanceAlerted] = Topic(
                "threshold": 1_000_000, "occurred_at": 1764000000000},),
 )
 
+BALANCE_TOPPED_UP: Topic[BalanceToppedUp] = Topic(
+    name="billing.balance-topped-up.v1",
+    schema=BalanceToppedUp,
+    key=lambda e: e.account_id,
+    producers=("billing",),
+    consumers=("notify",),
+    examples=({"event_id": "topup_01HZY:applied", "account_id": "acc_demo",
+               "amount": 50_000_000, "available": 50_090_000, "currency": "USD",
+               "note": "initial credit", "occurred_at": 1764000000000},),
+)
+
+NOTIFY_REQUESTED: Topic[NotifyRequested] = Topic(
+    name="notify.requests.v1",
+    schema=NotifyRequested,
+    key=lambda e: e.account_id,
+    producers=("ingest",),
+    consumers=("notify",),
+    examples=(
+        {"event_id": "nreq_01HZY", "account_id": "acc_demo", "endpoint_id": "we_01HZY",
+         "kind": "test", "requested_at": 1764000000000},
+        {"event_id": "nreq_01HZZ", "account_id": "acc_demo", "endpoint_id": "we_01HZY",
+         "kind": "replay", "since": 1763990000000, "until": 1764000000000,
+         "requested_at": 1764000000000},
+    ),
+)
+
 ALL_TOPICS: tuple[Topic[Any], ...] = (
     SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED, WEBHOOK_RECEIVED, INBOUND_RECEIVED,
     TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, WABA_STATUS_CHANGED, TOPUP_REQUESTED,
-    LOW_BALANCE_ALERTED,
+    LOW_BALANCE_ALERTED, BALANCE_TOPPED_UP, NOTIFY_REQUESTED,
 )
 
 
