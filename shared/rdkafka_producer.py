@@ -8,7 +8,8 @@ aiohttp's own. Consumers and batch publishers stay on aiokafka.
 
 Same guarantees as `shared.kafka.make_producer`: acks=all, idempotence, and a bounded time to
 deliver; `send` returns only once the broker acknowledged the record, and any failure is a
-transient DependencyUnavailable.
+transient DependencyUnavailable. Same connection and credentials too: the service's
+`KafkaConfig` (shared/kafka.py) gives librdkafka its address, TLS and SASL properties.
 
 librdkafka reports deliveries only from `poll()`: one thread polls, gathers the reports each poll
 served, and hands them to the event loop in one call (not one wake-up per message).
@@ -23,6 +24,7 @@ from typing import Any
 import confluent_kafka
 
 from shared.errors import DependencyUnavailable
+from shared.kafka import KafkaConfig
 
 # Each request waits for its record's acknowledgement, so the linger is in every answer's
 # latency, and with a fixed number of client connections latency caps throughput. Measured for
@@ -30,6 +32,10 @@ from shared.errors import DependencyUnavailable
 # (CPU-bound, same CPU per request); 0 makes a broker request of every record and costs more.
 LINGER_MS = 1.0
 _POLL_SECONDS = 0.1  # poll() returns as soon as a report arrives; this only bounds shutdown
+# librdkafka before 2.6.1 answered Kafka 4's SCRAM challenge wrongly (it re-appended the client
+# nonce; Kafka 4 checks it strictly since CVE-2024-56128): login fails. libversion() is
+# 0xMMmmrrpp.
+MIN_SCRAM_LIBVERSION = 0x020601FF
 
 
 def _unavailable(error: object) -> DependencyUnavailable:
@@ -37,10 +43,14 @@ def _unavailable(error: object) -> DependencyUnavailable:
 
 
 class RdKafkaProducer:
-    def __init__(self, bootstrap_servers: str, *, linger_ms: float = LINGER_MS,
+    def __init__(self, kafka: KafkaConfig, *, linger_ms: float = LINGER_MS,
                  delivery_timeout_ms: int = 15000) -> None:
+        if kafka.uses_sasl and kafka.sasl_mechanism.startswith("SCRAM") \
+                and confluent_kafka.libversion()[1] < MIN_SCRAM_LIBVERSION:
+            raise RuntimeError(f"librdkafka {confluent_kafka.libversion()[0]} cannot log in "
+                               "to Kafka 4 with SCRAM: 2.6.1 or later is needed")
         self._config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
+            **kafka.rdkafka_options(),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": linger_ms,

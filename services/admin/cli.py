@@ -26,6 +26,7 @@ from shared.errors import ServiceError
 from shared.kafka import make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault
+from shared.settings import load_settings
 
 
 def _positive_int(text: str) -> int:
@@ -172,7 +173,7 @@ class Context:
 
     def __init__(self, settings: AdminSettings) -> None:
         self.settings = settings
-        self.mongo = make_client(settings.mongodb_url)
+        self.mongo = make_client(settings.mongodb_url, **settings.mongo_credentials())
         self.db = self.mongo[settings.mongodb_database]
         self._producer: Any = None
 
@@ -184,7 +185,7 @@ class Context:
 
     async def producer(self) -> Any:
         if self._producer is None:
-            self._producer = make_producer(self.settings.kafka_bootstrap_servers)
+            self._producer = make_producer(self.settings.kafka)
             await self._producer.start()
         return self._producer
 
@@ -278,17 +279,17 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
 
 
 async def _dlq(args: argparse.Namespace, ctx: Context) -> Any:
-    bootstrap, prefix = ctx.settings.kafka_bootstrap_servers, ctx.settings.topic_prefix
+    kafka, prefix = ctx.settings.kafka, ctx.settings.topic_prefix
     if args.command == "list":
-        return await commands.list_dead_letters(ctx.db, bootstrap, prefix)
+        return await commands.list_dead_letters(ctx.db, kafka, prefix)
     if args.command == "show":
         return await commands.show_dead_letters(
-            ctx.db, bootstrap, prefix, args.topic, offset=args.offset, limit=args.limit,
+            ctx.db, kafka, prefix, args.topic, offset=args.offset, limit=args.limit,
             partition=args.partition,
             traceback_lines=None if args.json else args.traceback_lines)
     if args.command == "replay":
         return await commands.replay_dead_letters(
-            ctx.db, await ctx.producer(), bootstrap, prefix, args.topic, offset=args.offset,
+            ctx.db, await ctx.producer(), kafka, prefix, args.topic, offset=args.offset,
             replay_all=args.replay_all, partition=args.partition, dry_run=args.dry_run)
     raise AssertionError(f"unhandled command dlq {args.command}")
 
@@ -327,7 +328,7 @@ def _human(result: Any, indent: str = "") -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = asyncio.run(run(args, AdminSettings()))
+        result = asyncio.run(run(args, load_settings(AdminSettings)))
     except ServiceError as exc:
         print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
         return 1

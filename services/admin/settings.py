@@ -1,17 +1,19 @@
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
 
 
 class AdminSettings(ServiceSettings):
-    """The CLI reads the same unprefixed variables as the services (MONGODB_URL,
-    MONGODB_DATABASE, KAFKA_BOOTSTRAP_SERVERS, HALA_TOPIC_PREFIX) plus the token keys."""
+    """The CLI reads the same unprefixed variables as the services (MONGODB_*, KAFKA_*,
+    HALA_TOPIC_PREFIX; KAFKA_SASL_USERNAME is the admin principal, `hala-admin`, the only one
+    allowed to write top-ups) plus the token keys."""
 
     model_config = SettingsConfigDict(env_prefix="HALA_ADMIN_", extra="ignore",
                                       populate_by_name=True)
 
     # Comma-separated Fernet keys, newest first (shared.secrets.TokenVault).
-    token_keys: SecretStr | None = Field(None, validation_alias="HALA_TOKEN_KEYS")
+    token_keys: TokenKeys | None = Field(None, validation_alias="HALA_TOKEN_KEYS")
     graph_url: str = "http://127.0.0.1:8090"
     graph_version: str = "v24.0"

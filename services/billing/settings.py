@@ -6,8 +6,11 @@ from shared.settings import ServiceSettings
 class BillingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore", populate_by_name=True)
 
-    http_port: int = 8083
-    faust_app_id: str = "hala-billing"
+    # billing serves only the ops endpoints.
+    ops_port: int = 9183
+    # faust's app id, prefixed like the topics, is billing's consumer group: it starts with
+    # `billing`, as the group ACL of billing's principal requires (shared/kafka_access.py).
+    faust_app_id: str = "billing"
     # memory:// replays the changelog at start; billing keeps no faust tables, so it is free.
     faust_store: str = "memory://"
     # faust creates `<app id>-data` here even without tables (default: the working directory).

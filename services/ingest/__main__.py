@@ -26,24 +26,25 @@ from shared.collections import MEDIA, ensure_indexes
 from shared.logging import configure_logging, get_logger
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
-from shared.runtime import Connections, serve
+from shared.runtime import Connections, Parts, serve
 from shared.secrets import TokenVault
+from shared.settings import load_settings
 
 
 async def main() -> None:
-    settings = IngestSettings()
+    settings = load_settings(IngestSettings)
     configure_logging(SERVICE, settings.log_level)
-    keys = settings.token_keys.get_secret_value()
+    keys = settings.token_keys.get_secret_value() if settings.token_keys else ""
     if not keys:
         # Sends do not need the tokens (the sender makes them); pass-through calls do.
         get_logger(SERVICE).warning("token_keys_missing",
                                     detail="HALA_TOKEN_KEYS is not set: mark-as-read and "
                                            "media calls will answer 500")
 
-    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+    async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, MEDIA)
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka_bootstrap_servers)
+        producer = RdKafkaProducer(settings.kafka)
         await producer.start()
         inbox = MongoInbox(conns.db)
         ingest = Ingest(
@@ -67,14 +68,14 @@ async def main() -> None:
                                              settings.passthrough_max_wait_seconds),
                       clock=clock)
         checks = {**conns.readiness_checks(), "kafka": producer.ready}
-        app = create_app(checks, calls, settings.public_base_url)
+        app = create_app(calls, settings.public_base_url)
 
         async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed
             await meta.close()
 
         app.on_cleanup.append(stop_clients)
-        return app, []
+        return Parts(checks=checks, client_app=app)
 
     await serve(settings, SERVICE, build)
 

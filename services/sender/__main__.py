@@ -6,18 +6,18 @@ from services.sender.settings import SenderSettings
 from services.sender.worker import SERVICE, create_worker
 from shared.clock import SystemClock
 from shared.collections import SENDS, TIER_USAGE, ensure_indexes
-from shared.http import make_ops_app
 from shared.logging import configure_logging
-from shared.runtime import Connections, serve
+from shared.runtime import Connections, Parts, serve
+from shared.settings import load_settings
 
 
 async def main() -> None:
-    settings = SenderSettings()
+    settings = load_settings(SenderSettings)
     configure_logging(SERVICE, settings.log_level)
     if not settings.token_keys.get_secret_value():
         raise SystemExit("HALA_TOKEN_KEYS is not set: the sender cannot decrypt access tokens")
 
-    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+    async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, SENDS, TIER_USAGE)
         worker, meta = create_worker(settings, conns.db, conns.producer, SystemClock())
 
@@ -27,7 +27,7 @@ async def main() -> None:
             finally:
                 await meta.close()
 
-        return make_ops_app(SERVICE, conns.readiness_checks()), [run_worker()]
+        return Parts(checks=conns.readiness_checks(), workers=[run_worker()])
 
     await serve(settings, SERVICE, build)
 

@@ -1,13 +1,15 @@
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
 
 
 class SenderSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SENDER_", extra="ignore", populate_by_name=True)
 
-    http_port: int = 8082
+    # The sender serves only the ops endpoints.
+    ops_port: int = 9182
     meta_base_url: str = "http://127.0.0.1:8090"
     meta_graph_version: str = "v24.0"
     # A request Meta has not answered within this is ambiguous (it may have been delivered).
@@ -15,7 +17,7 @@ class SenderSettings(ServiceSettings):
     meta_connections_per_host: int = 100
     # Comma-separated Fernet keys that decrypt phone_numbers.access_token_encrypted (shared with
     # the admin CLI, hence unprefixed).
-    token_keys: SecretStr = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
+    token_keys: TokenKeys = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
 
     max_in_flight: int = 2000
     # Requests to Meta not answered yet (storing the `sending` record, waiting for a number

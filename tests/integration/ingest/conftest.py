@@ -179,7 +179,7 @@ async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any
     meta = FakeMeta()
     calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=meta,
                   vault=vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
-    client = TestClient(TestServer(create_app({}, calls)))
+    client = TestClient(TestServer(create_app(calls)))
     await client.start_server()
     try:
         a = await _tenant(db, vault, "Alpha", WABA_A, PORTFOLIO_A, PHONE_A, "15550001001")

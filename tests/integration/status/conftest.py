@@ -39,6 +39,10 @@ from shared.collections import (
 from shared.kafka import ensure_topics, make_consumer, make_producer, topic_name
 from shared.messages import WEBHOOK_RECEIVED, Topic
 
+VERIFY_TOKEN = "token"
+# Meta's subscription handshake: a GET the webhook app answers with the challenge.
+HANDSHAKE = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"}
+
 
 @dataclass
 class StatusWorld:
@@ -61,8 +65,8 @@ class StatusWorld:
     @asynccontextmanager
     async def webhook_client(self, app_secret: bytes) -> AsyncIterator[TestClient[Any, Any]]:
         """status's webhook HTTP app, in process, publishing to this world's topics."""
-        app = create_app(WebhookConfig(app_secret, "token", 3 * 1024 * 1024), self.publisher,
-                         SystemClock(), {})
+        app = create_app(WebhookConfig(app_secret, VERIFY_TOKEN, 3 * 1024 * 1024), self.publisher,
+                         SystemClock())
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         try:

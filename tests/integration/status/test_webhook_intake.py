@@ -31,7 +31,7 @@ async def test_a_signed_batched_webhook_is_durable_on_the_topic_before_the_200(
         world: StatusWorld) -> None:
     topic = topic_name(WEBHOOK_RECEIVED, world.prefix)
     app = create_app(WebhookConfig(APP_SECRET, "token", 3 * 1024 * 1024), world.publisher,
-                     SystemClock(), {})
+                     SystemClock())
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

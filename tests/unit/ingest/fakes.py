@@ -416,7 +416,7 @@ class World:
         self.calls = Calls(ingest=self.ingest, media=self.media, meta=self.meta,
                            vault=VAULT, pacer=PassThroughPacer(*pace), clock=self.clock,
                            sleep=self.sleep)
-        self.app = create_app({}, self.calls)
+        self.app = create_app(self.calls)
 
     async def sleep(self, seconds: float) -> None:
         """What a pass-through call waits for its turn: recorded, and the clock moves."""

@@ -30,7 +30,7 @@ RAISED_ELSEWHERE = {
 
 
 def _app_routes() -> set[tuple[str, str]]:
-    app = create_app({}, World().calls)
+    app = create_app(World().calls)
     routes = set()
     for route in app.router.routes():
         if route.method in ("HEAD", "*"):
