@@ -30,6 +30,7 @@ import base64
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -52,6 +53,7 @@ from pydantic import SecretStr
 
 from shared.kafka import KafkaConfig, delete_topics, ensure_topics
 from shared.kafka_access import SERVICES, SETUP_PRINCIPAL, Grant, grants, principal
+from shared.messages import ALL_TOPICS, Topic
 from shared.settings import ServiceSettings, load_settings
 
 SCRAM_ITERATIONS = 8192  # Kafka's minimum is 4096
@@ -128,9 +130,31 @@ def _ensure_users(kafka: KafkaConfig, passwords: dict[str, SecretStr]) -> None:
 
 
 def _create_acls(kafka: KafkaConfig, wanted: Sequence[Grant]) -> None:
-    if wanted:
-        admin = _admin(kafka)  # kept until the futures are done: its end cancels them
-        _wait_all(admin.create_acls([_binding(g) for g in wanted]).values())
+    """Create the ACLs and return once the broker enforces them: the controller acknowledges
+    an ACL before the broker's authorizer has applied it, and a client that asks for metadata
+    in between is refused the topic (and aiokafka remembers the refusal)."""
+    if not wanted:
+        return
+    admin = _admin(kafka)  # kept until the futures are done: its end cancels them
+    bindings = [_binding(g) for g in wanted]
+    _wait_all(admin.create_acls(bindings).values())
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                  AclOperation.ANY, AclPermissionType.ANY)
+    missing = {_key(b) for b in bindings}
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        missing -= {_key(b) for b in admin.describe_acls(everything).result(timeout=TIMEOUT_S)}
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missing)} ACLs created but not in force after "
+                               f"{TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
+
+
+def _key(binding: AclBinding) -> tuple[Any, ...]:
+    return (binding.restype, binding.name, binding.resource_pattern_type, binding.principal,
+            binding.operation, binding.permission_type)
 
 
 def _delete_acls(kafka: KafkaConfig, matches: Callable[[str], bool]) -> int:
@@ -154,10 +178,13 @@ async def ensure_users(kafka: KafkaConfig, secrets_dir: Path,
     await asyncio.to_thread(_ensure_users, kafka, passwords)
 
 
-async def grant(kafka: KafkaConfig, prefix: str = "") -> None:
-    """The topics of `prefix` and every service's ACLs on them (idempotent)."""
-    await ensure_topics(kafka, prefix)
-    await asyncio.to_thread(_create_acls, kafka, grants(prefix))
+async def grant(kafka: KafkaConfig, prefix: str = "",
+                topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
+    """The topics of `prefix` (all, or those given) and every service's ACLs on them
+    (idempotent)."""
+    topics = tuple(topics)
+    await ensure_topics(kafka, prefix, topics)
+    await asyncio.to_thread(_create_acls, kafka, grants(prefix, topics))
 
 
 async def revoke(kafka: KafkaConfig, matches: Callable[[str], bool]) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import KafkaConfig, make_admin, make_consumer, make_producer
 
 
-async def _create(bootstrap: str, name: str, partitions: int = 1, **config: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _create(kafka: KafkaConfig, name: str, partitions: int = 1, **config: str) -> None:
+    admin = make_admin(kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=partitions,
@@ -35,10 +35,10 @@ async def _read(consumer, count: int, wait_s: float = 20.0) -> list:  # type: ig
 
 
 async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
-        bootstrap_servers: str, unique: str) -> None:
+        kafka: KafkaConfig, unique: str) -> None:
     topic, group = f"it.commit.{unique}", f"it-group-{unique}"
-    await _create(bootstrap_servers, topic)
-    producer = make_producer(bootstrap_servers)
+    await _create(kafka, topic)
+    producer = make_producer(kafka)
     await producer.start()
     try:
         for i in range(10):
@@ -46,7 +46,7 @@ async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
     finally:
         await producer.stop()
 
-    first = make_consumer(bootstrap_servers, group, topic)
+    first = make_consumer(kafka, group, topic)
     await first.start()
     try:
         records = await _read(first, 4)
@@ -55,7 +55,7 @@ async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
     finally:
         await first.stop()
 
-    second = make_consumer(bootstrap_servers, group, topic)
+    second = make_consumer(kafka, group, topic)
     await second.start()
     try:
         rest = await _read(second, 6)
@@ -66,16 +66,16 @@ async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
 
 
 async def test_uncommitted_records_are_delivered_again_after_a_restart(
-        bootstrap_servers: str, unique: str) -> None:
+        kafka: KafkaConfig, unique: str) -> None:
     topic, group = f"it.redeliver.{unique}", f"it-group-{unique}"
-    await _create(bootstrap_servers, topic)
-    producer = make_producer(bootstrap_servers)
+    await _create(kafka, topic)
+    producer = make_producer(kafka)
     await producer.start()
     await producer.send_and_wait(topic, value=b"only", key=b"k")
     await producer.stop()
 
     for _ in range(2):  # read twice without committing: it must come back
-        consumer = make_consumer(bootstrap_servers, group, topic)
+        consumer = make_consumer(kafka, group, topic)
         await consumer.start()
         try:
             assert [r.value for r in await _read(consumer, 1)] == [b"only"]
@@ -83,9 +83,9 @@ async def test_uncommitted_records_are_delivered_again_after_a_restart(
             await consumer.stop()
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
+async def _read_all(kafka: KafkaConfig, topic: str) -> list[tuple[bytes, bytes]]:
     """Every record currently in partition 0, read from the beginning without a group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -103,13 +103,13 @@ async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
 
 
 async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
-        bootstrap_servers: str, unique: str) -> None:
+        kafka: KafkaConfig, unique: str) -> None:
     topic = f"it.compacted.{unique}"
     # Tiny segments and no dirty-ratio floor so the log cleaner compacts within the test.
-    await _create(bootstrap_servers, topic, **{
+    await _create(kafka, topic, **{
         "cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.001",
         "min.compaction.lag.ms": "0", "delete.retention.ms": "100"})
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         described = await admin.describe_configs(
@@ -120,7 +120,7 @@ async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
     finally:
         await admin.close()
 
-    producer = make_producer(bootstrap_servers)
+    producer = make_producer(kafka)
     await producer.start()
     try:
         for level in (20, 80, 1000):
@@ -132,21 +132,21 @@ async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
         while True:
             await asyncio.sleep(0.2)
             await producer.send_and_wait(topic, value=b"tick", key=b"roller")
-            values = [v for k, v in await _read_all(bootstrap_servers, topic) if k == b"number-1"]
+            values = [v for k, v in await _read_all(kafka, topic) if k == b"number-1"]
             if values == [b"1000"]:
                 break
             assert asyncio.get_running_loop().time() < deadline, f"not compacted: {values}"
     finally:
         await producer.stop()
-    latest = {k: v for k, v in await _read_all(bootstrap_servers, topic)}
+    latest = {k: v for k, v in await _read_all(kafka, topic)}
     assert latest[b"number-1"] == b"1000" and latest[b"number-2"] == b"80"
 
 
-async def test_the_idempotent_producer_writes_with_acks_all(bootstrap_servers: str,
+async def test_the_idempotent_producer_writes_with_acks_all(kafka: KafkaConfig,
                                                             unique: str) -> None:
     topic = f"it.idem.{unique}"
-    await _create(bootstrap_servers, topic, partitions=3)
-    producer = make_producer(bootstrap_servers)
+    await _create(kafka, topic, partitions=3)
+    producer = make_producer(kafka)
     await producer.start()
     try:
         metadata = await producer.send_and_wait(topic, value=b"x", key=b"acc-1")

@@ -19,7 +19,7 @@ from tests.unit.status.meta_examples import APP_SECRET, BATCHED_STATUSES, WABA_I
 async def _records_on(world: StatusWorld, topic: str) -> int:
     """How many records the topic's partitions hold (sum of end offsets)."""
     partitions = [TopicPartition(topic, p) for p in await world.producer.partitions_for(topic)]
-    consumer = make_consumer(world.bootstrap, None, topic)  # type: ignore[arg-type]
+    consumer = make_consumer(world.kafka, None, topic)
     await consumer.start()
     try:
         return sum((await consumer.end_offsets(partitions)).values())
