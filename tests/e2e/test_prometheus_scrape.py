@@ -16,7 +16,8 @@ from tests.e2e.test_pipeline import TOP_UP, open_windows, plan_workload, submit
 
 
 def _prometheus_config(stack: Stack) -> dict:
-    targets = [{"targets": [f"127.0.0.1:{stack.components[name].port}"],
+    # The ops ports: the client ports serve no /metrics.
+    targets = [{"targets": [stack.ops_url(name).removeprefix("http://")],
                 "labels": {"service": name}}
                for name in ("ingest", "status", "sender", "billing")]
     return {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
