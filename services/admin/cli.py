@@ -1,8 +1,11 @@
 """`hala`: the operator's command line. Parses arguments, opens what the command needs, calls
 services/admin/commands.py and prints the result (as JSON with `--json`).
 
-Connections come from MONGODB_URL, MONGODB_DATABASE, KAFKA_BOOTSTRAP_SERVERS, HALA_TOPIC_PREFIX;
-access tokens are encrypted with HALA_TOKEN_KEYS (comma-separated Fernet keys, newest first).
+Connections come from MONGODB_*, KAFKA_* (the admin principal, hala-admin) and
+HALA_TOPIC_PREFIX; access tokens are encrypted with HALA_TOKEN_KEYS (comma-separated Fernet
+keys, newest first). Secrets never come from argv, where `ps` and the shell history show them:
+a Meta access token is read from a file (`--access-token-file PATH`) or from stdin
+(`--access-token -`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,10 +27,10 @@ from services.admin import commands
 from services.admin.graph import GraphClient
 from services.admin.settings import AdminSettings
 from shared.errors import ServiceError
-from shared.kafka import make_producer
+from shared.kafka import KafkaConfig, make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault
-from shared.settings import load_settings
+from shared.settings import ServiceSettings, load_settings
 
 
 def _positive_int(text: str) -> int:
@@ -41,6 +45,35 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+STDIN = "-"
+
+
+def _stdin_only(text: str) -> str:
+    if text != STDIN:
+        raise argparse.ArgumentTypeError(
+            "a token on the command line shows in `ps` and the shell history: give "
+            "`--access-token -` and write it to stdin, or `--access-token-file PATH`")
+    return text
+
+
+def read_access_token(args: argparse.Namespace) -> str:
+    """The token named by --access-token-file, or read from stdin for `--access-token -`
+    (one line; surrounding whitespace removed)."""
+    if args.access_token_file is not None:
+        try:
+            token = Path(args.access_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ServiceError(f"cannot read {args.access_token_file}: {exc.strerror}",
+                               code="unreadable_token_file") from exc
+        where = args.access_token_file
+    else:
+        token = sys.stdin.readline().strip()
+        where = "stdin"
+    if not token:
+        raise ServiceError(f"no access token in {where}", code="missing_access_token")
+    return token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     number.add_argument("--waba-id", required=True)
     number.add_argument("--phone-number-id", required=True)
     number.add_argument("--display-phone-number", required=True)
-    number.add_argument("--access-token", required=True, metavar="TOKEN")
+    token = number.add_mutually_exclusive_group(required=True)
+    token.add_argument("--access-token", type=_stdin_only, metavar="-",
+                       help="`-`: read the token from stdin (never from argv)")
+    token.add_argument("--access-token-file", metavar="PATH",
+                       help="read the token from this file")
     number.add_argument("--throughput-mps", type=_positive_int, default=80)
     number.add_argument("--messaging-limit", default="TIER_UNLIMITED",
                         choices=commands.core.MESSAGING_LIMITS)
@@ -183,9 +220,15 @@ class Context:
                                "`hala keys generate-encryption-key`)", code="no_token_keys")
         return TokenVault(self.settings.token_keys)
 
+    def kafka(self) -> KafkaConfig:
+        problems = ServiceSettings.startup_problems(self.settings)
+        if problems:
+            raise ServiceError("; ".join(problems), code="no_kafka_credentials")
+        return self.settings.kafka
+
     async def producer(self) -> Any:
         if self._producer is None:
-            self._producer = make_producer(self.settings.kafka)
+            self._producer = make_producer(self.kafka())
             await self._producer.start()
         return self._producer
 
@@ -238,7 +281,8 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await commands.register_number(
             db, ctx.vault(), account_id=args.account_id, waba_id=args.waba_id,
             phone_number_id=args.phone_number_id,
-            display_phone_number=args.display_phone_number, access_token=args.access_token,
+            display_phone_number=args.display_phone_number,
+            access_token=read_access_token(args),
             throughput_mps=args.throughput_mps, messaging_limit=args.messaging_limit)
     if action == ("numbers", "list"):
         return await commands.list_numbers(db, args.account_id)
@@ -279,7 +323,7 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
 
 
 async def _dlq(args: argparse.Namespace, ctx: Context) -> Any:
-    kafka, prefix = ctx.settings.kafka, ctx.settings.topic_prefix
+    kafka, prefix = ctx.kafka(), ctx.settings.topic_prefix
     if args.command == "list":
         return await commands.list_dead_letters(ctx.db, kafka, prefix)
     if args.command == "show":

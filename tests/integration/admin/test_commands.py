@@ -228,9 +228,9 @@ def test_the_hala_console_script_runs_the_commands(mongodb_url: str, broker: Bro
            "HALA_TOKEN_KEYS": new_key()}
     hala = [str(Path(sys.executable).with_name("hala"))]
 
-    def run(*argv: str) -> str:
+    def run(*argv: str, stdin: str | None = None) -> str:
         done = subprocess.run([*hala, *argv], env=env, capture_output=True, text=True,
-                              timeout=60, check=False)
+                              timeout=60, check=False, input=stdin)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -243,7 +243,7 @@ def test_the_hala_console_script_runs_the_commands(mongodb_url: str, broker: Bro
             "--portfolio-id", PORTFOLIO)
         out = run("numbers", "register", "--account", account_id, "--waba-id", WABA,
                   "--phone-number-id", PHONE, "--display-phone-number", "15550001001",
-                  "--access-token", "EAAsim-secret-token")
+                  "--access-token", "-", stdin="EAAsim-secret-token\n")
         assert "EAAsim-secret-token" not in out
         issued = orjson.loads(run("keys", "issue", "--account", account_id, "--json"))
         assert issued["api_key"].startswith("hw_live_")
