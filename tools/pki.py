@@ -142,10 +142,18 @@ def _current_leaf(cert_path: Path, key_path: Path, ca: x509.Certificate,
 
 
 def issue(directory: Path, name: str, hosts: Sequence[str] = DEFAULT_HOSTS, *,
-          bundle: bool = False, now: datetime | None = None) -> Issued:
-    """A server certificate for `hosts` signed by `directory`'s CA (kept while still good)."""
+          bundle: bool = False, ca_dir: Path | None = None,
+          now: datetime | None = None) -> Issued:
+    """A server certificate for `hosts` signed by the CA of `ca_dir` (default: `directory`),
+    kept while still good. With a separate `ca_dir`, the CA's key stays there and only its
+    certificate is copied to `directory`."""
     now = now or datetime.now(UTC)
-    ca, ca_key = ensure_ca(directory, now)
+    ca, ca_key = ensure_ca(ca_dir or directory, now)
+    directory.mkdir(parents=True, exist_ok=True)
+    if ca_dir is not None and ca_dir != directory:
+        ca_pem = _cert_pem(ca)
+        if not (directory / "ca.pem").exists() or (directory / "ca.pem").read_bytes() != ca_pem:
+            _write_public(directory / "ca.pem", ca_pem)
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}-key.pem"
     bundle_path = directory / f"{name}-bundle.pem"
     if not _current_leaf(cert_path, key_path, ca, hosts, now):

@@ -250,6 +250,7 @@ render_kafka_config() {
   local out="$RUN_DIR/kafka/server.properties" data="$RUN_DIR/kafka/data"
   # Holds the broker's passwords: readable by its owner only, from the first byte.
   (umask 077 && sed -e "s|\${KAFKA_PORT}|$KAFKA_PORT|g" \
+    -e "s|\${KAFKA_LISTEN_HOST}|127.0.0.1|g" -e "s|\${KAFKA_ADVERTISED_HOST}|localhost|g" \
     -e "s|\${KAFKA_CONTROLLER_PORT}|$KAFKA_CONTROLLER_PORT|g" \
     -e "s|\${KAFKA_DATA_DIR}|$data|g" \
     -e "s|\${KAFKA_KEYSTORE}|$TLS_DIR/kafka-bundle.pem|g" \
