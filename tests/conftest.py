@@ -115,7 +115,7 @@ def infrastructure() -> Iterator[dict[str, str]]:
         started_here = not was_running
     env = dict(line.split("=", 1) for line in _infra("env").split() if "=" in line)
     env.update({k: os.environ[k] for k in (*_KAFKA_ENV, "MONGODB_URL") if os.environ.get(k)})
-    broker = _broker(env)
+    broker = broker_from_env(env)
     yield env
     if _UNIQUES:
         asyncio.run(_clean_up(broker.setup, env["MONGODB_URL"], _UNIQUES))
@@ -123,7 +123,8 @@ def infrastructure() -> Iterator[dict[str, str]]:
         _infra("down")
 
 
-def _broker(env: dict[str, str]) -> Broker:
+def broker_from_env(env: dict[str, str]) -> Broker:
+    """The broker `infra.sh env` (or the caller's KAFKA_* variables) describe."""
     missing = [k for k in ("KAFKA_BOOTSTRAP_SERVERS", "HALA_KAFKA_SECRETS_DIR") if k not in env]
     if missing:
         raise RuntimeError(f"the tests need the secure broker's settings: {', '.join(missing)} "
@@ -153,7 +154,7 @@ async def _clean_up(setup: KafkaConfig, mongodb_url: str, uniques: set[str]) -> 
 
 @pytest.fixture(scope="session")
 def broker(infrastructure: dict[str, str]) -> Broker:
-    return _broker(infrastructure)
+    return broker_from_env(infrastructure)
 
 
 @pytest.fixture(scope="session")
