@@ -234,7 +234,10 @@ def load_settings(settings_cls: type[S], **values: Any) -> S:
     try:
         settings = settings_cls(**values)
     except SettingsError as exc:
-        raise SystemExit(f"{settings_cls.__name__}: refusing to start: {exc}") from None
+        # pydantic-settings wraps a source's own error ("error getting value for field ..."):
+        # ours (SecretFileSource's) says what is wrong.
+        reason = exc.__cause__ if isinstance(exc.__cause__, SettingsError) else exc
+        raise SystemExit(f"{settings_cls.__name__}: refusing to start: {reason}") from None
     except ValidationError as exc:
         reasons = []
         for error in exc.errors():
