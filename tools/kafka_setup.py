@@ -107,7 +107,8 @@ def scram_args(secrets_dir: Path, users: Iterable[str]) -> list[str]:
 # --- the admin client -------------------------------------------------------------------------
 
 def _admin(kafka: KafkaConfig) -> AdminClient:
-    return AdminClient({**kafka.rdkafka_options(), "socket.timeout.ms": 10000})
+    # log_level 4: librdkafka's info lines (a purged queue at every close) are noise here.
+    return AdminClient({**kafka.rdkafka_options(), "socket.timeout.ms": 10000, "log_level": 4})
 
 
 def _wait_all(futures: Iterable[Future[Any]]) -> None:
