@@ -1,5 +1,11 @@
 """Kafka helpers: durable producers, manual-commit consumers, topic creation and the consumer loop.
 
+Every client connects from a `KafkaConfig` (address, SASL_SSL credentials of the process's own
+principal, the broker's CA), built by `ServiceSettings.kafka`: `make_producer`, `make_consumer`
+and `make_admin` here, librdkafka's options for shared/rdkafka_producer.py, faust's
+credentials in billing. Services create no topics (`wait_for_topics`): the set-up principal
+does (tools/kafka_setup.py), with the ACLs of shared/kafka_access.py.
+
 The loop follows arroyo's shape: decode -> handle -> commit offset + 1. The commit follows the
 effect. Every consumer of the platform (status's two workers here, the sender's own loop,
 billing's faust agent) keeps one rule, so that no record can stop it:
