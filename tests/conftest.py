@@ -36,7 +36,7 @@ from shared.kafka import KafkaConfig
 from shared.kafka_access import SETUP_PRINCIPAL, principal
 from shared.messages import ALL_TOPICS, Topic
 from shared.mongo import make_client
-from tools.kafka_setup import grant, password, password_file, revoke
+from tools.kafka_setup import existing_password, grant, password_file, revoke
 
 # Before any settings are read, by the tests or by the processes they start.
 os.environ.setdefault("HALA_ENV", "development")
@@ -71,7 +71,7 @@ class Broker:
     def as_service(self, service: str) -> KafkaConfig:
         """How `service` connects (its own principal)."""
         user = principal(service)
-        return self.setup.as_user(user, password(self.secrets_dir, user))
+        return self.setup.as_user(user, existing_password(self.secrets_dir, user))
 
     def env(self, service: str | None) -> dict[str, str]:
         """The KAFKA_* variables of a process running as `service` (None: as the set-up
@@ -136,7 +136,8 @@ def broker_from_env(env: dict[str, str]) -> Broker:
         security_protocol=protocol,  # type: ignore[arg-type]
         sasl_mechanism=env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),  # type: ignore[arg-type]
         username=SETUP_PRINCIPAL if protocol.startswith("SASL_") else None,
-        password=password(secrets_dir, SETUP_PRINCIPAL) if protocol.startswith("SASL_") else None,
+        password=(existing_password(secrets_dir, SETUP_PRINCIPAL)
+                  if protocol.startswith("SASL_") else None),
         ca_file=env.get("KAFKA_SSL_CA_FILE") or None)
     return Broker(setup, secrets_dir)
 

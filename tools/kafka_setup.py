@@ -89,6 +89,20 @@ def password(secrets_dir: Path, user: str) -> SecretStr:
     return SecretStr(value)
 
 
+def existing_password(secrets_dir: Path, user: str) -> SecretStr:
+    """The user's password from its file, which must exist (a client's view: only the set-up
+    makes passwords)."""
+    path = password_file(secrets_dir, user)
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        raise RuntimeError(f"no password for {user} in {path}: the set-up makes it "
+                           "(deploy/local/infra.sh up, tools/kafka_setup.py users)")
+    return SecretStr(value)
+
+
 def scram_args(secrets_dir: Path, users: Iterable[str]) -> list[str]:
     """`--add-scram` arguments for StorageTool format with a salted password (RFC 5802's
     SaltedPassword is PBKDF2-HMAC with the mechanism's hash), so no password is in argv."""
@@ -197,7 +211,7 @@ async def revoke(kafka: KafkaConfig, matches: Callable[[str], bool]) -> None:
 def credentials(kafka: KafkaConfig, secrets_dir: Path, service: str) -> KafkaConfig:
     """The same broker, as `service`'s principal."""
     user = principal(service)
-    return kafka.as_user(user, password(secrets_dir, user))
+    return kafka.as_user(user, existing_password(secrets_dir, user))
 
 
 # --- command line -----------------------------------------------------------------------------
