@@ -31,6 +31,7 @@ from shared.collections import (
     PHONE_NUMBERS,
     TEMPLATES,
     WABAS,
+    WEBHOOK_ENDPOINTS,
     ensure_indexes,
 )
 from shared.errors import DependencyUnavailable, InvalidRequest, NotFound, PermanentError
@@ -273,7 +274,8 @@ async def list_templates(db: Db, waba_id: str) -> list[dict[str, Any]]:
 
 
 async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
-    """Re-encrypt every access token under the newest key (then the old key can be dropped)."""
+    """Re-encrypt every access token, and every webhook endpoint secret, under the newest key
+    (then the old key can be dropped)."""
     rotated = 0
     async for doc in db[PHONE_NUMBERS].find({"access_token_encrypted": {"$exists": True}},
                                             {"access_token_encrypted": 1}):
@@ -281,7 +283,15 @@ async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
         await db[PHONE_NUMBERS].update_one({"_id": doc["_id"]},
                                            {"$set": {"access_token_encrypted": fresh}})
         rotated += 1
-    return {"rotated": rotated}
+    secrets_rotated = 0
+    async for doc in db[WEBHOOK_ENDPOINTS].find({}, {"secrets": 1}):
+        secrets = [{**entry, "encrypted": vault.rotate(entry["encrypted"])}
+                   for entry in doc.get("secrets", [])]
+        if secrets:
+            await db[WEBHOOK_ENDPOINTS].update_one({"_id": doc["_id"]},
+                                                   {"$set": {"secrets": secrets}})
+            secrets_rotated += len(secrets)
+    return {"rotated": rotated, "webhook_secrets_rotated": secrets_rotated}
 
 
 # --- dead letters ---------------------------------------------------------------------------

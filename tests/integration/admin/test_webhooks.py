@@ -204,3 +204,19 @@ def test_the_hala_console_script_runs_the_webhook_commands(mongodb_url: str,
         client = pymongo.MongoClient(mongodb_url)
         client.drop_database(database)
         client.close()
+
+
+async def test_rotating_the_encryption_key_re_encrypts_webhook_secrets(db: Db) -> None:
+    old_key, new = new_key(), new_key()
+    account = await _account(db, "Alpha")
+    created = await webhooks.create_endpoint(db, TokenVault(old_key), account_id=account,
+                                             url="https://hooks.example.com/in", events=["*"])
+    endpoint_id = created["endpoint"]["id"]
+    await webhooks.rotate_secret(db, TokenVault(old_key), account, endpoint_id)
+    result = await commands.rotate_tokens(db, TokenVault(f"{new},{old_key}"))
+    assert result["webhook_secrets_rotated"] == 2
+    stored = await db[WEBHOOK_ENDPOINTS].find_one({"_id": endpoint_id})
+    assert stored is not None
+    # the old key can be dropped now: the new one alone decrypts both
+    assert TokenVault(new).decrypt(stored["secrets"][0]["encrypted"]) == created["secret"]
+    assert TokenVault(new).decrypt(stored["secrets"][1]["encrypted"]).startswith("whsec_")
