@@ -41,8 +41,9 @@ PASSTHROUGH_CALLS = Counter(
 )
 ENDPOINT_CHANGES = Counter(
     "ingest_webhook_endpoint_changes_total",
-    "Webhook endpoints created, updated, deleted or given a new secret through the API.",
-    ["action"],
+    "Webhook endpoints created, updated, deleted or given a new secret through the API, by "
+    "kind of change.",
+    ["kind"],
 )
 NOTIFY_REQUESTS = Counter(
     "ingest_notify_requests_total",
