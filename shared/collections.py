@@ -25,7 +25,7 @@ a writer never races another writer on the same document. Readers may be anyone.
 | number_states | status | phone number id | Meta's word on a number: tier, name, ban |
 | media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
 | dlq_replays | admin CLI | dlq topic:partition:offset | dead letters replayed; unique `source` |
-| webhook_endpoints | ingest | endpoint id (`we_…`) | client endpoint: url, events, secrets |
+| webhook_endpoints | ingest, admin CLI | endpoint id (`we_…`) | url, events, secrets |
 | endpoint_states | notify | endpoint id | health: failing since, disabled (410, 3 days failing) |
 | notify_events | notify | event id (`evt_…`) | every client event, as delivered (replay source) |
 | deliveries | notify | endpoint id:event id | one event to one endpoint: state, next try |
@@ -58,16 +58,25 @@ decisions; per WABA (`_id` "waba:<id>") `holds` ({banned|deleted|partner_removed
 app_uninstalled: {on, at}}), `held`, and the latest account_update, review, alert, security and
 capability facts.
 
-`webhook_endpoints` documents (ingest's client API is their only writer; notify reads them):
+`webhook_endpoints` documents (written by ingest's client API, and by the admin CLI acting for
+a client, both through the rules of `shared/webhook_endpoints.py`; notify reads them):
 `_id` `we_` + 26 chars, `account_id`, `url`, `events` (event types, `<prefix>.*` or `*`; see
 `shared/client_events.py`), `format` ("standard" | "meta"), `description`, `enabled` (the client's
-switch), `enabled_at` (ms, set at creation and whenever the client enables it), `secrets`: a list
-of `{"id", "encrypted", "created_at", "expires_at"}` (Fernet under `HALA_TOKEN_KEYS`; the current
-secret has `expires_at: null`; a rotated-out one signs too until its `expires_at`, 24 h on),
-`created_at`, `updated_at`, `deleted_at`. notify's own verdict lives in `endpoint_states`
+switch; false once deleted), `enabled_at` (ms, set at creation and whenever the client enables
+it), `secrets`: a list of `{"id", "encrypted", "created_at", "expires_at"}` (`encrypted`: the
+whole `whsec_…` string, Fernet under `HALA_TOKEN_KEYS`; times in ms; the current secret has
+`expires_at: null`; a rotated-out one signs too until its `expires_at`, 24 h on; expired ones
+are dropped at the next rotation), `created_at`, `updated_at`, `deleted_at` (ms, null until the
+soft delete). notify's own verdict lives in `endpoint_states`
 (`disabled_at`, `disabled_reason`, `failing_since`, `last_success_at`): an endpoint receives while
 `enabled` and not (`disabled_at` after `enabled_at`), so each collection keeps one writer and a
 client re-enabling a disabled endpoint needs no write of notify's.
+
+`delivery_attempts` documents (notify; ingest's `GET /v1/webhook-endpoints/{id}/deliveries` and
+`hala webhooks deliveries` read them, newest first by `at`): `_id` endpoint id:event id:n,
+`endpoint_id`, `account_id`, `event_id`, `event_type`, `attempt` (n, from 1), `at` (ms, when the
+attempt started), `outcome` (e.g. delivered, failed, timeout, blocked), `http_status` (null when
+no answer), `latency_ms`, `error` (short text, null on success).
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's template webhooks (status, quality, category, components); both write Meta's
@@ -142,6 +151,10 @@ INDEXES: dict[str, list[IndexModel]] = {
                   IndexModel([("dlq_topic", ASCENDING)])],
     LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
+    # an account's endpoints, newest first (GET /v1/webhook-endpoints)
+    WEBHOOK_ENDPOINTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
+    # an endpoint's attempts, newest first (GET /v1/webhook-endpoints/{id}/deliveries)
+    DELIVERY_ATTEMPTS: [IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)])],
 }
 
 
