@@ -16,6 +16,8 @@ class ServiceSettings(BaseSettings):
                                          validation_alias="KAFKA_BOOTSTRAP_SERVERS")
     mongodb_url: str = Field("mongodb://127.0.0.1:27017", validation_alias="MONGODB_URL")
     mongodb_database: str = Field("hala", validation_alias="MONGODB_DATABASE")
+    # Deadline of every MongoDB operation, in ms (shared.mongo.make_client's timeoutMS).
+    mongodb_timeout_ms: int = Field(10_000, gt=0, validation_alias="MONGODB_TIMEOUT_MS")
     # Prefixes topic and consumer-group names: tests give each run its own on a shared broker.
     topic_prefix: str = Field("", validation_alias="HALA_TOPIC_PREFIX")
     http_host: str = "127.0.0.1"

@@ -172,7 +172,7 @@ class Context:
 
     def __init__(self, settings: AdminSettings) -> None:
         self.settings = settings
-        self.mongo = make_client(settings.mongodb_url)
+        self.mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms)
         self.db = self.mongo[settings.mongodb_database]
         self._producer: Any = None
 

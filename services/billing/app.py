@@ -75,7 +75,7 @@ class BillingRuntime(Service):
         # more would only add its delay to every batch.
         self._producer = make_producer(settings.kafka_bootstrap_servers, linger_ms=0)
         await start_with_retry(self._producer)
-        self._mongo = make_client(settings.mongodb_url)
+        self._mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms)
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
