@@ -10,7 +10,7 @@ a writer never races another writer on the same document. Readers may be anyone.
 | wabas | admin CLI | WABA id | account, portfolio |
 | phone_numbers | admin CLI | Meta phone number id | account, WABA, encrypted token |
 | templates | admin CLI sync; status | waba:name:language | category, status, params |
-| idempotency_keys | ingest | account:key:24 h bucket | the keyed request's message and body hash |
+| idempotency_keys | ingest | account:key:24 h bucket | keyed request's message, body hash; 48 h |
 | messages | status | message id | request, state, history |
 | balances | billing | account id | available, reserved, applied |
 | ledger | billing | entry key | every credit movement |
@@ -137,6 +137,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     USER_PREFERENCES: [IndexModel([("account_id", ASCENDING), ("wa_id", ASCENDING)])],
     MEDIA: [IndexModel([("account_id", ASCENDING)])],
+    IDEMPOTENCY_KEYS: [IndexModel([("created_at", ASCENDING)])],  # ingest's sweeper
     # A record dead-lettered twice (read again after a stop) is replayed once.
     DLQ_REPLAYS: [IndexModel([("source", ASCENDING)], unique=True),
                   IndexModel([("dlq_topic", ASCENDING)])],

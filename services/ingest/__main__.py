@@ -21,8 +21,9 @@ from services.ingest.repository import (
     MongoMessageStore,
 )
 from services.ingest.settings import IngestSettings
+from services.ingest.sweeper import IdempotencySweeper
 from shared.clock import SystemClock
-from shared.collections import MEDIA, ensure_indexes
+from shared.collections import IDEMPOTENCY_KEYS, MEDIA, ensure_indexes
 from shared.logging import configure_logging, get_logger
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
@@ -41,15 +42,19 @@ async def main() -> None:
                                            "media calls will answer 500")
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        await ensure_indexes(conns.db, MEDIA)
+        await ensure_indexes(conns.db, MEDIA, IDEMPOTENCY_KEYS)
         clock = SystemClock()
         producer = RdKafkaProducer(settings.kafka_bootstrap_servers)
         await producer.start()
         inbox = MongoInbox(conns.db)
+        idempotency = MongoIdempotencyStore(conns.db)
+        sweeper = IdempotencySweeper(
+            idempotency, clock, retention_seconds=settings.idempotency_retention_hours * 3600,
+            page_size=settings.idempotency_sweep_page_size)
         ingest = Ingest(
             directory=CachedDirectory(MongoDirectory(conns.db), clock,
                                       settings.cache_ttl_seconds),
-            idempotency=MongoIdempotencyStore(conns.db),
+            idempotency=idempotency,
             messages=MongoMessageStore(conns.db),
             recent=RecentMessages(clock, settings.recent_ttl_seconds),
             publisher=KafkaPublisher(producer, settings.topic_prefix),
@@ -74,7 +79,7 @@ async def main() -> None:
             await meta.close()
 
         app.on_cleanup.append(stop_clients)
-        return app, []
+        return app, [sweeper.run_forever(settings.idempotency_sweep_interval_seconds)]
 
     await serve(settings, SERVICE, build)
 

@@ -34,6 +34,13 @@ class IngestSettings(ServiceSettings):
     # the scheme and host the request came to.
     public_base_url: str = ""
 
+    # --- retention -------------------------------------------------------------------------
+    # Idempotency records (a copy of each keyed request) are deleted this long after the
+    # request (at least the 24 h retry window), by a pass every interval.
+    idempotency_retention_hours: float = Field(48.0, ge=24.0)
+    idempotency_sweep_interval_seconds: float = Field(600.0, gt=0)
+    idempotency_sweep_page_size: int = Field(500, gt=0)
+
     # --- the customer-service window -------------------------------------------------------
     # A closed window is remembered only this long (the user may write any second); an open
     # one until it closes.
