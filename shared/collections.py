@@ -80,6 +80,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -157,7 +158,16 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *names: str) -> None
     run at service start).
 
     One index per command: FerretDB 1.24 drops the connection when a single createIndexes
-    re-creates several indexes that already exist."""
+    re-creates several indexes that already exist. Building an index takes longer than a
+    request's operation may (ingest's deadline is under a second): the pass gets a minute."""
+    with pymongo.timeout(INDEX_TIMEOUT_S):
+        await _ensure_indexes(db, names)
+
+
+INDEX_TIMEOUT_S = 60.0
+
+
+async def _ensure_indexes(db: AsyncDatabase[dict[str, Any]], names: tuple[str, ...]) -> None:
     for name in names:
         retired = set(RETIRED_INDEXES.get(name, []))
         if retired:

@@ -44,7 +44,8 @@ async def main() -> None:
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
         await ensure_indexes(conns.db, MEDIA, IDEMPOTENCY_KEYS)
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka_bootstrap_servers)
+        producer = RdKafkaProducer(settings.kafka_bootstrap_servers,
+                                   ack_timeout_s=settings.kafka_ack_timeout_seconds)
         await producer.start()
         inbox = MongoInbox(conns.db)
         idempotency = MongoIdempotencyStore(conns.db)

@@ -9,6 +9,13 @@ class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", populate_by_name=True)
 
     http_port: int = 8080
+    # A request answers 503 within a second while a dependency is down: each database
+    # operation gets this long (not MONGODB_TIMEOUT_MS; PyMongo waits for a server in steps of
+    # half a second, so 450 ms fails after ~0.5 s and 900 ms after ~1 s), and the broker this
+    # long to acknowledge a send request (a broker known to be down refuses at once; see
+    # shared/rdkafka_producer.py).
+    mongodb_timeout_ms: int = Field(450, gt=0, validation_alias="INGEST_MONGODB_TIMEOUT_MS")
+    kafka_ack_timeout_seconds: float = Field(0.9, gt=0)
     # How long API-key, account, phone-number, template and balance lookups are cached in
     # memory. A revocation or suspension takes effect within this many seconds.
     cache_ttl_seconds: float = 5.0
