@@ -14,6 +14,7 @@ a writer never races another writer on the same document. Readers may be anyone.
 | messages | status | message id | request, state, history |
 | balances | billing | account id | available, reserved, applied |
 | ledger | billing | entry key | every credit movement |
+| billing_checkpoints | billing | job name | where the sweeper and reconciler got to |
 | sends | sender | message id | the send attempt (`sending` guard) or an unsent outcome |
 | send_outcomes | sender | message id | the outcome of a send attempt, wamid |
 | tier_usage | sender | portfolio:recipient | business-initiated sends 24 h |
@@ -93,6 +94,7 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 MESSAGES = "messages"
 BALANCES = "balances"
 LEDGER = "ledger"
+BILLING_CHECKPOINTS = "billing_checkpoints"
 SENDS = "sends"
 SEND_OUTCOMES = "send_outcomes"
 TIER_USAGE = "tier_usage"
@@ -142,7 +144,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     # A record dead-lettered twice (read again after a stop) is replayed once.
     DLQ_REPLAYS: [IndexModel([("source", ASCENDING)], unique=True),
                   IndexModel([("dlq_topic", ASCENDING)])],
-    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
+    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+             # billing's paged readers (the reconciler, the reservation sweeper) go in this
+             # order from where they got to
+             IndexModel([("at", ASCENDING), ("_id", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
 }
 

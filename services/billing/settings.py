@@ -1,3 +1,4 @@
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -14,9 +15,12 @@ class BillingSettings(ServiceSettings):
     faust_datadir: str = ".run/billing"
     # A new account's low-balance threshold, in micros of the account currency.
     low_balance_threshold: int = 1_000_000
-    # How often the reconciler compares the ledger with the balances. A pass scans the whole
-    # ledger (FerretDB pushes down nothing but `_id` lookups): ~2 s per 20 000 entries here.
+    # How often the reconciler compares the ledger with the balances. A pass reads the entries
+    # written since the last one (in pages of reconcile_page_size) and the last
+    # reconcile_settle_margin_s of entries, not the whole ledger (reconcile.py).
     reconcile_interval_s: float = 120.0
+    reconcile_page_size: int = Field(1000, gt=0)
+    reconcile_settle_margin_s: float = Field(300.0, gt=0)
     # Transient failures (database, broker) are retried in place, forever, with this backoff.
     retry_first_delay_s: float = 0.2
     retry_max_delay_s: float = 10.0
@@ -29,6 +33,7 @@ class BillingSettings(ServiceSettings):
     # How often overdue reservations are looked for, and how old one must be to be released
     # (default: Meta's 30-day TTL + 7 days of webhook retries, core.RESERVATION_HORIZON_MS).
     sweep_interval_s: float = 3600.0
+    sweep_page_size: int = Field(500, gt=0)  # reserve entries read per step
     reservation_horizon_s: float = 37 * 86_400.0
     # Records applied together at most: a batch is what is already buffered, never waited for.
     batch_max_records: int = 500

@@ -33,6 +33,7 @@ from shared.messages import (
 )
 from shared.pricing import load_rate_card
 from tests.integration.billing.harness import BillingProcess, drained, eventually, read_all
+from tests.unit.billing.fakes import FakeCheckpoints
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +184,8 @@ async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None
         "msg_2:settle": ("release", GB_MARKETING),
     }
     db = setup.mongo[setup.database]
-    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
+                                   FakeCheckpoints()).run_once()).drift == 0
     for sample, value in (("billing_reservations_total", 2),
                           ('billing_rejections_total{reason="insufficient_credit"}', 1),
                           ("billing_charges_total", 1),
@@ -333,7 +335,8 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         assert (balance["available"], balance["reserved"]) == expected[account], account
     assert await db.ledger.count_documents({}) == len(accounts) * (
         1 + top_ups + sends + late_sends + settled)  # one entry per decision, none twice
-    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
+                                   FakeCheckpoints()).run_once()).drift == 0
     approvals = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
                         SEND_APPROVED)
     assert {a.message_id for a in approvals} == {
@@ -360,7 +363,8 @@ async def test_the_sweeper_expires_only_the_overdue_unsettled_reservation(setup:
     ]) == set()
 
     publisher = KafkaPublisher(setup.producer, setup.prefix)
-    assert await ReservationSweeper(ledger, publisher, SystemClock()).run_once() == 1
+    assert await ReservationSweeper(ledger, publisher, SystemClock(),
+                                    FakeCheckpoints()).run_once() == 1
 
     published = decoded(await read_all(setup.bootstrap_servers, STATUS_CHANGED, setup.prefix),
                         STATUS_CHANGED)
