@@ -26,6 +26,7 @@ a writer never races another writer on the same document. Readers may be anyone.
 | number_states | status | phone number id | Meta's word on a number: tier, name, ban |
 | media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
 | dlq_replays | admin CLI | dlq topic:partition:offset | dead letters replayed; unique `source` |
+| audit_log | admin CLI (console later) | `aud_…` | who, what, target, when, where; inserts only |
 | webhook_endpoints | ingest | endpoint id (`we_…`) | client endpoint: url, events, secrets |
 | endpoint_states | notify | endpoint id | health: failing since, disabled (410, 3 days failing) |
 | notify_events | notify | event id (`evt_…`) | every client event, as delivered (replay source) |
@@ -70,6 +71,16 @@ secret has `expires_at: null`; a rotated-out one signs too until its `expires_at
 `enabled` and not (`disabled_at` after `enabled_at`), so each collection keeps one writer and a
 client re-enabling a disabled endpoint needs no write of notify's.
 
+`audit_log` (append-only; services/admin/audit.py is the only code that touches it, with
+inserts and finds): `_id` `aud_` + ULID, `at` (date), `operator` {name (HALA_OPERATOR or the OS
+user), os_user, host, remote_address (the SSH client, when over SSH)}, `command` ("accounts
+create"), `arguments` (secrets redacted), `target` {account_id, waba_id, phone_number_id, key,
+topic, ... as the command names them}, `outcome` ok | error, `error` {code, message}.
+
+`billing_checkpoints` (billing): `_id` the job (`reservation_sweep`, `reconcile`), `position`
+{at, key} in the ledger's (at, _id) order, and for the reconciler `totals` per account of every
+entry up to it and `pending` (keys of entries behind it that their balance had not applied).
+
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's template webhooks (status, quality, category, components); both write Meta's
 truth, so the later write is the right one. A webhook for a template the sync never saw creates
@@ -112,6 +123,7 @@ DELIVERIES = "deliveries"
 DELIVERY_ATTEMPTS = "delivery_attempts"
 EMAIL_ALERTS = "email_alerts"
 DLQ_REPLAYS = "dlq_replays"
+AUDIT_LOG = "audit_log"
 
 INDEXES: dict[str, list[IndexModel]] = {
     API_KEYS: [IndexModel([("account_id", ASCENDING)])],
@@ -144,6 +156,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     # A record dead-lettered twice (read again after a stop) is replayed once.
     DLQ_REPLAYS: [IndexModel([("source", ASCENDING)], unique=True),
                   IndexModel([("dlq_topic", ASCENDING)])],
+    AUDIT_LOG: [IndexModel([("at", DESCENDING)]),
+                IndexModel([("target.account_id", ASCENDING), ("at", DESCENDING)])],
     LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
              # billing's paged readers (the reconciler, the reservation sweeper) go in this
              # order from where they got to

@@ -7,6 +7,8 @@ amount of `MONEY_MINOR_UNIT`; times are integer milliseconds since the Unix epoc
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -186,12 +188,41 @@ class WabaStatusChanged(Event, kw_only=True, frozen=True):
 # --- billing.topup-requested.v1 -------------------------------------------------------------
 
 class TopUpRequested(Event, kw_only=True, frozen=True):
-    """An operator added prepaid credit; billing is the only writer of balances."""
+    """An operator added prepaid credit; billing is the only writer of balances.
+
+    `operator` is who asked (`hala`'s operator identity: HALA_OPERATOR or the OS user, @ host).
+    `signature` is HMAC-SHA256, hex, over the canonical fields (`top_up_signed_fields`) under
+    HALA_TOPUP_SIGNING_KEY, which only the admin tool and billing hold: billing dead-letters a
+    top-up whose signature does not verify, and moves no money for it, so that whoever can
+    write to the topic still cannot mint credit."""
 
     account_id: str
     amount: int
     requested_at: int
     note: str = ""
+    operator: str = ""
+    signature: str = ""
+
+
+def top_up_signed_fields(event: TopUpRequested) -> bytes:
+    """The bytes a top-up's signature covers: every field but the signature, in a fixed order,
+    as a JSON array (unambiguous whatever the note contains)."""
+    return _encoder.encode([event.event_id, event.account_id, event.amount, event.requested_at,
+                            event.note, event.operator])
+
+
+def top_up_signature(event: TopUpRequested, key: bytes) -> str:
+    if not key:
+        raise ValueError("a top-up is signed with a key")
+    return hmac.new(key, top_up_signed_fields(event), hashlib.sha256).hexdigest()
+
+
+def sign_top_up(event: TopUpRequested, key: bytes) -> TopUpRequested:
+    return msgspec.structs.replace(event, signature=top_up_signature(event, key))
+
+
+def top_up_signature_valid(event: TopUpRequested, key: bytes) -> bool:
+    return bool(key) and hmac.compare_digest(event.signature, top_up_signature(event, key))
 
 
 # --- billing.low-balance-alerted.v1 ---------------------------------------------------------
@@ -523,7 +554,10 @@ TOPUP_REQUESTED: Topic[TopUpRequested] = Topic(
     producers=("admin",),
     consumers=("billing",),
     examples=({"event_id": "topup_01HZY", "account_id": "acc_demo", "amount": 50_000_000,
-               "requested_at": 1764000000000, "note": "initial credit"},),
+               "requested_at": 1764000000000, "note": "initial credit",
+               "operator": "ana@ops-1",
+               # under the development key (shared.secret_defaults)
+               "signature": "b7a889b6868d1064696d393d252a7597b1f16635254ef2ea7bc873ebdb367107"},),
     retention_ms=MONEY_RETENTION_MS,
 )
 

@@ -28,3 +28,8 @@ def resolve_secret(value: SecretStr | None, *, variable: str, development_defaul
         raise ValueError(f"{variable} is the published development default; set a secret "
                          "value")
     return SecretStr(given)
+
+
+# The published development values (never accepted outside development mode).
+DEVELOPMENT_TOPUP_SIGNING_KEY = "dev-topup-signing-key"
+DEVELOPMENT_PSEUDONYM_KEY = "dev-account-pseudonym-key"

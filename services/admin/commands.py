@@ -25,6 +25,7 @@ from shared.clock import Clock, SystemClock
 from shared.collections import (
     ACCOUNTS,
     API_KEYS,
+    AUDIT_LOG,
     BALANCES,
     DLQ_REPLAYS,
     LEDGER,
@@ -36,7 +37,7 @@ from shared.collections import (
 from shared.errors import DependencyUnavailable, InvalidRequest, NotFound, PermanentError
 from shared.ids import new_id
 from shared.kafka import make_consumer, publish
-from shared.messages import TOPUP_REQUESTED, TopUpRequested
+from shared.messages import TOPUP_REQUESTED, TopUpRequested, sign_top_up
 from shared.secrets import TokenVault
 from shared.secrets import new_key as new_fernet_key
 
@@ -46,7 +47,7 @@ _SYSTEM_CLOCK = SystemClock()
 
 async def prepare(db: Db) -> None:
     """Indexes of the collections the CLI writes (idempotent)."""
-    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS)
+    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS, AUDIT_LOG)
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -201,17 +202,19 @@ def generate_encryption_key() -> str:
 # --- credit ---------------------------------------------------------------------------------
 
 async def top_up(db: Db, producer: AIOKafkaProducer, *, account_id: str, amount: int,
-                 note: str = "", topic_prefix: str = "", event_id: str | None = None,
+                 signing_key: bytes, operator: str = "", note: str = "",
+                 topic_prefix: str = "", event_id: str | None = None,
                  clock: Clock = _SYSTEM_CLOCK) -> TopUpRequested:
-    """Ask billing to add credit. A caller that retries passes the same `event_id`: billing
-    applies each event id once."""
+    """Ask billing to add credit, as `operator`, signed with the key billing verifies. A caller
+    that retries passes the same `event_id`: billing applies each event id once."""
     if amount <= 0:
         raise InvalidRequest("the amount must be a positive number of micros",
                              code="invalid_field", details={"field": "amount"})
     await get_account(db, account_id)
     now_ms = clock.now_ms()
-    event = TopUpRequested(event_id=event_id or new_id("topup", now_ms), account_id=account_id,
-                           amount=amount, requested_at=now_ms, note=note)
+    event = sign_top_up(TopUpRequested(
+        event_id=event_id or new_id("topup", now_ms), account_id=account_id, amount=amount,
+        requested_at=now_ms, note=note, operator=operator), signing_key)
     await publish(producer, TOPUP_REQUESTED, event, topic_prefix)
     return event
 

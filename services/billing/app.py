@@ -89,7 +89,8 @@ class BillingRuntime(Service):
             retry_first_delay_s=settings.retry_first_delay_s,
             retry_max_delay_s=settings.retry_max_delay_s,
             reservation_cache_size=settings.reservation_cache_size,
-            balance_cache_size=settings.balance_cache_size)
+            balance_cache_size=settings.balance_cache_size,
+            top_up_key=settings.topup_key_bytes())
         checkpoints = MongoCheckpoints(db)
         self.reconciler = Reconciler(
             ledger, balances, SystemClock(), checkpoints, erased=MongoErasedAccounts(db),

@@ -1,6 +1,9 @@
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.secret_defaults import DEVELOPMENT_TOPUP_SIGNING_KEY, resolve_secret
 from shared.settings import ServiceSettings
 
 
@@ -46,3 +49,16 @@ class BillingSettings(ServiceSettings):
     # restarted worker would stall that long. Heartbeats come from faust's consumer thread, so
     # a slow event does not make a live worker look dead.
     session_timeout_s: float = 10.0
+    # Top-ups are applied only when signed with this key (the admin tool holds it too).
+    topup_signing_key: SecretStr | None = Field(None, validation_alias="HALA_TOPUP_SIGNING_KEY")
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        self.topup_signing_key = resolve_secret(
+            self.topup_signing_key, variable="HALA_TOPUP_SIGNING_KEY",
+            development_default=DEVELOPMENT_TOPUP_SIGNING_KEY, environment=self.environment)
+        return self
+
+    def topup_key_bytes(self) -> bytes:
+        assert self.topup_signing_key is not None  # resolved at validation
+        return self.topup_signing_key.get_secret_value().encode()

@@ -32,7 +32,13 @@ from shared.messages import (
     TopUpRequested,
 )
 from shared.pricing import load_rate_card
-from tests.integration.billing.harness import BillingProcess, drained, eventually, read_all
+from tests.integration.billing.harness import (
+    BillingProcess,
+    drained,
+    eventually,
+    read_all,
+    signed_top_up,
+)
 from tests.unit.billing.fakes import FakeCheckpoints
 
 pytestmark = pytest.mark.integration
@@ -126,8 +132,7 @@ def status(account_id: str, message_id: str, step: Any, source: Any = "webhook",
 
 
 def top_up(account_id: str, amount: int, event_id: str) -> TopUpRequested:
-    return TopUpRequested(event_id=event_id, account_id=account_id, amount=amount,
-                          requested_at=1_764_000_000_000)
+    return signed_top_up(account_id, amount, event_id)
 
 
 def decoded(records: list[Any], topic: Any) -> list[Any]:
