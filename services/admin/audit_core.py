@@ -3,8 +3,9 @@ target, when, from where, outcome) with secrets redacted, and how `hala audit` f
 
 Every command that changes something is audited, including ones added later: only the commands
 listed in READ_ONLY are not. An entry never holds a command's result (an issued API key is in
-one), only its arguments, redacted: an argument whose name says it is a secret is replaced,
-and a value that is a whole API key keeps only its visible prefix.
+one), only its arguments, redacted: an argument whose name says it is a secret is replaced, a
+value that is a whole API key keeps only its visible prefix, and an account's profile fields
+(name, email, phone, business name) are not kept at all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ READ_ONLY: frozenset[tuple[str, str]] = frozenset({
 })
 
 REDACTED = "[redacted]"
+# An account's profile is personal data: an entry keeps that it was given, not its value, so
+# that erasing the account needs no change to the (append-only) log.
+PERSONAL = "[personal data]"
+_PERSONAL_FIELDS = frozenset({"name", "email", "phone", "business_name"})
 _SECRET_NAME = re.compile(r"token|secret|password|passphrase|credential|private", re.IGNORECASE)
 # Arguments that name what a command acts on, in the order they are shown.
 TARGET_FIELDS = ("account_id", "waba_id", "phone_number_id", "key", "key_id", "topic",
@@ -62,14 +67,17 @@ def is_audited(group: str, command: str, arguments: Mapping[str, Any]) -> bool:
     return not (group, command) == ("dlq", "replay") or not arguments.get("dry_run")
 
 
-def redact(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The arguments as an audit entry may keep them."""
+def redact(arguments: Mapping[str, Any], *, profile: bool = False) -> dict[str, Any]:
+    """The arguments as an audit entry may keep them (`profile`: they are an account's
+    profile, whose fields are personal data)."""
     kept: dict[str, Any] = {}
     for name, value in arguments.items():
         if name in ("group", "command", "json"):
             continue
         if _SECRET_NAME.search(name) and value is not None:
             kept[name] = REDACTED
+        elif profile and name in _PERSONAL_FIELDS and value not in (None, ""):
+            kept[name] = PERSONAL
         elif isinstance(value, str) and is_api_key(value.strip()):
             kept[name] = value.strip()[:API_KEY_VISIBLE_CHARS] + "…"
         elif isinstance(value, str | int | float | bool) or value is None:
@@ -98,7 +106,7 @@ def entry(*, entry_id: str, operator: Operator, group: str, command: str,
           arguments: Mapping[str, Any], result: Any, error: BaseException | None,
           now_ms: int) -> dict[str, Any]:
     """The audit_log document for one command run."""
-    kept = redact(arguments)
+    kept = redact(arguments, profile=group == "accounts")
     doc: dict[str, Any] = {
         "_id": entry_id,
         "at": from_ms(now_ms),

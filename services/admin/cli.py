@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("show", "an account with its numbers, keys and balance")):
         command(accounts, name, text).add_argument("account_id", metavar="ID")
     command(accounts, "list", "every account")
+    erase = command(accounts, "erase", "remove a suspended account's personal data everywhere "
+                                       "and keep its ledger under a pseudonym")
+    erase.add_argument("account_id", metavar="ID")
+    erase.add_argument("--yes", action="store_true",
+                       help="confirm: this cannot be undone")
     update = command(accounts, "update", "change an account's settings")
     update.add_argument("account_id", metavar="ID")
     update.add_argument("--customer-service-window-check", choices=("on", "off"),
@@ -287,6 +292,11 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
             customer_service_window_check=None if check is None else commands.core.on_off(check))
     if action == ("accounts", "show"):
         return await commands.show_account(db, args.account_id)
+    if action == ("accounts", "erase"):
+        if not args.yes:
+            raise ServiceError("erasing cannot be undone: add --yes", code="confirmation_required")
+        return await commands.erase_account(db, args.account_id,
+                                            pseudonym_key=ctx.settings.erasure_key())
     if action == ("wabas", "register"):
         return await commands.register_waba(db, account_id=args.account_id,
                                             waba_id=args.waba_id,

@@ -119,3 +119,20 @@ def test_audit_log_is_append_only_in_the_code() -> None:
     for name, text in users.items():
         if name != "services/admin/audit.py":  # the others only declare or index it
             assert "[AUDIT_LOG]" not in text and 'audit_log"]' not in text, name
+
+
+def test_an_accounts_profile_is_not_kept_in_the_log() -> None:
+    args = _args("accounts", "create", "--name", "Ana Lima", "--email", "ana@x.example",
+                 "--phone", "+971501234567", "--business-name", "Lima LLC",
+                 "--fb-business-manager-id", "123456789012")
+    doc = audit_core.entry(entry_id="aud_4", operator=ANA, group="accounts", command="create",
+                           arguments=args, result={"_id": "acc_5"}, error=None, now_ms=NOW)
+    for personal in ("Ana Lima", "ana@x.example", "+971501234567", "Lima LLC"):
+        assert personal not in repr(doc)
+    assert doc["arguments"]["name"] == "[personal data]"
+    assert doc["arguments"]["fb_business_manager_id"] == "123456789012"
+    # A key's or a WABA's name is not personal: kept.
+    key = audit_core.entry(entry_id="aud_5", operator=ANA, group="keys", command="issue",
+                           arguments=_args("keys", "issue", "--account", "acc_5", "--name",
+                                           "backend"), result=None, error=None, now_ms=NOW)
+    assert key["arguments"]["name"] == "backend"
