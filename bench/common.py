@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -378,6 +379,8 @@ class Platform:
         self.prefix = f"bench{self.unique}."
         self.database = f"bench_{self.unique}"
         self.token_keys = new_key()
+        # billing verifies top-ups with it; seed_accounts and bench_billing sign with it
+        self.topup_signing_key = secrets.token_urlsafe(24)
         self.sim_config = world()
         self.logs = LOGS / self.unique
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -404,7 +407,8 @@ class Platform:
         base = {**os.environ, "PYTHONUNBUFFERED": "1",
                 "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "MONGODB_URL": self.mongodb_url,
                 "MONGODB_DATABASE": database, "HALA_TOPIC_PREFIX": prefix,
-                "HALA_TOKEN_KEYS": self.token_keys}
+                "HALA_TOKEN_KEYS": self.token_keys,
+                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
         args: list[str] = ["-m", MODULES[kind]]
         if kind == "metasim":
             config_path = self.logs / f"{name}.yaml"

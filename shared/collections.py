@@ -10,10 +10,11 @@ a writer never races another writer on the same document. Readers may be anyone.
 | wabas | admin CLI | WABA id | account, portfolio |
 | phone_numbers | admin CLI | Meta phone number id | account, WABA, encrypted token |
 | templates | admin CLI sync; status | waba:name:language | category, status, params |
-| idempotency_keys | ingest | account:key:24 h bucket | the keyed request's message and body hash |
+| idempotency_keys | ingest | account:key:24 h bucket | keyed request's message, body hash; 48 h |
 | messages | status | message id | request, state, history |
 | balances | billing | account id | available, reserved, applied |
 | ledger | billing | entry key | every credit movement |
+| billing_checkpoints | billing | job name | where the sweeper and reconciler got to |
 | sends | sender | message id | the send attempt (`sending` guard) or an unsent outcome |
 | send_outcomes | sender | message id | the outcome of a send attempt, wamid |
 | tier_usage | sender | portfolio:recipient | business-initiated sends 24 h |
@@ -25,6 +26,7 @@ a writer never races another writer on the same document. Readers may be anyone.
 | number_states | status | phone number id | Meta's word on a number: tier, name, ban |
 | media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
 | dlq_replays | admin CLI | dlq topic:partition:offset | dead letters replayed; unique `source` |
+| audit_log | admin CLI (console later) | `aud_…` | who, what, target, when, where; inserts only |
 | webhook_endpoints | ingest, admin CLI | endpoint id (`we_…`) | url, events, secrets |
 | endpoint_states | notify | endpoint id | health: failing since, disabled (410, 3 days failing) |
 | notify_events | notify | event id (`evt_…`) | every client event, as delivered (replay source) |
@@ -77,6 +79,15 @@ client re-enabling a disabled endpoint needs no write of notify's.
 `endpoint_id`, `account_id`, `event_id`, `event_type`, `attempt` (n, from 1), `at` (ms, when the
 attempt started), `outcome` (e.g. delivered, failed, timeout, blocked), `http_status` (null when
 no answer), `latency_ms`, `error` (short text, null on success).
+`audit_log` (append-only; services/admin/audit.py is the only code that touches it, with
+inserts and finds): `_id` `aud_` + ULID, `at` (date), `operator` {name (HALA_OPERATOR or the OS
+user), os_user, host, remote_address (the SSH client, when over SSH)}, `command` ("accounts
+create"), `arguments` (secrets redacted), `target` {account_id, waba_id, phone_number_id, key,
+topic, ... as the command names them}, `outcome` ok | error, `error` {code, message}.
+
+`billing_checkpoints` (billing): `_id` the job (`reservation_sweep`, `reconcile`), `position`
+{at, key} in the ledger's (at, _id) order, and for the reconciler `totals` per account of every
+entry up to it and `pending` (keys of entries behind it that their balance had not applied).
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's template webhooks (status, quality, category, components); both write Meta's
@@ -89,6 +100,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -101,6 +113,7 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 MESSAGES = "messages"
 BALANCES = "balances"
 LEDGER = "ledger"
+BILLING_CHECKPOINTS = "billing_checkpoints"
 SENDS = "sends"
 SEND_OUTCOMES = "send_outcomes"
 TIER_USAGE = "tier_usage"
@@ -118,6 +131,7 @@ DELIVERIES = "deliveries"
 DELIVERY_ATTEMPTS = "delivery_attempts"
 EMAIL_ALERTS = "email_alerts"
 DLQ_REPLAYS = "dlq_replays"
+AUDIT_LOG = "audit_log"
 
 INDEXES: dict[str, list[IndexModel]] = {
     API_KEYS: [IndexModel([("account_id", ASCENDING)])],
@@ -146,10 +160,16 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     USER_PREFERENCES: [IndexModel([("account_id", ASCENDING), ("wa_id", ASCENDING)])],
     MEDIA: [IndexModel([("account_id", ASCENDING)])],
+    IDEMPOTENCY_KEYS: [IndexModel([("created_at", ASCENDING)])],  # ingest's sweeper
     # A record dead-lettered twice (read again after a stop) is replayed once.
     DLQ_REPLAYS: [IndexModel([("source", ASCENDING)], unique=True),
                   IndexModel([("dlq_topic", ASCENDING)])],
-    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
+    AUDIT_LOG: [IndexModel([("at", DESCENDING)]),
+                IndexModel([("target.account_id", ASCENDING), ("at", DESCENDING)])],
+    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+             # billing's paged readers (the reconciler, the reservation sweeper) go in this
+             # order from where they got to
+             IndexModel([("at", ASCENDING), ("_id", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
     # an account's endpoints, newest first (GET /v1/webhook-endpoints)
     WEBHOOK_ENDPOINTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
@@ -169,7 +189,16 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *names: str) -> None
     run at service start).
 
     One index per command: FerretDB 1.24 drops the connection when a single createIndexes
-    re-creates several indexes that already exist."""
+    re-creates several indexes that already exist. Building an index takes longer than a
+    request's operation may (ingest's deadline is under a second): the pass gets a minute."""
+    with pymongo.timeout(INDEX_TIMEOUT_S):
+        await _ensure_indexes(db, names)
+
+
+INDEX_TIMEOUT_S = 60.0
+
+
+async def _ensure_indexes(db: AsyncDatabase[dict[str, Any]], names: tuple[str, ...]) -> None:
     for name in names:
         retired = set(RETIRED_INDEXES.get(name, []))
         if retired:

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared.dead_letters import (
@@ -53,7 +54,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.logging import get_logger
-from shared.messages import ALL_TOPICS, Topic
+from shared.messages import ALL_TOPICS, WEBHOOK_MAX_MESSAGE_BYTES, Topic
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, RECORDS_HANDLED
 
 log = get_logger(__name__)
@@ -75,6 +76,9 @@ def make_producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
         "enable_idempotence": True,
         "linger_ms": 2,
         "request_timeout_ms": 15000,
+        # The largest record any topic takes (raw webhooks: Meta's up to 3 MB), not
+        # aiokafka's 1 MiB default; each topic's max.message.bytes still bounds its own.
+        "max_request_size": WEBHOOK_MAX_MESSAGE_BYTES,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -96,17 +100,20 @@ def make_consumer(bootstrap_servers: str, group_id: str, *topics: str,
 
 async def ensure_topics(bootstrap_servers: str, prefix: str = "",
                         topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
-    """Create the platform's topics and their dead-letter topics if missing (idempotent)."""
+    """Create the platform's topics and their dead-letter topics if missing, each with its
+    registry configuration (retention, compaction, record size), and bring the configuration
+    of those that exist back to it (idempotent)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted: list[NewTopic] = []
+        configs: dict[str, dict[str, str]] = {}
         for topic in topics:
-            config = {"cleanup.policy": "compact"} if topic.compacted else {}
-            for name, parts, cfg in ((topic.name, topic.partitions, config),
-                                     (topic.dlq, 1, {})):
+            for name, parts, cfg in ((topic.name, topic.partitions, topic.configs()),
+                                     (topic.dlq, 1, topic.dlq_configs())):
                 full = topic_name(name, prefix)
+                configs[full] = cfg
                 if full not in existing:
                     wanted.append(NewTopic(full, num_partitions=parts, replication_factor=1,
                                            topic_configs=cfg))
@@ -115,8 +122,31 @@ async def ensure_topics(bootstrap_servers: str, prefix: str = "",
                 await admin.create_topics(wanted)
             except TopicAlreadyExistsError:
                 pass  # another service created them first
+        await _align_configs(admin, {n: c for n, c in configs.items() if n in existing})
     finally:
         await admin.close()
+
+
+async def _align_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
+    """Set the registry's configuration on existing topics whose configuration differs (a
+    topic created before its retention was declared, or by hand). AlterConfigs replaces a
+    topic's whole dynamic configuration, so each topic gets its complete set."""
+    if not wanted:
+        return
+    [described] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, {k: None for k in cfg})
+         for name, cfg in wanted.items()])
+    differ = []
+    for error_code, _, _, name, entries in described.resources:
+        if error_code:  # gone meanwhile (deleted by a test's clean-up): nothing to align
+            continue
+        current = {entry[0]: entry[1] for entry in entries}
+        cfg = wanted.get(name)
+        if cfg is not None and any(current.get(k) != v for k, v in cfg.items()):
+            differ.append(ConfigResource(ConfigResourceType.TOPIC, name, dict(cfg)))
+    if differ:
+        await admin.alter_configs(differ)
+        log.info("topic_configs_aligned", topics=len(differ))
 
 
 async def delete_topics(bootstrap_servers: str, wanted: Callable[[str], bool]) -> list[str]:

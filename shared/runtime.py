@@ -51,7 +51,7 @@ async def start_with_retry(producer: AIOKafkaProducer, deadline_s: float = 60.0)
 
 @asynccontextmanager
 async def connections(settings: ServiceSettings) -> AsyncIterator[Connections]:
-    mongo = make_client(settings.mongodb_url)
+    mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms)
     producer = make_producer(settings.kafka_bootstrap_servers)
     await start_with_retry(producer)
     try:

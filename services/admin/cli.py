@@ -3,12 +3,19 @@ services/admin/commands.py and prints the result (as JSON with `--json`).
 
 Connections come from MONGODB_URL, MONGODB_DATABASE, KAFKA_BOOTSTRAP_SERVERS, HALA_TOPIC_PREFIX;
 access tokens are encrypted with HALA_TOKEN_KEYS (comma-separated Fernet keys, newest first).
+
+Every command that changes something writes an `audit_log` entry (services/admin/audit.py)
+before it reports success, and a failed attempt writes one too: who (HALA_OPERATOR or the OS
+user, and the host), what (the command and its arguments, secrets redacted), the target, when,
+from where, and the outcome. A change whose entry cannot be written is reported as an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,10 +26,12 @@ import orjson
 from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
-from services.admin import commands, webhooks
+from services.admin import audit, audit_core, commands, webhooks
 from services.admin.graph import GraphClient
 from services.admin.settings import AdminSettings
+from shared.clock import SystemClock
 from shared.errors import ServiceError
+from shared.ids import new_id
 from shared.kafka import make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault
@@ -86,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("show", "an account with its numbers, keys and balance")):
         command(accounts, name, text).add_argument("account_id", metavar="ID")
     command(accounts, "list", "every account")
+    erase = command(accounts, "erase", "remove a suspended account's personal data everywhere "
+                                       "and keep its ledger under a pseudonym")
+    erase.add_argument("account_id", metavar="ID")
+    erase.add_argument("--yes", action="store_true",
+                       help="confirm: this cannot be undone")
     update = command(accounts, "update", "change an account's settings")
     update.add_argument("account_id", metavar="ID")
     update.add_argument("--customer-service-window-check", choices=("on", "off"),
@@ -226,15 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--partition", type=_non_negative_int, default=None)
     replay.add_argument("--dry-run", action="store_true",
                         help="say what would be replayed, write nothing")
+
+    audit_log = groups.add_parser("audit", parents=[json_flag],
+                                  help="what operators did: the audit log, newest first")
+    audit_log.set_defaults(command="list")
+    audit_log.add_argument("--account", dest="account_id", default=None,
+                           help="only entries whose target is this account")
+    audit_log.add_argument("--since", default=None, metavar="WHEN",
+                           help="ISO date or date-time (UTC), or a span back: 90m, 24h, 7d")
+    audit_log.add_argument("--limit", type=_positive_int, default=50)
     return parser
 
 
 class Context:
     """What a command may need, opened lazily and closed at the end."""
 
-    def __init__(self, settings: AdminSettings) -> None:
+    def __init__(self, settings: AdminSettings, operator: audit_core.Operator) -> None:
         self.settings = settings
-        self.mongo = make_client(settings.mongodb_url)
+        self.operator = operator
+        self.mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms)
         self.db = self.mongo[settings.mongodb_database]
         self._producer: Any = None
 
@@ -256,15 +280,56 @@ class Context:
         await self.mongo.close()
 
 
-async def run(args: argparse.Namespace, settings: AdminSettings) -> Any:
+def current_operator(settings: AdminSettings) -> audit_core.Operator:
+    try:
+        os_user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        os_user = "unknown"
+    return audit_core.operator(configured=settings.operator, os_user=os_user,
+                               host=socket.gethostname(), ssh_connection=settings.ssh_connection)
+
+
+async def run(args: argparse.Namespace, settings: AdminSettings,
+              operator: audit_core.Operator | None = None) -> Any:
     """Execute a parsed command; returns what to print."""
     if (args.group, args.command) == ("keys", "generate-encryption-key"):
         return {"key": commands.generate_encryption_key()}
-    ctx = Context(settings)
+    ctx = Context(settings, operator or current_operator(settings))
     try:
-        return await _dispatch(args, ctx)
+        if not audit_core.is_audited(args.group, args.command, vars(args)):
+            return await _dispatch(args, ctx)
+        return await _audited(args, ctx)
     finally:
         await ctx.close()
+
+
+async def _audited(args: argparse.Namespace, ctx: Context) -> Any:
+    """Run a command that changes something and append its audit entry, success or not."""
+    arguments = vars(args)
+
+    async def append(result: Any, error: BaseException | None) -> None:
+        now_ms = SystemClock().now_ms()
+        await audit.append(ctx.db, audit_core.entry(
+            entry_id=new_id(audit_core.AUDIT_ID_PREFIX, now_ms), operator=ctx.operator,
+            group=args.group, command=args.command, arguments=arguments, result=result,
+            error=error, now_ms=now_ms))
+
+    try:
+        result = await _dispatch(args, ctx)
+    except Exception as exc:
+        try:
+            await append(None, exc)
+        except PyMongoError as audit_error:
+            print(f"warning: the failed attempt could not be audited "
+                  f"({type(audit_error).__name__})", file=sys.stderr)
+        raise
+    try:
+        await append(result, None)
+    except PyMongoError as exc:
+        raise ServiceError("the command was carried out, but its audit entry could not be "
+                           f"written ({type(exc).__name__}); it is not reported as done",
+                           code="audit_write_failed") from exc
+    return result
 
 
 async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
@@ -292,6 +357,11 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
             low_balance_threshold=args.low_balance_threshold)
     if action == ("accounts", "show"):
         return await commands.show_account(db, args.account_id)
+    if action == ("accounts", "erase"):
+        if not args.yes:
+            raise ServiceError("erasing cannot be undone: add --yes", code="confirmation_required")
+        return await commands.erase_account(db, args.account_id,
+                                            pseudonym_key=ctx.settings.erasure_key())
     if action == ("wabas", "register"):
         return await commands.register_waba(db, account_id=args.account_id,
                                             waba_id=args.waba_id,
@@ -316,11 +386,13 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
     if action == ("keys", "list"):
         return await commands.list_keys(db, args.account_id)
     if action == ("credits", "topup"):
+        key = ctx.settings.topup_key()
         event = await commands.top_up(db, await ctx.producer(), account_id=args.account_id,
                                       amount=args.amount, note=args.note,
+                                      signing_key=key, operator=ctx.operator.label,
                                       topic_prefix=ctx.settings.topic_prefix)
         return {"event_id": event.event_id, "account_id": event.account_id,
-                "amount": event.amount, "unit": "micros",
+                "amount": event.amount, "unit": "micros", "operator": event.operator,
                 "note": "billing applies it shortly; see `hala balance show`"}
     if action == ("balance", "show"):
         return await commands.show_balance(db, args.account_id)
@@ -341,6 +413,11 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await _dlq(args, ctx)
     if args.group == "webhooks":
         return await _webhooks(args, ctx)
+    if action == ("audit", "list"):
+        since = (None if args.since is None
+                 else audit_core.since_ms(args.since, SystemClock().now_ms()))
+        return [audit_core.view(doc) for doc in await audit.entries(
+            db, account_id=args.account_id, since_ms=since, limit=args.limit)]
     raise AssertionError(f"unhandled command {action}")
 
 

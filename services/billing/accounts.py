@@ -1,6 +1,8 @@
-"""Reads of `accounts` (the admin CLI's collection): each account's own low-balance threshold
-(`low_balance_threshold`, micros), which `hala accounts create/update --low-balance-threshold`
-sets. billing only reads it; the threshold it applied is kept on the balance document."""
+"""Reads of `accounts` (the admin CLI's collection) that billing needs: each account's own
+low-balance threshold (`low_balance_threshold`, micros, set by `hala accounts create/update
+--low-balance-threshold`; the threshold billing applied is kept on the balance document), and
+which accounts were erased and the pseudonym their ledger and balance are kept under since
+(`hala accounts erase`). billing only reads them."""
 
 from __future__ import annotations
 
@@ -30,3 +32,15 @@ class AccountThresholds:
                 if doc is not None and isinstance(doc.get("low_balance_threshold"), int)
                 and not isinstance(doc.get("low_balance_threshold"), bool)
                 and doc["low_balance_threshold"] >= 0}
+
+
+class MongoErasedAccounts:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self._accounts = db[ACCOUNTS]
+
+    async def pseudonyms(self) -> dict[str, str]:
+        with translated():
+            docs = await self._accounts.find(
+                {"status": "erased", "pseudonym": {"$exists": True}},
+                {"pseudonym": 1}).to_list(None)
+        return {str(d["_id"]): str(d["pseudonym"]) for d in docs}

@@ -44,6 +44,7 @@ from shared.messages import (
     StatusChanged,
     Topic,
     TopUpRequested,
+    top_up_signature_valid,
 )
 from shared.pricing import RateCard
 
@@ -195,11 +196,13 @@ def settlement_for(event: StatusChanged) -> Settlement | None:
 
 def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card: RateCard,
            now: int, reservation: LedgerEntry | None = None,
-           existing: LedgerEntry | None = None) -> Decision:
+           existing: LedgerEntry | None = None, top_up_key: bytes = b"") -> Decision:
     """Decide what `event`, read at `position`, does to `balance`.
 
     `reservation` is the message's reserve entry (for a StatusChanged); `existing` is the entry
-    already stored under `entry_key(event)`, when there is one.
+    already stored under `entry_key(event)`, when there is one. A new top-up must be signed
+    under `top_up_key` (the admin tool's key): anything else is refused (InvalidRequest
+    `unsigned_top_up`: dead-lettered, no money moves).
     """
     if balance.has_applied(position.source, position.offset):
         outputs = (_outputs_of(existing, event, position, balance.currency)
@@ -211,7 +214,7 @@ def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card
         return _reserve(balance, event, position, rate_card, now)
     if isinstance(event, StatusChanged):
         return _settle(balance, event, position, rate_card, now, reservation)
-    return _top_up(balance, event, position, now)
+    return _top_up(balance, event, position, now, top_up_key)
 
 
 def _resume_or_skip(balance: Balance, existing: LedgerEntry, event: InputEvent,
@@ -262,7 +265,13 @@ def _settle(balance: Balance, event: StatusChanged, position: Position, rate_car
     return _record(balance, entry, event, position, now)
 
 
-def _top_up(balance: Balance, event: TopUpRequested, position: Position, now: int) -> Decision:
+def _top_up(balance: Balance, event: TopUpRequested, position: Position, now: int,
+            key: bytes) -> Decision:
+    if not top_up_signature_valid(event, key):
+        raise InvalidRequest("a top-up must be signed by the admin tool's key "
+                             "(HALA_TOPUP_SIGNING_KEY)", code="unsigned_top_up",
+                             details={"event_id": event.event_id,
+                                      "signed": bool(event.signature)})
     if event.amount <= 0:
         raise InvalidRequest("a top-up adds a positive amount", code="invalid_top_up",
                              details={"event_id": event.event_id})

@@ -137,13 +137,16 @@ class BillingWorker:
                  unexpected_attempts: int = 3,
                  reservation_cache_size: int = 10_000, balance_cache_size: int = 10_000,
                  thresholds: ThresholdSource | None = None, threshold_refresh_s: float = 30.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 top_up_key: bytes = b"") -> None:
         self._balances = balances
         self._ledger = ledger
         self._publisher = publisher
         self._rate_card = rate_card
         self._clock = clock
         self._threshold = low_balance_threshold
+        # Top-ups are applied only when signed under this key (the admin tool's).
+        self._top_up_key = top_up_key
         self._first_delay = retry_first_delay_s
         self._max_delay = retry_max_delay_s
         self._dead_letter_limit = dead_letter_limit
@@ -276,7 +279,8 @@ class BillingWorker:
                 reservation = decided.get(key) or self._reservations.get(key)
             try:
                 decision = decide(balance, event, position, rate_card=self._rate_card,
-                                  now=now, reservation=reservation)
+                                  now=now, reservation=reservation,
+                                  top_up_key=self._top_up_key)
             except PermanentError:
                 raise _OneByOne("permanent") from None  # dead-lettered there, in order
             for entry in decision.entries:
@@ -461,12 +465,14 @@ class BillingWorker:
             if reservation is not None:
                 self._remember(reservation)
         decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
-                          reservation=reservation, existing=existing)
+                          reservation=reservation, existing=existing,
+                          top_up_key=self._top_up_key)
         for entry in decision.entries:
             stored = await self._ledger.add(entry)
             if stored is not None:  # decided before: a duplicate, or our unfinished attempt
                 decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
-                                  reservation=reservation, existing=stored)
+                                  reservation=reservation, existing=stored,
+                                  top_up_key=self._top_up_key)
                 break
         if decision.balance is not None:
             await self._balances.save(decision.balance, now)

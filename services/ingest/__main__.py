@@ -23,8 +23,15 @@ from services.ingest.repository import (
     MongoMessageStore,
 )
 from services.ingest.settings import IngestSettings
+from services.ingest.sweeper import IdempotencySweeper
 from shared.clock import SystemClock
-from shared.collections import DELIVERY_ATTEMPTS, MEDIA, WEBHOOK_ENDPOINTS, ensure_indexes
+from shared.collections import (
+    DELIVERY_ATTEMPTS,
+    IDEMPOTENCY_KEYS,
+    MEDIA,
+    WEBHOOK_ENDPOINTS,
+    ensure_indexes,
+)
 from shared.logging import configure_logging, get_logger
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
@@ -44,17 +51,23 @@ async def main() -> None:
                                            "500")
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
-        await ensure_indexes(conns.db, MEDIA, WEBHOOK_ENDPOINTS, DELIVERY_ATTEMPTS)
+        await ensure_indexes(conns.db, MEDIA, IDEMPOTENCY_KEYS, WEBHOOK_ENDPOINTS,
+                             DELIVERY_ATTEMPTS)
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka_bootstrap_servers)
+        producer = RdKafkaProducer(settings.kafka_bootstrap_servers,
+                                   ack_timeout_s=settings.kafka_ack_timeout_seconds)
         await producer.start()
         inbox = MongoInbox(conns.db)
         publisher = KafkaPublisher(producer, settings.topic_prefix)
         vault = TokenVault(keys) if keys else None
+        idempotency = MongoIdempotencyStore(conns.db)
+        sweeper = IdempotencySweeper(
+            idempotency, clock, retention_seconds=settings.idempotency_retention_hours * 3600,
+            page_size=settings.idempotency_sweep_page_size)
         ingest = Ingest(
             directory=CachedDirectory(MongoDirectory(conns.db), clock,
                                       settings.cache_ttl_seconds),
-            idempotency=MongoIdempotencyStore(conns.db),
+            idempotency=idempotency,
             messages=MongoMessageStore(conns.db),
             recent=RecentMessages(clock, settings.recent_ttl_seconds),
             publisher=publisher,
@@ -81,7 +94,7 @@ async def main() -> None:
             await meta.close()
 
         app.on_cleanup.append(stop_clients)
-        return app, []
+        return app, [sweeper.run_forever(settings.idempotency_sweep_interval_seconds)]
 
     await serve(settings, SERVICE, build)
 

@@ -32,6 +32,8 @@ class ErrorCode:
 ERROR_CODES: dict[str, ErrorCode] = {
     # the request itself
     "malformed_json": ErrorCode(InvalidRequest, 400, 100, 400),
+    # JSON nested deeper than shared.json_depth.MAX_JSON_DEPTH (refused before decoding)
+    "nesting_too_deep": ErrorCode(InvalidRequest, 400, 100, 400),
     "invalid_request": ErrorCode(InvalidRequest, 400, 100, 400),
     "unknown_field": ErrorCode(InvalidRequest, 400, 100, 400),
     "invalid_field": ErrorCode(InvalidRequest, 400, 100, 400),

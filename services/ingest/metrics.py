@@ -28,6 +28,10 @@ INSERT_DURATION = Histogram(
     "the group commit (waiting for the insert in flight, then its own).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+IDEMPOTENCY_RECORDS_DELETED = Counter(
+    "ingest_idempotency_records_deleted_total",
+    "Idempotency records deleted by the sweeper once past retention (48 h).",
+)
 INSERT_BATCH = Histogram(
     "ingest_idempotency_insert_batch_records",
     "Idempotency records per insert_many of the group commit.",

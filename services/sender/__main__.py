@@ -2,6 +2,8 @@
 
 import asyncio
 
+from services.sender.repository import SenderRepository
+from services.sender.retention import sweep_tier_usage_forever
 from services.sender.settings import SenderSettings
 from services.sender.worker import SERVICE, create_worker
 from shared.clock import SystemClock
@@ -9,6 +11,7 @@ from shared.collections import SENDS, TIER_USAGE, ensure_indexes
 from shared.http import make_ops_app
 from shared.logging import configure_logging
 from shared.runtime import Connections, serve
+from shared.secrets import TokenVault
 
 
 async def main() -> None:
@@ -19,7 +22,9 @@ async def main() -> None:
 
     async def build(conns: Connections):  # type: ignore[no-untyped-def]
         await ensure_indexes(conns.db, SENDS, TIER_USAGE)
-        worker, meta = create_worker(settings, conns.db, conns.producer, SystemClock())
+        clock = SystemClock()
+        worker, meta = create_worker(settings, conns.db, conns.producer, clock)
+        tier_usage = SenderRepository(conns.db, TokenVault(settings.token_keys))
 
         async def run_worker() -> None:
             try:
@@ -27,7 +32,10 @@ async def main() -> None:
             finally:
                 await meta.close()
 
-        return make_ops_app(SERVICE, conns.readiness_checks()), [run_worker()]
+        retention = sweep_tier_usage_forever(
+            tier_usage, clock, int(settings.tier_usage_retention_hours * 3_600_000),
+            settings.tier_usage_sweep_interval_seconds)
+        return make_ops_app(SERVICE, conns.readiness_checks()), [run_worker(), retention]
 
     await serve(settings, SERVICE, build)
 

@@ -28,6 +28,7 @@ from shared.messages import (
     ThroughputChanged,
     WabaStatusChanged,
 )
+from shared.pseudonyms import keyed_hash
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 
@@ -1280,9 +1281,9 @@ def sweep_cutoffs(now_ms: int, unknown_timeout_seconds: int, parked_retention_da
 
 
 def recipient_hash(recipient: str, key: bytes) -> str:
-    """A keyed hash: still lets support match a number they are given, but is not reversible by
-    hashing every phone number."""
-    return "hmac-sha256:" + hmac.new(key, recipient.encode(), hashlib.sha256).hexdigest()
+    """A keyed hash (shared.pseudonyms): still lets support match a number they are given, but
+    is not reversible by hashing every phone number."""
+    return keyed_hash(recipient, key)
 
 
 ANONYMISED_FIELDS_REMOVED = ("content", "request")

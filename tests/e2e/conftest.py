@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -78,6 +79,7 @@ class Stack:
         self.prefix = f"e{self.unique}."
         self.database = f"e2e_{self.unique}"
         self.token_keys = new_key()
+        self.topup_signing_key = secrets.token_urlsafe(24)  # shared by billing and the seeding
         ports = {name: free_port() for name in ("metasim", "ingest", "status", "sender",
                                                  "billing")}
         sim_config = yaml.safe_load(SIM_CONFIG.read_text())
@@ -89,7 +91,8 @@ class Stack:
         base = {**os.environ, "PYTHONUNBUFFERED": "1",
                 "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "MONGODB_URL": self.mongodb_url,
                 "MONGODB_DATABASE": self.database, "HALA_TOPIC_PREFIX": self.prefix,
-                "HALA_TOKEN_KEYS": self.token_keys}
+                "HALA_TOKEN_KEYS": self.token_keys,
+                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
         specific = {
             "metasim": ({"METASIM_PORT": str(ports["metasim"])},
                         ["-m", "tools.metasim", "--port", str(ports["metasim"]),
@@ -223,6 +226,8 @@ async def seed_accounts(stack: Stack, top_up: int,
                 await commands.sync_templates(db, vault, graph, waba_id=waba["id"])
                 api_key, _ = await commands.issue_key(db, account_id=account_id)
                 await commands.top_up(db, producer, account_id=account_id, amount=top_up,
+                                      signing_key=stack.topup_signing_key.encode(),
+                                      operator="e2e",
                                       topic_prefix=stack.prefix)
                 accounts.append(Account(account_id, api_key,
                                         [n["id"] for n in waba["phone_numbers"]], waba["id"],

@@ -33,7 +33,14 @@ from shared.messages import (
     TopUpRequested,
 )
 from shared.pricing import load_rate_card
-from tests.integration.billing.harness import BillingProcess, drained, eventually, read_all
+from tests.integration.billing.harness import (
+    BillingProcess,
+    drained,
+    eventually,
+    read_all,
+    signed_top_up,
+)
+from tests.unit.billing.fakes import FakeCheckpoints
 
 pytestmark = pytest.mark.integration
 
@@ -126,8 +133,7 @@ def status(account_id: str, message_id: str, step: Any, source: Any = "webhook",
 
 
 def top_up(account_id: str, amount: int, event_id: str) -> TopUpRequested:
-    return TopUpRequested(event_id=event_id, account_id=account_id, amount=amount,
-                          requested_at=1_764_000_000_000)
+    return signed_top_up(account_id, amount, event_id)
 
 
 def decoded(records: list[Any], topic: Any) -> list[Any]:
@@ -184,7 +190,8 @@ async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None
         "msg_2:settle": ("release", GB_MARKETING),
     }
     db = setup.mongo[setup.database]
-    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
+                                   FakeCheckpoints()).run_once()).drift == 0
     for sample, value in (("billing_reservations_total", 2),
                           ('billing_rejections_total{reason="insufficient_credit"}', 1),
                           ("billing_charges_total", 1),
@@ -334,7 +341,8 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         assert (balance["available"], balance["reserved"]) == expected[account], account
     assert await db.ledger.count_documents({}) == len(accounts) * (
         1 + top_ups + sends + late_sends + settled)  # one entry per decision, none twice
-    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
+                                   FakeCheckpoints()).run_once()).drift == 0
     approvals = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
                         SEND_APPROVED)
     assert {a.message_id for a in approvals} == {
@@ -361,7 +369,8 @@ async def test_the_sweeper_expires_only_the_overdue_unsettled_reservation(setup:
     ]) == set()
 
     publisher = KafkaPublisher(setup.producer, setup.prefix)
-    assert await ReservationSweeper(ledger, publisher, SystemClock()).run_once() == 1
+    assert await ReservationSweeper(ledger, publisher, SystemClock(),
+                                    FakeCheckpoints()).run_once() == 1
 
     published = decoded(await read_all(setup.bootstrap_servers, STATUS_CHANGED, setup.prefix),
                         STATUS_CHANGED)

@@ -35,6 +35,7 @@ from tests.unit.billing.events import (
     ACCOUNT,
     SEND_TOPIC,
     STATUS_TOPIC,
+    TOPUP_KEY,
     TOPUP_TOPIC,
     free,
     regular,
@@ -71,11 +72,12 @@ class Books:
         existing = (self.entries.get(entry_key(event))
                     if self.balance.has_applied(position.source, position.offset) else None)
         decision = decide(self.balance, event, position, rate_card=CARD, now=NOW,
-                          reservation=reservation, existing=existing)
+                          reservation=reservation, existing=existing, top_up_key=TOPUP_KEY)
         for entry in decision.entries:
             if entry.key in self.entries:
                 decision = decide(self.balance, event, position, rate_card=CARD, now=NOW,
-                                  reservation=reservation, existing=self.entries[entry.key])
+                                  reservation=reservation, existing=self.entries[entry.key],
+                                  top_up_key=TOPUP_KEY)
                 break
             self.entries[entry.key] = entry
         if decision.balance is not None:

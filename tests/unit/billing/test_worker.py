@@ -13,7 +13,14 @@ from services.billing.worker import BillingWorker
 from shared.clock import FakeClock
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, TOPUP_REQUESTED, Topic
 from shared.pricing import load_rate_card
-from tests.unit.billing.events import ACCOUNT, regular, send_requested, status, top_up
+from tests.unit.billing.events import (
+    ACCOUNT,
+    TOPUP_KEY,
+    regular,
+    send_requested,
+    status,
+    top_up,
+)
 from tests.unit.billing.fakes import (
     FakeBalances,
     FakeLedger,
@@ -67,7 +74,7 @@ def make_shell(*, sleeps: Sleeps | None = None, dead_letter_limit: int = 50,
                            low_balance_threshold=low_balance_threshold,
                            retry_first_delay_s=0.2,
                            retry_max_delay_s=1.0, dead_letter_limit=dead_letter_limit,
-                           sleep=sleeps, **options)
+                           sleep=sleeps, top_up_key=TOPUP_KEY, **options)
     return Shell(worker, balances, ledger, publisher, journal, sleeps, {})
 
 
