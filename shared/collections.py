@@ -69,6 +69,29 @@ secret has `expires_at: null`; a rotated-out one signs too until its `expires_at
 `enabled` and not (`disabled_at` after `enabled_at`), so each collection keeps one writer and a
 client re-enabling a disabled endpoint needs no write of notify's.
 
+notify's documents (notify is their only writer; ingest reads attempts and states):
+`notify_events`: `_id` event id (`evt_…`, derived from the source event, so a redelivered record
+is the same event), `account_id`, `type` (a client event type, or `meta.<field>` for a Meta
+payload), `format` ("standard" | "meta"), `at` (ms, when it happened), `source_at` (ms, when its
+source record was written to Kafka), `created_at` (ms), `payload` (the exact JSON text every
+attempt sends), `message_id` (message events). Only accounts with an endpoint of that format get
+their events stored. `deliveries`: `_id` endpoint id:event id (a replay: endpoint id:event id:
+request id), `endpoint_id`, `event_id`, `event_type`, `account_id`, `kind` (live | replay |
+test), `state` (pending | delivered | failed: retries exhausted | cancelled: endpoint deleted or
+disabled), `attempts`, `next_at` (ms), `created_at`, `source_at`, `last_status`, `last_error`,
+`done_at`. `delivery_attempts`: `_id` delivery id:n, `endpoint_id`, `event_id`, `event_type`,
+`account_id`, `kind`, `n` (1, 2, …), `at` (ms, when the attempt started), `status_code` (HTTP
+status, or null when no answer came), `latency_ms`, `outcome` (delivered | http_error |
+throttled | gone | timeout | connection_error | blocked), `error` (null on success, else a short
+reason), `response` (at most the first 1 KiB of the answer's body, text), `next_at` (ms of the
+retry it scheduled, or null). `endpoint_states`: `_id` endpoint id, `account_id`,
+`failing_since` (ms of the first failure after the last success, or null), `last_success_at`,
+`last_failure_at`, `disabled_at`, `disabled_reason` (gone: the endpoint answered 410; failing:
+no success for 3 days). `email_alerts`: `_id` the alert key (`balance_low:<event id>`,
+`template:<event id>`, `quality:<event id>`, `endpoint_disabled:<endpoint>:<at>`), `account_id`,
+`kind`, `subject`, `text`, `html`, `state` (pending | sent | failed), `attempts`, `next_at`,
+`created_at`, `sent_at`, `recipients`, `message_id` (the mail's Message-ID, the same on every try).
+
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's template webhooks (status, quality, category, components); both write Meta's
 truth, so the later write is the right one. A webhook for a template the sync never saw creates
@@ -142,6 +165,15 @@ INDEXES: dict[str, list[IndexModel]] = {
                   IndexModel([("dlq_topic", ASCENDING)])],
     LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
+    # notify: replays by account and time, retention sweeps, due deliveries and alerts, and
+    # ingest's list of an endpoint's attempts (newest first)
+    NOTIFY_EVENTS: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+                    IndexModel([("created_at", ASCENDING)])],
+    DELIVERIES: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)]),
+                 IndexModel([("created_at", ASCENDING)])],
+    DELIVERY_ATTEMPTS: [IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)]),
+                        IndexModel([("at", ASCENDING)])],
+    EMAIL_ALERTS: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)])],
 }
 
 
