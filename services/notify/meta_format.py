@@ -103,7 +103,10 @@ def _split_change(obj: str, waba_id: str, field_name: str, value: Any) -> list[P
     for status in value.get("statuses") or []:
         if not isinstance(status, dict):
             continue
-        item = {**common, "statuses": [status]}
+        # 2026 on, Meta may put the recipient's contact (with its BSUID) beside statuses too
+        recipient = status.get("recipient_id")
+        own = [c for c in contacts if c.get("wa_id") == recipient] or contacts[:1]
+        item = {**common, **({"contacts": own} if own else {}), "statuses": [status]}
         pieces.append(Piece(waba_id, field_name, number,
                             _envelope(obj, waba_id, field_name, item), "status",
                             wamids=tuple(w for w in (_str(status.get("id")),) if w),
