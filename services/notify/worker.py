@@ -100,19 +100,19 @@ class NotifyWorker:
         self._alert_max_age = alert_max_age_ms
         self._details: OrderedDict[str, core.MessageDetails] = OrderedDict()
         self._owners = _Ttl(clock, _ACCOUNT_CACHE_SECONDS)
-        handlers: dict[Topic[Any], Callable[[bytes, int], Awaitable[None]]] = {
-            SEND_REQUESTED: self._send_requested,
-            STATUS_CHANGED: self._status_changed,
-            INBOUND_RECEIVED: self._inbound,
-            TEMPLATE_STATUS_CHANGED: self._template,
-            NUMBER_QUALITY_CHANGED: self._quality,
-            WABA_STATUS_CHANGED: self._waba,
-            LOW_BALANCE_ALERTED: self._low_balance,
-            BALANCE_TOPPED_UP: self._topped_up,
-            NOTIFY_REQUESTED: self._request,
-            WEBHOOK_RECEIVED: self._webhook,
-        }
-        self._handlers = {topic_name(t, prefix): h for t, h in handlers.items()}
+        handlers: list[tuple[Topic[Any], Callable[[bytes, int], Awaitable[None]]]] = [
+            (SEND_REQUESTED, self._send_requested),
+            (STATUS_CHANGED, self._status_changed),
+            (INBOUND_RECEIVED, self._inbound),
+            (TEMPLATE_STATUS_CHANGED, self._template),
+            (NUMBER_QUALITY_CHANGED, self._quality),
+            (WABA_STATUS_CHANGED, self._waba),
+            (LOW_BALANCE_ALERTED, self._low_balance),
+            (BALANCE_TOPPED_UP, self._topped_up),
+            (NOTIFY_REQUESTED, self._request),
+            (WEBHOOK_RECEIVED, self._webhook),
+        ]
+        self._handlers = {topic_name(t, prefix): h for t, h in handlers}
 
     async def handle_record(self, record: Record) -> None:
         handler = self._handlers.get(record.topic)
