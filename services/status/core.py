@@ -958,8 +958,9 @@ def number_quality_changed(number: NumberRef, update: NumberUpdate) -> NumberQua
     """A quality webhook of a registered number, as the event notify tells the client about
     (every one: a flag that changes no pacing matters to the business too). Its id derives
     from Meta's fields, so a repeated webhook is the same event."""
+    event = update.event or "update"
     return NumberQualityChanged(
-        event_id=f"{number.phone_number_id}:{update.event or 'update'}:{update.occurred_at // 1000}",
+        event_id=f"{number.phone_number_id}:{event}:{update.occurred_at // 1000}",
         phone_number_id=number.phone_number_id, waba_id=number.waba_id,
         account_id=number.account_id, display_phone_number=update.display_phone_number,
         event=update.event, messaging_limit=update.messaging_limit,
