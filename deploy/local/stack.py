@@ -1,5 +1,5 @@
 """Start, stop and inspect the platform's own processes on loopback: the Meta simulator and the
-four services. (The broker and the database are infra.sh's job; this script calls it.)
+five services. (The broker and the database are infra.sh's job; this script calls it.)
 
     python deploy/local/stack.py up       # background; returns when every component is ready
     python deploy/local/stack.py down     # stops exactly what `up` started (by PID)
@@ -50,6 +50,7 @@ COMPONENTS = (
     Component("billing", "services.billing", "BILLING_HTTP_PORT", 8083),
     Component("sender", "services.sender", "SENDER_HTTP_PORT", 8082),
     Component("status", "services.status", "STATUS_HTTP_PORT", 8081),
+    Component("notify", "services.notify", "NOTIFY_HTTP_PORT", 8084),
     Component("ingest", "services.ingest", "INGEST_HTTP_PORT", 8080),
 )
 
@@ -103,6 +104,8 @@ def up(timeout: float = 120.0) -> None:
     meta = f"http://127.0.0.1:{next(c.port for c in COMPONENTS if c.name == 'metasim')}"
     env = {**os.environ, **_infra_env(), "PYTHONUNBUFFERED": "1",
            "HALA_TOKEN_KEYS": _token_keys(),
+           # loopback http webhook endpoints (make run's receivers) are allowed in development
+           "HALA_ENV": os.environ.get("HALA_ENV", "development"),
            # The simulator calls the status service; the sender (sends) and ingest (mark-as-read,
            # media) call the simulator.
            "METASIM_WEBHOOK_URL": f"http://127.0.0.1:{status_port}/webhooks/meta",
