@@ -428,7 +428,7 @@ def delivery_headers(msg_id: str, body: bytes, secrets: Sequence[str], endpoint_
                                       for s in secrets),
     }
     if endpoint_format == META and secrets:
-        headers["x-hub-signature-256"] = hub_signature(secrets[0], body)
+        headers["X-Hub-Signature-256"] = hub_signature(secrets[0], body)
     return headers
 
 

@@ -126,9 +126,9 @@ def test_meta_endpoints_also_get_metas_signature_under_the_newest_secret() -> No
 
     body = b'{"object":"whatsapp_business_account","entry":[]}'
     headers = core.delivery_headers("evt_1", body, [NEW_SECRET, SECRET], "meta", 1_764_000_000)
-    assert webhook_updates_validator(NEW_SECRET, body, headers["x-hub-signature-256"])
-    assert not webhook_updates_validator(SECRET, body, headers["x-hub-signature-256"])
-    assert "x-hub-signature-256" not in core.delivery_headers("evt_1", body, [SECRET],
+    assert webhook_updates_validator(NEW_SECRET, body, headers["X-Hub-Signature-256"])
+    assert not webhook_updates_validator(SECRET, body, headers["X-Hub-Signature-256"])
+    assert "X-Hub-Signature-256" not in core.delivery_headers("evt_1", body, [SECRET],
                                                               "standard", 1_764_000_000)
 
 

@@ -98,10 +98,10 @@ def test_pywa_accepts_every_forwarded_payload_signed_with_the_endpoint_secret() 
     for piece in meta_format.split(batch())[:3]:
         event = meta_format.to_event(piece, meta_format.rewrite(piece, lookups()), "acc_1", 1)
         headers = core.delivery_headers(event.id, event.body, [SECRET], "meta", 1_764_000_000)
-        assert wa.webhook_update_validator(event.body, headers["x-hub-signature-256"]) is None
+        assert wa.webhook_update_validator(event.body, headers["X-Hub-Signature-256"]) is None
         assert wa.webhook_update_handler(event.body) == ("ok", 200)
         tampered = event.body.replace(b"16505551234", b"16505559999")
-        assert wa.webhook_update_validator(tampered, headers["x-hub-signature-256"]) == (
+        assert wa.webhook_update_validator(tampered, headers["X-Hub-Signature-256"]) == (
             "Forbidden", 403)
     assert [(s.id, s.status.value, s.tracker) for s in statuses] == [
         ("msg_01ABC", "delivered", "crm-7"), ("wamid.ELSEWHERE", "read", None)]
