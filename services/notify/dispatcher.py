@@ -85,6 +85,7 @@ class Dispatcher:
         self._finished: dict[str, float] = {}  # delivery id -> monotonic time its write ended
         self._global = asyncio.Semaphore(policy.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0  # deliveries being attempted or recorded
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -113,24 +114,32 @@ class Dispatcher:
         while lane.queue and lane.running < self.policy.per_endpoint_concurrency:
             item = lane.queue.popleft()
             lane.running += 1
+            self._active += 1
             self._idle.clear()
             task = asyncio.create_task(self._run(endpoint_id, item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if not lane.queue and lane.running == 0:
             del self._lanes[endpoint_id]
-            if not self._lanes:
-                self._idle.set()
 
     async def _run(self, endpoint_id: str, item: Pending) -> None:
+        """One delivery: its lane's slot is held only while its endpoint is being called;
+        recording the result happens after the slot went to the next delivery."""
         delivery_id = item.doc["_id"]
+        lane = self._lanes[endpoint_id]
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            lane.running -= 1
+            if self._lanes.get(endpoint_id) is lane:
+                self._pump(endpoint_id)
+
         try:
-            async with self._global:
-                metrics.IN_FLIGHT.inc()
-                try:
-                    await self._attempt(item)
-                finally:
-                    metrics.IN_FLIGHT.dec()
+            await self._attempt(item, release)
         except (TransientError, PermanentError) as exc:
             # The database failed around the attempt: the delivery is still pending in it,
             # and the poller takes it again when due.
@@ -140,13 +149,13 @@ class Dispatcher:
             log.exception("delivery_attempt_failed", outcome="left_pending",
                           delivery_id=delivery_id)
         finally:
+            release()
             self._owned.discard(delivery_id)
             self._finished[delivery_id] = time.monotonic()
-            lane = self._lanes.get(endpoint_id)
-            if lane is not None:
-                lane.running -= 1
-                self._pump(endpoint_id)
             self._update_gauges()
+            self._active -= 1
+            if not self._lanes and self._active == 0:
+                self._idle.set()
 
     def _update_gauges(self) -> None:
         metrics.QUEUED.set(sum(len(lane.queue) for lane in self._lanes.values()))
@@ -157,7 +166,7 @@ class Dispatcher:
 
     # --- one attempt ---------------------------------------------------------------------
 
-    async def _attempt(self, item: Pending) -> None:
+    async def _attempt(self, item: Pending, release: Callable[[], None]) -> None:
         doc = item.doc
         endpoint = await self._directory.get(doc["endpoint_id"])
         if endpoint is None or endpoint.deleted:
@@ -180,19 +189,26 @@ class Dispatcher:
         n = int(doc.get("attempts", 0)) + 1
         if n == 1 and doc.get("kind", "live") == "live" and doc.get("source_at"):
             metrics.EVENT_LAG.observe(max(0, started - int(doc["source_at"])) / 1000)
-        result = await self._post(endpoint, doc["event_id"], body, started)
+        async with self._global:
+            metrics.IN_FLIGHT.inc()
+            try:
+                result = await self._post(endpoint, doc["event_id"], body, started)
+            finally:
+                metrics.IN_FLIGHT.dec()
+        release()
         now = self._clock.now_ms()
         update = core.after_attempt(n, result, now, self.policy.schedule, self.policy.jitter,
                                     self._draw(), self.policy.retry_after_scale)
         metrics.ATTEMPTS.labels(update.outcome).inc()
         if result.status is not None:
             metrics.ATTEMPT_DURATION.observe(result.latency_s)
-        await self._store.insert_attempt(core.attempt_doc(doc, n, started, result,
-                                                          update.outcome, update.next_at))
+        recorded = self._store.insert_attempt(core.attempt_doc(doc, n, started, result,
+                                                               update.outcome, update.next_at))
         if update.state == "delivered":
-            await self._store.mark_delivered(doc["_id"], now)
+            await asyncio.gather(recorded, self._store.mark_delivered(doc["_id"], now))
             metrics.DELIVERIES.labels("delivered").inc()
         else:
+            await recorded
             fields: dict[str, Any] = {"attempts": n, "state": update.state,
                                       "next_at": update.next_at,
                                       "last_status": result.status,
