@@ -25,11 +25,11 @@ a writer never races another writer on the same document. Readers may be anyone.
 | number_states | status | phone number id | Meta's word on a number: tier, name, ban |
 | media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
 | dlq_replays | admin CLI | dlq topic:partition:offset | dead letters replayed; unique `source` |
-| webhook_endpoints | ingest | endpoint id (`we_…`) | client endpoint: url, events, secrets |
+| webhook_endpoints | ingest, admin CLI | endpoint id (`we_…`) | url, events, secrets |
 | endpoint_states | notify | endpoint id | health: failing since, disabled (410, 3 days failing) |
 | notify_events | notify | event id (`evt_…`) | every client event, as delivered (replay source) |
 | deliveries | notify | endpoint id:event id | one event to one endpoint: state, next try |
-| delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency |
+| delivery_attempts | notify | endpoint id:event id:n | each attempt: time, HTTP status, latency, error |
 | email_alerts | notify | alert key | alert emails sent (one per crossing / change) |
 
 `messages` has one writer, status's state writer: it creates a message's document from the
@@ -58,13 +58,16 @@ decisions; per WABA (`_id` "waba:<id>") `holds` ({banned|deleted|partner_removed
 app_uninstalled: {on, at}}), `held`, and the latest account_update, review, alert, security and
 capability facts.
 
-`webhook_endpoints` documents (ingest's client API is their only writer; notify reads them):
+`webhook_endpoints` documents (written by ingest's client API, and by the admin CLI acting for
+a client, both through the rules of `shared/webhook_endpoints.py`; notify reads them):
 `_id` `we_` + 26 chars, `account_id`, `url`, `events` (event types, `<prefix>.*` or `*`; see
 `shared/client_events.py`), `format` ("standard" | "meta"), `description`, `enabled` (the client's
-switch), `enabled_at` (ms, set at creation and whenever the client enables it), `secrets`: a list
-of `{"id", "encrypted", "created_at", "expires_at"}` (Fernet under `HALA_TOKEN_KEYS`; the current
-secret has `expires_at: null`; a rotated-out one signs too until its `expires_at`, 24 h on),
-`created_at`, `updated_at`, `deleted_at`. notify's own verdict lives in `endpoint_states`
+switch; false once deleted), `enabled_at` (ms, set at creation and whenever the client enables
+it), `secrets`: a list of `{"id", "encrypted", "created_at", "expires_at"}` (`encrypted`: the
+whole `whsec_…` string, Fernet under `HALA_TOKEN_KEYS`; times in ms; the current secret has
+`expires_at: null`; a rotated-out one signs too until its `expires_at`, 24 h on; expired ones
+are dropped at the next rotation), `created_at`, `updated_at`, `deleted_at` (ms, null until the
+soft delete). notify's own verdict lives in `endpoint_states`
 (`disabled_at`, `disabled_reason`, `failing_since`, `last_success_at`): an endpoint receives while
 `enabled` and not (`disabled_at` after `enabled_at`), so each collection keeps one writer and a
 client re-enabling a disabled endpoint needs no write of notify's.
@@ -79,9 +82,10 @@ their events stored. `deliveries`: `_id` endpoint id:event id (a replay: endpoin
 request id), `endpoint_id`, `event_id`, `event_type`, `account_id`, `kind` (live | replay |
 test), `state` (pending | delivered | failed: retries exhausted | cancelled: endpoint deleted or
 disabled), `attempts`, `next_at` (ms), `created_at`, `source_at`, `last_status`, `last_error`,
-`done_at`. `delivery_attempts`: `_id` delivery id:n, `endpoint_id`, `event_id`, `event_type`,
-`account_id`, `kind`, `n` (1, 2, …), `at` (ms, when the attempt started), `status_code` (HTTP
-status, or null when no answer came), `latency_ms`, `outcome` (delivered | http_error |
+`done_at`. `delivery_attempts` (ingest's `GET /v1/webhook-endpoints/{id}/deliveries` and `hala webhooks
+deliveries` read them, newest first by `at`): `_id` delivery id:attempt, `endpoint_id`,
+`event_id`, `event_type`, `account_id`, `kind`, `attempt` (1, 2, …), `at` (ms, when the attempt
+started), `http_status` (or null when no answer came), `latency_ms`, `outcome` (delivered | http_error |
 throttled | gone | timeout | connection_error | blocked), `error` (null on success, else a short
 reason), `response` (at most the first 1 KiB of the answer's body, text), `next_at` (ms of the
 retry it scheduled, or null). `endpoint_states`: `_id` endpoint id, `account_id`,
@@ -174,6 +178,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     DELIVERY_ATTEMPTS: [IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)]),
                         IndexModel([("at", ASCENDING)])],
     EMAIL_ALERTS: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)])],
+    # an account's endpoints, newest first (GET /v1/webhook-endpoints)
+    WEBHOOK_ENDPOINTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
 }
 
 

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -19,13 +19,14 @@ import orjson
 from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
-from services.admin import commands
+from services.admin import commands, webhooks
 from services.admin.graph import GraphClient
 from services.admin.settings import AdminSettings
 from shared.errors import ServiceError
 from shared.kafka import make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault
+from shared.webhook_endpoints import ms_of
 
 
 def _positive_int(text: str) -> int:
@@ -40,6 +41,19 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _iso_time(text: str) -> int:
+    """An ISO 8601 time (without a zone: UTC) as ms."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("an ISO 8601 time, e.g. 2026-12-01T10:00:00Z") from None
+    return ms_of(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +91,54 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--customer-service-window-check", choices=("on", "off"),
                         help="refuse free-form messages to contacts who have not written in "
                              "24 h (on, the default) or let Meta refuse them (off)")
+    update.add_argument("--alert-emails", metavar="A@X,B@Y",
+                        help="where alerts go besides the account's email (comma-separated; "
+                             "empty clears them)")
+    update.add_argument("--low-balance-threshold", type=_non_negative_int, metavar="MICROS",
+                        help="alert when the available credit falls below this")
+
+    hooks = groups.add_parser("webhooks", help="a client's webhook endpoints").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+
+    def hook_command(name: str, help_text: str, *, with_id: bool = True
+                     ) -> argparse.ArgumentParser:
+        sub = command(hooks, name, help_text)
+        if with_id:
+            sub.add_argument("endpoint_id", metavar="ENDPOINT_ID")
+        sub.add_argument("--account", required=True, dest="account_id",
+                         help="the client account it belongs to")
+        return sub
+
+    hook_command("list", "the account's endpoints with their health", with_id=False)
+    hook_create = hook_command("create", "register an endpoint (its secret is printed once)",
+                               with_id=False)
+    hook_create.add_argument("--url", required=True)
+    hook_create.add_argument("--events", required=True, type=_comma_list,
+                             help="event types, <prefix>.* or *, comma-separated")
+    hook_create.add_argument("--format", choices=("standard", "meta"), default="standard")
+    hook_create.add_argument("--description", default="")
+    hook_command("show", "an endpoint with its health")
+    hook_update = hook_command("update", "change an endpoint (only what is given)")
+    hook_update.add_argument("--url")
+    hook_update.add_argument("--events", type=_comma_list)
+    hook_update.add_argument("--description")
+    switch = hook_update.add_mutually_exclusive_group()
+    switch.add_argument("--enable", action="store_true", default=None, dest="enabled",
+                        help="deliver again (also after notify disabled it for failing)")
+    switch.add_argument("--disable", action="store_false", default=None, dest="enabled")
+    hook_command("delete", "delete an endpoint (nothing more is delivered)")
+    hook_command("rotate", "give an endpoint a new secret (printed once); the old one "
+                           "signs for 24 h more")
+    hook_command("test", "send a test event (endpoint.test) now")
+    hook_replay = hook_command("replay", "deliver past events again, with their ids")
+    what = hook_replay.add_mutually_exclusive_group(required=True)
+    what.add_argument("--since", type=_iso_time, metavar="ISO_TIME",
+                      help="events from this time (a time without zone is UTC)")
+    what.add_argument("--event-id")
+    hook_replay.add_argument("--until", type=_iso_time, metavar="ISO_TIME",
+                             help="up to this time (default: now)")
+    hook_deliveries = hook_command("deliveries", "the latest delivery attempts, newest first")
+    hook_deliveries.add_argument("--limit", type=_positive_int, default=50)
 
     wabas = groups.add_parser("wabas", help="WhatsApp Business Accounts").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
@@ -222,9 +284,12 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await commands.list_accounts(db)
     if action == ("accounts", "update"):
         check = args.customer_service_window_check
+        emails = args.alert_emails
         return await commands.update_account(
             db, args.account_id,
-            customer_service_window_check=None if check is None else commands.core.on_off(check))
+            customer_service_window_check=None if check is None else commands.core.on_off(check),
+            alert_emails=None if emails is None else commands.core.alert_emails(emails),
+            low_balance_threshold=args.low_balance_threshold)
     if action == ("accounts", "show"):
         return await commands.show_account(db, args.account_id)
     if action == ("wabas", "register"):
@@ -274,7 +339,44 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await commands.rotate_tokens(db, ctx.vault())
     if args.group == "dlq":
         return await _dlq(args, ctx)
+    if args.group == "webhooks":
+        return await _webhooks(args, ctx)
     raise AssertionError(f"unhandled command {action}")
+
+
+async def _webhooks(args: argparse.Namespace, ctx: Context) -> Any:
+    db, account, settings = ctx.db, args.account_id, ctx.settings
+    loopback = settings.allow_loopback_http
+    if args.command == "list":
+        return await webhooks.list_endpoints(db, account)
+    if args.command == "create":
+        return await webhooks.create_endpoint(
+            db, ctx.vault(), account_id=account, url=args.url, events=args.events,
+            format=args.format, description=args.description, allow_loopback_http=loopback)
+    endpoint_id = args.endpoint_id
+    if args.command == "show":
+        return await webhooks.show_endpoint(db, account, endpoint_id)
+    if args.command == "update":
+        given = {name: getattr(args, name) for name in ("url", "events", "enabled",
+                                                         "description")
+                 if getattr(args, name) is not None}
+        return await webhooks.update_endpoint(db, account, endpoint_id, given,
+                                              allow_loopback_http=loopback)
+    if args.command == "delete":
+        return await webhooks.delete_endpoint(db, account, endpoint_id)
+    if args.command == "rotate":
+        return await webhooks.rotate_secret(db, ctx.vault(), account, endpoint_id)
+    if args.command == "deliveries":
+        return await webhooks.list_deliveries(db, account, endpoint_id, args.limit)
+    if args.command == "test":
+        return await webhooks.send_test(db, await ctx.producer(), account, endpoint_id,
+                                        topic_prefix=settings.topic_prefix)
+    if args.command == "replay":
+        return await webhooks.replay(db, await ctx.producer(), account, endpoint_id,
+                                     since=args.since, until=args.until,
+                                     event_id=args.event_id,
+                                     topic_prefix=settings.topic_prefix)
+    raise AssertionError(f"unhandled command webhooks {args.command}")
 
 
 async def _dlq(args: argparse.Namespace, ctx: Context) -> Any:

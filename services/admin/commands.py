@@ -31,6 +31,7 @@ from shared.collections import (
     PHONE_NUMBERS,
     TEMPLATES,
     WABAS,
+    WEBHOOK_ENDPOINTS,
     ensure_indexes,
 )
 from shared.errors import DependencyUnavailable, InvalidRequest, NotFound, PermanentError
@@ -80,17 +81,27 @@ async def set_account_status(db: Db, account_id: str, status: str) -> dict[str, 
 
 
 async def update_account(db: Db, account_id: str, *,
-                         customer_service_window_check: bool | None = None) -> dict[str, Any]:
+                         customer_service_window_check: bool | None = None,
+                         alert_emails: list[str] | None = None,
+                         low_balance_threshold: int | None = None) -> dict[str, Any]:
     """Change an account's settings: `customer_service_window_check` off lets free-form
     messages to contacts whose 24 h window is closed through ingest (Meta then refuses them
-    with 131047, after credit was reserved). ingest sees the change within its cache time."""
+    with 131047, after credit was reserved). ingest sees the change within its cache time.
+    `alert_emails`: where alerts go besides the account's email (notify's emails); an empty
+    list clears them. `low_balance_threshold` (micros): billing alerts when the available
+    credit falls below it, from its next refresh of the account (BILLING_THRESHOLD_REFRESH_S)."""
     await get_account(db, account_id)
     changes: dict[str, Any] = {}
     if customer_service_window_check is not None:
         changes["customer_service_window_check"] = customer_service_window_check
+    if alert_emails is not None:
+        changes["alert_emails"] = core.alert_emails(",".join(alert_emails))
+    if low_balance_threshold is not None:
+        changes["low_balance_threshold"] = core.low_balance_threshold(low_balance_threshold)
     if not changes:
         raise InvalidRequest("nothing to update: give a setting, e.g. "
-                             "--customer-service-window-check off", code="invalid_request")
+                             "--customer-service-window-check off, --alert-emails or "
+                             "--low-balance-threshold", code="invalid_request")
     await db[ACCOUNTS].update_one({"_id": account_id}, {"$set": changes})
     return await get_account(db, account_id)
 
@@ -263,7 +274,8 @@ async def list_templates(db: Db, waba_id: str) -> list[dict[str, Any]]:
 
 
 async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
-    """Re-encrypt every access token under the newest key (then the old key can be dropped)."""
+    """Re-encrypt every access token, and every webhook endpoint secret, under the newest key
+    (then the old key can be dropped)."""
     rotated = 0
     async for doc in db[PHONE_NUMBERS].find({"access_token_encrypted": {"$exists": True}},
                                             {"access_token_encrypted": 1}):
@@ -271,7 +283,15 @@ async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
         await db[PHONE_NUMBERS].update_one({"_id": doc["_id"]},
                                            {"$set": {"access_token_encrypted": fresh}})
         rotated += 1
-    return {"rotated": rotated}
+    secrets_rotated = 0
+    async for doc in db[WEBHOOK_ENDPOINTS].find({}, {"secrets": 1}):
+        secrets = [{**entry, "encrypted": vault.rotate(entry["encrypted"])}
+                   for entry in doc.get("secrets", [])]
+        if secrets:
+            await db[WEBHOOK_ENDPOINTS].update_one({"_id": doc["_id"]},
+                                                   {"$set": {"secrets": secrets}})
+            secrets_rotated += len(secrets)
+    return {"rotated": rotated, "webhook_secrets_rotated": secrets_rotated}
 
 
 # --- dead letters ---------------------------------------------------------------------------

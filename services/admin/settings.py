@@ -13,5 +13,11 @@ class AdminSettings(ServiceSettings):
 
     # Comma-separated Fernet keys, newest first (shared.secrets.TokenVault).
     token_keys: SecretStr | None = Field(None, validation_alias="HALA_TOKEN_KEYS")
+    # `development` (make run, the tests) also accepts http to loopback as a webhook endpoint URL.
+    environment: str = Field("production", validation_alias="HALA_ENV")
     graph_url: str = "http://127.0.0.1:8090"
     graph_version: str = "v24.0"
+
+    @property
+    def allow_loopback_http(self) -> bool:
+        return self.environment == "development"

@@ -30,6 +30,7 @@ import faust
 from faust.types import EventT
 from mode import Service
 
+from services.billing.accounts import AccountThresholds
 from services.billing.balances import Balances
 from services.billing.ledger import Ledger
 from services.billing.publisher import KafkaPublisher, Record
@@ -87,7 +88,8 @@ class BillingRuntime(Service):
             retry_first_delay_s=settings.retry_first_delay_s,
             retry_max_delay_s=settings.retry_max_delay_s,
             reservation_cache_size=settings.reservation_cache_size,
-            balance_cache_size=settings.balance_cache_size)
+            balance_cache_size=settings.balance_cache_size,
+            thresholds=AccountThresholds(db), threshold_refresh_s=settings.threshold_refresh_s)
         self.reconciler = Reconciler(ledger, balances)
         self.sweeper = ReservationSweeper(
             ledger, publisher, SystemClock(),

@@ -116,6 +116,7 @@ def entry_to_document(entry: LedgerEntry) -> dict[str, Any]:
         "low_balance": None if notice is None else {
             "crossing": notice.crossing, "available": notice.available,
             "threshold": notice.threshold, "occurred_at": notice.occurred_at},
+        "available_after": entry.available_after,
     }
 
 
@@ -132,4 +133,6 @@ def entry_from_document(document: dict[str, Any]) -> LedgerEntry:
         low_balance=None if notice is None else LowBalanceNotice(
             crossing=int(notice["crossing"]), available=int(notice["available"]),
             threshold=int(notice["threshold"]), occurred_at=int(notice["occurred_at"])),
+        available_after=(None if document.get("available_after") is None
+                         else int(document["available_after"])),
     )

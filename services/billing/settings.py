@@ -12,8 +12,12 @@ class BillingSettings(ServiceSettings):
     faust_store: str = "memory://"
     # faust creates `<app id>-data` here even without tables (default: the working directory).
     faust_datadir: str = ".run/billing"
-    # A new account's low-balance threshold, in micros of the account currency.
+    # The low-balance threshold of an account that has none of its own
+    # (`accounts.low_balance_threshold`), in micros of the account currency.
     low_balance_threshold: int = 1_000_000
+    # How long an account's own threshold is used before it is read again: a change by
+    # `hala accounts update --low-balance-threshold` applies within this time.
+    threshold_refresh_s: float = 30.0
     # How often the reconciler compares the ledger with the balances. A pass scans the whole
     # ledger (FerretDB pushes down nothing but `_id` lookups): ~2 s per 20 000 entries here.
     reconcile_interval_s: float = 120.0

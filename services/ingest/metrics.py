@@ -39,3 +39,14 @@ PASSTHROUGH_CALLS = Counter(
     "made, or refused by the number's pace.",
     ["kind", "outcome"],
 )
+ENDPOINT_CHANGES = Counter(
+    "ingest_webhook_endpoint_changes_total",
+    "Webhook endpoints created, updated, deleted or given a new secret through the API, by "
+    "kind of change.",
+    ["kind"],
+)
+NOTIFY_REQUESTS = Counter(
+    "ingest_notify_requests_total",
+    "Test events and replays requested through the webhook endpoint API (published).",
+    ["kind"],
+)

@@ -34,6 +34,15 @@ class IngestSettings(ServiceSettings):
     # the scheme and host the request came to.
     public_base_url: str = ""
 
+    # --- webhook endpoints ---------------------------------------------------------------------
+    # `development` (what `make run` and the tests set) also accepts plain http to loopback as
+    # an endpoint URL, for local receivers; anything else accepts only public https URLs.
+    environment: str = Field("production", validation_alias="HALA_ENV")
+
+    @property
+    def allow_loopback_http(self) -> bool:
+        return self.environment == "development"
+
     # --- the customer-service window -------------------------------------------------------
     # A closed window is remembered only this long (the user may write any second); an open
     # one until it closes.

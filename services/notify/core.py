@@ -551,7 +551,7 @@ def attempt_doc(delivery: Mapping[str, Any], n: int, started_at: int, result: At
     return {"_id": f"{delivery['_id']}:{n}", "endpoint_id": delivery["endpoint_id"],
             "event_id": delivery["event_id"], "event_type": delivery.get("event_type"),
             "account_id": delivery.get("account_id"), "kind": delivery.get("kind", "live"),
-            "n": n, "at": started_at, "status_code": result.status,
+            "attempt": n, "at": started_at, "http_status": result.status,
             "latency_ms": round(result.latency_s * 1000, 1), "outcome": outcome,
             "error": None if outcome == "delivered" else (result.error or outcome),
             "response": result.response[:1024], "next_at": next_at}

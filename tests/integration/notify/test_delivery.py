@@ -61,7 +61,7 @@ async def test_a_clients_message_events_arrive_signed_and_verifiable(
                                                  "message.read", "message.sent"]
     assert all(e["data"]["client_reference"] == "order-1234" for e in events)
     attempts = await world.db["delivery_attempts"].find({}).to_list(None)
-    assert {a["status_code"] for a in attempts} == {200}
+    assert {a["http_status"] for a in attempts} == {200}
     assert all(a["latency_ms"] >= 0 and a["error"] is None for a in attempts)
 
 
@@ -90,7 +90,7 @@ async def test_a_hung_receiver_does_not_delay_another_accounts_events_beyond_a_s
     # the huge 500 answers are failures recorded with at most 1 KiB of their body
     failed = await world.wait_for(lambda: world.db["delivery_attempts"].find(
         {"endpoint_id": "we_huge"}).to_list(None), what="huge attempts recorded")
-    assert all(a["status_code"] == 500 and len(a["response"]) <= 1024 for a in failed)
+    assert all(a["http_status"] == 500 and len(a["response"]) <= 1024 for a in failed)
 
 
 async def test_a_receiver_gone_for_days_gets_everything_with_the_same_ids_afterwards(
@@ -114,9 +114,9 @@ async def test_a_receiver_gone_for_days_gets_everything_with_the_same_ids_afterw
                          within=20, what="every event after the outage")
     events = verify(world, "a", secret)
     attempts = await world.db["delivery_attempts"].find({}).to_list(None)
-    first_ids = {a["event_id"] for a in attempts if a["n"] == 1}
+    first_ids = {a["event_id"] for a in attempts if a["attempt"] == 1}
     assert {e["id"] for e in events} == first_ids
-    assert {a["outcome"] for a in attempts if a["n"] == 1} == {"connection_error"}
+    assert {a["outcome"] for a in attempts if a["attempt"] == 1} == {"connection_error"}
     deliveries = await world.db["deliveries"].find({}).to_list(None)
     assert {d["state"] for d in deliveries} == {"delivered"}
 

@@ -71,8 +71,8 @@ async def test_an_endpoint_down_for_two_days_then_back_gets_every_event_with_its
     for call in notify.transport.calls:
         assert bodies.setdefault(call.headers["webhook-id"], call.body) == call.body
     assert delivered
-    attempts = sorted(notify.store.attempts.values(), key=lambda a: (a["event_id"], a["n"]))
-    per_event = {a["event_id"]: a["n"] for a in attempts}
+    attempts = sorted(notify.store.attempts.values(), key=lambda a: (a["event_id"], a["attempt"]))
+    per_event = {a["event_id"]: a["attempt"] for a in attempts}
     assert all(n >= 7 for n in per_event.values())  # 2 days in: the 7th try and later
     assert notify.dispatcher.disabled == []  # type: ignore[attr-defined]
     assert notify.store.states["we_1"]["failing_since"] is None  # recovered
