@@ -65,7 +65,7 @@ class Mailbox:
         self.messages: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.controller = Controller(self, hostname="127.0.0.1", port=port)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.put(message_from_bytes(envelope.original_content, policy=default))
         return "250 OK"
 

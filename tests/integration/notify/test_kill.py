@@ -58,7 +58,8 @@ async def test_kill_9_in_a_retry_storm_loses_no_event(world: NotifyWorld, tmp_pa
             await world.publish(SEND_REQUESTED, request(f"msg_{i}"))
 
         async def storming() -> bool:
-            return await world.db["delivery_attempts"].count_documents({"attempt": {"$gte": 2}}) >= 5
+            retries = {"attempt": {"$gte": 2}}
+            return await world.db["delivery_attempts"].count_documents(retries) >= 5
 
         await eventually(storming, within=60, what="retries under way")
         process.send_signal(signal.SIGKILL)
