@@ -5,18 +5,15 @@ message.received for the user's reply, each verified by the standardwebhooks lib
 checked the way a handler written from Meta's docs checks them; a template rejection mails the
 account once.
 
-The endpoints are seeded as ingest's endpoint API stores them (shared/collections.py)."""
+The endpoints are created, tested and replayed through ingest's client API."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
-import os
 import queue
-import time
 from email import message_from_bytes
 from email.policy import default
 from typing import Any
@@ -27,7 +24,6 @@ from aiosmtpd.controller import Controller
 from standardwebhooks import Webhook
 
 from shared.mongo import make_client
-from shared.secrets import TokenVault
 from tests.e2e.conftest import Stack, eventually, free_port, seed_accounts
 
 TOP_UP = 50_000_000
@@ -70,21 +66,23 @@ class Mailbox:
         return "250 OK"
 
 
-async def seed_endpoint(stack: Stack, endpoint_id: str, account_id: str, url: str,
-                        events: list[str], fmt: str) -> str:
-    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-    now = int(time.time() * 1000) - 1000
-    mongo = make_client(stack.mongodb_url)
-    try:
-        await mongo[stack.database]["webhook_endpoints"].insert_one({
-            "_id": endpoint_id, "account_id": account_id, "url": url, "events": events,
-            "format": fmt, "description": "e2e", "enabled": True, "enabled_at": now,
-            "created_at": now, "updated_at": now, "deleted_at": None,
-            "secrets": [{"id": "s1", "encrypted": TokenVault(stack.token_keys).encrypt(secret),
-                         "created_at": now, "expires_at": None}]})
-    finally:
-        await mongo.close()
-    return secret
+async def api(stack: Stack, api_key: str, method: str, path: str,
+              body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.request(
+            method, f"{stack.url('ingest')}{path}", json=body,
+            headers={"Authorization": f"Bearer {api_key}"}) as resp:
+        return resp.status, await resp.json()
+
+
+async def create_endpoint(stack: Stack, api_key: str, url: str, events: list[str],
+                          fmt: str) -> tuple[str, str]:
+    """Through the client API: the endpoint's id and its secret (shown once)."""
+    status, body = await api(stack, api_key, "POST", "/v1/webhook-endpoints",
+                             {"url": url, "events": events, "format": fmt,
+                              "description": "e2e"})
+    assert status == 201, body
+    assert body["secret"].startswith("whsec_")
+    return body["endpoint"]["id"], body["secret"]
 
 
 async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too(
@@ -99,11 +97,26 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
         await mongo[stack.database]["accounts"].update_one(
             {"_id": account.account_id}, {"$set": {"alert_emails": ["alerts@example.com"]}})
         await mongo.close()
-        secret = await seed_endpoint(stack, "we_std", account.account_id,
-                                     f"http://127.0.0.1:{receiver.port}/std", ["message.*"],
-                                     "standard")
-        meta_secret = await seed_endpoint(stack, "we_meta", account.account_id,
-                                          f"http://127.0.0.1:{receiver.port}/meta", [], "meta")
+        std_id, secret = await create_endpoint(stack, account.api_key,
+                                               f"http://127.0.0.1:{receiver.port}/std",
+                                               ["message.*"], "standard")
+        meta_id, meta_secret = await create_endpoint(stack, account.api_key,
+                                               f"http://127.0.0.1:{receiver.port}/meta",
+                                               ["*"], "meta")
+        # notify sees endpoint changes within NOTIFY_ENDPOINT_CACHE_SECONDS; a test event is
+        # the client's way to know its endpoint is live (and makes notify read it at once)
+        for endpoint_id in (std_id, meta_id):
+            status, _ = await api(stack, account.api_key, "POST",
+                                  f"/v1/webhook-endpoints/{endpoint_id}/test")
+            assert status == 202
+
+        async def both_tested() -> bool | int:
+            got = len(receiver.at("std")) + len(receiver.at("meta"))
+            return True if got >= 2 else got
+
+        await eventually(both_tested, within=60, what="the endpoints' test events")
+        test_body = json.loads(receiver.at("meta")[0][0])
+        assert test_body["entry"][0]["changes"][0]["field"] == "hala_endpoint_test"
         number = account.numbers[0]
         async with aiohttp.ClientSession() as session, session.post(
                 f"{stack.url('ingest')}/v1/messages",
@@ -162,6 +175,8 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
                 assert payload["object"] == "whatsapp_business_account"
                 [entry] = payload["entry"]
                 [change] = entry["changes"]
+                if change["field"] == "hala_endpoint_test":
+                    continue
                 assert entry["id"] == account.waba_id and change["field"] == "messages"
                 items.append(change["value"])
             return items
@@ -180,6 +195,26 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
             for message in value.get("messages", []):
                 assert message["id"] == reply["wamid"]
                 assert message["context"]["id"] == message_id
+
+        # the client's own view: every attempt, a test event now, a replay with the original id
+        status, page = await api(stack, account.api_key, "GET",
+                                 f"/v1/webhook-endpoints/{std_id}/deliveries")
+        assert status == 200 and len(page["data"]) >= 5
+        assert {a["http_status"] for a in page["data"]} == {200}
+        status, _ = await api(stack, account.api_key, "POST",
+                              f"/v1/webhook-endpoints/{std_id}/test")
+        assert status == 202
+        replayed = events["message.delivered"]["id"]
+        status, _ = await api(stack, account.api_key, "POST",
+                              f"/v1/webhook-endpoints/{std_id}/replay", {"event_id": replayed})
+        assert status == 202
+
+        async def test_and_replay_heard() -> bool | list[str]:
+            ids = [headers["webhook-id"] for _, headers in receiver.at("std")]
+            tests = [b for b, _ in receiver.at("std") if b"endpoint.test" in b]
+            return True if len(tests) == 2 and ids.count(replayed) == 2 else ids
+
+        await eventually(test_and_replay_heard, within=60, what="the test event and the replay")
 
         # a template rejection: one mail to the account's addresses
         await stack.sim("POST", "/_sim/templates/status", json={
