@@ -332,9 +332,10 @@ def recipients(count: int = 200_000) -> tuple[str, ...]:
 # --- services as processes -------------------------------------------------------------------
 
 MODULES = {"metasim": "tools.metasim", "ingest": "services.ingest", "status": "services.status",
-           "sender": "services.sender", "billing": "services.billing"}
+           "sender": "services.sender", "billing": "services.billing",
+           "notify": "services.notify"}
 READY = {"metasim": "/healthz", "ingest": "/readyz", "status": "/readyz", "sender": "/readyz",
-         "billing": "/readyz"}
+         "billing": "/readyz", "notify": "/readyz"}
 
 
 def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -427,6 +428,8 @@ class Platform:
             specific = {"BILLING_HTTP_PORT": str(port),
                         "BILLING_FAUST_APP_ID": f"hala-billing-{name}",
                         "BILLING_FAUST_DATADIR": str(self.logs / f"{name}-faust")}
+        elif kind == "notify":
+            specific = {"NOTIFY_HTTP_PORT": str(port), "HALA_ENV": "development"}
         else:
             raise ValueError(kind)
         proc = Proc(name, kind, pinned(core, [sys.executable, *args]), port,

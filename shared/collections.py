@@ -31,7 +31,7 @@ a writer never races another writer on the same document. Readers may be anyone.
 | endpoint_states | notify | endpoint id | health: failing since, disabled (410, 3 days failing) |
 | notify_events | notify | event id (`evt_…`) | every client event, as delivered (replay source) |
 | deliveries | notify | endpoint id:event id | one event to one endpoint: state, next try |
-| delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency |
+| delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency, error |
 | email_alerts | notify | alert key | alert emails sent (one per crossing / change) |
 
 `messages` has one writer, status's state writer: it creates a message's document from the
@@ -74,11 +74,30 @@ soft delete). notify's own verdict lives in `endpoint_states`
 `enabled` and not (`disabled_at` after `enabled_at`), so each collection keeps one writer and a
 client re-enabling a disabled endpoint needs no write of notify's.
 
-`delivery_attempts` documents (notify; ingest's `GET /v1/webhook-endpoints/{id}/deliveries` and
-`hala webhooks deliveries` read them, newest first by `at`): `_id` endpoint id:event id:n,
-`endpoint_id`, `account_id`, `event_id`, `event_type`, `attempt` (n, from 1), `at` (ms, when the
-attempt started), `outcome` (e.g. delivered, failed, timeout, blocked), `http_status` (null when
-no answer), `latency_ms`, `error` (short text, null on success).
+notify's documents (notify is their only writer; ingest reads attempts and states): `notify_events`:
+`_id` event id (`evt_…`, derived from the source event, so a redelivered record is the same event),
+`account_id`, `type` (a client event type, or `meta.<field>` for a Meta payload), `format`
+("standard" | "meta"), `at` (ms, when it happened), `source_at` (ms, when its source record was
+written to Kafka), `created_at` (ms), `payload` (the exact JSON text every attempt sends),
+`message_id` (message events). Only accounts with an endpoint of that format get their events
+stored. `deliveries`: `_id` endpoint id:event id (a replay: endpoint id:event id: request id),
+`endpoint_id`, `event_id`, `event_type`, `account_id`, `kind` (live | replay | test), `state`
+(pending | delivered | failed: retries exhausted | cancelled: endpoint deleted or disabled),
+`attempts`, `next_at` (ms), `created_at`, `source_at`, `last_status`, `last_error`, `done_at`.
+`delivery_attempts` (ingest's `GET /v1/webhook-endpoints/{id}/deliveries` and `hala webhooks
+deliveries` read them, newest first by `at`): `_id` delivery id:attempt, `endpoint_id`, `event_id`,
+`event_type`, `account_id`, `kind`, `attempt` (1, 2, …), `at` (ms, when the attempt started),
+`http_status` (or null when no answer came), `latency_ms`, `outcome` (delivered | http_error |
+throttled | gone | timeout | connection_error | blocked), `error` (null on success, else a short
+reason), `response` (at most the first 1 KiB of the answer's body, text), `next_at` (ms of the retry
+it scheduled, or null). `endpoint_states`: `_id` endpoint id, `account_id`, `failing_since` (ms of
+the first failure after the last success, or null), `last_success_at`, `last_failure_at`,
+`disabled_at`, `disabled_reason` (gone: the endpoint answered 410; failing: no success for 3 days).
+`email_alerts`: `_id` the alert key (`balance_low:<event id>`, `template:<event id>`,
+`quality:<event id>`, `endpoint_disabled:<endpoint>:<at>`), `account_id`, `kind`, `subject`, `text`,
+`html`, `state` (pending | sent | failed), `attempts`, `next_at`, `created_at`, `sent_at`,
+`recipients`, `message_id` (the mail's Message-ID, the same on every try).
+
 `audit_log` (append-only; services/admin/audit.py is the only code that touches it, with
 inserts and finds): `_id` `aud_` + ULID, `at` (date), `operator` {name (HALA_OPERATOR or the OS
 user), os_user, host, remote_address (the SSH client, when over SSH)}, `command` ("accounts
@@ -171,10 +190,17 @@ INDEXES: dict[str, list[IndexModel]] = {
              # order from where they got to
              IndexModel([("at", ASCENDING), ("_id", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
+    # notify: replays by account and time, retention sweeps, due deliveries and alerts, and
+    # ingest's list of an endpoint's attempts (newest first)
+    NOTIFY_EVENTS: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+                    IndexModel([("created_at", ASCENDING)])],
+    DELIVERIES: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)]),
+                 IndexModel([("created_at", ASCENDING)])],
+    DELIVERY_ATTEMPTS: [IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)]),
+                        IndexModel([("at", ASCENDING)])],
+    EMAIL_ALERTS: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)])],
     # an account's endpoints, newest first (GET /v1/webhook-endpoints)
     WEBHOOK_ENDPOINTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
-    # an endpoint's attempts, newest first (GET /v1/webhook-endpoints/{id}/deliveries)
-    DELIVERY_ATTEMPTS: [IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)])],
 }
 
 

@@ -171,6 +171,24 @@ class ThroughputChanged(Event, kw_only=True, frozen=True):
     occurred_at: int
 
 
+# --- phone-numbers.quality-changed.v1 ------------------------------------------------------
+
+class NumberQualityChanged(Event, kw_only=True, frozen=True):
+    """Meta's `phone_number_quality_update` for one of our numbers: a quality flag
+    (FLAGGED/UNFLAGGED), a messaging tier change (UPGRADE/DOWNGRADE) or a throughput upgrade.
+    Published by status for every such webhook of a registered number (ThroughputChanged only
+    when the pacing changes); notify tells the client and emails the account."""
+
+    phone_number_id: str
+    waba_id: str
+    account_id: str | None = None
+    display_phone_number: str = ""
+    event: str  # Meta's event: FLAGGED, UNFLAGGED, UPGRADE, DOWNGRADE, THROUGHPUT_UPGRADE, ...
+    messaging_limit: str | None = None  # Meta's current_limit, when it says
+    messages_per_second: int | None = None  # set by a throughput upgrade
+    occurred_at: int
+
+
 # --- wabas.status-changed.v1 ----------------------------------------------------------------
 
 class WabaStatusChanged(Event, kw_only=True, frozen=True):
@@ -400,7 +418,7 @@ SEND_REQUESTED: Topic[SendRequested] = Topic(
     # status-changed (keyed alike) to create the message's document.
     key=lambda e: e.account_id,
     producers=("ingest",),
-    consumers=("billing", "status"),
+    consumers=("billing", "status", "notify"),
     examples=(_SEND_REQUESTED_EXAMPLE, *_SERVICE_EXAMPLES),
     retention_ms=RAW_CONTENT_RETENTION_MS,  # the client's message: recipient, content
 )
@@ -421,7 +439,7 @@ STATUS_CHANGED: Topic[StatusChanged] = Topic(
     schema=StatusChanged,
     key=lambda e: e.account_id,  # billing settles per account, in order
     producers=("billing", "sender", "status"),
-    consumers=("billing", "status"),
+    consumers=("billing", "status", "notify"),
     examples=(
         {"event_id": "msg_01HZY3V9J6Q8W4T2:sent:sender", "message_id": "msg_01HZY3V9J6Q8W4T2",
          "account_id": "acc_demo", "status": "sent", "occurred_at": 1764000000500,
@@ -448,7 +466,7 @@ WEBHOOK_RECEIVED: Topic[WebhookReceived] = Topic(
     # Meta's entry id is the WABA: one WABA's webhooks stay in order relative to each other.
     key=lambda e: e.event_id.split(":", 1)[0],
     producers=("status",),
-    consumers=("status",),
+    consumers=("status", "notify"),  # notify forwards Meta's payloads to `meta` endpoints
     examples=({"event_id": "102290129340398:7f3a9c", "received_at": 1764000003000,
                "payload": {"object": "whatsapp_business_account", "entry": [{
                    "id": "102290129340398", "changes": [{"field": "messages", "value": {
@@ -469,7 +487,8 @@ INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
     schema=InboundReceived,
     key=lambda e: e.phone_number_id,
     producers=("status",),
-    consumers=("sender",),  # Meta counts inbound messages against the number's throughput
+    # Meta counts inbound messages against the number's throughput; notify: message.received
+    consumers=("sender", "notify"),
     examples=(
         {"event_id": "wamid.IN1", "phone_number_id": "106540352242922",
          "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN1",
@@ -501,7 +520,7 @@ TEMPLATE_STATUS_CHANGED: Topic[TemplateStatusChanged] = Topic(
     schema=TemplateStatusChanged,
     key=lambda e: e.waba_id,
     producers=("status",),
-    consumers=(),
+    consumers=("notify",),
     examples=({"event_id": "1689556908129832:APPROVED:1751247548", "waba_id": "102290129340398",
                "template_id": "1689556908129832", "name": "order_confirmation",
                "language": "en_US", "status": "APPROVED", "reason": "NONE",
@@ -529,12 +548,31 @@ THROUGHPUT_CHANGED: Topic[ThroughputChanged] = Topic(
     retention_ms=None,
 )
 
+NUMBER_QUALITY_CHANGED: Topic[NumberQualityChanged] = Topic(
+    name="phone-numbers.quality-changed.v1",
+    schema=NumberQualityChanged,
+    key=lambda e: e.phone_number_id,
+    producers=("status",),
+    consumers=("notify",),
+    examples=(
+        {"event_id": "106540352242922:FLAGGED:1748455000",
+         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+         "account_id": "acc_demo", "display_phone_number": "15550783881", "event": "FLAGGED",
+         "messaging_limit": "TIER_10K", "occurred_at": 1748455000000},
+        {"event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
+         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+         "event": "THROUGHPUT_UPGRADE", "messages_per_second": 1000,
+         "occurred_at": 1748454394000},
+    ),
+)
+
 WABA_STATUS_CHANGED: Topic[WabaStatusChanged] = Topic(
     name="wabas.status-changed.v1",
     schema=WabaStatusChanged,
     key=lambda e: e.waba_id,
     producers=("status",),
-    consumers=("sender",),  # a held WABA's numbers send nothing until it is released
+    # a held WABA's numbers send nothing until it is released; notify: account.updated
+    consumers=("sender", "notify"),
     examples=(
         {"event_id": "102290129340398:DISABLED_UPDATE:1743451903",
          "waba_id": "102290129340398", "held": True, "reasons": ["banned"],
@@ -566,7 +604,7 @@ LOW_BALANCE_ALERTED: Topic[LowBalanceAlerted] = Topic(
     schema=LowBalanceAlerted,
     key=lambda e: e.account_id,
     producers=("billing",),
-    consumers=(),
+    consumers=("notify",),
     examples=({"event_id": "acc_demo:low:3", "account_id": "acc_demo", "available": 90_000,
                "threshold": 1_000_000, "occurred_at": 1764000000000},),
 )
@@ -600,8 +638,8 @@ NOTIFY_REQUESTED: Topic[NotifyRequested] = Topic(
 
 ALL_TOPICS: tuple[Topic[Any], ...] = (
     SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED, WEBHOOK_RECEIVED, INBOUND_RECEIVED,
-    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, WABA_STATUS_CHANGED, TOPUP_REQUESTED,
-    LOW_BALANCE_ALERTED, BALANCE_TOPPED_UP, NOTIFY_REQUESTED,
+    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, NUMBER_QUALITY_CHANGED, WABA_STATUS_CHANGED,
+    TOPUP_REQUESTED, LOW_BALANCE_ALERTED, BALANCE_TOPPED_UP, NOTIFY_REQUESTED,
 )
 
 

@@ -64,6 +64,7 @@ COMPONENTS = (
     Component("billing", "services.billing", "BILLING_HTTP_PORT", 8083),
     Component("sender", "services.sender", "SENDER_HTTP_PORT", 8082),
     Component("status", "services.status", "STATUS_HTTP_PORT", 8081),
+    Component("notify", "services.notify", "NOTIFY_HTTP_PORT", 8084),
     Component("ingest", "services.ingest", "INGEST_HTTP_PORT", 8080),
 )
 

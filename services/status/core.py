@@ -22,6 +22,7 @@ from shared.messages import (
     InboundReceived,
     MessageStatus,
     MetaError,
+    NumberQualityChanged,
     Pricing,
     StatusChanged,
     TemplateStatusChanged,
@@ -952,6 +953,20 @@ def throughput_changed(number: NumberRef, pacing: Pacing, event: str,
         phone_number_id=number.phone_number_id, waba_id=number.waba_id,
         messages_per_second=pacing.messages_per_second, messaging_limit=pacing.messaging_limit,
         occurred_at=max(pacing.mps_at, pacing.limit_at))
+
+
+def number_quality_changed(number: NumberRef, update: NumberUpdate) -> NumberQualityChanged:
+    """A quality webhook of a registered number, as the event notify tells the client about
+    (every one: a flag that changes no pacing matters to the business too). Its id derives
+    from Meta's fields, so a repeated webhook is the same event."""
+    event = update.event or "update"
+    return NumberQualityChanged(
+        event_id=f"{number.phone_number_id}:{event}:{update.occurred_at // 1000}",
+        phone_number_id=number.phone_number_id, waba_id=number.waba_id,
+        account_id=number.account_id, display_phone_number=update.display_phone_number,
+        event=update.event, messaging_limit=update.messaging_limit,
+        messages_per_second=UPGRADED_MESSAGES_PER_SECOND if update.throughput_upgrade else None,
+        occurred_at=update.occurred_at)
 
 
 def number_update_fields(update: NumberUpdate) -> dict[str, Any]:

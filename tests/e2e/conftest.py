@@ -1,6 +1,6 @@
-"""The whole platform as separate processes — the Meta simulator, ingest, billing, sender and
-status — on free loopback ports, against the real Kafka and MongoDB-compatible server (started
-once per session by tests/conftest.py's fixture). Each stack gets its own topic
+"""The whole platform as separate processes — the Meta simulator, ingest, billing, sender,
+status and notify — on free loopback ports, against the real Kafka and MongoDB-compatible
+server (started once per session by tests/conftest.py's fixture). Each stack gets its own topic
 prefix, database and faust app id, so stacks never see each other's data."""
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class Stack:
         self.token_keys = new_key()
         self.topup_signing_key = secrets.token_urlsafe(24)  # shared by billing and the seeding
         ports = {name: free_port() for name in ("metasim", "ingest", "status", "sender",
-                                                 "billing")}
+                                                 "billing", "notify", "smtp")}
+        self.smtp_port = ports["smtp"]
         sim_config = yaml.safe_load(SIM_CONFIG.read_text())
         sim_config["webhooks"]["callback_url"] = (
             f"http://127.0.0.1:{ports['status']}/webhooks/meta")
@@ -92,7 +93,9 @@ class Stack:
                 "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "MONGODB_URL": self.mongodb_url,
                 "MONGODB_DATABASE": self.database, "HALA_TOPIC_PREFIX": self.prefix,
                 "HALA_TOKEN_KEYS": self.token_keys,
-                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
+                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key,
+                # loopback http client endpoints are allowed (the tests' receivers)
+                "HALA_ENV": "development"}
         specific = {
             "metasim": ({"METASIM_PORT": str(ports["metasim"])},
                         ["-m", "tools.metasim", "--port", str(ports["metasim"]),
@@ -113,6 +116,11 @@ class Stack:
             "billing": ({"BILLING_HTTP_PORT": str(ports["billing"]),
                          "BILLING_FAUST_APP_ID": f"hala-billing-{self.unique}"},
                         ["-m", "services.billing"], "/readyz"),
+            # a test that reads mail starts an SMTP server on smtp_port
+            "notify": ({"NOTIFY_HTTP_PORT": str(ports["notify"]),
+                        "NOTIFY_SMTP_PORT": str(ports["smtp"]),
+                        "NOTIFY_POLL_INTERVAL_SECONDS": "0.2"},
+                       ["-m", "services.notify"], "/readyz"),
         }
         for name, (env, args, ready) in specific.items():
             self.components[name] = Component(name, args, ports[name], ready, {**base, **env},

@@ -6,6 +6,7 @@ import yaml
 
 from services.billing.settings import BillingSettings
 from services.ingest.settings import IngestSettings
+from services.notify.settings import NotifySettings
 from services.sender.settings import SenderSettings
 from services.status.settings import StatusSettings
 
@@ -14,13 +15,14 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
 def test_compose_file_parses_and_has_every_component() -> None:
-    assert {"kafka", "mongo", "metasim", "ingest", "status", "sender", "billing",
+    assert {"kafka", "mongo", "metasim", "ingest", "status", "sender", "billing", "notify",
             "prometheus"} <= set(COMPOSE["services"])
 
 
 def test_every_service_gets_the_same_variables_its_settings_read() -> None:
     for name, settings_cls in (("ingest", IngestSettings), ("status", StatusSettings),
-                               ("sender", SenderSettings), ("billing", BillingSettings)):
+                               ("sender", SenderSettings), ("billing", BillingSettings),
+                               ("notify", NotifySettings)):
         env = COMPOSE["services"][name]["environment"]
         prefix = settings_cls.model_config["env_prefix"]
         for key in env:
