@@ -23,6 +23,8 @@ from pymongo.uri_parser import parse_uri
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
+from services.ingest.endpoint_handlers import EndpointHandlers
+from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
@@ -63,7 +65,11 @@ async def second_ingest(platform: Platform, db: AsyncDatabase[dict[str, Any]],
         windows=CachedWindows(inbox, clock, closed_seconds=0))
     calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=FakeMeta(),
                   vault=platform.vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app({}, calls)))
+    publisher = KafkaPublisher(producer, platform.prefix)
+    webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, platform.vault,
+                                allow_loopback_http=True)
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app({}, calls,
+                                                                    webhooks=webhooks)))
     await client.start_server()
     try:
         yield client
