@@ -45,6 +45,7 @@ from shared.messages import (
     SendRequested,
     StatusChanged,
     TopUpRequested,
+    sign_top_up,
 )
 from shared.mongo import make_client
 from shared.pricing import load_rate_card
@@ -199,8 +200,10 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         await platform.wait_ready("billing-solo")
         now_ms = int(time.time() * 1000)
         await produce_all(platform.kafka, prefix, [
-            (TOPUP_REQUESTED, TopUpRequested(event_id=f"topup-{a}", account_id=a, amount=TOPUP,
-                                             requested_at=now_ms)) for a in account_ids])
+            (TOPUP_REQUESTED, sign_top_up(
+                TopUpRequested(event_id=f"topup-{a}", account_id=a, amount=TOPUP,
+                               requested_at=now_ms, operator="bench"),
+                platform.topup_signing_key.encode())) for a in account_ids])
 
         async def read() -> dict[str, dict[str, Any]]:
             docs = await balances.find({"_id": {"$in": account_ids}}).to_list(None)

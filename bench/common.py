@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -339,9 +340,10 @@ def recipients(count: int = 200_000) -> tuple[str, ...]:
 # --- services as processes -------------------------------------------------------------------
 
 MODULES = {"metasim": "tools.metasim", "ingest": "services.ingest", "status": "services.status",
-           "sender": "services.sender", "billing": "services.billing"}
+           "sender": "services.sender", "billing": "services.billing",
+           "notify": "services.notify"}
 READY = {"metasim": "/healthz", "ingest": "/readyz", "status": "/readyz", "sender": "/readyz",
-         "billing": "/readyz"}
+         "billing": "/readyz", "notify": "/readyz"}
 
 
 def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -391,6 +393,8 @@ class Platform:
         self.prefix = f"bench{self.unique}."
         self.database = f"bench_{self.unique}"
         self.token_keys = new_key()
+        # billing verifies top-ups with it; seed_accounts and bench_billing sign with it
+        self.topup_signing_key = secrets.token_urlsafe(24)
         self.sim_config = world()
         self.logs = LOGS / self.unique
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -423,7 +427,8 @@ class Platform:
                 **(self.broker.env(kind) if kind != "metasim" else {}),
                 "MONGODB_URL": self.mongodb_url,
                 "MONGODB_DATABASE": database, "HALA_TOPIC_PREFIX": prefix,
-                "HALA_TOKEN_KEYS": self.token_keys}
+                "HALA_TOKEN_KEYS": self.token_keys,
+                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
         args: list[str] = ["-m", MODULES[kind]]
         if kind == "metasim":
             config_path = self.logs / f"{name}.yaml"
@@ -443,6 +448,8 @@ class Platform:
             specific = {"BILLING_OPS_PORT": str(port),
                         "BILLING_FAUST_APP_ID": f"billing-{name}",
                         "BILLING_FAUST_DATADIR": str(self.logs / f"{name}-faust")}
+        elif kind == "notify":
+            specific = {"NOTIFY_HTTP_PORT": str(port), "HALA_ENV": "development"}
         else:
             raise ValueError(kind)
         proc = Proc(name, kind, pinned(core, [sys.executable, *args]), port,

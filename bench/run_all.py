@@ -3,7 +3,7 @@
     .venv/bin/python bench/run_all.py [--only NAME ...] [--quick]      (make bench)
 
 Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, ingest, webhooks,
-pacing, scaling, billing):
+pacing, scaling, billing, notify):
   ingest    one ingest process vs a bare aiohttp JSON handler, wrk, same run
   e2e       capacity (open-loop ramp), then latency 202 -> Meta and -> delivered stored at 25, 50
             and 90 % of it; also the peak RSS of every service (`memory`)
@@ -11,6 +11,8 @@ pacing, scaling, billing):
   pacing    80 and 1,000 mps numbers with a backlog; a hot recipient next to cold ones
   scaling   one vs two sender instances on many paced numbers
   billing   events/s billing applies, balances exact against the rate card
+  notify    client events delivered per second to a local receiver vs 5 x the pipeline's
+            capacity, and p99 lag source event -> delivery at half of it
 Also bench/results/summary.json and summary.png. Every load is on 127.0.0.1, bounded in time and
 count. Figures are ratios or pairs measured side by side in one run: the machine is shared.
 """
@@ -46,7 +48,7 @@ from common import (
 from tests.conftest import broker_from_env  # common put the repository on the path
 
 # e2e first: it gets a fresh database (ingest leaves tens of thousands of messages behind).
-ORDER = ["e2e", "ingest", "webhooks", "pacing", "scaling", "billing"]
+ORDER = ["e2e", "ingest", "webhooks", "pacing", "scaling", "billing", "notify"]
 ALIASES = {"memory": "e2e"}
 NEEDS_MAIN = {"ingest", "e2e", "pacing", "scaling"}
 TOP_UP = 10**12  # micros: no benchmark runs out of credit

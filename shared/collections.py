@@ -10,10 +10,11 @@ a writer never races another writer on the same document. Readers may be anyone.
 | wabas | admin CLI | WABA id | account, portfolio |
 | phone_numbers | admin CLI | Meta phone number id | account, WABA, encrypted token |
 | templates | admin CLI sync; status | waba:name:language | category, status, params |
-| idempotency_keys | ingest | account:key:24 h bucket | the keyed request's message and body hash |
+| idempotency_keys | ingest | account:key:24 h bucket | keyed request's message, body hash; 48 h |
 | messages | status | message id | request, state, history |
 | balances | billing | account id | available, reserved, applied |
 | ledger | billing | entry key | every credit movement |
+| billing_checkpoints | billing | job name | where the sweeper and reconciler got to |
 | sends | sender | message id | the send attempt (`sending` guard) or an unsent outcome |
 | send_outcomes | sender | message id | the outcome of a send attempt, wamid |
 | tier_usage | sender | portfolio:recipient | business-initiated sends 24 h |
@@ -25,11 +26,12 @@ a writer never races another writer on the same document. Readers may be anyone.
 | number_states | status | phone number id | Meta's word on a number: tier, name, ban |
 | media | ingest | Meta media id | media a client uploaded through us: account, number, type, size |
 | dlq_replays | admin CLI | dlq topic:partition:offset | dead letters replayed; unique `source` |
-| webhook_endpoints | ingest | endpoint id (`we_…`) | client endpoint: url, events, secrets |
+| audit_log | admin CLI (console later) | `aud_…` | who, what, target, when, where; inserts only |
+| webhook_endpoints | ingest, admin CLI | endpoint id (`we_…`) | url, events, secrets |
 | endpoint_states | notify | endpoint id | health: failing since, disabled (410, 3 days failing) |
 | notify_events | notify | event id (`evt_…`) | every client event, as delivered (replay source) |
 | deliveries | notify | endpoint id:event id | one event to one endpoint: state, next try |
-| delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency |
+| delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency, error |
 | email_alerts | notify | alert key | alert emails sent (one per crossing / change) |
 
 `messages` has one writer, status's state writer: it creates a message's document from the
@@ -58,16 +60,53 @@ decisions; per WABA (`_id` "waba:<id>") `holds` ({banned|deleted|partner_removed
 app_uninstalled: {on, at}}), `held`, and the latest account_update, review, alert, security and
 capability facts.
 
-`webhook_endpoints` documents (ingest's client API is their only writer; notify reads them):
+`webhook_endpoints` documents (written by ingest's client API, and by the admin CLI acting for
+a client, both through the rules of `shared/webhook_endpoints.py`; notify reads them):
 `_id` `we_` + 26 chars, `account_id`, `url`, `events` (event types, `<prefix>.*` or `*`; see
 `shared/client_events.py`), `format` ("standard" | "meta"), `description`, `enabled` (the client's
-switch), `enabled_at` (ms, set at creation and whenever the client enables it), `secrets`: a list
-of `{"id", "encrypted", "created_at", "expires_at"}` (Fernet under `HALA_TOKEN_KEYS`; the current
-secret has `expires_at: null`; a rotated-out one signs too until its `expires_at`, 24 h on),
-`created_at`, `updated_at`, `deleted_at`. notify's own verdict lives in `endpoint_states`
+switch; false once deleted), `enabled_at` (ms, set at creation and whenever the client enables
+it), `secrets`: a list of `{"id", "encrypted", "created_at", "expires_at"}` (`encrypted`: the
+whole `whsec_…` string, Fernet under `HALA_TOKEN_KEYS`; times in ms; the current secret has
+`expires_at: null`; a rotated-out one signs too until its `expires_at`, 24 h on; expired ones
+are dropped at the next rotation), `created_at`, `updated_at`, `deleted_at` (ms, null until the
+soft delete). notify's own verdict lives in `endpoint_states`
 (`disabled_at`, `disabled_reason`, `failing_since`, `last_success_at`): an endpoint receives while
 `enabled` and not (`disabled_at` after `enabled_at`), so each collection keeps one writer and a
 client re-enabling a disabled endpoint needs no write of notify's.
+
+notify's documents (notify is their only writer; ingest reads attempts and states): `notify_events`:
+`_id` event id (`evt_…`, derived from the source event, so a redelivered record is the same event),
+`account_id`, `type` (a client event type, or `meta.<field>` for a Meta payload), `format`
+("standard" | "meta"), `at` (ms, when it happened), `source_at` (ms, when its source record was
+written to Kafka), `created_at` (ms), `payload` (the exact JSON text every attempt sends),
+`message_id` (message events). Only accounts with an endpoint of that format get their events
+stored. `deliveries`: `_id` endpoint id:event id (a replay: endpoint id:event id: request id),
+`endpoint_id`, `event_id`, `event_type`, `account_id`, `kind` (live | replay | test), `state`
+(pending | delivered | failed: retries exhausted | cancelled: endpoint deleted or disabled),
+`attempts`, `next_at` (ms), `created_at`, `source_at`, `last_status`, `last_error`, `done_at`.
+`delivery_attempts` (ingest's `GET /v1/webhook-endpoints/{id}/deliveries` and `hala webhooks
+deliveries` read them, newest first by `at`): `_id` delivery id:attempt, `endpoint_id`, `event_id`,
+`event_type`, `account_id`, `kind`, `attempt` (1, 2, …), `at` (ms, when the attempt started),
+`http_status` (or null when no answer came), `latency_ms`, `outcome` (delivered | http_error |
+throttled | gone | timeout | connection_error | blocked), `error` (null on success, else a short
+reason), `response` (at most the first 1 KiB of the answer's body, text), `next_at` (ms of the retry
+it scheduled, or null). `endpoint_states`: `_id` endpoint id, `account_id`, `failing_since` (ms of
+the first failure after the last success, or null), `last_success_at`, `last_failure_at`,
+`disabled_at`, `disabled_reason` (gone: the endpoint answered 410; failing: no success for 3 days).
+`email_alerts`: `_id` the alert key (`balance_low:<event id>`, `template:<event id>`,
+`quality:<event id>`, `endpoint_disabled:<endpoint>:<at>`), `account_id`, `kind`, `subject`, `text`,
+`html`, `state` (pending | sent | failed), `attempts`, `next_at`, `created_at`, `sent_at`,
+`recipients`, `message_id` (the mail's Message-ID, the same on every try).
+
+`audit_log` (append-only; services/admin/audit.py is the only code that touches it, with
+inserts and finds): `_id` `aud_` + ULID, `at` (date), `operator` {name (HALA_OPERATOR or the OS
+user), os_user, host, remote_address (the SSH client, when over SSH)}, `command` ("accounts
+create"), `arguments` (secrets redacted), `target` {account_id, waba_id, phone_number_id, key,
+topic, ... as the command names them}, `outcome` ok | error, `error` {code, message}.
+
+`billing_checkpoints` (billing): `_id` the job (`reservation_sweep`, `reconcile`), `position`
+{at, key} in the ledger's (at, _id) order, and for the reconciler `totals` per account of every
+entry up to it and `pending` (keys of entries behind it that their balance had not applied).
 
 `templates` has two writers by design: the CLI's sync copies Meta's list and the status service
 applies Meta's template webhooks (status, quality, category, components); both write Meta's
@@ -80,6 +119,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -92,6 +132,7 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 MESSAGES = "messages"
 BALANCES = "balances"
 LEDGER = "ledger"
+BILLING_CHECKPOINTS = "billing_checkpoints"
 SENDS = "sends"
 SEND_OUTCOMES = "send_outcomes"
 TIER_USAGE = "tier_usage"
@@ -109,6 +150,7 @@ DELIVERIES = "deliveries"
 DELIVERY_ATTEMPTS = "delivery_attempts"
 EMAIL_ALERTS = "email_alerts"
 DLQ_REPLAYS = "dlq_replays"
+AUDIT_LOG = "audit_log"
 
 INDEXES: dict[str, list[IndexModel]] = {
     API_KEYS: [IndexModel([("account_id", ASCENDING)])],
@@ -137,11 +179,28 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     USER_PREFERENCES: [IndexModel([("account_id", ASCENDING), ("wa_id", ASCENDING)])],
     MEDIA: [IndexModel([("account_id", ASCENDING)])],
+    IDEMPOTENCY_KEYS: [IndexModel([("created_at", ASCENDING)])],  # ingest's sweeper
     # A record dead-lettered twice (read again after a stop) is replayed once.
     DLQ_REPLAYS: [IndexModel([("source", ASCENDING)], unique=True),
                   IndexModel([("dlq_topic", ASCENDING)])],
-    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)])],
+    AUDIT_LOG: [IndexModel([("at", DESCENDING)]),
+                IndexModel([("target.account_id", ASCENDING), ("at", DESCENDING)])],
+    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+             # billing's paged readers (the reconciler, the reservation sweeper) go in this
+             # order from where they got to
+             IndexModel([("at", ASCENDING), ("_id", ASCENDING)])],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
+    # notify: replays by account and time, retention sweeps, due deliveries and alerts, and
+    # ingest's list of an endpoint's attempts (newest first)
+    NOTIFY_EVENTS: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+                    IndexModel([("created_at", ASCENDING)])],
+    DELIVERIES: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)]),
+                 IndexModel([("created_at", ASCENDING)])],
+    DELIVERY_ATTEMPTS: [IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)]),
+                        IndexModel([("at", ASCENDING)])],
+    EMAIL_ALERTS: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)])],
+    # an account's endpoints, newest first (GET /v1/webhook-endpoints)
+    WEBHOOK_ENDPOINTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
 }
 
 
@@ -156,7 +215,16 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *names: str) -> None
     run at service start).
 
     One index per command: FerretDB 1.24 drops the connection when a single createIndexes
-    re-creates several indexes that already exist."""
+    re-creates several indexes that already exist. Building an index takes longer than a
+    request's operation may (ingest's deadline is under a second): the pass gets a minute."""
+    with pymongo.timeout(INDEX_TIMEOUT_S):
+        await _ensure_indexes(db, names)
+
+
+INDEX_TIMEOUT_S = 60.0
+
+
+async def _ensure_indexes(db: AsyncDatabase[dict[str, Any]], names: tuple[str, ...]) -> None:
     for name in names:
         retired = set(RETIRED_INDEXES.get(name, []))
         if retired:

@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
@@ -63,7 +64,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.logging import get_logger
-from shared.messages import ALL_TOPICS, Topic
+from shared.messages import ALL_TOPICS, WEBHOOK_MAX_MESSAGE_BYTES, Topic
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, RECORDS_HANDLED
 
 log = get_logger(__name__)
@@ -160,6 +161,9 @@ def make_producer(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
         "enable_idempotence": True,
         "linger_ms": 2,
         "request_timeout_ms": 15000,
+        # The largest record any topic takes (raw webhooks: Meta's up to 3 MB), not
+        # aiokafka's 1 MiB default; each topic's max.message.bytes still bounds its own.
+        "max_request_size": WEBHOOK_MAX_MESSAGE_BYTES,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -186,19 +190,21 @@ def make_admin(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaAdminClient:
 
 async def ensure_topics(kafka: KafkaConfig, prefix: str = "",
                         topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
-    """Create the platform's topics and their dead-letter topics if missing (idempotent).
-    Needs a principal allowed to create topics: the set-up one (tools/kafka_setup.py), never a
-    service's."""
+    """Create the platform's topics and their dead-letter topics if missing, each with its
+    registry configuration (retention, compaction, record size), and bring the configuration
+    of those that exist back to it (idempotent). Needs a principal allowed to create and
+    configure topics: the set-up one (tools/kafka_setup.py), never a service's."""
     admin = make_admin(kafka)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted: list[NewTopic] = []
+        configs: dict[str, dict[str, str]] = {}
         for topic in topics:
-            config = {"cleanup.policy": "compact"} if topic.compacted else {}
-            for name, parts, cfg in ((topic.name, topic.partitions, config),
-                                     (topic.dlq, 1, {})):
+            for name, parts, cfg in ((topic.name, topic.partitions, topic.configs()),
+                                     (topic.dlq, 1, topic.dlq_configs())):
                 full = topic_name(name, prefix)
+                configs[full] = cfg
                 if full not in existing:
                     wanted.append(NewTopic(full, num_partitions=parts, replication_factor=1,
                                            topic_configs=cfg))
@@ -207,8 +213,31 @@ async def ensure_topics(kafka: KafkaConfig, prefix: str = "",
                 await admin.create_topics(wanted)
             except TopicAlreadyExistsError:
                 pass  # another process created them first
+        await _align_configs(admin, {n: c for n, c in configs.items() if n in existing})
     finally:
         await admin.close()
+
+
+async def _align_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
+    """Set the registry's configuration on existing topics whose configuration differs (a
+    topic created before its retention was declared, or by hand). AlterConfigs replaces a
+    topic's whole dynamic configuration, so each topic gets its complete set."""
+    if not wanted:
+        return
+    [described] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, {k: None for k in cfg})
+         for name, cfg in wanted.items()])
+    differ = []
+    for error_code, _, _, name, entries in described.resources:
+        if error_code:  # gone meanwhile (deleted by a test's clean-up): nothing to align
+            continue
+        current = {entry[0]: entry[1] for entry in entries}
+        cfg = wanted.get(name)
+        if cfg is not None and any(current.get(k) != v for k, v in cfg.items()):
+            differ.append(ConfigResource(ConfigResourceType.TOPIC, name, dict(cfg)))
+    if differ:
+        await admin.alter_configs(differ)
+        log.info("topic_configs_aligned", topics=len(differ))
 
 
 class TopicsMissing(RuntimeError):

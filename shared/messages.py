@@ -7,6 +7,8 @@ amount of `MONEY_MINOR_UNIT`; times are integer milliseconds since the Unix epoc
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -169,6 +171,24 @@ class ThroughputChanged(Event, kw_only=True, frozen=True):
     occurred_at: int
 
 
+# --- phone-numbers.quality-changed.v1 ------------------------------------------------------
+
+class NumberQualityChanged(Event, kw_only=True, frozen=True):
+    """Meta's `phone_number_quality_update` for one of our numbers: a quality flag
+    (FLAGGED/UNFLAGGED), a messaging tier change (UPGRADE/DOWNGRADE) or a throughput upgrade.
+    Published by status for every such webhook of a registered number (ThroughputChanged only
+    when the pacing changes); notify tells the client and emails the account."""
+
+    phone_number_id: str
+    waba_id: str
+    account_id: str | None = None
+    display_phone_number: str = ""
+    event: str  # Meta's event: FLAGGED, UNFLAGGED, UPGRADE, DOWNGRADE, THROUGHPUT_UPGRADE, ...
+    messaging_limit: str | None = None  # Meta's current_limit, when it says
+    messages_per_second: int | None = None  # set by a throughput upgrade
+    occurred_at: int
+
+
 # --- wabas.status-changed.v1 ----------------------------------------------------------------
 
 class WabaStatusChanged(Event, kw_only=True, frozen=True):
@@ -186,12 +206,41 @@ class WabaStatusChanged(Event, kw_only=True, frozen=True):
 # --- billing.topup-requested.v1 -------------------------------------------------------------
 
 class TopUpRequested(Event, kw_only=True, frozen=True):
-    """An operator added prepaid credit; billing is the only writer of balances."""
+    """An operator added prepaid credit; billing is the only writer of balances.
+
+    `operator` is who asked (`hala`'s operator identity: HALA_OPERATOR or the OS user, @ host).
+    `signature` is HMAC-SHA256, hex, over the canonical fields (`top_up_signed_fields`) under
+    HALA_TOPUP_SIGNING_KEY, which only the admin tool and billing hold: billing dead-letters a
+    top-up whose signature does not verify, and moves no money for it, so that whoever can
+    write to the topic still cannot mint credit."""
 
     account_id: str
     amount: int
     requested_at: int
     note: str = ""
+    operator: str = ""
+    signature: str = ""
+
+
+def top_up_signed_fields(event: TopUpRequested) -> bytes:
+    """The bytes a top-up's signature covers: every field but the signature, in a fixed order,
+    as a JSON array (unambiguous whatever the note contains)."""
+    return _encoder.encode([event.event_id, event.account_id, event.amount, event.requested_at,
+                            event.note, event.operator])
+
+
+def top_up_signature(event: TopUpRequested, key: bytes) -> str:
+    if not key:
+        raise ValueError("a top-up is signed with a key")
+    return hmac.new(key, top_up_signed_fields(event), hashlib.sha256).hexdigest()
+
+
+def sign_top_up(event: TopUpRequested, key: bytes) -> TopUpRequested:
+    return msgspec.structs.replace(event, signature=top_up_signature(event, key))
+
+
+def top_up_signature_valid(event: TopUpRequested, key: bytes) -> bool:
+    return bool(key) and hmac.compare_digest(event.signature, top_up_signature(event, key))
 
 
 # --- billing.low-balance-alerted.v1 ---------------------------------------------------------
@@ -235,6 +284,26 @@ class NotifyRequested(Event, kw_only=True, frozen=True):
 
 S = TypeVar("S", bound=Event)
 
+# How long the broker keeps each topic's records (`retention.ms`, set by shared.kafka's
+# ensure_topics at creation and on every start for topics that exist). Topics that carry what
+# a user wrote or what a client sends them (raw webhooks, send requests and approvals, inbound
+# messages) keep it one week: long enough to outlast any consumer outage we would tolerate,
+# short enough for the privacy policy's brief logs. Events without content keep two weeks,
+# top-ups a month. Dead letters are kept a month: someone has to look at them, fix the cause
+# and replay them. Compacted topics keep the latest record per key for good (that is their
+# point) and have no time limit.
+DAY_MS = 86_400_000
+RAW_CONTENT_RETENTION_MS = 7 * DAY_MS
+EVENT_RETENTION_MS = 14 * DAY_MS
+MONEY_RETENTION_MS = 30 * DAY_MS
+DLQ_RETENTION_MS = 30 * DAY_MS
+# The largest record a topic takes unless it says otherwise: the broker's default
+# (message.max.bytes, 1 MiB plus the batch overhead).
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+# Meta's webhook payloads may reach 3 MB (status accepts 3 MiB): the raw-webhook topic, its
+# dead letters (the same value plus error headers) and every producer take 4 MiB.
+WEBHOOK_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Topic(Generic[S]):
@@ -246,14 +315,37 @@ class Topic(Generic[S]):
     examples: tuple[dict[str, Any], ...]
     partitions: int = 6
     compacted: bool = False
+    # `retention.ms`: None only for a compacted topic (it keeps each key's latest record).
+    retention_ms: int | None = EVENT_RETENTION_MS
+    # `max.message.bytes`, when the broker's default is too small for the topic's records.
+    max_message_bytes: int | None = None
     _decoder: msgspec.json.Decoder[S] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_decoder", msgspec.json.Decoder(self.schema))
+        if self.compacted == (self.retention_ms is not None):
+            raise ValueError(f"{self.name}: a compacted topic has no retention.ms, every "
+                             "other topic has one")
 
     @property
     def dlq(self) -> str:
         return f"{self.name}.dlq"
+
+    def configs(self) -> dict[str, str]:
+        """The broker configuration the topic is created with and kept at."""
+        configs = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.retention_ms is not None:
+            configs["retention.ms"] = str(self.retention_ms)
+        if self.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(self.max_message_bytes)
+        return configs
+
+    def dlq_configs(self) -> dict[str, str]:
+        """Dead letters carry the original record plus error headers, for a month."""
+        configs = {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)}
+        if self.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(self.max_message_bytes)
+        return configs
 
     def decode(self, raw: bytes) -> S:
         return self._decoder.decode(raw)
@@ -326,8 +418,9 @@ SEND_REQUESTED: Topic[SendRequested] = Topic(
     # status-changed (keyed alike) to create the message's document.
     key=lambda e: e.account_id,
     producers=("ingest",),
-    consumers=("billing", "status"),
+    consumers=("billing", "status", "notify"),
     examples=(_SEND_REQUESTED_EXAMPLE, *_SERVICE_EXAMPLES),
+    retention_ms=RAW_CONTENT_RETENTION_MS,  # the client's message: recipient, content
 )
 
 SEND_APPROVED: Topic[SendApproved] = Topic(
@@ -338,6 +431,7 @@ SEND_APPROVED: Topic[SendApproved] = Topic(
     consumers=("sender",),
     examples=({**_SEND_REQUESTED_EXAMPLE, "reserved_amount": 24200,
                "rate_card_version": "2026-10-01"},),
+    retention_ms=RAW_CONTENT_RETENTION_MS,  # the same content
 )
 
 STATUS_CHANGED: Topic[StatusChanged] = Topic(
@@ -345,7 +439,7 @@ STATUS_CHANGED: Topic[StatusChanged] = Topic(
     schema=StatusChanged,
     key=lambda e: e.account_id,  # billing settles per account, in order
     producers=("billing", "sender", "status"),
-    consumers=("billing", "status"),
+    consumers=("billing", "status", "notify"),
     examples=(
         {"event_id": "msg_01HZY3V9J6Q8W4T2:sent:sender", "message_id": "msg_01HZY3V9J6Q8W4T2",
          "account_id": "acc_demo", "status": "sent", "occurred_at": 1764000000500,
@@ -372,7 +466,7 @@ WEBHOOK_RECEIVED: Topic[WebhookReceived] = Topic(
     # Meta's entry id is the WABA: one WABA's webhooks stay in order relative to each other.
     key=lambda e: e.event_id.split(":", 1)[0],
     producers=("status",),
-    consumers=("status",),
+    consumers=("status", "notify"),  # notify forwards Meta's payloads to `meta` endpoints
     examples=({"event_id": "102290129340398:7f3a9c", "received_at": 1764000003000,
                "payload": {"object": "whatsapp_business_account", "entry": [{
                    "id": "102290129340398", "changes": [{"field": "messages", "value": {
@@ -384,6 +478,8 @@ WEBHOOK_RECEIVED: Topic[WebhookReceived] = Topic(
                                      "pricing": {"billable": True, "pricing_model": "PMP",
                                                  "type": "regular",
                                                  "category": "utility"}}]}}]}]}},),
+    retention_ms=RAW_CONTENT_RETENTION_MS,  # what users wrote, as Meta sent it
+    max_message_bytes=WEBHOOK_MAX_MESSAGE_BYTES,
 )
 
 INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
@@ -391,7 +487,8 @@ INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
     schema=InboundReceived,
     key=lambda e: e.phone_number_id,
     producers=("status",),
-    consumers=("sender",),  # Meta counts inbound messages against the number's throughput
+    # Meta counts inbound messages against the number's throughput; notify: message.received
+    consumers=("sender", "notify"),
     examples=(
         {"event_id": "wamid.IN1", "phone_number_id": "106540352242922",
          "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN1",
@@ -415,6 +512,7 @@ INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
          "content": {"message_id": "wamid.OUT1", "emoji": "\U0001f44d"},
          "account_id": "acc_demo", "context_wamid": "wamid.OUT1", "opens_window": False},
     ),
+    retention_ms=RAW_CONTENT_RETENTION_MS,  # what a user wrote
 )
 
 TEMPLATE_STATUS_CHANGED: Topic[TemplateStatusChanged] = Topic(
@@ -422,7 +520,7 @@ TEMPLATE_STATUS_CHANGED: Topic[TemplateStatusChanged] = Topic(
     schema=TemplateStatusChanged,
     key=lambda e: e.waba_id,
     producers=("status",),
-    consumers=(),
+    consumers=("notify",),
     examples=({"event_id": "1689556908129832:APPROVED:1751247548", "waba_id": "102290129340398",
                "template_id": "1689556908129832", "name": "order_confirmation",
                "language": "en_US", "status": "APPROVED", "reason": "NONE",
@@ -447,6 +545,25 @@ THROUGHPUT_CHANGED: Topic[ThroughputChanged] = Topic(
          "occurred_at": 1748455000000},
     ),
     compacted=True,  # only the latest level per number matters
+    retention_ms=None,
+)
+
+NUMBER_QUALITY_CHANGED: Topic[NumberQualityChanged] = Topic(
+    name="phone-numbers.quality-changed.v1",
+    schema=NumberQualityChanged,
+    key=lambda e: e.phone_number_id,
+    producers=("status",),
+    consumers=("notify",),
+    examples=(
+        {"event_id": "106540352242922:FLAGGED:1748455000",
+         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+         "account_id": "acc_demo", "display_phone_number": "15550783881", "event": "FLAGGED",
+         "messaging_limit": "TIER_10K", "occurred_at": 1748455000000},
+        {"event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
+         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+         "event": "THROUGHPUT_UPGRADE", "messages_per_second": 1000,
+         "occurred_at": 1748454394000},
+    ),
 )
 
 WABA_STATUS_CHANGED: Topic[WabaStatusChanged] = Topic(
@@ -454,7 +571,8 @@ WABA_STATUS_CHANGED: Topic[WabaStatusChanged] = Topic(
     schema=WabaStatusChanged,
     key=lambda e: e.waba_id,
     producers=("status",),
-    consumers=("sender",),  # a held WABA's numbers send nothing until it is released
+    # a held WABA's numbers send nothing until it is released; notify: account.updated
+    consumers=("sender", "notify"),
     examples=(
         {"event_id": "102290129340398:DISABLED_UPDATE:1743451903",
          "waba_id": "102290129340398", "held": True, "reasons": ["banned"],
@@ -464,6 +582,7 @@ WABA_STATUS_CHANGED: Topic[WabaStatusChanged] = Topic(
          "event": "DISABLED_UPDATE", "occurred_at": 1743538303000},
     ),
     compacted=True,  # the latest state per WABA is all a follower needs
+    retention_ms=None,
 )
 
 TOPUP_REQUESTED: Topic[TopUpRequested] = Topic(
@@ -473,7 +592,11 @@ TOPUP_REQUESTED: Topic[TopUpRequested] = Topic(
     producers=("admin",),
     consumers=("billing",),
     examples=({"event_id": "topup_01HZY", "account_id": "acc_demo", "amount": 50_000_000,
-               "requested_at": 1764000000000, "note": "initial credit"},),
+               "requested_at": 1764000000000, "note": "initial credit",
+               "operator": "ana@ops-1",
+               # under the development key (shared.secret_defaults)
+               "signature": "b7a889b6868d1064696d393d252a7597b1f16635254ef2ea7bc873ebdb367107"},),
+    retention_ms=MONEY_RETENTION_MS,
 )
 
 LOW_BALANCE_ALERTED: Topic[LowBalanceAlerted] = Topic(
@@ -481,7 +604,7 @@ LOW_BALANCE_ALERTED: Topic[LowBalanceAlerted] = Topic(
     schema=LowBalanceAlerted,
     key=lambda e: e.account_id,
     producers=("billing",),
-    consumers=(),
+    consumers=("notify",),
     examples=({"event_id": "acc_demo:low:3", "account_id": "acc_demo", "available": 90_000,
                "threshold": 1_000_000, "occurred_at": 1764000000000},),
 )
@@ -510,12 +633,13 @@ NOTIFY_REQUESTED: Topic[NotifyRequested] = Topic(
          "kind": "replay", "since": 1763990000000, "until": 1764000000000,
          "requested_at": 1764000000000},
     ),
+    retention_ms=RAW_CONTENT_RETENTION_MS,  # a client's request, acted on at once
 )
 
 ALL_TOPICS: tuple[Topic[Any], ...] = (
     SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED, WEBHOOK_RECEIVED, INBOUND_RECEIVED,
-    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, WABA_STATUS_CHANGED, TOPUP_REQUESTED,
-    LOW_BALANCE_ALERTED, BALANCE_TOPPED_UP, NOTIFY_REQUESTED,
+    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, NUMBER_QUALITY_CHANGED, WABA_STATUS_CHANGED,
+    TOPUP_REQUESTED, LOW_BALANCE_ALERTED, BALANCE_TOPPED_UP, NOTIFY_REQUESTED,
 )
 
 

@@ -2,6 +2,12 @@
 
 Code here and in the services uses only what both MongoDB and FerretDB (the local stand-in)
 support: no transactions, no TTL indexes, no reliance on conditional updates being atomic.
+
+Every operation has a deadline (`timeoutMS`, PyMongo's client-side operation timeout: server
+selection, connection checkout, the round trip and any retry all count against it). Without
+it, a database that stops answering mid-operation (a hung server, a lost network) held the
+caller forever: `serverSelectionTimeoutMS` only bounds finding a server. A timed-out operation
+raises a PyMongoError, which adapters translate into DependencyUnavailable like any outage.
 """
 
 from __future__ import annotations
@@ -20,11 +26,19 @@ from shared.group_commit import GroupCommit
 # The server's code for a write refused by a unique index (in a BulkWriteError's writeErrors).
 DUPLICATE_KEY = 11000
 
+# The deadline of one operation unless the caller's settings say otherwise
+# (`MONGODB_TIMEOUT_MS`; ingest's request path uses a shorter one).
+DEFAULT_TIMEOUT_MS = 10_000
 
-def make_client(url: str, **overrides: Any) -> AsyncMongoClient[dict[str, Any]]:
+
+def make_client(url: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                **overrides: Any) -> AsyncMongoClient[dict[str, Any]]:
+    if timeout_ms <= 0:
+        raise ValueError("a MongoDB operation timeout must be positive")
     options: dict[str, Any] = {
-        "serverSelectionTimeoutMS": 5000,
-        "connectTimeoutMS": 5000,
+        "timeoutMS": timeout_ms,
+        "serverSelectionTimeoutMS": min(5000, timeout_ms),
+        "connectTimeoutMS": min(5000, timeout_ms),
         "tz_aware": True,
     }
     options.update(overrides)

@@ -13,6 +13,15 @@ transient DependencyUnavailable. Same connection and credentials too: the servic
 
 librdkafka reports deliveries only from `poll()`: one thread polls, gathers the reports each poll
 served, and hands them to the event loop in one call (not one wake-up per message).
+
+A broker that is unreachable is known at once, not learnt by each request after
+`message.timeout.ms`: when librdkafka reports that every broker is down, when a delivery fails,
+or when an acknowledgement takes longer than `ack_timeout_s`, the producer marks the broker
+down, purges what it has not sent yet (those records can then never be written: their senders
+are told so), and refuses new records at once (DependencyUnavailable) instead of queueing them.
+A probe asks the broker for metadata every `probe_interval_s` meanwhile, and the first answer
+reopens it: the producer recovers by itself. Only a record already on the wire when the broker
+went silent has an unknown fate (a retry with the same Idempotency-Key is safe).
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ import confluent_kafka
 
 from shared.errors import DependencyUnavailable
 from shared.kafka import KafkaConfig
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 # Each request waits for its record's acknowledgement, so the linger is in every answer's
 # latency, and with a fixed number of client connections latency caps throughput. Measured for
@@ -36,19 +48,28 @@ _POLL_SECONDS = 0.1  # poll() returns as soon as a report arrives; this only bou
 # nonce; Kafka 4 checks it strictly since CVE-2024-56128): login fails. libversion() is
 # 0xMMmmrrpp.
 MIN_SCRAM_LIBVERSION = 0x020601FF
+PROBE_INTERVAL_S = 0.5
+# Delivery failures that mean the broker is gone (not: the record was refused).
+_OUTAGE_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT"})
 
 
 def _unavailable(error: object) -> DependencyUnavailable:
-    return DependencyUnavailable(f"kafka unavailable: {error}", details={"dependency": "kafka"})
+    details: dict[str, Any] = {"dependency": "kafka"}
+    if isinstance(error, confluent_kafka.KafkaError):
+        details["kafka_error"] = error.name()
+    return DependencyUnavailable(f"kafka unavailable: {error}", details=details)
 
 
 class RdKafkaProducer:
     def __init__(self, kafka: KafkaConfig, *, linger_ms: float = LINGER_MS,
-                 delivery_timeout_ms: int = 15000) -> None:
+                 delivery_timeout_ms: int = 15000, ack_timeout_s: float | None = None,
+                 probe_interval_s: float = PROBE_INTERVAL_S) -> None:
         if kafka.uses_sasl and kafka.sasl_mechanism.startswith("SCRAM") \
                 and confluent_kafka.libversion()[1] < MIN_SCRAM_LIBVERSION:
             raise RuntimeError(f"librdkafka {confluent_kafka.libversion()[0]} cannot log in "
                                "to Kafka 4 with SCRAM: 2.6.1 or later is needed")
+        self._ack_timeout_s = ack_timeout_s
+        self._probe_interval_s = probe_interval_s
         self._config: dict[str, Any] = {
             **kafka.rdkafka_options(),
             "acks": "all",
@@ -60,29 +81,44 @@ class RdKafkaProducer:
             # services write with aiokafka (billing's single writer per account, the state
             # writer's co-partitioned topics).
             "partitioner": "murmur2_random",
+            "error_cb": self._on_error,
         }
         self._producer: confluent_kafka.Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[asyncio.Future[None], Any]] = []
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
+        self._up = False
+        self._prober: asyncio.Task[None] | None = None
 
-    async def start(self, deadline_s: float = 60.0) -> None:
-        """Connect, waiting for a broker that is still starting."""
+    @property
+    def broker_up(self) -> bool:
+        return self._up
+
+    async def start(self, deadline_s: float = 60.0, *, wait: bool = True) -> None:
+        """Connect, waiting for a broker that is still starting (`wait`), or not: the producer
+        then refuses records until its probe reaches a broker."""
         self._loop = asyncio.get_running_loop()
         self._producer = confluent_kafka.Producer(self._config)
         self._poller = threading.Thread(target=self._poll_forever, name="rdkafka-poll",
                                         daemon=True)
         self._poller.start()
+        if not wait:
+            self._mark_down("starting")
+            return
         loop_deadline = self._loop.time() + deadline_s
         while not await self.ready():
             if self._loop.time() > loop_deadline:
                 raise _unavailable("no broker answered")
             await asyncio.sleep(1)
+        self._up = True
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Write one record and return once the broker acknowledged it (acks=all)."""
+        """Write one record and return once the broker acknowledged it (acks=all). Refused at
+        once while the broker is known to be down."""
         assert self._producer is not None and self._loop is not None, "start() first"
+        if not self._up:
+            raise _unavailable("the broker is unreachable")
         delivered: asyncio.Future[None] = self._loop.create_future()
 
         def on_delivery(error: Any, _: Any) -> None:
@@ -93,22 +129,61 @@ class RdKafkaProducer:
             self._producer.produce(topic, value, key, on_delivery=on_delivery)
         except (BufferError, confluent_kafka.KafkaException) as exc:
             raise _unavailable(exc) from exc
-        await delivered
+        try:
+            # On timeout the future is cancelled: a late report for it is dropped (_settle).
+            await asyncio.wait_for(delivered, self._ack_timeout_s)
+        except TimeoutError:
+            self._mark_down("acknowledgement timed out")
+            raise _unavailable("the broker did not acknowledge in time") from None
+        except DependencyUnavailable as exc:
+            if exc.details.get("kafka_error") in _OUTAGE_ERRORS:
+                self._mark_down(str(exc.details["kafka_error"]))
+            raise
 
-    async def ready(self) -> bool:
-        """True when the broker answers a metadata request."""
+    def _on_error(self, error: confluent_kafka.KafkaError) -> None:
+        """librdkafka's error callback (in the poll thread)."""
+        if error.code() == confluent_kafka.KafkaError._ALL_BROKERS_DOWN and self._loop:
+            self._loop.call_soon_threadsafe(self._mark_down, "all brokers down")
+
+    def _mark_down(self, reason: str) -> None:
+        """Refuse new records, fail those not sent yet, and probe until a broker answers."""
+        if self._producer is None:
+            return
+        if self._up or reason == "starting":
+            log.warning("kafka_producer_broker_down", reason=reason)
+        self._up = False
+        # Not on the wire yet: never written now, and their senders learn it.
+        self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.ensure_future(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        while not self._up and self._producer is not None:
+            if await self._answers(self._probe_interval_s):
+                self._up = True
+                log.info("kafka_producer_broker_up")
+                return
+            await asyncio.sleep(self._probe_interval_s)
+
+    async def _answers(self, timeout_s: float) -> bool:
         producer = self._producer
         if producer is None:
             return False
         try:
-            await asyncio.to_thread(producer.list_topics, timeout=2)
+            await asyncio.to_thread(producer.list_topics, timeout=timeout_s)
             return True
         except confluent_kafka.KafkaException:
             return False
 
+    async def ready(self) -> bool:
+        """True when the broker answers a metadata request."""
+        return await self._answers(2)
+
     async def stop(self) -> None:
         if self._producer is None:
             return
+        if self._prober is not None:
+            self._prober.cancel()
         await asyncio.to_thread(self._producer.flush, 10)
         self._stopping.set()
         if self._poller is not None:

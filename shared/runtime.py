@@ -60,7 +60,8 @@ async def wait_for_own_topics(settings: ServiceSettings, service: str) -> None:
 
 @asynccontextmanager
 async def connections(settings: ServiceSettings, service: str) -> AsyncIterator[Connections]:
-    mongo = make_client(settings.mongodb_url, **settings.mongo_credentials())
+    mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms,
+                        **settings.mongo_credentials())
     await wait_for_own_topics(settings, service)
     producer = make_producer(settings.kafka)
     await start_with_retry(producer)

@@ -119,6 +119,8 @@ class ServiceSettings(BaseSettings):
     # user store; authSource etc. go in the URL's options).
     mongodb_username: str = Field("", validation_alias="MONGODB_USERNAME")
     mongodb_password: SecretStr | None = Field(None, validation_alias="MONGODB_PASSWORD")
+    # Deadline of every MongoDB operation, in ms (shared.mongo.make_client's timeoutMS).
+    mongodb_timeout_ms: int = Field(10_000, gt=0, validation_alias="MONGODB_TIMEOUT_MS")
 
     # Prefixes topic and consumer-group names: tests give each run its own on a shared broker.
     topic_prefix: str = Field("", validation_alias="HALA_TOPIC_PREFIX")

@@ -416,10 +416,68 @@ def billing() -> list[Row]:
     ]
 
 
+def notify() -> list[Row]:
+    return [
+        Row("At a glance", [
+            stat("Delivered (range)",
+                 'sum(increase(notify_deliveries_total{outcome="delivered"}[$__range])) '
+                 "or vector(0)", "Webhook deliveries that reached their endpoint."),
+            stat("Failed deliveries (range)",
+                 'sum(increase(notify_deliveries_total{outcome="failed"}[$__range])) '
+                 "or vector(0)", "Deliveries given up: retries exhausted, or 410 Gone.",
+                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
+            stat("Endpoints disabled (range)",
+                 "sum(increase(notify_endpoints_disabled_total[$__range])) or vector(0)",
+                 "Client endpoints notify disabled (410, or 3 days without a success); their "
+                 "owners were emailed (NotifyEndpointsDisabled alert).",
+                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
+            stat("Alert emails failed (range)",
+                 'sum(increase(notify_emails_total{outcome=~"failed|no_recipient"}'
+                 "[$__range])) or vector(0)", "Emails given up (NotifyEmailsFailing alert).",
+                 thresholds=[(GREEN, None), (RED, ANY)]),
+        ]),
+        Row("Webhook deliveries", [
+            graph("Attempts/s by outcome",
+                  Query(rate("notify_attempts_total", "outcome"), "{{outcome}}"),
+                  unit="reqps", stacked=True,
+                  description="delivered, http_error, throttled (429/503), gone (410), "
+                              "timeout, connection_error, blocked (SSRF guard)."),
+            graph("Deliveries finished/s by outcome",
+                  Query(rate("notify_deliveries_total", "outcome"), "{{outcome}}"),
+                  unit="rps", stacked=True),
+            graph("Event lag: platform event to first attempt",
+                  quantiles("notify_event_lag_seconds"), unit="s",
+                  description="From the source record in Kafka to the first attempt "
+                              "starting (NotifyEventLagHigh alert above 5 s).",
+                  thresholds=[(GREEN, None), (RED, 5)]),
+            graph("Attempt latency", quantiles("notify_attempt_duration_seconds"), unit="s",
+                  description="Attempts that got an answer; timeouts end at 10 s."),
+            graph("In flight and queued",
+                  Query("sum(notify_attempts_in_flight)", "in flight"),
+                  Query("sum(notify_deliveries_queued)", "queued in memory")),
+            graph("Client events/s by type and outcome",
+                  Query(rate("notify_events_total", "type, outcome"), "{{type}} {{outcome}}"),
+                  unit="rps", stacked=True),
+        ]),
+        Row("Requests and email", [
+            graph("Tests and replays",
+                  Query(f"sum by (kind, outcome) (increase(notify_requests_total[{RATE}]))",
+                        "{{kind}} {{outcome}}"), bars=True),
+            graph("Alert emails by kind and outcome",
+                  Query(f"sum by (kind, outcome) (increase(notify_emails_total[{RATE}]))",
+                        "{{kind}} {{outcome}}"), bars=True),
+            graph("Endpoints disabled by reason",
+                  Query(f"sum by (reason) (increase(notify_endpoints_disabled_total[{RATE}]))",
+                        "{{reason}}"), bars=True),
+        ]),
+    ]
+
+
 DASHBOARDS = {
     "overview.json": ("hala-overview", "Hala — Overview", overview),
     "pipeline.json": ("hala-pipeline", "Hala — Pipeline", pipeline),
     "billing.json": ("hala-billing", "Hala — Billing", billing),
+    "notify.json": ("hala-notify", "Hala — Client events", notify),
 }
 
 

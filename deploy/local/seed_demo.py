@@ -35,6 +35,7 @@ from services.admin.graph import GraphClient  # noqa: E402
 from shared.collections import LEDGER  # noqa: E402
 from shared.kafka import make_producer  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
+from shared.secret_defaults import DEVELOPMENT_TOPUP_SIGNING_KEY  # noqa: E402
 from shared.secrets import TokenVault, new_key  # noqa: E402
 from shared.settings import ServiceSettings, load_settings  # noqa: E402
 from tools.metasim.config import DEFAULT_CONFIG_PATH, SimConfig, load_config  # noqa: E402
@@ -151,6 +152,9 @@ async def seed() -> None:
                                                         "kind": "topup"})
             event = await commands.top_up(
                 db, producer, account_id=account_id, amount=TOP_UP, note="demo seed",
+                signing_key=os.environ.get("HALA_TOPUP_SIGNING_KEY",
+                                           DEVELOPMENT_TOPUP_SIGNING_KEY).encode(),
+                operator="seed_demo",
                 topic_prefix=prefix, event_id=f"topup_demo_{account_id}_{applied + 1}")
             print(f"credit   top-up of {TOP_UP} micros requested ({event.event_id})")
         else:

@@ -6,15 +6,22 @@ HALA_TOPIC_PREFIX; access tokens are encrypted with HALA_TOKEN_KEYS (comma-separ
 keys, newest first). Secrets never come from argv, where `ps` and the shell history show them:
 a Meta access token is read from a file (`--access-token-file PATH`) or from stdin
 (`--access-token -`).
+
+Every command that changes something writes an `audit_log` entry (services/admin/audit.py)
+before it reports success, and a failed attempt writes one too: who (HALA_OPERATOR or the OS
+user, and the host), what (the command and its arguments, secrets redacted), the target, when,
+from where, and the outcome. A change whose entry cannot be written is reported as an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import socket
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +30,17 @@ import orjson
 from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
-from services.admin import commands
+from services.admin import audit, audit_core, commands, webhooks
 from services.admin.graph import GraphClient
 from services.admin.settings import AdminSettings
+from shared.clock import SystemClock
 from shared.errors import ServiceError
+from shared.ids import new_id
 from shared.kafka import KafkaConfig, make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault
 from shared.settings import ServiceSettings, load_settings
+from shared.webhook_endpoints import ms_of
 
 
 def _positive_int(text: str) -> int:
@@ -76,6 +86,19 @@ def read_access_token(args: argparse.Namespace) -> str:
     return token
 
 
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _iso_time(text: str) -> int:
+    """An ISO 8601 time (without a zone: UTC) as ms."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("an ISO 8601 time, e.g. 2026-12-01T10:00:00Z") from None
+    return ms_of(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
 def build_parser() -> argparse.ArgumentParser:
     # `--json` is accepted before or after the command: `hala --json accounts list` and
     # `hala accounts list --json` both work.
@@ -106,11 +129,64 @@ def build_parser() -> argparse.ArgumentParser:
                        ("show", "an account with its numbers, keys and balance")):
         command(accounts, name, text).add_argument("account_id", metavar="ID")
     command(accounts, "list", "every account")
+    erase = command(accounts, "erase", "remove a suspended account's personal data everywhere "
+                                       "and keep its ledger under a pseudonym")
+    erase.add_argument("account_id", metavar="ID")
+    erase.add_argument("--yes", action="store_true",
+                       help="confirm: this cannot be undone")
     update = command(accounts, "update", "change an account's settings")
     update.add_argument("account_id", metavar="ID")
     update.add_argument("--customer-service-window-check", choices=("on", "off"),
                         help="refuse free-form messages to contacts who have not written in "
                              "24 h (on, the default) or let Meta refuse them (off)")
+    update.add_argument("--alert-emails", metavar="A@X,B@Y",
+                        help="where alerts go besides the account's email (comma-separated; "
+                             "empty clears them)")
+    update.add_argument("--low-balance-threshold", type=_non_negative_int, metavar="MICROS",
+                        help="alert when the available credit falls below this")
+
+    hooks = groups.add_parser("webhooks", help="a client's webhook endpoints").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+
+    def hook_command(name: str, help_text: str, *, with_id: bool = True
+                     ) -> argparse.ArgumentParser:
+        sub = command(hooks, name, help_text)
+        if with_id:
+            sub.add_argument("endpoint_id", metavar="ENDPOINT_ID")
+        sub.add_argument("--account", required=True, dest="account_id",
+                         help="the client account it belongs to")
+        return sub
+
+    hook_command("list", "the account's endpoints with their health", with_id=False)
+    hook_create = hook_command("create", "register an endpoint (its secret is printed once)",
+                               with_id=False)
+    hook_create.add_argument("--url", required=True)
+    hook_create.add_argument("--events", required=True, type=_comma_list,
+                             help="event types, <prefix>.* or *, comma-separated")
+    hook_create.add_argument("--format", choices=("standard", "meta"), default="standard")
+    hook_create.add_argument("--description", default="")
+    hook_command("show", "an endpoint with its health")
+    hook_update = hook_command("update", "change an endpoint (only what is given)")
+    hook_update.add_argument("--url")
+    hook_update.add_argument("--events", type=_comma_list)
+    hook_update.add_argument("--description")
+    switch = hook_update.add_mutually_exclusive_group()
+    switch.add_argument("--enable", action="store_true", default=None, dest="enabled",
+                        help="deliver again (also after notify disabled it for failing)")
+    switch.add_argument("--disable", action="store_false", default=None, dest="enabled")
+    hook_command("delete", "delete an endpoint (nothing more is delivered)")
+    hook_command("rotate", "give an endpoint a new secret (printed once); the old one "
+                           "signs for 24 h more")
+    hook_command("test", "send a test event (endpoint.test) now")
+    hook_replay = hook_command("replay", "deliver past events again, with their ids")
+    what = hook_replay.add_mutually_exclusive_group(required=True)
+    what.add_argument("--since", type=_iso_time, metavar="ISO_TIME",
+                      help="events from this time (a time without zone is UTC)")
+    what.add_argument("--event-id")
+    hook_replay.add_argument("--until", type=_iso_time, metavar="ISO_TIME",
+                             help="up to this time (default: now)")
+    hook_deliveries = hook_command("deliveries", "the latest delivery attempts, newest first")
+    hook_deliveries.add_argument("--limit", type=_positive_int, default=50)
 
     wabas = groups.add_parser("wabas", help="WhatsApp Business Accounts").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
@@ -202,15 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--partition", type=_non_negative_int, default=None)
     replay.add_argument("--dry-run", action="store_true",
                         help="say what would be replayed, write nothing")
+
+    audit_log = groups.add_parser("audit", parents=[json_flag],
+                                  help="what operators did: the audit log, newest first")
+    audit_log.set_defaults(command="list")
+    audit_log.add_argument("--account", dest="account_id", default=None,
+                           help="only entries whose target is this account")
+    audit_log.add_argument("--since", default=None, metavar="WHEN",
+                           help="ISO date or date-time (UTC), or a span back: 90m, 24h, 7d")
+    audit_log.add_argument("--limit", type=_positive_int, default=50)
     return parser
 
 
 class Context:
     """What a command may need, opened lazily and closed at the end."""
 
-    def __init__(self, settings: AdminSettings) -> None:
+    def __init__(self, settings: AdminSettings, operator: audit_core.Operator) -> None:
         self.settings = settings
-        self.mongo = make_client(settings.mongodb_url, **settings.mongo_credentials())
+        self.operator = operator
+        self.mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms,
+                                 **settings.mongo_credentials())
         self.db = self.mongo[settings.mongodb_database]
         self._producer: Any = None
 
@@ -238,15 +325,56 @@ class Context:
         await self.mongo.close()
 
 
-async def run(args: argparse.Namespace, settings: AdminSettings) -> Any:
+def current_operator(settings: AdminSettings) -> audit_core.Operator:
+    try:
+        os_user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        os_user = "unknown"
+    return audit_core.operator(configured=settings.operator, os_user=os_user,
+                               host=socket.gethostname(), ssh_connection=settings.ssh_connection)
+
+
+async def run(args: argparse.Namespace, settings: AdminSettings,
+              operator: audit_core.Operator | None = None) -> Any:
     """Execute a parsed command; returns what to print."""
     if (args.group, args.command) == ("keys", "generate-encryption-key"):
         return {"key": commands.generate_encryption_key()}
-    ctx = Context(settings)
+    ctx = Context(settings, operator or current_operator(settings))
     try:
-        return await _dispatch(args, ctx)
+        if not audit_core.is_audited(args.group, args.command, vars(args)):
+            return await _dispatch(args, ctx)
+        return await _audited(args, ctx)
     finally:
         await ctx.close()
+
+
+async def _audited(args: argparse.Namespace, ctx: Context) -> Any:
+    """Run a command that changes something and append its audit entry, success or not."""
+    arguments = vars(args)
+
+    async def append(result: Any, error: BaseException | None) -> None:
+        now_ms = SystemClock().now_ms()
+        await audit.append(ctx.db, audit_core.entry(
+            entry_id=new_id(audit_core.AUDIT_ID_PREFIX, now_ms), operator=ctx.operator,
+            group=args.group, command=args.command, arguments=arguments, result=result,
+            error=error, now_ms=now_ms))
+
+    try:
+        result = await _dispatch(args, ctx)
+    except Exception as exc:
+        try:
+            await append(None, exc)
+        except PyMongoError as audit_error:
+            print(f"warning: the failed attempt could not be audited "
+                  f"({type(audit_error).__name__})", file=sys.stderr)
+        raise
+    try:
+        await append(result, None)
+    except PyMongoError as exc:
+        raise ServiceError("the command was carried out, but its audit entry could not be "
+                           f"written ({type(exc).__name__}); it is not reported as done",
+                           code="audit_write_failed") from exc
+    return result
 
 
 async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
@@ -266,11 +394,19 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await commands.list_accounts(db)
     if action == ("accounts", "update"):
         check = args.customer_service_window_check
+        emails = args.alert_emails
         return await commands.update_account(
             db, args.account_id,
-            customer_service_window_check=None if check is None else commands.core.on_off(check))
+            customer_service_window_check=None if check is None else commands.core.on_off(check),
+            alert_emails=None if emails is None else commands.core.alert_emails(emails),
+            low_balance_threshold=args.low_balance_threshold)
     if action == ("accounts", "show"):
         return await commands.show_account(db, args.account_id)
+    if action == ("accounts", "erase"):
+        if not args.yes:
+            raise ServiceError("erasing cannot be undone: add --yes", code="confirmation_required")
+        return await commands.erase_account(db, args.account_id,
+                                            pseudonym_key=ctx.settings.erasure_key())
     if action == ("wabas", "register"):
         return await commands.register_waba(db, account_id=args.account_id,
                                             waba_id=args.waba_id,
@@ -296,11 +432,13 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
     if action == ("keys", "list"):
         return await commands.list_keys(db, args.account_id)
     if action == ("credits", "topup"):
+        key = ctx.settings.topup_key()
         event = await commands.top_up(db, await ctx.producer(), account_id=args.account_id,
                                       amount=args.amount, note=args.note,
+                                      signing_key=key, operator=ctx.operator.label,
                                       topic_prefix=ctx.settings.topic_prefix)
         return {"event_id": event.event_id, "account_id": event.account_id,
-                "amount": event.amount, "unit": "micros",
+                "amount": event.amount, "unit": "micros", "operator": event.operator,
                 "note": "billing applies it shortly; see `hala balance show`"}
     if action == ("balance", "show"):
         return await commands.show_balance(db, args.account_id)
@@ -319,7 +457,49 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await commands.rotate_tokens(db, ctx.vault())
     if args.group == "dlq":
         return await _dlq(args, ctx)
+    if args.group == "webhooks":
+        return await _webhooks(args, ctx)
+    if action == ("audit", "list"):
+        since = (None if args.since is None
+                 else audit_core.since_ms(args.since, SystemClock().now_ms()))
+        return [audit_core.view(doc) for doc in await audit.entries(
+            db, account_id=args.account_id, since_ms=since, limit=args.limit)]
     raise AssertionError(f"unhandled command {action}")
+
+
+async def _webhooks(args: argparse.Namespace, ctx: Context) -> Any:
+    db, account, settings = ctx.db, args.account_id, ctx.settings
+    loopback = settings.allow_loopback_http
+    if args.command == "list":
+        return await webhooks.list_endpoints(db, account)
+    if args.command == "create":
+        return await webhooks.create_endpoint(
+            db, ctx.vault(), account_id=account, url=args.url, events=args.events,
+            format=args.format, description=args.description, allow_loopback_http=loopback)
+    endpoint_id = args.endpoint_id
+    if args.command == "show":
+        return await webhooks.show_endpoint(db, account, endpoint_id)
+    if args.command == "update":
+        given = {name: getattr(args, name) for name in ("url", "events", "enabled",
+                                                         "description")
+                 if getattr(args, name) is not None}
+        return await webhooks.update_endpoint(db, account, endpoint_id, given,
+                                              allow_loopback_http=loopback)
+    if args.command == "delete":
+        return await webhooks.delete_endpoint(db, account, endpoint_id)
+    if args.command == "rotate":
+        return await webhooks.rotate_secret(db, ctx.vault(), account, endpoint_id)
+    if args.command == "deliveries":
+        return await webhooks.list_deliveries(db, account, endpoint_id, args.limit)
+    if args.command == "test":
+        return await webhooks.send_test(db, await ctx.producer(), account, endpoint_id,
+                                        topic_prefix=settings.topic_prefix)
+    if args.command == "replay":
+        return await webhooks.replay(db, await ctx.producer(), account, endpoint_id,
+                                     since=args.since, until=args.until,
+                                     event_id=args.event_id,
+                                     topic_prefix=settings.topic_prefix)
+    raise AssertionError(f"unhandled command webhooks {args.command}")
 
 
 async def _dlq(args: argparse.Namespace, ctx: Context) -> Any:

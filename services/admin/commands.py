@@ -19,23 +19,43 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.admin import core
+from services.admin.core import from_ms
 from services.admin.graph import TemplateSource
 from shared.clock import Clock, SystemClock
 from shared.collections import (
     ACCOUNTS,
     API_KEYS,
+    AUDIT_LOG,
     BALANCES,
+    CONVERSATIONS,
+    DELIVERIES,
+    DELIVERY_ATTEMPTS,
     DLQ_REPLAYS,
+    EMAIL_ALERTS,
+    ENDPOINT_STATES,
+    IDEMPOTENCY_KEYS,
+    INBOUND_MESSAGES,
     LEDGER,
+    MEDIA,
+    MESSAGES,
+    NOTIFY_EVENTS,
+    NUMBER_STATES,
     PHONE_NUMBERS,
+    SEND_OUTCOMES,
+    SENDS,
     TEMPLATES,
+    TIER_USAGE,
+    USER_PREFERENCES,
     WABAS,
+    WAMID_INDEX,
+    WEBHOOK_ENDPOINTS,
     ensure_indexes,
 )
 from shared.errors import DependencyUnavailable, InvalidRequest, NotFound, PermanentError
 from shared.ids import new_id
 from shared.kafka import KafkaConfig, make_admin, make_consumer, publish
-from shared.messages import TOPUP_REQUESTED, TopUpRequested
+from shared.messages import TOPUP_REQUESTED, TopUpRequested, sign_top_up
+from shared.pseudonyms import keyed_hash
 from shared.secrets import TokenVault
 from shared.secrets import new_key as new_fernet_key
 
@@ -45,7 +65,7 @@ _SYSTEM_CLOCK = SystemClock()
 
 async def prepare(db: Db) -> None:
     """Indexes of the collections the CLI writes (idempotent)."""
-    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS)
+    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS, AUDIT_LOG)
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -63,10 +83,12 @@ async def create_account(db: Db, *, name: str, email: str, phone: str, business_
     return doc
 
 
-async def get_account(db: Db, account_id: str) -> dict[str, Any]:
+async def get_account(db: Db, account_id: str, *, erased_ok: bool = False) -> dict[str, Any]:
     doc = await db[ACCOUNTS].find_one({"_id": account_id})
     if doc is None:
         raise NotFound(f"no account {account_id}", code="unknown_account")
+    if doc.get("status") == ERASED and not erased_ok:
+        raise PermanentError(f"account {account_id} was erased", code="account_erased")
     return doc
 
 
@@ -79,17 +101,27 @@ async def set_account_status(db: Db, account_id: str, status: str) -> dict[str, 
 
 
 async def update_account(db: Db, account_id: str, *,
-                         customer_service_window_check: bool | None = None) -> dict[str, Any]:
+                         customer_service_window_check: bool | None = None,
+                         alert_emails: list[str] | None = None,
+                         low_balance_threshold: int | None = None) -> dict[str, Any]:
     """Change an account's settings: `customer_service_window_check` off lets free-form
     messages to contacts whose 24 h window is closed through ingest (Meta then refuses them
-    with 131047, after credit was reserved). ingest sees the change within its cache time."""
+    with 131047, after credit was reserved). ingest sees the change within its cache time.
+    `alert_emails`: where alerts go besides the account's email (notify's emails); an empty
+    list clears them. `low_balance_threshold` (micros): billing alerts when the available
+    credit falls below it, from its next refresh of the account (BILLING_THRESHOLD_REFRESH_S)."""
     await get_account(db, account_id)
     changes: dict[str, Any] = {}
     if customer_service_window_check is not None:
         changes["customer_service_window_check"] = customer_service_window_check
+    if alert_emails is not None:
+        changes["alert_emails"] = core.alert_emails(",".join(alert_emails))
+    if low_balance_threshold is not None:
+        changes["low_balance_threshold"] = core.low_balance_threshold(low_balance_threshold)
     if not changes:
         raise InvalidRequest("nothing to update: give a setting, e.g. "
-                             "--customer-service-window-check off", code="invalid_request")
+                             "--customer-service-window-check off, --alert-emails or "
+                             "--low-balance-threshold", code="invalid_request")
     await db[ACCOUNTS].update_one({"_id": account_id}, {"$set": changes})
     return await get_account(db, account_id)
 
@@ -103,7 +135,7 @@ async def find_accounts_by_name(db: Db, name: str) -> list[dict[str, Any]]:
 
 
 async def show_account(db: Db, account_id: str) -> dict[str, Any]:
-    account = await get_account(db, account_id)
+    account = await get_account(db, account_id, erased_ok=True)
     return {
         "account": account,
         "wabas": await db[WABAS].find({"account_id": account_id}).to_list(None),
@@ -111,6 +143,88 @@ async def show_account(db: Db, account_id: str) -> dict[str, Any]:
         "api_keys": len(await list_keys(db, account_id)),
         "balance": await show_balance(db, account_id),
     }
+
+
+# --- erasure --------------------------------------------------------------------------------
+
+ERASED = "erased"
+
+# The account's personal data, and its clients', wherever it is kept, by who writes it (read
+# from shared/collections.py's table): deleted by `account_id`.
+_BY_ACCOUNT = (API_KEYS, PHONE_NUMBERS, WABAS, MESSAGES, IDEMPOTENCY_KEYS, INBOUND_MESSAGES,
+               CONVERSATIONS, USER_PREFERENCES, MEDIA, SENDS, SEND_OUTCOMES, WAMID_INDEX,
+               WEBHOOK_ENDPOINTS, NOTIFY_EVENTS, EMAIL_ALERTS)
+# notify's per-endpoint records: by `account_id`, or by one of the account's endpoints.
+_BY_ENDPOINT = (ENDPOINT_STATES, DELIVERIES, DELIVERY_ATTEMPTS)
+
+
+async def erase_account(db: Db, account_id: str, *, pseudonym_key: bytes,
+                        clock: Clock = _SYSTEM_CLOCK) -> dict[str, Any]:
+    """Remove the account's personal data everywhere and keep its ledger under a pseudonym.
+
+    The account must be suspended first (ingest then refuses it) and hold no reserved credit
+    (no message in flight will settle). Its profile becomes a tombstone (`status: erased`,
+    the pseudonym, no personal field); its keys, numbers and their tokens, WABAs, templates,
+    messages and their recipients and content, idempotency records, inbound messages,
+    conversations, user preferences, media records, sends, wamids, number states, tier usage,
+    webhook endpoints and notify's records of them are deleted; its ledger entries and balance
+    are moved to the pseudonym (HMAC-SHA256 of the account id under HALA_PSEUDONYM_KEY), so the
+    amounts still add up. The audit log keeps no personal data (arguments are redacted), so it
+    is left as it is (append-only).
+
+    Idempotent: a run that stopped half-way is finished by the next one, and a run after a
+    finished one changes nothing (every count is 0)."""
+    account = await get_account(db, account_id, erased_ok=True)
+    pseudonym = keyed_hash(account_id, pseudonym_key)
+    already = account.get("status") == ERASED
+    if not already:
+        if account.get("status") != "suspended":
+            raise PermanentError("suspend the account first (`hala accounts suspend`): ingest "
+                                 "must be refusing it before its data goes",
+                                 code="account_not_suspended")
+        balance = await db[BALANCES].find_one({"_id": account_id}) or {}
+        if int(balance.get("reserved", 0)):
+            raise PermanentError("messages in flight still hold reserved credit; erase once "
+                                 "they settle", code="reservations_open",
+                                 details={"reserved": int(balance["reserved"])})
+    changed: dict[str, int] = {}
+    if not already:
+        # First: the profile goes at once, and billing's reconciler learns the pseudonym
+        # before the ledger moves to it.
+        await db[ACCOUNTS].replace_one({"_id": account_id}, {
+            "_id": account_id, "status": ERASED, "pseudonym": pseudonym,
+            "erased_at": from_ms(clock.now_ms()), "created_at": account.get("created_at")})
+        changed[ACCOUNTS] = 1
+    waba_ids = [d["_id"] async for d in db[WABAS].find({"account_id": account_id}, {"_id": 1})]
+    phone_ids = [d["_id"] async for d in db[PHONE_NUMBERS].find({"account_id": account_id},
+                                                                {"_id": 1})]
+    portfolios = [d["portfolio_id"] async for d in db[WABAS].find(
+        {"account_id": account_id, "portfolio_id": {"$exists": True}}, {"portfolio_id": 1})]
+    endpoints = [d["_id"] async for d in db[WEBHOOK_ENDPOINTS].find(
+        {"account_id": account_id}, {"_id": 1})]
+    deletions: list[tuple[str, dict[str, Any]]] = [
+        (TEMPLATES, {"waba_id": {"$in": waba_ids}}),
+        (NUMBER_STATES, {"_id": {"$in": [*phone_ids, *(f"waba:{w}" for w in waba_ids)]}}),
+        (TIER_USAGE, {"portfolio_id": {"$in": portfolios}}),
+        *((name, {"$or": [{"account_id": account_id}, {"endpoint_id": {"$in": endpoints}},
+                          {"_id": {"$in": endpoints}}]}) for name in _BY_ENDPOINT),
+        *((name, {"account_id": account_id}) for name in _BY_ACCOUNT),
+    ]
+    for name, query in deletions:
+        changed[name] = (await db[name].delete_many(query)).deleted_count
+    moved = await db[LEDGER].update_many({"account_id": account_id},
+                                         {"$set": {"account_id": pseudonym}})
+    changed[LEDGER] = moved.modified_count
+    balance_doc = await db[BALANCES].find_one({"_id": account_id})
+    changed[BALANCES] = 0
+    if balance_doc is not None:
+        await db[BALANCES].replace_one({"_id": pseudonym}, {**balance_doc, "_id": pseudonym},
+                                       upsert=True)
+        await db[BALANCES].delete_one({"_id": account_id})
+        changed[BALANCES] = 1
+    return {"account_id": account_id, "pseudonym": pseudonym, "already_erased": already,
+            "changed": {k: v for k, v in changed.items() if v},
+            "unchanged": not any(changed.values())}
 
 
 # --- WABAs and phone numbers ----------------------------------------------------------------
@@ -200,17 +314,19 @@ def generate_encryption_key() -> str:
 # --- credit ---------------------------------------------------------------------------------
 
 async def top_up(db: Db, producer: AIOKafkaProducer, *, account_id: str, amount: int,
-                 note: str = "", topic_prefix: str = "", event_id: str | None = None,
+                 signing_key: bytes, operator: str = "", note: str = "",
+                 topic_prefix: str = "", event_id: str | None = None,
                  clock: Clock = _SYSTEM_CLOCK) -> TopUpRequested:
-    """Ask billing to add credit. A caller that retries passes the same `event_id`: billing
-    applies each event id once."""
+    """Ask billing to add credit, as `operator`, signed with the key billing verifies. A caller
+    that retries passes the same `event_id`: billing applies each event id once."""
     if amount <= 0:
         raise InvalidRequest("the amount must be a positive number of micros",
                              code="invalid_field", details={"field": "amount"})
     await get_account(db, account_id)
     now_ms = clock.now_ms()
-    event = TopUpRequested(event_id=event_id or new_id("topup", now_ms), account_id=account_id,
-                           amount=amount, requested_at=now_ms, note=note)
+    event = sign_top_up(TopUpRequested(
+        event_id=event_id or new_id("topup", now_ms), account_id=account_id, amount=amount,
+        requested_at=now_ms, note=note, operator=operator), signing_key)
     await publish(producer, TOPUP_REQUESTED, event, topic_prefix)
     return event
 
@@ -262,7 +378,8 @@ async def list_templates(db: Db, waba_id: str) -> list[dict[str, Any]]:
 
 
 async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
-    """Re-encrypt every access token under the newest key (then the old key can be dropped)."""
+    """Re-encrypt every access token, and every webhook endpoint secret, under the newest key
+    (then the old key can be dropped)."""
     rotated = 0
     async for doc in db[PHONE_NUMBERS].find({"access_token_encrypted": {"$exists": True}},
                                             {"access_token_encrypted": 1}):
@@ -270,7 +387,15 @@ async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
         await db[PHONE_NUMBERS].update_one({"_id": doc["_id"]},
                                            {"$set": {"access_token_encrypted": fresh}})
         rotated += 1
-    return {"rotated": rotated}
+    secrets_rotated = 0
+    async for doc in db[WEBHOOK_ENDPOINTS].find({}, {"secrets": 1}):
+        secrets = [{**entry, "encrypted": vault.rotate(entry["encrypted"])}
+                   for entry in doc.get("secrets", [])]
+        if secrets:
+            await db[WEBHOOK_ENDPOINTS].update_one({"_id": doc["_id"]},
+                                                   {"$set": {"secrets": secrets}})
+            secrets_rotated += len(secrets)
+    return {"rotated": rotated, "webhook_secrets_rotated": secrets_rotated}
 
 
 # --- dead letters ---------------------------------------------------------------------------

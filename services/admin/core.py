@@ -110,8 +110,38 @@ def account_doc(*, account_id: str, name: str, email: str, phone: str, business_
             "business_name": business_name.strip(),
             "fb_business_manager_id": fb_business_manager_id, "status": "active",
             "low_balance_threshold": low_balance_threshold,
+            # where alerts go besides `email` (notify; `hala accounts update --alert-emails`)
+            "alert_emails": [],
             # ingest refuses free-form messages to contacts whose 24 h window is closed
             "customer_service_window_check": True, "created_at": from_ms(now_ms)}
+
+
+MAX_ALERT_EMAILS = 10
+
+
+def alert_emails(value: str) -> list[str]:
+    """`a@x.example,b@y.example` as the account's alert addresses (notify emails them and the
+    account's own email); empty clears the list. Duplicates are dropped (case-insensitively)."""
+    addresses = [a.strip() for a in value.split(",") if a.strip()]
+    for address in addresses:
+        if not _EMAIL.match(address):
+            raise InvalidRequest(f"{address!r} is not an email address", code="invalid_field",
+                                 details={"field": "alert_emails"})
+    first: dict[str, str] = {}
+    for address in addresses:
+        first.setdefault(address.lower(), address)
+    unique = list(first.values())
+    if len(unique) > MAX_ALERT_EMAILS:
+        raise InvalidRequest(f"at most {MAX_ALERT_EMAILS} alert addresses",
+                             code="invalid_field", details={"field": "alert_emails"})
+    return unique
+
+
+def low_balance_threshold(value: int) -> int:
+    if value < 0:
+        raise InvalidRequest("the low balance threshold cannot be negative",
+                             code="invalid_field", details={"field": "low_balance_threshold"})
+    return value
 
 
 def on_off(value: str) -> bool:

@@ -30,7 +30,9 @@ import faust
 from faust.types import EventT
 from mode import Service
 
+from services.billing.accounts import AccountThresholds, MongoErasedAccounts
 from services.billing.balances import Balances
+from services.billing.checkpoints import MongoCheckpoints
 from services.billing.ledger import Ledger
 from services.billing.publisher import KafkaPublisher, Record
 from services.billing.reconcile import Reconciler
@@ -75,7 +77,8 @@ class BillingRuntime(Service):
         # more would only add its delay to every batch.
         self._producer = make_producer(settings.kafka, linger_ms=0)
         await start_with_retry(self._producer)
-        self._mongo = make_client(settings.mongodb_url, **settings.mongo_credentials())
+        self._mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms,
+                                  **settings.mongo_credentials())
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
@@ -87,11 +90,18 @@ class BillingRuntime(Service):
             retry_first_delay_s=settings.retry_first_delay_s,
             retry_max_delay_s=settings.retry_max_delay_s,
             reservation_cache_size=settings.reservation_cache_size,
-            balance_cache_size=settings.balance_cache_size)
-        self.reconciler = Reconciler(ledger, balances)
+            balance_cache_size=settings.balance_cache_size,
+            thresholds=AccountThresholds(db), threshold_refresh_s=settings.threshold_refresh_s,
+            top_up_key=settings.topup_key_bytes())
+        checkpoints = MongoCheckpoints(db)
+        self.reconciler = Reconciler(
+            ledger, balances, SystemClock(), checkpoints, erased=MongoErasedAccounts(db),
+            page_size=settings.reconcile_page_size,
+            settle_margin_ms=int(settings.reconcile_settle_margin_s * 1000))
         self.sweeper = ReservationSweeper(
-            ledger, publisher, SystemClock(),
-            horizon_ms=int(settings.reservation_horizon_s * 1000))
+            ledger, publisher, SystemClock(), checkpoints,
+            horizon_ms=int(settings.reservation_horizon_s * 1000),
+            page_size=settings.sweep_page_size)
         producer, mongo = self._producer, self._mongo
         checks = {"kafka": lambda: kafka_ready(producer), "mongodb": lambda: mongo_ready(mongo)}
         self._ops_runner = await start_site(make_ops_app(SERVICE, checks), settings.ops_host,

@@ -17,6 +17,10 @@ Money is integer micros. Amounts in entries:
   charge   amount = Meta's price; reserved_amount = the reservation it closes
   release  amount = reserved_amount = the reservation returned
   topup    amount = the credit added                  available += amount
+           (available_after = the balance right after it, for BalanceToppedUp)
+
+The low-balance threshold is the account's own (`accounts.low_balance_threshold`, set by the
+admin CLI): the worker reads it and `with_threshold` applies it to the balance before deciding.
 """
 
 from __future__ import annotations
@@ -29,15 +33,18 @@ import msgspec
 
 from shared.errors import InvalidRequest
 from shared.messages import (
+    BALANCE_TOPPED_UP,
     LOW_BALANCE_ALERTED,
     SEND_APPROVED,
     STATUS_CHANGED,
+    BalanceToppedUp,
     LowBalanceAlerted,
     SendApproved,
     SendRequested,
     StatusChanged,
     Topic,
     TopUpRequested,
+    top_up_signature_valid,
 )
 from shared.pricing import RateCard
 
@@ -91,6 +98,17 @@ class Balance:
         return offset <= self.applied.get(source, -1)
 
 
+def with_threshold(balance: Balance, threshold: int) -> Balance:
+    """The balance under the account's current low-balance threshold. At or above the new
+    threshold the alert is armed (the next fall below it alerts once); below it, the alert keeps
+    its state: armed, the next movement that leaves the balance below the threshold alerts;
+    already alerted, nothing more until the balance has been back above it."""
+    if threshold == balance.low_balance_threshold:
+        return balance
+    armed = balance.low_balance_armed or balance.available >= threshold
+    return replace(balance, low_balance_threshold=threshold, low_balance_armed=armed)
+
+
 @dataclass(frozen=True)
 class LowBalanceNotice:
     """A fall below the threshold, kept on the entry that caused it so a replay can re-send it."""
@@ -117,6 +135,9 @@ class LedgerEntry:
     region: str = ""
     rate_card_version: str = ""
     low_balance: LowBalanceNotice | None = None
+    # A top-up's: the available credit right after it (BalanceToppedUp says it; kept on the
+    # entry so that a replay publishes the same event again).
+    available_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,11 @@ class Decision:
     entries: tuple[LedgerEntry, ...] = ()  # to insert before the balance is written
     outputs: tuple[Output, ...] = ()  # to publish after the balance is written
     applied: LedgerEntry | None = None  # the entry whose effect `balance` adds (new or resumed)
+
+
+def topped_up_event_id(top_up_event_id: str) -> str:
+    """BalanceToppedUp's id: one per top-up, whatever publishes it again."""
+    return f"{top_up_event_id}:applied"
 
 
 def reserve_key(message_id: str) -> str:
@@ -170,14 +196,17 @@ def settlement_for(event: StatusChanged) -> Settlement | None:
 
 def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card: RateCard,
            now: int, reservation: LedgerEntry | None = None,
-           existing: LedgerEntry | None = None) -> Decision:
+           existing: LedgerEntry | None = None, top_up_key: bytes = b"") -> Decision:
     """Decide what `event`, read at `position`, does to `balance`.
 
     `reservation` is the message's reserve entry (for a StatusChanged); `existing` is the entry
-    already stored under `entry_key(event)`, when there is one.
+    already stored under `entry_key(event)`, when there is one. A new top-up must be signed
+    under `top_up_key` (the admin tool's key): anything else is refused (InvalidRequest
+    `unsigned_top_up`: dead-lettered, no money moves).
     """
     if balance.has_applied(position.source, position.offset):
-        outputs = _outputs_of(existing, event, position) if existing is not None else ()
+        outputs = (_outputs_of(existing, event, position, balance.currency)
+                   if existing is not None else ())
         return Decision("replayed", outputs=outputs)
     if existing is not None:
         return _resume_or_skip(balance, existing, event, position)
@@ -185,17 +214,19 @@ def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card
         return _reserve(balance, event, position, rate_card, now)
     if isinstance(event, StatusChanged):
         return _settle(balance, event, position, rate_card, now, reservation)
-    return _top_up(balance, event, position, now)
+    return _top_up(balance, event, position, now, top_up_key)
 
 
 def _resume_or_skip(balance: Balance, existing: LedgerEntry, event: InputEvent,
                     position: Position) -> Decision:
     if balance.has_applied(existing.source, existing.source_offset):
         # The same request again (e.g. republished after a producer crash): already counted.
-        return Decision("duplicate", outputs=_outputs_of(existing, event, position))
+        return Decision("duplicate",
+                        outputs=_outputs_of(existing, event, position, balance.currency))
     # Our own earlier attempt wrote the entry, then stopped before the balance: finish it.
     return Decision(_OUTCOME_OF_KIND[existing.kind], balance=_apply(balance, existing, position),
-                    outputs=_outputs_of(existing, event, position), applied=existing)
+                    outputs=_outputs_of(existing, event, position, balance.currency),
+                    applied=existing)
 
 
 def _reserve(balance: Balance, event: SendRequested, position: Position, rate_card: RateCard,
@@ -234,7 +265,13 @@ def _settle(balance: Balance, event: StatusChanged, position: Position, rate_car
     return _record(balance, entry, event, position, now)
 
 
-def _top_up(balance: Balance, event: TopUpRequested, position: Position, now: int) -> Decision:
+def _top_up(balance: Balance, event: TopUpRequested, position: Position, now: int,
+            key: bytes) -> Decision:
+    if not top_up_signature_valid(event, key):
+        raise InvalidRequest("a top-up must be signed by the admin tool's key "
+                             "(HALA_TOPUP_SIGNING_KEY)", code="unsigned_top_up",
+                             details={"event_id": event.event_id,
+                                      "signed": bool(event.signature)})
     if event.amount <= 0:
         raise InvalidRequest("a top-up adds a positive amount", code="invalid_top_up",
                              details={"event_id": event.event_id})
@@ -247,12 +284,16 @@ def _top_up(balance: Balance, event: TopUpRequested, position: Position, now: in
 def _record(balance: Balance, entry: LedgerEntry, event: InputEvent, position: Position,
             now: int) -> Decision:
     available, _ = _moved(balance, entry)
+    if entry.kind == "topup":
+        entry = replace(entry, available_after=available)
     if balance.low_balance_armed and available < balance.low_balance_threshold:
         entry = replace(entry, low_balance=LowBalanceNotice(
             crossing=balance.low_balance_crossings + 1, available=available,
             threshold=balance.low_balance_threshold, occurred_at=now))
     return Decision(_OUTCOME_OF_KIND[entry.kind], balance=_apply(balance, entry, position),
-                    entries=(entry,), outputs=_outputs_of(entry, event, position), applied=entry)
+                    entries=(entry,), outputs=_outputs_of(entry, event, position,
+                                                          balance.currency),
+                    applied=entry)
 
 
 def _moved(balance: Balance, entry: LedgerEntry) -> tuple[int, int]:
@@ -284,8 +325,10 @@ def _apply(balance: Balance, entry: LedgerEntry, position: Position) -> Balance:
                    low_balance_crossings=crossings, applied=applied)
 
 
-def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position
+def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position, currency: str
                 ) -> tuple[Output, ...]:
+    """What an entry says to the rest of the platform. Derived from the entry alone (and the
+    event that caused it): a replay or a duplicate publishes the same events, same ids."""
     outputs: list[Output] = []
     if isinstance(event, SendRequested) and entry.kind == "reserve":
         outputs.append(Output(SEND_APPROVED, SendApproved(
@@ -297,6 +340,12 @@ def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position
             account_id=event.account_id, status="rejected", occurred_at=entry.at,
             source="billing", phone_number_id=event.phone_number_id,
             recipient_region=event.recipient_region, reason=INSUFFICIENT_CREDIT)))
+    elif (isinstance(event, TopUpRequested) and entry.kind == "topup"
+          and entry.available_after is not None):  # entries from before it was kept: none
+        outputs.append(Output(BALANCE_TOPPED_UP, BalanceToppedUp(
+            event_id=topped_up_event_id(entry.source_event_id), account_id=entry.account_id,
+            amount=entry.amount, available=entry.available_after, currency=currency,
+            note=event.note, occurred_at=entry.at)))
     # The alert belongs to the event that caused the fall, not to later duplicates of it.
     notice = entry.low_balance
     if notice is not None and (entry.source, entry.source_offset) == (position.source,

@@ -7,7 +7,7 @@ attempt).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +30,30 @@ class EntryAmounts:
     reserved_amount: int
     source: str
     source_offset: int
+    at: int = 0
+    key: str = ""
 
 
-AMOUNT_FIELDS = {"_id": 0, "account_id": 1, "kind": 1, "amount": 1, "reserved_amount": 1,
-                 "source": 1, "source_offset": 1}
+AMOUNT_FIELDS = {"_id": 1, "account_id": 1, "kind": 1, "amount": 1, "reserved_amount": 1,
+                 "source": 1, "source_offset": 1, "at": 1}
+
+# Where a paged reader of the ledger got to: the (at, _id) of the last entry it read. Entries
+# are read in (at, _id) order; an entry is written within seconds of its `at` (billing's clock
+# when it decided), so a reader that stays a margin behind the present never misses one.
+LedgerPosition = tuple[int, str]
+
+
+def after(position: LedgerPosition | None) -> dict[str, Any]:
+    """The filter for entries after `position` in (at, _id) order."""
+    if position is None:
+        return {}
+    at, key = position
+    return {"$or": [{"at": {"$gt": at}}, {"at": at, "_id": {"$gt": key}}]}
+
+
+def _both(*filters: dict[str, Any]) -> dict[str, Any]:
+    present = [f for f in filters if f]
+    return present[0] if len(present) == 1 else {"$and": present} if present else {}
 
 
 class Ledger:
@@ -80,28 +100,47 @@ class Ledger:
         with translated():
             await self._entries.delete_one({"_id": key})
 
-    async def amounts(self, chunk: int = 500) -> AsyncIterator[EntryAmounts]:
-        """Every entry, with only what the reconciler sums, read in chunks of `chunk`."""
+    async def amounts_of(self, key: str) -> EntryAmounts | None:
         with translated():
-            cursor = self._entries.find({}, AMOUNT_FIELDS, batch_size=chunk)
-            async for document in cursor:
-                yield EntryAmounts(
-                    account_id=document["account_id"], kind=document["kind"],
-                    amount=int(document["amount"]),
-                    reserved_amount=int(document.get("reserved_amount", 0)),
-                    source=document["source"], source_offset=int(document["source_offset"]))
+            document = await self._entries.find_one({"_id": key}, AMOUNT_FIELDS)
+        return None if document is None else _amounts(document)
 
-    async def reserves_before(self, cutoff: int) -> list[LedgerEntry]:
-        """Reserve entries written at or before `cutoff` (ms), settled or not."""
+    async def reserves_page(self, position: LedgerPosition | None, cutoff: int,
+                            limit: int) -> list[LedgerEntry]:
+        """Up to `limit` reserve entries written at or before `cutoff` (ms) and after
+        `position`, in (at, _id) order: one page of the reservation sweeper."""
+        query = _both({"kind": "reserve", "at": {"$lte": cutoff}}, after(position))
         with translated():
-            documents = await self._entries.find(
-                {"kind": "reserve", "at": {"$lte": cutoff}}).to_list(None)
+            documents = await (self._entries.find(query).sort(_ORDER).limit(limit)
+                               .to_list(None))
         return [entry_from_document(d) for d in documents]
+
+    async def amounts_page(self, position: LedgerPosition | None, limit: int,
+                           until_at: int | None = None) -> list[EntryAmounts]:
+        """Up to `limit` entries after `position` (and at or before `until_at`), in (at, _id)
+        order, with only what the reconciler sums."""
+        query = _both(after(position), {} if until_at is None else {"at": {"$lte": until_at}})
+        with translated():
+            documents = await (self._entries.find(query, AMOUNT_FIELDS).sort(_ORDER)
+                               .limit(limit).to_list(None))
+        return [_amounts(d) for d in documents]
 
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         with translated():
             documents = await self._entries.find({"account_id": account_id}).to_list(None)
         return [entry_from_document(d) for d in documents]
+
+
+_ORDER = [("at", 1), ("_id", 1)]
+
+
+def _amounts(document: dict[str, Any]) -> EntryAmounts:
+    return EntryAmounts(
+        account_id=document["account_id"], kind=document["kind"],
+        amount=int(document["amount"]),
+        reserved_amount=int(document.get("reserved_amount", 0)),
+        source=document["source"], source_offset=int(document["source_offset"]),
+        at=int(document.get("at", 0)), key=str(document["_id"]))
 
 
 def entry_to_document(entry: LedgerEntry) -> dict[str, Any]:
@@ -116,6 +155,7 @@ def entry_to_document(entry: LedgerEntry) -> dict[str, Any]:
         "low_balance": None if notice is None else {
             "crossing": notice.crossing, "available": notice.available,
             "threshold": notice.threshold, "occurred_at": notice.occurred_at},
+        "available_after": entry.available_after,
     }
 
 
@@ -132,4 +172,6 @@ def entry_from_document(document: dict[str, Any]) -> LedgerEntry:
         low_balance=None if notice is None else LowBalanceNotice(
             crossing=int(notice["crossing"]), available=int(notice["available"]),
             threshold=int(notice["threshold"]), occurred_at=int(notice["occurred_at"])),
+        available_after=(None if document.get("available_after") is None
+                         else int(document["available_after"])),
     )

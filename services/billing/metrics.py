@@ -12,6 +12,8 @@ CHARGED_MICROS = Counter("billing_charged_micros_total",
                          "Micros of account currency charged for delivered messages.")
 REFUNDS = Counter("billing_refunds_total",
                   "Reservations released (failed, expired, rejected or free messages).")
+TOPUPS = Counter("billing_topups_total",
+                 "Top-ups applied (each announced once as BalanceToppedUp).")
 LOW_BALANCE_ALERTS = Counter("billing_low_balance_alerts_total",
                              "Accounts whose available credit fell below their threshold.")
 EVENTS = Counter("billing_events_total", "Input events billing finished with, by outcome.",

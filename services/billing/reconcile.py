@@ -6,24 +6,47 @@ settled. The drift is what separates them, in absolute micros; anything but zero
 Entries are written before the balance that applies them, so a reading taken while a batch is
 half-way can show entries the balance does not have yet. Reading the balances first settles it:
 an entry written after that reading comes from an offset the balance has not applied, and so is
-left out. One pass is one read of the balances and one scan of the ledger, streamed in chunks
-with only the fields the sums need (FerretDB scans the whole collection for any query but an
-`_id` lookup, so one scan is the least a pass can cost).
+left out.
+
+It works incrementally (a pass used to scan the whole ledger every two minutes):
+
+- the totals of every entry up to a position in (at, _id) order are kept in
+  `billing_checkpoints` with the position; a pass first folds the entries that have become
+  older than `settle_margin_ms` into them, page by page, saving after each page;
+- an entry older than the margin that its balance has not applied (a balance behind, or an
+  entry left by a bug) is kept aside by key and looked at again on every pass, until it is
+  applied (then folded) or gone (the worker removes an entry it gave up on);
+- the tail (entries after the position: the last few minutes) is read in pages and added to a
+  copy of the totals for this pass only.
+
+So a pass reads the balances, a page or a few of new entries and the tail, not the ledger;
+memory holds one page and one set of totals per account. Entries are written within seconds of
+their `at` (billing's clock when it decided; a database operation has a deadline), so the
+margin keeps late writes from landing behind the position.
+
+An account erased by `hala accounts erase` has its entries and balance moved to a pseudonym:
+the totals kept under its old id move with them (the erased accounts are read each pass).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 from services.billing.balances import Balances
+from services.billing.checkpoints import CheckpointStore
 from services.billing.core import Balance
-from services.billing.ledger import EntryAmounts, Ledger
+from services.billing.ledger import EntryAmounts, LedgerPosition
 from services.billing.metrics import LEDGER_DRIFT
+from shared.clock import Clock
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+JOB = "reconcile"
+SETTLE_MARGIN_MS = 5 * 60_000
 
 
 @dataclass
@@ -51,6 +74,10 @@ class LedgerTotals:
             if entry.kind == "charge":
                 self.charges += entry.amount
 
+    def plus(self, other: LedgerTotals) -> LedgerTotals:
+        return LedgerTotals(*(getattr(self, f.name) + getattr(other, f.name)
+                              for f in fields(LedgerTotals)))
+
 
 def totals_from_entries(entries: Iterable[EntryAmounts], balance: Balance | None) -> LedgerTotals:
     """Totals of the entries `balance` has applied (all of them count when it has)."""
@@ -73,32 +100,120 @@ class Reconciliation:
     accounts: int
     drift: int  # summed over accounts
     drifting_accounts: tuple[str, ...]
-    entries: int = 0  # ledger entries read
+    entries: int = 0  # ledger entries read by this pass (folded, rechecked and tail)
     pending: int = field(default=0)  # entries written but not applied by their balance yet
+    folded: int = 0  # entries added to the kept totals by this pass
+
+
+class AmountsLedger(Protocol):
+    async def amounts_page(self, position: LedgerPosition | None, limit: int,
+                           until_at: int | None = None) -> list[EntryAmounts]: ...
+
+    async def amounts_of(self, key: str) -> EntryAmounts | None: ...
+
+
+class ErasedAccounts(Protocol):
+    async def pseudonyms(self) -> dict[str, str]:
+        """Erased accounts: old account id -> the pseudonym their ledger is kept under."""
+        ...
+
+
+class NoErasures:
+    async def pseudonyms(self) -> dict[str, str]:
+        return {}
+
+
+@dataclass
+class _Checkpoint:
+    position: LedgerPosition | None = None
+    totals: dict[str, LedgerTotals] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, state: Mapping[str, Any] | None) -> _Checkpoint:
+        if not state:
+            return cls()
+        position = state.get("position")
+        return cls(
+            position=(int(position["at"]), str(position["key"])) if position else None,
+            totals={t["account_id"]: LedgerTotals(
+                topups=int(t["topups"]), charges=int(t["charges"]),
+                reserves=int(t["reserves"]), settled_reservations=int(t["settled"]))
+                for t in state.get("totals", [])},
+            pending=set(state.get("pending", [])))
+
+    def dump(self, now: int) -> dict[str, Any]:
+        return {
+            "position": None if self.position is None else {"at": self.position[0],
+                                                            "key": self.position[1]},
+            "totals": [{"account_id": a, "topups": t.topups, "charges": t.charges,
+                        "reserves": t.reserves, "settled": t.settled_reservations}
+                       for a, t in sorted(self.totals.items())],
+            "pending": sorted(self.pending),
+            "updated_at": now,
+        }
+
+    def rename(self, pseudonyms: Mapping[str, str]) -> bool:
+        moved = False
+        for old, new in pseudonyms.items():
+            totals = self.totals.pop(old, None)
+            if totals is not None:
+                self.totals[new] = self.totals.get(new, LedgerTotals()).plus(totals)
+                moved = True
+        return moved
 
 
 class Reconciler:
-    def __init__(self, ledger: Ledger, balances: Balances) -> None:
+    def __init__(self, ledger: AmountsLedger, balances: Balances, clock: Clock,
+                 checkpoints: CheckpointStore, *, erased: ErasedAccounts | None = None,
+                 page_size: int = 1000, settle_margin_ms: int = SETTLE_MARGIN_MS) -> None:
         self._ledger = ledger
         self._balances = balances
+        self._clock = clock
+        self._checkpoints = checkpoints
+        self._erased = erased or NoErasures()
+        self._page_size = page_size
+        self._margin_ms = settle_margin_ms
+        # Pages read by the last pass (for tests and the log): the work a pass does.
+        self.pages_read: list[int] = []
 
     async def run_once(self) -> Reconciliation:
         started = time.perf_counter()
+        now = self._clock.now_ms()
+        self.pages_read = []
         balances = {b.account_id: b for b in await self._balances.all()}  # first: see above
-        totals: dict[str, LedgerTotals] = {a: LedgerTotals() for a in balances}
-        entries = pending = 0
-        async for entry in self._ledger.amounts():
-            entries += 1
-            balance = balances.get(entry.account_id)
-            account_totals = totals.setdefault(entry.account_id, LedgerTotals())
-            if balance is None or not balance.has_applied(entry.source, entry.source_offset):
-                pending += 1
-                continue
-            account_totals.add(entry)
+        checkpoint = _Checkpoint.load(await self._checkpoints.load(JOB))
+        changed = checkpoint.rename(await self._erased.pseudonyms())
+
+        folded = await self._fold(checkpoint, balances, until_at=now - self._margin_ms, now=now)
+        rechecked = len(checkpoint.pending)
+        changed |= await self._recheck_pending(checkpoint, balances)
+        if changed:
+            await self._checkpoints.save(JOB, checkpoint.dump(now))
+
+        tail: dict[str, LedgerTotals] = {}
+        tail_entries = pending = 0
+        position = checkpoint.position
+        while True:
+            page = await self._page(position)
+            for entry in page:
+                balance = balances.get(entry.account_id)
+                if balance is None or not balance.has_applied(entry.source, entry.source_offset):
+                    pending += 1
+                    continue
+                tail.setdefault(entry.account_id, LedgerTotals()).add(entry)
+            tail_entries += len(page)
+            if len(page) < self._page_size:
+                break
+            position = (page[-1].at, page[-1].key)
+
+        accounts = set(balances) | set(checkpoint.totals) | set(tail)
         drifts: dict[str, int] = {}
-        for account_id, account_totals in totals.items():
+        for account_id in accounts:
+            totals = checkpoint.totals.get(account_id, LedgerTotals()).plus(
+                tail.get(account_id, LedgerTotals()))
             balance = balances.get(account_id)
-            amount = drift(balance, account_totals)
+            amount = drift(balance, totals)
             if amount:
                 drifts[account_id] = amount
                 log.error("ledger_drift_detected", account_id=account_id, drift_micros=amount,
@@ -106,9 +221,58 @@ class Reconciler:
                           reserved=balance.reserved if balance else 0)
         total = sum(drifts.values())
         LEDGER_DRIFT.set(total)
-        log.info("ledger_reconciled", accounts=len(totals), drift_micros=total,
-                 entries=entries, pending=pending, outcome="drift" if total else "ok",
+        pending += len(checkpoint.pending)
+        entries = folded + rechecked + tail_entries
+        log.info("ledger_reconciled", accounts=len(accounts), drift_micros=total,
+                 entries=entries, folded=folded, pending=pending, pages=len(self.pages_read),
+                 outcome="drift" if total else "ok",
                  duration_ms=round((time.perf_counter() - started) * 1000, 1))
-        return Reconciliation(accounts=len(totals), drift=total,
+        return Reconciliation(accounts=len(accounts), drift=total,
                               drifting_accounts=tuple(sorted(drifts)), entries=entries,
-                              pending=pending)
+                              pending=pending, folded=folded)
+
+    async def _page(self, position: LedgerPosition | None,
+                    until_at: int | None = None) -> list[EntryAmounts]:
+        page = await self._ledger.amounts_page(position, self._page_size, until_at)
+        self.pages_read.append(len(page))
+        return page
+
+    async def _fold(self, checkpoint: _Checkpoint, balances: Mapping[str, Balance], *,
+                    until_at: int, now: int) -> int:
+        """Add the entries older than the margin to the kept totals, a page at a time, saving
+        the checkpoint after each page."""
+        folded = 0
+        while True:
+            page = await self._page(checkpoint.position, until_at)
+            if not page:
+                return folded
+            for entry in page:
+                balance = balances.get(entry.account_id)
+                if balance is not None and balance.has_applied(entry.source,
+                                                               entry.source_offset):
+                    checkpoint.totals.setdefault(entry.account_id, LedgerTotals()).add(entry)
+                else:
+                    checkpoint.pending.add(entry.key)
+            checkpoint.position = (page[-1].at, page[-1].key)
+            folded += len(page)
+            await self._checkpoints.save(JOB, checkpoint.dump(now))
+            if len(page) < self._page_size:
+                return folded
+
+    async def _recheck_pending(self, checkpoint: _Checkpoint,
+                               balances: Mapping[str, Balance]) -> bool:
+        """Entries behind the position that their balance had not applied: fold the ones it
+        has applied since, forget the ones that are gone."""
+        changed = False
+        for key in sorted(checkpoint.pending):
+            entry = await self._ledger.amounts_of(key)
+            if entry is None:
+                checkpoint.pending.discard(key)
+                changed = True
+                continue
+            balance = balances.get(entry.account_id)
+            if balance is not None and balance.has_applied(entry.source, entry.source_offset):
+                checkpoint.totals.setdefault(entry.account_id, LedgerTotals()).add(entry)
+                checkpoint.pending.discard(key)
+                changed = True
+        return changed

@@ -1,5 +1,9 @@
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.secret_defaults import DEVELOPMENT_TOPUP_SIGNING_KEY, resolve_secret
 from shared.settings import ServiceSettings
 
 
@@ -15,11 +19,18 @@ class BillingSettings(ServiceSettings):
     faust_store: str = "memory://"
     # faust creates `<app id>-data` here even without tables (default: the working directory).
     faust_datadir: str = ".run/billing"
-    # A new account's low-balance threshold, in micros of the account currency.
+    # The low-balance threshold of an account that has none of its own
+    # (`accounts.low_balance_threshold`), in micros of the account currency.
     low_balance_threshold: int = 1_000_000
-    # How often the reconciler compares the ledger with the balances. A pass scans the whole
-    # ledger (FerretDB pushes down nothing but `_id` lookups): ~2 s per 20 000 entries here.
+    # How long an account's own threshold is used before it is read again: a change by
+    # `hala accounts update --low-balance-threshold` applies within this time.
+    threshold_refresh_s: float = 30.0
+    # How often the reconciler compares the ledger with the balances. A pass reads the entries
+    # written since the last one (in pages of reconcile_page_size) and the last
+    # reconcile_settle_margin_s of entries, not the whole ledger (reconcile.py).
     reconcile_interval_s: float = 120.0
+    reconcile_page_size: int = Field(1000, gt=0)
+    reconcile_settle_margin_s: float = Field(300.0, gt=0)
     # Transient failures (database, broker) are retried in place, forever, with this backoff.
     retry_first_delay_s: float = 0.2
     retry_max_delay_s: float = 10.0
@@ -32,6 +43,7 @@ class BillingSettings(ServiceSettings):
     # How often overdue reservations are looked for, and how old one must be to be released
     # (default: Meta's 30-day TTL + 7 days of webhook retries, core.RESERVATION_HORIZON_MS).
     sweep_interval_s: float = 3600.0
+    sweep_page_size: int = Field(500, gt=0)  # reserve entries read per step
     reservation_horizon_s: float = 37 * 86_400.0
     # Records applied together at most: a batch is what is already buffered, never waited for.
     batch_max_records: int = 500
@@ -44,3 +56,16 @@ class BillingSettings(ServiceSettings):
     # restarted worker would stall that long. Heartbeats come from faust's consumer thread, so
     # a slow event does not make a live worker look dead.
     session_timeout_s: float = 10.0
+    # Top-ups are applied only when signed with this key (the admin tool holds it too).
+    topup_signing_key: SecretStr | None = Field(None, validation_alias="HALA_TOPUP_SIGNING_KEY")
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        self.topup_signing_key = resolve_secret(
+            self.topup_signing_key, variable="HALA_TOPUP_SIGNING_KEY",
+            development_default=DEVELOPMENT_TOPUP_SIGNING_KEY, environment=self.environment)
+        return self
+
+    def topup_key_bytes(self) -> bytes:
+        assert self.topup_signing_key is not None  # resolved at validation
+        return self.topup_signing_key.get_secret_value().encode()

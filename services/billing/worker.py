@@ -27,6 +27,12 @@ forgotten when partitions are revoked or assigned (app.py), when a batch fails o
 at a time (so that path reads the stored truth), and a batch that started before such a reset
 does not put its balances back. Reserve entries are held too (bounded): entries never change.
 
+Each account's low-balance threshold is its own (`accounts.low_balance_threshold`): read with
+the account's balance the first time, then again when it is older than
+`threshold_refresh_s` (read concurrently with the batch's other reads, so a batch waits for it
+at most once per account per refresh interval), and applied to the balance before deciding
+(core.with_threshold). An account without one gets `low_balance_threshold`, the default.
+
 Anything unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends
 the whole batch through the one-record path (`handle`), which converges from whatever the batch
 had written.
@@ -69,6 +75,7 @@ from services.billing.core import (
     entry_key,
     reserve_key,
     settlement_for,
+    with_threshold,
 )
 from services.billing.publisher import Record
 from shared.clock import Clock
@@ -108,6 +115,12 @@ class LedgerStore(Protocol):
     async def remove(self, key: str) -> None: ...
 
 
+class ThresholdSource(Protocol):
+    async def thresholds(self, account_ids: Sequence[str]) -> dict[str, int]:
+        """Each account's own low-balance threshold (accounts without one are left out)."""
+        ...
+
+
 class Publisher(Protocol):
     async def publish(self, topic: Topic[Any], event: Any) -> None: ...
 
@@ -123,13 +136,17 @@ class BillingWorker:
                  retry_max_delay_s: float = 10.0, dead_letter_limit: int = 50,
                  unexpected_attempts: int = 3,
                  reservation_cache_size: int = 10_000, balance_cache_size: int = 10_000,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 thresholds: ThresholdSource | None = None, threshold_refresh_s: float = 30.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 top_up_key: bytes = b"") -> None:
         self._balances = balances
         self._ledger = ledger
         self._publisher = publisher
         self._rate_card = rate_card
         self._clock = clock
         self._threshold = low_balance_threshold
+        # Top-ups are applied only when signed under this key (the admin tool's).
+        self._top_up_key = top_up_key
         self._first_delay = retry_first_delay_s
         self._max_delay = retry_max_delay_s
         self._dead_letter_limit = dead_letter_limit
@@ -146,6 +163,10 @@ class BillingWorker:
         self._held: OrderedDict[str, Balance] = OrderedDict()
         self._balance_cache_size = balance_cache_size
         self._generation = 0
+        # Each account's threshold and when it was read (monotonic s); None: the default for all.
+        self._threshold_source = thresholds
+        self._threshold_refresh_s = threshold_refresh_s
+        self._thresholds: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     @property
     def input_topics(self) -> tuple[str, ...]:
@@ -227,16 +248,19 @@ class BillingWorker:
             reserve_key(i.event.message_id) for i in moving
             if isinstance(i.event, StatusChanged) and reserve_key(i.event.message_id)
             not in self._reservations))
+        stale = self._stale_thresholds(accounts)
         balances: dict[str, Balance] = {a: held[a] for a in accounts if a in held}
-        if unread or wanted:
+        if unread or wanted or stale:
             found = await _all(*(self._balances.get(a) for a in unread),
-                               *(self._ledger.get(k) for k in wanted))
+                               *(self._ledger.get(k) for k in wanted),
+                               self._refresh_thresholds(stale))
             for account, balance in zip(unread, found[:len(unread)], strict=True):
                 balances[account] = balance or Balance.opening(
-                    account, self._rate_card.currency, self._threshold)
-            for entry in found[len(unread):]:
+                    account, self._rate_card.currency, self._threshold_of(account))
+            for entry in found[len(unread):-1]:
                 if entry is not None:
                     self._remember(entry)
+        balances = {a: with_threshold(b, self._threshold_of(a)) for a, b in balances.items()}
         now = self._clock.now_ms()
         decided: dict[str, LedgerEntry] = {}  # this batch's new entries, by key
         touched: dict[str, Balance] = {}
@@ -255,7 +279,8 @@ class BillingWorker:
                 reservation = decided.get(key) or self._reservations.get(key)
             try:
                 decision = decide(balance, event, position, rate_card=self._rate_card,
-                                  now=now, reservation=reservation)
+                                  now=now, reservation=reservation,
+                                  top_up_key=self._top_up_key)
             except PermanentError:
                 raise _OneByOne("permanent") from None  # dead-lettered there, in order
             for entry in decision.entries:
@@ -293,6 +318,29 @@ class BillingWorker:
             held.move_to_end(account)
         while len(held) > self._balance_cache_size:
             held.popitem(last=False)
+
+    def _stale_thresholds(self, accounts: Sequence[str]) -> list[str]:
+        """The accounts whose threshold was never read, or not for `threshold_refresh_s`."""
+        if self._threshold_source is None:
+            return []
+        now = self._clock.monotonic()
+        return [a for a in accounts if a not in self._thresholds
+                or now - self._thresholds[a][1] >= self._threshold_refresh_s]
+
+    async def _refresh_thresholds(self, accounts: Sequence[str]) -> None:
+        if not accounts or self._threshold_source is None:
+            return
+        found = await self._threshold_source.thresholds(accounts)
+        now = self._clock.monotonic()
+        for account in accounts:
+            self._thresholds[account] = (found.get(account, self._threshold), now)
+            self._thresholds.move_to_end(account)
+        while len(self._thresholds) > self._balance_cache_size:
+            self._thresholds.popitem(last=False)
+
+    def _threshold_of(self, account_id: str) -> int:
+        known = self._thresholds.get(account_id)
+        return self._threshold if known is None else known[0]
 
     def _remember(self, entry: LedgerEntry) -> None:
         cache = self._reservations
@@ -401,9 +449,12 @@ class BillingWorker:
         # The stored document is the truth here; what this path writes is not held.
         self._held.pop(event.account_id, None)
         now = self._clock.now_ms()
-        balance = (await self._balances.get(event.account_id)
-                   or Balance.opening(event.account_id, self._rate_card.currency,
-                                      self._threshold))
+        await self._refresh_thresholds(self._stale_thresholds([event.account_id]))
+        threshold = self._threshold_of(event.account_id)
+        balance = with_threshold(
+            await self._balances.get(event.account_id)
+            or Balance.opening(event.account_id, self._rate_card.currency, threshold),
+            threshold)
         existing: LedgerEntry | None = None
         reservation: LedgerEntry | None = None
         if balance.has_applied(position.source, position.offset):
@@ -414,12 +465,14 @@ class BillingWorker:
             if reservation is not None:
                 self._remember(reservation)
         decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
-                          reservation=reservation, existing=existing)
+                          reservation=reservation, existing=existing,
+                          top_up_key=self._top_up_key)
         for entry in decision.entries:
             stored = await self._ledger.add(entry)
             if stored is not None:  # decided before: a duplicate, or our unfinished attempt
                 decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
-                                  reservation=reservation, existing=stored)
+                                  reservation=reservation, existing=stored,
+                                  top_up_key=self._top_up_key)
                 break
         if decision.balance is not None:
             await self._balances.save(decision.balance, now)
@@ -532,5 +585,7 @@ def _count(decision: Decision) -> None:
         metrics.CHARGED_MICROS.inc(entry.amount)
     elif entry.kind == "release":
         metrics.REFUNDS.inc()
+    elif entry.kind == "topup":
+        metrics.TOPUPS.inc()
     if any(output.topic is LOW_BALANCE_ALERTED for output in decision.outputs):
         metrics.LOW_BALANCE_ALERTS.inc()

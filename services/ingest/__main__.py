@@ -7,6 +7,8 @@ from aiohttp import web
 from services.ingest.app import SERVICE, create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
+from services.ingest.endpoint_handlers import EndpointHandlers
+from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
 from services.ingest.meta_client import GraphClient
 from services.ingest.passthrough import PassThroughPacer
@@ -21,8 +23,15 @@ from services.ingest.repository import (
     MongoMessageStore,
 )
 from services.ingest.settings import IngestSettings
+from services.ingest.sweeper import IdempotencySweeper
 from shared.clock import SystemClock
-from shared.collections import MEDIA, ensure_indexes
+from shared.collections import (
+    DELIVERY_ATTEMPTS,
+    IDEMPOTENCY_KEYS,
+    MEDIA,
+    WEBHOOK_ENDPOINTS,
+    ensure_indexes,
+)
 from shared.logging import configure_logging, get_logger
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
@@ -39,21 +48,30 @@ async def main() -> None:
         # Sends do not need the tokens (the sender makes them); pass-through calls do.
         get_logger(SERVICE).warning("token_keys_missing",
                                     detail="HALA_TOKEN_KEYS is not set: mark-as-read and "
-                                           "media calls will answer 500")
+                                           "media calls and webhook endpoint secrets will answer "
+                                           "500")
 
     async def build(conns: Connections) -> Parts:
-        await ensure_indexes(conns.db, MEDIA)
+        await ensure_indexes(conns.db, MEDIA, IDEMPOTENCY_KEYS, WEBHOOK_ENDPOINTS,
+                             DELIVERY_ATTEMPTS)
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka)
+        producer = RdKafkaProducer(settings.kafka,
+                                   ack_timeout_s=settings.kafka_ack_timeout_seconds)
         await producer.start()
         inbox = MongoInbox(conns.db)
+        publisher = KafkaPublisher(producer, settings.topic_prefix)
+        vault = TokenVault(keys) if keys else None
+        idempotency = MongoIdempotencyStore(conns.db)
+        sweeper = IdempotencySweeper(
+            idempotency, clock, retention_seconds=settings.idempotency_retention_hours * 3600,
+            page_size=settings.idempotency_sweep_page_size)
         ingest = Ingest(
             directory=CachedDirectory(MongoDirectory(conns.db), clock,
                                       settings.cache_ttl_seconds),
-            idempotency=MongoIdempotencyStore(conns.db),
+            idempotency=idempotency,
             messages=MongoMessageStore(conns.db),
             recent=RecentMessages(clock, settings.recent_ttl_seconds),
-            publisher=KafkaPublisher(producer, settings.topic_prefix),
+            publisher=publisher,
             clock=clock,
             rate_card=load_rate_card(settings.rate_card_version),
             inbox=inbox,
@@ -62,20 +80,23 @@ async def main() -> None:
         meta = GraphClient(settings.meta_base_url, settings.meta_graph_version,
                            settings.meta_timeout_seconds)
         calls = Calls(ingest=ingest, media=MongoMediaStore(conns.db), meta=meta,
-                      vault=TokenVault(keys) if keys else None,
+                      vault=vault,
                       pacer=PassThroughPacer(settings.passthrough_rate_per_second,
                                              settings.passthrough_burst,
                                              settings.passthrough_max_wait_seconds),
                       clock=clock)
         checks = {**conns.readiness_checks(), "kafka": producer.ready}
-        app = create_app(calls, settings.public_base_url)
+        webhooks = EndpointHandlers(ingest, MongoEndpointStore(conns.db), publisher, vault,
+                                    allow_loopback_http=settings.allow_loopback_http)
+        app = create_app(calls, settings.public_base_url, webhooks=webhooks)
 
         async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed
             await meta.close()
 
         app.on_cleanup.append(stop_clients)
-        return Parts(checks=checks, client_app=app)
+        return Parts(checks=checks, client_app=app,
+                     workers=[sweeper.run_forever(settings.idempotency_sweep_interval_seconds)])
 
     await serve(settings, SERVICE, build)
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from services.ingest.call_handlers import CallHandlers
 from services.ingest.calls import Calls
 from services.ingest.core import MAX_BODY_BYTES
+from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.handlers import Handlers
 from services.ingest.media import MEDIA_ID_PATTERN
 from shared.http import SERVICE_KEY, error_middleware, json_response
@@ -19,7 +20,8 @@ OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 GRAPH_VERSION = r"/{graph_version:v\d+\.\d+}"
 
 
-def create_app(calls: Calls, public_base_url: str = "") -> web.Application:
+def create_app(calls: Calls, public_base_url: str = "", *,
+               webhooks: EndpointHandlers) -> web.Application:
     """The client API only: the ops endpoints are served on their own port (shared/runtime)."""
     # Slightly above the body limit, so that our own check answers with the JSON envelope.
     # (Uploads are read part by part as a stream, which this limit does not apply to.)
@@ -39,6 +41,7 @@ def create_app(calls: Calls, public_base_url: str = "") -> web.Application:
     app.router.add_get(media, more.download)
     app.router.add_delete(media, more.delete_media)
     app.router.add_get(f"{media}/info", more.media_info)
+    add_webhook_endpoint_routes(app, webhooks)
     # Meta's own endpoints, so Cloud API client libraries work with a changed base URL: sends
     # and mark-as-read (one endpoint), the Media API.
     app.router.add_post(GRAPH_VERSION + r"/{phone_number_id:\d+}/messages",
@@ -49,6 +52,21 @@ def create_app(calls: Calls, public_base_url: str = "") -> web.Application:
     app.router.add_delete(meta_media, more.meta_delete_media)
     add_openapi_routes(app)
     return app
+
+
+def add_webhook_endpoint_routes(app: web.Application, webhooks: EndpointHandlers) -> None:
+    """Where the client manages the endpoints its events are delivered to."""
+    endpoints = "/v1/webhook-endpoints"
+    one = endpoints + "/{endpoint_id}"
+    app.router.add_post(endpoints, webhooks.create)
+    app.router.add_get(endpoints, webhooks.list)
+    app.router.add_get(one, webhooks.get)
+    app.router.add_patch(one, webhooks.update)
+    app.router.add_delete(one, webhooks.delete)
+    app.router.add_post(one + "/test", webhooks.send_test)
+    app.router.add_post(one + "/rotate-secret", webhooks.rotate_secret)
+    app.router.add_get(one + "/deliveries", webhooks.deliveries)
+    app.router.add_post(one + "/replay", webhooks.replay)
 
 
 def add_openapi_routes(app: web.Application) -> None:

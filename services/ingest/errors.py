@@ -32,6 +32,8 @@ class ErrorCode:
 ERROR_CODES: dict[str, ErrorCode] = {
     # the request itself
     "malformed_json": ErrorCode(InvalidRequest, 400, 100, 400),
+    # JSON nested deeper than shared.json_depth.MAX_JSON_DEPTH (refused before decoding)
+    "nesting_too_deep": ErrorCode(InvalidRequest, 400, 100, 400),
     "invalid_request": ErrorCode(InvalidRequest, 400, 100, 400),
     "unknown_field": ErrorCode(InvalidRequest, 400, 100, 400),
     "invalid_field": ErrorCode(InvalidRequest, 400, 100, 400),
@@ -64,6 +66,12 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "rate_limited": ErrorCode(TransientError, 429, 130429, 429),
     # Meta refused a pass-through call (the Meta route relays Meta's own envelope instead)
     "meta_error": ErrorCode(ServiceError, 502, 1, 502),
+    # webhook endpoints (the rules are shared/webhook_endpoints.py's and shared/webhook_urls.py's)
+    "invalid_url": ErrorCode(InvalidRequest, 400, 100, 400),
+    "insecure_url": ErrorCode(InvalidRequest, 400, 100, 400),
+    "private_address": ErrorCode(InvalidRequest, 400, 100, 400),
+    "unknown_event_type": ErrorCode(InvalidRequest, 400, 100, 400),
+    "endpoint_limit_reached": ErrorCode(Conflict, 409, 100, 409),
     # money and retries
     "insufficient_credit": ErrorCode(InsufficientCredit, 402, 131042, 400),
     "idempotency_key_reused": ErrorCode(Conflict, 409, 100, 409),

@@ -31,6 +31,7 @@ from services.ingest.repository import (
 from shared.clock import Clock
 from shared.errors import ServiceError
 from shared.http import json_response
+from shared.json_depth import MAX_JSON_DEPTH, too_deep
 from shared.logging import get_logger
 from shared.pricing import RateCard
 
@@ -174,8 +175,8 @@ class Ingest:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The body's bytes, within the size limit (decoding and validating is one msgspec pass,
-    in core)."""
+    """The body's bytes, within the size and nesting limits (decoding and validating is one
+    msgspec pass, in core)."""
     if request.content_length is not None and request.content_length > core.MAX_BODY_BYTES:
         raise _too_large()
     try:
@@ -184,6 +185,9 @@ async def read_body(request: web.Request) -> bytes:
         raise _too_large() from None
     if len(raw) > core.MAX_BODY_BYTES:
         raise _too_large()
+    if too_deep(raw):  # every decoder recurses: refused before any of them sees it
+        raise reject("nesting_too_deep", "arrays and objects in the body are nested more than "
+                     f"{MAX_JSON_DEPTH} levels deep", limit=MAX_JSON_DEPTH)
     return raw
 
 

@@ -28,6 +28,10 @@ INSERT_DURATION = Histogram(
     "the group commit (waiting for the insert in flight, then its own).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+IDEMPOTENCY_RECORDS_DELETED = Counter(
+    "ingest_idempotency_records_deleted_total",
+    "Idempotency records deleted by the sweeper once past retention (48 h).",
+)
 INSERT_BATCH = Histogram(
     "ingest_idempotency_insert_batch_records",
     "Idempotency records per insert_many of the group commit.",
@@ -38,4 +42,15 @@ PASSTHROUGH_CALLS = Counter(
     "Calls passed through to Meta (read, typing, upload, media_url, download, delete_media): "
     "made, or refused by the number's pace.",
     ["kind", "outcome"],
+)
+ENDPOINT_CHANGES = Counter(
+    "ingest_webhook_endpoint_changes_total",
+    "Webhook endpoints created, updated, deleted or given a new secret through the API, by "
+    "kind of change.",
+    ["kind"],
+)
+NOTIFY_REQUESTS = Counter(
+    "ingest_notify_requests_total",
+    "Test events and replays requested through the webhook endpoint API (published).",
+    ["kind"],
 )

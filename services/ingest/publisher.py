@@ -1,4 +1,5 @@
-"""ingest's Kafka adapter: publish SendRequested and wait for the broker's acknowledgement.
+"""ingest's Kafka adapter: publish SendRequested (and the webhook endpoint API's NotifyRequested)
+and wait for the broker's acknowledgement.
 
 Through librdkafka (shared/rdkafka_producer.py): one publish per request makes the producer's
 CPU per message a large part of a request's cost."""
@@ -10,7 +11,7 @@ from typing import Protocol
 
 from services.ingest.metrics import PUBLISH_DURATION
 from shared.kafka import topic_name
-from shared.messages import SEND_REQUESTED, SendRequested
+from shared.messages import NOTIFY_REQUESTED, SEND_REQUESTED, NotifyRequested, SendRequested
 from shared.rdkafka_producer import RdKafkaProducer
 
 
@@ -18,10 +19,17 @@ class Publisher(Protocol):
     async def send_requested(self, event: SendRequested) -> None: ...
 
 
+class NotifyRequests(Protocol):
+    """Test events and replays for the delivery side (notify)."""
+
+    async def notify_requested(self, event: NotifyRequested) -> None: ...
+
+
 class KafkaPublisher:
     def __init__(self, producer: RdKafkaProducer, topic_prefix: str = "") -> None:
         self._producer = producer
         self._topic = topic_name(SEND_REQUESTED, topic_prefix)
+        self._notify_topic = topic_name(NOTIFY_REQUESTED, topic_prefix)
 
     async def send_requested(self, event: SendRequested) -> None:
         started = time.perf_counter()
@@ -30,3 +38,7 @@ class KafkaPublisher:
             await self._producer.send(self._topic, key, value)
         finally:
             PUBLISH_DURATION.observe(time.perf_counter() - started)
+
+    async def notify_requested(self, event: NotifyRequested) -> None:
+        key, value = NOTIFY_REQUESTED.encode(event)
+        await self._producer.send(self._notify_topic, key, value)

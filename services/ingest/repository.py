@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from pymongo import ASCENDING, DESCENDING
@@ -217,6 +218,22 @@ class MongoIdempotencyStore:
             INSERT_DURATION.observe(time.perf_counter() - started)
         if not inserted:
             raise DuplicateMessage(record["_id"])
+
+    async def created_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` records created before `cutoff` (the sweeper's page)."""
+        try:
+            docs = await (self._records.find({"created_at": {"$lt": cutoff}}, {"_id": 1})
+                          .limit(limit).to_list(None))
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return [str(doc["_id"]) for doc in docs]
+
+    async def delete(self, record_ids: list[str]) -> int:
+        try:
+            result = await self._records.delete_many({"_id": {"$in": record_ids}})
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return result.deleted_count
 
     async def find(self, record_ids: list[str]) -> list[Doc]:
         # One lookup by _id each: FerretDB pushes only a lone _id filter down to an index.

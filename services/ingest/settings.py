@@ -13,6 +13,13 @@ class IngestSettings(ServiceSettings):
     # endpoints on their own port.
     http_port: int = 8080
     ops_port: int = 9180
+    # A request answers 503 within a second while a dependency is down: each database
+    # operation gets this long (not MONGODB_TIMEOUT_MS; PyMongo waits for a server in steps of
+    # half a second, so 450 ms fails after ~0.5 s and 900 ms after ~1 s), and the broker this
+    # long to acknowledge a send request (a broker known to be down refuses at once; see
+    # shared/rdkafka_producer.py).
+    mongodb_timeout_ms: int = Field(450, gt=0, validation_alias="INGEST_MONGODB_TIMEOUT_MS")
+    kafka_ack_timeout_seconds: float = Field(0.9, gt=0)
     # How long API-key, account, phone-number, template and balance lookups are cached in
     # memory. A revocation or suspension takes effect within this many seconds.
     cache_ttl_seconds: float = 5.0
@@ -38,6 +45,20 @@ class IngestSettings(ServiceSettings):
     # Where clients reach this service, for the `url` of GET /{version}/{media-id}; empty:
     # the scheme and host the request came to.
     public_base_url: str = ""
+
+    # --- webhook endpoints ---------------------------------------------------------------------
+    # `development` (what `make run` and the tests set) also accepts plain http to loopback as
+    # an endpoint URL, for local receivers; anything else accepts only public https URLs.
+    @property
+    def allow_loopback_http(self) -> bool:
+        return self.environment == "development"
+
+    # --- retention -------------------------------------------------------------------------
+    # Idempotency records (a copy of each keyed request) are deleted this long after the
+    # request (at least the 24 h retry window), by a pass every interval.
+    idempotency_retention_hours: float = Field(48.0, ge=24.0)
+    idempotency_sweep_interval_seconds: float = Field(600.0, gt=0)
+    idempotency_sweep_page_size: int = Field(500, gt=0)
 
     # --- the customer-service window -------------------------------------------------------
     # A closed window is remembered only this long (the user may write any second); an open

@@ -2,12 +2,15 @@
 
 import asyncio
 
+from services.sender.repository import SenderRepository
+from services.sender.retention import sweep_tier_usage_forever
 from services.sender.settings import SenderSettings
 from services.sender.worker import SERVICE, create_worker
 from shared.clock import SystemClock
 from shared.collections import SENDS, TIER_USAGE, ensure_indexes
 from shared.logging import configure_logging
 from shared.runtime import Connections, Parts, serve
+from shared.secrets import TokenVault
 from shared.settings import load_settings
 
 
@@ -19,7 +22,9 @@ async def main() -> None:
 
     async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, SENDS, TIER_USAGE)
-        worker, meta = create_worker(settings, conns.db, conns.producer, SystemClock())
+        clock = SystemClock()
+        worker, meta = create_worker(settings, conns.db, conns.producer, clock)
+        tier_usage = SenderRepository(conns.db, TokenVault(settings.token_keys))
 
         async def run_worker() -> None:
             try:
@@ -27,7 +32,10 @@ async def main() -> None:
             finally:
                 await meta.close()
 
-        return Parts(checks=conns.readiness_checks(), workers=[run_worker()])
+        retention = sweep_tier_usage_forever(
+            tier_usage, clock, int(settings.tier_usage_retention_hours * 3_600_000),
+            settings.tier_usage_sweep_interval_seconds)
+        return Parts(checks=conns.readiness_checks(), workers=[run_worker(), retention])
 
     await serve(settings, SERVICE, build)
 

@@ -12,6 +12,10 @@ phone_number_id, account_id, wamid, error, reason, attempts, updated_at. A separ
 inserted (not an update of the guard) because inserts are written in batches: on FerretDB an
 insert_many of a hundred documents costs about what one update does, and updates cannot be
 batched there. The outcome, when there is one, is what a message's record says.
+
+`tier_usage` (_id = portfolio:recipient key): portfolio_id, recipient (a keyed hash of the
+number, never the number), last_at (ms). Entries past the tier's 24 h window are deleted by
+retention.py.
 """
 
 from __future__ import annotations
@@ -182,6 +186,14 @@ class SenderRepository:
             pass  # a concurrent upsert of the same key won; its time is as good as ours
         except PyMongoError as exc:
             raise unavailable(exc) from exc
+
+    async def delete_tier_usage_before(self, cutoff_ms: int) -> int:
+        """Forget recipients last sent to before `cutoff_ms` (past the tier's 24 h window)."""
+        try:
+            result = await self._tier_usage.delete_many({"last_at": {"$lt": cutoff_ms}})
+        except PyMongoError as exc:
+            raise unavailable(exc) from exc
+        return result.deleted_count
 
     # -- phone numbers ---------------------------------------------------------------------------
 

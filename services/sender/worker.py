@@ -102,6 +102,7 @@ from shared.messages import (
     WabaStatusChanged,
 )
 from shared.metrics import RECORDS_HANDLED
+from shared.pseudonyms import keyed_hash
 from shared.secrets import TokenVault
 
 log = get_logger(__name__)
@@ -199,6 +200,9 @@ class EngineConfig:
     unexpected_first_delay: float = 0.1
     # A lane's dispatcher that crashes is restarted after a backoff that doubles up to this.
     dispatcher_restart_max_delay: float = 5.0
+    # What the portfolio's tier window (and `tier_usage`) knows a recipient by: a keyed hash
+    # of the number (create_worker), never the number itself.
+    tier_key: Callable[[str], str] = field(default=str)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -219,6 +223,7 @@ class Delivery:
     unexpected_errors: int = 0  # bugs met while handling it (see SendEngine._guarded)
     aborted: bool = False  # its partition was revoked: it must not be sent by us any more
     tier_portfolio: str | None = None  # a tier place taken at dispatch, still to be persisted
+    tier_recipient: str = ""  # the recipient's tier key (a keyed hash), with tier_portfolio
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -625,14 +630,17 @@ class SendEngine:
                 self._drop(delivery)
                 return
             if tier is not None:
-                free_at_ms = tier.window.available_at(event.recipient, now_ms)
+                recipient = delivery.tier_recipient or self._config.tier_key(event.recipient)
+                free_at_ms = tier.window.available_at(recipient, now_ms)
                 if free_at_ms > now_ms:
                     # Tier full: wait for the oldest recipient to leave the window (the
                     # expiry sweep usually ends the wait first).
+                    delivery.tier_recipient = recipient
                     self._enqueue(lane, delivery, now + (free_at_ms - now_ms) / 1000.0)
                     return
-                tier.window.record(event.recipient, now_ms)
+                tier.window.record(recipient, now_ms)
                 delivery.tier_portfolio = lane.phone.portfolio_id
+                delivery.tier_recipient = recipient
         lane.active.add(delivery)
         lane.unanswered += 1
         self._unanswered += 1
@@ -740,7 +748,8 @@ class SendEngine:
                 delivery.started = True
             if delivery.tier_portfolio is not None:
                 await self._retry(partial(self._store.record_tier_use, delivery.tier_portfolio,
-                                          event.recipient, self._clock.now_ms()), "tier_usage")
+                                          delivery.tier_recipient, self._clock.now_ms()),
+                                  "tier_usage")
                 delivery.tier_portfolio = None
             if not await self._pass_gate(lane, delivery):
                 return
@@ -1400,6 +1409,7 @@ def create_worker(settings: SenderSettings, db: AsyncDatabase[dict[str, Any]],
             max_in_flight_per_number=settings.max_in_flight_per_number,
             phone_number_refresh_seconds=settings.phone_number_refresh_seconds,
             tier_refresh_seconds=settings.tier_refresh_seconds,
+            tier_key=partial(keyed_hash, key=settings.recipient_hash_key_bytes()),
             limits=RetryLimits(transient_max_attempts=settings.transient_max_attempts,
                                hold_seconds=settings.hold_seconds)))
     worker = SenderWorker(

@@ -22,12 +22,14 @@ from shared.messages import (
     InboundReceived,
     MessageStatus,
     MetaError,
+    NumberQualityChanged,
     Pricing,
     StatusChanged,
     TemplateStatusChanged,
     ThroughputChanged,
     WabaStatusChanged,
 )
+from shared.pseudonyms import keyed_hash
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 
@@ -953,6 +955,20 @@ def throughput_changed(number: NumberRef, pacing: Pacing, event: str,
         occurred_at=max(pacing.mps_at, pacing.limit_at))
 
 
+def number_quality_changed(number: NumberRef, update: NumberUpdate) -> NumberQualityChanged:
+    """A quality webhook of a registered number, as the event notify tells the client about
+    (every one: a flag that changes no pacing matters to the business too). Its id derives
+    from Meta's fields, so a repeated webhook is the same event."""
+    event = update.event or "update"
+    return NumberQualityChanged(
+        event_id=f"{number.phone_number_id}:{event}:{update.occurred_at // 1000}",
+        phone_number_id=number.phone_number_id, waba_id=number.waba_id,
+        account_id=number.account_id, display_phone_number=update.display_phone_number,
+        event=update.event, messaging_limit=update.messaging_limit,
+        messages_per_second=UPGRADED_MESSAGES_PER_SECOND if update.throughput_upgrade else None,
+        occurred_at=update.occurred_at)
+
+
 def number_update_fields(update: NumberUpdate) -> dict[str, Any]:
     """What a number webhook records in `number_states` besides pacing."""
     if update.field == "phone_number_name_update":
@@ -1280,9 +1296,9 @@ def sweep_cutoffs(now_ms: int, unknown_timeout_seconds: int, parked_retention_da
 
 
 def recipient_hash(recipient: str, key: bytes) -> str:
-    """A keyed hash: still lets support match a number they are given, but is not reversible by
-    hashing every phone number."""
-    return "hmac-sha256:" + hmac.new(key, recipient.encode(), hashlib.sha256).hexdigest()
+    """A keyed hash (shared.pseudonyms): still lets support match a number they are given, but
+    is not reversible by hashing every phone number."""
+    return keyed_hash(recipient, key)
 
 
 ANONYMISED_FIELDS_REMOVED = ("content", "request")

@@ -22,6 +22,7 @@ from services.status.metrics import (
 from services.status.publisher import Publisher
 from shared.clock import Clock
 from shared.errors import Forbidden, InvalidRequest, InvalidSignature, ServiceError
+from shared.json_depth import MAX_JSON_DEPTH, too_deep
 from shared.logging import get_logger
 from shared.messages import WEBHOOK_RECEIVED, WebhookReceived
 
@@ -99,6 +100,11 @@ class WebhookHandlers:
         if not core.signature_is_valid(body, signature, self._config.app_secret):
             WEBHOOKS_REJECTED.labels("bad_signature").inc()
             raise InvalidSignature("X-Hub-Signature-256 does not match the body")
+        if too_deep(body):  # every JSON decoder recurses: refused before one sees it
+            WEBHOOKS_REJECTED.labels("too_deep").inc()
+            raise InvalidRequest(f"the body nests arrays and objects more than {MAX_JSON_DEPTH} "
+                                 "levels deep", code="nesting_too_deep",
+                                 details={"limit": MAX_JSON_DEPTH})
         try:
             return core.accepted_waba_id(body)
         except InvalidRequest:

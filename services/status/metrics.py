@@ -10,7 +10,7 @@ WEBHOOKS_RECEIVED = Counter(
 )
 WEBHOOKS_REJECTED = Counter(
     "status_webhooks_rejected_total",
-    "Webhook POSTs refused, by reason (bad_signature, malformed, too_large).",
+    "Webhook POSTs refused, by reason (bad_signature, malformed, too_large, too_deep).",
     ["reason"],
 )
 WEBHOOKS_PUBLISHED = Counter(

@@ -40,6 +40,7 @@ from shared.clock import Clock
 from shared.logging import get_logger
 from shared.messages import (
     INBOUND_RECEIVED,
+    NUMBER_QUALITY_CHANGED,
     STATUS_CHANGED,
     TEMPLATE_STATUS_CHANGED,
     THROUGHPUT_CHANGED,
@@ -223,6 +224,9 @@ class WebhookProcessor:
                         waba_id=update.waba_id)
             return
         fields = core.number_update_fields(update)
+        if update.field == "phone_number_quality_update":
+            batch.outgoing.append((NUMBER_QUALITY_CHANGED,
+                                   core.number_quality_changed(number, update)))
         if update.throughput_upgrade or update.messaging_limit is not None:
             fields.update(await self._repace(
                 number, core.UPGRADED_MESSAGES_PER_SECOND if update.throughput_upgrade else None,

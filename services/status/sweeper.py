@@ -5,7 +5,9 @@
 - parked statuses older than Meta's retry horizon -> deleted (their wamid is not ours);
 - messages past retention -> recipient hashed, content removed; inbound messages and echoes
   past retention -> contact hashed, content and profile name removed; stale conversations
-  deleted.
+  deleted. Anonymisation goes page after page until a page comes back short: one pass
+  catches up with everything past retention, however much has piled up (one page per
+  interval fell behind for good once more than a page a minute aged out).
 
 Every step is idempotent, so running it in each status replica is harmless.
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from services.status import core
 from services.status.metrics import (
@@ -31,6 +35,8 @@ from shared.logging import get_logger
 from shared.messages import STATUS_CHANGED
 
 log = get_logger(__name__)
+
+Doc = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -76,32 +82,48 @@ class Sweeper:
         parked_remaining = await self._repository.count_parked()
         PARKED_STATUSES.set(parked_remaining)
 
-        expired = await self._repository.messages_to_anonymise(cutoffs.retained_before,
-                                                               policy.batch_size)
-        for doc in expired:
-            await self._repository.anonymise_message(
-                str(doc["_id"]), core.anonymised_fields(doc, policy.recipient_hash_key, now))
-        MESSAGES_ANONYMISED.inc(len(expired))
-        inbound = await self._repository.inbound_to_anonymise(cutoffs.retained_before,
-                                                              policy.batch_size)
-        for doc in inbound:
-            await self._repository.anonymise_inbound(
-                str(doc["_id"]), core.anonymised_inbound_fields(doc, policy.recipient_hash_key,
-                                                                now))
-        INBOUND_ANONYMISED.inc(len(inbound))
+        anonymised = await self._until_caught_up(
+            self._repository.messages_to_anonymise, self._repository.anonymise_message,
+            core.anonymised_fields, cutoffs.retained_before, now)
+        MESSAGES_ANONYMISED.inc(anonymised)
+        inbound = await self._until_caught_up(
+            self._repository.inbound_to_anonymise, self._repository.anonymise_inbound,
+            core.anonymised_inbound_fields, cutoffs.retained_before, now)
+        INBOUND_ANONYMISED.inc(inbound)
         conversations_deleted = await self._repository.delete_conversations_before(
             cutoffs.retained_before)
 
         report = SweepReport(unknown_failed=len(stuck), parked_deleted=parked_deleted,
-                             parked_remaining=parked_remaining, anonymised=len(expired),
+                             parked_remaining=parked_remaining, anonymised=anonymised,
                              conversations_deleted=conversations_deleted,
-                             inbound_anonymised=len(inbound))
+                             inbound_anonymised=inbound)
         log.info("sweep_finished", outcome="swept", unknown_failed=report.unknown_failed,
                  parked_deleted=parked_deleted, parked_remaining=parked_remaining,
                  anonymised=report.anonymised, conversations_deleted=conversations_deleted,
                  inbound_anonymised=report.inbound_anonymised,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         return report
+
+    async def _until_caught_up(self, find: Callable[[int, int], Awaitable[list[Doc]]],
+                               anonymise: Callable[[str, Doc], Awaitable[None]],
+                               fields: Callable[[Doc, bytes, int], Doc], before_ms: int,
+                               now: int) -> int:
+        """Anonymise page after page until a page comes back short; how many in all. Each
+        update marks its document, so the next query no longer finds it; a page that comes
+        back unchanged (nothing could be marked) ends the pass instead of spinning."""
+        batch, key = self._policy.batch_size, self._policy.recipient_hash_key
+        done, previous = 0, None
+        while True:
+            page = await find(before_ms, batch)
+            ids = [str(doc["_id"]) for doc in page]
+            if not page or ids == previous:
+                return done
+            for doc_id, doc in zip(ids, page, strict=True):
+                await anonymise(doc_id, fields(doc, key, now))
+            done += len(page)
+            if len(page) < batch:
+                return done
+            previous = ids
 
     async def run_forever(self, interval_seconds: float) -> None:
         """Sweep, wait, repeat. A dependency outage skips one pass; the next one catches up."""

@@ -1,6 +1,6 @@
-"""The whole platform as separate processes — the Meta simulator, ingest, billing, sender and
-status — on free loopback ports, against the real Kafka and MongoDB-compatible server (started
-once per session by tests/conftest.py's fixture). Each stack gets its own topic
+"""The whole platform as separate processes — the Meta simulator, ingest, billing, sender,
+status and notify — on free loopback ports, against the real Kafka and MongoDB-compatible
+server (started once per session by tests/conftest.py's fixture). Each stack gets its own topic
 prefix, database and faust app id, so stacks never see each other's data.
 
 As deployed: each service connects to Kafka as its own principal, with the ACLs the set-up
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -88,8 +89,10 @@ class Stack:
         self.prefix = f"e{self.unique}."
         self.database = f"e2e_{self.unique}"
         self.token_keys = new_key()
-        ports = {name: free_port() for name in ("metasim", "ingest", "status")}
-        ops = {name: free_port() for name in ("ingest", "status", "sender", "billing")}
+        self.topup_signing_key = secrets.token_urlsafe(24)  # shared by billing and the seeding
+        ports = {name: free_port() for name in ("metasim", "ingest", "status", "smtp")}
+        ops = {name: free_port() for name in ("ingest", "status", "sender", "billing", "notify")}
+        self.smtp_port = ports["smtp"]
         tls = pki.issue(self.tmp / "tls", "status")
         sim_config = yaml.safe_load(SIM_CONFIG.read_text())
         sim_config["webhooks"]["callback_url"] = (
@@ -100,7 +103,8 @@ class Stack:
         base = {**os.environ, "PYTHONUNBUFFERED": "1", "HALA_ENV": "development",
                 "MONGODB_URL": self.mongodb_url,
                 "MONGODB_DATABASE": self.database, "HALA_TOPIC_PREFIX": self.prefix,
-                "HALA_TOKEN_KEYS": self.token_keys}
+                "HALA_TOKEN_KEYS": self.token_keys,
+                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
         meta = f"http://127.0.0.1:{ports['metasim']}"
         specific = {
             "metasim": ({"METASIM_PORT": str(ports["metasim"]),
@@ -125,6 +129,11 @@ class Stack:
             "billing": ({"BILLING_OPS_PORT": str(ops["billing"]),
                          "BILLING_FAUST_APP_ID": f"billing-{self.unique}"},
                         ["-m", "services.billing"], "/readyz"),
+            # a test that reads mail starts an SMTP server on smtp_port
+            "notify": ({"NOTIFY_HTTP_PORT": str(ports["notify"]),
+                        "NOTIFY_SMTP_PORT": str(ports["smtp"]),
+                        "NOTIFY_POLL_INTERVAL_SECONDS": "0.2"},
+                       ["-m", "services.notify"], "/readyz"),
         }
         for name, (env, args, ready) in specific.items():
             kafka = self.broker.env(name) if name != "metasim" else {}
@@ -248,6 +257,8 @@ async def seed_accounts(stack: Stack, top_up: int,
                 await commands.sync_templates(db, vault, graph, waba_id=waba["id"])
                 api_key, _ = await commands.issue_key(db, account_id=account_id)
                 await commands.top_up(db, producer, account_id=account_id, amount=top_up,
+                                      signing_key=stack.topup_signing_key.encode(),
+                                      operator="e2e",
                                       topic_prefix=stack.prefix)
                 accounts.append(Account(account_id, api_key,
                                         [n["id"] for n in waba["phone_numbers"]], waba["id"],

@@ -8,7 +8,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared.kafka import KafkaConfig, make_admin, make_consumer, make_producer
+from shared.kafka import KafkaConfig, ensure_topics, make_admin, make_consumer, make_producer
+from shared.messages import SEND_REQUESTED, THROUGHPUT_CHANGED, WEBHOOK_RECEIVED
 
 
 async def _create(kafka: KafkaConfig, name: str, partitions: int = 1, **config: str) -> None:
@@ -159,3 +160,38 @@ async def test_the_idempotent_producer_writes_with_acks_all(kafka: KafkaConfig,
     # Same key, same partition, consecutive offsets: ordering per key holds.
     assert metadata.partition == again.partition
     assert again.offset == metadata.offset + 1
+
+
+async def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, None) for n in names])
+    finally:
+        await admin.close()
+    return {name: {e[0]: e[1] for e in entries}
+            for _, _, _, name, entries in described.resources}
+
+
+async def test_ensure_topics_sets_each_topics_retention_and_fixes_topics_that_exist(
+        bootstrap_servers: str, unique: str) -> None:
+    """Created topics get the registry's retention.ms (raw content short, dead letters long,
+    compacted ones without), and a topic that already existed with the broker's defaults is
+    brought to it."""
+    prefix = f"t{unique}."
+    # Made before ensure_topics, as an older version of the platform did: broker defaults.
+    await _create(bootstrap_servers, prefix + WEBHOOK_RECEIVED.name, partitions=6)
+    topics = [WEBHOOK_RECEIVED, SEND_REQUESTED, THROUGHPUT_CHANGED]
+    await ensure_topics(bootstrap_servers, prefix, topics=topics)
+    await ensure_topics(bootstrap_servers, prefix, topics=topics)  # idempotent
+    names = [prefix + n for t in topics for n in (t.name, t.dlq)]
+    configs = await _configs(bootstrap_servers, names)
+    week, month = str(7 * 86_400_000), str(30 * 86_400_000)
+    webhooks = configs[prefix + WEBHOOK_RECEIVED.name]
+    assert (webhooks["retention.ms"], webhooks["max.message.bytes"]) == (
+        week, str(4 * 1024 * 1024))
+    assert configs[prefix + SEND_REQUESTED.name]["retention.ms"] == week
+    assert configs[prefix + WEBHOOK_RECEIVED.dlq]["retention.ms"] == month
+    assert configs[prefix + SEND_REQUESTED.dlq]["retention.ms"] == month
+    assert configs[prefix + THROUGHPUT_CHANGED.name]["cleanup.policy"] == "compact"

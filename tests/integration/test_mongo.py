@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from shared.mongo import DEFAULT_TIMEOUT_MS, make_client
+from tests.integration.tcp_proxy import TcpProxy
 
 
 async def test_insert_find_and_unique_index_violation(mongo, unique: str) -> None:  # type: ignore[no-untyped-def]
@@ -42,3 +49,51 @@ async def test_an_update_that_records_what_it_applied_is_idempotent(mongo, uniqu
         assert doc["available"] == 70 and doc["applied"] == {"p0": 7}
     finally:
         await mongo.drop_database(f"it_{unique}")
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = parse_uri(url)["nodelist"][0]
+    return host, int(port)
+
+
+async def test_every_operation_has_a_deadline_by_default(mongodb_url: str) -> None:
+    client = make_client(mongodb_url)
+    try:
+        assert client.options.timeout == DEFAULT_TIMEOUT_MS / 1000
+    finally:
+        await client.close()
+
+
+async def test_an_operation_on_a_database_that_stops_answering_fails_within_its_timeout(
+        mongodb_url: str, unique: str) -> None:
+    """A server that accepted the connection and then went silent (hung, or the network lost):
+    the operation raises a driver error once its deadline passes, instead of waiting forever,
+    and the client works again once the server answers."""
+    proxy = TcpProxy(*_host_port(mongodb_url))
+    await proxy.start()
+    client = make_client(f"mongodb://{proxy.address}/?directConnection=true", timeout_ms=500)
+    probe = client[f"it_{unique}"]["probe"]
+    try:
+        await probe.insert_one({"_id": 1})
+        proxy.stall()
+        started = time.monotonic()
+        with pytest.raises(PyMongoError):
+            # The outer bound only keeps a regression from hanging the run.
+            await asyncio.wait_for(probe.find_one({"_id": 1}), 20)
+        assert time.monotonic() - started < 2.0
+        proxy.resume()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert await probe.find_one({"_id": 1}) == {"_id": 1}
+                break
+            except PyMongoError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await proxy.stop()
+        await client.close()
+        cleanup = make_client(mongodb_url)
+        await cleanup.drop_database(f"it_{unique}")
+        await cleanup.close()

@@ -18,6 +18,7 @@ import yaml
 
 from services.billing.settings import BillingSettings
 from services.ingest.settings import IngestSettings
+from services.notify.settings import NotifySettings
 from services.sender.settings import SenderSettings
 from services.status.settings import StatusSettings
 from shared.kafka_access import SERVICES, principal
@@ -60,7 +61,7 @@ def _with_secret_files(env: dict[str, str], tmp: Path) -> dict[str, str]:
 
 def test_compose_file_parses_and_has_every_component() -> None:
     assert {"init", "kafka", "kafka-setup", "mongo", "metasim", "ingest", "status", "sender",
-            "billing", "hala", "prometheus"} <= set(COMPOSE["services"])
+            "billing", "notify", "hala", "prometheus"} <= set(COMPOSE["services"])
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES_SETTINGS))

@@ -23,7 +23,7 @@ from services.ingest.repository import MongoDirectory
 from shared.collections import ACCOUNTS, API_KEYS, PHONE_NUMBERS, TEMPLATES
 from shared.errors import ServiceError
 from shared.kafka import make_producer
-from shared.messages import TOPUP_REQUESTED
+from shared.messages import TOPUP_REQUESTED, top_up_signature_valid
 from shared.secrets import TokenVault, new_key
 from tests.conftest import Broker
 from tests.integration.ingest.kafka_probe import read_published
@@ -130,10 +130,11 @@ async def test_a_top_up_publishes_topup_requested_keyed_by_account(
     await producer.start()
     try:
         event = await commands.top_up(db, producer, account_id=account_id, amount=5_000_000,
-                                      note="first credit", topic_prefix=prefix)
+                                      note="first credit", topic_prefix=prefix,
+                                      signing_key=b"it-topup-key", operator="ana@ops-1")
         with pytest.raises(ServiceError):
             await commands.top_up(db, producer, account_id="acc_missing", amount=1,
-                                  topic_prefix=prefix)
+                                  topic_prefix=prefix, signing_key=b"it-topup-key")
     finally:
         await producer.stop()
     [record] = await read_published(broker.setup, TOPUP_REQUESTED, prefix)
@@ -141,6 +142,10 @@ async def test_a_top_up_publishes_topup_requested_keyed_by_account(
     published = TOPUP_REQUESTED.decode(record.value)
     assert published == event and published.amount == 5_000_000
     assert published.event_id.startswith("topup_") and published.note == "first credit"
+    # Who asked travels with it, under the signature billing verifies.
+    assert published.operator == "ana@ops-1"
+    assert top_up_signature_valid(published, b"it-topup-key")
+    assert not top_up_signature_valid(published, b"another key")
 
 
 def _graph_app(templates: list[dict[str, Any]], token: str, page_size: int = 2) -> web.Application:
@@ -225,7 +230,7 @@ def test_the_hala_console_script_runs_the_commands(mongodb_url: str, broker: Bro
     """The real entry point in a subprocess, as an operator runs it."""
     env = {**os.environ, **broker.env("admin"), "MONGODB_URL": mongodb_url,
            "MONGODB_DATABASE": f"it_{unique}", "HALA_TOPIC_PREFIX": f"t{unique}.",
-           "HALA_TOKEN_KEYS": new_key()}
+           "HALA_TOKEN_KEYS": new_key(), "HALA_OPERATOR": "ana"}
     hala = [str(Path(sys.executable).with_name("hala"))]
 
     def run(*argv: str, stdin: str | None = None) -> str:
@@ -255,6 +260,14 @@ def test_the_hala_console_script_runs_the_commands(mongodb_url: str, broker: Bro
         missing = subprocess.run([*hala, "accounts", "show", "acc_missing"], env=env,
                                  capture_output=True, text=True, timeout=60, check=False)
         assert missing.returncode == 1 and "unknown_account" in missing.stderr
+        # Each change was audited with who did it; the read-only commands were not.
+        audited = orjson.loads(run("audit", "--account", account_id, "--json"))
+        assert [e["command"] for e in audited] == [
+            "keys issue", "numbers register", "wabas register", "accounts create"]
+        assert {e["operator"] for e in audited} == {"ana"}
+        assert audited[1]["arguments"]["access_token"] == "[redacted]"
+        assert "EAAsim-secret-token" not in run("audit", "--json")
+        assert issued["api_key"] not in run("audit", "--json")
     finally:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_url)
         client.drop_database(f"it_{unique}")

@@ -18,10 +18,12 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from services.billing.worker import INPUT_TOPICS
 from shared.kafka import KafkaConfig, make_admin, make_consumer, topic_name
-from shared.messages import Topic
+from shared.messages import Topic, TopUpRequested, sign_top_up
 from tests.conftest import Broker
 
 REPO = Path(__file__).resolve().parents[3]
+# The top-up signing key the billing processes of these tests hold (as the admin tool does).
+TOPUP_KEY = "it-billing-topup-signing-key"
 T = TypeVar("T")
 
 
@@ -59,6 +61,7 @@ class BillingProcess:
             "HALA_TOPIC_PREFIX": prefix, "MONGODB_DATABASE": database,
             "BILLING_FAUST_APP_ID": app_id, "BILLING_OPS_PORT": str(self.port),
             "BILLING_FAUST_DATADIR": str(log_dir / "faust"),
+            "HALA_TOPUP_SIGNING_KEY": TOPUP_KEY,
             **{f"BILLING_{k.upper()}": v for k, v in settings.items()},
             **(env or {}),
         }
@@ -163,3 +166,10 @@ async def read_all(kafka: KafkaConfig, topic: Topic[Any], prefix: str, *,
     finally:
         await consumer.stop()
     return records
+
+
+def signed_top_up(account_id: str, amount: int, event_id: str) -> TopUpRequested:
+    """A top-up as `hala credits topup` makes it: signed with the key billing holds here."""
+    return sign_top_up(TopUpRequested(event_id=event_id, account_id=account_id, amount=amount,
+                                      requested_at=1_764_000_000_000, operator="it"),
+                       TOPUP_KEY.encode())

@@ -21,6 +21,7 @@ from services.billing.sweeper import ReservationSweeper
 from shared.clock import SystemClock
 from shared.kafka import make_producer, publish, publish_all, topic_name
 from shared.messages import (
+    BALANCE_TOPPED_UP,
     LOW_BALANCE_ALERTED,
     SEND_APPROVED,
     SEND_REQUESTED,
@@ -33,7 +34,14 @@ from shared.messages import (
 )
 from shared.pricing import load_rate_card
 from tests.conftest import Broker
-from tests.integration.billing.harness import BillingProcess, drained, eventually, read_all
+from tests.integration.billing.harness import (
+    BillingProcess,
+    drained,
+    eventually,
+    read_all,
+    signed_top_up,
+)
+from tests.unit.billing.fakes import FakeCheckpoints
 
 pytestmark = pytest.mark.integration
 
@@ -127,8 +135,7 @@ def status(account_id: str, message_id: str, step: Any, source: Any = "webhook",
 
 
 def top_up(account_id: str, amount: int, event_id: str) -> TopUpRequested:
-    return TopUpRequested(event_id=event_id, account_id=account_id, amount=amount,
-                          requested_at=1_764_000_000_000)
+    return signed_top_up(account_id, amount, event_id)
 
 
 def decoded(records: list[Any], topic: Any) -> list[Any]:
@@ -185,7 +192,8 @@ async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None
         "msg_2:settle": ("release", GB_MARKETING),
     }
     db = setup.mongo[setup.database]
-    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
+                                   FakeCheckpoints()).run_once()).drift == 0
     for sample, value in (("billing_reservations_total", 2),
                           ('billing_rejections_total{reason="insufficient_credit"}', 1),
                           ("billing_charges_total", 1),
@@ -335,7 +343,8 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         assert (balance["available"], balance["reserved"]) == expected[account], account
     assert await db.ledger.count_documents({}) == len(accounts) * (
         1 + top_ups + sends + late_sends + settled)  # one entry per decision, none twice
-    assert (await Reconciler(Ledger(db), Balances(db)).run_once()).drift == 0
+    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
+                                   FakeCheckpoints()).run_once()).drift == 0
     approvals = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
                         SEND_APPROVED)
     assert {a.message_id for a in approvals} == {
@@ -365,7 +374,8 @@ async def test_the_sweeper_expires_only_the_overdue_unsettled_reservation(setup:
     await producer.start()
     try:
         publisher = KafkaPublisher(producer, setup.prefix)
-        assert await ReservationSweeper(ledger, publisher, SystemClock()).run_once() == 1
+        assert await ReservationSweeper(ledger, publisher, SystemClock(),
+                                        FakeCheckpoints()).run_once() == 1
     finally:
         await producer.stop()
 
@@ -373,3 +383,57 @@ async def test_the_sweeper_expires_only_the_overdue_unsettled_reservation(setup:
                         STATUS_CHANGED)
     assert [(s.message_id, s.account_id, s.status, s.source) for s in published] == [
         ("msg_old", "acc_sweep", "expired", "billing")]
+
+
+async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_once(
+        setup: Setup) -> None:
+    account = f"acc_{setup.prefix}own"
+    db = setup.mongo[setup.database]
+    # The account's own threshold, as `hala accounts create/update --low-balance-threshold`
+    # stores it; billing's default (1 000 000) would never alert at these amounts.
+    await db.accounts.insert_one({"_id": account, "low_balance_threshold": 60_000})
+    # read at every batch here (the refresh interval itself is unit-tested)
+    billing = setup.billing("billing", threshold_refresh_s="0")
+    await billing.wait_ready()
+
+    await setup.send(top_up(account, 100_000, "topup_1"))
+    await setup.wait_drained(billing)
+    for n in range(3):  # 75 800, 51 600 (below 60 000: one alert), 27 400 (still below)
+        await setup.send(send_requested(account, f"msg_{n}"))
+    await setup.send(top_up(account, 100_000, "topup_1"))  # republished: applied once
+    await setup.wait_drained(billing)
+
+    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+                                    setup.prefix), LOW_BALANCE_ALERTED)
+    assert [(a.event_id, a.available, a.threshold) for a in alerts] == [
+        (f"{account}:low:1", 100_000 - 2 * GB_UTILITY, 60_000)]
+    balance = await setup.balance(account)
+    assert balance is not None and balance["low_balance_threshold"] == 60_000
+    assert balance["available"] == 100_000 - 3 * GB_UTILITY
+
+    # A second top-up, and a threshold lowered under the balance meanwhile: re-armed, so the
+    # next fall below the new threshold alerts again, once.
+    await db.accounts.update_one({"_id": account}, {"$set": {"low_balance_threshold": 30_000}})
+    await setup.send(top_up(account, 10_000, "topup_2"))  # 37 400
+    await setup.wait_drained(billing)
+    stored = await setup.balance(account)
+    assert stored is not None and stored["low_balance_threshold"] == 30_000
+    assert stored["low_balance_armed"] is True
+    await setup.send(send_requested(account, "msg_9"))  # 13 200: below 30 000
+    await setup.wait_drained(billing)
+    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+                                    setup.prefix), LOW_BALANCE_ALERTED)
+    assert [(a.event_id, a.threshold) for a in alerts] == [(f"{account}:low:1", 60_000),
+                                                           (f"{account}:low:2", 30_000)]
+
+    topped = decoded(await read_all(setup.bootstrap_servers, BALANCE_TOPPED_UP, setup.prefix),
+                     BALANCE_TOPPED_UP)
+    # one event per applied top-up; the republished one says the same under the same id
+    assert {t.event_id for t in topped} == {"topup_1:applied", "topup_2:applied"}
+    first = [t for t in topped if t.event_id == "topup_1:applied"]
+    assert len(first) == 2 and first[0] == first[1]
+    assert (first[0].account_id, first[0].amount, first[0].available, first[0].currency) == (
+        account, 100_000, 100_000, "USD")
+    [second] = [t for t in topped if t.event_id == "topup_2:applied"]
+    assert (second.amount, second.available) == (10_000, 100_000 - 3 * GB_UTILITY + 10_000)
+    assert await billing.metric("billing_topups_total") == 2

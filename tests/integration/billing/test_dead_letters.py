@@ -20,10 +20,17 @@ from shared.messages import (
     SendRequested,
     Topic,
     TopUpRequested,
+    sign_top_up,
 )
 from shared.pricing import load_rate_card
 from tests.conftest import Broker
-from tests.integration.billing.harness import BillingProcess, drained, eventually, read_all
+from tests.integration.billing.harness import (
+    BillingProcess,
+    drained,
+    eventually,
+    read_all,
+    signed_top_up,
+)
 from tests.integration.dlq_probe import check_dead_letter, wait_for_dead_letters
 
 GB_UTILITY = load_rate_card().price("utility", "GB")
@@ -65,9 +72,7 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
                                          partition=PARTITION)
 
         db = mongo[database]
-        await send(TOPUP_REQUESTED, TopUpRequested(event_id="topup_1", account_id=account,
-                                                   amount=1_000_000,
-                                                   requested_at=1_764_000_000_000))
+        await send(TOPUP_REQUESTED, signed_top_up(account, 1_000_000, "topup_1"))
         billing.start()
 
         async def funded() -> bool:  # billing reads its topics in no fixed order between them
@@ -102,6 +107,61 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
         assert sorted(set(approved)) == ["msg_after", "msg_before"]
         assert await billing.metric(
             'hala_dead_letters_total{reason="unexpected",service="billing"}') == 1.0
+    finally:
+        billing.stop()
+        await producer.stop()
+
+
+async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signature_moves_nothing(
+        bootstrap_servers: str, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
+        names: tuple[str, str], tmp_path: Path) -> None:
+    """Whoever can write to the topic cannot mint credit: an unsigned top-up and one signed with
+    another key are dead-lettered (permanent) by the real billing process, and only the top-up
+    signed with the admin tool's key reaches the balance and the ledger."""
+    prefix, database = names
+    account = f"acc_{prefix}forged"
+    await ensure_topics(bootstrap_servers, prefix)
+    producer = make_producer(bootstrap_servers)
+    await producer.start()
+    billing = BillingProcess(bootstrap_servers=bootstrap_servers, mongodb_url=mongodb_url,
+                             prefix=prefix, database=database, app_id="billing",
+                             log_dir=tmp_path)
+    try:
+        forged = [
+            TopUpRequested(event_id="topup_unsigned", account_id=account, amount=9_000_000,
+                           requested_at=1_764_000_000_000),
+            sign_top_up(TopUpRequested(event_id="topup_other_key", account_id=account,
+                                       amount=9_000_000, requested_at=1_764_000_000_000,
+                                       operator="mallory"), b"a key billing does not hold"),
+        ]
+        for event in [*forged, signed_top_up(account, 1_000_000, "topup_real")]:
+            key, value = TOPUP_REQUESTED.encode(event)
+            await producer.send_and_wait(topic_name(TOPUP_REQUESTED, prefix), value=value,
+                                         key=key, partition=PARTITION)
+        billing.start()
+
+        source = topic_name(TOPUP_REQUESTED, prefix)
+        dead = await wait_for_dead_letters(bootstrap_servers, f"{source}.dlq", 2,
+                                           alive=billing._check_alive)
+        for offset, record in enumerate(dead):
+            headers = check_dead_letter(record, source_topic=source, source_offset=offset,
+                                        service="billing", error_type="InvalidRequest",
+                                        reason="permanent", attempts=1)
+            assert b"must be signed" in headers["error_detail"]
+            assert TOPUP_REQUESTED.decode(record.value) == forged[offset]
+
+        db = mongo[database]
+
+        async def applied() -> bool:
+            billing._check_alive()
+            return await drained(bootstrap_servers, billing.group, prefix)
+
+        await eventually(applied, timeout=60, what="billing to commit past the forged top-ups")
+        balance = await db.balances.find_one({"_id": account})
+        assert balance is not None and (balance["available"], balance["reserved"]) == (
+            1_000_000, 0)
+        assert [d["_id"] async for d in db.ledger.find({"account_id": account})] == [
+            "topup:topup_real"]
     finally:
         billing.stop()
         await producer.stop()

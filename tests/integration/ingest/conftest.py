@@ -21,6 +21,8 @@ from services.admin import commands
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
+from services.ingest.endpoint_handlers import EndpointHandlers
+from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
@@ -39,14 +41,16 @@ from shared.clock import SystemClock
 from shared.collections import (
     BALANCES,
     CONVERSATIONS,
+    DELIVERY_ATTEMPTS,
     INBOUND_MESSAGES,
     MEDIA,
     MESSAGES,
+    WEBHOOK_ENDPOINTS,
     ensure_indexes,
 )
 from shared.kafka import KafkaConfig
 from shared.message_docs import message_document
-from shared.messages import SEND_REQUESTED, TOPUP_REQUESTED
+from shared.messages import NOTIFY_REQUESTED, SEND_REQUESTED, TOPUP_REQUESTED
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
 from shared.secrets import TokenVault, new_key
@@ -161,26 +165,30 @@ async def _tenant(db: AsyncDatabase[dict[str, Any]], vault: TokenVault, name: st
 async def platform(broker: Broker, mongo: AsyncMongoClient[dict[str, Any]],
                    unique: str) -> AsyncIterator[Platform]:
     prefix = f"t{unique}."
-    await broker.grant(prefix, [SEND_REQUESTED, TOPUP_REQUESTED])
+    await broker.grant(prefix, [SEND_REQUESTED, TOPUP_REQUESTED, NOTIFY_REQUESTED])
     db = mongo[f"it_{unique}"]
-    await ensure_indexes(db, MESSAGES, INBOUND_MESSAGES, CONVERSATIONS, MEDIA)
+    await ensure_indexes(db, MESSAGES, INBOUND_MESSAGES, CONVERSATIONS, MEDIA,
+                         WEBHOOK_ENDPOINTS, DELIVERY_ATTEMPTS)
     await commands.prepare(db)
     vault = TokenVault(new_key())
     producer = RdKafkaProducer(broker.as_service("ingest"))  # ingest's own principal
     await producer.start()
     clock = SystemClock()
     inbox = MongoInbox(db)
+    publisher = KafkaPublisher(producer, prefix)
     ingest = Ingest(
         # No cache: revocations and suspensions must show at once in these tests.
         directory=CachedDirectory(MongoDirectory(db), clock, ttl_seconds=0),
         idempotency=MongoIdempotencyStore(db), messages=MongoMessageStore(db),
-        recent=RecentMessages(clock, 30.0), publisher=KafkaPublisher(producer, prefix),
+        recent=RecentMessages(clock, 30.0), publisher=publisher,
         clock=clock, rate_card=load_rate_card(), inbox=inbox,
         windows=CachedWindows(inbox, clock, closed_seconds=0))
     meta = FakeMeta()
     calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=meta,
                   vault=vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
-    client = TestClient(TestServer(create_app(calls)))
+    webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, vault,
+                                allow_loopback_http=True)
+    client = TestClient(TestServer(create_app(calls, webhooks=webhooks)))
     await client.start_server()
     try:
         a = await _tenant(db, vault, "Alpha", WABA_A, PORTFOLIO_A, PHONE_A, "15550001001")

@@ -103,6 +103,16 @@ async def test_an_unsent_outcome_is_recorded_once(store: Any) -> None:
         "expired", "validity_expired")
 
 
+async def test_tier_usage_past_the_window_is_deleted(store: Any) -> None:
+    await store.record_tier_use("pf1", "hmac-sha256:aa", 100)
+    await store.record_tier_use("pf1", "hmac-sha256:bb", 300)
+    await store.record_tier_use("pf2", "hmac-sha256:cc", 99)
+    assert await store.delete_tier_usage_before(200) == 2
+    assert await store.load_tier_usage("pf1", since_ms=0) == [("hmac-sha256:bb", 300)]
+    assert await store.load_tier_usage("pf2", since_ms=0) == []
+    assert await store.delete_tier_usage_before(200) == 0
+
+
 async def test_tier_usage_is_per_portfolio_and_keeps_the_latest_time(store: Any) -> None:
     await store.record_tier_use("pf1", "+1", 100)
     await store.record_tier_use("pf1", "+1", 300)

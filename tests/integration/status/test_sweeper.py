@@ -103,3 +103,30 @@ async def test_inbound_messages_past_retention_lose_content_and_contact(
     assert {d["_id"] for d in await world.db["conversations"].find().to_list(None)} == {
         "p:talked"}
     assert (await sweeper.sweep_once()).inbound_anonymised == 0
+
+
+async def test_one_sweep_catches_up_with_everything_past_retention_page_after_page(
+        world: StatusWorld) -> None:
+    """More has aged out than one page holds: a single pass anonymises all of it (pages of 5
+    here), and leaves what is recent alone."""
+    old = [{"_id": f"msg_old_{i:02}", "account_id": "acc_1", "status": "delivered",
+            "recipient": "+447911123456", "content": '{"body": "x"}',
+            "created_at": NOW - 31 * DAY - i} for i in range(23)]
+    await world.db["messages"].insert_many([
+        *old, {"_id": "msg_recent", "account_id": "acc_1", "status": "delivered",
+               "recipient": "+447911123456", "content": "{}", "created_at": NOW - DAY}])
+    await world.db["inbound_messages"].insert_many([
+        {"_id": f"wamid.old{i}", "account_id": "acc_1", "wa_id": "16505551234",
+         "content": "{}", "received_at": NOW - 31 * DAY - i} for i in range(12)])
+    sweeper = Sweeper(world.repository, world.publisher, FakeClock(start_ms=NOW),
+                      SweepPolicy(recipient_hash_key=b"it-key", batch_size=5))
+
+    report = await sweeper.sweep_once()
+
+    assert (report.anonymised, report.inbound_anonymised) == (23, 12)
+    assert await world.db["messages"].count_documents(
+        {"anonymised_at": {"$exists": False}}) == 1  # msg_recent
+    assert await world.db["messages"].count_documents({"content": {"$exists": True}}) == 1
+    assert await world.db["inbound_messages"].count_documents(
+        {"anonymised_at": {"$exists": False}}) == 0
+    assert (await sweeper.sweep_once()).anonymised == 0

@@ -133,3 +133,56 @@ def test_json_rendering_handles_dates_and_human_rendering_nests() -> None:
     text = render({"account": {"_id": "acc_1"}, "wabas": [], "at": when}, False)
     assert "account:\n  _id: acc_1" in text and "at: 2026-01-02T03:04:05+00:00" in text
     assert render([], False) == "(none)"
+
+
+def test_webhooks_create_takes_its_events_as_a_comma_separated_list() -> None:
+    args = parse("webhooks", "create", "--account", "acc_1", "--url", "https://h.example.com/",
+                 "--events", "message.*, balance.low", "--format", "meta")
+    assert (args.group, args.command, args.account_id) == ("webhooks", "create", "acc_1")
+    assert args.events == ["message.*", "balance.low"] and args.format == "meta"
+    assert parse("webhooks", "create", "--account", "a", "--url", "u",
+                 "--events", "*").format == "standard"
+
+
+def test_webhooks_update_gives_only_what_was_said() -> None:
+    args = parse("webhooks", "update", "we_1", "--account", "acc_1", "--enable")
+    assert (args.endpoint_id, args.enabled, args.url, args.events) == ("we_1", True, None, None)
+    assert parse("webhooks", "update", "we_1", "--account", "a", "--disable").enabled is False
+    assert parse("webhooks", "update", "we_1", "--account", "a", "--url", "u").enabled is None
+
+
+def test_webhooks_replay_takes_a_time_range_or_an_event_id() -> None:
+    args = parse("webhooks", "replay", "we_1", "--account", "a", "--since",
+                 "2025-11-24T10:00:00Z", "--until", "2025-11-24T12:00:00+02:00")
+    assert (args.since, args.until, args.event_id) == (1_763_978_400_000, 1_763_978_400_000,
+                                                       None)
+    # a time without a zone is UTC
+    assert parse("webhooks", "replay", "we_1", "--account", "a", "--since",
+                 "2025-11-24T10:00:00").since == 1_763_978_400_000
+    assert parse("webhooks", "replay", "we_1", "--account", "a",
+                 "--event-id", "evt_1").event_id == "evt_1"
+
+
+def test_accounts_update_takes_alert_emails_and_a_threshold() -> None:
+    args = parse("accounts", "update", "acc_1", "--alert-emails", "a@x.example,b@y.example",
+                 "--low-balance-threshold", "2500000")
+    assert args.alert_emails == "a@x.example,b@y.example"
+    assert args.low_balance_threshold == 2_500_000
+    assert parse("accounts", "update", "acc_1").low_balance_threshold is None
+
+
+@pytest.mark.parametrize("argv", [
+    ("webhooks", "list"),  # --account is required
+    ("webhooks", "show", "--account", "a"),  # the endpoint id too
+    ("webhooks", "create", "--account", "a", "--url", "u"),
+    ("webhooks", "create", "--account", "a", "--url", "u", "--events", "*", "--format", "xml"),
+    ("webhooks", "update", "we_1", "--account", "a", "--enable", "--disable"),
+    ("webhooks", "replay", "we_1", "--account", "a"),
+    ("webhooks", "replay", "we_1", "--account", "a", "--since", "2025-11-24", "--event-id", "e"),
+    ("webhooks", "replay", "we_1", "--account", "a", "--since", "yesterday"),
+    ("webhooks", "deliveries", "we_1", "--account", "a", "--limit", "0"),
+    ("accounts", "update", "acc_1", "--low-balance-threshold", "-1"),
+])
+def test_bad_webhook_arguments_are_refused_by_the_parser(argv: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit):
+        parse(*argv)

@@ -169,3 +169,21 @@ def test_ingest_accepts_the_example_parameters_for_every_shape_the_sync_writes()
             "template": {"name": doc["name"], "language": {"code": "en_US"},
                          "components": core.example_components(doc)}})
         assert ingest_core.check_template(doc, request) == "utility"
+
+
+def test_alert_emails_are_a_checked_list_without_duplicates() -> None:
+    assert core.alert_emails(" a@x.example, B@y.example ,a@X.example,") == [
+        "a@x.example", "B@y.example"]
+    assert core.alert_emails("") == []
+    for bad in ("a@x.example,nope", ",".join(f"u{n}@x.example" for n in range(11))):
+        with pytest.raises(ServiceError) as raised:
+            core.alert_emails(bad)
+        assert raised.value.details == {"field": "alert_emails"}
+
+
+def test_a_new_account_has_no_alert_emails_yet() -> None:
+    doc = core.account_doc(account_id="acc_1", name="Demo", email="a@b.co",
+                           phone="+971501234567", business_name="Demo LLC",
+                           fb_business_manager_id="123456789012", low_balance_threshold=5,
+                           now_ms=NOW)
+    assert doc["alert_emails"] == []

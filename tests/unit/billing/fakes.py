@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class FakeBalances:
 class FakeLedger:
     journal: Journal
     entries: dict[str, LedgerEntry] = field(default_factory=dict)
+    pages: list[int] = field(default_factory=list)  # the size of each page read, in order
 
     async def get(self, key: str) -> LedgerEntry | None:
         return self.entries.get(key)
@@ -78,12 +80,40 @@ class FakeLedger:
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
         return [e for e in self.entries.values() if e.account_id == account_id]
 
-    async def reserves_before(self, cutoff: int) -> list[LedgerEntry]:
-        return [e for e in self.entries.values() if e.kind == "reserve" and e.at <= cutoff]
+    def _ordered_after(self, position: tuple[int, str] | None) -> list[LedgerEntry]:
+        ordered = sorted(self.entries.values(), key=lambda e: (e.at, e.key))
+        return [e for e in ordered if position is None or (e.at, e.key) > position]
 
-    async def amounts(self) -> AsyncIterator[LedgerEntry]:
-        for entry in list(self.entries.values()):
-            yield entry
+    async def reserves_page(self, position: tuple[int, str] | None, cutoff: int,
+                            limit: int) -> list[LedgerEntry]:
+        page = [e for e in self._ordered_after(position)
+                if e.kind == "reserve" and e.at <= cutoff][:limit]
+        self.pages.append(len(page))
+        return page
+
+    async def amounts_page(self, position: tuple[int, str] | None, limit: int,
+                           until_at: int | None = None) -> list[LedgerEntry]:
+        page = [e for e in self._ordered_after(position)
+                if until_at is None or e.at <= until_at][:limit]
+        self.pages.append(len(page))
+        return page
+
+    async def amounts_of(self, key: str) -> LedgerEntry | None:
+        return self.entries.get(key)
+
+
+@dataclass
+class FakeCheckpoints:
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    saves: int = 0
+
+    async def load(self, job: str) -> dict[str, Any] | None:
+        state = self.states.get(job)
+        return None if state is None else copy.deepcopy(state)
+
+    async def save(self, job: str, state: dict[str, Any]) -> None:
+        self.states[job] = copy.deepcopy(state)
+        self.saves += 1
 
 
 @dataclass

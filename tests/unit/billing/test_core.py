@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -18,12 +18,15 @@ from services.billing.core import (
     entry_key,
     reserve_key,
     settlement_for,
+    with_threshold,
 )
 from shared.errors import InvalidRequest
 from shared.messages import (
+    BALANCE_TOPPED_UP,
     LOW_BALANCE_ALERTED,
     SEND_APPROVED,
     STATUS_CHANGED,
+    BalanceToppedUp,
     SendApproved,
     StatusChanged,
 )
@@ -32,6 +35,7 @@ from tests.unit.billing.events import (
     ACCOUNT,
     SEND_TOPIC,
     STATUS_TOPIC,
+    TOPUP_KEY,
     TOPUP_TOPIC,
     free,
     regular,
@@ -68,11 +72,12 @@ class Books:
         existing = (self.entries.get(entry_key(event))
                     if self.balance.has_applied(position.source, position.offset) else None)
         decision = decide(self.balance, event, position, rate_card=CARD, now=NOW,
-                          reservation=reservation, existing=existing)
+                          reservation=reservation, existing=existing, top_up_key=TOPUP_KEY)
         for entry in decision.entries:
             if entry.key in self.entries:
                 decision = decide(self.balance, event, position, rate_card=CARD, now=NOW,
-                                  reservation=reservation, existing=self.entries[entry.key])
+                                  reservation=reservation, existing=self.entries[entry.key],
+                                  top_up_key=TOPUP_KEY)
                 break
             self.entries[entry.key] = entry
         if decision.balance is not None:
@@ -247,6 +252,38 @@ def test_a_top_up_adds_to_available() -> None:
     assert ledger.entries["topup:topup_2"].amount == 1_000
 
 
+def test_a_top_up_is_announced_once_with_the_balance_right_after_it() -> None:
+    ledger = books(available=5)
+    ledger.feed(send_requested("msg_1", category="utility"))  # nothing: rejected, 5 left
+    position = ledger.next_position(TOPUP_TOPIC)
+    event = top_up(100_000, event_id="topup_2")
+    decision = ledger.feed(event, position)
+    [output] = decision.outputs
+    assert output.topic is BALANCE_TOPPED_UP
+    assert output.event == BalanceToppedUp(
+        event_id="topup_2:applied", account_id=ACCOUNT, amount=100_000, available=100_005,
+        currency=CARD.currency, note=event.note, occurred_at=NOW)
+    assert ledger.entries["topup:topup_2"].available_after == 100_005
+    ledger.feed(send_requested("msg_2", category="utility"))  # the balance moves on
+    # derived from the entry: a replay of the offset and a duplicate at a new offset say the
+    # same thing under the same id (downstream dedupes), never the balance of now
+    replay = ledger.feed(event, position)
+    duplicate = ledger.feed(event)
+    assert (replay.outcome, duplicate.outcome) == ("replayed", "duplicate")
+    assert [o.event for o in replay.outputs] == [output.event]
+    assert [o.event for o in duplicate.outputs] == [output.event]
+    assert ledger.balance.available == 100_005 - GB_UTILITY
+
+
+def test_a_top_up_entry_from_before_the_announcement_is_not_announced_on_replay() -> None:
+    ledger = books()
+    position = ledger.next_position(TOPUP_TOPIC)
+    ledger.feed(top_up(1_000, event_id="topup_old"), position)
+    key = "topup:topup_old"
+    ledger.entries[key] = replace(ledger.entries[key], available_after=None)
+    assert ledger.feed(top_up(1_000, event_id="topup_old"), position).outputs == ()
+
+
 @pytest.mark.parametrize("amount", [0, -5])
 def test_a_top_up_of_nothing_or_less_is_refused(amount: int) -> None:
     with pytest.raises(InvalidRequest):
@@ -399,6 +436,33 @@ def test_a_replay_of_the_crossing_event_publishes_its_alert_again_but_a_duplicat
     assert replay.outputs == first.outputs
     assert [o.topic for o in duplicate.outputs] == [SEND_APPROVED]
     assert ledger.balance.low_balance_crossings == 1
+
+
+def test_the_accounts_own_threshold_decides_the_crossing() -> None:
+    ledger = books(threshold=0)
+    ledger.feed(top_up(100_000, event_id="t1"))
+    ledger.balance = with_threshold(ledger.balance, 80_000)  # the account's, read by the worker
+    crossing = ledger.feed(send_requested("msg_1", category="utility"))  # 75 800 < 80 000
+    assert [o.topic for o in crossing.outputs] == [SEND_APPROVED, LOW_BALANCE_ALERTED]
+    assert crossing.outputs[1].event.threshold == 80_000
+    assert ledger.balance.low_balance_threshold == 80_000  # stored with the balance
+    ledger.feed(send_requested("msg_2", category="utility"))
+    assert len(alerts(ledger)) == 1
+
+
+def test_a_changed_threshold_rearms_above_it_and_keeps_an_alert_already_given() -> None:
+    balance = Balance(account_id=ACCOUNT, currency="USD", available=60_000,
+                      low_balance_threshold=50_000, low_balance_armed=True)
+    assert with_threshold(balance, 50_000) is balance
+    # raised above the balance while armed: the next movement that stays below it alerts
+    raised = with_threshold(balance, 70_000)
+    assert (raised.low_balance_threshold, raised.low_balance_armed) == (70_000, True)
+    # alerted at the old threshold, then lowered under the balance: armed again
+    alerted = Balance(account_id=ACCOUNT, currency="USD", available=40_000,
+                      low_balance_threshold=50_000, low_balance_armed=False)
+    assert with_threshold(alerted, 30_000).low_balance_armed is True
+    # lowered, but still above the balance: no second alert for the same fall
+    assert with_threshold(alerted, 45_000).low_balance_armed is False
 
 
 def test_a_rejected_send_stays_rejected_when_it_comes_again_after_a_top_up() -> None:

@@ -13,7 +13,14 @@ from services.billing.worker import BillingWorker
 from shared.clock import FakeClock
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, TOPUP_REQUESTED, Topic
 from shared.pricing import load_rate_card
-from tests.unit.billing.events import ACCOUNT, regular, send_requested, status, top_up
+from tests.unit.billing.events import (
+    ACCOUNT,
+    TOPUP_KEY,
+    regular,
+    send_requested,
+    status,
+    top_up,
+)
 from tests.unit.billing.fakes import (
     FakeBalances,
     FakeLedger,
@@ -56,23 +63,29 @@ class Shell:
 
 
 def make_shell(*, sleeps: Sleeps | None = None, dead_letter_limit: int = 50,
+               clock: FakeClock | None = None, low_balance_threshold: int = 0,
                **options: Any) -> Shell:
     journal = Journal()
     balances, ledger, publisher = FakeBalances(journal), FakeLedger(journal), FakePublisher(
         journal)
     sleeps = sleeps or Sleeps()
     worker = BillingWorker(balances=balances, ledger=ledger, publisher=publisher,
-                           rate_card=CARD, clock=FakeClock(), topic_prefix=PREFIX,
-                           low_balance_threshold=0, retry_first_delay_s=0.2,
+                           rate_card=CARD, clock=clock or FakeClock(), topic_prefix=PREFIX,
+                           low_balance_threshold=low_balance_threshold,
+                           retry_first_delay_s=0.2,
                            retry_max_delay_s=1.0, dead_letter_limit=dead_letter_limit,
-                           sleep=sleeps, **options)
+                           sleep=sleeps, top_up_key=TOPUP_KEY, **options)
     return Shell(worker, balances, ledger, publisher, journal, sleeps, {})
 
 
 async def funded(amount: int = 100_000, **kwargs: Any) -> Shell:
+    """A shell whose account has `amount` of credit; what the top-up wrote and published
+    (its BalanceToppedUp) is cleared, so that tests see only their own steps."""
     shell = make_shell(**kwargs)
     await shell.worker.handle(shell.record(TOPUP_REQUESTED, top_up(amount)))
+    assert [name for name, _ in shell.publisher.published] == ["billing.balance-topped-up.v1"]
     shell.journal.steps.clear()
+    shell.publisher.published.clear()
     return shell
 
 

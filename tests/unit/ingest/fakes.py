@@ -24,8 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
-from services.ingest.conversations import WINDOW_MS, ConversationQuery, ThreadQuery
+from services.ingest.conversations import WINDOW_MS, ConversationQuery, Cursor, ThreadQuery
 from services.ingest.core import ListQuery, hash_api_key, to_ms
+from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.handlers import Ingest
 from services.ingest.meta_client import Download, MetaAnswer
 from services.ingest.passthrough import PassThroughPacer
@@ -33,7 +34,7 @@ from services.ingest.repository import CachedDirectory, CachedWindows, Duplicate
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable
 from shared.message_docs import message_document
-from shared.messages import SendRequested
+from shared.messages import NotifyRequested, SendRequested
 from shared.pricing import load_rate_card
 from shared.secrets import TokenVault, new_key
 
@@ -332,12 +333,67 @@ class FakeMeta:
 class FakePublisher:
     def __init__(self) -> None:
         self.events: list[SendRequested] = []
+        self.notify_requests: list[NotifyRequested] = []
         self.fail = False
 
     async def send_requested(self, event: SendRequested) -> None:
         if self.fail:
             raise DependencyUnavailable("broker unavailable", details={"dependency": "kafka"})
         self.events.append(event)
+
+    async def notify_requested(self, event: NotifyRequested) -> None:
+        if self.fail:
+            raise DependencyUnavailable("broker unavailable", details={"dependency": "kafka"})
+        self.notify_requests.append(event)
+
+
+class FakeEndpointStore:
+    """`webhook_endpoints` (ingest's), and notify's `endpoint_states` and `delivery_attempts`
+    as notify would have written them. tests/integration/ingest/test_webhook_endpoints.py runs
+    the same API against the real database."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.state_docs: dict[str, dict[str, Any]] = {}
+        self.attempt_docs: dict[str, dict[str, Any]] = {}
+
+    async def insert(self, doc: dict[str, Any]) -> None:
+        assert doc["_id"] not in self.endpoints
+        self.endpoints[doc["_id"]] = copy.deepcopy(doc)
+
+    async def get(self, endpoint_id: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.endpoints.get(endpoint_id))
+
+    async def count_in_use(self, account_id: str) -> int:
+        return sum(1 for d in self.endpoints.values()
+                   if d["account_id"] == account_id and d.get("deleted_at") is None)
+
+    async def page(self, account_id: str, limit: int,
+                   after: Cursor | None) -> list[dict[str, Any]]:
+        docs = [d for d in self.endpoints.values()
+                if d["account_id"] == account_id and d.get("deleted_at") is None]
+        return _newest_first(docs, "created_at", limit, after)
+
+    async def update(self, endpoint_id: str, changes: dict[str, Any]) -> None:
+        if endpoint_id in self.endpoints:
+            self.endpoints[endpoint_id].update(copy.deepcopy(changes))
+
+    async def states(self, endpoint_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {i: copy.deepcopy(self.state_docs[i]) for i in endpoint_ids
+                if i in self.state_docs}
+
+    async def attempts(self, endpoint_id: str, limit: int,
+                       after: Cursor | None) -> list[dict[str, Any]]:
+        docs = [d for d in self.attempt_docs.values() if d["endpoint_id"] == endpoint_id]
+        return _newest_first(docs, "at", limit, after)
+
+
+def _newest_first(docs: list[dict[str, Any]], field: str, limit: int,
+                  after: Cursor | None) -> list[dict[str, Any]]:
+    docs = sorted(docs, key=lambda d: (d[field], d["_id"]), reverse=True)
+    if after is not None:
+        docs = [d for d in docs if (d[field], d["_id"]) < (after.at, after.id)]
+    return copy.deepcopy(docs[:limit + 1])
 
 
 def template(waba_id: str, name: str, *, language: str = "en_US", category: str = "UTILITY",
@@ -416,7 +472,10 @@ class World:
         self.calls = Calls(ingest=self.ingest, media=self.media, meta=self.meta,
                            vault=VAULT, pacer=PassThroughPacer(*pace), clock=self.clock,
                            sleep=self.sleep)
-        self.app = create_app(self.calls)
+        self.endpoints = FakeEndpointStore()
+        self.webhooks = EndpointHandlers(self.ingest, self.endpoints, self.publisher, VAULT,
+                                         allow_loopback_http=True)
+        self.app = create_app(self.calls, webhooks=self.webhooks)
 
     async def sleep(self, seconds: float) -> None:
         """What a pass-through call waits for its turn: recorded, and the clock moves."""

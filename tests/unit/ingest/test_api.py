@@ -465,3 +465,57 @@ async def test_the_openapi_document_is_served_as_json_and_yaml() -> None:
         assert doc["openapi"].startswith("3.1")
         resp = await world.client.get("/openapi.yaml")
         assert resp.status == 200 and "openapi: 3.1" in await resp.text()
+
+
+DEEP = 10_000
+
+
+def _with_nested(body: dict[str, Any], depth: int, *, objects: bool = False) -> bytes:
+    """`body` with "__NESTED__" replaced by arrays (or objects) nested `depth` deep (orjson
+    itself will not write one that deep)."""
+    nested = (b'{"a":' * depth + b"1" + b"}" * depth) if objects else (
+        b"[" * depth + b"]" * depth)
+    return orjson.dumps(body).replace(b'"__NESTED__"', nested)
+
+
+def _flow(data: Any) -> dict[str, Any]:
+    return {"type": "flow", "body": {"text": "Pick a slot"}, "action": {
+        "name": "flow", "parameters": {
+            "flow_message_version": "3", "flow_id": "123456", "flow_cta": "Book!",
+            "flow_token": "opaque-id", "mode": "published", "flow_action": "navigate",
+            "flow_action_payload": {"screen": "SLOTS", "data": data}}}}
+
+
+async def test_deeply_nested_json_in_any_field_is_refused_with_400_not_a_crash() -> None:
+    template = template_body()
+    template["template"]["components"][0]["parameters"][0]["text"] = "__NESTED__"
+    flow = {"from": PHONE_A, "to": "+447912345678", "type": "interactive",
+            "interactive": _flow({"slots": "__NESTED__"})}
+    async with World() as world:
+        for body in (template, flow):
+            resp = await _post(world, _with_nested(body, DEEP))
+            assert resp.status == 400
+            assert await _error(resp) == {
+                "code": "nesting_too_deep",
+                "message": "arrays and objects in the body are nested more than 64 levels deep",
+                "details": {"limit": 64}}
+        # Meta's own route answers in Meta's envelope.
+        meta = {"messaging_product": "whatsapp", "to": "447912345678", "type": "interactive",
+                "interactive": _flow({"slots": "__NESTED__"})}
+        resp = await world.client.post(f"/v24.0/{PHONE_A}/messages",
+                                       data=_with_nested(meta, DEEP),
+                                       headers={**auth(), "Content-Type": "application/json"})
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert error["code"] == 100 and "nesting_too_deep" in error["error_data"]["details"]
+        assert world.publisher.events == []
+
+
+async def test_a_flows_data_nested_within_the_limit_is_accepted() -> None:
+    body = {"from": PHONE_A, "to": "+447912345678", "type": "interactive",
+            "interactive": _flow({"slots": "__NESTED__"})}
+    async with World() as world:
+        resp = await _post(world, _with_nested(body, 50, objects=True))
+        assert resp.status == 202, await resp.text()
+        [event] = world.publisher.events
+        assert event.content["action"]["parameters"]["flow_action_payload"]["data"]["slots"]

@@ -170,6 +170,12 @@ class FakeStore:
     async def record_tier_use(self, portfolio_id: str, recipient: str, at_ms: int) -> None:
         self.tier_usage[f"{portfolio_id}:{recipient}"] = (portfolio_id, recipient, at_ms)
 
+    async def delete_tier_usage_before(self, cutoff_ms: int) -> int:
+        old = [k for k, (_, _, at) in self.tier_usage.items() if at < cutoff_ms]
+        for key in old:
+            del self.tier_usage[key]
+        return len(old)
+
 
 def phone_number(**overrides: Any) -> PhoneNumber:
     base = PhoneNumber(id=NUMBER_ID, account_id="acc_demo", waba_id="102290129340398",

@@ -14,6 +14,7 @@ from services.status.processor import WebhookProcessor
 from shared.clock import FakeClock
 from shared.messages import (
     INBOUND_RECEIVED,
+    NUMBER_QUALITY_CHANGED,
     TEMPLATE_STATUS_CHANGED,
     THROUGHPUT_CHANGED,
     WABA_STATUS_CHANGED,
@@ -231,6 +232,21 @@ async def test_a_tier_change_without_an_upgrade_keeps_the_registered_throughput(
     [event] = publisher.events(THROUGHPUT_CHANGED)
     assert (event.phone_number_id, event.messages_per_second, event.messaging_limit) == (
         NUMBER_ID, 80, "TIER_2K")
+
+
+async def test_every_quality_webhook_of_a_number_is_published_for_notify_once_per_event(
+        processor: WebhookProcessor, publisher: FakePublisher) -> None:
+    flagged = quality("FLAGGED", 1_750_000_200, current_limit="TIER_10K")
+    await handle(processor, flagged)
+    await handle(processor, flagged)  # Meta's duplicate: the same event id
+    await handle(processor, quality("THROUGHPUT_UPGRADE", 1_750_000_300))
+    events = publisher.events(NUMBER_QUALITY_CHANGED)
+    assert [(e.event_id, e.event, e.messaging_limit, e.messages_per_second, e.account_id)
+            for e in events] == [
+        (f"{NUMBER_ID}:FLAGGED:1750000200", "FLAGGED", "TIER_10K", None, "acc_1"),
+        (f"{NUMBER_ID}:FLAGGED:1750000200", "FLAGGED", "TIER_10K", None, "acc_1"),
+        (f"{NUMBER_ID}:THROUGHPUT_UPGRADE:1750000300", "THROUGHPUT_UPGRADE", None, 1000,
+         "acc_1")]
 
 
 async def test_a_business_capability_change_repaces_every_number_of_the_waba(

@@ -207,6 +207,23 @@ async def test_a_signed_post_that_is_not_a_whatsapp_webhook_is_400(
     assert _metric("status_webhooks_rejected_total", reason="malformed") == rejected_before + 2
 
 
+async def test_a_signed_webhook_nested_10000_deep_is_400_not_a_crash(
+        client: TestClient, publisher: FakePublisher) -> None:
+    rejected_before = _metric("status_webhooks_rejected_total", reason="too_deep")
+    deep = b"[" * 10_000 + b"]" * 10_000
+    raw = (b'{"object":"whatsapp_business_account","entry":[{"id":"' + WABA_ID.encode()
+           + b'","changes":[{"field":"messages","value":' + deep + b"}]}]}")
+    resp = await client.post("/webhooks/meta", data=raw,
+                             headers={"X-Hub-Signature-256": sign(raw)})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == {
+        "code": "nesting_too_deep",
+        "message": "the body nests arrays and objects more than 64 levels deep",
+        "details": {"limit": 64}}
+    assert publisher.published == []
+    assert _metric("status_webhooks_rejected_total", reason="too_deep") == rejected_before + 1
+
+
 async def test_a_body_over_the_limit_is_413_and_not_published(
         client: TestClient, publisher: FakePublisher) -> None:
     rejected_before = _metric("status_webhooks_rejected_total", reason="too_large")
