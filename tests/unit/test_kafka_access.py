@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from services.billing.app import consumer_group
 from services.billing.settings import BillingSettings
+from services.notify.worker import group as notify_group
 from services.sender.worker import WorkerConfig
 from services.status.workers import processor_group, state_writer_group
 from shared.kafka import KafkaConfig
@@ -57,7 +58,8 @@ def test_the_admin_cli_reads_every_dead_letter_topic_and_nothing_else() -> None:
 def test_every_consumer_group_a_service_uses_is_covered_by_its_group_acl() -> None:
     groups = {"status": [processor_group(PREFIX), state_writer_group(PREFIX)],
               "sender": [WorkerConfig(KafkaConfig("k:1", "PLAINTEXT"), PREFIX).group],
-              "billing": [consumer_group(BillingSettings(HALA_TOPIC_PREFIX=PREFIX))]}
+              "billing": [consumer_group(BillingSettings(HALA_TOPIC_PREFIX=PREFIX))],
+              "notify": [notify_group(PREFIX)]}
     acls = {who: name for who, name in _allowed("read", "group")}
     for service, names in groups.items():
         assert acls[principal(service)] == group_prefix(service, PREFIX)
