@@ -13,6 +13,11 @@ Secrets (every `SecretStr` field, here and in any subclass):
   (the development value in the code, a placeholder, or a published example) or is shorter than
   `MIN_SECRET_LENGTH`, and says which setting it is. An optional secret (`SecretStr | None`)
   may be absent; when given it is checked like the others.
+- a secret's development value is its field's default (or one of `KNOWN_DEFAULTS`): it works
+  with `HALA_ENV=development` and is refused anywhere else. Values that two components must
+  share (the top-up signing key: the admin CLI signs, billing verifies) are named here.
+- a command-line tool whose commands need different secrets lists them in `deferred_secrets`:
+  they are checked by `require_secret` when a command needs one, by the same rule.
 
 Composition roots call `load_settings(TheirSettings)`: a refusal is a clear message and exit
 status 1, not a traceback.
@@ -21,7 +26,7 @@ status 1, not a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -37,12 +42,18 @@ from shared.kafka import KafkaConfig
 
 DEVELOPMENT = "development"
 MIN_SECRET_LENGTH = 16
+# Development values of secrets that more than one component holds (each is its fields'
+# default, so outside development it is refused like any other default).
+DEVELOPMENT_TOPUP_SIGNING_KEY = "dev-topup-signing-key"  # the admin CLI signs, billing verifies
+DEVELOPMENT_PSEUDONYM_KEY = "dev-account-pseudonym-key"  # erased accounts' ledger (admin CLI)
 # Values that must never protect anything outside development, besides each field's own default:
-# the simulator's published secrets, the benchmarks', and the placeholders of our examples.
+# the simulator's published secrets, the benchmarks', the development values above, and the
+# placeholders of our examples.
 KNOWN_DEFAULTS = frozenset({
     "metasim-app-secret-change-me", "metasim-verify-token", "bench-app-secret",
-    "bench-verify-token", "dev-recipient-hash-key-change-me", "password", "secret", "admin",
-    "changeme", "change-me", "example", "test",
+    "bench-verify-token", "dev-recipient-hash-key-change-me", DEVELOPMENT_TOPUP_SIGNING_KEY,
+    DEVELOPMENT_PSEUDONYM_KEY, "password", "secret", "admin", "changeme", "change-me",
+    "example", "test",
 })
 PLACEHOLDER_MARKS = ("change-me", "changeme", "change_me", "replace-me")
 
@@ -95,6 +106,10 @@ class SecretFileSource(EnvSettingsSource):
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # Secret fields checked only when first needed (`require_secret`), not at start: for a
+    # command-line tool whose commands need different ones (the admin CLI).
+    deferred_secrets: ClassVar[frozenset[str]] = frozenset()
 
     # `development` relaxes the secret checks (make run, tests, benchmarks); anything else,
     # including unset, is strict.
@@ -155,7 +170,8 @@ class ServiceSettings(BaseSettings):
     def _check_secrets(self) -> ServiceSettings:
         problems = [p for p in (self._tls_problem(),) if p]
         if not self.development:
-            problems += [p for p in (self._kafka_problem(),) if p] + unusable_secrets(self)
+            problems += [p for p in (self._kafka_problem(),) if p] + unusable_secrets(
+                self, skip=self.deferred_secrets)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -195,6 +211,18 @@ class ServiceSettings(BaseSettings):
             password=self.kafka_sasl_password,
             ca_file=self.kafka_ssl_ca_file or None)
 
+    def require_secret(self, name: str) -> SecretStr:
+        """A deferred secret, checked now by the rule every other secret is checked by at start
+        (ValueError naming the setting); in development, whatever is set."""
+        value: SecretStr | None = getattr(self, name)
+        if value is None:
+            env = setting_name(type(self), name)
+            raise ValueError(f"{env} is missing (set it or {env}_FILE)")
+        problem = None if self.development else secret_problem(self, name)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     def mongo_credentials(self) -> dict[str, Any]:
         """Keyword arguments for the Mongo client (none when no user is configured)."""
         if not self.mongodb_username:
@@ -203,29 +231,36 @@ class ServiceSettings(BaseSettings):
         return {"username": self.mongodb_username, "password": password}
 
 
-def unusable_secrets(settings: BaseSettings) -> list[str]:
+def unusable_secrets(settings: BaseSettings, skip: frozenset[str] = frozenset()) -> list[str]:
     """Why each secret field of `settings` could not protect anything (empty list: all fine)."""
-    cls = type(settings)
     problems = []
-    for name, field in cls.model_fields.items():
-        if not _is_secret(field):
+    for name, field in type(settings).model_fields.items():
+        if name in skip or not _is_secret(field):
             continue
-        value: SecretStr | None = getattr(settings, name)
-        env = setting_name(cls, name)
-        if value is None:
-            if not _optional(field):
-                problems.append(f"{env} is missing (set it or {env}_FILE)")
-            continue
-        raw = value.get_secret_value()
-        default = field.default.get_secret_value() if isinstance(field.default, SecretStr) else None
-        if not raw.strip():
-            problems.append(f"{env} is empty (set it or {env}_FILE)")
-        elif (raw == default or raw.strip().lower() in KNOWN_DEFAULTS
-              or any(mark in raw.lower() for mark in PLACEHOLDER_MARKS)):
-            problems.append(f"{env} is a known default or placeholder: set a secret of your own")
-        elif len(raw) < MIN_SECRET_LENGTH:
-            problems.append(f"{env} is shorter than {MIN_SECRET_LENGTH} characters")
+        problem = secret_problem(settings, name)
+        if problem is not None:
+            problems.append(problem)
     return problems
+
+
+def secret_problem(settings: BaseSettings, name: str) -> str | None:
+    """Why the secret field `name` of `settings` could not protect anything (None: fine)."""
+    cls = type(settings)
+    field = cls.model_fields[name]
+    value: SecretStr | None = getattr(settings, name)
+    env = setting_name(cls, name)
+    if value is None:
+        return None if _optional(field) else f"{env} is missing (set it or {env}_FILE)"
+    raw = value.get_secret_value()
+    default = field.default.get_secret_value() if isinstance(field.default, SecretStr) else None
+    if not raw.strip():
+        return f"{env} is empty (set it or {env}_FILE)"
+    if (raw == default or raw.strip().lower() in KNOWN_DEFAULTS
+            or any(mark in raw.lower() for mark in PLACEHOLDER_MARKS)):
+        return f"{env} is a known default or placeholder: set a secret of your own"
+    if len(raw) < MIN_SECRET_LENGTH:
+        return f"{env} is shorter than {MIN_SECRET_LENGTH} characters"
+    return None
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -32,12 +32,12 @@ import orjson  # noqa: E402
 
 from services.admin import commands, core  # noqa: E402
 from services.admin.graph import GraphClient  # noqa: E402
+from services.admin.settings import AdminSettings  # noqa: E402
 from shared.collections import LEDGER  # noqa: E402
 from shared.kafka import make_producer  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
-from shared.secret_defaults import DEVELOPMENT_TOPUP_SIGNING_KEY  # noqa: E402
 from shared.secrets import TokenVault, new_key  # noqa: E402
-from shared.settings import ServiceSettings, load_settings  # noqa: E402
+from shared.settings import load_settings  # noqa: E402
 from tools.metasim.config import DEFAULT_CONFIG_PATH, SimConfig, load_config  # noqa: E402
 
 RUN_DIR = Path(os.environ.get("HALA_RUN_DIR", REPO / ".run"))
@@ -104,8 +104,9 @@ async def seed() -> None:
     vault = TokenVault(token_keys())
     metasim = f"http://127.0.0.1:{os.environ.get('METASIM_PORT', '8090')}"
     ingest = f"https://localhost:{os.environ.get('INGEST_HTTP_PORT', '8080')}"
-    # The topics exist: infra.sh's set-up made them (and the admin principal may not).
-    settings = load_settings(ServiceSettings)
+    # The topics exist: infra.sh's set-up made them (and the admin principal may not). As the
+    # operator: the admin CLI's settings (its principal, its top-up signing key).
+    settings = load_settings(AdminSettings)
     prefix = settings.topic_prefix
     mongo = make_client(settings.mongodb_url, **settings.mongo_credentials())
     db = mongo[settings.mongodb_database]
@@ -152,8 +153,7 @@ async def seed() -> None:
                                                         "kind": "topup"})
             event = await commands.top_up(
                 db, producer, account_id=account_id, amount=TOP_UP, note="demo seed",
-                signing_key=os.environ.get("HALA_TOPUP_SIGNING_KEY",
-                                           DEVELOPMENT_TOPUP_SIGNING_KEY).encode(),
+                signing_key=settings.topup_key(),
                 operator="seed_demo",
                 topic_prefix=prefix, event_id=f"topup_demo_{account_id}_{applied + 1}")
             print(f"credit   top-up of {TOP_UP} micros requested ({event.event_id})")

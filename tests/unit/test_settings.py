@@ -14,10 +14,12 @@ from pydantic import SecretStr
 from services.admin.settings import AdminSettings
 from services.billing.settings import BillingSettings
 from services.ingest.settings import IngestSettings
+from services.notify.settings import NotifySettings
 from services.sender.settings import SenderSettings
 from services.status.settings import StatusSettings
+from shared.errors import ServiceError
 from shared.secrets import new_key
-from shared.settings import ServiceSettings, load_settings
+from shared.settings import DEVELOPMENT_TOPUP_SIGNING_KEY, ServiceSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 STRONG = "s3cret-value-of-the-operator-0123456789"
@@ -31,7 +33,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for key in list(os.environ):
         if key.startswith(("HALA_", "KAFKA_", "MONGODB_", "STATUS_", "SENDER_", "INGEST_",
-                           "BILLING_")):
+                           "BILLING_", "NOTIFY_")):
             monkeypatch.delenv(key)
 
 
@@ -121,6 +123,7 @@ def test_the_sender_without_token_keys_is_refused_outside_development(
         monkeypatch.setenv(key, value)
     assert "HALA_TOKEN_KEYS is empty" in _refusal(SenderSettings)
     monkeypatch.setenv("HALA_TOKEN_KEYS", new_key())
+    monkeypatch.setenv("SENDER_RECIPIENT_HASH_KEY", STRONG)
     assert load_settings(SenderSettings).token_keys.get_secret_value()
 
 
@@ -134,9 +137,65 @@ def test_optional_secrets_may_be_absent_but_are_checked_when_given(
         monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in KAFKA.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HALA_TOPUP_SIGNING_KEY", STRONG)
     assert load_settings(BillingSettings).mongodb_password is None  # no database user: fine
     monkeypatch.setenv("MONGODB_PASSWORD", "admin")
     assert "MONGODB_PASSWORD is a known default" in _refusal(BillingSettings)
+
+
+# The secrets that came with audit, retention and notify: one rule for all of them.
+@pytest.mark.parametrize(("cls", "name", "extra"), [
+    (BillingSettings, "HALA_TOPUP_SIGNING_KEY", {}),
+    (SenderSettings, "SENDER_RECIPIENT_HASH_KEY", {"HALA_TOKEN_KEYS": new_key()}),
+    (NotifySettings, "HALA_TOKEN_KEYS", {}),
+])
+def test_the_newer_secrets_are_refused_by_name_and_read_from_files(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cls: type[ServiceSettings], name: str,
+        extra: dict[str, str]) -> None:
+    for key, value in {**KAFKA, **extra}.items():
+        monkeypatch.setenv(key, value)
+    assert name in _refusal(cls)  # its development value (or nothing) outside development
+    if name != "HALA_TOKEN_KEYS":  # (a Fernet key list has a check of its own)
+        monkeypatch.setenv(name, "short")
+        assert f"{name} is shorter than 16" in _refusal(cls)
+        monkeypatch.delenv(name)
+    value = new_key() if name == "HALA_TOKEN_KEYS" else STRONG
+    (tmp_path / "secret").write_text(value + "\n")
+    monkeypatch.setenv(f"{name}_FILE", str(tmp_path / "secret"))
+    assert load_settings(cls) is not None
+
+
+def test_notify_s_smtp_password_is_optional_checked_when_given_and_needed_by_a_login(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**KAFKA, "HALA_TOKEN_KEYS": new_key()}.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(NotifySettings)
+    assert settings.smtp_password is None and settings.ops_port == 9184
+    monkeypatch.setenv("NOTIFY_SMTP_PASSWORD", "changeme")
+    assert "NOTIFY_SMTP_PASSWORD is a known default" in _refusal(NotifySettings)
+    monkeypatch.delenv("NOTIFY_SMTP_PASSWORD")
+    monkeypatch.setenv("NOTIFY_SMTP_USERNAME", "alerts")
+    assert "NOTIFY_SMTP_USERNAME needs NOTIFY_SMTP_PASSWORD" in _refusal(NotifySettings)
+
+
+def test_the_admin_cli_checks_its_keys_when_a_command_needs_them(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key, value in KAFKA.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(AdminSettings)  # production: starts without the keys
+    with pytest.raises(ServiceError) as refused:
+        settings.topup_key()
+    assert refused.value.code == "missing_secret"
+    assert "HALA_TOPUP_SIGNING_KEY is a known default" in str(refused.value)
+    with pytest.raises(ServiceError, match="HALA_PSEUDONYM_KEY is a known default"):
+        settings.erasure_key()
+    (tmp_path / "topup").write_text(STRONG)
+    monkeypatch.setenv("HALA_TOPUP_SIGNING_KEY_FILE", str(tmp_path / "topup"))
+    assert load_settings(AdminSettings).topup_key() == STRONG.encode()
+    monkeypatch.setenv("HALA_ENV", "development")
+    assert load_settings(AdminSettings).erasure_key()  # the development value
+    monkeypatch.delenv("HALA_TOPUP_SIGNING_KEY_FILE")
+    assert load_settings(AdminSettings).topup_key() == DEVELOPMENT_TOPUP_SIGNING_KEY.encode()
 
 
 def test_kafka_needs_credentials_and_outside_development_tls(
@@ -174,6 +233,8 @@ def test_the_admin_cli_checks_kafka_credentials_only_when_it_uses_kafka(
 @pytest.mark.parametrize(("module", "expected"), [
     ("services.status", "STATUS_APP_SECRET is a known default"),
     ("services.sender", "HALA_TOKEN_KEYS is empty"),
+    ("services.billing", "HALA_TOPUP_SIGNING_KEY is a known default"),
+    ("services.notify", "HALA_TOKEN_KEYS is empty"),
 ])
 def test_a_service_started_without_its_secrets_exits_naming_them(module: str,
                                                                  expected: str) -> None:

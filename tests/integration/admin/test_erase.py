@@ -44,7 +44,7 @@ from shared.collections import (
 )
 from shared.errors import ServiceError
 from shared.pseudonyms import keyed_hash
-from shared.secret_defaults import DEVELOPMENT_PSEUDONYM_KEY
+from shared.settings import DEVELOPMENT_PSEUDONYM_KEY
 from shared.secrets import TokenVault, new_key
 from tests.integration.ingest.conftest import META_TEMPLATES, StaticTemplates
 
