@@ -130,7 +130,7 @@ class Stack:
                          "BILLING_FAUST_APP_ID": f"billing-{self.unique}"},
                         ["-m", "services.billing"], "/readyz"),
             # a test that reads mail starts an SMTP server on smtp_port
-            "notify": ({"NOTIFY_HTTP_PORT": str(ports["notify"]),
+            "notify": ({"NOTIFY_OPS_PORT": str(ops["notify"]),
                         "NOTIFY_SMTP_PORT": str(ports["smtp"]),
                         "NOTIFY_POLL_INTERVAL_SECONDS": "0.2"},
                        ["-m", "services.notify"], "/readyz"),
@@ -143,7 +143,7 @@ class Stack:
                 scheme="https" if name == "status" else "http")
 
     def url(self, name: str) -> str:
-        """A component's client port (sender and billing have none: their ops port)."""
+        """A component's client port (sender, billing and notify have none: their ops port)."""
         c = self.components[name]
         return f"{c.scheme}://127.0.0.1:{c.port}"
 

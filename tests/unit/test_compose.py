@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.admin.settings import AdminSettings
 from services.billing.settings import BillingSettings
 from services.ingest.settings import IngestSettings
 from services.notify.settings import NotifySettings
@@ -32,11 +33,16 @@ PROMETHEUS = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.compos
                             .read_text())
 SERVICES_SETTINGS: dict[str, type[ServiceSettings]] = {
     "ingest": IngestSettings, "status": StatusSettings, "sender": SenderSettings,
-    "billing": BillingSettings}
+    "billing": BillingSettings, "notify": NotifySettings}
+
+
+def _interpolated(value: object) -> str:
+    """What compose makes of `${NAME:-default}` when NAME is not set."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
 
 
 def _env(name: str) -> dict[str, str]:
-    return {k: str(v) for k, v in COMPOSE["services"][name]["environment"].items()}
+    return {k: _interpolated(v) for k, v in COMPOSE["services"][name]["environment"].items()}
 
 
 def _secret_fields(cls: type[ServiceSettings]) -> dict[str, str]:
@@ -163,6 +169,28 @@ def test_mongo_has_authentication_and_the_services_an_app_user() -> None:
     shared = COMPOSE["x-service-env"]
     assert shared["MONGODB_USERNAME"] == "hala"
     assert shared["MONGODB_PASSWORD_FILE"] == "/run/secrets/mongo_app_password"
+
+
+def test_the_cli_holds_the_top_up_and_erasure_keys_from_files_billing_the_same_top_up_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _env("hala")
+    assert env["HALA_TOPUP_SIGNING_KEY_FILE"] == _env("billing")["HALA_TOPUP_SIGNING_KEY_FILE"]
+    for key in [k for k in list(os.environ) if k.startswith(("KAFKA_", "MONGODB_", "HALA_"))]:
+        monkeypatch.delenv(key)
+    for key, value in _with_secret_files(env, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(AdminSettings)
+    assert not settings.development
+    # In production, from the files: neither key is the development value.
+    assert len(settings.topup_key()) >= 32 and len(settings.erasure_key()) >= 32
+    assert settings.kafka.username == principal("admin")
+
+
+def test_notify_mails_through_a_relay_with_starttls_and_a_login() -> None:
+    env = _env("notify")
+    assert env["NOTIFY_SMTP_STARTTLS"] == "true" and env["NOTIFY_SMTP_USERNAME"]
+    assert env["NOTIFY_SMTP_PASSWORD_FILE"] == "/run/secrets/notify_smtp_password"
+    assert "ports" not in COMPOSE["services"]["notify"]  # it has no client port
 
 
 def test_the_kafka_set_up_runs_as_the_set_up_principal_and_the_cli_as_admin() -> None:
