@@ -1,4 +1,5 @@
-"""The real broker: manual commits, resuming from the committed offset, compacted topics."""
+"""The real broker: manual commits, resuming from the committed offset, compacted topics, and
+the topics' configuration as the set-up step makes it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared.kafka import KafkaConfig, ensure_topics, make_admin, make_consumer, make_producer
+from shared.kafka import KafkaConfig, make_admin, make_consumer, make_producer
 from shared.messages import SEND_REQUESTED, THROUGHPUT_CHANGED, WEBHOOK_RECEIVED
+from tools.kafka_setup import grant
 
 
 async def _create(kafka: KafkaConfig, name: str, partitions: int = 1, **config: str) -> None:
@@ -162,8 +164,8 @@ async def test_the_idempotent_producer_writes_with_acks_all(kafka: KafkaConfig,
     assert again.offset == metadata.offset + 1
 
 
-async def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _configs(kafka: KafkaConfig, names: list[str]) -> dict[str, dict[str, str]]:
+    admin = make_admin(kafka)
     await admin.start()
     try:
         [described] = await admin.describe_configs(
@@ -174,19 +176,20 @@ async def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]
             for _, _, _, name, entries in described.resources}
 
 
-async def test_ensure_topics_sets_each_topics_retention_and_fixes_topics_that_exist(
-        bootstrap_servers: str, unique: str) -> None:
-    """Created topics get the registry's retention.ms (raw content short, dead letters long,
-    compacted ones without), and a topic that already existed with the broker's defaults is
-    brought to it."""
+async def test_the_set_up_sets_each_topics_retention_and_fixes_topics_that_exist(
+        kafka: KafkaConfig, unique: str) -> None:
+    """The set-up step (tools/kafka_setup.py grant, through ensure_topics) gives created topics
+    the registry's retention.ms and max.message.bytes (raw content short, dead letters long,
+    compacted ones without), and brings a topic that already existed with the broker's
+    defaults to them."""
     prefix = f"t{unique}."
-    # Made before ensure_topics, as an older version of the platform did: broker defaults.
-    await _create(bootstrap_servers, prefix + WEBHOOK_RECEIVED.name, partitions=6)
+    # Made before the set-up, as an older version of the platform did: broker defaults.
+    await _create(kafka, prefix + WEBHOOK_RECEIVED.name, partitions=6)
     topics = [WEBHOOK_RECEIVED, SEND_REQUESTED, THROUGHPUT_CHANGED]
-    await ensure_topics(bootstrap_servers, prefix, topics=topics)
-    await ensure_topics(bootstrap_servers, prefix, topics=topics)  # idempotent
+    await grant(kafka, prefix, topics)
+    await grant(kafka, prefix, topics)  # idempotent
     names = [prefix + n for t in topics for n in (t.name, t.dlq)]
-    configs = await _configs(bootstrap_servers, names)
+    configs = await _configs(kafka, names)
     week, month = str(7 * 86_400_000), str(30 * 86_400_000)
     webhooks = configs[prefix + WEBHOOK_RECEIVED.name]
     assert (webhooks["retention.ms"], webhooks["max.message.bytes"]) == (

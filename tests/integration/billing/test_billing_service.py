@@ -403,7 +403,7 @@ async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_
     await setup.send(top_up(account, 100_000, "topup_1"))  # republished: applied once
     await setup.wait_drained(billing)
 
-    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
                                     setup.prefix), LOW_BALANCE_ALERTED)
     assert [(a.event_id, a.available, a.threshold) for a in alerts] == [
         (f"{account}:low:1", 100_000 - 2 * GB_UTILITY, 60_000)]
@@ -421,12 +421,12 @@ async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_
     assert stored["low_balance_armed"] is True
     await setup.send(send_requested(account, "msg_9"))  # 13 200: below 30 000
     await setup.wait_drained(billing)
-    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
                                     setup.prefix), LOW_BALANCE_ALERTED)
     assert [(a.event_id, a.threshold) for a in alerts] == [(f"{account}:low:1", 60_000),
                                                            (f"{account}:low:2", 30_000)]
 
-    topped = decoded(await read_all(setup.bootstrap_servers, BALANCE_TOPPED_UP, setup.prefix),
+    topped = decoded(await read_all(setup.broker.setup, BALANCE_TOPPED_UP, setup.prefix),
                      BALANCE_TOPPED_UP)
     # one event per applied top-up; the republished one says the same under the same id
     assert {t.event_id for t in topped} == {"topup_1:applied", "topup_2:applied"}

@@ -113,17 +113,19 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
 
 
 async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signature_moves_nothing(
-        bootstrap_servers: str, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
+        broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
         names: tuple[str, str], tmp_path: Path) -> None:
     """Whoever can write to the topic cannot mint credit: an unsigned top-up and one signed with
-    another key are dead-lettered (permanent) by the real billing process, and only the top-up
-    signed with the admin tool's key reaches the balance and the ledger."""
+    another key, written with the admin principal's Kafka credentials (the only ones the ACLs
+    let write top-ups) but without the signing key, are dead-lettered (permanent) by the real
+    billing process, and only the top-up signed with the admin tool's key reaches the balance
+    and the ledger."""
     prefix, database = names
     account = f"acc_{prefix}forged"
-    await ensure_topics(bootstrap_servers, prefix)
-    producer = make_producer(bootstrap_servers)
+    await broker.grant(prefix)
+    producer = make_producer(broker.as_service("admin"))
     await producer.start()
-    billing = BillingProcess(bootstrap_servers=bootstrap_servers, mongodb_url=mongodb_url,
+    billing = BillingProcess(broker=broker, mongodb_url=mongodb_url,
                              prefix=prefix, database=database, app_id="billing",
                              log_dir=tmp_path)
     try:
@@ -141,7 +143,7 @@ async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signatur
         billing.start()
 
         source = topic_name(TOPUP_REQUESTED, prefix)
-        dead = await wait_for_dead_letters(bootstrap_servers, f"{source}.dlq", 2,
+        dead = await wait_for_dead_letters(broker.setup, f"{source}.dlq", 2,
                                            alive=billing._check_alive)
         for offset, record in enumerate(dead):
             headers = check_dead_letter(record, source_topic=source, source_offset=offset,
@@ -154,7 +156,7 @@ async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signatur
 
         async def applied() -> bool:
             billing._check_alive()
-            return await drained(bootstrap_servers, billing.group, prefix)
+            return await drained(broker.setup, billing.group, prefix)
 
         await eventually(applied, timeout=60, what="billing to commit past the forged top-ups")
         balance = await db.balances.find_one({"_id": account})
