@@ -449,7 +449,8 @@ class Platform:
                         "BILLING_FAUST_APP_ID": f"billing-{name}",
                         "BILLING_FAUST_DATADIR": str(self.logs / f"{name}-faust")}
         elif kind == "notify":
-            specific = {"NOTIFY_HTTP_PORT": str(port), "HALA_ENV": "development"}
+            # only ops endpoints: probed, like the sender's and billing's, on `port`
+            specific = {"NOTIFY_OPS_PORT": str(port)}
         else:
             raise ValueError(kind)
         proc = Proc(name, kind, pinned(core, [sys.executable, *args]), port,
