@@ -60,6 +60,7 @@ SCRAM_ITERATIONS = 8192  # Kafka's minimum is 4096
 BROKER_USERS = ("kafka-broker", "kafka-controller", SETUP_PRINCIPAL)
 SERVICE_USERS = tuple(principal(s) for s in SERVICES)
 TIMEOUT_S = 30.0
+DELETE_BATCH = 500  # ACL filters per DeleteAcls request
 
 _RESOURCE = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
 _PATTERN = {"literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}
@@ -179,10 +180,12 @@ def _delete_acls(kafka: KafkaConfig, matches: Callable[[str], bool]) -> int:
                                   AclOperation.ANY, AclPermissionType.ANY)
     found = admin.describe_acls(everything).result(timeout=TIMEOUT_S)
     doomed = [b for b in found if matches(b.name)]
-    if doomed:
-        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal,
-                                    b.host, b.operation, b.permission_type) for b in doomed]
-        _wait_all(admin.delete_acls(filters).values())
+    filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal,
+                                b.host, b.operation, b.permission_type) for b in doomed]
+    # In pieces: a test session leaves ~100 ACLs per test prefix, and one request deleting
+    # ten thousand of them outlasted the request timeout (seen here).
+    for start in range(0, len(filters), DELETE_BATCH):
+        _wait_all(admin.delete_acls(filters[start:start + DELETE_BATCH]).values())
     return len(doomed)
 
 
