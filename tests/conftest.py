@@ -4,6 +4,9 @@ the real local Kafka and MongoDB-compatible server.
 The project's infrastructure script starts them once per test session (or the addresses in
 KAFKA_BOOTSTRAP_SERVERS / MONGODB_URL are used). Unreachable infrastructure is a failure, never a
 skip. Each test gets its own topics, consumer groups and database.
+
+Every process runs in development mode (HALA_ENV=development): secrets may keep their
+development defaults.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pymongo import AsyncMongoClient
 
 from shared.kafka import delete_topics
 from shared.mongo import make_client
+
+# Before any settings are read, by the tests or by the processes they start.
+os.environ.setdefault("HALA_ENV", "development")
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "deploy" / "local" / "infra.sh"
