@@ -1,7 +1,11 @@
-// Prints the broker's request counts since it started, one "<request> <count>" line per
-// request type (sum over API versions), from kafka.network RequestMetrics RequestsPerSec.
-// Run with Java's single-file launcher (no build, no jar beyond the JDK):
+// The broker's request counts since it started, one "<request> <count>" line per request
+// type (summed over API versions), from kafka.network RequestMetrics RequestsPerSec, then a
+// line "." -- printed once for each line read on stdin, so that a caller takes a snapshot at
+// the moment it chooses (connected once; a JVM start takes seconds). Java's single-file
+// launcher runs it, no build and nothing beyond the JDK:
 //   java bench/jmx/RequestCounts.java <port> <user> <password file>
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Map;
@@ -21,14 +25,21 @@ public class RequestCounts {
                 new String[] {args[1], password});
         try (JMXConnector connector = JMXConnectorFactory.connect(url, env)) {
             MBeanServerConnection server = connector.getMBeanServerConnection();
-            Map<String, Long> counts = new TreeMap<>();
             ObjectName pattern = new ObjectName(
                     "kafka.network:type=RequestMetrics,name=RequestsPerSec,*");
-            for (ObjectName name : server.queryNames(pattern, null)) {
-                long count = ((Number) server.getAttribute(name, "Count")).longValue();
-                counts.merge(name.getKeyProperty("request"), count, Long::sum);
+            BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
+            System.out.println("ready");
+            System.out.flush();
+            while (in.readLine() != null) {
+                Map<String, Long> counts = new TreeMap<>();
+                for (ObjectName name : server.queryNames(pattern, null)) {
+                    long count = ((Number) server.getAttribute(name, "Count")).longValue();
+                    counts.merge(name.getKeyProperty("request"), count, Long::sum);
+                }
+                counts.forEach((request, count) -> System.out.println(request + " " + count));
+                System.out.println(".");
+                System.out.flush();
             }
-            counts.forEach((request, count) -> System.out.println(request + " " + count));
         }
     }
 }
