@@ -44,8 +44,9 @@ class CommandCounter(CommandListener):
     `hala_mongodb_commands_total{command}`. Counted when the command starts, so failed and
     timed-out round trips count too; names outside a closed set count as `other`. The
     driver's own monitoring (hello heartbeats on their own connections) is not a command
-    event and is not counted. Cost: one dictionary lookup and a counter increment per round
-    trip, next to a round trip of a few hundred microseconds."""
+    event and is not counted. Cost: the driver's event objects, a dictionary lookup and a
+    counter increment, ~4 µs of CPU per round trip (0.6 µs of it the count), next to a round
+    trip's few hundred."""
 
     def __init__(self) -> None:
         self._counters = {name: MONGODB_COMMANDS.labels(command=name)
