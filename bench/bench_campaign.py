@@ -54,6 +54,9 @@ CONCURRENCY = 64  # requests in flight from the campaign's client
 OTHER_SHARE = 0.05  # the other tenant's trickle, of capacity (at least 2/s)
 RECIPIENT_OFFSET = 100_000  # the e2e benchmark's recipients come from the start of the pool
 SERVICES = ["ingest", "billing", "sender", "status", "notify", "metasim"]
+ATTEMPTS = 5
+RETRY_AFTER_S = 0.5  # times the attempt number
+RETRIED = {0, 503}  # connection lost, dependency_unavailable
 
 _settings: dict[str, float | None] = {"messages": None, "seconds": None}
 
@@ -85,8 +88,11 @@ class CountingObserver(Observer):
 
 
 async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers: list[str],
-                    n: int) -> list[Sent]:
-    """N sends, CONCURRENCY at a time (closed loop: each answer lets the next one go)."""
+                    n: int, unique: str, answers: Counter[str]) -> list[Sent]:
+    """N sends, CONCURRENCY at a time (closed loop: each answer lets the next one go). Like a
+    careful client, each request has an Idempotency-Key and is tried again after a 503 or a
+    lost connection (ingest answers 503 when the broker's acknowledgement takes too long: the
+    message may have been published all the same, and the key makes the retry safe)."""
     pool = recipients(RECIPIENT_OFFSET + n)
     items = [Sent(i, 0.0) for i in range(n)]
     next_index = 0
@@ -99,17 +105,24 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
             item = items[i]
             body = orjson.dumps(template_body(numbers[i % len(numbers)],
                                               pool[RECIPIENT_OFFSET + i], f"c{i}"))
+            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                       "Idempotency-Key": f"campaign-{unique}-{i}"}
             item.sent_at = time.time()
-            try:
-                async with session.post(url, data=body, headers={
-                        "Authorization": f"Bearer {key}",
-                        "Content-Type": "application/json"}) as resp:
-                    answer = await resp.json()
-                    item.status = resp.status
-                    if resp.status == 202:
-                        item.message_id = answer["id"]
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass
+            for attempt in range(ATTEMPTS):
+                if attempt:
+                    await asyncio.sleep(RETRY_AFTER_S * attempt)
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        answer = await resp.json()
+                        item.status = resp.status
+                        answers[str(resp.status)] += 1
+                        if resp.status == 202:
+                            item.message_id = answer["id"]
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    item.status = 0
+                    answers[type(exc).__name__] += 1
+                if item.status not in RETRIED:
+                    break
             item.answered_at = time.time()
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -171,8 +184,9 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             cost_before = await meter.snapshot()
             started = time.time()
             other_task = asyncio.create_task(trickle())
+            answers: Counter[str] = Counter()
             items = await _campaign(session, url, campaign_account.api_key,
-                                    campaign_account.numbers, n)
+                                    campaign_account.numbers, n, platform.unique, answers)
             accepted_s = time.time() - started
             accepted = [i for i in items if i.status == 202]
             log(f"campaign: {len(accepted):,}/{n:,} accepted in {accepted_s:.1f} s "
@@ -242,6 +256,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         "capacity_from": "bench/results/e2e.json of "
                          + time.ctime(RESULTS.joinpath("e2e.json").stat().st_mtime),
         "accepted_202": len(accepted), "refused_or_failed": n - len(accepted),
+        "answers": dict(answers),  # every attempt's status (or exception), retries included
         "accept_seconds": round(accepted_s, 1),
         "accept_rate_per_s": round(len(accepted) / accepted_s, 1),
         "drain_seconds_to_delivered": None if drain_s is None else round(drain_s, 1),
@@ -278,7 +293,8 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
          "target": "(reported)", "met": "-"},
         {"benchmark": "2 campaign checks",
          "figures": f"lost {len(lost)}, sent twice {len(twice)}, balances "
-                    f"{'exact' if balances_exact else 'NOT exact'}, refused {n - len(accepted)}",
+                    f"{'exact' if balances_exact else 'NOT exact'}, refused {n - len(accepted)}"
+                    f" (503s retried: {answers.get('503', 0)})",
          "target": "0, 0, exact, 0", "met": checks_ok},
         {"benchmark": "2 campaign cost/msg",
          "figures": f"CPU {drain_cost['cpu_ms']['total']} ms, DB {drain_cost['db_ops']}, "
