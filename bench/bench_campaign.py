@@ -54,8 +54,8 @@ CONCURRENCY = 64  # requests in flight from the campaign's client
 OTHER_SHARE = 0.05  # the other tenant's trickle, of capacity (at least 2/s)
 RECIPIENT_OFFSET = 100_000  # the e2e benchmark's recipients come from the start of the pool
 SERVICES = ["ingest", "billing", "sender", "status", "notify", "metasim"]
-ATTEMPTS = 5
-RETRY_AFTER_S = 0.5  # times the attempt number
+RETRY_FOR_S = 120.0  # a request is tried again until this long after its first try
+RETRY_AFTER_S = (0.25, 2.0)  # backoff: first, at most (doubling)
 RETRIED = {0, 503}  # connection lost, dependency_unavailable
 
 _settings: dict[str, float | None] = {"messages": None, "seconds": None}
@@ -92,7 +92,8 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
     """N sends, CONCURRENCY at a time (closed loop: each answer lets the next one go). Like a
     careful client, each request has an Idempotency-Key and is tried again after a 503 or a
     lost connection (ingest answers 503 when the broker's acknowledgement takes too long: the
-    message may have been published all the same, and the key makes the retry safe)."""
+    message may have been published all the same, and the key makes the retry safe), with
+    a doubling backoff, for up to RETRY_FOR_S."""
     pool = recipients(RECIPIENT_OFFSET + n)
     items = [Sent(i, 0.0) for i in range(n)]
     next_index = 0
@@ -108,9 +109,9 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
                        "Idempotency-Key": f"campaign-{unique}-{i}"}
             item.sent_at = time.time()
-            for attempt in range(ATTEMPTS):
-                if attempt:
-                    await asyncio.sleep(RETRY_AFTER_S * attempt)
+            give_up = time.monotonic() + RETRY_FOR_S
+            backoff = RETRY_AFTER_S[0]
+            while True:
                 try:
                     async with session.post(url, data=body, headers=headers) as resp:
                         answer = await resp.json()
@@ -121,8 +122,10 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     item.status = 0
                     answers[type(exc).__name__] += 1
-                if item.status not in RETRIED:
+                if item.status not in RETRIED or time.monotonic() > give_up:
                     break
+                await asyncio.sleep(backoff)
+                backoff = min(RETRY_AFTER_S[1], backoff * 2)
             item.answered_at = time.time()
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
