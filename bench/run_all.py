@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run_all.py [--only NAME ...] [--quick] [--own-infra]
                                       [--campaign-messages N] [--campaign-seconds S]
+                                      [--campaign-keyed]
     (make bench)
 
 Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, campaign,
@@ -159,9 +160,11 @@ def main() -> int:
                              "measured capacity, at most 100,000)")
     parser.add_argument("--campaign-seconds", type=float, default=None,
                         help="drain time the default campaign size aims at (180; 45 --quick)")
+    parser.add_argument("--campaign-keyed", action="store_true",
+                        help="campaign requests with an Idempotency-Key, retried after a 503")
     args = parser.parse_args()
     import bench_campaign
-    bench_campaign.configure(args.campaign_messages, args.campaign_seconds)
+    bench_campaign.configure(args.campaign_messages, args.campaign_seconds, args.campaign_keyed)
     wanted = {ALIASES.get(n, n) for n in args.only} if args.only else set(ORDER)
     selected = [n for n in ORDER if n in wanted]
     started = time.monotonic()
