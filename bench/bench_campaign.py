@@ -217,11 +217,13 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                 if missing == 0:
                     break
                 await asyncio.sleep(1.0)
+            # The other tenant keeps sending until the campaign is drained (delivered stored).
+            await observer.wait(accepted, within=max(30.0, deadline - time.monotonic()),
+                                delivered=True)
             stop_other.set()
             await other_task
             everything = accepted + [i for i in other_items if i.status == 202]
-            left = await observer.wait(everything, within=max(30.0, deadline - time.monotonic()),
-                                       delivered=True)
+            left = await observer.wait(everything, within=60.0, delivered=True)
             cost_after = await meter.snapshot()
     finally:
         await observer.close()
