@@ -142,6 +142,7 @@ class Observer:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.offset = 0  # /_sim/sends is append-only: read only what is new
+        self.poll_every = 0.5  # seconds between two looks while waiting
         self.meta_at: dict[str, float] = {}
         self.mongo = make_client(platform.mongodb_url)
         self.db = self.mongo[platform.database]
@@ -200,7 +201,7 @@ class Observer:
             missing_delivered = await self.fill_delivered(items) if delivered else 0
             if (missing_meta == 0 and missing_delivered == 0) or time.monotonic() > deadline:
                 return {"not_at_meta": missing_meta, "not_delivered": missing_delivered}
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(self.poll_every)
 
     async def close(self) -> None:
         await self.mongo.close()
