@@ -134,8 +134,11 @@ class RealTimer:
         if deadline == math.inf:
             await event.wait()
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and the lane's dispatcher then never stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, deadline - self._clock.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - self._clock.monotonic())):
+                await event.wait()
 
 
 class SendsStore(Protocol):
