@@ -6,11 +6,10 @@ and every well-formed inbound message and status in them lands, whatever its sib
 from __future__ import annotations
 
 import asyncio
-import time
 
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.integration.status.conftest import StatusWorld
+from tests.integration.status.conftest import HANDSHAKE, StatusWorld
 from tests.unit.status.meta_examples import APP_SECRET, sign
 from tests.unit.status.webhook_strategies import NUMBER_IDS, WABA_ID, Case, cases
 
@@ -35,7 +34,6 @@ def _generate() -> list[Case]:
 
 async def test_generated_webhooks_never_stop_status_and_well_formed_items_land(
         world: StatusWorld) -> None:
-    started = time.monotonic()
     generated = _generate()
     assert len(generated) >= 2_000
     for index, number_id in enumerate(NUMBER_IDS):
@@ -62,7 +60,8 @@ async def test_generated_webhooks_never_stop_status_and_well_formed_items_land(
         await asyncio.gather(*(poster() for _ in range(CONCURRENT_POSTS)))
         await world.wait_for(world.processed_everything, within_seconds=180,
                              what="every generated webhook processed")
-        assert (await client.get("/healthz")).status == 200
+        # The receiver still answers (the handshake is its cheapest route).
+        assert (await client.get("/webhooks/meta", params=HANDSHAKE)).status == 200
     world.check_workers()  # the processor never failed: its task is still running
 
     assert len(answers) == len(generated)
@@ -84,4 +83,3 @@ async def test_generated_webhooks_never_stop_status_and_well_formed_items_land(
     assert expected_parked - parked == set()
     # hypothesis draws many equal ids: a few hundred distinct of each (over a thousand items)
     assert len(expected_inbound) >= 150 and len(expected_parked) >= 150
-    assert time.monotonic() - started < 150  # bounded: the whole run on a 2-core machine

@@ -475,7 +475,7 @@ class World:
         self.endpoints = FakeEndpointStore()
         self.webhooks = EndpointHandlers(self.ingest, self.endpoints, self.publisher, VAULT,
                                          allow_loopback_http=True)
-        self.app = create_app({}, self.calls, webhooks=self.webhooks)
+        self.app = create_app(self.calls, webhooks=self.webhooks)
 
     async def sleep(self, seconds: float) -> None:
         """What a pass-through call waits for its turn: recorded, and the clock moves."""
