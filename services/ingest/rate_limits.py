@@ -16,10 +16,11 @@ A bucket has no fixed window, so `w` is the approximation the draft's authors su
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 ACCOUNT = "account"
 KEY = "key"
@@ -67,8 +68,9 @@ class Bucket:
         return self.level(rate, now) >= rate.burst
 
 
-@dataclass(frozen=True, slots=True)
-class Limit:
+# Named tuples, not frozen dataclasses: these are made on every request (a frozen dataclass
+# costs several times as much to build).
+class Limit(NamedTuple):
     """A policy that applies to this request: its name, rate and the caller's bucket."""
 
     name: str
@@ -76,8 +78,7 @@ class Limit:
     bucket: Bucket
 
 
-@dataclass(frozen=True, slots=True)
-class State:
+class State(NamedTuple):
     """What a policy's bucket looks like after the request: for the headers."""
 
     name: str
@@ -86,8 +87,7 @@ class State:
     reset_seconds: int
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     allowed: bool
     states: tuple[State, ...]
     # Refused: the policy that said no and whole seconds until the request could go.
@@ -99,21 +99,27 @@ def admit(limits: Sequence[Limit], now: float, cost: float = 1.0) -> Verdict:
     """Take `cost` tokens from every bucket, or from none when one of them lacks them.
 
     The buckets are changed in place (refilled to `now`, then debited when allowed)."""
-    levels = [limit.bucket.level(limit.rate, now) for limit in limits]
-    for limit, level in zip(limits, levels, strict=True):
+    levels: list[float] = []
+    violated: str | None = None
+    wait = 0
+    for limit in limits:
+        level = limit.bucket.level(limit.rate, now)
         limit.bucket.tokens = level
         limit.bucket.updated = now
-    short = [(math.ceil((cost - level) / limit.rate.per_second - 1e-9), limit.name)
-             for limit, level in zip(limits, levels, strict=True) if level < cost]
-    if short:
-        wait, name = max(short)
-        wait = max(1, wait)
+        levels.append(level)
+        if level < cost:
+            seconds = math.ceil((cost - level) / limit.rate.per_second - 1e-9)
+            if violated is None or seconds > wait:
+                violated, wait = limit.name, seconds
+    if violated is not None:
         return Verdict(False, tuple(_state(limit, level, cost) for limit, level
                                     in zip(limits, levels, strict=True)),
-                       violated=name, retry_after_seconds=wait)
-    for limit in limits:
-        limit.bucket.tokens -= cost
-    return Verdict(True, tuple(_state(limit, limit.bucket.tokens, cost) for limit in limits))
+                       violated, max(1, wait))
+    states = []
+    for limit, level in zip(limits, levels, strict=True):
+        limit.bucket.tokens = level - cost
+        states.append(_state(limit, level - cost, cost))
+    return Verdict(True, tuple(states))
 
 
 def _state(limit: Limit, tokens: float, cost: float) -> State:
@@ -132,15 +138,20 @@ def rate_of(value: Any) -> Rate | None:
     """An override stored on an `accounts` or `api_keys` document (`rate_limit`:
     `{"per_second": float, "burst": int}`, written by `hala`), or None when there is none or
     it cannot be read (the default then applies)."""
-    if not isinstance(value, Mapping):
+    if value is None or not isinstance(value, Mapping):
         return None
     per_second, burst = value.get("per_second"), value.get("burst")
     if isinstance(per_second, bool) or isinstance(burst, bool):
         return None
     if not isinstance(per_second, int | float) or not isinstance(burst, int):
         return None
+    return _rate(float(per_second), burst)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rate(per_second: float, burst: int) -> Rate | None:
     try:
-        return Rate(float(per_second), burst)
+        return Rate(per_second, burst)
     except ValueError:
         return None
 
@@ -161,11 +172,17 @@ def key_rate(key: Mapping[str, Any] | None, default: Rate | None) -> Rate | None
 # --- header fields -------------------------------------------------------------------------------
 
 def policy_field(states: Sequence[State]) -> str:
-    return ", ".join(f'"{s.name}";q={s.rate.burst};w={s.rate.window_seconds}' for s in states)
+    return ", ".join([_policy_item(s.name, s.rate) for s in states])
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_item(name: str, rate: Rate) -> str:
+    """A policy's item (the same for every request under it)."""
+    return f'"{name}";q={rate.burst};w={rate.window_seconds}'
 
 
 def ratelimit_field(states: Sequence[State]) -> str:
-    return ", ".join(f'"{s.name}";r={s.remaining};t={s.reset_seconds}' for s in states)
+    return ", ".join([f'"{s.name}";r={s.remaining};t={s.reset_seconds}' for s in states])
 
 
 def headers(verdict: Verdict) -> dict[str, str]:
