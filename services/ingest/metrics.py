@@ -57,8 +57,8 @@ NOTIFY_REQUESTS = Counter(
 RATE_LIMITED = Counter(
     "ingest_rate_limited_total",
     "Requests refused with 429 rate_limited because the account's or the API key's request "
-    "rate was used up, by policy (account, key).",
-    ["policy"],
+    "rate was used up, by kind of limit (account, key).",
+    ["kind"],
 )
 IN_FLIGHT_REFUSALS = Counter(
     "ingest_in_flight_refusals_total",
