@@ -231,6 +231,8 @@ async def test_at_its_in_flight_cap_an_account_is_refused_429_too_many_in_flight
         meta = await _post_meta(world)
         assert meta.status == 429 and (await meta.json())["error"]["code"] == 80007
         assert world.publisher.events == []
+        balance = await (await world.client.get("/v1/balance", headers=auth())).json()
+        assert (balance["in_flight"], balance["max_in_flight"]) == (5, 5)
         # B has no cap set by billing: unaffected.
         ok = await _post(world, text_body(**{"from": "118243906275101"}), KEY_B)
         assert ok.status == 202
