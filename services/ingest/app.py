@@ -22,6 +22,9 @@ from shared.http import SERVICE_KEY, ReadinessCheck, add_ops_routes, error_middl
 SERVICE = "ingest"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 GRAPH_VERSION = r"/{graph_version:v\d+\.\d+}"
+# Routes that take no API key: never rate limited, whatever headers come with them.
+UNLIMITED_ROUTES = frozenset({"/openapi.json", "/openapi.yaml", "/healthz", "/readyz",
+                              "/metrics"})
 
 
 def create_app(checks: Mapping[str, ReadinessCheck], calls: Calls, public_base_url: str = "",
@@ -33,7 +36,7 @@ def create_app(checks: Mapping[str, ReadinessCheck], calls: Calls, public_base_u
     if limiter is not None:
         # Inside the error middleware, so that its refusals are counted like other answers.
         middlewares.append(rate_limit_middleware(limiter, calls.ingest.directory,
-                                                 meta_route_error))
+                                                 meta_route_error, UNLIMITED_ROUTES))
     # Slightly above the body limit, so that our own check answers with the JSON envelope.
     # (Uploads are read part by part as a stream, which this limit does not apply to.)
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024)

@@ -76,17 +76,19 @@ class RequestLimiter:
 
 
 def rate_limit_middleware(limiter: RequestLimiter, directory: CachedDirectory,
-                          error_answer: ErrorAnswer) -> Callable[..., Awaitable[Any]]:
+                          error_answer: ErrorAnswer,
+                          exempt: frozenset[str] = frozenset()) -> Callable[..., Awaitable[Any]]:
     """Before the handler: who is asking (the same cached lookups the handler then makes), and
     a token of theirs. A request without a valid key is left to the handler, which refuses it
     as before (401/403); a dependency that fails the lookup is answered at once (503).
     `error_answer` answers an error on routes that do not use the JSON error envelope (Meta's);
-    None: raise it for the error middleware."""
+    None: raise it for the error middleware. `exempt`: routes (their templates) that need no key
+    and are not limited, whatever headers come with them (the document, ops endpoints)."""
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         authorization = request.headers.get("Authorization")
-        if authorization is None:
+        if authorization is None or _route(request) in exempt:
             return await handler(request)
         try:
             key_hash = core.hash_api_key(core.api_key_from_header(authorization))
@@ -106,6 +108,11 @@ def rate_limit_middleware(limiter: RequestLimiter, directory: CachedDirectory,
         return await handler(request)
 
     return limit
+
+
+def _route(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
 
 
 def _answer(request: web.Request, exc: ServiceError,
