@@ -59,7 +59,7 @@ async def _backlog_of_b(platform: Platform, prefix: str, beta: Any, pool: Any, n
     now_ms = int(time.time() * 1000)
     backlog = [approved(beta, FAIR_B, next(pool), tag, now_ms) for _ in range(n)]
     ids = {m.message_id for m in backlog}
-    await produce_all(platform.bootstrap, prefix, [(SEND_APPROVED, m) for m in backlog])
+    await produce_all(platform.kafka, prefix, [(SEND_APPROVED, m) for m in backlog])
     within = n / FAIR_MPS * 1.5 + 10
 
     async def done() -> bool | str:
@@ -82,7 +82,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     await platform.ensure_topics(prefix)
     database = await platform.fork_database("fairness", ["phone_numbers"])
     names = await start_sender(platform, "sender-fairness", prefix, database)
-    sender_url = platform.procs[names[0]].url
+    sender_url = platform.procs[names[0]].ops_url
     pool = iter(recipients()[150_000:])
     try:
         alone, _ = await _backlog_of_b(platform, prefix, beta, pool, n, "fb1")
@@ -90,7 +90,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         now_ms = int(time.time() * 1000)
         flood = [approved(alpha, FLOOD_A, next(pool), "fa", now_ms) for _ in range(FLOOD)]
         flood_ids = {m.message_id for m in flood}
-        produce_s = await produce_all(platform.bootstrap, prefix,
+        produce_s = await produce_all(platform.kafka, prefix,
                                       [(SEND_APPROVED, m) for m in flood])
         await asyncio.sleep(SETTLE_S)  # the sender takes the flood in before B's next burst
         flood_started = time.time()

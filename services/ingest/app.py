@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,20 @@ from services.ingest.handlers import Handlers, meta_error_response
 from services.ingest.limiter import RequestLimiter, add_rate_limit_headers, rate_limit_middleware
 from services.ingest.media import MEDIA_ID_PATTERN
 from shared.errors import ServiceError
-from shared.http import SERVICE_KEY, ReadinessCheck, add_ops_routes, error_middleware, json_response
+from shared.http import SERVICE_KEY, error_middleware, json_response
 
 SERVICE = "ingest"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 GRAPH_VERSION = r"/{graph_version:v\d+\.\d+}"
-# Routes that take no API key: never rate limited, whatever headers come with them.
-UNLIMITED_ROUTES = frozenset({"/openapi.json", "/openapi.yaml", "/healthz", "/readyz",
-                              "/metrics"})
+# Routes that take no API key: never rate limited, whatever headers come with them. (The ops
+# endpoints are on their own app and port.)
+UNLIMITED_ROUTES = frozenset({"/openapi.json", "/openapi.yaml"})
 
 
-def create_app(checks: Mapping[str, ReadinessCheck], calls: Calls, public_base_url: str = "",
-               *, webhooks: EndpointHandlers,
+def create_app(calls: Calls, public_base_url: str = "", *, webhooks: EndpointHandlers,
                limiter: RequestLimiter | None = None) -> web.Application:
-    """`limiter`: the request rate limits of accounts and keys (None: no limits, for tests of
+    """The client API only: the ops endpoints are served on their own port (shared/runtime).
+    `limiter`: the request rate limits of accounts and keys (None: no limits, for tests of
     other things)."""
     middlewares: list[Any] = [error_middleware]
     if limiter is not None:
@@ -67,7 +66,6 @@ def create_app(checks: Mapping[str, ReadinessCheck], calls: Calls, public_base_u
     app.router.add_get(meta_media, more.meta_media_url)
     app.router.add_delete(meta_media, more.meta_delete_media)
     add_openapi_routes(app)
-    add_ops_routes(app, SERVICE, checks)
     return app
 
 

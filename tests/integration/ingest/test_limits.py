@@ -51,7 +51,7 @@ async def test_an_accounts_own_rate_limit_refuses_the_excess_and_publishes_none_
     assert (await refused.json())["error"]["code"] == "rate_limited"
     meta = await _meta_post(p)
     assert meta.status == 429 and (await meta.json())["error"]["code"] == 80007
-    assert await published_count(p.bootstrap, SEND_REQUESTED, p.prefix) == 2
+    assert await published_count(p.kafka, SEND_REQUESTED, p.prefix) == 2
     # The other account is not held back by this one.
     other = await p.client.get("/v1/balance", headers=p.b.auth)
     assert other.status == 200 and other.headers["RateLimit"].startswith('"account";r=9999;')
@@ -80,6 +80,6 @@ async def test_at_the_cap_billing_keeps_ingest_answers_429_before_publishing(
     error = (await refused.json())["error"]
     assert error["code"] == "too_many_in_flight"
     assert (error["details"]["in_flight"], error["details"]["limit"]) == (3, 3)
-    assert await published_count(p.bootstrap, SEND_REQUESTED, p.prefix) == 0
+    assert await published_count(p.kafka, SEND_REQUESTED, p.prefix) == 0
     await p.db[BALANCES].update_one({"_id": p.a.account_id}, {"$set": {"in_flight": 2}})
     assert (await _post(p)).status == 202

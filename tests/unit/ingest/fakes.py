@@ -482,7 +482,7 @@ class World:
         self.limiter = (RequestLimiter(self.clock, account_default=rate_limit,
                                        key_default=key_rate_limit)
                         if rate_limit is not None else None)
-        self.app = create_app({}, self.calls, webhooks=self.webhooks, limiter=self.limiter)
+        self.app = create_app(self.calls, webhooks=self.webhooks, limiter=self.limiter)
 
     async def sleep(self, seconds: float) -> None:
         """What a pass-through call waits for its turn: recorded, and the clock moves."""
