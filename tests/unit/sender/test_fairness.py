@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 
 from services.sender.core import Backlog, FetchPolicy, partitions_to_pause
 from services.sender.worker import SenderWorker, WorkerConfig
+from shared.kafka import KafkaConfig
 from shared.messages import SEND_APPROVED, SendApproved
 from tests.unit.sender.fakes import FakeTimer, Harness, phone_number, settle
 
@@ -65,6 +66,7 @@ def test_with_memory_full_every_partition_keeps_at_most_its_share_parked_ones_in
 TOPIC = "messages.send-approved.v1"
 TP_SLOW, TP_FAST = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
 SLOW_NUMBER, FAST_NUMBER = "109731225428301", "118243906275101"
+UNUSED_BROKER = KafkaConfig("unused:9092", "PLAINTEXT")  # the fake broker is the consumer
 
 
 @dataclass
@@ -159,7 +161,8 @@ async def two_tenants(max_queued: int = 20_000) -> Run:
     h.meta.set_mps(SLOW_NUMBER, 20)
     h.meta.set_mps(FAST_NUMBER, 80)
     broker = FakeBroker(h.timer, TP_SLOW, TP_FAST)
-    worker = SenderWorker(WorkerConfig("unused:9092", max_queued=max_queued), NoProducer(),  # type: ignore[arg-type]
+    worker = SenderWorker(WorkerConfig(UNUSED_BROKER, max_queued=max_queued),
+                          NoProducer(),  # type: ignore[arg-type]
                           h.engine, h.clock, consumer=broker)  # type: ignore[arg-type]
     worker.partitions_assigned({TP_SLOW, TP_FAST})
     await h.timer.advance(300.0)  # taken over long ago: buckets full

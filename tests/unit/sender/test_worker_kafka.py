@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from services.sender.worker import SenderWorker, WorkerConfig
+from shared.kafka import KafkaConfig
 from shared.messages import SEND_APPROVED
 from tests.unit.sender.fakes import Harness, settle
 
@@ -71,7 +72,8 @@ def records(h: Harness, *events: Any, start: int = 0) -> list[Record]:
 async def running_worker(h: Harness, max_queued: int = 20_000, backlog_floor: int = 100
                          ) -> tuple[SenderWorker, FakeConsumer, FakeProducer, asyncio.Task[None]]:
     consumer, producer = FakeConsumer(), FakeProducer()
-    config = WorkerConfig("unused:9092", max_queued=max_queued, backlog_floor=backlog_floor)
+    config = WorkerConfig(KafkaConfig("unused:9092", "PLAINTEXT"), max_queued=max_queued,
+                          backlog_floor=backlog_floor)
     worker = SenderWorker(config, producer,  # type: ignore[arg-type]
                           h.engine, h.clock, consumer=consumer)  # type: ignore[arg-type]
     worker.partitions_assigned({TP})
