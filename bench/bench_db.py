@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -341,6 +342,7 @@ class Pipeline:
 
 # ---------------------------------------------------------------- phases
 def _ms(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100) in ms of durations in seconds."""
     found = percentile(values, q)
     return None if found is None else round(found * 1000, 2)
 
@@ -376,9 +378,9 @@ async def _measure(server: Server, pipeline: Pipeline, count: int, rate: float |
         "cpu_ms_per_message_by_process": {k: round(v * 1000 / count, 2) for k, v in cpu.items()},
         "client_cpu_ms_per_message": round((time.process_time() - client_before) * 1000 / count,
                                            2),
-        "message_p50_ms": _ms(pipeline.message_latencies, 0.5),
-        "message_p99_ms": _ms(pipeline.message_latencies, 0.99),
-        "calls": {op: {"count": len(v), "p50_ms": _ms(v, 0.5), "p99_ms": _ms(v, 0.99)}
+        "message_p50_ms": _ms(pipeline.message_latencies, 50),
+        "message_p99_ms": _ms(pipeline.message_latencies, 99),
+        "calls": {op: {"count": len(v), "p50_ms": _ms(v, 50), "p99_ms": _ms(v, 99)}
                   for op, v in sorted(pipeline.latencies.items())},
     }
 
@@ -398,15 +400,25 @@ async def _phase(server: Server, kind: str, count: int, rate: float | None,
         await pipeline.close()
 
 
+def _median(values: list[Any]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 2) if present else None
+
+
 def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median of each top-level figure over rounds (calls: the first round's)."""
+    """The median over rounds of each figure, and of each call's p50 and p99."""
     if len(runs) == 1:
         return runs[0]
     out = dict(runs[0])
     for key, value in runs[0].items():
         if isinstance(value, (int, float)):
-            values = sorted(r[key] for r in runs if r.get(key) is not None)
-            out[key] = values[len(values) // 2] if values else None
+            out[key] = _median([r.get(key) for r in runs])
+    out["cpu_ms_per_message_by_process"] = {
+        name: _median([r["cpu_ms_per_message_by_process"].get(name) for r in runs])
+        for name in runs[0]["cpu_ms_per_message_by_process"]}
+    out["calls"] = {op: {k: _median([r["calls"].get(op, {}).get(k) for r in runs])
+                         for k in ("count", "p50_ms", "p99_ms")}
+                    for op in runs[0]["calls"]}
     out["rounds"] = runs
     return out
 
@@ -517,7 +529,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller backlog, shorter paced run")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds (A B, B A, ...)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (A B, B A, ...)")
     parser.add_argument("--pg-options", default="",
                         help='more PostgreSQL settings, e.g. "-c fsync=off" (HALA_PG_OPTIONS)')
     parser.add_argument("--name", default="db", help="result file bench/results/<name>.json")
