@@ -14,6 +14,8 @@ pacing, fairness, scaling, billing, notify):
   billing   events/s billing applies, balances exact against the rate card
   notify    client events delivered per second to a local receiver vs 5 x the pipeline's
             capacity, and p99 lag source event -> delivery at half of it
+  db        FerretDB on SQLite vs on PostgreSQL under the services' store calls, side by side
+            (its own two servers; bench_db.py also runs alone)
 Also bench/results/summary.json and summary.png. Every load is on 127.0.0.1, bounded in time and
 count. Figures are ratios or pairs measured side by side in one run: the machine is shared.
 """
@@ -49,7 +51,7 @@ from common import (
 from tests.conftest import broker_from_env  # common put the repository on the path
 
 # e2e first: it gets a fresh database (ingest leaves tens of thousands of messages behind).
-ORDER = ["e2e", "ingest", "webhooks", "pacing", "fairness", "scaling", "billing", "notify"]
+ORDER = ["e2e", "ingest", "webhooks", "pacing", "fairness", "scaling", "billing", "notify", "db"]
 ALIASES = {"memory": "e2e"}
 NEEDS_MAIN = {"ingest", "e2e", "pacing", "fairness", "scaling"}
 TOP_UP = 10**12  # micros: no benchmark runs out of credit
