@@ -57,7 +57,8 @@ RECIPIENT_OFFSET = 100_000  # the e2e benchmark's recipients come from the start
 SERVICES = ["ingest", "billing", "sender", "status", "notify", "metasim"]
 RETRY_FOR_S = 120.0  # a request is tried again until this long after its first try
 RETRY_AFTER_S = (0.25, 2.0)  # backoff: first, at most (doubling)
-RETRIED = {0, 503}  # connection lost, dependency_unavailable
+RETRIED = {0, 503}  # connection lost, dependency_unavailable (keyed requests only)
+THROTTLED = 429  # the account's request rate limit: nothing was published, always retried
 
 _settings: dict[str, float | None] = {"messages": None, "seconds": None, "keyed": 0}
 
@@ -105,7 +106,9 @@ class CountingObserver(Observer):
 
 async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers: list[str],
                     n: int, unique: str, answers: Counter[str], keyed: bool) -> list[Sent]:
-    """N sends, CONCURRENCY at a time (closed loop: each answer lets the next one go).
+    """N sends, CONCURRENCY at a time (closed loop: each answer lets the next one go). A 429
+    (the account's request rate limit: nothing published) is tried again after its
+    Retry-After, keyed or not.
     Keyless by default, like the e2e traffic: a 503 or a lost connection is then final (the
     message may have been published all the same: trying again could send it twice), and
     counted as refused. `keyed`: each request has an Idempotency-Key and is tried again after
@@ -130,6 +133,7 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
             give_up = time.monotonic() + RETRY_FOR_S
             backoff = RETRY_AFTER_S[0]
             while True:
+                retry_after = 1.0
                 try:
                     async with session.post(url, data=body, headers=headers) as resp:
                         answer = await resp.json()
@@ -137,9 +141,13 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
                         answers[str(resp.status)] += 1
                         if resp.status == 202:
                             item.message_id = answer["id"]
+                        retry_after = float(resp.headers.get("Retry-After", "1") or 1)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     item.status = 0
                     answers[type(exc).__name__] += 1
+                if item.status == THROTTLED and time.monotonic() < give_up:
+                    await asyncio.sleep(max(0.05, retry_after))
+                    continue
                 if not keyed or item.status not in RETRIED or time.monotonic() > give_up:
                     break
                 await asyncio.sleep(backoff)
