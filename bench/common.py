@@ -132,7 +132,7 @@ def infra_run_dir() -> Path:
 def infra_pids() -> dict[str, int]:
     """Kafka's and FerretDB's pids when the local script runs them (not for external ones)."""
     pids = {}
-    for name in ("kafka", "ferretdb"):
+    for name in ("kafka", "ferretdb", "postgres"):  # postgres: HALA_DB_BACKEND=postgresql
         try:
             pids[name] = int((infra_run_dir() / "pids" / f"{name}.pid").read_text().strip())
         except (OSError, ValueError):
