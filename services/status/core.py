@@ -1056,6 +1056,28 @@ def user_preference_doc(preference: UserPreference, account_id: str | None) -> d
     return doc
 
 
+# --- opt-out keywords ---------------------------------------------------------------------------
+
+# What a user may type a keyword in: a text message, or the quick-reply button of a template
+# (whose text is the button's label).
+KEYWORD_TYPES = {"text": "body", "button": "text"}
+
+
+def keyword_text(message: InboundMessage) -> str | None:
+    """The text of a user's message that may be an opt-out or opt-in keyword; None for an
+    echo, a message of another type, or one without text."""
+    field_name = KEYWORD_TYPES.get(message.message_type)
+    if message.direction != INBOUND or field_name is None:
+        return None
+    text = message.content.get(field_name)
+    return text if isinstance(text, str) and text else None
+
+
+MARKETING_PREFERENCE = "marketing_messages"
+# Meta's user_preferences values that change the marketing suppression list.
+PREFERENCE_SUPPRESSES = {"stop": True, "resume": False}
+
+
 # --- what we count ----------------------------------------------------------------------------
 
 KNOWN_FIELDS = frozenset({
