@@ -33,10 +33,10 @@ a writer never races another writer on the same document. Readers may be anyone.
 | deliveries | notify | endpoint id:event id | one event to one endpoint: state, next try |
 | delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency, error |
 | email_alerts | notify | alert key | alert emails sent (one per crossing / change) |
-| suppressions | status | phone_number_id:wa_id | a contact opted out of marketing from a number (or back in) |
-| opt_out_keywords | ingest, admin CLI | account id | the account's STOP/START words (absent: the defaults) |
+| suppressions | status | phone_number_id:wa_id | a contact's marketing opt-out (or back in) |
+| opt_out_keywords | ingest, admin CLI | account id | the account's STOP/START words |
 | blocked_recipients | ingest, admin CLI | account:E.164 | numbers the account never sends to |
-| account_holds | guard | account id | fraud and spam holds of an account's sending, its last release |
+| account_holds | guard | account id | fraud and spam holds, the last release |
 | guard_states | guard | account id | the rules' sliding windows and the input positions applied |
 | guard_recipients | guard | account:keyed hash | recipients the account has sent to (first seen) |
 
