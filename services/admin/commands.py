@@ -24,16 +24,20 @@ from services.admin.core import from_ms
 from services.admin.graph import TemplateSource
 from shared.clock import Clock, SystemClock
 from shared.collections import (
+    ACCOUNT_HOLDS,
     ACCOUNTS,
     API_KEYS,
     AUDIT_LOG,
     BALANCES,
+    BLOCKED_RECIPIENTS,
     CONVERSATIONS,
     DELIVERIES,
     DELIVERY_ATTEMPTS,
     DLQ_REPLAYS,
     EMAIL_ALERTS,
     ENDPOINT_STATES,
+    GUARD_RECIPIENTS,
+    GUARD_STATES,
     IDEMPOTENCY_KEYS,
     INBOUND_MESSAGES,
     LEDGER,
@@ -41,9 +45,11 @@ from shared.collections import (
     MESSAGES,
     NOTIFY_EVENTS,
     NUMBER_STATES,
+    OPT_OUT_KEYWORDS,
     PHONE_NUMBERS,
     SEND_OUTCOMES,
     SENDS,
+    SUPPRESSIONS,
     TEMPLATES,
     TIER_USAGE,
     USER_PREFERENCES,
@@ -66,7 +72,8 @@ _SYSTEM_CLOCK = SystemClock()
 
 async def prepare(db: Db) -> None:
     """Indexes of the collections the CLI writes (idempotent)."""
-    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS, AUDIT_LOG)
+    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS, AUDIT_LOG,
+                         BLOCKED_RECIPIENTS)
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -154,7 +161,8 @@ ERASED = "erased"
 # from shared/collections.py's table): deleted by `account_id`.
 _BY_ACCOUNT = (API_KEYS, PHONE_NUMBERS, WABAS, MESSAGES, IDEMPOTENCY_KEYS, INBOUND_MESSAGES,
                CONVERSATIONS, USER_PREFERENCES, MEDIA, SENDS, SEND_OUTCOMES, WAMID_INDEX,
-               WEBHOOK_ENDPOINTS, NOTIFY_EVENTS, EMAIL_ALERTS)
+               WEBHOOK_ENDPOINTS, NOTIFY_EVENTS, EMAIL_ALERTS, SUPPRESSIONS, BLOCKED_RECIPIENTS,
+               OPT_OUT_KEYWORDS, ACCOUNT_HOLDS, GUARD_STATES, GUARD_RECIPIENTS)
 # notify's per-endpoint records: by `account_id`, or by one of the account's endpoints.
 _BY_ENDPOINT = (ENDPOINT_STATES, DELIVERIES, DELIVERY_ATTEMPTS)
 
@@ -168,10 +176,11 @@ async def erase_account(db: Db, account_id: str, *, pseudonym_key: bytes,
     the pseudonym, no personal field); its keys, numbers and their tokens, WABAs, templates,
     messages and their recipients and content, idempotency records, inbound messages,
     conversations, user preferences, media records, sends, wamids, number states, tier usage,
-    webhook endpoints and notify's records of them are deleted; its ledger entries and balance
-    are moved to the pseudonym (HMAC-SHA256 of the account id under HALA_PSEUDONYM_KEY), so the
-    amounts still add up. The audit log keeps no personal data (arguments are redacted), so it
-    is left as it is (append-only).
+    webhook endpoints and notify's records of them, its suppressions, blocked numbers, opt-out
+    keywords, holds and guard's windows and recipient hashes are deleted; its ledger entries
+    and balance are moved to the pseudonym (HMAC-SHA256 of the account id under
+    HALA_PSEUDONYM_KEY), so the amounts still add up. The audit log keeps no personal data
+    (arguments are redacted), so it is left as it is (append-only).
 
     Idempotent: a run that stopped half-way is finished by the next one, and a run after a
     finished one changes nothing (every count is 0)."""
