@@ -65,6 +65,7 @@ COMPONENTS = (
     Component("sender", "services.sender", "SENDER_HTTP_PORT", 8082),
     Component("status", "services.status", "STATUS_HTTP_PORT", 8081),
     Component("notify", "services.notify", "NOTIFY_HTTP_PORT", 8084),
+    Component("guard", "services.guard", "GUARD_HTTP_PORT", 8085),
     Component("ingest", "services.ingest", "INGEST_HTTP_PORT", 8080),
 )
 

@@ -1,5 +1,5 @@
 """The whole platform as separate processes — the Meta simulator, ingest, billing, sender,
-status and notify — on free loopback ports, against the real Kafka and MongoDB-compatible
+status, notify and guard — on free loopback ports, against the real Kafka and MongoDB-compatible
 server (started once per session by tests/conftest.py's fixture). Each stack gets its own topic
 prefix, database and faust app id, so stacks never see each other's data."""
 
@@ -81,7 +81,7 @@ class Stack:
         self.token_keys = new_key()
         self.topup_signing_key = secrets.token_urlsafe(24)  # shared by billing and the seeding
         ports = {name: free_port() for name in ("metasim", "ingest", "status", "sender",
-                                                 "billing", "notify", "smtp")}
+                                                 "billing", "notify", "guard", "smtp")}
         self.smtp_port = ports["smtp"]
         sim_config = yaml.safe_load(SIM_CONFIG.read_text())
         sim_config["webhooks"]["callback_url"] = (
@@ -121,6 +121,8 @@ class Stack:
                         "NOTIFY_SMTP_PORT": str(ports["smtp"]),
                         "NOTIFY_POLL_INTERVAL_SECONDS": "0.2"},
                        ["-m", "services.notify"], "/readyz"),
+            "guard": ({"GUARD_HTTP_PORT": str(ports["guard"])}, ["-m", "services.guard"],
+                      "/readyz"),
         }
         for name, (env, args, ready) in specific.items():
             self.components[name] = Component(name, args, ports[name], ready, {**base, **env},

@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from services.billing.settings import BillingSettings
+from services.guard.settings import GuardSettings
 from services.ingest.settings import IngestSettings
 from services.notify.settings import NotifySettings
 from services.sender.settings import SenderSettings
@@ -16,13 +17,13 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 def test_compose_file_parses_and_has_every_component() -> None:
     assert {"kafka", "mongo", "metasim", "ingest", "status", "sender", "billing", "notify",
-            "prometheus"} <= set(COMPOSE["services"])
+            "guard", "prometheus"} <= set(COMPOSE["services"])
 
 
 def test_every_service_gets_the_same_variables_its_settings_read() -> None:
     for name, settings_cls in (("ingest", IngestSettings), ("status", StatusSettings),
                                ("sender", SenderSettings), ("billing", BillingSettings),
-                               ("notify", NotifySettings)):
+                               ("notify", NotifySettings), ("guard", GuardSettings)):
         env = COMPOSE["services"][name]["environment"]
         prefix = settings_cls.model_config["env_prefix"]
         for key in env:
