@@ -132,11 +132,13 @@ shared/opt_out.py), `updated_at`. `blocked_recipients` (ingest's `/v1/blocked-re
 event_id}}, `released_at` (ms of the latest release), `released_by`, `release_reason`,
 `updated_at`. The account is held while some rule's `at` is after `released_at`
 (shared/holds.py); each rule's hold is its own field, so writes never need to be conditional.
-`guard_states` (guard): `_id` account id, the rules' windows (`buckets`: counts per minute, and
-sends per hour for the 7-day baseline), `fired` (rules that held it since the last release),
-`applied` {"topic:partition": next offset} written in the same update (a replayed record is
-skipped), `updated_at`. `guard_recipients` (guard): `_id` account:keyed hash of the recipient,
-`account_id`, `first_seen` (ms); deleted `GUARD_RECIPIENT_MEMORY_DAYS` after first seen.
+`guard_states` (guard): `_id` account id, `account_id`, the rules' windows (`minutes`: counts
+per minute by counter; `hours`: sends per hour for the 7-day baseline), `first_at`,
+`latest_at`, `fired` (rules that held it since the last release), `released_at`, `applied`
+[{position: "topic:partition", next: offset}] written in the same update (a replayed record
+is skipped), `updated_at`. `guard_recipients` (guard): `_id` account:keyed hash of the
+recipient, `account_id`, `first_seen` (ms), `message_id` (the send that found it new);
+deleted `GUARD_RECIPIENT_MEMORY_DAYS` after first seen.
 
 `billing_checkpoints` (billing): `_id` the job (`reservation_sweep`, `reconcile`), `position`
 {at, key} in the ledger's (at, _id) order, and for the reconciler `totals` per account of every

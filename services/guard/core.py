@@ -359,7 +359,9 @@ def state_doc(account: Account, now_ms: int) -> dict[str, Any]:
             "hours": {str(h): n for h, n in account.hours.items()},
             "first_at": account.first_at, "latest_at": account.latest_at,
             "fired": dict(account.fired), "released_at": account.released_at,
-            "applied": dict(account.applied), "updated_at": now_ms}
+            # a list: topic names hold dots, which a field name may not
+            "applied": [{"position": p, "next": n} for p, n in sorted(account.applied.items())],
+            "updated_at": now_ms}
 
 
 def account_from_doc(account_id: str, doc: Mapping[str, Any] | None) -> Account:
@@ -382,5 +384,5 @@ def account_from_doc(account_id: str, doc: Mapping[str, Any] | None) -> Account:
         fired={str(k): int(v) for k, v in (doc.get("fired") or {}).items()
                if isinstance(v, int)},
         released_at=int(doc.get("released_at") or 0),
-        applied={str(k): int(v) for k, v in (doc.get("applied") or {}).items()
-                 if isinstance(v, int)})
+        applied={str(a["position"]): int(a["next"]) for a in (doc.get("applied") or [])
+                 if isinstance(a, Mapping) and isinstance(a.get("next"), int)})

@@ -34,6 +34,7 @@ class FakeGuardStore:
     async def save_state(self, doc: Doc) -> None:
         if self.fail_saves:
             raise DependencyUnavailable("database unavailable")
+        _check_storable(doc)
         self.state_docs[doc["_id"]] = copy.deepcopy(doc)
 
     async def recipients(self, ids: list[str]) -> dict[str, Doc]:
@@ -62,6 +63,18 @@ class FakeGuardStore:
 
     async def flagged_numbers(self, account_id: str) -> list[int]:
         return list(self.flagged.get(account_id, []))
+
+
+def _check_storable(value: Any) -> None:
+    """What the real database refuses (tests/integration/guard/test_store.py): a field name
+    with a dot or a leading `$`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert "." not in key and not key.startswith("$"), f"unstorable field {key!r}"
+            _check_storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item)
 
 
 class FakeHoldPublisher:
