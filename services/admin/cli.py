@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "for none)")
     update.add_argument("--opt-in-keywords", metavar="START,...",
                         help="undo a keyword opt-out (comma-separated; `default`, or \"\")")
+    update.add_argument("--guard-rule", action="append", default=[], metavar="RULE.FIELD=N",
+                        help="override a fraud and spam rule for this account, e.g. "
+                             "failure_rate.threshold=0.8 or volume_spike.minimum=5000 "
+                             "(repeatable; RULE=default drops the rule's overrides)")
     release = command(accounts, "release", "release an account held by the fraud and spam "
                                            "rules (guard applies it)")
     release.add_argument("account_id", metavar="ID")
@@ -468,7 +472,11 @@ async def _update_account(args: argparse.Namespace, ctx: Context) -> Any:
     check, emails = args.customer_service_window_check, args.alert_emails
     keywords = args.opt_out_keywords is not None or args.opt_in_keywords is not None
     on_account = (check is not None or emails is not None
-                  or args.low_balance_threshold is not None)
+                  or args.low_balance_threshold is not None or bool(args.guard_rule))
+    guard_rules = None
+    if args.guard_rule:
+        account = await commands.get_account(db, account_id)
+        guard_rules = trust.guard_rule_overrides(account.get("guard_rules"), args.guard_rule)
     result: dict[str, Any] = {}
     if keywords:
         result["opt_out_keywords"] = await trust.set_keywords(
@@ -479,7 +487,8 @@ async def _update_account(args: argparse.Namespace, ctx: Context) -> Any:
             db, account_id,
             customer_service_window_check=None if check is None else commands.core.on_off(check),
             alert_emails=None if emails is None else commands.core.alert_emails(emails),
-            low_balance_threshold=args.low_balance_threshold), **result}
+            low_balance_threshold=args.low_balance_threshold, guard_rules=guard_rules),
+                  **result}
     return result
 
 

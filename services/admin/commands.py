@@ -111,13 +111,16 @@ async def set_account_status(db: Db, account_id: str, status: str) -> dict[str, 
 async def update_account(db: Db, account_id: str, *,
                          customer_service_window_check: bool | None = None,
                          alert_emails: list[str] | None = None,
-                         low_balance_threshold: int | None = None) -> dict[str, Any]:
+                         low_balance_threshold: int | None = None,
+                         guard_rules: dict[str, Any] | None = None) -> dict[str, Any]:
     """Change an account's settings: `customer_service_window_check` off lets free-form
     messages to contacts whose 24 h window is closed through ingest (Meta then refuses them
     with 131047, after credit was reserved). ingest sees the change within its cache time.
     `alert_emails`: where alerts go besides the account's email (notify's emails); an empty
     list clears them. `low_balance_threshold` (micros): billing alerts when the available
-    credit falls below it, from its next refresh of the account (BILLING_THRESHOLD_REFRESH_S)."""
+    credit falls below it, from its next refresh of the account (BILLING_THRESHOLD_REFRESH_S).
+    `guard_rules`: the account's overrides of guard's fraud and spam rules ({rule: {threshold,
+    window_seconds, minimum}}), read by guard within a minute."""
     await get_account(db, account_id)
     changes: dict[str, Any] = {}
     if customer_service_window_check is not None:
@@ -126,6 +129,8 @@ async def update_account(db: Db, account_id: str, *,
         changes["alert_emails"] = core.alert_emails(",".join(alert_emails))
     if low_balance_threshold is not None:
         changes["low_balance_threshold"] = core.low_balance_threshold(low_balance_threshold)
+    if guard_rules is not None:
+        changes["guard_rules"] = guard_rules
     if not changes:
         raise InvalidRequest("nothing to update: give a setting, e.g. "
                              "--customer-service-window-check off, --alert-emails or "

@@ -35,6 +35,7 @@ from shared.ids import new_id
 from shared.kafka import publish
 from shared.messages import (
     ACCOUNT_RELEASE_REQUESTED,
+    HOLD_RULES,
     SUPPRESSION_CHANGE_REQUESTED,
     AccountReleaseRequested,
     SuppressionChangeRequested,
@@ -175,6 +176,39 @@ async def set_keywords(db: Db, account_id: str, *, opt_out_text: str | None,
     except DuplicateKeyError:  # ingest's API created it meanwhile: replace that one
         await db[OPT_OUT_KEYWORDS].replace_one({"_id": account_id}, doc)
     return opt_out.config_view(made)
+
+
+# --- guard's rules, per account -------------------------------------------------------------
+
+RULE_FIELDS = ("threshold", "window_seconds", "minimum")
+
+
+def guard_rule_overrides(current: Any, settings: list[str]) -> dict[str, dict[str, float]]:
+    """`--guard-rule failure_rate.threshold=0.8` (repeatable; `failure_rate=default` drops the
+    rule's overrides): the account's `guard_rules` after them. guard reads them within a
+    minute."""
+    rules: dict[str, dict[str, float]] = {
+        str(k): dict(v) for k, v in (current or {}).items() if isinstance(v, dict)}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        rule, _, field = name.strip().partition(".")
+        if rule not in HOLD_RULES:
+            raise InvalidRequest(f"--guard-rule: no rule {rule!r} (one of "
+                                 f"{', '.join(HOLD_RULES)})", code="invalid_field",
+                                 details={"field": "guard_rule"})
+        if not field and value.strip() == DEFAULT_WORD:
+            rules.pop(rule, None)
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if field not in RULE_FIELDS or number < 0:
+            raise InvalidRequest(f"--guard-rule {setting!r}: give RULE.FIELD=NUMBER with FIELD "
+                                 f"one of {', '.join(RULE_FIELDS)}, or RULE=default",
+                                 code="invalid_field", details={"field": "guard_rule"})
+        rules.setdefault(rule, {})[field] = int(number) if field != "threshold" else number
+    return rules
 
 
 # --- holds ----------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ known (one call from `Ingest.send`), before anything is reserved or published:
 
 Each lookup is by `_id` and remembered for `cache_seconds` (answers "no" included), shared by
 the requests that miss it meanwhile: a new opt-out, block, hold or release applies to sends
-within that time of being stored (status stores a STOP within a second of Meta's webhook,
-guard a hold within a second of its evidence). Refusals are counted with every other one
+within that time of being stored (status stores a STOP, and guard a hold, as soon as they read
+the record that calls for it). Refusals are counted with every other one
 (`ingest_rejections_total{code}`).
 """
 

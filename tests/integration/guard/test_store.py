@@ -96,3 +96,18 @@ async def test_the_retention_pass_forgets_old_recipients_page_by_page(db: Any) -
         + [{"_id": "acc_1:new", "account_id": "acc_1", "first_seen": clock.now_ms()}])
     assert await sweep_recipients(store, clock, memory_days=90, page=3) == 7
     assert [d["_id"] async for d in db[GUARD_RECIPIENTS].find({})] == ["acc_1:new"]
+
+
+async def test_an_accounts_rule_overrides_are_read_from_its_document(db: Any) -> None:
+    from services.admin import commands, trust
+
+    await commands.prepare(db)
+    account = await commands.create_account(
+        db, name="G", email="g@example.com", phone="+971501234567", business_name="G LLC",
+        fb_business_manager_id="123456789012")
+    store = MongoGuardStore(db)
+    assert await store.rule_overrides(account["_id"]) is None
+    await commands.update_account(db, account["_id"], guard_rules=trust.guard_rule_overrides(
+        None, ["failure_rate.threshold=0.8"]))
+    overrides = await store.rule_overrides(account["_id"])
+    assert core.Rules().with_overrides(overrides).failure_rate.threshold == 0.8
