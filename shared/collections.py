@@ -125,7 +125,9 @@ late must not undo a newer START.
 `account_id`, `opt_out`, `opt_in` (lists of words as written, or null for that list's defaults:
 shared/opt_out.py), `updated_at`. `blocked_recipients` (ingest's `/v1/blocked-recipients` and
 `hala blocks`, inserts and deletes only): `_id` account:E.164, `account_id`, `recipient`
-(E.164), `note`, `source` (api | operator), `created_at` (ms).
+(E.164), `note`, `source` (api | operator), `created_at` (ms); plus one marker per account
+that ever blocked a number (`_id` account:*, `marker: true`), so a send of an account without
+one needs no lookup of its recipient.
 
 `account_holds` (guard; ingest and the admin CLI read it): `_id` account id, `account_id`,
 `holds` {rule: {at (ms: when the rule fired, from its evidence's times), reason, observed,

@@ -67,6 +67,24 @@ def blocked_id(account_id: str, e164: str) -> str:
     return f"{account_id}:{e164}"
 
 
+# Every account that ever blocked a number has this document too: a send to an account without
+# it needs no lookup of its recipient (most accounts block nobody). Written with the first
+# block, by the same writers; never removed but with the account (a stale one only costs
+# lookups).
+def blocks_marker_id(account_id: str) -> str:
+    return f"{account_id}:*"
+
+
+def blocks_marker_doc(account_id: str, now_ms: int) -> dict[str, Any]:
+    return {"_id": blocks_marker_id(account_id), "account_id": account_id, "marker": True,
+            "created_at": now_ms}
+
+
+# What a listing of an account's blocks matches (never the marker).
+def blocked_entries(account_id: str) -> dict[str, Any]:
+    return {"account_id": account_id, "marker": {"$ne": True}}
+
+
 def blocked_doc(*, account_id: str, e164: str, note: str, source: Literal["api", "operator"],
                 now_ms: int) -> dict[str, Any]:
     return {"_id": blocked_id(account_id, e164), "account_id": account_id, "recipient": e164,

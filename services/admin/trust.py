@@ -109,7 +109,7 @@ async def change_suppression(db: Db, producer: AIOKafkaProducer, *, account_id: 
 
 async def list_blocks(db: Db, account_id: str, *, limit: int = 50) -> list[Doc]:
     await get_account(db, account_id)
-    docs = await (db[BLOCKED_RECIPIENTS].find({"account_id": account_id})
+    docs = await (db[BLOCKED_RECIPIENTS].find(contact_lists.blocked_entries(account_id))
                   .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
                   .limit(limit).to_list(None))
     return [contact_lists.blocked_view(d) for d in docs]
@@ -121,8 +121,14 @@ async def block(db: Db, *, account_id: str, recipient_text: str, note: str = "",
     time, 2 s by default). Blocking a blocked number changes nothing."""
     await get_account(db, account_id)
     e164 = recipient(recipient_text)
+    now_ms = clock.now_ms()
     doc = contact_lists.blocked_doc(account_id=account_id, e164=e164, note=note,
-                                    source="operator", now_ms=clock.now_ms())
+                                    source="operator", now_ms=now_ms)
+    try:  # the account's marker first (shared/contact_lists.py)
+        await db[BLOCKED_RECIPIENTS].insert_one(contact_lists.blocks_marker_doc(account_id,
+                                                                                now_ms))
+    except DuplicateKeyError:
+        pass
     try:
         await db[BLOCKED_RECIPIENTS].insert_one(doc)
         created = True

@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.ingest.conversations import Cursor
+from shared import contact_lists
 from shared.collections import ACCOUNT_HOLDS, BLOCKED_RECIPIENTS, OPT_OUT_KEYWORDS, SUPPRESSIONS
 from shared.mongo import unavailable
 
@@ -85,13 +86,19 @@ class MongoContactStore:
         return await _page(self._suppressions, {"$and": conditions}, "at", limit + 1)
 
     async def blocked_page(self, account_id: str, limit: int, after: Cursor | None) -> list[Doc]:
-        conditions: list[Doc] = [{"account_id": account_id}]
+        conditions: list[Doc] = [contact_lists.blocked_entries(account_id)]
         if after is not None:
             conditions.append(_past("created_at", after))
         return await _page(self._blocked, {"$and": conditions}, "created_at", limit + 1)
 
     async def block(self, doc: Doc) -> bool:
+        """The account's marker first (shared/contact_lists.py), then the entry."""
+        marker = contact_lists.blocks_marker_doc(doc["account_id"], doc["created_at"])
         try:
+            try:
+                await self._blocked.insert_one(marker)
+            except DuplicateKeyError:
+                pass  # the account has blocked before
             await self._blocked.insert_one(dict(doc))
         except DuplicateKeyError:
             return False

@@ -3,7 +3,8 @@ known (one call from `Ingest.send`), before anything is reserved or published:
 
 - the account is not held by the fraud and spam rules (403 `account_held`, with the rules and
   their reasons; `account_holds`, written by guard);
-- the recipient is not on the account's block list (422 `recipient_blocked`, any type);
+- the recipient is not on the account's block list (422 `recipient_blocked`, any type; an
+  account that never blocked anyone costs no lookup per recipient);
 - a marketing template does not go to a contact who opted out of the sending number's
   marketing (422 `recipient_opted_out`: Meta would fail it with 131050). Utility and
   authentication templates and service messages still go, as Meta allows.
@@ -50,8 +51,11 @@ class SendRules:
             raise reject("account_held", "sending is held by our fraud and spam rules until an "
                          "operator releases it: " + "; ".join(r["reason"] for r in view["rules"]),
                          rules=view["rules"])
+        marker = contact_lists.blocks_marker_id(account_id)
         blocked_id = contact_lists.blocked_id(account_id, recipient)
-        if await self._cached(self._blocked, blocked_id, self._store.blocked) is not None:
+        if (await self._cached(self._blocked, marker, self._store.blocked) is not None
+                and await self._cached(self._blocked, blocked_id,
+                                       self._store.blocked) is not None):
             raise reject("recipient_blocked", "the recipient is on the account's block list",
                          field="to")
         if category != MARKETING:
@@ -90,5 +94,6 @@ class SendRules:
         """Drop what this process remembers after it changed the list itself (a block or an
         unblock through the API applies to this process's next send at once)."""
         self._holds.discard(account_id)
+        self._blocked.discard(contact_lists.blocks_marker_id(account_id))
         if recipient is not None:
             self._blocked.discard(contact_lists.blocked_id(account_id, recipient))

@@ -33,6 +33,7 @@ from services.ingest.meta_client import Download, MetaAnswer
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.repository import CachedDirectory, CachedWindows, DuplicateMessage
 from services.ingest.send_rules import SendRules
+from shared import contact_lists
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable
 from shared.message_docs import message_document
@@ -387,10 +388,13 @@ class FakeContactStore:
 
     async def blocked_page(self, account_id: str, limit: int,
                            after: Cursor | None) -> list[dict[str, Any]]:
-        docs = [d for d in self.blocked_docs.values() if d["account_id"] == account_id]
+        docs = [d for d in self.blocked_docs.values()
+                if d["account_id"] == account_id and not d.get("marker")]
         return _newest_first(docs, "created_at", limit, after)
 
     async def block(self, doc: dict[str, Any]) -> bool:
+        marker = contact_lists.blocks_marker_doc(doc["account_id"], doc["created_at"])
+        self.blocked_docs.setdefault(marker["_id"], marker)
         if doc["_id"] in self.blocked_docs:
             return False
         self.blocked_docs[doc["_id"]] = copy.deepcopy(doc)

@@ -69,12 +69,27 @@ async def test_a_blocked_number_gets_nothing_of_any_type() -> None:
     async with World() as world:
         doc = contact_lists.blocked_doc(account_id="acc_a", e164=TO, note="", source="api",
                                         now_ms=1)
-        world.contacts.blocked_docs[doc["_id"]] = doc
+        await world.contacts.block(doc)
         for body in (text_body(), template_body(), marketing_body()):
             status, answer = await post(world, body)
             assert (status, answer["error"]["code"]) == (422, "recipient_blocked")
         assert (await post(world, text_body(to="+447911123457")))[0] == 202
         assert len(world.publisher.events) == 1
+
+
+async def test_an_account_that_never_blocked_anyone_costs_no_lookup_per_recipient() -> None:
+    async with World() as world:
+        for i in range(5):
+            assert (await post(world, text_body(to=f"+44791112345{i}")))[0] == 202
+        # the hold and the block marker, once each (cached), and nothing per recipient
+        assert world.contacts.reads == 2
+        # a block written behind ingest's back (as by hala) is found once the marker is
+        doc = contact_lists.blocked_doc(account_id="acc_a", e164="+447911123459", note="",
+                                        source="operator", now_ms=1)
+        await world.contacts.block(doc)
+        world.clock.advance(2.0)
+        status, body = await post(world, text_body(to="+447911123459"))
+        assert (status, body["error"]["code"]) == (422, "recipient_blocked")
 
 
 async def test_a_held_account_is_refused_with_the_rules_and_released_by_a_later_release(
