@@ -118,7 +118,8 @@ class Guard:
         self._overrides_seconds = overrides_cache_seconds
         self._overrides: OrderedDict[str, tuple[float, core.Rules]] = OrderedDict()
         self._accounts: dict[str, core.Account] = {}
-        self._known: OrderedDict[str, None] = OrderedDict()  # recipient ids stored already
+        # recipient ids stored already -> the send that found each new
+        self._known: OrderedDict[str, str] = OrderedDict()
         self._known_capacity = remembered_recipients
         self._kinds = {topic_name(topic, prefix): kind for kind, topic in KINDS.items()}
 
@@ -185,19 +186,20 @@ class Guard:
         found = await self._store.recipients(unknown) if unknown else {}
         new: dict[str, bool] = {}
         first: dict[str, dict[str, Any]] = {}
+        finder = {rid: str(doc.get("message_id") or "") for rid, doc in found.items()}
         for event in sends:
             rid = ids[event.message_id]
-            if rid in found:
-                new[event.message_id] = found[rid].get("message_id") == event.message_id
-            elif rid in self._known or rid in first:
-                new[event.message_id] = False
+            known = finder.get(rid, self._known.get(rid))
+            if known is not None:
+                new[event.message_id] = known == event.message_id
             else:
                 new[event.message_id] = True
+                finder[rid] = event.message_id
                 first[rid] = {"_id": rid, "account_id": event.account_id,
                               "first_seen": event.accepted_at, "message_id": event.message_id}
         await self._store.insert_recipients(list(first.values()))
         for rid in ids.values():
-            self._known[rid] = None
+            self._known[rid] = finder.get(rid, self._known.get(rid, ""))
             self._known.move_to_end(rid)
         while len(self._known) > self._known_capacity:
             self._known.popitem(last=False)

@@ -190,12 +190,16 @@ async def test_an_unreadable_record_is_handed_back_and_the_rest_applied() -> Non
 async def test_a_database_outage_leaves_nothing_half_remembered() -> None:
     world = World()
     world.store.fail_saves = True
-    batch = world.failed(6)
+    batch = [*world.failed(3), world.send("+447911000001"), world.send("+447911000002")]
     with pytest.raises(DependencyUnavailable):
-        await world.handle(batch)
+        await world.handle(batch)  # the recipients were stored, the windows were not
     world.store.fail_saves = False
     reads = world.store.state_reads
-    await world.handle(batch)  # retried: read again, applied once
+    await world.handle(batch)  # retried by the same process: read again, applied once
     assert world.store.state_reads == reads + 1
     state = core.account_from_doc(ACC, world.store.state_docs[ACC])
-    assert state.count("failed", state.latest_at, 900_000) == 6
+    assert state.count("failed", state.latest_at, 900_000) == 3
+    assert state.count("new", state.latest_at, 60_000) == 2  # still new: they found them
+    await world.handle([world.send("+447911000001")])
+    state = core.account_from_doc(ACC, world.store.state_docs[ACC])
+    assert state.count("new", state.latest_at, 60_000) == 2  # a third send: not new
