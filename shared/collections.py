@@ -114,8 +114,9 @@ topic, ... as the command names them}, `outcome` ok | error, `error` {code, mess
 and operators change it through `suppressions.change-requested.v1`): `_id`
 phone_number_id:wa_id, `account_id`, `phone_number_id`, `wa_id` (the contact as Meta names it),
 `suppressed` (true: no marketing templates from this number to this contact), `source`
-(keyword | user_preferences | api | operator), `at` (ms of the fact: the user's message, Meta's
-preference, the request; the latest wins whatever the source), `keyword` (the opt-out or opt-in
+(keyword | user_preferences | meta: a 131050 failure | api | operator), `at` (ms of the fact:
+the user's message, Meta's preference or status, the request; the latest wins whatever the
+source), `keyword` (the opt-out or opt-in
 word, normalised, for source keyword), `detail` (Meta's detail, a client's or operator's note),
 `operator`, `updated_at`. A document with `suppressed: false` is kept: an older STOP delivered
 late must not undo a newer START.

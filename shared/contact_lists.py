@@ -2,9 +2,10 @@
 rules of each list are here once, like shared/webhook_endpoints.py's for endpoints):
 
 - the marketing suppression list (`suppressions`, written by status's processor alone, from
-  users' STOP/START keywords, Meta's `user_preferences` webhooks and the change requests of
-  clients and operators): a suppressed contact gets no marketing template from that number;
-  utility and authentication templates and service messages still go, as Meta allows;
+  users' STOP/START keywords, Meta's `user_preferences` webhooks, Meta's 131050 failures and
+  the change requests of clients and operators): a suppressed contact gets no marketing
+  template from that number; utility and authentication templates and service messages still
+  go, as Meta allows;
 - the block list (`blocked_recipients`, written by ingest's API and the admin CLI, inserts and
   deletes only): numbers the account never sends anything to.
 
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-SuppressionSource = Literal["keyword", "user_preferences", "api", "operator"]
+SuppressionSource = Literal["keyword", "user_preferences", "meta", "api", "operator"]
 MAX_NOTE_CHARS = 500
 
 

@@ -28,7 +28,7 @@ KeywordText = Annotated[str, Meta(min_length=1, max_length=MAX_KEYWORD_CHARS)]
 KeywordList = Annotated[list[KeywordText], Meta(max_length=MAX_KEYWORDS, description=(
     "Whole-message keywords; case, accents, width and punctuation do not matter, "
     "and several words are allowed (`stop all`). `null` or absent: the defaults; `[]`: none."))]
-SuppressionSource = Literal["keyword", "user_preferences", "api", "operator"]
+SuppressionSource = Literal["keyword", "user_preferences", "meta", "api", "operator"]
 
 
 class _Body(Struct, forbid_unknown_fields=True):
@@ -68,7 +68,8 @@ class _Answer(Struct, forbid_unknown_fields=True):
 
 class SuppressionView(_Answer):
     """A contact suppressed for marketing from one of your numbers: since when, and how (their
-    keyword, Meta's `user_preferences`, your API call, an operator). `wa_id` is the contact as
+    keyword, Meta's `user_preferences`, Meta refusing a marketing template with 131050, your
+    API call, an operator). `wa_id` is the contact as
     WhatsApp names them; `recipient` its phone number when it is one."""
 
     phone_number_id: str

@@ -86,9 +86,9 @@ USER_PREFERENCES = Counter(
 )
 SUPPRESSIONS = Counter(
     "status_suppressions_total",
-    "Changes to the marketing suppression list, by source (keyword, user_preferences, api, "
-    "operator) and outcome (suppressed, resubscribed, stale: an older fact than the stored one, "
-    "ignored: the number is not registered or not the account's).",
+    "Changes to the marketing suppression list, by source (keyword, user_preferences, meta, "
+    "api, operator) and outcome (suppressed, resubscribed, stale: an older fact than the "
+    "stored one, ignored: the number is not registered or not the account's).",
     ["source", "outcome"],
 )
 WEBHOOK_ERRORS = Counter(

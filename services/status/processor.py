@@ -152,6 +152,12 @@ class WebhookProcessor:
         event = core.status_changed_from_webhook(status, ref)
         if event is not None:
             batch.outgoing.append((STATUS_CHANGED, event))
+        if core.stopped_marketing(status):
+            await self._suppress(contact_lists.suppression_doc(
+                account_id=ref.account_id, phone_number_id=status.phone_number_id,
+                wa_id=status.recipient_id, suppressed=True, source="meta", at=status.occurred_at,
+                now_ms=now, detail="Meta refused a marketing template with 131050: the user "
+                                   "stopped marketing messages"))
 
     async def _resolve(self, status: core.WebhookStatus) -> core.MessageRef | None:
         by_wamid = await self._find_by_wamid(status.wamid)

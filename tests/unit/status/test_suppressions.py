@@ -146,3 +146,29 @@ async def test_a_request_for_a_number_of_another_account_is_ignored() -> None:
     processor, store, _ = setup()
     await processor.handle_suppression_request(request(True, T0 * 1000, account="acc_2"))
     assert store.suppressions == {}
+
+
+async def test_metas_131050_on_a_marketing_template_suppresses_the_contact() -> None:
+    from tests.unit.status.meta_examples import status_item, status_webhook
+
+    processor, store, _ = setup()
+    store.wamid_index["wamid.M1"] = core.wamid_index_doc(
+        "wamid.M1", core.MessageRef("msg_1", "acc_1", "US"))
+    failed = status_item("wamid.M1", "failed", T0, errors=[{
+        "code": 131050, "title": "Unable to deliver the message. This recipient has chosen to "
+                                 "stop receiving marketing messages on WhatsApp from your "
+                                 "business."}])
+    failed["recipient_id"] = USER
+    payload = status_webhook(failed, phone_number_id=NUMBER)
+    await processor.handle(WebhookReceived(event_id=core.webhook_event_id(WABA_ID, payload),
+                                           received_at=T0 * 1000, payload=msgspec.Raw(payload)))
+    doc = entry(store)
+    assert (doc["suppressed"], doc["source"], doc["account_id"], doc["at"]) == (
+        True, "meta", "acc_1", T0 * 1000)
+    # another failure code, or an unresolved status, suppresses nobody
+    other, store2, _ = setup()
+    payload = status_webhook({**failed, "errors": [{"code": 131026, "title": "x"}]},
+                             phone_number_id=NUMBER)
+    await other.handle(WebhookReceived(event_id=core.webhook_event_id(WABA_ID, payload),
+                                       received_at=T0 * 1000, payload=msgspec.Raw(payload)))
+    assert store2.suppressions == {}
