@@ -99,7 +99,7 @@ async def _probe(platform: Platform, database: str, prefix: str, count: int) -> 
     """Mean ms of one sequential round trip of each kind billing makes per event."""
     mongo = make_client(platform.mongodb_url)
     scratch = mongo[database]["bench_probe"]
-    producer = make_producer(platform.bootstrap)
+    producer = make_producer(platform.kafka)
     await producer.start()
     timings: dict[str, list[float]] = {"find_one": [], "insert_one": [], "replace_one": [],
                                        "kafka_send_and_wait": []}
@@ -133,14 +133,14 @@ async def _trickle(platform: Platform, prefix: str, messages: list[SendRequested
     path when it is not saturated."""
     approved_topic = topic_name(SEND_APPROVED, prefix)
     partitions = [TopicPartition(approved_topic, p) for p in range(SEND_APPROVED.partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=platform.bootstrap, fetch_max_wait_ms=5,
+    consumer = AIOKafkaConsumer(**platform.kafka.aiokafka_options(), fetch_max_wait_ms=5,
                                 isolation_level="read_committed")
     await consumer.start()
     consumer.assign(partitions)
     await consumer.seek_to_end(*partitions)
     for tp in partitions:
         await consumer.position(tp)
-    producer = make_producer(platform.bootstrap)
+    producer = make_producer(platform.kafka)
     await producer.start()
     left: dict[str, float] = {}
     latencies: list[float] = []
@@ -199,7 +199,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     try:
         await platform.wait_ready("billing-solo")
         now_ms = int(time.time() * 1000)
-        await produce_all(platform.bootstrap, prefix, [
+        await produce_all(platform.kafka, prefix, [
             (TOPUP_REQUESTED, sign_top_up(
                 TopUpRequested(event_id=f"topup-{a}", account_id=a, amount=TOPUP,
                                requested_at=now_ms, operator="bench"),
@@ -214,7 +214,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             return len(docs) == ACCOUNTS or f"{len(docs)} of {ACCOUNTS} top-ups applied"
 
         await eventually(topped_up, within=120, every=0.2, what="top-ups applied")
-        before = await scrape(proc.url)
+        before = await scrape(proc.ops_url)
         messages = _messages(unique, account_ids, n, now_ms)
         prices = [card.price(m.category, m.recipient_region) for m in messages]
         reserved = {a: 0 for a in account_ids}
@@ -229,7 +229,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
 
         # Phase 1: reservations.
         t0 = time.monotonic()
-        await produce_all(platform.bootstrap, prefix, [(SEND_REQUESTED, m) for m in messages])
+        await produce_all(platform.kafka, prefix, [(SEND_REQUESTED, m) for m in messages])
 
         async def all_reserved() -> bool | str:
             docs = await read()
@@ -244,7 +244,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         # Phase 2: statuses (sent, then delivered or failed).
         statuses = [s for m, ok in zip(messages, delivered, strict=True)
                     for s in _statuses(m, ok, now_ms)]
-        await produce_all(platform.bootstrap, prefix, [(STATUS_CHANGED, s) for s in statuses])
+        await produce_all(platform.kafka, prefix, [(STATUS_CHANGED, s) for s in statuses])
         expected = {a: (TOPUP - charged[a], 0) for a in account_ids}
 
         async def settled() -> bool | str:
@@ -259,7 +259,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             exact = False
             log(f"billing: {exc}")
         t2 = time.monotonic()
-        after = await scrape(proc.url)
+        after = await scrape(proc.ops_url)
         # Phase 3: latency when not saturated (these stay reserved; checked below too).
         trickle_n = 200 if quick else 500
         trickle_messages = _messages(unique + "t", account_ids, trickle_n, now_ms)
@@ -284,7 +284,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             exact = False
             log(f"billing: {exc}")
         final = await read()
-        approved = await record_count(platform.bootstrap, topic_name(SEND_APPROVED, prefix),
+        approved = await record_count(platform.kafka, topic_name(SEND_APPROVED, prefix),
                                        SEND_APPROVED.partitions)
     finally:
         await mongo.close()

@@ -365,13 +365,14 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                     seconds = level_s if quick else min(MAX_LEVEL_S, max(
                         level_s, MIN_LEVEL_MESSAGES / rate))
                     meter = CpuMeter({**pids, **infra_pids()})
-                    billing_before = await scrape(platform.url("billing"))
+                    billing_before = await scrape(platform.procs["billing"].ops_url)
                     meter.start()
                     items = await traffic.run(session, rate, seconds)
                     cores = meter.stop()
                     left = await observer.wait(items, within=30 + seconds, delivered=True)
                     await observer.fill_hops(items)
-                    billing = billing_load(billing_before, await scrape(platform.url("billing")))
+                    billing = billing_load(billing_before,
+                                           await scrape(platform.procs["billing"].ops_url))
                     level = {"share_of_capacity": share, "offered_per_s": round(rate, 1),
                              "seconds": round(seconds, 1),
                              **_latencies(items), "left_after_wait": left,

@@ -128,7 +128,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         pids = {"ingest": ingest.pid, **infra_pids()}
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in urls}
         cpu: list[dict[str, float]] = []
-        before = await scrape(ingest.url)
+        before = await scrape(ingest.ops_url)
         for side in ("bare", "floor", "ingest", "ingest", "floor", "bare"):
             meter = CpuMeter(pids if side == "ingest" else {side: references[side][0].pid})
             meter.start()
@@ -140,7 +140,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             runs[side].append(result)
             log(f"ingest: {side} {result['ok_per_s']:.0f} req/s p50 {result['p50_ms']:.1f} ms "
                 f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}")
-        after = await scrape(ingest.url)
+        after = await scrape(ingest.ops_url)
     finally:
         for proc, _ in references.values():
             proc.terminate()

@@ -82,7 +82,8 @@ def shared_infra_pids(platform: Platform) -> dict[str, int]:
     """Kafka's and the database server's pids, for the CPU accounting."""
     pids = infra_pids()
     if len(pids) < 2:
-        ports = {"kafka": int(platform.bootstrap.rsplit(":", 1)[1].split(",")[0]),
+        first_server = platform.kafka.bootstrap_servers.split(",")[0]
+        ports = {"kafka": int(first_server.rsplit(":", 1)[1]),
                  "ferretdb": urlsplit(platform.mongodb_url).port or 27017}
         pids = {**_listening_pids(ports), **pids}
     return pids
@@ -142,7 +143,7 @@ async def start_sender(platform: Platform, name: str, prefix: str, database: str
     await platform.wait_ready(*names)
 
     async def joined() -> bool | str:
-        members = await group_members(platform.bootstrap, f"{prefix}sender")
+        members = await group_members(platform.kafka, f"{prefix}sender")
         return members == instances or f"{members} stable members"
 
     await eventually(joined, within=60, every=0.5, what=f"{instances} senders in the group")
@@ -171,7 +172,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         cold_b = [approved(alpha, PACE_80B, next(pool), "cb", now_ms) for _ in range(cold_n)]
         cold_ids = {m.message_id for m in cold_b}
         produced_at = time.time()
-        await produce_all(platform.bootstrap, prefix,
+        await produce_all(platform.kafka, prefix,
                           [(SEND_APPROVED, m) for m in (*cold_a, *hot, *cold_b)])
 
         async def cold_done() -> bool | str:
@@ -196,13 +197,13 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                           **shared_infra_pids(platform)})
         meter.start()
         fast_started = time.time()
-        await produce_all(platform.bootstrap, prefix, [(SEND_APPROVED, m) for m in fast])
+        await produce_all(platform.kafka, prefix, [(SEND_APPROVED, m) for m in fast])
 
         async def fast_done() -> bool | str:
             n = len(await _accepted(platform, FAST_A))
             return n >= fast_n or f"{n} sent"
 
-        sender_url = platform.procs[names[0]].url
+        sender_url = platform.procs[names[0]].ops_url
         metrics_before = await scrape(sender_url)
         gauges: list[tuple[float, float]] = []
 

@@ -79,13 +79,13 @@ async def run(platform: Platform, accounts: list[Any], quick: bool,
         await platform.wait_ready("status-solo")
         await asyncio.to_thread(run_wrk, url, [body.decode()], headers, seconds=2,
                                 connections=CONNECTIONS)  # warm-up
-        before = await record_count(platform.bootstrap, topic, WEBHOOK_RECEIVED.partitions)
+        before = await record_count(platform.kafka, topic, WEBHOOK_RECEIVED.partitions)
         meter = CpuMeter({"status": proc.pid, **infra_pids()})
         meter.start()
         load = await asyncio.to_thread(run_wrk, url, [body.decode()], headers,
                                        seconds=seconds, connections=CONNECTIONS)
         cores = meter.stop()
-        after = await record_count(platform.bootstrap, topic, WEBHOOK_RECEIVED.partitions)
+        after = await record_count(platform.kafka, topic, WEBHOOK_RECEIVED.partitions)
     finally:
         platform.stop("status-solo")
     # Every 2xx was answered after Kafka acknowledged its record (that is the handler's

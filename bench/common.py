@@ -2,8 +2,12 @@
 simulator, seeding, wrk, Kafka and /proc helpers, and the result files.
 
 Every service runs as its own process (`python -m services.<name>`), like in production and in
-tests/e2e, against the real local Kafka and MongoDB-compatible server; each benchmark gets its
-own topic prefix and database, so runs never see each other's data (or the e2e tests').
+tests/e2e, against the real local Kafka and MongoDB-compatible server, as its own Kafka
+principal (SASL_SSL, the ACLs the set-up grants each benchmark's prefix); each benchmark gets
+its own topic prefix and database, so runs never see each other's data (or the e2e tests').
+The client ports of ingest and status stay plain HTTP here: the figures are the application's,
+comparable with earlier runs (TLS is measured by nothing here); /metrics is read on the ops
+ports.
 """
 
 from __future__ import annotations
@@ -35,13 +39,12 @@ if str(ROOT) not in sys.path:  # run as `python bench/run_all.py`: the repo is n
     sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from shared.kafka import (  # noqa: E402
-    delete_topics,
-    ensure_topics,
+    KafkaConfig,
+    make_admin,
     make_producer,
     publish_all,
     topic_name,
@@ -49,7 +52,9 @@ from shared.kafka import (  # noqa: E402
 from shared.messages import ALL_TOPICS, SEND_APPROVED, Topic  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
 from shared.secrets import new_key  # noqa: E402
+from tests.conftest import Broker  # noqa: E402
 from tests.e2e.conftest import eventually, free_port  # noqa: E402
+from tools.kafka_setup import revoke  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LOGS = ROOT / ".run" / "bench"
@@ -198,16 +203,19 @@ async def wait_until_idle(pid: int | None, max_cores: float = 0.25, within: floa
             return round(cores, 2)
 
 
+KAFKA_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM",
+             "KAFKA_SSL_CA_FILE", "HALA_KAFKA_SECRETS_DIR")
+
+
 def infra_env() -> dict[str, str]:
-    """Broker and database addresses; the shared local infrastructure is started if needed
-    (idempotent; never stopped here: other sessions use it)."""
+    """Broker and database addresses and credentials; the shared local infrastructure is
+    started if needed (idempotent; never stopped here: other sessions use it)."""
     if not (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URL")):
         subprocess.run([str(INFRA), "up"], check=True, capture_output=True, timeout=900)
     out = subprocess.run([str(INFRA), "env"], check=True, capture_output=True, text=True,
                          timeout=60).stdout
     env = dict(line.split("=", 1) for line in out.split() if "=" in line)
-    env.update({k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "MONGODB_URL")
-                if os.environ.get(k)})
+    env.update({k: os.environ[k] for k in (*KAFKA_ENV, "MONGODB_URL") if os.environ.get(k)})
     return env
 
 
@@ -349,9 +357,10 @@ class Proc:
     name: str
     kind: str
     command: list[str]
-    port: int
+    port: int  # the client port (sender, billing: their ops port)
     env: dict[str, str]
     log: Path
+    ops_port: int | None = None  # /healthz, /readyz, /metrics of ingest and status
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -363,13 +372,17 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port or self.port}"
+
 
 @dataclass
 class Platform:
     """Processes of one benchmark run on free ports. `prefix`/`database` are the defaults of the
     services added; a service may get its own prefix (its own topics and consumer groups)."""
 
-    bootstrap: str
+    broker: Broker
     mongodb_url: str
     unique: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: dict[str, Proc] = field(default_factory=dict)
@@ -388,6 +401,11 @@ class Platform:
         self.prefixes.add(self.prefix)
         self.databases.add(self.database)
 
+    @property
+    def kafka(self) -> KafkaConfig:
+        """The broker as the set-up principal: what the benchmarks' own clients use."""
+        return self.broker.setup
+
     # seed_accounts (tests/e2e/conftest.py) reads these like a Stack's
     def url(self, name: str) -> str:
         return self.procs[name].url
@@ -400,13 +418,14 @@ class Platform:
     def add(self, name: str, kind: str, *, prefix: str | None = None,
             database: str | None = None, core: str | None = None,
             env: dict[str, str] | None = None) -> Proc:
-        port = free_port()
+        port, ops_port = free_port(), free_port()
         prefix = prefix or self.prefix
         database = database or self.database
         self.prefixes.add(prefix)
         self.databases.add(database)
-        base = {**os.environ, "PYTHONUNBUFFERED": "1",
-                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "MONGODB_URL": self.mongodb_url,
+        base = {**os.environ, "PYTHONUNBUFFERED": "1", "HALA_ENV": "development",
+                **(self.broker.env(kind) if kind != "metasim" else {}),
+                "MONGODB_URL": self.mongodb_url,
                 "MONGODB_DATABASE": database, "HALA_TOPIC_PREFIX": prefix,
                 "HALA_TOKEN_KEYS": self.token_keys,
                 "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
@@ -417,23 +436,26 @@ class Platform:
             args += ["--port", str(port), "--config", str(config_path)]
             specific = {"METASIM_PORT": str(port)}
         elif kind == "ingest":
-            specific = {"INGEST_HTTP_PORT": str(port)}
+            specific = {"INGEST_HTTP_PORT": str(port), "INGEST_OPS_PORT": str(ops_port)}
         elif kind == "status":
-            specific = {"STATUS_HTTP_PORT": str(port), "STATUS_APP_SECRET": APP_SECRET,
-                        "STATUS_VERIFY_TOKEN": VERIFY_TOKEN}
+            specific = {"STATUS_HTTP_PORT": str(port), "STATUS_OPS_PORT": str(ops_port),
+                        "STATUS_APP_SECRET": APP_SECRET, "STATUS_VERIFY_TOKEN": VERIFY_TOKEN}
         elif kind == "sender":
-            specific = {"SENDER_HTTP_PORT": str(port),
+            specific = {"SENDER_OPS_PORT": str(port),
                         "SENDER_META_BASE_URL": self.procs["metasim"].url}
         elif kind == "billing":
-            specific = {"BILLING_HTTP_PORT": str(port),
-                        "BILLING_FAUST_APP_ID": f"hala-billing-{name}",
+            # Its consumer group starts with `billing`, as its principal's group ACL requires.
+            specific = {"BILLING_OPS_PORT": str(port),
+                        "BILLING_FAUST_APP_ID": f"billing-{name}",
                         "BILLING_FAUST_DATADIR": str(self.logs / f"{name}-faust")}
         elif kind == "notify":
-            specific = {"NOTIFY_HTTP_PORT": str(port), "HALA_ENV": "development"}
+            # only ops endpoints: probed, like the sender's and billing's, on `port`
+            specific = {"NOTIFY_OPS_PORT": str(port)}
         else:
             raise ValueError(kind)
         proc = Proc(name, kind, pinned(core, [sys.executable, *args]), port,
-                    {**base, **specific, **(env or {})}, self.logs / f"{name}.log")
+                    {**base, **specific, **(env or {})}, self.logs / f"{name}.log",
+                    ops_port=ops_port if kind in ("ingest", "status") else None)
         self.procs[name] = proc
         return proc
 
@@ -475,7 +497,7 @@ class Platform:
                     if proc.process is None or proc.process.poll() is not None:
                         raise RuntimeError(f"{proc.name} exited:\n{self.log_tail(proc.name)}")
                     try:
-                        async with session.get(proc.url + READY[proc.kind]) as resp:
+                        async with session.get(proc.ops_url + READY[proc.kind]) as resp:
                             return resp.status == 200
                     except aiohttp.ClientError:
                         return False
@@ -498,7 +520,8 @@ class Platform:
                 (await self.sim("GET", "/_sim/violations"))["by_code"].items()}
 
     async def ensure_topics(self, prefix: str) -> None:
-        await ensure_topics(self.bootstrap, prefix)
+        """The prefix's topics and every service's ACLs on them (the set-up's job)."""
+        await self.broker.grant(prefix)
 
     async def fork_database(self, label: str, collections: Sequence[str]) -> str:
         """A new database of this run holding copies of some of the main database's
@@ -534,20 +557,20 @@ class Platform:
                 await mongo.drop_database(database)
         finally:
             await mongo.close()
-        try:
-            await delete_topics(self.bootstrap,
-                                lambda name: any(name.startswith(p) for p in self.prefixes))
+        try:  # topics and ACLs
+            await revoke(self.kafka,
+                         lambda name: any(name.startswith(p) for p in self.prefixes))
         except Exception as exc:  # a leftover topic is untidy, not a failed benchmark
             log(f"topic clean-up failed: {exc!r}")
 
 
 # --- Kafka ----------------------------------------------------------------------------------------
 
-async def produce_all(bootstrap: str, prefix: str,
+async def produce_all(kafka: KafkaConfig, prefix: str,
                       items: Iterable[tuple[Topic[Any], Any]]) -> float:
     """Write events as fast as the producer batches them, in order per key; returns the seconds
     it took until the broker acknowledged all of them."""
-    producer: AIOKafkaProducer = make_producer(bootstrap, linger_ms=5,
+    producer: AIOKafkaProducer = make_producer(kafka, linger_ms=5,
                                                max_batch_size=256 * 1024)
     await producer.start()
     started = time.monotonic()
@@ -558,9 +581,9 @@ async def produce_all(bootstrap: str, prefix: str,
     return time.monotonic() - started
 
 
-async def record_count(bootstrap: str, topic: str, partitions: int) -> int:
+async def record_count(kafka: KafkaConfig, topic: str, partitions: int) -> int:
     """Records written to a topic so far (the sum of its partitions' end offsets)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_options())
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
@@ -568,9 +591,9 @@ async def record_count(bootstrap: str, topic: str, partitions: int) -> int:
         await consumer.stop()
     return sum(ends.values())
 
-async def group_members(bootstrap: str, group: str) -> int:
+async def group_members(kafka: KafkaConfig, group: str) -> int:
     """Members of a consumer group once it is stable (0 while it rebalances)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         described = await admin.describe_consumer_groups([group])

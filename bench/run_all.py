@@ -45,6 +45,8 @@ from common import (
     wait_until_idle,
 )
 
+from tests.conftest import broker_from_env  # common put the repository on the path
+
 # e2e first: it gets a fresh database (ingest leaves tens of thousands of messages behind).
 ORDER = ["e2e", "ingest", "webhooks", "pacing", "scaling", "billing", "notify"]
 ALIASES = {"memory": "e2e"}
@@ -75,7 +77,7 @@ async def run(selected: list[str], quick: bool) -> tuple[list[dict[str, Any]], d
     modules = {name: importlib.import_module(f"bench_{name}") for name in selected}
     env = infra_env()
     load_before = wait_for_quiet()
-    platform = Platform(env["KAFKA_BOOTSTRAP_SERVERS"], env["MONGODB_URL"])
+    platform = Platform(broker_from_env(env), env["MONGODB_URL"])
     log(f"run {platform.unique}: {', '.join(selected)}{' (quick)' if quick else ''}; "
         f"load average {load_before}; logs in {platform.logs}")
     rows: list[dict[str, Any]] = []

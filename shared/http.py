@@ -1,5 +1,10 @@
-"""HTTP helpers for every service: the error envelope, request metrics, and the ops endpoints
-`/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`."""
+"""HTTP helpers for every service: the error envelope, request metrics, the ops endpoints
+`/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`, and the one
+way a service serves HTTPS.
+
+The ops endpoints are an app of their own (`make_ops_app`) on a port of their own
+(`<SERVICE>_OPS_HOST/PORT`, loopback by default): the client port serves only client routes, so
+metrics and readiness are never exposed with the API or the webhook receiver."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -138,10 +144,21 @@ def make_ops_app(service: str, checks: Mapping[str, ReadinessCheck]) -> web.Appl
     return app
 
 
-async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """TLS for a server: `cert_file` holds the chain (leaf first), `key_file` its private key,
+    both PEM. TLS 1.2 at least, Python's default ciphers."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    return context
+
+
+async def start_site(app: web.Application, host: str, port: int,
+                     ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Serve `app` on host:port, over HTTPS when given a context (see server_ssl_context)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner
 
 

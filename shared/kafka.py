@@ -1,5 +1,11 @@
 """Kafka helpers: durable producers, manual-commit consumers, topic creation and the consumer loop.
 
+Every client connects from a `KafkaConfig` (address, SASL_SSL credentials of the process's own
+principal, the broker's CA), built by `ServiceSettings.kafka`: `make_producer`, `make_consumer`
+and `make_admin` here, librdkafka's options for shared/rdkafka_producer.py, faust's
+credentials in billing. Services create no topics (`wait_for_topics`): the set-up principal
+does (tools/kafka_setup.py), with the ACLs of shared/kafka_access.py.
+
 The loop follows arroyo's shape: decode -> handle -> commit offset + 1. The commit follows the
 effect. Every consumer of the platform (status's two workers here, the sender's own loop,
 billing's faust agent) keeps one rule, so that no record can stop it:
@@ -27,15 +33,19 @@ and the DeadLettersReceived alert fires on any.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from pydantic import SecretStr
 
 from shared.dead_letters import (
     DLQ_HEADERS,
@@ -67,11 +77,86 @@ def topic_name(topic: Topic[Any] | str, prefix: str = "") -> str:
     return prefix + (topic if isinstance(topic, str) else topic.name)
 
 
-def make_producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
+# --- how every client connects: one place for the broker's address and security ------------
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """The broker's address and this process's credentials. Every Kafka client of the platform
+    (aiokafka producers, consumers and admin clients here, librdkafka in
+    shared/rdkafka_producer.py, billing's faust app) is configured from one of these, built by
+    `ServiceSettings.kafka` from the settings every service shares (KAFKA_*)."""
+
+    bootstrap_servers: str
+    security_protocol: SecurityProtocol
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    username: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
+    # The CA that signed the broker's certificate (PEM); None: the system's trust store.
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.uses_sasl and not (self.username and self.password
+                                   and self.password.get_secret_value()):
+            raise ValueError(f"{self.security_protocol} needs a SASL user name and password")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def as_user(self, username: str, password: SecretStr | str) -> KafkaConfig:
+        """The same broker, another principal."""
+        secret = password if isinstance(password, SecretStr) else SecretStr(password)
+        return replace(self, username=username, password=secret)
+
+    @functools.cached_property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """One context per config, shared by its clients (hostname checked, TLS 1.2+)."""
+        if not self.uses_tls:
+            return None
+        return create_ssl_context(cafile=self.ca_file)
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient."""
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers,
+                                   "security_protocol": self.security_protocol}
+        if self.uses_tls:
+            options["ssl_context"] = self.ssl_context
+        if self.uses_sasl:
+            assert self.password is not None
+            options.update(sasl_mechanism=self.sasl_mechanism,
+                           sasl_plain_username=self.username,
+                           sasl_plain_password=self.password.get_secret_value())
+        return options
+
+    def rdkafka_options(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) configuration properties."""
+        options: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
+                                   "security.protocol": self.security_protocol.lower(),
+                                   # `localhost` must never resolve to ::1: brokers bind IPv4
+                                   "broker.address.family": "v4"}
+        if self.uses_tls and self.ca_file:
+            options["ssl.ca.location"] = self.ca_file
+        if self.uses_sasl:
+            assert self.password is not None
+            options.update({"sasl.mechanism": self.sasl_mechanism,
+                            "sasl.username": self.username,
+                            "sasl.password": self.password.get_secret_value()})
+        return options
+
+
+def make_producer(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
     """A producer whose acknowledged writes survive a broker restart and are never duplicated
     by its own retries (aiokafka's defaults are acks=1 and no idempotence)."""
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **kafka.aiokafka_options(),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 2,
@@ -84,10 +169,11 @@ def make_producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def make_consumer(bootstrap_servers: str, group_id: str, *topics: str,
+def make_consumer(kafka: KafkaConfig, group_id: str | None, *topics: str,
                   **overrides: Any) -> AIOKafkaConsumer:
+    """A manual-commit consumer (group_id None: no group, partitions assigned by hand)."""
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **kafka.aiokafka_options(),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -98,12 +184,17 @@ def make_consumer(bootstrap_servers: str, group_id: str, *topics: str,
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def ensure_topics(bootstrap_servers: str, prefix: str = "",
+def make_admin(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**{**kafka.aiokafka_options(), **overrides})
+
+
+async def ensure_topics(kafka: KafkaConfig, prefix: str = "",
                         topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
     """Create the platform's topics and their dead-letter topics if missing, each with its
     registry configuration (retention, compaction, record size), and bring the configuration
-    of those that exist back to it (idempotent)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    of those that exist back to it (idempotent). Needs a principal allowed to create and
+    configure topics: the set-up one (tools/kafka_setup.py), never a service's."""
+    admin = make_admin(kafka)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -121,7 +212,7 @@ async def ensure_topics(bootstrap_servers: str, prefix: str = "",
             try:
                 await admin.create_topics(wanted)
             except TopicAlreadyExistsError:
-                pass  # another service created them first
+                pass  # another process created them first
         await _align_configs(admin, {n: c for n, c in configs.items() if n in existing})
     finally:
         await admin.close()
@@ -149,10 +240,48 @@ async def _align_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str,
         log.info("topic_configs_aligned", topics=len(differ))
 
 
-async def delete_topics(bootstrap_servers: str, wanted: Callable[[str], bool]) -> list[str]:
+class TopicsMissing(RuntimeError):
+    """A service's topics do not exist, or its principal may not see them."""
+
+
+async def wait_for_topics(kafka: KafkaConfig, names: Iterable[str], *,
+                          deadline_s: float = 60.0, every_s: float = 1.0) -> None:
+    """Wait until every topic in `names` (full names) exists and this principal may see it.
+    Services create no topics: the set-up step does (tools/kafka_setup.py, run by infra.sh,
+    docker-compose's kafka-setup, the tests and the benches), and a service that starts first
+    waits for it. A broker that does not answer yet is waited for too."""
+    wanted = set(names)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    missing: set[str] = wanted
+    last_error = ""
+    while True:
+        admin = make_admin(kafka, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            missing = wanted - set(await admin.list_topics())
+            last_error = ""
+        except (KafkaError, OSError) as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            await admin.close()
+        if not missing and not last_error:
+            return
+        if loop.time() > deadline:
+            if last_error:
+                raise TopicsMissing(f"the broker at {kafka.bootstrap_servers} did not answer "
+                                    f"as {kafka.username or 'anonymous'}: {last_error}")
+            raise TopicsMissing(
+                f"topics missing or not visible to {kafka.username or 'this client'}: "
+                f"{', '.join(sorted(missing))} (run the set-up: tools/kafka_setup.py)")
+        log.warning("kafka_topics_not_ready", missing=len(missing), error=last_error or None)
+        await asyncio.sleep(every_s)
+
+
+async def delete_topics(kafka: KafkaConfig, wanted: Callable[[str], bool]) -> list[str]:
     """Delete the topics whose names `wanted` picks, and return them: tests and benchmarks
     clean up after themselves, since every partition left behind slows the shared broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         doomed = [name for name in await admin.list_topics() if wanted(name)]

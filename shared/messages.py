@@ -652,7 +652,7 @@ TOPUP_REQUESTED: Topic[TopUpRequested] = Topic(
     examples=({"event_id": "topup_01HZY", "account_id": "acc_demo", "amount": 50_000_000,
                "requested_at": 1764000000000, "note": "initial credit",
                "operator": "ana@ops-1",
-               # under the development key (shared.secret_defaults)
+               # under the development key (shared.settings.DEVELOPMENT_TOPUP_SIGNING_KEY)
                "signature": "b7a889b6868d1064696d393d252a7597b1f16635254ef2ea7bc873ebdb367107"},),
     retention_ms=MONEY_RETENTION_MS,
 )
@@ -682,7 +682,7 @@ NOTIFY_REQUESTED: Topic[NotifyRequested] = Topic(
     name="notify.requests.v1",
     schema=NotifyRequested,
     key=lambda e: e.account_id,
-    producers=("ingest",),
+    producers=("ingest", "admin"),  # the client API and `hala webhooks test|replay`
     consumers=("notify",),
     examples=(
         {"event_id": "nreq_01HZY", "account_id": "acc_demo", "endpoint_id": "we_01HZY",

@@ -8,7 +8,8 @@ aiohttp's own. Consumers and batch publishers stay on aiokafka.
 
 Same guarantees as `shared.kafka.make_producer`: acks=all, idempotence, and a bounded time to
 deliver; `send` returns only once the broker acknowledged the record, and any failure is a
-transient DependencyUnavailable.
+transient DependencyUnavailable. Same connection and credentials too: the service's
+`KafkaConfig` (shared/kafka.py) gives librdkafka its address, TLS and SASL properties.
 
 librdkafka reports deliveries only from `poll()`: one thread polls, gathers the reports each poll
 served, and hands them to the event loop in one call (not one wake-up per message).
@@ -32,6 +33,7 @@ from typing import Any
 import confluent_kafka
 
 from shared.errors import DependencyUnavailable
+from shared.kafka import KafkaConfig
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -42,6 +44,10 @@ log = get_logger(__name__)
 # (CPU-bound, same CPU per request); 0 makes a broker request of every record and costs more.
 LINGER_MS = 1.0
 _POLL_SECONDS = 0.1  # poll() returns as soon as a report arrives; this only bounds shutdown
+# librdkafka before 2.6.1 answered Kafka 4's SCRAM challenge wrongly (it re-appended the client
+# nonce; Kafka 4 checks it strictly since CVE-2024-56128): login fails. libversion() is
+# 0xMMmmrrpp.
+MIN_SCRAM_LIBVERSION = 0x020601FF
 PROBE_INTERVAL_S = 0.5
 # Delivery failures that mean the broker is gone (not: the record was refused).
 _OUTAGE_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT"})
@@ -55,13 +61,17 @@ def _unavailable(error: object) -> DependencyUnavailable:
 
 
 class RdKafkaProducer:
-    def __init__(self, bootstrap_servers: str, *, linger_ms: float = LINGER_MS,
+    def __init__(self, kafka: KafkaConfig, *, linger_ms: float = LINGER_MS,
                  delivery_timeout_ms: int = 15000, ack_timeout_s: float | None = None,
                  probe_interval_s: float = PROBE_INTERVAL_S) -> None:
+        if kafka.uses_sasl and kafka.sasl_mechanism.startswith("SCRAM") \
+                and confluent_kafka.libversion()[1] < MIN_SCRAM_LIBVERSION:
+            raise RuntimeError(f"librdkafka {confluent_kafka.libversion()[0]} cannot log in "
+                               "to Kafka 4 with SCRAM: 2.6.1 or later is needed")
         self._ack_timeout_s = ack_timeout_s
         self._probe_interval_s = probe_interval_s
         self._config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
+            **kafka.rdkafka_options(),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": linger_ms,

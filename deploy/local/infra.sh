@@ -3,14 +3,20 @@
 # built from Maven Central jars and a MongoDB-compatible server (FerretDB embedded in
 # a tiny Go program, or a real `mongod` if one is on PATH).
 #
+# Kafka runs SASL_SSL (SCRAM-SHA-512 over TLS) with ACLs: a local CA and the broker's
+# certificate (tools/pki.py) in .run/tls, one generated password per principal in
+# .run/secrets/kafka (0600, never committed), one SCRAM user per service, and ACLs that let
+# each service use only its own topics and groups (tools/kafka_setup.py, run at every `up`).
+#
 # Usage: deploy/local/infra.sh <command>
 #   up [--fresh]   start what is not running yet and wait until it answers
 #                  (--fresh: stop and wipe runtime data first)
 #   down           stop what `up` started (SIGTERM, SIGKILL after a deadline)
 #   status         show what runs (exit 0 only if every managed service is up)
 #   logs [NAME] [-f]  tail the logs (NAME: kafka, ferretdb, mongod; -f follows)
-#   env            print KAFKA_BOOTSTRAP_SERVERS=... and MONGODB_URL=... lines
-#   reset          down, then wipe runtime data and logs
+#   env            print the variables clients need (KAFKA_* with the admin CLI's principal,
+#                  HALA_KAFKA_SECRETS_DIR for the others' passwords, MONGODB_URL)
+#   reset          down, then wipe runtime data and logs (keeps .run/tls and .run/secrets)
 #
 # Environment:
 #   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), MONGO_PORT (27017): loopback ports
@@ -20,7 +26,9 @@
 #   HALA_RUN_DIR: data, logs, pid files (default <repo>/.run)
 #   HALA_MONGO_IMPL: auto (mongod if on PATH, else ferretdb) | ferretdb | mongod
 #   HALA_FERRETDB_LOG_LEVEL (warn; FerretDB logs every unsupported command at warn)
-#   HALA_READY_TIMEOUT (90 s), HALA_STOP_TIMEOUT (30 s), HALA_PYTHON (readiness probes)
+#   HALA_READY_TIMEOUT (90 s), HALA_STOP_TIMEOUT (30 s)
+#   HALA_PYTHON: Python with the project installed (default <repo>/.venv/bin/python): makes the
+#                certificates and users, probes readiness
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -40,6 +48,11 @@ MONGO_IMPL=${HALA_MONGO_IMPL:-auto}
 
 PIDS_DIR=$RUN_DIR/pids
 LOGS_DIR=$RUN_DIR/logs
+TLS_DIR=$RUN_DIR/tls
+SECRETS_DIR=$RUN_DIR/secrets/kafka
+# Recorded with the formatted data: data formatted for another layout (the plaintext broker
+# of earlier versions has no SCRAM users) cannot be reused.
+KAFKA_LAYOUT="sasl_ssl-scram-1"
 ALL_SERVICES=(kafka ferretdb mongod)
 STARTED=() # what this `up` started: stopped again if any start fails
 
@@ -58,6 +71,12 @@ need() { # need CMD WHY
 PY=${HALA_PYTHON:-}
 if [[ -z $PY && -x $REPO/.venv/bin/python ]]; then PY=$REPO/.venv/bin/python; fi
 py_has() { [[ -n $PY ]] && "$PY" -c "import $1" >/dev/null 2>&1; }
+# The project's own tools (tools.pki, tools.kafka_setup), run from the repository.
+py_tool() { (cd "$REPO" && "$PY" -m "$@"); }
+need_project_python() {
+  [[ -n $PY ]] && py_has cryptography && py_has confluent_kafka ||
+    die "Kafka's certificates and users are made with the project's Python: run 'make venv' (or set HALA_PYTHON)"
+}
 
 port_open() { # port_open PORT -> 0 if something accepts on 127.0.0.1:PORT
   timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" >/dev/null 2>&1
@@ -215,12 +234,30 @@ check_java() {
   ((major >= 17)) || die "Kafka 4.x needs Java 17+, found $v ($(command -v java))"
 }
 
+# The broker's certificate (signed by the local CA, kept while valid) and the passwords of
+# its own principals (generated once).
+prepare_kafka_security() {
+  mkdir -p "$TLS_DIR" "$SECRETS_DIR"
+  chmod 700 "$RUN_DIR/secrets" "$SECRETS_DIR"
+  py_tool tools.pki issue "$TLS_DIR" kafka --host localhost --host 127.0.0.1 --bundle >/dev/null
+  py_tool tools.kafka_setup passwords --secrets-dir "$SECRETS_DIR" \
+    kafka-broker kafka-controller hala-setup
+}
+
+secret_of() { tr -d '\n' <"$SECRETS_DIR/$1.password"; }
+
 render_kafka_config() {
   local out="$RUN_DIR/kafka/server.properties" data="$RUN_DIR/kafka/data"
-  sed -e "s|\${KAFKA_PORT}|$KAFKA_PORT|g" \
+  # Holds the broker's passwords: readable by its owner only, from the first byte.
+  (umask 077 && sed -e "s|\${KAFKA_PORT}|$KAFKA_PORT|g" \
+    -e "s|\${KAFKA_LISTEN_HOST}|127.0.0.1|g" -e "s|\${KAFKA_ADVERTISED_HOST}|localhost|g" \
     -e "s|\${KAFKA_CONTROLLER_PORT}|$KAFKA_CONTROLLER_PORT|g" \
     -e "s|\${KAFKA_DATA_DIR}|$data|g" \
-    "$HERE/kafka/server.properties.template" >"$out.tmp"
+    -e "s|\${KAFKA_KEYSTORE}|$TLS_DIR/kafka-bundle.pem|g" \
+    -e "s|\${KAFKA_TRUSTSTORE}|$TLS_DIR/ca.pem|g" \
+    -e "s|\${KAFKA_BROKER_PASSWORD}|$(secret_of kafka-broker)|g" \
+    -e "s|\${KAFKA_CONTROLLER_PASSWORD}|$(secret_of kafka-controller)|g" \
+    "$HERE/kafka/server.properties.template" >"$out.tmp")
   if grep -qF "\${" "$out.tmp"; then die "unrendered placeholder in $out.tmp"; fi
   mv "$out.tmp" "$out"
 }
@@ -234,8 +271,11 @@ kafka_java() { # kafka_java MAIN_CLASS ARGS... (foreground, for the storage tool
 
 format_kafka_storage() {
   local data="$RUN_DIR/kafka/data" marker_file="$RUN_DIR/kafka/formatted-with"
-  local cfg="controller=$KAFKA_CONTROLLER_PORT"
+  local cfg="controller=$KAFKA_CONTROLLER_PORT" layout_file="$RUN_DIR/kafka/layout"
   if [[ -f $data/meta.properties ]]; then
+    if [[ ! -f $layout_file || $(<"$layout_file") != "$KAFKA_LAYOUT" ]]; then
+      die "Kafka data in $data was formatted for the plaintext broker of earlier versions (no SCRAM users, no ACLs). Run '$0 reset' (wipes local Kafka and database data), then '$0 up'."
+    fi
     # --standalone records the controller endpoint in the metadata log. A single node
     # still starts after a port change (tried), but say so in case anything looks odd.
     if [[ -f $marker_file && $(<"$marker_file") != "$cfg" ]]; then
@@ -249,25 +289,39 @@ format_kafka_storage() {
     id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
   done
   say "formatting Kafka storage (cluster id $id) ..."
-  if ! kafka_java kafka.tools.StorageTool format --standalone -t "$id" \
-    -c "$RUN_DIR/kafka/server.properties" --ignore-formatted >>"$(log_file kafka)" 2>&1; then
-    printf '[infra] ERROR: kafka storage format failed; last lines of %s:\n' "$(log_file kafka)" >&2
-    tail -n 30 "$(log_file kafka)" >&2
+  # The users the broker needs before it can serve anyone: its own inter-broker identity and
+  # the set-up principal (salted credentials: no password in argv). The format tool prints
+  # the credentials it stores, so its output is shown only when it fails, without them.
+  local scram=() out
+  mapfile -t scram < <(py_tool tools.kafka_setup scram-args --secrets-dir "$SECRETS_DIR" \
+    kafka-broker hala-setup)
+  ((${#scram[@]} == 4)) || die "could not prepare the SCRAM users for the storage format"
+  if ! out=$(kafka_java kafka.tools.StorageTool format --standalone -t "$id" \
+    -c "$RUN_DIR/kafka/server.properties" --ignore-formatted "${scram[@]}" 2>&1); then
+    printf '[infra] ERROR: kafka storage format failed:\n%s\n' \
+      "$(grep -v UserScramCredentialRecord <<<"$out" | tail -n 30)" >&2
     exit 1
   fi
   echo "$cfg" >"$marker_file"
+  echo "$KAFKA_LAYOUT" >"$layout_file"
 }
 
 probe_kafka() {
   port_open "$KAFKA_PORT" || return 1
-  if py_has aiokafka; then
-    # A real metadata round trip, not just an open socket.
-    "$PY" - "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 <<'EOF'
+  # An authenticated metadata round trip over TLS, not just an open socket: the listener
+  # accepts connections before the authorizer has loaded the ACLs.
+  "$PY" - "localhost:$KAFKA_PORT" "$TLS_DIR/ca.pem" "$SECRETS_DIR/hala-setup.password" \
+    >/dev/null 2>&1 <<'EOF'
 import asyncio, sys
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 
 async def main():
-    admin = AIOKafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=sys.argv[1], request_timeout_ms=5000, security_protocol="SASL_SSL",
+        ssl_context=create_ssl_context(cafile=sys.argv[2]), sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="hala-setup",
+        sasl_plain_password=open(sys.argv[3]).read().strip())
     await admin.start()
     try:
         await admin.list_topics()
@@ -276,7 +330,26 @@ async def main():
 
 asyncio.run(asyncio.wait_for(main(), 10))
 EOF
+}
+
+# Every service principal's SCRAM user, the unprefixed topics and every ACL on them
+# (idempotent: run at every `up`, so that new services and topics get theirs).
+setup_kafka() {
+  local t0
+  t0=$(now_ms)
+  if ! (
+    unset KAFKA_SASL_PASSWORD
+    export KAFKA_BOOTSTRAP_SERVERS="localhost:$KAFKA_PORT" KAFKA_SECURITY_PROTOCOL=SASL_SSL \
+      KAFKA_SASL_MECHANISM=SCRAM-SHA-512 KAFKA_SSL_CA_FILE="$TLS_DIR/ca.pem" \
+      KAFKA_SASL_USERNAME=hala-setup KAFKA_SASL_PASSWORD_FILE="$SECRETS_DIR/hala-setup.password"
+    py_tool tools.kafka_setup users --secrets-dir "$SECRETS_DIR" &&
+      py_tool tools.kafka_setup grant
+  ) >>"$(log_file kafka-setup)" 2>&1; then
+    printf '[infra] ERROR: Kafka users and ACLs could not be set up:\n' >&2
+    tail -n 20 "$(log_file kafka-setup)" >&2
+    exit 1
   fi
+  say "kafka users, topics and ACLs set up in $(elapsed "$t0")"
 }
 
 # kafka_wanted: 0 if this `up` has to start Kafka (says why not otherwise).
@@ -287,9 +360,10 @@ kafka_wanted() {
   fi
   local pid
   if pid=$(running_pid kafka); then
-    say "kafka already running (pid $pid, 127.0.0.1:$KAFKA_PORT)"
+    say "kafka already running (pid $pid, localhost:$KAFKA_PORT)"
     return 1
   fi
+  need_project_python
   check_java
   check_port_free "$KAFKA_PORT" "Kafka" KAFKA_PORT
   check_port_free "$KAFKA_CONTROLLER_PORT" "Kafka controller" KAFKA_CONTROLLER_PORT
@@ -297,6 +371,7 @@ kafka_wanted() {
 
 start_kafka() {
   mkdir -p "$RUN_DIR/kafka/data" "$RUN_DIR/kafka/logs"
+  prepare_kafka_security
   render_kafka_config
   format_kafka_storage
   # shellcheck disable=SC2086  # heap/JVM options are word lists on purpose
@@ -308,9 +383,7 @@ start_kafka() {
 
 wait_kafka() { # wait_kafka START_MS
   wait_ready kafka probe_kafka
-  local how="port"
-  py_has aiokafka && how="metadata request"
-  say "kafka $KAFKA_VERSION ready in $(elapsed "$1") ($how): pid $(running_pid kafka), 127.0.0.1:$KAFKA_PORT"
+  say "kafka $KAFKA_VERSION ready in $(elapsed "$1") (SASL_SSL metadata request): pid $(running_pid kafka), localhost:$KAFKA_PORT"
 }
 
 # ---------------------------------------------------------------- MongoDB / FerretDB
@@ -479,7 +552,25 @@ cmd_status() {
 }
 
 cmd_env() {
-  echo "KAFKA_BOOTSTRAP_SERVERS=${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$KAFKA_PORT}"
+  if [[ -n ${KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
+    # External broker: what the caller set is what clients use.
+    local v
+    for v in KAFKA_BOOTSTRAP_SERVERS KAFKA_SECURITY_PROTOCOL KAFKA_SASL_MECHANISM \
+      KAFKA_SSL_CA_FILE KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD_FILE HALA_KAFKA_SECRETS_DIR; do
+      if [[ -n ${!v:-} ]]; then echo "$v=${!v}"; fi
+    done
+  else
+    echo "KAFKA_BOOTSTRAP_SERVERS=localhost:$KAFKA_PORT"
+    echo "KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+    echo "KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+    echo "KAFKA_SSL_CA_FILE=$TLS_DIR/ca.pem"
+    # A shell's principal is the admin CLI's (`hala`); every principal (hala-setup, the
+    # super user for set-up, and one per service) has its password in
+    # HALA_KAFKA_SECRETS_DIR/<user>.password.
+    echo "KAFKA_SASL_USERNAME=hala-admin"
+    echo "KAFKA_SASL_PASSWORD_FILE=$SECRETS_DIR/hala-admin.password"
+    echo "HALA_KAFKA_SECRETS_DIR=$SECRETS_DIR"
+  fi
   echo "MONGODB_URL=${MONGODB_URL:-mongodb://127.0.0.1:$MONGO_PORT/}"
 }
 
@@ -545,6 +636,10 @@ cmd_up() {
   fi
   if ((mongo)); then wait_mongo "$ts"; fi
   if ((kafka)); then wait_kafka "$ts"; fi
+  if [[ -z ${KAFKA_BOOTSTRAP_SERVERS:-} ]] && running_pid kafka >/dev/null; then
+    need_project_python
+    setup_kafka
+  fi
   say "up in $(elapsed "$t0"); for the app:"
   cmd_env | sed 's/^/  /'
 }
@@ -561,6 +656,8 @@ main() {
       RUN_DIR=$(cd "$RUN_DIR" && pwd)
       PIDS_DIR=$RUN_DIR/pids
       LOGS_DIR=$RUN_DIR/logs
+      TLS_DIR=$RUN_DIR/tls
+      SECRETS_DIR=$RUN_DIR/secrets/kafka
       if command -v flock >/dev/null 2>&1; then
         exec 9>"$RUN_DIR/.lock"
         flock -w 300 9 || die "another infra.sh holds $RUN_DIR/.lock"
@@ -572,6 +669,8 @@ main() {
         RUN_DIR=$(cd "$RUN_DIR" && pwd)
         PIDS_DIR=$RUN_DIR/pids
         LOGS_DIR=$RUN_DIR/logs
+        TLS_DIR=$RUN_DIR/tls
+        SECRETS_DIR=$RUN_DIR/secrets/kafka
       fi
       "cmd_$cmd" "$@"
       ;;

@@ -7,9 +7,10 @@ simulator's world (tools/metasim/default.yaml, or METASIM_CONFIG) with an access
 simulator accepts, syncs their templates, tops up credit when it is low, and prints an API key
 with a ready-to-paste curl command.
 
-Environment: MONGODB_URL, MONGODB_DATABASE, KAFKA_BOOTSTRAP_SERVERS, HALA_TOPIC_PREFIX,
-HALA_TOKEN_KEYS (when absent, read from or created in .run/secrets.env — every service that
-decrypts tokens must get the same value), METASIM_PORT, INGEST_HTTP_PORT.
+Environment: MONGODB_*, KAFKA_* (as the admin principal, hala-admin: the only one that may
+write top-ups; deploy/local/stack.py gives it), HALA_TOPIC_PREFIX, HALA_TOKEN_KEYS (when
+absent, read from or created in .run/secrets.env — every service that decrypts tokens must get
+the same value), METASIM_PORT, INGEST_HTTP_PORT (HTTPS with the local CA of .run/tls).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ import orjson  # noqa: E402
 
 from services.admin import commands, core  # noqa: E402
 from services.admin.graph import GraphClient  # noqa: E402
+from services.admin.settings import AdminSettings  # noqa: E402
 from shared.collections import LEDGER  # noqa: E402
-from shared.kafka import ensure_topics, make_producer  # noqa: E402
-from shared.messages import TOPUP_REQUESTED  # noqa: E402
+from shared.kafka import make_producer  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
-from shared.secret_defaults import DEVELOPMENT_TOPUP_SIGNING_KEY  # noqa: E402
 from shared.secrets import TokenVault, new_key  # noqa: E402
+from shared.settings import load_settings  # noqa: E402
 from tools.metasim.config import DEFAULT_CONFIG_PATH, SimConfig, load_config  # noqa: E402
 
 RUN_DIR = Path(os.environ.get("HALA_RUN_DIR", REPO / ".run"))
@@ -102,13 +103,14 @@ async def seed() -> None:
     config = load_config(os.environ.get("METASIM_CONFIG") or DEFAULT_CONFIG_PATH)
     vault = TokenVault(token_keys())
     metasim = f"http://127.0.0.1:{os.environ.get('METASIM_PORT', '8090')}"
-    ingest = f"http://127.0.0.1:{os.environ.get('INGEST_HTTP_PORT', '8080')}"
-    prefix = os.environ.get("HALA_TOPIC_PREFIX", "")
-    mongo = make_client(os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017"))
-    db = mongo[os.environ.get("MONGODB_DATABASE", "hala")]
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    await ensure_topics(bootstrap, prefix, topics=[TOPUP_REQUESTED])
-    producer = make_producer(bootstrap)
+    ingest = f"https://localhost:{os.environ.get('INGEST_HTTP_PORT', '8080')}"
+    # The topics exist: infra.sh's set-up made them (and the admin principal may not). As the
+    # operator: the admin CLI's settings (its principal, its top-up signing key).
+    settings = load_settings(AdminSettings)
+    prefix = settings.topic_prefix
+    mongo = make_client(settings.mongodb_url, **settings.mongo_credentials())
+    db = mongo[settings.mongodb_database]
+    producer = make_producer(settings.kafka)
     await producer.start()
     try:
         await commands.prepare(db)
@@ -151,8 +153,7 @@ async def seed() -> None:
                                                         "kind": "topup"})
             event = await commands.top_up(
                 db, producer, account_id=account_id, amount=TOP_UP, note="demo seed",
-                signing_key=os.environ.get("HALA_TOPUP_SIGNING_KEY",
-                                           DEVELOPMENT_TOPUP_SIGNING_KEY).encode(),
+                signing_key=settings.topup_key(),
                 operator="seed_demo",
                 topic_prefix=prefix, event_id=f"topup_demo_{account_id}_{applied + 1}")
             print(f"credit   top-up of {TOP_UP} micros requested ({event.event_id})")
@@ -190,14 +191,16 @@ async def _demo_request(db: Any, config: SimConfig, waba_ids: list[str]) -> dict
 
 
 def _curl(ingest: str, api_key: str, body: dict[str, Any]) -> str:
+    ca = shlex.quote(str(RUN_DIR / "tls" / "ca.pem"))
     return ("\nSend a message:\n\n"
-            f"curl -sS -X POST {ingest}/v1/messages \\\n"
+            f"curl -sS --cacert {ca} -X POST {ingest}/v1/messages \\\n"
             f"  -H 'Authorization: Bearer {api_key}' \\\n"
             "  -H 'Content-Type: application/json' \\\n"
             "  -H \"Idempotency-Key: demo-$(date +%s)\" \\\n"
             f"  -d {shlex.quote(orjson.dumps(body).decode())}\n\n"
             "Then follow it:\n\n"
-            f"curl -sS {ingest}/v1/messages -H 'Authorization: Bearer {api_key}'\n")
+            f"curl -sS --cacert {ca} {ingest}/v1/messages "
+            f"-H 'Authorization: Bearer {api_key}'\n")
 
 
 def main() -> None:

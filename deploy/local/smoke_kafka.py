@@ -8,8 +8,12 @@ Checks what the services rely on:
   5. transactional producer + read_committed consumer (aiokafka only speaks v0 of the
      transaction APIs, so this is worth proving on each broker version).
 
-Usage: .venv/bin/python deploy/local/smoke_kafka.py [--bootstrap 127.0.0.1:9092] [--keep]
-Exit code 0 = all checks passed. Topics are deleted afterwards unless --keep.
+Usage: eval "$(deploy/local/infra.sh env)"; KAFKA_SASL_USERNAME=hala-setup \
+       KAFKA_SASL_PASSWORD_FILE=$HALA_KAFKA_SECRETS_DIR/hala-setup.password \
+       .venv/bin/python deploy/local/smoke_kafka.py [--keep]
+It connects like the services (the KAFKA_* settings: SASL_SSL, SCRAM); topic creation and the
+transactional id need the set-up principal. Exit code 0 = all checks passed. Topics are deleted
+afterwards unless --keep.
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from shared.settings import ServiceSettings, load_settings
 
 N_MESSAGES = 30
 PARTITIONS = 3
@@ -34,11 +42,11 @@ def step(msg: str) -> None:
     print(f"[smoke] {msg}", flush=True)
 
 
-async def consume(bootstrap: str, topic: str, group: str, limit: int, **kw) -> list:
+async def consume(bootstrap: dict[str, Any], topic: str, group: str, limit: int, **kw) -> list:
     """Read up to `limit` messages one by one, commit exactly what was read, stop."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **bootstrap,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -68,16 +76,17 @@ async def consume(bootstrap: str, topic: str, group: str, limit: int, **kw) -> l
     return got
 
 
-async def main(bootstrap: str, keep: bool) -> None:
+async def main(bootstrap: dict[str, Any], keep: bool) -> None:
     t0 = time.monotonic()
     suffix = uuid.uuid4().hex[:8]
     events, compacted, txn_topic = (f"smoke.{n}.{suffix}" for n in ("events", "compact", "txn"))
     group = f"smoke-group-{suffix}"
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**bootstrap)
     await admin.start()
     try:
-        step(f"broker {bootstrap}: creating topics {events}, {compacted} (compact), {txn_topic}")
+        step(f"broker {bootstrap['bootstrap_servers']}: creating topics {events}, "
+             f"{compacted} (compact), {txn_topic}")
         await admin.create_topics(
             [
                 NewTopic(events, num_partitions=PARTITIONS, replication_factor=1),
@@ -102,7 +111,7 @@ async def main(bootstrap: str, keep: bool) -> None:
         step("admin OK (create_topics, list_topics, describe_configs cleanup.policy=compact)")
 
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+            **bootstrap, acks="all", enable_idempotence=True, linger_ms=5
         )
         await producer.start()
         try:
@@ -126,7 +135,7 @@ async def main(bootstrap: str, keep: bool) -> None:
         assert a | b == sent, f"missing: {sorted(sent - (a | b))}"
         step(f"consumer 2 (same group) resumed at the committed offsets: {len(second)} new")
 
-        tx = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"smoke-tx-{suffix}")
+        tx = AIOKafkaProducer(**bootstrap, transactional_id=f"smoke-tx-{suffix}")
         await tx.start()
         try:
             async with tx.transaction():
@@ -154,18 +163,14 @@ async def main(bootstrap: str, keep: bool) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--bootstrap",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        or f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}",
-    )
     ap.add_argument("--keep", action="store_true", help="keep the smoke topics")
     args = ap.parse_args()
     # aiokafka logs retried, expected conditions (e.g. the group coordinator not being
     # available until __consumer_offsets exists) at ERROR; show them, labelled.
     logging.basicConfig(level=logging.WARNING, format="[smoke] (aiokafka log) %(message)s")
     try:
-        asyncio.run(main(args.bootstrap, args.keep))
+        kafka = load_settings(ServiceSettings).kafka
+        asyncio.run(main(kafka.aiokafka_options(), args.keep))
     except Exception as exc:
         print(f"[smoke] FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc

@@ -2,6 +2,11 @@
 services, and an SMTP sink for the alert emails. (The broker and the database are infra.sh's job;
 this script calls it.)
 
+Each service connects to Kafka as its own principal (passwords in .run/secrets/kafka, made by
+infra.sh), serves its ops endpoints on its ops port, and ingest and status serve HTTPS with
+certificates of the local CA (.run/tls, made here with tools/pki.py; the simulator trusts it
+for its webhooks). Development mode (HALA_ENV=development): secrets may keep their defaults.
+
     python deploy/local/stack.py up       # background; returns when every component is ready
     python deploy/local/stack.py down     # stops exactly what `up` started (by PID)
     python deploy/local/stack.py status
@@ -42,16 +47,26 @@ SMTP_SINK_HOST = "127.0.0.1"
 SMTP_SINK_PORT = int(os.environ.get("HALA_SMTP_SINK_PORT", "8025"))
 
 
+TLS = RUN_DIR / "tls"
+
+
 @dataclass(frozen=True)
 class Component:
     name: str
     module: str
-    port_env: str
+    port_env: str  # where it is probed: the ops port (the simulator: its only port)
     default_port: int
+    https_port_env: str | None = None  # the client port, served over HTTPS
+    default_https_port: int = 0
 
     @property
     def port(self) -> int:
         return int(os.environ.get(self.port_env, self.default_port))
+
+    @property
+    def https_port(self) -> int:
+        assert self.https_port_env is not None
+        return int(os.environ.get(self.https_port_env, self.default_https_port))
 
     @property
     def ready_url(self) -> str:
@@ -61,12 +76,12 @@ class Component:
 
 COMPONENTS = (
     Component("metasim", "tools.metasim", "METASIM_PORT", 8090),
-    Component("billing", "services.billing", "BILLING_HTTP_PORT", 8083),
-    Component("sender", "services.sender", "SENDER_HTTP_PORT", 8082),
-    Component("status", "services.status", "STATUS_HTTP_PORT", 8081),
-    Component("notify", "services.notify", "NOTIFY_HTTP_PORT", 8084),
-    Component("guard", "services.guard", "GUARD_HTTP_PORT", 8085),
-    Component("ingest", "services.ingest", "INGEST_HTTP_PORT", 8080),
+    Component("billing", "services.billing", "BILLING_OPS_PORT", 9183),
+    Component("sender", "services.sender", "SENDER_OPS_PORT", 9182),
+    Component("status", "services.status", "STATUS_OPS_PORT", 9181, "STATUS_HTTP_PORT", 8081),
+    Component("notify", "services.notify", "NOTIFY_OPS_PORT", 9184),
+    Component("guard", "services.guard", "GUARD_OPS_PORT", 9185),
+    Component("ingest", "services.ingest", "INGEST_OPS_PORT", 9180, "INGEST_HTTP_PORT", 8080),
 )
 
 
@@ -111,6 +126,27 @@ def _token_keys() -> str:
     from seed_demo import token_keys  # type: ignore[import-not-found]
 
     return str(token_keys())
+
+
+def _certificates() -> dict[str, str]:
+    """The local CA's certificates for ingest and status (localhost, 127.0.0.1), made or kept
+    by tools/pki.py, as their settings."""
+    sys.path.insert(0, str(REPO))
+    from tools import pki
+
+    settings = {}
+    for name in ("ingest", "status"):
+        issued = pki.issue(TLS, name)
+        settings[f"{name.upper()}_TLS_CERT_FILE"] = str(issued.cert)
+        settings[f"{name.upper()}_TLS_KEY_FILE"] = str(issued.key)
+    return settings
+
+
+def _kafka_principal(infra: dict[str, str], service: str) -> dict[str, str]:
+    """KAFKA_SASL_USERNAME/PASSWORD_FILE of a service's own principal (infra.sh made it)."""
+    user = f"hala-{service}"
+    return {"KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD_FILE":
+            str(Path(infra["HALA_KAFKA_SECRETS_DIR"]) / f"{user}.password")}
 
 
 # --- the SMTP sink -----------------------------------------------------------------------------
@@ -259,18 +295,19 @@ def _stop_pid(name: str) -> None:
 
 def up(timeout: float = 120.0) -> None:
     subprocess.run([str(INFRA), "up"], check=True)
-    status_port = next(c.port for c in COMPONENTS if c.name == "status")
+    infra = _infra_env()
+    status = next(c for c in COMPONENTS if c.name == "status")
     meta = f"http://127.0.0.1:{next(c.port for c in COMPONENTS if c.name == 'metasim')}"
-    env = {**os.environ, **_infra_env(), "PYTHONUNBUFFERED": "1",
-           "HALA_TOKEN_KEYS": _token_keys(),
-           # The simulator calls the status service; the sender (sends) and ingest (mark-as-read,
-           # media) call the simulator.
-           "METASIM_WEBHOOK_URL": f"http://127.0.0.1:{status_port}/webhooks/meta",
+    env = {**os.environ, **infra, **_certificates(), "PYTHONUNBUFFERED": "1",
+           "HALA_ENV": "development", "HALA_TOKEN_KEYS": _token_keys(),
+           # The simulator calls the status service (over HTTPS, trusting the local CA); the
+           # sender (sends) and ingest (mark-as-read, media) call the simulator.
+           "METASIM_WEBHOOK_URL": f"https://localhost:{status.https_port}/webhooks/meta",
+           "METASIM_WEBHOOK_CA_FILE": str(TLS / "ca.pem"),
            "SENDER_META_BASE_URL": os.environ.get("SENDER_META_BASE_URL", meta),
            "INGEST_META_BASE_URL": os.environ.get("INGEST_META_BASE_URL", meta),
-           # development mode: e.g. webhook endpoints on loopback http are accepted
-           "HALA_ENV": os.environ.get("HALA_ENV", "development"),
            **_sink_env()}
+    env.pop("KAFKA_SASL_PASSWORD", None)  # each gets its own, by file
     PIDS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     _start_mail_sink(env)
@@ -279,9 +316,10 @@ def up(timeout: float = 120.0) -> None:
         if _running_pid(c):
             print(f"{c.name:8} already running (pid {_running_pid(c)})")
             continue
+        own = _kafka_principal(infra, c.name) if c.name != "metasim" else {}
         log = open(LOGS / f"{c.name}.log", "ab")  # handed to the child, closed with it
-        proc = subprocess.Popen([PYTHON, "-m", c.module], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([PYTHON, "-m", c.module], cwd=REPO, env={**env, **own},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _pid_file(c).write_text(str(proc.pid))
         started.append(c)
     deadline = time.monotonic() + timeout
@@ -297,7 +335,9 @@ def up(timeout: float = 120.0) -> None:
     if pending:
         sys.exit("not ready in time: " + ", ".join(c.name for c in pending)
                  + f" (logs in {LOGS})")
-    _seed_demo(env)
+    # As the operator: the admin principal (the only one that may write top-ups).
+    _seed_demo({**env, **_kafka_principal(infra, "admin")})
+    _print_trust()
 
 
 def _seed_demo(env: dict[str, str]) -> None:
@@ -305,6 +345,20 @@ def _seed_demo(env: dict[str, str]) -> None:
     seed = REPO / "deploy" / "local" / "seed_demo.py"
     if seed.exists():
         subprocess.run([PYTHON, str(seed)], cwd=REPO, env=env, check=True)
+
+
+def _print_trust() -> None:
+    ca = TLS / "ca.pem"
+    ingest = next(c for c in COMPONENTS if c.name == "ingest")
+    print(f"""
+ingest and status serve HTTPS with certificates of the local CA {ca}.
+Trust it per command:   curl --cacert {ca} https://localhost:{ingest.https_port}/openapi.json
+or in the system store (Debian/Ubuntu):
+    sudo cp {ca} /usr/local/share/ca-certificates/hala-local-ca.crt && sudo update-ca-certificates
+(macOS: sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca})
+Python clients: SSL_CERT_FILE={ca} (or an ssl context with cafile=...).
+Ops endpoints (/metrics, /readyz) are on loopback: """ + ", ".join(
+        f"{c.name} {c.port}" for c in COMPONENTS if c.name != "metasim"))
 
 
 def down(stop_infra: bool = True) -> None:

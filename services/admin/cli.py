@@ -1,8 +1,11 @@
 """`hala`: the operator's command line. Parses arguments, opens what the command needs, calls
 services/admin/commands.py and prints the result (as JSON with `--json`).
 
-Connections come from MONGODB_URL, MONGODB_DATABASE, KAFKA_BOOTSTRAP_SERVERS, HALA_TOPIC_PREFIX;
-access tokens are encrypted with HALA_TOKEN_KEYS (comma-separated Fernet keys, newest first).
+Connections come from MONGODB_*, KAFKA_* (the admin principal, hala-admin) and
+HALA_TOPIC_PREFIX; access tokens are encrypted with HALA_TOKEN_KEYS (comma-separated Fernet
+keys, newest first). Secrets never come from argv, where `ps` and the shell history show them:
+a Meta access token is read from a file (`--access-token-file PATH`) or from stdin
+(`--access-token -`).
 
 Every command that changes something writes an `audit_log` entry (services/admin/audit.py)
 before it reports success, and a failed attempt writes one too: who (HALA_OPERATOR or the OS
@@ -19,6 +22,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,9 +36,10 @@ from services.admin.settings import AdminSettings
 from shared.clock import SystemClock
 from shared.errors import ServiceError
 from shared.ids import new_id
-from shared.kafka import make_producer
+from shared.kafka import KafkaConfig, make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault
+from shared.settings import ServiceSettings, load_settings
 from shared.webhook_endpoints import ms_of
 
 
@@ -50,6 +55,35 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+STDIN = "-"
+
+
+def _stdin_only(text: str) -> str:
+    if text != STDIN:
+        raise argparse.ArgumentTypeError(
+            "a token on the command line shows in `ps` and the shell history: give "
+            "`--access-token -` and write it to stdin, or `--access-token-file PATH`")
+    return text
+
+
+def read_access_token(args: argparse.Namespace) -> str:
+    """The token named by --access-token-file, or read from stdin for `--access-token -`
+    (one line; surrounding whitespace removed)."""
+    if args.access_token_file is not None:
+        try:
+            token = Path(args.access_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ServiceError(f"cannot read {args.access_token_file}: {exc.strerror}",
+                               code="unreadable_token_file") from exc
+        where = args.access_token_file
+    else:
+        token = sys.stdin.readline().strip()
+        where = "stdin"
+    if not token:
+        raise ServiceError(f"no access token in {where}", code="missing_access_token")
+    return token
 
 
 def _comma_list(text: str) -> list[str]:
@@ -214,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     number.add_argument("--waba-id", required=True)
     number.add_argument("--phone-number-id", required=True)
     number.add_argument("--display-phone-number", required=True)
-    number.add_argument("--access-token", required=True, metavar="TOKEN")
+    token = number.add_mutually_exclusive_group(required=True)
+    token.add_argument("--access-token", type=_stdin_only, metavar="-",
+                       help="`-`: read the token from stdin (never from argv)")
+    token.add_argument("--access-token-file", metavar="PATH",
+                       help="read the token from this file")
     number.add_argument("--throughput-mps", type=_positive_int, default=80)
     number.add_argument("--messaging-limit", default="TIER_UNLIMITED",
                         choices=commands.core.MESSAGING_LIMITS)
@@ -301,7 +339,8 @@ class Context:
     def __init__(self, settings: AdminSettings, operator: audit_core.Operator) -> None:
         self.settings = settings
         self.operator = operator
-        self.mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms)
+        self.mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms,
+                                 **settings.mongo_credentials())
         self.db = self.mongo[settings.mongodb_database]
         self._producer: Any = None
 
@@ -311,9 +350,15 @@ class Context:
                                "`hala keys generate-encryption-key`)", code="no_token_keys")
         return TokenVault(self.settings.token_keys)
 
+    def kafka(self) -> KafkaConfig:
+        problems = ServiceSettings.startup_problems(self.settings)
+        if problems:
+            raise ServiceError("; ".join(problems), code="no_kafka_credentials")
+        return self.settings.kafka
+
     async def producer(self) -> Any:
         if self._producer is None:
-            self._producer = make_producer(self.settings.kafka_bootstrap_servers)
+            self._producer = make_producer(self.kafka())
             await self._producer.start()
         return self._producer
 
@@ -417,7 +462,8 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return await commands.register_number(
             db, ctx.vault(), account_id=args.account_id, waba_id=args.waba_id,
             phone_number_id=args.phone_number_id,
-            display_phone_number=args.display_phone_number, access_token=args.access_token,
+            display_phone_number=args.display_phone_number,
+            access_token=read_access_token(args),
             throughput_mps=args.throughput_mps, messaging_limit=args.messaging_limit)
     if action == ("numbers", "list"):
         return await commands.list_numbers(db, args.account_id)
@@ -548,17 +594,17 @@ async def _webhooks(args: argparse.Namespace, ctx: Context) -> Any:
 
 
 async def _dlq(args: argparse.Namespace, ctx: Context) -> Any:
-    bootstrap, prefix = ctx.settings.kafka_bootstrap_servers, ctx.settings.topic_prefix
+    kafka, prefix = ctx.kafka(), ctx.settings.topic_prefix
     if args.command == "list":
-        return await commands.list_dead_letters(ctx.db, bootstrap, prefix)
+        return await commands.list_dead_letters(ctx.db, kafka, prefix)
     if args.command == "show":
         return await commands.show_dead_letters(
-            ctx.db, bootstrap, prefix, args.topic, offset=args.offset, limit=args.limit,
+            ctx.db, kafka, prefix, args.topic, offset=args.offset, limit=args.limit,
             partition=args.partition,
             traceback_lines=None if args.json else args.traceback_lines)
     if args.command == "replay":
         return await commands.replay_dead_letters(
-            ctx.db, await ctx.producer(), bootstrap, prefix, args.topic, offset=args.offset,
+            ctx.db, await ctx.producer(), kafka, prefix, args.topic, offset=args.offset,
             replay_all=args.replay_all, partition=args.partition, dry_run=args.dry_run)
     raise AssertionError(f"unhandled command dlq {args.command}")
 
@@ -597,7 +643,7 @@ def _human(result: Any, indent: str = "") -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = asyncio.run(run(args, AdminSettings()))
+        result = asyncio.run(run(args, load_settings(AdminSettings)))
     except ServiceError as exc:
         print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
         return 1

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
@@ -60,7 +59,7 @@ from shared.collections import (
 )
 from shared.errors import DependencyUnavailable, InvalidRequest, NotFound, PermanentError
 from shared.ids import new_id
-from shared.kafka import make_consumer, publish
+from shared.kafka import KafkaConfig, make_admin, make_consumer, publish
 from shared.messages import TOPUP_REQUESTED, TopUpRequested, sign_top_up
 from shared.pseudonyms import keyed_hash
 from shared.secrets import TokenVault
@@ -415,9 +414,9 @@ async def rotate_tokens(db: Db, vault: TokenVault) -> dict[str, int]:
 
 # --- dead letters ---------------------------------------------------------------------------
 
-async def dlq_topics(bootstrap_servers: str, prefix: str) -> list[str]:
+async def dlq_topics(kafka: KafkaConfig, prefix: str) -> list[str]:
     """The platform's dead-letter topics (with the prefix) that exist on the broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         return core.dlq_topic_names(prefix, await admin.list_topics())
@@ -425,12 +424,12 @@ async def dlq_topics(bootstrap_servers: str, prefix: str) -> list[str]:
         await admin.close()
 
 
-async def partitions_of(bootstrap_servers: str, topics: list[str]) -> dict[str, list[int]]:
+async def partitions_of(kafka: KafkaConfig, topics: list[str]) -> dict[str, list[int]]:
     """Each existing topic's partition numbers (a consumer without a group learns them only
     for topics it was assigned)."""
     if not topics:
         return {}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)
@@ -440,11 +439,11 @@ async def partitions_of(bootstrap_servers: str, topics: list[str]) -> dict[str, 
             for d in described if d["error_code"] == 0}
 
 
-async def list_dead_letters(db: Db, bootstrap_servers: str, prefix: str) -> list[dict[str, Any]]:
+async def list_dead_letters(db: Db, kafka: KafkaConfig, prefix: str) -> list[dict[str, Any]]:
     """Every dead-letter topic with how many records it holds and how many were replayed."""
-    topics = await dlq_topics(bootstrap_servers, prefix)
-    numbers = await partitions_of(bootstrap_servers, topics)
-    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    topics = await dlq_topics(kafka, prefix)
+    numbers = await partitions_of(kafka, topics)
+    consumer = make_consumer(kafka, None)
     await consumer.start()
     try:
         listed = []
@@ -463,13 +462,13 @@ async def list_dead_letters(db: Db, bootstrap_servers: str, prefix: str) -> list
         await consumer.stop()
 
 
-async def read_dead_letters(bootstrap_servers: str, topic: str, *, offset: int | None = None,
+async def read_dead_letters(kafka: KafkaConfig, topic: str, *, offset: int | None = None,
                             limit: int | None = None, partition: int | None = None,
                             timeout_s: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Records of `topic` from `offset` on (default: the oldest kept), at most `limit`, up to
     the end the partitions had when called."""
-    numbers = (await partitions_of(bootstrap_servers, [topic])).get(topic, [])
-    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    numbers = (await partitions_of(kafka, [topic])).get(topic, [])
+    consumer = make_consumer(kafka, None)
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
@@ -502,13 +501,13 @@ async def read_dead_letters(bootstrap_servers: str, topic: str, *, offset: int |
         await consumer.stop()
 
 
-async def show_dead_letters(db: Db, bootstrap_servers: str, prefix: str, topic: str, *,
+async def show_dead_letters(db: Db, kafka: KafkaConfig, prefix: str, topic: str, *,
                             offset: int | None = None, limit: int = 20,
                             partition: int | None = None,
                             traceback_lines: int | None = core.TRACEBACK_LINES
                             ) -> list[dict[str, Any]]:
-    name = core.resolve_dlq_topic(topic, prefix, await dlq_topics(bootstrap_servers, prefix))
-    records = await read_dead_letters(bootstrap_servers, name, offset=offset, limit=limit,
+    name = core.resolve_dlq_topic(topic, prefix, await dlq_topics(kafka, prefix))
+    records = await read_dead_letters(kafka, name, offset=offset, limit=limit,
                                       partition=partition)
     ids = [core.position_id(r.topic, r.partition, r.offset) for r in records]
     replays = {d["_id"]: d async for d in db[DLQ_REPLAYS].find({"_id": {"$in": ids}})}
@@ -524,7 +523,7 @@ def _replay_view(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: doc.get(k) for k in ("state", "replayed_to", "started_at", "replayed_at")}
 
 
-async def replay_dead_letters(db: Db, producer: AIOKafkaProducer, bootstrap_servers: str,
+async def replay_dead_letters(db: Db, producer: AIOKafkaProducer, kafka: KafkaConfig,
                               prefix: str, topic: str, *, offset: int | None = None,
                               replay_all: bool = False, partition: int | None = None,
                               dry_run: bool = False,
@@ -535,8 +534,8 @@ async def replay_dead_letters(db: Db, producer: AIOKafkaProducer, bootstrap_serv
     if (offset is None) == (not replay_all):
         raise InvalidRequest("name one dead letter (--offset) or all of them (--all)",
                              code="invalid_field")
-    name = core.resolve_dlq_topic(topic, prefix, await dlq_topics(bootstrap_servers, prefix))
-    records = await read_dead_letters(bootstrap_servers, name, offset=offset,
+    name = core.resolve_dlq_topic(topic, prefix, await dlq_topics(kafka, prefix))
+    records = await read_dead_letters(kafka, name, offset=offset,
                                       limit=1 if offset is not None else None,
                                       partition=partition)
     if offset is not None:

@@ -42,12 +42,12 @@ from services.billing.worker import INPUT_TOPICS, SERVICE, BillingWorker
 from shared.clock import SystemClock
 from shared.collections import LEDGER, ensure_indexes
 from shared.http import make_ops_app, start_site
-from shared.kafka import ensure_topics, kafka_ready, make_producer, topic_name
+from shared.kafka import KafkaConfig, kafka_ready, make_producer, topic_name
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.mongo import make_client, mongo_ready
 from shared.pricing import load_rate_card
-from shared.runtime import start_with_retry
+from shared.runtime import start_with_retry, wait_for_own_topics
 
 log = get_logger(SERVICE)
 
@@ -71,13 +71,14 @@ class BillingRuntime(Service):
 
     async def on_start(self) -> None:
         settings = self.settings
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)
+        await wait_for_own_topics(settings, SERVICE)
         # Clients are created here: aiokafka binds to the running loop at construction.
         # No linger: a batch's outputs are all enqueued before any is awaited, so waiting for
         # more would only add its delay to every batch.
-        self._producer = make_producer(settings.kafka_bootstrap_servers, linger_ms=0)
+        self._producer = make_producer(settings.kafka, linger_ms=0)
         await start_with_retry(self._producer)
-        self._mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms)
+        self._mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms,
+                                  **settings.mongo_credentials())
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
@@ -103,10 +104,10 @@ class BillingRuntime(Service):
             page_size=settings.sweep_page_size)
         producer, mongo = self._producer, self._mongo
         checks = {"kafka": lambda: kafka_ready(producer), "mongodb": lambda: mongo_ready(mongo)}
-        self._ops_runner = await start_site(make_ops_app(SERVICE, checks), settings.http_host,
-                                            settings.http_port)
+        self._ops_runner = await start_site(make_ops_app(SERVICE, checks), settings.ops_host,
+                                            settings.ops_port)
         self.ready.set()
-        log.info("service_started", port=settings.http_port)
+        log.info("service_started", ops_port=settings.ops_port)
 
     def forget_balances(self) -> None:
         """Partitions moved (or may have): balances held in memory are no longer known to be
@@ -129,10 +130,27 @@ def consumer_group(settings: BillingSettings) -> str:
     return settings.topic_prefix + settings.faust_app_id
 
 
+def broker_credentials(kafka: KafkaConfig) -> faust.types.auth.CredentialsT | None:
+    """faust's form of the service's Kafka credentials (shared/kafka.py KafkaConfig). faust's
+    SASLCredentials default to PLAIN and, without an SSL context, to SASL_PLAINTEXT: both are
+    given explicitly."""
+    if kafka.uses_sasl:
+        assert kafka.password is not None
+        return faust.SASLCredentials(username=kafka.username,
+                                     password=kafka.password.get_secret_value(),
+                                     ssl_context=kafka.ssl_context,
+                                     mechanism=kafka.sasl_mechanism)
+    if kafka.uses_tls:
+        return faust.SSLCredentials(kafka.ssl_context)
+    return None
+
+
 def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
+    kafka = settings.kafka
     app = faust.App(
         consumer_group(settings),
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker=f"kafka://{kafka.bootstrap_servers}",
+        broker_credentials=broker_credentials(kafka),
         store=settings.faust_store,
         datadir=str(Path(settings.faust_datadir) / f"{consumer_group(settings)}-data"),
         processing_guarantee="at_least_once",

@@ -1,17 +1,17 @@
-from typing import Self
-
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.secret_defaults import DEVELOPMENT_TOPUP_SIGNING_KEY, resolve_secret
-from shared.settings import ServiceSettings
+from shared.settings import DEVELOPMENT_TOPUP_SIGNING_KEY, ServiceSettings
 
 
 class BillingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore", populate_by_name=True)
 
-    http_port: int = 8083
-    faust_app_id: str = "hala-billing"
+    # billing serves only the ops endpoints.
+    ops_port: int = 9183
+    # faust's app id, prefixed like the topics, is billing's consumer group: it starts with
+    # `billing`, as the group ACL of billing's principal requires (shared/kafka_access.py).
+    faust_app_id: str = "billing"
     # memory:// replays the changelog at start; billing keeps no faust tables, so it is free.
     faust_store: str = "memory://"
     # faust creates `<app id>-data` here even without tables (default: the working directory).
@@ -53,16 +53,10 @@ class BillingSettings(ServiceSettings):
     # restarted worker would stall that long. Heartbeats come from faust's consumer thread, so
     # a slow event does not make a live worker look dead.
     session_timeout_s: float = 10.0
-    # Top-ups are applied only when signed with this key (the admin tool holds it too).
-    topup_signing_key: SecretStr | None = Field(None, validation_alias="HALA_TOPUP_SIGNING_KEY")
-
-    @model_validator(mode="after")
-    def _secrets(self) -> Self:
-        self.topup_signing_key = resolve_secret(
-            self.topup_signing_key, variable="HALA_TOPUP_SIGNING_KEY",
-            development_default=DEVELOPMENT_TOPUP_SIGNING_KEY, environment=self.environment)
-        return self
+    # Top-ups are applied only when signed with this key (the admin tool holds it too). The
+    # default is the development value (refused outside development: shared/settings.py).
+    topup_signing_key: SecretStr = Field(SecretStr(DEVELOPMENT_TOPUP_SIGNING_KEY),
+                                         validation_alias="HALA_TOPUP_SIGNING_KEY")
 
     def topup_key_bytes(self) -> bytes:
-        assert self.topup_signing_key is not None  # resolved at validation
         return self.topup_signing_key.get_secret_value().encode()

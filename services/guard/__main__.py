@@ -15,18 +15,18 @@ from services.guard.worker import (
 )
 from shared.clock import SystemClock
 from shared.collections import ACCOUNT_HOLDS, GUARD_RECIPIENTS, GUARD_STATES, ensure_indexes
-from shared.http import make_ops_app
 from shared.logging import configure_logging
 from shared.pseudonyms import keyed_hash
-from shared.runtime import Connections, serve
+from shared.runtime import Connections, Parts, serve
+from shared.settings import load_settings
 
 
 async def main() -> None:
-    settings = GuardSettings()
+    settings = load_settings(GuardSettings)
     configure_logging(SERVICE, settings.log_level)
     clock = SystemClock()
 
-    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+    async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, ACCOUNT_HOLDS, GUARD_STATES, GUARD_RECIPIENTS)
         store = MongoGuardStore(conns.db)
         guard = Guard(store, KafkaHoldPublisher(conns.producer, settings.topic_prefix), clock,
@@ -35,12 +35,12 @@ async def main() -> None:
                       prefix=settings.topic_prefix,
                       overrides_cache_seconds=settings.overrides_cache_seconds)
         workers = [
-            run_consumer(settings.kafka_bootstrap_servers, settings.topic_prefix, guard,
+            run_consumer(settings.kafka, settings.topic_prefix, guard,
                          conns.producer, settings.max_batch),
             sweep_forever(store, clock, settings.recipient_memory_days,
                           settings.sweep_page_size, settings.sweep_interval_seconds),
         ]
-        return make_ops_app(SERVICE, conns.readiness_checks()), workers
+        return Parts(checks=conns.readiness_checks(), workers=workers)
 
     await serve(settings, SERVICE, build)
 

@@ -1,16 +1,15 @@
 """guard's settings (env prefix GUARD_): each rule's threshold, window and minimum (the defaults
 of every account; `hala accounts update --guard-rule` overrides them per account), and how
-long recipients are remembered."""
+long recipients are remembered. guard has no client port: it serves only the ops endpoints
+(GUARD_OPS_HOST/GUARD_OPS_PORT, 9185). Its secret (GUARD_RECIPIENT_HASH_KEY) follows
+shared/settings.py's rule: also from `<NAME>_FILE`, its development value refused elsewhere."""
 
 from __future__ import annotations
 
-from typing import Self
-
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.guard.core import Rule, Rules
-from shared.secret_defaults import resolve_secret
 from shared.settings import ServiceSettings
 
 DEVELOPMENT_RECIPIENT_HASH_KEY = "dev-guard-recipient-hash-key"
@@ -19,11 +18,11 @@ DEVELOPMENT_RECIPIENT_HASH_KEY = "dev-guard-recipient-hash-key"
 class GuardSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GUARD_", extra="ignore", populate_by_name=True)
 
-    http_port: int = 8085  # ops endpoints only
+    ops_port: int = 9185
     # `guard_recipients` knows recipients by a keyed hash (HMAC-SHA256 under this key), never by
     # number, and forgets them this long after first seen (one seen again later counts as new
     # once more).
-    recipient_hash_key: SecretStr | None = None
+    recipient_hash_key: SecretStr = SecretStr(DEVELOPMENT_RECIPIENT_HASH_KEY)
     recipient_memory_days: float = Field(90.0, gt=0)
     sweep_interval_seconds: float = Field(3600.0, gt=0)
     sweep_page_size: int = Field(500, gt=0)
@@ -50,15 +49,7 @@ class GuardSettings(ServiceSettings):
     new_recipients_window_seconds: int = Field(3600, ge=60)
     new_recipients_minimum: int = Field(200, ge=1)
 
-    @model_validator(mode="after")
-    def _secrets(self) -> Self:
-        self.recipient_hash_key = resolve_secret(
-            self.recipient_hash_key, variable="GUARD_RECIPIENT_HASH_KEY",
-            development_default=DEVELOPMENT_RECIPIENT_HASH_KEY, environment=self.environment)
-        return self
-
     def recipient_hash_key_bytes(self) -> bytes:
-        assert self.recipient_hash_key is not None  # resolved at validation
         return self.recipient_hash_key.get_secret_value().encode()
 
     def rules(self) -> Rules:

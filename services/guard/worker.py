@@ -44,6 +44,7 @@ from shared.errors import PermanentError, TransientError
 from shared.kafka import (
     DeadLetters,
     Failure,
+    KafkaConfig,
     RetryPolicy,
     attempt_record,
     make_consumer,
@@ -383,11 +384,11 @@ async def _one_at_a_time(records: list[Record], guard: Guard,
     return failures
 
 
-async def run_consumer(bootstrap_servers: str, prefix: str, guard: Guard,
+async def run_consumer(kafka: KafkaConfig, prefix: str, guard: Guard,
                        producer: AIOKafkaProducer, max_batch: int) -> None:
     # The range assignor gives every process the same partition numbers of each topic: the
     # account-keyed topics then reach the same process, their accounts' only writer.
-    consumer = make_consumer(bootstrap_servers, group(prefix),
+    consumer = make_consumer(kafka, group(prefix),
                              partition_assignment_strategy=(RangePartitionAssignor,))
     consumer.subscribe([topic_name(t, prefix) for t in topics_read_by(SERVICE)],
                        listener=_OnRebalance(guard.forget))

@@ -40,14 +40,15 @@ from shared.collections import (
 from shared.logging import configure_logging, get_logger
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
-from shared.runtime import Connections, serve
+from shared.runtime import Connections, Parts, serve
 from shared.secrets import TokenVault
+from shared.settings import load_settings
 
 
 async def main() -> None:
-    settings = IngestSettings()
+    settings = load_settings(IngestSettings)
     configure_logging(SERVICE, settings.log_level)
-    keys = settings.token_keys.get_secret_value()
+    keys = settings.token_keys.get_secret_value() if settings.token_keys else ""
     if not keys:
         # Sends do not need the tokens (the sender makes them); pass-through calls do.
         get_logger(SERVICE).warning("token_keys_missing",
@@ -55,11 +56,11 @@ async def main() -> None:
                                            "media calls and webhook endpoint secrets will answer "
                                            "500")
 
-    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+    async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, MEDIA, IDEMPOTENCY_KEYS, WEBHOOK_ENDPOINTS,
                              DELIVERY_ATTEMPTS, BLOCKED_RECIPIENTS, SUPPRESSIONS)
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka_bootstrap_servers,
+        producer = RdKafkaProducer(settings.kafka,
                                    ack_timeout_s=settings.kafka_ack_timeout_seconds)
         await producer.start()
         inbox = MongoInbox(conns.db)
@@ -96,15 +97,15 @@ async def main() -> None:
         webhooks = EndpointHandlers(ingest, MongoEndpointStore(conns.db), publisher, vault,
                                     allow_loopback_http=settings.allow_loopback_http)
         contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
-        app = create_app(checks, calls, settings.public_base_url, webhooks=webhooks,
-                         contacts=contacts)
+        app = create_app(calls, settings.public_base_url, webhooks=webhooks, contacts=contacts)
 
         async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed
             await meta.close()
 
         app.on_cleanup.append(stop_clients)
-        return app, [sweeper.run_forever(settings.idempotency_sweep_interval_seconds)]
+        return Parts(checks=checks, client_app=app,
+                     workers=[sweeper.run_forever(settings.idempotency_sweep_interval_seconds)])
 
     await serve(settings, SERVICE, build)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -15,15 +14,16 @@ from services.ingest.core import MAX_BODY_BYTES
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.handlers import Handlers
 from services.ingest.media import MEDIA_ID_PATTERN
-from shared.http import SERVICE_KEY, ReadinessCheck, add_ops_routes, error_middleware, json_response
+from shared.http import SERVICE_KEY, error_middleware, json_response
 
 SERVICE = "ingest"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 GRAPH_VERSION = r"/{graph_version:v\d+\.\d+}"
 
 
-def create_app(checks: Mapping[str, ReadinessCheck], calls: Calls, public_base_url: str = "",
-               *, webhooks: EndpointHandlers, contacts: ContactHandlers) -> web.Application:
+def create_app(calls: Calls, public_base_url: str = "", *,
+               webhooks: EndpointHandlers, contacts: ContactHandlers) -> web.Application:
+    """The client API only: the ops endpoints are served on their own port (shared/runtime)."""
     # Slightly above the body limit, so that our own check answers with the JSON envelope.
     # (Uploads are read part by part as a stream, which this limit does not apply to.)
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES + 1024)
@@ -53,7 +53,6 @@ def create_app(checks: Mapping[str, ReadinessCheck], calls: Calls, public_base_u
     app.router.add_get(meta_media, more.meta_media_url)
     app.router.add_delete(meta_media, more.meta_delete_media)
     add_openapi_routes(app)
-    add_ops_routes(app, SERVICE, checks)
     return app
 
 

@@ -1,14 +1,18 @@
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.pricing import CURRENT_VERSION
+from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
 
 
 class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", populate_by_name=True)
 
+    # The client API (HTTPS with INGEST_TLS_CERT_FILE / INGEST_TLS_KEY_FILE); the ops
+    # endpoints on their own port.
     http_port: int = 8080
+    ops_port: int = 9180
     # A request answers 503 within a second while a dependency is down: each database
     # operation gets this long (not MONGODB_TIMEOUT_MS; PyMongo waits for a server in steps of
     # half a second, so 450 ms fails after ~0.5 s and 900 ms after ~1 s), and the broker this
@@ -30,8 +34,9 @@ class IngestSettings(ServiceSettings):
     meta_graph_version: str = "v24.0"
     meta_timeout_seconds: float = 30.0
     # Comma-separated Fernet keys that decrypt phone_numbers.access_token_encrypted (shared
-    # with the admin CLI and the sender, hence unprefixed).
-    token_keys: SecretStr = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
+    # with the admin CLI and the sender, hence unprefixed). Sends do not need them; without
+    # them the pass-through calls answer 500.
+    token_keys: TokenKeys | None = Field(None, validation_alias="HALA_TOKEN_KEYS")
     # Per phone number: pass-through calls per second and the burst above it. A call that
     # would wait longer than passthrough_max_wait_seconds for its turn is refused with 429.
     passthrough_rate_per_second: float = 10.0

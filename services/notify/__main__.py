@@ -21,21 +21,21 @@ from shared.collections import (
     NOTIFY_EVENTS,
     ensure_indexes,
 )
-from shared.http import make_ops_app
 from shared.logging import configure_logging
-from shared.runtime import Connections, serve
+from shared.runtime import Connections, Parts, serve
 from shared.secrets import TokenVault
+from shared.settings import load_settings
 
 
 async def main() -> None:
-    settings = NotifySettings()
+    settings = load_settings(NotifySettings)
     configure_logging(SERVICE, settings.log_level)
     if not settings.token_keys.get_secret_value():
         raise SystemExit("HALA_TOKEN_KEYS is not set: notify cannot decrypt endpoint secrets")
     clock = SystemClock()
     scale = settings.effective_time_scale
 
-    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+    async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, NOTIFY_EVENTS, DELIVERIES, DELIVERY_ATTEMPTS,
                              EMAIL_ALERTS)
         store = NotifyRepository(conns.db)
@@ -44,7 +44,8 @@ async def main() -> None:
         await directory.load_health()
         mailer = Mailer(store, SmtpServer(SmtpConfig(
             settings.smtp_host, settings.smtp_port, settings.smtp_username,
-            settings.smtp_password.get_secret_value(), settings.smtp_starttls,
+            settings.smtp_password.get_secret_value() if settings.smtp_password else "",
+            settings.smtp_starttls,
             settings.smtp_timeout_seconds)), clock, settings.smtp_from,
             settings.email_retry_seconds)
 
@@ -83,14 +84,14 @@ async def main() -> None:
                 await transport.close()
 
         workers = [
-            run_consumer(settings.kafka_bootstrap_servers, settings.topic_prefix,
+            run_consumer(settings.kafka, settings.topic_prefix,
                          worker.handle_record, conns.producer),
             run_dispatcher(),
             mailer.run_forever(),
             sweep_forever(store, clock, settings.retention_days,
                           settings.sweep_interval_seconds),
         ]
-        return make_ops_app(SERVICE, conns.readiness_checks()), workers
+        return Parts(checks=conns.readiness_checks(), workers=workers)
 
     await serve(settings, SERVICE, build)
 

@@ -1,27 +1,30 @@
 """notify's settings (env prefix NOTIFY_). Defaults are production's, except the SMTP server,
-which is the local sink `make run` starts."""
+which is the local sink `make run` starts. notify has no client port: it serves only the ops
+endpoints (NOTIFY_OPS_HOST/NOTIFY_OPS_PORT, 9184). Its secrets (HALA_TOKEN_KEYS,
+NOTIFY_SMTP_PASSWORD) follow shared/settings.py's rule, each also from `<NAME>_FILE`."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.notify.core import DEFAULT_RETRY_SCHEDULE_SECONDS
+from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
 
 
 class NotifySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NOTIFY_", extra="ignore", populate_by_name=True)
 
-    http_port: int = 8084
-    # development (make run, the tests): plain http to loopback endpoints is allowed, and
-    # NOTIFY_TIME_SCALE may compress the retry schedule. Unprefixed: every service reads it.
-    environment: str = Field("production", validation_alias="HALA_ENV")
+    # Only the ops endpoints (/healthz, /readyz, /metrics). Development mode (HALA_ENV, read
+    # by ServiceSettings): plain http to loopback endpoints is allowed, and NOTIFY_TIME_SCALE
+    # may compress the retry schedule.
+    ops_port: int = 9184
     # Fernet keys that decrypt the endpoints' signing secrets (the same keys as the tokens').
-    token_keys: SecretStr = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
+    token_keys: TokenKeys = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
 
     # Delivery: seconds after each failed attempt before the next (Standard Webhooks' example:
     # about 75 hours in all), each with +-jitter; then the delivery has failed.
@@ -57,7 +60,8 @@ class NotifySettings(ServiceSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_username: str = ""
-    smtp_password: SecretStr = SecretStr("")
+    # Only with a username (a relay that wants a login); checked like every secret when given.
+    smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_from: str = "Hala Whatsup <alerts@hala.localhost>"
     smtp_timeout_seconds: float = Field(30.0, gt=0)
@@ -74,9 +78,12 @@ class NotifySettings(ServiceSettings):
             return [float(part) for part in value.split(",") if part.strip()]
         return value
 
-    @property
-    def development(self) -> bool:
-        return self.environment.strip().lower() == "development"
+    @model_validator(mode="after")
+    def _smtp_login(self) -> Self:
+        if self.smtp_username and self.smtp_password is None:
+            raise ValueError("NOTIFY_SMTP_USERNAME needs NOTIFY_SMTP_PASSWORD (or "
+                             "NOTIFY_SMTP_PASSWORD_FILE)")
+        return self
 
     @property
     def effective_time_scale(self) -> float:

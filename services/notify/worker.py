@@ -27,7 +27,13 @@ from services.notify.repository import NotifyStore
 from shared.client_events import ClientEventType
 from shared.clock import Clock
 from shared.errors import PermanentError
-from shared.kafka import consume_concurrently, make_consumer, report_lag_forever, topic_name
+from shared.kafka import (
+    KafkaConfig,
+    consume_concurrently,
+    make_consumer,
+    report_lag_forever,
+    topic_name,
+)
 from shared.logging import get_logger
 from shared.messages import (
     ACCOUNT_HOLD_CHANGED,
@@ -382,9 +388,9 @@ def record_key(record: Record) -> object:
     return (record.topic, record.partition, record.offset)
 
 
-async def run_consumer(bootstrap_servers: str, prefix: str, handle: Callable[[Record],
+async def run_consumer(kafka: KafkaConfig, prefix: str, handle: Callable[[Record],
                        Awaitable[None]], producer: AIOKafkaProducer) -> None:
-    consumer = make_consumer(bootstrap_servers, group(prefix),
+    consumer = make_consumer(kafka, group(prefix),
                              *[topic_name(t, prefix) for t in topics_read_by(SERVICE)])
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group(prefix)))

@@ -8,19 +8,19 @@ from services.sender.settings import SenderSettings
 from services.sender.worker import SERVICE, create_worker
 from shared.clock import SystemClock
 from shared.collections import SENDS, TIER_USAGE, ensure_indexes
-from shared.http import make_ops_app
 from shared.logging import configure_logging
-from shared.runtime import Connections, serve
+from shared.runtime import Connections, Parts, serve
 from shared.secrets import TokenVault
+from shared.settings import load_settings
 
 
 async def main() -> None:
-    settings = SenderSettings()
+    settings = load_settings(SenderSettings)
     configure_logging(SERVICE, settings.log_level)
     if not settings.token_keys.get_secret_value():
         raise SystemExit("HALA_TOKEN_KEYS is not set: the sender cannot decrypt access tokens")
 
-    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+    async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, SENDS, TIER_USAGE)
         clock = SystemClock()
         worker, meta = create_worker(settings, conns.db, conns.producer, clock)
@@ -35,7 +35,7 @@ async def main() -> None:
         retention = sweep_tier_usage_forever(
             tier_usage, clock, int(settings.tier_usage_retention_hours * 3_600_000),
             settings.tier_usage_sweep_interval_seconds)
-        return make_ops_app(SERVICE, conns.readiness_checks()), [run_worker(), retention]
+        return Parts(checks=conns.readiness_checks(), workers=[run_worker(), retention])
 
     await serve(settings, SERVICE, build)
 

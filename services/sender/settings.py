@@ -1,9 +1,7 @@
-from typing import Self
-
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.secret_defaults import resolve_secret
+from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
 
 DEVELOPMENT_RECIPIENT_HASH_KEY = "dev-sender-recipient-hash-key"
@@ -12,7 +10,8 @@ DEVELOPMENT_RECIPIENT_HASH_KEY = "dev-sender-recipient-hash-key"
 class SenderSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SENDER_", extra="ignore", populate_by_name=True)
 
-    http_port: int = 8082
+    # The sender serves only the ops endpoints.
+    ops_port: int = 9182
     meta_base_url: str = "http://127.0.0.1:8090"
     meta_graph_version: str = "v24.0"
     # A request Meta has not answered within this is ambiguous (it may have been delivered).
@@ -20,7 +19,7 @@ class SenderSettings(ServiceSettings):
     meta_connections_per_host: int = 100
     # Comma-separated Fernet keys that decrypt phone_numbers.access_token_encrypted (shared with
     # the admin CLI, hence unprefixed).
-    token_keys: SecretStr = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
+    token_keys: TokenKeys = Field(SecretStr(""), validation_alias="HALA_TOKEN_KEYS")
 
     max_in_flight: int = 2000
     # Requests to Meta not answered yet (storing the `sending` record, waiting for a number
@@ -36,20 +35,13 @@ class SenderSettings(ServiceSettings):
     tier_refresh_seconds: float = 60.0
     # `tier_usage` knows recipients by a keyed hash (HMAC-SHA256 under this key), never by
     # number; entries older than the tier's 24 h window (plus a margin) are deleted.
-    recipient_hash_key: SecretStr | None = None
+    # The default is the development value (refused outside development: shared/settings.py).
+    recipient_hash_key: SecretStr = SecretStr(DEVELOPMENT_RECIPIENT_HASH_KEY)
     tier_usage_retention_hours: float = Field(25.0, ge=24.0)
     tier_usage_sweep_interval_seconds: float = Field(3600.0, gt=0)
     transient_max_attempts: int = 3
     hold_seconds: float = 300.0
     shutdown_grace_seconds: float = 15.0
 
-    @model_validator(mode="after")
-    def _secrets(self) -> Self:
-        self.recipient_hash_key = resolve_secret(
-            self.recipient_hash_key, variable="SENDER_RECIPIENT_HASH_KEY",
-            development_default=DEVELOPMENT_RECIPIENT_HASH_KEY, environment=self.environment)
-        return self
-
     def recipient_hash_key_bytes(self) -> bytes:
-        assert self.recipient_hash_key is not None  # resolved at validation
         return self.recipient_hash_key.get_secret_value().encode()

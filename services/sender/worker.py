@@ -78,6 +78,7 @@ from shared.group_commit import GroupCommit
 from shared.kafka import (
     DeadLetters,
     Failure,
+    KafkaConfig,
     RetryPolicy,
     make_consumer,
     publish_all,
@@ -1153,7 +1154,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    bootstrap_servers: str
+    kafka: KafkaConfig
     topic_prefix: str = ""
     commit_interval_seconds: float = 0.2
     max_queued: int = 20_000
@@ -1176,7 +1177,7 @@ class SenderWorker:
         self._engine = engine
         self._clock = clock
         self._consumer = consumer or make_consumer(
-            config.bootstrap_servers, config.group, max_poll_records=config.poll_records)
+            config.kafka, config.group, max_poll_records=config.poll_records)
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._taken_over_at: dict[TopicPartition, float] = {}
         self._dead_letters = DeadLetters(producer, SERVICE)
@@ -1211,11 +1212,11 @@ class SenderWorker:
         helpers = [
             asyncio.create_task(self._commit_forever()),
             asyncio.create_task(report_lag_forever(consumer, SERVICE, self._config.group)),
-            asyncio.create_task(follow_throughput(self._config.bootstrap_servers,
+            asyncio.create_task(follow_throughput(self._config.kafka,
                                                   self._config.topic_prefix, self._engine)),
-            asyncio.create_task(follow_inbound(self._config.bootstrap_servers,
+            asyncio.create_task(follow_inbound(self._config.kafka,
                                                self._config.topic_prefix, self._engine)),
-            asyncio.create_task(follow_waba_status(self._config.bootstrap_servers,
+            asyncio.create_task(follow_waba_status(self._config.kafka,
                                                    self._config.topic_prefix, self._engine)),
             asyncio.create_task(_follow(self._config.bootstrap_servers,
                                         self._config.topic_prefix, ACCOUNT_HOLD_CHANGED,
@@ -1355,33 +1356,33 @@ def status_publisher(producer: AIOKafkaProducer, prefix: str) -> Publish:
     return StatusPublisher(producer, prefix)
 
 
-async def follow_throughput(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
+async def follow_throughput(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
     """Read the compacted throughput topic from its beginning, then follow it: every instance
     knows every number's latest level, also right after a restart."""
-    await _follow(bootstrap_servers, prefix, THROUGHPUT_CHANGED, engine.apply_throughput,
+    await _follow(kafka, prefix, THROUGHPUT_CHANGED, engine.apply_throughput,
                   from_beginning=True)
 
 
-async def follow_waba_status(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
+async def follow_waba_status(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
     """Read the compacted WABA status topic from its beginning, then follow it: a restarted
     instance must still know which WABAs Meta holds."""
-    await _follow(bootstrap_servers, prefix, WABA_STATUS_CHANGED, engine.apply_waba_status,
+    await _follow(kafka, prefix, WABA_STATUS_CHANGED, engine.apply_waba_status,
                   from_beginning=True)
 
 
-async def follow_inbound(bootstrap_servers: str, prefix: str, engine: SendEngine) -> None:
+async def follow_inbound(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
     """Follow the inbound messages from now on: each one takes a token from its number's
     buckets (past ones are of no use: a bucket forgets within a second)."""
-    await _follow(bootstrap_servers, prefix, INBOUND_RECEIVED, engine.count_inbound,
+    await _follow(kafka, prefix, INBOUND_RECEIVED, engine.count_inbound,
                   from_beginning=False)
 
 
-async def _follow(bootstrap_servers: str, prefix: str, topic: Topic[Any],
+async def _follow(kafka: KafkaConfig, prefix: str, topic: Topic[Any],
                   apply: Callable[[Any], None], *, from_beginning: bool) -> None:
     """Every partition of `topic`, without a consumer group: nothing to commit, and every
     instance needs all of it."""
     name = topic_name(topic, prefix)
-    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    consumer = make_consumer(kafka, None)
     await consumer.start()
     try:
         # The registry's partition count is what ensure_topics created (a group-less consumer
@@ -1435,7 +1436,7 @@ def create_worker(settings: SenderSettings, db: AsyncDatabase[dict[str, Any]],
             limits=RetryLimits(transient_max_attempts=settings.transient_max_attempts,
                                hold_seconds=settings.hold_seconds)))
     worker = SenderWorker(
-        WorkerConfig(settings.kafka_bootstrap_servers, settings.topic_prefix,
+        WorkerConfig(settings.kafka, settings.topic_prefix,
                      settings.commit_interval_seconds, settings.max_queued,
                      settings.shutdown_grace_seconds),
         producer, engine, clock)

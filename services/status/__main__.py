@@ -24,21 +24,22 @@ from shared.collections import (
     ensure_indexes,
 )
 from shared.logging import configure_logging
-from shared.runtime import Connections, serve
+from shared.runtime import Connections, Parts, serve
+from shared.settings import load_settings
 
 # Workers may wait longer for the broker than Meta waits for our answer.
 WORKER_PUBLISH_TIMEOUT_SECONDS = 30.0
 
 
 async def main() -> None:
-    settings = StatusSettings()
+    settings = load_settings(StatusSettings)
     configure_logging(SERVICE, settings.log_level)
     clock = SystemClock()
 
-    async def build(conns: Connections):  # type: ignore[no-untyped-def]
+    async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS,
                              INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES, SUPPRESSIONS)
-        prefix, bootstrap = settings.topic_prefix, settings.kafka_bootstrap_servers
+        prefix, kafka = settings.topic_prefix, settings.kafka
         repository = StatusRepository(conns.db)
         webhook_publisher = KafkaPublisher(conns.producer, prefix,
                                            settings.publish_timeout_seconds)
@@ -47,7 +48,7 @@ async def main() -> None:
             WebhookConfig(app_secret=settings.app_secret.get_secret_value().encode(),
                           verify_token=settings.verify_token.get_secret_value(),
                           max_body_bytes=settings.max_webhook_bytes),
-            webhook_publisher, clock, conns.readiness_checks())
+            webhook_publisher, clock)
         processor = WebhookProcessor(repository, worker_publisher, clock)
         state_writer = StateWriter(repository, worker_publisher, clock)
         sweeper = Sweeper(repository, worker_publisher, clock, SweepPolicy(
@@ -57,12 +58,12 @@ async def main() -> None:
             batch_size=settings.sweep_batch_size,
             recipient_hash_key=settings.recipient_hash_key.get_secret_value().encode()))
         workers = [
-            run_processor(bootstrap, prefix, processor.handle_record, conns.producer),
-            run_state_writer(bootstrap, prefix, state_writer.handle_record, conns.producer,
+            run_processor(kafka, prefix, processor.handle_record, conns.producer),
+            run_state_writer(kafka, prefix, state_writer.handle_record, conns.producer,
                              state_writer.forget_all),
             sweeper.run_forever(settings.sweep_interval_seconds),
         ]
-        return app, workers
+        return Parts(checks=conns.readiness_checks(), workers=workers, client_app=app)
 
     await serve(settings, SERVICE, build)
 

@@ -1,5 +1,6 @@
-"""status's settings (env prefix STATUS_). Defaults match the local simulator
-(tools/metasim/default.yaml) so that `make run` works out of the box; production sets its own."""
+"""status's settings (env prefix STATUS_). The secrets' defaults match the local simulator
+(tools/metasim/default.yaml) so that `make run` works out of the box; outside development
+(HALA_ENV) they are refused, and production sets its own (or `<NAME>_FILE`)."""
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -10,7 +11,10 @@ from shared.settings import ServiceSettings
 class StatusSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="STATUS_", extra="ignore", populate_by_name=True)
 
+    # Meta's webhooks (HTTPS with STATUS_TLS_CERT_FILE / STATUS_TLS_KEY_FILE); the ops
+    # endpoints on their own port.
     http_port: int = 8081
+    ops_port: int = 9181
     # Meta signs every webhook POST with the app secret; the verify token answers the handshake.
     app_secret: SecretStr = SecretStr("metasim-app-secret-change-me")
     verify_token: SecretStr = SecretStr("metasim-verify-token")

@@ -1,7 +1,12 @@
 """The whole platform as separate processes — the Meta simulator, ingest, billing, sender,
 status, notify and guard — on free loopback ports, against the real Kafka and MongoDB-compatible
 server (started once per session by tests/conftest.py's fixture). Each stack gets its own topic
-prefix, database and faust app id, so stacks never see each other's data."""
+prefix, database and faust app id, so stacks never see each other's data.
+
+As deployed: each service connects to Kafka as its own principal, with the ACLs the set-up
+grants the stack's prefix; each serves its ops endpoints on a port of its own; status receives
+the simulator's webhooks over HTTPS, with a certificate of a CA made for the stack, which the
+simulator is told to trust."""
 
 from __future__ import annotations
 
@@ -25,9 +30,12 @@ import yaml
 
 from services.admin import commands
 from services.admin.graph import GraphClient
-from shared.kafka import delete_topics, ensure_topics, make_producer
+from shared.kafka import make_producer
 from shared.mongo import make_client
 from shared.secrets import TokenVault, new_key
+from tests.conftest import Broker
+from tools import pki
+from tools.kafka_setup import revoke
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_CONFIG = Path(__file__).with_name("metasim_e2e.yaml")
@@ -58,10 +66,12 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, within: float, ever
 class Component:
     name: str
     args: list[str]
-    port: int
+    port: int  # the client port (the simulator's only one); the ops port of sender and billing
     ready_path: str
     env: dict[str, str]
     log: Path
+    ops_port: int | None = None  # /healthz, /readyz, /metrics (the simulator: on `port`)
+    scheme: str = "http"
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -70,7 +80,7 @@ class Stack:
     """A running platform. Components can be killed (-9) and restarted mid-run."""
 
     tmp: Path
-    bootstrap: str
+    broker: Broker
     mongodb_url: str
     unique: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     components: dict[str, Component] = field(default_factory=dict)
@@ -80,60 +90,75 @@ class Stack:
         self.database = f"e2e_{self.unique}"
         self.token_keys = new_key()
         self.topup_signing_key = secrets.token_urlsafe(24)  # shared by billing and the seeding
-        ports = {name: free_port() for name in ("metasim", "ingest", "status", "sender",
-                                                 "billing", "notify", "guard", "smtp")}
+        ports = {name: free_port() for name in ("metasim", "ingest", "status", "smtp")}
+        ops = {name: free_port() for name in ("ingest", "status", "sender", "billing", "notify",
+                                              "guard")}
         self.smtp_port = ports["smtp"]
+        tls = pki.issue(self.tmp / "tls", "status")
         sim_config = yaml.safe_load(SIM_CONFIG.read_text())
         sim_config["webhooks"]["callback_url"] = (
-            f"http://127.0.0.1:{ports['status']}/webhooks/meta")
+            f"https://127.0.0.1:{ports['status']}/webhooks/meta")
         self.sim_config_path = self.tmp / "metasim.yaml"
         self.sim_config_path.write_text(yaml.safe_dump(sim_config))
         self.sim_config = sim_config
-        base = {**os.environ, "PYTHONUNBUFFERED": "1",
-                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "MONGODB_URL": self.mongodb_url,
+        base = {**os.environ, "PYTHONUNBUFFERED": "1", "HALA_ENV": "development",
+                "MONGODB_URL": self.mongodb_url,
                 "MONGODB_DATABASE": self.database, "HALA_TOPIC_PREFIX": self.prefix,
                 "HALA_TOKEN_KEYS": self.token_keys,
-                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key,
-                # loopback http client endpoints are allowed (the tests' receivers)
-                "HALA_ENV": "development"}
+                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
+        meta = f"http://127.0.0.1:{ports['metasim']}"
         specific = {
-            "metasim": ({"METASIM_PORT": str(ports["metasim"])},
+            "metasim": ({"METASIM_PORT": str(ports["metasim"]),
+                         "METASIM_WEBHOOK_CA_FILE": str(tls.ca)},
                         ["-m", "tools.metasim", "--port", str(ports["metasim"]),
                          "--config", str(self.sim_config_path)], "/healthz"),
             "ingest": ({"INGEST_HTTP_PORT": str(ports["ingest"]),
-                        "INGEST_META_BASE_URL": f"http://127.0.0.1:{ports['metasim']}"},
+                        "INGEST_OPS_PORT": str(ops["ingest"]), "INGEST_META_BASE_URL": meta},
                        ["-m", "services.ingest"], "/readyz"),
             "status": ({"STATUS_HTTP_PORT": str(ports["status"]),
+                        "STATUS_OPS_PORT": str(ops["status"]),
+                        "STATUS_TLS_CERT_FILE": str(tls.cert),
+                        "STATUS_TLS_KEY_FILE": str(tls.key),
                         "STATUS_APP_SECRET": sim_config["app_secret"],
                         "STATUS_VERIFY_TOKEN": sim_config["verify_token"],
                         # Ambiguous sends (a sender killed mid-call) are settled within the test.
                         "STATUS_UNKNOWN_TIMEOUT_SECONDS": "20",
                         "STATUS_SWEEP_INTERVAL_SECONDS": "5"},
                        ["-m", "services.status"], "/readyz"),
-            "sender": ({"SENDER_HTTP_PORT": str(ports["sender"]),
-                        "SENDER_META_BASE_URL": f"http://127.0.0.1:{ports['metasim']}"},
+            "sender": ({"SENDER_OPS_PORT": str(ops["sender"]), "SENDER_META_BASE_URL": meta},
                        ["-m", "services.sender"], "/readyz"),
-            "billing": ({"BILLING_HTTP_PORT": str(ports["billing"]),
-                         "BILLING_FAUST_APP_ID": f"hala-billing-{self.unique}"},
+            "billing": ({"BILLING_OPS_PORT": str(ops["billing"]),
+                         "BILLING_FAUST_APP_ID": f"billing-{self.unique}"},
                         ["-m", "services.billing"], "/readyz"),
             # a test that reads mail starts an SMTP server on smtp_port
-            "notify": ({"NOTIFY_HTTP_PORT": str(ports["notify"]),
+            "notify": ({"NOTIFY_OPS_PORT": str(ops["notify"]),
                         "NOTIFY_SMTP_PORT": str(ports["smtp"]),
                         "NOTIFY_POLL_INTERVAL_SECONDS": "0.2"},
                        ["-m", "services.notify"], "/readyz"),
             # The tests' accounts are brand new and write to hundreds of numbers they never
             # wrote to: exactly what the new-recipients rule holds. It is left to its own tests
             # (tests/unit/guard, tests/integration/trust); the other rules run as configured.
-            "guard": ({"GUARD_HTTP_PORT": str(ports["guard"]),
+            "guard": ({"GUARD_OPS_PORT": str(ops["guard"]),
                        "GUARD_NEW_RECIPIENTS_MINIMUM": "1000000"},
                       ["-m", "services.guard"], "/readyz"),
         }
         for name, (env, args, ready) in specific.items():
-            self.components[name] = Component(name, args, ports[name], ready, {**base, **env},
-                                              self.tmp / f"{name}.log")
+            kafka = self.broker.env(name) if name != "metasim" else {}
+            self.components[name] = Component(
+                name, args, ports.get(name) or ops[name], ready, {**base, **kafka, **env},
+                self.tmp / f"{name}.log", ops_port=ops.get(name),
+                scheme="https" if name == "status" else "http")
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.components[name].port}"
+        """A component's client port (sender, billing, notify and guard have none: their ops
+        port)."""
+        c = self.components[name]
+        return f"{c.scheme}://127.0.0.1:{c.port}"
+
+    def ops_url(self, name: str) -> str:
+        """Where a component serves /healthz, /readyz and /metrics."""
+        c = self.components[name]
+        return f"http://127.0.0.1:{c.ops_port or c.port}"
 
     def start(self, name: str) -> None:
         c = self.components[name]
@@ -161,7 +186,7 @@ class Stack:
                     if c.process is not None and c.process.poll() is not None:
                         raise AssertionError(f"{c.name} exited:\n{self.log_tail(c.name)}")
                     try:
-                        async with session.get(f"{self.url(c.name)}{c.ready_path}") as resp:
+                        async with session.get(f"{self.ops_url(c.name)}{c.ready_path}") as resp:
                             return resp.status == 200
                     except aiohttp.ClientError:
                         return False
@@ -169,7 +194,7 @@ class Stack:
                 await eventually(ready, within=within, what=f"{name} ready")
 
     async def start_all(self) -> None:
-        await ensure_topics(self.bootstrap, self.prefix)
+        await self.broker.grant(self.prefix)
         for name in self.components:
             self.start(name)
         await self.wait_ready(*self.components)
@@ -209,7 +234,7 @@ async def seed_accounts(stack: Stack, top_up: int,
     ingest, for tests of Meta's own refusal (131047)."""
     vault = TokenVault(stack.token_keys)
     mongo = make_client(stack.mongodb_url)
-    producer = make_producer(stack.bootstrap)
+    producer = make_producer(stack.broker.as_service("admin"))  # top-ups: only hala-admin
     await producer.start()
     tokens = {t["wabas"][0]: t["token"] for t in stack.sim_config["access_tokens"]}
     accounts = []
@@ -261,9 +286,8 @@ async def seed_accounts(stack: Stack, top_up: int,
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, bootstrap_servers: str,
-                mongodb_url: str) -> AsyncIterator[Stack]:
-    running = Stack(tmp_path, bootstrap_servers, mongodb_url)
+async def stack(tmp_path: Path, broker: Broker, mongodb_url: str) -> AsyncIterator[Stack]:
+    running = Stack(tmp_path, broker, mongodb_url)
     try:
         await running.start_all()
         yield running
@@ -272,5 +296,5 @@ async def stack(tmp_path: Path, bootstrap_servers: str,
         mongo = make_client(mongodb_url)
         await mongo.drop_database(running.database)
         await mongo.close()
-        # Its topics and faust's, all named with the stack's id.
-        await delete_topics(bootstrap_servers, lambda name: running.unique in name)
+        # Its topics, faust's and their ACLs, all named with the stack's id.
+        await revoke(broker.setup, lambda name: running.unique in name)

@@ -110,7 +110,7 @@ def plan_workload(accounts: list[Account], total: int, seed: int = 1) -> list[Pl
 
 async def inbound_counted_by_sender(stack: Stack) -> float:
     async with aiohttp.ClientSession() as session, session.get(
-            f"{stack.url('sender')}/metrics") as resp:
+            f"{stack.ops_url('sender')}/metrics") as resp:
         text = await resp.text()
     return sum(sample.value for family in text_string_to_metric_families(text)
                for sample in family.samples if sample.name == "sender_inbound_counted_total")

@@ -16,9 +16,10 @@ from tests.e2e.test_pipeline import TOP_UP, open_windows, plan_workload, submit
 
 
 def _prometheus_config(stack: Stack) -> dict:
-    targets = [{"targets": [f"127.0.0.1:{stack.components[name].port}"],
+    # The ops ports: the client ports serve no /metrics.
+    targets = [{"targets": [stack.ops_url(name).removeprefix("http://")],
                 "labels": {"service": name}}
-               for name in ("ingest", "status", "sender", "billing")]
+               for name in ("ingest", "status", "sender", "billing", "notify", "guard")]
     return {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "hala", "static_configs": targets}]}
 
@@ -53,9 +54,9 @@ async def test_prometheus_scrapes_every_service_and_sees_the_pipeline_traffic(
                     up = await _query(session, base, 'sum(up{job="hala"})')
                 except aiohttp.ClientError:
                     return None
-                return True if up == 4 else up
+                return True if up == 6 else up
 
-            await eventually(every_target_up, within=60, what="4 scrape targets up")
+            await eventually(every_target_up, within=60, what="6 scrape targets up")
 
             async def seen(promql: str, at_least: float) -> bool | float | None:
                 value = await _query(session, base, promql)

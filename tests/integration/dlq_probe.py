@@ -9,18 +9,18 @@ from collections.abc import Callable
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from shared.kafka import make_consumer
+from shared.kafka import KafkaConfig, make_consumer
 
 DLQ_PARTITIONS = 1  # ensure_topics creates every dead-letter topic with one partition
 
 
-async def wait_for_dead_letters(bootstrap_servers: str, dlq_topic: str, count: int, *,
+async def wait_for_dead_letters(kafka: KafkaConfig, dlq_topic: str, count: int, *,
                                 timeout: float = 60.0,
                                 alive: Callable[[], None] = lambda: None
                                 ) -> list[ConsumerRecord[bytes, bytes]]:
     """The first `count` records of `dlq_topic`, once it holds them; `alive` raises if the
     consumer under test died meanwhile."""
-    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    consumer = make_consumer(kafka, None)
     await consumer.start()
     partitions = [TopicPartition(dlq_topic, p) for p in range(DLQ_PARTITIONS)]
     records: list[ConsumerRecord[bytes, bytes]] = []

@@ -1,14 +1,20 @@
 """A minimal faust-streaming worker for test_faust.py: appends every value it consumes from
-PROBE_TOPIC to PROBE_OUTPUT, one line each. Run as `python -m tests.integration.faust_probe`."""
+PROBE_TOPIC to PROBE_OUTPUT, one line each. Run as `python -m tests.integration.faust_probe`.
+It connects like billing does: KAFKA_* settings, faust credentials from them."""
 
 import os
 from pathlib import Path
 
 import faust
 
+from services.billing.app import broker_credentials
+from shared.settings import ServiceSettings
+
+kafka = ServiceSettings().kafka
 app = faust.App(
     os.environ["PROBE_APP_ID"],
-    broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
+    broker=f"kafka://{kafka.bootstrap_servers}",
+    broker_credentials=broker_credentials(kafka),
     store="memory://",
     processing_guarantee="at_least_once",
     web_enabled=False,

@@ -10,15 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
-from shared.kafka import make_producer
+from shared.kafka import make_admin, make_producer
+from tests.conftest import Broker
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _start_probe(bootstrap: str, app_id: str, topic: str, output: Path) -> subprocess.Popen:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PROBE_APP_ID": app_id,
+def _start_probe(broker: Broker, app_id: str, topic: str, output: Path) -> subprocess.Popen:
+    env = {**os.environ, **broker.env(None), "PROBE_APP_ID": app_id,
            "PROBE_TOPIC": topic, "PROBE_OUTPUT": str(output),
            "PROBE_DATADIR": str(output.parent / "faust-data")}
     return subprocess.Popen([sys.executable, "-m", "tests.integration.faust_probe"], cwd=REPO,
@@ -48,20 +49,20 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 async def test_a_faust_agent_consumes_from_the_real_broker_and_resumes_after_restart(
-        bootstrap_servers: str, unique: str, tmp_path: Path) -> None:
+        broker: Broker, unique: str, tmp_path: Path) -> None:
     topic, app_id, output = f"it.faust.{unique}", f"it-faust-{unique}", tmp_path / "seen.txt"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(broker.setup)
     await admin.start()
     await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
     await admin.close()
 
-    producer = make_producer(bootstrap_servers)
+    producer = make_producer(broker.setup)
     await producer.start()
     try:
         for i in range(5):
             await producer.send_and_wait(topic, value=f"first-{i}".encode(), key=str(i).encode())
 
-        proc = _start_probe(bootstrap_servers, app_id, topic, output)
+        proc = _start_probe(broker, app_id, topic, output)
         try:
             first = _wait_for_lines(output, 5, proc)
         finally:
@@ -72,7 +73,7 @@ async def test_a_faust_agent_consumes_from_the_real_broker_and_resumes_after_res
     finally:
         await producer.stop()
 
-    proc = _start_probe(bootstrap_servers, app_id, topic, output)
+    proc = _start_probe(broker, app_id, topic, output)
     try:
         lines = _wait_for_lines(output, 8, proc)
     finally:

@@ -1,19 +1,21 @@
-"""The real broker: manual commits, resuming from the committed offset, compacted topics."""
+"""The real broker: manual commits, resuming from the committed offset, compacted topics, and
+the topics' configuration as the set-up step makes it."""
 
 from __future__ import annotations
 
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import KafkaConfig, make_admin, make_consumer, make_producer
 from shared.messages import SEND_REQUESTED, THROUGHPUT_CHANGED, WEBHOOK_RECEIVED
+from tools.kafka_setup import grant
 
 
-async def _create(bootstrap: str, name: str, partitions: int = 1, **config: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _create(kafka: KafkaConfig, name: str, partitions: int = 1, **config: str) -> None:
+    admin = make_admin(kafka)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=partitions,
@@ -36,10 +38,10 @@ async def _read(consumer, count: int, wait_s: float = 20.0) -> list:  # type: ig
 
 
 async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
-        bootstrap_servers: str, unique: str) -> None:
+        kafka: KafkaConfig, unique: str) -> None:
     topic, group = f"it.commit.{unique}", f"it-group-{unique}"
-    await _create(bootstrap_servers, topic)
-    producer = make_producer(bootstrap_servers)
+    await _create(kafka, topic)
+    producer = make_producer(kafka)
     await producer.start()
     try:
         for i in range(10):
@@ -47,7 +49,7 @@ async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
     finally:
         await producer.stop()
 
-    first = make_consumer(bootstrap_servers, group, topic)
+    first = make_consumer(kafka, group, topic)
     await first.start()
     try:
         records = await _read(first, 4)
@@ -56,7 +58,7 @@ async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
     finally:
         await first.stop()
 
-    second = make_consumer(bootstrap_servers, group, topic)
+    second = make_consumer(kafka, group, topic)
     await second.start()
     try:
         rest = await _read(second, 6)
@@ -67,16 +69,16 @@ async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
 
 
 async def test_uncommitted_records_are_delivered_again_after_a_restart(
-        bootstrap_servers: str, unique: str) -> None:
+        kafka: KafkaConfig, unique: str) -> None:
     topic, group = f"it.redeliver.{unique}", f"it-group-{unique}"
-    await _create(bootstrap_servers, topic)
-    producer = make_producer(bootstrap_servers)
+    await _create(kafka, topic)
+    producer = make_producer(kafka)
     await producer.start()
     await producer.send_and_wait(topic, value=b"only", key=b"k")
     await producer.stop()
 
     for _ in range(2):  # read twice without committing: it must come back
-        consumer = make_consumer(bootstrap_servers, group, topic)
+        consumer = make_consumer(kafka, group, topic)
         await consumer.start()
         try:
             assert [r.value for r in await _read(consumer, 1)] == [b"only"]
@@ -84,9 +86,9 @@ async def test_uncommitted_records_are_delivered_again_after_a_restart(
             await consumer.stop()
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
+async def _read_all(kafka: KafkaConfig, topic: str) -> list[tuple[bytes, bytes]]:
     """Every record currently in partition 0, read from the beginning without a group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -104,13 +106,13 @@ async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
 
 
 async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
-        bootstrap_servers: str, unique: str) -> None:
+        kafka: KafkaConfig, unique: str) -> None:
     topic = f"it.compacted.{unique}"
     # Tiny segments and no dirty-ratio floor so the log cleaner compacts within the test.
-    await _create(bootstrap_servers, topic, **{
+    await _create(kafka, topic, **{
         "cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.001",
         "min.compaction.lag.ms": "0", "delete.retention.ms": "100"})
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         described = await admin.describe_configs(
@@ -121,7 +123,7 @@ async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
     finally:
         await admin.close()
 
-    producer = make_producer(bootstrap_servers)
+    producer = make_producer(kafka)
     await producer.start()
     try:
         for level in (20, 80, 1000):
@@ -133,21 +135,21 @@ async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
         while True:
             await asyncio.sleep(0.2)
             await producer.send_and_wait(topic, value=b"tick", key=b"roller")
-            values = [v for k, v in await _read_all(bootstrap_servers, topic) if k == b"number-1"]
+            values = [v for k, v in await _read_all(kafka, topic) if k == b"number-1"]
             if values == [b"1000"]:
                 break
             assert asyncio.get_running_loop().time() < deadline, f"not compacted: {values}"
     finally:
         await producer.stop()
-    latest = {k: v for k, v in await _read_all(bootstrap_servers, topic)}
+    latest = {k: v for k, v in await _read_all(kafka, topic)}
     assert latest[b"number-1"] == b"1000" and latest[b"number-2"] == b"80"
 
 
-async def test_the_idempotent_producer_writes_with_acks_all(bootstrap_servers: str,
+async def test_the_idempotent_producer_writes_with_acks_all(kafka: KafkaConfig,
                                                             unique: str) -> None:
     topic = f"it.idem.{unique}"
-    await _create(bootstrap_servers, topic, partitions=3)
-    producer = make_producer(bootstrap_servers)
+    await _create(kafka, topic, partitions=3)
+    producer = make_producer(kafka)
     await producer.start()
     try:
         metadata = await producer.send_and_wait(topic, value=b"x", key=b"acc-1")
@@ -162,8 +164,8 @@ async def test_the_idempotent_producer_writes_with_acks_all(bootstrap_servers: s
     assert again.offset == metadata.offset + 1
 
 
-async def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _configs(kafka: KafkaConfig, names: list[str]) -> dict[str, dict[str, str]]:
+    admin = make_admin(kafka)
     await admin.start()
     try:
         [described] = await admin.describe_configs(
@@ -174,19 +176,20 @@ async def _configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]
             for _, _, _, name, entries in described.resources}
 
 
-async def test_ensure_topics_sets_each_topics_retention_and_fixes_topics_that_exist(
-        bootstrap_servers: str, unique: str) -> None:
-    """Created topics get the registry's retention.ms (raw content short, dead letters long,
-    compacted ones without), and a topic that already existed with the broker's defaults is
-    brought to it."""
+async def test_the_set_up_sets_each_topics_retention_and_fixes_topics_that_exist(
+        kafka: KafkaConfig, unique: str) -> None:
+    """The set-up step (tools/kafka_setup.py grant, through ensure_topics) gives created topics
+    the registry's retention.ms and max.message.bytes (raw content short, dead letters long,
+    compacted ones without), and brings a topic that already existed with the broker's
+    defaults to them."""
     prefix = f"t{unique}."
-    # Made before ensure_topics, as an older version of the platform did: broker defaults.
-    await _create(bootstrap_servers, prefix + WEBHOOK_RECEIVED.name, partitions=6)
+    # Made before the set-up, as an older version of the platform did: broker defaults.
+    await _create(kafka, prefix + WEBHOOK_RECEIVED.name, partitions=6)
     topics = [WEBHOOK_RECEIVED, SEND_REQUESTED, THROUGHPUT_CHANGED]
-    await ensure_topics(bootstrap_servers, prefix, topics=topics)
-    await ensure_topics(bootstrap_servers, prefix, topics=topics)  # idempotent
+    await grant(kafka, prefix, topics)
+    await grant(kafka, prefix, topics)  # idempotent
     names = [prefix + n for t in topics for n in (t.name, t.dlq)]
-    configs = await _configs(bootstrap_servers, names)
+    configs = await _configs(kafka, names)
     week, month = str(7 * 86_400_000), str(30 * 86_400_000)
     webhooks = configs[prefix + WEBHOOK_RECEIVED.name]
     assert (webhooks["retention.ms"], webhooks["max.message.bytes"]) == (

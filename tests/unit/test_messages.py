@@ -4,7 +4,7 @@ import msgspec
 import orjson
 import pytest
 
-from shared.kafka import make_producer
+from shared.kafka import KafkaConfig, make_producer
 from shared.messages import (
     ALL_TOPICS,
     INBOUND_RECEIVED,
@@ -76,6 +76,6 @@ async def test_the_webhook_topic_and_every_producer_take_metas_largest_webhook()
     # The event wraps the payload; a dead letter adds error headers (traceback <= 8 KiB).
     assert int(WEBHOOK_RECEIVED.configs()["max.message.bytes"]) >= largest + 64 * 1024
     assert int(WEBHOOK_RECEIVED.dlq_configs()["max.message.bytes"]) >= largest + 64 * 1024
-    producer = make_producer("127.0.0.1:1")  # built, never started
+    producer = make_producer(KafkaConfig("127.0.0.1:1", "PLAINTEXT"))  # built, never started
     assert producer._max_request_size >= max(t.max_message_bytes or 0 for t in ALL_TOPICS)
     assert producer._max_request_size == WEBHOOK_MAX_MESSAGE_BYTES

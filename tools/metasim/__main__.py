@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import ssl
 from pathlib import Path
 
 import structlog
@@ -43,7 +44,9 @@ def main() -> None:
         webhooks=config.webhooks.enabled,
         limits=config.limits.enabled,
     )
-    app = build_app(config)
+    webhook_ssl = (ssl.create_default_context(cafile=str(settings.webhook_ca_file))
+                   if settings.webhook_ca_file else None)
+    app = build_app(config, webhook_ssl=webhook_ssl)
     # The send path allocates many short-lived objects while the records grow large: move
     # start-up objects out of the collector's view and collect the young generation less often.
     gc.freeze()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import string
 
 from aiohttp import web
@@ -24,7 +25,8 @@ _TRACE_ALPHABET = string.ascii_letters + string.digits + "-_"
 class Simulator:
     """The world, its records, the webhook machinery and the run-time switches."""
 
-    def __init__(self, config: SimConfig, clock: Clock, metrics: Metrics) -> None:
+    def __init__(self, config: SimConfig, clock: Clock, metrics: Metrics,
+                 webhook_ssl: ssl.SSLContext | None = None) -> None:
         self.base_config = config
         self.clock = clock
         self.metrics = metrics
@@ -40,6 +42,7 @@ class Simulator:
             outcomes=config.outcomes,
             max_log=config.records.max_webhook_log,
             metrics=metrics,
+            ssl_context=webhook_ssl,
         )
         metrics.track_pending(lambda: len(self.timeline))
         self.reset(config.seed)
@@ -81,10 +84,12 @@ class Simulator:
 _TIMELINE_TASK = web.AppKey("metasim_timeline_task", asyncio.Task)
 
 
-def build_app(config: SimConfig, clock: Clock | None = None) -> web.Application:
+def build_app(config: SimConfig, clock: Clock | None = None,
+              webhook_ssl: ssl.SSLContext | None = None) -> web.Application:
+    """`webhook_ssl`: how https webhook targets are verified (None: the system trust store)."""
     # Control bodies may carry inbound media as base64 (16 MB video -> ~21 MB); uploads stream.
     app = web.Application(client_max_size=24 * 1024 * 1024)
-    app[SIM] = Simulator(config, clock or SystemClock(), Metrics())
+    app[SIM] = Simulator(config, clock or SystemClock(), Metrics(), webhook_ssl)
     add_routes(app)
 
     async def start(app: web.Application) -> None:

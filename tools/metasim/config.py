@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # Where webhooks go, overriding the config file (the status service's address differs
     # between `make run`, docker-compose and tests).
     webhook_url: str | None = None
+    # The CA (PEM) that signed an https webhook target's certificate, when it is not in the
+    # system's trust store (the local CA of `make run` and the tests: tools/pki.py).
+    webhook_ca_file: Path | None = None
 
 
 class _Strict(BaseModel):

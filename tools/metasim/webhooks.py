@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import ssl
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,8 +103,10 @@ class WebhookDispatcher:
         outcomes: OutcomesConfig,
         max_log: int,
         metrics: Metrics,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._clock = clock
+        self._ssl_context = ssl_context
         self._timeline = timeline
         self._app_secret = app_secret
         self._metrics = metrics
@@ -120,7 +123,8 @@ class WebhookDispatcher:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
+            connector=aiohttp.TCPConnector(limit=self.config.max_concurrency,
+                                           ssl=self._ssl_context or True),
             headers={"User-Agent": "facebookexternalua"},
         )
 

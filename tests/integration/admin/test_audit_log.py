@@ -12,21 +12,21 @@ from services.admin import audit_core, cli
 from services.admin.settings import AdminSettings
 from shared.collections import AUDIT_LOG
 from shared.errors import ServiceError
-from shared.kafka import ensure_topics
 from shared.messages import TOPUP_REQUESTED
+from tests.conftest import Broker
 from tests.integration.ingest.kafka_probe import read_published
 
 ANA = audit_core.Operator(name="ana", os_user="deploy", host="ops-1")
 
 
 async def test_changes_and_failed_attempts_are_audited_and_reads_are_not(
-        db: AsyncDatabase[dict[str, Any]], mongodb_url: str, bootstrap_servers: str,
+        db: AsyncDatabase[dict[str, Any]], mongodb_url: str, broker: Broker,
         unique: str) -> None:
     prefix = f"t{unique}."
-    await ensure_topics(bootstrap_servers, prefix, topics=[TOPUP_REQUESTED])
+    await broker.grant(prefix, [TOPUP_REQUESTED])
     settings = AdminSettings(MONGODB_URL=mongodb_url, MONGODB_DATABASE=db.name,
-                             KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
-                             HALA_TOPIC_PREFIX=prefix, HALA_ENV="development")
+                             HALA_TOPIC_PREFIX=prefix, HALA_ENV="development",
+                             **broker.settings("admin"))
 
     async def hala(*argv: str) -> Any:
         return await cli.run(cli.build_parser().parse_args(list(argv)), settings, ANA)
@@ -52,7 +52,7 @@ async def test_changes_and_failed_attempts_are_audited_and_reads_are_not(
     assert entries[1]["arguments"]["key"] == issued["api_key"][:16] + "…"
     assert issued["api_key"] not in repr(await db[AUDIT_LOG].find().to_list(None))
     # The top-up carries the same operator to billing.
-    [record] = await read_published(bootstrap_servers, TOPUP_REQUESTED, prefix)
+    [record] = await read_published(broker.setup, TOPUP_REQUESTED, prefix)
     assert TOPUP_REQUESTED.decode(record.value).operator == "ana@ops-1" == topup["operator"]
 
     [failed] = await hala("audit", "--account", "acc_missing")

@@ -22,9 +22,10 @@ from services.admin.graph import GraphClient
 from services.ingest.repository import MongoDirectory
 from shared.collections import ACCOUNTS, API_KEYS, PHONE_NUMBERS, TEMPLATES
 from shared.errors import ServiceError
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import make_producer
 from shared.messages import TOPUP_REQUESTED, top_up_signature_valid
 from shared.secrets import TokenVault, new_key
+from tests.conftest import Broker
 from tests.integration.ingest.kafka_probe import read_published
 
 REPO = Path(__file__).resolve().parents[3]
@@ -121,11 +122,11 @@ async def test_keys_are_issued_once_stored_hashed_listed_and_revoked_by_prefix(
 
 
 async def test_a_top_up_publishes_topup_requested_keyed_by_account(
-        db: AsyncDatabase[dict[str, Any]], bootstrap_servers: str, unique: str) -> None:
+        db: AsyncDatabase[dict[str, Any]], broker: Broker, unique: str) -> None:
     prefix = f"t{unique}."
-    await ensure_topics(bootstrap_servers, prefix, topics=[TOPUP_REQUESTED])
+    await broker.grant(prefix)
     account_id = await _account(db)
-    producer = make_producer(bootstrap_servers)
+    producer = make_producer(broker.as_service("admin"))  # only it may write top-ups
     await producer.start()
     try:
         event = await commands.top_up(db, producer, account_id=account_id, amount=5_000_000,
@@ -136,7 +137,7 @@ async def test_a_top_up_publishes_topup_requested_keyed_by_account(
                                   topic_prefix=prefix, signing_key=b"it-topup-key")
     finally:
         await producer.stop()
-    [record] = await read_published(bootstrap_servers, TOPUP_REQUESTED, prefix)
+    [record] = await read_published(broker.setup, TOPUP_REQUESTED, prefix)
     assert record.key == account_id.encode()
     published = TOPUP_REQUESTED.decode(record.value)
     assert published == event and published.amount == 5_000_000
@@ -224,17 +225,17 @@ async def test_rotating_tokens_re_encrypts_them_under_the_newest_key(
     assert TokenVault(new).decrypt(stored["access_token_encrypted"]) == "EAAsim-portfolio-a"
 
 
-def test_the_hala_console_script_runs_the_commands(mongodb_url: str, bootstrap_servers: str,
+def test_the_hala_console_script_runs_the_commands(mongodb_url: str, broker: Broker,
                                                    unique: str) -> None:
     """The real entry point in a subprocess, as an operator runs it."""
-    env = {**os.environ, "MONGODB_URL": mongodb_url, "MONGODB_DATABASE": f"it_{unique}",
-           "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "HALA_TOPIC_PREFIX": f"t{unique}.",
+    env = {**os.environ, **broker.env("admin"), "MONGODB_URL": mongodb_url,
+           "MONGODB_DATABASE": f"it_{unique}", "HALA_TOPIC_PREFIX": f"t{unique}.",
            "HALA_TOKEN_KEYS": new_key(), "HALA_OPERATOR": "ana"}
     hala = [str(Path(sys.executable).with_name("hala"))]
 
-    def run(*argv: str) -> str:
+    def run(*argv: str, stdin: str | None = None) -> str:
         done = subprocess.run([*hala, *argv], env=env, capture_output=True, text=True,
-                              timeout=60, check=False)
+                              timeout=60, check=False, input=stdin)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -247,7 +248,7 @@ def test_the_hala_console_script_runs_the_commands(mongodb_url: str, bootstrap_s
             "--portfolio-id", PORTFOLIO)
         out = run("numbers", "register", "--account", account_id, "--waba-id", WABA,
                   "--phone-number-id", PHONE, "--display-phone-number", "15550001001",
-                  "--access-token", "EAAsim-secret-token")
+                  "--access-token", "-", stdin="EAAsim-secret-token\n")
         assert "EAAsim-secret-token" not in out
         issued = orjson.loads(run("keys", "issue", "--account", account_id, "--json"))
         assert issued["api_key"].startswith("hw_live_")

@@ -44,8 +44,9 @@ from shared.collections import (
 )
 from shared.errors import ServiceError
 from shared.pseudonyms import keyed_hash
-from shared.secret_defaults import DEVELOPMENT_PSEUDONYM_KEY
 from shared.secrets import TokenVault, new_key
+from shared.settings import DEVELOPMENT_PSEUDONYM_KEY
+from tests.conftest import Broker
 from tests.integration.ingest.conftest import META_TEMPLATES, StaticTemplates
 
 ANA = audit_core.Operator(name="ana", os_user="deploy", host="ops-1")
@@ -142,7 +143,7 @@ async def _snapshot(db: AsyncDatabase[dict[str, Any]]) -> dict[str, list[dict[st
 
 
 async def test_erasing_an_account_removes_its_personal_data_and_keeps_its_ledger_anonymous(
-        db: AsyncDatabase[dict[str, Any]], mongodb_url: str, bootstrap_servers: str) -> None:
+        db: AsyncDatabase[dict[str, Any]], mongodb_url: str, broker: Broker) -> None:
     vault = TokenVault(new_key())
     erin, _ = await _tenant(db, vault, name="Erin Example", email="erin@erase.example",
                             phone="+971501112233", business="Erin Trading LLC",
@@ -158,7 +159,7 @@ async def test_erasing_an_account_removes_its_personal_data_and_keeps_its_ledger
                                    "109731225428301", "otto")
     other_before = _of(other, await _snapshot(db))
     settings = AdminSettings(MONGODB_URL=mongodb_url, MONGODB_DATABASE=db.name,
-                             KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers, HALA_ENV="development")
+                             HALA_ENV="development", **broker.settings("admin"))
 
     async def hala(*argv: str) -> Any:
         return await cli.run(cli.build_parser().parse_args(list(argv)), settings, ANA)

@@ -18,9 +18,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.admin import commands, webhooks
 from shared.collections import ACCOUNTS, DELIVERY_ATTEMPTS, ENDPOINT_STATES, WEBHOOK_ENDPOINTS
 from shared.errors import ServiceError
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import make_producer
 from shared.messages import NOTIFY_REQUESTED
 from shared.secrets import TokenVault, new_key
+from tests.conftest import Broker
 from tests.integration.ingest.kafka_probe import read_published
 
 pytestmark = pytest.mark.integration
@@ -109,11 +110,11 @@ async def test_an_operator_manages_a_clients_endpoints_by_the_api_rules(db: Db) 
         await webhooks.show_endpoint(db, account, endpoint_id)
 
 
-async def test_test_and_replay_are_published_for_notify(db: Db, bootstrap_servers: str,
+async def test_test_and_replay_are_published_for_notify(db: Db, broker: Broker,
                                                         unique: str) -> None:
     prefix = f"t{unique}."
-    await ensure_topics(bootstrap_servers, prefix, topics=[NOTIFY_REQUESTED])
-    producer = make_producer(bootstrap_servers)
+    await broker.grant(prefix, [NOTIFY_REQUESTED])
+    producer = make_producer(broker.as_service("admin"))  # as `hala` publishes them
     await producer.start()
     try:
         account = await _account(db, "Alpha")
@@ -126,7 +127,7 @@ async def test_test_and_replay_are_published_for_notify(db: Db, bootstrap_server
         with pytest.raises(ServiceError) as raised:
             await webhooks.replay(db, producer, account, endpoint_id, topic_prefix=prefix)
         assert raised.value.code == "invalid_field"
-        records = await read_published(bootstrap_servers, NOTIFY_REQUESTED, prefix)
+        records = await read_published(broker.setup, NOTIFY_REQUESTED, prefix)
         events = sorted((NOTIFY_REQUESTED.decode(r.value) for r in records),
                         key=lambda e: e.requested_at)
         assert [(e.event_id, e.kind, e.account_id, e.endpoint_id) for e in events] == [
@@ -152,13 +153,12 @@ async def test_an_accounts_alert_emails_and_threshold_are_stored(db: Db) -> None
         await commands.update_account(db, account, low_balance_threshold=-1)
 
 
-def test_the_hala_console_script_runs_the_webhook_commands(mongodb_url: str,
-                                                           bootstrap_servers: str,
+def test_the_hala_console_script_runs_the_webhook_commands(mongodb_url: str, broker: Broker,
                                                            unique: str) -> None:
-    """The real entry point in a subprocess, as an operator runs it."""
+    """The real entry point in a subprocess, as an operator runs it (as hala-admin)."""
     database = f"it_{unique}"
-    env = {**os.environ, "MONGODB_URL": mongodb_url, "MONGODB_DATABASE": database,
-           "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "HALA_TOPIC_PREFIX": f"t{unique}.",
+    env = {**os.environ, **broker.env("admin"), "MONGODB_URL": mongodb_url,
+           "MONGODB_DATABASE": database, "HALA_TOPIC_PREFIX": f"t{unique}.",
            "HALA_TOKEN_KEYS": new_key(), "HALA_ENV": "development"}
     hala = [str(Path(sys.executable).with_name("hala"))]
 

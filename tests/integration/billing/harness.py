@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.billing.worker import INPUT_TOPICS
-from shared.kafka import make_consumer, topic_name
+from shared.kafka import KafkaConfig, make_admin, make_consumer, topic_name
 from shared.messages import Topic, TopUpRequested, sign_top_up
+from tests.conftest import Broker
 
 REPO = Path(__file__).resolve().parents[3]
 # The top-up signing key the billing processes of these tests hold (as the admin tool does).
@@ -47,19 +47,19 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float
 
 
 class BillingProcess:
-    """`python -m services.billing` with its own topics, group, database and port."""
+    """`python -m services.billing` with its own topics, group, database and ops port, as
+    billing's own Kafka principal (the test grants its prefix first)."""
 
-    def __init__(self, *, bootstrap_servers: str, mongodb_url: str, prefix: str,
+    def __init__(self, *, broker: Broker, mongodb_url: str, prefix: str,
                  database: str, app_id: str, log_dir: Path, module: str = "services.billing",
                  env: dict[str, str] | None = None, **settings: str) -> None:
         self.module = module  # a test-only entry point may plant a bug in a dependency
         self.port = free_port()
         self.group = prefix + app_id  # faust's app id, prefixed like the topics
         self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "MONGODB_URL": mongodb_url,
+            **os.environ, **broker.env("billing"), "MONGODB_URL": mongodb_url,
             "HALA_TOPIC_PREFIX": prefix, "MONGODB_DATABASE": database,
-            "BILLING_FAUST_APP_ID": app_id, "BILLING_HTTP_PORT": str(self.port),
+            "BILLING_FAUST_APP_ID": app_id, "BILLING_OPS_PORT": str(self.port),
             "BILLING_FAUST_DATADIR": str(log_dir / "faust"),
             "HALA_TOPUP_SIGNING_KEY": TOPUP_KEY,
             **{f"BILLING_{k.upper()}": v for k, v in settings.items()},
@@ -124,11 +124,11 @@ class BillingProcess:
                                  f"{self.log_tail()}")
 
 
-async def drained(bootstrap_servers: str, group: str, prefix: str) -> bool:
+async def drained(kafka: KafkaConfig, group: str, prefix: str) -> bool:
     """True when `group` has committed every record of billing's input topics."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(kafka)
     await admin.start()
-    consumer = make_consumer(bootstrap_servers, f"{group}-probe")
+    consumer = make_consumer(kafka, f"{group}-probe")
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
@@ -142,14 +142,14 @@ async def drained(bootstrap_servers: str, group: str, prefix: str) -> bool:
         await admin.close()
 
 
-async def read_all(bootstrap_servers: str, topic: Topic[Any], prefix: str, *,
+async def read_all(kafka: KafkaConfig, topic: Topic[Any], prefix: str, *,
                    dead_letters: bool = False,
                    timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record on a topic (or its DLQ), from the beginning to the end offsets at the time
     of the call."""
     name = topic_name(topic.dlq if dead_letters else topic, prefix)
     partitions = [TopicPartition(name, p) for p in range(1 if dead_letters else topic.partitions)]
-    consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    consumer = make_consumer(kafka, None)
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:

@@ -19,7 +19,7 @@ from services.billing.publisher import KafkaPublisher
 from services.billing.reconcile import Reconciler
 from services.billing.sweeper import ReservationSweeper
 from shared.clock import SystemClock
-from shared.kafka import ensure_topics, make_producer, publish, publish_all, topic_name
+from shared.kafka import make_producer, publish, publish_all, topic_name
 from shared.messages import (
     BALANCE_TOPPED_UP,
     LOW_BALANCE_ALERTED,
@@ -33,6 +33,7 @@ from shared.messages import (
     TopUpRequested,
 )
 from shared.pricing import load_rate_card
+from tests.conftest import Broker
 from tests.integration.billing.harness import (
     BillingProcess,
     drained,
@@ -51,7 +52,7 @@ GB_MARKETING = CARD.price("marketing", "GB")  # 58 200
 
 @dataclass
 class Setup:
-    bootstrap_servers: str
+    broker: Broker
     mongodb_url: str
     prefix: str
     database: str
@@ -61,7 +62,7 @@ class Setup:
     processes: list[BillingProcess]
 
     def billing(self, app_id: str, **settings: str) -> BillingProcess:
-        process = BillingProcess(bootstrap_servers=self.bootstrap_servers,
+        process = BillingProcess(broker=self.broker,
                                  mongodb_url=self.mongodb_url, prefix=self.prefix,
                                  database=self.database, app_id=app_id,
                                  log_dir=self.log_dir, **settings)
@@ -89,7 +90,7 @@ class Setup:
     async def wait_drained(self, process: BillingProcess, timeout: float = 60.0) -> None:
         async def check() -> bool:
             process._check_alive()
-            return await drained(self.bootstrap_servers, process.group, self.prefix)
+            return await drained(self.broker.setup, process.group, self.prefix)
         await eventually(check, timeout=timeout, what=f"{process.group} to drain")
 
 
@@ -99,14 +100,15 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-async def setup(bootstrap_servers: str, mongodb_url: str, unique: str,
+async def setup(broker: Broker, mongodb_url: str, unique: str,
                 mongo: AsyncMongoClient[dict[str, Any]], log_dir: Path
                 ) -> AsyncIterator[Setup]:
     prefix, database = f"t{unique}.", f"it_{unique}"
-    await ensure_topics(bootstrap_servers, prefix)
-    producer = make_producer(bootstrap_servers)
+    await broker.grant(prefix)
+    # The test writes what ingest, the admin CLI and status would (as the set-up principal).
+    producer = make_producer(broker.setup)
     await producer.start()
-    setup = Setup(bootstrap_servers, mongodb_url, prefix, database, producer, mongo, log_dir, [])
+    setup = Setup(broker, mongodb_url, prefix, database, producer, mongo, log_dir, [])
     try:
         yield setup
     finally:
@@ -161,16 +163,16 @@ async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None
     await setup.send(status(account, "msg_2", "failed", "sender"))  # released: 75 800
     await setup.wait_drained(billing)
 
-    approved = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
+    approved = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
                        SEND_APPROVED)
     assert [(a.message_id, a.reserved_amount, a.rate_card_version) for a in approved] == [
         ("msg_1", GB_UTILITY, CARD.version), ("msg_2", GB_MARKETING, CARD.version)]
-    statuses = decoded(await read_all(setup.bootstrap_servers, STATUS_CHANGED, setup.prefix),
+    statuses = decoded(await read_all(setup.broker.setup, STATUS_CHANGED, setup.prefix),
                        STATUS_CHANGED)
     [rejection] = [s for s in statuses if s.source == "billing"]
     assert (rejection.event_id, rejection.status, rejection.reason) == (
         "msg_3:rejected", "rejected", "insufficient_credit")
-    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
                                     setup.prefix), LOW_BALANCE_ALERTED)
     assert [(a.event_id, a.available, a.threshold) for a in alerts] == [
         (f"{account}:low:1", 100_000 - GB_UTILITY - GB_MARKETING, 50_000)]
@@ -245,7 +247,7 @@ async def test_duplicates_at_new_offsets_and_a_replay_by_a_new_group_change_noth
     assert (replayed["available"], replayed["reserved"]) == (balance["available"],
                                                              balance["reserved"])
     assert await setup.ledger(account) == ledger
-    approvals = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
+    approvals = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
                         SEND_APPROVED)
     # Outputs are published again (downstream dedupes by id), never with another amount.
     assert {(a.message_id, a.reserved_amount) for a in approvals} == {("msg_1", GB_UTILITY),
@@ -264,7 +266,7 @@ async def test_an_undecodable_record_is_dead_lettered_and_the_stream_goes_on(
     await setup.send(send_requested(account, "msg_1"))
     await setup.wait_drained(billing)
 
-    [dead] = await read_all(setup.bootstrap_servers, SEND_REQUESTED, setup.prefix,
+    [dead] = await read_all(setup.broker.setup, SEND_REQUESTED, setup.prefix,
                             dead_letters=True)
     headers = dict(dead.headers)
     assert dead.value == b'{"event_id": "broken"'
@@ -343,7 +345,7 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         1 + top_ups + sends + late_sends + settled)  # one entry per decision, none twice
     assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
                                    FakeCheckpoints()).run_once()).drift == 0
-    approvals = decoded(await read_all(setup.bootstrap_servers, SEND_APPROVED, setup.prefix),
+    approvals = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
                         SEND_APPROVED)
     assert {a.message_id for a in approvals} == {
         f"{account}_{kind}{n}" for account in accounts
@@ -368,11 +370,16 @@ async def test_the_sweeper_expires_only_the_overdue_unsettled_reservation(setup:
         entry("msg_young:reserve", "reserve", now, "msg_young"),
     ]) == set()
 
-    publisher = KafkaPublisher(setup.producer, setup.prefix)
-    assert await ReservationSweeper(ledger, publisher, SystemClock(),
-                                    FakeCheckpoints()).run_once() == 1
+    producer = make_producer(setup.broker.as_service("billing"))  # billing's own principal
+    await producer.start()
+    try:
+        publisher = KafkaPublisher(producer, setup.prefix)
+        assert await ReservationSweeper(ledger, publisher, SystemClock(),
+                                        FakeCheckpoints()).run_once() == 1
+    finally:
+        await producer.stop()
 
-    published = decoded(await read_all(setup.bootstrap_servers, STATUS_CHANGED, setup.prefix),
+    published = decoded(await read_all(setup.broker.setup, STATUS_CHANGED, setup.prefix),
                         STATUS_CHANGED)
     assert [(s.message_id, s.account_id, s.status, s.source) for s in published] == [
         ("msg_old", "acc_sweep", "expired", "billing")]
@@ -396,7 +403,7 @@ async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_
     await setup.send(top_up(account, 100_000, "topup_1"))  # republished: applied once
     await setup.wait_drained(billing)
 
-    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
                                     setup.prefix), LOW_BALANCE_ALERTED)
     assert [(a.event_id, a.available, a.threshold) for a in alerts] == [
         (f"{account}:low:1", 100_000 - 2 * GB_UTILITY, 60_000)]
@@ -414,12 +421,12 @@ async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_
     assert stored["low_balance_armed"] is True
     await setup.send(send_requested(account, "msg_9"))  # 13 200: below 30 000
     await setup.wait_drained(billing)
-    alerts = decoded(await read_all(setup.bootstrap_servers, LOW_BALANCE_ALERTED,
+    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
                                     setup.prefix), LOW_BALANCE_ALERTED)
     assert [(a.event_id, a.threshold) for a in alerts] == [(f"{account}:low:1", 60_000),
                                                            (f"{account}:low:2", 30_000)]
 
-    topped = decoded(await read_all(setup.bootstrap_servers, BALANCE_TOPPED_UP, setup.prefix),
+    topped = decoded(await read_all(setup.broker.setup, BALANCE_TOPPED_UP, setup.prefix),
                      BALANCE_TOPPED_UP)
     # one event per applied top-up; the republished one says the same under the same id
     assert {t.event_id for t in topped} == {"topup_1:applied", "topup_2:applied"}

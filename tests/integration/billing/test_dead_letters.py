@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from shared.kafka import ensure_topics, make_producer, topic_name
+from shared.kafka import make_producer, topic_name
 from shared.messages import (
     SEND_APPROVED,
     SEND_REQUESTED,
@@ -23,6 +23,7 @@ from shared.messages import (
     sign_top_up,
 )
 from shared.pricing import load_rate_card
+from tests.conftest import Broker
 from tests.integration.billing.harness import (
     BillingProcess,
     drained,
@@ -53,14 +54,14 @@ async def names(unique: str, mongo: AsyncMongoClient[dict[str, Any]]
 
 
 async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_half_way(
-        bootstrap_servers: str, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
+        broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
         names: tuple[str, str], tmp_path: Path) -> None:
     prefix, database = names
     account = f"acc_{prefix}bug"
-    await ensure_topics(bootstrap_servers, prefix)
-    producer = make_producer(bootstrap_servers)
+    await broker.grant(prefix)
+    producer = make_producer(broker.setup)
     await producer.start()
-    billing = BillingProcess(bootstrap_servers=bootstrap_servers, mongodb_url=mongodb_url,
+    billing = BillingProcess(broker=broker, mongodb_url=mongodb_url,
                              prefix=prefix, database=database, app_id="billing",
                              log_dir=tmp_path, module=WITH_A_BUG,
                              env={"BILLING_TEST_BUGGY_MESSAGE_ID": "msg_bug"})
@@ -83,7 +84,7 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
             await send(SEND_REQUESTED, send_requested(account, message_id))
 
         source = topic_name(SEND_REQUESTED, prefix)
-        [dead] = await wait_for_dead_letters(bootstrap_servers, f"{source}.dlq", 1,
+        [dead] = await wait_for_dead_letters(broker.setup, f"{source}.dlq", 1,
                                              alive=billing._check_alive)
         check_dead_letter(dead, source_topic=source, source_offset=1, service="billing",
                           error_type="RuntimeError", reason="unexpected", attempts=3)
@@ -91,7 +92,7 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
 
         async def finished() -> bool:
             billing._check_alive()
-            return await drained(bootstrap_servers, billing.group, prefix)
+            return await drained(broker.setup, billing.group, prefix)
 
         await eventually(finished, timeout=60, what="billing to commit past the dead letter")
         ledger = {d["_id"]: d["kind"] async for d in db.ledger.find({"account_id": account})}
@@ -102,7 +103,7 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
         assert (balance["available"], balance["reserved"]) == (1_000_000 - 2 * GB_UTILITY,
                                                                2 * GB_UTILITY)
         approved = [SEND_APPROVED.decode(r.value).message_id
-                    for r in await read_all(bootstrap_servers, SEND_APPROVED, prefix)]
+                    for r in await read_all(broker.setup, SEND_APPROVED, prefix)]
         assert sorted(set(approved)) == ["msg_after", "msg_before"]
         assert await billing.metric(
             'hala_dead_letters_total{reason="unexpected",service="billing"}') == 1.0
@@ -112,17 +113,19 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
 
 
 async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signature_moves_nothing(
-        bootstrap_servers: str, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
+        broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
         names: tuple[str, str], tmp_path: Path) -> None:
     """Whoever can write to the topic cannot mint credit: an unsigned top-up and one signed with
-    another key are dead-lettered (permanent) by the real billing process, and only the top-up
-    signed with the admin tool's key reaches the balance and the ledger."""
+    another key, written with the admin principal's Kafka credentials (the only ones the ACLs
+    let write top-ups) but without the signing key, are dead-lettered (permanent) by the real
+    billing process, and only the top-up signed with the admin tool's key reaches the balance
+    and the ledger."""
     prefix, database = names
     account = f"acc_{prefix}forged"
-    await ensure_topics(bootstrap_servers, prefix)
-    producer = make_producer(bootstrap_servers)
+    await broker.grant(prefix)
+    producer = make_producer(broker.as_service("admin"))
     await producer.start()
-    billing = BillingProcess(bootstrap_servers=bootstrap_servers, mongodb_url=mongodb_url,
+    billing = BillingProcess(broker=broker, mongodb_url=mongodb_url,
                              prefix=prefix, database=database, app_id="billing",
                              log_dir=tmp_path)
     try:
@@ -140,7 +143,7 @@ async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signatur
         billing.start()
 
         source = topic_name(TOPUP_REQUESTED, prefix)
-        dead = await wait_for_dead_letters(bootstrap_servers, f"{source}.dlq", 2,
+        dead = await wait_for_dead_letters(broker.setup, f"{source}.dlq", 2,
                                            alive=billing._check_alive)
         for offset, record in enumerate(dead):
             headers = check_dead_letter(record, source_topic=source, source_offset=offset,
@@ -153,7 +156,7 @@ async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signatur
 
         async def applied() -> bool:
             billing._check_alive()
-            return await drained(bootstrap_servers, billing.group, prefix)
+            return await drained(broker.setup, billing.group, prefix)
 
         await eventually(applied, timeout=60, what="billing to commit past the forged top-ups")
         balance = await db.balances.find_one({"_id": account})

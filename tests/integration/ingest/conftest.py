@@ -51,12 +51,13 @@ from shared.collections import (
     WEBHOOK_ENDPOINTS,
     ensure_indexes,
 )
-from shared.kafka import ensure_topics
+from shared.kafka import KafkaConfig
 from shared.message_docs import message_document
 from shared.messages import NOTIFY_REQUESTED, SEND_REQUESTED, TOPUP_REQUESTED
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
 from shared.secrets import TokenVault, new_key
+from tests.conftest import Broker
 from tests.integration.ingest.kafka_probe import read_published
 from tests.unit.ingest.fakes import FakeMeta
 
@@ -109,7 +110,7 @@ class Platform:
     db: AsyncDatabase[dict[str, Any]]
     producer: RdKafkaProducer
     prefix: str
-    bootstrap: str
+    kafka: KafkaConfig  # the tests' own principal, to read what ingest published
     client: TestClient
     a: Tenant
     b: Tenant
@@ -141,7 +142,7 @@ class Platform:
         """Do what status does with what ingest published: make each message's document,
         through status's own adapter."""
         store = StatusRepository(self.db)
-        for record in await read_published(self.bootstrap, SEND_REQUESTED, self.prefix):
+        for record in await read_published(self.kafka, SEND_REQUESTED, self.prefix):
             await store.create_message(message_document(SEND_REQUESTED.decode(record.value)))
 
 
@@ -164,17 +165,16 @@ async def _tenant(db: AsyncDatabase[dict[str, Any]], vault: TokenVault, name: st
 
 
 @pytest.fixture
-async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
+async def platform(broker: Broker, mongo: AsyncMongoClient[dict[str, Any]],
                    unique: str) -> AsyncIterator[Platform]:
     prefix = f"t{unique}."
-    await ensure_topics(bootstrap_servers, prefix,
-                        topics=[SEND_REQUESTED, TOPUP_REQUESTED, NOTIFY_REQUESTED])
+    await broker.grant(prefix, [SEND_REQUESTED, TOPUP_REQUESTED, NOTIFY_REQUESTED])
     db = mongo[f"it_{unique}"]
     await ensure_indexes(db, MESSAGES, INBOUND_MESSAGES, CONVERSATIONS, MEDIA,
                          WEBHOOK_ENDPOINTS, DELIVERY_ATTEMPTS)
     await commands.prepare(db)
     vault = TokenVault(new_key())
-    producer = RdKafkaProducer(bootstrap_servers)
+    producer = RdKafkaProducer(broker.as_service("ingest"))  # ingest's own principal
     await producer.start()
     clock = SystemClock()
     inbox = MongoInbox(db)
@@ -195,13 +195,12 @@ async def platform(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any
     webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, vault,
                                 allow_loopback_http=True)
     contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
-    client = TestClient(TestServer(create_app({}, calls, webhooks=webhooks,
-                                              contacts=contacts)))
+    client = TestClient(TestServer(create_app(calls, webhooks=webhooks, contacts=contacts)))
     await client.start_server()
     try:
         a = await _tenant(db, vault, "Alpha", WABA_A, PORTFOLIO_A, PHONE_A, "15550001001")
         b = await _tenant(db, vault, "Beta", WABA_B, PORTFOLIO_B, PHONE_B, "15550002001")
-        platform = Platform(db, producer, prefix, bootstrap_servers, client, a, b, vault, meta)
+        platform = Platform(db, producer, prefix, broker.setup, client, a, b, vault, meta)
         # The contacts the tests send free-form messages to have written (windows open).
         for phone, wa_id in ((PHONE_A, "447912345678"), (PHONE_B, "447912345678"),
                              (PHONE_A, "16502530000")):

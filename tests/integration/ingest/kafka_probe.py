@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from shared.kafka import topic_name
+from shared.kafka import KafkaConfig, topic_name
 from shared.messages import Topic
 
 
@@ -17,8 +17,8 @@ def _partitions(topic: Topic[Any], prefix: str) -> list[TopicPartition]:
     return [TopicPartition(name, p) for p in range(topic.partitions)]
 
 
-async def published_count(bootstrap: str, topic: Topic[Any], prefix: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def published_count(kafka: KafkaConfig, topic: Topic[Any], prefix: str) -> int:
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(_partitions(topic, prefix))
@@ -27,11 +27,11 @@ async def published_count(bootstrap: str, topic: Topic[Any], prefix: str) -> int
         await consumer.stop()
 
 
-async def read_published(bootstrap: str, topic: Topic[Any], prefix: str,
+async def read_published(kafka: KafkaConfig, topic: Topic[Any], prefix: str,
                          timeout: float = 20.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record the topic holds now."""
-    expected = await published_count(bootstrap, topic, prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    expected = await published_count(kafka, topic, prefix)
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []

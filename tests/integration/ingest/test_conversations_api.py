@@ -24,7 +24,7 @@ async def test_a_closed_window_refuses_until_the_user_writes(platform: Platform)
     await p.user_wrote(PHONE_A, "447912345124", ago_seconds=25 * 3600)
     late = await p.client.post("/v1/messages", json=_text("447912345124"), headers=p.a.auth)
     assert late.status == 422
-    assert await published_count(p.bootstrap, SEND_REQUESTED, p.prefix) == 0
+    assert await published_count(p.kafka, SEND_REQUESTED, p.prefix) == 0
 
     await p.user_wrote(PHONE_A, "447912345123")
     accepted = await p.client.post("/v1/messages", json=_text("447912345123"),
@@ -35,7 +35,7 @@ async def test_a_closed_window_refuses_until_the_user_writes(platform: Platform)
                                     {"$set": {"customer_service_window_check": False}})
     assert (await p.client.post("/v1/messages", json=_text("447912345125"),
                                 headers=p.a.auth)).status == 202
-    assert await published_count(p.bootstrap, SEND_REQUESTED, p.prefix) == 2
+    assert await published_count(p.kafka, SEND_REQUESTED, p.prefix) == 2
 
 
 async def test_mark_as_read_goes_to_meta_for_what_the_number_received(
@@ -52,7 +52,7 @@ async def test_mark_as_read_goes_to_meta_for_what_the_number_received(
     other = await p.client.post(f"/v1/messages/{item['id']}/read", headers=p.b.auth)
     assert other.status == 422
     assert len(p.meta.calls) == 1
-    assert await published_count(p.bootstrap, SEND_REQUESTED, p.prefix) == 0
+    assert await published_count(p.kafka, SEND_REQUESTED, p.prefix) == 0
 
 
 async def test_an_upload_is_recorded_and_received_media_is_its_accounts_only(

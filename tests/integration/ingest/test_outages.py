@@ -5,7 +5,9 @@ for, and serves again by itself once the dependency is back.
 A second ingest is built over the same database and tenants as the `platform` fixture's, with
 the dependency under test reached through a port this test controls: nothing listens there at
 first (Kafka), or a TCP proxy there is stopped and started again (the database). The shared
-broker and database themselves are never touched.
+broker and database themselves are never touched. The broker is reached as deployed: over
+SASL_SSL as ingest's own principal, the proxy forwarding the TLS stream untouched (bootstrap
+by the name `localhost`, which the broker's certificate names).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -46,6 +49,7 @@ from shared.messages import SEND_REQUESTED
 from shared.mongo import make_client
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
+from tests.conftest import Broker
 from tests.integration.ingest.conftest import Platform
 from tests.integration.ingest.kafka_probe import published_count
 from tests.integration.tcp_proxy import TcpProxy, free_port
@@ -75,7 +79,7 @@ async def second_ingest(platform: Platform, db: AsyncDatabase[dict[str, Any]],
                                 allow_loopback_http=True)
     contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(
-        {}, calls, webhooks=webhooks, contacts=contacts)))
+        calls, webhooks=webhooks, contacts=contacts)))
     await client.start_server()
     try:
         yield client
@@ -103,12 +107,13 @@ async def _until_accepted(client: TestClient[Any, Any], platform: Platform) -> A
 
 
 async def test_with_the_broker_unreachable_ingest_answers_503_within_a_second_then_recovers(
-        platform: Platform) -> None:
+        platform: Platform, broker: Broker) -> None:
     port = free_port()  # nothing listens here yet
-    producer = RdKafkaProducer(f"127.0.0.1:{port}",
+    ingest_kafka = broker.as_service("ingest")
+    producer = RdKafkaProducer(replace(ingest_kafka, bootstrap_servers=f"localhost:{port}"),
                                ack_timeout_s=IngestSettings().kafka_ack_timeout_seconds)
     await producer.start(wait=False)
-    broker_host, broker_port = platform.bootstrap.split(",")[0].rsplit(":", 1)
+    broker_host, broker_port = ingest_kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
     proxy = TcpProxy(broker_host, int(broker_port), port=port)
     try:
         async with second_ingest(platform, platform.db, producer) as client:
@@ -116,14 +121,14 @@ async def test_with_the_broker_unreachable_ingest_answers_503_within_a_second_th
                 status, body, took = await _send(client, platform)
                 assert (status, body["error"]["code"]) == (503, "dependency_unavailable")
                 assert took < ONE_SECOND, took
-            assert await published_count(platform.bootstrap, SEND_REQUESTED,
+            assert await published_count(platform.kafka, SEND_REQUESTED,
                                          platform.prefix) == 0
 
             await proxy.start()  # the broker can be reached again (bootstrap through here)
             accepted = await _until_accepted(client, platform)
             assert accepted["status"] == "accepted"
             # Only the accepted request was ever written: the refused ones never left.
-            assert await published_count(platform.bootstrap, SEND_REQUESTED,
+            assert await published_count(platform.kafka, SEND_REQUESTED,
                                          platform.prefix) == 1
     finally:
         await producer.stop()

@@ -30,7 +30,7 @@ async def _post(p: Platform, body: Any, headers: dict[str, str]) -> Any:
 
 
 async def _published(p: Platform) -> int:
-    return await published_count(p.bootstrap, SEND_REQUESTED, p.prefix)
+    return await published_count(p.kafka, SEND_REQUESTED, p.prefix)
 
 
 async def test_a_valid_request_is_stored_and_published_once_keyed_by_account(
@@ -40,7 +40,7 @@ async def test_a_valid_request_is_stored_and_published_once_keyed_by_account(
     assert resp.status == 202, await resp.text()
     answer = await resp.json()
 
-    [record] = await read_published(p.bootstrap, SEND_REQUESTED, p.prefix)
+    [record] = await read_published(p.kafka, SEND_REQUESTED, p.prefix)
     assert record.key == p.a.account_id.encode()
     event = SEND_REQUESTED.decode(record.value)
     assert event.message_id == answer["id"] and event.account_id == p.a.account_id
@@ -99,7 +99,7 @@ async def test_a_replay_answers_the_same_and_names_the_same_single_message(
     assert await p.db[IDEMPOTENCY_KEYS].count_documents({}) == 1
     # No document from status yet, so the replay re-published; consumers see one event id.
     events = [SEND_REQUESTED.decode(r.value)
-              for r in await read_published(p.bootstrap, SEND_REQUESTED, p.prefix)]
+              for r in await read_published(p.kafka, SEND_REQUESTED, p.prefix)]
     assert {e.event_id for e in events} == {(await first.json())["id"]}
 
     # Once status has the message, a replay publishes nothing more.
@@ -211,7 +211,7 @@ async def test_the_meta_route_sends_through_the_same_flow(platform: Platform) ->
     resp = await p.client.post(f"/v24.0/{PHONE_A}/messages", json=body, headers=p.a.auth)
     assert resp.status == 200, await resp.text()
     answer = await resp.json()
-    [record] = await read_published(p.bootstrap, SEND_REQUESTED, p.prefix)
+    [record] = await read_published(p.kafka, SEND_REQUESTED, p.prefix)
     event = SEND_REQUESTED.decode(record.value)
     assert answer["messages"][0]["id"] == event.message_id
     assert answer["contacts"] == [{"input": "16502530000", "wa_id": "16502530000"}]
@@ -267,7 +267,7 @@ async def test_replies_name_our_messages_by_id_and_go_out_with_their_wamid(
                            p.a.auth)
     assert reaction.status == 202, await reaction.text()
     events = {e.message_id: e for e in (SEND_REQUESTED.decode(r.value) for r in
-                                        await read_published(p.bootstrap, SEND_REQUESTED,
+                                        await read_published(p.kafka, SEND_REQUESTED,
                                                              p.prefix))}
     assert events[(await reply.json())["id"]].reply_to == "wamid.Q1"
     assert events[(await reaction.json())["id"]].content == {"message_id": "wamid.Q1",

@@ -86,7 +86,7 @@ async def test_accounts_never_see_each_others_endpoints(platform: Platform) -> N
         await _json(platform, method, f"{BASE}/{theirs['id']}{suffix}", a, body, status=404)
     stored = await platform.db[WEBHOOK_ENDPOINTS].find_one({"_id": theirs["id"]})
     assert stored is not None and stored["enabled"] is True and len(stored["secrets"]) == 1
-    assert await read_published(platform.bootstrap, NOTIFY_REQUESTED, platform.prefix) == []
+    assert await read_published(platform.kafka, NOTIFY_REQUESTED, platform.prefix) == []
 
 
 async def test_test_and_replay_requests_reach_notifys_topic(platform: Platform) -> None:
@@ -100,7 +100,7 @@ async def test_test_and_replay_requests_reach_notifys_topic(platform: Platform) 
                          status=202)
     one = await _json(platform, "POST", f"{BASE}/{endpoint_id}/replay", a,
                       {"event_id": "evt_01jf8z3v9j6q8w4t"}, status=202)
-    records = await read_published(platform.bootstrap, NOTIFY_REQUESTED, platform.prefix)
+    records = await read_published(platform.kafka, NOTIFY_REQUESTED, platform.prefix)
     events = sorted((NOTIFY_REQUESTED.decode(r.value) for r in records),
                     key=lambda e: e.requested_at)
     assert {r.key for r in records} == {a.account_id.encode()}  # one account, in order

@@ -1,6 +1,10 @@
 """A private notify per test, wired as its composition root wires it, on the real broker and
 database (its own topic prefix and database), delivering over real HTTP to aiohttp receivers
-that succeed, fail, hang, trickle and disappear, and mailing a real aiosmtpd server."""
+that succeed, fail, hang, trickle and disappear, and mailing a real aiosmtpd server.
+
+On the secure broker, notify's consumer and its dead letters run as notify's own principal
+(`hala-notify`, with the ACLs the test's prefix is granted); the test publishes what the other
+services would, as the set-up principal."""
 
 from __future__ import annotations
 
@@ -40,8 +44,9 @@ from shared.collections import (
     NOTIFY_EVENTS,
     ensure_indexes,
 )
-from shared.kafka import ensure_topics, make_producer, publish
+from shared.kafka import make_producer, publish
 from shared.secrets import TokenVault, new_key
+from tests.conftest import Broker
 
 
 def free_port() -> int:
@@ -192,10 +197,12 @@ class Mailbox:
 
 @dataclass
 class NotifyWorld:
-    bootstrap: str
+    broker: Broker
+    mongodb_url: str
     prefix: str
     db: AsyncDatabase[dict[str, Any]]
-    producer: AIOKafkaProducer
+    producer: AIOKafkaProducer  # the test's (set-up principal): what other services publish
+    notify_producer: AIOKafkaProducer  # notify's own principal: its dead letters
     vault: TokenVault
     token_keys: str
     receivers: Receivers
@@ -254,8 +261,8 @@ class NotifyWorld:
             await directory.load_health()
             try:
                 await asyncio.gather(
-                    run_consumer(self.bootstrap, self.prefix, worker.handle_record,
-                                 self.producer),
+                    run_consumer(self.broker.as_service("notify"), self.prefix,
+                                 worker.handle_record, self.notify_producer),
                     dispatcher.run_forever(), mailer.run_forever())
             finally:
                 await dispatcher.stop()
@@ -278,20 +285,21 @@ class NotifyWorld:
 
 
 @pytest.fixture
-async def world(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
+async def world(broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
                 unique: str) -> AsyncIterator[NotifyWorld]:
     prefix = f"t{unique}."
-    await ensure_topics(bootstrap_servers, prefix)
+    await broker.grant(prefix)
     db = mongo[f"it_{unique}"]
     await ensure_indexes(db, NOTIFY_EVENTS, DELIVERIES, DELIVERY_ATTEMPTS, EMAIL_ALERTS)
-    producer = make_producer(bootstrap_servers)
-    await producer.start()
+    producer = make_producer(broker.setup)
+    notify_producer = make_producer(broker.as_service("notify"))
+    await asyncio.gather(producer.start(), notify_producer.start())
     receivers, mailbox = Receivers(), Mailbox()
     await receivers.start()
     mailbox.start()
     keys = new_key()
-    built = NotifyWorld(bootstrap_servers, prefix, db, producer, TokenVault(keys), keys,
-                        receivers, mailbox)
+    built = NotifyWorld(broker, mongodb_url, prefix, db, producer, notify_producer,
+                        TokenVault(keys), keys, receivers, mailbox)
     try:
         yield built
     finally:
@@ -300,5 +308,5 @@ async def world(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
         await asyncio.gather(*built.tasks, return_exceptions=True)
         await receivers.stop()
         mailbox.stop()
-        await producer.stop()
+        await asyncio.gather(producer.stop(), notify_producer.stop())
         await mongo.drop_database(f"it_{unique}")

@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def start(world: NotifyWorld, port: int, log: Path, database: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "KAFKA_BOOTSTRAP_SERVERS": world.bootstrap, "MONGODB_DATABASE": database,
+    """notify as deployed: its own Kafka principal, its ops endpoints on `port`."""
+    env = {**os.environ, **world.broker.env("notify"), "PYTHONUNBUFFERED": "1",
+           "MONGODB_URL": world.mongodb_url, "MONGODB_DATABASE": database,
            "HALA_TOPIC_PREFIX": world.prefix, "HALA_TOKEN_KEYS": world.token_keys,
-           "HALA_ENV": "development", "NOTIFY_HTTP_PORT": str(port),
+           "HALA_ENV": "development", "NOTIFY_OPS_PORT": str(port),
            "NOTIFY_RETRY_SCHEDULE_SECONDS": "0.3,0.6,1,1,1,1,1,1,1,1",
            "NOTIFY_POLL_INTERVAL_SECONDS": "0.2",
            "NOTIFY_SMTP_PORT": str(world.mailbox.port)}

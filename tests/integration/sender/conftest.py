@@ -32,7 +32,7 @@ from services.sender.settings import SenderSettings
 from services.sender.worker import SenderWorker, create_worker
 from shared.clock import SystemClock
 from shared.collections import PHONE_NUMBERS
-from shared.kafka import ensure_topics, make_consumer, make_producer, publish, topic_name
+from shared.kafka import KafkaConfig, make_consumer, make_producer, publish, topic_name
 from shared.messages import (
     SEND_APPROVED,
     STATUS_CHANGED,
@@ -42,6 +42,7 @@ from shared.messages import (
     ThroughputChanged,
 )
 from shared.secrets import TokenVault, new_key
+from tests.conftest import Broker
 
 REPO = Path(__file__).resolve().parents[3]
 WABA_A1 = "102290129340398"
@@ -107,8 +108,8 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: 
 class StatusCollector:
     """Reads the test's status-changed topic from the start (no group) into memory."""
 
-    def __init__(self, bootstrap_servers: str, prefix: str) -> None:
-        self._consumer = make_consumer(bootstrap_servers, None)  # type: ignore[arg-type]
+    def __init__(self, kafka: KafkaConfig, prefix: str) -> None:
+        self._consumer = make_consumer(kafka, None)
         self._name = topic_name(STATUS_CHANGED, prefix)
         self.changes: list[StatusChanged] = []
         self._task: asyncio.Task[None] | None = None
@@ -159,11 +160,17 @@ class RunningSender:
 
 @dataclass
 class Rig:
-    bootstrap_servers: str
+    """Senders run in process as the sender's own principal (`settings()`,
+    `sender_producer`); the test writes their input as the set-up principal (`kafka`,
+    `producer`), playing billing and status."""
+
+    broker: Broker
+    kafka: KafkaConfig
     prefix: str
     db: AsyncDatabase[dict[str, Any]]
     database_url: str
     producer: AIOKafkaProducer
+    sender_producer: AIOKafkaProducer
     statuses: StatusCollector
     sim: str
     token_keys: str
@@ -198,14 +205,14 @@ class Rig:
         await publish(self.producer, THROUGHPUT_CHANGED, change, self.prefix)
 
     def settings(self, **overrides: Any) -> SenderSettings:
-        return SenderSettings(kafka_bootstrap_servers=self.bootstrap_servers,
+        return SenderSettings(**self.broker.settings("sender"),
                               mongodb_url=self.database_url, topic_prefix=self.prefix,
                               meta_base_url=self.sim, token_keys=self.token_keys,
                               **overrides)
 
     async def start_sender(self, **overrides: Any) -> RunningSender:
-        worker, meta = create_worker(self.settings(**overrides), self.db, self.producer,
-                                     SystemClock())
+        worker, meta = create_worker(self.settings(**overrides), self.db,
+                                     self.sender_producer, SystemClock())
         running = RunningSender(worker, meta, asyncio.create_task(worker.run()))
         self.senders.append(running)
         return running
@@ -237,21 +244,23 @@ def phone_number_docs(vault: TokenVault) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def rig(bootstrap_servers: str, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
+async def rig(broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
               unique: str, metasim: str) -> AsyncIterator[Rig]:
     prefix = f"t{unique}."
-    await ensure_topics(bootstrap_servers, prefix)
+    await broker.grant(prefix)
     database = f"it_{unique}"
     db = mongo[database]
     keys = new_key()
     await db[PHONE_NUMBERS].insert_many(phone_number_docs(TokenVault(keys)))
-    producer = make_producer(bootstrap_servers)
+    producer = make_producer(broker.setup)
     await producer.start()
-    statuses = StatusCollector(bootstrap_servers, prefix)
+    sender_producer = make_producer(broker.as_service("sender"))
+    await sender_producer.start()
+    statuses = StatusCollector(broker.setup, prefix)
     await statuses.start()
     http = aiohttp.ClientSession()
-    rig = Rig(bootstrap_servers, prefix, db, mongodb_url, producer, statuses, metasim, keys,
-              http)
+    rig = Rig(broker, broker.setup, prefix, db, mongodb_url, producer, sender_producer,
+              statuses, metasim, keys, http)
     await rig.sim_post("/_sim/reset", {})
     try:
         yield rig
@@ -261,4 +270,5 @@ async def rig(bootstrap_servers: str, mongodb_url: str, mongo: AsyncMongoClient[
         await http.close()
         await statuses.stop()
         await producer.stop()
+        await sender_producer.stop()
         await mongo.drop_database(database)

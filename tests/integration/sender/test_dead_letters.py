@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.sender import worker as sender_worker
 from services.sender.repository import SenderRepository, SendRecord
-from shared.kafka import topic_name
+from shared.kafka import make_admin, topic_name
 from shared.messages import SEND_APPROVED
 from tests.integration.dlq_probe import check_dead_letter, until, wait_for_dead_letters
 from tests.integration.sender.conftest import A1_NUMBER, Rig
@@ -30,7 +29,7 @@ class RepositoryWithABug(SenderRepository):
 
 
 async def _committed(rig: Rig, group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=rig.bootstrap_servers)
+    admin = make_admin(rig.kafka)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -52,7 +51,7 @@ async def test_a_message_that_raises_a_bug_is_dead_lettered_and_the_others_are_s
         assert not sender.task.done(), sender.task
 
     source = topic_name(SEND_APPROVED, rig.prefix)
-    [dead] = await wait_for_dead_letters(rig.bootstrap_servers, f"{source}.dlq", 1,
+    [dead] = await wait_for_dead_letters(rig.kafka, f"{source}.dlq", 1,
                                          alive=alive)
     headers = check_dead_letter(dead, source_topic=source, source_offset=1, service="sender",
                                 error_type="RuntimeError", reason="unexpected", attempts=3)

@@ -189,7 +189,7 @@ async def test_an_unreadable_record_goes_to_the_dead_letter_topic_and_offsets_co
         return good.message_id in rig.statuses.with_status("sent")
 
     await until(sent, 30, "the readable message sent")
-    dead = make_consumer(rig.bootstrap_servers, None)  # type: ignore[arg-type]
+    dead = make_consumer(rig.kafka, None)
     await dead.start()
     try:
         dlq = TopicPartition(f"{topic}.dlq", 0)

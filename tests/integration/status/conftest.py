@@ -36,18 +36,29 @@ from shared.collections import (
     WAMID_INDEX,
     ensure_indexes,
 )
-from shared.kafka import ensure_topics, make_consumer, make_producer, topic_name
+from shared.kafka import KafkaConfig, make_consumer, make_producer, topic_name
 from shared.messages import WEBHOOK_RECEIVED, Topic
+from tests.conftest import Broker
+
+VERIFY_TOKEN = "token"
+# Meta's subscription handshake: a GET the webhook app answers with the challenge.
+HANDSHAKE = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"}
 
 
 @dataclass
 class StatusWorld:
-    bootstrap: str
+    """status's workers and webhook app run as status's own principal (`service`, `producer`,
+    `publisher`); the test itself reads and writes as the set-up principal (`kafka`,
+    `publish`), playing ingest, billing and the sender."""
+
+    kafka: KafkaConfig
+    service: KafkaConfig
     prefix: str
     db: AsyncDatabase[dict[str, Any]]
     producer: AIOKafkaProducer
     repository: StatusRepository
     publisher: KafkaPublisher
+    inputs: KafkaPublisher
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self, worker: Coroutine[Any, Any, None]) -> None:
@@ -55,14 +66,14 @@ class StatusWorld:
 
     def start_processor(self) -> None:
         processor = WebhookProcessor(self.repository, self.publisher, SystemClock())
-        self.start(run_processor(self.bootstrap, self.prefix, processor.handle_record,
+        self.start(run_processor(self.service, self.prefix, processor.handle_record,
                                  self.producer))
 
     @asynccontextmanager
     async def webhook_client(self, app_secret: bytes) -> AsyncIterator[TestClient[Any, Any]]:
         """status's webhook HTTP app, in process, publishing to this world's topics."""
-        app = create_app(WebhookConfig(app_secret, "token", 3 * 1024 * 1024), self.publisher,
-                         SystemClock(), {})
+        app = create_app(WebhookConfig(app_secret, VERIFY_TOKEN, 3 * 1024 * 1024), self.publisher,
+                         SystemClock())
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         try:
@@ -74,7 +85,7 @@ class StatusWorld:
         """Whether the processor's group has committed every webhook published so far."""
         topic = topic_name(WEBHOOK_RECEIVED, self.prefix)
         partitions = [TopicPartition(topic, p) for p in range(WEBHOOK_RECEIVED.partitions)]
-        consumer = make_consumer(self.bootstrap, processor_group(self.prefix))
+        consumer = make_consumer(self.kafka, processor_group(self.prefix))
         await consumer.start()
         try:
             ends = await consumer.end_offsets(partitions)
@@ -85,11 +96,12 @@ class StatusWorld:
 
     def start_state_writer(self) -> None:
         writer = StateWriter(self.repository, self.publisher, SystemClock())
-        self.start(run_state_writer(self.bootstrap, self.prefix, writer.handle_record,
+        self.start(run_state_writer(self.service, self.prefix, writer.handle_record,
                                     self.producer, writer.forget_all))
 
     async def publish(self, topic: Topic[Any], event: Any) -> None:
-        await self.publisher.publish(topic, event)
+        """Write an input of status's, as the service that produces it would."""
+        await self.inputs.publish(topic, event)
 
     def check_workers(self) -> None:
         for task in self.tasks:
@@ -99,7 +111,7 @@ class StatusWorld:
     async def read(self, topic: Topic[Any], until: Callable[[list[Any]], bool],
                    within_seconds: float = 30.0) -> list[Any]:
         """Decoded events of a topic (from the start) once `until` holds for them."""
-        consumer = make_consumer(self.bootstrap, f"{self.prefix}it-reader-{time.monotonic_ns()}",
+        consumer = make_consumer(self.kafka, f"{self.prefix}it-reader-{time.monotonic_ns()}",
                                  topic_name(topic, self.prefix))
         await consumer.start()
         events: list[Any] = []
@@ -127,20 +139,24 @@ class StatusWorld:
 
 
 @pytest.fixture
-async def world(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
+async def world(broker: Broker, mongo: AsyncMongoClient[dict[str, Any]],
                 unique: str) -> AsyncIterator[StatusWorld]:
     prefix = f"t{unique}."
-    await ensure_topics(bootstrap_servers, prefix)
+    await broker.grant(prefix)
     db = mongo[f"it_{unique}"]
     # ingest's and the CLI's indexes too: the state writer must live with them.
     await ensure_indexes(db, MESSAGES, TEMPLATES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS,
                          INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES, PHONE_NUMBERS)
-    producer = make_producer(bootstrap_servers)
+    service = broker.as_service("status")
+    producer = make_producer(service)
     await producer.start()
+    test_producer = make_producer(broker.setup)
+    await test_producer.start()
     repository = StatusRepository(db)
-    world = StatusWorld(bootstrap=bootstrap_servers, prefix=prefix, db=db, producer=producer,
-                        repository=repository,
-                        publisher=KafkaPublisher(producer, prefix, timeout_seconds=30))
+    world = StatusWorld(kafka=broker.setup, service=service, prefix=prefix, db=db,
+                        producer=producer, repository=repository,
+                        publisher=KafkaPublisher(producer, prefix, timeout_seconds=30),
+                        inputs=KafkaPublisher(test_producer, prefix, timeout_seconds=30))
     try:
         yield world
     finally:
@@ -148,4 +164,5 @@ async def world(bootstrap_servers: str, mongo: AsyncMongoClient[dict[str, Any]],
             task.cancel()
         await asyncio.gather(*world.tasks, return_exceptions=True)
         await producer.stop()
+        await test_producer.stop()
         await mongo.drop_database(f"it_{unique}")

@@ -59,7 +59,7 @@ async def test_a_webhook_that_raises_a_bug_is_dead_lettered_and_the_next_one_is_
     await _insert_message(world, "msg_after")
     repository = RepositoryWithABug(world.db, marked="wamid.BUG")
     processor = WebhookProcessor(repository, world.publisher, SystemClock())
-    world.start(run_processor(world.bootstrap, world.prefix, processor.handle_record,
+    world.start(run_processor(world.service, world.prefix, processor.handle_record,
                               world.producer))
     # One WABA: one key, one partition, in this order.
     await world.publish(WEBHOOK_RECEIVED, _webhook(status_webhook(
@@ -68,7 +68,7 @@ async def test_a_webhook_that_raises_a_bug_is_dead_lettered_and_the_next_one_is_
         status_item("wamid.AFTER", "sent", 1750030080, callback="msg_after"))))
 
     source = topic_name(WEBHOOK_RECEIVED, world.prefix)
-    [dead] = await wait_for_dead_letters(world.bootstrap, f"{source}.dlq", 1,
+    [dead] = await wait_for_dead_letters(world.kafka, f"{source}.dlq", 1,
                                          alive=world.check_workers)
     headers = check_dead_letter(dead, source_topic=source, source_offset=0, service="status",
                                 error_type="RuntimeError", reason="unexpected", attempts=3)
@@ -91,7 +91,7 @@ async def test_a_status_event_that_raises_a_bug_is_dead_lettered_and_the_next_on
         await _insert_message(world, message_id)
     repository = RepositoryWithABug(world.db, marked="msg_bug")
     writer = StateWriter(repository, world.publisher, SystemClock())
-    world.start(run_state_writer(world.bootstrap, world.prefix, writer.handle_record,
+    world.start(run_state_writer(world.service, world.prefix, writer.handle_record,
                                  world.producer, writer.forget_all))
 
     def sent(message_id: str) -> StatusChanged:
@@ -104,7 +104,7 @@ async def test_a_status_event_that_raises_a_bug_is_dead_lettered_and_the_next_on
     await world.publish(STATUS_CHANGED, sent("msg_ok"))
 
     source = topic_name(STATUS_CHANGED, world.prefix)
-    [dead] = await wait_for_dead_letters(world.bootstrap, f"{source}.dlq", 1,
+    [dead] = await wait_for_dead_letters(world.kafka, f"{source}.dlq", 1,
                                          alive=world.check_workers)
     check_dead_letter(dead, source_topic=source, source_offset=0, service="status",
                       error_type="RuntimeError", reason="unexpected", attempts=3)

@@ -20,7 +20,7 @@ from tests.unit.status.meta_examples import APP_SECRET, BATCHED_STATUSES, WABA_I
 async def _records_on(world: StatusWorld, topic: str) -> int:
     """How many records the topic's partitions hold (sum of end offsets)."""
     partitions = [TopicPartition(topic, p) for p in await world.producer.partitions_for(topic)]
-    consumer = make_consumer(world.bootstrap, None, topic)  # type: ignore[arg-type]
+    consumer = make_consumer(world.kafka, None, topic)
     await consumer.start()
     try:
         return sum((await consumer.end_offsets(partitions)).values())
@@ -32,7 +32,7 @@ async def test_a_signed_batched_webhook_is_durable_on_the_topic_before_the_200(
         world: StatusWorld) -> None:
     topic = topic_name(WEBHOOK_RECEIVED, world.prefix)
     app = create_app(WebhookConfig(APP_SECRET, "token", 3 * 1024 * 1024), world.publisher,
-                     SystemClock(), {})
+                     SystemClock())
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

@@ -27,18 +27,10 @@ from services.status.repository import StatusRepository
 from services.status.workers import run_processor
 from shared.clock import SystemClock
 from shared.collections import ACCOUNT_HOLDS, SUPPRESSIONS, ensure_indexes
-from shared.kafka import ensure_topics, make_producer, publish_all
-from shared.messages import (
-    ACCOUNT_HOLD_CHANGED,
-    ACCOUNT_RELEASE_REQUESTED,
-    INBOUND_RECEIVED,
-    NUMBER_QUALITY_CHANGED,
-    STATUS_CHANGED,
-    SUPPRESSION_CHANGE_REQUESTED,
-    WEBHOOK_RECEIVED,
-    Topic,
-)
+from shared.kafka import make_producer, publish_all
+from shared.messages import Topic
 from shared.pseudonyms import keyed_hash
+from tests.conftest import Broker
 from tests.integration.ingest.conftest import (  # noqa: F401 (the fixture, re-exported)
     META_TEMPLATES,
     PHONE_A,
@@ -125,33 +117,39 @@ def text(to: str = "+447912345678") -> dict[str, Any]:
 
 
 @pytest.fixture
-async def trust(platform: Platform, mongodb_url: str) -> AsyncIterator[Trust]:  # noqa: F811
-    await ensure_topics(platform.bootstrap, platform.prefix, topics=[
-        WEBHOOK_RECEIVED, INBOUND_RECEIVED, SUPPRESSION_CHANGE_REQUESTED, STATUS_CHANGED,
-        NUMBER_QUALITY_CHANGED, ACCOUNT_HOLD_CHANGED, ACCOUNT_RELEASE_REQUESTED])
+async def trust(platform: Platform, broker: Broker,  # noqa: F811
+                mongodb_url: str) -> AsyncIterator[Trust]:
+    # Every topic of the prefix with each service's ACLs: status's processor and guard each
+    # run as their own principal, `hala` as the admin's, the test itself as the set-up's.
+    await broker.grant(platform.prefix)
     await ensure_indexes(platform.db, SUPPRESSIONS, ACCOUNT_HOLDS)
     # an approved marketing template of the first account's WABA
     await commands.sync_templates(platform.db, platform.vault, StaticTemplates({
         WABA_A: [*META_TEMPLATES[WABA_A],
                  meta_template("spring_sale", "Hi {{1}}, {{2}} off.", category="MARKETING")]}),
         waba_id=WABA_A)
-    producer = make_producer(platform.bootstrap)
-    await producer.start()
+    producer = make_producer(broker.setup)  # the test's own writes (Meta's, status's facts)
+    status_producer = make_producer(broker.as_service("status"))
+    guard_producer = make_producer(broker.as_service("guard"))
+    for started in (producer, status_producer, guard_producer):
+        await started.start()
     settings = AdminSettings(MONGODB_URL=mongodb_url, MONGODB_DATABASE=platform.db.name,
-                             KAFKA_BOOTSTRAP_SERVERS=platform.bootstrap,
-                             HALA_TOPIC_PREFIX=platform.prefix, HALA_ENV="development")
+                             HALA_TOPIC_PREFIX=platform.prefix, HALA_ENV="development",
+                             **broker.settings("admin"))
     world = Trust(platform, producer, settings)
     clock = SystemClock()
     processor = WebhookProcessor(StatusRepository(platform.db),
-                                 KafkaPublisher(producer, platform.prefix, timeout_seconds=30),
+                                 KafkaPublisher(status_producer, platform.prefix,
+                                                timeout_seconds=30),
                                  clock, keywords_cache_seconds=0)
-    guard = Guard(MongoGuardStore(platform.db), KafkaHoldPublisher(producer, platform.prefix),
+    guard = Guard(MongoGuardStore(platform.db),
+                  KafkaHoldPublisher(guard_producer, platform.prefix),
                   clock, RULES, partial(keyed_hash, key=b"it-key"), prefix=platform.prefix)
     world.tasks = [
-        asyncio.create_task(run_processor(platform.bootstrap, platform.prefix,
-                                          processor.handle_record, producer)),
-        asyncio.create_task(run_guard(platform.bootstrap, platform.prefix, guard, producer,
-                                      max_batch=500)),
+        asyncio.create_task(run_processor(broker.as_service("status"), platform.prefix,
+                                          processor.handle_record, status_producer)),
+        asyncio.create_task(run_guard(broker.as_service("guard"), platform.prefix, guard,
+                                      guard_producer, max_batch=500)),
     ]
     try:
         yield world
@@ -159,4 +157,5 @@ async def trust(platform: Platform, mongodb_url: str) -> AsyncIterator[Trust]:  
         for task in world.tasks:
             task.cancel()
         await asyncio.gather(*world.tasks, return_exceptions=True)
-        await producer.stop()
+        for started in (producer, status_producer, guard_producer):
+            await started.stop()

@@ -35,7 +35,7 @@ async def test_a_burst_of_failures_holds_the_account_until_an_operator_releases_
     [rule] = refused["error"]["details"]["rules"]
     assert rule["rule"] == "failure_rate" and "75% of the 16 messages" in rule["reason"]
     [event] = [ACCOUNT_HOLD_CHANGED.decode(r.value) for r in await read_published(
-        trust.platform.bootstrap, ACCOUNT_HOLD_CHANGED, trust.platform.prefix)]
+        trust.platform.kafka, ACCOUNT_HOLD_CHANGED, trust.platform.prefix)]
     assert (event.account_id, event.held, event.rule) == (account, True, "failure_rate")
     assert not holds.is_held(await trust.db[ACCOUNT_HOLDS].find_one({"_id": other}))
 
@@ -51,7 +51,7 @@ async def test_a_burst_of_failures_holds_the_account_until_an_operator_releases_
 
     async def release_published() -> list[object]:
         events = [ACCOUNT_HOLD_CHANGED.decode(r.value) for r in await read_published(
-            trust.platform.bootstrap, ACCOUNT_HOLD_CHANGED, trust.platform.prefix)]
+            trust.platform.kafka, ACCOUNT_HOLD_CHANGED, trust.platform.prefix)]
         return [e for e in events if e.change == "released"]
 
     [release] = await trust.until(release_published, "the release event")

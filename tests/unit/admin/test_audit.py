@@ -41,7 +41,7 @@ def test_every_command_that_changes_something_is_audited_and_reads_are_not() -> 
 def test_an_entry_says_who_what_target_when_where_and_the_outcome() -> None:
     args = _args("numbers", "register", "--account", "acc_1", "--waba-id", "102290129340398",
                  "--phone-number-id", "109731225428301", "--display-phone-number",
-                 "15550001001", "--access-token", "EAA-secret")
+                 "15550001001", "--access-token-file", "/home/ana/EAA-secret.token")
     doc = audit_core.entry(entry_id="aud_1", operator=ANA, group="numbers",
                            command="register", arguments=args,
                            result={"phone_number_id": "109731225428301"}, error=None,
@@ -51,7 +51,8 @@ def test_an_entry_says_who_what_target_when_where_and_the_outcome() -> None:
                                "remote_address": "203.0.113.7"}
     assert doc["target"] == {"account_id": "acc_1", "waba_id": "102290129340398",
                              "phone_number_id": "109731225428301"}
-    assert doc["arguments"]["access_token"] == "[redacted]"
+    # (the token itself never is an argument: hala reads it from a file or stdin)
+    assert doc["arguments"]["access_token_file"] == "[redacted]"
     assert "EAA-secret" not in repr(doc)
     assert doc["outcome"] == "ok" and "error" not in doc
     assert int(doc["at"].timestamp() * 1000) == NOW

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import io
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
 
-from services.admin.cli import build_parser, main, render
+from services.admin.cli import build_parser, main, read_access_token, render
+from shared.errors import ServiceError
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -41,14 +44,44 @@ def test_json_output_is_accepted_before_or_after_the_command(argv: tuple[str, ..
 def test_numbers_register_defaults_throughput_and_tier() -> None:
     args = parse("numbers", "register", "--account", "acc_1", "--waba-id", "102290129340398",
                  "--phone-number-id", "109731225428301", "--display-phone-number",
-                 "15550001001", "--access-token", "EAA")
+                 "15550001001", "--access-token", "-")
     assert args.account_id == "acc_1" and args.throughput_mps == 80
-    assert args.messaging_limit == "TIER_UNLIMITED" and args.access_token == "EAA"
+    assert args.messaging_limit == "TIER_UNLIMITED" and args.access_token == "-"
+
+
+REGISTER = ("numbers", "register", "--account", "a", "--waba-id", "1", "--phone-number-id",
+            "2", "--display-phone-number", "3")
+
+
+def test_an_access_token_in_argv_is_refused_with_the_ways_to_give_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse(*REGISTER, "--access-token", "EAAsecret")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "shows in `ps`" in err and "--access-token-file" in err
+    assert "EAAsecret" not in err  # not echoed either
+
+
+def test_the_access_token_is_read_from_stdin_or_a_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("EAA-from-stdin\n"))
+    assert read_access_token(parse(*REGISTER, "--access-token", "-")) == "EAA-from-stdin"
+    token_file = tmp_path / "token"
+    token_file.write_text("EAA-from-file\n")
+    assert read_access_token(parse(*REGISTER, "--access-token-file", str(token_file))) == \
+        "EAA-from-file"
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(ServiceError) as info:
+        read_access_token(parse(*REGISTER, "--access-token", "-"))
+    assert info.value.code == "missing_access_token"
+    with pytest.raises(SystemExit):  # one way, and only one, is required
+        parse(*REGISTER)
 
 
 @pytest.mark.parametrize("argv", [
     ("numbers", "register", "--account", "a", "--waba-id", "1", "--phone-number-id", "2",
-     "--display-phone-number", "3", "--access-token", "t", "--messaging-limit", "TIER_HUGE"),
+     "--display-phone-number", "3", "--access-token", "-", "--messaging-limit", "TIER_HUGE"),
     ("credits", "topup", "--account", "a", "--amount", "-5"),
     ("credits", "topup", "--account", "a", "--amount", "1.5"),
     ("ledger", "show", "--account", "a", "--limit", "0"),

@@ -15,8 +15,24 @@ from tests.unit.billing.events import ACCOUNT, send_requested
 from tests.unit.billing.test_worker import GB_UTILITY, funded
 
 
+def settings(**values: object) -> BillingSettings:
+    """billing's settings with a Kafka principal (nothing connects in these tests)."""
+    return BillingSettings(KAFKA_SASL_USERNAME="hala-billing",
+                           KAFKA_SASL_PASSWORD="unit-test-kafka-password", **values)
+
+
+def test_faust_connects_with_scram_over_tls_as_billing() -> None:
+    app, _ = create_app(settings(KAFKA_SSL_CA_FILE=""))
+    credentials = app.conf.broker_credentials
+    assert credentials is not None
+    assert (credentials.protocol.value, credentials.mechanism.value) == ("SASL_SSL",
+                                                                         "SCRAM-SHA-512")
+    assert credentials.username == "hala-billing"
+    assert credentials.ssl_context is not None and credentials.ssl_context.check_hostname
+
+
 def test_the_agent_reads_the_three_prefixed_input_topics_as_raw_bytes() -> None:
-    app, _ = create_app(BillingSettings(HALA_TOPIC_PREFIX="t1.", faust_app_id="billing-t1"))
+    app, _ = create_app(settings(HALA_TOPIC_PREFIX="t1.", faust_app_id="billing-t1"))
     [agent] = app.agents.values()
     channel = agent.channel
     assert set(channel.topics) == {"t1.messages.send-requested.v1",
@@ -28,14 +44,14 @@ def test_the_agent_reads_the_three_prefixed_input_topics_as_raw_bytes() -> None:
 
 
 def test_faust_commits_often_and_keeps_a_small_buffer() -> None:
-    app, _ = create_app(BillingSettings(commit_every=7, stream_buffer_maxsize=64))
+    app, _ = create_app(settings(commit_every=7, stream_buffer_maxsize=64))
     assert app.conf.processing_guarantee.value == "at_least_once"
     assert app.conf.web_enabled is False
     assert (app.conf.broker_commit_every, app.conf.stream_buffer_maxsize) == (7, 64)
 
 
 def test_the_consumer_group_is_prefixed_like_the_topics() -> None:
-    app, _ = create_app(BillingSettings(HALA_TOPIC_PREFIX="t2.", faust_app_id="hala-billing",
+    app, _ = create_app(settings(HALA_TOPIC_PREFIX="t2.", faust_app_id="hala-billing",
                                         faust_datadir="/var/lib/billing"))
     assert app.conf.id == "t2.hala-billing"
     assert str(app.conf.datadir) == "/var/lib/billing/t2.hala-billing-data"
@@ -43,7 +59,7 @@ def test_the_consumer_group_is_prefixed_like_the_topics() -> None:
 
 @pytest.mark.parametrize("signal", ["on_partitions_revoked", "on_partitions_assigned"])
 async def test_a_rebalance_makes_the_next_batch_read_every_balance_again(signal: str) -> None:
-    app, runtime = create_app(BillingSettings(HALA_TOPIC_PREFIX="t."))
+    app, runtime = create_app(settings(HALA_TOPIC_PREFIX="t."))
     shell = await funded()
     runtime.worker = shell.worker
     await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_0"))])
@@ -64,6 +80,6 @@ async def test_a_rebalance_makes_the_next_batch_read_every_balance_again(signal:
 
 
 async def test_a_rebalance_before_the_worker_exists_is_harmless() -> None:
-    app, runtime = create_app(BillingSettings(HALA_TOPIC_PREFIX="t."))
+    app, runtime = create_app(settings(HALA_TOPIC_PREFIX="t."))
     assert runtime.worker is None
     await app.on_partitions_assigned.send(set())

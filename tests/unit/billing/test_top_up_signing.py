@@ -10,6 +10,7 @@ import pytest
 from services.billing.settings import BillingSettings
 from shared.errors import PermanentError
 from shared.messages import TOPUP_REQUESTED, sign_top_up, top_up_signature_valid
+from shared.settings import DEVELOPMENT_TOPUP_SIGNING_KEY
 from tests.unit.billing.events import ACCOUNT, TOPUP_KEY, top_up
 from tests.unit.billing.test_worker import make_shell
 
@@ -53,8 +54,14 @@ def test_the_signature_covers_every_field_and_the_operator() -> None:
 
 
 def test_billing_has_a_signing_key_default_only_in_development() -> None:
-    assert BillingSettings(HALA_ENV="development").topup_key_bytes()
-    with pytest.raises(ValueError, match="HALA_TOPUP_SIGNING_KEY"):
+    assert BillingSettings(HALA_ENV="development").topup_key_bytes() == \
+        DEVELOPMENT_TOPUP_SIGNING_KEY.encode()
+    # The one secrets rule (shared/settings.py): the development value is refused elsewhere.
+    with pytest.raises(ValueError, match="HALA_TOPUP_SIGNING_KEY is a known default"):
         BillingSettings(HALA_ENV="production")
-    with pytest.raises(ValueError, match="development default"):
+    with pytest.raises(ValueError, match="HALA_TOPUP_SIGNING_KEY is a known default"):
         BillingSettings(HALA_ENV="production", HALA_TOPUP_SIGNING_KEY="dev-topup-signing-key")
+    given = BillingSettings(HALA_ENV="production", HALA_TOPUP_SIGNING_KEY="k" * 32,
+                            KAFKA_SASL_USERNAME="hala-billing",
+                            KAFKA_SASL_PASSWORD="a-billing-password-0123456789")
+    assert given.topup_key_bytes() == b"k" * 32

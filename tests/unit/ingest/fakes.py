@@ -544,7 +544,7 @@ class World:
                                          allow_loopback_http=True)
         self.contact_handlers = ContactHandlers(self.ingest, self.contacts, self.publisher,
                                                 self.send_rules)
-        self.app = create_app({}, self.calls, webhooks=self.webhooks,
+        self.app = create_app(self.calls, webhooks=self.webhooks,
                               contacts=self.contact_handlers)
 
     async def sleep(self, seconds: float) -> None:

@@ -14,6 +14,7 @@ from services.sender.settings import SenderSettings
 from services.sender.worker import EngineConfig
 from shared.clock import FakeClock
 from shared.pseudonyms import keyed_hash
+from shared.secrets import new_key
 from tests.unit.sender.fakes import NUMBER_ID, Harness, phone_number
 
 KEY = b"unit-tier-key"
@@ -55,9 +56,11 @@ async def test_places_another_sender_stored_as_hashes_count_for_the_same_recipie
 
 def test_the_recipient_hash_key_has_a_default_only_in_development() -> None:
     assert SenderSettings(HALA_ENV="development").recipient_hash_key_bytes()
-    with pytest.raises(ValidationError, match="SENDER_RECIPIENT_HASH_KEY"):
+    with pytest.raises(ValidationError, match="SENDER_RECIPIENT_HASH_KEY is a known default"):
         SenderSettings(HALA_ENV="production")
-    given = SenderSettings(HALA_ENV="production", recipient_hash_key="k" * 32)
+    given = SenderSettings(HALA_ENV="production", recipient_hash_key="k" * 32,
+                           HALA_TOKEN_KEYS=new_key(), KAFKA_SASL_USERNAME="hala-sender",
+                           KAFKA_SASL_PASSWORD="a-sender-password-0123456789")
     assert given.recipient_hash_key_bytes() == b"k" * 32
 
 

@@ -111,7 +111,7 @@ def publisher() -> FakePublisher:
 async def client(publisher: FakePublisher) -> AsyncIterator[TestClient]:
     config = WebhookConfig(app_secret=APP_SECRET, verify_token=VERIFY_TOKEN,
                            max_body_bytes=64 * 1024)
-    app = create_app(config, publisher, FakeClock(start_ms=1_750_030_100_000), {})
+    app = create_app(config, publisher, FakeClock(start_ms=1_750_030_100_000))
     test_client = TestClient(TestServer(app))
     await test_client.start_server()
     yield test_client
@@ -161,7 +161,7 @@ async def test_the_200_waits_for_the_publish_to_be_acknowledged() -> None:
             await super().publish(topic, event)
 
     slow = SlowPublisher()
-    app = create_app(WebhookConfig(APP_SECRET, VERIFY_TOKEN, 64 * 1024), slow, FakeClock(), {})
+    app = create_app(WebhookConfig(APP_SECRET, VERIFY_TOKEN, 64 * 1024), slow, FakeClock())
     test_client = TestClient(TestServer(app))
     await test_client.start_server()
     try:
