@@ -96,6 +96,7 @@ def password(secrets_dir: Path, user: str) -> SecretStr:
 def _new_password_file(secrets_dir: Path, user: str) -> bool:
     """Create the user's password file if it does not exist, atomically (two processes that
     both find it missing end with the same password); True when this call created it."""
+    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = password_file(secrets_dir, user)
     partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
