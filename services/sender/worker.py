@@ -1218,7 +1218,7 @@ class SenderWorker:
                                                self._config.topic_prefix, self._engine)),
             asyncio.create_task(follow_waba_status(self._config.kafka,
                                                    self._config.topic_prefix, self._engine)),
-            asyncio.create_task(_follow(self._config.bootstrap_servers,
+            asyncio.create_task(_follow(self._config.kafka,
                                         self._config.topic_prefix, ACCOUNT_HOLD_CHANGED,
                                         self._engine.apply_account_hold, from_beginning=True)),
         ]
