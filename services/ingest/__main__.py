@@ -12,6 +12,7 @@ from services.ingest.contact_store import MongoContactStore
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
+from services.ingest.limiter import RequestLimiter
 from services.ingest.meta_client import GraphClient
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
@@ -97,7 +98,10 @@ async def main() -> None:
         webhooks = EndpointHandlers(ingest, MongoEndpointStore(conns.db), publisher, vault,
                                     allow_loopback_http=settings.allow_loopback_http)
         contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
-        app = create_app(calls, settings.public_base_url, webhooks=webhooks, contacts=contacts)
+        limiter = RequestLimiter(clock, account_default=settings.account_rate_limit(),
+                                 key_default=settings.key_rate_limit())
+        app = create_app(calls, settings.public_base_url, webhooks=webhooks, contacts=contacts,
+                         limiter=limiter)
 
         async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed

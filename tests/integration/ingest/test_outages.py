@@ -31,8 +31,10 @@ from services.ingest.contact_store import MongoContactStore
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
+from services.ingest.limiter import RequestLimiter
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
+from services.ingest.rate_limits import Rate
 from services.ingest.repository import (
     CachedDirectory,
     CachedWindows,
@@ -78,8 +80,10 @@ async def second_ingest(platform: Platform, db: AsyncDatabase[dict[str, Any]],
     webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, platform.vault,
                                 allow_loopback_http=True)
     contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
+    # The rate limits' middleware too, as in production: it looks the caller up first.
+    limiter = RequestLimiter(clock, account_default=Rate(10_000, 10_000))
     client: TestClient[Any, Any] = TestClient(TestServer(create_app(
-        calls, webhooks=webhooks, contacts=contacts)))
+        calls, webhooks=webhooks, contacts=contacts, limiter=limiter)))
     await client.start_server()
     try:
         yield client

@@ -29,8 +29,10 @@ from services.ingest.conversations import WINDOW_MS, ConversationQuery, Cursor, 
 from services.ingest.core import ListQuery, hash_api_key, to_ms
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.handlers import Ingest
+from services.ingest.limiter import RequestLimiter
 from services.ingest.meta_client import Download, MetaAnswer
 from services.ingest.passthrough import PassThroughPacer
+from services.ingest.rate_limits import Rate
 from services.ingest.repository import CachedDirectory, CachedWindows, DuplicateMessage
 from services.ingest.send_rules import SendRules
 from shared import contact_lists
@@ -517,7 +519,9 @@ class World:
 
     def __init__(self, ttl_seconds: float = 5.0, *, pace: tuple[float, int, float] = (10, 20, 1),
                  window_closed_cache_seconds: float = 1.0,
-                 send_rules_cache_seconds: float = 2.0) -> None:
+                 send_rules_cache_seconds: float = 2.0,
+                 rate_limit: Rate | None = None, key_rate_limit: Rate | None = None) -> None:
+        """`rate_limit`: every account's request rate limit (None: no limits at all)."""
         self.clock = FakeClock()
         self.directory = two_accounts()
         self.idempotency = FakeIdempotencyStore()
@@ -544,8 +548,11 @@ class World:
                                          allow_loopback_http=True)
         self.contact_handlers = ContactHandlers(self.ingest, self.contacts, self.publisher,
                                                 self.send_rules)
+        self.limiter = (RequestLimiter(self.clock, account_default=rate_limit,
+                                       key_default=key_rate_limit)
+                        if rate_limit is not None else None)
         self.app = create_app(self.calls, webhooks=self.webhooks,
-                              contacts=self.contact_handlers)
+                              contacts=self.contact_handlers, limiter=self.limiter)
 
     async def sleep(self, seconds: float) -> None:
         """What a pass-through call waits for its turn: recorded, and the clock moves."""

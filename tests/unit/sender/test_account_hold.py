@@ -34,10 +34,14 @@ async def test_a_held_accounts_messages_wait_until_it_is_released_or_expire(
     assert h.meta.calls == [] and h.statuses("sent") == []
     [expired] = h.statuses("expired")
     assert expired.message_id == short.message_id
+    # Its numbers send nothing: the fetch policy sees its partition drain at 0 (and pauses it).
+    [backlog] = h.engine.backlogs().values()
+    assert backlog.held == 3 and backlog.drain_per_second == 0
     h.engine.apply_account_hold(hold(account, False, 5))  # older than the hold: ignored
     await h.timer.advance(5.0)
     assert h.meta.calls == []
     h.engine.apply_account_hold(hold(account, False, 20))
+    assert all(b.drain_per_second > 0 for b in h.engine.backlogs().values())
     await h.timer.run_until_true(lambda: len(h.statuses("sent")) == 3, limit=5)
 
 
