@@ -46,7 +46,7 @@ PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_second
 ALLOWED_LABELS = {
     "service", "route", "status_class", "outcome", "dependency", "group", "topic", "partition",
     "reason", "code", "type", "error_class", "status", "replayed", "kind", "event", "field",
-    "result",
+    "result", "command",
     # guard's rules (shared.messages.HOLD_RULES), a suppression's source (keyword,
     # user_preferences, api, operator), ingest's contact lists and their actions
     "rule", "source", "list", "action",
