@@ -193,6 +193,16 @@ def with_recipient(request: SendRequest, business_region: str | None) -> SendReq
     return replace(request, recipient=found[0], recipient_region=found[1])
 
 
+def normalised_recipient(value: str, business_region: str | None, field: str) -> str:
+    """A number a client names outside a send (a suppression, a block) as E.164: international
+    first, else national in `business_region` when given; else 400 invalid_phone_number."""
+    found = _recipient(value, business_region)
+    if found is None:
+        raise reject("invalid_phone_number", f"`{field}` is not a valid phone number: give it "
+                     "in international form, e.g. +447700900123", field=field)
+    return found[0]
+
+
 def _may_be_national(to: str) -> bool:
     raw = to.strip()
     return not raw.startswith("+") and _PHONE_SHAPE.match(raw) is not None

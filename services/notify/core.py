@@ -24,6 +24,7 @@ from typing import Any, Literal
 import msgspec
 
 from shared.client_events import (
+    AccountHoldData,
     AccountUpdatedData,
     BalanceData,
     ClientEvent,
@@ -38,6 +39,7 @@ from shared.client_events import (
 )
 from shared.ids import derived_id
 from shared.messages import (
+    AccountHoldChanged,
     BalanceToppedUp,
     InboundReceived,
     LowBalanceAlerted,
@@ -223,6 +225,16 @@ def account_event(event: WabaStatusChanged, account_id: str) -> OutEvent:
                               reasons=list(event.reasons))
     return _standard("account.updated", event_id("account.updated", account_id, event.event_id),
                      account_id, event.occurred_at, data)
+
+
+def hold_event(event: AccountHoldChanged) -> OutEvent:
+    """`account.hold_changed`: our fraud and spam rules held the account, or an operator
+    released it."""
+    data = AccountHoldData(held=event.held, change=event.change, rules=list(event.rules),
+                           rule=event.rule, reason=event.reason, observed=dict(event.observed),
+                           occurred_at=iso(event.occurred_at))
+    return _standard("account.hold_changed", event_id("account.hold_changed", event.event_id),
+                     event.account_id, event.occurred_at, data)
 
 
 def low_balance_event(event: LowBalanceAlerted, currency: str) -> OutEvent:

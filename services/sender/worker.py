@@ -93,11 +93,13 @@ from shared.kafka import (
 )
 from shared.logging import get_logger
 from shared.messages import (
+    ACCOUNT_HOLD_CHANGED,
     INBOUND_RECEIVED,
     SEND_APPROVED,
     STATUS_CHANGED,
     THROUGHPUT_CHANGED,
     WABA_STATUS_CHANGED,
+    AccountHoldChanged,
     InboundReceived,
     MetaError,
     SendApproved,
@@ -295,6 +297,7 @@ class SendEngine:
         self._tiers: dict[str, _PortfolioTier] = {}
         self._throughput: dict[str, ThroughputChanged] = {}
         self._wabas: dict[str, WabaStatusChanged] = {}  # latest word on each WABA
+        self._holds: dict[str, AccountHoldChanged] = {}  # guard's latest word on each account
         # Meta's bucket as inbound messages alone left it, for numbers without a lane yet.
         self._inbound_before_lane: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -325,13 +328,14 @@ class SendEngine:
 
     def backlogs(self) -> dict[Hashable, Backlog]:
         """What is held of each partition, and how fast its numbers may send now (a number
-        held, or whose WABA is held, sends nothing): what the worker's fetch policy decides
-        from. Counted as messages come and go; only the numbers' rates are summed here."""
+        held, or whose WABA or account is held, sends nothing): what the worker's fetch policy
+        decides from. Counted as messages come and go; only the numbers' rates are summed here."""
         now = self._clock.monotonic()
         drain: dict[Hashable, float] = {}
         for lane in self._lanes.values():
             if lane.partition in self._held and not (
-                    lane.pacer.is_held(now) or self.waba_held(lane.phone.waba_id)):
+                    lane.pacer.is_held(now) or self.waba_held(lane.phone.waba_id)
+                    or self.account_held(lane.phone.account_id)):
                 drain[lane.partition] = drain.get(lane.partition, 0.0) + lane.pacer.mps
         return {partition: Backlog(held, self._parked.get(partition, 0),
                                    drain.get(partition, 0.0))
@@ -464,6 +468,23 @@ class SendEngine:
 
     def waba_held(self, waba_id: str) -> bool:
         event = self._wabas.get(waba_id)
+        return event is not None and event.held
+
+    def apply_account_hold(self, event: AccountHoldChanged) -> None:
+        """guard holds an account (its fraud and spam rules) or an operator released it: like
+        a held WABA, the account's numbers take nothing off their queues meanwhile (messages
+        wait; those whose validity ends expire as usual)."""
+        known = self._holds.get(event.account_id)
+        if known is not None and known.occurred_at > event.occurred_at:
+            return
+        self._holds[event.account_id] = event
+        for lane in self._lanes.values():
+            if lane.phone.account_id == event.account_id:
+                lane.wake.set()
+        log.warning("account_hold_changed", account_id=event.account_id, held=event.held)
+
+    def account_held(self, account_id: str) -> bool:
+        event = self._holds.get(account_id)
         return event is not None and event.held
 
     def count_inbound(self, event: InboundReceived) -> None:
@@ -619,8 +640,8 @@ class SendEngine:
 
     def _dispatch_once(self, lane: Lane, now: float) -> float | None:
         """None when a message may be taken now; otherwise when to look again."""
-        if self.waba_held(lane.phone.waba_id):
-            return _IDLE  # apply_waba_status wakes the lane when the WABA is released
+        if self.waba_held(lane.phone.waba_id) or self.account_held(lane.phone.account_id):
+            return _IDLE  # apply_waba_status / apply_account_hold wake the lane on release
         blocked = lane.pacer.blocked_until()
         if blocked > now:
             return blocked
@@ -1261,6 +1282,9 @@ class SenderWorker:
                                                self._config.topic_prefix, self._engine)),
             asyncio.create_task(follow_waba_status(self._config.kafka,
                                                    self._config.topic_prefix, self._engine)),
+            asyncio.create_task(_follow(self._config.kafka,
+                                        self._config.topic_prefix, ACCOUNT_HOLD_CHANGED,
+                                        self._engine.apply_account_hold, from_beginning=True)),
         ]
         try:
             await self.consume(helpers)
