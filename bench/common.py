@@ -280,12 +280,28 @@ def _number_ids_spread(prefix: str, per_partition: int) -> list[str]:
     return [pid for p in partitions for pid in chosen[p]]
 
 
+def _numbers_on_two_partitions(prefix_a: str, prefix_b: str) -> tuple[str, str]:
+    """Two phone number ids whose send-approved records (keyed by phone number) land on
+    different partitions: the fairness benchmark's two tenants must not share one."""
+    partitioner = DefaultPartitioner()
+    partitions = list(range(PARTITIONS))
+    a = f"{prefix_a}0000"
+    part_a = partitioner(a.encode(), partitions, partitions)
+    for n in range(10_000):
+        b = f"{prefix_b}{n:04d}"
+        if partitioner(b.encode(), partitions, partitions) != part_a:
+            return a, b
+    raise AssertionError("no second partition")
+
+
 def world() -> dict[str, Any]:
     """The simulator's world for every benchmark: three TIER_UNLIMITED portfolios (no messaging
     tier in the way), one account each once seeded.
 
-    - Alpha: FAST_A (1000 mps, e2e traffic), PACE_80A and PACE_80B (80 mps, pacing benchmark)
-    - Beta: FAST_B (1000 mps, e2e traffic of a second tenant)
+    - Alpha: FAST_A (1000 mps, e2e traffic), PACE_80A and PACE_80B (80 mps, pacing benchmark),
+      FLOOD_A (20 mps, coexistence: the fairness benchmark's flooding tenant)
+    - Beta: FAST_B (1000 mps, e2e traffic of a second tenant), FAIR_B (80 mps: the fairness
+      benchmark's other tenant, on another send-approved partition than FLOOD_A)
     - Gamma: 12 numbers of 1000 mps spread 2 per send-approved partition (scaling benchmark)
     Webhooks: polite, no artificial delays, no `read` (the last status is `delivered`)."""
     def number(pid: str, display: str, mps: int) -> dict[str, Any]:
@@ -306,10 +322,12 @@ def world() -> dict[str, Any]:
             {"id": "801000000000001", "name": "Alpha", "messaging_tier": "TIER_UNLIMITED",
              "wabas": [{"id": "201000000000001", "name": "WABA Alpha", "phone_numbers": [
                  number(FAST_A, "15550100001", 1000), number(PACE_80A, "15550100002", 80),
-                 number(PACE_80B, "15550100003", 80)], "templates": templates(401000000000001)}]},
+                 number(PACE_80B, "15550100003", 80), number(FLOOD_A, "15550100004", 20)],
+                 "templates": templates(401000000000001)}]},
             {"id": "802000000000001", "name": "Beta", "messaging_tier": "TIER_UNLIMITED",
              "wabas": [{"id": "202000000000001", "name": "WABA Beta", "phone_numbers": [
-                 number(FAST_B, "15550200001", 1000)], "templates": templates(402000000000001)}]},
+                 number(FAST_B, "15550200001", 1000), number(FAIR_B, "15550200002", 80)],
+                 "templates": templates(402000000000001)}]},
             {"id": "803000000000001", "name": "Gamma", "messaging_tier": "TIER_UNLIMITED",
              "wabas": [{"id": "203000000000001", "name": "WABA Gamma", "phone_numbers": [
                  number(pid, f"1555030{i:04d}", 1000) for i, pid in enumerate(scaling)],
@@ -327,6 +345,7 @@ def world() -> dict[str, Any]:
 
 FAST_A, PACE_80A, PACE_80B = "301000000000001", "301000000000002", "301000000000003"
 FAST_B = "302000000000001"
+FLOOD_A, FAIR_B = _numbers_on_two_partitions("30100000001", "30200000001")
 SCALING_NUMBERS = _number_ids_spread("30300000000", SCALING_NUMBERS_PER_PARTITION)
 
 
@@ -436,7 +455,11 @@ class Platform:
             args += ["--port", str(port), "--config", str(config_path)]
             specific = {"METASIM_PORT": str(port)}
         elif kind == "ingest":
-            specific = {"INGEST_HTTP_PORT": str(port), "INGEST_OPS_PORT": str(ops_port)}
+            # The benchmarks measure capacity, not the request rate limits: every request
+            # still takes its account's token, from buckets no load here empties.
+            specific = {"INGEST_HTTP_PORT": str(port), "INGEST_OPS_PORT": str(ops_port),
+                        "INGEST_RATE_LIMIT_PER_SECOND": "1000000",
+                        "INGEST_RATE_LIMIT_BURST": "1000000"}
         elif kind == "status":
             specific = {"STATUS_HTTP_PORT": str(port), "STATUS_OPS_PORT": str(ops_port),
                         "STATUS_APP_SECRET": APP_SECRET, "STATUS_VERIFY_TOKEN": VERIFY_TOKEN}

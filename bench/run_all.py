@@ -3,16 +3,19 @@
     .venv/bin/python bench/run_all.py [--only NAME ...] [--quick]      (make bench)
 
 Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, ingest, webhooks,
-pacing, scaling, billing, notify):
+pacing, fairness, scaling, billing, notify):
   ingest    one ingest process vs a bare aiohttp JSON handler, wrk, same run
   e2e       capacity (open-loop ramp), then latency 202 -> Meta and -> delivered stored at 25, 50
             and 90 % of it; also the peak RSS of every service (`memory`)
   webhooks  signed webhook POSTs/s the status service accepts durably, vs Meta's sizing rule
   pacing    80 and 1,000 mps numbers with a backlog; a hot recipient next to cold ones
+  fairness  tenant B's 80 mps number beside tenant A's flood on a 20 mps number vs alone
   scaling   one vs two sender instances on many paced numbers
   billing   events/s billing applies, balances exact against the rate card
   notify    client events delivered per second to a local receiver vs 5 x the pipeline's
             capacity, and p99 lag source event -> delivery at half of it
+  db        FerretDB on SQLite vs on PostgreSQL under the services' store calls, side by side
+            (its own two servers; bench_db.py also runs alone)
 Also bench/results/summary.json and summary.png. Every load is on 127.0.0.1, bounded in time and
 count. Figures are ratios or pairs measured side by side in one run: the machine is shared.
 """
@@ -48,9 +51,9 @@ from common import (
 from tests.conftest import broker_from_env  # common put the repository on the path
 
 # e2e first: it gets a fresh database (ingest leaves tens of thousands of messages behind).
-ORDER = ["e2e", "ingest", "webhooks", "pacing", "scaling", "billing", "notify"]
+ORDER = ["e2e", "ingest", "webhooks", "pacing", "fairness", "scaling", "billing", "notify", "db"]
 ALIASES = {"memory": "e2e"}
-NEEDS_MAIN = {"ingest", "e2e", "pacing", "scaling"}
+NEEDS_MAIN = {"ingest", "e2e", "pacing", "fairness", "scaling"}
 TOP_UP = 10**12  # micros: no benchmark runs out of credit
 
 

@@ -54,6 +54,15 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def retry_after_header(exc: ServiceError) -> dict[str, str] | None:
+    """`Retry-After` (whole seconds) for an error that says when to come back
+    (`details.retry_after_seconds`: a 429 or 503)."""
+    seconds = exc.details.get("retry_after_seconds")
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        return {"Retry-After": str(seconds)}
+    return None
+
+
 @web.middleware
 async def error_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,7 +74,7 @@ async def error_middleware(request: web.Request,
         response = await handler(request)
     except ServiceError as exc:
         response = json_response(error_body(exc.code, exc.message, exc.details),
-                                 status=exc.http_status)
+                                 status=exc.http_status, headers=retry_after_header(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

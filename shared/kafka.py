@@ -313,7 +313,8 @@ async def publish_all(producer: AIOKafkaProducer, events: Sequence[tuple[Topic[A
         await asyncio.gather(*acks)
 
     try:
-        await asyncio.wait_for(send_all(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await send_all()
     except (KafkaError, TimeoutError) as exc:
         raise DependencyUnavailable(f"kafka unavailable: {type(exc).__name__}",
                                     details={"dependency": "kafka"}) from exc
@@ -520,8 +521,8 @@ async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaPro
     finally:
         if finished:  # a stop (or a failure in a later batch) keeps what was finished before it
             try:
-                await asyncio.wait_for(_commit_finished(consumer, finished),
-                                       timeout=FINAL_COMMIT_TIMEOUT_S)
+                async with asyncio.timeout(FINAL_COMMIT_TIMEOUT_S):
+                    await _commit_finished(consumer, finished)
             except TimeoutError:  # a broker that is gone must not hold up the stop
                 log.warning("commit_failed", error="timed out at stop")
 
@@ -593,7 +594,8 @@ async def report_lag_forever(consumer: AIOKafkaConsumer, service: str,
 async def kafka_ready(producer: AIOKafkaProducer) -> bool:
     """True when the broker answers a metadata request."""
     try:
-        await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
+        async with asyncio.timeout(2):
+            await producer.client.fetch_all_metadata()
         return True
     except (KafkaError, TimeoutError, OSError):
         return False

@@ -47,7 +47,8 @@ def make_client(url: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
 
 async def mongo_ready(client: AsyncMongoClient[dict[str, Any]]) -> bool:
     try:
-        await asyncio.wait_for(client.admin.command("ping"), timeout=2)
+        async with asyncio.timeout(2):
+            await client.admin.command("ping")
         return True
     except (PyMongoError, TimeoutError, OSError):
         return False

@@ -131,7 +131,8 @@ class RdKafkaProducer:
             raise _unavailable(exc) from exc
         try:
             # On timeout the future is cancelled: a late report for it is dropped (_settle).
-            await asyncio.wait_for(delivered, self._ack_timeout_s)
+            async with asyncio.timeout(self._ack_timeout_s):
+                await delivered
         except TimeoutError:
             self._mark_down("acknowledgement timed out")
             raise _unavailable("the broker did not acknowledge in time") from None

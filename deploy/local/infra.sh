@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local infrastructure for Hala Whatsup, without Docker: a single-node Kafka (KRaft)
 # built from Maven Central jars and a MongoDB-compatible server (FerretDB embedded in
-# a tiny Go program, or a real `mongod` if one is on PATH).
+# a tiny Go program, on SQLite files or on a PostgreSQL server that this script runs too, or a
+# real `mongod` if one is on PATH).
 #
 # Kafka runs SASL_SSL (SCRAM-SHA-512 over TLS) with ACLs: a local CA and the broker's
 # certificate (tools/pki.py) in .run/tls, one generated password per principal in
@@ -13,7 +14,7 @@
 #                  (--fresh: stop and wipe runtime data first)
 #   down           stop what `up` started (SIGTERM, SIGKILL after a deadline)
 #   status         show what runs (exit 0 only if every managed service is up)
-#   logs [NAME] [-f]  tail the logs (NAME: kafka, ferretdb, mongod; -f follows)
+#   logs [NAME] [-f]  tail the logs (NAME: kafka, ferretdb, postgres, mongod; -f follows)
 #   env            print the variables clients need (KAFKA_* with the admin CLI's principal,
 #                  HALA_KAFKA_SECRETS_DIR for the others' passwords, MONGODB_URL)
 #   reset          down, then wipe runtime data and logs (keeps .run/tls and .run/secrets)
@@ -25,6 +26,11 @@
 #   HALA_CACHE_DIR: downloads and builds (default ${XDG_CACHE_HOME:-~/.cache}/hala-whatsup)
 #   HALA_RUN_DIR: data, logs, pid files (default <repo>/.run)
 #   HALA_MONGO_IMPL: auto (mongod if on PATH, else ferretdb) | ferretdb | mongod
+#   HALA_DB_BACKEND: FerretDB's backend, sqlite (default) | postgresql. postgresql runs
+#                Debian's PostgreSQL server (installed by ensure_tools.sh if missing) from
+#                <run dir>/postgres, on a unix socket there only (no TCP port); as root, as the
+#                `postgres` user. deploy/local/NOTES.md has the measurement behind the default.
+#   HALA_PG_BIN_DIR: PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin)
 #   HALA_FERRETDB_LOG_LEVEL (warn; FerretDB logs every unsupported command at warn)
 #   HALA_READY_TIMEOUT (90 s), HALA_STOP_TIMEOUT (30 s)
 #   HALA_PYTHON: Python with the project installed (default <repo>/.venv/bin/python): makes the
@@ -45,6 +51,13 @@ KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:Initia
 READY_TIMEOUT=${HALA_READY_TIMEOUT:-90}
 STOP_TIMEOUT=${HALA_STOP_TIMEOUT:-30}
 MONGO_IMPL=${HALA_MONGO_IMPL:-auto}
+DB_BACKEND=${HALA_DB_BACKEND:-sqlite}
+case $DB_BACKEND in
+  sqlite | postgresql) ;;
+  *) printf '[infra] ERROR: HALA_DB_BACKEND must be sqlite or postgresql (got %s)\n' "$DB_BACKEND" >&2; exit 2 ;;
+esac
+# The socket file's name only (.s.PGSQL.<port>): PostgreSQL listens on no TCP port.
+PG_PORT=5432
 
 PIDS_DIR=$RUN_DIR/pids
 LOGS_DIR=$RUN_DIR/logs
@@ -53,7 +66,8 @@ SECRETS_DIR=$RUN_DIR/secrets/kafka
 # Recorded with the formatted data: data formatted for another layout (the plaintext broker
 # of earlier versions has no SCRAM users) cannot be reused.
 KAFKA_LAYOUT="sasl_ssl-scram-1"
-ALL_SERVICES=(kafka ferretdb mongod)
+# In stop order: FerretDB before the PostgreSQL server it uses.
+ALL_SERVICES=(kafka ferretdb postgres mongod)
 STARTED=() # what this `up` started: stopped again if any start fails
 
 # ---------------------------------------------------------------- helpers
@@ -103,6 +117,7 @@ marker() {
     kafka) echo "$RUN_DIR/kafka/server.properties" ;;
     ferretdb) echo "$RUN_DIR/ferretdb/data" ;;
     mongod) echo "$RUN_DIR/mongod/data" ;;
+    postgres) echo "$PG_DIR/data" ;;
   esac
 }
 service_port() {
@@ -386,6 +401,95 @@ wait_kafka() { # wait_kafka START_MS
   say "kafka $KAFKA_VERSION ready in $(elapsed "$1") (SASL_SSL metadata request): pid $(running_pid kafka), localhost:$KAFKA_PORT"
 }
 
+# ---------------------------------------------------------------- PostgreSQL (FerretDB's backend)
+# Debian's server, run by this script from its own directory: data in $PG_DIR/data, the socket
+# in $PG_DIR (mode 0700: only its owner, and root, reach it, so `trust` needs no password).
+# PostgreSQL refuses to run as root: as root it runs as the `postgres` user the Debian package
+# creates, and then lives under /tmp if that user cannot reach the run dir.
+PG_DIR=""
+PG_AS=()
+
+set_pg_dir() {
+  PG_DIR=$RUN_DIR/postgres
+  PG_AS=()
+  if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1; then
+    PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups)
+    if ! "${PG_AS[@]}" test -x "$RUN_DIR" 2>/dev/null; then
+      PG_DIR=${TMPDIR:-/tmp}/hala-postgres-$(echo "$RUN_DIR" | sha)
+    fi
+  fi
+  # A unix socket's path must fit in 107 bytes.
+  if ((${#PG_DIR} + 16 > 107)); then
+    PG_DIR=${TMPDIR:-/tmp}/hala-postgres-$(echo "$RUN_DIR" | sha)
+  fi
+}
+
+pg_bin() { # pg_bin PROGRAM: its path in PostgreSQL's bin directory
+  local dir=${HALA_PG_BIN_DIR:-}
+  if [[ -z $dir ]]; then
+    dir=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
+  fi
+  if [[ -z $dir ]] && command -v initdb >/dev/null 2>&1; then
+    dir=$(dirname "$(readlink -f "$(command -v initdb)")")
+  fi
+  echo "${dir:-/nonexistent}/$1"
+}
+
+ensure_postgres() {
+  if [[ ! -x $(pg_bin postgres) ]]; then
+    say "PostgreSQL is not installed: installing Debian's postgresql (deploy/local/ensure_tools.sh)"
+    HALA_DB_BACKEND=postgresql "$HERE/ensure_tools.sh" || die "could not install PostgreSQL"
+    [[ -x $(pg_bin postgres) ]] || die "PostgreSQL's programs not found after the install (set HALA_PG_BIN_DIR)"
+  fi
+  if [[ $(id -u) -eq 0 ]] && ((${#PG_AS[@]} == 0)); then
+    die "PostgreSQL does not run as root and there is no 'postgres' user to run it as"
+  fi
+}
+
+pg_url() { echo "postgres://hala@/ferretdb?host=$PG_DIR&port=$PG_PORT"; }
+
+probe_postgres() {
+  "$(pg_bin pg_isready)" -q -h "$PG_DIR" -p "$PG_PORT" -U hala -d postgres >/dev/null 2>&1
+}
+
+pg_psql() { "$(pg_bin psql)" -X -q -h "$PG_DIR" -p "$PG_PORT" -U hala -d postgres "$@"; }
+
+start_postgres() {
+  local data="$PG_DIR/data" log
+  log=$(log_file postgres)
+  ensure_postgres
+  mkdir -p "$PG_DIR"
+  chmod 700 "$PG_DIR"
+  ((${#PG_AS[@]})) && chown postgres:postgres "$PG_DIR"
+  if [[ ! -f $data/PG_VERSION ]]; then
+    say "initialising PostgreSQL's data in $data (first run only) ..."
+    rm -rf "$data" # a half-made one
+    if ! (cd "$PG_DIR" && "${PG_AS[@]}" "$(pg_bin initdb)" -D "$data" -U hala --auth=trust \
+      -E UTF8 --locale=C.UTF-8 --no-instructions) >>"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      die "initdb failed (see $log)"
+    fi
+  fi
+  # synchronous_commit=off: a commit returns before its WAL record is flushed (at most
+  # 3 x wal_writer_delay = 0.3 s later). A crash of the server may lose those last commits,
+  # never corrupts anything: MongoDB's own default (w:1 without j acknowledges before the
+  # journal's 100 ms flush). HALA_PG_OPTIONS adds or overrides settings ("-c name=value ...").
+  # shellcheck disable=SC2086  # HALA_PG_OPTIONS is a word list on purpose
+  start_bg postgres "${PG_AS[@]}" "$(pg_bin postgres)" -D "$data" -k "$PG_DIR" -p "$PG_PORT" \
+    -c listen_addresses= -c unix_socket_permissions=0700 \
+    -c synchronous_commit=off -c wal_writer_delay=100ms \
+    -c log_min_messages=warning -c log_checkpoints=off \
+    ${HALA_PG_OPTIONS:-}
+}
+
+wait_postgres() { # wait_postgres START_MS
+  wait_ready postgres probe_postgres
+  if [[ -z $(pg_psql -tAc "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'") ]]; then
+    pg_psql -c "CREATE DATABASE ferretdb" || fail_start postgres "could not create the database ferretdb"
+  fi
+  say "postgres ready in $(elapsed "$1"): pid $(running_pid postgres), socket $PG_DIR/.s.PGSQL.$PG_PORT"
+}
+
 # ---------------------------------------------------------------- MongoDB / FerretDB
 mongo_impl() {
   case $MONGO_IMPL in
@@ -409,7 +513,7 @@ ensure_ferretdb_bin() {
   lock_cache ferretdb
   [[ -x $bin ]] && return 0 # another run built it meanwhile
   need go "Go 1.24+ is needed once to build the embedded FerretDB (a Go toolchain >= 1.24; older Debian golang packages are too old)."
-  say "building FerretDB (embedded, SQLite) into $(dirname "$bin") (first run only) ..."
+  say "building FerretDB (embedded) into $(dirname "$bin") (first run only) ..."
   local t0 tmp blog
   t0=$(now_ms)
   mkdir -p "$(dirname "$bin")"
@@ -452,6 +556,11 @@ mongo_wanted() {
   for name in ferretdb mongod; do
     if pid=$(running_pid "$name"); then
       say "$name already running (pid $pid, 127.0.0.1:$MONGO_PORT)"
+      local running_backend
+      running_backend=$(cat "$RUN_DIR/ferretdb/backend" 2>/dev/null || echo sqlite)
+      if [[ $name == ferretdb && $running_backend != "$DB_BACKEND" ]]; then
+        warn "it runs on $running_backend, not HALA_DB_BACKEND=$DB_BACKEND: '$0 down' then 'up' to switch"
+      fi
       return 1
     fi
   done
@@ -465,9 +574,23 @@ start_mongo() {
   data="$RUN_DIR/$impl/data"
   mkdir -p "$data"
   if [[ $impl == ferretdb ]]; then
+    local backend=(-backend sqlite)
+    if [[ $DB_BACKEND == postgresql ]]; then
+      # FerretDB connects at its first request, but its first client must find the server up.
+      if ! running_pid postgres >/dev/null; then
+        local ts
+        ts=$(now_ms)
+        start_postgres
+        STARTED+=(postgres)
+        wait_postgres "$ts"
+      fi
+      backend=(-backend postgresql -postgresql-url "$(pg_url)")
+    fi
+    echo "$DB_BACKEND" >"$RUN_DIR/ferretdb/backend"
+    # -data-dir also with postgresql: its path is what marks the process as ours.
     start_bg ferretdb env DO_NOT_TRACK=true FERRETDB_TELEMETRY=disable \
       "$(ferretdb_bin)" -listen-addr "127.0.0.1:$MONGO_PORT" -data-dir "$data" \
-      -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}"
+      "${backend[@]}" -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}"
   else
     start_bg mongod mongod --dbpath "$data" --bind_ip 127.0.0.1 --port "$MONGO_PORT"
   fi
@@ -478,7 +601,8 @@ wait_mongo() { # wait_mongo START_MS
   impl=$(mongo_impl)
   wait_ready "$impl" probe_mongo
   py_has pymongo && how="ping"
-  say "$impl ready in $(elapsed "$1") ($how): pid $(running_pid "$impl"), mongodb://127.0.0.1:$MONGO_PORT/"
+  [[ $impl == ferretdb ]] && impl="ferretdb ($DB_BACKEND)"
+  say "$impl ready in $(elapsed "$1") ($how): pid $(running_pid "${impl%% *}"), mongodb://127.0.0.1:$MONGO_PORT/"
 }
 
 # ---------------------------------------------------------------- stop / status
@@ -494,11 +618,17 @@ stop_service() {
   fi
   t0=$(now_ms)
   deadline=$(($(date +%s) + STOP_TIMEOUT))
-  kill -TERM "$pid" 2>/dev/null || true
+  # PostgreSQL: SIGINT is its fast shutdown (SIGTERM's smart one waits for every client to
+  # leave); past the deadline SIGQUIT, its immediate shutdown, which its children obey too.
+  local sig=TERM last=KILL
+  [[ $name == postgres ]] && sig=INT last=QUIT
+  kill -"$sig" "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null; do
     if (($(date +%s) >= deadline)); then
-      warn "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s: SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
+      warn "$name (pid $pid) ignored SIG$sig for ${STOP_TIMEOUT}s: SIG$last"
+      kill -"$last" "$pid" 2>/dev/null || true
+      deadline=$(($(date +%s) + 5))
+      last=KILL
       sleep 0.2
     fi
     # A zombie (its parent has not reaped it yet) counts as gone.
@@ -535,6 +665,16 @@ cmd_status() {
   local db_up=0
   for name in "${ALL_SERVICES[@]}"; do
     port=$(service_port "$name")
+    if [[ $name == postgres ]]; then
+      if pid=$(running_pid postgres); then
+        if probe_postgres; then state="socket answers"; else state="NOT ANSWERING"; ok=1; fi
+        printf '%-9s running  pid %-7s %s %s\n' "$name" "$pid" "$PG_DIR/.s.PGSQL.$PG_PORT" "$state"
+      elif [[ $DB_BACKEND == postgresql && $(mongo_impl) == ferretdb ]]; then
+        printf '%-9s stopped\n' "$name"
+        [[ $expect_db == 1 ]] && ok=1
+      fi
+      continue
+    fi
     if pid=$(running_pid "$name"); then
       if port_open "$port"; then state="port answers"; else state="PORT NOT ANSWERING"; fi
       printf '%-9s running  pid %-7s 127.0.0.1:%-6s %s\n' "$name" "$pid" "$port" "$state"
@@ -579,8 +719,8 @@ cmd_logs() {
   for a in "$@"; do
     case $a in
       -f | --follow) follow=(-F) ;;
-      kafka | ferretdb | mongod) names+=("$a") ;;
-      *) die "logs: unknown argument '$a' (kafka, ferretdb, mongod, -f)" ;;
+      kafka | ferretdb | postgres | mongod) names+=("$a") ;;
+      *) die "logs: unknown argument '$a' (kafka, ferretdb, postgres, mongod, -f)" ;;
     esac
   done
   ((${#names[@]})) || names=("${ALL_SERVICES[@]}")
@@ -594,6 +734,7 @@ cmd_reset() {
   cmd_down
   local d
   for d in kafka ferretdb mongod logs; do rm -rf "${RUN_DIR:?}/$d"; done
+  rm -rf "${PG_DIR:?}"
   say "wiped runtime data and logs under $RUN_DIR"
 }
 
@@ -658,6 +799,7 @@ main() {
       LOGS_DIR=$RUN_DIR/logs
       TLS_DIR=$RUN_DIR/tls
       SECRETS_DIR=$RUN_DIR/secrets/kafka
+      set_pg_dir
       if command -v flock >/dev/null 2>&1; then
         exec 9>"$RUN_DIR/.lock"
         flock -w 300 9 || die "another infra.sh holds $RUN_DIR/.lock"
@@ -672,6 +814,7 @@ main() {
         TLS_DIR=$RUN_DIR/tls
         SECRETS_DIR=$RUN_DIR/secrets/kafka
       fi
+      set_pg_dir
       "cmd_$cmd" "$@"
       ;;
     -h | --help | help) usage ;;

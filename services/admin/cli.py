@@ -99,6 +99,22 @@ def _iso_time(text: str) -> int:
     return ms_of(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
+def _rate_limit_arguments(parser: argparse.ArgumentParser, what: str,
+                          required: bool = False) -> None:
+    parser.add_argument("--rate-limit", metavar="N/s|N/min|N/h|default", required=required,
+                        help=f"request rate limit of {what}; `default` removes it")
+    parser.add_argument("--rate-limit-burst", type=_positive_int, metavar="N",
+                        help="requests allowed at once (default: N of --rate-limit)")
+
+
+def _rate_limit_of(args: argparse.Namespace) -> dict[str, Any] | str | None:
+    if args.rate_limit is None:
+        if args.rate_limit_burst is not None:
+            raise ServiceError("--rate-limit-burst needs --rate-limit", code="invalid_field")
+        return None
+    return commands.core.rate_limit(args.rate_limit, args.rate_limit_burst)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # `--json` is accepted before or after the command: `hala --json accounts list` and
     # `hala accounts list --json` both work.
@@ -144,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "empty clears them)")
     update.add_argument("--low-balance-threshold", type=_non_negative_int, metavar="MICROS",
                         help="alert when the available credit falls below this")
+    _rate_limit_arguments(update, "the account's requests at ingest (every route)")
+    update.add_argument("--max-in-flight", metavar="N|default",
+                        help="most messages accepted and not yet delivered, failed or "
+                             "expired (0: no cap; default: BILLING_MAX_IN_FLIGHT)")
 
     hooks = groups.add_parser("webhooks", help="a client's webhook endpoints").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
@@ -221,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     issue = command(keys, "issue", "issue an API key (printed once)")
     issue.add_argument("--account", required=True, dest="account_id")
     issue.add_argument("--name", default="")
+    _rate_limit_arguments(issue, "this key's requests, on top of its account's limit")
+    key_update = command(keys, "update", "change an API key's own request rate limit")
+    key_update.add_argument("key", metavar="KEY_ID_OR_PREFIX")
+    _rate_limit_arguments(key_update, "this key's requests, on top of its account's limit",
+                          required=True)
     command(keys, "revoke", "revoke an API key").add_argument("key", metavar="KEY_ID_OR_PREFIX")
     command(keys, "list", "an account's API keys").add_argument("--account", required=True,
                                                                  dest="account_id")
@@ -399,7 +424,10 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
             db, args.account_id,
             customer_service_window_check=None if check is None else commands.core.on_off(check),
             alert_emails=None if emails is None else commands.core.alert_emails(emails),
-            low_balance_threshold=args.low_balance_threshold)
+            low_balance_threshold=args.low_balance_threshold,
+            rate_limit=_rate_limit_of(args),
+            max_in_flight=(None if args.max_in_flight is None
+                           else commands.core.max_in_flight(args.max_in_flight)))
     if action == ("accounts", "show"):
         return await commands.show_account(db, args.account_id)
     if action == ("accounts", "erase"):
@@ -423,12 +451,20 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
     if action == ("numbers", "list"):
         return await commands.list_numbers(db, args.account_id)
     if action == ("keys", "issue"):
+        rate_limit = _rate_limit_of(args)
+        if rate_limit == commands.core.DEFAULT:
+            rate_limit = None  # a new key has no override to remove
         api_key, record = await commands.issue_key(db, account_id=args.account_id,
-                                                   name=args.name)
+                                                   name=args.name,
+                                                   rate_limit=rate_limit)  # type: ignore[arg-type]
         return {"api_key": api_key, **record,
                 "note": "store this key now: it is not shown again"}
     if action == ("keys", "revoke"):
         return await commands.revoke_key(db, args.key)
+    if action == ("keys", "update"):
+        rate_limit = _rate_limit_of(args)
+        assert rate_limit is not None  # --rate-limit is required
+        return await commands.update_key(db, args.key, rate_limit=rate_limit)
     if action == ("keys", "list"):
         return await commands.list_keys(db, args.account_id)
     if action == ("credits", "topup"):

@@ -103,26 +103,44 @@ async def set_account_status(db: Db, account_id: str, status: str) -> dict[str, 
 async def update_account(db: Db, account_id: str, *,
                          customer_service_window_check: bool | None = None,
                          alert_emails: list[str] | None = None,
-                         low_balance_threshold: int | None = None) -> dict[str, Any]:
+                         low_balance_threshold: int | None = None,
+                         rate_limit: dict[str, Any] | str | None = None,
+                         max_in_flight: int | str | None = None) -> dict[str, Any]:
     """Change an account's settings: `customer_service_window_check` off lets free-form
     messages to contacts whose 24 h window is closed through ingest (Meta then refuses them
     with 131047, after credit was reserved). ingest sees the change within its cache time.
     `alert_emails`: where alerts go besides the account's email (notify's emails); an empty
     list clears them. `low_balance_threshold` (micros): billing alerts when the available
-    credit falls below it, from its next refresh of the account (BILLING_THRESHOLD_REFRESH_S)."""
+    credit falls below it, from its next refresh of the account (BILLING_THRESHOLD_REFRESH_S).
+    `rate_limit` (core.rate_limit's): the account's request rate at ingest, which applies it
+    within its cache time; `max_in_flight`: its cap on messages accepted and not yet final
+    (0: none), which billing applies from its next refresh of the account. core.DEFAULT
+    removes either override (the service's default applies again)."""
     await get_account(db, account_id)
     changes: dict[str, Any] = {}
+    removed: dict[str, Any] = {}
+    for name, value in (("rate_limit", rate_limit), ("max_in_flight", max_in_flight)):
+        if value == core.DEFAULT:
+            removed[name] = ""
+        elif value is not None:
+            changes[name] = value
     if customer_service_window_check is not None:
         changes["customer_service_window_check"] = customer_service_window_check
     if alert_emails is not None:
         changes["alert_emails"] = core.alert_emails(",".join(alert_emails))
     if low_balance_threshold is not None:
         changes["low_balance_threshold"] = core.low_balance_threshold(low_balance_threshold)
-    if not changes:
+    if not changes and not removed:
         raise InvalidRequest("nothing to update: give a setting, e.g. "
-                             "--customer-service-window-check off, --alert-emails or "
-                             "--low-balance-threshold", code="invalid_request")
-    await db[ACCOUNTS].update_one({"_id": account_id}, {"$set": changes})
+                             "--customer-service-window-check off, --alert-emails, "
+                             "--low-balance-threshold, --rate-limit or --max-in-flight",
+                             code="invalid_request")
+    update: dict[str, Any] = {}
+    if changes:
+        update["$set"] = changes
+    if removed:
+        update["$unset"] = removed
+    await db[ACCOUNTS].update_one({"_id": account_id}, update)
     return await get_account(db, account_id)
 
 
@@ -277,13 +295,32 @@ async def list_numbers(db: Db, account_id: str) -> list[dict[str, Any]]:
 # --- API keys -------------------------------------------------------------------------------
 
 async def issue_key(db: Db, *, account_id: str, name: str = "",
+                    rate_limit: dict[str, Any] | None = None,
                     clock: Clock = _SYSTEM_CLOCK) -> tuple[str, dict[str, Any]]:
-    """(the key, shown once; its stored record). Only the key's sha256 is kept."""
+    """(the key, shown once; its stored record). Only the key's sha256 is kept. `rate_limit`
+    (core.rate_limit's): the key's own request rate at ingest, on top of its account's."""
     await get_account(db, account_id)
     api_key = core.api_key_from_random(secrets.token_urlsafe(24))
     doc = core.api_key_doc(api_key, account_id=account_id, name=name, now_ms=clock.now_ms())
+    if rate_limit is not None:
+        doc["rate_limit"] = rate_limit
     await db[API_KEYS].insert_one(doc)
     return api_key, core.key_view(doc)
+
+
+async def update_key(db: Db, ident: str, *,
+                     rate_limit: dict[str, Any] | str) -> dict[str, Any]:
+    """Set a key's own request rate limit, or remove it (core.DEFAULT: only the account's and
+    INGEST_KEY_RATE_LIMIT_* apply). ingest applies it within its cache time."""
+    docs = await db[API_KEYS].find({}).to_list(None)
+    doc = core.find_key(docs, ident)
+    if rate_limit == core.DEFAULT:
+        doc.pop("rate_limit", None)
+        await db[API_KEYS].update_one({"_id": doc["_id"]}, {"$unset": {"rate_limit": ""}})
+    else:
+        doc["rate_limit"] = rate_limit
+        await db[API_KEYS].update_one({"_id": doc["_id"]}, {"$set": {"rate_limit": rate_limit}})
+    return core.key_view(doc)
 
 
 async def revoke_key(db: Db, ident: str, *, clock: Clock = _SYSTEM_CLOCK) -> dict[str, Any]:
@@ -335,7 +372,10 @@ async def show_balance(db: Db, account_id: str) -> dict[str, Any]:
     doc = await db[BALANCES].find_one({"_id": account_id}) or {}
     return {"account_id": account_id, "available": int(doc.get("available", 0)),
             "reserved": int(doc.get("reserved", 0)), "currency": doc.get("currency"),
-            "unit": "micros"}
+            "unit": "micros",
+            # messages reserved and not yet final, and the cap billing applies (0: none)
+            "in_flight": int(doc.get("in_flight") or 0),
+            "in_flight_limit": int(doc.get("in_flight_limit") or 0)}
 
 
 async def show_ledger(db: Db, account_id: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ def api_key_doc(api_key: str, *, account_id: str, name: str, now_ms: int) -> dic
 def key_view(doc: dict[str, Any]) -> dict[str, Any]:
     return {"key_id": doc["_id"], "prefix": doc.get("prefix"), "name": doc.get("name"),
             "account_id": doc.get("account_id"), "created_at": doc.get("created_at"),
-            "revoked_at": doc.get("revoked_at")}
+            "revoked_at": doc.get("revoked_at"), "rate_limit": doc.get("rate_limit")}
 
 
 def find_key(docs: list[dict[str, Any]], ident: str) -> dict[str, Any]:
@@ -142,6 +143,50 @@ def low_balance_threshold(value: int) -> int:
         raise InvalidRequest("the low balance threshold cannot be negative",
                              code="invalid_field", details={"field": "low_balance_threshold"})
     return value
+
+
+# --- request rate limits and the cap on messages in flight -----------------------------------
+
+DEFAULT = "default"  # an operator's word for "remove the override: the service default applies"
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
+
+
+def rate_limit(spec: str, burst: int | None = None) -> dict[str, Any] | str:
+    """`N/s`, `N/min` or `N/h` as stored on an account or API key (`rate_limit`:
+    `{"per_second", "burst"}`, read by ingest), or DEFAULT to remove the override. `burst`:
+    how many may come at once (default N: one unit's worth)."""
+    if spec.strip().lower() == DEFAULT:
+        if burst is not None:
+            raise InvalidRequest("--rate-limit-burst goes with a rate, not with `default`",
+                                 code="invalid_field", details={"field": "rate_limit_burst"})
+        return DEFAULT
+    match = _RATE.match(spec.lower())
+    if match is None or match.group(2) not in _RATE_UNITS:
+        raise InvalidRequest("a rate limit is N/s, N/min or N/h (e.g. 50/s), or `default`",
+                             code="invalid_field", details={"field": "rate_limit"})
+    count = float(match.group(1))
+    per_second = count / _RATE_UNITS[match.group(2)]
+    if per_second <= 0:
+        raise InvalidRequest("a rate limit must be above zero", code="invalid_field",
+                             details={"field": "rate_limit"})
+    if burst is None:
+        burst = max(1, math.ceil(count))
+    if burst < 1:
+        raise InvalidRequest("the burst must be at least 1", code="invalid_field",
+                             details={"field": "rate_limit_burst"})
+    return {"per_second": per_second, "burst": burst}
+
+
+def max_in_flight(value: str) -> int | str:
+    """An account's cap on messages in flight (0: none for this account), or DEFAULT."""
+    text = value.strip().lower()
+    if text == DEFAULT:
+        return DEFAULT
+    if not text.isdigit():
+        raise InvalidRequest("--max-in-flight is a whole number (0: no cap) or `default`",
+                             code="invalid_field", details={"field": "max_in_flight"})
+    return int(text)
 
 
 def on_off(value: str) -> bool:

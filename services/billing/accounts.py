@@ -1,6 +1,7 @@
 """Reads of `accounts` (the admin CLI's collection) that billing needs: each account's own
 low-balance threshold (`low_balance_threshold`, micros, set by `hala accounts create/update
---low-balance-threshold`; the threshold billing applied is kept on the balance document), and
+--low-balance-threshold`) and cap on messages in flight (`max_in_flight`, set by `hala accounts
+update --max-in-flight`; what billing applied of both is kept on the balance document), and
 which accounts were erased and the pseudonym their ledger and balance are kept under since
 (`hala accounts erase`). billing only reads them."""
 
@@ -13,6 +14,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.billing.mongo_errors import translated
+from services.billing.worker import AccountSettings
 from shared.collections import ACCOUNTS
 
 
@@ -20,18 +22,25 @@ class AccountThresholds:
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self._accounts = db[ACCOUNTS]
 
-    async def thresholds(self, account_ids: Sequence[str]) -> dict[str, int]:
-        """The thresholds the accounts set, by account id (an account without one, or unknown
-        here, is left out: billing's default applies)."""
+    async def settings(self, account_ids: Sequence[str]) -> dict[str, AccountSettings]:
+        """What the accounts set, by account id (a setting an account does not have, or one
+        that cannot be read, is None: billing's default applies; unknown accounts are left
+        out)."""
         # Lookups by _id, all in flight at once: FerretDB pushes only a lone _id filter down.
         with translated():
             found = await asyncio.gather(*(
-                self._accounts.find_one({"_id": account_id}, {"low_balance_threshold": 1})
+                self._accounts.find_one({"_id": account_id},
+                                        {"low_balance_threshold": 1, "max_in_flight": 1})
                 for account_id in account_ids))
-        return {doc["_id"]: int(doc["low_balance_threshold"]) for doc in found
-                if doc is not None and isinstance(doc.get("low_balance_threshold"), int)
-                and not isinstance(doc.get("low_balance_threshold"), bool)
-                and doc["low_balance_threshold"] >= 0}
+        return {doc["_id"]: AccountSettings(_count(doc.get("low_balance_threshold")),
+                                            _count(doc.get("max_in_flight")))
+                for doc in found if doc is not None}
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 class MongoErasedAccounts:

@@ -92,7 +92,7 @@ class BillingRuntime(Service):
             reservation_cache_size=settings.reservation_cache_size,
             balance_cache_size=settings.balance_cache_size,
             thresholds=AccountThresholds(db), threshold_refresh_s=settings.threshold_refresh_s,
-            top_up_key=settings.topup_key_bytes())
+            top_up_key=settings.topup_key_bytes(), max_in_flight=settings.max_in_flight)
         checkpoints = MongoCheckpoints(db)
         self.reconciler = Reconciler(
             ledger, balances, SystemClock(), checkpoints, erased=MongoErasedAccounts(db),

@@ -1,8 +1,10 @@
 """The `balances` collection: one document per account, written only by billing.
 
 Other services read `available`, `reserved` (integer micros) and `currency` by `_id` = account
-id. `applied` lists the last offset applied per `topic:partition` as an array of
-{source, offset}: topic names contain dots, which FerretDB refuses in field names.
+id, and ingest `in_flight` (open reservations) and `in_flight_limit` (the cap billing applies to
+them, 0: none) for its early refusal. `applied` lists the last offset applied per
+`topic:partition` as an array of {source, offset}: topic names contain dots, which FerretDB
+refuses in field names.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def balance_to_document(balance: Balance, now: int) -> dict[str, Any]:
         "low_balance_threshold": balance.low_balance_threshold,
         "low_balance_armed": balance.low_balance_armed,
         "low_balance_crossings": balance.low_balance_crossings,
+        "in_flight": balance.in_flight, "in_flight_limit": balance.in_flight_limit,
         "applied": [{"source": source, "offset": offset}
                     for source, offset in sorted(balance.applied.items())],
         "updated_at": now,
@@ -63,4 +66,7 @@ def balance_from_document(document: dict[str, Any]) -> Balance:
         low_balance_armed=bool(document["low_balance_armed"]),
         low_balance_crossings=int(document["low_balance_crossings"]),
         applied={item["source"]: int(item["offset"]) for item in document["applied"]},
+        # Documents written before the count was kept: 0 (see core.py).
+        in_flight=int(document.get("in_flight") or 0),
+        in_flight_limit=int(document.get("in_flight_limit") or 0),
     )

@@ -13,7 +13,8 @@ document, which records the offset it has applied per `topic:partition`. So:
 
 Money is integer micros. Amounts in entries:
   reserve  amount = the price reserved                available -= amount, reserved += amount
-  reject   amount = the price that could not be reserved        (nothing moves)
+  reject   amount = the price that could not be reserved        (nothing moves);
+           reason = insufficient_credit, or too_many_in_flight
   charge   amount = Meta's price; reserved_amount = the reservation it closes
   release  amount = reserved_amount = the reservation returned
   topup    amount = the credit added                  available += amount
@@ -21,6 +22,13 @@ Money is integer micros. Amounts in entries:
 
 The low-balance threshold is the account's own (`accounts.low_balance_threshold`, set by the
 admin CLI): the worker reads it and `with_threshold` applies it to the balance before deciding.
+
+Messages in flight: the balance counts the account's open reservations (`in_flight`: +1 per
+reserve, -1 per charge or release; the entries decide it, so a replay or a resumed entry counts
+once). A send that finds `in_flight` at the account's cap (`in_flight_limit`: the account's own
+`accounts.max_in_flight`, else the default; 0 = no cap; applied by `with_in_flight_limit` like
+the threshold) is rejected with reason `too_many_in_flight`: nothing is reserved or sent. Being
+the one writer of the account, billing never lets the count pass the cap.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ Settlement = Literal["charge", "release"]
 InputEvent = SendRequested | StatusChanged | TopUpRequested
 
 INSUFFICIENT_CREDIT = "insufficient_credit"
+TOO_MANY_IN_FLIGHT = "too_many_in_flight"
 
 _OUTCOME_OF_KIND: dict[EntryKind, Outcome] = {
     "reserve": "reserved", "reject": "rejected", "charge": "charged", "release": "released",
@@ -86,6 +95,9 @@ class Balance:
     low_balance_armed: bool = False
     low_balance_crossings: int = 0
     applied: Mapping[str, int] = field(default_factory=dict)  # "topic:partition" -> offset
+    # Open reservations (messages accepted and not yet final), and the cap on them (0: none).
+    in_flight: int = 0
+    in_flight_limit: int = 0
 
     @classmethod
     def opening(cls, account_id: str, currency: str, low_balance_threshold: int) -> Balance:
@@ -107,6 +119,14 @@ def with_threshold(balance: Balance, threshold: int) -> Balance:
         return balance
     armed = balance.low_balance_armed or balance.available >= threshold
     return replace(balance, low_balance_threshold=threshold, low_balance_armed=armed)
+
+
+def with_in_flight_limit(balance: Balance, limit: int) -> Balance:
+    """The balance under the account's current cap on messages in flight (0: none). A lower
+    cap than the count refuses new sends until enough have settled; none is recalled."""
+    if limit == balance.in_flight_limit:
+        return balance
+    return replace(balance, in_flight_limit=limit)
 
 
 @dataclass(frozen=True)
@@ -138,6 +158,9 @@ class LedgerEntry:
     # A top-up's: the available credit right after it (BalanceToppedUp says it; kept on the
     # entry so that a replay publishes the same event again).
     available_after: int | None = None
+    # A reject's: why (INSUFFICIENT_CREDIT, TOO_MANY_IN_FLIGHT). Entries from before it was
+    # kept have none, and were all for insufficient credit.
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -232,9 +255,14 @@ def _resume_or_skip(balance: Balance, existing: LedgerEntry, event: InputEvent,
 def _reserve(balance: Balance, event: SendRequested, position: Position, rate_card: RateCard,
              now: int) -> Decision:
     price = rate_card.price(event.category, event.recipient_region)
+    reason = ""
+    if 0 < balance.in_flight_limit <= balance.in_flight:
+        reason = TOO_MANY_IN_FLIGHT
+    elif balance.available < price:
+        reason = INSUFFICIENT_CREDIT
     entry = LedgerEntry(
         key=reserve_key(event.message_id), account_id=event.account_id,
-        kind="reserve" if balance.available >= price else "reject", amount=price, at=now,
+        kind="reject" if reason else "reserve", reason=reason, amount=price, at=now,
         source=position.source, source_offset=position.offset, source_event_id=event.event_id,
         message_id=event.message_id, category=event.category, region=event.recipient_region,
         rate_card_version=rate_card.version)
@@ -321,8 +349,14 @@ def _apply(balance: Balance, entry: LedgerEntry, position: Position) -> Balance:
     for source, offset in ((entry.source, entry.source_offset),
                            (position.source, position.offset)):
         applied[source] = max(applied.get(source, -1), offset)
+    in_flight = balance.in_flight
+    if entry.kind == "reserve":
+        in_flight += 1
+    elif entry.kind in ("charge", "release"):
+        # Never below 0: reservations made before the count was kept settle too.
+        in_flight = max(0, in_flight - 1)
     return replace(balance, available=available, reserved=reserved, low_balance_armed=armed,
-                   low_balance_crossings=crossings, applied=applied)
+                   low_balance_crossings=crossings, applied=applied, in_flight=in_flight)
 
 
 def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position, currency: str
@@ -339,7 +373,8 @@ def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position, curre
             event_id=f"{event.message_id}:rejected", message_id=event.message_id,
             account_id=event.account_id, status="rejected", occurred_at=entry.at,
             source="billing", phone_number_id=event.phone_number_id,
-            recipient_region=event.recipient_region, reason=INSUFFICIENT_CREDIT)))
+            recipient_region=event.recipient_region,
+            reason=entry.reason or INSUFFICIENT_CREDIT)))
     elif (isinstance(event, TopUpRequested) and entry.kind == "topup"
           and entry.available_after is not None):  # entries from before it was kept: none
         outputs.append(Output(BALANCE_TOPPED_UP, BalanceToppedUp(

@@ -156,6 +156,7 @@ def entry_to_document(entry: LedgerEntry) -> dict[str, Any]:
             "crossing": notice.crossing, "available": notice.available,
             "threshold": notice.threshold, "occurred_at": notice.occurred_at},
         "available_after": entry.available_after,
+        "reason": entry.reason,
     }
 
 
@@ -174,4 +175,5 @@ def entry_from_document(document: dict[str, Any]) -> LedgerEntry:
             threshold=int(notice["threshold"]), occurred_at=int(notice["occurred_at"])),
         available_after=(None if document.get("available_after") is None
                          else int(document["available_after"])),
+        reason=str(document.get("reason") or ""),
     )

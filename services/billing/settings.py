@@ -22,6 +22,11 @@ class BillingSettings(ServiceSettings):
     # How long an account's own threshold is used before it is read again: a change by
     # `hala accounts update --low-balance-threshold` applies within this time.
     threshold_refresh_s: float = 30.0
+    # The most messages an account may have in flight (reserved, not yet charged or released)
+    # unless it has its own cap (`hala accounts update --max-in-flight`, read with the
+    # threshold, so it applies within threshold_refresh_s). A send beyond it is rejected,
+    # reason too_many_in_flight. 0: no cap.
+    max_in_flight: int = Field(50_000, ge=0)
     # How often the reconciler compares the ledger with the balances. A pass reads the entries
     # written since the last one (in pages of reconcile_page_size) and the last
     # reconcile_settle_margin_s of entries, not the whole ledger (reconcile.py).

@@ -27,11 +27,13 @@ forgotten when partitions are revoked or assigned (app.py), when a batch fails o
 at a time (so that path reads the stored truth), and a batch that started before such a reset
 does not put its balances back. Reserve entries are held too (bounded): entries never change.
 
-Each account's low-balance threshold is its own (`accounts.low_balance_threshold`): read with
-the account's balance the first time, then again when it is older than
-`threshold_refresh_s` (read concurrently with the batch's other reads, so a batch waits for it
-at most once per account per refresh interval), and applied to the balance before deciding
-(core.with_threshold). An account without one gets `low_balance_threshold`, the default.
+Each account's low-balance threshold and cap on messages in flight are its own
+(`accounts.low_balance_threshold`, `accounts.max_in_flight`): read with the account's balance
+the first time, then again when they are older than `threshold_refresh_s` (read concurrently
+with the batch's other reads, so a batch waits for them at most once per account per refresh
+interval), and applied to the balance before deciding (core.with_threshold,
+core.with_in_flight_limit). An account without its own gets `low_balance_threshold` /
+`max_in_flight`, the defaults.
 
 Anything unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends
 the whole batch through the one-record path (`handle`), which converges from whatever the batch
@@ -75,6 +77,7 @@ from services.billing.core import (
     entry_key,
     reserve_key,
     settlement_for,
+    with_in_flight_limit,
     with_threshold,
 )
 from services.billing.publisher import Record
@@ -115,9 +118,17 @@ class LedgerStore(Protocol):
     async def remove(self, key: str) -> None: ...
 
 
-class ThresholdSource(Protocol):
-    async def thresholds(self, account_ids: Sequence[str]) -> dict[str, int]:
-        """Each account's own low-balance threshold (accounts without one are left out)."""
+@dataclass(frozen=True)
+class AccountSettings:
+    """What an account set for itself (None: the default applies)."""
+
+    low_balance_threshold: int | None = None
+    max_in_flight: int | None = None
+
+
+class AccountSettingsSource(Protocol):
+    async def settings(self, account_ids: Sequence[str]) -> dict[str, AccountSettings]:
+        """Each account's own settings (accounts unknown here are left out)."""
         ...
 
 
@@ -136,15 +147,20 @@ class BillingWorker:
                  retry_max_delay_s: float = 10.0, dead_letter_limit: int = 50,
                  unexpected_attempts: int = 3,
                  reservation_cache_size: int = 10_000, balance_cache_size: int = 10_000,
-                 thresholds: ThresholdSource | None = None, threshold_refresh_s: float = 30.0,
+                 thresholds: AccountSettingsSource | None = None,
+                 threshold_refresh_s: float = 30.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 top_up_key: bytes = b"") -> None:
+                 top_up_key: bytes = b"", max_in_flight: int = 0) -> None:
+        """`thresholds`: where each account's own settings are read (its low-balance
+        threshold and cap on messages in flight); None: the defaults for all.
+        `max_in_flight`: the default cap on an account's open reservations (0: none)."""
         self._balances = balances
         self._ledger = ledger
         self._publisher = publisher
         self._rate_card = rate_card
         self._clock = clock
         self._threshold = low_balance_threshold
+        self._max_in_flight = max_in_flight
         # Top-ups are applied only when signed under this key (the admin tool's).
         self._top_up_key = top_up_key
         self._first_delay = retry_first_delay_s
@@ -163,10 +179,11 @@ class BillingWorker:
         self._held: OrderedDict[str, Balance] = OrderedDict()
         self._balance_cache_size = balance_cache_size
         self._generation = 0
-        # Each account's threshold and when it was read (monotonic s); None: the default for all.
+        # Each account's (threshold, cap on messages in flight) and when they were read
+        # (monotonic s); no source: the defaults for all.
         self._threshold_source = thresholds
         self._threshold_refresh_s = threshold_refresh_s
-        self._thresholds: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._thresholds: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
 
     @property
     def input_topics(self) -> tuple[str, ...]:
@@ -260,7 +277,7 @@ class BillingWorker:
             for entry in found[len(unread):-1]:
                 if entry is not None:
                     self._remember(entry)
-        balances = {a: with_threshold(b, self._threshold_of(a)) for a, b in balances.items()}
+        balances = {a: self._with_settings(b) for a, b in balances.items()}
         now = self._clock.now_ms()
         decided: dict[str, LedgerEntry] = {}  # this batch's new entries, by key
         touched: dict[str, Balance] = {}
@@ -325,15 +342,19 @@ class BillingWorker:
             return []
         now = self._clock.monotonic()
         return [a for a in accounts if a not in self._thresholds
-                or now - self._thresholds[a][1] >= self._threshold_refresh_s]
+                or now - self._thresholds[a][2] >= self._threshold_refresh_s]
 
     async def _refresh_thresholds(self, accounts: Sequence[str]) -> None:
         if not accounts or self._threshold_source is None:
             return
-        found = await self._threshold_source.thresholds(accounts)
+        found = await self._threshold_source.settings(accounts)
         now = self._clock.monotonic()
         for account in accounts:
-            self._thresholds[account] = (found.get(account, self._threshold), now)
+            own = found.get(account) or AccountSettings()
+            threshold = (self._threshold if own.low_balance_threshold is None
+                         else own.low_balance_threshold)
+            cap = self._max_in_flight if own.max_in_flight is None else own.max_in_flight
+            self._thresholds[account] = (threshold, cap, now)
             self._thresholds.move_to_end(account)
         while len(self._thresholds) > self._balance_cache_size:
             self._thresholds.popitem(last=False)
@@ -341,6 +362,16 @@ class BillingWorker:
     def _threshold_of(self, account_id: str) -> int:
         known = self._thresholds.get(account_id)
         return self._threshold if known is None else known[0]
+
+    def _in_flight_limit_of(self, account_id: str) -> int:
+        known = self._thresholds.get(account_id)
+        return self._max_in_flight if known is None else known[1]
+
+    def _with_settings(self, balance: Balance) -> Balance:
+        """The balance under its account's current threshold and cap."""
+        account = balance.account_id
+        return with_in_flight_limit(with_threshold(balance, self._threshold_of(account)),
+                                    self._in_flight_limit_of(account))
 
     def _remember(self, entry: LedgerEntry) -> None:
         cache = self._reservations
@@ -451,10 +482,9 @@ class BillingWorker:
         now = self._clock.now_ms()
         await self._refresh_thresholds(self._stale_thresholds([event.account_id]))
         threshold = self._threshold_of(event.account_id)
-        balance = with_threshold(
+        balance = self._with_settings(
             await self._balances.get(event.account_id)
-            or Balance.opening(event.account_id, self._rate_card.currency, threshold),
-            threshold)
+            or Balance.opening(event.account_id, self._rate_card.currency, threshold))
         existing: LedgerEntry | None = None
         reservation: LedgerEntry | None = None
         if balance.has_applied(position.source, position.offset):
@@ -579,7 +609,7 @@ def _count(decision: Decision) -> None:
     if entry.kind == "reserve":
         metrics.RESERVATIONS.inc()
     elif entry.kind == "reject":
-        metrics.REJECTIONS.labels(reason="insufficient_credit").inc()
+        metrics.REJECTIONS.labels(reason=entry.reason or "insufficient_credit").inc()
     elif entry.kind == "charge":
         metrics.CHARGES.inc()
         metrics.CHARGED_MICROS.inc(entry.amount)

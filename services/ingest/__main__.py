@@ -10,6 +10,7 @@ from services.ingest.calls import Calls
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
+from services.ingest.limiter import RequestLimiter
 from services.ingest.meta_client import GraphClient
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
@@ -88,7 +89,9 @@ async def main() -> None:
         checks = {**conns.readiness_checks(), "kafka": producer.ready}
         webhooks = EndpointHandlers(ingest, MongoEndpointStore(conns.db), publisher, vault,
                                     allow_loopback_http=settings.allow_loopback_http)
-        app = create_app(calls, settings.public_base_url, webhooks=webhooks)
+        limiter = RequestLimiter(clock, account_default=settings.account_rate_limit(),
+                                 key_default=settings.key_rate_limit())
+        app = create_app(calls, settings.public_base_url, webhooks=webhooks, limiter=limiter)
 
         async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import web
@@ -11,21 +12,35 @@ from services.ingest.call_handlers import CallHandlers
 from services.ingest.calls import Calls
 from services.ingest.core import MAX_BODY_BYTES
 from services.ingest.endpoint_handlers import EndpointHandlers
-from services.ingest.handlers import Handlers
+from services.ingest.handlers import Handlers, meta_error_response
+from services.ingest.limiter import RequestLimiter, add_rate_limit_headers, rate_limit_middleware
 from services.ingest.media import MEDIA_ID_PATTERN
+from shared.errors import ServiceError
 from shared.http import SERVICE_KEY, error_middleware, json_response
 
 SERVICE = "ingest"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 GRAPH_VERSION = r"/{graph_version:v\d+\.\d+}"
+# Routes that take no API key: never rate limited, whatever headers come with them. (The ops
+# endpoints are on their own app and port.)
+UNLIMITED_ROUTES = frozenset({"/openapi.json", "/openapi.yaml"})
 
 
-def create_app(calls: Calls, public_base_url: str = "", *,
-               webhooks: EndpointHandlers) -> web.Application:
-    """The client API only: the ops endpoints are served on their own port (shared/runtime)."""
+def create_app(calls: Calls, public_base_url: str = "", *, webhooks: EndpointHandlers,
+               limiter: RequestLimiter | None = None) -> web.Application:
+    """The client API only: the ops endpoints are served on their own port (shared/runtime).
+    `limiter`: the request rate limits of accounts and keys (None: no limits, for tests of
+    other things)."""
+    middlewares: list[Any] = [error_middleware]
+    if limiter is not None:
+        # Inside the error middleware, so that its refusals are counted like other answers.
+        middlewares.append(rate_limit_middleware(limiter, calls.ingest.directory,
+                                                 meta_route_error, UNLIMITED_ROUTES))
     # Slightly above the body limit, so that our own check answers with the JSON envelope.
     # (Uploads are read part by part as a stream, which this limit does not apply to.)
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES + 1024)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024)
+    if limiter is not None:
+        app.on_response_prepare.append(add_rate_limit_headers)
     app[SERVICE_KEY] = SERVICE
     more = CallHandlers(calls, public_base_url)
     handlers = Handlers(calls.ingest, status_call=more.meta_status_call)
@@ -52,6 +67,15 @@ def create_app(calls: Calls, public_base_url: str = "", *,
     app.router.add_delete(meta_media, more.meta_delete_media)
     add_openapi_routes(app)
     return app
+
+
+def meta_route_error(request: web.Request, exc: ServiceError) -> web.StreamResponse | None:
+    """An error on one of Meta's routes, in Meta's envelope; None on ours (the error
+    middleware answers it)."""
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical.startswith("/{graph_version}"):
+        return meta_error_response(exc)
+    return None
 
 
 def add_webhook_endpoint_routes(app: web.Application, webhooks: EndpointHandlers) -> None:

@@ -710,7 +710,10 @@ def balance_view(balance: dict[str, Any] | None, currency: str) -> dict[str, Any
     balance = balance or {}
     return {"available": int(balance.get("available", 0)),
             "reserved": int(balance.get("reserved", 0)),
-            "currency": balance.get("currency") or currency, "unit": "micros"}
+            "currency": balance.get("currency") or currency, "unit": "micros",
+            # billing's count of messages in flight and the account's cap on them (0: none)
+            "in_flight": int(balance.get("in_flight") or 0),
+            "max_in_flight": int(balance.get("in_flight_limit") or 0)}
 
 
 # --- time -----------------------------------------------------------------------------------

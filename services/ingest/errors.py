@@ -62,8 +62,12 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_multipart": ErrorCode(InvalidRequest, 400, 100, 400),
     "unsupported_media_type": ErrorCode(InvalidRequest, 415, 100, 400),
     "media_too_large": ErrorCode(InvalidRequest, 413, 100, 400),
-    # pass-through calls beyond the number's pace (Meta's throughput code)
+    # too many requests: the account's or the key's request rate (rate_limits.py), or
+    # pass-through calls beyond the number's pace (Meta's throughput code; the account's and
+    # key's limits answer 80007, see meta_code_of)
     "rate_limited": ErrorCode(TransientError, 429, 130429, 429),
+    # the account has its maximum of messages accepted and not yet final (in_flight.py)
+    "too_many_in_flight": ErrorCode(TransientError, 429, 80007, 429),
     # Meta refused a pass-through call (the Meta route relays Meta's own envelope instead)
     "meta_error": ErrorCode(ServiceError, 502, 1, 502),
     # webhook endpoints (the rules are shared/webhook_endpoints.py's and shared/webhook_urls.py's)
@@ -83,8 +87,20 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "dependency_unavailable": ErrorCode(DependencyUnavailable, 503, 2, 503),
 }
 
+# Meta's codes for our request rate limits, by `details.policy`: "Rate limit issues" (the
+# business reached its rate limit). Pass-through calls beyond a number's pace keep 130429.
+RATE_LIMIT_META_CODES = {"account": 80007, "key": 80007}
+
 # Meta's per-status codes for templates that exist but cannot be sent.
 TEMPLATE_STATUS_META_CODES = {"PAUSED": 132015, "DISABLED": 132016}
+
+
+def meta_code_of(exc: ServiceError) -> int:
+    """The Graph error code the Meta-compatible routes answer `exc` with."""
+    spec = ERROR_CODES.get(exc.code, ERROR_CODES["internal_error"])
+    if exc.code == "rate_limited":
+        return RATE_LIMIT_META_CODES.get(str(exc.details.get("policy")), spec.meta_code)
+    return spec.meta_code
 
 
 def reject(code: str, message: str, **details: Any) -> ServiceError:

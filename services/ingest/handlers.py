@@ -15,10 +15,15 @@ from typing import Any
 
 from aiohttp import web
 
-from services.ingest import conversations, core, passthrough
+from services.ingest import conversations, core, in_flight, passthrough
 from services.ingest.cache import RecentMessages
-from services.ingest.errors import ERROR_CODES, reject
-from services.ingest.metrics import IDEMPOTENT_REPLAYS, MESSAGES_ACCEPTED, REJECTIONS
+from services.ingest.errors import ERROR_CODES, meta_code_of, reject
+from services.ingest.metrics import (
+    IDEMPOTENT_REPLAYS,
+    IN_FLIGHT_REFUSALS,
+    MESSAGES_ACCEPTED,
+    REJECTIONS,
+)
 from services.ingest.publisher import Publisher
 from services.ingest.repository import (
     CachedDirectory,
@@ -108,6 +113,7 @@ class Ingest:
             # The cached figure may predate a top-up: only a fresh one may refuse.
             if not core.has_credit(await self.directory.balance(account_id, fresh=True), price):
                 raise core.insufficient_credit(price)
+        await self._check_in_flight(account_id)
 
         request = await self._resolve_refs(account_id, request)
         message_id = (core.keyed_message_id(account_id, idempotency_key, now_ms)
@@ -132,6 +138,14 @@ class Ingest:
         self.recent.remember(doc)
         MESSAGES_ACCEPTED.labels(request.message_type).inc()
         return SendOutcome(doc, replayed=False)
+
+    async def _check_in_flight(self, account_id: str) -> None:
+        """The account's cap on messages in flight (in_flight.py), from the cached balance."""
+        balance = await self.directory.balance(account_id)
+        if in_flight.at_cap(balance):
+            assert balance is not None
+            IN_FLIGHT_REFUSALS.inc()
+            raise in_flight.too_many_in_flight(balance, self.directory.ttl_seconds)
 
     async def _check_window(self, account_id: str, request: core.SendRequest) -> None:
         """A free-form message needs the contact's 24 h window open (unless the account
@@ -288,7 +302,7 @@ def meta_error_response(exc: ServiceError) -> web.Response:
     if relayed is not None:
         return json_response(relayed[1], status=relayed[0])
     spec = ERROR_CODES.get(exc.code, ERROR_CODES["internal_error"])
-    body = core.meta_error_body(exc.code, exc.message, exc.details, spec.meta_code,
+    body = core.meta_error_body(exc.code, exc.message, exc.details, meta_code_of(exc),
                                 trace_id=os.urandom(9).hex())
     return json_response(body, status=spec.meta_http_status, headers=retry_after(exc))
 

@@ -54,3 +54,14 @@ NOTIFY_REQUESTS = Counter(
     "Test events and replays requested through the webhook endpoint API (published).",
     ["kind"],
 )
+RATE_LIMITED = Counter(
+    "ingest_rate_limited_total",
+    "Requests refused with 429 rate_limited because the account's or the API key's request "
+    "rate was used up, by kind of limit (account, key).",
+    ["kind"],
+)
+IN_FLIGHT_REFUSALS = Counter(
+    "ingest_in_flight_refusals_total",
+    "Send requests refused with 429 too_many_in_flight: the account has its maximum of "
+    "messages accepted and not yet final.",
+)

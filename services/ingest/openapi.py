@@ -64,8 +64,9 @@ EVENT_SUMMARIES: dict[str, str] = {
     "message.failed": "The message failed: `error` is Meta's error, `reason` ours when it "
                       "failed before Meta.",
     "message.expired": "The message was not sent before its validity ended (`reason`).",
-    "message.rejected": "We refused the message after accepting it, e.g. "
-                        "`insufficient_credit` (`reason`).",
+    "message.rejected": "We refused the message after accepting it: `reason` "
+                        "`insufficient_credit`, or `too_many_in_flight` (the account had its "
+                        "maximum of messages in flight).",
     "message.received": "A user wrote to one of your numbers: the message as "
                         "`GET /v1/conversations/{wa_id}/messages` shows it.",
     "template.status_changed": "Meta approved, rejected, paused or disabled one of your "

@@ -107,11 +107,13 @@ class MongoDirectory:
             raise unavailable(exc) from exc
 
     async def api_key(self, key_hash: str) -> Doc | None:
-        return await self._find_one(API_KEYS, key_hash, {"account_id": 1, "revoked_at": 1})
+        return await self._find_one(API_KEYS, key_hash,
+                                    {"account_id": 1, "revoked_at": 1, "rate_limit": 1})
 
     async def account(self, account_id: str) -> Doc | None:
         return await self._find_one(ACCOUNTS, account_id,
-                                    {"status": 1, "customer_service_window_check": 1})
+                                    {"status": 1, "customer_service_window_check": 1,
+                                     "rate_limit": 1})
 
     async def phone_number(self, phone_number_id: str) -> Doc | None:
         return await self._find_one(PHONE_NUMBERS, phone_number_id, _PHONE_FIELDS)
@@ -120,8 +122,11 @@ class MongoDirectory:
         return await self._find_one(TEMPLATES, f"{waba_id}:{name}:{language}", _TEMPLATE_FIELDS)
 
     async def balance(self, account_id: str) -> Doc | None:
+        # in_flight and in_flight_limit: billing's count of the account's open reservations
+        # and the cap it applies (in_flight.py).
         return await self._find_one(BALANCES, account_id,
-                                    {"available": 1, "reserved": 1, "currency": 1})
+                                    {"available": 1, "reserved": 1, "currency": 1,
+                                     "in_flight": 1, "in_flight_limit": 1})
 
     async def access_token(self, phone_number_id: str) -> Doc | None:
         return await self._find_one(PHONE_NUMBERS, phone_number_id,
@@ -136,6 +141,7 @@ class CachedDirectory:
 
     def __init__(self, source: Directory, clock: Clock, ttl_seconds: float) -> None:
         self._source = source
+        self._ttl = ttl_seconds
         self._api_keys: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
         self._accounts: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
         self._phones: TtlCache[str, Doc | None] = TtlCache(clock, ttl_seconds)
@@ -195,9 +201,17 @@ class CachedDirectory:
         return await asyncio.shield(loading)
 
     def note_spent(self, account_id: str, amount: int) -> None:
+        """This process accepted a message of the account: until the balance is read again,
+        its cached figure has `amount` less available and one more message in flight."""
         cached = self._balances.get(account_id)
         if isinstance(cached, dict):
             cached["available"] = int(cached.get("available", 0)) - amount
+            cached["in_flight"] = int(cached.get("in_flight") or 0) + 1
+
+    @property
+    def ttl_seconds(self) -> float:
+        """How long a looked-up document is reused."""
+        return self._ttl
 
 
 class MongoIdempotencyStore:

@@ -1,6 +1,9 @@
+import math
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.ingest.rate_limits import Rate
 from shared.pricing import CURRENT_VERSION
 from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
@@ -45,6 +48,26 @@ class IngestSettings(ServiceSettings):
     # Where clients reach this service, for the `url` of GET /{version}/{media-id}; empty:
     # the scheme and host the request came to.
     public_base_url: str = ""
+
+    # --- request rate limits (rate_limits.py), per ingest process ------------------------------
+    # Every account's, unless its document has its own (`hala accounts update --rate-limit`):
+    # requests per second, and how many may come at once.
+    rate_limit_per_second: float = Field(100.0, gt=0)
+    rate_limit_burst: int = Field(200, ge=1)
+    # An API key's own limit besides its account's, unless the key has its own (`hala keys
+    # issue/update --rate-limit`). 0: keys have no limit of their own.
+    key_rate_limit_per_second: float = Field(0.0, ge=0)
+    key_rate_limit_burst: int = Field(0, ge=0)
+
+    def account_rate_limit(self) -> Rate:
+        return Rate(self.rate_limit_per_second, self.rate_limit_burst)
+
+    def key_rate_limit(self) -> Rate | None:
+        if self.key_rate_limit_per_second <= 0:
+            return None
+        return Rate(self.key_rate_limit_per_second,
+                    self.key_rate_limit_burst or max(1, math.ceil(
+                        self.key_rate_limit_per_second)))
 
     # --- webhook endpoints ---------------------------------------------------------------------
     # `development` (what `make run` and the tests set) also accepts plain http to loopback as

@@ -157,4 +157,5 @@ class Mailer:
             except TransientError as exc:
                 log.warning("alert_poll_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()

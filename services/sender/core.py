@@ -30,7 +30,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
@@ -147,6 +148,7 @@ def warm_tokens(capacity: float, rate: float, since: float, now: float,
 # --- the send queue of one phone number ---------------------------------------------------------
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(order=True)
@@ -315,6 +317,59 @@ def in_flight_cap(mps: float, lead_seconds: float, ceiling: int) -> int:
     Meta's answer) while an 80 mps one does not take `sending` records far ahead of its tokens
     (a crash turns those into `unknown` outcomes)."""
     return max(1, min(ceiling, math.ceil(number_burst(mps) + mps * lead_seconds)))
+
+
+# --- fetching: hold back only the partitions that are behind ---------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the sender holds of one partition of send-approved."""
+
+    held: int = 0  # its messages in memory: queued, parked, in flight, being finished
+    parked: int = 0  # of those, queued to go only later than the lead (recipient, tier, retry)
+    drain_per_second: float = 0.0  # what its numbers may send per second now (held ones: 0)
+
+    @property
+    def ready(self) -> int:
+        """Messages waiting only for their number's throughput (or already on their way)."""
+        return max(0, self.held - self.parked)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    """When to stop fetching a partition.
+
+    A partition is behind when it holds more messages ready to go than its numbers send in
+    `lead_seconds` (at least `floor`): fetching more of it only fills memory, while the
+    partitions next to it, other numbers and other tenants, must keep flowing. Messages parked
+    for their recipient's pair rate or the tier do not make a number behind (its other
+    recipients' messages must still reach it). Memory: once everything held reaches
+    `max_held`, every partition holding at least its share (`max_held` / partitions, at least
+    `floor`, parked ones included) pauses too. A paused partition resumes at half its budget."""
+
+    lead_seconds: float = 2.0
+    floor: int = 100
+    max_held: int = 20_000
+
+
+def partitions_to_pause(backlogs: Mapping[K, Backlog], paused: AbstractSet[K],
+                        policy: FetchPolicy) -> set[K]:
+    """The partitions (of `backlogs`: every assigned one) whose fetching must be paused now;
+    `paused`: those paused now (they resume only at half their budget)."""
+    if not backlogs:
+        return set()
+    crowded = sum(b.held for b in backlogs.values()) >= policy.max_held
+    share = max(policy.floor, policy.max_held / len(backlogs))
+    wanted: set[K] = set()
+    for partition, backlog in backlogs.items():
+        if crowded:
+            count, budget = backlog.held, share
+        else:
+            count = backlog.ready
+            budget = max(policy.floor, backlog.drain_per_second * policy.lead_seconds)
+        if count > budget / 2 if partition in paused else count >= budget:
+            wanted.add(partition)
+    return wanted
 
 
 def earliest_send_time(pair_at: float, number_at: float, tier_at: float) -> float:
@@ -611,9 +666,6 @@ class PartitionOffsets:
 
     def committed(self, offset: int) -> None:
         self._committed = offset
-
-
-K = TypeVar("K", bound=Hashable)
 
 
 class OffsetTracker(Generic[K]):

@@ -55,6 +55,11 @@ ALERTS = Counter(
     "Operator alerts raised by the sender, by kind.",
     ["kind"],  # phone_number_held, waba_held
 )
+PARTITIONS_PAUSED = Gauge(
+    "sender_partitions_paused",
+    "Partitions of send-approved whose fetching is paused because they are behind (their "
+    "numbers hold more than they send in SENDER_BACKLOG_SECONDS) or memory is full.",
+)
 OLDEST_WAITING = Gauge(
     "sender_oldest_waiting_message_age_seconds",
     "Age of the oldest message taken in and not finished yet (0 when there is none).",

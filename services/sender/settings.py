@@ -28,8 +28,13 @@ class SenderSettings(ServiceSettings):
     # most max_in_flight_per_number.
     in_flight_seconds: float = 0.25
     max_in_flight_per_number: int = 1000
-    # Above this many messages in memory, fetching pauses until half of them are gone.
-    max_queued: int = 20_000
+    # Fetching pauses only for the partitions that are behind: those holding more messages
+    # ready to go than their numbers send in backlog_seconds (at least backlog_floor); it
+    # resumes at half. All partitions together hold about max_queued at most: beyond it, each
+    # keeps at most its share (core.FetchPolicy).
+    max_queued: int = Field(20_000, gt=0)
+    backlog_seconds: float = Field(2.0, gt=0)
+    backlog_floor: int = Field(100, gt=0)
     commit_interval_seconds: float = 0.2
     phone_number_refresh_seconds: float = 30.0
     tier_refresh_seconds: float = 60.0

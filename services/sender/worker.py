@@ -6,7 +6,9 @@ Two parts:
     applied through the error table. It knows no Kafka: records arrive with a `done` callback.
   * `SenderWorker` - the Kafka side: its own consume loop (records finish out of order, so the
     commit is the lowest unfinished offset per partition), dead letters, periodic commits,
-    rebalances and backpressure.
+    rebalances and backpressure: only the partitions that are behind stop being fetched
+    (core.partitions_to_pause), so one tenant's backlog on a slow number does not stop the
+    numbers of the partitions next to it.
 
 A message's path: admit (pair token reserved, queued by its time) -> dispatcher pops it when its
 recipient and the tier allow -> send task: insert the `sending` record -> number token (reserved
@@ -38,7 +40,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.sender import metrics
 from services.sender.core import (
     COEXISTENCE_MPS,
+    Backlog,
     ErrorClass,
+    FetchPolicy,
     NumberPacer,
     OffsetTracker,
     PartitionOffsets,
@@ -51,6 +55,7 @@ from services.sender.core import (
     in_flight_cap,
     is_business_initiated,
     is_expired,
+    partitions_to_pause,
     react_to_error,
     tier_limit,
     unreachable_backoff,
@@ -134,8 +139,11 @@ class RealTimer:
         if deadline == math.inf:
             await event.wait()
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and the lane's dispatcher then never stops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, deadline - self._clock.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - self._clock.monotonic())):
+                await event.wait()
 
 
 class SendsStore(Protocol):
@@ -203,6 +211,9 @@ class EngineConfig:
     # What the portfolio's tier window (and `tier_usage`) knows a recipient by: a keyed hash
     # of the number (create_worker), never the number itself.
     tier_key: Callable[[str], str] = field(default=str)
+    # A message queued to go later than this (its recipient's pair rate, the tier, a retry)
+    # counts as parked: it does not make its partition behind (see `backlogs`).
+    backlog_seconds: float = 2.0
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -224,6 +235,7 @@ class Delivery:
     aborted: bool = False  # its partition was revoked: it must not be sent by us any more
     tier_portfolio: str | None = None  # a tier place taken at dispatch, still to be persisted
     tier_recipient: str = ""  # the recipient's tier key (a keyed hash), with tier_portfolio
+    parked: bool = False  # queued to go later than the backlog lead (counted per partition)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -292,6 +304,9 @@ class SendEngine:
         self._unanswered = 0  # taken off a queue, no answer from Meta yet (capped)
         self._finishing = 0  # answered, outcome being recorded and published
         self._queued = 0
+        # Per partition: messages in `_pending`, and of those the ones queued as parked.
+        self._held: dict[Hashable, int] = {}
+        self._parked: dict[Hashable, int] = {}
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
 
@@ -307,6 +322,20 @@ class SendEngine:
 
     def lane_state(self, phone_number_id: str) -> Lane | None:
         return self._lanes.get(phone_number_id)
+
+    def backlogs(self) -> dict[Hashable, Backlog]:
+        """What is held of each partition, and how fast its numbers may send now (a number
+        held, or whose WABA is held, sends nothing): what the worker's fetch policy decides
+        from. Counted as messages come and go; only the numbers' rates are summed here."""
+        now = self._clock.monotonic()
+        drain: dict[Hashable, float] = {}
+        for lane in self._lanes.values():
+            if lane.partition in self._held and not (
+                    lane.pacer.is_held(now) or self.waba_held(lane.phone.waba_id)):
+                drain[lane.partition] = drain.get(lane.partition, 0.0) + lane.pacer.mps
+        return {partition: Backlog(held, self._parked.get(partition, 0),
+                                   drain.get(partition, 0.0))
+                for partition, held in self._held.items()}
 
     def set_dead_letter(self, hook: DeadLetterHook) -> None:
         """Where messages given up after repeated bugs go (without one, such a bug stops the
@@ -377,6 +406,7 @@ class SendEngine:
         if ready_at > now:
             metrics.PAIR_RATE_PARKED.inc()
         self._pending[event.message_id] = delivery
+        _add(self._held, delivery.partition, 1)
         self._enqueue(lane, delivery, ready_at)
 
     async def _readmit(self, delivery: Delivery, taken_over_at: float) -> None:
@@ -393,6 +423,7 @@ class SendEngine:
     def _forget(self, delivery: Delivery) -> None:
         if self._pending.get(delivery.message_id) is delivery:
             del self._pending[delivery.message_id]
+            _add(self._held, delivery.partition, -1)
 
     def _finish_unsent_soon(self, delivery: Delivery, status: str, *, reason: str) -> None:
         run = partial(self._finish_unsent, delivery, status, reason=reason)
@@ -482,6 +513,9 @@ class SendEngine:
 
     def _enqueue(self, lane: Lane, delivery: Delivery, ready_at: float) -> None:
         lane.queue.push(delivery, ready_at)
+        if ready_at > self._clock.monotonic() + self._config.backlog_seconds:
+            delivery.parked = True
+            _add(self._parked, delivery.partition, 1)
         self._queued += 1
         metrics.MESSAGES_QUEUED.set(self._queued)
         lane.wake.set()
@@ -495,6 +529,7 @@ class SendEngine:
         for lane in self._lanes.values():
             for delivery in lane.queue.remove_where(lambda d: d.partition in partitions):
                 self._queued -= 1
+                self._unpark(delivery)
                 self._drop(delivery)
             for delivery in lane.active:
                 if delivery.partition in partitions:
@@ -604,6 +639,7 @@ class SendEngine:
             return
         delivery, ready_at = popped
         self._queued -= 1
+        self._unpark(delivery)
         metrics.MESSAGES_QUEUED.set(self._queued)
         try:
             await self._take_off(lane, delivery, ready_at, now)
@@ -653,6 +689,7 @@ class SendEngine:
         expired = lane.queue.remove_where(lambda d: is_expired(d.event.expires_at, now_ms))
         for delivery in expired:
             self._queued -= 1
+            self._unpark(delivery)
             self._finish_unsent_soon(delivery, "expired", reason="validity_expired")
         if expired:
             metrics.MESSAGES_QUEUED.set(self._queued)
@@ -1087,7 +1124,14 @@ class SendEngine:
     def _settle(self, delivery: Delivery) -> None:
         if self._pending.get(delivery.message_id) is delivery:
             del self._pending[delivery.message_id]
+            _add(self._held, delivery.partition, -1)
         delivery.settled.set()
+
+    def _unpark(self, delivery: Delivery) -> None:
+        """The message left its queue."""
+        if delivery.parked:
+            delivery.parked = False
+            _add(self._parked, delivery.partition, -1)
 
     def _drop(self, delivery: Delivery) -> None:
         """Let go of a message without an outcome: its record will be delivered again."""
@@ -1118,6 +1162,15 @@ class SendEngine:
             log.error("sender_task_failed", error=repr(exc))
 
 
+def _add(counts: dict[Hashable, int], key: Hashable, delta: int) -> None:
+    """A count per key, without keys at 0 (partitions come and go)."""
+    value = counts.get(key, 0) + delta
+    if value > 0:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
 # --- the Kafka side ----------------------------------------------------------------------------
 
 
@@ -1137,9 +1190,19 @@ class WorkerConfig:
     kafka: KafkaConfig
     topic_prefix: str = ""
     commit_interval_seconds: float = 0.2
+    # All partitions together hold at most about this many messages (core.FetchPolicy).
     max_queued: int = 20_000
     shutdown_grace_seconds: float = 15.0
     poll_records: int = 500
+    # A partition is behind when it holds more ready messages than its numbers send in this
+    # many seconds, at least backlog_floor (core.FetchPolicy).
+    backlog_seconds: float = 2.0
+    backlog_floor: int = 100
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(lead_seconds=self.backlog_seconds, floor=self.backlog_floor,
+                           max_held=self.max_queued)
 
     @property
     def group(self) -> str:
@@ -1161,7 +1224,8 @@ class SenderWorker:
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._taken_over_at: dict[TopicPartition, float] = {}
         self._dead_letters = DeadLetters(producer, SERVICE)
-        self._paused = False
+        self._fetch_policy = config.fetch_policy
+        self._crowded = False
         engine.set_dead_letter(self._dead_letter_records)
 
     @property
@@ -1173,7 +1237,6 @@ class SenderWorker:
         for tp in assigned:
             self._tracker.assign(tp)
             self._taken_over_at[tp] = now
-        self._paused = False
         log.info("partitions_assigned", partitions=sorted(str(tp.partition) for tp in assigned))
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -1249,17 +1312,28 @@ class SenderWorker:
                 callback()
 
     def _apply_backpressure(self) -> None:
-        held = self._engine.queued + self._engine.in_flight
-        assignment = list(self._consumer.assignment())
-        if held >= self._config.max_queued and assignment:
-            if not self._paused:
-                log.warning("fetching_paused", held=held)
-            self._consumer.pause(*assignment)
-            self._paused = True
-        elif self._paused and held <= self._config.max_queued // 2:
-            self._consumer.resume(*assignment)
-            self._paused = False
-            log.info("fetching_resumed", held=held)
+        """Pause fetching the partitions that are behind, resume the others (core's policy):
+        a backlog holds back its own partition, never the ones next to it."""
+        assignment = set(self._consumer.assignment())
+        if not assignment:
+            return
+        held = self._engine.backlogs()
+        backlogs = {tp: held.get(tp, _NOTHING_HELD) for tp in assignment}
+        paused = set(self._consumer.paused()) & assignment
+        wanted = partitions_to_pause(backlogs, paused, self._fetch_policy)
+        if wanted - paused:
+            self._consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self._consumer.resume(*(paused - wanted))
+        metrics.PARTITIONS_PAUSED.set(len(wanted))
+        total = sum(b.held for b in backlogs.values())
+        crowded = total >= self._fetch_policy.max_held
+        if crowded != self._crowded:  # memory at its bound: worth a line, unlike a partition
+            self._crowded = crowded
+            if crowded:
+                log.warning("fetching_crowded", held=total, paused=len(wanted))
+            else:
+                log.info("fetching_uncrowded", held=total, paused=len(wanted))
 
     async def _commit_forever(self) -> None:
         while True:
@@ -1278,6 +1352,9 @@ class SenderWorker:
             return
         await self._consumer.commit(positions)
         self._tracker.mark_committed(positions)
+
+
+_NOTHING_HELD = Backlog()
 
 
 def _undecodable(exc: Exception) -> InvalidRequest:
@@ -1410,11 +1487,13 @@ def create_worker(settings: SenderSettings, db: AsyncDatabase[dict[str, Any]],
             phone_number_refresh_seconds=settings.phone_number_refresh_seconds,
             tier_refresh_seconds=settings.tier_refresh_seconds,
             tier_key=partial(keyed_hash, key=settings.recipient_hash_key_bytes()),
+            backlog_seconds=settings.backlog_seconds,
             limits=RetryLimits(transient_max_attempts=settings.transient_max_attempts,
                                hold_seconds=settings.hold_seconds)))
     worker = SenderWorker(
         WorkerConfig(settings.kafka, settings.topic_prefix,
                      settings.commit_interval_seconds, settings.max_queued,
-                     settings.shutdown_grace_seconds),
+                     settings.shutdown_grace_seconds, backlog_seconds=settings.backlog_seconds,
+                     backlog_floor=settings.backlog_floor),
         producer, engine, clock)
     return worker, meta

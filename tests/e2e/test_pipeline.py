@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -150,12 +152,22 @@ async def submit(stack: Stack, plan: list[Planned], concurrency: int = 32) -> No
     async def worker(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
             p = queue.get_nowait()
-            async with session.post(f"{stack.url('ingest')}/v1/messages", json=p.body,
-                                    headers={"Authorization": f"Bearer {p.account.api_key}"},
-                                    ) as resp:
-                body = await resp.json()
-                assert resp.status == 202, body
-                p.message_id = body["id"]
+            # As a careful client does: a 503 (ingest could not reach a dependency in its 1 s
+            # budget, as happens on a loaded 2-core machine) is retried with the same
+            # Idempotency-Key, so a retry can never make a second message.
+            headers = {"Authorization": f"Bearer {p.account.api_key}",
+                       "Idempotency-Key": uuid.uuid4().hex}
+            deadline = time.monotonic() + 60
+            while True:
+                async with session.post(f"{stack.url('ingest')}/v1/messages", json=p.body,
+                                        headers=headers) as resp:
+                    body = await resp.json()
+                    if resp.status == 503 and time.monotonic() < deadline:
+                        await asyncio.sleep(float(resp.headers.get("Retry-After", "0.5")))
+                        continue
+                    assert resp.status == 202, body
+                    p.message_id = body["id"]
+                    break
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))

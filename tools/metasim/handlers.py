@@ -205,9 +205,8 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
         # Meta sometimes delivers the `sent` webhook before the send's HTTP response returns.
         try:
             # Bounded: a slow or absent receiver must not stall the send path for long.
-            await asyncio.wait_for(
-                asyncio.shield(waiter), min(sim.dispatcher.config.timeout_seconds, 1.0)
-            )
+            async with asyncio.timeout(min(sim.dispatcher.config.timeout_seconds, 1.0)):
+                await asyncio.shield(waiter)
         except TimeoutError:
             pass
     for fault in faults:

@@ -62,6 +62,7 @@ class Timeline:
             if heap and not self._clock.is_manual:
                 timeout = heap[0][0] - self._clock.monotonic()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass

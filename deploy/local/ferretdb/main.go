@@ -1,5 +1,6 @@
-// Command hala-ferretdb runs FerretDB v1 embedded, with its SQLite backend, as a
-// local MongoDB stand-in for development and tests (see ../infra.sh).
+// Command hala-ferretdb runs FerretDB v1 embedded, as a local MongoDB stand-in for development
+// and tests (see ../infra.sh), on either of FerretDB's backends: SQLite files in -data-dir
+// (-backend sqlite) or a PostgreSQL database (-backend postgresql -postgresql-url URL).
 //
 // It embeds the library instead of installing FerretDB's own cmd/ferretdb because
 // `go install` of that command yields a binary that panics at start (its version.txt
@@ -9,6 +10,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -32,7 +34,10 @@ const sqlitePragmas = "_pragma=synchronous(normal)"
 
 func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
-	dataDir := flag.String("data-dir", "data", "directory for the SQLite databases (created if missing)")
+	backend := flag.String("backend", "sqlite", "FerretDB's backend: sqlite or postgresql")
+	dataDir := flag.String("data-dir", "data", "sqlite: directory for the SQLite databases (created if missing)")
+	pgURL := flag.String("postgresql-url", "", "postgresql: the database's URL, e.g. "+
+		"postgres:///ferretdb?host=/run/dir (pgx syntax; a unix socket directory as host)")
 	var level slog.Level // FerretDB logs every connection at INFO: default to WARN
 	flag.TextVar(&level, "log-level", slog.LevelWarn, "FerretDB log level (debug, info, warn, error)")
 	flag.Parse()
@@ -40,22 +45,33 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)) // our own messages, INFO
 	fail := func(msg string, err error) { log.Error(msg, "err", err); os.Exit(1) }
 
-	dir, err := filepath.Abs(*dataDir)
-	if err != nil {
-		fail("bad -data-dir", err)
+	config := &ferretdb.Config{
+		Listener: ferretdb.ListenerConfig{TCP: *listen},
+		Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Handler:  *backend,
 	}
-	if err = os.MkdirAll(dir, 0o755); err != nil {
-		fail("cannot create data dir", err)
+	var dir string // sqlite only
+	switch *backend {
+	case "sqlite":
+		var err error
+		if dir, err = filepath.Abs(*dataDir); err != nil {
+			fail("bad -data-dir", err)
+		}
+		if err = os.MkdirAll(dir, 0o755); err != nil {
+			fail("cannot create data dir", err)
+		}
+		cleanDataDir(dir, log)
+		config.SQLiteURL = (&url.URL{Scheme: "file", Path: dir + "/", RawQuery: sqlitePragmas}).String()
+	case "postgresql":
+		if *pgURL == "" {
+			fail("bad flags", errors.New("-backend postgresql needs -postgresql-url"))
+		}
+		config.PostgreSQLURL = *pgURL
+	default:
+		fail("bad flags", fmt.Errorf("-backend must be sqlite or postgresql, got %q", *backend))
 	}
 
-	cleanDataDir(dir, log)
-
-	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: *listen},
-		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-		Handler:   "sqlite",
-		SQLiteURL: (&url.URL{Scheme: "file", Path: dir + "/", RawQuery: sqlitePragmas}).String(),
-	})
+	f, err := ferretdb.New(config)
 	if err != nil {
 		fail("cannot start FerretDB", err)
 	}
@@ -63,8 +79,10 @@ func main() {
 	// Run until SIGTERM/SIGINT; Run closes the listener, connections and SQLite files.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	go idIndexer(ctx, dir, log)
-	log.Info("listening", "uri", f.MongoDBURI(), "data_dir", dir)
+	if *backend == "sqlite" {
+		go idIndexer(ctx, dir, log)
+	}
+	log.Info("listening", "uri", f.MongoDBURI(), "backend", *backend, "data_dir", dir)
 	if err = f.Run(ctx); err != nil {
 		fail("FerretDB stopped with an error", err)
 	}

@@ -437,3 +437,41 @@ async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_
     [second] = [t for t in topped if t.event_id == "topup_2:applied"]
     assert (second.amount, second.available) == (10_000, 100_000 - 3 * GB_UTILITY + 10_000)
     assert await billing.metric("billing_topups_total") == 2
+
+
+async def test_a_burst_never_takes_an_account_past_its_cap_on_messages_in_flight(
+        setup: Setup) -> None:
+    account = f"acc_{setup.prefix}cap"
+    db = setup.mongo[setup.database]
+    # The account's own cap, as `hala accounts update --max-in-flight 2` stores it.
+    await db.accounts.insert_one({"_id": account, "max_in_flight": 2})
+    billing = setup.billing("billing", threshold_refresh_s="0")
+    await billing.wait_ready()
+    await setup.send(top_up(account, 10**9, "topup_1"))
+    await setup.send_all([send_requested(account, f"msg_{n}") for n in range(6)])
+    await setup.wait_drained(billing)
+
+    approved = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
+                       SEND_APPROVED)
+    assert [a.message_id for a in approved] == ["msg_0", "msg_1"]
+    rejected = [s for s in decoded(await read_all(setup.broker.setup, STATUS_CHANGED,
+                                                  setup.prefix), STATUS_CHANGED)
+                if s.status == "rejected"]
+    assert sorted((s.message_id, s.reason) for s in rejected) == [
+        (f"msg_{n}", "too_many_in_flight") for n in range(2, 6)]
+    balance = await setup.balance(account)
+    assert balance is not None
+    assert (balance["in_flight"], balance["in_flight_limit"]) == (2, 2)
+    assert balance["reserved"] == 2 * GB_UTILITY
+
+    # One is delivered (charged): room for exactly one more.
+    await setup.send(status(account, "msg_0", "delivered", category="utility"))
+    await setup.send_all([send_requested(account, f"msg_{n}") for n in (6, 7)])
+    await setup.wait_drained(billing)
+    approved = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
+                       SEND_APPROVED)
+    assert [a.message_id for a in approved] == ["msg_0", "msg_1", "msg_6"]
+    balance = await setup.balance(account)
+    assert balance is not None and balance["in_flight"] == 2
+    assert await billing.metric(
+        'billing_rejections_total{reason="too_many_in_flight"}') == 5

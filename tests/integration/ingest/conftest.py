@@ -24,8 +24,10 @@ from services.ingest.calls import Calls
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
+from services.ingest.limiter import RequestLimiter
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
+from services.ingest.rate_limits import Rate
 from services.ingest.repository import (
     CachedDirectory,
     CachedWindows,
@@ -188,7 +190,10 @@ async def platform(broker: Broker, mongo: AsyncMongoClient[dict[str, Any]],
                   vault=vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
     webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, vault,
                                 allow_loopback_http=True)
-    client = TestClient(TestServer(create_app(calls, webhooks=webhooks)))
+    # Rate limits as in production, with defaults no test here reaches: a test that wants a
+    # limit sets the account's or key's own, as `hala` does.
+    limiter = RequestLimiter(clock, account_default=Rate(10_000, 10_000))
+    client = TestClient(TestServer(create_app(calls, webhooks=webhooks, limiter=limiter)))
     await client.start_server()
     try:
         a = await _tenant(db, vault, "Alpha", WABA_A, PORTFOLIO_A, PHONE_A, "15550001001")

@@ -29,8 +29,10 @@ from services.ingest.calls import Calls
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
+from services.ingest.limiter import RequestLimiter
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.publisher import KafkaPublisher
+from services.ingest.rate_limits import Rate
 from services.ingest.repository import (
     CachedDirectory,
     CachedWindows,
@@ -72,8 +74,10 @@ async def second_ingest(platform: Platform, db: AsyncDatabase[dict[str, Any]],
     publisher = KafkaPublisher(producer, platform.prefix)
     webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, platform.vault,
                                 allow_loopback_http=True)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(calls,
-                                                                    webhooks=webhooks)))
+    # The rate limits' middleware too, as in production: it looks the caller up first.
+    limiter = RequestLimiter(clock, account_default=Rate(10_000, 10_000))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(calls, webhooks=webhooks,
+                                                                    limiter=limiter)))
     await client.start_server()
     try:
         yield client

@@ -173,7 +173,7 @@ async def test_accounts_never_see_each_others_messages_or_balances(platform: Pla
     a_balance = await (await p.client.get("/v1/balance", headers=p.a.auth)).json()
     b_balance = await (await p.client.get("/v1/balance", headers=p.b.auth)).json()
     assert a_balance == {"available": 10_000_000, "reserved": 0, "currency": "USD",
-                         "unit": "micros"}
+                         "unit": "micros", "in_flight": 0, "max_in_flight": 0}
     assert b_balance["available"] == 123
 
 

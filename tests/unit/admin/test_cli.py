@@ -186,3 +186,37 @@ def test_accounts_update_takes_alert_emails_and_a_threshold() -> None:
 def test_bad_webhook_arguments_are_refused_by_the_parser(argv: tuple[str, ...]) -> None:
     with pytest.raises(SystemExit):
         parse(*argv)
+
+
+@pytest.mark.parametrize(("spec", "burst", "stored"), [
+    ("50/s", None, {"per_second": 50.0, "burst": 50}),
+    ("600/min", 20, {"per_second": 10.0, "burst": 20}),
+    ("90/h", None, {"per_second": 0.025, "burst": 90}),
+    ("2.5/s", None, {"per_second": 2.5, "burst": 3}),
+    (" 10 / second ", 1, {"per_second": 10.0, "burst": 1}),
+    ("default", None, "default"),
+])
+def test_a_rate_limit_is_n_per_unit_with_a_burst_of_n_unless_given(
+        spec: str, burst: int | None, stored: object) -> None:
+    from services.admin import core
+    assert core.rate_limit(spec, burst) == stored
+
+
+@pytest.mark.parametrize(("spec", "burst"), [("fast", None), ("50", None), ("0/s", None),
+                                             ("50/day", None), ("-5/s", None),
+                                             ("default", 3), ("5/s", 0)])
+def test_an_unreadable_rate_limit_is_refused(spec: str, burst: int | None) -> None:
+    from services.admin import core
+    with pytest.raises(core.InvalidRequest):
+        core.rate_limit(spec, burst)
+
+
+def test_limits_are_options_of_accounts_update_and_keys_issue_and_update() -> None:
+    args = parse("accounts", "update", "acc_1", "--rate-limit", "50/s", "--rate-limit-burst",
+                 "80", "--max-in-flight", "default")
+    assert (args.rate_limit, args.rate_limit_burst, args.max_in_flight) == ("50/s", 80,
+                                                                            "default")
+    assert parse("keys", "issue", "--account", "a", "--rate-limit", "5/s").rate_limit == "5/s"
+    assert parse("keys", "update", "hw_live_abc", "--rate-limit", "default").key == "hw_live_abc"
+    with pytest.raises(SystemExit):
+        parse("keys", "update", "hw_live_abc")  # nothing to change

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from services.billing.worker import AccountSettings
 from shared.clock import FakeClock
 from shared.messages import LOW_BALANCE_ALERTED, SEND_REQUESTED, TOPUP_REQUESTED
 from tests.unit.billing.events import ACCOUNT, send_requested, top_up
@@ -20,9 +21,10 @@ class FakeThresholds:
         self.known = known
         self.reads: list[list[str]] = []
 
-    async def thresholds(self, account_ids: Sequence[str]) -> dict[str, int]:
+    async def settings(self, account_ids: Sequence[str]) -> dict[str, AccountSettings]:
         self.reads.append(list(account_ids))
-        return {a: self.known[a] for a in account_ids if a in self.known}
+        return {a: AccountSettings(low_balance_threshold=self.known[a])
+                for a in account_ids if a in self.known}
 
 
 def _shell(thresholds: dict[str, int], **options: Any) -> tuple[Shell, FakeThresholds,

@@ -28,8 +28,10 @@ from services.ingest.conversations import WINDOW_MS, ConversationQuery, Cursor, 
 from services.ingest.core import ListQuery, hash_api_key, to_ms
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.handlers import Ingest
+from services.ingest.limiter import RequestLimiter
 from services.ingest.meta_client import Download, MetaAnswer
 from services.ingest.passthrough import PassThroughPacer
+from services.ingest.rate_limits import Rate
 from services.ingest.repository import CachedDirectory, CachedWindows, DuplicateMessage
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable
@@ -453,7 +455,9 @@ class World:
     """An ingest app over fakes, served in-process, with a fake clock."""
 
     def __init__(self, ttl_seconds: float = 5.0, *, pace: tuple[float, int, float] = (10, 20, 1),
-                 window_closed_cache_seconds: float = 1.0) -> None:
+                 window_closed_cache_seconds: float = 1.0,
+                 rate_limit: Rate | None = None, key_rate_limit: Rate | None = None) -> None:
+        """`rate_limit`: every account's request rate limit (None: no limits at all)."""
         self.clock = FakeClock()
         self.directory = two_accounts()
         self.idempotency = FakeIdempotencyStore()
@@ -475,7 +479,10 @@ class World:
         self.endpoints = FakeEndpointStore()
         self.webhooks = EndpointHandlers(self.ingest, self.endpoints, self.publisher, VAULT,
                                          allow_loopback_http=True)
-        self.app = create_app(self.calls, webhooks=self.webhooks)
+        self.limiter = (RequestLimiter(self.clock, account_default=rate_limit,
+                                       key_default=key_rate_limit)
+                        if rate_limit is not None else None)
+        self.app = create_app(self.calls, webhooks=self.webhooks, limiter=self.limiter)
 
     async def sleep(self, seconds: float) -> None:
         """What a pass-through call waits for its turn: recorded, and the clock moves."""

@@ -447,7 +447,7 @@ async def test_balance_is_the_callers_own() -> None:
         world.directory.balances["acc_b"] = {"available": 7, "reserved": 3, "currency": "USD"}
         resp = await world.client.get("/v1/balance", headers=auth(KEY_B))
         assert await resp.json() == {"available": 7, "reserved": 3, "currency": "USD",
-                                     "unit": "micros"}
+                                     "unit": "micros", "in_flight": 0, "max_in_flight": 0}
         resp = await world.client.get("/v1/balance", headers=auth(KEY_A))
         assert (await resp.json())["available"] == 50_000_000
 

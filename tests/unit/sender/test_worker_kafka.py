@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from services.sender.worker import SenderWorker, WorkerConfig
+from shared.kafka import KafkaConfig
 from shared.messages import SEND_APPROVED
 from tests.unit.sender.fakes import Harness, settle
 
@@ -68,10 +69,12 @@ def records(h: Harness, *events: Any, start: int = 0) -> list[Record]:
             for i, e in enumerate(events)]
 
 
-async def running_worker(h: Harness, max_queued: int = 20_000
+async def running_worker(h: Harness, max_queued: int = 20_000, backlog_floor: int = 100
                          ) -> tuple[SenderWorker, FakeConsumer, FakeProducer, asyncio.Task[None]]:
     consumer, producer = FakeConsumer(), FakeProducer()
-    worker = SenderWorker(WorkerConfig("unused:9092", max_queued=max_queued), producer,  # type: ignore[arg-type]
+    config = WorkerConfig(KafkaConfig("unused:9092", "PLAINTEXT"), max_queued=max_queued,
+                          backlog_floor=backlog_floor)
+    worker = SenderWorker(config, producer,  # type: ignore[arg-type]
                           h.engine, h.clock, consumer=consumer)  # type: ignore[arg-type]
     worker.partitions_assigned({TP})
     await h.timer.advance(300.0)  # long after the take-over: buckets are full again
@@ -123,7 +126,9 @@ async def test_an_unreadable_record_is_dead_lettered_and_committed_past() -> Non
 
 async def test_fetching_pauses_when_too_much_waits_in_memory_and_resumes_below_half() -> None:
     h = Harness()
-    _, consumer, _, task = await running_worker(h, max_queued=10)
+    # Parked messages do not make a partition behind, but they fill memory: past max_queued
+    # a partition keeps at most its share (here all of it: one partition).
+    _, consumer, _, task = await running_worker(h, max_queued=10, backlog_floor=1)
     try:
         hot = [h.event("+447700000001") for _ in range(52)]  # 40 go, 12 wait
         await consumer.batches.put({TP: records(h, *hot)})
