@@ -236,6 +236,9 @@ async def chaos_stack(tmp_path: Path, own_kafka: OwnKafka,
         await mongo.close()
 
 
+# pytest-timeout's 900 s per test (pyproject.toml) is too short for this one: its own deadline
+# (DEADLINE_S), plus the second broker's start and stop.
+@pytest.mark.timeout(DEADLINE_S + 300)
 async def test_ten_thousand_messages_survive_a_broker_restart_and_every_service_killed(
         chaos_stack: tuple[Stack, OwnKafka]) -> None:
     stack, kafka = chaos_stack
