@@ -141,7 +141,7 @@ def _given(value: Any) -> Any:
 
 # msgspec's errors read "<rule> - at `$.<path>`"; rules our declarations add read "[field] rule".
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-_NAMED = re.compile(r"`([^`]+)`")
+_NAMED = re.compile(r"`([^`]*)`")  # a JSON key may be empty: "unknown field ``"
 
 
 def validation_error(text: str) -> ServiceError:
