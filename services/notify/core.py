@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -49,8 +49,8 @@ from shared.messages import (
     WabaStatusChanged,
 )
 
-STANDARD = "standard"
-META = "meta"
+STANDARD: Final = "standard"
+META: Final = "meta"
 Format = Literal["standard", "meta"]
 
 # Seconds to wait after each failed attempt (Standard Webhooks' example schedule: immediately,
