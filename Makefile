@@ -51,9 +51,21 @@ test: $(STAMP) tools ## Unit tests, simulator conformance, then integration test
 test-unit: $(STAMP) tools ## Only the tests that need no broker and no database
 	@$(call PYTEST,tests/unit tests/metasim)
 
-lint: $(STAMP) ## ruff (lint + format check) and the import contracts
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports
+# `make lint` runs every check, even after one fails, then fails if any did and names them.
+LINT_FAILED := $(VENV)/.lint-failed
+LINT_CHECK = echo "+ $(1)"; $(1) || echo "$(1)" >> $(LINT_FAILED)
+
+lint: $(STAMP) ## ruff (lint + format check), the import contracts, mypy (strict: shared/ and the cores)
+	@rm -f $(LINT_FAILED)
+	@$(call LINT_CHECK,$(VENV)/bin/ruff check .)
+	@$(call LINT_CHECK,$(VENV)/bin/ruff format --check --output-format concise .)
+	@$(call LINT_CHECK,$(VENV)/bin/lint-imports)
+	@$(call LINT_CHECK,$(VENV)/bin/mypy)
+	@# One more LINT_CHECK line per further check: the dependency audit (pip-audit) goes here.
+	@if [ -s $(LINT_FAILED) ]; then \
+	  echo "make lint: these checks failed:"; sed 's/^/  /' $(LINT_FAILED); \
+	  rm -f $(LINT_FAILED); exit 1; \
+	fi
 
 bench: $(STAMP) tools ## Benchmarks: print a table of figures and write bench/results/
 	$(PY) bench/run_all.py
