@@ -59,10 +59,21 @@ test: $(STAMP) tools ## Unit tests, simulator conformance, then integration test
 test-unit: $(STAMP) tools ## Only the tests that need no broker and no database
 	@$(call PYTEST,tests/unit tests/metasim)
 
-lint: $(STAMP) ## ruff, the import contracts, and known vulnerabilities in the lock (pip-audit)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports
-	$(PY) tools/audit_lock.py $(LOCK) $(if $(filter 1,$(AUDIT_STRICT)),--strict)
+# `make lint` runs every check, even after one fails, then fails if any did and names them.
+LINT_FAILED := $(VENV)/.lint-failed
+LINT_CHECK = echo "+ $(1)"; $(1) || echo "$(1)" >> $(LINT_FAILED)
+
+lint: $(STAMP) ## ruff (lint + format check), the import contracts, mypy (strict: shared/ and the cores), pip-audit over the lock
+	@rm -f $(LINT_FAILED)
+	@$(call LINT_CHECK,$(VENV)/bin/ruff check .)
+	@$(call LINT_CHECK,$(VENV)/bin/ruff format --check --output-format concise .)
+	@$(call LINT_CHECK,$(VENV)/bin/lint-imports)
+	@$(call LINT_CHECK,$(VENV)/bin/mypy)
+	@$(call LINT_CHECK,$(PY) tools/audit_lock.py $(LOCK) $(if $(filter 1,$(AUDIT_STRICT)),--strict))
+	@if [ -s $(LINT_FAILED) ]; then \
+	  echo "make lint: these checks failed:"; sed 's/^/  /' $(LINT_FAILED); \
+	  rm -f $(LINT_FAILED); exit 1; \
+	fi
 
 lock: ## Regenerate the hashed lock file from pyproject.toml (then `make venv` installs it)
 	@test -x $(VENV)/bin/pip-compile || { echo "no pip-compile in $(VENV): run 'make venv' first"; exit 1; }

@@ -248,8 +248,10 @@ def region_of_display_number(display_phone_number: str | None) -> str | None:
         return None
     # Test numbers (e.g. 555 ones) are not "valid" for any region: fall back to the country
     # code's main region, which is what a national number is read against anyway.
+    country_code = number.country_code
     region = (phonenumbers.region_code_for_number(number)
-              or phonenumbers.region_code_for_country_code(number.country_code))
+              or (phonenumbers.region_code_for_country_code(country_code)
+                  if country_code is not None else None))
     return None if region in (None, "ZZ") else region
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -28,6 +28,7 @@ from shared.client_events import (
     AccountUpdatedData,
     BalanceData,
     ClientEvent,
+    ClientEventType,
     EndpointTestData,
     MessageEventData,
     MessageReceivedData,
@@ -51,8 +52,8 @@ from shared.messages import (
     WabaStatusChanged,
 )
 
-STANDARD = "standard"
-META = "meta"
+STANDARD: Final = "standard"
+META: Final = "meta"
 Format = Literal["standard", "meta"]
 
 # Seconds to wait after each failed attempt (Standard Webhooks' example schedule: immediately,
@@ -64,7 +65,11 @@ DEFAULT_RETRY_SCHEDULE_SECONDS: tuple[float, ...] = (
 MAX_RETRY_AFTER_SECONDS = 86_400.0
 
 # Our statuses that are client events (approved and unknown are internal steps).
-CLIENT_STATUSES = frozenset({"sent", "delivered", "read", "failed", "expired", "rejected"})
+# A message status clients hear of, and the event that tells them.
+_STATUS_EVENTS: dict[str, ClientEventType] = {
+    "sent": "message.sent", "delivered": "message.delivered", "read": "message.read",
+    "failed": "message.failed", "expired": "message.expired", "rejected": "message.rejected"}
+CLIENT_STATUSES = frozenset(_STATUS_EVENTS)
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -106,10 +111,10 @@ class OutEvent:
         return doc
 
 
-def _standard(event_type: str, eid: str, account_id: str, at: int, data: msgspec.Struct,
+def _standard(event_type: ClientEventType, eid: str, account_id: str, at: int, data: msgspec.Struct,
               message_id: str | None = None,
               details: dict[str, Any] | None = None) -> OutEvent:
-    body = _ENCODER.encode(ClientEvent(id=eid, type=event_type, timestamp=iso(at),  # type: ignore[arg-type]
+    body = _ENCODER.encode(ClientEvent(id=eid, type=event_type, timestamp=iso(at),
                                        account_id=account_id, data=msgspec.to_builtins(data)))
     return OutEvent(eid, account_id, event_type, STANDARD, at, body, message_id, details)
 
@@ -168,10 +173,10 @@ def accepted_event_id(message_id: str) -> str:
 def status_event(event: StatusChanged, details: MessageDetails | None) -> OutEvent | None:
     """One client event per message and status: Meta's duplicates and our own redeliveries map
     to the same id, whatever their source."""
-    if event.status not in CLIENT_STATUSES:
+    event_type = _STATUS_EVENTS.get(event.status)
+    if event_type is None:
         return None
     details = details or MessageDetails()
-    event_type = f"message.{event.status}"
     error = (MetaErrorData(code=event.error.code, title=event.error.title,
                            details=event.error.details) if event.error is not None else None)
     pricing = (PricingData(billable=event.pricing.billable, category=event.pricing.category,

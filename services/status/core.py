@@ -1183,7 +1183,7 @@ class MessageState:
         return None
 
 
-_RANK = {status: index for index, status in enumerate(reversed(STATUS_PRECEDENCE))}
+_RANK: dict[str, int] = {status: index for index, status in enumerate(reversed(STATUS_PRECEDENCE))}
 
 
 def _ordered(entries: Iterable[HistoryEntry]) -> tuple[HistoryEntry, ...]:
