@@ -135,11 +135,15 @@ class Stack:
                         "NOTIFY_SMTP_PORT": str(ports["smtp"]),
                         "NOTIFY_POLL_INTERVAL_SECONDS": "0.2"},
                        ["-m", "services.notify"], "/readyz"),
-            # The tests' accounts are brand new and write to hundreds of numbers they never
-            # wrote to: exactly what the new-recipients rule holds. It is left to its own tests
-            # (tests/unit/guard, tests/integration/trust); the other rules run as configured.
+            # The tests' accounts are brand new, write to hundreds of numbers they never wrote to,
+            # send thousands in minutes with no baseline, and fail many messages on purpose
+            # (131047 and the like): exactly what the new-recipients, volume-spike and
+            # failure-rate rules hold. Those are left to their own tests (tests/unit/guard,
+            # tests/integration/trust); Meta's spam and quality signals run as configured.
             "guard": ({"GUARD_OPS_PORT": str(ops["guard"]),
-                       "GUARD_NEW_RECIPIENTS_MINIMUM": "1000000"},
+                       "GUARD_NEW_RECIPIENTS_MINIMUM": "1000000",
+                       "GUARD_VOLUME_SPIKE_MINIMUM": "1000000",
+                       "GUARD_FAILURE_RATE_MINIMUM": "1000000"},
                       ["-m", "services.guard"], "/readyz"),
         }
         for name, (env, args, ready) in specific.items():
