@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from services.sender import metrics
-from services.sender.core import Backlog, FetchPolicy, OffsetTracker, partitions_to_pause
+from services.sender.core import FetchPolicy, OffsetTracker, fetch_changes
 from services.sender.engine import SendEngine
 from services.sender.followers import follow_inbound, follow_throughput, follow_waba_status
 from services.sender.metrics import SERVICE
@@ -184,23 +184,19 @@ class SenderWorker:
         assignment = set(self._consumer.assignment())
         if not assignment:
             return
-        held = self._engine.backlogs()
-        backlogs = {tp: held.get(tp, _NOTHING_HELD) for tp in assignment}
-        paused = set(self._consumer.paused()) & assignment
-        wanted = partitions_to_pause(backlogs, paused, self._fetch_policy)
-        if wanted - paused:
-            self._consumer.pause(*(wanted - paused))
-        if paused - wanted:
-            self._consumer.resume(*(paused - wanted))
-        metrics.PARTITIONS_PAUSED.set(len(wanted))
-        total = sum(b.held for b in backlogs.values())
-        crowded = total >= self._fetch_policy.max_held
-        if crowded != self._crowded:  # memory at its bound: worth a line, unlike a partition
-            self._crowded = crowded
-            if crowded:
-                log.warning("fetching_crowded", held=total, paused=len(wanted))
+        changes = fetch_changes(assignment, self._engine.backlogs(),
+                                set(self._consumer.paused()), self._fetch_policy)
+        if changes.pause:
+            self._consumer.pause(*changes.pause)
+        if changes.resume:
+            self._consumer.resume(*changes.resume)
+        metrics.PARTITIONS_PAUSED.set(len(changes.paused))
+        if changes.crowded != self._crowded:  # memory at its bound: worth a line
+            self._crowded = changes.crowded
+            if changes.crowded:
+                log.warning("fetching_crowded", held=changes.held, paused=len(changes.paused))
             else:
-                log.info("fetching_uncrowded", held=total, paused=len(wanted))
+                log.info("fetching_uncrowded", held=changes.held, paused=len(changes.paused))
 
     async def _commit_forever(self) -> None:
         while True:
@@ -219,6 +215,3 @@ class SenderWorker:
             return
         await self._consumer.commit(positions)
         self._tracker.mark_committed(positions)
-
-
-_NOTHING_HELD = Backlog()

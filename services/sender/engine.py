@@ -21,7 +21,6 @@ sets `failure` (the consumer stops without committing and is restarted).
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -31,20 +30,44 @@ from services.sender import metrics
 from services.sender.core import (
     COEXISTENCE_MPS,
     Backlog,
-    ErrorClass,
     NumberPacer,
     RetryLimits,
     SendQueue,
-    ThrottleScope,
     TierWindow,
     TokenBucket,
-    classify,
     in_flight_cap,
     is_business_initiated,
     is_expired,
-    react_to_error,
+    partition_backlogs,
     tier_limit,
-    unreachable_backoff,
+)
+from services.sender.lanes import (
+    IDLE,
+    PRUNE_INTERVAL_SECONDS,
+    STATUS_HELD,
+    SWEEP_INTERVAL_SECONDS,
+    TOKEN_UNREADABLE,
+    Admission,
+    GateKind,
+    HoldChange,
+    Tries,
+    admission,
+    after_accepted,
+    dispatcher_wake_at,
+    due_chores,
+    gate_step,
+    hold_change_on_refresh,
+    hold_ended,
+    is_new_hold,
+    is_parked,
+    may_forget_sending_record,
+    next_take,
+    plan_refusal,
+    plan_unreachable,
+    put_back,
+    sending_record_wait,
+    started_after_bug,
+    token_lost,
 )
 from services.sender.meta_client import (
     Accepted,
@@ -79,9 +102,6 @@ from shared.messages import (
 )
 
 log = get_logger(__name__)
-
-_IDLE = math.inf
-
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -218,17 +238,12 @@ class SendEngine:
 
     def backlogs(self) -> dict[Hashable, Backlog]:
         """What is held of each partition, and how fast its numbers may send now (a number
-        held, or whose WABA is held, sends nothing): what the worker's fetch policy decides
+        held, or whose WABA is held, sends nothing): what the consumer's fetch policy decides
         from. Counted as messages come and go; only the numbers' rates are summed here."""
         now = self._clock.monotonic()
-        drain: dict[Hashable, float] = {}
-        for lane in self._lanes.values():
-            if lane.partition in self._held and not (
-                    lane.pacer.is_held(now) or self.waba_held(lane.phone.waba_id)):
-                drain[lane.partition] = drain.get(lane.partition, 0.0) + lane.pacer.mps
-        return {partition: Backlog(held, self._parked.get(partition, 0),
-                                   drain.get(partition, 0.0))
-                for partition, held in self._held.items()}
+        sending = ((lane.partition, lane.pacer.mps) for lane in self._lanes.values()
+                   if not (lane.pacer.is_held(now) or self.waba_held(lane.phone.waba_id)))
+        return partition_backlogs(self._held, self._parked, sending)
 
     def set_dead_letter(self, hook: DeadLetterHook) -> None:
         """Where messages given up after repeated bugs go (without one, such a bug stops the
@@ -288,10 +303,12 @@ class SendEngine:
     def _admit(self, delivery: Delivery, phone: PhoneNumber | None, taken_over_at: float,
                now: float, now_ms: int) -> None:
         event = delivery.event
-        if is_expired(event.expires_at, now_ms):
+        verdict = admission(expires_at_ms=event.expires_at, now_ms=now_ms,
+                            configured=phone is not None)
+        if verdict is Admission.EXPIRE:
             self._finish_unsent_soon(delivery, "expired", reason="validity_expired")
             return
-        if phone is None:
+        if phone is None:  # Admission.NOT_CONFIGURED
             self._finish_unsent_soon(delivery, "failed", reason="phone_number_not_configured")
             return
         lane = self._lane(phone, delivery.partition, taken_over_at, now)
@@ -406,7 +423,7 @@ class SendEngine:
 
     def _enqueue(self, lane: Lane, delivery: Delivery, ready_at: float) -> None:
         lane.queue.push(delivery, ready_at)
-        if ready_at > self._clock.monotonic() + self._config.backlog_seconds:
+        if is_parked(ready_at, self._clock.monotonic(), self._config.backlog_seconds):
             delivery.parked = True
             _add(self._parked, delivery.partition, 1)
         self._queued += 1
@@ -488,43 +505,39 @@ class SendEngine:
             now = self._clock.monotonic()
             # Each periodic step is due again before it runs: one that crashes (and restarts
             # the dispatcher) is not repeated before its time.
-            if lane.queue and now >= lane.sweep_due:
-                lane.sweep_due = now + 1.0
+            chores = due_chores(now=now, queued=bool(lane.queue),
+                                on_hold=lane.hold_reason is not None, sweep_due=lane.sweep_due,
+                                prune_due=lane.prune_due, refresh_due=lane.refresh_due)
+            if chores.sweep_expired:
+                lane.sweep_due = now + SWEEP_INTERVAL_SECONDS
                 self._sweep_expired(lane)
-            if now >= lane.prune_due:
-                lane.prune_due = now + 60.0
+            if chores.prune_pairs:
+                lane.prune_due = now + PRUNE_INTERVAL_SECONDS
                 lane.pacer.prune_pairs(now)
-            if (lane.queue or lane.hold_reason) and now >= lane.refresh_due:
+            if chores.refresh_number:
                 lane.refresh_due = now + config.phone_number_refresh_seconds
                 await self._refresh(lane)
-            if lane.hold_reason and not lane.pacer.is_held(now):
+            if hold_ended(lane.hold_reason, lane.pacer.is_held(now)):
                 self._released(lane)
 
-            wake_at = self._dispatch_once(lane, now) if lane.queue else _IDLE
-            if wake_at is None:
+            take_at = self._dispatch_once(lane, now) if lane.queue else IDLE
+            if take_at is None:
                 await self._dispatch_ready(lane, now)
                 continue
-            if lane.queue:
-                wake_at = min(wake_at, lane.sweep_due)
-            if lane.hold_reason:
-                wake_at = min(wake_at, lane.refresh_due)
-            await self._timer.wait(lane.wake, wake_at)
+            await self._timer.wait(lane.wake, dispatcher_wake_at(
+                take_at, queued=bool(lane.queue), sweep_due=lane.sweep_due,
+                on_hold=lane.hold_reason is not None, refresh_due=lane.refresh_due))
 
     def _dispatch_once(self, lane: Lane, now: float) -> float | None:
         """None when a message may be taken now; otherwise when to look again."""
-        if self.waba_held(lane.phone.waba_id):
-            return _IDLE  # apply_waba_status wakes the lane when the WABA is released
-        blocked = lane.pacer.blocked_until()
-        if blocked > now:
-            return blocked
-        if (lane.unanswered >= in_flight_cap(lane.pacer.mps, self._config.in_flight_seconds,
-                                             self._config.max_in_flight_per_number)
-                or self._unanswered >= self._config.max_in_flight):
-            return _IDLE  # a finishing send wakes the lane
-        next_at = lane.queue.next_ready_at()
-        if next_at is None:
-            return _IDLE
-        return None if next_at <= now else next_at
+        config = self._config
+        return next_take(
+            held=self.waba_held(lane.phone.waba_id),  # apply_waba_status wakes the lane
+            blocked_until=lane.pacer.blocked_until(), unanswered=lane.unanswered,
+            cap=in_flight_cap(lane.pacer.mps, config.in_flight_seconds,
+                              config.max_in_flight_per_number),
+            all_unanswered=self._unanswered, max_in_flight=config.max_in_flight,
+            next_ready_at=lane.queue.next_ready_at(), now=now)
 
     async def _dispatch_ready(self, lane: Lane, now: float) -> None:
         popped = lane.queue.pop_ready(now)
@@ -612,19 +625,20 @@ class SendEngine:
         lane.phone = phone
         now = self._clock.monotonic()
         lane.pacer.set_mps(self._mps(phone), now)
-        if phone.status != "active" and lane.hold_reason != "status_held":
-            self._hold(lane, "status_held", None, code=None)
-        elif lane.hold_reason == "status_held" and phone.status == "active":
+        change = hold_change_on_refresh(
+            hold_reason=lane.hold_reason, status=phone.status,
+            token_fingerprint=phone.token_fingerprint, held_token=lane.held_token,
+            has_token=bool(phone.access_token))
+        if change is HoldChange.HOLD:
+            self._hold(lane, STATUS_HELD, None, code=None)
+        elif change is HoldChange.RELEASE:  # active again, or an operator replaced the token
             lane.pacer.release()
-        elif (lane.hold_reason in ("token_rejected", "token_unreadable")
-              and phone.token_fingerprint != lane.held_token and phone.access_token):
-            lane.pacer.release()  # an operator replaced the token
 
     def _hold(self, lane: Lane, reason: str, seconds: float | None, code: int | None) -> None:
         now = self._clock.monotonic()
-        already_held = lane.hold_reason is not None and lane.pacer.is_held(now)
+        news = is_new_hold(lane.hold_reason, lane.pacer.is_held(now))
         lane.pacer.hold(now, seconds)
-        if already_held:  # other sends in flight bring the same news: one alert is enough
+        if not news:  # other sends in flight bring the same news: one alert is enough
             return
         lane.hold_reason = reason
         lane.held_token = lane.phone.token_fingerprint
@@ -719,12 +733,15 @@ class SendEngine:
     async def _until_token_is_near(self, lane: Lane) -> None:
         """Take no `sending` record long before the number may send (a pause, or inbound
         messages, can push its next token a second or more away): a crash turns every such
-        record into an unknown outcome. Near = within the in-flight lead."""
+        record into an unknown outcome. Near = within the in-flight lead (lanes.py)."""
         while True:
             now = self._clock.monotonic()
-            near_at = max(lane.pacer.number_bucket.available_at(now),
-                          lane.pacer.blocked_until()) - self._config.in_flight_seconds
-            if near_at <= now or lane.pacer.is_held(now):
+            near_at = sending_record_wait(
+                number_token_at=lane.pacer.number_bucket.available_at(now),
+                blocked_until=lane.pacer.blocked_until(),
+                lead_seconds=self._config.in_flight_seconds, held=lane.pacer.is_held(now),
+                now=now)
+            if near_at is None:
                 return
             await self._timer.sleep_until(near_at)
 
@@ -746,22 +763,27 @@ class SendEngine:
     async def _wait_for_number_token(self, lane: Lane, delivery: Delivery) -> str:
         while True:
             now = self._clock.monotonic()
-            if delivery.aborted or lane.pacer.is_held(now):
+            step = gate_step(aborted=delivery.aborted, held=lane.pacer.is_held(now),
+                             blocked_until=lane.pacer.blocked_until(), now=now,
+                             expires_at_ms=delivery.event.expires_at,
+                             now_ms=self._clock.now_ms(),
+                             has_token=lane.phone.access_token is not None)
+            if step.kind is GateKind.PUT_BACK:
                 return "put_back"
-            paused_until = lane.pacer.blocked_until()
-            if paused_until > now:  # a short pause (throttled, unreachable): wait it out
-                await self._timer.sleep_until(paused_until)
+            if step.kind is GateKind.WAIT:
+                await self._timer.sleep_until(step.until)
                 continue
-            if is_expired(delivery.event.expires_at, self._clock.now_ms()):
+            if step.kind is GateKind.EXPIRE:
                 return "expired"
-            if lane.phone.access_token is None:
-                self._hold(lane, "token_unreadable", None, code=None)
+            if step.kind is GateKind.HOLD_UNREADABLE_TOKEN:
+                self._hold(lane, TOKEN_UNREADABLE, None, code=None)
                 continue
             token_at = lane.pacer.reserve_number(now)
             if token_at > now:
                 await self._timer.sleep_until(token_at)
-                if delivery.aborted or lane.pacer.blocked_until() > self._clock.monotonic():
-                    continue  # something happened while we waited: that token is lost
+                if token_lost(aborted=delivery.aborted, blocked_until=lane.pacer.blocked_until(),
+                              now=self._clock.monotonic()):
+                    continue
             if await self._fire_when_allowed(lane, delivery):
                 return "go"
 
@@ -774,17 +796,19 @@ class SendEngine:
             if fire_at <= now:
                 return True
             await self._timer.sleep_until(fire_at)
-            if delivery.aborted or lane.pacer.blocked_until() > self._clock.monotonic():
+            if token_lost(aborted=delivery.aborted, blocked_until=lane.pacer.blocked_until(),
+                          now=self._clock.monotonic()):
                 return False
 
     async def _put_back(self, lane: Lane, delivery: Delivery, ready_at: float) -> None:
         """The message goes back to the queue without its request having left: forget the
         `sending` record unless an earlier call may have reached Meta."""
-        if delivery.started and delivery.calls == 0:
+        plan = put_back(started=delivery.started, calls=delivery.calls, aborted=delivery.aborted)
+        if plan.forget_sending_record:
             await self._retry(partial(self._store.abandon_send, delivery.message_id),
                               "abandon_send")
             delivery.started = False
-        if delivery.aborted:
+        if plan.drop:
             self._drop(delivery)
             return
         self._enqueue(lane, delivery, ready_at)
@@ -792,8 +816,7 @@ class SendEngine:
     async def _apply_outcome(self, lane: Lane, delivery: Delivery, outcome: SendOutcome) -> None:
         now = self._clock.monotonic()
         if isinstance(outcome, Accepted):
-            lane.number_throttles = 0
-            lane.unreachable = 0
+            _keep_tries(lane, delivery, after_accepted(_tries(lane, delivery)))
             # The pipeline's first latency: the client's 202 to Meta's acceptance.
             metrics.ACCEPT_TO_META.observe(
                 max(0.0, (self._clock.now_ms() - delivery.event.accepted_at) / 1000))
@@ -802,10 +825,9 @@ class SendEngine:
             log.warning("send_outcome_ambiguous", message_id=delivery.message_id,
                         phone_number_id=lane.id, cause=outcome.reason)
             await self._finish(delivery, "unknown", reason="meta_outcome_ambiguous")
-        elif isinstance(outcome, NotSent):
-            delivery.calls -= 1  # nothing reached Meta
-            lane.unreachable += 1
-            backoff = unreachable_backoff(lane.unreachable, self._config.limits)
+        elif isinstance(outcome, NotSent):  # nothing reached Meta
+            tries, backoff = plan_unreachable(_tries(lane, delivery), self._config.limits)
+            _keep_tries(lane, delivery, tries)
             lane.pacer.pause(now, backoff)
             log.warning("meta_unreachable", phone_number_id=lane.id, cause=outcome.reason,
                         retry_in_s=backoff)
@@ -819,25 +841,14 @@ class SendEngine:
                              now: float) -> None:
         code = refused.code
         assert code is not None
-        rule = classify(code)
         error = {"code": code, "title": refused.title, "details": refused.details}
-        if rule.error_class is ErrorClass.THROTTLE:
+        plan = plan_refusal(code, _tries(lane, delivery), self._config.limits)
+        _keep_tries(lane, delivery, plan.tries)
+        if plan.throttled is not None:
             metrics.THROTTLE_ERRORS.labels(str(code)).inc()
-            if rule.throttle_scope is ThrottleScope.PAIR:
-                delivery.pair_throttles += 1
-            else:
-                lane.number_throttles += 1
-            delivery.calls -= 1  # refused before processing: as if never sent
             log.warning("meta_throttled", phone_number_id=lane.id, error_code=code,
-                        scope=str(rule.throttle_scope))
-        elif rule.error_class is ErrorClass.TRANSIENT:
-            delivery.transient_failures += 1
-        elif rule.error_class is ErrorClass.HOLD:
-            delivery.calls -= 1  # the number itself was refused: the message was not processed
-        reaction = react_to_error(code, attempts=delivery.transient_failures,
-                                  consecutive_number_throttles=lane.number_throttles,
-                                  pair_throttles=delivery.pair_throttles,
-                                  limits=self._config.limits)
+                        scope=str(plan.throttled))
+        reaction = plan.reaction
         if reaction.fail:
             await self._finish(delivery, "failed", error=error)
             return
@@ -848,12 +859,11 @@ class SendEngine:
             retry_at = max(retry_at, lane.pacer.reserve_pair(recipient, now))
         if reaction.pause_number_for:
             lane.pacer.pause(now, reaction.pause_number_for)
-        if reaction.hold_number:
-            reason = "token_rejected" if reaction.hold_number_for is None else f"meta_{code}"
-            self._hold(lane, reason, reaction.hold_number_for, code=code)
-        if rule.error_class is ErrorClass.TRANSIENT:
-            # The failed call may have used the recipient's quota at Meta: pay for the retry.
+        if plan.hold_reason is not None:
+            self._hold(lane, plan.hold_reason, reaction.hold_number_for, code=code)
+        if plan.pay_pair_again:
             retry_at = max(retry_at, lane.pacer.reserve_pair(recipient, now))
+        if plan.record_attempt:
             await self._retry(partial(
                 self._store.update_send, delivery.message_id, state="sending",
                 attempts=delivery.calls, now_ms=self._clock.now_ms(), error=error), "update_send")
@@ -908,8 +918,7 @@ class SendEngine:
         retry goes through the never-twice path: `start_send` finds our record, and its
         outcome (or `unknown`) is published instead of calling Meta again."""
         lane.active.discard(delivery)
-        if delivery.calls > 0:
-            delivery.started = False
+        delivery.started = started_after_bug(started=delivery.started, calls=delivery.calls)
         await self._put_back(lane, delivery, self._clock.monotonic())
 
     async def _give_up(self, delivery: Delivery, failure: Failure) -> None:
@@ -918,7 +927,7 @@ class SendEngine:
         if delivery.aborted:  # its partition moved: the new owner handles its record
             self._drop(delivery)
             return
-        if delivery.started and delivery.calls == 0:
+        if may_forget_sending_record(started=delivery.started, calls=delivery.calls):
             # No request left: forget our `sending` record, so that a replay of the dead
             # letter sends it (one that may have reached Meta stays, and a replay reports it).
             try:
@@ -1053,6 +1062,20 @@ class SendEngine:
             self.failure = exc
             self.failed.set()
             log.error("sender_task_failed", error=repr(exc))
+
+
+def _tries(lane: Lane, delivery: Delivery) -> Tries:
+    return Tries(calls=delivery.calls, transient_failures=delivery.transient_failures,
+                 pair_throttles=delivery.pair_throttles, number_throttles=lane.number_throttles,
+                 unreachable=lane.unreachable)
+
+
+def _keep_tries(lane: Lane, delivery: Delivery, tries: Tries) -> None:
+    delivery.calls = tries.calls
+    delivery.transient_failures = tries.transient_failures
+    delivery.pair_throttles = tries.pair_throttles
+    lane.number_throttles = tries.number_throttles
+    lane.unreachable = tries.unreachable
 
 
 def _add(counts: dict[Hashable, int], key: Hashable, delta: int) -> None:
