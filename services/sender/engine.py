@@ -87,6 +87,7 @@ from services.sender.ports import (
     SendsStore,
     Timer,
 )
+from services.sender.publisher import status_change
 from services.sender.repository import PhoneNumber, SendRecord
 from shared.clock import Clock
 from shared.errors import TransientError
@@ -94,9 +95,7 @@ from shared.kafka import Failure, RetryPolicy, retry_transient
 from shared.logging import get_logger
 from shared.messages import (
     InboundReceived,
-    MetaError,
     SendApproved,
-    StatusChanged,
     ThroughputChanged,
     WabaStatusChanged,
 )
@@ -1003,14 +1002,8 @@ class SendEngine:
     async def _announce(self, event: SendApproved, status: str, *, wamid: str | None = None,
                         error: dict[str, Any] | None = None, reason: str | None = None,
                         replayed: bool, admitted_at: float) -> None:
-        change = StatusChanged(
-            event_id=f"{event.message_id}:{status}:sender", message_id=event.message_id,
-            account_id=event.account_id, status=status,  # type: ignore[arg-type]
-            occurred_at=self._clock.now_ms(), source="sender",
-            phone_number_id=event.phone_number_id, recipient_region=event.recipient_region,
-            wamid=wamid, reason=reason,
-            error=MetaError(int(error["code"]), str(error.get("title", "")),
-                            str(error.get("details", ""))) if error else None)
+        change = status_change(event, status, self._clock.now_ms(), wamid=wamid, error=error,
+                               reason=reason)
         await self._retry(partial(self._publish, change), "publish")
         metrics.OUTCOMES.labels(status, "true" if replayed else "false").inc()
         log.info("send_finished", message_id=event.message_id,

@@ -13,7 +13,7 @@ from services.sender.ports import Publish
 from shared.errors import InvalidRequest
 from shared.group_commit import GroupCommit
 from shared.kafka import DeadLetters, Failure, publish_all
-from shared.messages import STATUS_CHANGED, StatusChanged
+from shared.messages import STATUS_CHANGED, MetaError, SendApproved, StatusChanged
 from shared.metrics import RECORDS_HANDLED
 
 
@@ -37,6 +37,21 @@ class StatusPublisher:
         # A DependencyUnavailable fails the batch: each caller retries its own event.
         await publish_all(self._producer, [(STATUS_CHANGED, c) for c in changes], self._prefix)
         return [None] * len(changes)
+
+
+def status_change(event: SendApproved, status: str, now_ms: int, *, wamid: str | None = None,
+                  error: dict[str, Any] | None = None, reason: str | None = None
+                  ) -> StatusChanged:
+    """The StatusChanged the sender publishes for a message's outcome. Its event id is the same
+    for a replay of the same outcome (consumers apply it once)."""
+    return StatusChanged(
+        event_id=f"{event.message_id}:{status}:sender", message_id=event.message_id,
+        account_id=event.account_id, status=status,  # type: ignore[arg-type]
+        occurred_at=now_ms, source="sender",
+        phone_number_id=event.phone_number_id, recipient_region=event.recipient_region,
+        wamid=wamid, reason=reason,
+        error=MetaError(int(error["code"]), str(error.get("title", "")),
+                        str(error.get("details", ""))) if error else None)
 
 
 def status_publisher(producer: AIOKafkaProducer, prefix: str) -> Publish:
