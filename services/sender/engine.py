@@ -102,6 +102,7 @@ from shared.messages import (
 
 log = get_logger(__name__)
 
+
 @dataclass(frozen=True)
 class EngineConfig:
     max_in_flight: int = 2000
