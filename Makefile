@@ -56,7 +56,7 @@ lint: $(STAMP) ## ruff (lint + format check) and the import contracts
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) tools ## Benchmarks: print a table of figures and write bench/results/
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py --own-infra  # its own broker (with JMX) and database: the cost rows count only the bench
 
 clean: ## Remove runtime data (.run) — stops nothing; run `make down` first
 	rm -rf .run

@@ -18,6 +18,10 @@ answered).
    `updated_at` once its status is `delivered`: the simulator sends no `read` here, so that write
    is the delivered one). Also from ingest's own `accepted_at` and from the client's send time.
 3. Memory: peak VmRSS of every service process over the whole benchmark.
+4. Cost per message at 50 % of capacity (`cost.py`): CPU ms of every process (services, the
+   simulator, Kafka's JVM, the database server), database round trips and Kafka requests,
+   from the level's first request until every message of it is stored as delivered, divided
+   by its accepted messages; and the idle rates of the same processes just before it.
 
 Traffic: two tenants (accounts Alpha and Beta), each on its 1,000 mps number, utility template,
 a new recipient per message (the per-recipient pair limit never shapes the figures).
@@ -32,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import cost
 import orjson
 from bench_ingest import template_body
 from common import (
@@ -41,6 +46,7 @@ from common import (
     Platform,
     RssSampler,
     infra_pids,
+    infra_run_dir,
     log,
     metric_sum,
     percentile,
@@ -54,7 +60,9 @@ from shared.mongo import make_client
 NAME = "e2e"
 TARGET_P99_TO_META_MS = 50.0
 TARGET_RSS_MB = 150.0
-SERVICES = ("ingest", "billing", "sender", "status", "metasim")
+SERVICES = ("ingest", "billing", "sender", "status", "notify", "metasim")
+COST_SHARE = 0.5  # of capacity: the level the cost per message is measured at
+IDLE_S = 5.0
 # Steps start low: on a 2-core machine the pipeline's capacity is a few dozen messages/s.
 RAMP = [4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384]
 LEVELS = [0.25, 0.5, 0.9]
@@ -134,6 +142,7 @@ class Observer:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.offset = 0  # /_sim/sends is append-only: read only what is new
+        self.poll_every = 0.5  # seconds between two looks while waiting
         self.meta_at: dict[str, float] = {}
         self.mongo = make_client(platform.mongodb_url)
         self.db = self.mongo[platform.database]
@@ -192,7 +201,7 @@ class Observer:
             missing_delivered = await self.fill_delivered(items) if delivered else 0
             if (missing_meta == 0 and missing_delivered == 0) or time.monotonic() > deadline:
                 return {"not_at_meta": missing_meta, "not_delivered": missing_delivered}
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(self.poll_every)
 
     async def close(self) -> None:
         await self.mongo.close()
@@ -347,7 +356,9 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         "enabled": True, "callback_url": f"{platform.url('status')}/webhooks/meta",
         "profile": "polite", "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0,
                                         "jitter": 0.0}, "read_probability": 0.0})
-    pids = {name: platform.procs[name].pid for name in SERVICES}
+    pids = {name: platform.procs[name].pid for name in SERVICES if name in platform.procs}
+    meter_cost = cost.CostMeter.for_platform(platform, list(SERVICES))
+    cost_result: dict[str, Any] = {}
     traffic = Traffic(platform.url("ingest") + "/v1/messages", accounts)
     observer = Observer(platform)
     levels = []
@@ -364,12 +375,26 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                     rate = max(1.0, share * cap)
                     seconds = level_s if quick else min(MAX_LEVEL_S, max(
                         level_s, MIN_LEVEL_MESSAGES / rate))
+                    measure_cost = share == COST_SHARE
+                    if measure_cost:
+                        idle = await meter_cost.idle(IDLE_S)
+                        cost_before = await meter_cost.snapshot()
                     meter = CpuMeter({**pids, **infra_pids()})
                     billing_before = await scrape(platform.procs["billing"].ops_url)
                     meter.start()
                     items = await traffic.run(session, rate, seconds)
                     cores = meter.stop()
                     left = await observer.wait(items, within=30 + seconds, delivered=True)
+                    if measure_cost:
+                        cost_after = await meter_cost.snapshot()
+                        accepted = sum(1 for i in items if i.status == 202)
+                        cost_result = {**cost.per_message(cost_before, cost_after, accepted,
+                                                          idle),
+                                       "share_of_capacity": share, "idle": idle,
+                                       "left_after_wait": left}
+                        log(f"e2e cost per message at {share:.0%}: CPU "
+                            f"{cost_result['cpu_ms']} ms, database "
+                            f"{cost_result['db_ops']}, Kafka {cost_result['kafka_requests']}")
                     await observer.fill_hops(items)
                     billing = billing_load(billing_before,
                                            await scrape(platform.procs["billing"].ops_url))
@@ -384,6 +409,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                         f"p99 {level['202_to_delivered_stored']['p99_ms']} ms; left {left}")
     finally:
         await observer.close()
+        meter_cost.close()
     peak = {name: round(mb, 1) for name, mb in rss.peak.items()}
     half = next(level for level in levels if level["share_of_capacity"] == 0.5)
     p99_half = half["202_to_meta"]["p99_ms"]
@@ -397,6 +423,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         "target_p99_202_to_meta_ms_at_50pct": TARGET_P99_TO_META_MS, "met": met,
         "simulator_violations": violations,
         "memory": {"peak_rss_mb": peak, "target_mb": TARGET_RSS_MB, "met": memory_met},
+        "cost_per_message": cost_result,
     }
 
     def fig(level: dict[str, Any], key: str) -> str:
@@ -420,5 +447,11 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         {"benchmark": "7 memory peak RSS MB",
          "figures": " ".join(f"{n} {mb:.0f}" for n, mb in peak.items()),
          "target": f"< {TARGET_RSS_MB:.0f} MB each", "met": memory_met},
+        *cost.rows(f"2 cost/msg at {COST_SHARE:.0%}", cost_result, shared_infra(platform)),
     ]
     return result
+
+
+def shared_infra(platform: Platform) -> bool:
+    """Whether Kafka and the database serve others too (not `run_all.py --own-infra`)."""
+    return "bench-infra-" not in str(infra_run_dir())

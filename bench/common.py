@@ -117,12 +117,24 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def infra_run_dir() -> Path:
+    """The run directory of the local infrastructure the benchmarks use (its pid files, JMX
+    secrets): HALA_RUN_DIR, else the one HALA_KAFKA_SECRETS_DIR (<run dir>/secrets/kafka) lies
+    in, else the repository's .run."""
+    if os.environ.get("HALA_RUN_DIR"):
+        return Path(os.environ["HALA_RUN_DIR"])
+    secrets_dir = Path(os.environ.get("HALA_KAFKA_SECRETS_DIR", ""))
+    if secrets_dir.parts[-2:] == ("secrets", "kafka"):
+        return secrets_dir.parent.parent
+    return PIDS.parent
+
+
 def infra_pids() -> dict[str, int]:
     """Kafka's and FerretDB's pids when the local script runs them (not for external ones)."""
     pids = {}
-    for name in ("kafka", "ferretdb"):
+    for name in ("kafka", "ferretdb", "postgres"):  # postgres: HALA_DB_BACKEND=postgresql
         try:
-            pids[name] = int((PIDS / f"{name}.pid").read_text().strip())
+            pids[name] = int((infra_run_dir() / "pids" / f"{name}.pid").read_text().strip())
         except (OSError, ValueError):
             continue
     return {name: pid for name, pid in pids.items() if Path(f"/proc/{pid}").exists()}
@@ -217,6 +229,47 @@ def infra_env() -> dict[str, str]:
     env = dict(line.split("=", 1) for line in out.split() if "=" in line)
     env.update({k: os.environ[k] for k in (*KAFKA_ENV, "MONGODB_URL") if os.environ.get(k)})
     return env
+
+
+class OwnInfra:
+    """A broker and database of the benchmark's own (`run_all.py --own-infra`): started by
+    deploy/local/infra.sh with a run directory and free loopback ports of their own and the
+    broker's JMX on, stopped again (by that run directory's pid files) at the end. The shared
+    instance other people use is never touched, and what Kafka and the database cost is the
+    run's alone."""
+
+    def __init__(self) -> None:
+        self.run_dir = LOGS.parent / f"bench-infra-{uuid.uuid4().hex[:8]}"
+        ports = {"KAFKA_PORT": free_port(), "KAFKA_CONTROLLER_PORT": free_port(),
+                 "MONGO_PORT": free_port(), "KAFKA_JMX_PORT": free_port()}
+        # Nothing of the caller's infrastructure: infra.sh would use it instead of starting.
+        drop = (*KAFKA_ENV, "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+                "KAFKA_SASL_PASSWORD_FILE", "MONGODB_URL")
+        self.env = {**{k: v for k, v in os.environ.items() if k not in drop},
+                    "HALA_RUN_DIR": str(self.run_dir), **{k: str(v) for k, v in ports.items()}}
+
+    def start(self) -> dict[str, str]:
+        log(f"own infrastructure in {self.run_dir} (Kafka localhost:{self.env['KAFKA_PORT']}, "
+            f"JMX {self.env['KAFKA_JMX_PORT']}, database {self.env['MONGO_PORT']})")
+        try:
+            subprocess.run([str(INFRA), "up"], check=True, capture_output=True, timeout=900,
+                           env=self.env)
+        except subprocess.CalledProcessError as exc:
+            self.stop()
+            raise RuntimeError(f"infra.sh up failed: {exc.stderr.decode()[-2000:]}") from exc
+        out = subprocess.run([str(INFRA), "env"], check=True, capture_output=True, text=True,
+                             timeout=60, env=self.env).stdout
+        env = dict(line.split("=", 1) for line in out.split() if "=" in line)
+        os.environ["HALA_RUN_DIR"] = str(self.run_dir)  # infra_pids(), the JMX secrets
+        return env
+
+    def stop(self) -> None:
+        """Stop what this object started (its own run directory's pid files), then delete the
+        run directory."""
+        if not self.run_dir.exists():
+            return
+        subprocess.run([str(INFRA), "down"], capture_output=True, timeout=300, env=self.env)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -1,12 +1,19 @@
 """Run the platform's benchmarks, print one table, write bench/results/.
 
-    .venv/bin/python bench/run_all.py [--only NAME ...] [--quick]      (make bench)
+    .venv/bin/python bench/run_all.py [--only NAME ...] [--quick] [--own-infra]
+                                      [--campaign-messages N] [--campaign-seconds S]
+                                      [--campaign-keyed]
+    (make bench)
 
-Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, ingest, webhooks,
-pacing, fairness, scaling, billing, notify):
+Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, campaign,
+ingest, webhooks, pacing, fairness, scaling, billing, notify, db):
   ingest    one ingest process vs a bare aiohttp JSON handler, wrk, same run
   e2e       capacity (open-loop ramp), then latency 202 -> Meta and -> delivered stored at 25, 50
-            and 90 % of it; also the peak RSS of every service (`memory`)
+            and 90 % of it; also the peak RSS of every service (`memory`) and the cost per
+            message at 50 % of it (CPU ms per process, database round trips, Kafka requests)
+  campaign  N messages of one tenant accepted as fast as ingest takes them, over several
+            numbers: drain time, drain rate / capacity, the other tenant's p99 202 -> Meta
+            meanwhile, nothing lost, nothing sent twice, balances exact
   webhooks  signed webhook POSTs/s the status service accepts durably, vs Meta's sizing rule
   pacing    80 and 1,000 mps numbers with a backlog; a hot recipient next to cold ones
   fairness  tenant B's 80 mps number beside tenant A's flood on a 20 mps number vs alone
@@ -18,6 +25,8 @@ pacing, fairness, scaling, billing, notify):
             (its own two servers; bench_db.py also runs alone)
 Also bench/results/summary.json and summary.png. Every load is on 127.0.0.1, bounded in time and
 count. Figures are ratios or pairs measured side by side in one run: the machine is shared.
+--own-infra: a broker (JMX on) and database of the run's own, on free ports and a run directory
+of its own, stopped at the end; otherwise the shared ones (never stopped or restarted here).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from common import (
     RESULTS,
+    OwnInfra,
     Platform,
     infra_env,
     infra_pids,
@@ -51,9 +61,10 @@ from common import (
 from tests.conftest import broker_from_env  # common put the repository on the path
 
 # e2e first: it gets a fresh database (ingest leaves tens of thousands of messages behind).
-ORDER = ["e2e", "ingest", "webhooks", "pacing", "fairness", "scaling", "billing", "notify", "db"]
-ALIASES = {"memory": "e2e"}
-NEEDS_MAIN = {"ingest", "e2e", "pacing", "fairness", "scaling"}
+ORDER = ["e2e", "campaign", "ingest", "webhooks", "pacing", "fairness", "scaling", "billing",
+         "notify", "db"]
+ALIASES = {"memory": "e2e", "cost": "e2e"}
+NEEDS_MAIN = {"ingest", "e2e", "campaign", "pacing", "fairness", "scaling"}
 TOP_UP = 10**12  # micros: no benchmark runs out of credit
 
 
@@ -68,7 +79,8 @@ async def start_main(platform: Platform) -> list[Any]:
     platform.add("ingest", "ingest")
     platform.add("billing", "billing")
     platform.add("sender", "sender")
-    names = ["metasim", "status", "ingest", "billing", "sender"]
+    platform.add("notify", "notify")  # the whole pipeline: client events of every message
+    names = ["metasim", "status", "ingest", "billing", "sender", "notify"]
     platform.start(*names)
     await platform.wait_ready(*names)
     accounts = await seed_accounts(platform, TOP_UP)  # type: ignore[arg-type]
@@ -76,9 +88,16 @@ async def start_main(platform: Platform) -> list[Any]:
     return accounts
 
 
-async def run(selected: list[str], quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def run(selected: list[str], quick: bool, own_infra: OwnInfra | None
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     modules = {name: importlib.import_module(f"bench_{name}") for name in selected}
-    env = infra_env()
+    if own_infra is not None:
+        env = own_infra.start()
+        # Every client of this process (seeding, observers) and every service it starts.
+        os.environ.update({k: v for k, v in env.items()
+                           if k.startswith(("KAFKA_", "HALA_", "MONGODB_"))})
+    else:
+        env = infra_env()
     load_before = wait_for_quiet()
     platform = Platform(broker_from_env(env), env["MONGODB_URL"])
     log(f"run {platform.unique}: {', '.join(selected)}{' (quick)' if quick else ''}; "
@@ -111,6 +130,7 @@ async def run(selected: list[str], quick: bool) -> tuple[list[dict[str, Any]], d
     finally:
         await platform.cleanup()
     meta = {"run": platform.unique, "quick": quick, "load_average_before": load_before,
+            "own_infra": own_infra is not None,
             "cpu_count": os.cpu_count(), "python": platform_module.python_version()}
     return rows, {"results": results, **meta}
 
@@ -136,11 +156,28 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=[*ORDER, *ALIASES],
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--quick", action="store_true", help="shorter runs, smaller backlogs")
+    parser.add_argument("--own-infra", action="store_true",
+                        help="a broker (with JMX: Kafka requests per message) and database of "
+                             "the run's own, stopped at the end")
+    parser.add_argument("--campaign-messages", type=int, default=None,
+                        help="campaign size (default: what drains in --campaign-seconds at the "
+                             "measured capacity, at most 100,000)")
+    parser.add_argument("--campaign-seconds", type=float, default=None,
+                        help="drain time the default campaign size aims at (180; 45 --quick)")
+    parser.add_argument("--campaign-keyed", action="store_true",
+                        help="campaign requests with an Idempotency-Key, retried after a 503")
     args = parser.parse_args()
+    import bench_campaign
+    bench_campaign.configure(args.campaign_messages, args.campaign_seconds, args.campaign_keyed)
     wanted = {ALIASES.get(n, n) for n in args.only} if args.only else set(ORDER)
     selected = [n for n in ORDER if n in wanted]
     started = time.monotonic()
-    rows, summary = asyncio.run(run(selected, args.quick))
+    own = OwnInfra() if args.own_infra else None
+    try:
+        rows, summary = asyncio.run(run(selected, args.quick, own))
+    finally:
+        if own is not None:
+            own.stop()
     summary["seconds"] = round(time.monotonic() - started, 1)
     # In the issue's numbering (rows are labelled "<n> ..."), whatever order they ran in.
     rows.sort(key=lambda row: row["benchmark"].split()[0])

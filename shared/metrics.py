@@ -27,7 +27,7 @@ DEAD_LETTERS = Counter(  # reason: one of DEAD_LETTER_REASONS
     ["service", "reason"],
 )
 __all__ = ["CONSUMER_LAG", "DEAD_LETTERS", "DEAD_LETTER_REASONS", "DEPENDENCY_UP", "HTTP_DURATION",
-           "HTTP_REQUESTS", "RECORDS_HANDLED"]
+           "HTTP_REQUESTS", "MONGODB_COMMANDS", "MONGODB_COMMAND_NAMES", "RECORDS_HANDLED"]
 HTTP_REQUESTS = Counter(
     "hala_http_requests_total",
     "HTTP requests served, by route template and status class.",
@@ -43,4 +43,17 @@ DEPENDENCY_UP = Gauge(
     "hala_dependency_up",
     "1 when the last readiness probe of a dependency succeeded.",
     ["service", "dependency"],
+)
+
+# The commands the services send, and `other` for any name outside this closed set.
+MONGODB_COMMAND_NAMES = (
+    "insert", "update", "delete", "find", "getMore", "findAndModify", "aggregate", "count",
+    "distinct", "createIndexes", "listIndexes", "listCollections", "killCursors", "ping",
+    "endSessions", "drop", "dropDatabase", "other",
+)
+MONGODB_COMMANDS = Counter(  # command: one of MONGODB_COMMAND_NAMES
+    "hala_mongodb_commands_total",
+    "Commands sent to the database by this process (each one a round trip), by command name. "
+    "The benchmark divides their sum by the messages handled: database operations per message.",
+    ["command"],
 )

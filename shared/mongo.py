@@ -19,9 +19,16 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from shared.errors import DependencyUnavailable
 from shared.group_commit import GroupCommit
+from shared.metrics import MONGODB_COMMAND_NAMES, MONGODB_COMMANDS
 
 # The server's code for a write refused by a unique index (in a BulkWriteError's writeErrors).
 DUPLICATE_KEY = 11000
@@ -31,8 +38,34 @@ DUPLICATE_KEY = 11000
 DEFAULT_TIMEOUT_MS = 10_000
 
 
+class CommandCounter(CommandListener):
+    """Counts every command the driver sends (one per database round trip: an `insert_many`
+    of many documents is one `insert`, unless the driver has to split it) into
+    `hala_mongodb_commands_total{command}`. Counted when the command starts, so failed and
+    timed-out round trips count too; names outside a closed set count as `other`. The
+    driver's own monitoring (hello heartbeats on their own connections) is not a command
+    event and is not counted. Cost: the driver's event objects, a dictionary lookup and a
+    counter increment, ~4 µs of CPU per round trip (0.6 µs of it the count), next to a round
+    trip's few hundred."""
+
+    def __init__(self) -> None:
+        self._counters = {name: MONGODB_COMMANDS.labels(command=name)
+                          for name in MONGODB_COMMAND_NAMES}
+        self._other = self._counters["other"]
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self._counters.get(event.command_name, self._other).inc()
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
 def make_client(url: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
                 **overrides: Any) -> AsyncMongoClient[dict[str, Any]]:
+    """A client with the project's deadlines, counting its commands (`CommandCounter`)."""
     if timeout_ms <= 0:
         raise ValueError("a MongoDB operation timeout must be positive")
     options: dict[str, Any] = {
@@ -40,6 +73,7 @@ def make_client(url: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
         "serverSelectionTimeoutMS": min(5000, timeout_ms),
         "connectTimeoutMS": min(5000, timeout_ms),
         "tz_aware": True,
+        "event_listeners": [CommandCounter()],
     }
     options.update(overrides)
     return AsyncMongoClient(url, **options)

@@ -23,6 +23,9 @@
 #   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), MONGO_PORT (27017): loopback ports
 #   KAFKA_BOOTSTRAP_SERVERS / MONGODB_URL: if set, that service is not started here
 #   KAFKA_VERSION (4.4.0), KAFKA_HEAP_OPTS (-Xms512m -Xmx1g)
+#   KAFKA_JMX_PORT: if set, the broker serves JMX on 127.0.0.1:<port> (for `make bench`'s
+#                  Kafka requests per message), read-only, user hala-monitor, password in
+#                  .run/secrets/jmx/hala-monitor.password; unset (default): no JMX
 #   HALA_CACHE_DIR: downloads and builds (default ${XDG_CACHE_HOME:-~/.cache}/hala-whatsup)
 #   HALA_RUN_DIR: data, logs, pid files (default <repo>/.run)
 #   HALA_MONGO_IMPL: auto (mongod if on PATH, else ferretdb) | ferretdb | mongod
@@ -46,6 +49,7 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 MONGO_PORT=${MONGO_PORT:-27017}
 KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
+KAFKA_JMX_PORT=${KAFKA_JMX_PORT:-}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
 KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -Djava.awt.headless=true}
 READY_TIMEOUT=${HALA_READY_TIMEOUT:-90}
@@ -384,13 +388,37 @@ kafka_wanted() {
   check_port_free "$KAFKA_CONTROLLER_PORT" "Kafka controller" KAFKA_CONTROLLER_PORT
 }
 
+# kafka_jmx_opts: the JVM options of KAFKA_JMX_PORT (none when unset). Loopback only,
+# authenticated, one read-only role: reading the broker's metrics is all the bench does.
+kafka_jmx_opts() {
+  [[ -n $KAFKA_JMX_PORT ]] || return 0
+  [[ $KAFKA_JMX_PORT =~ ^[0-9]+$ ]] || die "KAFKA_JMX_PORT must be a port number"
+  check_port_free "$KAFKA_JMX_PORT" "Kafka JMX" KAFKA_JMX_PORT
+  local dir="$RUN_DIR/secrets/jmx"
+  (umask 077 && mkdir -p "$dir")
+  if [[ ! -s $dir/hala-monitor.password ]]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '+/=\n' >"$dir/hala-monitor.password")
+  fi
+  (umask 077 && printf 'hala-monitor %s\n' "$(<"$dir/hala-monitor.password")" >"$dir/jmxremote.password")
+  printf 'hala-monitor readonly\n' >"$dir/jmxremote.access"
+  echo "-Dcom.sun.management.jmxremote -Dcom.sun.management.jmxremote.host=127.0.0.1" \
+    "-Dcom.sun.management.jmxremote.port=$KAFKA_JMX_PORT" \
+    "-Dcom.sun.management.jmxremote.rmi.port=$KAFKA_JMX_PORT" \
+    "-Djava.rmi.server.hostname=127.0.0.1 -Dcom.sun.management.jmxremote.ssl=false" \
+    "-Dcom.sun.management.jmxremote.authenticate=true" \
+    "-Dcom.sun.management.jmxremote.password.file=$dir/jmxremote.password" \
+    "-Dcom.sun.management.jmxremote.access.file=$dir/jmxremote.access"
+}
+
 start_kafka() {
   mkdir -p "$RUN_DIR/kafka/data" "$RUN_DIR/kafka/logs"
   prepare_kafka_security
   render_kafka_config
   format_kafka_storage
-  # shellcheck disable=SC2086  # heap/JVM options are word lists on purpose
-  start_bg kafka java $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS \
+  local jmx
+  jmx=$(kafka_jmx_opts)
+  # shellcheck disable=SC2086  # heap/JVM/JMX options are word lists on purpose
+  start_bg kafka java $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS $jmx \
     -Dkafka.logs.dir="$RUN_DIR/kafka/logs" \
     -Dlog4j2.configurationFile="$HERE/kafka/log4j2.properties" \
     -cp "$(kafka_libs_dir)/*" kafka.Kafka "$RUN_DIR/kafka/server.properties"

@@ -97,3 +97,28 @@ async def test_an_operation_on_a_database_that_stops_answering_fails_within_its_
         cleanup = make_client(mongodb_url)
         await cleanup.drop_database(f"it_{unique}")
         await cleanup.close()
+
+
+def _commands() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {name: REGISTRY.get_sample_value("hala_mongodb_commands_total",
+                                            {"command": name}) or 0.0
+            for name in ("insert", "find", "getMore", "update", "other")}
+
+
+async def test_each_round_trip_is_counted_once_by_command(mongo, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """The benchmark's database operations per message: the client factory's listener counts
+    commands sent, so a batch of many documents is one round trip, and a find that needs a
+    second batch is two."""
+    db = mongo[f"it_{unique}"]
+    try:
+        before = _commands()
+        await db["docs"].insert_many([{"_id": i} for i in range(250)])
+        assert await db["docs"].find({}, batch_size=200).to_list(None) != []
+        await db["docs"].update_one({"_id": 1}, {"$set": {"seen": True}})
+        after = _commands()
+        assert {k: after[k] - before[k] for k in after} == {
+            "insert": 1, "find": 1, "getMore": 1, "update": 1, "other": 0}
+    finally:
+        await mongo.drop_database(f"it_{unique}")

@@ -46,7 +46,7 @@ PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_second
 ALLOWED_LABELS = {
     "service", "route", "status_class", "outcome", "dependency", "group", "topic", "partition",
     "reason", "code", "type", "error_class", "status", "replayed", "kind", "event", "field",
-    "result",
+    "result", "command",
 }
 # Unbounded or personal: each value would be a new time series, and some are personal data.
 FORBIDDEN_LABELS = {
