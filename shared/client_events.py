@@ -20,8 +20,8 @@ from msgspec import Struct
 ClientEventType = Literal[
     "message.accepted", "message.sent", "message.delivered", "message.read", "message.failed",
     "message.expired", "message.rejected", "message.received", "template.status_changed",
-    "phone_number.quality_changed", "account.updated", "balance.low", "balance.topped_up",
-    "endpoint.test",
+    "phone_number.quality_changed", "account.updated", "account.hold_changed", "balance.low",
+    "balance.topped_up", "endpoint.test",
 ]
 
 # The endpoint formats a client may choose: our events, or Meta's own webhook payloads.
@@ -112,6 +112,21 @@ class AccountUpdatedData(Struct, kw_only=True):
     reasons: list[str] = []
 
 
+class AccountHoldData(Struct, kw_only=True):
+    """`account.hold_changed`: our fraud and spam rules held the account's sending (`held`,
+    the `rule` that fired, why, and the figures it saw), or an operator released it. While held,
+    sends are refused with 403 `account_held` and queued messages wait (those whose validity
+    ends meanwhile expire)."""
+
+    held: bool
+    change: Literal["held", "released"]
+    rules: list[str] = []
+    rule: str | None = None
+    reason: str = ""
+    observed: dict[str, float] = {}
+    occurred_at: str  # ISO 8601
+
+
 class BalanceData(Struct, kw_only=True):
     """`balance.low` (available fell below the account's threshold) and `balance.topped_up`.
     Amounts are integer micros of `currency`."""
@@ -138,6 +153,7 @@ EVENT_DATA: dict[str, type[Struct]] = {
     "template.status_changed": TemplateStatusData,
     "phone_number.quality_changed": PhoneNumberQualityData,
     "account.updated": AccountUpdatedData,
+    "account.hold_changed": AccountHoldData,
     "balance.low": BalanceData,
     "balance.topped_up": BalanceData,
     "endpoint.test": EndpointTestData,

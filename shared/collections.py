@@ -33,6 +33,12 @@ a writer never races another writer on the same document. Readers may be anyone.
 | deliveries | notify | endpoint id:event id | one event to one endpoint: state, next try |
 | delivery_attempts | notify | endpoint id:event id:n | each attempt: time, status, latency, error |
 | email_alerts | notify | alert key | alert emails sent (one per crossing / change) |
+| suppressions | status | phone_number_id:wa_id | a contact's marketing opt-out (or back in) |
+| opt_out_keywords | ingest, admin CLI | account id | the account's STOP/START words |
+| blocked_recipients | ingest, admin CLI | account:E.164 | numbers the account never sends to |
+| account_holds | guard | account id | fraud and spam holds, the last release |
+| guard_states | guard | account id | the rules' sliding windows and the input positions applied |
+| guard_recipients | guard | account:keyed hash | recipients the account has sent to (first seen) |
 
 `messages` has one writer, status's state writer: it creates a message's document from the
 SendRequested that ingest published (ingest answers 202 once that event is durable) and applies
@@ -104,6 +110,39 @@ user), os_user, host, remote_address (the SSH client, when over SSH)}, `command`
 create"), `arguments` (secrets redacted), `target` {account_id, waba_id, phone_number_id, key,
 topic, ... as the command names them}, `outcome` ok | error, `error` {code, message}.
 
+`suppressions` (status's processor, the only writer; ingest and the admin CLI read it; clients
+and operators change it through `suppressions.change-requested.v1`): `_id`
+phone_number_id:wa_id, `account_id`, `phone_number_id`, `wa_id` (the contact as Meta names it),
+`suppressed` (true: no marketing templates from this number to this contact), `source`
+(keyword | user_preferences | meta: a 131050 failure | api | operator), `at` (ms of the fact:
+the user's message, Meta's preference or status, the request; the latest wins whatever the
+source), `keyword` (the opt-out or opt-in
+word, normalised, for source keyword), `detail` (Meta's detail, a client's or operator's note),
+`operator`, `updated_at`. A document with `suppressed: false` is kept: an older STOP delivered
+late must not undo a newer START.
+
+`opt_out_keywords` (ingest's `PUT /v1/opt-out-keywords` and `hala accounts update
+--opt-out-keywords`, each replacing the whole document; status reads it): `_id` account id,
+`account_id`, `opt_out`, `opt_in` (lists of words as written, or null for that list's defaults:
+shared/opt_out.py), `updated_at`. `blocked_recipients` (ingest's `/v1/blocked-recipients` and
+`hala blocks`, inserts and deletes only): `_id` account:E.164, `account_id`, `recipient`
+(E.164), `note`, `source` (api | operator), `created_at` (ms); plus one marker per account
+that ever blocked a number (`_id` account:*, `marker: true`), so a send of an account without
+one needs no lookup of its recipient.
+
+`account_holds` (guard; ingest and the admin CLI read it): `_id` account id, `account_id`,
+`holds` {rule: {at (ms: when the rule fired, from its evidence's times), reason, observed,
+event_id}}, `released_at` (ms of the latest release), `released_by`, `release_reason`,
+`updated_at`. The account is held while some rule's `at` is after `released_at`
+(shared/holds.py); each rule's hold is its own field, so writes never need to be conditional.
+`guard_states` (guard): `_id` account id, `account_id`, the rules' windows (`minutes`: counts
+per minute by counter; `hours`: sends per hour for the 7-day baseline), `first_at`,
+`latest_at`, `fired` (rules that held it since the last release), `released_at`, `applied`
+[{position: "topic:partition", next: offset}] written in the same update (a replayed record
+is skipped), `updated_at`. `guard_recipients` (guard): `_id` account:keyed hash of the
+recipient, `account_id`, `first_seen` (ms), `message_id` (the send that found it new);
+deleted `GUARD_RECIPIENT_MEMORY_DAYS` after first seen.
+
 `billing_checkpoints` (billing): `_id` the job (`reservation_sweep`, `reconcile`), `position`
 {at, key} in the ledger's (at, _id) order, and for the reconciler `totals` per account of every
 entry up to it and `pending` (keys of entries behind it that their balance had not applied).
@@ -151,6 +190,12 @@ DELIVERY_ATTEMPTS = "delivery_attempts"
 EMAIL_ALERTS = "email_alerts"
 DLQ_REPLAYS = "dlq_replays"
 AUDIT_LOG = "audit_log"
+SUPPRESSIONS = "suppressions"
+OPT_OUT_KEYWORDS = "opt_out_keywords"
+BLOCKED_RECIPIENTS = "blocked_recipients"
+ACCOUNT_HOLDS = "account_holds"
+GUARD_STATES = "guard_states"
+GUARD_RECIPIENTS = "guard_recipients"
 
 INDEXES: dict[str, list[IndexModel]] = {
     API_KEYS: [IndexModel([("account_id", ASCENDING)])],
@@ -201,6 +246,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     EMAIL_ALERTS: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)])],
     # an account's endpoints, newest first (GET /v1/webhook-endpoints)
     WEBHOOK_ENDPOINTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
+    # an account's lists, newest first (GET /v1/suppressions, /v1/blocked-recipients)
+    SUPPRESSIONS: [IndexModel([("account_id", ASCENDING), ("at", DESCENDING)])],
+    BLOCKED_RECIPIENTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
+    # guard's retention pass and the erasure of an account
+    GUARD_RECIPIENTS: [IndexModel([("first_seen", ASCENDING)]),
+                       IndexModel([("account_id", ASCENDING)])],
 }
 
 

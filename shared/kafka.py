@@ -121,7 +121,8 @@ class KafkaConfig:
         """One context per config, shared by its clients (hostname checked, TLS 1.2+)."""
         if not self.uses_tls:
             return None
-        return create_ssl_context(cafile=self.ca_file)
+        context: ssl.SSLContext = create_ssl_context(cafile=self.ca_file)
+        return context
 
     def aiokafka_options(self) -> dict[str, Any]:
         """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient."""

@@ -12,12 +12,13 @@ from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 _REDACTED_KEYS = frozenset({"token", "access_token", "api_key", "authorization", "body", "text",
                             "recipient", "to", "phone", "password", "secret"})
 
 
-def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key in _REDACTED_KEYS.intersection(event_dict):
         event_dict[key] = "[redacted]"
     return event_dict
@@ -27,7 +28,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     numeric_level = logging.getLevelName(level.upper())
     logging.basicConfig(level=numeric_level, stream=sys.stderr, format="%(message)s")
 
-    def add_service(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def add_service(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         # A constant field, not a context variable: merging context variables copies the
         # whole context on every line (a line per request in ingest).
         event_dict["service"] = service

@@ -280,6 +280,63 @@ class NotifyRequested(Event, kw_only=True, frozen=True):
     requested_at: int
 
 
+# --- suppressions.change-requested.v1 ------------------------------------------------------
+
+class SuppressionChangeRequested(Event, kw_only=True, frozen=True):
+    """A client (ingest's API) or an operator (`hala suppressions`) suppressed a contact of one
+    of the account's numbers for marketing, or resubscribed them. status's processor, the only
+    writer of the suppression list, applies it; keyed by WABA, so that it is applied in order
+    with that WABA's webhooks (a user's STOP and START arrive there). The latest `requested_at`
+    of any source wins."""
+
+    account_id: str
+    waba_id: str
+    phone_number_id: str
+    wa_id: str  # the contact, digits as Meta names them
+    suppressed: bool
+    source: Literal["api", "operator"]
+    note: str = ""
+    operator: str = ""  # who, for source operator
+    requested_at: int
+
+
+# --- accounts.hold-changed.v1 -------------------------------------------------------------
+
+# The fraud and spam rules (services/guard/core.py) that may hold an account's sending.
+HOLD_RULES = ("failure_rate", "meta_spam", "quality_red", "volume_spike", "new_recipients")
+
+
+class AccountHoldChanged(Event, kw_only=True, frozen=True):
+    """guard's word on whether an account may send: `held` while a rule's hold is on since the
+    account's last release. Compacted by account, so every event carries the whole state
+    (`rules` holding it now); `change` says what happened: a rule fired (`held`, `rule`,
+    `reason` and the figures it saw in `observed`) or an operator released it (`released`,
+    `operator`, `reason`). ingest refuses a held account's sends (403 account_held), the sender
+    keeps its queued messages waiting, notify tells the client and mails the account."""
+
+    account_id: str
+    held: bool
+    rules: list[str] = []
+    change: Literal["held", "released"]
+    rule: str | None = None
+    reason: str = ""
+    observed: dict[str, float] = {}
+    operator: str = ""
+    occurred_at: int
+
+
+# --- accounts.release-requested.v1 --------------------------------------------------------
+
+class AccountReleaseRequested(Event, kw_only=True, frozen=True):
+    """An operator released an account's hold (`hala accounts release`); guard, the only writer
+    of holds, applies it and publishes the account's new state."""
+
+    account_id: str
+    reason: str
+    operator: str = ""
+    requested_at: int
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 S = TypeVar("S", bound=Event)
@@ -418,7 +475,8 @@ SEND_REQUESTED: Topic[SendRequested] = Topic(
     # status-changed (keyed alike) to create the message's document.
     key=lambda e: e.account_id,
     producers=("ingest",),
-    consumers=("billing", "status", "notify"),
+    # guard: the account's volume and recipients (fraud and spam rules)
+    consumers=("billing", "status", "notify", "guard"),
     examples=(_SEND_REQUESTED_EXAMPLE, *_SERVICE_EXAMPLES),
     retention_ms=RAW_CONTENT_RETENTION_MS,  # the client's message: recipient, content
 )
@@ -439,7 +497,7 @@ STATUS_CHANGED: Topic[StatusChanged] = Topic(
     schema=StatusChanged,
     key=lambda e: e.account_id,  # billing settles per account, in order
     producers=("billing", "sender", "status"),
-    consumers=("billing", "status", "notify"),
+    consumers=("billing", "status", "notify", "guard"),  # guard: failure rate, 131048
     examples=(
         {"event_id": "msg_01HZY3V9J6Q8W4T2:sent:sender", "message_id": "msg_01HZY3V9J6Q8W4T2",
          "account_id": "acc_demo", "status": "sent", "occurred_at": 1764000000500,
@@ -553,7 +611,7 @@ NUMBER_QUALITY_CHANGED: Topic[NumberQualityChanged] = Topic(
     schema=NumberQualityChanged,
     key=lambda e: e.phone_number_id,
     producers=("status",),
-    consumers=("notify",),
+    consumers=("notify", "guard"),  # guard: a number flagged (quality RED) holds the account
     examples=(
         {"event_id": "106540352242922:FLAGGED:1748455000",
          "phone_number_id": "106540352242922", "waba_id": "102290129340398",
@@ -636,10 +694,65 @@ NOTIFY_REQUESTED: Topic[NotifyRequested] = Topic(
     retention_ms=RAW_CONTENT_RETENTION_MS,  # a client's request, acted on at once
 )
 
+SUPPRESSION_CHANGE_REQUESTED: Topic[SuppressionChangeRequested] = Topic(
+    name="suppressions.change-requested.v1",
+    schema=SuppressionChangeRequested,
+    # with the WABA's webhooks (webhooks.received.v1 is keyed by WABA too): status's processor
+    # handles one WABA's records in order
+    key=lambda e: e.waba_id,
+    producers=("ingest", "admin"),
+    consumers=("status",),
+    examples=(
+        {"event_id": "supr_01HZY", "account_id": "acc_demo", "waba_id": "102290129340398",
+         "phone_number_id": "106540352242922", "wa_id": "447911123456", "suppressed": True,
+         "source": "api", "note": "asked by phone", "requested_at": 1764000000000},
+        {"event_id": "supr_01HZZ", "account_id": "acc_demo", "waba_id": "102290129340398",
+         "phone_number_id": "106540352242922", "wa_id": "447911123456", "suppressed": False,
+         "source": "operator", "operator": "ana@ops-1", "requested_at": 1764000100000},
+    ),
+    retention_ms=RAW_CONTENT_RETENTION_MS,  # a contact's number
+)
+
+ACCOUNT_HOLD_CHANGED: Topic[AccountHoldChanged] = Topic(
+    name="accounts.hold-changed.v1",
+    schema=AccountHoldChanged,
+    key=lambda e: e.account_id,
+    producers=("guard",),
+    # the sender follows it from the beginning (it is compacted); notify: account.hold_changed
+    consumers=("notify", "sender"),
+    examples=(
+        {"event_id": "hold_acc_demo_failure_rate_1764000000000", "account_id": "acc_demo",
+         "held": True, "rules": ["failure_rate"], "change": "held", "rule": "failure_rate",
+         "reason": "62% of the 80 messages finished in the last 15 minutes failed "
+                   "(threshold 50%)",
+         "observed": {"failed": 50, "finished": 80, "rate": 0.625, "threshold": 0.5,
+                      "window_seconds": 900},
+         "occurred_at": 1764000000000},
+        {"event_id": "rel_01HZY", "account_id": "acc_demo", "held": False, "rules": [],
+         "change": "released", "reason": "customer confirmed the list is opt-in",
+         "operator": "ana@ops-1", "occurred_at": 1764000600000},
+    ),
+    compacted=True,  # the latest state per account is all a follower needs
+    retention_ms=None,
+)
+
+ACCOUNT_RELEASE_REQUESTED: Topic[AccountReleaseRequested] = Topic(
+    name="accounts.release-requested.v1",
+    schema=AccountReleaseRequested,
+    key=lambda e: e.account_id,  # with the account's sends and statuses, in guard
+    producers=("admin",),
+    consumers=("guard",),
+    examples=({"event_id": "rel_01HZY", "account_id": "acc_demo",
+               "reason": "customer confirmed the list is opt-in", "operator": "ana@ops-1",
+               "requested_at": 1764000600000},),
+    retention_ms=MONEY_RETENTION_MS,  # an operator's decision, kept like a top-up
+)
+
 ALL_TOPICS: tuple[Topic[Any], ...] = (
     SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED, WEBHOOK_RECEIVED, INBOUND_RECEIVED,
     TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, NUMBER_QUALITY_CHANGED, WABA_STATUS_CHANGED,
     TOPUP_REQUESTED, LOW_BALANCE_ALERTED, BALANCE_TOPPED_UP, NOTIFY_REQUESTED,
+    SUPPRESSION_CHANGE_REQUESTED, ACCOUNT_HOLD_CHANGED, ACCOUNT_RELEASE_REQUESTED,
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -40,7 +41,7 @@ class RateCard:
 _CATEGORY_ALIASES = {"authentication-international": "authentication_international"}
 
 
-def parse_rate_card(raw: dict) -> RateCard:  # type: ignore[type-arg]
+def parse_rate_card(raw: dict[str, Any]) -> RateCard:
     prices: dict[str, dict[str, int]] = {}
     for name, market in raw["markets"].items():
         table = {k: int(v) for k, v in market.items() if k != "regions"}

@@ -135,7 +135,8 @@ async def serve(settings: ServiceSettings, service: str, build: Build) -> None:
         for runner in reversed(runners):
             await runner.cleanup()
         for task in failed:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("worker_failed", error=repr(task.exception()))
-                raise task.exception()  # type: ignore[misc]
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                log.error("worker_failed", error=repr(error))
+                raise error
     log.info("service_stopped")

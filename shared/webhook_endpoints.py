@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from shared.client_events import ClientEventType, EndpointFormat
 from shared.messages import NotifyRequested
@@ -40,8 +40,8 @@ MAX_DESCRIPTION_CHARS = 500
 MAX_EVENT_ID_CHARS = 256
 UPDATABLE_FIELDS = ("url", "events", "enabled", "description")
 
-EVENT_TYPES: tuple[str, ...] = ClientEventType.__args__  # type: ignore[attr-defined]
-FORMATS: tuple[str, ...] = EndpointFormat.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[str, ...] = get_args(ClientEventType)
+FORMATS: tuple[str, ...] = get_args(EndpointFormat)
 # Every `<prefix>.*` a client may name: each dotted prefix of a known type.
 EVENT_PREFIXES: frozenset[str] = frozenset(
     t.rsplit(".", n)[0] for t in EVENT_TYPES for n in range(1, t.count(".") + 1))
@@ -343,8 +343,7 @@ def to_ms(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return (moment - _EPOCH) // _ONE_MS
+        return ms_of(value)
     if isinstance(value, int | float):
         return int(value)
     return None
@@ -361,4 +360,5 @@ def iso(value: Any) -> str | None:
 
 def ms_of(moment: datetime) -> int:
     """A client's ISO time (naive = UTC) in ms."""
-    return to_ms(moment)  # type: ignore[return-value]
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // _ONE_MS

@@ -36,7 +36,13 @@ from shared.kafka import KafkaConfig
 from shared.kafka_access import SETUP_PRINCIPAL, principal
 from shared.messages import ALL_TOPICS, Topic
 from shared.mongo import make_client
-from tools.kafka_setup import existing_password, grant, password_file, revoke
+from tools.kafka_setup import (
+    ensure_missing_users,
+    existing_password,
+    grant,
+    password_file,
+    revoke,
+)
 
 # Before any settings are read, by the tests or by the processes they start.
 os.environ.setdefault("HALA_ENV", "development")
@@ -155,7 +161,11 @@ async def _clean_up(setup: KafkaConfig, mongodb_url: str, uniques: set[str]) -> 
 
 @pytest.fixture(scope="session")
 def broker(infrastructure: dict[str, str]) -> Broker:
-    return broker_from_env(infrastructure)
+    broker = broker_from_env(infrastructure)
+    # A service added since the shared broker was set up (its principal has no SCRAM user
+    # yet) gets one now, as the set-up's next `users` would: no restart of the broker.
+    asyncio.run(ensure_missing_users(broker.setup, broker.secrets_dir))
+    return broker
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,9 @@ and groups (the table is shared/kafka_access.py, derived from the topic registry
     python -m tools.kafka_setup passwords --secrets-dir DIR USER...
 
 It connects with the usual KAFKA_* settings (KAFKA_SASL_USERNAME=hala-setup and its password).
+A service added after the broker was set up gets its user from the next `users`, or, on a
+broker that keeps running (the tests' shared one), from `ensure_missing_users`, which the tests'
+`broker` fixture runs at the start of each session.
 `users` reads each principal's password from DIR/<user>.password, generating the file (0600)
 when missing, and (re)sets the user's credential on the broker: the file is the truth.
 `scram-args` prints `--add-scram` arguments (salted, so no password reaches argv) for
@@ -88,6 +91,24 @@ def password(secrets_dir: Path, user: str) -> SecretStr:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(value + "\n")
     return SecretStr(value)
+
+
+def _new_password_file(secrets_dir: Path, user: str) -> bool:
+    """Create the user's password file if it does not exist, atomically (two processes that
+    both find it missing end with the same password); True when this call created it."""
+    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = password_file(secrets_dir, user)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        os.link(partial, path)  # fails if another process made it first: theirs stands
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink()
 
 
 def existing_password(secrets_dir: Path, user: str) -> SecretStr:
@@ -194,6 +215,27 @@ async def ensure_users(kafka: KafkaConfig, secrets_dir: Path,
     """Every service principal as a SCRAM-SHA-512 user, with the password of its file."""
     passwords = {user: password(secrets_dir, user) for user in users}
     await asyncio.to_thread(_ensure_users, kafka, passwords)
+
+
+def _users_on_broker(kafka: KafkaConfig) -> set[str]:
+    admin = _admin(kafka)
+    return set(admin.describe_user_scram_credentials().result(timeout=TIMEOUT_S))
+
+
+async def ensure_missing_users(kafka: KafkaConfig, secrets_dir: Path,
+                               users: Iterable[str] = SERVICE_USERS) -> list[str]:
+    """The service principals the broker has no SCRAM user for (a service added since the
+    broker was set up) get one, with the password of their file, made first if missing (never
+    replaced); users that exist are left alone, so their clients stay connected. For a running
+    broker shared by test sessions: no restart needed. Returns the users created."""
+    missing = sorted(set(users) - await asyncio.to_thread(_users_on_broker, kafka))
+    if missing:
+        for user in missing:
+            if not password_file(secrets_dir, user).exists():
+                _new_password_file(secrets_dir, user)
+        passwords = {user: existing_password(secrets_dir, user) for user in missing}
+        await asyncio.to_thread(_ensure_users, kafka, passwords)
+    return missing
 
 
 async def grant(kafka: KafkaConfig, prefix: str = "",

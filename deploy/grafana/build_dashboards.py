@@ -473,11 +473,52 @@ def notify() -> list[Row]:
     ]
 
 
+def trust() -> list[Row]:
+    return [
+        Row("At a glance", [
+            stat("Accounts held (range)",
+                 "sum(increase(guard_holds_total[$__range])) or vector(0)",
+                 "Holds guard's fraud and spam rules put on accounts' sending; each waits for "
+                 "an operator (AccountsHeld alert; `hala accounts release`).",
+                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
+            stat("Releases (range)", "sum(increase(guard_releases_total[$__range])) or vector(0)",
+                 "Holds operators released."),
+            stat("Marketing refused to opted-out contacts (range)",
+                 'sum(increase(ingest_rejections_total{code="recipient_opted_out"}[$__range])) '
+                 "or vector(0)", "422 recipient_opted_out: a marketing template to a contact "
+                 "who opted out (Meta would have failed it with 131050)."),
+            stat("Opt-outs (range)",
+                 'sum(increase(status_suppressions_total{outcome="suppressed"}[$__range])) '
+                 "or vector(0)", "Contacts suppressed for marketing (keyword, Meta's "
+                 "user_preferences, the API, an operator)."),
+        ]),
+        Row("Rules and lists", [
+            graph("Holds by rule",
+                  Query(f"sum by (rule) (increase(guard_holds_total[{RATE}]))", "{{rule}}"),
+                  bars=True),
+            graph("Suppression changes by source and outcome",
+                  Query(f"sum by (source, outcome) (increase(status_suppressions_total[{RATE}]))",
+                        "{{source}} {{outcome}}"), bars=True),
+            graph("Sends refused by the account's rules",
+                  Query(rate("ingest_rejections_total", "code",
+                             'code=~"account_held|recipient_blocked|recipient_opted_out"'),
+                        "{{code}}"), unit="reqps", stacked=True),
+            graph("guard records/s by kind and outcome",
+                  Query(rate("guard_records_total", "kind, outcome"), "{{kind}} {{outcome}}"),
+                  unit="rps", stacked=True),
+            graph("guard batch duration", quantiles("guard_batch_duration_seconds"), unit="s"),
+            graph("guard consumer lag",
+                  Query('sum(hala_consumer_lag_records{service="guard"})', "records")),
+        ]),
+    ]
+
+
 DASHBOARDS = {
     "overview.json": ("hala-overview", "Hala — Overview", overview),
     "pipeline.json": ("hala-pipeline", "Hala — Pipeline", pipeline),
     "billing.json": ("hala-billing", "Hala — Billing", billing),
     "notify.json": ("hala-notify", "Hala — Client events", notify),
+    "trust.json": ("hala-trust", "Hala — Opt-out and fraud holds", trust),
 }
 
 

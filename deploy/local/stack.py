@@ -80,6 +80,7 @@ COMPONENTS = (
     Component("sender", "services.sender", "SENDER_OPS_PORT", 9182),
     Component("status", "services.status", "STATUS_OPS_PORT", 9181, "STATUS_HTTP_PORT", 8081),
     Component("notify", "services.notify", "NOTIFY_OPS_PORT", 9184),
+    Component("guard", "services.guard", "GUARD_OPS_PORT", 9185),
     Component("ingest", "services.ingest", "INGEST_OPS_PORT", 9180, "INGEST_HTTP_PORT", 8080),
 )
 

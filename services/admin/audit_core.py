@@ -24,7 +24,7 @@ READ_ONLY: frozenset[tuple[str, str]] = frozenset({
     ("accounts", "list"), ("accounts", "show"), ("wabas", "list"), ("numbers", "list"),
     ("keys", "list"), ("keys", "generate-encryption-key"), ("balance", "show"),
     ("ledger", "show"), ("templates", "list"), ("dlq", "list"), ("dlq", "show"),
-    ("audit", "list"),
+    ("audit", "list"), ("suppressions", "list"), ("blocks", "list"),
 })
 
 REDACTED = "[redacted]"

@@ -30,7 +30,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from pymongo.errors import PyMongoError
 
-from services.admin import audit, audit_core, commands, webhooks
+from services.admin import audit, audit_core, commands, trust, webhooks
 from services.admin.graph import GraphClient
 from services.admin.settings import AdminSettings
 from shared.clock import SystemClock
@@ -164,6 +164,49 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--max-in-flight", metavar="N|default",
                         help="most messages accepted and not yet delivered, failed or "
                              "expired (0: no cap; default: BILLING_MAX_IN_FLIGHT)")
+    update.add_argument("--opt-out-keywords", metavar="STOP,BAJA,...",
+                        help="a user's whole message equal to one of these suppresses them for "
+                             "marketing (comma-separated; `default` for the defaults, \"\" "
+                             "for none)")
+    update.add_argument("--opt-in-keywords", metavar="START,...",
+                        help="undo a keyword opt-out (comma-separated; `default`, or \"\")")
+    update.add_argument("--guard-rule", action="append", default=[], metavar="RULE.FIELD=N",
+                        help="override a fraud and spam rule for this account, e.g. "
+                             "failure_rate.threshold=0.8 or volume_spike.minimum=5000 "
+                             "(repeatable; RULE=default drops the rule's overrides)")
+    release = command(accounts, "release", "release an account held by the fraud and spam "
+                                           "rules (guard applies it)")
+    release.add_argument("account_id", metavar="ID")
+    release.add_argument("--reason", required=True, help="why it may send again (audited)")
+
+    suppressions = groups.add_parser("suppressions", help="marketing opt-outs").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    listed = command(suppressions, "list", "an account's suppressed contacts, latest first")
+    listed.add_argument("--account", required=True, dest="account_id")
+    listed.add_argument("--phone-number-id", default=None)
+    listed.add_argument("--limit", type=_positive_int, default=50)
+    for name, text in (("add", "suppress a contact for marketing from one of the account's "
+                               "numbers"),
+                       ("remove", "resubscribe a contact (only one who asked for it)")):
+        change = command(suppressions, name, text)
+        change.add_argument("--account", required=True, dest="account_id")
+        change.add_argument("--phone-number-id", required=True)
+        change.add_argument("--recipient", required=True, help="international, e.g. +4479...")
+        change.add_argument("--note", default="")
+
+    blocks = groups.add_parser("blocks", help="numbers an account never sends to"
+                               ).add_subparsers(dest="command", required=True,
+                                                metavar="COMMAND")
+    blocks_list = command(blocks, "list", "an account's blocked numbers, newest first")
+    blocks_list.add_argument("--account", required=True, dest="account_id")
+    blocks_list.add_argument("--limit", type=_positive_int, default=50)
+    blocks_add = command(blocks, "add", "block a number (no message of any type goes to it)")
+    blocks_add.add_argument("--account", required=True, dest="account_id")
+    blocks_add.add_argument("--recipient", required=True)
+    blocks_add.add_argument("--note", default="")
+    blocks_remove = command(blocks, "remove", "unblock a number")
+    blocks_remove.add_argument("--account", required=True, dest="account_id")
+    blocks_remove.add_argument("--recipient", required=True)
 
     hooks = groups.add_parser("webhooks", help="a client's webhook endpoints").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
@@ -418,18 +461,17 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
     if action == ("accounts", "list"):
         return await commands.list_accounts(db)
     if action == ("accounts", "update"):
-        check = args.customer_service_window_check
-        emails = args.alert_emails
-        return await commands.update_account(
-            db, args.account_id,
-            customer_service_window_check=None if check is None else commands.core.on_off(check),
-            alert_emails=None if emails is None else commands.core.alert_emails(emails),
-            low_balance_threshold=args.low_balance_threshold,
-            rate_limit=_rate_limit_of(args),
-            max_in_flight=(None if args.max_in_flight is None
-                           else commands.core.max_in_flight(args.max_in_flight)))
+        return await _update_account(args, ctx)
     if action == ("accounts", "show"):
-        return await commands.show_account(db, args.account_id)
+        return {**await commands.show_account(db, args.account_id),
+                "hold": await trust.show_hold(db, args.account_id),
+                "opt_out_keywords": await trust.show_keywords(db, args.account_id)}
+    if action == ("accounts", "release"):
+        return await trust.release(db, await ctx.producer(), account_id=args.account_id,
+                                   reason=args.reason, operator=ctx.operator.label,
+                                   topic_prefix=ctx.settings.topic_prefix)
+    if args.group in ("suppressions", "blocks"):
+        return await _contact_lists(args, ctx)
     if action == ("accounts", "erase"):
         if not args.yes:
             raise ServiceError("erasing cannot be undone: add --yes", code="confirmation_required")
@@ -501,6 +543,57 @@ async def _dispatch(args: argparse.Namespace, ctx: Context) -> Any:
         return [audit_core.view(doc) for doc in await audit.entries(
             db, account_id=args.account_id, since_ms=since, limit=args.limit)]
     raise AssertionError(f"unhandled command {action}")
+
+
+async def _update_account(args: argparse.Namespace, ctx: Context) -> Any:
+    """Settings on the account document, and the keyword lists in their own collection."""
+    db, account_id = ctx.db, args.account_id
+    check, emails = args.customer_service_window_check, args.alert_emails
+    keywords = args.opt_out_keywords is not None or args.opt_in_keywords is not None
+    rate_limit = _rate_limit_of(args)
+    max_in_flight = (None if args.max_in_flight is None
+                     else commands.core.max_in_flight(args.max_in_flight))
+    on_account = (check is not None or emails is not None
+                  or args.low_balance_threshold is not None or bool(args.guard_rule)
+                  or rate_limit is not None or max_in_flight is not None)
+    guard_rules = None
+    if args.guard_rule:
+        account = await commands.get_account(db, account_id)
+        guard_rules = trust.guard_rule_overrides(account.get("guard_rules"), args.guard_rule)
+    result: dict[str, Any] = {}
+    if keywords:
+        result["opt_out_keywords"] = await trust.set_keywords(
+            db, account_id, opt_out_text=args.opt_out_keywords,
+            opt_in_text=args.opt_in_keywords)
+    if on_account or not keywords:  # nothing given at all: update_account says what to give
+        result = {**await commands.update_account(
+            db, account_id,
+            customer_service_window_check=None if check is None else commands.core.on_off(check),
+            alert_emails=None if emails is None else commands.core.alert_emails(emails),
+            low_balance_threshold=args.low_balance_threshold, guard_rules=guard_rules,
+            rate_limit=rate_limit, max_in_flight=max_in_flight),
+                  **result}
+    return result
+
+
+async def _contact_lists(args: argparse.Namespace, ctx: Context) -> Any:
+    db, account = ctx.db, args.account_id
+    if (args.group, args.command) == ("suppressions", "list"):
+        return await trust.list_suppressions(db, account, phone_number_id=args.phone_number_id,
+                                             limit=args.limit)
+    if args.group == "suppressions":
+        return await trust.change_suppression(
+            db, await ctx.producer(), account_id=account, phone_number_id=args.phone_number_id,
+            recipient_text=args.recipient, suppressed=args.command == "add", note=args.note,
+            operator=ctx.operator.label, topic_prefix=ctx.settings.topic_prefix)
+    if args.command == "list":
+        return await trust.list_blocks(db, account, limit=args.limit)
+    if args.command == "add":
+        return await trust.block(db, account_id=account, recipient_text=args.recipient,
+                                 note=args.note)
+    if args.command == "remove":
+        return await trust.unblock(db, account_id=account, recipient_text=args.recipient)
+    raise AssertionError(f"unhandled command {args.group} {args.command}")
 
 
 async def _webhooks(args: argparse.Namespace, ctx: Context) -> Any:

@@ -23,16 +23,20 @@ from services.admin.core import from_ms
 from services.admin.graph import TemplateSource
 from shared.clock import Clock, SystemClock
 from shared.collections import (
+    ACCOUNT_HOLDS,
     ACCOUNTS,
     API_KEYS,
     AUDIT_LOG,
     BALANCES,
+    BLOCKED_RECIPIENTS,
     CONVERSATIONS,
     DELIVERIES,
     DELIVERY_ATTEMPTS,
     DLQ_REPLAYS,
     EMAIL_ALERTS,
     ENDPOINT_STATES,
+    GUARD_RECIPIENTS,
+    GUARD_STATES,
     IDEMPOTENCY_KEYS,
     INBOUND_MESSAGES,
     LEDGER,
@@ -40,9 +44,11 @@ from shared.collections import (
     MESSAGES,
     NOTIFY_EVENTS,
     NUMBER_STATES,
+    OPT_OUT_KEYWORDS,
     PHONE_NUMBERS,
     SEND_OUTCOMES,
     SENDS,
+    SUPPRESSIONS,
     TEMPLATES,
     TIER_USAGE,
     USER_PREFERENCES,
@@ -65,7 +71,8 @@ _SYSTEM_CLOCK = SystemClock()
 
 async def prepare(db: Db) -> None:
     """Indexes of the collections the CLI writes (idempotent)."""
-    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS, AUDIT_LOG)
+    await ensure_indexes(db, API_KEYS, PHONE_NUMBERS, TEMPLATES, DLQ_REPLAYS, AUDIT_LOG,
+                         BLOCKED_RECIPIENTS)
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -104,6 +111,7 @@ async def update_account(db: Db, account_id: str, *,
                          customer_service_window_check: bool | None = None,
                          alert_emails: list[str] | None = None,
                          low_balance_threshold: int | None = None,
+                         guard_rules: dict[str, Any] | None = None,
                          rate_limit: dict[str, Any] | str | None = None,
                          max_in_flight: int | str | None = None) -> dict[str, Any]:
     """Change an account's settings: `customer_service_window_check` off lets free-form
@@ -112,6 +120,8 @@ async def update_account(db: Db, account_id: str, *,
     `alert_emails`: where alerts go besides the account's email (notify's emails); an empty
     list clears them. `low_balance_threshold` (micros): billing alerts when the available
     credit falls below it, from its next refresh of the account (BILLING_THRESHOLD_REFRESH_S).
+    `guard_rules`: the account's overrides of guard's fraud and spam rules ({rule: {threshold,
+    window_seconds, minimum}}), read by guard within a minute.
     `rate_limit` (core.rate_limit's): the account's request rate at ingest, which applies it
     within its cache time; `max_in_flight`: its cap on messages accepted and not yet final
     (0: none), which billing applies from its next refresh of the account. core.DEFAULT
@@ -130,6 +140,8 @@ async def update_account(db: Db, account_id: str, *,
         changes["alert_emails"] = core.alert_emails(",".join(alert_emails))
     if low_balance_threshold is not None:
         changes["low_balance_threshold"] = core.low_balance_threshold(low_balance_threshold)
+    if guard_rules is not None:
+        changes["guard_rules"] = guard_rules
     if not changes and not removed:
         raise InvalidRequest("nothing to update: give a setting, e.g. "
                              "--customer-service-window-check off, --alert-emails, "
@@ -171,7 +183,8 @@ ERASED = "erased"
 # from shared/collections.py's table): deleted by `account_id`.
 _BY_ACCOUNT = (API_KEYS, PHONE_NUMBERS, WABAS, MESSAGES, IDEMPOTENCY_KEYS, INBOUND_MESSAGES,
                CONVERSATIONS, USER_PREFERENCES, MEDIA, SENDS, SEND_OUTCOMES, WAMID_INDEX,
-               WEBHOOK_ENDPOINTS, NOTIFY_EVENTS, EMAIL_ALERTS)
+               WEBHOOK_ENDPOINTS, NOTIFY_EVENTS, EMAIL_ALERTS, SUPPRESSIONS, BLOCKED_RECIPIENTS,
+               OPT_OUT_KEYWORDS, ACCOUNT_HOLDS, GUARD_STATES, GUARD_RECIPIENTS)
 # notify's per-endpoint records: by `account_id`, or by one of the account's endpoints.
 _BY_ENDPOINT = (ENDPOINT_STATES, DELIVERIES, DELIVERY_ATTEMPTS)
 
@@ -185,10 +198,11 @@ async def erase_account(db: Db, account_id: str, *, pseudonym_key: bytes,
     the pseudonym, no personal field); its keys, numbers and their tokens, WABAs, templates,
     messages and their recipients and content, idempotency records, inbound messages,
     conversations, user preferences, media records, sends, wamids, number states, tier usage,
-    webhook endpoints and notify's records of them are deleted; its ledger entries and balance
-    are moved to the pseudonym (HMAC-SHA256 of the account id under HALA_PSEUDONYM_KEY), so the
-    amounts still add up. The audit log keeps no personal data (arguments are redacted), so it
-    is left as it is (append-only).
+    webhook endpoints and notify's records of them, its suppressions, blocked numbers, opt-out
+    keywords, holds and guard's windows and recipient hashes are deleted; its ledger entries
+    and balance are moved to the pseudonym (HMAC-SHA256 of the account id under
+    HALA_PSEUDONYM_KEY), so the amounts still add up. The audit log keeps no personal data
+    (arguments are redacted), so it is left as it is (append-only).
 
     Idempotent: a run that stopped half-way is finished by the next one, and a run after a
     finished one changes nothing (every count is 0)."""

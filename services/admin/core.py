@@ -384,18 +384,16 @@ def describe_dead_letter(topic: str, partition: int, offset: int, timestamp_ms: 
     trace = ours.get("error_traceback") or ""
     lines = trace.rstrip("\n").splitlines()
     shown = lines if traceback_lines is None else lines[-traceback_lines:]
+    attempts = ours.get("attempts") or ""
     return {
         "dead_letter": position_id(topic, partition, offset),
         "dead_lettered_at": _ms_text(ours.get("dead_lettered_at")),
         "written_at": None if timestamp_ms is None else from_ms(timestamp_ms),
         "service": ours.get("service"),
-        "source": (position_id(ours["source_topic"], int(ours["source_partition"]),
-                               int(ours["source_offset"]))
-                   if _has_source(ours) else None),
+        "source": _source_id(ours),
         "error": {"type": ours.get("error_type"), "reason": ours.get("error_reason"),
                   "detail": ours.get("error_detail"),
-                  "attempts": int(ours["attempts"]) if (ours.get("attempts") or "").isdigit()
-                  else None,
+                  "attempts": int(attempts) if attempts.isdigit() else None,
                   "traceback": shown},
         "key": _text(key),
         "headers": others,
@@ -404,10 +402,14 @@ def describe_dead_letter(topic: str, partition: int, offset: int, timestamp_ms: 
     }
 
 
-def _has_source(ours: dict[str, str | None]) -> bool:
-    return (bool(ours.get("source_topic"))
-            and (ours.get("source_partition") or "").isdigit()
-            and (ours.get("source_offset") or "").isdigit())
+def _source_id(ours: dict[str, str | None]) -> str | None:
+    """The dead letter's source record, when its headers name it whole."""
+    topic = ours.get("source_topic")
+    partition = ours.get("source_partition") or ""
+    offset = ours.get("source_offset") or ""
+    if not topic or not partition.isdigit() or not offset.isdigit():
+        return None
+    return position_id(topic, int(partition), int(offset))
 
 
 def _ms_text(value: str | None) -> datetime | None:

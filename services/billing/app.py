@@ -82,7 +82,8 @@ class BillingRuntime(Service):
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
-        publisher = KafkaPublisher(self._producer, settings.topic_prefix)
+        publisher = KafkaPublisher(self._producer, settings.topic_prefix,
+                                   renew=self._renew_producer)
         self.worker = BillingWorker(
             balances=balances, ledger=ledger, publisher=publisher,
             rate_card=load_rate_card(), clock=SystemClock(), topic_prefix=settings.topic_prefix,
@@ -102,12 +103,23 @@ class BillingRuntime(Service):
             ledger, publisher, SystemClock(), checkpoints,
             horizon_ms=int(settings.reservation_horizon_s * 1000),
             page_size=settings.sweep_page_size)
-        producer, mongo = self._producer, self._mongo
-        checks = {"kafka": lambda: kafka_ready(producer), "mongodb": lambda: mongo_ready(mongo)}
+        mongo = self._mongo
+        checks = {"kafka": lambda: kafka_ready(self._producer),
+                  "mongodb": lambda: mongo_ready(mongo)}
         self._ops_runner = await start_site(make_ops_app(SERVICE, checks), settings.ops_host,
                                             settings.ops_port)
         self.ready.set()
         log.info("service_started", ops_port=settings.ops_port)
+
+    async def _renew_producer(self) -> Any:
+        """A new producer in place of one the broker no longer accepts (see KafkaPublisher)."""
+        old, self._producer = self._producer, make_producer(self.settings.kafka, linger_ms=0)
+        log.warning("kafka_producer_renewed")
+        with suppress(Exception):  # the old one is broken: it may fail to close
+            async with asyncio.timeout(10):
+                await old.stop()
+        await start_with_retry(self._producer)
+        return self._producer
 
     def forget_balances(self) -> None:
         """Partitions moved (or may have): balances held in memory are no longer known to be

@@ -6,12 +6,19 @@ only after its outputs are durable; faust's own `topic.send()` would defer them 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from shared.errors import DependencyUnavailable
 from shared.kafka import Failure, publish, publish_all, send_to_dlq
@@ -38,31 +45,46 @@ class Record:
             serialized_value_size=len(self.value or b""), headers=list(self.headers))
 
 
+# An idempotent producer can't go on after these: the broker no longer knows its id or its
+# sequence numbers (a broker restart can lose that state). Retrying with the same producer fails
+# the same way for good; a new producer (a new id) recovers.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
+                         InvalidProducerIdMapping, ProducerFenced)
+
+
 class KafkaPublisher:
-    def __init__(self, producer: AIOKafkaProducer, topic_prefix: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic_prefix: str,
+                 renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None) -> None:
         self._producer = producer
         self._prefix = topic_prefix
+        self._renew = renew
 
     async def publish(self, topic: Topic[Any], event: Any) -> None:
-        try:
-            await publish(self._producer, topic, event, self._prefix)
-        except (KafkaError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        await self._write(lambda producer: publish(producer, topic, event, self._prefix))
 
     async def publish_all(self, events: Sequence[tuple[Topic[Any], Any]]) -> None:
         """Write `events` in order; return once the broker acknowledged every one (one round
         trip for all of them)."""
-        try:
-            await publish_all(self._producer, events, self._prefix)
-        except (KafkaError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        await self._write(lambda producer: publish_all(producer, events, self._prefix))
 
     async def dead_letter(self, record: Record, failure: Failure) -> None:
         """Copy the original bytes and headers to `<topic>.dlq`, with why and where from."""
+        await self._write(lambda producer: send_to_dlq(
+            producer, record.as_consumer_record(), failure.error, service="billing",
+            attempts=failure.attempts))
+
+    async def _write(self, write: Callable[[AIOKafkaProducer], Awaitable[None]]) -> None:
+        """A broker failure is transient (the caller retries); one that leaves the producer
+        unusable also replaces the producer, so that the retry can succeed."""
         try:
-            await send_to_dlq(self._producer, record.as_consumer_record(), failure.error,
-                              service="billing", attempts=failure.attempts)
-        except (KafkaError, OSError) as exc:
+            await write(self._producer)
+        except (KafkaError, OSError, DependencyUnavailable) as exc:
+            # shared.kafka's writers already say DependencyUnavailable, with the cause
+            cause = exc.__cause__ if isinstance(exc, DependencyUnavailable) else exc
+            if isinstance(cause, PRODUCER_STATE_ERRORS) and self._renew is not None:
+                self._producer = await self._renew()
+            if isinstance(exc, DependencyUnavailable):
+                raise
             raise _unavailable(exc) from exc
 
 

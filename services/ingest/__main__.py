@@ -7,6 +7,8 @@ from aiohttp import web
 from services.ingest.app import SERVICE, create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
+from services.ingest.contact_handlers import ContactHandlers
+from services.ingest.contact_store import MongoContactStore
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
@@ -23,13 +25,16 @@ from services.ingest.repository import (
     MongoMediaStore,
     MongoMessageStore,
 )
+from services.ingest.send_rules import SendRules
 from services.ingest.settings import IngestSettings
 from services.ingest.sweeper import IdempotencySweeper
 from shared.clock import SystemClock
 from shared.collections import (
+    BLOCKED_RECIPIENTS,
     DELIVERY_ATTEMPTS,
     IDEMPOTENCY_KEYS,
     MEDIA,
+    SUPPRESSIONS,
     WEBHOOK_ENDPOINTS,
     ensure_indexes,
 )
@@ -54,7 +59,7 @@ async def main() -> None:
 
     async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, MEDIA, IDEMPOTENCY_KEYS, WEBHOOK_ENDPOINTS,
-                             DELIVERY_ATTEMPTS)
+                             DELIVERY_ATTEMPTS, BLOCKED_RECIPIENTS, SUPPRESSIONS)
         clock = SystemClock()
         producer = RdKafkaProducer(settings.kafka,
                                    ack_timeout_s=settings.kafka_ack_timeout_seconds)
@@ -63,6 +68,8 @@ async def main() -> None:
         publisher = KafkaPublisher(producer, settings.topic_prefix)
         vault = TokenVault(keys) if keys else None
         idempotency = MongoIdempotencyStore(conns.db)
+        contact_store = MongoContactStore(conns.db)
+        send_rules = SendRules(contact_store, clock, settings.send_rules_cache_seconds)
         sweeper = IdempotencySweeper(
             idempotency, clock, retention_seconds=settings.idempotency_retention_hours * 3600,
             page_size=settings.idempotency_sweep_page_size)
@@ -77,6 +84,7 @@ async def main() -> None:
             rate_card=load_rate_card(settings.rate_card_version),
             inbox=inbox,
             windows=CachedWindows(inbox, clock, settings.window_closed_cache_seconds),
+            send_rules=send_rules,
         )
         meta = GraphClient(settings.meta_base_url, settings.meta_graph_version,
                            settings.meta_timeout_seconds)
@@ -89,9 +97,11 @@ async def main() -> None:
         checks = {**conns.readiness_checks(), "kafka": producer.ready}
         webhooks = EndpointHandlers(ingest, MongoEndpointStore(conns.db), publisher, vault,
                                     allow_loopback_http=settings.allow_loopback_http)
+        contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
         limiter = RequestLimiter(clock, account_default=settings.account_rate_limit(),
                                  key_default=settings.key_rate_limit())
-        app = create_app(calls, settings.public_base_url, webhooks=webhooks, limiter=limiter)
+        app = create_app(calls, settings.public_base_url, webhooks=webhooks, contacts=contacts,
+                         limiter=limiter)
 
         async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.ingest.call_handlers import CallHandlers
 from services.ingest.calls import Calls
+from services.ingest.contact_handlers import ContactHandlers
 from services.ingest.core import MAX_BODY_BYTES
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.handlers import Handlers, meta_error_response
@@ -27,6 +28,7 @@ UNLIMITED_ROUTES = frozenset({"/openapi.json", "/openapi.yaml"})
 
 
 def create_app(calls: Calls, public_base_url: str = "", *, webhooks: EndpointHandlers,
+               contacts: ContactHandlers,
                limiter: RequestLimiter | None = None) -> web.Application:
     """The client API only: the ops endpoints are served on their own port (shared/runtime).
     `limiter`: the request rate limits of accounts and keys (None: no limits, for tests of
@@ -57,6 +59,7 @@ def create_app(calls: Calls, public_base_url: str = "", *, webhooks: EndpointHan
     app.router.add_delete(media, more.delete_media)
     app.router.add_get(f"{media}/info", more.media_info)
     add_webhook_endpoint_routes(app, webhooks)
+    add_contact_list_routes(app, contacts)
     # Meta's own endpoints, so Cloud API client libraries work with a changed base URL: sends
     # and mark-as-read (one endpoint), the Media API.
     app.router.add_post(GRAPH_VERSION + r"/{phone_number_id:\d+}/messages",
@@ -91,6 +94,19 @@ def add_webhook_endpoint_routes(app: web.Application, webhooks: EndpointHandlers
     app.router.add_post(one + "/rotate-secret", webhooks.rotate_secret)
     app.router.add_get(one + "/deliveries", webhooks.deliveries)
     app.router.add_post(one + "/replay", webhooks.replay)
+
+
+def add_contact_list_routes(app: web.Application, contacts: ContactHandlers) -> None:
+    """The account's marketing suppressions, opt-out keywords and block list."""
+    app.router.add_get("/v1/suppressions", contacts.list_suppressions)
+    app.router.add_post("/v1/suppressions", contacts.suppress)
+    app.router.add_delete(r"/v1/suppressions/{phone_number_id:\d+}/{recipient}",
+                          contacts.resubscribe)
+    app.router.add_get("/v1/opt-out-keywords", contacts.get_keywords)
+    app.router.add_put("/v1/opt-out-keywords", contacts.put_keywords)
+    app.router.add_get("/v1/blocked-recipients", contacts.list_blocked)
+    app.router.add_post("/v1/blocked-recipients", contacts.block)
+    app.router.add_delete("/v1/blocked-recipients/{recipient}", contacts.unblock)
 
 
 def add_openapi_routes(app: web.Application) -> None:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import IO, Any
 
 from aiohttp import BodyPartReader, MultipartReader
+from aiohttp.http_exceptions import HttpProcessingError
 
 from services.ingest import media as rules
 from services.ingest import passthrough
@@ -192,7 +193,10 @@ async def _read_form(reader: MultipartReader, spool: IO[bytes]
                 fields[part.name] = await _read_field(part)
     except ServiceError:
         raise
-    except (ValueError, AssertionError, UnicodeDecodeError, RuntimeError) as exc:
+    except (ValueError, AssertionError, UnicodeDecodeError, RuntimeError,
+            HttpProcessingError) as exc:
+        # HttpProcessingError: a part's headers that HTTP forbids (control characters in a
+        # field's name), raised by aiohttp's parser as InvalidHeader.
         raise reject("invalid_multipart", f"the form cannot be read: {exc}") from None
     return fields, found
 

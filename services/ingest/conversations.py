@@ -19,12 +19,11 @@ import orjson
 from services.ingest.core import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    invalid_field,
     iso,
     stored_content,
     to_ms,
 )
-from services.ingest.errors import reject
+from services.ingest.errors import invalid_field, reject
 from shared.message_docs import from_ms
 
 WINDOW_MS = 24 * 3600 * 1000

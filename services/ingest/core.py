@@ -141,7 +141,7 @@ def _given(value: Any) -> Any:
 
 # msgspec's errors read "<rule> - at `$.<path>`"; rules our declarations add read "[field] rule".
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-_NAMED = re.compile(r"`([^`]+)`")
+_NAMED = re.compile(r"`([^`]*)`")  # a JSON key may be empty: "unknown field ``"
 
 
 def validation_error(text: str) -> ServiceError:
@@ -193,6 +193,16 @@ def with_recipient(request: SendRequest, business_region: str | None) -> SendReq
     return replace(request, recipient=found[0], recipient_region=found[1])
 
 
+def normalised_recipient(value: str, business_region: str | None, field: str) -> str:
+    """A number a client names outside a send (a suppression, a block) as E.164: international
+    first, else national in `business_region` when given; else 400 invalid_phone_number."""
+    found = _recipient(value, business_region)
+    if found is None:
+        raise reject("invalid_phone_number", f"`{field}` is not a valid phone number: give it "
+                     "in international form, e.g. +447700900123", field=field)
+    return found[0]
+
+
 def _may_be_national(to: str) -> bool:
     raw = to.strip()
     return not raw.startswith("+") and _PHONE_SHAPE.match(raw) is not None
@@ -238,8 +248,10 @@ def region_of_display_number(display_phone_number: str | None) -> str | None:
         return None
     # Test numbers (e.g. 555 ones) are not "valid" for any region: fall back to the country
     # code's main region, which is what a national number is read against anyway.
+    country_code = number.country_code
     region = (phonenumbers.region_code_for_number(number)
-              or phonenumbers.region_code_for_country_code(number.country_code))
+              or (phonenumbers.region_code_for_country_code(country_code)
+                  if country_code is not None else None))
     return None if region in (None, "ZZ") else region
 
 

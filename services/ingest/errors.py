@@ -46,6 +46,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unauthorized": ErrorCode(Unauthorized, 401, 190, 401),
     "api_key_revoked": ErrorCode(Unauthorized, 401, 190, 401),
     "account_suspended": ErrorCode(Forbidden, 403, 131031, 403),
+    # our fraud and spam rules hold the account's sending until an operator releases it
+    # (Meta's "temporarily blocked for policy violations")
+    "account_held": ErrorCode(Forbidden, 403, 368, 403),
     # Meta answers an unknown or foreign phone number id with "object does not exist" (100).
     "foreign_phone_number": ErrorCode(Forbidden, 403, 100, 400),
     # templates
@@ -56,6 +59,10 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unknown_context_message": ErrorCode(PermanentError, 422, 131009, 400),
     # the 24 h customer-service window is closed: only a template may go (Meta's 131047)
     "outside_customer_service_window": ErrorCode(PermanentError, 422, 131047, 400),
+    # a marketing template to a contact who opted out of the number's marketing (Meta's 131050)
+    "recipient_opted_out": ErrorCode(PermanentError, 422, 131050, 400),
+    # a number on the account's block list (Meta's "message undeliverable")
+    "recipient_blocked": ErrorCode(PermanentError, 422, 131026, 400),
     # mark-as-read names a message that is not an inbound message of the account's number
     "unknown_inbound_message": ErrorCode(PermanentError, 422, 100, 400),
     # media uploads

@@ -33,6 +33,7 @@ from services.ingest.repository import (
     Inbox,
     MessageStore,
 )
+from services.ingest.send_rules import SendRules
 from shared.clock import Clock
 from shared.errors import ServiceError
 from shared.http import json_response
@@ -57,8 +58,9 @@ class Ingest:
     def __init__(self, *, directory: CachedDirectory, idempotency: IdempotencyStore,
                  messages: MessageStore, recent: RecentMessages, publisher: Publisher,
                  clock: Clock, rate_card: RateCard, inbox: Inbox,
-                 windows: CachedWindows) -> None:
+                 windows: CachedWindows, send_rules: SendRules) -> None:
         self.directory = directory
+        self.send_rules = send_rules
         self.inbox = inbox
         self.windows = windows
         self.idempotency = idempotency
@@ -108,6 +110,9 @@ class Ingest:
             template = await self.directory.template(phone["waba_id"], request.template_name,
                                                      request.template_language)
             category = core.check_template(template, request)
+        # the account's holds, block list and opt-outs (services/ingest/send_rules.py)
+        await self.send_rules.check(account_id, request.phone_number_id,
+                                    request.recipient or "", category)
         price = self.rate_card.price(category, request.recipient_region)
         if not core.has_credit(await self.directory.balance(account_id), price):
             # The cached figure may predate a top-up: only a fresh one may refuse.

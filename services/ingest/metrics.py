@@ -54,6 +54,12 @@ NOTIFY_REQUESTS = Counter(
     "Test events and replays requested through the webhook endpoint API (published).",
     ["kind"],
 )
+CONTACT_LIST_CHANGES = Counter(
+    "ingest_contact_list_changes_total",
+    "Changes to an account's lists through the API: suppressions requested (suppress, "
+    "resubscribe), numbers blocked or unblocked, keyword lists replaced.",
+    ["list", "action"],
+)
 RATE_LIMITED = Counter(
     "ingest_rate_limited_total",
     "Requests refused with 429 rate_limited because the account's or the API key's request "

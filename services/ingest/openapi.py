@@ -23,6 +23,16 @@ from typing import Any
 import msgspec
 import yaml
 
+from services.ingest.contact_schemas import (
+    BlockedRecipientCreate,
+    BlockedRecipientPage,
+    BlockedRecipientView,
+    OptOutKeywordsUpdate,
+    OptOutKeywordsView,
+    SuppressionCreate,
+    SuppressionPage,
+    SuppressionRequestAccepted,
+)
 from services.ingest.endpoint_schemas import (
     DeliveryAttemptPage,
     NotifyRequestAccepted,
@@ -74,6 +84,8 @@ EVENT_SUMMARIES: dict[str, str] = {
     "phone_number.quality_changed": "Meta changed a number's quality rating, messaging tier or "
                                     "throughput.",
     "account.updated": "Meta's account update for one of your WABAs (a ban holds sending).",
+    "account.hold_changed": "Our fraud and spam rules held your sending (403 `account_held` "
+                            "until released), or an operator released it.",
     "balance.low": "Your available credit fell below your low-balance threshold (once per "
                    "crossing).",
     "balance.topped_up": "Credit was added to your balance.",
@@ -134,6 +146,8 @@ def generated_schemas() -> dict[str, Any]:
          WebhookEndpointCreate, WebhookEndpointUpdate, WebhookReplayRequest,
          WebhookEndpointView, WebhookEndpointWithSecret, WebhookEndpointPage,
          DeliveryAttemptPage, NotifyRequestAccepted,
+         SuppressionCreate, SuppressionPage, SuppressionRequestAccepted, OptOutKeywordsUpdate,
+         OptOutKeywordsView, BlockedRecipientCreate, BlockedRecipientView, BlockedRecipientPage,
          *dict.fromkeys(EVENT_DATA.values())],
         ref_template="#/components/schemas/{name}")
     components["ClientEventType"] = {"type": "string", "enum": list(EVENT_TYPES)}

@@ -20,7 +20,7 @@ clients send for "not given" (e.g. pywa's location `name`/`address`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from msgspec import UNSET, Meta, Struct, UnsetType, field
 
@@ -422,7 +422,7 @@ class CarouselCard(_Object):
     body: Body | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
-        if _given(self.body) and len(self.body.text) > 160:  # type: ignore[union-attr]
+        if isinstance(self.body, Body) and len(self.body.text) > 160:
             raise FieldRule("body", "a card's body has at most 160 characters")
         if self.type == "cta_url" and not _given(self.header):
             raise FieldRule("header", "a media card needs an image or video header")
@@ -609,8 +609,8 @@ class ButtonActionValue(_Object):
         UNSET)
 
     def __post_init__(self) -> None:
-        if _given(self.sections):
-            _at_most_30_products(self.sections)  # type: ignore[arg-type]
+        if isinstance(self.sections, list):
+            _at_most_30_products(self.sections)
 
 
 class ActionParameter(_Parameter, tag="action"):
@@ -676,7 +676,8 @@ class TemplateComponent(_Object):
 
     def __post_init__(self) -> None:
         kind = self.type.lower()
-        params = self.parameters if _given(self.parameters) else []
+        params: list[Parameter] = (self.parameters if isinstance(self.parameters, list)
+                                   else [])
         if kind == "button":
             if self.sub_type is UNSET:
                 raise FieldRule("sub_type", "a button component needs `sub_type`")
@@ -703,7 +704,7 @@ class TemplateComponent(_Object):
             _unique([str(c.card_index) for c in self.cards], "cards", "card indexes")
         elif self.cards is not UNSET:
             raise FieldRule("cards", "`cards` belongs to carousel components only")
-        for i, param in enumerate(params):  # type: ignore[union-attr]
+        for i, param in enumerate(params):
             if not isinstance(param, allowed):
                 tag = type(param).__struct_config__.tag
                 raise FieldRule(f"parameters[{i}].type",
@@ -727,7 +728,7 @@ class TemplateObject(_Object):
 
 # --- the envelope -------------------------------------------------------------------------------
 
-MESSAGE_TYPES: tuple[str, ...] = MessageType.__args__  # type: ignore[attr-defined]
+MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
 
 
 class Context(_Object):

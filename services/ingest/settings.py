@@ -83,6 +83,11 @@ class IngestSettings(ServiceSettings):
     idempotency_sweep_interval_seconds: float = Field(600.0, gt=0)
     idempotency_sweep_page_size: int = Field(500, gt=0)
 
+    # --- the account's rules: holds, block list, marketing opt-outs -----------------------
+    # How long a hold, a block or an opt-out is remembered per account and contact (answers
+    # "none" included): a new one applies to sends within this many seconds of being stored.
+    send_rules_cache_seconds: float = Field(2.0, ge=0)
+
     # --- the customer-service window -------------------------------------------------------
     # A closed window is remembered only this long (the user may write any second); an open
     # one until it closes.

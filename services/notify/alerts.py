@@ -16,9 +16,15 @@ from email.utils import format_datetime
 from typing import Any
 
 from services.notify.core import iso
-from shared.messages import LowBalanceAlerted, NumberQualityChanged, TemplateStatusChanged
+from shared.messages import (
+    AccountHoldChanged,
+    LowBalanceAlerted,
+    NumberQualityChanged,
+    TemplateStatusChanged,
+)
 
-ALERT_KINDS = ("balance_low", "template_status", "number_quality", "endpoint_disabled")
+ALERT_KINDS = ("balance_low", "template_status", "number_quality", "endpoint_disabled",
+               "account_hold")
 # Template changes a business must hear of by mail (every change still goes to endpoints).
 EMAILED_TEMPLATE_STATUSES = frozenset({"APPROVED", "REJECTED", "PAUSED", "DISABLED"})
 
@@ -99,6 +105,32 @@ def number_quality(event: NumberQualityChanged, account_id: str) -> Alert:
     return Alert(key=f"quality:{event.event_id}", account_id=account_id, kind="number_quality",
                  subject=f"Phone number {event.phone_number_id}: {event.event.lower()}",
                  lines=tuple(lines))
+
+
+RULE_NAMES = {"failure_rate": "failure rate", "meta_spam": "Meta's spam signal",
+              "quality_red": "number quality", "volume_spike": "volume spike",
+              "new_recipients": "new recipients"}
+
+
+def account_hold(event: AccountHoldChanged) -> Alert:
+    """One per hold or release (guard's event id)."""
+    if event.change == "held":
+        rule = RULE_NAMES.get(event.rule or "", event.rule or "a rule")
+        lines = (f"We held the sending of your account {event.account_id}: our {rule} rule "
+                 f"fired. {event.reason}.",
+                 "Messages are refused (403 account_held) and queued ones wait until our team "
+                 "has reviewed the account and released it; those whose validity ends "
+                 "meanwhile expire. Contact support to have it reviewed.",
+                 f"Time: {iso(event.occurred_at)}")
+        subject = f"Sending held: {rule}"
+    else:
+        lines = (f"Your account {event.account_id} may send again: the hold was released"
+                 + (f" ({event.reason})" if event.reason else "") + ".",
+                 *(("Still held by: " + ", ".join(event.rules) + ".",) if event.held else ()),
+                 f"Time: {iso(event.occurred_at)}")
+        subject = "Sending released" if not event.held else "Hold released, another remains"
+    return Alert(key=f"hold:{event.event_id}", account_id=event.account_id,
+                 kind="account_hold", subject=subject, lines=tuple(lines))
 
 
 def endpoint_disabled(endpoint_id: str, account_id: str, url: str, reason: str, at: int,

@@ -19,14 +19,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
 from shared.client_events import (
+    AccountHoldData,
     AccountUpdatedData,
     BalanceData,
     ClientEvent,
+    ClientEventType,
     EndpointTestData,
     MessageEventData,
     MessageReceivedData,
@@ -38,6 +40,7 @@ from shared.client_events import (
 )
 from shared.ids import derived_id
 from shared.messages import (
+    AccountHoldChanged,
     BalanceToppedUp,
     InboundReceived,
     LowBalanceAlerted,
@@ -49,8 +52,8 @@ from shared.messages import (
     WabaStatusChanged,
 )
 
-STANDARD = "standard"
-META = "meta"
+STANDARD: Final = "standard"
+META: Final = "meta"
 Format = Literal["standard", "meta"]
 
 # Seconds to wait after each failed attempt (Standard Webhooks' example schedule: immediately,
@@ -62,7 +65,11 @@ DEFAULT_RETRY_SCHEDULE_SECONDS: tuple[float, ...] = (
 MAX_RETRY_AFTER_SECONDS = 86_400.0
 
 # Our statuses that are client events (approved and unknown are internal steps).
-CLIENT_STATUSES = frozenset({"sent", "delivered", "read", "failed", "expired", "rejected"})
+# A message status clients hear of, and the event that tells them.
+_STATUS_EVENTS: dict[str, ClientEventType] = {
+    "sent": "message.sent", "delivered": "message.delivered", "read": "message.read",
+    "failed": "message.failed", "expired": "message.expired", "rejected": "message.rejected"}
+CLIENT_STATUSES = frozenset(_STATUS_EVENTS)
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -104,10 +111,10 @@ class OutEvent:
         return doc
 
 
-def _standard(event_type: str, eid: str, account_id: str, at: int, data: msgspec.Struct,
+def _standard(event_type: ClientEventType, eid: str, account_id: str, at: int, data: msgspec.Struct,
               message_id: str | None = None,
               details: dict[str, Any] | None = None) -> OutEvent:
-    body = _ENCODER.encode(ClientEvent(id=eid, type=event_type, timestamp=iso(at),  # type: ignore[arg-type]
+    body = _ENCODER.encode(ClientEvent(id=eid, type=event_type, timestamp=iso(at),
                                        account_id=account_id, data=msgspec.to_builtins(data)))
     return OutEvent(eid, account_id, event_type, STANDARD, at, body, message_id, details)
 
@@ -166,10 +173,10 @@ def accepted_event_id(message_id: str) -> str:
 def status_event(event: StatusChanged, details: MessageDetails | None) -> OutEvent | None:
     """One client event per message and status: Meta's duplicates and our own redeliveries map
     to the same id, whatever their source."""
-    if event.status not in CLIENT_STATUSES:
+    event_type = _STATUS_EVENTS.get(event.status)
+    if event_type is None:
         return None
     details = details or MessageDetails()
-    event_type = f"message.{event.status}"
     error = (MetaErrorData(code=event.error.code, title=event.error.title,
                            details=event.error.details) if event.error is not None else None)
     pricing = (PricingData(billable=event.pricing.billable, category=event.pricing.category,
@@ -223,6 +230,16 @@ def account_event(event: WabaStatusChanged, account_id: str) -> OutEvent:
                               reasons=list(event.reasons))
     return _standard("account.updated", event_id("account.updated", account_id, event.event_id),
                      account_id, event.occurred_at, data)
+
+
+def hold_event(event: AccountHoldChanged) -> OutEvent:
+    """`account.hold_changed`: our fraud and spam rules held the account, or an operator
+    released it."""
+    data = AccountHoldData(held=event.held, change=event.change, rules=list(event.rules),
+                           rule=event.rule, reason=event.reason, observed=dict(event.observed),
+                           occurred_at=iso(event.occurred_at))
+    return _standard("account.hold_changed", event_id("account.hold_changed", event.event_id),
+                     event.account_id, event.occurred_at, data)
 
 
 def low_balance_event(event: LowBalanceAlerted, currency: str) -> OutEvent:

@@ -5,6 +5,7 @@ notify's own health verdicts (`endpoint_states`), held in memory and written on 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from services.notify import core
 from services.notify.repository import NotifyStore
@@ -78,7 +79,7 @@ class EndpointDirectory:
             plain.append(secret)
         return plain
 
-    def _remember(self, cache: OrderedDict, key: str, value: object) -> None:  # type: ignore[type-arg]
+    def _remember(self, cache: OrderedDict[str, Any], key: str, value: object) -> None:
         cache[key] = value
         cache.move_to_end(key)
         while len(cache) > self._capacity:

@@ -45,7 +45,8 @@ class Piece:
 
     @property
     def value(self) -> dict[str, Any]:
-        return self.envelope["entry"][0]["changes"][0]["value"]  # type: ignore[no-any-return]
+        value: dict[str, Any] = self.envelope["entry"][0]["changes"][0]["value"]
+        return value
 
 
 def _envelope(obj: str, waba_id: str, field_name: str, value: Any) -> dict[str, Any]:
@@ -66,7 +67,8 @@ def split(payload: bytes) -> list[Piece]:
         return []
     if not isinstance(doc, dict):
         return []
-    obj = doc.get("object") if isinstance(doc.get("object"), str) else "whatsapp_business_account"
+    raw_object = doc.get("object")
+    obj = raw_object if isinstance(raw_object, str) else "whatsapp_business_account"
     pieces: list[Piece] = []
     for entry in doc.get("entry") or []:
         if not isinstance(entry, dict):
@@ -85,7 +87,8 @@ def _split_change(obj: str, waba_id: str, field_name: str, value: Any) -> list[P
     if field_name != "messages" or not isinstance(value, dict):
         return [Piece(waba_id, field_name, None, _envelope(obj, waba_id, field_name, value),
                       "change")]
-    metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+    raw_metadata = value.get("metadata")
+    metadata = raw_metadata if isinstance(raw_metadata, dict) else {}
     number = _str(metadata.get("phone_number_id"))
     common = {k: v for k, v in value.items()
               if k not in ("messages", "statuses", "contacts", "errors")}

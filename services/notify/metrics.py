@@ -56,7 +56,8 @@ REQUESTS = Counter(
 )
 EMAILS = Counter(
     "notify_emails_total",
-    "Alert emails, by kind (balance_low, template_status, number_quality, endpoint_disabled) "
+    "Alert emails, by kind (balance_low, template_status, number_quality, endpoint_disabled, "
+    "account_hold) "
     "and outcome (sent, failed: given up, retried: a transient failure, no_recipient).",
     ["kind", "outcome"],
 )

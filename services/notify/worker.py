@@ -36,6 +36,7 @@ from shared.kafka import (
 )
 from shared.logging import get_logger
 from shared.messages import (
+    ACCOUNT_HOLD_CHANGED,
     BALANCE_TOPPED_UP,
     INBOUND_RECEIVED,
     LOW_BALANCE_ALERTED,
@@ -113,6 +114,7 @@ class NotifyWorker:
             (TEMPLATE_STATUS_CHANGED, self._template),
             (NUMBER_QUALITY_CHANGED, self._quality),
             (WABA_STATUS_CHANGED, self._waba),
+            (ACCOUNT_HOLD_CHANGED, self._hold),
             (LOW_BALANCE_ALERTED, self._low_balance),
             (BALANCE_TOPPED_UP, self._topped_up),
             (NOTIFY_REQUESTED, self._request),
@@ -250,6 +252,11 @@ class NotifyWorker:
         account_id = await self._account_of_waba(change.waba_id)
         if account_id is not None:
             await self.emit(core.account_event(change, account_id), source_at)
+
+    async def _hold(self, raw: bytes, source_at: int) -> None:
+        change = ACCOUNT_HOLD_CHANGED.decode_record(raw)
+        await self.emit(core.hold_event(change), source_at)
+        await self._alert(alerts.account_hold(change), source_at)
 
     async def _low_balance(self, raw: bytes, source_at: int) -> None:
         alert = LOW_BALANCE_ALERTED.decode_record(raw)

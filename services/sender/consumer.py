@@ -22,7 +22,12 @@ from aiokafka.errors import KafkaError
 from services.sender import metrics
 from services.sender.core import FetchPolicy, OffsetTracker, fetch_changes
 from services.sender.engine import SendEngine
-from services.sender.followers import follow_inbound, follow_throughput, follow_waba_status
+from services.sender.followers import (
+    follow_account_hold,
+    follow_inbound,
+    follow_throughput,
+    follow_waba_status,
+)
 from services.sender.metrics import SERVICE
 from services.sender.ports import Done
 from services.sender.publisher import RecordDone, undecodable
@@ -128,6 +133,8 @@ class SenderWorker:
                                                self._config.topic_prefix, self._engine)),
             asyncio.create_task(follow_waba_status(self._config.kafka,
                                                    self._config.topic_prefix, self._engine)),
+            asyncio.create_task(follow_account_hold(self._config.kafka,
+                                                    self._config.topic_prefix, self._engine)),
         ]
         try:
             await self.consume(helpers)

@@ -647,8 +647,8 @@ def react_to_error(code: int, *, attempts: int, consecutive_number_throttles: in
 
 def unreachable_backoff(consecutive_failures: int, limits: RetryLimits) -> float:
     """Meta could not be reached at all (nothing was sent): pause the number, then try again."""
-    return min(limits.unreachable_first_delay * 2 ** max(0, consecutive_failures - 1),
-               limits.unreachable_max_delay)
+    factor: int = 2 ** max(0, consecutive_failures - 1)
+    return min(limits.unreachable_first_delay * factor, limits.unreachable_max_delay)
 
 
 # --- expiry -------------------------------------------------------------------------------------

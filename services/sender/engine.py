@@ -94,6 +94,7 @@ from shared.errors import TransientError
 from shared.kafka import Failure, RetryPolicy, retry_transient
 from shared.logging import get_logger
 from shared.messages import (
+    AccountHoldChanged,
     InboundReceived,
     SendApproved,
     ThroughputChanged,
@@ -208,6 +209,7 @@ class SendEngine:
         self._tiers: dict[str, _PortfolioTier] = {}
         self._throughput: dict[str, ThroughputChanged] = {}
         self._wabas: dict[str, WabaStatusChanged] = {}  # latest word on each WABA
+        self._holds: dict[str, AccountHoldChanged] = {}  # guard's latest word on each account
         # Meta's bucket as inbound messages alone left it, for numbers without a lane yet.
         self._inbound_before_lane: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -238,11 +240,12 @@ class SendEngine:
 
     def backlogs(self) -> dict[Hashable, Backlog]:
         """What is held of each partition, and how fast its numbers may send now (a number
-        held, or whose WABA is held, sends nothing): what the consumer's fetch policy decides
-        from. Counted as messages come and go; only the numbers' rates are summed here."""
+        held, or whose WABA or account is held, sends nothing): what the consumer's fetch
+        policy decides from. Counted as messages come and go; only the numbers' rates are
+        summed here."""
         now = self._clock.monotonic()
         sending = ((lane.partition, lane.pacer.mps) for lane in self._lanes.values()
-                   if not (lane.pacer.is_held(now) or self.waba_held(lane.phone.waba_id)))
+                   if not (lane.pacer.is_held(now) or self._account_or_waba_held(lane)))
         return partition_backlogs(self._held, self._parked, sending)
 
     def set_dead_letter(self, hook: DeadLetterHook) -> None:
@@ -375,6 +378,28 @@ class SendEngine:
     def waba_held(self, waba_id: str) -> bool:
         event = self._wabas.get(waba_id)
         return event is not None and event.held
+
+    def apply_account_hold(self, event: AccountHoldChanged) -> None:
+        """guard holds an account (its fraud and spam rules) or an operator released it: like
+        a held WABA, the account's numbers take nothing off their queues meanwhile (messages
+        wait; those whose validity ends expire as usual)."""
+        known = self._holds.get(event.account_id)
+        if known is not None and known.occurred_at > event.occurred_at:
+            return
+        self._holds[event.account_id] = event
+        for lane in self._lanes.values():
+            if lane.phone.account_id == event.account_id:
+                lane.wake.set()
+        log.warning("account_hold_changed", account_id=event.account_id, held=event.held)
+
+    def account_held(self, account_id: str) -> bool:
+        event = self._holds.get(account_id)
+        return event is not None and event.held
+
+    def _account_or_waba_held(self, lane: Lane) -> bool:
+        """Meta holds the number's WABA, or guard holds its account: it takes nothing off its
+        queue (apply_waba_status / apply_account_hold wake the lane on release)."""
+        return self.waba_held(lane.phone.waba_id) or self.account_held(lane.phone.account_id)
 
     def count_inbound(self, event: InboundReceived) -> None:
         """A user wrote to one of our numbers: Meta counts it against the number's throughput.
@@ -532,7 +557,7 @@ class SendEngine:
         """None when a message may be taken now; otherwise when to look again."""
         config = self._config
         return next_take(
-            held=self.waba_held(lane.phone.waba_id),  # apply_waba_status wakes the lane
+            held=self._account_or_waba_held(lane),
             blocked_until=lane.pacer.blocked_until(), unanswered=lane.unanswered,
             cap=in_flight_cap(lane.pacer.mps, config.in_flight_seconds,
                               config.max_in_flight_per_number),

@@ -1,10 +1,10 @@
 """The topics the sender follows without a consumer group: every instance needs all of them.
 
-Throughput changes, WABA status and account holds are compacted and read from their beginning (a
-restarted instance must still know the latest of each); inbound messages are followed from their
-end (each takes a token from its number's buckets). A followed record that cannot be read or
-applied is logged, counted and skipped: these topics only tune pacing or holds, and the next
-record corrects them."""
+Throughput changes, WABA status and guard's account holds are compacted and read from their
+beginning (a restarted instance must still know the latest of each); inbound messages are
+followed from their end (each takes a token from its number's buckets). A followed record that
+cannot be read or applied is logged, counted and skipped: these topics only tune pacing or
+holds, and the next record corrects them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ from aiokafka import TopicPartition
 from services.sender import metrics
 from shared.kafka import KafkaConfig, make_consumer, topic_name
 from shared.logging import get_logger
-from shared.messages import INBOUND_RECEIVED, THROUGHPUT_CHANGED, WABA_STATUS_CHANGED, Topic
+from shared.messages import (
+    ACCOUNT_HOLD_CHANGED,
+    INBOUND_RECEIVED,
+    THROUGHPUT_CHANGED,
+    WABA_STATUS_CHANGED,
+    Topic,
+)
 
 if TYPE_CHECKING:
     from services.sender.engine import SendEngine
@@ -36,6 +42,13 @@ async def follow_waba_status(kafka: KafkaConfig, prefix: str, engine: SendEngine
     """Read the compacted WABA status topic from its beginning, then follow it: a restarted
     instance must still know which WABAs Meta holds."""
     await _follow(kafka, prefix, WABA_STATUS_CHANGED, engine.apply_waba_status,
+                  from_beginning=True)
+
+
+async def follow_account_hold(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
+    """Read the compacted account hold topic from its beginning, then follow it: a restarted
+    instance must still know which accounts guard holds."""
+    await _follow(kafka, prefix, ACCOUNT_HOLD_CHANGED, engine.apply_account_hold,
                   from_beginning=True)
 
 

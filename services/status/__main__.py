@@ -18,6 +18,7 @@ from shared.collections import (
     MESSAGES,
     NUMBER_STATES,
     PARKED_STATUSES,
+    SUPPRESSIONS,
     USER_PREFERENCES,
     WAMID_INDEX,
     ensure_indexes,
@@ -37,7 +38,7 @@ async def main() -> None:
 
     async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS,
-                             INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES)
+                             INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES, SUPPRESSIONS)
         prefix, kafka = settings.topic_prefix, settings.kafka
         repository = StatusRepository(conns.db)
         webhook_publisher = KafkaPublisher(conns.producer, prefix,

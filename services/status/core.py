@@ -115,6 +115,7 @@ class WebhookStatus:
     pricing: Pricing | None
     error: MetaError | None
     raw: bytes  # the item as Meta sent it, kept when parked
+    recipient_id: str = ""  # the contact, as Meta names them
 
 
 # Inbound types that do not open the customer-service window (reference §7: only what the
@@ -400,7 +401,7 @@ def parse_status_item(raw: bytes, waba_id: str, phone_number_id: str) -> Webhook
         waba_id=waba_id, phone_number_id=phone_number_id,
         callback_data=item.biz_opaque_callback_data,
         pricing=_pricing(item.pricing) if item.pricing is not None else None,
-        error=_first_error(errors), raw=bytes(raw))
+        error=_first_error(errors), raw=bytes(raw), recipient_id=item.recipient_id)
 
 
 def parse_inbound_item(raw: bytes, waba_id: str, phone_number_id: str, direction: str,
@@ -1056,6 +1057,38 @@ def user_preference_doc(preference: UserPreference, account_id: str | None) -> d
     return doc
 
 
+# --- opt-out keywords ---------------------------------------------------------------------------
+
+# What a user may type a keyword in: a text message, or the quick-reply button of a template
+# (whose text is the button's label).
+KEYWORD_TYPES = {"text": "body", "button": "text"}
+
+
+def keyword_text(message: InboundMessage) -> str | None:
+    """The text of a user's message that may be an opt-out or opt-in keyword; None for an
+    echo, a message of another type, or one without text."""
+    field_name = KEYWORD_TYPES.get(message.message_type)
+    if message.direction != INBOUND or field_name is None:
+        return None
+    text = message.content.get(field_name)
+    return text if isinstance(text, str) and text else None
+
+
+MARKETING_PREFERENCE = "marketing_messages"
+# Meta's "user has stopped receipt of marketing messages": a failed marketing template tells us
+# of an opt-out we may not have heard of (made before the number came to us, or a lost
+# user_preferences webhook).
+MARKETING_STOPPED = 131050
+
+
+def stopped_marketing(status: WebhookStatus) -> bool:
+    return (status.meta_status == "failed" and status.error is not None
+            and status.error.code == MARKETING_STOPPED and bool(status.recipient_id)
+            and bool(status.phone_number_id))
+# Meta's user_preferences values that change the marketing suppression list.
+PREFERENCE_SUPPRESSES = {"stop": True, "resume": False}
+
+
 # --- what we count ----------------------------------------------------------------------------
 
 KNOWN_FIELDS = frozenset({
@@ -1150,7 +1183,7 @@ class MessageState:
         return None
 
 
-_RANK = {status: index for index, status in enumerate(reversed(STATUS_PRECEDENCE))}
+_RANK: dict[str, int] = {status: index for index, status in enumerate(reversed(STATUS_PRECEDENCE))}
 
 
 def _ordered(entries: Iterable[HistoryEntry]) -> tuple[HistoryEntry, ...]:

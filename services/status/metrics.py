@@ -84,6 +84,13 @@ USER_PREFERENCES = Counter(
     "Users' marketing preferences received, by kind (stop, resume, other).",
     ["kind"],
 )
+SUPPRESSIONS = Counter(
+    "status_suppressions_total",
+    "Changes to the marketing suppression list, by source (keyword, user_preferences, meta, "
+    "api, operator) and outcome (suppressed, resubscribed, stale: an older fact than the "
+    "stored one, ignored: the number is not registered or not the account's).",
+    ["source", "outcome"],
+)
 WEBHOOK_ERRORS = Counter(
     "status_webhook_errors_total",
     "Value-level errors[] items Meta reported (problems of the app, account or number).",

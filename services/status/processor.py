@@ -28,6 +28,7 @@ from services.status.metrics import (
     PROCESSING_LAG,
     STATUSES,
     STATUSES_PARKED,
+    SUPPRESSIONS,
     TEMPLATE_UPDATES,
     USER_PREFERENCES,
     WABA_FACTS,
@@ -36,16 +37,19 @@ from services.status.metrics import (
 )
 from services.status.publisher import Outgoing, Publisher
 from services.status.repository import ProcessorStore
+from shared import contact_lists, opt_out
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.messages import (
     INBOUND_RECEIVED,
     NUMBER_QUALITY_CHANGED,
     STATUS_CHANGED,
+    SUPPRESSION_CHANGE_REQUESTED,
     TEMPLATE_STATUS_CHANGED,
     THROUGHPUT_CHANGED,
     WABA_STATUS_CHANGED,
     WEBHOOK_RECEIVED,
+    SuppressionChangeRequested,
     WebhookReceived,
 )
 
@@ -55,6 +59,8 @@ log = get_logger(__name__)
 # register a number after its first inbound message).
 NUMBER_CACHE_SECONDS = 60.0
 UNKNOWN_NUMBER_CACHE_SECONDS = 5.0
+# An account's opt-out keywords are read again after this (a change applies within it).
+KEYWORDS_CACHE_SECONDS = 10.0
 
 
 @dataclass
@@ -69,8 +75,11 @@ class _Batch:
 
 class WebhookProcessor:
     def __init__(self, store: ProcessorStore, publisher: Publisher, clock: Clock,
-                 remembered_wamids: int = 20_000, remembered_numbers: int = 10_000) -> None:
+                 remembered_wamids: int = 20_000, remembered_numbers: int = 10_000,
+                 keywords_cache_seconds: float = KEYWORDS_CACHE_SECONDS) -> None:
         self._wamids: OrderedDict[str, core.MessageRef] = OrderedDict()
+        self._keywords: OrderedDict[str, tuple[float, opt_out.Keywords]] = OrderedDict()
+        self._keywords_seconds = keywords_cache_seconds
         self._wamid_capacity = remembered_wamids
         self._numbers: OrderedDict[str, tuple[float, core.NumberRef | None]] = OrderedDict()
         self._number_capacity = remembered_numbers
@@ -79,6 +88,10 @@ class WebhookProcessor:
         self._clock = clock
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.topic.endswith(SUPPRESSION_CHANGE_REQUESTED.name):
+            await self.handle_suppression_request(
+                SUPPRESSION_CHANGE_REQUESTED.decode_record(record.value))
+            return
         await self.handle(WEBHOOK_RECEIVED.decode_record(record.value))
 
     async def handle(self, event: WebhookReceived) -> None:
@@ -100,7 +113,7 @@ class WebhookProcessor:
         for fact in plan.waba_facts:
             await self._waba_fact(fact, now, batch)
         for preference in plan.user_preferences:
-            await self._user_preference(preference)
+            await self._user_preference(preference, now)
         for error in plan.value_errors:
             WEBHOOK_ERRORS.inc()
             log.warning("webhook_error_reported", outcome="logged", code=error.code,
@@ -139,6 +152,12 @@ class WebhookProcessor:
         event = core.status_changed_from_webhook(status, ref)
         if event is not None:
             batch.outgoing.append((STATUS_CHANGED, event))
+        if core.stopped_marketing(status):
+            await self._suppress(contact_lists.suppression_doc(
+                account_id=ref.account_id, phone_number_id=status.phone_number_id,
+                wa_id=status.recipient_id, suppressed=True, source="meta", at=status.occurred_at,
+                now_ms=now, detail="Meta refused a marketing template with 131050: the user "
+                                   "stopped marketing messages"))
 
     async def _resolve(self, status: core.WebhookStatus) -> core.MessageRef | None:
         by_wamid = await self._find_by_wamid(status.wamid)
@@ -179,6 +198,8 @@ class WebhookProcessor:
         if message.direction == core.INBOUND:  # echoes were sent by the business itself
             batch.outgoing.append((INBOUND_RECEIVED,
                                    core.inbound_received(message, account_id, received_at)))
+        if account_id is not None:
+            await self._keyword(message, account_id, now)
 
     async def _number(self, phone_number_id: str) -> core.NumberRef | None:
         """The registered number, read through a small cache (an inbound burst to one number
@@ -289,9 +310,71 @@ class WebhookProcessor:
 
     # --- user preferences ----------------------------------------------------------------------
 
-    async def _user_preference(self, preference: core.UserPreference) -> None:
+    async def _user_preference(self, preference: core.UserPreference, now: int) -> None:
         USER_PREFERENCES.labels(preference.value if preference.value in ("stop", "resume")
                                 else "other").inc()
         number = await self._number(preference.phone_number_id)
-        await self._store.save_user_preference(core.user_preference_doc(
-            preference, number.account_id if number is not None else None))
+        account_id = number.account_id if number is not None else None
+        await self._store.save_user_preference(core.user_preference_doc(preference, account_id))
+        suppresses = core.PREFERENCE_SUPPRESSES.get(preference.value)
+        if preference.category != core.MARKETING_PREFERENCE or suppresses is None:
+            return
+        if account_id is None:
+            SUPPRESSIONS.labels("user_preferences", "ignored").inc()
+            return
+        await self._suppress(contact_lists.suppression_doc(
+            account_id=account_id, phone_number_id=preference.phone_number_id,
+            wa_id=preference.wa_id, suppressed=suppresses, source="user_preferences",
+            at=preference.at, now_ms=now, detail=preference.detail))
+
+    # --- the marketing suppression list (this processor is its only writer) ------------------
+
+    async def _keyword(self, message: core.InboundMessage, account_id: str, now: int) -> None:
+        """A user's STOP (or START) to one of the account's numbers: the whole message is one
+        of the account's keywords (shared/opt_out.py)."""
+        text = core.keyword_text(message)
+        if text is None:
+            return
+        keyword = (await self._account_keywords(account_id)).match(text)
+        if keyword is None:
+            return
+        await self._suppress(contact_lists.suppression_doc(
+            account_id=account_id, phone_number_id=message.phone_number_id,
+            wa_id=message.wa_id, suppressed=keyword == "stop", source="keyword",
+            at=message.sent_at, now_ms=now, keyword=opt_out.normalise(text)))
+
+    async def _account_keywords(self, account_id: str) -> opt_out.Keywords:
+        now = self._clock.monotonic()
+        cached = self._keywords.get(account_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        keywords = opt_out.config_of(await self._store.opt_out_keywords(account_id)).keywords()
+        self._keywords[account_id] = (now + self._keywords_seconds, keywords)
+        self._keywords.move_to_end(account_id)
+        while len(self._keywords) > self._number_capacity:
+            self._keywords.popitem(last=False)
+        return keywords
+
+    async def handle_suppression_request(self, event: SuppressionChangeRequested) -> None:
+        """A client's or an operator's change, applied like a user's own (the latest wins)."""
+        number = await self._number(event.phone_number_id)
+        if number is None or number.account_id != event.account_id:
+            SUPPRESSIONS.labels(event.source, "ignored").inc()
+            log.warning("suppression_request_ignored", outcome="foreign_number",
+                        account_id=event.account_id, phone_number_id=event.phone_number_id,
+                        request_id=event.event_id)
+            return
+        await self._suppress(contact_lists.suppression_doc(
+            account_id=event.account_id, phone_number_id=event.phone_number_id,
+            wa_id=event.wa_id, suppressed=event.suppressed, source=event.source,
+            at=event.requested_at, now_ms=self._clock.now_ms(), detail=event.note,
+            operator=event.operator))
+
+    async def _suppress(self, doc: dict[str, object]) -> None:
+        saved = await self._store.save_suppression(doc)
+        outcome = ("stale" if not saved else
+                   "suppressed" if doc["suppressed"] else "resubscribed")
+        SUPPRESSIONS.labels(str(doc["source"]), outcome).inc()
+        # never the contact's number in a log line
+        log.info("suppression_changed", outcome=outcome, source=doc["source"],
+                 account_id=doc["account_id"], phone_number_id=doc["phone_number_id"])

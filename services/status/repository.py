@@ -24,8 +24,10 @@ from shared.collections import (
     INBOUND_MESSAGES,
     MESSAGES,
     NUMBER_STATES,
+    OPT_OUT_KEYWORDS,
     PARKED_STATUSES,
     PHONE_NUMBERS,
+    SUPPRESSIONS,
     TEMPLATES,
     USER_PREFERENCES,
     WAMID_INDEX,
@@ -66,6 +68,15 @@ class ProcessorStore(Protocol):
     async def save_user_preference(self, doc: Doc) -> bool:
         """Upsert unless a later preference of the same user and category is stored; False
         when this one is older."""
+        ...
+
+    async def save_suppression(self, doc: Doc) -> bool:
+        """Upsert the contact's suppression unless a later fact about it is stored (any
+        source); False when this one is older."""
+        ...
+
+    async def opt_out_keywords(self, account_id: str) -> Doc | None:
+        """The account's keyword configuration (`opt_out_keywords`), None for the defaults."""
         ...
 
 
@@ -279,15 +290,28 @@ class StatusRepository:
 
     # --- user preferences --------------------------------------------------------------------
     async def save_user_preference(self, doc: Doc) -> bool:
+        return await self._save_latest(USER_PREFERENCES, doc)
+
+    # --- the marketing suppression list (status's processor is its only writer) -------------
+    async def save_suppression(self, doc: Doc) -> bool:
+        return await self._save_latest(SUPPRESSIONS, doc)
+
+    async def opt_out_keywords(self, account_id: str) -> Doc | None:
+        return await _call(lambda: self._db[OPT_OUT_KEYWORDS].find_one({"_id": account_id}))
+
+    async def _save_latest(self, collection: str, doc: Doc) -> bool:
+        """Set the document unless the stored one is about a later moment (`at`). FerretDB's
+        conditional update is not atomic, but one contact's facts come to one processor in
+        order (its WABA's webhooks and the change requests share the WABA key)."""
         fields = {k: v for k, v in doc.items() if k != "_id"}
-        result = await _call(lambda: self._db[USER_PREFERENCES].update_one(
+        result = await _call(lambda: self._db[collection].update_one(
             {"_id": doc["_id"], "at": {"$lte": doc["at"]}}, {"$set": fields}))
         if result.matched_count:
             return True
         try:
-            await _call(lambda: self._db[USER_PREFERENCES].insert_one(dict(doc)))
+            await _call(lambda: self._db[collection].insert_one(dict(doc)))
         except DuplicateKeyError:
-            return False  # a later preference is stored
+            return False  # a later fact is stored
         return True
 
 

@@ -20,7 +20,13 @@ from shared.kafka import (
     report_lag_forever,
     topic_name,
 )
-from shared.messages import SEND_REQUESTED, STATUS_CHANGED, WEBHOOK_RECEIVED, Topic
+from shared.messages import (
+    SEND_REQUESTED,
+    STATUS_CHANGED,
+    SUPPRESSION_CHANGE_REQUESTED,
+    WEBHOOK_RECEIVED,
+    Topic,
+)
 
 SERVICE = "status"
 
@@ -37,7 +43,9 @@ Record = ConsumerRecord[bytes, bytes]
 
 
 def by_kafka_key(record: Record) -> object:
-    """Webhooks of one WABA in order: they may touch the same conversations and templates."""
+    """Webhooks of one WABA in order: they may touch the same conversations, templates and
+    suppressions (the suppression change requests are keyed by WABA too, and the range
+    assignor gives one process the same partitions of both topics)."""
     return record.key
 
 
@@ -93,8 +101,9 @@ async def run_consumer(kafka: KafkaConfig, prefix: str, group: str,
 
 async def run_processor(kafka: KafkaConfig, prefix: str, handle: Handler,
                         producer: AIOKafkaProducer) -> None:
-    await run_consumer(kafka, prefix, processor_group(prefix), (WEBHOOK_RECEIVED,),
-                       handle, producer, by_kafka_key)
+    await run_consumer(kafka, prefix, processor_group(prefix),
+                       (WEBHOOK_RECEIVED, SUPPRESSION_CHANGE_REQUESTED), handle, producer,
+                       by_kafka_key)
 
 
 async def run_state_writer(kafka: KafkaConfig, prefix: str, handle: Handler,

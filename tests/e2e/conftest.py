@@ -1,5 +1,5 @@
 """The whole platform as separate processes — the Meta simulator, ingest, billing, sender,
-status and notify — on free loopback ports, against the real Kafka and MongoDB-compatible
+status, notify and guard — on free loopback ports, against the real Kafka and MongoDB-compatible
 server (started once per session by tests/conftest.py's fixture). Each stack gets its own topic
 prefix, database and faust app id, so stacks never see each other's data.
 
@@ -91,7 +91,8 @@ class Stack:
         self.token_keys = new_key()
         self.topup_signing_key = secrets.token_urlsafe(24)  # shared by billing and the seeding
         ports = {name: free_port() for name in ("metasim", "ingest", "status", "smtp")}
-        ops = {name: free_port() for name in ("ingest", "status", "sender", "billing", "notify")}
+        ops = {name: free_port() for name in ("ingest", "status", "sender", "billing", "notify",
+                                              "guard")}
         self.smtp_port = ports["smtp"]
         tls = pki.issue(self.tmp / "tls", "status")
         sim_config = yaml.safe_load(SIM_CONFIG.read_text())
@@ -134,6 +135,12 @@ class Stack:
                         "NOTIFY_SMTP_PORT": str(ports["smtp"]),
                         "NOTIFY_POLL_INTERVAL_SECONDS": "0.2"},
                        ["-m", "services.notify"], "/readyz"),
+            # The tests' accounts are brand new and write to hundreds of numbers they never
+            # wrote to: exactly what the new-recipients rule holds. It is left to its own tests
+            # (tests/unit/guard, tests/integration/trust); the other rules run as configured.
+            "guard": ({"GUARD_OPS_PORT": str(ops["guard"]),
+                       "GUARD_NEW_RECIPIENTS_MINIMUM": "1000000"},
+                      ["-m", "services.guard"], "/readyz"),
         }
         for name, (env, args, ready) in specific.items():
             kafka = self.broker.env(name) if name != "metasim" else {}
@@ -143,7 +150,8 @@ class Stack:
                 scheme="https" if name == "status" else "http")
 
     def url(self, name: str) -> str:
-        """A component's client port (sender, billing and notify have none: their ops port)."""
+        """A component's client port (sender, billing, notify and guard have none: their ops
+        port)."""
         c = self.components[name]
         return f"{c.scheme}://127.0.0.1:{c.port}"
 

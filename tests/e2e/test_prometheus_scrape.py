@@ -19,7 +19,7 @@ def _prometheus_config(stack: Stack) -> dict:
     # The ops ports: the client ports serve no /metrics.
     targets = [{"targets": [stack.ops_url(name).removeprefix("http://")],
                 "labels": {"service": name}}
-               for name in ("ingest", "status", "sender", "billing", "notify")]
+               for name in ("ingest", "status", "sender", "billing", "notify", "guard")]
     return {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "hala", "static_configs": targets}]}
 
@@ -54,9 +54,9 @@ async def test_prometheus_scrapes_every_service_and_sees_the_pipeline_traffic(
                     up = await _query(session, base, 'sum(up{job="hala"})')
                 except aiohttp.ClientError:
                     return None
-                return True if up == 5 else up
+                return True if up == 6 else up
 
-            await eventually(every_target_up, within=60, what="5 scrape targets up")
+            await eventually(every_target_up, within=60, what="6 scrape targets up")
 
             async def seen(promql: str, at_least: float) -> bool | float | None:
                 value = await _query(session, base, promql)

@@ -18,6 +18,7 @@ import yaml
 
 from services.admin.settings import AdminSettings
 from services.billing.settings import BillingSettings
+from services.guard.settings import GuardSettings
 from services.ingest.settings import IngestSettings
 from services.notify.settings import NotifySettings
 from services.sender.settings import SenderSettings
@@ -33,7 +34,7 @@ PROMETHEUS = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.compos
                             .read_text())
 SERVICES_SETTINGS: dict[str, type[ServiceSettings]] = {
     "ingest": IngestSettings, "status": StatusSettings, "sender": SenderSettings,
-    "billing": BillingSettings, "notify": NotifySettings}
+    "billing": BillingSettings, "notify": NotifySettings, "guard": GuardSettings}
 
 
 def _interpolated(value: object) -> str:
@@ -67,7 +68,7 @@ def _with_secret_files(env: dict[str, str], tmp: Path) -> dict[str, str]:
 
 def test_compose_file_parses_and_has_every_component() -> None:
     assert {"init", "kafka", "kafka-setup", "mongo", "metasim", "ingest", "status", "sender",
-            "billing", "notify", "hala", "prometheus"} <= set(COMPOSE["services"])
+            "billing", "notify", "guard", "hala", "prometheus"} <= set(COMPOSE["services"])
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES_SETTINGS))

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from services.billing.app import consumer_group
 from services.billing.settings import BillingSettings
+from services.guard.worker import group as guard_group
 from services.notify.worker import group as notify_group
 from services.sender.consumer import WorkerConfig
 from services.status.workers import processor_group, state_writer_group
@@ -59,7 +60,7 @@ def test_every_consumer_group_a_service_uses_is_covered_by_its_group_acl() -> No
     groups = {"status": [processor_group(PREFIX), state_writer_group(PREFIX)],
               "sender": [WorkerConfig(KafkaConfig("k:1", "PLAINTEXT"), PREFIX).group],
               "billing": [consumer_group(BillingSettings(HALA_TOPIC_PREFIX=PREFIX))],
-              "notify": [notify_group(PREFIX)]}
+              "notify": [notify_group(PREFIX)], "guard": [guard_group(PREFIX)]}
     acls = {who: name for who, name in _allowed("read", "group")}
     for service, names in groups.items():
         assert acls[principal(service)] == group_prefix(service, PREFIX)

@@ -47,6 +47,9 @@ ALLOWED_LABELS = {
     "service", "route", "status_class", "outcome", "dependency", "group", "topic", "partition",
     "reason", "code", "type", "error_class", "status", "replayed", "kind", "event", "field",
     "result", "command",
+    # guard's rules (shared.messages.HOLD_RULES), a suppression's source (keyword,
+    # user_preferences, api, operator), ingest's contact lists and their actions
+    "rule", "source", "list", "action",
 }
 # Unbounded or personal: each value would be a new time series, and some are personal data.
 FORBIDDEN_LABELS = {

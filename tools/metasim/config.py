@@ -314,4 +314,6 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> SimConfig:
 def load_config_dict(path: Path | str = DEFAULT_CONFIG_PATH) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         # libyaml's loader when the wheel has it: ten times faster than the pure-Python one.
-        return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        doc: dict[str, Any] = yaml.load(handle, Loader=loader)
+        return doc

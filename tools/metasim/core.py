@@ -12,7 +12,7 @@ import functools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import msgspec
 import phonenumbers
@@ -231,6 +231,13 @@ class OutboundMessage:
     interactive_type: str | None = None
 
 
+class _CommonFields(TypedDict):
+    """The fields every outbound message type may carry."""
+
+    biz_opaque_callback_data: str | None
+    context_message_id: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class MarkAsRead:
     message_id: str
@@ -293,7 +300,8 @@ def parse_outbound(payload: Any) -> OutboundMessage | MarkAsRead:
     if message_type == "template":
         body = shapes.normalise_template(body)
     obj = decode(body, shapes.TYPE_OBJECTS[message_type], message_type)
-    common = {"biz_opaque_callback_data": callback_data, "context_message_id": context_id}
+    common: _CommonFields = {"biz_opaque_callback_data": callback_data,
+                             "context_message_id": context_id}
     if message_type == "template":
         return OutboundMessage(
             "template",
@@ -647,7 +655,9 @@ def _check_text_params(
 def _decode_components(components: list[Any]) -> list[Any]:
     if components and isinstance(components[0], dict):
         template = shapes.normalise_template({"components": components})
-        return decode(template["components"], list[shapes.Component], "template['components']")
+        decoded: list[Any] = decode(template["components"], list[shapes.Component],
+                                    "template['components']")
+        return decoded
     return components
 
 
@@ -688,7 +698,7 @@ def check_template_components(
             raise GraphError(
                 132012,
                 f"header: Format mismatch, expected {shape.header_format}, received "
-                f"{type(params[0]).__struct_config__.tag.upper()}",
+                f"{str(type(params[0]).__struct_config__.tag).upper()}",
             )
     else:
         _check_text_params(
@@ -947,4 +957,5 @@ def later_status(current: str, new: str) -> str:
 
 def retry_delay(attempt: int, initial: float, max_interval: float) -> float:
     """Exponential backoff after the `attempt`-th failed delivery (1-based): initial, 2x, 4x ..."""
-    return min(initial * 2 ** (attempt - 1), max_interval)
+    factor: int = 2 ** (attempt - 1)
+    return min(initial * factor, max_interval)

@@ -21,6 +21,8 @@ from services.admin import commands
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
+from services.ingest.contact_handlers import ContactHandlers
+from services.ingest.contact_store import MongoContactStore
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
@@ -37,6 +39,7 @@ from services.ingest.repository import (
     MongoMediaStore,
     MongoMessageStore,
 )
+from services.ingest.send_rules import SendRules
 from services.status import core as status_core
 from services.status.repository import StatusRepository
 from shared.clock import SystemClock
@@ -178,22 +181,27 @@ async def platform(broker: Broker, mongo: AsyncMongoClient[dict[str, Any]],
     clock = SystemClock()
     inbox = MongoInbox(db)
     publisher = KafkaPublisher(producer, prefix)
+    contact_store = MongoContactStore(db)
+    # No cache: holds, blocks and opt-outs must show at once in these tests.
+    send_rules = SendRules(contact_store, clock, cache_seconds=0)
     ingest = Ingest(
         # No cache: revocations and suspensions must show at once in these tests.
         directory=CachedDirectory(MongoDirectory(db), clock, ttl_seconds=0),
         idempotency=MongoIdempotencyStore(db), messages=MongoMessageStore(db),
         recent=RecentMessages(clock, 30.0), publisher=publisher,
         clock=clock, rate_card=load_rate_card(), inbox=inbox,
-        windows=CachedWindows(inbox, clock, closed_seconds=0))
+        windows=CachedWindows(inbox, clock, closed_seconds=0), send_rules=send_rules)
     meta = FakeMeta()
     calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=meta,
                   vault=vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
     webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, vault,
                                 allow_loopback_http=True)
+    contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
     # Rate limits as in production, with defaults no test here reaches: a test that wants a
     # limit sets the account's or key's own, as `hala` does.
     limiter = RequestLimiter(clock, account_default=Rate(10_000, 10_000))
-    client = TestClient(TestServer(create_app(calls, webhooks=webhooks, limiter=limiter)))
+    client = TestClient(TestServer(create_app(calls, webhooks=webhooks, contacts=contacts,
+                                              limiter=limiter)))
     await client.start_server()
     try:
         a = await _tenant(db, vault, "Alpha", WABA_A, PORTFOLIO_A, PHONE_A, "15550001001")

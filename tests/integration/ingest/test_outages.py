@@ -26,6 +26,8 @@ from pymongo.uri_parser import parse_uri
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
+from services.ingest.contact_handlers import ContactHandlers
+from services.ingest.contact_store import MongoContactStore
 from services.ingest.endpoint_handlers import EndpointHandlers
 from services.ingest.endpoint_store import MongoEndpointStore
 from services.ingest.handlers import Ingest
@@ -42,6 +44,7 @@ from services.ingest.repository import (
     MongoMediaStore,
     MongoMessageStore,
 )
+from services.ingest.send_rules import SendRules
 from services.ingest.settings import IngestSettings
 from shared.clock import SystemClock
 from shared.messages import SEND_REQUESTED
@@ -63,21 +66,24 @@ async def second_ingest(platform: Platform, db: AsyncDatabase[dict[str, Any]],
                         producer: RdKafkaProducer) -> AsyncIterator[TestClient[Any, Any]]:
     clock = SystemClock()
     inbox = MongoInbox(db)
+    contact_store = MongoContactStore(db)
+    send_rules = SendRules(contact_store, clock, cache_seconds=0)
     ingest = Ingest(
         directory=CachedDirectory(MongoDirectory(db), clock, ttl_seconds=0),
         idempotency=MongoIdempotencyStore(db), messages=MongoMessageStore(db),
         recent=RecentMessages(clock, 30.0), publisher=KafkaPublisher(producer, platform.prefix),
         clock=clock, rate_card=load_rate_card(), inbox=inbox,
-        windows=CachedWindows(inbox, clock, closed_seconds=0))
+        windows=CachedWindows(inbox, clock, closed_seconds=0), send_rules=send_rules)
     calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=FakeMeta(),
                   vault=platform.vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
     publisher = KafkaPublisher(producer, platform.prefix)
     webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, platform.vault,
                                 allow_loopback_http=True)
+    contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
     # The rate limits' middleware too, as in production: it looks the caller up first.
     limiter = RequestLimiter(clock, account_default=Rate(10_000, 10_000))
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(calls, webhooks=webhooks,
-                                                                    limiter=limiter)))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(
+        calls, webhooks=webhooks, contacts=contacts, limiter=limiter)))
     await client.start_server()
     try:
         yield client

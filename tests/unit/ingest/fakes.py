@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.ingest.app import create_app
 from services.ingest.cache import RecentMessages
 from services.ingest.calls import Calls
+from services.ingest.contact_handlers import ContactHandlers
 from services.ingest.conversations import WINDOW_MS, ConversationQuery, Cursor, ThreadQuery
 from services.ingest.core import ListQuery, hash_api_key, to_ms
 from services.ingest.endpoint_handlers import EndpointHandlers
@@ -33,10 +34,12 @@ from services.ingest.meta_client import Download, MetaAnswer
 from services.ingest.passthrough import PassThroughPacer
 from services.ingest.rate_limits import Rate
 from services.ingest.repository import CachedDirectory, CachedWindows, DuplicateMessage
+from services.ingest.send_rules import SendRules
+from shared import contact_lists
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable
 from shared.message_docs import message_document
-from shared.messages import NotifyRequested, SendRequested
+from shared.messages import NotifyRequested, SendRequested, SuppressionChangeRequested
 from shared.pricing import load_rate_card
 from shared.secrets import TokenVault, new_key
 
@@ -336,6 +339,7 @@ class FakePublisher:
     def __init__(self) -> None:
         self.events: list[SendRequested] = []
         self.notify_requests: list[NotifyRequested] = []
+        self.suppression_requests: list[SuppressionChangeRequested] = []
         self.fail = False
 
     async def send_requested(self, event: SendRequested) -> None:
@@ -347,6 +351,65 @@ class FakePublisher:
         if self.fail:
             raise DependencyUnavailable("broker unavailable", details={"dependency": "kafka"})
         self.notify_requests.append(event)
+
+    async def suppression_change_requested(self, event: SuppressionChangeRequested) -> None:
+        if self.fail:
+            raise DependencyUnavailable("broker unavailable", details={"dependency": "kafka"})
+        self.suppression_requests.append(event)
+
+
+class FakeContactStore:
+    """`account_holds` (guard's), `suppressions` (status's), and ingest's `blocked_recipients`
+    and `opt_out_keywords`. tests/integration/trust/ runs the API against the real database."""
+
+    def __init__(self) -> None:
+        self.holds: dict[str, dict[str, Any]] = {}
+        self.blocked_docs: dict[str, dict[str, Any]] = {}
+        self.suppression_docs: dict[str, dict[str, Any]] = {}
+        self.keyword_docs: dict[str, dict[str, Any]] = {}
+        self.reads = 0
+
+    async def hold(self, account_id: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return copy.deepcopy(self.holds.get(account_id))
+
+    async def blocked(self, blocked_id: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return copy.deepcopy(self.blocked_docs.get(blocked_id))
+
+    async def suppression(self, suppression_id: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return copy.deepcopy(self.suppression_docs.get(suppression_id))
+
+    async def suppressions(self, account_id: str, phone_number_id: str | None, limit: int,
+                           after: Cursor | None) -> list[dict[str, Any]]:
+        docs = [d for d in self.suppression_docs.values()
+                if d["account_id"] == account_id and d["suppressed"] is True
+                and phone_number_id in (None, d["phone_number_id"])]
+        return _newest_first(docs, "at", limit, after)
+
+    async def blocked_page(self, account_id: str, limit: int,
+                           after: Cursor | None) -> list[dict[str, Any]]:
+        docs = [d for d in self.blocked_docs.values()
+                if d["account_id"] == account_id and not d.get("marker")]
+        return _newest_first(docs, "created_at", limit, after)
+
+    async def block(self, doc: dict[str, Any]) -> bool:
+        marker = contact_lists.blocks_marker_doc(doc["account_id"], doc["created_at"])
+        self.blocked_docs.setdefault(marker["_id"], marker)
+        if doc["_id"] in self.blocked_docs:
+            return False
+        self.blocked_docs[doc["_id"]] = copy.deepcopy(doc)
+        return True
+
+    async def unblock(self, blocked_id: str) -> bool:
+        return self.blocked_docs.pop(blocked_id, None) is not None
+
+    async def keywords(self, account_id: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.keyword_docs.get(account_id))
+
+    async def replace_keywords(self, doc: dict[str, Any]) -> None:
+        self.keyword_docs[doc["_id"]] = copy.deepcopy(doc)
 
 
 class FakeEndpointStore:
@@ -456,6 +519,7 @@ class World:
 
     def __init__(self, ttl_seconds: float = 5.0, *, pace: tuple[float, int, float] = (10, 20, 1),
                  window_closed_cache_seconds: float = 1.0,
+                 send_rules_cache_seconds: float = 2.0,
                  rate_limit: Rate | None = None, key_rate_limit: Rate | None = None) -> None:
         """`rate_limit`: every account's request rate limit (None: no limits at all)."""
         self.clock = FakeClock()
@@ -467,22 +531,28 @@ class World:
         self.media = FakeMediaStore()
         self.meta = FakeMeta()
         self.slept: list[float] = []
+        self.contacts = FakeContactStore()
+        self.send_rules = SendRules(self.contacts, self.clock, send_rules_cache_seconds)
         self.ingest = Ingest(directory=CachedDirectory(self.directory, self.clock, ttl_seconds),
                              idempotency=self.idempotency, messages=self.messages,
                              recent=RecentMessages(self.clock, 30.0), publisher=self.publisher,
                              clock=self.clock, rate_card=load_rate_card(), inbox=self.inbox,
                              windows=CachedWindows(self.inbox, self.clock,
-                                                   window_closed_cache_seconds))
+                                                   window_closed_cache_seconds),
+                             send_rules=self.send_rules)
         self.calls = Calls(ingest=self.ingest, media=self.media, meta=self.meta,
                            vault=VAULT, pacer=PassThroughPacer(*pace), clock=self.clock,
                            sleep=self.sleep)
         self.endpoints = FakeEndpointStore()
         self.webhooks = EndpointHandlers(self.ingest, self.endpoints, self.publisher, VAULT,
                                          allow_loopback_http=True)
+        self.contact_handlers = ContactHandlers(self.ingest, self.contacts, self.publisher,
+                                                self.send_rules)
         self.limiter = (RequestLimiter(self.clock, account_default=rate_limit,
                                        key_default=key_rate_limit)
                         if rate_limit is not None else None)
-        self.app = create_app(self.calls, webhooks=self.webhooks, limiter=self.limiter)
+        self.app = create_app(self.calls, webhooks=self.webhooks,
+                              contacts=self.contact_handlers, limiter=self.limiter)
 
     async def sleep(self, seconds: float) -> None:
         """What a pass-through call waits for its turn: recorded, and the clock moves."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.ingest import core
+from services.ingest import core, passthrough
 from shared.errors import ServiceError
 from tests.unit.ingest.fakes import WABA_A, template, template_body, text_body
 
@@ -416,3 +416,11 @@ def _accepted(request: core.SendRequest) -> dict[str, Any]:
 
 def _doc_of(body: dict[str, Any]) -> dict[str, Any]:
     return _accepted(core.parse_send_request(body))
+
+
+# Found by schemathesis (tests/e2e/test_openapi_fuzz.py): an empty JSON key gave a 500.
+def test_an_empty_key_is_an_unknown_field_not_a_crash() -> None:
+    assert _code(core.parse_send_request, {**text_body(), "": 1}) == (
+        "unknown_field", {"field": ""})
+    assert _code(passthrough.parse_v1_mark_read, b'{"": 1}', "wamid.x") == (
+        "unknown_field", {"field": ""})

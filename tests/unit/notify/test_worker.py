@@ -40,7 +40,7 @@ async def test_notify_handles_every_example_of_every_topic_it_reads(notify: Noti
     notify.add_endpoint("we_meta", fmt="meta")
     notify.add_endpoint("we_01HZY", events=("balance.*",))
     topics = topics_read_by(SERVICE)
-    assert len(topics) == 10
+    assert len(topics) == 11
     offset = 0
     for topic in topics:
         for example in topic.examples:
@@ -50,12 +50,12 @@ async def test_notify_handles_every_example_of_every_topic_it_reads(notify: Noti
     types = {b["type"] for b in bodies(notify) if "type" in b}
     assert {"message.accepted", "message.sent", "message.delivered", "message.failed",
             "message.rejected", "message.received", "template.status_changed",
-            "phone_number.quality_changed", "account.updated", "balance.low",
-            "balance.topped_up", "endpoint.test"} <= types
+            "phone_number.quality_changed", "account.updated", "account.hold_changed",
+            "balance.low", "balance.topped_up", "endpoint.test"} <= types
     meta = [b for b in bodies(notify) if b.get("object") == "whatsapp_business_account"]
     assert meta, "the webhook example reached the meta endpoint"
     assert {a["kind"] for a in notify.store.alerts.values()} == {
-        "balance_low", "template_status", "number_quality"}
+        "balance_low", "template_status", "number_quality", "account_hold"}
     low = next(b for b in bodies(notify) if b.get("type") == "balance.low")
     assert low["data"]["currency"] == "EUR"
 

@@ -53,6 +53,9 @@ class FakeStore:
         self.inbound: dict[str, Doc] = {}
         self.number_states: dict[str, Doc] = {}
         self.user_preferences: dict[str, Doc] = {}
+        self.suppressions: dict[str, Doc] = {}
+        self.keyword_configs: dict[str, Doc] = {}
+        self.keyword_reads = 0
         self.phone_number_reads = 0
 
     async def find_by_wamid(self, wamid: str) -> MessageRef | None:
@@ -153,3 +156,14 @@ class FakeStore:
             return False
         self.user_preferences[doc["_id"]] = copy.deepcopy(doc)
         return True
+
+    async def save_suppression(self, doc: Doc) -> bool:
+        known = self.suppressions.get(doc["_id"])
+        if known is not None and known["at"] > doc["at"]:
+            return False
+        self.suppressions[doc["_id"]] = copy.deepcopy(doc)
+        return True
+
+    async def opt_out_keywords(self, account_id: str) -> Doc | None:
+        self.keyword_reads += 1
+        return copy.deepcopy(self.keyword_configs.get(account_id))

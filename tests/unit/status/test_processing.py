@@ -208,6 +208,7 @@ async def test_a_record_that_is_not_a_webhook_event_is_permanent(
         processor: WebhookProcessor) -> None:
     class Record:
         value = b'{"not": "an event"}'
+        topic = "p.webhooks.received.v1"
 
     with pytest.raises(PermanentError):
         await processor.handle_record(Record())  # type: ignore[arg-type]
