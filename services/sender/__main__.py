@@ -2,10 +2,11 @@
 
 import asyncio
 
+from services.sender.metrics import SERVICE
 from services.sender.repository import SenderRepository
 from services.sender.retention import sweep_tier_usage_forever
 from services.sender.settings import SenderSettings
-from services.sender.worker import SERVICE, create_worker
+from services.sender.worker import create_worker
 from shared.clock import SystemClock
 from shared.collections import SENDS, TIER_USAGE, ensure_indexes
 from shared.logging import configure_logging

@@ -352,6 +352,9 @@ class FetchPolicy:
     max_held: int = 20_000
 
 
+_NOTHING_HELD = Backlog()
+
+
 def partitions_to_pause(backlogs: Mapping[K, Backlog], paused: AbstractSet[K],
                         policy: FetchPolicy) -> set[K]:
     """The partitions (of `backlogs`: every assigned one) whose fetching must be paused now;
@@ -370,6 +373,44 @@ def partitions_to_pause(backlogs: Mapping[K, Backlog], paused: AbstractSet[K],
         if count > budget / 2 if partition in paused else count >= budget:
             wanted.add(partition)
     return wanted
+
+
+@dataclass(frozen=True, slots=True)
+class FetchChanges(Generic[K]):
+    """What the consumer does to its fetching now (see `fetch_changes`)."""
+
+    pause: frozenset[K]  # to pause now
+    resume: frozenset[K]  # to resume now
+    paused: frozenset[K]  # paused once these are applied
+    held: int  # messages held of all assigned partitions together
+    crowded: bool  # `held` reached the memory bound (FetchPolicy.max_held)
+
+
+def fetch_changes(assigned: AbstractSet[K], backlogs: Mapping[K, Backlog],
+                  paused: AbstractSet[K], policy: FetchPolicy) -> FetchChanges[K]:
+    """The pauses and resumes that bring fetching in line with `partitions_to_pause`. An
+    assigned partition missing from `backlogs` holds nothing; `paused` may name partitions no
+    longer assigned (they are ignored)."""
+    every = {partition: backlogs.get(partition, _NOTHING_HELD) for partition in assigned}
+    paused_now = set(paused) & set(assigned)
+    wanted = partitions_to_pause(every, paused_now, policy)
+    held = sum(b.held for b in every.values())
+    return FetchChanges(frozenset(wanted - paused_now), frozenset(paused_now - wanted),
+                        frozenset(wanted), held, held >= policy.max_held)
+
+
+def partition_backlogs(held: Mapping[K, int], parked: Mapping[K, int],
+                       sending: Iterable[tuple[K, float]]) -> dict[K, Backlog]:
+    """Each partition's Backlog from its messages held and parked and the rates of its numbers
+    that may send now (`sending`: partition and messages per second, one per number; a number
+    held, or whose WABA or account is held, is left out). Partitions holding nothing are not
+    in the answer."""
+    drain: dict[K, float] = {}
+    for partition, mps in sending:
+        if partition in held:
+            drain[partition] = drain.get(partition, 0.0) + mps
+    return {partition: Backlog(count, parked.get(partition, 0), drain.get(partition, 0.0))
+            for partition, count in held.items()}
 
 
 def earliest_send_time(pair_at: float, number_at: float, tier_at: float) -> float:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# The service's name: its label in the shared metrics and its logs, its consumer group.
+SERVICE = "sender"
+
 META_REQUESTS = Counter(
     "sender_meta_requests_total",
     "Send requests made to Meta's Graph API, by outcome and error class.",

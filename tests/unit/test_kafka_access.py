@@ -12,7 +12,7 @@ from services.billing.app import consumer_group
 from services.billing.settings import BillingSettings
 from services.guard.worker import group as guard_group
 from services.notify.worker import group as notify_group
-from services.sender.worker import WorkerConfig
+from services.sender.consumer import WorkerConfig
 from services.status.workers import processor_group, state_writer_group
 from shared.kafka import KafkaConfig
 from shared.kafka_access import ADMIN, SERVICES, grants, group_prefix, principal, topics_of

@@ -27,9 +27,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.sender.consumer import SenderWorker
 from services.sender.meta_client import MetaClient
 from services.sender.settings import SenderSettings
-from services.sender.worker import SenderWorker, create_worker
+from services.sender.worker import create_worker
 from shared.clock import SystemClock
 from shared.collections import PHONE_NUMBERS
 from shared.kafka import KafkaConfig, make_consumer, make_producer, publish, topic_name

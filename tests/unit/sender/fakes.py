@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from services.sender.core import META_PAIR_BURST, TokenBucket
+from services.sender.engine import EngineConfig, SendEngine
 from services.sender.meta_client import Accepted, Refused, SendOutcome
 from services.sender.repository import PhoneNumber, SendRecord
-from services.sender.worker import EngineConfig, SendEngine
 from shared.clock import FakeClock
 from shared.messages import SEND_APPROVED, SendApproved, StatusChanged
 

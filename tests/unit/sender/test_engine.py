@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.sender import metrics
+from services.sender.engine import EngineConfig
 from services.sender.meta_client import Accepted, Ambiguous, NotSent, Refused
-from services.sender.worker import EngineConfig
 from shared.messages import InboundReceived, ThroughputChanged
 from tests.unit.sender.fakes import NUMBER_ID, Harness, phone_number, settle
 

@@ -12,8 +12,9 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from services.sender.followers import _apply_followed
+from services.sender.ports import Done
 from services.sender.repository import SendRecord
-from services.sender.worker import Done, _apply_followed
 from shared.kafka import DeadLetterGuard, Failure, TooManyDeadLetters
 from shared.messages import THROUGHPUT_CHANGED
 from tests.unit.sender.fakes import FakeStore, Harness, phone_number

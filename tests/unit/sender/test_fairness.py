@@ -13,8 +13,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from services.sender.consumer import SenderWorker, WorkerConfig
 from services.sender.core import Backlog, FetchPolicy, partitions_to_pause
-from services.sender.worker import SenderWorker, WorkerConfig
 from shared.kafka import KafkaConfig
 from shared.messages import SEND_APPROVED, SendApproved
 from tests.unit.sender.fakes import FakeTimer, Harness, phone_number, settle

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.sender.worker import RealTimer
+from services.sender.ports import RealTimer
 from shared.clock import SystemClock
 
 

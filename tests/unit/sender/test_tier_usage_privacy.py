@@ -9,9 +9,9 @@ from functools import partial
 import pytest
 from pydantic import ValidationError
 
+from services.sender.engine import EngineConfig
 from services.sender.retention import sweep_tier_usage_once
 from services.sender.settings import SenderSettings
-from services.sender.worker import EngineConfig
 from shared.clock import FakeClock
 from shared.pseudonyms import keyed_hash
 from shared.secrets import new_key

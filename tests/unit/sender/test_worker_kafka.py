@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from services.sender.worker import SenderWorker, WorkerConfig
+from services.sender.consumer import SenderWorker, WorkerConfig
 from shared.kafka import KafkaConfig
 from shared.messages import SEND_APPROVED
 from tests.unit.sender.fakes import Harness, settle

@@ -1,0 +1,224 @@
+"""The sender's Kafka consumer: send-approved in, the engine fed, offsets committed.
+
+Its own consume loop, because records finish out of order: the commit is the lowest unfinished
+offset per partition (core.OffsetTracker), every `commit_interval_seconds`, on revocation and on
+shutdown. Unreadable records are dead-lettered. Backpressure: only the partitions that are behind
+stop being fetched (core.fetch_changes), so one tenant's backlog on a slow number does not stop
+the numbers of the partitions next to it. The group-less followers run beside it
+(followers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.sender import metrics
+from services.sender.core import FetchPolicy, OffsetTracker, fetch_changes
+from services.sender.engine import SendEngine
+from services.sender.followers import (
+    follow_account_hold,
+    follow_inbound,
+    follow_throughput,
+    follow_waba_status,
+)
+from services.sender.metrics import SERVICE
+from services.sender.ports import Done
+from services.sender.publisher import RecordDone, undecodable
+from shared.clock import Clock
+from shared.kafka import (
+    DeadLetters,
+    Failure,
+    KafkaConfig,
+    make_consumer,
+    report_lag_forever,
+    topic_name,
+)
+from shared.logging import get_logger
+from shared.messages import SEND_APPROVED, SendApproved
+
+log = get_logger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: SenderWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._worker.partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._worker.partitions_assigned(set(assigned))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    kafka: KafkaConfig
+    topic_prefix: str = ""
+    commit_interval_seconds: float = 0.2
+    # All partitions together hold at most about this many messages (core.FetchPolicy).
+    max_queued: int = 20_000
+    shutdown_grace_seconds: float = 15.0
+    poll_records: int = 500
+    # A partition is behind when it holds more ready messages than its numbers send in this
+    # many seconds, at least backlog_floor (core.FetchPolicy).
+    backlog_seconds: float = 2.0
+    backlog_floor: int = 100
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(lead_seconds=self.backlog_seconds, floor=self.backlog_floor,
+                           max_held=self.max_queued)
+
+    @property
+    def group(self) -> str:
+        return f"{self.topic_prefix}{SERVICE}"
+
+
+class SenderWorker:
+    """Consumes send-approved with manual, out-of-order-aware commits; follows throughput changes
+    from the start of their compacted topic (a restart must not forget an upgrade)."""
+
+    def __init__(self, config: WorkerConfig, producer: AIOKafkaProducer, engine: SendEngine,
+                 clock: Clock, consumer: AIOKafkaConsumer | None = None) -> None:
+        self._config = config
+        self._producer = producer
+        self._engine = engine
+        self._clock = clock
+        self._consumer = consumer or make_consumer(
+            config.kafka, config.group, max_poll_records=config.poll_records)
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._taken_over_at: dict[TopicPartition, float] = {}
+        self._dead_letters = DeadLetters(producer, SERVICE)
+        self._fetch_policy = config.fetch_policy
+        self._crowded = False
+        engine.set_dead_letter(self._dead_letter_records)
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self._consumer
+
+    def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        now = self._clock.monotonic()
+        for tp in assigned:
+            self._tracker.assign(tp)
+            self._taken_over_at[tp] = now
+        log.info("partitions_assigned", partitions=sorted(str(tp.partition) for tp in assigned))
+
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._engine.revoke(set(revoked))
+        await self.commit_finished(only=revoked)
+        for tp in revoked:
+            self._tracker.forget(tp)
+            self._taken_over_at.pop(tp, None)
+        log.info("partitions_revoked", partitions=sorted(str(tp.partition) for tp in revoked))
+
+    async def run(self) -> None:
+        consumer = self._consumer
+        consumer.subscribe([topic_name(SEND_APPROVED, self._config.topic_prefix)],
+                           listener=_Rebalance(self))
+        await consumer.start()
+        helpers = [
+            asyncio.create_task(self._commit_forever()),
+            asyncio.create_task(report_lag_forever(consumer, SERVICE, self._config.group)),
+            asyncio.create_task(follow_throughput(self._config.kafka,
+                                                  self._config.topic_prefix, self._engine)),
+            asyncio.create_task(follow_inbound(self._config.kafka,
+                                               self._config.topic_prefix, self._engine)),
+            asyncio.create_task(follow_waba_status(self._config.kafka,
+                                                   self._config.topic_prefix, self._engine)),
+            asyncio.create_task(follow_account_hold(self._config.kafka,
+                                                    self._config.topic_prefix, self._engine)),
+        ]
+        try:
+            await self.consume(helpers)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._engine.stop(self._config.shutdown_grace_seconds)
+            with contextlib.suppress(KafkaError):
+                await self.commit_finished()
+            await consumer.stop()
+
+    async def consume(self, helpers: list[asyncio.Task[Any]]) -> None:
+        consumer = self._consumer
+        while True:
+            if self._engine.failure is not None:
+                raise self._engine.failure
+            for task in helpers:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            self._apply_backpressure()
+            batch = await consumer.getmany(timeout_ms=200,
+                                           max_records=self._config.poll_records)
+            items: list[tuple[SendApproved, Hashable, float, Done]] = []
+            for tp, records in batch.items():
+                offsets = self._tracker.get(tp)
+                if offsets is None:
+                    continue  # revoked while these were in the fetch buffer
+                for record in records:
+                    offsets.track(record.offset)
+                    try:
+                        event = SEND_APPROVED.decode(record.value)  # type: ignore[arg-type]
+                    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+                        await self._dead_letters.send(record, Failure(undecodable(exc), 1))
+                        offsets.done(record.offset)
+                        continue
+                    items.append((event, tp, self._taken_over_at.get(tp, 0.0),
+                                  RecordDone(offsets, record, self._dead_letters)))
+            if items:
+                await self._engine.admit_batch(items)
+
+    async def _dead_letter_records(self, done: list[Done], failure: Failure) -> None:
+        """The engine gave a message up after repeated bugs: dead-letter each record behind it
+        (duplicates too), and only then count them as finished (their offsets move on)."""
+        for callback in done:
+            if isinstance(callback, RecordDone):
+                await callback.dead_letter(failure)
+            else:
+                callback()
+
+    def _apply_backpressure(self) -> None:
+        """Pause fetching the partitions that are behind, resume the others (core's policy):
+        a backlog holds back its own partition, never the ones next to it."""
+        assignment = set(self._consumer.assignment())
+        if not assignment:
+            return
+        changes = fetch_changes(assignment, self._engine.backlogs(),
+                                set(self._consumer.paused()), self._fetch_policy)
+        if changes.pause:
+            self._consumer.pause(*changes.pause)
+        if changes.resume:
+            self._consumer.resume(*changes.resume)
+        metrics.PARTITIONS_PAUSED.set(len(changes.paused))
+        if changes.crowded != self._crowded:  # memory at its bound: worth a line
+            self._crowded = changes.crowded
+            if changes.crowded:
+                log.warning("fetching_crowded", held=changes.held, paused=len(changes.paused))
+            else:
+                log.info("fetching_uncrowded", held=changes.held, paused=len(changes.paused))
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.commit_interval_seconds)
+            metrics.OLDEST_WAITING.set(self._engine.oldest_waiting_age())
+            try:
+                await self.commit_finished()
+            except KafkaError as exc:  # a rebalance in progress: the next round retries
+                log.warning("commit_failed", error=str(exc))
+
+    async def commit_finished(self, only: set[TopicPartition] | None = None) -> None:
+        positions = self._tracker.committable()
+        if only is not None:
+            positions = {tp: p for tp, p in positions.items() if tp in only}
+        if not positions:
+            return
+        await self._consumer.commit(positions)
+        self._tracker.mark_committed(positions)
