@@ -91,8 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--floor", action="store_true",
-                        help="behind ingest's middleware, answering after another thread's ack")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="behind ingest's middleware, answering after another thread's ack",
+    )
     args = parser.parse_args()
     if args.floor:
         app = floor_app()

@@ -94,8 +94,7 @@ class CountingObserver(Observer):
             return sum(1 for i in items if i.message_id and not i.delivered_at)
 
     async def poll_meta(self) -> None:
-        answer = await self.platform.sim("GET", "/_sim/sends",
-                                         params={"offset": str(self.offset)})
+        answer = await self.platform.sim("GET", "/_sim/sends", params={"offset": str(self.offset)})
         for send in answer["sends"]:
             ref = send["biz_opaque_callback_data"]
             if ref:
@@ -104,8 +103,16 @@ class CountingObserver(Observer):
         self.offset += int(answer["returned"])
 
 
-async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers: list[str],
-                    n: int, unique: str, answers: Counter[str], keyed: bool) -> list[Sent]:
+async def _campaign(
+    session: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    numbers: list[str],
+    n: int,
+    unique: str,
+    answers: Counter[str],
+    keyed: bool,
+) -> list[Sent]:
     """N sends, CONCURRENCY at a time (closed loop: each answer lets the next one go). A 429
     (the account's request rate limit: nothing published) is tried again after its
     Retry-After, keyed or not.
@@ -124,8 +131,9 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
             i = next_index
             next_index += 1
             item = items[i]
-            body = orjson.dumps(template_body(numbers[i % len(numbers)],
-                                              pool[RECIPIENT_OFFSET + i], f"c{i}"))
+            body = orjson.dumps(
+                template_body(numbers[i % len(numbers)], pool[RECIPIENT_OFFSET + i], f"c{i}")
+            )
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
             if keyed:
                 headers["Idempotency-Key"] = f"campaign-{unique}-{i}"
@@ -161,8 +169,11 @@ async def _campaign(session: aiohttp.ClientSession, url: str, key: str, numbers:
 async def _balances(platform: Platform, account_ids: list[str]) -> dict[str, tuple[int, int]]:
     mongo = make_client(platform.mongodb_url)
     try:
-        docs = await mongo[platform.database]["balances"].find(
-            {"_id": {"$in": account_ids}}).to_list(None)
+        docs = (
+            await mongo[platform.database]["balances"]
+            .find({"_id": {"$in": account_ids}})
+            .to_list(None)
+        )
     finally:
         await mongo.close()
     return {d["_id"]: (int(d["available"]), int(d["reserved"])) for d in docs}
@@ -177,13 +188,22 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     n = int(_settings["messages"] or max(100, min(MAX_MESSAGES, round(capacity * seconds))))
     campaign_account, other_account = accounts[2], accounts[1]
     other_rate = max(2.0, OTHER_SHARE * capacity)
-    log(f"campaign: {n:,} messages over {len(campaign_account.numbers)} numbers (capacity "
-        f"{capacity:g}/s: ~{n / capacity:.0f} s to drain), other tenant at {other_rate:g}/s")
+    log(
+        f"campaign: {n:,} messages over {len(campaign_account.numbers)} numbers (capacity "
+        f"{capacity:g}/s: ~{n / capacity:.0f} s to drain), other tenant at {other_rate:g}/s"
+    )
     await platform.sim("POST", "/_sim/reset", json={})
-    await platform.sim("POST", "/_sim/webhooks/config", json={
-        "enabled": True, "callback_url": f"{platform.url('status')}/webhooks/meta",
-        "profile": "polite", "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0,
-                                        "jitter": 0.0}, "read_probability": 0.0})
+    await platform.sim(
+        "POST",
+        "/_sim/webhooks/config",
+        json={
+            "enabled": True,
+            "callback_url": f"{platform.url('status')}/webhooks/meta",
+            "profile": "polite",
+            "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0, "jitter": 0.0},
+            "read_probability": 0.0,
+        },
+    )
     ids = [campaign_account.account_id, other_account.account_id]
 
     async def settled() -> bool | str:  # what earlier benchmarks reserved is settled
@@ -204,8 +224,10 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     bound = 60 + 3 * n / capacity
     connector = aiohttp.TCPConnector(limit=CONCURRENCY + 64)
     try:
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+        ) as session:
+
             async def trickle() -> None:
                 # Traffic.run spaces its sends over the second but returns after the last:
                 # wait for the second's end, or the rate would be higher than asked.
@@ -218,13 +240,22 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             started = time.time()
             other_task = asyncio.create_task(trickle())
             answers: Counter[str] = Counter()
-            items = await _campaign(session, url, campaign_account.api_key,
-                                    campaign_account.numbers, n, platform.unique, answers,
-                                    bool(_settings["keyed"]))
+            items = await _campaign(
+                session,
+                url,
+                campaign_account.api_key,
+                campaign_account.numbers,
+                n,
+                platform.unique,
+                answers,
+                bool(_settings["keyed"]),
+            )
             accepted_s = time.time() - started
             accepted = [i for i in items if i.status == 202]
-            log(f"campaign: {len(accepted):,}/{n:,} accepted in {accepted_s:.1f} s "
-                f"({len(accepted) / accepted_s:.0f}/s)")
+            log(
+                f"campaign: {len(accepted):,}/{n:,} accepted in {accepted_s:.1f} s "
+                f"({len(accepted) / accepted_s:.0f}/s)"
+            )
             deadline = time.monotonic() + bound
             while time.monotonic() < deadline:  # until all reached Meta (cheap to ask)
                 await observer.poll_meta()
@@ -233,8 +264,9 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                     break
                 await asyncio.sleep(1.0)
             # The other tenant keeps sending until the campaign is drained (delivered stored).
-            await observer.wait(accepted, within=max(30.0, deadline - time.monotonic()),
-                                delivered=True)
+            await observer.wait(
+                accepted, within=max(30.0, deadline - time.monotonic()), delivered=True
+            )
             stop_other.set()
             await other_task
             everything = accepted + [i for i in other_items if i.status == 202]
@@ -250,15 +282,17 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     drain_s = (max(delivered_at) - started) if delivered_at else None
     drain_meta_s = (max(meta_at) - started) if meta_at else None
     end = started + (drain_s or 0)
-    other_in_drain = [i for i in other_items if i.status == 202 and i.delivered_at
-                      and i.sent_at <= end]
+    other_in_drain = [
+        i for i in other_items if i.status == 202 and i.delivered_at and i.sent_at <= end
+    ]
     completed = len(delivered_at) + len(other_in_drain)
     drain_rate = completed / drain_s if drain_s else 0.0
     ratio = drain_rate / capacity
     other_during = [i for i in other_items if i.status == 202 and i.meta_at and i.sent_at <= end]
     other_latency = summary_ms([i.meta_at - i.answered_at for i in other_during])
-    other_latency_delivered = summary_ms([i.delivered_at - i.answered_at for i in other_during
-                                          if i.delivered_at])
+    other_latency_delivered = summary_ms(
+        [i.delivered_at - i.answered_at for i in other_during if i.delivered_at]
+    )
 
     # Checks.
     all_accepted = accepted + [i for i in other_items if i.status == 202]
@@ -266,10 +300,17 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     twice = {ref: c for ref, c in observer.sends.items() if c > 1}
     price = load_rate_card().price("utility", "GB")
     expected = {
-        campaign_account.account_id: (before[campaign_account.account_id][0]
-                                      - price * sum(1 for i in accepted if i.delivered_at), 0),
-        other_account.account_id: (before[other_account.account_id][0] - price * sum(
-            1 for i in other_items if i.status == 202 and i.delivered_at), 0)}
+        campaign_account.account_id: (
+            before[campaign_account.account_id][0]
+            - price * sum(1 for i in accepted if i.delivered_at),
+            0,
+        ),
+        other_account.account_id: (
+            before[other_account.account_id][0]
+            - price * sum(1 for i in other_items if i.status == 202 and i.delivered_at),
+            0,
+        ),
+    }
 
     async def exact() -> bool | str:
         found = await _balances(platform, ids)
@@ -283,60 +324,95 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         balances_exact = False
     checks_ok = not lost and not twice and balances_exact and len(accepted) == n
     drain_cost = cost.per_message(cost_before, cost_after, len(all_accepted))
-    e2e_half = next((lv for lv in (e2e or {}).get("levels", [])
-                     if lv.get("share_of_capacity") == 0.5), None)
+    e2e_half = next(
+        (lv for lv in (e2e or {}).get("levels", []) if lv.get("share_of_capacity") == 0.5), None
+    )
     e2e_p99 = e2e_half["202_to_meta"]["p99_ms"] if e2e_half else None
 
     result = {
-        "benchmark": NAME, "messages": n, "capacity_per_s": capacity,
+        "benchmark": NAME,
+        "messages": n,
+        "capacity_per_s": capacity,
         "keyed_and_retried": bool(_settings["keyed"]),
         "capacity_from": "bench/results/e2e.json of "
-                         + time.ctime(RESULTS.joinpath("e2e.json").stat().st_mtime),
-        "accepted_202": len(accepted), "refused_or_failed": n - len(accepted),
+        + time.ctime(RESULTS.joinpath("e2e.json").stat().st_mtime),
+        "accepted_202": len(accepted),
+        "refused_or_failed": n - len(accepted),
         "answers": dict(answers),  # every attempt's status (or exception), retries included
         "accept_seconds": round(accepted_s, 1),
         "accept_rate_per_s": round(len(accepted) / accepted_s, 1),
         "drain_seconds_to_delivered": None if drain_s is None else round(drain_s, 1),
         "drain_seconds_to_meta": None if drain_meta_s is None else round(drain_meta_s, 1),
-        "completed_in_drain": completed, "drain_rate_per_s": round(drain_rate, 1),
-        "drain_rate_over_capacity": round(ratio, 3), "target_ratio": TARGET_DRAIN_RATIO,
-        "other_tenant": {"rate_per_s": other_rate, "sent": len(other_items),
-                         "during_drain": len(other_during),
-                         "202_to_meta": other_latency,
-                         "202_to_delivered_stored": other_latency_delivered,
-                         "e2e_p99_202_to_meta_at_50pct_ms": e2e_p99},
-        "campaign_202_to_meta_p50_ms": (None if not meta_at else round(1000 * (percentile(
-            [i.meta_at - i.answered_at for i in accepted if i.meta_at], 50) or 0), 1)),
-        "checks": {"lost": len(lost), "lost_examples": lost[:5],
-                   "sent_twice": len(twice), "balances_exact": balances_exact,
-                   "left_after_wait": left, "all_accepted": len(accepted) == n},
+        "completed_in_drain": completed,
+        "drain_rate_per_s": round(drain_rate, 1),
+        "drain_rate_over_capacity": round(ratio, 3),
+        "target_ratio": TARGET_DRAIN_RATIO,
+        "other_tenant": {
+            "rate_per_s": other_rate,
+            "sent": len(other_items),
+            "during_drain": len(other_during),
+            "202_to_meta": other_latency,
+            "202_to_delivered_stored": other_latency_delivered,
+            "e2e_p99_202_to_meta_at_50pct_ms": e2e_p99,
+        },
+        "campaign_202_to_meta_p50_ms": (
+            None
+            if not meta_at
+            else round(
+                1000
+                * (percentile([i.meta_at - i.answered_at for i in accepted if i.meta_at], 50) or 0),
+                1,
+            )
+        ),
+        "checks": {
+            "lost": len(lost),
+            "lost_examples": lost[:5],
+            "sent_twice": len(twice),
+            "balances_exact": balances_exact,
+            "left_after_wait": left,
+            "all_accepted": len(accepted) == n,
+        },
         "cost_per_message_in_drain": drain_cost,
         "met": ratio >= TARGET_DRAIN_RATIO and checks_ok,
     }
-    log(f"campaign: drained in {result['drain_seconds_to_delivered']} s, "
+    log(
+        f"campaign: drained in {result['drain_seconds_to_delivered']} s, "
         f"{drain_rate:.1f}/s = {ratio:.2f} x capacity; other tenant p99 202->Meta "
         f"{other_latency['p99_ms']} ms; lost {len(lost)}, twice {len(twice)}, "
-        f"balances {'exact' if balances_exact else 'NOT exact'}")
+        f"balances {'exact' if balances_exact else 'NOT exact'}"
+    )
     result["rows"] = [
-        {"benchmark": "2 campaign drain",
-         "figures": f"{n:,} msgs ({len(accepted):,} accepted in {accepted_s:.0f} s) drained in "
-                    f"{result['drain_seconds_to_delivered']} s: {drain_rate:.1f}/s = "
-                    f"{ratio:.2f} x capacity {capacity:g}/s",
-         "target": f">= {TARGET_DRAIN_RATIO} x capacity", "met": ratio >= TARGET_DRAIN_RATIO},
-        {"benchmark": "2 campaign other tenant",
-         "figures": f"202->Meta p50/p99 {other_latency['p50_ms']}/{other_latency['p99_ms']} ms, "
-                    f"->delivered p99 {other_latency_delivered['p99_ms']} ms ({len(other_during)} "
-                    f"msgs in the drain; e2e at 50%: p99 {e2e_p99} ms to Meta)",
-         "target": "(reported)", "met": "-"},
-        {"benchmark": "2 campaign checks",
-         "figures": f"lost {len(lost)}, sent twice {len(twice)}, balances "
-                    f"{'exact' if balances_exact else 'NOT exact'}, refused {n - len(accepted)}"
-                    f" ({'keyed, 503s retried' if _settings['keyed'] else 'keyless, 503s'}: "
-                    f"{answers.get('503', 0)})",
-         "target": "0, 0, exact, 0", "met": checks_ok},
-        {"benchmark": "2 campaign cost/msg",
-         "figures": f"CPU {drain_cost['cpu_ms']['total']} ms, DB {drain_cost['db_ops']}, "
-                    f"Kafka {drain_cost['kafka_requests']} (in the drain, saturated)",
-         "target": "(reported)", "met": "-"},
+        {
+            "benchmark": "2 campaign drain",
+            "figures": f"{n:,} msgs ({len(accepted):,} accepted in {accepted_s:.0f} s) drained in "
+            f"{result['drain_seconds_to_delivered']} s: {drain_rate:.1f}/s = "
+            f"{ratio:.2f} x capacity {capacity:g}/s",
+            "target": f">= {TARGET_DRAIN_RATIO} x capacity",
+            "met": ratio >= TARGET_DRAIN_RATIO,
+        },
+        {
+            "benchmark": "2 campaign other tenant",
+            "figures": f"202->Meta p50/p99 {other_latency['p50_ms']}/{other_latency['p99_ms']} ms, "
+            f"->delivered p99 {other_latency_delivered['p99_ms']} ms ({len(other_during)} "
+            f"msgs in the drain; e2e at 50%: p99 {e2e_p99} ms to Meta)",
+            "target": "(reported)",
+            "met": "-",
+        },
+        {
+            "benchmark": "2 campaign checks",
+            "figures": f"lost {len(lost)}, sent twice {len(twice)}, balances "
+            f"{'exact' if balances_exact else 'NOT exact'}, refused {n - len(accepted)}"
+            f" ({'keyed, 503s retried' if _settings['keyed'] else 'keyless, 503s'}: "
+            f"{answers.get('503', 0)})",
+            "target": "0, 0, exact, 0",
+            "met": checks_ok,
+        },
+        {
+            "benchmark": "2 campaign cost/msg",
+            "figures": f"CPU {drain_cost['cpu_ms']['total']} ms, DB {drain_cost['db_ops']}, "
+            f"Kafka {drain_cost['kafka_requests']} (in the drain, saturated)",
+            "target": "(reported)",
+            "met": "-",
+        },
     ]
     return result

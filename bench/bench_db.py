@@ -101,19 +101,31 @@ class Server:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "HALA_PG_OPTIONS")}
         # An external broker, so infra.sh starts only the database.
-        env.update(KAFKA_BOOTSTRAP_SERVERS="external:1", HALA_RUN_DIR=str(self.run_dir),
-                   MONGO_PORT=str(self.port), HALA_DB_BACKEND=self.backend,
-                   HALA_MONGO_IMPL="ferretdb")
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS="external:1",
+            HALA_RUN_DIR=str(self.run_dir),
+            MONGO_PORT=str(self.port),
+            HALA_DB_BACKEND=self.backend,
+            HALA_MONGO_IMPL="ferretdb",
+        )
         if self.pg_options:
             env["HALA_PG_OPTIONS"] = self.pg_options
         return env
 
     def infra(self, *args: str) -> None:
-        result = subprocess.run([str(INFRA), *args], env=self.env(), capture_output=True,
-                                text=True, timeout=600, check=False)
+        result = subprocess.run(
+            [str(INFRA), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if result.returncode != 0:
-            raise RuntimeError(f"infra.sh {' '.join(args)} ({self.backend}) failed:\n"
-                               f"{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"infra.sh {' '.join(args)} ({self.backend}) failed:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
 
     def pids(self) -> dict[str, int]:
         found = {}
@@ -181,8 +193,10 @@ class Pipeline:
 
     def __init__(self, url: str) -> None:
         self.commands = Commands()
-        self.clients = {name: make_client(url, event_listeners=[self.commands])
-                        for name in ("ingest", "billing", "sender", "status")}
+        self.clients = {
+            name: make_client(url, event_listeners=[self.commands])
+            for name in ("ingest", "billing", "sender", "status")
+        }
         db = {name: client[DATABASE] for name, client in self.clients.items()}
         self.idempotency = MongoIdempotencyStore(db["ingest"])
         self.ledger = Ledger(db["billing"])
@@ -191,21 +205,31 @@ class Pipeline:
         self.status = StatusRepository(db["status"])
         self.admin_db = db["ingest"]
         self.queues: dict[str, asyncio.Queue[Any]] = {
-            name: asyncio.Queue() for name in ("ingest", "billing", "sender", "status")}
+            name: asyncio.Queue() for name in ("ingest", "billing", "sender", "status")
+        }
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.message_latencies: list[float] = []
         self.done = 0
         self.all_done = asyncio.Event()
         self.expected = 0
-        self.balance: dict[str, Balance] = {a: Balance(account_id=a, currency="USD",
-                                                       available=10**12) for a in ACCOUNTS}
+        self.balance: dict[str, Balance] = {
+            a: Balance(account_id=a, currency="USD", available=10**12) for a in ACCOUNTS
+        }
         self.offset = 0
         self.tasks: list[asyncio.Task[None]] = []
 
     async def prepare(self) -> None:
         await self.clients["ingest"].drop_database(DATABASE)
-        await ensure_indexes(self.admin_db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, SENDS,
-                             TIER_USAGE, LEDGER, IDEMPOTENCY_KEYS)
+        await ensure_indexes(
+            self.admin_db,
+            MESSAGES,
+            WAMID_INDEX,
+            PARKED_STATUSES,
+            SENDS,
+            TIER_USAGE,
+            LEDGER,
+            IDEMPOTENCY_KEYS,
+        )
         for name in (BALANCES, SEND_OUTCOMES):  # no index of their own: create the tables
             await self.admin_db[name].insert_one({"_id": "bench-db-create"})
             await self.admin_db[name].delete_one({"_id": "bench-db-create"})
@@ -233,14 +257,29 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         account = ACCOUNTS[index % len(ACCOUNTS)]
         event = SendRequested(
-            event_id=new_id("evt"), message_id=new_id("msg"), account_id=account,
-            portfolio_id=f"pf_{account}", waba_id=f"waba_{account}",
-            phone_number_id=f"10{index % 8:013d}", recipient=f"+4917{index:09d}",
-            recipient_region="DE", message_type="template",
-            content={"name": "order_update", "language": {"code": "en"},
-                     "components": [{"type": "body", "parameters": [
-                         {"type": "text", "text": f"order {tag}-{index}"}]}]},
-            category="utility", accepted_at=now_ms, expires_at=now_ms + 86_400_000)
+            event_id=new_id("evt"),
+            message_id=new_id("msg"),
+            account_id=account,
+            portfolio_id=f"pf_{account}",
+            waba_id=f"waba_{account}",
+            phone_number_id=f"10{index % 8:013d}",
+            recipient=f"+4917{index:09d}",
+            recipient_region="DE",
+            message_type="template",
+            content={
+                "name": "order_update",
+                "language": {"code": "en"},
+                "components": [
+                    {
+                        "type": "body",
+                        "parameters": [{"type": "text", "text": f"order {tag}-{index}"}],
+                    }
+                ],
+            },
+            category="utility",
+            accepted_at=now_ms,
+            expires_at=now_ms + 86_400_000,
+        )
         doc = message_document(event)
         self.queues["ingest"].put_nowait(Msg(doc, f"wamid.{event.message_id}", time.monotonic()))
 
@@ -282,21 +321,36 @@ class Pipeline:
             for kind, msg in batch:
                 self.offset += 1
                 account = msg.doc["account_id"]
-                entries.append(LedgerEntry(
-                    key=f"{msg.doc['_id']}:{kind}", account_id=account, kind=kind,
-                    amount=-1000 if kind == "reserve" else 0, reserved_amount=1000, at=now_ms,
-                    source="messages.send-requested.v1:0", source_offset=self.offset,
-                    source_event_id=new_id("evt"), message_id=msg.doc["_id"],
-                    category="utility", region="DE", rate_card_version="2026-12"))
+                entries.append(
+                    LedgerEntry(
+                        key=f"{msg.doc['_id']}:{kind}",
+                        account_id=account,
+                        kind=kind,
+                        amount=-1000 if kind == "reserve" else 0,
+                        reserved_amount=1000,
+                        at=now_ms,
+                        source="messages.send-requested.v1:0",
+                        source_offset=self.offset,
+                        source_event_id=new_id("evt"),
+                        message_id=msg.doc["_id"],
+                        category="utility",
+                        region="DE",
+                        rate_card_version="2026-12",
+                    )
+                )
                 old = self.balance[account]
                 self.balance[account] = Balance(
-                    account_id=account, currency="USD", available=old.available - 1000,
+                    account_id=account,
+                    currency="USD",
+                    available=old.available - 1000,
                     reserved=old.reserved + 1000,
-                    applied={**old.applied, "messages.send-requested.v1:0": self.offset})
+                    applied={**old.applied, "messages.send-requested.v1:0": self.offset},
+                )
             await self._timed("billing.ledger_add_all", self.ledger.add_all(entries))
             for account in {msg.doc["account_id"] for _, msg in batch}:
-                await self._timed("billing.balance_save",
-                                  self.balances.save(self.balance[account], now_ms))
+                await self._timed(
+                    "billing.balance_save", self.balances.save(self.balance[account], now_ms)
+                )
             for kind, msg in batch:
                 if kind == "reserve":
                     self.queues["sender"].put_nowait(msg)
@@ -306,35 +360,52 @@ class Pipeline:
     async def _sender(self, msg: Msg) -> None:
         doc, now_ms = msg.doc, int(time.time() * 1000)
         ids = {"phone_number_id": doc["phone_number_id"], "account_id": doc["account_id"]}
-        existing = await self._timed("sender.start_send", self.sender.start_send(
-            doc["_id"], now_ms=now_ms, **ids))
+        existing = await self._timed(
+            "sender.start_send", self.sender.start_send(doc["_id"], now_ms=now_ms, **ids)
+        )
         assert existing is None, f"{doc['_id']} was attempted before"
-        await self._timed("sender.record_tier_use", self.sender.record_tier_use(
-            doc["portfolio_id"], doc["recipient"][-9:], now_ms))
-        await self._timed("sender.record_outcome", self.sender.record_outcome(
-            doc["_id"], "sent", attempts=1, now_ms=now_ms, wamid=msg.wamid, **ids))
+        await self._timed(
+            "sender.record_tier_use",
+            self.sender.record_tier_use(doc["portfolio_id"], doc["recipient"][-9:], now_ms),
+        )
+        await self._timed(
+            "sender.record_outcome",
+            self.sender.record_outcome(
+                doc["_id"], "sent", attempts=1, now_ms=now_ms, wamid=msg.wamid, **ids
+            ),
+        )
         self.queues["status"].put_nowait(msg)
 
     async def _status(self, msg: Msg) -> None:
         doc, message_id = msg.doc, msg.doc["_id"]
         await self._timed("status.create_message", self.status.create_message(dict(doc)))
         ref = MessageRef(message_id, doc["account_id"], doc["recipient_region"])
-        await self._timed("status.index_wamid", self.status.index_wamid(
-            wamid_index_doc(msg.wamid, ref)))
+        await self._timed(
+            "status.index_wamid", self.status.index_wamid(wamid_index_doc(msg.wamid, ref))
+        )
         await self._timed("status.parked_for", self.status.parked_for(msg.wamid))
         history = list(doc["history"])
         for step in ("sent", "delivered", "read"):
             if step != "sent":
-                found = await self._timed("status.find_by_wamid",
-                                          self.status.find_by_wamid(msg.wamid))
+                found = await self._timed(
+                    "status.find_by_wamid", self.status.find_by_wamid(msg.wamid)
+                )
                 assert found is not None and found.message_id == message_id
             now_ms = int(time.time() * 1000)
             history.append({"status": step, "at": now_ms, "source": "webhook"})
-            fields = {"status": step, "status_at": now_ms, "status_reason": None,
-                      "history": history, "wamid": msg.wamid, "error": None,
-                      "pricing": {"billable": True, "category": "utility"}, "updated_at": now_ms}
-            await self._timed("status.save_message",
-                              self.status.save_message(message_id, fields, {}))
+            fields = {
+                "status": step,
+                "status_at": now_ms,
+                "status_reason": None,
+                "history": history,
+                "wamid": msg.wamid,
+                "error": None,
+                "pricing": {"billable": True, "category": "utility"},
+                "updated_at": now_ms,
+            }
+            await self._timed(
+                "status.save_message", self.status.save_message(message_id, fields, {})
+            )
             if step == "delivered":
                 self.queues["billing"].put_nowait(("charge", msg))
         self._part_done(msg)
@@ -347,8 +418,9 @@ def _ms(values: list[float], q: float) -> float | None:
     return None if found is None else round(found * 1000, 2)
 
 
-async def _measure(server: Server, pipeline: Pipeline, count: int, rate: float | None,
-                   tag: str, within_s: float) -> dict[str, Any]:
+async def _measure(
+    server: Server, pipeline: Pipeline, count: int, rate: float | None, tag: str, within_s: float
+) -> dict[str, Any]:
     pipeline.expect(count)
     commands_before = sum(pipeline.commands.counts.values())
     cpu_before, client_before = server_cpu(server), time.process_time()
@@ -369,24 +441,27 @@ async def _measure(server: Server, pipeline: Pipeline, count: int, rate: float |
     cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     database_cpu = sum(cpu.values())
     return {
-        "messages": count, "seconds": round(elapsed, 2),
+        "messages": count,
+        "seconds": round(elapsed, 2),
         "messages_per_s": round(count / elapsed, 1),
         "commands_per_s": round(commands / elapsed, 1),
         "commands_per_message": round(commands / count, 2),
         "database_cores": round(database_cpu / elapsed, 3),
         "database_cpu_ms_per_message": round(database_cpu * 1000 / count, 2),
         "cpu_ms_per_message_by_process": {k: round(v * 1000 / count, 2) for k, v in cpu.items()},
-        "client_cpu_ms_per_message": round((time.process_time() - client_before) * 1000 / count,
-                                           2),
+        "client_cpu_ms_per_message": round((time.process_time() - client_before) * 1000 / count, 2),
         "message_p50_ms": _ms(pipeline.message_latencies, 50),
         "message_p99_ms": _ms(pipeline.message_latencies, 99),
-        "calls": {op: {"count": len(v), "p50_ms": _ms(v, 50), "p99_ms": _ms(v, 99)}
-                  for op, v in sorted(pipeline.latencies.items())},
+        "calls": {
+            op: {"count": len(v), "p50_ms": _ms(v, 50), "p99_ms": _ms(v, 99)}
+            for op, v in sorted(pipeline.latencies.items())
+        },
     }
 
 
-async def _phase(server: Server, kind: str, count: int, rate: float | None,
-                 tag: str) -> dict[str, Any]:
+async def _phase(
+    server: Server, kind: str, count: int, rate: float | None, tag: str
+) -> dict[str, Any]:
     pipeline = Pipeline(server.url)
     try:
         await pipeline.prepare()
@@ -415,10 +490,15 @@ def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = _median([r.get(key) for r in runs])
     out["cpu_ms_per_message_by_process"] = {
         name: _median([r["cpu_ms_per_message_by_process"].get(name) for r in runs])
-        for name in runs[0]["cpu_ms_per_message_by_process"]}
-    out["calls"] = {op: {k: _median([r["calls"].get(op, {}).get(k) for r in runs])
-                         for k in ("count", "p50_ms", "p99_ms")}
-                    for op in runs[0]["calls"]}
+        for name in runs[0]["cpu_ms_per_message_by_process"]
+    }
+    out["calls"] = {
+        op: {
+            k: _median([r["calls"].get(op, {}).get(k) for r in runs])
+            for k in ("count", "p50_ms", "p99_ms")
+        }
+        for op in runs[0]["calls"]
+    }
     out["rounds"] = runs
     return out
 
@@ -440,33 +520,50 @@ async def compare(quick: bool, rounds: int, pg_options: str = "") -> dict[str, A
             for backend in order:
                 result = await _phase(servers[backend], "capacity", backlog, None, f"c{r}")
                 capacity[backend].append(result)
-                log(f"db: {backend} capacity {result['messages_per_s']} msg/s, "
+                log(
+                    f"db: {backend} capacity {result['messages_per_s']} msg/s, "
                     f"{result['commands_per_s']} commands/s, database "
-                    f"{result['database_cpu_ms_per_message']} ms CPU per message")
+                    f"{result['database_cpu_ms_per_message']} ms CPU per message"
+                )
             rate = round(0.5 * min(capacity[b][-1]["messages_per_s"] for b in BACKENDS), 1)
             for backend in order:
-                result = await _phase(servers[backend], "paced", max(1, int(rate *
-                                      paced_seconds)), rate, f"p{r}")
+                result = await _phase(
+                    servers[backend], "paced", max(1, int(rate * paced_seconds)), rate, f"p{r}"
+                )
                 result["rate"] = rate
                 paced[backend].append(result)
-                log(f"db: {backend} at {rate} msg/s: message p50/p99 "
+                log(
+                    f"db: {backend} at {rate} msg/s: message p50/p99 "
                     f"{result['message_p50_ms']}/{result['message_p99_ms']} ms, database "
-                    f"{result['database_cpu_ms_per_message']} ms CPU per message")
+                    f"{result['database_cpu_ms_per_message']} ms CPU per message"
+                )
     finally:
         for server in servers.values():
             await asyncio.to_thread(server.infra, "reset")
-    results = {b: {"capacity": _combine(capacity[b]), "paced": _combine(paced[b])}
-               for b in BACKENDS}
-    return {"benchmark": "db", "quick": quick, "rounds": rounds, "backlog": backlog,
-            "workers": WORKERS, "accounts": len(ACCOUNTS), "pg_options": pg_options,
-            "results": results,
-            "seconds_total": round(time.monotonic() - started, 1), "rows": _rows(results)}
+    results = {
+        b: {"capacity": _combine(capacity[b]), "paced": _combine(paced[b])} for b in BACKENDS
+    }
+    return {
+        "benchmark": "db",
+        "quick": quick,
+        "rounds": rounds,
+        "backlog": backlog,
+        "workers": WORKERS,
+        "accounts": len(ACCOUNTS),
+        "pg_options": pg_options,
+        "results": results,
+        "seconds_total": round(time.monotonic() - started, 1),
+        "rows": _rows(results),
+    }
 
 
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     s, p = results["sqlite"], results["postgresql"]
-    cap = (p["capacity"]["messages_per_s"] / s["capacity"]["messages_per_s"]
-           if s["capacity"]["messages_per_s"] else 0.0)
+    cap = (
+        p["capacity"]["messages_per_s"] / s["capacity"]["messages_per_s"]
+        if s["capacity"]["messages_per_s"]
+        else 0.0
+    )
     figures = (
         f"capacity sqlite {s['capacity']['messages_per_s']} vs postgresql "
         f"{p['capacity']['messages_per_s']} msg/s ({cap:.2f}x); commands/s "
@@ -475,12 +572,18 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"{s['paced']['message_p99_ms']} vs {p['paced']['message_p50_ms']}/"
         f"{p['paced']['message_p99_ms']} ms; database CPU/message "
         f"{s['paced']['database_cpu_ms_per_message']} vs "
-        f"{p['paced']['database_cpu_ms_per_message']} ms")
+        f"{p['paced']['database_cpu_ms_per_message']} ms"
+    )
     default = _default_backend()
     faster = "postgresql" if cap > 1.0 else "sqlite"
-    return [{"benchmark": "db FerretDB backend", "figures": figures,
-             "target": f"infra.sh's default ({default}) is the faster ({faster})",
-             "met": default == faster}]
+    return [
+        {
+            "benchmark": "db FerretDB backend",
+            "figures": figures,
+            "target": f"infra.sh's default ({default}) is the faster ({faster})",
+            "met": default == faster,
+        }
+    ]
 
 
 def _default_backend() -> str:
@@ -492,30 +595,35 @@ def _default_backend() -> str:
 
 def print_side_by_side(result: dict[str, Any]) -> None:
     res = result["results"]
-    rows = [("capacity msg/s", "capacity", "messages_per_s"),
-            ("capacity commands/s", "capacity", "commands_per_s"),
-            ("commands per message", "capacity", "commands_per_message"),
-            ("capacity: database cores", "capacity", "database_cores"),
-            ("capacity: database CPU ms/msg", "capacity", "database_cpu_ms_per_message"),
-            ("paced rate msg/s", "paced", "rate"),
-            ("paced: message p50 ms", "paced", "message_p50_ms"),
-            ("paced: message p99 ms", "paced", "message_p99_ms"),
-            ("paced: database cores", "paced", "database_cores"),
-            ("paced: database CPU ms/msg", "paced", "database_cpu_ms_per_message"),
-            ("paced: client CPU ms/msg", "paced", "client_cpu_ms_per_message")]
+    rows = [
+        ("capacity msg/s", "capacity", "messages_per_s"),
+        ("capacity commands/s", "capacity", "commands_per_s"),
+        ("commands per message", "capacity", "commands_per_message"),
+        ("capacity: database cores", "capacity", "database_cores"),
+        ("capacity: database CPU ms/msg", "capacity", "database_cpu_ms_per_message"),
+        ("paced rate msg/s", "paced", "rate"),
+        ("paced: message p50 ms", "paced", "message_p50_ms"),
+        ("paced: message p99 ms", "paced", "message_p99_ms"),
+        ("paced: database cores", "paced", "database_cores"),
+        ("paced: database CPU ms/msg", "paced", "database_cpu_ms_per_message"),
+        ("paced: client CPU ms/msg", "paced", "client_cpu_ms_per_message"),
+    ]
     print(f"{'':34} {'sqlite':>12} {'postgresql':>12}")
     for label, phase, key in rows:
-        print(f"{label:34} {res['sqlite'][phase][key]!s:>12} "
-              f"{res['postgresql'][phase][key]!s:>12}")
+        print(f"{label:34} {res['sqlite'][phase][key]!s:>12} {res['postgresql'][phase][key]!s:>12}")
     for backend in BACKENDS:
-        print(f"  {backend} CPU ms/msg by process (paced): "
-              f"{res[backend]['paced']['cpu_ms_per_message_by_process']}")
+        print(
+            f"  {backend} CPU ms/msg by process (paced): "
+            f"{res[backend]['paced']['cpu_ms_per_message_by_process']}"
+        )
     print(f"{'paced: p50 / p99 ms of each call':34} {'sqlite':>16} {'postgresql':>16}")
     calls = res["sqlite"]["paced"]["calls"]
     for op in calls:
         a, b = calls[op], res["postgresql"]["paced"]["calls"].get(op, {})
-        print(f"  {op:32} {a['p50_ms']!s:>7} / {a['p99_ms']!s:<7} "
-              f"{b.get('p50_ms')!s:>7} / {b.get('p99_ms')!s:<7}")
+        print(
+            f"  {op:32} {a['p50_ms']!s:>7} / {a['p99_ms']!s:<7} "
+            f"{b.get('p50_ms')!s:>7} / {b.get('p99_ms')!s:<7}"
+        )
 
 
 async def run(platform: Any, accounts: Any, quick: bool) -> dict[str, Any]:
@@ -526,12 +634,16 @@ async def run(platform: Any, accounts: Any, quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller backlog, shorter paced run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (A B, B A, ...)")
-    parser.add_argument("--pg-options", default="",
-                        help='more PostgreSQL settings, e.g. "-c fsync=off" (HALA_PG_OPTIONS)')
+    parser.add_argument(
+        "--pg-options",
+        default="",
+        help='more PostgreSQL settings, e.g. "-c fsync=off" (HALA_PG_OPTIONS)',
+    )
     parser.add_argument("--name", default="db", help="result file bench/results/<name>.json")
     args = parser.parse_args()
     result = asyncio.run(compare(args.quick, max(1, args.rounds), args.pg_options))

@@ -99,8 +99,7 @@ class Traffic:
         self.next = 0
         self.pool = recipients()
 
-    async def run(self, session: aiohttp.ClientSession, rate: float,
-                  seconds: float) -> list[Sent]:
+    async def run(self, session: aiohttp.ClientSession, rate: float, seconds: float) -> list[Sent]:
         count = max(1, round(rate * seconds))
         sent: list[Sent] = []
         tasks = []
@@ -119,19 +118,23 @@ class Traffic:
         await asyncio.gather(*tasks)
         return sent
 
-    async def _post(self, session: aiohttp.ClientSession, key: str, body: bytes,
-                    item: Sent) -> None:
+    async def _post(
+        self, session: aiohttp.ClientSession, key: str, body: bytes, item: Sent
+    ) -> None:
         try:
-            async with session.post(self.url, data=body, headers={
-                    "Authorization": f"Bearer {key}",
-                    "Content-Type": "application/json"}) as resp:
+            async with session.post(
+                self.url,
+                data=body,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            ) as resp:
                 answer = await resp.json()
                 item.answered_at = time.time()
                 item.status = resp.status
                 if resp.status == 202:
                     item.message_id = answer["id"]
                     item.ingest_accepted_at = datetime.fromisoformat(
-                        answer["accepted_at"].replace("Z", "+00:00")).timestamp()
+                        answer["accepted_at"].replace("Z", "+00:00")
+                    ).timestamp()
         except (aiohttp.ClientError, TimeoutError):
             item.answered_at = time.time()
 
@@ -148,8 +151,7 @@ class Observer:
         self.db = self.mongo[platform.database]
 
     async def poll_meta(self) -> None:
-        answer = await self.platform.sim("GET", "/_sim/sends",
-                                         params={"offset": str(self.offset)})
+        answer = await self.platform.sim("GET", "/_sim/sends", params={"offset": str(self.offset)})
         for send in answer["sends"]:
             if send["biz_opaque_callback_data"]:
                 self.meta_at[send["biz_opaque_callback_data"]] = float(send["accepted_at"])
@@ -171,9 +173,14 @@ class Observer:
         by_id = {i.message_id: i for i in waiting}
         ids = list(by_id)
         for start in range(0, len(ids), 500):
-            docs = await self.db["messages"].find(
-                {"_id": {"$in": ids[start:start + 500]}, "status": "delivered"},
-                {"updated_at": 1}).to_list(None)
+            docs = (
+                await self.db["messages"]
+                .find(
+                    {"_id": {"$in": ids[start : start + 500]}, "status": "delivered"},
+                    {"updated_at": 1},
+                )
+                .to_list(None)
+            )
             for doc in docs:
                 by_id[doc["_id"]].delivered_at = int(doc["updated_at"]) / 1000
         return sum(1 for i in waiting if not i.delivered_at)
@@ -184,12 +191,18 @@ class Observer:
         by_id = {i.message_id: i for i in items if i.message_id}
         ids = list(by_id)
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            for doc in await self.db["ledger"].find(
-                    {"_id": {"$in": [f"{m}:reserve" for m in chunk]}}, {"at": 1}).to_list(None):
+            chunk = ids[start : start + 500]
+            for doc in (
+                await self.db["ledger"]
+                .find({"_id": {"$in": [f"{m}:reserve" for m in chunk]}}, {"at": 1})
+                .to_list(None)
+            ):
                 by_id[doc["_id"].rsplit(":", 1)[0]].reserved_at = int(doc["at"]) / 1000
-            for doc in await self.db["sends"].find(
-                    {"_id": {"$in": chunk}}, {"created_at": 1}).to_list(None):
+            for doc in (
+                await self.db["sends"]
+                .find({"_id": {"$in": chunk}}, {"created_at": 1})
+                .to_list(None)
+            ):
                 by_id[doc["_id"]].sending_at = int(doc["created_at"]) / 1000
 
     async def wait(self, items: list[Sent], within: float, delivered: bool) -> dict[str, int]:
@@ -212,15 +225,14 @@ def _latencies(items: list[Sent]) -> dict[str, Any]:
     meta = [i for i in ok if i.meta_at]
     delivered = [i for i in ok if i.delivered_at]
     return {
-        "sent": len(items), "accepted_202": len(ok),
+        "sent": len(items),
+        "accepted_202": len(ok),
         "refused_or_failed": len(items) - len(ok),
         "client_to_202": summary_ms([i.answered_at - i.sent_at for i in ok]),
         "202_to_meta": summary_ms([i.meta_at - i.answered_at for i in meta]),
-        "ingest_accepted_at_to_meta": summary_ms([i.meta_at - i.ingest_accepted_at
-                                                  for i in meta]),
+        "ingest_accepted_at_to_meta": summary_ms([i.meta_at - i.ingest_accepted_at for i in meta]),
         "client_send_to_meta": summary_ms([i.meta_at - i.sent_at for i in meta]),
-        "202_to_delivered_stored": summary_ms([i.delivered_at - i.answered_at
-                                               for i in delivered]),
+        "202_to_delivered_stored": summary_ms([i.delivered_at - i.answered_at for i in delivered]),
         "hops": _hops(meta),
     }
 
@@ -232,24 +244,31 @@ def _hops(meta: list[Sent]) -> dict[str, Any]:
     """
     return {
         "ingest_accepted_to_billing_reserved": summary_ms(
-            [i.reserved_at - i.ingest_accepted_at for i in meta if i.reserved_at]),
+            [i.reserved_at - i.ingest_accepted_at for i in meta if i.reserved_at]
+        ),
         "billing_reserved_to_sender_started": summary_ms(
-            [i.sending_at - i.reserved_at for i in meta if i.sending_at and i.reserved_at]),
+            [i.sending_at - i.reserved_at for i in meta if i.sending_at and i.reserved_at]
+        ),
         "sender_started_to_meta_accepted": summary_ms(
-            [i.meta_at - i.sending_at for i in meta if i.sending_at]),
+            [i.meta_at - i.sending_at for i in meta if i.sending_at]
+        ),
     }
 
 
 def billing_load(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Billing's events and mean time per event over a level (its agent handles one event
     at a time: events x mean duration is how busy it was)."""
-    count = (metric_sum(after, "billing_event_duration_seconds_count")
-             - metric_sum(before, "billing_event_duration_seconds_count"))
-    total = (metric_sum(after, "billing_event_duration_seconds_sum")
-             - metric_sum(before, "billing_event_duration_seconds_sum"))
-    return {"events": int(count),
-            "mean_event_ms": round(total / count * 1000, 2) if count else None,
-            "busy_seconds": round(total, 2)}
+    count = metric_sum(after, "billing_event_duration_seconds_count") - metric_sum(
+        before, "billing_event_duration_seconds_count"
+    )
+    total = metric_sum(after, "billing_event_duration_seconds_sum") - metric_sum(
+        before, "billing_event_duration_seconds_sum"
+    )
+    return {
+        "events": int(count),
+        "mean_event_ms": round(total / count * 1000, 2) if count else None,
+        "busy_seconds": round(total, 2),
+    }
 
 
 def _growth(latencies: list[float]) -> float | None:
@@ -266,8 +285,9 @@ def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000, 1) if seconds is not None else None
 
 
-async def measure_capacity(traffic: Traffic, observer: Observer, session: aiohttp.ClientSession,
-                           step_s: float) -> dict[str, Any]:
+async def measure_capacity(
+    traffic: Traffic, observer: Observer, session: aiohttp.ClientSession, step_s: float
+) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     sustained_rate = 0.0
     saturated_output: float | None = None
@@ -289,14 +309,24 @@ async def measure_capacity(traffic: Traffic, observer: Observer, session: aiohtt
         sustained_rate = float(rate)
     # No step sustained at all: the overloaded output is the best estimate there is.
     capacity = sustained_rate or (saturated_output or 0.0)
-    return {"steps": steps, "last_sustained_per_s": sustained_rate,
-            "saturated_meta_accepts_per_s": saturated_output,
-            "capacity_per_s": round(capacity, 1),
-            "lower_bound_only": saturated_output is None, "items": all_items}
+    return {
+        "steps": steps,
+        "last_sustained_per_s": sustained_rate,
+        "saturated_meta_accepts_per_s": saturated_output,
+        "capacity_per_s": round(capacity, 1),
+        "lower_bound_only": saturated_output is None,
+        "items": all_items,
+    }
 
 
-async def _ramp_step(traffic: Traffic, observer: Observer, session: aiohttp.ClientSession,
-                     rate: int, step_s: float, attempt: int) -> tuple[dict[str, Any], list[Sent]]:
+async def _ramp_step(
+    traffic: Traffic,
+    observer: Observer,
+    session: aiohttp.ClientSession,
+    rate: int,
+    step_s: float,
+    attempt: int,
+) -> tuple[dict[str, Any], list[Sent]]:
     """One step of the ramp: `rate` messages/s for `step_s`, judged after the grace."""
     step_start = time.time()
     items = await traffic.run(session, rate, step_s)
@@ -323,28 +353,43 @@ async def _ramp_step(traffic: Traffic, observer: Observer, session: aiohttp.Clie
     output = in_window / max(1e-9, grace_end - window_start)
     await observer.fill_hops(items)
     hops = _hops([i for i in accepted if i.meta_at])
-    ok = (len(accepted) >= SUSTAINED_SHARE * len(items)
-          and reached >= SUSTAINED_SHARE * len(items)
-          and delivered >= SUSTAINED_SHARE * len(items)
-          and p50 is not None and p50 <= SUSTAINED_P50_S
-          and growth is not None and growth <= SUSTAINED_GROWTH_S
-          and p50_delivered is not None and p50_delivered <= SUSTAINED_P50_S
-          and growth_delivered is not None and growth_delivered <= SUSTAINED_GROWTH_S)
-    step = {"offered_per_s": rate, "attempt": attempt, "sent": len(items),
-            "accepted_202": len(accepted), "at_meta_after_grace": reached,
-            "p50_202_to_meta_ms": _ms(p50), "p25_growth_through_step_ms": _ms(growth),
-            "delivered_stored_after_grace": delivered,
-            "p50_202_to_delivered_ms": _ms(p50_delivered),
-            "p25_growth_to_delivered_ms": _ms(growth_delivered),
-            "meta_accepts_per_s_during_step": round(output, 1), "sustained": ok,
-            "hops": hops}
+    ok = (
+        len(accepted) >= SUSTAINED_SHARE * len(items)
+        and reached >= SUSTAINED_SHARE * len(items)
+        and delivered >= SUSTAINED_SHARE * len(items)
+        and p50 is not None
+        and p50 <= SUSTAINED_P50_S
+        and growth is not None
+        and growth <= SUSTAINED_GROWTH_S
+        and p50_delivered is not None
+        and p50_delivered <= SUSTAINED_P50_S
+        and growth_delivered is not None
+        and growth_delivered <= SUSTAINED_GROWTH_S
+    )
+    step = {
+        "offered_per_s": rate,
+        "attempt": attempt,
+        "sent": len(items),
+        "accepted_202": len(accepted),
+        "at_meta_after_grace": reached,
+        "p50_202_to_meta_ms": _ms(p50),
+        "p25_growth_through_step_ms": _ms(growth),
+        "delivered_stored_after_grace": delivered,
+        "p50_202_to_delivered_ms": _ms(p50_delivered),
+        "p25_growth_to_delivered_ms": _ms(growth_delivered),
+        "meta_accepts_per_s_during_step": round(output, 1),
+        "sustained": ok,
+        "hops": hops,
+    }
     verdict = "ok" if ok else "SATURATED (2nd try)" if attempt == 2 else "not sustained, once more"
-    log(f"e2e ramp: {rate}/s -> 202 {len(accepted)}/{len(items)}, at Meta {reached}, "
+    log(
+        f"e2e ramp: {rate}/s -> 202 {len(accepted)}/{len(items)}, at Meta {reached}, "
         f"p50 {step['p50_202_to_meta_ms']} ms (growth {step['p25_growth_through_step_ms']} ms), "
         f"delivered {delivered} p50 {step['p50_202_to_delivered_ms']} ms (growth "
         f"{step['p25_growth_to_delivered_ms']} ms), Meta accepted {output:.0f}/s {verdict}; "
-        "hops p50/p99 " + ", ".join(
-            f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items()))
+        "hops p50/p99 "
+        + ", ".join(f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items())
+    )
     return step, items
 
 
@@ -352,10 +397,17 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     step_s = 3.0 if quick else 5.0
     level_s = 6.0 if quick else 12.0
     await platform.sim("POST", "/_sim/reset", json={})
-    await platform.sim("POST", "/_sim/webhooks/config", json={
-        "enabled": True, "callback_url": f"{platform.url('status')}/webhooks/meta",
-        "profile": "polite", "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0,
-                                        "jitter": 0.0}, "read_probability": 0.0})
+    await platform.sim(
+        "POST",
+        "/_sim/webhooks/config",
+        json={
+            "enabled": True,
+            "callback_url": f"{platform.url('status')}/webhooks/meta",
+            "profile": "polite",
+            "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0, "jitter": 0.0},
+            "read_probability": 0.0,
+        },
+    )
     pids = {name: platform.procs[name].pid for name in SERVICES if name in platform.procs}
     meter_cost = cost.CostMeter.for_platform(platform, list(SERVICES))
     cost_result: dict[str, Any] = {}
@@ -373,8 +425,11 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                 cap = capacity["capacity_per_s"]
                 for share in LEVELS:
                     rate = max(1.0, share * cap)
-                    seconds = level_s if quick else min(MAX_LEVEL_S, max(
-                        level_s, MIN_LEVEL_MESSAGES / rate))
+                    seconds = (
+                        level_s
+                        if quick
+                        else min(MAX_LEVEL_S, max(level_s, MIN_LEVEL_MESSAGES / rate))
+                    )
                     measure_cost = share == COST_SHARE
                     if measure_cost:
                         idle = await meter_cost.idle(IDLE_S)
@@ -388,25 +443,37 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                     if measure_cost:
                         cost_after = await meter_cost.snapshot()
                         accepted = sum(1 for i in items if i.status == 202)
-                        cost_result = {**cost.per_message(cost_before, cost_after, accepted,
-                                                          idle),
-                                       "share_of_capacity": share, "idle": idle,
-                                       "left_after_wait": left}
-                        log(f"e2e cost per message at {share:.0%}: CPU "
+                        cost_result = {
+                            **cost.per_message(cost_before, cost_after, accepted, idle),
+                            "share_of_capacity": share,
+                            "idle": idle,
+                            "left_after_wait": left,
+                        }
+                        log(
+                            f"e2e cost per message at {share:.0%}: CPU "
                             f"{cost_result['cpu_ms']} ms, database "
-                            f"{cost_result['db_ops']}, Kafka {cost_result['kafka_requests']}")
+                            f"{cost_result['db_ops']}, Kafka {cost_result['kafka_requests']}"
+                        )
                     await observer.fill_hops(items)
-                    billing = billing_load(billing_before,
-                                           await scrape(platform.procs["billing"].ops_url))
-                    level = {"share_of_capacity": share, "offered_per_s": round(rate, 1),
-                             "seconds": round(seconds, 1),
-                             **_latencies(items), "left_after_wait": left,
-                             "cores_used": cores, "billing": billing}
+                    billing = billing_load(
+                        billing_before, await scrape(platform.procs["billing"].ops_url)
+                    )
+                    level = {
+                        "share_of_capacity": share,
+                        "offered_per_s": round(rate, 1),
+                        "seconds": round(seconds, 1),
+                        **_latencies(items),
+                        "left_after_wait": left,
+                        "cores_used": cores,
+                        "billing": billing,
+                    }
                     levels.append(level)
-                    log(f"e2e {share:.0%} ({rate:.0f}/s): 202->Meta p50 "
+                    log(
+                        f"e2e {share:.0%} ({rate:.0f}/s): 202->Meta p50 "
                         f"{level['202_to_meta']['p50_ms']} p99 {level['202_to_meta']['p99_ms']}"
                         f" ms; ->delivered p50 {level['202_to_delivered_stored']['p50_ms']} "
-                        f"p99 {level['202_to_delivered_stored']['p99_ms']} ms; left {left}")
+                        f"p99 {level['202_to_delivered_stored']['p99_ms']} ms; left {left}"
+                    )
     finally:
         await observer.close()
         meter_cost.close()
@@ -419,8 +486,10 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     result = {
         "benchmark": NAME,
         "what": "open-loop sends through ingest -> billing -> sender -> simulator -> status",
-        "capacity": capacity, "levels": levels,
-        "target_p99_202_to_meta_ms_at_50pct": TARGET_P99_TO_META_MS, "met": met,
+        "capacity": capacity,
+        "levels": levels,
+        "target_p99_202_to_meta_ms_at_50pct": TARGET_P99_TO_META_MS,
+        "met": met,
         "simulator_violations": violations,
         "memory": {"peak_rss_mb": peak, "target_mb": TARGET_RSS_MB, "met": memory_met},
         "cost_per_message": cost_result,
@@ -431,22 +500,37 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
 
     cap_text = f"{'>=' if capacity['lower_bound_only'] else ''}{capacity['capacity_per_s']:.0f}"
     result["rows"] = [
-        {"benchmark": "2 e2e capacity",
-         "figures": f"{cap_text} msg/s (last sustained step {capacity['last_sustained_per_s']:.0f}"
-                    f"/s, Meta accepts when saturated "
-                    f"{capacity['saturated_meta_accepts_per_s'] or 0:.0f}/s)",
-         "target": "(measured, sets the levels)", "met": "-"},
-        {"benchmark": "2 e2e 202->Meta p50/p99 ms",
-         "figures": "  ".join(f"{lv['share_of_capacity']:.0%}: {fig(lv, '202_to_meta')}"
-                              for lv in levels),
-         "target": f"p99 < {TARGET_P99_TO_META_MS:.0f} ms at 50%", "met": met},
-        {"benchmark": "2 e2e 202->delivered p50/p99 ms",
-         "figures": "  ".join(f"{lv['share_of_capacity']:.0%}: "
-                              f"{fig(lv, '202_to_delivered_stored')}" for lv in levels),
-         "target": "(reported)", "met": "-"},
-        {"benchmark": "7 memory peak RSS MB",
-         "figures": " ".join(f"{n} {mb:.0f}" for n, mb in peak.items()),
-         "target": f"< {TARGET_RSS_MB:.0f} MB each", "met": memory_met},
+        {
+            "benchmark": "2 e2e capacity",
+            "figures": f"{cap_text} msg/s (last sustained step "
+            f"{capacity['last_sustained_per_s']:.0f}/s, Meta accepts when saturated "
+            f"{capacity['saturated_meta_accepts_per_s'] or 0:.0f}/s)",
+            "target": "(measured, sets the levels)",
+            "met": "-",
+        },
+        {
+            "benchmark": "2 e2e 202->Meta p50/p99 ms",
+            "figures": "  ".join(
+                f"{lv['share_of_capacity']:.0%}: {fig(lv, '202_to_meta')}" for lv in levels
+            ),
+            "target": f"p99 < {TARGET_P99_TO_META_MS:.0f} ms at 50%",
+            "met": met,
+        },
+        {
+            "benchmark": "2 e2e 202->delivered p50/p99 ms",
+            "figures": "  ".join(
+                f"{lv['share_of_capacity']:.0%}: {fig(lv, '202_to_delivered_stored')}"
+                for lv in levels
+            ),
+            "target": "(reported)",
+            "met": "-",
+        },
+        {
+            "benchmark": "7 memory peak RSS MB",
+            "figures": " ".join(f"{n} {mb:.0f}" for n, mb in peak.items()),
+            "target": f"< {TARGET_RSS_MB:.0f} MB each",
+            "met": memory_met,
+        },
         *cost.rows(f"2 cost/msg at {COST_SHARE:.0%}", cost_result, shared_infra(platform)),
     ]
     return result

@@ -48,12 +48,16 @@ SETTLE_S = 3.0
 
 async def _sent(platform: Platform, number: str, ids: set[str]) -> list[float]:
     """The simulator's acceptance times of these messages."""
-    return [s["accepted_at"] for s in await platform.sim_sends(phone_number_id=number)
-            if s["biz_opaque_callback_data"] in ids]
+    return [
+        s["accepted_at"]
+        for s in await platform.sim_sends(phone_number_id=number)
+        if s["biz_opaque_callback_data"] in ids
+    ]
 
 
-async def _backlog_of_b(platform: Platform, prefix: str, beta: Any, pool: Any, n: int,
-                        tag: str) -> tuple[list[float], float]:
+async def _backlog_of_b(
+    platform: Platform, prefix: str, beta: Any, pool: Any, n: int, tag: str
+) -> tuple[list[float], float]:
     """Write B's backlog and wait (bounded) until it is sent; its acceptance times, and the
     seconds it was given."""
     now_ms = int(time.time() * 1000)
@@ -90,15 +94,17 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         now_ms = int(time.time() * 1000)
         flood = [approved(alpha, FLOOD_A, next(pool), "fa", now_ms) for _ in range(FLOOD)]
         flood_ids = {m.message_id for m in flood}
-        produce_s = await produce_all(platform.kafka, prefix,
-                                      [(SEND_APPROVED, m) for m in flood])
+        produce_s = await produce_all(platform.kafka, prefix, [(SEND_APPROVED, m) for m in flood])
         await asyncio.sleep(SETTLE_S)  # the sender takes the flood in before B's next burst
         flood_started = time.time()
         beside, _ = await _backlog_of_b(platform, prefix, beta, pool, n, "fb2")
         flood_ended = time.time()
         metrics = await scrape(sender_url)
-        flood_sent = [t for t in await _sent(platform, FLOOD_A, flood_ids)
-                      if flood_started <= t <= flood_ended]
+        flood_sent = [
+            t
+            for t in await _sent(platform, FLOOD_A, flood_ids)
+            if flood_started <= t <= flood_ended
+        ]
         violations = await platform.sim_violations()
     finally:
         platform.stop(*names)
@@ -111,30 +117,42 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     tripped = {code: violations.get(code, 0) for code in PACING_CODES}
     result: dict[str, Any] = {
         "benchmark": NAME,
-        "fair_number": {"mps_limit": FAIR_MPS, "backlog": n,
-                        "alone": {"sent": len(alone), "sustained_per_s": round(rate_alone, 2)},
-                        "beside_flood": {"sent": len(beside),
-                                         "sustained_per_s": round(rate_beside, 2)},
-                        "ratio": round(ratio, 3), "share_of_limit": round(
-                            rate_beside / FAIR_MPS, 3)},
-        "flood_number": {"mps_limit": FLOOD_MPS, "flood": FLOOD,
-                         "produced_in_s": round(produce_s, 2),
-                         "sent_during_b": len(flood_sent),
-                         "sustained_per_s": round(rate_flood, 2)},
-        "sender": {"partitions_paused_at_end": metric_sum(metrics, "sender_partitions_paused"),
-                   "queued_at_end": metric_sum(metrics, "sender_messages_queued")},
-        "violations": violations, "pacing_violations": tripped,
+        "fair_number": {
+            "mps_limit": FAIR_MPS,
+            "backlog": n,
+            "alone": {"sent": len(alone), "sustained_per_s": round(rate_alone, 2)},
+            "beside_flood": {"sent": len(beside), "sustained_per_s": round(rate_beside, 2)},
+            "ratio": round(ratio, 3),
+            "share_of_limit": round(rate_beside / FAIR_MPS, 3),
+        },
+        "flood_number": {
+            "mps_limit": FLOOD_MPS,
+            "flood": FLOOD,
+            "produced_in_s": round(produce_s, 2),
+            "sent_during_b": len(flood_sent),
+            "sustained_per_s": round(rate_flood, 2),
+        },
+        "sender": {
+            "partitions_paused_at_end": metric_sum(metrics, "sender_partitions_paused"),
+            "queued_at_end": metric_sum(metrics, "sender_messages_queued"),
+        },
+        "violations": violations,
+        "pacing_violations": tripped,
         "met": ratio >= TARGET_RATIO and sum(tripped.values()) == 0,
     }
-    log(f"fairness: B alone {rate_alone:.1f}/s, beside A's flood {rate_beside:.1f}/s "
-        f"(x{ratio:.3f}); A {rate_flood:.1f}/s; violations {violations}")
+    log(
+        f"fairness: B alone {rate_alone:.1f}/s, beside A's flood {rate_beside:.1f}/s "
+        f"(x{ratio:.3f}); A {rate_flood:.1f}/s; violations {violations}"
+    )
     result["rows"] = [
-        {"benchmark": "3 fairness: B beside A's flood",
-         "figures": f"B {rate_beside:.1f} msg/s beside A's flood vs {rate_alone:.1f} alone = "
-                    f"{ratio:.3f}x ({len(beside)}/{n} sent; A's 20 mps number "
-                    f"{rate_flood:.1f}/s meanwhile; 130429/131056: "
-                    f"{sum(tripped.values())})",
-         "target": f">= {TARGET_RATIO} x alone, 0 refusals", "met": result["met"]},
+        {
+            "benchmark": "3 fairness: B beside A's flood",
+            "figures": f"B {rate_beside:.1f} msg/s beside A's flood vs {rate_alone:.1f} alone = "
+            f"{ratio:.3f}x ({len(beside)}/{n} sent; A's 20 mps number "
+            f"{rate_flood:.1f}/s meanwhile; 130429/131056: "
+            f"{sum(tripped.values())})",
+            "target": f">= {TARGET_RATIO} x alone, 0 refusals",
+            "met": result["met"],
+        },
     ]
     return result
-

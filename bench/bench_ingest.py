@@ -52,21 +52,29 @@ ROUTE = "/v1/messages"
 
 
 def template_body(number: str, to: str, ref: str) -> dict[str, Any]:
-    return {"from": number, "to": to, "type": "template",
-            "template": {"name": "receipt", "language": {"code": "en_US"},
-                         "components": [{"type": "body",
-                                         "parameters": [{"type": "text", "text": ref}]}]},
-            "client_reference": ref}
+    return {
+        "from": number,
+        "to": to,
+        "type": "template",
+        "template": {
+            "name": "receipt",
+            "language": {"code": "en_US"},
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": ref}]}],
+        },
+        "client_reference": ref,
+    }
 
 
 async def _wait_http(url: str, within: float = 30) -> None:
     async with aiohttp.ClientSession() as session:
+
         async def up() -> bool:
             try:
                 async with session.get(url) as resp:
                     return resp.status == 200
             except aiohttp.ClientError:
                 return False
+
         await eventually(up, within=within, every=0.1, what=url)
 
 
@@ -74,6 +82,7 @@ def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
     """Mean time ingest spent per accepted request, and the part of it spent waiting for the
     broker's acknowledgement (acks=all) — from ingest's own histograms. (The bench's requests
     carry no Idempotency-Key, so they write nothing to the database.)"""
+
     def delta(name: str, **labels: str) -> float:
         return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
 
@@ -85,13 +94,17 @@ def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
     accepted = delta("ingest_messages_accepted_total")
     mean_server = server_s / requests * 1000 if requests else None
     mean_publish = publish_s / publishes * 1000 if publishes else None
-    rest = (mean_server - mean_publish
-            if mean_server is not None and mean_publish is not None else None)
-    return {"requests_seen": int(requests), "accepted": int(accepted),
-            "idempotency_records_written": int(records),
-            "mean_server_ms": round(mean_server, 2) if mean_server else None,
-            "mean_publish_ack_ms": round(mean_publish, 2) if mean_publish else None,
-            "mean_rest_ms (lookups, validation, response)": round(rest, 2) if rest else None}
+    rest = (
+        mean_server - mean_publish if mean_server is not None and mean_publish is not None else None
+    )
+    return {
+        "requests_seen": int(requests),
+        "accepted": int(accepted),
+        "idempotency_records_written": int(records),
+        "mean_server_ms": round(mean_server, 2) if mean_server else None,
+        "mean_publish_ack_ms": round(mean_publish, 2) if mean_publish else None,
+        "mean_rest_ms (lookups, validation, response)": round(rest, 2) if rest else None,
+    }
 
 
 def _spawn_reference(platform: Platform, side: str) -> tuple[Any, int]:
@@ -116,15 +129,17 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         for _, port in references.values():
             await _wait_http(f"http://127.0.0.1:{port}/healthz")
         pool = recipients()[:2000]
-        bodies = [orjson.dumps(template_body(FAST_A, to, f"i{i}")).decode()
-                  for i, to in enumerate(pool)]
+        bodies = [
+            orjson.dumps(template_body(FAST_A, to, f"i{i}")).decode() for i, to in enumerate(pool)
+        ]
         headers = {"Authorization": f"Bearer {account.api_key}"}
         urls = {side: f"http://127.0.0.1:{port}{ROUTE}" for side, (_, port) in references.items()}
         urls["ingest"] = ingest.url + ROUTE
         # Warm-up: ingest's lookup caches, connection pools, the producer's metadata.
         for side in urls:
-            await asyncio.to_thread(run_wrk, urls[side], bodies, headers, seconds=2,
-                                    connections=CONNECTIONS)
+            await asyncio.to_thread(
+                run_wrk, urls[side], bodies, headers, seconds=2, connections=CONNECTIONS
+            )
         pids = {"ingest": ingest.pid, **infra_pids()}
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in urls}
         cpu: list[dict[str, float]] = []
@@ -132,14 +147,17 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         for side in ("bare", "floor", "ingest", "ingest", "floor", "bare"):
             meter = CpuMeter(pids if side == "ingest" else {side: references[side][0].pid})
             meter.start()
-            result = await asyncio.to_thread(run_wrk, urls[side], bodies, headers,
-                                             seconds=seconds, connections=CONNECTIONS)
+            result = await asyncio.to_thread(
+                run_wrk, urls[side], bodies, headers, seconds=seconds, connections=CONNECTIONS
+            )
             result["cores_used"] = meter.stop()
             if side == "ingest":
                 cpu.append(result["cores_used"])
             runs[side].append(result)
-            log(f"ingest: {side} {result['ok_per_s']:.0f} req/s p50 {result['p50_ms']:.1f} ms "
-                f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}")
+            log(
+                f"ingest: {side} {result['ok_per_s']:.0f} req/s p50 {result['p50_ms']:.1f} ms "
+                f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
+            )
         after = await scrape(ingest.ops_url)
     finally:
         for proc, _ in references.values():
@@ -155,24 +173,38 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     ratio = round(ingest_rps / bare_rps, 3) if bare_rps else 0.0
     floor_ratio = round(floor_rps / bare_rps, 3) if bare_rps else 0.0
     cores = {name: round(statistics.fmean(c[name] for c in cpu), 2) for name in cpu[0]}
-    cpu_ms_per_request = {name: round(core * 1000 / ingest_rps, 2) if ingest_rps else None
-                          for name, core in cores.items()}
+    cpu_ms_per_request = {
+        name: round(core * 1000 / ingest_rps, 2) if ingest_rps else None
+        for name, core in cores.items()
+    }
     errors = sum(r["errors"] for r in runs["ingest"])
     result = {
         "benchmark": NAME,
         "what": "POST /v1/messages (valid template send, API key) at saturation, wrk 1 thread "
-                f"{CONNECTIONS} connections, {seconds} s per run, ABBA order",
-        "bare": {"requests_per_s": bare_rps, "p50_ms": mean("bare", "p50_ms"),
-                 "p99_ms": mean("bare", "p99_ms"), "runs": runs["bare"]},
-        "ingest": {"requests_per_s": ingest_rps, "p50_ms": mean("ingest", "p50_ms"),
-                   "p99_ms": mean("ingest", "p99_ms"), "errors": errors,
-                   "runs": runs["ingest"]},
-        "floor": {"what": "bare handler behind ingest's middleware, answering after an "
-                          "acknowledgement from another thread (no broker): the most a handler "
-                          "that waits for a durable publish can reach here",
-                  "requests_per_s": floor_rps, "p50_ms": mean("floor", "p50_ms"),
-                  "p99_ms": mean("floor", "p99_ms"), "ratio_to_bare": floor_ratio,
-                  "runs": runs["floor"]},
+        f"{CONNECTIONS} connections, {seconds} s per run, ABBA order",
+        "bare": {
+            "requests_per_s": bare_rps,
+            "p50_ms": mean("bare", "p50_ms"),
+            "p99_ms": mean("bare", "p99_ms"),
+            "runs": runs["bare"],
+        },
+        "ingest": {
+            "requests_per_s": ingest_rps,
+            "p50_ms": mean("ingest", "p50_ms"),
+            "p99_ms": mean("ingest", "p99_ms"),
+            "errors": errors,
+            "runs": runs["ingest"],
+        },
+        "floor": {
+            "what": "bare handler behind ingest's middleware, answering after an "
+            "acknowledgement from another thread (no broker): the most a handler "
+            "that waits for a durable publish can reach here",
+            "requests_per_s": floor_rps,
+            "p50_ms": mean("floor", "p50_ms"),
+            "p99_ms": mean("floor", "p99_ms"),
+            "ratio_to_bare": floor_ratio,
+            "runs": runs["floor"],
+        },
         "ratio": ratio,
         "target_ratio": TARGET_RATIO,
         "met": ratio >= TARGET_RATIO and errors == 0,
@@ -181,18 +213,22 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             "cores_used_during_ingest_runs": cores,
             "cpu_ms_per_request": cpu_ms_per_request,
         },
-        "server_core": SERVER_CORE, "client_core": CLIENT_CORE,
+        "server_core": SERVER_CORE,
+        "client_core": CLIENT_CORE,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    result["rows"] = [{
-        "benchmark": "1 ingest",
-        "figures": f"{ingest_rps:.0f} req/s (p50 {result['ingest']['p50_ms']:.1f} / p99 "
-                   f"{result['ingest']['p99_ms']:.1f} ms) vs bare {bare_rps:.0f} req/s "
-                   f"(p50 {result['bare']['p50_ms']:.1f} / p99 {result['bare']['p99_ms']:.1f}"
-                   f" ms) = {ratio:.2f}x" + (f", {errors} errors" if errors else "")
-                   + f"; floor (middleware + an ack, no work) {floor_rps:.0f} req/s = "
-                     f"{floor_ratio:.2f}x",
-        "target": f">= {TARGET_RATIO} x bare",
-        "met": result["met"],
-    }]
+    result["rows"] = [
+        {
+            "benchmark": "1 ingest",
+            "figures": f"{ingest_rps:.0f} req/s (p50 {result['ingest']['p50_ms']:.1f} / p99 "
+            f"{result['ingest']['p99_ms']:.1f} ms) vs bare {bare_rps:.0f} req/s "
+            f"(p50 {result['bare']['p50_ms']:.1f} / p99 {result['bare']['p99_ms']:.1f}"
+            f" ms) = {ratio:.2f}x"
+            + (f", {errors} errors" if errors else "")
+            + f"; floor (middleware + an ack, no work) {floor_rps:.0f} req/s = "
+            f"{floor_ratio:.2f}x",
+            "target": f">= {TARGET_RATIO} x bare",
+            "met": result["met"],
+        }
+    ]
     return result

@@ -100,21 +100,49 @@ def message_events(n: int, account: str, now_ms: int) -> list[tuple[Topic[Any], 
     """One message's five source events, each dated `now_ms` (the lag's start)."""
     message_id = f"msg_bench{account[-1]}{n:07d}"
     request = SendRequested(
-        event_id=message_id, message_id=message_id, account_id=account,
-        portfolio_id="801000000000001", waba_id="201000000000001",
-        phone_number_id="301000000000001", recipient=f"+447400{n:06d}",
-        recipient_region="GB", message_type="text", content={"body": "hi"}, category="service",
-        accepted_at=now_ms, expires_at=now_ms + 86_400_000, client_reference=f"ref-{n}")
-    statuses = [StatusChanged(event_id=f"{message_id}:{s}", message_id=message_id,
-                              account_id=account, status=s,  # type: ignore[arg-type]
-                              occurred_at=now_ms, source="webhook",
-                              wamid=f"wamid.{message_id}") for s in ("sent", "delivered", "read")]
+        event_id=message_id,
+        message_id=message_id,
+        account_id=account,
+        portfolio_id="801000000000001",
+        waba_id="201000000000001",
+        phone_number_id="301000000000001",
+        recipient=f"+447400{n:06d}",
+        recipient_region="GB",
+        message_type="text",
+        content={"body": "hi"},
+        category="service",
+        accepted_at=now_ms,
+        expires_at=now_ms + 86_400_000,
+        client_reference=f"ref-{n}",
+    )
+    statuses = [
+        StatusChanged(
+            event_id=f"{message_id}:{s}",
+            message_id=message_id,
+            account_id=account,
+            status=s,  # type: ignore[arg-type]
+            occurred_at=now_ms,
+            source="webhook",
+            wamid=f"wamid.{message_id}",
+        )
+        for s in ("sent", "delivered", "read")
+    ]
     inbound = InboundReceived(
-        event_id=f"wamid.in{message_id}", phone_number_id="301000000000001",
-        waba_id="201000000000001", sender=f"447400{n:06d}", wamid=f"wamid.in{message_id}",
-        message_type="text", sent_at=now_ms, content={"body": "thanks"}, account_id=account)
-    return [(SEND_REQUESTED, request), *[(STATUS_CHANGED, s) for s in statuses],
-            (INBOUND_RECEIVED, inbound)]
+        event_id=f"wamid.in{message_id}",
+        phone_number_id="301000000000001",
+        waba_id="201000000000001",
+        sender=f"447400{n:06d}",
+        wamid=f"wamid.in{message_id}",
+        message_type="text",
+        sent_at=now_ms,
+        content={"body": "thanks"},
+        account_id=account,
+    )
+    return [
+        (SEND_REQUESTED, request),
+        *[(STATUS_CHANGED, s) for s in statuses],
+        (INBOUND_RECEIVED, inbound),
+    ]
 
 
 async def seed_endpoints(platform: Platform, database: str, url: str) -> None:
@@ -124,11 +152,27 @@ async def seed_endpoints(platform: Platform, database: str, url: str) -> None:
     try:
         for i, account in enumerate(ACCOUNTS):
             secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-            await mongo[database]["webhook_endpoints"].insert_one({
-                "_id": f"we_bench{i}", "account_id": account, "url": url, "events": ["*"],
-                "format": "standard", "enabled": True, "enabled_at": now, "created_at": now,
-                "deleted_at": None, "secrets": [{"id": "s", "encrypted": vault.encrypt(secret),
-                                                 "created_at": now, "expires_at": None}]})
+            await mongo[database]["webhook_endpoints"].insert_one(
+                {
+                    "_id": f"we_bench{i}",
+                    "account_id": account,
+                    "url": url,
+                    "events": ["*"],
+                    "format": "standard",
+                    "enabled": True,
+                    "enabled_at": now,
+                    "created_at": now,
+                    "deleted_at": None,
+                    "secrets": [
+                        {
+                            "id": "s",
+                            "encrypted": vault.encrypt(secret),
+                            "created_at": now,
+                            "expires_at": None,
+                        }
+                    ],
+                }
+            )
     finally:
         await mongo.close()
 
@@ -157,8 +201,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     receiver = Receiver()
     await receiver.start()
     await seed_endpoints(platform, database, f"http://127.0.0.1:{receiver.port}/hook")
-    proc = platform.add("notify-solo", "notify", prefix=prefix, database=database,
-                        core=SERVER_CORE)
+    proc = platform.add("notify-solo", "notify", prefix=prefix, database=database, core=SERVER_CORE)
     platform.start("notify-solo")
     # The benchmark's own producer (the set-up principal) publishes what the other services
     # would; notify reads it as its own principal, hala-notify.
@@ -168,8 +211,11 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         await platform.wait_ready("notify-solo")
         # warm-up: a few messages through every path
         now = int(time.time() * 1000)
-        await publish_all(producer, [e for n in range(5) for a in ACCOUNTS
-                                     for e in message_events(900_000 + n, a, now)], prefix)
+        await publish_all(
+            producer,
+            [e for n in range(5) for a in ACCOUNTS for e in message_events(900_000 + n, a, now)],
+            prefix,
+        )
         await _wait_for(receiver, 5 * len(ACCOUNTS) * EVENTS_PER_MESSAGE, 60)
         receiver.times.clear()
         receiver.lags.clear()
@@ -178,15 +224,18 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         meter = CpuMeter({"notify": proc.pid, **infra_pids()})
         meter.start()
         now = int(time.time() * 1000)
-        items = [e for n in range(backlog // 2) for a in ACCOUNTS
-                 for e in message_events(n, a, now)]
+        items = [
+            e for n in range(backlog // 2) for a in ACCOUNTS for e in message_events(n, a, now)
+        ]
         await publish_all(producer, items, prefix)
         complete = await _wait_for(receiver, len(items), 180)
         cores = meter.stop()
         events_per_s = sustained_rate(list(receiver.times.values())) or 0.0
         delivered_backlog = len(receiver.times)
-        log(f"notify: backlog {len(items)} events, {delivered_backlog} delivered, "
-            f"{events_per_s:.0f} events/s")
+        log(
+            f"notify: backlog {len(items)} events, {delivered_backlog} delivered, "
+            f"{events_per_s:.0f} events/s"
+        )
 
         # 2. lag at half the pipeline's capacity, open loop
         receiver.times.clear()
@@ -201,8 +250,9 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             if delay > 0:
                 await asyncio.sleep(delay)
             account = ACCOUNTS[n % len(ACCOUNTS)]
-            await publish_all(producer, message_events(100_000 + n, account,
-                                                       int(time.time() * 1000)), prefix)
+            await publish_all(
+                producer, message_events(100_000 + n, account, int(time.time() * 1000)), prefix
+            )
             sent += EVENTS_PER_MESSAGE
         lag_complete = await _wait_for(receiver, sent, 60)
         lags = list(receiver.lags.values())
@@ -218,24 +268,34 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     result = {
         "benchmark": NAME,
         "what": "one notify process (core 0), events written straight to Kafka (5 per message: "
-                "accepted, sent, delivered, read, received), two accounts with one endpoint "
-                "each, a local aiohttp receiver answering 200",
-        "pipeline_capacity_per_s": capacity, "capacity_source": capacity_source,
-        "backlog_events": len(items), "backlog_delivered": delivered_backlog,
-        "events_per_s": round(events_per_s, 1), "required_events_per_s": required,
+        "accepted, sent, delivered, read, received), two accounts with one endpoint "
+        "each, a local aiohttp receiver answering 200",
+        "pipeline_capacity_per_s": capacity,
+        "capacity_source": capacity_source,
+        "backlog_events": len(items),
+        "backlog_delivered": delivered_backlog,
+        "events_per_s": round(events_per_s, 1),
+        "required_events_per_s": required,
         "events_per_message_at_capacity": round(events_per_s / capacity, 1),
-        "lag_rate_msgs_per_s": rate, "lag_events": sent, "lag_delivered": len(lags),
-        "lag_p50_s": p50, "lag_p99_s": p99, "duplicates": receiver.duplicates,
-        "cores_used": cores, "met": met_capacity and met_lag,
+        "lag_rate_msgs_per_s": rate,
+        "lag_events": sent,
+        "lag_delivered": len(lags),
+        "lag_p50_s": p50,
+        "lag_p99_s": p99,
+        "duplicates": receiver.duplicates,
+        "cores_used": cores,
+        "met": met_capacity and met_lag,
     }
     source = "" if capacity_source == "e2e" else " (assumed: no e2e result)"
-    result["rows"] = [{
-        "benchmark": "8 client events",
-        "figures": f"{events_per_s:.0f} events/s delivered = "
-                   f"{events_per_s / capacity:.1f} per message at {capacity:.0f} msg/s"
-                   f"{source}; p99 lag {(p99 or 0) * 1000:.0f} ms (p50 "
-                   f"{(p50 or 0) * 1000:.0f}) at {rate:.0f} msg/s",
-        "target": ">= 5 events/msg at capacity; p99 < 1 s at half",
-        "met": met_capacity and met_lag,
-    }]
+    result["rows"] = [
+        {
+            "benchmark": "8 client events",
+            "figures": f"{events_per_s:.0f} events/s delivered = "
+            f"{events_per_s / capacity:.1f} per message at {capacity:.0f} msg/s"
+            f"{source}; p99 lag {(p99 or 0) * 1000:.0f} ms (p50 "
+            f"{(p50 or 0) * 1000:.0f}) at {rate:.0f} msg/s",
+            "target": ">= 5 events/msg at capacity; p99 < 1 s at half",
+            "met": met_capacity and met_lag,
+        }
+    ]
     return result

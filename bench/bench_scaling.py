@@ -117,9 +117,7 @@ async def _one(
         )
         setup_s = time.monotonic() - began
         started = time.time()
-        produce_s = await produce_all(
-            platform.kafka, prefix, [(SEND_APPROVED, e) for e in events]
-        )
+        produce_s = await produce_all(platform.kafka, prefix, [(SEND_APPROVED, e) for e in events])
         # Measured once the backlog is all in Kafka: the producer (this process) takes CPU too.
         throttling_before = {n: q.throttling() for n, q in quotas.items()}
         meter.start()

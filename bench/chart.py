@@ -17,23 +17,36 @@ def _throughput(results: dict[str, Any]) -> list[tuple[str, float, float | None,
     bars: list[tuple[str, float, float | None, str]] = []
     r = results.get("ingest", {})
     if "ingest" in r:
-        bars.append(("ingest req/s", r["ingest"]["requests_per_s"],
-                     r["bare"]["requests_per_s"], "bare aiohttp"))
+        bars.append(
+            (
+                "ingest req/s",
+                r["ingest"]["requests_per_s"],
+                r["bare"]["requests_per_s"],
+                "bare aiohttp",
+            )
+        )
     r = results.get("e2e", {})
     if "capacity" in r:
         bars.append(("e2e capacity msg/s", r["capacity"]["capacity_per_s"], None, ""))
     r = results.get("webhooks", {})
     if "durable_per_s" in r:
-        bars.append(("webhooks POST/s", r["durable_per_s"], r.get("required_per_s"),
-                     "needed (3 out + 1 in)"))
+        bars.append(
+            (
+                "webhooks POST/s",
+                r["durable_per_s"],
+                r.get("required_per_s"),
+                "needed (3 out + 1 in)",
+            )
+        )
     r = results.get("pacing", {})
     if "number_80" in r:
         bars.append(("80 mps number", r["number_80"]["sustained_per_s"], 80.0, "limit"))
         bars.append(("1,000 mps number", r["number_1000"]["sustained_per_s"], 1000.0, "limit"))
     r = results.get("scaling", {})
     if "one" in r:
-        bars.append(("sender x2 sends/s", r["two"]["sends_per_s"],
-                     r["one"]["sends_per_s"], "x1 sender"))
+        bars.append(
+            ("sender x2 sends/s", r["two"]["sends_per_s"], r["one"]["sends_per_s"], "x1 sender")
+        )
     r = results.get("billing", {})
     if "events_per_s" in r:
         bars.append(("billing events/s", r["events_per_s"], None, ""))
@@ -45,15 +58,31 @@ def draw(results: dict[str, Any], path: Path) -> None:
     bars = _throughput(results)
     if bars:
         ys = range(len(bars))
-        left.barh([y + 0.2 for y in ys], [b[1] for b in bars], height=0.4, label="measured",
-                  color="tab:blue")
-        left.barh([y - 0.2 for y in ys], [b[2] or 0 for b in bars], height=0.4,
-                  label="reference (same run)", color="tab:gray")
+        left.barh(
+            [y + 0.2 for y in ys],
+            [b[1] for b in bars],
+            height=0.4,
+            label="measured",
+            color="tab:blue",
+        )
+        left.barh(
+            [y - 0.2 for y in ys],
+            [b[2] or 0 for b in bars],
+            height=0.4,
+            label="reference (same run)",
+            color="tab:gray",
+        )
         for y, (_, value, ref, ref_name) in zip(ys, bars, strict=True):
             left.text(value, y + 0.2, f" {value:,.0f}", va="center", fontsize=8)
             if ref:
-                left.text(ref, y - 0.2, f" {ref:,.0f} {ref_name}", va="center", fontsize=8,
-                          color="dimgray")
+                left.text(
+                    ref,
+                    y - 0.2,
+                    f" {ref:,.0f} {ref_name}",
+                    va="center",
+                    fontsize=8,
+                    color="dimgray",
+                )
         left.set_yticks(list(ys), [b[0] for b in bars])
         left.set_xscale("log")
         top = max(max(b[1] for b in bars), max((b[2] or 0) for b in bars))
@@ -65,23 +94,39 @@ def draw(results: dict[str, Any], path: Path) -> None:
     e2e = results.get("e2e", {})
     levels = e2e.get("levels", [])
     if levels:
-        labels = [f"{lv['share_of_capacity']:.0%}\n({lv['offered_per_s']:.0f}/s)"
-                  for lv in levels]
+        labels = [f"{lv['share_of_capacity']:.0%}\n({lv['offered_per_s']:.0f}/s)" for lv in levels]
         x = range(len(levels))
-        series = [("202 -> Meta p50", "202_to_meta", "p50_ms", "tab:blue", "-"),
-                  ("202 -> Meta p99", "202_to_meta", "p99_ms", "tab:blue", "--"),
-                  ("202 -> delivered stored p50", "202_to_delivered_stored", "p50_ms",
-                   "tab:orange", "-"),
-                  ("202 -> delivered stored p99", "202_to_delivered_stored", "p99_ms",
-                   "tab:orange", "--"),
-                  ("client -> 202 p99", "client_to_202", "p99_ms", "tab:green", "--")]
+        series = [
+            ("202 -> Meta p50", "202_to_meta", "p50_ms", "tab:blue", "-"),
+            ("202 -> Meta p99", "202_to_meta", "p99_ms", "tab:blue", "--"),
+            ("202 -> delivered stored p50", "202_to_delivered_stored", "p50_ms", "tab:orange", "-"),
+            (
+                "202 -> delivered stored p99",
+                "202_to_delivered_stored",
+                "p99_ms",
+                "tab:orange",
+                "--",
+            ),
+            ("client -> 202 p99", "client_to_202", "p99_ms", "tab:green", "--"),
+        ]
         for label, key, q, color, style in series:
-            right.plot(list(x), [lv[key][q] or 0 for lv in levels], marker="o", color=color,
-                       linestyle=style, label=label)
+            right.plot(
+                list(x),
+                [lv[key][q] or 0 for lv in levels],
+                marker="o",
+                color=color,
+                linestyle=style,
+                label=label,
+            )
         target = e2e.get("target_p99_202_to_meta_ms_at_50pct")
         if target:
-            right.axhline(target, color="red", linewidth=0.8, linestyle=":",
-                          label=f"target p99 to Meta at 50% ({target:.0f} ms)")
+            right.axhline(
+                target,
+                color="red",
+                linewidth=0.8,
+                linestyle=":",
+                label=f"target p99 to Meta at 50% ({target:.0f} ms)",
+            )
         right.set_xticks(list(x), labels)
         right.set_xlabel("share of measured capacity (offered rate)")
         right.set_ylabel("ms (log scale)")
@@ -90,12 +135,17 @@ def draw(results: dict[str, Any], path: Path) -> None:
         right.legend(fontsize=8)
     ingest = results.get("ingest", {})
     if "ingest" in ingest:
-        right.text(0.01, 0.01, f"ingest at saturation p50/p99: "
-                   f"{ingest['ingest']['p50_ms']:.1f}/{ingest['ingest']['p99_ms']:.1f} ms; bare "
-                   f"{ingest['bare']['p50_ms']:.1f}/{ingest['bare']['p99_ms']:.1f} ms",
-                   transform=right.transAxes, fontsize=8, color="dimgray")
-    fig.suptitle("Hala Whatsup benchmarks (2 shared cores; Kafka and FerretDB on the same "
-                 "machine)")
+        right.text(
+            0.01,
+            0.01,
+            f"ingest at saturation p50/p99: "
+            f"{ingest['ingest']['p50_ms']:.1f}/{ingest['ingest']['p99_ms']:.1f} ms; bare "
+            f"{ingest['bare']['p50_ms']:.1f}/{ingest['bare']['p99_ms']:.1f} ms",
+            transform=right.transAxes,
+            fontsize=8,
+            color="dimgray",
+        )
+    fig.suptitle("Hala Whatsup benchmarks (2 shared cores; Kafka and FerretDB on the same machine)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -74,6 +74,7 @@ def log(message: str) -> None:
 
 # --- processes and machine -----------------------------------------------------------------------
 
+
 def pinned(core: str | None, command: list[str]) -> list[str]:
     if core is None or not shutil.which("taskset"):
         return command
@@ -166,8 +167,10 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         """Cores used by each process on average over the window."""
         elapsed = max(1e-9, time.monotonic() - self._started_at)
-        used = {name: round((cpu_seconds(pid) - self._start.get(name, 0.0)) / elapsed, 3)
-                for name, pid in self.pids.items()}
+        used = {
+            name: round((cpu_seconds(pid) - self._start.get(name, 0.0)) / elapsed, 3)
+            for name, pid in self.pids.items()
+        }
         busy, total = machine_ticks()
         share = (busy - self._machine[0]) / max(1, total - self._machine[1])
         used["machine"] = round(share * (os.cpu_count() or 1), 2)
@@ -199,8 +202,9 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
-async def wait_until_idle(pid: int | None, max_cores: float = 0.25, within: float = 30.0
-                          ) -> float | None:
+async def wait_until_idle(
+    pid: int | None, max_cores: float = 0.25, within: float = 30.0
+) -> float | None:
     """Wait (bounded) until a process (the database server) uses less than `max_cores` over a
     second: work a previous benchmark left it must not be counted against the next one. Returns
     the last figure (None when there is no such process)."""
@@ -215,8 +219,13 @@ async def wait_until_idle(pid: int | None, max_cores: float = 0.25, within: floa
             return round(cores, 2)
 
 
-KAFKA_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM",
-             "KAFKA_SSL_CA_FILE", "HALA_KAFKA_SECRETS_DIR")
+KAFKA_ENV = (
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SSL_CA_FILE",
+    "HALA_KAFKA_SECRETS_DIR",
+)
 
 
 def infra_env() -> dict[str, str]:
@@ -224,8 +233,9 @@ def infra_env() -> dict[str, str]:
     started if needed (idempotent; never stopped here: other sessions use it)."""
     if not (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URL")):
         subprocess.run([str(INFRA), "up"], check=True, capture_output=True, timeout=900)
-    out = subprocess.run([str(INFRA), "env"], check=True, capture_output=True, text=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        [str(INFRA), "env"], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
     env = dict(line.split("=", 1) for line in out.split() if "=" in line)
     env.update({k: os.environ[k] for k in (*KAFKA_ENV, "MONGODB_URL") if os.environ.get(k)})
     return env
@@ -240,25 +250,46 @@ class OwnInfra:
 
     def __init__(self) -> None:
         self.run_dir = LOGS.parent / f"bench-infra-{uuid.uuid4().hex[:8]}"
-        ports = {"KAFKA_PORT": free_port(), "KAFKA_CONTROLLER_PORT": free_port(),
-                 "MONGO_PORT": free_port(), "KAFKA_JMX_PORT": free_port()}
+        ports = {
+            "KAFKA_PORT": free_port(),
+            "KAFKA_CONTROLLER_PORT": free_port(),
+            "MONGO_PORT": free_port(),
+            "KAFKA_JMX_PORT": free_port(),
+        }
         # Nothing of the caller's infrastructure: infra.sh would use it instead of starting.
-        drop = (*KAFKA_ENV, "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
-                "KAFKA_SASL_PASSWORD_FILE", "MONGODB_URL")
-        self.env = {**{k: v for k, v in os.environ.items() if k not in drop},
-                    "HALA_RUN_DIR": str(self.run_dir), **{k: str(v) for k, v in ports.items()}}
+        drop = (
+            *KAFKA_ENV,
+            "KAFKA_SASL_USERNAME",
+            "KAFKA_SASL_PASSWORD",
+            "KAFKA_SASL_PASSWORD_FILE",
+            "MONGODB_URL",
+        )
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in drop},
+            "HALA_RUN_DIR": str(self.run_dir),
+            **{k: str(v) for k, v in ports.items()},
+        }
 
     def start(self) -> dict[str, str]:
-        log(f"own infrastructure in {self.run_dir} (Kafka localhost:{self.env['KAFKA_PORT']}, "
-            f"JMX {self.env['KAFKA_JMX_PORT']}, database {self.env['MONGO_PORT']})")
+        log(
+            f"own infrastructure in {self.run_dir} (Kafka localhost:{self.env['KAFKA_PORT']}, "
+            f"JMX {self.env['KAFKA_JMX_PORT']}, database {self.env['MONGO_PORT']})"
+        )
         try:
-            subprocess.run([str(INFRA), "up"], check=True, capture_output=True, timeout=900,
-                           env=self.env)
+            subprocess.run(
+                [str(INFRA), "up"], check=True, capture_output=True, timeout=900, env=self.env
+            )
         except subprocess.CalledProcessError as exc:
             self.stop()
             raise RuntimeError(f"infra.sh up failed: {exc.stderr.decode()[-2000:]}") from exc
-        out = subprocess.run([str(INFRA), "env"], check=True, capture_output=True, text=True,
-                             timeout=60, env=self.env).stdout
+        out = subprocess.run(
+            [str(INFRA), "env"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env,
+        ).stdout
         env = dict(line.split("=", 1) for line in out.split() if "=" in line)
         os.environ["HALA_RUN_DIR"] = str(self.run_dir)  # infra_pids(), the JMX secrets
         return env
@@ -274,6 +305,7 @@ class OwnInfra:
 
 # --- statistics ------------------------------------------------------------------------------
 
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100); None for no values."""
     if not values:
@@ -285,12 +317,17 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def summary_ms(values_s: Sequence[float]) -> dict[str, float | int | None]:
     """count, p50, p99, max in milliseconds of durations given in seconds."""
+
     def ms(v: float | None) -> float | None:
         return None if v is None else round(v * 1000, 1)
-    return {"count": len(values_s), "p50_ms": ms(percentile(values_s, 50)),
-            "p99_ms": ms(percentile(values_s, 99)),
-            "mean_ms": ms(statistics.fmean(values_s)) if values_s else None,
-            "max_ms": ms(max(values_s)) if values_s else None}
+
+    return {
+        "count": len(values_s),
+        "p50_ms": ms(percentile(values_s, 50)),
+        "p99_ms": ms(percentile(values_s, 99)),
+        "mean_ms": ms(statistics.fmean(values_s)) if values_s else None,
+        "max_ms": ms(max(values_s)) if values_s else None,
+    }
 
 
 def sustained_rate(times: Sequence[float], skip_s: float = 1.0) -> float | None:
@@ -309,10 +346,18 @@ def sustained_rate(times: Sequence[float], skip_s: float = 1.0) -> float | None:
 # --- the benchmark world -------------------------------------------------------------------------
 
 TEMPLATES = [
-    {"name": "receipt", "language": "en_US", "category": "UTILITY",
-     "components": [{"type": "BODY", "text": "Order {{1}} confirmed."}]},
-    {"name": "promo", "language": "en_US", "category": "MARKETING",
-     "components": [{"type": "BODY", "text": "Hi {{1}}, {{2}} off today."}]},
+    {
+        "name": "receipt",
+        "language": "en_US",
+        "category": "UTILITY",
+        "components": [{"type": "BODY", "text": "Order {{1}} confirmed."}],
+    },
+    {
+        "name": "promo",
+        "language": "en_US",
+        "category": "MARKETING",
+        "components": [{"type": "BODY", "text": "Hi {{1}}, {{2}} off today."}],
+    },
 ]
 SCALING_NUMBERS_PER_PARTITION = 2
 
@@ -357,40 +402,92 @@ def world() -> dict[str, Any]:
       benchmark's other tenant, on another send-approved partition than FLOOD_A)
     - Gamma: 12 numbers of 1000 mps spread 2 per send-approved partition (scaling benchmark)
     Webhooks: polite, no artificial delays, no `read` (the last status is `delivered`)."""
+
     def number(pid: str, display: str, mps: int) -> dict[str, Any]:
-        return {"id": pid, "display_phone_number": display, "verified_name": "Bench",
-                "throughput_mps": mps}
+        return {
+            "id": pid,
+            "display_phone_number": display,
+            "verified_name": "Bench",
+            "throughput_mps": mps,
+        }
 
     def templates(base: int) -> list[dict[str, Any]]:
         return [{"id": str(base + i), **t} for i, t in enumerate(TEMPLATES)]
 
     scaling = _number_ids_spread("30300000000", SCALING_NUMBERS_PER_PARTITION)
     return {
-        "seed": 11, "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN,
-        "time_scale": 0.05, "throughput_upgrade_seconds": 10, "pricing_rules": "pmp-2025-07",
-        "access_tokens": [{"token": "EAAbench-alpha", "wabas": ["201000000000001"]},
-                          {"token": "EAAbench-beta", "wabas": ["202000000000001"]},
-                          {"token": "EAAbench-gamma", "wabas": ["203000000000001"]}],
+        "seed": 11,
+        "app_secret": APP_SECRET,
+        "verify_token": VERIFY_TOKEN,
+        "time_scale": 0.05,
+        "throughput_upgrade_seconds": 10,
+        "pricing_rules": "pmp-2025-07",
+        "access_tokens": [
+            {"token": "EAAbench-alpha", "wabas": ["201000000000001"]},
+            {"token": "EAAbench-beta", "wabas": ["202000000000001"]},
+            {"token": "EAAbench-gamma", "wabas": ["203000000000001"]},
+        ],
         "portfolios": [
-            {"id": "801000000000001", "name": "Alpha", "messaging_tier": "TIER_UNLIMITED",
-             "wabas": [{"id": "201000000000001", "name": "WABA Alpha", "phone_numbers": [
-                 number(FAST_A, "15550100001", 1000), number(PACE_80A, "15550100002", 80),
-                 number(PACE_80B, "15550100003", 80), number(FLOOD_A, "15550100004", 20)],
-                 "templates": templates(401000000000001)}]},
-            {"id": "802000000000001", "name": "Beta", "messaging_tier": "TIER_UNLIMITED",
-             "wabas": [{"id": "202000000000001", "name": "WABA Beta", "phone_numbers": [
-                 number(FAST_B, "15550200001", 1000), number(FAIR_B, "15550200002", 80)],
-                 "templates": templates(402000000000001)}]},
-            {"id": "803000000000001", "name": "Gamma", "messaging_tier": "TIER_UNLIMITED",
-             "wabas": [{"id": "203000000000001", "name": "WABA Gamma", "phone_numbers": [
-                 number(pid, f"1555030{i:04d}", 1000) for i, pid in enumerate(scaling)],
-                 "templates": templates(403000000000001)}]},
+            {
+                "id": "801000000000001",
+                "name": "Alpha",
+                "messaging_tier": "TIER_UNLIMITED",
+                "wabas": [
+                    {
+                        "id": "201000000000001",
+                        "name": "WABA Alpha",
+                        "phone_numbers": [
+                            number(FAST_A, "15550100001", 1000),
+                            number(PACE_80A, "15550100002", 80),
+                            number(PACE_80B, "15550100003", 80),
+                            number(FLOOD_A, "15550100004", 20),
+                        ],
+                        "templates": templates(401000000000001),
+                    }
+                ],
+            },
+            {
+                "id": "802000000000001",
+                "name": "Beta",
+                "messaging_tier": "TIER_UNLIMITED",
+                "wabas": [
+                    {
+                        "id": "202000000000001",
+                        "name": "WABA Beta",
+                        "phone_numbers": [
+                            number(FAST_B, "15550200001", 1000),
+                            number(FAIR_B, "15550200002", 80),
+                        ],
+                        "templates": templates(402000000000001),
+                    }
+                ],
+            },
+            {
+                "id": "803000000000001",
+                "name": "Gamma",
+                "messaging_tier": "TIER_UNLIMITED",
+                "wabas": [
+                    {
+                        "id": "203000000000001",
+                        "name": "WABA Gamma",
+                        "phone_numbers": [
+                            number(pid, f"1555030{i:04d}", 1000) for i, pid in enumerate(scaling)
+                        ],
+                        "templates": templates(403000000000001),
+                    }
+                ],
+            },
         ],
         "limits": {"enabled": True},
-        "webhooks": {"enabled": True, "callback_url": "http://127.0.0.1:9/unset",
-                     "graph_version": GRAPH_VERSION, "profile": "polite",
-                     "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0, "jitter": 0.0},
-                     "read_probability": 0.0, "timeout_seconds": 5},
+        "webhooks": {
+            "enabled": True,
+            "callback_url": "http://127.0.0.1:9/unset",
+            "graph_version": GRAPH_VERSION,
+            "profile": "polite",
+            "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0, "jitter": 0.0},
+            "read_probability": 0.0,
+            "timeout_seconds": 5,
+        },
         "outcomes": {"async_failure_probability": 0.0},
         "records": {"max_sends": 200000, "max_violations": 100000, "max_webhook_log": 20000},
     }
@@ -411,11 +508,22 @@ def recipients(count: int = 200_000) -> tuple[str, ...]:
 
 # --- services as processes -------------------------------------------------------------------
 
-MODULES = {"metasim": "tools.metasim", "ingest": "services.ingest", "status": "services.status",
-           "sender": "services.sender", "billing": "services.billing",
-           "notify": "services.notify"}
-READY = {"metasim": "/healthz", "ingest": "/readyz", "status": "/readyz", "sender": "/readyz",
-         "billing": "/readyz", "notify": "/readyz"}
+MODULES = {
+    "metasim": "tools.metasim",
+    "ingest": "services.ingest",
+    "status": "services.status",
+    "sender": "services.sender",
+    "billing": "services.billing",
+    "notify": "services.notify",
+}
+READY = {
+    "metasim": "/healthz",
+    "ingest": "/readyz",
+    "status": "/readyz",
+    "sender": "/readyz",
+    "billing": "/readyz",
+    "notify": "/readyz",
+}
 
 
 def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -487,20 +595,32 @@ class Platform:
         self.prefixes.add(prefix)
         return prefix
 
-    def add(self, name: str, kind: str, *, prefix: str | None = None,
-            database: str | None = None, core: str | None = None,
-            env: dict[str, str] | None = None) -> Proc:
+    def add(
+        self,
+        name: str,
+        kind: str,
+        *,
+        prefix: str | None = None,
+        database: str | None = None,
+        core: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         port, ops_port = free_port(), free_port()
         prefix = prefix or self.prefix
         database = database or self.database
         self.prefixes.add(prefix)
         self.databases.add(database)
-        base = {**os.environ, "PYTHONUNBUFFERED": "1", "HALA_ENV": "development",
-                **(self.broker.env(kind) if kind != "metasim" else {}),
-                "MONGODB_URL": self.mongodb_url,
-                "MONGODB_DATABASE": database, "HALA_TOPIC_PREFIX": prefix,
-                "HALA_TOKEN_KEYS": self.token_keys,
-                "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key}
+        base = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "HALA_ENV": "development",
+            **(self.broker.env(kind) if kind != "metasim" else {}),
+            "MONGODB_URL": self.mongodb_url,
+            "MONGODB_DATABASE": database,
+            "HALA_TOPIC_PREFIX": prefix,
+            "HALA_TOKEN_KEYS": self.token_keys,
+            "HALA_TOPUP_SIGNING_KEY": self.topup_signing_key,
+        }
         args: list[str] = ["-m", MODULES[kind]]
         if kind == "metasim":
             config_path = self.logs / f"{name}.yaml"
@@ -510,28 +630,45 @@ class Platform:
         elif kind == "ingest":
             # The benchmarks measure capacity, not the request rate limits: every request
             # still takes its account's token, from buckets no load here empties.
-            specific = {"INGEST_HTTP_PORT": str(port), "INGEST_OPS_PORT": str(ops_port),
-                        "INGEST_RATE_LIMIT_PER_SECOND": "1000000",
-                        "INGEST_RATE_LIMIT_BURST": "1000000"}
+            specific = {
+                "INGEST_HTTP_PORT": str(port),
+                "INGEST_OPS_PORT": str(ops_port),
+                "INGEST_RATE_LIMIT_PER_SECOND": "1000000",
+                "INGEST_RATE_LIMIT_BURST": "1000000",
+            }
         elif kind == "status":
-            specific = {"STATUS_HTTP_PORT": str(port), "STATUS_OPS_PORT": str(ops_port),
-                        "STATUS_APP_SECRET": APP_SECRET, "STATUS_VERIFY_TOKEN": VERIFY_TOKEN}
+            specific = {
+                "STATUS_HTTP_PORT": str(port),
+                "STATUS_OPS_PORT": str(ops_port),
+                "STATUS_APP_SECRET": APP_SECRET,
+                "STATUS_VERIFY_TOKEN": VERIFY_TOKEN,
+            }
         elif kind == "sender":
-            specific = {"SENDER_OPS_PORT": str(port),
-                        "SENDER_META_BASE_URL": self.procs["metasim"].url}
+            specific = {
+                "SENDER_OPS_PORT": str(port),
+                "SENDER_META_BASE_URL": self.procs["metasim"].url,
+            }
         elif kind == "billing":
             # Its consumer group starts with `billing`, as its principal's group ACL requires.
-            specific = {"BILLING_OPS_PORT": str(port),
-                        "BILLING_FAUST_APP_ID": f"billing-{name}",
-                        "BILLING_FAUST_DATADIR": str(self.logs / f"{name}-faust")}
+            specific = {
+                "BILLING_OPS_PORT": str(port),
+                "BILLING_FAUST_APP_ID": f"billing-{name}",
+                "BILLING_FAUST_DATADIR": str(self.logs / f"{name}-faust"),
+            }
         elif kind == "notify":
             # only ops endpoints: probed, like the sender's and billing's, on `port`
             specific = {"NOTIFY_OPS_PORT": str(port)}
         else:
             raise ValueError(kind)
-        proc = Proc(name, kind, pinned(core, [sys.executable, *args]), port,
-                    {**base, **specific, **(env or {})}, self.logs / f"{name}.log",
-                    ops_port=ops_port if kind in ("ingest", "status") else None)
+        proc = Proc(
+            name,
+            kind,
+            pinned(core, [sys.executable, *args]),
+            port,
+            {**base, **specific, **(env or {})},
+            self.logs / f"{name}.log",
+            ops_port=ops_port if kind in ("ingest", "status") else None,
+        )
         self.procs[name] = proc
         return proc
 
@@ -539,8 +676,9 @@ class Platform:
         for name in names:
             proc = self.procs[name]
             with proc.log.open("ab") as out:
-                proc.process = subprocess.Popen(proc.command, cwd=ROOT, env=proc.env,
-                                                stdout=out, stderr=subprocess.STDOUT)
+                proc.process = subprocess.Popen(
+                    proc.command, cwd=ROOT, env=proc.env, stdout=out, stderr=subprocess.STDOUT
+                )
 
     def stop(self, *names: str, timeout: float = 30) -> None:
         procs = [self.procs[n] for n in names if self.procs[n].process is not None]
@@ -582,8 +720,10 @@ class Platform:
 
     async def sim(self, method: str, path: str, **kwargs: Any) -> Any:
         timeout = aiohttp.ClientTimeout(total=120)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                method, self.url("metasim") + path, **kwargs) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, self.url("metasim") + path, **kwargs) as resp,
+        ):
             if resp.status >= 300:
                 raise RuntimeError(f"{method} {path}: {resp.status} {await resp.text()}")
             return await resp.json()
@@ -592,8 +732,10 @@ class Platform:
         return list((await self.sim("GET", "/_sim/sends", params=query))["sends"])
 
     async def sim_violations(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in
-                (await self.sim("GET", "/_sim/violations"))["by_code"].items()}
+        return {
+            str(k): int(v)
+            for k, v in (await self.sim("GET", "/_sim/violations"))["by_code"].items()
+        }
 
     async def ensure_topics(self, prefix: str) -> None:
         """The prefix's topics and every service's ACLs on them (the set-up's job)."""
@@ -634,20 +776,20 @@ class Platform:
         finally:
             await mongo.close()
         try:  # topics and ACLs
-            await revoke(self.kafka,
-                         lambda name: any(name.startswith(p) for p in self.prefixes))
+            await revoke(self.kafka, lambda name: any(name.startswith(p) for p in self.prefixes))
         except Exception as exc:  # a leftover topic is untidy, not a failed benchmark
             log(f"topic clean-up failed: {exc!r}")
 
 
 # --- Kafka ----------------------------------------------------------------------------------------
 
-async def produce_all(kafka: KafkaConfig, prefix: str,
-                      items: Iterable[tuple[Topic[Any], Any]]) -> float:
+
+async def produce_all(
+    kafka: KafkaConfig, prefix: str, items: Iterable[tuple[Topic[Any], Any]]
+) -> float:
     """Write events as fast as the producer batches them, in order per key; returns the seconds
     it took until the broker acknowledged all of them."""
-    producer: AIOKafkaProducer = make_producer(kafka, linger_ms=5,
-                                               max_batch_size=256 * 1024)
+    producer: AIOKafkaProducer = make_producer(kafka, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     started = time.monotonic()
     try:
@@ -666,6 +808,7 @@ async def record_count(kafka: KafkaConfig, topic: str, partitions: int) -> int:
     finally:
         await consumer.stop()
     return sum(ends.values())
+
 
 async def group_members(kafka: KafkaConfig, group: str) -> int:
     """Members of a consumer group once it is stable (0 while it rebalances)."""
@@ -688,6 +831,7 @@ def topics_of(prefix: str) -> list[str]:
 
 
 # --- HTTP helpers ---------------------------------------------------------------------------------
+
 
 async def scrape(url: str) -> dict[str, float]:
     """A service's /metrics as {"name{label=value,...}": value}."""
@@ -716,8 +860,16 @@ def metric_sum(values: dict[str, float], name: str, **labels: str) -> float:
 
 # --- wrk -------------------------------------------------------------------------------------
 
-def run_wrk(url: str, bodies: Sequence[str], headers: dict[str, str], *, seconds: float,
-            connections: int, core: str | None = CLIENT_CORE) -> dict[str, Any]:
+
+def run_wrk(
+    url: str,
+    bodies: Sequence[str],
+    headers: dict[str, str],
+    *,
+    seconds: float,
+    connections: int,
+    core: str | None = CLIENT_CORE,
+) -> dict[str, Any]:
     """Closed-loop load with wrk and bench/lua/post.lua; latencies in ms."""
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is not installed (make tools installs it)")
@@ -725,24 +877,45 @@ def run_wrk(url: str, bodies: Sequence[str], headers: dict[str, str], *, seconds
         bodies_path, headers_path = Path(tmp) / "bodies", Path(tmp) / "headers"
         bodies_path.write_text("\n".join(bodies) + "\n")
         headers_path.write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
-        command = pinned(core, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                                "--timeout", "10s", "-s", str(LUA_POST), url])
+        command = pinned(
+            core,
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(LUA_POST),
+                url,
+            ],
+        )
         env = {**os.environ, "BENCH_BODIES": str(bodies_path), "BENCH_HEADERS": str(headers_path)}
-        out = subprocess.run(command, capture_output=True, text=True, check=True, env=env,
-                             timeout=seconds + 60).stdout
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=True, env=env, timeout=seconds + 60
+        ).stdout
     line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
     raw = json.loads(line.removeprefix("BENCH_JSON "))
     duration = raw["duration_us"] / 1e6
     errors = sum(v for k, v in raw.items() if k.startswith("errors_"))
-    return {"requests": raw["requests"], "errors": errors, "non_2xx": raw["errors_status"],
-            "duration_s": round(duration, 3),
-            "ok_per_s": round((raw["requests"] - errors) / duration, 1),
-            "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000,
-            "p99_ms": raw["p99_us"] / 1000, "max_ms": raw["max_us"] / 1000,
-            "mean_ms": round(raw["mean_us"] / 1000, 3), "connections": connections}
+    return {
+        "requests": raw["requests"],
+        "errors": errors,
+        "non_2xx": raw["errors_status"],
+        "duration_s": round(duration, 3),
+        "ok_per_s": round((raw["requests"] - errors) / duration, 1),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "mean_ms": round(raw["mean_us"] / 1000, 3),
+        "connections": connections,
+    }
 
 
 # --- results --------------------------------------------------------------------------------
+
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -759,8 +932,9 @@ def read_result(name: str) -> dict[str, Any] | None:
         return None
 
 
-async def ferretdb_probe(mongodb_url: str, database: str, seconds: float = 2.0,
-                         concurrency: Sequence[int] = (1, 8)) -> dict[str, dict[str, float]]:
+async def ferretdb_probe(
+    mongodb_url: str, database: str, seconds: float = 2.0, concurrency: Sequence[int] = (1, 8)
+) -> dict[str, dict[str, float]]:
     """Operations/s of the MongoDB-compatible server alone, by client concurrency: single-document
     inserts (a new `_id` each) and finds by `_id`. If more concurrent clients do not raise the
     figure, the server serialises them, and more service instances cannot help."""
@@ -774,14 +948,16 @@ async def ferretdb_probe(mongodb_url: str, database: str, seconds: float = 2.0,
                 done = 0
                 stop = time.monotonic() + seconds
 
-                async def client(k: int, kind: str = kind, clients: int = clients,
-                                 stop: float = stop) -> None:
+                async def client(
+                    k: int, kind: str = kind, clients: int = clients, stop: float = stop
+                ) -> None:
                     nonlocal done
                     i = 0
                     while time.monotonic() < stop:
                         if kind == "insert_one":
-                            await scratch.insert_one({"_id": f"{clients}-{k}-{i}", "n": i,
-                                                      "pad": "x" * 200})
+                            await scratch.insert_one(
+                                {"_id": f"{clients}-{k}-{i}", "n": i, "pad": "x" * 200}
+                            )
                         else:
                             await scratch.find_one({"_id": "probe"})
                         i += 1

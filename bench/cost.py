@@ -64,8 +64,13 @@ class BrokerRequests:
         return cls(int(found.group(1)), "hala-monitor", password) if found else None
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(self._command, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._proc = subprocess.Popen(
+            self._command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert self._proc.stdout is not None
         first = self._proc.stdout.readline().strip()
         if first != "ready":
@@ -148,8 +153,9 @@ class CostMeter:
         procs = [platform.procs[n] for n in names if n in platform.procs]
         pids = {p.name: p.pid for p in procs if p.process is not None}
         pids.update(infra_pids())
-        metrics = {p.name: p.ops_url for p in procs
-                   if p.process is not None and p.kind != "metasim"}
+        metrics = {
+            p.name: p.ops_url for p in procs if p.process is not None and p.kind != "metasim"
+        }
         broker = BrokerRequests.discover()
         if broker is not None:
             try:
@@ -169,10 +175,16 @@ class CostMeter:
                 db[name] = {}
         kafka = await asyncio.to_thread(self.broker.snapshot) if self.broker else None
         busy, _ = machine_ticks()
-        return Snapshot(time.monotonic(), {
-            n: tree_cpu_seconds(p) if n in TREES else cpu_seconds(p)
-            for n, p in self.pids.items()},
-                        busy / self._ticks, db, kafka)
+        return Snapshot(
+            time.monotonic(),
+            {
+                n: tree_cpu_seconds(p) if n in TREES else cpu_seconds(p)
+                for n, p in self.pids.items()
+            },
+            busy / self._ticks,
+            db,
+            kafka,
+        )
 
     async def idle(self, seconds: float) -> dict[str, Any]:
         """Rates of a window without traffic: the fixed overhead (polling, heartbeats)."""
@@ -181,11 +193,14 @@ class CostMeter:
         after = await self.snapshot()
         elapsed = after.at - before.at
         diff = _diff(before, after)
-        return {"seconds": round(elapsed, 1),
-                "cpu_cores": {n: round(v / elapsed, 3) for n, v in diff["cpu_s"].items()},
-                "db_ops_per_s": round(diff["db_total"] / elapsed, 1),
-                "kafka_requests_per_s": (None if diff["kafka_total"] is None
-                                         else round(diff["kafka_total"] / elapsed, 1))}
+        return {
+            "seconds": round(elapsed, 1),
+            "cpu_cores": {n: round(v / elapsed, 3) for n, v in diff["cpu_s"].items()},
+            "db_ops_per_s": round(diff["db_total"] / elapsed, 1),
+            "kafka_requests_per_s": (
+                None if diff["kafka_total"] is None else round(diff["kafka_total"] / elapsed, 1)
+            ),
+        }
 
     def close(self) -> None:
         if self.broker is not None:
@@ -205,16 +220,26 @@ def _diff(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         db[service] = {c: v - was.get(c, 0.0) for c, v in counts.items() if v - was.get(c, 0.0)}
     kafka = None
     if after.kafka is not None and before.kafka is not None:
-        kafka = {r: v - before.kafka.get(r, 0) for r, v in after.kafka.items()
-                 if v - before.kafka.get(r, 0)}
-    return {"cpu_s": cpu, "db": db, "db_total": sum(sum(c.values()) for c in db.values()),
-            "kafka": kafka, "kafka_total": None if kafka is None else sum(
-                v for r, v in kafka.items() if r not in FETCH_BREAKDOWN),
-            "machine_busy_s": after.machine_busy_s - before.machine_busy_s}
+        kafka = {
+            r: v - before.kafka.get(r, 0)
+            for r, v in after.kafka.items()
+            if v - before.kafka.get(r, 0)
+        }
+    return {
+        "cpu_s": cpu,
+        "db": db,
+        "db_total": sum(sum(c.values()) for c in db.values()),
+        "kafka": kafka,
+        "kafka_total": None
+        if kafka is None
+        else sum(v for r, v in kafka.items() if r not in FETCH_BREAKDOWN),
+        "machine_busy_s": after.machine_busy_s - before.machine_busy_s,
+    }
 
 
-def per_message(before: Snapshot, after: Snapshot, messages: int,
-                idle: dict[str, Any] | None = None) -> dict[str, Any]:
+def per_message(
+    before: Snapshot, after: Snapshot, messages: int, idle: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The window's cost divided by its messages; with `idle`, also net of the idle rates."""
     elapsed = after.at - before.at
     diff = _diff(before, after)
@@ -222,7 +247,8 @@ def per_message(before: Snapshot, after: Snapshot, messages: int,
     cpu_ms = {name: round(s * 1000 / n, 2) for name, s in diff["cpu_s"].items()}
     total_cpu = sum(diff["cpu_s"].values())
     result: dict[str, Any] = {
-        "messages": messages, "seconds": round(elapsed, 1),
+        "messages": messages,
+        "seconds": round(elapsed, 1),
         "rate_per_s": round(messages / elapsed, 1) if elapsed else None,
         "cpu_ms": {**cpu_ms, "total": round(total_cpu * 1000 / n, 2)},
         # everything else on the machine (the load generator, other people's work)
@@ -230,21 +256,31 @@ def per_message(before: Snapshot, after: Snapshot, messages: int,
         "db_ops": round(diff["db_total"] / n, 2),
         "db_ops_by_service": {s: round(sum(c.values()) / n, 2) for s, c in diff["db"].items()},
         "db_ops_by_command": _by_command(diff["db"], n),
-        "kafka_requests": (None if diff["kafka_total"] is None
-                           else round(diff["kafka_total"] / n, 2)),
-        "kafka_requests_by_type": (None if diff["kafka"] is None else dict(sorted(
-            ((r, round(v / n, 2)) for r, v in diff["kafka"].items()),
-            key=lambda kv: -kv[1]))),
+        "kafka_requests": (
+            None if diff["kafka_total"] is None else round(diff["kafka_total"] / n, 2)
+        ),
+        "kafka_requests_by_type": (
+            None
+            if diff["kafka"] is None
+            else dict(
+                sorted(
+                    ((r, round(v / n, 2)) for r, v in diff["kafka"].items()), key=lambda kv: -kv[1]
+                )
+            )
+        ),
     }
     if idle is not None:
         idle_cpu = sum(idle["cpu_cores"].values()) * elapsed
         result["net_of_idle"] = {
             "cpu_ms_total": round(max(0.0, total_cpu - idle_cpu) * 1000 / n, 2),
             "db_ops": round(max(0.0, diff["db_total"] - idle["db_ops_per_s"] * elapsed) / n, 2),
-            "kafka_requests": (None if diff["kafka_total"] is None
-                               or idle["kafka_requests_per_s"] is None else round(max(
-                                   0.0, diff["kafka_total"] - idle["kafka_requests_per_s"]
-                                   * elapsed) / n, 2)),
+            "kafka_requests": (
+                None
+                if diff["kafka_total"] is None or idle["kafka_requests_per_s"] is None
+                else round(
+                    max(0.0, diff["kafka_total"] - idle["kafka_requests_per_s"] * elapsed) / n, 2
+                )
+            ),
         }
     return result
 
@@ -260,11 +296,30 @@ def _by_command(db: dict[str, dict[str, float]], n: int) -> dict[str, float]:
 def rows(label: str, cost: dict[str, Any], shared_infra: bool) -> list[dict[str, Any]]:
     """The table's cost-per-message rows, each with its target and met / not met."""
     if not cost:
-        return [{"benchmark": f"{label} CPU ms/msg", "figures": "not measured",
-                 "target": f"total <= {TARGET_CPU_MS:g} ms", "met": False}]
+        return [
+            {
+                "benchmark": f"{label} CPU ms/msg",
+                "figures": "not measured",
+                "target": f"total <= {TARGET_CPU_MS:g} ms",
+                "met": False,
+            }
+        ]
     cpu = cost["cpu_ms"]
-    names = [n for n in ("ingest", "billing", "sender", "status", "notify", "metasim",
-                         "kafka", "ferretdb", "postgres") if n in cpu]
+    names = [
+        n
+        for n in (
+            "ingest",
+            "billing",
+            "sender",
+            "status",
+            "notify",
+            "metasim",
+            "kafka",
+            "ferretdb",
+            "postgres",
+        )
+        if n in cpu
+    ]
     note = " (shared broker/db: others' load in kafka, ferretdb)" if shared_infra else ""
     cpu_met = cpu["total"] <= TARGET_CPU_MS
     db_met = cost["db_ops"] <= TARGET_DB_OPS
@@ -277,26 +332,43 @@ def rows(label: str, cost: dict[str, Any], shared_infra: bool) -> list[dict[str,
         return f"; {net[key]} net of idle" if net.get(key) is not None else ""
 
     out = [
-        {"benchmark": f"{label} CPU ms/msg",
-         "figures": f"total {cpu['total']}{net_of_idle('cpu_ms_total')}: "
-                    + " ".join(f"{n} {cpu[n]}" for n in names)
-                    + f" @ {cost['rate_per_s']}/s, {cost['messages']} msgs{note}",
-         "target": f"total <= {TARGET_CPU_MS:g} ms", "met": cpu_met},
-        {"benchmark": f"{label} DB ops/msg",
-         "figures": f"{cost['db_ops']}{net_of_idle('db_ops')} ({by_service}; {top_db})",
-         "target": f"<= {TARGET_DB_OPS:g}", "met": db_met},
+        {
+            "benchmark": f"{label} CPU ms/msg",
+            "figures": f"total {cpu['total']}{net_of_idle('cpu_ms_total')}: "
+            + " ".join(f"{n} {cpu[n]}" for n in names)
+            + f" @ {cost['rate_per_s']}/s, {cost['messages']} msgs{note}",
+            "target": f"total <= {TARGET_CPU_MS:g} ms",
+            "met": cpu_met,
+        },
+        {
+            "benchmark": f"{label} DB ops/msg",
+            "figures": f"{cost['db_ops']}{net_of_idle('db_ops')} ({by_service}; {top_db})",
+            "target": f"<= {TARGET_DB_OPS:g}",
+            "met": db_met,
+        },
     ]
     if kafka is None:
-        out.append({"benchmark": f"{label} Kafka req/msg",
-                    "figures": "not measured (broker without JMX: run_all.py --own-infra)",
-                    "target": f"<= {TARGET_KAFKA_REQUESTS:g}", "met": False})
+        out.append(
+            {
+                "benchmark": f"{label} Kafka req/msg",
+                "figures": "not measured (broker without JMX: run_all.py --own-infra)",
+                "target": f"<= {TARGET_KAFKA_REQUESTS:g}",
+                "met": False,
+            }
+        )
     else:
-        types = [(r, v) for r, v in (cost["kafka_requests_by_type"] or {}).items()
-                 if r not in FETCH_BREAKDOWN]
+        types = [
+            (r, v)
+            for r, v in (cost["kafka_requests_by_type"] or {}).items()
+            if r not in FETCH_BREAKDOWN
+        ]
         top = ", ".join(f"{r} {v}" for r, v in types[:5])
-        out.append({"benchmark": f"{label} Kafka req/msg",
-                    "figures": f"{kafka}{net_of_idle('kafka_requests')} ({top}; broker's "
-                               f"count){note}",
-                    "target": f"<= {TARGET_KAFKA_REQUESTS:g}",
-                    "met": kafka <= TARGET_KAFKA_REQUESTS})
+        out.append(
+            {
+                "benchmark": f"{label} Kafka req/msg",
+                "figures": f"{kafka}{net_of_idle('kafka_requests')} ({top}; broker's count){note}",
+                "target": f"<= {TARGET_KAFKA_REQUESTS:g}",
+                "met": kafka <= TARGET_KAFKA_REQUESTS,
+            }
+        )
     return out

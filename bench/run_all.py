@@ -61,8 +61,18 @@ from common import (
 from tests.conftest import broker_from_env  # common put the repository on the path
 
 # e2e first: it gets a fresh database (ingest leaves tens of thousands of messages behind).
-ORDER = ["e2e", "campaign", "ingest", "webhooks", "pacing", "fairness", "scaling", "billing",
-         "notify", "db"]
+ORDER = [
+    "e2e",
+    "campaign",
+    "ingest",
+    "webhooks",
+    "pacing",
+    "fairness",
+    "scaling",
+    "billing",
+    "notify",
+    "db",
+]
 ALIASES = {"memory": "e2e", "cost": "e2e"}
 NEEDS_MAIN = {"ingest", "e2e", "campaign", "pacing", "fairness", "scaling"}
 TOP_UP = 10**12  # micros: no benchmark runs out of credit
@@ -88,20 +98,24 @@ async def start_main(platform: Platform) -> list[Any]:
     return accounts
 
 
-async def run(selected: list[str], quick: bool, own_infra: OwnInfra | None
-              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def run(
+    selected: list[str], quick: bool, own_infra: OwnInfra | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     modules = {name: importlib.import_module(f"bench_{name}") for name in selected}
     if own_infra is not None:
         env = own_infra.start()
         # Every client of this process (seeding, observers) and every service it starts.
-        os.environ.update({k: v for k, v in env.items()
-                           if k.startswith(("KAFKA_", "HALA_", "MONGODB_"))})
+        os.environ.update(
+            {k: v for k, v in env.items() if k.startswith(("KAFKA_", "HALA_", "MONGODB_"))}
+        )
     else:
         env = infra_env()
     load_before = wait_for_quiet()
     platform = Platform(broker_from_env(env), env["MONGODB_URL"])
-    log(f"run {platform.unique}: {', '.join(selected)}{' (quick)' if quick else ''}; "
-        f"load average {load_before}; logs in {platform.logs}")
+    log(
+        f"run {platform.unique}: {', '.join(selected)}{' (quick)' if quick else ''}; "
+        f"load average {load_before}; logs in {platform.logs}"
+    )
     rows: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     try:
@@ -117,9 +131,18 @@ async def run(selected: list[str], quick: bool, own_infra: OwnInfra | None
                 result = await modules[name].run(platform, accounts, quick)
             except Exception as exc:
                 traceback.print_exc()
-                result = {"benchmark": name, "error": repr(exc),
-                          "rows": [{"benchmark": name, "figures": f"FAILED: {exc!r}"[:200],
-                                    "target": "", "met": False}]}
+                result = {
+                    "benchmark": name,
+                    "error": repr(exc),
+                    "rows": [
+                        {
+                            "benchmark": name,
+                            "figures": f"FAILED: {exc!r}"[:200],
+                            "target": "",
+                            "met": False,
+                        }
+                    ],
+                }
             result["seconds"] = round(time.monotonic() - started, 1)
             result["load_average_before"] = load
             result["database_cores_before"] = db_cores
@@ -129,19 +152,31 @@ async def run(selected: list[str], quick: bool, own_infra: OwnInfra | None
             rows.extend(result["rows"])
     finally:
         await platform.cleanup()
-    meta = {"run": platform.unique, "quick": quick, "load_average_before": load_before,
-            "own_infra": own_infra is not None,
-            "cpu_count": os.cpu_count(), "python": platform_module.python_version()}
+    meta = {
+        "run": platform.unique,
+        "quick": quick,
+        "load_average_before": load_before,
+        "own_infra": own_infra is not None,
+        "cpu_count": os.cpu_count(),
+        "python": platform_module.python_version(),
+    }
     return rows, {"results": results, **meta}
 
 
 def print_table(rows: list[dict[str, Any]]) -> str:
     headers = ("benchmark", "figure(s)", "target", "met")
-    cells = [(r["benchmark"], r["figures"], r["target"],
-              "yes" if r["met"] is True else "no" if r["met"] is False else str(r["met"]))
-             for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
+    cells = [
+        (
+            r["benchmark"],
+            r["figures"],
+            r["target"],
+            "yes" if r["met"] is True else "no" if r["met"] is False else str(r["met"]),
+        )
+        for r in rows
+    ]
+    widths = [
+        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = "+".join("-" * (w + 2) for w in widths)
     out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), line]
     out += [" | ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
@@ -151,23 +186,43 @@ def print_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", choices=[*ORDER, *ALIASES],
-                        help="run only this benchmark (repeatable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[*ORDER, *ALIASES],
+        help="run only this benchmark (repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="shorter runs, smaller backlogs")
-    parser.add_argument("--own-infra", action="store_true",
-                        help="a broker (with JMX: Kafka requests per message) and database of "
-                             "the run's own, stopped at the end")
-    parser.add_argument("--campaign-messages", type=int, default=None,
-                        help="campaign size (default: what drains in --campaign-seconds at the "
-                             "measured capacity, at most 100,000)")
-    parser.add_argument("--campaign-seconds", type=float, default=None,
-                        help="drain time the default campaign size aims at (180; 45 --quick)")
-    parser.add_argument("--campaign-keyed", action="store_true",
-                        help="campaign requests with an Idempotency-Key, retried after a 503")
+    parser.add_argument(
+        "--own-infra",
+        action="store_true",
+        help="a broker (with JMX: Kafka requests per message) and database of "
+        "the run's own, stopped at the end",
+    )
+    parser.add_argument(
+        "--campaign-messages",
+        type=int,
+        default=None,
+        help="campaign size (default: what drains in --campaign-seconds at the "
+        "measured capacity, at most 100,000)",
+    )
+    parser.add_argument(
+        "--campaign-seconds",
+        type=float,
+        default=None,
+        help="drain time the default campaign size aims at (180; 45 --quick)",
+    )
+    parser.add_argument(
+        "--campaign-keyed",
+        action="store_true",
+        help="campaign requests with an Idempotency-Key, retried after a 503",
+    )
     args = parser.parse_args()
     import bench_campaign
+
     bench_campaign.configure(args.campaign_messages, args.campaign_seconds, args.campaign_keyed)
     wanted = {ALIASES.get(n, n) for n in args.only} if args.only else set(ORDER)
     selected = [n for n in ORDER if n in wanted]
@@ -183,18 +238,24 @@ def main() -> int:
     rows.sort(key=lambda row: row["benchmark"].split()[0])
     summary["rows"] = rows
     table = print_table(rows)
-    loads = ", ".join(f"{name} {r.get('load_average_after')}" for name, r in
-                      summary["results"].items())
-    print(f"load average at start {summary['load_average_before']}; after each: {loads} "
-          f"({os.cpu_count()} cores, shared)")
+    loads = ", ".join(
+        f"{name} {r.get('load_average_after')}" for name, r in summary["results"].items()
+    )
+    print(
+        f"load average at start {summary['load_average_before']}; after each: {loads} "
+        f"({os.cpu_count()} cores, shared)"
+    )
     summary["table"] = table
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     try:
         import chart
+
         chart.draw(summary["results"], RESULTS / "summary.png")
-        print(f"wrote {RESULTS.relative_to(common.ROOT)}/summary.json, summary.png "
-              f"({summary['seconds']:.0f} s)")
+        print(
+            f"wrote {RESULTS.relative_to(common.ROOT)}/summary.json, summary.png "
+            f"({summary['seconds']:.0f} s)"
+        )
     except Exception as exc:  # the figures matter more than the picture
         print(f"chart not drawn: {exc!r}")
     return 0

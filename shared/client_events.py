@@ -18,10 +18,21 @@ from typing import Any, Literal
 from msgspec import Struct
 
 ClientEventType = Literal[
-    "message.accepted", "message.sent", "message.delivered", "message.read", "message.failed",
-    "message.expired", "message.rejected", "message.received", "template.status_changed",
-    "phone_number.quality_changed", "account.updated", "account.hold_changed", "balance.low",
-    "balance.topped_up", "endpoint.test",
+    "message.accepted",
+    "message.sent",
+    "message.delivered",
+    "message.read",
+    "message.failed",
+    "message.expired",
+    "message.rejected",
+    "message.received",
+    "template.status_changed",
+    "phone_number.quality_changed",
+    "account.updated",
+    "account.hold_changed",
+    "balance.low",
+    "balance.topped_up",
+    "endpoint.test",
 ]
 
 # The endpoint formats a client may choose: our events, or Meta's own webhook payloads.
@@ -146,9 +157,18 @@ class EndpointTestData(Struct, kw_only=True):
 
 
 EVENT_DATA: dict[str, type[Struct]] = {
-    **{t: MessageEventData for t in ("message.accepted", "message.sent", "message.delivered",
-                                     "message.read", "message.failed", "message.expired",
-                                     "message.rejected")},
+    **{
+        t: MessageEventData
+        for t in (
+            "message.accepted",
+            "message.sent",
+            "message.delivered",
+            "message.read",
+            "message.failed",
+            "message.expired",
+            "message.rejected",
+        )
+    },
     "message.received": MessageReceivedData,
     "template.status_changed": TemplateStatusData,
     "phone_number.quality_changed": PhoneNumberQualityData,

@@ -199,17 +199,23 @@ GUARD_RECIPIENTS = "guard_recipients"
 
 INDEXES: dict[str, list[IndexModel]] = {
     API_KEYS: [IndexModel([("account_id", ASCENDING)])],
-    PHONE_NUMBERS: [IndexModel([("account_id", ASCENDING)]),
-                    IndexModel([("display_phone_number", ASCENDING)])],
-    TEMPLATES: [IndexModel([("waba_id", ASCENDING), ("name", ASCENDING),
-                            ("language", ASCENDING)], unique=True)],
+    PHONE_NUMBERS: [
+        IndexModel([("account_id", ASCENDING)]),
+        IndexModel([("display_phone_number", ASCENDING)]),
+    ],
+    TEMPLATES: [
+        IndexModel(
+            [("waba_id", ASCENDING), ("name", ASCENDING), ("language", ASCENDING)], unique=True
+        )
+    ],
     MESSAGES: [
         IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)]),
         IndexModel([("created_at", ASCENDING)]),
         IndexModel([("status", ASCENDING), ("status_at", ASCENDING)]),  # status's sweeper
         # one contact's messages, for /v1/conversations/{wa_id}/messages
-        IndexModel([("account_id", ASCENDING), ("recipient", ASCENDING),
-                    ("created_at", DESCENDING)]),
+        IndexModel(
+            [("account_id", ASCENDING), ("recipient", ASCENDING), ("created_at", DESCENDING)]
+        ),
     ],
     INBOUND_MESSAGES: [
         IndexModel([("account_id", ASCENDING), ("wa_id", ASCENDING), ("sent_at", DESCENDING)]),
@@ -226,23 +232,35 @@ INDEXES: dict[str, list[IndexModel]] = {
     MEDIA: [IndexModel([("account_id", ASCENDING)])],
     IDEMPOTENCY_KEYS: [IndexModel([("created_at", ASCENDING)])],  # ingest's sweeper
     # A record dead-lettered twice (read again after a stop) is replayed once.
-    DLQ_REPLAYS: [IndexModel([("source", ASCENDING)], unique=True),
-                  IndexModel([("dlq_topic", ASCENDING)])],
-    AUDIT_LOG: [IndexModel([("at", DESCENDING)]),
-                IndexModel([("target.account_id", ASCENDING), ("at", DESCENDING)])],
-    LEDGER: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
-             # billing's paged readers (the reconciler, the reservation sweeper) go in this
-             # order from where they got to
-             IndexModel([("at", ASCENDING), ("_id", ASCENDING)])],
+    DLQ_REPLAYS: [
+        IndexModel([("source", ASCENDING)], unique=True),
+        IndexModel([("dlq_topic", ASCENDING)]),
+    ],
+    AUDIT_LOG: [
+        IndexModel([("at", DESCENDING)]),
+        IndexModel([("target.account_id", ASCENDING), ("at", DESCENDING)]),
+    ],
+    LEDGER: [
+        IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+        # billing's paged readers (the reconciler, the reservation sweeper) go in this
+        # order from where they got to
+        IndexModel([("at", ASCENDING), ("_id", ASCENDING)]),
+    ],
     PARKED_STATUSES: [IndexModel([("wamid", ASCENDING)])],
     # notify: replays by account and time, retention sweeps, due deliveries and alerts, and
     # ingest's list of an endpoint's attempts (newest first)
-    NOTIFY_EVENTS: [IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
-                    IndexModel([("created_at", ASCENDING)])],
-    DELIVERIES: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)]),
-                 IndexModel([("created_at", ASCENDING)])],
-    DELIVERY_ATTEMPTS: [IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)]),
-                        IndexModel([("at", ASCENDING)])],
+    NOTIFY_EVENTS: [
+        IndexModel([("account_id", ASCENDING), ("at", ASCENDING)]),
+        IndexModel([("created_at", ASCENDING)]),
+    ],
+    DELIVERIES: [
+        IndexModel([("state", ASCENDING), ("next_at", ASCENDING)]),
+        IndexModel([("created_at", ASCENDING)]),
+    ],
+    DELIVERY_ATTEMPTS: [
+        IndexModel([("endpoint_id", ASCENDING), ("at", DESCENDING)]),
+        IndexModel([("at", ASCENDING)]),
+    ],
     EMAIL_ALERTS: [IndexModel([("state", ASCENDING), ("next_at", ASCENDING)])],
     # an account's endpoints, newest first (GET /v1/webhook-endpoints)
     WEBHOOK_ENDPOINTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
@@ -250,8 +268,10 @@ INDEXES: dict[str, list[IndexModel]] = {
     SUPPRESSIONS: [IndexModel([("account_id", ASCENDING), ("at", DESCENDING)])],
     BLOCKED_RECIPIENTS: [IndexModel([("account_id", ASCENDING), ("created_at", DESCENDING)])],
     # guard's retention pass and the erasure of an account
-    GUARD_RECIPIENTS: [IndexModel([("first_seen", ASCENDING)]),
-                       IndexModel([("account_id", ASCENDING)])],
+    GUARD_RECIPIENTS: [
+        IndexModel([("first_seen", ASCENDING)]),
+        IndexModel([("account_id", ASCENDING)]),
+    ],
 }
 
 

@@ -26,14 +26,30 @@ def suppression_id(phone_number_id: str, wa_id: str) -> str:
     return f"{phone_number_id}:{wa_id}"
 
 
-def suppression_doc(*, account_id: str | None, phone_number_id: str, wa_id: str,
-                    suppressed: bool, source: SuppressionSource, at: int, now_ms: int,
-                    keyword: str | None = None, detail: str = "",
-                    operator: str = "") -> dict[str, Any]:
+def suppression_doc(
+    *,
+    account_id: str | None,
+    phone_number_id: str,
+    wa_id: str,
+    suppressed: bool,
+    source: SuppressionSource,
+    at: int,
+    now_ms: int,
+    keyword: str | None = None,
+    detail: str = "",
+    operator: str = "",
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "_id": suppression_id(phone_number_id, wa_id), "account_id": account_id,
-        "phone_number_id": phone_number_id, "wa_id": wa_id, "suppressed": suppressed,
-        "source": source, "at": at, "detail": detail[:MAX_NOTE_CHARS], "updated_at": now_ms}
+        "_id": suppression_id(phone_number_id, wa_id),
+        "account_id": account_id,
+        "phone_number_id": phone_number_id,
+        "wa_id": wa_id,
+        "suppressed": suppressed,
+        "source": source,
+        "at": at,
+        "detail": detail[:MAX_NOTE_CHARS],
+        "updated_at": now_ms,
+    }
     if keyword is not None:
         doc["keyword"] = keyword
     if operator:
@@ -44,8 +60,7 @@ def suppression_doc(*, account_id: str | None, phone_number_id: str, wa_id: str,
 def is_suppressed(doc: Mapping[str, Any] | None, account_id: str) -> bool:
     """Whether a stored suppression applies to this account's send (a number that changed
     hands keeps its list, but only its present owner's entries count)."""
-    return (doc is not None and doc.get("suppressed") is True
-            and doc.get("account_id") == account_id)
+    return doc is not None and doc.get("suppressed") is True and doc.get("account_id") == account_id
 
 
 def iso(ms: int | None) -> str | None:
@@ -57,11 +72,16 @@ def iso(ms: int | None) -> str | None:
 
 def suppression_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     wa_id = str(doc.get("wa_id") or "")
-    return {"phone_number_id": doc.get("phone_number_id"), "wa_id": wa_id,
-            "recipient": "+" + wa_id if wa_id.isdigit() else None,
-            "suppressed": doc.get("suppressed") is True, "source": doc.get("source"),
-            "since": iso(_int(doc.get("at"))), "keyword": doc.get("keyword"),
-            "note": doc.get("detail") or None}
+    return {
+        "phone_number_id": doc.get("phone_number_id"),
+        "wa_id": wa_id,
+        "recipient": "+" + wa_id if wa_id.isdigit() else None,
+        "suppressed": doc.get("suppressed") is True,
+        "source": doc.get("source"),
+        "since": iso(_int(doc.get("at"))),
+        "keyword": doc.get("keyword"),
+        "note": doc.get("detail") or None,
+    }
 
 
 def blocked_id(account_id: str, e164: str) -> str:
@@ -77,8 +97,12 @@ def blocks_marker_id(account_id: str) -> str:
 
 
 def blocks_marker_doc(account_id: str, now_ms: int) -> dict[str, Any]:
-    return {"_id": blocks_marker_id(account_id), "account_id": account_id, "marker": True,
-            "created_at": now_ms}
+    return {
+        "_id": blocks_marker_id(account_id),
+        "account_id": account_id,
+        "marker": True,
+        "created_at": now_ms,
+    }
 
 
 # What a listing of an account's blocks matches (never the marker).
@@ -86,15 +110,26 @@ def blocked_entries(account_id: str) -> dict[str, Any]:
     return {"account_id": account_id, "marker": {"$ne": True}}
 
 
-def blocked_doc(*, account_id: str, e164: str, note: str, source: Literal["api", "operator"],
-                now_ms: int) -> dict[str, Any]:
-    return {"_id": blocked_id(account_id, e164), "account_id": account_id, "recipient": e164,
-            "note": note[:MAX_NOTE_CHARS], "source": source, "created_at": now_ms}
+def blocked_doc(
+    *, account_id: str, e164: str, note: str, source: Literal["api", "operator"], now_ms: int
+) -> dict[str, Any]:
+    return {
+        "_id": blocked_id(account_id, e164),
+        "account_id": account_id,
+        "recipient": e164,
+        "note": note[:MAX_NOTE_CHARS],
+        "source": source,
+        "created_at": now_ms,
+    }
 
 
 def blocked_view(doc: Mapping[str, Any]) -> dict[str, Any]:
-    return {"recipient": doc.get("recipient"), "note": doc.get("note") or None,
-            "source": doc.get("source"), "created_at": iso(_int(doc.get("created_at")))}
+    return {
+        "recipient": doc.get("recipient"),
+        "note": doc.get("note") or None,
+        "source": doc.get("source"),
+        "created_at": iso(_int(doc.get("created_at"))),
+    }
 
 
 def _int(value: Any) -> int | None:

@@ -17,8 +17,18 @@ DEAD_LETTER_REASONS = (PERMANENT, UNEXPECTED)
 
 # Headers a dead letter carries besides the original record's own (`hala dlq replay` removes
 # them again, and adds REPLAYED_FROM). Values are UTF-8 text.
-DLQ_HEADERS = ("error_type", "error_reason", "error_detail", "error_traceback", "source_topic",
-               "source_partition", "source_offset", "service", "attempts", "dead_lettered_at")
+DLQ_HEADERS = (
+    "error_type",
+    "error_reason",
+    "error_detail",
+    "error_traceback",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "service",
+    "attempts",
+    "dead_lettered_at",
+)
 REPLAYED_FROM = "replayed_from"
 ERROR_DETAIL_LIMIT = 1000
 ERROR_TRACEBACK_LIMIT = 8 * 1024
@@ -48,18 +58,29 @@ def _tail(text: str, limit: int) -> bytes:
     if len(data) <= limit:
         return data
     marker = b"...(truncated)\n"
-    return marker + data[len(data) - limit + len(marker):].decode(
-        "utf-8", errors="ignore").encode("utf-8")
+    return marker + data[len(data) - limit + len(marker) :].decode("utf-8", errors="ignore").encode(
+        "utf-8"
+    )
 
 
 def _head(text: str, limit: int) -> bytes:
-    return text.encode("utf-8", errors="replace")[:limit].decode(
-        "utf-8", errors="ignore").encode("utf-8")
+    return (
+        text.encode("utf-8", errors="replace")[:limit]
+        .decode("utf-8", errors="ignore")
+        .encode("utf-8")
+    )
 
 
-def dead_letter_headers(original: Sequence[tuple[str, bytes]] | None, *, topic: str,
-                        partition: int, offset: int, failure: Failure, service: str,
-                        now_ms: int) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    original: Sequence[tuple[str, bytes]] | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    failure: Failure,
+    service: str,
+    now_ms: int,
+) -> list[tuple[str, bytes]]:
     """A dead letter's headers: the record's own (minus any earlier dead letter's), then why
     it failed and where it came from."""
     error = failure.error

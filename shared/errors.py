@@ -12,8 +12,14 @@ class ServiceError(Exception):
     code = "service_error"
     http_status = 500
 
-    def __init__(self, message: str, *, code: str | None = None,
-                 details: dict[str, Any] | None = None, http_status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        http_status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:

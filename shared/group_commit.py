@@ -19,8 +19,9 @@ WriteBatch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, write_batch: WriteBatch[T, R], *, max_batch: int,
-                 linger_seconds: float = 0.0) -> None:
+    def __init__(
+        self, write_batch: WriteBatch[T, R], *, max_batch: int, linger_seconds: float = 0.0
+    ) -> None:
         self._write_batch = write_batch
         self._max_batch = max_batch
         # How long the first item of a batch waits for others to join it.
@@ -43,7 +44,8 @@ class GroupCommit(Generic[T, R]):
             del self._waiting[: self._max_batch]
             try:
                 outcomes: Sequence[R | BaseException] = await self._write_batch(
-                    [item for item, _ in batch])
+                    [item for item, _ in batch]
+                )
             except Exception as exc:
                 outcomes = [exc] * len(batch)
             for (_, result), outcome in zip(batch, outcomes, strict=True):

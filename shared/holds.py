@@ -23,8 +23,11 @@ def active_holds(doc: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
     holds = doc.get("holds")
     if not isinstance(holds, Mapping):
         return {}
-    return {rule: hold for rule, hold in sorted(holds.items())
-            if isinstance(hold, Mapping) and (_ms(hold.get("at")) or 0) > released}
+    return {
+        rule: hold
+        for rule, hold in sorted(holds.items())
+        if isinstance(hold, Mapping) and (_ms(hold.get("at")) or 0) > released
+    }
 
 
 def is_held(doc: Mapping[str, Any] | None) -> bool:
@@ -37,8 +40,11 @@ def hold_view(doc: Mapping[str, Any] | None) -> dict[str, Any]:
     active = active_holds(doc)
     view: dict[str, Any] = {
         "held": bool(active),
-        "rules": [{"rule": rule, "since": _ms(hold.get("at")),
-                   "reason": str(hold.get("reason") or "")} for rule, hold in active.items()]}
+        "rules": [
+            {"rule": rule, "since": _ms(hold.get("at")), "reason": str(hold.get("reason") or "")}
+            for rule, hold in active.items()
+        ],
+    }
     if doc and doc.get("released_at") is not None:
         view["released_at"] = _ms(doc.get("released_at"))
         view["released_by"] = doc.get("released_by")

@@ -38,10 +38,12 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 SERVICE_KEY = web.AppKey("service", str)
 
 
-def json_response(data: Any, status: int = 200,
-                  headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status,
-                        content_type="application/json", headers=headers)
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
 
 
 def error_body(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -64,22 +66,26 @@ def retry_after_header(exc: ServiceError) -> dict[str, str] | None:
 
 
 @web.middleware
-async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Turn ServiceError into the JSON envelope, count and time every request."""
     started = time.perf_counter()
     route = _route_label(request)
     try:
         response = await handler(request)
     except ServiceError as exc:
-        response = json_response(error_body(exc.code, exc.message, exc.details),
-                                 status=exc.http_status, headers=retry_after_header(exc))
+        response = json_response(
+            error_body(exc.code, exc.message, exc.details),
+            status=exc.http_status,
+            headers=retry_after_header(exc),
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed",
-                413: "payload_too_large"}.get(exc.status, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "http_error"
+        )
         response = json_response(error_body(code, exc.reason), status=exc.status)
     except Exception:
         log.exception("unhandled_error", route=route)
@@ -94,15 +100,18 @@ async def error_middleware(request: web.Request,
 def _request_metrics(service: str, route: str, status_class: int) -> tuple[Any, Any]:
     # labels() builds and looks up its key under a lock on every call; the set of (service,
     # route, class) is small and closed, so each pair of children is looked up once.
-    return (HTTP_REQUESTS.labels(service, route, f"{status_class}xx"),
-            HTTP_DURATION.labels(service, route))
+    return (
+        HTTP_REQUESTS.labels(service, route, f"{status_class}xx"),
+        HTTP_DURATION.labels(service, route),
+    )
 
 
 DEPENDENCY_PROBE_INTERVAL_S = 15.0
 
 
-def add_ops_routes(app: web.Application, service: str,
-                   checks: Mapping[str, ReadinessCheck]) -> None:
+def add_ops_routes(
+    app: web.Application, service: str, checks: Mapping[str, ReadinessCheck]
+) -> None:
     """/healthz, /readyz and /metrics. Readiness runs every dependency check concurrently; a
     background probe keeps `hala_dependency_up` current even when nobody calls /readyz."""
     # Series that exist from the start, so that alerts on increase() see the first event.
@@ -136,8 +145,10 @@ def add_ops_routes(app: web.Application, service: str,
         names, results = list(probed), list(probed.values())
         status = dict(zip(names, ("ok" if ok else "unavailable" for ok in results), strict=True))
         ready = all(results)
-        return json_response({"ready": ready, "service": service, "dependencies": status},
-                             status=200 if ready else 503)
+        return json_response(
+            {"ready": ready, "service": service, "dependencies": status},
+            status=200 if ready else 503,
+        )
 
     app.cleanup_ctx.append(background_probe)
     app.router.add_get("/healthz", healthz)
@@ -162,8 +173,9 @@ def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-async def start_site(app: web.Application, host: str, port: int,
-                     ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+async def start_site(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
     """Serve `app` on host:port, over HTTPS when given a context (see server_ssl_context)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -69,8 +69,16 @@ from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, RECORDS_HANDLED
 
 log = get_logger(__name__)
 
-__all__ = ["DLQ_HEADERS", "ERROR_DETAIL_LIMIT", "ERROR_TRACEBACK_LIMIT", "PERMANENT",
-           "UNEXPECTED", "Failure", "dead_letter_headers", "failure_reason"]
+__all__ = [
+    "DLQ_HEADERS",
+    "ERROR_DETAIL_LIMIT",
+    "ERROR_TRACEBACK_LIMIT",
+    "PERMANENT",
+    "UNEXPECTED",
+    "Failure",
+    "dead_letter_headers",
+    "failure_reason",
+]
 
 
 def topic_name(topic: Topic[Any] | str, prefix: str = "") -> str:
@@ -99,8 +107,9 @@ class KafkaConfig:
     ca_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.uses_sasl and not (self.username and self.password
-                                   and self.password.get_secret_value()):
+        if self.uses_sasl and not (
+            self.username and self.password and self.password.get_secret_value()
+        ):
             raise ValueError(f"{self.security_protocol} needs a SASL user name and password")
 
     @property
@@ -126,30 +135,40 @@ class KafkaConfig:
 
     def aiokafka_options(self) -> dict[str, Any]:
         """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient."""
-        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers,
-                                   "security_protocol": self.security_protocol}
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
         if self.uses_tls:
             options["ssl_context"] = self.ssl_context
         if self.uses_sasl:
             assert self.password is not None
-            options.update(sasl_mechanism=self.sasl_mechanism,
-                           sasl_plain_username=self.username,
-                           sasl_plain_password=self.password.get_secret_value())
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.username,
+                sasl_plain_password=self.password.get_secret_value(),
+            )
         return options
 
     def rdkafka_options(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) configuration properties."""
-        options: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
-                                   "security.protocol": self.security_protocol.lower(),
-                                   # `localhost` must never resolve to ::1: brokers bind IPv4
-                                   "broker.address.family": "v4"}
+        options: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol.lower(),
+            # `localhost` must never resolve to ::1: brokers bind IPv4
+            "broker.address.family": "v4",
+        }
         if self.uses_tls and self.ca_file:
             options["ssl.ca.location"] = self.ca_file
         if self.uses_sasl:
             assert self.password is not None
-            options.update({"sasl.mechanism": self.sasl_mechanism,
-                            "sasl.username": self.username,
-                            "sasl.password": self.password.get_secret_value()})
+            options.update(
+                {
+                    "sasl.mechanism": self.sasl_mechanism,
+                    "sasl.username": self.username,
+                    "sasl.password": self.password.get_secret_value(),
+                }
+            )
         return options
 
 
@@ -170,8 +189,9 @@ def make_producer(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def make_consumer(kafka: KafkaConfig, group_id: str | None, *topics: str,
-                  **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(
+    kafka: KafkaConfig, group_id: str | None, *topics: str, **overrides: Any
+) -> AIOKafkaConsumer:
     """A manual-commit consumer (group_id None: no group, partitions assigned by hand)."""
     options: dict[str, Any] = {
         **kafka.aiokafka_options(),
@@ -189,8 +209,9 @@ def make_admin(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**{**kafka.aiokafka_options(), **overrides})
 
 
-async def ensure_topics(kafka: KafkaConfig, prefix: str = "",
-                        topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
+async def ensure_topics(
+    kafka: KafkaConfig, prefix: str = "", topics: Iterable[Topic[Any]] = ALL_TOPICS
+) -> None:
     """Create the platform's topics and their dead-letter topics if missing, each with its
     registry configuration (retention, compaction, record size), and bring the configuration
     of those that exist back to it (idempotent). Needs a principal allowed to create and
@@ -202,13 +223,18 @@ async def ensure_topics(kafka: KafkaConfig, prefix: str = "",
         wanted: list[NewTopic] = []
         configs: dict[str, dict[str, str]] = {}
         for topic in topics:
-            for name, parts, cfg in ((topic.name, topic.partitions, topic.configs()),
-                                     (topic.dlq, 1, topic.dlq_configs())):
+            for name, parts, cfg in (
+                (topic.name, topic.partitions, topic.configs()),
+                (topic.dlq, 1, topic.dlq_configs()),
+            ):
                 full = topic_name(name, prefix)
                 configs[full] = cfg
                 if full not in existing:
-                    wanted.append(NewTopic(full, num_partitions=parts, replication_factor=1,
-                                           topic_configs=cfg))
+                    wanted.append(
+                        NewTopic(
+                            full, num_partitions=parts, replication_factor=1, topic_configs=cfg
+                        )
+                    )
         if wanted:
             try:
                 await admin.create_topics(wanted)
@@ -226,8 +252,11 @@ async def _align_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str,
     if not wanted:
         return
     [described] = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, name, {k: None for k in cfg})
-         for name, cfg in wanted.items()])
+        [
+            ConfigResource(ConfigResourceType.TOPIC, name, {k: None for k in cfg})
+            for name, cfg in wanted.items()
+        ]
+    )
     differ = []
     for error_code, _, _, name, entries in described.resources:
         if error_code:  # gone meanwhile (deleted by a test's clean-up): nothing to align
@@ -245,8 +274,9 @@ class TopicsMissing(RuntimeError):
     """A service's topics do not exist, or its principal may not see them."""
 
 
-async def wait_for_topics(kafka: KafkaConfig, names: Iterable[str], *,
-                          deadline_s: float = 60.0, every_s: float = 1.0) -> None:
+async def wait_for_topics(
+    kafka: KafkaConfig, names: Iterable[str], *, deadline_s: float = 60.0, every_s: float = 1.0
+) -> None:
     """Wait until every topic in `names` (full names) exists and this principal may see it.
     Services create no topics: the set-up step does (tools/kafka_setup.py, run by infra.sh,
     docker-compose's kafka-setup, the tests and the benches), and a service that starts first
@@ -270,11 +300,14 @@ async def wait_for_topics(kafka: KafkaConfig, names: Iterable[str], *,
             return
         if loop.time() > deadline:
             if last_error:
-                raise TopicsMissing(f"the broker at {kafka.bootstrap_servers} did not answer "
-                                    f"as {kafka.username or 'anonymous'}: {last_error}")
+                raise TopicsMissing(
+                    f"the broker at {kafka.bootstrap_servers} did not answer "
+                    f"as {kafka.username or 'anonymous'}: {last_error}"
+                )
             raise TopicsMissing(
                 f"topics missing or not visible to {kafka.username or 'this client'}: "
-                f"{', '.join(sorted(missing))} (run the set-up: tools/kafka_setup.py)")
+                f"{', '.join(sorted(missing))} (run the set-up: tools/kafka_setup.py)"
+            )
         log.warning("kafka_topics_not_ready", missing=len(missing), error=last_error or None)
         await asyncio.sleep(every_s)
 
@@ -292,14 +325,20 @@ async def delete_topics(kafka: KafkaConfig, wanted: Callable[[str], bool]) -> li
     finally:
         await admin.close()
 
-async def publish(producer: AIOKafkaProducer, topic: Topic[Any], event: Any,
-                  prefix: str = "") -> None:
+
+async def publish(
+    producer: AIOKafkaProducer, topic: Topic[Any], event: Any, prefix: str = ""
+) -> None:
     """Write an event and wait until the broker acknowledged it (acks=all)."""
     await publish_all(producer, [(topic, event)], prefix)
 
 
-async def publish_all(producer: AIOKafkaProducer, events: Sequence[tuple[Topic[Any], Any]],
-                      prefix: str = "", timeout_s: float | None = None) -> None:
+async def publish_all(
+    producer: AIOKafkaProducer,
+    events: Sequence[tuple[Topic[Any], Any]],
+    prefix: str = "",
+    timeout_s: float | None = None,
+) -> None:
     """Write events in order and return once the broker acknowledged every one. All are enqueued
     before any is awaited: one broker round trip for a batch instead of one per event. A broker
     that fails or does not answer within `timeout_s` is a transient failure."""
@@ -317,8 +356,9 @@ async def publish_all(producer: AIOKafkaProducer, events: Sequence[tuple[Topic[A
         async with asyncio.timeout(timeout_s):
             await send_all()
     except (KafkaError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"kafka unavailable: {type(exc).__name__}",
-                                    details={"dependency": "kafka"}) from exc
+        raise DependencyUnavailable(
+            f"kafka unavailable: {type(exc).__name__}", details={"dependency": "kafka"}
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -334,8 +374,9 @@ class RetryPolicy:
     unexpected_first_delay: float = 0.1
 
 
-async def retry_transient(action: Callable[[], Awaitable[Any]], policy: RetryPolicy,
-                          what: str) -> Any:
+async def retry_transient(
+    action: Callable[[], Awaitable[Any]], policy: RetryPolicy, what: str
+) -> Any:
     """Run `action`, retrying TransientError with capped exponential backoff."""
     delay = policy.first_delay
     deadline = time.monotonic() + policy.budget_seconds
@@ -346,34 +387,49 @@ async def retry_transient(action: Callable[[], Awaitable[Any]], policy: RetryPol
             if time.monotonic() + delay > deadline:
                 log.error("transient_retry_budget_exhausted", what=what, error=str(exc))
                 raise
-            log.warning("transient_error_retrying", what=what, error=str(exc),
-                        retry_in_s=round(delay, 2))
+            log.warning(
+                "transient_error_retrying", what=what, error=str(exc), retry_in_s=round(delay, 2)
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, policy.max_delay)
 
 
 # --- dead letters (their format is in shared/dead_letters.py) ------------------------
 
+
 def dlq_topic_of(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-async def send_to_dlq(producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes],
-                      error: BaseException, *, service: str, attempts: int = 1,
-                      now_ms: int | None = None) -> None:
+async def send_to_dlq(
+    producer: AIOKafkaProducer,
+    record: ConsumerRecord[bytes, bytes],
+    error: BaseException,
+    *,
+    service: str,
+    attempts: int = 1,
+    now_ms: int | None = None,
+) -> None:
     """Write the record's original key, value and headers to `<topic>.dlq` with why and where
     from, and return once the broker acknowledged it. A broker that fails is a transient
     failure (DependencyUnavailable)."""
     headers = dead_letter_headers(
-        record.headers, topic=record.topic, partition=record.partition, offset=record.offset,
-        failure=Failure(error, attempts), service=service,
-        now_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000)
+        record.headers,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        failure=Failure(error, attempts),
+        service=service,
+        now_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000,
+    )
     try:
-        await producer.send_and_wait(dlq_topic_of(record.topic), value=record.value,
-                                     key=record.key, headers=headers)
+        await producer.send_and_wait(
+            dlq_topic_of(record.topic), value=record.value, key=record.key, headers=headers
+        )
     except (KafkaError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"kafka unavailable: {type(exc).__name__}",
-                                    details={"dependency": "kafka"}) from exc
+        raise DependencyUnavailable(
+            f"kafka unavailable: {type(exc).__name__}", details={"dependency": "kafka"}
+        ) from exc
 
 
 class TooManyDeadLetters(RuntimeError):
@@ -403,9 +459,12 @@ class DeadLetterGuard:
             raise TooManyDeadLetters(f"stopped after {self.limit} dead letters in a row")
 
 
-async def attempt_record(action: Callable[[], Awaitable[Any]], policy: RetryPolicy, what: str,
-                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-                         ) -> Failure | None:
+async def attempt_record(
+    action: Callable[[], Awaitable[Any]],
+    policy: RetryPolicy,
+    what: str,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Failure | None:
     """Handle one record to its end. None: it succeeded. A Failure: it goes to the DLQ — at
     once for a PermanentError, after `policy.unexpected_attempts` tries for anything else.
     TransientError is retried within the policy's budget and then propagates: a dependency
@@ -424,8 +483,13 @@ async def attempt_record(action: Callable[[], Awaitable[Any]], policy: RetryPoli
         except Exception as exc:
             if attempts >= policy.unexpected_attempts:
                 return Failure(exc, attempts)
-            log.warning("unexpected_error_retrying", what=what, attempt=attempts,
-                        error=repr(exc), retry_in_s=round(delay, 3))
+            log.warning(
+                "unexpected_error_retrying",
+                what=what,
+                attempt=attempts,
+                error=repr(exc),
+                retry_in_s=round(delay, 3),
+            )
             await sleep(delay)
             delay = min(delay * 2, policy.max_delay)
 
@@ -434,9 +498,13 @@ class DeadLetters:
     """One consumer's dead letters: the write (retried while the broker is unavailable), the
     metric, the log line, and the guard that stops a bad deploy."""
 
-    def __init__(self, producer: AIOKafkaProducer, service: str,
-                 guard: DeadLetterGuard | None = None,
-                 retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        service: str,
+        guard: DeadLetterGuard | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
         self._producer = producer
         self.service = service
         self.guard = guard or DeadLetterGuard()
@@ -450,14 +518,27 @@ class DeadLetters:
         if it is one too many in a row (and, once that happened, without writing it)."""
         self.guard.check()
         await retry_transient(
-            lambda: send_to_dlq(self._producer, record, failure.error, service=self.service,
-                                attempts=failure.attempts), self._retry, "dead_letter")
+            lambda: send_to_dlq(
+                self._producer,
+                record,
+                failure.error,
+                service=self.service,
+                attempts=failure.attempts,
+            ),
+            self._retry,
+            "dead_letter",
+        )
         reason = failure.reason
         DEAD_LETTERS.labels(service=self.service, reason=reason).inc()
         RECORDS_HANDLED.labels(service=self.service, outcome="dead_lettered").inc()
-        fields = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                  "reason": reason, "error_type": type(failure.error).__name__,
-                  "attempts": failure.attempts}
+        fields = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": reason,
+            "error_type": type(failure.error).__name__,
+            "attempts": failure.attempts,
+        }
         if isinstance(failure.error, ServiceError):
             log.warning("record_dead_lettered", error_code=failure.error.code, **fields)
         else:
@@ -468,8 +549,12 @@ class DeadLetters:
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
-async def _handle_one(record: ConsumerRecord[bytes, bytes], handle: Handler,
-                      dead_letters: DeadLetters, retry: RetryPolicy) -> None:
+async def _handle_one(
+    record: ConsumerRecord[bytes, bytes],
+    handle: Handler,
+    dead_letters: DeadLetters,
+    retry: RetryPolicy,
+) -> None:
     """Handle one record to its end: its effect, or its dead letter. Only a TransientError
     past the retry budget (or TooManyDeadLetters) propagates: the caller must not commit."""
     failure = await attempt_record(lambda: handle(record), retry, what=record.topic)
@@ -484,12 +569,18 @@ COMMIT_INTERVAL_S = 0.5
 FINAL_COMMIT_TIMEOUT_S = 5.0
 
 
-async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                               handle: Handler, *, service: str,
-                               key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
-                               max_records: int = 500, retry: RetryPolicy = RetryPolicy(),
-                               guard: DeadLetterGuard | None = None,
-                               commit_interval_s: float = COMMIT_INTERVAL_S) -> None:
+async def consume_concurrently(
+    consumer: AIOKafkaConsumer,
+    producer: AIOKafkaProducer,
+    handle: Handler,
+    *,
+    service: str,
+    key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
+    max_records: int = 500,
+    retry: RetryPolicy = RetryPolicy(),
+    guard: DeadLetterGuard | None = None,
+    commit_interval_s: float = COMMIT_INTERVAL_S,
+) -> None:
     """Handle records, those with different keys concurrently, and commit what is finished.
 
     A record is finished by its effect or by its dead letter (see the module's docstring):
@@ -528,10 +619,13 @@ async def consume_concurrently(consumer: AIOKafkaConsumer, producer: AIOKafkaPro
                 log.warning("commit_failed", error="timed out at stop")
 
 
-async def _handle_batch(records: list[ConsumerRecord[bytes, bytes]], handle: Handler,
-                        dead_letters: DeadLetters,
-                        key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
-                        retry: RetryPolicy) -> None:
+async def _handle_batch(
+    records: list[ConsumerRecord[bytes, bytes]],
+    handle: Handler,
+    dead_letters: DeadLetters,
+    key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
+    retry: RetryPolicy,
+) -> None:
     by_key: dict[object, list[ConsumerRecord[bytes, bytes]]] = {}
     for record in records:
         by_key.setdefault(_safe_key(key_of, record), []).append(record)
@@ -552,8 +646,9 @@ async def _handle_batch(records: list[ConsumerRecord[bytes, bytes]], handle: Han
         raise
 
 
-def _safe_key(key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
-              record: ConsumerRecord[bytes, bytes]) -> object:
+def _safe_key(
+    key_of: Callable[[ConsumerRecord[bytes, bytes]], object], record: ConsumerRecord[bytes, bytes]
+) -> object:
     """A key function that fails on an odd record must not stop the loop: such records share
     the Kafka key's group (and meet their failure again in the handler)."""
     try:
@@ -562,8 +657,7 @@ def _safe_key(key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
         return ("kafka-key", record.key)
 
 
-async def _commit_finished(consumer: AIOKafkaConsumer,
-                           finished: dict[TopicPartition, int]) -> None:
+async def _commit_finished(consumer: AIOKafkaConsumer, finished: dict[TopicPartition, int]) -> None:
     """Commit and forget the finished positions. A rebalance may have moved partitions
     meanwhile: then nothing is committed, and their new owner reads those records again."""
     positions = dict(finished)
@@ -574,8 +668,9 @@ async def _commit_finished(consumer: AIOKafkaConsumer,
         log.warning("commit_failed", error=str(exc), partitions=len(positions))
 
 
-async def report_lag_forever(consumer: AIOKafkaConsumer, service: str,
-                             group: str, interval: float = 5.0) -> None:
+async def report_lag_forever(
+    consumer: AIOKafkaConsumer, service: str, group: str, interval: float = 5.0
+) -> None:
     """Publish consumer lag per partition as a gauge, measured by the consumer itself."""
     while True:
         try:
@@ -585,8 +680,9 @@ async def report_lag_forever(consumer: AIOKafkaConsumer, service: str,
                 for tp in assignment:
                     position = await consumer.committed(tp) or 0
                     lag = max(0, ends.get(tp, 0) - position)
-                    CONSUMER_LAG.labels(service=service, group=group, topic=tp.topic,
-                                        partition=str(tp.partition)).set(lag)
+                    CONSUMER_LAG.labels(
+                        service=service, group=group, topic=tp.topic, partition=str(tp.partition)
+                    ).set(lag)
         except KafkaError as exc:
             log.warning("consumer_lag_unavailable", error=str(exc))
         await asyncio.sleep(interval)

@@ -31,8 +31,9 @@ SETUP_PRINCIPAL = "hala-setup"
 ADMIN = "admin"  # the operator's command line, `hala`
 
 # Every service the registry names as a producer or consumer, plus those that only serve HTTP.
-SERVICES: tuple[str, ...] = tuple(sorted(
-    {s for t in ALL_TOPICS for s in (*t.producers, *t.consumers)} | {"ingest", ADMIN}))
+SERVICES: tuple[str, ...] = tuple(
+    sorted({s for t in ALL_TOPICS for s in (*t.producers, *t.consumers)} | {"ingest", ADMIN})
+)
 
 
 def principal(service: str) -> str:
@@ -76,8 +77,13 @@ def grants(prefix: str = "", topics: Iterable[Topic[Any]] = ALL_TOPICS) -> list[
     topics = tuple(topics)
     found: set[Grant] = set()
 
-    def allow(service: str, resource: Resource, name: str, operation: Operation,
-              pattern: Pattern = "literal") -> None:
+    def allow(
+        service: str,
+        resource: Resource,
+        name: str,
+        operation: Operation,
+        pattern: Pattern = "literal",
+    ) -> None:
         found.add(Grant(principal(service), resource, name, pattern, operation))
 
     for topic in topics:

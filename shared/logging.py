@@ -14,8 +14,21 @@ import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-_REDACTED_KEYS = frozenset({"token", "access_token", "api_key", "authorization", "body", "text",
-                            "recipient", "to", "phone", "password", "secret"})
+_REDACTED_KEYS = frozenset(
+    {
+        "token",
+        "access_token",
+        "api_key",
+        "authorization",
+        "body",
+        "text",
+        "recipient",
+        "to",
+        "phone",
+        "password",
+        "secret",
+    }
+)
 
 
 def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

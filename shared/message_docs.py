@@ -17,9 +17,22 @@ from shared.messages import SendRequested
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The fields a status event never writes: what the client asked for, as ingest accepted it.
-REQUEST_FIELDS = ("account_id", "phone_number_id", "waba_id", "portfolio_id", "recipient",
-                  "recipient_region", "type", "content", "category", "created_at", "expires_at",
-                  "client_reference", "callback_data", "reply_to")
+REQUEST_FIELDS = (
+    "account_id",
+    "phone_number_id",
+    "waba_id",
+    "portfolio_id",
+    "recipient",
+    "recipient_region",
+    "type",
+    "content",
+    "category",
+    "created_at",
+    "expires_at",
+    "client_reference",
+    "callback_data",
+    "reply_to",
+)
 
 
 def from_ms(ms: int) -> datetime:

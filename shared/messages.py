@@ -22,14 +22,27 @@ from shared.errors import PermanentError
 MONEY_MINOR_UNIT = "micros"
 
 # Every outbound type of Meta's Cloud API (services/ingest/schemas.py declares each one's shape).
-MessageType = Literal["text", "image", "video", "audio", "document", "sticker", "location",
-                      "contacts", "interactive", "reaction", "template"]
+MessageType = Literal[
+    "text",
+    "image",
+    "video",
+    "audio",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "reaction",
+    "template",
+]
 # Meta's pricing categories; "service" is every non-template message.
-Category = Literal["marketing", "utility", "authentication", "authentication_international",
-                   "service"]
+Category = Literal[
+    "marketing", "utility", "authentication", "authentication_international", "service"
+]
 # Our message lifecycle. Order matters for convergence: see services/status/core.py.
-MessageStatus = Literal["accepted", "rejected", "approved", "sent", "delivered", "read", "failed",
-                        "expired", "unknown"]
+MessageStatus = Literal[
+    "accepted", "rejected", "approved", "sent", "delivered", "read", "failed", "expired", "unknown"
+]
 
 
 class Event(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=False):
@@ -39,6 +52,7 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Fal
 
 
 # --- messages.send-requested.v1 -------------------------------------------------------------
+
 
 class SendRequested(Event, kw_only=True, frozen=True):
     """A client's send request, accepted by ingest (202 given only after this is durable)."""
@@ -68,6 +82,7 @@ class SendRequested(Event, kw_only=True, frozen=True):
 
 # --- messages.send-approved.v1 --------------------------------------------------------------
 
+
 class SendApproved(SendRequested, kw_only=True, frozen=True):
     """Credit is reserved: the sender may deliver this message to Meta."""
 
@@ -76,6 +91,7 @@ class SendApproved(SendRequested, kw_only=True, frozen=True):
 
 
 # --- messages.status-changed.v1 -------------------------------------------------------------
+
 
 class MetaError(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     code: int
@@ -109,6 +125,7 @@ class StatusChanged(Event, kw_only=True, frozen=True):
 
 # --- webhooks.received.v1 -------------------------------------------------------------------
 
+
 class WebhookReceived(Event, kw_only=True, frozen=True):
     """A webhook POST from Meta whose signature verified, kept byte for byte."""
 
@@ -117,6 +134,7 @@ class WebhookReceived(Event, kw_only=True, frozen=True):
 
 
 # --- messages.inbound-received.v1 -----------------------------------------------------------
+
 
 class InboundReceived(Event, kw_only=True, frozen=True):
     """A WhatsApp user wrote to one of our numbers (any type Meta sends, `system` and
@@ -146,6 +164,7 @@ class InboundReceived(Event, kw_only=True, frozen=True):
 
 # --- templates.status-changed.v1 ------------------------------------------------------------
 
+
 class TemplateStatusChanged(Event, kw_only=True, frozen=True):
     waba_id: str
     template_id: str
@@ -158,6 +177,7 @@ class TemplateStatusChanged(Event, kw_only=True, frozen=True):
 
 
 # --- phone-numbers.throughput-changed.v1 ----------------------------------------------------
+
 
 class ThroughputChanged(Event, kw_only=True, frozen=True):
     """A number's current pacing facts: its throughput and its portfolio's messaging limit.
@@ -172,6 +192,7 @@ class ThroughputChanged(Event, kw_only=True, frozen=True):
 
 
 # --- phone-numbers.quality-changed.v1 ------------------------------------------------------
+
 
 class NumberQualityChanged(Event, kw_only=True, frozen=True):
     """Meta's `phone_number_quality_update` for one of our numbers: a quality flag
@@ -191,6 +212,7 @@ class NumberQualityChanged(Event, kw_only=True, frozen=True):
 
 # --- wabas.status-changed.v1 ----------------------------------------------------------------
 
+
 class WabaStatusChanged(Event, kw_only=True, frozen=True):
     """Meta's word on whether a WABA may send: `held` while it is banned (DISABLED_UPDATE with
     DISABLE), deleted, or removed from / uninstalled by our app; released by REINSTATE or by the
@@ -204,6 +226,7 @@ class WabaStatusChanged(Event, kw_only=True, frozen=True):
 
 
 # --- billing.topup-requested.v1 -------------------------------------------------------------
+
 
 class TopUpRequested(Event, kw_only=True, frozen=True):
     """An operator added prepaid credit; billing is the only writer of balances.
@@ -225,8 +248,16 @@ class TopUpRequested(Event, kw_only=True, frozen=True):
 def top_up_signed_fields(event: TopUpRequested) -> bytes:
     """The bytes a top-up's signature covers: every field but the signature, in a fixed order,
     as a JSON array (unambiguous whatever the note contains)."""
-    return _encoder.encode([event.event_id, event.account_id, event.amount, event.requested_at,
-                            event.note, event.operator])
+    return _encoder.encode(
+        [
+            event.event_id,
+            event.account_id,
+            event.amount,
+            event.requested_at,
+            event.note,
+            event.operator,
+        ]
+    )
 
 
 def top_up_signature(event: TopUpRequested, key: bytes) -> str:
@@ -245,6 +276,7 @@ def top_up_signature_valid(event: TopUpRequested, key: bytes) -> bool:
 
 # --- billing.low-balance-alerted.v1 ---------------------------------------------------------
 
+
 class LowBalanceAlerted(Event, kw_only=True, frozen=True):
     account_id: str
     available: int
@@ -253,6 +285,7 @@ class LowBalanceAlerted(Event, kw_only=True, frozen=True):
 
 
 # --- billing.balance-topped-up.v1 ----------------------------------------------------------
+
 
 class BalanceToppedUp(Event, kw_only=True, frozen=True):
     """Billing applied a top-up: `available` is the balance right after it."""
@@ -266,6 +299,7 @@ class BalanceToppedUp(Event, kw_only=True, frozen=True):
 
 
 # --- notify.requests.v1 ---------------------------------------------------------------------
+
 
 class NotifyRequested(Event, kw_only=True, frozen=True):
     """A client asked (through ingest's API) for a test event or a replay to one endpoint.
@@ -281,6 +315,7 @@ class NotifyRequested(Event, kw_only=True, frozen=True):
 
 
 # --- suppressions.change-requested.v1 ------------------------------------------------------
+
 
 class SuppressionChangeRequested(Event, kw_only=True, frozen=True):
     """A client (ingest's API) or an operator (`hala suppressions`) suppressed a contact of one
@@ -326,6 +361,7 @@ class AccountHoldChanged(Event, kw_only=True, frozen=True):
 
 
 # --- accounts.release-requested.v1 --------------------------------------------------------
+
 
 class AccountReleaseRequested(Event, kw_only=True, frozen=True):
     """An operator released an account's hold (`hala accounts release`); guard, the only writer
@@ -381,8 +417,9 @@ class Topic(Generic[S]):
     def __post_init__(self) -> None:
         object.__setattr__(self, "_decoder", msgspec.json.Decoder(self.schema))
         if self.compacted == (self.retention_ms is not None):
-            raise ValueError(f"{self.name}: a compacted topic has no retention.ms, every "
-                             "other topic has one")
+            raise ValueError(
+                f"{self.name}: a compacted topic has no retention.ms, every other topic has one"
+            )
 
     @property
     def dlq(self) -> str:
@@ -413,8 +450,9 @@ class Topic(Generic[S]):
         try:
             return self._decoder.decode(raw or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise PermanentError(f"not a {self.schema.__name__} event: {exc}",
-                                 code="malformed_event") from exc
+            raise PermanentError(
+                f"not a {self.schema.__name__} event: {exc}", code="malformed_event"
+            ) from exc
 
     def encode(self, event: S) -> tuple[bytes, bytes]:
         """(key, value) bytes for the producer."""
@@ -433,8 +471,11 @@ _SEND_REQUESTED_EXAMPLE: dict[str, Any] = {
     "recipient": "+447911123456",
     "recipient_region": "GB",
     "message_type": "template",
-    "content": {"name": "order_confirmation", "language": {"code": "en_US"},
-                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]},
+    "content": {
+        "name": "order_confirmation",
+        "language": {"code": "en_US"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+    },
     "category": "utility",
     "accepted_at": 1764000000000,
     "expires_at": 1764086400000,
@@ -449,24 +490,58 @@ _SERVICE_CONTENTS: tuple[tuple[str, Any], ...] = (
     ("image", {"link": "https://example.com/p.jpg", "caption": "Your order"}),
     ("video", {"id": "1166846181421424", "caption": "How to assemble it"}),
     ("audio", {"id": "1013859600285441", "voice": True}),
-    ("document", {"link": "https://example.com/invoice.pdf", "filename": "invoice.pdf",
-                  "caption": "Invoice A-1234"}),
+    (
+        "document",
+        {
+            "link": "https://example.com/invoice.pdf",
+            "filename": "invoice.pdf",
+            "caption": "Invoice A-1234",
+        },
+    ),
     ("sticker", {"id": "798882015472548"}),
-    ("location", {"latitude": "37.44216", "longitude": "-122.16153", "name": "Philz Coffee",
-                  "address": "101 Forest Ave, Palo Alto, CA 94301"}),
-    ("contacts", [{"name": {"formatted_name": "Barbara J. Johnson", "first_name": "Barbara"},
-                   "phones": [{"phone": "+19175559999", "type": "Mobile",
-                               "wa_id": "19175559999"}]}]),
-    ("interactive", {"type": "button", "body": {"text": "Change your appointment?"},
-                     "action": {"buttons": [{"type": "reply",
-                                             "reply": {"id": "change", "title": "Change"}}]}}),
+    (
+        "location",
+        {
+            "latitude": "37.44216",
+            "longitude": "-122.16153",
+            "name": "Philz Coffee",
+            "address": "101 Forest Ave, Palo Alto, CA 94301",
+        },
+    ),
+    (
+        "contacts",
+        [
+            {
+                "name": {"formatted_name": "Barbara J. Johnson", "first_name": "Barbara"},
+                "phones": [{"phone": "+19175559999", "type": "Mobile", "wa_id": "19175559999"}],
+            }
+        ],
+    ),
+    (
+        "interactive",
+        {
+            "type": "button",
+            "body": {"text": "Change your appointment?"},
+            "action": {
+                "buttons": [{"type": "reply", "reply": {"id": "change", "title": "Change"}}]
+            },
+        },
+    ),
     ("reaction", {"message_id": _WAMID_IN, "emoji": "\U0001f44d"}),
 )
 _SERVICE_EXAMPLES = tuple(
-    {**_SEND_REQUESTED_EXAMPLE, "event_id": f"msg_{i}", "message_id": f"msg_{i}",
-     "message_type": kind, "content": content, "category": "service", "client_reference": None,
-     **({"reply_to": _WAMID_IN, "callback_data": "crm-7"} if kind == "text" else {})}
-    for i, (kind, content) in enumerate(_SERVICE_CONTENTS, start=2))
+    {
+        **_SEND_REQUESTED_EXAMPLE,
+        "event_id": f"msg_{i}",
+        "message_id": f"msg_{i}",
+        "message_type": kind,
+        "content": content,
+        "category": "service",
+        "client_reference": None,
+        **({"reply_to": _WAMID_IN, "callback_data": "crm-7"} if kind == "text" else {}),
+    }
+    for i, (kind, content) in enumerate(_SERVICE_CONTENTS, start=2)
+)
 
 SEND_REQUESTED: Topic[SendRequested] = Topic(
     name="messages.send-requested.v1",
@@ -487,8 +562,9 @@ SEND_APPROVED: Topic[SendApproved] = Topic(
     key=lambda e: e.phone_number_id,  # pacing is per business phone number
     producers=("billing",),
     consumers=("sender",),
-    examples=({**_SEND_REQUESTED_EXAMPLE, "reserved_amount": 24200,
-               "rate_card_version": "2026-10-01"},),
+    examples=(
+        {**_SEND_REQUESTED_EXAMPLE, "reserved_amount": 24200, "rate_card_version": "2026-10-01"},
+    ),
     retention_ms=RAW_CONTENT_RETENTION_MS,  # the same content
 )
 
@@ -499,22 +575,55 @@ STATUS_CHANGED: Topic[StatusChanged] = Topic(
     producers=("billing", "sender", "status"),
     consumers=("billing", "status", "notify", "guard"),  # guard: failure rate, 131048
     examples=(
-        {"event_id": "msg_01HZY3V9J6Q8W4T2:sent:sender", "message_id": "msg_01HZY3V9J6Q8W4T2",
-         "account_id": "acc_demo", "status": "sent", "occurred_at": 1764000000500,
-         "source": "sender", "phone_number_id": "106540352242922",
-         "wamid": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQUFERjg0NDEzNDdFODU3MUMxMAA="},
-        {"event_id": "wamid.HBgL:delivered", "message_id": "msg_01HZY3V9J6Q8W4T2",
-         "account_id": "acc_demo", "status": "delivered", "occurred_at": 1764000003000,
-         "source": "webhook", "recipient_region": "GB", "wamid": "wamid.HBgL",
-         "pricing": {"billable": True, "pricing_model": "PMP", "type": "regular",
-                     "category": "utility"}},
-        {"event_id": "wamid.CCC:failed", "message_id": "msg_3", "account_id": "acc_demo",
-         "status": "failed", "occurred_at": 1764000004000, "source": "webhook",
-         "wamid": "wamid.CCC", "error": {"code": 131047, "title": "Re-engagement message",
-                                         "details": "More than 24 hours have passed"}},
-        {"event_id": "msg_4:rejected", "message_id": "msg_4", "account_id": "acc_demo",
-         "status": "rejected", "occurred_at": 1764000000100, "source": "billing",
-         "reason": "insufficient_credit"},
+        {
+            "event_id": "msg_01HZY3V9J6Q8W4T2:sent:sender",
+            "message_id": "msg_01HZY3V9J6Q8W4T2",
+            "account_id": "acc_demo",
+            "status": "sent",
+            "occurred_at": 1764000000500,
+            "source": "sender",
+            "phone_number_id": "106540352242922",
+            "wamid": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQUFERjg0NDEzNDdFODU3MUMxMAA=",
+        },
+        {
+            "event_id": "wamid.HBgL:delivered",
+            "message_id": "msg_01HZY3V9J6Q8W4T2",
+            "account_id": "acc_demo",
+            "status": "delivered",
+            "occurred_at": 1764000003000,
+            "source": "webhook",
+            "recipient_region": "GB",
+            "wamid": "wamid.HBgL",
+            "pricing": {
+                "billable": True,
+                "pricing_model": "PMP",
+                "type": "regular",
+                "category": "utility",
+            },
+        },
+        {
+            "event_id": "wamid.CCC:failed",
+            "message_id": "msg_3",
+            "account_id": "acc_demo",
+            "status": "failed",
+            "occurred_at": 1764000004000,
+            "source": "webhook",
+            "wamid": "wamid.CCC",
+            "error": {
+                "code": 131047,
+                "title": "Re-engagement message",
+                "details": "More than 24 hours have passed",
+            },
+        },
+        {
+            "event_id": "msg_4:rejected",
+            "message_id": "msg_4",
+            "account_id": "acc_demo",
+            "status": "rejected",
+            "occurred_at": 1764000000100,
+            "source": "billing",
+            "reason": "insufficient_credit",
+        },
     ),
 )
 
@@ -525,17 +634,46 @@ WEBHOOK_RECEIVED: Topic[WebhookReceived] = Topic(
     key=lambda e: e.event_id.split(":", 1)[0],
     producers=("status",),
     consumers=("status", "notify"),  # notify forwards Meta's payloads to `meta` endpoints
-    examples=({"event_id": "102290129340398:7f3a9c", "received_at": 1764000003000,
-               "payload": {"object": "whatsapp_business_account", "entry": [{
-                   "id": "102290129340398", "changes": [{"field": "messages", "value": {
-                       "messaging_product": "whatsapp",
-                       "metadata": {"display_phone_number": "15550783881",
-                                    "phone_number_id": "106540352242922"},
-                       "statuses": [{"id": "wamid.HBgL", "status": "delivered",
-                                     "timestamp": "1764000003", "recipient_id": "447911123456",
-                                     "pricing": {"billable": True, "pricing_model": "PMP",
-                                                 "type": "regular",
-                                                 "category": "utility"}}]}}]}]}},),
+    examples=(
+        {
+            "event_id": "102290129340398:7f3a9c",
+            "received_at": 1764000003000,
+            "payload": {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {
+                        "id": "102290129340398",
+                        "changes": [
+                            {
+                                "field": "messages",
+                                "value": {
+                                    "messaging_product": "whatsapp",
+                                    "metadata": {
+                                        "display_phone_number": "15550783881",
+                                        "phone_number_id": "106540352242922",
+                                    },
+                                    "statuses": [
+                                        {
+                                            "id": "wamid.HBgL",
+                                            "status": "delivered",
+                                            "timestamp": "1764000003",
+                                            "recipient_id": "447911123456",
+                                            "pricing": {
+                                                "billable": True,
+                                                "pricing_model": "PMP",
+                                                "type": "regular",
+                                                "category": "utility",
+                                            },
+                                        }
+                                    ],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    ),
     retention_ms=RAW_CONTENT_RETENTION_MS,  # what users wrote, as Meta sent it
     max_message_bytes=WEBHOOK_MAX_MESSAGE_BYTES,
 )
@@ -548,27 +686,58 @@ INBOUND_RECEIVED: Topic[InboundReceived] = Topic(
     # Meta counts inbound messages against the number's throughput; notify: message.received
     consumers=("sender", "notify"),
     examples=(
-        {"event_id": "wamid.IN1", "phone_number_id": "106540352242922",
-         "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN1",
-         "message_type": "text", "sent_at": 1764000000000,
-         "content": {"body": "Does it come in another color?"}},
-        {"event_id": "wamid.IN2", "phone_number_id": "106540352242922",
-         "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN2",
-         "message_type": "image", "sent_at": 1764000005000,
-         "content": {"caption": "this one", "mime_type": "image/jpeg",
-                     "sha256": "SfInY0gG...=", "id": "1003383421387256"},
-         "account_id": "acc_demo", "contact_name": "Sheena Nelson",
-         "user_id": "US.13491208655302741918", "context_wamid": "wamid.OUT1",
-         "media_id": "1003383421387256",
-         "referral": {"source_type": "ad", "source_id": "120226305854810726",
-                      "source_url": "https://fb.me/3cr4Wqqkv", "ctwa_clid": "Aff-n8ZT"},
-         "opens_window": True, "window_expires_at": 1764086405000,
-         "received_at": 1764000005300},
-        {"event_id": "wamid.IN3", "phone_number_id": "106540352242922",
-         "waba_id": "102290129340398", "sender": "16505551234", "wamid": "wamid.IN3",
-         "message_type": "reaction", "sent_at": 1764000009000,
-         "content": {"message_id": "wamid.OUT1", "emoji": "\U0001f44d"},
-         "account_id": "acc_demo", "context_wamid": "wamid.OUT1", "opens_window": False},
+        {
+            "event_id": "wamid.IN1",
+            "phone_number_id": "106540352242922",
+            "waba_id": "102290129340398",
+            "sender": "16505551234",
+            "wamid": "wamid.IN1",
+            "message_type": "text",
+            "sent_at": 1764000000000,
+            "content": {"body": "Does it come in another color?"},
+        },
+        {
+            "event_id": "wamid.IN2",
+            "phone_number_id": "106540352242922",
+            "waba_id": "102290129340398",
+            "sender": "16505551234",
+            "wamid": "wamid.IN2",
+            "message_type": "image",
+            "sent_at": 1764000005000,
+            "content": {
+                "caption": "this one",
+                "mime_type": "image/jpeg",
+                "sha256": "SfInY0gG...=",
+                "id": "1003383421387256",
+            },
+            "account_id": "acc_demo",
+            "contact_name": "Sheena Nelson",
+            "user_id": "US.13491208655302741918",
+            "context_wamid": "wamid.OUT1",
+            "media_id": "1003383421387256",
+            "referral": {
+                "source_type": "ad",
+                "source_id": "120226305854810726",
+                "source_url": "https://fb.me/3cr4Wqqkv",
+                "ctwa_clid": "Aff-n8ZT",
+            },
+            "opens_window": True,
+            "window_expires_at": 1764086405000,
+            "received_at": 1764000005300,
+        },
+        {
+            "event_id": "wamid.IN3",
+            "phone_number_id": "106540352242922",
+            "waba_id": "102290129340398",
+            "sender": "16505551234",
+            "wamid": "wamid.IN3",
+            "message_type": "reaction",
+            "sent_at": 1764000009000,
+            "content": {"message_id": "wamid.OUT1", "emoji": "\U0001f44d"},
+            "account_id": "acc_demo",
+            "context_wamid": "wamid.OUT1",
+            "opens_window": False,
+        },
     ),
     retention_ms=RAW_CONTENT_RETENTION_MS,  # what a user wrote
 )
@@ -579,10 +748,19 @@ TEMPLATE_STATUS_CHANGED: Topic[TemplateStatusChanged] = Topic(
     key=lambda e: e.waba_id,
     producers=("status",),
     consumers=("notify",),
-    examples=({"event_id": "1689556908129832:APPROVED:1751247548", "waba_id": "102290129340398",
-               "template_id": "1689556908129832", "name": "order_confirmation",
-               "language": "en_US", "status": "APPROVED", "reason": "NONE",
-               "category": "UTILITY", "occurred_at": 1751247548000},),
+    examples=(
+        {
+            "event_id": "1689556908129832:APPROVED:1751247548",
+            "waba_id": "102290129340398",
+            "template_id": "1689556908129832",
+            "name": "order_confirmation",
+            "language": "en_US",
+            "status": "APPROVED",
+            "reason": "NONE",
+            "category": "UTILITY",
+            "occurred_at": 1751247548000,
+        },
+    ),
 )
 
 THROUGHPUT_CHANGED: Topic[ThroughputChanged] = Topic(
@@ -592,15 +770,23 @@ THROUGHPUT_CHANGED: Topic[ThroughputChanged] = Topic(
     producers=("status",),
     consumers=("sender",),
     examples=(
-        {"event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
-         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
-         "messages_per_second": 1000, "messaging_limit": "TIER_UNLIMITED",
-         "occurred_at": 1748454394000},
+        {
+            "event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
+            "phone_number_id": "106540352242922",
+            "waba_id": "102290129340398",
+            "messages_per_second": 1000,
+            "messaging_limit": "TIER_UNLIMITED",
+            "occurred_at": 1748454394000,
+        },
         # A tier change keeps the number's current throughput.
-        {"event_id": "106540352242922:FLAGGED:1748455000",
-         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
-         "messages_per_second": 80, "messaging_limit": "TIER_10K",
-         "occurred_at": 1748455000000},
+        {
+            "event_id": "106540352242922:FLAGGED:1748455000",
+            "phone_number_id": "106540352242922",
+            "waba_id": "102290129340398",
+            "messages_per_second": 80,
+            "messaging_limit": "TIER_10K",
+            "occurred_at": 1748455000000,
+        },
     ),
     compacted=True,  # only the latest level per number matters
     retention_ms=None,
@@ -613,14 +799,24 @@ NUMBER_QUALITY_CHANGED: Topic[NumberQualityChanged] = Topic(
     producers=("status",),
     consumers=("notify", "guard"),  # guard: a number flagged (quality RED) holds the account
     examples=(
-        {"event_id": "106540352242922:FLAGGED:1748455000",
-         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
-         "account_id": "acc_demo", "display_phone_number": "15550783881", "event": "FLAGGED",
-         "messaging_limit": "TIER_10K", "occurred_at": 1748455000000},
-        {"event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
-         "phone_number_id": "106540352242922", "waba_id": "102290129340398",
-         "event": "THROUGHPUT_UPGRADE", "messages_per_second": 1000,
-         "occurred_at": 1748454394000},
+        {
+            "event_id": "106540352242922:FLAGGED:1748455000",
+            "phone_number_id": "106540352242922",
+            "waba_id": "102290129340398",
+            "account_id": "acc_demo",
+            "display_phone_number": "15550783881",
+            "event": "FLAGGED",
+            "messaging_limit": "TIER_10K",
+            "occurred_at": 1748455000000,
+        },
+        {
+            "event_id": "106540352242922:THROUGHPUT_UPGRADE:1748454394",
+            "phone_number_id": "106540352242922",
+            "waba_id": "102290129340398",
+            "event": "THROUGHPUT_UPGRADE",
+            "messages_per_second": 1000,
+            "occurred_at": 1748454394000,
+        },
     ),
 )
 
@@ -632,12 +828,22 @@ WABA_STATUS_CHANGED: Topic[WabaStatusChanged] = Topic(
     # a held WABA's numbers send nothing until it is released; notify: account.updated
     consumers=("sender", "notify"),
     examples=(
-        {"event_id": "102290129340398:DISABLED_UPDATE:1743451903",
-         "waba_id": "102290129340398", "held": True, "reasons": ["banned"],
-         "event": "DISABLED_UPDATE", "occurred_at": 1743451903000},
-        {"event_id": "102290129340398:DISABLED_UPDATE:1743538303",
-         "waba_id": "102290129340398", "held": False, "reasons": [],
-         "event": "DISABLED_UPDATE", "occurred_at": 1743538303000},
+        {
+            "event_id": "102290129340398:DISABLED_UPDATE:1743451903",
+            "waba_id": "102290129340398",
+            "held": True,
+            "reasons": ["banned"],
+            "event": "DISABLED_UPDATE",
+            "occurred_at": 1743451903000,
+        },
+        {
+            "event_id": "102290129340398:DISABLED_UPDATE:1743538303",
+            "waba_id": "102290129340398",
+            "held": False,
+            "reasons": [],
+            "event": "DISABLED_UPDATE",
+            "occurred_at": 1743538303000,
+        },
     ),
     compacted=True,  # the latest state per WABA is all a follower needs
     retention_ms=None,
@@ -649,11 +855,18 @@ TOPUP_REQUESTED: Topic[TopUpRequested] = Topic(
     key=lambda e: e.account_id,
     producers=("admin",),
     consumers=("billing",),
-    examples=({"event_id": "topup_01HZY", "account_id": "acc_demo", "amount": 50_000_000,
-               "requested_at": 1764000000000, "note": "initial credit",
-               "operator": "ana@ops-1",
-               # under the development key (shared.settings.DEVELOPMENT_TOPUP_SIGNING_KEY)
-               "signature": "b7a889b6868d1064696d393d252a7597b1f16635254ef2ea7bc873ebdb367107"},),
+    examples=(
+        {
+            "event_id": "topup_01HZY",
+            "account_id": "acc_demo",
+            "amount": 50_000_000,
+            "requested_at": 1764000000000,
+            "note": "initial credit",
+            "operator": "ana@ops-1",
+            # under the development key (shared.settings.DEVELOPMENT_TOPUP_SIGNING_KEY)
+            "signature": "b7a889b6868d1064696d393d252a7597b1f16635254ef2ea7bc873ebdb367107",
+        },
+    ),
     retention_ms=MONEY_RETENTION_MS,
 )
 
@@ -663,8 +876,15 @@ LOW_BALANCE_ALERTED: Topic[LowBalanceAlerted] = Topic(
     key=lambda e: e.account_id,
     producers=("billing",),
     consumers=("notify",),
-    examples=({"event_id": "acc_demo:low:3", "account_id": "acc_demo", "available": 90_000,
-               "threshold": 1_000_000, "occurred_at": 1764000000000},),
+    examples=(
+        {
+            "event_id": "acc_demo:low:3",
+            "account_id": "acc_demo",
+            "available": 90_000,
+            "threshold": 1_000_000,
+            "occurred_at": 1764000000000,
+        },
+    ),
 )
 
 BALANCE_TOPPED_UP: Topic[BalanceToppedUp] = Topic(
@@ -673,9 +893,17 @@ BALANCE_TOPPED_UP: Topic[BalanceToppedUp] = Topic(
     key=lambda e: e.account_id,
     producers=("billing",),
     consumers=("notify",),
-    examples=({"event_id": "topup_01HZY:applied", "account_id": "acc_demo",
-               "amount": 50_000_000, "available": 50_090_000, "currency": "USD",
-               "note": "initial credit", "occurred_at": 1764000000000},),
+    examples=(
+        {
+            "event_id": "topup_01HZY:applied",
+            "account_id": "acc_demo",
+            "amount": 50_000_000,
+            "available": 50_090_000,
+            "currency": "USD",
+            "note": "initial credit",
+            "occurred_at": 1764000000000,
+        },
+    ),
 )
 
 NOTIFY_REQUESTED: Topic[NotifyRequested] = Topic(
@@ -685,11 +913,22 @@ NOTIFY_REQUESTED: Topic[NotifyRequested] = Topic(
     producers=("ingest", "admin"),  # the client API and `hala webhooks test|replay`
     consumers=("notify",),
     examples=(
-        {"event_id": "nreq_01HZY", "account_id": "acc_demo", "endpoint_id": "we_01HZY",
-         "kind": "test", "requested_at": 1764000000000},
-        {"event_id": "nreq_01HZZ", "account_id": "acc_demo", "endpoint_id": "we_01HZY",
-         "kind": "replay", "since": 1763990000000, "until": 1764000000000,
-         "requested_at": 1764000000000},
+        {
+            "event_id": "nreq_01HZY",
+            "account_id": "acc_demo",
+            "endpoint_id": "we_01HZY",
+            "kind": "test",
+            "requested_at": 1764000000000,
+        },
+        {
+            "event_id": "nreq_01HZZ",
+            "account_id": "acc_demo",
+            "endpoint_id": "we_01HZY",
+            "kind": "replay",
+            "since": 1763990000000,
+            "until": 1764000000000,
+            "requested_at": 1764000000000,
+        },
     ),
     retention_ms=RAW_CONTENT_RETENTION_MS,  # a client's request, acted on at once
 )
@@ -703,12 +942,28 @@ SUPPRESSION_CHANGE_REQUESTED: Topic[SuppressionChangeRequested] = Topic(
     producers=("ingest", "admin"),
     consumers=("status",),
     examples=(
-        {"event_id": "supr_01HZY", "account_id": "acc_demo", "waba_id": "102290129340398",
-         "phone_number_id": "106540352242922", "wa_id": "447911123456", "suppressed": True,
-         "source": "api", "note": "asked by phone", "requested_at": 1764000000000},
-        {"event_id": "supr_01HZZ", "account_id": "acc_demo", "waba_id": "102290129340398",
-         "phone_number_id": "106540352242922", "wa_id": "447911123456", "suppressed": False,
-         "source": "operator", "operator": "ana@ops-1", "requested_at": 1764000100000},
+        {
+            "event_id": "supr_01HZY",
+            "account_id": "acc_demo",
+            "waba_id": "102290129340398",
+            "phone_number_id": "106540352242922",
+            "wa_id": "447911123456",
+            "suppressed": True,
+            "source": "api",
+            "note": "asked by phone",
+            "requested_at": 1764000000000,
+        },
+        {
+            "event_id": "supr_01HZZ",
+            "account_id": "acc_demo",
+            "waba_id": "102290129340398",
+            "phone_number_id": "106540352242922",
+            "wa_id": "447911123456",
+            "suppressed": False,
+            "source": "operator",
+            "operator": "ana@ops-1",
+            "requested_at": 1764000100000,
+        },
     ),
     retention_ms=RAW_CONTENT_RETENTION_MS,  # a contact's number
 )
@@ -721,16 +976,34 @@ ACCOUNT_HOLD_CHANGED: Topic[AccountHoldChanged] = Topic(
     # the sender follows it from the beginning (it is compacted); notify: account.hold_changed
     consumers=("notify", "sender"),
     examples=(
-        {"event_id": "hold_acc_demo_failure_rate_1764000000000", "account_id": "acc_demo",
-         "held": True, "rules": ["failure_rate"], "change": "held", "rule": "failure_rate",
-         "reason": "62% of the 80 messages finished in the last 15 minutes failed "
-                   "(threshold 50%)",
-         "observed": {"failed": 50, "finished": 80, "rate": 0.625, "threshold": 0.5,
-                      "window_seconds": 900},
-         "occurred_at": 1764000000000},
-        {"event_id": "rel_01HZY", "account_id": "acc_demo", "held": False, "rules": [],
-         "change": "released", "reason": "customer confirmed the list is opt-in",
-         "operator": "ana@ops-1", "occurred_at": 1764000600000},
+        {
+            "event_id": "hold_acc_demo_failure_rate_1764000000000",
+            "account_id": "acc_demo",
+            "held": True,
+            "rules": ["failure_rate"],
+            "change": "held",
+            "rule": "failure_rate",
+            "reason": "62% of the 80 messages finished in the last 15 minutes failed "
+            "(threshold 50%)",
+            "observed": {
+                "failed": 50,
+                "finished": 80,
+                "rate": 0.625,
+                "threshold": 0.5,
+                "window_seconds": 900,
+            },
+            "occurred_at": 1764000000000,
+        },
+        {
+            "event_id": "rel_01HZY",
+            "account_id": "acc_demo",
+            "held": False,
+            "rules": [],
+            "change": "released",
+            "reason": "customer confirmed the list is opt-in",
+            "operator": "ana@ops-1",
+            "occurred_at": 1764000600000,
+        },
     ),
     compacted=True,  # the latest state per account is all a follower needs
     retention_ms=None,
@@ -742,17 +1015,35 @@ ACCOUNT_RELEASE_REQUESTED: Topic[AccountReleaseRequested] = Topic(
     key=lambda e: e.account_id,  # with the account's sends and statuses, in guard
     producers=("admin",),
     consumers=("guard",),
-    examples=({"event_id": "rel_01HZY", "account_id": "acc_demo",
-               "reason": "customer confirmed the list is opt-in", "operator": "ana@ops-1",
-               "requested_at": 1764000600000},),
+    examples=(
+        {
+            "event_id": "rel_01HZY",
+            "account_id": "acc_demo",
+            "reason": "customer confirmed the list is opt-in",
+            "operator": "ana@ops-1",
+            "requested_at": 1764000600000,
+        },
+    ),
     retention_ms=MONEY_RETENTION_MS,  # an operator's decision, kept like a top-up
 )
 
 ALL_TOPICS: tuple[Topic[Any], ...] = (
-    SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED, WEBHOOK_RECEIVED, INBOUND_RECEIVED,
-    TEMPLATE_STATUS_CHANGED, THROUGHPUT_CHANGED, NUMBER_QUALITY_CHANGED, WABA_STATUS_CHANGED,
-    TOPUP_REQUESTED, LOW_BALANCE_ALERTED, BALANCE_TOPPED_UP, NOTIFY_REQUESTED,
-    SUPPRESSION_CHANGE_REQUESTED, ACCOUNT_HOLD_CHANGED, ACCOUNT_RELEASE_REQUESTED,
+    SEND_REQUESTED,
+    SEND_APPROVED,
+    STATUS_CHANGED,
+    WEBHOOK_RECEIVED,
+    INBOUND_RECEIVED,
+    TEMPLATE_STATUS_CHANGED,
+    THROUGHPUT_CHANGED,
+    NUMBER_QUALITY_CHANGED,
+    WABA_STATUS_CHANGED,
+    TOPUP_REQUESTED,
+    LOW_BALANCE_ALERTED,
+    BALANCE_TOPPED_UP,
+    NOTIFY_REQUESTED,
+    SUPPRESSION_CHANGE_REQUESTED,
+    ACCOUNT_HOLD_CHANGED,
+    ACCOUNT_RELEASE_REQUESTED,
 )
 
 

@@ -26,8 +26,17 @@ DEAD_LETTERS = Counter(  # reason: one of DEAD_LETTER_REASONS
     "or unexpected (its handling kept raising something else: a bug, a shape nobody foresaw).",
     ["service", "reason"],
 )
-__all__ = ["CONSUMER_LAG", "DEAD_LETTERS", "DEAD_LETTER_REASONS", "DEPENDENCY_UP", "HTTP_DURATION",
-           "HTTP_REQUESTS", "MONGODB_COMMANDS", "MONGODB_COMMAND_NAMES", "RECORDS_HANDLED"]
+__all__ = [
+    "CONSUMER_LAG",
+    "DEAD_LETTERS",
+    "DEAD_LETTER_REASONS",
+    "DEPENDENCY_UP",
+    "HTTP_DURATION",
+    "HTTP_REQUESTS",
+    "MONGODB_COMMANDS",
+    "MONGODB_COMMAND_NAMES",
+    "RECORDS_HANDLED",
+]
 HTTP_REQUESTS = Counter(
     "hala_http_requests_total",
     "HTTP requests served, by route template and status class.",
@@ -47,9 +56,24 @@ DEPENDENCY_UP = Gauge(
 
 # The commands the services send, and `other` for any name outside this closed set.
 MONGODB_COMMAND_NAMES = (
-    "insert", "update", "delete", "find", "getMore", "findAndModify", "aggregate", "count",
-    "distinct", "createIndexes", "listIndexes", "listCollections", "killCursors", "ping",
-    "endSessions", "drop", "dropDatabase", "other",
+    "insert",
+    "update",
+    "delete",
+    "find",
+    "getMore",
+    "findAndModify",
+    "aggregate",
+    "count",
+    "distinct",
+    "createIndexes",
+    "listIndexes",
+    "listCollections",
+    "killCursors",
+    "ping",
+    "endSessions",
+    "drop",
+    "dropDatabase",
+    "other",
 )
 MONGODB_COMMANDS = Counter(  # command: one of MONGODB_COMMAND_NAMES
     "hala_mongodb_commands_total",

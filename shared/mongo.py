@@ -49,8 +49,9 @@ class CommandCounter(CommandListener):
     trip's few hundred."""
 
     def __init__(self) -> None:
-        self._counters = {name: MONGODB_COMMANDS.labels(command=name)
-                          for name in MONGODB_COMMAND_NAMES}
+        self._counters = {
+            name: MONGODB_COMMANDS.labels(command=name) for name in MONGODB_COMMAND_NAMES
+        }
         self._other = self._counters["other"]
 
     def started(self, event: CommandStartedEvent) -> None:
@@ -63,8 +64,9 @@ class CommandCounter(CommandListener):
         pass
 
 
-def make_client(url: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
-                **overrides: Any) -> AsyncMongoClient[dict[str, Any]]:
+def make_client(
+    url: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS, **overrides: Any
+) -> AsyncMongoClient[dict[str, Any]]:
     """A client with the project's deadlines, counting its commands (`CommandCounter`)."""
     if timeout_ms <= 0:
         raise ValueError("a MongoDB operation timeout must be positive")
@@ -90,8 +92,9 @@ async def mongo_ready(client: AsyncMongoClient[dict[str, Any]]) -> bool:
 
 def unavailable(exc: PyMongoError) -> DependencyUnavailable:
     """Translate a driver failure that is not about our data into the transient branch."""
-    return DependencyUnavailable(f"database unavailable: {type(exc).__name__}",
-                                 details={"dependency": "mongodb"})
+    return DependencyUnavailable(
+        f"database unavailable: {type(exc).__name__}", details={"dependency": "mongodb"}
+    )
 
 
 class InsertBatcher:
@@ -100,15 +103,20 @@ class InsertBatcher:
     key is a normal answer (False), not an error; any other failure is transient. On FerretDB
     a batch of 100 documents costs about what one single insert does."""
 
-    def __init__(self, collection: AsyncCollection[dict[str, Any]], max_batch: int = 200,
-                 linger_seconds: float = 0.0,
-                 observe_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        max_batch: int = 200,
+        linger_seconds: float = 0.0,
+        observe_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._collection = collection
         self._observe_batch = observe_batch
         # linger: fewer, larger writes (the database server shares the machine's cores) for
         # that much latency.
         self._commit: GroupCommit[dict[str, Any], bool] = GroupCommit(
-            self._write_batch, max_batch=max_batch, linger_seconds=linger_seconds)
+            self._write_batch, max_batch=max_batch, linger_seconds=linger_seconds
+        )
 
     async def insert(self, doc: dict[str, Any]) -> bool:
         """True when inserted, False when a document with that _id exists."""
@@ -123,8 +131,7 @@ class InsertBatcher:
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 index = int(error["index"])
-                outcomes[index] = (False if error.get("code") == DUPLICATE_KEY
-                                   else unavailable(exc))
+                outcomes[index] = False if error.get("code") == DUPLICATE_KEY else unavailable(exc)
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return outcomes

@@ -35,8 +35,7 @@ Keyword = Literal["stop", "start"]
 # Opt-out ("stop") words per language. Multi-word entries match only as the whole message.
 DEFAULT_OPT_OUT: Mapping[str, tuple[str, ...]] = {
     "en": ("STOP", "STOP ALL", "STOPALL", "UNSUBSCRIBE", "OPT OUT", "OPTOUT", "REVOKE"),
-    "es": ("BAJA", "DARSE DE BAJA", "DARME DE BAJA", "PARAR", "DETENER",
-           "CANCELAR SUSCRIPCIÓN"),
+    "es": ("BAJA", "DARSE DE BAJA", "DARME DE BAJA", "PARAR", "DETENER", "CANCELAR SUSCRIPCIÓN"),
     "pt": ("SAIR", "PARAR", "DESCADASTRAR", "CANCELAR INSCRIÇÃO"),
     "fr": ("ARRÊT", "ARRETER", "DÉSABONNER", "DÉSINSCRIRE", "DÉSINSCRIPTION"),
     "ar": ("إلغاء", "إلغاء الاشتراك", "إيقاف", "توقف", "أوقف"),
@@ -63,7 +62,8 @@ MAX_KEYWORDS = 100
 
 _ARABIC_DROPPED = frozenset(
     [chr(c) for c in range(0x064B, 0x0660)]  # harakat, shadda, sukun, hamza above/below
-    + ["\u0670", "\u0640"])  # superscript alef; tatweel (a letter to Unicode, not to a reader)
+    + ["\u0670", "\u0640"]
+)  # superscript alef; tatweel (a letter to Unicode, not to a reader)
 _ARABIC_LETTERS = {"\u0649": "\u064a", "\u0629": "\u0647"}  # ى -> ي, ة -> ه
 _LATIN_END = 0x0250  # Basic Latin to Latin Extended-B: the letters whose accents are dropped
 
@@ -111,11 +111,13 @@ class Keywords:
 
     @classmethod
     def of(cls, opt_out: Iterable[str], opt_in: Iterable[str]) -> Keywords:
-        return cls(frozenset(filter(None, map(normalise, opt_out))),
-                   frozenset(filter(None, map(normalise, opt_in))))
+        return cls(
+            frozenset(filter(None, map(normalise, opt_out))),
+            frozenset(filter(None, map(normalise, opt_in))),
+        )
 
     def match(self, text: str) -> Keyword | None:
-        """"stop" or "start" when the whole message is one of the keywords, else None."""
+        """ "stop" or "start" when the whole message is one of the keywords, else None."""
         if not text or len(text) > MAX_MESSAGE_CHARS:
             return None
         normal = normalise(text)
@@ -130,6 +132,7 @@ DEFAULT_KEYWORDS = Keywords.of(DEFAULT_OPT_OUT_WORDS, DEFAULT_OPT_IN_WORDS)
 
 
 # --- an account's configuration (`opt_out_keywords`, shape in shared/collections.py) --------
+
 
 @dataclass(frozen=True)
 class KeywordConfig:
@@ -169,12 +172,16 @@ def checked_list(words: Iterable[str], field: str) -> tuple[str, ...]:
     for word in words:
         trimmed = " ".join(str(word).split())
         if not trimmed or len(trimmed) > MAX_KEYWORD_CHARS:
-            raise KeywordError(f"each keyword has 1 to {MAX_KEYWORD_CHARS} characters",
-                               field, trimmed[:MAX_KEYWORD_CHARS])
+            raise KeywordError(
+                f"each keyword has 1 to {MAX_KEYWORD_CHARS} characters",
+                field,
+                trimmed[:MAX_KEYWORD_CHARS],
+            )
         normal = normalise(trimmed)
         if not normal:
-            raise KeywordError(f"{trimmed!r} has no letter or digit: it could never match",
-                               field, trimmed)
+            raise KeywordError(
+                f"{trimmed!r} has no letter or digit: it could never match", field, trimmed
+            )
         kept.setdefault(normal, trimmed)
     if len(kept) > MAX_KEYWORDS:
         raise KeywordError(f"at most {MAX_KEYWORDS} keywords per list", field)
@@ -187,12 +194,16 @@ def config(opt_out: Iterable[str] | None, opt_in: Iterable[str] | None) -> Keywo
     out = None if opt_out is None else checked_list(opt_out, "opt_out")
     into = None if opt_in is None else checked_list(opt_in, "opt_in")
     made = KeywordConfig(out, into)
-    both = ({normalise(w) for w in made.effective_opt_out}
-            & {normalise(w) for w in made.effective_opt_in})
+    both = {normalise(w) for w in made.effective_opt_out} & {
+        normalise(w) for w in made.effective_opt_in
+    }
     if both:
         word = sorted(both)[0]
-        raise KeywordError(f"{word!r} is both an opt-out and an opt-in keyword",
-                           "opt_in" if into is not None else "opt_out", word)
+        raise KeywordError(
+            f"{word!r} is both an opt-out and an opt-in keyword",
+            "opt_in" if into is not None else "opt_out",
+            word,
+        )
     return made
 
 
@@ -213,14 +224,21 @@ def config_of(doc: Mapping[str, Any] | None) -> KeywordConfig:
 
 def config_doc(account_id: str, made: KeywordConfig, now_ms: int) -> dict[str, Any]:
     """The `opt_out_keywords` document (replaced whole by each change)."""
-    return {"_id": account_id, "account_id": account_id,
-            "opt_out": None if made.opt_out is None else list(made.opt_out),
-            "opt_in": None if made.opt_in is None else list(made.opt_in),
-            "updated_at": now_ms}
+    return {
+        "_id": account_id,
+        "account_id": account_id,
+        "opt_out": None if made.opt_out is None else list(made.opt_out),
+        "opt_in": None if made.opt_in is None else list(made.opt_in),
+        "updated_at": now_ms,
+    }
 
 
 def config_view(made: KeywordConfig) -> dict[str, Any]:
     """What GET /v1/opt-out-keywords and `hala` show: the lists in force and which of them are
     the defaults."""
-    return {"opt_out": list(made.effective_opt_out), "opt_in": list(made.effective_opt_in),
-            "opt_out_default": made.opt_out is None, "opt_in_default": made.opt_in is None}
+    return {
+        "opt_out": list(made.effective_opt_out),
+        "opt_in": list(made.effective_opt_in),
+        "opt_out_default": made.opt_out is None,
+        "opt_in_default": made.opt_in is None,
+    }

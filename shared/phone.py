@@ -14,17 +14,23 @@ def parse_e164(raw: str) -> tuple[str, str]:
     business number's country code, which silently messages the wrong person abroad).
     """
     if not isinstance(raw, str) or not raw.strip().startswith("+"):
-        raise InvalidRequest("`to` must be an international number in E.164 form, e.g. "
-                             "+447700900123", code="invalid_phone_number",
-                             details={"field": "to"})
+        raise InvalidRequest(
+            "`to` must be an international number in E.164 form, e.g. +447700900123",
+            code="invalid_phone_number",
+            details={"field": "to"},
+        )
     try:
         number = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidRequest(f"`to` is not a phone number: {exc}", code="invalid_phone_number",
-                             details={"field": "to"}) from exc
+        raise InvalidRequest(
+            f"`to` is not a phone number: {exc}",
+            code="invalid_phone_number",
+            details={"field": "to"},
+        ) from exc
     if not phonenumbers.is_valid_number(number):
-        raise InvalidRequest("`to` is not a valid phone number", code="invalid_phone_number",
-                             details={"field": "to"})
+        raise InvalidRequest(
+            "`to` is not a valid phone number", code="invalid_phone_number", details={"field": "to"}
+        )
     region = phonenumbers.region_code_for_number(number) or "ZZ"
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), region
 

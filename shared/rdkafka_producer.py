@@ -61,13 +61,24 @@ def _unavailable(error: object) -> DependencyUnavailable:
 
 
 class RdKafkaProducer:
-    def __init__(self, kafka: KafkaConfig, *, linger_ms: float = LINGER_MS,
-                 delivery_timeout_ms: int = 15000, ack_timeout_s: float | None = None,
-                 probe_interval_s: float = PROBE_INTERVAL_S) -> None:
-        if kafka.uses_sasl and kafka.sasl_mechanism.startswith("SCRAM") \
-                and confluent_kafka.libversion()[1] < MIN_SCRAM_LIBVERSION:
-            raise RuntimeError(f"librdkafka {confluent_kafka.libversion()[0]} cannot log in "
-                               "to Kafka 4 with SCRAM: 2.6.1 or later is needed")
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        *,
+        linger_ms: float = LINGER_MS,
+        delivery_timeout_ms: int = 15000,
+        ack_timeout_s: float | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+    ) -> None:
+        if (
+            kafka.uses_sasl
+            and kafka.sasl_mechanism.startswith("SCRAM")
+            and confluent_kafka.libversion()[1] < MIN_SCRAM_LIBVERSION
+        ):
+            raise RuntimeError(
+                f"librdkafka {confluent_kafka.libversion()[0]} cannot log in "
+                "to Kafka 4 with SCRAM: 2.6.1 or later is needed"
+            )
         self._ack_timeout_s = ack_timeout_s
         self._probe_interval_s = probe_interval_s
         self._config: dict[str, Any] = {
@@ -100,8 +111,7 @@ class RdKafkaProducer:
         then refuses records until its probe reaches a broker."""
         self._loop = asyncio.get_running_loop()
         self._producer = confluent_kafka.Producer(self._config)
-        self._poller = threading.Thread(target=self._poll_forever, name="rdkafka-poll",
-                                        daemon=True)
+        self._poller = threading.Thread(target=self._poll_forever, name="rdkafka-poll", daemon=True)
         self._poller.start()
         if not wait:
             self._mark_down("starting")

@@ -33,8 +33,10 @@ class Connections:
     db: AsyncDatabase[dict[str, Any]]
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
-        return {"kafka": lambda: kafka_ready(self.producer),
-                "mongodb": lambda: mongo_ready(self.mongo)}
+        return {
+            "kafka": lambda: kafka_ready(self.producer),
+            "mongodb": lambda: mongo_ready(self.mongo),
+        }
 
 
 async def start_with_retry(producer: AIOKafkaProducer, deadline_s: float = 60.0) -> None:
@@ -54,14 +56,16 @@ async def start_with_retry(producer: AIOKafkaProducer, deadline_s: float = 60.0)
 async def wait_for_own_topics(settings: ServiceSettings, service: str) -> None:
     """Services create no topics (their principals may not): wait until the set-up step made
     the ones this service uses."""
-    await wait_for_topics(settings.kafka, [topic_name(name, settings.topic_prefix)
-                                           for name in topics_of(service)])
+    await wait_for_topics(
+        settings.kafka, [topic_name(name, settings.topic_prefix) for name in topics_of(service)]
+    )
 
 
 @asynccontextmanager
 async def connections(settings: ServiceSettings, service: str) -> AsyncIterator[Connections]:
-    mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms,
-                        **settings.mongo_credentials())
+    mongo = make_client(
+        settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms, **settings.mongo_credentials()
+    )
     await wait_for_own_topics(settings, service)
     producer = make_producer(settings.kafka)
     await start_with_retry(producer)
@@ -112,20 +116,31 @@ async def serve(settings: ServiceSettings, service: str, build: Build) -> None:
     from shared.http import make_ops_app, server_ssl_context, start_site, stop_event_on_signals
 
     stop = stop_event_on_signals()
-    tls = (server_ssl_context(settings.tls_cert_file, settings.tls_key_file)
-           if settings.tls_cert_file else None)
+    tls = (
+        server_ssl_context(settings.tls_cert_file, settings.tls_key_file)
+        if settings.tls_cert_file
+        else None
+    )
     async with connections(settings, service) as conns:
         parts = await build(conns)
         tune_garbage_collector()
-        runners = [await start_site(make_ops_app(service, parts.checks), settings.ops_host,
-                                    settings.ops_port)]
+        runners = [
+            await start_site(
+                make_ops_app(service, parts.checks), settings.ops_host, settings.ops_port
+            )
+        ]
         if parts.client_app is not None:
-            runners.append(await start_site(parts.client_app, settings.http_host,
-                                            settings.http_port, tls))
+            runners.append(
+                await start_site(parts.client_app, settings.http_host, settings.http_port, tls)
+            )
         tasks = [asyncio.create_task(w) for w in parts.workers]
-        log.info("service_started", ops_port=settings.ops_port,
-                 port=settings.http_port if parts.client_app is not None else None,
-                 https=tls is not None, workers=len(tasks))
+        log.info(
+            "service_started",
+            ops_port=settings.ops_port,
+            port=settings.http_port if parts.client_app is not None else None,
+            https=tls is not None,
+            workers=len(tasks),
+        )
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stopper]

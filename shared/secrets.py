@@ -26,9 +26,11 @@ def _fernet_keys(value: SecretStr) -> SecretStr:
         try:
             Fernet(key.encode())
         except ValueError:
-            raise ValueError(f"key {position} of the list is not a Fernet key (32 url-safe "
-                             "base64-encoded bytes; `hala keys generate-encryption-key` "
-                             "makes one)") from None
+            raise ValueError(
+                f"key {position} of the list is not a Fernet key (32 url-safe "
+                "base64-encoded bytes; `hala keys generate-encryption-key` "
+                "makes one)"
+            ) from None
     return value
 
 
@@ -50,8 +52,10 @@ class TokenVault:
         try:
             return self._fernet.decrypt(encrypted.encode()).decode()
         except InvalidToken as exc:
-            raise PermanentError("access token cannot be decrypted with the configured keys",
-                                 code="token_key_mismatch") from exc
+            raise PermanentError(
+                "access token cannot be decrypted with the configured keys",
+                code="token_key_mismatch",
+            ) from exc
 
     def rotate(self, encrypted: str) -> str:
         """Re-encrypt under the newest key."""

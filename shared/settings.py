@@ -49,12 +49,24 @@ DEVELOPMENT_PSEUDONYM_KEY = "dev-account-pseudonym-key"  # erased accounts' ledg
 # Values that must never protect anything outside development, besides each field's own default:
 # the simulator's published secrets, the benchmarks', the development values above, and the
 # placeholders of our examples.
-KNOWN_DEFAULTS = frozenset({
-    "metasim-app-secret-change-me", "metasim-verify-token", "bench-app-secret",
-    "bench-verify-token", "dev-recipient-hash-key-change-me", DEVELOPMENT_TOPUP_SIGNING_KEY,
-    DEVELOPMENT_PSEUDONYM_KEY, "password", "secret", "admin", "changeme", "change-me",
-    "example", "test",
-})
+KNOWN_DEFAULTS = frozenset(
+    {
+        "metasim-app-secret-change-me",
+        "metasim-verify-token",
+        "bench-app-secret",
+        "bench-verify-token",
+        "dev-recipient-hash-key-change-me",
+        DEVELOPMENT_TOPUP_SIGNING_KEY,
+        DEVELOPMENT_PSEUDONYM_KEY,
+        "password",
+        "secret",
+        "admin",
+        "changeme",
+        "change-me",
+        "example",
+        "test",
+    }
+)
 PLACEHOLDER_MARKS = ("change-me", "changeme", "change_me", "replace-me")
 
 
@@ -93,13 +105,15 @@ class SecretFileSource(EnvSettingsSource):
             if path is None:
                 continue
             if self.env_vars.get(env_name) is not None:
-                raise SettingsError(f"both {env_name.upper()} and {env_name.upper()}_FILE are "
-                                    "set: keep one")
+                raise SettingsError(
+                    f"both {env_name.upper()} and {env_name.upper()}_FILE are set: keep one"
+                )
             try:
                 content = Path(path).read_text(encoding="utf-8")
             except OSError as exc:
-                raise SettingsError(f"{env_name.upper()}_FILE: cannot read {path} "
-                                    f"({exc.strerror})") from exc
+                raise SettingsError(
+                    f"{env_name.upper()}_FILE: cannot read {path} ({exc.strerror})"
+                ) from exc
             return content.removesuffix("\n").removesuffix("\r"), field_key, value_is_complex
         return None, field_name, False
 
@@ -116,12 +130,15 @@ class ServiceSettings(BaseSettings):
     environment: str = Field("production", validation_alias="HALA_ENV")
 
     # --- Kafka: address and this process's principal (see shared/kafka.py KafkaConfig) ----
-    kafka_bootstrap_servers: str = Field("localhost:9092",
-                                         validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
     kafka_security_protocol: Literal["SASL_SSL", "SSL", "SASL_PLAINTEXT", "PLAINTEXT"] = Field(
-        "SASL_SSL", validation_alias="KAFKA_SECURITY_PROTOCOL")
+        "SASL_SSL", validation_alias="KAFKA_SECURITY_PROTOCOL"
+    )
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
-        "SCRAM-SHA-512", validation_alias="KAFKA_SASL_MECHANISM")
+        "SCRAM-SHA-512", validation_alias="KAFKA_SASL_MECHANISM"
+    )
     kafka_sasl_username: str = Field("", validation_alias="KAFKA_SASL_USERNAME")
     kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
     # PEM file of the CA that signed the broker's certificate; empty: the system trust store.
@@ -154,13 +171,20 @@ class ServiceSettings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, SecretFileSource(settings_cls), env_settings, dotenv_settings,
-                file_secret_settings)
+        return (
+            init_settings,
+            SecretFileSource(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     @property
     def development(self) -> bool:
@@ -171,7 +195,8 @@ class ServiceSettings(BaseSettings):
         problems = [p for p in (self._tls_problem(),) if p]
         if not self.development:
             problems += [p for p in (self._kafka_problem(),) if p] + unusable_secrets(
-                self, skip=self.deferred_secrets)
+                self, skip=self.deferred_secrets
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -182,22 +207,29 @@ class ServiceSettings(BaseSettings):
         return [p for p in (self._kafka_problem(),) if p]
 
     def _kafka_problem(self) -> str | None:
-        if not self.development and self.kafka_security_protocol in ("PLAINTEXT",
-                                                                      "SASL_PLAINTEXT"):
-            return (f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} sends records in "
-                    "clear: use SASL_SSL (or SSL) outside development")
+        if not self.development and self.kafka_security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+            return (
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} sends records in "
+                "clear: use SASL_SSL (or SSL) outside development"
+            )
         if self.kafka_security_protocol.startswith("SASL_") and not (
-                self.kafka_sasl_username and self.kafka_sasl_password
-                and self.kafka_sasl_password.get_secret_value()):
-            return (f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
-                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE)")
+            self.kafka_sasl_username
+            and self.kafka_sasl_password
+            and self.kafka_sasl_password.get_secret_value()
+        ):
+            return (
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE)"
+            )
         return None
 
     def _tls_problem(self) -> str | None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             cls = type(self)
-            return (f"{setting_name(cls, 'tls_cert_file')} and "
-                    f"{setting_name(cls, 'tls_key_file')} go together")
+            return (
+                f"{setting_name(cls, 'tls_cert_file')} and "
+                f"{setting_name(cls, 'tls_key_file')} go together"
+            )
         return None
 
     @property
@@ -209,7 +241,8 @@ class ServiceSettings(BaseSettings):
             sasl_mechanism=self.kafka_sasl_mechanism,
             username=self.kafka_sasl_username or None,
             password=self.kafka_sasl_password,
-            ca_file=self.kafka_ssl_ca_file or None)
+            ca_file=self.kafka_ssl_ca_file or None,
+        )
 
     def require_secret(self, name: str) -> SecretStr:
         """A deferred secret, checked now by the rule every other secret is checked by at start
@@ -255,8 +288,11 @@ def secret_problem(settings: BaseSettings, name: str) -> str | None:
     default = field.default.get_secret_value() if isinstance(field.default, SecretStr) else None
     if not raw.strip():
         return f"{env} is empty (set it or {env}_FILE)"
-    if (raw == default or raw.strip().lower() in KNOWN_DEFAULTS
-            or any(mark in raw.lower() for mark in PLACEHOLDER_MARKS)):
+    if (
+        raw == default
+        or raw.strip().lower() in KNOWN_DEFAULTS
+        or any(mark in raw.lower() for mark in PLACEHOLDER_MARKS)
+    ):
         return f"{env} is a known default or placeholder: set a secret of your own"
     if len(raw) < MIN_SECRET_LENGTH:
         return f"{env} is shorter than {MIN_SECRET_LENGTH} characters"
@@ -281,8 +317,9 @@ def load_settings(settings_cls: type[S], **values: Any) -> S:
             location = ".".join(str(part) for part in error["loc"])
             message = str(error["msg"]).removeprefix("Value error, ")
             reasons.append(f"{location}: {message}" if location else message)
-        raise SystemExit(f"{settings_cls.__name__}: refusing to start: "
-                         + "; ".join(reasons)) from None
+        raise SystemExit(
+            f"{settings_cls.__name__}: refusing to start: " + "; ".join(reasons)
+        ) from None
     problems = settings.startup_problems() if isinstance(settings, ServiceSettings) else []
     if problems:
         raise SystemExit(f"{settings_cls.__name__}: refusing to start: " + "; ".join(problems))

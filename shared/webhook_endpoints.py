@@ -44,7 +44,8 @@ EVENT_TYPES: tuple[str, ...] = get_args(ClientEventType)
 FORMATS: tuple[str, ...] = get_args(EndpointFormat)
 # Every `<prefix>.*` a client may name: each dotted prefix of a known type.
 EVENT_PREFIXES: frozenset[str] = frozenset(
-    t.rsplit(".", n)[0] for t in EVENT_TYPES for n in range(1, t.count(".") + 1))
+    t.rsplit(".", n)[0] for t in EVENT_TYPES for n in range(1, t.count(".") + 1)
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -54,8 +55,7 @@ _NO_SPACE = re.compile(r"^\S+$")
 class EndpointRuleError(ValueError):
     """A rule an endpoint request breaks: `code` is machine-readable, `field` names the input."""
 
-    def __init__(self, code: str, message: str, field: str | None = None,
-                 **details: Any) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None, **details: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -64,6 +64,7 @@ class EndpointRuleError(ValueError):
 
 
 # --- validation -----------------------------------------------------------------------------
+
 
 def check_url(url: str, *, allow_loopback_http: bool) -> str:
     """The URL, if a client may register it (shared.webhook_urls; loopback http only in
@@ -78,17 +79,23 @@ def check_events(events: Any) -> list[str]:
     """An endpoint's event patterns: known types, `<prefix>.*` of known types, or `*`; at least
     one; duplicates dropped (order kept)."""
     if not isinstance(events, list) or not events:
-        raise EndpointRuleError("invalid_field", "`events` must list at least one event type "
-                                "(e.g. \"message.*\", or \"*\" for every event)", "events")
+        raise EndpointRuleError(
+            "invalid_field",
+            '`events` must list at least one event type (e.g. "message.*", or "*" for every event)',
+            "events",
+        )
     if len(events) > MAX_EVENT_PATTERNS:
-        raise EndpointRuleError("invalid_field",
-                                f"`events` lists at most {MAX_EVENT_PATTERNS} patterns", "events")
+        raise EndpointRuleError(
+            "invalid_field", f"`events` lists at most {MAX_EVENT_PATTERNS} patterns", "events"
+        )
     for i, pattern in enumerate(events):
         if not is_event_pattern(pattern):
             raise EndpointRuleError(
                 "unknown_event_type",
-                f"`{pattern}` is not an event type, `<prefix>.*` or `*`", f"events[{i}]",
-                known=list(EVENT_TYPES))
+                f"`{pattern}` is not an event type, `<prefix>.*` or `*`",
+                f"events[{i}]",
+                known=list(EVENT_TYPES),
+            )
     return list(dict.fromkeys(events))
 
 
@@ -102,8 +109,9 @@ def is_event_pattern(pattern: Any) -> bool:
 
 def check_format(value: Any) -> str:
     if value not in FORMATS:
-        raise EndpointRuleError("invalid_field",
-                                f"`format` is one of {', '.join(FORMATS)}", "format")
+        raise EndpointRuleError(
+            "invalid_field", f"`format` is one of {', '.join(FORMATS)}", "format"
+        )
     return str(value)
 
 
@@ -111,20 +119,26 @@ def check_description(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > MAX_DESCRIPTION_CHARS:
-        raise EndpointRuleError("invalid_field", f"`description` is text of at most "
-                                f"{MAX_DESCRIPTION_CHARS} characters", "description")
+        raise EndpointRuleError(
+            "invalid_field",
+            f"`description` is text of at most {MAX_DESCRIPTION_CHARS} characters",
+            "description",
+        )
     return value.strip()
 
 
 def check_room(active_endpoints: int) -> None:
     """An account keeps at most MAX_ENDPOINTS_PER_ACCOUNT endpoints (deleted ones aside)."""
     if active_endpoints >= MAX_ENDPOINTS_PER_ACCOUNT:
-        raise EndpointRuleError("endpoint_limit_reached",
-                                f"an account has at most {MAX_ENDPOINTS_PER_ACCOUNT} endpoints: "
-                                "delete one first", limit=MAX_ENDPOINTS_PER_ACCOUNT)
+        raise EndpointRuleError(
+            "endpoint_limit_reached",
+            f"an account has at most {MAX_ENDPOINTS_PER_ACCOUNT} endpoints: delete one first",
+            limit=MAX_ENDPOINTS_PER_ACCOUNT,
+        )
 
 
 # --- secrets --------------------------------------------------------------------------------
+
 
 def new_secret(random_bytes: bytes) -> str:
     """`whsec_` + base64 of 32 random bytes (the caller draws them from `secrets`/`os`)."""
@@ -138,7 +152,7 @@ def secret_key(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError("not a whsec_ secret")
     try:
-        return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except binascii.Error as exc:
         raise ValueError("not a whsec_ secret") from exc
 
@@ -153,8 +167,9 @@ def live_secrets(secrets: list[dict[str, Any]], now_ms: int) -> list[dict[str, A
     return [s for s in secrets if s.get("expires_at") is None or s["expires_at"] > now_ms]
 
 
-def rotated(secrets: list[dict[str, Any]], new_entry: dict[str, Any],
-            now_ms: int) -> list[dict[str, Any]]:
+def rotated(
+    secrets: list[dict[str, Any]], new_entry: dict[str, Any], now_ms: int
+) -> list[dict[str, Any]]:
     """The secrets after a rotation: expired ones dropped, the current one(s) expiring
     ROTATION_OVERLAP_MS from now (both sign until then), the new one current."""
     kept = []
@@ -167,31 +182,53 @@ def rotated(secrets: list[dict[str, Any]], new_entry: dict[str, Any],
 
 # --- documents ------------------------------------------------------------------------------
 
-def new_endpoint(*, endpoint_id: str, account_id: str, url: str, events: Any, format: Any,
-                 description: Any, secret: dict[str, Any], now_ms: int,
-                 allow_loopback_http: bool) -> dict[str, Any]:
+
+def new_endpoint(
+    *,
+    endpoint_id: str,
+    account_id: str,
+    url: str,
+    events: Any,
+    format: Any,
+    description: Any,
+    secret: dict[str, Any],
+    now_ms: int,
+    allow_loopback_http: bool,
+) -> dict[str, Any]:
     """A new `webhook_endpoints` document, enabled, with its first secret."""
     return {
-        "_id": endpoint_id, "account_id": account_id,
+        "_id": endpoint_id,
+        "account_id": account_id,
         "url": check_url(url, allow_loopback_http=allow_loopback_http),
-        "events": check_events(events), "format": check_format(format),
-        "description": check_description(description), "enabled": True, "enabled_at": now_ms,
-        "secrets": [secret], "created_at": now_ms, "updated_at": now_ms, "deleted_at": None,
+        "events": check_events(events),
+        "format": check_format(format),
+        "description": check_description(description),
+        "enabled": True,
+        "enabled_at": now_ms,
+        "secrets": [secret],
+        "created_at": now_ms,
+        "updated_at": now_ms,
+        "deleted_at": None,
     }
 
 
-def endpoint_update(given: Mapping[str, Any], *, now_ms: int,
-                    allow_loopback_http: bool) -> dict[str, Any]:
+def endpoint_update(
+    given: Mapping[str, Any], *, now_ms: int, allow_loopback_http: bool
+) -> dict[str, Any]:
     """The `$set` of a change: the fields given (url, events, enabled, description), checked.
     Enabling (`enabled: true`) also sets `enabled_at` = now, which re-enables an endpoint that
     notify disabled (see the module's docstring)."""
     unknown = sorted(set(given) - set(UPDATABLE_FIELDS))
     if unknown:
-        raise EndpointRuleError("unknown_field", f"`{unknown[0]}` cannot be changed "
-                                f"(one of {', '.join(UPDATABLE_FIELDS)})", unknown[0])
+        raise EndpointRuleError(
+            "unknown_field",
+            f"`{unknown[0]}` cannot be changed (one of {', '.join(UPDATABLE_FIELDS)})",
+            unknown[0],
+        )
     if not given:
-        raise EndpointRuleError("invalid_request", "nothing to change: give one of "
-                                + ", ".join(UPDATABLE_FIELDS))
+        raise EndpointRuleError(
+            "invalid_request", "nothing to change: give one of " + ", ".join(UPDATABLE_FIELDS)
+        )
     changes: dict[str, Any] = {"updated_at": now_ms}
     if "url" in given:
         changes["url"] = check_url(given["url"], allow_loopback_http=allow_loopback_http)
@@ -227,6 +264,7 @@ def owned(endpoint: Mapping[str, Any] | None, account_id: str) -> Mapping[str, A
 
 # --- health and views -----------------------------------------------------------------------
 
+
 def disabled_by_notify(endpoint: Mapping[str, Any], state: Mapping[str, Any] | None) -> bool:
     """notify disabled it (410, or failing for days) after the client last enabled it."""
     disabled_at = to_ms((state or {}).get("disabled_at"))
@@ -234,8 +272,11 @@ def disabled_by_notify(endpoint: Mapping[str, Any], state: Mapping[str, Any] | N
 
 
 def receiving(endpoint: Mapping[str, Any], state: Mapping[str, Any] | None) -> bool:
-    return (bool(endpoint.get("enabled")) and not is_deleted(endpoint)
-            and not disabled_by_notify(endpoint, state))
+    return (
+        bool(endpoint.get("enabled"))
+        and not is_deleted(endpoint)
+        and not disabled_by_notify(endpoint, state)
+    )
 
 
 def health_view(endpoint: Mapping[str, Any], state: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -250,20 +291,29 @@ def health_view(endpoint: Mapping[str, Any], state: Mapping[str, Any] | None) ->
     }
 
 
-def endpoint_view(endpoint: Mapping[str, Any], state: Mapping[str, Any] | None,
-                  now_ms: int) -> dict[str, Any]:
+def endpoint_view(
+    endpoint: Mapping[str, Any], state: Mapping[str, Any] | None, now_ms: int
+) -> dict[str, Any]:
     """What the client (or an operator) sees: never a secret, even encrypted; the secrets'
     ids and expiry only."""
     return {
-        "id": endpoint["_id"], "url": endpoint.get("url"), "events": endpoint.get("events", []),
+        "id": endpoint["_id"],
+        "url": endpoint.get("url"),
+        "events": endpoint.get("events", []),
         "format": endpoint.get("format", "standard"),
         "description": endpoint.get("description", ""),
-        "enabled": bool(endpoint.get("enabled")), "receiving": receiving(endpoint, state),
+        "enabled": bool(endpoint.get("enabled")),
+        "receiving": receiving(endpoint, state),
         "created_at": iso(endpoint.get("created_at")),
         "updated_at": iso(endpoint.get("updated_at")),
-        "secrets": [{"id": s.get("id"), "created_at": iso(s.get("created_at")),
-                     "expires_at": iso(s.get("expires_at"))}
-                    for s in live_secrets(list(endpoint.get("secrets", [])), now_ms)],
+        "secrets": [
+            {
+                "id": s.get("id"),
+                "created_at": iso(s.get("created_at")),
+                "expires_at": iso(s.get("expires_at")),
+            }
+            for s in live_secrets(list(endpoint.get("secrets", [])), now_ms)
+        ],
         "health": health_view(endpoint, state),
     }
 
@@ -273,9 +323,11 @@ def attempt_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     status = doc.get("http_status")
     latency = doc.get("latency_ms")
     return {
-        "id": doc.get("_id"), "event_id": doc.get("event_id"),
+        "id": doc.get("_id"),
+        "event_id": doc.get("event_id"),
         "event_type": doc.get("event_type"),
-        "attempt": doc.get("attempt"), "attempted_at": iso(doc.get("at")),
+        "attempt": doc.get("attempt"),
+        "attempted_at": iso(doc.get("at")),
         "outcome": doc.get("outcome"),
         "http_status": status if isinstance(status, int) else None,
         "latency_ms": round(float(latency), 1) if isinstance(latency, int | float) else None,
@@ -284,6 +336,7 @@ def attempt_view(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- test events and replays ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Replay:
@@ -294,20 +347,26 @@ class Replay:
     until: int | None = None
 
 
-def replay(*, since: int | None, until: int | None, event_id: str | None,
-           now_ms: int) -> Replay:
+def replay(*, since: int | None, until: int | None, event_id: str | None, now_ms: int) -> Replay:
     """A replay request checked: an event id, or a time range (`until` defaults to now)."""
     if event_id is not None:
         if since is not None or until is not None:
-            raise EndpointRuleError("invalid_request", "a replay names one event (`event_id`) "
-                                    "or a time range (`since`, `until`), not both")
+            raise EndpointRuleError(
+                "invalid_request",
+                "a replay names one event (`event_id`) "
+                "or a time range (`since`, `until`), not both",
+            )
         if not 1 <= len(event_id) <= MAX_EVENT_ID_CHARS or not _NO_SPACE.match(event_id):
-            raise EndpointRuleError("invalid_field", "`event_id` is an event's id (evt_…)",
-                                    "event_id")
+            raise EndpointRuleError(
+                "invalid_field", "`event_id` is an event's id (evt_…)", "event_id"
+            )
         return Replay(event_id=event_id)
     if since is None:
-        raise EndpointRuleError("invalid_field", "a replay needs `since` (and optionally "
-                                "`until`) or `event_id`", "since")
+        raise EndpointRuleError(
+            "invalid_field",
+            "a replay needs `since` (and optionally `until`) or `event_id`",
+            "since",
+        )
     until = now_ms if until is None else until
     if since >= until:
         raise EndpointRuleError("invalid_field", "`since` must be before `until`", "since")
@@ -316,27 +375,51 @@ def replay(*, since: int | None, until: int | None, event_id: str | None,
     return Replay(since=since, until=until)
 
 
-def notify_request(*, request_id: str, account_id: str, endpoint_id: str, now_ms: int,
-                   replay_of: Replay | None = None) -> NotifyRequested:
+def notify_request(
+    *,
+    request_id: str,
+    account_id: str,
+    endpoint_id: str,
+    now_ms: int,
+    replay_of: Replay | None = None,
+) -> NotifyRequested:
     """The command notify acts on: a test event now, or a replay with the original ids."""
     if replay_of is None:
-        return NotifyRequested(event_id=request_id, account_id=account_id,
-                               endpoint_id=endpoint_id, kind="test", requested_at=now_ms)
-    return NotifyRequested(event_id=request_id, account_id=account_id, endpoint_id=endpoint_id,
-                           kind="replay", replay_event_id=replay_of.event_id,
-                           since=replay_of.since, until=replay_of.until, requested_at=now_ms)
+        return NotifyRequested(
+            event_id=request_id,
+            account_id=account_id,
+            endpoint_id=endpoint_id,
+            kind="test",
+            requested_at=now_ms,
+        )
+    return NotifyRequested(
+        event_id=request_id,
+        account_id=account_id,
+        endpoint_id=endpoint_id,
+        kind="replay",
+        replay_event_id=replay_of.event_id,
+        since=replay_of.since,
+        until=replay_of.until,
+        requested_at=now_ms,
+    )
 
 
 def notify_request_view(request: NotifyRequested) -> dict[str, Any]:
-    view: dict[str, Any] = {"request_id": request.event_id, "endpoint_id": request.endpoint_id,
-                            "kind": request.kind, "requested_at": iso(request.requested_at)}
+    view: dict[str, Any] = {
+        "request_id": request.event_id,
+        "endpoint_id": request.endpoint_id,
+        "kind": request.kind,
+        "requested_at": iso(request.requested_at),
+    }
     if request.kind == "replay":
-        view.update(event_id=request.replay_event_id, since=iso(request.since),
-                    until=iso(request.until))
+        view.update(
+            event_id=request.replay_event_id, since=iso(request.since), until=iso(request.until)
+        )
     return view
 
 
 # --- time -----------------------------------------------------------------------------------
+
 
 def to_ms(value: Any) -> int | None:
     """A stored time (ms, or a BSON date) in ms; None for anything else."""

@@ -19,12 +19,29 @@ MAX_URL_LENGTH = 2048
 
 # Ranges `ipaddress`'s own flags miss or that we refuse on purpose (the reference's list: CGNAT,
 # NAT64, 6to4, documentation, discard, SRv6, benchmarking).
-_DENIED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24",
-    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4",
-    "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "2002::/16", "3fff::/20",
-    "5f00::/16", "fc00::/7", "fe80::/10",
-))
+_DENIED_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "240.0.0.0/4",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001:db8::/32",
+        "2002::/16",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
 
 
 class UnacceptableUrl(ValueError):
@@ -59,12 +76,19 @@ def is_public_address(host: str) -> bool:
     address = _address(host)
     if address is None:
         return False
-    if (address.is_loopback or address.is_private or address.is_link_local
-            or address.is_multicast or address.is_reserved or address.is_unspecified
-            or not address.is_global):
+    if (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or not address.is_global
+    ):
         return False
-    return not any(address in network for network in _DENIED_NETWORKS
-                   if network.version == address.version)
+    return not any(
+        address in network for network in _DENIED_NETWORKS if network.version == address.version
+    )
 
 
 def is_loopback_address(host: str) -> bool:
@@ -97,7 +121,8 @@ def check_endpoint_url(url: str, *, allow_loopback_http: bool) -> EndpointUrl:
     if loopback or host.endswith(".localhost"):
         raise UnacceptableUrl("private_address", "the url must not point at a loopback address")
     if _address(host) is not None and not is_public_address(host):
-        raise UnacceptableUrl("private_address",
-                              "the url must not point at a private, loopback, link-local or "
-                              "reserved address")
+        raise UnacceptableUrl(
+            "private_address",
+            "the url must not point at a private, loopback, link-local or reserved address",
+        )
     return EndpointUrl(url, scheme, host, port or 443)

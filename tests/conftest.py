@@ -53,13 +53,19 @@ INFRA = REPO / "deploy" / "local" / "infra.sh"
 # Every id the `unique` fixture handed out in this session: at its end, the topics, ACLs and
 # databases named with one are deleted (only ours: other sessions may share the broker).
 _UNIQUES: set[str] = set()
-_KAFKA_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM",
-              "KAFKA_SSL_CA_FILE", "HALA_KAFKA_SECRETS_DIR")
+_KAFKA_ENV = (
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SSL_CA_FILE",
+    "HALA_KAFKA_SECRETS_DIR",
+)
 
 
 def _infra(*args: str) -> str:
-    result = subprocess.run([str(INFRA), *args], capture_output=True, text=True, timeout=900,
-                            check=False)
+    result = subprocess.run(
+        [str(INFRA), *args], capture_output=True, text=True, timeout=900, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"infra.sh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
@@ -84,22 +90,26 @@ class Broker:
         principal), its password by file."""
         config = self.setup
         user = principal(service) if service else SETUP_PRINCIPAL
-        return {"KAFKA_BOOTSTRAP_SERVERS": config.bootstrap_servers,
-                "KAFKA_SECURITY_PROTOCOL": config.security_protocol,
-                "KAFKA_SASL_MECHANISM": config.sasl_mechanism,
-                "KAFKA_SSL_CA_FILE": config.ca_file or "",
-                "KAFKA_SASL_USERNAME": user,
-                "KAFKA_SASL_PASSWORD_FILE": str(password_file(self.secrets_dir, user))}
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": config.bootstrap_servers,
+            "KAFKA_SECURITY_PROTOCOL": config.security_protocol,
+            "KAFKA_SASL_MECHANISM": config.sasl_mechanism,
+            "KAFKA_SSL_CA_FILE": config.ca_file or "",
+            "KAFKA_SASL_USERNAME": user,
+            "KAFKA_SASL_PASSWORD_FILE": str(password_file(self.secrets_dir, user)),
+        }
 
     def settings(self, service: str) -> dict[str, Any]:
         """Keyword arguments for a service's settings built in process (as `service`)."""
         config = self.as_service(service)
-        return {"kafka_bootstrap_servers": config.bootstrap_servers,
-                "kafka_security_protocol": config.security_protocol,
-                "kafka_sasl_mechanism": config.sasl_mechanism,
-                "kafka_ssl_ca_file": config.ca_file or "",
-                "kafka_sasl_username": config.username,
-                "kafka_sasl_password": config.password}
+        return {
+            "kafka_bootstrap_servers": config.bootstrap_servers,
+            "kafka_security_protocol": config.security_protocol,
+            "kafka_sasl_mechanism": config.sasl_mechanism,
+            "kafka_ssl_ca_file": config.ca_file or "",
+            "kafka_sasl_username": config.username,
+            "kafka_sasl_password": config.password,
+        }
 
     async def grant(self, prefix: str, topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
         """The topics of `prefix` (all, or those given) and every service's ACLs on them."""
@@ -115,8 +125,9 @@ def infrastructure() -> Iterator[dict[str, str]]:
     needed."""
     started_here = False
     if not (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("MONGODB_URL")):
-        was_running = subprocess.run([str(INFRA), "status"], capture_output=True,
-                                     check=False).returncode == 0
+        was_running = (
+            subprocess.run([str(INFRA), "status"], capture_output=True, check=False).returncode == 0
+        )
         _infra("up")
         started_here = not was_running
     env = dict(line.split("=", 1) for line in _infra("env").split() if "=" in line)
@@ -133,8 +144,10 @@ def broker_from_env(env: dict[str, str]) -> Broker:
     """The broker `infra.sh env` (or the caller's KAFKA_* variables) describe."""
     missing = [k for k in ("KAFKA_BOOTSTRAP_SERVERS", "HALA_KAFKA_SECRETS_DIR") if k not in env]
     if missing:
-        raise RuntimeError(f"the tests need the secure broker's settings: {', '.join(missing)} "
-                           "missing (deploy/local/infra.sh env prints them)")
+        raise RuntimeError(
+            f"the tests need the secure broker's settings: {', '.join(missing)} "
+            "missing (deploy/local/infra.sh env prints them)"
+        )
     secrets_dir = Path(env["HALA_KAFKA_SECRETS_DIR"])
     protocol = env.get("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     setup = KafkaConfig(
@@ -142,9 +155,13 @@ def broker_from_env(env: dict[str, str]) -> Broker:
         security_protocol=protocol,  # type: ignore[arg-type]
         sasl_mechanism=env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),  # type: ignore[arg-type]
         username=SETUP_PRINCIPAL if protocol.startswith("SASL_") else None,
-        password=(existing_password(secrets_dir, SETUP_PRINCIPAL)
-                  if protocol.startswith("SASL_") else None),
-        ca_file=env.get("KAFKA_SSL_CA_FILE") or None)
+        password=(
+            existing_password(secrets_dir, SETUP_PRINCIPAL)
+            if protocol.startswith("SASL_")
+            else None
+        ),
+        ca_file=env.get("KAFKA_SSL_CA_FILE") or None,
+    )
     return Broker(setup, secrets_dir)
 
 

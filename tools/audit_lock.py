@@ -31,11 +31,26 @@ def audit(lock: Path) -> tuple[int, dict[str, Any] | None, str]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "audit.json"
         done = subprocess.run(
-            [sys.executable, "-m", "pip_audit", "--disable-pip", "--requirement", str(lock),
-             "--format", "json", "--output", str(report), "--progress-spinner", "off"],
-            capture_output=True, text=True, check=False, timeout=600)
-        data = json.loads(report.read_text()) if report.exists() and report.stat().st_size \
-            else None
+            [
+                sys.executable,
+                "-m",
+                "pip_audit",
+                "--disable-pip",
+                "--requirement",
+                str(lock),
+                "--format",
+                "json",
+                "--output",
+                str(report),
+                "--progress-spinner",
+                "off",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        data = json.loads(report.read_text()) if report.exists() and report.stat().st_size else None
     return done.returncode, data, done.stderr
 
 
@@ -56,19 +71,24 @@ def summarise(data: dict[str, Any]) -> tuple[list[str], list[str], int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("lock", type=Path)
-    parser.add_argument("--strict", action="store_true",
-                        help="also fail when dependencies could not be audited")
+    parser.add_argument(
+        "--strict", action="store_true", help="also fail when dependencies could not be audited"
+    )
     args = parser.parse_args(argv)
     code, data, stderr = audit(args.lock)
     if data is None:
         reason = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}"
-        print(f"{BANNER}\npip-audit could not audit {args.lock}: no vulnerability service "
-              f"answered.\n  {reason}\n{BANNER}", file=sys.stderr)
+        print(
+            f"{BANNER}\npip-audit could not audit {args.lock}: no vulnerability service "
+            f"answered.\n  {reason}\n{BANNER}",
+            file=sys.stderr,
+        )
         return 1 if args.strict else 0
     vulnerable, skipped, audited = summarise(data)
     if vulnerable:
-        print(f"pip-audit: {len(vulnerable)} known vulnerabilities in {args.lock}:",
-              file=sys.stderr)
+        print(
+            f"pip-audit: {len(vulnerable)} known vulnerabilities in {args.lock}:", file=sys.stderr
+        )
         for line in vulnerable:
             print(f"  {line}", file=sys.stderr)
         return 1
@@ -76,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pip-audit failed (exit code {code}):\n{stderr}", file=sys.stderr)
         return 1
     if skipped:
-        verdict = ("Failing (--strict)." if args.strict else
-                   "Not failing: --strict (make lint AUDIT_STRICT=1) fails here.")
-        print(f"{BANNER}\npip-audit audited {audited} of {audited + len(skipped)} locked "
-              f"dependencies; {len(skipped)} could NOT be checked (the vulnerability service "
-              "did not know them), e.g.\n  " + "\n  ".join(skipped[:3]) +
-              f"\n{verdict}\n{BANNER}", file=sys.stderr)
+        verdict = (
+            "Failing (--strict)."
+            if args.strict
+            else "Not failing: --strict (make lint AUDIT_STRICT=1) fails here."
+        )
+        print(
+            f"{BANNER}\npip-audit audited {audited} of {audited + len(skipped)} locked "
+            f"dependencies; {len(skipped)} could NOT be checked (the vulnerability service "
+            "did not know them), e.g.\n  " + "\n  ".join(skipped[:3]) + f"\n{verdict}\n{BANNER}",
+            file=sys.stderr,
+        )
         return 1 if args.strict else 0
     print(f"pip-audit: no known vulnerabilities in the {audited} locked dependencies")
     return 0

@@ -72,6 +72,7 @@ _OPERATION = {"read": AclOperation.READ, "write": AclOperation.WRITE}
 
 # --- passwords --------------------------------------------------------------------------------
 
+
 def password_file(secrets_dir: Path, user: str) -> Path:
     return secrets_dir / f"{user}.password"
 
@@ -120,8 +121,10 @@ def existing_password(secrets_dir: Path, user: str) -> SecretStr:
     except FileNotFoundError:
         value = ""
     if not value:
-        raise RuntimeError(f"no password for {user} in {path}: the set-up makes it "
-                           "(deploy/local/infra.sh up, tools/kafka_setup.py users)")
+        raise RuntimeError(
+            f"no password for {user} in {path}: the set-up makes it "
+            "(deploy/local/infra.sh up, tools/kafka_setup.py users)"
+        )
     return SecretStr(value)
 
 
@@ -131,16 +134,23 @@ def scram_args(secrets_dir: Path, users: Iterable[str]) -> list[str]:
     args = []
     for user in users:
         salt = secrets.token_bytes(32)
-        salted = hashlib.pbkdf2_hmac("sha512", password(secrets_dir, user)
-                                     .get_secret_value().encode(), salt, SCRAM_ITERATIONS)
-        args += ["--add-scram",
-                 f'SCRAM-SHA-512=[name={user},iterations={SCRAM_ITERATIONS},'
-                 f'salt="{base64.b64encode(salt).decode()}",'
-                 f'saltedpassword="{base64.b64encode(salted).decode()}"]']
+        salted = hashlib.pbkdf2_hmac(
+            "sha512",
+            password(secrets_dir, user).get_secret_value().encode(),
+            salt,
+            SCRAM_ITERATIONS,
+        )
+        args += [
+            "--add-scram",
+            f"SCRAM-SHA-512=[name={user},iterations={SCRAM_ITERATIONS},"
+            f'salt="{base64.b64encode(salt).decode()}",'
+            f'saltedpassword="{base64.b64encode(salted).decode()}"]',
+        ]
     return args
 
 
 # --- the admin client -------------------------------------------------------------------------
+
 
 def _admin(kafka: KafkaConfig) -> AdminClient:
     # log_level 4: librdkafka's info lines (a purged queue at every close) are noise here.
@@ -153,16 +163,27 @@ def _wait_all(futures: Iterable[Future[Any]]) -> None:
 
 
 def _binding(grant: Grant) -> AclBinding:
-    return AclBinding(_RESOURCE[grant.resource], grant.name, _PATTERN[grant.pattern],
-                      f"User:{grant.principal}", "*", _OPERATION[grant.operation],
-                      AclPermissionType.ALLOW)
+    return AclBinding(
+        _RESOURCE[grant.resource],
+        grant.name,
+        _PATTERN[grant.pattern],
+        f"User:{grant.principal}",
+        "*",
+        _OPERATION[grant.operation],
+        AclPermissionType.ALLOW,
+    )
 
 
 def _ensure_users(kafka: KafkaConfig, passwords: dict[str, SecretStr]) -> None:
     admin = _admin(kafka)
-    upserts = [UserScramCredentialUpsertion(
-        user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS),
-        secret.get_secret_value().encode()) for user, secret in passwords.items()]
+    upserts = [
+        UserScramCredentialUpsertion(
+            user,
+            ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS),
+            secret.get_secret_value().encode(),
+        )
+        for user, secret in passwords.items()
+    ]
     _wait_all(admin.alter_user_scram_credentials(upserts).values())
 
 
@@ -175,8 +196,15 @@ def _create_acls(kafka: KafkaConfig, wanted: Sequence[Grant]) -> None:
     admin = _admin(kafka)  # kept until the futures are done: its end cancels them
     bindings = [_binding(g) for g in wanted]
     _wait_all(admin.create_acls(bindings).values())
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
-                                  AclOperation.ANY, AclPermissionType.ANY)
+    everything = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
     missing = {_key(b) for b in bindings}
     deadline = time.monotonic() + TIMEOUT_S
     while True:
@@ -184,34 +212,59 @@ def _create_acls(kafka: KafkaConfig, wanted: Sequence[Grant]) -> None:
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(missing)} ACLs created but not in force after "
-                               f"{TIMEOUT_S:.0f} s")
+            raise TimeoutError(
+                f"{len(missing)} ACLs created but not in force after {TIMEOUT_S:.0f} s"
+            )
         time.sleep(0.05)
 
 
 def _key(binding: AclBinding) -> tuple[Any, ...]:
-    return (binding.restype, binding.name, binding.resource_pattern_type, binding.principal,
-            binding.operation, binding.permission_type)
+    return (
+        binding.restype,
+        binding.name,
+        binding.resource_pattern_type,
+        binding.principal,
+        binding.operation,
+        binding.permission_type,
+    )
 
 
 def _delete_acls(kafka: KafkaConfig, matches: Callable[[str], bool]) -> int:
     """Delete the ACLs (of any principal) whose resource name `matches`; returns how many."""
     admin = _admin(kafka)
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
-                                  AclOperation.ANY, AclPermissionType.ANY)
+    everything = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
     found = admin.describe_acls(everything).result(timeout=TIMEOUT_S)
     doomed = [b for b in found if matches(b.name)]
-    filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal,
-                                b.host, b.operation, b.permission_type) for b in doomed]
+    filters = [
+        AclBindingFilter(
+            b.restype,
+            b.name,
+            b.resource_pattern_type,
+            b.principal,
+            b.host,
+            b.operation,
+            b.permission_type,
+        )
+        for b in doomed
+    ]
     # In pieces: a test session leaves ~100 ACLs per test prefix, and one request deleting
     # ten thousand of them outlasted the request timeout (seen here).
     for start in range(0, len(filters), DELETE_BATCH):
-        _wait_all(admin.delete_acls(filters[start:start + DELETE_BATCH]).values())
+        _wait_all(admin.delete_acls(filters[start : start + DELETE_BATCH]).values())
     return len(doomed)
 
 
-async def ensure_users(kafka: KafkaConfig, secrets_dir: Path,
-                       users: Iterable[str] = SERVICE_USERS) -> None:
+async def ensure_users(
+    kafka: KafkaConfig, secrets_dir: Path, users: Iterable[str] = SERVICE_USERS
+) -> None:
     """Every service principal as a SCRAM-SHA-512 user, with the password of its file."""
     passwords = {user: password(secrets_dir, user) for user in users}
     await asyncio.to_thread(_ensure_users, kafka, passwords)
@@ -222,8 +275,9 @@ def _users_on_broker(kafka: KafkaConfig) -> set[str]:
     return set(admin.describe_user_scram_credentials().result(timeout=TIMEOUT_S))
 
 
-async def ensure_missing_users(kafka: KafkaConfig, secrets_dir: Path,
-                               users: Iterable[str] = SERVICE_USERS) -> list[str]:
+async def ensure_missing_users(
+    kafka: KafkaConfig, secrets_dir: Path, users: Iterable[str] = SERVICE_USERS
+) -> list[str]:
     """The service principals the broker has no SCRAM user for (a service added since the
     broker was set up) get one, with the password of their file, made first if missing (never
     replaced); users that exist are left alone, so their clients stay connected. For a running
@@ -238,8 +292,9 @@ async def ensure_missing_users(kafka: KafkaConfig, secrets_dir: Path,
     return missing
 
 
-async def grant(kafka: KafkaConfig, prefix: str = "",
-                topics: Iterable[Topic[Any]] = ALL_TOPICS) -> None:
+async def grant(
+    kafka: KafkaConfig, prefix: str = "", topics: Iterable[Topic[Any]] = ALL_TOPICS
+) -> None:
     """The topics of `prefix` (all, or those given) and every service's ACLs on them
     (idempotent)."""
     topics = tuple(topics)
@@ -261,9 +316,13 @@ def credentials(kafka: KafkaConfig, secrets_dir: Path, service: str) -> KafkaCon
 
 # --- command line -----------------------------------------------------------------------------
 
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tools.kafka_setup", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.kafka_setup",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     users = commands.add_parser("users", help="a SCRAM user per service principal")
     users.add_argument("--secrets-dir", type=Path, required=True)

@@ -46,8 +46,12 @@ class Issued:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hala Whatsup (local)"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hala Whatsup (local)"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -67,8 +71,9 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
@@ -79,8 +84,9 @@ def _valid(cert: x509.Certificate, now: datetime) -> bool:
     return cert.not_valid_before_utc <= now and cert.not_valid_after_utc - RENEW_BEFORE > now
 
 
-def ensure_ca(directory: Path, now: datetime | None = None
-              ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def ensure_ca(
+    directory: Path, now: datetime | None = None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA of `directory`, created when missing or about to expire."""
     now = now or datetime.now(UTC)
     directory.mkdir(parents=True, exist_ok=True)
@@ -93,19 +99,32 @@ def ensure_ca(directory: Path, now: datetime | None = None
     key = ec.generate_private_key(ec.SECP256R1())
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     subject = _name("Hala Whatsup local CA")
-    cert = (x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False),
-                           critical=True)
-            .add_extension(ski, critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
     _write_private(key_path, _key_pem(key))
     _write_public(ca_path, _cert_pem(cert))
     return cert, key
@@ -121,8 +140,9 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-def _current_leaf(cert_path: Path, key_path: Path, ca: x509.Certificate,
-                  hosts: Sequence[str], now: datetime) -> bool:
+def _current_leaf(
+    cert_path: Path, key_path: Path, ca: x509.Certificate, hosts: Sequence[str], now: datetime
+) -> bool:
     try:
         chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -141,9 +161,15 @@ def _current_leaf(cert_path: Path, key_path: Path, ca: x509.Certificate,
     return set(have) == set(_san(hosts))
 
 
-def issue(directory: Path, name: str, hosts: Sequence[str] = DEFAULT_HOSTS, *,
-          bundle: bool = False, ca_dir: Path | None = None,
-          now: datetime | None = None) -> Issued:
+def issue(
+    directory: Path,
+    name: str,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    *,
+    bundle: bool = False,
+    ca_dir: Path | None = None,
+    now: datetime | None = None,
+) -> Issued:
     """A server certificate for `hosts` signed by the CA of `ca_dir` (default: `directory`),
     kept while still good. With a separate `ca_dir`, the CA's key stays there and only its
     certificate is copied to `directory`."""
@@ -159,52 +185,81 @@ def issue(directory: Path, name: str, hosts: Sequence[str] = DEFAULT_HOSTS, *,
     if not _current_leaf(cert_path, key_path, ca, hosts, now):
         key = ec.generate_private_key(ec.SECP256R1())
         ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        leaf = (x509.CertificateBuilder()
-                .subject_name(_name(hosts[0])).issuer_name(ca.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - timedelta(minutes=5))
-                .not_valid_after(now + timedelta(days=LEAF_DAYS))
-                .add_extension(_san(hosts), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False,
-                                             crl_sign=False, content_commitment=False,
-                                             key_encipherment=False, data_encipherment=False,
-                                             key_agreement=True, encipher_only=False,
-                                             decipher_only=False), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                               critical=False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                               critical=False)
-                .add_extension(
-                    x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                    critical=False)
-                .sign(ca_key, hashes.SHA256()))
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(_name(hosts[0]))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=LEAF_DAYS))
+            .add_extension(_san(hosts), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
         _write_private(key_path, _key_pem(key))
         _write_public(cert_path, _cert_pem(leaf) + _cert_pem(ca))
         bundle_path.unlink(missing_ok=True)
     if bundle and not bundle_path.exists():
         _write_private(bundle_path, key_path.read_bytes() + cert_path.read_bytes())
-    return Issued(ca=directory / "ca.pem", cert=cert_path, key=key_path,
-                  bundle=bundle_path if bundle else None)
+    return Issued(
+        ca=directory / "ca.pem",
+        cert=cert_path,
+        key=key_path,
+        bundle=bundle_path if bundle else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tools.pki", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.pki",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     issue_cmd = commands.add_parser("issue", help="a server certificate signed by DIR's CA")
     issue_cmd.add_argument("directory", type=Path, metavar="DIR")
     issue_cmd.add_argument("name", metavar="NAME")
-    issue_cmd.add_argument("--host", action="append", dest="hosts", metavar="HOST",
-                           help="DNS name or IP address (repeatable; default localhost and "
-                                "127.0.0.1)")
-    issue_cmd.add_argument("--bundle", action="store_true",
-                           help="also write NAME-bundle.pem (key + chain) for Kafka")
+    issue_cmd.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="HOST",
+        help="DNS name or IP address (repeatable; default localhost and 127.0.0.1)",
+    )
+    issue_cmd.add_argument(
+        "--bundle", action="store_true", help="also write NAME-bundle.pem (key + chain) for Kafka"
+    )
     args = parser.parse_args(argv)
-    issued = issue(args.directory, args.name, tuple(args.hosts or DEFAULT_HOSTS),
-                   bundle=args.bundle)
-    print(f"ca={issued.ca}\ncert={issued.cert}\nkey={issued.key}"
-          + (f"\nbundle={issued.bundle}" if issued.bundle else ""))
+    issued = issue(
+        args.directory, args.name, tuple(args.hosts or DEFAULT_HOSTS), bundle=args.bundle
+    )
+    print(
+        f"ca={issued.ca}\ncert={issued.cert}\nkey={issued.key}"
+        + (f"\nbundle={issued.bundle}" if issued.bundle else "")
+    )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,11 @@ from tools.metasim.config import DEFAULT_CONFIG_PATH  # noqa: E402
 TEMPLATE = REPO / "deploy" / "local" / "kafka" / "server.properties.template"
 KAFKA_UID = 1000  # the apache/kafka image's appuser; the platform's containers use it too
 MONGO_UID = 999  # the mongo image's mongodb user
-HOSTS = {"kafka": ("kafka", "localhost", "127.0.0.1"),
-         "ingest": ("ingest", "localhost", "127.0.0.1"),
-         "status": ("status", "localhost", "127.0.0.1")}
+HOSTS = {
+    "kafka": ("kafka", "localhost", "127.0.0.1"),
+    "ingest": ("ingest", "localhost", "127.0.0.1"),
+    "status": ("status", "localhost", "127.0.0.1"),
+}
 
 
 def _write(path: Path, text: str, mode: int = 0o600) -> None:
@@ -59,8 +61,11 @@ def _write(path: Path, text: str, mode: int = 0o600) -> None:
 def server_properties(shared: Path) -> str:
     kafka, tls = shared / "kafka", shared / "tls"
     values = {
-        "KAFKA_LISTEN_HOST": "0.0.0.0", "KAFKA_ADVERTISED_HOST": "kafka", "KAFKA_PORT": "9092",
-        "KAFKA_CONTROLLER_PORT": "9093", "KAFKA_DATA_DIR": "/var/lib/kafka/data",
+        "KAFKA_LISTEN_HOST": "0.0.0.0",
+        "KAFKA_ADVERTISED_HOST": "kafka",
+        "KAFKA_PORT": "9092",
+        "KAFKA_CONTROLLER_PORT": "9093",
+        "KAFKA_DATA_DIR": "/var/lib/kafka/data",
         "KAFKA_KEYSTORE": str(tls / "kafka-bundle.pem"),
         "KAFKA_TRUSTSTORE": str(tls / "ca.pem"),
         "KAFKA_BROKER_PASSWORD": password(kafka, "kafka-broker").get_secret_value(),
@@ -76,10 +81,12 @@ def server_properties(shared: Path) -> str:
 
 def client_properties(shared: Path) -> str:
     secret = password(shared / "kafka", SETUP_PRINCIPAL).get_secret_value()
-    return ("security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
-            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{SETUP_PRINCIPAL}" password="{secret}";\n'
-            f"ssl.truststore.type=PEM\nssl.truststore.location={shared / 'tls' / 'ca.pem'}\n")
+    return (
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{SETUP_PRINCIPAL}" password="{secret}";\n'
+        f"ssl.truststore.type=PEM\nssl.truststore.location={shared / 'tls' / 'ca.pem'}\n"
+    )
 
 
 def metasim_config(secrets_dir: Path) -> str:
@@ -97,8 +104,9 @@ def prepare(shared: Path, ca_dir: Path, secrets_dir: Path, chown: bool = True) -
         pki.issue(tls, name, hosts, bundle=name == "kafka", ca_dir=ca_dir)
     for user in (*BROKER_USERS, *SERVICE_USERS):
         password(kafka, user)
-    _write(kafka / "scram-args", "\n".join(scram_args(kafka, ("kafka-broker",
-                                                               SETUP_PRINCIPAL))) + "\n")
+    _write(
+        kafka / "scram-args", "\n".join(scram_args(kafka, ("kafka-broker", SETUP_PRINCIPAL))) + "\n"
+    )
     _write(kafka / "cluster-id", secrets.token_urlsafe(16)[:22] + "\n")
     _write(kafka / "server.properties", server_properties(shared))
     _write(kafka / "client.properties", client_properties(shared))
@@ -106,8 +114,7 @@ def prepare(shared: Path, ca_dir: Path, secrets_dir: Path, chown: bool = True) -
     _write(mongo / "keyfile", secrets.token_urlsafe(96)[:128] + "\n", mode=0o400)
     _write(shared / "metasim.yaml", metasim_config(secrets_dir), mode=0o644)
     if chown:
-        for path in (shared, kafka, tls, *kafka.iterdir(), *tls.iterdir(),
-                     shared / "metasim.yaml"):
+        for path in (shared, kafka, tls, *kafka.iterdir(), *tls.iterdir(), shared / "metasim.yaml"):
             os.chown(path, KAFKA_UID, KAFKA_UID)
         os.chown(mongo, MONGO_UID, MONGO_UID)
         os.chown(mongo / "keyfile", MONGO_UID, MONGO_UID)
@@ -116,8 +123,9 @@ def prepare(shared: Path, ca_dir: Path, secrets_dir: Path, chown: bool = True) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shared", type=Path, default=Path("/shared"))
     parser.add_argument("--ca", type=Path, default=Path("/ca"))
     parser.add_argument("--secrets", type=Path, default=Path("/run/secrets"))

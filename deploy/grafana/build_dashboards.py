@@ -37,6 +37,7 @@ Json = dict[str, Any]
 
 # --- panels ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Query:
     expr: str
@@ -53,15 +54,20 @@ def _braces(selector: str) -> str:
     return f"{{{selector}}}" if selector else ""
 
 
-def quantiles(histogram: str, by: str = "", selector: str = "",
-              qs: tuple[float, ...] = (0.5, 0.99)) -> list[Query]:
+def quantiles(
+    histogram: str, by: str = "", selector: str = "", qs: tuple[float, ...] = (0.5, 0.99)
+) -> list[Query]:
     """p50/p99 of a histogram (the `_bucket` series), one line per quantile and group."""
     grouping = f"{by}, le" if by else "le"
     label = f"{{{{{by}}}}} " if by else ""
-    return [Query(f"histogram_quantile({q}, sum by ({grouping}) "
-                  f"(rate({histogram}_bucket{_braces(selector)}[{RATE}])))",
-                  f"{label}p{round(q * 100)}")
-            for q in qs]
+    return [
+        Query(
+            f"histogram_quantile({q}, sum by ({grouping}) "
+            f"(rate({histogram}_bucket{_braces(selector)}[{RATE}])))",
+            f"{label}p{round(q * 100)}",
+        )
+        for q in qs
+    ]
 
 
 @dataclass
@@ -80,21 +86,34 @@ class Panel:
     decimals: int | None = None
 
     def render(self, panel_id: int, x: int, y: int) -> Json:
-        targets = [{"datasource": DATASOURCE, "expr": q.expr, "legendFormat": q.legend or "__auto",
-                    "range": True, "refId": chr(ord("A") + i)}
-                   for i, q in enumerate(self.queries)]
+        targets = [
+            {
+                "datasource": DATASOURCE,
+                "expr": q.expr,
+                "legendFormat": q.legend or "__auto",
+                "range": True,
+                "refId": chr(ord("A") + i),
+            }
+            for i, q in enumerate(self.queries)
+        ]
         defaults: Json = {"unit": self.unit}
         if self.decimals is not None:
             defaults["decimals"] = self.decimals
         steps = self.thresholds or [(GREEN, None)]
-        defaults["thresholds"] = {"mode": "absolute",
-                                  "steps": [{"color": c, "value": v} for c, v in steps]}
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": c, "value": v} for c, v in steps],
+        }
         defaults["mappings"] = self.mappings
         if self.kind == "stat":
             defaults["color"] = {"mode": "thresholds"}
             options: Json = {
-                "colorMode": "background", "graphMode": "none", "justifyMode": "auto",
-                "orientation": "auto", "textMode": "value_and_name", "wideLayout": True,
+                "colorMode": "background",
+                "graphMode": "none",
+                "justifyMode": "auto",
+                "orientation": "auto",
+                "textMode": "value_and_name",
+                "wideLayout": True,
                 "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             }
         else:
@@ -110,8 +129,12 @@ class Panel:
                 "thresholdsStyle": {"mode": "line" if self.thresholds else "off"},
             }
             options = {
-                "legend": {"calcs": [], "displayMode": "list", "placement": "bottom",
-                           "showLegend": True},
+                "legend": {
+                    "calcs": [],
+                    "displayMode": "list",
+                    "placement": "bottom",
+                    "showLegend": True,
+                },
                 "tooltip": {"mode": "multi", "sort": "desc"},
             }
         return {
@@ -136,16 +159,41 @@ def graph(title: str, *queries: Query | list[Query], **kwargs: Any) -> Panel:
 
 def must_be_zero(title: str, expr: str, description: str, unit: str = "short") -> Panel:
     """A stat that is green at 0 and red at anything else."""
-    return Panel(title, [Query(expr)], description=description, unit=unit, kind="stat",
-                 width=6, height=4, thresholds=[(GREEN, None), (RED, ANY)], decimals=0)
+    return Panel(
+        title,
+        [Query(expr)],
+        description=description,
+        unit=unit,
+        kind="stat",
+        width=6,
+        height=4,
+        thresholds=[(GREEN, None), (RED, ANY)],
+        decimals=0,
+    )
 
 
-def stat(title: str, expr: str, description: str, unit: str = "short",
-         thresholds: list[tuple[str, float | None]] | None = None, legend: str = "",
-         width: int = 6, mappings: list[Json] | None = None) -> Panel:
-    return Panel(title, [Query(expr, legend)], description=description, unit=unit, kind="stat",
-                 width=width, height=4, thresholds=thresholds or [(GREEN, None)],
-                 mappings=mappings or [], decimals=0 if unit == "short" else None)
+def stat(
+    title: str,
+    expr: str,
+    description: str,
+    unit: str = "short",
+    thresholds: list[tuple[str, float | None]] | None = None,
+    legend: str = "",
+    width: int = 6,
+    mappings: list[Json] | None = None,
+) -> Panel:
+    return Panel(
+        title,
+        [Query(expr, legend)],
+        description=description,
+        unit=unit,
+        kind="stat",
+        width=width,
+        height=4,
+        thresholds=thresholds or [(GREEN, None)],
+        mappings=mappings or [],
+        decimals=0 if unit == "short" else None,
+    )
 
 
 @dataclass
@@ -155,361 +203,707 @@ class Row:
     collapsed: bool = False
 
 
-UP_DOWN = [{"type": "value", "options": {"0": {"text": "down", "color": RED, "index": 0},
-                                         "1": {"text": "up", "color": GREEN, "index": 1}}}]
+UP_DOWN = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "down", "color": RED, "index": 0},
+            "1": {"text": "up", "color": GREEN, "index": 1},
+        },
+    }
+]
 
 
 # --- dashboards -----------------------------------------------------------------------------
 
+
 def overview() -> list[Row]:
     return [
-        Row("Health", [
-            stat("Scrape targets down", 'count(up{job=~"hala|metasim"} == 0) or vector(0)',
-                 "Targets Prometheus could not scrape (ServiceDown alert).",
-                 thresholds=[(GREEN, None), (RED, ANY)]),
-            stat("Alerts firing", 'count(ALERTS{alertstate="firing"}) or vector(0)',
-                 "Rules of deploy/prometheus/alerts.yml firing now.",
-                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
-            stat("Dead letters (range)",
-                 "sum(increase(hala_dead_letters_total[$__range])) or vector(0)",
-                 "Records sent to a dead-letter topic during the dashboard's time range.",
-                 thresholds=[(GREEN, None), (RED, ANY)]),
-            stat("Consumer lag (records)", "sum(hala_consumer_lag_records) or vector(0)",
-                 "Records between every group's committed offset and the partitions' ends.",
-                 thresholds=[(GREEN, None), (ORANGE, 100), (RED, 1000)]),
-            Panel("Dependency up", [Query("min by (service, dependency) (hala_dependency_up)",
-                                          "{{service}} → {{dependency}}")],
-                  description="Last readiness probe (/readyz) per dependency: the gauge is "
-                              "only as fresh as the last probe.",
-                  kind="stat", width=12, height=5, mappings=UP_DOWN,
-                  thresholds=[(RED, None), (GREEN, 1)]),
-            Panel("Scrape up", [Query('up{job=~"hala|metasim"}', "{{job}} {{service}}")],
-                  description="Whether Prometheus reached each target's /metrics.",
-                  kind="stat", width=12, height=5, mappings=UP_DOWN,
-                  thresholds=[(RED, None), (GREEN, 1)]),
-        ]),
-        Row("HTTP traffic and latency", [
-            graph("Requests/s by service",
-                  Query(rate("hala_http_requests_total", "service", HTTP), "{{service}}"),
-                  unit="reqps", description="Excludes /metrics, /healthz and /readyz."),
-            graph("Responses/s by status class",
-                  Query(rate("hala_http_requests_total", "service, status_class", HTTP),
-                        "{{service}} {{status_class}}"),
-                  unit="reqps", stacked=True),
-            graph("5xx/s by route",
-                  Query(rate("hala_http_requests_total", "service, route",
-                             f'{HTTP}, status_class="5xx"'), "{{service}} {{route}}"),
-                  unit="reqps"),
-            graph("Latency p50 by service",
-                  quantiles("hala_http_request_duration_seconds", "service", HTTP, (0.5,)),
-                  unit="s", width=12),
-            graph("Latency p99 by service",
-                  quantiles("hala_http_request_duration_seconds", "service", HTTP, (0.99,)),
-                  unit="s", width=12),
-        ]),
-        Row("Kafka consumers", [
-            graph("Records/s by service and outcome",
-                  Query(rate("hala_consumer_records_total", "service, outcome",
-                             'service=~"$service"'), "{{service}} {{outcome}}"),
-                  unit="rps", stacked=True),
-            graph("Dead letters by service",
-                  Query('sum by (service) (increase(hala_dead_letters_total'
-                        f'{{service=~"$service"}}[{RATE}]))', "{{service}}"),
-                  description="Records dead-lettered per interval (DeadLettersReceived alert).",
-                  bars=True, thresholds=[(GREEN, None), (RED, ANY)]),
-            graph("Consumer lag by group",
-                  Query('sum by (group) (hala_consumer_lag_records{service=~"$service"})',
-                        "{{group}}"),
-                  description="ConsumerLagGrowing fires above 1000 records and rising.",
-                  thresholds=[(GREEN, None), (RED, 1000)]),
-            graph("Consumer lag by group and partition",
-                  Query('sum by (group, topic, partition) '
+        Row(
+            "Health",
+            [
+                stat(
+                    "Scrape targets down",
+                    'count(up{job=~"hala|metasim"} == 0) or vector(0)',
+                    "Targets Prometheus could not scrape (ServiceDown alert).",
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+                stat(
+                    "Alerts firing",
+                    'count(ALERTS{alertstate="firing"}) or vector(0)',
+                    "Rules of deploy/prometheus/alerts.yml firing now.",
+                    thresholds=[(GREEN, None), (ORANGE, ANY)],
+                ),
+                stat(
+                    "Dead letters (range)",
+                    "sum(increase(hala_dead_letters_total[$__range])) or vector(0)",
+                    "Records sent to a dead-letter topic during the dashboard's time range.",
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+                stat(
+                    "Consumer lag (records)",
+                    "sum(hala_consumer_lag_records) or vector(0)",
+                    "Records between every group's committed offset and the partitions' ends.",
+                    thresholds=[(GREEN, None), (ORANGE, 100), (RED, 1000)],
+                ),
+                Panel(
+                    "Dependency up",
+                    [
+                        Query(
+                            "min by (service, dependency) (hala_dependency_up)",
+                            "{{service}} → {{dependency}}",
+                        )
+                    ],
+                    description="Last readiness probe (/readyz) per dependency: the gauge is "
+                    "only as fresh as the last probe.",
+                    kind="stat",
+                    width=12,
+                    height=5,
+                    mappings=UP_DOWN,
+                    thresholds=[(RED, None), (GREEN, 1)],
+                ),
+                Panel(
+                    "Scrape up",
+                    [Query('up{job=~"hala|metasim"}', "{{job}} {{service}}")],
+                    description="Whether Prometheus reached each target's /metrics.",
+                    kind="stat",
+                    width=12,
+                    height=5,
+                    mappings=UP_DOWN,
+                    thresholds=[(RED, None), (GREEN, 1)],
+                ),
+            ],
+        ),
+        Row(
+            "HTTP traffic and latency",
+            [
+                graph(
+                    "Requests/s by service",
+                    Query(rate("hala_http_requests_total", "service", HTTP), "{{service}}"),
+                    unit="reqps",
+                    description="Excludes /metrics, /healthz and /readyz.",
+                ),
+                graph(
+                    "Responses/s by status class",
+                    Query(
+                        rate("hala_http_requests_total", "service, status_class", HTTP),
+                        "{{service}} {{status_class}}",
+                    ),
+                    unit="reqps",
+                    stacked=True,
+                ),
+                graph(
+                    "5xx/s by route",
+                    Query(
+                        rate(
+                            "hala_http_requests_total",
+                            "service, route",
+                            f'{HTTP}, status_class="5xx"',
+                        ),
+                        "{{service}} {{route}}",
+                    ),
+                    unit="reqps",
+                ),
+                graph(
+                    "Latency p50 by service",
+                    quantiles("hala_http_request_duration_seconds", "service", HTTP, (0.5,)),
+                    unit="s",
+                    width=12,
+                ),
+                graph(
+                    "Latency p99 by service",
+                    quantiles("hala_http_request_duration_seconds", "service", HTTP, (0.99,)),
+                    unit="s",
+                    width=12,
+                ),
+            ],
+        ),
+        Row(
+            "Kafka consumers",
+            [
+                graph(
+                    "Records/s by service and outcome",
+                    Query(
+                        rate(
+                            "hala_consumer_records_total", "service, outcome", 'service=~"$service"'
+                        ),
+                        "{{service}} {{outcome}}",
+                    ),
+                    unit="rps",
+                    stacked=True,
+                ),
+                graph(
+                    "Dead letters by service",
+                    Query(
+                        "sum by (service) (increase(hala_dead_letters_total"
+                        f'{{service=~"$service"}}[{RATE}]))',
+                        "{{service}}",
+                    ),
+                    description="Records dead-lettered per interval (DeadLettersReceived alert).",
+                    bars=True,
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+                graph(
+                    "Consumer lag by group",
+                    Query(
+                        'sum by (group) (hala_consumer_lag_records{service=~"$service"})',
+                        "{{group}}",
+                    ),
+                    description="ConsumerLagGrowing fires above 1000 records and rising.",
+                    thresholds=[(GREEN, None), (RED, 1000)],
+                ),
+                graph(
+                    "Consumer lag by group and partition",
+                    Query(
+                        "sum by (group, topic, partition) "
                         '(hala_consumer_lag_records{service=~"$service"})',
-                        "{{group}} {{topic}}/{{partition}}"),
-                  width=24, height=9),
-        ]),
-        Row("Processes", [
-            graph("Resident memory by job and instance",
-                  Query("sum by (job, instance) (process_resident_memory_bytes)",
-                        "{{job}} {{instance}}"),
-                  description="The services' default registry exports process metrics; the "
-                              "simulator's own registry does not.",
-                  unit="bytes", width=24),
-        ]),
+                        "{{group}} {{topic}}/{{partition}}",
+                    ),
+                    width=24,
+                    height=9,
+                ),
+            ],
+        ),
+        Row(
+            "Processes",
+            [
+                graph(
+                    "Resident memory by job and instance",
+                    Query(
+                        "sum by (job, instance) (process_resident_memory_bytes)",
+                        "{{job}} {{instance}}",
+                    ),
+                    description="The services' default registry exports process metrics; the "
+                    "simulator's own registry does not.",
+                    unit="bytes",
+                    width=24,
+                ),
+            ],
+        ),
     ]
 
 
 def pipeline() -> list[Row]:
     return [
-        Row("At a glance", [
-            must_be_zero("Meta throttle errors",
-                         "sum(sender_throttle_errors_total) or vector(0)",
-                         "Throttling errors Meta answered since the sender started: pacing "
-                         "exists so that there are none (MetaThrottleErrors alert)."),
-            stat("Numbers held", "sum(sender_numbers_held) or vector(0)",
-                 "Phone numbers on which sending is held (token expired, account restricted, "
-                 "maintenance).", thresholds=[(GREEN, None), (ORANGE, ANY)]),
-            stat("Parked statuses", "sum(status_parked_statuses) or vector(0)",
-                 "Statuses waiting for a wamid we do not know yet (measured by the sweeper).",
-                 thresholds=[(GREEN, None), (ORANGE, 100)]),
-            stat("Webhook signature failures (range)",
-                 'sum(increase(status_webhooks_rejected_total{reason="bad_signature"}'
-                 "[$__range])) or vector(0)",
-                 "Wrong app secret or forged traffic (WebhookSignatureFailuresSpike alert).",
-                 thresholds=[(GREEN, None), (RED, ANY)]),
-        ]),
-        Row("End to end", [
-            graph("202 to Meta accepting the message",
-                  quantiles("sender_accept_to_meta_seconds"),
-                  description="From ingest's 202 to the Graph API's 200 (pacing included).",
-                  unit="s", width=12),
-            graph("202 to the delivery being stored",
-                  quantiles("status_accept_to_delivered_seconds"),
-                  description="From ingest's 202 to the delivered (or read) status stored.",
-                  unit="s", width=12),
-        ]),
-        Row("Ingest", [
-            graph("Accepted/s by type",
-                  Query(rate("ingest_messages_accepted_total", "type"), "{{type}}"),
-                  unit="rps", stacked=True, width=6),
-            graph("Rejected/s by code",
-                  Query(rate("ingest_rejections_total", "code"), "{{code}}"),
-                  unit="rps", stacked=True, width=6),
-            graph("Idempotent replays/s",
-                  Query(rate("ingest_idempotent_replays_total"), "replays"), unit="rps",
-                  width=6),
-            graph("Publish latency (to broker ack)",
-                  quantiles("ingest_publish_duration_seconds"), unit="s", width=6),
-        ]),
-        Row("Sender", [
-            graph("Meta calls/s by outcome and error class",
-                  Query(rate("sender_meta_requests_total", "outcome, error_class"),
-                        "{{outcome}} {{error_class}}"),
-                  unit="reqps", stacked=True),
-            graph("Meta call latency", quantiles("sender_meta_request_duration_seconds"),
-                  unit="s"),
-            graph("Pacing wait",
-                  quantiles("sender_pacing_wait_seconds"),
-                  description="From eligible (recipient and tier permitting) to sent.",
-                  unit="s"),
-            graph("Outcomes/s by status",
-                  Query(rate("sender_outcomes_total", "status, replayed"),
-                        "{{status}} replayed={{replayed}}"),
-                  unit="rps", stacked=True),
-            graph("Throttle errors by code",
-                  Query(f"sum by (code) (increase(sender_throttle_errors_total[{RATE}]))",
-                        "{{code}}"),
-                  description="Must stay zero.", bars=True,
-                  thresholds=[(GREEN, None), (RED, ANY)]),
-            graph("Pair-rate parked and expired /s",
-                  Query(rate("sender_pair_rate_parked_total"), "pair-rate parked"),
-                  Query(rate("sender_messages_expired_total"), "expired"),
-                  unit="rps"),
-            graph("In flight and queued",
-                  Query("sum(sender_messages_in_flight)", "in flight"),
-                  Query("sum(sender_messages_queued)", "queued")),
-            graph("Numbers held",
-                  Query("sum(sender_numbers_held)", "held")),
-            graph("Operator alerts by kind",
-                  Query(f"sum by (kind) (increase(sender_alerts_total[{RATE}]))", "{{kind}}"),
-                  bars=True),
-        ]),
-        Row("Status (webhooks)", [
-            graph("Webhooks/s",
-                  Query(rate("status_webhooks_received_total"), "received"),
-                  Query(rate("status_webhooks_published_total"), "published"),
-                  Query(rate("status_webhooks_rejected_total", "reason"),
-                        "rejected {{reason}}"),
-                  unit="reqps"),
-            graph("Webhook publish latency (to broker ack)",
-                  quantiles("status_webhook_publish_duration_seconds"), unit="s"),
-            graph("Processing lag", quantiles("status_processing_lag_seconds"),
-                  description="From receiving a webhook to processing it.", unit="s"),
-            graph("Statuses/s by kind",
-                  Query(rate("status_statuses_total", "status"), "{{status}}"),
-                  unit="rps", stacked=True),
-            graph("Parked statuses",
-                  Query("sum(status_parked_statuses)", "parked now"),
-                  Query(f"sum(increase(status_statuses_parked_total[{RATE}]))",
-                        "parked per interval")),
-            graph("Inbound messages/s",
-                  Query(rate("status_inbound_messages_total"), "inbound"), unit="rps"),
-            graph("Template updates, ignored changes, malformed items",
-                  Query(f"sum by (event) (increase(status_template_updates_total[{RATE}]))",
-                        "template {{event}}"),
-                  Query(f"sum by (field) (increase(status_changes_ignored_total[{RATE}]))",
-                        "ignored {{field}}"),
-                  Query(f"sum(increase(status_items_malformed_total[{RATE}]))", "malformed"),
-                  bars=True, width=12),
-            graph("Sweeper",
-                  Query(f"sum(increase(status_unknown_outcomes_failed_total[{RATE}]))",
-                        "unknown → failed"),
-                  Query(f"sum(increase(status_messages_anonymised_total[{RATE}]))",
-                        "anonymised"),
-                  bars=True, width=12),
-        ]),
-        Row("Meta simulator (local runs)", collapsed=True, panels=[
-            graph("Simulator sends/s by outcome",
-                  Query(rate("metasim_sends_total", "outcome"), "{{outcome}}"), unit="rps",
-                  width=6),
-            graph("Simulator Graph errors by code",
-                  Query(f"sum by (code) (increase(metasim_graph_errors_total[{RATE}]))",
-                        "{{code}}"), bars=True, width=6),
-            graph("Simulator webhook attempts/s by result",
-                  Query(rate("metasim_webhook_attempts_total", "result"), "{{result}}"),
-                  unit="reqps", width=6),
-            graph("Simulator webhook items pending",
-                  Query("sum(metasim_webhook_pending)", "pending"), width=6),
-        ]),
+        Row(
+            "At a glance",
+            [
+                must_be_zero(
+                    "Meta throttle errors",
+                    "sum(sender_throttle_errors_total) or vector(0)",
+                    "Throttling errors Meta answered since the sender started: pacing "
+                    "exists so that there are none (MetaThrottleErrors alert).",
+                ),
+                stat(
+                    "Numbers held",
+                    "sum(sender_numbers_held) or vector(0)",
+                    "Phone numbers on which sending is held (token expired, account restricted, "
+                    "maintenance).",
+                    thresholds=[(GREEN, None), (ORANGE, ANY)],
+                ),
+                stat(
+                    "Parked statuses",
+                    "sum(status_parked_statuses) or vector(0)",
+                    "Statuses waiting for a wamid we do not know yet (measured by the sweeper).",
+                    thresholds=[(GREEN, None), (ORANGE, 100)],
+                ),
+                stat(
+                    "Webhook signature failures (range)",
+                    'sum(increase(status_webhooks_rejected_total{reason="bad_signature"}'
+                    "[$__range])) or vector(0)",
+                    "Wrong app secret or forged traffic (WebhookSignatureFailuresSpike alert).",
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+            ],
+        ),
+        Row(
+            "End to end",
+            [
+                graph(
+                    "202 to Meta accepting the message",
+                    quantiles("sender_accept_to_meta_seconds"),
+                    description="From ingest's 202 to the Graph API's 200 (pacing included).",
+                    unit="s",
+                    width=12,
+                ),
+                graph(
+                    "202 to the delivery being stored",
+                    quantiles("status_accept_to_delivered_seconds"),
+                    description="From ingest's 202 to the delivered (or read) status stored.",
+                    unit="s",
+                    width=12,
+                ),
+            ],
+        ),
+        Row(
+            "Ingest",
+            [
+                graph(
+                    "Accepted/s by type",
+                    Query(rate("ingest_messages_accepted_total", "type"), "{{type}}"),
+                    unit="rps",
+                    stacked=True,
+                    width=6,
+                ),
+                graph(
+                    "Rejected/s by code",
+                    Query(rate("ingest_rejections_total", "code"), "{{code}}"),
+                    unit="rps",
+                    stacked=True,
+                    width=6,
+                ),
+                graph(
+                    "Idempotent replays/s",
+                    Query(rate("ingest_idempotent_replays_total"), "replays"),
+                    unit="rps",
+                    width=6,
+                ),
+                graph(
+                    "Publish latency (to broker ack)",
+                    quantiles("ingest_publish_duration_seconds"),
+                    unit="s",
+                    width=6,
+                ),
+            ],
+        ),
+        Row(
+            "Sender",
+            [
+                graph(
+                    "Meta calls/s by outcome and error class",
+                    Query(
+                        rate("sender_meta_requests_total", "outcome, error_class"),
+                        "{{outcome}} {{error_class}}",
+                    ),
+                    unit="reqps",
+                    stacked=True,
+                ),
+                graph(
+                    "Meta call latency", quantiles("sender_meta_request_duration_seconds"), unit="s"
+                ),
+                graph(
+                    "Pacing wait",
+                    quantiles("sender_pacing_wait_seconds"),
+                    description="From eligible (recipient and tier permitting) to sent.",
+                    unit="s",
+                ),
+                graph(
+                    "Outcomes/s by status",
+                    Query(
+                        rate("sender_outcomes_total", "status, replayed"),
+                        "{{status}} replayed={{replayed}}",
+                    ),
+                    unit="rps",
+                    stacked=True,
+                ),
+                graph(
+                    "Throttle errors by code",
+                    Query(
+                        f"sum by (code) (increase(sender_throttle_errors_total[{RATE}]))",
+                        "{{code}}",
+                    ),
+                    description="Must stay zero.",
+                    bars=True,
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+                graph(
+                    "Pair-rate parked and expired /s",
+                    Query(rate("sender_pair_rate_parked_total"), "pair-rate parked"),
+                    Query(rate("sender_messages_expired_total"), "expired"),
+                    unit="rps",
+                ),
+                graph(
+                    "In flight and queued",
+                    Query("sum(sender_messages_in_flight)", "in flight"),
+                    Query("sum(sender_messages_queued)", "queued"),
+                ),
+                graph("Numbers held", Query("sum(sender_numbers_held)", "held")),
+                graph(
+                    "Operator alerts by kind",
+                    Query(f"sum by (kind) (increase(sender_alerts_total[{RATE}]))", "{{kind}}"),
+                    bars=True,
+                ),
+            ],
+        ),
+        Row(
+            "Status (webhooks)",
+            [
+                graph(
+                    "Webhooks/s",
+                    Query(rate("status_webhooks_received_total"), "received"),
+                    Query(rate("status_webhooks_published_total"), "published"),
+                    Query(rate("status_webhooks_rejected_total", "reason"), "rejected {{reason}}"),
+                    unit="reqps",
+                ),
+                graph(
+                    "Webhook publish latency (to broker ack)",
+                    quantiles("status_webhook_publish_duration_seconds"),
+                    unit="s",
+                ),
+                graph(
+                    "Processing lag",
+                    quantiles("status_processing_lag_seconds"),
+                    description="From receiving a webhook to processing it.",
+                    unit="s",
+                ),
+                graph(
+                    "Statuses/s by kind",
+                    Query(rate("status_statuses_total", "status"), "{{status}}"),
+                    unit="rps",
+                    stacked=True,
+                ),
+                graph(
+                    "Parked statuses",
+                    Query("sum(status_parked_statuses)", "parked now"),
+                    Query(
+                        f"sum(increase(status_statuses_parked_total[{RATE}]))",
+                        "parked per interval",
+                    ),
+                ),
+                graph(
+                    "Inbound messages/s",
+                    Query(rate("status_inbound_messages_total"), "inbound"),
+                    unit="rps",
+                ),
+                graph(
+                    "Template updates, ignored changes, malformed items",
+                    Query(
+                        f"sum by (event) (increase(status_template_updates_total[{RATE}]))",
+                        "template {{event}}",
+                    ),
+                    Query(
+                        f"sum by (field) (increase(status_changes_ignored_total[{RATE}]))",
+                        "ignored {{field}}",
+                    ),
+                    Query(f"sum(increase(status_items_malformed_total[{RATE}]))", "malformed"),
+                    bars=True,
+                    width=12,
+                ),
+                graph(
+                    "Sweeper",
+                    Query(
+                        f"sum(increase(status_unknown_outcomes_failed_total[{RATE}]))",
+                        "unknown → failed",
+                    ),
+                    Query(f"sum(increase(status_messages_anonymised_total[{RATE}]))", "anonymised"),
+                    bars=True,
+                    width=12,
+                ),
+            ],
+        ),
+        Row(
+            "Meta simulator (local runs)",
+            collapsed=True,
+            panels=[
+                graph(
+                    "Simulator sends/s by outcome",
+                    Query(rate("metasim_sends_total", "outcome"), "{{outcome}}"),
+                    unit="rps",
+                    width=6,
+                ),
+                graph(
+                    "Simulator Graph errors by code",
+                    Query(
+                        f"sum by (code) (increase(metasim_graph_errors_total[{RATE}]))", "{{code}}"
+                    ),
+                    bars=True,
+                    width=6,
+                ),
+                graph(
+                    "Simulator webhook attempts/s by result",
+                    Query(rate("metasim_webhook_attempts_total", "result"), "{{result}}"),
+                    unit="reqps",
+                    width=6,
+                ),
+                graph(
+                    "Simulator webhook items pending",
+                    Query("sum(metasim_webhook_pending)", "pending"),
+                    width=6,
+                ),
+            ],
+        ),
     ]
 
 
 def billing() -> list[Row]:
     return [
-        Row("At a glance", [
-            must_be_zero("Ledger drift", "max(billing_ledger_drift_micros) or vector(0)",
-                         "Ledger vs balances at the last reconciliation (LedgerDrift alert).",
-                         unit="none"),
-            stat("Low-balance alerts (range)",
-                 "sum(increase(billing_low_balance_alerts_total[$__range])) or vector(0)",
-                 "Accounts whose available credit fell below their threshold.",
-                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
-            stat("Dead letters (range)",
-                 'sum(increase(hala_dead_letters_total{service="billing"}[$__range])) '
-                 "or vector(0)", "Billing events sent to a dead-letter topic.",
-                 thresholds=[(GREEN, None), (RED, ANY)]),
-            stat("Consumer lag (records)",
-                 'sum(hala_consumer_lag_records{service="billing"}) or vector(0)',
-                 "Billing's records not committed yet.",
-                 thresholds=[(GREEN, None), (ORANGE, 100), (RED, 1000)]),
-        ]),
-        Row("Money", [
-            graph("Reservations, charges, refunds /s",
-                  Query(rate("billing_reservations_total"), "reservations"),
-                  Query(rate("billing_charges_total"), "charges"),
-                  Query(rate("billing_refunds_total"), "refunds"),
-                  unit="rps"),
-            graph("Rejections/s by reason",
-                  Query(rate("billing_rejections_total", "reason"), "{{reason}}"),
-                  unit="rps", stacked=True),
-            graph("Charged micros/s",
-                  Query(rate("billing_charged_micros_total"), "charged"),
-                  description="Micros of account currency charged for delivered messages, "
-                              "all currencies added up."),
-            graph("Low-balance alerts",
-                  Query(f"sum(increase(billing_low_balance_alerts_total[{RATE}]))", "alerts"),
-                  bars=True),
-            graph("Ledger drift (micros)", Query("max(billing_ledger_drift_micros)", "drift"),
-                  description="Must stay zero.", thresholds=[(GREEN, None), (RED, ANY)]),
-        ]),
-        Row("Events", [
-            graph("Events/s by topic and outcome",
-                  Query(rate("billing_events_total", "topic, outcome"),
-                        "{{topic}} {{outcome}}"),
-                  unit="rps", stacked=True),
-            graph("Event duration", quantiles("billing_event_duration_seconds"),
-                  description="Per input event, retries included.", unit="s"),
-            graph("Consumer lag by partition",
-                  Query('sum by (topic, partition) (hala_consumer_lag_records'
-                        '{service="billing"})', "{{topic}}/{{partition}}")),
-        ]),
+        Row(
+            "At a glance",
+            [
+                must_be_zero(
+                    "Ledger drift",
+                    "max(billing_ledger_drift_micros) or vector(0)",
+                    "Ledger vs balances at the last reconciliation (LedgerDrift alert).",
+                    unit="none",
+                ),
+                stat(
+                    "Low-balance alerts (range)",
+                    "sum(increase(billing_low_balance_alerts_total[$__range])) or vector(0)",
+                    "Accounts whose available credit fell below their threshold.",
+                    thresholds=[(GREEN, None), (ORANGE, ANY)],
+                ),
+                stat(
+                    "Dead letters (range)",
+                    'sum(increase(hala_dead_letters_total{service="billing"}[$__range])) '
+                    "or vector(0)",
+                    "Billing events sent to a dead-letter topic.",
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+                stat(
+                    "Consumer lag (records)",
+                    'sum(hala_consumer_lag_records{service="billing"}) or vector(0)',
+                    "Billing's records not committed yet.",
+                    thresholds=[(GREEN, None), (ORANGE, 100), (RED, 1000)],
+                ),
+            ],
+        ),
+        Row(
+            "Money",
+            [
+                graph(
+                    "Reservations, charges, refunds /s",
+                    Query(rate("billing_reservations_total"), "reservations"),
+                    Query(rate("billing_charges_total"), "charges"),
+                    Query(rate("billing_refunds_total"), "refunds"),
+                    unit="rps",
+                ),
+                graph(
+                    "Rejections/s by reason",
+                    Query(rate("billing_rejections_total", "reason"), "{{reason}}"),
+                    unit="rps",
+                    stacked=True,
+                ),
+                graph(
+                    "Charged micros/s",
+                    Query(rate("billing_charged_micros_total"), "charged"),
+                    description="Micros of account currency charged for delivered messages, "
+                    "all currencies added up.",
+                ),
+                graph(
+                    "Low-balance alerts",
+                    Query(f"sum(increase(billing_low_balance_alerts_total[{RATE}]))", "alerts"),
+                    bars=True,
+                ),
+                graph(
+                    "Ledger drift (micros)",
+                    Query("max(billing_ledger_drift_micros)", "drift"),
+                    description="Must stay zero.",
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+            ],
+        ),
+        Row(
+            "Events",
+            [
+                graph(
+                    "Events/s by topic and outcome",
+                    Query(rate("billing_events_total", "topic, outcome"), "{{topic}} {{outcome}}"),
+                    unit="rps",
+                    stacked=True,
+                ),
+                graph(
+                    "Event duration",
+                    quantiles("billing_event_duration_seconds"),
+                    description="Per input event, retries included.",
+                    unit="s",
+                ),
+                graph(
+                    "Consumer lag by partition",
+                    Query(
+                        'sum by (topic, partition) (hala_consumer_lag_records{service="billing"})',
+                        "{{topic}}/{{partition}}",
+                    ),
+                ),
+            ],
+        ),
     ]
 
 
 def notify() -> list[Row]:
     return [
-        Row("At a glance", [
-            stat("Delivered (range)",
-                 'sum(increase(notify_deliveries_total{outcome="delivered"}[$__range])) '
-                 "or vector(0)", "Webhook deliveries that reached their endpoint."),
-            stat("Failed deliveries (range)",
-                 'sum(increase(notify_deliveries_total{outcome="failed"}[$__range])) '
-                 "or vector(0)", "Deliveries given up: retries exhausted, or 410 Gone.",
-                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
-            stat("Endpoints disabled (range)",
-                 "sum(increase(notify_endpoints_disabled_total[$__range])) or vector(0)",
-                 "Client endpoints notify disabled (410, or 3 days without a success); their "
-                 "owners were emailed (NotifyEndpointsDisabled alert).",
-                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
-            stat("Alert emails failed (range)",
-                 'sum(increase(notify_emails_total{outcome=~"failed|no_recipient"}'
-                 "[$__range])) or vector(0)", "Emails given up (NotifyEmailsFailing alert).",
-                 thresholds=[(GREEN, None), (RED, ANY)]),
-        ]),
-        Row("Webhook deliveries", [
-            graph("Attempts/s by outcome",
-                  Query(rate("notify_attempts_total", "outcome"), "{{outcome}}"),
-                  unit="reqps", stacked=True,
-                  description="delivered, http_error, throttled (429/503), gone (410), "
-                              "timeout, connection_error, blocked (SSRF guard)."),
-            graph("Deliveries finished/s by outcome",
-                  Query(rate("notify_deliveries_total", "outcome"), "{{outcome}}"),
-                  unit="rps", stacked=True),
-            graph("Event lag: platform event to first attempt",
-                  quantiles("notify_event_lag_seconds"), unit="s",
-                  description="From the source record in Kafka to the first attempt "
-                              "starting (NotifyEventLagHigh alert above 5 s).",
-                  thresholds=[(GREEN, None), (RED, 5)]),
-            graph("Attempt latency", quantiles("notify_attempt_duration_seconds"), unit="s",
-                  description="Attempts that got an answer; timeouts end at 10 s."),
-            graph("In flight and queued",
-                  Query("sum(notify_attempts_in_flight)", "in flight"),
-                  Query("sum(notify_deliveries_queued)", "queued in memory")),
-            graph("Client events/s by type and outcome",
-                  Query(rate("notify_events_total", "type, outcome"), "{{type}} {{outcome}}"),
-                  unit="rps", stacked=True),
-        ]),
-        Row("Requests and email", [
-            graph("Tests and replays",
-                  Query(f"sum by (kind, outcome) (increase(notify_requests_total[{RATE}]))",
-                        "{{kind}} {{outcome}}"), bars=True),
-            graph("Alert emails by kind and outcome",
-                  Query(f"sum by (kind, outcome) (increase(notify_emails_total[{RATE}]))",
-                        "{{kind}} {{outcome}}"), bars=True),
-            graph("Endpoints disabled by reason",
-                  Query(f"sum by (reason) (increase(notify_endpoints_disabled_total[{RATE}]))",
-                        "{{reason}}"), bars=True),
-        ]),
+        Row(
+            "At a glance",
+            [
+                stat(
+                    "Delivered (range)",
+                    'sum(increase(notify_deliveries_total{outcome="delivered"}[$__range])) '
+                    "or vector(0)",
+                    "Webhook deliveries that reached their endpoint.",
+                ),
+                stat(
+                    "Failed deliveries (range)",
+                    'sum(increase(notify_deliveries_total{outcome="failed"}[$__range])) '
+                    "or vector(0)",
+                    "Deliveries given up: retries exhausted, or 410 Gone.",
+                    thresholds=[(GREEN, None), (ORANGE, ANY)],
+                ),
+                stat(
+                    "Endpoints disabled (range)",
+                    "sum(increase(notify_endpoints_disabled_total[$__range])) or vector(0)",
+                    "Client endpoints notify disabled (410, or 3 days without a success); their "
+                    "owners were emailed (NotifyEndpointsDisabled alert).",
+                    thresholds=[(GREEN, None), (ORANGE, ANY)],
+                ),
+                stat(
+                    "Alert emails failed (range)",
+                    'sum(increase(notify_emails_total{outcome=~"failed|no_recipient"}'
+                    "[$__range])) or vector(0)",
+                    "Emails given up (NotifyEmailsFailing alert).",
+                    thresholds=[(GREEN, None), (RED, ANY)],
+                ),
+            ],
+        ),
+        Row(
+            "Webhook deliveries",
+            [
+                graph(
+                    "Attempts/s by outcome",
+                    Query(rate("notify_attempts_total", "outcome"), "{{outcome}}"),
+                    unit="reqps",
+                    stacked=True,
+                    description="delivered, http_error, throttled (429/503), gone (410), "
+                    "timeout, connection_error, blocked (SSRF guard).",
+                ),
+                graph(
+                    "Deliveries finished/s by outcome",
+                    Query(rate("notify_deliveries_total", "outcome"), "{{outcome}}"),
+                    unit="rps",
+                    stacked=True,
+                ),
+                graph(
+                    "Event lag: platform event to first attempt",
+                    quantiles("notify_event_lag_seconds"),
+                    unit="s",
+                    description="From the source record in Kafka to the first attempt "
+                    "starting (NotifyEventLagHigh alert above 5 s).",
+                    thresholds=[(GREEN, None), (RED, 5)],
+                ),
+                graph(
+                    "Attempt latency",
+                    quantiles("notify_attempt_duration_seconds"),
+                    unit="s",
+                    description="Attempts that got an answer; timeouts end at 10 s.",
+                ),
+                graph(
+                    "In flight and queued",
+                    Query("sum(notify_attempts_in_flight)", "in flight"),
+                    Query("sum(notify_deliveries_queued)", "queued in memory"),
+                ),
+                graph(
+                    "Client events/s by type and outcome",
+                    Query(rate("notify_events_total", "type, outcome"), "{{type}} {{outcome}}"),
+                    unit="rps",
+                    stacked=True,
+                ),
+            ],
+        ),
+        Row(
+            "Requests and email",
+            [
+                graph(
+                    "Tests and replays",
+                    Query(
+                        f"sum by (kind, outcome) (increase(notify_requests_total[{RATE}]))",
+                        "{{kind}} {{outcome}}",
+                    ),
+                    bars=True,
+                ),
+                graph(
+                    "Alert emails by kind and outcome",
+                    Query(
+                        f"sum by (kind, outcome) (increase(notify_emails_total[{RATE}]))",
+                        "{{kind}} {{outcome}}",
+                    ),
+                    bars=True,
+                ),
+                graph(
+                    "Endpoints disabled by reason",
+                    Query(
+                        f"sum by (reason) (increase(notify_endpoints_disabled_total[{RATE}]))",
+                        "{{reason}}",
+                    ),
+                    bars=True,
+                ),
+            ],
+        ),
     ]
 
 
 def trust() -> list[Row]:
     return [
-        Row("At a glance", [
-            stat("Accounts held (range)",
-                 "sum(increase(guard_holds_total[$__range])) or vector(0)",
-                 "Holds guard's fraud and spam rules put on accounts' sending; each waits for "
-                 "an operator (AccountsHeld alert; `hala accounts release`).",
-                 thresholds=[(GREEN, None), (ORANGE, ANY)]),
-            stat("Releases (range)", "sum(increase(guard_releases_total[$__range])) or vector(0)",
-                 "Holds operators released."),
-            stat("Marketing refused to opted-out contacts (range)",
-                 'sum(increase(ingest_rejections_total{code="recipient_opted_out"}[$__range])) '
-                 "or vector(0)", "422 recipient_opted_out: a marketing template to a contact "
-                 "who opted out (Meta would have failed it with 131050)."),
-            stat("Opt-outs (range)",
-                 'sum(increase(status_suppressions_total{outcome="suppressed"}[$__range])) '
-                 "or vector(0)", "Contacts suppressed for marketing (keyword, Meta's "
-                 "user_preferences, the API, an operator)."),
-        ]),
-        Row("Rules and lists", [
-            graph("Holds by rule",
-                  Query(f"sum by (rule) (increase(guard_holds_total[{RATE}]))", "{{rule}}"),
-                  bars=True),
-            graph("Suppression changes by source and outcome",
-                  Query(f"sum by (source, outcome) (increase(status_suppressions_total[{RATE}]))",
-                        "{{source}} {{outcome}}"), bars=True),
-            graph("Sends refused by the account's rules",
-                  Query(rate("ingest_rejections_total", "code",
-                             'code=~"account_held|recipient_blocked|recipient_opted_out"'),
-                        "{{code}}"), unit="reqps", stacked=True),
-            graph("guard records/s by kind and outcome",
-                  Query(rate("guard_records_total", "kind, outcome"), "{{kind}} {{outcome}}"),
-                  unit="rps", stacked=True),
-            graph("guard batch duration", quantiles("guard_batch_duration_seconds"), unit="s"),
-            graph("guard consumer lag",
-                  Query('sum(hala_consumer_lag_records{service="guard"})', "records")),
-        ]),
+        Row(
+            "At a glance",
+            [
+                stat(
+                    "Accounts held (range)",
+                    "sum(increase(guard_holds_total[$__range])) or vector(0)",
+                    "Holds guard's fraud and spam rules put on accounts' sending; each waits for "
+                    "an operator (AccountsHeld alert; `hala accounts release`).",
+                    thresholds=[(GREEN, None), (ORANGE, ANY)],
+                ),
+                stat(
+                    "Releases (range)",
+                    "sum(increase(guard_releases_total[$__range])) or vector(0)",
+                    "Holds operators released.",
+                ),
+                stat(
+                    "Marketing refused to opted-out contacts (range)",
+                    'sum(increase(ingest_rejections_total{code="recipient_opted_out"}[$__range])) '
+                    "or vector(0)",
+                    "422 recipient_opted_out: a marketing template to a contact "
+                    "who opted out (Meta would have failed it with 131050).",
+                ),
+                stat(
+                    "Opt-outs (range)",
+                    'sum(increase(status_suppressions_total{outcome="suppressed"}[$__range])) '
+                    "or vector(0)",
+                    "Contacts suppressed for marketing (keyword, Meta's "
+                    "user_preferences, the API, an operator).",
+                ),
+            ],
+        ),
+        Row(
+            "Rules and lists",
+            [
+                graph(
+                    "Holds by rule",
+                    Query(f"sum by (rule) (increase(guard_holds_total[{RATE}]))", "{{rule}}"),
+                    bars=True,
+                ),
+                graph(
+                    "Suppression changes by source and outcome",
+                    Query(
+                        f"sum by (source, outcome) (increase(status_suppressions_total[{RATE}]))",
+                        "{{source}} {{outcome}}",
+                    ),
+                    bars=True,
+                ),
+                graph(
+                    "Sends refused by the account's rules",
+                    Query(
+                        rate(
+                            "ingest_rejections_total",
+                            "code",
+                            'code=~"account_held|recipient_blocked|recipient_opted_out"',
+                        ),
+                        "{{code}}",
+                    ),
+                    unit="reqps",
+                    stacked=True,
+                ),
+                graph(
+                    "guard records/s by kind and outcome",
+                    Query(rate("guard_records_total", "kind, outcome"), "{{kind}} {{outcome}}"),
+                    unit="rps",
+                    stacked=True,
+                ),
+                graph("guard batch duration", quantiles("guard_batch_duration_seconds"), unit="s"),
+                graph(
+                    "guard consumer lag",
+                    Query('sum(hala_consumer_lag_records{service="guard"})', "records"),
+                ),
+            ],
+        ),
     ]
 
 
@@ -524,15 +918,21 @@ DASHBOARDS = {
 
 # --- layout and the dashboard envelope ------------------------------------------------------
 
+
 def lay_out(rows: list[Row]) -> list[Json]:
     """Rows full width; panels left to right, wrapping at 24 columns."""
     panels: list[Json] = []
     next_id = 1
     y = 0
     for row in rows:
-        row_json: Json = {"id": next_id, "type": "row", "title": row.title,
-                          "collapsed": row.collapsed,
-                          "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []}
+        row_json: Json = {
+            "id": next_id,
+            "type": "row",
+            "title": row.title,
+            "collapsed": row.collapsed,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+            "panels": [],
+        }
         next_id += 1
         panels.append(row_json)
         y += 1
@@ -552,15 +952,25 @@ def lay_out(rows: list[Row]) -> list[Json]:
 def dashboard(uid: str, title: str, rows: list[Row]) -> Json:
     templating: list[Json] = []
     if any("$service" in q.expr for row in rows for p in row.panels for q in p.queries):
-        templating.append({
-            "name": "service", "label": "Service", "type": "query",
-            "datasource": DATASOURCE,
-            "definition": 'label_values(up{job="hala"}, service)',
-            "query": 'label_values(up{job="hala"}, service)',
-            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-            "options": [], "regex": "", "sort": 1, "hide": 0,
-        })
+        templating.append(
+            {
+                "name": "service",
+                "label": "Service",
+                "type": "query",
+                "datasource": DATASOURCE,
+                "definition": 'label_values(up{job="hala"}, service)',
+                "query": 'label_values(up{job="hala"}, service)',
+                "refresh": 2,
+                "includeAll": True,
+                "multi": True,
+                "allValue": ".*",
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                "options": [],
+                "regex": "",
+                "sort": 1,
+                "hide": 0,
+            }
+        )
     return {
         "uid": uid,
         "title": title,
@@ -572,13 +982,29 @@ def dashboard(uid: str, title: str, rows: list[Row]) -> Json:
         "time": {"from": "now-1h", "to": "now"},
         "schemaVersion": SCHEMA_VERSION,
         "version": 1,
-        "annotations": {"list": [{
-            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts", "type": "dashboard",
-        }]},
-        "links": [{"type": "dashboards", "tags": [TAG], "asDropdown": False,
-                   "includeVars": False, "keepTime": True, "title": "Hala dashboards"}],
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "links": [
+            {
+                "type": "dashboards",
+                "tags": [TAG],
+                "asDropdown": False,
+                "includeVars": False,
+                "keepTime": True,
+                "title": "Hala dashboards",
+            }
+        ],
         "templating": {"list": templating},
         "panels": lay_out(rows),
     }
@@ -586,8 +1012,10 @@ def dashboard(uid: str, title: str, rows: list[Row]) -> Json:
 
 def build() -> dict[str, str]:
     """File name -> the JSON text to commit."""
-    return {name: json.dumps(dashboard(uid, title, rows()), indent=2, ensure_ascii=False) + "\n"
-            for name, (uid, title, rows) in DASHBOARDS.items()}
+    return {
+        name: json.dumps(dashboard(uid, title, rows()), indent=2, ensure_ascii=False) + "\n"
+        for name, (uid, title, rows) in DASHBOARDS.items()
+    }
 
 
 def main() -> None:

@@ -49,8 +49,9 @@ TOP_UP = 100_000_000
 DEMO_RECIPIENT = "+447912345678"
 
 
-def token_keys(env: dict[str, str] | os._Environ[str] = os.environ,
-               secrets_file: Path = SECRETS_FILE) -> str:
+def token_keys(
+    env: dict[str, str] | os._Environ[str] = os.environ, secrets_file: Path = SECRETS_FILE
+) -> str:
     """HALA_TOKEN_KEYS from the environment, else from .run/secrets.env, else a new key written
     there (mode 600). deploy/local/stack.py can call this to pass the same value to services."""
     if env.get("HALA_TOKEN_KEYS"):
@@ -71,10 +72,13 @@ def token_keys(env: dict[str, str] | os._Environ[str] = os.environ,
 
 def sending_token(config: SimConfig, waba_id: str) -> str:
     """A simulator token that may send and manage this WABA; a WABA's own token beats the BSP's."""
-    usable = [t for t in config.access_tokens
-              if not t.expired and not t.invalidated
-              and {"whatsapp_business_messaging", "whatsapp_business_management"}
-              <= set(t.permissions)]
+    usable = [
+        t
+        for t in config.access_tokens
+        if not t.expired
+        and not t.invalidated
+        and {"whatsapp_business_messaging", "whatsapp_business_management"} <= set(t.permissions)
+    ]
     for token in usable:
         if isinstance(token.wabas, list) and waba_id in token.wabas:
             return token.token.get_secret_value()
@@ -115,10 +119,19 @@ async def seed() -> None:
     try:
         await commands.prepare(db)
         found = await commands.find_accounts_by_name(db, DEMO_ACCOUNT)
-        account = found[0] if found else await commands.create_account(
-            db, name=DEMO_ACCOUNT, email="demo@hala-whatsup.example", phone="+971501234567",
-            business_name="Demo Co LLC", fb_business_manager_id="100000000000001",
-            low_balance_threshold=10_000_000)
+        account = (
+            found[0]
+            if found
+            else await commands.create_account(
+                db,
+                name=DEMO_ACCOUNT,
+                email="demo@hala-whatsup.example",
+                phone="+971501234567",
+                business_name="Demo Co LLC",
+                fb_business_manager_id="100000000000001",
+                low_balance_threshold=10_000_000,
+            )
+        )
         account_id = account["_id"]
         if account.get("status") != "active":
             await commands.set_account_status(db, account_id, "active")
@@ -130,32 +143,48 @@ async def seed() -> None:
             graph = GraphClient(session, metasim, config.webhooks.graph_version)
             for portfolio in config.portfolios:
                 for waba in portfolio.wabas:
-                    await commands.register_waba(db, account_id=account_id, waba_id=waba.id,
-                                                 portfolio_id=portfolio.id, name=waba.name)
+                    await commands.register_waba(
+                        db,
+                        account_id=account_id,
+                        waba_id=waba.id,
+                        portfolio_id=portfolio.id,
+                        name=waba.name,
+                    )
                     for number in waba.phone_numbers:
                         await commands.register_number(
-                            db, vault, account_id=account_id, waba_id=waba.id,
+                            db,
+                            vault,
+                            account_id=account_id,
+                            waba_id=waba.id,
                             phone_number_id=number.id,
                             display_phone_number=number.display_phone_number,
                             access_token=sending_token(config, waba.id),
                             throughput_mps=number.throughput_mps,
-                            messaging_limit=portfolio.messaging_tier)
+                            messaging_limit=portfolio.messaging_tier,
+                        )
                     synced = await commands.sync_templates(db, vault, graph, waba_id=waba.id)
                     waba_ids.append(waba.id)
-                    print(f"waba     {waba.id}: {len(waba.phone_numbers)} numbers, "
-                          f"{synced['synced']} templates {synced['by_status']}")
+                    print(
+                        f"waba     {waba.id}: {len(waba.phone_numbers)} numbers, "
+                        f"{synced['synced']} templates {synced['by_status']}"
+                    )
 
         balance = await commands.show_balance(db, account_id)
         if balance["available"] < LOW_CREDIT:
             # One id per top-up generation: until billing applied it, a re-run re-sends the
             # same event, which billing applies once.
-            applied = await db[LEDGER].count_documents({"account_id": account_id,
-                                                        "kind": "topup"})
+            applied = await db[LEDGER].count_documents({"account_id": account_id, "kind": "topup"})
             event = await commands.top_up(
-                db, producer, account_id=account_id, amount=TOP_UP, note="demo seed",
+                db,
+                producer,
+                account_id=account_id,
+                amount=TOP_UP,
+                note="demo seed",
                 signing_key=settings.topup_key(),
                 operator="seed_demo",
-                topic_prefix=prefix, event_id=f"topup_demo_{account_id}_{applied + 1}")
+                topic_prefix=prefix,
+                event_id=f"topup_demo_{account_id}_{applied + 1}",
+            )
             print(f"credit   top-up of {TOP_UP} micros requested ({event.event_id})")
         else:
             print(f"credit   {balance['available']} micros available")
@@ -176,31 +205,49 @@ async def seed() -> None:
 async def _demo_request(db: Any, config: SimConfig, waba_ids: list[str]) -> dict[str, Any]:
     """A send with an approved template, preferring one without a media header."""
     numbers = {w.id: w.phone_numbers[0].id for p in config.portfolios for w in p.wabas}
-    candidates = [t for waba_id in waba_ids for t in await commands.list_templates(db, waba_id)
-                  if t["status"] == "APPROVED"]
+    candidates = [
+        t
+        for waba_id in waba_ids
+        for t in await commands.list_templates(db, waba_id)
+        if t["status"] == "APPROVED"
+    ]
     if not candidates:
         raise SystemExit("no approved template was synced from the simulator")
-    candidates.sort(key=lambda t: (t.get("header_format") not in (None, "TEXT"),
-                                   t["category"] != "UTILITY", t["language"] != "en_US",
-                                   t["name"]))
+    candidates.sort(
+        key=lambda t: (
+            t.get("header_format") not in (None, "TEXT"),
+            t["category"] != "UTILITY",
+            t["language"] != "en_US",
+            t["name"],
+        )
+    )
     template = candidates[0]
-    return {"from": numbers[template["waba_id"]], "to": DEMO_RECIPIENT, "type": "template",
-            "template": {"name": template["name"], "language": {"code": template["language"]},
-                         "components": core.example_components(template)},
-            "client_reference": "demo-1"}
+    return {
+        "from": numbers[template["waba_id"]],
+        "to": DEMO_RECIPIENT,
+        "type": "template",
+        "template": {
+            "name": template["name"],
+            "language": {"code": template["language"]},
+            "components": core.example_components(template),
+        },
+        "client_reference": "demo-1",
+    }
 
 
 def _curl(ingest: str, api_key: str, body: dict[str, Any]) -> str:
     ca = shlex.quote(str(RUN_DIR / "tls" / "ca.pem"))
-    return ("\nSend a message:\n\n"
-            f"curl -sS --cacert {ca} -X POST {ingest}/v1/messages \\\n"
-            f"  -H 'Authorization: Bearer {api_key}' \\\n"
-            "  -H 'Content-Type: application/json' \\\n"
-            "  -H \"Idempotency-Key: demo-$(date +%s)\" \\\n"
-            f"  -d {shlex.quote(orjson.dumps(body).decode())}\n\n"
-            "Then follow it:\n\n"
-            f"curl -sS --cacert {ca} {ingest}/v1/messages "
-            f"-H 'Authorization: Bearer {api_key}'\n")
+    return (
+        "\nSend a message:\n\n"
+        f"curl -sS --cacert {ca} -X POST {ingest}/v1/messages \\\n"
+        f"  -H 'Authorization: Bearer {api_key}' \\\n"
+        "  -H 'Content-Type: application/json' \\\n"
+        '  -H "Idempotency-Key: demo-$(date +%s)" \\\n'
+        f"  -d {shlex.quote(orjson.dumps(body).decode())}\n\n"
+        "Then follow it:\n\n"
+        f"curl -sS --cacert {ca} {ingest}/v1/messages "
+        f"-H 'Authorization: Bearer {api_key}'\n"
+    )
 
 
 def main() -> None:

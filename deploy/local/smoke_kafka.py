@@ -85,8 +85,10 @@ async def main(bootstrap: dict[str, Any], keep: bool) -> None:
     admin = AIOKafkaAdminClient(**bootstrap)
     await admin.start()
     try:
-        step(f"broker {bootstrap['bootstrap_servers']}: creating topics {events}, "
-             f"{compacted} (compact), {txn_topic}")
+        step(
+            f"broker {bootstrap['bootstrap_servers']}: creating topics {events}, "
+            f"{compacted} (compact), {txn_topic}"
+        )
         await admin.create_topics(
             [
                 NewTopic(events, num_partitions=PARTITIONS, replication_factor=1),
@@ -110,9 +112,7 @@ async def main(bootstrap: dict[str, Any], keep: bool) -> None:
         assert policy == "compact", f"cleanup.policy is {policy!r}"
         step("admin OK (create_topics, list_topics, describe_configs cleanup.policy=compact)")
 
-        producer = AIOKafkaProducer(
-            **bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-        )
+        producer = AIOKafkaProducer(**bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
         await producer.start()
         try:
             sent = set()

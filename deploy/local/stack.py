@@ -145,11 +145,14 @@ def _certificates() -> dict[str, str]:
 def _kafka_principal(infra: dict[str, str], service: str) -> dict[str, str]:
     """KAFKA_SASL_USERNAME/PASSWORD_FILE of a service's own principal (infra.sh made it)."""
     user = f"hala-{service}"
-    return {"KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD_FILE":
-            str(Path(infra["HALA_KAFKA_SECRETS_DIR"]) / f"{user}.password")}
+    return {
+        "KAFKA_SASL_USERNAME": user,
+        "KAFKA_SASL_PASSWORD_FILE": str(Path(infra["HALA_KAFKA_SECRETS_DIR"]) / f"{user}.password"),
+    }
 
 
 # --- the SMTP sink -----------------------------------------------------------------------------
+
 
 class MailSaver:
     """aiosmtpd handler: every mail accepted is written to `directory` as one .eml file (the
@@ -163,8 +166,7 @@ class MailSaver:
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = self.directory / f"{stamp}-{os.getpid()}-{next(self._numbers):04d}.eml"
-        envelope = (f"X-MailFrom: {mail_from}\r\nX-RcptTo: {', '.join(rcpt_tos)}\r\n"
-                    ).encode()
+        envelope = (f"X-MailFrom: {mail_from}\r\nX-RcptTo: {', '.join(rcpt_tos)}\r\n").encode()
         partial = path.with_suffix(".eml.part")  # a reader never sees half a mail
         partial.write_bytes(envelope + content)
         partial.rename(path)
@@ -181,16 +183,20 @@ class MailSaver:
         return "250 Message accepted for delivery"
 
 
-def mail_sink(port: int = SMTP_SINK_PORT, directory: Path = MAIL_DIR,
-              stop: threading.Event | None = None) -> None:
+def mail_sink(
+    port: int = SMTP_SINK_PORT, directory: Path = MAIL_DIR, stop: threading.Event | None = None
+) -> None:
     """Run the SMTP sink on loopback until SIGTERM/SIGINT (or `stop`)."""
     from aiosmtpd.controller import Controller  # a dev dependency, pinned in pyproject.toml
 
     directory.mkdir(parents=True, exist_ok=True)
     controller = Controller(MailSaver(directory), hostname=SMTP_SINK_HOST, port=port)
     controller.start()
-    print(f"SMTP sink on {SMTP_SINK_HOST}:{port}: every mail is saved to {directory}/ "
-          "(one .eml each)", flush=True)
+    print(
+        f"SMTP sink on {SMTP_SINK_HOST}:{port}: every mail is saved to {directory}/ "
+        "(one .eml each)",
+        flush=True,
+    )
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -208,10 +214,14 @@ def read_mail(path: Path) -> dict[str, str]:
 
     message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     body = message.get_body(preferencelist=("plain", "html"))
-    return {"file": str(path), "date": str(message.get("Date", "")),
-            "from": str(message.get("From", "")), "to": str(message.get("X-RcptTo", "")),
-            "subject": str(message.get("Subject", "")),
-            "text": body.get_content() if body is not None else ""}  # type: ignore[attr-defined]
+    return {
+        "file": str(path),
+        "date": str(message.get("Date", "")),
+        "from": str(message.get("From", "")),
+        "to": str(message.get("X-RcptTo", "")),
+        "subject": str(message.get("Subject", "")),
+        "text": body.get_content() if body is not None else "",
+    }  # type: ignore[attr-defined]
 
 
 def mails(directory: Path = MAIL_DIR, last: int = 20, show: str | None = None) -> None:
@@ -252,10 +262,22 @@ def _start_mail_sink(env: dict[str, str]) -> None:
         print(f"{MAIL_SINK:8} already running (pid {_running_pid(MAIL_SINK)})")
     else:
         log = open(LOGS / f"{MAIL_SINK}.log", "ab")  # handed to the child, closed with it
-        proc = subprocess.Popen([PYTHON, str(Path(__file__).resolve()), "mail-sink",
-                                 "--port", str(SMTP_SINK_PORT), "--dir", str(MAIL_DIR)],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                PYTHON,
+                str(Path(__file__).resolve()),
+                "mail-sink",
+                "--port",
+                str(SMTP_SINK_PORT),
+                "--dir",
+                str(MAIL_DIR),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _pid_file(MAIL_SINK).write_text(str(proc.pid))
     deadline = time.monotonic() + 30
     while not _smtp_ready(SMTP_SINK_PORT):
@@ -264,16 +286,21 @@ def _start_mail_sink(env: dict[str, str]) -> None:
         if time.monotonic() > deadline:
             sys.exit(f"the SMTP sink did not answer on {SMTP_SINK_HOST}:{SMTP_SINK_PORT}")
         time.sleep(0.2)
-    print(f"{MAIL_SINK:8} ready    pid {_running_pid(MAIL_SINK)}  "
-          f"smtp://{SMTP_SINK_HOST}:{SMTP_SINK_PORT} -> mails saved to {MAIL_DIR}/")
+    print(
+        f"{MAIL_SINK:8} ready    pid {_running_pid(MAIL_SINK)}  "
+        f"smtp://{SMTP_SINK_HOST}:{SMTP_SINK_PORT} -> mails saved to {MAIL_DIR}/"
+    )
 
 
 def _sink_env() -> dict[str, str]:
     """What points the services (notify) at the sink: plain SMTP on loopback, no STARTTLS."""
     if not _sink_wanted():
         return {}
-    return {"NOTIFY_SMTP_HOST": SMTP_SINK_HOST, "NOTIFY_SMTP_PORT": str(SMTP_SINK_PORT),
-            "NOTIFY_SMTP_STARTTLS": os.environ.get("NOTIFY_SMTP_STARTTLS", "false")}
+    return {
+        "NOTIFY_SMTP_HOST": SMTP_SINK_HOST,
+        "NOTIFY_SMTP_PORT": str(SMTP_SINK_PORT),
+        "NOTIFY_SMTP_STARTTLS": os.environ.get("NOTIFY_SMTP_STARTTLS", "false"),
+    }
 
 
 def _stop_pid(name: str) -> None:
@@ -293,20 +320,27 @@ def _stop_pid(name: str) -> None:
 
 # --- the stack --------------------------------------------------------------------------------
 
+
 def up(timeout: float = 120.0) -> None:
     subprocess.run([str(INFRA), "up"], check=True)
     infra = _infra_env()
     status = next(c for c in COMPONENTS if c.name == "status")
     meta = f"http://127.0.0.1:{next(c.port for c in COMPONENTS if c.name == 'metasim')}"
-    env = {**os.environ, **infra, **_certificates(), "PYTHONUNBUFFERED": "1",
-           "HALA_ENV": "development", "HALA_TOKEN_KEYS": _token_keys(),
-           # The simulator calls the status service (over HTTPS, trusting the local CA); the
-           # sender (sends) and ingest (mark-as-read, media) call the simulator.
-           "METASIM_WEBHOOK_URL": f"https://localhost:{status.https_port}/webhooks/meta",
-           "METASIM_WEBHOOK_CA_FILE": str(TLS / "ca.pem"),
-           "SENDER_META_BASE_URL": os.environ.get("SENDER_META_BASE_URL", meta),
-           "INGEST_META_BASE_URL": os.environ.get("INGEST_META_BASE_URL", meta),
-           **_sink_env()}
+    env = {
+        **os.environ,
+        **infra,
+        **_certificates(),
+        "PYTHONUNBUFFERED": "1",
+        "HALA_ENV": "development",
+        "HALA_TOKEN_KEYS": _token_keys(),
+        # The simulator calls the status service (over HTTPS, trusting the local CA); the
+        # sender (sends) and ingest (mark-as-read, media) call the simulator.
+        "METASIM_WEBHOOK_URL": f"https://localhost:{status.https_port}/webhooks/meta",
+        "METASIM_WEBHOOK_CA_FILE": str(TLS / "ca.pem"),
+        "SENDER_META_BASE_URL": os.environ.get("SENDER_META_BASE_URL", meta),
+        "INGEST_META_BASE_URL": os.environ.get("INGEST_META_BASE_URL", meta),
+        **_sink_env(),
+    }
     env.pop("KAFKA_SASL_PASSWORD", None)  # each gets its own, by file
     PIDS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -318,8 +352,14 @@ def up(timeout: float = 120.0) -> None:
             continue
         own = _kafka_principal(infra, c.name) if c.name != "metasim" else {}
         log = open(LOGS / f"{c.name}.log", "ab")  # handed to the child, closed with it
-        proc = subprocess.Popen([PYTHON, "-m", c.module], cwd=REPO, env={**env, **own},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [PYTHON, "-m", c.module],
+            cwd=REPO,
+            env={**env, **own},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _pid_file(c).write_text(str(proc.pid))
         started.append(c)
     deadline = time.monotonic() + timeout
@@ -333,8 +373,7 @@ def up(timeout: float = 120.0) -> None:
                 sys.exit(f"{c.name} exited during start-up; see {LOGS / (c.name + '.log')}")
         time.sleep(0.3)
     if pending:
-        sys.exit("not ready in time: " + ", ".join(c.name for c in pending)
-                 + f" (logs in {LOGS})")
+        sys.exit("not ready in time: " + ", ".join(c.name for c in pending) + f" (logs in {LOGS})")
     # As the operator: the admin principal (the only one that may write top-ups).
     _seed_demo({**env, **_kafka_principal(infra, "admin")})
     _print_trust()
@@ -350,15 +389,17 @@ def _seed_demo(env: dict[str, str]) -> None:
 def _print_trust() -> None:
     ca = TLS / "ca.pem"
     ingest = next(c for c in COMPONENTS if c.name == "ingest")
-    print(f"""
+    print(
+        f"""
 ingest and status serve HTTPS with certificates of the local CA {ca}.
 Trust it per command:   curl --cacert {ca} https://localhost:{ingest.https_port}/openapi.json
 or in the system store (Debian/Ubuntu):
     sudo cp {ca} /usr/local/share/ca-certificates/hala-local-ca.crt && sudo update-ca-certificates
 (macOS: sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca})
 Python clients: SSL_CERT_FILE={ca} (or an ssl context with cafile=...).
-Ops endpoints (/metrics, /readyz) are on loopback: """ + ", ".join(
-        f"{c.name} {c.port}" for c in COMPONENTS if c.name != "metasim"))
+Ops endpoints (/metrics, /readyz) are on loopback: """
+        + ", ".join(f"{c.name} {c.port}" for c in COMPONENTS if c.name != "metasim")
+    )
 
 
 def down(stop_infra: bool = True) -> None:
@@ -389,22 +430,32 @@ def status() -> int:
         code = code or (0 if pid else 1)
     pid = _running_pid(MAIL_SINK)
     if pid or _sink_wanted():
-        state = "ready" if pid and _smtp_ready(SMTP_SINK_PORT) else (
-            "starting/unhealthy" if pid else "stopped")
-        print(f"{MAIL_SINK:8} {state:18} {('pid ' + str(pid)) if pid else ''}"
-              f"{'  mails in ' + str(MAIL_DIR) if pid else ''}")
+        state = (
+            "ready"
+            if pid and _smtp_ready(SMTP_SINK_PORT)
+            else ("starting/unhealthy" if pid else "stopped")
+        )
+        print(
+            f"{MAIL_SINK:8} {state:18} {('pid ' + str(pid)) if pid else ''}"
+            f"{'  mails in ' + str(MAIL_DIR) if pid else ''}"
+        )
         code = code or (0 if pid else 1)
     return code
 
 
 def run() -> None:
     up()
-    mails = (f" Alert emails: {MAIL_DIR}/ (one .eml each; `python deploy/local/stack.py "
-             "mails` lists them)." if _sink_wanted() else "")
+    mails = (
+        f" Alert emails: {MAIL_DIR}/ (one .eml each; `python deploy/local/stack.py "
+        "mails` lists them)."
+        if _sink_wanted()
+        else ""
+    )
     print(f"\nAll components ready. Logs: {LOGS}.{mails} Ctrl-C stops everything.\n")
     logs = [*(c.name for c in COMPONENTS), *([MAIL_SINK] if _sink_wanted() else [])]
-    tail = subprocess.Popen(["tail", "-n", "0", "-F", *(str(LOGS / f"{name}.log")
-                                                        for name in logs)])
+    tail = subprocess.Popen(
+        ["tail", "-n", "0", "-F", *(str(LOGS / f"{name}.log") for name in logs)]
+    )
     try:
         while all(_running_pid(c) for c in COMPONENTS):
             time.sleep(1)
@@ -417,13 +468,14 @@ def run() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command",
-                        choices=["up", "down", "status", "run", "mail-sink", "mails"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "status", "run", "mail-sink", "mails"])
     parser.add_argument("--port", type=int, default=SMTP_SINK_PORT, help="mail-sink: its port")
-    parser.add_argument("--dir", type=Path, default=MAIL_DIR,
-                        help="mail-sink, mails: where mails are saved")
+    parser.add_argument(
+        "--dir", type=Path, default=MAIL_DIR, help="mail-sink, mails: where mails are saved"
+    )
     parser.add_argument("--last", type=int, default=20, help="mails: how many to list")
     parser.add_argument("--show", metavar="FILE|latest", help="mails: print one as text")
     args = parser.parse_args()

@@ -23,13 +23,19 @@ async def append(db: Db, entry: dict[str, Any]) -> None:
     await db[AUDIT_LOG].insert_one(entry)
 
 
-async def entries(db: Db, *, account_id: str | None = None, since_ms: int | None = None,
-                  limit: int = 50) -> list[dict[str, Any]]:
+async def entries(
+    db: Db, *, account_id: str | None = None, since_ms: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     """Newest first."""
     query: dict[str, Any] = {}
     if account_id is not None:
         query["target.account_id"] = account_id
     if since_ms is not None:
         query["at"] = {"$gte": from_ms(since_ms)}
-    return await (db[AUDIT_LOG].find(query).sort([("at", DESCENDING), ("_id", DESCENDING)])
-                  .limit(limit).to_list(None))
+    return await (
+        db[AUDIT_LOG]
+        .find(query)
+        .sort([("at", DESCENDING), ("_id", DESCENDING)])
+        .limit(limit)
+        .to_list(None)
+    )

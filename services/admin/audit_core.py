@@ -20,12 +20,24 @@ from services.admin.core import API_KEY_VISIBLE_CHARS, from_ms, is_api_key
 from shared.errors import InvalidRequest
 
 # (group, command) pairs that change nothing. `dlq replay --dry-run` is read-only too.
-READ_ONLY: frozenset[tuple[str, str]] = frozenset({
-    ("accounts", "list"), ("accounts", "show"), ("wabas", "list"), ("numbers", "list"),
-    ("keys", "list"), ("keys", "generate-encryption-key"), ("balance", "show"),
-    ("ledger", "show"), ("templates", "list"), ("dlq", "list"), ("dlq", "show"),
-    ("audit", "list"), ("suppressions", "list"), ("blocks", "list"),
-})
+READ_ONLY: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("accounts", "list"),
+        ("accounts", "show"),
+        ("wabas", "list"),
+        ("numbers", "list"),
+        ("keys", "list"),
+        ("keys", "generate-encryption-key"),
+        ("balance", "show"),
+        ("ledger", "show"),
+        ("templates", "list"),
+        ("dlq", "list"),
+        ("dlq", "show"),
+        ("audit", "list"),
+        ("suppressions", "list"),
+        ("blocks", "list"),
+    }
+)
 
 REDACTED = "[redacted]"
 # An account's profile is personal data: an entry keeps that it was given, not its value, so
@@ -34,8 +46,15 @@ PERSONAL = "[personal data]"
 _PERSONAL_FIELDS = frozenset({"name", "email", "phone", "business_name"})
 _SECRET_NAME = re.compile(r"token|secret|password|passphrase|credential|private", re.IGNORECASE)
 # Arguments that name what a command acts on, in the order they are shown.
-TARGET_FIELDS = ("account_id", "waba_id", "phone_number_id", "key", "key_id", "topic",
-                 "endpoint_id")
+TARGET_FIELDS = (
+    "account_id",
+    "waba_id",
+    "phone_number_id",
+    "key",
+    "key_id",
+    "topic",
+    "endpoint_id",
+)
 AUDIT_ID_PREFIX = "aud"
 
 
@@ -54,8 +73,9 @@ class Operator:
         return f"{self.name}@{self.host}"
 
 
-def operator(*, configured: str | None, os_user: str, host: str,
-             ssh_connection: str | None) -> Operator:
+def operator(
+    *, configured: str | None, os_user: str, host: str, ssh_connection: str | None
+) -> Operator:
     name = (configured or "").strip() or os_user
     remote = ssh_connection.split()[0] if ssh_connection and ssh_connection.split() else None
     return Operator(name=name, os_user=os_user, host=host, remote_address=remote)
@@ -102,24 +122,38 @@ def target(arguments: Mapping[str, Any], result: Any = None) -> dict[str, Any]:
     return found
 
 
-def entry(*, entry_id: str, operator: Operator, group: str, command: str,
-          arguments: Mapping[str, Any], result: Any, error: BaseException | None,
-          now_ms: int) -> dict[str, Any]:
+def entry(
+    *,
+    entry_id: str,
+    operator: Operator,
+    group: str,
+    command: str,
+    arguments: Mapping[str, Any],
+    result: Any,
+    error: BaseException | None,
+    now_ms: int,
+) -> dict[str, Any]:
     """The audit_log document for one command run."""
     kept = redact(arguments, profile=group == "accounts")
     doc: dict[str, Any] = {
         "_id": entry_id,
         "at": from_ms(now_ms),
-        "operator": {"name": operator.name, "os_user": operator.os_user,
-                     "host": operator.host, "remote_address": operator.remote_address},
+        "operator": {
+            "name": operator.name,
+            "os_user": operator.os_user,
+            "host": operator.host,
+            "remote_address": operator.remote_address,
+        },
         "command": f"{group} {command}",
         "arguments": kept,
         "target": target(kept, result if error is None else None),
         "outcome": "ok" if error is None else "error",
     }
     if error is not None:
-        doc["error"] = {"code": getattr(error, "code", type(error).__name__),
-                        "message": str(getattr(error, "message", "")) or type(error).__name__}
+        doc["error"] = {
+            "code": getattr(error, "code", type(error).__name__),
+            "message": str(getattr(error, "message", "")) or type(error).__name__,
+        }
     return doc
 
 
@@ -137,8 +171,11 @@ def since_ms(text: str, now_ms: int) -> int:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidRequest("--since is an ISO date or date-time, or a span like 24h or 7d",
-                             code="invalid_field", details={"field": "since"}) from None
+        raise InvalidRequest(
+            "--since is an ISO date or date-time, or a span like 24h or 7d",
+            code="invalid_field",
+            details={"field": "since"},
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int((moment - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(milliseconds=1))
@@ -147,10 +184,16 @@ def since_ms(text: str, now_ms: int) -> int:
 def view(doc: Mapping[str, Any]) -> dict[str, Any]:
     """An entry as `hala audit` shows it."""
     operator_doc = doc.get("operator") or {}
-    shown = {"id": doc["_id"], "at": doc.get("at"), "operator": operator_doc.get("name"),
-             "host": operator_doc.get("host"), "command": doc.get("command"),
-             "target": doc.get("target"), "outcome": doc.get("outcome"),
-             "arguments": doc.get("arguments")}
+    shown = {
+        "id": doc["_id"],
+        "at": doc.get("at"),
+        "operator": operator_doc.get("name"),
+        "host": operator_doc.get("host"),
+        "command": doc.get("command"),
+        "target": doc.get("target"),
+        "outcome": doc.get("outcome"),
+        "arguments": doc.get("arguments"),
+    }
     if operator_doc.get("remote_address"):
         shown["remote_address"] = operator_doc["remote_address"]
     if doc.get("error"):

@@ -18,8 +18,13 @@ class TemplateSource(Protocol):
 
 
 class GraphClient:
-    def __init__(self, session: aiohttp.ClientSession, graph_url: str, graph_version: str,
-                 page_size: int = _PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        graph_url: str,
+        graph_version: str,
+        page_size: int = _PAGE_SIZE,
+    ) -> None:
         self._session = session
         self._base = graph_url.rstrip("/")
         self._version = graph_version
@@ -43,21 +48,26 @@ class GraphClient:
             params = {**params, "after": after}
         raise PermanentError("template paging did not end", code="graph_paging_loop")
 
-    async def _get(self, url: str, params: dict[str, str],
-                   headers: dict[str, str]) -> dict[str, Any]:
+    async def _get(
+        self, url: str, params: dict[str, str], headers: dict[str, str]
+    ) -> dict[str, Any]:
         try:
             async with self._session.get(url, params=params, headers=headers) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status >= 500:
-                    raise DependencyUnavailable(f"Graph API answered {resp.status}",
-                                                details={"dependency": "graph"})
+                    raise DependencyUnavailable(
+                        f"Graph API answered {resp.status}", details={"dependency": "graph"}
+                    )
                 if resp.status != 200:
                     error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
                     raise PermanentError(
                         f"Graph API refused the template list: ({error.get('code')}) "
-                        f"{error.get('message', resp.status)}", code="graph_error",
-                        details={"meta_code": error.get("code"), "http_status": resp.status})
+                        f"{error.get('message', resp.status)}",
+                        code="graph_error",
+                        details={"meta_code": error.get("code"), "http_status": resp.status},
+                    )
                 return body  # type: ignore[no-any-return]
         except aiohttp.ClientError as exc:
-            raise DependencyUnavailable(f"Graph API unreachable: {type(exc).__name__}",
-                                        details={"dependency": "graph"}) from exc
+            raise DependencyUnavailable(
+                f"Graph API unreachable: {type(exc).__name__}", details={"dependency": "graph"}
+            ) from exc

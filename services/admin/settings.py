@@ -20,8 +20,9 @@ class AdminSettings(ServiceSettings):
     Most commands need none of the keys: the two keys are checked (shared/settings.py's rule)
     when a command needs one, and Kafka's credentials when a command uses Kafka."""
 
-    model_config = SettingsConfigDict(env_prefix="HALA_ADMIN_", extra="ignore",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="HALA_ADMIN_", extra="ignore", populate_by_name=True
+    )
     deferred_secrets = frozenset({"topup_signing_key", "pseudonym_key"})
 
     # Comma-separated Fernet keys, newest first (shared.secrets.TokenVault).
@@ -33,11 +34,13 @@ class AdminSettings(ServiceSettings):
     # Set by sshd: where an operator working over SSH came from.
     ssh_connection: str | None = Field(None, validation_alias="SSH_CONNECTION")
     # Signs TopUpRequested (billing verifies it with the same key).
-    topup_signing_key: SecretStr = Field(SecretStr(DEVELOPMENT_TOPUP_SIGNING_KEY),
-                                         validation_alias="HALA_TOPUP_SIGNING_KEY")
+    topup_signing_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_TOPUP_SIGNING_KEY), validation_alias="HALA_TOPUP_SIGNING_KEY"
+    )
     # Keyed hash an erased account's ledger is kept under (`hala accounts erase`).
-    pseudonym_key: SecretStr = Field(SecretStr(DEVELOPMENT_PSEUDONYM_KEY),
-                                     validation_alias="HALA_PSEUDONYM_KEY")
+    pseudonym_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_PSEUDONYM_KEY), validation_alias="HALA_PSEUDONYM_KEY"
+    )
 
     def startup_problems(self) -> list[str]:
         # Most commands never touch Kafka: its credentials are checked when one does.
@@ -59,5 +62,8 @@ class AdminSettings(ServiceSettings):
         try:
             return self.require_secret(name).get_secret_value().encode()
         except ValueError as exc:
-            raise ServiceError(str(exc), code="missing_secret",
-                               details={"variable": setting_name(type(self), name)}) from None
+            raise ServiceError(
+                str(exc),
+                code="missing_secret",
+                details={"variable": setting_name(type(self), name)},
+            ) from None

@@ -28,13 +28,21 @@ class AccountThresholds:
         out)."""
         # Lookups by _id, all in flight at once: FerretDB pushes only a lone _id filter down.
         with translated():
-            found = await asyncio.gather(*(
-                self._accounts.find_one({"_id": account_id},
-                                        {"low_balance_threshold": 1, "max_in_flight": 1})
-                for account_id in account_ids))
-        return {doc["_id"]: AccountSettings(_count(doc.get("low_balance_threshold")),
-                                            _count(doc.get("max_in_flight")))
-                for doc in found if doc is not None}
+            found = await asyncio.gather(
+                *(
+                    self._accounts.find_one(
+                        {"_id": account_id}, {"low_balance_threshold": 1, "max_in_flight": 1}
+                    )
+                    for account_id in account_ids
+                )
+            )
+        return {
+            doc["_id"]: AccountSettings(
+                _count(doc.get("low_balance_threshold")), _count(doc.get("max_in_flight"))
+            )
+            for doc in found
+            if doc is not None
+        }
 
 
 def _count(value: Any) -> int | None:
@@ -50,6 +58,6 @@ class MongoErasedAccounts:
     async def pseudonyms(self) -> dict[str, str]:
         with translated():
             docs = await self._accounts.find(
-                {"status": "erased", "pseudonym": {"$exists": True}},
-                {"pseudonym": 1}).to_list(None)
+                {"status": "erased", "pseudonym": {"$exists": True}}, {"pseudonym": 1}
+            ).to_list(None)
         return {str(d["_id"]): str(d["pseudonym"]) for d in docs}

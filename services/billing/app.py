@@ -77,37 +77,60 @@ class BillingRuntime(Service):
         # more would only add its delay to every batch.
         self._producer = make_producer(settings.kafka, linger_ms=0)
         await start_with_retry(self._producer)
-        self._mongo = make_client(settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms,
-                                  **settings.mongo_credentials())
+        self._mongo = make_client(
+            settings.mongodb_url,
+            timeout_ms=settings.mongodb_timeout_ms,
+            **settings.mongo_credentials(),
+        )
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
-        publisher = KafkaPublisher(self._producer, settings.topic_prefix,
-                                   renew=self._renew_producer)
+        publisher = KafkaPublisher(
+            self._producer, settings.topic_prefix, renew=self._renew_producer
+        )
         self.worker = BillingWorker(
-            balances=balances, ledger=ledger, publisher=publisher,
-            rate_card=load_rate_card(), clock=SystemClock(), topic_prefix=settings.topic_prefix,
+            balances=balances,
+            ledger=ledger,
+            publisher=publisher,
+            rate_card=load_rate_card(),
+            clock=SystemClock(),
+            topic_prefix=settings.topic_prefix,
             low_balance_threshold=settings.low_balance_threshold,
             retry_first_delay_s=settings.retry_first_delay_s,
             retry_max_delay_s=settings.retry_max_delay_s,
             reservation_cache_size=settings.reservation_cache_size,
             balance_cache_size=settings.balance_cache_size,
-            thresholds=AccountThresholds(db), threshold_refresh_s=settings.threshold_refresh_s,
-            top_up_key=settings.topup_key_bytes(), max_in_flight=settings.max_in_flight)
+            thresholds=AccountThresholds(db),
+            threshold_refresh_s=settings.threshold_refresh_s,
+            top_up_key=settings.topup_key_bytes(),
+            max_in_flight=settings.max_in_flight,
+        )
         checkpoints = MongoCheckpoints(db)
         self.reconciler = Reconciler(
-            ledger, balances, SystemClock(), checkpoints, erased=MongoErasedAccounts(db),
+            ledger,
+            balances,
+            SystemClock(),
+            checkpoints,
+            erased=MongoErasedAccounts(db),
             page_size=settings.reconcile_page_size,
-            settle_margin_ms=int(settings.reconcile_settle_margin_s * 1000))
+            settle_margin_ms=int(settings.reconcile_settle_margin_s * 1000),
+        )
         self.sweeper = ReservationSweeper(
-            ledger, publisher, SystemClock(), checkpoints,
+            ledger,
+            publisher,
+            SystemClock(),
+            checkpoints,
             horizon_ms=int(settings.reservation_horizon_s * 1000),
-            page_size=settings.sweep_page_size)
+            page_size=settings.sweep_page_size,
+        )
         mongo = self._mongo
-        checks = {"kafka": lambda: kafka_ready(self._producer),
-                  "mongodb": lambda: mongo_ready(mongo)}
-        self._ops_runner = await start_site(make_ops_app(SERVICE, checks), settings.ops_host,
-                                            settings.ops_port)
+        checks = {
+            "kafka": lambda: kafka_ready(self._producer),
+            "mongodb": lambda: mongo_ready(mongo),
+        }
+        self._ops_runner = await start_site(
+            make_ops_app(SERVICE, checks), settings.ops_host, settings.ops_port
+        )
         self.ready.set()
         log.info("service_started", ops_port=settings.ops_port)
 
@@ -148,10 +171,12 @@ def broker_credentials(kafka: KafkaConfig) -> faust.types.auth.CredentialsT | No
     given explicitly."""
     if kafka.uses_sasl:
         assert kafka.password is not None
-        return faust.SASLCredentials(username=kafka.username,
-                                     password=kafka.password.get_secret_value(),
-                                     ssl_context=kafka.ssl_context,
-                                     mechanism=kafka.sasl_mechanism)
+        return faust.SASLCredentials(
+            username=kafka.username,
+            password=kafka.password.get_secret_value(),
+            ssl_context=kafka.ssl_context,
+            mechanism=kafka.sasl_mechanism,
+        )
     if kafka.uses_tls:
         return faust.SSLCredentials(kafka.ssl_context)
     return None
@@ -182,8 +207,12 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
 
     # Raw bytes in: each record is decoded by its own shared Topic, and a record that does not
     # decode goes to the DLQ byte for byte instead of failing inside faust.
-    inputs = app.topic(*(topic_name(t, settings.topic_prefix) for t in INPUT_TOPICS),
-                       value_type=bytes, value_serializer="raw", key_serializer="raw")
+    inputs = app.topic(
+        *(topic_name(t, settings.topic_prefix) for t in INPUT_TOPICS),
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
 
     @app.agent(inputs, name="billing", concurrency=1)
     async def billing(stream: faust.StreamT[bytes]) -> None:
@@ -192,8 +221,9 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         assert worker is not None
         acked_by_us = stream.noack()
         pending: asyncio.Queue[EventT] = asyncio.Queue(maxsize=settings.batch_max_records)
-        applier = asyncio.create_task(_apply_batches(worker, acked_by_us, pending,
-                                                     settings.batch_max_records))
+        applier = asyncio.create_task(
+            _apply_batches(worker, acked_by_us, pending, settings.batch_max_records)
+        )
         try:
             async for event in acked_by_us.events():
                 if pending.full():
@@ -240,15 +270,19 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         ends = dict(app.monitor.tp_end_offsets)
         committed = app.monitor.tp_committed_offsets
         for tp, end in ends.items():
-            CONSUMER_LAG.labels(service=SERVICE, group=group, topic=tp.topic,
-                                partition=str(tp.partition)).set(
-                max(0, end - committed.get(tp, 0)))
+            CONSUMER_LAG.labels(
+                service=SERVICE, group=group, topic=tp.topic, partition=str(tp.partition)
+            ).set(max(0, end - committed.get(tp, 0)))
 
     return app, runtime
 
 
-async def _apply_batches(worker: BillingWorker, stream: faust.StreamT[bytes],
-                         pending: asyncio.Queue[EventT], batch_max: int) -> None:
+async def _apply_batches(
+    worker: BillingWorker,
+    stream: faust.StreamT[bytes],
+    pending: asyncio.Queue[EventT],
+    batch_max: int,
+) -> None:
     """Apply what is buffered, as soon as there is anything, then ack it in the order read.
     Each record ends applied or dead-lettered (worker.py) before it is acked."""
     while True:
@@ -269,8 +303,9 @@ async def _apply_batches(worker: BillingWorker, stream: faust.StreamT[bytes],
             await stream.ack(event)
 
 
-async def _put_or_stop(pending: asyncio.Queue[EventT], event: EventT,
-                       applier: asyncio.Task[None]) -> None:
+async def _put_or_stop(
+    pending: asyncio.Queue[EventT], event: EventT, applier: asyncio.Task[None]
+) -> None:
     """Wait for room in the queue, unless the task that empties it has ended (a bug)."""
     put = asyncio.ensure_future(pending.put(event))
     await asyncio.wait({put, applier}, return_when=asyncio.FIRST_COMPLETED)
@@ -282,9 +317,15 @@ async def _put_or_stop(pending: asyncio.Queue[EventT], event: EventT,
 
 def _record(event: EventT) -> Record:
     message = event.message
-    return Record(topic=message.topic, partition=message.partition, offset=message.offset,
-                  key=message.key, value=message.value, headers=_headers(message.headers),
-                  timestamp=int(message.timestamp * 1000) if message.timestamp else 0)
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=_headers(message.headers),
+        timestamp=int(message.timestamp * 1000) if message.timestamp else 0,
+    )
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:

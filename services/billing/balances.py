@@ -35,8 +35,9 @@ class Balances:
         document = balance_to_document(balance, now)
         del document["_id"]
         with translated():
-            await self._balances.update_one({"_id": balance.account_id}, {"$set": document},
-                                            upsert=True)
+            await self._balances.update_one(
+                {"_id": balance.account_id}, {"$set": document}, upsert=True
+            )
 
     async def all(self) -> list[Balance]:
         with translated():
@@ -46,22 +47,29 @@ class Balances:
 
 def balance_to_document(balance: Balance, now: int) -> dict[str, Any]:
     return {
-        "_id": balance.account_id, "available": balance.available,
-        "reserved": balance.reserved, "currency": balance.currency,
+        "_id": balance.account_id,
+        "available": balance.available,
+        "reserved": balance.reserved,
+        "currency": balance.currency,
         "low_balance_threshold": balance.low_balance_threshold,
         "low_balance_armed": balance.low_balance_armed,
         "low_balance_crossings": balance.low_balance_crossings,
-        "in_flight": balance.in_flight, "in_flight_limit": balance.in_flight_limit,
-        "applied": [{"source": source, "offset": offset}
-                    for source, offset in sorted(balance.applied.items())],
+        "in_flight": balance.in_flight,
+        "in_flight_limit": balance.in_flight_limit,
+        "applied": [
+            {"source": source, "offset": offset}
+            for source, offset in sorted(balance.applied.items())
+        ],
         "updated_at": now,
     }
 
 
 def balance_from_document(document: dict[str, Any]) -> Balance:
     return Balance(
-        account_id=document["_id"], currency=document["currency"],
-        available=int(document["available"]), reserved=int(document["reserved"]),
+        account_id=document["_id"],
+        currency=document["currency"],
+        available=int(document["available"]),
+        reserved=int(document["reserved"]),
         low_balance_threshold=int(document["low_balance_threshold"]),
         low_balance_armed=bool(document["low_balance_armed"]),
         low_balance_crossings=int(document["low_balance_crossings"]),

@@ -57,8 +57,9 @@ from shared.messages import (
 from shared.pricing import RateCard
 
 EntryKind = Literal["reserve", "reject", "charge", "release", "topup"]
-Outcome = Literal["reserved", "rejected", "charged", "released", "topped_up", "duplicate",
-                  "replayed", "ignored"]
+Outcome = Literal[
+    "reserved", "rejected", "charged", "released", "topped_up", "duplicate", "replayed", "ignored"
+]
 Settlement = Literal["charge", "release"]
 InputEvent = SendRequested | StatusChanged | TopUpRequested
 
@@ -66,7 +67,10 @@ INSUFFICIENT_CREDIT = "insufficient_credit"
 TOO_MANY_IN_FLIGHT = "too_many_in_flight"
 
 _OUTCOME_OF_KIND: dict[EntryKind, Outcome] = {
-    "reserve": "reserved", "reject": "rejected", "charge": "charged", "release": "released",
+    "reserve": "reserved",
+    "reject": "rejected",
+    "charge": "charged",
+    "release": "released",
     "topup": "topped_up",
 }
 
@@ -102,9 +106,12 @@ class Balance:
     @classmethod
     def opening(cls, account_id: str, currency: str, low_balance_threshold: int) -> Balance:
         """A new account: no credit, so below any positive threshold without having crossed it."""
-        return cls(account_id=account_id, currency=currency,
-                   low_balance_threshold=low_balance_threshold,
-                   low_balance_armed=low_balance_threshold <= 0)
+        return cls(
+            account_id=account_id,
+            currency=currency,
+            low_balance_threshold=low_balance_threshold,
+            low_balance_armed=low_balance_threshold <= 0,
+        )
 
     def has_applied(self, source: str, offset: int) -> bool:
         return offset <= self.applied.get(source, -1)
@@ -217,9 +224,17 @@ def settlement_for(event: StatusChanged) -> Settlement | None:
     return None
 
 
-def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card: RateCard,
-           now: int, reservation: LedgerEntry | None = None,
-           existing: LedgerEntry | None = None, top_up_key: bytes = b"") -> Decision:
+def decide(
+    balance: Balance,
+    event: InputEvent,
+    position: Position,
+    *,
+    rate_card: RateCard,
+    now: int,
+    reservation: LedgerEntry | None = None,
+    existing: LedgerEntry | None = None,
+    top_up_key: bytes = b"",
+) -> Decision:
     """Decide what `event`, read at `position`, does to `balance`.
 
     `reservation` is the message's reserve entry (for a StatusChanged); `existing` is the entry
@@ -228,8 +243,9 @@ def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card
     `unsigned_top_up`: dead-lettered, no money moves).
     """
     if balance.has_applied(position.source, position.offset):
-        outputs = (_outputs_of(existing, event, position, balance.currency)
-                   if existing is not None else ())
+        outputs = (
+            _outputs_of(existing, event, position, balance.currency) if existing is not None else ()
+        )
         return Decision("replayed", outputs=outputs)
     if existing is not None:
         return _resume_or_skip(balance, existing, event, position)
@@ -240,20 +256,26 @@ def decide(balance: Balance, event: InputEvent, position: Position, *, rate_card
     return _top_up(balance, event, position, now, top_up_key)
 
 
-def _resume_or_skip(balance: Balance, existing: LedgerEntry, event: InputEvent,
-                    position: Position) -> Decision:
+def _resume_or_skip(
+    balance: Balance, existing: LedgerEntry, event: InputEvent, position: Position
+) -> Decision:
     if balance.has_applied(existing.source, existing.source_offset):
         # The same request again (e.g. republished after a producer crash): already counted.
-        return Decision("duplicate",
-                        outputs=_outputs_of(existing, event, position, balance.currency))
+        return Decision(
+            "duplicate", outputs=_outputs_of(existing, event, position, balance.currency)
+        )
     # Our own earlier attempt wrote the entry, then stopped before the balance: finish it.
-    return Decision(_OUTCOME_OF_KIND[existing.kind], balance=_apply(balance, existing, position),
-                    outputs=_outputs_of(existing, event, position, balance.currency),
-                    applied=existing)
+    return Decision(
+        _OUTCOME_OF_KIND[existing.kind],
+        balance=_apply(balance, existing, position),
+        outputs=_outputs_of(existing, event, position, balance.currency),
+        applied=existing,
+    )
 
 
-def _reserve(balance: Balance, event: SendRequested, position: Position, rate_card: RateCard,
-             now: int) -> Decision:
+def _reserve(
+    balance: Balance, event: SendRequested, position: Position, rate_card: RateCard, now: int
+) -> Decision:
     price = rate_card.price(event.category, event.recipient_region)
     reason = ""
     if 0 < balance.in_flight_limit <= balance.in_flight:
@@ -261,67 +283,122 @@ def _reserve(balance: Balance, event: SendRequested, position: Position, rate_ca
     elif balance.available < price:
         reason = INSUFFICIENT_CREDIT
     entry = LedgerEntry(
-        key=reserve_key(event.message_id), account_id=event.account_id,
-        kind="reject" if reason else "reserve", reason=reason, amount=price, at=now,
-        source=position.source, source_offset=position.offset, source_event_id=event.event_id,
-        message_id=event.message_id, category=event.category, region=event.recipient_region,
-        rate_card_version=rate_card.version)
+        key=reserve_key(event.message_id),
+        account_id=event.account_id,
+        kind="reject" if reason else "reserve",
+        reason=reason,
+        amount=price,
+        at=now,
+        source=position.source,
+        source_offset=position.offset,
+        source_event_id=event.event_id,
+        message_id=event.message_id,
+        category=event.category,
+        region=event.recipient_region,
+        rate_card_version=rate_card.version,
+    )
     return _record(balance, entry, event, position, now)
 
 
-def _settle(balance: Balance, event: StatusChanged, position: Position, rate_card: RateCard,
-            now: int, reservation: LedgerEntry | None) -> Decision:
+def _settle(
+    balance: Balance,
+    event: StatusChanged,
+    position: Position,
+    rate_card: RateCard,
+    now: int,
+    reservation: LedgerEntry | None,
+) -> Decision:
     settlement = settlement_for(event)
-    if (settlement is None or reservation is None or reservation.kind != "reserve"
-            or reservation.account_id != event.account_id):
+    if (
+        settlement is None
+        or reservation is None
+        or reservation.kind != "reserve"
+        or reservation.account_id != event.account_id
+    ):
         return Decision("ignored")
     common: dict[str, Any] = {
-        "key": settle_key(event.message_id), "account_id": event.account_id, "at": now,
-        "source": position.source, "source_offset": position.offset,
-        "source_event_id": event.event_id, "message_id": event.message_id,
-        "reserved_amount": reservation.amount, "region": reservation.region,
+        "key": settle_key(event.message_id),
+        "account_id": event.account_id,
+        "at": now,
+        "source": position.source,
+        "source_offset": position.offset,
+        "source_event_id": event.event_id,
+        "message_id": event.message_id,
+        "reserved_amount": reservation.amount,
+        "region": reservation.region,
     }
     if settlement == "charge":
         # Meta's category decides the price (e.g. a utility template it billed as marketing).
         category = (event.pricing.category if event.pricing else "") or reservation.category
-        entry = LedgerEntry(kind="charge", amount=rate_card.price(category, reservation.region),
-                            category=category, rate_card_version=rate_card.version, **common)
+        entry = LedgerEntry(
+            kind="charge",
+            amount=rate_card.price(category, reservation.region),
+            category=category,
+            rate_card_version=rate_card.version,
+            **common,
+        )
     else:
-        entry = LedgerEntry(kind="release", amount=reservation.amount,
-                            category=reservation.category,
-                            rate_card_version=reservation.rate_card_version, **common)
+        entry = LedgerEntry(
+            kind="release",
+            amount=reservation.amount,
+            category=reservation.category,
+            rate_card_version=reservation.rate_card_version,
+            **common,
+        )
     return _record(balance, entry, event, position, now)
 
 
-def _top_up(balance: Balance, event: TopUpRequested, position: Position, now: int,
-            key: bytes) -> Decision:
+def _top_up(
+    balance: Balance, event: TopUpRequested, position: Position, now: int, key: bytes
+) -> Decision:
     if not top_up_signature_valid(event, key):
-        raise InvalidRequest("a top-up must be signed by the admin tool's key "
-                             "(HALA_TOPUP_SIGNING_KEY)", code="unsigned_top_up",
-                             details={"event_id": event.event_id,
-                                      "signed": bool(event.signature)})
+        raise InvalidRequest(
+            "a top-up must be signed by the admin tool's key (HALA_TOPUP_SIGNING_KEY)",
+            code="unsigned_top_up",
+            details={"event_id": event.event_id, "signed": bool(event.signature)},
+        )
     if event.amount <= 0:
-        raise InvalidRequest("a top-up adds a positive amount", code="invalid_top_up",
-                             details={"event_id": event.event_id})
-    entry = LedgerEntry(key=topup_key(event.event_id), account_id=event.account_id,
-                        kind="topup", amount=event.amount, at=now, source=position.source,
-                        source_offset=position.offset, source_event_id=event.event_id)
+        raise InvalidRequest(
+            "a top-up adds a positive amount",
+            code="invalid_top_up",
+            details={"event_id": event.event_id},
+        )
+    entry = LedgerEntry(
+        key=topup_key(event.event_id),
+        account_id=event.account_id,
+        kind="topup",
+        amount=event.amount,
+        at=now,
+        source=position.source,
+        source_offset=position.offset,
+        source_event_id=event.event_id,
+    )
     return _record(balance, entry, event, position, now)
 
 
-def _record(balance: Balance, entry: LedgerEntry, event: InputEvent, position: Position,
-            now: int) -> Decision:
+def _record(
+    balance: Balance, entry: LedgerEntry, event: InputEvent, position: Position, now: int
+) -> Decision:
     available, _ = _moved(balance, entry)
     if entry.kind == "topup":
         entry = replace(entry, available_after=available)
     if balance.low_balance_armed and available < balance.low_balance_threshold:
-        entry = replace(entry, low_balance=LowBalanceNotice(
-            crossing=balance.low_balance_crossings + 1, available=available,
-            threshold=balance.low_balance_threshold, occurred_at=now))
-    return Decision(_OUTCOME_OF_KIND[entry.kind], balance=_apply(balance, entry, position),
-                    entries=(entry,), outputs=_outputs_of(entry, event, position,
-                                                          balance.currency),
-                    applied=entry)
+        entry = replace(
+            entry,
+            low_balance=LowBalanceNotice(
+                crossing=balance.low_balance_crossings + 1,
+                available=available,
+                threshold=balance.low_balance_threshold,
+                occurred_at=now,
+            ),
+        )
+    return Decision(
+        _OUTCOME_OF_KIND[entry.kind],
+        balance=_apply(balance, entry, position),
+        entries=(entry,),
+        outputs=_outputs_of(entry, event, position, balance.currency),
+        applied=entry,
+    )
 
 
 def _moved(balance: Balance, entry: LedgerEntry) -> tuple[int, int]:
@@ -346,8 +423,7 @@ def _apply(balance: Balance, entry: LedgerEntry, position: Position) -> Balance:
     elif available >= balance.low_balance_threshold:
         armed = True
     applied = dict(balance.applied)
-    for source, offset in ((entry.source, entry.source_offset),
-                           (position.source, position.offset)):
+    for source, offset in ((entry.source, entry.source_offset), (position.source, position.offset)):
         applied[source] = max(applied.get(source, -1), offset)
     in_flight = balance.in_flight
     if entry.kind == "reserve":
@@ -355,40 +431,88 @@ def _apply(balance: Balance, entry: LedgerEntry, position: Position) -> Balance:
     elif entry.kind in ("charge", "release"):
         # Never below 0: reservations made before the count was kept settle too.
         in_flight = max(0, in_flight - 1)
-    return replace(balance, available=available, reserved=reserved, low_balance_armed=armed,
-                   low_balance_crossings=crossings, applied=applied, in_flight=in_flight)
+    return replace(
+        balance,
+        available=available,
+        reserved=reserved,
+        low_balance_armed=armed,
+        low_balance_crossings=crossings,
+        applied=applied,
+        in_flight=in_flight,
+    )
 
 
-def _outputs_of(entry: LedgerEntry, event: InputEvent, position: Position, currency: str
-                ) -> tuple[Output, ...]:
+def _outputs_of(
+    entry: LedgerEntry, event: InputEvent, position: Position, currency: str
+) -> tuple[Output, ...]:
     """What an entry says to the rest of the platform. Derived from the entry alone (and the
     event that caused it): a replay or a duplicate publishes the same events, same ids."""
     outputs: list[Output] = []
     if isinstance(event, SendRequested) and entry.kind == "reserve":
-        outputs.append(Output(SEND_APPROVED, SendApproved(
-            **msgspec.structs.asdict(event), reserved_amount=entry.amount,
-            rate_card_version=entry.rate_card_version)))
+        outputs.append(
+            Output(
+                SEND_APPROVED,
+                SendApproved(
+                    **msgspec.structs.asdict(event),
+                    reserved_amount=entry.amount,
+                    rate_card_version=entry.rate_card_version,
+                ),
+            )
+        )
     elif isinstance(event, SendRequested) and entry.kind == "reject":
-        outputs.append(Output(STATUS_CHANGED, StatusChanged(
-            event_id=f"{event.message_id}:rejected", message_id=event.message_id,
-            account_id=event.account_id, status="rejected", occurred_at=entry.at,
-            source="billing", phone_number_id=event.phone_number_id,
-            recipient_region=event.recipient_region,
-            reason=entry.reason or INSUFFICIENT_CREDIT)))
-    elif (isinstance(event, TopUpRequested) and entry.kind == "topup"
-          and entry.available_after is not None):  # entries from before it was kept: none
-        outputs.append(Output(BALANCE_TOPPED_UP, BalanceToppedUp(
-            event_id=topped_up_event_id(entry.source_event_id), account_id=entry.account_id,
-            amount=entry.amount, available=entry.available_after, currency=currency,
-            note=event.note, occurred_at=entry.at)))
+        outputs.append(
+            Output(
+                STATUS_CHANGED,
+                StatusChanged(
+                    event_id=f"{event.message_id}:rejected",
+                    message_id=event.message_id,
+                    account_id=event.account_id,
+                    status="rejected",
+                    occurred_at=entry.at,
+                    source="billing",
+                    phone_number_id=event.phone_number_id,
+                    recipient_region=event.recipient_region,
+                    reason=entry.reason or INSUFFICIENT_CREDIT,
+                ),
+            )
+        )
+    elif (
+        isinstance(event, TopUpRequested)
+        and entry.kind == "topup"
+        and entry.available_after is not None
+    ):  # entries from before it was kept: none
+        outputs.append(
+            Output(
+                BALANCE_TOPPED_UP,
+                BalanceToppedUp(
+                    event_id=topped_up_event_id(entry.source_event_id),
+                    account_id=entry.account_id,
+                    amount=entry.amount,
+                    available=entry.available_after,
+                    currency=currency,
+                    note=event.note,
+                    occurred_at=entry.at,
+                ),
+            )
+        )
     # The alert belongs to the event that caused the fall, not to later duplicates of it.
     notice = entry.low_balance
-    if notice is not None and (entry.source, entry.source_offset) == (position.source,
-                                                                       position.offset):
-        outputs.append(Output(LOW_BALANCE_ALERTED, LowBalanceAlerted(
-            event_id=f"{entry.account_id}:low:{notice.crossing}", account_id=entry.account_id,
-            available=notice.available, threshold=notice.threshold,
-            occurred_at=notice.occurred_at)))
+    if notice is not None and (entry.source, entry.source_offset) == (
+        position.source,
+        position.offset,
+    ):
+        outputs.append(
+            Output(
+                LOW_BALANCE_ALERTED,
+                LowBalanceAlerted(
+                    event_id=f"{entry.account_id}:low:{notice.crossing}",
+                    account_id=entry.account_id,
+                    available=notice.available,
+                    threshold=notice.threshold,
+                    occurred_at=notice.occurred_at,
+                ),
+            )
+        )
     return tuple(outputs)
 
 
@@ -414,12 +538,22 @@ class OpenReservation:
     settled: bool
 
 
-def overdue_expiries(reservations: Iterable[OpenReservation], *, now: int,
-                     horizon_ms: int = RESERVATION_HORIZON_MS) -> list[StatusChanged]:
+def overdue_expiries(
+    reservations: Iterable[OpenReservation], *, now: int, horizon_ms: int = RESERVATION_HORIZON_MS
+) -> list[StatusChanged]:
     """The `expired` status to publish for each reservation older than the horizon that no
     status has settled. Billing's own agent applies it like any other (a release, by the one
     writer of the account); a priced status that still comes later finds the message settled."""
-    return [StatusChanged(event_id=f"{r.message_id}:expired:billing", message_id=r.message_id,
-                          account_id=r.account_id, status="expired", occurred_at=now,
-                          source="billing", reason=NO_FINAL_STATUS)
-            for r in reservations if not r.settled and r.at <= now - horizon_ms]
+    return [
+        StatusChanged(
+            event_id=f"{r.message_id}:expired:billing",
+            message_id=r.message_id,
+            account_id=r.account_id,
+            status="expired",
+            occurred_at=now,
+            source="billing",
+            reason=NO_FINAL_STATUS,
+        )
+        for r in reservations
+        if not r.settled and r.at <= now - horizon_ms
+    ]

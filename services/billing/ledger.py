@@ -34,8 +34,16 @@ class EntryAmounts:
     key: str = ""
 
 
-AMOUNT_FIELDS = {"_id": 1, "account_id": 1, "kind": 1, "amount": 1, "reserved_amount": 1,
-                 "source": 1, "source_offset": 1, "at": 1}
+AMOUNT_FIELDS = {
+    "_id": 1,
+    "account_id": 1,
+    "kind": 1,
+    "amount": 1,
+    "reserved_amount": 1,
+    "source": 1,
+    "source_offset": 1,
+    "at": 1,
+}
 
 # Where a paged reader of the ledger got to: the (at, _id) of the last entry it read. Entries
 # are read in (at, _id) order; an entry is written within seconds of its `at` (billing's clock
@@ -84,8 +92,9 @@ class Ledger:
             return set()
         try:
             with translated():
-                await self._entries.insert_many([entry_to_document(e) for e in entries],
-                                                ordered=False)
+                await self._entries.insert_many(
+                    [entry_to_document(e) for e in entries], ordered=False
+                )
             return set()
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
@@ -105,24 +114,26 @@ class Ledger:
             document = await self._entries.find_one({"_id": key}, AMOUNT_FIELDS)
         return None if document is None else _amounts(document)
 
-    async def reserves_page(self, position: LedgerPosition | None, cutoff: int,
-                            limit: int) -> list[LedgerEntry]:
+    async def reserves_page(
+        self, position: LedgerPosition | None, cutoff: int, limit: int
+    ) -> list[LedgerEntry]:
         """Up to `limit` reserve entries written at or before `cutoff` (ms) and after
         `position`, in (at, _id) order: one page of the reservation sweeper."""
         query = _both({"kind": "reserve", "at": {"$lte": cutoff}}, after(position))
         with translated():
-            documents = await (self._entries.find(query).sort(_ORDER).limit(limit)
-                               .to_list(None))
+            documents = await self._entries.find(query).sort(_ORDER).limit(limit).to_list(None)
         return [entry_from_document(d) for d in documents]
 
-    async def amounts_page(self, position: LedgerPosition | None, limit: int,
-                           until_at: int | None = None) -> list[EntryAmounts]:
+    async def amounts_page(
+        self, position: LedgerPosition | None, limit: int, until_at: int | None = None
+    ) -> list[EntryAmounts]:
         """Up to `limit` entries after `position` (and at or before `until_at`), in (at, _id)
         order, with only what the reconciler sums."""
         query = _both(after(position), {} if until_at is None else {"at": {"$lte": until_at}})
         with translated():
-            documents = await (self._entries.find(query, AMOUNT_FIELDS).sort(_ORDER)
-                               .limit(limit).to_list(None))
+            documents = await (
+                self._entries.find(query, AMOUNT_FIELDS).sort(_ORDER).limit(limit).to_list(None)
+            )
         return [_amounts(d) for d in documents]
 
     async def entries_of(self, account_id: str) -> list[LedgerEntry]:
@@ -136,25 +147,41 @@ _ORDER = [("at", 1), ("_id", 1)]
 
 def _amounts(document: dict[str, Any]) -> EntryAmounts:
     return EntryAmounts(
-        account_id=document["account_id"], kind=document["kind"],
+        account_id=document["account_id"],
+        kind=document["kind"],
         amount=int(document["amount"]),
         reserved_amount=int(document.get("reserved_amount", 0)),
-        source=document["source"], source_offset=int(document["source_offset"]),
-        at=int(document.get("at", 0)), key=str(document["_id"]))
+        source=document["source"],
+        source_offset=int(document["source_offset"]),
+        at=int(document.get("at", 0)),
+        key=str(document["_id"]),
+    )
 
 
 def entry_to_document(entry: LedgerEntry) -> dict[str, Any]:
     notice = entry.low_balance
     return {
-        "_id": entry.key, "account_id": entry.account_id, "kind": entry.kind,
-        "amount": entry.amount, "reserved_amount": entry.reserved_amount, "at": entry.at,
-        "source": entry.source, "source_offset": entry.source_offset,
-        "source_event_id": entry.source_event_id, "message_id": entry.message_id,
-        "category": entry.category, "region": entry.region,
+        "_id": entry.key,
+        "account_id": entry.account_id,
+        "kind": entry.kind,
+        "amount": entry.amount,
+        "reserved_amount": entry.reserved_amount,
+        "at": entry.at,
+        "source": entry.source,
+        "source_offset": entry.source_offset,
+        "source_event_id": entry.source_event_id,
+        "message_id": entry.message_id,
+        "category": entry.category,
+        "region": entry.region,
         "rate_card_version": entry.rate_card_version,
-        "low_balance": None if notice is None else {
-            "crossing": notice.crossing, "available": notice.available,
-            "threshold": notice.threshold, "occurred_at": notice.occurred_at},
+        "low_balance": None
+        if notice is None
+        else {
+            "crossing": notice.crossing,
+            "available": notice.available,
+            "threshold": notice.threshold,
+            "occurred_at": notice.occurred_at,
+        },
         "available_after": entry.available_after,
         "reason": entry.reason,
     }
@@ -163,17 +190,29 @@ def entry_to_document(entry: LedgerEntry) -> dict[str, Any]:
 def entry_from_document(document: dict[str, Any]) -> LedgerEntry:
     notice = document.get("low_balance")
     return LedgerEntry(
-        key=document["_id"], account_id=document["account_id"], kind=document["kind"],
-        amount=int(document["amount"]), reserved_amount=int(document.get("reserved_amount", 0)),
-        at=int(document["at"]), source=document["source"],
+        key=document["_id"],
+        account_id=document["account_id"],
+        kind=document["kind"],
+        amount=int(document["amount"]),
+        reserved_amount=int(document.get("reserved_amount", 0)),
+        at=int(document["at"]),
+        source=document["source"],
         source_offset=int(document["source_offset"]),
-        source_event_id=document["source_event_id"], message_id=document.get("message_id"),
-        category=document.get("category", ""), region=document.get("region", ""),
+        source_event_id=document["source_event_id"],
+        message_id=document.get("message_id"),
+        category=document.get("category", ""),
+        region=document.get("region", ""),
         rate_card_version=document.get("rate_card_version", ""),
-        low_balance=None if notice is None else LowBalanceNotice(
-            crossing=int(notice["crossing"]), available=int(notice["available"]),
-            threshold=int(notice["threshold"]), occurred_at=int(notice["occurred_at"])),
-        available_after=(None if document.get("available_after") is None
-                         else int(document["available_after"])),
+        low_balance=None
+        if notice is None
+        else LowBalanceNotice(
+            crossing=int(notice["crossing"]),
+            available=int(notice["available"]),
+            threshold=int(notice["threshold"]),
+            occurred_at=int(notice["occurred_at"]),
+        ),
+        available_after=(
+            None if document.get("available_after") is None else int(document["available_after"])
+        ),
         reason=str(document.get("reason") or ""),
     )

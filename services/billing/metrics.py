@@ -5,19 +5,24 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 RESERVATIONS = Counter("billing_reservations_total", "Credit reservations made for a send.")
-REJECTIONS = Counter("billing_rejections_total", "Sends refused by billing, by reason.",
-                     ["reason"])
+REJECTIONS = Counter("billing_rejections_total", "Sends refused by billing, by reason.", ["reason"])
 CHARGES = Counter("billing_charges_total", "Messages charged on Meta's billable delivery.")
-CHARGED_MICROS = Counter("billing_charged_micros_total",
-                         "Micros of account currency charged for delivered messages.")
-REFUNDS = Counter("billing_refunds_total",
-                  "Reservations released (failed, expired, rejected or free messages).")
-TOPUPS = Counter("billing_topups_total",
-                 "Top-ups applied (each announced once as BalanceToppedUp).")
-LOW_BALANCE_ALERTS = Counter("billing_low_balance_alerts_total",
-                             "Accounts whose available credit fell below their threshold.")
-EVENTS = Counter("billing_events_total", "Input events billing finished with, by outcome.",
-                 ["topic", "outcome"])
+CHARGED_MICROS = Counter(
+    "billing_charged_micros_total", "Micros of account currency charged for delivered messages."
+)
+REFUNDS = Counter(
+    "billing_refunds_total", "Reservations released (failed, expired, rejected or free messages)."
+)
+TOPUPS = Counter(
+    "billing_topups_total", "Top-ups applied (each announced once as BalanceToppedUp)."
+)
+LOW_BALANCE_ALERTS = Counter(
+    "billing_low_balance_alerts_total",
+    "Accounts whose available credit fell below their threshold.",
+)
+EVENTS = Counter(
+    "billing_events_total", "Input events billing finished with, by outcome.", ["topic", "outcome"]
+)
 EVENT_DURATION = Histogram(
     "billing_event_duration_seconds",
     "Time to apply the batch an input event was applied in (one event when alone), retries "

@@ -11,8 +11,11 @@ from shared.mongo import unavailable
 
 
 def is_transient(exc: PyMongoError) -> bool:
-    return (isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError)
-            or exc.timeout or exc.has_error_label("RetryableWriteError"))
+    return (
+        isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError)
+        or exc.timeout
+        or exc.has_error_label("RetryableWriteError")
+    )
 
 
 @contextmanager

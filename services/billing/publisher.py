@@ -39,22 +39,39 @@ class Record:
 
     def as_consumer_record(self) -> ConsumerRecord[bytes, bytes]:
         return ConsumerRecord(
-            topic=self.topic, partition=self.partition, offset=self.offset,
-            timestamp=self.timestamp, timestamp_type=0, key=self.key, value=self.value,
-            checksum=None, serialized_key_size=len(self.key or b""),
-            serialized_value_size=len(self.value or b""), headers=list(self.headers))
+            topic=self.topic,
+            partition=self.partition,
+            offset=self.offset,
+            timestamp=self.timestamp,
+            timestamp_type=0,
+            key=self.key,
+            value=self.value,
+            checksum=None,
+            serialized_key_size=len(self.key or b""),
+            serialized_value_size=len(self.value or b""),
+            headers=list(self.headers),
+        )
 
 
 # An idempotent producer can't go on after these: the broker no longer knows its id or its
 # sequence numbers (a broker restart can lose that state). Retrying with the same producer fails
 # the same way for good; a new producer (a new id) recovers.
-PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
-                         InvalidProducerIdMapping, ProducerFenced)
+PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
 
 
 class KafkaPublisher:
-    def __init__(self, producer: AIOKafkaProducer, topic_prefix: str,
-                 renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic_prefix: str,
+        renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+    ) -> None:
         self._producer = producer
         self._prefix = topic_prefix
         self._renew = renew
@@ -69,9 +86,15 @@ class KafkaPublisher:
 
     async def dead_letter(self, record: Record, failure: Failure) -> None:
         """Copy the original bytes and headers to `<topic>.dlq`, with why and where from."""
-        await self._write(lambda producer: send_to_dlq(
-            producer, record.as_consumer_record(), failure.error, service="billing",
-            attempts=failure.attempts))
+        await self._write(
+            lambda producer: send_to_dlq(
+                producer,
+                record.as_consumer_record(),
+                failure.error,
+                service="billing",
+                attempts=failure.attempts,
+            )
+        )
 
     async def _write(self, write: Callable[[AIOKafkaProducer], Awaitable[None]]) -> None:
         """A broker failure is transient (the caller retries); one that leaves the producer
@@ -89,5 +112,6 @@ class KafkaPublisher:
 
 
 def _unavailable(exc: BaseException) -> DependencyUnavailable:
-    return DependencyUnavailable(f"broker unavailable: {type(exc).__name__}",
-                                 details={"dependency": "kafka"})
+    return DependencyUnavailable(
+        f"broker unavailable: {type(exc).__name__}", details={"dependency": "kafka"}
+    )

@@ -75,8 +75,9 @@ class LedgerTotals:
                 self.charges += entry.amount
 
     def plus(self, other: LedgerTotals) -> LedgerTotals:
-        return LedgerTotals(*(getattr(self, f.name) + getattr(other, f.name)
-                              for f in fields(LedgerTotals)))
+        return LedgerTotals(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(LedgerTotals))
+        )
 
 
 def totals_from_entries(entries: Iterable[EntryAmounts], balance: Balance | None) -> LedgerTotals:
@@ -91,8 +92,9 @@ def totals_from_entries(entries: Iterable[EntryAmounts], balance: Balance | None
 def drift(balance: Balance | None, totals: LedgerTotals) -> int:
     available = balance.available if balance else 0
     reserved = balance.reserved if balance else 0
-    return (abs(totals.net_credit - (available + reserved))
-            + abs(totals.open_reservations - reserved))
+    return abs(totals.net_credit - (available + reserved)) + abs(
+        totals.open_reservations - reserved
+    )
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ class Reconciliation:
 
 
 class AmountsLedger(Protocol):
-    async def amounts_page(self, position: LedgerPosition | None, limit: int,
-                           until_at: int | None = None) -> list[EntryAmounts]: ...
+    async def amounts_page(
+        self, position: LedgerPosition | None, limit: int, until_at: int | None = None
+    ) -> list[EntryAmounts]: ...
 
     async def amounts_of(self, key: str) -> EntryAmounts | None: ...
 
@@ -136,19 +139,33 @@ class _Checkpoint:
         position = state.get("position")
         return cls(
             position=(int(position["at"]), str(position["key"])) if position else None,
-            totals={t["account_id"]: LedgerTotals(
-                topups=int(t["topups"]), charges=int(t["charges"]),
-                reserves=int(t["reserves"]), settled_reservations=int(t["settled"]))
-                for t in state.get("totals", [])},
-            pending=set(state.get("pending", [])))
+            totals={
+                t["account_id"]: LedgerTotals(
+                    topups=int(t["topups"]),
+                    charges=int(t["charges"]),
+                    reserves=int(t["reserves"]),
+                    settled_reservations=int(t["settled"]),
+                )
+                for t in state.get("totals", [])
+            },
+            pending=set(state.get("pending", [])),
+        )
 
     def dump(self, now: int) -> dict[str, Any]:
         return {
-            "position": None if self.position is None else {"at": self.position[0],
-                                                            "key": self.position[1]},
-            "totals": [{"account_id": a, "topups": t.topups, "charges": t.charges,
-                        "reserves": t.reserves, "settled": t.settled_reservations}
-                       for a, t in sorted(self.totals.items())],
+            "position": None
+            if self.position is None
+            else {"at": self.position[0], "key": self.position[1]},
+            "totals": [
+                {
+                    "account_id": a,
+                    "topups": t.topups,
+                    "charges": t.charges,
+                    "reserves": t.reserves,
+                    "settled": t.settled_reservations,
+                }
+                for a, t in sorted(self.totals.items())
+            ],
             "pending": sorted(self.pending),
             "updated_at": now,
         }
@@ -164,9 +181,17 @@ class _Checkpoint:
 
 
 class Reconciler:
-    def __init__(self, ledger: AmountsLedger, balances: Balances, clock: Clock,
-                 checkpoints: CheckpointStore, *, erased: ErasedAccounts | None = None,
-                 page_size: int = 1000, settle_margin_ms: int = SETTLE_MARGIN_MS) -> None:
+    def __init__(
+        self,
+        ledger: AmountsLedger,
+        balances: Balances,
+        clock: Clock,
+        checkpoints: CheckpointStore,
+        *,
+        erased: ErasedAccounts | None = None,
+        page_size: int = 1000,
+        settle_margin_ms: int = SETTLE_MARGIN_MS,
+    ) -> None:
         self._ledger = ledger
         self._balances = balances
         self._clock = clock
@@ -211,34 +236,53 @@ class Reconciler:
         drifts: dict[str, int] = {}
         for account_id in accounts:
             totals = checkpoint.totals.get(account_id, LedgerTotals()).plus(
-                tail.get(account_id, LedgerTotals()))
+                tail.get(account_id, LedgerTotals())
+            )
             balance = balances.get(account_id)
             amount = drift(balance, totals)
             if amount:
                 drifts[account_id] = amount
-                log.error("ledger_drift_detected", account_id=account_id, drift_micros=amount,
-                          available=balance.available if balance else 0,
-                          reserved=balance.reserved if balance else 0)
+                log.error(
+                    "ledger_drift_detected",
+                    account_id=account_id,
+                    drift_micros=amount,
+                    available=balance.available if balance else 0,
+                    reserved=balance.reserved if balance else 0,
+                )
         total = sum(drifts.values())
         LEDGER_DRIFT.set(total)
         pending += len(checkpoint.pending)
         entries = folded + rechecked + tail_entries
-        log.info("ledger_reconciled", accounts=len(accounts), drift_micros=total,
-                 entries=entries, folded=folded, pending=pending, pages=len(self.pages_read),
-                 outcome="drift" if total else "ok",
-                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
-        return Reconciliation(accounts=len(accounts), drift=total,
-                              drifting_accounts=tuple(sorted(drifts)), entries=entries,
-                              pending=pending, folded=folded)
+        log.info(
+            "ledger_reconciled",
+            accounts=len(accounts),
+            drift_micros=total,
+            entries=entries,
+            folded=folded,
+            pending=pending,
+            pages=len(self.pages_read),
+            outcome="drift" if total else "ok",
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return Reconciliation(
+            accounts=len(accounts),
+            drift=total,
+            drifting_accounts=tuple(sorted(drifts)),
+            entries=entries,
+            pending=pending,
+            folded=folded,
+        )
 
-    async def _page(self, position: LedgerPosition | None,
-                    until_at: int | None = None) -> list[EntryAmounts]:
+    async def _page(
+        self, position: LedgerPosition | None, until_at: int | None = None
+    ) -> list[EntryAmounts]:
         page = await self._ledger.amounts_page(position, self._page_size, until_at)
         self.pages_read.append(len(page))
         return page
 
-    async def _fold(self, checkpoint: _Checkpoint, balances: Mapping[str, Balance], *,
-                    until_at: int, now: int) -> int:
+    async def _fold(
+        self, checkpoint: _Checkpoint, balances: Mapping[str, Balance], *, until_at: int, now: int
+    ) -> int:
         """Add the entries older than the margin to the kept totals, a page at a time, saving
         the checkpoint after each page."""
         folded = 0
@@ -248,8 +292,7 @@ class Reconciler:
                 return folded
             for entry in page:
                 balance = balances.get(entry.account_id)
-                if balance is not None and balance.has_applied(entry.source,
-                                                               entry.source_offset):
+                if balance is not None and balance.has_applied(entry.source, entry.source_offset):
                     checkpoint.totals.setdefault(entry.account_id, LedgerTotals()).add(entry)
                 else:
                     checkpoint.pending.add(entry.key)
@@ -259,8 +302,9 @@ class Reconciler:
             if len(page) < self._page_size:
                 return folded
 
-    async def _recheck_pending(self, checkpoint: _Checkpoint,
-                               balances: Mapping[str, Balance]) -> bool:
+    async def _recheck_pending(
+        self, checkpoint: _Checkpoint, balances: Mapping[str, Balance]
+    ) -> bool:
         """Entries behind the position that their balance had not applied: fold the ones it
         has applied since, forget the ones that are gone."""
         changed = False

@@ -60,8 +60,9 @@ class BillingSettings(ServiceSettings):
     session_timeout_s: float = 10.0
     # Top-ups are applied only when signed with this key (the admin tool holds it too). The
     # default is the development value (refused outside development: shared/settings.py).
-    topup_signing_key: SecretStr = Field(SecretStr(DEVELOPMENT_TOPUP_SIGNING_KEY),
-                                         validation_alias="HALA_TOPUP_SIGNING_KEY")
+    topup_signing_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_TOPUP_SIGNING_KEY), validation_alias="HALA_TOPUP_SIGNING_KEY"
+    )
 
     def topup_key_bytes(self) -> bytes:
         return self.topup_signing_key.get_secret_value().encode()

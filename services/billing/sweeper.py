@@ -41,8 +41,9 @@ JOB = "reservation_sweep"
 
 
 class SweepLedger(LedgerStore, Protocol):
-    async def reserves_page(self, position: LedgerPosition | None, cutoff: int,
-                            limit: int) -> list[LedgerEntry]: ...
+    async def reserves_page(
+        self, position: LedgerPosition | None, cutoff: int, limit: int
+    ) -> list[LedgerEntry]: ...
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,17 @@ class SweepStep:
 
 
 class ReservationSweeper:
-    def __init__(self, ledger: SweepLedger, publisher: Publisher, clock: Clock,
-                 checkpoints: CheckpointStore, *, horizon_ms: int = RESERVATION_HORIZON_MS,
-                 page_size: int = 500, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        ledger: SweepLedger,
+        publisher: Publisher,
+        clock: Clock,
+        checkpoints: CheckpointStore,
+        *,
+        horizon_ms: int = RESERVATION_HORIZON_MS,
+        page_size: int = 500,
+        concurrency: int = 32,
+    ) -> None:
         self._ledger = ledger
         self._publisher = publisher
         self._clock = clock
@@ -70,26 +79,33 @@ class ReservationSweeper:
         now = self._clock.now_ms()
         state = await self._checkpoints.load(JOB) or {}
         position = _position(state)
-        page = await self._ledger.reserves_page(position, now - self._horizon_ms,
-                                                self._page_size)
+        page = await self._ledger.reserves_page(position, now - self._horizon_ms, self._page_size)
         reservations: list[OpenReservation] = []
         for start in range(0, len(page), self._concurrency):
-            chunk = [e for e in page[start:start + self._concurrency] if e.message_id]
+            chunk = [e for e in page[start : start + self._concurrency] if e.message_id]
             settles = await asyncio.gather(
-                *(self._ledger.get(settle_key(e.message_id or "")) for e in chunk))
+                *(self._ledger.get(settle_key(e.message_id or "")) for e in chunk)
+            )
             reservations.extend(
-                OpenReservation(account_id=e.account_id, message_id=e.message_id or "", at=e.at,
-                                settled=s is not None)
-                for e, s in zip(chunk, settles, strict=True))
+                OpenReservation(
+                    account_id=e.account_id,
+                    message_id=e.message_id or "",
+                    at=e.at,
+                    settled=s is not None,
+                )
+                for e, s in zip(chunk, settles, strict=True)
+            )
         expiries = overdue_expiries(reservations, now=now, horizon_ms=self._horizon_ms)
         await self._publisher.publish_all([(STATUS_CHANGED, e) for e in expiries])
         metrics.RESERVATIONS_EXPIRED.inc(len(expiries))
         if page:  # only once its expiries are durable
             last = page[-1]
-            await self._checkpoints.save(JOB, {"position": {"at": last.at, "key": last.key},
-                                               "updated_at": now})
-        return SweepStep(read=len(page), expired=len(expiries),
-                         caught_up=len(page) < self._page_size)
+            await self._checkpoints.save(
+                JOB, {"position": {"at": last.at, "key": last.key}, "updated_at": now}
+            )
+        return SweepStep(
+            read=len(page), expired=len(expiries), caught_up=len(page) < self._page_size
+        )
 
     async def run_once(self) -> int:
         """Step until caught up; return how many reservations were expired."""
@@ -102,8 +118,13 @@ class ReservationSweeper:
             expired += step.expired
             if step.caught_up:
                 break
-        log.info("reservations_swept", reserve_entries_read=read, pages=steps, expired=expired,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        log.info(
+            "reservations_swept",
+            reserve_entries_read=read,
+            pages=steps,
+            expired=expired,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         return expired
 
 

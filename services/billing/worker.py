@@ -141,16 +141,28 @@ class Publisher(Protocol):
 
 
 class BillingWorker:
-    def __init__(self, *, balances: BalanceStore, ledger: LedgerStore, publisher: Publisher,
-                 rate_card: RateCard, clock: Clock, topic_prefix: str,
-                 low_balance_threshold: int, retry_first_delay_s: float = 0.2,
-                 retry_max_delay_s: float = 10.0, dead_letter_limit: int = 50,
-                 unexpected_attempts: int = 3,
-                 reservation_cache_size: int = 10_000, balance_cache_size: int = 10_000,
-                 thresholds: AccountSettingsSource | None = None,
-                 threshold_refresh_s: float = 30.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 top_up_key: bytes = b"", max_in_flight: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        balances: BalanceStore,
+        ledger: LedgerStore,
+        publisher: Publisher,
+        rate_card: RateCard,
+        clock: Clock,
+        topic_prefix: str,
+        low_balance_threshold: int,
+        retry_first_delay_s: float = 0.2,
+        retry_max_delay_s: float = 10.0,
+        dead_letter_limit: int = 50,
+        unexpected_attempts: int = 3,
+        reservation_cache_size: int = 10_000,
+        balance_cache_size: int = 10_000,
+        thresholds: AccountSettingsSource | None = None,
+        threshold_refresh_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        top_up_key: bytes = b"",
+        max_in_flight: int = 0,
+    ) -> None:
         """`thresholds`: where each account's own settings are read (its low-balance
         threshold and cap on messages in flight); None: the defaults for all.
         `max_in_flight`: the default cap on an account's open reservations (0: none)."""
@@ -224,8 +236,9 @@ class BillingWorker:
         except Exception as exc:  # transient or not: the one-record path retries or DLQs it
             self.forget_balances()
             metrics.BATCH_FALLBACKS.labels(reason="error").inc()
-            log.warning("billing_batch_one_by_one", records=len(records), reason="error",
-                        error=repr(exc))
+            log.warning(
+                "billing_batch_one_by_one", records=len(records), reason="error", error=repr(exc)
+            )
             return [await self.handle(record) for record in records]
         self._dead_letters_in_a_row = 0
         elapsed = time.perf_counter() - started
@@ -236,11 +249,17 @@ class BillingWorker:
             with _never_raises("billing_event_report_failed"):
                 metrics.EVENTS.labels(topic=item.topic.name, outcome=outcome).inc()
                 metrics.EVENT_DURATION.observe(elapsed)
-                log.info("billing_event_handled", topic=item.topic.name,
-                         partition=record.partition, offset=record.offset,
-                         event_id=event.event_id, account_id=event.account_id,
-                         outcome=outcome, duration_ms=round(elapsed * 1000, 2),
-                         batch=len(records))
+                log.info(
+                    "billing_event_handled",
+                    topic=item.topic.name,
+                    partition=record.partition,
+                    offset=record.offset,
+                    event_id=event.event_id,
+                    account_id=event.account_id,
+                    outcome=outcome,
+                    duration_ms=round(elapsed * 1000, 2),
+                    batch=len(records),
+                )
         return outcomes
 
     async def _apply_batch(self, records: Sequence[Record]) -> list[_Applied]:
@@ -252,8 +271,11 @@ class BillingWorker:
             except PermanentError:
                 raise _OneByOne("undecodable") from None
             assert topic is not None
-            items.append(_Applied(record, topic, event, Position(
-                record.topic, record.partition, record.offset)))
+            items.append(
+                _Applied(
+                    record, topic, event, Position(record.topic, record.partition, record.offset)
+                )
+            )
         moving = [i for i in items if not _settles_nothing(i.event)]
         if not moving:
             return items  # each one's outcome is "ignored"
@@ -261,20 +283,27 @@ class BillingWorker:
         held = self._held
         accounts = list(dict.fromkeys(i.event.account_id for i in moving))
         unread = [a for a in accounts if a not in held]
-        wanted = list(dict.fromkeys(
-            reserve_key(i.event.message_id) for i in moving
-            if isinstance(i.event, StatusChanged) and reserve_key(i.event.message_id)
-            not in self._reservations))
+        wanted = list(
+            dict.fromkeys(
+                reserve_key(i.event.message_id)
+                for i in moving
+                if isinstance(i.event, StatusChanged)
+                and reserve_key(i.event.message_id) not in self._reservations
+            )
+        )
         stale = self._stale_thresholds(accounts)
         balances: dict[str, Balance] = {a: held[a] for a in accounts if a in held}
         if unread or wanted or stale:
-            found = await _all(*(self._balances.get(a) for a in unread),
-                               *(self._ledger.get(k) for k in wanted),
-                               self._refresh_thresholds(stale))
-            for account, balance in zip(unread, found[:len(unread)], strict=True):
+            found = await _all(
+                *(self._balances.get(a) for a in unread),
+                *(self._ledger.get(k) for k in wanted),
+                self._refresh_thresholds(stale),
+            )
+            for account, balance in zip(unread, found[: len(unread)], strict=True):
                 balances[account] = balance or Balance.opening(
-                    account, self._rate_card.currency, self._threshold_of(account))
-            for entry in found[len(unread):-1]:
+                    account, self._rate_card.currency, self._threshold_of(account)
+                )
+            for entry in found[len(unread) : -1]:
                 if entry is not None:
                     self._remember(entry)
         balances = {a: self._with_settings(b) for a, b in balances.items()}
@@ -295,9 +324,15 @@ class BillingWorker:
                 key = reserve_key(event.message_id)
                 reservation = decided.get(key) or self._reservations.get(key)
             try:
-                decision = decide(balance, event, position, rate_card=self._rate_card,
-                                  now=now, reservation=reservation,
-                                  top_up_key=self._top_up_key)
+                decision = decide(
+                    balance,
+                    event,
+                    position,
+                    rate_card=self._rate_card,
+                    now=now,
+                    reservation=reservation,
+                    top_up_key=self._top_up_key,
+                )
             except PermanentError:
                 raise _OneByOne("permanent") from None  # dead-lettered there, in order
             for entry in decision.entries:
@@ -320,8 +355,10 @@ class BillingWorker:
         # The outputs depend on the entries alone, which are durable now: they go first, and
         # the balances are written while they are in flight. The batch is acked only once both
         # are done (see the module's docstring for a crash in between).
-        await _all(self._publisher.publish_all(outputs),
-                   *(self._balances.save(b, now) for b in touched.values()))
+        await _all(
+            self._publisher.publish_all(outputs),
+            *(self._balances.save(b, now) for b in touched.values()),
+        )
         if generation == self._generation:  # no reset meanwhile: these are the stored truth
             self._hold({**balances, **touched})
         for decision in decisions:
@@ -341,8 +378,12 @@ class BillingWorker:
         if self._threshold_source is None:
             return []
         now = self._clock.monotonic()
-        return [a for a in accounts if a not in self._thresholds
-                or now - self._thresholds[a][2] >= self._threshold_refresh_s]
+        return [
+            a
+            for a in accounts
+            if a not in self._thresholds
+            or now - self._thresholds[a][2] >= self._threshold_refresh_s
+        ]
 
     async def _refresh_thresholds(self, accounts: Sequence[str]) -> None:
         if not accounts or self._threshold_source is None:
@@ -351,8 +392,9 @@ class BillingWorker:
         now = self._clock.monotonic()
         for account in accounts:
             own = found.get(account) or AccountSettings()
-            threshold = (self._threshold if own.low_balance_threshold is None
-                         else own.low_balance_threshold)
+            threshold = (
+                self._threshold if own.low_balance_threshold is None else own.low_balance_threshold
+            )
             cap = self._max_in_flight if own.max_in_flight is None else own.max_in_flight
             self._thresholds[account] = (threshold, cap, now)
             self._thresholds.move_to_end(account)
@@ -370,8 +412,9 @@ class BillingWorker:
     def _with_settings(self, balance: Balance) -> Balance:
         """The balance under its account's current threshold and cap."""
         account = balance.account_id
-        return with_in_flight_limit(with_threshold(balance, self._threshold_of(account)),
-                                    self._in_flight_limit_of(account))
+        return with_in_flight_limit(
+            with_threshold(balance, self._threshold_of(account)), self._in_flight_limit_of(account)
+        )
 
     def _remember(self, entry: LedgerEntry) -> None:
         cache = self._reservations
@@ -390,14 +433,21 @@ class BillingWorker:
         with _never_raises("billing_event_report_failed"):
             metrics.EVENTS.labels(topic=topic_label, outcome=outcome).inc()
             metrics.EVENT_DURATION.observe(elapsed)
-            log.info("billing_event_handled", topic=topic_label, partition=record.partition,
-                     offset=record.offset, event_id=getattr(event, "event_id", None),
-                     account_id=getattr(event, "account_id", None), outcome=outcome,
-                     duration_ms=round(elapsed * 1000, 2))
+            log.info(
+                "billing_event_handled",
+                topic=topic_label,
+                partition=record.partition,
+                offset=record.offset,
+                event_id=getattr(event, "event_id", None),
+                account_id=getattr(event, "account_id", None),
+                outcome=outcome,
+                duration_ms=round(elapsed * 1000, 2),
+            )
         return outcome
 
-    async def _finish(self, record: Record, topic: Topic[Any] | None
-                      ) -> tuple[str, InputEvent | None]:
+    async def _finish(
+        self, record: Record, topic: Topic[Any] | None
+    ) -> tuple[str, InputEvent | None]:
         """Apply the record, or dead-letter it (never skip it silently): see the module's
         docstring for the rule."""
         delay = self._first_delay
@@ -414,28 +464,44 @@ class BillingWorker:
             except PermanentError as exc:
                 failure = Failure(exc, unexpected + 1)
             except TransientError as exc:
-                log.warning("transient_error_retrying", topic=record.topic,
-                            partition=record.partition, offset=record.offset,
-                            error_code=exc.code, error=exc.message, retry_in_s=round(delay, 2))
+                log.warning(
+                    "transient_error_retrying",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error_code=exc.code,
+                    error=exc.message,
+                    retry_in_s=round(delay, 2),
+                )
             except Exception as exc:  # a bug, or a shape nobody foresaw
                 unexpected += 1
                 self.forget_balances()  # what it left is read again from the database
                 if unexpected >= self._unexpected_attempts:
                     failure = Failure(exc, unexpected)
                 else:
-                    log.warning("unexpected_error_retrying", topic=record.topic,
-                                partition=record.partition, offset=record.offset,
-                                attempt=unexpected, error=repr(exc),
-                                retry_in_s=round(delay, 2))
+                    log.warning(
+                        "unexpected_error_retrying",
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        attempt=unexpected,
+                        error=repr(exc),
+                        retry_in_s=round(delay, 2),
+                    )
             if failure is not None:
                 if self._dead_letters_in_a_row < self._dead_letter_limit:
                     if failure.reason == UNEXPECTED:
                         await self._undo_unapplied(event, position)
                     return await self._dead_letter(record, failure), event
                 # Many in a row look like a bad deploy, not bad data: stop, don't drain.
-                log.error("dead_letter_limit_reached", topic=record.topic,
-                          partition=record.partition, offset=record.offset,
-                          error=repr(failure.error), retry_in_s=round(delay, 2))
+                log.error(
+                    "dead_letter_limit_reached",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=repr(failure.error),
+                    retry_in_s=round(delay, 2),
+                )
             await self._sleep(delay)
             delay = min(delay * 2, self._max_delay)
 
@@ -452,24 +518,38 @@ class BillingWorker:
                 key = entry_key(event)
                 entry = await self._ledger.get(key)
                 if entry is None or (entry.source, entry.source_offset) != (
-                        position.source, position.offset):
+                    position.source,
+                    position.offset,
+                ):
                     return
                 balance = await self._balances.get(event.account_id)
-                if balance is not None and balance.has_applied(position.source,
-                                                               position.offset):
+                if balance is not None and balance.has_applied(position.source, position.offset):
                     return
                 await self._ledger.remove(key)
                 self._reservations.pop(key, None)
                 self.forget_balances()
-                log.warning("unapplied_entry_removed", entry=key, source=position.source,
-                            offset=position.offset)
+                log.warning(
+                    "unapplied_entry_removed",
+                    entry=key,
+                    source=position.source,
+                    offset=position.offset,
+                )
                 return
             except TransientError as exc:
-                log.warning("transient_error_retrying", what="undo_unapplied",
-                            error_code=exc.code, error=exc.message, retry_in_s=round(delay, 2))
+                log.warning(
+                    "transient_error_retrying",
+                    what="undo_unapplied",
+                    error_code=exc.code,
+                    error=exc.message,
+                    retry_in_s=round(delay, 2),
+                )
             except Exception as exc:
-                log.error("unapplied_entry_check_failed", source=position.source,
-                          offset=position.offset, exc_info=exc)
+                log.error(
+                    "unapplied_entry_check_failed",
+                    source=position.source,
+                    offset=position.offset,
+                    exc_info=exc,
+                )
                 return
             await self._sleep(delay)
             delay = min(delay * 2, self._max_delay)
@@ -484,7 +564,8 @@ class BillingWorker:
         threshold = self._threshold_of(event.account_id)
         balance = self._with_settings(
             await self._balances.get(event.account_id)
-            or Balance.opening(event.account_id, self._rate_card.currency, threshold))
+            or Balance.opening(event.account_id, self._rate_card.currency, threshold)
+        )
         existing: LedgerEntry | None = None
         reservation: LedgerEntry | None = None
         if balance.has_applied(position.source, position.offset):
@@ -494,15 +575,29 @@ class BillingWorker:
             reservation = self._reservations.get(key) or await self._ledger.get(key)
             if reservation is not None:
                 self._remember(reservation)
-        decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
-                          reservation=reservation, existing=existing,
-                          top_up_key=self._top_up_key)
+        decision = decide(
+            balance,
+            event,
+            position,
+            rate_card=self._rate_card,
+            now=now,
+            reservation=reservation,
+            existing=existing,
+            top_up_key=self._top_up_key,
+        )
         for entry in decision.entries:
             stored = await self._ledger.add(entry)
             if stored is not None:  # decided before: a duplicate, or our unfinished attempt
-                decision = decide(balance, event, position, rate_card=self._rate_card, now=now,
-                                  reservation=reservation, existing=stored,
-                                  top_up_key=self._top_up_key)
+                decision = decide(
+                    balance,
+                    event,
+                    position,
+                    rate_card=self._rate_card,
+                    now=now,
+                    reservation=reservation,
+                    existing=stored,
+                    top_up_key=self._top_up_key,
+                )
                 break
         if decision.balance is not None:
             await self._balances.save(decision.balance, now)
@@ -521,25 +616,42 @@ class BillingWorker:
                 await self._publisher.dead_letter(record, failure)
                 break
             except TransientError as exc:
-                log.warning("transient_error_retrying", topic=record.topic,
-                            partition=record.partition, offset=record.offset,
-                            error_code=exc.code, error=exc.message, retry_in_s=round(delay, 2))
+                log.warning(
+                    "transient_error_retrying",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error_code=exc.code,
+                    error=exc.message,
+                    retry_in_s=round(delay, 2),
+                )
             except Exception as exc:
-                log.error("dead_letter_failed_retrying", topic=record.topic,
-                          partition=record.partition, offset=record.offset,
-                          retry_in_s=round(delay, 2), exc_info=exc)
+                log.error(
+                    "dead_letter_failed_retrying",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    retry_in_s=round(delay, 2),
+                    exc_info=exc,
+                )
             await self._sleep(delay)
             delay = min(delay * 2, self._max_delay)
         self._dead_letters_in_a_row += 1
         error = failure.error
         with _never_raises("billing_event_report_failed"):
             DEAD_LETTERS.labels(service=SERVICE, reason=failure.reason).inc()
-            fields = {"topic": record.topic, "partition": record.partition,
-                      "offset": record.offset, "reason": failure.reason,
-                      "attempts": failure.attempts, "error_type": type(error).__name__}
+            fields = {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": failure.reason,
+                "attempts": failure.attempts,
+                "error_type": type(error).__name__,
+            }
             if isinstance(error, ServiceError):
-                log.warning("record_dead_lettered", error_code=error.code, error=error.message,
-                            **fields)
+                log.warning(
+                    "record_dead_lettered", error_code=error.code, error=error.message, **fields
+                )
             else:
                 log.error("record_dead_lettered", exc_info=error, **fields)
         return "dead_lettered"

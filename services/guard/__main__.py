@@ -29,16 +29,26 @@ async def main() -> None:
     async def build(conns: Connections) -> Parts:
         await ensure_indexes(conns.db, ACCOUNT_HOLDS, GUARD_STATES, GUARD_RECIPIENTS)
         store = MongoGuardStore(conns.db)
-        guard = Guard(store, KafkaHoldPublisher(conns.producer, settings.topic_prefix), clock,
-                      settings.rules(),
-                      partial(keyed_hash, key=settings.recipient_hash_key_bytes()),
-                      prefix=settings.topic_prefix,
-                      overrides_cache_seconds=settings.overrides_cache_seconds)
+        guard = Guard(
+            store,
+            KafkaHoldPublisher(conns.producer, settings.topic_prefix),
+            clock,
+            settings.rules(),
+            partial(keyed_hash, key=settings.recipient_hash_key_bytes()),
+            prefix=settings.topic_prefix,
+            overrides_cache_seconds=settings.overrides_cache_seconds,
+        )
         workers = [
-            run_consumer(settings.kafka, settings.topic_prefix, guard,
-                         conns.producer, settings.max_batch),
-            sweep_forever(store, clock, settings.recipient_memory_days,
-                          settings.sweep_page_size, settings.sweep_interval_seconds),
+            run_consumer(
+                settings.kafka, settings.topic_prefix, guard, conns.producer, settings.max_batch
+            ),
+            sweep_forever(
+                store,
+                clock,
+                settings.recipient_memory_days,
+                settings.sweep_page_size,
+                settings.sweep_interval_seconds,
+            ),
         ]
         return Parts(checks=conns.readiness_checks(), workers=workers)
 

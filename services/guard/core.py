@@ -78,8 +78,7 @@ class Rules:
                 continue
             rule = self.get(name)
             threshold = _number(fields.get("threshold"), rule.threshold, minimum=0.0)
-            window = int(_number(fields.get("window_seconds"), rule.window_seconds,
-                                 minimum=60.0))
+            window = int(_number(fields.get("window_seconds"), rule.window_seconds, minimum=60.0))
             least = int(_number(fields.get("minimum"), rule.minimum, minimum=0.0))
             changed[name] = Rule(threshold, min(window, BASELINE_HOURS * 3600), least)
         return replace(self, **changed)
@@ -109,7 +108,8 @@ class Account:
 
     account_id: str
     minutes: dict[str, dict[int, int]] = field(
-        default_factory=lambda: {name: {} for name in COUNTERS})
+        default_factory=lambda: {name: {} for name in COUNTERS}
+    )
     hours: dict[int, int] = field(default_factory=dict)  # sends per hour (baseline)
     first_at: int | None = None  # the first send seen: how much history the baseline has
     latest_at: int = 0  # the account's "now": the latest event time seen
@@ -181,6 +181,7 @@ class Account:
 
 # --- the rules ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Fired:
     """A rule that holds the account: when (`at`, from its evidence's times, always after the
@@ -225,9 +226,19 @@ def evaluate(account: Account, rules: Rules, wall_now: int) -> list[Fired]:
         if found is not None:
             reason, observed = found
             at = max(end, account.released_at + 1)
-            fired.append(Fired(account.account_id, name, at, reason,
-                               {**observed, "threshold": rule.threshold,
-                                "window_seconds": rule.window_seconds}))
+            fired.append(
+                Fired(
+                    account.account_id,
+                    name,
+                    at,
+                    reason,
+                    {
+                        **observed,
+                        "threshold": rule.threshold,
+                        "window_seconds": rule.window_seconds,
+                    },
+                )
+            )
     return fired
 
 
@@ -239,18 +250,23 @@ def _failure_rate(account: Account, rule: Rule, end: int) -> tuple[str, dict[str
     rate = failed / finished
     if rate < rule.threshold:
         return None
-    return (f"{_pct(rate)} of the {finished} messages that finished in the last "
-            f"{_span(rule.window_seconds)} failed (threshold {_pct(rule.threshold)})",
-            {"failed": failed, "finished": finished, "rate": round(rate, 4)})
+    return (
+        f"{_pct(rate)} of the {finished} messages that finished in the last "
+        f"{_span(rule.window_seconds)} failed (threshold {_pct(rule.threshold)})",
+        {"failed": failed, "finished": finished, "rate": round(rate, 4)},
+    )
 
 
 def _meta_spam(account: Account, rule: Rule, end: int) -> tuple[str, dict[str, float]] | None:
     spam = account.count("spam", end, rule.window_ms)
     if spam < max(rule.threshold, 1):
         return None
-    return (f"Meta refused {spam} message{'s' if spam != 1 else ''} with 131048 (spam rate "
-            f"limit) in the last {_span(rule.window_seconds)} (threshold "
-            f"{rule.threshold:g})", {"spam_refusals": spam})
+    return (
+        f"Meta refused {spam} message{'s' if spam != 1 else ''} with 131048 (spam rate "
+        f"limit) in the last {_span(rule.window_seconds)} (threshold "
+        f"{rule.threshold:g})",
+        {"spam_refusals": spam},
+    )
 
 
 def _volume_spike(account: Account, rule: Rule, end: int) -> tuple[str, dict[str, float]] | None:
@@ -263,22 +279,27 @@ def _volume_spike(account: Account, rule: Rule, end: int) -> tuple[str, dict[str
     if history_hours < BASELINE_MIN_HOURS:
         return None
     first_hour = window_start // HOUR_MS - history_hours
-    before = sum(n for hour, n in account.hours.items()
-                 if first_hour <= hour < window_start // HOUR_MS)
+    before = sum(
+        n for hour, n in account.hours.items() if first_hour <= hour < window_start // HOUR_MS
+    )
     expected = before / history_hours * rule.window_seconds / 3600
     if sent <= rule.threshold * expected:
         return None
     multiple = sent / expected if expected else float("inf")
     shown = f"{multiple:.1f}×" if expected else "far above"
-    return (f"{sent} messages in the last {_span(rule.window_seconds)}, {shown} the account's "
-            f"usual {expected:.0f} (its average over the {history_hours} hours before; "
-            f"threshold {rule.threshold:g}×)",
-            {"sent": sent, "expected": round(expected, 2),
-             "multiple": round(multiple, 2) if expected else -1.0})
+    return (
+        f"{sent} messages in the last {_span(rule.window_seconds)}, {shown} the account's "
+        f"usual {expected:.0f} (its average over the {history_hours} hours before; "
+        f"threshold {rule.threshold:g}×)",
+        {
+            "sent": sent,
+            "expected": round(expected, 2),
+            "multiple": round(multiple, 2) if expected else -1.0,
+        },
+    )
 
 
-def _new_recipients(account: Account, rule: Rule,
-                    end: int) -> tuple[str, dict[str, float]] | None:
+def _new_recipients(account: Account, rule: Rule, end: int) -> tuple[str, dict[str, float]] | None:
     sent = account.count("sent", end, rule.window_ms)
     if sent < max(rule.minimum, 1):
         return None
@@ -286,82 +307,142 @@ def _new_recipients(account: Account, rule: Rule,
     share = new / sent
     if share < rule.threshold:
         return None
-    return (f"{_pct(share)} of the {sent} messages of the last {_span(rule.window_seconds)} "
-            f"went to recipients never messaged before (threshold {_pct(rule.threshold)})",
-            {"sent": sent, "new_recipients": new, "share": round(share, 4)})
+    return (
+        f"{_pct(share)} of the {sent} messages of the last {_span(rule.window_seconds)} "
+        f"went to recipients never messaged before (threshold {_pct(rule.threshold)})",
+        {"sent": sent, "new_recipients": new, "share": round(share, 4)},
+    )
 
 
-_JUDGES = {"failure_rate": _failure_rate, "meta_spam": _meta_spam,
-           "volume_spike": _volume_spike, "new_recipients": _new_recipients}
+_JUDGES = {
+    "failure_rate": _failure_rate,
+    "meta_spam": _meta_spam,
+    "volume_spike": _volume_spike,
+    "new_recipients": _new_recipients,
+}
 
 
-def quality_red(account_id: str, flagged_at: Iterable[int], rule: Rule, released_at: int,
-                wall_now: int) -> Fired | None:
+def quality_red(
+    account_id: str, flagged_at: Iterable[int], rule: Rule, released_at: int, wall_now: int
+) -> Fired | None:
     """`flagged_at`: when each of the account's numbers was last flagged (quality RED) by
     Meta, for the numbers whose latest quality event is a flag. Fires when at least
     `threshold` of them were flagged within the window (and after the last release)."""
-    recent = sorted(at for at in flagged_at
-                    if wall_now - at <= rule.window_ms and at > released_at)
+    recent = sorted(at for at in flagged_at if wall_now - at <= rule.window_ms and at > released_at)
     if not recent or len(recent) < max(rule.threshold, 1):
         return None
     count = len(recent)
-    return Fired(account_id, "quality_red", recent[-1],
-                 f"Meta flagged {count} of the account's numbers for low quality (RED) in the "
-                 f"last {_span(rule.window_seconds)} (threshold {rule.threshold:g})",
-                 {"flagged_numbers": count, "threshold": rule.threshold,
-                  "window_seconds": rule.window_seconds})
+    return Fired(
+        account_id,
+        "quality_red",
+        recent[-1],
+        f"Meta flagged {count} of the account's numbers for low quality (RED) in the "
+        f"last {_span(rule.window_seconds)} (threshold {rule.threshold:g})",
+        {
+            "flagged_numbers": count,
+            "threshold": rule.threshold,
+            "window_seconds": rule.window_seconds,
+        },
+    )
 
 
 # --- holds ----------------------------------------------------------------------------------
 
+
 def hold_fields(fired: Fired, now_ms: int) -> dict[str, Any]:
     """The `$set` of the account's hold document for a rule that fired (its own field: no
     write of another rule or of a release is ever overwritten)."""
-    return {"account_id": fired.account_id, "updated_at": now_ms,
-            f"holds.{fired.rule}": {"at": fired.at, "reason": fired.reason,
-                                    "observed": fired.observed, "event_id": fired.event_id}}
+    return {
+        "account_id": fired.account_id,
+        "updated_at": now_ms,
+        f"holds.{fired.rule}": {
+            "at": fired.at,
+            "reason": fired.reason,
+            "observed": fired.observed,
+            "event_id": fired.event_id,
+        },
+    }
 
 
-def release_fields(account_id: str, hold_doc: Mapping[str, Any] | None, requested_at: int,
-                   operator: str, reason: str, now_ms: int) -> dict[str, Any]:
+def release_fields(
+    account_id: str,
+    hold_doc: Mapping[str, Any] | None,
+    requested_at: int,
+    operator: str,
+    reason: str,
+    now_ms: int,
+) -> dict[str, Any]:
     """The release's `$set`: its time is after every hold it releases (a hold fired from
     evidence timed after the operator's clock is released too)."""
-    latest_hold = max((int(h.get("at", 0)) for h in ((hold_doc or {}).get("holds") or {})
-                       .values() if isinstance(h, Mapping)), default=0)
-    return {"account_id": account_id, "released_at": max(requested_at, latest_hold),
-            "released_by": operator, "release_reason": reason, "updated_at": now_ms}
+    latest_hold = max(
+        (
+            int(h.get("at", 0))
+            for h in ((hold_doc or {}).get("holds") or {}).values()
+            if isinstance(h, Mapping)
+        ),
+        default=0,
+    )
+    return {
+        "account_id": account_id,
+        "released_at": max(requested_at, latest_hold),
+        "released_by": operator,
+        "release_reason": reason,
+        "updated_at": now_ms,
+    }
 
 
 def held_event(fired: Fired, active_rules: list[str]) -> AccountHoldChanged:
     return AccountHoldChanged(
-        event_id=fired.event_id, account_id=fired.account_id, held=True,
-        rules=sorted(set(active_rules) | {fired.rule}), change="held", rule=fired.rule,
-        reason=fired.reason, observed=dict(fired.observed), occurred_at=fired.at)
+        event_id=fired.event_id,
+        account_id=fired.account_id,
+        held=True,
+        rules=sorted(set(active_rules) | {fired.rule}),
+        change="held",
+        rule=fired.rule,
+        reason=fired.reason,
+        observed=dict(fired.observed),
+        occurred_at=fired.at,
+    )
 
 
-def released_event(account_id: str, request_id: str, active_rules: list[str], reason: str,
-                   operator: str, at: int) -> AccountHoldChanged:
+def released_event(
+    account_id: str, request_id: str, active_rules: list[str], reason: str, operator: str, at: int
+) -> AccountHoldChanged:
     """The state after a release: held only if a rule fired after it (a race with a release
     applied late; the next event corrects it either way)."""
     return AccountHoldChanged(
-        event_id=f"release:{request_id}", account_id=account_id, held=bool(active_rules),
-        rules=sorted(active_rules), change="released", reason=reason, operator=operator,
-        occurred_at=at)
+        event_id=f"release:{request_id}",
+        account_id=account_id,
+        held=bool(active_rules),
+        rules=sorted(active_rules),
+        change="released",
+        reason=reason,
+        operator=operator,
+        occurred_at=at,
+    )
 
 
 # --- what guard_states keeps ----------------------------------------------------------------
 
+
 def state_doc(account: Account, now_ms: int) -> dict[str, Any]:
     """The account's document (keys are strings: BSON wants them)."""
-    return {"_id": account.account_id, "account_id": account.account_id,
-            "minutes": {name: {str(m): n for m, n in buckets.items()}
-                        for name, buckets in account.minutes.items()},
-            "hours": {str(h): n for h, n in account.hours.items()},
-            "first_at": account.first_at, "latest_at": account.latest_at,
-            "fired": dict(account.fired), "released_at": account.released_at,
-            # a list: topic names hold dots, which a field name may not
-            "applied": [{"position": p, "next": n} for p, n in sorted(account.applied.items())],
-            "updated_at": now_ms}
+    return {
+        "_id": account.account_id,
+        "account_id": account.account_id,
+        "minutes": {
+            name: {str(m): n for m, n in buckets.items()}
+            for name, buckets in account.minutes.items()
+        },
+        "hours": {str(h): n for h, n in account.hours.items()},
+        "first_at": account.first_at,
+        "latest_at": account.latest_at,
+        "fired": dict(account.fired),
+        "released_at": account.released_at,
+        # a list: topic names hold dots, which a field name may not
+        "applied": [{"position": p, "next": n} for p, n in sorted(account.applied.items())],
+        "updated_at": now_ms,
+    }
 
 
 def account_from_doc(account_id: str, doc: Mapping[str, Any] | None) -> Account:
@@ -371,8 +452,11 @@ def account_from_doc(account_id: str, doc: Mapping[str, Any] | None) -> Account:
     def ints(value: Any) -> dict[int, int]:
         if not isinstance(value, Mapping):
             return {}
-        return {int(k): int(v) for k, v in value.items()
-                if str(k).lstrip("-").isdigit() and isinstance(v, int)}
+        return {
+            int(k): int(v)
+            for k, v in value.items()
+            if str(k).lstrip("-").isdigit() and isinstance(v, int)
+        }
 
     minutes = doc.get("minutes") if isinstance(doc.get("minutes"), Mapping) else {}
     return Account(
@@ -381,8 +465,11 @@ def account_from_doc(account_id: str, doc: Mapping[str, Any] | None) -> Account:
         hours=ints(doc.get("hours")),
         first_at=doc.get("first_at") if isinstance(doc.get("first_at"), int) else None,
         latest_at=int(doc.get("latest_at") or 0),
-        fired={str(k): int(v) for k, v in (doc.get("fired") or {}).items()
-               if isinstance(v, int)},
+        fired={str(k): int(v) for k, v in (doc.get("fired") or {}).items() if isinstance(v, int)},
         released_at=int(doc.get("released_at") or 0),
-        applied={str(a["position"]): int(a["next"]) for a in (doc.get("applied") or [])
-                 if isinstance(a, Mapping) and isinstance(a.get("next"), int)})
+        applied={
+            str(a["position"]): int(a["next"])
+            for a in (doc.get("applied") or [])
+            if isinstance(a, Mapping) and isinstance(a.get("next"), int)
+        },
+    )

@@ -62,18 +62,23 @@ class MongoGuardStore:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self._db = db
 
-    async def _by_ids(self, collection: str, ids: list[str],
-                      projection: Doc | None = None) -> dict[str, Doc]:
-        found = await _call(lambda: asyncio.gather(*(
-            self._db[collection].find_one({"_id": i}, projection) for i in ids)))
+    async def _by_ids(
+        self, collection: str, ids: list[str], projection: Doc | None = None
+    ) -> dict[str, Doc]:
+        found = await _call(
+            lambda: asyncio.gather(
+                *(self._db[collection].find_one({"_id": i}, projection) for i in ids)
+            )
+        )
         return {doc["_id"]: doc for doc in found if doc is not None}
 
     async def states(self, account_ids: list[str]) -> dict[str, Doc]:
         return await self._by_ids(GUARD_STATES, account_ids)
 
     async def save_state(self, doc: Doc) -> None:
-        await _call(lambda: self._db[GUARD_STATES].replace_one({"_id": doc["_id"]}, doc,
-                                                               upsert=True))
+        await _call(
+            lambda: self._db[GUARD_STATES].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        )
 
     async def recipients(self, ids: list[str]) -> dict[str, Doc]:
         return await self._by_ids(GUARD_RECIPIENTS, ids)
@@ -95,34 +100,47 @@ class MongoGuardStore:
     async def set_hold(self, account_id: str, fields: Doc) -> Doc:
         holds = self._db[ACCOUNT_HOLDS]
         try:
-            await _call(lambda: holds.update_one({"_id": account_id}, {"$set": fields},
-                                                 upsert=True))
+            await _call(
+                lambda: holds.update_one({"_id": account_id}, {"$set": fields}, upsert=True)
+            )
         except DuplicateKeyError:  # another guard process created it meanwhile
             await _call(lambda: holds.update_one({"_id": account_id}, {"$set": fields}))
         return await self.hold(account_id) or {"_id": account_id}
 
     async def rule_overrides(self, account_id: str) -> Doc | None:
-        doc = await _call(lambda: self._db[ACCOUNTS].find_one({"_id": account_id},
-                                                              {"guard_rules": 1}))
+        doc = await _call(
+            lambda: self._db[ACCOUNTS].find_one({"_id": account_id}, {"guard_rules": 1})
+        )
         rules = (doc or {}).get("guard_rules")
         return rules if isinstance(rules, dict) else None
 
     async def flagged_numbers(self, account_id: str) -> list[int]:
-        numbers = await _call(lambda: self._db[PHONE_NUMBERS].find(
-            {"account_id": account_id}, {"_id": 1}).to_list(None))
-        states = await self._by_ids(NUMBER_STATES, [n["_id"] for n in numbers],
-                                    {"quality_event": 1, "quality_event_at": 1})
-        return [int(s["quality_event_at"]) for s in states.values()
-                if s.get("quality_event") == "FLAGGED"
-                and isinstance(s.get("quality_event_at"), int)]
+        numbers = await _call(
+            lambda: (
+                self._db[PHONE_NUMBERS].find({"account_id": account_id}, {"_id": 1}).to_list(None)
+            )
+        )
+        states = await self._by_ids(
+            NUMBER_STATES, [n["_id"] for n in numbers], {"quality_event": 1, "quality_event_at": 1}
+        )
+        return [
+            int(s["quality_event_at"])
+            for s in states.values()
+            if s.get("quality_event") == "FLAGGED" and isinstance(s.get("quality_event_at"), int)
+        ]
 
     # --- retention ---------------------------------------------------------------------------
     async def recipients_before(self, cutoff_ms: int, limit: int) -> list[str]:
-        docs = await _call(lambda: self._db[GUARD_RECIPIENTS].find(
-            {"first_seen": {"$lt": cutoff_ms}}, {"_id": 1}).limit(limit).to_list(None))
+        docs = await _call(
+            lambda: (
+                self._db[GUARD_RECIPIENTS]
+                .find({"first_seen": {"$lt": cutoff_ms}}, {"_id": 1})
+                .limit(limit)
+                .to_list(None)
+            )
+        )
         return [str(d["_id"]) for d in docs]
 
     async def delete_recipients(self, ids: list[str]) -> int:
-        result = await _call(lambda: self._db[GUARD_RECIPIENTS].delete_many(
-            {"_id": {"$in": ids}}))
+        result = await _call(lambda: self._db[GUARD_RECIPIENTS].delete_many({"_id": {"$in": ids}}))
         return result.deleted_count

@@ -54,12 +54,21 @@ class GuardSettings(ServiceSettings):
 
     def rules(self) -> Rules:
         return Rules(
-            failure_rate=Rule(self.failure_rate_threshold, self.failure_rate_window_seconds,
-                              self.failure_rate_minimum),
+            failure_rate=Rule(
+                self.failure_rate_threshold,
+                self.failure_rate_window_seconds,
+                self.failure_rate_minimum,
+            ),
             meta_spam=Rule(self.meta_spam_threshold, self.meta_spam_window_seconds),
             quality_red=Rule(self.quality_red_threshold, self.quality_red_window_seconds),
-            volume_spike=Rule(self.volume_spike_threshold, self.volume_spike_window_seconds,
-                              self.volume_spike_minimum),
-            new_recipients=Rule(self.new_recipients_threshold,
-                                self.new_recipients_window_seconds,
-                                self.new_recipients_minimum))
+            volume_spike=Rule(
+                self.volume_spike_threshold,
+                self.volume_spike_window_seconds,
+                self.volume_spike_minimum,
+            ),
+            new_recipients=Rule(
+                self.new_recipients_threshold,
+                self.new_recipients_window_seconds,
+                self.new_recipients_minimum,
+            ),
+        )

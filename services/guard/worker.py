@@ -73,8 +73,11 @@ log = get_logger(__name__)
 SERVICE = "guard"
 Record = ConsumerRecord[bytes, bytes]
 KINDS: dict[str, Topic[Any]] = {
-    "send_requested": SEND_REQUESTED, "status_changed": STATUS_CHANGED,
-    "quality_changed": NUMBER_QUALITY_CHANGED, "release_requested": ACCOUNT_RELEASE_REQUESTED}
+    "send_requested": SEND_REQUESTED,
+    "status_changed": STATUS_CHANGED,
+    "quality_changed": NUMBER_QUALITY_CHANGED,
+    "release_requested": ACCOUNT_RELEASE_REQUESTED,
+}
 
 
 def group(prefix: str) -> str:
@@ -91,8 +94,12 @@ class KafkaHoldPublisher:
         self._prefix = prefix
 
     async def publish(self, events: Sequence[AccountHoldChanged]) -> None:
-        await publish_all(self._producer, [(ACCOUNT_HOLD_CHANGED, e) for e in events],
-                          self._prefix, timeout_s=30.0)
+        await publish_all(
+            self._producer,
+            [(ACCOUNT_HOLD_CHANGED, e) for e in events],
+            self._prefix,
+            timeout_s=30.0,
+        )
 
 
 @dataclass
@@ -107,10 +114,18 @@ class _Batch:
 
 
 class Guard:
-    def __init__(self, store: GuardStore, publisher: HoldPublisher, clock: Clock,
-                 rules: core.Rules, recipient_key: Callable[[str], str], *, prefix: str = "",
-                 overrides_cache_seconds: float = 60.0,
-                 remembered_recipients: int = 200_000) -> None:
+    def __init__(
+        self,
+        store: GuardStore,
+        publisher: HoldPublisher,
+        clock: Clock,
+        rules: core.Rules,
+        recipient_key: Callable[[str], str],
+        *,
+        prefix: str = "",
+        overrides_cache_seconds: float = 60.0,
+        remembered_recipients: int = 200_000,
+    ) -> None:
         self._store = store
         self._publisher = publisher
         self._clock = clock
@@ -136,8 +151,9 @@ class Guard:
         started = time.perf_counter()
         try:
             batch = self._decode(records)
-            await self._load([acc for _, kind, e in batch.items
-                              if (acc := _account_of(kind, e)) is not None])
+            await self._load(
+                [acc for _, kind, e in batch.items if (acc := _account_of(kind, e)) is not None]
+            )
             new = await self._new_recipients(batch)
             self._apply(batch, new)
             await self._release(batch)
@@ -156,8 +172,9 @@ class Guard:
             kind = self._kinds.get(record.topic)
             try:
                 if kind is None:
-                    raise PermanentError(f"guard does not read {record.topic}",
-                                         code="unknown_topic")
+                    raise PermanentError(
+                        f"guard does not read {record.topic}", code="unknown_topic"
+                    )
                 event = KINDS[kind].decode_record(record.value)
             except PermanentError as exc:
                 batch.failures.append((record, Failure(exc, 1)))
@@ -180,8 +197,12 @@ class Guard:
         """Whether each send (by message id) goes to a recipient the account never sent to.
         The first send's message id is stored with the recipient, so a replayed send is still
         known as the one that found it new."""
-        sends = [e for record, kind, e in batch.items if kind == "send_requested"
-                 and not self._accounts[e.account_id].seen(_position(record), record.offset)]
+        sends = [
+            e
+            for record, kind, e in batch.items
+            if kind == "send_requested"
+            and not self._accounts[e.account_id].seen(_position(record), record.offset)
+        ]
         ids = {e.message_id: self._recipient_id(e) for e in sends}
         unknown = sorted({i for i in ids.values() if i not in self._known})
         found = await self._store.recipients(unknown) if unknown else {}
@@ -196,8 +217,12 @@ class Guard:
             else:
                 new[event.message_id] = True
                 finder[rid] = event.message_id
-                first[rid] = {"_id": rid, "account_id": event.account_id,
-                              "first_seen": event.accepted_at, "message_id": event.message_id}
+                first[rid] = {
+                    "_id": rid,
+                    "account_id": event.account_id,
+                    "first_seen": event.accepted_at,
+                    "message_id": event.message_id,
+                }
         await self._store.insert_recipients(list(first.values()))
         for rid in ids.values():
             self._known[rid] = finder.get(rid, self._known.get(rid, ""))
@@ -242,20 +267,35 @@ class Guard:
         for release in batch.releases:
             account = self._accounts[release.account_id]
             now = self._clock.now_ms()
-            fields = core.release_fields(release.account_id,
-                                         await self._store.hold(release.account_id),
-                                         release.requested_at, release.operator,
-                                         release.reason, now)
+            fields = core.release_fields(
+                release.account_id,
+                await self._store.hold(release.account_id),
+                release.requested_at,
+                release.operator,
+                release.reason,
+                now,
+            )
             # (its windows were cleared when the record was applied, in order with the rest)
             account.released_at = max(account.released_at, int(fields["released_at"]))
             doc = await self._store.set_hold(release.account_id, fields)
             active = list(holds.active_holds(doc))
-            events.append(core.released_event(release.account_id, release.event_id, active,
-                                              release.reason, release.operator,
-                                              int(fields["released_at"])))
+            events.append(
+                core.released_event(
+                    release.account_id,
+                    release.event_id,
+                    active,
+                    release.reason,
+                    release.operator,
+                    int(fields["released_at"]),
+                )
+            )
             metrics.RELEASES.inc()
-            log.warning("account_released", account_id=release.account_id,
-                        operator=release.operator, still_held=bool(active))
+            log.warning(
+                "account_released",
+                account_id=release.account_id,
+                operator=release.operator,
+                still_held=bool(active),
+            )
         if events:
             await self._publisher.publish(events)
 
@@ -263,8 +303,7 @@ class Guard:
         wall_now = self._clock.now_ms()
         for account_id in sorted(batch.touched):
             account = self._accounts[account_id]
-            for fired in core.evaluate(account, await self._account_rules(account_id),
-                                       wall_now):
+            for fired in core.evaluate(account, await self._account_rules(account_id), wall_now):
                 await self._hold(fired)
                 account.fired[fired.rule] = fired.at
 
@@ -276,19 +315,25 @@ class Guard:
             if "quality_red" in holds.active_holds(doc):
                 continue
             rule = (await self._account_rules(account_id)).quality_red
-            fired = core.quality_red(account_id, await self._store.flagged_numbers(account_id),
-                                     rule, int((doc or {}).get("released_at") or 0), wall_now)
+            fired = core.quality_red(
+                account_id,
+                await self._store.flagged_numbers(account_id),
+                rule,
+                int((doc or {}).get("released_at") or 0),
+                wall_now,
+            )
             if fired is not None:
                 await self._hold(fired)
 
     async def _hold(self, fired: core.Fired) -> None:
-        doc = await self._store.set_hold(fired.account_id,
-                                         core.hold_fields(fired, self._clock.now_ms()))
-        await self._publisher.publish([core.held_event(fired,
-                                                       list(holds.active_holds(doc)))])
+        doc = await self._store.set_hold(
+            fired.account_id, core.hold_fields(fired, self._clock.now_ms())
+        )
+        await self._publisher.publish([core.held_event(fired, list(holds.active_holds(doc)))])
         metrics.HOLDS.labels(fired.rule).inc()
-        log.warning("account_held", account_id=fired.account_id, rule=fired.rule,
-                    reason=fired.reason)
+        log.warning(
+            "account_held", account_id=fired.account_id, rule=fired.rule, reason=fired.reason
+        )
 
     async def _account_rules(self, account_id: str) -> core.Rules:
         now = self._clock.monotonic()
@@ -308,8 +353,9 @@ class Guard:
         docs = []
         for account_id in sorted(batch.touched):
             account = self._accounts[account_id]
-            account.prune(max(keep, (await self._account_rules(account_id))
-                              .longest_minute_window_ms))
+            account.prune(
+                max(keep, (await self._account_rules(account_id)).longest_minute_window_ms)
+            )
             docs.append(core.state_doc(account, now))
         await asyncio.gather(*(self._store.save_state(doc) for doc in docs))
 
@@ -327,6 +373,7 @@ def _position(record: Record) -> str:
 
 # --- the consumer ---------------------------------------------------------------------------
 
+
 class _OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, moved: Callable[[], None]) -> None:
         self._moved = moved
@@ -341,8 +388,14 @@ class _OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 _RETRY = RetryPolicy()
 
 
-async def consume(consumer: AIOKafkaConsumer, guard: Guard, dead_letters: DeadLetters, *,
-                  max_batch: int, retry: RetryPolicy = _RETRY) -> None:
+async def consume(
+    consumer: AIOKafkaConsumer,
+    guard: Guard,
+    dead_letters: DeadLetters,
+    *,
+    max_batch: int,
+    retry: RetryPolicy = _RETRY,
+) -> None:
     """Batches to their end, then their offsets committed (the commit follows the effect)."""
     while True:
         batches = await consumer.getmany(timeout_ms=500, max_records=max_batch)
@@ -350,8 +403,9 @@ async def consume(consumer: AIOKafkaConsumer, guard: Guard, dead_letters: DeadLe
         if not records:
             continue
         try:
-            failures = await retry_transient(partial(guard.handle_batch, records), retry,
-                                             "guard_batch")
+            failures = await retry_transient(
+                partial(guard.handle_batch, records), retry, "guard_batch"
+            )
         except TransientError:
             raise
         except Exception as exc:  # a bug somewhere in the batch: find the record at fault
@@ -363,20 +417,22 @@ async def consume(consumer: AIOKafkaConsumer, guard: Guard, dead_letters: DeadLe
         if len(failures) < len(records):
             dead_letters.success()
         try:
-            await consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items()
-                                   if part})
+            await consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
         except KafkaError as exc:  # a rebalance moved them: their new owner reads them again
             log.warning("commit_failed", error=str(exc))
 
 
-async def _one_at_a_time(records: list[Record], guard: Guard,
-                         retry: RetryPolicy) -> list[tuple[Record, Failure]]:
+async def _one_at_a_time(
+    records: list[Record], guard: Guard, retry: RetryPolicy
+) -> list[tuple[Record, Failure]]:
     failures: list[tuple[Record, Failure]] = []
     for record in records:
+
         async def one(record: Record = record) -> None:
             refused = await guard.handle_batch([record])
             if refused:
                 raise refused[0][1].error
+
         failure = await attempt_record(one, retry, what=record.topic)
         if failure is not None:
             guard.forget()  # what the failed attempts half-applied is read again
@@ -384,14 +440,18 @@ async def _one_at_a_time(records: list[Record], guard: Guard,
     return failures
 
 
-async def run_consumer(kafka: KafkaConfig, prefix: str, guard: Guard,
-                       producer: AIOKafkaProducer, max_batch: int) -> None:
+async def run_consumer(
+    kafka: KafkaConfig, prefix: str, guard: Guard, producer: AIOKafkaProducer, max_batch: int
+) -> None:
     # The range assignor gives every process the same partition numbers of each topic: the
     # account-keyed topics then reach the same process, their accounts' only writer.
-    consumer = make_consumer(kafka, group(prefix),
-                             partition_assignment_strategy=(RangePartitionAssignor,))
-    consumer.subscribe([topic_name(t, prefix) for t in topics_read_by(SERVICE)],
-                       listener=_OnRebalance(guard.forget))
+    consumer = make_consumer(
+        kafka, group(prefix), partition_assignment_strategy=(RangePartitionAssignor,)
+    )
+    consumer.subscribe(
+        [topic_name(t, prefix) for t in topics_read_by(SERVICE)],
+        listener=_OnRebalance(guard.forget),
+    )
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group(prefix)))
     try:
@@ -403,6 +463,7 @@ async def run_consumer(kafka: KafkaConfig, prefix: str, guard: Guard,
 
 
 # --- retention ------------------------------------------------------------------------------
+
 
 async def sweep_recipients(store: Any, clock: Clock, memory_days: float, page: int) -> int:
     """Forget recipients first seen longer ago than the memory, page by page until none is
@@ -420,8 +481,9 @@ async def sweep_recipients(store: Any, clock: Clock, memory_days: float, page: i
             return deleted
 
 
-async def sweep_forever(store: Any, clock: Clock, memory_days: float, page: int,
-                        interval_seconds: float) -> None:
+async def sweep_forever(
+    store: Any, clock: Clock, memory_days: float, page: int, interval_seconds: float
+) -> None:
     while True:
         try:
             deleted = await sweep_recipients(store, clock, memory_days, page)

@@ -52,17 +52,25 @@ async def main() -> None:
     keys = settings.token_keys.get_secret_value() if settings.token_keys else ""
     if not keys:
         # Sends do not need the tokens (the sender makes them); pass-through calls do.
-        get_logger(SERVICE).warning("token_keys_missing",
-                                    detail="HALA_TOKEN_KEYS is not set: mark-as-read and "
-                                           "media calls and webhook endpoint secrets will answer "
-                                           "500")
+        get_logger(SERVICE).warning(
+            "token_keys_missing",
+            detail="HALA_TOKEN_KEYS is not set: mark-as-read and "
+            "media calls and webhook endpoint secrets will answer "
+            "500",
+        )
 
     async def build(conns: Connections) -> Parts:
-        await ensure_indexes(conns.db, MEDIA, IDEMPOTENCY_KEYS, WEBHOOK_ENDPOINTS,
-                             DELIVERY_ATTEMPTS, BLOCKED_RECIPIENTS, SUPPRESSIONS)
+        await ensure_indexes(
+            conns.db,
+            MEDIA,
+            IDEMPOTENCY_KEYS,
+            WEBHOOK_ENDPOINTS,
+            DELIVERY_ATTEMPTS,
+            BLOCKED_RECIPIENTS,
+            SUPPRESSIONS,
+        )
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka,
-                                   ack_timeout_s=settings.kafka_ack_timeout_seconds)
+        producer = RdKafkaProducer(settings.kafka, ack_timeout_s=settings.kafka_ack_timeout_seconds)
         await producer.start()
         inbox = MongoInbox(conns.db)
         publisher = KafkaPublisher(producer, settings.topic_prefix)
@@ -71,11 +79,13 @@ async def main() -> None:
         contact_store = MongoContactStore(conns.db)
         send_rules = SendRules(contact_store, clock, settings.send_rules_cache_seconds)
         sweeper = IdempotencySweeper(
-            idempotency, clock, retention_seconds=settings.idempotency_retention_hours * 3600,
-            page_size=settings.idempotency_sweep_page_size)
+            idempotency,
+            clock,
+            retention_seconds=settings.idempotency_retention_hours * 3600,
+            page_size=settings.idempotency_sweep_page_size,
+        )
         ingest = Ingest(
-            directory=CachedDirectory(MongoDirectory(conns.db), clock,
-                                      settings.cache_ttl_seconds),
+            directory=CachedDirectory(MongoDirectory(conns.db), clock, settings.cache_ttl_seconds),
             idempotency=idempotency,
             messages=MongoMessageStore(conns.db),
             recent=RecentMessages(clock, settings.recent_ttl_seconds),
@@ -86,30 +96,49 @@ async def main() -> None:
             windows=CachedWindows(inbox, clock, settings.window_closed_cache_seconds),
             send_rules=send_rules,
         )
-        meta = GraphClient(settings.meta_base_url, settings.meta_graph_version,
-                           settings.meta_timeout_seconds)
-        calls = Calls(ingest=ingest, media=MongoMediaStore(conns.db), meta=meta,
-                      vault=vault,
-                      pacer=PassThroughPacer(settings.passthrough_rate_per_second,
-                                             settings.passthrough_burst,
-                                             settings.passthrough_max_wait_seconds),
-                      clock=clock)
+        meta = GraphClient(
+            settings.meta_base_url, settings.meta_graph_version, settings.meta_timeout_seconds
+        )
+        calls = Calls(
+            ingest=ingest,
+            media=MongoMediaStore(conns.db),
+            meta=meta,
+            vault=vault,
+            pacer=PassThroughPacer(
+                settings.passthrough_rate_per_second,
+                settings.passthrough_burst,
+                settings.passthrough_max_wait_seconds,
+            ),
+            clock=clock,
+        )
         checks = {**conns.readiness_checks(), "kafka": producer.ready}
-        webhooks = EndpointHandlers(ingest, MongoEndpointStore(conns.db), publisher, vault,
-                                    allow_loopback_http=settings.allow_loopback_http)
+        webhooks = EndpointHandlers(
+            ingest,
+            MongoEndpointStore(conns.db),
+            publisher,
+            vault,
+            allow_loopback_http=settings.allow_loopback_http,
+        )
         contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
-        limiter = RequestLimiter(clock, account_default=settings.account_rate_limit(),
-                                 key_default=settings.key_rate_limit())
-        app = create_app(calls, settings.public_base_url, webhooks=webhooks, contacts=contacts,
-                         limiter=limiter)
+        limiter = RequestLimiter(
+            clock,
+            account_default=settings.account_rate_limit(),
+            key_default=settings.key_rate_limit(),
+        )
+        app = create_app(
+            calls, settings.public_base_url, webhooks=webhooks, contacts=contacts, limiter=limiter
+        )
 
         async def stop_clients(_: web.Application) -> None:
             await producer.stop()  # after the last request: what was accepted is flushed
             await meta.close()
 
         app.on_cleanup.append(stop_clients)
-        return Parts(checks=checks, client_app=app,
-                     workers=[sweeper.run_forever(settings.idempotency_sweep_interval_seconds)])
+        return Parts(
+            checks=checks,
+            client_app=app,
+            workers=[sweeper.run_forever(settings.idempotency_sweep_interval_seconds)],
+        )
 
     await serve(settings, SERVICE, build)
 

@@ -27,17 +27,25 @@ GRAPH_VERSION = r"/{graph_version:v\d+\.\d+}"
 UNLIMITED_ROUTES = frozenset({"/openapi.json", "/openapi.yaml"})
 
 
-def create_app(calls: Calls, public_base_url: str = "", *, webhooks: EndpointHandlers,
-               contacts: ContactHandlers,
-               limiter: RequestLimiter | None = None) -> web.Application:
+def create_app(
+    calls: Calls,
+    public_base_url: str = "",
+    *,
+    webhooks: EndpointHandlers,
+    contacts: ContactHandlers,
+    limiter: RequestLimiter | None = None,
+) -> web.Application:
     """The client API only: the ops endpoints are served on their own port (shared/runtime).
     `limiter`: the request rate limits of accounts and keys (None: no limits, for tests of
     other things)."""
     middlewares: list[Any] = [error_middleware]
     if limiter is not None:
         # Inside the error middleware, so that its refusals are counted like other answers.
-        middlewares.append(rate_limit_middleware(limiter, calls.ingest.directory,
-                                                 meta_route_error, UNLIMITED_ROUTES))
+        middlewares.append(
+            rate_limit_middleware(
+                limiter, calls.ingest.directory, meta_route_error, UNLIMITED_ROUTES
+            )
+        )
     # Slightly above the body limit, so that our own check answers with the JSON envelope.
     # (Uploads are read part by part as a stream, which this limit does not apply to.)
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES + 1024)
@@ -62,8 +70,9 @@ def create_app(calls: Calls, public_base_url: str = "", *, webhooks: EndpointHan
     add_contact_list_routes(app, contacts)
     # Meta's own endpoints, so Cloud API client libraries work with a changed base URL: sends
     # and mark-as-read (one endpoint), the Media API.
-    app.router.add_post(GRAPH_VERSION + r"/{phone_number_id:\d+}/messages",
-                        handlers.post_meta_message)
+    app.router.add_post(
+        GRAPH_VERSION + r"/{phone_number_id:\d+}/messages", handlers.post_meta_message
+    )
     app.router.add_post(GRAPH_VERSION + r"/{phone_number_id:\d+}/media", more.meta_upload)
     meta_media = f"{GRAPH_VERSION}/{{media_id:{MEDIA_ID_PATTERN}}}"
     app.router.add_get(meta_media, more.meta_media_url)
@@ -100,8 +109,9 @@ def add_contact_list_routes(app: web.Application, contacts: ContactHandlers) -> 
     """The account's marketing suppressions, opt-out keywords and block list."""
     app.router.add_get("/v1/suppressions", contacts.list_suppressions)
     app.router.add_post("/v1/suppressions", contacts.suppress)
-    app.router.add_delete(r"/v1/suppressions/{phone_number_id:\d+}/{recipient}",
-                          contacts.resubscribe)
+    app.router.add_delete(
+        r"/v1/suppressions/{phone_number_id:\d+}/{recipient}", contacts.resubscribe
+    )
     app.router.add_get("/v1/opt-out-keywords", contacts.get_keywords)
     app.router.add_put("/v1/opt-out-keywords", contacts.put_keywords)
     app.router.add_get("/v1/blocked-recipients", contacts.list_blocked)

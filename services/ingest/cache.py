@@ -17,8 +17,13 @@ class TtlCache(Generic[K, V]):
     """Entries expire `ttl_seconds` after they were stored. `None` is a value like any other:
     caching "not found" spares the database from callers retrying with a wrong key."""
 
-    def __init__(self, clock: Clock, ttl_seconds: float, max_entries: int = 100_000,
-                 max_ttl_seconds: float = 24 * 3600) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        ttl_seconds: float,
+        max_entries: int = 100_000,
+        max_ttl_seconds: float = 24 * 3600,
+    ) -> None:
         self._clock = clock
         self._ttl = ttl_seconds
         self._max = max_entries

@@ -40,10 +40,18 @@ FORWARDED_FIELDS = ("ttl_minutes",)
 class Calls:
     """Pass-through calls, over injected adapters (fakes in unit tests)."""
 
-    def __init__(self, *, ingest: Ingest, media: MediaStore, meta: Graph,
-                 vault: TokenVault | None, pacer: passthrough.PassThroughPacer,
-                 clock: Clock, sleep: Sleep = asyncio.sleep,
-                 spool_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ingest: Ingest,
+        media: MediaStore,
+        meta: Graph,
+        vault: TokenVault | None,
+        pacer: passthrough.PassThroughPacer,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        spool_dir: str | None = None,
+    ) -> None:
         self.ingest = ingest
         self.inbox = ingest.inbox
         self.media = media
@@ -56,11 +64,13 @@ class Calls:
 
     # --- mark-as-read and typing ---------------------------------------------------------
 
-    async def mark_read(self, account_id: str, call: passthrough.ReadCall,
-                        phone_number_id: str | None = None) -> dict[str, Any]:
+    async def mark_read(
+        self, account_id: str, call: passthrough.ReadCall, phone_number_id: str | None = None
+    ) -> dict[str, Any]:
         doc = await self.inbox.inbound_message(call.message_id)
-        number = passthrough.check_inbound_for_read(doc, account_id, phone_number_id,
-                                                    call.message_id)
+        number = passthrough.check_inbound_for_read(
+            doc, account_id, phone_number_id, call.message_id
+        )
         token = await self._turn_and_token(number, "typing" if call.typing else "read")
         answer = await self.meta.mark_read(number, token, passthrough.mark_read_body(call))
         if not answer.ok:
@@ -69,42 +79,63 @@ class Calls:
 
     # --- media -------------------------------------------------------------------------------
 
-    async def upload(self, account_id: str, reader: MultipartReader, *,
-                     phone_number_id: str | None, meta_shape: bool) -> dict[str, Any]:
+    async def upload(
+        self,
+        account_id: str,
+        reader: MultipartReader,
+        *,
+        phone_number_id: str | None,
+        meta_shape: bool,
+    ) -> dict[str, Any]:
         """Read the form (the file into a temporary file, checked as it comes), check it as
         Meta would, then forward it and record the media id. `phone_number_id`: the number
         in the path (Meta's route), already checked; else the form's or the query's."""
         with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
             fields, found = await _read_form(reader, spool)
             upload = rules.check_upload(
-                messaging_product=fields.get("messaging_product",
-                                             None if meta_shape else "whatsapp"),
+                messaging_product=fields.get(
+                    "messaging_product", None if meta_shape else "whatsapp"
+                ),
                 declared_type=rules.normalise_mime(fields.get("type")),
                 part_type=found[0] if found else None,
-                file_size=found[1] if found else None, sha256=found[2] if found else None,
-                filename=found[3] if found else None)
+                file_size=found[1] if found else None,
+                sha256=found[2] if found else None,
+                filename=found[3] if found else None,
+            )
             number = phone_number_id or fields.get("phone_number_id")
             if not number:
-                raise reject("invalid_field", "name the uploading number: `phone_number_id`",
-                             field="phone_number_id")
+                raise reject(
+                    "invalid_field",
+                    "name the uploading number: `phone_number_id`",
+                    field="phone_number_id",
+                )
             if phone_number_id is None:
                 await self.ingest.own_phone_number(account_id, number)
             token = await self._turn_and_token(number, "upload")
             spool.seek(0)
             answer = await self.meta.upload(
-                number, token, spool, mime_type=upload.mime_type,
+                number,
+                token,
+                spool,
+                mime_type=upload.mime_type,
                 filename=upload.filename or "file",
-                extra={k: fields[k] for k in FORWARDED_FIELDS if k in fields})
+                extra={k: fields[k] for k in FORWARDED_FIELDS if k in fields},
+            )
         if not answer.ok:
             raise passthrough.meta_refusal(answer.status, answer.body)
-        doc = rules.media_doc(media_id=rules.uploaded_id(answer.body), account_id=account_id,
-                              phone_number_id=number, upload=upload,
-                              now_ms=self.clock.now_ms())
+        doc = rules.media_doc(
+            media_id=rules.uploaded_id(answer.body),
+            account_id=account_id,
+            phone_number_id=number,
+            upload=upload,
+            now_ms=self.clock.now_ms(),
+        )
         await self.media.insert(doc)
         return doc
 
-    async def source(self, account_id: str, media_id: str,
-                     phone_number_id: str | None = None) -> rules.MediaSource:
+    async def source(
+        self, account_id: str, media_id: str, phone_number_id: str | None = None
+    ) -> rules.MediaSource:
         """Whose the media id is: the account's upload, or a file it received."""
         upload = await self.media.get(media_id)
         inbound = None
@@ -112,9 +143,9 @@ class Calls:
             inbound = await self.inbox.inbound_with_media(media_id)
         return rules.media_source(account_id, media_id, upload, inbound, phone_number_id)
 
-    async def media_info(self, account_id: str, media_id: str,
-                         phone_number_id: str | None = None
-                         ) -> tuple[rules.MediaInfo, rules.MediaSource]:
+    async def media_info(
+        self, account_id: str, media_id: str, phone_number_id: str | None = None
+    ) -> tuple[rules.MediaInfo, rules.MediaSource]:
         source = await self.source(account_id, media_id, phone_number_id)
         token = await self._turn_and_token(source.phone_number_id, "media_url")
         answer = await self.meta.media_info(media_id, token)
@@ -132,11 +163,16 @@ class Calls:
         async with self.meta.download(info.url, token) as download:
             if download.status >= 300:
                 raise passthrough.meta_refusal(download.status, None)
-            yield Download(download.status, download.content_type or info.mime_type,
-                           download.content_length, download.chunks)
+            yield Download(
+                download.status,
+                download.content_type or info.mime_type,
+                download.content_length,
+                download.chunks,
+            )
 
-    async def delete(self, account_id: str, media_id: str,
-                     phone_number_id: str | None = None) -> dict[str, Any]:
+    async def delete(
+        self, account_id: str, media_id: str, phone_number_id: str | None = None
+    ) -> dict[str, Any]:
         source = await self.source(account_id, media_id, phone_number_id)
         token = await self._turn_and_token(source.phone_number_id, "delete_media")
         answer = await self.meta.delete_media(media_id, token)
@@ -163,17 +199,23 @@ class Calls:
         doc = await self.ingest.directory.access_token(phone_number_id)
         encrypted = (doc or {}).get("access_token_encrypted")
         if self.vault is None or not encrypted:
-            raise reject("internal_error", "this service cannot use the number's access token "
-                         "(HALA_TOKEN_KEYS or the token is missing)")
+            raise reject(
+                "internal_error",
+                "this service cannot use the number's access token "
+                "(HALA_TOKEN_KEYS or the token is missing)",
+            )
         try:
             return self.vault.decrypt(str(encrypted))
         except PermanentError:
-            raise reject("internal_error", "the number's access token cannot be decrypted "
-                         "with the configured keys") from None
+            raise reject(
+                "internal_error",
+                "the number's access token cannot be decrypted with the configured keys",
+            ) from None
 
 
-async def _read_form(reader: MultipartReader, spool: IO[bytes]
-                     ) -> tuple[dict[str, str], tuple[str | None, int, str, str | None] | None]:
+async def _read_form(
+    reader: MultipartReader, spool: IO[bytes]
+) -> tuple[dict[str, str], tuple[str | None, int, str, str | None] | None]:
     """The form's small fields, and the file part stored into `spool`: (its type, size, hex
     sha256, filename). Refused as soon as the file passes the limit of its type."""
     fields: dict[str, str] = {}
@@ -193,16 +235,22 @@ async def _read_form(reader: MultipartReader, spool: IO[bytes]
                 fields[part.name] = await _read_field(part)
     except ServiceError:
         raise
-    except (ValueError, AssertionError, UnicodeDecodeError, RuntimeError,
-            HttpProcessingError) as exc:
+    except (
+        ValueError,
+        AssertionError,
+        UnicodeDecodeError,
+        RuntimeError,
+        HttpProcessingError,
+    ) as exc:
         # HttpProcessingError: a part's headers that HTTP forbids (control characters in a
         # field's name), raised by aiohttp's parser as InvalidHeader.
         raise reject("invalid_multipart", f"the form cannot be read: {exc}") from None
     return fields, found
 
 
-async def _store_file(part: BodyPartReader, spool: IO[bytes], fields: dict[str, str]
-                      ) -> tuple[str | None, int, str, str | None]:
+async def _store_file(
+    part: BodyPartReader, spool: IO[bytes], fields: dict[str, str]
+) -> tuple[str | None, int, str, str | None]:
     part_type = rules.normalise_mime(part.headers.get("Content-Type"))
     declared = rules.normalise_mime(fields.get("type"))
     limit = rules.upload_limit(part_type, declared)

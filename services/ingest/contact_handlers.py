@@ -33,8 +33,13 @@ log = get_logger("ingest")
 
 
 class ContactHandlers:
-    def __init__(self, ingest: Ingest, store: ContactStore, requests: SuppressionRequests,
-                 send_rules: SendRules) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        store: ContactStore,
+        requests: SuppressionRequests,
+        send_rules: SendRules,
+    ) -> None:
         self.ingest = ingest
         self.store = store
         self.requests = requests
@@ -54,34 +59,46 @@ class ContactHandlers:
         query = contact_lists.parse_page_query(request.query, by_number=True)
         if query.phone_number_id is not None:
             await self.ingest.own_phone_number(account_id, query.phone_number_id)
-        docs = await self.store.suppressions(account_id, query.phone_number_id, query.limit,
-                                             query.after)
+        docs = await self.store.suppressions(
+            account_id, query.phone_number_id, query.limit, query.after
+        )
         return json_response(contact_lists.suppression_page(docs, query.limit))
 
     async def suppress(self, request: web.Request) -> web.Response:
         account_id = await self._account(request)
         body = contact_lists.parse_suppression(await read_body(request))
         note = body.note if isinstance(body.note, str) else ""
-        return await self._request_suppression(account_id, body.phone_number_id,
-                                               body.recipient, True, note)
+        return await self._request_suppression(
+            account_id, body.phone_number_id, body.recipient, True, note
+        )
 
     async def resubscribe(self, request: web.Request) -> web.Response:
         account_id = await self._account(request)
         return await self._request_suppression(
-            account_id, request.match_info["phone_number_id"],
-            request.match_info["recipient"], False, "")
+            account_id,
+            request.match_info["phone_number_id"],
+            request.match_info["recipient"],
+            False,
+            "",
+        )
 
-    async def _request_suppression(self, account_id: str, phone_number_id: str,
-                                   recipient: str, suppressed: bool,
-                                   note: str) -> web.Response:
+    async def _request_suppression(
+        self, account_id: str, phone_number_id: str, recipient: str, suppressed: bool, note: str
+    ) -> web.Response:
         phone = await self.ingest.own_phone_number(account_id, phone_number_id)
         e164 = contact_lists.suppression_recipient(
-            recipient, core.region_of_display_number(phone.get("display_phone_number")))
+            recipient, core.region_of_display_number(phone.get("display_phone_number"))
+        )
         now_ms = self.ingest.clock.now_ms()
         event = contact_lists.suppression_request(
             request_id=new_id(contact_lists.SUPPRESSION_REQUEST_PREFIX, now_ms),
-            account_id=account_id, phone={**phone, "_id": phone_number_id}, e164=e164,
-            suppressed=suppressed, note=note, now_ms=now_ms)
+            account_id=account_id,
+            phone={**phone, "_id": phone_number_id},
+            e164=e164,
+            suppressed=suppressed,
+            note=note,
+            now_ms=now_ms,
+        )
         await self.requests.suppression_change_requested(event)
         self._changed("suppressions", "suppress" if suppressed else "resubscribe", account_id)
         return json_response(contact_lists.suppression_accepted(event), status=202)
@@ -96,7 +113,8 @@ class ContactHandlers:
         account_id = await self._account(request)
         made = contact_lists.parse_keywords(await read_body(request))
         await self.store.replace_keywords(
-            opt_out.config_doc(account_id, made, self.ingest.clock.now_ms()))
+            opt_out.config_doc(account_id, made, self.ingest.clock.now_ms())
+        )
         self._changed("opt_out_keywords", "replace", account_id)
         return json_response(opt_out.config_view(made))
 
@@ -120,8 +138,7 @@ class ContactHandlers:
         else:
             self._changed("blocked_recipients", "block", account_id)
         self.send_rules.forget(account_id, e164)
-        return json_response(contact_lists.blocked_view(doc),
-                             status=201 if created else 200)
+        return json_response(contact_lists.blocked_view(doc), status=201 if created else 200)
 
     async def unblock(self, request: web.Request) -> web.Response:
         account_id = await self._account(request)

@@ -53,6 +53,7 @@ def _given(value: Any) -> Any:
 
 # --- queries ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class PageQuery:
     limit: int
@@ -64,8 +65,7 @@ def parse_page_query(params: Mapping[str, str], *, by_number: bool = False) -> P
     allowed = {"limit", "cursor"} | ({"phone_number_id"} if by_number else set())
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise reject("unknown_field", f"unknown query parameter `{unknown[0]}`",
-                     field=unknown[0])
+        raise reject("unknown_field", f"unknown query parameter `{unknown[0]}`", field=unknown[0])
     raw = params.get("limit", str(DEFAULT_PAGE_SIZE))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise invalid_field("limit", f"`limit` must be an integer from 1 to {MAX_PAGE_SIZE}")
@@ -76,18 +76,21 @@ def parse_page_query(params: Mapping[str, str], *, by_number: bool = False) -> P
     return PageQuery(int(raw), decode_cursor(cursor) if cursor else None, number)
 
 
-def _page(docs: list[Doc], limit: int, time_field: str,
-          view: Any) -> Doc:
+def _page(docs: list[Doc], limit: int, time_field: str, view: Any) -> Doc:
     """`docs` holds up to limit + 1 items, newest first: the extra one only says that there is
     a next page."""
     shown = docs[:limit]
     last = shown[-1] if shown else None
-    next_cursor = (encode_cursor(int(last.get(time_field) or 0), str(last["_id"]))
-                   if len(docs) > limit and last is not None else None)
+    next_cursor = (
+        encode_cursor(int(last.get(time_field) or 0), str(last["_id"]))
+        if len(docs) > limit and last is not None
+        else None
+    )
     return {"data": [view(d) for d in shown], "next_cursor": next_cursor}
 
 
 # --- suppressions -----------------------------------------------------------------------------
+
 
 def parse_suppression(raw: bytes) -> SuppressionCreate:
     request: SuppressionCreate = _decode(_SUPPRESSION, raw)
@@ -99,19 +102,38 @@ def suppression_recipient(recipient: str, business_region: str | None) -> str:
     return normalised_recipient(recipient, business_region, "recipient")
 
 
-def suppression_request(*, request_id: str, account_id: str, phone: Mapping[str, Any],
-                        e164: str, suppressed: bool, note: str,
-                        now_ms: int) -> SuppressionChangeRequested:
+def suppression_request(
+    *,
+    request_id: str,
+    account_id: str,
+    phone: Mapping[str, Any],
+    e164: str,
+    suppressed: bool,
+    note: str,
+    now_ms: int,
+) -> SuppressionChangeRequested:
     return SuppressionChangeRequested(
-        event_id=request_id, account_id=account_id, waba_id=str(phone["waba_id"]),
-        phone_number_id=str(phone["_id"]), wa_id=wa_id_of(e164), suppressed=suppressed,
-        source="api", note=note, requested_at=now_ms)
+        event_id=request_id,
+        account_id=account_id,
+        waba_id=str(phone["waba_id"]),
+        phone_number_id=str(phone["_id"]),
+        wa_id=wa_id_of(e164),
+        suppressed=suppressed,
+        source="api",
+        note=note,
+        requested_at=now_ms,
+    )
 
 
 def suppression_accepted(event: SuppressionChangeRequested) -> Doc:
-    return {"request_id": event.event_id, "phone_number_id": event.phone_number_id,
-            "wa_id": event.wa_id, "recipient": "+" + event.wa_id,
-            "suppressed": event.suppressed, "requested_at": contact_lists.iso(event.requested_at)}
+    return {
+        "request_id": event.event_id,
+        "phone_number_id": event.phone_number_id,
+        "wa_id": event.wa_id,
+        "recipient": "+" + event.wa_id,
+        "suppressed": event.suppressed,
+        "requested_at": contact_lists.iso(event.requested_at),
+    }
 
 
 def suppression_page(docs: list[Doc], limit: int) -> Doc:
@@ -119,6 +141,7 @@ def suppression_page(docs: list[Doc], limit: int) -> Doc:
 
 
 # --- opt-out keywords -------------------------------------------------------------------------
+
 
 def parse_keywords(raw: bytes) -> opt_out.KeywordConfig:
     request: OptOutKeywordsUpdate = _decode(_KEYWORDS, raw)
@@ -137,6 +160,7 @@ def keywords_view(doc: Mapping[str, Any] | None) -> Doc:
 
 # --- blocked recipients -----------------------------------------------------------------------
 
+
 def parse_block(raw: bytes) -> BlockedRecipientCreate:
     request: BlockedRecipientCreate = _decode(_BLOCK, raw)
     return request
@@ -148,8 +172,9 @@ def blocked_recipient(recipient: str) -> str:
 
 
 def block_doc(account_id: str, e164: str, note: str, now_ms: int) -> Doc:
-    return contact_lists.blocked_doc(account_id=account_id, e164=e164, note=note, source="api",
-                                     now_ms=now_ms)
+    return contact_lists.blocked_doc(
+        account_id=account_id, e164=e164, note=note, source="api", now_ms=now_ms
+    )
 
 
 def blocked_view(doc: Mapping[str, Any]) -> Doc:

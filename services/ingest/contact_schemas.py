@@ -17,17 +17,39 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from shared.contact_lists import MAX_NOTE_CHARS
 from shared.opt_out import MAX_KEYWORD_CHARS, MAX_KEYWORDS
 
-Recipient = Annotated[str, Meta(min_length=1, max_length=40, examples=["+447911123456"],
-                                description=(
-    "A phone number: international (with or without `+`); for a suppression also national "
-    "in the sending number's country."))]
-PhoneNumberId = Annotated[str, Meta(pattern=r"^\d{1,64}$", examples=["109731225428301"],
-                                    description="One of the account's phone numbers.")]
+Recipient = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=40,
+        examples=["+447911123456"],
+        description=(
+            "A phone number: international (with or without `+`); for a suppression also national "
+            "in the sending number's country."
+        ),
+    ),
+]
+PhoneNumberId = Annotated[
+    str,
+    Meta(
+        pattern=r"^\d{1,64}$",
+        examples=["109731225428301"],
+        description="One of the account's phone numbers.",
+    ),
+]
 Note = Annotated[str, Meta(max_length=MAX_NOTE_CHARS)]
 KeywordText = Annotated[str, Meta(min_length=1, max_length=MAX_KEYWORD_CHARS)]
-KeywordList = Annotated[list[KeywordText], Meta(max_length=MAX_KEYWORDS, description=(
-    "Whole-message keywords; case, accents, width and punctuation do not matter, "
-    "and several words are allowed (`stop all`). `null` or absent: the defaults; `[]`: none."))]
+KeywordList = Annotated[
+    list[KeywordText],
+    Meta(
+        max_length=MAX_KEYWORDS,
+        description=(
+            "Whole-message keywords; case, accents, width and punctuation do not matter, "
+            "and several words are allowed (`stop all`). "
+            "`null` or absent: the defaults; `[]`: none."
+        ),
+    ),
+]
 SuppressionSource = Literal["keyword", "user_preferences", "meta", "api", "operator"]
 
 
@@ -61,6 +83,7 @@ class BlockedRecipientCreate(_Body, kw_only=True):
 
 
 # --- answers ----------------------------------------------------------------------------------
+
 
 class _Answer(Struct, forbid_unknown_fields=True):
     pass

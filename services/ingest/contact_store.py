@@ -27,8 +27,9 @@ class ContactStore(Protocol):
     async def blocked(self, blocked_id: str) -> Doc | None: ...
     async def suppression(self, suppression_id: str) -> Doc | None: ...
 
-    async def suppressions(self, account_id: str, phone_number_id: str | None, limit: int,
-                           after: Cursor | None) -> list[Doc]:
+    async def suppressions(
+        self, account_id: str, phone_number_id: str | None, limit: int, after: Cursor | None
+    ) -> list[Doc]:
         """The account's suppressed contacts, latest first by `at`, past the cursor, up to
         limit + 1."""
         ...
@@ -76,8 +77,9 @@ class MongoContactStore:
     async def keywords(self, account_id: str) -> Doc | None:
         return await self._by_id(self._keywords, account_id)
 
-    async def suppressions(self, account_id: str, phone_number_id: str | None, limit: int,
-                           after: Cursor | None) -> list[Doc]:
+    async def suppressions(
+        self, account_id: str, phone_number_id: str | None, limit: int, after: Cursor | None
+    ) -> list[Doc]:
         conditions: list[Doc] = [{"account_id": account_id}, {"suppressed": True}]
         if phone_number_id is not None:
             conditions.append({"phone_number_id": phone_number_id})
@@ -129,9 +131,12 @@ def _past(field: str, after: Cursor) -> Doc:
 
 async def _page(collection: Any, query: Doc, field: str, limit: int) -> list[Doc]:
     try:
-        found: list[Doc] = await (collection.find(query)
-                                  .sort([(field, DESCENDING), ("_id", DESCENDING)])
-                                  .limit(limit).to_list(None))
+        found: list[Doc] = await (
+            collection.find(query)
+            .sort([(field, DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+            .to_list(None)
+        )
     except PyMongoError as exc:
         raise unavailable(exc) from exc
     return found

@@ -31,6 +31,7 @@ WINDOW_MS = 24 * 3600 * 1000
 
 # --- the customer-service window ----------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Window:
     open: bool
@@ -50,8 +51,9 @@ def latest_window(windows: list[Window]) -> Window:
     """Of the windows of the same person under several wa_id spellings, the one that lasts."""
     best = Window(False, None)
     for window in windows:
-        if window.expires_at is not None and (best.expires_at is None
-                                              or window.expires_at > best.expires_at):
+        if window.expires_at is not None and (
+            best.expires_at is None or window.expires_at > best.expires_at
+        ):
             best = window
     return best
 
@@ -61,10 +63,12 @@ def check_window(window: Window, message_type: str, enforced: bool) -> None:
     refuse it with 131047 after we reserved credit and queued it: refuse it now."""
     if not enforced or message_type == "template" or window.open:
         return
-    raise reject("outside_customer_service_window",
-                 "the recipient has not written in the last 24 hours: only a template may be "
-                 "sent outside the customer-service window",
-                 window_expires_at=iso(window.expires_at))
+    raise reject(
+        "outside_customer_service_window",
+        "the recipient has not written in the last 24 hours: only a template may be "
+        "sent outside the customer-service window",
+        window_expires_at=iso(window.expires_at),
+    )
 
 
 def window_enforced(account: dict[str, Any] | None) -> bool:
@@ -164,8 +168,13 @@ def parse_thread_query(wa_id: str, params: dict[str, str]) -> ThreadQuery:
     if phone_number_id is not None and not _PHONE_NUMBER_ID.match(phone_number_id):
         raise invalid_field("phone_number_id", "`phone_number_id` is a number's id (digits)")
     cursor = params.get("cursor")
-    return ThreadQuery(wa_id.lstrip("+"), _limit(params), order == "desc", phone_number_id,
-                       decode_cursor(cursor) if cursor else None)
+    return ThreadQuery(
+        wa_id.lstrip("+"),
+        _limit(params),
+        order == "desc",
+        phone_number_id,
+        decode_cursor(cursor) if cursor else None,
+    )
 
 
 def encode_cursor(at: int, item_id: str) -> str:
@@ -178,12 +187,14 @@ def decode_cursor(cursor: str) -> Cursor:
         if not isinstance(at, int) or not isinstance(item_id, str):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise reject("invalid_cursor", "`cursor` is not one this API returned",
-                     field="cursor") from None
+        raise reject(
+            "invalid_cursor", "`cursor` is not one this API returned", field="cursor"
+        ) from None
     return Cursor(at, item_id)
 
 
 # --- views -------------------------------------------------------------------------------------
+
 
 def _content_of_inbound(doc: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """(Meta's whole item, its object for the type). Status keeps the item as JSON text."""
@@ -205,10 +216,15 @@ def inbound_item(doc: dict[str, Any]) -> dict[str, Any]:
     errors = item.get("errors")
     return {
         "direction": "echo" if doc.get("direction") == "echo" else "inbound",
-        "id": doc["_id"], "wamid": doc["_id"], "type": doc.get("type") or "unknown",
-        "at": iso(_ms(doc.get("sent_at"))), "phone_number_id": doc.get("phone_number_id", ""),
-        "content": content, "context_message_id": doc.get("context_wamid"),
-        "media_id": doc.get("media_id"), "status": None,
+        "id": doc["_id"],
+        "wamid": doc["_id"],
+        "type": doc.get("type") or "unknown",
+        "at": iso(_ms(doc.get("sent_at"))),
+        "phone_number_id": doc.get("phone_number_id", ""),
+        "content": content,
+        "context_message_id": doc.get("context_wamid"),
+        "media_id": doc.get("media_id"),
+        "status": None,
         "referral": referral if isinstance(referral, dict) else None,
         "errors": errors if isinstance(errors, list) else None,
     }
@@ -217,11 +233,18 @@ def inbound_item(doc: dict[str, Any]) -> dict[str, Any]:
 def outbound_item(doc: dict[str, Any]) -> dict[str, Any]:
     """A `messages` document (one of our sends) as a thread item."""
     return {
-        "direction": "outbound", "id": doc["_id"], "wamid": doc.get("wamid"),
-        "type": doc.get("type") or "unknown", "at": iso(doc.get("created_at")),
-        "phone_number_id": doc.get("phone_number_id", ""), "content": stored_content(doc),
-        "context_message_id": doc.get("reply_to"), "media_id": None,
-        "status": doc.get("status"), "referral": None, "errors": None,
+        "direction": "outbound",
+        "id": doc["_id"],
+        "wamid": doc.get("wamid"),
+        "type": doc.get("type") or "unknown",
+        "at": iso(doc.get("created_at")),
+        "phone_number_id": doc.get("phone_number_id", ""),
+        "content": stored_content(doc),
+        "context_message_id": doc.get("reply_to"),
+        "media_id": None,
+        "status": doc.get("status"),
+        "referral": None,
+        "errors": None,
     }
 
 
@@ -242,8 +265,9 @@ def outbound_key(doc: dict[str, Any]) -> tuple[int, str]:
     return _ms(doc.get("created_at")) or 0, str(doc["_id"])
 
 
-def last_message(inbound: dict[str, Any] | None,
-                 outbound: dict[str, Any] | None) -> dict[str, Any] | None:
+def last_message(
+    inbound: dict[str, Any] | None, outbound: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """The newer of a contact's last inbound (or echo) and last outbound message."""
     if inbound is None and outbound is None:
         return None
@@ -252,8 +276,12 @@ def last_message(inbound: dict[str, Any] | None,
     return outbound_item(outbound)
 
 
-def conversation_view(conversation: dict[str, Any], inbound: dict[str, Any] | None,
-                      outbound: dict[str, Any] | None, now_ms: int) -> dict[str, Any]:
+def conversation_view(
+    conversation: dict[str, Any],
+    inbound: dict[str, Any] | None,
+    outbound: dict[str, Any] | None,
+    now_ms: int,
+) -> dict[str, Any]:
     """A contact (ordered by their own latest message, which is what `conversations` keeps)
     with the newest message of either direction."""
     last = last_message(inbound, outbound)
@@ -261,8 +289,9 @@ def conversation_view(conversation: dict[str, Any], inbound: dict[str, Any] | No
         "wa_id": conversation.get("wa_id", ""),
         "phone_number_id": conversation.get("phone_number_id", ""),
         "contact_name": conversation.get("contact_name"),
-        "last_message_at": (last["at"] if last is not None
-                            else iso(_ms(conversation.get("last_message_at")))),
+        "last_message_at": (
+            last["at"] if last is not None else iso(_ms(conversation.get("last_message_at")))
+        ),
         "last_message": last,
         "customer_service_window": window_view(window_of(conversation, now_ms)),
     }
@@ -272,24 +301,30 @@ def conversation_key(conversation: dict[str, Any]) -> tuple[int, str]:
     return _ms(conversation.get("last_message_at")) or 0, str(conversation["_id"])
 
 
-def conversation_page(conversations: list[dict[str, Any]], limit: int,
-                      views: list[dict[str, Any]]) -> dict[str, Any]:
+def conversation_page(
+    conversations: list[dict[str, Any]], limit: int, views: list[dict[str, Any]]
+) -> dict[str, Any]:
     """`conversations` holds up to limit + 1 documents, newest first; `views` the shown ones'."""
     shown = conversations[:limit]
-    next_cursor = (encode_cursor(*conversation_key(shown[-1]))
-                   if len(conversations) > limit and shown else None)
+    next_cursor = (
+        encode_cursor(*conversation_key(shown[-1]))
+        if len(conversations) > limit and shown
+        else None
+    )
     return {"data": views, "next_cursor": next_cursor}
 
 
-def thread_page(inbound: list[dict[str, Any]], outbound: list[dict[str, Any]],
-                query: ThreadQuery) -> dict[str, Any]:
+def thread_page(
+    inbound: list[dict[str, Any]], outbound: list[dict[str, Any]], query: ThreadQuery
+) -> dict[str, Any]:
     """Merge a contact's messages of both directions into one page in time order (each list
     holds up to limit + 1 documents past the cursor, in the query's order): the extra ones only
     say that there is a next page."""
-    keyed = ([(inbound_key(d), "in", d) for d in inbound]
-             + [(outbound_key(d), "out", d) for d in outbound])
+    keyed = [(inbound_key(d), "in", d) for d in inbound] + [
+        (outbound_key(d), "out", d) for d in outbound
+    ]
     keyed.sort(key=lambda entry: entry[0], reverse=query.newest_first)
-    shown = keyed[:query.limit]
+    shown = keyed[: query.limit]
     items = [inbound_item(d) if kind == "in" else outbound_item(d) for _, kind, d in shown]
     next_cursor = encode_cursor(*shown[-1][0]) if len(keyed) > query.limit and shown else None
     return {"data": items, "next_cursor": next_cursor}

@@ -44,13 +44,25 @@ API_KEY_PREFIX = "hw_live_"
 # Our own message ids; anything else named as a reply's or reaction's target is Meta's wamid.
 OUR_ID_PREFIX = "msg_"
 
-MESSAGE_STATUSES = frozenset({"accepted", "rejected", "approved", "sent", "delivered", "read",
-                              "failed", "expired", "unknown"})
+MESSAGE_STATUSES = frozenset(
+    {
+        "accepted",
+        "rejected",
+        "approved",
+        "sent",
+        "delivered",
+        "read",
+        "failed",
+        "expired",
+        "unknown",
+    }
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 
 # --- the normalised request -----------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class SendRequest:
@@ -86,17 +98,22 @@ def parse_send_request(body: bytes | Any) -> SendRequest:
     """Validate a `POST /v1/messages` body (its bytes; a decoded body, as tests give, is encoded
     again first). A national `to` waits for `with_recipient`."""
     request, raw = _decode(_V1_DECODER, body)
-    return _normalised(request, raw, request.from_, None, request.client_reference,
-                       request.validity_seconds)
+    return _normalised(
+        request, raw, request.from_, None, request.client_reference, request.validity_seconds
+    )
 
 
-def parse_meta_request(body: bytes | Any, phone_number_id: str,
-                       business_region: str | None) -> SendRequest:
+def parse_meta_request(
+    body: bytes | Any, phone_number_id: str, business_region: str | None
+) -> SendRequest:
     """Validate a body in Meta's own shape (`POST /{version}/{phone-number-id}/messages`)."""
     request, raw = _decode(_META_DECODER, body)
     if request.recipient_type == "group":
-        raise reject("unsupported", "group messages (`recipient_type: group`) are not supported",
-                     field="recipient_type")
+        raise reject(
+            "unsupported",
+            "group messages (`recipient_type: group`) are not supported",
+            field="recipient_type",
+        )
     return _normalised(request, raw, phone_number_id, business_region, None, msgspec.UNSET)
 
 
@@ -110,16 +127,23 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes | Any) -> tuple[Any,
         raise reject("malformed_json", "the request body is not valid JSON") from None
 
 
-def _normalised(request: V1SendRequest | MetaSendRequest, raw: bytes, phone_number_id: str,
-                business_region: str | None, client_reference: Any,
-                validity_seconds: Any) -> SendRequest:
+def _normalised(
+    request: V1SendRequest | MetaSendRequest,
+    raw: bytes,
+    phone_number_id: str,
+    business_region: str | None,
+    client_reference: Any,
+    validity_seconds: Any,
+) -> SendRequest:
     content = msgspec.to_builtins(getattr(request, request.type))
     callback_data = _given(request.biz_opaque_callback_data)
     client_reference = _given(client_reference)
     if _may_not_be_storable(raw):
         _check_storable(content, request.type)
-        for value, name in ((callback_data, "biz_opaque_callback_data"),
-                            (client_reference, "client_reference")):
+        for value, name in (
+            (callback_data, "biz_opaque_callback_data"),
+            (client_reference, "client_reference"),
+        ):
             if value is not None:
                 _check_storable(value, name)
     context = _given(request.context)
@@ -127,12 +151,17 @@ def _normalised(request: V1SendRequest | MetaSendRequest, raw: bytes, phone_numb
     if found is None and (business_region is not None or not _may_be_national(request.to)):
         raise _invalid_recipient()
     return SendRequest(
-        phone_number_id=phone_number_id, recipient_input=request.to,
-        message_type=request.type, content=content, client_reference=client_reference,
+        phone_number_id=phone_number_id,
+        recipient_input=request.to,
+        message_type=request.type,
+        content=content,
+        client_reference=client_reference,
         callback_data=callback_data,
         reply_to=context.message_id if context is not None else None,
         validity_seconds=_given(validity_seconds) or DEFAULT_VALIDITY_SECONDS,
-        recipient=found[0] if found else None, recipient_region=found[1] if found else None)
+        recipient=found[0] if found else None,
+        recipient_region=found[1] if found else None,
+    )
 
 
 def _given(value: Any) -> Any:
@@ -150,7 +179,7 @@ def validation_error(text: str) -> ServiceError:
     string, `invalid_request` for a body that is not an object."""
     at = _AT.search(text)
     path = at["path"] if at else ""
-    rule = text[:at.start()] if at else text
+    rule = text[: at.start()] if at else text
     if rule.startswith("Object contains unknown field"):
         field = _join(path, _NAMED.search(rule)[1])  # type: ignore[index]
         return reject("unknown_field", f"unknown field `{field}`", field=field)
@@ -164,8 +193,7 @@ def validation_error(text: str) -> ServiceError:
     if not path:
         return reject("invalid_request", "the request body must be a JSON object")
     if path == "to":
-        return reject("invalid_phone_number", "`to` must be a phone number as a string",
-                      field="to")
+        return reject("invalid_phone_number", "`to` must be a phone number as a string", field="to")
     return invalid_field(path, f"`{path}`: {rule}", rule=rule)
 
 
@@ -198,8 +226,12 @@ def normalised_recipient(value: str, business_region: str | None, field: str) ->
     first, else national in `business_region` when given; else 400 invalid_phone_number."""
     found = _recipient(value, business_region)
     if found is None:
-        raise reject("invalid_phone_number", f"`{field}` is not a valid phone number: give it "
-                     "in international form, e.g. +447700900123", field=field)
+        raise reject(
+            "invalid_phone_number",
+            f"`{field}` is not a valid phone number: give it "
+            "in international form, e.g. +447700900123",
+            field=field,
+        )
     return found[0]
 
 
@@ -209,8 +241,12 @@ def _may_be_national(to: str) -> bool:
 
 
 def _invalid_recipient() -> ServiceError:
-    return reject("invalid_phone_number", "`to` is not a valid phone number: give it in "
-                  "international form, e.g. +447700900123 or 447700900123", field="to")
+    return reject(
+        "invalid_phone_number",
+        "`to` is not a valid phone number: give it in "
+        "international form, e.g. +447700900123 or 447700900123",
+        field="to",
+    )
 
 
 @lru_cache(maxsize=65536)
@@ -249,13 +285,16 @@ def region_of_display_number(display_phone_number: str | None) -> str | None:
     # Test numbers (e.g. 555 ones) are not "valid" for any region: fall back to the country
     # code's main region, which is what a national number is read against anyway.
     country_code = number.country_code
-    region = (phonenumbers.region_code_for_number(number)
-              or (phonenumbers.region_code_for_country_code(country_code)
-                  if country_code is not None else None))
+    region = phonenumbers.region_code_for_number(number) or (
+        phonenumbers.region_code_for_country_code(country_code)
+        if country_code is not None
+        else None
+    )
     return None if region in (None, "ZZ") else region
 
 
 # --- replies and reactions naming our ids ------------------------------------------------------
+
 
 def our_message_refs(request: SendRequest) -> list[str]:
     """Our message ids the request names (its reply's target, its reaction's target): each
@@ -270,8 +309,11 @@ def check_referenced_message(doc: dict[str, Any] | None, message_id: str) -> str
     """The wamid of a named message of the account, or None when it has none yet (the sender
     resolves it before sending). Another account's message is as unknown as no message."""
     if doc is None:
-        raise reject("unknown_context_message", f"{message_id} is not one of this account's "
-                     "messages", message_id=message_id)
+        raise reject(
+            "unknown_context_message",
+            f"{message_id} is not one of this account's messages",
+            message_id=message_id,
+        )
     wamid = doc.get("wamid")
     return str(wamid) if wamid else None
 
@@ -317,20 +359,27 @@ def parse_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
     if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not value.isprintable():
-        raise invalid_field("Idempotency-Key", "the Idempotency-Key header must be 1 to "
-                                               f"{MAX_IDEMPOTENCY_KEY} printable characters")
+        raise invalid_field(
+            "Idempotency-Key",
+            f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+        )
     return value
 
 
 # --- identity and idempotency ---------------------------------------------------------------
 
+
 def request_hash(request: SendRequest) -> str:
     """sha256 of the canonical JSON of the normalised request: key order, whitespace, defaults
     written out or left implicit, and `to` spelling make no difference."""
     canonical = {
-        "from": request.phone_number_id, "to": request.recipient, "type": request.message_type,
-        "content": request.content, "client_reference": request.client_reference,
-        "callback_data": request.callback_data, "reply_to": request.reply_to,
+        "from": request.phone_number_id,
+        "to": request.recipient,
+        "type": request.message_type,
+        "content": request.content,
+        "client_reference": request.client_reference,
+        "callback_data": request.callback_data,
+        "reply_to": request.reply_to,
         "validity_seconds": request.validity_seconds,
     }
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -347,8 +396,9 @@ def idempotency_record_ids(account_id: str, key: str, now_ms: int) -> list[str]:
     return [f"{account_id}:key:{b}:{key}" for b in (bucket, bucket - 1)]
 
 
-_RFC4648_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
-                                        b"0123456789abcdefghjkmnpqrstvwxyz")
+_RFC4648_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
+)
 
 
 def new_message_id(now_ms: int, random_bytes: bytes) -> str:
@@ -365,8 +415,9 @@ def keyed_message_id(account_id: str, key: str, now_ms: int) -> str:
     return derived_id("msg", account_id, key, str(idempotency_bucket(now_ms)))
 
 
-def message_to_replay(existing: list[dict[str, Any]], body_hash: str,
-                      now_ms: int) -> dict[str, Any] | None:
+def message_to_replay(
+    existing: list[dict[str, Any]], body_hash: str, now_ms: int
+) -> dict[str, Any] | None:
     """The message a request with an already-used key answers with, or None for a new message.
 
     Raises idempotency_key_reused when the key was used within 24 h for a different body.
@@ -376,8 +427,11 @@ def message_to_replay(existing: list[dict[str, Any]], body_hash: str,
         return None
     doc = max(live, key=lambda d: to_ms(d["created_at"]))
     if doc.get("body_hash") != body_hash:
-        raise reject("idempotency_key_reused", "this Idempotency-Key was used for a different "
-                     "request within the last 24 hours", message_id=doc["_id"])
+        raise reject(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request within the last 24 hours",
+            message_id=doc["_id"],
+        )
     return doc
 
 
@@ -410,12 +464,16 @@ def check_account(account: dict[str, Any] | None) -> dict[str, Any]:
     return account
 
 
-def check_phone_number(phone: dict[str, Any] | None, account_id: str,
-                       phone_number_id: str) -> dict[str, Any]:
+def check_phone_number(
+    phone: dict[str, Any] | None, account_id: str, phone_number_id: str
+) -> dict[str, Any]:
     # Same answer whether the number is unknown or another account's: existence is not revealed.
     if phone is None or phone.get("account_id") != account_id:
-        raise reject("foreign_phone_number", f"phone number {phone_number_id} is not one of "
-                     "this account's numbers", field="from")
+        raise reject(
+            "foreign_phone_number",
+            f"phone number {phone_number_id} is not one of this account's numbers",
+            field="from",
+        )
     return phone
 
 
@@ -428,12 +486,21 @@ def check_template(template: dict[str, Any] | None, request: SendRequest) -> str
     """Check the template is sendable with these parameters; return the pricing category."""
     name, language = request.template_name, request.template_language
     if template is None:
-        raise reject("unknown_template", f"no template {name!r} in language {language!r}",
-                     name=name, language=language)
+        raise reject(
+            "unknown_template",
+            f"no template {name!r} in language {language!r}",
+            name=name,
+            language=language,
+        )
     status = str(template.get("status", "")).upper()
     if status != "APPROVED":
-        raise reject("template_not_approved", f"template {name!r} ({language}) is {status}",
-                     name=name, language=language, status=status)
+        raise reject(
+            "template_not_approved",
+            f"template {name!r} ({language}) is {status}",
+            name=name,
+            language=language,
+            status=status,
+        )
     if template.get("shape_known") is not False:
         # A template status learnt of from a webhook has no components yet: Meta checks them.
         check_template_parameters(template, request.content.get("components") or [])
@@ -441,8 +508,13 @@ def check_template(template: dict[str, Any] | None, request: SendRequest) -> str
 
 
 def _mismatch(component: str, expected: Any, supplied: Any, why: str) -> Exception:
-    return reject("template_parameter_mismatch", f"{component}: {why}", component=component,
-                  expected=expected, supplied=supplied)
+    return reject(
+        "template_parameter_mismatch",
+        f"{component}: {why}",
+        component=component,
+        expected=expected,
+        supplied=supplied,
+    )
 
 
 def check_template_parameters(template: dict[str, Any], components: list[dict[str, Any]]) -> None:
@@ -465,63 +537,104 @@ def check_template_parameters(template: dict[str, Any], components: list[dict[st
     if header_format in _MEDIA_HEADER_FORMATS:
         wanted = header_format.lower()
         if len(header_params) != 1 or header_params[0].get("type") != wanted:
-            raise _mismatch("header", wanted, [p.get("type") for p in header_params],
-                            f"the template's header needs one {wanted} parameter")
+            raise _mismatch(
+                "header",
+                wanted,
+                [p.get("type") for p in header_params],
+                f"the template's header needs one {wanted} parameter",
+            )
     else:
         _check_text_parameters("header", header_params, template.get("header_params", []), named)
 
     body = by_kind.get("body")
-    _check_text_parameters("body", (body.get("parameters") or []) if body else [],
-                           template.get("body_params", []), named)
+    _check_text_parameters(
+        "body",
+        (body.get("parameters") or []) if body else [],
+        template.get("body_params", []),
+        named,
+    )
 
-    expected_buttons = {int(b["index"]): int(b["count"]) for b in
-                        template.get("button_params", [])}
+    expected_buttons = {int(b["index"]): int(b["count"]) for b in template.get("button_params", [])}
     for index in sorted(set(expected_buttons) | set(buttons)):
         supplied = len(buttons[index].get("parameters") or []) if index in buttons else 0
         expected = expected_buttons.get(index, 0)
         if supplied != expected:
-            raise _mismatch(f"button[{index}]", expected, supplied,
-                            f"expected {expected} parameters, got {supplied}")
+            raise _mismatch(
+                f"button[{index}]",
+                expected,
+                supplied,
+                f"expected {expected} parameters, got {supplied}",
+            )
 
 
-def _check_text_parameters(component: str, params: list[dict[str, Any]], expected: list[str],
-                           named: bool) -> None:
+def _check_text_parameters(
+    component: str, params: list[dict[str, Any]], expected: list[str], named: bool
+) -> None:
     if len(params) != len(expected):
-        raise _mismatch(component, len(expected), len(params),
-                        f"expected {len(expected)} parameters, got {len(params)}")
+        raise _mismatch(
+            component,
+            len(expected),
+            len(params),
+            f"expected {len(expected)} parameters, got {len(params)}",
+        )
     if named:
         names = [p.get("parameter_name") for p in params]
         if sorted(map(str, names)) != sorted(expected):
-            raise _mismatch(component, sorted(expected), names,
-                            "named parameters must match the template's parameter names")
+            raise _mismatch(
+                component,
+                sorted(expected),
+                names,
+                "named parameters must match the template's parameter names",
+            )
 
 
 # --- credit ---------------------------------------------------------------------------------
+
 
 def has_credit(balance: dict[str, Any] | None, price: int) -> bool:
     return balance is not None and int(balance.get("available", 0)) >= price
 
 
 def insufficient_credit(price: int) -> Exception:
-    return reject("insufficient_credit", "the account's available credit is below the price of "
-                  "this message", price=price, unit="micros")
+    return reject(
+        "insufficient_credit",
+        "the account's available credit is below the price of this message",
+        price=price,
+        unit="micros",
+    )
 
 
 # --- the document, the event, the responses ---------------------------------------------------
 
-def send_requested(*, message_id: str, account_id: str, request: SendRequest,
-                   phone: dict[str, Any], category: str, now_ms: int) -> SendRequested:
+
+def send_requested(
+    *,
+    message_id: str,
+    account_id: str,
+    request: SendRequest,
+    phone: dict[str, Any],
+    category: str,
+    now_ms: int,
+) -> SendRequested:
     """The event of an accepted request: status makes the message's document from it."""
     return SendRequested(
-        event_id=message_id, message_id=message_id, account_id=account_id,
-        portfolio_id=phone.get("portfolio_id") or "", waba_id=phone["waba_id"],
-        phone_number_id=request.phone_number_id, recipient=request.recipient or "",
+        event_id=message_id,
+        message_id=message_id,
+        account_id=account_id,
+        portfolio_id=phone.get("portfolio_id") or "",
+        waba_id=phone["waba_id"],
+        phone_number_id=request.phone_number_id,
+        recipient=request.recipient or "",
         recipient_region=request.recipient_region or "",
         message_type=request.message_type,  # type: ignore[arg-type]  # validated by the parser
-        content=request.content, category=category,  # type: ignore[arg-type]
-        accepted_at=now_ms, expires_at=now_ms + request.validity_seconds * 1000,
-        client_reference=request.client_reference, callback_data=request.callback_data,
-        reply_to=request.reply_to)
+        content=request.content,
+        category=category,  # type: ignore[arg-type]
+        accepted_at=now_ms,
+        expires_at=now_ms + request.validity_seconds * 1000,
+        client_reference=request.client_reference,
+        callback_data=request.callback_data,
+        reply_to=request.reply_to,
+    )
 
 
 def accepted_message(event: SendRequested, request: SendRequest) -> dict[str, Any]:
@@ -533,8 +646,9 @@ def accepted_message(event: SendRequested, request: SendRequest) -> dict[str, An
     return doc
 
 
-def idempotency_record(doc: dict[str, Any], key: str, body_hash: str,
-                       now_ms: int) -> dict[str, Any]:
+def idempotency_record(
+    doc: dict[str, Any], key: str, body_hash: str, now_ms: int
+) -> dict[str, Any]:
     """What ingest keeps of a keyed request: its message (to answer a retry the same way) and
     the body's hash (to refuse the key's reuse for another body)."""
     record_id = idempotency_record_ids(doc["account_id"], key, now_ms)[0]
@@ -553,52 +667,72 @@ def stored_content(doc: dict[str, Any]) -> Any:
     return orjson.loads(content) if isinstance(content, str) else content
 
 
-def send_requested_event(doc: dict[str, Any],
-                         content: dict[str, Any] | None = None) -> SendRequested:
+def send_requested_event(
+    doc: dict[str, Any], content: dict[str, Any] | None = None
+) -> SendRequested:
     """The event for a messages doc (also rebuilt from the doc when a replay re-publishes).
     `content` spares decoding the stored text again when the caller still has it."""
     return SendRequested(
-        event_id=doc["_id"], message_id=doc["_id"], account_id=doc["account_id"],
-        portfolio_id=doc.get("portfolio_id") or "", waba_id=doc["waba_id"],
-        phone_number_id=doc["phone_number_id"], recipient=doc["recipient"],
-        recipient_region=doc["recipient_region"], message_type=doc["type"],
+        event_id=doc["_id"],
+        message_id=doc["_id"],
+        account_id=doc["account_id"],
+        portfolio_id=doc.get("portfolio_id") or "",
+        waba_id=doc["waba_id"],
+        phone_number_id=doc["phone_number_id"],
+        recipient=doc["recipient"],
+        recipient_region=doc["recipient_region"],
+        message_type=doc["type"],
         content=content if content is not None else stored_content(doc) or {},
-        category=doc["category"], accepted_at=to_ms(doc["created_at"]),
-        expires_at=to_ms(doc["expires_at"]), client_reference=doc.get("client_reference"),
-        callback_data=doc.get("callback_data"), reply_to=doc.get("reply_to"),
+        category=doc["category"],
+        accepted_at=to_ms(doc["created_at"]),
+        expires_at=to_ms(doc["expires_at"]),
+        client_reference=doc.get("client_reference"),
+        callback_data=doc.get("callback_data"),
+        reply_to=doc.get("reply_to"),
     )
 
 
 def accepted_response(doc: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": doc["_id"], "status": "accepted", "from": doc["phone_number_id"],
-        "to": doc["recipient"], "type": doc["type"],
+        "id": doc["_id"],
+        "status": "accepted",
+        "from": doc["phone_number_id"],
+        "to": doc["recipient"],
+        "type": doc["type"],
         "client_reference": doc.get("client_reference"),
         "biz_opaque_callback_data": doc.get("callback_data"),
-        "accepted_at": iso(doc["created_at"]), "expires_at": iso(doc["expires_at"]),
+        "accepted_at": iso(doc["created_at"]),
+        "expires_at": iso(doc["expires_at"]),
     }
 
 
 def meta_accepted_response(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "messaging_product": "whatsapp",
-        "contacts": [{"input": doc.get("recipient_input", doc["recipient"]),
-                      "wa_id": wa_id_of(doc["recipient"])}],
+        "contacts": [
+            {
+                "input": doc.get("recipient_input", doc["recipient"]),
+                "wa_id": wa_id_of(doc["recipient"]),
+            }
+        ],
         "messages": [{"id": doc["_id"], "message_status": "accepted"}],
     }
 
 
-def meta_error_body(code: str, message: str, details: dict[str, Any], meta_code: int,
-                    trace_id: str) -> dict[str, Any]:
+def meta_error_body(
+    code: str, message: str, details: dict[str, Any], meta_code: int, trace_id: str
+) -> dict[str, Any]:
     """Meta's Graph error envelope; our own code leads `error_data.details`."""
     meta_code = _template_status_code(meta_code, details)
-    return {"error": {
-        "message": f"(#{meta_code}) {message}",
-        "type": "OAuthException",
-        "code": meta_code,
-        "error_data": {"messaging_product": "whatsapp", "details": f"{code}: {message}"},
-        "fbtrace_id": trace_id,
-    }}
+    return {
+        "error": {
+            "message": f"(#{meta_code}) {message}",
+            "type": "OAuthException",
+            "code": meta_code,
+            "error_data": {"messaging_product": "whatsapp", "details": f"{code}: {message}"},
+            "fbtrace_id": trace_id,
+        }
+    }
 
 
 def _template_status_code(meta_code: int, details: dict[str, Any]) -> int:
@@ -606,6 +740,7 @@ def _template_status_code(meta_code: int, details: dict[str, Any]) -> int:
 
 
 # --- reading messages -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class ListQuery:
@@ -623,15 +758,20 @@ def parse_list_query(params: dict[str, str]) -> ListQuery:
         raise reject("unknown_field", f"unknown query parameter `{name}`", field=name)
     status = params.get("status")
     if status is not None and status not in MESSAGE_STATUSES:
-        raise invalid_field("status", "`status` must be one of "
-                                      + ", ".join(sorted(MESSAGE_STATUSES)))
+        raise invalid_field(
+            "status", "`status` must be one of " + ", ".join(sorted(MESSAGE_STATUSES))
+        )
     limit_raw = params.get("limit", str(DEFAULT_PAGE_SIZE))
     if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_PAGE_SIZE:
         raise invalid_field("limit", f"`limit` must be an integer from 1 to {MAX_PAGE_SIZE}")
     cursor = params.get("cursor")
-    return ListQuery(limit=int(limit_raw), status=status, since=_parse_time(params, "since"),
-                     until=_parse_time(params, "until"),
-                     after=decode_cursor(cursor) if cursor else None)
+    return ListQuery(
+        limit=int(limit_raw),
+        status=status,
+        since=_parse_time(params, "since"),
+        until=_parse_time(params, "until"),
+        after=decode_cursor(cursor) if cursor else None,
+    )
 
 
 def _parse_time(params: dict[str, str], name: str) -> datetime | None:
@@ -641,8 +781,9 @@ def _parse_time(params: dict[str, str], name: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw.replace(" ", "+"))  # '+' arrives as ' ' in queries
     except ValueError:
-        raise invalid_field(name, f"`{name}` must be an ISO 8601 time, e.g. "
-                                  "2026-11-24T10:00:00Z") from None
+        raise invalid_field(
+            name, f"`{name}` must be an ISO 8601 time, e.g. 2026-11-24T10:00:00Z"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -658,8 +799,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         if not isinstance(created_ms, int) or not isinstance(message_id, str):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise reject("invalid_cursor", "`cursor` is not one this API returned",
-                     field="cursor") from None
+        raise reject(
+            "invalid_cursor", "`cursor` is not one this API returned", field="cursor"
+        ) from None
     return from_ms(created_ms), message_id
 
 
@@ -668,20 +810,23 @@ def page_ids(docs: list[dict[str, Any]], limit: int) -> list[str]:
     return [doc["_id"] for doc in docs[:limit]]
 
 
-def page(docs: list[dict[str, Any]], limit: int,
-         prices: dict[str, dict[str, Any] | None] | None = None) -> dict[str, Any]:
+def page(
+    docs: list[dict[str, Any]], limit: int, prices: dict[str, dict[str, Any] | None] | None = None
+) -> dict[str, Any]:
     """`docs` holds up to limit + 1 items: the extra one only says that there is a next page.
     `prices`: each shown message's price (price_view), by id."""
     shown = docs[:limit]
     next_cursor = encode_cursor(shown[-1]) if len(docs) > limit and shown else None
     prices = prices or {}
-    return {"data": [message_view(d, with_content=False, price=prices.get(d["_id"]))
-                     for d in shown],
-            "next_cursor": next_cursor}
+    return {
+        "data": [message_view(d, with_content=False, price=prices.get(d["_id"])) for d in shown],
+        "next_cursor": next_cursor,
+    }
 
 
-def price_view(reserve: dict[str, Any] | None, settle: dict[str, Any] | None,
-               currency: str) -> dict[str, Any] | None:
+def price_view(
+    reserve: dict[str, Any] | None, settle: dict[str, Any] | None, currency: str
+) -> dict[str, Any] | None:
     """What the message costs, from billing's ledger: reserved until Meta reports delivery,
     then charged at Meta's category (or released when it failed or was free)."""
     if reserve is None:
@@ -697,16 +842,25 @@ def price_view(reserve: dict[str, Any] | None, settle: dict[str, Any] | None,
     return {"state": state, "amount": amount, "currency": currency, "unit": "micros"}
 
 
-def message_view(doc: dict[str, Any], *, with_content: bool = True,
-                 price: dict[str, Any] | None = None) -> dict[str, Any]:
+def message_view(
+    doc: dict[str, Any], *, with_content: bool = True, price: dict[str, Any] | None = None
+) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "id": doc["_id"], "status": doc.get("status"), "from": doc.get("phone_number_id"),
-        "to": doc.get("recipient"), "type": doc.get("type"), "category": doc.get("category"),
+        "id": doc["_id"],
+        "status": doc.get("status"),
+        "from": doc.get("phone_number_id"),
+        "to": doc.get("recipient"),
+        "type": doc.get("type"),
+        "category": doc.get("category"),
         "client_reference": doc.get("client_reference"),
-        "biz_opaque_callback_data": doc.get("callback_data"), "reply_to": doc.get("reply_to"),
-        "accepted_at": iso(doc.get("created_at")), "expires_at": iso(doc.get("expires_at")),
+        "biz_opaque_callback_data": doc.get("callback_data"),
+        "reply_to": doc.get("reply_to"),
+        "accepted_at": iso(doc.get("created_at")),
+        "expires_at": iso(doc.get("expires_at")),
         "history": [_history_entry(h) for h in doc.get("history", [])],
-        "wamid": doc.get("wamid"), "price": price, "pricing": doc.get("pricing"),
+        "wamid": doc.get("wamid"),
+        "price": price,
+        "pricing": doc.get("pricing"),
         "error": doc.get("error"),
     }
     if with_content:
@@ -720,15 +874,19 @@ def _history_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 def balance_view(balance: dict[str, Any] | None, currency: str) -> dict[str, Any]:
     balance = balance or {}
-    return {"available": int(balance.get("available", 0)),
-            "reserved": int(balance.get("reserved", 0)),
-            "currency": balance.get("currency") or currency, "unit": "micros",
-            # billing's count of messages in flight and the account's cap on them (0: none)
-            "in_flight": int(balance.get("in_flight") or 0),
-            "max_in_flight": int(balance.get("in_flight_limit") or 0)}
+    return {
+        "available": int(balance.get("available", 0)),
+        "reserved": int(balance.get("reserved", 0)),
+        "currency": balance.get("currency") or currency,
+        "unit": "micros",
+        # billing's count of messages in flight and the account's cap on them (0: none)
+        "in_flight": int(balance.get("in_flight") or 0),
+        "max_in_flight": int(balance.get("in_flight_limit") or 0),
+    }
 
 
 # --- time -----------------------------------------------------------------------------------
+
 
 def to_ms(value: datetime | int) -> int:
     """Documents hold BSON dates; integer milliseconds are accepted too."""

@@ -18,13 +18,29 @@ from shared.client_events import EndpointFormat
 from shared.webhook_endpoints import MAX_DESCRIPTION_CHARS, MAX_EVENT_ID_CHARS, MAX_EVENT_PATTERNS
 from shared.webhook_urls import MAX_URL_LENGTH
 
-EndpointUrl = Annotated[str, Meta(min_length=1, max_length=MAX_URL_LENGTH, description=(
-    "Where events are POSTed: https, resolving to public addresses (in development also "
-    "http to loopback)."))]
-EventPattern = Annotated[str, Meta(min_length=1, max_length=64, examples=["message.*"],
-                                   description=(
-    "An event type (e.g. `message.delivered`), every type under a prefix (`message.*`), "
-    "or `*` for all of them."))]
+EndpointUrl = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description=(
+            "Where events are POSTed: https, resolving to public addresses (in development also "
+            "http to loopback)."
+        ),
+    ),
+]
+EventPattern = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        examples=["message.*"],
+        description=(
+            "An event type (e.g. `message.delivered`), every type under a prefix (`message.*`), "
+            "or `*` for all of them."
+        ),
+    ),
+]
 EventPatterns = Annotated[list[EventPattern], Meta(min_length=1, max_length=MAX_EVENT_PATTERNS)]
 Description = Annotated[str, Meta(max_length=MAX_DESCRIPTION_CHARS)]
 ClientTime = Annotated[datetime, Meta(tz=True, description="ISO 8601 with a time zone.")]
@@ -67,6 +83,7 @@ class WebhookReplayRequest(_Body, kw_only=True):
 
 
 # --- answers ----------------------------------------------------------------------------------
+
 
 class _Answer(Struct, forbid_unknown_fields=True):
     pass
@@ -114,8 +131,13 @@ class WebhookEndpointWithSecret(_Answer):
     (store it: it verifies `webhook-signature`, or `X-Hub-Signature-256` for `format: meta`)."""
 
     endpoint: WebhookEndpointView
-    secret: Annotated[str, Meta(pattern=r"^whsec_[A-Za-z0-9+/]{43}=$",
-                                description="`whsec_` + base64 of 32 random bytes.")]
+    secret: Annotated[
+        str,
+        Meta(
+            pattern=r"^whsec_[A-Za-z0-9+/]{43}=$",
+            description="`whsec_` + base64 of 32 random bytes.",
+        ),
+    ]
 
 
 class WebhookEndpointPage(_Answer):

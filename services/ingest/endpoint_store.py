@@ -66,8 +66,9 @@ class MongoEndpointStore:
 
     async def count_in_use(self, account_id: str) -> int:
         try:
-            return await self._endpoints.count_documents({"account_id": account_id,
-                                                          "deleted_at": None})
+            return await self._endpoints.count_documents(
+                {"account_id": account_id, "deleted_at": None}
+            )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
 
@@ -87,8 +88,9 @@ class MongoEndpointStore:
         # Lookups by _id, all in flight at once: FerretDB pushes only a lone _id filter down to
         # its index (see MongoMessageStore.ledger_entries_of).
         try:
-            found = await asyncio.gather(*(self._states.find_one({"_id": endpoint_id})
-                                           for endpoint_id in endpoint_ids))
+            found = await asyncio.gather(
+                *(self._states.find_one({"_id": endpoint_id}) for endpoint_id in endpoint_ids)
+            )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return {doc["_id"]: doc for doc in found if doc is not None}
@@ -96,20 +98,28 @@ class MongoEndpointStore:
     async def attempts(self, endpoint_id: str, limit: int, after: Cursor | None) -> list[Doc]:
         conditions: list[Doc] = [{"endpoint_id": endpoint_id}]
         if after is not None:
-            conditions.append({"$or": [{"at": {"$lt": after.at}},
-                                       {"at": after.at, "_id": {"$lt": after.id}}]})
+            conditions.append(
+                {"$or": [{"at": {"$lt": after.at}}, {"at": after.at, "_id": {"$lt": after.id}}]}
+            )
         return await _find(self._attempts, {"$and": conditions}, "at", limit + 1)
 
 
 def _older(after: Cursor) -> Doc:
-    return {"$or": [{"created_at": {"$lt": after.at}},
-                    {"created_at": after.at, "_id": {"$lt": after.id}}]}
+    return {
+        "$or": [
+            {"created_at": {"$lt": after.at}},
+            {"created_at": after.at, "_id": {"$lt": after.id}},
+        ]
+    }
 
 
 async def _find(collection: Any, query: Doc, time_field: str, limit: int) -> list[Doc]:
     try:
-        return await (collection.find(query)
-                      .sort([(time_field, DESCENDING), ("_id", DESCENDING)])
-                      .limit(limit).to_list(None))
+        return await (
+            collection.find(query)
+            .sort([(time_field, DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+            .to_list(None)
+        )
     except PyMongoError as exc:
         raise unavailable(exc) from exc

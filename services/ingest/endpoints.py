@@ -58,6 +58,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
 
 # --- requests ---------------------------------------------------------------------------------
 
+
 def check_endpoint_id(endpoint_id: str) -> str:
     """An id that cannot be an endpoint's is simply not found (nothing to look up)."""
     if not _ENDPOINT_ID.match(endpoint_id):
@@ -83,15 +84,29 @@ def parse_create(raw: bytes) -> WebhookEndpointCreate:
     return request
 
 
-def new_endpoint(request: WebhookEndpointCreate, *, account_id: str, endpoint_id: str,
-                 secret: Doc, now_ms: int, allow_loopback_http: bool,
-                 endpoints_in_use: int) -> Doc:
+def new_endpoint(
+    request: WebhookEndpointCreate,
+    *,
+    account_id: str,
+    endpoint_id: str,
+    secret: Doc,
+    now_ms: int,
+    allow_loopback_http: bool,
+    endpoints_in_use: int,
+) -> Doc:
     """The new document, if the account has room for it and the request keeps every rule."""
     with _as_our_errors():
         doc = rules.new_endpoint(
-            endpoint_id=endpoint_id, account_id=account_id, url=request.url,
-            events=request.events, format=request.format, description=request.description,
-            secret=secret, now_ms=now_ms, allow_loopback_http=allow_loopback_http)
+            endpoint_id=endpoint_id,
+            account_id=account_id,
+            url=request.url,
+            events=request.events,
+            format=request.format,
+            description=request.description,
+            secret=secret,
+            now_ms=now_ms,
+            allow_loopback_http=allow_loopback_http,
+        )
         rules.check_room(endpoints_in_use)
     return doc
 
@@ -99,11 +114,13 @@ def new_endpoint(request: WebhookEndpointCreate, *, account_id: str, endpoint_id
 def parse_update(raw: bytes, *, now_ms: int, allow_loopback_http: bool) -> Doc:
     """The `$set` of a PATCH body (only the fields it gives)."""
     request: WebhookEndpointUpdate = _decode(_UPDATE, raw)
-    given = {name: getattr(request, name) for name in rules.UPDATABLE_FIELDS
-             if getattr(request, name) is not msgspec.UNSET}
+    given = {
+        name: getattr(request, name)
+        for name in rules.UPDATABLE_FIELDS
+        if getattr(request, name) is not msgspec.UNSET
+    }
     with _as_our_errors():
-        return rules.endpoint_update(given, now_ms=now_ms,
-                                     allow_loopback_http=allow_loopback_http)
+        return rules.endpoint_update(given, now_ms=now_ms, allow_loopback_http=allow_loopback_http)
 
 
 def parse_replay(raw: bytes, now_ms: int) -> rules.Replay:
@@ -114,15 +131,21 @@ def parse_replay(raw: bytes, now_ms: int) -> rules.Replay:
 
     event_id = None if request.event_id is msgspec.UNSET else request.event_id
     with _as_our_errors():
-        return rules.replay(since=ms(request.since), until=ms(request.until),
-                            event_id=event_id, now_ms=now_ms)
+        return rules.replay(
+            since=ms(request.since), until=ms(request.until), event_id=event_id, now_ms=now_ms
+        )
 
 
-def notify_request(*, request_id: str, endpoint: Doc, now_ms: int,
-                   replay_of: rules.Replay | None = None) -> NotifyRequested:
-    return rules.notify_request(request_id=request_id, account_id=endpoint["account_id"],
-                                endpoint_id=endpoint["_id"], now_ms=now_ms,
-                                replay_of=replay_of)
+def notify_request(
+    *, request_id: str, endpoint: Doc, now_ms: int, replay_of: rules.Replay | None = None
+) -> NotifyRequested:
+    return rules.notify_request(
+        request_id=request_id,
+        account_id=endpoint["account_id"],
+        endpoint_id=endpoint["_id"],
+        now_ms=now_ms,
+        replay_of=replay_of,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +157,7 @@ class PageQuery:
 def parse_page_query(params: Mapping[str, str]) -> PageQuery:
     unknown = sorted(set(params) - {"limit", "cursor"})
     if unknown:
-        raise reject("unknown_field", f"unknown query parameter `{unknown[0]}`",
-                     field=unknown[0])
+        raise reject("unknown_field", f"unknown query parameter `{unknown[0]}`", field=unknown[0])
     raw = params.get("limit", str(DEFAULT_PAGE_SIZE))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise invalid_field("limit", f"`limit` must be an integer from 1 to {MAX_PAGE_SIZE}")
@@ -144,6 +166,7 @@ def parse_page_query(params: Mapping[str, str]) -> PageQuery:
 
 
 # --- answers ----------------------------------------------------------------------------------
+
 
 def endpoint_view(endpoint: Doc, state: Doc | None, now_ms: int) -> Doc:
     return rules.endpoint_view(endpoint, state, now_ms)
@@ -154,23 +177,30 @@ def with_secret(endpoint: Doc, secret: str, now_ms: int) -> Doc:
     return {"endpoint": rules.endpoint_view(endpoint, None, now_ms), "secret": secret}
 
 
-def endpoint_page(docs: list[Doc], states: Mapping[str, Doc], limit: int,
-                  now_ms: int) -> Doc:
+def endpoint_page(docs: list[Doc], states: Mapping[str, Doc], limit: int, now_ms: int) -> Doc:
     """`docs` holds up to limit + 1 endpoints, newest first: the extra one only says that
     there is a next page."""
     shown = docs[:limit]
-    next_cursor = (encode_cursor(int(shown[-1]["created_at"]), shown[-1]["_id"])
-                   if len(docs) > limit and shown else None)
-    return {"data": [rules.endpoint_view(d, states.get(d["_id"]), now_ms) for d in shown],
-            "next_cursor": next_cursor}
+    next_cursor = (
+        encode_cursor(int(shown[-1]["created_at"]), shown[-1]["_id"])
+        if len(docs) > limit and shown
+        else None
+    )
+    return {
+        "data": [rules.endpoint_view(d, states.get(d["_id"]), now_ms) for d in shown],
+        "next_cursor": next_cursor,
+    }
 
 
 def attempt_page(docs: list[Doc], limit: int) -> Doc:
     """`docs` holds up to limit + 1 attempts, newest first."""
     shown = docs[:limit]
     last = shown[-1] if shown else None
-    next_cursor = (encode_cursor(rules.to_ms(last.get("at")) or 0, str(last["_id"]))
-                   if len(docs) > limit and last is not None else None)
+    next_cursor = (
+        encode_cursor(rules.to_ms(last.get("at")) or 0, str(last["_id"]))
+        if len(docs) > limit and last is not None
+        else None
+    )
     return {"data": [rules.attempt_view(d) for d in shown], "next_cursor": next_cursor}
 
 

@@ -55,10 +55,20 @@ class SendOutcome:
 class Ingest:
     """The send flow and the reads, over injected adapters (fakes in unit tests)."""
 
-    def __init__(self, *, directory: CachedDirectory, idempotency: IdempotencyStore,
-                 messages: MessageStore, recent: RecentMessages, publisher: Publisher,
-                 clock: Clock, rate_card: RateCard, inbox: Inbox,
-                 windows: CachedWindows, send_rules: SendRules) -> None:
+    def __init__(
+        self,
+        *,
+        directory: CachedDirectory,
+        idempotency: IdempotencyStore,
+        messages: MessageStore,
+        recent: RecentMessages,
+        publisher: Publisher,
+        clock: Clock,
+        rate_card: RateCard,
+        inbox: Inbox,
+        windows: CachedWindows,
+        send_rules: SendRules,
+    ) -> None:
         self.directory = directory
         self.send_rules = send_rules
         self.inbox = inbox
@@ -78,12 +88,17 @@ class Ingest:
         return account_id
 
     async def own_phone_number(self, account_id: str, phone_number_id: str) -> dict[str, Any]:
-        return core.check_phone_number(await self.directory.phone_number(phone_number_id),
-                                       account_id, phone_number_id)
+        return core.check_phone_number(
+            await self.directory.phone_number(phone_number_id), account_id, phone_number_id
+        )
 
-    async def send(self, account_id: str, request: core.SendRequest,
-                   idempotency_key: str | None,
-                   phone: dict[str, Any] | None = None) -> SendOutcome:
+    async def send(
+        self,
+        account_id: str,
+        request: core.SendRequest,
+        idempotency_key: str | None,
+        phone: dict[str, Any] | None = None,
+    ) -> SendOutcome:
         """Checks, then the durable publish (the 202 follows it). status stores the message's
         document from the event; a keyed request first stores its idempotency record.
         `phone`: the sending number's document, when the caller has already checked it."""
@@ -92,7 +107,8 @@ class Ingest:
             phone = await self.own_phone_number(account_id, request.phone_number_id)
         # A national `to` is read in the business number's country (known only now on /v1).
         request = core.with_recipient(
-            request, core.region_of_display_number(phone.get("display_phone_number")))
+            request, core.region_of_display_number(phone.get("display_phone_number"))
+        )
         # Only a keyed request is ever compared with another: a keyless one needs no hash.
         body_hash: str | None = None
         # A retry is answered before the business checks: its credit is already reserved and
@@ -107,12 +123,14 @@ class Ingest:
         if request.message_type != "template":
             await self._check_window(account_id, request)
         else:
-            template = await self.directory.template(phone["waba_id"], request.template_name,
-                                                     request.template_language)
+            template = await self.directory.template(
+                phone["waba_id"], request.template_name, request.template_language
+            )
             category = core.check_template(template, request)
         # the account's holds, block list and opt-outs (services/ingest/send_rules.py)
-        await self.send_rules.check(account_id, request.phone_number_id,
-                                    request.recipient or "", category)
+        await self.send_rules.check(
+            account_id, request.phone_number_id, request.recipient or "", category
+        )
         price = self.rate_card.price(category, request.recipient_region)
         if not core.has_credit(await self.directory.balance(account_id), price):
             # The cached figure may predate a top-up: only a fresh one may refuse.
@@ -121,17 +139,25 @@ class Ingest:
         await self._check_in_flight(account_id)
 
         request = await self._resolve_refs(account_id, request)
-        message_id = (core.keyed_message_id(account_id, idempotency_key, now_ms)
-                      if idempotency_key is not None
-                      else core.new_message_id(now_ms, os.urandom(10)))
-        event = core.send_requested(message_id=message_id, account_id=account_id,
-                                    request=request, phone=phone, category=category,
-                                    now_ms=now_ms)
+        message_id = (
+            core.keyed_message_id(account_id, idempotency_key, now_ms)
+            if idempotency_key is not None
+            else core.new_message_id(now_ms, os.urandom(10))
+        )
+        event = core.send_requested(
+            message_id=message_id,
+            account_id=account_id,
+            request=request,
+            phone=phone,
+            category=category,
+            now_ms=now_ms,
+        )
         doc = core.accepted_message(event, request)
         if idempotency_key is not None and body_hash is not None:
             try:
                 await self.idempotency.insert(
-                    core.idempotency_record(doc, idempotency_key, body_hash, now_ms))
+                    core.idempotency_record(doc, idempotency_key, body_hash, now_ms)
+                )
             except DuplicateMessage:
                 # A concurrent request with the same key stored first: answer as its retry.
                 earlier = await self._earlier(account_id, idempotency_key, body_hash, now_ms)
@@ -158,11 +184,11 @@ class Ingest:
         if not conversations.window_enforced(await self.directory.account(account_id)):
             return
         window = await self.windows.window(
-            request.phone_number_id, conversations.wa_id_candidates(request.recipient or ""))
+            request.phone_number_id, conversations.wa_id_candidates(request.recipient or "")
+        )
         conversations.check_window(window, request.message_type, enforced=True)
 
-    async def _resolve_refs(self, account_id: str,
-                            request: core.SendRequest) -> core.SendRequest:
+    async def _resolve_refs(self, account_id: str, request: core.SendRequest) -> core.SendRequest:
         """Our message ids named by a reply or a reaction must be the account's; those already
         sent go out as their wamid (the sender resolves the others just before sending)."""
         wamids: dict[str, str] = {}
@@ -177,12 +203,13 @@ class Ingest:
         doc = await self.messages.get(account_id, message_id)
         return doc if doc is not None else self.recent.get(account_id, message_id)
 
-    async def _earlier(self, account_id: str, key: str, body_hash: str,
-                       now_ms: int) -> dict[str, Any] | None:
-        records = await self.idempotency.find(
-            core.idempotency_record_ids(account_id, key, now_ms))
-        return core.message_to_replay([core.message_of_record(r) for r in records], body_hash,
-                                      now_ms)
+    async def _earlier(
+        self, account_id: str, key: str, body_hash: str, now_ms: int
+    ) -> dict[str, Any] | None:
+        records = await self.idempotency.find(core.idempotency_record_ids(account_id, key, now_ms))
+        return core.message_to_replay(
+            [core.message_of_record(r) for r in records], body_hash, now_ms
+        )
 
     async def _replay(self, doc: dict[str, Any]) -> SendOutcome:
         # No document yet: the first attempt may have stopped between its record and its
@@ -205,14 +232,20 @@ async def read_body(request: web.Request) -> bytes:
     if len(raw) > core.MAX_BODY_BYTES:
         raise _too_large()
     if too_deep(raw):  # every decoder recurses: refused before any of them sees it
-        raise reject("nesting_too_deep", "arrays and objects in the body are nested more than "
-                     f"{MAX_JSON_DEPTH} levels deep", limit=MAX_JSON_DEPTH)
+        raise reject(
+            "nesting_too_deep",
+            f"arrays and objects in the body are nested more than {MAX_JSON_DEPTH} levels deep",
+            limit=MAX_JSON_DEPTH,
+        )
     return raw
 
 
 def _too_large() -> ServiceError:
-    return reject("payload_too_large", f"the request body exceeds {core.MAX_BODY_BYTES} bytes",
-                  limit=core.MAX_BODY_BYTES)
+    return reject(
+        "payload_too_large",
+        f"the request body exceeds {core.MAX_BODY_BYTES} bytes",
+        limit=core.MAX_BODY_BYTES,
+    )
 
 
 # A status call on Meta's messages endpoint (mark-as-read, typing): (account id, the path's
@@ -236,8 +269,11 @@ class Handlers:
             _log_rejection("v1", exc, started)
             raise
         _log_accepted("v1", outcome, started)
-        return json_response(core.accepted_response(outcome.doc), status=202,
-                             headers={REPLAY_HEADER: "true"} if outcome.replayed else None)
+        return json_response(
+            core.accepted_response(outcome.doc),
+            status=202,
+            headers={REPLAY_HEADER: "true"} if outcome.replayed else None,
+        )
 
     async def post_meta_message(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -248,11 +284,12 @@ class Handlers:
             raw = await read_body(request)
             if self.status_call is not None and passthrough.is_status_call(raw):
                 # Not a send: mark-as-read (and typing), answered with Meta's own answer.
-                return await self._status_call(self.status_call, account_id, phone_number_id,
-                                               raw)
+                return await self._status_call(self.status_call, account_id, phone_number_id, raw)
             send_request = core.parse_meta_request(
-                raw, phone_number_id,
-                core.region_of_display_number(phone.get("display_phone_number")))
+                raw,
+                phone_number_id,
+                core.region_of_display_number(phone.get("display_phone_number")),
+            )
             key = core.parse_idempotency_key(request.headers.get("Idempotency-Key"))
             outcome = await self.ingest.send(account_id, send_request, key, phone)
         except ServiceError as exc:
@@ -262,17 +299,26 @@ class Handlers:
             log.exception("unhandled_error", route="meta")
             return meta_error_response(reject("internal_error", "internal error"))
         _log_accepted("meta", outcome, started)
-        return json_response(core.meta_accepted_response(outcome.doc), status=200,
-                             headers={REPLAY_HEADER: "true"} if outcome.replayed else None)
+        return json_response(
+            core.meta_accepted_response(outcome.doc),
+            status=200,
+            headers={REPLAY_HEADER: "true"} if outcome.replayed else None,
+        )
 
     @staticmethod
-    async def _status_call(call: StatusCall, account_id: str, phone_number_id: str,
-                           raw: bytes) -> web.Response:
+    async def _status_call(
+        call: StatusCall, account_id: str, phone_number_id: str, raw: bytes
+    ) -> web.Response:
         try:
             return json_response(await call(account_id, phone_number_id, raw))
         except ServiceError as exc:
-            log.info("passthrough_call_handled", route="meta", kind="read",
-                     outcome="rejected", error_code=exc.code)
+            log.info(
+                "passthrough_call_handled",
+                route="meta",
+                kind="read",
+                outcome="rejected",
+                error_code=exc.code,
+            )
             return meta_error_response(exc)
 
     async def get_message(self, request: web.Request) -> web.Response:
@@ -290,8 +336,10 @@ class Handlers:
         docs = await self.ingest.messages.list(account_id, query)
         entries = await self.ingest.messages.ledger_entries_of(core.page_ids(docs, query.limit))
         currency = self.ingest.rate_card.currency
-        prices = {message_id: core.price_view(reserve, settle, currency)
-                  for message_id, (reserve, settle) in entries.items()}
+        prices = {
+            message_id: core.price_view(reserve, settle, currency)
+            for message_id, (reserve, settle) in entries.items()
+        }
         return json_response(core.page(docs, query.limit, prices))
 
     async def get_balance(self, request: web.Request) -> web.Response:
@@ -307,8 +355,9 @@ def meta_error_response(exc: ServiceError) -> web.Response:
     if relayed is not None:
         return json_response(relayed[1], status=relayed[0])
     spec = ERROR_CODES.get(exc.code, ERROR_CODES["internal_error"])
-    body = core.meta_error_body(exc.code, exc.message, exc.details, meta_code_of(exc),
-                                trace_id=os.urandom(9).hex())
+    body = core.meta_error_body(
+        exc.code, exc.message, exc.details, meta_code_of(exc), trace_id=os.urandom(9).hex()
+    )
     return json_response(body, status=spec.meta_http_status, headers=retry_after(exc))
 
 
@@ -319,8 +368,13 @@ def retry_after(exc: ServiceError) -> dict[str, str] | None:
 
 def _log_rejection(route: str, exc: ServiceError, started: float) -> None:
     REJECTIONS.labels(exc.code if exc.code in ERROR_CODES else "other").inc()
-    log.info("send_request_handled", route=route, outcome="rejected", error_code=exc.code,
-             duration_ms=round((time.perf_counter() - started) * 1000, 2))
+    log.info(
+        "send_request_handled",
+        route=route,
+        outcome="rejected",
+        error_code=exc.code,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
 
 
 def _log_accepted(route: str, outcome: SendOutcome, started: float) -> None:
@@ -330,7 +384,12 @@ def _log_accepted(route: str, outcome: SendOutcome, started: float) -> None:
     if not log.is_enabled_for(logging.DEBUG):
         return  # not even the arguments: this runs on every accepted request
     doc = outcome.doc
-    log.debug("send_request_handled", route=route,
-             outcome="replayed" if outcome.replayed else "accepted",
-             account_id=doc["account_id"], message_id=doc["_id"], message_type=doc["type"],
-             duration_ms=round((time.perf_counter() - started) * 1000, 2))
+    log.debug(
+        "send_request_handled",
+        route=route,
+        outcome="replayed" if outcome.replayed else "accepted",
+        account_id=doc["account_id"],
+        message_id=doc["_id"],
+        message_type=doc["type"],
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )

@@ -40,9 +40,11 @@ def at_cap(balance: Mapping[str, Any] | None) -> bool:
 
 def too_many_in_flight(balance: Mapping[str, Any], cache_seconds: float) -> ServiceError:
     """The refusal: a new figure comes with the next read of the balance."""
-    return reject("too_many_in_flight",
-                  "the account has its maximum of messages accepted and not yet delivered, "
-                  "failed or expired: retry once some have finished",
-                  in_flight=_count(balance.get("in_flight")) or 0,
-                  limit=_count(balance.get("in_flight_limit")) or 0,
-                  retry_after_seconds=max(1, math.ceil(cache_seconds)))
+    return reject(
+        "too_many_in_flight",
+        "the account has its maximum of messages accepted and not yet delivered, "
+        "failed or expired: retry once some have finished",
+        in_flight=_count(balance.get("in_flight")) or 0,
+        limit=_count(balance.get("in_flight_limit")) or 0,
+        retry_after_seconds=max(1, math.ceil(cache_seconds)),
+    )

@@ -35,22 +35,34 @@ class RequestLimiter:
     recently used go first; a bucket forgotten comes back full, which only an idle caller's
     would be anyway)."""
 
-    def __init__(self, clock: Clock, *, account_default: Rate, key_default: Rate | None = None,
-                 max_buckets: int = 100_000) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        account_default: Rate,
+        key_default: Rate | None = None,
+        max_buckets: int = 100_000,
+    ) -> None:
         self._clock = clock
         self._account_default = account_default
         self._key_default = key_default
         self._max = max_buckets
         self._buckets: OrderedDict[tuple[str, str], Bucket] = OrderedDict()
 
-    def check(self, account_id: str, account: dict[str, Any] | None, key_hash: str,
-              key: dict[str, Any] | None) -> Verdict:
+    def check(
+        self,
+        account_id: str,
+        account: dict[str, Any] | None,
+        key_hash: str,
+        key: dict[str, Any] | None,
+    ) -> Verdict:
         """Take this request's token from its account's bucket and, if the key has a limit of
         its own, from the key's: both or neither."""
         now = self._clock.monotonic()
         account_rate = rate_limits.account_rate(account, self._account_default)
-        limits = [Limit(ACCOUNT, account_rate, self._bucket(ACCOUNT, account_id,
-                                                            account_rate, now))]
+        limits = [
+            Limit(ACCOUNT, account_rate, self._bucket(ACCOUNT, account_id, account_rate, now))
+        ]
         key_rate = rate_limits.key_rate(key, self._key_default)
         if key_rate is not None:
             limits.append(Limit(KEY, key_rate, self._bucket(KEY, key_hash, key_rate, now)))
@@ -75,9 +87,12 @@ class RequestLimiter:
         return len(self._buckets)
 
 
-def rate_limit_middleware(limiter: RequestLimiter, directory: CachedDirectory,
-                          error_answer: ErrorAnswer,
-                          exempt: frozenset[str] = frozenset()) -> Callable[..., Awaitable[Any]]:
+def rate_limit_middleware(
+    limiter: RequestLimiter,
+    directory: CachedDirectory,
+    error_answer: ErrorAnswer,
+    exempt: frozenset[str] = frozenset(),
+) -> Callable[..., Awaitable[Any]]:
     """Before the handler: who is asking (the same cached lookups the handler then makes), and
     a token of theirs. A request without a valid key is left to the handler, which refuses it
     as before (401/403); a dependency that fails the lookup is answered at once (503).
@@ -102,8 +117,11 @@ def rate_limit_middleware(limiter: RequestLimiter, directory: CachedDirectory,
         verdict = limiter.check(account_id, account, key_hash, key)
         request[VERDICT] = verdict
         if not verdict.allowed:
-            refused = reject("rate_limited", rate_limits.refusal_message(verdict),
-                             **rate_limits.refusal_details(verdict))
+            refused = reject(
+                "rate_limited",
+                rate_limits.refusal_message(verdict),
+                **rate_limits.refusal_details(verdict),
+            )
             return _answer(request, refused, error_answer)
         return await handler(request)
 
@@ -115,8 +133,9 @@ def _route(request: web.Request) -> str | None:
     return resource.canonical if resource is not None else None
 
 
-def _answer(request: web.Request, exc: ServiceError,
-            error_answer: ErrorAnswer) -> web.StreamResponse:
+def _answer(
+    request: web.Request, exc: ServiceError, error_answer: ErrorAnswer
+) -> web.StreamResponse:
     answered = error_answer(request, exc)
     if answered is None:
         raise exc

@@ -46,10 +46,19 @@ CHUNK_BYTES = 64 * 1024
 class Graph(Protocol):
     """What ingest asks of Meta (GraphClient; an in-memory stand-in in unit tests)."""
 
-    async def mark_read(self, phone_number_id: str, token: str,
-                        body: dict[str, Any]) -> MetaAnswer: ...
-    async def upload(self, phone_number_id: str, token: str, file: IO[bytes], *,
-                     mime_type: str, filename: str, extra: dict[str, str]) -> MetaAnswer: ...
+    async def mark_read(
+        self, phone_number_id: str, token: str, body: dict[str, Any]
+    ) -> MetaAnswer: ...
+    async def upload(
+        self,
+        phone_number_id: str,
+        token: str,
+        file: IO[bytes],
+        *,
+        mime_type: str,
+        filename: str,
+        extra: dict[str, str],
+    ) -> MetaAnswer: ...
     async def media_info(self, media_id: str, token: str) -> MetaAnswer: ...
     async def delete_media(self, media_id: str, token: str) -> MetaAnswer: ...
     def download(self, url: str, token: str) -> AbstractAsyncContextManager[Download]: ...
@@ -58,28 +67,47 @@ class Graph(Protocol):
 class GraphClient:
     """One aiohttp session for the process."""
 
-    def __init__(self, base_url: str, graph_version: str, timeout_seconds: float,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        graph_version: str,
+        timeout_seconds: float,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self._base = f"{base_url.rstrip('/')}/{graph_version}"
         # Whole-call limit for the small calls; a download or upload is limited per read.
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds,
-                                              sock_connect=min(timeout_seconds, 5.0))
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds,
-                                                     sock_connect=min(timeout_seconds, 5.0))
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds, sock_connect=min(timeout_seconds, 5.0)
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=timeout_seconds, sock_connect=min(timeout_seconds, 5.0)
+        )
         self._session = session or aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=15))
+            connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=15)
+        )
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def mark_read(self, phone_number_id: str, token: str,
-                        body: dict[str, Any]) -> MetaAnswer:
-        return await self._call("POST", f"{self._base}/{phone_number_id}/messages", token,
-                                data=orjson.dumps(body),
-                                headers={"Content-Type": "application/json"})
+    async def mark_read(self, phone_number_id: str, token: str, body: dict[str, Any]) -> MetaAnswer:
+        return await self._call(
+            "POST",
+            f"{self._base}/{phone_number_id}/messages",
+            token,
+            data=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
 
-    async def upload(self, phone_number_id: str, token: str, file: IO[bytes], *,
-                     mime_type: str, filename: str, extra: dict[str, str]) -> MetaAnswer:
+    async def upload(
+        self,
+        phone_number_id: str,
+        token: str,
+        file: IO[bytes],
+        *,
+        mime_type: str,
+        filename: str,
+        extra: dict[str, str],
+    ) -> MetaAnswer:
         """Meta's multipart upload: the file is streamed from `file` (never read whole)."""
         form = aiohttp.FormData()
         form.add_field("messaging_product", "whatsapp")
@@ -87,8 +115,9 @@ class GraphClient:
         for name, value in extra.items():
             form.add_field(name, value)
         form.add_field("file", file, filename=filename, content_type=mime_type)
-        return await self._call("POST", f"{self._base}/{phone_number_id}/media", token,
-                                data=form, streaming=True)
+        return await self._call(
+            "POST", f"{self._base}/{phone_number_id}/media", token, data=form, streaming=True
+        )
 
     async def media_info(self, media_id: str, token: str) -> MetaAnswer:
         # Without phone_number_id: for received media that parameter makes Meta refuse.
@@ -101,25 +130,39 @@ class GraphClient:
     async def download(self, url: str, token: str) -> AsyncIterator[Download]:
         """Open Meta's media URL with the token (redirects followed, as Meta's CDN may)."""
         try:
-            async with self._session.get(url, headers=_auth(token), allow_redirects=True,
-                                         timeout=self._stream_timeout) as response:
+            async with self._session.get(
+                url, headers=_auth(token), allow_redirects=True, timeout=self._stream_timeout
+            ) as response:
                 if response.status >= 300:
                     await response.read()
-                yield Download(response.status, response.headers.get("Content-Type"),
-                               response.content_length,
-                               _chunks(response) if response.status < 300 else _nothing())
+                yield Download(
+                    response.status,
+                    response.headers.get("Content-Type"),
+                    response.content_length,
+                    _chunks(response) if response.status < 300 else _nothing(),
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unavailable(exc) from exc
 
-    async def _call(self, method: str, url: str, token: str, *, data: Any = None,
-                    headers: dict[str, str] | None = None,
-                    streaming: bool = False) -> MetaAnswer:
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        token: str,
+        *,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        streaming: bool = False,
+    ) -> MetaAnswer:
         try:
-            async with self._session.request(method, url, data=data,
-                                             headers={**_auth(token), **(headers or {})},
-                                             timeout=self._stream_timeout if streaming
-                                             else self._timeout,
-                                             allow_redirects=False) as response:
+            async with self._session.request(
+                method,
+                url,
+                data=data,
+                headers={**_auth(token), **(headers or {})},
+                timeout=self._stream_timeout if streaming else self._timeout,
+                allow_redirects=False,
+            ) as response:
                 raw = await response.read()
                 return MetaAnswer(response.status, _json(raw))
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -151,5 +194,6 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 def _unavailable(exc: BaseException) -> DependencyUnavailable:
-    return DependencyUnavailable(f"Meta did not answer ({type(exc).__name__})",
-                                 details={"dependency": "meta"})
+    return DependencyUnavailable(
+        f"Meta did not answer ({type(exc).__name__})", details={"dependency": "meta"}
+    )

@@ -69,30 +69,41 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
         raise reject("malformed_json", "the request body is not valid JSON") from None
 
 
-def check_inbound_for_read(doc: dict[str, Any] | None, account_id: str,
-                           phone_number_id: str | None, wamid: str) -> str:
+def check_inbound_for_read(
+    doc: dict[str, Any] | None, account_id: str, phone_number_id: str | None, wamid: str
+) -> str:
     """The number that received the message named by a mark-as-read: it must be an inbound
     message (not an echo of the business's own) of the account, received by that number when
     the call names one. Returns the phone number id."""
-    if (doc is None or doc.get("account_id") != account_id
-            or doc.get("direction", "inbound") != "inbound"
-            or (phone_number_id is not None and doc.get("phone_number_id") != phone_number_id)):
-        raise reject("unknown_inbound_message",
-                     f"{wamid} is not a message this account's number received",
-                     field="message_id", message_id=wamid)
+    if (
+        doc is None
+        or doc.get("account_id") != account_id
+        or doc.get("direction", "inbound") != "inbound"
+        or (phone_number_id is not None and doc.get("phone_number_id") != phone_number_id)
+    ):
+        raise reject(
+            "unknown_inbound_message",
+            f"{wamid} is not a message this account's number received",
+            field="message_id",
+            message_id=wamid,
+        )
     return str(doc["phone_number_id"])
 
 
 def mark_read_body(call: ReadCall) -> dict[str, Any]:
     """Meta's body for the call."""
-    body: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read",
-                            "message_id": call.message_id}
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": call.message_id,
+    }
     if call.typing:
         body["typing_indicator"] = {"type": "text"}
     return body
 
 
 # --- pace -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Bucket:
@@ -119,8 +130,7 @@ class PassThroughPacer:
             if len(self._buckets) >= 100_000:
                 self._buckets.clear()  # bounded; forgetting a bucket only refills it
             bucket = self._buckets[phone_number_id] = _Bucket(float(self.burst), now)
-        bucket.tokens = min(float(self.burst),
-                            bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
         wait = max(0.0, (1.0 - bucket.tokens) / self.rate)
         if wait > self.max_wait:
@@ -138,11 +148,16 @@ class PassThroughPacer:
 
 def too_fast(phone_number_id: str, retry_after: float) -> Exception:
     seconds = max(1, round(retry_after + 0.5))
-    return reject("rate_limited", "too many calls for this phone number: retry later",
-                  phone_number_id=phone_number_id, retry_after_seconds=seconds)
+    return reject(
+        "rate_limited",
+        "too many calls for this phone number: retry later",
+        phone_number_id=phone_number_id,
+        retry_after_seconds=seconds,
+    )
 
 
 # --- Meta's refusals ------------------------------------------------------------------------------
+
 
 def meta_refusal(status: int, body: Any) -> Exception:
     """Our error for Meta's refusal of a pass-through call. The Meta-compatible routes relay
@@ -150,14 +165,19 @@ def meta_refusal(status: int, body: Any) -> Exception:
     an object Meta does not have (an expired or deleted media id), else 502 `meta_error`."""
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        error = {"message": f"HTTP {status} without Meta's error envelope",
-                 "type": "OAuthException", "code": 2 if status >= 500 else 100}
+        error = {
+            "message": f"HTTP {status} without Meta's error envelope",
+            "type": "OAuthException",
+            "code": 2 if status >= 500 else 100,
+        }
     message = str(error.get("message") or f"HTTP {status}")
     if status == 404 or (error.get("code") == 100 and error.get("error_subcode") == 33):
-        return reject("not_found", f"Meta has no such object: {message}", meta_status=status,
-                      meta_error=error)
-    return reject("meta_error", f"Meta refused the call: {message}", meta_status=status,
-                  meta_error=error)
+        return reject(
+            "not_found", f"Meta has no such object: {message}", meta_status=status, meta_error=error
+        )
+    return reject(
+        "meta_error", f"Meta refused the call: {message}", meta_status=status, meta_error=error
+    )
 
 
 def relayed_meta_error(details: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:

@@ -61,8 +61,7 @@ class Bucket:
 
     def level(self, rate: Rate, now: float) -> float:
         """The tokens it holds at `now` (refilled, never above the burst)."""
-        return min(float(rate.burst),
-                   self.tokens + max(0.0, now - self.updated) * rate.per_second)
+        return min(float(rate.burst), self.tokens + max(0.0, now - self.updated) * rate.per_second)
 
     def is_full(self, rate: Rate, now: float) -> bool:
         return self.level(rate, now) >= rate.burst
@@ -112,9 +111,12 @@ def admit(limits: Sequence[Limit], now: float, cost: float = 1.0) -> Verdict:
             if violated is None or seconds > wait:
                 violated, wait = limit.name, seconds
     if violated is not None:
-        return Verdict(False, tuple(_state(limit, level, cost) for limit, level
-                                    in zip(limits, levels, strict=True)),
-                       violated, max(1, wait))
+        return Verdict(
+            False,
+            tuple(_state(limit, level, cost) for limit, level in zip(limits, levels, strict=True)),
+            violated,
+            max(1, wait),
+        )
     states = []
     for limit, level in zip(limits, levels, strict=True):
         limit.bucket.tokens = level - cost
@@ -133,6 +135,7 @@ def _state(limit: Limit, tokens: float, cost: float) -> State:
 
 
 # --- which limits apply --------------------------------------------------------------------------
+
 
 def rate_of(value: Any) -> Rate | None:
     """An override stored on an `accounts` or `api_keys` document (`rate_limit`:
@@ -171,6 +174,7 @@ def key_rate(key: Mapping[str, Any] | None, default: Rate | None) -> Rate | None
 
 # --- header fields -------------------------------------------------------------------------------
 
+
 def policy_field(states: Sequence[State]) -> str:
     return ", ".join([_policy_item(s.name, s.rate) for s in states])
 
@@ -190,8 +194,10 @@ def headers(verdict: Verdict) -> dict[str, str]:
     Retry-After on a refusal."""
     if not verdict.states:
         return {}
-    fields = {"RateLimit-Policy": policy_field(verdict.states),
-              "RateLimit": ratelimit_field(verdict.states)}
+    fields = {
+        "RateLimit-Policy": policy_field(verdict.states),
+        "RateLimit": ratelimit_field(verdict.states),
+    }
     if verdict.retry_after_seconds is not None:
         fields["Retry-After"] = str(verdict.retry_after_seconds)
     return fields
@@ -200,11 +206,14 @@ def headers(verdict: Verdict) -> dict[str, str]:
 def refusal_details(verdict: Verdict) -> dict[str, Any]:
     """The error's `details` for a refused request."""
     state = next(s for s in verdict.states if s.name == verdict.violated)
-    return {"policy": verdict.violated, "limit_per_second": state.rate.per_second,
-            "burst": state.rate.burst, "retry_after_seconds": verdict.retry_after_seconds}
+    return {
+        "policy": verdict.violated,
+        "limit_per_second": state.rate.per_second,
+        "burst": state.rate.burst,
+        "retry_after_seconds": verdict.retry_after_seconds,
+    }
 
 
 def refusal_message(verdict: Verdict) -> str:
     scope = "API key" if verdict.violated == KEY else "account"
-    return (f"too many requests for this {scope}: retry after "
-            f"{verdict.retry_after_seconds} s")
+    return f"too many requests for this {scope}: retry after {verdict.retry_after_seconds} s"

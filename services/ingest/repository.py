@@ -80,8 +80,9 @@ class MessageStore(Protocol):
         """Billing's reserve and settle entries of a message (read-only)."""
         ...
 
-    async def ledger_entries_of(self, message_ids: list[str]
-                                ) -> dict[str, tuple[Doc | None, Doc | None]]:
+    async def ledger_entries_of(
+        self, message_ids: list[str]
+    ) -> dict[str, tuple[Doc | None, Doc | None]]:
         """The reserve and settle entries of each message (a page's: at most 100)."""
         ...
 
@@ -99,21 +100,23 @@ class MongoDirectory:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self._db = db
 
-    async def _find_one(self, collection: str, _id: str,
-                        projection: dict[str, int] | None = None) -> Doc | None:
+    async def _find_one(
+        self, collection: str, _id: str, projection: dict[str, int] | None = None
+    ) -> Doc | None:
         try:
             return await self._db[collection].find_one({"_id": _id}, projection)
         except PyMongoError as exc:
             raise unavailable(exc) from exc
 
     async def api_key(self, key_hash: str) -> Doc | None:
-        return await self._find_one(API_KEYS, key_hash,
-                                    {"account_id": 1, "revoked_at": 1, "rate_limit": 1})
+        return await self._find_one(
+            API_KEYS, key_hash, {"account_id": 1, "revoked_at": 1, "rate_limit": 1}
+        )
 
     async def account(self, account_id: str) -> Doc | None:
-        return await self._find_one(ACCOUNTS, account_id,
-                                    {"status": 1, "customer_service_window_check": 1,
-                                     "rate_limit": 1})
+        return await self._find_one(
+            ACCOUNTS, account_id, {"status": 1, "customer_service_window_check": 1, "rate_limit": 1}
+        )
 
     async def phone_number(self, phone_number_id: str) -> Doc | None:
         return await self._find_one(PHONE_NUMBERS, phone_number_id, _PHONE_FIELDS)
@@ -124,13 +127,16 @@ class MongoDirectory:
     async def balance(self, account_id: str) -> Doc | None:
         # in_flight and in_flight_limit: billing's count of the account's open reservations
         # and the cap it applies (in_flight.py).
-        return await self._find_one(BALANCES, account_id,
-                                    {"available": 1, "reserved": 1, "currency": 1,
-                                     "in_flight": 1, "in_flight_limit": 1})
+        return await self._find_one(
+            BALANCES,
+            account_id,
+            {"available": 1, "reserved": 1, "currency": 1, "in_flight": 1, "in_flight_limit": 1},
+        )
 
     async def access_token(self, phone_number_id: str) -> Doc | None:
-        return await self._find_one(PHONE_NUMBERS, phone_number_id,
-                                    {"account_id": 1, "access_token_encrypted": 1})
+        return await self._find_one(
+            PHONE_NUMBERS, phone_number_id, {"account_id": 1, "access_token_encrypted": 1}
+        )
 
 
 class CachedDirectory:
@@ -157,28 +163,42 @@ class CachedDirectory:
         return await self._cached(self._accounts, account_id, self._source.account, account_id)
 
     async def phone_number(self, phone_number_id: str) -> Doc | None:
-        return await self._cached(self._phones, phone_number_id, self._source.phone_number,
-                                  phone_number_id)
+        return await self._cached(
+            self._phones, phone_number_id, self._source.phone_number, phone_number_id
+        )
 
     async def template(self, waba_id: str, name: str, language: str) -> Doc | None:
-        return await self._cached(self._templates, (waba_id, name, language),
-                                  self._source.template, waba_id, name, language)
+        return await self._cached(
+            self._templates,
+            (waba_id, name, language),
+            self._source.template,
+            waba_id,
+            name,
+            language,
+        )
 
     async def balance(self, account_id: str, *, fresh: bool = False) -> Doc | None:
-        return await self._cached(self._balances, account_id, self._fresh_balance, account_id,
-                                  fresh=fresh)
+        return await self._cached(
+            self._balances, account_id, self._fresh_balance, account_id, fresh=fresh
+        )
 
     async def access_token(self, phone_number_id: str) -> Doc | None:
-        return await self._cached(self._tokens, phone_number_id, self._source.access_token,
-                                  phone_number_id)
+        return await self._cached(
+            self._tokens, phone_number_id, self._source.access_token, phone_number_id
+        )
 
     async def _fresh_balance(self, account_id: str) -> Doc | None:
         found = await self._source.balance(account_id)
         return dict(found) if found is not None else None  # note_spent changes the copy
 
-    async def _cached(self, cache: TtlCache[Any, Doc | None], key: Any,
-                      load: Callable[..., Awaitable[Doc | None]], *args: str,
-                      fresh: bool = False) -> Doc | None:
+    async def _cached(
+        self,
+        cache: TtlCache[Any, Doc | None],
+        key: Any,
+        load: Callable[..., Awaitable[Doc | None]],
+        *args: str,
+        fresh: bool = False,
+    ) -> Doc | None:
         """The cached answer, or one load shared by every request that misses meanwhile: when an
         entry expires under load, the concurrent requests wait for one lookup instead of each
         sending its own. `fresh` reads anew: it never joins a load that started before it."""
@@ -221,8 +241,9 @@ class MongoIdempotencyStore:
 
     def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
         self._records = db[IDEMPOTENCY_KEYS]
-        self._inserts = InsertBatcher(self._records, max_batch=max_batch,
-                                      observe_batch=INSERT_BATCH.observe)
+        self._inserts = InsertBatcher(
+            self._records, max_batch=max_batch, observe_batch=INSERT_BATCH.observe
+        )
 
     async def insert(self, record: Doc) -> None:
         started = time.perf_counter()
@@ -236,8 +257,11 @@ class MongoIdempotencyStore:
     async def created_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` records created before `cutoff` (the sweeper's page)."""
         try:
-            docs = await (self._records.find({"created_at": {"$lt": cutoff}}, {"_id": 1})
-                          .limit(limit).to_list(None))
+            docs = await (
+                self._records.find({"created_at": {"$lt": cutoff}}, {"_id": 1})
+                .limit(limit)
+                .to_list(None)
+            )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return [str(doc["_id"]) for doc in docs]
@@ -252,8 +276,7 @@ class MongoIdempotencyStore:
     async def find(self, record_ids: list[str]) -> list[Doc]:
         # One lookup by _id each: FerretDB pushes only a lone _id filter down to an index.
         try:
-            found = [await self._records.find_one({"_id": record_id})
-                     for record_id in record_ids]
+            found = [await self._records.find_one({"_id": record_id}) for record_id in record_ids]
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return [record for record in found if record is not None]
@@ -283,8 +306,9 @@ class MongoMessageStore:
             raise unavailable(exc) from exc
         return reserve, settle
 
-    async def ledger_entries_of(self, message_ids: list[str]
-                                ) -> dict[str, tuple[Doc | None, Doc | None]]:
+    async def ledger_entries_of(
+        self, message_ids: list[str]
+    ) -> dict[str, tuple[Doc | None, Doc | None]]:
         # Lookups by _id, all in flight at once: FerretDB pushes only a lone _id filter down to
         # its index, so one `{"_id": {"$in": [...]}}` query scans the whole ledger (measured
         # here: 0.74 s for a page of 50 messages at 20,000 entries, against 0.056 s for the
@@ -306,12 +330,20 @@ class MongoMessageStore:
             conditions.append({"created_at": {"$lt": query.until}})
         if query.after is not None:
             created_at, message_id = query.after
-            conditions.append({"$or": [{"created_at": {"$lt": created_at}},
-                                       {"created_at": created_at, "_id": {"$lt": message_id}}]})
+            conditions.append(
+                {
+                    "$or": [
+                        {"created_at": {"$lt": created_at}},
+                        {"created_at": created_at, "_id": {"$lt": message_id}},
+                    ]
+                }
+            )
         try:
-            cursor = (self._messages.find({"$and": conditions}, {"content": 0})
-                      .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-                      .limit(query.limit + 1))
+            cursor = (
+                self._messages.find({"$and": conditions}, {"content": 0})
+                .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                .limit(query.limit + 1)
+            )
             return await cursor.to_list(None)
         except PyMongoError as exc:
             raise unavailable(exc) from exc
@@ -332,10 +364,12 @@ class Inbox(Protocol):
         """The account's contacts, latest message first, up to query.limit + 1."""
         ...
 
-    async def last_inbound(self, account_id: str, phone_number_id: str,
-                           wa_id: str) -> Doc | None: ...
-    async def last_outbound(self, account_id: str, phone_number_id: str,
-                            recipient: str) -> Doc | None: ...
+    async def last_inbound(
+        self, account_id: str, phone_number_id: str, wa_id: str
+    ) -> Doc | None: ...
+    async def last_outbound(
+        self, account_id: str, phone_number_id: str, recipient: str
+    ) -> Doc | None: ...
     async def thread_inbound(self, account_id: str, query: ThreadQuery) -> list[Doc]:
         """A contact's inbound messages and echoes past the cursor in the query's order, up
         to query.limit + 1."""
@@ -357,8 +391,9 @@ class MongoInbox:
 
     async def conversation(self, conversation_id: str) -> Doc | None:
         try:
-            return await self._conversations.find_one({"_id": conversation_id},
-                                                       {"window_expires_at": 1})
+            return await self._conversations.find_one(
+                {"_id": conversation_id}, {"window_expires_at": 1}
+            )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
 
@@ -377,26 +412,39 @@ class MongoInbox:
     async def conversations(self, account_id: str, query: ConversationQuery) -> list[Doc]:
         conditions: list[Doc] = [{"account_id": account_id}]
         if query.after is not None:
-            conditions.append({"$or": [
-                {"last_message_at": {"$lt": query.after.at}},
-                {"last_message_at": query.after.at, "_id": {"$lt": query.after.id}}]})
-        return await self._page(self._conversations, {"$and": conditions},
-                                [("last_message_at", DESCENDING), ("_id", DESCENDING)],
-                                query.limit + 1)
+            conditions.append(
+                {
+                    "$or": [
+                        {"last_message_at": {"$lt": query.after.at}},
+                        {"last_message_at": query.after.at, "_id": {"$lt": query.after.id}},
+                    ]
+                }
+            )
+        return await self._page(
+            self._conversations,
+            {"$and": conditions},
+            [("last_message_at", DESCENDING), ("_id", DESCENDING)],
+            query.limit + 1,
+        )
 
-    async def last_inbound(self, account_id: str, phone_number_id: str,
-                           wa_id: str) -> Doc | None:
-        found = await self._page(self._inbound, {"account_id": account_id, "wa_id": wa_id,
-                                                 "phone_number_id": phone_number_id},
-                                 [("sent_at", DESCENDING), ("_id", DESCENDING)], 1)
+    async def last_inbound(self, account_id: str, phone_number_id: str, wa_id: str) -> Doc | None:
+        found = await self._page(
+            self._inbound,
+            {"account_id": account_id, "wa_id": wa_id, "phone_number_id": phone_number_id},
+            [("sent_at", DESCENDING), ("_id", DESCENDING)],
+            1,
+        )
         return found[0] if found else None
 
-    async def last_outbound(self, account_id: str, phone_number_id: str,
-                            recipient: str) -> Doc | None:
-        found = await self._page(self._messages, {"account_id": account_id,
-                                                  "recipient": recipient,
-                                                  "phone_number_id": phone_number_id},
-                                 [("created_at", DESCENDING), ("_id", DESCENDING)], 1)
+    async def last_outbound(
+        self, account_id: str, phone_number_id: str, recipient: str
+    ) -> Doc | None:
+        found = await self._page(
+            self._messages,
+            {"account_id": account_id, "recipient": recipient, "phone_number_id": phone_number_id},
+            [("created_at", DESCENDING), ("_id", DESCENDING)],
+            1,
+        )
         return found[0] if found else None
 
     async def thread_inbound(self, account_id: str, query: ThreadQuery) -> list[Doc]:
@@ -404,26 +452,35 @@ class MongoInbox:
         if query.phone_number_id is not None:
             conditions.append({"phone_number_id": query.phone_number_id})
         if query.after is not None:
-            conditions.append(_past("sent_at", query.after.at, query.after.id,
-                                    query.newest_first))
+            conditions.append(_past("sent_at", query.after.at, query.after.id, query.newest_first))
         order = DESCENDING if query.newest_first else ASCENDING
-        return await self._page(self._inbound, {"$and": conditions},
-                                [("sent_at", order), ("_id", order)], query.limit + 1)
+        return await self._page(
+            self._inbound,
+            {"$and": conditions},
+            [("sent_at", order), ("_id", order)],
+            query.limit + 1,
+        )
 
     async def thread_outbound(self, account_id: str, query: ThreadQuery) -> list[Doc]:
         conditions: list[Doc] = [{"account_id": account_id}, {"recipient": query.recipient}]
         if query.phone_number_id is not None:
             conditions.append({"phone_number_id": query.phone_number_id})
         if query.after is not None:
-            conditions.append(_past("created_at", cursor_time(query.after), query.after.id,
-                                    query.newest_first))
+            conditions.append(
+                _past("created_at", cursor_time(query.after), query.after.id, query.newest_first)
+            )
         order = DESCENDING if query.newest_first else ASCENDING
-        return await self._page(self._messages, {"$and": conditions},
-                                [("created_at", order), ("_id", order)], query.limit + 1)
+        return await self._page(
+            self._messages,
+            {"$and": conditions},
+            [("created_at", order), ("_id", order)],
+            query.limit + 1,
+        )
 
     @staticmethod
-    async def _page(collection: Any, query: Doc, sort: list[tuple[str, int]],
-                    limit: int) -> list[Doc]:
+    async def _page(
+        collection: Any, query: Doc, sort: list[tuple[str, int]], limit: int
+    ) -> list[Doc]:
         try:
             return await collection.find(query).sort(sort).limit(limit).to_list(None)
         except PyMongoError as exc:
@@ -458,12 +515,10 @@ class CachedWindows:
                 windows.append(hit)
                 continue
             window = window_of(await self._inbox.conversation(key), now_ms)
-            self._cache.put(key, window,
-                            window_cache_seconds(window, now_ms, self._closed_seconds))
+            self._cache.put(key, window, window_cache_seconds(window, now_ms, self._closed_seconds))
             windows.append(window)
         best = latest_window(windows)
-        return Window(best.expires_at is not None and now_ms < best.expires_at,
-                      best.expires_at)
+        return Window(best.expires_at is not None and now_ms < best.expires_at, best.expires_at)
 
 
 class MediaStore(Protocol):

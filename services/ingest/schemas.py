@@ -29,10 +29,17 @@ from shared.messages import MessageType
 # --- field types ------------------------------------------------------------------------------
 
 NonEmpty = Annotated[str, Meta(min_length=1, max_length=4096)]
-Url = Annotated[str, Meta(pattern=r"^https?://\S+$", max_length=2000,
-                          description="An http(s) URL.")]
-MediaId = Annotated[str, Meta(min_length=1, max_length=128,
-                              description="A media id from the Media API (upload or webhook).")]
+Url = Annotated[
+    str, Meta(pattern=r"^https?://\S+$", max_length=2000, description="An http(s) URL.")
+]
+MediaId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        description="A media id from the Media API (upload or webhook).",
+    ),
+]
 Caption = Annotated[str, Meta(max_length=1024)]
 Filename = Annotated[str, Meta(min_length=1, max_length=255)]
 HeaderText = Annotated[str, Meta(min_length=1, max_length=60)]
@@ -41,17 +48,26 @@ Body1024 = Annotated[str, Meta(min_length=1, max_length=1024)]
 Body4096 = Annotated[str, Meta(min_length=1, max_length=4096)]
 ButtonLabel = Annotated[str, Meta(min_length=1, max_length=20)]
 # Decimal degrees: Meta's examples send strings, clients often numbers; both are accepted.
-Latitude = (Annotated[float, Meta(ge=-90, le=90)]
-            | Annotated[str, Meta(pattern=r"^\s*-?\d{1,2}(\.\d+)?\s*$")])
-Longitude = (Annotated[float, Meta(ge=-180, le=180)]
-             | Annotated[str, Meta(pattern=r"^\s*-?\d{1,3}(\.\d+)?\s*$")])
+Latitude = (
+    Annotated[float, Meta(ge=-90, le=90)]
+    | Annotated[str, Meta(pattern=r"^\s*-?\d{1,2}(\.\d+)?\s*$")]
+)
+Longitude = (
+    Annotated[float, Meta(ge=-180, le=180)]
+    | Annotated[str, Meta(pattern=r"^\s*-?\d{1,3}(\.\d+)?\s*$")]
+)
 # The id of a message: a wamid, or one of our own message ids (`msg_…`), resolved to its wamid.
-MessageRef = Annotated[str, Meta(min_length=1, max_length=512,
-                                 description="A wamid, or one of this account's message ids "
-                                             "(msg_…), which is sent as its wamid.")]
+MessageRef = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=512,
+        description="A wamid, or one of this account's message ids "
+        "(msg_…), which is sent as its wamid.",
+    ),
+]
 # A button's position in the template: Meta's pages show both "0" and 0.
-ButtonIndex = (Annotated[int, Meta(ge=0, le=9)]
-               | Annotated[str, Meta(pattern=r"^[0-9]$")])
+ButtonIndex = Annotated[int, Meta(ge=0, le=9)] | Annotated[str, Meta(pattern=r"^[0-9]$")]
 CallbackData = Annotated[str, Meta(max_length=512)]
 ClientReference = Annotated[str, Meta(max_length=256)]
 ValiditySeconds = Annotated[int, Meta(ge=30, le=30 * 24 * 3600)]
@@ -85,6 +101,7 @@ def _unique(values: list[str], field: str, what: str) -> None:
 
 
 # --- text, media, location, contacts, reaction -------------------------------------------------
+
 
 class TextObject(_Object):
     """`text`: a body of up to 4096 characters; `preview_url` previews the first URL."""
@@ -212,8 +229,9 @@ class ContactCard(_Object):
     urls: list[ContactUrl] | UnsetType | None = UNSET
 
 
-ContactsArray = Annotated[list[ContactCard], Meta(min_length=1, max_length=257,
-                                                  description="1 to 257 contact cards.")]
+ContactsArray = Annotated[
+    list[ContactCard], Meta(min_length=1, max_length=257, description="1 to 257 contact cards.")
+]
 
 
 class ReactionObject(_Object):
@@ -224,6 +242,7 @@ class ReactionObject(_Object):
 
 
 # --- interactive --------------------------------------------------------------------------------
+
 
 class _Header(_Object, tag_field="type"):
     pass
@@ -345,8 +364,9 @@ class FlowParameters(_Object):
     def __post_init__(self) -> None:
         _exactly_one(self, ("flow_id", "flow_name"))
         if _given(self.flow_action_payload) and self.flow_action == "data_exchange":
-            raise FieldRule("flow_action_payload",
-                            "`flow_action_payload` goes only with flow_action `navigate`")
+            raise FieldRule(
+                "flow_action_payload", "`flow_action_payload` goes only with flow_action `navigate`"
+            )
 
 
 class FlowAction(_Object):
@@ -522,12 +542,21 @@ class CarouselInteractive(_Interactive, tag="carousel"):
     action: CarouselAction
 
 
-InteractiveObject = (ButtonInteractive | ListInteractive | CtaUrlInteractive
-                     | LocationRequestInteractive | FlowInteractive | ProductInteractive
-                     | ProductListInteractive | CatalogInteractive | CarouselInteractive)
+InteractiveObject = (
+    ButtonInteractive
+    | ListInteractive
+    | CtaUrlInteractive
+    | LocationRequestInteractive
+    | FlowInteractive
+    | ProductInteractive
+    | ProductListInteractive
+    | CatalogInteractive
+    | CarouselInteractive
+)
 
 
 # --- template -----------------------------------------------------------------------------------
+
 
 class _Parameter(_Object, tag_field="type"):
     pass
@@ -605,8 +634,7 @@ class ButtonActionValue(_Object):
     flow_token: Annotated[str, Meta(max_length=1000)] | UnsetType | None = UNSET
     flow_action_data: dict[str, Any] | UnsetType | None = UNSET
     thumbnail_product_retailer_id: NonEmpty | UnsetType | None = UNSET
-    sections: Annotated[list[ProductSection], Meta(min_length=1, max_length=10)] | UnsetType = (
-        UNSET)
+    sections: Annotated[list[ProductSection], Meta(min_length=1, max_length=10)] | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         if isinstance(self.sections, list):
@@ -625,28 +653,74 @@ class LimitedTimeOfferParameter(_Parameter, tag="limited_time_offer"):
     limited_time_offer: LimitedTimeOfferValue
 
 
-Parameter = (TextParameter | CurrencyParameter | DateTimeParameter | ImageParameter
-             | VideoParameter | GifParameter | DocumentParameter | LocationParameter
-             | ProductParameter | PayloadParameter | CouponCodeParameter | ActionParameter
-             | LimitedTimeOfferParameter)
+Parameter = (
+    TextParameter
+    | CurrencyParameter
+    | DateTimeParameter
+    | ImageParameter
+    | VideoParameter
+    | GifParameter
+    | DocumentParameter
+    | LocationParameter
+    | ProductParameter
+    | PayloadParameter
+    | CouponCodeParameter
+    | ActionParameter
+    | LimitedTimeOfferParameter
+)
 
 # Which parameter kinds each component takes (component and sub_type in lower case).
-_HEADER_KINDS = (TextParameter, ImageParameter, VideoParameter, GifParameter, DocumentParameter,
-                 LocationParameter, ProductParameter)
+_HEADER_KINDS = (
+    TextParameter,
+    ImageParameter,
+    VideoParameter,
+    GifParameter,
+    DocumentParameter,
+    LocationParameter,
+    ProductParameter,
+)
 _BODY_KINDS = (TextParameter, CurrencyParameter, DateTimeParameter)
 _BUTTON_KINDS: dict[str, tuple[type, ...]] = {
-    "quick_reply": (PayloadParameter,), "url": (TextParameter,),
-    "copy_code": (CouponCodeParameter,), "flow": (ActionParameter,),
-    "catalog": (ActionParameter,), "mpm": (ActionParameter,),
-    "voice_call": (PayloadParameter, TextParameter), "order_details": (ActionParameter,),
+    "quick_reply": (PayloadParameter,),
+    "url": (TextParameter,),
+    "copy_code": (CouponCodeParameter,),
+    "flow": (ActionParameter,),
+    "catalog": (ActionParameter,),
+    "mpm": (ActionParameter,),
+    "voice_call": (PayloadParameter, TextParameter),
+    "order_details": (ActionParameter,),
 }
 
-ComponentType = Literal["header", "body", "button", "limited_time_offer", "carousel",
-                        "HEADER", "BODY", "BUTTON", "LIMITED_TIME_OFFER", "CAROUSEL"]
-ButtonSubType = Literal["quick_reply", "url", "copy_code", "flow", "catalog", "mpm",
-                        "voice_call", "order_details",
-                        "QUICK_REPLY", "URL", "COPY_CODE", "FLOW", "CATALOG", "MPM",
-                        "VOICE_CALL", "ORDER_DETAILS"]
+ComponentType = Literal[
+    "header",
+    "body",
+    "button",
+    "limited_time_offer",
+    "carousel",
+    "HEADER",
+    "BODY",
+    "BUTTON",
+    "LIMITED_TIME_OFFER",
+    "CAROUSEL",
+]
+ButtonSubType = Literal[
+    "quick_reply",
+    "url",
+    "copy_code",
+    "flow",
+    "catalog",
+    "mpm",
+    "voice_call",
+    "order_details",
+    "QUICK_REPLY",
+    "URL",
+    "COPY_CODE",
+    "FLOW",
+    "CATALOG",
+    "MPM",
+    "VOICE_CALL",
+    "ORDER_DETAILS",
+]
 
 
 class TemplateCard(_Object):
@@ -676,8 +750,7 @@ class TemplateComponent(_Object):
 
     def __post_init__(self) -> None:
         kind = self.type.lower()
-        params: list[Parameter] = (self.parameters if isinstance(self.parameters, list)
-                                   else [])
+        params: list[Parameter] = self.parameters if isinstance(self.parameters, list) else []
         if kind == "button":
             if self.sub_type is UNSET:
                 raise FieldRule("sub_type", "a button component needs `sub_type`")
@@ -707,13 +780,15 @@ class TemplateComponent(_Object):
         for i, param in enumerate(params):
             if not isinstance(param, allowed):
                 tag = type(param).__struct_config__.tag
-                raise FieldRule(f"parameters[{i}].type",
-                                f"a {kind} component does not take `{tag}` parameters")
+                raise FieldRule(
+                    f"parameters[{i}].type", f"a {kind} component does not take `{tag}` parameters"
+                )
 
 
 class TemplateLanguage(_Object):
-    code: Annotated[str, Meta(pattern=r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$",
-                              description="e.g. en_US, pt_BR, fil.")]
+    code: Annotated[
+        str, Meta(pattern=r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$", description="e.g. en_US, pt_BR, fil.")
+    ]
     policy: Literal["deterministic"] | UnsetType = UNSET
 
 
@@ -722,8 +797,7 @@ class TemplateObject(_Object):
 
     name: Annotated[str, Meta(min_length=1, max_length=512)]
     language: TemplateLanguage
-    components: Annotated[list[TemplateComponent], Meta(max_length=20)] | UnsetType | None = (
-        UNSET)
+    components: Annotated[list[TemplateComponent], Meta(max_length=20)] | UnsetType | None = UNSET
 
 
 # --- the envelope -------------------------------------------------------------------------------
@@ -789,6 +863,7 @@ class MetaSendRequest(_Send, kw_only=True):
 
 # --- calls that are not sends: mark-as-read and typing ----------------------------------------
 
+
 class TypingIndicator(_Object):
     """Shows "typing…" to the user until the business's next message or 25 s."""
 
@@ -813,6 +888,7 @@ class V1MarkRead(_Object):
 
 
 # --- answers (declared for the OpenAPI document; tests keep the views equal to them) -----------
+
 
 class _Answer(Struct, forbid_unknown_fields=True):
     pass
@@ -879,12 +955,22 @@ class ThreadItem(_Answer):
     retention period removed it. Media ids of inbound media download at `GET /v1/media/{id}`."""
 
     direction: Literal["inbound", "echo", "outbound"]
-    id: Annotated[str, Meta(description="The wamid of an inbound message, our message id "
-                                        "(msg_…) of an outbound one.")]
+    id: Annotated[
+        str,
+        Meta(
+            description="The wamid of an inbound message, our message id "
+            "(msg_…) of an outbound one."
+        ),
+    ]
     wamid: str | None
     type: str
-    at: Annotated[str, Meta(description="When it was written: Meta's timestamp of an inbound "
-                                        "message, the time ingest accepted an outbound one.")]
+    at: Annotated[
+        str,
+        Meta(
+            description="When it was written: Meta's timestamp of an inbound "
+            "message, the time ingest accepted an outbound one."
+        ),
+    ]
     phone_number_id: str
     content: Any
     context_message_id: str | None

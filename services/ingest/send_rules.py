@@ -41,37 +41,54 @@ class SendRules:
         self._suppressions: TtlCache[str, Doc | None] = TtlCache(clock, cache_seconds)
         self._loading: dict[tuple[int, str], asyncio.Future[Doc | None]] = {}
 
-    async def check(self, account_id: str, phone_number_id: str, recipient: str,
-                    category: str) -> None:
+    async def check(
+        self, account_id: str, phone_number_id: str, recipient: str, category: str
+    ) -> None:
         """Raise the refusal the account's rules call for; return when the send may go.
         `recipient` is E.164."""
         hold = await self._cached(self._holds, account_id, self._store.hold)
         if holds.is_held(hold):
             view = holds.hold_view(hold)
-            raise reject("account_held", "sending is held by our fraud and spam rules until an "
-                         "operator releases it: " + "; ".join(r["reason"] for r in view["rules"]),
-                         rules=view["rules"])
+            raise reject(
+                "account_held",
+                "sending is held by our fraud and spam rules until an "
+                "operator releases it: " + "; ".join(r["reason"] for r in view["rules"]),
+                rules=view["rules"],
+            )
         marker = contact_lists.blocks_marker_id(account_id)
         blocked_id = contact_lists.blocked_id(account_id, recipient)
-        if (await self._cached(self._blocked, marker, self._store.blocked) is not None
-                and await self._cached(self._blocked, blocked_id,
-                                       self._store.blocked) is not None):
-            raise reject("recipient_blocked", "the recipient is on the account's block list",
-                         field="to")
+        if (
+            await self._cached(self._blocked, marker, self._store.blocked) is not None
+            and await self._cached(self._blocked, blocked_id, self._store.blocked) is not None
+        ):
+            raise reject(
+                "recipient_blocked", "the recipient is on the account's block list", field="to"
+            )
         if category != MARKETING:
             return
         for wa_id in wa_id_candidates(recipient):
-            doc = await self._cached(self._suppressions,
-                                     contact_lists.suppression_id(phone_number_id, wa_id),
-                                     self._store.suppression)
+            doc = await self._cached(
+                self._suppressions,
+                contact_lists.suppression_id(phone_number_id, wa_id),
+                self._store.suppression,
+            )
             if doc is not None and contact_lists.is_suppressed(doc, account_id):
-                raise reject("recipient_opted_out", "the recipient opted out of marketing "
-                             "messages from this number; utility and authentication templates "
-                             "may still be sent", field="to", source=doc.get("source"),
-                             since=contact_lists.iso(doc.get("at")))
+                raise reject(
+                    "recipient_opted_out",
+                    "the recipient opted out of marketing "
+                    "messages from this number; utility and authentication templates "
+                    "may still be sent",
+                    field="to",
+                    source=doc.get("source"),
+                    since=contact_lists.iso(doc.get("at")),
+                )
 
-    async def _cached(self, cache: TtlCache[str, Doc | None], key: str,
-                      load: Callable[[str], Awaitable[Doc | None]]) -> Doc | None:
+    async def _cached(
+        self,
+        cache: TtlCache[str, Doc | None],
+        key: str,
+        load: Callable[[str], Awaitable[Doc | None]],
+    ) -> Doc | None:
         """The remembered answer, or one lookup shared by the requests that miss meanwhile."""
         hit = cache.get(key)
         if hit is not MISSING:

@@ -65,9 +65,10 @@ class IngestSettings(ServiceSettings):
     def key_rate_limit(self) -> Rate | None:
         if self.key_rate_limit_per_second <= 0:
             return None
-        return Rate(self.key_rate_limit_per_second,
-                    self.key_rate_limit_burst or max(1, math.ceil(
-                        self.key_rate_limit_per_second)))
+        return Rate(
+            self.key_rate_limit_per_second,
+            self.key_rate_limit_burst or max(1, math.ceil(self.key_rate_limit_per_second)),
+        )
 
     # --- webhook endpoints ---------------------------------------------------------------------
     # `development` (what `make run` and the tests set) also accepts plain http to loopback as

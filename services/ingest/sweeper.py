@@ -34,8 +34,14 @@ class ExpiringRecords(Protocol):
 
 
 class IdempotencySweeper:
-    def __init__(self, records: ExpiringRecords, clock: Clock, *,
-                 retention_seconds: float = RETENTION_SECONDS, page_size: int = 500) -> None:
+    def __init__(
+        self,
+        records: ExpiringRecords,
+        clock: Clock,
+        *,
+        retention_seconds: float = RETENTION_SECONDS,
+        page_size: int = 500,
+    ) -> None:
         if retention_seconds < 24 * 3600:
             raise ValueError("idempotency records must outlive the 24 h retry window")
         self._records = records
@@ -58,8 +64,12 @@ class IdempotencySweeper:
             IDEMPOTENCY_RECORDS_DELETED.inc(gone)
             if len(ids) < self._page_size or gone == 0:
                 break  # caught up (or nothing could be deleted: no spinning)
-        log.info("idempotency_records_swept", deleted=deleted, pages=pages,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        log.info(
+            "idempotency_records_swept",
+            deleted=deleted,
+            pages=pages,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         return deleted
 
     async def run_forever(self, interval_seconds: float) -> None:
@@ -68,6 +78,7 @@ class IdempotencySweeper:
             try:
                 await self.sweep_once()
             except TransientError as exc:
-                log.warning("idempotency_sweep_skipped", outcome="dependency_unavailable",
-                            error=str(exc))
+                log.warning(
+                    "idempotency_sweep_skipped", outcome="dependency_unavailable", error=str(exc)
+                )
             await asyncio.sleep(interval_seconds)

@@ -70,9 +70,16 @@ class _Lane:
 
 
 class Dispatcher:
-    def __init__(self, store: NotifyStore, directory: EndpointDirectory, transport: Transport,
-                 clock: Clock, policy: DeliveryPolicy, on_disabled: OnDisabled | None = None,
-                 draw: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        store: NotifyStore,
+        directory: EndpointDirectory,
+        transport: Transport,
+        clock: Clock,
+        policy: DeliveryPolicy,
+        on_disabled: OnDisabled | None = None,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
         self._store = store
         self._directory = directory
         self._transport = transport
@@ -143,11 +150,16 @@ class Dispatcher:
         except (TransientError, PermanentError) as exc:
             # The database failed around the attempt: the delivery is still pending in it,
             # and the poller takes it again when due.
-            log.warning("delivery_attempt_not_recorded", outcome="left_pending",
-                        delivery_id=delivery_id, error=str(exc))
+            log.warning(
+                "delivery_attempt_not_recorded",
+                outcome="left_pending",
+                delivery_id=delivery_id,
+                error=str(exc),
+            )
         except Exception:
-            log.exception("delivery_attempt_failed", outcome="left_pending",
-                          delivery_id=delivery_id)
+            log.exception(
+                "delivery_attempt_failed", outcome="left_pending", delivery_id=delivery_id
+            )
         finally:
             release()
             self._owned.discard(delivery_id)
@@ -174,9 +186,11 @@ class Dispatcher:
             return
         health = self._directory.health_of(endpoint.id)
         if doc.get("kind", "live") == "live" and not core.receives(endpoint, health):
-            await self._finish(doc, "cancelled",
-                               "endpoint_disabled" if core.disabled(endpoint, health)
-                               else "endpoint_switched_off")
+            await self._finish(
+                doc,
+                "cancelled",
+                "endpoint_disabled" if core.disabled(endpoint, health) else "endpoint_switched_off",
+            )
             return
         body = item.body
         if body is None:
@@ -197,33 +211,52 @@ class Dispatcher:
                 metrics.IN_FLIGHT.dec()
         release()
         now = self._clock.now_ms()
-        update = core.after_attempt(n, result, now, self.policy.schedule, self.policy.jitter,
-                                    self._draw(), self.policy.retry_after_scale)
+        update = core.after_attempt(
+            n,
+            result,
+            now,
+            self.policy.schedule,
+            self.policy.jitter,
+            self._draw(),
+            self.policy.retry_after_scale,
+        )
         metrics.ATTEMPTS.labels(update.outcome).inc()
         if result.status is not None:
             metrics.ATTEMPT_DURATION.observe(result.latency_s)
-        recorded = self._store.insert_attempt(core.attempt_doc(doc, n, started, result,
-                                                               update.outcome, update.next_at))
+        recorded = self._store.insert_attempt(
+            core.attempt_doc(doc, n, started, result, update.outcome, update.next_at)
+        )
         if update.state == "delivered":
             await asyncio.gather(recorded, self._store.mark_delivered(doc["_id"], now))
             metrics.DELIVERIES.labels("delivered").inc()
         else:
             await recorded
-            fields: dict[str, Any] = {"attempts": n, "state": update.state,
-                                      "next_at": update.next_at,
-                                      "last_status": result.status,
-                                      "last_error": result.error or update.outcome}
+            fields: dict[str, Any] = {
+                "attempts": n,
+                "state": update.state,
+                "next_at": update.next_at,
+                "last_status": result.status,
+                "last_error": result.error or update.outcome,
+            }
             if update.state == "failed":
                 fields["done_at"] = now
                 metrics.DELIVERIES.labels("failed").inc()
             await self._store.update_delivery(doc["_id"], fields)
-        log.info("delivery_attempted", outcome=update.outcome, state=update.state,
-                 endpoint_id=endpoint.id, event_type=doc.get("event_type"), attempt=n,
-                 status_code=result.status, duration_ms=round(result.latency_s * 1000, 1))
+        log.info(
+            "delivery_attempted",
+            outcome=update.outcome,
+            state=update.state,
+            endpoint_id=endpoint.id,
+            event_type=doc.get("event_type"),
+            attempt=n,
+            status_code=result.status,
+            duration_ms=round(result.latency_s * 1000, 1),
+        )
         await self._judge(endpoint, health, update.outcome, now)
 
-    async def _post(self, endpoint: core.Endpoint, event_id: str, body: bytes,
-                    now: int) -> core.AttemptResult:
+    async def _post(
+        self, endpoint: core.Endpoint, event_id: str, body: bytes, now: int
+    ) -> core.AttemptResult:
         try:
             secrets = self._directory.secrets(endpoint, now)
         except PermanentError as exc:
@@ -234,18 +267,30 @@ class Dispatcher:
         return await self._transport.post(endpoint.url, body, headers)
 
     async def _finish(self, doc: Doc, state: str, reason: str) -> None:
-        await self._store.update_delivery(doc["_id"], {"state": state, "last_error": reason,
-                                                       "next_at": None,
-                                                       "done_at": self._clock.now_ms()})
+        await self._store.update_delivery(
+            doc["_id"],
+            {
+                "state": state,
+                "last_error": reason,
+                "next_at": None,
+                "done_at": self._clock.now_ms(),
+            },
+        )
         metrics.DELIVERIES.labels(state).inc()
-        log.info("delivery_cancelled", outcome=reason, endpoint_id=doc["endpoint_id"],
-                 event_type=doc.get("event_type"))
+        log.info(
+            "delivery_cancelled",
+            outcome=reason,
+            endpoint_id=doc["endpoint_id"],
+            event_type=doc.get("event_type"),
+        )
 
-    async def _judge(self, endpoint: core.Endpoint, before: core.Health,
-                     outcome: core.AttemptOutcome, now: int) -> None:
+    async def _judge(
+        self, endpoint: core.Endpoint, before: core.Health, outcome: core.AttemptOutcome, now: int
+    ) -> None:
         current = self._directory.health_of(endpoint.id)  # another attempt may have moved it
-        after, change = core.health_after(current, endpoint, outcome, now,
-                                          self.policy.disable_after_ms)
+        after, change = core.health_after(
+            current, endpoint, outcome, now, self.policy.disable_after_ms
+        )
         self._directory.health[endpoint.id] = after
         if change is None:
             return
@@ -253,8 +298,12 @@ class Dispatcher:
         if change == "disabled":
             reason = after.disabled_reason or "failing"
             metrics.ENDPOINTS_DISABLED.labels(reason).inc()
-            log.warning("endpoint_disabled", outcome=reason, endpoint_id=endpoint.id,
-                        account_id=endpoint.account_id)
+            log.warning(
+                "endpoint_disabled",
+                outcome=reason,
+                endpoint_id=endpoint.id,
+                account_id=endpoint.account_id,
+            )
             if self._on_disabled is not None:
                 await self._on_disabled(endpoint, after)
 
@@ -278,12 +327,21 @@ class Dispatcher:
         return await self._take(docs, started)
 
     async def _take(self, docs: list[Doc], read_started: float) -> int:
-        fresh = [d for d in docs if d["_id"] not in self._owned
-                 and self._finished.get(d["_id"], float("-inf")) < read_started]
+        fresh = [
+            d
+            for d in docs
+            if d["_id"] not in self._owned
+            and self._finished.get(d["_id"], float("-inf")) < read_started
+        ]
         self._forget_finished(read_started - 300.0)
         bodies = await self._store.events_by_ids(list({d["event_id"] for d in fresh}))
-        self.submit(Pending(d, str(bodies[d["event_id"]]["payload"]).encode()
-                            if d["event_id"] in bodies else None) for d in fresh)
+        self.submit(
+            Pending(
+                d,
+                str(bodies[d["event_id"]]["payload"]).encode() if d["event_id"] in bodies else None,
+            )
+            for d in fresh
+        )
         return len(fresh)
 
     def _forget_finished(self, before: float) -> None:

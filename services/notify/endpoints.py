@@ -15,8 +15,14 @@ from shared.secrets import TokenVault
 
 
 class EndpointDirectory:
-    def __init__(self, store: NotifyStore, vault: TokenVault | None, clock: Clock,
-                 ttl_seconds: float = 2.0, capacity: int = 20_000) -> None:
+    def __init__(
+        self,
+        store: NotifyStore,
+        vault: TokenVault | None,
+        clock: Clock,
+        ttl_seconds: float = 2.0,
+        capacity: int = 20_000,
+    ) -> None:
         self._store = store
         self._vault = vault
         self._clock = clock
@@ -28,8 +34,9 @@ class EndpointDirectory:
         self.health: dict[str, core.Health] = {}
 
     async def load_health(self) -> None:
-        self.health = {doc["_id"]: core.Health.from_doc(doc)
-                       for doc in await self._store.endpoint_states()}
+        self.health = {
+            doc["_id"]: core.Health.from_doc(doc) for doc in await self._store.endpoint_states()
+        }
 
     def health_of(self, endpoint_id: str) -> core.Health:
         return self.health.get(endpoint_id, core.Health())
@@ -39,8 +46,9 @@ class EndpointDirectory:
         cached = self._by_account.get(account_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        endpoints = [core.endpoint_from_doc(d)
-                     for d in await self._store.endpoints_of_account(account_id)]
+        endpoints = [
+            core.endpoint_from_doc(d) for d in await self._store.endpoints_of_account(account_id)
+        ]
         endpoints = [e for e in endpoints if not e.deleted]
         self._remember(self._by_account, account_id, (now + self._ttl, endpoints))
         for endpoint in endpoints:
@@ -72,8 +80,9 @@ class EndpointDirectory:
             secret = self._plain.get(entry.encrypted)
             if secret is None:
                 if self._vault is None:
-                    raise PermanentError("no HALA_TOKEN_KEYS to decrypt endpoint secrets",
-                                         code="token_key_mismatch")
+                    raise PermanentError(
+                        "no HALA_TOKEN_KEYS to decrypt endpoint secrets", code="token_key_mismatch"
+                    )
                 secret = self._vault.decrypt(entry.encrypted)
                 self._remember(self._plain, entry.encrypted, secret)
             plain.append(secret)

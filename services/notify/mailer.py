@@ -57,28 +57,44 @@ class SmtpServer:
         try:
             async with asyncio.timeout(c.timeout_seconds):
                 errors, _ = await aiosmtplib.send(
-                    message, recipients=list(recipients), hostname=c.host, port=c.port,
-                    username=c.username or None, password=c.password or None,
-                    start_tls=c.starttls, use_tls=False, timeout=c.timeout_seconds)
+                    message,
+                    recipients=list(recipients),
+                    hostname=c.host,
+                    port=c.port,
+                    username=c.username or None,
+                    password=c.password or None,
+                    start_tls=c.starttls,
+                    use_tls=False,
+                    timeout=c.timeout_seconds,
+                )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise PermanentError(f"every recipient refused: {exc}", code="smtp_refused") from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
-            raise PermanentError(f"smtp authentication failed: {exc.code}",
-                                 code="smtp_auth") from exc
+            raise PermanentError(
+                f"smtp authentication failed: {exc.code}", code="smtp_auth"
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             if 400 <= exc.code < 500:
                 raise DependencyUnavailable(f"smtp {exc.code}: {exc.message}") from exc
             raise PermanentError(f"smtp {exc.code}: {exc.message}", code="smtp_refused") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise DependencyUnavailable(f"smtp unavailable: {type(exc).__name__}",
-                                        details={"dependency": "smtp"}) from exc
+            raise DependencyUnavailable(
+                f"smtp unavailable: {type(exc).__name__}", details={"dependency": "smtp"}
+            ) from exc
         return sorted(errors)
 
 
 class Mailer:
-    def __init__(self, store: NotifyStore, server: MailServer, clock: Clock, sender: str,
-                 retry_schedule: Sequence[float], poll_interval: float = 5.0,
-                 domain: str = "hala.localhost") -> None:
+    def __init__(
+        self,
+        store: NotifyStore,
+        server: MailServer,
+        clock: Clock,
+        sender: str,
+        retry_schedule: Sequence[float],
+        poll_interval: float = 5.0,
+        domain: str = "hala.localhost",
+    ) -> None:
         self._store = store
         self._server = server
         self._clock = clock
@@ -93,7 +109,8 @@ class Mailer:
         """Record the alert (once per key) and wake the sender. False: already raised."""
         now = self._clock.now_ms()
         inserted = await self._store.insert_alert(
-            alert.document(now, make_msgid(domain=self._domain)))
+            alert.document(now, make_msgid(domain=self._domain))
+        )
         if inserted:
             self._wake.set()
         return inserted
@@ -116,8 +133,9 @@ class Mailer:
         to = alerts.recipients(await self._store.account(str(doc["account_id"])))
         now = self._clock.now_ms()
         if not to:
-            await self._store.update_alert(doc["_id"], {"state": "failed",
-                                                        "error": "no recipient", "done_at": now})
+            await self._store.update_alert(
+                doc["_id"], {"state": "failed", "error": "no recipient", "done_at": now}
+            )
             metrics.EMAILS.labels(kind_label, "no_recipient").inc()
             log.warning("alert_not_sent", outcome="no_recipient", kind=kind)
             return 0
@@ -128,23 +146,39 @@ class Mailer:
         except TransientError as exc:
             delay = alerts.email_retry_delay(attempts, self._retry)
             state = "pending" if delay is not None else "failed"
-            await self._store.update_alert(doc["_id"], {
-                "state": state, "attempts": attempts, "error": exc.message,
-                "next_at": now + round(delay * 1000) if delay is not None else None})
+            await self._store.update_alert(
+                doc["_id"],
+                {
+                    "state": state,
+                    "attempts": attempts,
+                    "error": exc.message,
+                    "next_at": now + round(delay * 1000) if delay is not None else None,
+                },
+            )
             metrics.EMAILS.labels(kind_label, "retried" if delay is not None else "failed").inc()
-            log.warning("alert_send_failed", outcome=state, kind=kind, attempt=attempts,
-                        error=exc.message)
+            log.warning(
+                "alert_send_failed", outcome=state, kind=kind, attempt=attempts, error=exc.message
+            )
             return 0
         except PermanentError as exc:
-            await self._store.update_alert(doc["_id"], {"state": "failed", "attempts": attempts,
-                                                        "error": exc.message, "done_at": now})
+            await self._store.update_alert(
+                doc["_id"],
+                {"state": "failed", "attempts": attempts, "error": exc.message, "done_at": now},
+            )
             metrics.EMAILS.labels(kind_label, "failed").inc()
             log.warning("alert_send_failed", outcome="failed", kind=kind, error=exc.message)
             return 0
-        await self._store.update_alert(doc["_id"], {
-            "state": "sent", "attempts": attempts, "sent_at": self._clock.now_ms(),
-            "recipients": [r for r in to if r not in refused], "refused": refused,
-            "next_at": None})
+        await self._store.update_alert(
+            doc["_id"],
+            {
+                "state": "sent",
+                "attempts": attempts,
+                "sent_at": self._clock.now_ms(),
+                "recipients": [r for r in to if r not in refused],
+                "refused": refused,
+                "next_at": None,
+            },
+        )
         metrics.EMAILS.labels(kind_label, "sent").inc()
         log.info("alert_sent", outcome="sent", kind=kind, recipients=len(to) - len(refused))
         return 1

@@ -50,8 +50,10 @@ class Piece:
 
 
 def _envelope(obj: str, waba_id: str, field_name: str, value: Any) -> dict[str, Any]:
-    return {"object": obj, "entry": [{"id": waba_id, "changes": [
-        {"field": field_name, "value": value}]}]}
+    return {
+        "object": obj,
+        "entry": [{"id": waba_id, "changes": [{"field": field_name, "value": value}]}],
+    }
 
 
 def _str(value: Any) -> str | None:
@@ -85,13 +87,15 @@ def split(payload: bytes) -> list[Piece]:
 
 def _split_change(obj: str, waba_id: str, field_name: str, value: Any) -> list[Piece]:
     if field_name != "messages" or not isinstance(value, dict):
-        return [Piece(waba_id, field_name, None, _envelope(obj, waba_id, field_name, value),
-                      "change")]
+        return [
+            Piece(waba_id, field_name, None, _envelope(obj, waba_id, field_name, value), "change")
+        ]
     raw_metadata = value.get("metadata")
     metadata = raw_metadata if isinstance(raw_metadata, dict) else {}
     number = _str(metadata.get("phone_number_id"))
-    common = {k: v for k, v in value.items()
-              if k not in ("messages", "statuses", "contacts", "errors")}
+    common = {
+        k: v for k, v in value.items() if k not in ("messages", "statuses", "contacts", "errors")
+    }
     pieces: list[Piece] = []
     contacts = [c for c in value.get("contacts") or [] if isinstance(c, dict)]
     for message in value.get("messages") or []:
@@ -100,9 +104,16 @@ def _split_change(obj: str, waba_id: str, field_name: str, value: Any) -> list[P
         sender = message.get("from")
         own = [c for c in contacts if c.get("wa_id") == sender] or contacts[:1]
         item = {**common, **({"contacts": own} if own else {}), "messages": [message]}
-        pieces.append(Piece(waba_id, field_name, number,
-                            _envelope(obj, waba_id, field_name, item), "message",
-                            wamids=tuple(w for w in (_context_wamid(message),) if w)))
+        pieces.append(
+            Piece(
+                waba_id,
+                field_name,
+                number,
+                _envelope(obj, waba_id, field_name, item),
+                "message",
+                wamids=tuple(w for w in (_context_wamid(message),) if w),
+            )
+        )
     for status in value.get("statuses") or []:
         if not isinstance(status, dict):
             continue
@@ -110,14 +121,21 @@ def _split_change(obj: str, waba_id: str, field_name: str, value: Any) -> list[P
         recipient = status.get("recipient_id")
         own = [c for c in contacts if c.get("wa_id") == recipient] or contacts[:1]
         item = {**common, **({"contacts": own} if own else {}), "statuses": [status]}
-        pieces.append(Piece(waba_id, field_name, number,
-                            _envelope(obj, waba_id, field_name, item), "status",
-                            wamids=tuple(w for w in (_str(status.get("id")),) if w),
-                            callback=_str(status.get("biz_opaque_callback_data"))))
-    if not pieces and (value.get("errors") or not (value.get("messages")
-                                                   or value.get("statuses"))):
-        pieces.append(Piece(waba_id, field_name, number,
-                            _envelope(obj, waba_id, field_name, value), "change"))
+        pieces.append(
+            Piece(
+                waba_id,
+                field_name,
+                number,
+                _envelope(obj, waba_id, field_name, item),
+                "status",
+                wamids=tuple(w for w in (_str(status.get("id")),) if w),
+                callback=_str(status.get("biz_opaque_callback_data")),
+            )
+        )
+    if not pieces and (value.get("errors") or not (value.get("messages") or value.get("statuses"))):
+        pieces.append(
+            Piece(waba_id, field_name, number, _envelope(obj, waba_id, field_name, value), "change")
+        )
     return pieces
 
 
@@ -193,5 +211,11 @@ def _rewrite_status(piece: Piece, lookups: Lookups) -> dict[str, Any]:
 def to_event(piece: Piece, envelope: dict[str, Any], account_id: str, at: int) -> OutEvent:
     body = orjson.dumps(envelope)
     digest = hashlib.sha256(body).hexdigest()
-    return OutEvent(event_id(f"meta.{piece.field}", account_id, digest), account_id,
-                    f"meta.{piece.field}", META, at, body)
+    return OutEvent(
+        event_id(f"meta.{piece.field}", account_id, digest),
+        account_id,
+        f"meta.{piece.field}",
+        META,
+        at,
+        body,
+    )

@@ -54,13 +54,13 @@ class NotifyStore(Protocol):
     async def endpoints_of_account(self, account_id: str) -> list[Doc]: ...
     async def endpoint(self, endpoint_id: str) -> Doc | None: ...
     async def endpoint_states(self) -> list[Doc]: ...
-    async def save_endpoint_state(self, endpoint_id: str, account_id: str,
-                                  fields: Doc) -> None: ...
+    async def save_endpoint_state(self, endpoint_id: str, account_id: str, fields: Doc) -> None: ...
     async def insert_event(self, doc: Doc) -> bool: ...
     async def event(self, event_id: str) -> Doc | None: ...
     async def events_by_ids(self, ids: Sequence[str]) -> dict[str, Doc]: ...
-    async def events_in_range(self, account_id: str, since: int, until: int,
-                              limit: int) -> list[Doc]: ...
+    async def events_in_range(
+        self, account_id: str, since: int, until: int, limit: int
+    ) -> list[Doc]: ...
     async def insert_delivery(self, doc: Doc) -> bool: ...
     async def insert_attempt(self, doc: Doc) -> None: ...
     async def mark_delivered(self, delivery_id: str, now: int) -> None: ...
@@ -88,13 +88,19 @@ class NotifyRepository:
         self._deliveries = InsertBatcher(db[DELIVERIES], max_batch=max_batch)
         self._attempts = InsertBatcher(db[DELIVERY_ATTEMPTS], max_batch=max_batch)
         self._delivered: GroupCommit[tuple[str, int], None] = GroupCommit(
-            self._mark_delivered_batch, max_batch=max_batch)
+            self._mark_delivered_batch, max_batch=max_batch
+        )
 
     # --- endpoints (ingest's) and their health (ours) --------------------------------------
 
     async def endpoints_of_account(self, account_id: str) -> list[Doc]:
-        return await _call(lambda: self._db[WEBHOOK_ENDPOINTS].find(
-            {"account_id": account_id, "deleted_at": None}).to_list(None))
+        return await _call(
+            lambda: (
+                self._db[WEBHOOK_ENDPOINTS]
+                .find({"account_id": account_id, "deleted_at": None})
+                .to_list(None)
+            )
+        )
 
     async def endpoint(self, endpoint_id: str) -> Doc | None:
         return await _call(lambda: self._db[WEBHOOK_ENDPOINTS].find_one({"_id": endpoint_id}))
@@ -103,8 +109,11 @@ class NotifyRepository:
         return await _call(lambda: self._db[ENDPOINT_STATES].find({}).to_list(None))
 
     async def save_endpoint_state(self, endpoint_id: str, account_id: str, fields: Doc) -> None:
-        await _call(lambda: self._db[ENDPOINT_STATES].update_one(
-            {"_id": endpoint_id}, {"$set": {**fields, "account_id": account_id}}, upsert=True))
+        await _call(
+            lambda: self._db[ENDPOINT_STATES].update_one(
+                {"_id": endpoint_id}, {"$set": {**fields, "account_id": account_id}}, upsert=True
+            )
+        )
 
     # --- events ----------------------------------------------------------------------------
 
@@ -117,15 +126,26 @@ class NotifyRepository:
     async def events_by_ids(self, ids: Sequence[str]) -> dict[str, Doc]:
         if not ids:
             return {}
-        docs = await _call(lambda: self._db[NOTIFY_EVENTS].find(
-            {"_id": {"$in": list(ids)}}).to_list(None))
+        docs = await _call(
+            lambda: self._db[NOTIFY_EVENTS].find({"_id": {"$in": list(ids)}}).to_list(None)
+        )
         return {d["_id"]: d for d in docs}
 
-    async def events_in_range(self, account_id: str, since: int, until: int,
-                              limit: int) -> list[Doc]:
-        return await _call(lambda: self._db[NOTIFY_EVENTS].find(
-            {"account_id": account_id, "at": {"$gte": since, "$lte": until}},
-            {"payload": 0, "details": 0}).sort("at", ASCENDING).limit(limit).to_list(None))
+    async def events_in_range(
+        self, account_id: str, since: int, until: int, limit: int
+    ) -> list[Doc]:
+        return await _call(
+            lambda: (
+                self._db[NOTIFY_EVENTS]
+                .find(
+                    {"account_id": account_id, "at": {"$gte": since, "$lte": until}},
+                    {"payload": 0, "details": 0},
+                )
+                .sort("at", ASCENDING)
+                .limit(limit)
+                .to_list(None)
+            )
+        )
 
     # --- deliveries and attempts -----------------------------------------------------------
 
@@ -138,8 +158,9 @@ class NotifyRepository:
     async def mark_delivered(self, delivery_id: str, now: int) -> None:
         await self._delivered.submit((delivery_id, now))
 
-    async def _mark_delivered_batch(self, items: list[tuple[str, int]]
-                                    ) -> list[BaseException | None]:
+    async def _mark_delivered_batch(
+        self, items: list[tuple[str, int]]
+    ) -> list[BaseException | None]:
         # One command for the whole group (delivered_at: the group's latest; each attempt's
         # own time is in delivery_attempts).
         ids = [delivery_id for delivery_id, _ in items]
@@ -147,53 +168,86 @@ class NotifyRepository:
         try:
             await self._db[DELIVERIES].update_many(
                 {"_id": {"$in": ids}},
-                {"$set": {"state": "delivered", "done_at": done_at, "next_at": None},
-                 "$inc": {"attempts": 1}})
+                {
+                    "$set": {"state": "delivered", "done_at": done_at, "next_at": None},
+                    "$inc": {"attempts": 1},
+                },
+            )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return [None] * len(items)
 
     async def update_delivery(self, delivery_id: str, fields: Doc) -> None:
-        await _call(lambda: self._db[DELIVERIES].update_one({"_id": delivery_id},
-                                                            {"$set": fields}))
+        await _call(lambda: self._db[DELIVERIES].update_one({"_id": delivery_id}, {"$set": fields}))
 
     async def due_deliveries(self, now: int, limit: int) -> list[Doc]:
-        return await _call(lambda: self._db[DELIVERIES].find(
-            {"state": "pending", "next_at": {"$lte": now}}).sort("next_at", ASCENDING)
-            .limit(limit).to_list(None))
+        return await _call(
+            lambda: (
+                self._db[DELIVERIES]
+                .find({"state": "pending", "next_at": {"$lte": now}})
+                .sort("next_at", ASCENDING)
+                .limit(limit)
+                .to_list(None)
+            )
+        )
 
     async def unattempted_deliveries(self, after_id: str, limit: int) -> list[Doc]:
         """Pending deliveries never attempted (a restart finds them at once, not after their
         grace), by id in pages."""
-        return await _call(lambda: self._db[DELIVERIES].find(
-            {"state": "pending", "attempts": 0, "_id": {"$gt": after_id}})
-            .sort("_id", ASCENDING).limit(limit).to_list(None))
+        return await _call(
+            lambda: (
+                self._db[DELIVERIES]
+                .find({"state": "pending", "attempts": 0, "_id": {"$gt": after_id}})
+                .sort("_id", ASCENDING)
+                .limit(limit)
+                .to_list(None)
+            )
+        )
 
     # --- what others wrote -----------------------------------------------------------------
 
     async def message_details(self, message_id: str) -> Doc | None:
         """The details our own message.accepted event kept."""
-        doc = await _call(lambda: self._db[NOTIFY_EVENTS].find_one(
-            {"_id": accepted_event_id(message_id)}, {"details": 1}))
+        doc = await _call(
+            lambda: self._db[NOTIFY_EVENTS].find_one(
+                {"_id": accepted_event_id(message_id)}, {"details": 1}
+            )
+        )
         return doc.get("details") if doc else None
 
     async def message_doc(self, message_id: str) -> Doc | None:
-        return await _call(lambda: self._db[MESSAGES].find_one(
-            {"_id": message_id}, {"phone_number_id": 1, "recipient": 1, "type": 1,
-                                  "client_reference": 1, "callback_data": 1, "account_id": 1}))
+        return await _call(
+            lambda: self._db[MESSAGES].find_one(
+                {"_id": message_id},
+                {
+                    "phone_number_id": 1,
+                    "recipient": 1,
+                    "type": 1,
+                    "client_reference": 1,
+                    "callback_data": 1,
+                    "account_id": 1,
+                },
+            )
+        )
 
     async def messages_by_ids(self, ids: Sequence[str]) -> dict[str, Doc]:
         if not ids:
             return {}
-        docs = await _call(lambda: self._db[MESSAGES].find(
-            {"_id": {"$in": list(ids)}}, {"callback_data": 1, "account_id": 1}).to_list(None))
+        docs = await _call(
+            lambda: (
+                self._db[MESSAGES]
+                .find({"_id": {"$in": list(ids)}}, {"callback_data": 1, "account_id": 1})
+                .to_list(None)
+            )
+        )
         return {d["_id"]: d for d in docs}
 
     async def wamid_messages(self, wamids: Sequence[str]) -> dict[str, Doc]:
         if not wamids:
             return {}
-        docs = await _call(lambda: self._db[WAMID_INDEX].find(
-            {"_id": {"$in": list(wamids)}}).to_list(None))
+        docs = await _call(
+            lambda: self._db[WAMID_INDEX].find({"_id": {"$in": list(wamids)}}).to_list(None)
+        )
         return {d["_id"]: d for d in docs}
 
     async def account_of_waba(self, waba_id: str) -> str | None:
@@ -201,17 +255,20 @@ class NotifyRepository:
         return doc.get("account_id") if doc else None
 
     async def account_of_number(self, phone_number_id: str) -> str | None:
-        doc = await _call(lambda: self._db[PHONE_NUMBERS].find_one(
-            {"_id": phone_number_id}, {"account_id": 1}))
+        doc = await _call(
+            lambda: self._db[PHONE_NUMBERS].find_one({"_id": phone_number_id}, {"account_id": 1})
+        )
         return doc.get("account_id") if doc else None
 
     async def account(self, account_id: str) -> Doc | None:
-        return await _call(lambda: self._db[ACCOUNTS].find_one(
-            {"_id": account_id}, {"email": 1, "alert_emails": 1, "name": 1}))
+        return await _call(
+            lambda: self._db[ACCOUNTS].find_one(
+                {"_id": account_id}, {"email": 1, "alert_emails": 1, "name": 1}
+            )
+        )
 
     async def currency(self, account_id: str) -> str | None:
-        doc = await _call(lambda: self._db[BALANCES].find_one({"_id": account_id},
-                                                               {"currency": 1}))
+        doc = await _call(lambda: self._db[BALANCES].find_one({"_id": account_id}, {"currency": 1}))
         return doc.get("currency") if doc else None
 
     # --- email alerts ----------------------------------------------------------------------
@@ -224,9 +281,15 @@ class NotifyRepository:
             return False
 
     async def due_alerts(self, now: int, limit: int) -> list[Doc]:
-        return await _call(lambda: self._db[EMAIL_ALERTS].find(
-            {"state": "pending", "next_at": {"$lte": now}}).sort("next_at", ASCENDING)
-            .limit(limit).to_list(None))
+        return await _call(
+            lambda: (
+                self._db[EMAIL_ALERTS]
+                .find({"state": "pending", "next_at": {"$lte": now}})
+                .sort("next_at", ASCENDING)
+                .limit(limit)
+                .to_list(None)
+            )
+        )
 
     async def update_alert(self, key: str, fields: Doc) -> None:
         await _call(lambda: self._db[EMAIL_ALERTS].update_one({"_id": key}, {"$set": fields}))
@@ -236,10 +299,11 @@ class NotifyRepository:
     async def sweep(self, before: int) -> int:
         """Delete events, finished deliveries and attempts older than `before` (ms)."""
         removed = 0
-        for name, query in ((DELIVERY_ATTEMPTS, {"at": {"$lt": before}}),
-                            (DELIVERIES, {"created_at": {"$lt": before},
-                                          "state": {"$ne": "pending"}}),
-                            (NOTIFY_EVENTS, {"created_at": {"$lt": before}})):
+        for name, query in (
+            (DELIVERY_ATTEMPTS, {"at": {"$lt": before}}),
+            (DELIVERIES, {"created_at": {"$lt": before}, "state": {"$ne": "pending"}}),
+            (NOTIFY_EVENTS, {"created_at": {"$lt": before}}),
+        ):
             result = await _call(lambda n=name, q=query: self._db[n].delete_many(q))  # type: ignore[misc]
             removed += result.deleted_count
         return removed

@@ -29,7 +29,8 @@ class NotifySettings(ServiceSettings):
     # Delivery: seconds after each failed attempt before the next (Standard Webhooks' example:
     # about 75 hours in all), each with +-jitter; then the delivery has failed.
     retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_SECONDS))
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_SECONDS)
+    )
     retry_jitter: float = Field(0.2, ge=0, lt=1)
     # An endpoint with no success for this long is disabled and its owner emailed.
     disable_after_seconds: float = Field(3 * 86_400, gt=0)
@@ -66,7 +67,8 @@ class NotifySettings(ServiceSettings):
     smtp_from: str = "Hala Whatsup <alerts@hala.localhost>"
     smtp_timeout_seconds: float = Field(30.0, gt=0)
     email_retry_seconds: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 3600.0, 7200.0])
+        default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 3600.0, 7200.0]
+    )
 
     @field_validator("retry_schedule_seconds", "email_retry_seconds", mode="before")
     @classmethod
@@ -81,8 +83,9 @@ class NotifySettings(ServiceSettings):
     @model_validator(mode="after")
     def _smtp_login(self) -> Self:
         if self.smtp_username and self.smtp_password is None:
-            raise ValueError("NOTIFY_SMTP_USERNAME needs NOTIFY_SMTP_PASSWORD (or "
-                             "NOTIFY_SMTP_PASSWORD_FILE)")
+            raise ValueError(
+                "NOTIFY_SMTP_USERNAME needs NOTIFY_SMTP_PASSWORD (or NOTIFY_SMTP_PASSWORD_FILE)"
+            )
         return self
 
     @property

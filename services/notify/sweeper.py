@@ -22,8 +22,9 @@ async def sweep_once(store: NotifyStore, clock: Clock, retention_days: float) ->
     return removed
 
 
-async def sweep_forever(store: NotifyStore, clock: Clock, retention_days: float,
-                        interval_seconds: float) -> None:
+async def sweep_forever(
+    store: NotifyStore, clock: Clock, retention_days: float, interval_seconds: float
+) -> None:
     while True:
         try:
             await sweep_once(store, clock, retention_days)

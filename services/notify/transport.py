@@ -49,13 +49,13 @@ def address_allowed(host: str, allow_loopback: bool) -> bool:
 class PublicOnlyResolver(AbstractResolver):
     """Resolves with the default resolver and keeps only the addresses we may connect to."""
 
-    def __init__(self, allow_loopback: bool = False,
-                 inner: AbstractResolver | None = None) -> None:
+    def __init__(self, allow_loopback: bool = False, inner: AbstractResolver | None = None) -> None:
         self._inner = inner or DefaultResolver()
         self._allow_loopback = allow_loopback
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         allowed = [r for r in results if address_allowed(r["host"], self._allow_loopback)]
         if not allowed:
@@ -67,9 +67,15 @@ class PublicOnlyResolver(AbstractResolver):
 
 
 class HttpTransport:
-    def __init__(self, *, allow_loopback: bool, connect_timeout: float = 2.0,
-                 total_timeout: float = 10.0, max_response_bytes: int = 4096,
-                 max_connections: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        allow_loopback: bool,
+        connect_timeout: float = 2.0,
+        total_timeout: float = 10.0,
+        max_response_bytes: int = 4096,
+        max_connections: int = 128,
+    ) -> None:
         self._allow_loopback = allow_loopback
         self._timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
         self._max_response = max_response_bytes
@@ -78,11 +84,19 @@ class HttpTransport:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            resolver=PublicOnlyResolver(self._allow_loopback), limit=self._max_connections,
-            limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=True)
+            resolver=PublicOnlyResolver(self._allow_loopback),
+            limit=self._max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=10,
+            enable_cleanup_closed=True,
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False,
-            trust_env=False, skip_auto_headers=("Accept-Encoding",))
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=("Accept-Encoding",),
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -110,30 +124,43 @@ class HttpTransport:
         if refusal is not None:
             return AttemptResult(None, 0.0, "blocked", refusal)
         try:
-            async with self._session.post(url, data=body, headers=headers,
-                                          allow_redirects=False) as resp:
+            async with self._session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 raw = await resp.content.read(self._max_response)
                 complete = resp.content.at_eof()
-                result = AttemptResult(resp.status, time.perf_counter() - started,
-                                       retry_after=resp.headers.get("Retry-After"),
-                                       response=excerpt(raw))
+                result = AttemptResult(
+                    resp.status,
+                    time.perf_counter() - started,
+                    retry_after=resp.headers.get("Retry-After"),
+                    response=excerpt(raw),
+                )
                 if not complete:
                     resp.close()  # never reuse a connection with an unread answer on it
                 return result
         except TimeoutError:
-            return AttemptResult(None, time.perf_counter() - started, "timeout",
-                                 "no complete answer within the timeout")
+            return AttemptResult(
+                None,
+                time.perf_counter() - started,
+                "timeout",
+                "no complete answer within the timeout",
+            )
         except aiohttp.ClientConnectorDNSError as exc:
             blocked = isinstance(exc.os_error, BlockedAddress)
-            return AttemptResult(None, time.perf_counter() - started,
-                                 "blocked" if blocked else "connection_error",
-                                 _short(exc.os_error if blocked else exc))
+            return AttemptResult(
+                None,
+                time.perf_counter() - started,
+                "blocked" if blocked else "connection_error",
+                _short(exc.os_error if blocked else exc),
+            )
         except aiohttp.ClientConnectorError as exc:
-            return AttemptResult(None, time.perf_counter() - started, "connection_error",
-                                 _short(exc))
+            return AttemptResult(
+                None, time.perf_counter() - started, "connection_error", _short(exc)
+            )
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return AttemptResult(None, time.perf_counter() - started, "connection_error",
-                                 _short(exc))
+            return AttemptResult(
+                None, time.perf_counter() - started, "connection_error", _short(exc)
+            )
 
 
 def _is_ip(host: str) -> bool:

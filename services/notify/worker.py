@@ -92,10 +92,19 @@ class _Ttl:
 
 
 class NotifyWorker:
-    def __init__(self, store: NotifyStore, directory: EndpointDirectory, dispatcher: Dispatcher,
-                 mailer: Mailer, clock: Clock, prefix: str = "", grace_ms: int = 30_000,
-                 max_replay_events: int = 10_000, details_wait_seconds: float = 3.0,
-                 alert_max_age_ms: int = 86_400_000) -> None:
+    def __init__(
+        self,
+        store: NotifyStore,
+        directory: EndpointDirectory,
+        dispatcher: Dispatcher,
+        mailer: Mailer,
+        clock: Clock,
+        prefix: str = "",
+        grace_ms: int = 30_000,
+        max_replay_events: int = 10_000,
+        details_wait_seconds: float = 3.0,
+        alert_max_age_ms: int = 86_400_000,
+    ) -> None:
         self._store = store
         self._directory = directory
         self._dispatcher = dispatcher
@@ -126,8 +135,11 @@ class NotifyWorker:
         handler = self._handlers.get(record.topic)
         if handler is None:
             raise PermanentError(f"notify does not read {record.topic}", code="unknown_topic")
-        source_at = int(record.timestamp) if record.timestamp and record.timestamp > 0 \
+        source_at = (
+            int(record.timestamp)
+            if record.timestamp and record.timestamp > 0
             else self._clock.now_ms()
+        )
         await handler(record.value or b"", source_at)
 
     # --- storing and handing over -------------------------------------------------------
@@ -135,8 +147,11 @@ class NotifyWorker:
     async def emit(self, event: core.OutEvent, source_at: int) -> int:
         """Store the event and a delivery per endpoint that wants it, and hand the new ones to
         the dispatcher. The number of new deliveries."""
-        endpoints = [e for e in await self._directory.for_account(event.account_id)
-                     if e.format == event.format]
+        endpoints = [
+            e
+            for e in await self._directory.for_account(event.account_id)
+            if e.format == event.format
+        ]
         label = type_label(event.type)
         if not endpoints:
             metrics.EVENTS.labels(label, "no_endpoint").inc()
@@ -144,10 +159,13 @@ class NotifyWorker:
         now = self._clock.now_ms()
         stored = await self._store.insert_event(event.document(source_at, now))
         metrics.EVENTS.labels(label, "stored" if stored else "duplicate").inc()
-        targets = [e for e in endpoints
-                   if core.wants(e, self._directory.health_of(e.id), event, source_at)]
-        docs = [core.delivery_doc(e, event.id, event.type, "live", source_at, now,
-                                  self._grace_ms) for e in targets]
+        targets = [
+            e for e in endpoints if core.wants(e, self._directory.health_of(e.id), event, source_at)
+        ]
+        docs = [
+            core.delivery_doc(e, event.id, event.type, "live", source_at, now, self._grace_ms)
+            for e in targets
+        ]
         return await self._deliver(docs, event.body)
 
     async def _deliver(self, docs: list[dict[str, Any]], body: bytes | None) -> int:
@@ -165,12 +183,16 @@ class NotifyWorker:
         await self._mailer.raise_alert(alert)
 
     async def _account_of_waba(self, waba_id: str) -> str | None:
-        return await self._owners.get(f"waba:{waba_id}",  # type: ignore[no-any-return]
-                                      lambda: self._store.account_of_waba(waba_id))
+        return await self._owners.get(
+            f"waba:{waba_id}",  # type: ignore[no-any-return]
+            lambda: self._store.account_of_waba(waba_id),
+        )
 
     async def _account_of_number(self, number: str) -> str | None:
-        return await self._owners.get(f"number:{number}",  # type: ignore[no-any-return]
-                                      lambda: self._store.account_of_number(number))
+        return await self._owners.get(
+            f"number:{number}",  # type: ignore[no-any-return]
+            lambda: self._store.account_of_number(number),
+        )
 
     # --- messages -------------------------------------------------------------------------
 
@@ -178,8 +200,7 @@ class NotifyWorker:
         request = SEND_REQUESTED.decode_record(raw)
         event = core.accepted_event(request)
         if event.details is not None:
-            self._remember_details(request.message_id, core.MessageDetails.from_dict(
-                event.details))
+            self._remember_details(request.message_id, core.MessageDetails.from_dict(event.details))
         await self.emit(event, source_at)
 
     def _remember_details(self, message_id: str, details: core.MessageDetails) -> None:
@@ -219,8 +240,9 @@ class NotifyWorker:
                 if partial.complete:
                     return partial
             if time.monotonic() >= deadline:
-                log.warning("status_without_request_details", outcome="sent_without",
-                            message_id=message_id)
+                log.warning(
+                    "status_without_request_details", outcome="sent_without", message_id=message_id
+                )
                 return partial
             await asyncio.sleep(0.2)
 
@@ -286,11 +308,14 @@ class NotifyWorker:
             lookups = await self._lookups(account_id, pieces)
             for piece in pieces:
                 envelope = meta_format.rewrite(piece, lookups)
-                await self.emit(meta_format.to_event(piece, envelope, account_id,
-                                                     received.received_at), source_at)
+                await self.emit(
+                    meta_format.to_event(piece, envelope, account_id, received.received_at),
+                    source_at,
+                )
 
-    async def _lookups(self, account_id: str,
-                       pieces: list[meta_format.Piece]) -> meta_format.Lookups:
+    async def _lookups(
+        self, account_id: str, pieces: list[meta_format.Piece]
+    ) -> meta_format.Lookups:
         """The account's messages the pieces name: by our id (statuses' callback data) and by
         wamid (statuses without it, replies' contexts). Another account's are never used."""
         ours = sorted({m for p in pieces if (m := meta_format.our_message_id(p))})
@@ -303,17 +328,22 @@ class NotifyWorker:
             if not missing or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.2)  # status stores a message from its request first
-        index = {w: d for w, d in (await self._store.wamid_messages(wamids)).items()
-                 if d.get("account_id") == account_id and d.get("message_id")}
+        index = {
+            w: d
+            for w, d in (await self._store.wamid_messages(wamids)).items()
+            if d.get("account_id") == account_id and d.get("message_id")
+        }
         extra = sorted({d["message_id"] for d in index.values()} - set(docs))
         docs.update(await self._store.messages_by_ids(extra))
         for message_id, doc in docs.items():
             if doc.get("account_id") == account_id:
                 lookups.by_id[message_id] = meta_format.KnownMessage(
-                    message_id, doc.get("callback_data"))
+                    message_id, doc.get("callback_data")
+                )
         for wamid, entry in index.items():
             lookups.by_wamid[wamid] = lookups.by_id.get(
-                entry["message_id"], meta_format.KnownMessage(entry["message_id"]))
+                entry["message_id"], meta_format.KnownMessage(entry["message_id"])
+            )
         return lookups
 
     # --- client requests: test events and replays ---------------------------------------
@@ -324,8 +354,12 @@ class NotifyWorker:
         endpoint = await self._directory.get(request.endpoint_id, fresh=True)
         if endpoint is None or endpoint.deleted or endpoint.account_id != request.account_id:
             metrics.REQUESTS.labels(request.kind, "unknown_endpoint").inc()
-            log.warning("notify_request_refused", outcome="unknown_endpoint",
-                        kind=request.kind, endpoint_id=request.endpoint_id)
+            log.warning(
+                "notify_request_refused",
+                outcome="unknown_endpoint",
+                kind=request.kind,
+                endpoint_id=request.endpoint_id,
+            )
             return
         if request.kind == "test":
             await self._test(request, endpoint, source_at)
@@ -334,53 +368,100 @@ class NotifyWorker:
         else:
             await self._replay_range(request, endpoint, source_at)
 
-    async def _test(self, request: NotifyRequested, endpoint: core.Endpoint,
-                    source_at: int) -> None:
+    async def _test(
+        self, request: NotifyRequested, endpoint: core.Endpoint, source_at: int
+    ) -> None:
         event = core.endpoint_test_event(request, endpoint.format)
         now = self._clock.now_ms()
         await self._store.insert_event(event.document(source_at, now))
-        await self._deliver([core.delivery_doc(endpoint, event.id, event.type, "test",
-                                               source_at, now, self._grace_ms)], event.body)
+        await self._deliver(
+            [
+                core.delivery_doc(
+                    endpoint, event.id, event.type, "test", source_at, now, self._grace_ms
+                )
+            ],
+            event.body,
+        )
         metrics.REQUESTS.labels("test", "done").inc()
 
-    async def _replay_one(self, request: NotifyRequested, endpoint: core.Endpoint,
-                          source_at: int) -> None:
+    async def _replay_one(
+        self, request: NotifyRequested, endpoint: core.Endpoint, source_at: int
+    ) -> None:
         assert request.replay_event_id is not None
         doc = await self._store.event(request.replay_event_id)
-        if (doc is None or doc.get("account_id") != endpoint.account_id
-                or doc.get("format") != endpoint.format):
+        if (
+            doc is None
+            or doc.get("account_id") != endpoint.account_id
+            or doc.get("format") != endpoint.format
+        ):
             metrics.REQUESTS.labels("replay", "unknown_event").inc()
-            log.warning("notify_request_refused", outcome="unknown_event", kind="replay",
-                        endpoint_id=endpoint.id)
+            log.warning(
+                "notify_request_refused",
+                outcome="unknown_event",
+                kind="replay",
+                endpoint_id=endpoint.id,
+            )
             return
         now = self._clock.now_ms()
-        await self._deliver([core.delivery_doc(endpoint, doc["_id"], doc["type"], "replay",
-                                               source_at, now, self._grace_ms,
-                                               request_id=request.event_id)],
-                            str(doc["payload"]).encode())
+        await self._deliver(
+            [
+                core.delivery_doc(
+                    endpoint,
+                    doc["_id"],
+                    doc["type"],
+                    "replay",
+                    source_at,
+                    now,
+                    self._grace_ms,
+                    request_id=request.event_id,
+                )
+            ],
+            str(doc["payload"]).encode(),
+        )
         metrics.REQUESTS.labels("replay", "done").inc()
 
-    async def _replay_range(self, request: NotifyRequested, endpoint: core.Endpoint,
-                            source_at: int) -> None:
+    async def _replay_range(
+        self, request: NotifyRequested, endpoint: core.Endpoint, source_at: int
+    ) -> None:
         since = request.since or 0
         until = request.until if request.until is not None else self._clock.now_ms()
-        found = await self._store.events_in_range(endpoint.account_id, since, until,
-                                                  self._max_replay)
-        chosen = [d for d in found
-                  if core.replay_selects(endpoint, str(d.get("type")), str(d.get("format")))]
+        found = await self._store.events_in_range(
+            endpoint.account_id, since, until, self._max_replay
+        )
+        chosen = [
+            d
+            for d in found
+            if core.replay_selects(endpoint, str(d.get("type")), str(d.get("format")))
+        ]
         now = self._clock.now_ms()
-        docs = [core.delivery_doc(endpoint, d["_id"], d["type"], "replay", source_at, now,
-                                  self._grace_ms, request_id=request.event_id)
-                for d in chosen]
+        docs = [
+            core.delivery_doc(
+                endpoint,
+                d["_id"],
+                d["type"],
+                "replay",
+                source_at,
+                now,
+                self._grace_ms,
+                request_id=request.event_id,
+            )
+            for d in chosen
+        ]
         replayed = 0
         for start in range(0, len(docs), 500):
-            replayed += await self._deliver(docs[start:start + 500], None)
+            replayed += await self._deliver(docs[start : start + 500], None)
         metrics.REQUESTS.labels("replay", "done").inc()
-        log.info("replay_requested", outcome="queued", endpoint_id=endpoint.id,
-                 events=len(chosen), deliveries=replayed)
+        log.info(
+            "replay_requested",
+            outcome="queued",
+            endpoint_id=endpoint.id,
+            events=len(chosen),
+            deliveries=replayed,
+        )
 
 
 # --- the consumer -------------------------------------------------------------------------------
+
 
 def record_key(record: Record) -> object:
     """Every record on its own: none depends on another's effect, so a batch's records are
@@ -388,15 +469,19 @@ def record_key(record: Record) -> object:
     return (record.topic, record.partition, record.offset)
 
 
-async def run_consumer(kafka: KafkaConfig, prefix: str, handle: Callable[[Record],
-                       Awaitable[None]], producer: AIOKafkaProducer) -> None:
-    consumer = make_consumer(kafka, group(prefix),
-                             *[topic_name(t, prefix) for t in topics_read_by(SERVICE)])
+async def run_consumer(
+    kafka: KafkaConfig,
+    prefix: str,
+    handle: Callable[[Record], Awaitable[None]],
+    producer: AIOKafkaProducer,
+) -> None:
+    consumer = make_consumer(
+        kafka, group(prefix), *[topic_name(t, prefix) for t in topics_read_by(SERVICE)]
+    )
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group(prefix)))
     try:
-        await consume_concurrently(consumer, producer, handle, service=SERVICE,
-                                   key_of=record_key)
+        await consume_concurrently(consumer, producer, handle, service=SERVICE, key_of=record_key)
     finally:
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)

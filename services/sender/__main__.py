@@ -34,8 +34,11 @@ async def main() -> None:
                 await meta.close()
 
         retention = sweep_tier_usage_forever(
-            tier_usage, clock, int(settings.tier_usage_retention_hours * 3_600_000),
-            settings.tier_usage_sweep_interval_seconds)
+            tier_usage,
+            clock,
+            int(settings.tier_usage_retention_hours * 3_600_000),
+            settings.tier_usage_sweep_interval_seconds,
+        )
         return Parts(checks=conns.readiness_checks(), workers=[run_worker(), retention])
 
     await serve(settings, SERVICE, build)

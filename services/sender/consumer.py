@@ -73,8 +73,9 @@ class WorkerConfig:
 
     @property
     def fetch_policy(self) -> FetchPolicy:
-        return FetchPolicy(lead_seconds=self.backlog_seconds, floor=self.backlog_floor,
-                           max_held=self.max_queued)
+        return FetchPolicy(
+            lead_seconds=self.backlog_seconds, floor=self.backlog_floor, max_held=self.max_queued
+        )
 
     @property
     def group(self) -> str:
@@ -85,14 +86,21 @@ class SenderWorker:
     """Consumes send-approved with manual, out-of-order-aware commits; follows throughput changes
     from the start of their compacted topic (a restart must not forget an upgrade)."""
 
-    def __init__(self, config: WorkerConfig, producer: AIOKafkaProducer, engine: SendEngine,
-                 clock: Clock, consumer: AIOKafkaConsumer | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        producer: AIOKafkaProducer,
+        engine: SendEngine,
+        clock: Clock,
+        consumer: AIOKafkaConsumer | None = None,
+    ) -> None:
         self._config = config
         self._producer = producer
         self._engine = engine
         self._clock = clock
         self._consumer = consumer or make_consumer(
-            config.kafka, config.group, max_poll_records=config.poll_records)
+            config.kafka, config.group, max_poll_records=config.poll_records
+        )
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._taken_over_at: dict[TopicPartition, float] = {}
         self._dead_letters = DeadLetters(producer, SERVICE)
@@ -121,20 +129,25 @@ class SenderWorker:
 
     async def run(self) -> None:
         consumer = self._consumer
-        consumer.subscribe([topic_name(SEND_APPROVED, self._config.topic_prefix)],
-                           listener=_Rebalance(self))
+        consumer.subscribe(
+            [topic_name(SEND_APPROVED, self._config.topic_prefix)], listener=_Rebalance(self)
+        )
         await consumer.start()
         helpers = [
             asyncio.create_task(self._commit_forever()),
             asyncio.create_task(report_lag_forever(consumer, SERVICE, self._config.group)),
-            asyncio.create_task(follow_throughput(self._config.kafka,
-                                                  self._config.topic_prefix, self._engine)),
-            asyncio.create_task(follow_inbound(self._config.kafka,
-                                               self._config.topic_prefix, self._engine)),
-            asyncio.create_task(follow_waba_status(self._config.kafka,
-                                                   self._config.topic_prefix, self._engine)),
-            asyncio.create_task(follow_account_hold(self._config.kafka,
-                                                    self._config.topic_prefix, self._engine)),
+            asyncio.create_task(
+                follow_throughput(self._config.kafka, self._config.topic_prefix, self._engine)
+            ),
+            asyncio.create_task(
+                follow_inbound(self._config.kafka, self._config.topic_prefix, self._engine)
+            ),
+            asyncio.create_task(
+                follow_waba_status(self._config.kafka, self._config.topic_prefix, self._engine)
+            ),
+            asyncio.create_task(
+                follow_account_hold(self._config.kafka, self._config.topic_prefix, self._engine)
+            ),
         ]
         try:
             await self.consume(helpers)
@@ -156,8 +169,7 @@ class SenderWorker:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             self._apply_backpressure()
-            batch = await consumer.getmany(timeout_ms=200,
-                                           max_records=self._config.poll_records)
+            batch = await consumer.getmany(timeout_ms=200, max_records=self._config.poll_records)
             items: list[tuple[SendApproved, Hashable, float, Done]] = []
             for tp, records in batch.items():
                 offsets = self._tracker.get(tp)
@@ -171,8 +183,14 @@ class SenderWorker:
                         await self._dead_letters.send(record, Failure(undecodable(exc), 1))
                         offsets.done(record.offset)
                         continue
-                    items.append((event, tp, self._taken_over_at.get(tp, 0.0),
-                                  RecordDone(offsets, record, self._dead_letters)))
+                    items.append(
+                        (
+                            event,
+                            tp,
+                            self._taken_over_at.get(tp, 0.0),
+                            RecordDone(offsets, record, self._dead_letters),
+                        )
+                    )
             if items:
                 await self._engine.admit_batch(items)
 
@@ -191,8 +209,9 @@ class SenderWorker:
         assignment = set(self._consumer.assignment())
         if not assignment:
             return
-        changes = fetch_changes(assignment, self._engine.backlogs(),
-                                set(self._consumer.paused()), self._fetch_policy)
+        changes = fetch_changes(
+            assignment, self._engine.backlogs(), set(self._consumer.paused()), self._fetch_policy
+        )
         if changes.pause:
             self._consumer.pause(*changes.pause)
         if changes.resume:

@@ -70,8 +70,9 @@ class TokenBucket:
 
     __slots__ = ("capacity", "rate", "tokens", "updated_at")
 
-    def __init__(self, rate: float, capacity: float, now: float, tokens: float | None = None
-                 ) -> None:
+    def __init__(
+        self, rate: float, capacity: float, now: float, tokens: float | None = None
+    ) -> None:
         if rate <= 0 or capacity < 1:
             raise ValueError("a bucket needs a positive rate and room for one token")
         self.rate = rate
@@ -138,8 +139,9 @@ class TokenBucket:
         return self.tokens >= self.capacity - _EPSILON
 
 
-def warm_tokens(capacity: float, rate: float, since: float, now: float,
-                at_take_over: float = 0.0) -> float:
+def warm_tokens(
+    capacity: float, rate: float, since: float, now: float, at_take_over: float = 0.0
+) -> float:
     """Tokens of a bucket that held `at_take_over` tokens at `since` (a take-over) and has
     refilled since."""
     return min(capacity, at_take_over + max(0.0, now - since) * rate)
@@ -209,12 +211,14 @@ class NumberPacer:
     def __init__(self, mps: float, now: float, origin: float) -> None:
         self.mps = mps
         self.origin = origin
-        self.number_bucket = TokenBucket(mps, number_burst(mps), now,
-                                         warm_tokens(number_burst(mps), mps, origin, now))
+        self.number_bucket = TokenBucket(
+            mps, number_burst(mps), now, warm_tokens(number_burst(mps), mps, origin, now)
+        )
         # Reservations space sends out, but sends that wake late (a stalled event loop) would
         # all leave at once: the instants they really leave must fit a bucket of the same size.
-        self.fire_bucket = TokenBucket(mps, number_burst(mps), now,
-                                       warm_tokens(number_burst(mps), mps, origin, now))
+        self.fire_bucket = TokenBucket(
+            mps, number_burst(mps), now, warm_tokens(number_burst(mps), mps, origin, now)
+        )
         self._pairs: dict[str, TokenBucket] = {}
         self.paused_until = 0.0  # throttled by Meta or unreachable: nothing goes before this
         self.held_until = 0.0  # Meta refused the number itself (math.inf: until a new token)
@@ -225,8 +229,11 @@ class NumberPacer:
         bucket = self._pairs.get(recipient)
         if bucket is None:
             bucket = self._pairs[recipient] = TokenBucket(
-                PAIR_RATE, PAIR_BURST, now,
-                warm_tokens(PAIR_BURST, PAIR_RATE, self.origin, now, PAIR_TAKE_OVER_TOKENS))
+                PAIR_RATE,
+                PAIR_BURST,
+                now,
+                warm_tokens(PAIR_BURST, PAIR_RATE, self.origin, now, PAIR_TAKE_OVER_TOKENS),
+            )
         return bucket
 
     def reserve_pair(self, recipient: str, now: float) -> float:
@@ -284,10 +291,12 @@ class NumberPacer:
         self.origin = origin
         self._pairs.clear()
         capacity = number_burst(self.mps)
-        self.number_bucket = TokenBucket(self.mps, capacity, now,
-                                         warm_tokens(capacity, self.mps, origin, now))
-        self.fire_bucket = TokenBucket(self.mps, capacity, now,
-                                       warm_tokens(capacity, self.mps, origin, now))
+        self.number_bucket = TokenBucket(
+            self.mps, capacity, now, warm_tokens(capacity, self.mps, origin, now)
+        )
+        self.fire_bucket = TokenBucket(
+            self.mps, capacity, now, warm_tokens(capacity, self.mps, origin, now)
+        )
 
     # -- pauses and holds ------------------------------------------------------------------------
 
@@ -320,6 +329,7 @@ def in_flight_cap(mps: float, lead_seconds: float, ceiling: int) -> int:
 
 
 # --- fetching: hold back only the partitions that are behind ---------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
@@ -355,8 +365,9 @@ class FetchPolicy:
 _NOTHING_HELD = Backlog()
 
 
-def partitions_to_pause(backlogs: Mapping[K, Backlog], paused: AbstractSet[K],
-                        policy: FetchPolicy) -> set[K]:
+def partitions_to_pause(
+    backlogs: Mapping[K, Backlog], paused: AbstractSet[K], policy: FetchPolicy
+) -> set[K]:
     """The partitions (of `backlogs`: every assigned one) whose fetching must be paused now;
     `paused`: those paused now (they resume only at half their budget)."""
     if not backlogs:
@@ -386,8 +397,12 @@ class FetchChanges(Generic[K]):
     crowded: bool  # `held` reached the memory bound (FetchPolicy.max_held)
 
 
-def fetch_changes(assigned: AbstractSet[K], backlogs: Mapping[K, Backlog],
-                  paused: AbstractSet[K], policy: FetchPolicy) -> FetchChanges[K]:
+def fetch_changes(
+    assigned: AbstractSet[K],
+    backlogs: Mapping[K, Backlog],
+    paused: AbstractSet[K],
+    policy: FetchPolicy,
+) -> FetchChanges[K]:
     """The pauses and resumes that bring fetching in line with `partitions_to_pause`. An
     assigned partition missing from `backlogs` holds nothing; `paused` may name partitions no
     longer assigned (they are ignored)."""
@@ -395,12 +410,18 @@ def fetch_changes(assigned: AbstractSet[K], backlogs: Mapping[K, Backlog],
     paused_now = set(paused) & set(assigned)
     wanted = partitions_to_pause(every, paused_now, policy)
     held = sum(b.held for b in every.values())
-    return FetchChanges(frozenset(wanted - paused_now), frozenset(paused_now - wanted),
-                        frozenset(wanted), held, held >= policy.max_held)
+    return FetchChanges(
+        frozenset(wanted - paused_now),
+        frozenset(paused_now - wanted),
+        frozenset(wanted),
+        held,
+        held >= policy.max_held,
+    )
 
 
-def partition_backlogs(held: Mapping[K, int], parked: Mapping[K, int],
-                       sending: Iterable[tuple[K, float]]) -> dict[K, Backlog]:
+def partition_backlogs(
+    held: Mapping[K, int], parked: Mapping[K, int], sending: Iterable[tuple[K, float]]
+) -> dict[K, Backlog]:
     """Each partition's Backlog from its messages held and parked and the rates of its numbers
     that may send now (`sending`: partition and messages per second, one per number; a number
     held, or whose WABA or account is held, is left out). Partitions holding nothing are not
@@ -409,8 +430,10 @@ def partition_backlogs(held: Mapping[K, int], parked: Mapping[K, int],
     for partition, mps in sending:
         if partition in held:
             drain[partition] = drain.get(partition, 0.0) + mps
-    return {partition: Backlog(count, parked.get(partition, 0), drain.get(partition, 0.0))
-            for partition, count in held.items()}
+    return {
+        partition: Backlog(count, parked.get(partition, 0), drain.get(partition, 0.0))
+        for partition, count in held.items()
+    }
 
 
 def earliest_send_time(pair_at: float, number_at: float, tier_at: float) -> float:
@@ -618,8 +641,14 @@ class ErrorReaction:
     drain_pair: bool = False
 
 
-def react_to_error(code: int, *, attempts: int, consecutive_number_throttles: int,
-                   pair_throttles: int, limits: RetryLimits) -> ErrorReaction:
+def react_to_error(
+    code: int,
+    *,
+    attempts: int,
+    consecutive_number_throttles: int,
+    pair_throttles: int,
+    limits: RetryLimits,
+) -> ErrorReaction:
     """`attempts` counts Meta answers that may have been processed (this one included);
     throttle counts include this one."""
     rule = classify(code)
@@ -628,20 +657,27 @@ def react_to_error(code: int, *, attempts: int, consecutive_number_throttles: in
             # Meta: retry after 4^X seconds, X = 0, 1, 2, ... per failure.
             delay = min(4.0 ** max(0, pair_throttles - 1), limits.pair_throttle_max_delay)
             return ErrorReaction(ErrorClass.THROTTLE, retry_in=delay, drain_pair=True)
-        delay = min(rule.throttle_first_delay * 2 ** max(0, consecutive_number_throttles - 1),
-                    max(limits.number_throttle_max_delay, rule.throttle_first_delay))
+        delay = min(
+            rule.throttle_first_delay * 2 ** max(0, consecutive_number_throttles - 1),
+            max(limits.number_throttle_max_delay, rule.throttle_first_delay),
+        )
         return ErrorReaction(ErrorClass.THROTTLE, retry_in=delay, pause_number_for=delay)
     if rule.error_class is ErrorClass.TRANSIENT:
         if attempts >= limits.transient_max_attempts:
             return ErrorReaction(ErrorClass.TRANSIENT, fail=True)
-        delay = min(limits.transient_first_delay * 2 ** max(0, attempts - 1),
-                    limits.transient_max_delay)
+        delay = min(
+            limits.transient_first_delay * 2 ** max(0, attempts - 1), limits.transient_max_delay
+        )
         return ErrorReaction(ErrorClass.TRANSIENT, retry_in=delay)
     if rule.error_class is ErrorClass.HOLD:
-        period = (None if rule.hold_until is HoldUntil.NEW_TOKEN
-                  else rule.hold_seconds or limits.hold_seconds)
-        return ErrorReaction(ErrorClass.HOLD, retry_in=period or 0.0, hold_number=True,
-                             hold_number_for=period)
+        period = (
+            None
+            if rule.hold_until is HoldUntil.NEW_TOKEN
+            else rule.hold_seconds or limits.hold_seconds
+        )
+        return ErrorReaction(
+            ErrorClass.HOLD, retry_in=period or 0.0, hold_number=True, hold_number_for=period
+        )
     return ErrorReaction(ErrorClass.FINAL, fail=True)
 
 

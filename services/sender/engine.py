@@ -164,8 +164,9 @@ class Delivery:
 class Lane:
     """One business phone number: its queue, pacer, in-flight sends and dispatcher."""
 
-    def __init__(self, number: PhoneNumber, mps: float, now: float, origin: float,
-                 partition: Hashable) -> None:
+    def __init__(
+        self, number: PhoneNumber, mps: float, now: float, origin: float, partition: Hashable
+    ) -> None:
         self.id = number.id
         self.phone = number
         self.pacer = NumberPacer(mps, now, origin)
@@ -192,10 +193,18 @@ class _PortfolioTier:
 
 
 class SendEngine:
-    def __init__(self, *, clock: Clock, timer: Timer, store: SendsStore,
-                 phone_numbers: PhoneNumbers, meta: MetaSender, publish: Publish,
-                 config: EngineConfig | None = None,
-                 dead_letter: DeadLetterHook | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        timer: Timer,
+        store: SendsStore,
+        phone_numbers: PhoneNumbers,
+        meta: MetaSender,
+        publish: Publish,
+        config: EngineConfig | None = None,
+        dead_letter: DeadLetterHook | None = None,
+    ) -> None:
         self._clock = clock
         self._dead_letter = dead_letter
         self._timer = timer
@@ -244,8 +253,11 @@ class SendEngine:
         policy decides from. Counted as messages come and go; only the numbers' rates are
         summed here."""
         now = self._clock.monotonic()
-        sending = ((lane.partition, lane.pacer.mps) for lane in self._lanes.values()
-                   if not (lane.pacer.is_held(now) or self._account_or_waba_held(lane)))
+        sending = (
+            (lane.partition, lane.pacer.mps)
+            for lane in self._lanes.values()
+            if not (lane.pacer.is_held(now) or self._account_or_waba_held(lane))
+        )
         return partition_backlogs(self._held, self._parked, sending)
 
     def set_dead_letter(self, hook: DeadLetterHook) -> None:
@@ -273,7 +285,8 @@ class SendEngine:
         phone_ids = sorted({e.phone_number_id for e, *_ in items})
         found = await asyncio.gather(*(self._look_up(pid) for pid in phone_ids))
         phones: dict[str, PhoneNumber | BaseException | None] = dict(
-            zip(phone_ids, found, strict=True))
+            zip(phone_ids, found, strict=True)
+        )
 
         now, now_ms = self._clock.monotonic(), self._clock.now_ms()
         for event, partition, taken_over_at, done in items:
@@ -296,18 +309,27 @@ class SendEngine:
         """The number, or the unexpected error looking it up raised (it fails only the
         messages of that number). A dependency down past its budget propagates."""
         try:
-            return await self._retry(partial(self._phone_numbers.get, phone_number_id),  # type: ignore[no-any-return]
-                                     "phone_number")
+            return await self._retry(
+                partial(self._phone_numbers.get, phone_number_id),  # type: ignore[no-any-return]
+                "phone_number",
+            )
         except TransientError:
             raise
         except Exception as exc:
             return exc
 
-    def _admit(self, delivery: Delivery, phone: PhoneNumber | None, taken_over_at: float,
-               now: float, now_ms: int) -> None:
+    def _admit(
+        self,
+        delivery: Delivery,
+        phone: PhoneNumber | None,
+        taken_over_at: float,
+        now: float,
+        now_ms: int,
+    ) -> None:
         event = delivery.event
-        verdict = admission(expires_at_ms=event.expires_at, now_ms=now_ms,
-                            configured=phone is not None)
+        verdict = admission(
+            expires_at_ms=event.expires_at, now_ms=now_ms, configured=phone is not None
+        )
         if verdict is Admission.EXPIRE:
             self._finish_unsent_soon(delivery, "expired", reason="validity_expired")
             return
@@ -324,11 +346,13 @@ class SendEngine:
 
     async def _readmit(self, delivery: Delivery, taken_over_at: float) -> None:
         """Admit again a message whose admission met a bug."""
-        phone = await self._retry(partial(self._phone_numbers.get, delivery.phone_number_id),
-                                  "phone_number")
+        phone = await self._retry(
+            partial(self._phone_numbers.get, delivery.phone_number_id), "phone_number"
+        )
         try:
-            self._admit(delivery, phone, taken_over_at, self._clock.monotonic(),
-                        self._clock.now_ms())
+            self._admit(
+                delivery, phone, taken_over_at, self._clock.monotonic(), self._clock.now_ms()
+            )
         except BaseException:
             self._forget(delivery)
             raise
@@ -352,9 +376,12 @@ class SendEngine:
         if lane is not None:
             lane.pacer.set_mps(event.messages_per_second, self._clock.monotonic())
             lane.wake.set()
-        log.info("throughput_changed", phone_number_id=event.phone_number_id,
-                 messages_per_second=event.messages_per_second,
-                 messaging_limit=event.messaging_limit)
+        log.info(
+            "throughput_changed",
+            phone_number_id=event.phone_number_id,
+            messages_per_second=event.messages_per_second,
+            messaging_limit=event.messaging_limit,
+        )
 
     def apply_waba_status(self, event: WabaStatusChanged) -> None:
         """Meta holds a WABA (banned, deleted, our app removed) or releases it: the latest event
@@ -370,8 +397,9 @@ class SendEngine:
                 lane.wake.set()
         if event.held:
             metrics.ALERTS.labels("waba_held").inc()
-            log.error("waba_held", waba_id=event.waba_id, reasons=event.reasons,
-                      account_event=event.event)
+            log.error(
+                "waba_held", waba_id=event.waba_id, reasons=event.reasons, account_event=event.event
+            )
         elif known is not None and known.held:
             log.warning("waba_released", waba_id=event.waba_id, account_event=event.event)
 
@@ -418,7 +446,8 @@ class SendEngine:
                     if bucket.is_full(now):
                         del self._inbound_before_lane[number]
             seen = self._inbound_before_lane[event.phone_number_id] = TokenBucket(
-                COEXISTENCE_MPS, COEXISTENCE_MPS, now)
+                COEXISTENCE_MPS, COEXISTENCE_MPS, now
+            )
         seen.force_take(now, max_debt=COEXISTENCE_MPS)
 
     def _mps(self, phone: PhoneNumber) -> int:
@@ -427,15 +456,18 @@ class SendEngine:
 
     def _messaging_limit(self, phone: PhoneNumber) -> str:
         change = self._throughput.get(phone.id)
-        return (change.messaging_limit if change and change.messaging_limit
-                else phone.messaging_limit)
+        return (
+            change.messaging_limit if change and change.messaging_limit else phone.messaging_limit
+        )
 
-    def _lane(self, phone: PhoneNumber, partition: Hashable, taken_over_at: float,
-              now: float) -> Lane:
+    def _lane(
+        self, phone: PhoneNumber, partition: Hashable, taken_over_at: float, now: float
+    ) -> Lane:
         lane = self._lanes.get(phone.id)
         if lane is None:
-            lane = self._lanes[phone.id] = Lane(phone, self._mps(phone), now, taken_over_at,
-                                                partition)
+            lane = self._lanes[phone.id] = Lane(
+                phone, self._mps(phone), now, taken_over_at, partition
+            )
             seen = self._inbound_before_lane.pop(phone.id, None)
             if seen is not None:
                 lane.pacer.start_below(seen.level(now), now)
@@ -480,7 +512,8 @@ class SendEngine:
         if waiting:
             _, pending = await asyncio.wait(
                 [asyncio.ensure_future(d.settled.wait()) for d in waiting],
-                timeout=self._config.revoke_grace_seconds)
+                timeout=self._config.revoke_grace_seconds,
+            )
             for future in pending:
                 future.cancel()
             if pending:
@@ -515,8 +548,12 @@ class SendEngine:
                 if self._clock.monotonic() - started > 60.0:
                     delay = self._config.unexpected_first_delay  # it ran well for a while
                 metrics.UNEXPECTED_ERRORS.labels("dispatcher").inc()
-                log.error("dispatcher_crashed_restarting", phone_number_id=lane.id,
-                          restart_in_s=round(delay, 3), exc_info=exc)
+                log.error(
+                    "dispatcher_crashed_restarting",
+                    phone_number_id=lane.id,
+                    restart_in_s=round(delay, 3),
+                    exc_info=exc,
+                )
                 await self._timer.sleep_until(self._clock.monotonic() + delay)
                 delay = min(delay * 2, self._config.dispatcher_restart_max_delay)
                 lane.wake.set()
@@ -530,9 +567,14 @@ class SendEngine:
             now = self._clock.monotonic()
             # Each periodic step is due again before it runs: one that crashes (and restarts
             # the dispatcher) is not repeated before its time.
-            chores = due_chores(now=now, queued=bool(lane.queue),
-                                on_hold=lane.hold_reason is not None, sweep_due=lane.sweep_due,
-                                prune_due=lane.prune_due, refresh_due=lane.refresh_due)
+            chores = due_chores(
+                now=now,
+                queued=bool(lane.queue),
+                on_hold=lane.hold_reason is not None,
+                sweep_due=lane.sweep_due,
+                prune_due=lane.prune_due,
+                refresh_due=lane.refresh_due,
+            )
             if chores.sweep_expired:
                 lane.sweep_due = now + SWEEP_INTERVAL_SECONDS
                 self._sweep_expired(lane)
@@ -549,20 +591,32 @@ class SendEngine:
             if take_at is None:
                 await self._dispatch_ready(lane, now)
                 continue
-            await self._timer.wait(lane.wake, dispatcher_wake_at(
-                take_at, queued=bool(lane.queue), sweep_due=lane.sweep_due,
-                on_hold=lane.hold_reason is not None, refresh_due=lane.refresh_due))
+            await self._timer.wait(
+                lane.wake,
+                dispatcher_wake_at(
+                    take_at,
+                    queued=bool(lane.queue),
+                    sweep_due=lane.sweep_due,
+                    on_hold=lane.hold_reason is not None,
+                    refresh_due=lane.refresh_due,
+                ),
+            )
 
     def _dispatch_once(self, lane: Lane, now: float) -> float | None:
         """None when a message may be taken now; otherwise when to look again."""
         config = self._config
         return next_take(
             held=self._account_or_waba_held(lane),
-            blocked_until=lane.pacer.blocked_until(), unanswered=lane.unanswered,
-            cap=in_flight_cap(lane.pacer.mps, config.in_flight_seconds,
-                              config.max_in_flight_per_number),
-            all_unanswered=self._unanswered, max_in_flight=config.max_in_flight,
-            next_ready_at=lane.queue.next_ready_at(), now=now)
+            blocked_until=lane.pacer.blocked_until(),
+            unanswered=lane.unanswered,
+            cap=in_flight_cap(
+                lane.pacer.mps, config.in_flight_seconds, config.max_in_flight_per_number
+            ),
+            all_unanswered=self._unanswered,
+            max_in_flight=config.max_in_flight,
+            next_ready_at=lane.queue.next_ready_at(),
+            now=now,
+        )
 
     async def _dispatch_ready(self, lane: Lane, now: float) -> None:
         popped = lane.queue.pop_ready(now)
@@ -580,8 +634,7 @@ class SendEngine:
             again = partial(self._send_again_after_bug, lane, delivery)
             self._spawn(self._guarded(delivery, again, failed_with=exc))
 
-    async def _take_off(self, lane: Lane, delivery: Delivery, ready_at: float,
-                        now: float) -> None:
+    async def _take_off(self, lane: Lane, delivery: Delivery, ready_at: float, now: float) -> None:
         event = delivery.event
         now_ms = self._clock.now_ms()
         if is_expired(event.expires_at, now_ms):
@@ -612,8 +665,13 @@ class SendEngine:
         lane.unanswered += 1
         self._unanswered += 1
         metrics.MESSAGES_IN_FLIGHT.set(self.in_flight)
-        self._spawn(self._guarded(delivery, partial(self._send, lane, delivery, ready_at),
-                                  recover=partial(self._send_again_after_bug, lane, delivery)))
+        self._spawn(
+            self._guarded(
+                delivery,
+                partial(self._send, lane, delivery, ready_at),
+                recover=partial(self._send_again_after_bug, lane, delivery),
+            )
+        )
 
     def _sweep_expired(self, lane: Lane) -> None:
         now_ms = self._clock.now_ms()
@@ -638,7 +696,8 @@ class SendEngine:
             # Other numbers of the portfolio may be sent by other instances: merge their places.
             since = self._clock.now_ms() - tier.window.window_ms
             entries = await self._retry(
-                partial(self._store.load_tier_usage, phone.portfolio_id, since), "tier_usage")
+                partial(self._store.load_tier_usage, phone.portfolio_id, since), "tier_usage"
+            )
             tier.window.merge(entries)
             tier.refresh_due = now + self._config.tier_refresh_seconds
         return tier
@@ -651,9 +710,12 @@ class SendEngine:
         now = self._clock.monotonic()
         lane.pacer.set_mps(self._mps(phone), now)
         change = hold_change_on_refresh(
-            hold_reason=lane.hold_reason, status=phone.status,
-            token_fingerprint=phone.token_fingerprint, held_token=lane.held_token,
-            has_token=bool(phone.access_token))
+            hold_reason=lane.hold_reason,
+            status=phone.status,
+            token_fingerprint=phone.token_fingerprint,
+            held_token=lane.held_token,
+            has_token=bool(phone.access_token),
+        )
         if change is HoldChange.HOLD:
             self._hold(lane, STATUS_HELD, None, code=None)
         elif change is HoldChange.RELEASE:  # active again, or an operator replaced the token
@@ -670,8 +732,13 @@ class SendEngine:
         lane.refresh_due = min(lane.refresh_due, now + self._config.phone_number_refresh_seconds)
         metrics.ALERTS.labels("phone_number_held").inc()
         metrics.NUMBERS_HELD.set(sum(1 for lane in self._lanes.values() if lane.hold_reason))
-        log.error("phone_number_held", phone_number_id=lane.id, reason=reason, error_code=code,
-                  hold_seconds=seconds)
+        log.error(
+            "phone_number_held",
+            phone_number_id=lane.id,
+            reason=reason,
+            error_code=code,
+            hold_seconds=seconds,
+        )
 
     def _released(self, lane: Lane) -> None:
         log.warning("phone_number_released", phone_number_id=lane.id, reason=lane.hold_reason)
@@ -706,19 +773,31 @@ class SendEngine:
             event = delivery.event
             if not delivery.started:
                 await self._until_token_is_near(lane)
-                earlier = await self._retry(partial(
-                    self._store.start_send, event.message_id,
-                    phone_number_id=event.phone_number_id, account_id=event.account_id,
-                    now_ms=self._clock.now_ms()), "start_send")
+                earlier = await self._retry(
+                    partial(
+                        self._store.start_send,
+                        event.message_id,
+                        phone_number_id=event.phone_number_id,
+                        account_id=event.account_id,
+                        now_ms=self._clock.now_ms(),
+                    ),
+                    "start_send",
+                )
                 if earlier is not None:  # someone attempted it before: never twice
                     await self._replay(earlier, event, delivery.done, delivery.admitted_at)
                     self._settle(delivery)
                     return
                 delivery.started = True
             if delivery.tier_portfolio is not None:
-                await self._retry(partial(self._store.record_tier_use, delivery.tier_portfolio,
-                                          delivery.tier_recipient, self._clock.now_ms()),
-                                  "tier_usage")
+                await self._retry(
+                    partial(
+                        self._store.record_tier_use,
+                        delivery.tier_portfolio,
+                        delivery.tier_recipient,
+                        self._clock.now_ms(),
+                    ),
+                    "tier_usage",
+                )
                 delivery.tier_portfolio = None
             if not await self._pass_gate(lane, delivery):
                 return
@@ -764,8 +843,10 @@ class SendEngine:
             near_at = sending_record_wait(
                 number_token_at=lane.pacer.number_bucket.available_at(now),
                 blocked_until=lane.pacer.blocked_until(),
-                lead_seconds=self._config.in_flight_seconds, held=lane.pacer.is_held(now),
-                now=now)
+                lead_seconds=self._config.in_flight_seconds,
+                held=lane.pacer.is_held(now),
+                now=now,
+            )
             if near_at is None:
                 return
             await self._timer.sleep_until(near_at)
@@ -788,11 +869,15 @@ class SendEngine:
     async def _wait_for_number_token(self, lane: Lane, delivery: Delivery) -> str:
         while True:
             now = self._clock.monotonic()
-            step = gate_step(aborted=delivery.aborted, held=lane.pacer.is_held(now),
-                             blocked_until=lane.pacer.blocked_until(), now=now,
-                             expires_at_ms=delivery.event.expires_at,
-                             now_ms=self._clock.now_ms(),
-                             has_token=lane.phone.access_token is not None)
+            step = gate_step(
+                aborted=delivery.aborted,
+                held=lane.pacer.is_held(now),
+                blocked_until=lane.pacer.blocked_until(),
+                now=now,
+                expires_at_ms=delivery.event.expires_at,
+                now_ms=self._clock.now_ms(),
+                has_token=lane.phone.access_token is not None,
+            )
             if step.kind is GateKind.PUT_BACK:
                 return "put_back"
             if step.kind is GateKind.WAIT:
@@ -806,8 +891,11 @@ class SendEngine:
             token_at = lane.pacer.reserve_number(now)
             if token_at > now:
                 await self._timer.sleep_until(token_at)
-                if token_lost(aborted=delivery.aborted, blocked_until=lane.pacer.blocked_until(),
-                              now=self._clock.monotonic()):
+                if token_lost(
+                    aborted=delivery.aborted,
+                    blocked_until=lane.pacer.blocked_until(),
+                    now=self._clock.monotonic(),
+                ):
                     continue
             if await self._fire_when_allowed(lane, delivery):
                 return "go"
@@ -821,8 +909,11 @@ class SendEngine:
             if fire_at <= now:
                 return True
             await self._timer.sleep_until(fire_at)
-            if token_lost(aborted=delivery.aborted, blocked_until=lane.pacer.blocked_until(),
-                          now=self._clock.monotonic()):
+            if token_lost(
+                aborted=delivery.aborted,
+                blocked_until=lane.pacer.blocked_until(),
+                now=self._clock.monotonic(),
+            ):
                 return False
 
     async def _put_back(self, lane: Lane, delivery: Delivery, ready_at: float) -> None:
@@ -830,8 +921,9 @@ class SendEngine:
         `sending` record unless an earlier call may have reached Meta."""
         plan = put_back(started=delivery.started, calls=delivery.calls, aborted=delivery.aborted)
         if plan.forget_sending_record:
-            await self._retry(partial(self._store.abandon_send, delivery.message_id),
-                              "abandon_send")
+            await self._retry(
+                partial(self._store.abandon_send, delivery.message_id), "abandon_send"
+            )
             delivery.started = False
         if plan.drop:
             self._drop(delivery)
@@ -844,26 +936,36 @@ class SendEngine:
             _keep_tries(lane, delivery, after_accepted(_tries(lane, delivery)))
             # The pipeline's first latency: the client's 202 to Meta's acceptance.
             metrics.ACCEPT_TO_META.observe(
-                max(0.0, (self._clock.now_ms() - delivery.event.accepted_at) / 1000))
+                max(0.0, (self._clock.now_ms() - delivery.event.accepted_at) / 1000)
+            )
             await self._finish(delivery, "sent", wamid=outcome.wamid)
         elif isinstance(outcome, Ambiguous):
-            log.warning("send_outcome_ambiguous", message_id=delivery.message_id,
-                        phone_number_id=lane.id, cause=outcome.reason)
+            log.warning(
+                "send_outcome_ambiguous",
+                message_id=delivery.message_id,
+                phone_number_id=lane.id,
+                cause=outcome.reason,
+            )
             await self._finish(delivery, "unknown", reason="meta_outcome_ambiguous")
         elif isinstance(outcome, NotSent):  # nothing reached Meta
             tries, backoff = plan_unreachable(_tries(lane, delivery), self._config.limits)
             _keep_tries(lane, delivery, tries)
             lane.pacer.pause(now, backoff)
-            log.warning("meta_unreachable", phone_number_id=lane.id, cause=outcome.reason,
-                        retry_in_s=backoff)
+            log.warning(
+                "meta_unreachable",
+                phone_number_id=lane.id,
+                cause=outcome.reason,
+                retry_in_s=backoff,
+            )
             await self._put_back(lane, delivery, now + backoff)
         elif outcome.code is None:
             await self._finish(delivery, "failed", reason=f"meta_http_{outcome.http_status}")
         else:
             await self._apply_refusal(lane, delivery, outcome, now)
 
-    async def _apply_refusal(self, lane: Lane, delivery: Delivery, refused: Refused,
-                             now: float) -> None:
+    async def _apply_refusal(
+        self, lane: Lane, delivery: Delivery, refused: Refused, now: float
+    ) -> None:
         code = refused.code
         assert code is not None
         error = {"code": code, "title": refused.title, "details": refused.details}
@@ -871,8 +973,12 @@ class SendEngine:
         _keep_tries(lane, delivery, plan.tries)
         if plan.throttled is not None:
             metrics.THROTTLE_ERRORS.labels(str(code)).inc()
-            log.warning("meta_throttled", phone_number_id=lane.id, error_code=code,
-                        scope=str(plan.throttled))
+            log.warning(
+                "meta_throttled",
+                phone_number_id=lane.id,
+                error_code=code,
+                scope=str(plan.throttled),
+            )
         reaction = plan.reaction
         if reaction.fail:
             await self._finish(delivery, "failed", error=error)
@@ -889,16 +995,28 @@ class SendEngine:
         if plan.pay_pair_again:
             retry_at = max(retry_at, lane.pacer.reserve_pair(recipient, now))
         if plan.record_attempt:
-            await self._retry(partial(
-                self._store.update_send, delivery.message_id, state="sending",
-                attempts=delivery.calls, now_ms=self._clock.now_ms(), error=error), "update_send")
+            await self._retry(
+                partial(
+                    self._store.update_send,
+                    delivery.message_id,
+                    state="sending",
+                    attempts=delivery.calls,
+                    now_ms=self._clock.now_ms(),
+                    error=error,
+                ),
+                "update_send",
+            )
         await self._put_back(lane, delivery, retry_at)
 
     # -- bugs ------------------------------------------------------------------------------------
 
-    async def _guarded(self, delivery: Delivery, run: Callable[[], Awaitable[None]],
-                       recover: Callable[[], Awaitable[None]] | None = None,
-                       failed_with: BaseException | None = None) -> None:
+    async def _guarded(
+        self,
+        delivery: Delivery,
+        run: Callable[[], Awaitable[None]],
+        recover: Callable[[], Awaitable[None]] | None = None,
+        failed_with: BaseException | None = None,
+    ) -> None:
         """Run one step of a message's handling. A bug (anything but a TransientError) is
         retried — with `recover`, else `run` again — until the message has met
         `unexpected_attempts` of them; then its records are dead-lettered (`_give_up`).
@@ -917,16 +1035,21 @@ class SendEngine:
             error, failed_with = failed_with, None
             metrics.UNEXPECTED_ERRORS.labels("delivery").inc()
             if delivery.settled.is_set():  # it was finished before the bug: nothing to redo
-                log.error("delivery_error_after_finish", message_id=delivery.message_id,
-                          exc_info=error)
+                log.error(
+                    "delivery_error_after_finish", message_id=delivery.message_id, exc_info=error
+                )
                 return
             delivery.unexpected_errors += 1
             if delivery.unexpected_errors >= self._config.unexpected_attempts:
                 await self._give_up(delivery, Failure(error, delivery.unexpected_errors))
                 return
-            log.warning("delivery_error_retrying", message_id=delivery.message_id,
-                        attempt=delivery.unexpected_errors, error=repr(error),
-                        retry_in_s=round(delay, 3))
+            log.warning(
+                "delivery_error_retrying",
+                message_id=delivery.message_id,
+                attempt=delivery.unexpected_errors,
+                error=repr(error),
+                retry_in_s=round(delay, 3),
+            )
             self._recovering.add(delivery)
             try:
                 await self._timer.sleep_until(self._clock.monotonic() + delay)
@@ -956,37 +1079,67 @@ class SendEngine:
             # No request left: forget our `sending` record, so that a replay of the dead
             # letter sends it (one that may have reached Meta stays, and a replay reports it).
             try:
-                await self._retry(partial(self._store.abandon_send, delivery.message_id),
-                                  "abandon_send")
+                await self._retry(
+                    partial(self._store.abandon_send, delivery.message_id), "abandon_send"
+                )
             except TransientError:
                 raise
             except Exception as exc:
                 log.error("abandon_send_failed", message_id=delivery.message_id, exc_info=exc)
         if self._dead_letter is None:
             raise failure.error
-        log.error("delivery_dead_lettered", message_id=delivery.message_id,
-                  phone_number_id=delivery.phone_number_id, attempts=failure.attempts,
-                  error=repr(failure.error))
+        log.error(
+            "delivery_dead_lettered",
+            message_id=delivery.message_id,
+            phone_number_id=delivery.phone_number_id,
+            attempts=failure.attempts,
+            error=repr(failure.error),
+        )
         await self._dead_letter(list(delivery.done), failure)
         self._settle(delivery)
 
     # -- outcomes --------------------------------------------------------------------------------
 
-    async def _finish(self, delivery: Delivery, status: str, *, wamid: str | None = None,
-                      error: dict[str, Any] | None = None, reason: str | None = None) -> None:
+    async def _finish(
+        self,
+        delivery: Delivery,
+        status: str,
+        *,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
         """Record and publish the outcome of a message we started sending."""
         event = delivery.event
-        await self._retry(partial(
-            self._store.record_outcome, delivery.message_id, status,
-            phone_number_id=event.phone_number_id, account_id=event.account_id,
-            attempts=delivery.calls, now_ms=self._clock.now_ms(), wamid=wamid, error=error,
-            reason=reason), "record_outcome")
-        await self._announce(delivery.event, status, wamid=wamid, error=error, reason=reason,
-                             replayed=False, admitted_at=delivery.admitted_at)
+        await self._retry(
+            partial(
+                self._store.record_outcome,
+                delivery.message_id,
+                status,
+                phone_number_id=event.phone_number_id,
+                account_id=event.account_id,
+                attempts=delivery.calls,
+                now_ms=self._clock.now_ms(),
+                wamid=wamid,
+                error=error,
+                reason=reason,
+            ),
+            "record_outcome",
+        )
+        await self._announce(
+            delivery.event,
+            status,
+            wamid=wamid,
+            error=error,
+            reason=reason,
+            replayed=False,
+            admitted_at=delivery.admitted_at,
+        )
         self._complete(delivery)
 
-    async def _finish_unsent(self, delivery: Delivery, status: str, *,
-                             reason: str | None = None) -> None:
+    async def _finish_unsent(
+        self, delivery: Delivery, status: str, *, reason: str | None = None
+    ) -> None:
         """An outcome reached without calling Meta (expired, misconfigured number)."""
         event = delivery.event
         if delivery.started:
@@ -994,48 +1147,86 @@ class SendEngine:
             return
         if status == "expired":
             metrics.MESSAGES_EXPIRED.inc()
-        earlier = await self._retry(partial(
-            self._store.record_unsent_outcome, event.message_id, status,
-            phone_number_id=event.phone_number_id, account_id=event.account_id,
-            now_ms=self._clock.now_ms(), reason=reason), "record_outcome")
+        earlier = await self._retry(
+            partial(
+                self._store.record_unsent_outcome,
+                event.message_id,
+                status,
+                phone_number_id=event.phone_number_id,
+                account_id=event.account_id,
+                now_ms=self._clock.now_ms(),
+                reason=reason,
+            ),
+            "record_outcome",
+        )
         if earlier is not None:
             await self._replay(earlier, event, delivery.done, delivery.admitted_at)
             self._settle(delivery)
             return
-        await self._announce(event, status, reason=reason, replayed=False,
-                             admitted_at=delivery.admitted_at)
+        await self._announce(
+            event, status, reason=reason, replayed=False, admitted_at=delivery.admitted_at
+        )
         self._complete(delivery)
 
-    async def _replay(self, record: SendRecord, event: SendApproved, done: list[Done],
-                      admitted_at: float) -> None:
+    async def _replay(
+        self, record: SendRecord, event: SendApproved, done: list[Done], admitted_at: float
+    ) -> None:
         """The message was handled before: publish what was recorded, never send again. A record
         still `sending` means a call may have left without us seeing the answer: unknown."""
         if record.state == "sending":
-            earlier = await self._retry(partial(
-                self._store.record_outcome, event.message_id, "unknown",
-                phone_number_id=event.phone_number_id, account_id=event.account_id,
-                attempts=record.attempts, now_ms=self._clock.now_ms(), error=record.error,
-                reason="meta_outcome_ambiguous"), "record_outcome")
-            record = earlier or replace(record, state="unknown",
-                                        reason="meta_outcome_ambiguous")
+            earlier = await self._retry(
+                partial(
+                    self._store.record_outcome,
+                    event.message_id,
+                    "unknown",
+                    phone_number_id=event.phone_number_id,
+                    account_id=event.account_id,
+                    attempts=record.attempts,
+                    now_ms=self._clock.now_ms(),
+                    error=record.error,
+                    reason="meta_outcome_ambiguous",
+                ),
+                "record_outcome",
+            )
+            record = earlier or replace(record, state="unknown", reason="meta_outcome_ambiguous")
         status, reason = record.state, record.reason
-        await self._announce(event, status, wamid=record.wamid,
-                             error=record.error if status == "failed" else None, reason=reason,
-                             replayed=True, admitted_at=admitted_at)
+        await self._announce(
+            event,
+            status,
+            wamid=record.wamid,
+            error=record.error if status == "failed" else None,
+            reason=reason,
+            replayed=True,
+            admitted_at=admitted_at,
+        )
         for callback in done:
             callback()
 
-    async def _announce(self, event: SendApproved, status: str, *, wamid: str | None = None,
-                        error: dict[str, Any] | None = None, reason: str | None = None,
-                        replayed: bool, admitted_at: float) -> None:
-        change = status_change(event, status, self._clock.now_ms(), wamid=wamid, error=error,
-                               reason=reason)
+    async def _announce(
+        self,
+        event: SendApproved,
+        status: str,
+        *,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+        replayed: bool,
+        admitted_at: float,
+    ) -> None:
+        change = status_change(
+            event, status, self._clock.now_ms(), wamid=wamid, error=error, reason=reason
+        )
         await self._retry(partial(self._publish, change), "publish")
         metrics.OUTCOMES.labels(status, "true" if replayed else "false").inc()
-        log.info("send_finished", message_id=event.message_id,
-                 phone_number_id=event.phone_number_id, outcome=status, replayed=replayed,
-                 error_code=error["code"] if error else None,
-                 duration_ms=round((self._clock.monotonic() - admitted_at) * 1000, 1))
+        log.info(
+            "send_finished",
+            message_id=event.message_id,
+            phone_number_id=event.phone_number_id,
+            outcome=status,
+            replayed=replayed,
+            error_code=error["code"] if error else None,
+            duration_ms=round((self._clock.monotonic() - admitted_at) * 1000, 1),
+        )
 
     def _complete(self, delivery: Delivery) -> None:
         for callback in delivery.done:
@@ -1084,9 +1275,13 @@ class SendEngine:
 
 
 def _tries(lane: Lane, delivery: Delivery) -> Tries:
-    return Tries(calls=delivery.calls, transient_failures=delivery.transient_failures,
-                 pair_throttles=delivery.pair_throttles, number_throttles=lane.number_throttles,
-                 unreachable=lane.unreachable)
+    return Tries(
+        calls=delivery.calls,
+        transient_failures=delivery.transient_failures,
+        pair_throttles=delivery.pair_throttles,
+        number_throttles=lane.number_throttles,
+        unreachable=lane.unreachable,
+    )
 
 
 def _keep_tries(lane: Lane, delivery: Delivery, tries: Tries) -> None:

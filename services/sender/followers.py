@@ -34,33 +34,37 @@ log = get_logger(__name__)
 async def follow_throughput(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
     """Read the compacted throughput topic from its beginning, then follow it: every instance
     knows every number's latest level, also right after a restart."""
-    await _follow(kafka, prefix, THROUGHPUT_CHANGED, engine.apply_throughput,
-                  from_beginning=True)
+    await _follow(kafka, prefix, THROUGHPUT_CHANGED, engine.apply_throughput, from_beginning=True)
 
 
 async def follow_waba_status(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
     """Read the compacted WABA status topic from its beginning, then follow it: a restarted
     instance must still know which WABAs Meta holds."""
-    await _follow(kafka, prefix, WABA_STATUS_CHANGED, engine.apply_waba_status,
-                  from_beginning=True)
+    await _follow(kafka, prefix, WABA_STATUS_CHANGED, engine.apply_waba_status, from_beginning=True)
 
 
 async def follow_account_hold(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
     """Read the compacted account hold topic from its beginning, then follow it: a restarted
     instance must still know which accounts guard holds."""
-    await _follow(kafka, prefix, ACCOUNT_HOLD_CHANGED, engine.apply_account_hold,
-                  from_beginning=True)
+    await _follow(
+        kafka, prefix, ACCOUNT_HOLD_CHANGED, engine.apply_account_hold, from_beginning=True
+    )
 
 
 async def follow_inbound(kafka: KafkaConfig, prefix: str, engine: SendEngine) -> None:
     """Follow the inbound messages from now on: each one takes a token from its number's
     buckets (past ones are of no use: a bucket forgets within a second)."""
-    await _follow(kafka, prefix, INBOUND_RECEIVED, engine.count_inbound,
-                  from_beginning=False)
+    await _follow(kafka, prefix, INBOUND_RECEIVED, engine.count_inbound, from_beginning=False)
 
 
-async def _follow(kafka: KafkaConfig, prefix: str, topic: Topic[Any],
-                  apply: Callable[[Any], None], *, from_beginning: bool) -> None:
+async def _follow(
+    kafka: KafkaConfig,
+    prefix: str,
+    topic: Topic[Any],
+    apply: Callable[[Any], None],
+    *,
+    from_beginning: bool,
+) -> None:
     """Every partition of `topic`, without a consumer group: nothing to commit, and every
     instance needs all of it."""
     name = topic_name(topic, prefix)
@@ -71,8 +75,7 @@ async def _follow(kafka: KafkaConfig, prefix: str, topic: Topic[Any],
         # gets no metadata for topics it has not been assigned).
         tps = [TopicPartition(name, p) for p in range(topic.partitions)]
         consumer.assign(tps)
-        await (consumer.seek_to_beginning(*tps) if from_beginning
-               else consumer.seek_to_end(*tps))
+        await (consumer.seek_to_beginning(*tps) if from_beginning else consumer.seek_to_end(*tps))
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
@@ -88,10 +91,19 @@ def _apply_followed(topic: Topic[Any], apply: Callable[[Any], None], record: Any
     try:
         apply(topic.decode(record.value))
     except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-        log.warning("followed_record_unreadable", topic=topic.name,
-                    partition=record.partition, offset=record.offset,
-                    error=type(exc).__name__)
+        log.warning(
+            "followed_record_unreadable",
+            topic=topic.name,
+            partition=record.partition,
+            offset=record.offset,
+            error=type(exc).__name__,
+        )
     except Exception as exc:
-        log.error("followed_record_failed", topic=topic.name, partition=record.partition,
-                  offset=record.offset, exc_info=exc)
+        log.error(
+            "followed_record_failed",
+            topic=topic.name,
+            partition=record.partition,
+            offset=record.offset,
+            exc_info=exc,
+        )
         metrics.UNEXPECTED_ERRORS.labels("follower").inc()

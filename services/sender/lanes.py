@@ -65,9 +65,17 @@ def is_parked(ready_at: float, now: float, backlog_seconds: float) -> bool:
 # --- the dispatcher ---------------------------------------------------------------------------
 
 
-def next_take(*, held: bool, blocked_until: float, unanswered: int, cap: int,
-              all_unanswered: int, max_in_flight: int, next_ready_at: float | None,
-              now: float) -> float | None:
+def next_take(
+    *,
+    held: bool,
+    blocked_until: float,
+    unanswered: int,
+    cap: int,
+    all_unanswered: int,
+    max_in_flight: int,
+    next_ready_at: float | None,
+    now: float,
+) -> float | None:
     """None when the lane's next message may be taken off its queue now; otherwise when to look
     again (IDLE: only when something wakes the lane).
 
@@ -86,8 +94,9 @@ def next_take(*, held: bool, blocked_until: float, unanswered: int, cap: int,
     return None if next_ready_at <= now else next_ready_at
 
 
-def dispatcher_wake_at(take_at: float, *, queued: bool, sweep_due: float, on_hold: bool,
-                       refresh_due: float) -> float:
+def dispatcher_wake_at(
+    take_at: float, *, queued: bool, sweep_due: float, on_hold: bool, refresh_due: float
+) -> float:
     """When the dispatcher looks again: at `take_at` (next_take's answer), or sooner for the
     expiry sweep of a non-empty queue, or for the number's refresh while it is held (a
     replaced token or a changed status ends the hold)."""
@@ -106,13 +115,22 @@ class Chores:
     refresh_number: bool = False  # read the number again (token, status, throughput)
 
 
-def due_chores(*, now: float, queued: bool, on_hold: bool, sweep_due: float, prune_due: float,
-               refresh_due: float) -> Chores:
+def due_chores(
+    *,
+    now: float,
+    queued: bool,
+    on_hold: bool,
+    sweep_due: float,
+    prune_due: float,
+    refresh_due: float,
+) -> Chores:
     """The dispatcher's periodic chores due now. The sweep and the refresh matter only with
     messages waiting (or, for the refresh, while the number is held)."""
-    return Chores(sweep_expired=queued and now >= sweep_due,
-                  prune_pairs=now >= prune_due,
-                  refresh_number=(queued or on_hold) and now >= refresh_due)
+    return Chores(
+        sweep_expired=queued and now >= sweep_due,
+        prune_pairs=now >= prune_due,
+        refresh_number=(queued or on_hold) and now >= refresh_due,
+    )
 
 
 # --- holds ------------------------------------------------------------------------------------
@@ -124,9 +142,14 @@ class HoldChange(StrEnum):
     RELEASE = "release"  # end the number's hold
 
 
-def hold_change_on_refresh(*, hold_reason: str | None, status: str,
-                           token_fingerprint: str | None, held_token: str | None,
-                           has_token: bool) -> HoldChange:
+def hold_change_on_refresh(
+    *,
+    hold_reason: str | None,
+    status: str,
+    token_fingerprint: str | None,
+    held_token: str | None,
+    has_token: bool,
+) -> HoldChange:
     """What reading the number again changes: a status other than `active` holds it; `active`
     again ends a status hold; a token hold ends once an operator replaced the token (another
     fingerprint, and readable)."""
@@ -159,8 +182,9 @@ def refusal_hold_reason(code: int, hold_for: float | None) -> str:
 # --- one send: waiting for the number's token ------------------------------------------------
 
 
-def sending_record_wait(*, number_token_at: float, blocked_until: float, lead_seconds: float,
-                        held: bool, now: float) -> float | None:
+def sending_record_wait(
+    *, number_token_at: float, blocked_until: float, lead_seconds: float, held: bool, now: float
+) -> float | None:
     """When a send may take its `sending` record: None now, else the time to look again. Not
     long before the number may send (a pause or inbound messages can push its next token a
     second or more away; a crash turns every record taken meanwhile into an unknown outcome):
@@ -185,8 +209,16 @@ class GateStep:
     until: float = 0.0  # with WAIT
 
 
-def gate_step(*, aborted: bool, held: bool, blocked_until: float, now: float,
-              expires_at_ms: int, now_ms: int, has_token: bool) -> GateStep:
+def gate_step(
+    *,
+    aborted: bool,
+    held: bool,
+    blocked_until: float,
+    now: float,
+    expires_at_ms: int,
+    now_ms: int,
+    has_token: bool,
+) -> GateStep:
     """One look of a send at its number before it reserves the number's token."""
     if aborted or held:
         return GateStep(GateKind.PUT_BACK)
@@ -276,16 +308,22 @@ def plan_refusal(code: int, tries: Tries, limits: RetryLimits) -> RefusalPlan:
         tries = replace(tries, transient_failures=tries.transient_failures + 1)
     elif rule.error_class is ErrorClass.HOLD:
         tries = replace(tries, calls=tries.calls - 1)
-    reaction = react_to_error(code, attempts=tries.transient_failures,
-                              consecutive_number_throttles=tries.number_throttles,
-                              pair_throttles=tries.pair_throttles, limits=limits)
+    reaction = react_to_error(
+        code,
+        attempts=tries.transient_failures,
+        consecutive_number_throttles=tries.number_throttles,
+        pair_throttles=tries.pair_throttles,
+        limits=limits,
+    )
     if reaction.fail:
         return RefusalPlan(tries, reaction, throttled)
     transient = rule.error_class is ErrorClass.TRANSIENT
-    hold_reason = (refusal_hold_reason(code, reaction.hold_number_for)
-                   if reaction.hold_number else None)
-    return RefusalPlan(tries, reaction, throttled, hold_reason, pay_pair_again=transient,
-                       record_attempt=transient)
+    hold_reason = (
+        refusal_hold_reason(code, reaction.hold_number_for) if reaction.hold_number else None
+    )
+    return RefusalPlan(
+        tries, reaction, throttled, hold_reason, pay_pair_again=transient, record_attempt=transient
+    )
 
 
 def after_accepted(tries: Tries) -> Tries:

@@ -87,8 +87,11 @@ def with_targets(event: SendApproved, wamids: dict[str, str]) -> SendApproved:
     """The message with those ids replaced by their wamids (every one must be in `wamids`)."""
     reply_to = wamids.get(event.reply_to or "", event.reply_to)
     content = event.content
-    if event.message_type == "reaction" and isinstance(content, dict) and \
-            content.get("message_id") in wamids:
+    if (
+        event.message_type == "reaction"
+        and isinstance(content, dict)
+        and content.get("message_id") in wamids
+    ):
         content = {**content, "message_id": wamids[content["message_id"]]}
     return msgspec.structs.replace(event, reply_to=reply_to, content=content)
 
@@ -126,29 +129,36 @@ def parse_response(status: int, body: bytes) -> SendOutcome:
 class MetaClient:
     """One aiohttp session for the process: connections to Meta are reused."""
 
-    def __init__(self, base_url: str, graph_version: str, timeout_seconds: float,
-                 connections_per_host: int = 100,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        graph_version: str,
+        timeout_seconds: float,
+        connections_per_host: int = 100,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self._base = f"{base_url.rstrip('/')}/{graph_version}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds,
-                                              sock_connect=min(timeout_seconds, 5.0))
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds, sock_connect=min(timeout_seconds, 5.0)
+        )
         # Our own gate in front of the pool: time spent waiting for a free connection must not
         # count against the request timeout, or a busy pool would make sends look ambiguous.
         self._slots = asyncio.Semaphore(connections_per_host)
         self._session = session or aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=connections_per_host,
-                                           keepalive_timeout=15),
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=connections_per_host, keepalive_timeout=15
+            ),
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def send(self, phone_number_id: str, access_token: str,
-                   event: SendApproved) -> SendOutcome:
+    async def send(
+        self, phone_number_id: str, access_token: str, event: SendApproved
+    ) -> SendOutcome:
         url = f"{self._base}/{phone_number_id}/messages"
-        headers = {"Authorization": f"Bearer {access_token}",
-                   "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
         payload = orjson.dumps(request_body(event))
         async with self._slots:
             started = time.perf_counter()
@@ -159,9 +169,9 @@ class MetaClient:
 
     async def _post(self, url: str, headers: dict[str, str], payload: bytes) -> SendOutcome:
         try:
-            async with self._session.post(url, data=payload, headers=headers,
-                                          timeout=self._timeout,
-                                          allow_redirects=False) as response:
+            async with self._session.post(
+                url, data=payload, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
                 body = await response.read()
                 return parse_response(response.status, body)
         except aiohttp.ConnectionTimeoutError:

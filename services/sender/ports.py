@@ -49,27 +49,51 @@ class RealTimer:
 class SendsStore(Protocol):
     async def find_send(self, message_id: str) -> SendRecord | None: ...
 
-    async def start_send(self, message_id: str, *, phone_number_id: str, account_id: str,
-                         now_ms: int) -> SendRecord | None: ...
+    async def start_send(
+        self, message_id: str, *, phone_number_id: str, account_id: str, now_ms: int
+    ) -> SendRecord | None: ...
 
-    async def record_unsent_outcome(self, message_id: str, state: str, *, phone_number_id: str,
-                                    account_id: str, now_ms: int, reason: str | None = None,
-                                    error: dict[str, Any] | None = None
-                                    ) -> SendRecord | None: ...
+    async def record_unsent_outcome(
+        self,
+        message_id: str,
+        state: str,
+        *,
+        phone_number_id: str,
+        account_id: str,
+        now_ms: int,
+        reason: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> SendRecord | None: ...
 
-    async def record_outcome(self, message_id: str, state: str, *, phone_number_id: str,
-                             account_id: str, attempts: int, now_ms: int,
-                             wamid: str | None = None, error: dict[str, Any] | None = None,
-                             reason: str | None = None) -> SendRecord | None: ...
+    async def record_outcome(
+        self,
+        message_id: str,
+        state: str,
+        *,
+        phone_number_id: str,
+        account_id: str,
+        attempts: int,
+        now_ms: int,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> SendRecord | None: ...
 
-    async def update_send(self, message_id: str, *, state: str, attempts: int, now_ms: int,
-                          wamid: str | None = None, error: dict[str, Any] | None = None,
-                          reason: str | None = None) -> None: ...
+    async def update_send(
+        self,
+        message_id: str,
+        *,
+        state: str,
+        attempts: int,
+        now_ms: int,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None: ...
 
     async def abandon_send(self, message_id: str) -> None: ...
 
-    async def load_tier_usage(self, portfolio_id: str, since_ms: int
-                              ) -> list[tuple[str, int]]: ...
+    async def load_tier_usage(self, portfolio_id: str, since_ms: int) -> list[tuple[str, int]]: ...
 
     async def record_tier_use(self, portfolio_id: str, recipient: str, at_ms: int) -> None: ...
 
@@ -79,8 +103,9 @@ class PhoneNumbers(Protocol):
 
 
 class MetaSender(Protocol):
-    async def send(self, phone_number_id: str, access_token: str,
-                   event: SendApproved) -> SendOutcome: ...
+    async def send(
+        self, phone_number_id: str, access_token: str, event: SendApproved
+    ) -> SendOutcome: ...
 
 
 Publish = Callable[[StatusChanged], Awaitable[None]]

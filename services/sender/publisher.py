@@ -28,7 +28,8 @@ class StatusPublisher:
         self._producer = producer
         self._prefix = prefix
         self._commit: GroupCommit[StatusChanged, None] = GroupCommit(
-            self._publish_batch, max_batch=max_batch)
+            self._publish_batch, max_batch=max_batch
+        )
 
     async def __call__(self, change: StatusChanged) -> None:
         await self._commit.submit(change)
@@ -39,19 +40,34 @@ class StatusPublisher:
         return [None] * len(changes)
 
 
-def status_change(event: SendApproved, status: str, now_ms: int, *, wamid: str | None = None,
-                  error: dict[str, Any] | None = None, reason: str | None = None
-                  ) -> StatusChanged:
+def status_change(
+    event: SendApproved,
+    status: str,
+    now_ms: int,
+    *,
+    wamid: str | None = None,
+    error: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> StatusChanged:
     """The StatusChanged the sender publishes for a message's outcome. Its event id is the same
     for a replay of the same outcome (consumers apply it once)."""
     return StatusChanged(
-        event_id=f"{event.message_id}:{status}:sender", message_id=event.message_id,
-        account_id=event.account_id, status=status,  # type: ignore[arg-type]
-        occurred_at=now_ms, source="sender",
-        phone_number_id=event.phone_number_id, recipient_region=event.recipient_region,
-        wamid=wamid, reason=reason,
-        error=MetaError(int(error["code"]), str(error.get("title", "")),
-                        str(error.get("details", ""))) if error else None)
+        event_id=f"{event.message_id}:{status}:sender",
+        message_id=event.message_id,
+        account_id=event.account_id,
+        status=status,  # type: ignore[arg-type]
+        occurred_at=now_ms,
+        source="sender",
+        phone_number_id=event.phone_number_id,
+        recipient_region=event.recipient_region,
+        wamid=wamid,
+        reason=reason,
+        error=MetaError(
+            int(error["code"]), str(error.get("title", "")), str(error.get("details", ""))
+        )
+        if error
+        else None,
+    )
 
 
 def status_publisher(producer: AIOKafkaProducer, prefix: str) -> Publish:
@@ -69,8 +85,7 @@ class RecordDone:
 
     __slots__ = ("_dead_letters", "_offsets", "record")
 
-    def __init__(self, offsets: PartitionOffsets, record: Any,
-                 dead_letters: DeadLetters) -> None:
+    def __init__(self, offsets: PartitionOffsets, record: Any, dead_letters: DeadLetters) -> None:
         self._offsets = offsets
         self.record = record
         self._dead_letters = dead_letters

@@ -47,8 +47,14 @@ class SendRecord:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SendRecord:
-        return cls(doc["_id"], doc.get("state", "sending"), doc.get("wamid"), doc.get("error"),
-                   doc.get("reason"), int(doc.get("attempts", 0)))
+        return cls(
+            doc["_id"],
+            doc.get("state", "sending"),
+            doc.get("wamid"),
+            doc.get("error"),
+            doc.get("reason"),
+            int(doc.get("attempts", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,7 @@ class SenderRepository:
         self._send_inserts = InsertBatcher(self._sends)
         self._outcomes = db[SEND_OUTCOMES]
         # Outcomes are off the path to Meta: waiting 10 ms for company costs no throughput.
-        self._outcome_inserts = InsertBatcher(self._outcomes, max_batch=500,
-                                              linger_seconds=0.01)
+        self._outcome_inserts = InsertBatcher(self._outcomes, max_batch=500, linger_seconds=0.01)
         # Updates (rare now: a transient error's attempt count, a late outcome replacing
         # `unknown`) cannot be batched on FerretDB; a few at a time keep them from queueing
         # ahead of the inserts that the next requests to Meta wait for.
@@ -87,22 +92,40 @@ class SenderRepository:
     async def find_send(self, message_id: str) -> SendRecord | None:
         """What is recorded of a message: its outcome if it has one, else its `sends` record."""
         try:
-            doc = (await self._outcomes.find_one({"_id": message_id})
-                   or await self._sends.find_one({"_id": message_id}))
+            doc = await self._outcomes.find_one({"_id": message_id}) or await self._sends.find_one(
+                {"_id": message_id}
+            )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
         return SendRecord.from_doc(doc) if doc else None
 
-    async def record_outcome(self, message_id: str, state: str, *, phone_number_id: str,
-                             account_id: str, attempts: int, now_ms: int,
-                             wamid: str | None = None, error: dict[str, Any] | None = None,
-                             reason: str | None = None) -> SendRecord | None:
+    async def record_outcome(
+        self,
+        message_id: str,
+        state: str,
+        *,
+        phone_number_id: str,
+        account_id: str,
+        attempts: int,
+        now_ms: int,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> SendRecord | None:
         """Record the outcome of an attempt (its `sending` record exists). None: recorded. A
         record: an outcome was there already and stays (only `unknown` gives way to what Meta
         actually answered)."""
-        doc = {"_id": message_id, "state": state, "phone_number_id": phone_number_id,
-               "account_id": account_id, "attempts": attempts, "wamid": wamid, "error": error,
-               "reason": reason, "updated_at": now_ms}
+        doc = {
+            "_id": message_id,
+            "state": state,
+            "phone_number_id": phone_number_id,
+            "account_id": account_id,
+            "attempts": attempts,
+            "wamid": wamid,
+            "error": error,
+            "reason": reason,
+            "updated_at": now_ms,
+        }
         if await self._outcome_inserts.insert(doc):
             return None
         try:
@@ -117,25 +140,49 @@ class SenderRepository:
             raise unavailable(exc) from exc
         return SendRecord.from_doc(existing)
 
-    async def start_send(self, message_id: str, *, phone_number_id: str, account_id: str,
-                         now_ms: int) -> SendRecord | None:
+    async def start_send(
+        self, message_id: str, *, phone_number_id: str, account_id: str, now_ms: int
+    ) -> SendRecord | None:
         """Record `sending` before calling Meta. None: go ahead. A record: this message was
         already attempted (by us earlier or by a previous owner) - do not send it again."""
-        return await self._insert_or_existing({
-            "_id": message_id, "state": "sending", "phone_number_id": phone_number_id,
-            "account_id": account_id, "attempts": 0, "created_at": now_ms, "updated_at": now_ms,
-        })
+        return await self._insert_or_existing(
+            {
+                "_id": message_id,
+                "state": "sending",
+                "phone_number_id": phone_number_id,
+                "account_id": account_id,
+                "attempts": 0,
+                "created_at": now_ms,
+                "updated_at": now_ms,
+            }
+        )
 
-    async def record_unsent_outcome(self, message_id: str, state: str, *, phone_number_id: str,
-                                    account_id: str, now_ms: int, reason: str | None = None,
-                                    error: dict[str, Any] | None = None) -> SendRecord | None:
+    async def record_unsent_outcome(
+        self,
+        message_id: str,
+        state: str,
+        *,
+        phone_number_id: str,
+        account_id: str,
+        now_ms: int,
+        reason: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> SendRecord | None:
         """A terminal state reached without calling Meta (expired). None: recorded; a record:
         an earlier outcome exists and wins."""
-        return await self._insert_or_existing({
-            "_id": message_id, "state": state, "phone_number_id": phone_number_id,
-            "account_id": account_id, "attempts": 0, "reason": reason, "error": error,
-            "created_at": now_ms, "updated_at": now_ms,
-        })
+        return await self._insert_or_existing(
+            {
+                "_id": message_id,
+                "state": state,
+                "phone_number_id": phone_number_id,
+                "account_id": account_id,
+                "attempts": 0,
+                "reason": reason,
+                "error": error,
+                "created_at": now_ms,
+                "updated_at": now_ms,
+            }
+        )
 
     async def _insert_or_existing(self, doc: dict[str, Any]) -> SendRecord | None:
         if await self._send_inserts.insert(doc):
@@ -145,11 +192,25 @@ class SenderRepository:
         # the caller then treats the outcome as unknown rather than sending again.
         return existing or SendRecord(doc["_id"], "sending")
 
-    async def update_send(self, message_id: str, *, state: str, attempts: int, now_ms: int,
-                          wamid: str | None = None, error: dict[str, Any] | None = None,
-                          reason: str | None = None) -> None:
-        update = {"state": state, "attempts": attempts, "updated_at": now_ms, "wamid": wamid,
-                  "error": error, "reason": reason}
+    async def update_send(
+        self,
+        message_id: str,
+        *,
+        state: str,
+        attempts: int,
+        now_ms: int,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        update = {
+            "state": state,
+            "attempts": attempts,
+            "updated_at": now_ms,
+            "wamid": wamid,
+            "error": error,
+            "reason": reason,
+        }
         try:
             async with self._update_slots:
                 await self._sends.update_one({"_id": message_id}, {"$set": update})
@@ -170,7 +231,8 @@ class SenderRepository:
         try:
             cursor = self._tier_usage.find(
                 {"portfolio_id": portfolio_id, "last_at": {"$gt": since_ms}},
-                {"recipient": 1, "last_at": 1})
+                {"recipient": 1, "last_at": 1},
+            )
             return [(doc["recipient"], int(doc["last_at"])) async for doc in cursor]
         except PyMongoError as exc:
             raise unavailable(exc) from exc
@@ -179,9 +241,9 @@ class SenderRepository:
         try:
             await self._tier_usage.update_one(
                 {"_id": f"{portfolio_id}:{recipient}"},
-                {"$set": {"portfolio_id": portfolio_id, "recipient": recipient,
-                          "last_at": at_ms}},
-                upsert=True)
+                {"$set": {"portfolio_id": portfolio_id, "recipient": recipient, "last_at": at_ms}},
+                upsert=True,
+            )
         except DuplicateKeyError:
             pass  # a concurrent upsert of the same key won; its time is as good as ours
         except PyMongoError as exc:
@@ -216,20 +278,26 @@ class SenderRepository:
             except PermanentError as exc:
                 problem = exc.code
         return PhoneNumber(
-            id=str(doc["_id"]), account_id=str(doc.get("account_id", "")),
-            waba_id=str(doc.get("waba_id", "")), portfolio_id=str(doc.get("portfolio_id", "")),
+            id=str(doc["_id"]),
+            account_id=str(doc.get("account_id", "")),
+            waba_id=str(doc.get("waba_id", "")),
+            portfolio_id=str(doc.get("portfolio_id", "")),
             throughput_mps=int(doc.get("throughput_mps") or 80),
             messaging_limit=str(doc.get("messaging_limit") or "TIER_UNLIMITED"),
-            status=str(doc.get("status") or "active"), token_fingerprint=encrypted,
-            access_token=token, token_problem=problem)
+            status=str(doc.get("status") or "active"),
+            token_fingerprint=encrypted,
+            access_token=token,
+            token_problem=problem,
+        )
 
 
 class PhoneNumberDirectory:
     """Phone numbers read through a short-lived cache: a replaced token or a changed status is
     seen within `refresh_seconds`, without a database read per message."""
 
-    def __init__(self, repository: SenderRepository, clock: Clock,
-                 refresh_seconds: float = 30.0) -> None:
+    def __init__(
+        self, repository: SenderRepository, clock: Clock, refresh_seconds: float = 30.0
+    ) -> None:
         self._repository = repository
         self._clock = clock
         self._refresh = refresh_seconds

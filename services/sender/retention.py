@@ -24,12 +24,14 @@ async def sweep_tier_usage_once(store: TierUsageStore, clock: Clock, retention_m
     return deleted
 
 
-async def sweep_tier_usage_forever(store: TierUsageStore, clock: Clock, retention_ms: int,
-                                   interval_seconds: float) -> None:
+async def sweep_tier_usage_forever(
+    store: TierUsageStore, clock: Clock, retention_ms: int, interval_seconds: float
+) -> None:
     while True:
         try:
             await sweep_tier_usage_once(store, clock, retention_ms)
         except TransientError as exc:
-            log.warning("tier_usage_sweep_skipped", outcome="dependency_unavailable",
-                        error=str(exc))
+            log.warning(
+                "tier_usage_sweep_skipped", outcome="dependency_unavailable", error=str(exc)
+            )
         await asyncio.sleep(interval_seconds)

@@ -22,17 +22,29 @@ from shared.pseudonyms import keyed_hash
 from shared.secrets import TokenVault
 
 
-def create_worker(settings: SenderSettings, db: AsyncDatabase[dict[str, Any]],
-                  producer: AIOKafkaProducer, clock: Clock) -> tuple[SenderWorker, MetaClient]:
+def create_worker(
+    settings: SenderSettings,
+    db: AsyncDatabase[dict[str, Any]],
+    producer: AIOKafkaProducer,
+    clock: Clock,
+) -> tuple[SenderWorker, MetaClient]:
     """Wire the sender from its settings and open clients (the caller closes the MetaClient)."""
     repository = SenderRepository(db, TokenVault(settings.token_keys))
-    meta = MetaClient(settings.meta_base_url, settings.meta_graph_version,
-                      settings.meta_timeout_seconds, settings.meta_connections_per_host)
+    meta = MetaClient(
+        settings.meta_base_url,
+        settings.meta_graph_version,
+        settings.meta_timeout_seconds,
+        settings.meta_connections_per_host,
+    )
     engine = SendEngine(
-        clock=clock, timer=RealTimer(clock), store=repository,
-        phone_numbers=PhoneNumberDirectory(repository, clock,
-                                           settings.phone_number_refresh_seconds),
-        meta=meta, publish=status_publisher(producer, settings.topic_prefix),
+        clock=clock,
+        timer=RealTimer(clock),
+        store=repository,
+        phone_numbers=PhoneNumberDirectory(
+            repository, clock, settings.phone_number_refresh_seconds
+        ),
+        meta=meta,
+        publish=status_publisher(producer, settings.topic_prefix),
         config=EngineConfig(
             max_in_flight=settings.max_in_flight,
             in_flight_seconds=settings.in_flight_seconds,
@@ -41,12 +53,24 @@ def create_worker(settings: SenderSettings, db: AsyncDatabase[dict[str, Any]],
             tier_refresh_seconds=settings.tier_refresh_seconds,
             tier_key=partial(keyed_hash, key=settings.recipient_hash_key_bytes()),
             backlog_seconds=settings.backlog_seconds,
-            limits=RetryLimits(transient_max_attempts=settings.transient_max_attempts,
-                               hold_seconds=settings.hold_seconds)))
+            limits=RetryLimits(
+                transient_max_attempts=settings.transient_max_attempts,
+                hold_seconds=settings.hold_seconds,
+            ),
+        ),
+    )
     worker = SenderWorker(
-        WorkerConfig(settings.kafka, settings.topic_prefix,
-                     settings.commit_interval_seconds, settings.max_queued,
-                     settings.shutdown_grace_seconds, backlog_seconds=settings.backlog_seconds,
-                     backlog_floor=settings.backlog_floor),
-        producer, engine, clock)
+        WorkerConfig(
+            settings.kafka,
+            settings.topic_prefix,
+            settings.commit_interval_seconds,
+            settings.max_queued,
+            settings.shutdown_grace_seconds,
+            backlog_seconds=settings.backlog_seconds,
+            backlog_floor=settings.backlog_floor,
+        ),
+        producer,
+        engine,
+        clock,
+    )
     return worker, meta

@@ -37,30 +37,49 @@ async def main() -> None:
     clock = SystemClock()
 
     async def build(conns: Connections) -> Parts:
-        await ensure_indexes(conns.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS,
-                             INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES, SUPPRESSIONS)
+        await ensure_indexes(
+            conns.db,
+            MESSAGES,
+            WAMID_INDEX,
+            PARKED_STATUSES,
+            CONVERSATIONS,
+            INBOUND_MESSAGES,
+            USER_PREFERENCES,
+            NUMBER_STATES,
+            SUPPRESSIONS,
+        )
         prefix, kafka = settings.topic_prefix, settings.kafka
         repository = StatusRepository(conns.db)
-        webhook_publisher = KafkaPublisher(conns.producer, prefix,
-                                           settings.publish_timeout_seconds)
+        webhook_publisher = KafkaPublisher(conns.producer, prefix, settings.publish_timeout_seconds)
         worker_publisher = KafkaPublisher(conns.producer, prefix, WORKER_PUBLISH_TIMEOUT_SECONDS)
         app = create_app(
-            WebhookConfig(app_secret=settings.app_secret.get_secret_value().encode(),
-                          verify_token=settings.verify_token.get_secret_value(),
-                          max_body_bytes=settings.max_webhook_bytes),
-            webhook_publisher, clock)
+            WebhookConfig(
+                app_secret=settings.app_secret.get_secret_value().encode(),
+                verify_token=settings.verify_token.get_secret_value(),
+                max_body_bytes=settings.max_webhook_bytes,
+            ),
+            webhook_publisher,
+            clock,
+        )
         processor = WebhookProcessor(repository, worker_publisher, clock)
         state_writer = StateWriter(repository, worker_publisher, clock)
-        sweeper = Sweeper(repository, worker_publisher, clock, SweepPolicy(
-            unknown_timeout_seconds=settings.unknown_timeout_seconds,
-            parked_retention_days=settings.parked_retention_days,
-            message_retention_days=settings.message_retention_days,
-            batch_size=settings.sweep_batch_size,
-            recipient_hash_key=settings.recipient_hash_key.get_secret_value().encode()))
+        sweeper = Sweeper(
+            repository,
+            worker_publisher,
+            clock,
+            SweepPolicy(
+                unknown_timeout_seconds=settings.unknown_timeout_seconds,
+                parked_retention_days=settings.parked_retention_days,
+                message_retention_days=settings.message_retention_days,
+                batch_size=settings.sweep_batch_size,
+                recipient_hash_key=settings.recipient_hash_key.get_secret_value().encode(),
+            ),
+        )
         workers = [
             run_processor(kafka, prefix, processor.handle_record, conns.producer),
-            run_state_writer(kafka, prefix, state_writer.handle_record, conns.producer,
-                             state_writer.forget_all),
+            run_state_writer(
+                kafka, prefix, state_writer.handle_record, conns.producer, state_writer.forget_all
+            ),
             sweeper.run_forever(settings.sweep_interval_seconds),
         ]
         return Parts(checks=conns.readiness_checks(), workers=workers, client_app=app)

@@ -17,8 +17,7 @@ WEBHOOK_PATH = "/webhooks/meta"
 def create_app(config: WebhookConfig, publisher: Publisher, clock: Clock) -> web.Application:
     # aiohttp refuses bodies over client_max_size while reading: Meta's limit plus headroom,
     # the handler enforces the exact limit.
-    app = web.Application(middlewares=[error_middleware],
-                          client_max_size=config.max_body_bytes + 1)
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1)
     app[SERVICE_KEY] = SERVICE
     handlers = WebhookHandlers(config, publisher, clock)
     app.router.add_get(WEBHOOK_PATH, handlers.verify_subscription)

@@ -71,8 +71,11 @@ def accepted_waba_id(body: bytes) -> str:
     try:
         head = _head_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise InvalidRequest("body is not a webhook JSON object", code="malformed_payload",
-                             details={"reason": str(exc)[:200]}) from exc
+        raise InvalidRequest(
+            "body is not a webhook JSON object",
+            code="malformed_payload",
+            details={"reason": str(exc)[:200]},
+        ) from exc
     if head.object != WHATSAPP_OBJECT:
         raise InvalidRequest(f"object must be {WHATSAPP_OBJECT}", code="unexpected_object")
     for raw_entry in head.entry:
@@ -120,8 +123,9 @@ class WebhookStatus:
 
 # Inbound types that do not open the customer-service window (reference §7: only what the
 # user wrote does; system notices, reactions and what we cannot read are on the safe side).
-NON_WINDOW_TYPES = frozenset({"system", "reaction", "unsupported", "unknown", "edit", "revoke",
-                              "errors"})
+NON_WINDOW_TYPES = frozenset(
+    {"system", "reaction", "unsupported", "unknown", "edit", "revoke", "errors"}
+)
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 INBOUND, ECHO = "inbound", "echo"
 
@@ -256,15 +260,19 @@ class WebhookPlan:
 
     def counts(self) -> dict[str, int]:
         """How many of each kind, for logs and tests."""
-        return {"statuses": len(self.statuses),
-                "inbound": sum(1 for m in self.inbound if m.direction == INBOUND),
-                "echoes": len(self.echoes), "template_updates": len(self.template_updates),
-                "number_updates": len(self.number_updates),
-                "account_updates": len(self.account_updates),
-                "waba_facts": len(self.waba_facts),
-                "user_preferences": len(self.user_preferences),
-                "value_errors": len(self.value_errors), "ignored": len(self.ignored_fields),
-                "malformed": self.malformed_items}
+        return {
+            "statuses": len(self.statuses),
+            "inbound": sum(1 for m in self.inbound if m.direction == INBOUND),
+            "echoes": len(self.echoes),
+            "template_updates": len(self.template_updates),
+            "number_updates": len(self.number_updates),
+            "account_updates": len(self.account_updates),
+            "waba_facts": len(self.waba_facts),
+            "user_preferences": len(self.user_preferences),
+            "value_errors": len(self.value_errors),
+            "ignored": len(self.ignored_fields),
+            "malformed": self.malformed_items,
+        }
 
 
 _envelope_decoder = msgspec.json.Decoder(meta.Envelope)
@@ -294,8 +302,9 @@ def plan_webhook(payload: bytes, received_at: int) -> WebhookPlan:
     try:
         envelope = _envelope_decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PermanentError("webhook payload is not Meta's envelope",
-                             code="malformed_webhook") from exc
+        raise PermanentError(
+            "webhook payload is not Meta's envelope", code="malformed_webhook"
+        ) from exc
     plan = WebhookPlan()
     for raw_entry in envelope.entry:
         try:
@@ -323,12 +332,19 @@ _TEMPLATE_FIELDS = {
     "message_template_components_update": "components",
 }
 # WABA-level fields we keep the latest word of (number_states `waba:<id>`), no action taken.
-_WABA_FACT_FIELDS = frozenset({"account_review_update", "account_alerts", "security",
-                               "business_capability_update"})
+_WABA_FACT_FIELDS = frozenset(
+    {"account_review_update", "account_alerts", "security", "business_capability_update"}
+)
 
 
-def _plan_change(plan: WebhookPlan, waba_id: str, entry_at: int, received_at: int,
-                 field_name: str, value: msgspec.Raw) -> None:
+def _plan_change(
+    plan: WebhookPlan,
+    waba_id: str,
+    entry_at: int,
+    received_at: int,
+    field_name: str,
+    value: msgspec.Raw,
+) -> None:
     if field_name in ("messages", "smb_message_echoes", "user_preferences"):
         _plan_messages_value(plan, waba_id, received_at, field_name, value)
     elif field_name in _TEMPLATE_FIELDS:
@@ -347,8 +363,9 @@ def _plan_change(plan: WebhookPlan, waba_id: str, entry_at: int, received_at: in
         plan.ignored_fields.append(field_name)
 
 
-def _plan_messages_value(plan: WebhookPlan, waba_id: str, received_at: int, field_name: str,
-                         value: msgspec.Raw) -> None:
+def _plan_messages_value(
+    plan: WebhookPlan, waba_id: str, received_at: int, field_name: str, value: msgspec.Raw
+) -> None:
     messages_value = _messages_value_decoder.decode(value)
     metadata = messages_value.metadata
     phone_number_id = metadata.phone_number_id if metadata else ""
@@ -358,18 +375,20 @@ def _plan_messages_value(plan: WebhookPlan, waba_id: str, received_at: int, fiel
             plan.statuses.append(parse_status_item(raw_status, waba_id, phone_number_id))
         except _ITEM_ERRORS:
             plan.malformed_items += 1
-    for direction, items in ((INBOUND, messages_value.messages),
-                             (ECHO, messages_value.message_echoes)):
+    for direction, items in (
+        (INBOUND, messages_value.messages),
+        (ECHO, messages_value.message_echoes),
+    ):
         for raw_message in items:
             try:
-                plan.inbound.append(parse_inbound_item(
-                    raw_message, waba_id, phone_number_id, direction, contacts))
+                plan.inbound.append(
+                    parse_inbound_item(raw_message, waba_id, phone_number_id, direction, contacts)
+                )
             except _ITEM_ERRORS:
                 plan.malformed_items += 1
     for raw_preference in messages_value.user_preferences:
         try:
-            plan.user_preferences.append(_user_preference(raw_preference, waba_id,
-                                                          phone_number_id))
+            plan.user_preferences.append(_user_preference(raw_preference, waba_id, phone_number_id))
         except _ITEM_ERRORS:
             plan.malformed_items += 1
     for raw_error in messages_value.errors:
@@ -378,9 +397,13 @@ def _plan_messages_value(plan: WebhookPlan, waba_id: str, received_at: int, fiel
         except _ITEM_ERRORS:
             plan.malformed_items += 1
             continue
-        plan.value_errors.append(WebhookError(code=_error_code(error.code),
-                                             title=error.title or error.message,
-                                             phone_number_id=phone_number_id))
+        plan.value_errors.append(
+            WebhookError(
+                code=_error_code(error.code),
+                title=error.title or error.message,
+                phone_number_id=phone_number_id,
+            )
+        )
     if field_name == "user_preferences" and not messages_value.user_preferences:
         plan.ignored_fields.append(field_name)
 
@@ -397,15 +420,26 @@ def parse_status_item(raw: bytes, waba_id: str, phone_number_id: str) -> Webhook
         except _ITEM_ERRORS:
             continue  # an error we cannot read costs its details, not the status
     return WebhookStatus(
-        wamid=item.id, meta_status=item.status, occurred_at=_epoch_ms(item.timestamp),
-        waba_id=waba_id, phone_number_id=phone_number_id,
+        wamid=item.id,
+        meta_status=item.status,
+        occurred_at=_epoch_ms(item.timestamp),
+        waba_id=waba_id,
+        phone_number_id=phone_number_id,
         callback_data=item.biz_opaque_callback_data,
         pricing=_pricing(item.pricing) if item.pricing is not None else None,
-        error=_first_error(errors), raw=bytes(raw), recipient_id=item.recipient_id)
+        error=_first_error(errors),
+        raw=bytes(raw),
+        recipient_id=item.recipient_id,
+    )
 
 
-def parse_inbound_item(raw: bytes, waba_id: str, phone_number_id: str, direction: str,
-                       contact_names: Mapping[str, str] | None = None) -> InboundMessage:
+def parse_inbound_item(
+    raw: bytes,
+    waba_id: str,
+    phone_number_id: str,
+    direction: str,
+    contact_names: Mapping[str, str] | None = None,
+) -> InboundMessage:
     """One `messages[]` item (direction inbound) or `message_echoes[]` item (echo)."""
     item = _inbound_decoder.decode(raw)
     if direction == ECHO:
@@ -422,14 +456,24 @@ def parse_inbound_item(raw: bytes, waba_id: str, phone_number_id: str, direction
     referral = whole.get("referral")
     names = contact_names or {}
     return InboundMessage(
-        wamid=item.id, waba_id=waba_id, phone_number_id=phone_number_id, wa_id=wa_id,
-        direction=direction, message_type=item.type, sent_at=_epoch_ms(item.timestamp),
-        content=content, raw=bytes(raw).decode(), user_id=user_id,
-        contact_name=(names.get(wa_id) or (names.get(user_id) if user_id else None)
-                      or names.get("")),
-        context_wamid=_context_wamid(item, content), media_id=_media_id(item.type, whole),
+        wamid=item.id,
+        waba_id=waba_id,
+        phone_number_id=phone_number_id,
+        wa_id=wa_id,
+        direction=direction,
+        message_type=item.type,
+        sent_at=_epoch_ms(item.timestamp),
+        content=content,
+        raw=bytes(raw).decode(),
+        user_id=user_id,
+        contact_name=(
+            names.get(wa_id) or (names.get(user_id) if user_id else None) or names.get("")
+        ),
+        context_wamid=_context_wamid(item, content),
+        media_id=_media_id(item.type, whole),
         referral=referral if isinstance(referral, dict) and referral else None,
-        group_id=item.group_id or None)
+        group_id=item.group_id or None,
+    )
 
 
 def _context_wamid(item: meta.InboundItem, content: Mapping[str, Any]) -> str | None:
@@ -479,13 +523,21 @@ def _user_preference(raw: bytes, waba_id: str, phone_number_id: str) -> UserPref
     wa_id = item.wa_id or item.user_id
     if not wa_id or not item.category or not item.value:
         raise ValueError("preference without a user, category or value")
-    return UserPreference(phone_number_id=phone_number_id, waba_id=waba_id, wa_id=wa_id,
-                          user_id=item.user_id or None, category=item.category,
-                          value=item.value, detail=item.detail, at=_epoch_ms(item.timestamp))
+    return UserPreference(
+        phone_number_id=phone_number_id,
+        waba_id=waba_id,
+        wa_id=wa_id,
+        user_id=item.user_id or None,
+        category=item.category,
+        value=item.value,
+        detail=item.detail,
+        at=_epoch_ms(item.timestamp),
+    )
 
 
-def _template_update(kind: str, waba_id: str, entry_at: int,
-                     value: msgspec.Raw) -> TemplateUpdate | None:
+def _template_update(
+    kind: str, waba_id: str, entry_at: int, value: msgspec.Raw
+) -> TemplateUpdate | None:
     template = _template_decoder.decode(value)
     # Meta's own quality-update example is labelled message_template_status_update: a status
     # update with a quality score and no event is a quality update.
@@ -495,33 +547,51 @@ def _template_update(kind: str, waba_id: str, entry_at: int,
     if not name and not template_id:
         return None
     common: dict[str, Any] = {
-        "kind": kind, "waba_id": waba_id, "template_id": template_id, "name": name,
+        "kind": kind,
+        "waba_id": waba_id,
+        "template_id": template_id,
+        "name": name,
         "language": normalise_language(template.message_template_language),
-        "occurred_at": entry_at}
+        "occurred_at": entry_at,
+    }
     if kind == "status":
         if not template.event:
             return None  # a status update that names no status: nothing to apply
-        return TemplateUpdate(**common, event=template.event,
-                              reason=template.reason,
-                              category=template.message_template_category)
+        return TemplateUpdate(
+            **common,
+            event=template.event,
+            reason=template.reason,
+            category=template.message_template_category,
+        )
     if kind == "quality":
-        return TemplateUpdate(**common, quality=template.new_quality_score,
-                              previous=template.previous_quality_score)
+        return TemplateUpdate(
+            **common, quality=template.new_quality_score, previous=template.previous_quality_score
+        )
     if kind == "category":
         if template.previous_category is not None:  # the change is done
-            return TemplateUpdate(**common, category=template.new_category,
-                                  previous=template.previous_category)
+            return TemplateUpdate(
+                **common, category=template.new_category, previous=template.previous_category
+            )
         effective = template.category_update_timestamp
-        return TemplateUpdate(**common, pending_category=template.correct_category,
-                              effective_at=_entry_time_ms(effective, entry_at)
-                              if effective is not None else None)
+        return TemplateUpdate(
+            **common,
+            pending_category=template.correct_category,
+            effective_at=_entry_time_ms(effective, entry_at) if effective is not None else None,
+        )
     return TemplateUpdate(**common)  # components: the stored shape must be synced again
 
 
 # Meta's tier names by the integer some webhooks carry instead (business_capability_update
 # shows `2000`; -1 means unlimited).
-_TIER_BY_COUNT = {50: "TIER_50", 250: "TIER_250", 1000: "TIER_1K", 2000: "TIER_2K",
-                  10000: "TIER_10K", 100000: "TIER_100K", -1: "TIER_UNLIMITED"}
+_TIER_BY_COUNT = {
+    50: "TIER_50",
+    250: "TIER_250",
+    1000: "TIER_1K",
+    2000: "TIER_2K",
+    10000: "TIER_10K",
+    100000: "TIER_100K",
+    -1: "TIER_UNLIMITED",
+}
 
 
 def messaging_tier(value: str | int | None) -> str | None:
@@ -536,22 +606,35 @@ def messaging_tier(value: str | int | None) -> str | None:
     return text if text.startswith("TIER_") and len(text) <= 32 else None
 
 
-def _number_update(field_name: str, waba_id: str, entry_at: int,
-                   value: msgspec.Raw) -> NumberUpdate:
+def _number_update(
+    field_name: str, waba_id: str, entry_at: int, value: msgspec.Raw
+) -> NumberUpdate:
     number = _number_decoder.decode(value)
     display = str(number.display_phone_number)
     if field_name == "phone_number_name_update":
-        return NumberUpdate(field=field_name, waba_id=waba_id, display_phone_number=display,
-                            event=number.decision or "", occurred_at=entry_at,
-                            name_decision=number.decision,
-                            requested_name=number.requested_verified_name,
-                            name_rejection_reason=number.rejection_reason)
+        return NumberUpdate(
+            field=field_name,
+            waba_id=waba_id,
+            display_phone_number=display,
+            event=number.decision or "",
+            occurred_at=entry_at,
+            name_decision=number.decision,
+            requested_name=number.requested_verified_name,
+            name_rejection_reason=number.rejection_reason,
+        )
     # `max_daily_conversations_per_business` replaces `current_limit` (removed Feb 2026).
-    limit = (messaging_tier(number.max_daily_conversations_per_business)
-             or messaging_tier(number.current_limit))
-    return NumberUpdate(field=field_name, waba_id=waba_id, display_phone_number=display,
-                        event=number.event, occurred_at=entry_at, messaging_limit=limit,
-                        throughput_upgrade=number.event == "THROUGHPUT_UPGRADE")
+    limit = messaging_tier(number.max_daily_conversations_per_business) or messaging_tier(
+        number.current_limit
+    )
+    return NumberUpdate(
+        field=field_name,
+        waba_id=waba_id,
+        display_phone_number=display,
+        event=number.event,
+        occurred_at=entry_at,
+        messaging_limit=limit,
+        throughput_upgrade=number.event == "THROUGHPUT_UPGRADE",
+    )
 
 
 def _account_update(waba_id: str, entry_at: int, value: msgspec.Raw) -> AccountUpdate:
@@ -569,16 +652,22 @@ def _account_update(waba_id: str, entry_at: int, value: msgspec.Raw) -> AccountU
             ban_state = _ban_info_decoder.decode(account.ban_info).waba_ban_state or None
         except _ITEM_ERRORS:
             pass
-    return AccountUpdate(waba_id=routed, event=account.event, occurred_at=entry_at,
-                         ban_state=ban_state)
+    return AccountUpdate(
+        waba_id=routed, event=account.event, occurred_at=entry_at, ban_state=ban_state
+    )
 
 
 def _waba_fact(field_name: str, waba_id: str, entry_at: int, value: msgspec.Raw) -> WabaFact:
     if field_name == "business_capability_update":
         capability = _capability_decoder.decode(value)
         limit = messaging_tier(capability.max_daily_conversations_per_business)
-        return WabaFact(waba_id=waba_id, field=field_name, event=limit or "",
-                        occurred_at=entry_at, messaging_limit=limit)
+        return WabaFact(
+            waba_id=waba_id,
+            field=field_name,
+            event=limit or "",
+            occurred_at=entry_at,
+            messaging_limit=limit,
+        )
     fact = _event_decoder.decode(value)
     event = fact.event or fact.decision
     if field_name == "account_alerts":
@@ -623,8 +712,12 @@ def _pricing(pricing: meta.MetaPricing) -> Pricing:
     pricing_type = pricing.type or ("regular" if pricing.billable else "free_customer_service")
     billable = pricing.billable if pricing.billable is not None else pricing_type == "regular"
     # Meta's text spells authentication-international with a hyphen; our categories use '_'.
-    return Pricing(billable=billable, pricing_model=pricing.pricing_model or "PMP",
-                   type=pricing_type, category=pricing.category.replace("-", "_"))
+    return Pricing(
+        billable=billable,
+        pricing_model=pricing.pricing_model or "PMP",
+        type=pricing_type,
+        category=pricing.category.replace("-", "_"),
+    )
 
 
 def _error_code(code: int | str) -> int:
@@ -640,8 +733,9 @@ def _first_error(errors: list[meta.MetaErrorItem]) -> MetaError | None:
         return None
     first = errors[0]
     details = first.error_data.details if first.error_data else ""
-    return MetaError(code=_error_code(first.code), title=first.title or first.message,
-                     details=details)
+    return MetaError(
+        code=_error_code(first.code), title=first.title or first.message, details=details
+    )
 
 
 def normalise_language(language: str) -> str:
@@ -654,7 +748,10 @@ def normalise_language(language: str) -> str:
 # `played` (first play of a voice message) only ever follows `read` and carries neither pricing
 # nor a new lifecycle step, so it is counted and not published.
 _MESSAGE_STATUS_OF_META: dict[str, MessageStatus] = {
-    "sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "read",
+    "failed": "failed",
 }
 COUNTED_META_STATUSES = frozenset({"sent", "delivered", "read", "failed", "played"})
 
@@ -684,8 +781,11 @@ def message_ref_from_doc(doc: Mapping[str, Any] | None) -> MessageRef | None:
     message_id = doc.get("message_id") or doc.get("_id")
     if not isinstance(message_id, str):
         return None
-    return MessageRef(message_id=message_id, account_id=str(doc["account_id"]),
-                      recipient_region=str(doc.get("recipient_region") or ""))
+    return MessageRef(
+        message_id=message_id,
+        account_id=str(doc["account_id"]),
+        recipient_region=str(doc.get("recipient_region") or ""),
+    )
 
 
 def callback_message_id(status: WebhookStatus) -> str | None:
@@ -695,8 +795,9 @@ def callback_message_id(status: WebhookStatus) -> str | None:
     return data if data and data.startswith("msg_") else None
 
 
-def resolve_status(by_wamid: MessageRef | None,
-                   by_callback: MessageRef | None) -> MessageRef | None:
+def resolve_status(
+    by_wamid: MessageRef | None, by_callback: MessageRef | None
+) -> MessageRef | None:
     """The wamid index is authoritative; the callback data covers the time before the sender's
     `sent` is recorded; with neither, the status is parked (None)."""
     return by_wamid or by_callback
@@ -708,11 +809,18 @@ def status_changed_from_webhook(status: WebhookStatus, ref: MessageRef) -> Statu
     if our_status is None:
         return None
     return StatusChanged(
-        event_id=f"{status.wamid}:{status.meta_status}", message_id=ref.message_id,
-        account_id=ref.account_id, status=our_status, occurred_at=status.occurred_at,
-        source="webhook", phone_number_id=status.phone_number_id,
-        recipient_region=ref.recipient_region, wamid=status.wamid, error=status.error,
-        pricing=status.pricing)
+        event_id=f"{status.wamid}:{status.meta_status}",
+        message_id=ref.message_id,
+        account_id=ref.account_id,
+        status=our_status,
+        occurred_at=status.occurred_at,
+        source="webhook",
+        phone_number_id=status.phone_number_id,
+        recipient_region=ref.recipient_region,
+        wamid=status.wamid,
+        error=status.error,
+        pricing=status.pricing,
+    )
 
 
 def parked_status_id(status: WebhookStatus) -> str:
@@ -722,75 +830,133 @@ def parked_status_id(status: WebhookStatus) -> str:
 def parked_status_doc(status: WebhookStatus, now_ms: int) -> dict[str, Any]:
     """A status whose wamid is not known yet, kept as Meta sent it (as text: Meta's keys are
     not guaranteed to be storable field names)."""
-    return {"_id": parked_status_id(status), "wamid": status.wamid, "status": status.meta_status,
-            "raw": status.raw.decode(), "waba_id": status.waba_id,
-            "phone_number_id": status.phone_number_id, "parked_at": now_ms}
+    return {
+        "_id": parked_status_id(status),
+        "wamid": status.wamid,
+        "status": status.meta_status,
+        "raw": status.raw.decode(),
+        "waba_id": status.waba_id,
+        "phone_number_id": status.phone_number_id,
+        "parked_at": now_ms,
+    }
 
 
 def status_from_parked(doc: Mapping[str, Any]) -> WebhookStatus:
-    return parse_status_item(str(doc["raw"]).encode(), str(doc.get("waba_id", "")),
-                             str(doc.get("phone_number_id", "")))
+    return parse_status_item(
+        str(doc["raw"]).encode(), str(doc.get("waba_id", "")), str(doc.get("phone_number_id", ""))
+    )
 
 
 # --- inbound messages and conversations -------------------------------------------------------
+
 
 def conversation_id(phone_number_id: str, wa_id: str) -> str:
     return f"{phone_number_id}:{wa_id}"
 
 
-def inbound_doc(message: InboundMessage, account_id: str | None,
-                received_at: int) -> dict[str, Any]:
+def inbound_doc(
+    message: InboundMessage, account_id: str | None, received_at: int
+) -> dict[str, Any]:
     """The `inbound_messages` document (shape in shared/collections.py)."""
     doc: dict[str, Any] = {
-        "_id": message.wamid, "account_id": account_id, "waba_id": message.waba_id,
-        "phone_number_id": message.phone_number_id, "wa_id": message.wa_id,
-        "direction": message.direction, "type": message.message_type,
-        "content": message.raw, "sent_at": message.sent_at, "received_at": received_at,
-        "opens_window": message.opens_window}
-    optional = {"media_id": message.media_id, "context_wamid": message.context_wamid,
-                "contact_name": message.contact_name, "user_id": message.user_id,
-                "group_id": message.group_id}
+        "_id": message.wamid,
+        "account_id": account_id,
+        "waba_id": message.waba_id,
+        "phone_number_id": message.phone_number_id,
+        "wa_id": message.wa_id,
+        "direction": message.direction,
+        "type": message.message_type,
+        "content": message.raw,
+        "sent_at": message.sent_at,
+        "received_at": received_at,
+        "opens_window": message.opens_window,
+    }
+    optional = {
+        "media_id": message.media_id,
+        "context_wamid": message.context_wamid,
+        "contact_name": message.contact_name,
+        "user_id": message.user_id,
+        "group_id": message.group_id,
+    }
     doc.update({k: v for k, v in optional.items() if v is not None})
     if message.referral is not None:
         doc["referral"] = True  # the referral itself is in `content` (Meta's item)
     return doc
 
 
-def conversation_update(message: InboundMessage, account_id: str | None,
-                        now_ms: int) -> dict[str, Any]:
+def conversation_update(
+    message: InboundMessage, account_id: str | None, now_ms: int
+) -> dict[str, Any]:
     """The upsert of the conversation a message belongs to: times only move forward ($max),
     so a late or replayed webhook never rewinds the window."""
     latest: dict[str, Any] = {"last_message_at": message.sent_at}
     if message.opens_window:
         latest["last_inbound_at"] = message.sent_at
         latest["window_expires_at"] = message.sent_at + WINDOW_MS
-    fields: dict[str, Any] = {"account_id": account_id, "waba_id": message.waba_id,
-                              "updated_at": now_ms}
+    fields: dict[str, Any] = {
+        "account_id": account_id,
+        "waba_id": message.waba_id,
+        "updated_at": now_ms,
+    }
     if message.contact_name:
         fields["contact_name"] = message.contact_name
     if message.user_id:
         fields["user_id"] = message.user_id
-    return {"$max": latest, "$set": fields,
-            "$setOnInsert": {"phone_number_id": message.phone_number_id,
-                             "wa_id": message.wa_id}}
+    return {
+        "$max": latest,
+        "$set": fields,
+        "$setOnInsert": {"phone_number_id": message.phone_number_id, "wa_id": message.wa_id},
+    }
 
 
-def inbound_received(message: InboundMessage, account_id: str | None,
-                     received_at: int) -> InboundReceived:
+def inbound_received(
+    message: InboundMessage, account_id: str | None, received_at: int
+) -> InboundReceived:
     return InboundReceived(
-        event_id=message.wamid, phone_number_id=message.phone_number_id,
-        waba_id=message.waba_id, sender=message.wa_id, wamid=message.wamid,
-        message_type=message.message_type, sent_at=message.sent_at, content=message.content,
-        account_id=account_id, contact_name=message.contact_name, user_id=message.user_id,
-        context_wamid=message.context_wamid, media_id=message.media_id,
-        referral=message.referral, opens_window=message.opens_window,
-        window_expires_at=message.window_expires_at, received_at=received_at)
+        event_id=message.wamid,
+        phone_number_id=message.phone_number_id,
+        waba_id=message.waba_id,
+        sender=message.wa_id,
+        wamid=message.wamid,
+        message_type=message.message_type,
+        sent_at=message.sent_at,
+        content=message.content,
+        account_id=account_id,
+        contact_name=message.contact_name,
+        user_id=message.user_id,
+        context_wamid=message.context_wamid,
+        media_id=message.media_id,
+        referral=message.referral,
+        opens_window=message.opens_window,
+        window_expires_at=message.window_expires_at,
+        received_at=received_at,
+    )
 
 
-KNOWN_INBOUND_TYPES = frozenset({
-    "text", "image", "video", "audio", "document", "sticker", "location", "contacts",
-    "interactive", "button", "reaction", "order", "system", "unsupported", "unknown",
-    "request_welcome", "edit", "revoke", "errors", "media_placeholder"})
+KNOWN_INBOUND_TYPES = frozenset(
+    {
+        "text",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "button",
+        "reaction",
+        "order",
+        "system",
+        "unsupported",
+        "unknown",
+        "request_welcome",
+        "edit",
+        "revoke",
+        "errors",
+        "media_placeholder",
+    }
+)
 
 
 def inbound_type_label(message_type: str) -> str:
@@ -799,9 +965,24 @@ def inbound_type_label(message_type: str) -> str:
 
 # --- templates --------------------------------------------------------------------------------
 
-KNOWN_TEMPLATE_EVENTS = frozenset({
-    "APPROVED", "ARCHIVED", "DELETED", "DISABLED", "FLAGGED", "IN_APPEAL", "LIMIT_EXCEEDED",
-    "LOCKED", "PAUSED", "PENDING", "REINSTATED", "PENDING_DELETION", "REJECTED", "UNARCHIVED"})
+KNOWN_TEMPLATE_EVENTS = frozenset(
+    {
+        "APPROVED",
+        "ARCHIVED",
+        "DELETED",
+        "DISABLED",
+        "FLAGGED",
+        "IN_APPEAL",
+        "LIMIT_EXCEEDED",
+        "LOCKED",
+        "PAUSED",
+        "PENDING",
+        "REINSTATED",
+        "PENDING_DELETION",
+        "REJECTED",
+        "UNARCHIVED",
+    }
+)
 
 
 def template_event_label(event: str) -> str:
@@ -815,16 +996,23 @@ def template_doc_id(waba_id: str, name: str, language: str) -> str:
 
 # Each kind writes its own fields and keeps its own clock, so a late webhook of one kind never
 # undoes a later one of the same kind, and kinds never block each other.
-TEMPLATE_EVENT_AT = {"status": "status_event_at", "quality": "quality_event_at",
-                     "category": "category_event_at", "components": "components_event_at"}
+TEMPLATE_EVENT_AT = {
+    "status": "status_event_at",
+    "quality": "quality_event_at",
+    "category": "category_event_at",
+    "components": "components_event_at",
+}
 
 
 def template_fields(update: TemplateUpdate) -> dict[str, Any]:
     """What a template webhook sets on the stored template."""
     at = update.occurred_at
     if update.kind == "status":
-        fields: dict[str, Any] = {"status": update.event, "status_reason": update.reason,
-                                  "status_event_at": at}
+        fields: dict[str, Any] = {
+            "status": update.event,
+            "status_reason": update.reason,
+            "status_event_at": at,
+        }
         if update.category:
             fields["category"] = update.category.upper()
         return fields
@@ -832,10 +1020,17 @@ def template_fields(update: TemplateUpdate) -> dict[str, Any]:
         return {"quality_score": update.quality, "quality_event_at": at}
     if update.kind == "category":
         if update.category is not None:  # done: the category changed
-            return {"category": update.category.upper(), "previous_category": update.previous,
-                    "pending_category": None, "category_event_at": at}
-        return {"pending_category": update.pending_category,
-                "pending_category_at": update.effective_at, "category_event_at": at}
+            return {
+                "category": update.category.upper(),
+                "previous_category": update.previous,
+                "pending_category": None,
+                "category_event_at": at,
+            }
+        return {
+            "pending_category": update.pending_category,
+            "pending_category_at": update.effective_at,
+            "category_event_at": at,
+        }
     # components changed at Meta: the shape ingest checks parameters against is stale
     return {"needs_sync": True, "components_event_at": at}
 
@@ -844,18 +1039,30 @@ def minimal_template_doc(update: TemplateUpdate) -> dict[str, Any]:
     """A template we never synced (created in WhatsApp Manager, say): what the webhook says,
     marked `shape_known: false` until the admin CLI's sync replaces it with Meta's full
     template."""
-    return {"_id": template_doc_id(update.waba_id, update.name, update.language),
-            "waba_id": update.waba_id, "template_id": update.template_id, "name": update.name,
-            "language": update.language, "shape_known": False, "created_by": "status",
-            **template_fields(update)}
+    return {
+        "_id": template_doc_id(update.waba_id, update.name, update.language),
+        "waba_id": update.waba_id,
+        "template_id": update.template_id,
+        "name": update.name,
+        "language": update.language,
+        "shape_known": False,
+        "created_by": "status",
+        **template_fields(update),
+    }
 
 
 def template_status_changed(update: TemplateUpdate) -> TemplateStatusChanged:
     return TemplateStatusChanged(
         event_id=f"{update.template_id}:{update.event}:{update.occurred_at // 1000}",
-        waba_id=update.waba_id, template_id=update.template_id, name=update.name,
-        language=update.language, status=update.event, reason=update.reason,
-        category=update.category, occurred_at=update.occurred_at)
+        waba_id=update.waba_id,
+        template_id=update.template_id,
+        name=update.name,
+        language=update.language,
+        status=update.event,
+        reason=update.reason,
+        category=update.category,
+        occurred_at=update.occurred_at,
+    )
 
 
 # --- phone numbers: throughput, tier, name ----------------------------------------------------
@@ -881,10 +1088,12 @@ def number_ref_from_doc(doc: Mapping[str, Any] | None) -> NumberRef | None:
     mps = _stored_int(doc, "throughput_mps")
     limit = doc.get("messaging_limit")
     return NumberRef(
-        phone_number_id=doc["_id"], account_id=str(doc["account_id"])
-        if doc.get("account_id") else None, waba_id=str(doc.get("waba_id") or ""),
+        phone_number_id=doc["_id"],
+        account_id=str(doc["account_id"]) if doc.get("account_id") else None,
+        waba_id=str(doc.get("waba_id") or ""),
         messages_per_second=mps if mps > 0 else DEFAULT_MESSAGES_PER_SECOND,
-        messaging_limit=limit if isinstance(limit, str) else None)
+        messaging_limit=limit if isinstance(limit, str) else None,
+    )
 
 
 def display_number_variants(display_phone_number: str) -> list[str]:
@@ -923,11 +1132,13 @@ def pacing_of(state: Mapping[str, Any] | None, number: NumberRef) -> Pacing:
         messages_per_second=mps if mps > 0 else number.messages_per_second,
         mps_at=_stored_int(state, "mps_at"),
         messaging_limit=limit if isinstance(limit, str) else number.messaging_limit,
-        limit_at=_stored_int(state, "limit_at"))
+        limit_at=_stored_int(state, "limit_at"),
+    )
 
 
-def next_pacing(current: Pacing, messages_per_second: int | None, messaging_limit: str | None,
-                at: int) -> Pacing | None:
+def next_pacing(
+    current: Pacing, messages_per_second: int | None, messaging_limit: str | None, at: int
+) -> Pacing | None:
     """The pacing after Meta's word at `at`; None when it changes nothing (a stale or repeated
     webhook). Each fact only moves forward in time on its own."""
     mps, mps_at = current.messages_per_second, current.mps_at
@@ -941,19 +1152,25 @@ def next_pacing(current: Pacing, messages_per_second: int | None, messaging_limi
 
 
 def pacing_fields(pacing: Pacing) -> dict[str, Any]:
-    return {"messages_per_second": pacing.messages_per_second, "mps_at": pacing.mps_at,
-            "messaging_limit": pacing.messaging_limit, "limit_at": pacing.limit_at}
+    return {
+        "messages_per_second": pacing.messages_per_second,
+        "mps_at": pacing.mps_at,
+        "messaging_limit": pacing.messaging_limit,
+        "limit_at": pacing.limit_at,
+    }
 
 
-def throughput_changed(number: NumberRef, pacing: Pacing, event: str,
-                       at: int) -> ThroughputChanged:
+def throughput_changed(number: NumberRef, pacing: Pacing, event: str, at: int) -> ThroughputChanged:
     """The number's whole current pacing (the topic is compacted by number: an event that
     carried only the tier would erase an earlier upgrade)."""
     return ThroughputChanged(
         event_id=f"{number.phone_number_id}:{event or 'update'}:{at // 1000}",
-        phone_number_id=number.phone_number_id, waba_id=number.waba_id,
-        messages_per_second=pacing.messages_per_second, messaging_limit=pacing.messaging_limit,
-        occurred_at=max(pacing.mps_at, pacing.limit_at))
+        phone_number_id=number.phone_number_id,
+        waba_id=number.waba_id,
+        messages_per_second=pacing.messages_per_second,
+        messaging_limit=pacing.messaging_limit,
+        occurred_at=max(pacing.mps_at, pacing.limit_at),
+    )
 
 
 def number_quality_changed(number: NumberRef, update: NumberUpdate) -> NumberQualityChanged:
@@ -963,20 +1180,26 @@ def number_quality_changed(number: NumberRef, update: NumberUpdate) -> NumberQua
     event = update.event or "update"
     return NumberQualityChanged(
         event_id=f"{number.phone_number_id}:{event}:{update.occurred_at // 1000}",
-        phone_number_id=number.phone_number_id, waba_id=number.waba_id,
-        account_id=number.account_id, display_phone_number=update.display_phone_number,
-        event=update.event, messaging_limit=update.messaging_limit,
+        phone_number_id=number.phone_number_id,
+        waba_id=number.waba_id,
+        account_id=number.account_id,
+        display_phone_number=update.display_phone_number,
+        event=update.event,
+        messaging_limit=update.messaging_limit,
         messages_per_second=UPGRADED_MESSAGES_PER_SECOND if update.throughput_upgrade else None,
-        occurred_at=update.occurred_at)
+        occurred_at=update.occurred_at,
+    )
 
 
 def number_update_fields(update: NumberUpdate) -> dict[str, Any]:
     """What a number webhook records in `number_states` besides pacing."""
     if update.field == "phone_number_name_update":
-        return {"name_decision": update.name_decision,
-                "requested_verified_name": update.requested_name,
-                "name_rejection_reason": update.name_rejection_reason,
-                "name_event_at": update.occurred_at}
+        return {
+            "name_decision": update.name_decision,
+            "requested_verified_name": update.requested_name,
+            "name_rejection_reason": update.name_rejection_reason,
+            "name_event_at": update.occurred_at,
+        }
     return {"quality_event": update.event, "quality_event_at": update.occurred_at}
 
 
@@ -1005,16 +1228,23 @@ def hold_change(update: AccountUpdate) -> tuple[str, bool] | None:
 
 
 def held_reasons(holds: Mapping[str, Any]) -> list[str]:
-    return [name for name in HOLDS
-            if isinstance(holds.get(name), Mapping) and holds[name].get("on") is True]
+    return [
+        name
+        for name in HOLDS
+        if isinstance(holds.get(name), Mapping) and holds[name].get("on") is True
+    ]
 
 
-def apply_hold(holds: Mapping[str, Any] | None, hold: str, on: bool,
-               at: int) -> dict[str, Any] | None:
+def apply_hold(
+    holds: Mapping[str, Any] | None, hold: str, on: bool, at: int
+) -> dict[str, Any] | None:
     """The WABA's holds after this change; None when it is stale (an older webhook than the
     one that last set this hold) or changes nothing."""
-    current = {name: {"on": value.get("on") is True, "at": _stored_int(value, "at")}
-               for name, value in (holds or {}).items() if isinstance(value, Mapping)}
+    current = {
+        name: {"on": value.get("on") is True, "at": _stored_int(value, "at")}
+        for name, value in (holds or {}).items()
+        if isinstance(value, Mapping)
+    }
     known = current.get(hold)
     if known is not None and (known["at"] > at or known["on"] is on):
         return None
@@ -1022,36 +1252,53 @@ def apply_hold(holds: Mapping[str, Any] | None, hold: str, on: bool,
     return current
 
 
-def waba_status_changed(waba_id: str, holds: Mapping[str, Any], event: str,
-                        at: int) -> WabaStatusChanged:
+def waba_status_changed(
+    waba_id: str, holds: Mapping[str, Any], event: str, at: int
+) -> WabaStatusChanged:
     reasons = held_reasons(holds)
-    return WabaStatusChanged(event_id=f"{waba_id}:{event}:{at // 1000}", waba_id=waba_id,
-                             held=bool(reasons), reasons=reasons, event=event, occurred_at=at)
+    return WabaStatusChanged(
+        event_id=f"{waba_id}:{event}:{at // 1000}",
+        waba_id=waba_id,
+        held=bool(reasons),
+        reasons=reasons,
+        event=event,
+        occurred_at=at,
+    )
 
 
 def waba_fact_fields(fact: WabaFact) -> dict[str, Any]:
-    fields: dict[str, Any] = {f"{fact.field}.event": fact.event,
-                              f"{fact.field}.at": fact.occurred_at}
+    fields: dict[str, Any] = {
+        f"{fact.field}.event": fact.event,
+        f"{fact.field}.at": fact.occurred_at,
+    }
     if fact.messaging_limit is not None:
         fields["messaging_limit"] = fact.messaging_limit
     return fields
 
 
 def account_event_fields(update: AccountUpdate) -> dict[str, Any]:
-    return {"account_update.event": update.event[:200],
-            "account_update.at": update.occurred_at,
-            **({"ban_state": update.ban_state[:64]} if update.ban_state else {})}
+    return {
+        "account_update.event": update.event[:200],
+        "account_update.at": update.occurred_at,
+        **({"ban_state": update.ban_state[:64]} if update.ban_state else {}),
+    }
 
 
 # --- user preferences -------------------------------------------------------------------------
 
+
 def user_preference_doc(preference: UserPreference, account_id: str | None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "_id": f"{preference.phone_number_id}:{preference.wa_id}:{preference.category}",
-        "account_id": account_id, "phone_number_id": preference.phone_number_id,
-        "waba_id": preference.waba_id, "wa_id": preference.wa_id,
-        "category": preference.category, "value": preference.value, "at": preference.at,
-        "detail": preference.detail}
+        "account_id": account_id,
+        "phone_number_id": preference.phone_number_id,
+        "waba_id": preference.waba_id,
+        "wa_id": preference.wa_id,
+        "category": preference.category,
+        "value": preference.value,
+        "at": preference.at,
+        "detail": preference.detail,
+    }
     if preference.user_id:
         doc["user_id"] = preference.user_id
     return doc
@@ -1082,37 +1329,77 @@ MARKETING_STOPPED = 131050
 
 
 def stopped_marketing(status: WebhookStatus) -> bool:
-    return (status.meta_status == "failed" and status.error is not None
-            and status.error.code == MARKETING_STOPPED and bool(status.recipient_id)
-            and bool(status.phone_number_id))
+    return (
+        status.meta_status == "failed"
+        and status.error is not None
+        and status.error.code == MARKETING_STOPPED
+        and bool(status.recipient_id)
+        and bool(status.phone_number_id)
+    )
+
+
 # Meta's user_preferences values that change the marketing suppression list.
 PREFERENCE_SUPPRESSES = {"stop": True, "resume": False}
 
 
 # --- what we count ----------------------------------------------------------------------------
 
-KNOWN_FIELDS = frozenset({
-    "account_alerts", "account_review_update", "account_update", "automatic_events",
-    "business_capability_update", "calls", "flows", "group_lifecycle_update",
-    "group_participants_update", "group_settings_update", "history",
-    "message_template_components_update", "message_template_quality_update",
-    "message_template_status_update", "messages", "partner_solutions",
-    "payment_configuration_update", "phone_number_name_update", "phone_number_quality_update",
-    "security", "smb_app_state_sync", "smb_message_echoes", "template_category_update",
-    "user_preferences"})
+KNOWN_FIELDS = frozenset(
+    {
+        "account_alerts",
+        "account_review_update",
+        "account_update",
+        "automatic_events",
+        "business_capability_update",
+        "calls",
+        "flows",
+        "group_lifecycle_update",
+        "group_participants_update",
+        "group_settings_update",
+        "history",
+        "message_template_components_update",
+        "message_template_quality_update",
+        "message_template_status_update",
+        "messages",
+        "partner_solutions",
+        "payment_configuration_update",
+        "phone_number_name_update",
+        "phone_number_quality_update",
+        "security",
+        "smb_app_state_sync",
+        "smb_message_echoes",
+        "template_category_update",
+        "user_preferences",
+    }
+)
 
 
 def field_metric_label(field_name: str) -> str:
     return field_name if field_name in KNOWN_FIELDS else "other"
 
 
-KNOWN_ACCOUNT_EVENTS = frozenset({
-    "ACCOUNT_DELETED", "ACCOUNT_OFFBOARDED", "ACCOUNT_RECONNECTED", "ACCOUNT_RESTRICTION",
-    "ACCOUNT_VIOLATION", "AD_ACCOUNT_LINKED", "AUTH_INTL_PRICE_ELIGIBILITY_UPDATE",
-    "BUSINESS_PRIMARY_LOCATION_COUNTRY_UPDATE", "DISABLED_UPDATE", "MM_LITE_TERMS_SIGNED",
-    "PARTNER_ADDED", "PARTNER_APP_INSTALLED", "PARTNER_APP_UNINSTALLED",
-    "PARTNER_CLIENT_CERTIFICATION_NEEDED", "PARTNER_CLIENT_CERTIFICATION_STATUS_UPDATE",
-    "PARTNER_REMOVED", "VERIFIED_ACCOUNT", "VOLUME_BASED_PRICING_TIER_UPDATE"})
+KNOWN_ACCOUNT_EVENTS = frozenset(
+    {
+        "ACCOUNT_DELETED",
+        "ACCOUNT_OFFBOARDED",
+        "ACCOUNT_RECONNECTED",
+        "ACCOUNT_RESTRICTION",
+        "ACCOUNT_VIOLATION",
+        "AD_ACCOUNT_LINKED",
+        "AUTH_INTL_PRICE_ELIGIBILITY_UPDATE",
+        "BUSINESS_PRIMARY_LOCATION_COUNTRY_UPDATE",
+        "DISABLED_UPDATE",
+        "MM_LITE_TERMS_SIGNED",
+        "PARTNER_ADDED",
+        "PARTNER_APP_INSTALLED",
+        "PARTNER_APP_UNINSTALLED",
+        "PARTNER_CLIENT_CERTIFICATION_NEEDED",
+        "PARTNER_CLIENT_CERTIFICATION_STATUS_UPDATE",
+        "PARTNER_REMOVED",
+        "VERIFIED_ACCOUNT",
+        "VOLUME_BASED_PRICING_TIER_UPDATE",
+    }
+)
 
 
 def account_event_label(event: str) -> str:
@@ -1125,8 +1412,16 @@ def account_event_label(event: str) -> str:
 # beats any failure, a failure beats any earlier positive step, and positives only move forward.
 # Being a function of the *set* of statuses seen, the result cannot depend on arrival order.
 STATUS_PRECEDENCE: tuple[MessageStatus, ...] = (
-    "read", "delivered", "failed", "expired", "rejected", "sent", "unknown", "approved",
-    "accepted")
+    "read",
+    "delivered",
+    "failed",
+    "expired",
+    "rejected",
+    "sent",
+    "unknown",
+    "approved",
+    "accepted",
+)
 TERMINAL_FAILURES = frozenset({"failed", "expired", "rejected"})
 _POSITIVE_BY_RANK = ("read", "delivered", "sent")  # the steps that may carry Meta's pricing
 
@@ -1189,8 +1484,11 @@ _RANK: dict[str, int] = {status: index for index, status in enumerate(reversed(S
 def _ordered(entries: Iterable[HistoryEntry]) -> tuple[HistoryEntry, ...]:
     # Clock order, but `accepted` first: Meta's timestamps have one-second resolution, so a
     # webhook's `sent` can carry an earlier time than ingest's millisecond `accepted`.
-    return tuple(sorted(entries, key=lambda e: (e.status != "accepted", e.at,
-                                                _RANK.get(e.status, -1), e.status)))
+    return tuple(
+        sorted(
+            entries, key=lambda e: (e.status != "accepted", e.at, _RANK.get(e.status, -1), e.status)
+        )
+    )
 
 
 def _merge(existing: HistoryEntry | None, incoming: HistoryEntry) -> HistoryEntry:
@@ -1201,22 +1499,32 @@ def _merge(existing: HistoryEntry | None, incoming: HistoryEntry) -> HistoryEntr
     if existing.implied != incoming.implied:
         return incoming if existing.implied else existing
     first, other = sorted((existing, incoming), key=lambda e: (e.at, e.source))
-    return replace(first, pricing=first.pricing or other.pricing, error=first.error or other.error,
-                   reason=first.reason or other.reason)
+    return replace(
+        first,
+        pricing=first.pricing or other.pricing,
+        error=first.error or other.error,
+        reason=first.reason or other.reason,
+    )
 
 
 def converge(state: MessageState, event: StatusChanged) -> MessageState | None:
     """The message's state after `event`, or None when the event changes nothing (a duplicate)."""
     entries = {e.status: e for e in state.history}
-    incoming = HistoryEntry(status=event.status, at=event.occurred_at, source=event.source,
-                            pricing=event.pricing, error=event.error, reason=event.reason)
+    incoming = HistoryEntry(
+        status=event.status,
+        at=event.occurred_at,
+        source=event.source,
+        pricing=event.pricing,
+        error=event.error,
+        reason=event.reason,
+    )
     entries[event.status] = _merge(entries.get(event.status), incoming)
     if event.status == "read":
-        implied = HistoryEntry(status="delivered", at=event.occurred_at, source=event.source,
-                               implied=True)
+        implied = HistoryEntry(
+            status="delivered", at=event.occurred_at, source=event.source, implied=True
+        )
         entries["delivered"] = _merge(entries.get("delivered"), implied)
-    new_state = MessageState(history=_ordered(entries.values()),
-                             wamid=state.wamid or event.wamid)
+    new_state = MessageState(history=_ordered(entries.values()), wamid=state.wamid or event.wamid)
     return None if new_state == state else new_state
 
 
@@ -1240,11 +1548,17 @@ def state_from_doc(doc: Mapping[str, Any] | None) -> MessageState:
         if at is None or not isinstance(raw.get("status"), str):
             continue
         try:
-            entries.append(HistoryEntry(
-                status=raw["status"], at=at,
-                source=str(raw.get("source") or ""), implied=bool(raw.get("implied", False)),
-                pricing=_struct_or_none(raw.get("pricing"), Pricing),
-                error=_struct_or_none(raw.get("error"), MetaError), reason=raw.get("reason")))
+            entries.append(
+                HistoryEntry(
+                    status=raw["status"],
+                    at=at,
+                    source=str(raw.get("source") or ""),
+                    implied=bool(raw.get("implied", False)),
+                    pricing=_struct_or_none(raw.get("pricing"), Pricing),
+                    error=_struct_or_none(raw.get("error"), MetaError),
+                    reason=raw.get("reason"),
+                )
+            )
         except (TypeError, ValueError):
             continue
     wamid = doc.get("wamid")
@@ -1281,22 +1595,31 @@ def state_fields(state: MessageState, now_ms: int) -> dict[str, Any]:
 def minimal_message_fields(event: StatusChanged) -> dict[str, Any]:
     """For a message whose status event is read before (or without) its request: the request
     completes the document when it comes (see state_writer.py)."""
-    return {"account_id": event.account_id, "recipient_region": event.recipient_region,
-            "phone_number_id": event.phone_number_id, "created_at": event.occurred_at,
-            "created_by": "status"}
+    return {
+        "account_id": event.account_id,
+        "recipient_region": event.recipient_region,
+        "phone_number_id": event.phone_number_id,
+        "created_at": event.occurred_at,
+        "created_by": "status",
+    }
 
 
 def with_accepted(state: MessageState, accepted_at: int) -> MessageState:
     """The state with the request's own `accepted` step (a message whose status was read first)."""
     entries = {e.status: e for e in state.history}
-    entries["accepted"] = _merge(entries.get("accepted"),
-                                 HistoryEntry(status="accepted", at=accepted_at, source="ingest"))
+    entries["accepted"] = _merge(
+        entries.get("accepted"), HistoryEntry(status="accepted", at=accepted_at, source="ingest")
+    )
     return MessageState(history=_ordered(entries.values()), wamid=state.wamid)
 
 
 def wamid_index_doc(wamid: str, ref: MessageRef) -> dict[str, Any]:
-    return {"_id": wamid, "message_id": ref.message_id, "account_id": ref.account_id,
-            "recipient_region": ref.recipient_region}
+    return {
+        "_id": wamid,
+        "message_id": ref.message_id,
+        "account_id": ref.account_id,
+        "recipient_region": ref.recipient_region,
+    }
 
 
 # --- the sweeper ------------------------------------------------------------------------------
@@ -1309,9 +1632,15 @@ def outcome_unknown_failure(ref: MessageRef, now_ms: int) -> StatusChanged:
     its reservation. Source `sender`: it concludes the sender's ambiguous attempt (no webhook
     said so); a later delivered/read still wins over it."""
     return StatusChanged(
-        event_id=f"{ref.message_id}:failed:{OUTCOME_UNKNOWN}", message_id=ref.message_id,
-        account_id=ref.account_id, status="failed", occurred_at=now_ms, source="sender",
-        recipient_region=ref.recipient_region, reason=OUTCOME_UNKNOWN)
+        event_id=f"{ref.message_id}:failed:{OUTCOME_UNKNOWN}",
+        message_id=ref.message_id,
+        account_id=ref.account_id,
+        status="failed",
+        occurred_at=now_ms,
+        source="sender",
+        recipient_region=ref.recipient_region,
+        reason=OUTCOME_UNKNOWN,
+    )
 
 
 @dataclass(frozen=True)
@@ -1321,11 +1650,17 @@ class SweepCutoffs:
     retained_before: int  # created_at / last_inbound_at before this: anonymise or delete
 
 
-def sweep_cutoffs(now_ms: int, unknown_timeout_seconds: int, parked_retention_days: int,
-                  message_retention_days: int) -> SweepCutoffs:
-    return SweepCutoffs(unknown_before=now_ms - unknown_timeout_seconds * 1000,
-                        parked_before=now_ms - parked_retention_days * DAY_MS,
-                        retained_before=now_ms - message_retention_days * DAY_MS)
+def sweep_cutoffs(
+    now_ms: int,
+    unknown_timeout_seconds: int,
+    parked_retention_days: int,
+    message_retention_days: int,
+) -> SweepCutoffs:
+    return SweepCutoffs(
+        unknown_before=now_ms - unknown_timeout_seconds * 1000,
+        parked_before=now_ms - parked_retention_days * DAY_MS,
+        retained_before=now_ms - message_retention_days * DAY_MS,
+    )
 
 
 def recipient_hash(recipient: str, key: bytes) -> str:
@@ -1340,8 +1675,10 @@ ANONYMISED_FIELDS_REMOVED = ("content", "request")
 def anonymised_fields(doc: Mapping[str, Any], key: bytes, now_ms: int) -> dict[str, Any]:
     """The update that strips a message past retention down to its billing facts."""
     recipient = doc.get("recipient")
-    update: dict[str, Any] = {"$set": {"anonymised_at": now_ms},
-                              "$unset": {name: "" for name in ANONYMISED_FIELDS_REMOVED}}
+    update: dict[str, Any] = {
+        "$set": {"anonymised_at": now_ms},
+        "$unset": {name: "" for name in ANONYMISED_FIELDS_REMOVED},
+    }
     if isinstance(recipient, str) and not recipient.startswith("hmac-sha256:"):
         update["$set"]["recipient"] = recipient_hash(recipient, key)
     return update
@@ -1355,8 +1692,10 @@ def anonymised_inbound_fields(doc: Mapping[str, Any], key: bytes, now_ms: int) -
     contact's profile go, the contact's number stays only as the keyed hash. Kept: ids, type,
     direction and times (what counting and billing disputes need)."""
     wa_id = doc.get("wa_id")
-    update: dict[str, Any] = {"$set": {"anonymised_at": now_ms},
-                              "$unset": {name: "" for name in INBOUND_FIELDS_REMOVED}}
+    update: dict[str, Any] = {
+        "$set": {"anonymised_at": now_ms},
+        "$unset": {name: "" for name in INBOUND_FIELDS_REMOVED},
+    }
     if isinstance(wa_id, str) and wa_id and not wa_id.startswith("hmac-sha256:"):
         update["$set"]["wa_id"] = recipient_hash(wa_id, key)
     return update

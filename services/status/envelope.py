@@ -69,6 +69,7 @@ class MessagesValue(msgspec.Struct):
 
 # --- statuses ---------------------------------------------------------------------------------
 
+
 class MetaPricing(msgspec.Struct):
     billable: bool | None = None  # deprecated by Meta in favour of `type`
     pricing_model: str = ""
@@ -102,6 +103,7 @@ class StatusItem(msgspec.Struct):
 
 
 # --- inbound messages and echoes --------------------------------------------------------------
+
 
 class InboundItem(msgspec.Struct):
     """One `messages[]` (or `message_echoes[]`) item; the type's own object is read from the
@@ -145,6 +147,7 @@ class UserPreference(msgspec.Struct):
 
 # --- templates --------------------------------------------------------------------------------
 
+
 class TemplateValue(msgspec.Struct):
     """Every `message_template_*` and `template_category_update` value: the template's
     identity plus whichever of the kinds' own fields are present."""
@@ -167,6 +170,7 @@ class TemplateValue(msgspec.Struct):
 
 
 # --- phone numbers and accounts ---------------------------------------------------------------
+
 
 class PhoneNumberValue(msgspec.Struct):
     """`phone_number_quality_update` and `phone_number_name_update` (both keyed by display

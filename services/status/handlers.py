@@ -65,9 +65,11 @@ class WebhookHandlers:
             body = await self._read_body(request)
             size = len(body)
             waba_id = self._accept(body, request.headers.get(SIGNATURE_HEADER))
-            event = WebhookReceived(event_id=core.webhook_event_id(waba_id, body),
-                                    received_at=self._clock.now_ms(),
-                                    payload=msgspec.Raw(body))
+            event = WebhookReceived(
+                event_id=core.webhook_event_id(waba_id, body),
+                received_at=self._clock.now_ms(),
+                payload=msgspec.Raw(body),
+            )
             publish_started = time.perf_counter()
             await self._publisher.publish(WEBHOOK_RECEIVED, event)
             WEBHOOK_PUBLISH_DURATION.observe(time.perf_counter() - publish_started)
@@ -77,8 +79,12 @@ class WebhookHandlers:
             outcome = exc.code
             raise
         finally:
-            log.info("webhook_received", outcome=outcome, bytes=size,
-                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            log.info(
+                "webhook_received",
+                outcome=outcome,
+                bytes=size,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._config.max_body_bytes
@@ -102,9 +108,11 @@ class WebhookHandlers:
             raise InvalidSignature("X-Hub-Signature-256 does not match the body")
         if too_deep(body):  # every JSON decoder recurses: refused before one sees it
             WEBHOOKS_REJECTED.labels("too_deep").inc()
-            raise InvalidRequest(f"the body nests arrays and objects more than {MAX_JSON_DEPTH} "
-                                 "levels deep", code="nesting_too_deep",
-                                 details={"limit": MAX_JSON_DEPTH})
+            raise InvalidRequest(
+                f"the body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+                code="nesting_too_deep",
+                details={"limit": MAX_JSON_DEPTH},
+            )
         try:
             return core.accepted_waba_id(body)
         except InvalidRequest:

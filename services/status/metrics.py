@@ -69,8 +69,7 @@ ACCOUNT_UPDATES = Counter(
 )
 WABAS_HELD = Counter(
     "status_waba_status_changes_total",
-    "WABA holds changed by account_update, by result (held: banned, deleted, removed; "
-    "released).",
+    "WABA holds changed by account_update, by result (held: banned, deleted, removed; released).",
     ["result"],
 )
 WABA_FACTS = Counter(

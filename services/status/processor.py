@@ -74,9 +74,15 @@ class _Batch:
 
 
 class WebhookProcessor:
-    def __init__(self, store: ProcessorStore, publisher: Publisher, clock: Clock,
-                 remembered_wamids: int = 20_000, remembered_numbers: int = 10_000,
-                 keywords_cache_seconds: float = KEYWORDS_CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        store: ProcessorStore,
+        publisher: Publisher,
+        clock: Clock,
+        remembered_wamids: int = 20_000,
+        remembered_numbers: int = 10_000,
+        keywords_cache_seconds: float = KEYWORDS_CACHE_SECONDS,
+    ) -> None:
         self._wamids: OrderedDict[str, core.MessageRef] = OrderedDict()
         self._keywords: OrderedDict[str, tuple[float, opt_out.Keywords]] = OrderedDict()
         self._keywords_seconds = keywords_cache_seconds
@@ -90,7 +96,8 @@ class WebhookProcessor:
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.topic.endswith(SUPPRESSION_CHANGE_REQUESTED.name):
             await self.handle_suppression_request(
-                SUPPRESSION_CHANGE_REQUESTED.decode_record(record.value))
+                SUPPRESSION_CHANGE_REQUESTED.decode_record(record.value)
+            )
             return
         await self.handle(WEBHOOK_RECEIVED.decode_record(record.value))
 
@@ -116,8 +123,13 @@ class WebhookProcessor:
             await self._user_preference(preference, now)
         for error in plan.value_errors:
             WEBHOOK_ERRORS.inc()
-            log.warning("webhook_error_reported", outcome="logged", code=error.code,
-                        title=error.title[:200], phone_number_id=error.phone_number_id)
+            log.warning(
+                "webhook_error_reported",
+                outcome="logged",
+                code=error.code,
+                title=error.title[:200],
+                phone_number_id=error.phone_number_id,
+            )
         # Everything is acknowledged before the record is committed (the caller commits).
         await self._publisher.publish_all(batch.outgoing)
         for parked_id in batch.unparked:
@@ -126,10 +138,17 @@ class WebhookProcessor:
             CHANGES_IGNORED.labels(core.field_metric_label(field_name)).inc()
         if plan.malformed_items:
             ITEMS_MALFORMED.inc(plan.malformed_items)
-        log.info("webhook_processed", outcome="processed", event_id=event.event_id,
-                 lag_ms=max(0, now - event.received_at), parked=batch.parked,
-                 published=len(batch.outgoing), stored=batch.stored, **plan.counts(),
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        log.info(
+            "webhook_processed",
+            outcome="processed",
+            event_id=event.event_id,
+            lag_ms=max(0, now - event.received_at),
+            parked=batch.parked,
+            published=len(batch.outgoing),
+            stored=batch.stored,
+            **plan.counts(),
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     # --- statuses ------------------------------------------------------------------------------
 
@@ -153,11 +172,19 @@ class WebhookProcessor:
         if event is not None:
             batch.outgoing.append((STATUS_CHANGED, event))
         if core.stopped_marketing(status):
-            await self._suppress(contact_lists.suppression_doc(
-                account_id=ref.account_id, phone_number_id=status.phone_number_id,
-                wa_id=status.recipient_id, suppressed=True, source="meta", at=status.occurred_at,
-                now_ms=now, detail="Meta refused a marketing template with 131050: the user "
-                                   "stopped marketing messages"))
+            await self._suppress(
+                contact_lists.suppression_doc(
+                    account_id=ref.account_id,
+                    phone_number_id=status.phone_number_id,
+                    wa_id=status.recipient_id,
+                    suppressed=True,
+                    source="meta",
+                    at=status.occurred_at,
+                    now_ms=now,
+                    detail="Meta refused a marketing template with 131050: the user "
+                    "stopped marketing messages",
+                )
+            )
 
     async def _resolve(self, status: core.WebhookStatus) -> core.MessageRef | None:
         by_wamid = await self._find_by_wamid(status.wamid)
@@ -181,23 +208,31 @@ class WebhookProcessor:
 
     # --- inbound messages and echoes -----------------------------------------------------------
 
-    async def _inbound(self, message: core.InboundMessage, received_at: int, now: int,
-                       batch: _Batch) -> None:
-        INBOUND_MESSAGES.labels(message.direction,
-                                core.inbound_type_label(message.message_type)).inc()
+    async def _inbound(
+        self, message: core.InboundMessage, received_at: int, now: int, batch: _Batch
+    ) -> None:
+        INBOUND_MESSAGES.labels(
+            message.direction, core.inbound_type_label(message.message_type)
+        ).inc()
         number = await self._number(message.phone_number_id)
         account_id = number.account_id if number is not None else None
         if number is None:
-            log.warning("inbound_for_unknown_number", outcome="stored_without_account",
-                        phone_number_id=message.phone_number_id, waba_id=message.waba_id)
+            log.warning(
+                "inbound_for_unknown_number",
+                outcome="stored_without_account",
+                phone_number_id=message.phone_number_id,
+                waba_id=message.waba_id,
+            )
         if await self._store.store_inbound(core.inbound_doc(message, account_id, received_at)):
             batch.stored += 1
         await self._store.update_conversation(
             core.conversation_id(message.phone_number_id, message.wa_id),
-            core.conversation_update(message, account_id, now))
+            core.conversation_update(message, account_id, now),
+        )
         if message.direction == core.INBOUND:  # echoes were sent by the business itself
-            batch.outgoing.append((INBOUND_RECEIVED,
-                                   core.inbound_received(message, account_id, received_at)))
+            batch.outgoing.append(
+                (INBOUND_RECEIVED, core.inbound_received(message, account_id, received_at))
+            )
         if account_id is not None:
             await self._keyword(message, account_id, now)
 
@@ -219,17 +254,28 @@ class WebhookProcessor:
     # --- templates -----------------------------------------------------------------------------
 
     async def _template(self, update: core.TemplateUpdate, batch: _Batch) -> None:
-        TEMPLATE_UPDATES.labels(update.kind, core.template_event_label(update.event)
-                                if update.kind == "status" else "none").inc()
+        TEMPLATE_UPDATES.labels(
+            update.kind,
+            core.template_event_label(update.event) if update.kind == "status" else "none",
+        ).inc()
         known_name = bool(update.name)
         outcome = await self._store.apply_template(
             core.template_doc_id(update.waba_id, update.name, update.language),
-            update.template_id, update.waba_id, core.template_fields(update),
-            core.TEMPLATE_EVENT_AT[update.kind], update.occurred_at,
-            core.minimal_template_doc(update) if known_name else None)
+            update.template_id,
+            update.waba_id,
+            core.template_fields(update),
+            core.TEMPLATE_EVENT_AT[update.kind],
+            update.occurred_at,
+            core.minimal_template_doc(update) if known_name else None,
+        )
         if outcome != "applied":
-            log.info("template_update_not_applied", outcome=outcome, kind=update.kind,
-                     template_id=update.template_id, template_event=update.event)
+            log.info(
+                "template_update_not_applied",
+                outcome=outcome,
+                kind=update.kind,
+                template_id=update.template_id,
+                template_event=update.event,
+            )
         if update.kind == "status":
             batch.outgoing.append((TEMPLATE_STATUS_CHANGED, core.template_status_changed(update)))
 
@@ -238,39 +284,58 @@ class WebhookProcessor:
     async def _number_update(self, update: core.NumberUpdate, now: int, batch: _Batch) -> None:
         NUMBER_UPDATES.labels(update.field).inc()
         number = await self._store.find_phone_number(
-            core.display_number_variants(update.display_phone_number))
+            core.display_number_variants(update.display_phone_number)
+        )
         if number is None:
-            log.warning("number_update_for_unknown_number", outcome="ignored",
-                        field=update.field, number_event=update.event[:64],
-                        waba_id=update.waba_id)
+            log.warning(
+                "number_update_for_unknown_number",
+                outcome="ignored",
+                field=update.field,
+                number_event=update.event[:64],
+                waba_id=update.waba_id,
+            )
             return
         fields = core.number_update_fields(update)
         if update.field == "phone_number_quality_update":
-            batch.outgoing.append((NUMBER_QUALITY_CHANGED,
-                                   core.number_quality_changed(number, update)))
+            batch.outgoing.append(
+                (NUMBER_QUALITY_CHANGED, core.number_quality_changed(number, update))
+            )
         if update.throughput_upgrade or update.messaging_limit is not None:
-            fields.update(await self._repace(
-                number, core.UPGRADED_MESSAGES_PER_SECOND if update.throughput_upgrade else None,
-                update.messaging_limit, update.event, update.occurred_at, batch))
+            fields.update(
+                await self._repace(
+                    number,
+                    core.UPGRADED_MESSAGES_PER_SECOND if update.throughput_upgrade else None,
+                    update.messaging_limit,
+                    update.event,
+                    update.occurred_at,
+                    batch,
+                )
+            )
         await self._store.update_number_state(number.phone_number_id, fields, now)
 
-    async def _repace(self, number: core.NumberRef, messages_per_second: int | None,
-                      messaging_limit: str | None, event: str, at: int,
-                      batch: _Batch) -> dict[str, object]:
+    async def _repace(
+        self,
+        number: core.NumberRef,
+        messages_per_second: int | None,
+        messaging_limit: str | None,
+        event: str,
+        at: int,
+        batch: _Batch,
+    ) -> dict[str, object]:
         """Merge Meta's word into the number's pacing; publish the whole of it when it
         changed. The fields to store (none when nothing changed)."""
         current = core.pacing_of(await self._store.number_state(number.phone_number_id), number)
         after = core.next_pacing(current, messages_per_second, messaging_limit, at)
         if after is None:
             return {}
-        batch.outgoing.append((THROUGHPUT_CHANGED,
-                               core.throughput_changed(number, after, event, at)))
+        batch.outgoing.append(
+            (THROUGHPUT_CHANGED, core.throughput_changed(number, after, event, at))
+        )
         return core.pacing_fields(after)
 
     # --- WABAs ---------------------------------------------------------------------------------
 
-    async def _account_update(self, update: core.AccountUpdate, now: int,
-                              batch: _Batch) -> None:
+    async def _account_update(self, update: core.AccountUpdate, now: int, batch: _Batch) -> None:
         ACCOUNT_UPDATES.labels(core.account_event_label(update.event)).inc()
         if not update.waba_id:
             return
@@ -280,39 +345,49 @@ class WebhookProcessor:
         if change is not None:
             state = await self._store.number_state(state_id) or {}
             holds_now = state.get("holds")
-            holds = core.apply_hold(holds_now if isinstance(holds_now, dict) else None,
-                                    *change, update.occurred_at)
+            holds = core.apply_hold(
+                holds_now if isinstance(holds_now, dict) else None, *change, update.occurred_at
+            )
             if holds is not None:
                 fields["holds"] = holds
-                event = core.waba_status_changed(update.waba_id, holds, update.event,
-                                                 update.occurred_at)
+                event = core.waba_status_changed(
+                    update.waba_id, holds, update.event, update.occurred_at
+                )
                 fields["held"] = event.held
                 batch.outgoing.append((WABA_STATUS_CHANGED, event))
                 WABAS_HELD.labels("held" if event.held else "released").inc()
-                log.warning("waba_status_changed", waba_id=update.waba_id, held=event.held,
-                            reasons=event.reasons, account_event=update.event)
+                log.warning(
+                    "waba_status_changed",
+                    waba_id=update.waba_id,
+                    held=event.held,
+                    reasons=event.reasons,
+                    account_event=update.event,
+                )
         await self._store.update_number_state(state_id, fields, now)
 
     async def _waba_fact(self, fact: core.WabaFact, now: int, batch: _Batch) -> None:
         WABA_FACTS.labels(fact.field).inc()
         if not fact.waba_id:
             return
-        await self._store.update_number_state(core.waba_state_id(fact.waba_id),
-                                              core.waba_fact_fields(fact), now)
+        await self._store.update_number_state(
+            core.waba_state_id(fact.waba_id), core.waba_fact_fields(fact), now
+        )
         if fact.messaging_limit is None:
             return
         # The portfolio's messaging limit: every number of the WABA paces by it.
         for number in await self._store.numbers_of_waba(fact.waba_id):
-            fields = await self._repace(number, None, fact.messaging_limit, fact.field,
-                                        fact.occurred_at, batch)
+            fields = await self._repace(
+                number, None, fact.messaging_limit, fact.field, fact.occurred_at, batch
+            )
             if fields:
                 await self._store.update_number_state(number.phone_number_id, fields, now)
 
     # --- user preferences ----------------------------------------------------------------------
 
     async def _user_preference(self, preference: core.UserPreference, now: int) -> None:
-        USER_PREFERENCES.labels(preference.value if preference.value in ("stop", "resume")
-                                else "other").inc()
+        USER_PREFERENCES.labels(
+            preference.value if preference.value in ("stop", "resume") else "other"
+        ).inc()
         number = await self._number(preference.phone_number_id)
         account_id = number.account_id if number is not None else None
         await self._store.save_user_preference(core.user_preference_doc(preference, account_id))
@@ -322,10 +397,18 @@ class WebhookProcessor:
         if account_id is None:
             SUPPRESSIONS.labels("user_preferences", "ignored").inc()
             return
-        await self._suppress(contact_lists.suppression_doc(
-            account_id=account_id, phone_number_id=preference.phone_number_id,
-            wa_id=preference.wa_id, suppressed=suppresses, source="user_preferences",
-            at=preference.at, now_ms=now, detail=preference.detail))
+        await self._suppress(
+            contact_lists.suppression_doc(
+                account_id=account_id,
+                phone_number_id=preference.phone_number_id,
+                wa_id=preference.wa_id,
+                suppressed=suppresses,
+                source="user_preferences",
+                at=preference.at,
+                now_ms=now,
+                detail=preference.detail,
+            )
+        )
 
     # --- the marketing suppression list (this processor is its only writer) ------------------
 
@@ -338,10 +421,18 @@ class WebhookProcessor:
         keyword = (await self._account_keywords(account_id)).match(text)
         if keyword is None:
             return
-        await self._suppress(contact_lists.suppression_doc(
-            account_id=account_id, phone_number_id=message.phone_number_id,
-            wa_id=message.wa_id, suppressed=keyword == "stop", source="keyword",
-            at=message.sent_at, now_ms=now, keyword=opt_out.normalise(text)))
+        await self._suppress(
+            contact_lists.suppression_doc(
+                account_id=account_id,
+                phone_number_id=message.phone_number_id,
+                wa_id=message.wa_id,
+                suppressed=keyword == "stop",
+                source="keyword",
+                at=message.sent_at,
+                now_ms=now,
+                keyword=opt_out.normalise(text),
+            )
+        )
 
     async def _account_keywords(self, account_id: str) -> opt_out.Keywords:
         now = self._clock.monotonic()
@@ -360,21 +451,37 @@ class WebhookProcessor:
         number = await self._number(event.phone_number_id)
         if number is None or number.account_id != event.account_id:
             SUPPRESSIONS.labels(event.source, "ignored").inc()
-            log.warning("suppression_request_ignored", outcome="foreign_number",
-                        account_id=event.account_id, phone_number_id=event.phone_number_id,
-                        request_id=event.event_id)
+            log.warning(
+                "suppression_request_ignored",
+                outcome="foreign_number",
+                account_id=event.account_id,
+                phone_number_id=event.phone_number_id,
+                request_id=event.event_id,
+            )
             return
-        await self._suppress(contact_lists.suppression_doc(
-            account_id=event.account_id, phone_number_id=event.phone_number_id,
-            wa_id=event.wa_id, suppressed=event.suppressed, source=event.source,
-            at=event.requested_at, now_ms=self._clock.now_ms(), detail=event.note,
-            operator=event.operator))
+        await self._suppress(
+            contact_lists.suppression_doc(
+                account_id=event.account_id,
+                phone_number_id=event.phone_number_id,
+                wa_id=event.wa_id,
+                suppressed=event.suppressed,
+                source=event.source,
+                at=event.requested_at,
+                now_ms=self._clock.now_ms(),
+                detail=event.note,
+                operator=event.operator,
+            )
+        )
 
     async def _suppress(self, doc: dict[str, object]) -> None:
         saved = await self._store.save_suppression(doc)
-        outcome = ("stale" if not saved else
-                   "suppressed" if doc["suppressed"] else "resubscribed")
+        outcome = "stale" if not saved else "suppressed" if doc["suppressed"] else "resubscribed"
         SUPPRESSIONS.labels(str(doc["source"]), outcome).inc()
         # never the contact's number in a log line
-        log.info("suppression_changed", outcome=outcome, source=doc["source"],
-                 account_id=doc["account_id"], phone_number_id=doc["phone_number_id"])
+        log.info(
+            "suppression_changed",
+            outcome=outcome,
+            source=doc["source"],
+            account_id=doc["account_id"],
+            phone_number_id=doc["phone_number_id"],
+        )

@@ -24,8 +24,9 @@ class Publisher(Protocol):
 
 
 class KafkaPublisher:
-    def __init__(self, producer: AIOKafkaProducer, topic_prefix: str,
-                 timeout_seconds: float) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topic_prefix: str, timeout_seconds: float
+    ) -> None:
         self._producer = producer
         self._prefix = topic_prefix
         self._timeout = timeout_seconds

@@ -55,8 +55,16 @@ class ProcessorStore(Protocol):
 
     async def update_conversation(self, conversation_id: str, update: Doc) -> None: ...
 
-    async def apply_template(self, doc_id: str, template_id: str, waba_id: str, fields: Doc,
-                             at_field: str, at_ms: int, minimal: Doc | None) -> str:
+    async def apply_template(
+        self,
+        doc_id: str,
+        template_id: str,
+        waba_id: str,
+        fields: Doc,
+        at_field: str,
+        at_ms: int,
+        minimal: Doc | None,
+    ) -> str:
         """Set `fields` on the template (by id, else by Meta's template id in the WABA) unless
         a later webhook of the same kind already did. Returns "applied", "created" (from
         `minimal`), "stale" or "unknown"."""
@@ -89,8 +97,7 @@ class StateStore(Protocol):
         """Insert a new document; False when its id is taken."""
         ...
 
-    async def save_message(self, message_id: str, fields: Doc,
-                           fields_if_new: Doc) -> None: ...
+    async def save_message(self, message_id: str, fields: Doc, fields_if_new: Doc) -> None: ...
     async def index_wamid(self, doc: Doc) -> None: ...
     async def parked_for(self, wamid: str) -> list[Doc]: ...
     async def delete_parked(self, parked_id: str) -> None: ...
@@ -124,8 +131,11 @@ class StatusRepository:
         return message_ref_from_doc(doc)
 
     async def find_message(self, message_id: str) -> MessageRef | None:
-        doc = await _call(lambda: self._db[MESSAGES].find_one(
-            {"_id": message_id}, {"account_id": 1, "recipient_region": 1}))
+        doc = await _call(
+            lambda: self._db[MESSAGES].find_one(
+                {"_id": message_id}, {"account_id": 1, "recipient_region": 1}
+            )
+        )
         return message_ref_from_doc(doc)
 
     async def index_wamid(self, doc: Doc) -> None:
@@ -140,21 +150,24 @@ class StatusRepository:
         # $setOnInsert keeps the first parked_at, so re-delivery does not extend its life.
         fields = {k: v for k, v in doc.items() if k != "_id"}
         try:
-            await _call(lambda: self._db[PARKED_STATUSES].update_one(
-                {"_id": doc["_id"]}, {"$setOnInsert": fields}, upsert=True))
+            await _call(
+                lambda: self._db[PARKED_STATUSES].update_one(
+                    {"_id": doc["_id"]}, {"$setOnInsert": fields}, upsert=True
+                )
+            )
         except DuplicateKeyError:
             pass  # two upserts raced; the other one parked it
 
     async def parked_for(self, wamid: str) -> list[Doc]:
-        return await _call(lambda: self._db[PARKED_STATUSES].find({"wamid": wamid})
-                           .to_list(None))
+        return await _call(lambda: self._db[PARKED_STATUSES].find({"wamid": wamid}).to_list(None))
 
     async def delete_parked(self, parked_id: str) -> None:
         await _call(lambda: self._db[PARKED_STATUSES].delete_one({"_id": parked_id}))
 
     async def delete_parked_before(self, before_ms: int) -> int:
-        result = await _call(lambda: self._db[PARKED_STATUSES].delete_many(
-            {"parked_at": {"$lt": before_ms}}))
+        result = await _call(
+            lambda: self._db[PARKED_STATUSES].delete_many({"parked_at": {"$lt": before_ms}})
+        )
         return result.deleted_count
 
     async def count_parked(self) -> int:
@@ -162,10 +175,19 @@ class StatusRepository:
 
     # --- messages --------------------------------------------------------------------------
     async def load_message(self, message_id: str) -> tuple[MessageState, Doc | None]:
-        doc = await _call(lambda: self._db[MESSAGES].find_one(
-            {"_id": message_id},
-            {"history": 1, "wamid": 1, "account_id": 1, "recipient_region": 1,
-             "created_at": 1, "type": 1}))
+        doc = await _call(
+            lambda: self._db[MESSAGES].find_one(
+                {"_id": message_id},
+                {
+                    "history": 1,
+                    "wamid": 1,
+                    "account_id": 1,
+                    "recipient_region": 1,
+                    "created_at": 1,
+                    "type": 1,
+                },
+            )
+        )
         return state_from_doc(doc), doc
 
     async def create_message(self, doc: Doc) -> bool:
@@ -177,27 +199,39 @@ class StatusRepository:
         update: Doc = {"$set": fields}
         if fields_if_new:
             update["$setOnInsert"] = fields_if_new
-        await _call(lambda: self._db[MESSAGES].update_one({"_id": message_id}, update,
-                                                          upsert=True))
+        await _call(lambda: self._db[MESSAGES].update_one({"_id": message_id}, update, upsert=True))
 
     async def stuck_unknown(self, before_ms: int, limit: int) -> list[MessageRef]:
-        docs = await _call(lambda: self._db[MESSAGES].find(
-            {"status": "unknown", "status_at": {"$lt": before_ms}},
-            {"account_id": 1, "recipient_region": 1}).limit(limit).to_list(None))
+        docs = await _call(
+            lambda: (
+                self._db[MESSAGES]
+                .find(
+                    {"status": "unknown", "status_at": {"$lt": before_ms}},
+                    {"account_id": 1, "recipient_region": 1},
+                )
+                .limit(limit)
+                .to_list(None)
+            )
+        )
         return [ref for ref in map(message_ref_from_doc, docs) if ref is not None]
 
     async def messages_to_anonymise(self, before_ms: int, limit: int) -> list[Doc]:
         # ingest's created_at may be epoch ms or a BSON date: match either.
         before_date = datetime.fromtimestamp(before_ms / 1000, tz=UTC)
-        query = {"anonymised_at": {"$exists": False},
-                 "$or": [{"created_at": {"$lt": before_ms}},
-                         {"created_at": {"$lt": before_date}}]}
-        return await _call(lambda: self._db[MESSAGES].find(query, {"recipient": 1})
-                           .limit(limit).to_list(None))
+        query = {
+            "anonymised_at": {"$exists": False},
+            "$or": [{"created_at": {"$lt": before_ms}}, {"created_at": {"$lt": before_date}}],
+        }
+        return await _call(
+            lambda: self._db[MESSAGES].find(query, {"recipient": 1}).limit(limit).to_list(None)
+        )
 
     async def anonymise_message(self, message_id: str, update: Doc) -> None:
-        await _call(lambda: self._db[MESSAGES].update_one(
-            {"_id": message_id, "anonymised_at": {"$exists": False}}, update))
+        await _call(
+            lambda: self._db[MESSAGES].update_one(
+                {"_id": message_id, "anonymised_at": {"$exists": False}}, update
+            )
+        )
 
     # --- inbound messages and conversations (the 24 h customer-service window) -------------
     async def store_inbound(self, doc: Doc) -> bool:
@@ -209,43 +243,79 @@ class StatusRepository:
 
     async def update_conversation(self, conversation_id: str, update: Doc) -> None:
         try:
-            await _call(lambda: self._db[CONVERSATIONS].update_one(
-                {"_id": conversation_id}, update, upsert=True))
+            await _call(
+                lambda: self._db[CONVERSATIONS].update_one(
+                    {"_id": conversation_id}, update, upsert=True
+                )
+            )
         except DuplicateKeyError:
             # A concurrent upsert created it: apply the same update to the document now there.
-            await _call(lambda: self._db[CONVERSATIONS].update_one({"_id": conversation_id},
-                                                                   update))
+            await _call(
+                lambda: self._db[CONVERSATIONS].update_one({"_id": conversation_id}, update)
+            )
 
     async def delete_conversations_before(self, before_ms: int) -> int:
         """Conversations with no message since the cutoff (older documents have only
         last_inbound_at)."""
-        result = await _call(lambda: self._db[CONVERSATIONS].delete_many(
-            {"$or": [{"last_message_at": {"$lt": before_ms}},
-                     {"last_message_at": {"$exists": False},
-                      "last_inbound_at": {"$lt": before_ms}}]}))
+        result = await _call(
+            lambda: self._db[CONVERSATIONS].delete_many(
+                {
+                    "$or": [
+                        {"last_message_at": {"$lt": before_ms}},
+                        {
+                            "last_message_at": {"$exists": False},
+                            "last_inbound_at": {"$lt": before_ms},
+                        },
+                    ]
+                }
+            )
+        )
         return result.deleted_count
 
     async def inbound_to_anonymise(self, before_ms: int, limit: int) -> list[Doc]:
-        return await _call(lambda: self._db[INBOUND_MESSAGES].find(
-            {"received_at": {"$lt": before_ms}, "anonymised_at": {"$exists": False}},
-            {"wa_id": 1}).limit(limit).to_list(None))
+        return await _call(
+            lambda: (
+                self._db[INBOUND_MESSAGES]
+                .find(
+                    {"received_at": {"$lt": before_ms}, "anonymised_at": {"$exists": False}},
+                    {"wa_id": 1},
+                )
+                .limit(limit)
+                .to_list(None)
+            )
+        )
 
     async def anonymise_inbound(self, wamid: str, update: Doc) -> None:
-        await _call(lambda: self._db[INBOUND_MESSAGES].update_one(
-            {"_id": wamid, "anonymised_at": {"$exists": False}}, update))
+        await _call(
+            lambda: self._db[INBOUND_MESSAGES].update_one(
+                {"_id": wamid, "anonymised_at": {"$exists": False}}, update
+            )
+        )
 
     # --- templates ---------------------------------------------------------------------------
-    async def apply_template(self, doc_id: str, template_id: str, waba_id: str, fields: Doc,
-                             at_field: str, at_ms: int, minimal: Doc | None) -> str:
+    async def apply_template(
+        self,
+        doc_id: str,
+        template_id: str,
+        waba_id: str,
+        fields: Doc,
+        at_field: str,
+        at_ms: int,
+        minimal: Doc | None,
+    ) -> str:
         """Templates arrive out of order: a kind's fields are set only when this webhook is not
         older than the last one of its kind. FerretDB's conditional update is not atomic, but
         status's processor is the only webhook writer of a WABA's templates (the topic is keyed
         by WABA) and the CLI's sync writes Meta's truth either way."""
         not_later = {"$or": [{at_field: {"$exists": False}}, {at_field: {"$lte": at_ms}}]}
-        target: Doc = ({"_id": doc_id} if minimal is not None
-                       else {"waba_id": waba_id, "template_id": template_id})
-        result = await _call(lambda: self._db[TEMPLATES].update_one(
-            {**target, **not_later}, {"$set": fields}))
+        target: Doc = (
+            {"_id": doc_id}
+            if minimal is not None
+            else {"waba_id": waba_id, "template_id": template_id}
+        )
+        result = await _call(
+            lambda: self._db[TEMPLATES].update_one({**target, **not_later}, {"$set": fields})
+        )
         if result.matched_count:
             return "applied"
         if minimal is None:
@@ -258,21 +328,26 @@ class StatusRepository:
 
     # --- phone numbers and their state -------------------------------------------------------
     async def phone_number(self, phone_number_id: str) -> NumberRef | None:
-        doc = await _call(lambda: self._db[PHONE_NUMBERS].find_one(
-            {"_id": phone_number_id}, _NUMBER_FIELDS))
+        doc = await _call(
+            lambda: self._db[PHONE_NUMBERS].find_one({"_id": phone_number_id}, _NUMBER_FIELDS)
+        )
         return number_ref_from_doc(doc)
 
     async def find_phone_number(self, display_variants: list[str]) -> NumberRef | None:
         """The number Meta names by its display number."""
         if not display_variants:
             return None
-        doc = await _call(lambda: self._db[PHONE_NUMBERS].find_one(
-            {"display_phone_number": {"$in": display_variants}}, _NUMBER_FIELDS))
+        doc = await _call(
+            lambda: self._db[PHONE_NUMBERS].find_one(
+                {"display_phone_number": {"$in": display_variants}}, _NUMBER_FIELDS
+            )
+        )
         return number_ref_from_doc(doc)
 
     async def numbers_of_waba(self, waba_id: str) -> list[NumberRef]:
-        docs = await _call(lambda: self._db[PHONE_NUMBERS].find(
-            {"waba_id": waba_id}, _NUMBER_FIELDS).to_list(None))
+        docs = await _call(
+            lambda: self._db[PHONE_NUMBERS].find({"waba_id": waba_id}, _NUMBER_FIELDS).to_list(None)
+        )
         return [ref for ref in map(number_ref_from_doc, docs) if ref is not None]
 
     async def number_state(self, state_id: str) -> Doc | None:
@@ -283,8 +358,9 @@ class StatusRepository:
         handled in order), so a read-then-set needs no atomic conditional update."""
         update = {"$set": {**fields, "updated_at": now_ms}}
         try:
-            await _call(lambda: self._db[NUMBER_STATES].update_one({"_id": state_id}, update,
-                                                                   upsert=True))
+            await _call(
+                lambda: self._db[NUMBER_STATES].update_one({"_id": state_id}, update, upsert=True)
+            )
         except DuplicateKeyError:
             await _call(lambda: self._db[NUMBER_STATES].update_one({"_id": state_id}, update))
 
@@ -304,8 +380,11 @@ class StatusRepository:
         conditional update is not atomic, but one contact's facts come to one processor in
         order (its WABA's webhooks and the change requests share the WABA key)."""
         fields = {k: v for k, v in doc.items() if k != "_id"}
-        result = await _call(lambda: self._db[collection].update_one(
-            {"_id": doc["_id"], "at": {"$lte": doc["at"]}}, {"$set": fields}))
+        result = await _call(
+            lambda: self._db[collection].update_one(
+                {"_id": doc["_id"], "at": {"$lte": doc["at"]}}, {"$set": fields}
+            )
+        )
         if result.matched_count:
             return True
         try:

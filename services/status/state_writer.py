@@ -40,8 +40,13 @@ _KEPT_FIELDS = ("account_id", "recipient_region", "created_at", "type")
 
 
 class StateWriter:
-    def __init__(self, store: StateStore, publisher: Publisher, clock: Clock,
-                 remembered_messages: int = 20_000) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        publisher: Publisher,
+        clock: Clock,
+        remembered_messages: int = 20_000,
+    ) -> None:
         self._store = store
         self._publisher = publisher
         self._clock = clock
@@ -80,8 +85,12 @@ class StateWriter:
                 self._remember(event.message_id, new_state, doc, generation)
                 outcome = "completed"
         metrics.MESSAGES_CREATED.labels(outcome=outcome).inc()
-        log.info("message_created", outcome=outcome, event_id=event.event_id,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        log.info(
+            "message_created",
+            outcome=outcome,
+            event_id=event.event_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     async def handle(self, event: StatusChanged) -> None:
         started, generation = time.perf_counter(), self._generation
@@ -98,17 +107,23 @@ class StateWriter:
             now_ms = self._clock.now_ms()
             if_new = core.minimal_message_fields(event) if doc is None else {}
             await self._store.save_message(
-                event.message_id, core.state_fields(new_state, now_ms), if_new)
+                event.message_id, core.state_fields(new_state, now_ms), if_new
+            )
             self._remember(event.message_id, new_state, doc or if_new, generation)
             accepted_ms = core.epoch_ms((doc or {}).get("created_at"))
             if accepted_ms is not None and core.newly_delivered(state, new_state):
                 # The pipeline's whole latency: the client's 202 to the delivery being stored.
                 metrics.ACCEPT_TO_DELIVERED.observe(max(0.0, (now_ms - accepted_ms) / 1000))
-        log.info("message_state_applied",
-                 outcome="changed" if new_state is not None else "unchanged",
-                 event_id=event.event_id, event_status=event.status, source=event.source,
-                 status=(new_state or state).status, released_parked=released,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        log.info(
+            "message_state_applied",
+            outcome="changed" if new_state is not None else "unchanged",
+            event_id=event.event_id,
+            event_status=event.status,
+            source=event.source,
+            status=(new_state or state).status,
+            released_parked=released,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     async def _load(self, message_id: str) -> tuple[core.MessageState, Doc | None]:
         known = self._known.get(message_id)
@@ -117,8 +132,9 @@ class StateWriter:
             return known
         return await self._store.load_message(message_id)
 
-    def _remember(self, message_id: str, state: core.MessageState, doc: Doc,
-                  generation: int) -> None:
+    def _remember(
+        self, message_id: str, state: core.MessageState, doc: Doc, generation: int
+    ) -> None:
         if generation != self._generation:
             return  # partitions moved while this was being written: don't trust it
         self._known[message_id] = (state, {k: doc[k] for k in _KEPT_FIELDS if k in doc})

@@ -59,8 +59,9 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(self, repository: StatusRepository, publisher: Publisher, clock: Clock,
-                 policy: SweepPolicy) -> None:
+    def __init__(
+        self, repository: StatusRepository, publisher: Publisher, clock: Clock, policy: SweepPolicy
+    ) -> None:
         self._repository = repository
         self._publisher = publisher
         self._clock = clock
@@ -70,8 +71,12 @@ class Sweeper:
         started = time.perf_counter()
         now = self._clock.now_ms()
         policy = self._policy
-        cutoffs = core.sweep_cutoffs(now, policy.unknown_timeout_seconds,
-                                     policy.parked_retention_days, policy.message_retention_days)
+        cutoffs = core.sweep_cutoffs(
+            now,
+            policy.unknown_timeout_seconds,
+            policy.parked_retention_days,
+            policy.message_retention_days,
+        )
 
         stuck = await self._repository.stuck_unknown(cutoffs.unknown_before, policy.batch_size)
         for ref in stuck:
@@ -83,31 +88,54 @@ class Sweeper:
         PARKED_STATUSES.set(parked_remaining)
 
         anonymised = await self._until_caught_up(
-            self._repository.messages_to_anonymise, self._repository.anonymise_message,
-            core.anonymised_fields, cutoffs.retained_before, now)
+            self._repository.messages_to_anonymise,
+            self._repository.anonymise_message,
+            core.anonymised_fields,
+            cutoffs.retained_before,
+            now,
+        )
         MESSAGES_ANONYMISED.inc(anonymised)
         inbound = await self._until_caught_up(
-            self._repository.inbound_to_anonymise, self._repository.anonymise_inbound,
-            core.anonymised_inbound_fields, cutoffs.retained_before, now)
+            self._repository.inbound_to_anonymise,
+            self._repository.anonymise_inbound,
+            core.anonymised_inbound_fields,
+            cutoffs.retained_before,
+            now,
+        )
         INBOUND_ANONYMISED.inc(inbound)
         conversations_deleted = await self._repository.delete_conversations_before(
-            cutoffs.retained_before)
+            cutoffs.retained_before
+        )
 
-        report = SweepReport(unknown_failed=len(stuck), parked_deleted=parked_deleted,
-                             parked_remaining=parked_remaining, anonymised=anonymised,
-                             conversations_deleted=conversations_deleted,
-                             inbound_anonymised=inbound)
-        log.info("sweep_finished", outcome="swept", unknown_failed=report.unknown_failed,
-                 parked_deleted=parked_deleted, parked_remaining=parked_remaining,
-                 anonymised=report.anonymised, conversations_deleted=conversations_deleted,
-                 inbound_anonymised=report.inbound_anonymised,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        report = SweepReport(
+            unknown_failed=len(stuck),
+            parked_deleted=parked_deleted,
+            parked_remaining=parked_remaining,
+            anonymised=anonymised,
+            conversations_deleted=conversations_deleted,
+            inbound_anonymised=inbound,
+        )
+        log.info(
+            "sweep_finished",
+            outcome="swept",
+            unknown_failed=report.unknown_failed,
+            parked_deleted=parked_deleted,
+            parked_remaining=parked_remaining,
+            anonymised=report.anonymised,
+            conversations_deleted=conversations_deleted,
+            inbound_anonymised=report.inbound_anonymised,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
         return report
 
-    async def _until_caught_up(self, find: Callable[[int, int], Awaitable[list[Doc]]],
-                               anonymise: Callable[[str, Doc], Awaitable[None]],
-                               fields: Callable[[Doc, bytes, int], Doc], before_ms: int,
-                               now: int) -> int:
+    async def _until_caught_up(
+        self,
+        find: Callable[[int, int], Awaitable[list[Doc]]],
+        anonymise: Callable[[str, Doc], Awaitable[None]],
+        fields: Callable[[Doc, bytes, int], Doc],
+        before_ms: int,
+        now: int,
+    ) -> int:
         """Anonymise page after page until a page comes back short; how many in all. Each
         update marks its document, so the next query no longer finds it; a page that comes
         back unchanged (nothing could be marked) ends the pass instead of spinning."""

@@ -78,17 +78,24 @@ class _OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._moved()
 
 
-async def run_consumer(kafka: KafkaConfig, prefix: str, group: str,
-                       topics: tuple[Topic[Any], ...], handle: Handler,
-                       producer: AIOKafkaProducer, key_of: Callable[[Record], object],
-                       on_rebalance: Callable[[], None] | None = None) -> None:
+async def run_consumer(
+    kafka: KafkaConfig,
+    prefix: str,
+    group: str,
+    topics: tuple[Topic[Any], ...],
+    handle: Handler,
+    producer: AIOKafkaProducer,
+    key_of: Callable[[Record], object],
+    on_rebalance: Callable[[], None] | None = None,
+) -> None:
     # The range assignor gives every process the same partition numbers of each topic: topics
     # keyed alike (by account) then reach the same process, which stays their accounts' only
     # writer.
-    consumer = make_consumer(kafka, group,
-                             partition_assignment_strategy=(RangePartitionAssignor,))
-    consumer.subscribe([topic_name(topic, prefix) for topic in topics],
-                       listener=_OnRebalance(on_rebalance or (lambda: None)))
+    consumer = make_consumer(kafka, group, partition_assignment_strategy=(RangePartitionAssignor,))
+    consumer.subscribe(
+        [topic_name(topic, prefix) for topic in topics],
+        listener=_OnRebalance(on_rebalance or (lambda: None)),
+    )
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group))
     try:
@@ -99,15 +106,34 @@ async def run_consumer(kafka: KafkaConfig, prefix: str, group: str,
         await consumer.stop()
 
 
-async def run_processor(kafka: KafkaConfig, prefix: str, handle: Handler,
-                        producer: AIOKafkaProducer) -> None:
-    await run_consumer(kafka, prefix, processor_group(prefix),
-                       (WEBHOOK_RECEIVED, SUPPRESSION_CHANGE_REQUESTED), handle, producer,
-                       by_kafka_key)
+async def run_processor(
+    kafka: KafkaConfig, prefix: str, handle: Handler, producer: AIOKafkaProducer
+) -> None:
+    await run_consumer(
+        kafka,
+        prefix,
+        processor_group(prefix),
+        (WEBHOOK_RECEIVED, SUPPRESSION_CHANGE_REQUESTED),
+        handle,
+        producer,
+        by_kafka_key,
+    )
 
 
-async def run_state_writer(kafka: KafkaConfig, prefix: str, handle: Handler,
-                           producer: AIOKafkaProducer, on_rebalance: Callable[[], None]) -> None:
-    await run_consumer(kafka, prefix, state_writer_group(prefix),
-                       (SEND_REQUESTED, STATUS_CHANGED), handle, producer, by_message,
-                       on_rebalance)
+async def run_state_writer(
+    kafka: KafkaConfig,
+    prefix: str,
+    handle: Handler,
+    producer: AIOKafkaProducer,
+    on_rebalance: Callable[[], None],
+) -> None:
+    await run_consumer(
+        kafka,
+        prefix,
+        state_writer_group(prefix),
+        (SEND_REQUESTED, STATUS_CHANGED),
+        handle,
+        producer,
+        by_message,
+        on_rebalance,
+    )

@@ -67,18 +67,26 @@ class OwnKafka:
     controller_port: int = field(default_factory=free_port)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("KAFKA_") and k != "HALA_KAFKA_SECRETS_DIR"}
-        env.update({"HALA_RUN_DIR": str(self.run_dir), "KAFKA_PORT": str(self.port),
-                    "KAFKA_CONTROLLER_PORT": str(self.controller_port),
-                    "MONGODB_URL": self.mongodb_url,  # the database is not started here
-                    "HALA_PYTHON": sys.executable})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("KAFKA_") and k != "HALA_KAFKA_SECRETS_DIR"
+        }
+        env.update(
+            {
+                "HALA_RUN_DIR": str(self.run_dir),
+                "KAFKA_PORT": str(self.port),
+                "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+                "MONGODB_URL": self.mongodb_url,  # the database is not started here
+                "HALA_PYTHON": sys.executable,
+            }
+        )
         return env
 
     async def infra(self, *args: str) -> str:
         process = await asyncio.create_subprocess_exec(
-            str(INFRA), *args, env=self.env(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT)
+            str(INFRA), *args, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         out, _ = await asyncio.wait_for(process.communicate(), timeout=300)
         text = out.decode(errors="replace")
         if process.returncode != 0:
@@ -86,8 +94,7 @@ class OwnKafka:
         return text
 
     async def broker(self) -> Broker:
-        env = dict(line.split("=", 1) for line in (await self.infra("env")).split()
-                   if "=" in line)
+        env = dict(line.split("=", 1) for line in (await self.infra("env")).split() if "=" in line)
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"localhost:{self.port}"
         return broker_from_env(env)
 
@@ -123,8 +130,7 @@ class Supervisor:
         while True:
             for name, component in self.stack.components.items():
                 process = component.process
-                if name not in self.paused and process is not None and \
-                        process.poll() is not None:
+                if name not in self.paused and process is not None and process.poll() is not None:
                     self.restarts[name] += 1
                     self.stack.start(name)
             await asyncio.sleep(0.5)
@@ -162,19 +168,25 @@ def plan(accounts: list[Account], total: int) -> list[Planned]:
     rng = random.Random(10_000)
     # 480 contacts in four markets: under the 2K tier's unique-recipient limit. Utility and
     # authentication templates: Meta caps marketing per user, and this test is not about that.
-    recipients = [n for region, numbers in _recipients().items() if region != "US"
-                  for n in numbers]
+    recipients = [n for region, numbers in _recipients().items() if region != "US" for n in numbers]
     templates = [("receipt", 1), ("otp", 1)]
     result = []
     for i in range(total):
         account = accounts[i % len(accounts)]
         name, params = rng.choice(templates)
-        body = {"from": rng.choice(account.numbers), "to": rng.choice(recipients),
-                "type": "template",
-                "template": {"name": name, "language": {"code": "en_US"},
-                             "components": [{"type": "body", "parameters": [
-                                 {"type": "text", "text": f"v{i}"}] * params}]},
-                "client_reference": f"chaos-{i}"}
+        body = {
+            "from": rng.choice(account.numbers),
+            "to": rng.choice(recipients),
+            "type": "template",
+            "template": {
+                "name": name,
+                "language": {"code": "en_US"},
+                "components": [
+                    {"type": "body", "parameters": [{"type": "text", "text": f"v{i}"}] * params}
+                ],
+            },
+            "client_reference": f"chaos-{i}",
+        }
         result.append(Planned(account, body, key=f"chaos-{i}"))
     return result
 
@@ -197,9 +209,13 @@ async def submit(stack: Stack, planned: list[Planned], accepted: list[int]) -> N
                 began = time.monotonic()
                 try:
                     async with session.post(
-                            f"{stack.url('ingest')}/v1/messages", json=p.body,
-                            headers={"Authorization": f"Bearer {p.account.api_key}",
-                                     "Idempotency-Key": p.key}) as resp:
+                        f"{stack.url('ingest')}/v1/messages",
+                        json=p.body,
+                        headers={
+                            "Authorization": f"Bearer {p.account.api_key}",
+                            "Idempotency-Key": p.key,
+                        },
+                    ) as resp:
                         body = await resp.json(content_type=None)
                         if resp.status == 202:
                             p.message_id = body["id"]
@@ -222,8 +238,9 @@ async def sends_accepted(stack: Stack) -> int:
 
 
 @pytest.fixture
-async def chaos_stack(tmp_path: Path, own_kafka: OwnKafka,
-                      mongodb_url: str) -> AsyncIterator[tuple[Stack, OwnKafka]]:
+async def chaos_stack(
+    tmp_path: Path, own_kafka: OwnKafka, mongodb_url: str
+) -> AsyncIterator[tuple[Stack, OwnKafka]]:
     broker = await own_kafka.broker()
     stack = Stack(tmp_path / "stack", broker, mongodb_url)
     try:
@@ -240,7 +257,8 @@ async def chaos_stack(tmp_path: Path, own_kafka: OwnKafka,
 # (DEADLINE_S), plus the second broker's start and stop.
 @pytest.mark.timeout(DEADLINE_S + 300)
 async def test_ten_thousand_messages_survive_a_broker_restart_and_every_service_killed(
-        chaos_stack: tuple[Stack, OwnKafka]) -> None:
+    chaos_stack: tuple[Stack, OwnKafka],
+) -> None:
     stack, kafka = chaos_stack
     began = time.monotonic()
     async with asyncio.timeout(DEADLINE_S):
@@ -253,6 +271,7 @@ async def test_ten_thousand_messages_survive_a_broker_restart_and_every_service_
         events: list[tuple[float, str]] = []
         submitting = asyncio.create_task(submit(stack, planned, accepted))
         try:
+
             async def after(what: str, check: Any, within: float) -> None:
                 await eventually(check, within=within, every=0.2, what=what)
 
@@ -261,12 +280,14 @@ async def test_ten_thousand_messages_survive_a_broker_restart_and_every_service_
                     if submitting.done() and submitting.exception():
                         raise submitting.exception()  # type: ignore[misc]
                     return True if accepted[0] >= n else f"{accepted[0]} accepted"
+
                 return check
 
             def sent_at_least(n: int) -> Any:
                 async def check() -> bool | str:
                     sent = await sends_accepted(stack)
                     return True if sent >= n else f"{sent} sent"
+
                 return check
 
             # While ingest takes requests: ingest itself, then the broker.
@@ -277,10 +298,13 @@ async def test_ten_thousand_messages_survive_a_broker_restart_and_every_service_
             away = await kafka.restart()
             events.append((time.monotonic() - began, f"broker restarted ({away:.0f} s away)"))
             # While the pipeline drains: the consumers, one at a time.
-            for name, share in (("billing", 0.3), ("sender", 0.45), ("status", 0.6),
-                                ("notify", 0.75)):
-                await after(f"{share:.0%} sent", sent_at_least(int(MESSAGES * share)),
-                            400)
+            for name, share in (
+                ("billing", 0.3),
+                ("sender", 0.45),
+                ("status", 0.6),
+                ("notify", 0.75),
+            ):
+                await after(f"{share:.0%} sent", sent_at_least(int(MESSAGES * share)), 400)
                 await supervisor.kill_and_restart(name)
                 events.append((time.monotonic() - began, f"{name} killed -9 and restarted"))
             await submitting
@@ -291,19 +315,21 @@ async def test_ten_thousand_messages_survive_a_broker_restart_and_every_service_
                 submitting.cancel()
             supervisor.task.cancel()  # before the stack and the broker are stopped
     took = time.monotonic() - began
-    print(f"\nchaos: {MESSAGES} messages, all final in {took:.0f} s "
-          f"({MESSAGES / took:.1f} msg/s end to end; submission and chaos {submitted_in:.0f} s); "
-          f"events: {events}; restarted by the supervisor: {dict(supervisor.restarts)}; "
-          f"requests tried again: {sum(p.attempts - 1 for p in planned)}")
+    print(
+        f"\nchaos: {MESSAGES} messages, all final in {took:.0f} s "
+        f"({MESSAGES / took:.1f} msg/s end to end; submission and chaos {submitted_in:.0f} s); "
+        f"events: {events}; restarted by the supervisor: {dict(supervisor.restarts)}; "
+        f"requests tried again: {sum(p.attempts - 1 for p in planned)}"
+    )
 
 
-async def check_properties(stack: Stack, accounts: list[Account],
-                           planned: list[Planned]) -> None:
+async def check_properties(stack: Stack, accounts: list[Account], planned: list[Planned]) -> None:
     ids = [p.message_id for p in planned]
     assert len(set(ids)) == len(planned) and all(ids), "one message per request"
     mongo = make_client(stack.mongodb_url)
     db = mongo[stack.database]
     try:
+
         async def all_final() -> bool | str:
             try:  # counted by the database; the shared FerretDB is slow when the box is busy
                 done = await db["messages"].count_documents({"status": {"$in": list(TERMINAL)}})
@@ -312,18 +338,32 @@ async def check_properties(stack: Stack, accounts: list[Account],
             return True if done >= len(ids) else f"{done}/{len(ids)} final"
 
         await eventually(all_final, within=DEADLINE_S, every=5, what="every message final")
-        docs = {d["_id"]: d for d in await patiently(lambda: db["messages"].find(
-            {}, {"status": 1, "status_reason": 1}, batch_size=2000).to_list(None))}
+        docs = {
+            d["_id"]: d
+            for d in await patiently(
+                lambda: (
+                    db["messages"]
+                    .find({}, {"status": 1, "status_reason": 1}, batch_size=2000)
+                    .to_list(None)
+                )
+            )
+        }
         sends = (await stack.sim("GET", "/_sim/sends"))["sends"]
         reached_meta = Counter(s["biz_opaque_callback_data"] for s in sends)
 
         # 1. nothing lost
         lost = [i for i in ids if i not in docs or docs[i]["status"] not in TERMINAL]
         assert not lost, f"{len(lost)} accepted messages never final, e.g. {lost[:5]}"
-        wrong = Counter((d["status"], d.get("status_reason")) for i, d in docs.items()
-                        if d["status"] not in ("delivered", "read") and not (
-                            d["status"] == "failed" and d.get("status_reason") ==
-                            "outcome_unknown" and i not in reached_meta))
+        wrong = Counter(
+            (d["status"], d.get("status_reason"))
+            for i, d in docs.items()
+            if d["status"] not in ("delivered", "read")
+            and not (
+                d["status"] == "failed"
+                and d.get("status_reason") == "outcome_unknown"
+                and i not in reached_meta
+            )
+        )
         assert not wrong, f"messages in a wrong final state: {dict(wrong)}"
 
         # 2. nothing sent twice
@@ -333,8 +373,13 @@ async def check_properties(stack: Stack, accounts: list[Account],
 
         # 3. nothing charged twice
         per_message: Counter[tuple[str, str]] = Counter()
-        entries = await patiently(lambda: db["ledger"].find(
-            {}, {"account_id": 1, "kind": 1, "message_id": 1}, batch_size=2000).to_list(None))
+        entries = await patiently(
+            lambda: (
+                db["ledger"]
+                .find({}, {"account_id": 1, "kind": 1, "message_id": 1}, batch_size=2000)
+                .to_list(None)
+            )
+        )
         for entry in entries:
             if entry.get("message_id"):
                 kind = entry["kind"] if entry["kind"] == "reserve" else "settle"
@@ -349,15 +394,25 @@ async def check_properties(stack: Stack, accounts: list[Account],
         for s in sends:
             if s["pricing"]["billable"]:
                 expected[owner[s["phone_number_id"]]] -= card.price(
-                    s["pricing"]["category"], parse_e164("+" + s["recipient"])[1])
+                    s["pricing"]["category"], parse_e164("+" + s["recipient"])[1]
+                )
 
         async def settled() -> bool | dict[str, Any] | str:
             try:
-                balances = {b["_id"]: (b["available"], b["reserved"]) for b in await db[
-                    "balances"].find({"_id": {"$in": list(expected)}}).to_list(None)}
-                movements = await db["ledger"].find(
-                    {"kind": {"$in": ["topup", "charge"]}}, {"account_id": 1, "kind": 1,
-                                                             "amount": 1}).to_list(None)
+                balances = {
+                    b["_id"]: (b["available"], b["reserved"])
+                    for b in await db["balances"]
+                    .find({"_id": {"$in": list(expected)}})
+                    .to_list(None)
+                }
+                movements = (
+                    await db["ledger"]
+                    .find(
+                        {"kind": {"$in": ["topup", "charge"]}},
+                        {"account_id": 1, "kind": 1, "amount": 1},
+                    )
+                    .to_list(None)
+                )
             except PyMongoError as exc:
                 return f"not read this time: {exc!r}"
             ledger: Counter[str] = Counter()
@@ -366,11 +421,18 @@ async def check_properties(stack: Stack, accounts: list[Account],
                 ledger[entry["account_id"]] += sign * entry["amount"]
             want = {k: (v, 0) for k, v in expected.items()}
             from_ledger = {k: (ledger[k], 0) for k in expected}
-            return True if balances == want == from_ledger else {
-                "balances": balances, "from_meta": want, "from_ledger": from_ledger}
+            return (
+                True
+                if balances == want == from_ledger
+                else {"balances": balances, "from_meta": want, "from_ledger": from_ledger}
+            )
 
-        await eventually(settled, within=180, every=5,
-                         what="balances == ledger == top-up minus Meta's billable deliveries")
+        await eventually(
+            settled,
+            within=180,
+            every=5,
+            what="balances == ledger == top-up minus Meta's billable deliveries",
+        )
     finally:
         await mongo.close()
 

@@ -37,8 +37,13 @@ class Receiver:
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.received.append((request.match_info["path"], await request.read(),
-                              {k.lower(): v for k, v in request.headers.items()}))
+        self.received.append(
+            (
+                request.match_info["path"],
+                await request.read(),
+                {k.lower(): v for k, v in request.headers.items()},
+            )
+        )
         return web.Response(text="ok")
 
     async def start(self) -> None:
@@ -66,27 +71,40 @@ class Mailbox:
         return "250 OK"
 
 
-async def api(stack: Stack, api_key: str, method: str, path: str,
-              body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.request(
-            method, f"{stack.url('ingest')}{path}", json=body,
-            headers={"Authorization": f"Bearer {api_key}"}) as resp:
+async def api(
+    stack: Stack, api_key: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method,
+            f"{stack.url('ingest')}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as resp,
+    ):
         return resp.status, await resp.json()
 
 
-async def create_endpoint(stack: Stack, api_key: str, url: str, events: list[str],
-                          fmt: str) -> tuple[str, str]:
+async def create_endpoint(
+    stack: Stack, api_key: str, url: str, events: list[str], fmt: str
+) -> tuple[str, str]:
     """Through the client API: the endpoint's id and its secret (shown once)."""
-    status, body = await api(stack, api_key, "POST", "/v1/webhook-endpoints",
-                             {"url": url, "events": events, "format": fmt,
-                              "description": "e2e"})
+    status, body = await api(
+        stack,
+        api_key,
+        "POST",
+        "/v1/webhook-endpoints",
+        {"url": url, "events": events, "format": fmt, "description": "e2e"},
+    )
     assert status == 201, body
     assert body["secret"].startswith("whsec_")
     return body["endpoint"]["id"], body["secret"]
 
 
 async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too(
-        stack: Stack) -> None:
+    stack: Stack,
+) -> None:
     receiver, mailbox = Receiver(), Mailbox(stack.smtp_port)
     await receiver.start()
     mailbox.controller.start()
@@ -95,19 +113,25 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
         [account, *_] = await seed_accounts(stack, TOP_UP)
         mongo = make_client(stack.mongodb_url)
         await mongo[stack.database]["accounts"].update_one(
-            {"_id": account.account_id}, {"$set": {"alert_emails": ["alerts@example.com"]}})
+            {"_id": account.account_id}, {"$set": {"alert_emails": ["alerts@example.com"]}}
+        )
         await mongo.close()
-        std_id, secret = await create_endpoint(stack, account.api_key,
-                                               f"http://127.0.0.1:{receiver.port}/std",
-                                               ["message.*"], "standard")
-        meta_id, meta_secret = await create_endpoint(stack, account.api_key,
-                                               f"http://127.0.0.1:{receiver.port}/meta",
-                                               ["*"], "meta")
+        std_id, secret = await create_endpoint(
+            stack,
+            account.api_key,
+            f"http://127.0.0.1:{receiver.port}/std",
+            ["message.*"],
+            "standard",
+        )
+        meta_id, meta_secret = await create_endpoint(
+            stack, account.api_key, f"http://127.0.0.1:{receiver.port}/meta", ["*"], "meta"
+        )
         # notify sees endpoint changes within NOTIFY_ENDPOINT_CACHE_SECONDS; a test event is
         # the client's way to know its endpoint is live (and makes notify read it at once)
         for endpoint_id in (std_id, meta_id):
-            status, _ = await api(stack, account.api_key, "POST",
-                                  f"/v1/webhook-endpoints/{endpoint_id}/test")
+            status, _ = await api(
+                stack, account.api_key, "POST", f"/v1/webhook-endpoints/{endpoint_id}/test"
+            )
             assert status == 202
 
         async def both_tested() -> bool | int:
@@ -118,22 +142,38 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
         test_body = json.loads(receiver.at("meta")[0][0])
         assert test_body["entry"][0]["changes"][0]["field"] == "hala_endpoint_test"
         number = account.numbers[0]
-        async with aiohttp.ClientSession() as session, session.post(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
                 f"{stack.url('ingest')}/v1/messages",
                 headers={"Authorization": f"Bearer {account.api_key}"},
-                json={"from": number, "to": RECIPIENT, "type": "template",
-                      "template": {"name": "receipt", "language": {"code": "en_US"},
-                                   "components": [{"type": "body", "parameters": [
-                                       {"type": "text", "text": "A-1"}]}]},
-                      "client_reference": "order-42",
-                      "biz_opaque_callback_data": "crm-42"}) as resp:
+                json={
+                    "from": number,
+                    "to": RECIPIENT,
+                    "type": "template",
+                    "template": {
+                        "name": "receipt",
+                        "language": {"code": "en_US"},
+                        "components": [
+                            {"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}
+                        ],
+                    },
+                    "client_reference": "order-42",
+                    "biz_opaque_callback_data": "crm-42",
+                },
+            ) as resp,
+        ):
             sent = await resp.json()
             assert resp.status == 202, sent
         message_id = sent["id"]
 
         def standard_events() -> dict[str, dict[str, Any]]:
-            return {e["type"]: e for e in (Webhook(secret).verify(body, headers)
-                                           for body, headers in receiver.at("std"))}
+            return {
+                e["type"]: e
+                for e in (
+                    Webhook(secret).verify(body, headers) for body, headers in receiver.at("std")
+                )
+            }
 
         async def statuses_heard() -> bool | list[str]:
             types = set(standard_events())
@@ -149,13 +189,19 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
             assert data["biz_opaque_callback_data"] == "crm-42"
         wamid = events["message.sent"]["data"]["wamid"]
 
-        reply = await stack.sim("POST", "/_sim/inbound", json={
-            "phone_number_id": number, "from": RECIPIENT.lstrip("+"), "text": "thanks!",
-            "context_message_id": wamid})
+        reply = await stack.sim(
+            "POST",
+            "/_sim/inbound",
+            json={
+                "phone_number_id": number,
+                "from": RECIPIENT.lstrip("+"),
+                "text": "thanks!",
+                "context_message_id": wamid,
+            },
+        )
 
         async def reply_heard() -> bool | list[str]:
-            return True if "message.received" in standard_events() else sorted(
-                standard_events())
+            return True if "message.received" in standard_events() else sorted(standard_events())
 
         await eventually(reply_heard, within=60, what="message.received")
         received = standard_events()["message.received"]["data"]
@@ -167,8 +213,9 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
         def meta_items() -> list[dict[str, Any]]:
             items = []
             for body, headers in receiver.at("meta"):
-                expected = "sha256=" + hmac.new(meta_secret.encode(), body,
-                                                hashlib.sha256).hexdigest()
+                expected = (
+                    "sha256=" + hmac.new(meta_secret.encode(), body, hashlib.sha256).hexdigest()
+                )
                 assert hmac.compare_digest(headers["x-hub-signature-256"], expected)
                 Webhook(meta_secret).verify(body, headers)
                 payload = json.loads(body)
@@ -197,16 +244,23 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
                 assert message["context"]["id"] == message_id
 
         # the client's own view: every attempt, a test event now, a replay with the original id
-        status, page = await api(stack, account.api_key, "GET",
-                                 f"/v1/webhook-endpoints/{std_id}/deliveries")
+        status, page = await api(
+            stack, account.api_key, "GET", f"/v1/webhook-endpoints/{std_id}/deliveries"
+        )
         assert status == 200 and len(page["data"]) >= 5
         assert {a["http_status"] for a in page["data"]} == {200}
-        status, _ = await api(stack, account.api_key, "POST",
-                              f"/v1/webhook-endpoints/{std_id}/test")
+        status, _ = await api(
+            stack, account.api_key, "POST", f"/v1/webhook-endpoints/{std_id}/test"
+        )
         assert status == 202
         replayed = events["message.delivered"]["id"]
-        status, _ = await api(stack, account.api_key, "POST",
-                              f"/v1/webhook-endpoints/{std_id}/replay", {"event_id": replayed})
+        status, _ = await api(
+            stack,
+            account.api_key,
+            "POST",
+            f"/v1/webhook-endpoints/{std_id}/replay",
+            {"event_id": replayed},
+        )
         assert status == 202
 
         async def test_and_replay_heard() -> bool | list[str]:
@@ -217,9 +271,17 @@ async def test_a_client_hears_of_its_message_and_the_reply_and_meta_handlers_too
         await eventually(test_and_replay_heard, within=60, what="the test event and the replay")
 
         # a template rejection: one mail to the account's addresses
-        await stack.sim("POST", "/_sim/templates/status", json={
-            "waba_id": account.waba_id, "name": "promo", "language": "en_US",
-            "status": "REJECTED", "reason": "INVALID_FORMAT"})
+        await stack.sim(
+            "POST",
+            "/_sim/templates/status",
+            json={
+                "waba_id": account.waba_id,
+                "name": "promo",
+                "language": "en_US",
+                "status": "REJECTED",
+                "reason": "INVALID_FORMAT",
+            },
+        )
 
         mails: list[Any] = []
 

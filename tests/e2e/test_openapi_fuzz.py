@@ -54,17 +54,25 @@ from tools.kafka_setup import revoke
 MAX_EXAMPLES = 20
 TOP_UP = 50_000_000
 CHECKS = {
-    GenerationMode.POSITIVE: [not_a_server_error, status_code_conformance,
-                              content_type_conformance, response_schema_conformance,
-                              ignored_auth],
-    GenerationMode.NEGATIVE: [not_a_server_error, negative_data_rejection,
-                              content_type_conformance],
+    GenerationMode.POSITIVE: [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        ignored_auth,
+    ],
+    GenerationMode.NEGATIVE: [
+        not_a_server_error,
+        negative_data_rejection,
+        content_type_conformance,
+    ],
 }
 
 
 @pytest.fixture(scope="module")
-async def ingest_api(tmp_path_factory: pytest.TempPathFactory, broker: Broker,
-                     mongodb_url: str) -> AsyncIterator[tuple[Stack, Account]]:
+async def ingest_api(
+    tmp_path_factory: pytest.TempPathFactory, broker: Broker, mongodb_url: str
+) -> AsyncIterator[tuple[Stack, Account]]:
     """ingest, billing (applies the seeding's top-up) and the simulator, nothing else."""
     stack = Stack(tmp_path_factory.mktemp("fuzz"), broker, mongodb_url)
     try:
@@ -96,26 +104,38 @@ schema = schemathesis.openapi.from_path(OPENAPI_PATH, config=CONFIG)
 
 
 async def test_the_fuzzed_document_is_the_one_ingest_serves(
-        ingest_api: tuple[Stack, Account]) -> None:
+    ingest_api: tuple[Stack, Account],
+) -> None:
     stack, _ = ingest_api
-    async with aiohttp.ClientSession() as session, session.get(
-            f"{stack.url('ingest')}/openapi.json") as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{stack.url('ingest')}/openapi.json") as resp,
+    ):
         assert resp.status == 200
         assert await resp.json() == yaml.safe_load(OPENAPI_PATH.read_text())
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_input_gives_a_server_error_and_answers_match_the_document(
-        case: Any, ingest_api: tuple[Stack, Account]) -> None:
+    case: Any, ingest_api: tuple[Stack, Account]
+) -> None:
     stack, account = ingest_api
     if case.meta.generation.mode is GenerationMode.POSITIVE:
         _from_our_number(case, account.numbers[0])
-    case.call_and_validate(base_url=stack.url("ingest"),
-                           headers={"Authorization": f"Bearer {account.api_key}"},
-                           checks=CHECKS[case.meta.generation.mode], timeout=10)
+    case.call_and_validate(
+        base_url=stack.url("ingest"),
+        headers={"Authorization": f"Bearer {account.api_key}"},
+        checks=CHECKS[case.meta.generation.mode],
+        timeout=10,
+    )
 
 
 def _from_our_number(case: Any, number: str) -> None:

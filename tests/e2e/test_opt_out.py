@@ -17,16 +17,29 @@ RECIPIENT = "+447911123456"
 
 
 def template(number: str, name: str, params: list[str]) -> dict[str, Any]:
-    return {"from": number, "to": RECIPIENT, "type": "template", "template": {
-        "name": name, "language": {"code": "en_US"},
-        "components": [{"type": "body", "parameters": [{"type": "text", "text": p}
-                                                       for p in params]}]}}
+    return {
+        "from": number,
+        "to": RECIPIENT,
+        "type": "template",
+        "template": {
+            "name": name,
+            "language": {"code": "en_US"},
+            "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": p} for p in params]}
+            ],
+        },
+    }
 
 
 async def send(stack: Stack, api_key: str, body: dict[str, Any]) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.post(
-            f"{stack.url('ingest')}/v1/messages", json=body,
-            headers={"Authorization": f"Bearer {api_key}"}) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{stack.url('ingest')}/v1/messages",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as resp,
+    ):
         return resp.status, await resp.json()
 
 
@@ -38,8 +51,11 @@ async def test_an_inbound_stop_makes_the_next_marketing_template_refused(stack: 
     assert status == 202, first
     accepted_promos = {first["id"]}
 
-    await stack.sim("POST", "/_sim/inbound", json={
-        "phone_number_id": number, "from": RECIPIENT.lstrip("+"), "text": "STOP"})
+    await stack.sim(
+        "POST",
+        "/_sim/inbound",
+        json={"phone_number_id": number, "from": RECIPIENT.lstrip("+"), "text": "STOP"},
+    )
 
     refusal: dict[str, Any] = {}
 
@@ -54,22 +70,24 @@ async def test_an_inbound_stop_makes_the_next_marketing_template_refused(stack: 
     assert refusal["error"]["code"] == "recipient_opted_out"
     assert refusal["error"]["details"]["source"] == "keyword"
 
-    status, receipt = await send(stack, account.api_key,
-                                 template(number, "receipt", ["A-1234"]))
+    status, receipt = await send(stack, account.api_key, template(number, "receipt", ["A-1234"]))
     assert status == 202, receipt
 
     async def delivered() -> bool | str:
-        async with aiohttp.ClientSession() as session, session.get(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
                 f"{stack.url('ingest')}/v1/messages/{receipt['id']}",
-                headers={"Authorization": f"Bearer {account.api_key}"}) as resp:
+                headers={"Authorization": f"Bearer {account.api_key}"},
+            ) as resp,
+        ):
             state = (await resp.json()).get("status")
         return True if state in ("delivered", "read") else str(state)
 
     await eventually(delivered, within=90, what="the utility template delivered")
 
     async def promos_at_meta() -> list[dict[str, Any]]:
-        sends = (await stack.sim("GET", "/_sim/sends",
-                                 params={"phone_number_id": number}))["sends"]
+        sends = (await stack.sim("GET", "/_sim/sends", params={"phone_number_id": number}))["sends"]
         return [s for s in sends if s["template_name"] == "promo"]
 
     async def accepted_promos_sent() -> bool | int:

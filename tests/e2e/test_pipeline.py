@@ -42,9 +42,12 @@ from tests.e2e.conftest import (
 TOP_UP = 500_000_000  # micros: enough for every message, so no rejection for credit
 PACING_CODES = {130429, 131056, 131064}  # limits our pacing must never trip
 SENDER_DEFAULTS = SenderSettings.model_fields  # the e2e stack runs the sender's defaults
-NUMBER_MPS = {number["id"]: number["throughput_mps"]
-              for portfolio in yaml.safe_load(SIM_CONFIG.read_text())["portfolios"]
-              for waba in portfolio["wabas"] for number in waba["phone_numbers"]}
+NUMBER_MPS = {
+    number["id"]: number["throughput_mps"]
+    for portfolio in yaml.safe_load(SIM_CONFIG.read_text())["portfolios"]
+    for waba in portfolio["wabas"]
+    for number in waba["phone_numbers"]
+}
 
 
 def _recipients() -> dict[str, list[str]]:
@@ -95,39 +98,61 @@ def plan_workload(accounts: list[Account], total: int, seed: int = 1) -> list[Pl
             name = {"marketing": "promo", "utility": "receipt", "authentication": "otp"}[kind]
             params = [{"type": "text", "text": "Ana"}, {"type": "text", "text": "20%"}]
             params = params if kind == "marketing" else params[:1]
-            body = {"from": number, "to": to, "type": "template",
-                    "template": {"name": name, "language": {"code": "en_US"},
-                                 "components": [{"type": "body", "parameters": params}]},
-                    "client_reference": f"e2e-{i}"}
+            body = {
+                "from": number,
+                "to": to,
+                "type": "template",
+                "template": {
+                    "name": name,
+                    "language": {"code": "en_US"},
+                    "components": [{"type": "body", "parameters": params}],
+                },
+                "client_reference": f"e2e-{i}",
+            }
             # Meta delivers no marketing template to US numbers (per-user limits, 131049).
-            expect = "failed:131049" if kind == "marketing" and to.startswith("+1") \
-                else "delivered"
+            expect = "failed:131049" if kind == "marketing" and to.startswith("+1") else "delivered"
         else:
-            body = {"from": number, "to": to, "type": "text",
-                    "text": {"body": f"Reply {i}"}, "client_reference": f"e2e-{i}"}
+            body = {
+                "from": number,
+                "to": to,
+                "type": "text",
+                "text": {"body": f"Reply {i}"},
+                "client_reference": f"e2e-{i}",
+            }
             expect = "delivered" if kind == "text_in_window" else "failed:131047"
         plan.append(Planned(account, body, expect))
     return plan
 
 
 async def inbound_counted_by_sender(stack: Stack) -> float:
-    async with aiohttp.ClientSession() as session, session.get(
-            f"{stack.ops_url('sender')}/metrics") as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{stack.ops_url('sender')}/metrics") as resp,
+    ):
         text = await resp.text()
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == "sender_inbound_counted_total")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sender_inbound_counted_total"
+    )
 
 
 async def open_windows(stack: Stack, plan: list[Planned]) -> None:
     """The users of in-window texts write first: that opens their 24 h window at Meta."""
-    pairs = {(p.body["from"], p.body["to"]) for p in plan if p.expect == "delivered"
-             and p.body["type"] == "text"}
+    pairs = {
+        (p.body["from"], p.body["to"])
+        for p in plan
+        if p.expect == "delivered" and p.body["type"] == "text"
+    }
     outside = {(p.body["from"], p.body["to"]) for p in plan if p.expect == "failed:131047"}
     counted_before = await inbound_counted_by_sender(stack)
     for number, to in sorted(pairs):
-        await stack.sim("POST", "/_sim/inbound",
-                        json={"phone_number_id": number, "from": to.lstrip("+"),
-                              "text": "hello"})
+        await stack.sim(
+            "POST",
+            "/_sim/inbound",
+            json={"phone_number_id": number, "from": to.lstrip("+"), "text": "hello"},
+        )
 
     # Meta counts these against their numbers' throughput: a burst of them uses up a number's
     # second of burst. Our sends start once the sender has heard of them (it holds the numbers
@@ -155,12 +180,15 @@ async def submit(stack: Stack, plan: list[Planned], concurrency: int = 32) -> No
             # As a careful client does: a 503 (ingest could not reach a dependency in its 1 s
             # budget, as happens on a loaded 2-core machine) is retried with the same
             # Idempotency-Key, so a retry can never make a second message.
-            headers = {"Authorization": f"Bearer {p.account.api_key}",
-                       "Idempotency-Key": uuid.uuid4().hex}
+            headers = {
+                "Authorization": f"Bearer {p.account.api_key}",
+                "Idempotency-Key": uuid.uuid4().hex,
+            }
             deadline = time.monotonic() + 60
             while True:
-                async with session.post(f"{stack.url('ingest')}/v1/messages", json=p.body,
-                                        headers=headers) as resp:
+                async with session.post(
+                    f"{stack.url('ingest')}/v1/messages", json=p.body, headers=headers
+                ) as resp:
                     body = await resp.json()
                     if resp.status == 503 and time.monotonic() < deadline:
                         await asyncio.sleep(float(resp.headers.get("Retry-After", "0.5")))
@@ -173,23 +201,22 @@ async def submit(stack: Stack, plan: list[Planned], concurrency: int = 32) -> No
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
 
 
-async def assert_properties(stack: Stack, accounts: list[Account], plan: list[Planned],
-                            within: float = 300) -> None:
+async def assert_properties(
+    stack: Stack, accounts: list[Account], plan: list[Planned], within: float = 300
+) -> None:
     mongo = make_client(stack.mongodb_url)
     db = mongo[stack.database]
     ids = [p.message_id for p in plan]
     try:
+
         async def all_terminal() -> bool | str:
-            docs = await db["messages"].find({"_id": {"$in": ids}},
-                                             {"status": 1}).to_list(None)
+            docs = await db["messages"].find({"_id": {"$in": ids}}, {"status": 1}).to_list(None)
             counts = Counter(d["status"] for d in docs)
             done = sum(v for k, v in counts.items() if k in TERMINAL)
             return True if done == len(ids) else f"{done}/{len(ids)} terminal: {dict(counts)}"
 
-        await eventually(all_terminal, within=within, every=1,
-                         what="every message terminal")
-        docs = {d["_id"]: d for d in await db["messages"].find({"_id": {"$in": ids}})
-                .to_list(None)}
+        await eventually(all_terminal, within=within, every=1, what="every message terminal")
+        docs = {d["_id"]: d for d in await db["messages"].find({"_id": {"$in": ids}}).to_list(None)}
         sends = await stack.sim("GET", "/_sim/sends")
         reached_meta = {s["biz_opaque_callback_data"] for s in sends["sends"]}
 
@@ -199,8 +226,11 @@ async def assert_properties(stack: Stack, accounts: list[Account], plan: list[Pl
         cut_offs: Counter[str] = Counter()
         for p in plan:
             doc = docs[p.message_id]
-            cut_off = (doc["status"] == "failed" and doc.get("status_reason") == "outcome_unknown"
-                       and p.message_id not in reached_meta)
+            cut_off = (
+                doc["status"] == "failed"
+                and doc.get("status_reason") == "outcome_unknown"
+                and p.message_id not in reached_meta
+            )
             if cut_off:
                 ok = True
                 cut_offs[p.body["from"]] += 1
@@ -214,19 +244,26 @@ async def assert_properties(stack: Stack, accounts: list[Account], plan: list[Pl
         assert not wrong, f"{len(wrong)} messages in the wrong state, e.g. {wrong[:5]}"
         # A number never has more sends off its queue without Meta's answer than its cap.
         for number, count in cut_offs.items():
-            cap = in_flight_cap(NUMBER_MPS[number], SENDER_DEFAULTS["in_flight_seconds"].default,
-                                SENDER_DEFAULTS["max_in_flight_per_number"].default)
+            cap = in_flight_cap(
+                NUMBER_MPS[number],
+                SENDER_DEFAULTS["in_flight_seconds"].default,
+                SENDER_DEFAULTS["max_in_flight_per_number"].default,
+            )
             assert count <= cap, f"{number}: {count} sends cut off, more than its {cap} in flight"
 
         # 2. no limit exceeded, nothing sent twice
         violations = await stack.sim("GET", "/_sim/violations")
-        tripped = {code: n for code, n in violations["by_code"].items()
-                   if int(code) in PACING_CODES}
+        tripped = {
+            code: n for code, n in violations["by_code"].items() if int(code) in PACING_CODES
+        }
         assert tripped == {}, f"our pacing let Meta refuse: {tripped}"
         assert sends["duplicates"] in ([], {}), f"sent twice: {sends['duplicates']}"
         ours = {p.message_id for p in plan}
-        per_message = Counter(s["biz_opaque_callback_data"] for s in sends["sends"]
-                              if s["biz_opaque_callback_data"] in ours)
+        per_message = Counter(
+            s["biz_opaque_callback_data"]
+            for s in sends["sends"]
+            if s["biz_opaque_callback_data"] in ours
+        )
         assert max(per_message.values()) == 1
 
         # 3. balances: top-up minus the simulator's billable deliveries at rate-card prices
@@ -236,25 +273,30 @@ async def assert_properties(stack: Stack, accounts: list[Account], plan: list[Pl
         for s in sends["sends"]:
             if s["biz_opaque_callback_data"] in ours and s["pricing"]["billable"]:
                 region = parse_e164("+" + s["recipient"])[1]
-                expected[owner[s["phone_number_id"]]] -= card.price(s["pricing"]["category"],
-                                                                    region)
+                expected[owner[s["phone_number_id"]]] -= card.price(
+                    s["pricing"]["category"], region
+                )
 
         async def settled() -> bool | dict[str, Any]:
-            balances = {b["_id"]: b for b in await db["balances"].find(
-                {"_id": {"$in": list(expected)}}).to_list(None)}
+            balances = {
+                b["_id"]: b
+                for b in await db["balances"].find({"_id": {"$in": list(expected)}}).to_list(None)
+            }
             seen = {k: (b["available"], b["reserved"]) for k, b in balances.items()}
             want = {k: (v, 0) for k, v in expected.items()}
             return True if seen == want else {"seen": seen, "want": want}
 
-        await eventually(settled, within=120, every=1,
-                         what="balances equal top-up minus billable deliveries")
+        await eventually(
+            settled, within=120, every=1, what="balances equal top-up minus billable deliveries"
+        )
     finally:
         await mongo.close()
 
 
 @pytest.mark.parametrize("profile", ["polite", "realistic"])
 async def test_a_thousand_messages_reach_their_terminal_state_within_limits_and_bills(
-        stack: Stack, profile: str) -> None:
+    stack: Stack, profile: str
+) -> None:
     await stack.sim("POST", "/_sim/webhooks/config", json={"profile": profile})
     # Texts outside the window must reach Meta and fail there (131047, credit released):
     # ingest's own window check is switched off for these accounts (tested in
@@ -269,7 +311,8 @@ async def test_a_thousand_messages_reach_their_terminal_state_within_limits_and_
 
 @pytest.mark.parametrize("victim", ["sender", "billing", "status"])
 async def test_killing_a_service_mid_run_loses_nothing_sends_nothing_twice_and_bills_exactly(
-        stack: Stack, victim: str) -> None:
+    stack: Stack, victim: str
+) -> None:
     await stack.sim("POST", "/_sim/webhooks/config", json={"profile": "realistic"})
     # Texts outside the window must reach Meta and fail there (131047, credit released):
     # ingest's own window check is switched off for these accounts (tested in
@@ -297,8 +340,9 @@ async def test_killing_a_service_mid_run_loses_nothing_sends_nothing_twice_and_b
 def test_workload_mixes_every_kind_and_market() -> None:
     accounts = [Account(f"acc{i}", "k", [f"{i}1", f"{i}2"], "w", TOP_UP) for i in range(3)]
     plan = plan_workload(accounts, 1000)
-    kinds = Counter((p.body["type"], p.body.get("template", {}).get("name"), p.expect)
-                    for p in plan)
+    kinds = Counter(
+        (p.body["type"], p.body.get("template", {}).get("name"), p.expect) for p in plan
+    )
     assert {k[1] for k in kinds if k[0] == "template"} == {"promo", "receipt", "otp"}
     assert {k[2] for k in kinds} == {"delivered", "failed:131047", "failed:131049"}
     regions = {parse_e164(p.body["to"])[1] for p in plan}

@@ -36,25 +36,33 @@ def pywa_client(stack: Stack, account: Account) -> WhatsApp:
     return wa
 
 
-async def ingest(stack: Stack, account: Account, method: str, path: str,
-                 **kwargs: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.request(
-            method, f"{stack.url('ingest')}{path}",
-            headers={"Authorization": f"Bearer {account.api_key}"}, **kwargs) as resp:
+async def ingest(
+    stack: Stack, account: Account, method: str, path: str, **kwargs: Any
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method,
+            f"{stack.url('ingest')}{path}",
+            headers={"Authorization": f"Bearer {account.api_key}"},
+            **kwargs,
+        ) as resp,
+    ):
         body = await resp.read()
-        return resp.status, (await resp.json() if resp.content_type == "application/json"
-                             else body)
+        return resp.status, (await resp.json() if resp.content_type == "application/json" else body)
 
 
 async def thread(stack: Stack, account: Account, wa_id: str) -> dict[str, dict[str, Any]]:
-    status, page = await ingest(stack, account, "GET",
-                                f"/v1/conversations/{wa_id}/messages?limit=100")
+    status, page = await ingest(
+        stack, account, "GET", f"/v1/conversations/{wa_id}/messages?limit=100"
+    )
     assert status == 200, page
     return {item["id"]: item for item in page["data"]}
 
 
 async def until_stored(stack: Stack, account: Account, wa_id: str, wamids: set[str]) -> None:
     """Until status has stored these inbound messages (the webhook is asynchronous)."""
+
     async def stored() -> bool | str:
         missing = wamids - set(await thread(stack, account, wa_id))
         return True if not missing else f"{len(missing)} not stored yet"
@@ -67,9 +75,16 @@ async def test_pywa_pointed_at_ingest_sends_every_kind_in_metas_shape(stack: Sta
     number, user = account.numbers[0], "447912345678"
     # The user writes first: the business may then send free-form messages, react to it,
     # mark it read.
-    inbound = await stack.sim("POST", "/_sim/inbound", json={
-        "phone_number_id": number, "from": user, "text": "Hi, where is my order?",
-        "name": "Ana"})
+    inbound = await stack.sim(
+        "POST",
+        "/_sim/inbound",
+        json={
+            "phone_number_id": number,
+            "from": user,
+            "text": "Hi, where is my order?",
+            "name": "Ana",
+        },
+    )
     await until_stored(stack, account, user, {inbound["wamid"]})
 
     wa = pywa_client(stack, account)
@@ -83,38 +98,70 @@ async def test_pywa_pointed_at_ingest_sends_every_kind_in_metas_shape(stack: Sta
     try:
         sent = {
             "text": await wa.send_message(to=user, text="hi https://x.com", preview_url=True),
-            "image by link": await wa.send_image(to=user, image="https://example.com/a.png",
-                                                 caption="cap"),
+            "image by link": await wa.send_image(
+                to=user, image="https://example.com/a.png", caption="cap"
+            ),
             # pywa uploads the bytes itself (POST /media), then sends the image by its id
             "image by upload": await wa.send_image(to=user, image=PNG, mime_type="image/png"),
-            "document": await wa.send_document(to=user, document="https://example.com/a.pdf",
-                                               filename="a.pdf", caption="doc"),
-            "location": await wa.send_location(to=user, latitude=37.4, longitude=-122.1,
-                                               name="HQ", address="1 St"),
-            "contacts": await wa.send_contact(to=user, contact=Contact(
-                name=Contact.Name(formatted_name="Ana B", first_name="Ana"),
-                phones=[Contact.Phone(phone="+447911123456", type="MOBILE",
-                                      wa_id="447911123456")])),
-            "buttons": await wa.send_message(to=user, text="pick", buttons=[
-                Button(title="Yes", callback_data="y"), Button(title="No", callback_data="n")]),
-            "list": await wa.send_message(to=user, text="list", buttons=SectionList(
-                button_title="Choose", sections=[Section(title="S", rows=[
-                    SectionRow(title="R1", callback_data="r1", description="d")])])),
+            "document": await wa.send_document(
+                to=user, document="https://example.com/a.pdf", filename="a.pdf", caption="doc"
+            ),
+            "location": await wa.send_location(
+                to=user, latitude=37.4, longitude=-122.1, name="HQ", address="1 St"
+            ),
+            "contacts": await wa.send_contact(
+                to=user,
+                contact=Contact(
+                    name=Contact.Name(formatted_name="Ana B", first_name="Ana"),
+                    phones=[
+                        Contact.Phone(phone="+447911123456", type="MOBILE", wa_id="447911123456")
+                    ],
+                ),
+            ),
+            "buttons": await wa.send_message(
+                to=user,
+                text="pick",
+                buttons=[
+                    Button(title="Yes", callback_data="y"),
+                    Button(title="No", callback_data="n"),
+                ],
+            ),
+            "list": await wa.send_message(
+                to=user,
+                text="list",
+                buttons=SectionList(
+                    button_title="Choose",
+                    sections=[
+                        Section(
+                            title="S",
+                            rows=[SectionRow(title="R1", callback_data="r1", description="d")],
+                        )
+                    ],
+                ),
+            ),
             "template": await wa.send_template(
-                to=user, name="order_shipped", language=TemplateLanguage.ENGLISH_US,
-                params=[HeaderImage.params(image="https://example.com/h.png"),
-                        BodyText.params("Ana", "123")]),
-            "reaction": await wa.send_reaction(to=user, emoji="\U0001f44d",
-                                               message_id=inbound["wamid"]),
+                to=user,
+                name="order_shipped",
+                language=TemplateLanguage.ENGLISH_US,
+                params=[
+                    HeaderImage.params(image="https://example.com/h.png"),
+                    BodyText.params("Ana", "123"),
+                ],
+            ),
+            "reaction": await wa.send_reaction(
+                to=user, emoji="\U0001f44d", message_id=inbound["wamid"]
+            ),
         }
         read = await wa.mark_message_as_read(message_id=inbound["wamid"])
         typing = await wa.indicate_typing(message_id=inbound["wamid"])
         assert read.success and typing.success
 
         # What pywa wrote, in order: its sends (not the two status calls).
-        bodies = [httpx.Response(200, content=content).json()
-                  for method, path, content in requests
-                  if method == "POST" and path.endswith("/messages")]
+        bodies = [
+            httpx.Response(200, content=content).json()
+            for method, path, content in requests
+            if method == "POST" and path.endswith("/messages")
+        ]
         sends = [b for b in bodies if "status" not in b]
         assert len(sends) == len(sent)
         assert sends[2]["image"].keys() == {"id"}  # the uploaded image went by id
@@ -125,15 +172,20 @@ async def test_pywa_pointed_at_ingest_sends_every_kind_in_metas_shape(stack: Sta
         ids = {name: message.id for name, message in sent.items()}
 
         async def all_at_meta() -> bool | str:
-            at_meta = (await stack.sim("GET", "/_sim/sends",
-                                       params={"phone_number_id": number}))["sends"]
+            at_meta = (await stack.sim("GET", "/_sim/sends", params={"phone_number_id": number}))[
+                "sends"
+            ]
             found = {s["biz_opaque_callback_data"] for s in at_meta}
             missing = [name for name, message_id in ids.items() if message_id not in found]
             return True if not missing else f"not at Meta yet: {missing}"
 
         await eventually(all_at_meta, within=90, every=0.5, what="every send at Meta")
-        at_meta = {s["biz_opaque_callback_data"]: s for s in (await stack.sim(
-            "GET", "/_sim/sends", params={"phone_number_id": number}))["sends"]}
+        at_meta = {
+            s["biz_opaque_callback_data"]: s
+            for s in (await stack.sim("GET", "/_sim/sends", params={"phone_number_id": number}))[
+                "sends"
+            ]
+        }
         for (name, message_id), ours in zip(ids.items(), sends, strict=True):
             body = at_meta[message_id]["body"]
             kind = ours["type"]
@@ -144,10 +196,13 @@ async def test_pywa_pointed_at_ingest_sends_every_kind_in_metas_shape(stack: Sta
             assert body["biz_opaque_callback_data"] == message_id, name
 
         # mark-as-read and typing reached Meta as pywa wrote them
-        receipts = (await stack.sim("GET", "/_sim/read-receipts",
-                                    params={"phone_number_id": number}))["read_receipts"]
+        receipts = (
+            await stack.sim("GET", "/_sim/read-receipts", params={"phone_number_id": number})
+        )["read_receipts"]
         assert [(r["message_id"], bool(r["typing_indicator"])) for r in receipts] == [
-            (inbound["wamid"], False), (inbound["wamid"], True)]
+            (inbound["wamid"], False),
+            (inbound["wamid"], True),
+        ]
         status_bodies = [b for b in bodies if "status" in b]
         assert [orjson.loads(r["body"]) for r in receipts] == status_bodies
 
@@ -167,14 +222,18 @@ MEDIA = {
     "image": ("image/jpeg", b"\xff\xd8\xff\xe0 a photo " * 50, {"caption": "look"}),
     "video": ("video/mp4", b"\x00\x00\x00\x18ftypmp42 a video " * 80, {"caption": "clip"}),
     "audio": ("audio/ogg", b"OggS a voice note " * 30, {"voice": True}),
-    "document": ("application/pdf", b"%PDF-1.7 an invoice " * 40,
-                 {"filename": "invoice.pdf", "caption": "invoice"}),
+    "document": (
+        "application/pdf",
+        b"%PDF-1.7 an invoice " * 40,
+        {"filename": "invoice.pdf", "caption": "invoice"},
+    ),
     "sticker": ("image/webp", b"RIFF\x00\x00\x00\x00WEBPVP8 " * 10, {}),
 }
 
 
 async def test_every_inbound_type_reaches_the_conversation_and_its_media_downloads(
-        stack: Stack) -> None:
+    stack: Stack,
+) -> None:
     account, other, *_ = await seed_accounts(stack, TOP_UP)
     number, user = account.numbers[0], "447912345670"
 
@@ -185,32 +244,57 @@ async def test_every_inbound_type_reaches_the_conversation_and_its_media_downloa
     assert refused["error"]["code"] == "outside_customer_service_window"
 
     async def inbound(**message: Any) -> dict[str, Any]:
-        return await stack.sim("POST", "/_sim/inbound", json={
-            "phone_number_id": number, "from": user, "name": "Ana", **message})
+        return await stack.sim(
+            "POST",
+            "/_sim/inbound",
+            json={"phone_number_id": number, "from": user, "name": "Ana", **message},
+        )
 
-    first = await inbound(text="Hello, I saw your ad",
-                          referral={"source_url": "https://fb.me/ad", "source_type": "ad",
-                                    "source_id": "120", "headline": "Sale"})
+    first = await inbound(
+        text="Hello, I saw your ad",
+        referral={
+            "source_url": "https://fb.me/ad",
+            "source_type": "ad",
+            "source_id": "120",
+            "headline": "Sale",
+        },
+    )
     sent: dict[str, dict[str, Any]] = {"text": first}
     for kind, (mime, data, extra) in MEDIA.items():
-        sent[kind] = await inbound(media={"content_b64": base64.b64encode(data).decode(),
-                                          "mime_type": mime, **extra})
-    sent["location"] = await inbound(location={"latitude": 25.2, "longitude": 55.3,
-                                               "name": "Office"})
-    sent["contacts"] = await inbound(contacts=[{"name": {"formatted_name": "Bo C",
-                                                         "first_name": "Bo"},
-                                                "phones": [{"phone": "+447911123457",
-                                                            "wa_id": "447911123457"}]}])
+        sent[kind] = await inbound(
+            media={"content_b64": base64.b64encode(data).decode(), "mime_type": mime, **extra}
+        )
+    sent["location"] = await inbound(
+        location={"latitude": 25.2, "longitude": 55.3, "name": "Office"}
+    )
+    sent["contacts"] = await inbound(
+        contacts=[
+            {
+                "name": {"formatted_name": "Bo C", "first_name": "Bo"},
+                "phones": [{"phone": "+447911123457", "wa_id": "447911123457"}],
+            }
+        ]
+    )
     sent["button_reply"] = await inbound(
         interactive={"type": "button_reply", "button_reply": {"id": "y", "title": "Yes"}},
-        context_message_id=first["wamid"])
-    sent["list_reply"] = await inbound(interactive={
-        "type": "list_reply", "list_reply": {"id": "r1", "title": "R1", "description": "d"}})
+        context_message_id=first["wamid"],
+    )
+    sent["list_reply"] = await inbound(
+        interactive={
+            "type": "list_reply",
+            "list_reply": {"id": "r1", "title": "R1", "description": "d"},
+        }
+    )
     sent["button"] = await inbound(button={"payload": "more-aloes", "text": "More"})
-    sent["reaction"] = await inbound(reaction={"message_id": first["wamid"],
-                                               "emoji": "\u2764"})
-    sent["order"] = await inbound(order={"catalog_id": "1234", "product_items": [
-        {"product_retailer_id": "SKU1", "quantity": 2, "item_price": 10, "currency": "USD"}]})
+    sent["reaction"] = await inbound(reaction={"message_id": first["wamid"], "emoji": "\u2764"})
+    sent["order"] = await inbound(
+        order={
+            "catalog_id": "1234",
+            "product_items": [
+                {"product_retailer_id": "SKU1", "quantity": 2, "item_price": 10, "currency": "USD"}
+            ],
+        }
+    )
     sent["unsupported"] = await inbound(type="unsupported")
     sent["request_welcome"] = await inbound(type="request_welcome")
     await until_stored(stack, account, user, {s["wamid"] for s in sent.values()})
@@ -220,8 +304,9 @@ async def test_every_inbound_type_reaches_the_conversation_and_its_media_downloa
     assert content["text"] == {"body": "Hello, I saw your ad"}
     assert items[first["wamid"]]["referral"]["source_id"] == "120"
     for kind, (mime, _, extra) in MEDIA.items():
-        assert content[kind]["id"] == sent[kind]["media_id"] == items[sent[kind]["wamid"]][
-            "media_id"], kind
+        assert (
+            content[kind]["id"] == sent[kind]["media_id"] == items[sent[kind]["wamid"]]["media_id"]
+        ), kind
         assert content[kind]["mime_type"] == mime, kind
         for key, value in extra.items():
             assert content[kind][key] == value, (kind, key)
@@ -240,9 +325,13 @@ async def test_every_inbound_type_reaches_the_conversation_and_its_media_downloa
     # Each media file downloads byte for byte, with its type, for this account only.
     for kind, (mime, data, _) in MEDIA.items():
         media_id = sent[kind]["media_id"]
-        async with aiohttp.ClientSession() as session, session.get(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
                 f"{stack.url('ingest')}/v1/media/{media_id}",
-                headers={"Authorization": f"Bearer {account.api_key}"}) as resp:
+                headers={"Authorization": f"Bearer {account.api_key}"},
+            ) as resp,
+        ):
             assert (resp.status, resp.content_type) == (200, mime), kind
             assert await resp.read() == data, kind
         status, _ = await ingest(stack, other, "GET", f"/v1/media/{media_id}")
@@ -275,8 +364,11 @@ async def test_every_inbound_type_reaches_the_conversation_and_its_media_downloa
     await eventually(accepted_now, within=10, every=0.25, what="the reply accepted")
 
     async def at_meta() -> bool | str:
-        sends = (await stack.sim("GET", "/_sim/sends", params={
-            "biz_opaque_callback_data": accepted["id"]}))["sends"]
+        sends = (
+            await stack.sim(
+                "GET", "/_sim/sends", params={"biz_opaque_callback_data": accepted["id"]}
+            )
+        )["sends"]
         return True if sends else "not at Meta yet"
 
     await eventually(at_meta, within=60, what="the reply at Meta")

@@ -14,10 +14,14 @@ from shared.kafka import KafkaConfig, make_consumer
 DLQ_PARTITIONS = 1  # ensure_topics creates every dead-letter topic with one partition
 
 
-async def wait_for_dead_letters(kafka: KafkaConfig, dlq_topic: str, count: int, *,
-                                timeout: float = 60.0,
-                                alive: Callable[[], None] = lambda: None
-                                ) -> list[ConsumerRecord[bytes, bytes]]:
+async def wait_for_dead_letters(
+    kafka: KafkaConfig,
+    dlq_topic: str,
+    count: int,
+    *,
+    timeout: float = 60.0,
+    alive: Callable[[], None] = lambda: None,
+) -> list[ConsumerRecord[bytes, bytes]]:
     """The first `count` records of `dlq_topic`, once it holds them; `alive` raises if the
     consumer under test died meanwhile."""
     consumer = make_consumer(kafka, None)
@@ -40,9 +44,16 @@ async def wait_for_dead_letters(kafka: KafkaConfig, dlq_topic: str, count: int, 
         await consumer.stop()
 
 
-def check_dead_letter(record: ConsumerRecord[bytes, bytes], *, source_topic: str,
-                      source_offset: int, service: str, error_type: str, reason: str,
-                      attempts: int) -> dict[str, bytes]:
+def check_dead_letter(
+    record: ConsumerRecord[bytes, bytes],
+    *,
+    source_topic: str,
+    source_offset: int,
+    service: str,
+    error_type: str,
+    reason: str,
+    attempts: int,
+) -> dict[str, bytes]:
     """Assert the headers of a dead letter and return them all."""
     headers = dict(record.headers)
     assert headers["source_topic"] == source_topic.encode()
@@ -57,8 +68,12 @@ def check_dead_letter(record: ConsumerRecord[bytes, bytes], *, source_topic: str
     return headers
 
 
-async def until(condition: Callable[[], object], timeout: float, what: str,
-                alive: Callable[[], None] = lambda: None) -> None:
+async def until(
+    condition: Callable[[], object],
+    timeout: float,
+    what: str,
+    alive: Callable[[], None] = lambda: None,
+) -> None:
     """Poll a synchronous or awaitable condition until it is truthy."""
     deadline = time.monotonic() + timeout
     while True:

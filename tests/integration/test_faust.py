@@ -19,15 +19,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _start_probe(broker: Broker, app_id: str, topic: str, output: Path) -> subprocess.Popen:
-    env = {**os.environ, **broker.env(None), "PROBE_APP_ID": app_id,
-           "PROBE_TOPIC": topic, "PROBE_OUTPUT": str(output),
-           "PROBE_DATADIR": str(output.parent / "faust-data")}
-    return subprocess.Popen([sys.executable, "-m", "tests.integration.faust_probe"], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        **broker.env(None),
+        "PROBE_APP_ID": app_id,
+        "PROBE_TOPIC": topic,
+        "PROBE_OUTPUT": str(output),
+        "PROBE_DATADIR": str(output.parent / "faust-data"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.faust_probe"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
-def _wait_for_lines(output: Path, count: int, proc: subprocess.Popen,
-                    timeout: float = 60) -> list[bytes]:
+def _wait_for_lines(
+    output: Path, count: int, proc: subprocess.Popen, timeout: float = 60
+) -> list[bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lines = output.read_bytes().splitlines() if output.exists() else []
@@ -49,7 +60,8 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 async def test_a_faust_agent_consumes_from_the_real_broker_and_resumes_after_restart(
-        broker: Broker, unique: str, tmp_path: Path) -> None:
+    broker: Broker, unique: str, tmp_path: Path
+) -> None:
     topic, app_id, output = f"it.faust.{unique}", f"it-faust-{unique}", tmp_path / "seen.txt"
     admin = make_admin(broker.setup)
     await admin.start()
@@ -81,5 +93,6 @@ async def test_a_faust_agent_consumes_from_the_real_broker_and_resumes_after_res
     assert sorted(first) == sorted(f"first-{i}".encode() for i in range(5))
     # The restarted worker continued after its committed offsets: nothing from the first batch
     # was processed twice.
-    assert sorted(lines) == sorted([f"first-{i}".encode() for i in range(5)]
-                                   + [f"second-{i}".encode() for i in range(3)])
+    assert sorted(lines) == sorted(
+        [f"first-{i}".encode() for i in range(5)] + [f"second-{i}".encode() for i in range(3)]
+    )

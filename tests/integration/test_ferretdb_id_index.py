@@ -18,10 +18,14 @@ DATA_DIR = Path(os.environ.get("HALA_RUN_DIR", REPO / ".run")) / "ferretdb" / "d
 def _plan(database: Path) -> list[str]:
     con = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        table = con.execute("SELECT table_name FROM _ferretdb_collections "
-                            "WHERE name = 'messages'").fetchone()[0]
-        rows = con.execute(f"EXPLAIN QUERY PLAN UPDATE \"{table}\" SET _ferretdb_sjson = ? "
-                           "WHERE _ferretdb_sjson->'$._id' = ?", ("{}", '"m1"')).fetchall()
+        table = con.execute(
+            "SELECT table_name FROM _ferretdb_collections WHERE name = 'messages'"
+        ).fetchone()[0]
+        rows = con.execute(
+            f'EXPLAIN QUERY PLAN UPDATE "{table}" SET _ferretdb_sjson = ? '
+            "WHERE _ferretdb_sjson->'$._id' = ?",
+            ("{}", '"m1"'),
+        ).fetchall()
         return [str(row[-1]) for row in rows]
     finally:
         con.close()
@@ -33,8 +37,9 @@ async def test_updates_by_id_use_an_index_not_a_scan(mongo, unique: str) -> None
         await mongo[name]["messages"].insert_many([{"_id": f"m{i}"} for i in range(50)])
         if "ferretdbVersion" not in await mongo.admin.command("buildInfo"):
             explained = await mongo[name].command(
-                "explain", {"update": "messages",
-                            "updates": [{"q": {"_id": "m1"}, "u": {"$set": {"s": 1}}}]})
+                "explain",
+                {"update": "messages", "updates": [{"q": {"_id": "m1"}, "u": {"$set": {"s": 1}}}]},
+            )
             assert any(stage in str(explained) for stage in ("IDHACK", "IXSCAN", "EXPRESS"))
             return
         database = DATA_DIR / f"{name}.sqlite"
@@ -49,4 +54,3 @@ async def test_updates_by_id_use_an_index_not_a_scan(mongo, unique: str) -> None
         assert not any(step.startswith("SCAN") for step in plan)
     finally:
         await mongo.drop_database(name)
-

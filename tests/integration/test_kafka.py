@@ -18,8 +18,9 @@ async def _create(kafka: KafkaConfig, name: str, partitions: int = 1, **config: 
     admin = make_admin(kafka)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                            replication_factor=1, topic_configs=config)])
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=config)]
+        )
     finally:
         await admin.close()
 
@@ -38,7 +39,8 @@ async def _read(consumer, count: int, wait_s: float = 20.0) -> list:  # type: ig
 
 
 async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
-        kafka: KafkaConfig, unique: str) -> None:
+    kafka: KafkaConfig, unique: str
+) -> None:
     topic, group = f"it.commit.{unique}", f"it-group-{unique}"
     await _create(kafka, topic)
     producer = make_producer(kafka)
@@ -69,7 +71,8 @@ async def test_a_restarted_consumer_resumes_after_the_last_committed_offset(
 
 
 async def test_uncommitted_records_are_delivered_again_after_a_restart(
-        kafka: KafkaConfig, unique: str) -> None:
+    kafka: KafkaConfig, unique: str
+) -> None:
     topic, group = f"it.redeliver.{unique}", f"it-group-{unique}"
     await _create(kafka, topic)
     producer = make_producer(kafka)
@@ -88,8 +91,9 @@ async def test_uncommitted_records_are_delivered_again_after_a_restart(
 
 async def _read_all(kafka: KafkaConfig, topic: str) -> list[tuple[bytes, bytes]]:
     """Every record currently in partition 0, read from the beginning without a group."""
-    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        **kafka.aiokafka_options(), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
@@ -106,19 +110,28 @@ async def _read_all(kafka: KafkaConfig, topic: str) -> list[tuple[bytes, bytes]]
 
 
 async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
-        kafka: KafkaConfig, unique: str) -> None:
+    kafka: KafkaConfig, unique: str
+) -> None:
     topic = f"it.compacted.{unique}"
     # Tiny segments and no dirty-ratio floor so the log cleaner compacts within the test.
-    await _create(kafka, topic, **{
-        "cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.001",
-        "min.compaction.lag.ms": "0", "delete.retention.ms": "100"})
+    await _create(
+        kafka,
+        topic,
+        **{
+            "cleanup.policy": "compact",
+            "segment.ms": "100",
+            "min.cleanable.dirty.ratio": "0.001",
+            "min.compaction.lag.ms": "0",
+            "delete.retention.ms": "100",
+        },
+    )
     admin = make_admin(kafka)
     await admin.start()
     try:
         described = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})])
-        configs = {entry[0]: entry[1] for r in described for res in r.resources
-                   for entry in res[4]}
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})]
+        )
+        configs = {entry[0]: entry[1] for r in described for res in r.resources for entry in res[4]}
         assert configs["cleanup.policy"] == "compact"
     finally:
         await admin.close()
@@ -145,8 +158,9 @@ async def test_a_compacted_topic_keeps_only_the_latest_value_per_key(
     assert latest[b"number-1"] == b"1000" and latest[b"number-2"] == b"80"
 
 
-async def test_the_idempotent_producer_writes_with_acks_all(kafka: KafkaConfig,
-                                                            unique: str) -> None:
+async def test_the_idempotent_producer_writes_with_acks_all(
+    kafka: KafkaConfig, unique: str
+) -> None:
     topic = f"it.idem.{unique}"
     await _create(kafka, topic, partitions=3)
     producer = make_producer(kafka)
@@ -169,15 +183,16 @@ async def _configs(kafka: KafkaConfig, names: list[str]) -> dict[str, dict[str, 
     await admin.start()
     try:
         [described] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n, None) for n in names])
+            [ConfigResource(ConfigResourceType.TOPIC, n, None) for n in names]
+        )
     finally:
         await admin.close()
-    return {name: {e[0]: e[1] for e in entries}
-            for _, _, _, name, entries in described.resources}
+    return {name: {e[0]: e[1] for e in entries} for _, _, _, name, entries in described.resources}
 
 
 async def test_the_set_up_sets_each_topics_retention_and_fixes_topics_that_exist(
-        kafka: KafkaConfig, unique: str) -> None:
+    kafka: KafkaConfig, unique: str
+) -> None:
     """The set-up step (tools/kafka_setup.py grant, through ensure_topics) gives created topics
     the registry's retention.ms and max.message.bytes (raw content short, dead letters long,
     compacted ones without), and brings a topic that already existed with the broker's
@@ -192,8 +207,7 @@ async def test_the_set_up_sets_each_topics_retention_and_fixes_topics_that_exist
     configs = await _configs(kafka, names)
     week, month = str(7 * 86_400_000), str(30 * 86_400_000)
     webhooks = configs[prefix + WEBHOOK_RECEIVED.name]
-    assert (webhooks["retention.ms"], webhooks["max.message.bytes"]) == (
-        week, str(4 * 1024 * 1024))
+    assert (webhooks["retention.ms"], webhooks["max.message.bytes"]) == (week, str(4 * 1024 * 1024))
     assert configs[prefix + SEND_REQUESTED.name]["retention.ms"] == week
     assert configs[prefix + WEBHOOK_RECEIVED.dlq]["retention.ms"] == month
     assert configs[prefix + SEND_REQUESTED.dlq]["retention.ms"] == month

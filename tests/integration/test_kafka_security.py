@@ -38,8 +38,13 @@ from shared.messages import (
 from shared.rdkafka_producer import RdKafkaProducer
 from tests.conftest import Broker
 
-TOPICS: tuple[Topic[Any], ...] = (SEND_REQUESTED, SEND_APPROVED, STATUS_CHANGED,
-                                  TOPUP_REQUESTED, WEBHOOK_RECEIVED)
+TOPICS: tuple[Topic[Any], ...] = (
+    SEND_REQUESTED,
+    SEND_APPROVED,
+    STATUS_CHANGED,
+    TOPUP_REQUESTED,
+    WEBHOOK_RECEIVED,
+)
 
 
 async def _write(kafka: KafkaConfig, topic: str) -> str:
@@ -76,43 +81,52 @@ async def prefix(broker: Broker, unique: str) -> str:
 
 async def test_only_the_admin_principal_may_write_a_top_up(broker: Broker, prefix: str) -> None:
     topup = topic_name(TOPUP_REQUESTED, prefix)
-    refused = {service: await _write(broker.as_service(service), topup)
-               for service in ("ingest", "sender", "billing", "status")}
+    refused = {
+        service: await _write(broker.as_service(service), topup)
+        for service in ("ingest", "sender", "billing", "status")
+    }
     assert refused == dict.fromkeys(refused, "TopicAuthorizationFailedError")
     assert await _write(broker.as_service("admin"), topup) == "written"
 
 
 async def test_a_service_writes_what_it_produces_and_nothing_it_only_reads(
-        broker: Broker, prefix: str) -> None:
+    broker: Broker, prefix: str
+) -> None:
     ingest, sender = broker.as_service("ingest"), broker.as_service("sender")
     assert await _write(ingest, topic_name(SEND_REQUESTED, prefix)) == "written"
     # The sender consumes send-approved: it may read it, dead-letter it, but not forge one.
-    assert await _write(sender, topic_name(SEND_APPROVED, prefix)) == \
-        "TopicAuthorizationFailedError"
+    assert (
+        await _write(sender, topic_name(SEND_APPROVED, prefix)) == "TopicAuthorizationFailedError"
+    )
     assert await _write(sender, f"{topic_name(SEND_APPROVED, prefix)}.dlq") == "written"
     assert await _write(sender, topic_name(STATUS_CHANGED, prefix)) == "written"
 
 
 async def test_ingest_s_librdkafka_producer_is_refused_a_top_up_too(
-        broker: Broker, prefix: str) -> None:
+    broker: Broker, prefix: str
+) -> None:
     producer = RdKafkaProducer(broker.as_service("ingest"), delivery_timeout_ms=5000)
     await producer.start()
     try:
         await producer.send(topic_name(SEND_REQUESTED, prefix), b"acc_x", b"{}")
         with pytest.raises(DependencyUnavailable, match="TOPIC_AUTHORIZATION_FAILED"):
             await asyncio.wait_for(
-                producer.send(topic_name(TOPUP_REQUESTED, prefix), b"acc_x", b"{}"), 20)
+                producer.send(topic_name(TOPUP_REQUESTED, prefix), b"acc_x", b"{}"), 20
+            )
     finally:
         await producer.stop()
 
 
 async def test_a_service_may_not_join_another_service_s_consumer_group(
-        broker: Broker, prefix: str) -> None:
+    broker: Broker, prefix: str
+) -> None:
     status_changed = topic_name(STATUS_CHANGED, prefix)
     billing = broker.as_service("billing")
     assert await _join(billing, f"{prefix}billing-it", status_changed) == "joined"
-    assert await _join(billing, f"{prefix}status-state", status_changed) == \
-        GroupAuthorizationFailedError.__name__
+    assert (
+        await _join(billing, f"{prefix}status-state", status_changed)
+        == GroupAuthorizationFailedError.__name__
+    )
 
 
 async def test_a_service_sees_only_its_own_topics(broker: Broker, prefix: str) -> None:
@@ -152,10 +166,13 @@ async def test_plaintext_and_unauthenticated_clients_are_refused(broker: Broker)
         assert isinstance(await _refused(client), KafkaConnectionError | TimeoutError)
 
 
-async def test_a_broker_certificate_from_another_ca_is_refused(broker: Broker,
-                                                               tmp_path: Any) -> None:
+async def test_a_broker_certificate_from_another_ca_is_refused(
+    broker: Broker, tmp_path: Any
+) -> None:
     from tools import pki
 
     other = pki.issue(tmp_path, "elsewhere")  # a CA that did not sign the broker's certificate
-    assert isinstance(await _refused(replace(broker.as_service("ingest"),
-                                             ca_file=str(other.ca))), KafkaConnectionError)
+    assert isinstance(
+        await _refused(replace(broker.as_service("ingest"), ca_file=str(other.ca))),
+        KafkaConnectionError,
+    )

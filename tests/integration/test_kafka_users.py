@@ -41,7 +41,8 @@ async def _connects(kafka: KafkaConfig) -> bool:
 def _delete_user(kafka: KafkaConfig, user: str) -> None:
     admin = _admin(kafka)  # kept until the futures are done: its end cancels them
     futures = admin.alter_user_scram_credentials(
-        [UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_512)])
+        [UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_512)]
+    )
     for future in futures.values():
         try:
             future.result(timeout=TIMEOUT_S)
@@ -51,7 +52,8 @@ def _delete_user(kafka: KafkaConfig, user: str) -> None:
 
 
 async def test_a_principal_unknown_to_the_running_broker_gets_its_user_once(
-        broker: Broker, unique: str, tmp_path: Path) -> None:
+    broker: Broker, unique: str, tmp_path: Path
+) -> None:
     user = f"hala-it-{unique}"
     secrets_dir = tmp_path / "secrets"
     assert not await _connects(broker.setup.as_user(user, "a-password-before-the-user-01"))

@@ -40,8 +40,9 @@ async def test_an_update_that_records_what_it_applied_is_idempotent(mongo, uniqu
             doc = await accounts.find_one({"_id": "acc"})
             if doc["applied"].get("p0", -1) >= offset:
                 return
-            await accounts.update_one({"_id": "acc"}, {"$inc": {"available": -amount},
-                                                       "$set": {"applied.p0": offset}})
+            await accounts.update_one(
+                {"_id": "acc"}, {"$inc": {"available": -amount}, "$set": {"applied.p0": offset}}
+            )
 
         await apply(7, 30)
         await apply(7, 30)  # redelivered
@@ -65,7 +66,8 @@ async def test_every_operation_has_a_deadline_by_default(mongodb_url: str) -> No
 
 
 async def test_an_operation_on_a_database_that_stops_answering_fails_within_its_timeout(
-        mongodb_url: str, unique: str) -> None:
+    mongodb_url: str, unique: str
+) -> None:
     """A server that accepted the connection and then went silent (hung, or the network lost):
     the operation raises a driver error once its deadline passes, instead of waiting forever,
     and the client works again once the server answers."""
@@ -102,9 +104,10 @@ async def test_an_operation_on_a_database_that_stops_answering_fails_within_its_
 def _commands() -> dict[str, float]:
     from prometheus_client import REGISTRY
 
-    return {name: REGISTRY.get_sample_value("hala_mongodb_commands_total",
-                                            {"command": name}) or 0.0
-            for name in ("insert", "find", "getMore", "update", "other")}
+    return {
+        name: REGISTRY.get_sample_value("hala_mongodb_commands_total", {"command": name}) or 0.0
+        for name in ("insert", "find", "getMore", "update", "other")
+    }
 
 
 async def test_each_round_trip_is_counted_once_by_command(mongo, unique: str) -> None:  # type: ignore[no-untyped-def]
@@ -119,6 +122,11 @@ async def test_each_round_trip_is_counted_once_by_command(mongo, unique: str) ->
         await db["docs"].update_one({"_id": 1}, {"$set": {"seen": True}})
         after = _commands()
         assert {k: after[k] - before[k] for k in after} == {
-            "insert": 1, "find": 1, "getMore": 1, "update": 1, "other": 0}
+            "insert": 1,
+            "find": 1,
+            "getMore": 1,
+            "update": 1,
+            "other": 0,
+        }
     finally:
         await mongo.drop_database(f"it_{unique}")

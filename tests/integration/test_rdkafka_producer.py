@@ -17,8 +17,9 @@ from tests.integration.test_kafka import _create, _read
 
 
 async def _read_all(kafka: KafkaConfig, topic: str, count: int) -> list[tuple[bytes, bytes]]:
-    consumer = AIOKafkaConsumer(topic, **kafka.aiokafka_options(),
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, **kafka.aiokafka_options(), auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         return [(r.key, r.value) for r in await _read(consumer, count)]
@@ -26,15 +27,17 @@ async def _read_all(kafka: KafkaConfig, topic: str, count: int) -> list[tuple[by
         await consumer.stop()
 
 
-async def test_acknowledged_sends_are_stored_in_order_per_key(kafka: KafkaConfig,
-                                                              unique: str) -> None:
+async def test_acknowledged_sends_are_stored_in_order_per_key(
+    kafka: KafkaConfig, unique: str
+) -> None:
     topic = f"it.rdkafka.{unique}"
     await _create(kafka, topic, partitions=3)
     producer = RdKafkaProducer(kafka)
     await producer.start()
     try:
-        await asyncio.gather(*(producer.send(topic, f"k{i % 4}".encode(), f"v{i}".encode())
-                               for i in range(200)))
+        await asyncio.gather(
+            *(producer.send(topic, f"k{i % 4}".encode(), f"v{i}".encode()) for i in range(200))
+        )
     finally:
         await producer.stop()
     stored = await _read_all(kafka, topic, 200)
@@ -44,8 +47,9 @@ async def test_acknowledged_sends_are_stored_in_order_per_key(kafka: KafkaConfig
         assert values == sorted(values) and len(values) == 50
 
 
-async def test_a_key_lands_on_the_partition_aiokafka_picks_for_it(kafka: KafkaConfig,
-                                                                   unique: str) -> None:
+async def test_a_key_lands_on_the_partition_aiokafka_picks_for_it(
+    kafka: KafkaConfig, unique: str
+) -> None:
     """ingest writes send-requested with librdkafka, the others write with aiokafka: one
     account's records must share a partition number across topics (billing owns an account)."""
     topic = f"it.rdkafka.parts.{unique}"
@@ -65,8 +69,9 @@ async def test_a_key_lands_on_the_partition_aiokafka_picks_for_it(kafka: KafkaCo
             await reference.send_and_wait(topic, b"aio", key=key)
     finally:
         await reference.stop()
-    consumer = AIOKafkaConsumer(topic, **kafka.aiokafka_options(),
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, **kafka.aiokafka_options(), auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         records = await _read(consumer, 2 * len(keys))
@@ -81,8 +86,9 @@ async def test_a_key_lands_on_the_partition_aiokafka_picks_for_it(kafka: KafkaCo
 
 
 async def test_without_a_broker_start_and_send_fail_as_transient(kafka: KafkaConfig) -> None:
-    producer = RdKafkaProducer(replace(kafka, bootstrap_servers="127.0.0.1:1"),
-                               delivery_timeout_ms=1000)
+    producer = RdKafkaProducer(
+        replace(kafka, bootstrap_servers="127.0.0.1:1"), delivery_timeout_ms=1000
+    )
     with pytest.raises(DependencyUnavailable):
         await producer.start(deadline_s=1.0)
     with pytest.raises(DependencyUnavailable):

@@ -23,24 +23,36 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_ingest_serves_its_api_over_https_and_ops_on_their_own_port(
-        broker: Broker, mongodb_url: str, unique: str, tmp_path: Path) -> None:
+    broker: Broker, mongodb_url: str, unique: str, tmp_path: Path
+) -> None:
     prefix = f"t{unique}."
     await broker.grant(prefix, [SEND_REQUESTED, NOTIFY_REQUESTED])
     tls = pki.issue(tmp_path / "tls", "ingest")
     port, ops = free_port(), free_port()
-    env = {**os.environ, **broker.env("ingest"), "HALA_ENV": "development",
-           "MONGODB_URL": mongodb_url, "MONGODB_DATABASE": f"it_{unique}",
-           "HALA_TOPIC_PREFIX": prefix, "INGEST_HTTP_PORT": str(port),
-           "INGEST_OPS_PORT": str(ops), "INGEST_TLS_CERT_FILE": str(tls.cert),
-           "INGEST_TLS_KEY_FILE": str(tls.key)}
+    env = {
+        **os.environ,
+        **broker.env("ingest"),
+        "HALA_ENV": "development",
+        "MONGODB_URL": mongodb_url,
+        "MONGODB_DATABASE": f"it_{unique}",
+        "HALA_TOPIC_PREFIX": prefix,
+        "INGEST_HTTP_PORT": str(port),
+        "INGEST_OPS_PORT": str(ops),
+        "INGEST_TLS_CERT_FILE": str(tls.cert),
+        "INGEST_TLS_KEY_FILE": str(tls.key),
+    }
     log = tmp_path / "ingest.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=REPO, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.ingest"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     client_tls = ssl.create_default_context(cafile=str(tls.ca))
     try:
-        async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=client_tls)) as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as session:
 
             async def ready() -> bool | str:
                 assert process.poll() is None, log.read_text()[-3000:]

@@ -30,11 +30,15 @@ from tools.kafka_setup import BROKER_USERS
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-PROMETHEUS = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.compose.yml")
-                            .read_text())
+PROMETHEUS = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.compose.yml").read_text())
 SERVICES_SETTINGS: dict[str, type[ServiceSettings]] = {
-    "ingest": IngestSettings, "status": StatusSettings, "sender": SenderSettings,
-    "billing": BillingSettings, "notify": NotifySettings, "guard": GuardSettings}
+    "ingest": IngestSettings,
+    "status": StatusSettings,
+    "sender": SenderSettings,
+    "billing": BillingSettings,
+    "notify": NotifySettings,
+    "guard": GuardSettings,
+}
 
 
 def _interpolated(value: object) -> str:
@@ -67,16 +71,32 @@ def _with_secret_files(env: dict[str, str], tmp: Path) -> dict[str, str]:
 
 
 def test_compose_file_parses_and_has_every_component() -> None:
-    assert {"init", "kafka", "kafka-setup", "mongo", "metasim", "ingest", "status", "sender",
-            "billing", "notify", "guard", "hala", "prometheus"} <= set(COMPOSE["services"])
+    assert {
+        "init",
+        "kafka",
+        "kafka-setup",
+        "mongo",
+        "metasim",
+        "ingest",
+        "status",
+        "sender",
+        "billing",
+        "notify",
+        "guard",
+        "hala",
+        "prometheus",
+    } <= set(COMPOSE["services"])
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES_SETTINGS))
 def test_every_variable_given_to_a_service_is_one_its_settings_read(name: str) -> None:
     cls = SERVICES_SETTINGS[name]
     prefix = str(cls.model_config["env_prefix"])
-    shared = {setting_name(cls, n) for n, f in cls.model_fields.items()
-              if isinstance(f.validation_alias, str)}
+    shared = {
+        setting_name(cls, n)
+        for n, f in cls.model_fields.items()
+        if isinstance(f.validation_alias, str)
+    }
     readable = shared | {f"{v}_FILE" for v in _secret_fields(cls).values()}
     for key in _env(name):
         if key.startswith(prefix):
@@ -90,14 +110,18 @@ def test_every_variable_given_to_a_service_is_one_its_settings_read(name: str) -
 
 @pytest.mark.parametrize("name", sorted(SERVICES_SETTINGS))
 def test_each_service_starts_in_production_mode_with_its_secrets_from_files(
-        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cls = SERVICES_SETTINGS[name]
     env = _env(name)
     assert "HALA_ENV" not in env  # production: the strict checks apply
     # No secret is written in the file: every one comes from a file.
     assert not set(_secret_fields(cls).values()) & set(env), name
-    for key in [k for k in list(os.environ) if k.startswith(
-            ("KAFKA_", "MONGODB_", "HALA_", cls.model_config["env_prefix"]))]:
+    for key in [
+        k
+        for k in list(os.environ)
+        if k.startswith(("KAFKA_", "MONGODB_", "HALA_", cls.model_config["env_prefix"]))
+    ]:
         monkeypatch.delenv(key)
     for key, value in _with_secret_files(env, tmp_path).items():
         monkeypatch.setenv(key, value)
@@ -111,7 +135,8 @@ def test_each_service_starts_in_production_mode_with_its_secrets_from_files(
 
 
 def test_a_service_without_its_secret_files_refuses_to_start(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = _with_secret_files(_env("status"), tmp_path)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -126,8 +151,12 @@ def test_every_secret_a_service_reads_is_declared_and_mounted() -> None:
     declared = COMPOSE["secrets"]
     for name, service in COMPOSE["services"].items():
         mounted = set(service.get("secrets", []))
-        used = {m.group(1) for v in (service.get("environment") or {}).values()
-                for m in [re.fullmatch(r"/run/secrets/(\w+)", str(v))] if m}
+        used = {
+            m.group(1)
+            for v in (service.get("environment") or {}).values()
+            for m in [re.fullmatch(r"/run/secrets/(\w+)", str(v))]
+            if m
+        }
         assert used <= mounted, f"{name} reads {used - mounted} without mounting them"
         assert mounted <= set(declared), name
     for secret in declared.values():
@@ -137,9 +166,12 @@ def test_every_secret_a_service_reads_is_declared_and_mounted() -> None:
 
 
 def test_ops_ports_are_the_ones_prometheus_scrapes_and_are_not_published() -> None:
-    targets = {c["labels"]["service"]: c["targets"][0]
-               for job in PROMETHEUS["scrape_configs"] if job["job_name"] == "hala"
-               for c in job["static_configs"]}
+    targets = {
+        c["labels"]["service"]: c["targets"][0]
+        for job in PROMETHEUS["scrape_configs"]
+        if job["job_name"] == "hala"
+        for c in job["static_configs"]
+    }
     for name, cls in SERVICES_SETTINGS.items():
         prefix = str(cls.model_config["env_prefix"])
         env, service = _env(name), COMPOSE["services"][name]
@@ -163,8 +195,10 @@ def test_ingest_and_status_serve_https_with_init_s_certificates() -> None:
 def test_mongo_has_authentication_and_the_services_an_app_user() -> None:
     mongo = COMPOSE["services"]["mongo"]
     assert "--replSet" in mongo["command"] and "--keyFile" in mongo["command"]
-    assert mongo["environment"]["MONGO_INITDB_ROOT_PASSWORD_FILE"] == \
-        "/run/secrets/mongo_root_password"
+    assert (
+        mongo["environment"]["MONGO_INITDB_ROOT_PASSWORD_FILE"]
+        == "/run/secrets/mongo_root_password"
+    )
     init_js = (REPO / "deploy" / "compose" / "mongo-init.js").read_text()
     assert 'role: "readWrite", db: "hala"' in init_js and "mongo_app_password" in init_js
     shared = COMPOSE["x-service-env"]
@@ -173,7 +207,8 @@ def test_mongo_has_authentication_and_the_services_an_app_user() -> None:
 
 
 def test_the_cli_holds_the_top_up_and_erasure_keys_from_files_billing_the_same_top_up_key(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = _env("hala")
     assert env["HALA_TOPUP_SIGNING_KEY_FILE"] == _env("billing")["HALA_TOPUP_SIGNING_KEY_FILE"]
     for key in [k for k in list(os.environ) if k.startswith(("KAFKA_", "MONGODB_", "HALA_"))]:
@@ -200,8 +235,9 @@ def test_the_kafka_set_up_runs_as_the_set_up_principal_and_the_cli_as_admin() ->
 
 
 def test_init_prepares_the_broker_the_principals_and_the_simulator(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("compose_init",
-                                                  REPO / "deploy" / "compose" / "init.py")
+    spec = importlib.util.spec_from_file_location(
+        "compose_init", REPO / "deploy" / "compose" / "init.py"
+    )
     assert spec is not None and spec.loader is not None
     init = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(init)
@@ -227,8 +263,13 @@ def test_init_prepares_the_broker_the_principals_and_the_simulator(tmp_path: Pat
     assert broker_password not in (shared / "kafka" / "scram-args").read_text()
     assert not list(shared.rglob("ca-key.pem")) and (ca / "ca-key.pem").exists()
     assert {p.name for p in (shared / "tls").iterdir()} >= {
-        "ca.pem", "kafka-bundle.pem", "ingest.pem", "ingest-key.pem", "status.pem",
-        "status-key.pem"}
+        "ca.pem",
+        "kafka-bundle.pem",
+        "ingest.pem",
+        "ingest-key.pem",
+        "status.pem",
+        "status-key.pem",
+    }
     sim: dict[str, Any] = yaml.safe_load((shared / "metasim.yaml").read_text())
     assert sim["app_secret"] == "an-app-secret-of-the-operator-0123"
     assert sim["verify_token"] == "a-verify-token-of-the-operator-01"

@@ -55,12 +55,12 @@ async def test_an_item_that_failed_fails_only_its_caller() -> None:
     assert isinstance(results[1], ValueError)
 
 
-async def test_a_failed_write_fails_every_caller_of_its_batch_and_the_next_batch_still_runs(
-        ) -> None:
+async def test_a_failed_write_fails_every_caller_of_its_batch_and_the_next_batch_still_runs() -> (
+    None
+):
     recorder = Recorder(raise_all=True)
     commit: GroupCommit[str, str] = GroupCommit(recorder.write, max_batch=10)
-    results = await asyncio.gather(commit.submit("a"), commit.submit("b"),
-                                   return_exceptions=True)
+    results = await asyncio.gather(commit.submit("a"), commit.submit("b"), return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
     recorder.raise_all = False
     assert await commit.submit("c") == "C"

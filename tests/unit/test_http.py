@@ -13,8 +13,9 @@ async def _client(checks: dict) -> TestClient:
     app[SERVICE_KEY] = "unit"
 
     async def bad(_: web.Request) -> web.Response:
-        raise InvalidRequest("to must be E.164", code="invalid_phone_number",
-                             details={"field": "to"})
+        raise InvalidRequest(
+            "to must be E.164", code="invalid_phone_number", details={"field": "to"}
+        )
 
     async def broke(_: web.Request) -> web.Response:
         raise RuntimeError("bug")
@@ -44,9 +45,13 @@ async def test_service_errors_become_the_json_envelope_with_their_status() -> No
     try:
         resp = await client.get("/bad/123")
         assert resp.status == 400
-        assert await resp.json() == {"error": {"code": "invalid_phone_number",
-                                               "message": "to must be E.164",
-                                               "details": {"field": "to"}}}
+        assert await resp.json() == {
+            "error": {
+                "code": "invalid_phone_number",
+                "message": "to must be E.164",
+                "details": {"field": "to"},
+            }
+        }
         resp = await client.get("/poor")
         assert resp.status == 402
         assert (await resp.json())["error"]["code"] == "insufficient_credit"
@@ -62,8 +67,11 @@ async def test_unknown_routes_and_bugs_answer_in_the_same_envelope() -> None:
         assert (await resp.json())["error"]["code"] == "not_found"
         resp = await client.get("/broke")
         assert resp.status == 500
-        assert (await resp.json())["error"] == {"code": "internal_error",
-                                                "message": "internal error", "details": {}}
+        assert (await resp.json())["error"] == {
+            "code": "internal_error",
+            "message": "internal error",
+            "details": {},
+        }
     finally:
         await client.close()
 
@@ -93,12 +101,21 @@ async def test_metrics_label_requests_by_route_template_not_raw_path() -> None:
 
 async def test_each_request_is_counted_once_under_its_route_and_status_class() -> None:
     def count(route: str, status_class: str) -> float:
-        return REGISTRY.get_sample_value("hala_http_requests_total", {
-            "service": "unit", "route": route, "status_class": status_class}) or 0.0
+        return (
+            REGISTRY.get_sample_value(
+                "hala_http_requests_total",
+                {"service": "unit", "route": route, "status_class": status_class},
+            )
+            or 0.0
+        )
 
     def timed(route: str) -> float:
-        return REGISTRY.get_sample_value("hala_http_request_duration_seconds_count", {
-            "service": "unit", "route": route}) or 0.0
+        return (
+            REGISTRY.get_sample_value(
+                "hala_http_request_duration_seconds_count", {"service": "unit", "route": route}
+            )
+            or 0.0
+        )
 
     before = count("/bad/{id}", "4xx"), count("/broke", "5xx"), timed("/bad/{id}")
     client = await _client({"kafka": _up})

@@ -22,8 +22,11 @@ PREFIX = "t1."
 
 
 def _allowed(operation: str, resource: str = "topic") -> set[tuple[str, str]]:
-    return {(g.principal, g.name) for g in grants(PREFIX)
-            if g.operation == operation and g.resource == resource}
+    return {
+        (g.principal, g.name)
+        for g in grants(PREFIX)
+        if g.operation == operation and g.resource == resource
+    }
 
 
 def test_producers_write_consumers_read_and_dead_letter_their_topics() -> None:
@@ -42,8 +45,11 @@ def test_nothing_else_is_written_but_by_the_admin_cli_s_dead_letter_replay() -> 
             continue
         service = who.removeprefix("hala-")
         topic = next(t for t in ALL_TOPICS if name in (PREFIX + t.name, PREFIX + t.dlq))
-        assert (service in topic.producers if name == PREFIX + topic.name
-                else service in topic.consumers), (who, name)
+        assert (
+            service in topic.producers
+            if name == PREFIX + topic.name
+            else service in topic.consumers
+        ), (who, name)
 
 
 def test_top_ups_are_writable_by_the_admin_principal_only() -> None:
@@ -57,10 +63,13 @@ def test_the_admin_cli_reads_every_dead_letter_topic_and_nothing_else() -> None:
 
 
 def test_every_consumer_group_a_service_uses_is_covered_by_its_group_acl() -> None:
-    groups = {"status": [processor_group(PREFIX), state_writer_group(PREFIX)],
-              "sender": [WorkerConfig(KafkaConfig("k:1", "PLAINTEXT"), PREFIX).group],
-              "billing": [consumer_group(BillingSettings(HALA_TOPIC_PREFIX=PREFIX))],
-              "notify": [notify_group(PREFIX)], "guard": [guard_group(PREFIX)]}
+    groups = {
+        "status": [processor_group(PREFIX), state_writer_group(PREFIX)],
+        "sender": [WorkerConfig(KafkaConfig("k:1", "PLAINTEXT"), PREFIX).group],
+        "billing": [consumer_group(BillingSettings(HALA_TOPIC_PREFIX=PREFIX))],
+        "notify": [notify_group(PREFIX)],
+        "guard": [guard_group(PREFIX)],
+    }
     acls = {who: name for who, name in _allowed("read", "group")}
     for service, names in groups.items():
         assert acls[principal(service)] == group_prefix(service, PREFIX)
@@ -77,21 +86,31 @@ def test_every_service_of_the_registry_has_a_principal() -> None:
 
 
 def test_a_sasl_ssl_config_gives_every_client_library_the_same_credentials() -> None:
-    kafka = KafkaConfig("localhost:9092", "SASL_SSL", username="hala-ingest",
-                        password=SecretStr("a-strong-password-0123"), ca_file=None)
+    kafka = KafkaConfig(
+        "localhost:9092",
+        "SASL_SSL",
+        username="hala-ingest",
+        password=SecretStr("a-strong-password-0123"),
+        ca_file=None,
+    )
     aiokafka = kafka.aiokafka_options()
     assert aiokafka["security_protocol"] == "SASL_SSL"
-    assert (aiokafka["sasl_mechanism"], aiokafka["sasl_plain_username"],
-            aiokafka["sasl_plain_password"]) == ("SCRAM-SHA-512", "hala-ingest",
-                                                 "a-strong-password-0123")
+    assert (
+        aiokafka["sasl_mechanism"],
+        aiokafka["sasl_plain_username"],
+        aiokafka["sasl_plain_password"],
+    ) == ("SCRAM-SHA-512", "hala-ingest", "a-strong-password-0123")
     context = aiokafka["ssl_context"]
     assert isinstance(context, ssl.SSLContext) and context.check_hostname
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert kafka.ssl_context is context  # one context per config, shared by its clients
     rdkafka = kafka.rdkafka_options()
-    assert (rdkafka["security.protocol"], rdkafka["sasl.mechanism"], rdkafka["sasl.username"],
-            rdkafka["broker.address.family"]) == ("sasl_ssl", "SCRAM-SHA-512", "hala-ingest",
-                                                  "v4")
+    assert (
+        rdkafka["security.protocol"],
+        rdkafka["sasl.mechanism"],
+        rdkafka["sasl.username"],
+        rdkafka["broker.address.family"],
+    ) == ("sasl_ssl", "SCRAM-SHA-512", "hala-ingest", "v4")
     assert "a-strong-password-0123" not in repr(kafka)
     other = kafka.as_user("hala-admin", "another-password-0123")
     assert other.username == "hala-admin" and other.bootstrap_servers == kafka.bootstrap_servers

@@ -94,8 +94,10 @@ async def test_records_of_one_key_stay_in_order_while_keys_run_concurrently() ->
         return ConsumerRecord("t", partition, offset, 0, 0, key, b"v", None, 1, 1, [])
 
     tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
-    batches = {tp0: [record(0, 5, b"a"), record(0, 6, b"b"), record(0, 7, b"a")],
-               tp1: [record(1, 9, b"b")]}
+    batches = {
+        tp0: [record(0, 5, b"a"), record(0, 6, b"b"), record(0, 7, b"a")],
+        tp1: [record(1, 9, b"b")],
+    }
     consumer = _FakeConsumer(batches)
     seen: list[tuple[bytes, int]] = []
     running = 0
@@ -110,8 +112,13 @@ async def test_records_of_one_key_stay_in_order_while_keys_run_concurrently() ->
         running -= 1
 
     with pytest.raises(_Stop):
-        await consume_concurrently(consumer, None, handle, service="unit",  # type: ignore[arg-type]
-                                   key_of=lambda r: r.key)
+        await consume_concurrently(
+            consumer,
+            None,
+            handle,
+            service="unit",  # type: ignore[arg-type]
+            key_of=lambda r: r.key,
+        )
     assert [o for k, o in seen if k == b"a"] == [5, 7]
     assert [o for k, o in seen if k == b"b"] == [6, 9]
     assert overlap, "different keys should be handled concurrently"
@@ -129,14 +136,21 @@ async def _consume(consumer: _FakeConsumer, handled: list[int]) -> None:
         handled.append(r.offset)
 
     with pytest.raises(_Stop):
-        await consume_concurrently(consumer, None, handle, service="unit",  # type: ignore[arg-type]
-                                   key_of=lambda r: r.key, commit_interval_s=60)
+        await consume_concurrently(
+            consumer,
+            None,
+            handle,
+            service="unit",  # type: ignore[arg-type]
+            key_of=lambda r: r.key,
+            commit_interval_s=60,
+        )
 
 
 async def test_batches_finished_within_the_interval_are_committed_together_when_idle() -> None:
     tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
-    consumer = _FakeConsumer({tp0: [_record(0, 1)]}, {tp0: [_record(0, 2)]},
-                             {tp1: [_record(1, 7)]}, {})
+    consumer = _FakeConsumer(
+        {tp0: [_record(0, 1)]}, {tp0: [_record(0, 2)]}, {tp1: [_record(1, 7)]}, {}
+    )
     handled: list[int] = []
     await _consume(consumer, handled)
     assert handled == [1, 2, 7]
@@ -153,8 +167,9 @@ async def test_what_is_finished_is_committed_when_the_loop_stops() -> None:
 
 async def test_a_commit_refused_by_a_rebalance_is_not_fatal_and_later_ones_go_through() -> None:
     tp = TopicPartition("t", 0)
-    consumer = _FakeConsumer({tp: [_record(0, 1)]}, {}, {tp: [_record(0, 2)]}, {},
-                             failing_commits=1)
+    consumer = _FakeConsumer(
+        {tp: [_record(0, 1)]}, {}, {tp: [_record(0, 2)]}, {}, failing_commits=1
+    )
     handled: list[int] = []
     await _consume(consumer, handled)
     assert handled == [1, 2]
@@ -162,7 +177,8 @@ async def test_a_commit_refused_by_a_rebalance_is_not_fatal_and_later_ones_go_th
 
 
 async def test_a_broker_that_no_longer_answers_does_not_hold_up_the_stop(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import asyncio
 
     from shared import kafka
@@ -182,8 +198,13 @@ async def test_a_broker_that_no_longer_answers_does_not_hold_up_the_stop(
 
 # --- no record can stop the loop ------------------------------------------------------------
 
-FAST = RetryPolicy(first_delay=0.001, max_delay=0.002, budget_seconds=0.05,
-                   unexpected_attempts=3, unexpected_first_delay=0.001)
+FAST = RetryPolicy(
+    first_delay=0.001,
+    max_delay=0.002,
+    budget_seconds=0.05,
+    unexpected_attempts=3,
+    unexpected_first_delay=0.001,
+)
 
 
 class _FakeProducer:
@@ -193,35 +214,56 @@ class _FakeProducer:
         self.sent: list[dict] = []  # type: ignore[type-arg]
         self._failures = failures
 
-    async def send_and_wait(self, topic: str, value: bytes | None = None,
-                            key: bytes | None = None, headers: list | None = None) -> None:  # type: ignore[type-arg]
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list | None = None,
+    ) -> None:  # type: ignore[type-arg]
         if self._failures:
             self._failures -= 1
             raise KafkaConnectionError("broker gone")
-        self.sent.append({"topic": topic, "value": value, "key": key,
-                          "headers": dict(headers or [])})
+        self.sent.append(
+            {"topic": topic, "value": value, "key": key, "headers": dict(headers or [])}
+        )
 
 
-def _keyed(partition: int, offset: int, key: bytes, value: bytes = b"v",
-           headers: list | None = None) -> ConsumerRecord:  # type: ignore[type-arg]
+def _keyed(
+    partition: int, offset: int, key: bytes, value: bytes = b"v", headers: list | None = None
+) -> ConsumerRecord:  # type: ignore[type-arg]
     return ConsumerRecord("t", partition, offset, 0, 0, key, value, None, 1, 1, headers or [])
 
 
-async def _run(consumer: _FakeConsumer, producer: _FakeProducer, handle,  # type: ignore[no-untyped-def]
-               guard: DeadLetterGuard | None = None) -> None:
+async def _run(
+    consumer: _FakeConsumer,
+    producer: _FakeProducer,
+    handle,  # type: ignore[no-untyped-def]
+    guard: DeadLetterGuard | None = None,
+) -> None:
     with pytest.raises(_Stop):
-        await consume_concurrently(consumer, producer, handle,  # type: ignore[arg-type]
-                                   service="unit", key_of=lambda r: r.key, retry=FAST,
-                                   guard=guard, commit_interval_s=60)
+        await consume_concurrently(
+            consumer,
+            producer,
+            handle,  # type: ignore[arg-type]
+            service="unit",
+            key_of=lambda r: r.key,
+            retry=FAST,
+            guard=guard,
+            commit_interval_s=60,
+        )
 
 
 def _dead_letters(reason: str) -> float:
-    return REGISTRY.get_sample_value("hala_dead_letters_total",
-                                     {"service": "unit", "reason": reason}) or 0.0
+    return (
+        REGISTRY.get_sample_value("hala_dead_letters_total", {"service": "unit", "reason": reason})
+        or 0.0
+    )
 
 
-async def test_a_bug_on_one_record_is_retried_then_dead_lettered_and_the_partition_moves_on(
-        ) -> None:
+async def test_a_bug_on_one_record_is_retried_then_dead_lettered_and_the_partition_moves_on() -> (
+    None
+):
     tp = TopicPartition("t", 0)
     poison = _keyed(0, 5, b"a", b'{"odd": true}', headers=[("traceparent", b"00-abc-01")])
     consumer = _FakeConsumer({tp: [_keyed(0, 4, b"a"), poison, _keyed(0, 6, b"a")]}, {})
@@ -248,7 +290,10 @@ async def test_a_bug_on_one_record_is_retried_then_dead_lettered_and_the_partiti
     assert headers["error_traceback"].startswith(b"Traceback (most recent call last)")
     assert b"in handle" in headers["error_traceback"]
     assert (headers["source_topic"], headers["source_partition"], headers["source_offset"]) == (
-        b"t", b"0", b"5")
+        b"t",
+        b"0",
+        b"5",
+    )
     assert (headers["service"], headers["attempts"]) == (b"unit", b"3")
     assert int(headers["dead_lettered_at"]) > 1_700_000_000_000
     assert _dead_letters("unexpected") == before + 1
@@ -294,8 +339,7 @@ async def test_a_permanent_error_is_dead_lettered_at_once() -> None:
     assert _dead_letters("permanent") == before + 1
 
 
-async def test_a_dependency_outage_past_its_budget_stops_the_loop_without_a_commit_or_dlq(
-        ) -> None:
+async def test_a_dependency_outage_past_its_budget_stops_the_loop_without_a_commit_or_dlq() -> None:
     tp = TopicPartition("t", 0)
     consumer = _FakeConsumer({tp: [_keyed(0, 1, b"a")]}, {})
     producer = _FakeProducer()
@@ -304,8 +348,14 @@ async def test_a_dependency_outage_past_its_budget_stops_the_loop_without_a_comm
         raise DependencyUnavailable("mongo down")
 
     with pytest.raises(DependencyUnavailable):
-        await consume_concurrently(consumer, producer, down,  # type: ignore[arg-type]
-                                   service="unit", key_of=lambda r: r.key, retry=FAST)
+        await consume_concurrently(
+            consumer,
+            producer,
+            down,  # type: ignore[arg-type]
+            service="unit",
+            key_of=lambda r: r.key,
+            retry=FAST,
+        )
     assert producer.sent == []
     assert consumer.commits == []
 
@@ -323,8 +373,7 @@ async def test_a_dead_letter_is_written_once_the_broker_is_back() -> None:
     assert consumer.commits == [{tp: 2}]
 
 
-async def test_too_many_dead_letters_in_a_row_stop_the_loop_before_the_batch_is_committed(
-        ) -> None:
+async def test_too_many_dead_letters_in_a_row_stop_the_loop_before_the_batch_is_committed() -> None:
     tp = TopicPartition("t", 0)
     consumer = _FakeConsumer({tp: [_keyed(0, n, b"a") for n in range(10)]}, {})
     producer = _FakeProducer()
@@ -333,9 +382,15 @@ async def test_too_many_dead_letters_in_a_row_stop_the_loop_before_the_batch_is_
         raise AttributeError("'NoneType' object has no attribute 'id'")
 
     with pytest.raises(TooManyDeadLetters):
-        await consume_concurrently(consumer, producer, bad_deploy,  # type: ignore[arg-type]
-                                   service="unit", key_of=lambda r: r.key, retry=FAST,
-                                   guard=DeadLetterGuard(limit_in_a_row=4))
+        await consume_concurrently(
+            consumer,
+            producer,
+            bad_deploy,  # type: ignore[arg-type]
+            service="unit",
+            key_of=lambda r: r.key,
+            retry=FAST,
+            guard=DeadLetterGuard(limit_in_a_row=4),
+        )
     assert len(producer.sent) == 4  # stopped, not drained
     assert consumer.commits == []
 
@@ -354,13 +409,20 @@ async def test_a_key_function_that_fails_on_an_odd_record_does_not_stop_the_loop
         return r.key
 
     with pytest.raises(_Stop):
-        await consume_concurrently(consumer, _FakeProducer(), handle,  # type: ignore[arg-type]
-                                   service="unit", key_of=key_of, retry=FAST)
+        await consume_concurrently(
+            consumer,
+            _FakeProducer(),
+            handle,  # type: ignore[arg-type]
+            service="unit",
+            key_of=key_of,
+            retry=FAST,
+        )
     assert sorted(handled) == [1, 2]
     assert consumer.commits == [{tp: 3}]
 
 
 # --- the pure parts -------------------------------------------------------------------------
+
 
 def _raised(error: BaseException) -> BaseException:
     try:
@@ -371,10 +433,19 @@ def _raised(error: BaseException) -> BaseException:
 
 def test_dead_letter_headers_keep_the_records_own_and_replace_an_earlier_dead_letters() -> None:
     headers = dead_letter_headers(
-        [("traceparent", b"00-1"), ("error_type", b"Old"), ("attempts", b"9"),
-         ("replayed_from", b"t.dlq:0:3")],
-        topic="t", partition=2, offset=40, failure=Failure(_raised(ValueError("x")), 3),
-        service="sender", now_ms=1_764_000_000_000)
+        [
+            ("traceparent", b"00-1"),
+            ("error_type", b"Old"),
+            ("attempts", b"9"),
+            ("replayed_from", b"t.dlq:0:3"),
+        ],
+        topic="t",
+        partition=2,
+        offset=40,
+        failure=Failure(_raised(ValueError("x")), 3),
+        service="sender",
+        now_ms=1_764_000_000_000,
+    )
     names = [name for name, _ in headers]
     assert names == ["traceparent", "replayed_from", *DLQ_HEADERS]
     values = dict(headers)
@@ -393,8 +464,11 @@ def test_a_long_traceback_keeps_its_end_within_the_limit_and_a_long_detail_its_s
         deep(30)
     except RuntimeError as exc:
         error = exc
-    values = dict(dead_letter_headers(None, topic="t", partition=0, offset=1,
-                                      failure=Failure(error, 1), service="s", now_ms=0))
+    values = dict(
+        dead_letter_headers(
+            None, topic="t", partition=0, offset=1, failure=Failure(error, 1), service="s", now_ms=0
+        )
+    )
     trace = values["error_traceback"]
     assert len(trace) <= ERROR_TRACEBACK_LIMIT
     assert trace.startswith(b"...(truncated)")
@@ -419,8 +493,13 @@ async def test_attempt_record_counts_attempts_and_lets_transient_errors_through(
     async def bug() -> None:
         raise RuntimeError("bug")
 
-    policy = RetryPolicy(first_delay=0.001, budget_seconds=0.01, unexpected_attempts=4,
-                         unexpected_first_delay=0.5, max_delay=1.5)
+    policy = RetryPolicy(
+        first_delay=0.001,
+        budget_seconds=0.01,
+        unexpected_attempts=4,
+        unexpected_first_delay=0.5,
+        max_delay=1.5,
+    )
     failure = await attempt_record(bug, policy, "t", sleep=sleep)
     assert failure is not None and failure.attempts == 4 and failure.reason == "unexpected"
     assert slept == [0.5, 1.0, 1.5]  # doubling, capped
@@ -452,8 +531,15 @@ async def test_a_tripped_guard_stops_concurrent_records_from_writing_more_dead_l
     assert consumer.commits == []
 
 
-async def consumer_concurrently_with_guard(consumer: _FakeConsumer, producer: _FakeProducer,
-                                           handle, limit: int) -> None:  # type: ignore[no-untyped-def]
-    await consume_concurrently(consumer, producer, handle,  # type: ignore[arg-type]
-                               service="unit", key_of=lambda r: r.key, retry=FAST,
-                               guard=DeadLetterGuard(limit_in_a_row=limit))
+async def consumer_concurrently_with_guard(
+    consumer: _FakeConsumer, producer: _FakeProducer, handle, limit: int
+) -> None:  # type: ignore[no-untyped-def]
+    await consume_concurrently(
+        consumer,
+        producer,
+        handle,  # type: ignore[arg-type]
+        service="unit",
+        key_of=lambda r: r.key,
+        retry=FAST,
+        guard=DeadLetterGuard(limit_in_a_row=limit),
+    )

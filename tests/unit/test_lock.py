@@ -41,17 +41,21 @@ def _locked() -> dict[str, tuple[str, int]]:
 def _declared() -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project.get("optional-dependencies", {})
-    return [Requirement(r) for r in [*project["dependencies"],
-                                     *(r for group in extras.values() for r in group)]]
+    return [
+        Requirement(r)
+        for r in [*project["dependencies"], *(r for group in extras.values() for r in group)]
+    ]
 
 
 def test_every_declared_dependency_is_locked_at_its_version() -> None:
     locked = _locked()
     missing = [str(r) for r in _declared() if canonicalize_name(r.name) not in locked]
     assert not missing, f"not in {LOCK.name} (run `make lock`): {missing}"
-    wrong = [f"{r}: locked {locked[canonicalize_name(r.name)][0]}" for r in _declared()
-             if not r.specifier.contains(locked[canonicalize_name(r.name)][0],
-                                         prereleases=True)]
+    wrong = [
+        f"{r}: locked {locked[canonicalize_name(r.name)][0]}"
+        for r in _declared()
+        if not r.specifier.contains(locked[canonicalize_name(r.name)][0], prereleases=True)
+    ]
     assert not wrong, f"{LOCK.name} disagrees with pyproject.toml (run `make lock`): {wrong}"
 
 
@@ -64,29 +68,43 @@ def test_every_locked_package_has_hashes_and_the_lock_names_no_local_path() -> N
 
 # --- the audit's verdicts -----------------------------------------------------------------
 
+
 def _report(*deps: dict[str, Any]) -> dict[str, Any]:
     return {"dependencies": list(deps), "fixes": []}
 
 
 CLEAN = {"name": "aiohttp", "version": "3.14.5", "vulns": []}
-VULNERABLE = {"name": "aiohttp", "version": "3.14.5",
-              "vulns": [{"id": "GHSA-xxxx-yyyy-zzzz", "fix_versions": ["3.14.6"]}]}
-SKIPPED = {"name": "aiohttp", "skip_reason": "Dependency not found on PyPI and could not be "
-                                            "audited: aiohttp (3.14.5)"}
+VULNERABLE = {
+    "name": "aiohttp",
+    "version": "3.14.5",
+    "vulns": [{"id": "GHSA-xxxx-yyyy-zzzz", "fix_versions": ["3.14.6"]}],
+}
+SKIPPED = {
+    "name": "aiohttp",
+    "skip_reason": "Dependency not found on PyPI and could not be audited: aiohttp (3.14.5)",
+}
 
 
-@pytest.mark.parametrize(("code", "report", "strict", "exit_code"), [
-    (0, _report(CLEAN), False, 0),
-    (1, _report(CLEAN, VULNERABLE), False, 1),  # a vulnerability fails, strict or not
-    (0, _report(CLEAN, SKIPPED), False, 0),  # could not be checked: loud, fails only strict
-    (0, _report(CLEAN, SKIPPED), True, 1),
-    (1, None, False, 0),  # no service reachable
-    (1, None, True, 1),
-    (2, _report(CLEAN), False, 1),  # pip-audit failed otherwise
-])
+@pytest.mark.parametrize(
+    ("code", "report", "strict", "exit_code"),
+    [
+        (0, _report(CLEAN), False, 0),
+        (1, _report(CLEAN, VULNERABLE), False, 1),  # a vulnerability fails, strict or not
+        (0, _report(CLEAN, SKIPPED), False, 0),  # could not be checked: loud, fails only strict
+        (0, _report(CLEAN, SKIPPED), True, 1),
+        (1, None, False, 0),  # no service reachable
+        (1, None, True, 1),
+        (2, _report(CLEAN), False, 1),  # pip-audit failed otherwise
+    ],
+)
 def test_the_audit_fails_on_vulnerabilities_and_on_no_audit_only_when_strict(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], code: int,
-        report: dict[str, Any] | None, strict: bool, exit_code: int) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    code: int,
+    report: dict[str, Any] | None,
+    strict: bool,
+    exit_code: int,
+) -> None:
     monkeypatch.setattr(audit_lock, "audit", lambda lock: (code, report, "ConnectionError: x"))
     assert audit_lock.main([str(LOCK), *(["--strict"] if strict else [])]) == exit_code
     err = capsys.readouterr().err
@@ -94,4 +112,3 @@ def test_the_audit_fails_on_vulnerabilities_and_on_no_audit_only_when_strict(
         assert "GHSA-xxxx-yyyy-zzzz" in err and "3.14.6" in err
     if report is None or SKIPPED in (report or {}).get("dependencies", []):
         assert "!!!!" in err  # loud
-

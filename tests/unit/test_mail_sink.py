@@ -48,9 +48,12 @@ def _alert(subject: str) -> EmailMessage:
 @pytest.fixture
 def sink(tmp_path: Path) -> tuple[int, Path, ModuleType]:
     port, directory, stack = _free_port(), tmp_path / "mail", _stack()
-    process = subprocess.Popen([sys.executable, str(STACK), "mail-sink", "--port", str(port),
-                                "--dir", str(directory)], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(STACK), "mail-sink", "--port", str(port), "--dir", str(directory)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 20
         while not stack._smtp_ready(port):
@@ -64,12 +67,14 @@ def sink(tmp_path: Path) -> tuple[int, Path, ModuleType]:
     assert process.returncode == 0  # it stops cleanly on SIGTERM
 
 
-def test_every_mail_is_saved_as_one_eml_file(sink: tuple[int, Path, ModuleType],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_mail_is_saved_as_one_eml_file(
+    sink: tuple[int, Path, ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
     port, directory, stack = sink
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-        smtp.send_message(_alert("Low balance"), to_addrs=["ops@client.example",
-                                                            "cfo@client.example"])
+        smtp.send_message(
+            _alert("Low balance"), to_addrs=["ops@client.example", "cfo@client.example"]
+        )
         smtp.send_message(_alert("Template rejected"))
     # the server answered 250 only after the file was written
     saved = sorted(directory.glob("*.eml"))
@@ -92,8 +97,10 @@ def test_the_services_are_pointed_at_the_sink(monkeypatch: pytest.MonkeyPatch) -
     stack = _stack()
     monkeypatch.delenv("NOTIFY_SMTP_HOST", raising=False)
     monkeypatch.delenv("NOTIFY_SMTP_STARTTLS", raising=False)
-    assert stack._sink_env() == {"NOTIFY_SMTP_HOST": "127.0.0.1",
-                                 "NOTIFY_SMTP_PORT": str(stack.SMTP_SINK_PORT),
-                                 "NOTIFY_SMTP_STARTTLS": "false"}
+    assert stack._sink_env() == {
+        "NOTIFY_SMTP_HOST": "127.0.0.1",
+        "NOTIFY_SMTP_PORT": str(stack.SMTP_SINK_PORT),
+        "NOTIFY_SMTP_STARTTLS": "false",
+    }
     monkeypatch.setenv("NOTIFY_SMTP_HOST", "smtp.relay.example")  # a real relay: no sink
     assert stack._sink_env() == {} and not stack._sink_wanted()

@@ -37,26 +37,76 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 CODE_ROOTS = ("services", "shared", "tools")
 
 # Series Prometheus itself writes, not any exporter.
-PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds",
-                     "scrape_samples_scraped", "scrape_samples_post_metric_relabeling",
-                     "scrape_series_added"}
+PROMETHEUS_SERIES = {
+    "up",
+    "ALERTS",
+    "ALERTS_FOR_STATE",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+}
 
 # Label names whose values come from closed sets. A new label goes here only once its values are
 # known to be bounded (an enum, a table, a route template) — never an id.
 ALLOWED_LABELS = {
-    "service", "route", "status_class", "outcome", "dependency", "group", "topic", "partition",
-    "reason", "code", "type", "error_class", "status", "replayed", "kind", "event", "field",
-    "result", "command",
+    "service",
+    "route",
+    "status_class",
+    "outcome",
+    "dependency",
+    "group",
+    "topic",
+    "partition",
+    "reason",
+    "code",
+    "type",
+    "error_class",
+    "status",
+    "replayed",
+    "kind",
+    "event",
+    "field",
+    "result",
+    "command",
     # guard's rules (shared.messages.HOLD_RULES), a suppression's source (keyword,
     # user_preferences, api, operator), ingest's contact lists and their actions
-    "rule", "source", "list", "action",
+    "rule",
+    "source",
+    "list",
+    "action",
 }
 # Unbounded or personal: each value would be a new time series, and some are personal data.
 FORBIDDEN_LABELS = {
-    "account", "account_id", "tenant", "tenant_id", "customer", "customer_id", "user", "user_id",
-    "phone", "phone_number", "phone_number_id", "msisdn", "recipient", "to", "from", "wa_id",
-    "waba_id", "message_id", "wamid", "event_id", "idempotency_key", "api_key", "key", "token",
-    "email", "template", "template_name", "url", "path",
+    "account",
+    "account_id",
+    "tenant",
+    "tenant_id",
+    "customer",
+    "customer_id",
+    "user",
+    "user_id",
+    "phone",
+    "phone_number",
+    "phone_number_id",
+    "msisdn",
+    "recipient",
+    "to",
+    "from",
+    "wa_id",
+    "waba_id",
+    "message_id",
+    "wamid",
+    "event_id",
+    "idempotency_key",
+    "api_key",
+    "key",
+    "token",
+    "email",
+    "template",
+    "template_name",
+    "url",
+    "path",
 }
 
 METRIC_CLASSES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
@@ -80,6 +130,7 @@ SERIES_SUFFIXES = {
 
 # --- the generator and its output ------------------------------------------------------------
 
+
 def _load_builder() -> ModuleType:
     path = GRAFANA / "build_dashboards.py"
     spec = importlib.util.spec_from_file_location("hala_build_dashboards", path)
@@ -94,8 +145,9 @@ BUILDER = _load_builder()
 
 
 def _dashboards() -> dict[str, dict[str, Any]]:
-    return {p.name: json.loads(p.read_text(encoding="utf-8"))
-            for p in sorted(DASHBOARDS.glob("*.json"))}
+    return {
+        p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(DASHBOARDS.glob("*.json"))
+    }
 
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -124,8 +176,12 @@ def _alert_queries() -> Iterator[tuple[str, str]]:
 
 
 def _recorded_series() -> set[str]:
-    return {rule["record"] for group in yaml.safe_load(ALERTS.read_text())["groups"]
-            for rule in group["rules"] if "record" in rule}
+    return {
+        rule["record"]
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
 
 
 def test_committed_dashboards_are_what_the_generator_writes() -> None:
@@ -135,12 +191,14 @@ def test_committed_dashboards_are_what_the_generator_writes() -> None:
     for name, text in expected.items():
         assert committed[name] == text, (
             f"{name} differs from the generator's output: "
-            "run python deploy/grafana/build_dashboards.py and commit the result")
+            "run python deploy/grafana/build_dashboards.py and commit the result"
+        )
 
 
 def test_dashboards_query_the_provisioned_prometheus_by_uid() -> None:
     provisioned = yaml.safe_load(
-        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
     (source,) = provisioned["datasources"]
     assert source["type"] == "prometheus"
     assert source["url"] == "http://prometheus:9090"
@@ -165,8 +223,12 @@ def test_dashboards_query_the_provisioned_prometheus_by_uid() -> None:
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """promtool parses every query (Grafana's variables replaced by plain values)."""
-    substitutions = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "1m",
-                     "$service": ".*"}
+    substitutions = {
+        "$__rate_interval": "1m",
+        "$__range": "1h",
+        "$__interval": "1m",
+        "$service": ".*",
+    }
     rules = []
     for i, (_, expr) in enumerate(_dashboard_queries()):
         for variable, value in substitutions.items():
@@ -175,8 +237,13 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         rules.append({"record": f"dashboard_query_{i}", "expr": expr})
     rule_file = tmp_path / "dashboard_queries.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    result = subprocess.run(["promtool", "check", "rules", str(rule_file)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(rule_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -192,17 +259,21 @@ def test_compose_serves_the_provisioned_grafana_on_loopback() -> None:
         assert (REPO / source).is_dir(), volume
         mounts[(REPO / source).resolve()] = target
     assert mounts[(GRAFANA / "provisioning").resolve()] == "/etc/grafana/provisioning"
-    providers = yaml.safe_load(
-        (GRAFANA / "provisioning" / "dashboards" / "hala.yml").read_text())["providers"]
+    providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "hala.yml").read_text())[
+        "providers"
+    ]
     assert [p["options"]["path"] for p in providers] == [mounts[DASHBOARDS.resolve()]]
 
 
 # --- what the code registers -----------------------------------------------------------------
 
+
 def _metric_modules() -> list[ModuleType]:
     names = ["shared.metrics", "tools.metasim.metrics"]
-    names += [f"services.{p.parent.name}.metrics"
-              for p in sorted((REPO / "services").glob("*/metrics.py"))]
+    names += [
+        f"services.{p.parent.name}.metrics"
+        for p in sorted((REPO / "services").glob("*/metrics.py"))
+    ]
     return [importlib.import_module(name) for name in names]
 
 
@@ -238,8 +309,21 @@ _MATCHERS = re.compile(r"\{[^}]*\}")
 _RANGES = re.compile(r"\[[^\]]*\]")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENTIFIER = re.compile(r"(?<![\w.:$])([A-Za-z_:][\w:]*)\b(?!\s*\()")
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-             "group_left", "group_right", "inf", "nan"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -252,7 +336,7 @@ def metric_names(expr: str) -> set[str]:
 def test_metric_names_are_read_from_promql() -> None:
     assert metric_names(
         'histogram_quantile(0.99, sum by (service, le) (rate(a_seconds_bucket{route!~"/x|y"}'
-        '[$__rate_interval]))) / on(service) group_left b_total offset 5m'
+        "[$__rate_interval]))) / on(service) group_left b_total offset 5m"
         ' and sum without (code) (c{x="a{b}"}) > 1e3 or vector(0)'
     ) == {"a_seconds_bucket", "b_total", "c"}
 
@@ -261,13 +345,21 @@ def test_dashboards_and_alerts_name_only_metrics_the_code_registers() -> None:
     known = _registered_series() | PROMETHEUS_SERIES | _recorded_series()
     referenced = list(_dashboard_queries()) + list(_alert_queries())
     assert referenced
-    missing = sorted({(name, where) for where, expr in referenced
-                      for name in metric_names(expr) if name not in known})
+    missing = sorted(
+        {
+            (name, where)
+            for where, expr in referenced
+            for name in metric_names(expr)
+            if name not in known
+        }
+    )
     assert not missing, "metrics referenced but registered by no code:\n" + "\n".join(
-        f"  {name}  ({where})" for name, where in missing)
+        f"  {name}  ({where})" for name, where in missing
+    )
 
 
 # --- how the code declares its metrics -------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Declared:
@@ -296,35 +388,43 @@ def _declarations() -> tuple[list[Declared], list[str]]:
             modules: set[str] = set()
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
-                        "prometheus_client"):
+                    "prometheus_client"
+                ):
                     for alias in node.names:
                         if alias.name in METRIC_CLASSES:
                             classes[alias.asname or alias.name] = alias.name
                 elif isinstance(node, ast.Import):
-                    modules.update(a.asname or a.name for a in node.names
-                                   if a.name == "prometheus_client")
+                    modules.update(
+                        a.asname or a.name for a in node.names if a.name == "prometheus_client"
+                    )
             for node in ast.walk(tree):
                 if not isinstance(node, ast.Call):
                     continue
                 func = node.func
                 if isinstance(func, ast.Name) and func.id in classes:
                     kind = classes[func.id]
-                elif (isinstance(func, ast.Attribute) and func.attr in METRIC_CLASSES
-                      and isinstance(func.value, ast.Name) and func.value.id in modules):
+                elif (
+                    isinstance(func, ast.Attribute)
+                    and func.attr in METRIC_CLASSES
+                    and isinstance(func.value, ast.Name)
+                    and func.value.id in modules
+                ):
                     kind = func.attr
                 else:
                     continue
                 where = f"{path.relative_to(REPO)}:{node.lineno}"
-                arguments = dict(zip(("name", "documentation", "labelnames"), node.args,
-                                     strict=False))
+                arguments = dict(
+                    zip(("name", "documentation", "labelnames"), node.args, strict=False)
+                )
                 arguments.update({k.arg: k.value for k in node.keywords if k.arg})
                 if {"namespace", "subsystem", "unit"} & arguments.keys():
                     unreadable.append(f"{where}: spell the full name, not namespace/subsystem/unit")
                     continue
                 try:
                     name = ast.literal_eval(arguments["name"])
-                    documentation = ast.literal_eval(arguments.get("documentation",
-                                                                   ast.Constant("")))
+                    documentation = ast.literal_eval(
+                        arguments.get("documentation", ast.Constant(""))
+                    )
                     labels = tuple(ast.literal_eval(arguments.get("labelnames", ast.Tuple([]))))
                 except (KeyError, ValueError):
                     unreadable.append(f"{where}: name and labels must be literals")
@@ -338,15 +438,16 @@ DECLARED, UNREADABLE = _declarations()
 
 def test_every_metric_declaration_is_readable_and_covers_what_is_registered() -> None:
     assert not UNREADABLE, "\n".join(UNREADABLE)
-    declared = {d.name.removesuffix("_total") if d.kind == "Counter" else d.name
-                for d in DECLARED}
+    declared = {d.name.removesuffix("_total") if d.kind == "Counter" else d.name for d in DECLARED}
     library = _library_families()
     registered = {family.name for registry in _registries() for family in registry.collect()}
     assert not registered - declared - library, (
         "registered but not declared literally under services/, shared/ or tools/: "
-        f"{sorted(registered - declared - library)}")
-    assert {"hala_http_requests_total", "billing_ledger_drift_micros",
-            "metasim_sends_total"} <= {d.name for d in DECLARED}
+        f"{sorted(registered - declared - library)}"
+    )
+    assert {"hala_http_requests_total", "billing_ledger_drift_micros", "metasim_sends_total"} <= {
+        d.name for d in DECLARED
+    }
 
 
 @pytest.mark.parametrize("metric", DECLARED, ids=lambda d: d.name)
@@ -354,11 +455,13 @@ def test_metric_labels_come_from_a_closed_set(metric: Declared) -> None:
     forbidden = sorted(set(metric.labels) & FORBIDDEN_LABELS)
     assert not forbidden, (
         f"{metric.where}: {metric.name} is labelled by {forbidden}: unbounded or personal values "
-        "(one series per account, number or message) — never a label")
+        "(one series per account, number or message) — never a label"
+    )
     unknown = sorted(set(metric.labels) - ALLOWED_LABELS)
     assert not unknown, (
         f"{metric.where}: {metric.name} uses labels outside the closed set: {unknown}. If their "
-        "values are bounded, add them to ALLOWED_LABELS in this test")
+        "values are bounded, add them to ALLOWED_LABELS in this test"
+    )
 
 
 @pytest.mark.parametrize("metric", DECLARED, ids=lambda d: d.name)

@@ -11,8 +11,9 @@ PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        ["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 @pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.compose.yml"])

@@ -32,8 +32,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith(("HALA_", "KAFKA_", "MONGODB_", "STATUS_", "SENDER_", "INGEST_",
-                           "BILLING_", "NOTIFY_")):
+        if key.startswith(
+            ("HALA_", "KAFKA_", "MONGODB_", "STATUS_", "SENDER_", "INGEST_", "BILLING_", "NOTIFY_")
+        ):
             monkeypatch.delenv(key)
 
 
@@ -44,7 +45,8 @@ def _refusal(cls: type[ServiceSettings]) -> str:
 
 
 def test_outside_development_the_status_defaults_are_refused_by_name(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for key, value in KAFKA.items():
         monkeypatch.setenv(key, value)
     message = _refusal(StatusSettings)
@@ -63,13 +65,20 @@ def test_in_development_the_defaults_are_accepted(monkeypatch: pytest.MonkeyPatc
     assert settings.app_secret.get_secret_value() == "metasim-app-secret-change-me"
 
 
-@pytest.mark.parametrize(("value", "why"), [
-    ("", "is empty"), ("   ", "is empty"), ("short-secret", "is shorter than 16"),
-    ("changeme", "known default"), ("password", "known default"),
-    ("please-change-me-before-production", "known default or placeholder"),
-])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "is empty"),
+        ("   ", "is empty"),
+        ("short-secret", "is shorter than 16"),
+        ("changeme", "known default"),
+        ("password", "known default"),
+        ("please-change-me-before-production", "known default or placeholder"),
+    ],
+)
 def test_an_unusable_secret_is_refused_with_the_reason(
-        monkeypatch: pytest.MonkeyPatch, value: str, why: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, value: str, why: str
+) -> None:
     for key, good in KAFKA.items():
         monkeypatch.setenv(key, good)
     monkeypatch.setenv("STATUS_APP_SECRET", value)
@@ -80,11 +89,15 @@ def test_an_unusable_secret_is_refused_with_the_reason(
     assert "STATUS_VERIFY_TOKEN" not in message
 
 
-def test_every_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_every_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     files = {}
-    for name in ("STATUS_APP_SECRET", "STATUS_VERIFY_TOKEN", "STATUS_RECIPIENT_HASH_KEY",
-                 "KAFKA_SASL_PASSWORD", "MONGODB_PASSWORD"):
+    for name in (
+        "STATUS_APP_SECRET",
+        "STATUS_VERIFY_TOKEN",
+        "STATUS_RECIPIENT_HASH_KEY",
+        "KAFKA_SASL_PASSWORD",
+        "MONGODB_PASSWORD",
+    ):
         path = tmp_path / name
         path.write_text(f"{STRONG}-{name.lower()}\n")  # one trailing newline is not part of it
         files[name] = path
@@ -94,23 +107,28 @@ def test_every_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch,
     settings = load_settings(StatusSettings)
     assert settings.app_secret.get_secret_value() == f"{STRONG}-status_app_secret"
     assert settings.kafka.password == SecretStr(f"{STRONG}-kafka_sasl_password")
-    assert settings.mongo_credentials() == {"username": "hala",
-                                            "password": f"{STRONG}-mongodb_password"}
+    assert settings.mongo_credentials() == {
+        "username": "hala",
+        "password": f"{STRONG}-mongodb_password",
+    }
 
 
-def test_a_secret_and_its_file_together_are_refused(monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_a_secret_and_its_file_together_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HALA_ENV", "development")
     path = tmp_path / "token"
     path.write_text(STRONG)
     monkeypatch.setenv("STATUS_VERIFY_TOKEN", STRONG)
     monkeypatch.setenv("STATUS_VERIFY_TOKEN_FILE", str(path))
-    assert "both STATUS_VERIFY_TOKEN and STATUS_VERIFY_TOKEN_FILE are set" in \
-        _refusal(StatusSettings)
+    assert "both STATUS_VERIFY_TOKEN and STATUS_VERIFY_TOKEN_FILE are set" in _refusal(
+        StatusSettings
+    )
 
 
-def test_a_secret_file_that_cannot_be_read_is_named(monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_a_secret_file_that_cannot_be_read_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HALA_ENV", "development")
     monkeypatch.setenv("HALA_TOKEN_KEYS_FILE", str(tmp_path / "missing"))
     message = _refusal(SenderSettings)
@@ -118,7 +136,8 @@ def test_a_secret_file_that_cannot_be_read_is_named(monkeypatch: pytest.MonkeyPa
 
 
 def test_the_sender_without_token_keys_is_refused_outside_development(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for key, value in KAFKA.items():
         monkeypatch.setenv(key, value)
     assert "HALA_TOKEN_KEYS is empty" in _refusal(SenderSettings)
@@ -134,7 +153,8 @@ def test_token_keys_must_be_fernet_keys(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_optional_secrets_may_be_absent_but_are_checked_when_given(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for key, value in KAFKA.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HALA_TOPUP_SIGNING_KEY", STRONG)
@@ -144,14 +164,21 @@ def test_optional_secrets_may_be_absent_but_are_checked_when_given(
 
 
 # The secrets that came with audit, retention and notify: one rule for all of them.
-@pytest.mark.parametrize(("cls", "name", "extra"), [
-    (BillingSettings, "HALA_TOPUP_SIGNING_KEY", {}),
-    (SenderSettings, "SENDER_RECIPIENT_HASH_KEY", {"HALA_TOKEN_KEYS": new_key()}),
-    (NotifySettings, "HALA_TOKEN_KEYS", {}),
-])
+@pytest.mark.parametrize(
+    ("cls", "name", "extra"),
+    [
+        (BillingSettings, "HALA_TOPUP_SIGNING_KEY", {}),
+        (SenderSettings, "SENDER_RECIPIENT_HASH_KEY", {"HALA_TOKEN_KEYS": new_key()}),
+        (NotifySettings, "HALA_TOKEN_KEYS", {}),
+    ],
+)
 def test_the_newer_secrets_are_refused_by_name_and_read_from_files(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cls: type[ServiceSettings], name: str,
-        extra: dict[str, str]) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    cls: type[ServiceSettings],
+    name: str,
+    extra: dict[str, str],
+) -> None:
     for key, value in {**KAFKA, **extra}.items():
         monkeypatch.setenv(key, value)
     assert name in _refusal(cls)  # its development value (or nothing) outside development
@@ -166,7 +193,8 @@ def test_the_newer_secrets_are_refused_by_name_and_read_from_files(
 
 
 def test_notify_s_smtp_password_is_optional_checked_when_given_and_needed_by_a_login(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for key, value in {**KAFKA, "HALA_TOKEN_KEYS": new_key()}.items():
         monkeypatch.setenv(key, value)
     settings = load_settings(NotifySettings)
@@ -179,7 +207,8 @@ def test_notify_s_smtp_password_is_optional_checked_when_given_and_needed_by_a_l
 
 
 def test_the_admin_cli_checks_its_keys_when_a_command_needs_them(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for key, value in KAFKA.items():
         monkeypatch.setenv(key, value)
     settings = load_settings(AdminSettings)  # production: starts without the keys
@@ -199,7 +228,8 @@ def test_the_admin_cli_checks_its_keys_when_a_command_needs_them(
 
 
 def test_kafka_needs_credentials_and_outside_development_tls(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HALA_ENV", "development")
     assert "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD" in _refusal(BillingSettings)
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
@@ -211,8 +241,7 @@ def test_kafka_needs_credentials_and_outside_development_tls(
 def test_a_certificate_without_its_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HALA_ENV", "development")
     monkeypatch.setenv("INGEST_TLS_CERT_FILE", "/somewhere/ingest.pem")
-    assert "INGEST_TLS_CERT_FILE and INGEST_TLS_KEY_FILE go together" in \
-        _refusal(IngestSettings)
+    assert "INGEST_TLS_CERT_FILE and INGEST_TLS_KEY_FILE go together" in _refusal(IngestSettings)
 
 
 def test_secrets_never_show_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,22 +254,33 @@ def test_secrets_never_show_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_admin_cli_checks_kafka_credentials_only_when_it_uses_kafka(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HALA_ENV", "development")
     assert load_settings(AdminSettings).startup_problems() == []
 
 
-@pytest.mark.parametrize(("module", "expected"), [
-    ("services.status", "STATUS_APP_SECRET is a known default"),
-    ("services.sender", "HALA_TOKEN_KEYS is empty"),
-    ("services.billing", "HALA_TOPUP_SIGNING_KEY is a known default"),
-    ("services.notify", "HALA_TOKEN_KEYS is empty"),
-])
-def test_a_service_started_without_its_secrets_exits_naming_them(module: str,
-                                                                 expected: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "KAFKA_SASL_USERNAME": "hala-x",
-           "KAFKA_SASL_PASSWORD": STRONG}
-    done = subprocess.run([sys.executable, "-m", module], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("services.status", "STATUS_APP_SECRET is a known default"),
+        ("services.sender", "HALA_TOKEN_KEYS is empty"),
+        ("services.billing", "HALA_TOPUP_SIGNING_KEY is a known default"),
+        ("services.notify", "HALA_TOKEN_KEYS is empty"),
+    ],
+)
+def test_a_service_started_without_its_secrets_exits_naming_them(
+    module: str, expected: str
+) -> None:
+    env = {"PATH": "/usr/bin:/bin", "KAFKA_SASL_USERNAME": "hala-x", "KAFKA_SASL_PASSWORD": STRONG}
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert expected in done.stderr and "Traceback" not in done.stderr

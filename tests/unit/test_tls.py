@@ -34,8 +34,9 @@ async def test_a_service_serves_https_with_a_certificate_of_the_local_ca(tmp_pat
 
     app.router.add_get("/", hello)
     port = free_port()
-    runner = await start_site(app, "127.0.0.1", port,
-                              server_ssl_context(str(issued.cert), str(issued.key)))
+    runner = await start_site(
+        app, "127.0.0.1", port, server_ssl_context(str(issued.cert), str(issued.key))
+    )
     try:
         connector = aiohttp.TCPConnector(ssl=_strict_client(issued.ca))
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -57,13 +58,13 @@ def test_keys_are_pkcs8_files_only_their_owner_reads(tmp_path: Path) -> None:
     for secret in (issued.key, issued.bundle, tmp_path / "ca-key.pem"):
         assert secret.stat().st_mode & 0o077 == 0
     assert issued.key.read_text().startswith("-----BEGIN PRIVATE KEY-----")  # PKCS#8
-    chain = x509.load_pem_x509_certificates(issued.bundle.read_bytes().split(
-        b"-----END PRIVATE KEY-----\n", 1)[1])
+    chain = x509.load_pem_x509_certificates(
+        issued.bundle.read_bytes().split(b"-----END PRIVATE KEY-----\n", 1)[1]
+    )
     assert [c.subject for c in chain][1] == chain[0].issuer  # key + leaf + CA
 
 
-def test_a_good_certificate_is_kept_and_one_that_no_longer_fits_is_replaced(
-        tmp_path: Path) -> None:
+def test_a_good_certificate_is_kept_and_one_that_no_longer_fits_is_replaced(tmp_path: Path) -> None:
     first = pki.issue(tmp_path, "status").cert.read_bytes()
     assert pki.issue(tmp_path, "status").cert.read_bytes() == first
     other_hosts = pki.issue(tmp_path, "status", ("status", "localhost")).cert.read_bytes()

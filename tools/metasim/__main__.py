@@ -34,8 +34,13 @@ def main() -> None:
     )
     config = load_config(args.config)
     if settings.webhook_url:
-        config = config.model_copy(update={"webhooks": config.webhooks.model_copy(
-            update={"callback_url": settings.webhook_url})})
+        config = config.model_copy(
+            update={
+                "webhooks": config.webhooks.model_copy(
+                    update={"callback_url": settings.webhook_url}
+                )
+            }
+        )
     structlog.get_logger("metasim").info(
         "metasim_starting",
         host=args.host,
@@ -44,8 +49,11 @@ def main() -> None:
         webhooks=config.webhooks.enabled,
         limits=config.limits.enabled,
     )
-    webhook_ssl = (ssl.create_default_context(cafile=str(settings.webhook_ca_file))
-                   if settings.webhook_ca_file else None)
+    webhook_ssl = (
+        ssl.create_default_context(cafile=str(settings.webhook_ca_file))
+        if settings.webhook_ca_file
+        else None
+    )
     app = build_app(config, webhook_ssl=webhook_ssl)
     # The send path allocates many short-lived objects while the records grow large: move
     # start-up objects out of the collector's view and collect the young generation less often.

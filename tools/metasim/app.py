@@ -25,8 +25,13 @@ _TRACE_ALPHABET = string.ascii_letters + string.digits + "-_"
 class Simulator:
     """The world, its records, the webhook machinery and the run-time switches."""
 
-    def __init__(self, config: SimConfig, clock: Clock, metrics: Metrics,
-                 webhook_ssl: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        clock: Clock,
+        metrics: Metrics,
+        webhook_ssl: ssl.SSLContext | None = None,
+    ) -> None:
         self.base_config = config
         self.clock = clock
         self.metrics = metrics
@@ -84,8 +89,9 @@ class Simulator:
 _TIMELINE_TASK = web.AppKey("metasim_timeline_task", asyncio.Task)
 
 
-def build_app(config: SimConfig, clock: Clock | None = None,
-              webhook_ssl: ssl.SSLContext | None = None) -> web.Application:
+def build_app(
+    config: SimConfig, clock: Clock | None = None, webhook_ssl: ssl.SSLContext | None = None
+) -> web.Application:
     """`webhook_ssl`: how https webhook targets are verified (None: the system trust store)."""
     # Control bodies may carry inbound media as base64 (16 MB video -> ~21 MB); uploads stream.
     app = web.Application(client_max_size=24 * 1024 * 1024)

@@ -300,8 +300,10 @@ def parse_outbound(payload: Any) -> OutboundMessage | MarkAsRead:
     if message_type == "template":
         body = shapes.normalise_template(body)
     obj = decode(body, shapes.TYPE_OBJECTS[message_type], message_type)
-    common: _CommonFields = {"biz_opaque_callback_data": callback_data,
-                             "context_message_id": context_id}
+    common: _CommonFields = {
+        "biz_opaque_callback_data": callback_data,
+        "context_message_id": context_id,
+    }
     if message_type == "template":
         return OutboundMessage(
             "template",
@@ -655,8 +657,9 @@ def _check_text_params(
 def _decode_components(components: list[Any]) -> list[Any]:
     if components and isinstance(components[0], dict):
         template = shapes.normalise_template({"components": components})
-        decoded: list[Any] = decode(template["components"], list[shapes.Component],
-                                    "template['components']")
+        decoded: list[Any] = decode(
+            template["components"], list[shapes.Component], "template['components']"
+        )
         return decoded
     return components
 

@@ -123,8 +123,9 @@ class WebhookDispatcher:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.config.max_concurrency,
-                                           ssl=self._ssl_context or True),
+            connector=aiohttp.TCPConnector(
+                limit=self.config.max_concurrency, ssl=self._ssl_context or True
+            ),
             headers={"User-Agent": "facebookexternalua"},
         )
 

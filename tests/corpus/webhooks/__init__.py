@@ -10,12 +10,25 @@ from typing import Any
 
 CORPUS_DIR = Path(__file__).parent
 
-_ITEM_LISTS = {"statuses": "statuses", "messages": "inbound", "message_echoes": "echoes",
-               "user_preferences": "user_preferences", "errors": "value_errors"}
-_TEMPLATE_FIELDS = {"message_template_status_update", "message_template_quality_update",
-                    "template_category_update", "message_template_components_update"}
-_WABA_FACT_FIELDS = {"account_review_update", "account_alerts", "security",
-                     "business_capability_update"}
+_ITEM_LISTS = {
+    "statuses": "statuses",
+    "messages": "inbound",
+    "message_echoes": "echoes",
+    "user_preferences": "user_preferences",
+    "errors": "value_errors",
+}
+_TEMPLATE_FIELDS = {
+    "message_template_status_update",
+    "message_template_quality_update",
+    "template_category_update",
+    "message_template_components_update",
+}
+_WABA_FACT_FIELDS = {
+    "account_review_update",
+    "account_alerts",
+    "security",
+    "business_capability_update",
+}
 _MESSAGE_FIELDS = {"messages", "smb_message_echoes", "user_preferences"}
 
 

@@ -14,8 +14,9 @@ from services.admin import commands
 
 
 @pytest.fixture
-async def db(mongo: AsyncMongoClient[dict[str, Any]],
-             unique: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+async def db(
+    mongo: AsyncMongoClient[dict[str, Any]], unique: str
+) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
     database = mongo[f"it_{unique}"]
     await commands.prepare(database)
     yield database

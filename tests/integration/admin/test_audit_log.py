@@ -20,20 +20,35 @@ ANA = audit_core.Operator(name="ana", os_user="deploy", host="ops-1")
 
 
 async def test_changes_and_failed_attempts_are_audited_and_reads_are_not(
-        db: AsyncDatabase[dict[str, Any]], mongodb_url: str, broker: Broker,
-        unique: str) -> None:
+    db: AsyncDatabase[dict[str, Any]], mongodb_url: str, broker: Broker, unique: str
+) -> None:
     prefix = f"t{unique}."
     await broker.grant(prefix, [TOPUP_REQUESTED])
-    settings = AdminSettings(MONGODB_URL=mongodb_url, MONGODB_DATABASE=db.name,
-                             HALA_TOPIC_PREFIX=prefix, HALA_ENV="development",
-                             **broker.settings("admin"))
+    settings = AdminSettings(
+        MONGODB_URL=mongodb_url,
+        MONGODB_DATABASE=db.name,
+        HALA_TOPIC_PREFIX=prefix,
+        HALA_ENV="development",
+        **broker.settings("admin"),
+    )
 
     async def hala(*argv: str) -> Any:
         return await cli.run(cli.build_parser().parse_args(list(argv)), settings, ANA)
 
-    account = await hala("accounts", "create", "--name", "Audit Co", "--email", "a@x.example",
-                         "--phone", "+971501234567", "--business-name", "Audit Co LLC",
-                         "--fb-business-manager-id", "123456789012")
+    account = await hala(
+        "accounts",
+        "create",
+        "--name",
+        "Audit Co",
+        "--email",
+        "a@x.example",
+        "--phone",
+        "+971501234567",
+        "--business-name",
+        "Audit Co LLC",
+        "--fb-business-manager-id",
+        "123456789012",
+    )
     account_id = account["_id"]
     await hala("accounts", "list")
     await hala("accounts", "show", account_id)
@@ -45,10 +60,13 @@ async def test_changes_and_failed_attempts_are_audited_and_reads_are_not(
     assert await db[AUDIT_LOG].count_documents({}) == 5  # no entry for the two reads
 
     entries = await hala("audit", "--account", account_id)
-    assert [e["command"] for e in entries] == ["credits topup", "keys revoke", "keys issue",
-                                               "accounts create"]
-    assert {(e["operator"], e["host"], e["outcome"]) for e in entries} == {
-        ("ana", "ops-1", "ok")}
+    assert [e["command"] for e in entries] == [
+        "credits topup",
+        "keys revoke",
+        "keys issue",
+        "accounts create",
+    ]
+    assert {(e["operator"], e["host"], e["outcome"]) for e in entries} == {("ana", "ops-1", "ok")}
     assert entries[1]["arguments"]["key"] == issued["api_key"][:16] + "…"
     assert issued["api_key"] not in repr(await db[AUDIT_LOG].find().to_list(None))
     # The top-up carries the same operator to billing.
@@ -57,7 +75,10 @@ async def test_changes_and_failed_attempts_are_audited_and_reads_are_not(
 
     [failed] = await hala("audit", "--account", "acc_missing")
     assert (failed["command"], failed["outcome"], failed["error"]["code"]) == (
-        "accounts suspend", "error", "unknown_account")
+        "accounts suspend",
+        "error",
+        "unknown_account",
+    )
     assert len(await hala("audit", "--limit", "2")) == 2
     assert await hala("audit", "--since", "2999-01-01") == []
     assert len(await hala("audit", "--since", "1h")) == 5

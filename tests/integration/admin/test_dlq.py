@@ -48,14 +48,19 @@ async def admin_producer(admin: KafkaConfig) -> AsyncIterator[AIOKafkaProducer]:
     await writer.stop()
 
 
-async def _dead_letter(kafka: KafkaConfig, producer: AIOKafkaProducer, prefix: str, value: bytes,
-                       times: int = 1) -> ConsumerRecord[bytes, bytes]:
+async def _dead_letter(
+    kafka: KafkaConfig, producer: AIOKafkaProducer, prefix: str, value: bytes, times: int = 1
+) -> ConsumerRecord[bytes, bytes]:
     """A webhook record on its topic, dead-lettered (`times` times, as after a stop before its
     commit) by the consumers' own function."""
     source = topic_name(WEBHOOK_RECEIVED, prefix)
-    await producer.send_and_wait(source, value=value, key=b"102290129340398",
-                                 headers=[("traceparent", b"00-abc-01")],
-                                 partition=SOURCE_PARTITION)
+    await producer.send_and_wait(
+        source,
+        value=value,
+        key=b"102290129340398",
+        headers=[("traceparent", b"00-abc-01")],
+        partition=SOURCE_PARTITION,
+    )
     [record] = await commands.read_dead_letters(kafka, source, partition=SOURCE_PARTITION)
     try:
         raise KeyError("statuses")
@@ -66,9 +71,13 @@ async def _dead_letter(kafka: KafkaConfig, producer: AIOKafkaProducer, prefix: s
 
 
 async def test_a_dead_letter_is_listed_shown_replayed_once_and_refused_again(
-        broker: Broker, admin: KafkaConfig, producer: AIOKafkaProducer,
-        admin_producer: AIOKafkaProducer, db: AsyncDatabase[dict[str, Any]],
-        unique: str) -> None:
+    broker: Broker,
+    admin: KafkaConfig,
+    producer: AIOKafkaProducer,
+    admin_producer: AIOKafkaProducer,
+    db: AsyncDatabase[dict[str, Any]],
+    unique: str,
+) -> None:
     prefix = f"t{unique}."
     await broker.grant(prefix, [WEBHOOK_RECEIVED])
     source = topic_name(WEBHOOK_RECEIVED, prefix)
@@ -78,34 +87,37 @@ async def test_a_dead_letter_is_listed_shown_replayed_once_and_refused_again(
     listed = await commands.list_dead_letters(db, admin, prefix)
     assert listed == [{"topic": dlq, "source_topic": source, "records": 1, "replayed": 0}]
 
-    [shown] = await commands.show_dead_letters(db, admin, prefix,
-                                               "webhooks.received.v1")
+    [shown] = await commands.show_dead_letters(db, admin, prefix, "webhooks.received.v1")
     assert shown["dead_letter"] == f"{dlq}:0:0"
     assert shown["source"] == f"{source}:{SOURCE_PARTITION}:{original.offset}"
     assert (shown["service"], shown["error"]["type"], shown["error"]["reason"]) == (
-        "status", "KeyError", "unexpected")
+        "status",
+        "KeyError",
+        "unexpected",
+    )
     assert shown["error"]["traceback"][-1] == "KeyError: 'statuses'"
     assert shown["value"] == {"event_id": "e1"} and shown["replayed"] is None
 
-    [dry] = await commands.replay_dead_letters(db, admin_producer, admin, prefix,
-                                               "webhooks.received.v1", offset=0, dry_run=True)
+    [dry] = await commands.replay_dead_letters(
+        db, admin_producer, admin, prefix, "webhooks.received.v1", offset=0, dry_run=True
+    )
     assert dry["outcome"] == "would_replay"
     assert len(await commands.read_dead_letters(broker.setup, source)) == 1
 
-    [done] = await commands.replay_dead_letters(db, admin_producer, admin, prefix,
-                                                dlq, offset=0)
+    [done] = await commands.replay_dead_letters(db, admin_producer, admin, prefix, dlq, offset=0)
     assert done["outcome"] == "replayed"
     assert done["replayed_to"] == f"{source}:{SOURCE_PARTITION}:{original.offset + 1}"
-    back = (await commands.read_dead_letters(broker.setup, source,
-                                             partition=SOURCE_PARTITION))[-1]
+    back = (await commands.read_dead_letters(broker.setup, source, partition=SOURCE_PARTITION))[-1]
     assert (back.key, back.value) == (original.key, original.value)
-    assert list(back.headers) == [("traceparent", b"00-abc-01"),
-                                  ("replayed_from", f"{dlq}:0:0".encode())]
+    assert list(back.headers) == [
+        ("traceparent", b"00-abc-01"),
+        ("replayed_from", f"{dlq}:0:0".encode()),
+    ]
 
-    again = await commands.replay_dead_letters(db, admin_producer, admin, prefix,
-                                               dlq, offset=0)
-    everything = await commands.replay_dead_letters(db, admin_producer, admin, prefix,
-                                                    dlq, replay_all=True)
+    again = await commands.replay_dead_letters(db, admin_producer, admin, prefix, dlq, offset=0)
+    everything = await commands.replay_dead_letters(
+        db, admin_producer, admin, prefix, dlq, replay_all=True
+    )
     assert [r["outcome"] for r in again + everything] == ["already_replayed"] * 2
     assert len(await commands.read_dead_letters(broker.setup, source)) == 2
     stored = await db[DLQ_REPLAYS].find_one({"_id": f"{dlq}:0:0"})
@@ -118,32 +130,44 @@ async def test_a_dead_letter_is_listed_shown_replayed_once_and_refused_again(
 
 
 async def test_a_record_dead_lettered_twice_is_replayed_once(
-        broker: Broker, admin: KafkaConfig, producer: AIOKafkaProducer,
-        admin_producer: AIOKafkaProducer, db: AsyncDatabase[dict[str, Any]],
-        unique: str) -> None:
+    broker: Broker,
+    admin: KafkaConfig,
+    producer: AIOKafkaProducer,
+    admin_producer: AIOKafkaProducer,
+    db: AsyncDatabase[dict[str, Any]],
+    unique: str,
+) -> None:
     prefix = f"t{unique}."
     await broker.grant(prefix, [WEBHOOK_RECEIVED])
     await _dead_letter(broker.setup, producer, prefix, b'{"event_id": "e2"}', times=2)
 
-    results = await commands.replay_dead_letters(db, admin_producer, admin, prefix,
-                                                 "webhooks.received.v1", replay_all=True)
+    results = await commands.replay_dead_letters(
+        db, admin_producer, admin, prefix, "webhooks.received.v1", replay_all=True
+    )
     assert [r["outcome"] for r in results] == ["replayed", "already_replayed"]
     source = topic_name(WEBHOOK_RECEIVED, prefix)
     assert len(await commands.read_dead_letters(broker.setup, source)) == 2
 
 
 async def test_the_hala_console_script_lists_shows_and_replays_dead_letters(
-        mongodb_url: str, broker: Broker, producer: AIOKafkaProducer, unique: str) -> None:
+    mongodb_url: str, broker: Broker, producer: AIOKafkaProducer, unique: str
+) -> None:
     prefix = f"t{unique}."
     await broker.grant(prefix, [WEBHOOK_RECEIVED])
     await _dead_letter(broker.setup, producer, prefix, b"not json")
-    env = {**os.environ, **broker.env("admin"), "MONGODB_URL": mongodb_url,
-           "MONGODB_DATABASE": f"it_{unique}", "HALA_TOPIC_PREFIX": prefix}
+    env = {
+        **os.environ,
+        **broker.env("admin"),
+        "MONGODB_URL": mongodb_url,
+        "MONGODB_DATABASE": f"it_{unique}",
+        "HALA_TOPIC_PREFIX": prefix,
+    }
     hala = [str(Path(sys.executable).with_name("hala"))]
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*hala, *argv], env=env, capture_output=True, text=True,
-                              timeout=60, check=False)
+        return subprocess.run(
+            [*hala, *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
 
     listed = run("dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr

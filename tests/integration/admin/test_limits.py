@@ -23,16 +23,31 @@ DEFAULT = Rate(100, 200)
 
 
 async def test_limits_set_by_hala_are_what_ingest_and_billing_read(
-        db: AsyncDatabase[dict[str, Any]], mongodb_url: str) -> None:
-    settings = AdminSettings(MONGODB_URL=mongodb_url, MONGODB_DATABASE=db.name,
-                             HALA_ENV="development")
+    db: AsyncDatabase[dict[str, Any]], mongodb_url: str
+) -> None:
+    settings = AdminSettings(
+        MONGODB_URL=mongodb_url, MONGODB_DATABASE=db.name, HALA_ENV="development"
+    )
 
     async def hala(*argv: str) -> Any:
         return await cli.run(cli.build_parser().parse_args(list(argv)), settings, ANA)
 
-    account = (await hala("accounts", "create", "--name", "Limits Co", "--email",
-                          "a@x.example", "--phone", "+971501234567", "--business-name",
-                          "Limits Co LLC", "--fb-business-manager-id", "123456789012"))["_id"]
+    account = (
+        await hala(
+            "accounts",
+            "create",
+            "--name",
+            "Limits Co",
+            "--email",
+            "a@x.example",
+            "--phone",
+            "+971501234567",
+            "--business-name",
+            "Limits Co LLC",
+            "--fb-business-manager-id",
+            "123456789012",
+        )
+    )["_id"]
     issued = await hala("keys", "issue", "--account", account, "--rate-limit", "5/s")
     key_hash = hash_api_key(issued["api_key"])
     plain = await hala("keys", "issue", "--account", account)
@@ -41,18 +56,29 @@ async def test_limits_set_by_hala_are_what_ingest_and_billing_read(
     # Nothing set: the defaults apply everywhere.
     assert account_rate(await directory.account(account), DEFAULT) == DEFAULT
     assert await billing.settings([account]) == {
-        account: AccountSettings(low_balance_threshold=1_000_000, max_in_flight=None)}
+        account: AccountSettings(low_balance_threshold=1_000_000, max_in_flight=None)
+    }
     assert key_rate(await directory.api_key(key_hash), None) == Rate(5, 5)
     assert key_rate(await directory.api_key(hash_api_key(plain["api_key"])), None) is None
 
-    updated = await hala("accounts", "update", account, "--rate-limit", "600/min",
-                         "--rate-limit-burst", "20", "--max-in-flight", "250")
+    updated = await hala(
+        "accounts",
+        "update",
+        account,
+        "--rate-limit",
+        "600/min",
+        "--rate-limit-burst",
+        "20",
+        "--max-in-flight",
+        "250",
+    )
     assert updated["rate_limit"] == {"per_second": 10.0, "burst": 20}
     assert account_rate(await directory.account(account), DEFAULT) == Rate(10, 20)
     assert (await billing.settings([account]))[account].max_in_flight == 250
 
-    shown = await hala("keys", "update", issued["prefix"], "--rate-limit", "2/s",
-                       "--rate-limit-burst", "4")
+    shown = await hala(
+        "keys", "update", issued["prefix"], "--rate-limit", "2/s", "--rate-limit-burst", "4"
+    )
     assert shown["rate_limit"] == {"per_second": 2.0, "burst": 4}
     assert key_rate(await directory.api_key(key_hash), None) == Rate(2, 4)
 
@@ -66,12 +92,13 @@ async def test_limits_set_by_hala_are_what_ingest_and_billing_read(
     assert key_rate(await directory.api_key(key_hash), None) is None
     assert "rate_limit" not in (await db.api_keys.find_one({"_id": key_hash}) or {})
 
-    for bad in (("accounts", "update", account, "--rate-limit", "fast"),
-                ("accounts", "update", account, "--rate-limit", "0/s"),
-                ("accounts", "update", account, "--max-in-flight", "-3"),
-                ("accounts", "update", account, "--rate-limit-burst", "3"),
-                ("keys", "update", issued["prefix"], "--rate-limit", "default",
-                 "--rate-limit-burst", "2")):
+    for bad in (
+        ("accounts", "update", account, "--rate-limit", "fast"),
+        ("accounts", "update", account, "--rate-limit", "0/s"),
+        ("accounts", "update", account, "--max-in-flight", "-3"),
+        ("accounts", "update", account, "--rate-limit-burst", "3"),
+        ("keys", "update", issued["prefix"], "--rate-limit", "default", "--rate-limit-burst", "2"),
+    ):
         with pytest.raises(ServiceError) as refused:
             await hala(*bad)
         assert refused.value.code == "invalid_field"

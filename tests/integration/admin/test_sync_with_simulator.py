@@ -20,25 +20,42 @@ WABA, PHONE, PORTFOLIO = "102290129340398", "109731225428301", "880011223344556"
 
 
 async def test_templates_sync_from_the_simulator_page_by_page(
-        db: AsyncDatabase[dict[str, Any]]) -> None:
+    db: AsyncDatabase[dict[str, Any]],
+) -> None:
     config = load_config()
-    expected = {(t.name, t.language): t for p in config.portfolios for w in p.wabas
-                if w.id == WABA for t in w.templates}
+    expected = {
+        (t.name, t.language): t
+        for p in config.portfolios
+        for w in p.wabas
+        if w.id == WABA
+        for t in w.templates
+    }
     vault = TokenVault(new_key())
     account = await commands.create_account(
-        db, name="Sim Co", email="ops@sim.example", phone="+971501234567",
-        business_name="Sim Co LLC", fb_business_manager_id="123456789012")
-    await commands.register_waba(db, account_id=account["_id"], waba_id=WABA,
-                                 portfolio_id=PORTFOLIO)
-    await commands.register_number(db, vault, account_id=account["_id"], waba_id=WABA,
-                                   phone_number_id=PHONE, display_phone_number="15550001001",
-                                   access_token="EAAsim-portfolio-a")
+        db,
+        name="Sim Co",
+        email="ops@sim.example",
+        phone="+971501234567",
+        business_name="Sim Co LLC",
+        fb_business_manager_id="123456789012",
+    )
+    await commands.register_waba(
+        db, account_id=account["_id"], waba_id=WABA, portfolio_id=PORTFOLIO
+    )
+    await commands.register_number(
+        db,
+        vault,
+        account_id=account["_id"],
+        waba_id=WABA,
+        phone_number_id=PHONE,
+        display_phone_number="15550001001",
+        access_token="EAAsim-portfolio-a",
+    )
     server = TestServer(build_app(config))
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as session:
-            graph = GraphClient(session, str(server.make_url("")).rstrip("/"), "v24.0",
-                                page_size=3)
+            graph = GraphClient(session, str(server.make_url("")).rstrip("/"), "v24.0", page_size=3)
             result = await commands.sync_templates(db, vault, graph, waba_id=WABA)
     finally:
         await server.close()
@@ -56,10 +73,24 @@ async def test_templates_sync_from_the_simulator_page_by_page(
     assert named["parameter_format"] == "NAMED"
     assert named["body_params"] == ["number_of_guests", "day"]
     # What the simulator's own example send needs is what ingest now expects.
-    request = ingest_core.parse_send_request({
-        "from": PHONE, "to": "+447912345678", "type": "template",
-        "template": {"name": "reservation_confirmation", "language": {"code": "en_US"},
-                     "components": [{"type": "body", "parameters": [
-                         {"type": "text", "parameter_name": "number_of_guests", "text": "4"},
-                         {"type": "text", "parameter_name": "day", "text": "Saturday"}]}]}})
+    request = ingest_core.parse_send_request(
+        {
+            "from": PHONE,
+            "to": "+447912345678",
+            "type": "template",
+            "template": {
+                "name": "reservation_confirmation",
+                "language": {"code": "en_US"},
+                "components": [
+                    {
+                        "type": "body",
+                        "parameters": [
+                            {"type": "text", "parameter_name": "number_of_guests", "text": "4"},
+                            {"type": "text", "parameter_name": "day", "text": "Saturday"},
+                        ],
+                    }
+                ],
+            },
+        }
+    )
     assert ingest_core.check_template(named, request) == "utility"

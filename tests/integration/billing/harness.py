@@ -33,8 +33,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 60.0,
-                     every: float = 0.2, what: str = "condition") -> T:
+async def eventually(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 60.0,
+    every: float = 0.2,
+    what: str = "condition",
+) -> T:
     """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -50,16 +55,30 @@ class BillingProcess:
     """`python -m services.billing` with its own topics, group, database and ops port, as
     billing's own Kafka principal (the test grants its prefix first)."""
 
-    def __init__(self, *, broker: Broker, mongodb_url: str, prefix: str,
-                 database: str, app_id: str, log_dir: Path, module: str = "services.billing",
-                 env: dict[str, str] | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        *,
+        broker: Broker,
+        mongodb_url: str,
+        prefix: str,
+        database: str,
+        app_id: str,
+        log_dir: Path,
+        module: str = "services.billing",
+        env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> None:
         self.module = module  # a test-only entry point may plant a bug in a dependency
         self.port = free_port()
         self.group = prefix + app_id  # faust's app id, prefixed like the topics
         self.env = {
-            **os.environ, **broker.env("billing"), "MONGODB_URL": mongodb_url,
-            "HALA_TOPIC_PREFIX": prefix, "MONGODB_DATABASE": database,
-            "BILLING_FAUST_APP_ID": app_id, "BILLING_OPS_PORT": str(self.port),
+            **os.environ,
+            **broker.env("billing"),
+            "MONGODB_URL": mongodb_url,
+            "HALA_TOPIC_PREFIX": prefix,
+            "MONGODB_DATABASE": database,
+            "BILLING_FAUST_APP_ID": app_id,
+            "BILLING_OPS_PORT": str(self.port),
             "BILLING_FAUST_DATADIR": str(log_dir / "faust"),
             "HALA_TOPUP_SIGNING_KEY": TOPUP_KEY,
             **{f"BILLING_{k.upper()}": v for k, v in settings.items()},
@@ -70,17 +89,25 @@ class BillingProcess:
 
     def start(self) -> BillingProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], cwd=REPO,
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         return self
 
     async def readiness(self) -> dict[str, Any] | None:
         self._check_alive()
         try:
-            async with aiohttp.ClientSession() as session, session.get(
-                    f"http://127.0.0.1:{self.port}/readyz",
-                    timeout=aiohttp.ClientTimeout(total=2)) as response:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"http://127.0.0.1:{self.port}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                ) as response,
+            ):
                 return await response.json() if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError):
             return None
@@ -88,8 +115,10 @@ class BillingProcess:
     async def metric(self, sample: str) -> float | None:
         """The value of one sample on /metrics (e.g. `billing_charges_total`), if exposed."""
         self._check_alive()
-        async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{self.port}/metrics") as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.port}/metrics") as response,
+        ):
             text = await response.text()
         for line in text.splitlines():
             name, _, value = line.rpartition(" ")
@@ -120,8 +149,9 @@ class BillingProcess:
 
     def _check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"billing exited with {self.process.returncode}:\n"
-                                 f"{self.log_tail()}")
+            raise AssertionError(
+                f"billing exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
 
 
 async def drained(kafka: KafkaConfig, group: str, prefix: str) -> bool:
@@ -132,19 +162,28 @@ async def drained(kafka: KafkaConfig, group: str, prefix: str) -> bool:
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        partitions = [TopicPartition(topic_name(t, prefix), p) for t in INPUT_TOPICS
-                      for p in range(t.partitions)]
+        partitions = [
+            TopicPartition(topic_name(t, prefix), p)
+            for t in INPUT_TOPICS
+            for p in range(t.partitions)
+        ]
         ends = await consumer.end_offsets(partitions)
-        return all((committed[tp].offset if tp in committed else 0) >= end
-                   for tp, end in ends.items())
+        return all(
+            (committed[tp].offset if tp in committed else 0) >= end for tp, end in ends.items()
+        )
     finally:
         await consumer.stop()
         await admin.close()
 
 
-async def read_all(kafka: KafkaConfig, topic: Topic[Any], prefix: str, *,
-                   dead_letters: bool = False,
-                   timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_all(
+    kafka: KafkaConfig,
+    topic: Topic[Any],
+    prefix: str,
+    *,
+    dead_letters: bool = False,
+    timeout: float = 30.0,
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record on a topic (or its DLQ), from the beginning to the end offsets at the time
     of the call."""
     name = topic_name(topic.dlq if dead_letters else topic, prefix)
@@ -170,6 +209,13 @@ async def read_all(kafka: KafkaConfig, topic: Topic[Any], prefix: str, *,
 
 def signed_top_up(account_id: str, amount: int, event_id: str) -> TopUpRequested:
     """A top-up as `hala credits topup` makes it: signed with the key billing holds here."""
-    return sign_top_up(TopUpRequested(event_id=event_id, account_id=account_id, amount=amount,
-                                      requested_at=1_764_000_000_000, operator="it"),
-                       TOPUP_KEY.encode())
+    return sign_top_up(
+        TopUpRequested(
+            event_id=event_id,
+            account_id=account_id,
+            amount=amount,
+            requested_at=1_764_000_000_000,
+            operator="it",
+        ),
+        TOPUP_KEY.encode(),
+    )

@@ -62,22 +62,33 @@ class Setup:
     processes: list[BillingProcess]
 
     def billing(self, app_id: str, **settings: str) -> BillingProcess:
-        process = BillingProcess(broker=self.broker,
-                                 mongodb_url=self.mongodb_url, prefix=self.prefix,
-                                 database=self.database, app_id=app_id,
-                                 log_dir=self.log_dir, **settings)
+        process = BillingProcess(
+            broker=self.broker,
+            mongodb_url=self.mongodb_url,
+            prefix=self.prefix,
+            database=self.database,
+            app_id=app_id,
+            log_dir=self.log_dir,
+            **settings,
+        )
         self.processes.append(process)
         return process.start()
 
     async def send(self, event: Any) -> None:
-        topic = {SendRequested: SEND_REQUESTED, StatusChanged: STATUS_CHANGED,
-                 TopUpRequested: TOPUP_REQUESTED}[type(event)]
+        topic = {
+            SendRequested: SEND_REQUESTED,
+            StatusChanged: STATUS_CHANGED,
+            TopUpRequested: TOPUP_REQUESTED,
+        }[type(event)]
         await publish(self.producer, topic, event, self.prefix)
 
     async def send_all(self, events: list[Any]) -> None:
         """Write `events` in order, all enqueued before any is awaited (a burst)."""
-        topics = {SendRequested: SEND_REQUESTED, StatusChanged: STATUS_CHANGED,
-                  TopUpRequested: TOPUP_REQUESTED}
+        topics = {
+            SendRequested: SEND_REQUESTED,
+            StatusChanged: STATUS_CHANGED,
+            TopUpRequested: TOPUP_REQUESTED,
+        }
         await publish_all(self.producer, [(topics[type(e)], e) for e in events], self.prefix)
 
     async def balance(self, account_id: str) -> dict[str, Any] | None:
@@ -91,6 +102,7 @@ class Setup:
         async def check() -> bool:
             process._check_alive()
             return await drained(self.broker.setup, process.group, self.prefix)
+
         await eventually(check, timeout=timeout, what=f"{process.group} to drain")
 
 
@@ -100,9 +112,13 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-async def setup(broker: Broker, mongodb_url: str, unique: str,
-                mongo: AsyncMongoClient[dict[str, Any]], log_dir: Path
-                ) -> AsyncIterator[Setup]:
+async def setup(
+    broker: Broker,
+    mongodb_url: str,
+    unique: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    log_dir: Path,
+) -> AsyncIterator[Setup]:
     prefix, database = f"t{unique}.", f"it_{unique}"
     await broker.grant(prefix)
     # The test writes what ingest, the admin CLI and status would (as the set-up principal).
@@ -118,20 +134,37 @@ async def setup(broker: Broker, mongodb_url: str, unique: str,
         await mongo.drop_database(database)
 
 
-def send_requested(account_id: str, message_id: str, category: str = "utility",
-                   region: str = "GB") -> SendRequested:
+def send_requested(
+    account_id: str, message_id: str, category: str = "utility", region: str = "GB"
+) -> SendRequested:
     example = dict(SEND_REQUESTED.examples[0])
-    example.update(event_id=message_id, message_id=message_id, account_id=account_id,
-                   category=category, recipient_region=region)
+    example.update(
+        event_id=message_id,
+        message_id=message_id,
+        account_id=account_id,
+        category=category,
+        recipient_region=region,
+    )
     return SendRequested(**example)
 
 
-def status(account_id: str, message_id: str, step: Any, source: Any = "webhook",
-           category: str | None = None) -> StatusChanged:
+def status(
+    account_id: str,
+    message_id: str,
+    step: Any,
+    source: Any = "webhook",
+    category: str | None = None,
+) -> StatusChanged:
     pricing = Pricing(billable=True, type="regular", category=category) if category else None
-    return StatusChanged(event_id=f"{message_id}:{step}:{source}", message_id=message_id,
-                         account_id=account_id, status=step, occurred_at=1_764_000_003_000,
-                         source=source, pricing=pricing)
+    return StatusChanged(
+        event_id=f"{message_id}:{step}:{source}",
+        message_id=message_id,
+        account_id=account_id,
+        status=step,
+        occurred_at=1_764_000_003_000,
+        source=source,
+        pricing=pricing,
+    )
 
 
 def top_up(account_id: str, amount: int, event_id: str) -> TopUpRequested:
@@ -144,8 +177,7 @@ def decoded(records: list[Any], topic: Any) -> list[Any]:
 
 async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None:
     account = f"acc_{setup.prefix}flow"
-    billing = setup.billing("billing", low_balance_threshold="50000",
-                            reconcile_interval_s="0.5")
+    billing = setup.billing("billing", low_balance_threshold="50000", reconcile_interval_s="0.5")
     readiness = await billing.wait_ready()
     assert readiness["dependencies"] == {"kafka": "ok", "mongodb": "ok"}
 
@@ -163,24 +195,36 @@ async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None
     await setup.send(status(account, "msg_2", "failed", "sender"))  # released: 75 800
     await setup.wait_drained(billing)
 
-    approved = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
-                       SEND_APPROVED)
+    approved = decoded(
+        await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix), SEND_APPROVED
+    )
     assert [(a.message_id, a.reserved_amount, a.rate_card_version) for a in approved] == [
-        ("msg_1", GB_UTILITY, CARD.version), ("msg_2", GB_MARKETING, CARD.version)]
-    statuses = decoded(await read_all(setup.broker.setup, STATUS_CHANGED, setup.prefix),
-                       STATUS_CHANGED)
+        ("msg_1", GB_UTILITY, CARD.version),
+        ("msg_2", GB_MARKETING, CARD.version),
+    ]
+    statuses = decoded(
+        await read_all(setup.broker.setup, STATUS_CHANGED, setup.prefix), STATUS_CHANGED
+    )
     [rejection] = [s for s in statuses if s.source == "billing"]
     assert (rejection.event_id, rejection.status, rejection.reason) == (
-        "msg_3:rejected", "rejected", "insufficient_credit")
-    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
-                                    setup.prefix), LOW_BALANCE_ALERTED)
+        "msg_3:rejected",
+        "rejected",
+        "insufficient_credit",
+    )
+    alerts = decoded(
+        await read_all(setup.broker.setup, LOW_BALANCE_ALERTED, setup.prefix), LOW_BALANCE_ALERTED
+    )
     assert [(a.event_id, a.available, a.threshold) for a in alerts] == [
-        (f"{account}:low:1", 100_000 - GB_UTILITY - GB_MARKETING, 50_000)]
+        (f"{account}:low:1", 100_000 - GB_UTILITY - GB_MARKETING, 50_000)
+    ]
 
     balance = await setup.balance(account)
     assert balance is not None
     assert (balance["available"], balance["reserved"], balance["currency"]) == (
-        100_000 - GB_UTILITY, 0, "USD")
+        100_000 - GB_UTILITY,
+        0,
+        "USD",
+    )
     assert balance["low_balance_armed"] is True  # back above the threshold after the release
     ledger = await setup.ledger(account)
     assert {k: (v["kind"], v["amount"]) for k, v in ledger.items()} == {
@@ -192,13 +236,17 @@ async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None
         "msg_2:settle": ("release", GB_MARKETING),
     }
     db = setup.mongo[setup.database]
-    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
-                                   FakeCheckpoints()).run_once()).drift == 0
-    for sample, value in (("billing_reservations_total", 2),
-                          ('billing_rejections_total{reason="insufficient_credit"}', 1),
-                          ("billing_charges_total", 1),
-                          ("billing_charged_micros_total", GB_UTILITY),
-                          ("billing_refunds_total", 1), ("billing_low_balance_alerts_total", 1)):
+    assert (
+        await Reconciler(Ledger(db), Balances(db), SystemClock(), FakeCheckpoints()).run_once()
+    ).drift == 0
+    for sample, value in (
+        ("billing_reservations_total", 2),
+        ('billing_rejections_total{reason="insufficient_credit"}', 1),
+        ("billing_charges_total", 1),
+        ("billing_charged_micros_total", GB_UTILITY),
+        ("billing_refunds_total", 1),
+        ("billing_low_balance_alerts_total", 1),
+    ):
         assert await billing.metric(sample) == value, sample
 
     # The service's own reconciler notices a balance that no longer matches its ledger.
@@ -211,13 +259,18 @@ async def test_billing_reserves_rejects_alerts_and_settles(setup: Setup) -> None
 
 
 async def test_duplicates_at_new_offsets_and_a_replay_by_a_new_group_change_nothing(
-        setup: Setup) -> None:
+    setup: Setup,
+) -> None:
     account = f"acc_{setup.prefix}dup"
     first = setup.billing("billing-1")
-    stages = [[top_up(account, 100_000, "topup_1")],
-              [send_requested(account, "msg_1"), send_requested(account, "msg_2")],
-              [status(account, "msg_1", "delivered", category="marketing"),
-               status(account, "msg_2", "failed", "sender")]]
+    stages = [
+        [top_up(account, 100_000, "topup_1")],
+        [send_requested(account, "msg_1"), send_requested(account, "msg_2")],
+        [
+            status(account, "msg_1", "delivered", category="marketing"),
+            status(account, "msg_2", "failed", "sender"),
+        ],
+    ]
     for stage in stages:  # causal order (see the test above)
         for event in stage:
             await setup.send(event)
@@ -236,7 +289,10 @@ async def test_duplicates_at_new_offsets_and_a_replay_by_a_new_group_change_noth
     again = await setup.balance(account)
     assert again is not None
     assert (again["available"], again["reserved"], again["applied"]) == (
-        balance["available"], balance["reserved"], balance["applied"])
+        balance["available"],
+        balance["reserved"],
+        balance["applied"],
+    )
 
     # A new consumer group reads everything again from the beginning: every offset is applied.
     first.stop()
@@ -244,30 +300,37 @@ async def test_duplicates_at_new_offsets_and_a_replay_by_a_new_group_change_noth
     await setup.wait_drained(second)
     replayed = await setup.balance(account)
     assert replayed is not None
-    assert (replayed["available"], replayed["reserved"]) == (balance["available"],
-                                                             balance["reserved"])
+    assert (replayed["available"], replayed["reserved"]) == (
+        balance["available"],
+        balance["reserved"],
+    )
     assert await setup.ledger(account) == ledger
-    approvals = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
-                        SEND_APPROVED)
+    approvals = decoded(
+        await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix), SEND_APPROVED
+    )
     # Outputs are published again (downstream dedupes by id), never with another amount.
-    assert {(a.message_id, a.reserved_amount) for a in approvals} == {("msg_1", GB_UTILITY),
-                                                                      ("msg_2", GB_UTILITY)}
+    assert {(a.message_id, a.reserved_amount) for a in approvals} == {
+        ("msg_1", GB_UTILITY),
+        ("msg_2", GB_UTILITY),
+    }
     assert len(approvals) == 2 + 2 + 4  # first pass, duplicates, the replay of all four
 
 
-async def test_an_undecodable_record_is_dead_lettered_and_the_stream_goes_on(
-        setup: Setup) -> None:
+async def test_an_undecodable_record_is_dead_lettered_and_the_stream_goes_on(setup: Setup) -> None:
     account = f"acc_{setup.prefix}dlq"
     billing = setup.billing("billing")
     name = topic_name(SEND_REQUESTED, setup.prefix)
-    await setup.producer.send_and_wait(name, value=b'{"event_id": "broken"', key=account.encode(),
-                                       headers=[("traceparent", b"00-abc-01")])
+    await setup.producer.send_and_wait(
+        name,
+        value=b'{"event_id": "broken"',
+        key=account.encode(),
+        headers=[("traceparent", b"00-abc-01")],
+    )
     await setup.send(top_up(account, 100_000, "topup_1"))
     await setup.send(send_requested(account, "msg_1"))
     await setup.wait_drained(billing)
 
-    [dead] = await read_all(setup.broker.setup, SEND_REQUESTED, setup.prefix,
-                            dead_letters=True)
+    [dead] = await read_all(setup.broker.setup, SEND_REQUESTED, setup.prefix, dead_letters=True)
     headers = dict(dead.headers)
     assert dead.value == b'{"event_id": "broken"'
     assert dead.key == account.encode()
@@ -286,8 +349,13 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
     # it meets the records redelivered after the second kill in large batches.
     billing = setup.billing("billing", batch_max_records="10")
 
-    async def kill_mid_stream(process: BillingProcess, query: dict[str, Any], at_least: int,
-                              total: int, **restart_settings: str) -> BillingProcess:
+    async def kill_mid_stream(
+        process: BillingProcess,
+        query: dict[str, Any],
+        at_least: int,
+        total: int,
+        **restart_settings: str,
+    ) -> BillingProcess:
         async def progress() -> bool:
             process._check_alive()
             return await db.ledger.count_documents(query) >= at_least
@@ -305,10 +373,12 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
     await setup.wait_drained(billing)
 
     # Stage 1: sends, killed part-way.
-    await setup.send_all([send_requested(account, f"{account}_m{n}")
-                          for n in range(sends) for account in accounts])
-    billing = await kill_mid_stream(billing, {"kind": "reserve"}, 30, len(accounts) * sends,
-                                    batch_max_records="10")
+    await setup.send_all(
+        [send_requested(account, f"{account}_m{n}") for n in range(sends) for account in accounts]
+    )
+    billing = await kill_mid_stream(
+        billing, {"kind": "reserve"}, 30, len(accounts) * sends, batch_max_records="10"
+    )
 
     # Stage 2: outcomes of those sends, more credit and more sends, killed part-way.
     expected: dict[str, tuple[int, int]] = {}
@@ -334,59 +404,84 @@ async def test_a_kill_9_mid_stream_and_a_restart_leave_balances_exact(setup: Set
         expected[account] = (10_000_000 + top_ups * 1_000 - charged - reserved, reserved)
     await setup.send_all(burst)
     settled = sum(1 for n in range(sends) if n % 3 != 2)
-    billing = await kill_mid_stream(billing, {"kind": {"$in": ["charge", "release"]}}, 20,
-                                    len(accounts) * settled)
+    billing = await kill_mid_stream(
+        billing, {"kind": {"$in": ["charge", "release"]}}, 20, len(accounts) * settled
+    )
 
     for account in accounts:
         balance = await setup.balance(account)
         assert balance is not None
         assert (balance["available"], balance["reserved"]) == expected[account], account
     assert await db.ledger.count_documents({}) == len(accounts) * (
-        1 + top_ups + sends + late_sends + settled)  # one entry per decision, none twice
-    assert (await Reconciler(Ledger(db), Balances(db), SystemClock(),
-                                   FakeCheckpoints()).run_once()).drift == 0
-    approvals = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
-                        SEND_APPROVED)
+        1 + top_ups + sends + late_sends + settled
+    )  # one entry per decision, none twice
+    assert (
+        await Reconciler(Ledger(db), Balances(db), SystemClock(), FakeCheckpoints()).run_once()
+    ).drift == 0
+    approvals = decoded(
+        await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix), SEND_APPROVED
+    )
     assert {a.message_id for a in approvals} == {
-        f"{account}_{kind}{n}" for account in accounts
-        for kind, count in (("m", sends), ("late", late_sends)) for n in range(count)}
+        f"{account}_{kind}{n}"
+        for account in accounts
+        for kind, count in (("m", sends), ("late", late_sends))
+        for n in range(count)
+    }
     assert all(a.reserved_amount == GB_UTILITY for a in approvals)
 
 
 async def test_the_sweeper_expires_only_the_overdue_unsettled_reservation(setup: Setup) -> None:
     def entry(key: str, kind: Any, at: int, message_id: str) -> LedgerEntry:
-        return LedgerEntry(key=key, account_id="acc_sweep", kind=kind, amount=GB_UTILITY, at=at,
-                           source="t.messages.send-requested.v1:0", source_offset=0,
-                           source_event_id=message_id, message_id=message_id,
-                           reserved_amount=GB_UTILITY if kind == "release" else 0)
+        return LedgerEntry(
+            key=key,
+            account_id="acc_sweep",
+            kind=kind,
+            amount=GB_UTILITY,
+            at=at,
+            source="t.messages.send-requested.v1:0",
+            source_offset=0,
+            source_event_id=message_id,
+            message_id=message_id,
+            reserved_amount=GB_UTILITY if kind == "release" else 0,
+        )
 
     ledger = Ledger(setup.mongo[setup.database])
     now = SystemClock().now_ms()
     old = now - RESERVATION_HORIZON_MS - 60_000
-    assert await ledger.add_all([
-        entry("msg_old:reserve", "reserve", old, "msg_old"),
-        entry("msg_done:reserve", "reserve", old, "msg_done"),
-        entry("msg_done:settle", "release", old + 1, "msg_done"),
-        entry("msg_young:reserve", "reserve", now, "msg_young"),
-    ]) == set()
+    assert (
+        await ledger.add_all(
+            [
+                entry("msg_old:reserve", "reserve", old, "msg_old"),
+                entry("msg_done:reserve", "reserve", old, "msg_done"),
+                entry("msg_done:settle", "release", old + 1, "msg_done"),
+                entry("msg_young:reserve", "reserve", now, "msg_young"),
+            ]
+        )
+        == set()
+    )
 
     producer = make_producer(setup.broker.as_service("billing"))  # billing's own principal
     await producer.start()
     try:
         publisher = KafkaPublisher(producer, setup.prefix)
-        assert await ReservationSweeper(ledger, publisher, SystemClock(),
-                                        FakeCheckpoints()).run_once() == 1
+        assert (
+            await ReservationSweeper(ledger, publisher, SystemClock(), FakeCheckpoints()).run_once()
+            == 1
+        )
     finally:
         await producer.stop()
 
-    published = decoded(await read_all(setup.broker.setup, STATUS_CHANGED, setup.prefix),
-                        STATUS_CHANGED)
+    published = decoded(
+        await read_all(setup.broker.setup, STATUS_CHANGED, setup.prefix), STATUS_CHANGED
+    )
     assert [(s.message_id, s.account_id, s.status, s.source) for s in published] == [
-        ("msg_old", "acc_sweep", "expired", "billing")]
+        ("msg_old", "acc_sweep", "expired", "billing")
+    ]
 
 
 async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_once(
-        setup: Setup) -> None:
+    setup: Setup,
+) -> None:
     account = f"acc_{setup.prefix}own"
     db = setup.mongo[setup.database]
     # The account's own threshold, as `hala accounts create/update --low-balance-threshold`
@@ -403,10 +498,12 @@ async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_
     await setup.send(top_up(account, 100_000, "topup_1"))  # republished: applied once
     await setup.wait_drained(billing)
 
-    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
-                                    setup.prefix), LOW_BALANCE_ALERTED)
+    alerts = decoded(
+        await read_all(setup.broker.setup, LOW_BALANCE_ALERTED, setup.prefix), LOW_BALANCE_ALERTED
+    )
     assert [(a.event_id, a.available, a.threshold) for a in alerts] == [
-        (f"{account}:low:1", 100_000 - 2 * GB_UTILITY, 60_000)]
+        (f"{account}:low:1", 100_000 - 2 * GB_UTILITY, 60_000)
+    ]
     balance = await setup.balance(account)
     assert balance is not None and balance["low_balance_threshold"] == 60_000
     assert balance["available"] == 100_000 - 3 * GB_UTILITY
@@ -421,26 +518,35 @@ async def test_the_accounts_own_threshold_alerts_once_and_top_ups_are_announced_
     assert stored["low_balance_armed"] is True
     await setup.send(send_requested(account, "msg_9"))  # 13 200: below 30 000
     await setup.wait_drained(billing)
-    alerts = decoded(await read_all(setup.broker.setup, LOW_BALANCE_ALERTED,
-                                    setup.prefix), LOW_BALANCE_ALERTED)
-    assert [(a.event_id, a.threshold) for a in alerts] == [(f"{account}:low:1", 60_000),
-                                                           (f"{account}:low:2", 30_000)]
+    alerts = decoded(
+        await read_all(setup.broker.setup, LOW_BALANCE_ALERTED, setup.prefix), LOW_BALANCE_ALERTED
+    )
+    assert [(a.event_id, a.threshold) for a in alerts] == [
+        (f"{account}:low:1", 60_000),
+        (f"{account}:low:2", 30_000),
+    ]
 
-    topped = decoded(await read_all(setup.broker.setup, BALANCE_TOPPED_UP, setup.prefix),
-                     BALANCE_TOPPED_UP)
+    topped = decoded(
+        await read_all(setup.broker.setup, BALANCE_TOPPED_UP, setup.prefix), BALANCE_TOPPED_UP
+    )
     # one event per applied top-up; the republished one says the same under the same id
     assert {t.event_id for t in topped} == {"topup_1:applied", "topup_2:applied"}
     first = [t for t in topped if t.event_id == "topup_1:applied"]
     assert len(first) == 2 and first[0] == first[1]
     assert (first[0].account_id, first[0].amount, first[0].available, first[0].currency) == (
-        account, 100_000, 100_000, "USD")
+        account,
+        100_000,
+        100_000,
+        "USD",
+    )
     [second] = [t for t in topped if t.event_id == "topup_2:applied"]
     assert (second.amount, second.available) == (10_000, 100_000 - 3 * GB_UTILITY + 10_000)
     assert await billing.metric("billing_topups_total") == 2
 
 
 async def test_a_burst_never_takes_an_account_past_its_cap_on_messages_in_flight(
-        setup: Setup) -> None:
+    setup: Setup,
+) -> None:
     account = f"acc_{setup.prefix}cap"
     db = setup.mongo[setup.database]
     # The account's own cap, as `hala accounts update --max-in-flight 2` stores it.
@@ -451,14 +557,20 @@ async def test_a_burst_never_takes_an_account_past_its_cap_on_messages_in_flight
     await setup.send_all([send_requested(account, f"msg_{n}") for n in range(6)])
     await setup.wait_drained(billing)
 
-    approved = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
-                       SEND_APPROVED)
+    approved = decoded(
+        await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix), SEND_APPROVED
+    )
     assert [a.message_id for a in approved] == ["msg_0", "msg_1"]
-    rejected = [s for s in decoded(await read_all(setup.broker.setup, STATUS_CHANGED,
-                                                  setup.prefix), STATUS_CHANGED)
-                if s.status == "rejected"]
+    rejected = [
+        s
+        for s in decoded(
+            await read_all(setup.broker.setup, STATUS_CHANGED, setup.prefix), STATUS_CHANGED
+        )
+        if s.status == "rejected"
+    ]
     assert sorted((s.message_id, s.reason) for s in rejected) == [
-        (f"msg_{n}", "too_many_in_flight") for n in range(2, 6)]
+        (f"msg_{n}", "too_many_in_flight") for n in range(2, 6)
+    ]
     balance = await setup.balance(account)
     assert balance is not None
     assert (balance["in_flight"], balance["in_flight_limit"]) == (2, 2)
@@ -468,10 +580,10 @@ async def test_a_burst_never_takes_an_account_past_its_cap_on_messages_in_flight
     await setup.send(status(account, "msg_0", "delivered", category="utility"))
     await setup.send_all([send_requested(account, f"msg_{n}") for n in (6, 7)])
     await setup.wait_drained(billing)
-    approved = decoded(await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix),
-                       SEND_APPROVED)
+    approved = decoded(
+        await read_all(setup.broker.setup, SEND_APPROVED, setup.prefix), SEND_APPROVED
+    )
     assert [a.message_id for a in approved] == ["msg_0", "msg_1", "msg_6"]
     balance = await setup.balance(account)
     assert balance is not None and balance["in_flight"] == 2
-    assert await billing.metric(
-        'billing_rejections_total{reason="too_many_in_flight"}') == 5
+    assert await billing.metric('billing_rejections_total{reason="too_many_in_flight"}') == 5

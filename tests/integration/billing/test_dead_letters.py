@@ -40,36 +40,54 @@ WITH_A_BUG = "tests.integration.billing.billing_with_a_bug"
 
 def send_requested(account_id: str, message_id: str) -> SendRequested:
     example = dict(SEND_REQUESTED.examples[0])
-    example.update(event_id=message_id, message_id=message_id, account_id=account_id,
-                   category="utility", recipient_region="GB")
+    example.update(
+        event_id=message_id,
+        message_id=message_id,
+        account_id=account_id,
+        category="utility",
+        recipient_region="GB",
+    )
     return SendRequested(**example)
 
 
 @pytest.fixture
-async def names(unique: str, mongo: AsyncMongoClient[dict[str, Any]]
-                ) -> AsyncIterator[tuple[str, str]]:
+async def names(
+    unique: str, mongo: AsyncMongoClient[dict[str, Any]]
+) -> AsyncIterator[tuple[str, str]]:
     prefix, database = f"t{unique}.", f"it_{unique}"
     yield prefix, database
     await mongo.drop_database(database)
 
 
 async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_half_way(
-        broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
-        names: tuple[str, str], tmp_path: Path) -> None:
+    broker: Broker,
+    mongodb_url: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    names: tuple[str, str],
+    tmp_path: Path,
+) -> None:
     prefix, database = names
     account = f"acc_{prefix}bug"
     await broker.grant(prefix)
     producer = make_producer(broker.setup)
     await producer.start()
-    billing = BillingProcess(broker=broker, mongodb_url=mongodb_url,
-                             prefix=prefix, database=database, app_id="billing",
-                             log_dir=tmp_path, module=WITH_A_BUG,
-                             env={"BILLING_TEST_BUGGY_MESSAGE_ID": "msg_bug"})
+    billing = BillingProcess(
+        broker=broker,
+        mongodb_url=mongodb_url,
+        prefix=prefix,
+        database=database,
+        app_id="billing",
+        log_dir=tmp_path,
+        module=WITH_A_BUG,
+        env={"BILLING_TEST_BUGGY_MESSAGE_ID": "msg_bug"},
+    )
     try:
+
         async def send(topic: Topic[Any], event: Any) -> None:
             key, value = topic.encode(event)
-            await producer.send_and_wait(topic_name(topic, prefix), value=value, key=key,
-                                         partition=PARTITION)
+            await producer.send_and_wait(
+                topic_name(topic, prefix), value=value, key=key, partition=PARTITION
+            )
 
         db = mongo[database]
         await send(TOPUP_REQUESTED, signed_top_up(account, 1_000_000, "topup_1"))
@@ -84,10 +102,18 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
             await send(SEND_REQUESTED, send_requested(account, message_id))
 
         source = topic_name(SEND_REQUESTED, prefix)
-        [dead] = await wait_for_dead_letters(broker.setup, f"{source}.dlq", 1,
-                                             alive=billing._check_alive)
-        check_dead_letter(dead, source_topic=source, source_offset=1, service="billing",
-                          error_type="RuntimeError", reason="unexpected", attempts=3)
+        [dead] = await wait_for_dead_letters(
+            broker.setup, f"{source}.dlq", 1, alive=billing._check_alive
+        )
+        check_dead_letter(
+            dead,
+            source_topic=source,
+            source_offset=1,
+            service="billing",
+            error_type="RuntimeError",
+            reason="unexpected",
+            attempts=3,
+        )
         assert SEND_REQUESTED.decode(dead.value).message_id == "msg_bug"
 
         async def finished() -> bool:
@@ -96,25 +122,38 @@ async def test_a_record_that_raises_a_bug_is_dead_lettered_without_moving_money_
 
         await eventually(finished, timeout=60, what="billing to commit past the dead letter")
         ledger = {d["_id"]: d["kind"] async for d in db.ledger.find({"account_id": account})}
-        assert ledger == {"topup:topup_1": "topup", "msg_before:reserve": "reserve",
-                          "msg_after:reserve": "reserve"}
+        assert ledger == {
+            "topup:topup_1": "topup",
+            "msg_before:reserve": "reserve",
+            "msg_after:reserve": "reserve",
+        }
         balance = await db.balances.find_one({"_id": account})
         assert balance is not None
-        assert (balance["available"], balance["reserved"]) == (1_000_000 - 2 * GB_UTILITY,
-                                                               2 * GB_UTILITY)
-        approved = [SEND_APPROVED.decode(r.value).message_id
-                    for r in await read_all(broker.setup, SEND_APPROVED, prefix)]
+        assert (balance["available"], balance["reserved"]) == (
+            1_000_000 - 2 * GB_UTILITY,
+            2 * GB_UTILITY,
+        )
+        approved = [
+            SEND_APPROVED.decode(r.value).message_id
+            for r in await read_all(broker.setup, SEND_APPROVED, prefix)
+        ]
         assert sorted(set(approved)) == ["msg_after", "msg_before"]
-        assert await billing.metric(
-            'hala_dead_letters_total{reason="unexpected",service="billing"}') == 1.0
+        assert (
+            await billing.metric('hala_dead_letters_total{reason="unexpected",service="billing"}')
+            == 1.0
+        )
     finally:
         billing.stop()
         await producer.stop()
 
 
 async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signature_moves_nothing(
-        broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
-        names: tuple[str, str], tmp_path: Path) -> None:
+    broker: Broker,
+    mongodb_url: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    names: tuple[str, str],
+    tmp_path: Path,
+) -> None:
     """Whoever can write to the topic cannot mint credit: an unsigned top-up and one signed with
     another key, written with the admin principal's Kafka credentials (the only ones the ACLs
     let write top-ups) but without the signing key, are dead-lettered (permanent) by the real
@@ -125,30 +164,54 @@ async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signatur
     await broker.grant(prefix)
     producer = make_producer(broker.as_service("admin"))
     await producer.start()
-    billing = BillingProcess(broker=broker, mongodb_url=mongodb_url,
-                             prefix=prefix, database=database, app_id="billing",
-                             log_dir=tmp_path)
+    billing = BillingProcess(
+        broker=broker,
+        mongodb_url=mongodb_url,
+        prefix=prefix,
+        database=database,
+        app_id="billing",
+        log_dir=tmp_path,
+    )
     try:
         forged = [
-            TopUpRequested(event_id="topup_unsigned", account_id=account, amount=9_000_000,
-                           requested_at=1_764_000_000_000),
-            sign_top_up(TopUpRequested(event_id="topup_other_key", account_id=account,
-                                       amount=9_000_000, requested_at=1_764_000_000_000,
-                                       operator="mallory"), b"a key billing does not hold"),
+            TopUpRequested(
+                event_id="topup_unsigned",
+                account_id=account,
+                amount=9_000_000,
+                requested_at=1_764_000_000_000,
+            ),
+            sign_top_up(
+                TopUpRequested(
+                    event_id="topup_other_key",
+                    account_id=account,
+                    amount=9_000_000,
+                    requested_at=1_764_000_000_000,
+                    operator="mallory",
+                ),
+                b"a key billing does not hold",
+            ),
         ]
         for event in [*forged, signed_top_up(account, 1_000_000, "topup_real")]:
             key, value = TOPUP_REQUESTED.encode(event)
-            await producer.send_and_wait(topic_name(TOPUP_REQUESTED, prefix), value=value,
-                                         key=key, partition=PARTITION)
+            await producer.send_and_wait(
+                topic_name(TOPUP_REQUESTED, prefix), value=value, key=key, partition=PARTITION
+            )
         billing.start()
 
         source = topic_name(TOPUP_REQUESTED, prefix)
-        dead = await wait_for_dead_letters(broker.setup, f"{source}.dlq", 2,
-                                           alive=billing._check_alive)
+        dead = await wait_for_dead_letters(
+            broker.setup, f"{source}.dlq", 2, alive=billing._check_alive
+        )
         for offset, record in enumerate(dead):
-            headers = check_dead_letter(record, source_topic=source, source_offset=offset,
-                                        service="billing", error_type="InvalidRequest",
-                                        reason="permanent", attempts=1)
+            headers = check_dead_letter(
+                record,
+                source_topic=source,
+                source_offset=offset,
+                service="billing",
+                error_type="InvalidRequest",
+                reason="permanent",
+                attempts=1,
+            )
             assert b"must be signed" in headers["error_detail"]
             assert TOPUP_REQUESTED.decode(record.value) == forged[offset]
 
@@ -160,10 +223,10 @@ async def test_a_top_up_written_straight_to_the_topic_without_the_admin_signatur
 
         await eventually(applied, timeout=60, what="billing to commit past the forged top-ups")
         balance = await db.balances.find_one({"_id": account})
-        assert balance is not None and (balance["available"], balance["reserved"]) == (
-            1_000_000, 0)
+        assert balance is not None and (balance["available"], balance["reserved"]) == (1_000_000, 0)
         assert [d["_id"] async for d in db.ledger.find({"account_id": account})] == [
-            "topup:topup_real"]
+            "topup:topup_real"
+        ]
     finally:
         billing.stop()
         await producer.stop()

@@ -28,8 +28,7 @@ from shared.messages import MetaError, StatusChanged
 
 
 @pytest.fixture
-async def db(mongo: AsyncMongoClient[dict[str, Any]],
-             unique: str) -> Any:
+async def db(mongo: AsyncMongoClient[dict[str, Any]], unique: str) -> Any:
     database: AsyncDatabase[dict[str, Any]] = mongo[f"it_{unique}"]
     await ensure_indexes(database, ACCOUNT_HOLDS, GUARD_STATES, GUARD_RECIPIENTS)
     yield database
@@ -39,9 +38,17 @@ async def db(mongo: AsyncMongoClient[dict[str, Any]],
 async def test_windows_and_positions_come_back_as_saved(db: Any) -> None:
     store, clock = MongoGuardStore(db), FakeClock()
     account = core.Account("acc_1")
-    account.status(StatusChanged(event_id="s", message_id="m", account_id="acc_1",
-                                 status="failed", occurred_at=clock.now_ms(), source="webhook",
-                                 error=MetaError(code=131048)))
+    account.status(
+        StatusChanged(
+            event_id="s",
+            message_id="m",
+            account_id="acc_1",
+            status="failed",
+            occurred_at=clock.now_ms(),
+            source="webhook",
+            error=MetaError(code=131048),
+        )
+    )
     account.mark("t1.messages.status-changed.v1:3", 17)  # a topic name has dots
     account.fired["meta_spam"] = clock.now_ms()
     await store.save_state(core.state_doc(account, clock.now_ms()))
@@ -66,25 +73,34 @@ async def test_hold_fields_are_set_one_by_one(db: Any) -> None:
 
 async def test_a_recipient_stored_twice_stays_the_first(db: Any) -> None:
     store = MongoGuardStore(db)
-    await store.insert_recipients([{"_id": "acc_1:h1", "account_id": "acc_1",
-                                    "first_seen": 1, "message_id": "m1"}])
-    await store.insert_recipients([{"_id": "acc_1:h1", "account_id": "acc_1",
-                                    "first_seen": 2, "message_id": "m2"},
-                                   {"_id": "acc_1:h2", "account_id": "acc_1",
-                                    "first_seen": 2, "message_id": "m2"}])
+    await store.insert_recipients(
+        [{"_id": "acc_1:h1", "account_id": "acc_1", "first_seen": 1, "message_id": "m1"}]
+    )
+    await store.insert_recipients(
+        [
+            {"_id": "acc_1:h1", "account_id": "acc_1", "first_seen": 2, "message_id": "m2"},
+            {"_id": "acc_1:h2", "account_id": "acc_1", "first_seen": 2, "message_id": "m2"},
+        ]
+    )
     found = await store.recipients(["acc_1:h1", "acc_1:h2", "acc_1:h3"])
-    assert {k: v["message_id"] for k, v in found.items()} == {"acc_1:h1": "m1",
-                                                               "acc_1:h2": "m2"}
+    assert {k: v["message_id"] for k, v in found.items()} == {"acc_1:h1": "m1", "acc_1:h2": "m2"}
 
 
 async def test_flagged_numbers_come_from_status_number_states(db: Any) -> None:
-    await db[PHONE_NUMBERS].insert_many([{"_id": "1", "account_id": "acc_1"},
-                                         {"_id": "2", "account_id": "acc_1"},
-                                         {"_id": "3", "account_id": "acc_2"}])
-    await db[NUMBER_STATES].insert_many([
-        {"_id": "1", "quality_event": "FLAGGED", "quality_event_at": 10},
-        {"_id": "2", "quality_event": "UNFLAGGED", "quality_event_at": 20},
-        {"_id": "3", "quality_event": "FLAGGED", "quality_event_at": 30}])
+    await db[PHONE_NUMBERS].insert_many(
+        [
+            {"_id": "1", "account_id": "acc_1"},
+            {"_id": "2", "account_id": "acc_1"},
+            {"_id": "3", "account_id": "acc_2"},
+        ]
+    )
+    await db[NUMBER_STATES].insert_many(
+        [
+            {"_id": "1", "quality_event": "FLAGGED", "quality_event_at": 10},
+            {"_id": "2", "quality_event": "UNFLAGGED", "quality_event_at": 20},
+            {"_id": "3", "quality_event": "FLAGGED", "quality_event_at": 30},
+        ]
+    )
     assert await MongoGuardStore(db).flagged_numbers("acc_1") == [10]
 
 
@@ -93,7 +109,8 @@ async def test_the_retention_pass_forgets_old_recipients_page_by_page(db: Any) -
     old = clock.now_ms() - 100 * 86_400_000
     await store.insert_recipients(
         [{"_id": f"acc_1:old{i}", "account_id": "acc_1", "first_seen": old} for i in range(7)]
-        + [{"_id": "acc_1:new", "account_id": "acc_1", "first_seen": clock.now_ms()}])
+        + [{"_id": "acc_1:new", "account_id": "acc_1", "first_seen": clock.now_ms()}]
+    )
     assert await sweep_recipients(store, clock, memory_days=90, page=3) == 7
     assert [d["_id"] async for d in db[GUARD_RECIPIENTS].find({})] == ["acc_1:new"]
 
@@ -103,11 +120,19 @@ async def test_an_accounts_rule_overrides_are_read_from_its_document(db: Any) ->
 
     await commands.prepare(db)
     account = await commands.create_account(
-        db, name="G", email="g@example.com", phone="+971501234567", business_name="G LLC",
-        fb_business_manager_id="123456789012")
+        db,
+        name="G",
+        email="g@example.com",
+        phone="+971501234567",
+        business_name="G LLC",
+        fb_business_manager_id="123456789012",
+    )
     store = MongoGuardStore(db)
     assert await store.rule_overrides(account["_id"]) is None
-    await commands.update_account(db, account["_id"], guard_rules=trust.guard_rule_overrides(
-        None, ["failure_rate.threshold=0.8"]))
+    await commands.update_account(
+        db,
+        account["_id"],
+        guard_rules=trust.guard_rule_overrides(None, ["failure_rate.threshold=0.8"]),
+    )
     overrides = await store.rule_overrides(account["_id"])
     assert core.Rules().with_overrides(overrides).failure_rate.threshold == 0.8

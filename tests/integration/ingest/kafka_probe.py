@@ -27,12 +27,14 @@ async def published_count(kafka: KafkaConfig, topic: Topic[Any], prefix: str) ->
         await consumer.stop()
 
 
-async def read_published(kafka: KafkaConfig, topic: Topic[Any], prefix: str,
-                         timeout: float = 20.0) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_published(
+    kafka: KafkaConfig, topic: Topic[Any], prefix: str, timeout: float = 20.0
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record the topic holds now."""
     expected = await published_count(kafka, topic, prefix)
-    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        **kafka.aiokafka_options(), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:

@@ -34,16 +34,31 @@ class CountedPages:
 
 
 async def test_records_older_than_48_hours_are_deleted_page_by_page(
-        mongo: AsyncMongoClient[dict[str, Any]], unique: str) -> None:
+    mongo: AsyncMongoClient[dict[str, Any]], unique: str
+) -> None:
     db = mongo[f"it_{unique}"]
     try:
         records = db[IDEMPOTENCY_KEYS]
         await records.insert_many(
-            [{"_id": f"acc_1:key:old{i}", "account_id": "acc_1", "recipient": "+447911123456",
-              "created_at": from_ms(NOW - 49 * HOUR - i)} for i in range(7)]
-            + [{"_id": f"acc_1:key:young{i}", "account_id": "acc_1",
-                "recipient": "+447911123456", "created_at": from_ms(NOW - 47 * HOUR)}
-               for i in range(2)])
+            [
+                {
+                    "_id": f"acc_1:key:old{i}",
+                    "account_id": "acc_1",
+                    "recipient": "+447911123456",
+                    "created_at": from_ms(NOW - 49 * HOUR - i),
+                }
+                for i in range(7)
+            ]
+            + [
+                {
+                    "_id": f"acc_1:key:young{i}",
+                    "account_id": "acc_1",
+                    "recipient": "+447911123456",
+                    "created_at": from_ms(NOW - 47 * HOUR),
+                }
+                for i in range(2)
+            ]
+        )
         store = CountedPages(MongoIdempotencyStore(db))
         sweeper = IdempotencySweeper(store, FakeClock(start_ms=NOW), page_size=3)
 

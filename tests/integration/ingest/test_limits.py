@@ -16,30 +16,50 @@ from tests.integration.ingest.kafka_probe import published_count
 
 
 def reminder() -> dict[str, Any]:
-    return {"from": PHONE_A, "to": "+447912345678", "type": "template",
-            "template": {"name": "appointment_reminder", "language": {"code": "en_US"},
-                         "components": [{"type": "body", "parameters": [
-                             {"type": "text", "text": "Monday"},
-                             {"type": "text", "text": "10:00"}]}]}}
+    return {
+        "from": PHONE_A,
+        "to": "+447912345678",
+        "type": "template",
+        "template": {
+            "name": "appointment_reminder",
+            "language": {"code": "en_US"},
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Monday"},
+                        {"type": "text", "text": "10:00"},
+                    ],
+                }
+            ],
+        },
+    }
 
 
 async def _post(p: Platform, path: str = "/v1/messages", body: Any = None) -> Any:
-    return await p.client.post(path, data=orjson.dumps(body or reminder()),
-                               headers={**p.a.auth, "Content-Type": "application/json"})
+    return await p.client.post(
+        path,
+        data=orjson.dumps(body or reminder()),
+        headers={**p.a.auth, "Content-Type": "application/json"},
+    )
 
 
 async def _meta_post(p: Platform) -> Any:
-    body = {"messaging_product": "whatsapp", "to": "447912345678", "type": "text",
-            "text": {"body": "hello"}}
+    body = {
+        "messaging_product": "whatsapp",
+        "to": "447912345678",
+        "type": "text",
+        "text": {"body": "hello"},
+    }
     return await _post(p, f"/v24.0/{PHONE_A}/messages", body)
 
 
 async def test_an_accounts_own_rate_limit_refuses_the_excess_and_publishes_none_of_it(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     p = platform
     # A slow refill: the test never earns a second token while it runs.
-    await commands.update_account(p.db, p.a.account_id,
-                                  rate_limit=core.rate_limit("1/min", 2))
+    await commands.update_account(p.db, p.a.account_id, rate_limit=core.rate_limit("1/min", 2))
     answers = [await _post(p) for _ in range(3)]
     assert [r.status for r in answers] == [202, 202, 429]
     assert answers[0].headers["RateLimit-Policy"] == '"account";q=2;w=120'
@@ -59,8 +79,9 @@ async def test_an_accounts_own_rate_limit_refuses_the_excess_and_publishes_none_
 
 async def test_a_keys_own_limit_holds_that_key_only(platform: Platform) -> None:
     p = platform
-    slow_key, _ = await commands.issue_key(p.db, account_id=p.a.account_id, name="batch",
-                                           rate_limit=core.rate_limit("1/min", 1))
+    slow_key, _ = await commands.issue_key(
+        p.db, account_id=p.a.account_id, name="batch", rate_limit=core.rate_limit("1/min", 1)
+    )
     slow = {"Authorization": f"Bearer {slow_key}", "Content-Type": "application/json"}
     first = await p.client.post("/v1/messages", data=orjson.dumps(reminder()), headers=slow)
     second = await p.client.post("/v1/messages", data=orjson.dumps(reminder()), headers=slow)
@@ -70,11 +91,13 @@ async def test_a_keys_own_limit_holds_that_key_only(platform: Platform) -> None:
 
 
 async def test_at_the_cap_billing_keeps_ingest_answers_429_before_publishing(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     p = platform
     # billing's count and cap, as it writes them on the balance.
-    await p.db[BALANCES].update_one({"_id": p.a.account_id},
-                                    {"$set": {"in_flight": 3, "in_flight_limit": 3}})
+    await p.db[BALANCES].update_one(
+        {"_id": p.a.account_id}, {"$set": {"in_flight": 3, "in_flight_limit": 3}}
+    )
     refused = await _post(p)
     assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
     error = (await refused.json())["error"]

@@ -62,28 +62,43 @@ RECOVERY_DEADLINE_S = 30.0
 
 
 @asynccontextmanager
-async def second_ingest(platform: Platform, db: AsyncDatabase[dict[str, Any]],
-                        producer: RdKafkaProducer) -> AsyncIterator[TestClient[Any, Any]]:
+async def second_ingest(
+    platform: Platform, db: AsyncDatabase[dict[str, Any]], producer: RdKafkaProducer
+) -> AsyncIterator[TestClient[Any, Any]]:
     clock = SystemClock()
     inbox = MongoInbox(db)
     contact_store = MongoContactStore(db)
     send_rules = SendRules(contact_store, clock, cache_seconds=0)
     ingest = Ingest(
         directory=CachedDirectory(MongoDirectory(db), clock, ttl_seconds=0),
-        idempotency=MongoIdempotencyStore(db), messages=MongoMessageStore(db),
-        recent=RecentMessages(clock, 30.0), publisher=KafkaPublisher(producer, platform.prefix),
-        clock=clock, rate_card=load_rate_card(), inbox=inbox,
-        windows=CachedWindows(inbox, clock, closed_seconds=0), send_rules=send_rules)
-    calls = Calls(ingest=ingest, media=MongoMediaStore(db), meta=FakeMeta(),
-                  vault=platform.vault, pacer=PassThroughPacer(100, 100, 1), clock=clock)
+        idempotency=MongoIdempotencyStore(db),
+        messages=MongoMessageStore(db),
+        recent=RecentMessages(clock, 30.0),
+        publisher=KafkaPublisher(producer, platform.prefix),
+        clock=clock,
+        rate_card=load_rate_card(),
+        inbox=inbox,
+        windows=CachedWindows(inbox, clock, closed_seconds=0),
+        send_rules=send_rules,
+    )
+    calls = Calls(
+        ingest=ingest,
+        media=MongoMediaStore(db),
+        meta=FakeMeta(),
+        vault=platform.vault,
+        pacer=PassThroughPacer(100, 100, 1),
+        clock=clock,
+    )
     publisher = KafkaPublisher(producer, platform.prefix)
-    webhooks = EndpointHandlers(ingest, MongoEndpointStore(db), publisher, platform.vault,
-                                allow_loopback_http=True)
+    webhooks = EndpointHandlers(
+        ingest, MongoEndpointStore(db), publisher, platform.vault, allow_loopback_http=True
+    )
     contacts = ContactHandlers(ingest, contact_store, publisher, send_rules)
     # The rate limits' middleware too, as in production: it looks the caller up first.
     limiter = RequestLimiter(clock, account_default=Rate(10_000, 10_000))
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(
-        calls, webhooks=webhooks, contacts=contacts, limiter=limiter)))
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(calls, webhooks=webhooks, contacts=contacts, limiter=limiter))
+    )
     await client.start_server()
     try:
         yield client
@@ -92,11 +107,18 @@ async def second_ingest(platform: Platform, db: AsyncDatabase[dict[str, Any]],
 
 
 async def _send(client: TestClient[Any, Any], platform: Platform) -> tuple[int, Any, float]:
-    body = {"from": platform.a.phone_number_id, "to": "+447912345678", "type": "text",
-            "text": {"body": "Your order shipped"}}
+    body = {
+        "from": platform.a.phone_number_id,
+        "to": "+447912345678",
+        "type": "text",
+        "text": {"body": "Your order shipped"},
+    }
     started = time.monotonic()
-    resp = await client.post("/v1/messages", data=orjson.dumps(body),
-                             headers={**platform.a.auth, "Content-Type": "application/json"})
+    resp = await client.post(
+        "/v1/messages",
+        data=orjson.dumps(body),
+        headers={**platform.a.auth, "Content-Type": "application/json"},
+    )
     return resp.status, await resp.json(), time.monotonic() - started
 
 
@@ -111,11 +133,14 @@ async def _until_accepted(client: TestClient[Any, Any], platform: Platform) -> A
 
 
 async def test_with_the_broker_unreachable_ingest_answers_503_within_a_second_then_recovers(
-        platform: Platform, broker: Broker) -> None:
+    platform: Platform, broker: Broker
+) -> None:
     port = free_port()  # nothing listens here yet
     ingest_kafka = broker.as_service("ingest")
-    producer = RdKafkaProducer(replace(ingest_kafka, bootstrap_servers=f"localhost:{port}"),
-                               ack_timeout_s=IngestSettings().kafka_ack_timeout_seconds)
+    producer = RdKafkaProducer(
+        replace(ingest_kafka, bootstrap_servers=f"localhost:{port}"),
+        ack_timeout_s=IngestSettings().kafka_ack_timeout_seconds,
+    )
     await producer.start(wait=False)
     broker_host, broker_port = ingest_kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
     proxy = TcpProxy(broker_host, int(broker_port), port=port)
@@ -125,27 +150,28 @@ async def test_with_the_broker_unreachable_ingest_answers_503_within_a_second_th
                 status, body, took = await _send(client, platform)
                 assert (status, body["error"]["code"]) == (503, "dependency_unavailable")
                 assert took < ONE_SECOND, took
-            assert await published_count(platform.kafka, SEND_REQUESTED,
-                                         platform.prefix) == 0
+            assert await published_count(platform.kafka, SEND_REQUESTED, platform.prefix) == 0
 
             await proxy.start()  # the broker can be reached again (bootstrap through here)
             accepted = await _until_accepted(client, platform)
             assert accepted["status"] == "accepted"
             # Only the accepted request was ever written: the refused ones never left.
-            assert await published_count(platform.kafka, SEND_REQUESTED,
-                                         platform.prefix) == 1
+            assert await published_count(platform.kafka, SEND_REQUESTED, platform.prefix) == 1
     finally:
         await producer.stop()
         await proxy.stop()
 
 
 async def test_with_the_database_unreachable_ingest_answers_503_within_a_second_then_recovers(
-        platform: Platform, mongodb_url: str) -> None:
+    platform: Platform, mongodb_url: str
+) -> None:
     host, mongo_port = parse_uri(mongodb_url)["nodelist"][0]
     proxy = TcpProxy(host, int(mongo_port))
     await proxy.start()
-    mongo = make_client(f"mongodb://{proxy.address}/?directConnection=true",
-                        timeout_ms=IngestSettings().mongodb_timeout_ms)
+    mongo = make_client(
+        f"mongodb://{proxy.address}/?directConnection=true",
+        timeout_ms=IngestSettings().mongodb_timeout_ms,
+    )
     try:
         async with second_ingest(platform, mongo[platform.db.name], platform.producer) as client:
             status, body, _ = await _send(client, platform)
@@ -163,4 +189,3 @@ async def test_with_the_database_unreachable_ingest_answers_503_within_a_second_
     finally:
         await proxy.stop()
         await mongo.close()
-

@@ -15,18 +15,33 @@ from tests.integration.ingest.kafka_probe import published_count, read_published
 
 
 def reminder(phone: str = PHONE_A, **overrides: Any) -> dict[str, Any]:
-    return {"from": phone, "to": "+447912345678", "type": "template",
-            "template": {"name": "appointment_reminder", "language": {"code": "en_US"},
-                         "components": [{"type": "body", "parameters": [
-                             {"type": "text", "text": "Monday"},
-                             {"type": "text", "text": "10:00"}]}]},
-            "client_reference": "appt-1", **overrides}
+    return {
+        "from": phone,
+        "to": "+447912345678",
+        "type": "template",
+        "template": {
+            "name": "appointment_reminder",
+            "language": {"code": "en_US"},
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Monday"},
+                        {"type": "text", "text": "10:00"},
+                    ],
+                }
+            ],
+        },
+        "client_reference": "appt-1",
+        **overrides,
+    }
 
 
 async def _post(p: Platform, body: Any, headers: dict[str, str]) -> Any:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    return await p.client.post("/v1/messages", data=data,
-                               headers={**headers, "Content-Type": "application/json"})
+    return await p.client.post(
+        "/v1/messages", data=data, headers={**headers, "Content-Type": "application/json"}
+    )
 
 
 async def _published(p: Platform) -> int:
@@ -34,7 +49,8 @@ async def _published(p: Platform) -> int:
 
 
 async def test_a_valid_request_is_stored_and_published_once_keyed_by_account(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     p = platform
     resp = await _post(p, reminder(), p.a.auth)
     assert resp.status == 202, await resp.text()
@@ -60,9 +76,13 @@ async def test_a_valid_request_is_stored_and_published_once_keyed_by_account(
 async def test_no_refused_request_publishes_or_stores_anything(platform: Platform) -> None:
     p = platform
     await p.db[BALANCES].update_one({"_id": p.b.account_id}, {"$set": {"available": 5}})
-    not_approved = reminder(template={"name": "holiday_promo", "language": {"code": "en_US"},
-                                      "components": [{"type": "body", "parameters": [
-                                          {"type": "text", "text": "x"}]}]})
+    not_approved = reminder(
+        template={
+            "name": "holiday_promo",
+            "language": {"code": "en_US"},
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "x"}]}],
+        }
+    )
     cases = [
         (b"{", p.a.auth, "malformed_json"),
         (b"[]", p.a.auth, "invalid_request"),
@@ -71,13 +91,22 @@ async def test_no_refused_request_publishes_or_stores_anything(platform: Platfor
         (reminder(to="+1"), p.a.auth, "invalid_phone_number"),
         (reminder(), {"Authorization": "Bearer hw_live_nobody"}, "unauthorized"),
         (reminder(phone=PHONE_B), p.a.auth, "foreign_phone_number"),
-        (reminder(template={"name": "nope", "language": {"code": "en_US"}}), p.a.auth,
-         "unknown_template"),
+        (
+            reminder(template={"name": "nope", "language": {"code": "en_US"}}),
+            p.a.auth,
+            "unknown_template",
+        ),
         (not_approved, p.a.auth, "template_not_approved"),
-        (reminder(template={"name": "appointment_reminder", "language": {"code": "en_US"}}),
-         p.a.auth, "template_parameter_mismatch"),
-        ({"from": PHONE_B, "to": "+447912345678", "type": "text", "text": {"body": "hi"}},
-         p.b.auth, "insufficient_credit"),
+        (
+            reminder(template={"name": "appointment_reminder", "language": {"code": "en_US"}}),
+            p.a.auth,
+            "template_parameter_mismatch",
+        ),
+        (
+            {"from": PHONE_B, "to": "+447912345678", "type": "text", "text": {"body": "hi"}},
+            p.b.auth,
+            "insufficient_credit",
+        ),
         (reminder(client_reference="x" * 70_000), p.a.auth, "payload_too_large"),
     ]
     for body, headers, code in cases:
@@ -88,7 +117,8 @@ async def test_no_refused_request_publishes_or_stores_anything(platform: Platfor
 
 
 async def test_a_replay_answers_the_same_and_names_the_same_single_message(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     p = platform
     headers = {**p.a.auth, "Idempotency-Key": "appt-1-try"}
     first = await _post(p, reminder(), headers)
@@ -98,8 +128,10 @@ async def test_a_replay_answers_the_same_and_names_the_same_single_message(
     assert second.headers["Idempotent-Replay"] == "true"
     assert await p.db[IDEMPOTENCY_KEYS].count_documents({}) == 1
     # No document from status yet, so the replay re-published; consumers see one event id.
-    events = [SEND_REQUESTED.decode(r.value)
-              for r in await read_published(p.kafka, SEND_REQUESTED, p.prefix)]
+    events = [
+        SEND_REQUESTED.decode(r.value)
+        for r in await read_published(p.kafka, SEND_REQUESTED, p.prefix)
+    ]
     assert {e.event_id for e in events} == {(await first.json())["id"]}
 
     # Once status has the message, a replay publishes nothing more.
@@ -137,13 +169,15 @@ async def test_a_revoked_key_and_a_suspended_account_are_refused(platform: Platf
 
 
 async def test_another_accounts_number_and_an_unknown_number_look_the_same(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     p = platform
     foreign = await (await _post(p, reminder(phone=PHONE_B), p.a.auth)).json()
     unknown = await (await _post(p, reminder(phone="100000000000001"), p.a.auth)).json()
     assert foreign["error"]["code"] == unknown["error"]["code"] == "foreign_phone_number"
-    assert foreign["error"]["message"].replace(PHONE_B, "N") == \
-        unknown["error"]["message"].replace("100000000000001", "N")
+    assert foreign["error"]["message"].replace(PHONE_B, "N") == unknown["error"]["message"].replace(
+        "100000000000001", "N"
+    )
 
 
 async def test_accounts_never_see_each_others_messages_or_balances(platform: Platform) -> None:
@@ -172,8 +206,14 @@ async def test_accounts_never_see_each_others_messages_or_balances(platform: Pla
     await p.db[BALANCES].update_one({"_id": p.b.account_id}, {"$set": {"available": 123}})
     a_balance = await (await p.client.get("/v1/balance", headers=p.a.auth)).json()
     b_balance = await (await p.client.get("/v1/balance", headers=p.b.auth)).json()
-    assert a_balance == {"available": 10_000_000, "reserved": 0, "currency": "USD",
-                         "unit": "micros", "in_flight": 0, "max_in_flight": 0}
+    assert a_balance == {
+        "available": 10_000_000,
+        "reserved": 0,
+        "currency": "USD",
+        "unit": "micros",
+        "in_flight": 0,
+        "max_in_flight": 0,
+    }
     assert b_balance["available"] == 123
 
 
@@ -205,9 +245,14 @@ async def test_listing_pages_through_the_database_newest_first(platform: Platfor
 
 async def test_the_meta_route_sends_through_the_same_flow(platform: Platform) -> None:
     p = platform
-    body = {"messaging_product": "whatsapp", "recipient_type": "individual",
-            "to": "16502530000", "type": "text", "text": {"body": "hello"},
-            "biz_opaque_callback_data": "cb-1"}
+    body = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "16502530000",
+        "type": "text",
+        "text": {"body": "hello"},
+        "biz_opaque_callback_data": "cb-1",
+    }
     resp = await p.client.post(f"/v24.0/{PHONE_A}/messages", json=body, headers=p.a.auth)
     assert resp.status == 200, await resp.text()
     answer = await resp.json()
@@ -221,39 +266,51 @@ async def test_the_meta_route_sends_through_the_same_flow(platform: Platform) ->
     resp = await p.client.post(f"/v24.0/{PHONE_B}/messages", json=body, headers=p.a.auth)
     error = (await resp.json())["error"]
     assert error["code"] == 100 and error["error_data"]["details"].startswith(
-        "foreign_phone_number")
+        "foreign_phone_number"
+    )
     assert await _published(p) == 1
 
 
-async def test_every_kind_of_message_goes_through_to_status_s_document(
-        platform: Platform) -> None:
+async def test_every_kind_of_message_goes_through_to_status_s_document(platform: Platform) -> None:
     p = platform
     objects = {
-        "contacts": [{"name": {"formatted_name": "Ana B", "first_name": "Ana"},
-                      "phones": [{"phone": "+447912345678", "wa_id": "447912345678"}]}],
-        "interactive": {"type": "list", "body": {"text": "Pick one"}, "action": {
-            "button": "Options", "sections": [{"rows": [{"id": "a", "title": "A"}]}]}},
+        "contacts": [
+            {
+                "name": {"formatted_name": "Ana B", "first_name": "Ana"},
+                "phones": [{"phone": "+447912345678", "wa_id": "447912345678"}],
+            }
+        ],
+        "interactive": {
+            "type": "list",
+            "body": {"text": "Pick one"},
+            "action": {"button": "Options", "sections": [{"rows": [{"id": "a", "title": "A"}]}]},
+        },
         "location": {"latitude": 51.5, "longitude": -0.12, "name": None, "address": None},
         "document": {"link": "https://example.com/i.pdf", "filename": "i.pdf"},
     }
     answers = []
     for kind, obj in objects.items():
-        body = {"messaging_product": "whatsapp", "to": "447912345678", "type": kind, kind: obj,
-                "biz_opaque_callback_data": f"crm-{kind}"}
+        body = {
+            "messaging_product": "whatsapp",
+            "to": "447912345678",
+            "type": kind,
+            kind: obj,
+            "biz_opaque_callback_data": f"crm-{kind}",
+        }
         resp = await p.client.post(f"/v24.0/{PHONE_A}/messages", json=body, headers=p.a.auth)
         assert resp.status == 200, await resp.text()
         answers.append((kind, obj, (await resp.json())["messages"][0]["id"]))
     await p.store_published()
     for kind, obj, message_id in answers:
-        view = await (await p.client.get(f"/v1/messages/{message_id}",
-                                         headers=p.a.auth)).json()
+        view = await (await p.client.get(f"/v1/messages/{message_id}", headers=p.a.auth)).json()
         assert view["type"] == kind and view["content"] == obj, kind
         assert view["biz_opaque_callback_data"] == f"crm-{kind}"
         assert view["to"] == "+447912345678" and view["category"] == "service"
 
 
 async def test_replies_name_our_messages_by_id_and_go_out_with_their_wamid(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     p = platform
     text = {"from": PHONE_A, "to": "+447912345678", "type": "text", "text": {"body": "hi"}}
     quoted = (await (await _post(p, text, p.a.auth)).json())["id"]
@@ -262,16 +319,29 @@ async def test_replies_name_our_messages_by_id_and_go_out_with_their_wamid(
     await p.db[MESSAGES].update_one({"_id": quoted}, {"$set": {"wamid": "wamid.Q1"}})
     reply = await _post(p, {**text, "context": {"message_id": quoted}}, p.a.auth)
     assert reply.status == 202, await reply.text()
-    reaction = await _post(p, {"from": PHONE_A, "to": "+447912345678", "type": "reaction",
-                               "reaction": {"message_id": quoted, "emoji": "\u2764"}},
-                           p.a.auth)
+    reaction = await _post(
+        p,
+        {
+            "from": PHONE_A,
+            "to": "+447912345678",
+            "type": "reaction",
+            "reaction": {"message_id": quoted, "emoji": "\u2764"},
+        },
+        p.a.auth,
+    )
     assert reaction.status == 202, await reaction.text()
-    events = {e.message_id: e for e in (SEND_REQUESTED.decode(r.value) for r in
-                                        await read_published(p.kafka, SEND_REQUESTED,
-                                                             p.prefix))}
+    events = {
+        e.message_id: e
+        for e in (
+            SEND_REQUESTED.decode(r.value)
+            for r in await read_published(p.kafka, SEND_REQUESTED, p.prefix)
+        )
+    }
     assert events[(await reply.json())["id"]].reply_to == "wamid.Q1"
-    assert events[(await reaction.json())["id"]].content == {"message_id": "wamid.Q1",
-                                                             "emoji": "\u2764"}
+    assert events[(await reaction.json())["id"]].content == {
+        "message_id": "wamid.Q1",
+        "emoji": "\u2764",
+    }
     # another account cannot name it
     b_text = {**text, "from": PHONE_B, "context": {"message_id": quoted}}
     refused = await _post(p, b_text, p.b.auth)
@@ -286,17 +356,36 @@ async def test_the_list_shows_the_price_billing_charged(platform: Platform) -> N
     second = (await (await _post(p, reminder(), p.a.auth)).json())["id"]
     await p.store_published()
     # billing's entries, as billing writes them
-    await p.db[LEDGER].insert_many([
-        {"_id": f"{first}:reserve", "kind": "reserve", "amount": 24200,
-         "account_id": p.a.account_id},
-        {"_id": f"{first}:settle", "kind": "charge", "amount": 24200,
-         "account_id": p.a.account_id},
-        {"_id": f"{second}:reserve", "kind": "reserve", "amount": 24200,
-         "account_id": p.a.account_id}])
+    await p.db[LEDGER].insert_many(
+        [
+            {
+                "_id": f"{first}:reserve",
+                "kind": "reserve",
+                "amount": 24200,
+                "account_id": p.a.account_id,
+            },
+            {
+                "_id": f"{first}:settle",
+                "kind": "charge",
+                "amount": 24200,
+                "account_id": p.a.account_id,
+            },
+            {
+                "_id": f"{second}:reserve",
+                "kind": "reserve",
+                "amount": 24200,
+                "account_id": p.a.account_id,
+            },
+        ]
+    )
     listed = await (await p.client.get("/v1/messages", headers=p.a.auth)).json()
     prices = {m["id"]: m["price"] for m in listed["data"]}
-    assert prices[first] == {"state": "charged", "amount": 24200, "currency": "USD",
-                             "unit": "micros"}
+    assert prices[first] == {
+        "state": "charged",
+        "amount": 24200,
+        "currency": "USD",
+        "unit": "micros",
+    }
     assert prices[second]["state"] == "reserved"
     detail = await (await p.client.get(f"/v1/messages/{first}", headers=p.a.auth)).json()
     assert detail["price"] == prices[first]

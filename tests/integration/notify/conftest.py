@@ -59,8 +59,9 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0,
-                     what: str = "condition") -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]], within: float = 30.0, what: str = "condition"
+) -> Any:
     """Poll until `check` returns something true; fail at the deadline."""
     deadline = time.monotonic() + within
     while True:
@@ -211,59 +212,114 @@ class NotifyWorld:
     dispatcher: Dispatcher | None = None
     transport: HttpTransport | None = None
 
-    async def add_endpoint(self, endpoint_id: str, path: str, account_id: str = "acc_a",
-                           events: tuple[str, ...] = ("*",), fmt: str = "standard",
-                           secrets: tuple[str, ...] | None = None) -> list[str]:
+    async def add_endpoint(
+        self,
+        endpoint_id: str,
+        path: str,
+        account_id: str = "acc_a",
+        events: tuple[str, ...] = ("*",),
+        fmt: str = "standard",
+        secrets: tuple[str, ...] | None = None,
+    ) -> list[str]:
         """The document ingest's API writes (shared/collections.py), written directly."""
         secrets = secrets or (new_secret(),)
         now = int(time.time() * 1000) - 60_000
-        await self.db["webhook_endpoints"].insert_one({
-            "_id": endpoint_id, "account_id": account_id, "url": self.receivers.url(path),
-            "events": list(events), "format": fmt, "description": "", "enabled": True,
-            "enabled_at": now, "created_at": now, "updated_at": now, "deleted_at": None,
-            "secrets": [{"id": f"s{i}", "encrypted": self.vault.encrypt(s),
-                         "created_at": now - i, "expires_at": None if i == 0 else now + 86_400_000}
-                        for i, s in enumerate(secrets)]})
+        await self.db["webhook_endpoints"].insert_one(
+            {
+                "_id": endpoint_id,
+                "account_id": account_id,
+                "url": self.receivers.url(path),
+                "events": list(events),
+                "format": fmt,
+                "description": "",
+                "enabled": True,
+                "enabled_at": now,
+                "created_at": now,
+                "updated_at": now,
+                "deleted_at": None,
+                "secrets": [
+                    {
+                        "id": f"s{i}",
+                        "encrypted": self.vault.encrypt(s),
+                        "created_at": now - i,
+                        "expires_at": None if i == 0 else now + 86_400_000,
+                    }
+                    for i, s in enumerate(secrets)
+                ],
+            }
+        )
         return list(secrets)
 
     async def publish(self, topic: Any, event: Any) -> None:
         await publish(self.producer, topic, event, self.prefix)
 
-    def start_notify(self, *, schedule: tuple[float, ...] = (0.2, 0.4, 0.8),
-                     time_scale: float = 1.0, total_timeout: float = 10.0,
-                     disable_after_s: float = 3 * 86_400.0, poll_interval: float = 0.1,
-                     grace_ms: int = 30_000) -> None:
+    def start_notify(
+        self,
+        *,
+        schedule: tuple[float, ...] = (0.2, 0.4, 0.8),
+        time_scale: float = 1.0,
+        total_timeout: float = 10.0,
+        disable_after_s: float = 3 * 86_400.0,
+        poll_interval: float = 0.1,
+        grace_ms: int = 30_000,
+    ) -> None:
         clock = SystemClock()
         store = NotifyRepository(self.db)
         directory = EndpointDirectory(store, self.vault, clock, ttl_seconds=0.2)
-        mailer = Mailer(store, SmtpServer(SmtpConfig("127.0.0.1", self.mailbox.port,
-                                                     timeout_seconds=10)),
-                        clock, "Hala <alerts@hala.test>", [0.2, 0.5], poll_interval=0.1)
+        mailer = Mailer(
+            store,
+            SmtpServer(SmtpConfig("127.0.0.1", self.mailbox.port, timeout_seconds=10)),
+            clock,
+            "Hala <alerts@hala.test>",
+            [0.2, 0.5],
+            poll_interval=0.1,
+        )
         self.transport = HttpTransport(allow_loopback=True, total_timeout=total_timeout)
 
         async def on_disabled(endpoint: Endpoint, health: Health) -> None:
-            await mailer.raise_alert(alerts.endpoint_disabled(
-                endpoint.id, endpoint.account_id, endpoint.url,
-                health.disabled_reason or "failing", health.disabled_at or 0,
-                health.failing_since))
+            await mailer.raise_alert(
+                alerts.endpoint_disabled(
+                    endpoint.id,
+                    endpoint.account_id,
+                    endpoint.url,
+                    health.disabled_reason or "failing",
+                    health.disabled_at or 0,
+                    health.failing_since,
+                )
+            )
 
-        dispatcher = Dispatcher(store, directory, self.transport, clock, DeliveryPolicy(
-            schedule=scaled(schedule, time_scale), jitter=0.1,
-            disable_after_ms=round(disable_after_s * 1000 / time_scale),
-            retry_after_scale=time_scale, poll_interval=poll_interval, grace_ms=grace_ms),
-            on_disabled=on_disabled)
+        dispatcher = Dispatcher(
+            store,
+            directory,
+            self.transport,
+            clock,
+            DeliveryPolicy(
+                schedule=scaled(schedule, time_scale),
+                jitter=0.1,
+                disable_after_ms=round(disable_after_s * 1000 / time_scale),
+                retry_after_scale=time_scale,
+                poll_interval=poll_interval,
+                grace_ms=grace_ms,
+            ),
+            on_disabled=on_disabled,
+        )
         self.dispatcher = dispatcher
-        worker = NotifyWorker(store, directory, dispatcher, mailer, clock, self.prefix,
-                              grace_ms)
+        worker = NotifyWorker(store, directory, dispatcher, mailer, clock, self.prefix, grace_ms)
 
         async def run_all() -> None:
             await self.transport.start()  # type: ignore[union-attr]
             await directory.load_health()
             try:
                 await asyncio.gather(
-                    run_consumer(self.broker.as_service("notify"), self.prefix,
-                                 worker.handle_record, self.notify_producer),
-                    dispatcher.run_forever(), mailer.run_forever())
+                    run_consumer(
+                        self.broker.as_service("notify"),
+                        self.prefix,
+                        worker.handle_record,
+                        self.notify_producer,
+                    ),
+                    dispatcher.run_forever(),
+                    mailer.run_forever(),
+                )
             finally:
                 await dispatcher.stop()
                 await self.transport.close()  # type: ignore[union-attr]
@@ -275,18 +331,21 @@ class NotifyWorld:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
-    async def wait_for(self, check: Callable[[], Any], within: float = 30.0,
-                       what: str = "condition") -> Any:
+    async def wait_for(
+        self, check: Callable[[], Any], within: float = 30.0, what: str = "condition"
+    ) -> Any:
         async def probe() -> Any:
             self.check()
             result = check()
             return await result if asyncio.iscoroutine(result) else result
+
         return await eventually(probe, within, what)
 
 
 @pytest.fixture
-async def world(broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
-                unique: str) -> AsyncIterator[NotifyWorld]:
+async def world(
+    broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]], unique: str
+) -> AsyncIterator[NotifyWorld]:
     prefix = f"t{unique}."
     await broker.grant(prefix)
     db = mongo[f"it_{unique}"]
@@ -298,8 +357,18 @@ async def world(broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[s
     await receivers.start()
     mailbox.start()
     keys = new_key()
-    built = NotifyWorld(broker, mongodb_url, prefix, db, producer, notify_producer,
-                        TokenVault(keys), keys, receivers, mailbox)
+    built = NotifyWorld(
+        broker,
+        mongodb_url,
+        prefix,
+        db,
+        producer,
+        notify_producer,
+        TokenVault(keys),
+        keys,
+        receivers,
+        mailbox,
+    )
     try:
         yield built
     finally:

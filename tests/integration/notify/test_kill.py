@@ -21,20 +21,33 @@ REPO = Path(__file__).resolve().parents[3]
 
 def start(world: NotifyWorld, port: int, log: Path, database: str) -> subprocess.Popen[bytes]:
     """notify as deployed: its own Kafka principal, its ops endpoints on `port`."""
-    env = {**os.environ, **world.broker.env("notify"), "PYTHONUNBUFFERED": "1",
-           "MONGODB_URL": world.mongodb_url, "MONGODB_DATABASE": database,
-           "HALA_TOPIC_PREFIX": world.prefix, "HALA_TOKEN_KEYS": world.token_keys,
-           "HALA_ENV": "development", "NOTIFY_OPS_PORT": str(port),
-           "NOTIFY_RETRY_SCHEDULE_SECONDS": "0.3,0.6,1,1,1,1,1,1,1,1",
-           "NOTIFY_POLL_INTERVAL_SECONDS": "0.2",
-           "NOTIFY_SMTP_PORT": str(world.mailbox.port)}
+    env = {
+        **os.environ,
+        **world.broker.env("notify"),
+        "PYTHONUNBUFFERED": "1",
+        "MONGODB_URL": world.mongodb_url,
+        "MONGODB_DATABASE": database,
+        "HALA_TOPIC_PREFIX": world.prefix,
+        "HALA_TOKEN_KEYS": world.token_keys,
+        "HALA_ENV": "development",
+        "NOTIFY_OPS_PORT": str(port),
+        "NOTIFY_RETRY_SCHEDULE_SECONDS": "0.3,0.6,1,1,1,1,1,1,1,1",
+        "NOTIFY_POLL_INTERVAL_SECONDS": "0.2",
+        "NOTIFY_SMTP_PORT": str(world.mailbox.port),
+    }
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "services.notify"], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.notify"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     async with aiohttp.ClientSession() as session:
+
         async def answers() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"notify exited:\n{log.read_text()[-3000:]}")
@@ -43,11 +56,13 @@ async def ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
                     return resp.status == 200
             except aiohttp.ClientError:
                 return False
+
         await eventually(answers, within=60, what="notify ready")
 
 
-async def test_kill_9_in_a_retry_storm_loses_no_event(world: NotifyWorld, tmp_path: Path,
-                                                      unique: str) -> None:
+async def test_kill_9_in_a_retry_storm_loses_no_event(
+    world: NotifyWorld, tmp_path: Path, unique: str
+) -> None:
     [secret] = await world.add_endpoint("we_a", "a")
     flaky = Flaky()  # 503 until told otherwise
     world.receivers.behaviours["a"] = flaky
@@ -72,19 +87,21 @@ async def test_kill_9_in_a_retry_storm_loses_no_event(world: NotifyWorld, tmp_pa
         await ready(port, process, log)
 
         def delivered_ids() -> set[str]:
-            return {r.headers["webhook-id"] for r in world.receivers.at("a")
-                    if r.at >= flaky.up_since}
+            return {
+                r.headers["webhook-id"] for r in world.receivers.at("a") if r.at >= flaky.up_since
+            }
 
-        await eventually(lambda: _true(len(delivered_ids()) == 30), within=90,
-                         what="all 30 events after the restart")
+        await eventually(
+            lambda: _true(len(delivered_ids()) == 30),
+            within=90,
+            what="all 30 events after the restart",
+        )
         oks = [r for r in world.receivers.at("a") if r.at >= flaky.up_since]
-        verified = {Webhook(secret).verify(r.body, r.headers)["data"]["message_id"]
-                    for r in oks}
+        verified = {Webhook(secret).verify(r.body, r.headers)["data"]["message_id"] for r in oks}
         assert verified == {f"msg_{i}" for i in range(30)}
 
         async def settled() -> bool:
-            return await world.db["deliveries"].count_documents(
-                {"state": "delivered"}) == 30
+            return await world.db["deliveries"].count_documents({"state": "delivered"}) == 30
 
         await eventually(settled, within=30, what="every delivery settled")
     finally:

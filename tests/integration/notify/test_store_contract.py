@@ -22,8 +22,9 @@ from tests.unit.notify.fakes import FakeStore
 
 
 @pytest.fixture(params=["fake", "ferretdb"])
-async def store(request: pytest.FixtureRequest, mongo: AsyncMongoClient[dict[str, Any]],
-                unique: str) -> AsyncIterator[Any]:
+async def store(
+    request: pytest.FixtureRequest, mongo: AsyncMongoClient[dict[str, Any]], unique: str
+) -> AsyncIterator[Any]:
     if request.param == "fake":
         yield FakeStore()
         return
@@ -34,15 +35,32 @@ async def store(request: pytest.FixtureRequest, mongo: AsyncMongoClient[dict[str
 
 
 def delivery(i: int, next_at: int, attempts: int = 0) -> dict[str, Any]:
-    return {"_id": f"we_1:evt_{i:02d}", "endpoint_id": "we_1", "event_id": f"evt_{i:02d}",
-            "event_type": "message.sent", "account_id": "acc", "kind": "live",
-            "state": "pending", "attempts": attempts, "next_at": next_at, "created_at": 1,
-            "source_at": 1}
+    return {
+        "_id": f"we_1:evt_{i:02d}",
+        "endpoint_id": "we_1",
+        "event_id": f"evt_{i:02d}",
+        "event_type": "message.sent",
+        "account_id": "acc",
+        "kind": "live",
+        "state": "pending",
+        "attempts": attempts,
+        "next_at": next_at,
+        "created_at": 1,
+        "source_at": 1,
+    }
 
 
 async def test_inserts_are_once_per_id(store: Any) -> None:
-    event = {"_id": "evt_1", "account_id": "acc", "type": "message.sent", "format": "standard",
-             "at": 10, "source_at": 10, "created_at": 10, "payload": "{}"}
+    event = {
+        "_id": "evt_1",
+        "account_id": "acc",
+        "type": "message.sent",
+        "format": "standard",
+        "at": 10,
+        "source_at": 10,
+        "created_at": 10,
+        "payload": "{}",
+    }
     assert await store.insert_event(event) is True
     assert await store.insert_event(event) is False
     assert await store.insert_delivery(delivery(1, 5)) is True
@@ -60,9 +78,14 @@ async def test_due_deliveries_come_in_time_order_and_settled_ones_never(store: A
         await store.insert_delivery(delivery(i, next_at, attempts=1))
     await store.insert_delivery(delivery(9, 5))  # never attempted
     assert [d["_id"] for d in await store.due_deliveries(50, 10)] == [
-        "we_1:evt_09", "we_1:evt_01", "we_1:evt_02", "we_1:evt_00"]
-    await asyncio.gather(store.mark_delivered("we_1:evt_01", 40),
-                         store.mark_delivered("we_1:evt_02", 41))
+        "we_1:evt_09",
+        "we_1:evt_01",
+        "we_1:evt_02",
+        "we_1:evt_00",
+    ]
+    await asyncio.gather(
+        store.mark_delivered("we_1:evt_01", 40), store.mark_delivered("we_1:evt_02", 41)
+    )
     await store.update_delivery("we_1:evt_00", {"state": "failed", "next_at": None})
     assert [d["_id"] for d in await store.due_deliveries(50, 10)] == ["we_1:evt_09"]
     assert [d["_id"] for d in await store.unattempted_deliveries("", 10)] == ["we_1:evt_09"]
@@ -71,19 +94,48 @@ async def test_due_deliveries_come_in_time_order_and_settled_ones_never(store: A
 
 async def test_events_by_range_and_the_accepted_details(store: Any) -> None:
     for at in (100, 200, 300):
-        await store.insert_event({"_id": f"evt_{at}", "account_id": "acc", "type": "t",
-                                  "format": "standard", "at": at, "source_at": at,
-                                  "created_at": at, "payload": "{}"})
-    await store.insert_event({"_id": "evt_other", "account_id": "other", "type": "t",
-                              "format": "standard", "at": 200, "source_at": 200,
-                              "created_at": 200, "payload": "{}"})
+        await store.insert_event(
+            {
+                "_id": f"evt_{at}",
+                "account_id": "acc",
+                "type": "t",
+                "format": "standard",
+                "at": at,
+                "source_at": at,
+                "created_at": at,
+                "payload": "{}",
+            }
+        )
+    await store.insert_event(
+        {
+            "_id": "evt_other",
+            "account_id": "other",
+            "type": "t",
+            "format": "standard",
+            "at": 200,
+            "source_at": 200,
+            "created_at": 200,
+            "payload": "{}",
+        }
+    )
     assert [e["_id"] for e in await store.events_in_range("acc", 150, 300, 10)] == [
-        "evt_200", "evt_300"]
+        "evt_200",
+        "evt_300",
+    ]
     assert sorted(await store.events_by_ids(["evt_100", "evt_none"])) == ["evt_100"]
-    await store.insert_event({"_id": accepted_event_id("msg_1"), "account_id": "acc",
-                              "type": "message.accepted", "format": "standard", "at": 1,
-                              "source_at": 1, "created_at": 1, "payload": "{}",
-                              "details": {"client_reference": "r"}})
+    await store.insert_event(
+        {
+            "_id": accepted_event_id("msg_1"),
+            "account_id": "acc",
+            "type": "message.accepted",
+            "format": "standard",
+            "at": 1,
+            "source_at": 1,
+            "created_at": 1,
+            "payload": "{}",
+            "details": {"client_reference": "r"},
+        }
+    )
     assert (await store.message_details("msg_1"))["client_reference"] == "r"
     assert await store.message_details("msg_2") is None
     assert await store.sweep(250) >= 3

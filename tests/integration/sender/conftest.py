@@ -51,10 +51,19 @@ PORTFOLIO_A = "880011223344556"
 A1_NUMBER = "109731225428301"
 A1_NUMBER_2 = "109731225428302"
 BSP_TOKEN = "EAAsim-bsp-system-user"
-RESERVATION = {"name": "reservation_confirmation", "language": {"code": "en_US"},
-               "components": [{"type": "body", "parameters": [
-                   {"type": "text", "parameter_name": "number_of_guests", "text": "4"},
-                   {"type": "text", "parameter_name": "day", "text": "Saturday"}]}]}
+RESERVATION = {
+    "name": "reservation_confirmation",
+    "language": {"code": "en_US"},
+    "components": [
+        {
+            "type": "body",
+            "parameters": [
+                {"type": "text", "parameter_name": "number_of_guests", "text": "4"},
+                {"type": "text", "parameter_name": "day", "text": "Saturday"},
+            ],
+        }
+    ],
+}
 
 
 def _free_port() -> int:
@@ -74,8 +83,11 @@ def metasim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = (folder / "metasim.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tools.metasim", "--port", str(port), "--config",
-         str(config_path)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        [sys.executable, "-m", "tools.metasim", "--port", str(port), "--config", str(config_path)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -85,8 +97,9 @@ def metasim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"the simulator did not start; see {folder / 'metasim.log'}"
-                                   ) from None
+                raise RuntimeError(
+                    f"the simulator did not start; see {folder / 'metasim.log'}"
+                ) from None
             time.sleep(0.1)
     yield url
     process.terminate()
@@ -117,8 +130,7 @@ class StatusCollector:
 
     async def start(self) -> None:
         await self._consumer.start()
-        partitions = [TopicPartition(self._name, p)
-                      for p in range(STATUS_CHANGED.partitions)]
+        partitions = [TopicPartition(self._name, p) for p in range(STATUS_CHANGED.partitions)]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
         self._task = asyncio.create_task(self._collect())
@@ -179,18 +191,28 @@ class Rig:
     senders: list[RunningSender] = field(default_factory=list)
     _serial: int = 0
 
-    def event(self, phone_number_id: str = A1_NUMBER, recipient: str | None = None,
-              **overrides: Any) -> SendApproved:
+    def event(
+        self, phone_number_id: str = A1_NUMBER, recipient: str | None = None, **overrides: Any
+    ) -> SendApproved:
         self._serial += 1
         now_ms = time.time_ns() // 1_000_000
         message_id = f"msg_{self.prefix.strip('.')}_{self._serial:05}"
         fields: dict[str, Any] = {
-            "event_id": message_id, "message_id": message_id, "account_id": "acc_it",
-            "portfolio_id": PORTFOLIO_A, "waba_id": WABA_A1, "phone_number_id": phone_number_id,
-            "recipient": recipient or f"+44791{self._serial:06}", "recipient_region": "GB",
-            "message_type": "template", "content": RESERVATION, "category": "utility",
-            "accepted_at": now_ms, "expires_at": now_ms + 3_600_000,
-            "reserved_amount": 1000, "rate_card_version": "test",
+            "event_id": message_id,
+            "message_id": message_id,
+            "account_id": "acc_it",
+            "portfolio_id": PORTFOLIO_A,
+            "waba_id": WABA_A1,
+            "phone_number_id": phone_number_id,
+            "recipient": recipient or f"+44791{self._serial:06}",
+            "recipient_region": "GB",
+            "message_type": "template",
+            "content": RESERVATION,
+            "category": "utility",
+            "accepted_at": now_ms,
+            "expires_at": now_ms + 3_600_000,
+            "reserved_amount": 1000,
+            "rate_card_version": "test",
         }
         fields.update(overrides)
         return SEND_APPROVED.decode(orjson.dumps(fields))
@@ -198,22 +220,26 @@ class Rig:
     async def produce(self, *events: SendApproved) -> None:
         for event in events:
             key, value = SEND_APPROVED.encode(event)
-            await self.producer.send(topic_name(SEND_APPROVED, self.prefix), value=value,
-                                     key=key)
+            await self.producer.send(topic_name(SEND_APPROVED, self.prefix), value=value, key=key)
         await self.producer.flush()
 
     async def publish_throughput(self, change: ThroughputChanged) -> None:
         await publish(self.producer, THROUGHPUT_CHANGED, change, self.prefix)
 
     def settings(self, **overrides: Any) -> SenderSettings:
-        return SenderSettings(**self.broker.settings("sender"),
-                              mongodb_url=self.database_url, topic_prefix=self.prefix,
-                              meta_base_url=self.sim, token_keys=self.token_keys,
-                              **overrides)
+        return SenderSettings(
+            **self.broker.settings("sender"),
+            mongodb_url=self.database_url,
+            topic_prefix=self.prefix,
+            meta_base_url=self.sim,
+            token_keys=self.token_keys,
+            **overrides,
+        )
 
     async def start_sender(self, **overrides: Any) -> RunningSender:
-        worker, meta = create_worker(self.settings(**overrides), self.db,
-                                     self.sender_producer, SystemClock())
+        worker, meta = create_worker(
+            self.settings(**overrides), self.db, self.sender_producer, SystemClock()
+        )
         running = RunningSender(worker, meta, asyncio.create_task(worker.run()))
         self.senders.append(running)
         return running
@@ -236,17 +262,29 @@ class Rig:
 def phone_number_docs(vault: TokenVault) -> list[dict[str, Any]]:
     token = vault.encrypt(BSP_TOKEN)
     return [
-        {"_id": number_id, "account_id": "acc_it", "waba_id": WABA_A1,
-         "portfolio_id": PORTFOLIO_A, "display_phone_number": display,
-         "access_token_encrypted": token, "throughput_mps": 80,
-         "messaging_limit": "TIER_UNLIMITED", "status": "active"}
+        {
+            "_id": number_id,
+            "account_id": "acc_it",
+            "waba_id": WABA_A1,
+            "portfolio_id": PORTFOLIO_A,
+            "display_phone_number": display,
+            "access_token_encrypted": token,
+            "throughput_mps": 80,
+            "messaging_limit": "TIER_UNLIMITED",
+            "status": "active",
+        }
         for number_id, display in ((A1_NUMBER, "15550001001"), (A1_NUMBER_2, "15550001002"))
     ]
 
 
 @pytest.fixture
-async def rig(broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str, Any]],
-              unique: str, metasim: str) -> AsyncIterator[Rig]:
+async def rig(
+    broker: Broker,
+    mongodb_url: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    unique: str,
+    metasim: str,
+) -> AsyncIterator[Rig]:
     prefix = f"t{unique}."
     await broker.grant(prefix)
     database = f"it_{unique}"
@@ -260,8 +298,19 @@ async def rig(broker: Broker, mongodb_url: str, mongo: AsyncMongoClient[dict[str
     statuses = StatusCollector(broker.setup, prefix)
     await statuses.start()
     http = aiohttp.ClientSession()
-    rig = Rig(broker, broker.setup, prefix, db, mongodb_url, producer, sender_producer,
-              statuses, metasim, keys, http)
+    rig = Rig(
+        broker,
+        broker.setup,
+        prefix,
+        db,
+        mongodb_url,
+        producer,
+        sender_producer,
+        statuses,
+        metasim,
+        keys,
+        http,
+    )
     await rig.sim_post("/_sim/reset", {})
     try:
         yield rig

@@ -39,7 +39,8 @@ async def _committed(rig: Rig, group: str) -> dict[TopicPartition, int]:
 
 
 async def test_a_message_that_raises_a_bug_is_dead_lettered_and_the_others_are_sent(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sender_worker, "SenderRepository", RepositoryWithABug)
     events = [rig.event(A1_NUMBER) for _ in range(4)]  # one number: one key, one partition
     MARKED.clear()
@@ -51,16 +52,26 @@ async def test_a_message_that_raises_a_bug_is_dead_lettered_and_the_others_are_s
         assert not sender.task.done(), sender.task
 
     source = topic_name(SEND_APPROVED, rig.prefix)
-    [dead] = await wait_for_dead_letters(rig.kafka, f"{source}.dlq", 1,
-                                         alive=alive)
-    headers = check_dead_letter(dead, source_topic=source, source_offset=1, service="sender",
-                                error_type="RuntimeError", reason="unexpected", attempts=3)
+    [dead] = await wait_for_dead_letters(rig.kafka, f"{source}.dlq", 1, alive=alive)
+    headers = check_dead_letter(
+        dead,
+        source_topic=source,
+        source_offset=1,
+        service="sender",
+        error_type="RuntimeError",
+        reason="unexpected",
+        attempts=3,
+    )
     assert b"a bug starting" in headers["error_detail"]
     assert SEND_APPROVED.decode(dead.value).message_id == events[1].message_id
 
     others = {e.message_id for e in events} - MARKED
-    await until(lambda: others <= set(rig.statuses.with_status("sent")), 30,
-                "the other messages sent", alive=alive)
+    await until(
+        lambda: others <= set(rig.statuses.with_status("sent")),
+        30,
+        "the other messages sent",
+        alive=alive,
+    )
     sent_to_meta = {s["biz_opaque_callback_data"] for s in await rig.sim_sends(A1_NUMBER)}
     assert sent_to_meta == others  # the marked one never reached Meta
 

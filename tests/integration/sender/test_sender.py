@@ -27,8 +27,7 @@ def _rates(accepted_at: list[float], burst: int) -> tuple[float, float]:
     return (len(times) - 1) / span, (len(times) - 1 - burst) / span
 
 
-async def test_300_messages_to_one_number_go_at_80_per_second_without_a_violation(rig: Rig
-                                                                                  ) -> None:
+async def test_300_messages_to_one_number_go_at_80_per_second_without_a_violation(rig: Rig) -> None:
     events = [rig.event(A1_NUMBER) for _ in range(300)]
     await rig.produce(*events)
     await rig.start_sender()
@@ -39,22 +38,26 @@ async def test_300_messages_to_one_number_go_at_80_per_second_without_a_violatio
     await until(all_sent, 60, "300 sent outcomes")
     sends = await rig.sim_sends(A1_NUMBER)
     assert Counter(s["biz_opaque_callback_data"] for s in sends) == Counter(
-        {e.message_id: 1 for e in events})
+        {e.message_id: 1 for e in events}
+    )
     assert (await rig.sim_get("/_sim/violations"))["count"] == 0
     rate = _rate_after_burst([s["accepted_at"] for s in sends], burst=40)
     assert 65 <= rate <= 84, rate
     sent = rig.statuses.with_status("sent")
     wamids = {s["biz_opaque_callback_data"]: s["wamid"] for s in sends}
     assert all(sent[mid].wamid == wamids[mid] for mid in wamids)
-    assert all(c.source == "sender" and c.event_id == f"{c.message_id}:sent:sender"
-               for c in sent.values())
-    stored = await rig.db[SEND_OUTCOMES].count_documents({"state": "sent",
-                                                          "phone_number_id": A1_NUMBER})
+    assert all(
+        c.source == "sender" and c.event_id == f"{c.message_id}:sent:sender" for c in sent.values()
+    )
+    stored = await rig.db[SEND_OUTCOMES].count_documents(
+        {"state": "sent", "phone_number_id": A1_NUMBER}
+    )
     assert stored == 300
 
 
-async def test_a_hot_recipient_does_not_delay_cold_ones_and_meta_never_says_131056(rig: Rig
-                                                                                  ) -> None:
+async def test_a_hot_recipient_does_not_delay_cold_ones_and_meta_never_says_131056(
+    rig: Rig,
+) -> None:
     hot = [rig.event(A1_NUMBER, recipient="+447700900500") for _ in range(60)]
     cold = [rig.event(A1_NUMBER) for _ in range(200)]
     await rig.produce(*hot[:30], *cold[:100], *hot[30:], *cold[100:])
@@ -129,8 +132,9 @@ async def test_an_expired_message_is_not_sent(rig: Rig) -> None:
 
 
 async def test_a_missing_template_fails_the_message_with_metas_error(rig: Rig) -> None:
-    missing = rig.event(A1_NUMBER, content={"name": "no_such_template",
-                                            "language": {"code": "en_US"}})
+    missing = rig.event(
+        A1_NUMBER, content={"name": "no_such_template", "language": {"code": "en_US"}}
+    )
     await rig.produce(missing)
     await rig.start_sender()
 
@@ -158,10 +162,16 @@ async def test_a_throughput_changed_event_raises_the_numbers_rate_live(rig: Rig)
         return len(await rig.sim_sends(A1_NUMBER)) >= 100
 
     await until(slow_phase_done, 30, "100 messages at the low rate")
-    await rig.publish_throughput(ThroughputChanged(
-        event_id=f"{A1_NUMBER}:THROUGHPUT_UPGRADE:1", phone_number_id=A1_NUMBER,
-        waba_id="102290129340398", messages_per_second=80,
-        messaging_limit="TIER_UNLIMITED", occurred_at=time.time_ns() // 1_000_000))
+    await rig.publish_throughput(
+        ThroughputChanged(
+            event_id=f"{A1_NUMBER}:THROUGHPUT_UPGRADE:1",
+            phone_number_id=A1_NUMBER,
+            waba_id="102290129340398",
+            messages_per_second=80,
+            messaging_limit="TIER_UNLIMITED",
+            occurred_at=time.time_ns() // 1_000_000,
+        )
+    )
 
     async def all_sent() -> bool:
         return len(rig.statuses.with_status("sent")) == 400
@@ -178,7 +188,8 @@ async def test_a_throughput_changed_event_raises_the_numbers_rate_live(rig: Rig)
 
 
 async def test_an_unreadable_record_goes_to_the_dead_letter_topic_and_offsets_commit_past_it(
-        rig: Rig) -> None:
+    rig: Rig,
+) -> None:
     topic = topic_name(SEND_APPROVED, rig.prefix)
     await rig.producer.send_and_wait(topic, value=b'{"not": "a send"}', key=A1_NUMBER.encode())
     good = rig.event(A1_NUMBER)

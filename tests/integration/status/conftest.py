@@ -66,14 +66,14 @@ class StatusWorld:
 
     def start_processor(self) -> None:
         processor = WebhookProcessor(self.repository, self.publisher, SystemClock())
-        self.start(run_processor(self.service, self.prefix, processor.handle_record,
-                                 self.producer))
+        self.start(run_processor(self.service, self.prefix, processor.handle_record, self.producer))
 
     @asynccontextmanager
     async def webhook_client(self, app_secret: bytes) -> AsyncIterator[TestClient[Any, Any]]:
         """status's webhook HTTP app, in process, publishing to this world's topics."""
-        app = create_app(WebhookConfig(app_secret, VERIFY_TOKEN, 3 * 1024 * 1024), self.publisher,
-                         SystemClock())
+        app = create_app(
+            WebhookConfig(app_secret, VERIFY_TOKEN, 3 * 1024 * 1024), self.publisher, SystemClock()
+        )
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         try:
@@ -96,8 +96,11 @@ class StatusWorld:
 
     def start_state_writer(self) -> None:
         writer = StateWriter(self.repository, self.publisher, SystemClock())
-        self.start(run_state_writer(self.service, self.prefix, writer.handle_record,
-                                    self.producer, writer.forget_all))
+        self.start(
+            run_state_writer(
+                self.service, self.prefix, writer.handle_record, self.producer, writer.forget_all
+            )
+        )
 
     async def publish(self, topic: Topic[Any], event: Any) -> None:
         """Write an input of status's, as the service that produces it would."""
@@ -108,11 +111,15 @@ class StatusWorld:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
-    async def read(self, topic: Topic[Any], until: Callable[[list[Any]], bool],
-                   within_seconds: float = 30.0) -> list[Any]:
+    async def read(
+        self, topic: Topic[Any], until: Callable[[list[Any]], bool], within_seconds: float = 30.0
+    ) -> list[Any]:
         """Decoded events of a topic (from the start) once `until` holds for them."""
-        consumer = make_consumer(self.kafka, f"{self.prefix}it-reader-{time.monotonic_ns()}",
-                                 topic_name(topic, self.prefix))
+        consumer = make_consumer(
+            self.kafka,
+            f"{self.prefix}it-reader-{time.monotonic_ns()}",
+            topic_name(topic, self.prefix),
+        )
         await consumer.start()
         events: list[Any] = []
         try:
@@ -128,8 +135,12 @@ class StatusWorld:
         finally:
             await consumer.stop()
 
-    async def wait_for(self, condition: Callable[[], Awaitable[bool]],
-                       within_seconds: float = 30.0, what: str = "condition") -> None:
+    async def wait_for(
+        self,
+        condition: Callable[[], Awaitable[bool]],
+        within_seconds: float = 30.0,
+        what: str = "condition",
+    ) -> None:
         deadline = time.monotonic() + within_seconds
         while not await condition():
             self.check_workers()
@@ -139,24 +150,41 @@ class StatusWorld:
 
 
 @pytest.fixture
-async def world(broker: Broker, mongo: AsyncMongoClient[dict[str, Any]],
-                unique: str) -> AsyncIterator[StatusWorld]:
+async def world(
+    broker: Broker, mongo: AsyncMongoClient[dict[str, Any]], unique: str
+) -> AsyncIterator[StatusWorld]:
     prefix = f"t{unique}."
     await broker.grant(prefix)
     db = mongo[f"it_{unique}"]
     # ingest's and the CLI's indexes too: the state writer must live with them.
-    await ensure_indexes(db, MESSAGES, TEMPLATES, WAMID_INDEX, PARKED_STATUSES, CONVERSATIONS,
-                         INBOUND_MESSAGES, USER_PREFERENCES, NUMBER_STATES, PHONE_NUMBERS)
+    await ensure_indexes(
+        db,
+        MESSAGES,
+        TEMPLATES,
+        WAMID_INDEX,
+        PARKED_STATUSES,
+        CONVERSATIONS,
+        INBOUND_MESSAGES,
+        USER_PREFERENCES,
+        NUMBER_STATES,
+        PHONE_NUMBERS,
+    )
     service = broker.as_service("status")
     producer = make_producer(service)
     await producer.start()
     test_producer = make_producer(broker.setup)
     await test_producer.start()
     repository = StatusRepository(db)
-    world = StatusWorld(kafka=broker.setup, service=service, prefix=prefix, db=db,
-                        producer=producer, repository=repository,
-                        publisher=KafkaPublisher(producer, prefix, timeout_seconds=30),
-                        inputs=KafkaPublisher(test_producer, prefix, timeout_seconds=30))
+    world = StatusWorld(
+        kafka=broker.setup,
+        service=service,
+        prefix=prefix,
+        db=db,
+        producer=producer,
+        repository=repository,
+        publisher=KafkaPublisher(producer, prefix, timeout_seconds=30),
+        inputs=KafkaPublisher(test_producer, prefix, timeout_seconds=30),
+    )
     try:
         yield world
     finally:

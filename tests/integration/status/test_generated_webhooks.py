@@ -22,8 +22,14 @@ def _generate() -> list[Case]:
     """Drawn once, deterministically (derandomized, no example database)."""
     generated: list[Case] = []
 
-    @settings(max_examples=GENERATED, deadline=None, derandomize=True, database=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=GENERATED,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(cases(max_items=3, max_changes=2))
     def collect(case: Case) -> None:
         generated.append(case)
@@ -33,14 +39,21 @@ def _generate() -> list[Case]:
 
 
 async def test_generated_webhooks_never_stop_status_and_well_formed_items_land(
-        world: StatusWorld) -> None:
+    world: StatusWorld,
+) -> None:
     generated = _generate()
     assert len(generated) >= 2_000
     for index, number_id in enumerate(NUMBER_IDS):
-        await world.db["phone_numbers"].insert_one({
-            "_id": number_id, "account_id": "acc_gen", "waba_id": WABA_ID,
-            "display_phone_number": "15550783881" if index == 0 else "15550783882",
-            "throughput_mps": 80, "messaging_limit": "TIER_2K"})
+        await world.db["phone_numbers"].insert_one(
+            {
+                "_id": number_id,
+                "account_id": "acc_gen",
+                "waba_id": WABA_ID,
+                "display_phone_number": "15550783881" if index == 0 else "15550783882",
+                "throughput_mps": 80,
+                "messaging_limit": "TIER_2K",
+            }
+        )
     world.start_processor()
 
     answers: list[tuple[Case, int]] = []
@@ -52,33 +65,49 @@ async def test_generated_webhooks_never_stop_status_and_well_formed_items_land(
         async def poster() -> None:
             while not queue.empty():
                 case = queue.get_nowait()
-                response = await client.post("/webhooks/meta", data=case.body, headers={
-                    "X-Hub-Signature-256": sign(case.body), "Content-Type": "application/json"})
+                response = await client.post(
+                    "/webhooks/meta",
+                    data=case.body,
+                    headers={
+                        "X-Hub-Signature-256": sign(case.body),
+                        "Content-Type": "application/json",
+                    },
+                )
                 answers.append((case, response.status))
                 world.check_workers()
 
         await asyncio.gather(*(poster() for _ in range(CONCURRENT_POSTS)))
-        await world.wait_for(world.processed_everything, within_seconds=180,
-                             what="every generated webhook processed")
+        await world.wait_for(
+            world.processed_everything, within_seconds=180, what="every generated webhook processed"
+        )
         # The receiver still answers (the handshake is its cheapest route).
         assert (await client.get("/webhooks/meta", params=HANDSHAKE)).status == 200
     world.check_workers()  # the processor never failed: its task is still running
 
     assert len(answers) == len(generated)
-    refused = [(case.body[:80], status) for case, status in answers
-               if status != 200 and not case.envelope_broken]
+    refused = [
+        (case.body[:80], status)
+        for case, status in answers
+        if status != 200 and not case.envelope_broken
+    ]
     assert refused == []  # every body shaped like Meta's envelope is accepted
     assert all(status in (200, 400) for _, status in answers)
     accepted = [case for case, status in answers if status == 200]
     assert len(accepted) >= 1_600
 
     expected_inbound = set().union(*(c.expected_inbound for c in accepted))
-    expected_parked = {f"{wamid}:{status}" for c in accepted
-                       for wamid, status in c.expected_statuses if status in PUBLISHED_STATUSES}
-    stored = {d["_id"] for d in await world.db["inbound_messages"].find(
-        {}, {"_id": 1}).to_list(None)}
-    parked = {d["_id"] for d in await world.db["parked_statuses"].find(
-        {}, {"_id": 1}).to_list(None)}
+    expected_parked = {
+        f"{wamid}:{status}"
+        for c in accepted
+        for wamid, status in c.expected_statuses
+        if status in PUBLISHED_STATUSES
+    }
+    stored = {
+        d["_id"] for d in await world.db["inbound_messages"].find({}, {"_id": 1}).to_list(None)
+    }
+    parked = {
+        d["_id"] for d in await world.db["parked_statuses"].find({}, {"_id": 1}).to_list(None)
+    }
     assert expected_inbound - stored == set()
     assert expected_parked - parked == set()
     # hypothesis draws many equal ids: a few hundred distinct of each (over a thousand items)

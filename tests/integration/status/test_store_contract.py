@@ -50,16 +50,18 @@ class Seeds:
 
 
 @pytest.fixture(params=["fake", "ferretdb"])
-async def store_and_seeds(request: pytest.FixtureRequest, mongodb_url: str, unique: str
-                          ) -> AsyncIterator[tuple[Any, Seeds]]:
+async def store_and_seeds(
+    request: pytest.FixtureRequest, mongodb_url: str, unique: str
+) -> AsyncIterator[tuple[Any, Seeds]]:
     if request.param == "fake":
         fake = FakeStore()
         yield fake, Seeds(fake, None)
         return
     mongo = make_client(mongodb_url)
     db = mongo[f"it_{unique}"]
-    await ensure_indexes(db, MESSAGES, TEMPLATES, PARKED_STATUSES, INBOUND_MESSAGES,
-                         USER_PREFERENCES, PHONE_NUMBERS)
+    await ensure_indexes(
+        db, MESSAGES, TEMPLATES, PARKED_STATUSES, INBOUND_MESSAGES, USER_PREFERENCES, PHONE_NUMBERS
+    )
     try:
         yield StatusRepository(db), Seeds(None, db)
     finally:
@@ -76,10 +78,12 @@ async def test_the_wamid_index_keeps_its_first_entry(store_and_seeds: tuple[Any,
 
 
 async def test_messages_are_found_by_id_only_with_an_account(
-        store_and_seeds: tuple[Any, Seeds]) -> None:
+    store_and_seeds: tuple[Any, Seeds],
+) -> None:
     store, seeds = store_and_seeds
-    await seeds.message({"_id": "msg_1", "account_id": "acc_1", "recipient_region": "GB",
-                         "idempotency_key": "k1"})
+    await seeds.message(
+        {"_id": "msg_1", "account_id": "acc_1", "recipient_region": "GB", "idempotency_key": "k1"}
+    )
     await seeds.message({"_id": "msg_odd", "idempotency_key": "k2"})
     assert await store.find_message("msg_1") == REF
     assert await store.find_message("msg_odd") is None
@@ -87,10 +91,18 @@ async def test_messages_are_found_by_id_only_with_an_account(
 
 
 async def test_parking_is_idempotent_and_keeps_the_first_parked_time(
-        store_and_seeds: tuple[Any, Seeds]) -> None:
+    store_and_seeds: tuple[Any, Seeds],
+) -> None:
     store, _ = store_and_seeds
-    doc = {"_id": "wamid.1:read", "wamid": "wamid.1", "status": "read", "raw": "{}",
-           "waba_id": "w", "phone_number_id": "p", "parked_at": 100}
+    doc = {
+        "_id": "wamid.1:read",
+        "wamid": "wamid.1",
+        "status": "read",
+        "raw": "{}",
+        "waba_id": "w",
+        "phone_number_id": "p",
+        "parked_at": 100,
+    }
     await store.park_status(doc)
     await store.park_status({**doc, "parked_at": 999})
     await store.park_status({**doc, "_id": "wamid.2:read", "wamid": "wamid.2"})
@@ -103,22 +115,43 @@ async def test_parking_is_idempotent_and_keeps_the_first_parked_time(
 
 
 async def test_saving_a_message_creates_a_minimal_document_only_when_missing(
-        store_and_seeds: tuple[Any, Seeds]) -> None:
+    store_and_seeds: tuple[Any, Seeds],
+) -> None:
     store, seeds = store_and_seeds
     state, doc = await store.load_message("msg_new")
     assert (state, doc) == (core.MessageState(), None)
-    await store.save_message("msg_new", {"status": "rejected", "history": []},
-                             {"account_id": "acc_1", "idempotency_key": "none:msg_new"})
-    await store.save_message("msg_new2", {"status": "rejected", "history": []},
-                             {"account_id": "acc_1", "idempotency_key": "none:msg_new2"})
+    await store.save_message(
+        "msg_new",
+        {"status": "rejected", "history": []},
+        {"account_id": "acc_1", "idempotency_key": "none:msg_new"},
+    )
+    await store.save_message(
+        "msg_new2",
+        {"status": "rejected", "history": []},
+        {"account_id": "acc_1", "idempotency_key": "none:msg_new2"},
+    )
     _, doc = await store.load_message("msg_new")
     assert doc is not None and doc["account_id"] == "acc_1"
 
-    await seeds.message({"_id": "msg_1", "account_id": "acc_1", "recipient": "+44",
-                         "idempotency_key": "k", "status": "accepted", "history": []})
-    await store.save_message("msg_1", {"status": "sent", "wamid": "wamid.1",
-                                       "history": [{"status": "sent", "at": 1,
-                                                    "source": "sender"}]}, {})
+    await seeds.message(
+        {
+            "_id": "msg_1",
+            "account_id": "acc_1",
+            "recipient": "+44",
+            "idempotency_key": "k",
+            "status": "accepted",
+            "history": [],
+        }
+    )
+    await store.save_message(
+        "msg_1",
+        {
+            "status": "sent",
+            "wamid": "wamid.1",
+            "history": [{"status": "sent", "at": 1, "source": "sender"}],
+        },
+        {},
+    )
     state, doc = await store.load_message("msg_1")
     assert doc is not None and doc["account_id"] == "acc_1"
     assert state.status == "sent" and state.wamid == "wamid.1"
@@ -126,8 +159,14 @@ async def test_saving_a_message_creates_a_minimal_document_only_when_missing(
 
 async def test_an_inbound_message_is_stored_once(store_and_seeds: tuple[Any, Seeds]) -> None:
     store, _ = store_and_seeds
-    doc = {"_id": "wamid.1", "account_id": "acc_1", "wa_id": "u", "content": "{}",
-           "sent_at": 1, "received_at": 2}
+    doc = {
+        "_id": "wamid.1",
+        "account_id": "acc_1",
+        "wa_id": "u",
+        "content": "{}",
+        "sent_at": 1,
+        "received_at": 2,
+    }
     assert await store.store_inbound(doc)
     assert not await store.store_inbound({**doc, "content": "other"})
     stored = await _read(store, "inbound_messages", "inbound", "wamid.1")
@@ -139,51 +178,135 @@ async def test_the_conversation_only_moves_forward(store_and_seeds: tuple[Any, S
 
     def update(at: int, name: str, window: bool = True) -> dict[str, Any]:
         latest = {"last_message_at": at, **({"last_inbound_at": at} if window else {})}
-        return {"$max": latest, "$set": {"account_id": "acc_1", "contact_name": name},
-                "$setOnInsert": {"phone_number_id": "p", "wa_id": "u"}}
+        return {
+            "$max": latest,
+            "$set": {"account_id": "acc_1", "contact_name": name},
+            "$setOnInsert": {"phone_number_id": "p", "wa_id": "u"},
+        }
 
-    for at, name, window in ((200, "a", True), (100, "b", True), (300, "c", False),
-                             (250, "d", True)):
+    for at, name, window in (
+        (200, "a", True),
+        (100, "b", True),
+        (300, "c", False),
+        (250, "d", True),
+    ):
         await store.update_conversation("p:u", update(at, name, window))
     doc = await _read(store, "conversations", "conversations", "p:u")
-    assert (doc["last_inbound_at"], doc["last_message_at"], doc["wa_id"],
-            doc["contact_name"]) == (250, 300, "u", "d")
+    assert (doc["last_inbound_at"], doc["last_message_at"], doc["wa_id"], doc["contact_name"]) == (
+        250,
+        300,
+        "u",
+        "d",
+    )
 
 
 async def test_template_updates_apply_create_and_never_rewind(
-        store_and_seeds: tuple[Any, Seeds]) -> None:
+    store_and_seeds: tuple[Any, Seeds],
+) -> None:
     store, seeds = store_and_seeds
-    minimal = {"_id": "w:promo:en_US", "waba_id": "w", "template_id": "9", "name": "promo",
-               "language": "en_US", "shape_known": False, "status": "APPROVED",
-               "status_event_at": 10}
-    assert await store.apply_template("w:promo:en_US", "9", "w", {
-        "status": "APPROVED", "status_event_at": 10}, "status_event_at", 10, minimal) == "created"
-    assert await store.apply_template("w:promo:en_US", "9", "w", {
-        "status": "PAUSED", "status_event_at": 5}, "status_event_at", 5, minimal) == "stale"
-    assert await store.apply_template("w:promo:en_US", "9", "w", {
-        "quality_score": "RED", "quality_event_at": 7}, "quality_event_at", 7,
-        minimal) == "applied"
+    minimal = {
+        "_id": "w:promo:en_US",
+        "waba_id": "w",
+        "template_id": "9",
+        "name": "promo",
+        "language": "en_US",
+        "shape_known": False,
+        "status": "APPROVED",
+        "status_event_at": 10,
+    }
+    assert (
+        await store.apply_template(
+            "w:promo:en_US",
+            "9",
+            "w",
+            {"status": "APPROVED", "status_event_at": 10},
+            "status_event_at",
+            10,
+            minimal,
+        )
+        == "created"
+    )
+    assert (
+        await store.apply_template(
+            "w:promo:en_US",
+            "9",
+            "w",
+            {"status": "PAUSED", "status_event_at": 5},
+            "status_event_at",
+            5,
+            minimal,
+        )
+        == "stale"
+    )
+    assert (
+        await store.apply_template(
+            "w:promo:en_US",
+            "9",
+            "w",
+            {"quality_score": "RED", "quality_event_at": 7},
+            "quality_event_at",
+            7,
+            minimal,
+        )
+        == "applied"
+    )
     # without a name, only a template we hold (by Meta's id) can be updated
-    assert await store.apply_template("w::", "9", "w", {"needs_sync": True},
-                                      "components_event_at", 8, None) == "applied"
-    assert await store.apply_template("w::", "404", "w", {"needs_sync": True},
-                                      "components_event_at", 8, None) == "unknown"
-    await seeds.template({"_id": "w:other:en_US", "waba_id": "w", "name": "other",
-                          "language": "en_US", "status": "PENDING"})
-    assert await store.apply_template("w:other:en_US", "", "w", {
-        "status": "APPROVED", "status_event_at": 30}, "status_event_at", 30,
-        {"_id": "w:other:en_US"}) == "applied"
+    assert (
+        await store.apply_template(
+            "w::", "9", "w", {"needs_sync": True}, "components_event_at", 8, None
+        )
+        == "applied"
+    )
+    assert (
+        await store.apply_template(
+            "w::", "404", "w", {"needs_sync": True}, "components_event_at", 8, None
+        )
+        == "unknown"
+    )
+    await seeds.template(
+        {
+            "_id": "w:other:en_US",
+            "waba_id": "w",
+            "name": "other",
+            "language": "en_US",
+            "status": "PENDING",
+        }
+    )
+    assert (
+        await store.apply_template(
+            "w:other:en_US",
+            "",
+            "w",
+            {"status": "APPROVED", "status_event_at": 30},
+            "status_event_at",
+            30,
+            {"_id": "w:other:en_US"},
+        )
+        == "applied"
+    )
     doc = await _read(store, "templates", "templates", "w:promo:en_US")
     assert (doc["status"], doc["quality_score"], doc["needs_sync"], doc["shape_known"]) == (
-        "APPROVED", "RED", True, False)
+        "APPROVED",
+        "RED",
+        True,
+        False,
+    )
 
 
 async def test_phone_numbers_are_found_by_id_display_number_and_waba(
-        store_and_seeds: tuple[Any, Seeds]) -> None:
+    store_and_seeds: tuple[Any, Seeds],
+) -> None:
     store, seeds = store_and_seeds
-    await seeds.phone_number({"_id": "1065", "account_id": "acc_1", "waba_id": "w",
-                              "display_phone_number": "+1555", "throughput_mps": 1000,
-                              "messaging_limit": "TIER_10K"})
+    await seeds.phone_number(
+        {
+            "_id": "1065",
+            "account_id": "acc_1",
+            "waba_id": "w",
+            "display_phone_number": "+1555",
+            "throughput_mps": 1000,
+            "messaging_limit": "TIER_10K",
+        }
+    )
     await seeds.phone_number({"_id": "1066", "waba_id": "w", "display_phone_number": "1556"})
     ref = core.NumberRef("1065", "acc_1", "w", 1000, "TIER_10K")
     assert await store.phone_number("1065") == ref
@@ -191,28 +314,41 @@ async def test_phone_numbers_are_found_by_id_display_number_and_waba(
     assert await store.find_phone_number(core.display_number_variants("1555")) == ref
     assert await store.find_phone_number(core.display_number_variants("1999")) is None
     assert await store.find_phone_number([]) is None
-    assert sorted(n.phone_number_id for n in await store.numbers_of_waba("w")) == [
-        "1065", "1066"]
+    assert sorted(n.phone_number_id for n in await store.numbers_of_waba("w")) == ["1065", "1066"]
 
 
 async def test_number_states_are_set_field_by_field(store_and_seeds: tuple[Any, Seeds]) -> None:
     store, _ = store_and_seeds
     assert await store.number_state("waba:w") is None
-    await store.update_number_state("waba:w", {"security.event": "PIN_CHANGED",
-                                               "security.at": 1}, now_ms=5)
-    await store.update_number_state("waba:w", {"account_update.event": "X",
-                                               "holds": {"banned": {"on": True, "at": 2}},
-                                               "held": True}, now_ms=6)
+    await store.update_number_state(
+        "waba:w", {"security.event": "PIN_CHANGED", "security.at": 1}, now_ms=5
+    )
+    await store.update_number_state(
+        "waba:w",
+        {"account_update.event": "X", "holds": {"banned": {"on": True, "at": 2}}, "held": True},
+        now_ms=6,
+    )
     doc = await store.number_state("waba:w")
     assert doc is not None
     assert (doc["security"], doc["account_update"], doc["held"], doc["updated_at"]) == (
-        {"event": "PIN_CHANGED", "at": 1}, {"event": "X"}, True, 6)
+        {"event": "PIN_CHANGED", "at": 1},
+        {"event": "X"},
+        True,
+        6,
+    )
 
 
 async def test_the_latest_user_preference_wins(store_and_seeds: tuple[Any, Seeds]) -> None:
     store, _ = store_and_seeds
-    doc = {"_id": "p:u:marketing_messages", "account_id": "acc_1", "wa_id": "u",
-           "category": "marketing_messages", "value": "stop", "at": 200, "detail": ""}
+    doc = {
+        "_id": "p:u:marketing_messages",
+        "account_id": "acc_1",
+        "wa_id": "u",
+        "category": "marketing_messages",
+        "value": "stop",
+        "at": 200,
+        "detail": "",
+    }
     assert await store.save_user_preference(doc)
     assert not await store.save_user_preference({**doc, "value": "resume", "at": 100})
     assert await store.save_user_preference({**doc, "value": "resume", "at": 300})

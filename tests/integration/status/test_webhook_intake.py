@@ -29,23 +29,31 @@ async def _records_on(world: StatusWorld, topic: str) -> int:
 
 
 async def test_a_signed_batched_webhook_is_durable_on_the_topic_before_the_200(
-        world: StatusWorld) -> None:
+    world: StatusWorld,
+) -> None:
     topic = topic_name(WEBHOOK_RECEIVED, world.prefix)
-    app = create_app(WebhookConfig(APP_SECRET, "token", 3 * 1024 * 1024), world.publisher,
-                     SystemClock())
+    app = create_app(
+        WebhookConfig(APP_SECRET, "token", 3 * 1024 * 1024), world.publisher, SystemClock()
+    )
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
         assert await _records_on(world, topic) == 0
-        resp = await client.post("/webhooks/meta", data=BATCHED_STATUSES,
-                                 headers={"X-Hub-Signature-256": sign(BATCHED_STATUSES),
-                                          "Content-Type": "application/json"})
+        resp = await client.post(
+            "/webhooks/meta",
+            data=BATCHED_STATUSES,
+            headers={
+                "X-Hub-Signature-256": sign(BATCHED_STATUSES),
+                "Content-Type": "application/json",
+            },
+        )
         assert resp.status == 200
         # Checked right after the answer, without waiting: the record is already in the log.
         assert await _records_on(world, topic) == 1
 
-        bad = await client.post("/webhooks/meta", data=BATCHED_STATUSES,
-                                headers={"X-Hub-Signature-256": sign(b"other")})
+        bad = await client.post(
+            "/webhooks/meta", data=BATCHED_STATUSES, headers={"X-Hub-Signature-256": sign(b"other")}
+        )
         assert bad.status == 401
     finally:
         await client.close()
@@ -58,25 +66,47 @@ async def test_a_signed_batched_webhook_is_durable_on_the_topic_before_the_200(
 
 
 async def test_a_webhook_of_two_and_a_half_mib_is_accepted_published_and_processed(
-        world: StatusWorld) -> None:
+    world: StatusWorld,
+) -> None:
     """Meta's webhooks may reach 3 MB: one of 2.5 MiB gets its 200 (the producer and the topic
     take it), and the processor reads and handles it from the topic."""
-    status = {"id": "wamid.BIG1", "status": "delivered", "timestamp": "1764000003",
-              "recipient_id": "447911123456"}
-    payload = {"object": "whatsapp_business_account", "entry": [{"id": WABA_ID, "changes": [{
-        "field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881",
-                         "phone_number_id": "106540352242922"},
-            "statuses": [status],
-            # A field nobody reads, only to make the body as big as Meta's largest.
-            "padding": "x" * (5 * 1024 * 1024 // 2)}}]}]}
+    status = {
+        "id": "wamid.BIG1",
+        "status": "delivered",
+        "timestamp": "1764000003",
+        "recipient_id": "447911123456",
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WABA_ID,
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": "106540352242922",
+                            },
+                            "statuses": [status],
+                            # A field nobody reads, only to make the body as big as Meta's largest.
+                            "padding": "x" * (5 * 1024 * 1024 // 2),
+                        },
+                    }
+                ],
+            }
+        ],
+    }
     raw = orjson.dumps(payload)
     assert 2.5 * 1024 * 1024 <= len(raw) < 3 * 1024 * 1024
     async with world.webhook_client(APP_SECRET) as client:
-        resp = await client.post("/webhooks/meta", data=raw,
-                                 headers={"X-Hub-Signature-256": sign(raw),
-                                          "Content-Type": "application/json"})
+        resp = await client.post(
+            "/webhooks/meta",
+            data=raw,
+            headers={"X-Hub-Signature-256": sign(raw), "Content-Type": "application/json"},
+        )
         assert resp.status == 200, await resp.text()
     [event] = await world.read(WEBHOOK_RECEIVED, until=lambda events: len(events) >= 1)
     assert bytes(event.payload) == raw

@@ -43,8 +43,11 @@ from tests.integration.ingest.conftest import (  # noqa: F401 (the fixture, re-e
 
 ANA = audit_core.Operator(name="ana", os_user="deploy", host="ops-1")
 # Small enough for a test's burst; the other rules out of the way.
-RULES = Rules(failure_rate=Rule(0.5, 900, 10), new_recipients=Rule(0.99, 3600, 10_000),
-              volume_spike=Rule(5.0, 3600, 10_000))
+RULES = Rules(
+    failure_rate=Rule(0.5, 900, 10),
+    new_recipients=Rule(0.99, 3600, 10_000),
+    volume_spike=Rule(5.0, 3600, 10_000),
+)
 WITHIN_S = 30.0
 
 
@@ -67,14 +70,19 @@ class Trust:
 
     async def send(self, body: dict[str, Any]) -> tuple[int, Any]:
         resp = await self.platform.client.post(
-            "/v1/messages", data=orjson.dumps(body),
-            headers={**self.platform.a.auth, "Content-Type": "application/json"})
+            "/v1/messages",
+            data=orjson.dumps(body),
+            headers={**self.platform.a.auth, "Content-Type": "application/json"},
+        )
         return resp.status, await resp.json()
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         resp = await self.platform.client.request(
-            method, path, data=None if body is None else orjson.dumps(body),
-            headers={**self.platform.a.auth, "Content-Type": "application/json"})
+            method,
+            path,
+            data=None if body is None else orjson.dumps(body),
+            headers={**self.platform.a.auth, "Content-Type": "application/json"},
+        )
         text = await resp.text()
         return resp.status, orjson.loads(text) if text else None
 
@@ -95,21 +103,50 @@ class Trust:
         async def answered() -> Any:
             got, answer = await self.send(body)
             return answer if got == status else None
+
         return await self.until(answered, what)
 
 
 def marketing(to: str = "+447912345678") -> dict[str, Any]:
-    return {"from": PHONE_A, "to": to, "type": "template", "template": {
-        "name": "spring_sale", "language": {"code": "en_US"},
-        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"},
-                                                       {"type": "text", "text": "20%"}]}]}}
+    return {
+        "from": PHONE_A,
+        "to": to,
+        "type": "template",
+        "template": {
+            "name": "spring_sale",
+            "language": {"code": "en_US"},
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Ana"},
+                        {"type": "text", "text": "20%"},
+                    ],
+                }
+            ],
+        },
+    }
 
 
 def utility(to: str = "+447912345678") -> dict[str, Any]:
-    return {"from": PHONE_A, "to": to, "type": "template", "template": {
-        "name": "appointment_reminder", "language": {"code": "en_US"},
-        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Monday"},
-                                                       {"type": "text", "text": "10:00"}]}]}}
+    return {
+        "from": PHONE_A,
+        "to": to,
+        "type": "template",
+        "template": {
+            "name": "appointment_reminder",
+            "language": {"code": "en_US"},
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Monday"},
+                        {"type": "text", "text": "10:00"},
+                    ],
+                }
+            ],
+        },
+    }
 
 
 def text(to: str = "+447912345678") -> dict[str, Any]:
@@ -117,39 +154,71 @@ def text(to: str = "+447912345678") -> dict[str, Any]:
 
 
 @pytest.fixture
-async def trust(platform: Platform, broker: Broker,  # noqa: F811
-                mongodb_url: str) -> AsyncIterator[Trust]:
+async def trust(
+    platform: Platform,  # noqa: F811
+    broker: Broker,
+    mongodb_url: str,
+) -> AsyncIterator[Trust]:
     # Every topic of the prefix with each service's ACLs: status's processor and guard each
     # run as their own principal, `hala` as the admin's, the test itself as the set-up's.
     await broker.grant(platform.prefix)
     await ensure_indexes(platform.db, SUPPRESSIONS, ACCOUNT_HOLDS)
     # an approved marketing template of the first account's WABA
-    await commands.sync_templates(platform.db, platform.vault, StaticTemplates({
-        WABA_A: [*META_TEMPLATES[WABA_A],
-                 meta_template("spring_sale", "Hi {{1}}, {{2}} off.", category="MARKETING")]}),
-        waba_id=WABA_A)
+    await commands.sync_templates(
+        platform.db,
+        platform.vault,
+        StaticTemplates(
+            {
+                WABA_A: [
+                    *META_TEMPLATES[WABA_A],
+                    meta_template("spring_sale", "Hi {{1}}, {{2}} off.", category="MARKETING"),
+                ]
+            }
+        ),
+        waba_id=WABA_A,
+    )
     producer = make_producer(broker.setup)  # the test's own writes (Meta's, status's facts)
     status_producer = make_producer(broker.as_service("status"))
     guard_producer = make_producer(broker.as_service("guard"))
     for started in (producer, status_producer, guard_producer):
         await started.start()
-    settings = AdminSettings(MONGODB_URL=mongodb_url, MONGODB_DATABASE=platform.db.name,
-                             HALA_TOPIC_PREFIX=platform.prefix, HALA_ENV="development",
-                             **broker.settings("admin"))
+    settings = AdminSettings(
+        MONGODB_URL=mongodb_url,
+        MONGODB_DATABASE=platform.db.name,
+        HALA_TOPIC_PREFIX=platform.prefix,
+        HALA_ENV="development",
+        **broker.settings("admin"),
+    )
     world = Trust(platform, producer, settings)
     clock = SystemClock()
-    processor = WebhookProcessor(StatusRepository(platform.db),
-                                 KafkaPublisher(status_producer, platform.prefix,
-                                                timeout_seconds=30),
-                                 clock, keywords_cache_seconds=0)
-    guard = Guard(MongoGuardStore(platform.db),
-                  KafkaHoldPublisher(guard_producer, platform.prefix),
-                  clock, RULES, partial(keyed_hash, key=b"it-key"), prefix=platform.prefix)
+    processor = WebhookProcessor(
+        StatusRepository(platform.db),
+        KafkaPublisher(status_producer, platform.prefix, timeout_seconds=30),
+        clock,
+        keywords_cache_seconds=0,
+    )
+    guard = Guard(
+        MongoGuardStore(platform.db),
+        KafkaHoldPublisher(guard_producer, platform.prefix),
+        clock,
+        RULES,
+        partial(keyed_hash, key=b"it-key"),
+        prefix=platform.prefix,
+    )
     world.tasks = [
-        asyncio.create_task(run_processor(broker.as_service("status"), platform.prefix,
-                                          processor.handle_record, status_producer)),
-        asyncio.create_task(run_guard(broker.as_service("guard"), platform.prefix, guard,
-                                      guard_producer, max_batch=500)),
+        asyncio.create_task(
+            run_processor(
+                broker.as_service("status"),
+                platform.prefix,
+                processor.handle_record,
+                status_producer,
+            )
+        ),
+        asyncio.create_task(
+            run_guard(
+                broker.as_service("guard"), platform.prefix, guard, guard_producer, max_batch=500
+            )
+        ),
     ]
     try:
         yield world

@@ -21,24 +21,57 @@ CONTACT = "447912345678"
 
 
 def webhook(field: str, value: dict[str, object]) -> WebhookReceived:
-    payload = orjson.dumps({"object": "whatsapp_business_account", "entry": [{
-        "id": WABA_A, "changes": [{"field": field, "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550001001", "phone_number_id": PHONE_A},
-            **value}}]}]})
-    return WebhookReceived(event_id=status_core.webhook_event_id(WABA_A, payload),
-                           received_at=int(time.time() * 1000), payload=msgspec.Raw(payload))
+    payload = orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": WABA_A,
+                    "changes": [
+                        {
+                            "field": field,
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550001001",
+                                    "phone_number_id": PHONE_A,
+                                },
+                                **value,
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    return WebhookReceived(
+        event_id=status_core.webhook_event_id(WABA_A, payload),
+        received_at=int(time.time() * 1000),
+        payload=msgspec.Raw(payload),
+    )
 
 
 def user_wrote(body: str, wamid: str) -> WebhookReceived:
-    return webhook("messages", {
-        "contacts": [{"profile": {"name": "Ana"}, "wa_id": CONTACT}],
-        "messages": [{"from": CONTACT, "id": wamid, "timestamp": str(int(time.time())),
-                      "type": "text", "text": {"body": body}}]})
+    return webhook(
+        "messages",
+        {
+            "contacts": [{"profile": {"name": "Ana"}, "wa_id": CONTACT}],
+            "messages": [
+                {
+                    "from": CONTACT,
+                    "id": wamid,
+                    "timestamp": str(int(time.time())),
+                    "type": "text",
+                    "text": {"body": body},
+                }
+            ],
+        },
+    )
 
 
 async def test_a_users_stop_refuses_marketing_but_not_utility_and_start_undoes_it(
-        trust: Trust) -> None:
+    trust: Trust,
+) -> None:
     assert (await trust.send(marketing()))[0] == 202  # before: it goes
     await trust.publish(WEBHOOK_RECEIVED, user_wrote("Stop!", "wamid.STOP1"))
     refused = await trust.until_send(marketing(), 422, "the STOP to apply")
@@ -49,7 +82,8 @@ async def test_a_users_stop_refuses_marketing_but_not_utility_and_start_undoes_i
     assert (await trust.send(marketing("+16502530000")))[0] == 202  # another contact
     page = (await trust.api("GET", "/v1/suppressions"))[1]
     assert [(s["recipient"], s["source"], s["keyword"]) for s in page["data"]] == [
-        ("+" + CONTACT, "keyword", "stop")]
+        ("+" + CONTACT, "keyword", "stop")
+    ]
 
     await trust.publish(WEBHOOK_RECEIVED, user_wrote("START", "wamid.START1"))
     await trust.until_send(marketing(), 202, "the START to apply")
@@ -57,8 +91,7 @@ async def test_a_users_stop_refuses_marketing_but_not_utility_and_start_undoes_i
 
 
 async def test_a_sentence_with_stop_in_it_suppresses_nothing(trust: Trust) -> None:
-    await trust.publish(WEBHOOK_RECEIVED, user_wrote("please don't stop the offers",
-                                                     "wamid.SENT1"))
+    await trust.publish(WEBHOOK_RECEIVED, user_wrote("please don't stop the offers", "wamid.SENT1"))
 
     async def stored() -> bool:
         return await trust.db["inbound_messages"].find_one({"_id": "wamid.SENT1"}) is not None
@@ -69,19 +102,34 @@ async def test_a_sentence_with_stop_in_it_suppresses_nothing(trust: Trust) -> No
 
 
 async def test_metas_user_preferences_stop_refuses_marketing(trust: Trust) -> None:
-    await trust.publish(WEBHOOK_RECEIVED, webhook("user_preferences", {
-        "contacts": [{"profile": {"name": "Ana"}, "wa_id": CONTACT}],
-        "user_preferences": [{"wa_id": CONTACT, "detail": "User requested to stop marketing",
-                              "category": "marketing_messages", "value": "stop",
-                              "timestamp": int(time.time())}]}))
+    await trust.publish(
+        WEBHOOK_RECEIVED,
+        webhook(
+            "user_preferences",
+            {
+                "contacts": [{"profile": {"name": "Ana"}, "wa_id": CONTACT}],
+                "user_preferences": [
+                    {
+                        "wa_id": CONTACT,
+                        "detail": "User requested to stop marketing",
+                        "category": "marketing_messages",
+                        "value": "stop",
+                        "timestamp": int(time.time()),
+                    }
+                ],
+            },
+        ),
+    )
     refused = await trust.until_send(marketing(), 422, "the preference to apply")
     assert refused["error"]["details"]["source"] == "user_preferences"
 
 
 async def test_the_clients_api_and_the_operators_hala_go_through_status(trust: Trust) -> None:
-    status, accepted = await trust.api("POST", "/v1/suppressions",
-                                       {"phone_number_id": PHONE_A, "recipient": "+" + CONTACT,
-                                        "note": "asked by phone"})
+    status, accepted = await trust.api(
+        "POST",
+        "/v1/suppressions",
+        {"phone_number_id": PHONE_A, "recipient": "+" + CONTACT, "note": "asked by phone"},
+    )
     assert status == 202 and accepted["suppressed"] is True
     await trust.until_send(marketing(), 422, "the client's suppression to apply")
     status, _ = await trust.api("DELETE", f"/v1/suppressions/{PHONE_A}/+{CONTACT}")
@@ -89,8 +137,18 @@ async def test_the_clients_api_and_the_operators_hala_go_through_status(trust: T
     await trust.until_send(marketing(), 202, "the client's resubscription to apply")
 
     account = trust.platform.a.account_id
-    await trust.hala("suppressions", "add", "--account", account, "--phone-number-id", PHONE_A,
-                     "--recipient", "+" + CONTACT, "--note", "complaint")
+    await trust.hala(
+        "suppressions",
+        "add",
+        "--account",
+        account,
+        "--phone-number-id",
+        PHONE_A,
+        "--recipient",
+        "+" + CONTACT,
+        "--note",
+        "complaint",
+    )
     await trust.until_send(marketing(), 422, "the operator's suppression to apply")
     [listed] = await trust.hala("suppressions", "list", "--account", account)
     assert (listed["source"], listed["note"]) == ("operator", "complaint")
@@ -104,8 +162,9 @@ async def test_a_block_refuses_every_type_at_once_and_an_unblock_lifts_it(trust:
     for body in (text(), utility(), marketing()):
         status, answer = await trust.send(body)
         assert (status, answer["error"]["code"]) == (422, "recipient_blocked")
-    assert [b["recipient"] for b in (await trust.api("GET", "/v1/blocked-recipients"))[1][
-        "data"]] == ["+" + CONTACT]
+    assert [
+        b["recipient"] for b in (await trust.api("GET", "/v1/blocked-recipients"))[1]["data"]
+    ] == ["+" + CONTACT]
     assert (await trust.api("DELETE", f"/v1/blocked-recipients/+{CONTACT}"))[0] == 204
     assert (await trust.send(text()))[0] == 202
 
@@ -115,8 +174,9 @@ async def test_keywords_set_by_hala_replace_the_defaults(trust: Trust) -> None:
     shown = await trust.hala("accounts", "update", account, "--opt-out-keywords", "HALT,Fin")
     assert shown["opt_out_keywords"]["opt_out"] == ["HALT", "Fin"]
     assert (await trust.api("GET", "/v1/opt-out-keywords"))[1]["opt_out"] == ["HALT", "Fin"]
-    await trust.publish(WEBHOOK_RECEIVED, user_wrote("STOP", "wamid.STOP2"),
-                        user_wrote("halt", "wamid.HALT1"))
+    await trust.publish(
+        WEBHOOK_RECEIVED, user_wrote("STOP", "wamid.STOP2"), user_wrote("halt", "wamid.HALT1")
+    )
     await trust.until_send(marketing(), 422, "the account's own keyword to apply")
     [doc] = await trust.db["suppressions"].find().to_list(None)
     assert doc["keyword"] == "halt"  # STOP is no keyword of this account's

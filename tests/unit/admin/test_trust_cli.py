@@ -14,17 +14,33 @@ def parse(*argv: str) -> object:
 
 
 def test_the_commands_parse_and_changes_are_audited() -> None:
-    args = parse("suppressions", "add", "--account", "acc_1", "--phone-number-id", "1",
-                 "--recipient", "+447911123456", "--note", "complaint")
+    args = parse(
+        "suppressions",
+        "add",
+        "--account",
+        "acc_1",
+        "--phone-number-id",
+        "1",
+        "--recipient",
+        "+447911123456",
+        "--note",
+        "complaint",
+    )
     assert (args.group, args.command, args.recipient, args.note) == (  # type: ignore[attr-defined]
-        "suppressions", "add", "+447911123456", "complaint")
+        "suppressions",
+        "add",
+        "+447911123456",
+        "complaint",
+    )
     release = parse("accounts", "release", "acc_1", "--reason", "reviewed")
     assert release.reason == "reviewed"  # type: ignore[attr-defined]
-    for argv, audited in ((("suppressions", "list", "--account", "a"), False),
-                          (("blocks", "list", "--account", "a"), False),
-                          (("blocks", "add", "--account", "a", "--recipient", "1"), True),
-                          (("accounts", "release", "a", "--reason", "r"), True),
-                          (("accounts", "update", "a", "--opt-out-keywords", "STOP"), True)):
+    for argv, audited in (
+        (("suppressions", "list", "--account", "a"), False),
+        (("blocks", "list", "--account", "a"), False),
+        (("blocks", "add", "--account", "a", "--recipient", "1"), True),
+        (("accounts", "release", "a", "--reason", "r"), True),
+        (("accounts", "update", "a", "--opt-out-keywords", "STOP"), True),
+    ):
         ns = vars(parse(*argv))
         assert audit_core.is_audited(ns["group"], ns["command"], ns) is audited, argv
     with pytest.raises(SystemExit):
@@ -37,14 +53,20 @@ def test_keyword_lists_read_default_and_empty() -> None:
 
 
 def test_rule_overrides_are_set_replaced_and_dropped() -> None:
-    rules = trust.guard_rule_overrides(None, ["failure_rate.threshold=0.8",
-                                              "volume_spike.minimum=5000"])
+    rules = trust.guard_rule_overrides(
+        None, ["failure_rate.threshold=0.8", "volume_spike.minimum=5000"]
+    )
     assert rules == {"failure_rate": {"threshold": 0.8}, "volume_spike": {"minimum": 5000}}
-    rules = trust.guard_rule_overrides(rules, ["volume_spike=default",
-                                               "failure_rate.window_seconds=600"])
+    rules = trust.guard_rule_overrides(
+        rules, ["volume_spike=default", "failure_rate.window_seconds=600"]
+    )
     assert rules == {"failure_rate": {"threshold": 0.8, "window_seconds": 600}}
-    for bad in ("nope.threshold=1", "failure_rate.colour=1", "failure_rate.threshold=x",
-                "failure_rate.threshold=-1"):
+    for bad in (
+        "nope.threshold=1",
+        "failure_rate.colour=1",
+        "failure_rate.threshold=x",
+        "failure_rate.threshold=-1",
+    ):
         with pytest.raises(InvalidRequest):
             trust.guard_rule_overrides(None, [bad])
 

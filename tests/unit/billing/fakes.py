@@ -84,17 +84,21 @@ class FakeLedger:
         ordered = sorted(self.entries.values(), key=lambda e: (e.at, e.key))
         return [e for e in ordered if position is None or (e.at, e.key) > position]
 
-    async def reserves_page(self, position: tuple[int, str] | None, cutoff: int,
-                            limit: int) -> list[LedgerEntry]:
-        page = [e for e in self._ordered_after(position)
-                if e.kind == "reserve" and e.at <= cutoff][:limit]
+    async def reserves_page(
+        self, position: tuple[int, str] | None, cutoff: int, limit: int
+    ) -> list[LedgerEntry]:
+        page = [e for e in self._ordered_after(position) if e.kind == "reserve" and e.at <= cutoff][
+            :limit
+        ]
         self.pages.append(len(page))
         return page
 
-    async def amounts_page(self, position: tuple[int, str] | None, limit: int,
-                           until_at: int | None = None) -> list[LedgerEntry]:
-        page = [e for e in self._ordered_after(position)
-                if until_at is None or e.at <= until_at][:limit]
+    async def amounts_page(
+        self, position: tuple[int, str] | None, limit: int, until_at: int | None = None
+    ) -> list[LedgerEntry]:
+        page = [e for e in self._ordered_after(position) if until_at is None or e.at <= until_at][
+            :limit
+        ]
         self.pages.append(len(page))
         return page
 

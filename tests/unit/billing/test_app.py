@@ -17,16 +17,19 @@ from tests.unit.billing.test_worker import GB_UTILITY, funded
 
 def settings(**values: object) -> BillingSettings:
     """billing's settings with a Kafka principal (nothing connects in these tests)."""
-    return BillingSettings(KAFKA_SASL_USERNAME="hala-billing",
-                           KAFKA_SASL_PASSWORD="unit-test-kafka-password", **values)
+    return BillingSettings(
+        KAFKA_SASL_USERNAME="hala-billing", KAFKA_SASL_PASSWORD="unit-test-kafka-password", **values
+    )
 
 
 def test_faust_connects_with_scram_over_tls_as_billing() -> None:
     app, _ = create_app(settings(KAFKA_SSL_CA_FILE=""))
     credentials = app.conf.broker_credentials
     assert credentials is not None
-    assert (credentials.protocol.value, credentials.mechanism.value) == ("SASL_SSL",
-                                                                         "SCRAM-SHA-512")
+    assert (credentials.protocol.value, credentials.mechanism.value) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+    )
     assert credentials.username == "hala-billing"
     assert credentials.ssl_context is not None and credentials.ssl_context.check_hostname
 
@@ -35,9 +38,11 @@ def test_the_agent_reads_the_three_prefixed_input_topics_as_raw_bytes() -> None:
     app, _ = create_app(settings(HALA_TOPIC_PREFIX="t1.", faust_app_id="billing-t1"))
     [agent] = app.agents.values()
     channel = agent.channel
-    assert set(channel.topics) == {"t1.messages.send-requested.v1",
-                                   "t1.messages.status-changed.v1",
-                                   "t1.billing.topup-requested.v1"}
+    assert set(channel.topics) == {
+        "t1.messages.send-requested.v1",
+        "t1.messages.status-changed.v1",
+        "t1.billing.topup-requested.v1",
+    }
     assert channel.schema.value_serializer == "raw"
     assert channel.schema.key_serializer == "raw"
     assert agent.concurrency == 1
@@ -51,8 +56,11 @@ def test_faust_commits_often_and_keeps_a_small_buffer() -> None:
 
 
 def test_the_consumer_group_is_prefixed_like_the_topics() -> None:
-    app, _ = create_app(settings(HALA_TOPIC_PREFIX="t2.", faust_app_id="hala-billing",
-                                        faust_datadir="/var/lib/billing"))
+    app, _ = create_app(
+        settings(
+            HALA_TOPIC_PREFIX="t2.", faust_app_id="hala-billing", faust_datadir="/var/lib/billing"
+        )
+    )
     assert app.conf.id == "t2.hala-billing"
     assert str(app.conf.datadir) == "/var/lib/billing/t2.hala-billing-data"
 
@@ -67,8 +75,10 @@ async def test_a_rebalance_makes_the_next_batch_read_every_balance_again(signal:
     # Meanwhile another process owned the account's partitions and applied a top-up.
     stored = shell.balance
     shell.balances.documents[ACCOUNT] = replace(
-        stored, available=stored.available + 50_000,
-        applied={**stored.applied, "t.billing.topup-requested.v1:2": 1})
+        stored,
+        available=stored.available + 50_000,
+        applied={**stored.applied, "t.billing.topup-requested.v1:2": 1},
+    )
 
     await getattr(app, signal).send({TP("t.messages.send-requested.v1", 2)})
 

@@ -17,8 +17,7 @@ def balances_written(shell: Shell) -> int:
     return shell.journal.steps.count("balance")
 
 
-async def test_a_batch_writes_its_entries_then_publishes_in_order_then_each_balance_once(
-        ) -> None:
+async def test_a_batch_writes_its_entries_then_publishes_in_order_then_each_balance_once() -> None:
     shell = await funded()
     batch = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(3)]
 
@@ -26,21 +25,31 @@ async def test_a_batch_writes_its_entries_then_publishes_in_order_then_each_bala
 
     assert outcomes == ["reserved"] * 3
     assert shell.journal.steps == [
-        "entry msg_0:reserve", "entry msg_1:reserve", "entry msg_2:reserve",
-        *["publish messages.send-approved.v1"] * 3, "balance"]
+        "entry msg_0:reserve",
+        "entry msg_1:reserve",
+        "entry msg_2:reserve",
+        *["publish messages.send-approved.v1"] * 3,
+        "balance",
+    ]
     assert [e.message_id for _, e in shell.publisher.published] == ["msg_0", "msg_1", "msg_2"]
-    assert (shell.balance.available, shell.balance.reserved) == (100_000 - 3 * GB_UTILITY,
-                                                                 3 * GB_UTILITY)
+    assert (shell.balance.available, shell.balance.reserved) == (
+        100_000 - 3 * GB_UTILITY,
+        3 * GB_UTILITY,
+    )
     assert shell.balance.applied["t.messages.send-requested.v1:2"] == 2
 
 
 async def test_a_settlement_finds_a_reservation_decided_earlier_in_its_batch() -> None:
     shell = await funded()
-    outcomes = await shell.worker.handle_batch([
-        shell.record(SEND_REQUESTED, send_requested("msg_1")),
-        shell.record(STATUS_CHANGED, status("msg_1", "sent", source="sender")),
-        shell.record(STATUS_CHANGED, status("msg_1", "delivered", pricing=regular("marketing"))),
-    ])
+    outcomes = await shell.worker.handle_batch(
+        [
+            shell.record(SEND_REQUESTED, send_requested("msg_1")),
+            shell.record(STATUS_CHANGED, status("msg_1", "sent", source="sender")),
+            shell.record(
+                STATUS_CHANGED, status("msg_1", "delivered", pricing=regular("marketing"))
+            ),
+        ]
+    )
 
     assert outcomes == ["reserved", "ignored", "charged"]
     assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_MARKETING, 0)
@@ -52,13 +61,23 @@ async def test_batches_and_single_records_end_in_the_same_balances() -> None:
         records = [shell.record(TOPUP_REQUESTED, top_up(200_000))]
         for n in range(6):
             account = f"acc_{n % 2}"
-            records.append(shell.record(SEND_REQUESTED, send_requested(
-                f"msg_{n}", account_id=account, category=("utility", "marketing")[n % 2])))
+            records.append(
+                shell.record(
+                    SEND_REQUESTED,
+                    send_requested(
+                        f"msg_{n}", account_id=account, category=("utility", "marketing")[n % 2]
+                    ),
+                )
+            )
         for n in range(6):
             account = f"acc_{n % 2}"
-            final = (status(f"msg_{n}", "failed", account_id=account) if n % 3 == 0 else
-                     status(f"msg_{n}", "delivered", pricing=regular("marketing"),
-                            account_id=account))
+            final = (
+                status(f"msg_{n}", "failed", account_id=account)
+                if n % 3 == 0
+                else status(
+                    f"msg_{n}", "delivered", pricing=regular("marketing"), account_id=account
+                )
+            )
             records.append(shell.record(STATUS_CHANGED, final))
         return records
 
@@ -85,15 +104,16 @@ async def test_a_redelivered_batch_goes_one_by_one_and_publishes_its_outputs_aga
     assert shell.balance.reserved == 2 * GB_UTILITY
 
 
-async def test_a_batch_stopped_between_its_entries_and_its_balances_is_finished_after(
-        ) -> None:
+async def test_a_batch_stopped_between_its_entries_and_its_balances_is_finished_after() -> None:
     shell = await funded()
     batch = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(2)]
     shell.balances.failures.append("save")  # the batch fails after its entries are written
 
     assert await shell.worker.handle_batch(batch) == ["reserved", "reserved"]
-    assert (shell.balance.available, shell.balance.reserved) == (100_000 - 2 * GB_UTILITY,
-                                                                 2 * GB_UTILITY)
+    assert (shell.balance.available, shell.balance.reserved) == (
+        100_000 - 2 * GB_UTILITY,
+        2 * GB_UTILITY,
+    )
     assert len(shell.ledger.entries) == 3
 
 
@@ -118,22 +138,25 @@ async def test_the_same_request_twice_in_one_batch_is_reserved_once() -> None:
 
 async def test_an_undecodable_record_in_a_batch_is_dead_lettered_and_the_rest_applied() -> None:
     shell = await funded()
-    batch = [shell.record(SEND_REQUESTED, send_requested("msg_1")),
-             shell.raw(SEND_REQUESTED, b"not json"),
-             shell.record(SEND_REQUESTED, send_requested("msg_2"))]
+    batch = [
+        shell.record(SEND_REQUESTED, send_requested("msg_1")),
+        shell.raw(SEND_REQUESTED, b"not json"),
+        shell.record(SEND_REQUESTED, send_requested("msg_2")),
+    ]
 
     assert await shell.worker.handle_batch(batch) == ["reserved", "dead_lettered", "reserved"]
     assert [r for r, _ in shell.publisher.dead_letters] == [batch[1]]
     assert shell.balance.reserved == 2 * GB_UTILITY
 
 
-async def test_a_settlement_reads_a_reservation_it_has_not_seen_once_then_remembers_it(
-        ) -> None:
+async def test_a_settlement_reads_a_reservation_it_has_not_seen_once_then_remembers_it() -> None:
     shell = await funded()
     await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_1"))])
     restarted = make_shell()  # a new process: nothing in memory
-    restarted.balances.documents, restarted.ledger.entries = (shell.balances.documents,
-                                                              shell.ledger.entries)
+    restarted.balances.documents, restarted.ledger.entries = (
+        shell.balances.documents,
+        shell.ledger.entries,
+    )
     reads: list[str] = []
     get = restarted.ledger.get
 
@@ -143,17 +166,22 @@ async def test_a_settlement_reads_a_reservation_it_has_not_seen_once_then_rememb
 
     restarted.ledger.get = counted  # type: ignore[method-assign]
     delivered = status("msg_1", "delivered", pricing=regular("utility"))
-    assert await restarted.worker.handle_batch([
-        restarted.record(STATUS_CHANGED, delivered)]) == ["charged"]
+    assert await restarted.worker.handle_batch([restarted.record(STATUS_CHANGED, delivered)]) == [
+        "charged"
+    ]
     assert reads == ["msg_1:reserve"]
     assert restarted.balance == Balance(
-        ACCOUNT, CARD.currency, available=100_000 - GB_UTILITY, reserved=0,
-        low_balance_threshold=0, low_balance_armed=True,
-        applied=restarted.balance.applied)
+        ACCOUNT,
+        CARD.currency,
+        available=100_000 - GB_UTILITY,
+        reserved=0,
+        low_balance_threshold=0,
+        low_balance_armed=True,
+        applied=restarted.balance.applied,
+    )
 
 
-async def test_a_batch_s_outputs_leave_once_its_entries_are_durable_before_its_balances(
-        ) -> None:
+async def test_a_batch_s_outputs_leave_once_its_entries_are_durable_before_its_balances() -> None:
     shell = await funded()
     release, seen = asyncio.Event(), []
     publish_all = shell.publisher.publish_all
@@ -164,8 +192,9 @@ async def test_a_batch_s_outputs_leave_once_its_entries_are_durable_before_its_b
         await publish_all(events)
 
     shell.publisher.publish_all = held  # type: ignore[method-assign]
-    batch = asyncio.create_task(shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested("msg_1"))]))
+    batch = asyncio.create_task(
+        shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_1"))])
+    )
     for _ in range(20):
         await asyncio.sleep(0)
 
@@ -173,5 +202,8 @@ async def test_a_batch_s_outputs_leave_once_its_entries_are_durable_before_its_b
     assert not batch.done()  # not acked while its outputs are not durable
     release.set()
     assert await batch == ["reserved"]
-    assert shell.journal.steps == ["entry msg_1:reserve", "balance",
-                                   "publish messages.send-approved.v1"]
+    assert shell.journal.steps == [
+        "entry msg_1:reserve",
+        "balance",
+        "publish messages.send-approved.v1",
+    ]

@@ -64,20 +64,44 @@ class Books:
         return Position(topic, 0, self.offsets[topic])
 
     def feed(self, event: InputEvent, position: Position | None = None) -> Decision:
-        topic = {"SendRequested": SEND_TOPIC, "StatusChanged": STATUS_TOPIC,
-                 "TopUpRequested": TOPUP_TOPIC}[type(event).__name__]
+        topic = {
+            "SendRequested": SEND_TOPIC,
+            "StatusChanged": STATUS_TOPIC,
+            "TopUpRequested": TOPUP_TOPIC,
+        }[type(event).__name__]
         position = position or self.next_position(topic)
-        reservation = (self.entries.get(reserve_key(event.message_id))
-                       if isinstance(event, StatusChanged) else None)
-        existing = (self.entries.get(entry_key(event))
-                    if self.balance.has_applied(position.source, position.offset) else None)
-        decision = decide(self.balance, event, position, rate_card=CARD, now=NOW,
-                          reservation=reservation, existing=existing, top_up_key=TOPUP_KEY)
+        reservation = (
+            self.entries.get(reserve_key(event.message_id))
+            if isinstance(event, StatusChanged)
+            else None
+        )
+        existing = (
+            self.entries.get(entry_key(event))
+            if self.balance.has_applied(position.source, position.offset)
+            else None
+        )
+        decision = decide(
+            self.balance,
+            event,
+            position,
+            rate_card=CARD,
+            now=NOW,
+            reservation=reservation,
+            existing=existing,
+            top_up_key=TOPUP_KEY,
+        )
         for entry in decision.entries:
             if entry.key in self.entries:
-                decision = decide(self.balance, event, position, rate_card=CARD, now=NOW,
-                                  reservation=reservation, existing=self.entries[entry.key],
-                                  top_up_key=TOPUP_KEY)
+                decision = decide(
+                    self.balance,
+                    event,
+                    position,
+                    rate_card=CARD,
+                    now=NOW,
+                    reservation=reservation,
+                    existing=self.entries[entry.key],
+                    top_up_key=TOPUP_KEY,
+                )
                 break
             self.entries[entry.key] = entry
         if decision.balance is not None:
@@ -95,6 +119,7 @@ def books(available: int = 0, threshold: int = 0) -> Books:
 
 
 # --- reserve ---------------------------------------------------------------------------------
+
 
 def test_a_send_is_reserved_when_available_covers_the_price_exactly() -> None:
     ledger = books(available=GB_UTILITY)
@@ -118,9 +143,16 @@ def test_a_send_is_rejected_when_available_is_one_micro_short() -> None:
     [output] = decision.outputs
     assert output.topic is STATUS_CHANGED
     assert output.event == StatusChanged(
-        event_id="msg_1:rejected", message_id="msg_1", account_id=ACCOUNT, status="rejected",
-        occurred_at=NOW, source="billing", phone_number_id=output.event.phone_number_id,
-        recipient_region="GB", reason="insufficient_credit")
+        event_id="msg_1:rejected",
+        message_id="msg_1",
+        account_id=ACCOUNT,
+        status="rejected",
+        occurred_at=NOW,
+        source="billing",
+        phone_number_id=output.event.phone_number_id,
+        recipient_region="GB",
+        reason="insufficient_credit",
+    )
 
 
 def test_the_approval_carries_the_request_unchanged() -> None:
@@ -129,9 +161,11 @@ def test_the_approval_carries_the_request_unchanged() -> None:
 
     approved = decision.outputs[0].event
     assert isinstance(approved, SendApproved)
-    assert {k: v for k, v in msgspec.structs.asdict(approved).items()
-            if k not in ("reserved_amount", "rate_card_version")} == msgspec.structs.asdict(
-        request)
+    assert {
+        k: v
+        for k, v in msgspec.structs.asdict(approved).items()
+        if k not in ("reserved_amount", "rate_card_version")
+    } == msgspec.structs.asdict(request)
 
 
 def test_a_recipient_outside_the_listed_markets_is_priced_at_the_default_market() -> None:
@@ -141,6 +175,7 @@ def test_a_recipient_outside_the_listed_markets_is_priced_at_the_default_market(
 
 # --- settle ----------------------------------------------------------------------------------
 
+
 def test_a_regular_delivery_charges_metas_category_at_the_reserved_region() -> None:
     ledger = books(available=100_000)
     ledger.feed(send_requested("msg_1", category="utility", region="GB"))
@@ -149,8 +184,11 @@ def test_a_regular_delivery_charges_metas_category_at_the_reserved_region() -> N
 
     assert decision.outcome == "charged"
     charge = ledger.entries["msg_1:settle"]
-    assert (charge.kind, charge.amount, charge.reserved_amount) == ("charge", GB_MARKETING,
-                                                                    GB_UTILITY)
+    assert (charge.kind, charge.amount, charge.reserved_amount) == (
+        "charge",
+        GB_MARKETING,
+        GB_UTILITY,
+    )
     assert (ledger.balance.available, ledger.balance.reserved) == (100_000 - GB_MARKETING, 0)
 
 
@@ -169,14 +207,19 @@ def test_a_message_is_settled_once() -> None:
     ledger.feed(status("msg_1", "delivered", pricing=regular()))
     after_charge = ledger.balance
 
-    for later in (status("msg_1", "read", pricing=regular()), status("msg_1", "failed"),
-                  status("msg_1", "delivered", pricing=regular(), event_id="again")):
+    for later in (
+        status("msg_1", "read", pricing=regular()),
+        status("msg_1", "failed"),
+        status("msg_1", "delivered", pricing=regular(), event_id="again"),
+    ):
         decision = ledger.feed(later)
         assert decision.outcome == "duplicate"
         assert decision.balance is None
 
-    assert (ledger.balance.available, ledger.balance.reserved) == (after_charge.available,
-                                                                   after_charge.reserved)
+    assert (ledger.balance.available, ledger.balance.reserved) == (
+        after_charge.available,
+        after_charge.reserved,
+    )
 
 
 @pytest.mark.parametrize("final", ["failed", "expired", "rejected"])
@@ -189,8 +232,11 @@ def test_a_failed_expired_or_rejected_message_releases_its_reservation(final: st
     assert decision.outcome == "released"
     assert (ledger.balance.available, ledger.balance.reserved) == (100_000, 0)
     release = ledger.entries["msg_1:settle"]
-    assert (release.kind, release.amount, release.reserved_amount) == ("release", GB_UTILITY,
-                                                                       GB_UTILITY)
+    assert (release.kind, release.amount, release.reserved_amount) == (
+        "release",
+        GB_UTILITY,
+        GB_UTILITY,
+    )
 
 
 def test_a_free_delivery_releases_its_reservation() -> None:
@@ -244,6 +290,7 @@ def test_a_status_naming_another_account_does_not_touch_the_reservation() -> Non
 
 # --- top-up ----------------------------------------------------------------------------------
 
+
 def test_a_top_up_adds_to_available() -> None:
     ledger = books(available=5)
     decision = ledger.feed(top_up(1_000, event_id="topup_2"))
@@ -261,8 +308,14 @@ def test_a_top_up_is_announced_once_with_the_balance_right_after_it() -> None:
     [output] = decision.outputs
     assert output.topic is BALANCE_TOPPED_UP
     assert output.event == BalanceToppedUp(
-        event_id="topup_2:applied", account_id=ACCOUNT, amount=100_000, available=100_005,
-        currency=CARD.currency, note=event.note, occurred_at=NOW)
+        event_id="topup_2:applied",
+        account_id=ACCOUNT,
+        amount=100_000,
+        available=100_005,
+        currency=CARD.currency,
+        note=event.note,
+        occurred_at=NOW,
+    )
     assert ledger.entries["topup:topup_2"].available_after == 100_005
     ledger.feed(send_requested("msg_2", category="utility"))  # the balance moves on
     # derived from the entry: a replay of the offset and a duplicate at a new offset say the
@@ -291,6 +344,7 @@ def test_a_top_up_of_nothing_or_less_is_refused(amount: int) -> None:
 
 
 # --- replays and duplicates ------------------------------------------------------------------
+
 
 def test_a_replayed_offset_changes_nothing_but_derives_its_outputs_again() -> None:
     ledger = books(available=100_000)
@@ -325,8 +379,7 @@ def test_the_same_send_request_at_a_new_offset_reserves_once() -> None:
     assert duplicate.outcome == "duplicate"
     assert duplicate.balance is None
     assert duplicate.outputs[0].topic is SEND_APPROVED  # downstream dedupes by message id
-    assert (ledger.balance.available, ledger.balance.reserved) == (100_000 - GB_UTILITY,
-                                                                   GB_UTILITY)
+    assert (ledger.balance.available, ledger.balance.reserved) == (100_000 - GB_UTILITY, GB_UTILITY)
 
 
 def test_the_same_status_republished_at_a_new_offset_releases_once() -> None:
@@ -354,13 +407,26 @@ def test_an_entry_written_without_its_balance_is_applied_when_the_event_comes_ag
     position = ledger.next_position(STATUS_TOPIC)
     ledger.feed(send_requested("msg_1"))
     before = ledger.balance
-    first = decide(before, status("msg_1", "failed"), position, rate_card=CARD, now=NOW,
-                   reservation=ledger.entries["msg_1:reserve"])
+    first = decide(
+        before,
+        status("msg_1", "failed"),
+        position,
+        rate_card=CARD,
+        now=NOW,
+        reservation=ledger.entries["msg_1:reserve"],
+    )
     # The process stopped after inserting the entry and before writing the balance.
     [entry] = first.entries
 
-    resumed = decide(before, status("msg_1", "failed"), position, rate_card=CARD, now=NOW + 5,
-                     reservation=ledger.entries["msg_1:reserve"], existing=entry)
+    resumed = decide(
+        before,
+        status("msg_1", "failed"),
+        position,
+        rate_card=CARD,
+        now=NOW + 5,
+        reservation=ledger.entries["msg_1:reserve"],
+        existing=entry,
+    )
 
     assert resumed.outcome == "released"
     assert resumed.entries == ()
@@ -368,6 +434,7 @@ def test_an_entry_written_without_its_balance_is_applied_when_the_event_comes_ag
 
 
 # --- low balance -----------------------------------------------------------------------------
+
 
 def alerts(ledger: Books) -> list[Any]:
     return [e for e in ledger.published if type(e).__name__ == "LowBalanceAlerted"]
@@ -380,8 +447,11 @@ def test_falling_below_the_threshold_alerts_once_per_crossing() -> None:
 
     assert [o.topic for o in crossing.outputs] == [SEND_APPROVED, LOW_BALANCE_ALERTED]
     alert = crossing.outputs[1].event
-    assert (alert.event_id, alert.available, alert.threshold) == (f"{ACCOUNT}:low:1", 41_800,
-                                                                  50_000)
+    assert (alert.event_id, alert.available, alert.threshold) == (
+        f"{ACCOUNT}:low:1",
+        41_800,
+        50_000,
+    )
     ledger.feed(send_requested("msg_2", category="utility"))  # 17 600: still below, no alert
     assert len(alerts(ledger)) == 1
 
@@ -423,8 +493,9 @@ def test_a_charge_above_the_reservation_can_cross_the_threshold() -> None:
     assert decision.outputs[0].event.available == 100_000 - GB_MARKETING
 
 
-def test_a_replay_of_the_crossing_event_publishes_its_alert_again_but_a_duplicate_does_not(
-        ) -> None:
+def test_a_replay_of_the_crossing_event_publishes_its_alert_again_but_a_duplicate_does_not() -> (
+    None
+):
     ledger = books(threshold=50_000)
     ledger.feed(top_up(100_000, event_id="t1"))
     position = ledger.next_position(SEND_TOPIC)
@@ -451,15 +522,25 @@ def test_the_accounts_own_threshold_decides_the_crossing() -> None:
 
 
 def test_a_changed_threshold_rearms_above_it_and_keeps_an_alert_already_given() -> None:
-    balance = Balance(account_id=ACCOUNT, currency="USD", available=60_000,
-                      low_balance_threshold=50_000, low_balance_armed=True)
+    balance = Balance(
+        account_id=ACCOUNT,
+        currency="USD",
+        available=60_000,
+        low_balance_threshold=50_000,
+        low_balance_armed=True,
+    )
     assert with_threshold(balance, 50_000) is balance
     # raised above the balance while armed: the next movement that stays below it alerts
     raised = with_threshold(balance, 70_000)
     assert (raised.low_balance_threshold, raised.low_balance_armed) == (70_000, True)
     # alerted at the old threshold, then lowered under the balance: armed again
-    alerted = Balance(account_id=ACCOUNT, currency="USD", available=40_000,
-                      low_balance_threshold=50_000, low_balance_armed=False)
+    alerted = Balance(
+        account_id=ACCOUNT,
+        currency="USD",
+        available=40_000,
+        low_balance_threshold=50_000,
+        low_balance_armed=False,
+    )
     assert with_threshold(alerted, 30_000).low_balance_armed is True
     # lowered, but still above the balance: no second alert for the same fall
     assert with_threshold(alerted, 45_000).low_balance_armed is False

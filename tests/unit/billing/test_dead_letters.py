@@ -27,8 +27,7 @@ def _fail_saves_of(shell: Shell, marked_offsets: set[int], times: int | None = N
         stored = shell.balances.documents.get(balance.account_id)
         before = stored.applied.get(source, -1) if stored else -1
         after = balance.applied.get(source, -1)
-        entries = {e.source_offset for e in shell.ledger.entries.values()
-                   if e.source == source}
+        entries = {e.source_offset for e in shell.ledger.entries.values() if e.source == source}
         hit = [o for o in marked_offsets & entries if before < o <= after]
         if hit and (times is None or failed < times):
             failed += 1
@@ -38,8 +37,9 @@ def _fail_saves_of(shell: Shell, marked_offsets: set[int], times: int | None = N
     shell.balances.save = buggy_save  # type: ignore[method-assign]
 
 
-async def test_a_bug_between_the_entry_and_the_balance_removes_the_entry_then_dead_letters(
-        ) -> None:
+async def test_a_bug_between_the_entry_and_the_balance_removes_the_entry_then_dead_letters() -> (
+    None
+):
     shell = await funded()
     _fail_saves_of(shell, {1})
     records = [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(3)]
@@ -59,11 +59,16 @@ async def test_a_replayed_dead_letter_is_applied_once_the_bug_is_gone() -> None:
     shell = await funded()
     _fail_saves_of(shell, {1}, times=3)
     request = send_requested("msg_1")
-    first = [shell.record(SEND_REQUESTED, send_requested("msg_0")),
-             shell.record(SEND_REQUESTED, request),
-             shell.record(SEND_REQUESTED, send_requested("msg_2"))]
+    first = [
+        shell.record(SEND_REQUESTED, send_requested("msg_0")),
+        shell.record(SEND_REQUESTED, request),
+        shell.record(SEND_REQUESTED, send_requested("msg_2")),
+    ]
     assert [await shell.worker.handle(r) for r in first] == [
-        "reserved", "dead_lettered", "reserved"]
+        "reserved",
+        "dead_lettered",
+        "reserved",
+    ]
 
     # `hala dlq replay` writes it back to its topic: a new offset.
     assert await shell.worker.handle(shell.record(SEND_REQUESTED, request)) == "reserved"
@@ -107,8 +112,11 @@ async def test_a_bug_in_a_batch_dead_letters_only_its_record() -> None:
     assert set(shell.ledger.entries) >= {"msg_0:reserve", "msg_2:reserve"}
     assert "msg_1:reserve" not in shell.ledger.entries
     assert shell.balance.reserved == 2 * GB_UTILITY
-    reserved_in_ledger = sum(e.amount for e in shell.ledger.entries.values()
-                             if e.kind == "reserve" and e.account_id == ACCOUNT)
+    reserved_in_ledger = sum(
+        e.amount
+        for e in shell.ledger.entries.values()
+        if e.kind == "reserve" and e.account_id == ACCOUNT
+    )
     assert reserved_in_ledger == shell.balance.reserved
 
 
@@ -129,15 +137,16 @@ async def test_many_bugs_in_a_row_hold_the_partition_instead_of_draining_it() ->
 
     shell.balances.get = broken  # type: ignore[method-assign]
     for n in range(2):
-        assert await shell.worker.handle(shell.record(
-            TOPUP_REQUESTED, top_up(5, f"topup_{n}"))) == "dead_lettered"
+        assert (
+            await shell.worker.handle(shell.record(TOPUP_REQUESTED, top_up(5, f"topup_{n}")))
+            == "dead_lettered"
+        )
     with pytest.raises(StopRetrying):  # the third one is held, not dead-lettered
         await shell.worker.handle(shell.record(TOPUP_REQUESTED, top_up(5, "topup_9")))
     assert len(shell.publisher.dead_letters) == 2
 
 
-async def test_a_status_whose_settlement_hits_a_bug_is_dead_lettered_and_leaves_the_hold(
-        ) -> None:
+async def test_a_status_whose_settlement_hits_a_bug_is_dead_lettered_and_leaves_the_hold() -> None:
     shell = await funded()
     await shell.worker.handle(shell.record(SEND_REQUESTED, send_requested("msg_1")))
     get = shell.ledger.get
@@ -148,8 +157,9 @@ async def test_a_status_whose_settlement_hits_a_bug_is_dead_lettered_and_leaves_
         return await get(key)
 
     shell.ledger.get = buggy_get  # type: ignore[method-assign]
-    delivered = shell.record(STATUS_CHANGED, status("msg_1", "delivered",
-                                                    pricing=regular("utility")))
+    delivered = shell.record(
+        STATUS_CHANGED, status("msg_1", "delivered", pricing=regular("utility"))
+    )
     shell.worker._reservations.clear()
     assert await shell.worker.handle(delivered) == "dead_lettered"
     assert shell.balance.reserved == GB_UTILITY  # nothing settled, nothing lost

@@ -19,16 +19,23 @@ def test_every_message_type_is_reserved_and_approved_with_the_whole_request() ->
     kinds = set()
     for offset, example in enumerate(SEND_REQUESTED.examples):
         event = SEND_REQUESTED.decode(orjson.dumps(example))
-        decision = decide(Balance(event.account_id, "USD", available=10_000_000), event,
-                          Position(SEND_REQUESTED.name, 0, offset), rate_card=CARD,
-                          now=1_764_000_000_000)
+        decision = decide(
+            Balance(event.account_id, "USD", available=10_000_000),
+            event,
+            Position(SEND_REQUESTED.name, 0, offset),
+            rate_card=CARD,
+            now=1_764_000_000_000,
+        )
         [output] = decision.outputs
         approved = output.event
         assert isinstance(approved, SendApproved)
         assert approved.reserved_amount == CARD.price(event.category, event.recipient_region)
-        assert (approved.message_type, approved.content, approved.callback_data,
-                approved.reply_to) == (event.message_type, event.content, event.callback_data,
-                                       event.reply_to)
+        assert (
+            approved.message_type,
+            approved.content,
+            approved.callback_data,
+            approved.reply_to,
+        ) == (event.message_type, event.content, event.callback_data, event.reply_to)
         assert SEND_APPROVED.decode(SEND_APPROVED.encode(approved)[1]) == approved
         if event.message_type != "template":
             assert event.category == "service"

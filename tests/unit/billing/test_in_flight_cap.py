@@ -24,7 +24,10 @@ def test_open_reservations_are_counted_and_a_send_at_the_cap_is_rejected() -> No
     ledger = books(available=100 * GB_UTILITY)
     ledger.balance = with_in_flight_limit(ledger.balance, 2)
     assert [ledger.feed(send_requested(f"msg_{n}")).outcome for n in range(3)] == [
-        "reserved", "reserved", "rejected"]
+        "reserved",
+        "reserved",
+        "rejected",
+    ]
     assert (ledger.balance.in_flight, ledger.balance.reserved) == (2, 2 * GB_UTILITY)
     rejected = ledger.published[-1]
     assert (rejected.status, rejected.reason) == ("rejected", TOO_MANY_IN_FLIGHT)
@@ -101,16 +104,20 @@ async def test_the_batch_path_applies_the_default_cap_and_keeps_it_on_the_balanc
     shell = make_shell(max_in_flight=3, thresholds=FakeSettings({}), clock=FakeClock())
     await shell.worker.handle_batch([shell.record(TOPUP_REQUESTED, top_up(100 * GB_UTILITY))])
     outcomes = await shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(5)])
+        [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(5)]
+    )
     assert outcomes == ["reserved"] * 3 + ["rejected"] * 2
     assert len(_published(shell, SEND_APPROVED)) == 3
     assert [e.reason for e in _published(shell, STATUS_CHANGED)] == [TOO_MANY_IN_FLIGHT] * 2
     stored = shell.balances.documents[ACCOUNT]
     assert (stored.in_flight, stored.in_flight_limit) == (3, 3)
     # A delivery settles one: the next send goes.
-    await shell.worker.handle_batch([
-        shell.record(STATUS_CHANGED, status("msg_0", "delivered", pricing=regular())),
-        shell.record(SEND_REQUESTED, send_requested("msg_9"))])
+    await shell.worker.handle_batch(
+        [
+            shell.record(STATUS_CHANGED, status("msg_0", "delivered", pricing=regular())),
+            shell.record(SEND_REQUESTED, send_requested("msg_9")),
+        ]
+    )
     assert shell.balances.documents[ACCOUNT].in_flight == 3
     assert len(_published(shell, SEND_APPROVED)) == 4
 
@@ -129,6 +136,7 @@ async def test_an_account_without_a_cap_of_its_own_and_a_default_of_0_has_none()
     shell = make_shell(max_in_flight=0, thresholds=FakeSettings({}), clock=FakeClock())
     await shell.worker.handle_batch([shell.record(TOPUP_REQUESTED, top_up(100 * GB_UTILITY))])
     outcomes = await shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(20)])
+        [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(20)]
+    )
     assert outcomes == ["reserved"] * 20
     assert shell.balances.documents[ACCOUNT].in_flight == 20

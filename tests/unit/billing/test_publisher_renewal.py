@@ -22,8 +22,7 @@ class FakeProducer:
         self.error = error
         self.sent: list[tuple[str, bytes]] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None,
-                   **_: Any) -> Any:
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, **_: Any) -> Any:
         if self.error is not None:
             raise self.error
         self.sent.append((topic, value))
@@ -32,8 +31,7 @@ class FakeProducer:
         return future
 
 
-async def test_a_producer_the_broker_no_longer_accepts_is_replaced_and_the_retry_goes_out(
-        ) -> None:
+async def test_a_producer_the_broker_no_longer_accepts_is_replaced_and_the_retry_goes_out() -> None:
     broken, fresh = FakeProducer(OutOfOrderSequenceNumber()), FakeProducer()
     renewals = 0
 

@@ -32,8 +32,7 @@ async def busy_account() -> tuple[FakeLedger, FakeBalances]:
     await handle(record(TOPUP_REQUESTED, top_up(1_000_000)))
     for n in range(1, 5):
         await handle(record(SEND_REQUESTED, send_requested(f"msg_{n}")))
-    await handle(record(STATUS_CHANGED,
-                        status("msg_1", "delivered", pricing=regular("marketing"))))
+    await handle(record(STATUS_CHANGED, status("msg_1", "delivered", pricing=regular("marketing"))))
     await handle(record(STATUS_CHANGED, status("msg_2", "failed")))
     await handle(record(STATUS_CHANGED, status("msg_3", "sent")))
     return shell.ledger, shell.balances
@@ -47,8 +46,9 @@ async def test_a_ledger_that_matches_its_balances_has_no_drift() -> None:
 
 async def test_a_balance_that_lost_money_is_reported_with_the_amount() -> None:
     ledger, balances = await busy_account()
-    balances.documents[ACCOUNT] = replace(balances.documents[ACCOUNT],
-                                          available=balances.documents[ACCOUNT].available - 7)
+    balances.documents[ACCOUNT] = replace(
+        balances.documents[ACCOUNT], available=balances.documents[ACCOUNT].available - 7
+    )
     result = await reconciler(ledger, balances).run_once()
     assert result.drift == 7
     assert result.drifting_accounts == (ACCOUNT,)
@@ -56,8 +56,9 @@ async def test_a_balance_that_lost_money_is_reported_with_the_amount() -> None:
 
 async def test_a_reservation_missing_from_the_balance_counts_twice() -> None:
     ledger, balances = await busy_account()
-    balances.documents[ACCOUNT] = replace(balances.documents[ACCOUNT],
-                                          reserved=balances.documents[ACCOUNT].reserved - 100)
+    balances.documents[ACCOUNT] = replace(
+        balances.documents[ACCOUNT], reserved=balances.documents[ACCOUNT].reserved - 100
+    )
     result = await reconciler(ledger, balances).run_once()
     assert result.drift == 200  # the total is short, and so are the open reservations
 
@@ -66,9 +67,15 @@ async def test_an_entry_written_before_its_balance_is_not_drift() -> None:
     ledger, balances = await busy_account()
     # The agent inserted the next entry and has not written the balance yet.
     ledger.entries["topup:late"] = LedgerEntry(
-        key="topup:late", account_id=ACCOUNT, kind="topup", amount=500, at=0,
-        source=f"{PREFIX}billing.topup-requested.v1:2", source_offset=1,
-        source_event_id="late")
+        key="topup:late",
+        account_id=ACCOUNT,
+        kind="topup",
+        amount=500,
+        at=0,
+        source=f"{PREFIX}billing.topup-requested.v1:2",
+        source_offset=1,
+        source_event_id="late",
+    )
     result = await reconciler(ledger, balances).run_once()
     assert result.drift == 0
 
@@ -77,8 +84,15 @@ async def test_entries_of_an_account_without_a_balance_yet_are_not_drift() -> No
     journal = Journal()
     ledger, balances = FakeLedger(journal), FakeBalances(journal)
     ledger.entries["topup:first"] = LedgerEntry(
-        key="topup:first", account_id="acc_new", kind="topup", amount=500, at=0,
-        source="billing.topup-requested.v1:0", source_offset=0, source_event_id="first")
+        key="topup:first",
+        account_id="acc_new",
+        kind="topup",
+        amount=500,
+        at=0,
+        source="billing.topup-requested.v1:0",
+        source_offset=0,
+        source_event_id="first",
+    )
     result = await reconciler(ledger, balances).run_once()
     assert result.drift == 0
 
@@ -86,23 +100,52 @@ async def test_entries_of_an_account_without_a_balance_yet_are_not_drift() -> No
 def test_totals_count_only_what_the_balance_has_applied() -> None:
     balance = Balance(ACCOUNT, "USD", applied={"s:0": 4})
     entries = [
-        LedgerEntry(key="a", account_id=ACCOUNT, kind="topup", amount=10, at=0, source="s:0",
-                    source_offset=4, source_event_id="a"),
-        LedgerEntry(key="b", account_id=ACCOUNT, kind="topup", amount=20, at=0, source="s:0",
-                    source_offset=5, source_event_id="b"),
+        LedgerEntry(
+            key="a",
+            account_id=ACCOUNT,
+            kind="topup",
+            amount=10,
+            at=0,
+            source="s:0",
+            source_offset=4,
+            source_event_id="a",
+        ),
+        LedgerEntry(
+            key="b",
+            account_id=ACCOUNT,
+            kind="topup",
+            amount=20,
+            at=0,
+            source="s:0",
+            source_offset=5,
+            source_event_id="b",
+        ),
     ]
     assert totals_from_entries(entries, balance) == LedgerTotals(topups=10)
 
 
 def test_settlements_close_reservations_and_charges_reduce_credit() -> None:
     def entry(key: str, kind: str, amount: int, reserved_amount: int = 0) -> LedgerEntry:
-        return LedgerEntry(key=key, account_id=ACCOUNT, kind=kind,  # type: ignore[arg-type]
-                           amount=amount, reserved_amount=reserved_amount, at=0, source="s:0",
-                           source_offset=0, source_event_id=key)
+        return LedgerEntry(
+            key=key,
+            account_id=ACCOUNT,
+            kind=kind,  # type: ignore[arg-type]
+            amount=amount,
+            reserved_amount=reserved_amount,
+            at=0,
+            source="s:0",
+            source_offset=0,
+            source_event_id=key,
+        )
 
-    entries = [entry("t", "topup", 1000), entry("r1", "reserve", 150),
-               entry("r2", "reserve", 150), entry("c", "charge", 120, 100),
-               entry("l", "release", 100, 100), entry("j", "reject", 50)]
+    entries = [
+        entry("t", "topup", 1000),
+        entry("r1", "reserve", 150),
+        entry("r2", "reserve", 150),
+        entry("c", "charge", 120, 100),
+        entry("l", "release", 100, 100),
+        entry("j", "reject", 50),
+    ]
     balance = Balance(ACCOUNT, "USD", available=780, reserved=100, applied={"s:0": 0})
     totals = totals_from_entries(entries, balance)
     assert (totals.net_credit, totals.open_reservations) == (880, 100)
@@ -112,9 +155,15 @@ def test_settlements_close_reservations_and_charges_reduce_credit() -> None:
 async def test_a_pass_leaves_out_entries_not_applied_yet() -> None:
     ledger, balances = await busy_account()
     ledger.entries["topup:late"] = LedgerEntry(
-        key="topup:late", account_id=ACCOUNT, kind="topup", amount=500, at=NOW,
-        source=f"{PREFIX}billing.topup-requested.v1:2", source_offset=1,
-        source_event_id="late")
+        key="topup:late",
+        account_id=ACCOUNT,
+        kind="topup",
+        amount=500,
+        at=NOW,
+        source=f"{PREFIX}billing.topup-requested.v1:2",
+        source_offset=1,
+        source_event_id="late",
+    )
     result = await reconciler(ledger, balances).run_once()
     assert (result.drift, result.entries, result.pending) == (0, 8, 1)
 
@@ -125,14 +174,28 @@ async def test_entries_older_than_the_margin_are_folded_once_and_never_read_agai
     for n in range(2_500):  # a long history: top-ups applied by the balance long ago
         key = f"topup:old{n:05}"
         ledger.entries[key] = LedgerEntry(
-            key=key, account_id=ACCOUNT, kind="topup", amount=2, at=n, source="old:0",
-            source_offset=n, source_event_id=key)
+            key=key,
+            account_id=ACCOUNT,
+            kind="topup",
+            amount=2,
+            at=n,
+            source="old:0",
+            source_offset=n,
+            source_event_id=key,
+        )
     balances.documents[ACCOUNT] = replace(
-        balances.documents[ACCOUNT], available=balances.documents[ACCOUNT].available + 5_000,
-        applied={**balances.documents[ACCOUNT].applied, "old:0": 2_499})
+        balances.documents[ACCOUNT],
+        available=balances.documents[ACCOUNT].available + 5_000,
+        applied={**balances.documents[ACCOUNT].applied, "old:0": 2_499},
+    )
     clock, checkpoints = FakeClock(start_ms=NOW), FakeCheckpoints()
-    job = Reconciler(ledger, balances, clock, checkpoints,  # type: ignore[arg-type]
-                     page_size=1000)
+    job = Reconciler(
+        ledger,
+        balances,
+        clock,
+        checkpoints,  # type: ignore[arg-type]
+        page_size=1000,
+    )
 
     first = await job.run_once()
     assert (first.drift, first.folded) == (0, 2_500)  # the recent 7 stay in the tail
@@ -156,30 +219,40 @@ async def test_drift_behind_the_position_is_still_reported() -> None:
     clock, checkpoints = FakeClock(start_ms=NOW + 600_000), FakeCheckpoints()
     job = Reconciler(ledger, balances, clock, checkpoints)  # type: ignore[arg-type]
     assert (await job.run_once()).folded == 7
-    balances.documents[ACCOUNT] = replace(balances.documents[ACCOUNT],
-                                          available=balances.documents[ACCOUNT].available + 9)
+    balances.documents[ACCOUNT] = replace(
+        balances.documents[ACCOUNT], available=balances.documents[ACCOUNT].available + 9
+    )
     assert (await job.run_once()).drift == 9
 
 
 async def test_an_old_entry_its_balance_has_not_applied_is_rechecked_until_it_is() -> None:
     ledger, balances = await busy_account()
-    late = LedgerEntry(key="topup:late", account_id=ACCOUNT, kind="topup", amount=500, at=NOW,
-                       source=f"{PREFIX}billing.topup-requested.v1:2", source_offset=1,
-                       source_event_id="late")
+    late = LedgerEntry(
+        key="topup:late",
+        account_id=ACCOUNT,
+        kind="topup",
+        amount=500,
+        at=NOW,
+        source=f"{PREFIX}billing.topup-requested.v1:2",
+        source_offset=1,
+        source_event_id="late",
+    )
     ledger.entries[late.key] = late
     clock, checkpoints = FakeClock(start_ms=NOW + 600_000), FakeCheckpoints()
     job = Reconciler(ledger, balances, clock, checkpoints)  # type: ignore[arg-type]
     result = await job.run_once()
     assert (result.drift, result.pending, checkpoints.states["reconcile"]["pending"]) == (
-        0, 1, ["topup:late"])
+        0,
+        1,
+        ["topup:late"],
+    )
     # The balance applies it later: folded then, and the drift stays zero.
     balance = balances.documents[ACCOUNT]
     balances.documents[ACCOUNT] = replace(
-        balance, available=balance.available + 500,
-        applied={**balance.applied, late.source: 1})
+        balance, available=balance.available + 500, applied={**balance.applied, late.source: 1}
+    )
     result = await job.run_once()
-    assert (result.drift, result.pending, checkpoints.states["reconcile"]["pending"]) == (
-        0, 0, [])
+    assert (result.drift, result.pending, checkpoints.states["reconcile"]["pending"]) == (0, 0, [])
 
 
 async def test_an_erased_accounts_totals_follow_its_ledger_to_the_pseudonym() -> None:
@@ -193,14 +266,20 @@ async def test_an_erased_accounts_totals_follow_its_ledger_to_the_pseudonym() ->
             return self.names
 
     erased = Erased()
-    job = Reconciler(ledger, balances, clock, checkpoints,  # type: ignore[arg-type]
-                     erased=erased)
+    job = Reconciler(
+        ledger,
+        balances,
+        clock,
+        checkpoints,  # type: ignore[arg-type]
+        erased=erased,
+    )
     assert (await job.run_once()).folded == 7
     # What `hala accounts erase` does: entries and balance move to the pseudonym.
     for key, entry in list(ledger.entries.items()):
         ledger.entries[key] = replace(entry, account_id="hmac-sha256:pseudo")
-    balances.documents["hmac-sha256:pseudo"] = replace(balances.documents.pop(ACCOUNT),
-                                                       account_id="hmac-sha256:pseudo")
+    balances.documents["hmac-sha256:pseudo"] = replace(
+        balances.documents.pop(ACCOUNT), account_id="hmac-sha256:pseudo"
+    )
     erased.names = {ACCOUNT: "hmac-sha256:pseudo"}
     result = await job.run_once()
     assert (result.drift, result.accounts) == (0, 1)

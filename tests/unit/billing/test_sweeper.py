@@ -32,12 +32,15 @@ def test_only_unsettled_reservations_past_the_horizon_expire() -> None:
     reservations = [
         OpenReservation(ACCOUNT, "msg_old", at=now - RESERVATION_HORIZON_MS, settled=False),
         OpenReservation(ACCOUNT, "msg_settled", at=0, settled=True),
-        OpenReservation(ACCOUNT, "msg_young", at=now - RESERVATION_HORIZON_MS + 1,
-                        settled=False),
+        OpenReservation(ACCOUNT, "msg_young", at=now - RESERVATION_HORIZON_MS + 1, settled=False),
     ]
     [expiry] = overdue_expiries(reservations, now=now)
     assert (expiry.message_id, expiry.status, expiry.source, expiry.event_id) == (
-        "msg_old", "expired", "billing", "msg_old:expired:billing")
+        "msg_old",
+        "expired",
+        "billing",
+        "msg_old:expired:billing",
+    )
     assert settlement_for(expiry) == "release"
 
 
@@ -45,14 +48,19 @@ async def test_the_sweeper_expires_an_overdue_reservation_and_the_agent_releases
     shell = await funded()
     await shell.worker.handle(shell.record(SEND_REQUESTED, send_requested("msg_1")))
     await shell.worker.handle(shell.record(SEND_REQUESTED, send_requested("msg_2")))
-    await shell.worker.handle(shell.record(STATUS_CHANGED, status(
-        "msg_2", "delivered", pricing=regular("utility"))))
+    await shell.worker.handle(
+        shell.record(STATUS_CHANGED, status("msg_2", "delivered", pricing=regular("utility")))
+    )
     clock = FakeClock()
     clock.advance(RESERVATION_HORIZON_MS / 1000 + 1)
     shell.publisher.published.clear()
 
-    sweeper = ReservationSweeper(shell.ledger, shell.publisher, clock,  # type: ignore[arg-type]
-                                 FakeCheckpoints())
+    sweeper = ReservationSweeper(
+        shell.ledger,
+        shell.publisher,
+        clock,  # type: ignore[arg-type]
+        FakeCheckpoints(),
+    )
     assert await sweeper.run_once() == 1
     [(topic, expiry)] = shell.publisher.published
     assert (topic, expiry.message_id) == ("messages.status-changed.v1", "msg_1")
@@ -69,13 +77,29 @@ def _old_reserves(ledger: FakeLedger, count: int, *, settled_every: int = 0) -> 
     for n in range(count):
         key = f"msg_{n:05}"
         ledger.entries[f"{key}:reserve"] = LedgerEntry(
-            key=f"{key}:reserve", account_id=ACCOUNT, kind="reserve", amount=100, at=n,
-            source="s:0", source_offset=n, source_event_id=key, message_id=key)
+            key=f"{key}:reserve",
+            account_id=ACCOUNT,
+            kind="reserve",
+            amount=100,
+            at=n,
+            source="s:0",
+            source_offset=n,
+            source_event_id=key,
+            message_id=key,
+        )
         if settled_every and n % settled_every == 0:
             ledger.entries[f"{key}:settle"] = LedgerEntry(
-                key=f"{key}:settle", account_id=ACCOUNT, kind="release", amount=100,
-                reserved_amount=100, at=n + 1, source="s:1", source_offset=n,
-                source_event_id=f"{key}:failed", message_id=key)
+                key=f"{key}:settle",
+                account_id=ACCOUNT,
+                kind="release",
+                amount=100,
+                reserved_amount=100,
+                at=n + 1,
+                source="s:1",
+                source_offset=n,
+                source_event_id=f"{key}:failed",
+                message_id=key,
+            )
 
 
 async def test_each_step_reads_one_page_and_the_next_run_starts_where_the_last_ended() -> None:
@@ -85,8 +109,13 @@ async def test_each_step_reads_one_page_and_the_next_run_starts_where_the_last_e
     ledger, publisher, checkpoints = FakeLedger(journal), FakePublisher(journal), FakeCheckpoints()
     _old_reserves(ledger, 2_345, settled_every=5)
     clock = FakeClock(start_ms=RESERVATION_HORIZON_MS + 10_000)
-    sweeper = ReservationSweeper(ledger, publisher, clock, checkpoints,  # type: ignore[arg-type]
-                                 page_size=500)
+    sweeper = ReservationSweeper(
+        ledger,
+        publisher,
+        clock,
+        checkpoints,  # type: ignore[arg-type]
+        page_size=500,
+    )
 
     first = await sweeper.step()
     assert (first.read, first.caught_up, ledger.pages) == (500, False, [500])
@@ -107,8 +136,13 @@ async def test_a_page_whose_expiries_could_not_be_published_is_read_again() -> N
     ledger, publisher, checkpoints = FakeLedger(journal), FakePublisher(journal), FakeCheckpoints()
     _old_reserves(ledger, 3)
     clock = FakeClock(start_ms=RESERVATION_HORIZON_MS + 10_000)
-    sweeper = ReservationSweeper(ledger, publisher, clock, checkpoints,  # type: ignore[arg-type]
-                                 page_size=10)
+    sweeper = ReservationSweeper(
+        ledger,
+        publisher,
+        clock,
+        checkpoints,  # type: ignore[arg-type]
+        page_size=10,
+    )
     publisher.failures = 1
     with pytest.raises(DependencyUnavailable):
         await sweeper.run_once()

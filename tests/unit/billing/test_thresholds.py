@@ -23,12 +23,14 @@ class FakeThresholds:
 
     async def settings(self, account_ids: Sequence[str]) -> dict[str, AccountSettings]:
         self.reads.append(list(account_ids))
-        return {a: AccountSettings(low_balance_threshold=self.known[a])
-                for a in account_ids if a in self.known}
+        return {
+            a: AccountSettings(low_balance_threshold=self.known[a])
+            for a in account_ids
+            if a in self.known
+        }
 
 
-def _shell(thresholds: dict[str, int], **options: Any) -> tuple[Shell, FakeThresholds,
-                                                                 FakeClock]:
+def _shell(thresholds: dict[str, int], **options: Any) -> tuple[Shell, FakeThresholds, FakeClock]:
     source = FakeThresholds(thresholds)
     clock = FakeClock()
     shell = make_shell(thresholds=source, threshold_refresh_s=30.0, clock=clock, **options)
@@ -44,10 +46,14 @@ async def test_a_crossing_of_the_accounts_own_threshold_alerts_exactly_once() ->
     shell, source, _ = _shell({ACCOUNT: 60_000})
     await shell.worker.handle_batch([shell.record(TOPUP_REQUESTED, top_up(100_000))])
     await shell.worker.handle_batch(
-        [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(3)])
+        [shell.record(SEND_REQUESTED, send_requested(f"msg_{n}")) for n in range(3)]
+    )
     [alert] = _alerts(shell)
     assert (alert.event_id, alert.threshold, alert.available) == (
-        f"{ACCOUNT}:low:1", 60_000, 100_000 - 2 * GB_UTILITY)
+        f"{ACCOUNT}:low:1",
+        60_000,
+        100_000 - 2 * GB_UTILITY,
+    )
     assert shell.balance.low_balance_threshold == 60_000  # kept on the balance document
     await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_9"))])
     assert len(_alerts(shell)) == 1  # still below: no second alert
@@ -86,8 +92,11 @@ async def test_a_changed_threshold_applies_after_the_refresh_interval() -> None:
 
 async def test_one_read_serves_every_account_of_a_batch() -> None:
     shell, source, _ = _shell({ACCOUNT: 1, "acc_other": 2})
-    await shell.worker.handle_batch([
-        shell.record(TOPUP_REQUESTED, top_up(100_000)),
-        shell.record(TOPUP_REQUESTED, top_up(100_000, "topup_o", account_id="acc_other"))])
+    await shell.worker.handle_batch(
+        [
+            shell.record(TOPUP_REQUESTED, top_up(100_000)),
+            shell.record(TOPUP_REQUESTED, top_up(100_000, "topup_o", account_id="acc_other")),
+        ]
+    )
     assert source.reads == [[ACCOUNT, "acc_other"]]
     assert shell.balances.documents["acc_other"].low_balance_threshold == 2

@@ -49,32 +49,52 @@ class Shell:
         key, value = topic.encode(event)
         return self.raw(topic, value, key, offset)
 
-    def raw(self, topic: Topic[Any], value: bytes, key: bytes = b"k",
-            offset: int | None = None) -> Record:
+    def raw(
+        self, topic: Topic[Any], value: bytes, key: bytes = b"k", offset: int | None = None
+    ) -> Record:
         name = PREFIX + topic.name
         if offset is None:
             offset = self.offsets[name] = self.offsets.get(name, -1) + 1
-        return Record(topic=name, partition=2, offset=offset, key=key, value=value,
-                      headers=(("traceparent", b"00-abc"),))
+        return Record(
+            topic=name,
+            partition=2,
+            offset=offset,
+            key=key,
+            value=value,
+            headers=(("traceparent", b"00-abc"),),
+        )
 
     @property
     def balance(self) -> Balance:
         return self.balances.documents[ACCOUNT]
 
 
-def make_shell(*, sleeps: Sleeps | None = None, dead_letter_limit: int = 50,
-               clock: FakeClock | None = None, low_balance_threshold: int = 0,
-               **options: Any) -> Shell:
+def make_shell(
+    *,
+    sleeps: Sleeps | None = None,
+    dead_letter_limit: int = 50,
+    clock: FakeClock | None = None,
+    low_balance_threshold: int = 0,
+    **options: Any,
+) -> Shell:
     journal = Journal()
-    balances, ledger, publisher = FakeBalances(journal), FakeLedger(journal), FakePublisher(
-        journal)
+    balances, ledger, publisher = FakeBalances(journal), FakeLedger(journal), FakePublisher(journal)
     sleeps = sleeps or Sleeps()
-    worker = BillingWorker(balances=balances, ledger=ledger, publisher=publisher,
-                           rate_card=CARD, clock=clock or FakeClock(), topic_prefix=PREFIX,
-                           low_balance_threshold=low_balance_threshold,
-                           retry_first_delay_s=0.2,
-                           retry_max_delay_s=1.0, dead_letter_limit=dead_letter_limit,
-                           sleep=sleeps, top_up_key=TOPUP_KEY, **options)
+    worker = BillingWorker(
+        balances=balances,
+        ledger=ledger,
+        publisher=publisher,
+        rate_card=CARD,
+        clock=clock or FakeClock(),
+        topic_prefix=PREFIX,
+        low_balance_threshold=low_balance_threshold,
+        retry_first_delay_s=0.2,
+        retry_max_delay_s=1.0,
+        dead_letter_limit=dead_letter_limit,
+        sleep=sleeps,
+        top_up_key=TOPUP_KEY,
+        **options,
+    )
     return Shell(worker, balances, ledger, publisher, journal, sleeps, {})
 
 
@@ -94,16 +114,21 @@ async def test_outputs_are_published_after_the_entry_and_the_balance_are_written
     outcome = await shell.worker.handle(shell.record(SEND_REQUESTED, send_requested("msg_1")))
 
     assert outcome == "reserved"
-    assert shell.journal.steps == ["entry msg_1:reserve", "balance",
-                                   "publish messages.send-approved.v1"]
+    assert shell.journal.steps == [
+        "entry msg_1:reserve",
+        "balance",
+        "publish messages.send-approved.v1",
+    ]
     assert shell.balance.reserved == GB_UTILITY
 
 
 async def test_the_balance_records_the_offset_it_applied_per_topic_partition() -> None:
     shell = await funded()
     await shell.worker.handle(shell.record(SEND_REQUESTED, send_requested("msg_1")))
-    assert shell.balance.applied == {"t.billing.topup-requested.v1:2": 0,
-                                     "t.messages.send-requested.v1:2": 0}
+    assert shell.balance.applied == {
+        "t.billing.topup-requested.v1:2": 0,
+        "t.messages.send-requested.v1:2": 0,
+    }
 
 
 async def test_a_failed_publish_is_retried_and_the_balance_moves_once() -> None:
@@ -114,8 +139,7 @@ async def test_a_failed_publish_is_retried_and_the_balance_moves_once() -> None:
 
     assert outcome == "replayed"  # the retry found the offset applied and only re-published
     assert [name for name, _ in shell.publisher.published] == ["messages.send-approved.v1"]
-    assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_UTILITY,
-                                                                 GB_UTILITY)
+    assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_UTILITY, GB_UTILITY)
     assert shell.sleeps.delays == [0.2, 0.4]
 
 
@@ -126,13 +150,11 @@ async def test_a_failed_balance_write_after_the_entry_is_finished_by_the_retry()
     outcome = await shell.worker.handle(shell.record(SEND_REQUESTED, send_requested("msg_1")))
 
     assert outcome == "reserved"
-    assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_UTILITY,
-                                                                 GB_UTILITY)
+    assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_UTILITY, GB_UTILITY)
     assert len(shell.publisher.published) == 1
 
 
-async def test_a_record_redelivered_after_a_crash_before_the_publish_is_published_again(
-        ) -> None:
+async def test_a_record_redelivered_after_a_crash_before_the_publish_is_published_again() -> None:
     shell = await funded()
     record = shell.record(SEND_REQUESTED, send_requested("msg_1"))
     await shell.worker.handle(record)
@@ -170,8 +192,9 @@ async def test_an_unexpected_error_is_retried_a_few_times_then_dead_lettered() -
     assert shell.sleeps.delays == [0.2, 0.4]  # short backoff between the three tries
 
 
-async def test_an_undecodable_record_goes_to_the_dlq_with_its_bytes_and_the_loop_continues(
-        ) -> None:
+async def test_an_undecodable_record_goes_to_the_dlq_with_its_bytes_and_the_loop_continues() -> (
+    None
+):
     shell = await funded()
     bad = shell.raw(SEND_REQUESTED, b'{"event_id": "x", "amount": "lots"')
 
@@ -180,14 +203,17 @@ async def test_an_undecodable_record_goes_to_the_dlq_with_its_bytes_and_the_loop
     assert record == bad
     assert record.as_consumer_record().headers == [("traceparent", b"00-abc")]
     assert getattr(error, "code", None) == "undecodable_event"
-    assert await shell.worker.handle(
-        shell.record(SEND_REQUESTED, send_requested("msg_1"))) == "reserved"
+    assert (
+        await shell.worker.handle(shell.record(SEND_REQUESTED, send_requested("msg_1")))
+        == "reserved"
+    )
 
 
 async def test_a_top_up_that_is_not_positive_goes_to_the_dlq() -> None:
     shell = await funded()
     assert await shell.worker.handle(shell.record(TOPUP_REQUESTED, top_up(0, "t0"))) == (
-        "dead_lettered")
+        "dead_lettered"
+    )
     assert shell.balance.available == 100_000
 
 
@@ -195,14 +221,14 @@ async def test_too_many_dead_letters_in_a_row_stop_the_draining() -> None:
     shell = await funded(sleeps=Sleeps(stop_after=1), dead_letter_limit=2)
     for _ in range(2):
         assert await shell.worker.handle(shell.raw(STATUS_CHANGED, b"not json")) == (
-            "dead_lettered")
+            "dead_lettered"
+        )
     with pytest.raises(StopRetrying):  # the third one is held, not dead-lettered
         await shell.worker.handle(shell.raw(STATUS_CHANGED, b"not json"))
     assert len(shell.publisher.dead_letters) == 2
 
 
-async def test_a_send_republished_at_a_new_offset_is_reserved_once_and_approved_again(
-        ) -> None:
+async def test_a_send_republished_at_a_new_offset_is_reserved_once_and_approved_again() -> None:
     shell = await funded()
     request = send_requested("msg_1")
     await shell.worker.handle(shell.record(SEND_REQUESTED, request))
@@ -220,8 +246,7 @@ async def test_a_status_republished_at_a_new_offset_settles_once() -> None:
     after = shell.balance
 
     assert await shell.worker.handle(shell.record(STATUS_CHANGED, delivered)) == "duplicate"
-    assert (shell.balance.available, shell.balance.reserved) == (after.available,
-                                                                 after.reserved)
+    assert (shell.balance.available, shell.balance.reserved) == (after.available, after.reserved)
     assert shell.balance.available == 100_000 - CARD.price("marketing", "GB")
 
 
@@ -235,9 +260,13 @@ async def test_a_crash_between_the_entry_and_the_balance_is_finished_on_redelive
     assert shell.balance.reserved == 0
 
     restarted = make_shell()
-    restarted.balances.documents, restarted.ledger.entries = (shell.balances.documents,
-                                                              shell.ledger.entries)
+    restarted.balances.documents, restarted.ledger.entries = (
+        shell.balances.documents,
+        shell.ledger.entries,
+    )
     assert await restarted.worker.handle(record) == "reserved"
     assert (restarted.balance.available, restarted.balance.reserved) == (
-        100_000 - GB_UTILITY, GB_UTILITY)
+        100_000 - GB_UTILITY,
+        GB_UTILITY,
+    )
     assert [n for n, _ in restarted.publisher.published] == ["messages.send-approved.v1"]

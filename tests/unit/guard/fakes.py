@@ -28,8 +28,7 @@ class FakeGuardStore:
 
     async def states(self, account_ids: list[str]) -> dict[str, Doc]:
         self.state_reads += 1
-        return {i: copy.deepcopy(self.state_docs[i]) for i in account_ids
-                if i in self.state_docs}
+        return {i: copy.deepcopy(self.state_docs[i]) for i in account_ids if i in self.state_docs}
 
     async def save_state(self, doc: Doc) -> None:
         if self.fail_saves:
@@ -38,8 +37,7 @@ class FakeGuardStore:
         self.state_docs[doc["_id"]] = copy.deepcopy(doc)
 
     async def recipients(self, ids: list[str]) -> dict[str, Doc]:
-        return {i: copy.deepcopy(self.recipient_docs[i]) for i in ids
-                if i in self.recipient_docs}
+        return {i: copy.deepcopy(self.recipient_docs[i]) for i in ids if i in self.recipient_docs}
 
     async def insert_recipients(self, docs: list[Doc]) -> None:
         for doc in docs:
@@ -102,8 +100,9 @@ class Log:
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, int], int] = {}
 
-    def record(self, topic: Topic[Any], event: Any, partition: int = 0,
-               prefix: str = "") -> FakeRecord:
+    def record(
+        self, topic: Topic[Any], event: Any, partition: int = 0, prefix: str = ""
+    ) -> FakeRecord:
         name = prefix + topic.name
         offset = self.offsets.get((name, partition), 0)
         self.offsets[(name, partition)] = offset + 1

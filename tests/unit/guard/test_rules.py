@@ -12,29 +12,50 @@ from shared.clock import FakeClock
 from shared.messages import MetaError, SendRequested, StatusChanged
 
 ACC = "acc_1"
-RULES = Rules(failure_rate=Rule(0.5, 900, 10), meta_spam=Rule(2, 3600),
-              quality_red=Rule(1, 86_400), volume_spike=Rule(5.0, 3600, 100),
-              new_recipients=Rule(0.9, 3600, 20))
+RULES = Rules(
+    failure_rate=Rule(0.5, 900, 10),
+    meta_spam=Rule(2, 3600),
+    quality_red=Rule(1, 86_400),
+    volume_spike=Rule(5.0, 3600, 100),
+    new_recipients=Rule(0.9, 3600, 20),
+)
 
 
 def send(clock: FakeClock, n: int = 0) -> SendRequested:
     now = clock.now_ms()
-    return SendRequested(event_id=f"m{now}{n}", message_id=f"m{now}{n}", account_id=ACC,
-                         portfolio_id="p", waba_id="w", phone_number_id="1",
-                         recipient=f"+4479111{n:05d}", recipient_region="GB",
-                         message_type="text", content={"body": "x"}, category="service",
-                         accepted_at=now, expires_at=now + 86_400_000)
+    return SendRequested(
+        event_id=f"m{now}{n}",
+        message_id=f"m{now}{n}",
+        account_id=ACC,
+        portfolio_id="p",
+        waba_id="w",
+        phone_number_id="1",
+        recipient=f"+4479111{n:05d}",
+        recipient_region="GB",
+        message_type="text",
+        content={"body": "x"},
+        category="service",
+        accepted_at=now,
+        expires_at=now + 86_400_000,
+    )
 
 
 def status(clock: FakeClock, kind: str, code: int | None = None) -> StatusChanged:
     now = clock.now_ms()
-    return StatusChanged(event_id=f"s{now}{kind}", message_id="m", account_id=ACC, status=kind,  # type: ignore[arg-type]
-                         occurred_at=now, source="webhook",
-                         error=MetaError(code=code) if code is not None else None)
+    return StatusChanged(
+        event_id=f"s{now}{kind}",
+        message_id="m",
+        account_id=ACC,
+        status=kind,  # type: ignore[arg-type]
+        occurred_at=now,
+        source="webhook",
+        error=MetaError(code=code) if code is not None else None,
+    )
 
 
-def finish(account: Account, clock: FakeClock, delivered: int, failed: int,
-           code: int = 131026) -> None:
+def finish(
+    account: Account, clock: FakeClock, delivered: int, failed: int, code: int = 131026
+) -> None:
     for _ in range(delivered):
         account.status(status(clock, "delivered"))
     for _ in range(failed):
@@ -170,9 +191,13 @@ def test_quality_red_counts_recently_flagged_numbers_after_the_last_release() ->
 
 
 def test_per_account_overrides_replace_only_what_they_name() -> None:
-    rules = RULES.with_overrides({"failure_rate": {"threshold": 0.9, "minimum": 3},
-                                  "nonsense": {"threshold": 1},
-                                  "meta_spam": {"window_seconds": "x", "threshold": -1}})
+    rules = RULES.with_overrides(
+        {
+            "failure_rate": {"threshold": 0.9, "minimum": 3},
+            "nonsense": {"threshold": 1},
+            "meta_spam": {"window_seconds": "x", "threshold": -1},
+        }
+    )
     assert rules.failure_rate == Rule(0.9, 900, 3)
     assert rules.meta_spam == RULES.meta_spam
     assert RULES.with_overrides(None) is RULES

@@ -32,8 +32,11 @@ from shared.pseudonyms import keyed_hash
 from tests.unit.guard.fakes import FakeGuardStore, FakeHoldPublisher, FakeRecord, Log
 
 ACC = "acc_1"
-RULES = Rules(failure_rate=Rule(0.5, 900, 10), new_recipients=Rule(0.9, 3600, 5),
-              volume_spike=Rule(5, 3600, 10_000))
+RULES = Rules(
+    failure_rate=Rule(0.5, 900, 10),
+    new_recipients=Rule(0.9, 3600, 5),
+    volume_spike=Rule(5, 3600, 10_000),
+)
 
 
 class World:
@@ -49,8 +52,9 @@ class World:
     def restart(self) -> Guard:
         """A new process: nothing in memory."""
         self.publisher = FakeHoldPublisher()
-        self.guard = Guard(self.store, self.publisher, self.clock, self.rules,
-                           partial(keyed_hash, key=b"k"))
+        self.guard = Guard(
+            self.store, self.publisher, self.clock, self.rules, partial(keyed_hash, key=b"k")
+        )
         return self.guard
 
     def failed(self, n: int, code: int = 131026) -> list[FakeRecord]:
@@ -61,23 +65,52 @@ class World:
 
     def _status(self, kind: str, error: MetaError | None = None) -> FakeRecord:
         self.n += 1
-        return self.log.record(STATUS_CHANGED, StatusChanged(
-            event_id=f"s{self.n}", message_id=f"m{self.n}", account_id=ACC, status=kind,  # type: ignore[arg-type]
-            occurred_at=self.clock.now_ms(), source="webhook", error=error))
+        return self.log.record(
+            STATUS_CHANGED,
+            StatusChanged(
+                event_id=f"s{self.n}",
+                message_id=f"m{self.n}",
+                account_id=ACC,
+                status=kind,  # type: ignore[arg-type]
+                occurred_at=self.clock.now_ms(),
+                source="webhook",
+                error=error,
+            ),
+        )
 
     def send(self, to: str) -> FakeRecord:
         self.n += 1
         now = self.clock.now_ms()
-        return self.log.record(SEND_REQUESTED, SendRequested(
-            event_id=f"m{self.n}", message_id=f"m{self.n}", account_id=ACC, portfolio_id="p",
-            waba_id="w", phone_number_id="1", recipient=to, recipient_region="GB",
-            message_type="text", content={}, category="service", accepted_at=now,
-            expires_at=now + 1))
+        return self.log.record(
+            SEND_REQUESTED,
+            SendRequested(
+                event_id=f"m{self.n}",
+                message_id=f"m{self.n}",
+                account_id=ACC,
+                portfolio_id="p",
+                waba_id="w",
+                phone_number_id="1",
+                recipient=to,
+                recipient_region="GB",
+                message_type="text",
+                content={},
+                category="service",
+                accepted_at=now,
+                expires_at=now + 1,
+            ),
+        )
 
     def release(self) -> FakeRecord:
-        return self.log.record(ACCOUNT_RELEASE_REQUESTED, AccountReleaseRequested(
-            event_id=f"rel{self.n}", account_id=ACC, reason="checked", operator="ana@ops",
-            requested_at=self.clock.now_ms()))
+        return self.log.record(
+            ACCOUNT_RELEASE_REQUESTED,
+            AccountReleaseRequested(
+                event_id=f"rel{self.n}",
+                account_id=ACC,
+                reason="checked",
+                operator="ana@ops",
+                requested_at=self.clock.now_ms(),
+            ),
+        )
 
     async def handle(self, records: list[FakeRecord]) -> list[Any]:
         return await self.guard.handle_batch(records)  # type: ignore[arg-type]
@@ -94,7 +127,11 @@ async def test_a_burst_of_failures_holds_the_account_once() -> None:
     assert world.held()
     [event] = world.publisher.events
     assert (event.held, event.change, event.rule, event.rules) == (
-        True, "held", "failure_rate", ["failure_rate"])
+        True,
+        "held",
+        "failure_rate",
+        ["failure_rate"],
+    )
     assert event.observed["finished"] == 10 and event.observed["failed"] == 6
     await world.handle(world.failed(5))
     assert len(world.publisher.events) == 1  # held already: no second hold
@@ -123,8 +160,10 @@ async def test_a_recipient_is_new_once_also_when_its_send_is_replayed() -> None:
     world.restart()
     await world.handle(first)
     state = core.account_from_doc(ACC, world.store.state_docs[ACC])
-    assert (state.count("sent", state.latest_at, 60_000),
-            state.count("new", state.latest_at, 60_000)) == (2, 1)
+    assert (
+        state.count("sent", state.latest_at, 60_000),
+        state.count("new", state.latest_at, 60_000),
+    ) == (2, 1)
     assert all(not rid.endswith("447911000001") for rid in world.store.recipient_docs)
 
 
@@ -143,8 +182,7 @@ async def test_a_release_clears_the_hold_and_the_windows() -> None:
     await world.handle([world.release()])
     assert not world.held()
     released = world.publisher.events[-1]
-    assert (released.change, released.held, released.operator) == ("released", False,
-                                                                   "ana@ops")
+    assert (released.change, released.held, released.operator) == ("released", False, "ana@ops")
     await world.handle(world.failed(5))  # fresh evidence is needed to hold again
     assert not world.held()
     await world.handle(world.failed(5))
@@ -154,15 +192,31 @@ async def test_a_release_clears_the_hold_and_the_windows() -> None:
 async def test_a_flagged_number_holds_the_account_and_other_quality_events_do_not() -> None:
     world = World()
     now = world.clock.now_ms()
-    upgrade = world.log.record(NUMBER_QUALITY_CHANGED, NumberQualityChanged(
-        event_id="q1", phone_number_id="1", waba_id="w", account_id=ACC,
-        event="THROUGHPUT_UPGRADE", occurred_at=now))
+    upgrade = world.log.record(
+        NUMBER_QUALITY_CHANGED,
+        NumberQualityChanged(
+            event_id="q1",
+            phone_number_id="1",
+            waba_id="w",
+            account_id=ACC,
+            event="THROUGHPUT_UPGRADE",
+            occurred_at=now,
+        ),
+    )
     await world.handle([upgrade])
     assert world.publisher.events == []
     world.store.flagged[ACC] = [now]
-    flagged = world.log.record(NUMBER_QUALITY_CHANGED, NumberQualityChanged(
-        event_id="q2", phone_number_id="1", waba_id="w", account_id=ACC, event="FLAGGED",
-        occurred_at=now))
+    flagged = world.log.record(
+        NUMBER_QUALITY_CHANGED,
+        NumberQualityChanged(
+            event_id="q2",
+            phone_number_id="1",
+            waba_id="w",
+            account_id=ACC,
+            event="FLAGGED",
+            occurred_at=now,
+        ),
+    )
     await world.handle([flagged])
     assert world.held() and world.publisher.events[-1].rule == "quality_red"
     await world.handle([flagged])

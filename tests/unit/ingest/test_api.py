@@ -25,9 +25,11 @@ from tests.unit.ingest.fakes import (
 
 async def _post(world: World, body: Any, key: str = KEY_A, **headers: str) -> Any:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    return await world.client.post("/v1/messages", data=data,
-                                   headers={**auth(key), "Content-Type": "application/json",
-                                            **headers})
+    return await world.client.post(
+        "/v1/messages",
+        data=data,
+        headers={**auth(key), "Content-Type": "application/json", **headers},
+    )
 
 
 async def _error(resp: Any) -> dict[str, Any]:
@@ -52,8 +54,7 @@ async def test_a_valid_text_request_is_stored_published_and_answered_202() -> No
         assert event.accepted_at == world.clock.now_ms()
         assert world.idempotency.records == {}  # a keyless request writes nothing
         # Until status has stored the document, the accepting process shows the message.
-        shown = await (await world.client.get(f"/v1/messages/{body['id']}",
-                                              headers=auth())).json()
+        shown = await (await world.client.get(f"/v1/messages/{body['id']}", headers=auth())).json()
         assert shown["status"] == "accepted" and shown["history"][0]["status"] == "accepted"
         assert shown["content"] == {"body": "Your order shipped"}
         world.store_published()
@@ -70,28 +71,47 @@ async def test_a_template_request_carries_the_templates_category_in_lower_case()
         assert event.content["name"] == "reservation_confirmation"
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    (b"{not json", 400, "malformed_json"),
-    (b"", 400, "malformed_json"),
-    (b"[1, 2]", 400, "invalid_request"),
-    (text_body(colour="blue"), 400, "unknown_field"),
-    (text_body(to="07911123456"), 400, "invalid_phone_number"),
-    (text_body(to="+4479"), 400, "invalid_phone_number"),
-    (text_body(type="video"), 400, "invalid_field"),
-    (text_body(validity_seconds=5), 400, "invalid_field"),
-    (text_body(**{"from": "999999999"}), 403, "foreign_phone_number"),
-    (text_body(**{"from": PHONE_B}), 403, "foreign_phone_number"),
-    (template_body(template={"name": "nope", "language": {"code": "en_US"}}), 422,
-     "unknown_template"),
-    (template_body(template={"name": "holiday_promo", "language": {"code": "en_US"},
-                             "components": [{"type": "body", "parameters": [
-                                 {"type": "text", "text": "x"}]}]}), 422,
-     "template_not_approved"),
-    (template_body(template={"name": "reservation_confirmation", "language": {"code": "en_US"}}),
-     422, "template_parameter_mismatch"),
-])
-async def test_each_rejection_has_its_code_and_publishes_nothing(body: Any, status: int,
-                                                                 code: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "malformed_json"),
+        (b"", 400, "malformed_json"),
+        (b"[1, 2]", 400, "invalid_request"),
+        (text_body(colour="blue"), 400, "unknown_field"),
+        (text_body(to="07911123456"), 400, "invalid_phone_number"),
+        (text_body(to="+4479"), 400, "invalid_phone_number"),
+        (text_body(type="video"), 400, "invalid_field"),
+        (text_body(validity_seconds=5), 400, "invalid_field"),
+        (text_body(**{"from": "999999999"}), 403, "foreign_phone_number"),
+        (text_body(**{"from": PHONE_B}), 403, "foreign_phone_number"),
+        (
+            template_body(template={"name": "nope", "language": {"code": "en_US"}}),
+            422,
+            "unknown_template",
+        ),
+        (
+            template_body(
+                template={
+                    "name": "holiday_promo",
+                    "language": {"code": "en_US"},
+                    "components": [{"type": "body", "parameters": [{"type": "text", "text": "x"}]}],
+                }
+            ),
+            422,
+            "template_not_approved",
+        ),
+        (
+            template_body(
+                template={"name": "reservation_confirmation", "language": {"code": "en_US"}}
+            ),
+            422,
+            "template_parameter_mismatch",
+        ),
+    ],
+)
+async def test_each_rejection_has_its_code_and_publishes_nothing(
+    body: Any, status: int, code: str
+) -> None:
     async with World() as world:
         resp = await _post(world, body)
         assert resp.status == status
@@ -102,8 +122,11 @@ async def test_each_rejection_has_its_code_and_publishes_nothing(body: Any, stat
 async def test_unknown_field_names_the_field() -> None:
     async with World() as world:
         resp = await _post(world, text_body(text={"body": "hi", "font": "bold"}))
-        assert await _error(resp) == {"code": "unknown_field", "message": "unknown field "
-                                      "`text.font`", "details": {"field": "text.font"}}
+        assert await _error(resp) == {
+            "code": "unknown_field",
+            "message": "unknown field `text.font`",
+            "details": {"field": "text.font"},
+        }
 
 
 async def test_a_body_over_64_kib_is_refused_with_413() -> None:
@@ -114,18 +137,23 @@ async def test_a_body_over_64_kib_is_refused_with_413() -> None:
         assert world.publisher.events == []
 
 
-@pytest.mark.parametrize(("headers", "status", "code"), [
-    ({}, 401, "unauthorized"),
-    ({"Authorization": "Basic abc"}, 401, "unauthorized"),
-    ({"Authorization": "Bearer hw_live_unknown"}, 401, "unauthorized"),
-    (auth(KEY_REVOKED), 401, "api_key_revoked"),
-    (auth(KEY_SUSPENDED), 403, "account_suspended"),
-])
-async def test_callers_without_a_working_key_are_refused(headers: dict[str, str], status: int,
-                                                         code: str) -> None:
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Basic abc"}, 401, "unauthorized"),
+        ({"Authorization": "Bearer hw_live_unknown"}, 401, "unauthorized"),
+        (auth(KEY_REVOKED), 401, "api_key_revoked"),
+        (auth(KEY_SUSPENDED), 403, "account_suspended"),
+    ],
+)
+async def test_callers_without_a_working_key_are_refused(
+    headers: dict[str, str], status: int, code: str
+) -> None:
     async with World() as world:
-        resp = await world.client.post("/v1/messages", data=orjson.dumps(text_body()),
-                                       headers=headers)
+        resp = await world.client.post(
+            "/v1/messages", data=orjson.dumps(text_body()), headers=headers
+        )
         assert resp.status == status
         assert (await _error(resp))["code"] == code
         assert world.publisher.events == []
@@ -183,8 +211,9 @@ async def test_a_replay_of_a_message_status_has_not_stored_publishes_again_for_s
     async with World() as world:
         await _post(world, text_body(), **{"Idempotency-Key": "k"})
         await _post(world, text_body(), **{"Idempotency-Key": "k"})
-        assert [e.message_id for e in world.publisher.events] == \
-            [world.publisher.events[0].message_id] * 2
+        assert [e.message_id for e in world.publisher.events] == [
+            world.publisher.events[0].message_id
+        ] * 2
 
 
 async def test_a_replay_of_a_message_status_has_stored_publishes_nothing() -> None:
@@ -206,8 +235,7 @@ async def test_a_replay_is_answered_even_when_the_balance_has_been_spent_since()
 async def test_same_key_with_a_different_body_is_a_conflict() -> None:
     async with World() as world:
         await _post(world, text_body(), **{"Idempotency-Key": "k"})
-        resp = await _post(world, text_body(text={"body": "other"}),
-                           **{"Idempotency-Key": "k"})
+        resp = await _post(world, text_body(text={"body": "other"}), **{"Idempotency-Key": "k"})
         assert resp.status == 409
         assert (await _error(resp))["code"] == "idempotency_key_reused"
         assert len(world.publisher.events) == 1
@@ -217,8 +245,7 @@ async def test_a_key_older_than_24_hours_makes_a_new_message() -> None:
     async with World() as world:
         first = await (await _post(world, text_body(), **{"Idempotency-Key": "k"})).json()
         world.clock.advance(24 * 3600 + 1)
-        resp = await _post(world, text_body(text={"body": "next day"}),
-                           **{"Idempotency-Key": "k"})
+        resp = await _post(world, text_body(text={"body": "next day"}), **{"Idempotency-Key": "k"})
         assert resp.status == 202
         second = await resp.json()
         assert second["id"] != first["id"] and "Idempotent-Replay" not in resp.headers
@@ -238,8 +265,11 @@ async def test_a_key_23_hours_old_across_a_day_boundary_still_replays() -> None:
 async def test_the_same_key_in_two_accounts_names_two_messages() -> None:
     async with World() as world:
         a = await (await _post(world, text_body(), **{"Idempotency-Key": "k"})).json()
-        b = await (await _post(world, text_body(**{"from": PHONE_B}), key=KEY_B,
-                               **{"Idempotency-Key": "k"})).json()
+        b = await (
+            await _post(
+                world, text_body(**{"from": PHONE_B}), key=KEY_B, **{"Idempotency-Key": "k"}
+            )
+        ).json()
         assert a["id"] != b["id"]
 
 
@@ -260,8 +290,10 @@ async def test_an_invalid_idempotency_key_is_refused() -> None:
         resp = await _post(world, text_body(), **{"Idempotency-Key": "x" * 300})
         assert resp.status == 400
         assert await _error(resp) == {
-            "code": "invalid_field", "details": {"field": "Idempotency-Key"},
-            "message": "the Idempotency-Key header must be 1 to 255 printable characters"}
+            "code": "invalid_field",
+            "details": {"field": "Idempotency-Key"},
+            "message": "the Idempotency-Key header must be 1 to 255 printable characters",
+        }
 
 
 async def test_a_revoked_key_keeps_working_only_until_the_cache_expires() -> None:
@@ -285,57 +317,103 @@ async def test_lookups_are_served_from_the_cache_within_the_ttl() -> None:
 
 # --- the Meta-compatible route ---------------------------------------------------------------
 
+
 def meta_body(**overrides: Any) -> dict[str, Any]:
-    return {"messaging_product": "whatsapp", "recipient_type": "individual",
-            "to": "+16505551234", "type": "text", "text": {"body": "hello"}, **overrides}
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "+16505551234",
+        "type": "text",
+        "text": {"body": "hello"},
+        **overrides,
+    }
 
 
 async def test_the_meta_route_answers_in_metas_shape_with_our_message_id() -> None:
     async with World() as world:
-        resp = await world.client.post(f"/v24.0/{PHONE_A}/messages",
-                                       json=meta_body(biz_opaque_callback_data="ref-7"),
-                                       headers=auth())
+        resp = await world.client.post(
+            f"/v24.0/{PHONE_A}/messages",
+            json=meta_body(biz_opaque_callback_data="ref-7"),
+            headers=auth(),
+        )
         assert resp.status == 200
         body = await resp.json()
         [event] = world.publisher.events
-        assert body == {"messaging_product": "whatsapp",
-                        "contacts": [{"input": "+16505551234", "wa_id": "16505551234"}],
-                        "messages": [{"id": event.message_id, "message_status": "accepted"}]}
+        assert body == {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": "+16505551234", "wa_id": "16505551234"}],
+            "messages": [{"id": event.message_id, "message_status": "accepted"}],
+        }
         assert event.callback_data == "ref-7" and event.client_reference is None
         assert event.phone_number_id == PHONE_A
 
 
 async def test_the_meta_route_reads_a_number_without_plus_in_the_business_numbers_country() -> None:
     async with World() as world:
-        resp = await world.client.post(f"/v24.0/{PHONE_A}/messages",
-                                       json=meta_body(to="(650) 555-1234"), headers=auth())
+        resp = await world.client.post(
+            f"/v24.0/{PHONE_A}/messages", json=meta_body(to="(650) 555-1234"), headers=auth()
+        )
         assert resp.status == 200
         body = await resp.json()
         assert body["contacts"] == [{"input": "(650) 555-1234", "wa_id": "16505551234"}]
 
 
-@pytest.mark.parametrize(("phone", "body", "key", "meta_code", "http", "code"), [
-    (PHONE_A, meta_body(messaging_product="sms"), KEY_A, 100, 400, "invalid_field"),
-    (PHONE_A, meta_body(context={"id": "x"}), KEY_A, 100, 400, "unknown_field"),
-    (PHONE_A, meta_body(recipient_type="group"), KEY_A, 100, 400, "unsupported"),
-    (PHONE_A, meta_body(context={"message_id": "msg_nope"}), KEY_A, 131009, 400,
-     "unknown_context_message"),
-    (PHONE_A, meta_body(), "hw_live_nope", 190, 401, "unauthorized"),
-    (PHONE_A, meta_body(), KEY_REVOKED, 190, 401, "api_key_revoked"),
-    (PHONE_B, meta_body(), KEY_A, 100, 400, "foreign_phone_number"),
-    (PHONE_A, meta_body(type="template", text=None,
-                        template={"name": "nope", "language": {"code": "en_US"}}),
-     KEY_A, 132001, 404, "unknown_template"),
-    (PHONE_A, meta_body(type="template", text=None,
-                        template={"name": "delivery_update", "language": {"code": "en_US"}}),
-     KEY_A, 132015, 404, "template_not_approved"),
-    (PHONE_A, meta_body(type="template", text=None,
-                        template={"name": "summer_sale", "language": {"code": "en_US"}}),
-     KEY_A, 132000, 400, "template_parameter_mismatch"),
-])
+@pytest.mark.parametrize(
+    ("phone", "body", "key", "meta_code", "http", "code"),
+    [
+        (PHONE_A, meta_body(messaging_product="sms"), KEY_A, 100, 400, "invalid_field"),
+        (PHONE_A, meta_body(context={"id": "x"}), KEY_A, 100, 400, "unknown_field"),
+        (PHONE_A, meta_body(recipient_type="group"), KEY_A, 100, 400, "unsupported"),
+        (
+            PHONE_A,
+            meta_body(context={"message_id": "msg_nope"}),
+            KEY_A,
+            131009,
+            400,
+            "unknown_context_message",
+        ),
+        (PHONE_A, meta_body(), "hw_live_nope", 190, 401, "unauthorized"),
+        (PHONE_A, meta_body(), KEY_REVOKED, 190, 401, "api_key_revoked"),
+        (PHONE_B, meta_body(), KEY_A, 100, 400, "foreign_phone_number"),
+        (
+            PHONE_A,
+            meta_body(
+                type="template", text=None, template={"name": "nope", "language": {"code": "en_US"}}
+            ),
+            KEY_A,
+            132001,
+            404,
+            "unknown_template",
+        ),
+        (
+            PHONE_A,
+            meta_body(
+                type="template",
+                text=None,
+                template={"name": "delivery_update", "language": {"code": "en_US"}},
+            ),
+            KEY_A,
+            132015,
+            404,
+            "template_not_approved",
+        ),
+        (
+            PHONE_A,
+            meta_body(
+                type="template",
+                text=None,
+                template={"name": "summer_sale", "language": {"code": "en_US"}},
+            ),
+            KEY_A,
+            132000,
+            400,
+            "template_parameter_mismatch",
+        ),
+    ],
+)
 async def test_meta_route_errors_use_metas_envelope_with_our_code_in_details(
-        phone: str, body: dict[str, Any], key: str, meta_code: int, http: int,
-        code: str) -> None:
+    phone: str, body: dict[str, Any], key: str, meta_code: int, http: int, code: str
+) -> None:
     body = {k: v for k, v in body.items() if v is not None}
     async with World() as world:
         resp = await world.client.post(f"/v24.0/{phone}/messages", json=body, headers=auth(key))
@@ -351,14 +429,14 @@ async def test_meta_route_errors_use_metas_envelope_with_our_code_in_details(
 
 async def test_meta_route_malformed_json_is_code_100() -> None:
     async with World() as world:
-        resp = await world.client.post(f"/v24.0/{PHONE_A}/messages", data=b"{",
-                                       headers=auth())
+        resp = await world.client.post(f"/v24.0/{PHONE_A}/messages", data=b"{", headers=auth())
         error = (await resp.json())["error"]
         assert resp.status == 400 and error["code"] == 100
         assert error["error_data"]["details"].startswith("malformed_json")
 
 
 # --- reading ---------------------------------------------------------------------------------
+
 
 async def test_get_message_shows_status_history_and_hides_other_accounts_messages() -> None:
     async with World() as world:
@@ -367,8 +445,9 @@ async def test_get_message_shows_status_history_and_hides_other_accounts_message
         assert resp.status == 200
         view = await resp.json()
         assert view["id"] == sent["id"] and view["status"] == "accepted"
-        assert view["history"] == [{"status": "accepted", "at": sent["accepted_at"],
-                                    "source": "ingest"}]
+        assert view["history"] == [
+            {"status": "accepted", "at": sent["accepted_at"], "source": "ingest"}
+        ]
         assert view["wamid"] is None and view["price"] is None and view["error"] is None
         assert view["content"] == {"body": "Your order shipped"}
         other = await world.client.get(f"/v1/messages/{sent['id']}", headers=auth(KEY_B))
@@ -381,8 +460,12 @@ async def test_get_message_shows_the_price_billing_reserved_then_charged() -> No
         sent = await (await _post(world, text_body())).json()
         world.messages.ledger[f"{sent['id']}:reserve"] = {"kind": "reserve", "amount": 4400}
         view = await (await world.client.get(f"/v1/messages/{sent['id']}", headers=auth())).json()
-        assert view["price"] == {"state": "reserved", "amount": 4400, "currency": "USD",
-                                 "unit": "micros"}
+        assert view["price"] == {
+            "state": "reserved",
+            "amount": 4400,
+            "currency": "USD",
+            "unit": "micros",
+        }
         world.messages.ledger[f"{sent['id']}:settle"] = {"kind": "charge", "amount": 27500}
         view = await (await world.client.get(f"/v1/messages/{sent['id']}", headers=auth())).json()
         assert view["price"]["state"] == "charged" and view["price"]["amount"] == 27500
@@ -430,11 +513,17 @@ async def test_list_messages_filters_by_status_and_time() -> None:
         assert await ids(f"until={late['accepted_at']}") == [early["id"]]
 
 
-@pytest.mark.parametrize(("query", "code"), [
-    ("limit=101", "invalid_field"), ("limit=0", "invalid_field"), ("status=lost", "invalid_field"),
-    ("since=yesterday", "invalid_field"), ("cursor=%%%", "invalid_cursor"),
-    ("colour=red", "unknown_field"),
-])
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("limit=101", "invalid_field"),
+        ("limit=0", "invalid_field"),
+        ("status=lost", "invalid_field"),
+        ("since=yesterday", "invalid_field"),
+        ("cursor=%%%", "invalid_cursor"),
+        ("colour=red", "unknown_field"),
+    ],
+)
 async def test_list_messages_rejects_bad_parameters(query: str, code: str) -> None:
     async with World() as world:
         resp = await world.client.get(f"/v1/messages?{query}", headers=auth())
@@ -446,8 +535,14 @@ async def test_balance_is_the_callers_own() -> None:
     async with World() as world:
         world.directory.balances["acc_b"] = {"available": 7, "reserved": 3, "currency": "USD"}
         resp = await world.client.get("/v1/balance", headers=auth(KEY_B))
-        assert await resp.json() == {"available": 7, "reserved": 3, "currency": "USD",
-                                     "unit": "micros", "in_flight": 0, "max_in_flight": 0}
+        assert await resp.json() == {
+            "available": 7,
+            "reserved": 3,
+            "currency": "USD",
+            "unit": "micros",
+            "in_flight": 0,
+            "max_in_flight": 0,
+        }
         resp = await world.client.get("/v1/balance", headers=auth(KEY_A))
         assert (await resp.json())["available"] == 50_000_000
 
@@ -473,24 +568,38 @@ DEEP = 10_000
 def _with_nested(body: dict[str, Any], depth: int, *, objects: bool = False) -> bytes:
     """`body` with "__NESTED__" replaced by arrays (or objects) nested `depth` deep (orjson
     itself will not write one that deep)."""
-    nested = (b'{"a":' * depth + b"1" + b"}" * depth) if objects else (
-        b"[" * depth + b"]" * depth)
+    nested = (b'{"a":' * depth + b"1" + b"}" * depth) if objects else (b"[" * depth + b"]" * depth)
     return orjson.dumps(body).replace(b'"__NESTED__"', nested)
 
 
 def _flow(data: Any) -> dict[str, Any]:
-    return {"type": "flow", "body": {"text": "Pick a slot"}, "action": {
-        "name": "flow", "parameters": {
-            "flow_message_version": "3", "flow_id": "123456", "flow_cta": "Book!",
-            "flow_token": "opaque-id", "mode": "published", "flow_action": "navigate",
-            "flow_action_payload": {"screen": "SLOTS", "data": data}}}}
+    return {
+        "type": "flow",
+        "body": {"text": "Pick a slot"},
+        "action": {
+            "name": "flow",
+            "parameters": {
+                "flow_message_version": "3",
+                "flow_id": "123456",
+                "flow_cta": "Book!",
+                "flow_token": "opaque-id",
+                "mode": "published",
+                "flow_action": "navigate",
+                "flow_action_payload": {"screen": "SLOTS", "data": data},
+            },
+        },
+    }
 
 
 async def test_deeply_nested_json_in_any_field_is_refused_with_400_not_a_crash() -> None:
     template = template_body()
     template["template"]["components"][0]["parameters"][0]["text"] = "__NESTED__"
-    flow = {"from": PHONE_A, "to": "+447912345678", "type": "interactive",
-            "interactive": _flow({"slots": "__NESTED__"})}
+    flow = {
+        "from": PHONE_A,
+        "to": "+447912345678",
+        "type": "interactive",
+        "interactive": _flow({"slots": "__NESTED__"}),
+    }
     async with World() as world:
         for body in (template, flow):
             resp = await _post(world, _with_nested(body, DEEP))
@@ -498,13 +607,20 @@ async def test_deeply_nested_json_in_any_field_is_refused_with_400_not_a_crash()
             assert await _error(resp) == {
                 "code": "nesting_too_deep",
                 "message": "arrays and objects in the body are nested more than 64 levels deep",
-                "details": {"limit": 64}}
+                "details": {"limit": 64},
+            }
         # Meta's own route answers in Meta's envelope.
-        meta = {"messaging_product": "whatsapp", "to": "447912345678", "type": "interactive",
-                "interactive": _flow({"slots": "__NESTED__"})}
-        resp = await world.client.post(f"/v24.0/{PHONE_A}/messages",
-                                       data=_with_nested(meta, DEEP),
-                                       headers={**auth(), "Content-Type": "application/json"})
+        meta = {
+            "messaging_product": "whatsapp",
+            "to": "447912345678",
+            "type": "interactive",
+            "interactive": _flow({"slots": "__NESTED__"}),
+        }
+        resp = await world.client.post(
+            f"/v24.0/{PHONE_A}/messages",
+            data=_with_nested(meta, DEEP),
+            headers={**auth(), "Content-Type": "application/json"},
+        )
         assert resp.status == 400
         error = (await resp.json())["error"]
         assert error["code"] == 100 and "nesting_too_deep" in error["error_data"]["details"]
@@ -512,8 +628,12 @@ async def test_deeply_nested_json_in_any_field_is_refused_with_400_not_a_crash()
 
 
 async def test_a_flows_data_nested_within_the_limit_is_accepted() -> None:
-    body = {"from": PHONE_A, "to": "+447912345678", "type": "interactive",
-            "interactive": _flow({"slots": "__NESTED__"})}
+    body = {
+        "from": PHONE_A,
+        "to": "+447912345678",
+        "type": "interactive",
+        "interactive": _flow({"slots": "__NESTED__"}),
+    }
     async with World() as world:
         resp = await _post(world, _with_nested(body, 50, objects=True))
         assert resp.status == 202, await resp.text()

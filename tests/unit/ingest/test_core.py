@@ -22,56 +22,109 @@ def _code(call: Any, *args: Any) -> tuple[str, dict[str, Any]]:
 
 # --- validation -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("body", "code", "field"), [
-    ("just a string", "invalid_request", None),
-    (text_body(extra=1), "unknown_field", "extra"),
-    (text_body(text={"body": "x", "html": True}), "unknown_field", "text.html"),
-    (template_body(template={"name": "a", "language": {"code": "en", "x": 1}}), "unknown_field",
-     "template.language.x"),
-    (template_body(template={"name": "a", "language": {"code": "en"},
-                             "components": [{"type": "body", "colour": 1}]}), "unknown_field",
-     "template.components[0].colour"),
-    ({k: v for k, v in text_body().items() if k != "from"}, "invalid_field", "from"),
-    (text_body(**{"from": 123}), "invalid_field", "from"),
-    ({k: v for k, v in text_body().items() if k != "to"}, "invalid_field", "to"),
-    ({k: v for k, v in text_body().items() if k != "type"}, "invalid_field", "type"),
-    (text_body(type="image"), "invalid_field", "text"),
-    (text_body(type="imagery"), "invalid_field", "type"),
-    (text_body(type="template"), "invalid_field", "text"),
-    ({k: v for k, v in text_body().items() if k != "text"}, "invalid_field", "text"),
-    (text_body(text={"body": ""}), "invalid_field", "text.body"),
-    (text_body(text={"body": "x" * 4097}), "invalid_field", "text.body"),
-    (text_body(text={"body": "x", "preview_url": "yes"}), "invalid_field", "text.preview_url"),
-    (text_body(client_reference="x" * 257), "invalid_field", "client_reference"),
-    (text_body(client_reference=5), "invalid_field", "client_reference"),
-    (text_body(validity_seconds=29), "invalid_field", "validity_seconds"),
-    (text_body(validity_seconds=30 * 86400 + 1), "invalid_field", "validity_seconds"),
-    (text_body(validity_seconds=True), "invalid_field", "validity_seconds"),
-    (text_body(validity_seconds=60.5), "invalid_field", "validity_seconds"),
-    (template_body(template={"language": {"code": "en_US"}}), "invalid_field", "template.name"),
-    (template_body(template={"name": "a", "language": "en_US"}), "invalid_field",
-     "template.language"),
-    (template_body(template={"name": "a", "language": {"code": "en"}, "components": {}}),
-     "invalid_field", "template.components"),
-    (template_body(template={"name": "a", "language": {"code": "en"},
-                             "components": [{"type": "footer"}]}), "invalid_field",
-     "template.components[0].type"),
-    (template_body(template={"name": "a", "language": {"code": "en"},
-                             "components": [{"type": "button", "index": 0}]}), "invalid_field",
-     "template.components[0].sub_type"),
-    (template_body(template={"name": "a", "language": {"code": "en"},
-                             "components": [{"type": "button", "sub_type": "url",
-                                             "index": "first"}]}), "invalid_field",
-     "template.components[0].index"),
-    (template_body(template={"name": "a", "language": {"code": "en"},
-                             "components": [{"type": "body", "parameters": ["Ana"]}]}),
-     "invalid_field", "template.components[0].parameters[0]"),
-    (text_body(to=447912345678), "invalid_phone_number", "to"),
-    (text_body(to=["+447912345678"]), "invalid_phone_number", "to"),
-    (text_body(to="+44 12"), "invalid_phone_number", "to"),
-])
-def test_each_invalid_request_is_refused_with_its_code_and_field(body: Any, code: str,
-                                                                 field: str | None) -> None:
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ("just a string", "invalid_request", None),
+        (text_body(extra=1), "unknown_field", "extra"),
+        (text_body(text={"body": "x", "html": True}), "unknown_field", "text.html"),
+        (
+            template_body(template={"name": "a", "language": {"code": "en", "x": 1}}),
+            "unknown_field",
+            "template.language.x",
+        ),
+        (
+            template_body(
+                template={
+                    "name": "a",
+                    "language": {"code": "en"},
+                    "components": [{"type": "body", "colour": 1}],
+                }
+            ),
+            "unknown_field",
+            "template.components[0].colour",
+        ),
+        ({k: v for k, v in text_body().items() if k != "from"}, "invalid_field", "from"),
+        (text_body(**{"from": 123}), "invalid_field", "from"),
+        ({k: v for k, v in text_body().items() if k != "to"}, "invalid_field", "to"),
+        ({k: v for k, v in text_body().items() if k != "type"}, "invalid_field", "type"),
+        (text_body(type="image"), "invalid_field", "text"),
+        (text_body(type="imagery"), "invalid_field", "type"),
+        (text_body(type="template"), "invalid_field", "text"),
+        ({k: v for k, v in text_body().items() if k != "text"}, "invalid_field", "text"),
+        (text_body(text={"body": ""}), "invalid_field", "text.body"),
+        (text_body(text={"body": "x" * 4097}), "invalid_field", "text.body"),
+        (text_body(text={"body": "x", "preview_url": "yes"}), "invalid_field", "text.preview_url"),
+        (text_body(client_reference="x" * 257), "invalid_field", "client_reference"),
+        (text_body(client_reference=5), "invalid_field", "client_reference"),
+        (text_body(validity_seconds=29), "invalid_field", "validity_seconds"),
+        (text_body(validity_seconds=30 * 86400 + 1), "invalid_field", "validity_seconds"),
+        (text_body(validity_seconds=True), "invalid_field", "validity_seconds"),
+        (text_body(validity_seconds=60.5), "invalid_field", "validity_seconds"),
+        (template_body(template={"language": {"code": "en_US"}}), "invalid_field", "template.name"),
+        (
+            template_body(template={"name": "a", "language": "en_US"}),
+            "invalid_field",
+            "template.language",
+        ),
+        (
+            template_body(template={"name": "a", "language": {"code": "en"}, "components": {}}),
+            "invalid_field",
+            "template.components",
+        ),
+        (
+            template_body(
+                template={
+                    "name": "a",
+                    "language": {"code": "en"},
+                    "components": [{"type": "footer"}],
+                }
+            ),
+            "invalid_field",
+            "template.components[0].type",
+        ),
+        (
+            template_body(
+                template={
+                    "name": "a",
+                    "language": {"code": "en"},
+                    "components": [{"type": "button", "index": 0}],
+                }
+            ),
+            "invalid_field",
+            "template.components[0].sub_type",
+        ),
+        (
+            template_body(
+                template={
+                    "name": "a",
+                    "language": {"code": "en"},
+                    "components": [{"type": "button", "sub_type": "url", "index": "first"}],
+                }
+            ),
+            "invalid_field",
+            "template.components[0].index",
+        ),
+        (
+            template_body(
+                template={
+                    "name": "a",
+                    "language": {"code": "en"},
+                    "components": [{"type": "body", "parameters": ["Ana"]}],
+                }
+            ),
+            "invalid_field",
+            "template.components[0].parameters[0]",
+        ),
+        (text_body(to=447912345678), "invalid_phone_number", "to"),
+        (text_body(to=["+447912345678"]), "invalid_phone_number", "to"),
+        (text_body(to="+44 12"), "invalid_phone_number", "to"),
+    ],
+)
+def test_each_invalid_request_is_refused_with_its_code_and_field(
+    body: Any, code: str, field: str | None
+) -> None:
     got_code, details = _code(core.parse_send_request, body)
     assert got_code == code
     assert details.get("field") == field
@@ -87,33 +140,55 @@ def test_a_valid_request_is_normalised() -> None:
 
 def test_validity_bounds_are_inclusive() -> None:
     assert core.parse_send_request(text_body(validity_seconds=30)).validity_seconds == 30
-    assert core.parse_send_request(
-        text_body(validity_seconds=2_592_000)).validity_seconds == 2_592_000
+    assert (
+        core.parse_send_request(text_body(validity_seconds=2_592_000)).validity_seconds == 2_592_000
+    )
 
 
 # --- canonical hashing ----------------------------------------------------------------------
 
+
 def test_the_body_hash_ignores_key_order_spelling_of_to_and_explicit_defaults() -> None:
-    a = core.parse_send_request({"to": "+447912345678", "type": "text", "from": "1",
-                                 "text": {"preview_url": False, "body": "hi"}})
-    b = core.parse_send_request({"from": "1", "text": {"body": "hi", "preview_url": False},
-                                 "type": "text", "to": "+44 7912 345678",
-                                 "validity_seconds": 86400})
+    a = core.parse_send_request(
+        {
+            "to": "+447912345678",
+            "type": "text",
+            "from": "1",
+            "text": {"preview_url": False, "body": "hi"},
+        }
+    )
+    b = core.parse_send_request(
+        {
+            "from": "1",
+            "text": {"body": "hi", "preview_url": False},
+            "type": "text",
+            "to": "+44 7912 345678",
+            "validity_seconds": 86400,
+        }
+    )
     assert core.request_hash(a) == core.request_hash(b)
 
 
 def test_the_body_hash_changes_with_any_content() -> None:
     base = core.request_hash(core.parse_send_request(text_body()))
-    for changed in (text_body(text={"body": "other"}), text_body(client_reference="r"),
-                    text_body(validity_seconds=60), text_body(to="+16502530000")):
+    for changed in (
+        text_body(text={"body": "other"}),
+        text_body(client_reference="r"),
+        text_body(validity_seconds=60),
+        text_body(to="+16502530000"),
+    ):
         assert core.request_hash(core.parse_send_request(changed)) != base
 
 
 # --- idempotency ----------------------------------------------------------------------------
 
+
 def _doc(created_ms: int, body_hash: str = "h") -> dict[str, Any]:
-    return {"_id": f"msg_{created_ms}", "created_at": core.from_ms(created_ms),
-            "body_hash": body_hash}
+    return {
+        "_id": f"msg_{created_ms}",
+        "created_at": core.from_ms(created_ms),
+        "body_hash": body_hash,
+    }
 
 
 def test_no_earlier_message_means_a_new_one() -> None:
@@ -150,8 +225,10 @@ def test_keyed_message_ids_are_stable_within_a_bucket_and_change_across_buckets(
 
 def test_a_key_is_looked_up_in_this_and_the_previous_bucket_of_its_account() -> None:
     bucket = core.idempotency_bucket(NOW)
-    assert core.idempotency_record_ids("acc", "k", NOW) == [f"acc:key:{bucket}:k",
-                                                           f"acc:key:{bucket - 1}:k"]
+    assert core.idempotency_record_ids("acc", "k", NOW) == [
+        f"acc:key:{bucket}:k",
+        f"acc:key:{bucket - 1}:k",
+    ]
     assert core.idempotency_record_ids("acc2", "k", NOW)[0] != f"acc:key:{bucket}:k"
 
 
@@ -164,6 +241,7 @@ def test_an_idempotency_record_gives_back_its_message() -> None:
 
 
 # --- API keys -------------------------------------------------------------------------------
+
 
 def test_api_keys_are_looked_up_by_sha256_hex() -> None:
     digest = core.hash_api_key("hw_live_" + "x" * 32)
@@ -182,15 +260,20 @@ def test_the_bearer_scheme_is_case_insensitive() -> None:
 
 # --- templates ------------------------------------------------------------------------------
 
+
 def _request(components: list[dict[str, Any]], name: str = "t") -> core.SendRequest:
-    return core.parse_send_request(template_body(template={
-        "name": name, "language": {"code": "en_US"}, "components": components}))
+    return core.parse_send_request(
+        template_body(
+            template={"name": name, "language": {"code": "en_US"}, "components": components}
+        )
+    )
 
 
 def _body(*values: str, names: tuple[str, ...] = ()) -> dict[str, Any]:
-    params = [({"type": "text", "text": v, "parameter_name": n} if names else
-               {"type": "text", "text": v}) for v, n in zip(values, names or values,
-                                                            strict=True)]
+    params = [
+        ({"type": "text", "text": v, "parameter_name": n} if names else {"type": "text", "text": v})
+        for v, n in zip(values, names or values, strict=True)
+    ]
     return {"type": "body", "parameters": params}
 
 
@@ -201,40 +284,67 @@ def test_a_template_with_the_right_parameters_passes_and_gives_its_category() ->
 
 def test_unknown_and_unapproved_templates_are_refused() -> None:
     assert _code(core.check_template, None, _request([]))[0] == "unknown_template"
-    code, details = _code(core.check_template, template(WABA_A, "t", status="REJECTED"),
-                          _request([]))
+    code, details = _code(
+        core.check_template, template(WABA_A, "t", status="REJECTED"), _request([])
+    )
     assert code == "template_not_approved" and details["status"] == "REJECTED"
 
 
-@pytest.mark.parametrize(("shape", "components"), [
-    ({"body_params": ["1", "2"]}, [_body("a")]),
-    ({"body_params": ["1"]}, [_body("a", "b")]),
-    ({"body_params": []}, [_body("a")]),
-    ({"body_params": ["n", "d"], "parameter_format": "NAMED"},
-     [_body("4", "sat", names=("n", "x"))]),
-    ({"header_format": "IMAGE"}, []),
-    ({"header_format": "IMAGE"}, [{"type": "header", "parameters": [
-        {"type": "video", "video": {"id": "1"}}]}]),
-    ({"header_format": "TEXT", "header_params": ["1"]}, []),
-    ({"button_params": [{"index": 0, "count": 1}]}, []),
-    ({"button_params": [{"index": 0, "count": 1}]},
-     [{"type": "button", "sub_type": "url", "index": "1",
-       "parameters": [{"type": "text", "text": "x"}]}]),
-])
-def test_parameter_mismatches_are_refused(shape: dict[str, Any],
-                                          components: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    ("shape", "components"),
+    [
+        ({"body_params": ["1", "2"]}, [_body("a")]),
+        ({"body_params": ["1"]}, [_body("a", "b")]),
+        ({"body_params": []}, [_body("a")]),
+        (
+            {"body_params": ["n", "d"], "parameter_format": "NAMED"},
+            [_body("4", "sat", names=("n", "x"))],
+        ),
+        ({"header_format": "IMAGE"}, []),
+        (
+            {"header_format": "IMAGE"},
+            [{"type": "header", "parameters": [{"type": "video", "video": {"id": "1"}}]}],
+        ),
+        ({"header_format": "TEXT", "header_params": ["1"]}, []),
+        ({"button_params": [{"index": 0, "count": 1}]}, []),
+        (
+            {"button_params": [{"index": 0, "count": 1}]},
+            [
+                {
+                    "type": "button",
+                    "sub_type": "url",
+                    "index": "1",
+                    "parameters": [{"type": "text", "text": "x"}],
+                }
+            ],
+        ),
+    ],
+)
+def test_parameter_mismatches_are_refused(
+    shape: dict[str, Any], components: list[dict[str, Any]]
+) -> None:
     t = template(WABA_A, "t", **shape)
-    assert _code(core.check_template, t, _request(components))[0] == \
-        "template_parameter_mismatch"
+    assert _code(core.check_template, t, _request(components))[0] == "template_parameter_mismatch"
 
 
 def test_media_headers_and_button_parameters_are_matched_by_type_and_index() -> None:
-    t = template(WABA_A, "t", header_format="IMAGE", body_params=["1"],
-                 button_params=[{"index": 1, "count": 1}])
-    components = [{"type": "header", "parameters": [{"type": "image", "image": {"id": "9"}}]},
-                  _body("a"),
-                  {"type": "button", "sub_type": "url", "index": 1,
-                   "parameters": [{"type": "text", "text": "x"}]}]
+    t = template(
+        WABA_A,
+        "t",
+        header_format="IMAGE",
+        body_params=["1"],
+        button_params=[{"index": 1, "count": 1}],
+    )
+    components = [
+        {"type": "header", "parameters": [{"type": "image", "image": {"id": "9"}}]},
+        _body("a"),
+        {
+            "type": "button",
+            "sub_type": "url",
+            "index": 1,
+            "parameters": [{"type": "text", "text": "x"}],
+        },
+    ]
     assert core.check_template(t, _request(components)) == "utility"
 
 
@@ -245,17 +355,31 @@ def test_named_parameters_may_come_in_any_order() -> None:
 
 # --- Meta's shape ---------------------------------------------------------------------------
 
+
 def _meta(**overrides: Any) -> dict[str, Any]:
-    return {"messaging_product": "whatsapp", "to": "+16502530000", "type": "text",
-            "text": {"body": "hi"}, **overrides}
+    return {
+        "messaging_product": "whatsapp",
+        "to": "+16502530000",
+        "type": "text",
+        "text": {"body": "hi"},
+        **overrides,
+    }
 
 
 def test_a_meta_request_becomes_the_same_request_as_the_v1_shape() -> None:
-    meta = core.parse_meta_request(_meta(biz_opaque_callback_data="ref",
-                                         context={"message_id": "wamid.X"}), "1", "US")
-    v1 = core.parse_send_request({"from": "1", "to": "+16502530000", "type": "text",
-                                  "text": {"body": "hi"}, "biz_opaque_callback_data": "ref",
-                                  "context": {"message_id": "wamid.X"}})
+    meta = core.parse_meta_request(
+        _meta(biz_opaque_callback_data="ref", context={"message_id": "wamid.X"}), "1", "US"
+    )
+    v1 = core.parse_send_request(
+        {
+            "from": "1",
+            "to": "+16502530000",
+            "type": "text",
+            "text": {"body": "hi"},
+            "biz_opaque_callback_data": "ref",
+            "context": {"message_id": "wamid.X"},
+        }
+    )
     assert meta == v1
     assert core.request_hash(meta) == core.request_hash(v1)
 
@@ -268,19 +392,21 @@ def test_meta_requests_default_to_text_like_meta() -> None:
 
 def test_a_meta_number_without_plus_is_read_in_the_business_numbers_country() -> None:
     assert core.parse_meta_request(_meta(to="6502530000"), "1", "US").recipient == "+16502530000"
-    assert core.parse_meta_request(_meta(to="16502530000"), "1", "US").recipient == \
-        "+16502530000"
+    assert core.parse_meta_request(_meta(to="16502530000"), "1", "US").recipient == "+16502530000"
     assert _code(core.parse_meta_request, _meta(to="12"), "1", "US")[0] == "invalid_phone_number"
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    ({"to": "+16502530000", "text": {"body": "x"}}, "invalid_field"),
-    (_meta(messaging_product="sms"), "invalid_field"),
-    (_meta(recipient_type="group"), "unsupported"),
-    (_meta(recipient_type="broadcast"), "invalid_field"),
-    (_meta(context={"message_id": "w", "quote": True}), "unknown_field"),
-    (_meta(**{"from": "1"}), "unknown_field"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"to": "+16502530000", "text": {"body": "x"}}, "invalid_field"),
+        (_meta(messaging_product="sms"), "invalid_field"),
+        (_meta(recipient_type="group"), "unsupported"),
+        (_meta(recipient_type="broadcast"), "invalid_field"),
+        (_meta(context={"message_id": "w", "quote": True}), "unknown_field"),
+        (_meta(**{"from": "1"}), "unknown_field"),
+    ],
+)
 def test_meta_requests_are_validated(body: dict[str, Any], code: str) -> None:
     assert _code(core.parse_meta_request, body, "1", "US")[0] == code
 
@@ -291,17 +417,26 @@ def test_the_meta_response_echoes_the_input_and_gives_the_wa_id() -> None:
     assert core.meta_accepted_response(doc) == {
         "messaging_product": "whatsapp",
         "contacts": [{"input": "(650) 253-0000", "wa_id": "16502530000"}],
-        "messages": [{"id": "msg_1", "message_status": "accepted"}]}
+        "messages": [{"id": "msg_1", "message_status": "accepted"}],
+    }
 
 
 def test_meta_error_bodies_use_metas_codes_and_lead_details_with_ours() -> None:
-    body = core.meta_error_body("template_not_approved", "is PAUSED", {"status": "PAUSED"},
-                                132001, "trace")
-    assert body == {"error": {"message": "(#132015) is PAUSED", "type": "OAuthException",
-                              "code": 132015,
-                              "error_data": {"messaging_product": "whatsapp",
-                                             "details": "template_not_approved: is PAUSED"},
-                              "fbtrace_id": "trace"}}
+    body = core.meta_error_body(
+        "template_not_approved", "is PAUSED", {"status": "PAUSED"}, 132001, "trace"
+    )
+    assert body == {
+        "error": {
+            "message": "(#132015) is PAUSED",
+            "type": "OAuthException",
+            "code": 132015,
+            "error_data": {
+                "messaging_product": "whatsapp",
+                "details": "template_not_approved: is PAUSED",
+            },
+            "fbtrace_id": "trace",
+        }
+    }
 
 
 def test_the_business_region_comes_from_the_display_number() -> None:
@@ -312,13 +447,19 @@ def test_the_business_region_comes_from_the_display_number() -> None:
 
 # --- the document and the event -------------------------------------------------------------
 
+
 def test_the_event_is_rebuilt_from_the_document_exactly() -> None:
     request = core.parse_send_request(text_body(client_reference="r", validity_seconds=60))
     doc = _accepted(request)
     event = core.send_requested_event(doc)
-    assert event == core.send_requested(message_id="msg_1", account_id="acc", request=request,
-                                         phone={"waba_id": "w", "portfolio_id": "p"},
-                                         category="service", now_ms=NOW)
+    assert event == core.send_requested(
+        message_id="msg_1",
+        account_id="acc",
+        request=request,
+        phone={"waba_id": "w", "portfolio_id": "p"},
+        category="service",
+        now_ms=NOW,
+    )
     assert event.accepted_at == NOW and event.expires_at == NOW + 60_000
     assert event.message_id == event.event_id == "msg_1"
     assert event.client_reference == "r" and event.portfolio_id == "p"
@@ -331,6 +472,7 @@ def test_times_render_as_iso_8601_utc_from_dates_or_milliseconds() -> None:
 
 
 # --- listing --------------------------------------------------------------------------------
+
 
 def test_a_cursor_round_trips_and_garbage_is_refused() -> None:
     doc = {"_id": "msg_9", "created_at": core.from_ms(NOW)}
@@ -347,28 +489,50 @@ def test_a_page_has_a_cursor_only_when_more_items_exist() -> None:
 
 
 def test_list_query_times_accept_z_and_offsets() -> None:
-    query = core.parse_list_query({"since": "2025-11-24T16:00:00Z",
-                                   "until": "2025-11-24T18:00:00 02:00"})
+    query = core.parse_list_query(
+        {"since": "2025-11-24T16:00:00Z", "until": "2025-11-24T18:00:00 02:00"}
+    )
     assert query.since == core.from_ms(NOW) and query.until == core.from_ms(NOW)
     assert query.limit == core.DEFAULT_PAGE_SIZE
 
 
 def _flow_button(data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "button", "sub_type": "flow", "index": 0, "parameters": [
-        {"type": "action", "action": {"flow_token": "t", "flow_action_data": data}}]}
+    return {
+        "type": "button",
+        "sub_type": "flow",
+        "index": 0,
+        "parameters": [{"type": "action", "action": {"flow_token": "t", "flow_action_data": data}}],
+    }
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    (text_body(text={"body": "a\x00b"}), "text.body"),
-    (text_body(client_reference="a\x00"), "client_reference"),
-    (template_body(template={"name": "a", "language": {"code": "en"}, "components": [
-        _flow_button({"k": [[1]]})]}),
-     "template.components[0].parameters[0].action.flow_action_data.k[0]"),
-    (template_body(template={"name": "a", "language": {"code": "en"}, "components": [
-        _flow_button({"$where": "x"})]}),
-     "template.components[0].parameters[0].action.flow_action_data.$where"),
-    (text_body(biz_opaque_callback_data="a\x00"), "biz_opaque_callback_data"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (text_body(text={"body": "a\x00b"}), "text.body"),
+        (text_body(client_reference="a\x00"), "client_reference"),
+        (
+            template_body(
+                template={
+                    "name": "a",
+                    "language": {"code": "en"},
+                    "components": [_flow_button({"k": [[1]]})],
+                }
+            ),
+            "template.components[0].parameters[0].action.flow_action_data.k[0]",
+        ),
+        (
+            template_body(
+                template={
+                    "name": "a",
+                    "language": {"code": "en"},
+                    "components": [_flow_button({"$where": "x"})],
+                }
+            ),
+            "template.components[0].parameters[0].action.flow_action_data.$where",
+        ),
+        (text_body(biz_opaque_callback_data="a\x00"), "biz_opaque_callback_data"),
+    ],
+)
 def test_content_the_database_cannot_hold_is_refused_up_front(body: Any, field: str) -> None:
     assert _code(core.parse_send_request, body) == ("invalid_field", {"field": field})
 
@@ -403,14 +567,20 @@ def test_the_document_keeps_the_clients_spelling_of_to_only_when_it_differs() ->
     spelled = doc("+44 7912 345678")
     assert spelled["recipient_input"] == "+44 7912 345678"
     assert core.meta_accepted_response(spelled)["contacts"][0]["input"] == "+44 7912 345678"
-    assert core.meta_accepted_response(doc("+447912345678"))["contacts"][0]["input"] == \
-        "+447912345678"
+    assert (
+        core.meta_accepted_response(doc("+447912345678"))["contacts"][0]["input"] == "+447912345678"
+    )
 
 
 def _accepted(request: core.SendRequest) -> dict[str, Any]:
-    event = core.send_requested(message_id="msg_1", account_id="acc", request=request,
-                                phone={"waba_id": "w", "portfolio_id": "p"}, category="service",
-                                now_ms=NOW)
+    event = core.send_requested(
+        message_id="msg_1",
+        account_id="acc",
+        request=request,
+        phone={"waba_id": "w", "portfolio_id": "p"},
+        category="service",
+        now_ms=NOW,
+    )
     return core.accepted_message(event, request)
 
 
@@ -421,6 +591,10 @@ def _doc_of(body: dict[str, Any]) -> dict[str, Any]:
 # Found by schemathesis (tests/e2e/test_openapi_fuzz.py): an empty JSON key gave a 500.
 def test_an_empty_key_is_an_unknown_field_not_a_crash() -> None:
     assert _code(core.parse_send_request, {**text_body(), "": 1}) == (
-        "unknown_field", {"field": ""})
+        "unknown_field",
+        {"field": ""},
+    )
     assert _code(passthrough.parse_v1_mark_read, b'{"": 1}', "wamid.x") == (
-        "unknown_field", {"field": ""})
+        "unknown_field",
+        {"field": ""},
+    )

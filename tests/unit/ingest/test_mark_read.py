@@ -16,15 +16,16 @@ from tests.unit.ingest.fakes import KEY_B, PHONE_A, PHONE_B, TOKEN_A, World, aut
 WA_ID = "447912345678"
 
 
-async def _meta_read(world: World, body: dict[str, Any], phone: str = PHONE_A,
-                     key: str | None = None) -> Any:
-    return await world.client.post(f"/v24.0/{phone}/messages", json=body,
-                                   headers=auth(key) if key else auth())
+async def _meta_read(
+    world: World, body: dict[str, Any], phone: str = PHONE_A, key: str | None = None
+) -> Any:
+    return await world.client.post(
+        f"/v24.0/{phone}/messages", json=body, headers=auth(key) if key else auth()
+    )
 
 
 def _read(wamid: str, typing: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read",
-                            "message_id": wamid}
+    body: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read", "message_id": wamid}
     if typing:
         body["typing_indicator"] = {"type": "text"}
     return body
@@ -40,7 +41,8 @@ async def test_mark_as_read_goes_to_meta_with_the_numbers_token_and_answers_succ
         assert await resp.json() == {"success": True}
         assert world.meta.calls == [
             ("read", TOKEN_A, {"phone_number_id": PHONE_A, **_read(inbound["_id"])}),
-            ("read", TOKEN_A, {"phone_number_id": PHONE_A, **_read(inbound["_id"], True)})]
+            ("read", TOKEN_A, {"phone_number_id": PHONE_A, **_read(inbound["_id"], True)}),
+        ]
         assert world.publisher.events == []  # not a send: nothing queued, nothing billed
 
 
@@ -48,13 +50,14 @@ async def test_our_route_marks_read_with_or_without_typing() -> None:
     async with World() as world:
         inbound = world.inbox.user_wrote("acc_a", PHONE_A, WA_ID)
         plain = await world.client.post(f"/v1/messages/{inbound['_id']}/read", headers=auth())
-        typing = await world.client.post(f"/v1/messages/{inbound['_id']}/read",
-                                         json={"typing_indicator": True}, headers=auth())
+        typing = await world.client.post(
+            f"/v1/messages/{inbound['_id']}/read", json={"typing_indicator": True}, headers=auth()
+        )
         assert (plain.status, typing.status) == (200, 200)
-        assert [c[2].get("typing_indicator") for c in world.meta.calls] == [
-            None, {"type": "text"}]
-        bad = await world.client.post(f"/v1/messages/{inbound['_id']}/read",
-                                      json={"typing": True}, headers=auth())
+        assert [c[2].get("typing_indicator") for c in world.meta.calls] == [None, {"type": "text"}]
+        bad = await world.client.post(
+            f"/v1/messages/{inbound['_id']}/read", json={"typing": True}, headers=auth()
+        )
         assert (await bad.json())["error"]["code"] == "unknown_field"
 
 
@@ -87,20 +90,32 @@ async def test_another_accounts_number_is_refused_before_anything_is_read() -> N
         inbound = world.inbox.user_wrote("acc_a", PHONE_A, WA_ID)
         resp = await _meta_read(world, _read(inbound["_id"]), key=KEY_B)
         assert (await resp.json())["error"]["error_data"]["details"].startswith(
-            "foreign_phone_number")
+            "foreign_phone_number"
+        )
         assert world.meta.calls == []
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"messaging_product": "whatsapp", "status": "read"}, "message_id"),
-    ({"messaging_product": "whatsapp", "status": "delivered", "message_id": "w"}, "status"),
-    ({"messaging_product": "whatsapp", "status": "read", "message_id": "w",
-      "typing_indicator": {"type": "audio"}}, "typing_indicator.type"),
-    ({"messaging_product": "whatsapp", "status": "read", "message_id": "w", "extra": 1},
-     "extra"),
-])
-async def test_a_malformed_mark_as_read_names_its_field(body: dict[str, Any],
-                                                        field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"messaging_product": "whatsapp", "status": "read"}, "message_id"),
+        ({"messaging_product": "whatsapp", "status": "delivered", "message_id": "w"}, "status"),
+        (
+            {
+                "messaging_product": "whatsapp",
+                "status": "read",
+                "message_id": "w",
+                "typing_indicator": {"type": "audio"},
+            },
+            "typing_indicator.type",
+        ),
+        (
+            {"messaging_product": "whatsapp", "status": "read", "message_id": "w", "extra": 1},
+            "extra",
+        ),
+    ],
+)
+async def test_a_malformed_mark_as_read_names_its_field(body: dict[str, Any], field: str) -> None:
     async with World() as world:
         resp = await _meta_read(world, body)
         error = (await resp.json())["error"]
@@ -111,8 +126,15 @@ async def test_a_malformed_mark_as_read_names_its_field(body: dict[str, Any],
 
 async def test_a_send_whose_text_mentions_status_is_still_a_send() -> None:
     async with World() as world:
-        resp = await _meta_read(world, {"messaging_product": "whatsapp", "to": WA_ID,
-                                        "type": "text", "text": {"body": '"status": "read"'}})
+        resp = await _meta_read(
+            world,
+            {
+                "messaging_product": "whatsapp",
+                "to": WA_ID,
+                "type": "text",
+                "text": {"body": '"status": "read"'},
+            },
+        )
         assert resp.status == 200
         assert len(world.publisher.events) == 1 and world.meta.calls == []
 
@@ -120,8 +142,12 @@ async def test_a_send_whose_text_mentions_status_is_still_a_send() -> None:
 async def test_metas_refusal_is_relayed_on_its_route_and_translated_on_ours() -> None:
     async with World() as world:
         inbound = world.inbox.user_wrote("acc_a", PHONE_A, WA_ID)
-        meta_error = {"message": "(#131009) Parameter value is not valid", "type":
-                      "OAuthException", "code": 131009, "fbtrace_id": "abc"}
+        meta_error = {
+            "message": "(#131009) Parameter value is not valid",
+            "type": "OAuthException",
+            "code": 131009,
+            "fbtrace_id": "abc",
+        }
         world.meta.refuse = MetaAnswer(400, {"error": meta_error})
         resp = await _meta_read(world, _read(inbound["_id"]))
         assert resp.status == 400 and await resp.json() == {"error": meta_error}
@@ -136,6 +162,7 @@ async def test_metas_refusal_is_relayed_on_its_route_and_translated_on_ours() ->
 
 
 # --- pace --------------------------------------------------------------------------------------
+
 
 def test_the_pacer_lets_a_burst_through_then_waits_then_refuses() -> None:
     pacer = passthrough.PassThroughPacer(rate=10, burst=3, max_wait=0.25)
@@ -170,8 +197,9 @@ async def test_calls_beyond_the_numbers_pace_wait_then_get_429_with_retry_after(
 
 
 def test_a_refusal_of_an_unknown_object_is_not_found_else_meta_error() -> None:
-    gone = passthrough.meta_refusal(400, {"error": {"code": 100, "error_subcode": 33,
-                                                    "message": "does not exist"}})
+    gone = passthrough.meta_refusal(
+        400, {"error": {"code": 100, "error_subcode": 33, "message": "does not exist"}}
+    )
     assert isinstance(gone, ServiceError) and gone.code == "not_found"
     down = passthrough.meta_refusal(503, b"<html>")
     assert isinstance(down, ServiceError) and down.code == "meta_error"

@@ -48,8 +48,12 @@ def _app_routes() -> set[tuple[str, str]]:
 
 
 def _documented_routes() -> set[tuple[str, str]]:
-    return {(method, path) for path, item in DOC["paths"].items() for method in item
-            if method in ("get", "post", "put", "patch", "delete")}
+    return {
+        (method, path)
+        for path, item in DOC["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    }
 
 
 def test_the_document_is_openapi_3_1() -> None:
@@ -93,7 +97,9 @@ def test_the_send_routes_name_the_generated_request_schemas() -> None:
     assert schemas_of("/v1/messages") == {V1SendRequest.__name__}
     # Meta's messages endpoint takes sends and mark-as-read
     assert schemas_of("/{graph_version}/{phone_number_id}/messages") == {
-        MetaSendRequest.__name__, MetaMarkRead.__name__}
+        MetaSendRequest.__name__,
+        MetaMarkRead.__name__,
+    }
     assert schemas_of("/v1/messages/{wamid}/read") == {V1MarkRead.__name__}
     # and the generated ones say what the decoders accept
     v1 = DOC["components"]["schemas"]["V1SendRequest"]
@@ -117,8 +123,7 @@ def test_every_operations_error_codes_are_known() -> None:
 
 
 def test_every_error_code_is_raised_somewhere() -> None:
-    source = "\n".join(p.read_text() for p in INGEST_SOURCES.glob("*.py")
-                       if p.name != "errors.py")
+    source = "\n".join(p.read_text() for p in INGEST_SOURCES.glob("*.py") if p.name != "errors.py")
     raised_here = set(re.findall(r'reject\(\s*"(\w+)"', source))
     raised_here |= {"invalid_field"} if "invalid_field(" in source else set()
     assert raised_here <= set(ERROR_CODES), raised_here - set(ERROR_CODES)

@@ -64,8 +64,11 @@ def test_a_slow_limit_says_how_many_seconds_until_the_next_request() -> None:
     assert _one(rate, bucket, 0.0).allowed
     refused = _one(rate, bucket, 2.0)
     assert refused.retry_after_seconds == 8
-    assert headers(refused) == {"RateLimit-Policy": '"account";q=1;w=10',
-                                "RateLimit": '"account";r=0;t=8', "Retry-After": "8"}
+    assert headers(refused) == {
+        "RateLimit-Policy": '"account";q=1;w=10',
+        "RateLimit": '"account";r=0;t=8',
+        "Retry-After": "8",
+    }
 
 
 def test_a_request_goes_only_when_both_its_account_and_its_key_have_a_token() -> None:
@@ -89,15 +92,24 @@ def test_fields_of_an_allowed_request_name_each_policy_its_quota_and_when_it_is_
     for _ in range(49):
         _one(rate, bucket, 0.0)
     fields = headers(_one(rate, bucket, 0.0))
-    assert fields == {"RateLimit-Policy": '"account";q=200;w=2',
-                      "RateLimit": '"account";r=150;t=1'}
+    assert fields == {"RateLimit-Policy": '"account";q=200;w=2', "RateLimit": '"account";r=150;t=1'}
 
 
-@pytest.mark.parametrize("value", [None, "50/s", {"per_second": 5}, {"burst": 3},
-                                   {"per_second": 0, "burst": 3}, {"per_second": -1, "burst": 3},
-                                   {"per_second": 5, "burst": 0}, {"per_second": True, "burst": 3},
-                                   {"per_second": 5, "burst": 2.5},
-                                   {"per_second": float("nan"), "burst": 3}])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "50/s",
+        {"per_second": 5},
+        {"burst": 3},
+        {"per_second": 0, "burst": 3},
+        {"per_second": -1, "burst": 3},
+        {"per_second": 5, "burst": 0},
+        {"per_second": True, "burst": 3},
+        {"per_second": 5, "burst": 2.5},
+        {"per_second": float("nan"), "burst": 3},
+    ],
+)
 def test_an_unreadable_override_is_ignored_and_the_default_applies(value: Any) -> None:
     assert rate_of(value) is None
     default = Rate(100, 200)
@@ -127,15 +139,25 @@ def test_the_limiter_keeps_a_bounded_number_of_buckets() -> None:
 
 
 async def _post(world: World, body: Any, key: str = KEY_A) -> Any:
-    return await world.client.post("/v1/messages", data=orjson.dumps(body),
-                                   headers={**auth(key), "Content-Type": "application/json"})
+    return await world.client.post(
+        "/v1/messages",
+        data=orjson.dumps(body),
+        headers={**auth(key), "Content-Type": "application/json"},
+    )
 
 
 async def _post_meta(world: World, key: str = KEY_A) -> Any:
-    body = {"messaging_product": "whatsapp", "to": "447912345678", "type": "text",
-            "text": {"body": "hi"}}
-    return await world.client.post(f"/v24.0/{PHONE_A}/messages", data=orjson.dumps(body),
-                                   headers={**auth(key), "Content-Type": "application/json"})
+    body = {
+        "messaging_product": "whatsapp",
+        "to": "447912345678",
+        "type": "text",
+        "text": {"body": "hi"},
+    }
+    return await world.client.post(
+        f"/v24.0/{PHONE_A}/messages",
+        data=orjson.dumps(body),
+        headers={**auth(key), "Content-Type": "application/json"},
+    )
 
 
 async def test_an_account_over_its_rate_gets_429_with_retry_after_and_the_ietf_fields() -> None:
@@ -152,8 +174,12 @@ async def test_an_account_over_its_rate_gets_429_with_retry_after_and_the_ietf_f
         assert refused.headers["RateLimit"] == '"account";r=0;t=1'
         error = (await refused.json())["error"]
         assert error["code"] == "rate_limited"
-        assert error["details"] == {"policy": "account", "limit_per_second": 1.0, "burst": 2,
-                                    "retry_after_seconds": 1}
+        assert error["details"] == {
+            "policy": "account",
+            "limit_per_second": 1.0,
+            "burst": 2,
+            "retry_after_seconds": 1,
+        }
         assert len(world.publisher.events) == 2  # the refused request published nothing
         world.clock.advance(1.0)
         assert (await _post(world, text_body())).status == 202
@@ -172,8 +198,7 @@ async def test_accounts_have_their_own_buckets_and_an_override_changes_only_its_
 
 async def test_a_key_with_its_own_limit_is_held_to_it_within_its_accounts_limit() -> None:
     async with World(rate_limit=Rate(per_second=100, burst=100)) as world:
-        world.directory.api_keys[hash_api_key(KEY_A)]["rate_limit"] = {"per_second": 1,
-                                                                       "burst": 1}
+        world.directory.api_keys[hash_api_key(KEY_A)]["rate_limit"] = {"per_second": 1, "burst": 1}
         ok = await _post(world, text_body())
         assert ok.headers["RateLimit-Policy"] == '"account";q=100;w=1, "key";q=1;w=1'
         refused = await _post(world, text_body())

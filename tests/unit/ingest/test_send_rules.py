@@ -17,25 +17,51 @@ TO = "+447912345678"
 
 
 def marketing_body(**overrides: Any) -> dict[str, Any]:
-    return template_body(template={
-        "name": "summer_sale", "language": {"code": "en_US"},
-        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"},
-                                                       {"type": "text", "text": "20%"}]}]},
-        **overrides)
+    return template_body(
+        template={
+            "name": "summer_sale",
+            "language": {"code": "en_US"},
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Ana"},
+                        {"type": "text", "text": "20%"},
+                    ],
+                }
+            ],
+        },
+        **overrides,
+    )
 
 
 async def post(world: World, body: Any) -> tuple[int, Any]:
-    resp = await world.client.post("/v1/messages", data=orjson.dumps(body),
-                                   headers={**auth(), "Content-Type": "application/json"})
+    resp = await world.client.post(
+        "/v1/messages",
+        data=orjson.dumps(body),
+        headers={**auth(), "Content-Type": "application/json"},
+    )
     return resp.status, await resp.json()
 
 
-def opted_out(world: World, wa_id: str = "447912345678", *, suppressed: bool = True,
-              account_id: str = "acc_a", phone: str = PHONE_A) -> None:
+def opted_out(
+    world: World,
+    wa_id: str = "447912345678",
+    *,
+    suppressed: bool = True,
+    account_id: str = "acc_a",
+    phone: str = PHONE_A,
+) -> None:
     doc = contact_lists.suppression_doc(
-        account_id=account_id, phone_number_id=phone, wa_id=wa_id, suppressed=suppressed,
-        source="keyword", at=world.clock.now_ms() - 1000, now_ms=world.clock.now_ms(),
-        keyword="stop")
+        account_id=account_id,
+        phone_number_id=phone,
+        wa_id=wa_id,
+        suppressed=suppressed,
+        source="keyword",
+        at=world.clock.now_ms() - 1000,
+        now_ms=world.clock.now_ms(),
+        keyword="stop",
+    )
     world.contacts.suppression_docs[doc["_id"]] = doc
 
 
@@ -67,8 +93,9 @@ async def test_a_contact_known_to_meta_by_another_spelling_is_found() -> None:
 
 async def test_a_blocked_number_gets_nothing_of_any_type() -> None:
     async with World() as world:
-        doc = contact_lists.blocked_doc(account_id="acc_a", e164=TO, note="", source="api",
-                                        now_ms=1)
+        doc = contact_lists.blocked_doc(
+            account_id="acc_a", e164=TO, note="", source="api", now_ms=1
+        )
         await world.contacts.block(doc)
         for body in (text_body(), template_body(), marketing_body()):
             status, answer = await post(world, body)
@@ -84,21 +111,22 @@ async def test_an_account_that_never_blocked_anyone_costs_no_lookup_per_recipien
         # the hold and the block marker, once each (cached), and nothing per recipient
         assert world.contacts.reads == 2
         # a block written behind ingest's back (as by hala) is found once the marker is
-        doc = contact_lists.blocked_doc(account_id="acc_a", e164="+447911123459", note="",
-                                        source="operator", now_ms=1)
+        doc = contact_lists.blocked_doc(
+            account_id="acc_a", e164="+447911123459", note="", source="operator", now_ms=1
+        )
         await world.contacts.block(doc)
         world.clock.advance(2.0)
         status, body = await post(world, text_body(to="+447911123459"))
         assert (status, body["error"]["code"]) == (422, "recipient_blocked")
 
 
-async def test_a_held_account_is_refused_with_the_rules_and_released_by_a_later_release(
-) -> None:
+async def test_a_held_account_is_refused_with_the_rules_and_released_by_a_later_release() -> None:
     async with World() as world:
         now = world.clock.now_ms()
         world.contacts.holds["acc_a"] = {
-            "_id": "acc_a", "holds": {"failure_rate": {"at": now - 5000,
-                                                       "reason": "62% of 80 failed"}}}
+            "_id": "acc_a",
+            "holds": {"failure_rate": {"at": now - 5000, "reason": "62% of 80 failed"}},
+        }
         status, body = await post(world, text_body())
         assert status == 403 and body["error"]["code"] == "account_held"
         assert "62% of 80 failed" in body["error"]["message"]
@@ -123,10 +151,17 @@ async def test_metas_route_answers_with_metas_codes() -> None:
     async with World() as world:
         opted_out(world)
         body = marketing_body()
-        meta_body = {"messaging_product": "whatsapp", "to": body["to"], "type": "template",
-                     "template": body["template"]}
-        resp = await world.client.post(f"/v24.0/{PHONE_A}/messages", data=orjson.dumps(meta_body),
-                                       headers={**auth(), "Content-Type": "application/json"})
+        meta_body = {
+            "messaging_product": "whatsapp",
+            "to": body["to"],
+            "type": "template",
+            "template": body["template"],
+        }
+        resp = await world.client.post(
+            f"/v24.0/{PHONE_A}/messages",
+            data=orjson.dumps(meta_body),
+            headers={**auth(), "Content-Type": "application/json"},
+        )
         error = (await resp.json())["error"]
         assert resp.status == 400 and error["code"] == 131050
         assert error["error_data"]["details"].startswith("recipient_opted_out:")

@@ -47,27 +47,50 @@ class Notify:
     mailer: Mailer
     worker: NotifyWorker
 
-    def add_endpoint(self, endpoint_id: str, account_id: str = "acc_demo",
-                     url: str | None = None, events: tuple[str, ...] = ("*",),
-                     fmt: str = "standard", secret: str | None = None,
-                     **fields: Any) -> str:
+    def add_endpoint(
+        self,
+        endpoint_id: str,
+        account_id: str = "acc_demo",
+        url: str | None = None,
+        events: tuple[str, ...] = ("*",),
+        fmt: str = "standard",
+        secret: str | None = None,
+        **fields: Any,
+    ) -> str:
         secret = secret or new_secret()
         now = self.clock.now_ms()
         self.store.endpoints[endpoint_id] = {
-            "_id": endpoint_id, "account_id": account_id,
-            "url": url or f"https://{endpoint_id}.example.com/hook", "events": list(events),
-            "format": fmt, "enabled": True, "enabled_at": now - 1000,
-            "created_at": now - 1000, "deleted_at": None,
-            "secrets": [{"id": "s1", "encrypted": self.vault.encrypt(secret),
-                         "created_at": now - 1000, "expires_at": None}], **fields}
+            "_id": endpoint_id,
+            "account_id": account_id,
+            "url": url or f"https://{endpoint_id}.example.com/hook",
+            "events": list(events),
+            "format": fmt,
+            "enabled": True,
+            "enabled_at": now - 1000,
+            "created_at": now - 1000,
+            "deleted_at": None,
+            "secrets": [
+                {
+                    "id": "s1",
+                    "encrypted": self.vault.encrypt(secret),
+                    "created_at": now - 1000,
+                    "expires_at": None,
+                }
+            ],
+            **fields,
+        }
         self.directory.forget()
         return secret
 
-    async def handle(self, topic: Any, event: dict[str, Any] | Any, offset: int = 0,
-                     prefix: str = "") -> None:
+    async def handle(
+        self, topic: Any, event: dict[str, Any] | Any, offset: int = 0, prefix: str = ""
+    ) -> None:
         value = msgspec.json.encode(event)
-        await self.worker.handle_record(FakeRecord(  # type: ignore[arg-type]
-            prefix + topic.name, value, self.clock.now_ms(), offset=offset))
+        await self.worker.handle_record(
+            FakeRecord(  # type: ignore[arg-type]
+                prefix + topic.name, value, self.clock.now_ms(), offset=offset
+            )
+        )
 
     async def settle(self) -> None:
         await self.dispatcher.wait_idle()
@@ -78,8 +101,10 @@ class Notify:
         await self.dispatcher.wait_idle()
 
 
-def build(schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000,
-                                         86400), **policy: Any) -> Notify:
+def build(
+    schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400),
+    **policy: Any,
+) -> Notify:
     store, transport, mail, clock = FakeStore(), FakeTransport(), FakeMailServer(), FakeClock()
     vault = TokenVault(new_key())
     directory = EndpointDirectory(store, vault, clock, ttl_seconds=0.0)
@@ -90,16 +115,28 @@ def build(schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400
         from services.notify import alerts
 
         disabled.append(endpoint.id)
-        await mailer.raise_alert(alerts.endpoint_disabled(
-            endpoint.id, endpoint.account_id, endpoint.url, health.disabled_reason,
-            health.disabled_at, health.failing_since))
+        await mailer.raise_alert(
+            alerts.endpoint_disabled(
+                endpoint.id,
+                endpoint.account_id,
+                endpoint.url,
+                health.disabled_reason,
+                health.disabled_at,
+                health.failing_since,
+            )
+        )
 
-    dispatcher = Dispatcher(store, directory, transport, clock,
-                            DeliveryPolicy(schedule=schedule, jitter=0.0, **policy),
-                            on_disabled=on_disabled, draw=lambda: 0.5)
+    dispatcher = Dispatcher(
+        store,
+        directory,
+        transport,
+        clock,
+        DeliveryPolicy(schedule=schedule, jitter=0.0, **policy),
+        on_disabled=on_disabled,
+        draw=lambda: 0.5,
+    )
     dispatcher.disabled = disabled  # type: ignore[attr-defined]
-    worker = NotifyWorker(store, directory, dispatcher, mailer, clock,
-                          details_wait_seconds=0.05)
+    worker = NotifyWorker(store, directory, dispatcher, mailer, clock, details_wait_seconds=0.05)
     return Notify(store, transport, mail, clock, vault, directory, dispatcher, mailer, worker)
 
 

@@ -30,8 +30,11 @@ class FakeStore:
         self.alerts: dict[str, Doc] = {}
 
     async def endpoints_of_account(self, account_id: str) -> list[Doc]:
-        return [dict(d) for d in self.endpoints.values()
-                if d["account_id"] == account_id and d.get("deleted_at") is None]
+        return [
+            dict(d)
+            for d in self.endpoints.values()
+            if d["account_id"] == account_id and d.get("deleted_at") is None
+        ]
 
     async def endpoint(self, endpoint_id: str) -> Doc | None:
         return self.endpoints.get(endpoint_id)
@@ -41,7 +44,8 @@ class FakeStore:
 
     async def save_endpoint_state(self, endpoint_id: str, account_id: str, fields: Doc) -> None:
         self.states.setdefault(endpoint_id, {"_id": endpoint_id}).update(
-            {**fields, "account_id": account_id})
+            {**fields, "account_id": account_id}
+        )
 
     async def insert_event(self, doc: Doc) -> bool:
         if doc["_id"] in self.events:
@@ -55,11 +59,17 @@ class FakeStore:
     async def events_by_ids(self, ids: Sequence[str]) -> dict[str, Doc]:
         return {i: self.events[i] for i in ids if i in self.events}
 
-    async def events_in_range(self, account_id: str, since: int, until: int,
-                              limit: int) -> list[Doc]:
-        found = sorted((d for d in self.events.values()
-                        if d["account_id"] == account_id and since <= d["at"] <= until),
-                       key=lambda d: d["at"])
+    async def events_in_range(
+        self, account_id: str, since: int, until: int, limit: int
+    ) -> list[Doc]:
+        found = sorted(
+            (
+                d
+                for d in self.events.values()
+                if d["account_id"] == account_id and since <= d["at"] <= until
+            ),
+            key=lambda d: d["at"],
+        )
         return found[:limit]
 
     async def insert_delivery(self, doc: Doc) -> bool:
@@ -73,22 +83,33 @@ class FakeStore:
 
     async def mark_delivered(self, delivery_id: str, now: int) -> None:
         doc = self.deliveries[delivery_id]
-        doc.update(state="delivered", done_at=now, next_at=None,
-                   attempts=doc.get("attempts", 0) + 1)
+        doc.update(
+            state="delivered", done_at=now, next_at=None, attempts=doc.get("attempts", 0) + 1
+        )
 
     async def update_delivery(self, delivery_id: str, fields: Doc) -> None:
         self.deliveries[delivery_id].update(fields)
 
     async def due_deliveries(self, now: int, limit: int) -> list[Doc]:
-        due = sorted((d for d in self.deliveries.values()
-                      if d["state"] == "pending" and d["next_at"] is not None
-                      and d["next_at"] <= now), key=lambda d: d["next_at"])
+        due = sorted(
+            (
+                d
+                for d in self.deliveries.values()
+                if d["state"] == "pending" and d["next_at"] is not None and d["next_at"] <= now
+            ),
+            key=lambda d: d["next_at"],
+        )
         return [dict(d) for d in due[:limit]]
 
     async def unattempted_deliveries(self, after_id: str, limit: int) -> list[Doc]:
-        found = sorted((d for d in self.deliveries.values()
-                        if d["state"] == "pending" and d["attempts"] == 0
-                        and d["_id"] > after_id), key=lambda d: d["_id"])
+        found = sorted(
+            (
+                d
+                for d in self.deliveries.values()
+                if d["state"] == "pending" and d["attempts"] == 0 and d["_id"] > after_id
+            ),
+            key=lambda d: d["_id"],
+        )
         return [dict(d) for d in found[:limit]]
 
     async def message_details(self, message_id: str) -> Doc | None:
@@ -124,8 +145,9 @@ class FakeStore:
         return True
 
     async def due_alerts(self, now: int, limit: int) -> list[Doc]:
-        return [dict(d) for d in self.alerts.values()
-                if d["state"] == "pending" and d["next_at"] <= now][:limit]
+        return [
+            dict(d) for d in self.alerts.values() if d["state"] == "pending" and d["next_at"] <= now
+        ][:limit]
 
     async def update_alert(self, key: str, fields: Doc) -> None:
         self.alerts[key].update(fields)

@@ -29,9 +29,16 @@ NOW = 1_764_000_000_000
 
 def endpoint(**overrides: object) -> core.Endpoint:
     fields: dict[str, object] = dict(
-        id="we_1", account_id="acc_demo", url="https://example.com/hook",
-        events=("message.*",), format="standard", enabled=True, enabled_at=NOW - 10_000,
-        secrets=(core.SecretEntry("enc", NOW - 10_000, None),), created_at=NOW - 10_000)
+        id="we_1",
+        account_id="acc_demo",
+        url="https://example.com/hook",
+        events=("message.*",),
+        format="standard",
+        enabled=True,
+        enabled_at=NOW - 10_000,
+        secrets=(core.SecretEntry("enc", NOW - 10_000, None),),
+        created_at=NOW - 10_000,
+    )
     fields.update(overrides)
     return core.Endpoint(**fields)  # type: ignore[arg-type]
 
@@ -44,8 +51,9 @@ def status(status_: str = "delivered", **overrides: object) -> StatusChanged:
 
 def test_a_status_is_one_event_whatever_its_source_and_however_often_it_comes() -> None:
     from_webhook = core.status_event(status("delivered"), None)
-    duplicate = core.status_event(status("delivered", event_id="other:delivered",
-                                         source="sender", occurred_at=NOW), None)
+    duplicate = core.status_event(
+        status("delivered", event_id="other:delivered", source="sender", occurred_at=NOW), None
+    )
     read = core.status_event(status("read"), None)
     assert from_webhook is not None and duplicate is not None and read is not None
     assert from_webhook.id == duplicate.id != read.id
@@ -72,10 +80,12 @@ def test_a_status_event_carries_the_requests_reference_and_the_clients_callback_
 
 
 def test_failed_carries_metas_error_and_rejected_our_reason() -> None:
-    failed = core.status_event(STATUS_CHANGED.decode(msgspec.json.encode(
-        STATUS_CHANGED.examples[2])), None)
-    rejected = core.status_event(STATUS_CHANGED.decode(msgspec.json.encode(
-        STATUS_CHANGED.examples[3])), None)
+    failed = core.status_event(
+        STATUS_CHANGED.decode(msgspec.json.encode(STATUS_CHANGED.examples[2])), None
+    )
+    rejected = core.status_event(
+        STATUS_CHANGED.decode(msgspec.json.encode(STATUS_CHANGED.examples[3])), None
+    )
     assert failed is not None and rejected is not None
     assert json.loads(failed.body)["data"]["error"]["code"] == 131047
     assert json.loads(rejected.body)["data"]["reason"] == "insufficient_credit"
@@ -104,8 +114,7 @@ def test_every_live_secret_signs_and_the_standard_webhooks_library_verifies_each
     event = core.status_event(status("read"), None)
     assert event is not None
     now_s = int(datetime.now(UTC).timestamp())
-    headers = core.delivery_headers(event.id, event.body, [NEW_SECRET, SECRET], "standard",
-                                    now_s)
+    headers = core.delivery_headers(event.id, event.body, [NEW_SECRET, SECRET], "standard", now_s)
     assert headers["webhook-id"] == event.id
     assert len(headers["webhook-signature"].split(" ")) == 2
     for secret in (SECRET, NEW_SECRET):
@@ -128,13 +137,18 @@ def test_meta_endpoints_also_get_metas_signature_under_the_newest_secret() -> No
     headers = core.delivery_headers("evt_1", body, [NEW_SECRET, SECRET], "meta", 1_764_000_000)
     assert webhook_updates_validator(NEW_SECRET, body, headers["X-Hub-Signature-256"])
     assert not webhook_updates_validator(SECRET, body, headers["X-Hub-Signature-256"])
-    assert "X-Hub-Signature-256" not in core.delivery_headers("evt_1", body, [SECRET],
-                                                              "standard", 1_764_000_000)
+    assert "X-Hub-Signature-256" not in core.delivery_headers(
+        "evt_1", body, [SECRET], "standard", 1_764_000_000
+    )
 
 
 def test_a_rotated_out_secret_signs_until_it_expires() -> None:
-    ep = endpoint(secrets=(core.SecretEntry("old", NOW - 50_000, NOW + 1_000),
-                           core.SecretEntry("new", NOW - 10, None)))
+    ep = endpoint(
+        secrets=(
+            core.SecretEntry("old", NOW - 50_000, NOW + 1_000),
+            core.SecretEntry("new", NOW - 10, None),
+        )
+    )
     assert [s.encrypted for s in core.live_secrets(ep, NOW)] == ["new", "old"]
     assert [s.encrypted for s in core.live_secrets(ep, NOW + 1_000)] == ["new"]
 
@@ -150,30 +164,41 @@ def test_the_schedule_retries_for_more_than_three_days_with_bounded_jitter() -> 
     assert core.retry_delay(len(schedule) + 1, schedule, 0.2, 0.5) is None
 
 
-@pytest.mark.parametrize(("status_code", "outcome", "state"), [
-    (200, "delivered", "delivered"), (204, "delivered", "delivered"),
-    (301, "http_error", "pending"), (400, "http_error", "pending"),
-    (500, "http_error", "pending"), (410, "gone", "failed"), (429, "throttled", "pending"),
-    (503, "throttled", "pending")])
+@pytest.mark.parametrize(
+    ("status_code", "outcome", "state"),
+    [
+        (200, "delivered", "delivered"),
+        (204, "delivered", "delivered"),
+        (301, "http_error", "pending"),
+        (400, "http_error", "pending"),
+        (500, "http_error", "pending"),
+        (410, "gone", "failed"),
+        (429, "throttled", "pending"),
+        (503, "throttled", "pending"),
+    ],
+)
 def test_what_an_answer_means(status_code: int, outcome: str, state: str) -> None:
     update = core.after_attempt(1, core.AttemptResult(status_code, 0.1), NOW, (5.0,), 0.0, 0.5)
     assert (update.outcome, update.state) == (outcome, state)
 
 
 def test_retry_after_is_honoured_as_seconds_or_a_date_and_never_sooner_than_scheduled() -> None:
-    seconds = core.after_attempt(1, core.AttemptResult(429, 0.1, retry_after="120"), NOW,
-                                 (5.0,), 0.0, 0.5)
+    seconds = core.after_attempt(
+        1, core.AttemptResult(429, 0.1, retry_after="120"), NOW, (5.0,), 0.0, 0.5
+    )
     assert seconds.next_at == NOW + 120_000
-    date = datetime.fromtimestamp(NOW / 1000 + 600, tz=UTC).strftime(
-        "%a, %d %b %Y %H:%M:%S GMT")
-    dated = core.after_attempt(1, core.AttemptResult(503, 0.1, retry_after=date), NOW,
-                               (5.0,), 0.0, 0.5)
+    date = datetime.fromtimestamp(NOW / 1000 + 600, tz=UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    dated = core.after_attempt(
+        1, core.AttemptResult(503, 0.1, retry_after=date), NOW, (5.0,), 0.0, 0.5
+    )
     assert dated.next_at == NOW + 600_000
-    short = core.after_attempt(1, core.AttemptResult(429, 0.1, retry_after="1"), NOW,
-                               (30.0,), 0.0, 0.5)
+    short = core.after_attempt(
+        1, core.AttemptResult(429, 0.1, retry_after="1"), NOW, (30.0,), 0.0, 0.5
+    )
     assert short.next_at == NOW + 30_000
-    no_answer = core.after_attempt(1, core.AttemptResult(None, 10.0, "timeout"), NOW, (5.0,),
-                                   0.0, 0.5)
+    no_answer = core.after_attempt(
+        1, core.AttemptResult(None, 10.0, "timeout"), NOW, (5.0,), 0.0, 0.5
+    )
     assert (no_answer.outcome, no_answer.next_at) == ("timeout", NOW + 5_000)
 
 
@@ -196,8 +221,9 @@ def test_an_endpoint_is_disabled_by_410_or_by_three_days_without_a_success() -> 
 
 
 def test_a_test_event_for_a_meta_endpoint_is_meta_shaped() -> None:
-    request = NotifyRequested(event_id="nreq_1", account_id="acc_demo", endpoint_id="we_1",
-                              kind="test", requested_at=NOW)
+    request = NotifyRequested(
+        event_id="nreq_1", account_id="acc_demo", endpoint_id="we_1", kind="test", requested_at=NOW
+    )
     standard = core.endpoint_test_event(request, "standard")
     meta = core.endpoint_test_event(request, "meta")
     assert json.loads(standard.body)["type"] == "endpoint.test"
@@ -209,6 +235,5 @@ def test_a_low_balance_event_counts_crossings_by_billings_event_id() -> None:
     alert = LOW_BALANCE_ALERTED.decode(msgspec.json.encode(LOW_BALANCE_ALERTED.examples[0]))
     event = core.low_balance_event(alert, "USD")
     data = json.loads(event.body)["data"]
-    assert (data["available"], data["threshold"], data["currency"]) == (90_000, 1_000_000,
-                                                                        "USD")
+    assert (data["available"], data["threshold"], data["currency"]) == (90_000, 1_000_000, "USD")
     assert event.id == core.low_balance_event(alert, "USD").id

@@ -30,8 +30,11 @@ async def send(notify: Notify, n: int) -> None:
 async def advance_until_quiet(notify: Notify, until_ms: int) -> None:
     """Move the clock from one due delivery to the next, delivering each round."""
     while True:
-        due = [d["next_at"] for d in notify.store.deliveries.values()
-               if d["state"] == "pending" and d["next_at"] is not None]
+        due = [
+            d["next_at"]
+            for d in notify.store.deliveries.values()
+            if d["state"] == "pending" and d["next_at"] is not None
+        ]
         if not due or min(due) > until_ms:
             return
         step = max(0, min(due) - notify.clock.now_ms())
@@ -46,15 +49,17 @@ def verified_ids(calls: list[Call], secret: str) -> list[str]:
     ids = []
     for call in calls:
         msg_id, timestamp = call.headers["webhook-id"], int(call.headers["webhook-timestamp"])
-        expected = Webhook(secret).sign(msg_id, datetime.fromtimestamp(timestamp, tz=UTC),
-                                        call.body.decode())
+        expected = Webhook(secret).sign(
+            msg_id, datetime.fromtimestamp(timestamp, tz=UTC), call.body.decode()
+        )
         assert call.headers["webhook-signature"].split(" ")[0] == expected
         ids.append(msg_id)
     return ids
 
 
 async def test_an_endpoint_down_for_two_days_then_back_gets_every_event_with_its_id(
-        notify: Notify) -> None:
+    notify: Notify,
+) -> None:
     secret = notify.add_endpoint("we_1", events=("message.*",))
     up_at = notify.clock.now_ms() + 2 * DAY_MS
     notify.transport.answer = lambda call: 200 if notify.clock.now_ms() >= up_at else 503
@@ -79,10 +84,13 @@ async def test_an_endpoint_down_for_two_days_then_back_gets_every_event_with_its
 
 
 async def test_three_days_without_a_success_disable_the_endpoint_and_mail_its_owner_once(
-        notify: Notify) -> None:
-    notify.store.accounts["acc_demo"] = {"_id": "acc_demo", "email": "ops@example.com",
-                                         "alert_emails": ["oncall@example.com",
-                                                          "OPS@example.com"]}
+    notify: Notify,
+) -> None:
+    notify.store.accounts["acc_demo"] = {
+        "_id": "acc_demo",
+        "email": "ops@example.com",
+        "alert_emails": ["oncall@example.com", "OPS@example.com"],
+    }
     notify.add_endpoint("we_1")
     notify.transport.answer = lambda call: AttemptResult(None, 0.01, "connection_error", "down")
     await send(notify, 2)
@@ -93,8 +101,7 @@ async def test_three_days_without_a_success_disable_the_endpoint_and_mail_its_ow
     assert notify.dispatcher.disabled == ["we_1"]  # type: ignore[attr-defined]
     # the tenth attempt (~75 h in) is the schedule's last: one delivery failed on it, the
     # other found the endpoint disabled
-    assert sorted(d["state"] for d in notify.store.deliveries.values()) == ["cancelled",
-                                                                            "failed"]
+    assert sorted(d["state"] for d in notify.store.deliveries.values()) == ["cancelled", "failed"]
     # new events are no longer sent to it
     calls = len(notify.transport.calls)
     await notify.handle(SEND_REQUESTED, {**SEND_REQUESTED.examples[0], "message_id": "msg_x"})
@@ -123,8 +130,11 @@ async def test_a_hung_endpoint_does_not_delay_another_accounts_events() -> None:
     notify.transport.hang.add("https://hung.example/h")
     for i, event in enumerate(message_events(20)):
         await notify.handle(SEND_REQUESTED, event, offset=i)
-    await notify.handle(SEND_REQUESTED, {**SEND_REQUESTED.examples[0], "message_id": "msg_b",
-                                         "account_id": "acc_other"}, offset=99)
+    await notify.handle(
+        SEND_REQUESTED,
+        {**SEND_REQUESTED.examples[0], "message_id": "msg_b", "account_id": "acc_other"},
+        offset=99,
+    )
     for _ in range(10):
         await asyncio.sleep(0)  # let the lanes start
     assert len(notify.transport.to("https://hung.example/h")) == 4  # its cap, no more
@@ -136,7 +146,8 @@ async def test_a_hung_endpoint_does_not_delay_another_accounts_events() -> None:
 
 
 async def test_a_restarted_dispatcher_delivers_what_the_dead_one_left_pending(
-        notify: Notify) -> None:
+    notify: Notify,
+) -> None:
     notify.add_endpoint("we_1")
     notify.transport.hang.add("https://we_1.example.com/hook")
     await send_without_waiting(notify, 5)
@@ -145,8 +156,9 @@ async def test_a_restarted_dispatcher_delivers_what_the_dead_one_left_pending(
     await notify.dispatcher.stop()  # killed mid-attempt: nothing was recorded
     assert {d["state"] for d in notify.store.deliveries.values()} == {"pending"}
     notify.transport.hang.clear()
-    restarted = Dispatcher(notify.store, notify.directory, notify.transport, notify.clock,
-                           DeliveryPolicy(jitter=0.0))
+    restarted = Dispatcher(
+        notify.store, notify.directory, notify.transport, notify.clock, DeliveryPolicy(jitter=0.0)
+    )
     assert await restarted.recover() == 5
     await restarted.wait_idle()
     assert {d["state"] for d in notify.store.deliveries.values()} == {"delivered"}
@@ -159,7 +171,6 @@ async def send_without_waiting(notify: Notify, n: int) -> None:
         await notify.handle(SEND_REQUESTED, event, offset=i)
 
 
-async def test_a_status_for_an_account_without_endpoints_costs_no_lookup(
-        notify: Notify) -> None:
+async def test_a_status_for_an_account_without_endpoints_costs_no_lookup(notify: Notify) -> None:
     await notify.handle(STATUS_CHANGED, STATUS_CHANGED.examples[1])
     assert notify.store.events == {} and notify.store.deliveries == {}

@@ -13,8 +13,9 @@ from services.notify import alerts, core
 from shared.client_events import AccountHoldData, ClientEvent
 from shared.messages import ACCOUNT_HOLD_CHANGED
 
-HELD, RELEASED = (ACCOUNT_HOLD_CHANGED.decode(orjson.dumps(e))
-                  for e in ACCOUNT_HOLD_CHANGED.examples)
+HELD, RELEASED = (
+    ACCOUNT_HOLD_CHANGED.decode(orjson.dumps(e)) for e in ACCOUNT_HOLD_CHANGED.examples
+)
 
 
 def test_a_hold_is_a_client_event_with_its_rule_reason_and_figures() -> None:
@@ -22,7 +23,12 @@ def test_a_hold_is_a_client_event_with_its_rule_reason_and_figures() -> None:
     body = msgspec.json.decode(event.body, type=ClientEvent)
     data = msgspec.convert(body.data, AccountHoldData)
     assert (body.type, body.account_id, data.held, data.change, data.rule) == (
-        "account.hold_changed", "acc_demo", True, "held", "failure_rate")
+        "account.hold_changed",
+        "acc_demo",
+        True,
+        "held",
+        "failure_rate",
+    )
     assert data.observed["rate"] == 0.625 and "62%" in data.reason
     assert core.hold_event(HELD).id == event.id != core.hold_event(RELEASED).id
 

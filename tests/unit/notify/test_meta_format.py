@@ -23,24 +23,62 @@ def batch() -> bytes:
     value: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550783881", "phone_number_id": NUMBER},
-        "contacts": [{"profile": {"name": "Sheena"}, "wa_id": "16505551234",
-                      "user_id": "US.13491208655302741918"}],
-        "messages": [{"from": "16505551234", "id": "wamid.IN1", "timestamp": "1764000000",
-                      "type": "text", "text": {"body": "yes please"},
-                      "context": {"from": "15550783881", "id": "wamid.OUT1"}}],
+        "contacts": [
+            {
+                "profile": {"name": "Sheena"},
+                "wa_id": "16505551234",
+                "user_id": "US.13491208655302741918",
+            }
+        ],
+        "messages": [
+            {
+                "from": "16505551234",
+                "id": "wamid.IN1",
+                "timestamp": "1764000000",
+                "type": "text",
+                "text": {"body": "yes please"},
+                "context": {"from": "15550783881", "id": "wamid.OUT1"},
+            }
+        ],
         "statuses": [
-            {"id": "wamid.OUT1", "status": "delivered", "timestamp": "1764000001",
-             "recipient_id": "16505551234", "biz_opaque_callback_data": "msg_01ABC"},
-            {"id": "wamid.ELSEWHERE", "status": "read", "timestamp": "1764000002",
-             "recipient_id": "16505551234"},
-        ]}
-    return orjson.dumps({"object": "whatsapp_business_account", "entry": [{
-        "id": WABA, "changes": [
-            {"field": "messages", "value": value},
-            {"field": "message_template_status_update",
-             "value": {"event": "APPROVED", "message_template_id": 1,
-                       "message_template_name": "t", "message_template_language": "en_US",
-                       "reason": "NONE"}}]}]})
+            {
+                "id": "wamid.OUT1",
+                "status": "delivered",
+                "timestamp": "1764000001",
+                "recipient_id": "16505551234",
+                "biz_opaque_callback_data": "msg_01ABC",
+            },
+            {
+                "id": "wamid.ELSEWHERE",
+                "status": "read",
+                "timestamp": "1764000002",
+                "recipient_id": "16505551234",
+            },
+        ],
+    }
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": WABA,
+                    "changes": [
+                        {"field": "messages", "value": value},
+                        {
+                            "field": "message_template_status_update",
+                            "value": {
+                                "event": "APPROVED",
+                                "message_template_id": 1,
+                                "message_template_name": "t",
+                                "message_template_language": "en_US",
+                                "reason": "NONE",
+                            },
+                        },
+                    ],
+                }
+            ],
+        }
+    )
 
 
 def lookups() -> meta_format.Lookups:
@@ -89,12 +127,13 @@ def test_the_same_item_is_the_same_event_and_bytes() -> None:
 
 
 def test_pywa_accepts_every_forwarded_payload_signed_with_the_endpoint_secret() -> None:
-    wa = WhatsApp(phone_id=NUMBER, token="x", verify_token="v", app_secret=SECRET,
-                  waba_id=WABA)
+    wa = WhatsApp(phone_id=NUMBER, token="x", verify_token="v", app_secret=SECRET, waba_id=WABA)
     statuses: list[types.MessageStatus] = []
     messages: list[types.Message] = []
-    wa.add_handlers(handlers.MessageStatusHandler(lambda _, s: statuses.append(s)),
-                    handlers.MessageHandler(lambda _, m: messages.append(m)))
+    wa.add_handlers(
+        handlers.MessageStatusHandler(lambda _, s: statuses.append(s)),
+        handlers.MessageHandler(lambda _, m: messages.append(m)),
+    )
     for piece in meta_format.split(batch())[:3]:
         event = meta_format.to_event(piece, meta_format.rewrite(piece, lookups()), "acc_1", 1)
         headers = core.delivery_headers(event.id, event.body, [SECRET], "meta", 1_764_000_000)
@@ -102,10 +141,17 @@ def test_pywa_accepts_every_forwarded_payload_signed_with_the_endpoint_secret() 
         assert wa.webhook_update_handler(event.body) == ("ok", 200)
         tampered = event.body.replace(b"16505551234", b"16505559999")
         assert wa.webhook_update_validator(tampered, headers["X-Hub-Signature-256"]) == (
-            "Forbidden", 403)
+            "Forbidden",
+            403,
+        )
     assert [(s.id, s.status.value, s.tracker) for s in statuses] == [
-        ("msg_01ABC", "delivered", "crm-7"), ("wamid.ELSEWHERE", "read", None)]
+        ("msg_01ABC", "delivered", "crm-7"),
+        ("wamid.ELSEWHERE", "read", None),
+    ]
     [message] = messages
     assert (message.id, message.text, message.reply_to_message.id) == (
-        "wamid.IN1", "yes please", "msg_01ABC")
+        "wamid.IN1",
+        "yes please",
+        "msg_01ABC",
+    )
     assert json.loads(event.body)["entry"][0]["changes"][0]["value"]["statuses"]

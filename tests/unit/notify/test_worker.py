@@ -48,25 +48,48 @@ async def test_notify_handles_every_example_of_every_topic_it_reads(notify: Noti
             await notify.handle(topic, example, offset=offset)
     await notify.settle()
     types = {b["type"] for b in bodies(notify) if "type" in b}
-    assert {"message.accepted", "message.sent", "message.delivered", "message.failed",
-            "message.rejected", "message.received", "template.status_changed",
-            "phone_number.quality_changed", "account.updated", "account.hold_changed",
-            "balance.low", "balance.topped_up", "endpoint.test"} <= types
+    assert {
+        "message.accepted",
+        "message.sent",
+        "message.delivered",
+        "message.failed",
+        "message.rejected",
+        "message.received",
+        "template.status_changed",
+        "phone_number.quality_changed",
+        "account.updated",
+        "account.hold_changed",
+        "balance.low",
+        "balance.topped_up",
+        "endpoint.test",
+    } <= types
     meta = [b for b in bodies(notify) if b.get("object") == "whatsapp_business_account"]
     assert meta, "the webhook example reached the meta endpoint"
     assert {a["kind"] for a in notify.store.alerts.values()} == {
-        "balance_low", "template_status", "number_quality", "account_hold"}
+        "balance_low",
+        "template_status",
+        "number_quality",
+        "account_hold",
+    }
     low = next(b for b in bodies(notify) if b.get("type") == "balance.low")
     assert low["data"]["currency"] == "EUR"
 
 
 async def test_a_low_balance_crossing_and_a_template_rejection_mail_once_each(
-        notify: Notify) -> None:
+    notify: Notify,
+) -> None:
     notify.store.wabas[WABA] = "acc_demo"
-    notify.store.accounts["acc_demo"] = {"_id": "acc_demo", "email": "ops@example.com",
-                                         "alert_emails": ["cfo@example.com"]}
-    rejected = {**TEMPLATE_STATUS_CHANGED.examples[0], "status": "REJECTED",
-                "reason": "INVALID_FORMAT", "event_id": "1689556908129832:REJECTED:1"}
+    notify.store.accounts["acc_demo"] = {
+        "_id": "acc_demo",
+        "email": "ops@example.com",
+        "alert_emails": ["cfo@example.com"],
+    }
+    rejected = {
+        **TEMPLATE_STATUS_CHANGED.examples[0],
+        "status": "REJECTED",
+        "reason": "INVALID_FORMAT",
+        "event_id": "1689556908129832:REJECTED:1",
+    }
     for offset in (1, 2):  # redelivered records: the same crossing, the same change
         await notify.handle(LOW_BALANCE_ALERTED, LOW_BALANCE_ALERTED.examples[0], offset)
         await notify.handle(TEMPLATE_STATUS_CHANGED, rejected, offset)
@@ -82,58 +105,85 @@ async def test_a_low_balance_crossing_and_a_template_rejection_mail_once_each(
         assert plain is not None and html is not None
         assert "<p>" in html.get_content() and "<p>" not in plain.get_content()
     # a second crossing is a new alert
-    await notify.handle(LOW_BALANCE_ALERTED, {**LOW_BALANCE_ALERTED.examples[0],
-                                              "event_id": "acc_demo:low:4"}, 3)
+    await notify.handle(
+        LOW_BALANCE_ALERTED, {**LOW_BALANCE_ALERTED.examples[0], "event_id": "acc_demo:low:4"}, 3
+    )
     assert await notify.mailer.send_due() == 1
 
 
 async def test_an_approval_of_a_paused_template_is_mailed_but_not_every_status(
-        notify: Notify) -> None:
+    notify: Notify,
+) -> None:
     notify.store.wabas[WABA] = "acc_demo"
     notify.store.accounts["acc_demo"] = {"_id": "acc_demo", "email": "ops@example.com"}
-    await notify.handle(TEMPLATE_STATUS_CHANGED, {**TEMPLATE_STATUS_CHANGED.examples[0],
-                                                  "status": "PENDING", "event_id": "t:P:1"})
+    await notify.handle(
+        TEMPLATE_STATUS_CHANGED,
+        {**TEMPLATE_STATUS_CHANGED.examples[0], "status": "PENDING", "event_id": "t:P:1"},
+    )
     assert notify.store.alerts == {}
     await notify.handle(TEMPLATE_STATUS_CHANGED, TEMPLATE_STATUS_CHANGED.examples[0])
     assert [a["kind"] for a in notify.store.alerts.values()] == ["template_status"]
 
 
 async def test_a_status_read_before_its_request_waits_briefly_then_uses_status_doc(
-        notify: Notify) -> None:
+    notify: Notify,
+) -> None:
     notify.add_endpoint("we_1")
     notify.store.messages["msg_01HZY3V9J6Q8W4T2"] = {
-        "_id": "msg_01HZY3V9J6Q8W4T2", "account_id": "acc_demo", "recipient": "+447911123456",
-        "type": "template", "client_reference": "order-1234", "callback_data": "crm-1",
-        "phone_number_id": "106540352242922"}
+        "_id": "msg_01HZY3V9J6Q8W4T2",
+        "account_id": "acc_demo",
+        "recipient": "+447911123456",
+        "type": "template",
+        "client_reference": "order-1234",
+        "callback_data": "crm-1",
+        "phone_number_id": "106540352242922",
+    }
     await notify.handle(STATUS_CHANGED, STATUS_CHANGED.examples[1])
     await notify.settle()
     [body] = bodies(notify)
     assert (body["data"]["client_reference"], body["data"]["biz_opaque_callback_data"]) == (
-        "order-1234", "crm-1")
+        "order-1234",
+        "crm-1",
+    )
 
 
-async def test_a_test_request_and_replays_deliver_with_the_original_ids(
-        notify: Notify) -> None:
+async def test_a_test_request_and_replays_deliver_with_the_original_ids(notify: Notify) -> None:
     notify.add_endpoint("we_1", events=("message.*",))
     notify.add_endpoint("we_2", events=("message.accepted",))
     for i in range(3):
-        await notify.handle(SEND_REQUESTED, {**SEND_REQUESTED.examples[0],
-                                             "message_id": f"msg_{i}",
-                                             "accepted_at": 1_764_000_000_000 + i})
+        await notify.handle(
+            SEND_REQUESTED,
+            {
+                **SEND_REQUESTED.examples[0],
+                "message_id": f"msg_{i}",
+                "accepted_at": 1_764_000_000_000 + i,
+            },
+        )
     await notify.settle()
     live = {c.headers["webhook-id"] for c in notify.transport.calls}
     assert len(notify.transport.calls) == 6 and len(live) == 3
     notify.transport.calls.clear()
     request = {"account_id": "acc_demo", "endpoint_id": "we_1", "requested_at": 1}
     await notify.handle(NOTIFY_REQUESTED, {**request, "event_id": "nreq_t", "kind": "test"})
-    await notify.handle(NOTIFY_REQUESTED, {**request, "event_id": "nreq_r", "kind": "replay",
-                                           "since": 1_764_000_000_000,
-                                           "until": 1_764_000_000_001})
+    await notify.handle(
+        NOTIFY_REQUESTED,
+        {
+            **request,
+            "event_id": "nreq_r",
+            "kind": "replay",
+            "since": 1_764_000_000_000,
+            "until": 1_764_000_000_001,
+        },
+    )
     one = core.accepted_event_id("msg_2")
-    await notify.handle(NOTIFY_REQUESTED, {**request, "event_id": "nreq_1", "kind": "replay",
-                                           "replay_event_id": one})
-    await notify.handle(NOTIFY_REQUESTED, {**request, "event_id": "nreq_x", "kind": "replay",
-                                           "endpoint_id": "we_unknown"})
+    await notify.handle(
+        NOTIFY_REQUESTED,
+        {**request, "event_id": "nreq_1", "kind": "replay", "replay_event_id": one},
+    )
+    await notify.handle(
+        NOTIFY_REQUESTED,
+        {**request, "event_id": "nreq_x", "kind": "replay", "endpoint_id": "we_unknown"},
+    )
     await notify.settle()
     calls = notify.transport.calls
     assert all(c.url == "https://we_1.example.com/hook" for c in calls)
@@ -142,8 +192,10 @@ async def test_a_test_request_and_replays_deliver_with_the_original_ids(
     replayed = {c.headers["webhook-id"] for c in calls} - {json.loads(calls[0].body)["id"]}
     assert replayed == live  # msg_0 and msg_1 by range, msg_2 by id: the original ids
     # replaying again is a new delivery of the same event
-    await notify.handle(NOTIFY_REQUESTED, {**request, "event_id": "nreq_2", "kind": "replay",
-                                           "replay_event_id": one})
+    await notify.handle(
+        NOTIFY_REQUESTED,
+        {**request, "event_id": "nreq_2", "kind": "replay", "replay_event_id": one},
+    )
     await notify.settle()
     assert calls[-1].headers["webhook-id"] == one
 
@@ -151,9 +203,16 @@ async def test_a_test_request_and_replays_deliver_with_the_original_ids(
 async def test_another_accounts_endpoint_is_never_a_target(notify: Notify) -> None:
     notify.add_endpoint("we_other", account_id="acc_other")
     await notify.handle(SEND_REQUESTED, SEND_REQUESTED.examples[0])
-    await notify.handle(NOTIFY_REQUESTED, {"event_id": "nreq", "account_id": "acc_demo",
-                                           "endpoint_id": "we_other", "kind": "test",
-                                           "requested_at": 1})
+    await notify.handle(
+        NOTIFY_REQUESTED,
+        {
+            "event_id": "nreq",
+            "account_id": "acc_demo",
+            "endpoint_id": "we_other",
+            "kind": "test",
+            "requested_at": 1,
+        },
+    )
     await notify.settle()
     assert notify.transport.calls == []
 
@@ -165,5 +224,8 @@ async def test_a_record_of_another_topic_or_shape_is_a_permanent_error(notify: N
     with pytest.raises(PermanentError):
         await notify.worker.handle_record(FakeRecord("other.topic", b"{}", 1))  # type: ignore[arg-type]
     with pytest.raises(PermanentError):
-        await notify.worker.handle_record(FakeRecord(  # type: ignore[arg-type]
-            WEBHOOK_RECEIVED.name, msgspec.json.encode({"event_id": 1}), 1))
+        await notify.worker.handle_record(
+            FakeRecord(  # type: ignore[arg-type]
+                WEBHOOK_RECEIVED.name, msgspec.json.encode({"event_id": 1}), 1
+            )
+        )

@@ -86,8 +86,9 @@ class FakeTimer:
         self._wake_due()
         await settle()
 
-    async def run_until_true(self, condition: Callable[[], bool], limit: float,
-                             step: float = 0.5) -> None:
+    async def run_until_true(
+        self, condition: Callable[[], bool], limit: float, step: float = 0.5
+    ) -> None:
         deadline = self.clock.monotonic() + limit
         while not condition():
             assert self.clock.monotonic() < deadline, "condition not met in virtual time"
@@ -120,31 +121,71 @@ class FakeStore:
         """What is recorded of a message: its outcome, else its `sends` record."""
         return self.outcomes.get(message_id) or self.sends[message_id]
 
-    async def record_outcome(self, message_id: str, state: str, *, phone_number_id: str,
-                             account_id: str, attempts: int, now_ms: int,
-                             wamid: str | None = None, error: dict[str, Any] | None = None,
-                             reason: str | None = None) -> SendRecord | None:
+    async def record_outcome(
+        self,
+        message_id: str,
+        state: str,
+        *,
+        phone_number_id: str,
+        account_id: str,
+        attempts: int,
+        now_ms: int,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> SendRecord | None:
         assert message_id in self.sends, "an outcome without its sending record"
         existing = self.outcomes.get(message_id)
         if existing is not None and not (existing["state"] == "unknown" and state != "unknown"):
             return SendRecord.from_doc(existing)
-        self.outcomes[message_id] = {"_id": message_id, "state": state, "attempts": attempts,
-                                     "phone_number_id": phone_number_id,
-                                     "account_id": account_id, "wamid": wamid, "error": error,
-                                     "reason": reason, "updated_at": now_ms}
+        self.outcomes[message_id] = {
+            "_id": message_id,
+            "state": state,
+            "attempts": attempts,
+            "phone_number_id": phone_number_id,
+            "account_id": account_id,
+            "wamid": wamid,
+            "error": error,
+            "reason": reason,
+            "updated_at": now_ms,
+        }
         return None
 
-    async def start_send(self, message_id: str, *, phone_number_id: str, account_id: str,
-                         now_ms: int) -> SendRecord | None:
-        return await self._insert({"_id": message_id, "state": "sending", "attempts": 0,
-                                   "phone_number_id": phone_number_id,
-                                   "account_id": account_id, "updated_at": now_ms})
+    async def start_send(
+        self, message_id: str, *, phone_number_id: str, account_id: str, now_ms: int
+    ) -> SendRecord | None:
+        return await self._insert(
+            {
+                "_id": message_id,
+                "state": "sending",
+                "attempts": 0,
+                "phone_number_id": phone_number_id,
+                "account_id": account_id,
+                "updated_at": now_ms,
+            }
+        )
 
-    async def record_unsent_outcome(self, message_id: str, state: str, *, phone_number_id: str,
-                                    account_id: str, now_ms: int, reason: str | None = None,
-                                    error: dict[str, Any] | None = None) -> SendRecord | None:
-        return await self._insert({"_id": message_id, "state": state, "attempts": 0,
-                                   "reason": reason, "error": error, "updated_at": now_ms})
+    async def record_unsent_outcome(
+        self,
+        message_id: str,
+        state: str,
+        *,
+        phone_number_id: str,
+        account_id: str,
+        now_ms: int,
+        reason: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> SendRecord | None:
+        return await self._insert(
+            {
+                "_id": message_id,
+                "state": state,
+                "attempts": 0,
+                "reason": reason,
+                "error": error,
+                "updated_at": now_ms,
+            }
+        )
 
     async def _insert(self, doc: dict[str, Any]) -> SendRecord | None:
         if doc["_id"] in self.sends:
@@ -152,11 +193,25 @@ class FakeStore:
         self.sends[doc["_id"]] = doc
         return None
 
-    async def update_send(self, message_id: str, *, state: str, attempts: int, now_ms: int,
-                          wamid: str | None = None, error: dict[str, Any] | None = None,
-                          reason: str | None = None) -> None:
-        self.sends[message_id].update(state=state, attempts=attempts, updated_at=now_ms,
-                                      wamid=wamid, error=error, reason=reason)
+    async def update_send(
+        self,
+        message_id: str,
+        *,
+        state: str,
+        attempts: int,
+        now_ms: int,
+        wamid: str | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.sends[message_id].update(
+            state=state,
+            attempts=attempts,
+            updated_at=now_ms,
+            wamid=wamid,
+            error=error,
+            reason=reason,
+        )
 
     async def abandon_send(self, message_id: str) -> None:
         if self.sends.get(message_id, {}).get("state") == "sending":
@@ -164,8 +219,9 @@ class FakeStore:
             self.deleted.append(message_id)
 
     async def load_tier_usage(self, portfolio_id: str, since_ms: int) -> list[tuple[str, int]]:
-        return [(r, at) for p, r, at in self.tier_usage.values()
-                if p == portfolio_id and at > since_ms]
+        return [
+            (r, at) for p, r, at in self.tier_usage.values() if p == portfolio_id and at > since_ms
+        ]
 
     async def record_tier_use(self, portfolio_id: str, recipient: str, at_ms: int) -> None:
         self.tier_usage[f"{portfolio_id}:{recipient}"] = (portfolio_id, recipient, at_ms)
@@ -178,10 +234,17 @@ class FakeStore:
 
 
 def phone_number(**overrides: Any) -> PhoneNumber:
-    base = PhoneNumber(id=NUMBER_ID, account_id="acc_demo", waba_id="102290129340398",
-                       portfolio_id=PORTFOLIO_ID, throughput_mps=80,
-                       messaging_limit="TIER_UNLIMITED", status="active",
-                       token_fingerprint="gAAAA-one", access_token="EAAsim-bsp-system-user")
+    base = PhoneNumber(
+        id=NUMBER_ID,
+        account_id="acc_demo",
+        waba_id="102290129340398",
+        portfolio_id=PORTFOLIO_ID,
+        throughput_mps=80,
+        messaging_limit="TIER_UNLIMITED",
+        status="active",
+        token_fingerprint="gAAAA-one",
+        access_token="EAAsim-bsp-system-user",
+    )
     return replace(base, **overrides)
 
 
@@ -230,8 +293,9 @@ class FakeMeta:
         number = self._numbers.setdefault(phone_number_id, TokenBucket(mps, mps, -1e6))
         number.force_take(self.clock.monotonic(), max_debt=number.capacity)
 
-    async def send(self, phone_number_id: str, access_token: str,
-                   event: SendApproved) -> SendOutcome:
+    async def send(
+        self, phone_number_id: str, access_token: str, event: SendApproved
+    ) -> SendOutcome:
         now = self.clock.monotonic()
         self.calls.append(MetaCall(now, phone_number_id, access_token, event))
         try:
@@ -244,8 +308,9 @@ class FakeMeta:
                 self.refusals.append((130429, event.message_id))
                 return Refused(130429, "Rate limit hit", "", 400)
             number.reserve(now)
-            pair = self._pairs.setdefault((phone_number_id, event.recipient),
-                                          TokenBucket(1 / 6, META_PAIR_BURST, -1e6))
+            pair = self._pairs.setdefault(
+                (phone_number_id, event.recipient), TokenBucket(1 / 6, META_PAIR_BURST, -1e6)
+            )
             if pair.available_at(now) > now:
                 self.refusals.append((131056, event.message_id))
                 return Refused(131056, "Pair rate limit hit", "", 400)
@@ -262,8 +327,9 @@ class FakeMeta:
 class Harness:
     """An engine wired to the fakes, and helpers to feed it records."""
 
-    def __init__(self, *numbers: PhoneNumber, config: EngineConfig | None = None,
-                 latency: float = 0.0) -> None:
+    def __init__(
+        self, *numbers: PhoneNumber, config: EngineConfig | None = None, latency: float = 0.0
+    ) -> None:
         self.clock = FakeClock()
         self.timer = FakeTimer(self.clock)
         self.store = FakeStore()
@@ -271,9 +337,15 @@ class Harness:
         self.meta = FakeMeta(self.clock, self.timer, latency=latency)
         self.published: list[StatusChanged] = []
         self.done: list[str] = []
-        self.engine = SendEngine(clock=self.clock, timer=self.timer, store=self.store,
-                                 phone_numbers=self.phone_numbers, meta=self.meta,
-                                 publish=self._publish, config=config)
+        self.engine = SendEngine(
+            clock=self.clock,
+            timer=self.timer,
+            store=self.store,
+            phone_numbers=self.phone_numbers,
+            meta=self.meta,
+            publish=self._publish,
+            config=config,
+        )
         self._serial = itertools.count()
         # Partitions were taken over long ago unless a test says otherwise: buckets start full.
         self.taken_over_at = self.clock.monotonic() - 10_000
@@ -284,20 +356,28 @@ class Harness:
     def event(self, recipient: str | None = None, **overrides: Any) -> SendApproved:
         serial = next(self._serial)
         example = dict(SEND_APPROVED.examples[0])
-        example.update(event_id=f"msg_{serial:05}", message_id=f"msg_{serial:05}",
-                       phone_number_id=NUMBER_ID, portfolio_id=PORTFOLIO_ID,
-                       recipient=recipient or f"+4479{serial:08}",
-                       accepted_at=self.clock.now_ms(),
-                       expires_at=self.clock.now_ms() + 3_600_000)
+        example.update(
+            event_id=f"msg_{serial:05}",
+            message_id=f"msg_{serial:05}",
+            phone_number_id=NUMBER_ID,
+            portfolio_id=PORTFOLIO_ID,
+            recipient=recipient or f"+4479{serial:08}",
+            accepted_at=self.clock.now_ms(),
+            expires_at=self.clock.now_ms() + 3_600_000,
+        )
         example.update(overrides)
         return SEND_APPROVED.decode(orjson.dumps(example))
 
-    async def admit(self, *events: SendApproved, partition: str = "p0",
-                    taken_over_at: float | None = None) -> None:
+    async def admit(
+        self, *events: SendApproved, partition: str = "p0", taken_over_at: float | None = None
+    ) -> None:
         origin = self.taken_over_at if taken_over_at is None else taken_over_at
-        await self.engine.admit_batch([
-            (e, partition, origin, (lambda mid=e.message_id: self.done.append(mid)))
-            for e in events])
+        await self.engine.admit_batch(
+            [
+                (e, partition, origin, (lambda mid=e.message_id: self.done.append(mid)))
+                for e in events
+            ]
+        )
         await settle()
 
     def statuses(self, status: str) -> list[StatusChanged]:

@@ -12,9 +12,14 @@ from tests.unit.sender.fakes import Harness
 
 
 def hold(account_id: str, held: bool, at: int) -> AccountHoldChanged:
-    return AccountHoldChanged(event_id=f"{account_id}:{held}:{at}", account_id=account_id,
-                              held=held, rules=["failure_rate"] if held else [],
-                              change="held" if held else "released", occurred_at=at)
+    return AccountHoldChanged(
+        event_id=f"{account_id}:{held}:{at}",
+        account_id=account_id,
+        held=held,
+        rules=["failure_rate"] if held else [],
+        change="held" if held else "released",
+        occurred_at=at,
+    )
 
 
 @pytest.fixture
@@ -24,8 +29,7 @@ async def h() -> AsyncIterator[Harness]:
     await harness.close()
 
 
-async def test_a_held_accounts_messages_wait_until_it_is_released_or_expire(
-        h: Harness) -> None:
+async def test_a_held_accounts_messages_wait_until_it_is_released_or_expire(h: Harness) -> None:
     account = h.event().account_id
     h.engine.apply_account_hold(hold(account, True, 10))
     short = h.event(expires_at=h.clock.now_ms() + 10_000)

@@ -147,8 +147,9 @@ def _meta_refusals(arrivals: list[tuple[float, str]], mps: int) -> tuple[int, in
     return refused_number, refused_pair
 
 
-def _worst_jitter(sends: list[tuple[float, str]], jitter: float,
-                  cuts: list[float]) -> tuple[int, int]:
+def _worst_jitter(
+    sends: list[tuple[float, str]], jitter: float, cuts: list[float]
+) -> tuple[int, int]:
     """The adversarial network: everything sent before `cut` is late by `jitter`, everything
     after is on time (the arrivals bunch up). Worst case over the cuts."""
     worst = (0, 0)
@@ -160,32 +161,35 @@ def _worst_jitter(sends: list[tuple[float, str]], jitter: float,
 
 
 @pytest.mark.parametrize(("jitter", "refused"), [(0.0, False), (0.5, False), (0.7, True)])
-def test_the_number_margin_absorbs_up_to_half_a_second_of_jitter(jitter: float,
-                                                                  refused: bool) -> None:
+def test_the_number_margin_absorbs_up_to_half_a_second_of_jitter(
+    jitter: float, refused: bool
+) -> None:
     sends = _our_schedule(80, [f"r{i}" for i in range(800)])
     number_refusals, _ = _worst_jitter(sends, jitter, [c / 8 for c in range(1, 80)])
     assert (number_refusals > 0) is refused
 
 
 @pytest.mark.parametrize(("jitter", "refused"), [(0.0, False), (29.0, False), (40.0, True)])
-def test_the_pair_margin_absorbs_up_to_thirty_seconds_of_jitter(jitter: float,
-                                                                 refused: bool) -> None:
+def test_the_pair_margin_absorbs_up_to_thirty_seconds_of_jitter(
+    jitter: float, refused: bool
+) -> None:
     sends = _our_schedule(80, ["hot"] * 120 + [f"r{i}" for i in range(100)])
     _, pair_refusals = _worst_jitter(sends, jitter, [float(c) for c in range(1, 600, 3)])
     assert (pair_refusals > 0) is refused
 
 
-
-def _fired(sends: list[tuple[float, str]], mps: int, stall_from: float,
-           stall_s: float) -> list[tuple[float, str]]:
+def _fired(
+    sends: list[tuple[float, str]], mps: int, stall_from: float, stall_s: float
+) -> list[tuple[float, str]]:
     """When sends really leave if our event loop stalls from `stall_from` for `stall_s` (every
     send due in the stall wakes at its end) and each one passes `NumberPacer.fire` first."""
     import heapq
 
     pacer = NumberPacer(mps, now=0.0, origin=LONG_AGO)
     stall_end = stall_from + stall_s
-    waking = [(stall_end if stall_from <= t < stall_end else t, i, r)
-              for i, (t, r) in enumerate(sends)]
+    waking = [
+        (stall_end if stall_from <= t < stall_end else t, i, r) for i, (t, r) in enumerate(sends)
+    ]
     heapq.heapify(waking)
     fired = []
     while waking:
@@ -198,10 +202,12 @@ def _fired(sends: list[tuple[float, str]], mps: int, stall_from: float,
     return fired
 
 
-@pytest.mark.parametrize(("stall_s", "reservations_alone_refused"),
-                         [(0.7, False), (2.0, True), (5.0, True)])
+@pytest.mark.parametrize(
+    ("stall_s", "reservations_alone_refused"), [(0.7, False), (2.0, True), (5.0, True)]
+)
 def test_sends_woken_together_after_a_stall_still_leave_within_metas_burst(
-        stall_s: float, reservations_alone_refused: bool) -> None:
+    stall_s: float, reservations_alone_refused: bool
+) -> None:
     sends = _our_schedule(80, [f"r{i}" for i in range(800)])
     stalled = [(1.0 + stall_s if 1.0 <= t < 1.0 + stall_s else t, r) for t, r in sends]
     assert (_meta_refusals(stalled, 80)[0] > 0) is reservations_alone_refused
@@ -216,6 +222,7 @@ def test_fire_takes_a_token_in_stock_and_only_tells_when_otherwise() -> None:
     assert bucket.take_if_available(0.0) == pytest.approx(0.1)
     assert bucket.take_if_available(0.05) == pytest.approx(0.1)  # nothing was taken meanwhile
     assert bucket.take_if_available(0.1) == pytest.approx(0.1)
+
 
 def test_traffic_taken_by_force_runs_into_debt_at_most_as_deep_as_allowed() -> None:
     bucket = TokenBucket(rate=20, capacity=10, now=0.0)
@@ -234,6 +241,7 @@ def test_inbound_messages_hold_back_sends_as_metas_bucket_would() -> None:
     """A burst of users writing to a 20 mps number (Meta counts them against its throughput):
     the sends we make after hearing of them are not refused, and without counting them some
     would be."""
+
     def sends_after_inbound(count_them: bool) -> list[tuple[float, str]]:
         pacer = NumberPacer(20, now=0.0, origin=LONG_AGO)
         if count_them:
@@ -425,17 +433,40 @@ def test_tier_places_recorded_elsewhere_are_merged() -> None:
 THROTTLE = (130429, 131056, 4, 80007, 613)
 TRANSIENT = (1, 2, 131000, 131016, 133004, 2494100)
 HOLD = (0, 190, 3, 10, 200, 250, 299, 368, 131031, 131042, 131045, 131048, 130497, 133010, 131057)
-FINAL = (100, 131008, 131009, 131021, 131026, 131047, 131049, 131050, 131051, 131053, 132000,
-         132001, 132015, 132999, 135000, 130472, 131064, 999_999, 42)
+FINAL = (
+    100,
+    131008,
+    131009,
+    131021,
+    131026,
+    131047,
+    131049,
+    131050,
+    131051,
+    131053,
+    132000,
+    132001,
+    132015,
+    132999,
+    135000,
+    130472,
+    131064,
+    999_999,
+    42,
+)
 
 
-@pytest.mark.parametrize(("codes", "expected"), [(THROTTLE, ErrorClass.THROTTLE),
-                                                 (TRANSIENT, ErrorClass.TRANSIENT),
-                                                 (HOLD, ErrorClass.HOLD),
-                                                 (FINAL, ErrorClass.FINAL)],
-                         ids=["throttle", "transient", "hold", "final"])
-def test_every_documented_code_has_its_class(codes: tuple[int, ...], expected: ErrorClass
-                                             ) -> None:
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        (THROTTLE, ErrorClass.THROTTLE),
+        (TRANSIENT, ErrorClass.TRANSIENT),
+        (HOLD, ErrorClass.HOLD),
+        (FINAL, ErrorClass.FINAL),
+    ],
+    ids=["throttle", "transient", "hold", "final"],
+)
+def test_every_documented_code_has_its_class(codes: tuple[int, ...], expected: ErrorClass) -> None:
     for code in codes:
         assert classify(code).error_class is expected, code
 
@@ -457,50 +488,69 @@ LIMITS = RetryLimits()
 
 
 def test_pair_throttle_backs_off_four_to_the_x_seconds_for_that_pair_only() -> None:
-    delays = [react_to_error(131056, attempts=0, consecutive_number_throttles=0,
-                             pair_throttles=n, limits=LIMITS) for n in (1, 2, 3, 4, 5, 9)]
+    delays = [
+        react_to_error(
+            131056, attempts=0, consecutive_number_throttles=0, pair_throttles=n, limits=LIMITS
+        )
+        for n in (1, 2, 3, 4, 5, 9)
+    ]
     assert [d.retry_in for d in delays] == [1, 4, 16, 64, 256, 256]
     assert all(d.drain_pair and not d.fail and d.pause_number_for == 0 for d in delays)
 
 
 def test_number_throttle_pauses_the_number_with_capped_doubling() -> None:
-    delays = [react_to_error(130429, attempts=0, consecutive_number_throttles=n,
-                             pair_throttles=0, limits=LIMITS).pause_number_for
-              for n in (1, 2, 3, 10)]
+    delays = [
+        react_to_error(
+            130429, attempts=0, consecutive_number_throttles=n, pair_throttles=0, limits=LIMITS
+        ).pause_number_for
+        for n in (1, 2, 3, 10)
+    ]
     assert delays == [1, 2, 4, 30]
-    call_budget = react_to_error(4, attempts=0, consecutive_number_throttles=1,
-                                 pair_throttles=0, limits=LIMITS)
+    call_budget = react_to_error(
+        4, attempts=0, consecutive_number_throttles=1, pair_throttles=0, limits=LIMITS
+    )
     assert call_budget.pause_number_for == 60 and not call_budget.fail
 
 
 def test_transient_errors_are_retried_with_backoff_until_the_attempt_cap() -> None:
-    first = react_to_error(131000, attempts=1, consecutive_number_throttles=0, pair_throttles=0,
-                           limits=LIMITS)
-    second = react_to_error(2, attempts=2, consecutive_number_throttles=0, pair_throttles=0,
-                            limits=LIMITS)
-    last = react_to_error(131016, attempts=3, consecutive_number_throttles=0, pair_throttles=0,
-                          limits=LIMITS)
+    first = react_to_error(
+        131000, attempts=1, consecutive_number_throttles=0, pair_throttles=0, limits=LIMITS
+    )
+    second = react_to_error(
+        2, attempts=2, consecutive_number_throttles=0, pair_throttles=0, limits=LIMITS
+    )
+    last = react_to_error(
+        131016, attempts=3, consecutive_number_throttles=0, pair_throttles=0, limits=LIMITS
+    )
     assert (first.fail, first.retry_in) == (False, 2.0)
     assert (second.fail, second.retry_in) == (False, 4.0)
     assert last.fail
 
 
 def test_hold_codes_hold_the_number_for_a_period_or_until_a_new_token() -> None:
-    token = react_to_error(190, attempts=0, consecutive_number_throttles=0, pair_throttles=0,
-                           limits=LIMITS)
+    token = react_to_error(
+        190, attempts=0, consecutive_number_throttles=0, pair_throttles=0, limits=LIMITS
+    )
     assert token.hold_number and token.hold_number_for is None and not token.fail
-    maintenance = react_to_error(131057, attempts=0, consecutive_number_throttles=0,
-                                 pair_throttles=0, limits=LIMITS)
+    maintenance = react_to_error(
+        131057, attempts=0, consecutive_number_throttles=0, pair_throttles=0, limits=LIMITS
+    )
     assert maintenance.hold_number_for == 45.0 and maintenance.retry_in == 45.0
-    policy = react_to_error(368, attempts=0, consecutive_number_throttles=0, pair_throttles=0,
-                            limits=RetryLimits(hold_seconds=120))
+    policy = react_to_error(
+        368,
+        attempts=0,
+        consecutive_number_throttles=0,
+        pair_throttles=0,
+        limits=RetryLimits(hold_seconds=120),
+    )
     assert policy.hold_number_for == 120
 
 
 def test_final_and_unknown_codes_fail_the_message() -> None:
     for code in (132001, 131047, 123456789):
-        reaction = react_to_error(code, attempts=1, consecutive_number_throttles=0,
-                                  pair_throttles=0, limits=LIMITS)
+        reaction = react_to_error(
+            code, attempts=1, consecutive_number_throttles=0, pair_throttles=0, limits=LIMITS
+        )
         assert reaction.fail and reaction.error_class is ErrorClass.FINAL
 
 

@@ -20,8 +20,7 @@ async def h() -> AsyncIterator[Harness]:
     await harness.close()
 
 
-async def test_many_messages_go_out_at_the_numbers_rate_and_meta_never_refuses(h: Harness
-                                                                              ) -> None:
+async def test_many_messages_go_out_at_the_numbers_rate_and_meta_never_refuses(h: Harness) -> None:
     events = [h.event() for _ in range(300)]
     start = h.clock.monotonic()
     await h.admit(*events)
@@ -79,16 +78,14 @@ async def test_a_hot_recipient_does_not_delay_other_recipients(h: Harness) -> No
     assert metrics.PAIR_RATE_PARKED._value.get() - parked_before == 20
     # The rest of the hot recipient's messages go one per 6 s, in order, without a 131056.
     await h.timer.run_until_true(lambda: len(h.statuses("sent")) == 260, limit=200)
-    hot_times = [first_at for e in hot
-                 for first_at in [h.first_call_at()[e.message_id]]]
+    hot_times = [first_at for e in hot for first_at in [h.first_call_at()[e.message_id]]]
     assert hot_times == sorted(hot_times)
     assert hot_times[40] - start == pytest.approx(6.0, abs=0.05)
     assert hot_times[59] - hot_times[40] == pytest.approx(19 * 6.0, abs=0.05)
     assert h.meta.refusals == []
 
 
-async def test_the_oldest_waiting_message_age_tracks_what_is_still_unfinished(h: Harness
-                                                                              ) -> None:
+async def test_the_oldest_waiting_message_age_tracks_what_is_still_unfinished(h: Harness) -> None:
     assert h.engine.oldest_waiting_age() == 0.0
     hot = [h.event("+447700000001") for _ in range(41)]
     await h.admit(*hot)
@@ -123,10 +120,15 @@ async def test_a_duplicate_record_of_a_message_in_flight_is_sent_once_and_both_f
 
 
 async def test_a_message_already_sent_is_not_sent_again_and_its_outcome_is_republished(
-        h: Harness) -> None:
+    h: Harness,
+) -> None:
     event = h.event()
-    h.store.sends[event.message_id] = {"_id": event.message_id, "state": "sent",
-                                       "wamid": "wamid.OLD", "attempts": 1}
+    h.store.sends[event.message_id] = {
+        "_id": event.message_id,
+        "state": "sent",
+        "wamid": "wamid.OLD",
+        "attempts": 1,
+    }
     await h.admit(event)
     assert h.meta.calls == []
     [sent] = h.statuses("sent")
@@ -134,11 +136,11 @@ async def test_a_message_already_sent_is_not_sent_again_and_its_outcome_is_repub
     assert h.done == [event.message_id]
 
 
-async def test_a_message_left_sending_by_a_crash_is_reported_unknown_never_resent(h: Harness
-                                                                                 ) -> None:
+async def test_a_message_left_sending_by_a_crash_is_reported_unknown_never_resent(
+    h: Harness,
+) -> None:
     event = h.event()
-    h.store.sends[event.message_id] = {"_id": event.message_id, "state": "sending",
-                                       "attempts": 0}
+    h.store.sends[event.message_id] = {"_id": event.message_id, "state": "sending", "attempts": 0}
     await h.admit(event)
     await h.timer.advance(1.0)
     assert h.meta.calls == []
@@ -150,8 +152,11 @@ async def test_a_message_left_sending_by_a_crash_is_reported_unknown_never_resen
 async def test_a_failed_outcome_is_republished_with_its_error(h: Harness) -> None:
     event = h.event()
     h.store.sends[event.message_id] = {
-        "_id": event.message_id, "state": "failed", "attempts": 1,
-        "error": {"code": 132001, "title": "Template name does not exist", "details": "x"}}
+        "_id": event.message_id,
+        "state": "failed",
+        "attempts": 1,
+        "error": {"code": 132001, "title": "Template name does not exist", "details": "x"},
+    }
     await h.admit(event)
     [failed] = h.statuses("failed")
     assert failed.error is not None and failed.error.code == 132001
@@ -171,7 +176,8 @@ async def test_an_expired_message_is_not_sent(h: Harness) -> None:
 
 
 async def test_a_message_whose_validity_ends_while_it_waits_for_its_recipient_expires(
-        h: Harness) -> None:
+    h: Harness,
+) -> None:
     hot = [h.event("+447700000001", expires_at=h.clock.now_ms() + 20_000) for _ in range(45)]
     await h.admit(*hot)
     await h.timer.advance(40.0)
@@ -182,8 +188,11 @@ async def test_a_message_whose_validity_ends_while_it_waits_for_its_recipient_ex
 
 async def test_a_final_error_fails_the_message_with_metas_error(h: Harness) -> None:
     event = h.event()
-    h.meta.script[event.message_id] = [Refused(132001, "Template name does not exist",
-                                               "template name (x) does not exist in en_US", 404)]
+    h.meta.script[event.message_id] = [
+        Refused(
+            132001, "Template name does not exist", "template name (x) does not exist in en_US", 404
+        )
+    ]
     await h.admit(event)
     await h.timer.advance(1.0)
     [failed] = h.statuses("failed")
@@ -195,8 +204,10 @@ async def test_a_final_error_fails_the_message_with_metas_error(h: Harness) -> N
 
 async def test_a_transient_error_is_retried_with_backoff_and_then_succeeds(h: Harness) -> None:
     event = h.event()
-    h.meta.script[event.message_id] = [Refused(131000, "Something went wrong", "", 500),
-                                       Refused(2, "Service temporarily unavailable", "", 503)]
+    h.meta.script[event.message_id] = [
+        Refused(131000, "Something went wrong", "", 500),
+        Refused(2, "Service temporarily unavailable", "", 503),
+    ]
     await h.admit(event)
     await h.timer.advance(30.0)
     calls = [c.at for c in h.meta.calls]
@@ -283,8 +294,9 @@ async def test_an_expired_token_holds_the_number_until_an_operator_replaces_it()
         assert metrics.NUMBERS_HELD._value.get() >= 1
         assert h.statuses("sent") == [] and len(h.meta.calls) <= 2
         calls_while_held = len(h.meta.calls)
-        h.phone_numbers.numbers[NUMBER_ID] = phone_number(token_fingerprint="gAAAA-two",
-                                                          access_token="EAA-new")
+        h.phone_numbers.numbers[NUMBER_ID] = phone_number(
+            token_fingerprint="gAAAA-two", access_token="EAA-new"
+        )
         await h.timer.advance(31.0)
         assert len(h.statuses("sent")) == 2
         assert {c.token for c in h.meta.calls[calls_while_held:]} == {"EAA-new"}
@@ -325,8 +337,13 @@ async def test_a_throughput_upgrade_raises_the_rate_live(h: Harness) -> None:
     await h.timer.advance(1.0)
     sent_at_80 = len(h.meta.calls)
     assert sent_at_80 == pytest.approx(40 + 80, abs=2)
-    upgrade = ThroughputChanged(event_id="u1", phone_number_id=NUMBER_ID, waba_id="w",
-                                messages_per_second=1000, occurred_at=h.clock.now_ms())
+    upgrade = ThroughputChanged(
+        event_id="u1",
+        phone_number_id=NUMBER_ID,
+        waba_id="w",
+        messages_per_second=1000,
+        occurred_at=h.clock.now_ms(),
+    )
     h.meta.set_mps(NUMBER_ID, 1000)
     h.engine.apply_throughput(upgrade)
     await h.timer.advance(0.3)
@@ -335,9 +352,15 @@ async def test_a_throughput_upgrade_raises_the_rate_live(h: Harness) -> None:
     assert 240 <= len(h.meta.calls) - sent_at_80 <= 300
     assert h.meta.refusals == []
     # An older event arriving late changes nothing.
-    h.engine.apply_throughput(ThroughputChanged(
-        event_id="u0", phone_number_id=NUMBER_ID, waba_id="w", messages_per_second=80,
-        occurred_at=upgrade.occurred_at - 1000))
+    h.engine.apply_throughput(
+        ThroughputChanged(
+            event_id="u0",
+            phone_number_id=NUMBER_ID,
+            waba_id="w",
+            messages_per_second=80,
+            occurred_at=upgrade.occurred_at - 1000,
+        )
+    )
     lane = h.engine.lane_state(NUMBER_ID)
     assert lane is not None and lane.pacer.mps == 1000
 
@@ -347,14 +370,23 @@ def users_write(h: Harness, count: int, heard: bool) -> None:
     for i in range(count):
         h.meta.inbound(NUMBER_ID)
         if heard:
-            h.engine.count_inbound(InboundReceived(
-                event_id=f"in{i}", phone_number_id=NUMBER_ID, waba_id="w", sender="1",
-                wamid=f"wamid.in{i}", message_type="text", sent_at=h.clock.now_ms()))
+            h.engine.count_inbound(
+                InboundReceived(
+                    event_id=f"in{i}",
+                    phone_number_id=NUMBER_ID,
+                    waba_id="w",
+                    sender="1",
+                    wamid=f"wamid.in{i}",
+                    message_type="text",
+                    sent_at=h.clock.now_ms(),
+                )
+            )
 
 
 @pytest.mark.parametrize("heard", [True, False])
 async def test_inbound_messages_we_hear_of_keep_meta_from_refusing_our_sends(
-        h: Harness, heard: bool) -> None:
+    h: Harness, heard: bool
+) -> None:
     await h.admit(*(h.event() for _ in range(400)))
     await h.timer.advance(1.0)  # sending at the number's full rate
     users_write(h, 60, heard)  # a burst of users writing to the number
@@ -367,7 +399,8 @@ async def test_inbound_messages_we_hear_of_keep_meta_from_refusing_our_sends(
 
 @pytest.mark.parametrize("heard", [True, False])
 async def test_inbound_heard_before_any_send_of_the_number_still_holds_it_back(
-        h: Harness, heard: bool) -> None:
+    h: Harness, heard: bool
+) -> None:
     h.meta.set_mps(NUMBER_ID, 20)
     h.phone_numbers.numbers[NUMBER_ID] = phone_number(throughput_mps=20)
     users_write(h, 40, heard)  # users write first (it opens their windows), then we send
@@ -392,8 +425,9 @@ async def test_tier_full_new_recipients_wait_for_the_window_and_expire(h: Harnes
 async def test_tier_places_taken_elsewhere_count(h: Harness) -> None:
     h.phone_numbers.numbers[NUMBER_ID] = phone_number(messaging_limit="TIER_50")
     for i in range(50):
-        await h.store.record_tier_use(h.phone_numbers.numbers[NUMBER_ID].portfolio_id,
-                                      f"+1555{i:07}", h.clock.now_ms() - 1000)
+        await h.store.record_tier_use(
+            h.phone_numbers.numbers[NUMBER_ID].portfolio_id, f"+1555{i:07}", h.clock.now_ms() - 1000
+        )
     event = h.event(expires_at=h.clock.now_ms() + 60_000)
     await h.admit(event)
     await h.timer.advance(90.0)
@@ -402,16 +436,18 @@ async def test_tier_places_taken_elsewhere_count(h: Harness) -> None:
 
 async def test_service_messages_do_not_use_the_tier(h: Harness) -> None:
     h.phone_numbers.numbers[NUMBER_ID] = phone_number(messaging_limit="TIER_50")
-    events = [h.event(message_type="text", content={"body": "hi"}, category="service")
-              for _ in range(60)]
+    events = [
+        h.event(message_type="text", content={"body": "hi"}, category="service") for _ in range(60)
+    ]
     await h.admit(*events)
     await h.timer.advance(5.0)
     assert len(h.statuses("sent")) == 60
     assert h.store.tier_usage == {}
 
 
-async def test_revoked_partitions_lose_their_queued_messages_which_are_never_sent(h: Harness
-                                                                                 ) -> None:
+async def test_revoked_partitions_lose_their_queued_messages_which_are_never_sent(
+    h: Harness,
+) -> None:
     hot = [h.event("+447700000001") for _ in range(45)]
     await h.admit(*hot, partition="p0")
     await h.timer.advance(1.0)

@@ -34,8 +34,11 @@ class BuggyStore(FakeStore):
         self.raised = 0
 
     def _maybe_raise(self, method: str, message_id: str) -> None:
-        if method == self.method and message_id in self.marked and (
-                self.times is None or self.raised < self.times):
+        if (
+            method == self.method
+            and message_id in self.marked
+            and (self.times is None or self.raised < self.times)
+        ):
             self.raised += 1
             raise Bug(f"{method} failed for {message_id}")
 
@@ -43,8 +46,7 @@ class BuggyStore(FakeStore):
         self._maybe_raise("start_send", message_id)
         return await super().start_send(message_id, **kwargs)
 
-    async def record_outcome(self, message_id: str, state: str, **kwargs: Any
-                             ) -> SendRecord | None:
+    async def record_outcome(self, message_id: str, state: str, **kwargs: Any) -> SendRecord | None:
         self._maybe_raise("record_outcome", message_id)
         return await super().record_outcome(message_id, state, **kwargs)
 
@@ -79,7 +81,8 @@ async def closing() -> AsyncIterator[list[Harness]]:
 
 
 async def test_a_bug_before_the_send_record_is_retried_then_dead_lettered_and_others_go_on(
-        closing: list[Harness]) -> None:
+    closing: list[Harness],
+) -> None:
     events_before = _unexpected("delivery")
     store = BuggyStore("start_send", set())
     h, spy = _harness(store)
@@ -87,8 +90,7 @@ async def test_a_bug_before_the_send_record_is_retried_then_dead_lettered_and_ot
     events = [h.event() for _ in range(5)]
     store.marked = {events[2].message_id}
     await h.admit(*events)
-    await h.timer.run_until_true(lambda: len(h.statuses("sent")) == 4 and spy.given_up,
-                                 limit=10)
+    await h.timer.run_until_true(lambda: len(h.statuses("sent")) == 4 and spy.given_up, limit=10)
     [(done, failure)] = spy.given_up
     assert failure.attempts == 3 and isinstance(failure.error, Bug)
     assert len(done) == 1
@@ -100,7 +102,8 @@ async def test_a_bug_before_the_send_record_is_retried_then_dead_lettered_and_ot
 
 
 async def test_a_bug_after_metas_answer_is_retried_without_a_second_call_to_meta(
-        closing: list[Harness]) -> None:
+    closing: list[Harness],
+) -> None:
     store = BuggyStore("record_outcome", set(), times=1)
     h, spy = _harness(store)
     closing.append(h)
@@ -118,7 +121,8 @@ async def test_a_bug_after_metas_answer_is_retried_without_a_second_call_to_meta
 
 
 async def test_a_bug_that_stays_after_metas_answer_ends_in_the_dlq_with_one_call(
-        closing: list[Harness]) -> None:
+    closing: list[Harness],
+) -> None:
     store = BuggyStore("record_outcome", set())
     h, spy = _harness(store)
     closing.append(h)
@@ -133,7 +137,8 @@ async def test_a_bug_that_stays_after_metas_answer_ends_in_the_dlq_with_one_call
 
 
 async def test_a_message_given_up_before_any_call_leaves_no_sending_record(
-        closing: list[Harness]) -> None:
+    closing: list[Harness],
+) -> None:
     store = FakeStore()
     h, spy = _harness(store)
     closing.append(h)
@@ -159,7 +164,8 @@ async def test_a_message_given_up_before_any_call_leaves_no_sending_record(
 
 
 async def test_a_crashed_dispatcher_is_restarted_and_its_messages_still_go(
-        closing: list[Harness]) -> None:
+    closing: list[Harness],
+) -> None:
     h, spy = _harness(FakeStore())
     closing.append(h)
     before = _unexpected("dispatcher")
@@ -183,7 +189,8 @@ async def test_a_crashed_dispatcher_is_restarted_and_its_messages_still_go(
 
 
 async def test_a_message_taken_off_the_queue_when_the_dispatcher_fails_is_not_lost(
-        closing: list[Harness]) -> None:
+    closing: list[Harness],
+) -> None:
     h, spy = _harness(FakeStore())
     closing.append(h)
     original = h.engine._take_off
@@ -205,7 +212,8 @@ async def test_a_message_taken_off_the_queue_when_the_dispatcher_fails_is_not_lo
 
 
 async def test_a_revoked_partition_drops_a_message_waiting_to_retry_after_a_bug(
-        closing: list[Harness]) -> None:
+    closing: list[Harness],
+) -> None:
     store = BuggyStore("start_send", set(), times=1)
     h, spy = _harness(store)
     closing.append(h)
@@ -219,8 +227,7 @@ async def test_a_revoked_partition_drops_a_message_waiting_to_retry_after_a_bug(
     assert h.engine.failure is None
 
 
-async def test_a_bug_at_admission_is_retried_and_the_message_goes(
-        closing: list[Harness]) -> None:
+async def test_a_bug_at_admission_is_retried_and_the_message_goes(closing: list[Harness]) -> None:
     h, spy = _harness(FakeStore())
     closing.append(h)
     original = h.engine._lane
@@ -262,8 +269,7 @@ def test_a_followed_record_that_raises_is_skipped_and_counted() -> None:
     assert _unexpected("follower") == before + 1  # the unreadable one is only logged
 
 
-async def test_a_record_whose_message_keeps_failing_is_dead_lettered_and_committed_past(
-        ) -> None:
+async def test_a_record_whose_message_keeps_failing_is_dead_lettered_and_committed_past() -> None:
     store = BuggyStore("start_send", set())
     h = Harness()
     h.store = store

@@ -25,19 +25,18 @@ POLICY = FetchPolicy(lead_seconds=2.0, floor=100, max_held=20_000)
 
 
 def test_a_partition_is_behind_when_it_holds_more_than_its_numbers_send_in_the_lead() -> None:
-    backlogs = {"slow": Backlog(held=150, drain_per_second=20),  # budget max(100, 40) = 100
-                "fast": Backlog(held=150, drain_per_second=80),  # budget 160
-                "idle": Backlog()}
+    backlogs = {
+        "slow": Backlog(held=150, drain_per_second=20),  # budget max(100, 40) = 100
+        "fast": Backlog(held=150, drain_per_second=80),  # budget 160
+        "idle": Backlog(),
+    }
     assert partitions_to_pause(backlogs, set(), POLICY) == {"slow"}
 
 
 def test_a_paused_partition_resumes_only_at_half_its_budget() -> None:
-    assert partitions_to_pause({"p": Backlog(held=60, drain_per_second=20)}, {"p"},
-                               POLICY) == {"p"}
-    assert partitions_to_pause({"p": Backlog(held=50, drain_per_second=20)}, {"p"},
-                               POLICY) == set()
-    assert partitions_to_pause({"p": Backlog(held=60, drain_per_second=20)}, set(),
-                               POLICY) == set()
+    assert partitions_to_pause({"p": Backlog(held=60, drain_per_second=20)}, {"p"}, POLICY) == {"p"}
+    assert partitions_to_pause({"p": Backlog(held=50, drain_per_second=20)}, {"p"}, POLICY) == set()
+    assert partitions_to_pause({"p": Backlog(held=60, drain_per_second=20)}, set(), POLICY) == set()
 
 
 def test_messages_parked_for_their_recipient_do_not_make_a_partition_behind() -> None:
@@ -46,15 +45,16 @@ def test_messages_parked_for_their_recipient_do_not_make_a_partition_behind() ->
 
 
 def test_a_held_number_sends_nothing_so_its_partition_pauses_at_the_floor() -> None:
-    assert partitions_to_pause({"p": Backlog(held=100, drain_per_second=0)}, set(),
-                               POLICY) == {"p"}
+    assert partitions_to_pause({"p": Backlog(held=100, drain_per_second=0)}, set(), POLICY) == {"p"}
 
 
 def test_with_memory_full_every_partition_keeps_at_most_its_share_parked_ones_included() -> None:
     policy = FetchPolicy(lead_seconds=2.0, floor=100, max_held=1000)
-    backlogs = {"hot": Backlog(held=900, parked=900, drain_per_second=80),
-                "busy": Backlog(held=300, drain_per_second=1000),
-                "light": Backlog(held=40, drain_per_second=80)}
+    backlogs = {
+        "hot": Backlog(held=900, parked=900, drain_per_second=80),
+        "busy": Backlog(held=300, drain_per_second=1000),
+        "light": Backlog(held=40, drain_per_second=80),
+    }
     # 1,240 held >= 1,000: shares of 333; the light partition keeps fetching.
     assert partitions_to_pause(backlogs, set(), policy) == {"hot"}
     assert partitions_to_pause(backlogs, {"busy"}, policy) == {"hot", "busy"}
@@ -93,18 +93,26 @@ class FakeBroker:
     def append(self, tp: TopicPartition, events: list[SendApproved]) -> None:
         log = self.logs[tp]
         base = len(log)
-        log.extend([Record(TOPIC, tp.partition, base + i, SEND_APPROVED.encode(e)[1])
-                    for i, e in enumerate(events)])
+        log.extend(
+            [
+                Record(TOPIC, tp.partition, base + i, SEND_APPROVED.encode(e)[1])
+                for i, e in enumerate(events)
+            ]
+        )
 
-    async def getmany(self, *_: Any, timeout_ms: int = 0, max_records: int = 500
-                      ) -> dict[TopicPartition, list[Record]]:
+    async def getmany(
+        self, *_: Any, timeout_ms: int = 0, max_records: int = 500
+    ) -> dict[TopicPartition, list[Record]]:
         batch: dict[TopicPartition, list[Record]] = {}
-        fetchable = [tp for tp in self.logs if tp not in self.paused_partitions
-                     and self.position[tp] < len(self.logs[tp])]
+        fetchable = [
+            tp
+            for tp in self.logs
+            if tp not in self.paused_partitions and self.position[tp] < len(self.logs[tp])
+        ]
         for i, tp in enumerate(fetchable):
             share = (max_records - sum(map(len, batch.values()))) // (len(fetchable) - i)
             start = self.position[tp]
-            records = self.logs[tp][start:start + share]
+            records = self.logs[tp][start : start + share]
             if records:
                 batch[tp] = records
                 self.position[tp] += len(records)
@@ -155,15 +163,22 @@ class Run:
 async def two_tenants(max_queued: int = 20_000) -> Run:
     """Tenant A's number paced at 20 mps on partition 0, tenant B's at 80 mps on partition 1,
     one sender consuming both."""
-    h = Harness(phone_number(id=SLOW_NUMBER, account_id="acc_a", throughput_mps=20),
-                phone_number(id=FAST_NUMBER, account_id="acc_b", throughput_mps=80,
-                             waba_id="117552438690213"))
+    h = Harness(
+        phone_number(id=SLOW_NUMBER, account_id="acc_a", throughput_mps=20),
+        phone_number(
+            id=FAST_NUMBER, account_id="acc_b", throughput_mps=80, waba_id="117552438690213"
+        ),
+    )
     h.meta.set_mps(SLOW_NUMBER, 20)
     h.meta.set_mps(FAST_NUMBER, 80)
     broker = FakeBroker(h.timer, TP_SLOW, TP_FAST)
-    worker = SenderWorker(WorkerConfig(UNUSED_BROKER, max_queued=max_queued),
-                          NoProducer(),  # type: ignore[arg-type]
-                          h.engine, h.clock, consumer=broker)  # type: ignore[arg-type]
+    worker = SenderWorker(
+        WorkerConfig(UNUSED_BROKER, max_queued=max_queued),
+        NoProducer(),  # type: ignore[arg-type]
+        h.engine,
+        h.clock,
+        consumer=broker,
+    )  # type: ignore[arg-type]
     worker.partitions_assigned({TP_SLOW, TP_FAST})
     await h.timer.advance(300.0)  # taken over long ago: buckets full
     task = asyncio.create_task(worker.consume([]))
@@ -233,15 +248,18 @@ async def test_both_tenants_flooding_stay_within_memory_and_keep_their_numbers_b
 async def test_a_hot_recipient_parks_its_messages_without_holding_back_its_partition() -> None:
     run = await two_tenants()
     try:
-        hot = [run.h.event("+447700000001", phone_number_id=FAST_NUMBER, account_id="acc_b")
-               for _ in range(400)]
+        hot = [
+            run.h.event("+447700000001", phone_number_id=FAST_NUMBER, account_id="acc_b")
+            for _ in range(400)
+        ]
         cold = _events(run.h, FAST_NUMBER, "acc_b", 400)
         run.broker.append(TP_FAST, [*hot, *cold])
         start = run.h.clock.monotonic()
         await run.h.timer.run_until_true(
-            lambda: {c.event.message_id for c in run.h.meta.calls} >= {e.message_id
-                                                                       for e in cold},
-            limit=60.0, step=0.25)
+            lambda: {c.event.message_id for c in run.h.meta.calls} >= {e.message_id for e in cold},
+            limit=60.0,
+            step=0.25,
+        )
         # 400 cold at 80 mps: ~5 s, not the half hour the hot recipient's messages take.
         assert run.h.clock.monotonic() - start <= 8.0
         assert TP_FAST not in run.broker.paused()

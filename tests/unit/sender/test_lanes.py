@@ -53,8 +53,9 @@ LIMITS = RetryLimits(transient_max_attempts=3, hold_seconds=300.0)
 
 def test_a_message_past_its_validity_expires_at_admission_even_without_a_number() -> None:
     assert admission(expires_at_ms=1_000, now_ms=1_000, configured=False) is Admission.EXPIRE
-    assert admission(expires_at_ms=1_001, now_ms=1_000, configured=False) \
-        is Admission.NOT_CONFIGURED
+    assert (
+        admission(expires_at_ms=1_001, now_ms=1_000, configured=False) is Admission.NOT_CONFIGURED
+    )
     assert admission(expires_at_ms=1_001, now_ms=1_000, configured=True) is Admission.QUEUE
 
 
@@ -66,12 +67,25 @@ def test_a_message_queued_beyond_the_backlog_lead_is_parked() -> None:
 # --- the dispatcher -------------------------------------------------------------------------
 
 
-def take(*, held: bool = False, blocked_until: float = 0.0, unanswered: int = 0,
-         all_unanswered: int = 0, next_ready_at: float | None = 5.0) -> float | None:
+def take(
+    *,
+    held: bool = False,
+    blocked_until: float = 0.0,
+    unanswered: int = 0,
+    all_unanswered: int = 0,
+    next_ready_at: float | None = 5.0,
+) -> float | None:
     """next_take at now = 5.0, a number cap of 10 and a global cap of 100."""
-    return next_take(held=held, blocked_until=blocked_until, unanswered=unanswered, cap=10,
-                     all_unanswered=all_unanswered, max_in_flight=100,
-                     next_ready_at=next_ready_at, now=5.0)
+    return next_take(
+        held=held,
+        blocked_until=blocked_until,
+        unanswered=unanswered,
+        cap=10,
+        all_unanswered=all_unanswered,
+        max_in_flight=100,
+        next_ready_at=next_ready_at,
+        now=5.0,
+    )
 
 
 def test_the_dispatcher_takes_a_message_whose_time_has_come() -> None:
@@ -98,24 +112,25 @@ def test_sends_in_flight_at_the_number_cap_or_the_global_cap_idle_the_dispatcher
     assert take(unanswered=9, all_unanswered=99) is None
 
 
-def test_the_dispatcher_wakes_for_the_sweep_only_with_a_queue_and_for_the_refresh_on_hold(
-        ) -> None:
-    assert dispatcher_wake_at(IDLE, queued=False, sweep_due=3.0, on_hold=False,
-                              refresh_due=4.0) == IDLE
-    assert dispatcher_wake_at(IDLE, queued=True, sweep_due=3.0, on_hold=False,
-                              refresh_due=4.0) == 3.0
-    assert dispatcher_wake_at(IDLE, queued=False, sweep_due=3.0, on_hold=True,
-                              refresh_due=4.0) == 4.0
-    assert dispatcher_wake_at(2.0, queued=True, sweep_due=3.0, on_hold=True,
-                              refresh_due=4.0) == 2.0
+def test_the_dispatcher_wakes_for_the_sweep_only_with_a_queue_and_for_the_refresh_on_hold() -> None:
+    assert (
+        dispatcher_wake_at(IDLE, queued=False, sweep_due=3.0, on_hold=False, refresh_due=4.0)
+        == IDLE
+    )
+    assert (
+        dispatcher_wake_at(IDLE, queued=True, sweep_due=3.0, on_hold=False, refresh_due=4.0) == 3.0
+    )
+    assert (
+        dispatcher_wake_at(IDLE, queued=False, sweep_due=3.0, on_hold=True, refresh_due=4.0) == 4.0
+    )
+    assert dispatcher_wake_at(2.0, queued=True, sweep_due=3.0, on_hold=True, refresh_due=4.0) == 2.0
 
 
 def test_chores_are_due_at_their_time_and_only_when_they_matter() -> None:
     due = {"sweep_due": 1.0, "prune_due": 60.0, "refresh_due": 30.0}
     assert due_chores(now=0.5, queued=True, on_hold=True, **due).sweep_expired is False
     chores = due_chores(now=1.0, queued=True, on_hold=False, **due)
-    assert (chores.sweep_expired, chores.prune_pairs, chores.refresh_number) == (
-        True, False, False)
+    assert (chores.sweep_expired, chores.prune_pairs, chores.refresh_number) == (True, False, False)
     idle = due_chores(now=100.0, queued=False, on_hold=False, **due)
     assert (idle.sweep_expired, idle.prune_pairs, idle.refresh_number) == (False, True, False)
     assert due_chores(now=30.0, queued=False, on_hold=True, **due).refresh_number is True
@@ -124,12 +139,21 @@ def test_chores_are_due_at_their_time_and_only_when_they_matter() -> None:
 # --- holds and releases ---------------------------------------------------------------------
 
 
-def refresh(*, hold_reason: str | None = None, status: str = "active",
-            token_fingerprint: str = "f1", held_token: str | None = None,
-            has_token: bool = True) -> HoldChange:
-    return hold_change_on_refresh(hold_reason=hold_reason, status=status,
-                                  token_fingerprint=token_fingerprint, held_token=held_token,
-                                  has_token=has_token)
+def refresh(
+    *,
+    hold_reason: str | None = None,
+    status: str = "active",
+    token_fingerprint: str = "f1",
+    held_token: str | None = None,
+    has_token: bool = True,
+) -> HoldChange:
+    return hold_change_on_refresh(
+        hold_reason=hold_reason,
+        status=status,
+        token_fingerprint=token_fingerprint,
+        held_token=held_token,
+        has_token=has_token,
+    )
 
 
 def test_a_number_whose_status_is_not_active_is_held_once() -> None:
@@ -145,12 +169,16 @@ def test_a_status_hold_ends_when_the_number_is_active_again() -> None:
 
 @pytest.mark.parametrize("reason", [TOKEN_REJECTED, TOKEN_UNREADABLE])
 def test_a_token_hold_ends_only_when_a_readable_new_token_replaced_the_held_one(
-        reason: str) -> None:
+    reason: str,
+) -> None:
     assert refresh(hold_reason=reason, held_token="f1") is HoldChange.NONE
-    assert refresh(hold_reason=reason, held_token="f1", token_fingerprint="f2",
-                   has_token=False) is HoldChange.NONE
-    assert refresh(hold_reason=reason, held_token="f1", token_fingerprint="f2") \
-        is HoldChange.RELEASE
+    assert (
+        refresh(hold_reason=reason, held_token="f1", token_fingerprint="f2", has_token=False)
+        is HoldChange.NONE
+    )
+    assert (
+        refresh(hold_reason=reason, held_token="f1", token_fingerprint="f2") is HoldChange.RELEASE
+    )
 
 
 def test_a_period_hold_is_not_ended_by_a_refresh() -> None:
@@ -179,8 +207,13 @@ def test_a_refusal_holds_until_a_new_token_or_for_a_period_named_by_its_code() -
 
 def test_a_sending_record_waits_until_the_number_token_is_within_the_lead() -> None:
     def wait(token_at: float, blocked_until: float = 0.0, held: bool = False) -> float | None:
-        return sending_record_wait(number_token_at=token_at, blocked_until=blocked_until,
-                                   lead_seconds=0.25, held=held, now=10.0)
+        return sending_record_wait(
+            number_token_at=token_at,
+            blocked_until=blocked_until,
+            lead_seconds=0.25,
+            held=held,
+            now=10.0,
+        )
 
     assert wait(10.2) is None
     assert wait(12.0) == 11.75
@@ -189,12 +222,24 @@ def test_a_sending_record_waits_until_the_number_token_is_within_the_lead() -> N
     assert wait(12.0, held=True) is None
 
 
-
-def gate(*, aborted: bool = False, held: bool = False, blocked_until: float = 0.0,
-         now_ms: int = 10_000, has_token: bool = True) -> GateStep:
+def gate(
+    *,
+    aborted: bool = False,
+    held: bool = False,
+    blocked_until: float = 0.0,
+    now_ms: int = 10_000,
+    has_token: bool = True,
+) -> GateStep:
     """gate_step at now = 10.0 for a message valid until 50_000 ms."""
-    return gate_step(aborted=aborted, held=held, blocked_until=blocked_until, now=10.0,
-                     expires_at_ms=50_000, now_ms=now_ms, has_token=has_token)
+    return gate_step(
+        aborted=aborted,
+        held=held,
+        blocked_until=blocked_until,
+        now=10.0,
+        expires_at_ms=50_000,
+        now_ms=now_ms,
+        has_token=has_token,
+    )
 
 
 def test_the_gate_reserves_a_token_for_a_clear_number() -> None:
@@ -234,8 +279,7 @@ def test_a_message_put_back_forgets_its_sending_record_only_if_no_request_left()
     assert not may_forget_sending_record(started=True, calls=2)
 
 
-def test_after_a_bug_a_message_that_may_have_reached_meta_goes_through_start_send_again(
-        ) -> None:
+def test_after_a_bug_a_message_that_may_have_reached_meta_goes_through_start_send_again() -> None:
     assert started_after_bug(started=True, calls=1) is False
     assert started_after_bug(started=True, calls=0) is True
     assert started_after_bug(started=False, calls=0) is False
@@ -273,11 +317,13 @@ def test_transient_errors_past_the_cap_fail_the_message_without_more_bookkeeping
     assert (plan.pay_pair_again, plan.record_attempt, plan.hold_reason) == (False, False, None)
 
 
-@pytest.mark.parametrize(("code", "reason", "hold_for"),
-                         [(190, TOKEN_REJECTED, None), (368, "meta_368", 300.0),
-                          (131057, "meta_131057", 45.0)])
+@pytest.mark.parametrize(
+    ("code", "reason", "hold_for"),
+    [(190, TOKEN_REJECTED, None), (368, "meta_368", 300.0), (131057, "meta_131057", 45.0)],
+)
 def test_a_hold_refusal_does_not_count_the_call_and_holds_the_number(
-        code: int, reason: str, hold_for: float | None) -> None:
+    code: int, reason: str, hold_for: float | None
+) -> None:
     plan = plan_refusal(code, Tries(calls=1), LIMITS)
     assert plan.tries == Tries(calls=0)
     assert plan.hold_reason == reason and plan.reaction.hold_number_for == hold_for
@@ -289,8 +335,9 @@ def test_a_final_refusal_fails_the_message_and_keeps_its_call() -> None:
 
 
 def test_an_acceptance_ends_the_numbers_streaks_and_keeps_the_message_counts() -> None:
-    tries = Tries(calls=2, transient_failures=1, pair_throttles=1, number_throttles=4,
-                  unreachable=3)
+    tries = Tries(
+        calls=2, transient_failures=1, pair_throttles=1, number_throttles=4, unreachable=3
+    )
     assert after_accepted(tries) == Tries(calls=2, transient_failures=1, pair_throttles=1)
 
 
@@ -307,10 +354,13 @@ POLICY = FetchPolicy(lead_seconds=2.0, floor=10, max_held=100)
 
 
 def test_fetch_changes_pause_the_partition_behind_and_resume_the_one_caught_up() -> None:
-    backlogs = {"behind": Backlog(held=30, drain_per_second=2.0),
-                "caught_up": Backlog(held=2, drain_per_second=2.0)}
-    changes = fetch_changes({"behind", "caught_up", "empty"}, backlogs,
-                            {"caught_up", "revoked"}, POLICY)
+    backlogs = {
+        "behind": Backlog(held=30, drain_per_second=2.0),
+        "caught_up": Backlog(held=2, drain_per_second=2.0),
+    }
+    changes = fetch_changes(
+        {"behind", "caught_up", "empty"}, backlogs, {"caught_up", "revoked"}, POLICY
+    )
     assert changes.pause == {"behind"} and changes.resume == {"caught_up"}
     assert changes.paused == {"behind"} and changes.held == 32 and not changes.crowded
 
@@ -327,6 +377,7 @@ def test_fetch_changes_report_crowded_memory() -> None:
 
 
 def test_partition_backlogs_sum_the_rates_of_the_numbers_that_may_send() -> None:
-    backlogs = partition_backlogs({"p0": 5, "p1": 3}, {"p0": 2},
-                                  [("p0", 80.0), ("p0", 20.0), ("p2", 1000.0)])
+    backlogs = partition_backlogs(
+        {"p0": 5, "p1": 3}, {"p0": 2}, [("p0", 80.0), ("p0", 20.0), ("p2", 1000.0)]
+    )
     assert backlogs == {"p0": Backlog(5, 2, 100.0), "p1": Backlog(3, 0, 0.0)}

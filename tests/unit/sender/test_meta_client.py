@@ -42,15 +42,22 @@ def _event(**overrides: object) -> SendApproved:
 
 
 def test_a_reply_carries_its_context_and_the_clients_callback_data_stays_with_us() -> None:
-    event = _event(message_type="image", category="service", callback_data="crm-7",
-                   content={"link": "https://example.com/p.jpg", "caption": None},
-                   reply_to="wamid.IN")
+    event = _event(
+        message_type="image",
+        category="service",
+        callback_data="crm-7",
+        content={"link": "https://example.com/p.jpg", "caption": None},
+        reply_to="wamid.IN",
+    )
     assert request_body(event) == {
-        "messaging_product": "whatsapp", "recipient_type": "individual",
-        "to": event.recipient, "type": "image",
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": event.recipient,
+        "type": "image",
         "image": {"link": "https://example.com/p.jpg", "caption": None},
         "biz_opaque_callback_data": event.message_id,
-        "context": {"message_id": "wamid.IN"}}
+        "context": {"message_id": "wamid.IN"},
+    }
 
 
 def test_every_send_requested_example_becomes_a_body_of_metas_shape() -> None:
@@ -63,39 +70,62 @@ def test_every_send_requested_example_becomes_a_body_of_metas_shape() -> None:
 
 
 def test_only_our_own_ids_are_resolved_and_each_is_replaced_by_its_wamid() -> None:
-    reaction = _event(message_type="reaction", category="service",
-                      content={"message_id": "msg_a", "emoji": ""}, reply_to=None)
-    reply = _event(message_type="text", category="service", content={"body": "x"},
-                   reply_to="msg_b")
-    to_wamids = _event(message_type="reaction", category="service",
-                       content={"message_id": "wamid.X", "emoji": "x"}, reply_to="wamid.Y")
+    reaction = _event(
+        message_type="reaction",
+        category="service",
+        content={"message_id": "msg_a", "emoji": ""},
+        reply_to=None,
+    )
+    reply = _event(message_type="text", category="service", content={"body": "x"}, reply_to="msg_b")
+    to_wamids = _event(
+        message_type="reaction",
+        category="service",
+        content={"message_id": "wamid.X", "emoji": "x"},
+        reply_to="wamid.Y",
+    )
     assert targets_to_resolve(reaction) == ["msg_a"]
     assert targets_to_resolve(reply) == ["msg_b"]
     assert targets_to_resolve(to_wamids) == []
-    assert with_targets(reaction, {"msg_a": "wamid.A"}).content == {"message_id": "wamid.A",
-                                                                     "emoji": ""}
+    assert with_targets(reaction, {"msg_a": "wamid.A"}).content == {
+        "message_id": "wamid.A",
+        "emoji": "",
+    }
     resolved = with_targets(reply, {"msg_b": "wamid.B"})
     assert resolved.reply_to == "wamid.B" and resolved.content == {"body": "x"}
     assert reply.reply_to == "msg_b"  # events are frozen: a new one is made
 
 
 def test_a_success_yields_the_wamid_and_pacing_status() -> None:
-    body = orjson.dumps({"messaging_product": "whatsapp",
-                         "contacts": [{"input": "+447911123456", "wa_id": "447911123456"}],
-                         "messages": [{"id": "wamid.X", "message_status": "accepted"}]})
+    body = orjson.dumps(
+        {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": "+447911123456", "wa_id": "447911123456"}],
+            "messages": [{"id": "wamid.X", "message_status": "accepted"}],
+        }
+    )
     assert parse_response(200, body) == Accepted("wamid.X", "accepted")
     no_status = orjson.dumps({"messages": [{"id": "wamid.Y"}]})
     assert parse_response(200, no_status) == Accepted("wamid.Y", None)
 
 
 def test_metas_error_envelope_is_a_refusal_with_code_title_and_details() -> None:
-    body = orjson.dumps({"error": {"message": "(#132001) Template name does not exist",
-                                   "type": "OAuthException", "code": 132001,
-                                   "error_data": {"messaging_product": "whatsapp",
-                                                  "details": "template name (x) does not exist"},
-                                   "fbtrace_id": "Az8"}})
-    assert parse_response(404, body) == Refused(132001, "Template name does not exist",
-                                                "template name (x) does not exist", 404)
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": "(#132001) Template name does not exist",
+                "type": "OAuthException",
+                "code": 132001,
+                "error_data": {
+                    "messaging_product": "whatsapp",
+                    "details": "template name (x) does not exist",
+                },
+                "fbtrace_id": "Az8",
+            }
+        }
+    )
+    assert parse_response(404, body) == Refused(
+        132001, "Template name does not exist", "template name (x) does not exist", 404
+    )
     odd = orjson.dumps({"error": {"message": "x", "code": 131000, "error_data": "flat"}})
     assert parse_response(500, odd) == Refused(131000, "x", "", 500)
 
@@ -124,11 +154,14 @@ class FakeMeta:
         payload = await request.json()
         self.requests.append((request.path, dict(request.headers), payload))
         if self.behaviour == "accept":
-            return web.json_response({"messaging_product": "whatsapp",
-                                      "messages": [{"id": "wamid.OK"}]})
+            return web.json_response(
+                {"messaging_product": "whatsapp", "messages": [{"id": "wamid.OK"}]}
+            )
         if self.behaviour == "refuse":
-            return web.json_response({"error": {"message": "(#131047) Re-engagement message",
-                                                "code": 131047}}, status=400)
+            return web.json_response(
+                {"error": {"message": "(#131047) Re-engagement message", "code": 131047}},
+                status=400,
+            )
         if self.behaviour == "hang":
             await asyncio.Event().wait()
         if self.behaviour == "drop":
@@ -161,10 +194,13 @@ async def test_a_send_posts_to_the_number_with_the_bearer_token(fake_meta: Any) 
     assert payload["biz_opaque_callback_data"] == EVENT.message_id
 
 
-@pytest.mark.parametrize(("behaviour", "expected"), [("refuse", Refused), ("drop", Ambiguous),
-                                                     ("fail", Ambiguous), ("hang", Ambiguous)])
-async def test_each_way_meta_can_answer_maps_to_its_outcome(fake_meta: Any, behaviour: str,
-                                                            expected: type) -> None:
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [("refuse", Refused), ("drop", Ambiguous), ("fail", Ambiguous), ("hang", Ambiguous)],
+)
+async def test_each_way_meta_can_answer_maps_to_its_outcome(
+    fake_meta: Any, behaviour: str, expected: type
+) -> None:
     fake_meta.behaviour = behaviour
     client = MetaClient(fake_meta.url, "v24.0", timeout_seconds=0.2)
     try:

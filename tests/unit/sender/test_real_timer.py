@@ -13,7 +13,8 @@ from shared.clock import SystemClock
 
 @pytest.mark.parametrize("deadline_in_s", [60.0, float("inf")])
 async def test_a_cancel_that_arrives_as_the_event_is_set_stops_the_waiting_loop(
-        deadline_in_s: float) -> None:
+    deadline_in_s: float,
+) -> None:
     # On Python 3.11 asyncio.wait_for returns the inner result when a cancellation and the
     # result arrive together, so a loop around it went on waiting, cancelled, for good.
     timer = RealTimer(SystemClock())

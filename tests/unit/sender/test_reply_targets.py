@@ -18,14 +18,22 @@ async def h() -> AsyncIterator[Harness]:
 
 
 def _sent(h: Harness, message_id: str, wamid: str) -> None:
-    h.store.outcomes[message_id] = {"_id": message_id, "state": "sent", "wamid": wamid,
-                                    "attempts": 1}
+    h.store.outcomes[message_id] = {
+        "_id": message_id,
+        "state": "sent",
+        "wamid": wamid,
+        "attempts": 1,
+    }
 
 
 async def test_a_reply_naming_our_sent_message_quotes_its_wamid(h: Harness) -> None:
     _sent(h, "msg_quoted", "wamid.QUOTED")
-    event = h.event(message_type="text", content={"body": "see above"}, category="service",
-                    reply_to="msg_quoted")
+    event = h.event(
+        message_type="text",
+        content={"body": "see above"},
+        category="service",
+        reply_to="msg_quoted",
+    )
     await h.admit(event)
     [call] = h.meta.calls
     assert call.event.reply_to == "wamid.QUOTED"
@@ -35,21 +43,31 @@ async def test_a_reply_naming_our_sent_message_quotes_its_wamid(h: Harness) -> N
 
 async def test_a_reaction_to_our_sent_message_targets_its_wamid(h: Harness) -> None:
     _sent(h, "msg_liked", "wamid.LIKED")
-    event = h.event(message_type="reaction", category="service",
-                    content={"message_id": "msg_liked", "emoji": "\U0001f44d"})
+    event = h.event(
+        message_type="reaction",
+        category="service",
+        content={"message_id": "msg_liked", "emoji": "\U0001f44d"},
+    )
     await h.admit(event)
     [call] = h.meta.calls
-    assert request_body(call.event)["reaction"] == {"message_id": "wamid.LIKED",
-                                                     "emoji": "\U0001f44d"}
+    assert request_body(call.event)["reaction"] == {
+        "message_id": "wamid.LIKED",
+        "emoji": "\U0001f44d",
+    }
 
 
 async def test_naming_a_message_that_never_got_a_wamid_fails_without_calling_meta(
-        h: Harness) -> None:
+    h: Harness,
+) -> None:
     h.store.sends["msg_stuck"] = {"_id": "msg_stuck", "state": "failed", "attempts": 1}
-    reply = h.event(message_type="text", content={"body": "x"}, category="service",
-                    reply_to="msg_stuck")
-    reaction = h.event(message_type="reaction", category="service",
-                       content={"message_id": "msg_never_seen", "emoji": ""})
+    reply = h.event(
+        message_type="text", content={"body": "x"}, category="service", reply_to="msg_stuck"
+    )
+    reaction = h.event(
+        message_type="reaction",
+        category="service",
+        content={"message_id": "msg_never_seen", "emoji": ""},
+    )
     await h.admit(reply, reaction)
     assert h.meta.calls == []
     failed = h.statuses("failed")
@@ -59,8 +77,12 @@ async def test_naming_a_message_that_never_got_a_wamid_fails_without_calling_met
 
 
 async def test_a_reply_naming_a_wamid_goes_out_as_it_is(h: Harness) -> None:
-    event = h.event(message_type="text", content={"body": "x"}, category="service",
-                    reply_to="wamid.FROM_THE_USER")
+    event = h.event(
+        message_type="text",
+        content={"body": "x"},
+        category="service",
+        reply_to="wamid.FROM_THE_USER",
+    )
     await h.admit(event)
     [call] = h.meta.calls
     assert call.event == event

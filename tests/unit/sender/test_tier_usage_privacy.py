@@ -21,8 +21,10 @@ KEY = b"unit-tier-key"
 
 
 async def test_the_tier_stores_and_counts_keyed_hashes_not_numbers() -> None:
-    h = Harness(phone_number(messaging_limit="TIER_50"),
-                config=EngineConfig(tier_key=partial(keyed_hash, key=KEY)))
+    h = Harness(
+        phone_number(messaging_limit="TIER_50"),
+        config=EngineConfig(tier_key=partial(keyed_hash, key=KEY)),
+    )
     try:
         numbers = [f"+4479{i:08}" for i in range(3)]
         await h.admit(*(h.event(n) for n in numbers), h.event(numbers[0]))
@@ -30,24 +32,29 @@ async def test_the_tier_stores_and_counts_keyed_hashes_not_numbers() -> None:
         assert len(h.statuses("sent")) == 4
         stored = {recipient for _, recipient, _ in h.store.tier_usage.values()}
         assert stored == {keyed_hash(n, KEY) for n in numbers}  # one place per recipient
-        assert not any(n in key or n.lstrip("+") in key
-                       for key in h.store.tier_usage for n in numbers)
+        assert not any(
+            n in key or n.lstrip("+") in key for key in h.store.tier_usage for n in numbers
+        )
     finally:
         await h.close()
 
 
 async def test_places_another_sender_stored_as_hashes_count_for_the_same_recipients() -> None:
-    h = Harness(phone_number(messaging_limit="TIER_50"),
-                config=EngineConfig(tier_key=partial(keyed_hash, key=KEY)))
+    h = Harness(
+        phone_number(messaging_limit="TIER_50"),
+        config=EngineConfig(tier_key=partial(keyed_hash, key=KEY)),
+    )
     try:
         portfolio = h.phone_numbers.numbers[NUMBER_ID].portfolio_id
         taken = [f"+1555{i:07}" for i in range(50)]
         for number in taken:
-            await h.store.record_tier_use(portfolio, keyed_hash(number, KEY),
-                                          h.clock.now_ms() - 1000)
+            await h.store.record_tier_use(
+                portfolio, keyed_hash(number, KEY), h.clock.now_ms() - 1000
+            )
         # A recipient already in the window goes; a new one would need a 51st place.
-        await h.admit(h.event(taken[7]), h.event("+447700000001",
-                                                 expires_at=h.clock.now_ms() + 60_000))
+        await h.admit(
+            h.event(taken[7]), h.event("+447700000001", expires_at=h.clock.now_ms() + 60_000)
+        )
         await h.timer.advance(90.0)
         assert sorted(c.status for c in h.published) == ["expired", "sent"]
     finally:
@@ -58,9 +65,13 @@ def test_the_recipient_hash_key_has_a_default_only_in_development() -> None:
     assert SenderSettings(HALA_ENV="development").recipient_hash_key_bytes()
     with pytest.raises(ValidationError, match="SENDER_RECIPIENT_HASH_KEY is a known default"):
         SenderSettings(HALA_ENV="production")
-    given = SenderSettings(HALA_ENV="production", recipient_hash_key="k" * 32,
-                           HALA_TOKEN_KEYS=new_key(), KAFKA_SASL_USERNAME="hala-sender",
-                           KAFKA_SASL_PASSWORD="a-sender-password-0123456789")
+    given = SenderSettings(
+        HALA_ENV="production",
+        recipient_hash_key="k" * 32,
+        HALA_TOKEN_KEYS=new_key(),
+        KAFKA_SASL_USERNAME="hala-sender",
+        KAFKA_SASL_PASSWORD="a-sender-password-0123456789",
+    )
     assert given.recipient_hash_key_bytes() == b"k" * 32
 
 

@@ -13,9 +13,14 @@ WABA = "102290129340398"  # the harness's phone number belongs to it
 
 
 def waba(held: bool, at: int, waba_id: str = WABA) -> WabaStatusChanged:
-    return WabaStatusChanged(event_id=f"{waba_id}:{held}:{at}", waba_id=waba_id, held=held,
-                             reasons=["banned"] if held else [], event="DISABLED_UPDATE",
-                             occurred_at=at)
+    return WabaStatusChanged(
+        event_id=f"{waba_id}:{held}:{at}",
+        waba_id=waba_id,
+        held=held,
+        reasons=["banned"] if held else [],
+        event="DISABLED_UPDATE",
+        occurred_at=at,
+    )
 
 
 @pytest.fixture
@@ -37,8 +42,7 @@ async def test_a_held_wabas_messages_wait_until_it_is_released(h: Harness) -> No
     await h.timer.run_until_true(lambda: len(h.statuses("sent")) == 5, limit=5)
 
 
-async def test_a_hold_stops_a_number_already_sending_and_expired_messages_fail(
-        h: Harness) -> None:
+async def test_a_hold_stops_a_number_already_sending_and_expired_messages_fail(h: Harness) -> None:
     await h.admit(*(h.event() for _ in range(3)))
     await h.timer.run_until_true(lambda: len(h.statuses("sent")) == 3, limit=5)
     h.engine.apply_waba_status(waba(True, 10))

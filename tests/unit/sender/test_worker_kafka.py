@@ -34,8 +34,9 @@ class FakeConsumer:
         self.paused_partitions: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = {TP}
 
-    async def getmany(self, *_: Any, timeout_ms: int = 0, max_records: int | None = None
-                      ) -> dict[TopicPartition, list[Record]]:
+    async def getmany(
+        self, *_: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
         return await self.batches.get()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -58,24 +59,37 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, list[tuple[str, bytes]]]] = []
 
-    async def send_and_wait(self, topic: str, value: bytes | None = None,
-                            key: bytes | None = None,
-                            headers: list[tuple[str, bytes]] | None = None) -> None:
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.sent.append((topic, value, list(headers or [])))
 
 
 def records(h: Harness, *events: Any, start: int = 0) -> list[Record]:
-    return [Record(TOPIC, 0, start + i, e if isinstance(e, bytes) else SEND_APPROVED.encode(e)[1])
-            for i, e in enumerate(events)]
+    return [
+        Record(TOPIC, 0, start + i, e if isinstance(e, bytes) else SEND_APPROVED.encode(e)[1])
+        for i, e in enumerate(events)
+    ]
 
 
-async def running_worker(h: Harness, max_queued: int = 20_000, backlog_floor: int = 100
-                         ) -> tuple[SenderWorker, FakeConsumer, FakeProducer, asyncio.Task[None]]:
+async def running_worker(
+    h: Harness, max_queued: int = 20_000, backlog_floor: int = 100
+) -> tuple[SenderWorker, FakeConsumer, FakeProducer, asyncio.Task[None]]:
     consumer, producer = FakeConsumer(), FakeProducer()
-    config = WorkerConfig(KafkaConfig("unused:9092", "PLAINTEXT"), max_queued=max_queued,
-                          backlog_floor=backlog_floor)
-    worker = SenderWorker(config, producer,  # type: ignore[arg-type]
-                          h.engine, h.clock, consumer=consumer)  # type: ignore[arg-type]
+    config = WorkerConfig(
+        KafkaConfig("unused:9092", "PLAINTEXT"), max_queued=max_queued, backlog_floor=backlog_floor
+    )
+    worker = SenderWorker(
+        config,
+        producer,  # type: ignore[arg-type]
+        h.engine,
+        h.clock,
+        consumer=consumer,
+    )  # type: ignore[arg-type]
     worker.partitions_assigned({TP})
     await h.timer.advance(300.0)  # long after the take-over: buckets are full again
     task = asyncio.create_task(worker.consume([]))

@@ -104,17 +104,30 @@ class FakeStore:
         doc = self.conversations.get(conversation_id)
         if doc is None:
             doc = self.conversations[conversation_id] = {
-                "_id": conversation_id, **copy.deepcopy(update.get("$setOnInsert", {}))}
+                "_id": conversation_id,
+                **copy.deepcopy(update.get("$setOnInsert", {})),
+            }
         for name, value in update.get("$max", {}).items():
             if name not in doc or doc[name] < value:
                 doc[name] = value
         doc.update(copy.deepcopy(update.get("$set", {})))
 
-    async def apply_template(self, doc_id: str, template_id: str, waba_id: str, fields: Doc,
-                             at_field: str, at_ms: int, minimal: Doc | None) -> str:
+    async def apply_template(
+        self,
+        doc_id: str,
+        template_id: str,
+        waba_id: str,
+        fields: Doc,
+        at_field: str,
+        at_ms: int,
+        minimal: Doc | None,
+    ) -> str:
         for doc in self.templates:
-            if (doc["_id"] == doc_id if minimal is not None
-                    else (doc.get("waba_id"), doc.get("template_id")) == (waba_id, template_id)):
+            if (
+                doc["_id"] == doc_id
+                if minimal is not None
+                else (doc.get("waba_id"), doc.get("template_id")) == (waba_id, template_id)
+            ):
                 if doc.get(at_field, at_ms) > at_ms:
                     return "stale"
                 doc.update(copy.deepcopy(fields))
@@ -135,8 +148,12 @@ class FakeStore:
         return None
 
     async def numbers_of_waba(self, waba_id: str) -> list[NumberRef]:
-        return [ref for doc in self.phone_numbers.values() if doc.get("waba_id") == waba_id
-                if (ref := number_ref_from_doc(doc)) is not None]
+        return [
+            ref
+            for doc in self.phone_numbers.values()
+            if doc.get("waba_id") == waba_id
+            if (ref := number_ref_from_doc(doc)) is not None
+        ]
 
     async def number_state(self, state_id: str) -> Doc | None:
         return copy.deepcopy(self.number_states.get(state_id))

@@ -103,20 +103,44 @@ THROUGHPUT_UPGRADE = b"""{ "entry": [{ "id": "102290129340398", "time": 17484543
   "object": "whatsapp_business_account" }"""
 
 
-def status_webhook(*statuses: dict[str, Any], phone_number_id: str = "106540352242922",
-                   waba_id: str = WABA_ID) -> bytes:
-    return body({"object": "whatsapp_business_account", "entry": [{"id": waba_id, "changes": [{
-        "field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881",
-                         "phone_number_id": phone_number_id},
-            "statuses": list(statuses)}}]}]})
+def status_webhook(
+    *statuses: dict[str, Any], phone_number_id: str = "106540352242922", waba_id: str = WABA_ID
+) -> bytes:
+    return body(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": waba_id,
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550783881",
+                                    "phone_number_id": phone_number_id,
+                                },
+                                "statuses": list(statuses),
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
 
 
-def status_item(wamid: str, status: str, timestamp: int, callback: str | None = None,
-                **extra: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(timestamp),
-                            "recipient_id": "447911123456", **extra}
+def status_item(
+    wamid: str, status: str, timestamp: int, callback: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": wamid,
+        "status": status,
+        "timestamp": str(timestamp),
+        "recipient_id": "447911123456",
+        **extra,
+    }
     if callback is not None:
         item["biz_opaque_callback_data"] = callback
     return item

@@ -21,10 +21,16 @@ RE_ENGAGEMENT = MetaError(code=131047, title="Re-engagement message", details="2
 
 
 def event(status: str, at: int, source: str = "webhook", **extra: Any) -> StatusChanged:
-    return StatusChanged(event_id=f"wamid.X:{status}:{source}", message_id="msg_1",
-                         account_id="acc_1", status=status,  # type: ignore[arg-type]
-                         occurred_at=at, source=source,  # type: ignore[arg-type]
-                         wamid=extra.pop("wamid", "wamid.X"), **extra)
+    return StatusChanged(
+        event_id=f"wamid.X:{status}:{source}",
+        message_id="msg_1",
+        account_id="acc_1",
+        status=status,  # type: ignore[arg-type]
+        occurred_at=at,
+        source=source,  # type: ignore[arg-type]
+        wamid=extra.pop("wamid", "wamid.X"),
+        **extra,
+    )
 
 
 def apply_all(events: list[StatusChanged], state: MessageState | None = None) -> MessageState:
@@ -44,8 +50,13 @@ def test_a_fresh_message_is_accepted_with_no_history() -> None:
 
 
 def test_statuses_move_forward_in_order() -> None:
-    state = apply_all([event("sent", 1, "sender", wamid="wamid.X"),
-                       event("delivered", 2, pricing=REGULAR), event("read", 3)])
+    state = apply_all(
+        [
+            event("sent", 1, "sender", wamid="wamid.X"),
+            event("delivered", 2, pricing=REGULAR),
+            event("read", 3),
+        ]
+    )
     assert state.status == "read"
     assert statuses(state) == ["sent", "delivered", "read"]
     assert state.wamid == "wamid.X"
@@ -120,21 +131,29 @@ def test_a_failure_keeps_meta_error_and_the_reason() -> None:
     assert state.status == "failed"
     assert state.error == RE_ENGAGEMENT
     fields = state_fields(state, now_ms=99)
-    assert fields["error"] == {"code": 131047, "title": "Re-engagement message",
-                               "details": "24 h passed"}
+    assert fields["error"] == {
+        "code": 131047,
+        "title": "Re-engagement message",
+        "details": "24 h passed",
+    }
     assert fields["status"] == "failed" and fields["updated_at"] == 99
 
 
 def test_the_first_wamid_is_kept() -> None:
-    state = apply_all([event("sent", 10, "sender", wamid="wamid.A"),
-                       event("delivered", 20, wamid="wamid.B")])
+    state = apply_all(
+        [event("sent", 10, "sender", wamid="wamid.A"), event("delivered", 20, wamid="wamid.B")]
+    )
     assert state.wamid == "wamid.A"
 
 
 def test_the_outcome_does_not_depend_on_order_or_duplicates() -> None:
-    events = [event("sent", 10, "sender"), event("sent", 11, "webhook", pricing=REGULAR),
-              event("delivered", 20, pricing=REGULAR), event("read", 30),
-              event("failed", 40, error=RE_ENGAGEMENT)]
+    events = [
+        event("sent", 10, "sender"),
+        event("sent", 11, "webhook", pricing=REGULAR),
+        event("delivered", 20, pricing=REGULAR),
+        event("read", 30),
+        event("failed", 40, error=RE_ENGAGEMENT),
+    ]
     expected = apply_all(events)
     assert expected.status == "read"
     for permutation in itertools.permutations(events):
@@ -147,22 +166,40 @@ def test_the_outcome_does_not_depend_on_order_or_duplicates() -> None:
 
 
 def test_the_state_round_trips_through_the_document() -> None:
-    state = apply_all([event("unknown", 5, "sender", reason="connection_dropped"),
-                       event("sent", 10, "webhook", pricing=REGULAR), event("read", 30),
-                       event("failed", 40, error=RE_ENGAGEMENT)])
+    state = apply_all(
+        [
+            event("unknown", 5, "sender", reason="connection_dropped"),
+            event("sent", 10, "webhook", pricing=REGULAR),
+            event("read", 30),
+            event("failed", 40, error=RE_ENGAGEMENT),
+        ]
+    )
     doc = {"_id": "msg_1", **state_fields(state, now_ms=50)}
     assert state_from_doc(doc) == state
-    assert doc["history"][0] == {"status": "unknown", "at": 5, "source": "sender",
-                                 "reason": "connection_dropped"}
-    assert {"status": "delivered", "at": 30, "source": "webhook", "implied": True} in \
-        doc["history"]
+    assert doc["history"][0] == {
+        "status": "unknown",
+        "at": 5,
+        "source": "sender",
+        "reason": "connection_dropped",
+    }
+    assert {"status": "delivered", "at": 30, "source": "webhook", "implied": True} in doc["history"]
 
 
 def test_unreadable_history_entries_are_skipped_not_fatal() -> None:
-    doc = {"history": [{"status": "sent", "at": 10, "source": "sender"}, "junk",
-                       {"at": 3}, {"status": "read", "at": "x"},
-                       {"status": "delivered", "at": 20, "source": "webhook",
-                        "pricing": {"billable": "maybe"}}]}
+    doc = {
+        "history": [
+            {"status": "sent", "at": 10, "source": "sender"},
+            "junk",
+            {"at": 3},
+            {"status": "read", "at": "x"},
+            {
+                "status": "delivered",
+                "at": 20,
+                "source": "webhook",
+                "pricing": {"billable": "maybe"},
+            },
+        ]
+    }
     state = state_from_doc(doc)
     assert statuses(state) == ["sent", "delivered"]
     assert state.pricing is None
@@ -195,11 +232,16 @@ def test_ingest_accepted_entry_stored_as_a_date_survives_convergence() -> None:
 
     from services.status.core import converge, state_fields, state_from_doc
 
-    doc = {"history": [{"status": "accepted", "at": datetime(2026, 1, 1, tzinfo=UTC),
-                        "source": "ingest"}]}
+    doc = {
+        "history": [
+            {"status": "accepted", "at": datetime(2026, 1, 1, tzinfo=UTC), "source": "ingest"}
+        ]
+    }
     state = state_from_doc(doc)
     new = converge(state, event("sent", 1_767_225_601_000, source="sender", wamid="wamid.A"))
     assert new is not None
     fields = state_fields(new, 1_767_225_602_000)
     assert [(h["status"], h["at"]) for h in fields["history"]] == [
-        ("accepted", 1_767_225_600_000), ("sent", 1_767_225_601_000)]
+        ("accepted", 1_767_225_600_000),
+        ("sent", 1_767_225_601_000),
+    ]

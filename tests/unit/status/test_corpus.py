@@ -50,16 +50,50 @@ def test_the_corpus_covers_every_field_and_inbound_type_meta_documents() -> None
         fields.update("value_errors" for _ in plan.value_errors)
         inbound_types.update(f"{m.direction}:{m.message_type}" for m in plan.inbound)
         statuses.update(s.meta_status for s in plan.statuses)
-    assert {"template:status", "template:quality", "template:category", "template:components",
-            "phone_number_quality_update", "phone_number_name_update", "account_update",
-            "account_review_update", "account_alerts", "security", "business_capability_update",
-            "user_preferences", "value_errors", "flows", "history", "smb_app_state_sync",
-            "partner_solutions", "payment_configuration_update", "automatic_events",
-            "calls"} <= fields
-    assert {f"inbound:{t}" for t in (
-        "text", "image", "video", "audio", "document", "sticker", "location", "contacts",
-        "interactive", "button", "reaction", "order", "system", "unsupported",
-        "request_welcome", "edit", "revoke")} <= inbound_types
+    assert {
+        "template:status",
+        "template:quality",
+        "template:category",
+        "template:components",
+        "phone_number_quality_update",
+        "phone_number_name_update",
+        "account_update",
+        "account_review_update",
+        "account_alerts",
+        "security",
+        "business_capability_update",
+        "user_preferences",
+        "value_errors",
+        "flows",
+        "history",
+        "smb_app_state_sync",
+        "partner_solutions",
+        "payment_configuration_update",
+        "automatic_events",
+        "calls",
+    } <= fields
+    assert {
+        f"inbound:{t}"
+        for t in (
+            "text",
+            "image",
+            "video",
+            "audio",
+            "document",
+            "sticker",
+            "location",
+            "contacts",
+            "interactive",
+            "button",
+            "reaction",
+            "order",
+            "system",
+            "unsupported",
+            "request_welcome",
+            "edit",
+            "revoke",
+        )
+    } <= inbound_types
     assert "echo:text" in inbound_types
     assert {"sent", "delivered", "read", "failed", "played"} <= statuses
 
@@ -106,9 +140,13 @@ async def test_the_processor_handles_every_real_webhook() -> None:
         raw, _ = load(path)
         plan = core.plan_webhook(raw, RECEIVED_AT)
         inbound_wamids.update(m.wamid for m in plan.inbound)
-        await processor.handle(WebhookReceived(event_id=core.webhook_event_id("w", raw),
-                                               received_at=RECEIVED_AT,
-                                               payload=msgspec.Raw(raw)))
+        await processor.handle(
+            WebhookReceived(
+                event_id=core.webhook_event_id("w", raw),
+                received_at=RECEIVED_AT,
+                payload=msgspec.Raw(raw),
+            )
+        )
     assert set(store.inbound) == inbound_wamids
     published = {e.wamid for e in publisher.events(INBOUND_RECEIVED)}
     assert published == {w for w, d in store.inbound.items() if d["direction"] == "inbound"}

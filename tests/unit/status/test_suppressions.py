@@ -20,40 +20,108 @@ USER = "16505551234"
 T0 = 1_750_000_000  # seconds
 
 
-def inbound(text: str, at: int, *, kind: str = "text", field: str = "messages",
-            key: str = "messages", wamid: str | None = None) -> WebhookReceived:
-    item: dict[str, object] = {"from": USER, "id": wamid or f"wamid.{at}.{text!r}",
-                               "timestamp": str(at), "type": kind}
+def inbound(
+    text: str,
+    at: int,
+    *,
+    kind: str = "text",
+    field: str = "messages",
+    key: str = "messages",
+    wamid: str | None = None,
+) -> WebhookReceived:
+    item: dict[str, object] = {
+        "from": USER,
+        "id": wamid or f"wamid.{at}.{text!r}",
+        "timestamp": str(at),
+        "type": kind,
+    }
     if kind == "text":
         item["text"] = {"body": text}
     else:
         item["button"] = {"text": text, "payload": "p"}
     if key == "message_echoes":
         item = {**item, "from": "15550783881", "to": USER}
-    payload = body({"object": "whatsapp_business_account", "entry": [{"id": WABA_ID, "changes": [{
-        "field": field, "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": NUMBER},
-            key: [item]}}]}]})
-    return WebhookReceived(event_id=core.webhook_event_id(WABA_ID, payload),
-                           received_at=at * 1000 + 500, payload=msgspec.Raw(payload))
+    payload = body(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": WABA_ID,
+                    "changes": [
+                        {
+                            "field": field,
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550783881",
+                                    "phone_number_id": NUMBER,
+                                },
+                                key: [item],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    return WebhookReceived(
+        event_id=core.webhook_event_id(WABA_ID, payload),
+        received_at=at * 1000 + 500,
+        payload=msgspec.Raw(payload),
+    )
 
 
 def preference(value: str, at: int, category: str = "marketing_messages") -> WebhookReceived:
-    payload = body({"object": "whatsapp_business_account", "entry": [{"id": WABA_ID, "changes": [{
-        "field": "user_preferences", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": NUMBER},
-            "user_preferences": [{"wa_id": USER, "detail": f"User asked to {value}",
-                                  "category": category, "value": value, "timestamp": at}]}}]}]})
-    return WebhookReceived(event_id=core.webhook_event_id(WABA_ID, payload),
-                           received_at=at * 1000 + 500, payload=msgspec.Raw(payload))
+    payload = body(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": WABA_ID,
+                    "changes": [
+                        {
+                            "field": "user_preferences",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550783881",
+                                    "phone_number_id": NUMBER,
+                                },
+                                "user_preferences": [
+                                    {
+                                        "wa_id": USER,
+                                        "detail": f"User asked to {value}",
+                                        "category": category,
+                                        "value": value,
+                                        "timestamp": at,
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    return WebhookReceived(
+        event_id=core.webhook_event_id(WABA_ID, payload),
+        received_at=at * 1000 + 500,
+        payload=msgspec.Raw(payload),
+    )
 
 
 def request(suppressed: bool, at_ms: int, account: str = "acc_1") -> SuppressionChangeRequested:
     return SuppressionChangeRequested(
-        event_id=f"supr_{at_ms}", account_id=account, waba_id=WABA_ID, phone_number_id=NUMBER,
-        wa_id=USER, suppressed=suppressed, source="api", note="by phone", requested_at=at_ms)
+        event_id=f"supr_{at_ms}",
+        account_id=account,
+        waba_id=WABA_ID,
+        phone_number_id=NUMBER,
+        wa_id=USER,
+        suppressed=suppressed,
+        source="api",
+        note="by phone",
+        requested_at=at_ms,
+    )
 
 
 def setup(registered: bool = True) -> tuple[WebhookProcessor, FakeStore, FakeClock]:
@@ -68,13 +136,17 @@ def entry(store: FakeStore) -> dict[str, object]:
     return store.suppressions[f"{NUMBER}:{USER}"]
 
 
-async def test_a_users_stop_suppresses_and_start_resubscribes_that_contact_on_that_number(
-) -> None:
+async def test_a_users_stop_suppresses_and_start_resubscribes_that_contact_on_that_number() -> None:
     processor, store, _ = setup()
     await processor.handle(inbound("STOP!", T0))
     doc = entry(store)
     assert (doc["suppressed"], doc["source"], doc["keyword"], doc["account_id"], doc["at"]) == (
-        True, "keyword", "stop", "acc_1", T0 * 1000)
+        True,
+        "keyword",
+        "stop",
+        "acc_1",
+        T0 * 1000,
+    )
     await processor.handle(inbound("start", T0 + 60))
     assert entry(store)["suppressed"] is False
     # the inbound message itself is still stored and still reaches the client
@@ -92,8 +164,9 @@ async def test_keywords_in_other_languages_and_quick_reply_buttons_count() -> No
 async def test_sentences_echoes_and_unregistered_numbers_change_nothing() -> None:
     processor, store, _ = setup()
     await processor.handle(inbound("don't stop the deals", T0))
-    await processor.handle(inbound("STOP", T0 + 1, field="smb_message_echoes",
-                                   key="message_echoes"))
+    await processor.handle(
+        inbound("STOP", T0 + 1, field="smb_message_echoes", key="message_echoes")
+    )
     assert store.suppressions == {}
     assert [d["direction"] for d in store.inbound.values()] == ["inbound", "echo"]
     unregistered, store2, _ = setup(registered=False)
@@ -120,7 +193,10 @@ async def test_metas_user_preferences_stop_and_resume_change_the_marketing_list(
     await processor.handle(preference("stop", T0))
     doc = entry(store)
     assert (doc["suppressed"], doc["source"], doc["detail"]) == (
-        True, "user_preferences", "User asked to stop")
+        True,
+        "user_preferences",
+        "User asked to stop",
+    )
     await processor.handle(preference("resume", T0 + 5))
     assert entry(store)["suppressed"] is False
     # another category, or a value that is not stop/resume, is only recorded as a preference
@@ -153,22 +229,47 @@ async def test_metas_131050_on_a_marketing_template_suppresses_the_contact() -> 
 
     processor, store, _ = setup()
     store.wamid_index["wamid.M1"] = core.wamid_index_doc(
-        "wamid.M1", core.MessageRef("msg_1", "acc_1", "US"))
-    failed = status_item("wamid.M1", "failed", T0, errors=[{
-        "code": 131050, "title": "Unable to deliver the message. This recipient has chosen to "
-                                 "stop receiving marketing messages on WhatsApp from your "
-                                 "business."}])
+        "wamid.M1", core.MessageRef("msg_1", "acc_1", "US")
+    )
+    failed = status_item(
+        "wamid.M1",
+        "failed",
+        T0,
+        errors=[
+            {
+                "code": 131050,
+                "title": "Unable to deliver the message. This recipient has chosen to "
+                "stop receiving marketing messages on WhatsApp from your "
+                "business.",
+            }
+        ],
+    )
     failed["recipient_id"] = USER
     payload = status_webhook(failed, phone_number_id=NUMBER)
-    await processor.handle(WebhookReceived(event_id=core.webhook_event_id(WABA_ID, payload),
-                                           received_at=T0 * 1000, payload=msgspec.Raw(payload)))
+    await processor.handle(
+        WebhookReceived(
+            event_id=core.webhook_event_id(WABA_ID, payload),
+            received_at=T0 * 1000,
+            payload=msgspec.Raw(payload),
+        )
+    )
     doc = entry(store)
     assert (doc["suppressed"], doc["source"], doc["account_id"], doc["at"]) == (
-        True, "meta", "acc_1", T0 * 1000)
+        True,
+        "meta",
+        "acc_1",
+        T0 * 1000,
+    )
     # another failure code, or an unresolved status, suppresses nobody
     other, store2, _ = setup()
-    payload = status_webhook({**failed, "errors": [{"code": 131026, "title": "x"}]},
-                             phone_number_id=NUMBER)
-    await other.handle(WebhookReceived(event_id=core.webhook_event_id(WABA_ID, payload),
-                                       received_at=T0 * 1000, payload=msgspec.Raw(payload)))
+    payload = status_webhook(
+        {**failed, "errors": [{"code": 131026, "title": "x"}]}, phone_number_id=NUMBER
+    )
+    await other.handle(
+        WebhookReceived(
+            event_id=core.webhook_event_id(WABA_ID, payload),
+            received_at=T0 * 1000,
+            payload=msgspec.Raw(payload),
+        )
+    )
     assert store2.suppressions == {}

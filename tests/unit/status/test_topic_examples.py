@@ -26,26 +26,36 @@ class _Record:
 
 def test_status_reads_exactly_the_topics_it_has_workers_for() -> None:
     assert {t.name for t in topics_read_by("status")} == {
-        WEBHOOK_RECEIVED.name, STATUS_CHANGED.name, SEND_REQUESTED.name,
-        SUPPRESSION_CHANGE_REQUESTED.name}
+        WEBHOOK_RECEIVED.name,
+        STATUS_CHANGED.name,
+        SEND_REQUESTED.name,
+        SUPPRESSION_CHANGE_REQUESTED.name,
+    }
 
 
 async def test_the_processor_handles_every_webhook_example() -> None:
     store, publisher = FakeStore(), FakePublisher()
     store.wamid_index["wamid.HBgL"] = core.wamid_index_doc(
-        "wamid.HBgL", core.MessageRef("msg_01HZY3V9J6Q8W4T2", "acc_demo", "GB"))
+        "wamid.HBgL", core.MessageRef("msg_01HZY3V9J6Q8W4T2", "acc_demo", "GB")
+    )
     processor = WebhookProcessor(store, publisher, FakeClock())
     for example in WEBHOOK_RECEIVED.examples:
         await processor.handle_record(_Record(msgspec.json.encode(example)))  # type: ignore[arg-type]
     [event] = publisher.events(STATUS_CHANGED)
     assert (event.event_id, event.status, event.message_id) == (
-        "wamid.HBgL:delivered", "delivered", "msg_01HZY3V9J6Q8W4T2")
+        "wamid.HBgL:delivered",
+        "delivered",
+        "msg_01HZY3V9J6Q8W4T2",
+    )
 
 
 async def test_the_processor_applies_every_suppression_request_example() -> None:
     store, publisher = FakeStore(), FakePublisher()
-    store.phone_numbers["106540352242922"] = {"_id": "106540352242922", "account_id": "acc_demo",
-                                              "waba_id": "102290129340398"}
+    store.phone_numbers["106540352242922"] = {
+        "_id": "106540352242922",
+        "account_id": "acc_demo",
+        "waba_id": "102290129340398",
+    }
     processor = WebhookProcessor(store, publisher, FakeClock())
     for example in SUPPRESSION_CHANGE_REQUESTED.examples:
         record = _Record(msgspec.json.encode(example), "p." + SUPPRESSION_CHANGE_REQUESTED.name)
@@ -72,4 +82,5 @@ async def test_the_state_writer_creates_a_document_for_every_send_requested_exam
         record = _Record(msgspec.json.encode(example), "p." + SEND_REQUESTED.name)
         await writer.handle_record(record)  # type: ignore[arg-type]
     assert {m: d["status"] for m, d in store.messages.items()} == {
-        e["message_id"]: "accepted" for e in SEND_REQUESTED.examples}
+        e["message_id"]: "accepted" for e in SEND_REQUESTED.examples
+    }

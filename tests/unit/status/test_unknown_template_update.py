@@ -28,7 +28,9 @@ async def test_an_update_for_a_template_we_do_not_know_is_processed_and_logged()
     processor = WebhookProcessor(store, publisher, FakeClock(start_ms=1_751_247_600_000))
     event = WebhookReceived(
         event_id=core.webhook_event_id(WABA_ID, UNKNOWN_TEMPLATE_APPROVED),
-        received_at=1_751_247_549_000, payload=msgspec.Raw(UNKNOWN_TEMPLATE_APPROVED))
+        received_at=1_751_247_549_000,
+        payload=msgspec.Raw(UNKNOWN_TEMPLATE_APPROVED),
+    )
 
     with structlog.testing.capture_logs() as lines:
         await processor.handle(event)
@@ -36,8 +38,12 @@ async def test_an_update_for_a_template_we_do_not_know_is_processed_and_logged()
     # The template is recorded with what the webhook says (its shape is learnt at the next sync).
     [stored] = store.templates
     assert (stored["name"], stored["status"], stored["shape_known"]) == (
-        "created_in_whatsapp_manager", "APPROVED", False)
+        "created_in_whatsapp_manager",
+        "APPROVED",
+        False,
+    )
     assert [line["outcome"] for line in lines if line["event"] == "webhook_processed"] == [
-        "processed"]
+        "processed"
+    ]
     published = [e for topic, e in publisher.published if topic is TEMPLATE_STATUS_CHANGED]
     assert [e.name for e in published] == ["created_in_whatsapp_manager"]

@@ -18,9 +18,13 @@ from tests.unit.status.fakes import FakePublisher, FakeStore
 from tests.unit.status.webhook_strategies import Case, cases
 
 RECEIVED_AT = 1_764_000_000_000
-PROPERTY_SETTINGS = settings(max_examples=250, deadline=None, derandomize=True, database=None,
-                             suppress_health_check=[HealthCheck.too_slow,
-                                                    HealthCheck.data_too_large])
+PROPERTY_SETTINGS = settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _plan(case: Case) -> core.WebhookPlan | None:
@@ -40,8 +44,12 @@ def test_planning_never_fails_and_keeps_every_well_formed_item(case: Case) -> No
         return
     assert case.expected_statuses <= {(s.wamid, s.meta_status) for s in plan.statuses}
     assert case.expected_inbound <= {m.wamid for m in plan.inbound}
-    acted_on = (len(plan.template_updates) + len(plan.number_updates)
-                + len(plan.account_updates) + len(plan.waba_facts))
+    acted_on = (
+        len(plan.template_updates)
+        + len(plan.number_updates)
+        + len(plan.account_updates)
+        + len(plan.waba_facts)
+    )
     assert acted_on >= case.expected_other
 
 
@@ -69,20 +77,28 @@ def test_everything_planned_can_be_stored_and_published(case: Case) -> None:
     number = core.NumberRef("106540352242922", "acc_1", "w")
     for number_update in plan.number_updates:
         documents.append(core.number_update_fields(number_update))
-        pacing = core.next_pacing(core.pacing_of(None, number), 1000,
-                                  number_update.messaging_limit, number_update.occurred_at)
+        pacing = core.next_pacing(
+            core.pacing_of(None, number),
+            1000,
+            number_update.messaging_limit,
+            number_update.occurred_at,
+        )
         if pacing is not None:
             documents.append(core.pacing_fields(pacing))
-            events.append(core.throughput_changed(number, pacing, number_update.event,
-                                                  number_update.occurred_at))
+            events.append(
+                core.throughput_changed(
+                    number, pacing, number_update.event, number_update.occurred_at
+                )
+            )
     for account in plan.account_updates:
         documents.append(core.account_event_fields(account))
         change = core.hold_change(account)
         if change is not None:
             holds = core.apply_hold(None, *change, account.occurred_at) or {}
             documents.append({"holds": holds})
-            events.append(core.waba_status_changed(account.waba_id, holds, account.event,
-                                                   account.occurred_at))
+            events.append(
+                core.waba_status_changed(account.waba_id, holds, account.event, account.occurred_at)
+            )
     for fact in plan.waba_facts:
         documents.append(core.waba_fact_fields(fact))
     for preference in plan.user_preferences:
@@ -99,8 +115,13 @@ async def test_the_processor_never_fails_on_generated_webhooks() -> None:
     well-formed inbound message."""
     generated: list[Case] = []
 
-    @settings(max_examples=250, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=250,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(cases())
     def draw_case(case: Case) -> None:
         generated.append(case)
@@ -116,9 +137,13 @@ async def test_the_processor_never_fails_on_generated_webhooks() -> None:
         except Exception:  # refused at intake (400): never reaches the processor
             assert case.envelope_broken
             continue
-        await processor.handle(WebhookReceived(
-            event_id=core.webhook_event_id(waba_id, case.body), received_at=RECEIVED_AT,
-            payload=msgspec.Raw(case.body)))
+        await processor.handle(
+            WebhookReceived(
+                event_id=core.webhook_event_id(waba_id, case.body),
+                received_at=RECEIVED_AT,
+                payload=msgspec.Raw(case.body),
+            )
+        )
         handled += 1
         expected |= case.expected_inbound
     assert handled >= 180

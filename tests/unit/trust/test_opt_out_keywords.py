@@ -10,35 +10,115 @@ from shared import opt_out
 from shared.opt_out import DEFAULT_KEYWORDS, KeywordError, Keywords, config, normalise
 
 
-@pytest.mark.parametrize("text", [
-    "STOP", "stop", "Stop", " stop ", "STOP!", "stop.", "¡STOP!", "STOP 🛑", "ＳＴＯＰ",
-    "Stop\n", "stop all", "STOP  ALL", "Unsubscribe", "opt-out", "OPT OUT", "optout",
-    "baja", "Darse de baja", "PARAR", "cancelar suscripcion", "Cancelar suscripción",
-    "sair", "Descadastrar", "cancelar inscrição",
-    "arrêt", "ARRET", "désabonner", "desinscrire",
-    "إلغاء", "الغاء", "إلغاء الاشتراك", "توقف", "إيقاف", "ايقاف", "أوقف", "اوقف", "إلغـــاء",
-    "إِلْغَاء",
-    "रोकें", "बंद करो", "बंद", "STOPP", "abmelden", "berhenti",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "STOP",
+        "stop",
+        "Stop",
+        " stop ",
+        "STOP!",
+        "stop.",
+        "¡STOP!",
+        "STOP 🛑",
+        "ＳＴＯＰ",
+        "Stop\n",
+        "stop all",
+        "STOP  ALL",
+        "Unsubscribe",
+        "opt-out",
+        "OPT OUT",
+        "optout",
+        "baja",
+        "Darse de baja",
+        "PARAR",
+        "cancelar suscripcion",
+        "Cancelar suscripción",
+        "sair",
+        "Descadastrar",
+        "cancelar inscrição",
+        "arrêt",
+        "ARRET",
+        "désabonner",
+        "desinscrire",
+        "إلغاء",
+        "الغاء",
+        "إلغاء الاشتراك",
+        "توقف",
+        "إيقاف",
+        "ايقاف",
+        "أوقف",
+        "اوقف",
+        "إلغـــاء",
+        "إِلْغَاء",
+        "रोकें",
+        "बंद करो",
+        "बंद",
+        "STOPP",
+        "abmelden",
+        "berhenti",
+    ],
+)
 def test_every_default_opt_out_word_matches_in_its_usual_spellings(text: str) -> None:
     assert DEFAULT_KEYWORDS.match(text) == "stop"
 
 
-@pytest.mark.parametrize("text", [
-    "START", "start", "Unstop", "subscribe!", "reanudar", "retomar", "reprendre", "ابدأ",
-    "اشتراك", "शुरू", "शुरू करें", "mulai", "Anmelden",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "START",
+        "start",
+        "Unstop",
+        "subscribe!",
+        "reanudar",
+        "retomar",
+        "reprendre",
+        "ابدأ",
+        "اشتراك",
+        "शुरू",
+        "शुरू करें",
+        "mulai",
+        "Anmelden",
+    ],
+)
 def test_default_opt_in_words_match(text: str) -> None:
     assert DEFAULT_KEYWORDS.match(text) == "start"
 
 
-@pytest.mark.parametrize("text", [
-    "don't stop", "Please stop", "stop please", "STOP sending me promos", "stopped",
-    "stops", "non-stop", "bus stop", "s t o p", "st op", "STOP2", "cancel", "CANCEL", "end",
-    "quit", "yes", "YES", "ok", "", "   ", "!!!", "🛑", "no", "baja el precio",
-    "quiero darme de baja de la promo", "لا تتوقف", "मत रोको", "startup",
-    "stop " * 20,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "don't stop",
+        "Please stop",
+        "stop please",
+        "STOP sending me promos",
+        "stopped",
+        "stops",
+        "non-stop",
+        "bus stop",
+        "s t o p",
+        "st op",
+        "STOP2",
+        "cancel",
+        "CANCEL",
+        "end",
+        "quit",
+        "yes",
+        "YES",
+        "ok",
+        "",
+        "   ",
+        "!!!",
+        "🛑",
+        "no",
+        "baja el precio",
+        "quiero darme de baja de la promo",
+        "لا تتوقف",
+        "मत रोको",
+        "startup",
+        "stop " * 20,
+    ],
+)
 def test_sentences_and_conversational_words_are_not_keywords(text: str) -> None:
     assert DEFAULT_KEYWORDS.match(text) is None
 
