@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shared.messages import NOTIFY_REQUESTED, SEND_REQUESTED
+from shared.messages import ALL_TOPICS
 from tests.conftest import Broker
 from tests.e2e.conftest import eventually, free_port
 from tools import pki
@@ -26,7 +26,10 @@ async def test_ingest_serves_its_api_over_https_and_ops_on_their_own_port(
     broker: Broker, mongodb_url: str, unique: str, tmp_path: Path
 ) -> None:
     prefix = f"t{unique}."
-    await broker.grant(prefix, [SEND_REQUESTED, NOTIFY_REQUESTED])
+    # every topic ingest writes or reads: it waits for all of them before it is ready
+    await broker.grant(
+        prefix, [t for t in ALL_TOPICS if "ingest" in t.producers or "ingest" in t.consumers]
+    )
     tls = pki.issue(tmp_path / "tls", "ingest")
     port, ops = free_port(), free_port()
     env = {
