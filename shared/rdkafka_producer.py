@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any
 
 import confluent_kafka
@@ -109,6 +110,9 @@ class RdKafkaProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0  # records produced whose report has not been served yet
         self._poll_timer: asyncio.TimerHandle | None = None
+        # (when, future) of the records waiting for an acknowledgement, in the order sent: all
+        # have the same timeout, so the first is the first to expire.
+        self._deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._poll_at = float("inf")  # when the timer fires
         self._up = False
         self._prober: asyncio.Task[None] | None = None
@@ -153,10 +157,11 @@ class RdKafkaProducer:
         self._outstanding += 1
         if self._poll_at - self._loop.time() > self._poll_interval_s:
             self._schedule_poll(self._poll_interval_s)
+        if self._ack_timeout_s is not None:
+            # Checked by _poll (a timer per record cost more than the rest of send()).
+            self._deadlines.append((self._loop.time() + self._ack_timeout_s, delivered))
         try:
-            # On timeout the future is cancelled: a late report for it is dropped (_settle).
-            async with asyncio.timeout(self._ack_timeout_s):
-                await delivered
+            await delivered
         except TimeoutError:
             self._mark_down("acknowledgement timed out")
             raise _unavailable("the broker did not acknowledge in time") from None
@@ -183,7 +188,20 @@ class RdKafkaProducer:
         if self._producer is None:
             return
         self._producer.poll(0)
+        self._expire(self._loop.time() if self._loop is not None else 0.0)
         self._schedule_poll(self._poll_interval_s if self._outstanding > 0 else IDLE_POLL_S)
+
+    def _expire(self, now: float) -> None:
+        """Fail the records whose acknowledgement is overdue (TimeoutError to their senders; a
+        report that comes later is dropped by _settle), and forget those settled."""
+        deadlines = self._deadlines
+        while deadlines:
+            when, delivered = deadlines[0]
+            if not delivered.done():
+                if when > now:
+                    return
+                delivered.set_exception(TimeoutError())
+            deadlines.popleft()
 
     def _mark_down(self, reason: str) -> None:
         """Refuse new records, fail those not sent yet, and probe until a broker answers."""
