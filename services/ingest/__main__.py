@@ -15,6 +15,7 @@ from services.ingest.handlers import Ingest
 from services.ingest.limiter import RequestLimiter
 from services.ingest.meta_client import GraphClient
 from services.ingest.passthrough import PassThroughPacer
+from services.ingest.processes import Supervisor
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.repository import (
     CachedDirectory,
@@ -49,6 +50,9 @@ from shared.settings import load_settings
 async def main() -> None:
     settings = load_settings(IngestSettings)
     configure_logging(SERVICE, settings.log_level)
+    if settings.processes > 1:
+        await Supervisor(settings.processes, settings.ops_host, settings.ops_port).run()
+        return
     keys = settings.token_keys.get_secret_value() if settings.token_keys else ""
     if not keys:
         # Sends do not need the tokens (the sender makes them); pass-through calls do.
@@ -140,7 +144,7 @@ async def main() -> None:
             workers=[sweeper.run_forever(settings.idempotency_sweep_interval_seconds)],
         )
 
-    await serve(settings, SERVICE, build)
+    await serve(settings, SERVICE, build, reuse_port=settings.reuse_port)
 
 
 if __name__ == "__main__":

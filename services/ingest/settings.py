@@ -16,6 +16,12 @@ class IngestSettings(ServiceSettings):
     # endpoints on their own port.
     http_port: int = 8080
     ops_port: int = 9180
+    # N processes serving the client port together (SO_REUSEPORT), started and supervised by a
+    # parent that serves the ops port (services/ingest/processes.py). The parent sets the two
+    # below for each child: bind the client port shared, and which child it is.
+    processes: int = Field(1, ge=1, le=64)
+    reuse_port: bool = False
+    process_index: int = Field(0, ge=0)
     # A request answers 503 within a second while a dependency is down: each database
     # operation gets this long (not MONGODB_TIMEOUT_MS; PyMongo waits for a server in steps of
     # half a second, so 450 ms fails after ~0.5 s and 900 ms after ~1 s), and the broker this
