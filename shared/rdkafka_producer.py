@@ -45,12 +45,15 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 # Each request waits for its record's acknowledgement, so the linger is in every answer's
-# latency, and with a fixed number of client connections latency caps throughput. Measured for
-# ingest at 32 connections: 2 ms -> ~5,400 req/s (the process idle 15 %), 1 ms -> ~6,500 req/s
-# (CPU-bound, same CPU per request); 0 makes a broker request of every record and costs more.
-LINGER_MS = 1.0
+# latency (not in the pipeline's after the 202), and with a fixed number of client connections
+# latency caps throughput. On the secure broker (SASL_SSL: every broker request is TLS work in
+# librdkafka's thread and in the broker) ingest at 32 connections spent 189 vs 251 us of CPU per
+# request at 3 vs 1 ms, at the same rate (3,369 vs 3,409 req/s; medians of 6 interleaved pairs;
+# bench/README.md); 5 ms saved no more and lowered the rate. (On the plaintext broker of an
+# earlier session 1 ms had been best: then CPU, not the round trip, bound the rate.)
+LINGER_MS = 3.0
 # While records wait for their acknowledgement the loop polls every POLL_INTERVAL_S: the most
-# an acknowledgement waits to be seen (its round trip at LINGER_MS is 1.5-3 ms here).
+# an acknowledgement waits to be seen (1 ms instead cost no less CPU per request).
 POLL_INTERVAL_S = 0.0005
 IDLE_POLL_S = 0.1  # nothing outstanding: only the error callback (a broker gone) to serve
 # librdkafka before 2.6.1 answered Kafka 4's SCRAM challenge wrongly (it re-appended the client

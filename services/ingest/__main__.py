@@ -47,9 +47,13 @@ from shared.secrets import TokenVault
 from shared.settings import load_settings
 
 
-async def main() -> None:
+def run() -> None:
     settings = load_settings(IngestSettings)
     configure_logging(SERVICE, settings.log_level)
+    asyncio.run(main(settings))
+
+
+async def main(settings: IngestSettings) -> None:
     if settings.processes > 1:
         await Supervisor(settings.processes, settings.ops_host, settings.ops_port).run()
         return
@@ -74,7 +78,12 @@ async def main() -> None:
             SUPPRESSIONS,
         )
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka, ack_timeout_s=settings.kafka_ack_timeout_seconds)
+        producer = RdKafkaProducer(
+            settings.kafka,
+            ack_timeout_s=settings.kafka_ack_timeout_seconds,
+            linger_ms=settings.kafka_linger_ms,
+            poll_interval_s=settings.kafka_poll_interval_ms / 1000,
+        )
         await producer.start()
         inbox = MongoInbox(conns.db)
         publisher = KafkaPublisher(producer, settings.topic_prefix)
@@ -148,4 +157,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()

@@ -5,6 +5,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.ingest.rate_limits import Rate
 from shared.pricing import CURRENT_VERSION
+from shared.rdkafka_producer import LINGER_MS, POLL_INTERVAL_S
 from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
 
@@ -29,6 +30,10 @@ class IngestSettings(ServiceSettings):
     # shared/rdkafka_producer.py).
     mongodb_timeout_ms: int = Field(450, gt=0, validation_alias="INGEST_MONGODB_TIMEOUT_MS")
     kafka_ack_timeout_seconds: float = Field(0.9, gt=0)
+    # The producer's linger (each 202 waits for it) and how often the loop asks librdkafka for
+    # acknowledgements while records wait (shared/rdkafka_producer.py).
+    kafka_linger_ms: float = Field(LINGER_MS, ge=0)
+    kafka_poll_interval_ms: float = Field(POLL_INTERVAL_S * 1000, gt=0)
     # How long API-key, account, phone-number, template and balance lookups are cached in
     # memory. A revocation or suspension takes effect within this many seconds.
     cache_ttl_seconds: float = 5.0
