@@ -192,7 +192,13 @@ def make_producer(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
 def make_consumer(
     kafka: KafkaConfig, group_id: str | None, *topics: str, **overrides: Any
 ) -> AIOKafkaConsumer:
-    """A manual-commit consumer (group_id None: no group, partitions assigned by hand)."""
+    """A manual-commit consumer (group_id None: no group, partitions assigned by hand).
+
+    Fetch sizes stay aiokafka's (fetch_max_wait_ms 500, fetch_min_bytes 1): at the pipeline's
+    rates a consumer fetches once per record it gets whatever they are, a larger
+    fetch_min_bytes would batch only by waiting on every hop of the 202->Meta path, and a
+    longer fetch_max_wait_ms delays partitions the sender resumes (bench/README.md, issue 13
+    "after")."""
     options: dict[str, Any] = {
         **kafka.aiokafka_options(),
         "group_id": group_id,
