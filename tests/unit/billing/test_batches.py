@@ -207,3 +207,27 @@ async def test_a_batch_s_outputs_leave_once_its_entries_are_durable_before_its_b
         "balance",
         "publish messages.send-approved.v1",
     ]
+
+
+async def test_a_delivery_billed_after_a_release_is_charged_late_in_a_batch_or_alone() -> None:
+    """The release (a guessed `failed`) and Meta's priced delivery in one batch, or in two:
+    either way the message is charged Meta's price once, and its reservation closed once."""
+    unknown = status("msg_1", "failed", source="sender", event_id="msg_1:failed:outcome_unknown")
+    delivered = status("msg_1", "delivered", pricing=regular("marketing"))
+    together, apart = await funded(), await funded()
+    for shell in (together, apart):
+        await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_1"))])
+
+    assert await together.worker.handle_batch(
+        [together.record(STATUS_CHANGED, unknown), together.record(STATUS_CHANGED, delivered)]
+    ) == ["released", "charged"]
+    assert await apart.worker.handle_batch([apart.record(STATUS_CHANGED, unknown)]) == ["released"]
+    assert await apart.worker.handle_batch([apart.record(STATUS_CHANGED, delivered)]) == ["charged"]
+    again = status("msg_1", "delivered", pricing=regular("marketing"), event_id="again")
+    assert await apart.worker.handle_batch([apart.record(STATUS_CHANGED, again)]) == ["duplicate"]
+
+    for shell in (together, apart):
+        assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_MARKETING, 0)
+        assert shell.balance.in_flight == 0
+        late = shell.ledger.entries["msg_1:late-charge"]
+        assert (late.kind, late.amount, late.reserved_amount) == ("charge", GB_MARKETING, 0)
