@@ -47,6 +47,7 @@ from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.mongo import make_client, mongo_ready
 from shared.pricing import load_rate_card
+from shared.renewing_producer import renewing_producer
 from shared.runtime import start_with_retry, wait_for_own_topics
 
 log = get_logger(SERVICE)
@@ -75,8 +76,12 @@ class BillingRuntime(Service):
         # Clients are created here: aiokafka binds to the running loop at construction.
         # No linger: a batch's outputs are all enqueued before any is awaited, so waiting for
         # more would only add its delay to every batch.
-        self._producer = make_producer(settings.kafka, linger_ms=0)
-        await start_with_retry(self._producer)
+        # Replaced by a new one when the broker no longer accepts it (a lost producer id after
+        # a broker restart: shared/renewing_producer.py).
+        self._producer = renewing_producer(
+            lambda: make_producer(settings.kafka, linger_ms=0), start_with_retry
+        )
+        await self._producer.start()
         self._mongo = make_client(
             settings.mongodb_url,
             timeout_ms=settings.mongodb_timeout_ms,
@@ -85,9 +90,7 @@ class BillingRuntime(Service):
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
-        publisher = KafkaPublisher(
-            self._producer, settings.topic_prefix, renew=self._renew_producer
-        )
+        publisher = KafkaPublisher(self._producer, settings.topic_prefix)
         self.worker = BillingWorker(
             balances=balances,
             ledger=ledger,
@@ -133,16 +136,6 @@ class BillingRuntime(Service):
         )
         self.ready.set()
         log.info("service_started", ops_port=settings.ops_port)
-
-    async def _renew_producer(self) -> Any:
-        """A new producer in place of one the broker no longer accepts (see KafkaPublisher)."""
-        old, self._producer = self._producer, make_producer(self.settings.kafka, linger_ms=0)
-        log.warning("kafka_producer_renewed")
-        with suppress(Exception):  # the old one is broken: it may fail to close
-            async with asyncio.timeout(10):
-                await old.stop()
-        await start_with_retry(self._producer)
-        return self._producer
 
     def forget_balances(self) -> None:
         """Partitions moved (or may have): balances held in memory are no longer known to be
