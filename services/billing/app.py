@@ -6,11 +6,13 @@ faust is used with its traps designed around:
   finished (written, published, or dead-lettered), and its body never lets an exception escape:
   a bug on one record is retried a few times, then that record goes to the DLQ and the
   partition moves on (see worker.py);
-- batches without linger: the agent only moves events into a bounded queue; one task takes
-  whatever the queue holds (at least one event, at most `batch_max_records`), applies it as a
-  batch and then acks its events in the order they were read, so faust's commit (up to the
-  first offset not acked) never passes an unfinished record. faust's `take()` is not used: it
-  waits `within` to fill a batch, and acks the buffered events when its generator is closed;
+- batches with a short linger: the agent only moves events into a bounded queue; one task
+  takes what the queue holds and what arrives within `batch_linger_ms` of the batch's first
+  event (at least one event, at most `batch_max_records`), applies it as a batch and then acks
+  its events in the order they were read, so faust's commit (up to the first offset not acked)
+  never passes an unfinished record. faust's `take()` is not used: it waits `within` from the
+  previous batch, not from the first event, and acks the buffered events when its generator is
+  closed (an agent stopped by a rebalance mid-batch would commit records never applied);
 - outputs go through our own idempotent producer and are awaited, never through faust's
   `topic.send()`, which defers sends attached to the current event until the commit;
 - processing_guarantee at_least_once; faust's web server off (it binds 0.0.0.0 and serves table
@@ -215,7 +217,13 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         acked_by_us = stream.noack()
         pending: asyncio.Queue[EventT] = asyncio.Queue(maxsize=settings.batch_max_records)
         applier = asyncio.create_task(
-            _apply_batches(worker, acked_by_us, pending, settings.batch_max_records)
+            _apply_batches(
+                worker,
+                acked_by_us,
+                pending,
+                settings.batch_max_records,
+                settings.batch_linger_ms / 1000,
+            )
         )
         try:
             async for event in acked_by_us.events():
@@ -275,13 +283,12 @@ async def _apply_batches(
     stream: faust.StreamT[bytes],
     pending: asyncio.Queue[EventT],
     batch_max: int,
+    linger_s: float = 0.0,
 ) -> None:
-    """Apply what is buffered, as soon as there is anything, then ack it in the order read.
-    Each record ends applied or dead-lettered (worker.py) before it is acked."""
+    """Apply what is buffered, and what comes within `linger_s` of the first, then ack it in
+    the order read. Each record ends applied or dead-lettered (worker.py) before it is acked."""
     while True:
-        batch = [await pending.get()]
-        while len(batch) < batch_max and not pending.empty():
-            batch.append(pending.get_nowait())
+        batch = await take_batch(pending, batch_max, linger_s)
         records = [_record(event) for event in batch]
         try:
             await worker.handle_batch(records)  # never raises
@@ -294,6 +301,27 @@ async def _apply_batches(
                 await worker.handle(record)
         for event in batch:
             await stream.ack(event)
+
+
+async def take_batch(queue: asyncio.Queue[Any], most: int, linger_s: float) -> list[Any]:
+    """At least one item, at most `most`: what `queue` holds, and what arrives within
+    `linger_s` of the first item (a batch pays a few database round trips whatever its size,
+    so a few ms of waiting under load divides them among more records)."""
+    batch = [await queue.get()]
+    deadline = asyncio.get_running_loop().time() + linger_s
+    while len(batch) < most:
+        if not queue.empty():
+            batch.append(queue.get_nowait())
+            continue
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                batch.append(await queue.get())  # a get cancelled by the timeout takes nothing
+        except TimeoutError:
+            break
+    return batch
 
 
 async def _put_or_stop(

@@ -107,6 +107,8 @@ class BalanceStore(Protocol):
 
     async def save(self, balance: Balance, now: int) -> None: ...
 
+    async def save_all(self, balances: Sequence[Balance], now: int) -> None: ...
+
 
 class LedgerStore(Protocol):
     async def get(self, key: str) -> LedgerEntry | None: ...
@@ -357,7 +359,7 @@ class BillingWorker:
         # are done (see the module's docstring for a crash in between).
         await _all(
             self._publisher.publish_all(outputs),
-            *(self._balances.save(b, now) for b in touched.values()),
+            self._balances.save_all(list(touched.values()), now),
         )
         if generation == self._generation:  # no reset meanwhile: these are the stored truth
             self._hold({**balances, **touched})
