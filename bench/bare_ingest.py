@@ -6,9 +6,10 @@ no logging.
 
 --floor: the same handler behind what any ingest request pays before doing any work of its own:
 ingest's error/metrics middleware, and waiting for an acknowledgement that another thread gives
-(as librdkafka's delivery reports are: collected by a thread, handed to the event loop in one
-call per batch). No broker is involved, so this is the most a handler that answers only after a
-durable publish can reach in this framework, whatever it does besides.
+(handed to the event loop in one call per batch; ingest's event loop now collects librdkafka's
+delivery reports itself, which costs it less: shared/rdkafka_producer.py). No broker is
+involved, so this is the most a handler that answers only after a durable publish can reach in
+this framework, whatever it does besides.
 
     .venv/bin/python bench/bare_ingest.py --port 8099 [--floor]
 """

@@ -47,6 +47,7 @@ from common import (
 
 NAME = "ingest"
 TARGET_RATIO = 0.6
+TARGET_CPU_US = 100  # CPU of the ingest process per accepted request (issue 13)
 CONNECTIONS = 32
 ROUTE = "/v1/messages"
 
@@ -116,16 +117,34 @@ def _spawn_reference(platform: Platform, side: str) -> tuple[Any, int]:
     return spawn(pinned(SERVER_CORE, command), platform.logs / f"{side}-ingest.log"), port
 
 
+async def _children(ops_url: str) -> dict[str, int]:
+    """The pids of an INGEST_PROCESSES parent's children, from its /readyz."""
+    async with aiohttp.ClientSession() as session, session.get(ops_url + "/readyz") as resp:
+        body = await resp.json()
+    return {f"ingest-{index}": int(child["pid"]) for index, child in body["processes"].items()}
+
+
+def _cpu_us(cores: dict[str, float], names: list[str], ok_per_s: float) -> float | None:
+    """CPU µs per answered request: the named processes' cores (every thread: librdkafka's
+    included) over the requests answered per second."""
+    if not ok_per_s:
+        return None
+    return round(sum(cores[name] for name in names) * 1e6 / ok_per_s, 1)
+
+
 async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
     seconds = 3 if quick else 5
     account = accounts[0]
     prefix = platform.new_prefix("ingest")
     await platform.ensure_topics(prefix)
     ingest = platform.add("ingest-solo", "ingest", prefix=prefix, core=SERVER_CORE)
-    platform.start("ingest-solo")
+    # Two processes on the one port (SO_REUSEPORT) under a parent: free on both cores (two on
+    # core 0 would only share it), so the second shares core 1 with wrk.
+    duo = platform.add("ingest-duo", "ingest", prefix=prefix, env={"INGEST_PROCESSES": "2"})
+    platform.start("ingest-solo", "ingest-duo")
     references = {side: _spawn_reference(platform, side) for side in ("bare", "floor")}
     try:
-        await platform.wait_ready("ingest-solo")
+        await platform.wait_ready("ingest-solo", "ingest-duo")
         for _, port in references.values():
             await _wait_http(f"http://127.0.0.1:{port}/healthz")
         pool = recipients()[:2000]
@@ -135,35 +154,46 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         headers = {"Authorization": f"Bearer {account.api_key}"}
         urls = {side: f"http://127.0.0.1:{port}{ROUTE}" for side, (_, port) in references.items()}
         urls["ingest"] = ingest.url + ROUTE
+        urls["duo"] = duo.url + ROUTE
         # Warm-up: ingest's lookup caches, connection pools, the producer's metadata.
         for side in urls:
             await asyncio.to_thread(
                 run_wrk, urls[side], bodies, headers, seconds=2, connections=CONNECTIONS
             )
         pids = {"ingest": ingest.pid, **infra_pids()}
+        duo_pids = {"parent": duo.pid, **(await _children(duo.ops_url))}
+        side_pids = {
+            "ingest": pids,
+            "duo": duo_pids,
+            **{side: {side: proc.pid} for side, (proc, _) in references.items()},
+        }
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in urls}
         cpu: list[dict[str, float]] = []
         before = await scrape(ingest.ops_url)
-        for side in ("bare", "floor", "ingest", "ingest", "floor", "bare"):
-            meter = CpuMeter(pids if side == "ingest" else {side: references[side][0].pid})
+        order = ("bare", "floor", "ingest", "duo", "duo", "ingest", "floor", "bare")
+        for side in order:
+            meter = CpuMeter(side_pids[side])
             meter.start()
             result = await asyncio.to_thread(
                 run_wrk, urls[side], bodies, headers, seconds=seconds, connections=CONNECTIONS
             )
-            result["cores_used"] = meter.stop()
+            result["cores_used"] = cores = meter.stop()
+            own = list(duo_pids) if side == "duo" else [side]  # not Kafka's, FerretDB's
+            result["cpu_us_per_request"] = _cpu_us(cores, own, result["ok_per_s"])
             if side == "ingest":
                 cpu.append(result["cores_used"])
             runs[side].append(result)
             log(
                 f"ingest: {side} {result['ok_per_s']:.0f} req/s p50 {result['p50_ms']:.1f} ms "
-                f"p99 {result['p99_ms']:.1f} ms errors {result['errors']}"
+                f"p99 {result['p99_ms']:.1f} ms errors {result['errors']} "
+                f"CPU {result['cpu_us_per_request']} us/request"
             )
         after = await scrape(ingest.ops_url)
     finally:
         for proc, _ in references.values():
             proc.terminate()
             proc.wait(timeout=10)
-        platform.stop("ingest-solo")
+        platform.stop("ingest-solo", "ingest-duo")
 
     def mean(side: str, key: str) -> float:
         return round(statistics.fmean(r[key] for r in runs[side]), 2)
@@ -178,6 +208,9 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         for name, core in cores.items()
     }
     errors = sum(r["errors"] for r in runs["ingest"])
+    duo_errors = sum(r["errors"] for r in runs["duo"])
+    cpu_us = {side: mean(side, "cpu_us_per_request") for side in runs}
+    duo_rps = mean("duo", "ok_per_s")
     result = {
         "benchmark": NAME,
         "what": "POST /v1/messages (valid template send, API key) at saturation, wrk 1 thread "
@@ -205,6 +238,17 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             "ratio_to_bare": floor_ratio,
             "runs": runs["floor"],
         },
+        "duo": {
+            "what": "INGEST_PROCESSES=2: two processes on the one port (SO_REUSEPORT), free on "
+            "both cores; CPU of the parent and both children",
+            "requests_per_s": duo_rps,
+            "p50_ms": mean("duo", "p50_ms"),
+            "p99_ms": mean("duo", "p99_ms"),
+            "errors": duo_errors,
+            "runs": runs["duo"],
+        },
+        "cpu_us_per_request": cpu_us,
+        "target_cpu_us": TARGET_CPU_US,
         "ratio": ratio,
         "target_ratio": TARGET_RATIO,
         "met": ratio >= TARGET_RATIO and errors == 0,
@@ -229,6 +273,24 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             f"{floor_ratio:.2f}x",
             "target": f">= {TARGET_RATIO} x bare",
             "met": result["met"],
-        }
+        },
+        {
+            "benchmark": "1 ingest CPU us/request",
+            "figures": f"{cpu_us['ingest']} us of CPU per accepted request (every thread of the "
+            f"process, librdkafka's included) at {ingest_rps:.0f} req/s; bare handler "
+            f"{cpu_us['bare']}, floor {cpu_us['floor']}",
+            "target": f"<= {TARGET_CPU_US}",
+            "met": cpu_us["ingest"] is not None and cpu_us["ingest"] <= TARGET_CPU_US,
+        },
+        {
+            "benchmark": "1 ingest 1 vs 2 processes",
+            "figures": f"1: {ingest_rps:.0f} req/s, p99 {result['ingest']['p99_ms']:.1f} ms, "
+            f"{cpu_us['ingest']} us/req; 2 (SO_REUSEPORT): {duo_rps:.0f} req/s, p99 "
+            f"{result['duo']['p99_ms']:.1f} ms, {cpu_us['duo']} us/req = "
+            f"{duo_rps / ingest_rps if ingest_rps else 0:.2f}x"
+            + (f", {duo_errors} errors" if duo_errors else ""),
+            "target": "side by side (2 cores, wrk on one)",
+            "met": "-",
+        },
     ]
     return result

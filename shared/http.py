@@ -174,12 +174,19 @@ def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 async def start_site(
-    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> web.AppRunner:
-    """Serve `app` on host:port, over HTTPS when given a context (see server_ssl_context)."""
+    """Serve `app` on host:port, over HTTPS when given a context (see server_ssl_context);
+    `reuse_port`: SO_REUSEPORT, the port shared with other processes that set it too."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
+    await site.start()
     return runner
 
 

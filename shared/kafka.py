@@ -192,7 +192,13 @@ def make_producer(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
 def make_consumer(
     kafka: KafkaConfig, group_id: str | None, *topics: str, **overrides: Any
 ) -> AIOKafkaConsumer:
-    """A manual-commit consumer (group_id None: no group, partitions assigned by hand)."""
+    """A manual-commit consumer (group_id None: no group, partitions assigned by hand).
+
+    Fetch sizes stay aiokafka's (fetch_max_wait_ms 500, fetch_min_bytes 1): at the pipeline's
+    rates a consumer fetches once per record it gets whatever they are, a larger
+    fetch_min_bytes would batch only by waiting on every hop of the 202->Meta path, and a
+    longer fetch_max_wait_ms delays partitions the sender resumes (bench/README.md, issue 13
+    "after")."""
     options: dict[str, Any] = {
         **kafka.aiokafka_options(),
         "group_id": group_id,
@@ -671,19 +677,26 @@ async def _commit_finished(consumer: AIOKafkaConsumer, finished: dict[TopicParti
 async def report_lag_forever(
     consumer: AIOKafkaConsumer, service: str, group: str, interval: float = 5.0
 ) -> None:
-    """Publish consumer lag per partition as a gauge, measured by the consumer itself."""
+    """Publish consumer lag per partition as a gauge: the partition's end as the consumer's last
+    fetch answer gave it (its last stable offset under read_committed) minus the consumer's
+    position. Both are already in the consumer's memory: no request to the broker. (Asking the
+    group's committed offset of each partition, an OffsetFetch each, and the end offsets every
+    5 s was ~3.4 of the broker's 21 requests per message at 50 % of capacity: bench/README.md.)
+    The position is what the consumer has read; what it has committed trails it by at most
+    its commit interval."""
     while True:
         try:
-            assignment = consumer.assignment()
-            if assignment:
-                ends = await consumer.end_offsets(list(assignment))
-                for tp in assignment:
-                    position = await consumer.committed(tp) or 0
-                    lag = max(0, ends.get(tp, 0) - position)
-                    CONSUMER_LAG.labels(
-                        service=service, group=group, topic=tp.topic, partition=str(tp.partition)
-                    ).set(lag)
-        except KafkaError as exc:
+            for tp in consumer.assignment():
+                end = consumer.last_stable_offset(tp)
+                if end is None or end < 0:  # read_uncommitted: the high watermark
+                    end = consumer.highwater(tp)
+                if end is None:
+                    continue  # no fetch answered for it yet (nor is its position known)
+                lag = max(0, end - await consumer.position(tp))
+                CONSUMER_LAG.labels(
+                    service=service, group=group, topic=tp.topic, partition=str(tp.partition)
+                ).set(lag)
+        except KafkaError as exc:  # IllegalStateError: a rebalance took the partition meanwhile
             log.warning("consumer_lag_unavailable", error=str(exc))
         await asyncio.sleep(interval)
 

@@ -11,8 +11,13 @@ deliver; `send` returns only once the broker acknowledged the record, and any fa
 transient DependencyUnavailable. Same connection and credentials too: the service's
 `KafkaConfig` (shared/kafka.py) gives librdkafka its address, TLS and SASL properties.
 
-librdkafka reports deliveries only from `poll()`: one thread polls, gathers the reports each poll
-served, and hands them to the event loop in one call (not one wake-up per message).
+librdkafka reports deliveries only from `poll()`, and runs the callbacks in the thread that polls.
+The event loop polls it itself, without blocking (`poll(0)`): every `poll_interval_s` while
+records wait for their acknowledgement, every `IDLE_POLL_S` otherwise (its error callback, e.g.
+"all brokers down", is served then too). A thread that blocked in `poll()` and handed the reports
+to the loop cost each request a GIL hand-over and a wake-up of the loop; polling from the loop
+costs a timer and a C call per interval, whatever the number of reports it serves
+(bench/README.md, "ingest CPU per request").
 
 A broker that is unreachable is known at once, not learnt by each request after
 `message.timeout.ms`: when librdkafka reports that every broker is down, when a delivery fails,
@@ -27,7 +32,8 @@ went silent has an unknown fate (a retry with the same Idempotency-Key is safe).
 from __future__ import annotations
 
 import asyncio
-import threading
+import time
+from collections import deque
 from typing import Any
 
 import confluent_kafka
@@ -39,16 +45,23 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 # Each request waits for its record's acknowledgement, so the linger is in every answer's
-# latency, and with a fixed number of client connections latency caps throughput. Measured for
-# ingest at 32 connections: 2 ms -> ~5,400 req/s (the process idle 15 %), 1 ms -> ~6,500 req/s
-# (CPU-bound, same CPU per request); 0 makes a broker request of every record and costs more.
-LINGER_MS = 1.0
-_POLL_SECONDS = 0.1  # poll() returns as soon as a report arrives; this only bounds shutdown
+# latency (not in the pipeline's after the 202), and with a fixed number of client connections
+# latency caps throughput. On the secure broker (SASL_SSL: every broker request is TLS work in
+# librdkafka's thread and in the broker) ingest at 32 connections spent 189 vs 251 us of CPU per
+# request at 3 vs 1 ms, at the same rate (3,369 vs 3,409 req/s; medians of 6 interleaved pairs;
+# bench/README.md); 5 ms saved no more and lowered the rate. (On the plaintext broker of an
+# earlier session 1 ms had been best: then CPU, not the round trip, bound the rate.)
+LINGER_MS = 3.0
+# While records wait for their acknowledgement the loop polls every POLL_INTERVAL_S: the most
+# an acknowledgement waits to be seen (1 ms instead cost no less CPU per request).
+POLL_INTERVAL_S = 0.0005
+IDLE_POLL_S = 0.1  # nothing outstanding: only the error callback (a broker gone) to serve
 # librdkafka before 2.6.1 answered Kafka 4's SCRAM challenge wrongly (it re-appended the client
 # nonce; Kafka 4 checks it strictly since CVE-2024-56128): login fails. libversion() is
 # 0xMMmmrrpp.
 MIN_SCRAM_LIBVERSION = 0x020601FF
 PROBE_INTERVAL_S = 0.5
+FLUSH_TIMEOUT_S = 10.0
 # Delivery failures that mean the broker is gone (not: the record was refused).
 _OUTAGE_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT"})
 
@@ -69,6 +82,7 @@ class RdKafkaProducer:
         delivery_timeout_ms: int = 15000,
         ack_timeout_s: float | None = None,
         probe_interval_s: float = PROBE_INTERVAL_S,
+        poll_interval_s: float = POLL_INTERVAL_S,
     ) -> None:
         if (
             kafka.uses_sasl
@@ -94,11 +108,15 @@ class RdKafkaProducer:
             "partitioner": "murmur2_random",
             "error_cb": self._on_error,
         }
+        self._poll_interval_s = poll_interval_s
         self._producer: confluent_kafka.Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reports: list[tuple[asyncio.Future[None], Any]] = []
-        self._stopping = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._outstanding = 0  # records produced whose report has not been served yet
+        self._poll_timer: asyncio.TimerHandle | None = None
+        # (when, future) of the records waiting for an acknowledgement, in the order sent: all
+        # have the same timeout, so the first is the first to expire.
+        self._deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._poll_at = float("inf")  # when the timer fires
         self._up = False
         self._prober: asyncio.Task[None] | None = None
 
@@ -111,8 +129,7 @@ class RdKafkaProducer:
         then refuses records until its probe reaches a broker."""
         self._loop = asyncio.get_running_loop()
         self._producer = confluent_kafka.Producer(self._config)
-        self._poller = threading.Thread(target=self._poll_forever, name="rdkafka-poll", daemon=True)
-        self._poller.start()
+        self._schedule_poll(IDLE_POLL_S)
         if not wait:
             self._mark_down("starting")
             return
@@ -132,17 +149,22 @@ class RdKafkaProducer:
         delivered: asyncio.Future[None] = self._loop.create_future()
 
         def on_delivery(error: Any, _: Any) -> None:
-            # Runs in the poll thread, inside poll(): the list it finds is the current one.
-            self._reports.append((delivered, error))
+            # Runs inside poll(), which only the loop calls (_poll, stop).
+            self._outstanding -= 1
+            _settle(delivered, error)
 
         try:
             self._producer.produce(topic, value, key, on_delivery=on_delivery)
         except (BufferError, confluent_kafka.KafkaException) as exc:
             raise _unavailable(exc) from exc
+        self._outstanding += 1
+        if self._poll_at - self._loop.time() > self._poll_interval_s:
+            self._schedule_poll(self._poll_interval_s)
+        if self._ack_timeout_s is not None:
+            # Checked by _poll (a timer per record cost more than the rest of send()).
+            self._deadlines.append((self._loop.time() + self._ack_timeout_s, delivered))
         try:
-            # On timeout the future is cancelled: a late report for it is dropped (_settle).
-            async with asyncio.timeout(self._ack_timeout_s):
-                await delivered
+            await delivered
         except TimeoutError:
             self._mark_down("acknowledgement timed out")
             raise _unavailable("the broker did not acknowledge in time") from None
@@ -152,9 +174,37 @@ class RdKafkaProducer:
             raise
 
     def _on_error(self, error: confluent_kafka.KafkaError) -> None:
-        """librdkafka's error callback (in the poll thread)."""
+        """librdkafka's error callback (inside poll(), in the loop; or a thread's list_topics)."""
         if error.code() == confluent_kafka.KafkaError._ALL_BROKERS_DOWN and self._loop:
             self._loop.call_soon_threadsafe(self._mark_down, "all brokers down")
+
+    def _schedule_poll(self, delay_s: float) -> None:
+        assert self._loop is not None
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+        self._poll_at = self._loop.time() + delay_s
+        self._poll_timer = self._loop.call_at(self._poll_at, self._poll)
+
+    def _poll(self) -> None:
+        """Serve the reports (and errors) librdkafka has: their callbacks run here."""
+        self._poll_timer, self._poll_at = None, float("inf")
+        if self._producer is None:
+            return
+        self._producer.poll(0)
+        self._expire(self._loop.time() if self._loop is not None else 0.0)
+        self._schedule_poll(self._poll_interval_s if self._outstanding > 0 else IDLE_POLL_S)
+
+    def _expire(self, now: float) -> None:
+        """Fail the records whose acknowledgement is overdue (TimeoutError to their senders; a
+        report that comes later is dropped by _settle), and forget those settled."""
+        deadlines = self._deadlines
+        while deadlines:
+            when, delivered = deadlines[0]
+            if not delivered.done():
+                if when > now:
+                    return
+                delivered.set_exception(TimeoutError())
+            deadlines.popleft()
 
     def _mark_down(self, reason: str) -> None:
         """Refuse new records, fail those not sent yet, and probe until a broker answers."""
@@ -195,30 +245,24 @@ class RdKafkaProducer:
             return
         if self._prober is not None:
             self._prober.cancel()
-        await asyncio.to_thread(self._producer.flush, 10)
-        self._stopping.set()
-        if self._poller is not None:
-            await asyncio.to_thread(self._poller.join, 5)
+        # What was accepted is delivered (or fails) before the producer goes: polled here, in
+        # the loop, so that the callbacks settle their futures in the loop's thread.
+        producer, deadline = self._producer, time.monotonic() + FLUSH_TIMEOUT_S
+        while len(producer) > 0 and time.monotonic() < deadline:
+            producer.poll(0)
+            await asyncio.sleep(0.01)
+        producer.poll(0)
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
         # librdkafka's own threads live as long as the Producer object: without this they kept
         # reconnecting to a broker that had gone, in a process that went on (tests).
         self._producer = None
 
-    def _poll_forever(self) -> None:
-        producer, loop = self._producer, self._loop
-        assert producer is not None and loop is not None
-        while not self._stopping.is_set():
-            producer.poll(_POLL_SECONDS)
-            if self._reports:
-                # Only this thread appends (callbacks run inside poll()), so the swap is safe.
-                served, self._reports = self._reports, []
-                loop.call_soon_threadsafe(_settle, served)
 
-
-def _settle(reports: list[tuple[asyncio.Future[None], Any]]) -> None:
-    for delivered, error in reports:
-        if delivered.done():
-            continue  # its caller went away (cancelled)
-        if error is None:
-            delivered.set_result(None)
-        else:
-            delivered.set_exception(_unavailable(error))
+def _settle(delivered: asyncio.Future[None], error: Any) -> None:
+    if delivered.done():
+        return  # its caller went away (cancelled)
+    if error is None:
+        delivered.set_result(None)
+    else:
+        delivered.set_exception(_unavailable(error))

@@ -107,10 +107,15 @@ class Parts:
 Build = Callable[[Connections], Awaitable[Parts]]
 
 
-async def serve(settings: ServiceSettings, service: str, build: Build) -> None:
+async def serve(
+    settings: ServiceSettings, service: str, build: Build, *, reuse_port: bool = False
+) -> None:
     """Open connections, build the service's parts, serve until SIGTERM/SIGINT: the ops
     endpoints on OPS_HOST:OPS_PORT, the client app (if any) on HTTP_HOST:HTTP_PORT, over HTTPS
     when TLS_CERT_FILE/TLS_KEY_FILE are set.
+
+    `reuse_port`: bind the client port with SO_REUSEPORT, shared with other processes of the
+    service (ingest's INGEST_PROCESSES).
 
     A worker that stops on its own (a bug, or a transient failure past its retry budget) stops
     the whole process without committing, so that a supervisor restarts it.
@@ -133,7 +138,13 @@ async def serve(settings: ServiceSettings, service: str, build: Build) -> None:
         ]
         if parts.client_app is not None:
             runners.append(
-                await start_site(parts.client_app, settings.http_host, settings.http_port, tls)
+                await start_site(
+                    parts.client_app,
+                    settings.http_host,
+                    settings.http_port,
+                    tls,
+                    reuse_port=reuse_port,
+                )
             )
         tasks = [asyncio.create_task(w) for w in parts.workers]
         log.info(

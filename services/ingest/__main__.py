@@ -15,6 +15,7 @@ from services.ingest.handlers import Ingest
 from services.ingest.limiter import RequestLimiter
 from services.ingest.meta_client import GraphClient
 from services.ingest.passthrough import PassThroughPacer
+from services.ingest.processes import Supervisor
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.repository import (
     CachedDirectory,
@@ -46,9 +47,16 @@ from shared.secrets import TokenVault
 from shared.settings import load_settings
 
 
-async def main() -> None:
+def run() -> None:
     settings = load_settings(IngestSettings)
     configure_logging(SERVICE, settings.log_level)
+    asyncio.run(main(settings))
+
+
+async def main(settings: IngestSettings) -> None:
+    if settings.processes > 1:
+        await Supervisor(settings.processes, settings.ops_host, settings.ops_port).run()
+        return
     keys = settings.token_keys.get_secret_value() if settings.token_keys else ""
     if not keys:
         # Sends do not need the tokens (the sender makes them); pass-through calls do.
@@ -70,7 +78,12 @@ async def main() -> None:
             SUPPRESSIONS,
         )
         clock = SystemClock()
-        producer = RdKafkaProducer(settings.kafka, ack_timeout_s=settings.kafka_ack_timeout_seconds)
+        producer = RdKafkaProducer(
+            settings.kafka,
+            ack_timeout_s=settings.kafka_ack_timeout_seconds,
+            linger_ms=settings.kafka_linger_ms,
+            poll_interval_s=settings.kafka_poll_interval_ms / 1000,
+        )
         await producer.start()
         inbox = MongoInbox(conns.db)
         publisher = KafkaPublisher(producer, settings.topic_prefix)
@@ -140,8 +153,8 @@ async def main() -> None:
             workers=[sweeper.run_forever(settings.idempotency_sweep_interval_seconds)],
         )
 
-    await serve(settings, SERVICE, build)
+    await serve(settings, SERVICE, build, reuse_port=settings.reuse_port)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()

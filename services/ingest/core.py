@@ -274,8 +274,11 @@ def _valid(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
     return number if phonenumbers.is_valid_number(number) else None
 
 
+@lru_cache(maxsize=4096)
 def region_of_display_number(display_phone_number: str | None) -> str | None:
-    """The country of a business number as Meta displays it (digits, country code first)."""
+    """The country of a business number as Meta displays it (digits, country code first).
+    Cached: it is asked on every send, of a few numbers, and parsing one cost ~20 % of a
+    request's CPU in ingest's event loop (bench/README.md, "ingest CPU per request")."""
     if not display_phone_number:
         return None
     try:

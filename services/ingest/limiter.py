@@ -28,6 +28,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ErrorAnswer = Callable[[web.Request, ServiceError], web.StreamResponse | None]
 
 VERDICT = web.RequestKey("rate_limit_verdict", Verdict)
+# The account of a request whose API key and account the middleware has checked (a valid key of
+# an active account): the handler need not look them up again.
+ACCOUNT_ID = web.RequestKey("authenticated_account_id", str)
 
 
 class RequestLimiter:
@@ -116,6 +119,7 @@ def rate_limit_middleware(
             return await handler(request)  # it refuses the caller itself
         verdict = limiter.check(account_id, account, key_hash, key)
         request[VERDICT] = verdict
+        request[ACCOUNT_ID] = account_id
         if not verdict.allowed:
             refused = reject(
                 "rate_limited",

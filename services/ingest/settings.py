@@ -5,6 +5,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.ingest.rate_limits import Rate
 from shared.pricing import CURRENT_VERSION
+from shared.rdkafka_producer import LINGER_MS, POLL_INTERVAL_S
 from shared.secrets import TokenKeys
 from shared.settings import ServiceSettings
 
@@ -16,6 +17,12 @@ class IngestSettings(ServiceSettings):
     # endpoints on their own port.
     http_port: int = 8080
     ops_port: int = 9180
+    # N processes serving the client port together (SO_REUSEPORT), started and supervised by a
+    # parent that serves the ops port (services/ingest/processes.py). The parent sets the two
+    # below for each child: bind the client port shared, and which child it is.
+    processes: int = Field(1, ge=1, le=64)
+    reuse_port: bool = False
+    process_index: int = Field(0, ge=0)
     # A request answers 503 within a second while a dependency is down: each database
     # operation gets this long (not MONGODB_TIMEOUT_MS; PyMongo waits for a server in steps of
     # half a second, so 450 ms fails after ~0.5 s and 900 ms after ~1 s), and the broker this
@@ -23,6 +30,10 @@ class IngestSettings(ServiceSettings):
     # shared/rdkafka_producer.py).
     mongodb_timeout_ms: int = Field(450, gt=0, validation_alias="INGEST_MONGODB_TIMEOUT_MS")
     kafka_ack_timeout_seconds: float = Field(0.9, gt=0)
+    # The producer's linger (each 202 waits for it) and how often the loop asks librdkafka for
+    # acknowledgements while records wait (shared/rdkafka_producer.py).
+    kafka_linger_ms: float = Field(LINGER_MS, ge=0)
+    kafka_poll_interval_ms: float = Field(POLL_INTERVAL_S * 1000, gt=0)
     # How long API-key, account, phone-number, template and balance lookups are cached in
     # memory. A revocation or suspension takes effect within this many seconds.
     cache_ttl_seconds: float = 5.0

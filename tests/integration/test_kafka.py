@@ -9,8 +9,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared.kafka import KafkaConfig, make_admin, make_consumer, make_producer
+from shared.kafka import (
+    KafkaConfig,
+    make_admin,
+    make_consumer,
+    make_producer,
+    report_lag_forever,
+)
 from shared.messages import SEND_REQUESTED, THROUGHPUT_CHANGED, WEBHOOK_RECEIVED
+from shared.metrics import CONSUMER_LAG
 from tools.kafka_setup import grant
 
 
@@ -212,3 +219,36 @@ async def test_the_set_up_sets_each_topics_retention_and_fixes_topics_that_exist
     assert configs[prefix + WEBHOOK_RECEIVED.dlq]["retention.ms"] == month
     assert configs[prefix + SEND_REQUESTED.dlq]["retention.ms"] == month
     assert configs[prefix + THROUGHPUT_CHANGED.name]["cleanup.policy"] == "compact"
+
+
+async def test_the_lag_gauge_is_the_partition_end_minus_what_the_consumer_has_read(
+    kafka: KafkaConfig, unique: str
+) -> None:
+    """Measured from the consumer's own fetch answers and position: no broker request."""
+    topic, group = f"it.lag.{unique}", f"it-group-{unique}"
+    await _create(kafka, topic)
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send_and_wait(topic, value=f"m{i}".encode(), key=b"k")
+    finally:
+        await producer.stop()
+    consumer = make_consumer(kafka, group, topic, max_poll_records=4)
+    await consumer.start()
+    reporter = asyncio.create_task(report_lag_forever(consumer, "it", group, interval=0.05))
+    gauge = CONSUMER_LAG.labels(service="it", group=group, topic=topic, partition="0")
+    try:
+        records: list = []
+        async with asyncio.timeout(20):
+            while len(records) < 4:
+                batches = await consumer.getmany(timeout_ms=200, max_records=4 - len(records))
+                records += [r for part in batches.values() for r in part]
+            for _ in range(200):  # the reporter runs every 0.05 s
+                if gauge._value.get() == 6:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        reporter.cancel()
+        await consumer.stop()
+    assert gauge._value.get() == 6  # 10 written, 4 read
