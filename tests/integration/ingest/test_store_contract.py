@@ -140,13 +140,24 @@ async def test_ledger_entries_of_a_page_come_back_per_message_in_one_call(
     await put(LEDGER, {"_id": "m1:settle", "kind": "charge", "amount": 8})
     await put(LEDGER, {"_id": "m2:reserve", "kind": "reserve", "amount": 10})
     await put(LEDGER, {"_id": "topup:x", "kind": "topup", "amount": 99})
-    entries = await store.ledger_entries_of(["m1", "m2", "m3"])
-    assert list(entries) == ["m1", "m2", "m3"]
+    # m4: released after a guessed failure, then charged late when Meta billed its delivery
+    await put(LEDGER, {"_id": "m4:reserve", "kind": "reserve", "amount": 10})
+    await put(LEDGER, {"_id": "m4:settle", "kind": "release", "amount": 10})
+    await put(LEDGER, {"_id": "m4:late-charge", "kind": "charge", "amount": 7})
+    entries = await store.ledger_entries_of(["m1", "m2", "m3", "m4"])
+    assert list(entries) == ["m1", "m2", "m3", "m4"]
     assert [(r and r["amount"], s and s["amount"]) for r, s in entries.values()] == [
         (10, 8),
         (10, None),
         (None, None),
+        (10, 7),
     ]
+    assert core.price_view(*entries["m4"], "USD") == {
+        "state": "charged",
+        "amount": 7,
+        "currency": "USD",
+        "unit": "micros",
+    }
     assert entries["m1"] == await store.ledger_entries("m1")
     assert await store.ledger_entries_of([]) == {}
 

@@ -124,16 +124,18 @@ class FakeMessageStore:
     async def ledger_entries(
         self, message_id: str
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        return self.ledger.get(f"{message_id}:reserve"), self.ledger.get(f"{message_id}:settle")
+        return self._entries(message_id)
+
+    def _entries(self, m: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        # A late charge supersedes the release under `:settle` (as MongoMessageStore does).
+        settled = self.ledger.get(f"{m}:late-charge") or self.ledger.get(f"{m}:settle")
+        return self.ledger.get(f"{m}:reserve"), settled
 
     async def ledger_entries_of(
         self, message_ids: list[str]
     ) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
         self.ledger_reads += 1
-        return {
-            m: (self.ledger.get(f"{m}:reserve"), self.ledger.get(f"{m}:settle"))
-            for m in message_ids
-        }
+        return {m: self._entries(m) for m in message_ids}
 
     async def list(self, account_id: str, query: ListQuery) -> list[dict[str, Any]]:
         docs = [d for d in self.docs.values() if d["account_id"] == account_id]
