@@ -12,7 +12,7 @@ knows: it is the only writer of its accounts' messages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,20 +61,30 @@ class _Working:
     state: core.MessageState
     doc: Doc | None
     stored: bool
+    just_created: bool = False  # its request's insert is done: that request is applied
     insert: Doc = field(default_factory=dict)
     completion: Doc = field(default_factory=dict)
     changed: bool = False
 
 
-def plan_batch(events: Sequence[StateEvent], known: Mapping[str, Known], now_ms: int) -> BatchPlan:
-    """`known` has every message of `events` (from memory, else read: doc None when absent)."""
+def plan_batch(
+    events: Sequence[StateEvent],
+    known: Mapping[str, Known],
+    now_ms: int,
+    created: Collection[str] = (),
+) -> BatchPlan:
+    """`known` has every message of `events` (from memory, else read: doc None when absent).
+    `created`: messages whose document the batch's first event, their request, just inserted
+    (their `known` is that document)."""
     plan = BatchPlan()
     work: dict[str, _Working] = {}
     for event in events:
         w = work.get(event.message_id)
         if w is None:
             before = known[event.message_id]
-            w = work[event.message_id] = _Working(before.state, before.doc, before.doc is not None)
+            w = work[event.message_id] = _Working(
+                before.state, before.doc, before.doc is not None, event.message_id in created
+            )
         if isinstance(event, SendRequested):
             _request(w, event, plan)
         else:
@@ -98,6 +108,10 @@ def plan_batch(events: Sequence[StateEvent], known: Mapping[str, Known], now_ms:
 
 
 def _request(w: _Working, event: SendRequested, plan: BatchPlan) -> None:
+    if w.just_created:
+        w.just_created = False
+        plan.created["created"] = plan.created.get("created", 0) + 1
+        return
     doc = message_document(event)
     if w.doc is None:
         w.insert, w.doc, w.state = doc, doc, core.state_from_doc(doc)

@@ -8,9 +8,11 @@ entries: a read-converge-write needs no atomic conditional update (FerretDB has 
 request creates the document; a status event read before it creates a minimal one, which the
 request then completes.
 
-A batch costs at most: one read of the messages it does not remember (`find` by `$in`), one
-insert of the new wamids, one read of the statuses parked for them (and their release), and one
-`bulk_write` of every message's write (services/status/batch_plan.py plans them without I/O).
+A batch costs at most: one insert of the messages its requests create, one read of the other
+messages it does not remember (`find` by `$in`), one insert of the new wamids, one read of the
+statuses parked for them (and their release), and one `bulk_write` of every message's write
+(services/status/batch_plan.py plans them without I/O; FerretDB takes them 50 statements per
+command: repository.UPDATES_PER_COMMAND).
 Being the only writer, the state writer remembers what it last wrote of recent messages (their
 state and the few document fields it reads), so a message's next event costs no read. All of it
 is forgotten whenever partitions move (`forget_all`): another process may write those messages
@@ -22,6 +24,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from aiokafka import ConsumerRecord
@@ -32,10 +35,13 @@ from services.status.publisher import Outgoing, Publisher
 from services.status.repository import StateStore
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.message_docs import message_document
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, SendRequested, StatusChanged
 from shared.pipeline import Item
 
 log = get_logger(__name__)
+
+Doc = dict[str, Any]
 
 
 def decode(record: ConsumerRecord[bytes, bytes]) -> StateEvent:
@@ -92,13 +98,28 @@ class StateWriter:
             else:
                 self._known.move_to_end(message_id)
                 known[message_id] = remembered
-        if unknown:
-            docs = await self._store.load_messages(unknown)
-            for message_id in unknown:
-                doc = docs.get(message_id)
-                known[message_id] = Known(core.state_from_doc(doc), doc)
+        # A message first met by its request is created without a read (one insert for all);
+        # only those whose id is taken, and the others not remembered, are read (one find).
+        requests: dict[str, Doc] = {}
+        for event in events:
+            if event.message_id in unknown and event.message_id not in requests:
+                requests[event.message_id] = (
+                    message_document(event) if isinstance(event, SendRequested) else {}
+                )
+        new_docs = [doc for doc in requests.values() if doc]
+        taken = await self._store.create_messages(new_docs) if new_docs else set()
+        created = {str(doc["_id"]) for doc in new_docs} - taken
+        for doc in new_docs:
+            if doc["_id"] in created:
+                known[doc["_id"]] = Known(core.state_from_doc(doc), doc)
+        to_read = [m for m in unknown if m not in created]
+        if to_read:
+            docs = await self._store.load_messages(to_read)
+            for message_id in to_read:
+                stored = docs.get(message_id)
+                known[message_id] = Known(core.state_from_doc(stored), stored)
         now_ms = self._clock.now_ms()
-        plan = plan_batch(events, known, now_ms)
+        plan = plan_batch(events, known, now_ms, created)
         released = 0
         if plan.wamid_docs:
             # Index first, then look for parked statuses: the processor parks first, then looks
@@ -117,7 +138,7 @@ class StateWriter:
             "message_states_applied",
             events=len(events),
             messages=len(known),
-            read=len(unknown),
+            read=len(to_read),
             changed=plan.changed,
             unchanged=plan.unchanged,
             created=plan.created.get("created", 0),

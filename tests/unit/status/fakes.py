@@ -90,6 +90,13 @@ class FakeStore:
         self.loads += len(message_ids)
         return {m: copy.deepcopy(self.messages[m]) for m in message_ids if m in self.messages}
 
+    async def create_messages(self, docs: Sequence[Doc]) -> set[str]:
+        taken = set()
+        for doc in docs:
+            if not await self.create_message(doc):
+                taken.add(doc["_id"])
+        return taken
+
     async def write_messages(self, writes: Sequence[MessageWrite]) -> None:
         if writes:
             self.message_writes += 1

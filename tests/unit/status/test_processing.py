@@ -485,10 +485,9 @@ async def test_the_writer_reads_a_message_it_wrote_from_memory(
     writer: StateWriter, store: FakeStore
 ) -> None:
     await writer.handle_request(_request())
-    assert store.message_reads == 1  # a message it never wrote: one read (per batch)
     await writer.handle(_sent())
     await writer.handle(_sent(status="delivered", at=9))
-    assert store.message_reads == 1
+    assert store.loads == 0 and store.message_reads == 0  # the request's insert found it new
     assert store.messages["msg_9"]["status"] == "delivered"
     assert [h["status"] for h in store.messages["msg_9"]["history"]] == [
         "accepted",
@@ -531,3 +530,39 @@ async def test_a_write_finished_after_partitions_moved_is_not_remembered(
     reads = store.message_reads
     await writer.handle(_sent(status="delivered", at=9))
     assert store.message_reads == reads + 1
+
+
+async def test_a_batch_costs_one_write_and_ends_where_one_event_at_a_time_ends(
+    store: FakeStore, publisher: FakePublisher, clock: FakeClock
+) -> None:
+    def change(message_id: str, status: str, at: int, source: str) -> StatusChanged:
+        return StatusChanged(
+            event_id=f"{message_id}:{status}:{source}",
+            message_id=message_id,
+            account_id="acc_1",
+            status=status,  # type: ignore[arg-type]
+            occurred_at=at,
+            source=source,  # type: ignore[arg-type]
+            wamid=f"wamid.{message_id}",
+        )
+
+    batch: list[SendRequested | StatusChanged] = []
+    for m in ("msg_a", "msg_b"):
+        batch += [_request(m), change(m, "sent", 7, "sender"), change(m, "delivered", 9, "webhook")]
+    batch.append(change("msg_c", "read", 12, "webhook"))  # its request comes later
+    one_by_one = FakeStore()
+    single = StateWriter(one_by_one, FakePublisher(), clock)
+    for event in batch:
+        await single.apply([event])
+
+    writer = StateWriter(store, publisher, clock)
+    await writer.apply(batch)
+    # one insert of the requests' documents, one read (msg_c), one write of every message
+    assert store.message_reads == 1 and store.message_writes == 1
+    assert store.messages == one_by_one.messages
+    assert [store.messages[m]["status"] for m in ("msg_a", "msg_b", "msg_c")] == [
+        "delivered",
+        "delivered",
+        "read",
+    ]
+    assert sorted(store.wamid_index) == ["wamid.msg_a", "wamid.msg_b", "wamid.msg_c"]
