@@ -307,11 +307,11 @@ class Pipeline(Generic[T]):
         to_pause, to_resume = pause_changes(self._buffer.waiting(), paused, assigned, self._policy)
         if to_pause:
             self._consumer.pause(*to_pause)
-            log.info("partitions_paused", service=self._service, partitions=len(to_pause))
+            log.info("partitions_paused", consumer=self._service, partitions=len(to_pause))
         to_resume &= set(assigned)
         if to_resume:
             self._consumer.resume(*to_resume)
-            log.info("partitions_resumed", service=self._service, partitions=len(to_resume))
+            log.info("partitions_resumed", consumer=self._service, partitions=len(to_resume))
 
     # --- effect and commit -----------------------------------------------------------------
 
@@ -357,7 +357,7 @@ class Pipeline(Generic[T]):
         except Exception as exc:
             log.warning(
                 "batch_failed_trying_each_record",
-                service=self._service,
+                consumer=self._service,
                 records=len(good),
                 error=repr(exc)[:500],
             )
@@ -406,7 +406,7 @@ class Pipeline(Generic[T]):
         await self._commit()
         self._on_moved()
         log.info(
-            "partitions_revoked", service=self._service, partitions=len(revoked), dropped=dropped
+            "partitions_revoked", consumer=self._service, partitions=len(revoked), dropped=dropped
         )
 
     async def _assigned(self, assigned: Collection[TP]) -> None:
