@@ -327,6 +327,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         trickle_n = 200 if quick else 500
         trickle_messages = _messages(unique + "t", account_ids, trickle_n, now_ms)
         trickle = await _trickle(platform, prefix, trickle_messages, TRICKLE_RATE)
+        after_trickle = await scrape(proc.ops_url)
         log(
             f"billing: trickle at {TRICKLE_RATE:.0f}/s: p50 {trickle['p50_ms']} ms, "
             f"p99 {trickle['p99_ms']} ms"
@@ -370,6 +371,14 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     batched = metric_sum(after, "billing_batch_size_records_sum") - metric_sum(
         before, "billing_batch_size_records_sum"
     )
+    # Database round trips (shared/mongo.py's command listener), per message: saturated
+    # (phases 1 and 2: a reservation and two statuses each) and in the trickle (reserve only).
+    commands = metric_sum(after, "hala_mongodb_commands_total") - metric_sum(
+        before, "hala_mongodb_commands_total"
+    )
+    trickle_commands = metric_sum(after_trickle, "hala_mongodb_commands_total") - metric_sum(
+        after, "hala_mongodb_commands_total"
+    )
     per_s = events / (t2 - t0)
     balances_exact = exact and approved == n + trickle_n
     result = {
@@ -390,6 +399,8 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         },
         # billing_event_duration_seconds times the batch each event was applied in.
         "billing_mean_event_ms": round(busy / count * 1000, 2) if count else None,
+        "db_round_trips_per_message": round(commands / n, 2),
+        "db_round_trips_per_trickle_message": round(trickle_commands / trickle_n, 2),
         "billing_batches": int(batches),
         "billing_mean_batch_records": round(batched / batches, 1) if batches else None,
         "trickle": trickle,
@@ -413,7 +424,10 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             f"{result['reserve_phase']['events_per_s']:.0f}/s, settle "
             f"{result['settle_phase']['events_per_s']:.0f}/s; "
             f"{result['billing_mean_batch_records']} records/batch, applied in "
-            f"{result['billing_mean_event_ms']} ms on average per event's batch); at "
+            f"{result['billing_mean_event_ms']} ms on average per event's batch; "
+            f"{result['db_round_trips_per_message']} database round trips per message, "
+            f"{result['db_round_trips_per_trickle_message']} per reservation at "
+            f"{TRICKLE_RATE:.0f}/s); at "
             f"{TRICKLE_RATE:.0f}/s write -> approved p50 {trickle['p50_ms']} ms, p99 "
             f"{trickle['p99_ms']} ms; balances "
             f"{'exact' if balances_exact else 'NOT exact'} ({ACCOUNTS} accounts, "

@@ -21,6 +21,7 @@ from shared.kafka import kafka_ready, make_producer, topic_name, wait_for_topics
 from shared.kafka_access import topics_of
 from shared.logging import get_logger
 from shared.mongo import make_client, mongo_ready
+from shared.renewing_producer import renewing_producer
 from shared.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -67,8 +68,9 @@ async def connections(settings: ServiceSettings, service: str) -> AsyncIterator[
         settings.mongodb_url, timeout_ms=settings.mongodb_timeout_ms, **settings.mongo_credentials()
     )
     await wait_for_own_topics(settings, service)
-    producer = make_producer(settings.kafka)
-    await start_with_retry(producer)
+    # Replaced by a new one when the broker no longer accepts it (shared/renewing_producer.py).
+    producer = renewing_producer(lambda: make_producer(settings.kafka), start_with_retry)
+    await producer.start()
     try:
         yield Connections(producer=producer, mongo=mongo, db=mongo[settings.mongodb_database])
     finally:

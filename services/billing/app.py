@@ -6,11 +6,13 @@ faust is used with its traps designed around:
   finished (written, published, or dead-lettered), and its body never lets an exception escape:
   a bug on one record is retried a few times, then that record goes to the DLQ and the
   partition moves on (see worker.py);
-- batches without linger: the agent only moves events into a bounded queue; one task takes
-  whatever the queue holds (at least one event, at most `batch_max_records`), applies it as a
-  batch and then acks its events in the order they were read, so faust's commit (up to the
-  first offset not acked) never passes an unfinished record. faust's `take()` is not used: it
-  waits `within` to fill a batch, and acks the buffered events when its generator is closed;
+- batches with a short linger: the agent only moves events into a bounded queue; one task
+  takes what the queue holds and what arrives within `batch_linger_ms` of the batch's first
+  event (at least one event, at most `batch_max_records`), applies it as a batch and then acks
+  its events in the order they were read, so faust's commit (up to the first offset not acked)
+  never passes an unfinished record. faust's `take()` is not used: it waits `within` from the
+  previous batch, not from the first event, and acks the buffered events when its generator is
+  closed (an agent stopped by a rebalance mid-batch would commit records never applied);
 - outputs go through our own idempotent producer and are awaited, never through faust's
   `topic.send()`, which defers sends attached to the current event until the commit;
 - processing_guarantee at_least_once; faust's web server off (it binds 0.0.0.0 and serves table
@@ -47,6 +49,7 @@ from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.mongo import make_client, mongo_ready
 from shared.pricing import load_rate_card
+from shared.renewing_producer import renewing_producer
 from shared.runtime import start_with_retry, wait_for_own_topics
 
 log = get_logger(SERVICE)
@@ -75,8 +78,12 @@ class BillingRuntime(Service):
         # Clients are created here: aiokafka binds to the running loop at construction.
         # No linger: a batch's outputs are all enqueued before any is awaited, so waiting for
         # more would only add its delay to every batch.
-        self._producer = make_producer(settings.kafka, linger_ms=0)
-        await start_with_retry(self._producer)
+        # Replaced by a new one when the broker no longer accepts it (a lost producer id after
+        # a broker restart: shared/renewing_producer.py).
+        self._producer = renewing_producer(
+            lambda: make_producer(settings.kafka, linger_ms=0), start_with_retry
+        )
+        await self._producer.start()
         self._mongo = make_client(
             settings.mongodb_url,
             timeout_ms=settings.mongodb_timeout_ms,
@@ -85,9 +92,7 @@ class BillingRuntime(Service):
         db = self._mongo[settings.mongodb_database]
         await ensure_indexes(db, LEDGER)
         balances, ledger = Balances(db), Ledger(db)
-        publisher = KafkaPublisher(
-            self._producer, settings.topic_prefix, renew=self._renew_producer
-        )
+        publisher = KafkaPublisher(self._producer, settings.topic_prefix)
         self.worker = BillingWorker(
             balances=balances,
             ledger=ledger,
@@ -133,16 +138,6 @@ class BillingRuntime(Service):
         )
         self.ready.set()
         log.info("service_started", ops_port=settings.ops_port)
-
-    async def _renew_producer(self) -> Any:
-        """A new producer in place of one the broker no longer accepts (see KafkaPublisher)."""
-        old, self._producer = self._producer, make_producer(self.settings.kafka, linger_ms=0)
-        log.warning("kafka_producer_renewed")
-        with suppress(Exception):  # the old one is broken: it may fail to close
-            async with asyncio.timeout(10):
-                await old.stop()
-        await start_with_retry(self._producer)
-        return self._producer
 
     def forget_balances(self) -> None:
         """Partitions moved (or may have): balances held in memory are no longer known to be
@@ -222,7 +217,13 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         acked_by_us = stream.noack()
         pending: asyncio.Queue[EventT] = asyncio.Queue(maxsize=settings.batch_max_records)
         applier = asyncio.create_task(
-            _apply_batches(worker, acked_by_us, pending, settings.batch_max_records)
+            _apply_batches(
+                worker,
+                acked_by_us,
+                pending,
+                settings.batch_max_records,
+                settings.batch_linger_ms / 1000,
+            )
         )
         try:
             async for event in acked_by_us.events():
@@ -282,13 +283,12 @@ async def _apply_batches(
     stream: faust.StreamT[bytes],
     pending: asyncio.Queue[EventT],
     batch_max: int,
+    linger_s: float = 0.0,
 ) -> None:
-    """Apply what is buffered, as soon as there is anything, then ack it in the order read.
-    Each record ends applied or dead-lettered (worker.py) before it is acked."""
+    """Apply what is buffered, and what comes within `linger_s` of the first, then ack it in
+    the order read. Each record ends applied or dead-lettered (worker.py) before it is acked."""
     while True:
-        batch = [await pending.get()]
-        while len(batch) < batch_max and not pending.empty():
-            batch.append(pending.get_nowait())
+        batch = await take_batch(pending, batch_max, linger_s)
         records = [_record(event) for event in batch]
         try:
             await worker.handle_batch(records)  # never raises
@@ -301,6 +301,27 @@ async def _apply_batches(
                 await worker.handle(record)
         for event in batch:
             await stream.ack(event)
+
+
+async def take_batch(queue: asyncio.Queue[Any], most: int, linger_s: float) -> list[Any]:
+    """At least one item, at most `most`: what `queue` holds, and what arrives within
+    `linger_s` of the first item (a batch pays a few database round trips whatever its size,
+    so a few ms of waiting under load divides them among more records)."""
+    batch = [await queue.get()]
+    deadline = asyncio.get_running_loop().time() + linger_s
+    while len(batch) < most:
+        if not queue.empty():
+            batch.append(queue.get_nowait())
+            continue
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                batch.append(await queue.get())  # a get cancelled by the timeout takes nothing
+        except TimeoutError:
+            break
+    return batch
 
 
 async def _put_or_stop(

@@ -9,8 +9,10 @@ refuses in field names.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.billing.core import Balance
@@ -38,6 +40,19 @@ class Balances:
             await self._balances.update_one(
                 {"_id": balance.account_id}, {"$set": document}, upsert=True
             )
+
+    async def save_all(self, balances: Sequence[Balance], now: int) -> None:
+        """`save` for many accounts in one round trip (one unordered `bulk_write`): a batch's
+        balances, each written once."""
+        if not balances:
+            return
+        requests = []
+        for balance in balances:
+            document = balance_to_document(balance, now)
+            del document["_id"]
+            requests.append(UpdateOne({"_id": balance.account_id}, {"$set": document}, upsert=True))
+        with translated():
+            await self._balances.bulk_write(requests, ordered=False)
 
     async def all(self) -> list[Balance]:
         with translated():

@@ -1,8 +1,9 @@
 """billing's decisions, pure: what an input event does to an account's balance.
 
 Each input event maps to at most one ledger entry with a unique key (`<message_id>:reserve`,
-`<message_id>:settle`, `topup:<event_id>`). The entry is written first, then the balance
-document, which records the offset it has applied per `topic:partition`. So:
+`<message_id>:settle`, `topup:<event_id>`, and `<message_id>:late-charge`, below). The entry is
+written first, then the balance document, which records the offset it has applied per
+`topic:partition`. So:
 
 - an event at an offset the balance has applied is a redelivery: nothing changes, and its
   outputs are derived again from the stored entry and published again (downstream dedupes);
@@ -16,6 +17,7 @@ Money is integer micros. Amounts in entries:
   reject   amount = the price that could not be reserved        (nothing moves);
            reason = insufficient_credit, or too_many_in_flight
   charge   amount = Meta's price; reserved_amount = the reservation it closes
+           (a late charge, `<message_id>:late-charge`: reserved_amount = 0, it closes none)
   release  amount = reserved_amount = the reservation returned
   topup    amount = the credit added                  available += amount
            (available_after = the balance right after it, for BalanceToppedUp)
@@ -29,6 +31,14 @@ once). A send that finds `in_flight` at the account's cap (`in_flight_limit`: th
 `accounts.max_in_flight`, else the default; 0 = no cap; applied by `with_in_flight_limit` like
 the threshold) is rejected with reason `too_many_in_flight`: nothing is reserved or sent. Being
 the one writer of the account, billing never lets the count pass the cap.
+
+Meta's pricing is the truth about what a message costs. A release can be a guess: a send whose
+outcome stayed unknown (a sender killed while its call was out) is declared failed after a
+timeout (status's sweeper, `outcome_unknown`), and billing's own sweeper expires a reservation
+no status settled. When Meta then reports the message delivered or read with a regular price,
+the message is charged after all: a `late charge` entry (`<message_id>:late-charge`, kind
+`charge`, reserved_amount 0: the reservation was already returned) takes Meta's price from the
+available credit. At most one per message, like every entry.
 """
 
 from __future__ import annotations
@@ -202,6 +212,25 @@ def topup_key(event_id: str) -> str:
     return f"topup:{event_id}"
 
 
+def late_charge_key(message_id: str) -> str:
+    """The charge of a message Meta billed after its reservation was released (see above)."""
+    return f"{message_id}:late-charge"
+
+
+def closes_reservation(entry: LedgerEntry) -> bool:
+    """Whether the entry settles the message's open reservation (a late charge does not: the
+    release before it did)."""
+    return entry.kind in ("charge", "release") and not entry.key.endswith(":late-charge")
+
+
+def stored_entry_keys(event: InputEvent) -> tuple[str, ...]:
+    """The keys under which an entry written for `event` can be stored: `entry_key(event)`,
+    and for a priced status also its late charge."""
+    if isinstance(event, StatusChanged) and settlement_for(event) == "charge":
+        return (settle_key(event.message_id), late_charge_key(event.message_id))
+    return (entry_key(event),)
+
+
 def entry_key(event: InputEvent) -> str:
     """The key of the one ledger entry an input event can write."""
     if isinstance(event, SendRequested):
@@ -238,7 +267,9 @@ def decide(
     """Decide what `event`, read at `position`, does to `balance`.
 
     `reservation` is the message's reserve entry (for a StatusChanged); `existing` is the entry
-    already stored under `entry_key(event)`, when there is one. A new top-up must be signed
+    already stored under `entry_key(event)`, when there is one, and for a priced status whose
+    settle entry is a release applied before, the entry stored under its late-charge key, if
+    any (the shell looks there next, see `late_charge_key`). A new top-up must be signed
     under `top_up_key` (the admin tool's key): anything else is refused (InvalidRequest
     `unsigned_top_up`: dead-lettered, no money moves).
     """
@@ -248,6 +279,9 @@ def decide(
         )
         return Decision("replayed", outputs=outputs)
     if existing is not None:
+        if _billed_after_release(balance, existing, event):
+            assert isinstance(event, StatusChanged)
+            return _late_charge(balance, event, position, rate_card, now, reservation)
         return _resume_or_skip(balance, existing, event, position)
     if isinstance(event, SendRequested):
         return _reserve(balance, event, position, rate_card, now)
@@ -271,6 +305,34 @@ def _resume_or_skip(
         outputs=_outputs_of(existing, event, position, balance.currency),
         applied=existing,
     )
+
+
+def _billed_after_release(balance: Balance, existing: LedgerEntry, event: InputEvent) -> bool:
+    """A regular-priced delivery or read of a message whose reservation an earlier status
+    released (and the balance applied it): Meta bills it, so billing charges it (late)."""
+    return (
+        isinstance(event, StatusChanged)
+        and settlement_for(event) == "charge"
+        and existing.kind == "release"
+        and existing.key == settle_key(event.message_id)
+        and balance.has_applied(existing.source, existing.source_offset)
+    )
+
+
+def _late_charge(
+    balance: Balance,
+    event: StatusChanged,
+    position: Position,
+    rate_card: RateCard,
+    now: int,
+    reservation: LedgerEntry | None,
+) -> Decision:
+    if reservation is None or reservation.kind != "reserve":
+        return Decision("ignored")
+    decision = _settle(balance, event, position, rate_card, now, reservation)
+    [charge] = decision.entries
+    entry = replace(charge, key=late_charge_key(event.message_id), reserved_amount=0)
+    return _record(balance, entry, event, position, now)
 
 
 def _reserve(
@@ -428,7 +490,7 @@ def _apply(balance: Balance, entry: LedgerEntry, position: Position) -> Balance:
     in_flight = balance.in_flight
     if entry.kind == "reserve":
         in_flight += 1
-    elif entry.kind in ("charge", "release"):
+    elif closes_reservation(entry):
         # Never below 0: reservations made before the count was kept settle too.
         in_flight = max(0, in_flight - 1)
     return replace(
@@ -543,7 +605,8 @@ def overdue_expiries(
 ) -> list[StatusChanged]:
     """The `expired` status to publish for each reservation older than the horizon that no
     status has settled. Billing's own agent applies it like any other (a release, by the one
-    writer of the account); a priced status that still comes later finds the message settled."""
+    writer of the account); a priced status that still comes later is charged late, as Meta
+    bills it (see the module's docstring)."""
     return [
         StatusChanged(
             event_id=f"{r.message_id}:expired:billing",

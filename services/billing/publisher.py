@@ -11,14 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    UnknownProducerId,
-)
+from aiokafka.errors import KafkaError
 
 from shared.errors import DependencyUnavailable
 from shared.kafka import Failure, publish, publish_all, send_to_dlq
@@ -53,28 +46,13 @@ class Record:
         )
 
 
-# An idempotent producer can't go on after these: the broker no longer knows its id or its
-# sequence numbers (a broker restart can lose that state). Retrying with the same producer fails
-# the same way for good; a new producer (a new id) recovers.
-PRODUCER_STATE_ERRORS = (
-    OutOfOrderSequenceNumber,
-    UnknownProducerId,
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    ProducerFenced,
-)
-
-
 class KafkaPublisher:
-    def __init__(
-        self,
-        producer: AIOKafkaProducer,
-        topic_prefix: str,
-        renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
-    ) -> None:
+    """`producer`: billing's, which replaces itself when the broker no longer accepts it
+    (shared/renewing_producer.py), so that a retry after such a failure can succeed."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic_prefix: str) -> None:
         self._producer = producer
         self._prefix = topic_prefix
-        self._renew = renew
 
     async def publish(self, topic: Topic[Any], event: Any) -> None:
         await self._write(lambda producer: publish(producer, topic, event, self._prefix))
@@ -97,17 +75,11 @@ class KafkaPublisher:
         )
 
     async def _write(self, write: Callable[[AIOKafkaProducer], Awaitable[None]]) -> None:
-        """A broker failure is transient (the caller retries); one that leaves the producer
-        unusable also replaces the producer, so that the retry can succeed."""
+        """A broker failure is transient: the caller retries."""
         try:
             await write(self._producer)
-        except (KafkaError, OSError, DependencyUnavailable) as exc:
+        except (KafkaError, OSError) as exc:
             # shared.kafka's writers already say DependencyUnavailable, with the cause
-            cause = exc.__cause__ if isinstance(exc, DependencyUnavailable) else exc
-            if isinstance(cause, PRODUCER_STATE_ERRORS) and self._renew is not None:
-                self._producer = await self._renew()
-            if isinstance(exc, DependencyUnavailable):
-                raise
             raise _unavailable(exc) from exc
 
 

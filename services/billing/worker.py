@@ -74,9 +74,9 @@ from services.billing.core import (
     LedgerEntry,
     Position,
     decide,
-    entry_key,
     reserve_key,
     settlement_for,
+    stored_entry_keys,
     with_in_flight_limit,
     with_threshold,
 )
@@ -106,6 +106,8 @@ class BalanceStore(Protocol):
     async def get(self, account_id: str) -> Balance | None: ...
 
     async def save(self, balance: Balance, now: int) -> None: ...
+
+    async def save_all(self, balances: Sequence[Balance], now: int) -> None: ...
 
 
 class LedgerStore(Protocol):
@@ -357,7 +359,7 @@ class BillingWorker:
         # are done (see the module's docstring for a crash in between).
         await _all(
             self._publisher.publish_all(outputs),
-            *(self._balances.save(b, now) for b in touched.values()),
+            self._balances.save_all(list(touched.values()), now),
         )
         if generation == self._generation:  # no reset meanwhile: these are the stored truth
             self._hold({**balances, **touched})
@@ -515,13 +517,13 @@ class BillingWorker:
         delay = self._first_delay
         while True:
             try:
-                key = entry_key(event)
-                entry = await self._ledger.get(key)
+                entry = await self._entry_of(event, position)
                 if entry is None or (entry.source, entry.source_offset) != (
                     position.source,
                     position.offset,
                 ):
                     return
+                key = entry.key
                 balance = await self._balances.get(event.account_id)
                 if balance is not None and balance.has_applied(position.source, position.offset):
                     return
@@ -569,7 +571,7 @@ class BillingWorker:
         existing: LedgerEntry | None = None
         reservation: LedgerEntry | None = None
         if balance.has_applied(position.source, position.offset):
-            existing = await self._ledger.get(entry_key(event))
+            existing = await self._entry_of(event, position)
         elif isinstance(event, StatusChanged) and settlement_for(event) is not None:
             key = reserve_key(event.message_id)
             reservation = self._reservations.get(key) or await self._ledger.get(key)
@@ -585,26 +587,40 @@ class BillingWorker:
             existing=existing,
             top_up_key=self._top_up_key,
         )
-        for entry in decision.entries:
+        # An entry whose key is taken was decided before: a duplicate, or our unfinished
+        # attempt; or, for a priced status, a release before it, and the decision is then a
+        # late charge under its own key, which may be taken too (at most twice in all).
+        tried: set[str] = set()
+        while decision.entries and decision.entries[0].key not in tried:
+            entry = decision.entries[0]
+            tried.add(entry.key)
             stored = await self._ledger.add(entry)
-            if stored is not None:  # decided before: a duplicate, or our unfinished attempt
-                decision = decide(
-                    balance,
-                    event,
-                    position,
-                    rate_card=self._rate_card,
-                    now=now,
-                    reservation=reservation,
-                    existing=stored,
-                    top_up_key=self._top_up_key,
-                )
+            if stored is None:
                 break
+            decision = decide(
+                balance,
+                event,
+                position,
+                rate_card=self._rate_card,
+                now=now,
+                reservation=reservation,
+                existing=stored,
+                top_up_key=self._top_up_key,
+            )
         if decision.balance is not None:
             await self._balances.save(decision.balance, now)
             _count(decision)
         for output in decision.outputs:
             await self._publisher.publish(output.topic, output.event)
         return decision
+
+    async def _entry_of(self, event: InputEvent, position: Position) -> LedgerEntry | None:
+        """The stored entry an applied record wrote (its outputs are derived from it): under
+        one of its keys, the one written at its position; else the first one stored."""
+        found = [e for e in await _all(*map(self._ledger.get, stored_entry_keys(event))) if e]
+        here = (position.source, position.offset)
+        mine = [e for e in found if (e.source, e.source_offset) == here]
+        return (mine or found or [None])[0]
 
     async def _dead_letter(self, record: Record, failure: Failure) -> str:
         """Write the dead letter and return once it is durable (then the record may be acked).

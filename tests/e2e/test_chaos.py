@@ -6,8 +6,9 @@ run. Then:
 1. nothing lost: every message a 202 accepted reaches a final state (delivered or read; or, cut
    off by a killed sender before Meta accepted it, failed with `outcome_unknown`);
 2. nothing sent twice: the simulator's record of sends has each of our message ids once at most;
-3. nothing charged twice: per message, one reservation at most and one settlement (charge or
-   release) at most in the ledger;
+3. nothing charged twice: per message, one reservation at most, one settlement (charge or
+   release) at most, and one late charge at most (Meta billed a message whose reservation a
+   guessed `failed` had released) in the ledger;
 4. the ledger and the balances agree: per account, top-ups minus charges equal the available
    credit, nothing is left reserved, and that is the top-up minus the simulator's billable
    deliveries at rate-card prices.
@@ -32,7 +33,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -383,7 +383,7 @@ async def check_properties(stack: Stack, accounts: list[Account], planned: list[
         )
         for entry in entries:
             if entry.get("message_id"):
-                kind = entry["kind"] if entry["kind"] == "reserve" else "settle"
+                kind = str(entry["_id"]).rsplit(":", 1)[-1]  # reserve, settle or late-charge
                 per_message[(entry["message_id"], kind)] += 1
         double = {k: n for k, n in per_message.items() if n > 1}
         assert not double, f"charged or reserved twice: {list(double.items())[:5]}"
@@ -422,14 +422,11 @@ async def check_properties(stack: Stack, accounts: list[Account], planned: list[
                 ledger[entry["account_id"]] += sign * entry["amount"]
             want = {k: (v, 0) for k, v in expected.items()}
             from_ledger = {k: (ledger[k], 0) for k in expected}
-            # Exact: ledger == balances, nothing left reserved, and never more charged than
-            # Meta billed. Charging less than Meta billed is reported (below), not failed: one
-            # run of two saw a few cents per account uncharged after the kills; that is an
-            # open bug (see the closing note of issue 14), not a double charge.
-            never_more = all(balances.get(k, (0, 1))[0] >= v for k, v in expected.items())
+            # Exact: what Meta billed == the ledger == the balances, nothing left reserved. (A
+            # message Meta billed after a guessed `failed` released it is charged late.)
             return (
                 True
-                if balances == from_ledger and never_more
+                if balances == from_ledger == want
                 else {"balances": balances, "from_meta": want, "from_ledger": from_ledger}
             )
 
@@ -437,15 +434,8 @@ async def check_properties(stack: Stack, accounts: list[Account], planned: list[
             settled,
             within=180,
             every=5,
-            what="balances == ledger, nothing reserved, never more than Meta's billable",
+            what="balances == ledger == Meta's billable deliveries, nothing reserved",
         )
-        balances_now = {
-            b["_id"]: b["available"]
-            for b in await db["balances"].find({"_id": {"$in": list(expected)}}).to_list(None)
-        }
-        uncharged = {k: balances_now[k] - v for k, v in expected.items() if balances_now[k] != v}
-        if uncharged:
-            warnings.warn(f"micros Meta billed that were not charged: {uncharged}", stacklevel=1)
     finally:
         await mongo.close()
 

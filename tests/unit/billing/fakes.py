@@ -29,6 +29,7 @@ class FakeBalances:
     # (a connection lost before the answer came back)
     failures: list[str] = field(default_factory=list)
     reads: list[str] = field(default_factory=list)  # the accounts read, in order
+    bulk_writes: int = 0  # save_all calls
 
     def _maybe_fail(self, operation: str) -> None:
         if operation in self.failures:
@@ -44,6 +45,15 @@ class FakeBalances:
         self._maybe_fail("save")
         self.documents[balance.account_id] = balance
         self.journal.steps.append("balance")
+        self._maybe_fail("save_then_fail")
+
+    async def save_all(self, balances: Sequence[Balance], now: int) -> None:
+        """One round trip for all of them (`bulk_writes` counts them)."""
+        self._maybe_fail("save")
+        self.bulk_writes += 1
+        for balance in balances:
+            self.documents[balance.account_id] = balance
+            self.journal.steps.append("balance")
         self._maybe_fail("save_then_fail")
 
     async def all(self) -> list[Balance]:

@@ -104,7 +104,7 @@ async def test_with_the_balance_held_the_outputs_leave_one_round_trip_after_the_
 
 
 async def test_a_batch_is_finished_only_once_its_balance_is_durable() -> None:
-    shell, batch, seen, release = await batch_held_at("balances", "save")
+    shell, batch, seen, release = await batch_held_at("balances", "save_all")
 
     assert seen == [["entry msg_1:reserve", SEND_APPROVED]]  # published first
     assert not batch.done()  # so not acked: a crash now redelivers it (entry_exists)
@@ -150,7 +150,7 @@ async def test_a_fallback_forgets_every_account_not_only_the_batch_s() -> None:
 
 
 async def test_a_batch_cancelled_part_way_forgets_the_balances_held() -> None:
-    shell, batch, _, _ = await batch_held_at("balances", "save")
+    shell, batch, _, _ = await batch_held_at("balances", "save_all")
 
     batch.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.billing.app import take_batch
 from services.billing.core import Balance
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, TOPUP_REQUESTED
 from tests.unit.billing.events import ACCOUNT, regular, send_requested, status, top_up
@@ -207,3 +208,67 @@ async def test_a_batch_s_outputs_leave_once_its_entries_are_durable_before_its_b
         "balance",
         "publish messages.send-approved.v1",
     ]
+
+
+async def test_a_delivery_billed_after_a_release_is_charged_late_in_a_batch_or_alone() -> None:
+    """The release (a guessed `failed`) and Meta's priced delivery in one batch, or in two:
+    either way the message is charged Meta's price once, and its reservation closed once."""
+    unknown = status("msg_1", "failed", source="sender", event_id="msg_1:failed:outcome_unknown")
+    delivered = status("msg_1", "delivered", pricing=regular("marketing"))
+    together, apart = await funded(), await funded()
+    for shell in (together, apart):
+        await shell.worker.handle_batch([shell.record(SEND_REQUESTED, send_requested("msg_1"))])
+
+    assert await together.worker.handle_batch(
+        [together.record(STATUS_CHANGED, unknown), together.record(STATUS_CHANGED, delivered)]
+    ) == ["released", "charged"]
+    assert await apart.worker.handle_batch([apart.record(STATUS_CHANGED, unknown)]) == ["released"]
+    assert await apart.worker.handle_batch([apart.record(STATUS_CHANGED, delivered)]) == ["charged"]
+    again = status("msg_1", "delivered", pricing=regular("marketing"), event_id="again")
+    assert await apart.worker.handle_batch([apart.record(STATUS_CHANGED, again)]) == ["duplicate"]
+
+    for shell in (together, apart):
+        assert (shell.balance.available, shell.balance.reserved) == (100_000 - GB_MARKETING, 0)
+        assert shell.balance.in_flight == 0
+        late = shell.ledger.entries["msg_1:late-charge"]
+        assert (late.kind, late.amount, late.reserved_amount) == ("charge", GB_MARKETING, 0)
+
+
+async def test_a_batch_over_several_accounts_writes_their_balances_in_one_round_trip() -> None:
+    shell = make_shell()
+    accounts = [f"acc_{n}" for n in range(3)]
+    await shell.worker.handle_batch(
+        [
+            shell.record(TOPUP_REQUESTED, top_up(100_000, event_id=f"t{a}", account_id=a))
+            for a in accounts
+        ]
+    )
+    shell.balances.bulk_writes = 0
+
+    outcomes = await shell.worker.handle_batch(
+        [
+            shell.record(SEND_REQUESTED, send_requested(f"msg_{a}_{n}", account_id=a))
+            for n in range(2)
+            for a in accounts
+        ]
+    )
+
+    assert outcomes == ["reserved"] * 6
+    assert shell.balances.bulk_writes == 1 and balances_written(shell) == 3 + 3
+    assert shell.balances.reads == accounts  # read once, when first met; then held
+    for a in accounts:
+        assert shell.balances.documents[a].reserved == 2 * GB_UTILITY
+
+
+async def test_a_batch_takes_what_arrives_within_the_linger_of_its_first_record() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    queue.put_nowait(1)
+    asyncio.get_running_loop().call_later(0.01, queue.put_nowait, 2)
+
+    assert await take_batch(queue, 10, linger_s=0.5) == [1, 2]
+    queue.put_nowait(3)
+    queue.put_nowait(4)
+    assert await take_batch(queue, 1, linger_s=0.5) == [3]  # full: no wait
+    assert await take_batch(queue, 10, linger_s=0.0) == [4]  # no linger: what is there
+    asyncio.get_running_loop().call_later(0.01, queue.put_nowait, 5)
+    assert await take_batch(queue, 10, linger_s=0.0) == [5]  # the first is waited for

@@ -90,20 +90,23 @@ class Books:
             existing=existing,
             top_up_key=TOPUP_KEY,
         )
-        for entry in decision.entries:
-            if entry.key in self.entries:
-                decision = decide(
-                    self.balance,
-                    event,
-                    position,
-                    rate_card=CARD,
-                    now=NOW,
-                    reservation=reservation,
-                    existing=self.entries[entry.key],
-                    top_up_key=TOPUP_KEY,
-                )
+        tried: set[str] = set()  # a taken key: decide again from what is stored there
+        while decision.entries and decision.entries[0].key not in tried:
+            entry = decision.entries[0]
+            tried.add(entry.key)
+            if entry.key not in self.entries:
+                self.entries[entry.key] = entry
                 break
-            self.entries[entry.key] = entry
+            decision = decide(
+                self.balance,
+                event,
+                position,
+                rate_card=CARD,
+                now=NOW,
+                reservation=reservation,
+                existing=self.entries[entry.key],
+                top_up_key=TOPUP_KEY,
+            )
         if decision.balance is not None:
             self.balance = decision.balance
         self.published.extend(o.event for o in decision.outputs)
@@ -220,6 +223,94 @@ def test_a_message_is_settled_once() -> None:
         after_charge.available,
         after_charge.reserved,
     )
+
+
+def test_a_delivery_meta_billed_after_an_outcome_unknown_release_is_charged_late() -> None:
+    """The chaos test's undercharge: a sender killed while its call was out leaves the outcome
+    unknown; status's sweeper declares it failed (`outcome_unknown`) and the reservation is
+    released; Meta had the message and then reports it delivered with a regular price."""
+    ledger = books(available=100_000)
+    ledger.feed(send_requested("msg_1", category="utility", region="GB"))
+    guessed = StatusChanged(
+        event_id="msg_1:failed:outcome_unknown",
+        message_id="msg_1",
+        account_id=ACCOUNT,
+        status="failed",
+        occurred_at=NOW,
+        source="sender",
+        reason="outcome_unknown",
+    )
+    assert ledger.feed(guessed).outcome == "released"
+    assert (ledger.balance.available, ledger.balance.reserved) == (100_000, 0)
+    assert ledger.balance.in_flight == 0
+
+    decision = ledger.feed(status("msg_1", "delivered", pricing=regular("marketing")))
+
+    assert decision.outcome == "charged"
+    late = ledger.entries["msg_1:late-charge"]
+    # Meta's category, at the reserved region; the reservation was returned already.
+    assert (late.kind, late.amount, late.reserved_amount, late.category, late.region) == (
+        "charge",
+        GB_MARKETING,
+        0,
+        "marketing",
+        "GB",
+    )
+    assert ledger.entries["msg_1:settle"].kind == "release"  # the release stays, as written
+    assert (ledger.balance.available, ledger.balance.reserved) == (100_000 - GB_MARKETING, 0)
+    assert ledger.balance.in_flight == 0  # closed once, by the release
+
+    # Charged once: the same delivery again, a priced read, another failure change nothing.
+    for later in (
+        status("msg_1", "delivered", pricing=regular("marketing"), event_id="again"),
+        status("msg_1", "read", pricing=regular("marketing")),
+        status("msg_1", "failed", source="sender"),
+    ):
+        assert ledger.feed(later).outcome == "duplicate"
+    assert (ledger.balance.available, ledger.balance.reserved) == (100_000 - GB_MARKETING, 0)
+
+
+def test_a_free_or_unpriced_status_after_a_release_charges_nothing() -> None:
+    ledger = books(available=100_000)
+    ledger.feed(send_requested("msg_1"))
+    ledger.feed(status("msg_1", "failed", source="sender"))
+
+    assert ledger.feed(status("msg_1", "delivered", pricing=free())).outcome == "duplicate"
+    assert ledger.feed(status("msg_1", "read")).outcome == "ignored"
+    assert "msg_1:late-charge" not in ledger.entries
+    assert (ledger.balance.available, ledger.balance.reserved) == (100_000, 0)
+
+
+def test_a_late_charge_redelivered_at_its_offset_is_not_applied_twice() -> None:
+    ledger = books(available=100_000)
+    ledger.feed(send_requested("msg_1"))
+    ledger.feed(status("msg_1", "failed", source="sender"))
+    delivered = status("msg_1", "delivered", pricing=regular())
+    position = ledger.next_position(STATUS_TOPIC)
+    assert ledger.feed(delivered, position).outcome == "charged"
+    after = ledger.balance
+
+    assert ledger.feed(delivered, position).outcome == "replayed"
+    assert ledger.balance == after
+
+
+def test_a_late_charge_written_before_a_crash_is_finished_on_redelivery() -> None:
+    """The late-charge entry is durable, the balance write was lost: the redelivered status
+    applies that entry, once."""
+    ledger = books(available=100_000)
+    ledger.feed(send_requested("msg_1"))
+    ledger.feed(status("msg_1", "failed", source="sender"))
+    before = ledger.balance
+    delivered = status("msg_1", "delivered", pricing=regular())
+    position = ledger.next_position(STATUS_TOPIC)
+    ledger.feed(delivered, position)
+    ledger.balance = before  # the balance write never happened
+
+    decision = ledger.feed(delivered, position)
+
+    assert decision.outcome == "charged" and decision.applied is not None
+    assert decision.applied.key == "msg_1:late-charge"
+    assert (ledger.balance.available, ledger.balance.reserved) == (100_000 - GB_UTILITY, 0)
 
 
 @pytest.mark.parametrize("final", ["failed", "expired", "rejected"])

@@ -34,7 +34,12 @@ def _fail_saves_of(shell: Shell, marked_offsets: set[int], times: int | None = N
             raise RuntimeError(f"cannot save a balance applying offset {hit[0]}")
         await save(balance, now)
 
+    async def buggy_save_all(balances: list[Balance], now: int) -> None:
+        for balance in balances:
+            await buggy_save(balance, now)
+
     shell.balances.save = buggy_save  # type: ignore[method-assign]
+    shell.balances.save_all = buggy_save_all  # type: ignore[method-assign]
 
 
 async def test_a_bug_between_the_entry_and_the_balance_removes_the_entry_then_dead_letters() -> (

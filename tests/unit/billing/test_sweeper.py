@@ -16,6 +16,7 @@ from services.billing.sweeper import ReservationSweeper
 from shared.clock import FakeClock
 from shared.errors import DependencyUnavailable
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED
+from shared.pricing import load_rate_card
 from tests.unit.billing.events import ACCOUNT, regular, send_requested, status
 from tests.unit.billing.fakes import FakeCheckpoints, FakeLedger, FakePublisher, Journal
 from tests.unit.billing.test_worker import funded
@@ -67,9 +68,12 @@ async def test_the_sweeper_expires_an_overdue_reservation_and_the_agent_releases
 
     assert await shell.worker.handle(shell.record(STATUS_CHANGED, expiry)) == "released"
     assert shell.balance.reserved == 0
+    available = shell.balance.available
+    # Meta's pricing is the truth: a regular-priced delivery after all is charged, late.
     late = status("msg_1", "delivered", pricing=regular("utility"))
-    assert await shell.worker.handle(shell.record(STATUS_CHANGED, late)) == "duplicate"
+    assert await shell.worker.handle(shell.record(STATUS_CHANGED, late)) == "charged"
     assert shell.balance.reserved == 0
+    assert shell.balance.available == available - load_rate_card().price("utility", "GB")
 
 
 def _old_reserves(ledger: FakeLedger, count: int, *, settled_every: int = 0) -> None:
