@@ -7,8 +7,9 @@ credentials in billing. Services create no topics (`wait_for_topics`): the set-u
 does (tools/kafka_setup.py), with the ACLs of shared/kafka_access.py.
 
 The loop follows arroyo's shape: decode -> handle -> commit offset + 1. The commit follows the
-effect. Every consumer of the platform (status's two workers here, the sender's own loop,
-billing's faust agent) keeps one rule, so that no record can stop it:
+effect. Every consumer of the platform (status's two workers on shared/pipeline.py, which
+batches, the sender's own loop, billing's faust agent) keeps one rule, so that no record can
+stop it:
 
 - a record that can never succeed (PermanentError) goes to `<topic>.dlq` at once;
 - a record whose handling raises anything else that is not a TransientError (a bug, a shape

@@ -20,6 +20,12 @@ RECORDS_HANDLED = Counter(
     "Kafka records a consumer finished with, by outcome.",
     ["service", "outcome"],
 )
+BATCH_RECORDS = Histogram(
+    "hala_consumer_batch_records",
+    "Records per batch a consumer pipeline handed to its effect (shared/pipeline.py).",
+    ["service"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 DEAD_LETTERS = Counter(  # reason: one of DEAD_LETTER_REASONS
     "hala_dead_letters_total",
     "Records sent to a dead-letter topic, by reason: permanent (the record can never succeed) "
@@ -27,6 +33,7 @@ DEAD_LETTERS = Counter(  # reason: one of DEAD_LETTER_REASONS
     ["service", "reason"],
 )
 __all__ = [
+    "BATCH_RECORDS",
     "CONSUMER_LAG",
     "DEAD_LETTERS",
     "DEAD_LETTER_REASONS",

@@ -76,10 +76,8 @@ async def main() -> None:
             ),
         )
         workers = [
-            run_processor(kafka, prefix, processor.handle_record, conns.producer),
-            run_state_writer(
-                kafka, prefix, state_writer.handle_record, conns.producer, state_writer.forget_all
-            ),
+            run_processor(kafka, prefix, processor, conns.producer),
+            run_state_writer(kafka, prefix, state_writer, conns.producer),
             sweeper.run_forever(settings.sweep_interval_seconds),
         ]
         return Parts(checks=conns.readiness_checks(), workers=workers, client_app=app)

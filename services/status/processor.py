@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord
@@ -52,8 +53,19 @@ from shared.messages import (
     SuppressionChangeRequested,
     WebhookReceived,
 )
+from shared.pipeline import Item
 
 log = get_logger(__name__)
+
+ProcessorEvent = WebhookReceived | SuppressionChangeRequested
+
+
+def decode(record: ConsumerRecord[bytes, bytes]) -> ProcessorEvent:
+    """The pipeline's decode step (a record that can never decode is a PermanentError)."""
+    if record.topic.endswith(SUPPRESSION_CHANGE_REQUESTED.name):
+        return SUPPRESSION_CHANGE_REQUESTED.decode_record(record.value)
+    return WEBHOOK_RECEIVED.decode_record(record.value)
+
 
 # How long a phone number's registration is trusted before it is read again (an operator may
 # register a number after its first inbound message).
@@ -69,6 +81,7 @@ class _Batch:
 
     outgoing: list[Outgoing] = field(default_factory=list)
     unparked: list[str] = field(default_factory=list)  # parked, then found: delete once published
+    not_indexed: set[str] = field(default_factory=set)  # wamids the batch's read did not find
     parked: int = 0
     stored: int = 0  # inbound messages and echoes newly stored
 
@@ -94,19 +107,48 @@ class WebhookProcessor:
         self._clock = clock
 
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        if record.topic.endswith(SUPPRESSION_CHANGE_REQUESTED.name):
-            await self.handle_suppression_request(
-                SUPPRESSION_CHANGE_REQUESTED.decode_record(record.value)
-            )
-            return
-        await self.handle(WEBHOOK_RECEIVED.decode_record(record.value))
+        await self.handle_events([decode(record)])
 
     async def handle(self, event: WebhookReceived) -> None:
-        started = time.perf_counter()
-        now = self._clock.now_ms()
-        PROCESSING_LAG.observe(max(0, now - event.received_at) / 1000)
-        plan = core.plan_webhook(bytes(event.payload), event.received_at)
+        await self.handle_events([event])
+
+    async def handle_batch(self, items: Sequence[Item[ProcessorEvent]]) -> None:
+        """The pipeline's effect: the batch's records in order (one WABA's in offset order)."""
+        await self.handle_events([item.value for item in items])
+
+    async def handle_events(self, events: Sequence[ProcessorEvent]) -> None:
+        """Apply each record in order; publish what they all produce together and return once
+        the broker acknowledged it (the caller commits after)."""
         batch = _Batch()
+        now = self._clock.now_ms()
+        plans = [
+            core.plan_webhook(bytes(e.payload), e.received_at)
+            if isinstance(e, WebhookReceived)
+            else None
+            for e in events
+        ]
+        # The wamids of the batch's statuses that are not remembered: one read for them all.
+        batch.not_indexed = await self._prefetch_wamids(
+            [s.wamid for plan in plans if plan is not None for s in plan.statuses]
+        )
+        for event, plan in zip(events, plans, strict=True):
+            if plan is None:
+                assert isinstance(event, SuppressionChangeRequested)
+                await self.handle_suppression_request(event)
+            else:
+                assert isinstance(event, WebhookReceived)
+                await self._webhook(event, plan, now, batch)
+        # Everything is acknowledged before the records are committed (the caller commits).
+        await self._publisher.publish_all(batch.outgoing)
+        if batch.unparked:
+            await self._store.delete_parked_many(batch.unparked)
+
+    async def _webhook(
+        self, event: WebhookReceived, plan: core.WebhookPlan, now: int, batch: _Batch
+    ) -> None:
+        started = time.perf_counter()
+        PROCESSING_LAG.observe(max(0, now - event.received_at) / 1000)
+        published, parked, stored = len(batch.outgoing), batch.parked, batch.stored
         for status in plan.statuses:
             await self._status(status, now, batch)
         for message in plan.inbound:
@@ -130,10 +172,6 @@ class WebhookProcessor:
                 title=error.title[:200],
                 phone_number_id=error.phone_number_id,
             )
-        # Everything is acknowledged before the record is committed (the caller commits).
-        await self._publisher.publish_all(batch.outgoing)
-        for parked_id in batch.unparked:
-            await self._store.delete_parked(parked_id)
         for field_name in plan.ignored_fields:
             CHANGES_IGNORED.labels(core.field_metric_label(field_name)).inc()
         if plan.malformed_items:
@@ -143,12 +181,27 @@ class WebhookProcessor:
             outcome="processed",
             event_id=event.event_id,
             lag_ms=max(0, now - event.received_at),
-            parked=batch.parked,
-            published=len(batch.outgoing),
-            stored=batch.stored,
+            parked=batch.parked - parked,
+            published=len(batch.outgoing) - published,
+            stored=batch.stored - stored,
             **plan.counts(),
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+    async def _prefetch_wamids(self, wamids: list[str]) -> set[str]:
+        """Read the wamids not remembered, in one command; those not indexed (yet)."""
+        wanted = list(dict.fromkeys(w for w in wamids if w and w not in self._wamids))
+        if not wanted:
+            return set()
+        found = await self._store.find_by_wamids(wanted)
+        for wamid, ref in found.items():
+            self._remember_wamid(wamid, ref)
+        return set(wanted) - set(found)
+
+    def _remember_wamid(self, wamid: str, ref: core.MessageRef) -> None:
+        self._wamids[wamid] = ref
+        while len(self._wamids) > self._wamid_capacity:
+            self._wamids.popitem(last=False)
 
     # --- statuses ------------------------------------------------------------------------------
 
@@ -157,7 +210,7 @@ class WebhookProcessor:
         STATUSES.labels(core.status_metric_label(status.meta_status)).inc()
         if core.message_status_of(status.meta_status) is None:
             return
-        ref = await self._resolve(status)
+        ref = await self._resolve(status, batch)
         if ref is None:
             # Park first, then look again: the state writer indexes the wamid first and then
             # looks for parked statuses, so one of the two always sees the other's write.
@@ -186,8 +239,11 @@ class WebhookProcessor:
                 )
             )
 
-    async def _resolve(self, status: core.WebhookStatus) -> core.MessageRef | None:
-        by_wamid = await self._find_by_wamid(status.wamid)
+    async def _resolve(self, status: core.WebhookStatus, batch: _Batch) -> core.MessageRef | None:
+        if status.wamid in batch.not_indexed:  # the batch's read just found it missing
+            by_wamid = self._wamids.get(status.wamid)
+        else:
+            by_wamid = await self._find_by_wamid(status.wamid)
         by_callback = None
         message_id = core.callback_message_id(status)
         if by_wamid is None and message_id is not None:
@@ -201,9 +257,7 @@ class WebhookProcessor:
         if ref is None:
             ref = await self._store.find_by_wamid(wamid)
             if ref is not None:
-                self._wamids[wamid] = ref
-                while len(self._wamids) > self._wamid_capacity:
-                    self._wamids.popitem(last=False)
+                self._remember_wamid(wamid, ref)
         return ref
 
     # --- inbound messages and echoes -----------------------------------------------------------

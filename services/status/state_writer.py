@@ -1,42 +1,54 @@
 """The state writer: messages.send-requested.v1 and messages.status-changed.v1 -> the message's
-document.
+document, a batch at a time (shared/pipeline.py).
 
 Both topics are keyed by account and read by one consumer with the range assignor (the same
-partitions of both go to the same process), and one message's records are handled in order, so
-the state writer is the only writer of its accounts' `messages` documents and `wamid_index`
+partitions of both go to the same process), and one message's records reach the batch in order,
+so the state writer is the only writer of its accounts' `messages` documents and `wamid_index`
 entries: a read-converge-write needs no atomic conditional update (FerretDB has none). The
 request creates the document; a status event read before it creates a minimal one, which the
 request then completes.
 
-Being the only writer, the state writer also remembers what it last wrote of recent messages
-(their state and the few document fields it reads), so a message's next event costs one write
-and no read. All of it is forgotten whenever partitions move (`forget_all`): another process may
-write those messages from then on.
+A batch costs at most: one insert of the messages its requests create, one read of the other
+messages it does not remember (`find` by `$in`), one insert of the new wamids, one read of the
+statuses parked for them (and their release), and one `bulk_write` of every message's write
+(services/status/batch_plan.py plans them without I/O; FerretDB takes them 50 statements per
+command: repository.UPDATES_PER_COMMAND).
+Being the only writer, the state writer remembers what it last wrote of recent messages (their
+state and the few document fields it reads), so a message's next event costs no read. All of it
+is forgotten whenever partitions move (`forget_all`): another process may write those messages
+from then on.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from aiokafka import ConsumerRecord
 
 from services.status import core, metrics
+from services.status.batch_plan import Known, StateEvent, plan_batch
 from services.status.publisher import Outgoing, Publisher
 from services.status.repository import StateStore
 from shared.clock import Clock
 from shared.logging import get_logger
-from shared.message_docs import REQUEST_FIELDS, message_document
+from shared.message_docs import message_document
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, SendRequested, StatusChanged
+from shared.pipeline import Item
 
 log = get_logger(__name__)
 
-
 Doc = dict[str, Any]
-# The document fields the state writer reads (see repository.load_message).
-_KEPT_FIELDS = ("account_id", "recipient_region", "created_at", "type")
+
+
+def decode(record: ConsumerRecord[bytes, bytes]) -> StateEvent:
+    """The pipeline's decode step (a record that can never decode is a PermanentError)."""
+    if record.topic.endswith(SEND_REQUESTED.name):
+        return SEND_REQUESTED.decode_record(record.value)
+    return STATUS_CHANGED.decode_record(record.value)
 
 
 class StateWriter:
@@ -50,7 +62,7 @@ class StateWriter:
         self._store = store
         self._publisher = publisher
         self._clock = clock
-        self._known: OrderedDict[str, tuple[core.MessageState, Doc]] = OrderedDict()
+        self._known: OrderedDict[str, Known] = OrderedDict()
         self._capacity = remembered_messages
         self._generation = 0  # moves on with every forget_all
 
@@ -59,107 +71,107 @@ class StateWriter:
         self._known.clear()
         self._generation += 1
 
+    async def handle_batch(self, items: Sequence[Item[StateEvent]]) -> None:
+        """The pipeline's effect: the batch's events, each message's in offset order."""
+        await self.apply([item.value for item in items])
+
     async def handle_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        if record.topic.endswith(SEND_REQUESTED.name):
-            await self.handle_request(SEND_REQUESTED.decode_record(record.value))
-        else:
-            await self.handle(STATUS_CHANGED.decode_record(record.value))
+        await self.apply([decode(record)])
 
     async def handle_request(self, event: SendRequested) -> None:
-        """Create the message's document from its accepted request (a replay finds it made)."""
-        started, generation = time.perf_counter(), self._generation
-        doc = message_document(event)
-        outcome = "created"
-        if await self._store.create_message(doc):
-            self._remember(event.message_id, core.state_from_doc(doc), doc, generation)
-        else:
-            state, existing = await self._load(event.message_id)
-            outcome = "exists"
-            if existing is not None and existing.get("type") is None:
-                # Made from a status event read before the request: add what the client asked
-                # for and the `accepted` step.
-                fields = {k: doc[k] for k in REQUEST_FIELDS if k in doc}
-                new_state = core.with_accepted(state, event.accepted_at)
-                fields.update(core.state_fields(new_state, self._clock.now_ms()))
-                await self._store.save_message(event.message_id, fields, {})
-                self._remember(event.message_id, new_state, doc, generation)
-                outcome = "completed"
-        metrics.MESSAGES_CREATED.labels(outcome=outcome).inc()
-        log.info(
-            "message_created",
-            outcome=outcome,
-            event_id=event.event_id,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        await self.apply([event])
 
     async def handle(self, event: StatusChanged) -> None:
+        await self.apply([event])
+
+    async def apply(self, events: Sequence[StateEvent]) -> None:
         started, generation = time.perf_counter(), self._generation
-        state, doc = await self._load(event.message_id)
+        known: dict[str, Known] = {}
+        unknown: list[str] = []
+        for event in events:
+            message_id = event.message_id
+            if message_id in known or message_id in unknown:
+                continue
+            remembered = self._known.get(message_id)
+            if remembered is None:
+                unknown.append(message_id)
+            else:
+                self._known.move_to_end(message_id)
+                known[message_id] = remembered
+        # A message first met by its request is created without a read (one insert for all);
+        # only those whose id is taken, and the others not remembered, are read (one find).
+        requests: dict[str, Doc] = {}
+        for event in events:
+            if event.message_id in unknown and event.message_id not in requests:
+                requests[event.message_id] = (
+                    message_document(event) if isinstance(event, SendRequested) else {}
+                )
+        new_docs = [doc for doc in requests.values() if doc]
+        taken = await self._store.create_messages(new_docs) if new_docs else set()
+        created = {str(doc["_id"]) for doc in new_docs} - taken
+        for doc in new_docs:
+            if doc["_id"] in created:
+                known[doc["_id"]] = Known(core.state_from_doc(doc), doc)
+        to_read = [m for m in unknown if m not in created]
+        if to_read:
+            docs = await self._store.load_messages(to_read)
+            for message_id in to_read:
+                stored = docs.get(message_id)
+                known[message_id] = Known(core.state_from_doc(stored), stored)
+        now_ms = self._clock.now_ms()
+        plan = plan_batch(events, known, now_ms, created)
         released = 0
-        if event.wamid and event.wamid != state.wamid:
-            # A wamid new to this message: index it and release what was parked for it before
-            # the document records it, so that a document showing the wamid proves both done.
-            region = event.recipient_region or str((doc or {}).get("recipient_region") or "")
-            ref = core.MessageRef(event.message_id, event.account_id, region)
-            released = await self._index_and_release(event.wamid, ref)
-        new_state = core.converge(state, event)
-        if new_state is not None:
-            now_ms = self._clock.now_ms()
-            if_new = core.minimal_message_fields(event) if doc is None else {}
-            await self._store.save_message(
-                event.message_id, core.state_fields(new_state, now_ms), if_new
-            )
-            self._remember(event.message_id, new_state, doc or if_new, generation)
-            accepted_ms = core.epoch_ms((doc or {}).get("created_at"))
-            if accepted_ms is not None and core.newly_delivered(state, new_state):
-                # The pipeline's whole latency: the client's 202 to the delivery being stored.
-                metrics.ACCEPT_TO_DELIVERED.observe(max(0.0, (now_ms - accepted_ms) / 1000))
+        if plan.wamid_docs:
+            # Index first, then look for parked statuses: the processor parks first, then looks
+            # at the index (see processor.py), so one of the two sees the other's write.
+            await self._store.index_wamids(plan.wamid_docs)
+            released = await self._release(plan.refs)
+        await self._store.write_messages(plan.writes)
+        for message_id, after in plan.after.items():
+            self._remember(message_id, after, generation)
+        for outcome, count in plan.created.items():
+            metrics.MESSAGES_CREATED.labels(outcome=outcome).inc(count)
+        for accepted_ms in plan.delivered_accepted_ms:
+            # The pipeline's whole latency: the client's 202 to the delivery being stored.
+            metrics.ACCEPT_TO_DELIVERED.observe(max(0.0, (now_ms - accepted_ms) / 1000))
         log.info(
-            "message_state_applied",
-            outcome="changed" if new_state is not None else "unchanged",
-            event_id=event.event_id,
-            event_status=event.status,
-            source=event.source,
-            status=(new_state or state).status,
+            "message_states_applied",
+            events=len(events),
+            messages=len(known),
+            read=len(to_read),
+            changed=plan.changed,
+            unchanged=plan.unchanged,
+            created=plan.created.get("created", 0),
+            completed=plan.created.get("completed", 0),
             released_parked=released,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _load(self, message_id: str) -> tuple[core.MessageState, Doc | None]:
-        known = self._known.get(message_id)
-        if known is not None:
-            self._known.move_to_end(message_id)
-            return known
-        return await self._store.load_message(message_id)
-
-    def _remember(
-        self, message_id: str, state: core.MessageState, doc: Doc, generation: int
-    ) -> None:
+    def _remember(self, message_id: str, after: Known, generation: int) -> None:
         if generation != self._generation:
             return  # partitions moved while this was being written: don't trust it
-        self._known[message_id] = (state, {k: doc[k] for k in _KEPT_FIELDS if k in doc})
+        self._known[message_id] = after
         self._known.move_to_end(message_id)
         while len(self._known) > self._capacity:
             self._known.popitem(last=False)
 
-    async def _index_and_release(self, wamid: str, ref: core.MessageRef) -> int:
-        """Index the wamid, then publish the statuses parked while it was unknown. Index first,
-        then look: the processor parks first, then looks at the index (see processor.py)."""
-        await self._store.index_wamid(core.wamid_index_doc(wamid, ref))
+    async def _release(self, refs: dict[str, core.MessageRef]) -> int:
+        """Publish the statuses parked while their wamids were unknown, then delete them."""
         released: list[Outgoing] = []
         parked_ids: list[str] = []
-        for parked in await self._store.parked_for(wamid):
+        for parked in await self._store.parked_for_wamids(list(refs)):
             parked_ids.append(str(parked["_id"]))
+            ref = refs.get(str(parked.get("wamid")))
             try:
                 status = core.status_from_parked(parked)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError):
                 log.warning("parked_status_unreadable", outcome="dropped")
                 continue
-            event = core.status_changed_from_webhook(status, ref)
+            event = core.status_changed_from_webhook(status, ref) if ref is not None else None
             if event is not None:
                 # Published, not applied here: billing must see it too. It comes back to us.
                 released.append((STATUS_CHANGED, event))
         await self._publisher.publish_all(released)
-        for parked_id in parked_ids:
-            await self._store.delete_parked(parked_id)
+        if parked_ids:
+            await self._store.delete_parked_many(parked_ids)
         return len(released)

@@ -1,25 +1,22 @@
 """status's two Kafka workers as coroutines for `serve()`: each owns its consumer from start to
-stop and runs the shared loop (commit after the effect; a record that can never succeed, or
-whose handling keeps raising, goes to the DLQ and the partition moves on: shared/kafka.py)."""
+stop and runs the shared batched pipeline (shared/pipeline.py: decode, batch, the batch's
+effect, commit after it; a record that can never succeed, or whose handling keeps raising, goes
+to the DLQ and the partition moves on)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-import msgspec
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from shared.kafka import (
-    Handler,
-    KafkaConfig,
-    consume_concurrently,
-    make_consumer,
-    report_lag_forever,
-    topic_name,
-)
+from services.status.processor import WebhookProcessor
+from services.status.processor import decode as decode_webhook
+from services.status.state_writer import StateWriter
+from services.status.state_writer import decode as decode_state_event
+from shared.kafka import KafkaConfig, make_consumer, report_lag_forever, topic_name
 from shared.messages import (
     SEND_REQUESTED,
     STATUS_CHANGED,
@@ -27,6 +24,9 @@ from shared.messages import (
     WEBHOOK_RECEIVED,
     Topic,
 )
+from shared.pipeline import BatchPolicy, Effect, Pipeline
+
+T = TypeVar("T")
 
 SERVICE = "status"
 
@@ -41,65 +41,40 @@ def state_writer_group(prefix: str) -> str:
 
 Record = ConsumerRecord[bytes, bytes]
 
-
-def by_kafka_key(record: Record) -> object:
-    """Webhooks of one WABA in order: they may touch the same conversations, templates and
-    suppressions (the suppression change requests are keyed by WABA too, and the range
-    assignor gives one process the same partitions of both topics)."""
-    return record.key
-
-
-def by_message(record: Record) -> object:
-    """A message's request and events in order; different messages' documents are written
-    concurrently."""
-    try:
-        return _MESSAGE_ID.decode(record.value).message_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return record.key  # dead-lettered by the handler anyway
-
-
-class _MessageId(msgspec.Struct):
-    """What both of the state writer's topics carry (the rest is decoded by the handler)."""
-
-    message_id: str
-
-
-_MESSAGE_ID = msgspec.json.Decoder(_MessageId)
-
-
-class _OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, moved: Callable[[], None]) -> None:
-        self._moved = moved
-
-    def on_partitions_revoked(self, revoked: object) -> None:
-        self._moved()
-
-    def on_partitions_assigned(self, assigned: object) -> None:
-        self._moved()
+# Batches as large as a poll brings (no waiting: an idle pipeline adds no latency, a busy one
+# batches what arrived while the previous batch was written).
+BATCHES = BatchPolicy(max_records=500, max_wait_s=0.0)
 
 
 async def run_consumer(
     kafka: KafkaConfig,
     prefix: str,
     group: str,
-    topics: tuple[Topic[Any], ...],
-    handle: Handler,
+    topics: Sequence[Topic[Any]],
+    decode: Callable[[Record], T],
+    effect: Effect[T],
     producer: AIOKafkaProducer,
-    key_of: Callable[[Record], object],
-    on_rebalance: Callable[[], None] | None = None,
+    on_partitions_moved: Callable[[], None] | None = None,
+    policy: BatchPolicy = BATCHES,
 ) -> None:
     # The range assignor gives every process the same partition numbers of each topic: topics
-    # keyed alike (by account) then reach the same process, which stays their accounts' only
-    # writer.
+    # keyed alike (by account, by WABA) then reach the same process, which stays their
+    # accounts' only writer; each partition's records reach the effect in offset order.
     consumer = make_consumer(kafka, group, partition_assignment_strategy=(RangePartitionAssignor,))
-    consumer.subscribe(
-        [topic_name(topic, prefix) for topic in topics],
-        listener=_OnRebalance(on_rebalance or (lambda: None)),
+    pipeline = Pipeline(
+        consumer,
+        producer,
+        decode=decode,
+        effect=effect,
+        service=SERVICE,
+        policy=policy,
+        on_partitions_moved=on_partitions_moved,
     )
+    consumer.subscribe([topic_name(topic, prefix) for topic in topics], listener=pipeline.listener)
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group))
     try:
-        await consume_concurrently(consumer, producer, handle, service=SERVICE, key_of=key_of)
+        await pipeline.run()
     finally:
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)
@@ -107,33 +82,33 @@ async def run_consumer(
 
 
 async def run_processor(
-    kafka: KafkaConfig, prefix: str, handle: Handler, producer: AIOKafkaProducer
+    kafka: KafkaConfig, prefix: str, processor: WebhookProcessor, producer: AIOKafkaProducer
 ) -> None:
+    """Webhooks of one WABA in order: they may touch the same conversations, templates and
+    suppressions (the suppression change requests are keyed by WABA too, and the range
+    assignor gives one process the same partitions of both topics)."""
     await run_consumer(
         kafka,
         prefix,
         processor_group(prefix),
         (WEBHOOK_RECEIVED, SUPPRESSION_CHANGE_REQUESTED),
-        handle,
+        decode_webhook,
+        processor.handle_batch,
         producer,
-        by_kafka_key,
     )
 
 
 async def run_state_writer(
-    kafka: KafkaConfig,
-    prefix: str,
-    handle: Handler,
-    producer: AIOKafkaProducer,
-    on_rebalance: Callable[[], None],
+    kafka: KafkaConfig, prefix: str, writer: StateWriter, producer: AIOKafkaProducer
 ) -> None:
+    """A message's request and events in order, its account's records in one process."""
     await run_consumer(
         kafka,
         prefix,
         state_writer_group(prefix),
         (SEND_REQUESTED, STATUS_CHANGED),
-        handle,
+        decode_state_event,
+        writer.handle_batch,
         producer,
-        by_message,
-        on_rebalance,
+        writer.forget_all,
     )

@@ -66,7 +66,7 @@ class StatusWorld:
 
     def start_processor(self) -> None:
         processor = WebhookProcessor(self.repository, self.publisher, SystemClock())
-        self.start(run_processor(self.service, self.prefix, processor.handle_record, self.producer))
+        self.start(run_processor(self.service, self.prefix, processor, self.producer))
 
     @asynccontextmanager
     async def webhook_client(self, app_secret: bytes) -> AsyncIterator[TestClient[Any, Any]]:
@@ -96,11 +96,7 @@ class StatusWorld:
 
     def start_state_writer(self) -> None:
         writer = StateWriter(self.repository, self.publisher, SystemClock())
-        self.start(
-            run_state_writer(
-                self.service, self.prefix, writer.handle_record, self.producer, writer.forget_all
-            )
-        )
+        self.start(run_state_writer(self.service, self.prefix, writer, self.producer))
 
     async def publish(self, topic: Topic[Any], event: Any) -> None:
         """Write an input of status's, as the service that produces it would."""

@@ -210,7 +210,7 @@ async def trust(
             run_processor(
                 broker.as_service("status"),
                 platform.prefix,
-                processor.handle_record,
+                processor,
                 status_producer,
             )
         ),

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from services.status.batch_plan import MessageWrite
 from services.status.core import (
     MessageRef,
     MessageState,
@@ -44,6 +45,8 @@ class FakeStore:
     def __init__(self) -> None:
         self.messages: dict[str, Doc] = {}
         self.loads = 0  # message documents read
+        self.message_reads = 0  # reads of `messages` by the state writer (one per batch at most)
+        self.message_writes = 0  # writes to `messages` by the state writer (one per batch)
         self.wamid_lookups = 0
         self.wamid_index: dict[str, Doc] = {}
         self.parked: dict[str, Doc] = {}
@@ -62,6 +65,11 @@ class FakeStore:
         self.wamid_lookups += 1
         return message_ref_from_doc(self.wamid_index.get(wamid))
 
+    async def find_by_wamids(self, wamids: Sequence[str]) -> dict[str, MessageRef]:
+        self.wamid_lookups += 1
+        found = {w: message_ref_from_doc(self.wamid_index.get(w)) for w in wamids}
+        return {w: ref for w, ref in found.items() if ref is not None}
+
     async def find_message(self, message_id: str) -> MessageRef | None:
         return message_ref_from_doc(self.messages.get(message_id))
 
@@ -76,6 +84,41 @@ class FakeStore:
 
     async def delete_parked(self, parked_id: str) -> None:
         self.parked.pop(parked_id, None)
+
+    async def load_messages(self, message_ids: Sequence[str]) -> dict[str, Doc]:
+        self.message_reads += 1
+        self.loads += len(message_ids)
+        return {m: copy.deepcopy(self.messages[m]) for m in message_ids if m in self.messages}
+
+    async def create_messages(self, docs: Sequence[Doc]) -> set[str]:
+        taken = set()
+        for doc in docs:
+            if not await self.create_message(doc):
+                taken.add(doc["_id"])
+        return taken
+
+    async def write_messages(self, writes: Sequence[MessageWrite]) -> None:
+        if writes:
+            self.message_writes += 1
+        for write in writes:
+            doc = self.messages.get(write.message_id)
+            if doc is None:
+                doc = self.messages[write.message_id] = {
+                    "_id": write.message_id,
+                    **copy.deepcopy(write.set_on_insert),
+                }
+            doc.update(copy.deepcopy(write.set_fields))
+
+    async def index_wamids(self, docs: Sequence[Doc]) -> None:
+        for doc in docs:
+            await self.index_wamid(doc)
+
+    async def parked_for_wamids(self, wamids: Sequence[str]) -> list[Doc]:
+        return [dict(d) for d in self.parked.values() if d.get("wamid") in set(wamids)]
+
+    async def delete_parked_many(self, parked_ids: Sequence[str]) -> None:
+        for parked_id in parked_ids:
+            await self.delete_parked(parked_id)
 
     async def load_message(self, message_id: str) -> tuple[MessageState, Doc | None]:
         self.loads += 1

@@ -339,17 +339,9 @@ async def test_the_senders_sent_indexes_the_wamid_and_releases_parked_statuses(
 async def test_a_duplicate_event_writes_nothing(writer: StateWriter, store: FakeStore) -> None:
     await writer.handle(sent_by_sender())
     before = dict(store.messages["msg_01"])
-    saves = 0
-    original_save = store.save_message
-
-    async def counting_save(*args, **kwargs):  # type: ignore[no-untyped-def]
-        nonlocal saves
-        saves += 1
-        await original_save(*args, **kwargs)
-
-    store.save_message = counting_save  # type: ignore[method-assign]
+    writes = store.message_writes
     await writer.handle(sent_by_sender())
-    assert saves == 0 and store.messages["msg_01"] == before
+    assert store.message_writes == writes and store.messages["msg_01"] == before
 
 
 async def test_a_message_without_a_document_gets_a_minimal_one(
@@ -495,7 +487,7 @@ async def test_the_writer_reads_a_message_it_wrote_from_memory(
     await writer.handle_request(_request())
     await writer.handle(_sent())
     await writer.handle(_sent(status="delivered", at=9))
-    assert store.loads == 0
+    assert store.loads == 0 and store.message_reads == 0  # the request's insert found it new
     assert store.messages["msg_9"]["status"] == "delivered"
     assert [h["status"] for h in store.messages["msg_9"]["history"]] == [
         "accepted",
@@ -511,8 +503,9 @@ async def test_after_partitions_move_the_writer_reads_the_document_again(
     writer.forget_all()
     # Meanwhile another process, the partition's owner for a while, applied `delivered`.
     store.messages["msg_9"]["history"].append({"status": "delivered", "at": 9, "source": "webhook"})
+    reads = store.message_reads
     await writer.handle(_sent(status="read", at=12))
-    assert store.loads == 1
+    assert store.message_reads == reads + 1
     assert [h["status"] for h in store.messages["msg_9"]["history"]] == [
         "accepted",
         "delivered",
@@ -524,15 +517,52 @@ async def test_a_write_finished_after_partitions_moved_is_not_remembered(
     store: FakeStore, publisher: FakePublisher
 ) -> None:
     writer = StateWriter(store, publisher, FakeClock())
-    saving = store.save_message
+    saving = store.write_messages
 
     async def save_while_partitions_move(*args: object) -> None:
         writer.forget_all()
         await saving(*args)  # type: ignore[arg-type]
 
     await writer.handle_request(_request())
-    store.save_message = save_while_partitions_move  # type: ignore[method-assign]
+    store.write_messages = save_while_partitions_move  # type: ignore[method-assign]
     await writer.handle(_sent())
-    store.save_message = saving  # type: ignore[method-assign]
+    store.write_messages = saving  # type: ignore[method-assign]
+    reads = store.message_reads
     await writer.handle(_sent(status="delivered", at=9))
-    assert store.loads == 1
+    assert store.message_reads == reads + 1
+
+
+async def test_a_batch_costs_one_write_and_ends_where_one_event_at_a_time_ends(
+    store: FakeStore, publisher: FakePublisher, clock: FakeClock
+) -> None:
+    def change(message_id: str, status: str, at: int, source: str) -> StatusChanged:
+        return StatusChanged(
+            event_id=f"{message_id}:{status}:{source}",
+            message_id=message_id,
+            account_id="acc_1",
+            status=status,  # type: ignore[arg-type]
+            occurred_at=at,
+            source=source,  # type: ignore[arg-type]
+            wamid=f"wamid.{message_id}",
+        )
+
+    batch: list[SendRequested | StatusChanged] = []
+    for m in ("msg_a", "msg_b"):
+        batch += [_request(m), change(m, "sent", 7, "sender"), change(m, "delivered", 9, "webhook")]
+    batch.append(change("msg_c", "read", 12, "webhook"))  # its request comes later
+    one_by_one = FakeStore()
+    single = StateWriter(one_by_one, FakePublisher(), clock)
+    for event in batch:
+        await single.apply([event])
+
+    writer = StateWriter(store, publisher, clock)
+    await writer.apply(batch)
+    # one insert of the requests' documents, one read (msg_c), one write of every message
+    assert store.message_reads == 1 and store.message_writes == 1
+    assert store.messages == one_by_one.messages
+    assert [store.messages[m]["status"] for m in ("msg_a", "msg_b", "msg_c")] == [
+        "delivered",
+        "delivered",
+        "read",
+    ]
+    assert sorted(store.wamid_index) == ["wamid.msg_a", "wamid.msg_b", "wamid.msg_c"]

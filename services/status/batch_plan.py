@@ -1,0 +1,150 @@
+"""The state writer's batch, planned without I/O: a batch of send-requested and status-changed
+events, and what is known of their messages before it -> the wamids to index, one write per
+message, and what to remember.
+
+Each message's events are applied in the batch's order (its partition's offset order), exactly as
+one event after the other would: a request creates the document, or completes the minimal one a
+status event read before it made; a status event converges the state. The result is one write
+per message: `$set` of what changed, `$setOnInsert` of the document it creates when none is
+stored (without the fields `$set` already writes). Nothing is read that the state writer already
+knows: it is the only writer of its accounts' messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.status import core
+from shared.message_docs import REQUEST_FIELDS, message_document
+from shared.messages import SendRequested, StatusChanged
+
+Doc = dict[str, Any]
+StateEvent = SendRequested | StatusChanged
+# The document fields the state writer reads and remembers (see repository.load_messages).
+KEPT_FIELDS = ("account_id", "recipient_region", "created_at", "type")
+
+
+@dataclass(frozen=True)
+class Known:
+    """A message before the batch: its state and its kept fields (doc None: none stored)."""
+
+    state: core.MessageState
+    doc: Doc | None
+
+
+@dataclass(frozen=True)
+class MessageWrite:
+    """One message's write: upsert by id, `$set` these, `$setOnInsert` those."""
+
+    message_id: str
+    set_fields: Doc
+    set_on_insert: Doc
+
+
+@dataclass
+class BatchPlan:
+    wamid_docs: list[Doc] = field(default_factory=list)  # to index (the first writer wins)
+    refs: dict[str, core.MessageRef] = field(default_factory=dict)  # new wamid -> message
+    writes: list[MessageWrite] = field(default_factory=list)
+    after: dict[str, Known] = field(default_factory=dict)  # to remember once written
+    created: dict[str, int] = field(default_factory=dict)  # outcome -> requests
+    changed: int = 0
+    unchanged: int = 0
+    # the accepted_at (ms) of messages this batch newly delivered (the pipeline's latency)
+    delivered_accepted_ms: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Working:
+    state: core.MessageState
+    doc: Doc | None
+    stored: bool
+    just_created: bool = False  # its request's insert is done: that request is applied
+    insert: Doc = field(default_factory=dict)
+    completion: Doc = field(default_factory=dict)
+    changed: bool = False
+
+
+def plan_batch(
+    events: Sequence[StateEvent],
+    known: Mapping[str, Known],
+    now_ms: int,
+    created: Collection[str] = (),
+) -> BatchPlan:
+    """`known` has every message of `events` (from memory, else read: doc None when absent).
+    `created`: messages whose document the batch's first event, their request, just inserted
+    (their `known` is that document)."""
+    plan = BatchPlan()
+    work: dict[str, _Working] = {}
+    for event in events:
+        w = work.get(event.message_id)
+        if w is None:
+            before = known[event.message_id]
+            w = work[event.message_id] = _Working(
+                before.state, before.doc, before.doc is not None, event.message_id in created
+            )
+        if isinstance(event, SendRequested):
+            _request(w, event, plan)
+        else:
+            _status(w, event, plan)
+    for message_id, w in work.items():
+        set_fields = dict(w.completion)
+        if w.changed:
+            set_fields.update(core.state_fields(w.state, now_ms))
+        on_insert = (
+            {}
+            if w.stored
+            else {k: v for k, v in w.insert.items() if k != "_id" and k not in set_fields}
+        )
+        if set_fields or on_insert:
+            plan.writes.append(MessageWrite(message_id, set_fields, on_insert))
+        if w.doc is not None:
+            plan.after[message_id] = Known(
+                w.state, {k: w.doc[k] for k in KEPT_FIELDS if k in w.doc}
+            )
+    return plan
+
+
+def _request(w: _Working, event: SendRequested, plan: BatchPlan) -> None:
+    if w.just_created:
+        w.just_created = False
+        plan.created["created"] = plan.created.get("created", 0) + 1
+        return
+    doc = message_document(event)
+    if w.doc is None:
+        w.insert, w.doc, w.state = doc, doc, core.state_from_doc(doc)
+        outcome = "created"
+    elif w.doc.get("type") is None:
+        # Made from a status event read before the request: add what the client asked for and
+        # the `accepted` step.
+        w.completion.update({k: doc[k] for k in REQUEST_FIELDS if k in doc})
+        w.state = core.with_accepted(w.state, event.accepted_at)
+        w.doc, w.changed = doc, True
+        outcome = "completed"
+    else:
+        outcome = "exists"
+    plan.created[outcome] = plan.created.get(outcome, 0) + 1
+
+
+def _status(w: _Working, event: StatusChanged, plan: BatchPlan) -> None:
+    if event.wamid and event.wamid != w.state.wamid and event.wamid not in plan.refs:
+        # A wamid new to this message: index it (and release what was parked for it) before
+        # the document records it, so that a document showing the wamid proves both done.
+        region = event.recipient_region or str((w.doc or {}).get("recipient_region") or "")
+        ref = core.MessageRef(event.message_id, event.account_id, region)
+        plan.wamid_docs.append(core.wamid_index_doc(event.wamid, ref))
+        plan.refs[event.wamid] = ref
+    new_state = core.converge(w.state, event)
+    if new_state is None:
+        plan.unchanged += 1
+        return
+    accepted_ms = core.epoch_ms((w.doc or {}).get("created_at"))
+    if w.doc is None:
+        w.insert = core.minimal_message_fields(event)
+        w.doc = w.insert
+    if accepted_ms is not None and core.newly_delivered(w.state, new_state):
+        plan.delivered_accepted_ms.append(accepted_ms)
+    w.state, w.changed = new_state, True
+    plan.changed += 1

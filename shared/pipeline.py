@@ -1,0 +1,441 @@
+"""The consumer pipeline every service shares: decode -> batch -> effect -> commit offset + 1.
+
+The shape is arroyo's (getsentry/arroyo, `processing/strategies`: a Reduce step that batches by
+count and by time, a RunTask step that applies the effect, CommitOffsets last), written for
+asyncio and aiokafka:
+
+- **decode**: each record is decoded once, as it arrives (`decode(record) -> T`). A record that
+  does not decode goes to `<topic>.dlq` (decoding is pure: trying again cannot help).
+- **batch**: decoded records wait in a buffer until `BatchPolicy.max_records` of them are there or
+  the first has waited `max_wait_s` (0: take whatever is there as soon as the effect is free, so
+  batches grow with the load and an idle pipeline adds no latency).
+- **effect**: `effect(items)` gets the whole batch, each partition's records in offset order
+  (`group_by_key` splits them by key, keeping that order). One batch at a time: the next
+  accumulates while the effect runs.
+- **commit**: once the effect returned, each partition's last offset + 1 is finished; finished
+  positions are committed at most every `commit_interval_s`, and as soon as nothing is waiting.
+
+The dead-letter rule of shared/kafka.py holds for the batch as for a record:
+
+- the effect raising a TransientError is retried with the policy's backoff; past its budget the
+  error propagates, the batch is not committed, and the process is restarted;
+- the effect raising anything else (PermanentError, a bug) means one record of the batch may be
+  to blame: each record is then tried alone (`effect([item])`, with `attempt_record`), so a
+  poison record goes to `<topic>.dlq` and the others' effects still happen;
+- many dead letters in a row stop the consumer (`DeadLetterGuard`).
+
+Backpressure pauses only the partitions that are behind: a partition with `pause_at` records
+waiting is paused (`consumer.pause(tp)`), and resumed once it is down to `resume_at`; the others
+keep flowing.
+
+A rebalance waits for the batch in flight, commits what is finished, drops what waits for the
+revoked partitions (their next owner reads it again) and then calls `on_partitions_moved`: a
+writer that remembers what it wrote (status's state writer) forgets it there.
+
+The pure parts (`Batcher`, `offsets_to_commit`, `pause_changes`, `commit_due`, `group_by_key`)
+take the time as an argument and do no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeAlias, TypeVar, cast
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka import TopicPartition as TP
+from aiokafka.errors import KafkaError
+
+from shared.dead_letters import Failure
+from shared.errors import TransientError
+from shared.kafka import (
+    FINAL_COMMIT_TIMEOUT_S,
+    DeadLetterGuard,
+    DeadLetters,
+    RetryPolicy,
+    attempt_record,
+    retry_transient,
+)
+from shared.logging import get_logger
+from shared.metrics import BATCH_RECORDS, RECORDS_HANDLED
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+K = TypeVar("K")
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Item(Generic[T]):
+    """One consumed record and what it decoded to (`failure` set: it did not decode)."""
+
+    record: Record
+    value: T
+    failure: Failure | None = None
+
+    @property
+    def partition(self) -> TP:
+        return TP(self.record.topic, self.record.partition)
+
+    @property
+    def offset(self) -> int:
+        return int(self.record.offset)
+
+
+Decode = Callable[[Record], T]
+# The batch's effect: returns once every record's effect is durable (written, published).
+Effect = Callable[[Sequence[Item[T]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_records: int = 500
+    # How long the first record of a batch waits for others (0: none; see the module's doc).
+    max_wait_s: float = 0.0
+    # Records waiting in one partition at which it is paused, and at which it is resumed.
+    pause_at: int = 1000
+    resume_at: int = 250
+    commit_interval_s: float = 0.5
+    poll_timeout_ms: int = 200
+
+    def __post_init__(self) -> None:
+        if self.max_records < 1 or self.max_wait_s < 0 or not 0 <= self.resume_at < self.pause_at:
+            raise ValueError(f"inconsistent batch policy: {self}")
+
+
+# --- the pure parts ----------------------------------------------------------------------------
+
+
+class Batcher(Generic[T]):
+    """The batch step's buffer: records in arrival order (each partition's in offset order)."""
+
+    def __init__(self, policy: BatchPolicy) -> None:
+        self._policy = policy
+        self._items: list[Item[T]] = []
+        self._first_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: Iterable[Item[T]], now: float) -> None:
+        before = len(self._items)
+        self._items.extend(items)
+        if before == 0 and self._items:
+            self._first_at = now
+
+    def ready(self, now: float) -> bool:
+        """A batch is ready: enough records, or the first has waited long enough."""
+        if not self._items:
+            return False
+        if len(self._items) >= self._policy.max_records:
+            return True
+        assert self._first_at is not None
+        return now - self._first_at >= self._policy.max_wait_s
+
+    def wait_s(self, now: float) -> float | None:
+        """How long until a batch is ready by time (None: nothing waits, wait for records)."""
+        if not self._items:
+            return None
+        assert self._first_at is not None
+        return max(0.0, self._first_at + self._policy.max_wait_s - now)
+
+    def take(self, now: float) -> list[Item[T]]:
+        """The next batch: the oldest `max_records` records."""
+        batch = self._items[: self._policy.max_records]
+        del self._items[: self._policy.max_records]
+        self._first_at = now if self._items else None
+        return batch
+
+    def drop(self, partitions: Collection[TP]) -> int:
+        """Forget what waits for these partitions (revoked: their next owner reads it)."""
+        kept = [item for item in self._items if item.partition not in partitions]
+        dropped = len(self._items) - len(kept)
+        self._items = kept
+        if not kept:
+            self._first_at = None
+        return dropped
+
+    def keep_only(self, partitions: Collection[TP]) -> int:
+        return self.drop({item.partition for item in self._items} - set(partitions))
+
+    def waiting(self) -> dict[TP, int]:
+        """Records waiting per partition."""
+        counts: dict[TP, int] = {}
+        for item in self._items:
+            counts[item.partition] = counts.get(item.partition, 0) + 1
+        return counts
+
+
+def offsets_to_commit(batch: Iterable[Item[Any]]) -> dict[TP, int]:
+    """The positions a finished batch lets each of its partitions commit: last offset + 1."""
+    positions: dict[TP, int] = {}
+    for item in batch:
+        tp = item.partition
+        positions[tp] = max(positions.get(tp, 0), item.offset + 1)
+    return positions
+
+
+def pause_changes(
+    waiting: Mapping[TP, int],
+    paused: Collection[TP],
+    assigned: Collection[TP],
+    policy: BatchPolicy,
+) -> tuple[set[TP], set[TP]]:
+    """(to pause, to resume): a partition with `pause_at` records waiting is paused, a paused
+    one is resumed once down to `resume_at` (or no longer assigned to us)."""
+    to_pause = {tp for tp in assigned if tp not in paused and waiting.get(tp, 0) >= policy.pause_at}
+    to_resume = {
+        tp for tp in paused if tp not in assigned or waiting.get(tp, 0) <= policy.resume_at
+    }
+    return to_pause, to_resume
+
+
+def commit_due(
+    finished: Mapping[TP, int], idle: bool, now: float, last_commit: float, interval_s: float
+) -> bool:
+    """Commit what is finished when nothing waits, else at most every `interval_s`: a commit
+    per batch costs the broker a log write per batch (at low rates one per record)."""
+    return bool(finished) and (idle or now - last_commit >= interval_s)
+
+
+def group_by_key(
+    items: Iterable[Item[T]], key_of: Callable[[Item[T]], K]
+) -> dict[K, list[Item[T]]]:
+    """The batch's records by key, each key's in the batch's order (offset order)."""
+    groups: dict[K, list[Item[T]]] = {}
+    for item in items:
+        groups.setdefault(key_of(item), []).append(item)
+    return groups
+
+
+# --- the I/O shell -----------------------------------------------------------------------------
+
+
+class Pipeline(Generic[T]):
+    """One consumer's pipeline. Subscribe with its listener, start the consumer, run it:
+
+    pipeline = Pipeline(consumer, producer, decode=..., effect=..., service="status")
+    consumer.subscribe(topics, listener=pipeline.listener)
+    await consumer.start()
+    await pipeline.run()   # until cancelled, or an error it must not swallow
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        *,
+        decode: Decode[T],
+        effect: Effect[T],
+        service: str,
+        policy: BatchPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        guard: DeadLetterGuard | None = None,
+        on_partitions_moved: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._decode = decode
+        self._effect = effect
+        self._service = service
+        self._policy = policy = policy or BatchPolicy()
+        self._retry = retry = retry or RetryPolicy()
+        self._dead_letters = DeadLetters(producer, service, guard, retry)
+        self._on_moved = on_partitions_moved or (lambda: None)
+        self._clock = clock
+        self._buffer: Batcher[T] = Batcher(policy)
+        self._finished: dict[TP, int] = {}
+        self._last_commit = float("-inf")
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._moving = False
+        self.listener = _Listener(self)
+
+    async def run(self) -> None:
+        fetch = asyncio.create_task(self._fetch_forever(), name=f"{self._service}-fetch")
+        work = asyncio.create_task(self._work_forever(), name=f"{self._service}-work")
+        try:
+            done, _ = await asyncio.wait({fetch, work}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in (fetch, work):
+                task.cancel()
+            await asyncio.gather(fetch, work, return_exceptions=True)
+            if self._finished:  # a stop (or a failure in a later batch) keeps what was finished
+                try:
+                    async with asyncio.timeout(FINAL_COMMIT_TIMEOUT_S):
+                        await self._commit()
+                except TimeoutError:  # a broker that is gone must not hold up the stop
+                    log.warning("commit_failed", error="timed out at stop")
+
+    # --- decode and batch ----------------------------------------------------------------------
+
+    async def _fetch_forever(self) -> None:
+        while True:
+            self._apply_backpressure()
+            batches = await self._consumer.getmany(
+                timeout_ms=self._policy.poll_timeout_ms, max_records=self._policy.max_records
+            )
+            if not batches:
+                continue
+            assigned = self._consumer.assignment()
+            items = [
+                self._decoded(record)
+                for tp, records in batches.items()
+                if tp in assigned  # revoked while this poll was returning
+                for record in records
+            ]
+            self._buffer.add(items, self._clock())
+            self._arrived.set()
+
+    def _decoded(self, record: Record) -> Item[T]:
+        try:
+            return Item(record, self._decode(record))
+        except Exception as exc:
+            # never given to the effect: it goes to the DLQ when its batch is handled
+            return Item(record, cast(T, None), Failure(exc, 1))
+
+    def _apply_backpressure(self) -> None:
+        assigned = self._consumer.assignment()
+        paused = self._consumer.paused()
+        to_pause, to_resume = pause_changes(self._buffer.waiting(), paused, assigned, self._policy)
+        if to_pause:
+            self._consumer.pause(*to_pause)
+            log.info("partitions_paused", consumer=self._service, partitions=len(to_pause))
+        to_resume &= set(assigned)
+        if to_resume:
+            self._consumer.resume(*to_resume)
+            log.info("partitions_resumed", consumer=self._service, partitions=len(to_resume))
+
+    # --- effect and commit -----------------------------------------------------------------
+
+    async def _work_forever(self) -> None:
+        while True:
+            await self._next_ready()
+            self._idle.clear()
+            try:
+                batch = self._buffer.take(self._clock())
+                await self._handle(batch)
+                self._finished.update(offsets_to_commit(batch))
+            finally:
+                self._idle.set()
+            await self._maybe_commit()
+
+    async def _next_ready(self) -> None:
+        while True:
+            now = self._clock()
+            if not self._moving and self._buffer.ready(now):
+                return
+            await self._maybe_commit()
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(None if self._moving else self._buffer.wait_s(now)):
+                    await self._arrived.wait()
+            except TimeoutError:
+                pass
+
+    async def _handle(self, batch: list[Item[T]]) -> None:
+        BATCH_RECORDS.labels(service=self._service).observe(len(batch))
+        good: list[Item[T]] = []
+        for item in batch:
+            if item.failure is not None:
+                await self._dead_letters.send(item.record, item.failure)
+            else:
+                good.append(item)
+        if not good:
+            return
+        try:
+            await retry_transient(lambda: self._effect(good), self._retry, self._service)
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "batch_failed_trying_each_record",
+                consumer=self._service,
+                records=len(good),
+                error=repr(exc)[:500],
+            )
+            await self._one_by_one(good)
+            return
+        self._dead_letters.success()
+        RECORDS_HANDLED.labels(service=self._service, outcome="handled").inc(len(good))
+
+    async def _one_by_one(self, items: list[Item[T]]) -> None:
+        for item in items:
+            failure = await attempt_record(
+                functools.partial(self._effect, [item]), self._retry, what=item.record.topic
+            )
+            if failure is None:
+                self._dead_letters.success()
+                RECORDS_HANDLED.labels(service=self._service, outcome="handled").inc()
+            else:
+                await self._dead_letters.send(item.record, failure)
+
+    async def _maybe_commit(self) -> None:
+        idle = len(self._buffer) == 0
+        if commit_due(
+            self._finished, idle, self._clock(), self._last_commit, self._policy.commit_interval_s
+        ):
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Commit and forget the finished positions. A rebalance may have moved partitions
+        meanwhile: then nothing is committed, and their new owner reads those records again."""
+        positions = dict(self._finished)
+        self._finished.clear()
+        self._last_commit = self._clock()
+        if not positions:
+            return
+        try:
+            await self._consumer.commit(positions)
+        except KafkaError as exc:
+            log.warning("commit_failed", error=str(exc), partitions=len(positions))
+
+    # --- rebalances ----------------------------------------------------------------------------
+
+    async def _revoked(self, revoked: Collection[TP]) -> None:
+        self._moving = True  # no new batch until the new assignment
+        await self._idle.wait()
+        dropped = self._buffer.drop(set(revoked))
+        await self._commit()
+        self._on_moved()
+        log.info(
+            "partitions_revoked", consumer=self._service, partitions=len(revoked), dropped=dropped
+        )
+
+    async def _assigned(self, assigned: Collection[TP]) -> None:
+        self._buffer.keep_only(set(assigned))
+        self._moving = False
+        self._on_moved()
+        self._arrived.set()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: Pipeline[Any]) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: Collection[TP]) -> None:
+        await self._pipeline._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Collection[TP]) -> None:
+        await self._pipeline._assigned(assigned)
+
+
+__all__ = [
+    "BatchPolicy",
+    "Batcher",
+    "Decode",
+    "Effect",
+    "Item",
+    "Pipeline",
+    "commit_due",
+    "group_by_key",
+    "offsets_to_commit",
+    "pause_changes",
+]

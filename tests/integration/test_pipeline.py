@@ -1,0 +1,110 @@
+"""The shared consumer pipeline (shared/pipeline.py) on the real broker: a poison record in a
+batch goes to `<topic>.dlq`, the other records' effects happen, and every partition's offset is
+committed past all of them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
+
+from shared.kafka import KafkaConfig, RetryPolicy, make_admin, make_consumer, make_producer
+from shared.pipeline import BatchPolicy, Item, Pipeline, group_by_key
+from tests.integration.dlq_probe import check_dead_letter, until, wait_for_dead_letters
+
+PARTITIONS = 2
+
+
+async def _create(kafka: KafkaConfig, *topics: tuple[str, int]) -> None:
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics]
+        )
+    finally:
+        await admin.close()
+
+
+async def test_a_poison_record_in_a_batch_is_dead_lettered_and_the_rest_are_handled_and_committed(
+    kafka: KafkaConfig, unique: str
+) -> None:
+    topic, group = f"it.pipeline.{unique}", f"it-pipeline-{unique}"
+    await _create(kafka, (topic, PARTITIONS), (f"{topic}.dlq", 1))
+    producer = make_producer(kafka)
+    await producer.start()
+    consumer = make_consumer(kafka, group)
+    handled: list[tuple[str, str]] = []
+    batch_sizes: list[int] = []
+    try:
+        # 60 records over 6 keys; one key's 4th record is poison, and one is not even UTF-8
+        sent: list[tuple[str, str]] = []
+        for n in range(60):
+            key, value = f"key{n % 6}", f"record-{n}"
+            if n == 21:
+                value = "poison"
+            sent.append((key, value))
+            await producer.send(topic, key=key.encode(), value=value.encode())
+        await producer.send_and_wait(topic, key=b"key0", value=b"\xff\xfe")
+
+        def decode(record: object) -> tuple[str, str]:
+            return (record.key.decode(), record.value.decode())  # type: ignore[attr-defined]
+
+        async def effect(items: Sequence[Item[tuple[str, str]]]) -> None:
+            batch_sizes.append(len(items))
+            if any(item.value[1] == "poison" for item in items):
+                raise RuntimeError("a bug meeting a poison record")
+            for group_items in group_by_key(items, lambda i: i.value[0]).values():
+                handled.extend(i.value for i in group_items)
+
+        pipeline = Pipeline(
+            consumer,
+            producer,
+            decode=decode,
+            effect=effect,
+            service="it",
+            policy=BatchPolicy(max_records=25, max_wait_s=0.05),
+            retry=RetryPolicy(unexpected_first_delay=0.01),
+        )
+        consumer.subscribe([topic], listener=pipeline.listener)
+        await consumer.start()
+        task = asyncio.create_task(pipeline.run())
+
+        def alive() -> None:
+            if task.done():
+                task.result()
+
+        dead = await wait_for_dead_letters(kafka, f"{topic}.dlq", 2, alive=alive)
+        by_value = {bytes(r.value): r for r in dead}
+        poison = by_value[b"poison"]
+        check_dead_letter(
+            poison,
+            source_topic=topic,
+            source_offset=int(dict(poison.headers)["source_offset"]),
+            service="it",
+            error_type="RuntimeError",
+            reason="unexpected",
+            attempts=3,
+        )
+        assert dict(by_value[b"\xff\xfe"].headers)["error_type"] == b"UnicodeDecodeError"
+
+        expected = [s for s in sent if s[1] != "poison"]
+        await until(lambda: len(handled) >= len(expected), 30, "the other records", alive)
+        assert sorted(handled) == sorted(expected)
+        for key in {k for k, _ in expected}:  # each key's records in the order they were sent
+            assert [v for k, v in handled if k == key] == [v for k, v in expected if k == key]
+        assert max(batch_sizes) > 1, "records should have been handled in batches"
+
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+
+        async def all_committed() -> bool:
+            return all([await consumer.committed(tp) == end for tp, end in ends.items()])
+
+        await until(all_committed, 30, "the offsets past every record", alive)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await consumer.stop()
+        await producer.stop()
