@@ -50,6 +50,18 @@ def rate(metric: str, by: str = "", selector: str = "") -> str:
     return f"sum{grouping} (rate({metric}{_braces(selector)}[{RATE}]))"
 
 
+def increase(metric: str, by: str = "", selector: str = "") -> str:
+    """How much a counter grew per rate window, summed (by the given labels): for bar charts
+    of rare events, where a per-second rate reads as zero."""
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (increase({metric}{_braces(selector)}[{RATE}]))"
+
+
+def in_range(metric: str, selector: str = "") -> str:
+    """How much a counter grew over the dashboard's time range (0 when it has no series yet)."""
+    return f"sum(increase({metric}{_braces(selector)}[$__range])) or vector(0)"
+
+
 def _braces(selector: str) -> str:
     return f"{{{selector}}}" if selector else ""
 
@@ -236,7 +248,7 @@ def overview() -> list[Row]:
                 ),
                 stat(
                     "Dead letters (range)",
-                    "sum(increase(hala_dead_letters_total[$__range])) or vector(0)",
+                    in_range("hala_dead_letters_total"),
                     "Records sent to a dead-letter topic during the dashboard's time range.",
                     thresholds=[(GREEN, None), (RED, ANY)],
                 ),
@@ -335,8 +347,7 @@ def overview() -> list[Row]:
                 graph(
                     "Dead letters by service",
                     Query(
-                        "sum by (service) (increase(hala_dead_letters_total"
-                        f'{{service=~"$service"}}[{RATE}]))',
+                        increase("hala_dead_letters_total", "service", 'service=~"$service"'),
                         "{{service}}",
                     ),
                     description="Records dead-lettered per interval (DeadLettersReceived alert).",
@@ -409,8 +420,7 @@ def pipeline() -> list[Row]:
                 ),
                 stat(
                     "Webhook signature failures (range)",
-                    'sum(increase(status_webhooks_rejected_total{reason="bad_signature"}'
-                    "[$__range])) or vector(0)",
+                    in_range("status_webhooks_rejected_total", 'reason="bad_signature"'),
                     "Wrong app secret or forged traffic (WebhookSignatureFailuresSpike alert).",
                     thresholds=[(GREEN, None), (RED, ANY)],
                 ),
@@ -499,7 +509,7 @@ def pipeline() -> list[Row]:
                 graph(
                     "Throttle errors by code",
                     Query(
-                        f"sum by (code) (increase(sender_throttle_errors_total[{RATE}]))",
+                        increase("sender_throttle_errors_total", "code"),
                         "{{code}}",
                     ),
                     description="Must stay zero.",
@@ -520,7 +530,7 @@ def pipeline() -> list[Row]:
                 graph("Numbers held", Query("sum(sender_numbers_held)", "held")),
                 graph(
                     "Operator alerts by kind",
-                    Query(f"sum by (kind) (increase(sender_alerts_total[{RATE}]))", "{{kind}}"),
+                    Query(increase("sender_alerts_total", "kind"), "{{kind}}"),
                     bars=True,
                 ),
             ],
@@ -556,7 +566,7 @@ def pipeline() -> list[Row]:
                     "Parked statuses",
                     Query("sum(status_parked_statuses)", "parked now"),
                     Query(
-                        f"sum(increase(status_statuses_parked_total[{RATE}]))",
+                        increase("status_statuses_parked_total"),
                         "parked per interval",
                     ),
                 ),
@@ -568,24 +578,24 @@ def pipeline() -> list[Row]:
                 graph(
                     "Template updates, ignored changes, malformed items",
                     Query(
-                        f"sum by (event) (increase(status_template_updates_total[{RATE}]))",
+                        increase("status_template_updates_total", "event"),
                         "template {{event}}",
                     ),
                     Query(
-                        f"sum by (field) (increase(status_changes_ignored_total[{RATE}]))",
+                        increase("status_changes_ignored_total", "field"),
                         "ignored {{field}}",
                     ),
-                    Query(f"sum(increase(status_items_malformed_total[{RATE}]))", "malformed"),
+                    Query(increase("status_items_malformed_total"), "malformed"),
                     bars=True,
                     width=12,
                 ),
                 graph(
                     "Sweeper",
                     Query(
-                        f"sum(increase(status_unknown_outcomes_failed_total[{RATE}]))",
+                        increase("status_unknown_outcomes_failed_total"),
                         "unknown → failed",
                     ),
-                    Query(f"sum(increase(status_messages_anonymised_total[{RATE}]))", "anonymised"),
+                    Query(increase("status_messages_anonymised_total"), "anonymised"),
                     bars=True,
                     width=12,
                 ),
@@ -603,9 +613,7 @@ def pipeline() -> list[Row]:
                 ),
                 graph(
                     "Simulator Graph errors by code",
-                    Query(
-                        f"sum by (code) (increase(metasim_graph_errors_total[{RATE}]))", "{{code}}"
-                    ),
+                    Query(increase("metasim_graph_errors_total", "code"), "{{code}}"),
                     bars=True,
                     width=6,
                 ),
@@ -638,14 +646,13 @@ def billing() -> list[Row]:
                 ),
                 stat(
                     "Low-balance alerts (range)",
-                    "sum(increase(billing_low_balance_alerts_total[$__range])) or vector(0)",
+                    in_range("billing_low_balance_alerts_total"),
                     "Accounts whose available credit fell below their threshold.",
                     thresholds=[(GREEN, None), (ORANGE, ANY)],
                 ),
                 stat(
                     "Dead letters (range)",
-                    'sum(increase(hala_dead_letters_total{service="billing"}[$__range])) '
-                    "or vector(0)",
+                    in_range("hala_dead_letters_total", 'service="billing"'),
                     "Billing events sent to a dead-letter topic.",
                     thresholds=[(GREEN, None), (RED, ANY)],
                 ),
@@ -681,7 +688,7 @@ def billing() -> list[Row]:
                 ),
                 graph(
                     "Low-balance alerts",
-                    Query(f"sum(increase(billing_low_balance_alerts_total[{RATE}]))", "alerts"),
+                    Query(increase("billing_low_balance_alerts_total"), "alerts"),
                     bars=True,
                 ),
                 graph(
@@ -726,28 +733,25 @@ def notify() -> list[Row]:
             [
                 stat(
                     "Delivered (range)",
-                    'sum(increase(notify_deliveries_total{outcome="delivered"}[$__range])) '
-                    "or vector(0)",
+                    in_range("notify_deliveries_total", 'outcome="delivered"'),
                     "Webhook deliveries that reached their endpoint.",
                 ),
                 stat(
                     "Failed deliveries (range)",
-                    'sum(increase(notify_deliveries_total{outcome="failed"}[$__range])) '
-                    "or vector(0)",
+                    in_range("notify_deliveries_total", 'outcome="failed"'),
                     "Deliveries given up: retries exhausted, or 410 Gone.",
                     thresholds=[(GREEN, None), (ORANGE, ANY)],
                 ),
                 stat(
                     "Endpoints disabled (range)",
-                    "sum(increase(notify_endpoints_disabled_total[$__range])) or vector(0)",
+                    in_range("notify_endpoints_disabled_total"),
                     "Client endpoints notify disabled (410, or 3 days without a success); their "
                     "owners were emailed (NotifyEndpointsDisabled alert).",
                     thresholds=[(GREEN, None), (ORANGE, ANY)],
                 ),
                 stat(
                     "Alert emails failed (range)",
-                    'sum(increase(notify_emails_total{outcome=~"failed|no_recipient"}'
-                    "[$__range])) or vector(0)",
+                    in_range("notify_emails_total", 'outcome=~"failed|no_recipient"'),
                     "Emails given up (NotifyEmailsFailing alert).",
                     thresholds=[(GREEN, None), (RED, ANY)],
                 ),
@@ -803,7 +807,7 @@ def notify() -> list[Row]:
                 graph(
                     "Tests and replays",
                     Query(
-                        f"sum by (kind, outcome) (increase(notify_requests_total[{RATE}]))",
+                        increase("notify_requests_total", "kind, outcome"),
                         "{{kind}} {{outcome}}",
                     ),
                     bars=True,
@@ -811,7 +815,7 @@ def notify() -> list[Row]:
                 graph(
                     "Alert emails by kind and outcome",
                     Query(
-                        f"sum by (kind, outcome) (increase(notify_emails_total[{RATE}]))",
+                        increase("notify_emails_total", "kind, outcome"),
                         "{{kind}} {{outcome}}",
                     ),
                     bars=True,
@@ -819,7 +823,7 @@ def notify() -> list[Row]:
                 graph(
                     "Endpoints disabled by reason",
                     Query(
-                        f"sum by (reason) (increase(notify_endpoints_disabled_total[{RATE}]))",
+                        increase("notify_endpoints_disabled_total", "reason"),
                         "{{reason}}",
                     ),
                     bars=True,
@@ -836,27 +840,25 @@ def trust() -> list[Row]:
             [
                 stat(
                     "Accounts held (range)",
-                    "sum(increase(guard_holds_total[$__range])) or vector(0)",
+                    in_range("guard_holds_total"),
                     "Holds guard's fraud and spam rules put on accounts' sending; each waits for "
                     "an operator (AccountsHeld alert; `hala accounts release`).",
                     thresholds=[(GREEN, None), (ORANGE, ANY)],
                 ),
                 stat(
                     "Releases (range)",
-                    "sum(increase(guard_releases_total[$__range])) or vector(0)",
+                    in_range("guard_releases_total"),
                     "Holds operators released.",
                 ),
                 stat(
                     "Marketing refused to opted-out contacts (range)",
-                    'sum(increase(ingest_rejections_total{code="recipient_opted_out"}[$__range])) '
-                    "or vector(0)",
+                    in_range("ingest_rejections_total", 'code="recipient_opted_out"'),
                     "422 recipient_opted_out: a marketing template to a contact "
                     "who opted out (Meta would have failed it with 131050).",
                 ),
                 stat(
                     "Opt-outs (range)",
-                    'sum(increase(status_suppressions_total{outcome="suppressed"}[$__range])) '
-                    "or vector(0)",
+                    in_range("status_suppressions_total", 'outcome="suppressed"'),
                     "Contacts suppressed for marketing (keyword, Meta's "
                     "user_preferences, the API, an operator).",
                 ),
@@ -867,13 +869,13 @@ def trust() -> list[Row]:
             [
                 graph(
                     "Holds by rule",
-                    Query(f"sum by (rule) (increase(guard_holds_total[{RATE}]))", "{{rule}}"),
+                    Query(increase("guard_holds_total", "rule"), "{{rule}}"),
                     bars=True,
                 ),
                 graph(
                     "Suppression changes by source and outcome",
                     Query(
-                        f"sum by (source, outcome) (increase(status_suppressions_total[{RATE}]))",
+                        increase("status_suppressions_total", "source, outcome"),
                         "{{source}} {{outcome}}",
                     ),
                     bars=True,

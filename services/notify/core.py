@@ -135,13 +135,16 @@ class OutEvent:
 
 def _standard(
     event_type: ClientEventType,
-    eid: str,
+    source: tuple[str, ...],
     account_id: str,
     at: int,
     data: msgspec.Struct,
     message_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> OutEvent:
+    """Our own event format; its id is derived from its type and `source`, the ids of what
+    caused it, so that a redelivered source gives the same event."""
+    eid = event_id(event_type, *source)
     body = _ENCODER.encode(
         ClientEvent(
             id=eid,
@@ -220,7 +223,7 @@ def accepted_event(request: SendRequested) -> OutEvent:
     )
     return _standard(
         "message.accepted",
-        accepted_event_id(request.message_id),
+        (request.message_id,),
         request.account_id,
         request.accepted_at,
         data,
@@ -271,7 +274,7 @@ def status_event(event: StatusChanged, details: MessageDetails | None) -> OutEve
     )
     return _standard(
         event_type,
-        event_id(event_type, event.message_id),
+        (event.message_id,),
         event.account_id,
         event.occurred_at,
         data,
@@ -299,7 +302,7 @@ def received_event(event: InboundReceived) -> OutEvent | None:
     )
     return _standard(
         "message.received",
-        event_id("message.received", event.wamid),
+        (event.wamid,),
         event.account_id,
         event.sent_at,
         data,
@@ -318,7 +321,7 @@ def template_event(event: TemplateStatusChanged, account_id: str) -> OutEvent:
     )
     return _standard(
         "template.status_changed",
-        event_id("template.status_changed", account_id, event.event_id),
+        (account_id, event.event_id),
         account_id,
         event.occurred_at,
         data,
@@ -335,7 +338,7 @@ def quality_event(event: NumberQualityChanged, account_id: str) -> OutEvent:
     )
     return _standard(
         "phone_number.quality_changed",
-        event_id("phone_number.quality_changed", account_id, event.event_id),
+        (account_id, event.event_id),
         account_id,
         event.occurred_at,
         data,
@@ -348,7 +351,7 @@ def account_event(event: WabaStatusChanged, account_id: str) -> OutEvent:
     )
     return _standard(
         "account.updated",
-        event_id("account.updated", account_id, event.event_id),
+        (account_id, event.event_id),
         account_id,
         event.occurred_at,
         data,
@@ -369,7 +372,7 @@ def hold_event(event: AccountHoldChanged) -> OutEvent:
     )
     return _standard(
         "account.hold_changed",
-        event_id("account.hold_changed", event.event_id),
+        (event.event_id,),
         event.account_id,
         event.occurred_at,
         data,
@@ -380,7 +383,7 @@ def low_balance_event(event: LowBalanceAlerted, currency: str) -> OutEvent:
     data = BalanceData(available=event.available, threshold=event.threshold, currency=currency)
     return _standard(
         "balance.low",
-        event_id("balance.low", event.event_id),
+        (event.event_id,),
         event.account_id,
         event.occurred_at,
         data,
@@ -391,7 +394,7 @@ def topped_up_event(event: BalanceToppedUp) -> OutEvent:
     data = BalanceData(available=event.available, amount=event.amount, currency=event.currency)
     return _standard(
         "balance.topped_up",
-        event_id("balance.topped_up", event.event_id),
+        (event.event_id,),
         event.account_id,
         event.occurred_at,
         data,
@@ -426,7 +429,9 @@ def endpoint_test_event(request: NotifyRequested, endpoint_format: str) -> OutEv
             }
         )
         return OutEvent(eid, request.account_id, "endpoint.test", META, request.requested_at, body)
-    return _standard("endpoint.test", eid, request.account_id, request.requested_at, data)
+    return _standard(
+        "endpoint.test", (request.event_id,), request.account_id, request.requested_at, data
+    )
 
 
 # --- endpoints ----------------------------------------------------------------------------------
