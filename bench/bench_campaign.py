@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import cost
 import orjson
-from bench_e2e import Observer, Sent, Traffic
+from bench_e2e import Observer, Sent, Traffic, realistic_webhooks
 from bench_ingest import template_body
 from common import (
     FAST_B,
@@ -196,13 +196,9 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     await platform.sim(
         "POST",
         "/_sim/webhooks/config",
-        json={
-            "enabled": True,
-            "callback_url": f"{platform.url('status')}/webhooks/meta",
-            "profile": "polite",
-            "delays": {"sent": 0.0, "delivered": 0.0, "read": 0.0, "jitter": 0.0},
-            "read_probability": 0.0,
-        },
+        # Reads a while after: the drain's end is the last `delivered` stored, looked for
+        # every few seconds.
+        json=realistic_webhooks(f"{platform.url('status')}/webhooks/meta", read_after_s=30.0),
     )
     ids = [campaign_account.account_id, other_account.account_id]
 

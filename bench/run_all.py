@@ -78,6 +78,20 @@ NEEDS_MAIN = {"ingest", "e2e", "campaign", "pacing", "fairness", "scaling"}
 TOP_UP = 10**12  # micros: no benchmark runs out of credit
 
 
+async def lift_in_flight_cap(platform: Platform, account_id: str) -> None:
+    """The campaign's tenant takes up to 100,000 messages at once: above billing's default cap
+    on messages in flight (50,000), so it is lifted for that account, as an operator would with
+    `hala accounts update --max-in-flight 0`, before billing first reads the account."""
+    from services.admin import commands
+    from shared.mongo import make_client
+
+    mongo = make_client(platform.mongodb_url)
+    try:
+        await commands.update_account(mongo[platform.database], account_id, max_in_flight=0)
+    finally:
+        await mongo.close()
+
+
 async def start_main(platform: Platform) -> list[Any]:
     """The whole platform on the run's prefix and database, with one account per portfolio."""
     from tests.e2e.conftest import seed_accounts
@@ -94,6 +108,7 @@ async def start_main(platform: Platform) -> list[Any]:
     platform.start(*names)
     await platform.wait_ready(*names)
     accounts = await seed_accounts(platform, TOP_UP)  # type: ignore[arg-type]
+    await lift_in_flight_cap(platform, accounts[2].account_id)
     log(f"main stack ready: {', '.join(names)}; {len(accounts)} accounts seeded")
     return accounts
 
