@@ -40,7 +40,12 @@ async def main() -> None:
         )
         workers = [
             run_consumer(
-                settings.kafka, settings.topic_prefix, guard, conns.producer, settings.max_batch
+                settings.kafka,
+                settings.topic_prefix,
+                guard,
+                conns.producer,
+                settings.max_batch,
+                settings.max_batch_wait_seconds,
             ),
             sweep_forever(
                 store,

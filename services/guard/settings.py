@@ -29,6 +29,8 @@ class GuardSettings(ServiceSettings):
     # An account's overrides (`accounts.guard_rules`) are read again after this.
     overrides_cache_seconds: float = Field(60.0, ge=0)
     max_batch: int = Field(1000, gt=0)
+    # how long the first record of a batch waits for others (the pipeline's batch by time)
+    max_batch_wait_seconds: float = Field(0.05, ge=0, le=5)
 
     # failure_rate: failed / finished (Meta's failures) over the window, once `minimum` finished
     failure_rate_threshold: float = Field(0.5, gt=0, le=1)

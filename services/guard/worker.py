@@ -7,19 +7,22 @@ assignor gives one process the same partitions of each, so an account's windows 
 owner) and `phone-numbers.quality-changed.v1` (keyed by number: a flag is judged from status's
 number states, which any process may read).
 
-A batch is applied as a whole: records decoded (one that can never be read goes to the DLQ),
-each account's windows loaded once (from `guard_states`), new recipients looked up and stored,
-records applied in order (one already applied, by the position the state recorded, is skipped),
-releases written, the rules evaluated, holds written and published, then each touched account's
-windows saved with the positions applied — one write per account per batch — and only then the
-offsets committed. Windows are therefore durable, not recomputed: a restart reloads them and a
-replayed record is recognised, so nothing is counted twice or lost. A hold that fired before a
-crash fires again from the same evidence with the same event id (notify and the holds document
-take it as the same).
+guard runs on the shared pipeline (shared/pipeline.py): records are decoded as they arrive
+(one that can never be read goes to the DLQ), batched by count and by time, and a batch is
+applied as a whole: each account's windows loaded once (from `guard_states`), new recipients
+looked up and stored, records applied in order (one already applied, by the position the state
+recorded, is skipped), releases written, the rules evaluated, holds written and published,
+then each touched account's windows saved with the positions applied — one write per account
+per batch — and only then the offsets committed (by the pipeline, after the effect). Windows
+are therefore durable, not recomputed: a restart reloads them and a replayed record is
+recognised, so nothing is counted twice or lost. A hold that fired before a crash fires again
+from the same evidence with the same event id (notify and the holds document take it as the
+same).
 
 A dependency outage is retried (then the process stops without committing and is restarted);
-a batch that fails for any other reason is handled again one record at a time, so that the
-record at fault goes to the dead-letter topic and the partition moves on.
+a batch that fails for any other reason is handled again one record at a time (the pipeline's
+rule), so that the record at fault goes to the dead-letter topic and the partition moves on. A
+failed attempt forgets the windows it half-applied: the next reads them again.
 """
 
 from __future__ import annotations
@@ -29,12 +32,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
 
 from services.guard import core, metrics
 from services.guard.repository import GuardStore
@@ -42,15 +43,11 @@ from shared import holds
 from shared.clock import Clock
 from shared.errors import PermanentError, TransientError
 from shared.kafka import (
-    DeadLetters,
     Failure,
     KafkaConfig,
-    RetryPolicy,
-    attempt_record,
     make_consumer,
     publish_all,
     report_lag_forever,
-    retry_transient,
     topic_name,
 )
 from shared.logging import get_logger
@@ -67,11 +64,13 @@ from shared.messages import (
     Topic,
     topics_read_by,
 )
+from shared.pipeline import BatchPolicy, Item, Pipeline
 
 log = get_logger(__name__)
 
 SERVICE = "guard"
 Record = ConsumerRecord[bytes, bytes]
+Decoded = tuple[str, Any]  # (kind, event)
 KINDS: dict[str, Topic[Any]] = {
     "send_requested": SEND_REQUESTED,
     "status_changed": STATUS_CHANGED,
@@ -107,7 +106,6 @@ class _Batch:
     """One batch's decoded records and what they call for."""
 
     items: list[tuple[Record, str, Any]] = field(default_factory=list)
-    failures: list[tuple[Record, Failure]] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     releases: list[AccountReleaseRequested] = field(default_factory=list)
     flagged: dict[str, NumberQualityChanged] = field(default_factory=dict)
@@ -145,12 +143,33 @@ class Guard:
 
     # --- a batch -----------------------------------------------------------------------------
 
+    def decode(self, record: Record) -> Decoded:
+        """The pipeline's decode step: a record of another topic or shape raises
+        PermanentError (it goes to the DLQ)."""
+        kind = self._kinds.get(record.topic)
+        if kind is None:
+            raise PermanentError(f"guard does not read {record.topic}", code="unknown_topic")
+        return kind, KINDS[kind].decode_record(record.value)
+
     async def handle_batch(self, records: list[Record]) -> list[tuple[Record, Failure]]:
-        """Apply the records; the ones that can never be applied are returned (for the DLQ).
-        A dependency outage raises TransientError with nothing half-remembered."""
+        """Decode and apply records outside the pipeline (tests, tools): the ones that can
+        never be decoded are returned (for the DLQ), the others applied."""
+        items: list[Item[Decoded]] = []
+        failures: list[tuple[Record, Failure]] = []
+        for record in records:
+            try:
+                items.append(Item(record, self.decode(record)))
+            except PermanentError as exc:
+                failures.append((record, Failure(exc, 1)))
+        await self.apply(items)
+        return failures
+
+    async def apply(self, items: Sequence[Item[Decoded]]) -> None:
+        """The pipeline's effect: apply a batch, durably. Any failure (an outage, a bug)
+        leaves nothing half-remembered: the windows are read again by the next attempt."""
         started = time.perf_counter()
         try:
-            batch = self._decode(records)
+            batch = _Batch([(item.record, *item.value) for item in items])
             await self._load(
                 [acc for _, kind, e in batch.items if (acc := _account_of(kind, e)) is not None]
             )
@@ -160,27 +179,10 @@ class Guard:
             await self._evaluate(batch)
             await self._quality(batch)
             await self._save(batch)
-        except TransientError:
+        except Exception:
             self.forget()
             raise
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
-        return batch.failures
-
-    def _decode(self, records: list[Record]) -> _Batch:
-        batch = _Batch()
-        for record in records:
-            kind = self._kinds.get(record.topic)
-            try:
-                if kind is None:
-                    raise PermanentError(
-                        f"guard does not read {record.topic}", code="unknown_topic"
-                    )
-                event = KINDS[kind].decode_record(record.value)
-            except PermanentError as exc:
-                batch.failures.append((record, Failure(exc, 1)))
-                continue
-            batch.items.append((record, kind, event))
-        return batch
 
     async def _load(self, account_ids: list[str]) -> None:
         missing = sorted(set(account_ids) - set(self._accounts))
@@ -374,88 +376,40 @@ def _position(record: Record) -> str:
 # --- the consumer ---------------------------------------------------------------------------
 
 
-class _OnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, moved: Callable[[], None]) -> None:
-        self._moved = moved
-
-    def on_partitions_revoked(self, revoked: object) -> None:
-        self._moved()
-
-    def on_partitions_assigned(self, assigned: object) -> None:
-        self._moved()
-
-
-_RETRY = RetryPolicy()
-
-
-async def consume(
-    consumer: AIOKafkaConsumer,
-    guard: Guard,
-    dead_letters: DeadLetters,
-    *,
-    max_batch: int,
-    retry: RetryPolicy = _RETRY,
-) -> None:
-    """Batches to their end, then their offsets committed (the commit follows the effect)."""
-    while True:
-        batches = await consumer.getmany(timeout_ms=500, max_records=max_batch)
-        records = [r for part in batches.values() for r in part]
-        if not records:
-            continue
-        try:
-            failures = await retry_transient(
-                partial(guard.handle_batch, records), retry, "guard_batch"
-            )
-        except TransientError:
-            raise
-        except Exception as exc:  # a bug somewhere in the batch: find the record at fault
-            log.error("batch_failed_one_at_a_time", records=len(records), exc_info=exc)
-            guard.forget()
-            failures = await _one_at_a_time(records, guard, retry)
-        for record, failure in failures:
-            await dead_letters.send(record, failure)
-        if len(failures) < len(records):
-            dead_letters.success()
-        try:
-            await consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
-        except KafkaError as exc:  # a rebalance moved them: their new owner reads them again
-            log.warning("commit_failed", error=str(exc))
-
-
-async def _one_at_a_time(
-    records: list[Record], guard: Guard, retry: RetryPolicy
-) -> list[tuple[Record, Failure]]:
-    failures: list[tuple[Record, Failure]] = []
-    for record in records:
-
-        async def one(record: Record = record) -> None:
-            refused = await guard.handle_batch([record])
-            if refused:
-                raise refused[0][1].error
-
-        failure = await attempt_record(one, retry, what=record.topic)
-        if failure is not None:
-            guard.forget()  # what the failed attempts half-applied is read again
-            failures.append((record, failure))
-    return failures
-
-
 async def run_consumer(
-    kafka: KafkaConfig, prefix: str, guard: Guard, producer: AIOKafkaProducer, max_batch: int
+    kafka: KafkaConfig,
+    prefix: str,
+    guard: Guard,
+    producer: AIOKafkaProducer,
+    max_batch: int,
+    max_wait_s: float = 0.05,
 ) -> None:
     # The range assignor gives every process the same partition numbers of each topic: the
     # account-keyed topics then reach the same process, their accounts' only writer.
     consumer = make_consumer(
         kafka, group(prefix), partition_assignment_strategy=(RangePartitionAssignor,)
     )
+    pipeline: Pipeline[Decoded] = Pipeline(
+        consumer,
+        producer,
+        decode=guard.decode,
+        effect=guard.apply,
+        service=SERVICE,
+        policy=BatchPolicy(
+            max_records=max_batch,
+            max_wait_s=max_wait_s,
+            pause_at=max(1000, 2 * max_batch),
+            resume_at=max_batch // 2,
+        ),
+        on_partitions_moved=guard.forget,
+    )
     consumer.subscribe(
-        [topic_name(t, prefix) for t in topics_read_by(SERVICE)],
-        listener=_OnRebalance(guard.forget),
+        [topic_name(t, prefix) for t in topics_read_by(SERVICE)], listener=pipeline.listener
     )
     await consumer.start()
     lag = asyncio.create_task(report_lag_forever(consumer, SERVICE, group(prefix)))
     try:
-        await consume(consumer, guard, DeadLetters(producer, SERVICE), max_batch=max_batch)
+        await pipeline.run()
     finally:
         lag.cancel()
         await asyncio.gather(lag, return_exceptions=True)

@@ -1,9 +1,11 @@
 """The endpoints notify delivers to: read from ingest's `webhook_endpoints` through a short
 cache (a change is seen within `ttl_seconds`), their signing secrets decrypted once, and
-notify's own health verdicts (`endpoint_states`), held in memory and written on change."""
+notify's own health verdicts (`endpoint_states`), held in memory and written on change. An
+account's endpoints are read once however many of a batch's records ask at the same time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from typing import Any
 
@@ -31,6 +33,7 @@ class EndpointDirectory:
         self._by_account: OrderedDict[str, tuple[float, list[core.Endpoint]]] = OrderedDict()
         self._by_id: OrderedDict[str, tuple[float, core.Endpoint | None]] = OrderedDict()
         self._plain: OrderedDict[str, str] = OrderedDict()  # encrypted -> secret
+        self._loading: dict[str, asyncio.Future[list[core.Endpoint]]] = {}
         self.health: dict[str, core.Health] = {}
 
     async def load_health(self) -> None:
@@ -46,10 +49,22 @@ class EndpointDirectory:
         cached = self._by_account.get(account_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        endpoints = [
-            core.endpoint_from_doc(d) for d in await self._store.endpoints_of_account(account_id)
-        ]
+        loading = self._loading.get(account_id)
+        if loading is not None:  # another record of the batch is reading them
+            return await asyncio.shield(loading)
+        future: asyncio.Future[list[core.Endpoint]] = asyncio.get_running_loop().create_future()
+        self._loading[account_id] = future
+        try:
+            docs = await self._store.endpoints_of_account(account_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters, if any, get it too
+            raise
+        finally:
+            del self._loading[account_id]
+        endpoints = [core.endpoint_from_doc(d) for d in docs]
         endpoints = [e for e in endpoints if not e.deleted]
+        future.set_result(endpoints)
         self._remember(self._by_account, account_id, (now + self._ttl, endpoints))
         for endpoint in endpoints:
             self._remember(self._by_id, endpoint.id, (now + self._ttl, endpoint))

@@ -3,8 +3,10 @@ states, email alerts; it is their only writer) and what it reads of others' (end
 ingest, accounts/WABAs/numbers from the CLI, messages and the wamid index from status, balances
 from billing). Driver failures become DependencyUnavailable; a duplicate key is an answer.
 
-Inserts go out in groups (one insert_many for whatever arrived meanwhile), and deliveries that
-succeeded are marked with one update_many per group: FerretDB's writes cost per command.
+The consumer writes a batch's events and deliveries with one insert_many each (unordered: a
+duplicate key is a normal answer for its document, the others are written); attempts go out in
+groups (one insert_many for whatever arrived meanwhile), and deliveries that succeeded are
+marked with one update_many per group: FerretDB's writes cost per command.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from services.notify.core import accepted_event_id
 from shared.collections import (
@@ -32,7 +34,7 @@ from shared.collections import (
     WEBHOOK_ENDPOINTS,
 )
 from shared.group_commit import GroupCommit
-from shared.mongo import InsertBatcher, unavailable
+from shared.mongo import DUPLICATE_KEY, InsertBatcher, unavailable
 
 Doc = dict[str, Any]
 T = TypeVar("T")
@@ -55,13 +57,13 @@ class NotifyStore(Protocol):
     async def endpoint(self, endpoint_id: str) -> Doc | None: ...
     async def endpoint_states(self) -> list[Doc]: ...
     async def save_endpoint_state(self, endpoint_id: str, account_id: str, fields: Doc) -> None: ...
-    async def insert_event(self, doc: Doc) -> bool: ...
+    async def insert_events(self, docs: Sequence[Doc]) -> list[bool]: ...
     async def event(self, event_id: str) -> Doc | None: ...
     async def events_by_ids(self, ids: Sequence[str]) -> dict[str, Doc]: ...
     async def events_in_range(
         self, account_id: str, since: int, until: int, limit: int
     ) -> list[Doc]: ...
-    async def insert_delivery(self, doc: Doc) -> bool: ...
+    async def insert_deliveries(self, docs: Sequence[Doc]) -> list[bool]: ...
     async def insert_attempt(self, doc: Doc) -> None: ...
     async def mark_delivered(self, delivery_id: str, now: int) -> None: ...
     async def update_delivery(self, delivery_id: str, fields: Doc) -> None: ...
@@ -84,8 +86,7 @@ class NotifyStore(Protocol):
 class NotifyRepository:
     def __init__(self, db: AsyncDatabase[Doc], max_batch: int = 500) -> None:
         self._db = db
-        self._events = InsertBatcher(db[NOTIFY_EVENTS], max_batch=max_batch)
-        self._deliveries = InsertBatcher(db[DELIVERIES], max_batch=max_batch)
+        self._max_batch = max_batch
         self._attempts = InsertBatcher(db[DELIVERY_ATTEMPTS], max_batch=max_batch)
         self._delivered: GroupCommit[tuple[str, int], None] = GroupCommit(
             self._mark_delivered_batch, max_batch=max_batch
@@ -117,8 +118,29 @@ class NotifyRepository:
 
     # --- events ----------------------------------------------------------------------------
 
-    async def insert_event(self, doc: Doc) -> bool:
-        return await self._events.insert(doc)
+    async def insert_events(self, docs: Sequence[Doc]) -> list[bool]:
+        """Each document: True when inserted, False when one with its _id exists."""
+        return await self._insert_all(NOTIFY_EVENTS, docs)
+
+    async def _insert_all(self, collection: str, docs: Sequence[Doc]) -> list[bool]:
+        """One unordered insert_many per `max_batch` documents. A failure other than a
+        duplicate key is transient (the whole batch is tried again: its documents that were
+        written are then duplicates)."""
+        outcomes: list[bool] = []
+        for start in range(0, len(docs), self._max_batch):
+            chunk = list(docs[start : start + self._max_batch])
+            done = [True] * len(chunk)
+            try:
+                await self._db[collection].insert_many(chunk, ordered=False)
+            except BulkWriteError as exc:
+                for error in exc.details.get("writeErrors", []):
+                    if error.get("code") != DUPLICATE_KEY:
+                        raise unavailable(exc) from exc
+                    done[int(error["index"])] = False
+            except PyMongoError as exc:
+                raise unavailable(exc) from exc
+            outcomes.extend(done)
+        return outcomes
 
     async def event(self, event_id: str) -> Doc | None:
         return await _call(lambda: self._db[NOTIFY_EVENTS].find_one({"_id": event_id}))
@@ -149,8 +171,9 @@ class NotifyRepository:
 
     # --- deliveries and attempts -----------------------------------------------------------
 
-    async def insert_delivery(self, doc: Doc) -> bool:
-        return await self._deliveries.insert(doc)
+    async def insert_deliveries(self, docs: Sequence[Doc]) -> list[bool]:
+        """Each document: True when inserted, False when one with its _id exists."""
+        return await self._insert_all(DELIVERIES, docs)
 
     async def insert_attempt(self, doc: Doc) -> None:
         await self._attempts.insert(doc)  # a repeated attempt number is already recorded

@@ -1,11 +1,11 @@
 """The sender's Kafka consumer: send-approved in, the engine fed, offsets committed.
 
-Its own consume loop, because records finish out of order: the commit is the lowest unfinished
-offset per partition (core.OffsetTracker), every `commit_interval_seconds`, on revocation and on
-shutdown. Unreadable records are dead-lettered. Backpressure: only the partitions that are behind
-stop being fetched (core.fetch_changes), so one tenant's backlog on a slow number does not stop
-the numbers of the partitions next to it. The group-less followers run beside it
-(followers.py)."""
+Its own consume loop, because records finish out of order (README "The sender and the shared
+pipeline"): the commit is each partition's contiguous finished prefix (the shared step,
+shared/pipeline_offsets.py), every `commit_interval_seconds`, on revocation and on shutdown.
+Unreadable records are dead-lettered. Backpressure: only the partitions that are behind stop
+being fetched (core.fetch_changes), so one tenant's backlog on a slow number does not stop the
+numbers of the partitions next to it. The group-less followers run beside it (followers.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from services.sender import metrics
-from services.sender.core import FetchPolicy, OffsetTracker, fetch_changes
+from services.sender.core import FetchPolicy, fetch_changes
 from services.sender.engine import SendEngine
 from services.sender.followers import (
     follow_account_hold,
@@ -42,6 +42,7 @@ from shared.kafka import (
 )
 from shared.logging import get_logger
 from shared.messages import SEND_APPROVED, SendApproved
+from shared.pipeline_offsets import OffsetTracker
 
 log = get_logger(__name__)
 

@@ -1,5 +1,5 @@
 """Pure decisions of the sender: pacing buckets, the send queue, the messaging tier, Meta's error
-table, expiry and offset commit tracking.
+table and expiry (offset commit tracking is the shared pipeline's: shared/pipeline_offsets.py).
 
 No await, no clock, no I/O. Pacing times are monotonic seconds (`now`); tier and expiry times are
 wall-clock milliseconds since the epoch (`now_ms`), because they are persisted or come on the wire.
@@ -698,82 +698,3 @@ def is_expired(expires_at_ms: int, now_ms: int) -> bool:
 def monotonic_deadline(expires_at_ms: int, now_ms: int, now: float) -> float:
     """The monotonic time at which a wall-clock expiry falls."""
     return now + (expires_at_ms - now_ms) / 1000.0
-
-
-# --- offset commits -----------------------------------------------------------------------------
-
-
-class PartitionOffsets:
-    """Offsets of one partition in flight. Records finish in any order; what may be committed is
-    the lowest offset not finished yet (a record parked for pacing holds the commit back: it is
-    never skipped)."""
-
-    def __init__(self) -> None:
-        self._order: list[int] = []  # offsets as consumed (increasing), a queue with a head index
-        self._head = 0
-        self._done: set[int] = set()
-        self._next_after_last: int | None = None
-        self._committed: int | None = None
-
-    def track(self, offset: int) -> None:
-        if self._next_after_last is not None and offset < self._next_after_last:
-            raise ValueError(f"offset {offset} consumed out of order")
-        self._order.append(offset)
-        self._next_after_last = offset + 1
-
-    def done(self, offset: int) -> None:
-        self._done.add(offset)
-
-    def pending(self) -> int:
-        return len(self._order) - self._head
-
-    def committable(self) -> int | None:
-        """The offset to commit (Kafka's "next to read"), or None when nothing new is finished."""
-        order, done = self._order, self._done
-        while self._head < len(order) and order[self._head] in done:
-            done.discard(order[self._head])
-            self._head += 1
-        if self._head > 1024 and self._head * 2 > len(order):
-            del order[: self._head]
-            self._head = 0
-        if self._next_after_last is None:
-            return None
-        position = order[self._head] if self._head < len(order) else self._next_after_last
-        return None if position == self._committed else position
-
-    def committed(self, offset: int) -> None:
-        self._committed = offset
-
-
-class OffsetTracker(Generic[K]):
-    """`PartitionOffsets` per partition key (any hashable, e.g. aiokafka's TopicPartition)."""
-
-    def __init__(self) -> None:
-        self._partitions: dict[K, PartitionOffsets] = {}
-
-    def assign(self, partition: K) -> PartitionOffsets:
-        offsets = self._partitions[partition] = PartitionOffsets()
-        return offsets
-
-    def forget(self, partition: K) -> None:
-        self._partitions.pop(partition, None)
-
-    def get(self, partition: K) -> PartitionOffsets | None:
-        return self._partitions.get(partition)
-
-    def committable(self) -> dict[K, int]:
-        ready: dict[K, int] = {}
-        for partition, offsets in self._partitions.items():
-            position = offsets.committable()
-            if position is not None:
-                ready[partition] = position
-        return ready
-
-    def mark_committed(self, positions: dict[K, int]) -> None:
-        for partition, position in positions.items():
-            offsets = self._partitions.get(partition)
-            if offsets is not None:
-                offsets.committed(position)
-
-    def partitions(self) -> list[K]:
-        return list(self._partitions)

@@ -7,7 +7,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.sender.core import PartitionOffsets
 from services.sender.metrics import SERVICE
 from services.sender.ports import Publish
 from shared.errors import InvalidRequest
@@ -15,6 +14,7 @@ from shared.group_commit import GroupCommit
 from shared.kafka import DeadLetters, Failure, publish_all
 from shared.messages import STATUS_CHANGED, MetaError, SendApproved, StatusChanged
 from shared.metrics import RECORDS_HANDLED
+from shared.pipeline_offsets import PartitionOffsets
 
 
 class StatusPublisher:

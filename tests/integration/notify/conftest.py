@@ -262,10 +262,11 @@ class NotifyWorld:
         disable_after_s: float = 3 * 86_400.0,
         poll_interval: float = 0.1,
         grace_ms: int = 30_000,
+        endpoint_ttl_s: float = 0.2,
     ) -> None:
         clock = SystemClock()
         store = NotifyRepository(self.db)
-        directory = EndpointDirectory(store, self.vault, clock, ttl_seconds=0.2)
+        directory = EndpointDirectory(store, self.vault, clock, ttl_seconds=endpoint_ttl_s)
         mailer = Mailer(
             store,
             SmtpServer(SmtpConfig("127.0.0.1", self.mailbox.port, timeout_seconds=10)),
@@ -314,7 +315,7 @@ class NotifyWorld:
                     run_consumer(
                         self.broker.as_service("notify"),
                         self.prefix,
-                        worker.handle_record,
+                        worker,
                         self.notify_producer,
                     ),
                     dispatcher.run_forever(),

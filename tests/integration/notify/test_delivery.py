@@ -76,7 +76,10 @@ async def test_a_clients_message_events_arrive_signed_and_verifiable(world: Noti
         "message.sent",
     ]
     assert all(e["data"]["client_reference"] == "order-1234" for e in events)
-    attempts = await world.db["delivery_attempts"].find({}).to_list(None)
+    # an attempt is recorded once its answer is read: after the receiver saw the request
+    attempts = await world.wait_for(
+        lambda: world.db["delivery_attempts"].find({}).to_list(None), what="attempts recorded"
+    )
     assert {a["http_status"] for a in attempts} == {200}
     assert all(a["latency_ms"] >= 0 and a["error"] is None for a in attempts)
 

@@ -34,6 +34,16 @@ async def store(
     await mongo.drop_database(f"it_{unique}")
 
 
+async def insert_event(store: Any, doc: dict[str, Any]) -> bool:
+    [inserted] = await store.insert_events([doc])
+    return bool(inserted)
+
+
+async def insert_delivery(store: Any, doc: dict[str, Any]) -> bool:
+    [inserted] = await store.insert_deliveries([doc])
+    return bool(inserted)
+
+
 def delivery(i: int, next_at: int, attempts: int = 0) -> dict[str, Any]:
     return {
         "_id": f"we_1:evt_{i:02d}",
@@ -61,10 +71,10 @@ async def test_inserts_are_once_per_id(store: Any) -> None:
         "created_at": 10,
         "payload": "{}",
     }
-    assert await store.insert_event(event) is True
-    assert await store.insert_event(event) is False
-    assert await store.insert_delivery(delivery(1, 5)) is True
-    assert await store.insert_delivery(delivery(1, 5)) is False
+    assert await insert_event(store, event) is True
+    assert await insert_event(store, event) is False
+    assert await insert_delivery(store, delivery(1, 5)) is True
+    assert await insert_delivery(store, delivery(1, 5)) is False
     alert = {"_id": "balance_low:x", "account_id": "acc", "state": "pending", "next_at": 0}
     assert await store.insert_alert(alert) is True
     assert await store.insert_alert(alert) is False
@@ -73,10 +83,22 @@ async def test_inserts_are_once_per_id(store: Any) -> None:
     assert await store.due_alerts(1, 10) == []
 
 
+async def test_a_batch_insert_answers_each_document_in_order(store: Any) -> None:
+    assert await insert_delivery(store, delivery(2, 5)) is True
+    batch = [delivery(1, 5), delivery(2, 5), delivery(1, 5), delivery(3, 5)]
+    assert await store.insert_deliveries(batch) == [True, False, False, True]
+    assert await store.insert_deliveries([]) == []
+    assert sorted(d["_id"] for d in await store.unattempted_deliveries("", 10)) == [
+        "we_1:evt_01",
+        "we_1:evt_02",
+        "we_1:evt_03",
+    ]
+
+
 async def test_due_deliveries_come_in_time_order_and_settled_ones_never(store: Any) -> None:
     for i, next_at in enumerate((30, 10, 20, 99)):
-        await store.insert_delivery(delivery(i, next_at, attempts=1))
-    await store.insert_delivery(delivery(9, 5))  # never attempted
+        await insert_delivery(store, delivery(i, next_at, attempts=1))
+    await insert_delivery(store, delivery(9, 5))  # never attempted
     assert [d["_id"] for d in await store.due_deliveries(50, 10)] == [
         "we_1:evt_09",
         "we_1:evt_01",
@@ -94,7 +116,8 @@ async def test_due_deliveries_come_in_time_order_and_settled_ones_never(store: A
 
 async def test_events_by_range_and_the_accepted_details(store: Any) -> None:
     for at in (100, 200, 300):
-        await store.insert_event(
+        await insert_event(
+            store,
             {
                 "_id": f"evt_{at}",
                 "account_id": "acc",
@@ -104,9 +127,10 @@ async def test_events_by_range_and_the_accepted_details(store: Any) -> None:
                 "source_at": at,
                 "created_at": at,
                 "payload": "{}",
-            }
+            },
         )
-    await store.insert_event(
+    await insert_event(
+        store,
         {
             "_id": "evt_other",
             "account_id": "other",
@@ -116,14 +140,15 @@ async def test_events_by_range_and_the_accepted_details(store: Any) -> None:
             "source_at": 200,
             "created_at": 200,
             "payload": "{}",
-        }
+        },
     )
     assert [e["_id"] for e in await store.events_in_range("acc", 150, 300, 10)] == [
         "evt_200",
         "evt_300",
     ]
     assert sorted(await store.events_by_ids(["evt_100", "evt_none"])) == ["evt_100"]
-    await store.insert_event(
+    await insert_event(
+        store,
         {
             "_id": accepted_event_id("msg_1"),
             "account_id": "acc",
@@ -134,7 +159,7 @@ async def test_events_by_range_and_the_accepted_details(store: Any) -> None:
             "created_at": 1,
             "payload": "{}",
             "details": {"client_reference": "r"},
-        }
+        },
     )
     assert (await store.message_details("msg_1"))["client_reference"] == "r"
     assert await store.message_details("msg_2") is None

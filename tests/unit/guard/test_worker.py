@@ -257,3 +257,25 @@ async def test_a_database_outage_leaves_nothing_half_remembered() -> None:
     await world.handle([world.send("+447911000001")])
     state = core.account_from_doc(ACC, world.store.state_docs[ACC])
     assert state.count("new", state.latest_at, 60_000) == 2  # a third send: not new
+
+
+async def test_a_batch_that_fails_on_a_bug_forgets_what_it_half_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the pipeline then tries each record alone: each attempt must start from the database
+    world = World()
+    batch = world.failed(3)
+    real = world.store.save_state
+
+    async def buggy(doc: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(world.store, "save_state", buggy)
+    with pytest.raises(RuntimeError):
+        await world.handle(batch)
+    monkeypatch.setattr(world.store, "save_state", real)
+    reads = world.store.state_reads
+    await world.handle(batch)
+    assert world.store.state_reads == reads + 1
+    state = core.account_from_doc(ACC, world.store.state_docs[ACC])
+    assert state.count("failed", state.latest_at, 900_000) == 3  # counted once

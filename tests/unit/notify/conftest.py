@@ -16,6 +16,7 @@ from services.notify.endpoints import EndpointDirectory
 from services.notify.mailer import Mailer
 from services.notify.worker import NotifyWorker
 from shared.clock import FakeClock
+from shared.pipeline import Item
 from shared.secrets import TokenVault, new_key
 from tests.unit.notify.fakes import FakeMailServer, FakeStore, FakeTransport
 
@@ -92,6 +93,16 @@ class Notify:
             )
         )
 
+    async def handle_batch(self, events: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Records as one batch of the pipeline (offsets in list order)."""
+        records = [
+            FakeRecord(topic.name, msgspec.json.encode(event), self.clock.now_ms(), offset=i)
+            for i, (topic, event) in enumerate(events)
+        ]
+        await self.worker.handle_batch(
+            [Item(r, self.worker.decode(r)) for r in records]  # type: ignore[arg-type]
+        )
+
     async def settle(self) -> None:
         await self.dispatcher.wait_idle()
 
@@ -103,11 +114,12 @@ class Notify:
 
 def build(
     schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400),
+    endpoint_ttl_s: float = 0.0,
     **policy: Any,
 ) -> Notify:
     store, transport, mail, clock = FakeStore(), FakeTransport(), FakeMailServer(), FakeClock()
     vault = TokenVault(new_key())
-    directory = EndpointDirectory(store, vault, clock, ttl_seconds=0.0)
+    directory = EndpointDirectory(store, vault, clock, ttl_seconds=endpoint_ttl_s)
     mailer = Mailer(store, mail, clock, "Hala <alerts@hala.test>", [10, 60])
     disabled: list[str] = []
 

@@ -28,6 +28,7 @@ class FakeStore:
         self.accounts: dict[str, Doc] = {}
         self.balances: dict[str, Doc] = {}
         self.alerts: dict[str, Doc] = {}
+        self.writes: dict[str, int] = {}  # insert_many calls per collection
 
     async def endpoints_of_account(self, account_id: str) -> list[Doc]:
         return [
@@ -47,10 +48,15 @@ class FakeStore:
             {**fields, "account_id": account_id}
         )
 
-    async def insert_event(self, doc: Doc) -> bool:
-        if doc["_id"] in self.events:
+    async def insert_events(self, docs: Sequence[Doc]) -> list[bool]:
+        self.writes["events"] = self.writes.get("events", 0) + 1
+        return [self._insert(self.events, d) for d in docs]
+
+    @staticmethod
+    def _insert(into: dict[str, Doc], doc: Doc) -> bool:
+        if doc["_id"] in into:
             return False
-        self.events[doc["_id"]] = dict(doc)
+        into[doc["_id"]] = dict(doc)
         return True
 
     async def event(self, event_id: str) -> Doc | None:
@@ -72,11 +78,9 @@ class FakeStore:
         )
         return found[:limit]
 
-    async def insert_delivery(self, doc: Doc) -> bool:
-        if doc["_id"] in self.deliveries:
-            return False
-        self.deliveries[doc["_id"]] = dict(doc)
-        return True
+    async def insert_deliveries(self, docs: Sequence[Doc]) -> list[bool]:
+        self.writes["deliveries"] = self.writes.get("deliveries", 0) + 1
+        return [self._insert(self.deliveries, d) for d in docs]
 
     async def insert_attempt(self, doc: Doc) -> None:
         self.attempts.setdefault(doc["_id"], dict(doc))

@@ -22,7 +22,7 @@ from shared.messages import (
     WEBHOOK_RECEIVED,
     topics_read_by,
 )
-from tests.unit.notify.conftest import Notify
+from tests.unit.notify.conftest import Notify, build
 
 WABA = "102290129340398"
 
@@ -215,6 +215,83 @@ async def test_another_accounts_endpoint_is_never_a_target(notify: Notify) -> No
     )
     await notify.settle()
     assert notify.transport.calls == []
+
+
+async def test_a_batch_is_one_insert_per_collection_and_its_statuses_read_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    notify = build(endpoint_ttl_s=2.0)  # notify's default endpoint cache
+    notify.add_endpoint("we_1", events=("message.*",))
+    reads: list[str] = []
+    for name in ("endpoints_of_account", "events_by_ids", "message_details", "message_doc"):
+        real = getattr(notify.store, name)
+
+        async def counted(*args: object, _real: object = real, _name: str = name) -> object:
+            reads.append(_name)
+            return await _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(notify.store, name, counted)
+    events: list[tuple[object, dict]] = []
+    for i in range(20):
+        message = f"msg_{i:02d}"
+        for state in ("delivered", "sent"):  # statuses first: they are on another topic
+            status = {
+                **STATUS_CHANGED.examples[0],
+                "event_id": f"{message}:{state}",
+                "message_id": message,
+                "status": state,
+            }
+            events.append((STATUS_CHANGED, status))
+        request = {**SEND_REQUESTED.examples[0], "message_id": message, "event_id": message}
+        events.append((SEND_REQUESTED, request))
+    events.append(events[0])  # a redelivered record in the same batch
+    await notify.handle_batch(events)  # type: ignore[arg-type]
+    await notify.settle()
+    assert notify.store.writes == {"events": 1, "deliveries": 1}
+    assert reads == ["endpoints_of_account"]  # once for the 61 records of one account
+    assert len(notify.store.events) == len(notify.store.deliveries) == 60
+    assert len(notify.transport.calls) == 60  # the duplicate is not delivered twice
+    sent = [json.loads(c.body) for c in notify.transport.calls]
+    assert {e["data"]["client_reference"] for e in sent} == {"order-1234"}  # the request's
+
+
+async def test_a_status_whose_request_came_in_an_earlier_run_reads_it_once_per_batch(
+    notify: Notify,
+) -> None:
+    notify.add_endpoint("we_1", events=("message.*",))
+    requests = [
+        (SEND_REQUESTED, {**SEND_REQUESTED.examples[0], "message_id": f"m{i}", "event_id": f"m{i}"})
+        for i in range(3)
+    ]
+    await notify.handle_batch(requests)  # type: ignore[arg-type]
+    restarted = build()  # a new process: nothing in memory, the same database
+    restarted.store = notify.store
+    restarted.worker._store = notify.store  # type: ignore[attr-defined]
+    restarted.directory._store = notify.store  # type: ignore[attr-defined]
+    asked: list[list[str]] = []
+    real = notify.store.events_by_ids
+
+    async def counted(ids: list[str]) -> dict:
+        asked.append(list(ids))
+        return await real(ids)
+
+    notify.store.events_by_ids = counted  # type: ignore[method-assign]
+    statuses = [
+        (
+            STATUS_CHANGED,
+            {
+                **STATUS_CHANGED.examples[0],
+                "event_id": f"m{i}:sent",
+                "message_id": f"m{i}",
+                "status": "sent",
+            },
+        )
+        for i in range(3)
+    ]
+    await restarted.handle_batch(statuses)  # type: ignore[arg-type]
+    assert asked == [[core.accepted_event_id(f"m{i}") for i in range(3)]]
+    sent = [d for d in notify.store.events.values() if d["type"] == "message.sent"]
+    assert len(sent) == 3 and all('"order-1234"' in d["payload"] for d in sent)
 
 
 async def test_a_record_of_another_topic_or_shape_is_a_permanent_error(notify: Notify) -> None:

@@ -12,8 +12,6 @@ from services.sender.core import (
     ErrorClass,
     HoldUntil,
     NumberPacer,
-    OffsetTracker,
-    PartitionOffsets,
     RetryLimits,
     SendQueue,
     ThrottleScope,
@@ -566,77 +564,3 @@ def test_a_message_is_expired_from_its_expiry_instant_on() -> None:
     assert is_expired(1_000, 1_000)
     assert is_expired(1_000, 5_000)
     assert monotonic_deadline(11_000, now_ms=1_000, now=50.0) == 60.0
-
-
-# --- offsets ------------------------------------------------------------------------------------
-
-
-def test_the_commit_stops_at_the_lowest_unfinished_offset() -> None:
-    offsets = PartitionOffsets()
-    for offset in range(10, 15):
-        offsets.track(offset)
-    assert offsets.committable() is None or offsets.committable() == 10
-    offsets.done(11)
-    offsets.done(12)
-    assert offsets.committable() == 10  # 10 is parked: nothing after it is committed
-    offsets.done(10)
-    assert offsets.committable() == 13
-    offsets.committed(13)
-    assert offsets.committable() is None  # nothing new
-    offsets.done(14)
-    offsets.done(13)
-    assert offsets.committable() == 15
-    assert offsets.pending() == 0
-
-
-def test_offsets_with_gaps_commit_past_the_last_finished_one() -> None:
-    offsets = PartitionOffsets()
-    offsets.track(3)
-    offsets.track(7)  # compaction or transaction markers leave gaps
-    offsets.done(7)
-    assert offsets.committable() == 3
-    offsets.done(3)
-    assert offsets.committable() == 8
-
-
-def test_offsets_must_be_consumed_in_order() -> None:
-    offsets = PartitionOffsets()
-    offsets.track(5)
-    with pytest.raises(ValueError):
-        offsets.track(4)
-
-
-def test_many_out_of_order_completions_commit_exactly_once_everything_is_done() -> None:
-    import random
-
-    offsets = PartitionOffsets()
-    for offset in range(5000):
-        offsets.track(offset)
-    order = list(range(5000))
-    random.Random(3).shuffle(order)
-    finished: set[int] = set()
-    for offset in order:
-        offsets.done(offset)
-        finished.add(offset)
-        position = offsets.committable()
-        if position is not None:
-            assert all(o in finished for o in range(position))
-            assert position == 5000 or position not in finished
-            offsets.committed(position)
-    assert offsets.committable() is None
-    assert offsets.pending() == 0
-
-
-def test_the_tracker_reports_only_partitions_with_progress_and_forgets_revoked_ones() -> None:
-    tracker: OffsetTracker[str] = OffsetTracker()
-    a = tracker.assign("a")
-    b = tracker.assign("b")
-    a.track(0)
-    b.track(0)
-    a.done(0)
-    assert tracker.committable() == {"a": 1, "b": 0}
-    tracker.mark_committed({"a": 1, "b": 0})
-    assert tracker.committable() == {}
-    tracker.forget("b")
-    assert tracker.partitions() == ["a"]
-    assert tracker.get("b") is None
