@@ -389,7 +389,8 @@ class Pipeline(Generic[T]):
 
     async def _commit(self) -> None:
         """Commit and forget the finished positions. A rebalance may have moved partitions
-        meanwhile: then nothing is committed, and their new owner reads those records again."""
+        meanwhile: then nothing is committed, and their new owner reads those records again.
+        A stop during the commit leaves them to the commit at the stop."""
         positions = dict(self._finished)
         self._finished.clear()
         self._last_commit = self._clock()
@@ -399,6 +400,10 @@ class Pipeline(Generic[T]):
             await self._consumer.commit(positions)
         except KafkaError as exc:
             log.warning("commit_failed", error=str(exc), partitions=len(positions))
+        except asyncio.CancelledError:
+            for tp, offset in positions.items():
+                self._finished[tp] = max(offset, self._finished.get(tp, 0))
+            raise
 
     # --- rebalances ----------------------------------------------------------------------------
 
