@@ -1,5 +1,6 @@
 """What a dead letter is, pure (no I/O): its headers, their limits and the closed set of
-reasons. The loop that writes dead letters is in shared/kafka.py; `hala dlq` reads them."""
+reasons. `DeadLetters` in shared/kafka.py writes them (for shared/pipeline.py and the sender);
+`hala dlq` reads them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kafka helpers: durable producers, manual-commit consumers, topic creation and the consumer loop.
+"""Kafka helpers: durable producers, manual-commit consumers, topics, and the dead-letter rule.
 
 Every client connects from a `KafkaConfig` (address, SASL_SSL credentials of the process's own
 principal, the broker's CA), built by `ServiceSettings.kafka`: `make_producer`, `make_consumer`
@@ -6,10 +6,11 @@ and `make_admin` here, librdkafka's options for shared/rdkafka_producer.py, faus
 credentials in billing. Services create no topics (`wait_for_topics`): the set-up principal
 does (tools/kafka_setup.py), with the ACLs of shared/kafka_access.py.
 
-The loop follows arroyo's shape: decode -> handle -> commit offset + 1. The commit follows the
-effect. Every consumer of the platform (status's two workers on shared/pipeline.py, which
-batches, the sender's own loop, billing's faust agent) keeps one rule, so that no record can
-stop it:
+The consumer loop is shared/pipeline.py (decode -> batch -> effect -> commit offset + 1, the
+commit after the effect): status, notify and guard run on it, the sender commits out of order
+with shared/pipeline_offsets.py, billing is a faust agent. This module holds the rule they all
+keep, so that no record can stop a consumer (`attempt_record`, `DeadLetters`, `RetryPolicy`,
+`DeadLetterGuard`):
 
 - a record that can never succeed (PermanentError) goes to `<topic>.dlq` at once;
 - a record whose handling raises anything else that is not a TransientError (a bug, a shape
@@ -41,7 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -551,128 +552,6 @@ class DeadLetters:
         else:
             log.error("record_dead_lettered", exc_info=failure.error, **fields)
         self.guard.record_dead_letter()
-
-
-Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
-
-
-async def _handle_one(
-    record: ConsumerRecord[bytes, bytes],
-    handle: Handler,
-    dead_letters: DeadLetters,
-    retry: RetryPolicy,
-) -> None:
-    """Handle one record to its end: its effect, or its dead letter. Only a TransientError
-    past the retry budget (or TooManyDeadLetters) propagates: the caller must not commit."""
-    failure = await attempt_record(lambda: handle(record), retry, what=record.topic)
-    if failure is None:
-        dead_letters.success()
-        RECORDS_HANDLED.labels(service=dead_letters.service, outcome="handled").inc()
-        return
-    await dead_letters.send(record, failure)
-
-
-COMMIT_INTERVAL_S = 0.5
-FINAL_COMMIT_TIMEOUT_S = 5.0
-
-
-async def consume_concurrently(
-    consumer: AIOKafkaConsumer,
-    producer: AIOKafkaProducer,
-    handle: Handler,
-    *,
-    service: str,
-    key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
-    max_records: int = 500,
-    retry: RetryPolicy = RetryPolicy(),
-    guard: DeadLetterGuard | None = None,
-    commit_interval_s: float = COMMIT_INTERVAL_S,
-) -> None:
-    """Handle records, those with different keys concurrently, and commit what is finished.
-
-    A record is finished by its effect or by its dead letter (see the module's docstring):
-    `handle` raises PermanentError for a record that can never succeed (-> DLQ at once),
-    TransientError for a dependency problem (-> retried; past the budget it propagates and
-    the batch it hit is not committed), and anything else is retried a few times and then
-    dead-lettered with its traceback, so that the partition moves on.
-
-    Records that share `key_of(record)` (e.g. one message's events) are handled one after the
-    other in offset order, so whoever writes that key's documents is still their only writer.
-    A batch counts as finished once every record of it is. Finished positions are committed at
-    most every `commit_interval_s`, and as soon as no record is waiting: a commit per batch cost
-    the broker a log write per batch, at low rates one per record. A stop, crash or rebalance
-    before the commit means those records are read again (handlers are idempotent).
-    """
-    dead_letters = DeadLetters(producer, service, guard, retry)
-    finished: dict[TopicPartition, int] = {}
-    last_commit = float("-inf")
-    try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
-            records = [r for part in batches.values() for r in part]
-            if records:
-                await _handle_batch(records, handle, dead_letters, key_of, retry)
-                finished.update({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
-            now = time.monotonic()
-            if finished and (not records or now - last_commit >= commit_interval_s):
-                await _commit_finished(consumer, finished)
-                last_commit = now
-    finally:
-        if finished:  # a stop (or a failure in a later batch) keeps what was finished before it
-            try:
-                async with asyncio.timeout(FINAL_COMMIT_TIMEOUT_S):
-                    await _commit_finished(consumer, finished)
-            except TimeoutError:  # a broker that is gone must not hold up the stop
-                log.warning("commit_failed", error="timed out at stop")
-
-
-async def _handle_batch(
-    records: list[ConsumerRecord[bytes, bytes]],
-    handle: Handler,
-    dead_letters: DeadLetters,
-    key_of: Callable[[ConsumerRecord[bytes, bytes]], object],
-    retry: RetryPolicy,
-) -> None:
-    by_key: dict[object, list[ConsumerRecord[bytes, bytes]]] = {}
-    for record in records:
-        by_key.setdefault(_safe_key(key_of, record), []).append(record)
-
-    async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
-        for record in group:
-            await _handle_one(record, handle, dead_letters, retry)
-
-    tasks = [asyncio.ensure_future(in_order(group)) for group in by_key.values()]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        # The loop stops (an outage past its budget, a bad deploy, a stop): so do the other
-        # keys' records, before the caller's final commit.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-def _safe_key(
-    key_of: Callable[[ConsumerRecord[bytes, bytes]], object], record: ConsumerRecord[bytes, bytes]
-) -> object:
-    """A key function that fails on an odd record must not stop the loop: such records share
-    the Kafka key's group (and meet their failure again in the handler)."""
-    try:
-        return key_of(record)
-    except Exception:
-        return ("kafka-key", record.key)
-
-
-async def _commit_finished(consumer: AIOKafkaConsumer, finished: dict[TopicPartition, int]) -> None:
-    """Commit and forget the finished positions. A rebalance may have moved partitions
-    meanwhile: then nothing is committed, and their new owner reads those records again."""
-    positions = dict(finished)
-    finished.clear()
-    try:
-        await consumer.commit(positions)
-    except KafkaError as exc:
-        log.warning("commit_failed", error=str(exc), partitions=len(positions))
 
 
 async def report_lag_forever(

@@ -15,7 +15,7 @@ asyncio and aiokafka:
 - **commit**: once the effect returned, each partition's last offset + 1 is finished; finished
   positions are committed at most every `commit_interval_s`, and as soon as nothing is waiting.
 
-The dead-letter rule of shared/kafka.py holds for the batch as for a record:
+The dead-letter rule of shared/kafka.py (its docstring) holds for the batch as for a record:
 
 - the effect raising a TransientError is retried with the policy's backoff; past its budget the
   error propagates, the batch is not committed, and the process is restarted;
@@ -52,7 +52,6 @@ from aiokafka.errors import KafkaError
 from shared.dead_letters import Failure
 from shared.errors import TransientError
 from shared.kafka import (
-    FINAL_COMMIT_TIMEOUT_S,
     DeadLetterGuard,
     DeadLetters,
     RetryPolicy,
@@ -67,6 +66,10 @@ log = get_logger(__name__)
 T = TypeVar("T")
 K = TypeVar("K")
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+# How long the commit of what is finished may take when the pipeline stops: a broker that no
+# longer answers must not hold up the stop (those records are read again after the restart).
+FINAL_COMMIT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -386,7 +389,8 @@ class Pipeline(Generic[T]):
 
     async def _commit(self) -> None:
         """Commit and forget the finished positions. A rebalance may have moved partitions
-        meanwhile: then nothing is committed, and their new owner reads those records again."""
+        meanwhile: then nothing is committed, and their new owner reads those records again.
+        A stop during the commit leaves them to the commit at the stop."""
         positions = dict(self._finished)
         self._finished.clear()
         self._last_commit = self._clock()
@@ -396,6 +400,10 @@ class Pipeline(Generic[T]):
             await self._consumer.commit(positions)
         except KafkaError as exc:
             log.warning("commit_failed", error=str(exc), partitions=len(positions))
+        except asyncio.CancelledError:
+            for tp, offset in positions.items():
+                self._finished[tp] = max(offset, self._finished.get(tp, 0))
+            raise
 
     # --- rebalances ----------------------------------------------------------------------------
 

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
+from prometheus_client import REGISTRY
 
+from shared import pipeline as pipeline_module
 from shared.errors import DependencyUnavailable, InvalidRequest
-from shared.kafka import RetryPolicy
+from shared.kafka import DeadLetterGuard, RetryPolicy, TooManyDeadLetters
 from shared.pipeline import (
     Batcher,
     BatchPolicy,
@@ -124,12 +127,18 @@ def test_grouping_by_key_keeps_each_keys_offset_order() -> None:
 
 
 class _FakeConsumer:
-    """Hands out its polls in order, then waits (the test cancels the pipeline)."""
+    """Hands out its polls in order (`feed` adds one), then waits (the test stops the pipeline).
+    The first `failing_commits` commits are refused as after a rebalance."""
 
-    def __init__(self, *polls: dict[TopicPartition, list[Any]]) -> None:
+    def __init__(self, *polls: dict[TopicPartition, list[Any]], failing_commits: int = 0) -> None:
         self._polls = list(polls)
         self.commits: list[dict[TopicPartition, int]] = []
+        self.refused: list[dict[TopicPartition, int]] = []
+        self._failing_commits = failing_commits
         self._paused: set[TopicPartition] = set()
+
+    def feed(self, poll: dict[TopicPartition, list[Any]]) -> None:
+        self._polls.append(poll)
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
         if not self._polls:
@@ -150,15 +159,29 @@ class _FakeConsumer:
         self._paused.difference_update(tps)
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._failing_commits:
+            self._failing_commits -= 1
+            self.refused.append(offsets)
+            raise CommitFailedError("the group rebalanced")
         self.commits.append(offsets)
 
 
 class _FakeProducer:
-    def __init__(self) -> None:
-        self.dead_letters: list[tuple[str, int]] = []
+    """Keeps the dead letters sent to it; the first `failures` sends fail as a broker would."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self._failures = failures
 
     async def send_and_wait(self, topic: str, value: bytes, key: bytes, headers: Any) -> None:
-        self.dead_letters.append((topic, dict(headers)["source_offset"].decode()))
+        if self._failures:
+            self._failures -= 1
+            raise KafkaConnectionError("broker gone")
+        self.sent.append({"topic": topic, "key": key, "value": value, "headers": dict(headers)})
+
+    @property
+    def dead_letters(self) -> list[tuple[str, str]]:
+        return [(d["topic"], d["headers"]["source_offset"].decode()) for d in self.sent]
 
 
 _FAST = RetryPolicy(
@@ -228,6 +251,7 @@ async def test_a_poison_record_in_a_batch_is_dead_lettered_and_the_others_effect
 
 async def test_a_dependency_outage_past_its_budget_stops_the_pipeline_and_commits_nothing() -> None:
     consumer = _FakeConsumer({TP0: [_record(0, 1)]})
+    producer = _FakeProducer()
     attempts = 0
 
     async def effect(items: Any) -> None:
@@ -237,7 +261,7 @@ async def test_a_dependency_outage_past_its_budget_stops_the_pipeline_and_commit
 
     pipeline = Pipeline(
         consumer,  # type: ignore[arg-type]
-        _FakeProducer(),  # type: ignore[arg-type]
+        producer,  # type: ignore[arg-type]
         decode=_decode,
         effect=effect,
         service="unit",
@@ -247,6 +271,7 @@ async def test_a_dependency_outage_past_its_budget_stops_the_pipeline_and_commit
         await asyncio.wait_for(pipeline.run(), timeout=5)
     assert attempts > 1  # retried within the budget, never record by record
     assert consumer.commits == []
+    assert producer.sent == []  # an outage is not the record's fault
 
 
 async def test_batches_follow_each_other_in_order_and_commit_when_idle() -> None:
@@ -301,3 +326,226 @@ async def test_a_partition_that_is_behind_is_paused_while_the_others_flow() -> N
     await _run_until(pipeline, paused_then_drained)
     assert paused_during == [{TP0}]  # TP1 (one record waiting) was never paused
     assert consumer.commits[-1] == {TP0: 20, TP1: 1}
+
+
+def _pipeline(
+    consumer: _FakeConsumer,
+    producer: _FakeProducer,
+    effect: Any,
+    *,
+    policy: BatchPolicy | None = None,
+    guard: DeadLetterGuard | None = None,
+) -> Pipeline[bytes]:
+    return Pipeline(
+        consumer,  # type: ignore[arg-type]
+        producer,  # type: ignore[arg-type]
+        decode=_decode,
+        effect=effect,
+        service="unit",
+        policy=policy or BatchPolicy(poll_timeout_ms=5),
+        retry=_FAST,
+        guard=guard,
+    )
+
+
+def _dead_letters_counted(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("hala_dead_letters_total", {"service": "unit", "reason": reason})
+        or 0.0
+    )
+
+
+async def test_a_dead_letter_says_why_and_where_from_and_keeps_the_records_own_headers() -> None:
+    poison = ConsumerRecord(
+        "t", 0, 5, 0, 0, b"a", b"poison", None, 1, 1, [("traceparent", b"00-abc-01")]
+    )
+    consumer = _FakeConsumer({TP0: [_record(0, 4), poison, _record(0, 6)]})
+    producer = _FakeProducer()
+    tries: list[list[int]] = []
+    before = _dead_letters_counted("unexpected")
+
+    async def effect(items: Any) -> None:
+        tries.append([i.offset for i in items])
+        if any(i.value == b"poison" for i in items):
+            raise KeyError("a field nobody foresaw")
+
+    await _run_until(_pipeline(consumer, producer, effect), lambda: consumer.commits)
+    # the batch, then each record alone: the poison one as many times as the policy says
+    assert tries == [[4, 5, 6], [4], [5], [5], [6]]
+    assert consumer.commits == [{TP0: 7}]  # the partition moved on past the dead letter
+    [dead] = producer.sent
+    assert (dead["topic"], dead["key"], dead["value"]) == ("t.dlq", b"a", b"poison")
+    headers = dead["headers"]
+    assert headers["traceparent"] == b"00-abc-01"
+    assert (headers["error_type"], headers["error_reason"]) == (b"KeyError", b"unexpected")
+    assert b"a field nobody foresaw" in headers["error_detail"]
+    assert headers["error_traceback"].startswith(b"Traceback (most recent call last)")
+    assert b"in effect" in headers["error_traceback"]
+    assert (headers["source_topic"], headers["source_partition"], headers["source_offset"]) == (
+        b"t",
+        b"0",
+        b"5",
+    )
+    assert (headers["service"], headers["attempts"]) == (b"unit", b"2")
+    assert int(headers["dead_lettered_at"]) > 1_700_000_000_000
+    assert _dead_letters_counted("unexpected") == before + 1
+
+
+async def test_a_bug_that_goes_away_on_a_retry_writes_no_dead_letter() -> None:
+    consumer = _FakeConsumer({TP0: [_record(0, 1)]})
+    producer = _FakeProducer()
+    calls = 0
+
+    async def flaky(items: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:  # the batch, and the record's first try alone
+            raise RuntimeError("a race")
+
+    await _run_until(_pipeline(consumer, producer, flaky), lambda: consumer.commits)
+    assert calls == 3
+    assert producer.sent == []
+    assert consumer.commits == [{TP0: 2}]
+
+
+async def test_a_permanent_error_is_dead_lettered_at_once() -> None:
+    consumer = _FakeConsumer({TP0: [_record(0, 1, b"refused"), _record(0, 2)]})
+    producer = _FakeProducer()
+    alone: list[int] = []
+    before = _dead_letters_counted("permanent")
+
+    async def effect(items: Any) -> None:
+        if len(items) == 1:
+            alone.append(items[0].offset)
+        if any(i.value == b"refused" for i in items):
+            raise InvalidRequest("not a SendRequested", code="undecodable_event")
+
+    await _run_until(_pipeline(consumer, producer, effect), lambda: consumer.commits)
+    assert alone == [1, 2]  # tried once alone, not retried
+    [dead] = producer.sent
+    headers = dead["headers"]
+    assert (headers["error_reason"], headers["attempts"]) == (b"permanent", b"1")
+    assert headers["error_type"] == b"InvalidRequest"
+    assert consumer.commits == [{TP0: 3}]
+    assert _dead_letters_counted("permanent") == before + 1
+
+
+async def test_a_dead_letter_is_written_once_the_broker_is_back() -> None:
+    consumer = _FakeConsumer({TP0: [_record(0, 1)]})
+    producer = _FakeProducer(failures=2)
+
+    async def bug(items: Any) -> None:
+        raise RuntimeError("a bug")
+
+    await _run_until(_pipeline(consumer, producer, bug), lambda: consumer.commits)
+    assert producer.dead_letters == [("t.dlq", "1")]
+    assert consumer.commits == [{TP0: 2}]
+
+
+@pytest.mark.parametrize("bad", ["effect", "decode"])
+async def test_too_many_dead_letters_in_a_row_stop_the_pipeline_before_the_batch_is_committed(
+    bad: str,
+) -> None:
+    value = b"garbage" if bad == "decode" else b"v"
+    consumer = _FakeConsumer({TP0: [_record(0, n, value) for n in range(10)]})
+    producer = _FakeProducer()
+
+    async def bad_deploy(items: Any) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'id'")
+
+    pipeline = _pipeline(consumer, producer, bad_deploy, guard=DeadLetterGuard(limit_in_a_row=4))
+    with pytest.raises(TooManyDeadLetters):
+        await asyncio.wait_for(pipeline.run(), timeout=5)
+    assert len(producer.sent) == 4  # stopped, not drained
+    assert consumer.commits == []
+
+
+async def _stop_during_the_third_batch(
+    consumer: _FakeConsumer, stop: str, timeout_s: float = 5.0
+) -> None:
+    """Three records in batches of one: the first is committed at once, the second is finished
+    but waits for the commit interval, and the pipeline stops during the third."""
+    third = asyncio.Event()
+
+    async def effect(items: Any) -> None:
+        if items[0].offset == 3:
+            third.set()
+            if stop == "outage":
+                raise DependencyUnavailable("mongo down")
+            await asyncio.Event().wait()
+
+    policy = BatchPolicy(max_records=1, commit_interval_s=60, poll_timeout_ms=5)
+    task = asyncio.create_task(_pipeline(consumer, _FakeProducer(), effect, policy=policy).run())
+    if stop == "outage":
+        with pytest.raises(DependencyUnavailable):
+            await asyncio.wait_for(task, timeout_s)
+        return
+    await asyncio.wait_for(third.wait(), timeout_s)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout_s)
+
+
+@pytest.mark.parametrize("stop", ["cancelled", "outage"])
+async def test_what_is_finished_is_committed_when_the_pipeline_stops(stop: str) -> None:
+    consumer = _FakeConsumer({TP0: [_record(0, n) for n in (1, 2, 3)]})
+    await _stop_during_the_third_batch(consumer, stop)
+    assert consumer.commits == [{TP0: 2}, {TP0: 3}]
+
+
+async def test_a_commit_refused_by_a_rebalance_is_not_fatal_and_later_ones_go_through() -> None:
+    consumer = _FakeConsumer({TP0: [_record(0, 1)]}, failing_commits=1)
+    handled: list[int] = []
+    fed = False
+
+    async def effect(items: Any) -> None:
+        handled.extend(i.offset for i in items)
+
+    def refused_then_committed() -> bool:
+        nonlocal fed
+        if consumer.refused and not fed:  # the next record arrives after the refusal
+            consumer.feed({TP0: [_record(0, 2)]})
+            fed = True
+        return bool(consumer.commits)
+
+    await _run_until(_pipeline(consumer, _FakeProducer(), effect), refused_then_committed)
+    assert handled == [1, 2]
+    assert consumer.refused == [{TP0: 2}]
+    assert consumer.commits == [{TP0: 3}]
+
+
+async def test_a_broker_that_no_longer_answers_does_not_hold_up_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class _Hanging(_FakeConsumer):
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            if self.commits:  # the first goes through, the one at the stop never answers
+                await asyncio.Event().wait()
+            self.commits.append(offsets)
+
+    monkeypatch.setattr(pipeline_module, "FINAL_COMMIT_TIMEOUT_S", 0.05)
+    consumer = _Hanging({TP0: [_record(0, n) for n in (1, 2, 3)]})
+    await _stop_during_the_third_batch(consumer, "cancelled", timeout_s=2)
+    assert consumer.commits == [{TP0: 2}]
+
+
+async def test_a_stop_during_a_commit_commits_those_positions_at_the_stop() -> None:
+    committing = asyncio.Event()
+
+    class _SlowFirstCommit(_FakeConsumer):
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            if not committing.is_set():  # the stop arrives while the first is in flight
+                committing.set()
+                await asyncio.Event().wait()
+            self.commits.append(offsets)
+
+    async def effect(items: Any) -> None:
+        pass
+
+    consumer = _SlowFirstCommit({TP0: [_record(0, 1), _record(0, 2)]})
+    task = asyncio.create_task(_pipeline(consumer, _FakeProducer(), effect).run())
+    await asyncio.wait_for(committing.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert consumer.commits == [{TP0: 3}]
