@@ -13,7 +13,8 @@ raises a PyMongoError, which adapters translate into DependencyUnavailable like 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -88,6 +89,36 @@ async def mongo_ready(client: AsyncMongoClient[dict[str, Any]]) -> bool:
         return True
     except (PyMongoError, TimeoutError, OSError):
         return False
+
+
+# Whether a client's server answers `{_id: {$in: [...]}}` from the _id index, by client.
+_INDEXES_ID_IN: weakref.WeakKeyDictionary[AsyncMongoClient[Any], bool] = weakref.WeakKeyDictionary()
+
+
+async def find_by_ids(
+    collection: AsyncCollection[dict[str, Any]],
+    ids: Sequence[Any],
+    projection: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The documents with these `_id`s (those that exist), in any order.
+
+    MongoDB answers one `$in` query from the _id index. FerretDB 1.24 pushes only a lone `_id`
+    equality down to its index and scans the whole collection for an `$in`: 50 ids among
+    20,000 documents took 311-349 ms as one `$in` and 27 ms as 50 concurrent lookups (the
+    local default backend, 2026-12-06), and the scan grows with the collection. So on
+    FerretDB the ids are looked up one by one, all in flight at once: more round trips, each
+    of constant cost."""
+    if not ids:
+        return []
+    client = collection.database.client
+    indexed = _INDEXES_ID_IN.get(client)
+    if indexed is None:
+        build = await client.admin.command("buildInfo")
+        indexed = _INDEXES_ID_IN[client] = "ferretdbVersion" not in build
+    if indexed:
+        return await collection.find({"_id": {"$in": list(ids)}}, projection).to_list(None)
+    found = await asyncio.gather(*(collection.find_one({"_id": i}, projection) for i in ids))
+    return [doc for doc in found if doc is not None]
 
 
 def unavailable(exc: PyMongoError) -> DependencyUnavailable:

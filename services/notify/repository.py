@@ -34,7 +34,7 @@ from shared.collections import (
     WEBHOOK_ENDPOINTS,
 )
 from shared.group_commit import GroupCommit
-from shared.mongo import DUPLICATE_KEY, InsertBatcher, unavailable
+from shared.mongo import DUPLICATE_KEY, InsertBatcher, find_by_ids, unavailable
 
 Doc = dict[str, Any]
 T = TypeVar("T")
@@ -148,9 +148,7 @@ class NotifyRepository:
     async def events_by_ids(self, ids: Sequence[str]) -> dict[str, Doc]:
         if not ids:
             return {}
-        docs = await _call(
-            lambda: self._db[NOTIFY_EVENTS].find({"_id": {"$in": list(ids)}}).to_list(None)
-        )
+        docs = await _call(lambda: find_by_ids(self._db[NOTIFY_EVENTS], ids))
         return {d["_id"]: d for d in docs}
 
     async def events_in_range(
@@ -257,20 +255,14 @@ class NotifyRepository:
         if not ids:
             return {}
         docs = await _call(
-            lambda: (
-                self._db[MESSAGES]
-                .find({"_id": {"$in": list(ids)}}, {"callback_data": 1, "account_id": 1})
-                .to_list(None)
-            )
+            lambda: find_by_ids(self._db[MESSAGES], ids, {"callback_data": 1, "account_id": 1})
         )
         return {d["_id"]: d for d in docs}
 
     async def wamid_messages(self, wamids: Sequence[str]) -> dict[str, Doc]:
         if not wamids:
             return {}
-        docs = await _call(
-            lambda: self._db[WAMID_INDEX].find({"_id": {"$in": list(wamids)}}).to_list(None)
-        )
+        docs = await _call(lambda: find_by_ids(self._db[WAMID_INDEX], wamids))
         return {d["_id"]: d for d in docs}
 
     async def account_of_waba(self, waba_id: str) -> str | None:

@@ -34,7 +34,7 @@ from shared.collections import (
     USER_PREFERENCES,
     WAMID_INDEX,
 )
-from shared.mongo import DUPLICATE_KEY, InsertBatcher, unavailable
+from shared.mongo import DUPLICATE_KEY, InsertBatcher, find_by_ids, unavailable
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -153,9 +153,7 @@ class StatusRepository:
     async def find_by_wamids(self, wamids: Sequence[str]) -> dict[str, MessageRef]:
         if not wamids:
             return {}
-        docs = await _call(
-            lambda: self._db[WAMID_INDEX].find({"_id": {"$in": list(wamids)}}).to_list(None)
-        )
+        docs = await _call(lambda: find_by_ids(self._db[WAMID_INDEX], wamids))
         found = {str(doc["_id"]): message_ref_from_doc(doc) for doc in docs}
         return {wamid: ref for wamid, ref in found.items() if ref is not None}
 
@@ -248,13 +246,7 @@ class StatusRepository:
     async def load_messages(self, message_ids: Sequence[str]) -> dict[str, Doc]:
         if not message_ids:
             return {}
-        docs = await _call(
-            lambda: (
-                self._db[MESSAGES]
-                .find({"_id": {"$in": list(message_ids)}}, _STATE_FIELDS)
-                .to_list(None)
-            )
-        )
+        docs = await _call(lambda: find_by_ids(self._db[MESSAGES], message_ids, _STATE_FIELDS))
         return {str(doc["_id"]): doc for doc in docs}
 
     async def create_messages(self, docs: Sequence[Doc]) -> set[str]:

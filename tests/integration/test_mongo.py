@@ -9,7 +9,7 @@ import pytest
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from shared.mongo import DEFAULT_TIMEOUT_MS, make_client
+from shared.mongo import DEFAULT_TIMEOUT_MS, find_by_ids, make_client
 from tests.integration.tcp_proxy import TcpProxy
 
 
@@ -128,5 +128,29 @@ async def test_each_round_trip_is_counted_once_by_command(mongo, unique: str) ->
             "update": 1,
             "other": 0,
         }
+    finally:
+        await mongo.drop_database(f"it_{unique}")
+
+
+async def test_find_by_ids_finds_what_exists_with_the_projection_in_index_lookups(
+    mongo, unique: str
+) -> None:  # type: ignore[no-untyped-def]
+    """On FerretDB each id is its own lookup (an `$in` scans the collection there); on MongoDB
+    one `$in` query answers from the index."""
+    db = mongo[f"it_{unique}"]
+    try:
+        await db["docs"].insert_many([{"_id": f"d{i}", "n": i, "big": "x" * 10} for i in range(30)])
+        assert await find_by_ids(db["docs"], []) == []
+        await find_by_ids(db["docs"], ["d0"])  # the backend is known from here on
+        before = _commands()
+        found = await find_by_ids(db["docs"], ["d3", "nope", "d7", "d29"], {"n": 1})
+        finds = _commands()["find"] - before["find"]
+        assert sorted(found, key=lambda d: d["n"]) == [
+            {"_id": "d3", "n": 3},
+            {"_id": "d7", "n": 7},
+            {"_id": "d29", "n": 29},
+        ]
+        ferretdb = "ferretdbVersion" in await mongo.admin.command("buildInfo")
+        assert finds == (4 if ferretdb else 1)
     finally:
         await mongo.drop_database(f"it_{unique}")
