@@ -49,10 +49,10 @@ def test_the_agent_reads_the_three_prefixed_input_topics_as_raw_bytes() -> None:
 
 
 def test_faust_commits_often_and_keeps_a_small_buffer() -> None:
-    app, _ = create_app(settings(commit_every=7, stream_buffer_maxsize=64))
+    app, _ = create_app(settings(commit_every=7, stream_buffer_maxsize=32))
     assert app.conf.processing_guarantee.value == "at_least_once"
     assert app.conf.web_enabled is False
-    assert (app.conf.broker_commit_every, app.conf.stream_buffer_maxsize) == (7, 64)
+    assert (app.conf.broker_commit_every, app.conf.stream_buffer_maxsize) == (7, 32)
 
 
 def test_the_consumer_group_is_prefixed_like_the_topics() -> None:
