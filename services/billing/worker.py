@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -577,16 +578,17 @@ class BillingWorker:
             reservation = self._reservations.get(key) or await self._ledger.get(key)
             if reservation is not None:
                 self._remember(reservation)
-        decision = decide(
+        decide_given = functools.partial(
+            decide,
             balance,
             event,
             position,
             rate_card=self._rate_card,
             now=now,
             reservation=reservation,
-            existing=existing,
             top_up_key=self._top_up_key,
         )
+        decision = decide_given(existing=existing)
         # An entry whose key is taken was decided before: a duplicate, or our unfinished
         # attempt; or, for a priced status, a release before it, and the decision is then a
         # late charge under its own key, which may be taken too (at most twice in all).
@@ -597,16 +599,7 @@ class BillingWorker:
             stored = await self._ledger.add(entry)
             if stored is None:
                 break
-            decision = decide(
-                balance,
-                event,
-                position,
-                rate_card=self._rate_card,
-                now=now,
-                reservation=reservation,
-                existing=stored,
-                top_up_key=self._top_up_key,
-            )
+            decision = decide_given(existing=stored)
         if decision.balance is not None:
             await self._balances.save(decision.balance, now)
             _count(decision)

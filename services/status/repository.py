@@ -228,19 +228,7 @@ class StatusRepository:
 
     # --- messages --------------------------------------------------------------------------
     async def load_message(self, message_id: str) -> tuple[MessageState, Doc | None]:
-        doc = await _call(
-            lambda: self._db[MESSAGES].find_one(
-                {"_id": message_id},
-                {
-                    "history": 1,
-                    "wamid": 1,
-                    "account_id": 1,
-                    "recipient_region": 1,
-                    "created_at": 1,
-                    "type": 1,
-                },
-            )
-        )
+        doc = await _call(lambda: self._db[MESSAGES].find_one({"_id": message_id}, _STATE_FIELDS))
         return state_from_doc(doc), doc
 
     async def load_messages(self, message_ids: Sequence[str]) -> dict[str, Doc]:
