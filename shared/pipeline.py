@@ -198,11 +198,15 @@ def pause_changes(
 
 
 def commit_due(
-    finished: Mapping[TP, int], idle: bool, now: float, last_commit: float, interval_s: float
+    finished: Mapping[TP, int], now: float, last_commit: float, interval_s: float
 ) -> bool:
-    """Commit what is finished when nothing waits, else at most every `interval_s`: a commit
-    per batch costs the broker a log write per batch (at low rates one per record)."""
-    return bool(finished) and (idle or now - last_commit >= interval_s)
+    """Commit what is finished at most every `interval_s`, busy or idle: each commit is a
+    broker request and a log write. Committing whenever the pipeline fell idle made it one
+    per record at low rates, in every consumer group: OffsetCommit was 7.0 of 28.9 Kafka
+    requests per message at half of the e2e capacity (bench, 2026-12-06). An idle pipeline
+    wakes for the commit (`Pipeline._next_ready`), so a position waits at most the interval;
+    a crash before it means those records are read again (effects are idempotent)."""
+    return bool(finished) and now - last_commit >= interval_s
 
 
 def group_by_key(
@@ -337,8 +341,11 @@ class Pipeline(Generic[T]):
                 return
             await self._maybe_commit()
             self._arrived.clear()
+            waits = [
+                w for w in (self._buffer.wait_s(now), self._until_commit_s(now)) if w is not None
+            ]
             try:
-                async with asyncio.timeout(None if self._moving else self._buffer.wait_s(now)):
+                async with asyncio.timeout(None if self._moving or not waits else min(waits)):
                     await self._arrived.wait()
             except TimeoutError:
                 pass
@@ -381,11 +388,16 @@ class Pipeline(Generic[T]):
                 await self._dead_letters.send(item.record, failure)
 
     async def _maybe_commit(self) -> None:
-        idle = len(self._buffer) == 0
         if commit_due(
-            self._finished, idle, self._clock(), self._last_commit, self._policy.commit_interval_s
+            self._finished, self._clock(), self._last_commit, self._policy.commit_interval_s
         ):
             await self._commit()
+
+    def _until_commit_s(self, now: float) -> float | None:
+        """How long until what is finished is due for its commit (None: nothing is)."""
+        if not self._finished:
+            return None
+        return max(0.0, self._last_commit + self._policy.commit_interval_s - now)
 
     async def _commit(self) -> None:
         """Commit and forget the finished positions. A rebalance may have moved partitions

@@ -106,12 +106,12 @@ def test_only_the_partitions_that_are_behind_are_paused_and_resumed_at_the_low_m
     assert pause_changes({}, {TP2}, {TP0}, policy) == (set(), {TP2})
 
 
-def test_commits_wait_for_the_interval_unless_nothing_is_waiting() -> None:
+def test_commits_wait_for_the_interval_busy_or_idle() -> None:
     finished = {TP0: 3}
-    assert commit_due(finished, idle=True, now=10.0, last_commit=9.9, interval_s=0.5)
-    assert not commit_due(finished, idle=False, now=10.0, last_commit=9.9, interval_s=0.5)
-    assert commit_due(finished, idle=False, now=10.4, last_commit=9.9, interval_s=0.5)
-    assert not commit_due({}, idle=True, now=10.0, last_commit=0.0, interval_s=0.5)
+    assert not commit_due(finished, now=10.0, last_commit=9.9, interval_s=0.5)
+    assert commit_due(finished, now=10.4, last_commit=9.9, interval_s=0.5)
+    assert commit_due(finished, now=10.0, last_commit=float("-inf"), interval_s=0.5)
+    assert not commit_due({}, now=10.0, last_commit=0.0, interval_s=0.5)
 
 
 def test_grouping_by_key_keeps_each_keys_offset_order() -> None:
@@ -274,7 +274,7 @@ async def test_a_dependency_outage_past_its_budget_stops_the_pipeline_and_commit
     assert producer.sent == []  # an outage is not the record's fault
 
 
-async def test_batches_follow_each_other_in_order_and_commit_when_idle() -> None:
+async def test_batches_follow_each_other_in_order_and_commit_once_per_interval() -> None:
     consumer = _FakeConsumer(
         {TP0: [_record(0, n) for n in range(1, 4)]}, {TP0: [_record(0, n) for n in range(4, 9)]}
     )
@@ -290,12 +290,13 @@ async def test_batches_follow_each_other_in_order_and_commit_when_idle() -> None
         decode=_decode,
         effect=effect,
         service="unit",
-        policy=BatchPolicy(max_records=2, commit_interval_s=60),
+        policy=BatchPolicy(max_records=2, commit_interval_s=0.3),
     )
     await _run_until(pipeline, lambda: consumer.commits and consumer.commits[-1] == {TP0: 9})
     assert seen == list(range(1, 9))
     # batches of at most 2; the first committed at once, then nothing within the interval
-    # while records waited, and the rest together once idle
+    # (the rest are finished within it), then the rest together once it has passed, though
+    # the pipeline was idle before that
     assert consumer.commits == [{TP0: 3}, {TP0: 9}]
 
 
