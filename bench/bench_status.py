@@ -63,6 +63,7 @@ from shared.collections import (  # noqa: E402
 )
 from shared.kafka import delete_topics, ensure_topics, make_producer, topic_name  # noqa: E402
 from shared.messages import (  # noqa: E402
+    INBOUND_RECEIVED,
     SEND_REQUESTED,
     STATUS_CHANGED,
     SUPPRESSION_CHANGE_REQUESTED,
@@ -77,7 +78,13 @@ from tests.unit.status.meta_examples import body, status_item, status_webhook  #
 
 ACCOUNTS = 8
 # What status reads, and the topic it publishes to in this profile.
-STATUS_TOPICS = (SEND_REQUESTED, STATUS_CHANGED, WEBHOOK_RECEIVED, SUPPRESSION_CHANGE_REQUESTED)
+STATUS_TOPICS = (
+    SEND_REQUESTED,
+    STATUS_CHANGED,
+    WEBHOOK_RECEIVED,
+    SUPPRESSION_CHANGE_REQUESTED,
+    INBOUND_RECEIVED,
+)
 T0 = 1_750_000_000  # Meta's seconds
 
 
