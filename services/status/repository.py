@@ -118,29 +118,8 @@ class ProcessorStore(Protocol):
         ...
 
     async def apply_templates(self, writes: Sequence[TemplateWrite]) -> TemplateOutcomes:
-        """Insert first the documents of the templates named in full (a stored one is a
-        duplicate: nothing else is read), then every other write as a conditional update (a
-        later webhook of its kind wins). Same documents as `apply_template` one at a time."""
-        named = [w for w in writes if w.minimal is not None]
-        taken = await self._insert_new(TEMPLATES, [w.minimal for w in named if w.minimal])
-        updates = [w for w in writes if w.minimal is None]
-        updates += [named[i] for i in sorted(taken)]
-        ops = [
-            UpdateOne(
-                {
-                    **(
-                        {"_id": w.doc_id}
-                        if w.minimal is not None
-                        else {"waba_id": w.waba_id, "template_id": w.template_id}
-                    ),
-                    "$or": [{w.at_field: {"$exists": False}}, {w.at_field: {"$lte": w.at_ms}}],
-                },
-                {"$set": w.fields},
-            )
-            for w in updates
-        ]
-        matched = await self._bulk_updates(TEMPLATES, ops)
-        return TemplateOutcomes(len(named) - len(taken), matched, len(ops) - matched)
+        """`apply_template` for each write, in order, in a few commands."""
+        ...
 
     async def update_number_states(self, sets: Mapping[str, Doc], now_ms: int) -> None:
         """`$set` these fields (and `updated_at`) on each state, creating it if needed."""
@@ -541,23 +520,26 @@ class StatusRepository:
         """Insert first the documents of the templates named in full (a stored one is a
         duplicate: nothing else is read), then every other write as a conditional update (a
         later webhook of its kind wins). Same documents as `apply_template` one at a time."""
-        minimal = [w.minimal for w in writes if w.minimal is not None]
-        taken = await self._insert_new(TEMPLATES, minimal)
-        updates = [w for w in writes if w.minimal is None or w.doc_id in taken]
-        created = len(minimal) - len(
-            [w for w in writes if w.minimal is not None and w.doc_id in taken]
-        )
-        ops = []
-        for w in updates:
-            target: Doc = (
-                {"_id": w.doc_id}
-                if w.minimal is not None
-                else {"waba_id": w.waba_id, "template_id": w.template_id}
+        named = [w for w in writes if w.minimal is not None]
+        taken = await self._insert_new(TEMPLATES, [w.minimal for w in named if w.minimal])
+        updates = [w for w in writes if w.minimal is None]
+        updates += [named[i] for i in sorted(taken)]
+        ops = [
+            UpdateOne(
+                {
+                    **(
+                        {"_id": w.doc_id}
+                        if w.minimal is not None
+                        else {"waba_id": w.waba_id, "template_id": w.template_id}
+                    ),
+                    "$or": [{w.at_field: {"$exists": False}}, {w.at_field: {"$lte": w.at_ms}}],
+                },
+                {"$set": w.fields},
             )
-            not_later = {"$or": [{w.at_field: {"$exists": False}}, {w.at_field: {"$lte": w.at_ms}}]}
-            ops.append(UpdateOne({**target, **not_later}, {"$set": w.fields}))
+            for w in updates
+        ]
         matched = await self._bulk_updates(TEMPLATES, ops)
-        return TemplateOutcomes(created, matched, len(ops) - matched)
+        return TemplateOutcomes(len(named) - len(taken), matched, len(ops) - matched)
 
     async def update_number_states(self, sets: Mapping[str, Doc], now_ms: int) -> None:
         ops = [
