@@ -13,6 +13,10 @@ Two runs, each with its own topic prefix and database (dropped and revoked at th
   `delivered`, `read`, as the processor publishes them) are written first; then the state writer
   alone starts, and its rate is the records it applied per second, from the first message
   document to the last `read`.
+- **inbound round trips** (`--only inbound`): the processor alone, on N webhooks of users'
+  messages (one text each, to the accounts' registered numbers, from N/4 contacts: conversations
+  are written again; one in 50 is "STOP", a suppression; one in 10 is delivered twice, as Meta
+  retries). Once every message is stored, the processor's database commands divided by N.
 
     python bench/bench_status.py --messages 2000
 
@@ -48,13 +52,18 @@ from services.status.repository import StatusRepository  # noqa: E402
 from services.status.state_writer import StateWriter  # noqa: E402
 from shared.clock import SystemClock  # noqa: E402
 from shared.collections import (  # noqa: E402
+    CONVERSATIONS,
+    INBOUND_MESSAGES,
     MESSAGES,
     PARKED_STATUSES,
+    PHONE_NUMBERS,
+    SUPPRESSIONS,
     WAMID_INDEX,
     ensure_indexes,
 )
 from shared.kafka import delete_topics, ensure_topics, make_producer, topic_name  # noqa: E402
 from shared.messages import (  # noqa: E402
+    INBOUND_RECEIVED,
     SEND_REQUESTED,
     STATUS_CHANGED,
     SUPPRESSION_CHANGE_REQUESTED,
@@ -65,11 +74,17 @@ from shared.messages import (  # noqa: E402
 )
 from shared.mongo import make_client  # noqa: E402
 from tests.conftest import broker_from_env  # noqa: E402
-from tests.unit.status.meta_examples import status_item, status_webhook  # noqa: E402
+from tests.unit.status.meta_examples import body, status_item, status_webhook  # noqa: E402
 
 ACCOUNTS = 8
 # What status reads, and the topic it publishes to in this profile.
-STATUS_TOPICS = (SEND_REQUESTED, STATUS_CHANGED, WEBHOOK_RECEIVED, SUPPRESSION_CHANGE_REQUESTED)
+STATUS_TOPICS = (
+    SEND_REQUESTED,
+    STATUS_CHANGED,
+    WEBHOOK_RECEIVED,
+    SUPPRESSION_CHANGE_REQUESTED,
+    INBOUND_RECEIVED,
+)
 T0 = 1_750_000_000  # Meta's seconds
 
 
@@ -132,6 +147,48 @@ def webhook(n: int, run: str, status: str, at_s: int) -> WebhookReceived:
     )
 
 
+def inbound_webhook(n: int, run: str, at_s: int) -> WebhookReceived:
+    """One user's text message to one of the accounts' numbers (one in 50 is STOP)."""
+    waba, contact = f"waba{n % ACCOUNTS}", f"4479222{(n // 4):05d}"
+    payload = body(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": waba,
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": f"1555000{n % ACCOUNTS}",
+                                    "phone_number_id": f"pn{n % ACCOUNTS}",
+                                },
+                                "contacts": [{"profile": {"name": "Bench"}, "wa_id": contact}],
+                                "messages": [
+                                    {
+                                        "from": contact,
+                                        "id": f"wamid.in.{run}.{n}",
+                                        "timestamp": str(at_s),
+                                        "type": "text",
+                                        "text": {"body": "STOP" if n % 50 == 49 else f"hi {n}"},
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    return WebhookReceived(
+        event_id=core.webhook_event_id(waba, payload),
+        received_at=int(time.time() * 1000),
+        payload=msgspec.Raw(payload),
+    )
+
+
 def start_processor(world: World) -> asyncio.Task[None]:
     processor = WebhookProcessor(world.repository, world.publisher, SystemClock())
     params = inspect.signature(status_workers.run_processor).parameters
@@ -169,7 +226,9 @@ class World:
         self.watch = AsyncMongoClient[dict[str, Any]](self.url)  # not counted: the script's
         self.db = self.client[f"it_{self.unique}"]
         self.watched = self.watch[f"it_{self.unique}"]
-        await ensure_indexes(self.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES)
+        await ensure_indexes(
+            self.db, MESSAGES, WAMID_INDEX, PARKED_STATUSES, INBOUND_MESSAGES, CONVERSATIONS
+        )
         self.producer = make_producer(self.service)
         self.inputs = make_producer(self.broker.setup, linger_ms=20)
         await self.producer.start()
@@ -197,13 +256,20 @@ class World:
             acks.append(await self.inputs.send(topic_name(topic, self.prefix), value, key=key))
         await asyncio.gather(*acks)
 
-    async def wait(self, query: dict[str, Any], count: int, what: str, timeout_s: float) -> float:
+    async def wait(
+        self,
+        query: dict[str, Any],
+        count: int,
+        what: str,
+        timeout_s: float,
+        collection: str = MESSAGES,
+    ) -> float:
         deadline = time.monotonic() + timeout_s
         while True:
             for task in self.tasks:
                 if task.done():
                     task.result()
-            if await self.watched[MESSAGES].count_documents(query) >= count:
+            if await self.watched[collection].count_documents(query) >= count:
                 return time.monotonic()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what}: not done within {timeout_s} s")
@@ -237,6 +303,41 @@ async def round_trips(broker: Any, url: str, n: int) -> dict[str, Any]:
         }
 
 
+async def inbound_round_trips(broker: Any, url: str, n: int) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:6]
+    async with World(broker, url) as world:
+        await world.watched[PHONE_NUMBERS].insert_many(
+            [
+                {
+                    "_id": f"pn{k}",
+                    "account_id": f"acc_{k}",
+                    "waba_id": f"waba{k}",
+                    "display_phone_number": f"1555000{k}",
+                }
+                for k in range(ACCOUNTS)
+            ]
+        )
+        world.tasks.append(start_processor(world))
+        before = commands_sent()
+        started = time.monotonic()
+        events = [inbound_webhook(i, run, T0 + i) for i in range(n)]
+        await world.produce(
+            WEBHOOK_RECEIVED, events + [e for i, e in enumerate(events) if i % 10 == 0]
+        )
+        await world.wait({}, n, "inbound messages", 900, collection=INBOUND_MESSAGES)
+        await world.wait({}, n // 50, "suppressions", 120, collection=SUPPRESSIONS)
+        total = commands_sent() - before
+        result = {
+            "messages": n,
+            "webhooks": n + len(range(0, n, 10)),
+            "db_round_trips_per_inbound_message": round(total / n, 3),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        # printed at once: dropping the database afterwards may wait on a busy FerretDB
+        print(json.dumps({"inbound": result}), flush=True)
+        return result
+
+
 async def writer_rate(broker: Any, url: str, n: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:6]
     async with World(broker, url) as world:
@@ -263,7 +364,7 @@ async def writer_rate(broker: Any, url: str, n: int) -> dict[str, Any]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--only", choices=("round-trips", "writer"), default=None)
+    parser.add_argument("--only", choices=("round-trips", "writer", "inbound"), default=None)
     parser.add_argument("--label", default="")
     args = parser.parse_args()
     broker = broker_from_env(dict(os.environ))
@@ -273,6 +374,8 @@ async def main() -> None:
         result["round_trips"] = await round_trips(broker, url, args.messages)
     if args.only in (None, "writer"):
         result["state_writer"] = await writer_rate(broker, url, args.messages)
+    if args.only in (None, "inbound"):
+        result["inbound"] = await inbound_round_trips(broker, url, args.messages)
     print(json.dumps(result))
 
 

@@ -148,3 +148,77 @@ def _status(w: _Working, event: StatusChanged, plan: BatchPlan) -> None:
         plan.delivered_accepted_ms.append(accepted_ms)
     w.state, w.changed = new_state, True
     plan.changed += 1
+
+
+# --- the webhook processor's writes ------------------------------------------------------------
+# The processor handles a batch's records in order, and collects their writes: one command per
+# collection at the end of the batch (before its events are published) gives the same documents
+# as the records written one at a time.
+
+
+def merge_update(first: Doc, then: Doc) -> Doc:
+    """Two upserts of one document as one: `$max` keeps the larger, `$set` the later value,
+    `$setOnInsert` the first (the document is created by the first of them)."""
+    merged: Doc = {}
+    for operator in ("$max", "$set", "$setOnInsert"):
+        a, b = first.get(operator, {}), then.get(operator, {})
+        if operator == "$max":
+            values = {**a, **{k: max(v, a[k]) if k in a else v for k, v in b.items()}}
+        elif operator == "$set":
+            values = {**a, **b}
+        else:
+            values = {**b, **a}
+        if values:
+            merged[operator] = values
+    return merged
+
+
+@dataclass(frozen=True)
+class TemplateWrite:
+    """A template webhook's fields: set on the template (by `_id` when `minimal` is known, else
+    by Meta's template id in the WABA) unless a later webhook of the same kind set them;
+    `minimal` is the document created when none is stored."""
+
+    doc_id: str
+    template_id: str
+    waba_id: str
+    fields: Doc
+    at_field: str
+    at_ms: int
+    minimal: Doc | None
+
+
+@dataclass(frozen=True)
+class TemplateOutcomes:
+    created: int = 0
+    applied: int = 0
+    not_applied: int = 0  # a later webhook of the kind was stored, or no such template
+
+
+@dataclass(frozen=True)
+class LatestPlan:
+    """Facts where the latest (`at`) wins: each fact's outcome as if written one at a time,
+    and the one write per document that gives the same result."""
+
+    saved: list[bool]
+    inserts: list[Doc]
+    updates: list[Doc]
+
+
+def plan_latest(stored_at: Mapping[str, int], docs: Sequence[Doc]) -> LatestPlan:
+    """`stored_at`: the `at` of the documents stored before the batch. A fact is saved when it
+    is not older than the document as it stands when its turn comes (ties: the later fact
+    wins); only the last saved fact of each document is written."""
+    current: dict[str, int] = dict(stored_at)
+    winners: dict[str, Doc] = {}
+    saved: list[bool] = []
+    for doc in docs:
+        doc_id, at = str(doc["_id"]), doc["at"]
+        ok = doc_id not in current or current[doc_id] <= at
+        saved.append(ok)
+        if ok:
+            current[doc_id] = at
+            winners[doc_id] = doc
+    inserts = [d for i, d in winners.items() if i not in stored_at]
+    updates = [d for i, d in winners.items() if i in stored_at]
+    return LatestPlan(saved, inserts, updates)

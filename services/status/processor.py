@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord
 
-from services.status import core
+from services.status import batch_plan, core
 from services.status.metrics import (
     ACCOUNT_UPDATES,
     CHANGES_IGNORED,
@@ -77,13 +77,20 @@ KEYWORDS_CACHE_SECONDS = 10.0
 
 @dataclass
 class _Batch:
-    """What one webhook produces, published together once the database work is done."""
+    """What a batch's records produce: the writes, made together (one command per collection)
+    once every record is handled, then the events, published together."""
 
     outgoing: list[Outgoing] = field(default_factory=list)
     unparked: list[str] = field(default_factory=list)  # parked, then found: delete once published
     not_indexed: set[str] = field(default_factory=set)  # wamids the batch's read did not find
+    to_park: list[core.WebhookStatus] = field(default_factory=list)  # no message found (yet)
+    inbound: list[dict[str, object]] = field(default_factory=list)
+    conversations: dict[str, dict[str, object]] = field(default_factory=dict)  # merged upserts
+    templates: list[batch_plan.TemplateWrite] = field(default_factory=list)
+    number_states: dict[str, dict[str, object]] = field(default_factory=dict)  # merged $set
+    preferences: list[dict[str, object]] = field(default_factory=list)
+    suppressions: list[dict[str, object]] = field(default_factory=list)
     parked: int = 0
-    stored: int = 0  # inbound messages and echoes newly stored
 
 
 class WebhookProcessor:
@@ -134,21 +141,88 @@ class WebhookProcessor:
         for event, plan in zip(events, plans, strict=True):
             if plan is None:
                 assert isinstance(event, SuppressionChangeRequested)
-                await self.handle_suppression_request(event)
+                await self._suppression_request(event, batch)
             else:
                 assert isinstance(event, WebhookReceived)
                 await self._webhook(event, plan, now, batch)
+        await self._park(batch, now)
+        await self._write(batch, now)
         # Everything is acknowledged before the records are committed (the caller commits).
         await self._publisher.publish_all(batch.outgoing)
         if batch.unparked:
             await self._store.delete_parked_many(batch.unparked)
+
+    async def _park(self, batch: _Batch, now: int) -> None:
+        """Park the statuses of unknown messages (one insert), then look again (one read): the
+        state writer indexes a wamid first and then looks for parked statuses, so one of the
+        two always sees the other's write."""
+        if not batch.to_park:
+            return
+        await self._store.park_statuses([core.parked_status_doc(s, now) for s in batch.to_park])
+        found = await self._store.find_by_wamids(
+            list(dict.fromkeys(s.wamid for s in batch.to_park))
+        )
+        for wamid, ref in found.items():
+            self._remember_wamid(wamid, ref)
+        for status in batch.to_park:
+            ref = found.get(status.wamid)
+            if ref is None:
+                STATUSES_PARKED.inc()
+                batch.parked += 1
+            else:
+                batch.unparked.append(core.parked_status_id(status))
+                self._status_event(status, ref, now, batch)
+
+    async def _write(self, batch: _Batch, now: int) -> None:
+        """The batch's writes, one command per collection (updates in chunks of
+        repository.UPDATES_PER_COMMAND), before any of its events is published."""
+        if batch.inbound:
+            taken = await self._store.store_inbound_many(batch.inbound)
+            if taken:
+                log.info("inbound_already_stored", outcome="duplicate", count=len(taken))
+        if batch.conversations:
+            await self._store.update_conversations(batch.conversations)
+        if batch.templates:
+            outcomes = await self._store.apply_templates(batch.templates)
+            if outcomes.not_applied:
+                log.info(
+                    "template_updates_not_applied",
+                    outcome="stale_or_unknown",
+                    count=outcomes.not_applied,
+                    created=outcomes.created,
+                    applied=outcomes.applied,
+                )
+        await self._flush_number_states(batch, now)
+        if batch.preferences:
+            await self._store.save_user_preferences(batch.preferences)
+        if batch.suppressions:
+            saved = await self._store.save_suppressions(batch.suppressions)
+            for doc, ok in zip(batch.suppressions, saved, strict=True):
+                self._suppressed(doc, ok)
+
+    async def _flush_number_states(self, batch: _Batch, now: int) -> None:
+        if batch.number_states:
+            await self._store.update_number_states(batch.number_states, now)
+            batch.number_states = {}
+
+    def _set_number_state(self, batch: _Batch, state_id: str, fields: dict[str, object]) -> None:
+        if fields:
+            batch.number_states[state_id] = {**batch.number_states.get(state_id, {}), **fields}
+
+    async def _number_state(
+        self, batch: _Batch, state_id: str, now: int
+    ) -> dict[str, object] | None:
+        """A state as the batch left it so far (its pending writes go first)."""
+        if state_id in batch.number_states:
+            await self._flush_number_states(batch, now)
+        return await self._store.number_state(state_id)
 
     async def _webhook(
         self, event: WebhookReceived, plan: core.WebhookPlan, now: int, batch: _Batch
     ) -> None:
         started = time.perf_counter()
         PROCESSING_LAG.observe(max(0, now - event.received_at) / 1000)
-        published, parked, stored = len(batch.outgoing), batch.parked, batch.stored
+        published = len(batch.outgoing)
         for status in plan.statuses:
             await self._status(status, now, batch)
         for message in plan.inbound:
@@ -162,7 +236,7 @@ class WebhookProcessor:
         for fact in plan.waba_facts:
             await self._waba_fact(fact, now, batch)
         for preference in plan.user_preferences:
-            await self._user_preference(preference, now)
+            await self._user_preference(preference, now, batch)
         for error in plan.value_errors:
             WEBHOOK_ERRORS.inc()
             log.warning(
@@ -181,9 +255,7 @@ class WebhookProcessor:
             outcome="processed",
             event_id=event.event_id,
             lag_ms=max(0, now - event.received_at),
-            parked=batch.parked - parked,
             published=len(batch.outgoing) - published,
-            stored=batch.stored - stored,
             **plan.counts(),
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
@@ -206,26 +278,24 @@ class WebhookProcessor:
     # --- statuses ------------------------------------------------------------------------------
 
     async def _status(self, status: core.WebhookStatus, now: int, batch: _Batch) -> None:
-        """Queue the status's event for its message, or park it."""
+        """Queue the status's event for its message, or park it (at the end of the batch)."""
         STATUSES.labels(core.status_metric_label(status.meta_status)).inc()
         if core.message_status_of(status.meta_status) is None:
             return
         ref = await self._resolve(status, batch)
         if ref is None:
-            # Park first, then look again: the state writer indexes the wamid first and then
-            # looks for parked statuses, so one of the two always sees the other's write.
-            await self._store.park_status(core.parked_status_doc(status, now))
-            ref = await self._find_by_wamid(status.wamid)
-            if ref is None:
-                STATUSES_PARKED.inc()
-                batch.parked += 1
-                return
-            batch.unparked.append(core.parked_status_id(status))
+            batch.to_park.append(status)
+            return
+        self._status_event(status, ref, now, batch)
+
+    def _status_event(
+        self, status: core.WebhookStatus, ref: core.MessageRef, now: int, batch: _Batch
+    ) -> None:
         event = core.status_changed_from_webhook(status, ref)
         if event is not None:
             batch.outgoing.append((STATUS_CHANGED, event))
         if core.stopped_marketing(status):
-            await self._suppress(
+            batch.suppressions.append(
                 contact_lists.suppression_doc(
                     account_id=ref.account_id,
                     phone_number_id=status.phone_number_id,
@@ -277,18 +347,19 @@ class WebhookProcessor:
                 phone_number_id=message.phone_number_id,
                 waba_id=message.waba_id,
             )
-        if await self._store.store_inbound(core.inbound_doc(message, account_id, received_at)):
-            batch.stored += 1
-        await self._store.update_conversation(
-            core.conversation_id(message.phone_number_id, message.wa_id),
-            core.conversation_update(message, account_id, now),
+        batch.inbound.append(core.inbound_doc(message, account_id, received_at))
+        conversation = core.conversation_id(message.phone_number_id, message.wa_id)
+        update = core.conversation_update(message, account_id, now)
+        known = batch.conversations.get(conversation)
+        batch.conversations[conversation] = (
+            update if known is None else batch_plan.merge_update(known, update)
         )
         if message.direction == core.INBOUND:  # echoes were sent by the business itself
             batch.outgoing.append(
                 (INBOUND_RECEIVED, core.inbound_received(message, account_id, received_at))
             )
         if account_id is not None:
-            await self._keyword(message, account_id, now)
+            await self._keyword(message, account_id, now, batch)
 
     async def _number(self, phone_number_id: str) -> core.NumberRef | None:
         """The registered number, read through a small cache (an inbound burst to one number
@@ -313,23 +384,17 @@ class WebhookProcessor:
             core.template_event_label(update.event) if update.kind == "status" else "none",
         ).inc()
         known_name = bool(update.name)
-        outcome = await self._store.apply_template(
-            core.template_doc_id(update.waba_id, update.name, update.language),
-            update.template_id,
-            update.waba_id,
-            core.template_fields(update),
-            core.TEMPLATE_EVENT_AT[update.kind],
-            update.occurred_at,
-            core.minimal_template_doc(update) if known_name else None,
-        )
-        if outcome != "applied":
-            log.info(
-                "template_update_not_applied",
-                outcome=outcome,
-                kind=update.kind,
-                template_id=update.template_id,
-                template_event=update.event,
+        batch.templates.append(
+            batch_plan.TemplateWrite(
+                core.template_doc_id(update.waba_id, update.name, update.language),
+                update.template_id,
+                update.waba_id,
+                core.template_fields(update),
+                core.TEMPLATE_EVENT_AT[update.kind],
+                update.occurred_at,
+                core.minimal_template_doc(update) if known_name else None,
             )
+        )
         if update.kind == "status":
             batch.outgoing.append((TEMPLATE_STATUS_CHANGED, core.template_status_changed(update)))
 
@@ -362,10 +427,11 @@ class WebhookProcessor:
                     update.messaging_limit,
                     update.event,
                     update.occurred_at,
+                    now,
                     batch,
                 )
             )
-        await self._store.update_number_state(number.phone_number_id, fields, now)
+        self._set_number_state(batch, number.phone_number_id, fields)
 
     async def _repace(
         self,
@@ -374,11 +440,14 @@ class WebhookProcessor:
         messaging_limit: str | None,
         event: str,
         at: int,
+        now: int,
         batch: _Batch,
     ) -> dict[str, object]:
         """Merge Meta's word into the number's pacing; publish the whole of it when it
         changed. The fields to store (none when nothing changed)."""
-        current = core.pacing_of(await self._store.number_state(number.phone_number_id), number)
+        current = core.pacing_of(
+            await self._number_state(batch, number.phone_number_id, now), number
+        )
         after = core.next_pacing(current, messages_per_second, messaging_limit, at)
         if after is None:
             return {}
@@ -397,7 +466,7 @@ class WebhookProcessor:
         fields = core.account_event_fields(update)
         change = core.hold_change(update)
         if change is not None:
-            state = await self._store.number_state(state_id) or {}
+            state = await self._number_state(batch, state_id, now) or {}
             holds_now = state.get("holds")
             holds = core.apply_hold(
                 holds_now if isinstance(holds_now, dict) else None, *change, update.occurred_at
@@ -417,41 +486,40 @@ class WebhookProcessor:
                     reasons=event.reasons,
                     account_event=update.event,
                 )
-        await self._store.update_number_state(state_id, fields, now)
+        self._set_number_state(batch, state_id, fields)
 
     async def _waba_fact(self, fact: core.WabaFact, now: int, batch: _Batch) -> None:
         WABA_FACTS.labels(fact.field).inc()
         if not fact.waba_id:
             return
-        await self._store.update_number_state(
-            core.waba_state_id(fact.waba_id), core.waba_fact_fields(fact), now
-        )
+        self._set_number_state(batch, core.waba_state_id(fact.waba_id), core.waba_fact_fields(fact))
         if fact.messaging_limit is None:
             return
         # The portfolio's messaging limit: every number of the WABA paces by it.
         for number in await self._store.numbers_of_waba(fact.waba_id):
             fields = await self._repace(
-                number, None, fact.messaging_limit, fact.field, fact.occurred_at, batch
+                number, None, fact.messaging_limit, fact.field, fact.occurred_at, now, batch
             )
-            if fields:
-                await self._store.update_number_state(number.phone_number_id, fields, now)
+            self._set_number_state(batch, number.phone_number_id, fields)
 
     # --- user preferences ----------------------------------------------------------------------
 
-    async def _user_preference(self, preference: core.UserPreference, now: int) -> None:
+    async def _user_preference(
+        self, preference: core.UserPreference, now: int, batch: _Batch
+    ) -> None:
         USER_PREFERENCES.labels(
             preference.value if preference.value in ("stop", "resume") else "other"
         ).inc()
         number = await self._number(preference.phone_number_id)
         account_id = number.account_id if number is not None else None
-        await self._store.save_user_preference(core.user_preference_doc(preference, account_id))
+        batch.preferences.append(core.user_preference_doc(preference, account_id))
         suppresses = core.PREFERENCE_SUPPRESSES.get(preference.value)
         if preference.category != core.MARKETING_PREFERENCE or suppresses is None:
             return
         if account_id is None:
             SUPPRESSIONS.labels("user_preferences", "ignored").inc()
             return
-        await self._suppress(
+        batch.suppressions.append(
             contact_lists.suppression_doc(
                 account_id=account_id,
                 phone_number_id=preference.phone_number_id,
@@ -466,7 +534,9 @@ class WebhookProcessor:
 
     # --- the marketing suppression list (this processor is its only writer) ------------------
 
-    async def _keyword(self, message: core.InboundMessage, account_id: str, now: int) -> None:
+    async def _keyword(
+        self, message: core.InboundMessage, account_id: str, now: int, batch: _Batch
+    ) -> None:
         """A user's STOP (or START) to one of the account's numbers: the whole message is one
         of the account's keywords (shared/opt_out.py)."""
         text = core.keyword_text(message)
@@ -475,7 +545,7 @@ class WebhookProcessor:
         keyword = (await self._account_keywords(account_id)).match(text)
         if keyword is None:
             return
-        await self._suppress(
+        batch.suppressions.append(
             contact_lists.suppression_doc(
                 account_id=account_id,
                 phone_number_id=message.phone_number_id,
@@ -501,6 +571,9 @@ class WebhookProcessor:
         return keywords
 
     async def handle_suppression_request(self, event: SuppressionChangeRequested) -> None:
+        await self.handle_events([event])
+
+    async def _suppression_request(self, event: SuppressionChangeRequested, batch: _Batch) -> None:
         """A client's or an operator's change, applied like a user's own (the latest wins)."""
         number = await self._number(event.phone_number_id)
         if number is None or number.account_id != event.account_id:
@@ -513,7 +586,7 @@ class WebhookProcessor:
                 request_id=event.event_id,
             )
             return
-        await self._suppress(
+        batch.suppressions.append(
             contact_lists.suppression_doc(
                 account_id=event.account_id,
                 phone_number_id=event.phone_number_id,
@@ -527,8 +600,7 @@ class WebhookProcessor:
             )
         )
 
-    async def _suppress(self, doc: dict[str, object]) -> None:
-        saved = await self._store.save_suppression(doc)
+    def _suppressed(self, doc: dict[str, object], saved: bool) -> None:
         outcome = "stale" if not saved else "suppressed" if doc["suppressed"] else "resubscribed"
         SUPPRESSIONS.labels(str(doc["source"]), outcome).inc()
         # never the contact's number in a log line

@@ -3,7 +3,7 @@ translated into the error tree (a database outage is transient; nothing here is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -12,7 +12,12 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from services.status.batch_plan import MessageWrite
+from services.status.batch_plan import (
+    MessageWrite,
+    TemplateOutcomes,
+    TemplateWrite,
+    plan_latest,
+)
 from services.status.core import (
     MessageRef,
     MessageState,
@@ -97,6 +102,35 @@ class ProcessorStore(Protocol):
 
     async def opt_out_keywords(self, account_id: str) -> Doc | None:
         """The account's keyword configuration (`opt_out_keywords`), None for the defaults."""
+        ...
+
+    # --- a batch's writes: one command per collection (in chunks of UPDATES_PER_COMMAND) ----
+    async def park_statuses(self, docs: Sequence[Doc]) -> None:
+        """Insert-only: the first parking of a status keeps its `parked_at`."""
+        ...
+
+    async def store_inbound_many(self, docs: Sequence[Doc]) -> set[str]:
+        """Insert inbound messages and echoes; the wamids that were already stored."""
+        ...
+
+    async def update_conversations(self, updates: Mapping[str, Doc]) -> None:
+        """One upsert per conversation (`batch_plan.merge_update` merged a batch's)."""
+        ...
+
+    async def apply_templates(self, writes: Sequence[TemplateWrite]) -> TemplateOutcomes:
+        """`apply_template` for each write, in order, in a few commands."""
+        ...
+
+    async def update_number_states(self, sets: Mapping[str, Doc], now_ms: int) -> None:
+        """`$set` these fields (and `updated_at`) on each state, creating it if needed."""
+        ...
+
+    async def save_user_preferences(self, docs: Sequence[Doc]) -> list[bool]:
+        """Each preference saved unless a later one is stored (as one at a time would)."""
+        ...
+
+    async def save_suppressions(self, docs: Sequence[Doc]) -> list[bool]:
+        """Each fact saved unless a later fact about the contact is stored."""
         ...
 
 
@@ -469,6 +503,110 @@ class StatusRepository:
         except DuplicateKeyError:
             return False  # a later fact is stored
         return True
+
+    # --- a batch's writes ----------------------------------------------------------------------
+    async def park_statuses(self, docs: Sequence[Doc]) -> None:
+        await self._insert_new(PARKED_STATUSES, docs)
+
+    async def store_inbound_many(self, docs: Sequence[Doc]) -> set[str]:
+        taken = await self._insert_new(INBOUND_MESSAGES, docs)
+        return {str(docs[i]["_id"]) for i in taken}
+
+    async def update_conversations(self, updates: Mapping[str, Doc]) -> None:
+        ops = [UpdateOne({"_id": i}, update, upsert=True) for i, update in updates.items()]
+        await self._bulk_updates(CONVERSATIONS, ops)
+
+    async def apply_templates(self, writes: Sequence[TemplateWrite]) -> TemplateOutcomes:
+        """Insert first the documents of the templates named in full (a stored one is a
+        duplicate: nothing else is read), then every other write as a conditional update (a
+        later webhook of its kind wins). Same documents as `apply_template` one at a time."""
+        named = [w for w in writes if w.minimal is not None]
+        taken = await self._insert_new(TEMPLATES, [w.minimal for w in named if w.minimal])
+        updates = [w for w in writes if w.minimal is None]
+        updates += [named[i] for i in sorted(taken)]
+        ops = [
+            UpdateOne(
+                {
+                    **(
+                        {"_id": w.doc_id}
+                        if w.minimal is not None
+                        else {"waba_id": w.waba_id, "template_id": w.template_id}
+                    ),
+                    "$or": [{w.at_field: {"$exists": False}}, {w.at_field: {"$lte": w.at_ms}}],
+                },
+                {"$set": w.fields},
+            )
+            for w in updates
+        ]
+        matched = await self._bulk_updates(TEMPLATES, ops)
+        return TemplateOutcomes(len(named) - len(taken), matched, len(ops) - matched)
+
+    async def update_number_states(self, sets: Mapping[str, Doc], now_ms: int) -> None:
+        ops = [
+            UpdateOne({"_id": i}, {"$set": {**fields, "updated_at": now_ms}}, upsert=True)
+            for i, fields in sets.items()
+        ]
+        await self._bulk_updates(NUMBER_STATES, ops)
+
+    async def save_user_preferences(self, docs: Sequence[Doc]) -> list[bool]:
+        return await self._save_latest_many(USER_PREFERENCES, docs)
+
+    async def save_suppressions(self, docs: Sequence[Doc]) -> list[bool]:
+        return await self._save_latest_many(SUPPRESSIONS, docs)
+
+    async def _save_latest_many(self, collection: str, docs: Sequence[Doc]) -> list[bool]:
+        """One read of the stored `at`s (by `_id`), then the documents' last facts: the new
+        ones inserted in one command, the others set in one (each still conditional on `at`)."""
+        if not docs:
+            return []
+        ids = list(dict.fromkeys(str(doc["_id"]) for doc in docs))
+        stored = await _call(lambda: find_by_ids(self._db[collection], ids, {"at": 1}))
+        plan = plan_latest({str(d["_id"]): d["at"] for d in stored if "at" in d}, docs)
+        taken = await self._insert_new(collection, plan.inserts)
+        again = [plan.inserts[i] for i in sorted(taken)]  # only if another writer raced
+        ops = [
+            UpdateOne(
+                {"_id": doc["_id"], "at": {"$lte": doc["at"]}},
+                {"$set": {k: v for k, v in doc.items() if k != "_id"}},
+            )
+            for doc in [*plan.updates, *again]
+        ]
+        await self._bulk_updates(collection, ops)
+        return plan.saved
+
+    async def _insert_new(self, collection: str, docs: Sequence[Doc]) -> set[int]:
+        """Insert-only, in one command: the indexes of the documents already stored."""
+        if not docs:
+            return set()
+        try:
+            await _call(
+                lambda: self._db[collection].insert_many([dict(doc) for doc in docs], ordered=False)
+            )
+        except BulkWriteError as exc:
+            if not _only_duplicates(exc):
+                raise unavailable(exc) from exc
+            return {int(error["index"]) for error in exc.details["writeErrors"]}
+        return set()
+
+    async def _bulk_updates(self, collection: str, ops: Sequence[UpdateOne]) -> int:
+        """Updates in commands of UPDATES_PER_COMMAND; the documents they matched."""
+        matched = 0
+        for start in range(0, len(ops), UPDATES_PER_COMMAND):
+            chunk = list(ops[start : start + UPDATES_PER_COMMAND])
+            try:
+                result = await _call(
+                    lambda chunk=chunk: self._db[collection].bulk_write(chunk, ordered=True)  # type: ignore[misc]
+                )
+            except BulkWriteError as exc:
+                if not _only_duplicates(exc):
+                    raise unavailable(exc) from exc
+                # Two upserts raced (the processor is these collections' only writer, so this
+                # is not expected): the documents exist now, the same updates apply to them.
+                result = await _call(
+                    lambda chunk=chunk: self._db[collection].bulk_write(chunk, ordered=True)  # type: ignore[misc]
+                )
+            matched += result.matched_count
+        return matched
 
 
 # What the state writer reads of a message (state_from_doc and batch_plan.KEPT_FIELDS).

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from services.status import core
+from services.status.batch_plan import TemplateOutcomes, TemplateWrite
 from services.status.repository import StatusRepository
 from shared.collections import (
     INBOUND_MESSAGES,
@@ -363,3 +364,87 @@ async def _read(store: Any, collection: str, fake_attribute: str, doc_id: str) -
             return next(d for d in found if d["_id"] == doc_id)
         return found[doc_id]
     return await store._db[collection].find_one({"_id": doc_id})
+
+
+async def test_a_batchs_writes_give_the_documents_of_its_items_one_at_a_time(
+    store_and_seeds: tuple[Any, Seeds],
+) -> None:
+    """The processor's batch writes (one command per collection) on the fake and the database."""
+    store, _ = store_and_seeds
+    inbound = {"_id": "wamid.in1", "direction": "inbound", "content": "hi"}
+    assert await store.store_inbound_many([inbound, {**inbound, "_id": "wamid.in2"}, inbound]) == {
+        "wamid.in1"
+    }
+    assert await store.store_inbound_many([{**inbound, "content": "other"}]) == {"wamid.in1"}
+    assert (await _read(store, "inbound_messages", "inbound", "wamid.in1"))["content"] == "hi"
+
+    await store.update_conversations(
+        {"p:u": {"$max": {"last_message_at": 20}, "$set": {"contact_name": "B"}}}
+    )
+    await store.update_conversations(
+        {"p:u": {"$max": {"last_message_at": 10}, "$set": {"contact_name": "C"}}}
+    )
+    conversation = await _read(store, "conversations", "conversations", "p:u")
+    assert (conversation["last_message_at"], conversation["contact_name"]) == (20, "C")
+
+    minimal = {"_id": "w:t:en_US", "waba_id": "w", "template_id": "9", "status": "APPROVED"}
+    minimal["status_event_at"] = 10
+    outcomes = await store.apply_templates(
+        [
+            TemplateWrite(
+                "w:t:en_US",
+                "9",
+                "w",
+                {"status": "APPROVED", "status_event_at": 10},
+                "status_event_at",
+                10,
+                minimal,
+            ),
+            TemplateWrite(
+                "w:t:en_US",
+                "9",
+                "w",
+                {"status": "PAUSED", "status_event_at": 5},
+                "status_event_at",
+                5,
+                minimal,
+            ),
+            TemplateWrite(
+                "w:t:en_US",
+                "9",
+                "w",
+                {"quality_score": "RED", "quality_event_at": 7},
+                "quality_event_at",
+                7,
+                minimal,
+            ),
+            TemplateWrite("w::", "404", "w", {"needs_sync": True}, "components_event_at", 8, None),
+        ]
+    )
+    assert outcomes == TemplateOutcomes(created=1, applied=1, not_applied=2)
+    template = await _read(store, "templates", "templates", "w:t:en_US")
+    assert (template["status"], template["quality_score"]) == ("APPROVED", "RED")
+
+    await store.update_number_states({"waba:w": {"security.event": "X", "held": True}}, 5)
+    await store.update_number_states({"waba:w": {"held": False}, "n1": {"tier": "T"}}, 6)
+    state = await store.number_state("waba:w")
+    assert (state["security"], state["held"], state["updated_at"]) == ({"event": "X"}, False, 6)
+    assert (await store.number_state("n1"))["tier"] == "T"
+
+    fact = {"_id": "p:a", "account_id": "acc_1", "suppressed": True, "source": "api"}
+    assert await store.save_suppressions(
+        [
+            {**fact, "at": 200},
+            {**fact, "at": 100, "suppressed": False},
+            {**fact, "_id": "p:b", "at": 50},
+            {**fact, "at": 300, "suppressed": False},
+        ]
+    ) == [True, False, True, True]
+    assert await store.save_suppressions([{**fact, "at": 250}]) == [False]
+    assert (await _read(store, "suppressions", "suppressions", "p:a"))["suppressed"] is False
+    assert (await _read(store, "suppressions", "suppressions", "p:b"))["at"] == 50
+
+    parked = {"_id": "wamid.1:read", "wamid": "wamid.1", "status": "read", "parked_at": 1}
+    await store.park_statuses([parked, {**parked, "parked_at": 2}])
+    await store.park_statuses([{**parked, "parked_at": 3}])
+    assert (await _read(store, "parked_statuses", "parked", "wamid.1:read"))["parked_at"] == 1

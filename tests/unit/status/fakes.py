@@ -4,10 +4,10 @@ runs the same checks against the fake store and the real one."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.status.batch_plan import MessageWrite
+from services.status.batch_plan import MessageWrite, TemplateOutcomes, TemplateWrite
 from services.status.core import (
     MessageRef,
     MessageState,
@@ -60,6 +60,10 @@ class FakeStore:
         self.keyword_configs: dict[str, Doc] = {}
         self.keyword_reads = 0
         self.phone_number_reads = 0
+        self.batch_writes: dict[str, int] = {}  # the processor's batch-write calls by method
+
+    def _counted(self, method: str) -> None:
+        self.batch_writes[method] = self.batch_writes.get(method, 0) + 1
 
     async def find_by_wamid(self, wamid: str) -> MessageRef | None:
         self.wamid_lookups += 1
@@ -227,3 +231,42 @@ class FakeStore:
     async def opt_out_keywords(self, account_id: str) -> Doc | None:
         self.keyword_reads += 1
         return copy.deepcopy(self.keyword_configs.get(account_id))
+
+    # --- the processor's batch writes: the same documents as the items one at a time ---------
+    async def park_statuses(self, docs: Sequence[Doc]) -> None:
+        self._counted("park_statuses")
+        for doc in docs:
+            await self.park_status(doc)
+
+    async def store_inbound_many(self, docs: Sequence[Doc]) -> set[str]:
+        self._counted("store_inbound_many")
+        return {doc["_id"] for doc in docs if not await self.store_inbound(doc)}
+
+    async def update_conversations(self, updates: Mapping[str, Doc]) -> None:
+        self._counted("update_conversations")
+        for conversation_id, update in updates.items():
+            await self.update_conversation(conversation_id, update)
+
+    async def apply_templates(self, writes: Sequence[TemplateWrite]) -> TemplateOutcomes:
+        self._counted("apply_templates")
+        outcomes = [
+            await self.apply_template(
+                w.doc_id, w.template_id, w.waba_id, w.fields, w.at_field, w.at_ms, w.minimal
+            )
+            for w in writes
+        ]
+        created, applied = outcomes.count("created"), outcomes.count("applied")
+        return TemplateOutcomes(created, applied, len(outcomes) - created - applied)
+
+    async def update_number_states(self, sets: Mapping[str, Doc], now_ms: int) -> None:
+        self._counted("update_number_states")
+        for state_id, fields in sets.items():
+            await self.update_number_state(state_id, fields, now_ms)
+
+    async def save_user_preferences(self, docs: Sequence[Doc]) -> list[bool]:
+        self._counted("save_user_preferences")
+        return [await self.save_user_preference(doc) for doc in docs]
+
+    async def save_suppressions(self, docs: Sequence[Doc]) -> list[bool]:
+        self._counted("save_suppressions")
+        return [await self.save_suppression(doc) for doc in docs]
