@@ -35,6 +35,8 @@
 #                `postgres` user. deploy/local/NOTES.md has the measurement behind the default.
 #   HALA_PG_BIN_DIR: PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin)
 #   HALA_FERRETDB_LOG_LEVEL (warn; FerretDB logs every unsupported command at warn)
+#   HALA_FERRETDB_DEBUG_ADDR: a loopback address (127.0.0.1:6060) for FerretDB's Go profiler
+#     (/debug/pprof/); unset: none
 #   HALA_READY_TIMEOUT (90 s), HALA_STOP_TIMEOUT (30 s)
 #   HALA_PYTHON: Python with the project installed (default <repo>/.venv/bin/python): makes the
 #                certificates and users, probes readiness
@@ -618,7 +620,8 @@ start_mongo() {
     # -data-dir also with postgresql: its path is what marks the process as ours.
     start_bg ferretdb env DO_NOT_TRACK=true FERRETDB_TELEMETRY=disable \
       "$(ferretdb_bin)" -listen-addr "127.0.0.1:$MONGO_PORT" -data-dir "$data" \
-      "${backend[@]}" -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}"
+      "${backend[@]}" -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}" \
+      ${HALA_FERRETDB_DEBUG_ADDR:+-debug-addr "$HALA_FERRETDB_DEBUG_ADDR"}
   else
     start_bg mongod mongod --dbpath "$data" --bind_ip 127.0.0.1 --port "$MONGO_PORT"
   fi
