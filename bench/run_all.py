@@ -1,8 +1,8 @@
 """Run the platform's benchmarks, print one table, write bench/results/.
 
     .venv/bin/python bench/run_all.py [--only NAME ...] [--quick] [--own-infra]
-                                      [--db-backend sqlite|postgresql] [--campaign-messages N] [--campaign-seconds S]
-                                      [--campaign-keyed]
+                                      [--db-backend sqlite|postgresql] [--campaign-messages N]
+                                      [--campaign-seconds S] [--campaign-keyed]
     (make bench)
 
 Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, campaign,
