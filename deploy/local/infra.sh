@@ -531,8 +531,32 @@ mongo_impl() {
 
 ferretdb_bin() {
   local h
-  h=$(sha "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/main.go")
+  h=$(sha "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/main.go" "$HERE"/ferretdb/patches/*.patch)
   echo "$CACHE_DIR/ferretdb-$h/hala-ferretdb"
+}
+
+# build_ferretdb OUT: go build of ferretdb/ against FerretDB's module with ferretdb/patches/*.patch
+# applied. The module comes from the Go module proxy (checked against go.sum), is copied next
+# to OUT and patched there; a go.mod copy next to it replaces the module with that copy
+# (-modfile), so the project's go.mod stays as it is and the Go caches are never written into.
+build_ferretdb() {
+  local out=$1 work mod src
+  work="$(dirname "$out")/build"
+  rm -rf "$work" && mkdir -p "$work"
+  (
+    cd "$HERE/ferretdb"
+    export GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
+    go mod download github.com/FerretDB/FerretDB
+    mod=$(go list -m -f '{{.Dir}}' github.com/FerretDB/FerretDB)
+    src="$work/FerretDB"
+    cp -R "$mod" "$src" && chmod -R u+w "$src"
+    for p in "$HERE"/ferretdb/patches/*.patch; do
+      patch --quiet --forward --directory="$src" -p1 <"$p" || { echo "patch $p failed"; exit 1; }
+    done
+    cp go.mod "$work/go.mod" && cp go.sum "$work/go.sum"
+    go mod edit -modfile="$work/go.mod" -replace "github.com/FerretDB/FerretDB=$src"
+    go build -modfile="$work/go.mod" -trimpath -buildvcs=false -o "$out" .
+  )
 }
 
 ensure_ferretdb_bin() {
@@ -549,8 +573,7 @@ ensure_ferretdb_bin() {
   mkdir -p "$(dirname "$bin")"
   tmp="$bin.tmp.$$"
   blog="$CACHE_DIR/ferretdb-build.log"
-  if ! (cd "$HERE/ferretdb" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0 \
-    go build -trimpath -buildvcs=false -o "$tmp" .) >"$blog" 2>&1; then
+  if ! build_ferretdb "$tmp" >"$blog" 2>&1; then
     printf '[infra] ERROR: go build of deploy/local/ferretdb failed (%s, %s):\n' "$(go version)" "$blog" >&2
     tail -n 40 "$blog" >&2
     rm -f "$tmp"
