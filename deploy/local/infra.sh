@@ -33,6 +33,8 @@
 #                Debian's PostgreSQL server (installed by ensure_tools.sh if missing) from
 #                <run dir>/postgres, on a unix socket there only (no TCP port); as root, as the
 #                `postgres` user. deploy/local/NOTES.md has the measurement behind the default.
+#   HALA_PG_URL_PARAMS: more pgx parameters for FerretDB's PostgreSQL URL (e.g. pool_max_conns=200;
+#                FerretDB's default pool is 50 connections)
 #   HALA_PG_BIN_DIR: PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin)
 #   HALA_FERRETDB_LOG_LEVEL (warn; FerretDB logs every unsupported command at warn)
 #   HALA_FERRETDB_DEBUG_ADDR: a loopback address (127.0.0.1:6060) for FerretDB's Go profiler
@@ -476,7 +478,7 @@ ensure_postgres() {
   fi
 }
 
-pg_url() { echo "postgres://hala@/ferretdb?host=$PG_DIR&port=$PG_PORT"; }
+pg_url() { echo "postgres://hala@/ferretdb?host=$PG_DIR&port=$PG_PORT${HALA_PG_URL_PARAMS:+&$HALA_PG_URL_PARAMS}"; }
 
 probe_postgres() {
   "$(pg_bin pg_isready)" -q -h "$PG_DIR" -p "$PG_PORT" -U hala -d postgres >/dev/null 2>&1
