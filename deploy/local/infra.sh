@@ -37,6 +37,7 @@
 #                FerretDB's default pool is 50 connections)
 #   HALA_PG_BIN_DIR: PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin)
 #   HALA_FERRETDB_LOG_LEVEL (warn; FerretDB logs every unsupported command at warn)
+#   HALA_FERRETDB_PATCHES: none builds FerretDB without deploy/local/ferretdb/patches (default: with)
 #   HALA_FERRETDB_DEBUG_ADDR: a loopback address (127.0.0.1:6060) for FerretDB's Go profiler
 #     (/debug/pprof/); unset: none
 #   HALA_READY_TIMEOUT (90 s), HALA_STOP_TIMEOUT (30 s)
@@ -533,8 +534,15 @@ mongo_impl() {
 
 ferretdb_bin() {
   local h
-  h=$(sha "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/main.go" "$HERE"/ferretdb/patches/*.patch)
+  h=$(sha "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/main.go" $(ferretdb_patches))
   echo "$CACHE_DIR/ferretdb-$h/hala-ferretdb"
+}
+
+# The patches applied to FerretDB's module; HALA_FERRETDB_PATCHES=none builds the stock module
+# (for side-by-side measurements).
+ferretdb_patches() {
+  [[ ${HALA_FERRETDB_PATCHES:-} == none ]] && return 0
+  printf '%s\n' "$HERE"/ferretdb/patches/*.patch
 }
 
 # build_ferretdb OUT: go build of ferretdb/ against FerretDB's module with ferretdb/patches/*.patch
@@ -552,7 +560,7 @@ build_ferretdb() {
     mod=$(go list -m -f '{{.Dir}}' github.com/FerretDB/FerretDB)
     src="$work/FerretDB"
     cp -R "$mod" "$src" && chmod -R u+w "$src"
-    for p in "$HERE"/ferretdb/patches/*.patch; do
+    for p in $(ferretdb_patches); do
       patch --quiet --forward --directory="$src" -p1 <"$p" || { echo "patch $p failed"; exit 1; }
     done
     cp go.mod "$work/go.mod" && cp go.sum "$work/go.sum"
