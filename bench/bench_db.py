@@ -18,6 +18,11 @@ The load replays what the services write per message, through their own store cl
            unique _id), parked_for (find by a secondary field), save_message ($set upsert); for
            `delivered` and `read` find_by_wamid (find by _id) and save_message
 with the collections' real indexes (shared.collections.ensure_indexes) and four accounts.
+That is the services' per-message pattern from before issue 13's batching (today each service
+writes one insert_many/bulk_write per collection per batch and reads by `_id` in sets): this
+bench is kept for comparison with its earlier figures, and the backend is now chosen from the
+whole pipeline run on each backend (`run_all.py --own-infra --db-backend ...`,
+deploy/local/NOTES.md).
 
 Two phases per backend and round, in alternating order (A B, then B A):
   capacity  a backlog of messages through all four stages: messages/s and database commands/s

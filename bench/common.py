@@ -248,7 +248,7 @@ class OwnInfra:
     instance other people use is never touched, and what Kafka and the database cost is the
     run's alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, db_backend: str | None = None) -> None:
         self.run_dir = LOGS.parent / f"bench-infra-{uuid.uuid4().hex[:8]}"
         ports = {
             "KAFKA_PORT": free_port(),
@@ -269,6 +269,8 @@ class OwnInfra:
             "HALA_RUN_DIR": str(self.run_dir),
             **{k: str(v) for k, v in ports.items()},
         }
+        if db_backend is not None:  # FerretDB's backend (infra.sh's default: sqlite)
+            self.env["HALA_DB_BACKEND"] = db_backend
 
     def start(self) -> dict[str, str]:
         log(

@@ -1,8 +1,8 @@
 """Run the platform's benchmarks, print one table, write bench/results/.
 
     .venv/bin/python bench/run_all.py [--only NAME ...] [--quick] [--own-infra]
-                                      [--campaign-messages N] [--campaign-seconds S]
-                                      [--campaign-keyed]
+                                      [--db-backend sqlite|postgresql] [--campaign-messages N]
+                                      [--campaign-seconds S] [--campaign-keyed]
     (make bench)
 
 Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, campaign,
@@ -27,6 +27,7 @@ Also bench/results/summary.json and summary.png. Every load is on 127.0.0.1, bou
 count. Figures are ratios or pairs measured side by side in one run: the machine is shared.
 --own-infra: a broker (JMX on) and database of the run's own, on free ports and a run directory
 of its own, stopped at the end; otherwise the shared ones (never stopped or restarted here).
+--db-backend (with --own-infra): FerretDB's backend in that own infrastructure.
 """
 
 from __future__ import annotations
@@ -218,6 +219,12 @@ def main() -> int:
         "the run's own, stopped at the end",
     )
     parser.add_argument(
+        "--db-backend",
+        choices=["sqlite", "postgresql"],
+        default=None,
+        help="with --own-infra: FerretDB's backend (HALA_DB_BACKEND; default: infra.sh's, sqlite)",
+    )
+    parser.add_argument(
         "--campaign-messages",
         type=int,
         default=None,
@@ -242,7 +249,9 @@ def main() -> int:
     wanted = {ALIASES.get(n, n) for n in args.only} if args.only else set(ORDER)
     selected = [n for n in ORDER if n in wanted]
     started = time.monotonic()
-    own = OwnInfra() if args.own_infra else None
+    if args.db_backend and not args.own_infra:
+        parser.error("--db-backend needs --own-infra (the shared database is not restarted)")
+    own = OwnInfra(args.db_backend) if args.own_infra else None
     try:
         rows, summary = asyncio.run(run(selected, args.quick, own))
     finally:

@@ -33,8 +33,13 @@
 #                Debian's PostgreSQL server (installed by ensure_tools.sh if missing) from
 #                <run dir>/postgres, on a unix socket there only (no TCP port); as root, as the
 #                `postgres` user. deploy/local/NOTES.md has the measurement behind the default.
+#   HALA_PG_URL_PARAMS: more pgx parameters for FerretDB's PostgreSQL URL (e.g. pool_max_conns=200;
+#                FerretDB's default pool is 50 connections)
 #   HALA_PG_BIN_DIR: PostgreSQL's programs (default: the newest /usr/lib/postgresql/*/bin)
 #   HALA_FERRETDB_LOG_LEVEL (warn; FerretDB logs every unsupported command at warn)
+#   HALA_FERRETDB_PATCHES: none builds FerretDB without deploy/local/ferretdb/patches (default: with)
+#   HALA_FERRETDB_DEBUG_ADDR: a loopback address (127.0.0.1:6060) for FerretDB's Go profiler
+#     (/debug/pprof/); unset: none
 #   HALA_READY_TIMEOUT (90 s), HALA_STOP_TIMEOUT (30 s)
 #   HALA_PYTHON: Python with the project installed (default <repo>/.venv/bin/python): makes the
 #                certificates and users, probes readiness
@@ -474,7 +479,7 @@ ensure_postgres() {
   fi
 }
 
-pg_url() { echo "postgres://hala@/ferretdb?host=$PG_DIR&port=$PG_PORT"; }
+pg_url() { echo "postgres://hala@/ferretdb?host=$PG_DIR&port=$PG_PORT${HALA_PG_URL_PARAMS:+&$HALA_PG_URL_PARAMS}"; }
 
 probe_postgres() {
   "$(pg_bin pg_isready)" -q -h "$PG_DIR" -p "$PG_PORT" -U hala -d postgres >/dev/null 2>&1
@@ -529,8 +534,39 @@ mongo_impl() {
 
 ferretdb_bin() {
   local h
-  h=$(sha "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/main.go")
+  h=$(sha "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE/ferretdb/main.go" $(ferretdb_patches))
   echo "$CACHE_DIR/ferretdb-$h/hala-ferretdb"
+}
+
+# The patches applied to FerretDB's module; HALA_FERRETDB_PATCHES=none builds the stock module
+# (for side-by-side measurements).
+ferretdb_patches() {
+  [[ ${HALA_FERRETDB_PATCHES:-} == none ]] && return 0
+  printf '%s\n' "$HERE"/ferretdb/patches/*.patch
+}
+
+# build_ferretdb OUT: go build of ferretdb/ against FerretDB's module with ferretdb/patches/*.patch
+# applied. The module comes from the Go module proxy (checked against go.sum), is copied next
+# to OUT and patched there; a go.mod copy next to it replaces the module with that copy
+# (-modfile), so the project's go.mod stays as it is and the Go caches are never written into.
+build_ferretdb() {
+  local out=$1 work mod src
+  work="$(dirname "$out")/build"
+  rm -rf "$work" && mkdir -p "$work"
+  (
+    cd "$HERE/ferretdb"
+    export GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
+    go mod download github.com/FerretDB/FerretDB
+    mod=$(go list -m -f '{{.Dir}}' github.com/FerretDB/FerretDB)
+    src="$work/FerretDB"
+    cp -R "$mod" "$src" && chmod -R u+w "$src"
+    for p in $(ferretdb_patches); do
+      patch --quiet --forward --directory="$src" -p1 <"$p" || { echo "patch $p failed"; exit 1; }
+    done
+    cp go.mod "$work/go.mod" && cp go.sum "$work/go.sum"
+    go mod edit -modfile="$work/go.mod" -replace "github.com/FerretDB/FerretDB=$src"
+    go build -modfile="$work/go.mod" -trimpath -buildvcs=false -o "$out" .
+  )
 }
 
 ensure_ferretdb_bin() {
@@ -547,8 +583,7 @@ ensure_ferretdb_bin() {
   mkdir -p "$(dirname "$bin")"
   tmp="$bin.tmp.$$"
   blog="$CACHE_DIR/ferretdb-build.log"
-  if ! (cd "$HERE/ferretdb" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0 \
-    go build -trimpath -buildvcs=false -o "$tmp" .) >"$blog" 2>&1; then
+  if ! build_ferretdb "$tmp" >"$blog" 2>&1; then
     printf '[infra] ERROR: go build of deploy/local/ferretdb failed (%s, %s):\n' "$(go version)" "$blog" >&2
     tail -n 40 "$blog" >&2
     rm -f "$tmp"
@@ -618,7 +653,8 @@ start_mongo() {
     # -data-dir also with postgresql: its path is what marks the process as ours.
     start_bg ferretdb env DO_NOT_TRACK=true FERRETDB_TELEMETRY=disable \
       "$(ferretdb_bin)" -listen-addr "127.0.0.1:$MONGO_PORT" -data-dir "$data" \
-      "${backend[@]}" -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}"
+      "${backend[@]}" -log-level "${HALA_FERRETDB_LOG_LEVEL:-warn}" \
+      ${HALA_FERRETDB_DEBUG_ADDR:+-debug-addr "$HALA_FERRETDB_DEBUG_ADDR"}
   else
     start_bg mongod mongod --dbpath "$data" --bind_ip 127.0.0.1 --port "$MONGO_PORT"
   fi

@@ -14,10 +14,14 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +36,14 @@ import (
 // flush). SQLite's default, FULL, fsyncs every commit: most of FerretDB's CPU per write here.
 const sqlitePragmas = "_pragma=synchronous(normal)"
 
+// gcPercent is the Go collector's target (GOGC) unless the environment sets GOGC. FerretDB
+// allocates a decoded document per row it reads and per value it translates; at Go's default
+// (100) its collector took ~10 % of its CPU under the pipeline, and its allocation assists more.
+// At 400, CPU per command fell by 10-20 % (insert_many of 50: 3.3 -> 2.8 ms; find_one by _id:
+// 0.38 -> 0.30 ms; bulk_write of 50 $set: 31 -> 27 ms) for 72 -> 83 MB of peak RSS
+// (deploy/local/NOTES.md, "FerretDB's cost per command").
+const gcPercent = 400
+
 func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
 	backend := flag.String("backend", "sqlite", "FerretDB's backend: sqlite or postgresql")
@@ -40,8 +52,13 @@ func main() {
 		"postgres:///ferretdb?host=/run/dir (pgx syntax; a unix socket directory as host)")
 	var level slog.Level // FerretDB logs every connection at INFO: default to WARN
 	flag.TextVar(&level, "log-level", slog.LevelWarn, "FerretDB log level (debug, info, warn, error)")
+	debugAddr := flag.String("debug-addr", "", "loopback address for Go's pprof handlers "+
+		"(/debug/pprof/), e.g. 127.0.0.1:6060; off when empty (the default)")
 	flag.Parse()
 
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)) // our own messages, INFO
 	fail := func(msg string, err error) { log.Error(msg, "err", err); os.Exit(1) }
 
@@ -71,6 +88,12 @@ func main() {
 		fail("bad flags", fmt.Errorf("-backend must be sqlite or postgresql, got %q", *backend))
 	}
 
+	if *debugAddr != "" {
+		if err := serveDebug(*debugAddr, log); err != nil {
+			fail("bad -debug-addr", err)
+		}
+	}
+
 	f, err := ferretdb.New(config)
 	if err != nil {
 		fail("cannot start FerretDB", err)
@@ -87,6 +110,36 @@ func main() {
 		fail("FerretDB stopped with an error", err)
 	}
 	log.Info("stopped cleanly")
+}
+
+// serveDebug serves Go's profiler (net/http/pprof) on a loopback address only: a profile shows
+// the queries' data, and the handlers have no authentication.
+func serveDebug(addr string, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%q is not a loopback address", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	go func() {
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		if err := srv.Serve(ln); err != nil {
+			log.Warn("pprof server stopped", "err", err)
+		}
+	}()
+	return nil
 }
 
 // idIndexer works around FerretDB v1.24's SQLite backend: it indexes `_id` on the expression

@@ -56,3 +56,15 @@ func TestCleanDataDirRemovesWhatFerretDBRefusesAndKeepsTheRest(t *testing.T) {
 		}
 	}
 }
+
+func TestServeDebugRefusesANonLoopbackAddress(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, addr := range []string{"0.0.0.0:0", ":0", "192.0.2.1:0", "example.com:0", "nonsense"} {
+		if err := serveDebug(addr, log); err == nil {
+			t.Errorf("serveDebug(%q) accepted a non-loopback address", addr)
+		}
+	}
+	if err := serveDebug("127.0.0.1:0", log); err != nil {
+		t.Errorf("serveDebug on loopback: %v", err)
+	}
+}
