@@ -560,6 +560,8 @@ build_ferretdb() {
     mod=$(go list -m -f '{{.Dir}}' github.com/FerretDB/FerretDB)
     src="$work/FerretDB"
     cp -R "$mod" "$src" && chmod -R u+w "$src"
+    # Debian's `patch` program: ensure_tools.sh installs it (with the other tools) when missing.
+    command -v patch >/dev/null 2>&1 || "$HERE/ensure_tools.sh"
     for p in $(ferretdb_patches); do
       patch --quiet --forward --directory="$src" -p1 <"$p" || { echo "patch $p failed"; exit 1; }
     done
