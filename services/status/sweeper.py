@@ -10,6 +10,15 @@
   interval fell behind for good once more than a page a minute aged out).
 
 Every step is idempotent, so running it in each status replica is harmless.
+
+Two cadences. Parked statuses (a small collection) are swept every pass. The steps over the
+messages, inbound messages and conversations run every `messages_interval_seconds` (10 min by
+default): on FerretDB each of their queries (a filter on `status`, `created_at`, ...) scans and
+decodes the whole collection, ~2-3 s per query at 10,000 messages on a busy machine, and the
+messages collection grows with every send. Once a minute that was a scan per step per minute,
+growing with the collection (a 100,000-message campaign's drain slowed as it went). An ambiguous
+send is still failed, between `unknown_timeout_seconds` and that plus the interval after it;
+retention is in days.
 """
 
 from __future__ import annotations
@@ -67,7 +76,8 @@ class Sweeper:
         self._clock = clock
         self._policy = policy
 
-    async def sweep_once(self) -> SweepReport:
+    async def sweep_once(self, messages: bool = True) -> SweepReport:
+        """One pass; `messages=False` sweeps only the parked statuses."""
         started = time.perf_counter()
         now = self._clock.now_ms()
         policy = self._policy
@@ -78,7 +88,9 @@ class Sweeper:
             policy.message_retention_days,
         )
 
-        stuck = await self._repository.stuck_unknown(cutoffs.unknown_before, policy.batch_size)
+        stuck: list[core.MessageRef] = []
+        if messages:
+            stuck = await self._repository.stuck_unknown(cutoffs.unknown_before, policy.batch_size)
         for ref in stuck:
             await self._publisher.publish(STATUS_CHANGED, core.outcome_unknown_failure(ref, now))
         UNKNOWN_OUTCOMES_FAILED.inc(len(stuck))
@@ -87,25 +99,27 @@ class Sweeper:
         parked_remaining = await self._repository.count_parked()
         PARKED_STATUSES.set(parked_remaining)
 
-        anonymised = await self._until_caught_up(
-            self._repository.messages_to_anonymise,
-            self._repository.anonymise_message,
-            core.anonymised_fields,
-            cutoffs.retained_before,
-            now,
-        )
-        MESSAGES_ANONYMISED.inc(anonymised)
-        inbound = await self._until_caught_up(
-            self._repository.inbound_to_anonymise,
-            self._repository.anonymise_inbound,
-            core.anonymised_inbound_fields,
-            cutoffs.retained_before,
-            now,
-        )
-        INBOUND_ANONYMISED.inc(inbound)
-        conversations_deleted = await self._repository.delete_conversations_before(
-            cutoffs.retained_before
-        )
+        anonymised = inbound = conversations_deleted = 0
+        if messages:
+            anonymised = await self._until_caught_up(
+                self._repository.messages_to_anonymise,
+                self._repository.anonymise_message,
+                core.anonymised_fields,
+                cutoffs.retained_before,
+                now,
+            )
+            MESSAGES_ANONYMISED.inc(anonymised)
+            inbound = await self._until_caught_up(
+                self._repository.inbound_to_anonymise,
+                self._repository.anonymise_inbound,
+                core.anonymised_inbound_fields,
+                cutoffs.retained_before,
+                now,
+            )
+            INBOUND_ANONYMISED.inc(inbound)
+            conversations_deleted = await self._repository.delete_conversations_before(
+                cutoffs.retained_before
+            )
 
         report = SweepReport(
             unknown_failed=len(stuck),
@@ -124,6 +138,7 @@ class Sweeper:
             anonymised=report.anonymised,
             conversations_deleted=conversations_deleted,
             inbound_anonymised=report.inbound_anonymised,
+            messages=messages,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return report
@@ -153,11 +168,19 @@ class Sweeper:
                 return done
             previous = ids
 
-    async def run_forever(self, interval_seconds: float) -> None:
-        """Sweep, wait, repeat. A dependency outage skips one pass; the next one catches up."""
+    async def run_forever(
+        self, interval_seconds: float, messages_interval_seconds: float | None = None
+    ) -> None:
+        """Sweep, wait, repeat; the message steps only once per `messages_interval_seconds`
+        (every pass when None), starting with the first pass. A dependency outage skips one
+        pass; the next one catches up (a skipped message sweep is tried again next pass)."""
+        messages_due = 0.0
         while True:
+            messages = time.monotonic() >= messages_due
             try:
-                await self.sweep_once()
+                await self.sweep_once(messages=messages)
+                if messages and messages_interval_seconds is not None:
+                    messages_due = time.monotonic() + messages_interval_seconds
             except TransientError as exc:
                 log.warning("sweep_skipped", outcome="dependency_unavailable", error=str(exc))
             await asyncio.sleep(interval_seconds)
