@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
+
 from services.status import core
 from services.status.metrics import (
     INBOUND_ANONYMISED,
@@ -46,6 +48,11 @@ from shared.messages import STATUS_CHANGED
 log = get_logger(__name__)
 
 Doc = dict[str, Any]
+
+# The deadline of a pass with the message steps, all its operations together (each of their
+# queries scans its collection on FerretDB: 2-3 s at 10,000 messages, beyond one operation's
+# usual 10 s at 100,000 on a busy machine).
+MESSAGES_PASS_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -172,15 +179,22 @@ class Sweeper:
         self, interval_seconds: float, messages_interval_seconds: float | None = None
     ) -> None:
         """Sweep, wait, repeat; the message steps only once per `messages_interval_seconds`
-        (every pass when None), starting with the first pass. A dependency outage skips one
-        pass; the next one catches up (a skipped message sweep is tried again next pass)."""
+        (every pass when None), starting with the first pass, with a deadline of their own
+        (MESSAGES_PASS_TIMEOUT_S: a scan of a big collection outlasts one operation's, and a
+        query given up client-side still costs the server its scan). A dependency outage skips
+        a pass; a message sweep that failed waits for its next turn (tried again each minute,
+        it was a scan a minute again)."""
         messages_due = 0.0
         while True:
             messages = time.monotonic() >= messages_due
+            if messages and messages_interval_seconds is not None:
+                messages_due = time.monotonic() + messages_interval_seconds
             try:
-                await self.sweep_once(messages=messages)
-                if messages and messages_interval_seconds is not None:
-                    messages_due = time.monotonic() + messages_interval_seconds
+                if messages:
+                    with pymongo.timeout(MESSAGES_PASS_TIMEOUT_S):
+                        await self.sweep_once(messages=True)
+                else:
+                    await self.sweep_once(messages=False)
             except TransientError as exc:
                 log.warning("sweep_skipped", outcome="dependency_unavailable", error=str(exc))
             await asyncio.sleep(interval_seconds)

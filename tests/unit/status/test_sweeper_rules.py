@@ -10,6 +10,7 @@ from typing import Any
 from services.status import core
 from services.status.sweeper import Sweeper, SweepPolicy
 from shared.clock import FakeClock
+from shared.errors import DependencyUnavailable
 from shared.messages import StatusChanged
 
 NOW = 1_764_000_000_000
@@ -77,12 +78,15 @@ class _CountingStore:
         self.calls: dict[str, int] = {}
         self.passes = passes
         self.done = asyncio.Event()
+        self.failing = False
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
 
     async def stuck_unknown(self, before_ms: int, limit: int) -> list[core.MessageRef]:
         self._count("stuck_unknown")
+        if self.failing:
+            raise DependencyUnavailable("database unavailable: NetworkTimeout")
         return []
 
     async def delete_parked_before(self, before_ms: int) -> int:
@@ -136,6 +140,19 @@ async def test_the_message_steps_run_on_their_own_slower_cadence() -> None:
         "delete_conversations_before",
     ):
         assert store.calls[step] == 1, step
+
+    failing = _CountingStore(passes=4)  # a failed message sweep waits for its next turn
+    failing.failing = True
+    sweeper = Sweeper(failing, None, FakeClock(start_ms=NOW), SweepPolicy())  # type: ignore[arg-type]
+    task = asyncio.create_task(sweeper.run_forever(0.001, messages_interval_seconds=3600))
+    try:
+        async with asyncio.timeout(10):
+            await failing.done.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert failing.calls["stuck_unknown"] == 1 and failing.calls["count_parked"] >= 3
 
     every_pass = _CountingStore(passes=3)  # no message interval: every pass, as before
     sweeper = Sweeper(every_pass, None, FakeClock(start_ms=NOW), SweepPolicy())  # type: ignore[arg-type]
