@@ -194,6 +194,7 @@ class Reconciler:
         erased: ErasedAccounts | None = None,
         page_size: int = 1000,
         settle_margin_ms: int = SETTLE_MARGIN_MS,
+        max_duty: float | None = None,
     ) -> None:
         self._ledger = ledger
         self._balances = balances
@@ -206,8 +207,30 @@ class Reconciler:
         # queries it took to read them (one: each is a scan of the whole ledger on FerretDB).
         self.pages_read: list[int] = []
         self.queries = 0
+        # At most this share of the time in passes (None: every call is a pass): a pass of d
+        # seconds defers the next one until d / max_duty after its start.
+        self._max_duty = max_duty
+        self._next_pass_at = 0.0  # time.monotonic()
+        self._last: Reconciliation | None = None
 
     async def run_once(self) -> Reconciliation:
+        """A pass; or, while the last one's share of time (`max_duty`) is not over, the last
+        pass's result again (logged as deferred)."""
+        if self._last is not None and time.monotonic() < self._next_pass_at:
+            log.info(
+                "ledger_reconcile_deferred",
+                outcome="deferred",
+                seconds_left=round(self._next_pass_at - time.monotonic(), 1),
+            )
+            return self._last
+        began = time.monotonic()
+        result = await self._pass()
+        if self._max_duty is not None:
+            self._next_pass_at = began + (time.monotonic() - began) / self._max_duty
+        self._last = result
+        return result
+
+    async def _pass(self) -> Reconciliation:
         started = time.perf_counter()
         now = self._clock.now_ms()
         self.pages_read = []

@@ -286,3 +286,26 @@ async def test_an_erased_accounts_totals_follow_its_ledger_to_the_pseudonym() ->
     erased.names = {ACCOUNT: "hmac-sha256:pseudo"}
     result = await job.run_once()
     assert (result.drift, result.accounts) == (0, 1)
+
+
+async def test_a_pass_defers_the_next_one_to_keep_its_share_of_the_time() -> None:
+    """On FerretDB a pass scans the ledger: with `max_duty` the next pass waits until the last
+    one's duration / max_duty after its start; a call meanwhile returns the last result."""
+    ledger, balances = await busy_account()
+    clock, checkpoints = FakeClock(start_ms=NOW), FakeCheckpoints()
+    job = Reconciler(
+        ledger,
+        balances,
+        clock,
+        checkpoints,  # type: ignore[arg-type]
+        max_duty=1e-9,  # any pass's duration / 1e-9 is far beyond this test
+    )
+    first = await job.run_once()
+    assert ledger.queries == 1
+    assert await job.run_once() is first  # deferred: no read of the ledger
+    assert ledger.queries == 1
+
+    every_call = Reconciler(ledger, balances, clock, checkpoints)  # type: ignore[arg-type]
+    await every_call.run_once()
+    await every_call.run_once()
+    assert ledger.queries == 3  # without max_duty every call is a pass
