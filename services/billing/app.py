@@ -119,6 +119,7 @@ class BillingRuntime(Service):
             erased=MongoErasedAccounts(db),
             page_size=settings.reconcile_page_size,
             settle_margin_ms=int(settings.reconcile_settle_margin_s * 1000),
+            max_duty=settings.reconcile_max_duty,
         )
         self.sweeper = ReservationSweeper(
             ledger,

@@ -11,16 +11,19 @@ left out.
 It works incrementally (a pass used to scan the whole ledger every two minutes):
 
 - the totals of every entry up to a position in (at, _id) order are kept in
-  `billing_checkpoints` with the position; a pass first folds the entries that have become
-  older than `settle_margin_ms` into them, page by page, saving after each page;
+  `billing_checkpoints` with the position; a pass reads every entry after the position with
+  one query, handed out in pages; it folds the entries that have become older than
+  `settle_margin_ms` into the totals, saving after each page that folded some;
 - an entry older than the margin that its balance has not applied (a balance behind, or an
   entry left by a bug) is kept aside by key and looked at again on every pass, until it is
   applied (then folded) or gone (the worker removes an entry it gave up on);
-- the tail (entries after the position: the last few minutes) is read in pages and added to a
-  copy of the totals for this pass only.
+- the rest (the tail: the last few minutes) is added to a copy of the totals for this pass only.
 
-So a pass reads the balances, a page or a few of new entries and the tail, not the ledger;
-memory holds one page and one set of totals per account. Entries are written within seconds of
+So a pass reads the balances, the new entries and the tail, not the ledger; memory holds one
+page and one set of totals per account. One query, not one per page: FerretDB answers any
+filter but a lone `_id` by scanning the whole collection, so a query per page of 1,000 made a
+pass of a 5-minute tail at 100 messages/s scan the ledger ~100 times, and the passes grew with
+the square of the ledger (ledger.py, `amounts_after`). Entries are written within seconds of
 their `at` (billing's clock when it decided; a database operation has a deadline), so the
 margin keeps late writes from landing behind the position.
 
@@ -31,7 +34,7 @@ the totals kept under its old id move with them (the erased accounts are read ea
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -108,9 +111,9 @@ class Reconciliation:
 
 
 class AmountsLedger(Protocol):
-    async def amounts_page(
-        self, position: LedgerPosition | None, limit: int, until_at: int | None = None
-    ) -> list[EntryAmounts]: ...
+    def amounts_after(
+        self, position: LedgerPosition | None, batch: int
+    ) -> AsyncIterator[list[EntryAmounts]]: ...
 
     async def amounts_of(self, key: str) -> EntryAmounts | None: ...
 
@@ -191,6 +194,7 @@ class Reconciler:
         erased: ErasedAccounts | None = None,
         page_size: int = 1000,
         settle_margin_ms: int = SETTLE_MARGIN_MS,
+        max_duty: float | None = None,
     ) -> None:
         self._ledger = ledger
         self._balances = balances
@@ -199,38 +203,77 @@ class Reconciler:
         self._erased = erased or NoErasures()
         self._page_size = page_size
         self._margin_ms = settle_margin_ms
-        # Pages read by the last pass (for tests and the log): the work a pass does.
+        # Pages read by the last pass (for tests and the log): the work a pass does, and the
+        # queries it took to read them (one: each is a scan of the whole ledger on FerretDB).
         self.pages_read: list[int] = []
+        self.queries = 0
+        # At most this share of the time in passes (None: every call is a pass): a pass of d
+        # seconds defers the next one until d / max_duty after its start.
+        self._max_duty = max_duty
+        self._next_pass_at = 0.0  # time.monotonic()
+        self._last: Reconciliation | None = None
 
     async def run_once(self) -> Reconciliation:
+        """A pass; or, while the last one's share of time (`max_duty`) is not over, the last
+        pass's result again (logged as deferred)."""
+        if self._last is not None and time.monotonic() < self._next_pass_at:
+            log.info(
+                "ledger_reconcile_deferred",
+                outcome="deferred",
+                seconds_left=round(self._next_pass_at - time.monotonic(), 1),
+            )
+            return self._last
+        began = time.monotonic()
+        result = await self._pass()
+        if self._max_duty is not None:
+            self._next_pass_at = began + (time.monotonic() - began) / self._max_duty
+        self._last = result
+        return result
+
+    async def _pass(self) -> Reconciliation:
         started = time.perf_counter()
         now = self._clock.now_ms()
         self.pages_read = []
+        self.queries = 0
         balances = {b.account_id: b for b in await self._balances.all()}  # first: see above
         checkpoint = _Checkpoint.load(await self._checkpoints.load(JOB))
         changed = checkpoint.rename(await self._erased.pseudonyms())
 
-        folded = await self._fold(checkpoint, balances, until_at=now - self._margin_ms, now=now)
+        # One read of everything after the position: entries older than the margin are folded
+        # into the kept totals (the checkpoint saved after each page that folded some), the
+        # rest is the tail, added to a copy of the totals for this pass only.
+        until_at = now - self._margin_ms
+        tail: dict[str, LedgerTotals] = {}
+        folded = tail_entries = pending = 0
+        self.queries += 1
+        async for page in self._ledger.amounts_after(checkpoint.position, self._page_size):
+            self.pages_read.append(len(page))
+            folded_here = 0
+            for entry in page:
+                balance = balances.get(entry.account_id)
+                applied = balance is not None and balance.has_applied(
+                    entry.source, entry.source_offset
+                )
+                if entry.at <= until_at:
+                    if applied:
+                        checkpoint.totals.setdefault(entry.account_id, LedgerTotals()).add(entry)
+                    else:
+                        checkpoint.pending.add(entry.key)
+                    checkpoint.position = (entry.at, entry.key)
+                    folded_here += 1
+                elif applied:
+                    tail.setdefault(entry.account_id, LedgerTotals()).add(entry)
+                    tail_entries += 1
+                else:
+                    pending += 1
+                    tail_entries += 1
+            if folded_here:
+                folded += folded_here
+                await self._checkpoints.save(JOB, checkpoint.dump(now))
         rechecked = len(checkpoint.pending)
         changed |= await self._recheck_pending(checkpoint, balances)
         if changed:
             await self._checkpoints.save(JOB, checkpoint.dump(now))
-
-        tail: dict[str, LedgerTotals] = {}
-        tail_entries = pending = 0
-        position = checkpoint.position
-        while True:
-            page = await self._page(position)
-            for entry in page:
-                balance = balances.get(entry.account_id)
-                if balance is None or not balance.has_applied(entry.source, entry.source_offset):
-                    pending += 1
-                    continue
-                tail.setdefault(entry.account_id, LedgerTotals()).add(entry)
-            tail_entries += len(page)
-            if len(page) < self._page_size:
-                break
-            position = (page[-1].at, page[-1].key)
 
         accounts = set(balances) | set(checkpoint.totals) | set(tail)
         drifts: dict[str, int] = {}
@@ -261,6 +304,7 @@ class Reconciler:
             folded=folded,
             pending=pending,
             pages=len(self.pages_read),
+            queries=self.queries,
             outcome="drift" if total else "ok",
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
@@ -272,35 +316,6 @@ class Reconciler:
             pending=pending,
             folded=folded,
         )
-
-    async def _page(
-        self, position: LedgerPosition | None, until_at: int | None = None
-    ) -> list[EntryAmounts]:
-        page = await self._ledger.amounts_page(position, self._page_size, until_at)
-        self.pages_read.append(len(page))
-        return page
-
-    async def _fold(
-        self, checkpoint: _Checkpoint, balances: Mapping[str, Balance], *, until_at: int, now: int
-    ) -> int:
-        """Add the entries older than the margin to the kept totals, a page at a time, saving
-        the checkpoint after each page."""
-        folded = 0
-        while True:
-            page = await self._page(checkpoint.position, until_at)
-            if not page:
-                return folded
-            for entry in page:
-                balance = balances.get(entry.account_id)
-                if balance is not None and balance.has_applied(entry.source, entry.source_offset):
-                    checkpoint.totals.setdefault(entry.account_id, LedgerTotals()).add(entry)
-                else:
-                    checkpoint.pending.add(entry.key)
-            checkpoint.position = (page[-1].at, page[-1].key)
-            folded += len(page)
-            await self._checkpoints.save(JOB, checkpoint.dump(now))
-            if len(page) < self._page_size:
-                return folded
 
     async def _recheck_pending(
         self, checkpoint: _Checkpoint, balances: Mapping[str, Balance]

@@ -28,9 +28,13 @@ class BillingSettings(ServiceSettings):
     # reason too_many_in_flight. 0: no cap.
     max_in_flight: int = Field(50_000, ge=0)
     # How often the reconciler compares the ledger with the balances. A pass reads the entries
-    # written since the last one (in pages of reconcile_page_size) and the last
-    # reconcile_settle_margin_s of entries, not the whole ledger (reconcile.py).
+    # written since the last one and the last reconcile_settle_margin_s of entries with one
+    # query (handed out in pages of reconcile_page_size), not the whole ledger (reconcile.py).
     reconcile_interval_s: float = 120.0
+    # At most this share of the time in passes: after a pass of d seconds the next one waits
+    # until d / duty after its start (on FerretDB a pass scans the ledger, ~1 min at 100,000
+    # messages on a busy machine; MongoDB's index keeps passes short, so the interval rules).
+    reconcile_max_duty: float = Field(0.25, gt=0, le=1)
     reconcile_page_size: int = Field(1000, gt=0)
     reconcile_settle_margin_s: float = Field(300.0, gt=0)
     # Transient failures (database, broker) are retried in place, forever, with this backoff.

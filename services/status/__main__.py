@@ -78,7 +78,9 @@ async def main() -> None:
         workers = [
             run_processor(kafka, prefix, processor, conns.producer),
             run_state_writer(kafka, prefix, state_writer, conns.producer),
-            sweeper.run_forever(settings.sweep_interval_seconds),
+            sweeper.run_forever(
+                settings.sweep_interval_seconds, settings.sweep_messages_interval_seconds
+            ),
         ]
         return Parts(checks=conns.readiness_checks(), workers=workers, client_app=app)
 

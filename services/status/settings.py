@@ -32,4 +32,7 @@ class StatusSettings(ServiceSettings):
     # Keyed hash for anonymised recipients: a plain hash of a phone number is trivially reversed.
     recipient_hash_key: SecretStr = SecretStr("dev-recipient-hash-key-change-me")
     sweep_interval_seconds: float = Field(60.0, gt=0)
+    # The sweeper's steps over the messages (stuck `unknown`, anonymisation, conversations):
+    # each query scans the collection on FerretDB, so they run this often, not every pass.
+    sweep_messages_interval_seconds: float = Field(600.0, gt=0)
     sweep_batch_size: int = Field(500, gt=0)

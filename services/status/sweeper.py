@@ -10,6 +10,15 @@
   interval fell behind for good once more than a page a minute aged out).
 
 Every step is idempotent, so running it in each status replica is harmless.
+
+Two cadences. Parked statuses (a small collection) are swept every pass. The steps over the
+messages, inbound messages and conversations run every `messages_interval_seconds` (10 min by
+default): on FerretDB each of their queries (a filter on `status`, `created_at`, ...) scans and
+decodes the whole collection, ~2-3 s per query at 10,000 messages on a busy machine, and the
+messages collection grows with every send. Once a minute that was a scan per step per minute,
+growing with the collection (a 100,000-message campaign's drain slowed as it went). An ambiguous
+send is still failed, between `unknown_timeout_seconds` and that plus the interval after it;
+retention is in days.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import pymongo
 
 from services.status import core
 from services.status.metrics import (
@@ -37,6 +48,11 @@ from shared.messages import STATUS_CHANGED
 log = get_logger(__name__)
 
 Doc = dict[str, Any]
+
+# The deadline of a pass with the message steps, all its operations together (each of their
+# queries scans its collection on FerretDB: 2-3 s at 10,000 messages, beyond one operation's
+# usual 10 s at 100,000 on a busy machine).
+MESSAGES_PASS_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,8 @@ class Sweeper:
         self._clock = clock
         self._policy = policy
 
-    async def sweep_once(self) -> SweepReport:
+    async def sweep_once(self, messages: bool = True) -> SweepReport:
+        """One pass; `messages=False` sweeps only the parked statuses."""
         started = time.perf_counter()
         now = self._clock.now_ms()
         policy = self._policy
@@ -78,7 +95,9 @@ class Sweeper:
             policy.message_retention_days,
         )
 
-        stuck = await self._repository.stuck_unknown(cutoffs.unknown_before, policy.batch_size)
+        stuck: list[core.MessageRef] = []
+        if messages:
+            stuck = await self._repository.stuck_unknown(cutoffs.unknown_before, policy.batch_size)
         for ref in stuck:
             await self._publisher.publish(STATUS_CHANGED, core.outcome_unknown_failure(ref, now))
         UNKNOWN_OUTCOMES_FAILED.inc(len(stuck))
@@ -87,25 +106,27 @@ class Sweeper:
         parked_remaining = await self._repository.count_parked()
         PARKED_STATUSES.set(parked_remaining)
 
-        anonymised = await self._until_caught_up(
-            self._repository.messages_to_anonymise,
-            self._repository.anonymise_message,
-            core.anonymised_fields,
-            cutoffs.retained_before,
-            now,
-        )
-        MESSAGES_ANONYMISED.inc(anonymised)
-        inbound = await self._until_caught_up(
-            self._repository.inbound_to_anonymise,
-            self._repository.anonymise_inbound,
-            core.anonymised_inbound_fields,
-            cutoffs.retained_before,
-            now,
-        )
-        INBOUND_ANONYMISED.inc(inbound)
-        conversations_deleted = await self._repository.delete_conversations_before(
-            cutoffs.retained_before
-        )
+        anonymised = inbound = conversations_deleted = 0
+        if messages:
+            anonymised = await self._until_caught_up(
+                self._repository.messages_to_anonymise,
+                self._repository.anonymise_message,
+                core.anonymised_fields,
+                cutoffs.retained_before,
+                now,
+            )
+            MESSAGES_ANONYMISED.inc(anonymised)
+            inbound = await self._until_caught_up(
+                self._repository.inbound_to_anonymise,
+                self._repository.anonymise_inbound,
+                core.anonymised_inbound_fields,
+                cutoffs.retained_before,
+                now,
+            )
+            INBOUND_ANONYMISED.inc(inbound)
+            conversations_deleted = await self._repository.delete_conversations_before(
+                cutoffs.retained_before
+            )
 
         report = SweepReport(
             unknown_failed=len(stuck),
@@ -124,6 +145,7 @@ class Sweeper:
             anonymised=report.anonymised,
             conversations_deleted=conversations_deleted,
             inbound_anonymised=report.inbound_anonymised,
+            messages=messages,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return report
@@ -153,11 +175,26 @@ class Sweeper:
                 return done
             previous = ids
 
-    async def run_forever(self, interval_seconds: float) -> None:
-        """Sweep, wait, repeat. A dependency outage skips one pass; the next one catches up."""
+    async def run_forever(
+        self, interval_seconds: float, messages_interval_seconds: float | None = None
+    ) -> None:
+        """Sweep, wait, repeat; the message steps only once per `messages_interval_seconds`
+        (every pass when None), starting with the first pass, with a deadline of their own
+        (MESSAGES_PASS_TIMEOUT_S: a scan of a big collection outlasts one operation's, and a
+        query given up client-side still costs the server its scan). A dependency outage skips
+        a pass; a message sweep that failed waits for its next turn (tried again each minute,
+        it was a scan a minute again)."""
+        messages_due = 0.0
         while True:
+            messages = time.monotonic() >= messages_due
+            if messages and messages_interval_seconds is not None:
+                messages_due = time.monotonic() + messages_interval_seconds
             try:
-                await self.sweep_once()
+                if messages:
+                    with pymongo.timeout(MESSAGES_PASS_TIMEOUT_S):
+                        await self.sweep_once(messages=True)
+                else:
+                    await self.sweep_once(messages=False)
             except TransientError as exc:
                 log.warning("sweep_skipped", outcome="dependency_unavailable", error=str(exc))
             await asyncio.sleep(interval_seconds)

@@ -7,9 +7,15 @@ import time
 
 import pytest
 from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 from pymongo.uri_parser import parse_uri
 
-from shared.mongo import DEFAULT_TIMEOUT_MS, find_by_ids, make_client
+from shared.mongo import DEFAULT_TIMEOUT_MS, FIND_BY_ID_CONCURRENCY, find_by_ids, make_client
 from tests.integration.tcp_proxy import TcpProxy
 
 
@@ -157,3 +163,41 @@ async def test_find_by_ids_finds_what_exists_with_the_projection_in_index_lookup
         assert finds == (1 if indexed else 4)
     finally:
         await mongo.drop_database(f"it_{unique}")
+
+
+class _InFlight(CommandListener):
+    """The most `find` commands this client had in flight at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        if event.command_name == "find":
+            self.now -= 1
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        if event.command_name == "find":
+            self.now -= 1
+
+
+async def test_find_by_ids_keeps_a_bounded_number_of_lookups_in_flight(
+    mongodb_url: str, unique: str
+) -> None:
+    """200 ids are not 200 lookups at once (the pool holds 100: other operations would wait
+    for a connection past their deadline); on MongoDB they are one `$in`."""
+    listener = _InFlight()
+    client = make_client(mongodb_url, event_listeners=[listener])
+    db = client[f"it_{unique}"]
+    try:
+        await db["docs"].insert_many([{"_id": f"d{i}", "n": i} for i in range(200)])
+        found = await find_by_ids(db["docs"], [f"d{i}" for i in range(200)] + ["nope"], {"n": 1})
+        assert sorted(d["n"] for d in found) == list(range(200))
+        assert 1 <= listener.most <= FIND_BY_ID_CONCURRENCY
+    finally:
+        await client.drop_database(f"it_{unique}")
+        await client.close()

@@ -97,9 +97,11 @@ async def test_the_sweeper_and_the_reconciler_page_from_their_stored_positions(
             ledger, balances, clock, checkpoints, page_size=4, erased=MongoErasedAccounts(db)
         )
         first = await reconciler.run_once()
-        assert (first.drift, first.folded, reconciler.pages_read) == (0, 10, [4, 4, 2, 0])
+        # One query, its answer handed out in pages of 4.
+        assert (first.drift, first.folded, reconciler.pages_read) == (0, 10, [4, 4, 2])
+        assert reconciler.queries == 1
         second = await reconciler.run_once()
-        assert (second.drift, second.folded, reconciler.pages_read) == (0, 0, [0, 0])
+        assert (second.drift, second.folded, reconciler.pages_read) == (0, 0, [])
 
         # Erased: the ledger and the balance move to the pseudonym, the totals follow.
         await db[LEDGER].update_many(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,7 @@ class FakeLedger:
     journal: Journal
     entries: dict[str, LedgerEntry] = field(default_factory=dict)
     pages: list[int] = field(default_factory=list)  # the size of each page read, in order
+    queries: int = 0  # reads of the ledger by amounts_after
 
     async def get(self, key: str) -> LedgerEntry | None:
         return self.entries.get(key)
@@ -103,14 +104,13 @@ class FakeLedger:
         self.pages.append(len(page))
         return page
 
-    async def amounts_page(
-        self, position: tuple[int, str] | None, limit: int, until_at: int | None = None
-    ) -> list[LedgerEntry]:
-        page = [e for e in self._ordered_after(position) if until_at is None or e.at <= until_at][
-            :limit
-        ]
-        self.pages.append(len(page))
-        return page
+    async def amounts_after(
+        self, position: tuple[int, str] | None, batch: int
+    ) -> AsyncIterator[list[LedgerEntry]]:
+        self.queries += 1
+        entries = self._ordered_after(position)
+        for start in range(0, len(entries), batch):
+            yield entries[start : start + batch]
 
     async def amounts_of(self, key: str) -> LedgerEntry | None:
         return self.entries.get(key)

@@ -199,19 +199,22 @@ async def test_entries_older_than_the_margin_are_folded_once_and_never_read_agai
 
     first = await job.run_once()
     assert (first.drift, first.folded) == (0, 2_500)  # the recent 7 stay in the tail
-    assert job.pages_read == [1000, 1000, 500, 7]
-    assert checkpoints.saves == 3  # after every page folded
+    # One query (FerretDB scans the ledger once per query), handed out in pages; the last
+    # page holds the 500 folded and the 7 of the tail.
+    assert (job.pages_read, job.queries, ledger.queries) == ([1000, 1000, 507], 1, 1)
+    assert checkpoints.saves == 3  # after every page that folded entries
 
     second = await job.run_once()
-    assert (second.drift, second.folded, job.pages_read) == (0, 0, [0, 7])
+    assert (second.drift, second.folded, job.pages_read, job.queries) == (0, 0, [7], 1)
 
     clock.advance(600)  # the recent ones age past the margin: folded, then nothing is left
     third = await job.run_once()
-    assert (third.drift, third.folded, job.pages_read) == (0, 7, [7, 0])
+    assert (third.drift, third.folded, job.pages_read) == (0, 7, [7])
     # A restarted reconciler resumes from the stored checkpoint.
     again = Reconciler(ledger, balances, clock, checkpoints)  # type: ignore[arg-type]
     assert (await again.run_once()).drift == 0
-    assert again.pages_read == [0, 0]
+    assert (again.pages_read, again.queries) == ([], 1)
+    assert ledger.queries == 4  # one per pass, whatever the number of pages
 
 
 async def test_drift_behind_the_position_is_still_reported() -> None:
@@ -283,3 +286,26 @@ async def test_an_erased_accounts_totals_follow_its_ledger_to_the_pseudonym() ->
     erased.names = {ACCOUNT: "hmac-sha256:pseudo"}
     result = await job.run_once()
     assert (result.drift, result.accounts) == (0, 1)
+
+
+async def test_a_pass_defers_the_next_one_to_keep_its_share_of_the_time() -> None:
+    """On FerretDB a pass scans the ledger: with `max_duty` the next pass waits until the last
+    one's duration / max_duty after its start; a call meanwhile returns the last result."""
+    ledger, balances = await busy_account()
+    clock, checkpoints = FakeClock(start_ms=NOW), FakeCheckpoints()
+    job = Reconciler(
+        ledger,
+        balances,
+        clock,
+        checkpoints,  # type: ignore[arg-type]
+        max_duty=1e-9,  # any pass's duration / 1e-9 is far beyond this test
+    )
+    first = await job.run_once()
+    assert ledger.queries == 1
+    assert await job.run_once() is first  # deferred: no read of the ledger
+    assert ledger.queries == 1
+
+    every_call = Reconciler(ledger, balances, clock, checkpoints)  # type: ignore[arg-type]
+    await every_call.run_once()
+    await every_call.run_once()
+    assert ledger.queries == 3  # without max_duty every call is a pass
