@@ -188,14 +188,17 @@ class InOrderRelease(Generic[K, V]):
     def track(self, stream: K, offset: int, item: V) -> None:
         queue = self._streams.setdefault(stream, deque())
         if queue and offset <= queue[-1]:
-            raise ValueError(f"offset {offset} tracked out of order")
+            raise ValueError(f"offset {offset} tracked out of order")  # forget() the stream
         queue.append(offset)
         self._items[(stream, offset)] = (item, False)
 
     def finish(self, stream: K, offset: int) -> list[V]:
-        """Mark the record finished; returns the items now released, in offset order."""
-        item, _ = self._items[(stream, offset)]  # KeyError: never tracked
-        self._items[(stream, offset)] = (item, True)
+        """Mark the record finished; returns the items now released, in offset order. A record
+        not tracked (its stream forgotten: the partition was revoked) releases nothing."""
+        found = self._items.get((stream, offset))
+        if found is None:
+            return []
+        self._items[(stream, offset)] = (found[0], True)
         queue = self._streams[stream]
         released: list[V] = []
         while queue and self._items[(stream, queue[0])][1]:

@@ -38,12 +38,16 @@ class BillingSettings(ServiceSettings):
     retry_max_delay_s: float = 10.0
     # faust's defaults prefetch 4096 records per stream and commit every 10 000 acks or 2.8 s.
     # A small buffer keeps the redelivery after a crash and the drain on a rebalance short,
-    # and frequent commits keep the replay window small. What is buffered is served in the
-    # order read, whatever the account: under a campaign, another tenant's record waits behind
-    # up to this buffer plus one batch of the campaign's. 256 + 500 -> 64 + 128 moved the other
-    # tenant's 202->Meta from p50/p99 9.2/17.7 s to 2.8/11.1 s during a 5,000-message campaign,
-    # at the same drain rate (117 vs 119/s; bench campaign, 2026-12-06, one run each).
+    # and frequent commits keep the replay window small.
     stream_buffer_maxsize: int = 64
+    # Fairness between accounts (app.py FairIntake): events read ahead of the batches, not yet
+    # acked, among which each batch is taken round-robin by account; and what faust hands over
+    # at once (it hands over a whole poll before the next: records per poll, and bytes fetched
+    # per partition, ~100 records of ~600 bytes). Under a campaign another account's record
+    # then waits for about one poll and the stream buffer, not for the campaign's prefetch.
+    read_ahead_records: int = Field(512, ge=1)
+    max_poll_records: int = Field(100, ge=1)
+    fetch_partition_bytes: int = Field(64 * 1024, ge=1024)
     commit_every: int = 100
     commit_interval_s: float = 1.0
     # How often overdue reservations are looked for, and how old one must be to be released
@@ -53,7 +57,7 @@ class BillingSettings(ServiceSettings):
     reservation_horizon_s: float = 37 * 86_400.0
     # Records applied together at most; a batch is what is buffered, plus what arrives within
     # `batch_linger_ms` of its first record (0: never waited for).
-    batch_max_records: int = 128  # also the bound of the queue batches are taken from
+    batch_max_records: int = 128
     batch_linger_ms: float = Field(5.0, ge=0)
     # Reserve entries kept in memory for their settlements (ledger entries never change).
     reservation_cache_size: int = 10_000
