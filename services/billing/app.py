@@ -19,9 +19,9 @@ faust is used with its traps designed around:
   faust's `take()` is not used: it waits `within` from the previous batch, not from the first
   event, and acks the buffered events when its generator is closed (an agent stopped by a
   rebalance mid-batch would commit records never applied);
-- what faust hands the agent is bounded too (settings.py: `max_poll_records`,
-  `fetch_partition_bytes`): faust hands over a whole fetch before it polls again, so a large
-  fetch of the campaign's partitions would hold another account's newer fetch behind it;
+- what faust hands the agent is bounded too (settings.py `fetch_partition_bytes`): faust hands
+  over a whole poll before it polls again, so a large fetch of the campaign's partitions would
+  hold another account's newer fetch behind it;
 - outputs go through our own idempotent producer and are awaited, never through faust's
   `topic.send()`, which defers sends attached to the current event until the commit;
 - processing_guarantee at_least_once; faust's web server off (it binds 0.0.0.0 and serves table
@@ -204,7 +204,6 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
-        broker_max_poll_records=settings.max_poll_records,
         consumer_max_fetch_size=settings.fetch_partition_bytes,
         broker_commit_every=settings.commit_every,
         broker_commit_interval=settings.commit_interval_s,
