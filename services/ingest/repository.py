@@ -43,7 +43,7 @@ from shared.collections import (
     PHONE_NUMBERS,
     TEMPLATES,
 )
-from shared.mongo import InsertBatcher, unavailable
+from shared.mongo import InsertBatcher, find_by_ids, unavailable
 
 Doc = dict[str, Any]
 
@@ -311,19 +311,19 @@ class MongoMessageStore:
     async def ledger_entries_of(
         self, message_ids: list[str]
     ) -> dict[str, tuple[Doc | None, Doc | None]]:
-        # Lookups by _id, all in flight at once: FerretDB pushes only a lone _id filter down to
-        # its index, so one `{"_id": {"$in": [...]}}` query scans the whole ledger (measured
-        # here: 0.74 s for a page of 50 messages at 20,000 entries, against 0.056 s for the
-        # 100 concurrent lookups).
+        # find_by_ids: one `$in` on MongoDB, concurrent _id lookups on FerretDB (whose `$in`
+        # scans the whole ledger: 0.74 s for a page of 50 messages at 20,000 entries, measured).
         kinds = ("reserve", *_SETTLING)
-        keys = [f"{m}:{kind}" for m in message_ids for kind in kinds]
         try:
-            found = await asyncio.gather(*(self._ledger.find_one({"_id": key}) for key in keys))
+            found = await find_by_ids(
+                self._ledger, [f"{m}:{kind}" for m in message_ids for kind in kinds]
+            )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
+        by_id = {doc["_id"]: doc for doc in found}
         entries: dict[str, tuple[Doc | None, Doc | None]] = {}
-        for i, message_id in enumerate(message_ids):
-            reserve, settle, late_charge = found[len(kinds) * i : len(kinds) * (i + 1)]
+        for message_id in message_ids:
+            reserve, settle, late_charge = (by_id.get(f"{message_id}:{kind}") for kind in kinds)
             entries[message_id] = (reserve, late_charge or settle)
         return entries
 
