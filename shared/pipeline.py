@@ -6,9 +6,12 @@ asyncio and aiokafka:
 
 - **decode**: each record is decoded once, as it arrives (`decode(record) -> T`). A record that
   does not decode goes to `<topic>.dlq` (decoding is pure: trying again cannot help).
-- **batch**: decoded records wait in a buffer until `BatchPolicy.max_records` of them are there or
-  the first has waited `max_wait_s` (0: take whatever is there as soon as the effect is free, so
-  batches grow with the load and an idle pipeline adds no latency).
+- **batch**: decoded records wait in a buffer, by partition, until `BatchPolicy.max_records` of
+  them are there or the first has waited `max_wait_s` (0: take whatever is there as soon as the
+  effect is free, so batches grow with the load and an idle pipeline adds no latency). A batch
+  is taken
+  round-robin over the partitions waiting (`FairBuffer`): a partition with a backlog (one
+  tenant's burst) does not hold up the records of the others behind it.
 - **effect**: `effect(items)` gets the whole batch, each partition's records in offset order
   (`group_by_key` splits them by key, keeping that order). One batch at a time: the next
   accumulates while the effect runs.
@@ -32,8 +35,8 @@ A rebalance waits for the batch in flight, commits what is finished, drops what 
 revoked partitions (their next owner reads it again) and then calls `on_partitions_moved`: a
 writer that remembers what it wrote (status's state writer) forgets it there.
 
-The pure parts (`Batcher`, `offsets_to_commit`, `pause_changes`, `commit_due`, `group_by_key`)
-take the time as an argument and do no I/O.
+The pure parts (`FairBuffer`, `InOrderRelease`, `Batcher`, `offsets_to_commit`,
+`pause_changes`, `commit_due`, `group_by_key`) take the time as an argument and do no I/O.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar, cast
@@ -65,6 +69,7 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 K = TypeVar("K")
+V = TypeVar("V")
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 # How long the commit of what is finished may take when the pipeline stops: a broker that no
@@ -113,12 +118,113 @@ class BatchPolicy:
 # --- the pure parts ----------------------------------------------------------------------------
 
 
+class FairBuffer(Generic[K, V]):
+    """Items waiting by key, each key's in arrival order, taken round-robin over the keys: a key
+    with 10,000 waiting takes one turn like a key with one, so a burst on one key does not delay
+    the others' items by more than one item per turn. Each key's items come out in the order
+    they went in (per-key order is kept; across keys it is not).
+
+    The keys take turns in the order they first had something waiting; a key served goes to
+    the back of the turn, a key with nothing left leaves it."""
+
+    def __init__(self) -> None:
+        self._queues: dict[K, deque[V]] = {}  # insertion order = the turn
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, key: K, item: V) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(item)
+        self._count += 1
+
+    def take(self, most: int) -> list[V]:
+        """Up to `most` items, one per key per turn."""
+        taken: list[V] = []
+        queues = self._queues
+        while queues and len(taken) < most:
+            for key in list(queues):
+                queue = queues.pop(key)
+                taken.append(queue.popleft())
+                if queue:
+                    queues[key] = queue  # back of the turn
+                if len(taken) == most:
+                    break
+        self._count -= len(taken)
+        return taken
+
+    def drop(self, keys: Collection[K]) -> int:
+        """Forget what waits under these keys; returns how many items."""
+        dropped = 0
+        for key in keys:
+            queue = self._queues.pop(key, None)
+            if queue:
+                dropped += len(queue)
+        self._count -= dropped
+        return dropped
+
+    def waiting(self) -> dict[K, int]:
+        return {key: len(queue) for key, queue in self._queues.items()}
+
+
+class InOrderRelease(Generic[K, V]):
+    """Records of ordered streams (Kafka partitions) finished in any order, released in their
+    stream's offset order: a record is released once it and every record tracked before it in
+    its stream are finished. For a consumer that takes records fairly across keys but must ack
+    them in offset order: faust 0.15's commit of acked offsets (`Consumer._new_offset`) steps
+    over a single unacked offset at the head of a partition (it compares with the committed
+    offset as if that were the last one read), so billing never acks out of order."""
+
+    def __init__(self) -> None:
+        self._streams: dict[K, deque[int]] = {}  # offsets in the order tracked
+        self._items: dict[tuple[K, int], tuple[V, bool]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def track(self, stream: K, offset: int, item: V) -> None:
+        queue = self._streams.setdefault(stream, deque())
+        if queue and offset <= queue[-1]:
+            raise ValueError(f"offset {offset} tracked out of order")  # forget() the stream
+        queue.append(offset)
+        self._items[(stream, offset)] = (item, False)
+
+    def finish(self, stream: K, offset: int) -> list[V]:
+        """Mark the record finished; returns the items now released, in offset order. A record
+        not tracked (its stream forgotten: the partition was revoked) releases nothing."""
+        found = self._items.get((stream, offset))
+        if found is None:
+            return []
+        self._items[(stream, offset)] = (found[0], True)
+        queue = self._streams[stream]
+        released: list[V] = []
+        while queue and self._items[(stream, queue[0])][1]:
+            released.append(self._items.pop((stream, queue.popleft()))[0])
+        if not queue:
+            del self._streams[stream]
+        return released
+
+    def forget(self, streams: Collection[K]) -> int:
+        """Forget what is tracked for these streams (revoked); returns how many records."""
+        forgotten = 0
+        for stream in streams:
+            for offset in self._streams.pop(stream, ()):
+                del self._items[(stream, offset)]
+                forgotten += 1
+        return forgotten
+
+
 class Batcher(Generic[T]):
-    """The batch step's buffer: records in arrival order (each partition's in offset order)."""
+    """The batch step's buffer: records by partition (each in offset order), a batch taken
+    round-robin over the partitions (`FairBuffer`): a partition with a backlog waiting (up to
+    `pause_at`) does not delay the records of the others behind it."""
 
     def __init__(self, policy: BatchPolicy) -> None:
         self._policy = policy
-        self._items: list[Item[T]] = []
+        self._items: FairBuffer[TP, Item[T]] = FairBuffer()
         self._first_at: float | None = None
 
     def __len__(self) -> int:
@@ -126,8 +232,9 @@ class Batcher(Generic[T]):
 
     def add(self, items: Iterable[Item[T]], now: float) -> None:
         before = len(self._items)
-        self._items.extend(items)
-        if before == 0 and self._items:
+        for item in items:
+            self._items.add(item.partition, item)
+        if before == 0 and len(self._items):
             self._first_at = now
 
     def ready(self, now: float) -> bool:
@@ -147,30 +254,24 @@ class Batcher(Generic[T]):
         return max(0.0, self._first_at + self._policy.max_wait_s - now)
 
     def take(self, now: float) -> list[Item[T]]:
-        """The next batch: the oldest `max_records` records."""
-        batch = self._items[: self._policy.max_records]
-        del self._items[: self._policy.max_records]
+        """The next batch: up to `max_records` records, one per partition per turn."""
+        batch = self._items.take(self._policy.max_records)
         self._first_at = now if self._items else None
         return batch
 
     def drop(self, partitions: Collection[TP]) -> int:
         """Forget what waits for these partitions (revoked: their next owner reads it)."""
-        kept = [item for item in self._items if item.partition not in partitions]
-        dropped = len(self._items) - len(kept)
-        self._items = kept
-        if not kept:
+        dropped = self._items.drop(partitions)
+        if not self._items:
             self._first_at = None
         return dropped
 
     def keep_only(self, partitions: Collection[TP]) -> int:
-        return self.drop({item.partition for item in self._items} - set(partitions))
+        return self.drop(set(self._items.waiting()) - set(partitions))
 
     def waiting(self) -> dict[TP, int]:
         """Records waiting per partition."""
-        counts: dict[TP, int] = {}
-        for item in self._items:
-            counts[item.partition] = counts.get(item.partition, 0) + 1
-        return counts
+        return self._items.waiting()
 
 
 def offsets_to_commit(batch: Iterable[Item[Any]]) -> dict[TP, int]:
@@ -452,6 +553,8 @@ __all__ = [
     "Batcher",
     "Decode",
     "Effect",
+    "FairBuffer",
+    "InOrderRelease",
     "Item",
     "Pipeline",
     "commit_due",

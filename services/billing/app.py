@@ -6,13 +6,22 @@ faust is used with its traps designed around:
   finished (written, published, or dead-lettered), and its body never lets an exception escape:
   a bug on one record is retried a few times, then that record goes to the DLQ and the
   partition moves on (see worker.py);
-- batches with a short linger: the agent only moves events into a bounded queue; one task
-  takes what the queue holds and what arrives within `batch_linger_ms` of the batch's first
-  event (at least one event, at most `batch_max_records`), applies it as a batch and then acks
-  its events in the order they were read, so faust's commit (up to the first offset not acked)
-  never passes an unfinished record. faust's `take()` is not used: it waits `within` from the
-  previous batch, not from the first event, and acks the buffered events when its generator is
-  closed (an agent stopped by a rebalance mid-batch would commit records never applied);
+- batches with a short linger, taken fairly: the agent only moves events into a bounded
+  read-ahead buffer (`FairIntake`, at most `read_ahead_records` events not yet acked), kept per
+  account (the record's key); one task takes a batch round-robin over the accounts waiting
+  (one event per account per turn, each account's in the order read: shared/pipeline.py
+  `FairBuffer`), with what arrives within `batch_linger_ms` (at least one event, at most
+  `batch_max_records`), applies it, and acks. So a campaign's thousands of records in the
+  buffer do not hold another account's record behind them: it goes into the next batch.
+  Acks stay in each partition's offset order (`InOrderRelease`): an event applied before an
+  earlier one of its partition is acked only once that one is, because faust's commit (up to
+  the first offset not acked) steps over a single unacked offset at a partition's head.
+  faust's `take()` is not used: it waits `within` from the previous batch, not from the first
+  event, and acks the buffered events when its generator is closed (an agent stopped by a
+  rebalance mid-batch would commit records never applied);
+- what faust hands the agent is bounded too (settings.py `fetch_partition_bytes`): faust hands
+  over a whole poll before it polls again, so a large fetch of the campaign's partitions would
+  hold another account's newer fetch behind it;
 - outputs go through our own idempotent producer and are awaited, never through faust's
   `topic.send()`, which defers sends attached to the current event until the commit;
 - processing_guarantee at_least_once; faust's web server off (it binds 0.0.0.0 and serves table
@@ -24,6 +33,7 @@ faust is used with its traps designed around:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -48,6 +58,7 @@ from shared.kafka import KafkaConfig, kafka_ready, make_producer, topic_name
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.mongo import make_client, mongo_ready
+from shared.pipeline import FairBuffer, InOrderRelease
 from shared.pricing import load_rate_card
 from shared.renewing_producer import renewing_producer
 from shared.runtime import start_with_retry, wait_for_own_topics
@@ -194,6 +205,7 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        consumer_max_fetch_size=settings.fetch_partition_bytes,
         broker_commit_every=settings.commit_every,
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
@@ -216,22 +228,19 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         worker = runtime.worker
         assert worker is not None
         acked_by_us = stream.noack()
-        pending: asyncio.Queue[EventT] = asyncio.Queue(maxsize=settings.batch_max_records)
+        intake = FairIntake(settings.read_ahead_records)
         applier = asyncio.create_task(
             _apply_batches(
                 worker,
                 acked_by_us,
-                pending,
+                intake,
                 settings.batch_max_records,
                 settings.batch_linger_ms / 1000,
             )
         )
         try:
             async for event in acked_by_us.events():
-                if pending.full():
-                    await _put_or_stop(pending, event, applier)
-                else:
-                    pending.put_nowait(event)
+                await intake.put(event, applier)
         finally:
             applier.cancel()
             with suppress(asyncio.CancelledError):
@@ -279,17 +288,90 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
     return app, runtime
 
 
+class FairIntake:
+    """The events between faust's stream and the batches: at most `read_ahead` not yet acked
+    (waiting, in a batch, or applied and waiting for an earlier event of their partition),
+    taken round-robin over the accounts (record keys) waiting, acked in each partition's
+    offset order. The decisions are shared/pipeline.py's pure `FairBuffer` and
+    `InOrderRelease`; this shell only waits."""
+
+    def __init__(self, read_ahead: int) -> None:
+        if read_ahead < 1:
+            raise ValueError("read_ahead must be at least 1")
+        self._read_ahead = read_ahead
+        self._waiting: FairBuffer[bytes | None, EventT] = FairBuffer()
+        self._release: InOrderRelease[Any, EventT] = InOrderRelease()
+        self._changed = asyncio.Event()  # an event arrived or room was made
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def put(self, event: EventT, applier: asyncio.Task[None] | None = None) -> None:
+        """Wait for room (unless the task that takes from here has ended: a bug), then add."""
+        while len(self._release) >= self._read_ahead:
+            self._changed.clear()
+            waiting = asyncio.ensure_future(self._changed.wait())
+            others = {waiting} if applier is None else {waiting, applier}
+            await asyncio.wait(others, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                waiting.cancel()
+                assert applier is not None
+                applier.result()  # raises what ended it
+                raise RuntimeError("billing's batch applier stopped")
+        message = event.message
+        try:
+            self._release.track(message.tp, message.offset, event)
+        except ValueError:
+            # The partition was read again from an earlier offset (faust seeks back to the
+            # committed offset after a rebalance): what is tracked for it is read again too.
+            self._release.forget({message.tp})
+            self._release.track(message.tp, message.offset, event)
+        self._waiting.add(message.key, event)
+        self._changed.set()
+
+    async def take(self, most: int, linger_s: float) -> list[EventT]:
+        """At least one event, at most `most`: what waits, and what arrives within `linger_s`
+        of the first (a batch pays a few database round trips whatever its size, so a few ms
+        of waiting under load divides them among more records), one account per turn."""
+        while not self._waiting:
+            self._changed.clear()
+            await self._changed.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + linger_s
+        while len(self._waiting) < most:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+            except TimeoutError:
+                break
+        return self._waiting.take(most)
+
+    def finished(self, events: Sequence[EventT]) -> list[EventT]:
+        """These events are applied (or dead-lettered): the events that may now be acked, in
+        their partitions' offset order."""
+        released: list[EventT] = []
+        for event in events:
+            released.extend(self._release.finish(event.message.tp, event.message.offset))
+        if released:
+            self._changed.set()
+        return released
+
+
 async def _apply_batches(
     worker: BillingWorker,
     stream: faust.StreamT[bytes],
-    pending: asyncio.Queue[EventT],
+    intake: FairIntake,
     batch_max: int,
     linger_s: float = 0.0,
 ) -> None:
-    """Apply what is buffered, and what comes within `linger_s` of the first, then ack it in
-    the order read. Each record ends applied or dead-lettered (worker.py) before it is acked."""
+    """Apply batches taken fairly from `intake`, then ack what they let through. Each record
+    ends applied or dead-lettered (worker.py) before it is acked."""
     while True:
-        batch = await take_batch(pending, batch_max, linger_s)
+        batch = await intake.take(batch_max, linger_s)
         records = [_record(event) for event in batch]
         try:
             await worker.handle_batch(records)  # never raises
@@ -300,41 +382,8 @@ async def _apply_batches(
             worker.forget_balances()
             for record in records:
                 await worker.handle(record)
-        for event in batch:
+        for event in intake.finished(batch):
             await stream.ack(event)
-
-
-async def take_batch(queue: asyncio.Queue[Any], most: int, linger_s: float) -> list[Any]:
-    """At least one item, at most `most`: what `queue` holds, and what arrives within
-    `linger_s` of the first item (a batch pays a few database round trips whatever its size,
-    so a few ms of waiting under load divides them among more records)."""
-    batch = [await queue.get()]
-    deadline = asyncio.get_running_loop().time() + linger_s
-    while len(batch) < most:
-        if not queue.empty():
-            batch.append(queue.get_nowait())
-            continue
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            break
-        try:
-            async with asyncio.timeout(remaining):
-                batch.append(await queue.get())  # a get cancelled by the timeout takes nothing
-        except TimeoutError:
-            break
-    return batch
-
-
-async def _put_or_stop(
-    pending: asyncio.Queue[EventT], event: EventT, applier: asyncio.Task[None]
-) -> None:
-    """Wait for room in the queue, unless the task that empties it has ended (a bug)."""
-    put = asyncio.ensure_future(pending.put(event))
-    await asyncio.wait({put, applier}, return_when=asyncio.FIRST_COMPLETED)
-    if not put.done():
-        put.cancel()
-        applier.result()  # raises what ended it
-        raise RuntimeError("billing's batch applier stopped")
 
 
 def _record(event: EventT) -> Record:

@@ -42,12 +42,19 @@ class BillingSettings(ServiceSettings):
     retry_max_delay_s: float = 10.0
     # faust's defaults prefetch 4096 records per stream and commit every 10 000 acks or 2.8 s.
     # A small buffer keeps the redelivery after a crash and the drain on a rebalance short,
-    # and frequent commits keep the replay window small. What is buffered is served in the
-    # order read, whatever the account: under a campaign, another tenant's record waits behind
-    # up to this buffer plus one batch of the campaign's. 256 + 500 -> 64 + 128 moved the other
-    # tenant's 202->Meta from p50/p99 9.2/17.7 s to 2.8/11.1 s during a 5,000-message campaign,
-    # at the same drain rate (117 vs 119/s; bench campaign, 2026-12-06, one run each).
+    # and frequent commits keep the replay window small.
     stream_buffer_maxsize: int = 64
+    # Fairness between accounts (app.py FairIntake): events read ahead of the batches, not yet
+    # acked, among which each batch is taken round-robin by account; and the bytes fetched per
+    # partition. faust hands the agent a whole poll (all that was fetched, interleaved by
+    # partition) before it polls again, so another account's record fetched later waits for
+    # that poll: at most this many bytes of each busy partition (~400 records of ~600 bytes;
+    # aiokafka's default 1 MiB held it behind thousands). Smaller costs throughput: one fetch
+    # at a time per broker, and faust's fetches wait up to 1.5 s for idle partitions, so with
+    # 64 KiB billing did 638 events/s against 1,171 with 1 MiB and 1,379 with 256 KiB (bench
+    # billing --quick, one run each).
+    read_ahead_records: int = Field(512, ge=1)
+    fetch_partition_bytes: int = Field(256 * 1024, ge=1024)
     commit_every: int = 100
     commit_interval_s: float = 1.0
     # How often overdue reservations are looked for, and how old one must be to be released
@@ -57,7 +64,7 @@ class BillingSettings(ServiceSettings):
     reservation_horizon_s: float = 37 * 86_400.0
     # Records applied together at most; a batch is what is buffered, plus what arrives within
     # `batch_linger_ms` of its first record (0: never waited for).
-    batch_max_records: int = 128  # also the bound of the queue batches are taken from
+    batch_max_records: int = 128
     batch_linger_ms: float = Field(5.0, ge=0)
     # Reserve entries kept in memory for their settlements (ledger entries never change).
     reservation_cache_size: int = 10_000

@@ -55,6 +55,11 @@ def test_faust_commits_often_and_keeps_a_small_buffer() -> None:
     assert (app.conf.broker_commit_every, app.conf.stream_buffer_maxsize) == (7, 32)
 
 
+def test_faust_fetches_little_per_partition_so_another_accounts_record_is_not_held_behind() -> None:
+    app, _ = create_app(settings(fetch_partition_bytes=32768))
+    assert app.conf.consumer_max_fetch_size == 32768
+
+
 def test_the_consumer_group_is_prefixed_like_the_topics() -> None:
     app, _ = create_app(
         settings(
