@@ -273,3 +273,12 @@ def test_init_prepares_the_broker_the_principals_and_the_simulator(tmp_path: Pat
     sim: dict[str, Any] = yaml.safe_load((shared / "metasim.yaml").read_text())
     assert sim["app_secret"] == "an-app-secret-of-the-operator-0123"
     assert sim["verify_token"] == "a-verify-token-of-the-operator-01"
+
+
+def test_each_service_is_restarted_after_it_exits_and_the_cli_is_not() -> None:
+    # runtime.serve raises (the process exits non-zero) when a worker gives up on a dependency:
+    # the restart is what brings the consumer back, from its committed offsets.
+    services = COMPOSE["services"]
+    for name in SERVICES_SETTINGS:
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["hala"]["restart"] == "no"
