@@ -6,7 +6,7 @@ from billing). Driver failures become DependencyUnavailable; a duplicate key is 
 The consumer writes a batch's events and deliveries with one insert_many each (unordered: a
 duplicate key is a normal answer for its document, the others are written); attempts go out in
 groups (one insert_many for whatever arrived meanwhile), and deliveries that succeeded are
-marked with one bulk update per group: FerretDB's writes cost per command.
+marked with one update_many per group: FerretDB's writes cost per command.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
@@ -183,17 +183,16 @@ class NotifyRepository:
         self, items: list[tuple[str, int]]
     ) -> list[BaseException | None]:
         # One command for the whole group (delivered_at: the group's latest; each attempt's
-        # own time is in delivery_attempts), one update by `_id` per delivery: FerretDB pushes
-        # down only a lone `_id` equality, so an `_id: {$in: ...}` filter scanned every delivery.
+        # own time is in delivery_attempts).
+        ids = [delivery_id for delivery_id, _ in items]
         done_at = max(now for _, now in items)
-        change = {
-            "$set": {"state": "delivered", "done_at": done_at, "next_at": None},
-            "$inc": {"attempts": 1},
-        }
         try:
-            await self._db[DELIVERIES].bulk_write(
-                [UpdateOne({"_id": delivery_id}, change) for delivery_id, _ in items],
-                ordered=False,
+            await self._db[DELIVERIES].update_many(
+                {"_id": {"$in": ids}},
+                {
+                    "$set": {"state": "delivered", "done_at": done_at, "next_at": None},
+                    "$inc": {"attempts": 1},
+                },
             )
         except PyMongoError as exc:
             raise unavailable(exc) from exc
