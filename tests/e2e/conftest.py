@@ -153,6 +153,7 @@ class Stack:
                     # Ambiguous sends (a sender killed mid-call) are settled within the test.
                     "STATUS_UNKNOWN_TIMEOUT_SECONDS": "20",
                     "STATUS_SWEEP_INTERVAL_SECONDS": "5",
+                    "STATUS_SWEEP_MESSAGES_INTERVAL_SECONDS": "5",
                 },
                 ["-m", "services.status"],
                 "/readyz",
