@@ -644,6 +644,8 @@ async def test_an_accounts_burst_does_not_hold_up_another_accounts_send(setup: S
     # It waits for faust's stream buffer (64) and the poll in hand (16 KiB of the burst's
     # partition: ~25 records) to enter the read-ahead, then for the next batch: about two
     # batches of the burst, and a margin for its fetch. Before the fair take (FIFO batches,
-    # faust's whole 1 MiB prefetch handed over first): 633 of 2,333 here. With it: 122 of 2,488.
-    assert ahead <= 64 + 50 + 2 * batch + 150, (ahead, backlog)
+    # faust's whole 1 MiB prefetch handed over first): 633 of 2,333 here. With it: 122 of 2,488
+    # on a quiet run, 399 of 2,127 in a clean-clone CI run (the other's fetch waits behind the
+    # burst's on a loaded machine). The bound sits between the fair take and the FIFO one.
+    assert ahead <= 500, (ahead, backlog)
     assert await ledger.count_documents(busy_reserves) == burst
