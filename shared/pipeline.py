@@ -35,8 +35,8 @@ A rebalance waits for the batch in flight, commits what is finished, drops what 
 revoked partitions (their next owner reads it again) and then calls `on_partitions_moved`: a
 writer that remembers what it wrote (status's state writer) forgets it there.
 
-The pure parts (`FairBuffer`, `InOrderRelease`, `Batcher`, `offsets_to_commit`,
-`pause_changes`, `commit_due`, `group_by_key`) take the time as an argument and do no I/O.
+The pure parts (`FairBuffer`, `Batcher`, `offsets_to_commit`, `pause_changes`, `commit_due`,
+`group_by_key`) take the time as an argument and do no I/O.
 """
 
 from __future__ import annotations
@@ -168,53 +168,6 @@ class FairBuffer(Generic[K, V]):
 
     def waiting(self) -> dict[K, int]:
         return {key: len(queue) for key, queue in self._queues.items()}
-
-
-class InOrderRelease(Generic[K, V]):
-    """Records of ordered streams (Kafka partitions) finished in any order, released in their
-    stream's offset order: a record is released once it and every record tracked before it in
-    its stream are finished. For a consumer that takes records fairly across keys but must ack
-    them in offset order: faust 0.15's commit of acked offsets (`Consumer._new_offset`) steps
-    over a single unacked offset at the head of a partition (it compares with the committed
-    offset as if that were the last one read), so billing never acks out of order."""
-
-    def __init__(self) -> None:
-        self._streams: dict[K, deque[int]] = {}  # offsets in the order tracked
-        self._items: dict[tuple[K, int], tuple[V, bool]] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def track(self, stream: K, offset: int, item: V) -> None:
-        queue = self._streams.setdefault(stream, deque())
-        if queue and offset <= queue[-1]:
-            raise ValueError(f"offset {offset} tracked out of order")  # forget() the stream
-        queue.append(offset)
-        self._items[(stream, offset)] = (item, False)
-
-    def finish(self, stream: K, offset: int) -> list[V]:
-        """Mark the record finished; returns the items now released, in offset order. A record
-        not tracked (its stream forgotten: the partition was revoked) releases nothing."""
-        found = self._items.get((stream, offset))
-        if found is None:
-            return []
-        self._items[(stream, offset)] = (found[0], True)
-        queue = self._streams[stream]
-        released: list[V] = []
-        while queue and self._items[(stream, queue[0])][1]:
-            released.append(self._items.pop((stream, queue.popleft()))[0])
-        if not queue:
-            del self._streams[stream]
-        return released
-
-    def forget(self, streams: Collection[K]) -> int:
-        """Forget what is tracked for these streams (revoked); returns how many records."""
-        forgotten = 0
-        for stream in streams:
-            for offset in self._streams.pop(stream, ()):
-                del self._items[(stream, offset)]
-                forgotten += 1
-        return forgotten
 
 
 class Batcher(Generic[T]):
@@ -554,7 +507,6 @@ __all__ = [
     "Decode",
     "Effect",
     "FairBuffer",
-    "InOrderRelease",
     "Item",
     "Pipeline",
     "commit_due",

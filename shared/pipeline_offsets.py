@@ -11,10 +11,12 @@ cadence and tells `mark_committed` what the broker took).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections import deque
+from collections.abc import Collection, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class PartitionOffsets:
@@ -93,4 +95,57 @@ class OffsetTracker(Generic[K]):
         return list(self._partitions)
 
 
-__all__ = ["OffsetTracker", "PartitionOffsets"]
+class InOrderRelease(Generic[K, V]):
+    """Items of ordered streams (Kafka partitions) finished in any order, released in their
+    stream's offset order: an item is released once its offset is below the stream's
+    committable position (`PartitionOffsets`: every record tracked before it is finished too).
+    For a consumer that takes records fairly across keys but must ack them in offset order:
+    faust 0.15's commit of acked offsets (`Consumer._new_offset`) steps over a single unacked
+    offset at the head of a partition (it compares with the committed offset as if that were
+    the last one read), so billing never acks out of order."""
+
+    def __init__(self) -> None:
+        self._offsets: OffsetTracker[K] = OffsetTracker()
+        self._items: dict[K, deque[tuple[int, V]]] = {}  # per stream, in offset order
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def track(self, stream: K, offset: int, item: V) -> None:
+        """Raises ValueError for an offset not after the stream's last (forget() it first)."""
+        (self._offsets.get(stream) or self._offsets.assign(stream)).track(offset)
+        self._items.setdefault(stream, deque()).append((offset, item))
+        self._count += 1
+
+    def finish(self, stream: K, offset: int) -> list[V]:
+        """Mark the record finished; returns the items now released, in offset order. A record
+        not tracked (its stream forgotten: the partition was revoked) releases nothing."""
+        offsets = self._offsets.get(stream)
+        waiting = self._items.get(stream)
+        # Only an offset among those waiting: a late finish from before the stream was
+        # forgotten and read again must not mark a record of the new read done in advance.
+        if offsets is None or not waiting or not waiting[0][0] <= offset <= waiting[-1][0]:
+            return []
+        offsets.done(offset)
+        position = offsets.committable()
+        if position is None:
+            return []
+        offsets.committed(position)
+        released: list[V] = []
+        while waiting and waiting[0][0] < position:
+            released.append(waiting.popleft()[1])
+        self._count -= len(released)
+        return released
+
+    def forget(self, streams: Collection[K]) -> int:
+        """Forget what is tracked for these streams (revoked); returns how many records."""
+        forgotten = 0
+        for stream in streams:
+            self._offsets.forget(stream)
+            forgotten += len(self._items.pop(stream, ()))
+        self._count -= forgotten
+        return forgotten
+
+
+__all__ = ["InOrderRelease", "OffsetTracker", "PartitionOffsets"]

@@ -58,7 +58,8 @@ from shared.kafka import KafkaConfig, kafka_ready, make_producer, topic_name
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.mongo import make_client, mongo_ready
-from shared.pipeline import FairBuffer, InOrderRelease
+from shared.pipeline import FairBuffer
+from shared.pipeline_offsets import InOrderRelease
 from shared.pricing import load_rate_card
 from shared.renewing_producer import renewing_producer
 from shared.runtime import start_with_retry, wait_for_own_topics
@@ -292,8 +293,8 @@ class FairIntake:
     """The events between faust's stream and the batches: at most `read_ahead` not yet acked
     (waiting, in a batch, or applied and waiting for an earlier event of their partition),
     taken round-robin over the accounts (record keys) waiting, acked in each partition's
-    offset order. The decisions are shared/pipeline.py's pure `FairBuffer` and
-    `InOrderRelease`; this shell only waits."""
+    offset order. The decisions are the shared pure `FairBuffer` (shared/pipeline.py) and
+    `InOrderRelease` (shared/pipeline_offsets.py); this shell only waits."""
 
     def __init__(self, read_ahead: int) -> None:
         if read_ahead < 1:

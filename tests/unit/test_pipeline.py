@@ -20,7 +20,6 @@ from shared.pipeline import (
     Batcher,
     BatchPolicy,
     FairBuffer,
-    InOrderRelease,
     Item,
     Pipeline,
     commit_due,
@@ -92,22 +91,6 @@ def test_the_fair_buffer_takes_one_item_per_key_per_turn_in_each_keys_order() ->
     buffer.add("a", 1)
     buffer.add("b", 2)
     assert buffer.drop({"a", "z"}) == 1 and buffer.take(10) == [2]
-
-
-def test_records_finished_out_of_order_are_released_in_each_partitions_offset_order() -> None:
-    release: InOrderRelease[str, str] = InOrderRelease()
-    for offset, item in ((5, "campaign-5"), (6, "other-6"), (7, "campaign-7")):
-        release.track("p0", offset, item)
-    release.track("p1", 2, "other-2")
-    assert release.finish("p0", 6) == []  # offset 5 is not finished: 6 waits for it
-    assert release.finish("p1", 2) == ["other-2"]  # another partition does not wait
-    assert release.finish("p0", 5) == ["campaign-5", "other-6"]
-    assert len(release) == 1
-    assert release.forget({"p0"}) == 1 and len(release) == 0
-    assert release.finish("p0", 7) == []  # forgotten (revoked): releases nothing
-    release.track("p2", 3, "x")
-    with pytest.raises(ValueError):
-        release.track("p2", 3, "again")
 
 
 def test_without_a_wait_whatever_is_there_is_a_batch() -> None:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from shared.pipeline_offsets import OffsetTracker, PartitionOffsets
+from shared.pipeline_offsets import InOrderRelease, OffsetTracker, PartitionOffsets
 
 
 def test_the_commit_stops_at_the_lowest_unfinished_offset() -> None:
@@ -89,3 +89,19 @@ def test_a_record_finished_twice_or_before_it_is_tracked_moves_nothing_wrong() -
     offsets.done(0)
     assert offsets.committable() == 2
     assert offsets.pending() == 0
+
+
+def test_records_finished_out_of_order_are_released_in_each_partitions_offset_order() -> None:
+    release: InOrderRelease[str, str] = InOrderRelease()
+    for offset, item in ((5, "campaign-5"), (6, "other-6"), (7, "campaign-7")):
+        release.track("p0", offset, item)
+    release.track("p1", 2, "other-2")
+    assert release.finish("p0", 6) == []  # offset 5 is not finished: 6 waits for it
+    assert release.finish("p1", 2) == ["other-2"]  # another partition does not wait
+    assert release.finish("p0", 5) == ["campaign-5", "other-6"]
+    assert len(release) == 1
+    assert release.forget({"p0"}) == 1 and len(release) == 0
+    assert release.finish("p0", 7) == []  # forgotten (revoked): releases nothing
+    release.track("p2", 3, "x")
+    with pytest.raises(ValueError):
+        release.track("p2", 3, "again")
