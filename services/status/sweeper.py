@@ -95,41 +95,20 @@ class Sweeper:
             policy.message_retention_days,
         )
 
-        stuck: list[core.MessageRef] = []
-        if messages:
-            stuck = await self._repository.stuck_unknown(cutoffs.unknown_before, policy.batch_size)
-        for ref in stuck:
-            await self._publisher.publish(STATUS_CHANGED, core.outcome_unknown_failure(ref, now))
-        UNKNOWN_OUTCOMES_FAILED.inc(len(stuck))
+        unknown_failed = (
+            await self._fail_stuck_unknown(cutoffs.unknown_before, now) if messages else 0
+        )
 
         parked_deleted = await self._repository.delete_parked_before(cutoffs.parked_before)
         parked_remaining = await self._repository.count_parked()
         PARKED_STATUSES.set(parked_remaining)
 
-        anonymised = inbound = conversations_deleted = 0
-        if messages:
-            anonymised = await self._until_caught_up(
-                self._repository.messages_to_anonymise,
-                self._repository.anonymise_message,
-                core.anonymised_fields,
-                cutoffs.retained_before,
-                now,
-            )
-            MESSAGES_ANONYMISED.inc(anonymised)
-            inbound = await self._until_caught_up(
-                self._repository.inbound_to_anonymise,
-                self._repository.anonymise_inbound,
-                core.anonymised_inbound_fields,
-                cutoffs.retained_before,
-                now,
-            )
-            INBOUND_ANONYMISED.inc(inbound)
-            conversations_deleted = await self._repository.delete_conversations_before(
-                cutoffs.retained_before
-            )
+        anonymised, inbound, conversations_deleted = (
+            await self._apply_retention(cutoffs.retained_before, now) if messages else (0, 0, 0)
+        )
 
         report = SweepReport(
-            unknown_failed=len(stuck),
+            unknown_failed=unknown_failed,
             parked_deleted=parked_deleted,
             parked_remaining=parked_remaining,
             anonymised=anonymised,
@@ -149,6 +128,36 @@ class Sweeper:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return report
+
+    async def _fail_stuck_unknown(self, before: int, now: int) -> int:
+        """Sends still `unknown` past the timeout are declared failed (outcome unknown)."""
+        stuck = await self._repository.stuck_unknown(before, self._policy.batch_size)
+        for ref in stuck:
+            await self._publisher.publish(STATUS_CHANGED, core.outcome_unknown_failure(ref, now))
+        UNKNOWN_OUTCOMES_FAILED.inc(len(stuck))
+        return len(stuck)
+
+    async def _apply_retention(self, before: int, now: int) -> tuple[int, int, int]:
+        """Messages and inbound messages older than the retention anonymised, conversations
+        deleted: (messages anonymised, inbound anonymised, conversations deleted)."""
+        anonymised = await self._until_caught_up(
+            self._repository.messages_to_anonymise,
+            self._repository.anonymise_message,
+            core.anonymised_fields,
+            before,
+            now,
+        )
+        MESSAGES_ANONYMISED.inc(anonymised)
+        inbound = await self._until_caught_up(
+            self._repository.inbound_to_anonymise,
+            self._repository.anonymise_inbound,
+            core.anonymised_inbound_fields,
+            before,
+            now,
+        )
+        INBOUND_ANONYMISED.inc(inbound)
+        conversations_deleted = await self._repository.delete_conversations_before(before)
+        return anonymised, inbound, conversations_deleted
 
     async def _until_caught_up(
         self,
