@@ -94,6 +94,11 @@ async def mongo_ready(client: AsyncMongoClient[dict[str, Any]]) -> bool:
 # Lookups in flight at once per `find_by_ids` call on FerretDB (the driver's pool holds 100).
 FIND_BY_ID_CONCURRENCY = 16
 
+# Ids per `$in` query of `find_by_ids`. The local FerretDB build pushes at most 1,000 down to
+# SQLite and scans the whole collection for more: in a 100,000-message campaign one status
+# batch's `$in` of more wamids than that timed out (10 s) on every retry, and the worker stopped.
+ID_IN_CHUNK = 500
+
 # Whether a client's server answers `{_id: {$in: [...]}}` from the _id index, by client.
 _INDEXES_ID_IN: weakref.WeakKeyDictionary[AsyncMongoClient[Any], bool] = weakref.WeakKeyDictionary()
 
@@ -126,19 +131,24 @@ async def find_by_ids(
 ) -> list[dict[str, Any]]:
     """The documents with these `_id`s (those that exist), in any order.
 
-    MongoDB answers one `$in` query from the _id index; so does the local FerretDB build
-    (its patch pushes a string/ObjectID `_id` `$in` down to SQLite: 51 ids among 10,000
-    documents, 4 ms of its CPU, against 15 ms as 50 single lookups). Stock FerretDB 1.24
-    pushes only a lone `_id` equality down and scans the whole collection for an `$in` (429 ms
-    for the same 51 ids, growing with the collection), so there the ids are looked up one by
-    one: more round trips, each of constant cost. At most `FIND_BY_ID_CONCURRENCY` of them are
-    in flight per call: a batch of 500 ids all at once took the whole connection pool (100)
-    and, with the database slowed by a scan, left other operations waiting past their deadline
-    for a connection (status's worker gave up on WaitQueueTimeoutError during a campaign)."""
+    MongoDB answers one `$in` query per `ID_IN_CHUNK` ids from the _id index; so does the
+    local FerretDB build (its patch pushes a string/ObjectID `_id` `$in` down to SQLite: 51
+    ids among 10,000 documents, 4 ms of its CPU, against 15 ms as 50 single lookups). Stock
+    FerretDB 1.24 pushes only a lone `_id` equality down and scans the whole collection for an
+    `$in` (429 ms for the same 51 ids, growing with the collection), so there the ids are
+    looked up one by one: more round trips, each of constant cost. At most
+    `FIND_BY_ID_CONCURRENCY` of them are in flight per call: a batch of 500 ids all at once
+    took the whole connection pool (100) and, with the database slowed by a scan, left other
+    operations waiting past their deadline for a connection (status's worker gave up on
+    WaitQueueTimeoutError during a campaign)."""
     if not ids:
         return []
     if await _indexes_id_in(collection):
-        return await collection.find({"_id": {"$in": list(ids)}}, projection).to_list(None)
+        found_in: list[dict[str, Any]] = []
+        for start in range(0, len(ids), ID_IN_CHUNK):
+            chunk = list(ids[start : start + ID_IN_CHUNK])
+            found_in += await collection.find({"_id": {"$in": chunk}}, projection).to_list(None)
+        return found_in
     pending = iter(ids)
     found: list[dict[str, Any]] = []
 

@@ -15,7 +15,13 @@ from pymongo.monitoring import (
 )
 from pymongo.uri_parser import parse_uri
 
-from shared.mongo import DEFAULT_TIMEOUT_MS, FIND_BY_ID_CONCURRENCY, find_by_ids, make_client
+from shared.mongo import (
+    DEFAULT_TIMEOUT_MS,
+    FIND_BY_ID_CONCURRENCY,
+    ID_IN_CHUNK,
+    find_by_ids,
+    make_client,
+)
 from tests.integration.tcp_proxy import TcpProxy
 
 
@@ -161,6 +167,32 @@ async def test_find_by_ids_finds_what_exists_with_the_projection_in_index_lookup
             await db.command("explain", {"find": "docs", "filter": {"_id": {"$in": ["d3"]}}})
         ).get("filterPushdown")
         assert finds == (1 if indexed else 4)
+    finally:
+        await mongo.drop_database(f"it_{unique}")
+
+
+async def test_find_by_ids_splits_a_long_id_list_into_queries_the_index_answers(
+    mongo, unique: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The local FerretDB build pushes at most 1,000 ids of an `$in` down to SQLite and scans
+    the whole collection for more (a status batch's 1,000+ wamids then timed out on every
+    retry). More ids than `ID_IN_CHUNK` go out as several `$in` queries, each small enough for
+    the index, and together they find every document asked for."""
+    db = mongo[f"it_{unique}"]
+    asked = 2 * ID_IN_CHUNK + 200
+    try:
+        await db["docs"].insert_many([{"_id": f"d{i}", "n": i} for i in range(asked)])
+        await find_by_ids(db["docs"], ["d0"])  # the backend is known from here on
+        indexed = "ferretdbVersion" not in await mongo.admin.command("buildInfo") or (
+            await db.command("explain", {"find": "docs", "filter": {"_id": {"$in": ["d3"]}}})
+        ).get("filterPushdown")
+        if not indexed:
+            pytest.skip("this server reads id by id (stock FerretDB): no $in to split")
+        before = _commands()
+        found = await find_by_ids(db["docs"], [f"d{i}" for i in range(asked)] + ["nope"])
+        finds = _commands()["find"] - before["find"]
+        assert sorted(d["n"] for d in found) == list(range(asked))
+        assert finds == -(-(asked + 1) // ID_IN_CHUNK)  # getMore batches are counted apart
     finally:
         await mongo.drop_database(f"it_{unique}")
 
