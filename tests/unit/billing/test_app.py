@@ -9,6 +9,7 @@ import pytest
 from faust.types import TP
 
 from services.billing.app import create_app
+from services.billing.faust_consumer import BillingConsumer, BillingTransport
 from services.billing.settings import BillingSettings
 from shared.messages import SEND_REQUESTED
 from tests.unit.billing.events import ACCOUNT, send_requested
@@ -58,6 +59,44 @@ def test_faust_commits_often_and_keeps_a_small_buffer() -> None:
 def test_faust_fetches_little_per_partition_so_another_accounts_record_is_not_held_behind() -> None:
     app, _ = create_app(settings(fetch_partition_bytes=32768))
     assert app.conf.consumer_max_fetch_size == 32768
+
+
+def test_billings_consumer_takes_the_fetch_wait_from_its_settings() -> None:
+    app, _ = create_app(settings(fetch_max_wait_ms=120))
+    assert isinstance(app.transport, BillingTransport)
+    assert isinstance(app.consumer, BillingConsumer)
+    assert app.transport.fetch_max_wait_ms == 120
+
+
+async def test_the_kafka_consumer_is_built_with_that_fetch_wait() -> None:
+    app, _ = create_app(settings(fetch_max_wait_ms=120, KAFKA_SECURITY_PROTOCOL="PLAINTEXT"))
+    thread = app.consumer._thread  # what faust starts in its consumer thread
+    kafka_consumer = thread._create_worker_consumer(app.transport)  # not started: no broker
+    assert kafka_consumer._fetch_max_wait_ms == 120  # read by its Fetcher when it starts
+
+
+def test_settings_refuse_a_resume_mark_not_below_the_pause_mark() -> None:
+    with pytest.raises(ValueError, match="inconsistent"):
+        settings(pause_at_records=100, resume_at_records=100)
+
+
+def test_pausing_a_partition_keeps_the_records_of_the_poll_being_handed_over() -> None:
+    """faust's getmany checks each record of its poll against the active partitions it
+    fetched with while it hands them over: a pause must not drop the rest of that poll."""
+    app, _ = create_app(settings(HALA_TOPIC_PREFIX="t."))
+    consumer = app.consumer
+    busy, other = TP("t.messages.send-requested.v1", 0), TP("t.messages.send-requested.v1", 1)
+    consumer._set_active_tps({busy, other})
+    in_hand = consumer._get_active_partitions()  # what getmany holds while handing over
+
+    consumer.pause_partitions({busy})
+    assert in_hand == {busy, other}  # the poll in hand hands over busy's records too
+    assert consumer._get_active_partitions() == {other}  # the next poll does not ask for them
+    consumer.on_buffer_drop(busy)  # faust's flow control does not undo the pause
+    assert consumer._get_active_partitions() == {other}
+
+    consumer.resume_partitions({busy})
+    assert consumer._get_active_partitions() == {busy, other}
 
 
 def test_the_consumer_group_is_prefixed_like_the_topics() -> None:
