@@ -6,19 +6,26 @@ faust is used with its traps designed around:
   finished (written, published, or dead-lettered), and its body never lets an exception escape:
   a bug on one record is retried a few times, then that record goes to the DLQ and the
   partition moves on (see worker.py);
-- batches with a short linger, taken fairly: the agent only moves events into a bounded
-  read-ahead buffer (`FairIntake`, at most `read_ahead_records` events not yet acked), kept per
-  account (the record's key); one task takes a batch round-robin over the accounts waiting
-  (one event per account per turn, each account's in the order read: shared/pipeline.py
-  `FairBuffer`), with what arrives within `batch_linger_ms` (at least one event, at most
-  `batch_max_records`), applies it, and acks. So a campaign's thousands of records in the
-  buffer do not hold another account's record behind them: it goes into the next batch.
-  Acks stay in each partition's offset order (`InOrderRelease`): an event applied before an
-  earlier one of its partition is acked only once that one is, because faust's commit (up to
-  the first offset not acked) steps over a single unacked offset at a partition's head.
-  faust's `take()` is not used: it waits `within` from the previous batch, not from the first
-  event, and acks the buffered events when its generator is closed (an agent stopped by a
-  rebalance mid-batch would commit records never applied);
+- batches with a short linger, taken fairly: the agent only moves events into `FairIntake`,
+  kept per account (the record's key); one task takes a batch round-robin over the accounts
+  waiting (one event per account per turn, each account's in the order read:
+  shared/pipeline.py `FairBuffer`), with what arrives within `batch_linger_ms` (at least one
+  event, at most `batch_max_records`), applies it, and acks. So a campaign's thousands of
+  records in the intake do not hold another account's record behind them: it goes into the
+  next batch. Acks stay in each partition's offset order (`InOrderRelease`): an event applied
+  before an earlier one of its partition is acked only once that one is, because faust's
+  commit (up to the first offset not acked) steps over a single unacked offset at a
+  partition's head. faust's `take()` is not used: it waits `within` from the previous batch,
+  not from the first event, and acks the buffered events when its generator is closed (an
+  agent stopped by a rebalance mid-batch would commit records never applied);
+- back-pressure per partition, not for the whole stream: a partition with `pause_at_records`
+  events not yet acked is paused in faust's consumer and resumed at `resume_at_records`
+  (shared/pipeline.py `pause_changes`); the agent never waits for a partition within its
+  budget, so another account's record behind a campaign's in faust's stream buffer reaches
+  the intake at once. faust's own pause would drop the rest of the poll being handed over
+  (and its commit would step over the gap): billing's consumer keeps it
+  (faust_consumer.py), so a partition holds at most its budget, one fetch and the stream
+  buffer;
 - what faust hands the agent is bounded too (settings.py `fetch_partition_bytes`): faust hands
   over a whole poll before it polls again, so a large fetch of the campaign's partitions would
   hold another account's newer fetch behind it;

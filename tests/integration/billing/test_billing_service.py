@@ -610,10 +610,11 @@ async def test_an_accounts_burst_does_not_hold_up_another_accounts_send(setup: S
     read-ahead and one poll (app.py FairIntake), not after the burst's prefetched backlog."""
     busy, other = _accounts_on_two_partitions(setup.prefix)
     burst = 3000
-    read_ahead, fetched, batch = 200, 16 * 1024, 50  # small, so that the bound is tight
+    pause_at, fetched, batch = 200, 16 * 1024, 50  # small, so that the bound is tight
     billing = setup.billing(
         "billing",
-        read_ahead_records=str(read_ahead),
+        pause_at_records=str(pause_at),
+        resume_at_records=str(pause_at // 4),
         batch_max_records=str(batch),
         fetch_partition_bytes=str(fetched),
     )
