@@ -10,7 +10,8 @@ is faust-streaming's own driver.
    partition paused while its poll was being handed over would lose the rest of that poll:
    aiokafka's position has already moved past those records, and faust, seeing the next
    offset it hands over jump, records the skipped ones as a gap that its commit steps over
-   (`Consumer._drain_messages`, `_add_gap`): never applied, yet committed. Here a pause replaces the set instead of changing it: the poll in hand
+   (`Consumer._drain_messages`, `_add_gap`): never applied, yet committed. Here a pause
+   replaces the set instead of changing it: the poll in hand
    keeps the set it was fetched with and hands over every record fetched; the next poll asks
    for the active partitions without the paused one. A paused partition thus holds at most
    what was fetched for it: aiokafka keeps at most one fetch result per partition, which
