@@ -30,13 +30,14 @@ from typing import Any
 import aiohttp
 import cost
 import orjson
-from bench_e2e import DELIVERED, Observer, Sent, Traffic, realistic_webhooks
+from bench_e2e import DELIVERED, TARGET_RSS_MB, Observer, Sent, Traffic, realistic_webhooks
 from bench_e2e import _hops as hops_of
 from bench_ingest import template_body
 from common import (
     FAST_B,
     RESULTS,
     Platform,
+    RssSampler,
     log,
     percentile,
     read_result,
@@ -55,7 +56,7 @@ TARGET_DRAIN_RATIO = 0.9
 CONCURRENCY = 64  # requests in flight from the campaign's client
 OTHER_SHARE = 0.05  # the other tenant's trickle, of capacity (at least 2/s)
 RECIPIENT_OFFSET = 100_000  # the e2e benchmark's recipients come from the start of the pool
-SERVICES = ["ingest", "billing", "sender", "status", "notify", "metasim"]
+SERVICES = ["ingest", "billing", "sender", "status", "notify", "metasim"]  # services, then Meta
 RETRY_FOR_S = 120.0  # a request is tried again until this long after its first try
 RETRY_AFTER_S = (0.25, 2.0)  # backoff: first, at most (doubling)
 RETRIED = {0, 503}  # connection lost, dependency_unavailable (keyed requests only)
@@ -349,6 +350,12 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     stop_other = asyncio.Event()
     bound = min(MAX_WAIT_S, 60 + 3 * n / capacity)
     connector = aiohttp.TCPConnector(limit=CONCURRENCY + 64)
+    # Peak memory of each service over the whole campaign: what its bounded memories (recent
+    # messages, read-ahead, lanes) come to when 100,000 messages go through.
+    rss = RssSampler(
+        {n: platform.procs[n].pid for n in SERVICES if n != "metasim" and n in platform.procs}
+    )
+    rss.__enter__()
     try:
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=60)
@@ -397,6 +404,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             left = await observer.wait(everything, within=60.0, delivered=True)
             cost_after = await meter.snapshot()
     finally:
+        rss.__exit__()
         await observer.close()
         meter.close()
 
@@ -459,6 +467,8 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         log(f"campaign: {exc}")
         balances_exact = False
     checks_ok = not lost and not twice and balances_exact and len(accepted) == n
+    peak_rss = {name: round(mb, 1) for name, mb in rss.peak.items()}
+    memory_met = all(mb < TARGET_RSS_MB for mb in peak_rss.values())
     drain_cost = cost.per_message(cost_before, cost_after, len(all_accepted))
     e2e_half = next(
         (lv for lv in (e2e or {}).get("levels", []) if lv.get("share_of_capacity") == 0.5), None
@@ -512,6 +522,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             "all_accepted": len(accepted) == n,
         },
         "cost_per_message_in_drain": drain_cost,
+        "memory": {"peak_rss_mb": peak_rss, "target_mb": TARGET_RSS_MB, "met": memory_met},
         "drain_curve": curve,
         # The drain as stored: campaign messages whose `delivered` was stored in each minute
         # since the first request (from the documents' `updated_at`, not from when we looked).
@@ -571,6 +582,12 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             f"Kafka {drain_cost['kafka_requests']} (in the drain, saturated)",
             "target": "(reported)",
             "met": "-",
+        },
+        {
+            "benchmark": "2 campaign memory peak RSS MB",
+            "figures": ", ".join(f"{name} {mb}" for name, mb in peak_rss.items()),
+            "target": f"< {TARGET_RSS_MB:.0f} MB each",
+            "met": memory_met,
         },
     ]
     return result
