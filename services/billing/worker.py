@@ -25,7 +25,16 @@ written, the next batch decides from the copy held here instead of reading it (o
 never seen cost a read). The copy is always the document as last stored; everything held is
 forgotten when partitions are revoked or assigned (app.py), when a batch fails or goes one record
 at a time (so that path reads the stored truth), and a batch that started before such a reset
-does not put its balances back. Reserve entries are held too (bounded): entries never change.
+does not put its balances back. Reserve and settle entries are held too (bounded): entries
+never change.
+
+A status whose settlement is already written (a priced `read` after its priced `delivered`, as
+Meta sends them; a duplicate; a priced delivery after a release, charged late) is decided in the
+batch from that entry, as the one-record path decides it: the entry decided earlier in the same
+batch, held, or read with the batch's reservations (one `Ledger.get_many`; which settlements are
+read is `_entries_to_read`'s rule). One not known there still finds its key taken at the insert
+and sends the batch one record at a time (`entry_exists`), which decides it the same way; so
+does a known entry whose offset the balance has not applied (an unfinished attempt).
 
 Each account's low-balance threshold and cap on messages in flight are its own
 (`accounts.low_balance_threshold`, `accounts.max_in_flight`): read with the account's balance
@@ -35,9 +44,9 @@ interval), and applied to the balance before deciding (core.with_threshold,
 core.with_in_flight_limit). An account without its own gets `low_balance_threshold` /
 `max_in_flight`, the defaults.
 
-Anything unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends
-the whole batch through the one-record path (`handle`), which converges from whatever the batch
-had written.
+Anything unusual in a batch (a redelivery, an entry written before and not known to the batch,
+an unfinished attempt, an undecodable record, any failure) sends the whole batch through the
+one-record path (`handle`), which converges from whatever the batch had written.
 
 `handle` never raises (cancellation aside): faust acks an event even when its agent raises,
 so an escaping exception would skip the record. The rule of every consumer (shared/kafka.py):
