@@ -25,7 +25,16 @@ written, the next batch decides from the copy held here instead of reading it (o
 never seen cost a read). The copy is always the document as last stored; everything held is
 forgotten when partitions are revoked or assigned (app.py), when a batch fails or goes one record
 at a time (so that path reads the stored truth), and a batch that started before such a reset
-does not put its balances back. Reserve entries are held too (bounded): entries never change.
+does not put its balances back. Reserve and settle entries are held too (bounded): entries
+never change.
+
+A status whose settlement is already written (a priced `read` after its priced `delivered`, as
+Meta sends them; a duplicate; a priced delivery after a release, charged late) is decided in the
+batch from that entry, as the one-record path decides it: the entry decided earlier in the same
+batch, held, or read with the batch's reservations (one `Ledger.get_many`; which settlements are
+read is `_entries_to_read`'s rule). One not known there still finds its key taken at the insert
+and sends the batch one record at a time (`entry_exists`), which decides it the same way; so
+does a known entry whose offset the balance has not applied (an unfinished attempt).
 
 Each account's low-balance threshold and cap on messages in flight are its own
 (`accounts.low_balance_threshold`, `accounts.max_in_flight`): read with the account's balance
@@ -35,9 +44,9 @@ interval), and applied to the balance before deciding (core.with_threshold,
 core.with_in_flight_limit). An account without its own gets `low_balance_threshold` /
 `max_in_flight`, the defaults.
 
-Anything unusual in a batch (a redelivery, a duplicate, an undecodable record, any failure) sends
-the whole batch through the one-record path (`handle`), which converges from whatever the batch
-had written.
+Anything unusual in a batch (a redelivery, an entry written before and not known to the batch,
+an unfinished attempt, an undecodable record, any failure) sends the whole batch through the
+one-record path (`handle`), which converges from whatever the batch had written.
 
 `handle` never raises (cancellation aside): faust acks an event even when its agent raises,
 so an escaping exception would skip the record. The rule of every consumer (shared/kafka.py):
@@ -61,7 +70,7 @@ import contextlib
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,7 +84,9 @@ from services.billing.core import (
     LedgerEntry,
     Position,
     decide,
+    late_charge_key,
     reserve_key,
+    settle_key,
     settlement_for,
     stored_entry_keys,
     with_in_flight_limit,
@@ -115,6 +126,8 @@ class LedgerStore(Protocol):
     async def get(self, key: str) -> LedgerEntry | None: ...
 
     async def add(self, entry: LedgerEntry) -> LedgerEntry | None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, LedgerEntry]: ...
 
     async def add_all(self, entries: Sequence[LedgerEntry]) -> set[str]: ...
 
@@ -185,10 +198,12 @@ class BillingWorker:
         self._dead_letters_in_a_row = 0
         self._sleep = sleep
         self._topics = {topic_name(t, topic_prefix): t for t in INPUT_TOPICS}
-        # Reserve entries this process wrote or read: ledger entries never change, so a
-        # settlement finds its reservation here without a round trip (bounded, oldest out first).
-        self._reservations: OrderedDict[str, LedgerEntry] = OrderedDict()
-        self._reservation_cache_size = reservation_cache_size
+        # Reserve and settle entries this process wrote or read: ledger entries never change,
+        # so a settlement finds its reservation here, and a second priced status (a `read`
+        # after its `delivered`) the settlement already written, without a round trip
+        # (bounded, oldest out first).
+        self._entries: OrderedDict[str, LedgerEntry] = OrderedDict()
+        self._entry_cache_size = reservation_cache_size
         # Balances as last stored, while this process owns their partitions (bounded, least
         # recently used out first); `_generation` counts the resets (see `forget_balances`).
         self._held: OrderedDict[str, Balance] = OrderedDict()
@@ -286,29 +301,23 @@ class BillingWorker:
         held = self._held
         accounts = list(dict.fromkeys(i.event.account_id for i in moving))
         unread = [a for a in accounts if a not in held]
-        wanted = list(
-            dict.fromkeys(
-                reserve_key(i.event.message_id)
-                for i in moving
-                if isinstance(i.event, StatusChanged)
-                and reserve_key(i.event.message_id) not in self._reservations
-            )
-        )
+        wanted = self._entries_to_read(moving)
         stale = self._stale_thresholds(accounts)
         balances: dict[str, Balance] = {a: held[a] for a in accounts if a in held}
+        known: dict[str, LedgerEntry] = {}  # entries read for this batch, by key
         if unread or wanted or stale:
             found = await _all(
                 *(self._balances.get(a) for a in unread),
-                *(self._ledger.get(k) for k in wanted),
+                self._ledger.get_many(wanted),
                 self._refresh_thresholds(stale),
             )
             for account, balance in zip(unread, found[: len(unread)], strict=True):
                 balances[account] = balance or Balance.opening(
                     account, self._rate_card.currency, self._threshold_of(account)
                 )
-            for entry in found[len(unread) : -1]:
-                if entry is not None:
-                    self._remember(entry)
+            known = found[len(unread)]
+            for entry in known.values():
+                self._remember(entry)
         balances = {a: self._with_settings(b) for a, b in balances.items()}
         now = self._clock.now_ms()
         decided: dict[str, LedgerEntry] = {}  # this batch's new entries, by key
@@ -325,19 +334,37 @@ class BillingWorker:
             reservation = None
             if isinstance(event, StatusChanged):
                 key = reserve_key(event.message_id)
-                reservation = decided.get(key) or self._reservations.get(key)
+                reservation = decided.get(key) or self._entries.get(key) or known.get(key)
+            decide_given = functools.partial(
+                decide,
+                balance,
+                event,
+                position,
+                rate_card=self._rate_card,
+                now=now,
+                reservation=reservation,
+                top_up_key=self._top_up_key,
+            )
             try:
-                decision = decide(
-                    balance,
-                    event,
-                    position,
-                    rate_card=self._rate_card,
-                    now=now,
-                    reservation=reservation,
-                    top_up_key=self._top_up_key,
-                )
+                decision = decide_given()
+                # As the one-record path does with the entry it finds stored under the key
+                # (`_apply`), with the entries known here instead: decided earlier in this
+                # batch, held, or read above. A settlement written before is then decided
+                # here (a duplicate, or a late charge after a release), with no fallback.
+                tried: set[str] = set()
+                while decision.entries and decision.entries[0].key not in tried:
+                    key = decision.entries[0].key
+                    tried.add(key)
+                    stored = decided.get(key) or self._entries.get(key) or known.get(key)
+                    if stored is None:
+                        break
+                    decision = decide_given(existing=stored)
             except PermanentError:
                 raise _OneByOne("permanent") from None  # dead-lettered there, in order
+            if decision.applied is not None and not decision.entries:
+                # A stored entry whose offset the balance has not applied: an attempt that
+                # stopped between its entry and its balance, finished from the stored truth.
+                raise _OneByOne("entry_exists")
             for entry in decision.entries:
                 if entry.key in decided:
                     raise _OneByOne("duplicate")  # the same request twice in one batch
@@ -353,7 +380,7 @@ class BillingWorker:
                 # Written before: a duplicate at a new offset, or our own unfinished attempt.
                 raise _OneByOne("entry_exists")
         for entry in decided.values():
-            if entry.kind in ("reserve", "reject"):
+            if entry.kind != "topup":  # a top-up's entry is never looked up again
                 self._remember(entry)
         # The outputs depend on the entries alone, which are durable now: they go first, and
         # the balances are written while they are in flight. The batch is acked only once both
@@ -367,6 +394,40 @@ class BillingWorker:
         for decision in decisions:
             _count(decision)
         return items
+
+    def _entries_to_read(self, moving: Sequence[_Applied]) -> list[str]:
+        """The ledger keys a batch reads (one `get_many`) before deciding: the reservations of
+        its statuses, and the settlements of its settling statuses, that are not held.
+
+        A status whose settlement is already written (a priced `read` after its priced
+        `delivered`, a duplicate, a priced delivery after a release) must be decided from that
+        entry: when it is neither held nor read, the batch's insert finds its key taken and the
+        whole batch goes one record at a time (`entry_exists`). A `read` is the common case
+        (Meta's webhooks price the `read` too), so its settlement is always read when not held;
+        the others' settlements are mostly not written yet, so they are read only when the
+        ledger is read for the batch anyway (same `$in`, no extra round trip), else they stay
+        optimistic and keep the fallback for the rare one. Only a message's first settling
+        status in the batch needs it: the later ones find what the first decided."""
+        held = self._entries
+        reserves: list[str] = []
+        likely: list[str] = []  # settlements that are probably written
+        others: list[str] = []
+        settling: set[str] = set()  # messages with a settling status earlier in the batch
+        for item in moving:
+            event = item.event
+            if not isinstance(event, StatusChanged):
+                continue
+            message_id = event.message_id
+            if reserve_key(message_id) not in held:
+                reserves.append(reserve_key(message_id))
+            if message_id in settling:
+                continue
+            settling.add(message_id)
+            keys = _unheld_settlements(event, held)
+            (likely if event.status == "read" else others).extend(keys)
+        if not (reserves or likely):
+            others = []  # no read for them alone: optimistic
+        return list(dict.fromkeys([*reserves, *likely, *others]))
 
     def _hold(self, balances: dict[str, Balance]) -> None:
         held = self._held
@@ -420,10 +481,10 @@ class BillingWorker:
         )
 
     def _remember(self, entry: LedgerEntry) -> None:
-        cache = self._reservations
+        cache = self._entries
         cache[entry.key] = entry
         cache.move_to_end(entry.key)
-        while len(cache) > self._reservation_cache_size:
+        while len(cache) > self._entry_cache_size:
             cache.popitem(last=False)
 
     async def handle(self, record: Record) -> str:
@@ -529,7 +590,7 @@ class BillingWorker:
                 if balance is not None and balance.has_applied(position.source, position.offset):
                     return
                 await self._ledger.remove(key)
-                self._reservations.pop(key, None)
+                self._entries.pop(key, None)
                 self.forget_balances()
                 log.warning(
                     "unapplied_entry_removed",
@@ -575,7 +636,7 @@ class BillingWorker:
             existing = await self._entry_of(event, position)
         elif isinstance(event, StatusChanged) and settlement_for(event) is not None:
             key = reserve_key(event.message_id)
-            reservation = self._reservations.get(key) or await self._ledger.get(key)
+            reservation = self._entries.get(key) or await self._ledger.get(key)
             if reservation is not None:
                 self._remember(reservation)
         decide_given = functools.partial(
@@ -703,6 +764,22 @@ class _Applied:
     event: InputEvent
     position: Position
     outcome: str = "ignored"
+
+
+def _unheld_settlements(event: StatusChanged, held: Mapping[str, LedgerEntry]) -> list[str]:
+    """The keys of `event`'s settlement entries to read: its settle entry and, for a priced
+    status, its late charge, unless held; a held settle entry that is a release still leaves
+    the late charge to read (a priced status after it is charged late)."""
+    kind = settlement_for(event)
+    if kind is None:
+        return []
+    settle = held.get(settle_key(event.message_id))
+    if settle is None:
+        return list(stored_entry_keys(event))
+    late = late_charge_key(event.message_id)
+    if kind == "charge" and settle.kind == "release" and late not in held:
+        return [late]
+    return []
 
 
 def _settles_nothing(event: InputEvent) -> bool:

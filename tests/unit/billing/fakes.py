@@ -66,9 +66,17 @@ class FakeLedger:
     entries: dict[str, LedgerEntry] = field(default_factory=dict)
     pages: list[int] = field(default_factory=list)  # the size of each page read, in order
     queries: int = 0  # reads of the ledger by amounts_after
+    reads: list[list[str]] = field(default_factory=list)  # the keys of each get_many, in order
 
     async def get(self, key: str) -> LedgerEntry | None:
         return self.entries.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, LedgerEntry]:
+        """One round trip (`reads` records the keys of each; none for no keys)."""
+        if not keys:
+            return {}
+        self.reads.append(list(keys))
+        return {k: self.entries[k] for k in keys if k in self.entries}
 
     async def add(self, entry: LedgerEntry) -> LedgerEntry | None:
         if entry.key in self.entries:

@@ -165,7 +165,7 @@ async def test_a_status_whose_settlement_hits_a_bug_is_dead_lettered_and_leaves_
     delivered = shell.record(
         STATUS_CHANGED, status("msg_1", "delivered", pricing=regular("utility"))
     )
-    shell.worker._reservations.clear()
+    shell.worker._entries.clear()
     assert await shell.worker.handle(delivered) == "dead_lettered"
     assert shell.balance.reserved == GB_UTILITY  # nothing settled, nothing lost
     assert "msg_1:settle" not in shell.ledger.entries
