@@ -6,19 +6,26 @@ faust is used with its traps designed around:
   finished (written, published, or dead-lettered), and its body never lets an exception escape:
   a bug on one record is retried a few times, then that record goes to the DLQ and the
   partition moves on (see worker.py);
-- batches with a short linger, taken fairly: the agent only moves events into a bounded
-  read-ahead buffer (`FairIntake`, at most `read_ahead_records` events not yet acked), kept per
-  account (the record's key); one task takes a batch round-robin over the accounts waiting
-  (one event per account per turn, each account's in the order read: shared/pipeline.py
-  `FairBuffer`), with what arrives within `batch_linger_ms` (at least one event, at most
-  `batch_max_records`), applies it, and acks. So a campaign's thousands of records in the
-  buffer do not hold another account's record behind them: it goes into the next batch.
-  Acks stay in each partition's offset order (`InOrderRelease`): an event applied before an
-  earlier one of its partition is acked only once that one is, because faust's commit (up to
-  the first offset not acked) steps over a single unacked offset at a partition's head.
-  faust's `take()` is not used: it waits `within` from the previous batch, not from the first
-  event, and acks the buffered events when its generator is closed (an agent stopped by a
-  rebalance mid-batch would commit records never applied);
+- batches with a short linger, taken fairly: the agent only moves events into `FairIntake`,
+  kept per account (the record's key); one task takes a batch round-robin over the accounts
+  waiting (one event per account per turn, each account's in the order read:
+  shared/pipeline.py `FairBuffer`), with what arrives within `batch_linger_ms` (at least one
+  event, at most `batch_max_records`), applies it, and acks. So a campaign's thousands of
+  records in the intake do not hold another account's record behind them: it goes into the
+  next batch. Acks stay in each partition's offset order (`InOrderRelease`): an event applied
+  before an earlier one of its partition is acked only once that one is, because faust's
+  commit (up to the first offset not acked) steps over a single unacked offset at a
+  partition's head. faust's `take()` is not used: it waits `within` from the previous batch,
+  not from the first event, and acks the buffered events when its generator is closed (an
+  agent stopped by a rebalance mid-batch would commit records never applied);
+- back-pressure per partition, not for the whole stream: a partition with `pause_at_records`
+  events not yet acked is paused in faust's consumer and resumed at `resume_at_records`
+  (shared/pipeline.py `pause_changes`); the agent never waits for a partition within its
+  budget, so another account's record behind a campaign's in faust's stream buffer reaches
+  the intake at once. faust's own pause would drop the rest of the poll being handed over
+  (and its commit would step over the gap): billing's consumer keeps it
+  (faust_consumer.py), so a partition holds at most its budget, one fetch and the stream
+  buffer;
 - what faust hands the agent is bounded too (settings.py `fetch_partition_bytes`): faust hands
   over a whole poll before it polls again, so a large fetch of the campaign's partitions would
   hold another account's newer fetch behind it;
@@ -33,10 +40,10 @@ faust is used with its traps designed around:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import EventT
@@ -45,6 +52,7 @@ from mode import Service
 from services.billing.accounts import AccountThresholds, MongoErasedAccounts
 from services.billing.balances import Balances
 from services.billing.checkpoints import MongoCheckpoints
+from services.billing.faust_consumer import install as install_consumer
 from services.billing.ledger import Ledger
 from services.billing.publisher import KafkaPublisher, Record
 from services.billing.reconcile import Reconciler
@@ -58,7 +66,7 @@ from shared.kafka import KafkaConfig, kafka_ready, make_producer, topic_name
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.mongo import make_client, mongo_ready
-from shared.pipeline import FairBuffer
+from shared.pipeline import BatchPolicy, FairBuffer, pause_changes
 from shared.pipeline_offsets import InOrderRelease
 from shared.pricing import load_rate_card
 from shared.renewing_producer import renewing_producer
@@ -211,6 +219,9 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
     )
+    # Before the topics below build faust's transport: billing's consumer pauses partitions
+    # without dropping what was fetched for them (faust_consumer.py).
+    install_consumer(app, settings.fetch_max_wait_ms)
     runtime = BillingRuntime(settings)
     app.service(runtime)  # type: ignore[arg-type]
 
@@ -229,7 +240,7 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         worker = runtime.worker
         assert worker is not None
         acked_by_us = stream.noack()
-        intake = FairIntake(settings.read_ahead_records)
+        intake = FairIntake(settings.partition_budget(), app.consumer)
         applier = asyncio.create_task(
             _apply_batches(
                 worker,
@@ -289,46 +300,101 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
     return app, runtime
 
 
-class FairIntake:
-    """The events between faust's stream and the batches: at most `read_ahead` not yet acked
-    (waiting, in a batch, or applied and waiting for an earlier event of their partition),
-    taken round-robin over the accounts (record keys) waiting, acked in each partition's
-    offset order. The decisions are the shared pure `FairBuffer` (shared/pipeline.py) and
-    `InOrderRelease` (shared/pipeline_offsets.py); this shell only waits."""
+class Pauser(Protocol):
+    """What FairIntake calls of faust's consumer (faust_consumer.BillingConsumer)."""
 
-    def __init__(self, read_ahead: int) -> None:
-        if read_ahead < 1:
-            raise ValueError("read_ahead must be at least 1")
-        self._read_ahead = read_ahead
+    def assignment(self) -> set[Any]: ...
+
+    def pause_partitions(self, tps: Iterable[Any]) -> None: ...
+
+    def resume_partitions(self, tps: Iterable[Any]) -> None: ...
+
+
+class FairIntake:
+    """The events between faust's stream and the batches, taken round-robin over the accounts
+    (record keys) waiting, acked in each partition's offset order. Back-pressure is per
+    partition: a partition with `policy.pause_at` events not yet acked (waiting, in a batch,
+    or applied and waiting for an earlier event of their partition) is paused in faust's
+    consumer, and resumed once down to `policy.resume_at`; `put` never waits for a partition
+    within its budget, so the stream goes on to the other partitions' events. A paused
+    partition still hands over what was fetched for it before the pause (at most one fetch,
+    plus what is in faust's stream buffer: faust_consumer.py), so each partition holds at most
+    its budget, one fetch and the stream buffer. Should pausing fail to stop a partition,
+    `put` waits (blocking the stream, as before per-partition pausing) once it holds
+    `guard_factor` budgets. The decisions are the shared pure `FairBuffer`, `pause_changes`
+    (shared/pipeline.py) and `InOrderRelease` (shared/pipeline_offsets.py); this shell only
+    calls faust and waits."""
+
+    guard_factor = 4
+
+    def __init__(self, policy: BatchPolicy, consumer: Pauser) -> None:
+        self._policy = policy
+        self._consumer = consumer
         self._waiting: FairBuffer[bytes | None, EventT] = FairBuffer()
         self._release: InOrderRelease[Any, EventT] = InOrderRelease()
-        self._changed = asyncio.Event()  # an event arrived or room was made
+        self._held: dict[Any, int] = {}  # per partition: events not yet acked
+        self._paused: set[Any] = set()
+        self._changed = asyncio.Event()  # an event arrived or one was released
 
     def __len__(self) -> int:
         return len(self._waiting)
 
+    @property
+    def paused(self) -> frozenset[Any]:
+        return frozenset(self._paused)
+
+    def held(self, tp: Any) -> int:
+        return self._held.get(tp, 0)
+
     async def put(self, event: EventT, applier: asyncio.Task[None] | None = None) -> None:
-        """Wait for room (unless the task that takes from here has ended: a bug), then add."""
-        while len(self._release) >= self._read_ahead:
-            self._changed.clear()
-            waiting = asyncio.ensure_future(self._changed.wait())
-            others = {waiting} if applier is None else {waiting, applier}
-            await asyncio.wait(others, return_when=asyncio.FIRST_COMPLETED)
-            if not waiting.done():
-                waiting.cancel()
-                assert applier is not None
-                applier.result()  # raises what ended it
-                raise RuntimeError("billing's batch applier stopped")
+        """Add the event (the task that takes from here must still be running: if it has
+        ended, a bug, its error is raised); pause its partition if that fills its budget."""
+        if applier is not None and applier.done():
+            applier.result()  # raises what ended it
+            raise RuntimeError("billing's batch applier stopped")
         message = event.message
+        tp = message.tp
+        guard = self._policy.pause_at * self.guard_factor
+        while self._held.get(tp, 0) >= guard:
+            await self._wait_for_change(applier)
         try:
-            self._release.track(message.tp, message.offset, event)
+            self._release.track(tp, message.offset, event)
         except ValueError:
             # The partition was read again from an earlier offset (faust seeks back to the
             # committed offset after a rebalance): what is tracked for it is read again too.
-            self._release.forget({message.tp})
-            self._release.track(message.tp, message.offset, event)
+            self._release.forget({tp})
+            self._held[tp] = 0
+            self._release.track(tp, message.offset, event)
+        held = self._held[tp] = self._held.get(tp, 0) + 1
         self._waiting.add(message.key, event)
         self._changed.set()
+        if held >= self._policy.pause_at and tp not in self._paused:
+            self._steer()
+
+    async def _wait_for_change(self, applier: asyncio.Task[None] | None) -> None:
+        self._changed.clear()
+        waiting = asyncio.ensure_future(self._changed.wait())
+        others = {waiting} if applier is None else {waiting, applier}
+        await asyncio.wait(others, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+            assert applier is not None
+            applier.result()  # raises what ended it
+            raise RuntimeError("billing's batch applier stopped")
+
+    def _steer(self) -> None:
+        """Pause the partitions over their budget, resume those down to the lower mark."""
+        assigned = self._consumer.assignment()
+        to_pause, to_resume = pause_changes(self._held, self._paused, assigned, self._policy)
+        if to_pause:
+            self._consumer.pause_partitions(to_pause)
+            self._paused |= to_pause
+        if to_resume:
+            # A partition no longer assigned is not resumed in faust (that would make it
+            # active again): faust dropped it from its paused ones when it was revoked.
+            if still_ours := to_resume & assigned:
+                self._consumer.resume_partitions(still_ours)
+            self._paused -= to_resume
 
     async def take(self, most: int, linger_s: float) -> list[EventT]:
         """At least one event, at most `most`: what waits, and what arrives within `linger_s`
@@ -353,12 +419,18 @@ class FairIntake:
 
     def finished(self, events: Sequence[EventT]) -> list[EventT]:
         """These events are applied (or dead-lettered): the events that may now be acked, in
-        their partitions' offset order."""
+        their partitions' offset order. A paused partition down to its lower mark is
+        resumed."""
         released: list[EventT] = []
         for event in events:
             released.extend(self._release.finish(event.message.tp, event.message.offset))
+        for event in released:
+            tp = event.message.tp
+            self._held[tp] -= 1
         if released:
             self._changed.set()
+            if self._paused:
+                self._steer()
         return released
 
 

@@ -1,6 +1,7 @@
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.pipeline import BatchPolicy
 from shared.settings import DEVELOPMENT_TOPUP_SIGNING_KEY, ServiceSettings
 
 
@@ -44,17 +45,25 @@ class BillingSettings(ServiceSettings):
     # A small buffer keeps the redelivery after a crash and the drain on a rebalance short,
     # and frequent commits keep the replay window small.
     stream_buffer_maxsize: int = 64
-    # Fairness between accounts (app.py FairIntake): events read ahead of the batches, not yet
-    # acked, among which each batch is taken round-robin by account; and the bytes fetched per
-    # partition. faust hands the agent a whole poll (all that was fetched, interleaved by
-    # partition) before it polls again, so another account's record fetched later waits for
-    # that poll: at most this many bytes of each busy partition (~400 records of ~600 bytes;
-    # aiokafka's default 1 MiB held it behind thousands). Smaller costs throughput: one fetch
-    # at a time per broker, and faust's fetches wait up to 1.5 s for idle partitions, so with
-    # 64 KiB billing did 638 events/s against 1,171 with 1 MiB and 1,379 with 256 KiB (bench
-    # billing --quick, one run each).
-    read_ahead_records: int = Field(512, ge=1)
+    # Fairness between accounts (app.py FairIntake). Back-pressure is per partition: a
+    # partition with `pause_at_records` events read and not yet acked is paused in faust's
+    # consumer and resumed once down to `resume_at_records`, so a campaign's partition does
+    # not hold the stream (and another account's records behind it) once it is full; each
+    # batch is taken round-robin by account among the events read. A partition holds at most
+    # its budget, one fetch (`fetch_partition_bytes`) and faust's stream buffer.
+    pause_at_records: int = Field(512, ge=1)
+    resume_at_records: int = Field(128, ge=0)
+    # The bytes fetched per partition: faust hands the agent a whole poll (all that was
+    # fetched, interleaved by partition) before it polls again, so another account's record
+    # fetched later waits for that poll: at most this many bytes of each busy partition (~400
+    # records of ~600 bytes; aiokafka's default 1 MiB held it behind thousands).
     fetch_partition_bytes: int = Field(256 * 1024, ge=1024)
+    # How long a fetch waits on the broker for idle partitions (faust hard-codes 1,500 ms:
+    # faust_consumer.py sets it). aiokafka has one fetch in flight per broker, so a partition
+    # resumed while that long poll is in flight waits for it. `bench billing --quick`,
+    # 2026-12-06, one run each: 2,620 events/s at 100 ms, 1,328 at 1,500 ms (main: 1,373).
+    # The price: an idle billing sends ~10 fetch requests/s instead of ~0.7.
+    fetch_max_wait_ms: int = Field(100, ge=0, le=30_000)
     commit_every: int = 100
     commit_interval_s: float = 1.0
     # How often overdue reservations are looked for, and how old one must be to be released
@@ -80,6 +89,15 @@ class BillingSettings(ServiceSettings):
     topup_signing_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_TOPUP_SIGNING_KEY), validation_alias="HALA_TOPUP_SIGNING_KEY"
     )
+
+    @model_validator(mode="after")
+    def _marks_in_order(self) -> "BillingSettings":
+        self.partition_budget()  # raises for a resume mark not below the pause mark
+        return self
+
+    def partition_budget(self) -> BatchPolicy:
+        """The pause and resume marks, checked as the shared pipeline's (resume below pause)."""
+        return BatchPolicy(pause_at=self.pause_at_records, resume_at=self.resume_at_records)
 
     def topup_key_bytes(self) -> bytes:
         return self.topup_signing_key.get_secret_value().encode()

@@ -4,10 +4,7 @@ the same results as one record at a time, and the one-record path for anything u
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any
 
-from services.billing.app import FairIntake
 from services.billing.core import Balance
 from shared.messages import SEND_REQUESTED, STATUS_CHANGED, TOPUP_REQUESTED
 from tests.unit.billing.events import ACCOUNT, regular, send_requested, status, top_up
@@ -253,91 +250,3 @@ async def test_a_batch_over_several_accounts_writes_their_balances_in_one_round_
     assert shell.balances.reads == accounts  # read once, when first met; then held
     for a in accounts:
         assert shell.balances.documents[a].reserved == 2 * GB_UTILITY
-
-
-@dataclass(frozen=True)
-class _Message:
-    tp: str
-    offset: int
-    key: bytes
-
-
-@dataclass(eq=False)
-class _Event:
-    """What FairIntake reads of a faust event: its message's partition, offset and key."""
-
-    message: _Message
-    label: str = field(default="")
-
-
-def _event(tp: str, offset: int, account: str) -> Any:  # a faust event, as FairIntake reads it
-    return _Event(_Message(tp, offset, account.encode()), f"{account}@{tp}:{offset}")
-
-
-async def test_a_batch_takes_what_arrives_within_the_linger_of_its_first_record() -> None:
-    intake = FairIntake(read_ahead=100)
-    await intake.put(_event("p0", 1, "a"))
-    later = _event("p0", 2, "a")
-    asyncio.get_running_loop().call_later(0.01, lambda: asyncio.ensure_future(intake.put(later)))
-
-    assert [e.label for e in await intake.take(10, linger_s=0.5)] == ["a@p0:1", "a@p0:2"]
-    await intake.put(_event("p0", 3, "a"))
-    await intake.put(_event("p0", 4, "a"))
-    assert [e.label for e in await intake.take(1, linger_s=0.5)] == ["a@p0:3"]  # full: no wait
-    assert [e.label for e in await intake.take(10, linger_s=0.0)] == ["a@p0:4"]  # no linger
-
-
-async def test_an_account_with_a_burst_waiting_does_not_hold_up_another_accounts_record() -> None:
-    intake = FairIntake(read_ahead=1000)
-    for n in range(500):  # the campaign's account, one partition
-        await intake.put(_event("p0", n, "campaign"))
-    await intake.put(_event("p0", 500, "other"))  # same partition
-    await intake.put(_event("p3", 7, "third"))
-
-    batch = await intake.take(128, linger_s=0.0)
-    labels = [e.label for e in batch]
-    assert labels[:3] == ["campaign@p0:0", "other@p0:500", "third@p3:7"]
-    assert labels[3:] == [f"campaign@p0:{n}" for n in range(1, 126)]  # in the order read
-    # applied, but acked only in each partition's offset order: p0's 500 waits for 126..499
-    acked = [e.label for e in intake.finished(batch)]
-    assert acked == [
-        "campaign@p0:0",
-        "third@p3:7",
-        *(f"campaign@p0:{n}" for n in range(1, 126)),
-    ]
-    rest = await intake.take(1000, linger_s=0.0)
-    assert [e.label for e in intake.finished(rest)] == [
-        *(f"campaign@p0:{n}" for n in range(126, 500)),
-        "other@p0:500",
-    ]
-
-
-async def test_reading_ahead_waits_for_room_until_events_are_acked() -> None:
-    intake = FairIntake(read_ahead=2)
-    first, second = _event("p0", 0, "a"), _event("p0", 1, "b")
-    await intake.put(first)
-    await intake.put(second)
-    third = asyncio.create_task(intake.put(_event("p0", 2, "a")))
-    await asyncio.sleep(0.01)
-    assert not third.done()  # two not acked yet: no room
-    batch = await intake.take(1, linger_s=0.0)
-    assert not third.done()  # taken is not acked
-    assert intake.finished(batch) == [first]
-    await asyncio.wait_for(third, timeout=1.0)
-    assert len(intake) == 2
-
-
-async def test_reading_ahead_stops_when_the_applier_has_ended() -> None:
-    intake = FairIntake(read_ahead=1)
-    await intake.put(_event("p0", 0, "a"))
-
-    async def broken() -> None:
-        raise RuntimeError("a bug")
-
-    applier = asyncio.create_task(broken())
-    try:
-        await intake.put(_event("p0", 1, "a"), applier)
-    except RuntimeError as exc:
-        assert str(exc) == "a bug"
-    else:
-        raise AssertionError("put returned although nothing will make room")
