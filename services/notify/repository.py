@@ -110,11 +110,14 @@ class NotifyRepository:
         return await _call(lambda: self._db[ENDPOINT_STATES].find({}).to_list(None))
 
     async def save_endpoint_state(self, endpoint_id: str, account_id: str, fields: Doc) -> None:
-        await _call(
-            lambda: self._db[ENDPOINT_STATES].update_one(
-                {"_id": endpoint_id}, {"$set": {**fields, "account_id": account_id}}, upsert=True
-            )
-        )
+        states = self._db[ENDPOINT_STATES]
+        update = {"$set": {**fields, "account_id": account_id}}
+        try:
+            await _call(lambda: states.update_one({"_id": endpoint_id}, update, upsert=True))
+        except DuplicateKeyError:
+            # Two attempts' upserts raced to create the document (MongoDB retries that itself,
+            # FerretDB does not): it exists now, so the update applies to it.
+            await _call(lambda: states.update_one({"_id": endpoint_id}, update))
 
     # --- events ----------------------------------------------------------------------------
 

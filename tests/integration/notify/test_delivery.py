@@ -84,9 +84,13 @@ async def test_a_clients_message_events_arrive_signed_and_verifiable(world: Noti
     assert all(a["latency_ms"] >= 0 and a["error"] is None for a in attempts)
 
 
-async def test_a_hung_receiver_does_not_delay_another_accounts_events_beyond_a_second(
+async def test_a_hung_receiver_does_not_hold_up_another_accounts_events(
     world: NotifyWorld,
 ) -> None:
+    """Account b's events go out while account a's receivers hang (10 s request timeout),
+    trickle and fail. Without lanes per endpoint b would wait for a's timeouts (10 s and
+    more); with them it waits only for the machine: about 0.1 s alone, up to 1.1 s seen when
+    a CI run loads both cores. The bound sits between the two."""
     await world.add_endpoint("we_hung", "hung", account_id="acc_a")
     await world.add_endpoint("we_trickle", "trickle", account_id="acc_a")
     await world.add_endpoint("we_huge", "huge", account_id="acc_a")
@@ -105,7 +109,7 @@ async def test_a_hung_receiver_does_not_delay_another_accounts_events_beyond_a_s
     )
     received = world.receivers.at("b")
     lags = [r.at - s for r, s in zip(received, sent_at, strict=True)]
-    assert max(lags) < 1.0, lags
+    assert max(lags) < 3.0, lags
     assert len(verify(world, "b", secret)) == 5
     assert len(world.receivers.at("hung")) == 4  # its own cap: the rest wait in its lane
     # the huge 500 answers are failures recorded with at most 1 KiB of their body

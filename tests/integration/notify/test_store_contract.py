@@ -165,3 +165,19 @@ async def test_events_by_range_and_the_accepted_details(store: Any) -> None:
     assert await store.message_details("msg_2") is None
     assert await store.sweep(250) >= 3
     assert [e["_id"] for e in await store.events_in_range("acc", 0, 1000, 10)] == ["evt_300"]
+
+
+async def test_endpoint_states_saved_at_once_for_a_new_endpoint_all_land(store: Any) -> None:
+    """Several attempts at one endpoint can fail together and each save the endpoint's health:
+    their upserts race to create the document, and FerretDB answers the losers with a duplicate
+    key (MongoDB retries such an upsert itself). Every save still lands, none raises."""
+    await asyncio.gather(
+        *(
+            store.save_endpoint_state(f"we_{e}", "acc_a", {"failures": i, "state": "failing"})
+            for e in range(20)
+            for i in range(8)
+        )
+    )
+    states = {s["_id"]: s for s in await store.endpoint_states()}
+    assert sorted(states) == sorted(f"we_{e}" for e in range(20))
+    assert all(s["account_id"] == "acc_a" and s["failures"] in range(8) for s in states.values())
