@@ -321,6 +321,11 @@ class BillingWorker:
         balances = {a: self._with_settings(b) for a, b in balances.items()}
         now = self._clock.now_ms()
         decided: dict[str, LedgerEntry] = {}  # this batch's new entries, by key
+
+        def known_entry(key: str) -> LedgerEntry | None:
+            """Decided earlier in this batch, held, or read for it."""
+            return decided.get(key) or self._entries.get(key) or known.get(key)
+
         touched: dict[str, Balance] = {}
         decisions: list[Decision] = []
         outputs: list[tuple[Topic[Any], Any]] = []
@@ -334,17 +339,8 @@ class BillingWorker:
             reservation = None
             if isinstance(event, StatusChanged):
                 key = reserve_key(event.message_id)
-                reservation = decided.get(key) or self._entries.get(key) or known.get(key)
-            decide_given = functools.partial(
-                decide,
-                balance,
-                event,
-                position,
-                rate_card=self._rate_card,
-                now=now,
-                reservation=reservation,
-                top_up_key=self._top_up_key,
-            )
+                reservation = known_entry(key)
+            decide_given = self._decider(balance, event, position, now, reservation)
             try:
                 decision = decide_given()
                 # As the one-record path does with the entry it finds stored under the key
@@ -355,7 +351,7 @@ class BillingWorker:
                 while decision.entries and decision.entries[0].key not in tried:
                     key = decision.entries[0].key
                     tried.add(key)
-                    stored = decided.get(key) or self._entries.get(key) or known.get(key)
+                    stored = known_entry(key)
                     if stored is None:
                         break
                     decision = decide_given(existing=stored)
@@ -394,6 +390,27 @@ class BillingWorker:
         for decision in decisions:
             _count(decision)
         return items
+
+    def _decider(
+        self,
+        balance: Balance,
+        event: InputEvent,
+        position: Position,
+        now: int,
+        reservation: LedgerEntry | None,
+    ) -> Callable[..., Decision]:
+        """`decide` for this event with everything but `existing`, which both paths look up
+        and pass again until the entry's key is free (or known to be this event's)."""
+        return functools.partial(
+            decide,
+            balance,
+            event,
+            position,
+            rate_card=self._rate_card,
+            now=now,
+            reservation=reservation,
+            top_up_key=self._top_up_key,
+        )
 
     def _entries_to_read(self, moving: Sequence[_Applied]) -> list[str]:
         """The ledger keys a batch reads (one `get_many`) before deciding: the reservations of
@@ -639,16 +656,7 @@ class BillingWorker:
             reservation = self._entries.get(key) or await self._ledger.get(key)
             if reservation is not None:
                 self._remember(reservation)
-        decide_given = functools.partial(
-            decide,
-            balance,
-            event,
-            position,
-            rate_card=self._rate_card,
-            now=now,
-            reservation=reservation,
-            top_up_key=self._top_up_key,
-        )
+        decide_given = self._decider(balance, event, position, now, reservation)
         decision = decide_given(existing=existing)
         # An entry whose key is taken was decided before: a duplicate, or our unfinished
         # attempt; or, for a priced status, a release before it, and the decision is then a
