@@ -161,17 +161,20 @@ class CountingObserver(Observer):
 class DeliveredWatch:
     """When each of the other tenant's messages had its `delivered` stored. Its messages are few
     (5 % of capacity): the waiting ones (at most WATCH_MAX, oldest first) are looked up by `_id`
-    every WATCH_EVERY_S while the campaign drains, so the first look that shows `delivered`
-    reads the `updated_at` of the write that stored it (its `read` comes 30 s later). A message
-    first seen as `read` (both stored in one write, or not looked at in time) keeps that
-    write's time, an upper bound, and is counted in `read_first`. `timed` holds the messages
-    this watch timed; the campaign's own keep the observer's window look (`fill_delivered`)."""
+    every WATCH_EVERY_S while the campaign drains, and the first look that shows `delivered`
+    reads the `updated_at` of the write that stored it. Its `read` comes 1.5 s after the
+    delivery (30 simulated seconds at the world's time scale, 0.05): a message first seen as
+    `read` had both stored in one write (status's backlog held both webhooks) or in two writes
+    between two looks, so its time is late by at most one look (counted in `read_first`).
+    `timed` holds the messages this watch timed; the campaign's own keep the observer's window
+    look (`fill_delivered`), an upper bound."""
 
     def __init__(self, platform: Platform, items: list[Sent]) -> None:
         self.items = items  # the trickle's, appended to as it goes
         self.mongo = make_client(platform.mongodb_url, timeout_ms=60_000)
         self.db = self.mongo[platform.database]
         self.timed: set[int] = set()  # indexes of the items whose delivered_at this watch set
+        self.seen_as_read: set[int] = set()  # ... of which first seen as `read`
         self.read_first = 0
         self.looks = 0
         self.look_seconds: list[float] = []
@@ -204,7 +207,9 @@ class DeliveredWatch:
                 continue
             item.delivered_at = int(doc["updated_at"]) / 1000
             self.timed.add(item.index)
-            self.read_first += status == "read"
+            if status == "read":
+                self.read_first += 1
+                self.seen_as_read.add(item.index)
         return sum(1 for i in waiting if not i.delivered_at)
 
     def summary(self) -> dict[str, Any]:
@@ -314,6 +319,8 @@ def delivered_hops(items: list[Sent], tap: StatusTap) -> dict[str, Any]:
         rows.append((i.meta_at, received / 1000, published / 1000, i.delivered_at))
     return {
         "timed": len(rows),
+        "no_webhook_received": sum(1 for i in items if i.message_id not in tap.received),
+        "no_delivered_published": sum(1 for i in items if i.message_id not in tap.published),
         "meta_accepted_to_webhook_received": summary_ms([r[1] - r[0] for r in rows]),
         "webhook_received_to_delivered_published": summary_ms([r[2] - r[1] for r in rows]),
         "delivered_published_to_stored": summary_ms([r[3] - r[2] for r in rows]),
@@ -463,6 +470,10 @@ async def _until_drained(
             log(f"campaign: stopped waiting: {why}")
             return why
         await asyncio.sleep(observer.poll_every if delivered else 1.0)
+
+
+def _since(ms: int | None, started: float) -> float | None:
+    return None if ms is None else round(ms / 1000 - started, 3)
 
 
 def _over_time(
@@ -734,6 +745,19 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             "delivered_hops": other_delivered_hops,
             "per_minute": other_over_time,
             "delivered_watch": watch.summary(),
+            # each of its messages in the drain, seconds since the first campaign request:
+            # 202, at Meta, webhook received, delivered published, stored, first seen as read
+            "messages": [
+                [
+                    round(i.answered_at - started, 3),
+                    round(i.meta_at - started, 3),
+                    _since(tap.received.get(i.message_id), started),
+                    _since(tap.published.get(i.message_id), started),
+                    round(i.delivered_at - started, 3),
+                    i.index in watch.seen_as_read,
+                ]
+                for i in other_stored
+            ],
             "status_tap": {
                 "records": tap.records,
                 "unreadable": tap.errors,
