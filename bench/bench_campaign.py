@@ -48,6 +48,7 @@ from common import (
     percentile,
     read_result,
     recipients,
+    scrape,
     summary_ms,
 )
 from pymongo.errors import PyMongoError
@@ -417,6 +418,7 @@ async def _curve(
             sim_webhooks = {k: hooks.get(k) for k in ("in_flight", "pending")}
         except (aiohttp.ClientError, TimeoutError, KeyError, RuntimeError) as exc:
             sim_webhooks = {"error": repr(exc)}
+        status_lag = await _status_lag(observer.platform)
         point = {
             "t_s": round(time.time() - started, 1),
             "at_meta": at_meta,
@@ -433,10 +435,31 @@ async def _curve(
             # the simulator's webhook deliveries started and not finished (its POSTs wait for
             # one of `max_concurrency` slots), and its timers not yet due (statuses to come)
             "sim_webhooks": sim_webhooks,
+            # status's consumers: records not yet committed, by topic/partition (the other
+            # tenant's webhooks are on webhooks.received/0, the campaign's on /4)
+            "status_lag": status_lag,
         }
         curve.append(point)
         log(f"campaign curve: {orjson.dumps(point).decode()}")
         before, last_meta, last_delivered = after, at_meta, delivered
+
+
+async def _status_lag(platform: Platform) -> dict[str, int] | str:
+    """status's `hala_consumer_lag_records` by topic/partition (partition 0 always, the others
+    when not 0)."""
+    try:
+        values = await scrape(platform.procs["status"].ops_url)
+    except (aiohttp.ClientError, TimeoutError, KeyError) as exc:
+        return repr(exc)
+    lag: dict[str, int] = {}
+    for key, value in values.items():
+        if not key.startswith("hala_consumer_lag_records{"):
+            continue
+        labels = dict(kv.split("=", 1) for kv in key[key.index("{") + 1 : -1].split(","))
+        name = f"{labels.get('topic', '').removeprefix(platform.prefix)}/{labels.get('partition')}"
+        if value or labels.get("partition") == "0":
+            lag[name] = lag.get(name, 0) + int(value)
+    return lag
 
 
 async def _until_drained(
