@@ -856,7 +856,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             + ", ".join(
                 f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}"
                 for k, v in other_delivered_hops.items()
-                if k != "timed"
+                if isinstance(v, dict)
             )
             + f" ({other_delivered_hops['timed']} msgs; {watch.read_first} first seen as read)",
             "target": "(reported)",
