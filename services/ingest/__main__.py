@@ -101,7 +101,9 @@ async def main(settings: IngestSettings) -> None:
             directory=CachedDirectory(MongoDirectory(conns.db), clock, settings.cache_ttl_seconds),
             idempotency=idempotency,
             messages=MongoMessageStore(conns.db),
-            recent=RecentMessages(clock, settings.recent_ttl_seconds),
+            recent=RecentMessages(
+                clock, settings.recent_ttl_seconds, max_bytes=settings.recent_max_bytes
+            ),
             publisher=publisher,
             clock=clock,
             rate_card=load_rate_card(settings.rate_card_version),

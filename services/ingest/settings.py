@@ -42,6 +42,9 @@ class IngestSettings(ServiceSettings):
     # How long this process shows a message it accepted to GET /v1/messages/{id} while status
     # has not stored its document yet (it normally does within milliseconds).
     recent_ttl_seconds: float = 30.0
+    # ... and at most this many bytes of them (the oldest go first): a campaign accepted at
+    # hundreds a second otherwise keeps the last 30 s of its messages in memory.
+    recent_max_bytes: int = Field(8 * 1024 * 1024, ge=0)
 
     # --- pass-through calls to Meta (mark-as-read, typing, the Media API) --------------------
     meta_base_url: str = "http://127.0.0.1:8090"

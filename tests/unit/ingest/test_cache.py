@@ -1,8 +1,13 @@
-"""The lookup cache: answers within the TTL come from memory, then from the source again."""
+"""The lookup cache: answers within the TTL come from memory, then from the source again; the
+memory of recently accepted messages, bounded by time, count and bytes."""
 
 import asyncio
+from datetime import UTC, datetime
+from typing import Any
 
-from services.ingest.cache import MISSING, TtlCache
+import msgspec
+
+from services.ingest.cache import ENTRY_OVERHEAD, MISSING, RecentMessages, TtlCache
 from services.ingest.repository import CachedDirectory
 from shared.clock import FakeClock
 from tests.unit.ingest.fakes import two_accounts
@@ -91,3 +96,59 @@ async def test_a_fresh_balance_read_never_joins_an_older_read() -> None:
     source.gate.set()
     await asyncio.gather(cached, fresh)
     assert source.reads == 2
+
+
+def _accepted(message_id: str, account_id: str = "acc_a") -> dict[str, Any]:
+    at = datetime(2026, 12, 7, 1, 2, 3, 456_000, tzinfo=UTC)
+    return {
+        "_id": message_id,
+        "account_id": account_id,
+        "recipient": "+447400000001",
+        "content": '{"name":"receipt"}',
+        "history": [{"status": "accepted", "at": at, "source": "ingest"}],
+        "created_at": at,
+        "expires_at": at,
+    }
+
+
+def test_a_recent_message_reads_back_as_accepted_for_its_account_only() -> None:
+    recent = RecentMessages(FakeClock(), ttl_seconds=30)
+    doc = _accepted("msg_1")
+    recent.remember(doc)
+    back = recent.get("acc_a", "msg_1")
+    assert back == doc and back is not doc
+    assert back is not None and back["created_at"].tzinfo is UTC  # iso() needs UTC datetimes
+    assert recent.get("acc_b", "msg_1") is None
+    assert recent.get("acc_a", "msg_2") is None
+
+
+def test_recent_messages_expire_after_their_ttl() -> None:
+    clock = FakeClock()
+    recent = RecentMessages(clock, ttl_seconds=30)
+    recent.remember(_accepted("msg_1"))
+    clock.advance(29.9)
+    assert recent.get("acc_a", "msg_1") is not None
+    clock.advance(0.1)
+    assert recent.get("acc_a", "msg_1") is None
+    assert len(recent) == 0 and recent.size_bytes == 0
+
+
+def test_recent_messages_are_bounded_by_bytes_oldest_out_first() -> None:
+    one = len(msgspec.msgpack.encode(_accepted("msg_0000"))) + ENTRY_OVERHEAD
+    recent = RecentMessages(FakeClock(), ttl_seconds=30, max_entries=1_000, max_bytes=10 * one)
+    for i in range(25):
+        recent.remember(_accepted(f"msg_{i:04d}"))
+    assert len(recent) == 10 and recent.size_bytes == 10 * one
+    assert recent.get("acc_a", "msg_0014") is None
+    assert recent.get("acc_a", "msg_0015") is not None
+    assert recent.get("acc_a", "msg_0024") is not None
+
+
+def test_recent_messages_are_bounded_by_count_and_count_a_repeat_once() -> None:
+    recent = RecentMessages(FakeClock(), ttl_seconds=30, max_entries=3)
+    for i in range(5):
+        recent.remember(_accepted(f"msg_{i}"))
+    recent.remember(_accepted("msg_4"))
+    one = len(msgspec.msgpack.encode(_accepted("msg_0"))) + ENTRY_OVERHEAD
+    assert len(recent) == 3 and recent.size_bytes == 3 * one
+    assert recent.get("acc_a", "msg_1") is None and recent.get("acc_a", "msg_2") is not None
