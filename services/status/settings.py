@@ -36,3 +36,12 @@ class StatusSettings(ServiceSettings):
     # each query scans the collection on FerretDB, so they run this often, not every pass.
     sweep_messages_interval_seconds: float = Field(600.0, gt=0)
     sweep_batch_size: int = Field(500, gt=0)
+    # The two consumers' fetches and batches (services/status/workers.py: ConsumerTuning).
+    # How long the broker holds a fetch with nothing new: aiokafka keeps one fetch in flight per
+    # broker, so a partition just drained waits for it before it is fetched again.
+    fetch_max_wait_ms: int = Field(500, gt=0)
+    max_partition_fetch_bytes: int = Field(1024 * 1024, gt=0)
+    # The processor's batch and backpressure, in webhook records (a record is a POST: up to
+    # Meta's batch of statuses, ~8 KB for 20 of them).
+    processor_max_records: int = Field(500, gt=0)
+    processor_pause_at: int = Field(1000, gt=0)

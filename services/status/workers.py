@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -46,6 +47,26 @@ Record = ConsumerRecord[bytes, bytes]
 BATCHES = BatchPolicy(max_records=500, max_wait_s=0.0)
 
 
+@dataclass(frozen=True)
+class ConsumerTuning:
+    """A status consumer's batches, backpressure and fetches (from StatusSettings; the shared
+    make_consumer's fetch settings are other services' too)."""
+
+    policy: BatchPolicy = BATCHES
+    fetch_max_wait_ms: int = 500
+    max_partition_fetch_bytes: int = 1024 * 1024
+
+    def consumer_options(self) -> dict[str, int]:
+        return {
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "max_poll_records": self.policy.max_records,
+        }
+
+
+DEFAULT_TUNING = ConsumerTuning()
+
+
 async def run_consumer(
     kafka: KafkaConfig,
     prefix: str,
@@ -55,19 +76,24 @@ async def run_consumer(
     effect: Effect[T],
     producer: AIOKafkaProducer,
     on_partitions_moved: Callable[[], None] | None = None,
-    policy: BatchPolicy = BATCHES,
+    tuning: ConsumerTuning = DEFAULT_TUNING,
 ) -> None:
     # The range assignor gives every process the same partition numbers of each topic: topics
     # keyed alike (by account, by WABA) then reach the same process, which stays their
     # accounts' only writer; each partition's records reach the effect in offset order.
-    consumer = make_consumer(kafka, group, partition_assignment_strategy=(RangePartitionAssignor,))
+    consumer = make_consumer(
+        kafka,
+        group,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        **tuning.consumer_options(),
+    )
     pipeline = Pipeline(
         consumer,
         producer,
         decode=decode,
         effect=effect,
         service=SERVICE,
-        policy=policy,
+        policy=tuning.policy,
         on_partitions_moved=on_partitions_moved,
     )
     consumer.subscribe([topic_name(topic, prefix) for topic in topics], listener=pipeline.listener)
@@ -82,7 +108,11 @@ async def run_consumer(
 
 
 async def run_processor(
-    kafka: KafkaConfig, prefix: str, processor: WebhookProcessor, producer: AIOKafkaProducer
+    kafka: KafkaConfig,
+    prefix: str,
+    processor: WebhookProcessor,
+    producer: AIOKafkaProducer,
+    tuning: ConsumerTuning = DEFAULT_TUNING,
 ) -> None:
     """Webhooks of one WABA in order: they may touch the same conversations, templates and
     suppressions (the suppression change requests are keyed by WABA too, and the range
@@ -95,11 +125,16 @@ async def run_processor(
         decode_webhook,
         processor.handle_batch,
         producer,
+        tuning=tuning,
     )
 
 
 async def run_state_writer(
-    kafka: KafkaConfig, prefix: str, writer: StateWriter, producer: AIOKafkaProducer
+    kafka: KafkaConfig,
+    prefix: str,
+    writer: StateWriter,
+    producer: AIOKafkaProducer,
+    tuning: ConsumerTuning = DEFAULT_TUNING,
 ) -> None:
     """A message's request and events in order, its account's records in one process."""
     await run_consumer(
@@ -111,4 +146,5 @@ async def run_state_writer(
         writer.handle_batch,
         producer,
         writer.forget_all,
+        tuning,
     )
