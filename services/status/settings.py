@@ -43,5 +43,5 @@ class StatusSettings(ServiceSettings):
     max_partition_fetch_bytes: int = Field(1024 * 1024, gt=0)
     # The processor's batch and backpressure, in webhook records (a record is a POST: up to
     # Meta's batch of statuses, ~8 KB for 20 of them).
-    processor_max_records: int = Field(500, gt=0)
-    processor_pause_at: int = Field(1000, gt=0)
+    processor_max_records: int = Field(100, gt=0)
+    processor_pause_at: int = Field(200, gt=0)
