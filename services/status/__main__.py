@@ -1,7 +1,6 @@
 """Composition root: settings -> logging -> connections -> app + workers -> serve until SIGTERM."""
 
 import asyncio
-from dataclasses import replace
 
 from services.status.app import SERVICE, create_app
 from services.status.handlers import WebhookConfig
@@ -11,7 +10,7 @@ from services.status.repository import StatusRepository
 from services.status.settings import StatusSettings
 from services.status.state_writer import StateWriter
 from services.status.sweeper import Sweeper, SweepPolicy
-from services.status.workers import BATCHES, ConsumerTuning, run_processor, run_state_writer
+from services.status.workers import run_processor, run_state_writer, tunings
 from shared.clock import SystemClock
 from shared.collections import (
     CONVERSATIONS,
@@ -76,18 +75,7 @@ async def main() -> None:
                 recipient_hash_key=settings.recipient_hash_key.get_secret_value().encode(),
             ),
         )
-        fetch_wait, fetch_bytes = settings.fetch_max_wait_ms, settings.max_partition_fetch_bytes
-        processor_tuning = ConsumerTuning(
-            replace(
-                BATCHES,
-                max_records=settings.processor_max_records,
-                pause_at=settings.processor_pause_at,
-                resume_at=settings.processor_pause_at // 4,
-            ),
-            fetch_wait,
-            fetch_bytes,
-        )
-        writer_tuning = ConsumerTuning(BATCHES, fetch_wait, fetch_bytes)
+        processor_tuning, writer_tuning = tunings(settings)
         workers = [
             run_processor(kafka, prefix, processor, conns.producer, processor_tuning),
             run_state_writer(kafka, prefix, state_writer, conns.producer, writer_tuning),

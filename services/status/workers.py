@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -15,6 +15,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from services.status.processor import WebhookProcessor
 from services.status.processor import decode as decode_webhook
+from services.status.settings import StatusSettings
 from services.status.state_writer import StateWriter
 from services.status.state_writer import decode as decode_state_event
 from shared.kafka import KafkaConfig, make_consumer, report_lag_forever, topic_name
@@ -65,6 +66,25 @@ class ConsumerTuning:
 
 
 DEFAULT_TUNING = ConsumerTuning()
+
+
+def tunings(settings: StatusSettings) -> tuple[ConsumerTuning, ConsumerTuning]:
+    """(the processor's, the state writer's). The processor's records are webhook POSTs of up
+    to Meta's batch of statuses each (~8 KB for 20): its batches and the records waiting per
+    partition are counted in them, so both are smaller than the state writer's (a batch of 500
+    POSTs was 10,000 statuses and ~17 MB while it was handled; 1,000 waiting per partition,
+    ~12 MB)."""
+    fetch_wait, fetch_bytes = settings.fetch_max_wait_ms, settings.max_partition_fetch_bytes
+    processor = replace(
+        BATCHES,
+        max_records=settings.processor_max_records,
+        pause_at=settings.processor_pause_at,
+        resume_at=settings.processor_pause_at // 4,
+    )
+    return (
+        ConsumerTuning(processor, fetch_wait, fetch_bytes),
+        ConsumerTuning(BATCHES, fetch_wait, fetch_bytes),
+    )
 
 
 async def run_consumer(
