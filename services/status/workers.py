@@ -55,7 +55,7 @@ class ConsumerTuning:
 
     policy: BatchPolicy = BATCHES
     fetch_max_wait_ms: int = 500
-    max_partition_fetch_bytes: int = 1024 * 1024
+    max_partition_fetch_bytes: int = 256 * 1024
 
     def consumer_options(self) -> dict[str, int]:
         return {
