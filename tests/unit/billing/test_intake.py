@@ -78,9 +78,11 @@ async def test_a_batch_lingers_only_while_the_stream_holds_events_already_read()
     await fair.put(_event("p0", 1, "a"))
     later = _event("p0", 2, "a")
 
+    handed: list[asyncio.Future[None]] = []
+
     def hand_over() -> None:  # the stream hands the buffered event to the intake
         buffered[0] = 0
-        asyncio.ensure_future(fair.put(later))
+        handed.append(asyncio.ensure_future(fair.put(later)))
 
     asyncio.get_running_loop().call_later(0.01, hand_over)
     assert [e.label for e in await fair.take(10, linger_s=0.5)] == ["a@p0:1", "a@p0:2"]
