@@ -10,7 +10,7 @@ from services.status.repository import StatusRepository
 from services.status.settings import StatusSettings
 from services.status.state_writer import StateWriter
 from services.status.sweeper import Sweeper, SweepPolicy
-from services.status.workers import run_processor, run_state_writer
+from services.status.workers import run_processor, run_state_writer, tunings
 from shared.clock import SystemClock
 from shared.collections import (
     CONVERSATIONS,
@@ -75,9 +75,10 @@ async def main() -> None:
                 recipient_hash_key=settings.recipient_hash_key.get_secret_value().encode(),
             ),
         )
+        processor_tuning, writer_tuning = tunings(settings)
         workers = [
-            run_processor(kafka, prefix, processor, conns.producer),
-            run_state_writer(kafka, prefix, state_writer, conns.producer),
+            run_processor(kafka, prefix, processor, conns.producer, processor_tuning),
+            run_state_writer(kafka, prefix, state_writer, conns.producer, writer_tuning),
             sweeper.run_forever(
                 settings.sweep_interval_seconds, settings.sweep_messages_interval_seconds
             ),

@@ -16,9 +16,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from services.status import core
 from shared.message_docs import REQUEST_FIELDS, message_document
-from shared.messages import SendRequested, StatusChanged
+from shared.messages import MetaError, Pricing, SendRequested, StatusChanged
 
 Doc = dict[str, Any]
 StateEvent = SendRequested | StatusChanged
@@ -32,6 +34,74 @@ class Known:
 
     state: core.MessageState
     doc: Doc | None
+
+
+# What the state writer remembers of a message, packed into msgpack: ~0.3 KB of bytes instead
+# of ~2 KB of objects (a dataclass per history entry, pricing and error structs, a dict, a
+# datetime). 20,000 remembered messages held ~40 MB as objects.
+_PACKER = msgspec.msgpack.Encoder()
+_UNPACKER = msgspec.msgpack.Decoder()
+
+
+def pack_known(known: Known) -> bytes | Known:
+    """`known` as the state writer remembers it: packed, or `known` itself when a stored field
+    is of a type msgpack does not take (never expected: the kept fields are strings and a
+    time, which is kept as epoch ms, the only way it is read: `core.epoch_ms`)."""
+    rows = [
+        (
+            e.status,
+            e.at,
+            e.source,
+            e.implied,
+            None if e.pricing is None else _pricing_row(e.pricing),
+            None if e.error is None else (e.error.code, e.error.title, e.error.details),
+            e.reason,
+        )
+        for e in known.state.history
+    ]
+    doc = known.doc
+    kept = (
+        None
+        if doc is None
+        else {k: core.epoch_ms(v) if k == "created_at" else v for k, v in doc.items()}
+    )
+    try:
+        return _PACKER.encode((known.state.wamid, rows, kept))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return known
+
+
+def unpack_known(entry: bytes | Known) -> Known:
+    """The `Known` that `pack_known` packed."""
+    if isinstance(entry, Known):
+        return entry
+    wamid, rows, kept = _UNPACKER.decode(entry)
+    history = tuple(
+        core.HistoryEntry(
+            status=status,
+            at=at,
+            source=source,
+            implied=implied,
+            pricing=None
+            if pricing is None
+            else Pricing(
+                billable=pricing[0],
+                pricing_model=pricing[1],
+                type=pricing[2],
+                category=pricing[3],
+            ),
+            error=None
+            if error is None
+            else MetaError(code=error[0], title=error[1], details=error[2]),
+            reason=reason,
+        )
+        for status, at, source, implied, pricing, error, reason in rows
+    )
+    return Known(core.MessageState(history=history, wamid=wamid), kept)
+
+
+def _pricing_row(pricing: Pricing) -> tuple[bool, str, str, str]:
+    return (pricing.billable, pricing.pricing_model, pricing.type, pricing.category)
 
 
 @dataclass(frozen=True)

@@ -1426,7 +1426,7 @@ TERMINAL_FAILURES = frozenset({"failed", "expired", "rejected"})
 _POSITIVE_BY_RANK = ("read", "delivered", "sent")  # the steps that may carry Meta's pricing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     status: str
     at: int
@@ -1437,7 +1437,7 @@ class HistoryEntry:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageState:
     """What the state writer keeps of a message: one history entry per status, and the wamid.
     Status, error and pricing shown on the document are derived from them."""

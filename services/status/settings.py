@@ -36,3 +36,16 @@ class StatusSettings(ServiceSettings):
     # each query scans the collection on FerretDB, so they run this often, not every pass.
     sweep_messages_interval_seconds: float = Field(600.0, gt=0)
     sweep_batch_size: int = Field(500, gt=0)
+    # The two consumers' fetches and batches (services/status/workers.py: ConsumerTuning).
+    # How long the broker holds a fetch with nothing new (aiokafka's default; a webhook alone on
+    # its partition reached the processor 0.1 ms p50 after its 200 at 500 as at 50).
+    fetch_max_wait_ms: int = Field(500, gt=0)
+    # Each partition's fetched records are one buffer of this size until all of them are read
+    # (aiokafka): at 1 MiB, 17 of them were alive at once in a campaign (17 MB), and the freed
+    # ones left the heap fragmented (a consumer read 120,000 records: RSS +25 MB at 1 MiB, +7 MB
+    # at 256 KiB).
+    max_partition_fetch_bytes: int = Field(256 * 1024, gt=0)
+    # The processor's batch and backpressure, in webhook records (a record is a POST: up to
+    # Meta's batch of statuses, ~8 KB for 20 of them).
+    processor_max_records: int = Field(100, gt=0)
+    processor_pause_at: int = Field(200, gt=0)

@@ -30,7 +30,7 @@ import msgspec
 from aiokafka import ConsumerRecord
 
 from services.status import core, metrics
-from services.status.batch_plan import Known, StateEvent, plan_batch
+from services.status.batch_plan import Known, StateEvent, pack_known, plan_batch, unpack_known
 from services.status.publisher import Outgoing, Publisher
 from services.status.repository import StateStore
 from shared.clock import Clock
@@ -62,7 +62,8 @@ class StateWriter:
         self._store = store
         self._publisher = publisher
         self._clock = clock
-        self._known: OrderedDict[str, Known] = OrderedDict()
+        # packed (batch_plan.pack_known): ~0.3 KB per message instead of ~2 KB
+        self._known: OrderedDict[str, bytes | Known] = OrderedDict()
         self._capacity = remembered_messages
         self._generation = 0  # moves on with every forget_all
 
@@ -97,7 +98,7 @@ class StateWriter:
                 unknown.append(message_id)
             else:
                 self._known.move_to_end(message_id)
-                known[message_id] = remembered
+                known[message_id] = unpack_known(remembered)
         # A message first met by its request is created without a read (one insert for all);
         # only those whose id is taken, and the others not remembered, are read (one find).
         requests: dict[str, Doc] = {}
@@ -150,7 +151,7 @@ class StateWriter:
     def _remember(self, message_id: str, after: Known, generation: int) -> None:
         if generation != self._generation:
             return  # partitions moved while this was being written: don't trust it
-        self._known[message_id] = after
+        self._known[message_id] = pack_known(after)
         self._known.move_to_end(message_id)
         while len(self._known) > self._capacity:
             self._known.popitem(last=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -14,6 +15,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from services.status.processor import WebhookProcessor
 from services.status.processor import decode as decode_webhook
+from services.status.settings import StatusSettings
 from services.status.state_writer import StateWriter
 from services.status.state_writer import decode as decode_state_event
 from shared.kafka import KafkaConfig, make_consumer, report_lag_forever, topic_name
@@ -46,6 +48,45 @@ Record = ConsumerRecord[bytes, bytes]
 BATCHES = BatchPolicy(max_records=500, max_wait_s=0.0)
 
 
+@dataclass(frozen=True)
+class ConsumerTuning:
+    """A status consumer's batches, backpressure and fetches (from StatusSettings; the shared
+    make_consumer's fetch settings are other services' too)."""
+
+    policy: BatchPolicy = BATCHES
+    fetch_max_wait_ms: int = 500
+    max_partition_fetch_bytes: int = 256 * 1024
+
+    def consumer_options(self) -> dict[str, int]:
+        return {
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "max_poll_records": self.policy.max_records,
+        }
+
+
+DEFAULT_TUNING = ConsumerTuning()
+
+
+def tunings(settings: StatusSettings) -> tuple[ConsumerTuning, ConsumerTuning]:
+    """(the processor's, the state writer's). The processor's records are webhook POSTs of up
+    to Meta's batch of statuses each (~8 KB for 20): its batches and the records waiting per
+    partition are counted in them, so both are smaller than the state writer's (a batch of 500
+    POSTs was 10,000 statuses and ~17 MB while it was handled; 1,000 waiting per partition,
+    ~12 MB)."""
+    fetch_wait, fetch_bytes = settings.fetch_max_wait_ms, settings.max_partition_fetch_bytes
+    processor = replace(
+        BATCHES,
+        max_records=settings.processor_max_records,
+        pause_at=settings.processor_pause_at,
+        resume_at=settings.processor_pause_at // 4,
+    )
+    return (
+        ConsumerTuning(processor, fetch_wait, fetch_bytes),
+        ConsumerTuning(BATCHES, fetch_wait, fetch_bytes),
+    )
+
+
 async def run_consumer(
     kafka: KafkaConfig,
     prefix: str,
@@ -55,19 +96,24 @@ async def run_consumer(
     effect: Effect[T],
     producer: AIOKafkaProducer,
     on_partitions_moved: Callable[[], None] | None = None,
-    policy: BatchPolicy = BATCHES,
+    tuning: ConsumerTuning = DEFAULT_TUNING,
 ) -> None:
     # The range assignor gives every process the same partition numbers of each topic: topics
     # keyed alike (by account, by WABA) then reach the same process, which stays their
     # accounts' only writer; each partition's records reach the effect in offset order.
-    consumer = make_consumer(kafka, group, partition_assignment_strategy=(RangePartitionAssignor,))
+    consumer = make_consumer(
+        kafka,
+        group,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        **tuning.consumer_options(),
+    )
     pipeline = Pipeline(
         consumer,
         producer,
         decode=decode,
         effect=effect,
         service=SERVICE,
-        policy=policy,
+        policy=tuning.policy,
         on_partitions_moved=on_partitions_moved,
     )
     consumer.subscribe([topic_name(topic, prefix) for topic in topics], listener=pipeline.listener)
@@ -82,7 +128,11 @@ async def run_consumer(
 
 
 async def run_processor(
-    kafka: KafkaConfig, prefix: str, processor: WebhookProcessor, producer: AIOKafkaProducer
+    kafka: KafkaConfig,
+    prefix: str,
+    processor: WebhookProcessor,
+    producer: AIOKafkaProducer,
+    tuning: ConsumerTuning = DEFAULT_TUNING,
 ) -> None:
     """Webhooks of one WABA in order: they may touch the same conversations, templates and
     suppressions (the suppression change requests are keyed by WABA too, and the range
@@ -95,11 +145,16 @@ async def run_processor(
         decode_webhook,
         processor.handle_batch,
         producer,
+        tuning=tuning,
     )
 
 
 async def run_state_writer(
-    kafka: KafkaConfig, prefix: str, writer: StateWriter, producer: AIOKafkaProducer
+    kafka: KafkaConfig,
+    prefix: str,
+    writer: StateWriter,
+    producer: AIOKafkaProducer,
+    tuning: ConsumerTuning = DEFAULT_TUNING,
 ) -> None:
     """A message's request and events in order, its account's records in one process."""
     await run_consumer(
@@ -111,4 +166,5 @@ async def run_state_writer(
         writer.handle_batch,
         producer,
         writer.forget_all,
+        tuning,
     )
