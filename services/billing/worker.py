@@ -31,10 +31,12 @@ never change.
 A status whose settlement is already written (a priced `read` after its priced `delivered`, as
 Meta sends them; a duplicate; a priced delivery after a release, charged late) is decided in the
 batch from that entry, as the one-record path decides it: the entry decided earlier in the same
-batch, held, or read with the batch's reservations (one `Ledger.get_many`; which settlements are
-read is `_entries_to_read`'s rule). One not known there still finds its key taken at the insert
-and sends the batch one record at a time (`entry_exists`), which decides it the same way; so
-does a known entry whose offset the balance has not applied (an unfinished attempt).
+batch, held when the batch planned its reads (`_held_for`: those reads refill the bounded
+memory and may push the batch's own entries out), or read with the batch's reservations (one
+`Ledger.get_many`; which settlements are read is `_entries_to_read`'s rule). One not known
+there still finds its key taken at the insert and sends the batch one record at a time
+(`entry_exists`), which decides it the same way; so does a known entry whose offset the balance
+has not applied (an unfinished attempt).
 
 Each account's low-balance threshold and cap on messages in flight are its own
 (`accounts.low_balance_threshold`, `accounts.max_in_flight`): read with the account's balance
