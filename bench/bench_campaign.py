@@ -16,7 +16,9 @@ Reported:
 - the checks: nothing lost (every accepted message at the simulator and stored as delivered),
   nothing sent twice (no callback data twice among the simulator's sends), balances exact
   (each account's available credit fell by the rate card's price of its delivered messages,
-  nothing left reserved);
+  nothing left reserved); when they are not, the reservations left held and, for a few, where
+  each message's settlement stopped (`held_reservations`: its document, wamid index entry,
+  parked statuses, status-changed records and billing's log lines);
 - the cost per message over the drain (`cost.py`), i.e. at saturation.
 
 N: `run_all.py --campaign-messages N`; by default what drains in `--campaign-seconds` (180 s,
@@ -1076,6 +1078,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                 f"exact {settled_after_s} s after the drain"
                 if balances_exact
                 else f"NOT exact {max(60.0, n / 200):.0f} s after the drain"
+                + (f" ({held['held']} held)" if held and "held" in held else "")
             )
             + f", refused {n - len(accepted)}"
             f" ({'keyed, 503s retried' if _settings['keyed'] else 'keyless, 503s'}: "
