@@ -275,10 +275,19 @@ def billing_load(before: dict[str, float], after: dict[str, float]) -> dict[str,
     total = metric_sum(after, "billing_event_duration_seconds_sum") - metric_sum(
         before, "billing_event_duration_seconds_sum"
     )
+    batches = metric_sum(after, "billing_batch_size_records_count") - metric_sum(
+        before, "billing_batch_size_records_count"
+    )
+    records = metric_sum(after, "billing_batch_size_records_sum") - metric_sum(
+        before, "billing_batch_size_records_sum"
+    )
     return {
         "events": int(count),
         "mean_event_ms": round(total / count * 1000, 2) if count else None,
         "busy_seconds": round(total, 2),
+        # How billing batched them: a linger trades each batch's wait for fewer batches.
+        "batches": int(batches),
+        "mean_batch_records": round(records / batches, 2) if batches else None,
     }
 
 

@@ -6,11 +6,14 @@ faust is used with its traps designed around:
   finished (written, published, or dead-lettered), and its body never lets an exception escape:
   a bug on one record is retried a few times, then that record goes to the DLQ and the
   partition moves on (see worker.py);
-- batches with a short linger, taken fairly: the agent only moves events into `FairIntake`,
-  kept per account (the record's key); one task takes a batch round-robin over the accounts
-  waiting (one event per account per turn, each account's in the order read:
-  shared/pipeline.py `FairBuffer`), with what arrives within `batch_linger_ms` (at least one
-  event, at most `batch_max_records`), applies it, and acks. So a campaign's thousands of
+- batches taken fairly, lingering only for what was read already: the agent only moves events
+  into `FairIntake`, kept per account (the record's key); one task takes a batch round-robin
+  over the accounts waiting (one event per account per turn, each account's in the order read:
+  shared/pipeline.py `FairBuffer`), with what faust's stream buffer still holds for the agent
+  arriving within `batch_linger_ms` (at least one event, at most `batch_max_records`), applies
+  it, and acks. With nothing more read, the batch goes at once: waiting for records not yet
+  fetched was pure latency on every send when billing keeps up (records arriving while a
+  batch is applied make the next batch larger anyway). So a campaign's thousands of
   records in the intake do not hold another account's record behind them: it goes into the
   next batch. Acks stay in each partition's offset order (`InOrderRelease`): an event applied
   before an earlier one of its partition is acked only once that one is, because faust's
@@ -40,7 +43,7 @@ faust is used with its traps designed around:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Protocol
@@ -240,7 +243,9 @@ def create_app(settings: BillingSettings) -> tuple[faust.App, BillingRuntime]:
         worker = runtime.worker
         assert worker is not None
         acked_by_us = stream.noack()
-        intake = FairIntake(settings.partition_budget(), app.consumer)
+        intake = FairIntake(
+            settings.partition_budget(), app.consumer, upstream=_buffered(acked_by_us)
+        )
         applier = asyncio.create_task(
             _apply_batches(
                 worker,
@@ -327,9 +332,14 @@ class FairIntake:
 
     guard_factor = 4
 
-    def __init__(self, policy: BatchPolicy, consumer: Pauser) -> None:
+    def __init__(
+        self, policy: BatchPolicy, consumer: Pauser, upstream: Callable[[], int] | None = None
+    ) -> None:
         self._policy = policy
         self._consumer = consumer
+        # Events read and not yet handed to the intake (faust's stream buffer for the agent);
+        # None: not known, so a batch lingers its whole window.
+        self._upstream = upstream
         self._waiting: FairBuffer[bytes | None, EventT] = FairBuffer()
         self._release: InOrderRelease[Any, EventT] = InOrderRelease()
         self._held: dict[Any, int] = {}  # per partition: events not yet acked
@@ -398,14 +408,16 @@ class FairIntake:
 
     async def take(self, most: int, linger_s: float) -> list[EventT]:
         """At least one event, at most `most`: what waits, and what arrives within `linger_s`
-        of the first (a batch pays a few database round trips whatever its size, so a few ms
-        of waiting under load divides them among more records), one account per turn."""
+        of the first while more has been read (a batch pays a few database round trips
+        whatever its size, so events already read are worth their few loop turns), one
+        account per turn. Nothing more read: no wait, since records not fetched yet may be
+        anywhere from a millisecond to a minute away."""
         while not self._waiting:
             self._changed.clear()
             await self._changed.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + linger_s
-        while len(self._waiting) < most:
+        while len(self._waiting) < most and self._more_read():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -416,6 +428,9 @@ class FairIntake:
             except TimeoutError:
                 break
         return self._waiting.take(most)
+
+    def _more_read(self) -> bool:
+        return self._upstream is None or self._upstream() > 0
 
     def finished(self, events: Sequence[EventT]) -> list[EventT]:
         """These events are applied (or dead-lettered): the events that may now be acked, in
@@ -457,6 +472,12 @@ async def _apply_batches(
                 await worker.handle(record)
         for event in intake.finished(batch):
             await stream.ack(event)
+
+
+def _buffered(stream: faust.StreamT[bytes]) -> Callable[[], int]:
+    """How many events faust's stream buffer holds for the agent (its channel's queue)."""
+    queue = stream.channel.queue  # type: ignore[attr-defined]
+    return queue.qsize  # type: ignore[no-any-return]
 
 
 def _record(event: EventT) -> Record:

@@ -71,8 +71,9 @@ class BillingSettings(ServiceSettings):
     sweep_interval_s: float = 3600.0
     sweep_page_size: int = Field(500, gt=0)  # reserve entries read per step
     reservation_horizon_s: float = 37 * 86_400.0
-    # Records applied together at most; a batch is what is buffered, plus what arrives within
-    # `batch_linger_ms` of its first record (0: never waited for).
+    # Records applied together at most; a batch is what is buffered, plus, while faust's stream
+    # buffer holds more records read for the agent, what arrives within `batch_linger_ms` of its
+    # first record (nothing more read, or 0: never waited for).
     batch_max_records: int = 128
     batch_linger_ms: float = Field(5.0, ge=0)
     # Reserve entries kept in memory for their settlements (ledger entries never change).

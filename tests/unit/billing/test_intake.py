@@ -72,6 +72,31 @@ async def test_a_batch_takes_what_arrives_within_the_linger_of_its_first_record(
     assert [e.label for e in await fair.take(10, linger_s=0.0)] == ["a@p0:4"]  # no linger
 
 
+async def test_a_batch_lingers_only_while_the_stream_holds_events_already_read() -> None:
+    buffered = [1]  # events faust's stream buffer holds for the agent
+    fair = FairIntake(BatchPolicy(pause_at=1000, resume_at=0), FakeConsumer(), lambda: buffered[0])
+    await fair.put(_event("p0", 1, "a"))
+    later = _event("p0", 2, "a")
+
+    handed: list[asyncio.Future[None]] = []
+
+    def hand_over() -> None:  # the stream hands the buffered event to the intake
+        buffered[0] = 0
+        handed.append(asyncio.ensure_future(fair.put(later)))
+
+    asyncio.get_running_loop().call_later(0.01, hand_over)
+    assert [e.label for e in await fair.take(10, linger_s=0.5)] == ["a@p0:1", "a@p0:2"]
+
+    # Nothing more read: the batch goes at once, whatever the linger (a record fetched later
+    # is the next batch's).
+    await fair.put(_event("p0", 3, "a"))
+    asyncio.get_running_loop().call_later(
+        0.01, lambda: asyncio.ensure_future(fair.put(_event("p0", 4, "a")))
+    )
+    assert [e.label for e in await fair.take(10, linger_s=0.5)] == ["a@p0:3"]
+    assert [e.label for e in await fair.take(10, linger_s=0.0)] == ["a@p0:4"]
+
+
 async def test_an_account_with_a_burst_waiting_does_not_hold_up_another_accounts_record() -> None:
     fair, _ = intake()
     for n in range(500):  # the campaign's account, one partition
