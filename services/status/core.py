@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -793,6 +793,47 @@ def callback_message_id(status: WebhookStatus) -> str | None:
     app subscribed to the same WABA may put anything there)."""
     data = status.callback_data
     return data if data and data.startswith("msg_") else None
+
+
+@dataclass(frozen=True)
+class CallbackMessage:
+    """One of our messages as its callback data finds it: the reference, and the wamid its
+    document carries ("" until the state writer stored the sender's `sent`)."""
+
+    ref: MessageRef
+    wamid: str = ""
+
+
+def callback_message_from_doc(doc: Mapping[str, Any] | None) -> CallbackMessage | None:
+    """A `messages` document read by callback data; None when it is not usable."""
+    ref = message_ref_from_doc(doc)
+    if ref is None or doc is None:
+        return None
+    wamid = doc.get("wamid")
+    return CallbackMessage(ref, wamid if isinstance(wamid, str) else "")
+
+
+def callback_ids_to_read(
+    statuses: Iterable[WebhookStatus], known_wamids: Container[str]
+) -> list[str]:
+    """The message ids, once each and in order, a batch reads by callback data: those of the
+    statuses we publish whose wamid is not known (neither remembered nor indexed)."""
+    wanted: dict[str, None] = {}
+    for status in statuses:
+        if status.wamid in known_wamids or message_status_of(status.meta_status) is None:
+            continue
+        message_id = callback_message_id(status)
+        if message_id is not None:
+            wanted[message_id] = None
+    return list(wanted)
+
+
+def wamid_confirmed(status: WebhookStatus, found: CallbackMessage) -> bool:
+    """Whether a message found by callback data may be remembered under the status's wamid:
+    only when its document already carries that wamid (the one the state writer indexes for
+    it). Before the sender's `sent` is stored the document has none, and the callback data
+    alone (which another app on the WABA could also set) is no proof of the wamid."""
+    return bool(found.wamid) and found.wamid == status.wamid
 
 
 def resolve_status(

@@ -19,9 +19,11 @@ from services.status.batch_plan import (
     plan_latest,
 )
 from services.status.core import (
+    CallbackMessage,
     MessageRef,
     MessageState,
     NumberRef,
+    callback_message_from_doc,
     message_ref_from_doc,
     number_ref_from_doc,
     state_from_doc,
@@ -49,6 +51,9 @@ Doc = dict[str, Any]
 # 2026-12-06 on the shared database): larger batches are written in commands of this size.
 UPDATES_PER_COMMAND = 50
 
+# What the processor reads of a message found by its callback data.
+_CALLBACK_FIELDS = {"account_id": 1, "recipient_region": 1, "wamid": 1}
+
 
 class ProcessorStore(Protocol):
     """What the webhook processor needs from the database (a fake implements it in tests)."""
@@ -59,7 +64,10 @@ class ProcessorStore(Protocol):
         """The indexed ones among these wamids, in one read."""
         ...
 
-    async def find_message(self, message_id: str) -> MessageRef | None: ...
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, CallbackMessage]:
+        """Our messages among these ids (callback data), in one read."""
+        ...
+
     async def park_status(self, doc: Doc) -> None: ...
     async def delete_parked_many(self, parked_ids: Sequence[str]) -> None: ...
     async def phone_number(self, phone_number_id: str) -> NumberRef | None: ...
@@ -191,13 +199,12 @@ class StatusRepository:
         found = {str(doc["_id"]): message_ref_from_doc(doc) for doc in docs}
         return {wamid: ref for wamid, ref in found.items() if ref is not None}
 
-    async def find_message(self, message_id: str) -> MessageRef | None:
-        doc = await _call(
-            lambda: self._db[MESSAGES].find_one(
-                {"_id": message_id}, {"account_id": 1, "recipient_region": 1}
-            )
-        )
-        return message_ref_from_doc(doc)
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, CallbackMessage]:
+        if not message_ids:
+            return {}
+        docs = await _call(lambda: find_by_ids(self._db[MESSAGES], message_ids, _CALLBACK_FIELDS))
+        found = {str(doc["_id"]): callback_message_from_doc(doc) for doc in docs}
+        return {message_id: msg for message_id, msg in found.items() if msg is not None}
 
     async def index_wamid(self, doc: Doc) -> None:
         """Insert-only: the first writer wins and a replay is a no-op."""

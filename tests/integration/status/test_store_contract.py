@@ -86,9 +86,14 @@ async def test_messages_are_found_by_id_only_with_an_account(
         {"_id": "msg_1", "account_id": "acc_1", "recipient_region": "GB", "idempotency_key": "k1"}
     )
     await seeds.message({"_id": "msg_odd", "idempotency_key": "k2"})
-    assert await store.find_message("msg_1") == REF
-    assert await store.find_message("msg_odd") is None
-    assert await store.find_message("msg_none") is None
+    await seeds.message(
+        {"_id": "msg_sent", "account_id": "acc_1", "wamid": "wamid.S", "idempotency_key": "k3"}
+    )
+    assert await store.find_messages([]) == {}
+    assert await store.find_messages(["msg_1", "msg_odd", "msg_none", "msg_sent"]) == {
+        "msg_1": core.CallbackMessage(REF, ""),
+        "msg_sent": core.CallbackMessage(core.MessageRef("msg_sent", "acc_1"), "wamid.S"),
+    }
 
 
 async def test_parking_is_idempotent_and_keeps_the_first_parked_time(

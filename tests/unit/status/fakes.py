@@ -9,9 +9,11 @@ from typing import Any
 
 from services.status.batch_plan import MessageWrite, TemplateOutcomes, TemplateWrite
 from services.status.core import (
+    CallbackMessage,
     MessageRef,
     MessageState,
     NumberRef,
+    callback_message_from_doc,
     message_ref_from_doc,
     number_ref_from_doc,
     state_from_doc,
@@ -48,6 +50,7 @@ class FakeStore:
         self.message_reads = 0  # reads of `messages` by the state writer (one per batch at most)
         self.message_writes = 0  # writes to `messages` by the state writer (one per batch)
         self.wamid_lookups = 0
+        self.callback_reads = 0  # the processor's reads of messages by callback data
         self.wamid_index: dict[str, Doc] = {}
         self.parked: dict[str, Doc] = {}
         self.conversations: dict[str, Doc] = {}
@@ -74,8 +77,10 @@ class FakeStore:
         found = {w: message_ref_from_doc(self.wamid_index.get(w)) for w in wamids}
         return {w: ref for w, ref in found.items() if ref is not None}
 
-    async def find_message(self, message_id: str) -> MessageRef | None:
-        return message_ref_from_doc(self.messages.get(message_id))
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, CallbackMessage]:
+        self.callback_reads += 1
+        found = {m: callback_message_from_doc(self.messages.get(m)) for m in message_ids}
+        return {m: msg for m, msg in found.items() if msg is not None}
 
     async def index_wamid(self, doc: Doc) -> None:
         self.wamid_index.setdefault(doc["_id"], dict(doc))
