@@ -16,7 +16,9 @@ Reported:
 - the checks: nothing lost (every accepted message at the simulator and stored as delivered),
   nothing sent twice (no callback data twice among the simulator's sends), balances exact
   (each account's available credit fell by the rate card's price of its delivered messages,
-  nothing left reserved);
+  nothing left reserved); when they are not, the reservations left held and, for a few, where
+  each message's settlement stopped (`held_reservations`: its document, wamid index entry,
+  parked statuses, status-changed records and billing's log lines);
 - the cost per message over the drain (`cost.py`), i.e. at saturation.
 
 N: `run_all.py --campaign-messages N`; by default what drains in `--campaign-seconds` (180 s,
@@ -570,6 +572,192 @@ async def _balances(platform: Platform, account_ids: list[str]) -> dict[str, tup
     return {d["_id"]: (int(d["available"]), int(d["reserved"])) for d in docs}
 
 
+HELD_SHOWN = 8  # held reservations described when balances are not exact
+HELD_LOG_LINES = 12  # billing's log lines shown per held message, at most
+HELD_TOPIC_S = 90.0  # the read of messages.status-changed for them stops after this long
+
+
+async def held_reservations(
+    platform: Platform, account_ids: list[str], limit: int = HELD_SHOWN
+) -> dict[str, Any]:
+    """Why balances are not exact: the reservations no settlement closed (ledger: a `reserve`
+    entry without its `<message_id>:settle`), and for the first `limit` of them, what each
+    place holds of the message: its `messages` document, its `wamid_index` entry, the parked
+    statuses for its wamid, every `messages.status-changed` record of it (read from the start
+    by a group-less consumer, up to the end offsets taken first) and billing's log lines that
+    name its id or its wamid. Read before the bench's own infrastructure is torn down."""
+    mongo = make_client(platform.mongodb_url)
+    try:
+        db = mongo[platform.database]
+        ledger = db["ledger"]
+        reserves = await ledger.find(
+            {"account_id": {"$in": account_ids}, "kind": "reserve"},
+            {"message_id": 1, "account_id": 1, "at": 1},
+        ).to_list(None)
+        settled = {
+            d["_id"].removesuffix(":settle")
+            for d in await ledger.find(
+                {"account_id": {"$in": account_ids}, "kind": {"$in": ["charge", "release"]}},
+                {"_id": 1},
+            ).to_list(None)
+            if d["_id"].endswith(":settle")
+        }
+        held = sorted(
+            (d for d in reserves if d.get("message_id") not in settled),
+            key=lambda d: (d.get("at", 0), d["_id"]),
+        )
+        shown = held[:limit]
+        ids = [d["message_id"] for d in shown]
+        messages = {
+            d["_id"]: d
+            for d in await db["messages"]
+            .find(
+                {"_id": {"$in": ids}},
+                {"status": 1, "wamid": 1, "history": 1, "updated_at": 1, "created_at": 1},
+            )
+            .to_list(None)
+        }
+        wamids = [w for w in (messages.get(m, {}).get("wamid") for m in ids) if w]
+        index = {
+            d["_id"]: d
+            for d in await db["wamid_index"]
+            .find({"$or": [{"_id": {"$in": wamids}}, {"message_id": {"$in": ids}}]})
+            .to_list(None)
+        }
+        # Also those whose callback data names the message (its wamid unknown here).
+        parked = (
+            await db["parked_statuses"]
+            .find({"$or": [{"wamid": {"$in": wamids}}, {"raw": {"$regex": "|".join(ids)}}]})
+            .to_list(None)
+            if ids
+            else []
+        )
+    finally:
+        await mongo.close()
+    records, unfinished = await _status_records(platform, ids, wamids)
+    lines = _log_lines(platform.logs / "billing.log", ids, wamids)
+    described = []
+    for reserve in shown:
+        mid = reserve["message_id"]
+        doc = messages.get(mid) or {}
+        wamid = doc.get("wamid")
+        keys = {mid, *([wamid] if wamid else [])}
+        described.append(
+            {
+                "message_id": mid,
+                "account_id": reserve["account_id"],
+                "reserved_at": reserve.get("at"),
+                "message": {
+                    "status": doc.get("status"),
+                    "wamid": wamid,
+                    "history": [
+                        h.get("status") if isinstance(h, dict) else h
+                        for h in doc.get("history") or []
+                    ],
+                    "updated_at": doc.get("updated_at"),
+                }
+                if doc
+                else None,
+                "wamid_index": [
+                    {k: v for k, v in d.items() if k in ("_id", "message_id", "account_id")}
+                    for d in index.values()
+                    if d.get("message_id") == mid or d["_id"] == wamid
+                ],
+                "parked": [
+                    {
+                        "wamid": d.get("wamid"),
+                        "status": d.get("status"),
+                        "parked_at": d.get("parked_at"),
+                        "raw": str(d.get("raw", ""))[:300],
+                    }
+                    for d in parked
+                    if (wamid and d.get("wamid") == wamid) or mid in str(d.get("raw", ""))
+                ],
+                "status_changed": [r for r in records if keys & {r["message_id"], r["wamid"]}],
+                "billing_log": [line for line in lines if any(k in line for k in keys)][
+                    :HELD_LOG_LINES
+                ],
+            }
+        )
+    return {
+        "held": len(held),
+        # partitions of messages.status-changed not read to their end within HELD_TOPIC_S
+        "status_changed_unfinished": unfinished,
+        "by_account": dict(Counter(d["account_id"] for d in held)),
+        "messages": described,
+    }
+
+
+async def _status_records(
+    platform: Platform, message_ids: list[str], wamids: list[str]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """messages.status-changed's records that name one of the messages or wamids, from the
+    start of every partition to the end offsets taken first (bounded by HELD_TOPIC_S)."""
+    if not message_ids:
+        return [], []
+    needles = [m.encode() for m in message_ids] + [w.encode() for w in wamids]
+    consumer = AIOKafkaConsumer(
+        **platform.kafka.aiokafka_options(),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    found: list[dict[str, Any]] = []
+    await consumer.start()
+    try:
+        name = topic_name(STATUS_CHANGED, platform.prefix)
+        tps = [TopicPartition(name, p) for p in range(STATUS_CHANGED.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + HELD_TOPIC_S
+        while left and time.monotonic() < deadline:
+            batch = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
+            for tp, got in batch.items():
+                for record in got:
+                    if record.offset + 1 >= ends[tp]:
+                        left.discard(tp)
+                    value = record.value or b""
+                    if not any(n in value for n in needles):
+                        continue
+                    event = STATUS_CHANGED.decode(value)
+                    found.append(
+                        {
+                            "partition": tp.partition,
+                            "offset": record.offset,
+                            "timestamp": record.timestamp,
+                            "event_id": event.event_id,
+                            "message_id": event.message_id,
+                            "wamid": event.wamid,
+                            "status": event.status,
+                            "source": event.source,
+                            "pricing": None
+                            if event.pricing is None
+                            else f"{event.pricing.type}/{event.pricing.category}",
+                        }
+                    )
+    finally:
+        await consumer.stop()
+    return found, sorted(tp.partition for tp in left)
+
+
+def _log_lines(path: Any, message_ids: list[str], wamids: list[str]) -> list[str]:
+    """Lines of a service's log that name one of the ids (at most HELD_LOG_LINES per id)."""
+    keys = [*message_ids, *wamids]
+    if not keys or not path.exists():
+        return []
+    seen: Counter[str] = Counter()
+    out = []
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            for key in keys:
+                if key in line and seen[key] < HELD_LOG_LINES:
+                    seen[key] += 1
+                    out.append(line.strip()[:400])
+                    break
+    return out
+
+
 async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
     e2e = read_result("e2e")
     capacity = float((e2e or {}).get("capacity", {}).get("capacity_per_s") or 0)
@@ -743,6 +931,13 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     except TimeoutError as exc:
         log(f"campaign: {exc}")
         balances_exact = False
+    held: dict[str, Any] | None = None
+    if not balances_exact:  # which messages, and where each one's settlement stopped
+        try:
+            held = await held_reservations(platform, ids)
+        except Exception as exc:  # a diagnostic never fails the bench
+            held = {"error": repr(exc)}
+        log(f"campaign: held reservations: {orjson.dumps(held).decode()[:4000]}")
     checks_ok = not lost and not twice and balances_exact and len(accepted) == n
     peak_rss = {name: round(mb, 1) for name, mb in rss.peak.items()}
     memory_met = all(mb < TARGET_RSS_MB for mb in peak_rss.values())
@@ -818,6 +1013,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
             "balances_exact": balances_exact,
             "balances_settled_after_drain_s": settled_after_s,
             "left_after_wait": left,
+            "held_reservations": held,
             "stopped_waiting": stalled,
             "all_accepted": len(accepted) == n,
         },
@@ -882,6 +1078,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                 f"exact {settled_after_s} s after the drain"
                 if balances_exact
                 else f"NOT exact {max(60.0, n / 200):.0f} s after the drain"
+                + (f" ({held['held']} held)" if held and "held" in held else "")
             )
             + f", refused {n - len(accepted)}"
             f" ({'keyed, 503s retried' if _settings['keyed'] else 'keyless, 503s'}: "

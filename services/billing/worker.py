@@ -31,10 +31,12 @@ never change.
 A status whose settlement is already written (a priced `read` after its priced `delivered`, as
 Meta sends them; a duplicate; a priced delivery after a release, charged late) is decided in the
 batch from that entry, as the one-record path decides it: the entry decided earlier in the same
-batch, held, or read with the batch's reservations (one `Ledger.get_many`; which settlements are
-read is `_entries_to_read`'s rule). One not known there still finds its key taken at the insert
-and sends the batch one record at a time (`entry_exists`), which decides it the same way; so
-does a known entry whose offset the balance has not applied (an unfinished attempt).
+batch, held when the batch planned its reads (`_held_for`: those reads refill the bounded
+memory and may push the batch's own entries out), or read with the batch's reservations (one
+`Ledger.get_many`; which settlements are read is `_entries_to_read`'s rule). One not known
+there still finds its key taken at the insert and sends the batch one record at a time
+(`entry_exists`), which decides it the same way; so does a known entry whose offset the balance
+has not applied (an unfinished attempt).
 
 Each account's low-balance threshold and cap on messages in flight are its own
 (`accounts.low_balance_threshold`, `accounts.max_in_flight`): read with the account's balance
@@ -302,6 +304,9 @@ class BillingWorker:
         accounts = list(dict.fromkeys(i.event.account_id for i in moving))
         unread = [a for a in accounts if a not in held]
         wanted = self._entries_to_read(moving)
+        # Taken before the reads below are remembered: remembering them pushes the oldest
+        # held entries out of the bounded memory, and those may be this batch's own.
+        pinned = self._held_for(moving)
         stale = self._stale_thresholds(accounts)
         balances: dict[str, Balance] = {a: held[a] for a in accounts if a in held}
         known: dict[str, LedgerEntry] = {}  # entries read for this batch, by key
@@ -323,8 +328,9 @@ class BillingWorker:
         decided: dict[str, LedgerEntry] = {}  # this batch's new entries, by key
 
         def known_entry(key: str) -> LedgerEntry | None:
-            """Decided earlier in this batch, held, or read for it."""
-            return decided.get(key) or self._entries.get(key) or known.get(key)
+            """Decided earlier in this batch, held when the batch planned its reads, or read
+            for it."""
+            return decided.get(key) or pinned.get(key) or known.get(key)
 
         touched: dict[str, Balance] = {}
         decisions: list[Decision] = []
@@ -445,6 +451,22 @@ class BillingWorker:
         if not (reserves or likely):
             others = []  # no read for them alone: optimistic
         return list(dict.fromkeys([*reserves, *likely, *others]))
+
+    def _held_for(self, moving: Sequence[_Applied]) -> dict[str, LedgerEntry]:
+        """The held entries a batch decides from: its statuses' reservations and every event's
+        stored entries (settlements, late charges, a duplicate request's reservation), as held
+        now, when `_entries_to_read` leaves them out of the batch's reads. The batch looks them
+        up here, not in the bounded memory, which the batch's own reads refill (oldest out
+        first) before it decides: a reservation held at planning and pushed out by then would
+        be neither held nor read, and its delivery ignored, its credit left reserved."""
+        held = self._entries
+        keys: list[str] = []
+        for item in moving:
+            event = item.event
+            if isinstance(event, StatusChanged):
+                keys.append(reserve_key(event.message_id))
+            keys.extend(stored_entry_keys(event))
+        return {key: held[key] for key in keys if key in held}
 
     def _hold(self, balances: dict[str, Balance]) -> None:
         held = self._held

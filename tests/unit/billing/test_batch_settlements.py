@@ -199,3 +199,31 @@ async def test_a_settlement_written_but_not_applied_is_finished_from_the_stored_
     assert await fresh.worker.handle_batch([fresh.record(STATUS_CHANGED, read())]) == ["duplicate"]
     assert new_fallbacks(before) == {"entry_exists": 1}  # and nothing more for the read
     charged_once(fresh)
+
+
+async def test_a_held_reservation_pushed_out_by_the_batch_s_own_reads_still_settles() -> None:
+    """The bounded memory of entries is full: a batch reads the reservations it does not hold,
+    and remembering them pushes out the oldest held ones, which may be this batch's own (a
+    campaign's deliveries come in the order of its reservations). The batch decides from what
+    it held when it planned its reads: every delivery is charged, none ignored (the 4
+    reservations a 30,000-message campaign bench left held)."""
+    shell = await funded(FUNDS, reservation_cache_size=2)
+    ids = ["msg_1", "msg_2", "msg_3"]
+    assert (
+        await shell.worker.handle_batch(
+            [shell.record(SEND_REQUESTED, send_requested(m)) for m in ids]
+        )
+        == ["reserved"] * 3
+    )
+    assert list(shell.worker._entries) == ["msg_2:reserve", "msg_3:reserve"]  # msg_1's out
+
+    outcomes = await shell.worker.handle_batch(
+        [shell.record(STATUS_CHANGED, delivered(m)) for m in ("msg_1", "msg_2")]
+    )
+
+    assert outcomes == ["charged", "charged"]
+    assert shell.ledger.reads[0][0] == "msg_1:reserve"  # read; msg_2's was held
+    assert "msg_2:reserve" not in shell.ledger.reads[0]
+    assert [shell.ledger.entries[f"{m}:settle"].kind for m in ("msg_1", "msg_2")] == ["charge"] * 2
+    assert shell.balance.in_flight == 1  # msg_3's
+    assert shell.balance.reserved == shell.ledger.entries["msg_3:reserve"].amount
