@@ -46,6 +46,7 @@ Record = ConsumerRecord[bytes, bytes]
 # Batches as large as a poll brings (no waiting: an idle pipeline adds no latency, a busy one
 # batches what arrived while the previous batch was written).
 BATCHES = BatchPolicy(max_records=500, max_wait_s=0.0)
+_SETTING_DEFAULTS = StatusSettings.model_fields
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class ConsumerTuning:
     make_consumer's fetch settings are other services' too)."""
 
     policy: BatchPolicy = BATCHES
-    fetch_max_wait_ms: int = 500
-    max_partition_fetch_bytes: int = 256 * 1024
+    # StatusSettings' defaults, read from its fields so that the two cannot drift apart.
+    fetch_max_wait_ms: int = _SETTING_DEFAULTS["fetch_max_wait_ms"].default
+    max_partition_fetch_bytes: int = _SETTING_DEFAULTS["max_partition_fetch_bytes"].default
 
     def consumer_options(self) -> dict[str, int]:
         return {
