@@ -100,10 +100,18 @@ def test_tune_allocator_leaves_zeroes_to_glibc(monkeypatch: pytest.MonkeyPatch) 
 
 async def test_the_trim_worker_trims_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     trims: list[float] = []
-    monkeypatch.setattr(memory, "malloc_trim", lambda: trims.append(time.monotonic()) or True)
+    third = asyncio.Event()
+
+    def trim() -> bool:
+        trims.append(time.monotonic())
+        if len(trims) == 3:
+            third.set()
+        return True
+
+    monkeypatch.setattr(memory, "malloc_trim", trim)
     worker = asyncio.create_task(memory.trim_heap_forever(0.01))
-    deadline = time.monotonic() + 5
-    while len(trims) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    worker.cancel()
-    assert len(trims) >= 3
+    try:
+        await asyncio.wait_for(third.wait(), timeout=5)
+    finally:
+        worker.cancel()
+    assert trims[2] - trims[0] >= 0.015  # an interval apart, not in a burst
