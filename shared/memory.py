@@ -30,6 +30,7 @@ class MallocTotals:
 
     arena_bytes: int  # obtained from the kernel for the heaps (brk and arena heaps)
     mmapped_bytes: int  # in chunks mmapped on their own (above the mmap threshold)
+    mmapped_blocks: int  # how many: one growing buffer or many large ones
     in_use_bytes: int  # allocated from the heaps
     free_bytes: int  # free in the heaps, kept by the allocator
 
@@ -92,6 +93,7 @@ def malloc_totals() -> MallocTotals | None:
     return MallocTotals(
         arena_bytes=info.arena,
         mmapped_bytes=info.hblkhd,
+        mmapped_blocks=info.hblks,
         in_use_bytes=info.uordblks,
         free_bytes=info.fordblks,
     )
