@@ -144,8 +144,8 @@ def tune_allocator(tuning: AllocatorTuning) -> dict[str, bool]:
 
 async def trim_heap_forever(interval_s: float) -> None:
     """A worker: `malloc_trim` every `interval_s`. Freed memory in the middle of the heap is
-    otherwise kept (glibc only gives back the top of the heap); a trim of a ~70 MB heap takes
-    a few ms of the event loop."""
+    otherwise kept (glibc only gives back the top of the heap); a trim of a 24 MB heap with 16 MB
+    free in ~1 KB holes took 0.2-0.4 ms of the event loop."""
     while True:
         await asyncio.sleep(interval_s)
         malloc_trim()
