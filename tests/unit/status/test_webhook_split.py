@@ -19,6 +19,7 @@ from services.status.handlers import WebhookConfig
 from shared.clock import FakeClock
 from shared.errors import InvalidRequest
 from shared.messages import WEBHOOK_RECEIVED
+from tests.corpus.webhooks import corpus_files, load
 from tests.unit.status.fakes import FakePublisher
 from tests.unit.status.meta_examples import (
     APP_SECRET,
@@ -133,6 +134,30 @@ def test_the_split_refuses_what_intake_refused() -> None:
     with pytest.raises(InvalidRequest) as malformed:
         core.split_by_waba(b"[1]")
     assert malformed.value.code == "malformed_payload"
+
+
+def test_every_real_webhook_alone_is_one_record_and_all_of_them_together_split_by_waba() -> None:
+    """The corpus of Meta's documented payloads (tests/corpus/webhooks): each alone keeps its
+    bytes; all their entries in one POST split into records whose plans are the whole's."""
+    entries: list[dict[str, object]] = []
+    for path in corpus_files():
+        raw, payload = load(path)
+        wabas = {str(e.get("id", "")) for e in payload["entry"]}
+        records = core.split_by_waba(raw)
+        assert len(records) == len(wabas)
+        if len(wabas) == 1:
+            assert records[0].payload is raw
+        entries.extend(payload["entry"])
+    body = json.dumps({"object": "whatsapp_business_account", "entry": entries}).encode()
+    whole = core.plan_webhook(body, 1_764_000_000_000)
+    records = core.split_by_waba(body)
+    assert len(records) == len({str(e.get("id", "")) for e in entries}) > 1
+    parts = [core.plan_webhook(r.payload, 1_764_000_000_000) for r in records]
+    for kind, count in whole.counts().items():
+        assert sum(p.counts()[kind] for p in parts) == count, kind
+    for record, part in zip(records, parts, strict=True):
+        assert part.statuses == [s for s in whole.statuses if s.waba_id == record.waba_id]
+        assert part.inbound == [m for m in whole.inbound if m.waba_id == record.waba_id]
 
 
 # --- the endpoint --------------------------------------------------------------------------------
