@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
+from services.notify import meta_format
 from services.status import core
 from services.status.app import create_app
 from services.status.handlers import WebhookConfig
@@ -158,6 +159,18 @@ def test_every_real_webhook_alone_is_one_record_and_all_of_them_together_split_b
     for record, part in zip(records, parts, strict=True):
         assert part.statuses == [s for s in whole.statuses if s.waba_id == record.waba_id]
         assert part.inbound == [m for m in whole.inbound if m.waba_id == record.waba_id]
+
+
+def test_notify_forwards_the_same_pieces_from_the_records_as_from_the_whole_post() -> None:
+    """notify's `meta` forwarding reads each record as it read the POST: per WABA, the same
+    pieces (envelopes, wamids, callback data) in the same order."""
+    whole = meta_format.split(INTERLEAVED)
+    records = core.split_by_waba(INTERLEAVED)
+    for record in records:
+        assert meta_format.split(record.payload) == [
+            p for p in whole if p.waba_id == record.waba_id
+        ]
+    assert sum(len(meta_format.split(r.payload)) for r in records) == len(whole) == 4
 
 
 # --- the endpoint --------------------------------------------------------------------------------
