@@ -128,11 +128,11 @@ def split_by_waba(body: bytes) -> list[WabaRecord]:
     head = _accepted_head(body)
     wabas = [_entry_waba_id(raw) for raw in head.entry]
     first = next((w for w in wabas if w is not None), "")
+    if all(w is None or w == first for w in wabas):
+        return [WabaRecord(first, webhook_event_id(first, body), body)]
     groups: dict[str, list[msgspec.Raw]] = {}
     for raw, waba in zip(head.entry, wabas, strict=True):
         groups.setdefault(first if waba is None else waba, []).append(raw)
-    if len(groups) <= 1:
-        return [WabaRecord(first, webhook_event_id(first, body), body)]
     digest = hashlib.sha256(body).hexdigest()
     return [
         WabaRecord(
