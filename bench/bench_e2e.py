@@ -530,7 +530,7 @@ async def _fixed_levels(
             "benchmark": f"2 e2e at {lv['offered_per_s']:.0f}/s (fixed)",
             "figures": f"202->Meta {fig(lv, '202_to_meta')}, ->delivered "
             f"{fig(lv, '202_to_delivered_stored')} ms p50/p99; CPU "
-            f"{lv['cost_per_message'].get('cpu_ms')} ms/msg",
+            f"{(lv['cost_per_message'].get('cpu_ms') or {}).get('total')} ms/msg",
             "target": f"p99 < {TARGET_P99_TO_META_MS:.0f} / {TARGET_P99_TO_DELIVERED_MS:.0f} ms "
             "(targets are at 50 % of capacity)",
             "met": None,
