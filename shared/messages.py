@@ -127,7 +127,8 @@ class StatusChanged(Event, kw_only=True, frozen=True):
 
 
 class WebhookReceived(Event, kw_only=True, frozen=True):
-    """A webhook POST from Meta whose signature verified, kept byte for byte."""
+    """A webhook POST from Meta whose signature verified, kept byte for byte; a POST naming
+    several WABAs gives one event per WABA, its entries byte for byte (see WEBHOOK_RECEIVED)."""
 
     received_at: int
     payload: msgspec.Raw
@@ -631,6 +632,9 @@ WEBHOOK_RECEIVED: Topic[WebhookReceived] = Topic(
     name="webhooks.received.v1",
     schema=WebhookReceived,
     # Meta's entry id is the WABA: one WABA's webhooks stay in order relative to each other.
+    # A POST naming several WABAs is one record per WABA (status's `core.split_by_waba`): that
+    # WABA's entries, Meta's bytes, in {"object", "entry"}; event id `<waba>:<sha256 of the
+    # POST>`, so one tenant's webhooks never wait on another's partition.
     key=lambda e: e.event_id.split(":", 1)[0],
     producers=("status",),
     consumers=("status", "notify"),  # notify forwards Meta's payloads to `meta` endpoints

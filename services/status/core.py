@@ -61,13 +61,13 @@ def handshake_challenge(params: Mapping[str, str], verify_token: str) -> str | N
 
 _head_decoder = msgspec.json.Decoder(meta.WebhookHead)
 _entry_head_decoder = msgspec.json.Decoder(meta.EntryHead)
+_envelope_encoder = msgspec.json.Encoder()
 
 
-def accepted_waba_id(body: bytes) -> str:
-    """The first entry's WABA id of a body we accept; InvalidRequest when it is not Meta's
-    WhatsApp webhook JSON. Only the envelope is checked here: entries we cannot read are the
-    processor's to count, and must not cost their siblings a 400 (Meta would retry the whole
-    body for a week)."""
+def _accepted_head(body: bytes) -> meta.WebhookHead:
+    """The envelope of a body we accept; InvalidRequest when it is not Meta's WhatsApp webhook
+    JSON. Only the envelope is checked here: entries we cannot read are the processor's to
+    count, and must not cost their siblings a 400 (Meta would retry the whole body for a week)."""
     try:
         head = _head_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -78,17 +78,70 @@ def accepted_waba_id(body: bytes) -> str:
         ) from exc
     if head.object != WHATSAPP_OBJECT:
         raise InvalidRequest(f"object must be {WHATSAPP_OBJECT}", code="unexpected_object")
-    for raw_entry in head.entry:
-        try:
-            return str(_entry_head_decoder.decode(raw_entry).id)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue
-    return ""
+    return head
+
+
+def _entry_waba_id(raw_entry: msgspec.Raw) -> str | None:
+    """An entry's WABA id (`""` when it has none), or None when the entry is not readable."""
+    try:
+        return str(_entry_head_decoder.decode(raw_entry).id)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def accepted_waba_id(body: bytes) -> str:
+    """The first readable entry's WABA id of a body we accept (see `_accepted_head`)."""
+    head = _accepted_head(body)
+    return next((w for raw in head.entry if (w := _entry_waba_id(raw)) is not None), "")
 
 
 def webhook_event_id(waba_id: str, body: bytes) -> str:
     """Identical bodies (Meta's retries) get identical ids; the WABA prefix is the Kafka key."""
     return f"{waba_id}:{hashlib.sha256(body).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class WabaRecord:
+    """One webhooks.received record of a POST: the entries of one WABA, as Meta wrote them."""
+
+    waba_id: str
+    event_id: str
+    payload: bytes
+
+
+def split_by_waba(body: bytes) -> list[WabaRecord]:
+    """A verified POST as one record per WABA its entries name, so that each WABA's webhooks
+    travel on that WABA's key (Meta, and our simulator, may put several WABAs of one app into
+    one POST; keyed by the first, the others would wait behind that WABA's backlog).
+
+    - One WABA (the common case): one record, the body's own bytes, `webhook_event_id`.
+    - Several: one record per WABA in the order each first appears, its entries in the body's
+      order, each entry's bytes exactly as Meta sent them inside `{"object": ..., "entry": [...]}`
+      (the envelope has no other member). An entry we cannot read (not an object, an id that is
+      neither string nor number) rides with the first readable entry's WABA, as it did when the
+      whole body did; an entry without an id is the WABA `""`.
+    - Event ids are `<waba>:<sha256 of the whole POST>`: a retry of the same POST gives the same
+      ids (consumers' writes and events are idempotent on Meta's ids), records of one POST differ
+      by their WABA and share the POST's digest, and two different POSTs never share one.
+
+    Raises InvalidRequest as `_accepted_head` does."""
+    head = _accepted_head(body)
+    wabas = [_entry_waba_id(raw) for raw in head.entry]
+    first = next((w for w in wabas if w is not None), "")
+    if all(w is None or w == first for w in wabas):
+        return [WabaRecord(first, webhook_event_id(first, body), body)]
+    groups: dict[str, list[msgspec.Raw]] = {}
+    for raw, waba in zip(head.entry, wabas, strict=True):
+        groups.setdefault(first if waba is None else waba, []).append(raw)
+    digest = hashlib.sha256(body).hexdigest()
+    return [
+        WabaRecord(
+            waba,
+            f"{waba}:{digest}",
+            _envelope_encoder.encode({"object": head.object, "entry": entries}),
+        )
+        for waba, entries in groups.items()
+    ]
 
 
 # --- splitting a webhook into what we act on --------------------------------------------------

@@ -2,6 +2,8 @@
 
 A POST is answered 200 only once its raw bytes are durable in Kafka: Meta keeps no history we
 could fetch later, and anything but 200 makes it deliver again. All work happens downstream.
+A POST whose entries name several WABAs becomes one record per WABA (`core.split_by_waba`), all
+published together and all acknowledged before the 200.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from aiohttp import web
 from services.status import core
 from services.status.metrics import (
     WEBHOOK_PUBLISH_DURATION,
+    WEBHOOK_RECORDS_PUBLISHED,
     WEBHOOKS_PUBLISHED,
     WEBHOOKS_RECEIVED,
     WEBHOOKS_REJECTED,
@@ -60,20 +63,32 @@ class WebhookHandlers:
     async def receive(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         WEBHOOKS_RECEIVED.inc()
-        outcome, size = "published", 0
+        outcome, size, records = "published", 0, 0
         try:
             body = await self._read_body(request)
             size = len(body)
-            waba_id = self._accept(body, request.headers.get(SIGNATURE_HEADER))
-            event = WebhookReceived(
-                event_id=core.webhook_event_id(waba_id, body),
-                received_at=self._clock.now_ms(),
-                payload=msgspec.Raw(body),
-            )
+            split = self._accept(body, request.headers.get(SIGNATURE_HEADER))
+            received_at = self._clock.now_ms()
+            events = [
+                (
+                    WEBHOOK_RECEIVED,
+                    WebhookReceived(
+                        event_id=record.event_id,
+                        received_at=received_at,
+                        payload=msgspec.Raw(record.payload),
+                    ),
+                )
+                for record in split
+            ]
             publish_started = time.perf_counter()
-            await self._publisher.publish(WEBHOOK_RECEIVED, event)
+            # Enqueued together, one wait for every acknowledgement. If some fail, the 503 makes
+            # Meta retry the POST, whose records get the same ids and bytes: the ones already
+            # written are read twice, which every consumer already tolerates (a lost 200 does it).
+            await self._publisher.publish_all(events)
             WEBHOOK_PUBLISH_DURATION.observe(time.perf_counter() - publish_started)
             WEBHOOKS_PUBLISHED.inc()
+            records = len(events)
+            WEBHOOK_RECORDS_PUBLISHED.inc(records)
             return web.Response(status=200, text="OK", content_type="text/plain")
         except ServiceError as exc:
             outcome = exc.code
@@ -83,6 +98,7 @@ class WebhookHandlers:
                 "webhook_received",
                 outcome=outcome,
                 bytes=size,
+                records=records,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
 
@@ -101,8 +117,8 @@ class WebhookHandlers:
             raise PayloadTooLarge(f"webhook body exceeds {limit} bytes")
         return body
 
-    def _accept(self, body: bytes, signature: str | None) -> str:
-        """The WABA id of a body signed by Meta and shaped like a WhatsApp webhook."""
+    def _accept(self, body: bytes, signature: str | None) -> list[core.WabaRecord]:
+        """The records, one per WABA, of a body signed by Meta and shaped like a webhook."""
         if not core.signature_is_valid(body, signature, self._config.app_secret):
             WEBHOOKS_REJECTED.labels("bad_signature").inc()
             raise InvalidSignature("X-Hub-Signature-256 does not match the body")
@@ -114,7 +130,7 @@ class WebhookHandlers:
                 details={"limit": MAX_JSON_DEPTH},
             )
         try:
-            return core.accepted_waba_id(body)
+            return core.split_by_waba(body)
         except InvalidRequest:
             WEBHOOKS_REJECTED.labels("malformed").inc()
             raise

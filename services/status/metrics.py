@@ -17,9 +17,14 @@ WEBHOOKS_PUBLISHED = Counter(
     "status_webhooks_published_total",
     "Verified webhook POSTs written to Kafka (acks=all) before answering 200.",
 )
+WEBHOOK_RECORDS_PUBLISHED = Counter(
+    "status_webhook_records_published_total",
+    "webhooks.received records written for verified POSTs: one per WABA a POST names (more "
+    "than status_webhooks_published_total when Meta batches several WABAs in one POST).",
+)
 WEBHOOK_PUBLISH_DURATION = Histogram(
     "status_webhook_publish_duration_seconds",
-    "Time to get a verified webhook acknowledged by Kafka.",
+    "Time to get every record of a verified webhook acknowledged by Kafka.",
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 MESSAGES_CREATED = Counter(

@@ -188,10 +188,10 @@ async def test_the_200_waits_for_the_publish_to_be_acknowledged() -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
     class SlowPublisher(FakePublisher):
-        async def publish(self, topic, event):  # type: ignore[no-untyped-def]
+        async def publish_all(self, events):  # type: ignore[no-untyped-def]
             started.set()
             await release.wait()
-            await super().publish(topic, event)
+            await super().publish_all(events)
 
     slow = SlowPublisher()
     app = create_app(WebhookConfig(APP_SECRET, VERIFY_TOKEN, 64 * 1024), slow, FakeClock())
