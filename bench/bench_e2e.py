@@ -77,6 +77,31 @@ GRACE_S = 2.0
 MIN_LEVEL_MESSAGES = 150
 DELIVERED = ["delivered", "read"]  # for a p99 that means something
 MAX_LEVEL_S = 25.0
+# `run_all.py --e2e-levels 24,32`: fixed rates (msg/s) instead of shares of a measured capacity,
+# so that two revisions are compared at the same load; the ramp is skipped and a warm-up at
+# WARMUP_RATE (not measured) takes its place: consumer groups joined, caches filled, and Kafka's
+# JVM past its start (after 5 s at 8/s the broker still used 0.16 cores idle and 22 ms of CPU
+# per message at the first level against 12 at the second, 2026-12-07).
+FIXED_LEVELS: list[float] = []
+FIXED_LEVEL_S = 20.0
+WARMUP_RATE = 16.0
+WARMUP_S = 20.0
+
+
+def configure(levels: list[float] | None, seconds: float | None = None) -> None:
+    """Fixed levels from the command line (None or empty: the ramp and shares, as by default)."""
+    global FIXED_LEVEL_S
+    FIXED_LEVELS[:] = [float(rate) for rate in levels or []]
+    if seconds is not None:
+        FIXED_LEVEL_S = float(seconds)
+
+
+def parse_levels(text: str) -> list[float]:
+    """`24,32` -> [24.0, 32.0]; every rate positive."""
+    rates = [float(part) for part in text.split(",") if part.strip()]
+    if not rates or any(rate <= 0 for rate in rates):
+        raise ValueError(f"e2e levels must be positive rates in msg/s, got {text!r}")
+    return rates
 
 
 @dataclass
@@ -413,6 +438,118 @@ async def _ramp_step(
     return step, items
 
 
+async def _measure_level(
+    platform: Platform,
+    traffic: Traffic,
+    observer: Observer,
+    session: aiohttp.ClientSession,
+    meter_cost: cost.CostMeter,
+    pids: dict[str, int],
+    rate: float,
+    seconds: float,
+    with_cost: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One latency level: `rate` msg/s for `seconds`, waited for until delivered (bounded);
+    with its cost per message (and the idle rates just before) when `with_cost`."""
+    cost_result: dict[str, Any] = {}
+    if with_cost:
+        idle = await meter_cost.idle(IDLE_S)
+        cost_before = await meter_cost.snapshot()
+    meter = CpuMeter({**pids, **infra_pids()})
+    billing_before = await scrape(platform.procs["billing"].ops_url)
+    meter.start()
+    items = await traffic.run(session, rate, seconds)
+    cores = meter.stop()
+    left = await observer.wait(items, within=30 + seconds, delivered=True)
+    if with_cost:
+        cost_after = await meter_cost.snapshot()
+        accepted = sum(1 for i in items if i.status == 202)
+        cost_result = {
+            **cost.per_message(cost_before, cost_after, accepted, idle),
+            "offered_per_s": round(rate, 1),
+            "idle": idle,
+            "left_after_wait": left,
+        }
+        log(
+            f"e2e cost per message at {rate:.0f}/s: CPU {cost_result['cpu_ms']} ms, "
+            f"database {cost_result['db_ops']}, Kafka {cost_result['kafka_requests']}"
+        )
+    await observer.fill_hops(items)
+    billing = billing_load(billing_before, await scrape(platform.procs["billing"].ops_url))
+    level = {
+        "share_of_capacity": None,
+        "offered_per_s": round(rate, 1),
+        "seconds": round(seconds, 1),
+        **_latencies(items),
+        "left_after_wait": left,
+        "cores_used": cores,
+        "billing": billing,
+    }
+    hops = level["hops"]
+    log(
+        f"e2e {rate:.0f}/s: 202->Meta p50 {level['202_to_meta']['p50_ms']} p99 "
+        f"{level['202_to_meta']['p99_ms']} ms; ->delivered p50 "
+        f"{level['202_to_delivered_stored']['p50_ms']} p99 "
+        f"{level['202_to_delivered_stored']['p99_ms']} ms; left {left}; hops p50/p99 "
+        + ", ".join(f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items())
+    )
+    return level, cost_result
+
+
+async def _fixed_levels(
+    platform: Platform,
+    traffic: Traffic,
+    observer: Observer,
+    session: aiohttp.ClientSession,
+    meter_cost: cost.CostMeter,
+    pids: dict[str, int],
+) -> dict[str, Any]:
+    """`--e2e-levels`: a warm-up, then each fixed rate for FIXED_LEVEL_S with its cost per
+    message; no ramp, no capacity (the levels do not depend on one)."""
+    warm = await traffic.run(session, WARMUP_RATE, WARMUP_S)
+    left_warm = await observer.wait(warm, within=60, delivered=True)
+    log(f"e2e warm-up {WARMUP_RATE:.0f}/s for {WARMUP_S:.0f} s: left {left_warm}")
+    levels = []
+    for rate in FIXED_LEVELS:
+        level, level_cost = await _measure_level(
+            platform,
+            traffic,
+            observer,
+            session,
+            meter_cost,
+            pids,
+            rate,
+            FIXED_LEVEL_S,
+            with_cost=True,
+        )
+        levels.append({**level, "cost_per_message": level_cost})
+
+    def fig(level: dict[str, Any], key: str) -> str:
+        return f"{level[key]['p50_ms']}/{level[key]['p99_ms']}"
+
+    rows = [
+        {
+            "benchmark": f"2 e2e at {lv['offered_per_s']:.0f}/s (fixed)",
+            "figures": f"202->Meta {fig(lv, '202_to_meta')}, ->delivered "
+            f"{fig(lv, '202_to_delivered_stored')} ms p50/p99; CPU "
+            f"{(lv['cost_per_message'].get('cpu_ms') or {}).get('total')} ms/msg",
+            "target": f"p99 < {TARGET_P99_TO_META_MS:.0f} / {TARGET_P99_TO_DELIVERED_MS:.0f} ms "
+            "(targets are at 50 % of capacity)",
+            "met": None,
+        }
+        for lv in levels
+    ]
+    return {
+        "benchmark": NAME,
+        "what": "open-loop sends at fixed rates (--e2e-levels), no capacity ramp",
+        "fixed_levels_per_s": list(FIXED_LEVELS),
+        "warm_up_left": left_warm,
+        "levels": levels,
+        "simulator_violations": await platform.sim_violations(),
+        "rows": rows,
+    }
+
+
 def realistic_webhooks(callback_url: str, read_after_s: float) -> dict[str, Any]:
     """The simulator's realistic profile (batches, duplicates, out-of-order, Meta's retries,
     statuses of messages we never sent), sent + delivered, and read for 70 % of messages
@@ -449,6 +586,12 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     try:
         with RssSampler(pids) as rss:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                if FIXED_LEVELS:
+                    fixed = await _fixed_levels(
+                        platform, traffic, observer, session, meter_cost, pids
+                    )
+                    peak = {name: round(mb, 1) for name, mb in rss.peak.items()}
+                    return {**fixed, "memory": {"peak_rss_mb": peak, "target_mb": TARGET_RSS_MB}}
                 capacity = await measure_capacity(traffic, observer, session, step_s)
                 drained = await observer.wait(capacity.pop("items"), within=60, delivered=True)
                 capacity["left_after_drain"] = drained
@@ -460,50 +603,21 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
                         if quick
                         else min(MAX_LEVEL_S, max(level_s, MIN_LEVEL_MESSAGES / rate))
                     )
-                    measure_cost = share == COST_SHARE
-                    if measure_cost:
-                        idle = await meter_cost.idle(IDLE_S)
-                        cost_before = await meter_cost.snapshot()
-                    meter = CpuMeter({**pids, **infra_pids()})
-                    billing_before = await scrape(platform.procs["billing"].ops_url)
-                    meter.start()
-                    items = await traffic.run(session, rate, seconds)
-                    cores = meter.stop()
-                    left = await observer.wait(items, within=30 + seconds, delivered=True)
-                    if measure_cost:
-                        cost_after = await meter_cost.snapshot()
-                        accepted = sum(1 for i in items if i.status == 202)
-                        cost_result = {
-                            **cost.per_message(cost_before, cost_after, accepted, idle),
-                            "share_of_capacity": share,
-                            "idle": idle,
-                            "left_after_wait": left,
-                        }
-                        log(
-                            f"e2e cost per message at {share:.0%}: CPU "
-                            f"{cost_result['cpu_ms']} ms, database "
-                            f"{cost_result['db_ops']}, Kafka {cost_result['kafka_requests']}"
-                        )
-                    await observer.fill_hops(items)
-                    billing = billing_load(
-                        billing_before, await scrape(platform.procs["billing"].ops_url)
+                    level, level_cost = await _measure_level(
+                        platform,
+                        traffic,
+                        observer,
+                        session,
+                        meter_cost,
+                        pids,
+                        rate,
+                        seconds,
+                        with_cost=share == COST_SHARE,
                     )
-                    level = {
-                        "share_of_capacity": share,
-                        "offered_per_s": round(rate, 1),
-                        "seconds": round(seconds, 1),
-                        **_latencies(items),
-                        "left_after_wait": left,
-                        "cores_used": cores,
-                        "billing": billing,
-                    }
+                    level["share_of_capacity"] = share
                     levels.append(level)
-                    log(
-                        f"e2e {share:.0%} ({rate:.0f}/s): 202->Meta p50 "
-                        f"{level['202_to_meta']['p50_ms']} p99 {level['202_to_meta']['p99_ms']}"
-                        f" ms; ->delivered p50 {level['202_to_delivered_stored']['p50_ms']} "
-                        f"p99 {level['202_to_delivered_stored']['p99_ms']} ms; left {left}"
-                    )
+                    if level_cost:
+                        cost_result = {**level_cost, "share_of_capacity": share}
     finally:
         await observer.close()
         meter_cost.close()

@@ -94,7 +94,12 @@ def draw(results: dict[str, Any], path: Path) -> None:
     e2e = results.get("e2e", {})
     levels = e2e.get("levels", [])
     if levels:
-        labels = [f"{lv['share_of_capacity']:.0%}\n({lv['offered_per_s']:.0f}/s)" for lv in levels]
+        labels = [
+            f"{lv['share_of_capacity']:.0%}\n({lv['offered_per_s']:.0f}/s)"
+            if lv.get("share_of_capacity") is not None
+            else f"{lv['offered_per_s']:.0f}/s (fixed)"  # run_all --e2e-levels
+            for lv in levels
+        ]
         x = range(len(levels))
         series = [
             ("202 -> Meta p50", "202_to_meta", "p50_ms", "tab:blue", "-"),

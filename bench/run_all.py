@@ -3,6 +3,7 @@
     .venv/bin/python bench/run_all.py [--only NAME ...] [--quick] [--own-infra]
                                       [--db-backend sqlite|postgresql] [--campaign-messages N]
                                       [--campaign-seconds S] [--campaign-keyed]
+                                      [--e2e-levels 24,32 [--e2e-level-seconds S]]
     (make bench)
 
 Benchmarks (each writes bench/results/<name>.json; they run in the order e2e, campaign,
@@ -28,6 +29,7 @@ count. Figures are ratios or pairs measured side by side in one run: the machine
 --own-infra: a broker (JMX on) and database of the run's own, on free ports and a run directory
 of its own, stopped at the end; otherwise the shared ones (never stopped or restarted here).
 --db-backend (with --own-infra): FerretDB's backend in that own infrastructure.
+--e2e-levels: e2e at fixed rates (no ramp, no capacity): two revisions compared at one load.
 """
 
 from __future__ import annotations
@@ -242,8 +244,30 @@ def main() -> int:
         action="store_true",
         help="campaign requests with an Idempotency-Key, retried after a 503",
     )
+    parser.add_argument(
+        "--e2e-levels",
+        default=None,
+        metavar="RATES",
+        help="e2e at these fixed rates in msg/s (e.g. 24,32) instead of the ramp and the "
+        "shares of its capacity: to compare revisions at the same load",
+    )
+    parser.add_argument(
+        "--e2e-level-seconds",
+        type=float,
+        default=None,
+        help="with --e2e-levels: seconds at each rate (default 20)",
+    )
     args = parser.parse_args()
     import bench_campaign
+    import bench_e2e
+
+    if args.e2e_levels is not None:
+        try:
+            bench_e2e.configure(bench_e2e.parse_levels(args.e2e_levels), args.e2e_level_seconds)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.e2e_level_seconds is not None:
+        parser.error("--e2e-level-seconds needs --e2e-levels")
 
     bench_campaign.configure(args.campaign_messages, args.campaign_seconds, args.campaign_keyed)
     wanted = {ALIASES.get(n, n) for n in args.only} if args.only else set(ORDER)

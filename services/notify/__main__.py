@@ -117,7 +117,13 @@ async def main() -> None:
                 await transport.close()
 
         workers = [
-            run_consumer(settings.kafka, settings.topic_prefix, worker, conns.producer),
+            run_consumer(
+                settings.kafka,
+                settings.topic_prefix,
+                worker,
+                conns.producer,
+                consumer_options=settings.consumer_options(),
+            ),
             run_dispatcher(),
             mailer.run_forever(),
             sweep_forever(store, clock, settings.retention_days, settings.sweep_interval_seconds),

@@ -57,6 +57,12 @@ class NotifySettings(ServiceSettings):
     retention_days: float = Field(30.0, gt=0)
     sweep_interval_seconds: float = Field(300.0, gt=0)
 
+    # notify's consumer fetches (aiokafka's defaults: 1 byte, 500 ms). notify is on neither
+    # timed path (202 -> Meta, -> delivered stored); a fetch per record it reads costs its CPU,
+    # the broker's and the machine's other services' on a shared machine.
+    fetch_min_bytes: int = Field(1, ge=1)
+    fetch_max_wait_ms: int = Field(500, ge=0, le=30_000)
+
     # Email alerts.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
@@ -69,6 +75,13 @@ class NotifySettings(ServiceSettings):
     email_retry_seconds: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 3600.0, 7200.0]
     )
+
+    def consumer_options(self) -> dict[str, int]:
+        """The fetch options of notify's consumer (shared.kafka.make_consumer overrides)."""
+        return {
+            "fetch_min_bytes": self.fetch_min_bytes,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+        }
 
     @field_validator("retry_schedule_seconds", "email_retry_seconds", mode="before")
     @classmethod

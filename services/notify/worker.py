@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -606,8 +606,11 @@ async def run_consumer(
     worker: NotifyWorker,
     producer: AIOKafkaProducer,
     policy: BatchPolicy = BATCH_POLICY,
+    consumer_options: Mapping[str, int] | None = None,
 ) -> None:
-    consumer = make_consumer(kafka, group(prefix))
+    """notify's consumer pipeline; `consumer_options`: its fetch settings
+    (NotifySettings.consumer_options)."""
+    consumer = make_consumer(kafka, group(prefix), **(consumer_options or {}))
     pipeline: Pipeline[Incoming] = Pipeline(
         consumer,
         producer,

@@ -1,0 +1,43 @@
+"""notify's consumer fetch settings (NotifySettings.consumer_options): read from the environment,
+bounded, handed to shared.kafka.make_consumer as its overrides."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from services.notify.settings import NotifySettings
+from shared.kafka import KafkaConfig, make_consumer
+
+DEV = {"HALA_ENV": "development"}
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> NotifySettings:
+    for key, value in {**DEV, **env}.items():
+        monkeypatch.setenv(key, value)
+    return NotifySettings()
+
+
+def test_the_fetch_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(monkeypatch, NOTIFY_FETCH_MIN_BYTES="4096", NOTIFY_FETCH_MAX_WAIT_MS="150")
+    assert settings.consumer_options() == {"fetch_min_bytes": 4096, "fetch_max_wait_ms": 150}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("NOTIFY_FETCH_MIN_BYTES", "0"), ("NOTIFY_FETCH_MAX_WAIT_MS", "30001")]
+)
+def test_fetch_options_out_of_bounds_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=name.removeprefix("NOTIFY_").lower()):
+        _settings(monkeypatch, **{name: value})
+
+
+async def test_the_consumer_is_built_with_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = _settings(monkeypatch).consumer_options()
+    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1", security_protocol="PLAINTEXT")
+    consumer = make_consumer(kafka, "g", **options)
+    assert isinstance(consumer, AIOKafkaConsumer)
+    # What aiokafka's Fetcher is started with (the consumer is never started here).
+    assert consumer._fetch_min_bytes == options["fetch_min_bytes"]
+    assert consumer._fetch_max_wait_ms == options["fetch_max_wait_ms"]
