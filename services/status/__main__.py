@@ -23,17 +23,31 @@ from shared.collections import (
     WAMID_INDEX,
     ensure_indexes,
 )
-from shared.logging import configure_logging
+from shared.logging import configure_logging, get_logger
+from shared.memory import AllocatorTuning, trim_heap_forever, tune_allocator
 from shared.runtime import Connections, Parts, serve
 from shared.settings import load_settings
+
+log = get_logger(__name__)
 
 # Workers may wait longer for the broker than Meta waits for our answer.
 WORKER_PUBLISH_TIMEOUT_SECONDS = 30.0
 
 
+def allocator_tuning(settings: StatusSettings) -> AllocatorTuning:
+    """glibc's options for status (services/status/README.md, "Memory in a backlog")."""
+    return AllocatorTuning(
+        mmap_threshold_bytes=settings.malloc_mmap_threshold_bytes,
+        arena_max=settings.malloc_arena_max,
+        trim_interval_s=settings.malloc_trim_interval_seconds,
+    )
+
+
 async def main() -> None:
     settings = load_settings(StatusSettings)
     configure_logging(SERVICE, settings.log_level)
+    allocator = allocator_tuning(settings)
+    log.info("allocator_tuned", **tune_allocator(allocator))
     clock = SystemClock()
 
     async def build(conns: Connections) -> Parts:
@@ -83,6 +97,8 @@ async def main() -> None:
                 settings.sweep_interval_seconds, settings.sweep_messages_interval_seconds
             ),
         ]
+        if allocator.trim_interval_s:
+            workers.append(trim_heap_forever(allocator.trim_interval_s))
         return Parts(checks=conns.readiness_checks(), workers=workers, client_app=app)
 
     await serve(settings, SERVICE, build)
