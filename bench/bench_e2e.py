@@ -273,6 +273,13 @@ def _latencies(items: list[Sent]) -> dict[str, Any]:
     }
 
 
+def _hops_text(hops: dict[str, Any]) -> str:
+    """The hops for a log line: `hops p50/p99 billing_reserved 12.0/30.0, ...`."""
+    return "hops p50/p99 " + ", ".join(
+        f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items()
+    )
+
+
 def _hops(meta: list[Sent]) -> dict[str, Any]:
     """Where the time to Meta goes, hop by hop (ms clocks: +-1 ms each). `billing_reserved` is
     the ledger entry's `at`, taken when billing decides (before its writes and its publish);
@@ -432,8 +439,7 @@ async def _ramp_step(
         f"p50 {step['p50_202_to_meta_ms']} ms (growth {step['p25_growth_through_step_ms']} ms), "
         f"delivered {delivered} p50 {step['p50_202_to_delivered_ms']} ms (growth "
         f"{step['p25_growth_to_delivered_ms']} ms), Meta accepted {output:.0f}/s {verdict}; "
-        "hops p50/p99 "
-        + ", ".join(f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items())
+        + _hops_text(hops)
     )
     return step, items
 
@@ -490,8 +496,7 @@ async def _measure_level(
         f"e2e {rate:.0f}/s: 202->Meta p50 {level['202_to_meta']['p50_ms']} p99 "
         f"{level['202_to_meta']['p99_ms']} ms; ->delivered p50 "
         f"{level['202_to_delivered_stored']['p50_ms']} p99 "
-        f"{level['202_to_delivered_stored']['p99_ms']} ms; left {left}; hops p50/p99 "
-        + ", ".join(f"{k.split('_to_')[1]} {v['p50_ms']}/{v['p99_ms']}" for k, v in hops.items())
+        f"{level['202_to_delivered_stored']['p99_ms']} ms; left {left}; " + _hops_text(hops)
     )
     return level, cost_result
 
