@@ -89,12 +89,6 @@ def _entry_waba_id(raw_entry: msgspec.Raw) -> str | None:
         return None
 
 
-def accepted_waba_id(body: bytes) -> str:
-    """The first readable entry's WABA id of a body we accept (see `_accepted_head`)."""
-    head = _accepted_head(body)
-    return next((w for raw in head.entry if (w := _entry_waba_id(raw)) is not None), "")
-
-
 def webhook_event_id(waba_id: str, body: bytes) -> str:
     """Identical bodies (Meta's retries) get identical ids; the WABA prefix is the Kafka key."""
     return f"{waba_id}:{hashlib.sha256(body).hexdigest()}"

@@ -102,13 +102,13 @@ def test_handshake_is_refused_for_a_wrong_token_or_mode(params: dict[str, str]) 
 
 
 def test_a_body_must_be_a_whatsapp_business_account_object() -> None:
-    assert core.accepted_waba_id(BATCHED_STATUSES) == WABA_ID
+    assert core.split_by_waba(BATCHED_STATUSES)[0].waba_id == WABA_ID
     with pytest.raises(InvalidRequest) as wrong_object:
-        core.accepted_waba_id(b'{"object":"page","entry":[]}')
+        core.split_by_waba(b'{"object":"page","entry":[]}')
     assert wrong_object.value.code == "unexpected_object"
     for junk in (b"not json", b"[1,2]", b'{"object": 5}'):
         with pytest.raises(InvalidRequest) as malformed:
-            core.accepted_waba_id(junk)
+            core.split_by_waba(junk)
         assert malformed.value.code == "malformed_payload"
 
 
@@ -369,5 +369,7 @@ def test_an_unreadable_first_entry_does_not_cost_the_body_a_400() -> None:
         + WABA_ID.encode()
         + b'","changes":[]}]}'
     )
-    assert core.accepted_waba_id(raw) == WABA_ID
-    assert core.accepted_waba_id(b'{"object":"whatsapp_business_account","entry":[5]}') == ""
+    assert core.split_by_waba(raw)[0].waba_id == WABA_ID
+    assert (
+        core.split_by_waba(b'{"object":"whatsapp_business_account","entry":[5]}')[0].waba_id == ""
+    )
