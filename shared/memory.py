@@ -1,9 +1,9 @@
-"""The process's memory as the kernel and glibc's allocator see it (Linux, glibc), and the
+"""The process's memory as glibc's allocator sees it (Linux, glibc), and the
 allocator options a service may set at start-up.
 
-`rss_bytes()` is what the bench's peak RSS measures; `malloc_totals()` (glibc's `mallinfo2`)
-splits the allocator's part of it into bytes in use and bytes free but kept. A large "kept"
-beside a small traced-Python figure is fragmentation, not objects.
+`malloc_totals()` (glibc's `mallinfo2`) splits the allocator's part of the resident set into
+bytes in use and bytes free but kept. A large "kept" beside a small traced-Python figure is
+fragmentation, not objects.
 
 `tune_allocator()` calls `mallopt` through ctypes. On another libc (musl, macOS) it does
 nothing and says so: the options are an optimisation, never a condition to run.
@@ -16,10 +16,8 @@ import ctypes
 import ctypes.util
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 # glibc's mallopt parameter numbers (malloc.h).
-M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
@@ -71,17 +69,6 @@ def _libc() -> ctypes.CDLL | None:
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
     libc.malloc_trim.restype = ctypes.c_int
     return libc
-
-
-def rss_bytes() -> int:
-    """The process's resident set (VmRSS), 0 where /proc is not there."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def malloc_totals() -> MallocTotals | None:

@@ -61,8 +61,10 @@ def test_the_mmap_threshold_set_keeps_large_blocks_out_of_the_heap() -> None:
 # 60,000 blocks of ~1 KB (the size of a Kafka record's value), 7 in 8 freed: the heap's free
 # pages stay resident until malloc_trim hands them back.
 _TRIM_PROBE = """
-import json
-from shared.memory import malloc_trim, rss_bytes
+import json, os
+from shared.memory import malloc_trim
+def rss_bytes():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 keep, junk = [], []
 for i in range(60_000):
     (keep if i % 8 == 0 else junk).append(bytes(1000 + i % 100))
