@@ -79,7 +79,7 @@ from shared.ids import new_id
 from shared.message_docs import message_document
 from shared.messages import SendRequested
 from shared.mongo import make_client
-from tests.e2e.conftest import free_port
+from shared.ports import free_loopback_port
 
 BACKENDS = ("sqlite", "postgresql")
 ACCOUNTS = [f"acc_bench_db_{i}" for i in range(4)]
@@ -512,7 +512,7 @@ async def compare(quick: bool, rounds: int, pg_options: str = "") -> dict[str, A
     backlog = 600 if quick else 2000
     paced_seconds = 6 if quick else 12
     base = ROOT / ".run" / "bench-db"
-    servers = {b: Server(b, base / b, free_port(), pg_options) for b in BACKENDS}
+    servers = {b: Server(b, base / b, free_loopback_port(), pg_options) for b in BACKENDS}
     started = time.monotonic()
     for server in servers.values():
         log(f"db: starting FerretDB on {server.backend} (127.0.0.1:{server.port})")

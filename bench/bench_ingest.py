@@ -34,7 +34,7 @@ from common import (
     CpuMeter,
     Platform,
     eventually,
-    free_port,
+    free_loopback_port,
     infra_pids,
     log,
     metric_sum,
@@ -110,7 +110,7 @@ def _server_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
 
 def _spawn_reference(platform: Platform, side: str) -> tuple[Any, int]:
     """bare_ingest.py as the bare handler or the framework floor, on ingest's core."""
-    port = free_port()
+    port = free_loopback_port()
     command = [sys.executable, str(ROOT / "bench" / "bare_ingest.py"), "--port", str(port)]
     if side == "floor":
         command.append("--floor")

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from shared.ports import free_loopback_port
+
 ROOT = Path(__file__).resolve().parent.parent
 LUA_SCRIPT = ROOT / "bench" / "lua" / "metasim_send.lua"
 RESULT_PATH = ROOT / "bench" / "results" / "metasim.json"
@@ -37,12 +38,6 @@ DEFAULT_CONFIG = ROOT / "tools" / "metasim" / "default.yaml"
 NUMBER_ID = "109731225428303"
 TOKEN = "EAAsim-bsp-system-user"
 SERVER_CORE, CLIENT_CORE = "0", "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bench_config(directory: Path) -> Path:
@@ -183,7 +178,7 @@ def main() -> int:
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "aiohttp"
 
-    port = free_port()
+    port = free_loopback_port()
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/v24.0/{NUMBER_ID}/messages"
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,9 +51,10 @@ from shared.kafka import (  # noqa: E402
 )
 from shared.messages import ALL_TOPICS, SEND_APPROVED, Topic  # noqa: E402
 from shared.mongo import make_client  # noqa: E402
+from shared.ports import free_loopback_port  # noqa: E402
 from shared.secrets import new_key  # noqa: E402
 from tests.conftest import Broker  # noqa: E402
-from tests.e2e.conftest import eventually, free_port  # noqa: E402
+from tests.e2e.conftest import eventually  # noqa: E402
 from tools.kafka_setup import revoke  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -251,10 +252,10 @@ class OwnInfra:
     def __init__(self, db_backend: str | None = None) -> None:
         self.run_dir = LOGS.parent / f"bench-infra-{uuid.uuid4().hex[:8]}"
         ports = {
-            "KAFKA_PORT": free_port(),
-            "KAFKA_CONTROLLER_PORT": free_port(),
-            "MONGO_PORT": free_port(),
-            "KAFKA_JMX_PORT": free_port(),
+            "KAFKA_PORT": free_loopback_port(),
+            "KAFKA_CONTROLLER_PORT": free_loopback_port(),
+            "MONGO_PORT": free_loopback_port(),
+            "KAFKA_JMX_PORT": free_loopback_port(),
         }
         # Nothing of the caller's infrastructure: infra.sh would use it instead of starting.
         drop = (
@@ -607,7 +608,7 @@ class Platform:
         core: str | None = None,
         env: dict[str, str] | None = None,
     ) -> Proc:
-        port, ops_port = free_port(), free_port()
+        port, ops_port = free_loopback_port(), free_loopback_port()
         prefix = prefix or self.prefix
         database = database or self.database
         self.prefixes.add(prefix)

@@ -23,7 +23,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -36,18 +35,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from shared.http import json_response, start_site, stop_event_on_signals
 from shared.logging import get_logger
+from shared.ports import free_loopback_port
 
 log = get_logger("ingest")
 
 RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 2.0
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

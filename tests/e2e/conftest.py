@@ -14,7 +14,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from services.admin import commands
 from services.admin.graph import GraphClient
 from shared.kafka import make_producer
 from shared.mongo import make_client
+from shared.ports import free_loopback_port
 from shared.secrets import TokenVault, new_key
 from tests.conftest import Broker
 from tools import pki
@@ -40,12 +40,6 @@ from tools.kafka_setup import revoke
 REPO = Path(__file__).resolve().parents[2]
 SIM_CONFIG = Path(__file__).with_name("metasim_e2e.yaml")
 TERMINAL = frozenset({"delivered", "read", "failed", "expired", "rejected"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(
@@ -95,9 +89,9 @@ class Stack:
         self.database = f"e2e_{self.unique}"
         self.token_keys = new_key()
         self.topup_signing_key = secrets.token_urlsafe(24)  # shared by billing and the seeding
-        ports = {name: free_port() for name in ("metasim", "ingest", "status", "smtp")}
+        ports = {name: free_loopback_port() for name in ("metasim", "ingest", "status", "smtp")}
         ops = {
-            name: free_port()
+            name: free_loopback_port()
             for name in ("ingest", "status", "sender", "billing", "notify", "guard")
         }
         self.smtp_port = ports["smtp"]

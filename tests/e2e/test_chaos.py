@@ -45,9 +45,10 @@ from pymongo.errors import PyMongoError
 
 from shared.mongo import make_client
 from shared.phone import parse_e164
+from shared.ports import free_loopback_port
 from shared.pricing import load_rate_card
 from tests.conftest import INFRA, Broker, broker_from_env
-from tests.e2e.conftest import TERMINAL, Account, Stack, eventually, free_port, seed_accounts
+from tests.e2e.conftest import TERMINAL, Account, Stack, eventually, seed_accounts
 from tests.e2e.test_pipeline import _recipients
 
 MESSAGES = int(os.environ.get("HALA_CHAOS_MESSAGES", 10_000))  # fewer: a quicker local run
@@ -64,8 +65,8 @@ class OwnKafka:
 
     run_dir: Path
     mongodb_url: str
-    port: int = field(default_factory=free_port)
-    controller_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_loopback_port)
+    controller_port: int = field(default_factory=free_loopback_port)
 
     def env(self) -> dict[str, str]:
         env = {

@@ -24,7 +24,8 @@ from aiosmtpd.controller import Controller
 from standardwebhooks import Webhook
 
 from shared.mongo import make_client
-from tests.e2e.conftest import Stack, eventually, free_port, seed_accounts
+from shared.ports import free_loopback_port
+from tests.e2e.conftest import Stack, eventually, seed_accounts
 
 TOP_UP = 50_000_000
 RECIPIENT = "+447911123456"
@@ -32,7 +33,7 @@ RECIPIENT = "+447911123456"
 
 class Receiver:
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.received: list[tuple[str, bytes, dict[str, str]]] = []
         self._runner: web.AppRunner | None = None
 

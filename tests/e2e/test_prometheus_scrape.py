@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from tests.e2e.conftest import Stack, eventually, free_port, seed_accounts
+from shared.ports import free_loopback_port
+from tests.e2e.conftest import Stack, eventually, seed_accounts
 from tests.e2e.test_pipeline import TOP_UP, open_windows, plan_workload, submit
 
 
@@ -41,7 +42,7 @@ async def test_prometheus_scrapes_every_service_and_sees_the_pipeline_traffic(
     assert binary, "Debian's prometheus package is missing: run `make tools`"
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump(_prometheus_config(stack)))
-    port = free_port()
+    port = free_loopback_port()
     prometheus = subprocess.Popen(
         [
             binary,

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from shared.messages import ALL_TOPICS
+from shared.ports import free_loopback_port
 from tests.conftest import Broker
-from tests.e2e.conftest import eventually, free_port
+from tests.e2e.conftest import eventually
 from tools import pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ async def test_ingest_serves_its_api_over_https_and_ops_on_their_own_port(
         prefix, [t for t in ALL_TOPICS if "ingest" in t.producers or "ingest" in t.consumers]
     )
     tls = pki.issue(tmp_path / "tls", "ingest")
-    port, ops = free_port(), free_port()
+    port, ops = free_loopback_port(), free_loopback_port()
     env = {
         **os.environ,
         **broker.env("ingest"),

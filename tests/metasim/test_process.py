@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 
+from shared.ports import free_loopback_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_module_entry_point_serves_health_on_the_env_port() -> None:
-    port = free_port()
+    port = free_loopback_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from shared.ports import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.py"
@@ -29,12 +30,6 @@ def _stack() -> ModuleType:
     return module
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _alert(subject: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = "alerts@hala.example"
@@ -47,7 +42,7 @@ def _alert(subject: str) -> EmailMessage:
 
 @pytest.fixture
 def sink(tmp_path: Path) -> tuple[int, Path, ModuleType]:
-    port, directory, stack = _free_port(), tmp_path / "mail", _stack()
+    port, directory, stack = free_loopback_port(), tmp_path / "mail", _stack()
     process = subprocess.Popen(
         [sys.executable, str(STACK), "mail-sink", "--port", str(port), "--dir", str(directory)],
         cwd=REPO,

@@ -14,7 +14,7 @@ from aiohttp import web
 from cryptography import x509
 
 from shared.http import server_ssl_context, start_site
-from tests.e2e.conftest import free_port
+from shared.ports import free_loopback_port
 from tools import pki
 
 
@@ -33,7 +33,7 @@ async def test_a_service_serves_https_with_a_certificate_of_the_local_ca(tmp_pat
         return web.Response(text="hello")
 
     app.router.add_get("/", hello)
-    port = free_port()
+    port = free_loopback_port()
     runner = await start_site(
         app, "127.0.0.1", port, server_ssl_context(str(issued.cert), str(issued.key))
     )

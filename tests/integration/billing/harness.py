@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,13 @@ from aiokafka import ConsumerRecord, TopicPartition
 from services.billing.worker import INPUT_TOPICS
 from shared.kafka import KafkaConfig, make_admin, make_consumer, topic_name
 from shared.messages import Topic, TopUpRequested, sign_top_up
+from shared.ports import free_loopback_port
 from tests.conftest import Broker
 
 REPO = Path(__file__).resolve().parents[3]
 # The top-up signing key the billing processes of these tests hold (as the admin tool does).
 TOPUP_KEY = "it-billing-topup-signing-key"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(
@@ -69,7 +63,7 @@ class BillingProcess:
         **settings: str,
     ) -> None:
         self.module = module  # a test-only entry point may plant a bug in a dependency
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.group = prefix + app_id  # faust's app id, prefixed like the topics
         self.env = {
             **os.environ,

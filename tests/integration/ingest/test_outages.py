@@ -49,12 +49,13 @@ from services.ingest.settings import IngestSettings
 from shared.clock import SystemClock
 from shared.messages import SEND_REQUESTED
 from shared.mongo import make_client
+from shared.ports import free_loopback_port
 from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
 from tests.conftest import Broker
 from tests.integration.ingest.conftest import Platform
 from tests.integration.ingest.kafka_probe import published_count
-from tests.integration.tcp_proxy import TcpProxy, free_port
+from tests.integration.tcp_proxy import TcpProxy
 from tests.unit.ingest.fakes import FakeMeta
 
 ONE_SECOND = 1.0
@@ -135,7 +136,7 @@ async def _until_accepted(client: TestClient[Any, Any], platform: Platform) -> A
 async def test_with_the_broker_unreachable_ingest_answers_503_within_a_second_then_recovers(
     platform: Platform, broker: Broker
 ) -> None:
-    port = free_port()  # nothing listens here yet
+    port = free_loopback_port()  # nothing listens here yet
     ingest_kafka = broker.as_service("ingest")
     producer = RdKafkaProducer(
         replace(ingest_kafka, bootstrap_servers=f"localhost:{port}"),

@@ -13,8 +13,9 @@ from typing import Any
 import aiohttp
 
 from shared.messages import ALL_TOPICS
+from shared.ports import free_loopback_port
 from tests.conftest import Broker
-from tests.e2e.conftest import eventually, free_port
+from tests.e2e.conftest import eventually
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -35,7 +36,7 @@ async def test_two_ingest_processes_answer_on_one_port_and_a_dead_one_is_restart
     await broker.grant(
         prefix, [t for t in ALL_TOPICS if "ingest" in t.producers or "ingest" in t.consumers]
     )
-    port, ops = free_port(), free_port()
+    port, ops = free_loopback_port(), free_loopback_port()
     env = {
         **os.environ,
         **broker.env("ingest"),

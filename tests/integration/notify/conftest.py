@@ -12,7 +12,6 @@ import asyncio
 import base64
 import os
 import queue
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,14 +44,9 @@ from shared.collections import (
     ensure_indexes,
 )
 from shared.kafka import make_producer, publish
+from shared.ports import free_loopback_port
 from shared.secrets import TokenVault, new_key
 from tests.conftest import Broker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def new_secret() -> str:
@@ -139,7 +133,7 @@ class Receivers:
     """One HTTP server; each path behaves as told and every request is kept."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.behaviours: dict[str, Behaviour] = {}
         self.received: list[Received] = []
         self._runner: web.AppRunner | None = None
@@ -173,7 +167,7 @@ class Mailbox:
     """A real SMTP server (aiosmtpd, in its own thread) that keeps every mail."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.messages: queue.SimpleQueue[EmailMessage] = queue.SimpleQueue()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
 

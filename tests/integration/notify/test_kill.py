@@ -13,7 +13,8 @@ import aiohttp
 from standardwebhooks import Webhook
 
 from shared.messages import SEND_REQUESTED
-from tests.integration.notify.conftest import Flaky, NotifyWorld, eventually, free_port
+from shared.ports import free_loopback_port
+from tests.integration.notify.conftest import Flaky, NotifyWorld, eventually
 from tests.integration.notify.test_delivery import request
 
 REPO = Path(__file__).resolve().parents[3]
@@ -66,7 +67,7 @@ async def test_kill_9_in_a_retry_storm_loses_no_event(
     [secret] = await world.add_endpoint("we_a", "a")
     flaky = Flaky()  # 503 until told otherwise
     world.receivers.behaviours["a"] = flaky
-    port, log = free_port(), tmp_path / "notify.log"
+    port, log = free_loopback_port(), tmp_path / "notify.log"
     process = start(world, port, log, f"it_{unique}")
     try:
         await ready(port, process, log)

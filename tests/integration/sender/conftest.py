@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from shared.messages import (
     StatusChanged,
     ThroughputChanged,
 )
+from shared.ports import free_loopback_port
 from shared.secrets import TokenVault, new_key
 from tests.conftest import Broker
 
@@ -66,12 +66,6 @@ RESERVATION = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def metasim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The simulator's base URL; the process is ours and is stopped by its handle."""
@@ -80,7 +74,7 @@ def metasim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("metasim")
     config_path = folder / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_loopback_port()
     log = (folder / "metasim.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "tools.metasim", "--port", str(port), "--config", str(config_path)],
