@@ -290,39 +290,45 @@ def plan_ledger_reads(events: Iterable[InputEvent], held: Mapping[str, LedgerEnt
     settling: set[str] = set()  # messages with a settling status earlier in the batch
     pinned: dict[str, LedgerEntry] = {}
     for event in events:
-        if isinstance(event, StatusChanged):
-            message_id = event.message_id
-            reserve = reserve_key(message_id)
-            if (reservation := held.get(reserve)) is None:
-                reserves.append(reserve)
-            else:
-                pinned[reserve] = reservation
-            if message_id not in settling:
-                settling.add(message_id)
-                keys = _unheld_settlements(event, held)
-                (likely if event.status == "read" else others).extend(keys)
-        for key in stored_entry_keys(event):
-            if (entry := held.get(key)) is not None:
-                pinned[key] = entry
+        if not isinstance(event, StatusChanged):
+            key = entry_key(event)  # a duplicate request's reservation, a top-up's entry
+            if (stored := held.get(key)) is not None:
+                pinned[key] = stored
+            continue
+        message_id = event.message_id
+        reserve = reserve_key(message_id)
+        if (reservation := held.get(reserve)) is None:
+            reserves.append(reserve)
+        else:
+            pinned[reserve] = reservation
+        unheld = _pin_settlements(event, held, pinned)
+        if message_id not in settling:
+            settling.add(message_id)
+            (likely if event.status == "read" else others).extend(unheld)
     if not (reserves or likely):
         others = []  # no read for them alone: optimistic
     return LedgerReads(list(dict.fromkeys([*reserves, *likely, *others])), pinned)
 
 
-def _unheld_settlements(event: StatusChanged, held: Mapping[str, LedgerEntry]) -> list[str]:
-    """The keys of `event`'s settlement entries to read: its settle entry and, for a priced
-    status, its late charge, unless held; a held settle entry that is a release still leaves
-    the late charge to read (a priced status after it is charged late)."""
+def _pin_settlements(
+    event: StatusChanged, held: Mapping[str, LedgerEntry], pinned: dict[str, LedgerEntry]
+) -> list[str]:
+    """Pin the held entries stored for `event` (`stored_entry_keys`: its settle entry and, for
+    a priced status, its late charge); return the keys of those to read: a settling status's
+    settle entry and late charge, unless the settle entry is held; a held one that is a release
+    still leaves the late charge to read (a priced status after it is charged late)."""
     kind = settlement_for(event)
-    if kind is None:
-        return []
-    settle = held.get(settle_key(event.message_id))
+    settle_at = settle_key(event.message_id)
+    if (settle := held.get(settle_at)) is not None:
+        pinned[settle_at] = settle
+    if kind != "charge":
+        return [settle_at] if kind is not None and settle is None else []
+    late_at = late_charge_key(event.message_id)
+    if (late := held.get(late_at)) is not None:
+        pinned[late_at] = late
     if settle is None:
-        return list(stored_entry_keys(event))
-    late = late_charge_key(event.message_id)
-    if kind == "charge" and settle.kind == "release" and late not in held:
-        return [late]
-    return []
+        return [settle_at, late_at]
+    return [late_at] if settle.kind == "release" and late is None else []
 
 
 def decide(

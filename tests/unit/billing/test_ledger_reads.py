@@ -3,8 +3,19 @@
 
 from __future__ import annotations
 
-from services.billing.core import EntryKind, LedgerEntry, LedgerReads, plan_ledger_reads
-from tests.unit.billing.events import regular, send_requested, status, top_up
+from typing import Any
+
+import pytest
+
+from services.billing.core import (
+    EntryKind,
+    LedgerEntry,
+    LedgerReads,
+    plan_ledger_reads,
+    stored_entry_keys,
+)
+from shared.messages import Pricing
+from tests.unit.billing.events import free, regular, send_requested, status, top_up
 
 
 def entry(key: str, kind: EntryKind = "reserve") -> LedgerEntry:
@@ -116,3 +127,21 @@ def test_keys_are_read_once_and_entries_pinned_in_the_order_the_batch_meets_them
     )
     assert plan.to_read == ["msg_3:reserve", "msg_1:settle", "msg_3:settle", "msg_2:settle"]
     assert list(plan.pinned) == ["msg_1:reserve", "msg_2:reserve"]
+
+
+@pytest.mark.parametrize("step", ["delivered", "read", "failed", "expired", "rejected"])
+@pytest.mark.parametrize("pricing", [None, regular(), free()])
+@pytest.mark.parametrize("settled", [None, "charge", "release"])
+@pytest.mark.parametrize("charged_late", [False, True])
+def test_a_status_pins_every_held_entry_it_can_be_decided_from(
+    step: Any, pricing: Pricing | None, settled: EntryKind | None, charged_late: bool
+) -> None:
+    event = status("msg_1", step, pricing=pricing)
+    memory = held(entry("msg_1:reserve"), entry("msg_9:settle", "charge"))
+    if settled is not None:
+        memory["msg_1:settle"] = entry("msg_1:settle", settled)
+    if charged_late:
+        memory["msg_1:late-charge"] = entry("msg_1:late-charge", "charge")
+    pinned = plan_ledger_reads([event], memory).pinned
+    could_be = ("msg_1:reserve", *stored_entry_keys(event))
+    assert pinned == {key: memory[key] for key in could_be if key in memory}
