@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -251,6 +251,84 @@ def settlement_for(event: StatusChanged) -> Settlement | None:
     if event.status in ("delivered", "read") and event.pricing is not None:
         return "charge" if event.pricing.type == "regular" else "release"
     return None
+
+
+class LedgerReads(NamedTuple):
+    """What a batch knows of the ledger before it decides (`plan_ledger_reads`)."""
+
+    # The keys to read (one `$in`), in this order: reservations, settlements likely written,
+    # the other settlements.
+    to_read: list[str]
+    # The held entries the batch decides from, taken before its reads refill the bounded
+    # memory (which may push them out).
+    pinned: dict[str, LedgerEntry]
+
+
+def plan_ledger_reads(events: Iterable[InputEvent], held: Mapping[str, LedgerEntry]) -> LedgerReads:
+    """In one pass over a batch's events that move money: which ledger entries it reads before
+    deciding, and which entries it decides from as `held` (the entries in memory) has them.
+
+    Read: the reservations of its statuses, and the settlements of its settling statuses, that
+    are not held. A status whose settlement is already written (a priced `read` after its
+    priced `delivered`, a duplicate, a priced delivery after a release) must be decided from
+    that entry: when it is neither held nor read, the batch's insert finds its key taken and
+    the whole batch goes one record at a time (`entry_exists`). A `read` is the common case
+    (Meta's webhooks price the `read` too), so its settlement is always read when not held; the
+    others' settlements are mostly not written yet, so they are read only when the ledger is
+    read for the batch anyway (same `$in`, no extra round trip), else they stay optimistic and
+    keep the fallback for the rare one. Only a message's first settling status in the batch
+    needs it: the later ones find what the first decided.
+
+    Pinned: the held entries among its statuses' reservations and every event's stored entries
+    (settlements, late charges, a duplicate request's reservation). The batch looks them up
+    there, not in the bounded memory, which its own reads refill (oldest out first) before it
+    decides: a reservation held at planning and pushed out by then would be neither held nor
+    read, and its delivery ignored, its credit left reserved."""
+    reserves: list[str] = []
+    likely: list[str] = []  # settlements that are probably written
+    others: list[str] = []
+    settling: set[str] = set()  # messages with a settling status earlier in the batch
+    pinned: dict[str, LedgerEntry] = {}
+    for event in events:
+        if not isinstance(event, StatusChanged):
+            key = entry_key(event)  # a duplicate request's reservation, a top-up's entry
+            if (stored := held.get(key)) is not None:
+                pinned[key] = stored
+            continue
+        message_id = event.message_id
+        reserve = reserve_key(message_id)
+        if (reservation := held.get(reserve)) is None:
+            reserves.append(reserve)
+        else:
+            pinned[reserve] = reservation
+        unheld = _pin_settlements(event, held, pinned)
+        if message_id not in settling:
+            settling.add(message_id)
+            (likely if event.status == "read" else others).extend(unheld)
+    if not (reserves or likely):
+        others = []  # no read for them alone: optimistic
+    return LedgerReads(list(dict.fromkeys([*reserves, *likely, *others])), pinned)
+
+
+def _pin_settlements(
+    event: StatusChanged, held: Mapping[str, LedgerEntry], pinned: dict[str, LedgerEntry]
+) -> list[str]:
+    """Pin the held entries stored for `event` (`stored_entry_keys`: its settle entry and, for
+    a priced status, its late charge); return the keys of those to read: a settling status's
+    settle entry and late charge, unless the settle entry is held; a held one that is a release
+    still leaves the late charge to read (a priced status after it is charged late)."""
+    kind = settlement_for(event)
+    settle_at = settle_key(event.message_id)
+    if (settle := held.get(settle_at)) is not None:
+        pinned[settle_at] = settle
+    if kind != "charge":
+        return [settle_at] if kind is not None and settle is None else []
+    late_at = late_charge_key(event.message_id)
+    if (late := held.get(late_at)) is not None:
+        pinned[late_at] = late
+    if settle is None:
+        return [settle_at, late_at]
+    return [late_at] if settle.kind == "release" and late is None else []
 
 
 def decide(

@@ -16,7 +16,11 @@ is faust-streaming's own driver.
    hand-over anyway: faust compares generations). The next poll asks for the active
    partitions without the paused one, so a paused partition holds at most what was fetched
    for it: aiokafka keeps at most one fetch result per partition, which faust does not ask
-   for while the partition is paused (`Fetcher.fetched_records(partitions)`). faust's own
+   for while the partition is paused (`Fetcher.fetched_records(partitions)`): not asked
+   for, that fetch is neither dropped nor fetched again, and is read on from where it was
+   once the partition is resumed (aiokafka's own `consumer.pause` would drop it unread at the
+   next poll, a reference cycle for the garbage collector: test_backpressure_memory.py in
+   tests/integration/billing counts them). faust's own
    flow control (`on_buffer_drop`, when a stream's buffer drains) puts a partition back into
    the active set: not one we paused.
 

@@ -31,12 +31,12 @@ never change.
 A status whose settlement is already written (a priced `read` after its priced `delivered`, as
 Meta sends them; a duplicate; a priced delivery after a release, charged late) is decided in the
 batch from that entry, as the one-record path decides it: the entry decided earlier in the same
-batch, held when the batch planned its reads (`_held_for`: those reads refill the bounded
-memory and may push the batch's own entries out), or read with the batch's reservations (one
-`Ledger.get_many`; which settlements are read is `_entries_to_read`'s rule). One not known
-there still finds its key taken at the insert and sends the batch one record at a time
-(`entry_exists`), which decides it the same way; so does a known entry whose offset the balance
-has not applied (an unfinished attempt).
+batch, held when the batch planned its reads (`core.plan_ledger_reads` pins it: those reads
+refill the bounded memory and may push the batch's own entries out), or read with the batch's
+reservations (one `Ledger.get_many`; which settlements are read is `plan_ledger_reads`'s
+rule, in the same pass). One not known there still finds its key taken at the insert and sends
+the batch one record at a time (`entry_exists`), which decides it the same way; so does a known
+entry whose offset the balance has not applied (an unfinished attempt).
 
 Each account's low-balance threshold and cap on messages in flight are its own
 (`accounts.low_balance_threshold`, `accounts.max_in_flight`): read with the account's balance
@@ -72,7 +72,7 @@ import contextlib
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,9 +86,8 @@ from services.billing.core import (
     LedgerEntry,
     Position,
     decide,
-    late_charge_key,
+    plan_ledger_reads,
     reserve_key,
-    settle_key,
     settlement_for,
     stored_entry_keys,
     with_in_flight_limit,
@@ -303,10 +302,9 @@ class BillingWorker:
         held = self._held
         accounts = list(dict.fromkeys(i.event.account_id for i in moving))
         unread = [a for a in accounts if a not in held]
-        wanted = self._entries_to_read(moving)
-        # Taken before the reads below are remembered: remembering them pushes the oldest
+        # Pinned before the reads below are remembered: remembering them pushes the oldest
         # held entries out of the bounded memory, and those may be this batch's own.
-        pinned = self._held_for(moving)
+        wanted, pinned = plan_ledger_reads((i.event for i in moving), self._entries)
         stale = self._stale_thresholds(accounts)
         balances: dict[str, Balance] = {a: held[a] for a in accounts if a in held}
         known: dict[str, LedgerEntry] = {}  # entries read for this batch, by key
@@ -417,56 +415,6 @@ class BillingWorker:
             reservation=reservation,
             top_up_key=self._top_up_key,
         )
-
-    def _entries_to_read(self, moving: Sequence[_Applied]) -> list[str]:
-        """The ledger keys a batch reads (one `get_many`) before deciding: the reservations of
-        its statuses, and the settlements of its settling statuses, that are not held.
-
-        A status whose settlement is already written (a priced `read` after its priced
-        `delivered`, a duplicate, a priced delivery after a release) must be decided from that
-        entry: when it is neither held nor read, the batch's insert finds its key taken and the
-        whole batch goes one record at a time (`entry_exists`). A `read` is the common case
-        (Meta's webhooks price the `read` too), so its settlement is always read when not held;
-        the others' settlements are mostly not written yet, so they are read only when the
-        ledger is read for the batch anyway (same `$in`, no extra round trip), else they stay
-        optimistic and keep the fallback for the rare one. Only a message's first settling
-        status in the batch needs it: the later ones find what the first decided."""
-        held = self._entries
-        reserves: list[str] = []
-        likely: list[str] = []  # settlements that are probably written
-        others: list[str] = []
-        settling: set[str] = set()  # messages with a settling status earlier in the batch
-        for item in moving:
-            event = item.event
-            if not isinstance(event, StatusChanged):
-                continue
-            message_id = event.message_id
-            if reserve_key(message_id) not in held:
-                reserves.append(reserve_key(message_id))
-            if message_id in settling:
-                continue
-            settling.add(message_id)
-            keys = _unheld_settlements(event, held)
-            (likely if event.status == "read" else others).extend(keys)
-        if not (reserves or likely):
-            others = []  # no read for them alone: optimistic
-        return list(dict.fromkeys([*reserves, *likely, *others]))
-
-    def _held_for(self, moving: Sequence[_Applied]) -> dict[str, LedgerEntry]:
-        """The held entries a batch decides from: its statuses' reservations and every event's
-        stored entries (settlements, late charges, a duplicate request's reservation), as held
-        now, when `_entries_to_read` leaves them out of the batch's reads. The batch looks them
-        up here, not in the bounded memory, which the batch's own reads refill (oldest out
-        first) before it decides: a reservation held at planning and pushed out by then would
-        be neither held nor read, and its delivery ignored, its credit left reserved."""
-        held = self._entries
-        keys: list[str] = []
-        for item in moving:
-            event = item.event
-            if isinstance(event, StatusChanged):
-                keys.append(reserve_key(event.message_id))
-            keys.extend(stored_entry_keys(event))
-        return {key: held[key] for key in keys if key in held}
 
     def _hold(self, balances: dict[str, Balance]) -> None:
         held = self._held
@@ -794,22 +742,6 @@ class _Applied:
     event: InputEvent
     position: Position
     outcome: str = "ignored"
-
-
-def _unheld_settlements(event: StatusChanged, held: Mapping[str, LedgerEntry]) -> list[str]:
-    """The keys of `event`'s settlement entries to read: its settle entry and, for a priced
-    status, its late charge, unless held; a held settle entry that is a release still leaves
-    the late charge to read (a priced status after it is charged late)."""
-    kind = settlement_for(event)
-    if kind is None:
-        return []
-    settle = held.get(settle_key(event.message_id))
-    if settle is None:
-        return list(stored_entry_keys(event))
-    late = late_charge_key(event.message_id)
-    if kind == "charge" and settle.kind == "release" and late not in held:
-        return [late]
-    return []
 
 
 def _settles_nothing(event: InputEvent) -> bool:

@@ -150,8 +150,13 @@ async def test_a_receiver_gone_for_days_gets_everything_with_the_same_ids_afterw
     first_ids = {a["event_id"] for a in attempts if a["attempt"] == 1}
     assert {e["id"] for e in events} == first_ids
     assert {a["outcome"] for a in attempts if a["attempt"] == 1} == {"connection_error"}
-    deliveries = await world.db["deliveries"].find({}).to_list(None)
-    assert {d["state"] for d in deliveries} == {"delivered"}
+
+    # The receiver answers before notify stores the outcome: wait for the last one stored.
+    async def all_delivered() -> bool:
+        deliveries = await world.db["deliveries"].find({}).to_list(None)
+        return len(deliveries) == 5 and {d["state"] for d in deliveries} == {"delivered"}
+
+    await world.wait_for(all_delivered, within=20, what="every delivery stored as delivered")
 
 
 async def test_410_disables_the_endpoint_and_its_owner_is_mailed(world: NotifyWorld) -> None:
