@@ -3,9 +3,15 @@
 Its own consume loop, because records finish out of order (README "The sender and the shared
 pipeline"): the commit is each partition's contiguous finished prefix (the shared step,
 shared/pipeline_offsets.py), every `commit_interval_seconds`, on revocation and on shutdown.
-Unreadable records are dead-lettered. Backpressure: only the partitions that are behind stop
-being fetched (core.fetch_changes), so one tenant's backlog on a slow number does not stop the
-numbers of the partitions next to it. The group-less followers run beside it (followers.py)."""
+Unreadable records are dead-lettered. Backpressure: only the partitions that are behind are
+held back (core.plan_fetch), so one tenant's backlog on a slow number does not stop the numbers
+of the partitions next to it. The group-less followers run beside it (followers.py).
+
+A partition held back is left out of the polls (`getmany(*the others)`), as in
+shared/pipeline.py, not paused: aiokafka drops a paused partition's fetched records half-read,
+and a half-read fetch is a reference cycle that keeps its whole buffer until a full garbage
+collection (that module's docstring). Left out of the polls, its one fetch waits unread in
+aiokafka, which fetches nothing more for it meanwhile, and is read on when it is polled again."""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from services.sender import metrics
-from services.sender.core import FetchPolicy, fetch_changes
+from services.sender.core import FetchPolicy, plan_fetch
 from services.sender.engine import SendEngine
 from services.sender.followers import (
     follow_account_hold,
@@ -45,6 +51,13 @@ from shared.messages import SEND_APPROVED, SendApproved
 from shared.pipeline_offsets import OffsetTracker
 
 log = get_logger(__name__)
+
+POLL_TIMEOUT_MS = 200
+# Polled when every partition is held back: a poll that takes nothing (aiokafka returns only
+# the partitions named, and this one is never assigned) but still counts as one, because a
+# consumer that does not poll for max_poll_interval_ms (5 min) leaves its group, and a
+# partition may be held back that long (its numbers held by Meta or by guard).
+NO_PARTITION = TopicPartition("", -1)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -106,12 +119,18 @@ class SenderWorker:
         self._taken_over_at: dict[TopicPartition, float] = {}
         self._dead_letters = DeadLetters(producer, SERVICE)
         self._fetch_policy = config.fetch_policy
+        self._held_back: frozenset[TopicPartition] = frozenset()  # behind: left out of polls
         self._crowded = False
         engine.set_dead_letter(self._dead_letter_records)
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
         return self._consumer
+
+    @property
+    def held_back(self) -> frozenset[TopicPartition]:
+        """The partitions left out of the polls because they are behind."""
+        return self._held_back
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         now = self._clock.monotonic()
@@ -126,6 +145,7 @@ class SenderWorker:
         for tp in revoked:
             self._tracker.forget(tp)
             self._taken_over_at.pop(tp, None)
+        self._held_back -= revoked
         log.info("partitions_revoked", partitions=sorted(str(tp.partition) for tp in revoked))
 
     async def run(self) -> None:
@@ -169,8 +189,10 @@ class SenderWorker:
             for task in helpers:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            self._apply_backpressure()
-            batch = await consumer.getmany(timeout_ms=200, max_records=self._config.poll_records)
+            polled = self._partitions_to_poll()
+            batch = await consumer.getmany(
+                *polled, timeout_ms=POLL_TIMEOUT_MS, max_records=self._config.poll_records
+            )
             items: list[tuple[SendApproved, Hashable, float, Done]] = []
             for tp, records in batch.items():
                 offsets = self._tracker.get(tp)
@@ -204,26 +226,27 @@ class SenderWorker:
             else:
                 callback()
 
-    def _apply_backpressure(self) -> None:
-        """Pause fetching the partitions that are behind, resume the others (core's policy):
-        a backlog holds back its own partition, never the ones next to it."""
-        assignment = set(self._consumer.assignment())
-        if not assignment:
-            return
-        changes = fetch_changes(
-            assignment, self._engine.backlogs(), set(self._consumer.paused()), self._fetch_policy
+    def _partitions_to_poll(self) -> list[TopicPartition]:
+        """The partitions to poll now (core's policy): [] for all of them (none is behind),
+        else the assigned ones that are not behind ([NO_PARTITION] if every one is). A
+        backlog holds back its own partition, never the ones next to it."""
+        plan = plan_fetch(
+            set(self._consumer.assignment()),
+            self._engine.backlogs(),
+            self._held_back,
+            self._fetch_policy,
         )
-        if changes.pause:
-            self._consumer.pause(*changes.pause)
-        if changes.resume:
-            self._consumer.resume(*changes.resume)
-        metrics.PARTITIONS_PAUSED.set(len(changes.paused))
-        if changes.crowded != self._crowded:  # memory at its bound: worth a line
-            self._crowded = changes.crowded
-            if changes.crowded:
-                log.warning("fetching_crowded", held=changes.held, paused=len(changes.paused))
+        self._held_back = plan.held_back
+        metrics.PARTITIONS_PAUSED.set(len(plan.held_back))
+        if plan.crowded != self._crowded:  # memory at its bound: worth a line
+            self._crowded = plan.crowded
+            if plan.crowded:
+                log.warning("fetching_crowded", held=plan.held, paused=len(plan.held_back))
             else:
-                log.info("fetching_uncrowded", held=changes.held, paused=len(changes.paused))
+                log.info("fetching_uncrowded", held=plan.held, paused=len(plan.held_back))
+        if not plan.held_back:
+            return []
+        return sorted(plan.poll) or [NO_PARTITION]
 
     async def _commit_forever(self) -> None:
         while True:

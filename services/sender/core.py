@@ -355,7 +355,8 @@ class FetchPolicy:
     for their recipient's pair rate or the tier do not make a number behind (its other
     recipients' messages must still reach it). Memory: once everything held reaches
     `max_held`, every partition holding at least its share (`max_held` / partitions, at least
-    `floor`, parked ones included) pauses too. A paused partition resumes at half its budget."""
+    `floor`, parked ones included) is held back too. A partition held back is polled again at
+    half its budget."""
 
     lead_seconds: float = 2.0
     floor: int = 100
@@ -365,11 +366,11 @@ class FetchPolicy:
 _NOTHING_HELD = Backlog()
 
 
-def partitions_to_pause(
-    backlogs: Mapping[K, Backlog], paused: AbstractSet[K], policy: FetchPolicy
+def partitions_to_hold_back(
+    backlogs: Mapping[K, Backlog], held_back: AbstractSet[K], policy: FetchPolicy
 ) -> set[K]:
-    """The partitions (of `backlogs`: every assigned one) whose fetching must be paused now;
-    `paused`: those paused now (they resume only at half their budget)."""
+    """The partitions (of `backlogs`: every assigned one) to leave out of the polls now;
+    `held_back`: those left out now (they are polled again only at half their budget)."""
     if not backlogs:
         return set()
     crowded = sum(b.held for b in backlogs.values()) >= policy.max_held
@@ -381,41 +382,35 @@ def partitions_to_pause(
         else:
             count = backlog.ready
             budget = max(policy.floor, backlog.drain_per_second * policy.lead_seconds)
-        if count > budget / 2 if partition in paused else count >= budget:
+        if count > budget / 2 if partition in held_back else count >= budget:
             wanted.add(partition)
     return wanted
 
 
 @dataclass(frozen=True, slots=True)
-class FetchChanges(Generic[K]):
-    """What the consumer does to its fetching now (see `fetch_changes`)."""
+class FetchPlan(Generic[K]):
+    """Which partitions the consumer polls now (see `plan_fetch`)."""
 
-    pause: frozenset[K]  # to pause now
-    resume: frozenset[K]  # to resume now
-    paused: frozenset[K]  # paused once these are applied
+    poll: frozenset[K]  # assigned and not behind
+    held_back: frozenset[K]  # assigned and behind: left out of the polls
     held: int  # messages held of all assigned partitions together
     crowded: bool  # `held` reached the memory bound (FetchPolicy.max_held)
 
 
-def fetch_changes(
+def plan_fetch(
     assigned: AbstractSet[K],
     backlogs: Mapping[K, Backlog],
-    paused: AbstractSet[K],
+    held_back: AbstractSet[K],
     policy: FetchPolicy,
-) -> FetchChanges[K]:
-    """The pauses and resumes that bring fetching in line with `partitions_to_pause`. An
-    assigned partition missing from `backlogs` holds nothing; `paused` may name partitions no
-    longer assigned (they are ignored)."""
+) -> FetchPlan[K]:
+    """The partitions to poll and to hold back by `partitions_to_hold_back`. An assigned
+    partition missing from `backlogs` holds nothing; `held_back` may name partitions no longer
+    assigned (they are ignored)."""
     every = {partition: backlogs.get(partition, _NOTHING_HELD) for partition in assigned}
-    paused_now = set(paused) & set(assigned)
-    wanted = partitions_to_pause(every, paused_now, policy)
+    wanted = partitions_to_hold_back(every, set(held_back) & set(assigned), policy)
     held = sum(b.held for b in every.values())
-    return FetchChanges(
-        frozenset(wanted - paused_now),
-        frozenset(paused_now - wanted),
-        frozenset(wanted),
-        held,
-        held >= policy.max_held,
+    return FetchPlan(
+        frozenset(set(assigned) - wanted), frozenset(wanted), held, held >= policy.max_held
     )
 
 

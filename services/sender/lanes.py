@@ -58,7 +58,7 @@ def admission(*, expires_at_ms: int, now_ms: int, configured: bool) -> Admission
 
 def is_parked(ready_at: float, now: float, backlog_seconds: float) -> bool:
     """Queued to go later than the backlog lead (its recipient's pair rate, the tier, a retry):
-    such a message does not make its partition behind (core.partitions_to_pause)."""
+    such a message does not make its partition behind (core.partitions_to_hold_back)."""
     return ready_at > now + backlog_seconds
 
 

@@ -60,8 +60,8 @@ ALERTS = Counter(
 )
 PARTITIONS_PAUSED = Gauge(
     "sender_partitions_paused",
-    "Partitions of send-approved whose fetching is paused because they are behind (their "
-    "numbers hold more than they send in SENDER_BACKLOG_SECONDS) or memory is full.",
+    "Partitions of send-approved held back (left out of the polls) because they are behind "
+    "(their numbers hold more than they send in SENDER_BACKLOG_SECONDS) or memory is full.",
 )
 OLDEST_WAITING = Gauge(
     "sender_oldest_waiting_message_age_seconds",

@@ -1,7 +1,8 @@
 """The sender holds back only the partitions that are behind: one tenant's flood on a slow number
-pauses its own partition, while another tenant's number on another partition keeps its full
-rate, and memory stays bounded. The policy is pure (core.partitions_to_pause); the worker and
-engine run here over a fake broker (per-partition logs that honour pause/resume) and a fake
+holds back its own partition, while another tenant's number on another partition keeps its full
+rate, and memory stays bounded. The policy is pure (core.partitions_to_hold_back); the worker
+and engine run here over a fake broker (per-partition logs, polled by partition as aiokafka's
+`getmany(*partitions)` is; it has no `pause`, which the worker must not use) and a fake
 clock."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from services.sender.consumer import SenderWorker, WorkerConfig
-from services.sender.core import Backlog, FetchPolicy, partitions_to_pause
+from services.sender.core import Backlog, FetchPolicy, partitions_to_hold_back
 from shared.kafka import KafkaConfig
 from shared.messages import SEND_APPROVED, SendApproved
 from tests.unit.sender.fakes import FakeTimer, Harness, phone_number, settle
@@ -30,22 +31,32 @@ def test_a_partition_is_behind_when_it_holds_more_than_its_numbers_send_in_the_l
         "fast": Backlog(held=150, drain_per_second=80),  # budget 160
         "idle": Backlog(),
     }
-    assert partitions_to_pause(backlogs, set(), POLICY) == {"slow"}
+    assert partitions_to_hold_back(backlogs, set(), POLICY) == {"slow"}
 
 
-def test_a_paused_partition_resumes_only_at_half_its_budget() -> None:
-    assert partitions_to_pause({"p": Backlog(held=60, drain_per_second=20)}, {"p"}, POLICY) == {"p"}
-    assert partitions_to_pause({"p": Backlog(held=50, drain_per_second=20)}, {"p"}, POLICY) == set()
-    assert partitions_to_pause({"p": Backlog(held=60, drain_per_second=20)}, set(), POLICY) == set()
+def test_a_partition_held_back_is_polled_again_only_at_half_its_budget() -> None:
+    assert partitions_to_hold_back({"p": Backlog(held=60, drain_per_second=20)}, {"p"}, POLICY) == {
+        "p"
+    }
+    assert (
+        partitions_to_hold_back({"p": Backlog(held=50, drain_per_second=20)}, {"p"}, POLICY)
+        == set()
+    )
+    assert (
+        partitions_to_hold_back({"p": Backlog(held=60, drain_per_second=20)}, set(), POLICY)
+        == set()
+    )
 
 
 def test_messages_parked_for_their_recipient_do_not_make_a_partition_behind() -> None:
     hot = Backlog(held=400, parked=390, drain_per_second=80)  # 10 ready
-    assert partitions_to_pause({"p": hot}, set(), POLICY) == set()
+    assert partitions_to_hold_back({"p": hot}, set(), POLICY) == set()
 
 
-def test_a_held_number_sends_nothing_so_its_partition_pauses_at_the_floor() -> None:
-    assert partitions_to_pause({"p": Backlog(held=100, drain_per_second=0)}, set(), POLICY) == {"p"}
+def test_a_held_number_sends_nothing_so_its_partition_is_held_back_at_the_floor() -> None:
+    assert partitions_to_hold_back({"p": Backlog(held=100, drain_per_second=0)}, set(), POLICY) == {
+        "p"
+    }
 
 
 def test_with_memory_full_every_partition_keeps_at_most_its_share_parked_ones_included() -> None:
@@ -56,9 +67,9 @@ def test_with_memory_full_every_partition_keeps_at_most_its_share_parked_ones_in
         "light": Backlog(held=40, drain_per_second=80),
     }
     # 1,240 held >= 1,000: shares of 333; the light partition keeps fetching.
-    assert partitions_to_pause(backlogs, set(), policy) == {"hot"}
-    assert partitions_to_pause(backlogs, {"busy"}, policy) == {"hot", "busy"}
-    assert partitions_to_pause({}, set(), policy) == set()
+    assert partitions_to_hold_back(backlogs, set(), policy) == {"hot"}
+    assert partitions_to_hold_back(backlogs, {"busy"}, policy) == {"hot", "busy"}
+    assert partitions_to_hold_back({}, set(), policy) == set()
 
 
 # --- the worker and the engine -------------------------------------------------------------------
@@ -80,14 +91,15 @@ class Record:
 
 
 class FakeBroker:
-    """A consumer over per-partition logs: `getmany` returns at most `max_records` records
-    of the partitions not paused (taking turns), or waits `timeout_ms` of virtual time."""
+    """A consumer over per-partition logs: `getmany(*partitions)` returns at most
+    `max_records` records of those partitions (all of them when none is named), taking turns,
+    or waits `timeout_ms` of virtual time. `polls` keeps the partitions of each poll."""
 
     def __init__(self, timer: FakeTimer, *partitions: TopicPartition) -> None:
         self.timer = timer
         self.logs: dict[TopicPartition, list[Record]] = {tp: [] for tp in partitions}
         self.position: dict[TopicPartition, int] = dict.fromkeys(partitions, 0)
-        self.paused_partitions: set[TopicPartition] = set()
+        self.polls: list[set[TopicPartition]] = []
         self.fetched: dict[TopicPartition, int] = dict.fromkeys(partitions, 0)
 
     def append(self, tp: TopicPartition, events: list[SendApproved]) -> None:
@@ -101,13 +113,13 @@ class FakeBroker:
         )
 
     async def getmany(
-        self, *_: Any, timeout_ms: int = 0, max_records: int = 500
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int = 500
     ) -> dict[TopicPartition, list[Record]]:
+        polled = set(partitions or self.logs)
+        self.polls.append(polled)
         batch: dict[TopicPartition, list[Record]] = {}
         fetchable = [
-            tp
-            for tp in self.logs
-            if tp not in self.paused_partitions and self.position[tp] < len(self.logs[tp])
+            tp for tp in self.logs if tp in polled and self.position[tp] < len(self.logs[tp])
         ]
         for i, tp in enumerate(fetchable):
             share = (max_records - sum(map(len, batch.values()))) // (len(fetchable) - i)
@@ -126,15 +138,6 @@ class FakeBroker:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.logs)
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.paused_partitions.update(partitions)
-
-    def resume(self, *partitions: TopicPartition) -> None:
-        self.paused_partitions.difference_update(partitions)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_partitions)
 
     def unread(self, tp: TopicPartition) -> int:
         return len(self.logs[tp]) - self.position[tp]
@@ -217,8 +220,8 @@ async def test_a_flood_on_a_slow_number_does_not_slow_another_tenants_number() -
         assert fast >= 0.95 * 80, f"B sent {fast:.1f}/s next to A's flood"
         assert slow >= 0.95 * 20, f"A sent {slow:.1f}/s"  # A keeps its own number busy
         assert run.h.meta.refusals == []
-        # A's partition is behind and paused; most of its flood is still in the broker.
-        assert TP_SLOW in run.broker.paused() and TP_FAST not in run.broker.paused()
+        # A's partition is behind and held back; most of its flood is still in the broker.
+        assert run.worker.held_back == {TP_SLOW} and run.broker.polls[-1] == {TP_FAST}
         assert run.broker.unread(TP_SLOW) >= 5000 - 20 * 30 - 600
         assert run.most_held <= 1000 + 500
     finally:
@@ -239,7 +242,7 @@ async def test_both_tenants_flooding_stay_within_memory_and_keep_their_numbers_b
         assert _rate(run, SLOW_NUMBER, start + 2.0, start + 15.0) >= 0.95 * 20
         # Memory: the bound, overshot by one fetch at most (500 records).
         assert run.most_held <= 1000 + 500
-        assert TP_SLOW in run.broker.paused()  # A's flood is behind: it waits in the broker
+        assert TP_SLOW in run.worker.held_back  # A's flood is behind: it waits in the broker
         assert run.broker.unread(TP_SLOW) >= 3000 - 20 * 15 - 600
     finally:
         await run.stop()
@@ -262,7 +265,7 @@ async def test_a_hot_recipient_parks_its_messages_without_holding_back_its_parti
         )
         # 400 cold at 80 mps: ~5 s, not the half hour the hot recipient's messages take.
         assert run.h.clock.monotonic() - start <= 8.0
-        assert TP_FAST not in run.broker.paused()
+        assert run.worker.held_back == set() and run.broker.polls[-1] == {TP_SLOW, TP_FAST}
         backlog = run.h.engine.backlogs()[TP_FAST]
         assert backlog.parked >= 300 and backlog.ready <= 20
     finally:

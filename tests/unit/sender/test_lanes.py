@@ -1,4 +1,4 @@
-"""The lane decisions (lanes.py) and the fetch bookkeeping (core.fetch_changes,
+"""The lane decisions (lanes.py) and the fetch bookkeeping (core.plan_fetch,
 core.partition_backlogs): pure functions, so plain values in and out, no clock, no I/O."""
 
 import dataclasses
@@ -12,8 +12,8 @@ from services.sender.core import (
     FetchPolicy,
     RetryLimits,
     ThrottleScope,
-    fetch_changes,
     partition_backlogs,
+    plan_fetch,
 )
 from services.sender.lanes import (
     IDLE,
@@ -353,27 +353,33 @@ def test_an_unreachable_meta_does_not_count_the_call_and_backs_off_more_each_tim
 POLICY = FetchPolicy(lead_seconds=2.0, floor=10, max_held=100)
 
 
-def test_fetch_changes_pause_the_partition_behind_and_resume_the_one_caught_up() -> None:
+def test_plan_fetch_holds_back_the_partition_behind_and_polls_the_one_caught_up() -> None:
     backlogs = {
         "behind": Backlog(held=30, drain_per_second=2.0),
         "caught_up": Backlog(held=2, drain_per_second=2.0),
     }
-    changes = fetch_changes(
-        {"behind", "caught_up", "empty"}, backlogs, {"caught_up", "revoked"}, POLICY
-    )
-    assert changes.pause == {"behind"} and changes.resume == {"caught_up"}
-    assert changes.paused == {"behind"} and changes.held == 32 and not changes.crowded
+    plan = plan_fetch({"behind", "caught_up", "empty"}, backlogs, {"caught_up", "revoked"}, POLICY)
+    assert plan.held_back == {"behind"} and plan.poll == {"caught_up", "empty"}
+    assert plan.held == 32 and not plan.crowded
 
 
-def test_fetch_changes_leave_alone_what_is_already_as_wanted() -> None:
-    changes = fetch_changes({"p"}, {"p": Backlog(held=30)}, {"p"}, POLICY)
-    assert changes.pause == changes.resume == frozenset() and changes.paused == {"p"}
+def test_plan_fetch_keeps_a_partition_held_back_until_it_is_down_to_half_its_budget() -> None:
+    # budget: max(floor 10, 2 s at 2/s) = 10; held back from 10 ready, polled again at 5
+    assert plan_fetch({"p"}, {"p": Backlog(held=6)}, {"p"}, POLICY).held_back == {"p"}
+    assert plan_fetch({"p"}, {"p": Backlog(held=6)}, set(), POLICY).held_back == set()
+    assert plan_fetch({"p"}, {"p": Backlog(held=5)}, {"p"}, POLICY).poll == {"p"}
 
 
-def test_fetch_changes_report_crowded_memory() -> None:
+def test_plan_fetch_forgets_what_is_no_longer_assigned() -> None:
+    plan = plan_fetch(set(), {"gone": Backlog(held=30)}, {"gone"}, POLICY)
+    assert plan.held_back == plan.poll == frozenset() and plan.held == 0
+
+
+def test_plan_fetch_reports_crowded_memory() -> None:
     backlogs = {"a": Backlog(held=60, parked=60), "b": Backlog(held=40, parked=40)}
-    changes = fetch_changes({"a", "b"}, backlogs, set(), POLICY)
-    assert changes.crowded and changes.held == 100 and changes.pause == {"a"}
+    plan = plan_fetch({"a", "b"}, backlogs, set(), POLICY)
+    assert plan.crowded and plan.held == 100
+    assert plan.held_back == {"a"} and plan.poll == {"b"}
 
 
 def test_partition_backlogs_sum_the_rates_of_the_numbers_that_may_send() -> None:

@@ -1,5 +1,5 @@
 """The Kafka side of the sender with a fake consumer and producer: commits stop at parked
-records, bad records are dead-lettered, fetching pauses under backpressure."""
+records, bad records are dead-lettered, a partition is held back under backpressure."""
 
 import asyncio
 import contextlib
@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from services.sender.consumer import SenderWorker, WorkerConfig
+from services.sender.consumer import NO_PARTITION, SenderWorker, WorkerConfig
 from shared.kafka import KafkaConfig
 from shared.messages import SEND_APPROVED
 from tests.unit.sender.fakes import Harness, settle
@@ -31,12 +31,15 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.batches: asyncio.Queue[dict[TopicPartition, list[Record]]] = asyncio.Queue()
         self.commits: list[dict[TopicPartition, int]] = []
-        self.paused_partitions: set[TopicPartition] = set()
+        self.polls: list[tuple[TopicPartition, ...]] = []
         self.assigned: set[TopicPartition] = {TP}
 
     async def getmany(
-        self, *_: Any, timeout_ms: int = 0, max_records: int | None = None
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Record]]:
+        """The next batch the test put (its partitions are not checked); `polls` keeps what
+        each poll asked for. No `pause`: the worker must not use it."""
+        self.polls.append(partitions)
         return await self.batches.get()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -44,15 +47,6 @@ class FakeConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.paused_partitions.update(partitions)
-
-    def resume(self, *partitions: TopicPartition) -> None:
-        self.paused_partitions.difference_update(partitions)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self.paused_partitions)
 
 
 class FakeProducer:
@@ -138,23 +132,28 @@ async def test_an_unreadable_record_is_dead_lettered_and_committed_past() -> Non
         await stop(task, h)
 
 
-async def test_fetching_pauses_when_too_much_waits_in_memory_and_resumes_below_half() -> None:
+async def test_a_partition_is_held_back_while_too_much_waits_in_memory() -> None:
     h = Harness()
     # Parked messages do not make a partition behind, but they fill memory: past max_queued
     # a partition keeps at most its share (here all of it: one partition).
-    _, consumer, _, task = await running_worker(h, max_queued=10, backlog_floor=1)
+    worker, consumer, _, task = await running_worker(h, max_queued=10, backlog_floor=1)
     try:
-        hot = [h.event("+447700000001") for _ in range(52)]  # 40 go, 12 wait
+        hot = [h.event("+447700000001") for _ in range(52)]  # 40 go, 12 wait (1 per 6 s)
         await consumer.batches.put({TP: records(h, *hot)})
-        await settle()
         await h.timer.advance(0.5)
         await consumer.batches.put({})  # one more turn of the loop
         await settle()
-        assert consumer.paused() == {TP}
-        await h.timer.advance(6 * 8)  # 8 more sent: 4 left
+        # held back, and the only partition: the poll names none (it keeps the group)
+        assert worker.held_back == {TP} and consumer.polls[-1] == (NO_PARTITION,)
+        await h.timer.advance(11.0)  # 1 more sent: 11 wait, still at the bound
         await consumer.batches.put({})
         await settle()
-        assert consumer.paused() == set()
+        assert worker.held_back == {TP} and consumer.polls[-1] == (NO_PARTITION,)
+        await h.timer.advance(13.0)  # 3 more sent: 8 wait, under the bound
+        await consumer.batches.put({})
+        await settle()
+        assert worker.held_back == set()
+        assert consumer.polls[-1] == ()  # nothing held back: every partition polled
     finally:
         await stop(task, h)
 
