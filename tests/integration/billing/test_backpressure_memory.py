@@ -66,7 +66,7 @@ async def burst_through_billing(
         log_dir=log_dir,
         module="tests.integration.billing.billing_counting_fetches",
         # fetches of ~25 records taken by polls of 10: a fetch is mostly half-read when its
-        # partition is paused; paused at 100 events not acked, resumed at 25; batches of 20:
+        # partition is paused; paused at 40 events not acked, resumed at 10; batches of 10:
         # the intake falls behind the fetches and pauses again and again
         env={"BILLING_TEST_PAUSE": pause_in, "BILLING_TEST_MAX_POLL_RECORDS": "10"},
         fetch_partition_bytes=str(16 * 1024),
