@@ -83,6 +83,12 @@ class DependencyUnavailable(TransientError):
     http_status = 503
 
 
+# `details.record_written` of the DependencyUnavailable a producer's send raises: "no" (refused,
+# purged or rejected: it will never be written) or "unknown" (it may have been, e.g. it was on
+# the wire when the time ran out): whoever answers for the record must not say it was not sent.
+RECORD_NOT_WRITTEN, RECORD_WRITTEN_UNKNOWN = "no", "unknown"
+
+
 class RateLimited(TransientError):
     code = "rate_limited"
     http_status = 429

@@ -26,7 +26,8 @@ down, purges what it has not sent yet (those records can then never be written: 
 are told so), and refuses new records at once (DependencyUnavailable) instead of queueing them.
 A probe asks the broker for metadata every `probe_interval_s` meanwhile, and the first answer
 reopens it: the producer recovers by itself. Only a record already on the wire when the broker
-went silent has an unknown fate (a retry with the same Idempotency-Key is safe).
+went silent has an unknown fate (a retry with the same Idempotency-Key is safe): its sender's
+DependencyUnavailable says so (`details.record_written`: "unknown", else "no").
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 import confluent_kafka
 
-from shared.errors import DependencyUnavailable
+from shared.errors import RECORD_NOT_WRITTEN, RECORD_WRITTEN_UNKNOWN, DependencyUnavailable
 from shared.kafka import KafkaConfig
 from shared.logging import get_logger
 
@@ -64,13 +65,23 @@ PROBE_INTERVAL_S = 0.5
 FLUSH_TIMEOUT_S = 10.0
 # Delivery failures that mean the broker is gone (not: the record was refused).
 _OUTAGE_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT"})
+# Delivery failures after which the record may have been written all the same: it may have been
+# on the wire when the connection failed or the time ran out.
+_FATE_UNKNOWN_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TRANSPORT", "_TIMED_OUT"})
 
 
-def _unavailable(error: object) -> DependencyUnavailable:
-    details: dict[str, Any] = {"dependency": "kafka"}
+def _unavailable(error: object, written: str = RECORD_NOT_WRITTEN) -> DependencyUnavailable:
+    details: dict[str, Any] = {"dependency": "kafka", "record_written": written}
     if isinstance(error, confluent_kafka.KafkaError):
         details["kafka_error"] = error.name()
     return DependencyUnavailable(f"kafka unavailable: {error}", details=details)
+
+
+def _delivery_failed(error: Any) -> DependencyUnavailable:
+    unknown = isinstance(error, confluent_kafka.KafkaError) and (
+        error.name() in _FATE_UNKNOWN_ERRORS
+    )
+    return _unavailable(error, RECORD_WRITTEN_UNKNOWN if unknown else RECORD_NOT_WRITTEN)
 
 
 class RdKafkaProducer:
@@ -167,7 +178,9 @@ class RdKafkaProducer:
             await delivered
         except TimeoutError:
             self._mark_down("acknowledgement timed out")
-            raise _unavailable("the broker did not acknowledge in time") from None
+            # Perhaps still queued (then purged just now), perhaps on the wire: unknown.
+            unconfirmed = "the broker did not acknowledge in time"
+            raise _unavailable(unconfirmed, RECORD_WRITTEN_UNKNOWN) from None
         except DependencyUnavailable as exc:
             if exc.details.get("kafka_error") in _OUTAGE_ERRORS:
                 self._mark_down(str(exc.details["kafka_error"]))
@@ -265,4 +278,4 @@ def _settle(delivered: asyncio.Future[None], error: Any) -> None:
     if error is None:
         delivered.set_result(None)
     else:
-        delivered.set_exception(_unavailable(error))
+        delivered.set_exception(_delivery_failed(error))

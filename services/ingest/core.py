@@ -27,7 +27,7 @@ import phonenumbers
 
 from services.ingest.errors import TEMPLATE_STATUS_META_CODES, invalid_field, reject
 from services.ingest.schemas import MetaSendRequest, V1SendRequest
-from shared.errors import ServiceError
+from shared.errors import DependencyUnavailable, ServiceError
 from shared.ids import derived_id
 from shared.message_docs import from_ms, message_document
 from shared.messages import SendRequested
@@ -604,6 +604,18 @@ def insufficient_credit(price: int) -> Exception:
         "the account's available credit is below the price of this message",
         price=price,
         unit="micros",
+    )
+
+
+def publish_unconfirmed(error: DependencyUnavailable, message_id: str) -> DependencyUnavailable:
+    """The 503 for a message whose event the broker did not confirm in time but may have
+    written: still a 503 (nothing says it was accepted), but never a plain "unavailable", which
+    a client may read as "not sent" and send again. It names the message, so a keyless client
+    can look it up (GET /v1/messages/{id}) before sending it again; a keyed one retries safely."""
+    return DependencyUnavailable(
+        "the message may have been accepted: the broker did not confirm it in time; retry with "
+        "the same Idempotency-Key, or look the message up before sending it again",
+        details={**error.details, "message_id": message_id},
     )
 
 

@@ -24,6 +24,7 @@ from services.ingest.metrics import (
     IDEMPOTENT_REPLAYS,
     IN_FLIGHT_REFUSALS,
     MESSAGES_ACCEPTED,
+    PUBLISH_UNCONFIRMED,
     REJECTIONS,
 )
 from services.ingest.publisher import Publisher
@@ -37,7 +38,7 @@ from services.ingest.repository import (
 )
 from services.ingest.send_rules import SendRules
 from shared.clock import Clock
-from shared.errors import ServiceError
+from shared.errors import RECORD_WRITTEN_UNKNOWN, DependencyUnavailable, ServiceError
 from shared.http import json_response
 from shared.json_depth import MAX_JSON_DEPTH, too_deep
 from shared.logging import get_logger
@@ -167,7 +168,13 @@ class Ingest:
                     raise
                 return await self._replay(earlier)
         self.directory.note_spent(account_id, price)
-        await self.publisher.send_requested(event)
+        try:
+            await self.publisher.send_requested(event)
+        except DependencyUnavailable as exc:
+            if exc.details.get("record_written") != RECORD_WRITTEN_UNKNOWN:
+                raise  # never written: a plain 503, sending again is safe
+            PUBLISH_UNCONFIRMED.inc()
+            raise core.publish_unconfirmed(exc, message_id) from exc
         self.recent.remember(doc)
         _accepted_counter(request.message_type).inc()
         return SendOutcome(doc, replayed=False)

@@ -8,6 +8,11 @@ PUBLISH_DURATION = Histogram(
     "Time from handing SendRequested to the producer until the broker acknowledged it.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+PUBLISH_UNCONFIRMED = Counter(
+    "ingest_publish_unconfirmed_total",
+    "Send requests answered 503 whose event may have been written all the same (the broker did "
+    "not confirm it in time): the answer carries the message id to look up.",
+)
 REJECTIONS = Counter(
     "ingest_rejections_total",
     "Send requests refused, by error code.",

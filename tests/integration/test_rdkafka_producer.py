@@ -8,12 +8,14 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.errors import DependencyUnavailable
 from shared.kafka import KafkaConfig, make_producer
 from shared.rdkafka_producer import RdKafkaProducer
 from tests.integration.test_kafka import _create, _read
+
+ROUNDS, SENDS = 10, 300
 
 
 async def _read_all(kafka: KafkaConfig, topic: str, count: int) -> list[tuple[bytes, bytes]]:
@@ -94,3 +96,51 @@ async def test_without_a_broker_start_and_send_fail_as_transient(kafka: KafkaCon
     with pytest.raises(DependencyUnavailable):
         await asyncio.wait_for(producer.send("it.nowhere", b"k", b"v"), 10)
     await producer.stop()
+
+
+async def _end_offset(kafka: KafkaConfig, topic: str) -> int:
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return int((await consumer.end_offsets([tp]))[tp])
+    finally:
+        await consumer.stop()
+
+
+async def test_a_send_that_fails_says_truly_whether_its_record_may_have_been_written(
+    kafka: KafkaConfig, unique: str
+) -> None:
+    """Acknowledgements due at once (`ack_timeout_s` of 0.1 ms) fail the sends still waiting at
+    the first poll: those already on the wire are written all the same, and say "unknown"; the
+    ones the producer purged or refused after marking the broker down say "no" and are never
+    written. Each round is a fresh producer; the rounds stop at the first failed send that was
+    written (a round whose records were all acknowledged in time shows none)."""
+    witnessed = 0
+    for round_no in range(ROUNDS):
+        topic = f"it.rdkafka.late.{unique}.{round_no}"
+        await _create(kafka, topic, partitions=1)
+        producer = RdKafkaProducer(kafka, linger_ms=0, ack_timeout_s=0.0001)
+        await producer.start()
+        try:
+            results = await asyncio.gather(
+                *(producer.send(topic, b"k", str(i).encode()) for i in range(SENDS)),
+                return_exceptions=True,
+            )
+        finally:
+            await producer.stop()  # what is on the wire is written (or not) by now
+        written = await _end_offset(kafka, topic)
+        stored = {int(v) for _, v in await _read_all(kafka, topic, written)} if written else set()
+        fates: dict[str, set[int]] = {"ok": set(), "no": set(), "unknown": set()}
+        for i, result in enumerate(results):
+            if result is None:
+                fates["ok"].add(i)
+            else:
+                assert isinstance(result, DependencyUnavailable), result
+                fates[result.details["record_written"]].add(i)
+        assert fates["ok"] <= stored, "an acknowledged send is missing"
+        assert not fates["no"] & stored, "a send said never written was written"
+        witnessed = len(fates["unknown"] & stored)
+        if witnessed:
+            break
+    assert witnessed, f"no failed send was written in {ROUNDS} rounds: the test showed nothing"

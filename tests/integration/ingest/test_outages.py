@@ -54,7 +54,7 @@ from shared.pricing import load_rate_card
 from shared.rdkafka_producer import RdKafkaProducer
 from tests.conftest import Broker
 from tests.integration.ingest.conftest import Platform
-from tests.integration.ingest.kafka_probe import published_count
+from tests.integration.ingest.kafka_probe import published_count, read_published
 from tests.integration.tcp_proxy import TcpProxy
 from tests.unit.ingest.fakes import FakeMeta
 
@@ -150,6 +150,7 @@ async def test_with_the_broker_unreachable_ingest_answers_503_within_a_second_th
             for _ in range(3):
                 status, body, took = await _send(client, platform)
                 assert (status, body["error"]["code"]) == (503, "dependency_unavailable")
+                assert body["error"]["details"]["record_written"] == "no", body
                 assert took < ONE_SECOND, took
             assert await published_count(platform.kafka, SEND_REQUESTED, platform.prefix) == 0
 
@@ -161,6 +162,31 @@ async def test_with_the_broker_unreachable_ingest_answers_503_within_a_second_th
     finally:
         await producer.stop()
         await proxy.stop()
+
+
+async def test_a_503_whose_message_may_have_been_sent_says_so_and_names_it(
+    platform: Platform, broker: Broker
+) -> None:
+    """The broker's acknowledgement due at once (0.1 ms): the request's event is on the wire
+    when ingest gives up waiting. The 503 must not read as "not sent": it says the record's fate
+    is unknown and names the message, and what was written (if anything) is that message."""
+    producer = RdKafkaProducer(broker.as_service("ingest"), linger_ms=0, ack_timeout_s=0.0001)
+    await producer.start()
+    try:
+        async with second_ingest(platform, platform.db, producer) as client:
+            status, body, _ = await _send(client, platform)
+    finally:
+        await producer.stop()  # whatever was on the wire is written (or not) by now
+    assert (status, body["error"]["code"]) == (503, "dependency_unavailable"), body
+    details = body["error"]["details"]
+    assert details["record_written"] == "unknown", body
+    assert details["message_id"].startswith("msg_"), body
+    assert "may have been accepted" in body["error"]["message"]
+    written = await read_published(platform.kafka, SEND_REQUESTED, platform.prefix)
+    assert [SEND_REQUESTED.decode(r.value).message_id for r in written] in (
+        [],
+        [details["message_id"]],
+    )
 
 
 async def test_with_the_database_unreachable_ingest_answers_503_within_a_second_then_recovers(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.ingest import core, passthrough
-from shared.errors import ServiceError
+from shared.errors import RECORD_WRITTEN_UNKNOWN, DependencyUnavailable, ServiceError
 from tests.unit.ingest.fakes import WABA_A, template, template_body, text_body
 
 NOW = 1_764_000_000_000
@@ -598,3 +598,19 @@ def test_an_empty_key_is_an_unknown_field_not_a_crash() -> None:
         "unknown_field",
         {"field": ""},
     )
+
+
+def test_an_unconfirmed_publish_is_a_503_that_names_the_message_and_keeps_the_details() -> None:
+    cause = DependencyUnavailable(
+        "kafka unavailable: late",
+        details={"dependency": "kafka", "record_written": RECORD_WRITTEN_UNKNOWN},
+    )
+    error = core.publish_unconfirmed(cause, "msg_01ABC")
+    assert (error.http_status, error.code) == (503, "dependency_unavailable")
+    assert error.details == {
+        "dependency": "kafka",
+        "record_written": "unknown",
+        "message_id": "msg_01ABC",
+    }
+    assert "may have been accepted" in error.message
+    assert cause.details == {"dependency": "kafka", "record_written": "unknown"}  # not changed
