@@ -37,7 +37,6 @@ import aiohttp
 import cost
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 from bench_e2e import DELIVERED, TARGET_RSS_MB, Observer, Sent, Traffic, realistic_webhooks
 from bench_e2e import _hops as hops_of
 from bench_ingest import template_body
@@ -47,6 +46,7 @@ from common import (
     Platform,
     RssSampler,
     log,
+    partition_of,
     percentile,
     read_result,
     recipients,
@@ -246,14 +246,13 @@ class StatusTap:
         self.keyed_elsewhere: set[str] = set()
         self.published: dict[str, int] = {}
         self.account = account_id.encode()
-        part = DefaultPartitioner()
         self.webhooks = [
             TopicPartition(topic_name(WEBHOOK_RECEIVED, prefix), p)
             for p in range(WEBHOOK_RECEIVED.partitions)
         ]
         self.statuses = TopicPartition(
             topic_name(STATUS_CHANGED, prefix),
-            part(self.account, *[list(range(STATUS_CHANGED.partitions))] * 2),
+            partition_of(account_id, STATUS_CHANGED.partitions),
         )
         self.consumer = AIOKafkaConsumer(
             **kafka.aiokafka_options(),
@@ -768,13 +767,11 @@ def shared_partitions(
     new at each seeding, so a run's other tenant shares the campaign's partitions or not by
     chance (1 in 6 each), and waits behind its backlog in billing and the state writer when it
     does: the other tenant's figures are read with this next to them."""
-    partitioner = DefaultPartitioner()
-
-    def partition(account: str, topic: Topic[Any]) -> int:
-        every = list(range(topic.partitions))
-        return int(partitioner(account.encode(), every, every))
-
-    return [t.name for t in topics if partition(account_a, t) == partition(account_b, t)]
+    return [
+        t.name
+        for t in topics
+        if partition_of(account_a, t.partitions) == partition_of(account_b, t.partitions)
+    ]
 
 
 async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:

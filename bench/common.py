@@ -365,32 +365,37 @@ TEMPLATES = [
 SCALING_NUMBERS_PER_PARTITION = 2
 
 
+_PARTITIONER = DefaultPartitioner()
+
+
+def partition_of(key: str, partitions: int = PARTITIONS) -> int:
+    """The partition a record keyed `key` lands on: Kafka's default partitioner (murmur2),
+    which aiokafka and ingest's librdkafka producer (`murmur2_random`) both use."""
+    every = list(range(partitions))
+    return int(_PARTITIONER(key.encode(), every, every))
+
+
 def _number_ids_spread(prefix: str, per_partition: int) -> list[str]:
     """Phone number ids whose send-approved records (keyed by phone number) fill every
     partition evenly, so that two senders get the same share of the work."""
-    partitioner = DefaultPartitioner()
-    partitions = list(range(PARTITIONS))
-    chosen: dict[int, list[str]] = {p: [] for p in partitions}
+    chosen: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
     n = 0
     while any(len(v) < per_partition for v in chosen.values()):
         candidate = f"{prefix}{n:04d}"
         n += 1
-        part = partitioner(candidate.encode(), partitions, partitions)
+        part = partition_of(candidate)
         if len(chosen[part]) < per_partition:
             chosen[part].append(candidate)
-    return [pid for p in partitions for pid in chosen[p]]
+    return [pid for p in range(PARTITIONS) for pid in chosen[p]]
 
 
 def _numbers_on_two_partitions(prefix_a: str, prefix_b: str) -> tuple[str, str]:
     """Two phone number ids whose send-approved records (keyed by phone number) land on
     different partitions: the fairness benchmark's two tenants must not share one."""
-    partitioner = DefaultPartitioner()
-    partitions = list(range(PARTITIONS))
     a = f"{prefix_a}0000"
-    part_a = partitioner(a.encode(), partitions, partitions)
     for n in range(10_000):
         b = f"{prefix_b}{n:04d}"
-        if partitioner(b.encode(), partitions, partitions) != part_a:
+        if partition_of(b) != partition_of(a):
             return a, b
     raise AssertionError("no second partition")
 
