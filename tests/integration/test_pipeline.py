@@ -14,6 +14,7 @@ from aiokafka.admin import NewTopic
 from shared.kafka import KafkaConfig, RetryPolicy, make_admin, make_consumer, make_producer
 from shared.pipeline import BatchPolicy, Item, Pipeline, group_by_key
 from tests.integration.dlq_probe import check_dead_letter, until, wait_for_dead_letters
+from tests.integration.fetch_probe import fetches_alive
 
 PARTITIONS = 2
 
@@ -164,7 +165,7 @@ async def test_a_partition_held_back_leaves_no_half_read_fetch_to_the_garbage_co
 
         await until(lambda: len(handled) == records, 60, "every record handled", alive=alive)
         # aiokafka keeps at most one fetch per partition; any other is garbage in a cycle
-        fetches = sum(1 for o in gc.get_objects() if type(o).__name__ == "PartitionRecords")
+        fetches = fetches_alive()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:

@@ -27,12 +27,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.consumer.fetcher import PartitionRecords
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.billing.__main__ import main
 from services.billing.faust_consumer import BillingConsumer, BillingConsumerThread
+from tests.integration.fetch_probe import fetches_alive
 
 PAUSE_IN = os.environ.get("BILLING_TEST_PAUSE", "faust")
 MAX_POLL_RECORDS = int(os.environ.get("BILLING_TEST_MAX_POLL_RECORDS", "0")) or None
@@ -41,7 +41,7 @@ paused = 0
 
 class FetchesAlive:
     def collect(self) -> Iterator[Metric]:
-        alive = sum(1 for o in gc.get_objects() if type(o) is PartitionRecords)
+        alive = fetches_alive()
         yield GaugeMetricFamily(
             "billing_test_fetches_alive", "aiokafka fetch results alive", value=alive
         )

@@ -20,19 +20,10 @@ from shared.collections import PHONE_NUMBERS
 from shared.kafka import KafkaConfig, make_consumer, topic_name
 from shared.messages import SEND_APPROVED, ThroughputChanged
 from tests.integration.dlq_probe import until
+from tests.integration.fetch_probe import fetches_alive
 from tests.integration.sender.conftest import A1_NUMBER, WABA_A1, Rig
 
 MESSAGES = 1000
-
-
-def _fetches_alive(topic: str) -> int:
-    """aiokafka's fetched record sets of `topic` still in memory (one per partition at most
-    is in use: any other is garbage waiting for the cyclic collector)."""
-    return sum(
-        1
-        for o in gc.get_objects()
-        if type(o).__name__ == "PartitionRecords" and o._tp.topic == topic
-    )
 
 
 async def test_a_partition_held_back_leaves_no_half_read_fetch_to_the_garbage_collector(
@@ -84,7 +75,7 @@ async def test_a_partition_held_back_leaves_no_half_read_fetch_to_the_garbage_co
             "every message sent",
             alive=alive,
         )
-        fetches = _fetches_alive(topic)
+        fetches = fetches_alive(topic)
     finally:
         gc.enable()
     sent = rig.statuses.with_status("sent")
