@@ -325,6 +325,11 @@ class Pipeline(Generic[T]):
         self._moving = False
         self.listener = _Listener(self)
 
+    @property
+    def held_back(self) -> frozenset[TP]:
+        """The partitions left out of the polls now: behind (backpressure)."""
+        return frozenset(self._held)
+
     async def run(self) -> None:
         fetch = asyncio.create_task(self._fetch_forever(), name=f"{self._service}-fetch")
         work = asyncio.create_task(self._work_forever(), name=f"{self._service}-work")
