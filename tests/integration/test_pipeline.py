@@ -9,7 +9,6 @@ import gc
 import time
 from collections.abc import Sequence
 
-import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
@@ -195,7 +194,6 @@ async def _group_state(kafka: KafkaConfig, group: str) -> tuple[str, int]:
     return "Dead", 0
 
 
-@pytest.mark.xfail(strict=True, reason="the pipeline stops polling while it holds everything")
 async def test_a_pipeline_with_every_partition_held_back_stays_in_its_group(
     kafka: KafkaConfig, unique: str
 ) -> None:
