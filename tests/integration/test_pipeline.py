@@ -188,7 +188,8 @@ async def _group_state(kafka: KafkaConfig, group: str) -> tuple[str, int]:
     finally:
         await admin.close()
     for response in described:
-        for g in response.groups:  # (error_code, group_id, state, protocol_type, protocol, members
+        # each group: (error_code, group_id, state, protocol_type, protocol, members, ...)
+        for g in response.groups:
             if g[1] == group:
                 return str(g[2]), len(g[5])
     return "Dead", 0
