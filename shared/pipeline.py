@@ -37,12 +37,20 @@ before one came. Left out of the polls instead, the partition's one fetch waits 
 aiokafka (no fetch is made for a partition with records waiting) and is read on from where it
 was when the partition is polled again.
 
+When every partition is held back the pipeline still polls, naming only `NO_PARTITION` (never
+assigned: aiokafka returns only the partitions named, so the poll takes nothing), and then
+waits for the effect to take a batch. aiokafka makes a consumer that has not polled for
+`max_poll_interval_ms` (5 min) leave its group, and a slow effect (notify's slow endpoints, a
+database outage being retried) can hold everything back for longer. That poll does not wait
+(timeout 0): the pipeline still wakes the moment the effect takes a batch. The sender polls the
+same `NO_PARTITION`.
+
 A rebalance waits for the batch in flight, commits what is finished, drops what waits for the
 revoked partitions (their next owner reads it again) and then calls `on_partitions_moved`: a
 writer that remembers what it wrote (status's state writer) forgets it there.
 
-The pure parts (`FairBuffer`, `Batcher`, `offsets_to_commit`, `pause_changes`, `commit_due`,
-`group_by_key`) take the time as an argument and do no I/O.
+The pure parts (`FairBuffer`, `Batcher`, `offsets_to_commit`, `pause_changes`,
+`partitions_to_poll`, `commit_due`, `group_by_key`) take the time as an argument and do no I/O.
 """
 
 from __future__ import annotations
@@ -81,6 +89,9 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 # How long the commit of what is finished may take when the pipeline stops: a broker that no
 # longer answers must not hold up the stop (those records are read again after the restart).
 FINAL_COMMIT_TIMEOUT_S = 5.0
+# Polled when every partition is held back: a poll that takes nothing, but a poll (the
+# module's doc). Never assigned to anyone.
+NO_PARTITION = TP("", -1)
 
 
 @dataclass(frozen=True)
@@ -257,6 +268,14 @@ def pause_changes(
     return to_pause, to_resume
 
 
+def partitions_to_poll(assigned: Collection[TP], held: Collection[TP]) -> list[TP]:
+    """The partitions a poll names: [] for all of them (none is held back), else the assigned
+    ones that are not behind, or [NO_PARTITION] if every one is (a poll that takes nothing)."""
+    if not held:
+        return []
+    return [tp for tp in assigned if tp not in held] or [NO_PARTITION]
+
+
 def commit_due(
     finished: Mapping[TP, int], now: float, last_commit: float, interval_s: float
 ) -> bool:
@@ -325,6 +344,11 @@ class Pipeline(Generic[T]):
         self._moving = False
         self.listener = _Listener(self)
 
+    @property
+    def held_back(self) -> frozenset[TP]:
+        """The partitions left out of the polls now: behind (backpressure)."""
+        return frozenset(self._held)
+
     async def run(self) -> None:
         fetch = asyncio.create_task(self._fetch_forever(), name=f"{self._service}-fetch")
         work = asyncio.create_task(self._work_forever(), name=f"{self._service}-work")
@@ -348,9 +372,11 @@ class Pipeline(Generic[T]):
     async def _fetch_forever(self) -> None:
         while True:
             polled = self._apply_backpressure()
-            if polled is not None and not polled:
-                # every partition is behind: wait for the effect to take some of them
+            if polled == [NO_PARTITION]:
+                # every partition is behind: poll all the same (or aiokafka leaves the group),
+                # without waiting, then wait for the effect to take some of them
                 self._taken.clear()
+                await self._consumer.getmany(NO_PARTITION, timeout_ms=0)
                 try:
                     async with asyncio.timeout(self._policy.poll_timeout_ms / 1000):
                         await self._taken.wait()
@@ -358,7 +384,7 @@ class Pipeline(Generic[T]):
                     pass
                 continue
             batches = await self._consumer.getmany(
-                *(polled or ()),
+                *polled,
                 timeout_ms=self._policy.poll_timeout_ms,
                 max_records=self._policy.max_records,
             )
@@ -381,9 +407,9 @@ class Pipeline(Generic[T]):
             # never given to the effect: it goes to the DLQ when its batch is handled
             return Item(record, cast(T, None), Failure(exc, 1))
 
-    def _apply_backpressure(self) -> list[TP] | None:
-        """The partitions to poll: None for all of them (none is held back), else the assigned
-        ones that are not behind (the module's doc: why not `consumer.pause`)."""
+    def _apply_backpressure(self) -> list[TP]:
+        """The partitions to poll (`partitions_to_poll`; the module's doc: why not
+        `consumer.pause`)."""
         assigned = self._consumer.assignment()
         to_hold, to_release = pause_changes(
             self._buffer.waiting(), self._held, assigned, self._policy
@@ -394,9 +420,7 @@ class Pipeline(Generic[T]):
         if to_release:
             self._held -= to_release
             log.info("partitions_resumed", consumer=self._service, partitions=len(to_release))
-        if not self._held:
-            return None
-        return [tp for tp in assigned if tp not in self._held]
+        return partitions_to_poll(assigned, self._held)
 
     # --- effect and commit -----------------------------------------------------------------
 
@@ -527,6 +551,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 __all__ = [
+    "NO_PARTITION",
     "BatchPolicy",
     "Batcher",
     "Decode",
@@ -537,5 +562,6 @@ __all__ = [
     "commit_due",
     "group_by_key",
     "offsets_to_commit",
+    "partitions_to_poll",
     "pause_changes",
 ]

@@ -49,16 +49,12 @@ from shared.kafka import (
 )
 from shared.logging import get_logger
 from shared.messages import SEND_APPROVED, SendApproved
+from shared.pipeline import NO_PARTITION
 from shared.pipeline_offsets import OffsetTracker
 
 log = get_logger(__name__)
 
 POLL_TIMEOUT_MS = 200
-# Polled when every partition is held back: a poll that takes nothing (aiokafka returns only
-# the partitions named, and this one is never assigned) but still counts as one, because a
-# consumer that does not poll for max_poll_interval_ms (5 min) leaves its group, and a
-# partition may be held back that long (its numbers held by Meta or by guard).
-NO_PARTITION = TopicPartition("", -1)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Sequence
 
 from aiokafka import TopicPartition
@@ -176,3 +177,96 @@ async def test_a_partition_held_back_leaves_no_half_read_fetch_to_the_garbage_co
     assert fetches <= 2, f"{fetches} fetches alive: half-read ones waiting for the collector"
     held = [p for p in polled if p != ()]
     assert held, "the partition was never held back: the effect did not fall behind"
+
+
+async def _group_state(kafka: KafkaConfig, group: str) -> tuple[str, int]:
+    """The consumer group's state on the broker and its members."""
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    for response in described:
+        # each group: (error_code, group_id, state, protocol_type, protocol, members, ...)
+        for g in response.groups:
+            if g[1] == group:
+                return str(g[2]), len(g[5])
+    return "Dead", 0
+
+
+async def test_a_pipeline_with_every_partition_held_back_stays_in_its_group(
+    kafka: KafkaConfig, unique: str
+) -> None:
+    """A slow effect (notify's slow endpoints, a database outage being retried) can keep every
+    partition held back for longer than max_poll_interval_ms (5 min; here 3 s). aiokafka makes
+    a consumer that does not poll for that long leave its group, so the pipeline must go on
+    polling (nothing) while it holds everything: no rebalance, and once the effect is quick
+    again every record's effect happens once and every offset is committed."""
+    topic, group = f"it.pipeline.allheld.{unique}", f"it-pipeline-allheld-{unique}"
+    per_partition, interval_s = 30, 3.0
+    await _create(kafka, (topic, PARTITIONS))
+    producer = make_producer(kafka)
+    await producer.start()
+    consumer = make_consumer(kafka, group, max_poll_interval_ms=int(interval_s * 1000))
+    quick_again = asyncio.Event()
+    handled: list[tuple[int, int]] = []
+    moves = 0
+
+    async def effect(items: Sequence[Item[int]]) -> None:
+        await quick_again.wait()  # the first batch's effect lasts as long as the test says
+        handled.extend((item.record.partition, item.value) for item in items)
+
+    def moved() -> None:
+        nonlocal moves
+        moves += 1
+
+    try:
+        for p in range(PARTITIONS):
+            for n in range(per_partition):
+                await producer.send(topic, value=str(n).encode(), partition=p)
+        await producer.flush()
+        pipeline = Pipeline(
+            consumer,
+            producer,
+            decode=lambda record: int(record.value),  # type: ignore[no-any-return]
+            effect=effect,
+            service="it",
+            policy=BatchPolicy(max_records=4, pause_at=8, resume_at=2),
+            on_partitions_moved=moved,
+        )
+        consumer.subscribe([topic], listener=pipeline.listener)
+        await consumer.start()
+        task = asyncio.create_task(pipeline.run())
+
+        def alive() -> None:
+            if task.done():
+                task.result()
+
+        assigned = {TopicPartition(topic, p) for p in range(PARTITIONS)}
+        await until(lambda: pipeline.held_back == assigned, 30, "every partition held", alive)
+        moves_before = moves
+        window_ends = time.monotonic() + 3 * interval_s
+        while time.monotonic() < window_ends:
+            alive()
+            assert pipeline.held_back == assigned
+            await asyncio.sleep(0.1)  # sampling the window, not waiting for a result
+        state = await _group_state(kafka, group)
+        quick_again.set()
+
+        await until(lambda: len(handled) >= PARTITIONS * per_partition, 30, "every record", alive)
+        ends = await consumer.end_offsets(sorted(assigned))
+
+        async def all_committed() -> bool:
+            return all([await consumer.committed(tp) == end for tp, end in ends.items()])
+
+        await until(all_committed, 30, "the offsets past every record", alive)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    twice = sorted(r for r in set(handled) if handled.count(r) > 1)
+    # in its group while holding, no rebalance, and each record's effect once
+    assert (state, moves - moves_before, twice) == (("Stable", 1), 0, [])
+    assert sorted(set(handled)) == [(p, n) for p in range(PARTITIONS) for n in range(per_partition)]

@@ -17,6 +17,7 @@ from shared import pipeline as pipeline_module
 from shared.errors import DependencyUnavailable, InvalidRequest
 from shared.kafka import DeadLetterGuard, RetryPolicy, TooManyDeadLetters
 from shared.pipeline import (
+    NO_PARTITION,
     Batcher,
     BatchPolicy,
     FairBuffer,
@@ -25,6 +26,7 @@ from shared.pipeline import (
     commit_due,
     group_by_key,
     offsets_to_commit,
+    partitions_to_poll,
     pause_changes,
 )
 
@@ -136,6 +138,14 @@ def test_only_the_partitions_that_are_behind_are_paused_and_resumed_at_the_low_m
     assert pause_changes({}, {TP2}, {TP0}, policy) == (set(), {TP2})
 
 
+def test_a_poll_names_the_partitions_not_held_back_and_no_partition_if_all_are() -> None:
+    assert partitions_to_poll({TP0, TP1}, held=set()) == []  # all of them
+    assert partitions_to_poll({TP0, TP1}, held={TP0}) == [TP1]
+    # still a poll (a consumer that stops polling leaves its group), one that takes nothing
+    assert partitions_to_poll({TP0, TP1}, held={TP0, TP1}) == [NO_PARTITION]
+    assert NO_PARTITION not in {TP0, TP1, TP2}
+
+
 def test_commits_wait_for_the_interval_busy_or_idle() -> None:
     finished = {TP0: 3}
     assert not commit_due(finished, now=10.0, last_commit=9.9, interval_s=0.5)
@@ -167,15 +177,17 @@ class _FakeConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.refused: list[dict[TopicPartition, int]] = []
         self.polled: list[frozenset[TopicPartition]] = []  # each poll's partitions (empty: all)
+        self.timeouts: list[int] = []  # each poll's timeout_ms
         self._failing_commits = failing_commits
 
     def feed(self, poll: dict[TopicPartition, list[Any]]) -> None:
         self._polls.append(poll)
 
     async def getmany(
-        self, *partitions: TopicPartition, timeout_ms: int, max_records: int
+        self, *partitions: TopicPartition, timeout_ms: int, max_records: int | None = None
     ) -> dict[TopicPartition, list[Any]]:
         self.polled.append(frozenset(partitions))
+        self.timeouts.append(timeout_ms)
         poll = self._polls.pop(0) if self._polls else {}
         if partitions:
             kept = {tp: records for tp, records in poll.items() if tp not in partitions}
@@ -394,6 +406,59 @@ async def test_a_held_partitions_fetched_records_are_read_on_in_order_once_it_is
     assert [offset for partition, offset in seen if partition == 0] == list(range(30))
     assert (1, 0) in seen
     assert frozenset({TP1, TP2}) in consumer.polled  # TP0 was held at least once
+
+
+def _behind_everywhere(*later: dict[TopicPartition, list[Any]]) -> _FakeConsumer:
+    """Ten records in each of the three partitions in the first poll (pause_at 3: every one
+    is behind at once), then the later polls."""
+    first = {tp: [_record(tp.partition, n) for n in range(10)] for tp in (TP0, TP1, TP2)}
+    return _FakeConsumer(first, *later)
+
+
+async def test_a_pipeline_holding_every_partition_back_goes_on_polling_no_partition() -> None:
+    consumer = _behind_everywhere()
+    calls = 0
+
+    async def stuck(items: Any) -> None:  # a slow effect: the first batch never ends
+        nonlocal calls
+        calls += 1
+        await asyncio.Event().wait()
+
+    policy = BatchPolicy(max_records=2, pause_at=3, resume_at=1, poll_timeout_ms=20)
+    pipeline = _pipeline(consumer, _FakeProducer(), stuck, policy=policy)
+    all_held = frozenset({NO_PARTITION})
+    await _run_until(pipeline, lambda: consumer.polled.count(all_held) >= 5)
+    assert pipeline.held_back == {TP0, TP1, TP2}
+    since = consumer.polled.index(all_held)
+    # polled on (aiokafka leaves the group of a consumer that stops), taking nothing and
+    # never waiting in the poll (the pipeline waits for the effect to take a batch instead)
+    assert set(consumer.polled[since:]) == {all_held}
+    assert set(consumer.timeouts[since:]) == {0}
+    assert calls == 1
+
+
+async def test_a_pipeline_holding_every_partition_back_polls_again_as_soon_as_it_catches_up() -> (
+    None
+):
+    # a poll timeout far longer than the test: once the effect has taken TP0 down to
+    # resume_at, the pipeline polls it at once (TP0's later records), not a timeout later
+    consumer = _behind_everywhere({TP0: [_record(0, n) for n in range(10, 13)]})
+    release = asyncio.Event()
+    seen: list[tuple[int, int]] = []
+
+    async def effect(items: Any) -> None:
+        await release.wait()
+        seen.extend((item.record.partition, item.offset) for item in items)
+
+    def held_then_caught_up() -> bool:
+        if pipeline.held_back == {TP0, TP1, TP2}:
+            release.set()
+        return len(seen) == 33
+
+    policy = BatchPolicy(max_records=2, pause_at=3, resume_at=1, poll_timeout_ms=60_000)
+    pipeline = _pipeline(consumer, _FakeProducer(), effect, policy=policy)
+    await _run_until(pipeline, held_then_caught_up, deadline_s=5.0)
+    assert [offset for partition, offset in seen if partition == 0] == list(range(13))
 
 
 def _pipeline(
