@@ -59,11 +59,11 @@ class NotifySettings(ServiceSettings):
 
     # notify's consumer fetches. notify is on neither timed path (202 -> Meta, -> delivered
     # stored). With aiokafka's defaults (1 byte, 500 ms) it fetched whenever a record came, each
-    # fetch naming all 66 partitions it reads; 64 KiB makes the broker hold a fetch for 250 ms
-    # (or 64 KiB) instead: ~4 fetches/s whatever the load. e2e at 32/s, alternated, loaded
-    # machine (bench/README.md, h43): notify's CPU 2.5-3.5 -> 0.8 ms/msg, Fetch 4.5 -> 1.8
-    # and 2.5 -> 2.2 per message; a client's webhook p50 +~170 ms, p99 not worse (a record on a
-    # partition just read waits for the fetch in flight: up to 500 ms before as now).
+    # fetch naming its 66 partitions; at 64 KiB the broker holds a fetch for 250 ms (or 64 KiB):
+    # ~4 fetches/s whatever the load. e2e at 30/s, quiet machine, alternated (bench/README.md,
+    # "fetch cadence"): notify's fetches 3.21 -> 0.12 per message, its CPU 6.5 -> 0.7 ms; the
+    # timed paths faster, not slower (the CPU given back); client events ~140 ms later (p99
+    # 145 -> 285 ms at 24 msg/s; at worst ~2 x 250 ms, for a partition the last fetch read).
     fetch_min_bytes: int = Field(64 * 1024, ge=1)
     fetch_max_wait_ms: int = Field(250, ge=0, le=30_000)
 
