@@ -23,6 +23,11 @@ Reported:
 
 N: `run_all.py --campaign-messages N`; by default what drains in `--campaign-seconds` (180 s,
 45 with --quick) at the measured capacity, at most the issue's 100,000.
+
+`--campaign-share-partition`: the accounts are seeded with ids drawn until each lands on the
+first one's partition of every account-keyed topic (`same_partition_ids`), so the other tenant
+always shares the campaign tenant's partitions (by chance 1 run in 6 does) and its figures show
+what waiting behind the campaign's backlog costs it, run after run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -79,16 +85,33 @@ WATCH_EVERY_S = 0.2  # the other tenant's waiting messages are looked up this of
 WATCH_MAX = 500  # at most this many per look (one `$in`, which the local FerretDB pushes down)
 OTHER_WABA = "202000000000001"  # Beta's WABA (common.world): webhooks.received's key
 
-_settings: dict[str, float | None] = {"messages": None, "seconds": None, "keyed": 0}
+_settings: dict[str, float | None] = {
+    "messages": None,
+    "seconds": None,
+    "keyed": 0,
+    "share_partition": 0,
+}
 
 
-def configure(messages: int | None, seconds: float | None, keyed: bool = False) -> None:
-    """run_all.py's --campaign-messages / --campaign-seconds / --campaign-keyed."""
+def configure(
+    messages: int | None,
+    seconds: float | None,
+    keyed: bool = False,
+    share_partition: bool = False,
+) -> None:
+    """run_all.py's --campaign-messages / --campaign-seconds / --campaign-keyed /
+    --campaign-share-partition."""
     if messages is not None and not 1 <= messages <= 1_000_000:
         raise SystemExit("--campaign-messages must be between 1 and 1,000,000")
     _settings["messages"] = messages
     _settings["seconds"] = seconds
     _settings["keyed"] = 1 if keyed else 0
+    _settings["share_partition"] = 1 if share_partition else 0
+
+
+def shares_partitions() -> bool:
+    """--campaign-share-partition was given: seed with `same_partition_ids`."""
+    return bool(_settings["share_partition"])
 
 
 class CountingObserver(Observer):
@@ -774,6 +797,44 @@ def shared_partitions(
     ]
 
 
+def id_on_partitions(
+    draw: Callable[[], str], home: dict[int, int] | None, sizes: tuple[int, ...]
+) -> tuple[str, dict[int, int]]:
+    """An id from `draw` that lands on `home`'s partition for every partition count in `sizes`
+    (drawn again until one does: 1 in 6 for topics of 6 partitions), and the partitions it
+    lands on. No `home` yet: the first id drawn, which sets it."""
+    while True:
+        candidate = draw()
+        landed = {size: partition_of(candidate, size) for size in sizes}
+        if home is None or landed == home:
+            return candidate, landed
+
+
+@contextlib.contextmanager
+def same_partition_ids() -> Iterator[None]:
+    """While seeding: every account id the admin commands create (`shared.ids.new_id`, as
+    `hala accounts create` does) is drawn until it lands on the first account's partition of
+    each account-keyed topic. Nothing else about the accounts changes."""
+    from services.admin import commands
+
+    original = commands.new_id
+    sizes = tuple(sorted({t.partitions for t in ACCOUNT_KEYED}))
+    home: dict[int, int] | None = None
+
+    def new_id(prefix: str, now_ms: int | None = None) -> str:
+        nonlocal home
+        if prefix != "acc":
+            return original(prefix, now_ms)
+        account_id, home = id_on_partitions(lambda: original(prefix, now_ms), home, sizes)
+        return account_id
+
+    commands.new_id = new_id
+    try:
+        yield
+    finally:
+        commands.new_id = original
+
+
 async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str, Any]:
     e2e = read_result("e2e")
     capacity = float((e2e or {}).get("capacity", {}).get("capacity_per_s") or 0)
@@ -798,6 +859,11 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
     ids = [campaign_account.account_id, other_account.account_id]
     sharing = shared_partitions(*ids)
     log(f"campaign: the two tenants share a partition of: {', '.join(sharing) or 'none'}")
+    if shares_partitions() and len(sharing) != len(ACCOUNT_KEYED):
+        raise RuntimeError(
+            "--campaign-share-partition: the tenants share only "
+            f"{sharing}; the accounts must be seeded under same_partition_ids()"
+        )
 
     async def settled() -> bool | str:  # what earlier benchmarks reserved is settled
         found = await _balances(platform, ids)
@@ -981,6 +1047,7 @@ async def run(platform: Platform, accounts: list[Any], quick: bool) -> dict[str,
         "messages": n,
         "capacity_per_s": capacity,
         "keyed_and_retried": bool(_settings["keyed"]),
+        "share_partition_forced": shares_partitions(),
         "capacity_from": "bench/results/e2e.json of "
         + time.ctime(RESULTS.joinpath("e2e.json").stat().st_mtime),
         "accepted_202": len(accepted),

@@ -25,3 +25,24 @@ def test_keys_on_one_partition_share_every_account_keyed_topic() -> None:
 
 def test_keys_on_different_partitions_share_none() -> None:
     assert bench_campaign.shared_partitions("21", "a-little-bit-long-string") == []
+
+
+def test_an_id_is_drawn_again_until_it_lands_on_the_first_ones_partitions() -> None:
+    # "21" and "foobar" land on partition 0 of 6, "a-little-bit-long-string" on 2.
+    draws = iter(["a-little-bit-long-string", "a-little-bit-long-string", "foobar"])
+    _, home = bench_campaign.id_on_partitions(lambda: "21", None, (6,))
+    assert home == {6: 0}
+    assert bench_campaign.id_on_partitions(lambda: next(draws), home, (6,)) == ("foobar", home)
+
+
+def test_seeding_under_same_partition_ids_puts_every_account_on_one_partition() -> None:
+    from services.admin import commands
+
+    original = commands.new_id
+    with bench_campaign.same_partition_ids():
+        ids = [commands.new_id("acc") for _ in range(5)]
+        other = commands.new_id("key")
+    assert commands.new_id is original
+    assert len(set(ids)) == 5 and other.startswith("key_")
+    assert all(bench_campaign.shared_partitions(ids[0], i) for i in ids[1:])
+    assert len(bench_campaign.shared_partitions(ids[0], ids[1])) == 2
