@@ -46,6 +46,7 @@ async def main() -> None:
                 conns.producer,
                 settings.max_batch,
                 settings.max_batch_wait_seconds,
+                settings.consumer_options(),
             ),
             sweep_forever(
                 store,

@@ -31,6 +31,13 @@ class GuardSettings(ServiceSettings):
     max_batch: int = Field(1000, gt=0)
     # how long the first record of a batch waits for others (the pipeline's batch by time)
     max_batch_wait_seconds: float = Field(0.05, ge=0, le=5)
+    # guard's consumer fetches. guard is on neither timed path (202 -> Meta, -> delivered
+    # stored) and its rules look at windows of a minute or more; with aiokafka's defaults (1
+    # byte, 500 ms) it fetched whenever a record came. notify's measured defaults (it reads the
+    # same account-keyed topics, and more; bench/README.md, h43): a fetch every 250 ms or 64
+    # KiB, a hold up to ~500 ms later.
+    fetch_min_bytes: int = Field(64 * 1024, ge=1)
+    fetch_max_wait_ms: int = Field(250, ge=0, le=30_000)
 
     # failure_rate: failed / finished (Meta's failures) over the window, once `minimum` finished
     failure_rate_threshold: float = Field(0.5, gt=0, le=1)
@@ -50,6 +57,13 @@ class GuardSettings(ServiceSettings):
     new_recipients_threshold: float = Field(0.9, gt=0, le=1)
     new_recipients_window_seconds: int = Field(3600, ge=60)
     new_recipients_minimum: int = Field(200, ge=1)
+
+    def consumer_options(self) -> dict[str, int]:
+        """The fetch options of guard's consumer (shared.kafka.make_consumer overrides)."""
+        return {
+            "fetch_min_bytes": self.fetch_min_bytes,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+        }
 
     def recipient_hash_key_bytes(self) -> bytes:
         return self.recipient_hash_key.get_secret_value().encode()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -383,11 +383,17 @@ async def run_consumer(
     producer: AIOKafkaProducer,
     max_batch: int,
     max_wait_s: float = 0.05,
+    consumer_options: Mapping[str, int] | None = None,
 ) -> None:
+    """guard's consumer pipeline; `consumer_options`: its fetch settings
+    (GuardSettings.consumer_options)."""
     # The range assignor gives every process the same partition numbers of each topic: the
     # account-keyed topics then reach the same process, their accounts' only writer.
     consumer = make_consumer(
-        kafka, group(prefix), partition_assignment_strategy=(RangePartitionAssignor,)
+        kafka,
+        group(prefix),
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        **(consumer_options or {}),
     )
     pipeline: Pipeline[Decoded] = Pipeline(
         consumer,

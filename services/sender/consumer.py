@@ -37,6 +37,7 @@ from services.sender.followers import (
 from services.sender.metrics import SERVICE
 from services.sender.ports import Done
 from services.sender.publisher import RecordDone, undecodable
+from services.sender.settings import SenderSettings
 from shared.clock import Clock
 from shared.kafka import (
     DeadLetters,
@@ -80,6 +81,12 @@ class WorkerConfig:
     # many seconds, at least backlog_floor (core.FetchPolicy).
     backlog_seconds: float = 2.0
     backlog_floor: int = 100
+    # How long the compacted topics' followers' fetches wait while those topics are quiet
+    # (followers.py): SenderSettings' default, read from its field so that the two cannot
+    # drift apart (the setting says why).
+    follower_fetch_max_wait_ms: int = SenderSettings.model_fields[
+        "follower_fetch_max_wait_ms"
+    ].default
 
     @property
     def fetch_policy(self) -> FetchPolicy:
@@ -150,21 +157,15 @@ class SenderWorker:
             [topic_name(SEND_APPROVED, self._config.topic_prefix)], listener=_Rebalance(self)
         )
         await consumer.start()
+        kafka, prefix, engine = self._config.kafka, self._config.topic_prefix, self._engine
+        quiet_wait = self._config.follower_fetch_max_wait_ms
         helpers = [
             asyncio.create_task(self._commit_forever()),
             asyncio.create_task(report_lag_forever(consumer, SERVICE, self._config.group)),
-            asyncio.create_task(
-                follow_throughput(self._config.kafka, self._config.topic_prefix, self._engine)
-            ),
-            asyncio.create_task(
-                follow_inbound(self._config.kafka, self._config.topic_prefix, self._engine)
-            ),
-            asyncio.create_task(
-                follow_waba_status(self._config.kafka, self._config.topic_prefix, self._engine)
-            ),
-            asyncio.create_task(
-                follow_account_hold(self._config.kafka, self._config.topic_prefix, self._engine)
-            ),
+            asyncio.create_task(follow_throughput(kafka, prefix, engine, quiet_wait)),
+            asyncio.create_task(follow_inbound(kafka, prefix, engine)),
+            asyncio.create_task(follow_waba_status(kafka, prefix, engine, quiet_wait)),
+            asyncio.create_task(follow_account_hold(kafka, prefix, engine, quiet_wait)),
         ]
         try:
             await self.consume(helpers)

@@ -36,6 +36,12 @@ class SenderSettings(ServiceSettings):
     backlog_seconds: float = Field(2.0, gt=0)
     backlog_floor: int = Field(100, gt=0)
     commit_interval_seconds: float = 0.2
+    # How long a fetch of the followers of the compacted topics (throughput, WABA status,
+    # account holds: services/sender/followers.py) waits on the broker while they are quiet. A
+    # record ends the wait at once, except one on a partition just read, which waits for the
+    # fetch in flight: up to this. These topics change a few times a day; at aiokafka's 500 ms
+    # the three sent 6 fetches/s doing nothing, 1.5 at 2 s (bench/README.md, h43).
+    follower_fetch_max_wait_ms: int = Field(2000, ge=0, le=30_000)
     phone_number_refresh_seconds: float = 30.0
     tier_refresh_seconds: float = 60.0
     # `tier_usage` knows recipients by a keyed hash (HMAC-SHA256 under this key), never by

@@ -68,6 +68,7 @@ def create_worker(
             settings.shutdown_grace_seconds,
             backlog_seconds=settings.backlog_seconds,
             backlog_floor=settings.backlog_floor,
+            follower_fetch_max_wait_ms=settings.follower_fetch_max_wait_ms,
         ),
         producer,
         engine,

@@ -15,6 +15,7 @@ from pymongo import AsyncMongoClient
 
 from services.guard.core import Rule, Rules
 from services.guard.repository import MongoGuardStore
+from services.guard.settings import GuardSettings
 from services.guard.worker import Guard, KafkaHoldPublisher, group, run_consumer
 from shared import holds
 from shared.clock import SystemClock
@@ -26,6 +27,8 @@ from tests.conftest import Broker
 from tests.integration.dlq_probe import wait_for_dead_letters
 
 ACC = "acc_g"
+# guard's own fetch settings, as it runs (GuardSettings' defaults)
+FETCH = {k: GuardSettings.model_fields[k].default for k in ("fetch_min_bytes", "fetch_max_wait_ms")}
 
 
 def failed(i: int) -> StatusChanged:
@@ -60,7 +63,7 @@ async def test_a_burst_of_failures_holds_once_and_a_bad_record_is_dead_lettered(
         prefix=prefix,
     )
     task = asyncio.create_task(
-        run_consumer(broker.as_service("guard"), prefix, guard, guard_producer, 100, 0.05)
+        run_consumer(broker.as_service("guard"), prefix, guard, guard_producer, 100, 0.05, FETCH)
     )
 
     def alive() -> None:

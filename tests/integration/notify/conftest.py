@@ -33,6 +33,7 @@ from services.notify.dispatcher import DeliveryPolicy, Dispatcher
 from services.notify.endpoints import EndpointDirectory
 from services.notify.mailer import Mailer, SmtpConfig, SmtpServer
 from services.notify.repository import NotifyRepository
+from services.notify.settings import NotifySettings
 from services.notify.transport import HttpTransport
 from services.notify.worker import NotifyWorker, run_consumer
 from shared.clock import SystemClock
@@ -47,6 +48,11 @@ from shared.kafka import make_producer, publish
 from shared.ports import free_loopback_port
 from shared.secrets import TokenVault, new_key
 from tests.conftest import Broker
+
+# notify's own fetch settings, as it runs (NotifySettings' defaults)
+FETCH = {
+    k: NotifySettings.model_fields[k].default for k in ("fetch_min_bytes", "fetch_max_wait_ms")
+}
 
 
 def new_secret() -> str:
@@ -311,6 +317,7 @@ class NotifyWorld:
                         self.prefix,
                         worker,
                         self.notify_producer,
+                        consumer_options=FETCH,
                     ),
                     dispatcher.run_forever(),
                     mailer.run_forever(),
