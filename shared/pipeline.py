@@ -11,12 +11,17 @@ asyncio and aiokafka:
   effect is free, so batches grow with the load and an idle pipeline adds no latency). A batch
   is taken
   round-robin over the partitions waiting (`FairBuffer`): a partition with a backlog (one
-  tenant's burst) does not hold up the records of the others behind it.
-- **effect**: `effect(items)` gets the whole batch, each partition's records in offset order
-  (`group_by_key` splits them by key, keeping that order). One batch at a time: the next
-  accumulates while the effect runs.
-- **commit**: once the effect returned, each partition's last offset + 1 is finished; finished
-  positions are committed at most every `commit_interval_s`, and as soon as nothing is waiting.
+  tenant's burst) does not hold up the records of the others behind it. A consumer whose
+  topics are keyed by tenant opts in to `BatchPolicy.fair_by_key`: the turns are then over
+  each partition's record keys, so another tenant's record read behind a backlog on the same
+  partition goes in the next batch, not after the backlog (status's state writer).
+- **effect**: `effect(items)` gets the whole batch, each key's records in offset order (each
+  partition's too, unless fair by key; `group_by_key` splits them by key, keeping that order).
+  One batch at a time: the next accumulates while the effect runs.
+- **commit**: once the effect returned, its records are finished; what a partition may commit
+  is its lowest offset not finished (`shared/pipeline_offsets.py`: a record of a key still
+  waiting holds its partition's commit back, never skipped). Finished positions are committed
+  at most every `commit_interval_s`, and as soon as nothing is waiting.
 
 The dead-letter rule of shared/kafka.py (its docstring) holds for the batch as for a record:
 
@@ -28,7 +33,8 @@ The dead-letter rule of shared/kafka.py (its docstring) holds for the batch as f
 - many dead letters in a row stop the consumer (`DeadLetterGuard`).
 
 Backpressure holds back only the partitions that are behind: a partition with `pause_at`
-records waiting is left out of the polls (`getmany(*the others)`) until it is down to
+records waiting (the read-ahead: with `fair_by_key`, how far past a backlog another key's
+record is found) is left out of the polls (`getmany(*the others)`) until it is down to
 `resume_at`; the others keep flowing. It is not `consumer.pause(tp)`: aiokafka drops a paused
 partition's fetched records half-read, and a half-read fetch is a reference cycle (its record
 iterator and itself) holding the whole fetch buffer until a full garbage collection. In
@@ -49,7 +55,7 @@ A rebalance waits for the batch in flight, commits what is finished, drops what 
 revoked partitions (their next owner reads it again) and then calls `on_partitions_moved`: a
 writer that remembers what it wrote (status's state writer) forgets it there.
 
-The pure parts (`FairBuffer`, `Batcher`, `offsets_to_commit`, `pause_changes`,
+The pure parts (`FairBuffer`, `Batcher`, `pause_changes`,
 `partitions_to_poll`, `commit_due`, `group_by_key`) take the time as an argument and do no I/O.
 """
 
@@ -78,6 +84,7 @@ from shared.kafka import (
 )
 from shared.logging import get_logger
 from shared.metrics import BATCH_RECORDS, RECORDS_HANDLED
+from shared.pipeline_offsets import OffsetTracker
 
 log = get_logger(__name__)
 
@@ -126,6 +133,10 @@ class BatchPolicy:
     resume_at: int = 250
     commit_interval_s: float = 0.5
     poll_timeout_ms: int = 200
+    # Take each batch round-robin over the records' keys within a partition too, not only over
+    # the partitions (the module's doc): a tenant's record is not written behind another
+    # tenant's backlog on the same partition. Each key's records stay in offset order.
+    fair_by_key: bool = False
 
     def __post_init__(self) -> None:
         if self.max_records < 1 or self.max_wait_s < 0 or not 0 <= self.resume_at < self.pause_at:
@@ -187,23 +198,35 @@ class FairBuffer(Generic[K, V]):
         return {key: len(queue) for key, queue in self._queues.items()}
 
 
+# Where a record waits in the Batcher: its partition, and its key when batches are fair by key.
+Lane: TypeAlias = tuple[TP, bytes | None]
+
+
 class Batcher(Generic[T]):
     """The batch step's buffer: records by partition (each in offset order), a batch taken
     round-robin over the partitions (`FairBuffer`): a partition with a backlog waiting (up to
-    `pause_at`) does not delay the records of the others behind it."""
+    `pause_at`) does not delay the records of the others behind it. With `fair_by_key` the turns
+    are over each partition's keys: a key with a backlog does not delay the other keys of its
+    partition either, and each key's records come out in offset order."""
 
     def __init__(self, policy: BatchPolicy) -> None:
         self._policy = policy
-        self._items: FairBuffer[TP, Item[T]] = FairBuffer()
+        self._items: FairBuffer[Lane, Item[T]] = FairBuffer()
+        self._waiting: dict[TP, int] = {}
         self._first_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def _lane(self, item: Item[T]) -> Lane:
+        return (item.partition, item.record.key if self._policy.fair_by_key else None)
+
     def add(self, items: Iterable[Item[T]], now: float) -> None:
         before = len(self._items)
         for item in items:
-            self._items.add(item.partition, item)
+            self._items.add(self._lane(item), item)
+            tp = item.partition
+            self._waiting[tp] = self._waiting.get(tp, 0) + 1
         if before == 0 and len(self._items):
             self._first_at = now
 
@@ -224,33 +247,35 @@ class Batcher(Generic[T]):
         return max(0.0, self._first_at + self._policy.max_wait_s - now)
 
     def take(self, now: float) -> list[Item[T]]:
-        """The next batch: up to `max_records` records, one per partition per turn."""
+        """The next batch: up to `max_records` records, one per lane (partition, or partition
+        and key) per turn."""
         batch = self._items.take(self._policy.max_records)
+        for item in batch:
+            tp = item.partition
+            left = self._waiting[tp] - 1
+            if left:
+                self._waiting[tp] = left
+            else:
+                del self._waiting[tp]
         self._first_at = now if self._items else None
         return batch
 
     def drop(self, partitions: Collection[TP]) -> int:
         """Forget what waits for these partitions (revoked: their next owner reads it)."""
-        dropped = self._items.drop(partitions)
+        lanes = [lane for lane in self._items.waiting() if lane[0] in partitions]
+        dropped = self._items.drop(lanes)
+        for tp in partitions:
+            self._waiting.pop(tp, None)
         if not self._items:
             self._first_at = None
         return dropped
 
     def keep_only(self, partitions: Collection[TP]) -> int:
-        return self.drop(set(self._items.waiting()) - set(partitions))
+        return self.drop(set(self._waiting) - set(partitions))
 
     def waiting(self) -> dict[TP, int]:
         """Records waiting per partition."""
-        return self._items.waiting()
-
-
-def offsets_to_commit(batch: Iterable[Item[Any]]) -> dict[TP, int]:
-    """The positions a finished batch lets each of its partitions commit: last offset + 1."""
-    positions: dict[TP, int] = {}
-    for item in batch:
-        tp = item.partition
-        positions[tp] = max(positions.get(tp, 0), item.offset + 1)
-    return positions
+        return dict(self._waiting)
 
 
 def pause_changes(
@@ -334,7 +359,11 @@ class Pipeline(Generic[T]):
         self._on_moved = on_partitions_moved or (lambda: None)
         self._clock = clock
         self._buffer: Batcher[T] = Batcher(policy)
-        self._finished: dict[TP, int] = {}
+        # Every record read, until its partition's position is committed past it: what may
+        # be committed is the lowest offset not finished (batches fair by key finish a
+        # partition's records out of offset order).
+        self._offsets: OffsetTracker[TP] = OffsetTracker()
+        self._finished: dict[TP, int] = {}  # positions finished, not committed yet
         self._last_commit = float("-inf")
         self._arrived = asyncio.Event()
         self._taken = asyncio.Event()  # the effect took a batch (held partitions may be due)
@@ -397,6 +426,10 @@ class Pipeline(Generic[T]):
                 if tp in assigned  # revoked while this poll was returning
                 for record in records
             ]
+            for item in items:
+                (self._offsets.get(item.partition) or self._offsets.assign(item.partition)).track(
+                    item.offset
+                )
             self._buffer.add(items, self._clock())
             self._arrived.set()
 
@@ -432,7 +465,7 @@ class Pipeline(Generic[T]):
                 batch = self._buffer.take(self._clock())
                 self._taken.set()
                 await self._handle(batch)
-                self._finished.update(offsets_to_commit(batch))
+                self._finish(batch)
             finally:
                 self._idle.set()
             await self._maybe_commit()
@@ -490,6 +523,15 @@ class Pipeline(Generic[T]):
             else:
                 await self._dead_letters.send(item.record, failure)
 
+    def _finish(self, batch: list[Item[T]]) -> None:
+        """The batch's effects happened: its records are finished, and each partition's
+        contiguous finished prefix may be committed."""
+        for item in batch:
+            offsets = self._offsets.get(item.partition)
+            if offsets is not None:
+                offsets.done(item.offset)
+        self._finished.update(self._offsets.committable())
+
     async def _maybe_commit(self) -> None:
         if commit_due(
             self._finished, self._clock(), self._last_commit, self._policy.commit_interval_s
@@ -513,6 +555,7 @@ class Pipeline(Generic[T]):
             return
         try:
             await self._consumer.commit(positions)
+            self._offsets.mark_committed(positions)
         except KafkaError as exc:
             log.warning("commit_failed", error=str(exc), partitions=len(positions))
         except asyncio.CancelledError:
@@ -527,6 +570,8 @@ class Pipeline(Generic[T]):
         await self._idle.wait()
         dropped = self._buffer.drop(set(revoked))
         await self._commit()
+        for tp in revoked:  # what was dropped is not finished: nothing was committed past it
+            self._offsets.forget(tp)
         self._on_moved()
         log.info(
             "partitions_revoked", consumer=self._service, partitions=len(revoked), dropped=dropped
@@ -534,6 +579,8 @@ class Pipeline(Generic[T]):
 
     async def _assigned(self, assigned: Collection[TP]) -> None:
         self._buffer.keep_only(set(assigned))
+        for tp in set(self._offsets.partitions()) - set(assigned):
+            self._offsets.forget(tp)
         self._moving = False
         self._on_moved()
         self._arrived.set()
@@ -561,7 +608,6 @@ __all__ = [
     "Pipeline",
     "commit_due",
     "group_by_key",
-    "offsets_to_commit",
     "partitions_to_poll",
     "pause_changes",
 ]

@@ -49,6 +49,12 @@ class StatusSettings(ServiceSettings):
     # Meta's batch of statuses, ~8 KB for 20 of them).
     processor_max_records: int = Field(100, gt=0)
     processor_pause_at: int = Field(200, gt=0)
+    # The state writer's read-ahead: records (~2 KB each while they wait) read past the oldest
+    # unwritten one of a partition, at which it is held back (resumed at three quarters). Its
+    # batches are fair by account (workers.py), so another tenant's record within this many
+    # behind a campaign's backlog on its partition is written in the next batch, not after
+    # the backlog.
+    state_writer_pause_at: int = Field(10_000, gt=0)
     # glibc's allocator (shared/memory.py: AllocatorTuning; 0 leaves glibc's default). In a
     # 30,000-message campaign 20-30 MB of status's RSS was heap freed but kept by glibc.
     malloc_mmap_threshold_bytes: int = Field(128 * 1024, ge=0)

@@ -4,7 +4,9 @@ document, a batch at a time (shared/pipeline.py).
 Both topics are keyed by account and read by one consumer with the range assignor (the same
 partitions of both go to the same process), and one message's records reach the batch in order,
 so the state writer is the only writer of its accounts' `messages` documents and `wamid_index`
-entries: a read-converge-write needs no atomic conditional update (FerretDB has none). The
+entries: a read-converge-write needs no atomic conditional update (FerretDB has none). Batches
+are taken round-robin over the accounts of each partition (workers.state_writer_policy): an
+account's records read behind another's backlog on the same partition are not written after it. The
 request creates the document; a status event read before it creates a minimal one, which the
 request then completes.
 

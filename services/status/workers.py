@@ -70,6 +70,18 @@ class ConsumerTuning:
 DEFAULT_TUNING = ConsumerTuning()
 
 
+def state_writer_policy(pause_at: int) -> BatchPolicy:
+    """Both of the state writer's topics are keyed by account: batches fair by key are fair by
+    tenant, and the read-ahead (`pause_at`) is how far behind a campaign's backlog on its
+    partition another tenant's record is still found and written in the next batch."""
+    return replace(BATCHES, fair_by_key=True, pause_at=pause_at, resume_at=pause_at * 3 // 4)
+
+
+STATE_WRITER_TUNING = ConsumerTuning(
+    state_writer_policy(_SETTING_DEFAULTS["state_writer_pause_at"].default)
+)
+
+
 def tunings(settings: StatusSettings) -> tuple[ConsumerTuning, ConsumerTuning]:
     """(the processor's, the state writer's). The processor's records are webhook POSTs of up
     to Meta's batch of statuses each (~8 KB for 20): its batches and the records waiting per
@@ -85,7 +97,9 @@ def tunings(settings: StatusSettings) -> tuple[ConsumerTuning, ConsumerTuning]:
     )
     return (
         ConsumerTuning(processor, fetch_wait, fetch_bytes),
-        ConsumerTuning(BATCHES, fetch_wait, fetch_bytes),
+        ConsumerTuning(
+            state_writer_policy(settings.state_writer_pause_at), fetch_wait, fetch_bytes
+        ),
     )
 
 
@@ -156,9 +170,10 @@ async def run_state_writer(
     prefix: str,
     writer: StateWriter,
     producer: AIOKafkaProducer,
-    tuning: ConsumerTuning = DEFAULT_TUNING,
+    tuning: ConsumerTuning = STATE_WRITER_TUNING,
 ) -> None:
-    """A message's request and events in order, its account's records in one process."""
+    """A message's request and events in order, its account's records in one process; each
+    batch taken fair by account (`state_writer_policy`)."""
     await run_consumer(
         kafka,
         prefix,

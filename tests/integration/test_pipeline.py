@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
@@ -270,3 +270,79 @@ async def test_a_pipeline_with_every_partition_held_back_stays_in_its_group(
     # in its group while holding, no rebalance, and each record's effect once
     assert (state, moves - moves_before, twice) == (("Stable", 1), 0, [])
     assert sorted(set(handled)) == [(p, n) for p in range(PARTITIONS) for n in range(per_partition)]
+
+
+async def test_fair_by_key_a_stop_commits_no_further_than_a_keys_unfinished_backlog(
+    kafka: KafkaConfig, unique: str
+) -> None:
+    """Batches fair by key finish a partition's records out of offset order: a stop commits
+    only the contiguous finished prefix, so the next owner reads every unfinished record again
+    (and the later ones finished before it: effects are idempotent)."""
+    topic, group = f"it.pipeline.fair.{unique}", f"it-pipeline-fair-{unique}"
+    await _create(kafka, (topic, 1))
+    tp = TopicPartition(topic, 0)
+    producer = make_producer(kafka)
+    await producer.start()
+    for n in range(300):  # one key's backlog, then another key's record behind it
+        await producer.send(topic, key=b"campaign", value=str(n).encode())
+    await producer.send_and_wait(topic, key=b"other", value=b"300")
+    policy = BatchPolicy(max_records=20, commit_interval_s=0.0, fair_by_key=True)
+
+    def decode(record: object) -> int:
+        return int(record.value)  # type: ignore[attr-defined]
+
+    async def run(effect: Callable[[Sequence[Item[int]]], Awaitable[None]]) -> asyncio.Task[None]:
+        consumer = make_consumer(kafka, group)
+        pipeline = Pipeline(
+            consumer, producer, decode=decode, effect=effect, service="it", policy=policy
+        )
+        consumer.subscribe([topic], listener=pipeline.listener)
+        await consumer.start()
+
+        async def until_stopped() -> None:
+            try:
+                await pipeline.run()
+            finally:
+                await consumer.stop()
+
+        return asyncio.create_task(until_stopped())
+
+    first: list[int] = []
+    stuck = asyncio.Event()  # never set: the first owner stops with the backlog unfinished
+
+    async def stalls_after_the_other_key(items: Sequence[Item[int]]) -> None:
+        if 300 in first and len(first) >= 60:
+            await stuck.wait()
+        first.extend(i.value for i in items)
+
+    task = await run(stalls_after_the_other_key)
+    try:
+        await until(lambda: 300 in first and len(first) >= 60, 30, "the other key's record")
+        assert first.index(300) < 60  # not behind the 300 of the backlog
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    reader = make_consumer(kafka, group)
+    await reader.start()
+    try:
+        committed = await reader.committed(tp)
+    finally:
+        await reader.stop()
+    assert committed is not None and committed < 300
+    assert set(range(committed)) <= set(first)  # nothing unfinished below the position
+
+    second: list[int] = []
+
+    async def handles(items: Sequence[Item[int]]) -> None:
+        second.extend(i.value for i in items)
+
+    task = await run(handles)
+    try:
+        await until(lambda: len(second) >= 301 - committed, 30, "the rest")
+        assert min(second) == committed  # read again from the first unfinished record
+        assert set(first) | set(second) == set(range(301))
+        assert 300 in second  # finished before the stop, past the position: read again
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()

@@ -1,5 +1,5 @@
 """The shared consumer pipeline (shared/pipeline.py): its pure decisions (when a batch is ready,
-which offsets a finished batch commits, which partitions to pause, when to commit), and the
+which records a batch takes, which partitions to pause, when to commit), what it commits, and the
 dead-letter rule for a batch with a fake consumer and producer (the real broker:
 tests/integration/test_pipeline.py)."""
 
@@ -25,7 +25,6 @@ from shared.pipeline import (
     Pipeline,
     commit_due,
     group_by_key,
-    offsets_to_commit,
     partitions_to_poll,
     pause_changes,
 )
@@ -110,6 +109,27 @@ def test_revoked_partitions_records_are_dropped_and_the_rest_kept_in_order() -> 
     assert [i.offset for i in buffer.take(now=0.0)] == [9]
 
 
+def test_fair_by_key_another_keys_record_behind_a_backlog_on_its_partition_comes_next() -> None:
+    buffer: Batcher[bytes] = Batcher(BatchPolicy(max_records=3, fair_by_key=True))
+    buffer.add([_item(0, n, key=b"campaign") for n in range(100)], now=0.0)
+    buffer.add([_item(0, 100, key=b"other"), _item(1, 0, key=b"campaign")], now=0.0)
+    buffer.add([_item(0, 101, key=b"other")], now=0.0)
+    first = [(i.record.partition, i.value, i.offset) for i in buffer.take(now=0.0)]
+    assert first == [(0, b"campaign", 0), (0, b"other", 100), (1, b"campaign", 0)]
+    second = [(i.value, i.offset) for i in buffer.take(now=0.0)]
+    assert second == [(b"campaign", 1), (b"other", 101), (b"campaign", 2)]  # each key in order
+    assert buffer.waiting() == {TP0: 97}  # counted by partition, for the backpressure
+    assert buffer.drop({TP0}) == 97 and len(buffer) == 0 and buffer.waiting() == {}
+
+
+def test_without_fair_by_key_a_partitions_records_come_out_in_offset_order() -> None:
+    buffer: Batcher[bytes] = Batcher(BatchPolicy(max_records=3))
+    buffer.add([_item(0, n, key=b"campaign") for n in range(3)], now=0.0)
+    buffer.add([_item(0, 3, key=b"other")], now=0.0)
+    assert [i.offset for i in buffer.take(now=0.0)] == [0, 1, 2]
+    assert buffer.waiting() == {TP0: 1}
+
+
 def test_an_inconsistent_policy_is_refused() -> None:
     with pytest.raises(ValueError):
         BatchPolicy(max_records=0)
@@ -118,12 +138,6 @@ def test_an_inconsistent_policy_is_refused() -> None:
 
 
 # --- offsets, pauses, commits ------------------------------------------------------------------
-
-
-def test_a_finished_batch_commits_each_partitions_last_offset_plus_one() -> None:
-    batch = [_item(0, 5), _item(1, 9), _item(0, 6), _item(0, 7)]
-    assert offsets_to_commit(batch) == {TP0: 8, TP1: 10}
-    assert offsets_to_commit([]) == {}
 
 
 def test_only_the_partitions_that_are_behind_are_paused_and_resumed_at_the_low_mark() -> None:
@@ -345,6 +359,61 @@ async def test_batches_follow_each_other_in_order_and_commit_once_per_interval()
     # (the rest are finished within it), then the rest together once it has passed, though
     # the pipeline was idle before that
     assert consumer.commits == [{TP0: 3}, {TP0: 9}]
+
+
+async def test_fair_by_key_commits_only_each_partitions_finished_prefix() -> None:
+    campaign = [_record(0, n, key=b"campaign") for n in range(10)]
+    consumer = _FakeConsumer({TP0: [*campaign, _record(0, 10, key=b"other")]})
+    handled: list[int] = []
+    finished_at_commit: list[set[int]] = []
+    commit = consumer.commit
+
+    async def commit_and_look(offsets: dict[TopicPartition, int]) -> None:
+        finished_at_commit.append(set(handled))
+        await commit(offsets)
+
+    consumer.commit = commit_and_look  # type: ignore[method-assign]
+
+    async def effect(items: Any) -> None:
+        handled.extend(i.offset for i in items)
+
+    policy = BatchPolicy(max_records=2, commit_interval_s=0.0, fair_by_key=True)
+    pipeline = _pipeline(consumer, _FakeProducer(), effect, policy=policy)
+    await _run_until(pipeline, lambda: consumer.commits and consumer.commits[-1] == {TP0: 11})
+    assert handled[:2] == [0, 10]  # the other key's record came in the first batch
+    for finished, positions in zip(finished_at_commit, consumer.commits, strict=True):
+        position = positions[TP0]
+        # never past a record not finished: every offset below the position was handled
+        assert set(range(position)) <= finished
+    assert consumer.commits[0] == {TP0: 1}  # not 11: offsets 1-9 were still waiting
+
+
+async def test_records_dropped_at_a_revocation_are_never_committed_past() -> None:
+    consumer = _FakeConsumer({TP0: [_record(0, n, key=bytes([n % 2])) for n in range(6)]})
+    started, release = asyncio.Event(), asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def effect(items: Any) -> None:
+        batches.append([i.offset for i in items])
+        started.set()
+        await release.wait()
+
+    policy = BatchPolicy(max_records=2, commit_interval_s=0.0, fair_by_key=True)
+    pipeline = _pipeline(consumer, _FakeProducer(), effect, policy=policy)
+    task = asyncio.create_task(pipeline.run())
+    try:
+        await asyncio.wait_for(started.wait(), timeout=5)
+        # the first batch (offsets 0 and 1) is in flight when the partition is revoked
+        revoking = asyncio.create_task(pipeline.listener.on_partitions_revoked({TP0}))
+        await asyncio.sleep(0.01)
+        assert not revoking.done()  # waits for the batch in flight
+        release.set()
+        await revoking
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert batches == [[0, 1]]
+    assert consumer.commits == [{TP0: 2}]  # 2-5 were dropped, not finished
 
 
 async def test_a_partition_that_is_behind_is_left_out_of_the_polls_while_the_others_flow() -> None:

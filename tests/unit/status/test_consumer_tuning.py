@@ -26,7 +26,10 @@ def test_a_processor_batch_and_its_waiting_records_are_bounded_by_the_settings()
     processor, writer = tunings(StatusSettings())
     policy = processor.policy
     assert (policy.max_records, policy.pause_at, policy.resume_at) == (100, 200, 50)
-    assert writer.policy == BATCHES  # send requests and status events: ~1 KB each
+    # send requests and status events (~1 KB each), taken fair by account (their key)
+    assert writer.policy.max_records == BATCHES.max_records and writer.policy.fair_by_key
+    assert (writer.policy.pause_at, writer.policy.resume_at) == (10_000, 7_500)
+    assert not policy.fair_by_key
     buffer: Batcher[bytes] = Batcher(policy)
     buffer.add((_webhook_item(offset) for offset in range(1_000)), now=0.0)
     assert len(buffer.take(now=0.0)) == 100
@@ -46,10 +49,12 @@ def test_the_fetch_and_batch_sizes_come_from_the_environment(
 ) -> None:
     monkeypatch.setenv("STATUS_PROCESSOR_MAX_RECORDS", "40")
     monkeypatch.setenv("STATUS_PROCESSOR_PAUSE_AT", "80")
+    monkeypatch.setenv("STATUS_STATE_WRITER_PAUSE_AT", "2000")
     monkeypatch.setenv("STATUS_FETCH_MAX_WAIT_MS", "100")
     monkeypatch.setenv("STATUS_MAX_PARTITION_FETCH_BYTES", "262144")
     processor, writer = tunings(StatusSettings())
     assert (processor.policy.max_records, processor.policy.pause_at) == (40, 80)
+    assert (writer.policy.pause_at, writer.policy.resume_at) == (2000, 1500)
     for tuning in (processor, writer):
         options = tuning.consumer_options()
         assert options["fetch_max_wait_ms"] == 100
