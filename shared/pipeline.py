@@ -426,12 +426,27 @@ class Pipeline(Generic[T]):
                 if tp in assigned  # revoked while this poll was returning
                 for record in records
             ]
-            for item in items:
-                (self._offsets.get(item.partition) or self._offsets.assign(item.partition)).track(
-                    item.offset
-                )
-            self._buffer.add(items, self._clock())
+            self._buffer.add(self._track(items), self._clock())
             self._arrived.set()
+
+    def _track(self, items: Sequence[Item[T]]) -> list[Item[T]]:
+        """Track the records read; returns them but for those read before (aiokafka reset a
+        partition's position back without a rebalance): this process already has each of those
+        waiting or finished, so a second copy would only be handled twice."""
+        new: list[Item[T]] = []
+        again = 0
+        for item in items:
+            tp = item.partition
+            offsets = self._offsets.get(tp) or self._offsets.assign(tp)
+            try:
+                offsets.track(item.offset)
+            except ValueError:
+                again += 1
+                continue
+            new.append(item)
+        if again:
+            log.warning("records_read_again_skipped", consumer=self._service, records=again)
+        return new
 
     def _decoded(self, record: Record) -> Item[T]:
         try:

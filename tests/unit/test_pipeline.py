@@ -753,3 +753,27 @@ async def test_a_stop_during_a_commit_commits_those_positions_at_the_stop() -> N
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     assert consumer.commits == [{TP0: 3}]
+
+
+async def test_records_read_again_from_an_earlier_offset_are_skipped_not_a_crash() -> None:
+    # aiokafka resets a partition's position back (no rebalance): offsets 2 and 3 come again,
+    # with offset 4 new; each record's effect happens once and the commit reaches 5
+    consumer = _FakeConsumer(
+        {TP0: [_record(0, 1, b"a"), _record(0, 2, b"b"), _record(0, 3, b"c")]},
+        {TP0: [_record(0, 2, b"b"), _record(0, 3, b"c"), _record(0, 4, b"d")]},
+    )
+    done: list[bytes] = []
+
+    async def effect(items: Any) -> None:
+        done.extend(i.value for i in items)
+
+    pipeline = Pipeline(
+        consumer,  # type: ignore[arg-type]
+        _FakeProducer(),  # type: ignore[arg-type]
+        decode=_decode,
+        effect=effect,
+        service="unit",
+        retry=_FAST,
+    )
+    await _run_until(pipeline, lambda: consumer.commits and consumer.commits[-1] == {TP0: 5})
+    assert done == [b"a", b"b", b"c", b"d"]
