@@ -21,7 +21,9 @@ asyncio and aiokafka:
 - **commit**: once the effect returned, its records are finished; what a partition may commit
   is its lowest offset not finished (`shared/pipeline_offsets.py`: a record of a key still
   waiting holds its partition's commit back, never skipped). Finished positions are committed
-  at most every `commit_interval_s`, and as soon as nothing is waiting.
+  at most every `commit_interval_s`, and as soon as nothing is waiting. A record read a second
+  time without a rebalance (aiokafka resetting a position back) is skipped: this process has it
+  waiting or finished already.
 
 The dead-letter rule of shared/kafka.py (its docstring) holds for the batch as for a record:
 
