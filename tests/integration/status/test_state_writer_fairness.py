@@ -10,7 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from shared.messages import STATUS_CHANGED, StatusChanged
 from tests.integration.status.conftest import StatusWorld
 
-BACKLOG = 5_000
+BACKLOG = 3_000  # within the state writer's read-ahead (STATUS_STATE_WRITER_PAUSE_AT, 4,000)
 CAMPAIGN = "acc_campaign"
 
 

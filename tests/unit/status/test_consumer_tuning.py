@@ -28,7 +28,7 @@ def test_a_processor_batch_and_its_waiting_records_are_bounded_by_the_settings()
     assert (policy.max_records, policy.pause_at, policy.resume_at) == (100, 200, 50)
     # send requests and status events (~1 KB each), taken fair by account (their key)
     assert writer.policy.max_records == BATCHES.max_records and writer.policy.fair_by_key
-    assert (writer.policy.pause_at, writer.policy.resume_at) == (10_000, 7_500)
+    assert (writer.policy.pause_at, writer.policy.resume_at) == (4_000, 3_000)
     assert not policy.fair_by_key
     buffer: Batcher[bytes] = Batcher(policy)
     buffer.add((_webhook_item(offset) for offset in range(1_000)), now=0.0)
