@@ -44,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from shared.kafka import (  # noqa: E402
     KafkaConfig,
-    make_admin,
+    group_state,
     make_producer,
     publish_all,
     topic_name,
@@ -820,18 +820,8 @@ async def record_count(kafka: KafkaConfig, topic: str, partitions: int) -> int:
 
 async def group_members(kafka: KafkaConfig, group: str) -> int:
     """Members of a consumer group once it is stable (0 while it rebalances)."""
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        described = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    for response in described:
-        for g in response.groups:
-            # (error_code, group_id, state, protocol_type, protocol, members, ...)
-            if g[1] == group and g[2] == "Stable":
-                return len(g[5])
-    return 0
+    state, members = await group_state(kafka, group)
+    return members if state == "Stable" else 0
 
 
 def topics_of(prefix: str) -> list[str]:

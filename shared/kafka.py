@@ -217,6 +217,22 @@ def make_admin(kafka: KafkaConfig, **overrides: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**{**kafka.aiokafka_options(), **overrides})
 
 
+async def group_state(kafka: KafkaConfig, group: str) -> tuple[str, int]:
+    """A consumer group's state on the broker ("Stable", "Empty", ...) and its members."""
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    for response in described:
+        # each group: (error_code, group_id, state, protocol_type, protocol, members, ...)
+        for g in response.groups:
+            if g[1] == group:
+                return str(g[2]), len(g[5])
+    return "Dead", 0
+
+
 async def ensure_topics(
     kafka: KafkaConfig, prefix: str = "", topics: Iterable[Topic[Any]] = ALL_TOPICS
 ) -> None:

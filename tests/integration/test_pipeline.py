@@ -12,7 +12,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
-from shared.kafka import KafkaConfig, RetryPolicy, make_admin, make_consumer, make_producer
+from shared.kafka import (
+    KafkaConfig,
+    RetryPolicy,
+    group_state,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from shared.pipeline import BatchPolicy, Item, Pipeline, group_by_key
 from tests.integration.dlq_probe import check_dead_letter, until, wait_for_dead_letters
 from tests.integration.fetch_probe import fetches_alive
@@ -179,22 +186,6 @@ async def test_a_partition_held_back_leaves_no_half_read_fetch_to_the_garbage_co
     assert held, "the partition was never held back: the effect did not fall behind"
 
 
-async def _group_state(kafka: KafkaConfig, group: str) -> tuple[str, int]:
-    """The consumer group's state on the broker and its members."""
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        described = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    for response in described:
-        # each group: (error_code, group_id, state, protocol_type, protocol, members, ...)
-        for g in response.groups:
-            if g[1] == group:
-                return str(g[2]), len(g[5])
-    return "Dead", 0
-
-
 async def test_a_pipeline_with_every_partition_held_back_stays_in_its_group(
     kafka: KafkaConfig, unique: str
 ) -> None:
@@ -251,7 +242,7 @@ async def test_a_pipeline_with_every_partition_held_back_stays_in_its_group(
             alive()
             assert pipeline.held_back == assigned
             await asyncio.sleep(0.1)  # sampling the window, not waiting for a result
-        state = await _group_state(kafka, group)
+        state = await group_state(kafka, group)
         quick_again.set()
 
         await until(lambda: len(handled) >= PARTITIONS * per_partition, 30, "every record", alive)
